@@ -1,0 +1,102 @@
+"""Application factory: ``create_app(overrides=None)``; ``flask --app app …`` finds it.
+
+Importing this module does nothing: no app, no connections, no scheduler.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet
+from flask import Flask
+from flask_migrate import Migrate
+from sqlalchemy import event
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from config import ConfigError, load_config, masked
+from models import db
+
+MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
+DEV_SECRET = "dev-only-simulator-secret-never-in-live"  # noqa: S105 - simulator mode only
+log = logging.getLogger("app")
+
+
+def create_app(overrides: dict[str, Any] | None = None) -> Flask:
+    settings = load_config(overrides)
+    app = Flask(__name__)
+    app.config.update(settings)
+    _apply_dev_defaults(app)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=settings["DATABASE_URL"],
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(settings["DATABASE_URL"]),
+        JSON_SORT_KEYS=False,
+    )
+    if not app.config.get("TESTING"):
+        from web.logs import configure_logging
+
+        configure_logging(app.config["LOG_LEVEL"])
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    app.extensions["fernet"] = Fernet(app.config["DATA_ENCRYPTION_KEY"])
+    db.init_app(app)
+    Migrate(app, db, directory=MIGRATIONS_DIR, compare_type=True, render_as_batch=True)
+    with app.app_context():
+        _configure_sqlite(db.engine)
+    if app.config["TRUSTED_PROXY_COUNT"]:
+        n = app.config["TRUSTED_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
+    _install_web(app)
+    log.info("app configured", extra={"config": masked(settings)})
+    return app
+
+
+def _apply_dev_defaults(app: Flask) -> None:
+    """Simulator mode runs with no secrets set; live mode never gets here without them."""
+    if app.config["WECHAT_MODE"] != "simulator":
+        return
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = DEV_SECRET
+    if not app.config.get("DATA_ENCRYPTION_KEY"):
+        digest = hashlib.sha256(app.config["SECRET_KEY"].encode() + b"/data-key").digest()
+        app.config["DATA_ENCRYPTION_KEY"] = base64.urlsafe_b64encode(digest).decode()
+    if app.config.get("SECRET_KEY") == DEV_SECRET and not app.config.get("TESTING"):
+        log.warning("simulator mode with the built-in development SECRET_KEY")
+
+
+def _engine_options(url: str) -> dict:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 15}}
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+
+
+def _configure_sqlite(engine) -> None:
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn, _record):
+        if isinstance(dbapi_conn, sqlite3.Connection):
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=15000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+
+def _install_web(app: Flask) -> None:
+    from web import register_blueprints
+    from web.cli import register_cli
+    from web.errors import register_error_handlers
+    from web.ops import install_request_metrics
+
+    register_error_handlers(app)
+    install_request_metrics(app)
+    register_blueprints(app)
+    register_cli(app)
+
+
+__all__ = ["ConfigError", "create_app"]

@@ -1,0 +1,167 @@
+"""Configuration: embedded defaults, the environment, then explicit overrides.
+
+Every key the app reads is declared in ``SETTINGS`` with its type and default,
+so the README table, start-up validation and ``load_config`` agree. Secrets
+never have a default that could reach production: in ``live`` WeChat mode
+every missing secret is named in one error at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(RuntimeError):
+    """Start-up refused: the message names every bad or missing key."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    parse: Callable[[str], Any] = str
+    doc: str = ""
+    secret: bool = False
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("SECRET_KEY", None, doc="Signs user bearer tokens and OAuth state. Required.", secret=True),
+    Setting(
+        "DATA_ENCRYPTION_KEY",
+        None,
+        doc="Fernet key for fields encrypted at rest (session_key, real name, phone). Required in live mode.",
+        secret=True,
+    ),
+    Setting(
+        "DATABASE_URL",
+        "sqlite:///instance/rebate.db",
+        doc="SQLAlchemy URL; PostgreSQL in production (postgresql+psycopg://…).",
+    ),
+    Setting(
+        "REDIS_URL",
+        None,
+        doc="Redis for rate limits, hot counters and the shared WeChat access "
+        "token. Unset: in-process fallback (single process only).",
+    ),
+    Setting("WECHAT_MODE", "live", doc="`live` (default) or `simulator` (the local WeChat of `make run`)."),
+    Setting("WECHAT_APPID", None, doc="Mini-program appid."),
+    Setting("WECHAT_APP_SECRET", None, doc="Mini-program app secret.", secret=True),
+    Setting("WECHAT_OA_APPID", None, doc="Official-account appid (OAuth, cash red packets)."),
+    Setting("WECHAT_OA_SECRET", None, doc="Official-account secret.", secret=True),
+    Setting("WECHAT_MCHID", None, doc="WeChat Pay merchant id."),
+    Setting("WECHAT_MCH_PRIVATE_KEY_PATH", None, doc="Path to the merchant API private key (apiclient_key.pem)."),
+    Setting("WECHAT_MCH_CERT_SERIAL", None, doc="Serial number of the merchant API certificate."),
+    Setting("WECHAT_APIV3_KEY", None, doc="32-character APIv3 key.", secret=True),
+    Setting("WECHAT_PAY_PUBLIC_KEY_PATH", None, doc="WeChat Pay public key (public-key mode)."),
+    Setting("WECHAT_PAY_PUBLIC_KEY_ID", None, doc="Its id, `PUB_KEY_ID_…`."),
+    Setting(
+        "WECHAT_PLATFORM_CERTS_DIR",
+        None,
+        doc="Directory of platform certificates (certificate mode; refreshed from /v3/certificates).",
+    ),
+    Setting("WECHAT_API_BASE", "https://api.weixin.qq.com", doc="WeChat API host."),
+    Setting("WECHAT_PAY_API_BASE", "https://api.mch.weixin.qq.com", doc="WeChat Pay API host."),
+    Setting("WECHAT_OPEN_BASE", "https://open.weixin.qq.com", doc="WeChat OAuth host."),
+    Setting("PUBLIC_BASE_URL", None, doc="Public https base of this app; notify URLs are built from it."),
+    Setting(
+        "TRUSTED_PROXY_COUNT",
+        0,
+        _positive_int,
+        doc="Number of trusted reverse proxies; X-Forwarded-For is read only behind them.",
+    ),
+    Setting("MAX_CONTENT_LENGTH", 64 * 1024, _positive_int, doc="Largest request body in bytes (413 above)."),
+    Setting("USER_TOKEN_TTL_SECONDS", 7 * 24 * 3600, _positive_int, doc="Lifetime of user bearer tokens."),
+    Setting("IDEMPOTENCY_TTL_HOURS", 25, _positive_int, doc="How long Idempotency-Key answers are kept."),
+    Setting("POINT_VALUE_FEN", 1, _positive_int, doc="Cost of one point in fen, for reports."),
+    Setting("LOG_LEVEL", "INFO", doc="Log level of the JSON logs."),
+    Setting(
+        "SEED_DEMO_DATA", False, _bool, doc="Seed demo merchants, products and campaigns at start (set by `make run`)."
+    ),
+    Setting("RUN_JOBS_IN_PROCESS", False, _bool, doc="Start the scheduler inside the web process (demo only)."),
+)
+
+LIVE_REQUIRED = (
+    "SECRET_KEY",
+    "DATA_ENCRYPTION_KEY",
+    "WECHAT_APPID",
+    "WECHAT_APP_SECRET",
+    "WECHAT_MCHID",
+    "WECHAT_MCH_PRIVATE_KEY_PATH",
+    "WECHAT_MCH_CERT_SERIAL",
+    "WECHAT_APIV3_KEY",
+    "PUBLIC_BASE_URL",
+)
+WECHAT_MODES = ("live", "simulator")
+
+
+def load_config(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Merge defaults, environment and overrides, then validate. Raises ConfigError."""
+    environ = os.environ if environ is None else environ
+    overrides = overrides or {}
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for setting in SETTINGS:
+        if setting.name in overrides:
+            values[setting.name] = overrides[setting.name]
+        elif environ.get(setting.name, "") != "":
+            try:
+                values[setting.name] = setting.parse(environ[setting.name])
+            except ValueError as exc:
+                problems.append(f"{setting.name}: {exc}")
+        else:
+            values[setting.name] = setting.default
+    for key, value in overrides.items():
+        values.setdefault(key, value)
+    problems += _validate(values)
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    return values
+
+
+def _validate(values: dict[str, Any]) -> list[str]:
+    problems = []
+    mode = values["WECHAT_MODE"]
+    if mode not in WECHAT_MODES:
+        problems.append(f"WECHAT_MODE must be one of {', '.join(WECHAT_MODES)}, got {mode!r}")
+    if mode == "live":
+        problems += [f"{name} is required in live mode" for name in LIVE_REQUIRED if not values.get(name)]
+        has_public_key = values.get("WECHAT_PAY_PUBLIC_KEY_PATH") and values.get("WECHAT_PAY_PUBLIC_KEY_ID")
+        if not has_public_key and not values.get("WECHAT_PLATFORM_CERTS_DIR"):
+            problems.append(
+                "set WECHAT_PAY_PUBLIC_KEY_PATH and WECHAT_PAY_PUBLIC_KEY_ID (public-key mode) "
+                "and/or WECHAT_PLATFORM_CERTS_DIR (certificate mode)"
+            )
+        apiv3 = values.get("WECHAT_APIV3_KEY")
+        if apiv3 and len(str(apiv3).encode()) != 32:
+            problems.append("WECHAT_APIV3_KEY must be exactly 32 bytes")
+        public = values.get("PUBLIC_BASE_URL") or ""
+        if public and not str(public).startswith("https://"):
+            problems.append("PUBLIC_BASE_URL must be https:// in live mode (WeChat only notifies https)")
+    if values.get("MAX_CONTENT_LENGTH", 1) <= 0:
+        problems.append("MAX_CONTENT_LENGTH must be positive")
+    return problems
+
+
+def masked(values: dict[str, Any]) -> dict[str, Any]:
+    """The configuration with secrets replaced, for start-up logs."""
+    secret_names = {s.name for s in SETTINGS if s.secret}
+    return {k: ("***" if k in secret_names and v else v) for k, v in values.items()}

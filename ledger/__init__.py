@@ -1,0 +1,30 @@
+"""Double-entry bookkeeping in integer fen (and points, in their own unit).
+
+Owns: accounts, entries, postings and clearing flows. Invariants it keeps:
+every entry's postings sum to zero in one unit, no posting is zero, an
+idempotency key posts at most once (a repeat returns the first entry),
+balances are derived from postings only, and a closed clearing flow nets to
+zero. PostgreSQL enforces the zero sum again with a deferred constraint
+trigger (see the migrations), so a bug here cannot commit an unbalanced entry.
+Operations flush and never commit.
+"""
+
+from ledger.accounts import account, balance, balances, platform_account
+from ledger.check import CheckReport, check_ledger
+from ledger.errors import LedgerError, UnbalancedEntry
+from ledger.posting import Leg, close_flow, post_entry, reverse_entry
+
+__all__ = [
+    "CheckReport",
+    "Leg",
+    "LedgerError",
+    "UnbalancedEntry",
+    "account",
+    "balance",
+    "balances",
+    "check_ledger",
+    "close_flow",
+    "platform_account",
+    "post_entry",
+    "reverse_entry",
+]

@@ -1,0 +1,92 @@
+"""The shared declarative base, column types and the unit of work."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from cryptography.fernet import Fernet, InvalidToken
+from flask import current_app
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import DateTime, MetaData, Text
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+db = SQLAlchemy(model_class=Base)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC datetime on both PostgreSQL and SQLite.
+
+    SQLite hands back naive datetimes; they are stored as UTC and re-tagged.
+    Naive datetimes are refused on the way in: they are always a bug.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime refused: use UTC-aware datetimes")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def fernet() -> Fernet:
+    return current_app.extensions["fernet"]
+
+
+class EncryptedText(TypeDecorator):
+    """Text encrypted at rest with the app's Fernet key (``DATA_ENCRYPTION_KEY``)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect):
+        if value is None:
+            return None
+        return fernet().encrypt(value.encode()).decode()
+
+    def process_result_value(self, value: str | None, dialect):
+        if value is None:
+            return None
+        try:
+            return fernet().decrypt(value.encode()).decode()
+        except InvalidToken:
+            raise ValueError("encrypted column cannot be read with the configured key") from None
+
+
+@contextmanager
+def unit_of_work() -> Iterator[None]:
+    """Commit once at the end, roll back on any error. For jobs and CLI commands."""
+    try:
+        yield
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        raise

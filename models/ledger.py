@@ -1,0 +1,101 @@
+"""Double-entry ledger tables: accounts, entries, postings, and clearing flows.
+
+Sign convention: a posting's ``amount`` is signed; positive credits the account
+(its holder is owed more, e.g. a user's cash balance grows), negative debits
+it. The postings of one entry sum to zero, all in the entry's unit. Money
+(``fen``) and points (``point``) never meet in one entry.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from models.base import Base, UTCDateTime, utcnow
+
+
+class Unit(StrEnum):
+    FEN = "fen"
+    POINT = "point"
+
+
+class AccountKind(StrEnum):
+    # Platform-owned
+    PLATFORM_MARKETING_FUND = "platform_marketing_fund"
+    WECHAT_SETTLEMENT = "wechat_settlement"
+    POINTS_ISSUANCE = "points_issuance"
+    # Clearing: every flow through them returns to zero when it finishes.
+    REBATE_PAYABLE = "rebate_payable"
+    PAYOUT_IN_TRANSIT = "payout_in_transit"
+    # Merchant-owned
+    MERCHANT_MARKETING_DEPOSIT = "merchant_marketing_deposit"
+    MERCHANT_MARKETING_CREDIT = "merchant_marketing_credit"
+    MERCHANT_PAYABLE = "merchant_payable"
+    # User-owned
+    USER_CASH = "user_cash"
+    USER_POINTS = "user_points"
+    USER_STAKE = "user_stake"
+
+
+CLEARING_KINDS = frozenset({AccountKind.REBATE_PAYABLE, AccountKind.PAYOUT_IN_TRANSIT})
+POINT_KINDS = frozenset({AccountKind.POINTS_ISSUANCE, AccountKind.USER_POINTS})
+
+
+class LedgerAccount(Base):
+    __tablename__ = "ledger_accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(96), unique=True)
+    kind: Mapped[str] = mapped_column(String(40), index=True)
+    unit: Mapped[str] = mapped_column(String(8))
+    owner_type: Mapped[str | None] = mapped_column(String(16))
+    owner_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("unit in ('fen', 'point')", name="unit"),
+        Index("ix_ledger_accounts_owner", "owner_type", "owner_id"),
+    )
+
+
+class LedgerEntry(Base):
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(160), unique=True)
+    memo: Mapped[str] = mapped_column(String(200))
+    unit: Mapped[str] = mapped_column(String(8))
+    reverses_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_entries.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    postings: Mapped[list[LedgerPosting]] = relationship(back_populates="entry", order_by="LedgerPosting.id")
+
+    __table_args__ = (CheckConstraint("unit in ('fen', 'point')", name="unit"),)
+
+
+class LedgerPosting(Base):
+    __tablename__ = "ledger_postings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("ledger_entries.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    flow: Mapped[str | None] = mapped_column(String(64), index=True)
+
+    entry: Mapped[LedgerEntry] = relationship(back_populates="postings")
+    account: Mapped[LedgerAccount] = relationship()
+
+    __table_args__ = (CheckConstraint("amount <> 0", name="nonzero"),)
+
+
+class LedgerFlow(Base):
+    """A flow through clearing accounts (a payout, say). Once closed it must net to zero."""
+
+    __tablename__ = "ledger_flows"
+
+    ref: Mapped[str] = mapped_column(String(64), primary_key=True)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

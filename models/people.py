@@ -1,0 +1,94 @@
+"""People (one user across the mini-program and the official account), merchants, products."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from models.base import Base, EncryptedText, UTCDateTime, utcnow
+
+
+class UserStatus(StrEnum):
+    ACTIVE = "active"
+    BANNED = "banned"
+
+
+class User(Base):
+    """A person. Caps and limits count per person, not per openid."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    unionid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    inviter_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    invited_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    region: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=UserStatus.ACTIVE)
+    banned_reason: Mapped[str | None] = mapped_column(String(200))
+    nickname: Mapped[str | None] = mapped_column(String(64))
+    real_name: Mapped[str | None] = mapped_column(EncryptedText)
+    phone: Mapped[str | None] = mapped_column(EncryptedText)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    identities: Mapped[list[UserIdentity]] = relationship(back_populates="user")
+
+    __table_args__ = (
+        CheckConstraint("status in ('active', 'banned')", name="status"),
+        CheckConstraint("inviter_id is null or inviter_id <> id", name="no_self_invite"),
+    )
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == UserStatus.ACTIVE
+
+    def identity_for(self, appid: str) -> UserIdentity | None:
+        return next((i for i in self.identities if i.appid == appid), None)
+
+
+class UserIdentity(Base):
+    """An openid under one appid (mini-program or official account)."""
+
+    __tablename__ = "user_identities"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    appid: Mapped[str] = mapped_column(String(32))
+    openid: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(24), default="mini_program")
+    session_key: Mapped[str | None] = mapped_column(EncryptedText)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    user: Mapped[User] = relationship(back_populates="identities")
+
+    __table_args__ = (UniqueConstraint("appid", "openid"),)
+
+
+class Merchant(Base):
+    __tablename__ = "merchants"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (CheckConstraint("status in ('active', 'suspended')", name="status"),)
+
+
+class Product(Base):
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    merchant_id: Mapped[int] = mapped_column(ForeignKey("merchants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    category: Mapped[str] = mapped_column(String(32))
+    price_fen: Mapped[int] = mapped_column(BigInteger)
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("price_fen > 0", name="price_positive"),
+        UniqueConstraint("merchant_id", "name"),
+    )

@@ -1,0 +1,64 @@
+"""Fen arithmetic.
+
+Money is an ``int`` of fen; rates are ``int`` basis points (1 bp = 0.01 %).
+One rounding rule everywhere: **down** (towards zero for the non-negative
+amounts this module accepts). Decimal appears only where yuan strings from
+outside (bills, admin input) are parsed into fen.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+BPS_DENOMINATOR = 10_000
+MAX_FEN = 10**13  # 100 billion yuan: anything larger is an input error, not money.
+
+
+class MoneyError(ValueError):
+    code = "invalid_amount"
+
+
+def check_fen(amount_fen: object, *, allow_zero: bool = True) -> int:
+    """Return ``amount_fen`` if it is a sane non-negative int of fen, else raise."""
+    if isinstance(amount_fen, bool) or not isinstance(amount_fen, int):
+        raise MoneyError(f"amount must be an integer number of fen, got {amount_fen!r}")
+    if amount_fen < 0 or amount_fen > MAX_FEN or (amount_fen == 0 and not allow_zero):
+        raise MoneyError(f"amount {amount_fen} fen is out of range")
+    return amount_fen
+
+
+def share(amount_fen: int, rate_bps: int) -> int:
+    """``rate_bps`` of ``amount_fen``, rounded down."""
+    check_fen(amount_fen)
+    if isinstance(rate_bps, bool) or not isinstance(rate_bps, int) or rate_bps < 0:
+        raise MoneyError(f"rate must be a non-negative integer of basis points, got {rate_bps!r}")
+    return amount_fen * rate_bps // BPS_DENOMINATOR
+
+
+def parse_yuan(text: str) -> int:
+    """Parse a yuan string such as ``"12.34"`` or ``"¥0.5"`` exactly into fen.
+
+    More than two decimals is refused rather than rounded: a bill that says
+    ``0.005`` is not money we can book.
+    """
+    cleaned = str(text).strip().lstrip("`").replace("¥", "").replace(",", "").strip()
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:
+        raise MoneyError(f"not a yuan amount: {text!r}") from None
+    if not value.is_finite():
+        raise MoneyError(f"not a yuan amount: {text!r}")
+    fen = value * 100
+    if fen != fen.to_integral_value():
+        raise MoneyError(f"more than two decimals in yuan amount {text!r}")
+    result = int(fen)
+    if abs(result) > MAX_FEN:
+        raise MoneyError(f"yuan amount {text!r} is out of range")
+    return result
+
+
+def format_yuan(amount_fen: int) -> str:
+    """``1234`` → ``"12.34"``; negative amounts keep their sign."""
+    sign = "-" if amount_fen < 0 else ""
+    whole, part = divmod(abs(amount_fen), 100)
+    return f"{sign}{whole}.{part:02d}"

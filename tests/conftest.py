@@ -1,0 +1,172 @@
+"""Shared fixtures: a fresh app and database per test, factories, and the ledger check.
+
+SQLite (default): each test gets its own database file built with ``create_all``.
+PostgreSQL (``TEST_DATABASE_URL`` set and ``TEST_DB_BACKEND`` not ``sqlite``):
+the schema is built once by running the Alembic migrations, so database-level
+guards are under test too, and every test starts from truncated tables.
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import count
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from app import create_app
+from models import Merchant, Operator, Product, User, UserIdentity, db
+
+PG_URL = os.environ.get("TEST_DATABASE_URL") if os.environ.get("TEST_DB_BACKEND") != "sqlite" else None
+TEST_SETTINGS = {
+    "TESTING": True,
+    "WECHAT_MODE": "simulator",
+    "SECRET_KEY": "test-secret-key",
+    "DATA_ENCRYPTION_KEY": "p2v0L5dTgd0l2Pz7o7m4k0o3QyYw5cYpXq3kJ0x8Q1A=",
+    "LOG_LEVEL": "WARNING",
+}
+
+
+def on_postgres() -> bool:
+    return PG_URL is not None
+
+
+@pytest.fixture(scope="session")
+def pg_schema():
+    """Drop everything and run the migrations once for the session."""
+    if not on_postgres():
+        yield None
+        return
+    engine = create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    app = create_app({**TEST_SETTINGS, "DATABASE_URL": PG_URL})
+    with app.app_context():
+        from flask_migrate import upgrade
+
+        upgrade()
+        db.engine.dispose()
+    yield PG_URL
+
+
+def _truncate_all() -> None:
+    tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
+    with db.engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def app_settings(tmp_path, pg_schema) -> dict:
+    url = pg_schema or f"sqlite:///{tmp_path / 'test.db'}"
+    return {**TEST_SETTINGS, "DATABASE_URL": url}
+
+
+@pytest.fixture
+def app(app_settings):
+    app = create_app(app_settings)
+    with app.app_context():
+        if on_postgres():
+            _truncate_all()
+        else:
+            db.create_all()
+            from flask_migrate import stamp
+
+            stamp()
+        yield app
+        db.session.remove()
+        _assert_ledger_balanced()
+        db.engine.dispose()
+
+
+def _assert_ledger_balanced() -> None:
+    """Every test that touches money leaves a ledger that passes the check."""
+    from ledger import check_ledger
+
+    report = check_ledger()
+    db.session.remove()
+    assert report.ok, "ledger check failed after the test:\n" + "\n".join(report.violations)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+_seq = count(1)
+
+
+@pytest.fixture
+def make_merchant(app):
+    def make(name: str | None = None) -> Merchant:
+        merchant = Merchant(name=name or f"merchant-{next(_seq)}")
+        db.session.add(merchant)
+        db.session.commit()
+        return merchant
+
+    return make
+
+
+@pytest.fixture
+def make_product(app, make_merchant):
+    def make(
+        merchant: Merchant | None = None, price_fen: int = 10_000, category: str = "general", name: str | None = None
+    ) -> Product:
+        merchant = merchant or make_merchant()
+        product = Product(
+            merchant_id=merchant.id, name=name or f"product-{next(_seq)}", category=category, price_fen=price_fen
+        )
+        db.session.add(product)
+        db.session.commit()
+        return product
+
+    return make
+
+
+@pytest.fixture
+def make_user(app):
+    def make(
+        unionid: str | None = None, inviter: User | None = None, appid: str = "wx-test-app", region: str | None = None
+    ) -> User:
+        n = next(_seq)
+        user = User(unionid=unionid, inviter_id=inviter.id if inviter else None, region=region)
+        db.session.add(user)
+        db.session.flush()
+        db.session.add(UserIdentity(user_id=user.id, appid=appid, openid=f"openid-{n}"))
+        db.session.commit()
+        return user
+
+    return make
+
+
+@pytest.fixture
+def user_headers(app):
+    from web.auth import issue_user_token
+
+    def headers(user: User, **extra) -> dict:
+        return {"Authorization": f"Bearer {issue_user_token(user)}", **extra}
+
+    return headers
+
+
+@pytest.fixture
+def make_operator(app, make_merchant):
+    """Returns (operator, headers) for a role; merchant staff get a merchant of their own."""
+    from web.auth import issue_operator_token
+
+    def make(role: str = "admin", merchant: Merchant | None = None) -> tuple[Operator, dict]:
+        if role == "merchant_staff" and merchant is None:
+            merchant = make_merchant()
+        operator = Operator(
+            username=f"op-{next(_seq)}",
+            display_name="Test operator",
+            role=role,
+            merchant_id=merchant.id if role == "merchant_staff" else None,
+        )
+        db.session.add(operator)
+        db.session.flush()
+        token = issue_operator_token(operator)
+        db.session.commit()
+        return operator, {"Authorization": f"Bearer {token}"}
+
+    return make

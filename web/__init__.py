@@ -1,0 +1,15 @@
+"""The HTTP shell: blueprints for the mini-program API, WeChat callbacks, admin and ops.
+
+Views validate, call operations that only flush, and commit once (web/api.py).
+Errors always answer ``{"error": code, "message": ...}``; WeChat callbacks
+answer in WeChat's own format.
+"""
+
+from flask import Flask
+
+
+def register_blueprints(app: Flask) -> None:
+    from web import admin, ops
+
+    for module in (ops, admin):
+        app.register_blueprint(module.bp)

@@ -1,0 +1,212 @@
+"""Admin API: merchants, products, operators and the audit log.
+
+Merchant staff see only their own merchant; anything else answers 404 (not
+403), so they cannot learn what exists. Every mutating action is audited in
+the same transaction.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, g
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from models import AuditLog, Merchant, Operator, OperatorRole, Product, db
+from web.api import client_ip, endpoint
+from web.auth import issue_operator_token
+from web.errors import Conflict, NotFound, ValidationFailed
+from web.schemas import Category, Id, Model, Name, Page, PositiveFen, Reason
+
+bp = Blueprint("admin", __name__, url_prefix="/admin/api")
+
+PLATFORM = (OperatorRole.ADMIN, OperatorRole.FINANCE, OperatorRole.SUPPORT)
+ANY_OPERATOR = (*PLATFORM, OperatorRole.MERCHANT_STAFF)
+
+
+def audit(action: str, target_type: str, target_id: object, reason: str | None = None, **details) -> None:
+    db.session.add(
+        AuditLog(
+            operator_id=g.operator.id,
+            action=action,
+            target_type=target_type,
+            target_id=str(target_id),
+            reason=reason,
+            details=details,
+            ip=client_ip(),
+        )
+    )
+
+
+def merchant_scope() -> int | None:
+    """The one merchant a merchant-staff operator may see; None for platform roles."""
+    return g.operator.merchant_id if g.operator.role == OperatorRole.MERCHANT_STAFF else None
+
+
+def visible_merchant(merchant_id: int) -> Merchant:
+    scope = merchant_scope()
+    merchant = db.session.get(Merchant, merchant_id)
+    if merchant is None or (scope is not None and scope != merchant_id):
+        raise NotFound(f"merchant {merchant_id} not found")
+    return merchant
+
+
+def merchant_json(m: Merchant) -> dict:
+    return {"id": m.id, "name": m.name, "status": m.status, "created_at": m.created_at.isoformat()}
+
+
+def product_json(p: Product) -> dict:
+    return {
+        "id": p.id,
+        "merchant_id": p.merchant_id,
+        "name": p.name,
+        "category": p.category,
+        "price_fen": p.price_fen,
+        "active": p.active,
+    }
+
+
+class CreateMerchant(Model):
+    name: Name
+    reason: Reason | None = None
+
+
+class CreateProduct(Model):
+    name: Name
+    category: Category
+    price_fen: PositiveFen
+
+
+class CreateOperator(Model):
+    username: Name
+    display_name: Name
+    role: OperatorRole
+    merchant_id: Id | None = None
+    reason: Reason
+
+
+@endpoint(
+    bp,
+    "/merchants",
+    methods=["POST"],
+    auth="operator",
+    roles=(OperatorRole.ADMIN,),
+    body=CreateMerchant,
+    idempotent=True,
+)
+def create_merchant(body: CreateMerchant):
+    """Create a merchant."""
+    merchant = Merchant(name=body.name)
+    db.session.add(merchant)
+    try:
+        db.session.flush()
+    except IntegrityError:
+        raise Conflict(f"a merchant named {body.name!r} exists", code="duplicate_merchant") from None
+    audit("merchant.create", "merchant", merchant.id, body.reason, name=body.name)
+    return merchant_json(merchant), 201
+
+
+@endpoint(bp, "/merchants", auth="operator", roles=ANY_OPERATOR, query=Page)
+def list_merchants(query: Page):
+    """List merchants (merchant staff: only their own)."""
+    stmt = select(Merchant).order_by(Merchant.id).limit(query.limit).offset(query.offset)
+    if merchant_scope() is not None:
+        stmt = stmt.where(Merchant.id == merchant_scope())
+    return {"items": [merchant_json(m) for m in db.session.execute(stmt).scalars()]}
+
+
+@endpoint(bp, "/merchants/<int:merchant_id>", auth="operator", roles=ANY_OPERATOR)
+def get_merchant(merchant_id: int):
+    """One merchant."""
+    return merchant_json(visible_merchant(merchant_id))
+
+
+@endpoint(
+    bp,
+    "/merchants/<int:merchant_id>/products",
+    methods=["POST"],
+    auth="operator",
+    roles=(OperatorRole.ADMIN, OperatorRole.MERCHANT_STAFF),
+    body=CreateProduct,
+    idempotent=True,
+)
+def create_product(merchant_id: int, body: CreateProduct):
+    """Add a product to a merchant's catalogue."""
+    visible_merchant(merchant_id)
+    product = Product(merchant_id=merchant_id, name=body.name, category=body.category, price_fen=body.price_fen)
+    db.session.add(product)
+    try:
+        db.session.flush()
+    except IntegrityError:
+        raise Conflict(f"product {body.name!r} exists for this merchant", code="duplicate_product") from None
+    audit("product.create", "product", product.id, None, merchant_id=merchant_id, price_fen=body.price_fen)
+    return product_json(product), 201
+
+
+@endpoint(bp, "/merchants/<int:merchant_id>/products", auth="operator", roles=ANY_OPERATOR, query=Page)
+def list_products(merchant_id: int, query: Page):
+    """A merchant's products."""
+    visible_merchant(merchant_id)
+    stmt = (
+        select(Product)
+        .where(Product.merchant_id == merchant_id)
+        .order_by(Product.id)
+        .limit(query.limit)
+        .offset(query.offset)
+    )
+    return {"items": [product_json(p) for p in db.session.execute(stmt).scalars()]}
+
+
+@endpoint(
+    bp,
+    "/operators",
+    methods=["POST"],
+    auth="operator",
+    roles=(OperatorRole.ADMIN,),
+    body=CreateOperator,
+    idempotent=True,
+)
+def create_operator(body: CreateOperator):
+    """Create an operator and return their first personal token (shown once)."""
+    if (body.role == OperatorRole.MERCHANT_STAFF) != (body.merchant_id is not None):
+        raise ValidationFailed(
+            "merchant_id is required for merchant_staff and forbidden otherwise", code="merchant_scope"
+        )
+    if body.merchant_id is not None:
+        visible_merchant(body.merchant_id)
+    operator = create_operator_record(body.username, body.display_name, body.role, body.merchant_id)
+    token = issue_operator_token(operator, label="initial")
+    audit("operator.create", "operator", operator.id, body.reason, role=body.role, merchant_id=body.merchant_id)
+    return {"id": operator.id, "username": operator.username, "role": operator.role, "token": token}, 201
+
+
+def create_operator_record(username: str, display_name: str, role: str, merchant_id: int | None) -> Operator:
+    exists = db.session.execute(select(func.count()).where(Operator.username == username)).scalar_one()
+    if exists:
+        raise Conflict(f"operator {username!r} exists", code="duplicate_operator")
+    operator = Operator(username=username, display_name=display_name, role=role, merchant_id=merchant_id)
+    db.session.add(operator)
+    db.session.flush()
+    return operator
+
+
+@endpoint(bp, "/audit-log", auth="operator", roles=(OperatorRole.ADMIN, OperatorRole.FINANCE), query=Page)
+def list_audit_log(query: Page):
+    """The audit log, newest first."""
+    rows = db.session.execute(
+        select(AuditLog).order_by(AuditLog.id.desc()).limit(query.limit).offset(query.offset)
+    ).scalars()
+    return {
+        "items": [
+            {
+                "id": a.id,
+                "operator_id": a.operator_id,
+                "action": a.action,
+                "target_type": a.target_type,
+                "target_id": a.target_id,
+                "reason": a.reason,
+                "details": a.details,
+                "created_at": a.created_at.isoformat(),
+            }
+            for a in rows
+        ]
+    }

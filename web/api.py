@@ -1,0 +1,152 @@
+"""The one decorator every JSON endpoint uses: auth, validation, idempotency, commit.
+
+    @endpoint(bp, "/orders", methods=["POST"], auth="user", body=CreateOrder, idempotent=True)
+    def create_order(body: CreateOrder): ...
+
+* ``auth``: ``"user"`` (signed user token), ``"operator"`` (personal token, with
+  ``roles``), or ``None``.
+* ``body`` / ``query``: pydantic models; bad JSON or a failed model answers 422
+  with every problem listed, before the view runs.
+* A view returns a dict/list (200), ``(body, status)`` or a Response. Views
+  only flush; this decorator commits once when the answer is below 400 and
+  rolls back otherwise.
+* ``idempotent``: honours ``Idempotency-Key`` (web/idempotency.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
+from pydantic import BaseModel, ValidationError
+
+from models import db
+from web import idempotency
+from web.auth import current_operator, current_user
+from web.errors import ApiError, ValidationFailed, from_domain
+
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_body() -> Any:
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise ValidationFailed("request body must be a JSON object", code="invalid_json")
+    if not request.is_json:
+        raise ValidationFailed("Content-Type must be application/json", code="invalid_json")
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed(f"malformed JSON: {exc}", code="invalid_json") from None
+
+
+def _errors(exc: ValidationError) -> list[dict]:
+    return [{"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()]
+
+
+def validate(model: type[BaseModel], data: Any) -> BaseModel:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed("request does not validate", details=_errors(exc)) from None
+
+
+def _authenticate(auth: str | None, roles: tuple[str, ...]) -> str:
+    if auth == "user":
+        return f"user:{current_user().id}"
+    if auth == "operator":
+        return f"operator:{current_operator(roles).id}"
+    return f"ip:{request.remote_addr}"
+
+
+def _to_response(result: Any) -> Response:
+    if isinstance(result, Response):
+        return result
+    status = 200
+    if isinstance(result, tuple):
+        result, status = result
+    response = jsonify(result)
+    response.status_code = status
+    return response
+
+
+def _finish(view: Callable, kwargs: dict, mutating: bool, commit: bool = True) -> Response:
+    """Run the view, commit below 400 (unless the caller commits), roll back otherwise."""
+    try:
+        response = _to_response(view(**kwargs))
+    except ApiError:
+        db.session.rollback()
+        raise
+    except Exception as exc:
+        db.session.rollback()
+        mapped = from_domain(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
+    if mutating and response.status_code < 400:
+        if commit:
+            db.session.commit()
+    elif mutating:
+        db.session.rollback()
+    return response
+
+
+def endpoint(
+    bp: Blueprint,
+    rule: str,
+    *,
+    methods=("GET",),
+    auth: str | None = "user",
+    roles: tuple[str, ...] = (),
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    idempotent: bool = False,
+    summary: str = "",
+    tags: tuple[str, ...] = (),
+) -> Callable:
+    methods = tuple(m.upper() for m in methods)
+    mutating = bool(MUTATING & set(methods))
+
+    def decorate(view: Callable) -> Callable:
+        @functools.wraps(view)
+        def wrapper(**kwargs):
+            scope = _authenticate(auth, roles)
+            if body is not None:
+                kwargs["body"] = validate(body, parse_json_body())
+            if query is not None:
+                kwargs["query"] = validate(query, request.args.to_dict())
+            key = request.headers.get("Idempotency-Key")
+            if idempotent and key is not None:
+                route = f"{request.method} {request.url_rule.rule}"
+                return idempotency.run(scope, route, key, lambda: _finish(view, kwargs, mutating, commit=False))
+            return _finish(view, kwargs, mutating)
+
+        wrapper._api = {  # read by web/openapi.py
+            "summary": summary or (view.__doc__ or "").strip().split("\n")[0],
+            "auth": auth,
+            "roles": roles,
+            "body": body,
+            "query": query,
+            "idempotent": idempotent,
+            "tags": tags or (bp.name,),
+        }
+        bp.add_url_rule(rule, view.__name__, wrapper, methods=list(methods))
+        return wrapper
+
+    return decorate
+
+
+def client_ip() -> str:
+    """The socket address, or X-Forwarded-For as rewritten by ProxyFix behind trusted proxies."""
+    return request.remote_addr or "unknown"
+
+
+def caller() -> str:
+    return getattr(g, "operator", None) and f"operator:{g.operator.id}" or f"user:{g.user.id}"

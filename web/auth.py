@@ -1,0 +1,90 @@
+"""Bearer tokens: signed, expiring user tokens and hashed personal operator tokens.
+
+There is no bypass: no header, query flag or mode skips these checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from flask import current_app, g, request
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from sqlalchemy import select
+
+from models import Operator, OperatorToken, User, db, utcnow
+from web.errors import Forbidden, Unauthorized
+
+USER_TOKEN_SALT = "user-token-v1"  # noqa: S105 - a salt, not a secret
+
+
+def _serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=USER_TOKEN_SALT)
+
+
+def issue_user_token(user: User) -> str:
+    return _serializer().dumps({"uid": user.id})
+
+
+def _bearer() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token", code="missing_token")
+    return token.strip()
+
+
+def current_user() -> User:
+    """The signed-in user, or 401/403. Banned users are refused on every call."""
+    if "user" in g:
+        return g.user
+    token = _bearer()
+    try:
+        data = _serializer().loads(token, max_age=current_app.config["USER_TOKEN_TTL_SECONDS"])
+    except SignatureExpired:
+        raise Unauthorized("token expired, log in again", code="token_expired") from None
+    except BadSignature:
+        raise Unauthorized("invalid token", code="invalid_token") from None
+    user = db.session.get(User, data.get("uid")) if isinstance(data, dict) else None
+    if user is None:
+        raise Unauthorized("invalid token", code="invalid_token")
+    if not user.is_active:
+        raise Forbidden("this account is banned", code="user_banned")
+    g.user = user
+    return user
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_operator_token(operator: Operator, label: str = "", ttl: timedelta | None = None) -> str:
+    """A new personal token; only its digest is stored, the token is shown once."""
+    token = "op_" + secrets.token_urlsafe(32)
+    db.session.add(
+        OperatorToken(
+            operator_id=operator.id,
+            token_sha256=token_digest(token),
+            label=label,
+            expires_at=utcnow() + ttl if ttl else None,
+        )
+    )
+    db.session.flush()
+    return token
+
+
+def current_operator(roles: tuple[str, ...] = ()) -> Operator:
+    if "operator" not in g:
+        row = db.session.execute(
+            select(OperatorToken).where(OperatorToken.token_sha256 == token_digest(_bearer()))
+        ).scalar_one_or_none()
+        now = utcnow()
+        if row is None or row.revoked_at is not None or (row.expires_at and row.expires_at <= now):
+            raise Unauthorized("invalid operator token", code="invalid_token")
+        if not row.operator.active:
+            raise Forbidden("operator disabled", code="operator_disabled")
+        g.operator = row.operator
+    if roles and g.operator.role not in roles:
+        raise Forbidden(f"role {g.operator.role} may not do this", code="role_forbidden")
+    return g.operator

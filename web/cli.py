@@ -1,0 +1,70 @@
+"""``flask operators …``, ``flask ledger check`` and ``flask seed-demo``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+
+from ledger import check_ledger
+from models import OperatorRole, db, unit_of_work
+
+operators_cli = AppGroup("operators", help="Operator accounts.")
+ledger_cli = AppGroup("ledger", help="Ledger checks.")
+
+
+@operators_cli.command("create")
+@click.option("--username", required=True)
+@click.option("--display-name", default=None)
+@click.option("--role", type=click.Choice([r.value for r in OperatorRole]), default=OperatorRole.ADMIN.value)
+@click.option("--merchant-id", type=int, default=None)
+def create_operator_command(username: str, display_name: str | None, role: str, merchant_id: int | None) -> None:
+    """Create an operator (the first admin, say) and print their personal token once."""
+    from models import AuditLog
+    from web.admin import create_operator_record
+    from web.auth import issue_operator_token
+    from web.errors import ApiError
+
+    if (role == OperatorRole.MERCHANT_STAFF) != (merchant_id is not None):
+        raise click.UsageError("--merchant-id is required for merchant_staff and forbidden otherwise")
+    try:
+        with unit_of_work():
+            operator = create_operator_record(username, display_name or username, role, merchant_id)
+            token = issue_operator_token(operator, label="cli")
+            db.session.add(
+                AuditLog(
+                    operator_id=None,
+                    action="operator.create",
+                    target_type="operator",
+                    target_id=str(operator.id),
+                    reason="created from the command line",
+                    details={"role": role},
+                )
+            )
+    except ApiError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"operator {username} ({role}) created; token (shown once):")
+    click.echo(token)
+
+
+@ledger_cli.command("check")
+def ledger_check_command() -> None:
+    """Verify every entry balances and finished clearing flows are back to zero."""
+    report = check_ledger()
+    for line in report.in_flight:
+        click.echo(f"in flight: {line}")
+    for line in report.violations:
+        click.echo(f"VIOLATION: {line}", err=True)
+    click.echo(
+        f"{report.entries_checked} entries checked, {len(report.violations)} violations, "
+        f"{len(report.in_flight)} flows in flight"
+    )
+    if not report.ok:
+        sys.exit(1)
+
+
+def register_cli(app: Flask) -> None:
+    app.cli.add_command(operators_cli)
+    app.cli.add_command(ledger_cli)

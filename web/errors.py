@@ -1,0 +1,114 @@
+"""API errors: ``{"error": code, "message": ...}`` with the status the guide names.
+
+Lower layers raise their own errors carrying a stable ``code`` and a ``kind``
+(``invalid``, ``not_found``, ``conflict``, ``limit``, ``forbidden``); this
+module is the one place that turns a kind into an HTTP status.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+KIND_STATUS = {
+    "invalid": 422,
+    "not_found": 404,
+    "conflict": 409,
+    "limit": 429,
+    "forbidden": 403,
+    "unauthorized": 401,
+    "unavailable": 503,
+}
+
+
+class ApiError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        details: object = None,
+        retry_after: int | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.code
+        self.status = status or self.status
+        self.details = details
+        self.retry_after = retry_after
+
+    def body(self) -> dict:
+        body = {"error": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+class ValidationFailed(ApiError):
+    status, code = 422, "validation_error"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(ApiError):
+    status, code = 403, "forbidden"
+
+
+class TooManyRequests(ApiError):
+    status, code = 429, "rate_limited"
+
+
+def from_domain(exc: Exception) -> ApiError | None:
+    """Map a lower layer's error (one with ``code`` and ``kind``) to an ApiError."""
+    kind = getattr(exc, "kind", None)
+    if kind not in KIND_STATUS:
+        return None
+    return ApiError(
+        str(exc),
+        code=getattr(exc, "code", kind),
+        status=KIND_STATUS[kind],
+        retry_after=getattr(exc, "retry_after", None),
+    )
+
+
+def error_response(err: ApiError):
+    response = jsonify(err.body())
+    response.status_code = err.status
+    if err.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, int(err.retry_after)))
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(ApiError, error_response)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(ApiError(exc.description or exc.name, code=code, status=exc.code))
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        mapped = from_domain(exc)
+        if mapped is not None:
+            return error_response(mapped)
+        log.exception("unhandled error")
+        return error_response(ApiError("internal error", code="internal_error", status=500))

@@ -1,0 +1,126 @@
+"""``Idempotency-Key`` for our own mutating APIs (DESIGN §4).
+
+Scoped to caller + route, kept ``IDEMPOTENCY_TTL_HOURS`` (25 by default).
+Same key and body → the stored answer; same key, other body → 422; a
+duplicate while the first is running → 409. The claim is committed first in
+its own short transaction; the answer is stored in the same transaction as the
+view's effects, so an answer is never stored without its effects or the other
+way round. A claim left ``in_progress`` by a crashed worker (its effects rolled
+back with it) is taken over after ``STALE_AFTER``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import timedelta
+
+from flask import Response, current_app, jsonify, request
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from models import IdempotencyRecord, db, utcnow
+from web.errors import ApiError, Conflict, ValidationFailed
+
+STALE_AFTER = timedelta(seconds=60)
+NOT_STORED = {409, 429}
+
+
+def request_fingerprint() -> str:
+    raw = request.get_data(cache=True)
+    try:
+        canonical = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+    except ValueError:
+        canonical = raw
+    return hashlib.sha256(request.method.encode() + b" " + request.full_path.encode() + b"\n" + canonical).hexdigest()
+
+
+def _replay(record: IdempotencyRecord) -> Response:
+    response = jsonify(record.response_body)
+    response.status_code = record.response_status
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _claim(scope: str, route: str, key: str, fingerprint: str) -> IdempotencyRecord | Response:
+    if not key or len(key) > 128:
+        raise ValidationFailed("Idempotency-Key must be 1 to 128 characters", code="invalid_idempotency_key")
+    now = utcnow()
+    ttl = timedelta(hours=current_app.config["IDEMPOTENCY_TTL_HOURS"])
+    for _ in range(2):
+        record = IdempotencyRecord(
+            scope=scope, route=route, key=key, request_sha256=fingerprint, locked_at=now, expires_at=now + ttl
+        )
+        db.session.add(record)
+        try:
+            db.session.commit()
+            return record
+        except IntegrityError:
+            db.session.rollback()
+        found = db.session.execute(select(IdempotencyRecord).filter_by(scope=scope, route=route, key=key)).scalar_one()
+        if found.expires_at <= now:
+            db.session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == found.id))
+            db.session.commit()
+            continue
+        return _existing(found, fingerprint, now)
+    raise Conflict("idempotency key is busy, retry", code="idempotency_in_progress")
+
+
+def _existing(found: IdempotencyRecord, fingerprint: str, now) -> IdempotencyRecord | Response:
+    if found.request_sha256 != fingerprint:
+        raise ValidationFailed("Idempotency-Key was used with a different request", code="idempotency_key_reused")
+    if found.state == "done":
+        return _replay(found)
+    if found.locked_at + STALE_AFTER > now:
+        raise Conflict("a request with this Idempotency-Key is in progress", code="idempotency_in_progress")
+    taken = db.session.execute(
+        update(IdempotencyRecord)
+        .where(IdempotencyRecord.id == found.id, IdempotencyRecord.locked_at == found.locked_at)
+        .values(locked_at=now)
+    ).rowcount
+    db.session.commit()
+    if taken != 1:
+        raise Conflict("a request with this Idempotency-Key is in progress", code="idempotency_in_progress")
+    return found
+
+
+def _release(record_id: int) -> None:
+    db.session.rollback()
+    db.session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == record_id))
+    db.session.commit()
+
+
+def run(scope: str, route: str, key: str, call: Callable[[], Response]) -> Response:
+    claimed = _claim(scope, route, key, request_fingerprint())
+    if isinstance(claimed, Response):
+        return claimed
+    record_id = claimed.id
+    try:
+        response = call()
+    except ApiError as err:  # the view's effects are already rolled back
+        if err.status in NOT_STORED or err.status >= 500:
+            _release(record_id)
+            raise
+        _store(record_id, err.status, err.body())
+        raise
+    except BaseException:
+        _release(record_id)
+        raise
+    if response.status_code >= 500 or response.status_code in NOT_STORED or not response.is_json:
+        _release(record_id)
+        return response
+    if response.status_code >= 400:
+        db.session.rollback()
+    _store(record_id, response.status_code, response.get_json())
+    return response
+
+
+def _store(record_id: int, status: int, body) -> None:
+    """Store the answer; for a success this commits together with the view's effects."""
+    db.session.execute(
+        update(IdempotencyRecord)
+        .where(IdempotencyRecord.id == record_id)
+        .values(state="done", response_status=status, response_body=body)
+    )
+    db.session.commit()

@@ -1,0 +1,56 @@
+"""Structured JSON logs with openids, tokens and keys masked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+SENSITIVE_KEYS = re.compile(
+    r"openid|unionid|token|secret|key|session|password|authorization|phone|real_name", re.IGNORECASE
+)
+SENSITIVE_TEXT = [
+    (re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE), r"\1***"),
+    (re.compile(r"\bop_[A-Za-z0-9_-]{8,}"), "op_***"),
+    (re.compile(r"((?:openid|unionid|session_key|secret|js_code|code)=)[^&\s\"']+", re.IGNORECASE), r"\1***"),
+    (re.compile(r"(\"(?:openid|unionid|session_key|secret)\"\s*:\s*\")[^\"]+", re.IGNORECASE), r"\1***"),
+]
+RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+def mask_value(value: object) -> str:
+    text = str(value)
+    if len(text) <= 6:
+        return "***"
+    return f"{text[:3]}***{text[-2:]}"
+
+
+def mask_text(text: str) -> str:
+    for pattern, replacement in SENSITIVE_TEXT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": mask_text(record.getMessage()),
+        }
+        for key, value in vars(record).items():
+            if key in RESERVED or key.startswith("_"):
+                continue
+            payload[key] = mask_value(value) if SENSITIVE_KEYS.search(key) else value
+        if record.exc_info:
+            payload["exc"] = mask_text(self.formatException(record.exc_info))
+        return json.dumps(payload, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,86 @@
+"""Operations endpoints: health, Prometheus metrics, the OpenAPI document; request logs."""
+
+from __future__ import annotations
+
+import time
+
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from sqlalchemy import text
+
+from models import db
+from web.openapi import build_openapi
+
+bp = Blueprint("ops", __name__)
+
+
+def migrations_current() -> tuple[bool, str]:
+    script = ScriptDirectory.from_config(current_app.extensions["migrate"].migrate.get_config())
+    with db.engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    heads = set(script.get_heads())
+    return current == heads, f"at {sorted(current) or 'nothing'}, head {sorted(heads)}"
+
+
+@bp.get("/healthz")
+def healthz():
+    checks = {}
+    try:
+        db.session.execute(text("select 1"))
+        checks["database"] = "ok"
+        current, detail = migrations_current()
+        checks["migrations"] = "ok" if current else f"behind: {detail}"
+    except Exception as exc:  # reported, not raised: health must answer
+        checks["database"] = f"error: {type(exc).__name__}"
+    healthy = all(v == "ok" for v in checks.values())
+    return jsonify({"status": "ok" if healthy else "fail", "checks": checks}), 200 if healthy else 503
+
+
+@bp.get("/metrics")
+def metrics():
+    return Response(generate_latest(current_app.extensions["metrics"].registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(build_openapi(current_app))
+
+
+class Metrics:
+    """Per-app registry (one per worker process; see README for multiprocess mode)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "http_requests_total", "HTTP requests", ["method", "endpoint", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds", "HTTP request latency", ["method", "endpoint"], registry=self.registry
+        )
+
+
+def install_request_metrics(app: Flask) -> None:
+    app.extensions["metrics"] = metrics_ = Metrics()
+
+    @app.before_request
+    def start_timer():
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def record(response):
+        endpoint = request.endpoint or "unmatched"
+        elapsed = time.perf_counter() - g.get("request_started", time.perf_counter())
+        metrics_.requests.labels(request.method, endpoint, str(response.status_code)).inc()
+        metrics_.latency.labels(request.method, endpoint).observe(elapsed)
+        app.logger.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "ms": round(elapsed * 1000, 1),
+            },
+        )
+        return response

@@ -1,0 +1,28 @@
+"""Shared request-model building blocks (pydantic v2, strict about types)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+
+from money import MAX_FEN
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
+Category = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[\w\-]+$")]
+Reason = Annotated[str, StringConstraints(min_length=3, max_length=500, strip_whitespace=True)]
+PositiveFen = Annotated[StrictInt, Field(gt=0, le=MAX_FEN)]
+NonNegativeFen = Annotated[StrictInt, Field(ge=0, le=MAX_FEN)]
+Bps = Annotated[StrictInt, Field(ge=0, le=100_000)]
+Id = Annotated[StrictInt, Field(gt=0, lt=2**62)]
+Flag = StrictBool
+
+
+class Page(Model):
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0, le=10_000_000)
