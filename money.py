@@ -8,10 +8,16 @@ outside (bills, admin input) are parsed into fen.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 
 BPS_DENOMINATOR = 10_000
 MAX_FEN = 10**13  # 100 billion yuan: anything larger is an input error, not money.
+
+
+# A plain yuan string: ASCII digits, an optional sign and decimal point. No
+# exponents, underscores or non-ASCII digits (``Decimal`` would accept them all).
+YUAN_PATTERN = re.compile(r"[+-]?[0-9]{1,15}(?:\.[0-9]*)?", re.ASCII)
 
 
 class MoneyError(ValueError):
@@ -42,16 +48,15 @@ def parse_yuan(text: str) -> int:
     ``0.005`` is not money we can book.
     """
     cleaned = str(text).strip().lstrip("`").replace("¥", "").replace(",", "").strip()
-    try:
-        value = Decimal(cleaned)
-    except InvalidOperation:
-        raise MoneyError(f"not a yuan amount: {text!r}") from None
-    if not value.is_finite():
+    if not YUAN_PATTERN.fullmatch(cleaned):
         raise MoneyError(f"not a yuan amount: {text!r}")
-    fen = value * 100
-    if fen != fen.to_integral_value():
+    # Exact by construction: the digits are shifted, never multiplied in a
+    # limited-precision context that could round or underflow.
+    whole, _, decimals = cleaned.partition(".")
+    if len(decimals.rstrip("0")) > 2:
         raise MoneyError(f"more than two decimals in yuan amount {text!r}")
-    result = int(fen)
+    value = Decimal(whole + "." + (decimals[:2] or "0"))
+    result = int(value.scaleb(2))
     if abs(result) > MAX_FEN:
         raise MoneyError(f"yuan amount {text!r} is out of range")
     return result
@@ -59,6 +64,8 @@ def parse_yuan(text: str) -> int:
 
 def format_yuan(amount_fen: int) -> str:
     """``1234`` → ``"12.34"``; negative amounts keep their sign."""
+    if isinstance(amount_fen, bool) or not isinstance(amount_fen, int):
+        raise MoneyError(f"amount must be an integer number of fen, got {amount_fen!r}")
     sign = "-" if amount_fen < 0 else ""
     whole, part = divmod(abs(amount_fen), 100)
     return f"{sign}{whole}.{part:02d}"

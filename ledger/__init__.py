@@ -11,11 +11,12 @@ Operations flush and never commit.
 
 from ledger.accounts import account, balance, balances, platform_account
 from ledger.check import CheckReport, check_ledger
-from ledger.errors import LedgerError, UnbalancedEntry
+from ledger.errors import IdempotencyMismatch, LedgerError, UnbalancedEntry
 from ledger.posting import Leg, close_flow, post_entry, reverse_entry
 
 __all__ = [
     "CheckReport",
+    "IdempotencyMismatch",
     "Leg",
     "LedgerError",
     "UnbalancedEntry",

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ledger.errors import LedgerError
 from models import AccountKind, LedgerAccount, LedgerPosting, Unit, db, utcnow
 from models.ledger import POINT_KINDS
 
@@ -17,6 +18,12 @@ def _code(kind: str, owner_type: str | None, owner_id: int | None) -> str:
 
 def account(kind: AccountKind, owner_type: str | None = None, owner_id: int | None = None) -> LedgerAccount:
     """The account of ``kind`` for an owner ("merchant", 7), created if missing."""
+    try:
+        kind = AccountKind(kind)
+    except ValueError:
+        raise LedgerError(f"unknown account kind {kind!r}") from None
+    if (owner_type is None) != (owner_id is None):
+        raise LedgerError("owner_type and owner_id go together")
     code = _code(kind, owner_type, owner_id)
     found = db.session.execute(select(LedgerAccount).where(LedgerAccount.code == code)).scalar_one_or_none()
     if found is not None:

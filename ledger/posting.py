@@ -7,9 +7,13 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from ledger.errors import IdempotencyMismatch, UnbalancedEntry
+from ledger.errors import IdempotencyMismatch, LedgerError, UnbalancedEntry
 from models import LedgerAccount, LedgerEntry, LedgerFlow, LedgerPosting, db, utcnow
 from models.ledger import CLEARING_KINDS
+from money import MAX_FEN
+
+MAX_KEY_LENGTH = 160  # ledger_entries.idempotency_key
+MAX_FLOW_LENGTH = 64  # ledger_postings.flow
 
 
 @dataclass(frozen=True)
@@ -30,8 +34,12 @@ def _validate(legs: list[Leg]) -> str:
             raise UnbalancedEntry(f"leg amount must be an int, got {leg.amount!r}")
         if leg.amount == 0:
             raise UnbalancedEntry(f"zero leg on {leg.account.code}")
+        if abs(leg.amount) > MAX_FEN:
+            raise UnbalancedEntry(f"leg amount {leg.amount} on {leg.account.code} is out of range")
         if leg.account.kind in CLEARING_KINDS and not leg.flow:
             raise UnbalancedEntry(f"clearing account {leg.account.code} needs a flow")
+        if leg.flow is not None and not (isinstance(leg.flow, str) and 0 < len(leg.flow) <= MAX_FLOW_LENGTH):
+            raise LedgerError(f"flow must be 1 to {MAX_FLOW_LENGTH} characters, got {leg.flow!r}")
     total = sum(leg.amount for leg in legs)
     if total != 0:
         raise UnbalancedEntry(f"legs sum to {total}, not zero")
@@ -48,6 +56,8 @@ def post_entry(key: str, memo: str, legs: list[Leg], reverses: LedgerEntry | Non
     A repeat with different legs raises ``IdempotencyMismatch``: the key names
     one movement, and two movements under one key is a caller bug.
     """
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
+        raise LedgerError(f"ledger key must be 1 to {MAX_KEY_LENGTH} characters, got {key!r}")
     unit = _validate(legs)
     existing = _by_key(key)
     if existing is None:

@@ -5,13 +5,40 @@ commit (``unit_of_work``). Datetimes are UTC-aware on every database and
 personal data is encrypted at rest (``EncryptedText``).
 """
 
+from models.alerts import Alert, raise_alert
 from models.base import Base, EncryptedText, UTCDateTime, db, unit_of_work, utcnow
+from models.campaigns import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType
 from models.idempotency import IdempotencyRecord
 from models.ledger import AccountKind, LedgerAccount, LedgerEntry, LedgerFlow, LedgerPosting, Unit
 from models.operators import AuditLog, Operator, OperatorRole, OperatorToken
+from models.orders import Order, OrderLine, OrderStatus, PaymentNotification, Refund, RefundStatus
+from models.packets import PacketStatus, RedPacket
+from models.payouts import Payout, PayoutStatus, Rail
 from models.people import Merchant, Product, User, UserIdentity, UserStatus
+from models.rebates import Rebate, RebateAdjustment, RebateStatus, Receivable
 
 __all__ = [
+    "Alert",
+    "Campaign",
+    "CampaignRules",
+    "CampaignStatus",
+    "FunderType",
+    "IssuerType",
+    "Order",
+    "OrderLine",
+    "OrderStatus",
+    "PacketStatus",
+    "PaymentNotification",
+    "Payout",
+    "PayoutStatus",
+    "Rail",
+    "Rebate",
+    "RebateAdjustment",
+    "RebateStatus",
+    "Receivable",
+    "RedPacket",
+    "Refund",
+    "RefundStatus",
     "AccountKind",
     "AuditLog",
     "Base",
@@ -32,6 +59,7 @@ __all__ = [
     "UserIdentity",
     "UserStatus",
     "db",
+    "raise_alert",
     "unit_of_work",
     "utcnow",
 ]

@@ -12,7 +12,7 @@ import os
 from itertools import count
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from app import create_app
 from models import Merchant, Operator, Product, User, UserIdentity, db
@@ -51,7 +51,10 @@ def pg_schema():
 
 
 def _truncate_all() -> None:
-    tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
+    # Only tables the migrations created: a model whose migration is not written
+    # yet fails its own tests, not everyone's set-up.
+    existing = set(inspect(db.engine).get_table_names())
+    tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables if t.name in existing)
     with db.engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
@@ -170,3 +173,43 @@ def make_operator(app, make_merchant):
         return operator, {"Authorization": f"Bearer {token}"}
 
     return make
+
+
+@pytest.fixture
+def make_campaign(app):
+    """An active campaign with version 1 of ``rules``; platform-funded unless told otherwise."""
+    from models import Campaign, CampaignRules
+
+    def make(rules: dict, **fields) -> Campaign:
+        fields.setdefault("name", f"campaign-{next(_seq)}")
+        fields.setdefault("issuer_type", "platform")
+        fields.setdefault("funder_type", "platform_fund")
+        fields.setdefault("status", "active")
+        campaign = Campaign(**fields)
+        db.session.add(campaign)
+        db.session.flush()
+        db.session.add(CampaignRules(campaign_id=campaign.id, version=1, rules=rules))
+        db.session.commit()
+        return campaign
+
+    return make
+
+
+@pytest.fixture
+def pay(app):
+    """Apply a WeChat payment of exactly the payable amount and commit, as the callback would."""
+    from models import utcnow
+    from rebate import apply_payment
+
+    def do(order, at=None, amount_fen=None, notification_id=None):
+        outcome = apply_payment(
+            order.out_trade_no,
+            f"tx-{order.out_trade_no}",
+            amount_fen or order.payable_fen,
+            at or utcnow(),
+            notification_id=notification_id,
+        )
+        db.session.commit()
+        return outcome
+
+    return do

@@ -74,6 +74,7 @@ class CreateProduct(Model):
     name: Name
     category: Category
     price_fen: PositiveFen
+    reason: Reason | None = None
 
 
 class CreateOperator(Model):
@@ -138,7 +139,7 @@ def create_product(merchant_id: int, body: CreateProduct):
         db.session.flush()
     except IntegrityError:
         raise Conflict(f"product {body.name!r} exists for this merchant", code="duplicate_product") from None
-    audit("product.create", "product", product.id, None, merchant_id=merchant_id, price_fen=body.price_fen)
+    audit("product.create", "product", product.id, body.reason, merchant_id=merchant_id, price_fen=body.price_fen)
     return product_json(product), 201
 
 
@@ -185,7 +186,10 @@ def create_operator_record(username: str, display_name: str, role: str, merchant
         raise Conflict(f"operator {username!r} exists", code="duplicate_operator")
     operator = Operator(username=username, display_name=display_name, role=role, merchant_id=merchant_id)
     db.session.add(operator)
-    db.session.flush()
+    try:
+        db.session.flush()
+    except IntegrityError:  # a concurrent create won the race for the username
+        raise Conflict(f"operator {username!r} exists", code="duplicate_operator") from None
     return operator
 
 

@@ -35,8 +35,19 @@ def _bearer() -> str:
     return token.strip()
 
 
+def _forget_other_requests() -> None:
+    """``g`` outlives a request when an app context was already pushed (tests, CLI
+    scripts); an identity cached there must never answer for the next request."""
+    req = request._get_current_object()
+    if g.get("identity_request") is not req:
+        g.pop("user", None)
+        g.pop("operator", None)
+        g.identity_request = req
+
+
 def current_user() -> User:
     """The signed-in user, or 401/403. Banned users are refused on every call."""
+    _forget_other_requests()
     if "user" in g:
         return g.user
     token = _bearer()
@@ -75,6 +86,7 @@ def issue_operator_token(operator: Operator, label: str = "", ttl: timedelta | N
 
 
 def current_operator(roles: tuple[str, ...] = ()) -> Operator:
+    _forget_other_requests()
     if "operator" not in g:
         row = db.session.execute(
             select(OperatorToken).where(OperatorToken.token_sha256 == token_digest(_bearer()))

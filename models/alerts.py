@@ -1,0 +1,33 @@
+"""Alerts: something an operator must look at. Written in the caller's transaction and logged."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, UTCDateTime, db, utcnow
+
+log = logging.getLogger("alerts")
+
+
+class Alert(Base):
+    """Something an operator must look at (amount mismatch, failed refund, …)."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40), index=True)
+    subject: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+def raise_alert(kind: str, subject: str, message: str) -> Alert:
+    alert = Alert(kind=kind, subject=subject[:64], message=message)
+    db.session.add(alert)
+    log.warning("alert", extra={"alert_kind": kind, "subject": subject, "alert_message": message})
+    return alert

@@ -1,0 +1,99 @@
+"""Campaigns: who issues, who funds, the budget counters and versioned rules.
+
+Budget invariant, kept by the database: reserved + committed <= limit (when a
+limit is set), both never negative. Counters move only through conditional
+UPDATEs in ``rebate/budgets.py``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, UTCDateTime, utcnow
+
+
+class CampaignStatus(StrEnum):
+    DRAFT = "draft"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    ENDED = "ended"
+
+
+class IssuerType(StrEnum):
+    PLATFORM = "platform"
+    MERCHANT = "merchant"
+    USER = "user"
+
+
+class FunderType(StrEnum):
+    PLATFORM_FUND = "platform_fund"
+    MERCHANT_DEPOSIT = "merchant_deposit"
+    USER_STAKE = "user_stake"
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.DRAFT)
+    issuer_type: Mapped[str] = mapped_column(String(16))
+    issuer_merchant_id: Mapped[int | None] = mapped_column(ForeignKey("merchants.id"))
+    issuer_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    funder_type: Mapped[str] = mapped_column(String(24))
+    funder_merchant_id: Mapped[int | None] = mapped_column(ForeignKey("merchants.id"))
+    funder_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    starts_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    budget_limit_fen: Mapped[int | None] = mapped_column(BigInteger)
+    budget_reserved_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    budget_committed_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    rules_version: Mapped[int] = mapped_column(default=1)
+    # The packet this campaign issues (None: it only awards, e.g. a referral campaign).
+    packet_amount_fen: Mapped[int | None] = mapped_column(BigInteger)
+    packet_min_spend_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    packet_categories: Mapped[list] = mapped_column(JSON, default=list)
+    packet_merchant_id: Mapped[int | None] = mapped_column(ForeignKey("merchants.id"))
+    packet_valid_days: Mapped[int] = mapped_column(default=30)
+    restore_packet_on_refund: Mapped[bool] = mapped_column(default=False)
+    # How packets are issued: {"kind": "order_paid", "min_order_fen": 20000} | {"kind": "claim_code"} | ...
+    trigger: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("status in ('draft', 'active', 'paused', 'ended')", name="status"),
+        CheckConstraint("budget_reserved_fen >= 0 and budget_committed_fen >= 0", name="budget_nonnegative"),
+        CheckConstraint(
+            "budget_limit_fen is null or budget_reserved_fen + budget_committed_fen <= budget_limit_fen",
+            name="budget_within_limit",
+        ),
+        CheckConstraint("packet_amount_fen is null or packet_amount_fen > 0", name="packet_amount_positive"),
+        CheckConstraint(
+            "(funder_type = 'merchant_deposit') = (funder_merchant_id is not null)", name="merchant_funder"
+        ),
+    )
+
+    @property
+    def budget_available_fen(self) -> int | None:
+        if self.budget_limit_fen is None:
+            return None
+        return self.budget_limit_fen - self.budget_reserved_fen - self.budget_committed_fen
+
+
+class CampaignRules(Base):
+    """One immutable version of a campaign's rules; orders keep the version they ran under."""
+
+    __tablename__ = "campaign_rules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    version: Mapped[int]
+    rules: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
+
+    __table_args__ = (UniqueConstraint("campaign_id", "version"),)

@@ -1,0 +1,110 @@
+"""Orders, their lines, refunds, and the record of payment notifications."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from models.base import Base, UTCDateTime, utcnow
+
+
+class OrderStatus(StrEnum):
+    CREATED = "created"  # waiting for payment
+    PAID = "paid"
+    CLOSED = "closed"  # never paid
+    REFUNDED = "refunded"  # paid, then refunded in full
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    out_trade_no: Mapped[str] = mapped_column(String(32), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    merchant_id: Mapped[int] = mapped_column(ForeignKey("merchants.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=OrderStatus.CREATED)
+    total_fen: Mapped[int] = mapped_column(BigInteger)
+    packet_id: Mapped[int | None] = mapped_column(ForeignKey("red_packets.id"))
+    discount_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    payable_fen: Mapped[int] = mapped_column(BigInteger)
+    paid_fen: Mapped[int | None] = mapped_column(BigInteger)  # WeChat's payer_total
+    refunded_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    transaction_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    time_expire: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    channel: Mapped[str] = mapped_column(String(24), default="mini_program")
+    review_reason: Mapped[str | None] = mapped_column(Text)  # set when flagged for an operator
+    prepay_id: Mapped[str | None] = mapped_column(String(64))
+    prepay_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    lines: Mapped[list[OrderLine]] = relationship(back_populates="order", order_by="OrderLine.id")
+
+    __table_args__ = (
+        CheckConstraint("status in ('created', 'paid', 'closed', 'refunded')", name="status"),
+        CheckConstraint("total_fen > 0 and discount_fen >= 0 and payable_fen >= 1", name="amounts"),
+        CheckConstraint("payable_fen + discount_fen = total_fen", name="payable_is_total_less_discount"),
+        CheckConstraint("refunded_fen >= 0 and refunded_fen <= payable_fen", name="refund_within_paid"),
+    )
+
+    @property
+    def net_paid_fen(self) -> int:
+        return (self.paid_fen or 0) - self.refunded_fen
+
+
+class OrderLine(Base):
+    __tablename__ = "order_lines"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    category: Mapped[str] = mapped_column(String(32))
+    quantity: Mapped[int]
+    unit_price_fen: Mapped[int] = mapped_column(BigInteger)
+    line_total_fen: Mapped[int] = mapped_column(BigInteger)
+
+    order: Mapped[Order] = relationship(back_populates="lines")
+
+    __table_args__ = (CheckConstraint("quantity > 0 and unit_price_fen > 0", name="positive"),)
+
+
+class RefundStatus(StrEnum):
+    PENDING = "pending"  # asked of WeChat, not finished
+    SUCCEEDED = "succeeded"
+    ABNORMAL = "abnormal"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class Refund(Base):
+    __tablename__ = "refunds"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    out_refund_no: Mapped[str] = mapped_column(String(64), unique=True)
+    amount_fen: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default=RefundStatus.PENDING)
+    refund_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint("amount_fen > 0", name="positive"),
+        CheckConstraint("status in ('pending', 'succeeded', 'abnormal', 'closed', 'failed')", name="status"),
+    )
+
+
+class PaymentNotification(Base):
+    """Every WeChat notification id we processed: a repeat is answered and skipped."""
+
+    __tablename__ = "payment_notifications"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    notification_id: Mapped[str] = mapped_column(String(64), unique=True)
+    out_trade_no: Mapped[str] = mapped_column(String(32), index=True)
+    outcome: Mapped[str] = mapped_column(String(24))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

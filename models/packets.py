@@ -1,0 +1,60 @@
+"""Red packets: issued by someone, owned by someone, spent on one order.
+
+States: ``unclaimed`` (batch-generated, waiting for its code) → ``issued`` →
+``locked`` (in an unpaid order) → ``used``; or → ``expired`` / ``revoked``.
+``reserved_fen`` is what the packet holds in its campaign's budget.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, UTCDateTime, utcnow
+
+
+class PacketStatus(StrEnum):
+    UNCLAIMED = "unclaimed"
+    ISSUED = "issued"
+    LOCKED = "locked"
+    USED = "used"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+class RedPacket(Base):
+    __tablename__ = "red_packets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    rules_version: Mapped[int]
+    issuer_type: Mapped[str] = mapped_column(String(16))
+    issuer_merchant_id: Mapped[int | None] = mapped_column(ForeignKey("merchants.id"))
+    issuer_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    claim_code: Mapped[str | None] = mapped_column(String(32), unique=True)
+    amount_fen: Mapped[int] = mapped_column(BigInteger)
+    min_spend_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    categories: Mapped[list] = mapped_column(JSON, default=list)
+    merchant_id: Mapped[int | None] = mapped_column(ForeignKey("merchants.id"))
+    status: Mapped[str] = mapped_column(String(16), default=PacketStatus.ISSUED)
+    reserved_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    valid_from: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    source: Mapped[str] = mapped_column(String(24))
+    source_ref: Mapped[str | None] = mapped_column(String(64))
+    order_id: Mapped[int | None] = mapped_column(BigInteger)  # the order it is locked in or used by
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint("status in ('unclaimed', 'issued', 'locked', 'used', 'expired', 'revoked')", name="status"),
+        CheckConstraint("amount_fen > 0 and reserved_fen >= 0", name="amounts"),
+        CheckConstraint("status = 'unclaimed' or owner_id is not null", name="owned_once_claimed"),
+        UniqueConstraint("campaign_id", "source", "source_ref"),
+        Index("ix_red_packets_status_expires", "status", "expires_at"),
+    )

@@ -1,0 +1,70 @@
+"""The payout outbox: one row per money movement to WeChat, fixed at creation.
+
+The row, its external number and its ledger entry are committed together,
+before any call to WeChat. Terminal states never change.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, UTCDateTime, utcnow
+
+
+class PayoutStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    UNKNOWN = "unknown"
+    WAITING_USER_CONFIRM = "waiting_user_confirm"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    NEEDS_OPERATOR = "needs_operator"
+
+
+TERMINAL = frozenset({PayoutStatus.SUCCEEDED, PayoutStatus.FAILED, PayoutStatus.CANCELLED})
+NOT_LEFT = frozenset({PayoutStatus.PENDING})  # money that has certainly not left
+
+
+class Rail(StrEnum):
+    WECHAT_CHANGE = "wechat_change"
+    CASH_RED_PACKET = "cash_red_packet"
+    WECHAT_COUPON = "wechat_coupon"
+    CARD_COUPON = "card_coupon"
+
+
+class Payout(Base):
+    __tablename__ = "payouts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rebate_id: Mapped[int | None] = mapped_column(ForeignKey("rebates.id"), index=True)
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    rail: Mapped[str] = mapped_column(String(24))
+    amount_fen: Mapped[int] = mapped_column(BigInteger)
+    external_no: Mapped[str] = mapped_column(String(32), unique=True)
+    status: Mapped[str] = mapped_column(String(24), default=PayoutStatus.PENDING)
+    held: Mapped[bool] = mapped_column(default=False)  # a refund of its order is pending
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint("amount_fen > 0", name="positive"),
+        CheckConstraint(
+            "status in ('pending', 'sending', 'unknown', 'waiting_user_confirm', 'succeeded', 'failed', "
+            "'cancelled', 'needs_operator')",
+            name="status",
+        ),
+        Index("ix_payouts_due", "status", "next_attempt_at"),
+    )
+
+    @property
+    def flow(self) -> str:
+        return f"payout:{self.id}"

@@ -1,0 +1,87 @@
+"""Rebate decisions: one row per (order, campaign, role), awarded or not, with its reasons.
+
+A row with ``amount_fen`` 0 records a rule that did not award and why; the
+customer-service trace and ``GET /api/v1/me/rebates`` read these. Refund
+clawbacks lower ``amount_fen`` never below zero and record each step in
+``RebateAdjustment``. ``Receivable`` tracks money already paid out that a
+refund took back, until a later rebate of the same kind nets it off.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, UTCDateTime, utcnow
+
+
+class RebateStatus(StrEnum):
+    AWARDED = "awarded"
+    SKIPPED = "skipped"  # the rule did not award; see reason_code
+    CLAWED_BACK = "clawed_back"  # reduced to zero by refunds
+
+
+class Rebate(Base):
+    __tablename__ = "rebates"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    rules_version: Mapped[int]
+    packet_id: Mapped[int | None] = mapped_column(ForeignKey("red_packets.id"))
+    role: Mapped[str] = mapped_column(String(16))
+    beneficiary_type: Mapped[str | None] = mapped_column(String(16))  # user | merchant
+    beneficiary_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    form: Mapped[str] = mapped_column(String(24))
+    status: Mapped[str] = mapped_column(String(16))
+    original_fen: Mapped[int] = mapped_column(BigInteger, default=0)  # as first awarded
+    amount_fen: Mapped[int] = mapped_column(BigInteger, default=0)  # after clawbacks
+    points: Mapped[int] = mapped_column(BigInteger, default=0)
+    reason_code: Mapped[str] = mapped_column(String(32))
+    reasons: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("order_id", "campaign_id", "role"),
+        CheckConstraint("amount_fen >= 0 and amount_fen <= original_fen", name="within_original"),
+        CheckConstraint("status in ('awarded', 'skipped', 'clawed_back')", name="status"),
+    )
+
+
+class RebateAdjustment(Base):
+    """One clawback step: ``amount_fen`` taken back by a refund, and how it was recovered."""
+
+    __tablename__ = "rebate_adjustments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rebate_id: Mapped[int] = mapped_column(ForeignKey("rebates.id"), index=True)
+    refund_id: Mapped[int] = mapped_column(ForeignKey("refunds.id"))
+    amount_fen: Mapped[int] = mapped_column(BigInteger)
+    recovered_fen: Mapped[int] = mapped_column(BigInteger)  # came back now (unpaid, or from a balance)
+    receivable_fen: Mapped[int] = mapped_column(BigInteger)  # already paid out: owed until netted
+    reason: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("rebate_id", "refund_id"),
+        CheckConstraint("amount_fen > 0 and recovered_fen + receivable_fen = amount_fen", name="split"),
+    )
+
+
+class Receivable(Base):
+    """Money a beneficiary owes back (per campaign, so recovery returns to the right budget)."""
+
+    __tablename__ = "receivables"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    beneficiary_type: Mapped[str] = mapped_column(String(16))
+    beneficiary_id: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))  # cash | points | credit
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
+    outstanding_fen: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    __table_args__ = (CheckConstraint("outstanding_fen >= 0", name="nonnegative"),)

@@ -1,0 +1,90 @@
+"""Writing to the outbox. Every function flushes; none commits, none calls WeChat."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+
+from ledger import Leg, account, close_flow, post_entry
+from models import AccountKind, LedgerAccount, Payout, PayoutStatus, db
+
+PREFIX = {"wechat_change": "TB", "cash_red_packet": "RP", "wechat_coupon": "CP", "card_coupon": "CD"}
+
+
+def external_no_for(rail: str, payout_id: int) -> str:
+    """``mch_billno`` / ``out_bill_no`` / ``out_request_no``: letters and digits only, fixed per row."""
+    return f"{PREFIX[rail]}{payout_id:012d}"
+
+
+def enqueue_payout(
+    *,
+    rail: str,
+    user_id: int,
+    amount_fen: int,
+    source: LedgerAccount,
+    key: str,
+    memo: str,
+    rebate_id: int | None = None,
+    order_id: int | None = None,
+) -> Payout:
+    """A payout row and the entry moving ``amount_fen`` from ``source`` into the payout's clearing flow."""
+    payout = Payout(
+        rail=rail,
+        user_id=user_id,
+        amount_fen=amount_fen,
+        rebate_id=rebate_id,
+        order_id=order_id,
+        external_no=f"tmp-{key}"[:32],
+    )
+    db.session.add(payout)
+    db.session.flush()
+    payout.external_no = external_no_for(rail, payout.id)
+    payable = account(AccountKind.REBATE_PAYABLE)
+    post_entry(
+        f"payout:{payout.id}:queued", memo, [Leg(source, -amount_fen), Leg(payable, amount_fen, flow=payout.flow)]
+    )
+    db.session.flush()
+    return payout
+
+
+def hold_order_payouts(order_id: int) -> int:
+    """Hold every payout of an order that has not left (a refund is pending)."""
+    return db.session.execute(
+        update(Payout).where(Payout.order_id == order_id, Payout.status == PayoutStatus.PENDING).values(held=True)
+    ).rowcount
+
+
+def release_order_payouts(order_id: int) -> int:
+    return db.session.execute(
+        update(Payout).where(Payout.order_id == order_id, Payout.held.is_(True)).values(held=False)
+    ).rowcount
+
+
+def pending_payout_for_rebate(rebate_id: int) -> Payout | None:
+    """The rebate's payout if its money has certainly not left (locked for update)."""
+    return db.session.execute(
+        select(Payout).where(Payout.rebate_id == rebate_id, Payout.status == PayoutStatus.PENDING).with_for_update()
+    ).scalar_one_or_none()
+
+
+def cancel_or_reduce(payout: Payout, by_fen: int, refund_key: str, back_to: LedgerAccount) -> int:
+    """Take up to ``by_fen`` back from a pending payout; returns what was taken.
+
+    The money goes from the payout's clearing flow back to ``back_to``. A payout
+    reduced to zero is cancelled and its flow closed.
+    """
+    taken = min(by_fen, payout.amount_fen)
+    if taken <= 0:
+        return 0
+    payable = account(AccountKind.REBATE_PAYABLE)
+    post_entry(
+        f"payout:{payout.id}:reduce:{refund_key}",
+        f"refund reduces payout {payout.id}",
+        [Leg(payable, -taken, flow=payout.flow), Leg(back_to, taken)],
+    )
+    if taken == payout.amount_fen:  # the row keeps its amount; the status says it never left
+        payout.status = PayoutStatus.CANCELLED
+        close_flow(payout.flow)
+    else:
+        payout.amount_fen -= taken
+    db.session.flush()
+    return taken

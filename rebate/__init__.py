@@ -1,0 +1,29 @@
+"""The rebate engine's operations: campaigns issue packets, orders spend them, payments pay both sides.
+
+Owns: packet issuance and claims, orders, ``apply_payment``, the awarding of
+rebates (ledger + outbox), refunds with clawback, and campaign budgets.
+``rules.py`` is the pure core (facts in, decisions out); everything else here
+applies decisions inside the caller's transaction and never commits.
+
+Lock order, everywhere: order row, then packet, then campaigns by ascending id
+(budgets). Keeping one order rules out deadlocks between payments and refunds.
+"""
+
+from rebate.errors import RebateError
+from rebate.orders import close_order, create_order
+from rebate.packets import claim_packet, issue_packet
+from rebate.payments import PaymentOutcome, apply_payment
+from rebate.refunds import apply_refund, begin_refund, fail_refund
+
+__all__ = [
+    "PaymentOutcome",
+    "RebateError",
+    "apply_payment",
+    "apply_refund",
+    "begin_refund",
+    "claim_packet",
+    "close_order",
+    "create_order",
+    "fail_refund",
+    "issue_packet",
+]

@@ -1,0 +1,173 @@
+"""Turning decisions into rebates: one ``Rebate`` row per role, the ledger entry, the payout.
+
+Cash forms credit the beneficiary's cash balance first; a WeChat rail then
+pays out what the balance holds after any receivable is netted. Points live in
+the points ledger; coupon and card rebates are costed at face value. Money a
+beneficiary owes back (a receivable) is recovered from their next rebate of
+the same kind, and the recovered amount returns to the budget it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+from sqlalchemy import select
+
+from ledger import Leg, account, balance, post_entry
+from models import AccountKind, Campaign, Order, Rebate, RebateStatus, Receivable, db
+from payouts import enqueue_payout
+from rebate import budgets
+from rebate.campaigns import funder_account
+from rebate.rules import Decision
+
+RAIL_OF_FORM = {
+    "wechat_change": "wechat_change",
+    "cash_red_packet": "cash_red_packet",
+    "wechat_coupon": "wechat_coupon",
+    "card_coupon": "card_coupon",
+}
+KIND_OF_FORM = {
+    "balance": "cash",
+    "wechat_change": "cash",
+    "cash_red_packet": "cash",
+    "points": "points",
+    "merchant_credit": "credit",
+    "wechat_coupon": "coupon",
+    "card_coupon": "coupon",
+}
+
+
+@dataclass(frozen=True)
+class Beneficiary:
+    type: str  # user | merchant
+    id: int
+
+
+def point_value_fen() -> int:
+    return max(1, int(current_app.config.get("POINT_VALUE_FEN", 1)))
+
+
+def record_decisions(
+    order: Order,
+    campaign: Campaign,
+    version: int,
+    packet_id: int | None,
+    decisions: list[Decision],
+    who: dict[str, Beneficiary | None],
+) -> list[Rebate]:
+    rebates = []
+    for decision in decisions:
+        beneficiary = who.get(decision.role)
+        awarded = decision.amount_fen > 0 and beneficiary is not None
+        form = "merchant_credit" if beneficiary and beneficiary.type == "merchant" else decision.form
+        rebate = Rebate(
+            order_id=order.id,
+            campaign_id=campaign.id,
+            rules_version=version,
+            packet_id=packet_id,
+            role=decision.role,
+            beneficiary_type=beneficiary.type if beneficiary else None,
+            beneficiary_id=beneficiary.id if beneficiary else None,
+            form=form,
+            status=RebateStatus.AWARDED if awarded else RebateStatus.SKIPPED,
+            original_fen=decision.amount_fen if awarded else 0,
+            amount_fen=decision.amount_fen if awarded else 0,
+            reason_code=decision.reason_code if beneficiary or not decision.amount_fen else "no_beneficiary",
+            reasons=list(decision.reasons),
+        )
+        db.session.add(rebate)
+        db.session.flush()
+        if awarded:
+            pay_rebate(rebate, campaign, order)
+        rebates.append(rebate)
+    return rebates
+
+
+def beneficiary_account(rebate: Rebate):
+    kind = KIND_OF_FORM[rebate.form]
+    if kind == "credit":
+        return account(AccountKind.MERCHANT_MARKETING_CREDIT, "merchant", rebate.beneficiary_id)
+    if kind == "points":
+        return account(AccountKind.USER_POINTS, "user", rebate.beneficiary_id)
+    return account(AccountKind.USER_CASH, "user", rebate.beneficiary_id)
+
+
+def pay_rebate(rebate: Rebate, campaign: Campaign, order: Order) -> None:
+    kind = KIND_OF_FORM[rebate.form]
+    key = f"rebate:{rebate.id}"
+    memo = f"{rebate.role} rebate on order {order.out_trade_no}"
+    if kind == "points":
+        rebate.points = rebate.amount_fen // point_value_fen()
+        if rebate.points:
+            post_entry(
+                key,
+                memo,
+                [
+                    Leg(account(AccountKind.POINTS_ISSUANCE), -rebate.points),
+                    Leg(beneficiary_account(rebate), rebate.points),
+                ],
+            )
+    elif kind == "coupon":
+        enqueue_payout(
+            rail=RAIL_OF_FORM[rebate.form],
+            user_id=rebate.beneficiary_id,
+            amount_fen=rebate.amount_fen,
+            source=funder_account(campaign),
+            key=key,
+            memo=memo,
+            rebate_id=rebate.id,
+            order_id=order.id,
+        )
+        return
+    else:
+        target = beneficiary_account(rebate)
+        post_entry(key, memo, [Leg(funder_account(campaign), -rebate.amount_fen), Leg(target, rebate.amount_fen)])
+    recover_receivables(rebate.beneficiary_type, rebate.beneficiary_id, kind, rebate.amount_fen)
+    if rebate.form in ("wechat_change", "cash_red_packet"):
+        _queue_cash_payout(rebate, order, key, memo)
+
+
+def _queue_cash_payout(rebate: Rebate, order: Order, key: str, memo: str) -> None:
+    cash = beneficiary_account(rebate)
+    payable = min(rebate.amount_fen, max(0, balance(cash)))  # a negative balance (receivable) nets first
+    if payable > 0:
+        enqueue_payout(
+            rail=RAIL_OF_FORM[rebate.form],
+            user_id=rebate.beneficiary_id,
+            amount_fen=payable,
+            source=cash,
+            key=key,
+            memo=memo,
+            rebate_id=rebate.id,
+            order_id=order.id,
+        )
+
+
+def recover_receivables(beneficiary_type: str, beneficiary_id: int, kind: str, amount_fen: int) -> int:
+    """Net a new rebate against what the beneficiary owes, oldest first; budgets get it back."""
+    left = amount_fen
+    owed = (
+        db.session.execute(
+            select(Receivable)
+            .where(
+                Receivable.beneficiary_type == beneficiary_type,
+                Receivable.beneficiary_id == beneficiary_id,
+                Receivable.kind == kind,
+                Receivable.outstanding_fen > 0,
+            )
+            .order_by(Receivable.id)
+            .with_for_update()
+        )
+        .scalars()
+        .all()
+    )
+    for receivable in owed:
+        if left == 0:
+            break
+        take = min(left, receivable.outstanding_fen)
+        receivable.outstanding_fen -= take
+        budgets.release_committed(receivable.campaign_id, take)
+        left -= take
+    db.session.flush()
+    return amount_fen - left

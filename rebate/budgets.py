@@ -1,0 +1,79 @@
+"""Campaign budget counters: conditional UPDATEs, so concurrent claims never oversell.
+
+reserved + committed <= limit is checked in the UPDATE's WHERE clause and again
+by a CHECK constraint. Each function returns whether the move happened.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.orm.util import identity_key
+
+from models import Campaign, db
+
+C = Campaign.__table__.c
+
+
+def _apply(campaign_id: int, where, **values) -> bool:
+    stmt = update(Campaign).where(C.id == campaign_id, *where).values(**values)
+    done = db.session.execute(stmt.execution_options(synchronize_session=False)).rowcount == 1
+    _expire(campaign_id)
+    return done
+
+
+def _expire(campaign_id: int) -> None:
+    campaign = db.session.identity_map.get(identity_key(Campaign, campaign_id))
+    if campaign is not None:
+        db.session.expire(campaign, ["budget_reserved_fen", "budget_committed_fen"])
+
+
+def _fits(amount_fen: int):
+    return (C.budget_limit_fen.is_(None)) | (
+        C.budget_reserved_fen + C.budget_committed_fen + amount_fen <= C.budget_limit_fen
+    )
+
+
+def reserve(campaign_id: int, amount_fen: int) -> bool:
+    if amount_fen == 0:
+        return True
+    return _apply(campaign_id, [_fits(amount_fen)], budget_reserved_fen=C.budget_reserved_fen + amount_fen)
+
+
+def commit(campaign_id: int, amount_fen: int) -> bool:
+    """Commit spending that had no reservation (referral awards, say)."""
+    if amount_fen == 0:
+        return True
+    return _apply(campaign_id, [_fits(amount_fen)], budget_committed_fen=C.budget_committed_fen + amount_fen)
+
+
+def settle(campaign_id: int, reserved_fen: int, actual_fen: int) -> None:
+    """Turn a reservation into commitment at the real amount (never more than reserved)."""
+    if actual_fen > reserved_fen:
+        raise ValueError(f"settling {actual_fen} fen against a reservation of {reserved_fen}")
+    _apply(
+        campaign_id,
+        [],
+        budget_reserved_fen=C.budget_reserved_fen - reserved_fen,
+        budget_committed_fen=C.budget_committed_fen + actual_fen,
+    )
+
+
+def release_reserved(campaign_id: int, amount_fen: int) -> None:
+    if amount_fen:
+        _apply(campaign_id, [], budget_reserved_fen=C.budget_reserved_fen - amount_fen)
+
+
+def release_committed(campaign_id: int, amount_fen: int) -> None:
+    if amount_fen:
+        _apply(campaign_id, [], budget_committed_fen=C.budget_committed_fen - amount_fen)
+
+
+def recommit_as_reserved(campaign_id: int, amount_fen: int) -> None:
+    """A restored packet: its spent face value becomes a reservation again."""
+    if amount_fen:
+        _apply(
+            campaign_id,
+            [],
+            budget_committed_fen=C.budget_committed_fen - amount_fen,
+            budget_reserved_fen=C.budget_reserved_fen + amount_fen,
+        )

@@ -1,0 +1,142 @@
+"""Creating orders from product lines with an optional red packet, and closing unpaid ones."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from models import Order, OrderLine, OrderStatus, PacketStatus, Product, RedPacket, User, db
+from rebate.errors import Invalid, NotFound, StateConflict
+from rebate.packets import release_packet
+
+ORDER_TTL = timedelta(minutes=30)
+MAX_QUANTITY = 999
+MIN_PAYABLE_FEN = 1  # WeChat's minimum
+
+
+@dataclass(frozen=True)
+class LineRequest:
+    product_id: int
+    quantity: int
+
+
+def new_out_trade_no(now: datetime) -> str:
+    """Ours, unique, 6-32 of [0-9A-Za-z]; fixed before WeChat sees it."""
+    return f"O{now:%Y%m%d}{secrets.token_hex(8).upper()}"
+
+
+def _load_products(lines: list[LineRequest]) -> dict[int, Product]:
+    ids = {line.product_id for line in lines}
+    products = {p.id: p for p in db.session.execute(select(Product).where(Product.id.in_(ids))).scalars()}
+    missing = sorted(ids - {pid for pid, p in products.items() if p.active})
+    if missing:
+        raise NotFound(f"no such product: {missing}", code="product_not_found")
+    if len({p.merchant_id for p in products.values()}) != 1:
+        raise Invalid("one order buys from one merchant", code="mixed_merchants")
+    return products
+
+
+def _order_lines(lines: list[LineRequest], products: dict[int, Product]) -> list[OrderLine]:
+    if not lines:
+        raise Invalid("an order needs at least one line", code="empty_order")
+    result = []
+    for line in lines:
+        if not 0 < line.quantity <= MAX_QUANTITY:
+            raise Invalid(f"quantity must be 1 to {MAX_QUANTITY}", code="invalid_quantity")
+        product = products[line.product_id]
+        result.append(
+            OrderLine(
+                product_id=product.id,
+                category=product.category,
+                quantity=line.quantity,
+                unit_price_fen=product.price_fen,
+                line_total_fen=product.price_fen * line.quantity,
+            )
+        )
+    return result
+
+
+def _usable_packet(packet_id: int, user: User, merchant_id: int, lines: list[OrderLine], now: datetime):
+    """Lock and check the caller's packet; returns (packet, discount base). Someone else's is 404."""
+    packet = db.session.execute(
+        select(RedPacket).where(RedPacket.id == packet_id).with_for_update().execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if packet is None or packet.owner_id != user.id:
+        raise NotFound("no such red packet", code="packet_not_found")
+    if packet.status != PacketStatus.ISSUED:
+        raise StateConflict(f"this red packet is {packet.status}", code=f"packet_{packet.status}")
+    if now < packet.valid_from or now >= packet.expires_at:
+        raise StateConflict("this red packet is not valid now", code="packet_expired")
+    if packet.merchant_id is not None and packet.merchant_id != merchant_id:
+        raise Invalid("this red packet is for another merchant", code="packet_wrong_merchant")
+    eligible = sum(li.line_total_fen for li in lines if not packet.categories or li.category in packet.categories)
+    if eligible == 0:
+        raise Invalid(f"this red packet only applies to {', '.join(packet.categories)}", code="packet_wrong_category")
+    if eligible < packet.min_spend_fen:
+        raise Invalid(
+            f"spend at least {packet.min_spend_fen} fen on eligible goods to use this packet", code="below_min_spend"
+        )
+    return packet, eligible
+
+
+def create_order(
+    user: User, lines: list[LineRequest], packet_id: int | None, now: datetime, channel: str = "mini_program"
+) -> Order:
+    """A new unpaid order; its packet (if any) is locked until payment or close."""
+    products = _load_products(lines)
+    order_lines = _order_lines(lines, products)
+    merchant_id = next(iter(products.values())).merchant_id
+    total = sum(li.line_total_fen for li in order_lines)
+    packet, discount = None, 0
+    if packet_id is not None:
+        packet, eligible = _usable_packet(packet_id, user, merchant_id, order_lines, now)
+        # A packet larger than the order is capped so the payable stays at least 1 fen; it is consumed whole.
+        discount = min(packet.amount_fen, eligible, total - MIN_PAYABLE_FEN)
+    order = Order(
+        out_trade_no=new_out_trade_no(now),
+        user_id=user.id,
+        merchant_id=merchant_id,
+        total_fen=total,
+        packet_id=packet.id if packet else None,
+        discount_fen=discount,
+        payable_fen=total - discount,
+        time_expire=now + ORDER_TTL,
+        channel=channel,
+        created_at=now,
+        lines=order_lines,
+    )
+    db.session.add(order)
+    db.session.flush()
+    if packet is not None:
+        packet.status, packet.order_id = PacketStatus.LOCKED, order.id
+    db.session.flush()
+    return order
+
+
+def lock_order(out_trade_no: str) -> Order | None:
+    return db.session.execute(
+        select(Order)
+        .where(Order.out_trade_no == out_trade_no)
+        .with_for_update()
+        .execution_options(populate_existing=True)  # after waiting on the lock, see the winner's writes
+    ).scalar_one_or_none()
+
+
+def close_order(order: Order, now: datetime) -> None:
+    """Close an unpaid order and unlock its packet (expired meanwhile: expire it)."""
+    if order.status != OrderStatus.CREATED:
+        raise StateConflict(f"a {order.status} order cannot be closed", code="order_not_open")
+    order.status = OrderStatus.CLOSED
+    if order.packet_id is not None:
+        packet = db.session.execute(
+            select(RedPacket).where(RedPacket.id == order.packet_id).with_for_update()
+        ).scalar_one()
+        if packet.status == PacketStatus.LOCKED and packet.order_id == order.id:
+            if now >= packet.expires_at:
+                release_packet(packet, PacketStatus.EXPIRED)
+            else:
+                packet.status, packet.order_id = PacketStatus.ISSUED, None
+    db.session.flush()

@@ -1,0 +1,245 @@
+"""``apply_payment``: the one operation the payment callback and the order-query job call.
+
+In the caller's transaction, under the order's row lock: the notification id
+is recorded, the order becomes paid, its packet used, the sale posted, the
+rebate engine run for every campaign that applies, rebates posted and payouts
+queued, and packets issued by order-paid triggers. A repeat (same
+notification, or an order already paid) changes nothing and reports success.
+An amount that disagrees with the order flags it for review and moves no money.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import select
+
+from ledger import Leg, account, post_entry
+from models import (
+    AccountKind,
+    Campaign,
+    CampaignStatus,
+    Order,
+    OrderStatus,
+    PacketStatus,
+    PaymentNotification,
+    RedPacket,
+    User,
+    db,
+    raise_alert,
+)
+from rebate import budgets
+from rebate.awards import Beneficiary, record_decisions
+from rebate.campaigns import funder_account, is_running, rules_of
+from rebate.errors import BudgetExhausted, NotFound
+from rebate.orders import lock_order
+from rebate.packets import issue_packet
+from rebate.rules import CASH_FORMS, Decision, OrderFacts, evaluate
+
+
+class PaymentOutcome(StrEnum):
+    APPLIED = "applied"
+    ALREADY_APPLIED = "already_applied"
+    DUPLICATE_NOTIFICATION = "duplicate_notification"
+    AMOUNT_MISMATCH = "amount_mismatch"
+    PAID_AFTER_CLOSE = "paid_after_close"
+
+
+def apply_payment(
+    out_trade_no: str,
+    transaction_id: str,
+    amount_fen: int,
+    paid_at: datetime,
+    notification_id: str | None = None,
+    payer_total_fen: int | None = None,
+) -> PaymentOutcome:
+    order = lock_order(out_trade_no)
+    if order is None:
+        raise NotFound(f"no order {out_trade_no}", code="unknown_order")
+    if notification_id and _seen(notification_id):
+        return PaymentOutcome.DUPLICATE_NOTIFICATION
+    outcome = _apply_locked(order, transaction_id, amount_fen, paid_at, payer_total_fen)
+    if notification_id:
+        db.session.add(PaymentNotification(notification_id=notification_id, out_trade_no=out_trade_no, outcome=outcome))
+    db.session.flush()
+    return outcome
+
+
+def _seen(notification_id: str) -> bool:
+    return (
+        db.session.execute(
+            select(PaymentNotification.id).where(PaymentNotification.notification_id == notification_id)
+        ).first()
+        is not None
+    )
+
+
+def _flag(order: Order, kind: str, message: str) -> None:
+    order.review_reason = message
+    raise_alert(kind, order.out_trade_no, message)
+
+
+def _apply_locked(
+    order: Order, transaction_id: str, amount_fen: int, paid_at: datetime, payer_total_fen: int | None
+) -> PaymentOutcome:
+    if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
+        if order.transaction_id != transaction_id:
+            _flag(order, "second_payment", f"a second transaction {transaction_id} paid order {order.out_trade_no}")
+        return PaymentOutcome.ALREADY_APPLIED
+    if amount_fen != order.payable_fen:
+        _flag(order, "amount_mismatch", f"WeChat says {amount_fen} fen was paid; the order asks {order.payable_fen}")
+        return PaymentOutcome.AMOUNT_MISMATCH
+    if order.status == OrderStatus.CLOSED:
+        _flag(order, "paid_after_close", f"order {order.out_trade_no} was paid after it was closed; refund it")
+        return PaymentOutcome.PAID_AFTER_CLOSE
+    payer_total = amount_fen if payer_total_fen is None else min(payer_total_fen, amount_fen)
+    order.status, order.transaction_id, order.paid_at, order.paid_fen = (
+        OrderStatus.PAID,
+        transaction_id,
+        paid_at,
+        payer_total,
+    )
+    packet = _use_packet(order, paid_at)
+    campaigns = _lock_campaigns(order, packet, paid_at)
+    _post_sale(order, packet, campaigns)
+    _run_rebates(order, packet, campaigns, paid_at)
+    _issue_triggered_packets(order, campaigns, paid_at)
+    return PaymentOutcome.APPLIED
+
+
+def _use_packet(order: Order, now: datetime) -> RedPacket | None:
+    if order.packet_id is None:
+        return None
+    packet = db.session.execute(select(RedPacket).where(RedPacket.id == order.packet_id).with_for_update()).scalar_one()
+    packet.status, packet.used_at, packet.order_id = PacketStatus.USED, now, order.id
+    return packet
+
+
+def _relevant(campaign: Campaign, order: Order, has_inviter: bool) -> bool:
+    trigger = campaign.trigger or {}
+    if trigger.get("kind") == "order_paid":
+        return order.total_fen >= trigger.get("min_order_fen", 0)
+    return has_inviter and rules_of(campaign).applies_to == "referral"
+
+
+def _lock_campaigns(order: Order, packet: RedPacket | None, now: datetime) -> dict[int, Campaign]:
+    """The campaigns this payment touches, row-locked in ascending id order (no deadlocks)."""
+    has_inviter = db.session.get(User, order.user_id).inviter_id is not None
+    active = db.session.execute(select(Campaign).where(Campaign.status == CampaignStatus.ACTIVE)).scalars()
+    ids = {c.id for c in active if _relevant(c, order, has_inviter)}
+    if packet is not None:
+        ids.add(packet.campaign_id)
+    rows = (
+        db.session.execute(
+            select(Campaign)
+            .where(Campaign.id.in_(sorted(ids)))
+            .order_by(Campaign.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        .scalars()
+        .all()
+    )
+    return {c.id: c for c in rows}
+
+
+def _post_sale(order: Order, packet: RedPacket | None, campaigns: dict[int, Campaign]) -> None:
+    legs = [
+        Leg(account(AccountKind.WECHAT_SETTLEMENT), -order.payable_fen),
+        Leg(account(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), order.total_fen),
+    ]
+    if order.discount_fen:
+        legs.append(Leg(funder_account(campaigns[packet.campaign_id]), -order.discount_fen))
+    post_entry(f"order:{order.id}:sale", f"sale {order.out_trade_no}", legs)
+
+
+def _who(order: Order, packet: RedPacket | None, referral_days: int | None, now: datetime):
+    consumer = db.session.get(User, order.user_id)
+    inviter = None
+    if consumer.inviter_id is not None:
+        bound = consumer.invited_at or consumer.created_at
+        if referral_days is None or now < bound + timedelta(days=referral_days):
+            inviter = Beneficiary("user", consumer.inviter_id)
+    issuer = None
+    if packet is not None and packet.issuer_type == "merchant":
+        issuer = Beneficiary("merchant", packet.issuer_merchant_id)
+    elif packet is not None and packet.issuer_type == "user":
+        issuer = Beneficiary("user", packet.issuer_user_id)
+    return {"issuer": issuer, "consumer": Beneficiary("user", consumer.id), "inviter": inviter}
+
+
+def _evaluate(order, packet, campaign, version, budget_left, cash_room, now) -> tuple[list[Decision], dict]:
+    rules = rules_of(campaign, version)
+    who = _who(order, packet, rules.referral_days, now)
+    facts = OrderFacts(
+        order_total_fen=order.total_fen,
+        paid_fen=order.paid_fen,
+        paid_at=now,
+        has_issuer=who["issuer"] is not None,
+        has_inviter=who["inviter"] is not None,
+    )
+    if not is_running(campaign, now):
+        return [
+            Decision(r.role, 0, r.form, "campaign_not_running", ("the campaign was paused or had ended",))
+            for r in rules.roles
+        ], who
+    return evaluate(rules, facts, budget_left_fen=budget_left, cash_room_fen=cash_room), who
+
+
+def _run_rebates(order: Order, packet: RedPacket | None, campaigns: dict[int, Campaign], now: datetime) -> None:
+    cash_room = order.paid_fen
+    for campaign_id in sorted(campaigns):
+        campaign = campaigns[campaign_id]
+        is_packet_campaign = packet is not None and packet.campaign_id == campaign_id
+        if is_packet_campaign:
+            budget_left, version = packet.reserved_fen - order.discount_fen, packet.rules_version
+        elif rules_of(campaign).applies_to == "referral":
+            budget_left, version = campaign.budget_available_fen, campaign.rules_version
+        else:
+            continue
+        decisions, who = _evaluate(order, packet, campaign, version, budget_left, cash_room, now)
+        rebates = record_decisions(order, campaign, version, packet.id if is_packet_campaign else None, decisions, who)
+        awarded = sum(r.amount_fen for r in rebates)
+        cash_room -= sum(r.amount_fen for r in rebates if r.form in CASH_FORMS)
+        if is_packet_campaign:
+            budgets.settle(campaign_id, packet.reserved_fen, order.discount_fen + awarded)
+            packet.reserved_fen = 0
+        elif not budgets.commit(campaign_id, awarded):
+            raise BudgetExhausted("budget moved under a locked campaign")  # cannot happen under the row lock
+
+
+def _issue_triggered_packets(order: Order, campaigns: dict[int, Campaign], now: datetime) -> None:
+    for campaign in campaigns.values():
+        trigger = campaign.trigger or {}
+        if trigger.get("kind") != "order_paid" or not campaign.packet_amount_fen or not is_running(campaign, now):
+            continue
+        if order.total_fen < trigger.get("min_order_fen", 0):
+            continue
+        if campaign.packet_merchant_id is not None and campaign.packet_merchant_id != order.merchant_id:
+            continue
+        if trigger.get("first_order_only") and _paid_orders(order.user_id) > 1:
+            continue
+        try:
+            with db.session.begin_nested():
+                issue_packet(
+                    campaign,
+                    db.session.get(User, order.user_id),
+                    source="order_paid",
+                    source_ref=order.out_trade_no,
+                    now=now,
+                )
+        except BudgetExhausted:
+            raise_alert(
+                "budget_exhausted",
+                f"campaign {campaign.id}",
+                f"no packet issued for order {order.out_trade_no}: budget exhausted",
+            )
+
+
+def _paid_orders(user_id: int) -> int:
+    return len(
+        db.session.execute(
+            select(Order.id).where(Order.user_id == user_id, Order.status.in_([OrderStatus.PAID, OrderStatus.REFUNDED]))
+        ).all()
+    )

@@ -1,0 +1,242 @@
+"""Refunds: hold while pending, claw back at ``REFUND.SUCCESS``, release on failure.
+
+Clawback is cumulative: each rebate's entitlement is recomputed on the
+order's new net amounts (rounded down, never above what was awarded) and only
+the difference is taken. Money that has not left is taken back from the
+payout; money that has left is recovered from the beneficiary's balance as
+far as it goes, and the rest becomes a receivable netted against their next
+rebate of the same kind. Budgets get back only what was recovered.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from ledger import Leg, account, balance, post_entry
+from models import (
+    AccountKind,
+    Campaign,
+    Order,
+    OrderStatus,
+    PacketStatus,
+    Rebate,
+    RebateAdjustment,
+    RebateStatus,
+    Receivable,
+    RedPacket,
+    Refund,
+    RefundStatus,
+    db,
+    raise_alert,
+)
+from payouts import cancel_or_reduce, hold_order_payouts, pending_payout_for_rebate, release_order_payouts
+from rebate import budgets
+from rebate.awards import KIND_OF_FORM, beneficiary_account, point_value_fen
+from rebate.campaigns import funder_account, rules_of
+from rebate.errors import Invalid, NotFound, StateConflict
+from rebate.orders import lock_order
+from rebate.packets import reservation_for
+from rebate.rules import OrderFacts, entitlement_after_refund
+
+
+def _pending_total(order_id: int, exclude: int | None = None) -> int:
+    stmt = select(func.coalesce(func.sum(Refund.amount_fen), 0)).where(
+        Refund.order_id == order_id, Refund.status == RefundStatus.PENDING
+    )
+    if exclude is not None:
+        stmt = stmt.where(Refund.id != exclude)
+    return int(db.session.execute(stmt).scalar_one())
+
+
+def begin_refund(order: Order, out_refund_no: str, amount_fen: int, reason: str | None = None) -> Refund:
+    """Record a refund we are about to ask WeChat for, and hold the order's unsent payouts."""
+    order = lock_order(order.out_trade_no)
+    existing = db.session.execute(select(Refund).where(Refund.out_refund_no == out_refund_no)).scalar_one_or_none()
+    if existing is not None:
+        if existing.order_id != order.id or existing.amount_fen != amount_fen:
+            raise StateConflict("this refund number was used for another refund", code="refund_no_reused")
+        return existing
+    if order.status != OrderStatus.PAID:
+        raise StateConflict(f"a {order.status} order cannot be refunded", code="order_not_refundable")
+    refundable = order.paid_fen - order.refunded_fen - _pending_total(order.id)
+    if not 0 < amount_fen <= refundable:
+        raise Invalid(f"refund must be 1 to {refundable} fen", code="refund_amount")
+    refund = Refund(order_id=order.id, out_refund_no=out_refund_no, amount_fen=amount_fen, reason=reason)
+    db.session.add(refund)
+    hold_order_payouts(order.id)
+    db.session.flush()
+    return refund
+
+
+def fail_refund(out_refund_no: str, status: RefundStatus, now: datetime) -> Refund:
+    """WeChat closed the refund or it went abnormal: nothing moves, the hold is released."""
+    refund = db.session.execute(select(Refund).where(Refund.out_refund_no == out_refund_no)).scalar_one_or_none()
+    if refund is None:
+        raise NotFound(f"no refund {out_refund_no}", code="unknown_refund")
+    order = db.session.get(Order, refund.order_id)
+    lock_order(order.out_trade_no)
+    if refund.status != RefundStatus.PENDING:
+        return refund
+    refund.status, refund.finished_at = status, now
+    raise_alert(f"refund_{status}", out_refund_no, f"refund {out_refund_no} of order {order.out_trade_no} is {status}")
+    if _pending_total(order.id) == 0:
+        release_order_payouts(order.id)
+    db.session.flush()
+    return refund
+
+
+def apply_refund(
+    out_trade_no: str, out_refund_no: str, amount_fen: int, now: datetime, refund_id: str | None = None
+) -> Refund:
+    """Apply a successful refund once per ``out_refund_no``."""
+    order = lock_order(out_trade_no)
+    if order is None:
+        raise NotFound(f"no order {out_trade_no}", code="unknown_order")
+    refund = db.session.execute(select(Refund).where(Refund.out_refund_no == out_refund_no)).scalar_one_or_none()
+    if refund is None:  # started outside this app (the merchant platform, say)
+        refund = begin_refund(order, out_refund_no, amount_fen)
+    if refund.order_id != order.id:
+        raise StateConflict("this refund belongs to another order", code="refund_order_mismatch")
+    if refund.status == RefundStatus.SUCCEEDED:
+        return refund
+    if refund.amount_fen != amount_fen:
+        raise_alert(
+            "refund_amount_mismatch", out_refund_no, f"WeChat refunded {amount_fen} fen, we asked {refund.amount_fen}"
+        )
+        raise StateConflict("refund amount disagrees with our record", code="refund_amount_mismatch")
+    refund.status, refund.finished_at, refund.refund_id = RefundStatus.SUCCEEDED, now, refund_id
+    order.refunded_fen += amount_fen
+    _post_refund(order, refund)
+    _claw_back(order, refund)
+    if order.refunded_fen == order.paid_fen:
+        order.status = OrderStatus.REFUNDED
+        _void_discount(order, refund)
+    if _pending_total(order.id) == 0:
+        release_order_payouts(order.id)
+    db.session.flush()
+    return refund
+
+
+def _post_refund(order: Order, refund: Refund) -> None:
+    post_entry(
+        f"refund:{refund.id}",
+        f"refund {refund.out_refund_no}",
+        [
+            Leg(account(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), -refund.amount_fen),
+            Leg(account(AccountKind.WECHAT_SETTLEMENT), refund.amount_fen),
+        ],
+    )
+
+
+def _void_discount(order: Order, refund: Refund) -> None:
+    """A fully refunded order: the funder gets the packet's value back; the packet is restored if the campaign says."""
+    if not order.packet_id or not order.discount_fen:
+        return
+    packet = db.session.execute(select(RedPacket).where(RedPacket.id == order.packet_id).with_for_update()).scalar_one()
+    campaign = db.session.get(Campaign, packet.campaign_id)
+    post_entry(
+        f"refund:{refund.id}:discount",
+        f"packet value of {order.out_trade_no} returns to its funder",
+        [
+            Leg(account(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), -order.discount_fen),
+            Leg(funder_account(campaign), order.discount_fen),
+        ],
+    )
+    if campaign.restore_packet_on_refund and refund.finished_at < packet.expires_at:
+        budgets.recommit_as_reserved(campaign.id, order.discount_fen)
+        extra = reservation_for(campaign) - order.discount_fen
+        reserved = order.discount_fen + (extra if extra > 0 and budgets.reserve(campaign.id, extra) else 0)
+        packet.status, packet.order_id, packet.used_at, packet.reserved_fen = PacketStatus.ISSUED, None, None, reserved
+    else:
+        budgets.release_committed(campaign.id, order.discount_fen)
+
+
+def _net_facts(order: Order) -> OrderFacts:
+    net_paid = order.paid_fen - order.refunded_fen
+    net_total = order.total_fen * net_paid // order.paid_fen  # goods value refunded in proportion
+    return OrderFacts(
+        order_total_fen=net_total, paid_fen=net_paid, paid_at=order.paid_at, has_issuer=True, has_inviter=True
+    )
+
+
+def _claw_back(order: Order, refund: Refund) -> None:
+    facts = _net_facts(order)
+    rebates = (
+        db.session.execute(select(Rebate).where(Rebate.order_id == order.id, Rebate.amount_fen > 0).order_by(Rebate.id))
+        .scalars()
+        .all()
+    )
+    for rebate in rebates:
+        campaign = db.session.get(Campaign, rebate.campaign_id)
+        entitled = entitlement_after_refund(
+            rules_of(campaign, rebate.rules_version), facts, rebate.role, rebate.amount_fen
+        )
+        if entitled < rebate.amount_fen:
+            _take_back(rebate, campaign, rebate.amount_fen - entitled, refund)
+
+
+def _take_back(rebate: Rebate, campaign: Campaign, delta: int, refund: Refund) -> None:
+    kind = KIND_OF_FORM[rebate.form]
+    key = f"clawback:{rebate.id}:{refund.id}"
+    if kind == "coupon":
+        recovered = _from_pending_payout(rebate, delta, key, funder_account(campaign))
+    elif kind == "points":
+        recovered = _points_back(rebate, delta, key)
+    else:
+        target = beneficiary_account(rebate)
+        recovered = _from_pending_payout(rebate, delta, key, target)
+        recovered += min(delta - recovered, max(0, balance(target) - recovered))
+        post_entry(
+            key,
+            f"refund {refund.out_refund_no} claws back {rebate.role} rebate",
+            [Leg(target, -delta), Leg(funder_account(campaign), delta)],
+        )
+    receivable = delta - recovered
+    budgets.release_committed(campaign.id, recovered)
+    if receivable and kind != "coupon":
+        db.session.add(
+            Receivable(
+                beneficiary_type=rebate.beneficiary_type,
+                beneficiary_id=rebate.beneficiary_id,
+                kind=kind,
+                campaign_id=campaign.id,
+                outstanding_fen=receivable,
+            )
+        )
+    rebate.amount_fen -= delta
+    if rebate.amount_fen == 0:
+        rebate.status = RebateStatus.CLAWED_BACK
+    why = "already sent; owed back from the next rebate" if receivable else "taken back before it was paid"
+    db.session.add(
+        RebateAdjustment(
+            rebate_id=rebate.id,
+            refund_id=refund.id,
+            amount_fen=delta,
+            recovered_fen=recovered,
+            receivable_fen=receivable,
+            reason=f"refund {refund.out_refund_no}: {why}",
+        )
+    )
+    db.session.flush()
+
+
+def _from_pending_payout(rebate: Rebate, delta: int, key: str, back_to) -> int:
+    payout = pending_payout_for_rebate(rebate.id)
+    return cancel_or_reduce(payout, delta, key, back_to) if payout is not None else 0
+
+
+def _points_back(rebate: Rebate, delta: int, key: str) -> int:
+    value = point_value_fen()
+    new_points = rebate.points * (rebate.amount_fen - delta) // rebate.amount_fen if rebate.amount_fen else 0
+    taken = rebate.points - new_points
+    held = max(0, balance(beneficiary_account(rebate)))
+    if taken:
+        post_entry(
+            key,
+            "refund claws back points",
+            [Leg(beneficiary_account(rebate), -taken), Leg(account(AccountKind.POINTS_ISSUANCE), taken)],
+        )
+    rebate.points = new_points
+    return min(delta, min(taken, held) * value)

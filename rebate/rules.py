@@ -1,0 +1,271 @@
+"""Pure rebate rules: facts and ``now`` in, decisions out. Imports only ``money``.
+
+A rule set is data (validated JSON stored per campaign version), parsed here
+into frozen dataclasses. ``evaluate`` returns one ``Decision`` per role, each
+with its amount (possibly 0) and the reasons in words, so the trace can say
+why every rule did or did not pay. Rounding is always down; an award never
+exceeds its cap, the budget left, or (for cash forms) what the consumer paid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from money import format_yuan, share
+
+ROLES = ("issuer", "consumer", "inviter")
+BASES = ("paid", "order_total")
+FORMS = ("wechat_change", "cash_red_packet", "wechat_coupon", "card_coupon", "balance", "points", "merchant_credit")
+CASH_FORMS = frozenset({"wechat_change", "cash_red_packet", "balance"})
+APPLIES_TO = ("packet", "referral")
+
+
+class RuleError(ValueError):
+    """A rule set that cannot be evaluated safely; the message says why."""
+
+    code = "invalid_rules"
+    kind = "invalid"
+
+
+@dataclass(frozen=True)
+class Tier:
+    min_order_fen: int
+    rate_bps: int
+
+
+@dataclass(frozen=True)
+class Window:
+    starts_at: datetime
+    ends_at: datetime
+    factor_bps: int  # 20000 = double
+
+
+@dataclass(frozen=True)
+class RoleRule:
+    role: str
+    rate_bps: int
+    form: str
+    base: str = "paid"
+    min_order_fen: int = 0
+    cap_fen: int | None = None
+    fallback_form: str | None = None
+    tiers: tuple[Tier, ...] = ()
+    windows: tuple[Window, ...] = ()
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    roles: tuple[RoleRule, ...]
+    applies_to: str = "packet"
+    referral_days: int | None = None  # inviter earns for this many days after binding
+
+    def max_award_fen(self) -> int | None:
+        """The most one order can cost in rebates, or None when some role has no cap."""
+        caps = [r.cap_fen for r in self.roles]
+        return None if any(c is None for c in caps) else sum(caps)
+
+
+@dataclass(frozen=True)
+class OrderFacts:
+    order_total_fen: int  # goods value before any packet
+    paid_fen: int  # what the consumer paid (WeChat's payer_total), net of refunds
+    paid_at: datetime
+    has_issuer: bool = True  # the packet's issuer can receive (platform issuers cannot)
+    has_inviter: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    role: str
+    amount_fen: int
+    form: str
+    reason_code: str  # "awarded", "below_minimum", "cap_reached", ...
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def awarded(self) -> bool:
+        return self.amount_fen > 0
+
+
+def evaluate(
+    rules: RuleSet, facts: OrderFacts, *, budget_left_fen: int | None = None, cash_room_fen: int | None = None
+) -> list[Decision]:
+    """Decide every role's rebate for one order. ``None`` limits mean unlimited."""
+    budget = budget_left_fen
+    cash_room = facts.paid_fen if cash_room_fen is None else min(cash_room_fen, facts.paid_fen)
+    decisions = []
+    for rule in rules.roles:
+        decision = _decide(rule, facts, budget, cash_room)
+        decisions.append(decision)
+        if budget is not None:
+            budget -= decision.amount_fen
+        if decision.form in CASH_FORMS:
+            cash_room -= decision.amount_fen
+    return decisions
+
+
+def _decide(rule: RoleRule, facts: OrderFacts, budget: int | None, cash_room: int) -> Decision:
+    def no(code: str, why: str) -> Decision:
+        return Decision(rule.role, 0, rule.form, code, (why,))
+
+    if rule.role == "issuer" and not facts.has_issuer:
+        return no("no_beneficiary", "the packet's issuer does not receive rebates")
+    if rule.role == "inviter" and not facts.has_inviter:
+        return no("no_beneficiary", "the buyer has no inviter")
+    base_fen = facts.order_total_fen if rule.base == "order_total" else facts.paid_fen
+    if base_fen < rule.min_order_fen:
+        return no(
+            "below_minimum",
+            f"order {format_yuan(base_fen)} yuan is below the minimum of {format_yuan(rule.min_order_fen)} yuan",
+        )
+    rate_bps, reasons = _rate(rule, base_fen, facts.paid_at)
+    amount = share(base_fen, rate_bps)
+    reasons.append(f"{rate_bps / 100:g}% of {format_yuan(base_fen)} yuan ({rule.base}) = {format_yuan(amount)} yuan")
+    code = "awarded"
+    amount, code = _limit(amount, code, reasons, rule.cap_fen, "cap_reached", "capped at the rule's cap")
+    amount, code = _limit(amount, code, reasons, budget, "budget_exhausted", "limited by the campaign budget left")
+    if rule.form in CASH_FORMS:
+        amount, code = _limit(
+            amount, code, reasons, cash_room, "paid_cap", "cash rebates cannot exceed what the buyer paid"
+        )
+    if amount == 0 and code == "awarded":
+        code = "zero_amount"
+        reasons.append("rounds down to 0")
+    return Decision(rule.role, amount, rule.form, code, tuple(reasons))
+
+
+def _limit(amount: int, code: str, reasons: list[str], limit: int | None, limit_code: str, why: str):
+    if limit is None or amount <= limit:
+        return amount, code
+    limit = max(0, limit)
+    reasons.append(f"{why}: {format_yuan(limit)} yuan")
+    return limit, limit_code
+
+
+def _rate(rule: RoleRule, base_fen: int, at: datetime) -> tuple[int, list[str]]:
+    rate = rule.rate_bps
+    reasons: list[str] = []
+    tier = next((t for t in sorted(rule.tiers, key=lambda t: -t.min_order_fen) if base_fen >= t.min_order_fen), None)
+    if tier is not None:
+        rate = tier.rate_bps
+        reasons.append(f"tier from {format_yuan(tier.min_order_fen)} yuan applies to the whole amount")
+    for window in rule.windows:
+        if window.starts_at <= at < window.ends_at:
+            rate = rate * window.factor_bps // 10_000
+            reasons.append(f"multiplier ×{window.factor_bps / 10_000:g} window")
+            break
+    return rate, reasons
+
+
+def entitlement_after_refund(rules: RuleSet, facts: OrderFacts, role: str, awarded_fen: int) -> int:
+    """What a role is entitled to on the order's new net amounts: never more than already awarded.
+
+    Budget and cash room only ever lowered the original award, so they are not
+    applied again; the result is min(rule on net amounts, awarded).
+    """
+    for decision in evaluate(rules, facts):
+        if decision.role == role:
+            return min(decision.amount_fen, awarded_fen)
+    return 0
+
+
+def parse_rules(data: dict, *, budgeted: bool) -> RuleSet:
+    """Turn stored JSON into a RuleSet, refusing anything unsafe with the reason."""
+    if not isinstance(data, dict):
+        raise RuleError("rules must be an object")
+    applies_to = data.get("applies_to", "packet")
+    if applies_to not in APPLIES_TO:
+        raise RuleError(f"applies_to must be one of {APPLIES_TO}")
+    raw_roles = data.get("roles")
+    if not isinstance(raw_roles, list) or not raw_roles:
+        raise RuleError("rules need at least one role")
+    roles = tuple(_parse_role(r, budgeted) for r in raw_roles)
+    if len({r.role for r in roles}) != len(roles):
+        raise RuleError("each role may appear once")
+    _refuse_overpaying(roles)
+    referral_days = data.get("referral_days")
+    if referral_days is not None and (not _is_int(referral_days) or referral_days <= 0):
+        raise RuleError("referral_days must be a positive integer")
+    return RuleSet(roles=roles, applies_to=applies_to, referral_days=referral_days)
+
+
+def _max_rate_bps(rule: RoleRule) -> int:
+    rate = max([rule.rate_bps, *(t.rate_bps for t in rule.tiers)])
+    factor = max([10_000, *(w.factor_bps for w in rule.windows)])
+    return rate * factor // 10_000
+
+
+def _refuse_overpaying(roles: tuple[RoleRule, ...]) -> None:
+    """No combination of tiers and multiplier windows may pay out more than the order."""
+    total = sum(_max_rate_bps(r) for r in roles)
+    if total > 10_000:
+        raise RuleError(
+            f"at their highest (tiers × multiplier windows) the rules pay {total / 100:g}% of the "
+            "order, more than the order itself"
+        )
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(raw: dict, key: str, default=None, *, low=0, high=10**13):
+    value = raw.get(key, default)
+    if value is None:
+        return None
+    if not _is_int(value) or not low <= value <= high:
+        raise RuleError(f"{key} must be an integer from {low} to {high}")
+    return value
+
+
+def _parse_role(raw: dict, budgeted: bool) -> RoleRule:
+    if not isinstance(raw, dict):
+        raise RuleError("each role rule must be an object")
+    role, form, base = raw.get("role"), raw.get("form"), raw.get("base", "paid")
+    if role not in ROLES:
+        raise RuleError(f"role must be one of {ROLES}")
+    if form not in FORMS or raw.get("fallback_form") not in (None, *FORMS):
+        raise RuleError(f"{role}: form must be one of {FORMS}")
+    if base not in BASES:
+        raise RuleError(f"{role}: base must be one of {BASES}")
+    if form == "merchant_credit" and role != "issuer":
+        raise RuleError(f"{role}: merchant_credit is for a merchant issuer only")
+    cap = _int(raw, "cap_fen", low=1)
+    if budgeted and cap is None:
+        raise RuleError(f"{role}: a rule in a budgeted campaign needs cap_fen, or the budget cannot be reserved")
+    return RoleRule(
+        role=role,
+        rate_bps=_int(raw, "rate_bps", 0, high=10_000),
+        form=form,
+        base=base,
+        min_order_fen=_int(raw, "min_order_fen", 0),
+        cap_fen=cap,
+        fallback_form=raw.get("fallback_form"),
+        tiers=_parse_tiers(raw.get("tiers", [])),
+        windows=_parse_windows(raw.get("windows", [])),
+    )
+
+
+def _parse_tiers(raw) -> tuple[Tier, ...]:
+    if not isinstance(raw, list):
+        raise RuleError("tiers must be a list")
+    tiers = tuple(Tier(_int(t, "min_order_fen", 0), _int(t, "rate_bps", 0, high=10_000)) for t in raw)
+    if len({t.min_order_fen for t in tiers}) != len(tiers):
+        raise RuleError("two tiers start at the same amount")
+    return tiers
+
+
+def _parse_windows(raw) -> tuple[Window, ...]:
+    if not isinstance(raw, list):
+        raise RuleError("windows must be a list")
+    windows = []
+    for w in raw:
+        try:
+            starts, ends = datetime.fromisoformat(w["starts_at"]), datetime.fromisoformat(w["ends_at"])
+        except (KeyError, TypeError, ValueError):
+            raise RuleError("a window needs ISO-8601 starts_at and ends_at with a UTC offset") from None
+        if starts.tzinfo is None or ends.tzinfo is None or ends <= starts:
+            raise RuleError("a window needs timezone-aware starts_at before ends_at")
+        windows.append(Window(starts, ends, _int(w, "factor_bps", 10_000, low=10_000, high=50_000)))
+    return tuple(windows)

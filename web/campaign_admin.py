@@ -1,0 +1,297 @@
+"""Admin API for campaigns: create, validate, version rules, activate / pause / end, batch packets.
+
+Merchant staff manage only their own merchant's campaigns, funded by their own
+deposit; anything else answers 404.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from flask import Blueprint, g
+from pydantic import AwareDatetime, Field, StrictBool, StrictInt
+from sqlalchemy import select
+
+from models import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType, OperatorRole, RedPacket, db, utcnow
+from rebate.errors import StateConflict
+from rebate.packets import generate_batch
+from rebate.rules import RuleError, parse_rules
+from web.admin import audit, merchant_scope, visible_merchant
+from web.api import endpoint
+from web.errors import NotFound, ValidationFailed
+from web.schemas import Category, Id, Model, Name, NonNegativeFen, Page, PositiveFen, Reason
+
+bp = Blueprint("campaign_admin", __name__, url_prefix="/admin/api")
+MANAGERS = (OperatorRole.ADMIN, OperatorRole.MERCHANT_STAFF)
+READERS = (OperatorRole.ADMIN, OperatorRole.FINANCE, OperatorRole.SUPPORT, OperatorRole.MERCHANT_STAFF)
+TRANSITIONS = {
+    "activate": ({CampaignStatus.DRAFT, CampaignStatus.PAUSED}, CampaignStatus.ACTIVE),
+    "pause": ({CampaignStatus.ACTIVE}, CampaignStatus.PAUSED),
+    "end": ({CampaignStatus.DRAFT, CampaignStatus.ACTIVE, CampaignStatus.PAUSED}, CampaignStatus.ENDED),
+}
+
+
+class TierIn(Model):
+    min_order_fen: NonNegativeFen
+    rate_bps: Annotated[StrictInt, Field(ge=0, le=10_000)]
+
+
+class WindowIn(Model):
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    factor_bps: Annotated[StrictInt, Field(ge=10_000, le=50_000)] = 20_000
+
+
+class RoleRuleIn(Model):
+    role: Literal["issuer", "consumer", "inviter"]
+    rate_bps: Annotated[StrictInt, Field(ge=0, le=10_000)]
+    form: Literal[
+        "wechat_change", "cash_red_packet", "wechat_coupon", "card_coupon", "balance", "points", "merchant_credit"
+    ]
+    base: Literal["paid", "order_total"] = "paid"
+    min_order_fen: NonNegativeFen = 0
+    cap_fen: PositiveFen | None = None
+    fallback_form: Literal["wechat_change", "cash_red_packet", "balance", "points"] | None = None
+    tiers: Annotated[list[TierIn], Field(max_length=20)] = []
+    windows: Annotated[list[WindowIn], Field(max_length=20)] = []
+
+
+class RulesIn(Model):
+    roles: Annotated[list[RoleRuleIn], Field(min_length=1, max_length=3)]
+    applies_to: Literal["packet", "referral"] = "packet"
+    referral_days: Annotated[StrictInt, Field(ge=1, le=3650)] | None = None
+
+
+class TriggerIn(Model):
+    kind: Literal["order_paid", "claim_code", "manual"]
+    min_order_fen: NonNegativeFen = 0
+    first_order_only: StrictBool = False
+
+
+class CreateCampaign(Model):
+    name: Name
+    issuer_type: IssuerType
+    issuer_merchant_id: Id | None = None
+    funder_type: FunderType
+    funder_merchant_id: Id | None = None
+    starts_at: AwareDatetime | None = None
+    ends_at: AwareDatetime | None = None
+    budget_limit_fen: PositiveFen | None = None
+    packet_amount_fen: PositiveFen | None = None
+    packet_min_spend_fen: NonNegativeFen = 0
+    packet_categories: Annotated[list[Category], Field(max_length=20)] = []
+    packet_merchant_id: Id | None = None
+    packet_valid_days: Annotated[StrictInt, Field(ge=1, le=365)] = 30
+    restore_packet_on_refund: StrictBool = False
+    trigger: TriggerIn = TriggerIn(kind="manual")
+    rules: RulesIn
+    reason: Reason | None = None
+
+
+class NewRules(Model):
+    rules: RulesIn
+    reason: Reason
+
+
+class Transition(Model):
+    reason: Reason
+
+
+class Batch(Model):
+    count: Annotated[StrictInt, Field(ge=1, le=10_000)]
+    reason: Reason
+
+
+def _rules_data(rules: RulesIn) -> dict:
+    return rules.model_dump(mode="json", exclude_none=True)
+
+
+def _check_rules(rules: RulesIn, budgeted: bool) -> dict:
+    data = _rules_data(rules)
+    try:
+        parse_rules(data, budgeted=budgeted)
+    except RuleError as exc:
+        raise ValidationFailed(str(exc), code="invalid_rules") from None
+    return data
+
+
+def _check_parties(body: CreateCampaign) -> None:
+    if (body.issuer_type == IssuerType.MERCHANT) != (body.issuer_merchant_id is not None):
+        raise ValidationFailed("issuer_merchant_id goes with issuer_type merchant", code="issuer")
+    if (body.funder_type == FunderType.MERCHANT_DEPOSIT) != (body.funder_merchant_id is not None):
+        raise ValidationFailed("funder_merchant_id goes with funder_type merchant_deposit", code="funder")
+    if body.issuer_type == IssuerType.USER or body.funder_type == FunderType.USER_STAKE:
+        raise ValidationFailed("user-issued campaigns are created by users, not operators", code="issuer")
+    if body.starts_at and body.ends_at and body.ends_at <= body.starts_at:
+        raise ValidationFailed("ends_at must be after starts_at", code="window")
+    scope = merchant_scope()
+    for merchant_id in (body.issuer_merchant_id, body.funder_merchant_id, body.packet_merchant_id):
+        if merchant_id is not None:
+            visible_merchant(merchant_id)
+    if scope is not None and (body.funder_merchant_id != scope or body.issuer_merchant_id != scope):
+        raise ValidationFailed("merchant staff run campaigns issued and funded by their own merchant", code="funder")
+
+
+def campaign_json(c: Campaign) -> dict:
+    return {
+        "id": c.id,
+        "name": c.name,
+        "status": c.status,
+        "issuer_type": c.issuer_type,
+        "issuer_merchant_id": c.issuer_merchant_id,
+        "funder_type": c.funder_type,
+        "funder_merchant_id": c.funder_merchant_id,
+        "budget_limit_fen": c.budget_limit_fen,
+        "budget_reserved_fen": c.budget_reserved_fen,
+        "budget_committed_fen": c.budget_committed_fen,
+        "rules_version": c.rules_version,
+        "packet_amount_fen": c.packet_amount_fen,
+        "packet_min_spend_fen": c.packet_min_spend_fen,
+        "packet_categories": c.packet_categories,
+        "trigger": c.trigger,
+        "starts_at": _iso(c.starts_at),
+        "ends_at": _iso(c.ends_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def visible_campaign(campaign_id: int, *, lock: bool = False) -> Campaign:
+    stmt = select(Campaign).where(Campaign.id == campaign_id)
+    campaign = db.session.execute(stmt.with_for_update() if lock else stmt).scalar_one_or_none()
+    scope = merchant_scope()
+    if campaign is None or (scope is not None and campaign.funder_merchant_id != scope):
+        raise NotFound(f"campaign {campaign_id} not found")
+    return campaign
+
+
+@endpoint(bp, "/campaigns", methods=["POST"], auth="operator", roles=MANAGERS, body=CreateCampaign, idempotent=True)
+def create_campaign(body: CreateCampaign):
+    """Create a draft campaign with version 1 of its rules (refused with the reason when unsafe)."""
+    _check_parties(body)
+    rules = _check_rules(body.rules, budgeted=body.budget_limit_fen is not None)
+    fields = body.model_dump(exclude={"rules", "reason", "trigger"})
+    campaign = Campaign(**fields, trigger=body.trigger.model_dump(mode="json"), status=CampaignStatus.DRAFT)
+    db.session.add(campaign)
+    db.session.flush()
+    db.session.add(CampaignRules(campaign_id=campaign.id, version=1, rules=rules, created_by=g.operator.id))
+    audit("campaign.create", "campaign", campaign.id, body.reason, rules=rules)
+    return campaign_json(campaign), 201
+
+
+@endpoint(bp, "/campaigns/validate", methods=["POST"], auth="operator", roles=MANAGERS, body=CreateCampaign)
+def validate_campaign(body: CreateCampaign):
+    """Check a campaign without saving it."""
+    _check_parties(body)
+    rules = parse_rules(
+        _check_rules(body.rules, body.budget_limit_fen is not None), budgeted=body.budget_limit_fen is not None
+    )
+    return {"valid": True, "max_rebate_per_order_fen": rules.max_award_fen()}
+
+
+@endpoint(bp, "/campaigns", auth="operator", roles=READERS, query=Page)
+def list_campaigns(query: Page):
+    """Campaigns, newest first."""
+    stmt = select(Campaign).order_by(Campaign.id.desc()).limit(query.limit).offset(query.offset)
+    if merchant_scope() is not None:
+        stmt = stmt.where(Campaign.funder_merchant_id == merchant_scope())
+    return {"items": [campaign_json(c) for c in db.session.execute(stmt).scalars()]}
+
+
+@endpoint(bp, "/campaigns/<int:campaign_id>", auth="operator", roles=READERS)
+def get_campaign(campaign_id: int):
+    """One campaign with its current rules."""
+    campaign = visible_campaign(campaign_id)
+    rules = db.session.execute(
+        select(CampaignRules).filter_by(campaign_id=campaign.id, version=campaign.rules_version)
+    ).scalar_one()
+    return {**campaign_json(campaign), "rules": rules.rules}
+
+
+@endpoint(
+    bp,
+    "/campaigns/<int:campaign_id>/rules",
+    methods=["PUT"],
+    auth="operator",
+    roles=MANAGERS,
+    body=NewRules,
+    idempotent=True,
+)
+def replace_rules(campaign_id: int, body: NewRules):
+    """A new rules version; packets and orders keep the version they were issued or evaluated under."""
+    campaign = visible_campaign(campaign_id, lock=True)
+    if campaign.status == CampaignStatus.ENDED:
+        raise StateConflict("an ended campaign cannot change", code="campaign_ended")
+    rules = _check_rules(body.rules, budgeted=campaign.budget_limit_fen is not None)
+    campaign.rules_version += 1
+    db.session.add(
+        CampaignRules(campaign_id=campaign.id, version=campaign.rules_version, rules=rules, created_by=g.operator.id)
+    )
+    audit("campaign.rules", "campaign", campaign.id, body.reason, version=campaign.rules_version, rules=rules)
+    return campaign_json(campaign)
+
+
+@endpoint(
+    bp,
+    "/campaigns/<int:campaign_id>/<any(activate, pause, end):action>",
+    methods=["POST"],
+    auth="operator",
+    roles=MANAGERS,
+    body=Transition,
+    idempotent=True,
+)
+def transition(campaign_id: int, action: str, body: Transition):
+    """Activate, pause (stops issuing and awarding at once) or end a campaign."""
+    campaign = visible_campaign(campaign_id, lock=True)
+    sources, target = TRANSITIONS[action]
+    if campaign.status not in sources:
+        raise StateConflict(f"a {campaign.status} campaign cannot {action}", code="campaign_state")
+    campaign.status = target
+    audit(f"campaign.{action}", "campaign", campaign.id, body.reason)
+    return campaign_json(campaign)
+
+
+@endpoint(
+    bp,
+    "/campaigns/<int:campaign_id>/packets/batch",
+    methods=["POST"],
+    auth="operator",
+    roles=MANAGERS,
+    body=Batch,
+    idempotent=True,
+)
+def batch_packets(campaign_id: int, body: Batch):
+    """Generate N unclaimed packets with unique, unguessable claim codes (budget reserved at claim)."""
+    campaign = visible_campaign(campaign_id)
+    now = utcnow()
+    packets = generate_batch(campaign, body.count, now, batch_ref=f"{g.operator.id}:{now.timestamp()}")
+    audit("campaign.batch", "campaign", campaign.id, body.reason, count=body.count)
+    return {"count": len(packets), "codes": [p.claim_code for p in packets]}, 201
+
+
+@endpoint(bp, "/campaigns/<int:campaign_id>/packets", auth="operator", roles=READERS, query=Page)
+def campaign_packets(campaign_id: int, query: Page):
+    """A campaign's packets (codes are not shown again)."""
+    campaign = visible_campaign(campaign_id)
+    rows = db.session.execute(
+        select(RedPacket)
+        .where(RedPacket.campaign_id == campaign.id)
+        .order_by(RedPacket.id)
+        .limit(query.limit)
+        .offset(query.offset)
+    ).scalars()
+    return {
+        "items": [
+            {
+                "id": p.id,
+                "status": p.status,
+                "owner_id": p.owner_id,
+                "amount_fen": p.amount_fen,
+                "reserved_fen": p.reserved_fen,
+            }
+            for p in rows
+        ]
+    }

@@ -1,0 +1,134 @@
+"""The mini-program API under /api/v1: packets, orders, wallet and rebates of the signed-in user.
+
+Amounts and openids come from our records and the session, never from the
+client. Someone else's packet or order answers 404.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from flask import Blueprint
+from pydantic import Field
+from sqlalchemy import select
+
+from ledger import account, balance
+from models import AccountKind, Order, Payout, Rebate, RebateAdjustment, Receivable, RedPacket, db, utcnow
+from rebate import claim_packet, create_order
+from rebate.orders import LineRequest
+from web.api import endpoint
+from web.auth import current_user
+from web.errors import NotFound
+from web.schemas import Id, Model, Page
+from web.views import order_json, packet_json, rebate_json
+
+bp = Blueprint("user_api", __name__, url_prefix="/api/v1")
+
+
+class Claim(Model):
+    code: Annotated[str, Field(min_length=6, max_length=32, pattern=r"^[A-Za-z0-9]+$")]
+
+
+class Line(Model):
+    product_id: Id
+    quantity: Annotated[int, Field(strict=True, ge=1, le=999)]
+
+
+class CreateOrder(Model):
+    lines: Annotated[list[Line], Field(min_length=1, max_length=50)]
+    red_packet_id: Id | None = None
+
+
+@endpoint(bp, "/red-packets/claim", methods=["POST"], body=Claim, idempotent=True)
+def claim(body: Claim):
+    """Claim a red packet by its code; the budget is reserved now."""
+    return packet_json(claim_packet(body.code, current_user(), utcnow())), 201
+
+
+@endpoint(bp, "/me/red-packets", query=Page)
+def my_packets(query: Page):
+    """The caller's red packets, newest first."""
+    rows = db.session.execute(
+        select(RedPacket)
+        .where(RedPacket.owner_id == current_user().id)
+        .order_by(RedPacket.id.desc())
+        .limit(query.limit)
+        .offset(query.offset)
+    ).scalars()
+    return {"items": [packet_json(p) for p in rows]}
+
+
+@endpoint(bp, "/orders", methods=["POST"], body=CreateOrder, idempotent=True)
+def new_order(body: CreateOrder):
+    """Create an order from product lines, optionally spending one of the caller's red packets."""
+    lines = [LineRequest(li.product_id, li.quantity) for li in body.lines]
+    order = create_order(current_user(), lines, body.red_packet_id, utcnow())
+    return order_json(order), 201
+
+
+def own_order(order_id: int) -> Order:
+    order = db.session.get(Order, order_id)
+    if order is None or order.user_id != current_user().id:
+        raise NotFound("no such order")
+    return order
+
+
+@endpoint(bp, "/orders/<int:order_id>")
+def get_order(order_id: int):
+    """One of the caller's orders, with its rebates."""
+    order = own_order(order_id)
+    rebates = db.session.execute(select(Rebate).where(Rebate.order_id == order.id).order_by(Rebate.id)).scalars()
+    return {**order_json(order), "rebates": [rebate_json(r) for r in rebates]}
+
+
+@endpoint(bp, "/me/wallet")
+def wallet():
+    """Cash balance, points and anything owed back after refunds."""
+    user = current_user()
+    owed = (
+        db.session.execute(
+            select(Receivable).where(
+                Receivable.beneficiary_type == "user",
+                Receivable.beneficiary_id == user.id,
+                Receivable.outstanding_fen > 0,
+            )
+        )
+        .scalars()
+        .all()
+    )
+    in_transit = (
+        db.session.execute(
+            select(Payout).where(Payout.user_id == user.id, Payout.status.notin_(["succeeded", "failed", "cancelled"]))
+        )
+        .scalars()
+        .all()
+    )
+    return {
+        "cash_fen": balance(account(AccountKind.USER_CASH, "user", user.id)),
+        "points": balance(account(AccountKind.USER_POINTS, "user", user.id)),
+        "receivables": [{"kind": r.kind, "outstanding_fen": r.outstanding_fen} for r in owed],
+        "payouts_in_progress_fen": sum(p.amount_fen for p in in_transit),
+    }
+
+
+@endpoint(bp, "/me/rebates", query=Page)
+def my_rebates(query: Page):
+    """Every rebate decision about the caller: paid, reduced or missed, with the reason in words."""
+    user = current_user()
+    rows = db.session.execute(
+        select(Rebate, Order)
+        .join(Order, Order.id == Rebate.order_id)
+        .where(
+            ((Order.user_id == user.id) & (Rebate.role == "consumer"))
+            | ((Rebate.beneficiary_type == "user") & (Rebate.beneficiary_id == user.id))
+        )
+        .order_by(Rebate.id.desc())
+        .limit(query.limit)
+        .offset(query.offset)
+    ).all()
+    ids = [r.id for r, _ in rows]
+    adjustments = db.session.execute(select(RebateAdjustment).where(RebateAdjustment.rebate_id.in_(ids))).scalars()
+    by_rebate: dict[int, list] = {}
+    for adj in adjustments:
+        by_rebate.setdefault(adj.rebate_id, []).append(adj)
+    return {"items": [rebate_json(r, order, by_rebate.get(r.id, []), viewer_id=user.id) for r, order in rows]}

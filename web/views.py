@@ -1,0 +1,95 @@
+"""JSON shapes shared by the user and admin APIs, and plain-words reasons for rebates."""
+
+from __future__ import annotations
+
+from models import Order, RedPacket
+from money import format_yuan
+
+PLAIN_REASONS = {
+    "awarded": "paid in full",
+    "below_minimum": "the order was below the rule's minimum",
+    "cap_reached": "reduced to the rule's cap",
+    "budget_exhausted": "the campaign's budget ran out",
+    "paid_cap": "cash rebates cannot exceed what was paid",
+    "zero_amount": "the rebate rounded down to nothing",
+    "no_beneficiary": "nobody to receive it",
+    "campaign_not_running": "the campaign was paused or had ended",
+    "outside_window": "outside the campaign's time window",
+}
+
+
+def packet_json(p: RedPacket) -> dict:
+    return {
+        "id": p.id,
+        "campaign_id": p.campaign_id,
+        "status": p.status,
+        "amount_fen": p.amount_fen,
+        "min_spend_fen": p.min_spend_fen,
+        "categories": p.categories,
+        "merchant_id": p.merchant_id,
+        "issuer_type": p.issuer_type,
+        "valid_from": p.valid_from.isoformat(),
+        "expires_at": p.expires_at.isoformat(),
+    }
+
+
+def order_json(o: Order) -> dict:
+    return {
+        "id": o.id,
+        "out_trade_no": o.out_trade_no,
+        "status": o.status,
+        "merchant_id": o.merchant_id,
+        "total_fen": o.total_fen,
+        "discount_fen": o.discount_fen,
+        "payable_fen": o.payable_fen,
+        "paid_fen": o.paid_fen,
+        "refunded_fen": o.refunded_fen,
+        "red_packet_id": o.packet_id,
+        "time_expire": o.time_expire.isoformat(),
+        "paid_at": o.paid_at.isoformat() if o.paid_at else None,
+        "lines": [
+            {
+                "product_id": li.product_id,
+                "quantity": li.quantity,
+                "unit_price_fen": li.unit_price_fen,
+                "line_total_fen": li.line_total_fen,
+            }
+            for li in o.lines
+        ],
+    }
+
+
+def explain(rebate, adjustments=()) -> str:
+    """One sentence a customer-service agent can read out."""
+    if rebate.status == "skipped":
+        text = f"No {rebate.role} rebate: {PLAIN_REASONS.get(rebate.reason_code, rebate.reason_code)}."
+    else:
+        text = f"{rebate.role.capitalize()} rebate of {format_yuan(rebate.original_fen)} yuan as {rebate.form}"
+        if rebate.reason_code != "awarded":
+            text += f" ({PLAIN_REASONS.get(rebate.reason_code, rebate.reason_code)})"
+        text += "."
+    for adj in adjustments:
+        text += f" {format_yuan(adj.amount_fen)} yuan clawed back: {adj.reason}."
+    return text
+
+
+def rebate_json(r, order: Order | None = None, adjustments=(), viewer_id: int | None = None) -> dict:
+    body = {
+        "id": r.id,
+        "order_id": r.order_id,
+        "campaign_id": r.campaign_id,
+        "role": r.role,
+        "form": r.form,
+        "status": r.status,
+        "original_fen": r.original_fen,
+        "amount_fen": r.amount_fen,
+        "points": r.points,
+        "reason_code": r.reason_code,
+        "reasons": r.reasons,
+        "explanation": explain(r, adjustments),
+    }
+    if order is not None:
+        body["out_trade_no"] = order.out_trade_no
+    if viewer_id is not None:
+        body["mine"] = r.beneficiary_type == "user" and r.beneficiary_id == viewer_id
+    return body
