@@ -1,0 +1,16 @@
+"""WeChat platform adapters — a leaf package that imports nothing of this project.
+
+Owns: WeChat Pay APIv3 (``pay.PayClient``: one signed ``_request``; errors mapped
+to typed ``errors`` with ``retryable`` / ``outcome_unknown``), callback and
+response verification (``notifications``; key chosen by ``Wechatpay-Serial`` from
+``keys.VerifierKeys``, public-key and certificate mode at once), v2 cash red
+packets (``redpack``; XML only through defusedxml), mini-program login / OA OAuth /
+shared tokens / card signatures (``mp``), bill integrity (``bills``) and the local
+WeChat simulator blueprint (``simulator``), which speaks the real wire formats
+with its own keys.
+
+Invariants: the bytes we sign are the bytes we send; a 2xx without a valid WeChat
+signature is forged; a timeout, 5xx, unparseable answer or unknown code is
+*unknown* (query, then retry with the same idempotency key) and never "failed".
+Configuration arrives as constructor arguments; nothing here reads the app config.
+"""

@@ -1,0 +1,204 @@
+"""WeChat Pay verification keys, chosen by the incoming ``Wechatpay-Serial``.
+
+Holds the WeChat Pay public key (``PUB_KEY_ID_…``) and/or platform certificates
+at once, as needed while a merchant migrates between the two modes. Platform
+certificates are refreshed when older than ``refresh_after_s`` or when an
+unknown serial arrives, at most once per ``unknown_serial_gap_s`` so random
+serials cannot make us hammer WeChat.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from wechat import crypto
+from wechat.errors import WeChatConfigError, WeChatError, WeChatSignatureError, WeChatUnavailable
+
+log = logging.getLogger(__name__)
+
+PUBLIC_KEY_ID_PREFIX = "PUB_KEY_ID_"
+CertificateRefresher = Callable[[], list[x509.Certificate]]
+
+
+class VerifierKeys:
+    """Public keys able to verify WeChat's signatures, selected by serial."""
+
+    def __init__(
+        self,
+        public_key: rsa.RSAPublicKey | None = None,
+        public_key_id: str | None = None,
+        certificates: Iterable[x509.Certificate] = (),
+        refresher: CertificateRefresher | None = None,
+        refresh_after_s: float = 3600.0,
+        unknown_serial_gap_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if (public_key is None) != (public_key_id is None):
+            raise WeChatConfigError("public_key and public_key_id go together", code="BAD_PUBLIC_KEY")
+        self.public_key = public_key
+        self.public_key_id = public_key_id
+        self.refresher = refresher
+        self.refresh_after_s = refresh_after_s
+        self.unknown_serial_gap_s = unknown_serial_gap_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._certs: dict[str, x509.Certificate] = {}
+        self._fetched_at: float | None = None
+        self._last_attempt_at: float | None = None
+        self.add_certificates(certificates)
+
+    @property
+    def public_key_mode(self) -> bool:
+        return self.public_key is not None
+
+    @property
+    def certificate_serials(self) -> list[str]:
+        return sorted(self._certs)
+
+    def add_certificates(self, certificates: Iterable[x509.Certificate]) -> None:
+        for cert in certificates:
+            self._certs[crypto.certificate_serial(cert)] = cert
+
+    def load_certificate_dir(self, directory: str | Path) -> int:
+        """Load every ``*.pem`` certificate of a directory; returns how many."""
+        certs = [crypto.load_certificate(p.read_bytes()) for p in sorted(Path(directory).glob("*.pem"))]
+        self.add_certificates(certs)
+        return len(certs)
+
+    def request_serial(self) -> str | None:
+        """Serial to send as ``Wechatpay-Serial`` on every call (public-key mode only)."""
+        return self.public_key_id
+
+    def encryption_key(self) -> tuple[str, rsa.RSAPublicKey]:
+        """(serial, key) to encrypt sensitive fields with: public key first, else newest cert."""
+        if self.public_key is not None and self.public_key_id is not None:
+            return self.public_key_id, self.public_key
+        if not self._certs:
+            self.refresh()
+        valid = [c for c in self._certs.values() if _is_current(c)]
+        if not valid:
+            raise WeChatConfigError("no WeChat Pay key to encrypt with", code="NO_WECHATPAY_KEY")
+        newest = max(valid, key=lambda c: c.not_valid_after_utc)
+        return crypto.certificate_serial(newest), _rsa_key(newest)
+
+    def key_for_serial(self, serial: str) -> rsa.RSAPublicKey | None:
+        """The key for ``serial``, refreshing platform certificates when due."""
+        if self.public_key is not None and serial == self.public_key_id:
+            return self.public_key
+        if serial.startswith(PUBLIC_KEY_ID_PREFIX):
+            return None
+        self._refresh_if_stale()
+        key = self.lookup(serial)
+        if key is None and self._may_refresh():
+            self.refresh()
+            key = self.lookup(serial)
+        return key
+
+    def lookup(self, serial: str) -> rsa.RSAPublicKey | None:
+        """The key for ``serial`` from what is held now, without any refresh."""
+        if self.public_key is not None and serial == self.public_key_id:
+            return self.public_key
+        cert = self._certs.get(serial.upper().lstrip("0") or "0")
+        if cert is None or not _is_current(cert):
+            return None
+        return _rsa_key(cert)
+
+    def refresh(self) -> bool:
+        """Replace the platform certificates from the refresher; False when it failed."""
+        if self.refresher is None:
+            return False
+        with self._lock:
+            self._last_attempt_at = self._clock()
+            try:
+                certs = self.refresher()
+            except WeChatError as exc:
+                log.warning("platform certificate refresh failed: %s", exc)
+                return False
+            self._certs = {}
+            self.add_certificates(certs)
+            self._fetched_at = self._clock()
+            return True
+
+    def _refresh_if_stale(self) -> None:
+        if self.refresher is None:
+            return
+        if self._fetched_at is not None and self._clock() - self._fetched_at <= self.refresh_after_s:
+            return
+        if self._may_refresh():
+            self.refresh()
+
+    def _may_refresh(self) -> bool:
+        if self.refresher is None:
+            return False
+        last = self._last_attempt_at
+        return last is None or self._clock() - last >= self.unknown_serial_gap_s
+
+
+class _SupportsRequest(Protocol):
+    def request(self, method: str, path: str, **kwargs: Any) -> Any: ...
+
+
+def download_platform_certificates(
+    client: _SupportsRequest, apiv3_key: str, keys: VerifierKeys | None = None
+) -> list[x509.Certificate]:
+    """``GET /v3/certificates``, decrypt each certificate, verify the answer with them.
+
+    The answer is signed by one of the certificates it carries (or by the WeChat
+    Pay public key in ``keys``), so it is checked after decryption.
+    """
+    from wechat.notifications import verify_response  # local: notifications imports keys
+
+    response = client.request("GET", "/v3/certificates", verify=False)
+    certs = [_decrypt_entry(entry, apiv3_key) for entry in _cert_entries(response.data)]
+    certs = [c for c in certs if _is_current(c)]
+    checker = VerifierKeys(
+        public_key=keys.public_key if keys else None,
+        public_key_id=keys.public_key_id if keys else None,
+        certificates=certs,
+    )
+    verify_response(response.headers, response.body, checker)
+    return certs
+
+
+def _cert_entries(data: Any) -> list[dict[str, Any]]:
+    entries = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise WeChatUnavailable("certificate list is malformed", code="UNPARSEABLE_RESPONSE")
+    return entries
+
+
+def _decrypt_entry(entry: dict[str, Any], apiv3_key: str) -> x509.Certificate:
+    enc = entry.get("encrypt_certificate") or {}
+    try:
+        pem = crypto.aes_gcm_decrypt(apiv3_key, enc["nonce"], enc["ciphertext"], enc.get("associated_data", ""))
+        return crypto.load_certificate(pem)
+    except (KeyError, TypeError, ValueError, InvalidTag) as exc:
+        raise WeChatSignatureError(f"platform certificate did not decrypt: {exc!r}", code="BAD_CERTIFICATE") from exc
+
+
+def certificates_response_body(entries: list[dict[str, Any]]) -> bytes:
+    """Serialize a ``/v3/certificates`` answer (used by the simulator)."""
+    return json.dumps({"data": entries}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _is_current(cert: x509.Certificate) -> bool:
+    now = datetime.now(UTC)
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+
+
+def _rsa_key(cert: x509.Certificate) -> rsa.RSAPublicKey:
+    key = cert.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise WeChatConfigError("platform certificate key is not RSA", code="BAD_CERTIFICATE")
+    return key

@@ -1,0 +1,232 @@
+"""Mini-program login, OA web OAuth2, shared access token / card api_ticket, and
+the ``wx.addCard`` cardExt signature.
+
+Written on ``requests`` rather than wechatpy: wechatpy's ``WeChatClient`` adds an
+access-token round trip to ``jscode2session`` and ``WeChatOAuth`` keeps one
+user's token on the object with no timeout. Hosts are constructor arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import requests
+
+from wechat.errors import (
+    WeChatBusinessError,
+    WeChatError,
+    WeChatLoginCodeInvalid,
+    WeChatRateLimited,
+    WeChatUnavailable,
+    WeChatUserBlocked,
+)
+
+API_BASE = "https://api.weixin.qq.com"
+OPEN_BASE = "https://open.weixin.qq.com"
+TOKEN_EARLY_EXPIRY_S = 300
+
+
+def _error_for(errcode: int, errmsg: str) -> WeChatError:
+    code = str(errcode)
+    if errcode in (40029, 40163):
+        return WeChatLoginCodeInvalid(errmsg, code=code)
+    if errcode == 45011:
+        return WeChatRateLimited(errmsg, code=code)
+    if errcode == 40226:
+        return WeChatUserBlocked(errmsg, code=code)
+    if errcode == -1:
+        return WeChatUnavailable(errmsg, code=code)
+    return WeChatBusinessError(errmsg, code=code)
+
+
+def _get_json(
+    session: requests.Session, url: str, params: dict[str, str], timeout: tuple[float, float]
+) -> dict[str, Any]:
+    """One GET; transport, HTTP and errcode failures become typed errors."""
+    try:
+        resp = session.get(url, params=params, timeout=timeout)
+    except requests.RequestException as exc:
+        raise WeChatUnavailable(f"GET {url}: {exc.__class__.__name__}", code="NETWORK_ERROR") from exc
+    if resp.status_code != 200:
+        raise WeChatUnavailable(
+            f"HTTP {resp.status_code}", code=f"HTTP_{resp.status_code}", http_status=resp.status_code
+        )
+    try:
+        data = json.loads(resp.content.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise WeChatUnavailable("answer is not JSON", code="UNPARSEABLE_RESPONSE") from None
+    if not isinstance(data, dict):
+        raise WeChatUnavailable("answer is not an object", code="UNPARSEABLE_RESPONSE")
+    if data.get("errcode") not in (None, 0):
+        raise _error_for(int(data["errcode"]), str(data.get("errmsg", "")))
+    return data
+
+
+class MiniProgramClient:
+    def __init__(
+        self,
+        appid: str,
+        secret: str,
+        api_base: str = API_BASE,
+        session: requests.Session | None = None,
+        timeout: tuple[float, float] = (3.05, 10),
+    ) -> None:
+        self.appid, self.secret = appid, secret
+        self.api_base = api_base.rstrip("/")
+        self.session = session or requests.Session()
+        self.timeout = timeout
+
+    def code_to_session(self, js_code: str) -> dict[str, Any]:
+        """``wx.login`` code → {openid, session_key, unionid?}; exactly one GET."""
+        params = {"appid": self.appid, "secret": self.secret, "js_code": js_code, "grant_type": "authorization_code"}
+        data = _get_json(self.session, f"{self.api_base}/sns/jscode2session", params, self.timeout)
+        if not data.get("openid") or not data.get("session_key"):
+            raise WeChatUnavailable("jscode2session answer lacks openid", code="UNPARSEABLE_RESPONSE")
+        return data
+
+
+class OAuthClient:
+    """OA web authorization (snsapi_base / snsapi_userinfo)."""
+
+    def __init__(
+        self,
+        appid: str,
+        secret: str,
+        api_base: str = API_BASE,
+        open_base: str = OPEN_BASE,
+        session: requests.Session | None = None,
+        timeout: tuple[float, float] = (3.05, 10),
+    ) -> None:
+        self.appid, self.secret = appid, secret
+        self.api_base, self.open_base = api_base.rstrip("/"), open_base.rstrip("/")
+        self.session = session or requests.Session()
+        self.timeout = timeout
+
+    def authorize_url(self, redirect_uri: str, scope: str = "snsapi_base", state: str = "") -> str:
+        query = (
+            f"appid={quote(self.appid, safe='')}&redirect_uri={quote(redirect_uri, safe='')}"
+            f"&response_type=code&scope={quote(scope, safe='')}&state={quote(state, safe='')}"
+        )
+        return f"{self.open_base}/connect/oauth2/authorize?{query}#wechat_redirect"
+
+    def exchange_code(self, code: str) -> dict[str, Any]:
+        """code → {openid, unionid?, scope, access_token, refresh_token, expires_in}."""
+        params = {"appid": self.appid, "secret": self.secret, "code": code, "grant_type": "authorization_code"}
+        data = _get_json(self.session, f"{self.api_base}/sns/oauth2/access_token", params, self.timeout)
+        if not data.get("openid") or not data.get("access_token"):
+            raise WeChatUnavailable("oauth answer lacks openid", code="UNPARSEABLE_RESPONSE")
+        return data
+
+    def fetch_userinfo(self, access_token: str, openid: str, lang: str = "zh_CN") -> dict[str, Any]:
+        params = {"access_token": access_token, "openid": openid, "lang": lang}
+        return _get_json(self.session, f"{self.api_base}/sns/userinfo", params, self.timeout)
+
+
+class AccessTokenStore(Protocol):
+    def get(self, key: str) -> str | None: ...
+    def set(self, key: str, value: str, ttl_s: int) -> None: ...
+
+
+class MemoryTokenStore:
+    """Single-process store; use :class:`RedisTokenStore` with several workers."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._items: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None or item[1] <= self._clock():
+                return None
+            return item[0]
+
+    def set(self, key: str, value: str, ttl_s: int) -> None:
+        with self._lock:
+            self._items[key] = (value, self._clock() + ttl_s)
+
+
+class RedisTokenStore:
+    def __init__(self, redis_client: Any, prefix: str = "wechat:") -> None:
+        self.redis = redis_client
+        self.prefix = prefix
+
+    def get(self, key: str) -> str | None:
+        value = self.redis.get(self.prefix + key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def set(self, key: str, value: str, ttl_s: int) -> None:
+        self.redis.set(self.prefix + key, value, ex=max(1, int(ttl_s)))
+
+
+def get_access_token(
+    store: AccessTokenStore,
+    appid: str,
+    secret: str,
+    api_base: str = API_BASE,
+    session: requests.Session | None = None,
+    timeout: tuple[float, float] = (3.05, 10),
+) -> str:
+    """The shared access_token; ``/cgi-bin/token`` is called only when the store has none."""
+    key = f"access_token:{appid}"
+    cached = store.get(key)
+    if cached:
+        return cached
+    params = {"grant_type": "client_credential", "appid": appid, "secret": secret}
+    data = _get_json(session or requests.Session(), f"{api_base.rstrip('/')}/cgi-bin/token", params, timeout)
+    token = str(data["access_token"])
+    store.set(key, token, int(data.get("expires_in", 7200)) - TOKEN_EARLY_EXPIRY_S)
+    return token
+
+
+def get_api_ticket(
+    store: AccessTokenStore,
+    appid: str,
+    secret: str,
+    api_base: str = API_BASE,
+    session: requests.Session | None = None,
+    timeout: tuple[float, float] = (3.05, 10),
+) -> str:
+    """The card ``api_ticket`` (type=wx_card), cached in the shared store."""
+    key = f"card_ticket:{appid}"
+    cached = store.get(key)
+    if cached:
+        return cached
+    session = session or requests.Session()
+    token = get_access_token(store, appid, secret, api_base, session, timeout)
+    params = {"access_token": token, "type": "wx_card"}
+    data = _get_json(session, f"{api_base.rstrip('/')}/cgi-bin/ticket/getticket", params, timeout)
+    ticket = str(data["ticket"])
+    store.set(key, ticket, int(data.get("expires_in", 7200)) - TOKEN_EARLY_EXPIRY_S)
+    return ticket
+
+
+def card_signature(*values: str | int | None) -> str:
+    """SHA-1 of the lexicographically sorted, concatenated non-empty values."""
+    parts = sorted(str(v) for v in values if v not in (None, ""))
+    return hashlib.sha1("".join(parts).encode("utf-8")).hexdigest()  # noqa: S324 - WeChat protocol
+
+
+def card_ext(
+    api_ticket: str,
+    card_id: str,
+    timestamp: int,
+    nonce_str: str,
+    code: str | None = None,
+    openid: str | None = None,
+) -> dict[str, Any]:
+    """The ``cardExt`` object for ``wx.addCard`` (JSON.stringify it on the client)."""
+    ext: dict[str, Any] = {"timestamp": int(timestamp), "nonce_str": nonce_str}
+    if code:
+        ext["code"] = code
+    if openid:
+        ext["openid"] = openid
+    ext["signature"] = card_signature(api_ticket, int(timestamp), nonce_str, card_id, code, openid)
+    return ext

@@ -1,0 +1,157 @@
+"""Inbound WeChat Pay callbacks and signed responses: verify, then decrypt.
+
+Order (reference §3): signature probe → signature type → headers → timestamp
+window → key by serial → RSA over the RAW body → envelope checks → AES-GCM.
+Every failure raises :class:`NotificationRejected` with a stable reason code.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+
+from wechat import crypto
+from wechat.errors import NotificationRejected, WeChatConfigError, WeChatSignatureError
+from wechat.keys import VerifierKeys
+
+PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
+MAX_SKEW_S = 300
+_REQUIRED = ("wechatpay-timestamp", "wechatpay-nonce", "wechatpay-signature", "wechatpay-serial")
+
+
+@dataclass(frozen=True)
+class Notification:
+    id: str
+    event_type: str
+    resource_type: str
+    create_time: str
+    summary: str
+    resource: dict[str, Any]
+    original_type: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def verify_and_decrypt(
+    headers: Mapping[str, str],
+    raw_body: bytes,
+    keys: VerifierKeys,
+    apiv3_key: str,
+    now: float | None = None,
+    max_skew_s: int = MAX_SKEW_S,
+) -> Notification:
+    """Verify a callback and return it with ``resource`` decrypted."""
+    check_signature(headers, raw_body, keys, now=now, max_skew_s=max_skew_s)
+    envelope = _parse_envelope(raw_body)
+    resource = _decrypt_resource(envelope["resource"], apiv3_key)
+    return Notification(
+        id=str(envelope.get("id", "")),
+        event_type=str(envelope.get("event_type", "")),
+        resource_type=envelope["resource_type"],
+        create_time=str(envelope.get("create_time", "")),
+        summary=str(envelope.get("summary", "")),
+        resource=resource,
+        original_type=str(envelope["resource"].get("original_type", "")),
+        raw=envelope,
+    )
+
+
+def failure_response_body(message: str) -> dict[str, str]:
+    """The body WeChat expects with a 4xx/5xx callback answer."""
+    return {"code": "FAIL", "message": message}
+
+
+def verify_response(
+    headers: Mapping[str, str],
+    body: bytes,
+    keys: VerifierKeys,
+    now: float | None = None,
+    max_skew_s: int = MAX_SKEW_S,
+) -> None:
+    """Check a 2xx API answer's signature; an unsigned or bad one is forged."""
+    try:
+        check_signature(headers, body, keys, now=now, max_skew_s=max_skew_s)
+    except NotificationRejected as exc:
+        code = "FORGED_RESPONSE" if exc.reason == "MISSING_HEADERS" else f"RESPONSE_{exc.reason}"
+        raise WeChatSignatureError(exc.message, code=code) from exc
+
+
+def check_signature(
+    headers: Mapping[str, str],
+    raw_body: bytes,
+    keys: VerifierKeys,
+    now: float | None = None,
+    max_skew_s: int = MAX_SKEW_S,
+) -> None:
+    """Steps 1–6 of the verification order; raises :class:`NotificationRejected`."""
+    h = {k.lower(): v for k, v in headers.items()}
+    signature = h.get("wechatpay-signature", "")
+    if signature.startswith(PROBE_PREFIX):
+        raise NotificationRejected("SIGNATURE_PROBE", "signature test probe")
+    _check_signature_type(h.get("wechatpay-signature-type"))
+    missing = [name for name in _REQUIRED if not h.get(name)]
+    if missing:
+        raise NotificationRejected("MISSING_HEADERS", f"missing {', '.join(missing)}")
+    _check_timestamp(h["wechatpay-timestamp"], now, max_skew_s)
+    public_key = keys.key_for_serial(h["wechatpay-serial"])
+    if public_key is None:
+        raise NotificationRejected("UNKNOWN_SERIAL", f"no key for serial {h['wechatpay-serial']}")
+    message = crypto.response_message(h["wechatpay-timestamp"], h["wechatpay-nonce"], raw_body)
+    if not crypto.verify_rsa(message, signature, public_key):
+        raise NotificationRejected("BAD_SIGNATURE", "signature does not verify")
+
+
+def _check_signature_type(value: str | None) -> None:
+    # Missing header = RSA, as the Java SDK does; anything else is refused.
+    if value not in (None, "", crypto.SIGNATURE_TYPE):
+        raise NotificationRejected("UNSUPPORTED_SIGNATURE_TYPE", f"signature type {value}")
+
+
+def _check_timestamp(raw: str, now: float | None, max_skew_s: int) -> None:
+    try:
+        ts = int(raw)
+    except ValueError:
+        raise NotificationRejected("BAD_TIMESTAMP", "timestamp is not an integer") from None
+    current = time.time() if now is None else now
+    if current - ts > max_skew_s:
+        raise NotificationRejected("STALE_TIMESTAMP", f"timestamp {ts} is too old")
+    if ts - current > max_skew_s:
+        raise NotificationRejected("FUTURE_TIMESTAMP", f"timestamp {ts} is in the future")
+
+
+def _parse_envelope(raw_body: bytes) -> dict[str, Any]:
+    try:
+        envelope = json.loads(raw_body)
+    except (ValueError, UnicodeDecodeError):
+        raise NotificationRejected("MALFORMED_BODY", "body is not JSON", http_status=400) from None
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("resource"), dict):
+        raise NotificationRejected("MALFORMED_BODY", "body lacks a resource object", http_status=400)
+    if envelope.get("resource_type") != "encrypt-resource":
+        raise NotificationRejected(
+            "UNSUPPORTED_RESOURCE_TYPE", "resource_type is not encrypt-resource", http_status=400
+        )
+    if envelope["resource"].get("algorithm") != "AEAD_AES_256_GCM":
+        raise NotificationRejected("UNSUPPORTED_ALGORITHM", "algorithm is not AEAD_AES_256_GCM", http_status=400)
+    return envelope
+
+
+def _decrypt_resource(resource: dict[str, Any], apiv3_key: str) -> dict[str, Any]:
+    try:
+        plain = crypto.aes_gcm_decrypt(
+            apiv3_key, resource["nonce"], resource["ciphertext"], resource.get("associated_data") or ""
+        )
+    except WeChatConfigError:
+        raise
+    except (InvalidTag, KeyError, TypeError, ValueError):
+        raise NotificationRejected("DECRYPT_FAILED", "resource does not decrypt") from None
+    try:
+        data = json.loads(plain)
+    except ValueError:
+        raise NotificationRejected("MALFORMED_RESOURCE", "decrypted resource is not JSON", http_status=400) from None
+    if not isinstance(data, dict):
+        raise NotificationRejected("MALFORMED_RESOURCE", "decrypted resource is not an object", http_status=400)
+    return data

@@ -1,0 +1,368 @@
+"""WeChat Pay APIv3 client: one session, one ``_request`` that signs, times out,
+verifies and maps errors to typed :mod:`wechat.errors`.
+
+The JSON body is serialized once; the same bytes are signed and sent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import requests
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from wechat import crypto
+from wechat.bills import check_bill_hash, decompress_bill
+from wechat.errors import (
+    WeChatBusinessError,
+    WeChatConfigError,
+    WeChatError,
+    WeChatInvalidRequest,
+    WeChatNotFound,
+    WeChatRateLimited,
+    WeChatUnavailable,
+)
+from wechat.keys import VerifierKeys, download_platform_certificates
+from wechat.notifications import verify_response
+from wechat.transfers import build_transfer_body
+
+USER_AGENT = "rebate-redpack-wechat/1.0 (+requests)"
+
+# Definitive codes (WeChat did not act). Value = safe to retry with the same key.
+BUSINESS_CODES: dict[str, bool] = {
+    "PARAM_ERROR": False,
+    "INVALID_REQUEST": False,
+    "SIGN_ERROR": False,
+    "NO_AUTH": False,
+    "APPID_MCHID_NOT_MATCH": False,
+    "MCH_NOT_EXISTS": False,
+    "OUT_TRADE_NO_USED": False,
+    "ORDER_CLOSED": False,
+    "ORDERPAID": False,
+    "USER_ACCOUNT_ABNORMAL": False,
+    "RULE_LIMIT": False,
+    "NOT_ENOUGH": True,
+    "USER_PAYING": True,
+}
+NOT_FOUND_CODES = frozenset({"ORDER_NOT_EXIST", "RESOURCE_NOT_EXISTS", "NOT_FOUND"})
+
+
+@dataclass
+class PayConfig:
+    mchid: str
+    appid: str
+    private_key: rsa.RSAPrivateKey
+    cert_serial: str
+    apiv3_key: str
+    keys: VerifierKeys
+    api_base: str = "https://api.mch.weixin.qq.com"
+    timeout: tuple[float, float] = (3.05, 10)
+
+    def __post_init__(self) -> None:
+        self.api_base = self.api_base.rstrip("/")
+        if len(self.apiv3_key.encode()) != 32:
+            raise WeChatConfigError("the APIv3 key must be 32 bytes", code="BAD_APIV3_KEY")
+
+
+@dataclass
+class PayResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    data: Any = field(default=None)
+
+
+class PayClient:
+    """Typed calls to WeChat Pay APIv3 for one direct merchant."""
+
+    def __init__(self, config: PayConfig, session: requests.Session | None = None) -> None:
+        self.config = config
+        self.session = session or requests.Session()
+
+    # -- transport ---------------------------------------------------------------
+    def request(self, method: str, path: str, **kwargs: Any) -> PayResponse:
+        """Public alias of :meth:`_request` (used by key download helpers)."""
+        return self._request(method, path, **kwargs)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        json_body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        verify: bool = True,
+        extra_headers: dict[str, str] | None = None,
+        parse_json: bool = True,
+    ) -> PayResponse:
+        canonical = path + ("?" + urlencode(params) if params else "")
+        body = "" if json_body is None else json.dumps(json_body, ensure_ascii=False, separators=(",", ":"))
+        headers = self._headers(method, canonical, body, extra_headers)
+        try:
+            raw = self.session.request(
+                method,
+                self.config.api_base + canonical,
+                data=body.encode("utf-8") if body else None,
+                headers=headers,
+                timeout=self.config.timeout,
+            )
+        except requests.RequestException as exc:
+            raise WeChatUnavailable(f"{method} {path}: {exc.__class__.__name__}", code="NETWORK_ERROR") from exc
+        return self._handle(raw, verify, parse_json)
+
+    def _headers(self, method: str, canonical: str, body: str, extra: dict[str, str] | None) -> dict[str, str]:
+        cfg = self.config
+        headers = {
+            "Authorization": crypto.build_authorization(
+                method, canonical, body, cfg.mchid, cfg.cert_serial, cfg.private_key
+            ),
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        if body:
+            headers["Content-Type"] = "application/json"
+        serial = cfg.keys.request_serial()
+        if serial:
+            headers["Wechatpay-Serial"] = serial
+        headers.update(extra or {})
+        return headers
+
+    def _handle(self, raw: requests.Response, verify: bool, parse_json: bool) -> PayResponse:
+        resp = PayResponse(raw.status_code, dict(raw.headers), raw.content)
+        signed = any(k.lower() == "wechatpay-signature" for k in resp.headers)
+        if verify and (200 <= resp.status < 300 or signed):
+            verify_response(resp.headers, resp.body, self.config.keys)
+        if 200 <= resp.status < 300:
+            resp.data = _parse_success(resp) if parse_json else None
+            return resp
+        raise _map_error(resp)
+
+    # -- orders ------------------------------------------------------------------
+    def jsapi_prepay(
+        self,
+        out_trade_no: str,
+        description: str,
+        amount_fen: int,
+        payer_openid: str,
+        notify_url: str,
+        time_expire: datetime,
+        attach: str | None = None,
+    ) -> str:
+        """Create (or re-obtain, with identical params) a JSAPI order; returns prepay_id."""
+        _require_positive(amount_fen, "amount_fen")
+        body: dict[str, Any] = {
+            "appid": self.config.appid,
+            "mchid": self.config.mchid,
+            "description": description,
+            "out_trade_no": out_trade_no,
+            "time_expire": rfc3339(time_expire),
+            "notify_url": notify_url,
+            "amount": {"total": amount_fen, "currency": "CNY"},
+            "payer": {"openid": payer_openid},
+        }
+        if attach is not None:
+            body["attach"] = attach
+        data = self._request("POST", "/v3/pay/transactions/jsapi", json_body=body).data
+        return _field(data, "prepay_id")
+
+    def query_order(self, out_trade_no: str) -> dict[str, Any]:
+        path = f"/v3/pay/transactions/out-trade-no/{_seg(out_trade_no)}"
+        return self._request("GET", path, params={"mchid": self.config.mchid}).data
+
+    def close_order(self, out_trade_no: str) -> None:
+        path = f"/v3/pay/transactions/out-trade-no/{_seg(out_trade_no)}/close"
+        self._request("POST", path, json_body={"mchid": self.config.mchid})
+
+    def jsapi_pay_params(self, prepay_id: str) -> dict[str, str]:
+        """``wx.requestPayment`` parameters for a prepay_id of this merchant's appid."""
+        return crypto.jsapi_pay_params(self.config.appid, prepay_id, self.config.private_key)
+
+    # -- refunds -----------------------------------------------------------------
+    def refund(
+        self,
+        out_trade_no: str,
+        out_refund_no: str,
+        refund_fen: int,
+        total_fen: int,
+        notify_url: str,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        _require_positive(refund_fen, "refund_fen")
+        if refund_fen > total_fen:
+            raise _invalid("refund_fen exceeds total_fen")
+        body: dict[str, Any] = {
+            "out_trade_no": out_trade_no,
+            "out_refund_no": out_refund_no,
+            "notify_url": notify_url,
+            "amount": {"refund": refund_fen, "total": total_fen, "currency": "CNY"},
+        }
+        if reason:
+            body["reason"] = reason
+        return self._request("POST", "/v3/refund/domestic/refunds", json_body=body).data
+
+    def query_refund(self, out_refund_no: str) -> dict[str, Any]:
+        return self._request("GET", f"/v3/refund/domestic/refunds/{_seg(out_refund_no)}").data
+
+    # -- bills -------------------------------------------------------------------
+    def trade_bill(self, bill_date: str, bill_type: str = "ALL", tar_type: str | None = None) -> dict[str, Any]:
+        params = {"bill_date": bill_date, "bill_type": bill_type}
+        if tar_type:
+            params["tar_type"] = tar_type
+        return self._request("GET", "/v3/bill/tradebill", params=params).data
+
+    def fundflow_bill(self, bill_date: str, account_type: str = "BASIC", tar_type: str | None = None) -> dict[str, Any]:
+        params = {"bill_date": bill_date, "account_type": account_type}
+        if tar_type:
+            params["tar_type"] = tar_type
+        return self._request("GET", "/v3/bill/fundflowbill", params=params).data
+
+    def download_bill(self, url: str, hash_value: str) -> bytes:
+        """Download a bill (unsigned answer) and check SHA-1 over the decompressed content."""
+        base = self.config.api_base
+        if not url.startswith(base + "/"):
+            raise WeChatConfigError(
+                "download_url is not on the configured WeChat Pay host", code="FOREIGN_DOWNLOAD_URL"
+            )
+        resp = self._request("GET", url[len(base) :], verify=False, parse_json=False)
+        content = decompress_bill(resp.body)
+        check_bill_hash(content, hash_value)
+        return content
+
+    # -- payouts -----------------------------------------------------------------
+    def transfer_bill(
+        self,
+        out_bill_no: str,
+        openid: str,
+        amount_fen: int,
+        remark: str,
+        scene_report_infos: list[dict[str, str]],
+        notify_url: str,
+        user_name: str | None = None,
+        user_recv_perception: str = "现金奖励",
+    ) -> dict[str, Any]:
+        """2025 merchant transfer, scene 1000. Any error is outcome-unknown (query first)."""
+        body, serial = build_transfer_body(
+            self.config.appid,
+            self.config.keys,
+            out_bill_no,
+            openid,
+            amount_fen,
+            remark,
+            scene_report_infos,
+            notify_url,
+            user_name,
+            user_recv_perception,
+        )
+        headers = {"Wechatpay-Serial": serial} if serial else None
+        try:
+            return self._request(
+                "POST", "/v3/fund-app/mch-transfer/transfer-bills", json_body=body, extra_headers=headers
+            ).data
+        except WeChatBusinessError as exc:
+            raise exc.as_unknown() from exc
+
+    def query_transfer_bill(self, out_bill_no: str) -> dict[str, Any]:
+        path = f"/v3/fund-app/mch-transfer/transfer-bills/out-bill-no/{_seg(out_bill_no)}"
+        return self._request("GET", path).data
+
+    def cancel_transfer_bill(self, out_bill_no: str) -> dict[str, Any]:
+        path = f"/v3/fund-app/mch-transfer/transfer-bills/out-bill-no/{_seg(out_bill_no)}/cancel"
+        return self._request("POST", path, json_body={}).data
+
+    def send_favor_coupon(
+        self,
+        openid: str,
+        stock_id: str,
+        out_request_no: str,
+        stock_creator_mchid: str,
+        appid: str | None = None,
+        coupon_value_fen: int | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "stock_id": stock_id,
+            "out_request_no": out_request_no,
+            "appid": appid or self.config.appid,
+            "stock_creator_mchid": stock_creator_mchid,
+        }
+        if coupon_value_fen is not None:
+            body["coupon_value"] = coupon_value_fen
+        path = f"/v3/marketing/favor/users/{_seg(openid)}/coupons"
+        return self._request("POST", path, json_body=body).data
+
+    # -- keys --------------------------------------------------------------------
+    def fetch_platform_certificates(self) -> list[Any]:
+        """Download and decrypt the current platform certificates (verified)."""
+        return download_platform_certificates(self, self.config.apiv3_key, self.config.keys)
+
+    def attach_certificate_refresher(self) -> None:
+        """Let ``config.keys`` refresh platform certificates through this client."""
+        self.config.keys.refresher = self.fetch_platform_certificates
+
+
+def rfc3339(moment: datetime) -> str:
+    """RFC3339 seconds in Beijing time; refuses naive datetimes."""
+    if not isinstance(moment, datetime) or moment.tzinfo is None:
+        raise _invalid("time_expire must be a timezone-aware datetime")
+    return moment.astimezone(timezone(timedelta(hours=8))).isoformat(timespec="seconds")
+
+
+def _parse_success(resp: PayResponse) -> Any:
+    if resp.status == 204 or not resp.body:
+        return {}
+    try:
+        data = json.loads(resp.body)
+    except ValueError:
+        raise WeChatUnavailable(
+            "2xx answer is not JSON", code="UNPARSEABLE_RESPONSE", http_status=resp.status
+        ) from None
+    if resp.status == 202 and isinstance(data, dict) and data.get("code"):
+        raise _map_error(resp)
+    return data
+
+
+def _map_error(resp: PayResponse) -> WeChatError:
+    code, message = _error_fields(resp.body)
+    status = resp.status
+    if status == 429 or code == "FREQUENCY_LIMITED":
+        return WeChatRateLimited(message, code="FREQUENCY_LIMITED", http_status=status)
+    if status >= 500 or code == "SYSTEM_ERROR":
+        return WeChatUnavailable(message, code=code or f"HTTP_{status}", http_status=status)
+    if code in NOT_FOUND_CODES:
+        return WeChatNotFound(message, code=code, http_status=status)
+    if code in BUSINESS_CODES:
+        return WeChatBusinessError(message, code=code, http_status=status, retryable=BUSINESS_CODES[code])
+    return WeChatUnavailable(
+        message or f"unexpected answer {status}", code=code or f"HTTP_{status}", http_status=status
+    )
+
+
+def _error_fields(body: bytes) -> tuple[str | None, str]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None, "error answer is not JSON"
+    if not isinstance(data, dict):
+        return None, "error answer is not an object"
+    return data.get("code"), str(data.get("message", ""))
+
+
+def _field(data: Any, name: str) -> Any:
+    if not isinstance(data, dict) or name not in data:
+        raise WeChatUnavailable(f"answer lacks {name}", code="UNPARSEABLE_RESPONSE")
+    return data[name]
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _require_positive(amount_fen: int, name: str) -> None:
+    if not isinstance(amount_fen, int) or isinstance(amount_fen, bool) or amount_fen <= 0:
+        raise _invalid(f"{name} must be a positive integer of fen")
+
+
+def _invalid(message: str) -> WeChatError:
+    return WeChatInvalidRequest(message)

@@ -1,0 +1,326 @@
+"""Flask blueprint of the local WeChat simulator (mounted at ``/_sim``).
+
+``/_sim/api`` stands in for api.weixin.qq.com, ``/_sim/open`` for
+open.weixin.qq.com and ``/_sim/pay`` for api.mch.weixin.qq.com. It speaks the
+real wire formats: requests must carry a valid merchant ``Authorization``;
+every v3 answer is signed like WeChat signs; callbacks are AES-GCM encrypted
+and delivered after the triggering request has finished.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+from xml.sax.saxutils import escape
+
+from flask import Blueprint, Response, abort, redirect, request
+
+from wechat.errors import WeChatUnavailable
+from wechat.simulator_errors import SimError
+from wechat.simulator_pages import checkout_page, consent_page, overview_page, transfer_page
+from wechat.simulator_state import SimulatorState
+from wechat.v2sign import parse_xml, v2_sign
+
+V3Handler = Callable[..., Any]
+
+
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _canonical_url() -> str:
+    path = request.path
+    canonical = path[path.index("/v3/") :]
+    return canonical + ("?" + request.query_string.decode() if request.query_string else "")
+
+
+def _signed(state: SimulatorState, status: int, data: Any) -> Response:
+    body = b"" if status == 204 else _json_bytes(data)
+    headers = state.sign_answer(body, request.headers.get("Wechatpay-Serial"))
+    headers["Request-ID"] = "sim-" + headers["Wechatpay-Nonce"][:16]
+    mimetype = None if status == 204 else "application/json"
+    return Response(body, status=status, headers=headers, mimetype=mimetype)
+
+
+def _run_v3(state: SimulatorState, handler: V3Handler, kwargs: dict[str, Any]) -> Response:
+    canonical, raw = _canonical_url(), request.get_data()
+    try:
+        fault = state.take_fault(canonical)
+        if fault is not None:
+            raise SimError(fault.status, fault.code, fault.message)
+        state.check_authorization(request.method, canonical, request.headers.get("Authorization", ""), raw)
+        body = _parse_json(raw) if request.method == "POST" else {}
+        result = handler(body, **kwargs)
+    except SimError as exc:
+        return _signed(state, exc.status, {"code": exc.code, "message": exc.message})
+    return _signed(state, 204, None) if result is None else _signed(state, 200, result)
+
+
+def _parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
+        raise SimError(400, "PARAM_ERROR", "请求体不是合法的 JSON") from None
+    if not isinstance(data, dict):
+        raise SimError(400, "PARAM_ERROR", "请求体必须是 JSON 对象")
+    return data
+
+
+def _v2_xml(fields: dict[str, Any], api_key: str) -> Response:
+    flat = {k: v for k, v in fields.items() if isinstance(v, str)}
+    fields = {**fields, "sign": v2_sign(flat, api_key)}
+    parts = []
+    for key, value in fields.items():
+        if isinstance(value, list):
+            items = "".join(
+                "<hbinfo>" + "".join(f"<{k}>{escape(str(v))}</{k}>" for k, v in item.items()) + "</hbinfo>"
+                for item in value
+            )
+            parts.append(f"<{key}>{items}</{key}>")
+        else:
+            parts.append(f"<{key}>{escape(str(value))}</{key}>")
+    return Response("<xml>" + "".join(parts) + "</xml>", mimetype="text/xml")
+
+
+def _api_error(exc: SimError) -> Response:
+    return Response(_json_bytes({"errcode": int(exc.code), "errmsg": exc.message}), mimetype="application/json")
+
+
+def _api_json(data: dict[str, Any]) -> Response:
+    return Response(_json_bytes(data), mimetype="application/json")
+
+
+def create_simulator_blueprint(sim_state: SimulatorState, name: str = "wechat_sim") -> Blueprint:
+    """The ``/_sim`` blueprint; register it only when ``WECHAT_MODE == "simulator"``."""
+    bp = Blueprint(name, __name__, url_prefix="/_sim")
+    _register_overview(bp, sim_state)
+    _register_identity(bp, sim_state)
+    _register_pay(bp, sim_state)
+    _register_payouts(bp, sim_state)
+    _register_v2(bp, sim_state)
+    return bp
+
+
+def _v3(bp: Blueprint, state: SimulatorState, rule: str, methods: list[str]) -> Callable[[V3Handler], V3Handler]:
+    def decorate(handler: V3Handler) -> V3Handler:
+        def view(**kwargs: Any) -> Response:
+            return _run_v3(state, handler, kwargs)
+
+        bp.add_url_rule("/pay" + rule, endpoint=f"v3_{handler.__name__}", view_func=view, methods=methods)
+        return handler
+
+    return decorate
+
+
+def _register_overview(bp: Blueprint, state: SimulatorState) -> None:
+    @bp.get("/")
+    def overview() -> str:
+        return overview_page(state)
+
+
+def _register_identity(bp: Blueprint, state: SimulatorState) -> None:
+    @bp.get("/api/sns/jscode2session")
+    def jscode2session() -> Response:
+        args = request.args
+        try:
+            state.check_app(args.get("appid", ""), args.get("secret", ""))
+            name = state.login_name(args.get("js_code", ""))
+        except SimError as exc:
+            return _api_error(exc)
+        return _api_json(
+            {"openid": f"sim-openid-{name}", "session_key": state.session_key(name), "unionid": f"sim-union-{name}"}
+        )
+
+    @bp.get("/api/sns/oauth2/access_token")
+    def oauth_access_token() -> Response:
+        args = request.args
+        try:
+            state.check_app(args.get("appid", ""), args.get("secret", ""))
+            name = state.login_name(args.get("code", ""))
+        except SimError as exc:
+            return _api_error(exc)
+        return _api_json(
+            {
+                "access_token": f"sim-user-token-{name}",
+                "expires_in": 7200,
+                "refresh_token": f"sim-refresh-{name}",
+                "openid": f"sim-oa-openid-{name}",
+                "scope": "snsapi_userinfo",
+                "unionid": f"sim-union-{name}",
+            }
+        )
+
+    @bp.get("/api/sns/userinfo")
+    def userinfo() -> Response:
+        name = request.args.get("access_token", "").removeprefix("sim-user-token-")
+        return _api_json(
+            {
+                "openid": f"sim-oa-openid-{name}",
+                "nickname": name,
+                "headimgurl": "",
+                "privilege": [],
+                "unionid": f"sim-union-{name}",
+            }
+        )
+
+    @bp.get("/api/cgi-bin/token")
+    def access_token() -> Response:
+        try:
+            state.check_app(request.args.get("appid", ""), request.args.get("secret", ""))
+        except SimError as exc:
+            return _api_error(exc)
+        return _api_json({"access_token": state.new_access_token(), "expires_in": 7200})
+
+    @bp.get("/api/cgi-bin/ticket/getticket")
+    def ticket() -> Response:
+        return _api_json(
+            {"errcode": 0, "errmsg": "ok", "ticket": "sim-ticket-" + request.args.get("type", ""), "expires_in": 7200}
+        )
+
+    @bp.get("/open/connect/oauth2/authorize")
+    def authorize() -> Any:
+        args = request.args
+        redirect_uri = args.get("redirect_uri", "")
+        if urlsplit(redirect_uri).scheme not in ("http", "https"):
+            abort(400, "redirect_uri must be http(s)")
+        if args.get("consent") != "1":
+            hidden = {k: args.get(k, "") for k in ("appid", "redirect_uri", "response_type", "scope", "state")}
+            return consent_page(args.get("appid", ""), args.get("scope", ""), hidden)
+        code = state.issue_oauth_code(args.get("name", "alice"))
+        sep = "&" if "?" in redirect_uri else "?"
+        return redirect(redirect_uri + sep + urlencode({"code": code, "state": args.get("state", "")}))
+
+
+def _register_pay(bp: Blueprint, state: SimulatorState) -> None:
+    v3 = lambda rule, methods: _v3(bp, state, rule, methods)  # noqa: E731
+
+    @v3("/v3/pay/transactions/jsapi", ["POST"])
+    def create_jsapi(body: dict[str, Any]) -> Any:
+        return state.create_jsapi(body)
+
+    @v3("/v3/pay/transactions/out-trade-no/<out_trade_no>", ["GET"])
+    def query_order(body: dict[str, Any], out_trade_no: str) -> Any:
+        if request.args.get("mchid") != state.mchid:
+            raise SimError(400, "PARAM_ERROR", "mchid 不正确")
+        return state.query_order(out_trade_no)
+
+    @v3("/v3/pay/transactions/out-trade-no/<out_trade_no>/close", ["POST"])
+    def close_order(body: dict[str, Any], out_trade_no: str) -> Any:
+        state.close_order(out_trade_no)
+
+    @v3("/v3/refund/domestic/refunds", ["POST"])
+    def create_refund(body: dict[str, Any]) -> Any:
+        return state.create_refund(body)
+
+    @v3("/v3/refund/domestic/refunds/<out_refund_no>", ["GET"])
+    def query_refund(body: dict[str, Any], out_refund_no: str) -> Any:
+        return state.query_refund(out_refund_no)
+
+    @v3("/v3/bill/tradebill", ["GET"])
+    def trade_bill(body: dict[str, Any]) -> Any:
+        return state.apply_bill(
+            "trade", request.args.get("bill_date", ""), request.args.get("tar_type"), _pay_base(state)
+        )
+
+    @v3("/v3/bill/fundflowbill", ["GET"])
+    def fundflow_bill(body: dict[str, Any]) -> Any:
+        return state.apply_bill(
+            "fund", request.args.get("bill_date", ""), request.args.get("tar_type"), _pay_base(state)
+        )
+
+    @v3("/v3/certificates", ["GET"])
+    def certificates(body: dict[str, Any]) -> Any:
+        return state.certificates_answer()
+
+    @bp.get("/pay/v3/billdownload/file")
+    def bill_download() -> Response:
+        try:
+            state.check_authorization("GET", _canonical_url(), request.headers.get("Authorization", ""), b"")
+        except SimError as exc:
+            return _signed(state, exc.status, {"code": exc.code, "message": exc.message})
+        content = state.bill_files.get(request.args.get("token", ""))
+        if content is None:
+            return _signed(state, 404, {"code": "RESOURCE_NOT_EXISTS", "message": "账单不存在或已过期"})
+        return Response(content, mimetype="application/octet-stream")
+
+    @bp.route("/pay/checkout/<prepay_id>", methods=["GET", "POST"])
+    def checkout(prepay_id: str) -> Any:
+        try:
+            order = state.order_by_prepay(prepay_id)
+            if request.method == "POST":
+                state.pay(prepay_id)
+        except SimError as exc:
+            abort(404 if exc.status == 404 else 409, exc.message)
+        view = state.transaction_view(order)
+        if request.method == "POST" and request.accept_mimetypes.best == "application/json":
+            return view
+        return checkout_page(view, order["request"]["description"], view["trade_state"] != "NOTPAY")
+
+
+def _pay_base(state: SimulatorState) -> str:
+    """Where download URLs point: ``state.pay_base_url`` if set, else this request's base."""
+    return state.pay_base_url or request.base_url[: request.base_url.index("/v3/")]
+
+
+def _register_payouts(bp: Blueprint, state: SimulatorState) -> None:
+    v3 = lambda rule, methods: _v3(bp, state, rule, methods)  # noqa: E731
+
+    @v3("/v3/fund-app/mch-transfer/transfer-bills", ["POST"])
+    def create_transfer(body: dict[str, Any]) -> Any:
+        return state.create_transfer(body, request.headers.get("Wechatpay-Serial"))
+
+    @v3("/v3/fund-app/mch-transfer/transfer-bills/out-bill-no/<out_bill_no>", ["GET"])
+    def query_transfer(body: dict[str, Any], out_bill_no: str) -> Any:
+        return state.query_transfer(out_bill_no)
+
+    @v3("/v3/fund-app/mch-transfer/transfer-bills/out-bill-no/<out_bill_no>/cancel", ["POST"])
+    def cancel_transfer(body: dict[str, Any], out_bill_no: str) -> Any:
+        return state.cancel_transfer(out_bill_no)
+
+    @v3("/v3/marketing/favor/users/<openid>/coupons", ["POST"])
+    def send_coupon(body: dict[str, Any], openid: str) -> Any:
+        return state.send_coupon(openid, body)
+
+    @bp.route("/pay/transfer/confirm/<package_info>", methods=["GET", "POST"])
+    def confirm_transfer(package_info: str) -> Any:
+        try:
+            view = state.transfer_view(state.find_transfer(package_info))
+            if request.method == "POST":
+                view = state.confirm_transfer(package_info)
+        except SimError as exc:
+            abort(404 if exc.status == 404 else 409, exc.message)
+        if request.method == "POST" and request.accept_mimetypes.best == "application/json":
+            return view
+        return transfer_page(view)
+
+
+def _register_v2(bp: Blueprint, state: SimulatorState) -> None:
+    def handle(path: str, action: Callable[[dict[str, str]], dict[str, Any]]) -> Response:
+        try:
+            fields = parse_xml(request.get_data())
+        except WeChatUnavailable:
+            return _v2_xml({"return_code": "FAIL", "return_msg": "XML格式错误"}, state.api_v2_key)
+        flat = {k: v for k, v in fields.items() if isinstance(v, str)}
+        fault = state.take_fault(path)
+        if fault is not None:
+            return _v2_xml(
+                {
+                    "return_code": "SUCCESS",
+                    "result_code": "FAIL",
+                    "err_code": fault.code,
+                    "err_code_des": fault.message,
+                    "mch_billno": flat.get("mch_billno", ""),
+                },
+                state.api_v2_key,
+            )
+        return _v2_xml(action(flat), state.api_v2_key)
+
+    @bp.post("/pay/mmpaymkttransfers/sendredpack")
+    def sendredpack() -> Response:
+        return handle("/mmpaymkttransfers/sendredpack", state.send_redpack)
+
+    @bp.post("/pay/mmpaymkttransfers/gethbinfo")
+    def gethbinfo() -> Response:
+        return handle("/mmpaymkttransfers/gethbinfo", state.query_redpack)

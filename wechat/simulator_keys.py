@@ -1,0 +1,98 @@
+"""The simulator's own WeChat-side keys: a WeChat Pay public key pair
+(``PUB_KEY_ID_0000…``) and a self-signed platform certificate, plus the code
+that signs answers and callbacks exactly as WeChat does."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from wechat import crypto
+from wechat.keys import VerifierKeys
+
+SIM_PUBLIC_KEY_ID = "PUB_KEY_ID_" + "0" * 31 + "1"
+
+
+def generate_rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def self_signed_certificate(key: rsa.RSAPrivateKey, common_name: str, days: int = 365) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=days))
+        .sign(key, hashes.SHA256())
+    )
+
+
+class SimulatorKeys:
+    """WeChat's side of the key material, generated unless given."""
+
+    def __init__(
+        self,
+        public_key_private: rsa.RSAPrivateKey | None = None,
+        platform_private: rsa.RSAPrivateKey | None = None,
+        public_key_id: str = SIM_PUBLIC_KEY_ID,
+    ) -> None:
+        self.public_key_private = public_key_private or generate_rsa_key()
+        self.platform_private = platform_private or generate_rsa_key()
+        self.public_key_id = public_key_id
+        self.platform_cert = self_signed_certificate(self.platform_private, "Tenpay.com Root CA (simulator)")
+        self.platform_serial = crypto.certificate_serial(self.platform_cert)
+
+    @property
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self.public_key_private.public_key()
+
+    @property
+    def public_key_pem(self) -> str:
+        return crypto.public_key_pem(self.public_key)
+
+    @property
+    def platform_cert_pem(self) -> str:
+        return self.platform_cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    def verifier_keys(self, public_key: bool = True, certificates: bool = False) -> VerifierKeys:
+        """Keys a merchant would configure to trust this simulator."""
+        return VerifierKeys(
+            public_key=self.public_key if public_key else None,
+            public_key_id=self.public_key_id if public_key else None,
+            certificates=[self.platform_cert] if certificates else (),
+        )
+
+    def private_for(self, serial: str | None) -> tuple[str, rsa.RSAPrivateKey]:
+        """(serial, key): the platform certificate when named, else the WeChat Pay public key."""
+        if serial == self.platform_serial:
+            return self.platform_serial, self.platform_private
+        return self.public_key_id, self.public_key_private
+
+    def sign_headers(
+        self,
+        body: bytes,
+        serial: str | None = None,
+        timestamp: int | None = None,
+        nonce: str | None = None,
+    ) -> dict[str, str]:
+        """``Wechatpay-*`` headers for an answer or callback body."""
+        chosen, key = self.private_for(serial)
+        ts = str(int(time.time()) if timestamp is None else timestamp)
+        nonce = nonce or crypto.new_nonce()
+        return {
+            "Wechatpay-Timestamp": ts,
+            "Wechatpay-Nonce": nonce,
+            "Wechatpay-Signature": crypto.sign_rsa(crypto.response_message(ts, nonce, body), key),
+            "Wechatpay-Serial": chosen,
+            "Wechatpay-Signature-Type": crypto.SIGNATURE_TYPE,
+        }

@@ -1,0 +1,61 @@
+"""Tiny HTML pages of the simulator: pay checkout, OAuth consent, transfer
+confirmation, and an overview. Jinja autoescaping is on for string templates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import render_template_string
+from markupsafe import Markup
+
+_LAYOUT = """<!doctype html><html lang="zh"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>{{ title }} · WeChat simulator</title>
+<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem}
+button{background:#07c160;color:#fff;border:0;border-radius:6px;padding:.7rem 1.4rem;font-size:1rem}
+table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.2rem .4rem;font-size:.85rem}</style>
+</head><body><p><small>Local WeChat simulator — no real money moves.</small></p><h1>{{ title }}</h1>{{ content }}</body></html>"""  # noqa: E501
+
+
+def _page(title: str, template: str, **ctx: Any) -> str:
+    content = render_template_string(template, **ctx)
+    return render_template_string(_LAYOUT, title=title, content=Markup(content))  # noqa: S704 - rendered with autoescape above
+
+
+def checkout_page(order_view: dict[str, Any], description: str, paid: bool) -> str:
+    template = """<p>{{ description }}</p><p>订单号 {{ o.out_trade_no }} · 金额 ¥{{ '%.2f' % (o.amount.total / 100) }}</p>
+{% if paid %}<p><strong>支付成功</strong> ({{ o.transaction_id }})</p>
+{% else %}<form method="post"><button type="submit">确认支付</button></form>{% endif %}"""  # noqa: E501
+    return _page("微信支付", template, o=order_view, description=description, paid=paid)
+
+
+def consent_page(appid: str, scope: str, hidden: dict[str, str]) -> str:
+    template = """<p>应用 {{ appid }} 请求获取你的身份 ({{ scope }})。</p>
+<form method="get">{% for k, v in hidden.items() %}<input type="hidden" name="{{ k }}" value="{{ v }}">{% endfor %}
+<input type="hidden" name="consent" value="1"><label>用户名 <input name="name" value="alice"
+pattern="[A-Za-z0-9_-]{1,32}" required></label> <button type="submit">同意</button></form>"""
+    return _page("微信授权", template, appid=appid, scope=scope, hidden=hidden)
+
+
+def transfer_page(view: dict[str, Any]) -> str:
+    template = """<p>{{ v.transfer_remark }}</p><p>¥{{ '%.2f' % (v.transfer_amount / 100) }} · 状态 {{ v.state }}</p>
+{% if v.state == 'WAIT_USER_CONFIRM' %}<form method="post"><button type="submit">确认收款</button></form>{% endif %}"""
+    return _page("商家转账", template, v=view)
+
+
+def overview_page(state: Any) -> str:
+    template = """<h2>Orders</h2><table><tr><th>out_trade_no</th><th>state</th><th>fen</th><th></th></tr>
+{% for no, o in orders.items() %}<tr><td>{{ no }}</td><td>{{ o.trade_state }}</td><td>{{ o.request.amount.total }}</td>
+<td><a href="pay/checkout/{{ o.prepay_id }}">checkout</a></td></tr>{% endfor %}</table>
+<h2>Transfers</h2><table>{% for no, t in transfers.items() %}<tr><td>{{ no }}</td><td>{{ t.state }}</td>
+<td><a href="pay/transfer/confirm/{{ t.package_info }}">confirm</a></td></tr>{% endfor %}</table>
+<h2>Red packets</h2><table>{% for no, r in redpacks.items() %}<tr><td>{{ no }}</td><td>{{ r.status }}</td></tr>{% endfor %}</table>
+<h2>Notifications</h2><table>{% for d in deliveries %}<tr><td>{{ d.event_type }}</td><td>{{ d.url }}</td>
+<td>{{ d.statuses }}</td><td>{{ 'delivered' if d.delivered else ('abandoned' if d.abandoned else 'pending') }}</td></tr>{% endfor %}</table>"""  # noqa: E501
+    with state.lock:
+        ctx = {
+            "orders": dict(state.orders),
+            "transfers": dict(state.transfers),
+            "redpacks": dict(state.redpacks),
+            "deliveries": list(state.dispatcher.deliveries),
+        }
+    return _page("WeChat simulator", template, **ctx)

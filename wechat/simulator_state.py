@@ -1,0 +1,223 @@
+"""In-memory state of the local WeChat simulator (one process, guarded by a lock).
+
+Business logic lives in the mixins of :mod:`wechat.simulator_pay` and
+:mod:`wechat.simulator_payouts`; this module holds keys, identity, fault
+injection and notification building/delivery.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from wechat import crypto
+from wechat.simulator_delivery import WECHAT_RETRY_SCHEDULE_S, Delivery, NotificationDispatcher, Transport
+from wechat.simulator_errors import SimError
+from wechat.simulator_keys import SimulatorKeys
+from wechat.simulator_pay import PayMixin
+from wechat.simulator_payouts import PayoutMixin
+
+BEIJING = timezone(timedelta(hours=8))
+EVENT_SUMMARIES = {
+    "TRANSACTION.SUCCESS": "支付成功",
+    "REFUND.SUCCESS": "退款成功",
+    "REFUND.ABNORMAL": "退款异常",
+    "REFUND.CLOSED": "退款关闭",
+    "MCHTRANSFER.BILL.FINISHED": "商家转账单据终态通知",
+}
+
+
+@dataclass
+class Fault:
+    path_prefix: str
+    status: int
+    code: str
+    message: str
+    times: int
+
+
+def beijing_now_iso() -> str:
+    return datetime.now(BEIJING).isoformat(timespec="seconds")
+
+
+class SimulatorState(PayMixin, PayoutMixin):
+    """Everything the simulated WeChat remembers, plus its keys."""
+
+    def __init__(
+        self,
+        *,
+        mchid: str,
+        apiv3_key: str,
+        merchant_public_key: rsa.RSAPublicKey | None = None,
+        api_v2_key: str = "",
+        app_secrets: dict[str, str] | None = None,
+        keys: SimulatorKeys | None = None,
+        key_mode: str = "public_key",
+        notify_transport: Transport | None = None,
+        notify_initial_delay_s: float = 0.2,
+        notify_retry_schedule_s: tuple[float, ...] = WECHAT_RETRY_SCHEDULE_S,
+        notify_time_scale: float = 0.01,
+        max_clock_skew_s: int = 300,
+        pay_base_url: str | None = None,
+    ) -> None:
+        self.mchid, self.apiv3_key, self.api_v2_key = mchid, apiv3_key, api_v2_key
+        self.merchant_public_key = merchant_public_key
+        self.app_secrets = dict(app_secrets or {})
+        self.keys = keys or SimulatorKeys()
+        self.key_mode = key_mode  # the merchant account's mode: public_key | certificate | random (migrating)
+        self.max_clock_skew_s = max_clock_skew_s
+        self.pay_base_url = pay_base_url.rstrip("/") if pay_base_url else None
+        self.lock = threading.RLock()
+        self.dispatcher = NotificationDispatcher(
+            self._sign_notification,
+            notify_transport,
+            notify_initial_delay_s,
+            notify_retry_schedule_s,
+            notify_time_scale,
+        )
+        self.faults: list[Fault] = []
+        self.oauth_codes: dict[str, str] = {}
+        self.used_codes: set[str] = set()
+        self.token_calls = 0
+        PayMixin.__init__(self)
+        PayoutMixin.__init__(self)
+
+    # -- faults ------------------------------------------------------------------
+    def inject_fault(self, path_prefix: str, status: int, code: str, message: str = "", times: int = 1) -> None:
+        """The next ``times`` calls under ``path_prefix`` answer this error instead."""
+        with self.lock:
+            self.faults.append(Fault(path_prefix, status, code, message or code, times))
+
+    def take_fault(self, path: str) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if path.startswith(fault.path_prefix) and fault.times > 0:
+                    fault.times -= 1
+                    return fault
+        return None
+
+    # -- identity ----------------------------------------------------------------
+    def check_app(self, appid: str, secret: str) -> None:
+        expected = self.app_secrets.get(appid)
+        if expected is not None and expected != secret:
+            raise SimError(200, "40125", "invalid appsecret")
+
+    def login_name(self, code: str, single_use: bool = True) -> str:
+        """``code-<name>`` → name; a code issued by the consent page → its name."""
+        with self.lock:
+            if code in self.used_codes:
+                raise SimError(200, "40163", "code been used")
+            if code.startswith("code-") and len(code) > 5:
+                return code[5:]
+            name = self.oauth_codes.pop(code, None)
+            if name is None:
+                raise SimError(200, "40029", "invalid code")
+            if single_use:
+                self.used_codes.add(code)
+            return name
+
+    def issue_oauth_code(self, name: str) -> str:
+        code = "oauth-" + secrets.token_hex(8)
+        with self.lock:
+            self.oauth_codes[code] = name
+        return code
+
+    @staticmethod
+    def session_key(name: str) -> str:
+        return base64.b64encode(hashlib.sha256(f"session-{name}".encode()).digest()[:16]).decode()
+
+    def new_access_token(self) -> str:
+        with self.lock:
+            self.token_calls += 1
+            return f"sim-token-{self.token_calls}-{secrets.token_hex(4)}"
+
+    # -- request authentication ----------------------------------------------------
+    def check_authorization(self, method: str, canonical_url: str, header: str, body: bytes) -> None:
+        """Verify the merchant's ``Authorization`` like WeChat: 401 SIGN_ERROR otherwise."""
+        if self.merchant_public_key is None:
+            raise SimError(401, "SIGN_ERROR", "simulator has no merchant public key")
+        try:
+            items = crypto.parse_authorization(header or "")
+            ts = int(items["timestamp"])
+        except ValueError as exc:
+            raise SimError(401, "SIGN_ERROR", f"bad Authorization: {exc}") from exc
+        if items["mchid"] != self.mchid:
+            raise SimError(401, "SIGN_ERROR", "mchid does not match")
+        if abs(time.time() - ts) > self.max_clock_skew_s:
+            raise SimError(401, "SIGN_ERROR", "timestamp out of window")
+        message = f"{method}\n{canonical_url}\n{ts}\n{items['nonce_str']}\n".encode() + body + b"\n"
+        if not crypto.verify_rsa(message, items["signature"], self.merchant_public_key):
+            raise SimError(401, "SIGN_ERROR", "signature does not verify")
+
+    # -- notifications -----------------------------------------------------------
+    def build_notification(
+        self,
+        event_type: str,
+        resource: dict[str, Any],
+        original_type: str,
+        timestamp: int | None = None,
+        serial: str | None = None,
+        notification_id: str | None = None,
+    ) -> tuple[dict[str, str], bytes]:
+        """A signed, AES-GCM encrypted callback exactly as WeChat sends it."""
+        body = self.notification_body(event_type, resource, original_type, notification_id)
+        headers = {"Content-Type": "application/json", **self._sign_notification(body, timestamp, serial)}
+        return headers, body
+
+    def notification_body(
+        self, event_type: str, resource: dict[str, Any], original_type: str, notification_id: str | None = None
+    ) -> bytes:
+        nonce = secrets.token_hex(6)
+        plaintext = json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
+        envelope = {
+            "id": notification_id or f"EV-{uuid.uuid4()}",
+            "create_time": beijing_now_iso(),
+            "resource_type": "encrypt-resource",
+            "event_type": event_type,
+            "summary": EVENT_SUMMARIES.get(event_type, event_type),
+            "resource": {
+                "original_type": original_type,
+                "algorithm": "AEAD_AES_256_GCM",
+                "ciphertext": crypto.aes_gcm_encrypt(self.apiv3_key, nonce, plaintext, original_type),
+                "associated_data": original_type,
+                "nonce": nonce,
+            },
+        }
+        return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def _sign_notification(
+        self, body: bytes, timestamp: int | None = None, serial: str | None = None
+    ) -> dict[str, str]:
+        return self.keys.sign_headers(body, serial=serial or self.default_serial(), timestamp=timestamp)
+
+    def default_serial(self) -> str:
+        """The key WeChat uses when the merchant named none (``key_mode``; random while migrating)."""
+        mode = self.key_mode
+        if mode == "random":
+            mode = secrets.choice(["public_key", "certificate"])
+        return self.keys.platform_serial if mode == "certificate" else self.keys.public_key_id
+
+    def sign_answer(self, body: bytes, requested_serial: str | None) -> dict[str, str]:
+        """Answers follow the ``Wechatpay-Serial`` the merchant sent, else ``key_mode``."""
+        known = (self.keys.public_key_id, self.keys.platform_serial)
+        return self.keys.sign_headers(
+            body, serial=requested_serial if requested_serial in known else self.default_serial()
+        )
+
+    def notify(self, url: str, event_type: str, resource: dict[str, Any], original_type: str) -> Delivery | None:
+        """Queue a callback; it is POSTed after the current request has finished."""
+        if not url:
+            return None
+        body = self.notification_body(event_type, resource, original_type)
+        event_id = json.loads(body)["id"]
+        return self.dispatcher.schedule(Delivery(url=url, body=body, event_type=event_type, notification_id=event_id))
