@@ -15,7 +15,7 @@ from models.orders import Order, OrderLine, OrderStatus, PaymentNotification, Re
 from models.packets import PacketStatus, RedPacket
 from models.payouts import Payout, PayoutStatus, Rail
 from models.people import Merchant, Product, User, UserIdentity, UserStatus
-from models.rebates import Rebate, RebateAdjustment, RebateStatus, Receivable
+from models.rebates import OrderMilestone, Rebate, RebateAdjustment, RebateStatus, Receivable
 
 __all__ = [
     "Alert",
@@ -25,6 +25,7 @@ __all__ = [
     "FunderType",
     "IssuerType",
     "Order",
+    "OrderMilestone",
     "OrderLine",
     "OrderStatus",
     "PacketStatus",

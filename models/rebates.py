@@ -20,8 +20,10 @@ from models.base import Base, UTCDateTime, utcnow
 
 class RebateStatus(StrEnum):
     AWARDED = "awarded"
+    HELD = "held"  # waiting for milestones (lessons done, test passed, feedback)
     SKIPPED = "skipped"  # the rule did not award; see reason_code
     CLAWED_BACK = "clawed_back"  # reduced to zero by refunds
+    EXPIRED = "expired"  # its condition was not met in time
 
 
 class Rebate(Base):
@@ -38,7 +40,9 @@ class Rebate(Base):
     form: Mapped[str] = mapped_column(String(24))
     status: Mapped[str] = mapped_column(String(16))
     original_fen: Mapped[int] = mapped_column(BigInteger, default=0)  # as first awarded
-    amount_fen: Mapped[int] = mapped_column(BigInteger, default=0)  # after clawbacks
+    amount_fen: Mapped[int] = mapped_column(BigInteger, default=0)  # paid (released), after clawbacks
+    held_fen: Mapped[int] = mapped_column(BigInteger, default=0)  # still waiting for its condition
+    condition_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
     points: Mapped[int] = mapped_column(BigInteger, default=0)
     reason_code: Mapped[str] = mapped_column(String(32))
     reasons: Mapped[list] = mapped_column(JSON, default=list)
@@ -46,8 +50,28 @@ class Rebate(Base):
 
     __table_args__ = (
         UniqueConstraint("order_id", "campaign_id", "role"),
-        CheckConstraint("amount_fen >= 0 and amount_fen <= original_fen", name="within_original"),
-        CheckConstraint("status in ('awarded', 'skipped', 'clawed_back')", name="status"),
+        CheckConstraint(
+            "amount_fen >= 0 and held_fen >= 0 and amount_fen + held_fen <= original_fen", name="within_original"
+        ),
+        CheckConstraint("status in ('awarded', 'held', 'skipped', 'clawed_back', 'expired')", name="status"),
+    )
+
+
+class OrderMilestone(Base):
+    """A milestone the merchant reported for an order (lessons completed, test passed, feedback)."""
+
+    __tablename__ = "order_milestones"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    name: Mapped[str] = mapped_column(String(32))
+    quality: Mapped[int | None]  # 0-100, for feedback
+    operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("order_id", "name"),
+        CheckConstraint("quality is null or (quality >= 0 and quality <= 100)", name="quality"),
     )
 
 
@@ -58,17 +82,14 @@ class RebateAdjustment(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     rebate_id: Mapped[int] = mapped_column(ForeignKey("rebates.id"), index=True)
-    refund_id: Mapped[int] = mapped_column(ForeignKey("refunds.id"))
+    refund_id: Mapped[int | None] = mapped_column(ForeignKey("refunds.id"))
     amount_fen: Mapped[int] = mapped_column(BigInteger)
     recovered_fen: Mapped[int] = mapped_column(BigInteger)  # came back now (unpaid, or from a balance)
     receivable_fen: Mapped[int] = mapped_column(BigInteger)  # already paid out: owed until netted
     reason: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    __table_args__ = (
-        UniqueConstraint("rebate_id", "refund_id"),
-        CheckConstraint("amount_fen > 0 and recovered_fen + receivable_fen = amount_fen", name="split"),
-    )
+    __table_args__ = (CheckConstraint("amount_fen > 0 and recovered_fen + receivable_fen = amount_fen", name="split"),)
 
 
 class Receivable(Base):

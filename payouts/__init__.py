@@ -12,7 +12,7 @@ from payouts.outbox import (
     enqueue_payout,
     external_no_for,
     hold_order_payouts,
-    pending_payout_for_rebate,
+    pending_payouts_for_rebate,
     release_order_payouts,
 )
 
@@ -21,6 +21,6 @@ __all__ = [
     "enqueue_payout",
     "external_no_for",
     "hold_order_payouts",
-    "pending_payout_for_rebate",
+    "pending_payouts_for_rebate",
     "release_order_payouts",
 ]

@@ -59,11 +59,10 @@ def release_order_payouts(order_id: int) -> int:
     ).rowcount
 
 
-def pending_payout_for_rebate(rebate_id: int) -> Payout | None:
-    """The rebate's payout if its money has certainly not left (locked for update)."""
-    return db.session.execute(
-        select(Payout).where(Payout.rebate_id == rebate_id, Payout.status == PayoutStatus.PENDING).with_for_update()
-    ).scalar_one_or_none()
+def pending_payouts_for_rebate(rebate_id: int) -> list[Payout]:
+    """The rebate's payouts whose money has certainly not left (locked for update), newest first."""
+    stmt = select(Payout).where(Payout.rebate_id == rebate_id, Payout.status == PayoutStatus.PENDING)
+    return list(db.session.execute(stmt.order_by(Payout.id.desc()).with_for_update()).scalars())
 
 
 def cancel_or_reduce(payout: Payout, by_fen: int, refund_key: str, back_to: LedgerAccount) -> int:

@@ -10,6 +10,7 @@ the same kind, and the recovered amount returns to the budget it came from.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import select
@@ -55,12 +56,15 @@ def record_decisions(
     packet_id: int | None,
     decisions: list[Decision],
     who: dict[str, Beneficiary | None],
+    now: datetime,
 ) -> list[Rebate]:
     rebates = []
     for decision in decisions:
         beneficiary = who.get(decision.role)
         awarded = decision.amount_fen > 0 and beneficiary is not None
+        held = awarded and decision.condition is not None
         form = "merchant_credit" if beneficiary and beneficiary.type == "merchant" else decision.form
+        status = RebateStatus.HELD if held else RebateStatus.AWARDED if awarded else RebateStatus.SKIPPED
         rebate = Rebate(
             order_id=order.id,
             campaign_id=campaign.id,
@@ -70,16 +74,18 @@ def record_decisions(
             beneficiary_type=beneficiary.type if beneficiary else None,
             beneficiary_id=beneficiary.id if beneficiary else None,
             form=form,
-            status=RebateStatus.AWARDED if awarded else RebateStatus.SKIPPED,
+            status=status,
             original_fen=decision.amount_fen if awarded else 0,
-            amount_fen=decision.amount_fen if awarded else 0,
+            amount_fen=decision.amount_fen if awarded and not held else 0,
+            held_fen=decision.amount_fen if held else 0,
+            condition_deadline=now + timedelta(days=decision.condition.window_days) if held else None,
             reason_code=decision.reason_code if beneficiary or not decision.amount_fen else "no_beneficiary",
             reasons=list(decision.reasons),
         )
         db.session.add(rebate)
         db.session.flush()
-        if awarded:
-            pay_rebate(rebate, campaign, order)
+        if awarded and not held:
+            pay_rebate(rebate, campaign, order, rebate.amount_fen, f"rebate:{rebate.id}")
         rebates.append(rebate)
     return rebates
 
@@ -93,26 +99,24 @@ def beneficiary_account(rebate: Rebate):
     return account(AccountKind.USER_CASH, "user", rebate.beneficiary_id)
 
 
-def pay_rebate(rebate: Rebate, campaign: Campaign, order: Order) -> None:
+def pay_rebate(rebate: Rebate, campaign: Campaign, order: Order, amount_fen: int, key: str) -> None:
+    """Move ``amount_fen`` of a rebate to its beneficiary (one ledger key per release)."""
     kind = KIND_OF_FORM[rebate.form]
-    key = f"rebate:{rebate.id}"
     memo = f"{rebate.role} rebate on order {order.out_trade_no}"
     if kind == "points":
-        rebate.points = rebate.amount_fen // point_value_fen()
-        if rebate.points:
+        points = amount_fen // point_value_fen()
+        rebate.points += points
+        if points:
             post_entry(
                 key,
                 memo,
-                [
-                    Leg(account(AccountKind.POINTS_ISSUANCE), -rebate.points),
-                    Leg(beneficiary_account(rebate), rebate.points),
-                ],
+                [Leg(account(AccountKind.POINTS_ISSUANCE), -points), Leg(beneficiary_account(rebate), points)],
             )
     elif kind == "coupon":
         enqueue_payout(
             rail=RAIL_OF_FORM[rebate.form],
             user_id=rebate.beneficiary_id,
-            amount_fen=rebate.amount_fen,
+            amount_fen=amount_fen,
             source=funder_account(campaign),
             key=key,
             memo=memo,
@@ -121,16 +125,17 @@ def pay_rebate(rebate: Rebate, campaign: Campaign, order: Order) -> None:
         )
         return
     else:
-        target = beneficiary_account(rebate)
-        post_entry(key, memo, [Leg(funder_account(campaign), -rebate.amount_fen), Leg(target, rebate.amount_fen)])
-    recover_receivables(rebate.beneficiary_type, rebate.beneficiary_id, kind, rebate.amount_fen)
+        post_entry(
+            key, memo, [Leg(funder_account(campaign), -amount_fen), Leg(beneficiary_account(rebate), amount_fen)]
+        )
+    recover_receivables(rebate.beneficiary_type, rebate.beneficiary_id, kind, amount_fen)
     if rebate.form in ("wechat_change", "cash_red_packet"):
-        _queue_cash_payout(rebate, order, key, memo)
+        _queue_cash_payout(rebate, order, amount_fen, key, memo)
 
 
-def _queue_cash_payout(rebate: Rebate, order: Order, key: str, memo: str) -> None:
+def _queue_cash_payout(rebate: Rebate, order: Order, amount_fen: int, key: str, memo: str) -> None:
     cash = beneficiary_account(rebate)
-    payable = min(rebate.amount_fen, max(0, balance(cash)))  # a negative balance (receivable) nets first
+    payable = min(amount_fen, max(0, balance(cash)))  # a negative balance (receivable) nets first
     if payable > 0:
         enqueue_payout(
             rail=RAIL_OF_FORM[rebate.form],

@@ -35,7 +35,7 @@ from rebate.campaigns import funder_account, is_running, rules_of
 from rebate.errors import BudgetExhausted, NotFound
 from rebate.orders import lock_order
 from rebate.packets import issue_packet
-from rebate.rules import CASH_FORMS, Decision, OrderFacts, evaluate
+from rebate.rules import CASH_FORMS, Decision, OrderFacts, RuleSet, evaluate
 
 
 class PaymentOutcome(StrEnum):
@@ -101,9 +101,11 @@ def _apply_locked(
         payer_total,
     )
     packet = _use_packet(order, paid_at)
-    campaigns = _lock_campaigns(order, packet, paid_at)
+    attributed = _attributing_packets(order, packet, paid_at)
+    campaigns = _lock_campaigns(order, packet, attributed)
     _post_sale(order, packet, campaigns)
     _run_rebates(order, packet, campaigns, paid_at)
+    _run_attribution(order, attributed, campaigns, paid_at)
     _issue_triggered_packets(order, campaigns, paid_at)
     return PaymentOutcome.APPLIED
 
@@ -123,11 +125,35 @@ def _relevant(campaign: Campaign, order: Order, has_inviter: bool) -> bool:
     return has_inviter and rules_of(campaign).applies_to == "referral"
 
 
-def _lock_campaigns(order: Order, packet: RedPacket | None, now: datetime) -> dict[int, Campaign]:
+def _attributing_packets(order: Order, packet: RedPacket | None, now: datetime) -> list[RedPacket]:
+    """Packets this buyer spent earlier whose campaign attributes later orders at this merchant to them."""
+    used = db.session.execute(
+        select(RedPacket)
+        .where(
+            RedPacket.owner_id == order.user_id,
+            RedPacket.status == PacketStatus.USED,
+            RedPacket.order_id != order.id,
+            RedPacket.issuer_type == "merchant",
+        )
+        .order_by(RedPacket.used_at.desc())
+    ).scalars()
+    found: dict[int, RedPacket] = {}
+    for p in used:
+        if p.campaign_id in found or (packet is not None and p.campaign_id == packet.campaign_id):
+            continue
+        if (p.merchant_id or p.issuer_merchant_id) != order.merchant_id:
+            continue
+        days = rules_of(db.session.get(Campaign, p.campaign_id), p.rules_version).attribution_days
+        if days and now < p.used_at + timedelta(days=days):
+            found[p.campaign_id] = p
+    return list(found.values())
+
+
+def _lock_campaigns(order: Order, packet: RedPacket | None, attributed: list[RedPacket]) -> dict[int, Campaign]:
     """The campaigns this payment touches, row-locked in ascending id order (no deadlocks)."""
     has_inviter = db.session.get(User, order.user_id).inviter_id is not None
     active = db.session.execute(select(Campaign).where(Campaign.status == CampaignStatus.ACTIVE)).scalars()
-    ids = {c.id for c in active if _relevant(c, order, has_inviter)}
+    ids = {c.id for c in active if _relevant(c, order, has_inviter)} | {p.campaign_id for p in attributed}
     if packet is not None:
         ids.add(packet.campaign_id)
     rows = (
@@ -199,14 +225,46 @@ def _run_rebates(order: Order, packet: RedPacket | None, campaigns: dict[int, Ca
         else:
             continue
         decisions, who = _evaluate(order, packet, campaign, version, budget_left, cash_room, now)
-        rebates = record_decisions(order, campaign, version, packet.id if is_packet_campaign else None, decisions, who)
-        awarded = sum(r.amount_fen for r in rebates)
-        cash_room -= sum(r.amount_fen for r in rebates if r.form in CASH_FORMS)
+        rebates = record_decisions(
+            order, campaign, version, packet.id if is_packet_campaign else None, decisions, who, now
+        )
+        awarded = sum(r.original_fen for r in rebates)
+        cash_room -= sum(r.original_fen for r in rebates if r.form in CASH_FORMS)
         if is_packet_campaign:
             budgets.settle(campaign_id, packet.reserved_fen, order.discount_fen + awarded)
             packet.reserved_fen = 0
         elif not budgets.commit(campaign_id, awarded):
             raise BudgetExhausted("budget moved under a locked campaign")  # cannot happen under the row lock
+
+
+def _run_attribution(order: Order, packets: list[RedPacket], campaigns: dict[int, Campaign], now: datetime) -> None:
+    """The issuer of a packet that brought the customer earns on their later orders (the trial story)."""
+    for packet in sorted(packets, key=lambda p: p.campaign_id):
+        campaign = campaigns[packet.campaign_id]
+        rules = rules_of(campaign, packet.rules_version)
+        issuer_rule = rules.role("issuer")
+        if issuer_rule is None:
+            continue
+        facts = OrderFacts(order_total_fen=order.total_fen, paid_fen=order.paid_fen, paid_at=now, has_issuer=True)
+        if is_running(campaign, now):
+            decisions = evaluate(RuleSet(roles=(issuer_rule,)), facts, budget_left_fen=campaign.budget_available_fen)
+        else:
+            decisions = [Decision("issuer", 0, issuer_rule.form, "campaign_not_running", ("the campaign was paused",))]
+        decisions = [
+            Decision(
+                d.role,
+                d.amount_fen,
+                d.form,
+                d.reason_code,
+                (f"attributed to red packet {packet.id} used on {packet.used_at:%Y-%m-%d}", *d.reasons),
+                d.condition,
+            )
+            for d in decisions
+        ]
+        who = {"issuer": Beneficiary("merchant", packet.issuer_merchant_id)}
+        rebates = record_decisions(order, campaign, packet.rules_version, packet.id, decisions, who, now)
+        if not budgets.commit(campaign.id, sum(r.original_fen for r in rebates)):
+            raise BudgetExhausted("budget moved under a locked campaign")
 
 
 def _issue_triggered_packets(order: Order, campaigns: dict[int, Campaign], now: datetime) -> None:

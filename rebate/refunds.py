@@ -31,7 +31,7 @@ from models import (
     db,
     raise_alert,
 )
-from payouts import cancel_or_reduce, hold_order_payouts, pending_payout_for_rebate, release_order_payouts
+from payouts import cancel_or_reduce, hold_order_payouts, pending_payouts_for_rebate, release_order_payouts
 from rebate import budgets
 from rebate.awards import KIND_OF_FORM, beneficiary_account, point_value_fen
 from rebate.campaigns import funder_account, rules_of
@@ -163,18 +163,37 @@ def _net_facts(order: Order) -> OrderFacts:
 
 def _claw_back(order: Order, refund: Refund) -> None:
     facts = _net_facts(order)
-    rebates = (
-        db.session.execute(select(Rebate).where(Rebate.order_id == order.id, Rebate.amount_fen > 0).order_by(Rebate.id))
-        .scalars()
-        .all()
-    )
-    for rebate in rebates:
+    owed = (Rebate.amount_fen > 0) | (Rebate.held_fen > 0)
+    stmt = select(Rebate).where(Rebate.order_id == order.id, owed).order_by(Rebate.id).with_for_update()
+    for rebate in db.session.execute(stmt).scalars().all():
         campaign = db.session.get(Campaign, rebate.campaign_id)
-        entitled = entitlement_after_refund(
-            rules_of(campaign, rebate.rules_version), facts, rebate.role, rebate.amount_fen
+        current = rebate.amount_fen + rebate.held_fen
+        entitled = entitlement_after_refund(rules_of(campaign, rebate.rules_version), facts, rebate.role, current)
+        from_held = min(current - entitled, rebate.held_fen)
+        if from_held:
+            _release_held(rebate, campaign, from_held, refund)
+        if current - entitled - from_held:
+            _take_back(rebate, campaign, current - entitled - from_held, refund)
+
+
+def _release_held(rebate: Rebate, campaign: Campaign, amount: int, refund: Refund) -> None:
+    """Money still waiting for its condition simply stops waiting: nothing was paid."""
+    rebate.held_fen -= amount
+    budgets.release_committed(campaign.id, amount)
+    if rebate.held_fen == 0 and rebate.amount_fen == 0:
+        rebate.status = RebateStatus.CLAWED_BACK
+    reason = f"refund {refund.out_refund_no}: the part still held is cancelled"
+    db.session.add(
+        RebateAdjustment(
+            rebate_id=rebate.id,
+            refund_id=refund.id,
+            amount_fen=amount,
+            recovered_fen=amount,
+            receivable_fen=0,
+            reason=reason,
         )
-        if entitled < rebate.amount_fen:
-            _take_back(rebate, campaign, rebate.amount_fen - entitled, refund)
+    )
+    db.session.flush()
 
 
 def _take_back(rebate: Rebate, campaign: Campaign, delta: int, refund: Refund) -> None:
@@ -206,7 +225,7 @@ def _take_back(rebate: Rebate, campaign: Campaign, delta: int, refund: Refund) -
             )
         )
     rebate.amount_fen -= delta
-    if rebate.amount_fen == 0:
+    if rebate.amount_fen == 0 and rebate.held_fen == 0:
         rebate.status = RebateStatus.CLAWED_BACK
     why = "already sent; owed back from the next rebate" if receivable else "taken back before it was paid"
     db.session.add(
@@ -223,8 +242,10 @@ def _take_back(rebate: Rebate, campaign: Campaign, delta: int, refund: Refund) -
 
 
 def _from_pending_payout(rebate: Rebate, delta: int, key: str, back_to) -> int:
-    payout = pending_payout_for_rebate(rebate.id)
-    return cancel_or_reduce(payout, delta, key, back_to) if payout is not None else 0
+    taken = 0
+    for payout in pending_payouts_for_rebate(rebate.id):
+        taken += cancel_or_reduce(payout, delta - taken, f"{key}:{payout.id}", back_to)
+    return taken
 
 
 def _points_back(rebate: Rebate, delta: int, key: str) -> int:

@@ -42,6 +42,16 @@ class Window:
 
 
 @dataclass(frozen=True)
+class Condition:
+    """The award waits for milestones reported by the merchant (lessons done, test passed, feedback)."""
+
+    milestones: tuple[str, ...]
+    window_days: int
+    release: str = "all"  # "all": when every milestone is met; "parts": an equal part per milestone
+    quality_scaled: bool = False  # the "feedback" milestone's quality (0-100) scales what is released
+
+
+@dataclass(frozen=True)
 class RoleRule:
     role: str
     rate_bps: int
@@ -52,6 +62,7 @@ class RoleRule:
     fallback_form: str | None = None
     tiers: tuple[Tier, ...] = ()
     windows: tuple[Window, ...] = ()
+    condition: Condition | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,10 @@ class RuleSet:
     roles: tuple[RoleRule, ...]
     applies_to: str = "packet"
     referral_days: int | None = None  # inviter earns for this many days after binding
+    attribution_days: int | None = None  # the issuer also earns on the buyer's later orders for this long
+
+    def role(self, name: str) -> RoleRule | None:
+        return next((r for r in self.roles if r.role == name), None)
 
     def max_award_fen(self) -> int | None:
         """The most one order can cost in rebates, or None when some role has no cap."""
@@ -82,6 +97,7 @@ class Decision:
     form: str
     reason_code: str  # "awarded", "below_minimum", "cap_reached", ...
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    condition: Condition | None = None  # held until the condition is met
 
     @property
     def awarded(self) -> bool:
@@ -132,7 +148,9 @@ def _decide(rule: RoleRule, facts: OrderFacts, budget: int | None, cash_room: in
     if amount == 0 and code == "awarded":
         code = "zero_amount"
         reasons.append("rounds down to 0")
-    return Decision(rule.role, amount, rule.form, code, tuple(reasons))
+    if amount and rule.condition is not None:
+        reasons.append(f"held until {', '.join(rule.condition.milestones)} within {rule.condition.window_days} days")
+    return Decision(rule.role, amount, rule.form, code, tuple(reasons), rule.condition)
 
 
 def _limit(amount: int, code: str, reasons: list[str], limit: int | None, limit_code: str, why: str):
@@ -184,10 +202,8 @@ def parse_rules(data: dict, *, budgeted: bool) -> RuleSet:
     if len({r.role for r in roles}) != len(roles):
         raise RuleError("each role may appear once")
     _refuse_overpaying(roles)
-    referral_days = data.get("referral_days")
-    if referral_days is not None and (not _is_int(referral_days) or referral_days <= 0):
-        raise RuleError("referral_days must be a positive integer")
-    return RuleSet(roles=roles, applies_to=applies_to, referral_days=referral_days)
+    days = {k: _int(data, k, low=1, high=3650) for k in ("referral_days", "attribution_days")}
+    return RuleSet(roles=roles, applies_to=applies_to, **days)
 
 
 def _max_rate_bps(rule: RoleRule) -> int:
@@ -244,7 +260,26 @@ def _parse_role(raw: dict, budgeted: bool) -> RoleRule:
         fallback_form=raw.get("fallback_form"),
         tiers=_parse_tiers(raw.get("tiers", [])),
         windows=_parse_windows(raw.get("windows", [])),
+        condition=_parse_condition(raw.get("condition")),
     )
+
+
+def _parse_condition(raw) -> Condition | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise RuleError("condition must be an object")
+    milestones = raw.get("milestones")
+    names_ok = isinstance(milestones, list) and all(isinstance(m, str) and 0 < len(m) <= 32 for m in milestones)
+    if not names_ok or not milestones or len(set(milestones)) != len(milestones):
+        raise RuleError("condition.milestones must be a list of distinct names")
+    release = raw.get("release", "all")
+    if release not in ("all", "parts"):
+        raise RuleError("condition.release must be all or parts")
+    quality = raw.get("quality_scaled", False)
+    if not isinstance(quality, bool) or (quality and "feedback" not in milestones):
+        raise RuleError("condition.quality_scaled needs a feedback milestone")
+    return Condition(tuple(milestones), _int(raw, "window_days", 90, low=1, high=3650), release, quality)
 
 
 def _parse_tiers(raw) -> tuple[Tier, ...]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from ledger import account, balance
-from models import AccountKind, Campaign, Payout, RedPacket, Rebate, db, utcnow
+from models import AccountKind, Campaign, Payout, Rebate, RedPacket, db, utcnow
 from rebate import create_order, issue_packet
 from rebate.orders import LineRequest
 
@@ -153,3 +153,204 @@ def test_referral_inviter_earns_10_percent_doubled_to_20_in_a_double_rebate_wind
     assert bal(AccountKind.PLATFORM_MARKETING_FUND) == -9_00
     campaign = db.session.query(Campaign).one()
     assert campaign.budget_committed_fen == 9_00
+
+
+def test_trial_feedback_quality_scales_consumer_points_and_merchant_earns_on_later_full_size_orders(
+    make_user, make_merchant, make_product, make_campaign, make_operator, client, pay
+):
+    # given: a beauty shop's trial packet (5 yuan off a 10-yuan trial size); the consumer earns 20 % of what
+    # they paid as points once feedback arrives, scaled by its quality; the shop earns 5 % credit on
+    # full-size orders (>= 100 yuan) attributed to the packet for 30 days
+    shop = make_merchant("beauty shop")
+    trial, full_size = make_product(shop, price_fen=10_00, category="trial"), make_product(shop, price_fen=200_00)
+    campaign = make_campaign(
+        {
+            "attribution_days": 30,
+            "roles": [
+                {
+                    "role": "consumer",
+                    "rate_bps": 2000,
+                    "form": "points",
+                    "cap_fen": 10_00,
+                    "condition": {"milestones": ["feedback"], "window_days": 14, "quality_scaled": True},
+                },
+                {
+                    "role": "issuer",
+                    "rate_bps": 500,
+                    "form": "merchant_credit",
+                    "min_order_fen": 100_00,
+                    "cap_fen": 50_00,
+                },
+            ],
+        },
+        issuer_type="merchant",
+        issuer_merchant_id=shop.id,
+        funder_type="merchant_deposit",
+        funder_merchant_id=shop.id,
+        budget_limit_fen=500_00,
+        packet_amount_fen=5_00,
+        packet_categories=["trial"],
+        packet_merchant_id=shop.id,
+    )
+    carol = make_user()
+    packet = issue_packet(campaign, carol, source="trial", source_ref="carol", now=utcnow())
+    db.session.commit()
+
+    # when: the trial order is paid (5 yuan)
+    trial_order = buy(carol, trial, packet=packet)
+    pay(trial_order)
+
+    # then: 20 % of 5 yuan = 1 yuan of points is held for feedback; the issuer is below its minimum
+    got = rebates_of(trial_order)
+    assert (got["consumer"].status, got["consumer"].held_fen, got["consumer"].amount_fen) == ("held", 1_00, 0)
+    assert (got["issuer"].status, got["issuer"].reason_code) == ("skipped", "below_minimum")
+    assert bal(AccountKind.USER_POINTS, "user", carol.id) == 0
+
+    # when: the shop reports feedback of quality 80 (twice: the second changes nothing)
+    _, staff = make_operator("merchant_staff", merchant=shop)
+    for _ in range(2):
+        answer = client.post(
+            f"/admin/api/orders/{trial_order.id}/milestones", headers=staff, json={"name": "feedback", "quality": 80}
+        )
+        assert answer.status_code == 201, answer.json
+
+    # then: 80 % of the held 1 yuan = 80 points (1 fen each); the withheld 20 fen returns to the budget
+    db.session.expire_all()
+    assert bal(AccountKind.USER_POINTS, "user", carol.id) == 80
+    consumer = rebates_of(trial_order)["consumer"]
+    assert (consumer.status, consumer.amount_fen, consumer.held_fen, consumer.points) == ("awarded", 80, 0, 80)
+    campaign = db.session.get(Campaign, campaign.id)
+    assert (campaign.budget_reserved_fen, campaign.budget_committed_fen) == (0, 5_00 + 80)
+
+    # when: carol comes back for a 200-yuan full-size bottle with no packet
+    later = buy(carol, full_size)
+    pay(later)
+
+    # then: the shop earns 5 % of 200 = 10 yuan credit, attributed to the trial packet
+    issuer = rebates_of(later)["issuer"]
+    assert (issuer.amount_fen, issuer.packet_id, issuer.form) == (10_00, packet.id, "merchant_credit")
+    assert any("attributed to red packet" in r for r in issuer.reasons)
+    assert bal(AccountKind.MERCHANT_MARKETING_CREDIT, "merchant", shop.id) == 10_00
+    assert bal(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", shop.id) == -(5_00 + 10_00)
+    db.session.refresh(campaign)
+    assert campaign.budget_committed_fen == 5_00 + 80 + 10_00
+
+
+def test_education_teacher_share_released_only_after_lessons_and_test_and_reversed_on_refund(
+    make_user, make_merchant, make_product, make_campaign, make_operator, client, pay
+):
+    # given: a teacher's enrolment packet (50 yuan off) at a school; the teacher earns 10 % of the tuition paid,
+    # held until 10 lessons are done and the test is passed, released in two parts
+    school = make_merchant("school")
+    course = make_product(school, price_fen=2_000_00, category="course")
+    teacher = make_user()
+    campaign = make_campaign(
+        {
+            "roles": [
+                {
+                    "role": "issuer",
+                    "rate_bps": 1000,
+                    "form": "balance",
+                    "cap_fen": 300_00,
+                    "condition": {"milestones": ["lessons_10", "test_passed"], "window_days": 180, "release": "parts"},
+                }
+            ]
+        },
+        issuer_type="user",
+        issuer_user_id=teacher.id,
+        funder_type="merchant_deposit",
+        funder_merchant_id=school.id,
+        budget_limit_fen=10_000_00,
+        packet_amount_fen=50_00,
+        packet_merchant_id=school.id,
+    )
+    student = make_user()
+    packet = issue_packet(campaign, student, source="enrolment", source_ref="s1", now=utcnow())
+    db.session.commit()
+    order = buy(student, course, packet=packet)
+    pay(order)
+
+    # then: 10 % of 1950 = 195 yuan is held; nothing paid yet
+    share = rebates_of(order)["issuer"]
+    assert (share.status, share.held_fen, share.amount_fen) == ("held", 195_00, 0)
+    assert bal(AccountKind.USER_CASH, "user", teacher.id) == 0
+
+    # when: the school reports the lessons
+    _, staff = make_operator("merchant_staff", merchant=school)
+    client.post(f"/admin/api/orders/{order.id}/milestones", headers=staff, json={"name": "lessons_10"})
+
+    # then: half (97.50) is released to the teacher's balance, half still held
+    db.session.expire_all()
+    share = rebates_of(order)["issuer"]
+    assert (share.amount_fen, share.held_fen) == (97_50, 97_50)
+    assert bal(AccountKind.USER_CASH, "user", teacher.id) == 97_50
+
+    # when: the tuition is refunded in full before the test
+    from rebate import apply_refund, begin_refund
+
+    begin_refund(order, "R-edu-1", order.payable_fen)
+    apply_refund(order.out_trade_no, "R-edu-1", order.payable_fen, utcnow())
+    db.session.commit()
+
+    # then: the held half is cancelled, the released half taken back from the balance; the packet value
+    # returns to the school's deposit and the budget holds nothing for this order
+    share = rebates_of(order)["issuer"]
+    assert (share.status, share.amount_fen, share.held_fen) == ("clawed_back", 0, 0)
+    assert bal(AccountKind.USER_CASH, "user", teacher.id) == 0
+    assert bal(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", school.id) == 0
+    assert bal(AccountKind.MERCHANT_PAYABLE, "merchant", school.id) == 0
+    assert bal(AccountKind.WECHAT_SETTLEMENT) == 0
+    campaign = db.session.get(Campaign, campaign.id)
+    assert (campaign.budget_reserved_fen, campaign.budget_committed_fen) == (0, 0)
+
+    # and: a milestone on a refunded order is refused
+    answer = client.post(f"/admin/api/orders/{order.id}/milestones", headers=staff, json={"name": "test_passed"})
+    assert answer.status_code == 409
+
+
+def test_merchant_story_refund_after_payout_left_becomes_receivable_netted_by_next_rebate(
+    make_user, make_product, make_campaign, pay
+):
+    # given: consumer cashback of 10 % as WeChat change (platform-funded, no packet needed: referral-free
+    # campaign on every packet order)
+    campaign = make_campaign(
+        {"roles": [{"role": "consumer", "rate_bps": 1000, "form": "wechat_change", "cap_fen": 100_00}]},
+        budget_limit_fen=1_000_00,
+        packet_amount_fen=1_00,
+    )
+    dave = make_user()
+    product = make_product(price_fen=100_00)
+    first_packet = issue_packet(campaign, dave, source="t", source_ref="1", now=utcnow())
+    db.session.commit()
+    first = buy(dave, product, packet=first_packet)
+    pay(first)
+    payout = db.session.query(Payout).filter_by(order_id=first.id).one()
+    assert payout.amount_fen == 9_90  # 10 % of 99 paid
+    payout.status = "succeeded"  # the money has left (the dispatcher's job in production)
+    db.session.commit()
+
+    # when: the order is refunded in full after the transfer left
+    from rebate import apply_refund, begin_refund
+
+    begin_refund(first, "R-1", first.payable_fen)
+    apply_refund(first.out_trade_no, "R-1", first.payable_fen, utcnow())
+    db.session.commit()
+
+    # then: the paid payout is untouched; dave owes 9.90 as a negative balance (a receivable)
+    assert db.session.get(Payout, payout.id).amount_fen == 9_90
+    assert bal(AccountKind.USER_CASH, "user", dave.id) == -9_90
+    campaign = db.session.get(Campaign, campaign.id)
+    committed_after_refund = campaign.budget_committed_fen
+    assert committed_after_refund == 9_90  # paid-out money is not back in the budget until recovered
+
+    # when: dave's next order earns 9.90 again
+    second_packet = issue_packet(campaign, dave, source="t", source_ref="2", now=utcnow())
+    db.session.commit()
+    second = buy(dave, product, packet=second_packet)
+    pay(second)
+
+    # then: it nets the receivable: no new transfer, balance back to 0, budget released for the recovered 9.90
+    assert db.session.query(Payout).filter_by(order_id=second.id).count() == 0
+    assert bal(AccountKind.USER_CASH, "user", dave.id) == 0
+    db.session.refresh(campaign)
+    assert campaign.budget_committed_fen == 1_00 + 9_90  # second packet + second rebate; first fully released

@@ -9,7 +9,7 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from web import admin, campaign_admin, ops, user_api
+    from web import admin, campaign_admin, merchant_api, ops, user_api
 
-    for module in (ops, admin, campaign_admin, user_api):
+    for module in (ops, admin, campaign_admin, merchant_api, user_api):
         app.register_blueprint(module.bp)

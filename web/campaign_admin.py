@@ -43,6 +43,13 @@ class WindowIn(Model):
     factor_bps: Annotated[StrictInt, Field(ge=10_000, le=50_000)] = 20_000
 
 
+class ConditionIn(Model):
+    milestones: Annotated[list[Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]], Field(min_length=1, max_length=10)]
+    window_days: Annotated[StrictInt, Field(ge=1, le=3650)] = 90
+    release: Literal["all", "parts"] = "all"
+    quality_scaled: StrictBool = False
+
+
 class RoleRuleIn(Model):
     role: Literal["issuer", "consumer", "inviter"]
     rate_bps: Annotated[StrictInt, Field(ge=0, le=10_000)]
@@ -55,12 +62,14 @@ class RoleRuleIn(Model):
     fallback_form: Literal["wechat_change", "cash_red_packet", "balance", "points"] | None = None
     tiers: Annotated[list[TierIn], Field(max_length=20)] = []
     windows: Annotated[list[WindowIn], Field(max_length=20)] = []
+    condition: ConditionIn | None = None
 
 
 class RulesIn(Model):
     roles: Annotated[list[RoleRuleIn], Field(min_length=1, max_length=3)]
     applies_to: Literal["packet", "referral"] = "packet"
     referral_days: Annotated[StrictInt, Field(ge=1, le=3650)] | None = None
+    attribution_days: Annotated[StrictInt, Field(ge=1, le=3650)] | None = None
 
 
 class TriggerIn(Model):

@@ -1,8 +1,8 @@
 """money path
 
-Revision ID: 2b940ffec5a4
+Revision ID: dc3967584d35
 Revises: 0001_foundation
-Create Date: 2026-11-24 08:42:57.962814
+Create Date: 2026-11-24 08:47:04.570216
 
 """
 from alembic import op
@@ -202,6 +202,22 @@ def upgrade():
     with op.batch_alter_table('order_lines', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_order_lines_order_id'), ['order_id'], unique=False)
 
+    op.create_table('order_milestones',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('order_id', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=32), nullable=False),
+    sa.Column('quality', sa.Integer(), nullable=True),
+    sa.Column('operator_id', sa.Integer(), nullable=True),
+    sa.Column('reported_at', sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint('quality is null or (quality >= 0 and quality <= 100)', name=op.f('ck_order_milestones_quality')),
+    sa.ForeignKeyConstraint(['operator_id'], ['operators.id'], name=op.f('fk_order_milestones_operator_id_operators')),
+    sa.ForeignKeyConstraint(['order_id'], ['orders.id'], name=op.f('fk_order_milestones_order_id_orders')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_order_milestones')),
+    sa.UniqueConstraint('order_id', 'name', name=op.f('uq_order_milestones_order_id_name'))
+    )
+    with op.batch_alter_table('order_milestones', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_order_milestones_order_id'), ['order_id'], unique=False)
+
     op.create_table('rebates',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('order_id', sa.Integer(), nullable=False),
@@ -215,12 +231,14 @@ def upgrade():
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('original_fen', sa.BigInteger(), nullable=False),
     sa.Column('amount_fen', sa.BigInteger(), nullable=False),
+    sa.Column('held_fen', sa.BigInteger(), nullable=False),
+    sa.Column('condition_deadline', sa.DateTime(timezone=True), nullable=True),
     sa.Column('points', sa.BigInteger(), nullable=False),
     sa.Column('reason_code', sa.String(length=32), nullable=False),
     sa.Column('reasons', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.CheckConstraint("status in ('awarded', 'skipped', 'clawed_back')", name=op.f('ck_rebates_status')),
-    sa.CheckConstraint('amount_fen >= 0 and amount_fen <= original_fen', name=op.f('ck_rebates_within_original')),
+    sa.CheckConstraint("status in ('awarded', 'held', 'skipped', 'clawed_back', 'expired')", name=op.f('ck_rebates_status')),
+    sa.CheckConstraint('amount_fen >= 0 and held_fen >= 0 and amount_fen + held_fen <= original_fen', name=op.f('ck_rebates_within_original')),
     sa.ForeignKeyConstraint(['campaign_id'], ['campaigns.id'], name=op.f('fk_rebates_campaign_id_campaigns')),
     sa.ForeignKeyConstraint(['order_id'], ['orders.id'], name=op.f('fk_rebates_order_id_orders')),
     sa.ForeignKeyConstraint(['packet_id'], ['red_packets.id'], name=op.f('fk_rebates_packet_id_red_packets')),
@@ -283,7 +301,7 @@ def upgrade():
     op.create_table('rebate_adjustments',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('rebate_id', sa.Integer(), nullable=False),
-    sa.Column('refund_id', sa.Integer(), nullable=False),
+    sa.Column('refund_id', sa.Integer(), nullable=True),
     sa.Column('amount_fen', sa.BigInteger(), nullable=False),
     sa.Column('recovered_fen', sa.BigInteger(), nullable=False),
     sa.Column('receivable_fen', sa.BigInteger(), nullable=False),
@@ -292,8 +310,7 @@ def upgrade():
     sa.CheckConstraint('amount_fen > 0 and recovered_fen + receivable_fen = amount_fen', name=op.f('ck_rebate_adjustments_split')),
     sa.ForeignKeyConstraint(['rebate_id'], ['rebates.id'], name=op.f('fk_rebate_adjustments_rebate_id_rebates')),
     sa.ForeignKeyConstraint(['refund_id'], ['refunds.id'], name=op.f('fk_rebate_adjustments_refund_id_refunds')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_rebate_adjustments')),
-    sa.UniqueConstraint('rebate_id', 'refund_id', name=op.f('uq_rebate_adjustments_rebate_id_refund_id'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_rebate_adjustments'))
     )
     with op.batch_alter_table('rebate_adjustments', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_rebate_adjustments_rebate_id'), ['rebate_id'], unique=False)
@@ -324,6 +341,10 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_rebates_beneficiary_id'))
 
     op.drop_table('rebates')
+    with op.batch_alter_table('order_milestones', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_order_milestones_order_id'))
+
+    op.drop_table('order_milestones')
     with op.batch_alter_table('order_lines', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_order_lines_order_id'))
 

@@ -1,0 +1,115 @@
+"""Conditional (reverse) rebates: awards held until the merchant reports milestones.
+
+A held award is committed to the budget at payment. Reporting milestones
+releases it — whole when all are met, or an equal part per milestone — scaled
+by feedback quality when the rule says so (what quality withholds goes back
+to the budget). Past its deadline the rest expires and returns to the budget;
+a refund cancels the held part first (``refunds.py``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+
+from models import Campaign, Order, OrderMilestone, OrderStatus, Rebate, RebateStatus, db
+from rebate import budgets
+from rebate.awards import pay_rebate
+from rebate.campaigns import rules_of
+from rebate.errors import Invalid, StateConflict
+from rebate.orders import lock_order
+from rebate.rules import Condition
+
+
+def _held(order_id: int) -> list[Rebate]:
+    return list(
+        db.session.execute(
+            select(Rebate).where(Rebate.order_id == order_id, Rebate.held_fen > 0).order_by(Rebate.id).with_for_update()
+        ).scalars()
+    )
+
+
+def _condition(rebate: Rebate, campaign: Campaign) -> Condition:
+    return rules_of(campaign, rebate.rules_version).role(rebate.role).condition
+
+
+def report_milestone(
+    order: Order, name: str, quality: int | None, now: datetime, operator_id: int | None = None
+) -> list[Rebate]:
+    """Record a milestone once and release what it unlocks; a repeat changes nothing."""
+    order = lock_order(order.out_trade_no)
+    if order.status != OrderStatus.PAID:
+        raise StateConflict(
+            f"milestones are reported on paid orders; this one is {order.status}", code="order_not_paid"
+        )
+    if quality is not None and not 0 <= quality <= 100:
+        raise Invalid("quality must be 0 to 100", code="invalid_quality")
+    existing = db.session.execute(select(OrderMilestone).filter_by(order_id=order.id, name=name)).scalar_one_or_none()
+    if existing is not None:
+        return []
+    db.session.add(
+        OrderMilestone(order_id=order.id, name=name, quality=quality, operator_id=operator_id, reported_at=now)
+    )
+    db.session.flush()
+    met = {m.name: m for m in db.session.execute(select(OrderMilestone).filter_by(order_id=order.id)).scalars()}
+    released = []
+    for rebate in _held(order.id):
+        campaign = db.session.get(Campaign, rebate.campaign_id)
+        if now >= rebate.condition_deadline:
+            expire_rebate(rebate, campaign)
+            continue
+        condition = _condition(rebate, campaign)
+        if name in condition.milestones and _release(rebate, campaign, order, condition, met, name):
+            released.append(rebate)
+    return released
+
+
+def _release(rebate, campaign, order, condition: Condition, met: dict, name: str) -> bool:
+    done = [m for m in condition.milestones if m in met]
+    if condition.release == "all" and len(done) < len(condition.milestones):
+        return False
+    last = len(done) == len(condition.milestones)
+    part = rebate.held_fen if last or condition.release == "all" else rebate.original_fen // len(condition.milestones)
+    part = min(part, rebate.held_fen)
+    quality = met["feedback"].quality if condition.quality_scaled and "feedback" in met else None
+    pay = part * quality // 100 if quality is not None else part
+    rebate.held_fen -= part
+    budgets.release_committed(campaign.id, part - pay)
+    if pay:
+        rebate.amount_fen += pay
+        pay_rebate(rebate, campaign, order, pay, f"rebate:{rebate.id}:release:{name}")
+    rebate.status = RebateStatus.HELD if rebate.held_fen else RebateStatus.AWARDED
+    if quality is not None:
+        rebate.reasons = [*rebate.reasons, f"feedback quality {quality}/100 released {pay} of {part} fen"]
+    db.session.flush()
+    return True
+
+
+def expire_rebate(rebate: Rebate, campaign: Campaign) -> None:
+    budgets.release_committed(campaign.id, rebate.held_fen)
+    rebate.reasons = [
+        *rebate.reasons,
+        f"condition not met by {rebate.condition_deadline:%Y-%m-%d}: {rebate.held_fen} fen expired",
+    ]
+    rebate.held_fen = 0
+    rebate.status = RebateStatus.AWARDED if rebate.amount_fen else RebateStatus.EXPIRED
+    db.session.flush()
+
+
+def expire_held_rebates(now: datetime, limit: int = 500) -> int:
+    """The job: held awards past their deadline expire and give their budget back."""
+    due = (
+        db.session.execute(
+            select(Rebate)
+            .where(Rebate.held_fen > 0, Rebate.condition_deadline <= now)
+            .order_by(Rebate.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        .scalars()
+        .all()
+    )
+    for rebate in due:
+        expire_rebate(rebate, db.session.get(Campaign, rebate.campaign_id))
+    return len(due)

@@ -1,0 +1,48 @@
+"""Merchant-reported milestones that release conditional rebates (lessons done, test passed, feedback).
+
+Merchant staff report on their own merchant's orders only (others: 404);
+admins on any. ``Idempotency-Key`` is honoured and a repeated milestone
+changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from flask import Blueprint, g
+from pydantic import Field, StrictInt
+
+from models import OperatorRole, Order, db, utcnow
+from rebate.milestones import report_milestone
+from web.admin import audit, merchant_scope
+from web.api import endpoint
+from web.errors import NotFound
+from web.schemas import Model
+from web.views import rebate_json
+
+bp = Blueprint("merchant_api", __name__, url_prefix="/admin/api")
+
+
+class Milestone(Model):
+    name: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z0-9_]+$")]
+    quality: Annotated[StrictInt, Field(ge=0, le=100)] | None = None
+
+
+@endpoint(
+    bp,
+    "/orders/<int:order_id>/milestones",
+    methods=["POST"],
+    auth="operator",
+    roles=(OperatorRole.ADMIN, OperatorRole.MERCHANT_STAFF),
+    body=Milestone,
+    idempotent=True,
+)
+def post_milestone(order_id: int, body: Milestone):
+    """Report a milestone of an order; answers the rebates it released."""
+    order = db.session.get(Order, order_id)
+    scope = merchant_scope()
+    if order is None or (scope is not None and order.merchant_id != scope):
+        raise NotFound("no such order")
+    released = report_milestone(order, body.name, body.quality, utcnow(), operator_id=g.operator.id)
+    audit("order.milestone", "order", order.id, None, name=body.name, quality=body.quality)
+    return {"order_id": order.id, "milestone": body.name, "released": [rebate_json(r) for r in released]}, 201
