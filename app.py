@@ -49,6 +49,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     if app.config["TRUSTED_PROXY_COUNT"]:
         n = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
+    from web.wechat_setup import init_wechat
+
+    init_wechat(app)
     _install_web(app)
     log.info("app configured", extra={"config": masked(settings)})
     return app
@@ -97,6 +100,9 @@ def _install_web(app: Flask) -> None:
     install_request_metrics(app)
     register_blueprints(app)
     register_cli(app)
+    from jobs.scheduler import install_jobs
+
+    install_jobs(app)
 
 
 __all__ = ["ConfigError", "create_app"]

@@ -8,10 +8,17 @@ every missing secret is named in one error at start-up.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from cryptography.fernet import Fernet
+
+MIN_IDEMPOTENCY_TTL_HOURS = 25  # answers are kept at least this long (DESIGN §4)
+URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@/\s]+(@)", re.IGNORECASE)
 
 
 class ConfigError(RuntimeError):
@@ -34,6 +41,23 @@ def _bool(text: str) -> bool:
     if lowered in {"0", "false", "no", "off", ""}:
         return False
     raise ValueError(f"not a boolean: {text!r}")
+
+
+def _json_list(text: str) -> list:
+    value = json.loads(text)
+    if not isinstance(value, list):
+        raise ValueError("must be a JSON list")
+    return value
+
+
+def _rates(text: str) -> dict[str, int]:
+    rates = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        rail, _, rate = part.partition("=")
+        if not rate.strip().isdigit() or int(rate) <= 0:
+            raise ValueError(f"{part!r} is not rail=calls_per_second")
+        rates[rail.strip()] = int(rate)
+    return rates
 
 
 def _positive_int(text: str) -> int:
@@ -97,6 +121,46 @@ SETTINGS: tuple[Setting, ...] = (
         "SEED_DEMO_DATA", False, _bool, doc="Seed demo merchants, products and campaigns at start (set by `make run`)."
     ),
     Setting("RUN_JOBS_IN_PROCESS", False, _bool, doc="Start the scheduler inside the web process (demo only)."),
+    # Payouts (issue 5)
+    Setting(
+        "WECHAT_API_V2_KEY", None, doc="v2 API key (cash red packets). Unset: the red-packet rail is off.", secret=True
+    ),
+    Setting("WECHAT_MCH_CERT_PATH", None, doc="Merchant client certificate (apiclient_cert.pem) for v2 red packets."),
+    Setting("WECHAT_MCH_KEY_PATH", None, doc="Its key (apiclient_key.pem)."),
+    Setting(
+        "WECHAT_COUPON_STOCKS",
+        [],
+        _json_list,
+        doc='WeChat Pay coupon stocks as JSON: [{"stock_id", '
+        '"denomination_fen" or null for set-value, "min_fen", "max_fen"}]. Empty: the coupon rail is off.',
+    ),
+    Setting("WECHAT_CARD_ID", None, doc="Card-package card id for card rebates. Unset: the card rail is off."),
+    Setting("REDPACK_SEND_NAME", "返利红包", doc="Sender name on cash red packets (≤ 32 chars)."),
+    Setting("REDPACK_ACT_NAME", "消费返利", doc="Activity name on cash red packets and transfers."),
+    Setting("REDPACK_WISHING", "感谢您的支持", doc="Wishing text on cash red packets."),
+    Setting("SERVER_IP", "127.0.0.1", doc="This server's IP, sent as client_ip with v2 red packets."),
+    Setting(
+        "PAYOUT_MIN_FEN",
+        100,
+        _positive_int,
+        doc="Cash rebates below this stay in the balance instead of being sent one by one.",
+    ),
+    Setting("WITHDRAWAL_MIN_FEN", 100, _positive_int, doc="Smallest withdrawal of cash balance."),
+    Setting(
+        "MANUAL_PAYOUT_APPROVAL_FEN",
+        50_000,
+        _positive_int,
+        doc="Manual payouts from this amount need a second operator's approval.",
+    ),
+    Setting("PAYOUT_MAX_ATTEMPTS", 8, _positive_int, doc="Calls before a payout goes to an operator."),
+    Setting("PAYOUT_BATCH", 50, _positive_int, doc="Payouts one dispatcher pass claims."),
+    Setting(
+        "PAYOUT_RATE_LIMITS",
+        {"wechat_change": 100, "cash_red_packet": 30, "wechat_coupon": 500, "card_coupon": 50},
+        _rates,
+        doc="Calls per second per rail, e.g. `wechat_change=100,cash_red_packet=30` (defaults: the reference's).",
+    ),
+    Setting("ALERT_WEBHOOK_URL", None, doc="Alerts are also posted here (a WeCom group robot URL, say)."),
 )
 
 LIVE_REQUIRED = (
@@ -158,10 +222,32 @@ def _validate(values: dict[str, Any]) -> list[str]:
             problems.append("PUBLIC_BASE_URL must be https:// in live mode (WeChat only notifies https)")
     if values.get("MAX_CONTENT_LENGTH", 1) <= 0:
         problems.append("MAX_CONTENT_LENGTH must be positive")
+    if values.get("USER_TOKEN_TTL_SECONDS", 1) <= 0:
+        problems.append("USER_TOKEN_TTL_SECONDS must be positive")
+    if values.get("IDEMPOTENCY_TTL_HOURS", MIN_IDEMPOTENCY_TTL_HOURS) < MIN_IDEMPOTENCY_TTL_HOURS:
+        problems.append(f"IDEMPOTENCY_TTL_HOURS must be at least {MIN_IDEMPOTENCY_TTL_HOURS} (DESIGN §4)")
+    key = values.get("DATA_ENCRYPTION_KEY")
+    if key and not _is_fernet_key(key):
+        problems.append("DATA_ENCRYPTION_KEY must be a Fernet key (32 url-safe base64-encoded bytes)")
     return problems
+
+
+def _is_fernet_key(key: object) -> bool:
+    try:
+        Fernet(key)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _mask_url_password(value: object) -> object:
+    """``scheme://user:secret@host`` → ``scheme://user:***@host``."""
+    if not isinstance(value, str):
+        return value
+    return URL_PASSWORD.sub(r"\1***\2", value)
 
 
 def masked(values: dict[str, Any]) -> dict[str, Any]:
     """The configuration with secrets replaced, for start-up logs."""
     secret_names = {s.name for s in SETTINGS if s.secret}
-    return {k: ("***" if k in secret_names and v else v) for k, v in values.items()}
+    return {k: ("***" if k in secret_names and v else _mask_url_password(v)) for k, v in values.items()}

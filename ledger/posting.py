@@ -46,8 +46,8 @@ def _validate(legs: list[Leg]) -> str:
     return units.pop()
 
 
-def _signature(legs) -> list[tuple[int, int, str | None]]:
-    return sorted((leg.account.id, leg.amount, leg.flow) for leg in legs)
+def _signature(legs) -> list[tuple[int, int, str]]:
+    return sorted((leg.account.id, leg.amount, leg.flow or "") for leg in legs)
 
 
 def post_entry(key: str, memo: str, legs: list[Leg], reverses: LedgerEntry | None = None) -> LedgerEntry:

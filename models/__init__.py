@@ -8,14 +8,18 @@ personal data is encrypted at rest (``EncryptedText``).
 from models.alerts import Alert, raise_alert
 from models.base import Base, EncryptedText, UTCDateTime, db, unit_of_work, utcnow
 from models.campaigns import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType
+from models.growth import ShareLink, SignIn
 from models.idempotency import IdempotencyRecord
 from models.ledger import AccountKind, LedgerAccount, LedgerEntry, LedgerFlow, LedgerPosting, Unit
+from models.limits import LimitCounter
+from models.oauth import OAuthState
 from models.operators import AuditLog, Operator, OperatorRole, OperatorToken
 from models.orders import Order, OrderLine, OrderStatus, PaymentNotification, Refund, RefundStatus
 from models.packets import PacketStatus, RedPacket
-from models.payouts import Payout, PayoutStatus, Rail
+from models.payouts import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl
 from models.people import Merchant, Product, User, UserIdentity, UserStatus
 from models.rebates import OrderMilestone, Rebate, RebateAdjustment, RebateStatus, Receivable
+from models.reconciliation import ReconciliationMismatch, ReconciliationRun
 
 __all__ = [
     "Alert",
@@ -31,12 +35,18 @@ __all__ = [
     "PacketStatus",
     "PaymentNotification",
     "Payout",
+    "PayoutAttempt",
+    "RailControl",
     "PayoutStatus",
     "Rail",
+    "ShareLink",
+    "SignIn",
     "Rebate",
     "RebateAdjustment",
     "RebateStatus",
     "Receivable",
+    "ReconciliationMismatch",
+    "ReconciliationRun",
     "RedPacket",
     "Refund",
     "RefundStatus",
@@ -49,7 +59,9 @@ __all__ = [
     "LedgerEntry",
     "LedgerFlow",
     "LedgerPosting",
+    "LimitCounter",
     "Merchant",
+    "OAuthState",
     "Operator",
     "OperatorRole",
     "OperatorToken",

@@ -24,6 +24,7 @@ class Alert(Base):
     message: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # sent to ALERT_WEBHOOK_URL
 
 
 def raise_alert(kind: str, subject: str, message: str) -> Alert:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from cryptography.fernet import Fernet, InvalidToken
 from flask import current_app
@@ -90,3 +91,16 @@ def unit_of_work() -> Iterator[None]:
     except BaseException:
         db.session.rollback()
         raise
+
+
+BEIJING = ZoneInfo("Asia/Shanghai")
+
+
+def beijing(value: datetime) -> datetime:
+    """Business days, daily limits, quiet hours and bill dates are Beijing time."""
+    return value.astimezone(BEIJING)
+
+
+def next_beijing_midnight(value: datetime) -> datetime:
+    local = beijing(value)
+    return datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), BEIJING).astimezone(UTC)

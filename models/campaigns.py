@@ -62,6 +62,20 @@ class Campaign(Base):
     restore_packet_on_refund: Mapped[bool] = mapped_column(default=False)
     # How packets are issued: {"kind": "order_paid", "min_order_fen": 20000} | {"kind": "claim_code"} | ...
     trigger: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Packet variants: tiers [{"min_spend_fen", "amount_fen"}] (the best one reached applies), product scope,
+    # fixed validity dates (instead of packet_valid_days).
+    packet_tiers: Mapped[list] = mapped_column(JSON, default=list)
+    packet_products: Mapped[list] = mapped_column(JSON, default=list)
+    packet_valid_from: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    packet_valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Who and when: target regions, channels, Beijing day-of-week / hour windows for claiming and using.
+    regions: Mapped[list] = mapped_column(JSON, default=list)
+    channels: Mapped[list] = mapped_column(JSON, default=list)
+    usage_windows: Mapped[dict] = mapped_column(JSON, default=dict)  # {"weekdays": [1..7], "hours": [from, to]}
+    # Count budget beside the money budget, and claim limits (None: the defaults of risk.ClaimLimits).
+    max_packets: Mapped[int | None]
+    packets_issued: Mapped[int] = mapped_column(default=0)
+    claim_limits: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (
@@ -72,6 +86,7 @@ class Campaign(Base):
             name="budget_within_limit",
         ),
         CheckConstraint("packet_amount_fen is null or packet_amount_fen > 0", name="packet_amount_positive"),
+        CheckConstraint("max_packets is null or packets_issued <= max_packets", name="count_within_limit"),
         CheckConstraint(
             "(funder_type = 'merchant_deposit') = (funder_merchant_id is not null)", name="merchant_funder"
         ),

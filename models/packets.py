@@ -39,6 +39,8 @@ class RedPacket(Base):
     amount_fen: Mapped[int] = mapped_column(BigInteger)
     min_spend_fen: Mapped[int] = mapped_column(BigInteger, default=0)
     categories: Mapped[list] = mapped_column(JSON, default=list)
+    products: Mapped[list] = mapped_column(JSON, default=list)
+    tiers: Mapped[list] = mapped_column(JSON, default=list)  # [{"min_spend_fen", "amount_fen"}]; amount_fen = the top
     merchant_id: Mapped[int | None] = mapped_column(ForeignKey("merchants.id"))
     status: Mapped[str] = mapped_column(String(16), default=PacketStatus.ISSUED)
     reserved_fen: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -54,7 +56,9 @@ class RedPacket(Base):
     __table_args__ = (
         CheckConstraint("status in ('unclaimed', 'issued', 'locked', 'used', 'expired', 'revoked')", name="status"),
         CheckConstraint("amount_fen > 0 and reserved_fen >= 0", name="amounts"),
-        CheckConstraint("status = 'unclaimed' or owner_id is not null", name="owned_once_claimed"),
+        CheckConstraint(
+            "owner_id is not null or status in ('unclaimed', 'expired', 'revoked')", name="owned_once_claimed"
+        ),
         UniqueConstraint("campaign_id", "source", "source_ref"),
         Index("ix_red_packets_status_expires", "status", "expires_at"),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime, utcnow
@@ -52,6 +52,19 @@ class Payout(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Where the money came from: a definitive failure or a cancellation returns it there.
+    source_account_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_accounts.id"))
+    # Fixed at the first send and reused verbatim on every retry with the same external number.
+    request: Mapped[dict | None] = mapped_column(JSON)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)  # a dispatcher is working on it
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # first handed to WeChat
+    wechat_ref: Mapped[str | None] = mapped_column(String(64))  # transfer_bill_no, coupon_id, send_listid …
+    package_info: Mapped[str | None] = mapped_column(Text)  # transfer awaiting the user's confirmation
+    confirm_opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # recorded, not proof
+    retry_of_id: Mapped[int | None] = mapped_column(ForeignKey("payouts.id"))
+    fallback_rail: Mapped[str | None] = mapped_column(String(24))  # the rule's fallback when this rail refuses
+    created_by_operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
+    approved_by_operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -68,3 +81,31 @@ class Payout(Base):
     @property
     def flow(self) -> str:
         return f"payout:{self.id}"
+
+
+class PayoutAttempt(Base):
+    """Every call to WeChat for a payout: what was asked, what came back, how long it took."""
+
+    __tablename__ = "payout_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    payout_id: Mapped[int] = mapped_column(ForeignKey("payouts.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # send | query | cancel
+    request_summary: Mapped[str] = mapped_column(String(300))
+    response_code: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RailControl(Base):
+    """A switch per rail: operators stop a rail at once; NOTENOUGH pauses it until a time."""
+
+    __tablename__ = "rail_controls"
+
+    rail: Mapped[str] = mapped_column(String(24), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reason: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -25,15 +25,22 @@ def enqueue_payout(
     memo: str,
     rebate_id: int | None = None,
     order_id: int | None = None,
+    **extra,
 ) -> Payout:
-    """A payout row and the entry moving ``amount_fen`` from ``source`` into the payout's clearing flow."""
+    """A payout row and the entry moving ``amount_fen`` from ``source`` into the payout's clearing flow.
+
+    ``extra``: retry_of_id, created_by_operator_id, approved_by_operator_id, status (``needs_operator`` for
+    a manual payout waiting for its second approval).
+    """
     payout = Payout(
         rail=rail,
         user_id=user_id,
         amount_fen=amount_fen,
         rebate_id=rebate_id,
         order_id=order_id,
-        external_no=f"tmp-{key}"[:32],
+        source_account_id=source.id,
+        external_no=f"tmp-{key}"[-32:],
+        **extra,
     )
     db.session.add(payout)
     db.session.flush()

@@ -19,7 +19,7 @@ from ledger import Leg, account, balance, post_entry
 from models import AccountKind, Campaign, Order, Rebate, RebateStatus, Receivable, db
 from payouts import enqueue_payout
 from rebate import budgets
-from rebate.campaigns import funder_account
+from rebate.campaigns import funder_account, rules_of
 from rebate.rules import Decision
 
 RAIL_OF_FORM = {
@@ -122,6 +122,7 @@ def pay_rebate(rebate: Rebate, campaign: Campaign, order: Order, amount_fen: int
             memo=memo,
             rebate_id=rebate.id,
             order_id=order.id,
+            fallback_rail=_fallback(rebate, campaign),
         )
         return
     else:
@@ -136,7 +137,10 @@ def pay_rebate(rebate: Rebate, campaign: Campaign, order: Order, amount_fen: int
 def _queue_cash_payout(rebate: Rebate, order: Order, amount_fen: int, key: str, memo: str) -> None:
     cash = beneficiary_account(rebate)
     payable = min(amount_fen, max(0, balance(cash)))  # a negative balance (receivable) nets first
-    if payable > 0:
+    minimum = int(current_app.config.get("PAYOUT_MIN_FEN", 100))
+    if 0 < payable < minimum:  # too small to send alone: it waits in the balance for a withdrawal
+        rebate.reasons = [*rebate.reasons, f"{payable} fen kept in your balance (payouts start at {minimum} fen)"]
+    elif payable > 0:
         enqueue_payout(
             rail=RAIL_OF_FORM[rebate.form],
             user_id=rebate.beneficiary_id,
@@ -146,7 +150,15 @@ def _queue_cash_payout(rebate: Rebate, order: Order, amount_fen: int, key: str, 
             memo=memo,
             rebate_id=rebate.id,
             order_id=order.id,
+            fallback_rail=_fallback(rebate, db.session.get(Campaign, rebate.campaign_id)),
         )
+
+
+def _fallback(rebate: Rebate, campaign: Campaign) -> str | None:
+    """The rule's fallback form, fixed on the payout: where the money goes when the rail refuses."""
+    rule = rules_of(campaign, rebate.rules_version).role(rebate.role)
+    form = rule.fallback_form if rule else None
+    return RAIL_OF_FORM.get(form, "balance" if form in ("balance", "points") else None) if form else None
 
 
 def recover_receivables(beneficiary_type: str, beneficiary_id: int, kind: str, amount_fen: int) -> int:

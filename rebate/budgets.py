@@ -46,9 +46,9 @@ def commit(campaign_id: int, amount_fen: int) -> bool:
     return _apply(campaign_id, [_fits(amount_fen)], budget_committed_fen=C.budget_committed_fen + amount_fen)
 
 
-def settle(campaign_id: int, reserved_fen: int, actual_fen: int) -> None:
-    """Turn a reservation into commitment at the real amount (never more than reserved)."""
-    if actual_fen > reserved_fen:
+def settle(campaign_id: int, reserved_fen: int, actual_fen: int, limited: bool = True) -> None:
+    """Turn a reservation into commitment at the real amount (never more than reserved when budgeted)."""
+    if limited and actual_fen > reserved_fen:
         raise ValueError(f"settling {actual_fen} fen against a reservation of {reserved_fen}")
     _apply(
         campaign_id,
@@ -77,3 +77,14 @@ def recommit_as_reserved(campaign_id: int, amount_fen: int) -> None:
             budget_committed_fen=C.budget_committed_fen - amount_fen,
             budget_reserved_fen=C.budget_reserved_fen + amount_fen,
         )
+
+
+def count_packet(campaign_id: int) -> bool:
+    """Take one from the campaign's count budget (always succeeds when it has none)."""
+    fits = C.max_packets.is_(None) | (C.packets_issued < C.max_packets)
+    return _apply(campaign_id, [fits], packets_issued=C.packets_issued + 1)
+
+
+def uncount_packet(campaign_id: int) -> None:
+    """An expired or revoked packet gives its count slot back."""
+    _apply(campaign_id, [C.packets_issued > 0], packets_issued=C.packets_issued - 1)

@@ -25,3 +25,6 @@ class StateConflict(RebateError):
 
 class BudgetExhausted(RebateError):
     code, kind = "budget_exhausted", "conflict"
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message, code=code)

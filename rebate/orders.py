@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from models import Order, OrderLine, OrderStatus, PacketStatus, Product, RedPacket, User, db
+from models import Campaign, Order, OrderLine, OrderStatus, PacketStatus, Product, RedPacket, User, db
 from rebate.errors import Invalid, NotFound, StateConflict
-from rebate.packets import release_packet
+from rebate.packets import check_audience, release_packet
 
 ORDER_TTL = timedelta(minutes=30)
 MAX_QUANTITY = 999
@@ -59,8 +59,8 @@ def _order_lines(lines: list[LineRequest], products: dict[int, Product]) -> list
     return result
 
 
-def _usable_packet(packet_id: int, user: User, merchant_id: int, lines: list[OrderLine], now: datetime):
-    """Lock and check the caller's packet; returns (packet, discount base). Someone else's is 404."""
+def _usable_packet(packet_id: int, user: User, merchant_id: int, lines: list[OrderLine], now: datetime, channel: str):
+    """Lock and check the caller's packet; returns (packet, its face for these lines). Someone else's is 404."""
     packet = db.session.execute(
         select(RedPacket).where(RedPacket.id == packet_id).with_for_update().execution_options(populate_existing=True)
     ).scalar_one_or_none()
@@ -68,18 +68,40 @@ def _usable_packet(packet_id: int, user: User, merchant_id: int, lines: list[Ord
         raise NotFound("no such red packet", code="packet_not_found")
     if packet.status != PacketStatus.ISSUED:
         raise StateConflict(f"this red packet is {packet.status}", code=f"packet_{packet.status}")
-    if now < packet.valid_from or now >= packet.expires_at:
-        raise StateConflict("this red packet is not valid now", code="packet_expired")
+    if now < packet.valid_from:
+        raise StateConflict(
+            f"this red packet is valid from {packet.valid_from:%Y-%m-%d %H:%M} UTC", code="packet_not_yet_valid"
+        )
+    if now >= packet.expires_at:
+        raise StateConflict("this red packet has expired", code="packet_expired")
     if packet.merchant_id is not None and packet.merchant_id != merchant_id:
         raise Invalid("this red packet is for another merchant", code="packet_wrong_merchant")
-    eligible = sum(li.line_total_fen for li in lines if not packet.categories or li.category in packet.categories)
+    check_audience(db.session.get(Campaign, packet.campaign_id), user, channel, now)
+    eligible = sum(li.line_total_fen for li in lines if _in_scope(packet, li))
     if eligible == 0:
-        raise Invalid(f"this red packet only applies to {', '.join(packet.categories)}", code="packet_wrong_category")
+        scope = ", ".join(packet.categories) or f"products {packet.products}"
+        raise Invalid(f"this red packet only applies to {scope}", code="packet_wrong_category")
     if eligible < packet.min_spend_fen:
         raise Invalid(
             f"spend at least {packet.min_spend_fen} fen on eligible goods to use this packet", code="below_min_spend"
         )
-    return packet, eligible
+    return packet, _face_for(packet, eligible)
+
+
+def _in_scope(packet: RedPacket, line: OrderLine) -> bool:
+    in_category = not packet.categories or line.category in packet.categories
+    return in_category and (not packet.products or line.product_id in packet.products)
+
+
+def _face_for(packet: RedPacket, eligible_fen: int) -> int:
+    """A tiered packet gives the best tier the eligible spend reaches (5 off, or 10 off from 50)."""
+    if not packet.tiers:
+        return min(packet.amount_fen, eligible_fen)
+    reached = [t["amount_fen"] for t in packet.tiers if eligible_fen >= t["min_spend_fen"]]
+    if not reached:
+        lowest = min(t["min_spend_fen"] for t in packet.tiers)
+        raise Invalid(f"spend at least {lowest} fen on eligible goods to use this packet", code="below_min_spend")
+    return min(max(reached), eligible_fen)
 
 
 def create_order(
@@ -92,9 +114,13 @@ def create_order(
     total = sum(li.line_total_fen for li in order_lines)
     packet, discount = None, 0
     if packet_id is not None:
-        packet, eligible = _usable_packet(packet_id, user, merchant_id, order_lines, now)
+        packet, face = _usable_packet(packet_id, user, merchant_id, order_lines, now, channel)
         # A packet larger than the order is capped so the payable stays at least 1 fen; it is consumed whole.
-        discount = min(packet.amount_fen, eligible, total - MIN_PAYABLE_FEN)
+        discount = min(face, total - MIN_PAYABLE_FEN)
+        if discount <= 0:
+            raise Invalid(
+                "this order is too small for a red packet (at least 1 fen must be paid)", code="packet_no_discount"
+            )
     order = Order(
         out_trade_no=new_out_trade_no(now),
         user_id=user.id,

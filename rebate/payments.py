@@ -29,6 +29,7 @@ from models import (
     db,
     raise_alert,
 )
+from models.base import beijing
 from rebate import budgets
 from rebate.awards import Beneficiary, record_decisions
 from rebate.campaigns import funder_account, is_running, rules_of
@@ -210,7 +211,18 @@ def _evaluate(order, packet, campaign, version, budget_left, cash_room, now) -> 
             Decision(r.role, 0, r.form, "campaign_not_running", ("the campaign was paused or had ended",))
             for r in rules.roles
         ], who
-    return evaluate(rules, facts, budget_left_fen=budget_left, cash_room_fen=cash_room), who
+    decisions = evaluate(rules, facts, budget_left_fen=budget_left, cash_room_fen=cash_room)
+    return [_explain_expired_referral(d, order, rules.referral_days) for d in decisions], who
+
+
+def _explain_expired_referral(decision: Decision, order: Order, referral_days: int | None) -> Decision:
+    """An inviter whose earning period is over is not "no inviter": say which period ended."""
+    consumer = db.session.get(User, order.user_id)
+    if decision.role != "inviter" or decision.reason_code != "no_beneficiary" or consumer.inviter_id is None:
+        return decision
+    ended = (consumer.invited_at or consumer.created_at) + timedelta(days=referral_days or 0)
+    why = f"the referral period of {referral_days} days ended on {beijing(ended):%Y-%m-%d}"
+    return Decision("inviter", 0, decision.form, "referral_period_over", (why,))
 
 
 def _run_rebates(order: Order, packet: RedPacket | None, campaigns: dict[int, Campaign], now: datetime) -> None:
@@ -219,19 +231,29 @@ def _run_rebates(order: Order, packet: RedPacket | None, campaigns: dict[int, Ca
         campaign = campaigns[campaign_id]
         is_packet_campaign = packet is not None and packet.campaign_id == campaign_id
         if is_packet_campaign:
-            budget_left, version = packet.reserved_fen - order.discount_fen, packet.rules_version
+            # Unbudgeted: no limit. Budgeted: what the claim reserved beyond the discount (never negative).
+            budget_left = None if campaign.budget_limit_fen is None else packet.reserved_fen - order.discount_fen
+            if budget_left is not None and budget_left < 0:
+                raise BudgetExhausted(f"packet {packet.id} reserved less than its discount")
+            version = packet.rules_version
         elif rules_of(campaign).applies_to == "referral":
             budget_left, version = campaign.budget_available_fen, campaign.rules_version
         else:
             continue
-        decisions, who = _evaluate(order, packet, campaign, version, budget_left, cash_room, now)
+        own_packet = packet if is_packet_campaign else None  # a referral campaign never pays another packet's issuer
+        decisions, who = _evaluate(order, own_packet, campaign, version, budget_left, cash_room, now)
         rebates = record_decisions(
             order, campaign, version, packet.id if is_packet_campaign else None, decisions, who, now
         )
         awarded = sum(r.original_fen for r in rebates)
         cash_room -= sum(r.original_fen for r in rebates if r.form in CASH_FORMS)
         if is_packet_campaign:
-            budgets.settle(campaign_id, packet.reserved_fen, order.discount_fen + awarded)
+            budgets.settle(
+                campaign_id,
+                packet.reserved_fen,
+                order.discount_fen + awarded,
+                limited=campaign.budget_limit_fen is not None,
+            )
             packet.reserved_fen = 0
         elif not budgets.commit(campaign_id, awarded):
             raise BudgetExhausted("budget moved under a locked campaign")  # cannot happen under the row lock

@@ -144,13 +144,12 @@ def _void_discount(order: Order, refund: Refund) -> None:
             Leg(funder_account(campaign), order.discount_fen),
         ],
     )
-    if campaign.restore_packet_on_refund and refund.finished_at < packet.expires_at:
-        budgets.recommit_as_reserved(campaign.id, order.discount_fen)
-        extra = reservation_for(campaign) - order.discount_fen
-        reserved = order.discount_fen + (extra if extra > 0 and budgets.reserve(campaign.id, extra) else 0)
-        packet.status, packet.order_id, packet.used_at, packet.reserved_fen = PacketStatus.ISSUED, None, None, reserved
-    else:
-        budgets.release_committed(campaign.id, order.discount_fen)
+    budgets.release_committed(campaign.id, order.discount_fen)
+    # Restored only when its full reservation fits again, so a later payment can never settle above it.
+    restorable = campaign.restore_packet_on_refund and refund.finished_at < packet.expires_at
+    if restorable and budgets.reserve(campaign.id, reservation_for(campaign, packet.amount_fen)):
+        packet.status, packet.order_id, packet.used_at = PacketStatus.ISSUED, None, None
+        packet.reserved_fen = reservation_for(campaign, packet.amount_fen)
 
 
 def _net_facts(order: Order) -> OrderFacts:

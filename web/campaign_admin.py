@@ -72,10 +72,36 @@ class RulesIn(Model):
     attribution_days: Annotated[StrictInt, Field(ge=1, le=3650)] | None = None
 
 
+class StreakBonus(Model):
+    days: Annotated[StrictInt, Field(ge=2, le=365)]
+    amount_fen: PositiveFen
+
+
 class TriggerIn(Model):
-    kind: Literal["order_paid", "claim_code", "manual"]
+    kind: Literal[
+        "order_paid", "claim_code", "claim", "registration", "daily_sign_in", "share", "referral_bind", "manual"
+    ]
     min_order_fen: NonNegativeFen = 0
     first_order_only: StrictBool = False
+    streak_bonus: Annotated[list[StreakBonus], Field(max_length=10)] = []
+    sharer_reward_fen: PositiveFen | None = None
+
+
+class PacketTier(Model):
+    min_spend_fen: NonNegativeFen
+    amount_fen: PositiveFen
+
+
+class UsageWindows(Model):
+    weekdays: Annotated[list[Annotated[StrictInt, Field(ge=1, le=7)]], Field(max_length=7)] = []
+    hours: Annotated[list[Annotated[StrictInt, Field(ge=0, le=24)]], Field(min_length=2, max_length=2)] | None = None
+
+
+class ClaimLimitsIn(Model):
+    per_ip_per_day: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = 5
+    min_interval_seconds: Annotated[StrictInt, Field(ge=1, le=86_400 * 30)] | None = 600
+    per_person: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = 1
+    per_person_per_day: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = None
 
 
 class CreateCampaign(Model):
@@ -93,6 +119,15 @@ class CreateCampaign(Model):
     packet_merchant_id: Id | None = None
     packet_valid_days: Annotated[StrictInt, Field(ge=1, le=365)] = 30
     restore_packet_on_refund: StrictBool = False
+    packet_tiers: Annotated[list[PacketTier], Field(max_length=10)] = []
+    packet_products: Annotated[list[Id], Field(max_length=100)] = []
+    packet_valid_from: AwareDatetime | None = None
+    packet_valid_until: AwareDatetime | None = None
+    regions: Annotated[list[Category], Field(max_length=100)] = []
+    channels: Annotated[list[Literal["mini_program", "official_account", "h5", "app"]], Field(max_length=4)] = []
+    usage_windows: UsageWindows = UsageWindows()
+    max_packets: Annotated[StrictInt, Field(ge=1, le=100_000_000)] | None = None
+    claim_limits: ClaimLimitsIn = ClaimLimitsIn()
     trigger: TriggerIn = TriggerIn(kind="manual")
     rules: RulesIn
     reason: Reason | None = None
@@ -134,6 +169,13 @@ def _check_parties(body: CreateCampaign) -> None:
         raise ValidationFailed("user-issued campaigns are created by users, not operators", code="issuer")
     if body.starts_at and body.ends_at and body.ends_at <= body.starts_at:
         raise ValidationFailed("ends_at must be after starts_at", code="window")
+    if body.packet_valid_until and body.packet_valid_from and body.packet_valid_until <= body.packet_valid_from:
+        raise ValidationFailed("packet_valid_until must be after packet_valid_from", code="window")
+    hours = body.usage_windows.hours
+    if hours and hours[0] >= hours[1]:
+        raise ValidationFailed("usage_windows.hours must be [from, to) with from < to", code="window")
+    if len({t.min_spend_fen for t in body.packet_tiers}) != len(body.packet_tiers):
+        raise ValidationFailed("two packet tiers start at the same spend", code="packet_tiers")
     scope = merchant_scope()
     for merchant_id in (body.issuer_merchant_id, body.funder_merchant_id, body.packet_merchant_id):
         if merchant_id is not None:
@@ -182,8 +224,10 @@ def create_campaign(body: CreateCampaign):
     """Create a draft campaign with version 1 of its rules (refused with the reason when unsafe)."""
     _check_parties(body)
     rules = _check_rules(body.rules, budgeted=body.budget_limit_fen is not None)
-    fields = body.model_dump(exclude={"rules", "reason", "trigger"})
-    campaign = Campaign(**fields, trigger=body.trigger.model_dump(mode="json"), status=CampaignStatus.DRAFT)
+    fields = body.model_dump(exclude={"rules", "reason", "trigger", "packet_tiers", "usage_windows", "claim_limits"})
+    json_fields = body.model_dump(mode="json", include={"trigger", "packet_tiers", "usage_windows"}, exclude_none=True)
+    limits = body.claim_limits.model_dump(mode="json")  # None means "no such limit" and is kept
+    campaign = Campaign(**fields, **json_fields, claim_limits=limits, status=CampaignStatus.DRAFT)
     db.session.add(campaign)
     db.session.flush()
     db.session.add(CampaignRules(campaign_id=campaign.id, version=1, rules=rules, created_by=g.operator.id))

@@ -9,7 +9,7 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from ledger import check_ledger
-from models import OperatorRole, db, unit_of_work
+from models import Merchant, OperatorRole, db, unit_of_work
 
 operators_cli = AppGroup("operators", help="Operator accounts.")
 ledger_cli = AppGroup("ledger", help="Ledger checks.")
@@ -29,6 +29,8 @@ def create_operator_command(username: str, display_name: str | None, role: str, 
 
     if (role == OperatorRole.MERCHANT_STAFF) != (merchant_id is not None):
         raise click.UsageError("--merchant-id is required for merchant_staff and forbidden otherwise")
+    if merchant_id is not None and db.session.get(Merchant, merchant_id) is None:
+        raise click.ClickException(f"merchant {merchant_id} not found")
     try:
         with unit_of_work():
             operator = create_operator_record(username, display_name or username, role, merchant_id)

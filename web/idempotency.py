@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from flask import Response, current_app, jsonify, request
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from models import IdempotencyRecord, db, utcnow
@@ -58,10 +58,13 @@ def _claim(scope: str, route: str, key: str, fingerprint: str) -> IdempotencyRec
             return record
         except IntegrityError:
             db.session.rollback()
-        found = db.session.execute(select(IdempotencyRecord).filter_by(scope=scope, route=route, key=key)).scalar_one()
+        found = db.session.execute(
+            select(IdempotencyRecord).filter_by(scope=scope, route=route, key=key)
+        ).scalar_one_or_none()
+        if found is None:  # released by its owner since our insert failed: try again
+            continue
         if found.expires_at <= now:
-            db.session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == found.id))
-            db.session.commit()
+            _delete(found.id)
             continue
         return _existing(found, fingerprint, now)
     raise Conflict("idempotency key is busy, retry", code="idempotency_in_progress")
@@ -85,10 +88,18 @@ def _existing(found: IdempotencyRecord, fingerprint: str, now) -> IdempotencyRec
     return found
 
 
+def _delete(record_id: int) -> None:
+    """Delete through the ORM so the identity map forgets the row too: SQLite
+    reuses the id of a deleted last row, and a stale identity would clash."""
+    record = db.session.get(IdempotencyRecord, record_id)
+    if record is not None:
+        db.session.delete(record)
+    db.session.commit()
+
+
 def _release(record_id: int) -> None:
     db.session.rollback()
-    db.session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == record_id))
-    db.session.commit()
+    _delete(record_id)
 
 
 def run(scope: str, route: str, key: str, call: Callable[[], Response]) -> Response:

@@ -31,6 +31,19 @@ def mask_text(text: str) -> str:
     return text
 
 
+def mask_field(key: str, value: object) -> object:
+    """Mask a sensitive key's value; look inside dicts, lists and strings of the others."""
+    if SENSITIVE_KEYS.search(key):
+        return mask_value(value)
+    if isinstance(value, dict):
+        return {k: mask_field(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [mask_field("", v) for v in value]
+    if isinstance(value, str):
+        return mask_text(value)
+    return value
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload = {
@@ -42,7 +55,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key in RESERVED or key.startswith("_"):
                 continue
-            payload[key] = mask_value(value) if SENSITIVE_KEYS.search(key) else value
+            payload[key] = mask_field(key, value)
         if record.exc_info:
             payload["exc"] = mask_text(self.formatException(record.exc_info))
         return json.dumps(payload, ensure_ascii=False, default=str)

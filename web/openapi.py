@@ -14,8 +14,24 @@ ERROR_SCHEMA = {
 }
 
 
+# <name>, <int:name>, <any(a, b):name>: converter, its arguments, the variable.
+VARIABLE = re.compile(r"<(?:(\w+)(?:\(([^)]*)\))?:)?(\w+)>")
+
+
 def _path(rule: str) -> str:
-    return re.sub(r"<(?:[a-z]+:)?([a-zA-Z_]+)>", r"{\1}", rule)
+    return VARIABLE.sub(lambda m: "{" + m.group(3) + "}", rule)
+
+
+def _path_parameters(rule: str) -> list[dict]:
+    params = []
+    for converter, args, name in VARIABLE.findall(rule):
+        schema: dict = {"type": "string"}
+        if converter == "int":
+            schema = {"type": "integer"}
+        elif converter == "any":
+            schema = {"type": "string", "enum": [a.strip().strip("'\"") for a in args.split(",")]}
+        params.append({"name": name, "in": "path", "required": True, "schema": schema})
+    return params
 
 
 def _schema_ref(model, components: dict) -> dict:
@@ -28,7 +44,7 @@ def _schema_ref(model, components: dict) -> dict:
 def _operation(method: str, rule, meta: dict | None, components: dict) -> dict:
     meta = meta or {}
     op: dict = {"summary": meta.get("summary", ""), "tags": list(meta.get("tags") or ["wechat"])}
-    params = [{"name": a, "in": "path", "required": True, "schema": {"type": "string"}} for a in rule.arguments]
+    params = _path_parameters(rule.rule)
     if meta.get("query") is not None:
         schema = meta["query"].model_json_schema()
         params += [

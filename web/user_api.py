@@ -13,12 +13,15 @@ from pydantic import Field
 from sqlalchemy import select
 
 from ledger import account, balance
-from models import AccountKind, Order, Payout, Rebate, RebateAdjustment, Receivable, RedPacket, db, utcnow
+from models import AccountKind, Campaign, Order, Payout, Rebate, RebateAdjustment, Receivable, RedPacket, db, utcnow
 from rebate import claim_packet, create_order
 from rebate.orders import LineRequest
+from rebate.packets import find_claimable
 from web.api import endpoint
 from web.auth import current_user
 from web.errors import NotFound
+from web.growth_api import channel, take_claim_limits
+from web.payment_api import prepay_after_commit
 from web.schemas import Id, Model, Page
 from web.views import order_json, packet_json, rebate_json
 
@@ -41,8 +44,12 @@ class CreateOrder(Model):
 
 @endpoint(bp, "/red-packets/claim", methods=["POST"], body=Claim, idempotent=True)
 def claim(body: Claim):
-    """Claim a red packet by its code; the budget is reserved now."""
-    return packet_json(claim_packet(body.code, current_user(), utcnow())), 201
+    """Claim a red packet by its code; claim limits apply and the budget is reserved now."""
+    user = current_user()
+    packet = find_claimable(body.code, user)
+    if packet.owner_id is None:
+        take_claim_limits(db.session.get(Campaign, packet.campaign_id), user)
+    return packet_json(claim_packet(body.code, user, utcnow(), channel())), 201
 
 
 @endpoint(bp, "/me/red-packets", query=Page)
@@ -62,7 +69,8 @@ def my_packets(query: Page):
 def new_order(body: CreateOrder):
     """Create an order from product lines, optionally spending one of the caller's red packets."""
     lines = [LineRequest(li.product_id, li.quantity) for li in body.lines]
-    order = create_order(current_user(), lines, body.red_packet_id, utcnow())
+    order = create_order(current_user(), lines, body.red_packet_id, utcnow(), channel())
+    prepay_after_commit(order.id, order.user_id)  # runs after the commit: no transaction across the WeChat call
     return order_json(order), 201
 
 

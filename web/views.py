@@ -15,6 +15,9 @@ PLAIN_REASONS = {
     "no_beneficiary": "nobody to receive it",
     "campaign_not_running": "the campaign was paused or had ended",
     "outside_window": "outside the campaign's time window",
+    "held": "held until its condition is met",
+    "clawed_back": "taken back by a refund",
+    "expired": "its condition was not met in time",
 }
 
 

@@ -39,8 +39,9 @@ BEGIN
         RAISE EXCEPTION 'ledger entry % is unbalanced: postings sum to %', eid, total
             USING ERRCODE = 'check_violation';
     END IF;
-    IF n = 1 THEN
-        RAISE EXCEPTION 'ledger entry % has a single posting', eid USING ERRCODE = 'check_violation';
+    IF n < 2 AND EXISTS (SELECT 1 FROM ledger_entries WHERE id = eid) THEN
+        RAISE EXCEPTION 'ledger entry % has % postings; an entry needs at least two', eid, n
+            USING ERRCODE = 'check_violation';
     END IF;
     IF bad_units > 0 THEN
         RAISE EXCEPTION 'ledger entry % mixes units', eid USING ERRCODE = 'check_violation';
@@ -53,6 +54,21 @@ CREATE CONSTRAINT TRIGGER ledger_postings_balance
     AFTER INSERT OR UPDATE OR DELETE ON ledger_postings
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION ledger_entry_balances();
+
+CREATE FUNCTION ledger_entry_has_postings() RETURNS trigger AS $$
+BEGIN
+    IF (SELECT count(*) FROM ledger_postings WHERE entry_id = NEW.id) < 2 THEN
+        RAISE EXCEPTION 'ledger entry % was committed with fewer than two postings', NEW.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql;
+
+CREATE CONSTRAINT TRIGGER ledger_entries_have_postings
+    AFTER INSERT ON ledger_entries
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION ledger_entry_has_postings();
 """
 
 
@@ -63,6 +79,8 @@ def _create_balance_trigger():
 
 def _drop_balance_trigger():
     if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER IF EXISTS ledger_entries_have_postings ON ledger_entries")
+        op.execute("DROP FUNCTION IF EXISTS ledger_entry_has_postings()")
         op.execute("DROP TRIGGER IF EXISTS ledger_postings_balance ON ledger_postings")
         op.execute("DROP FUNCTION IF EXISTS ledger_entry_balances()")
 

@@ -131,7 +131,7 @@ def upgrade():
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('claimed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
-    sa.CheckConstraint("status = 'unclaimed' or owner_id is not null", name=op.f('ck_red_packets_owned_once_claimed')),
+    sa.CheckConstraint("owner_id is not null or status in ('unclaimed', 'expired', 'revoked')", name=op.f('ck_red_packets_owned_once_claimed')),
     sa.CheckConstraint("status in ('unclaimed', 'issued', 'locked', 'used', 'expired', 'revoked')", name=op.f('ck_red_packets_status')),
     sa.CheckConstraint('amount_fen > 0 and reserved_fen >= 0', name=op.f('ck_red_packets_amounts')),
     sa.ForeignKeyConstraint(['campaign_id'], ['campaigns.id'], name=op.f('fk_red_packets_campaign_id_campaigns')),

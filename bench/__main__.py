@@ -1,0 +1,29 @@
+"""``python -m bench [name ...]``: run every ``bench/*_bench.py`` (or the named ones), one line each."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import bench
+
+
+def modules(only: list[str]) -> list[str]:
+    names = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name.endswith("_bench"))
+    return [n for n in names if not only or n in only or n.removesuffix("_bench") in only]
+
+
+def main(argv: list[str]) -> int:
+    found = modules(argv)
+    if not found:
+        print(f"no benchmark matches {argv}", file=sys.stderr)
+        return 2
+    for name in found:
+        for line in importlib.import_module(f"bench.{name}").run():
+            print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,114 @@
+"""APScheduler 3 set-up: ``flask jobs run`` (blocking, one process per node) and the demo's in-process start.
+
+Memory job store: the schedule is code, not data, and every node runs the
+same jobs; the jobs themselves are safe to run on several nodes at once.
+``RUN_JOBS_IN_PROCESS=1`` (``make run`` only) starts a background scheduler
+with the first request of a web process, never under the reloader, never in
+tests or other CLI commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from datetime import UTC
+
+import click
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.blocking import BlockingScheduler
+from flask import Flask
+from flask.cli import AppGroup
+
+from jobs.orders import close_expired_orders, query_stuck_refunds, query_unnotified_payments
+from jobs.payouts import daily_reconciliation, deliver_alerts, dispatch_payouts, expire_packets_and_conditions
+from models import db
+from models.base import BEIJING
+
+log = logging.getLogger(__name__)
+
+JOBS: tuple[tuple[Callable, int], ...] = (
+    (close_expired_orders, 60),
+    (query_unnotified_payments, 60),
+    (query_stuck_refunds, 120),
+    (dispatch_payouts, 10),
+    (expire_packets_and_conditions, 300),
+    (deliver_alerts, 30),
+)
+# Bills for day D are ready from 09:00 on D+1, Beijing time: reconcile at 10:30.
+DAILY_JOBS: tuple[tuple[Callable, dict], ...] = ((daily_reconciliation, {"hour": 10, "minute": 30}),)
+jobs_cli = AppGroup("jobs", help="Scheduled jobs.")
+
+
+def in_app(app: Flask, job: Callable) -> Callable[[], None]:
+    def run() -> None:
+        with app.app_context():
+            try:
+                results = job()
+                if results:
+                    log.info("job done", extra={"job": job.__name__, "results": dict(results)})
+            except Exception:
+                db.session.rollback()
+                log.exception("job failed", extra={"job": job.__name__})
+            finally:
+                db.session.remove()
+
+    run.__name__ = job.__name__
+    return run
+
+
+def build_scheduler(app: Flask, blocking: bool = False):
+    cls = BlockingScheduler if blocking else BackgroundScheduler
+    scheduler = cls(
+        jobstores={"default": MemoryJobStore()},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+        timezone=UTC,
+    )
+    for job, seconds in JOBS:
+        scheduler.add_job(in_app(app, job), "interval", seconds=seconds, id=job.__name__, name=job.__name__)
+    for job, at in DAILY_JOBS:
+        scheduler.add_job(in_app(app, job), "cron", timezone=BEIJING, id=job.__name__, name=job.__name__, **at)
+    return scheduler
+
+
+@jobs_cli.command("run")
+def run_command() -> None:
+    """Run the scheduler in the foreground (one process per node)."""
+    from flask import current_app
+
+    click.echo("jobs: " + ", ".join(f"{job.__name__} every {s}s" for job, s in JOBS))
+    build_scheduler(current_app._get_current_object(), blocking=True).start()
+
+
+@jobs_cli.command("run-once")
+def run_once_command() -> None:
+    """Run every job once now and print what each did."""
+    for job, _ in JOBS:
+        click.echo(f"{job.__name__}: {dict(job())}")
+
+
+def _start_in_process(app: Flask) -> None:
+    lock = threading.Lock()
+    state = {"started": False}
+
+    @app.before_request
+    def start_scheduler_once() -> None:
+        if state["started"]:
+            return
+        with lock:
+            if state["started"]:
+                return
+            state["started"] = True
+            if os.environ.get("WERKZEUG_RUN_MAIN"):
+                log.warning("RUN_JOBS_IN_PROCESS ignored under the reloader; run `flask jobs run`")
+                return
+            build_scheduler(app).start()
+            log.info("jobs started inside the web process (demo only)")
+
+
+def install_jobs(app: Flask) -> None:
+    app.cli.add_command(jobs_cli)
+    if app.config.get("RUN_JOBS_IN_PROCESS") and not app.config.get("TESTING"):
+        _start_in_process(app)

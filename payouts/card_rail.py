@@ -1,0 +1,167 @@
+"""Card-package coupons (微信卡券, reference §6.4): handed over by the mini-program, not pushed.
+
+WeChat has no server call that puts a card in a user's package: the mini-program
+calls ``wx.addCard`` with a ``cardExt`` we sign with the card ``api_ticket``.
+So ``send`` answers WAITING_USER_CONFIRM with that cardExt as ``package_info``;
+the OA event ``user_get_card`` (its ``OuterStr`` is our external number) is the
+proof the user took it, applied through :func:`card_received`. Redeeming a
+code at a shop goes through :func:`consume_card_code`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import requests
+from sqlalchemy import select
+
+from models import Payout, UserIdentity, db
+from payouts.rails import Outcome, RailResult
+from wechat.errors import (
+    WeChatBusinessError,
+    WeChatError,
+    WeChatInvalidRequest,
+    WeChatRateLimited,
+    WeChatUnavailable,
+)
+from wechat.mp import API_BASE, AccessTokenStore, card_ext, get_access_token
+
+USER_GET_CARD = "user_get_card"
+
+
+class CardRail:
+    name = "card_coupon"
+
+    def __init__(
+        self,
+        card_id: str,
+        api_ticket_provider: Callable[[], str],
+        *,
+        rate_per_second: int = 50,
+        openid_appid: str | None = None,
+        face_value_fen: int | None = None,
+        custom_code: bool = False,
+        clock: Callable[[], float] = time.time,
+    ):
+        """``openid_appid``: set for a ``bind_openid`` card (the appid whose openid it is bound to).
+        ``face_value_fen``: set to refuse amounts the card does not carry. ``custom_code``: a
+        custom-code card (not deposit mode) gets our external number as its code."""
+        if not card_id:
+            raise ValueError("CardRail needs a card_id")
+        self.card_id, self.api_ticket_provider, self.rate_per_second = card_id, api_ticket_provider, rate_per_second
+        self.openid_appid, self.face_value_fen, self.custom_code = openid_appid, face_value_fen, custom_code
+        self.clock = clock
+
+    def build_request(self, payout: Payout, now: datetime) -> dict[str, Any] | RailResult:
+        if self.face_value_fen is not None and payout.amount_fen != self.face_value_fen:
+            why = f"the card is worth {self.face_value_fen} fen, not {payout.amount_fen}"
+            return RailResult(Outcome.FALLBACK, "NO_CARD_FOR_AMOUNT", why)
+        request: dict[str, Any] = {"card_id": self.card_id, "amount_fen": payout.amount_fen}
+        if self.openid_appid:
+            openid = db.session.execute(
+                select(UserIdentity.openid)
+                .where(UserIdentity.user_id == payout.user_id, UserIdentity.appid == self.openid_appid)
+                .limit(1)
+            ).scalar_one_or_none()
+            if openid is None:
+                return RailResult(Outcome.FALLBACK, "NO_OPENID", "the card is bound to an openid the user lacks")
+            request["openid"] = openid
+        return request
+
+    def send(self, external_no: str, request: dict[str, Any]) -> RailResult:
+        try:
+            package_info = self.package_info(external_no, request)
+        except WeChatError as exc:  # no ticket: nothing reached the user, sign again later
+            return RailResult(Outcome.RETRY, exc.code, f"card api_ticket unavailable: {exc.message}")
+        return RailResult(
+            Outcome.WAITING_USER_CONFIRM, "WAIT_ADD_CARD", package_info=package_info, details={"card_id": self.card_id}
+        )
+
+    def query(self, external_no: str, request: dict[str, Any]) -> RailResult:
+        # Nothing to ask WeChat: only the user_get_card event tells. Sign a fresh cardExt
+        # each time, since the api_ticket it was signed with rotates every 2 hours.
+        try:
+            package_info = self.package_info(external_no, request)
+        except WeChatError as exc:  # keep the cardExt already stored
+            return RailResult(Outcome.WAITING_USER_CONFIRM, exc.code, "card api_ticket unavailable")
+        return RailResult(Outcome.WAITING_USER_CONFIRM, "WAIT_ADD_CARD", package_info=package_info)
+
+    def package_info(self, external_no: str, request: dict[str, Any]) -> str:
+        """The cardExt string for ``wx.addCard({cardList: [{cardId, cardExt}]})``; cardId is request["card_id"]."""
+        ext = card_ext(
+            self.api_ticket_provider(),
+            request["card_id"],
+            int(self.clock()),
+            secrets.token_hex(16),
+            code=external_no if self.custom_code else None,
+            openid=request.get("openid"),
+        )
+        ext["outer_str"] = external_no  # not signed; echoed as OuterStr in the user_get_card event
+        return json.dumps(ext, ensure_ascii=False, separators=(",", ":"))
+
+
+def card_received(external_no: str, user_card_code: str | None = None) -> RailResult:
+    """The user added the card (OA event ``user_get_card``): the result for the caller to apply."""
+    return RailResult(
+        Outcome.SUCCEEDED, USER_GET_CARD, f"card of {external_no} added by the user", wechat_ref=user_card_code
+    )
+
+
+def consume_card_code(
+    session: requests.Session,
+    code: str,
+    card_id: str | None,
+    *,
+    token_store: AccessTokenStore,
+    appid: str,
+    secret: str,
+    api_base: str = API_BASE,
+    timeout: tuple[float, float] = (3.05, 10),
+) -> dict[str, Any]:
+    """Redeem a card code (``POST /card/code/consume``) with the shared access token.
+
+    ``card_id`` is required for custom-code cards. Returns WeChat's answer (``openid``,
+    ``card.card_id``). Not idempotent: after an unknown outcome a retry answers errcode
+    40099 (code already consumed), which the caller should check with ``/card/code/get``.
+    """
+    if not code:
+        raise WeChatInvalidRequest("a card code is required")
+    token = get_access_token(token_store, appid, secret, api_base, session, timeout)
+    body = {"code": code, **({"card_id": card_id} if card_id else {})}
+    url = f"{api_base.rstrip('/')}/card/code/consume"
+    return _post_json(session, url, {"access_token": token}, body, timeout)
+
+
+def _post_json(
+    session: requests.Session, url: str, params: dict[str, str], body: dict[str, Any], timeout: tuple[float, float]
+) -> dict[str, Any]:
+    """One POST to api.weixin.qq.com; transport, HTTP and errcode failures become typed errors."""
+    payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    try:
+        resp = session.post(
+            url, params=params, data=payload, timeout=timeout, headers={"Content-Type": "application/json"}
+        )
+    except requests.RequestException as exc:
+        raise WeChatUnavailable(f"POST {url}: {exc.__class__.__name__}", code="NETWORK_ERROR") from exc
+    if resp.status_code != 200:
+        status = resp.status_code
+        raise WeChatUnavailable(f"HTTP {status}", code=f"HTTP_{status}", http_status=status)
+    try:
+        data = json.loads(resp.content.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise WeChatUnavailable("answer is not JSON", code="UNPARSEABLE_RESPONSE") from None
+    if not isinstance(data, dict):
+        raise WeChatUnavailable("answer is not an object", code="UNPARSEABLE_RESPONSE")
+    errcode, errmsg = data.get("errcode", 0), str(data.get("errmsg", ""))
+    if errcode in (None, 0):
+        return data
+    if errcode == -1:
+        raise WeChatUnavailable(errmsg, code="-1")  # WeChat busy
+    if errcode == 45011:
+        raise WeChatRateLimited(errmsg, code="45011")
+    raise WeChatBusinessError(errmsg, code=str(errcode))

@@ -1,0 +1,141 @@
+"""The dispatcher: claim due payouts (commit), call WeChat with no transaction open, record (commit).
+
+Safe with several dispatchers at once: claims use ``FOR UPDATE SKIP LOCKED``
+(PostgreSQL) and a lease; a payout whose worker died mid-call is found again
+once its lease expires and is resolved by a status query before any resend.
+A resend always uses the same external number and the same request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select
+
+from models import Payout, PayoutAttempt, PayoutStatus, RailControl, db, utcnow
+from payouts.faults import fault_point
+from payouts.rails import Outcome, RailAdapter, RailResult, summary
+from payouts.record import DispatchSettings, apply_result
+
+S = PayoutStatus
+LEASE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    payout_id: int
+    rail: str
+    external_no: str
+    request: dict
+    query_first: bool
+
+
+def enabled_rails(rails: dict[str, RailAdapter], now: datetime) -> list[str]:
+    controls = {c.rail: c for c in db.session.execute(select(RailControl)).scalars()}
+    result = []
+    for name in rails:
+        control = controls.get(name)
+        if control is None or (control.enabled and (control.paused_until is None or control.paused_until <= now)):
+            result.append(name)
+    return result
+
+
+def _due(rails: list[str], now: datetime, batch: int):
+    due = or_(
+        and_(Payout.status.in_([S.PENDING, S.UNKNOWN, S.WAITING_USER_CONFIRM]), Payout.next_attempt_at <= now),
+        and_(Payout.status == S.SENDING, Payout.lease_until < now),  # its worker died mid-call
+    )
+    return (
+        select(Payout)
+        .where(due, Payout.held.is_(False), Payout.rail.in_(rails))
+        .order_by(Payout.next_attempt_at, Payout.id)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def claim(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettings) -> list[Claimed]:
+    """Claim and commit. Requests are built (and fixed) here, before the first call."""
+    claimed = []
+    for payout in db.session.execute(_due(enabled_rails(rails, now), now, settings.batch)).scalars().all():
+        query_first = payout.status != S.PENDING or payout.sent_at is not None
+        if payout.request is None:
+            built = rails[payout.rail].build_request(payout, now)
+            if isinstance(built, RailResult):
+                payout.status = S.SENDING  # resolved below without calling WeChat
+                apply_result(payout, built, now, settings)
+                continue
+            payout.request = built
+        payout.status, payout.lease_until = S.SENDING, now + LEASE
+        payout.attempts += 1
+        claimed.append(Claimed(payout.id, payout.rail, payout.external_no, dict(payout.request), query_first))
+    db.session.commit()
+    return claimed
+
+
+def _timed(action: str, call: Callable[[], RailResult]) -> tuple[RailResult, int]:
+    started = time.perf_counter()
+    result = call()
+    return result, int((time.perf_counter() - started) * 1000)
+
+
+def call_wechat(job: Claimed, rail: RailAdapter, limiter: Callable[[str], None]) -> list[tuple[str, RailResult, int]]:
+    """Query first when the payout may have reached WeChat; send only when it certainly did not."""
+    calls = []
+    if job.query_first:
+        limiter(job.rail)
+        result, ms = _timed("query", lambda: rail.query(job.external_no, job.request))
+        calls.append(("query", result, ms))
+        if result.outcome != Outcome.NOT_FOUND:
+            return calls
+    limiter(job.rail)
+    result, ms = _timed("send", lambda: rail.send(job.external_no, job.request))
+    calls.append(("send", result, ms))
+    return calls
+
+
+def record(job: Claimed, calls: list[tuple[str, RailResult, int]], now: datetime, settings: DispatchSettings) -> None:
+    payout = db.session.execute(
+        select(Payout).where(Payout.id == job.payout_id).with_for_update().execution_options(populate_existing=True)
+    ).scalar_one()
+    for action, result, ms in calls:
+        db.session.add(
+            PayoutAttempt(
+                payout_id=payout.id,
+                action=action,
+                request_summary=summary(job.request),
+                response_code=result.code,
+                outcome=result.outcome,
+                message=result.message[:2000],
+                duration_ms=ms,
+                created_at=now,
+            )
+        )
+    if payout.status == S.SENDING:  # not finished meanwhile by a notification or an operator
+        apply_result(payout, calls[-1][1], now, settings)
+    db.session.commit()
+
+
+def dispatch_due(
+    rails: dict[str, RailAdapter],
+    *,
+    settings: DispatchSettings | None = None,
+    limiter: Callable[[str], None] | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> Counter:
+    """One dispatcher pass; returns how many payouts ended in each outcome."""
+    settings = settings or DispatchSettings()
+    limiter = limiter or (lambda rail: None)
+    jobs = claim(rails, clock(), settings)
+    outcomes: Counter = Counter()
+    for job in jobs:
+        fault_point("after_claim_commit")
+        calls = call_wechat(job, rails[job.rail], limiter)
+        fault_point("after_wechat_answer")
+        record(job, calls, clock(), settings)
+        outcomes[calls[-1][1].outcome] += 1
+    return outcomes

@@ -1,0 +1,122 @@
+"""Operations on payouts beyond the dispatcher: withdrawals and the operator's hand.
+
+Every function flushes and never commits; none calls WeChat (a WeChat-side
+cancel is done by the caller with no transaction open, then recorded here).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+
+from ledger import account, balance
+from models import AccountKind, Payout, PayoutStatus, User, db
+from payouts.outbox import enqueue_payout
+from payouts.transitions import PayoutStateError, mark_returned, mark_succeeded, move
+
+S = PayoutStatus
+
+
+class PayoutError(Exception):
+    code = "payout_error"
+    kind = "conflict"
+
+    def __init__(self, message: str, code: str | None = None, kind: str | None = None):
+        super().__init__(message)
+        self.code, self.kind = code or self.code, kind or self.kind
+
+
+def lock_user(user_id: int) -> User:
+    """Withdrawals of one person are serialised on their user row."""
+    return db.session.execute(select(User).where(User.id == user_id).with_for_update()).scalar_one()
+
+
+def withdraw(user: User, amount_fen: int, minimum_fen: int, key: str) -> Payout:
+    """Move cash balance to WeChat change; the balance is checked under the user's row lock."""
+    lock_user(user.id)
+    cash = account(AccountKind.USER_CASH, "user", user.id)
+    available = balance(cash)
+    if amount_fen < minimum_fen:
+        raise PayoutError(f"withdrawals start at {minimum_fen} fen", code="below_withdrawal_minimum", kind="invalid")
+    if amount_fen > available:
+        raise PayoutError(f"only {max(0, available)} fen can be withdrawn", code="insufficient_balance")
+    return enqueue_payout(
+        rail="wechat_change",
+        user_id=user.id,
+        amount_fen=amount_fen,
+        source=cash,
+        key=f"withdrawal:{user.id}:{key}",
+        memo=f"withdrawal by user {user.id}",
+    )
+
+
+def lock_payout(payout_id: int) -> Payout:
+    payout = db.session.execute(
+        select(Payout).where(Payout.id == payout_id).with_for_update().execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if payout is None:
+        raise PayoutError(f"no payout {payout_id}", code="not_found", kind="not_found")
+    return payout
+
+
+def resend(payout: Payout, now: datetime) -> None:
+    """Back to the dispatcher with the SAME number: queried first if it may ever have reached WeChat."""
+    if payout.status != S.NEEDS_OPERATOR:
+        raise PayoutError(f"only a needs_operator payout is resent; this one is {payout.status}", code="payout_state")
+    if payout.created_by_operator_id and payout.approved_by_operator_id is None:
+        raise PayoutError("this manual payout waits for a second operator's approval", code="approval_required")
+    move(payout, S.UNKNOWN if payout.sent_at is not None else S.PENDING)
+    payout.next_attempt_at, payout.attempts = now, 0
+
+
+def cancel_unsent(payout: Payout, now: datetime, reason: str) -> None:
+    """Cancel a payout that certainly never reached WeChat; its money is owed again."""
+    if payout.sent_at is not None or payout.status not in (S.PENDING, S.NEEDS_OPERATOR):
+        raise PayoutError("only a payout that never reached WeChat is cancelled here", code="payout_state")
+    mark_returned(payout, S.CANCELLED, now, f"cancelled by an operator: {reason}")
+
+
+def resolve(payout: Payout, succeeded: bool, now: datetime, reason: str) -> None:
+    """An operator settles a needs_operator payout from evidence (a query, the merchant platform)."""
+    if payout.status != S.NEEDS_OPERATOR:
+        raise PayoutError(f"only a needs_operator payout is resolved; this one is {payout.status}", code="payout_state")
+    try:
+        if succeeded:
+            mark_succeeded(payout, now)
+        else:
+            mark_returned(payout, S.FAILED, now, f"resolved as failed by an operator: {reason}")
+    except PayoutStateError as exc:
+        raise PayoutError(str(exc), code="payout_state") from exc
+
+
+def manual_payout(
+    operator_id: int, user: User, amount_fen: int, rail: str, key: str, reason: str, approval_from_fen: int
+) -> Payout:
+    """A goodwill payout straight from the platform fund (a rejected one goes back there).
+
+    From ``approval_from_fen`` it waits, as needs_operator, for a second operator's approval.
+    """
+    fund = account(AccountKind.PLATFORM_MARKETING_FUND)
+    needs_approval = amount_fen >= approval_from_fen
+    return enqueue_payout(
+        rail=rail,
+        user_id=user.id,
+        amount_fen=amount_fen,
+        source=fund,
+        key=f"manual:{key}",
+        memo=f"manual payout: {reason}"[:200],
+        created_by_operator_id=operator_id,
+        status=S.NEEDS_OPERATOR if needs_approval else S.PENDING,
+        last_error="waiting for a second operator's approval" if needs_approval else None,
+    )
+
+
+def approve(payout: Payout, operator_id: int, now: datetime) -> None:
+    if payout.created_by_operator_id is None or payout.approved_by_operator_id is not None:
+        raise PayoutError("this payout needs no approval", code="no_approval_needed")
+    if payout.created_by_operator_id == operator_id:
+        raise PayoutError("a second operator must approve", code="same_operator", kind="forbidden")
+    payout.approved_by_operator_id = operator_id
+    move(payout, S.PENDING)
+    payout.next_attempt_at, payout.last_error = now, None

@@ -1,0 +1,60 @@
+"""What a rail adapter answers, and the adapter protocol the dispatcher drives.
+
+An adapter builds the request once (inside the claim transaction, when it may
+read identities), then sends and queries with NO database access: the
+dispatcher calls it with no transaction open. Every WeChat answer is mapped
+to one ``Outcome``; an answer the adapter does not understand is UNKNOWN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from models import Payout
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    WAITING_USER_CONFIRM = "waiting_user_confirm"
+    IN_PROGRESS = "in_progress"  # accepted by WeChat, not final: query later
+    UNKNOWN = "unknown"  # timeout, 5xx, unparseable, unknown code: query before any resend
+    NOT_FOUND = "not_found"  # a query says WeChat never saw this number: resending it is safe
+    RETRY = "retry"  # WeChat says retry with the same number (SYSTEMERROR, FREQ_LIMIT …)
+    DEFER = "defer"  # retry the same number at ``retry_at`` (quiet hours, daily caps)
+    FAILED = "failed"  # this number definitively failed: the money is owed again
+    CANCELLED = "cancelled"  # the bill was cancelled (user never confirmed, or we cancelled it)
+    PAUSE_RAIL = "pause_rail"  # merchant balance insufficient: stop the rail, alert
+    GIVE_UP_USER = "give_up_user"  # risk control blocks this user on this rail
+    CONFIG_ERROR = "config_error"  # our configuration or request is wrong: an operator must look
+    FALLBACK = "fallback"  # this rail cannot carry this payout: use the fallback rail
+
+
+@dataclass(frozen=True)
+class RailResult:
+    outcome: Outcome
+    code: str | None = None
+    message: str = ""
+    wechat_ref: str | None = None
+    package_info: str | None = None
+    retry_at: datetime | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class RailAdapter(Protocol):
+    name: str
+    rate_per_second: int
+
+    def build_request(self, payout: Payout, now: datetime) -> dict[str, Any] | RailResult: ...
+
+    def send(self, external_no: str, request: dict[str, Any]) -> RailResult: ...
+
+    def query(self, external_no: str, request: dict[str, Any]) -> RailResult: ...
+
+
+def summary(request: dict[str, Any]) -> str:
+    """A short, masked description of a request for the attempt log."""
+    shown = {k: v for k, v in request.items() if k not in {"openid", "re_openid", "user_name", "real_name"}}
+    return str(shown)[:300]

@@ -1,0 +1,430 @@
+"""Daily reconciliation against WeChat's trade bill (orders, refunds) and fund-flow bill (payouts).
+
+A job function: it owns its commits. The day's runs are marked ``running`` in
+one short transaction; both bills are downloaded (SHA-1 checked) and parsed
+with no transaction open; then matching and every result are written in one
+transaction. A bill that cannot be fetched, verified or parsed fails its run
+and records nothing else — no partial results. A rerun of a day updates the
+same run and mismatch rows (see :mod:`models.reconciliation`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from ledger import CheckReport, check_ledger
+from models import Order, OrderStatus, Payout, PayoutStatus, Rail, Refund, RefundStatus, db, raise_alert, unit_of_work
+from models.base import BEIJING, beijing
+from models.reconciliation import (
+    BillKind,
+    MismatchKind,
+    ReconciliationMismatch,
+    ReconciliationRun,
+    RunStatus,
+    SubjectType,
+)
+from money import MoneyError, parse_yuan
+from payouts.outbox import PREFIX
+from wechat.bills import parse_bill_csv
+from wechat.errors import WeChatError
+from wechat.pay import PayClient
+
+log = logging.getLogger(__name__)
+
+NO_BILL = "NO_STATEMENT_EXIST"  # WeChat's answer for a day without a single movement: an empty bill
+FUND_RAILS = (Rail.WECHAT_CHANGE, Rail.CASH_RED_PACKET)  # the rails whose money shows in the fund-flow bill
+PAYOUT_BUSINESS = frozenset({"商家转账", "商家转账到零钱", "企业付款", "现金红包"})
+WECHAT_REFUND_DONE = frozenset({"SUCCESS", "PROCESSING"})  # a bill's PROCESSING refund counts as done
+# Bill amounts are plain decimal yuan; a comma or currency sign means the columns are not what we think.
+PLAIN_YUAN = re.compile(r"-?[0-9]+(?:\.[0-9]+)?", re.ASCII)
+EXTERNAL_NO = re.compile(r"(?<![0-9A-Za-z])(?:%s)[0-9]{12}(?![0-9A-Za-z])" % "|".join(PREFIX.values()))  # noqa: UP031
+IN_CHUNK, ALERT_LISTED = 500, 10
+
+
+MISSING_HERE, MISSING_THERE = MismatchKind.MISSING_HERE, MismatchKind.MISSING_THERE
+AMOUNT_DIFFERS, STATUS_DIFFERS = MismatchKind.AMOUNT_DIFFERS, MismatchKind.STATUS_DIFFERS
+
+
+class BillFormatError(ValueError):
+    code = "bill_format"
+
+
+@dataclass(frozen=True)
+class TradeLine:
+    line_no: int
+    out_trade_no: str
+    state: str  # 交易状态: SUCCESS | REFUND | …
+    total_fen: int  # 订单金额
+    settled_fen: int  # 应结订单金额
+    out_refund_no: str
+    refund_fen: int  # 申请退款金额
+    refund_state: str
+
+
+@dataclass(frozen=True)
+class FundLine:
+    line_no: int
+    business: str  # 业务名称
+    direction: str  # 收支类型: 收入 | 支出
+    amount_fen: int
+    wechat_no: str  # 微信支付业务单号
+    our_no: str | None  # one of our external numbers, from 业务凭证号 or 备注
+
+    @property
+    def is_payout(self) -> bool:
+        return self.direction == "支出" and (self.our_no is not None or self.business in PAYOUT_BUSINESS)
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: MismatchKind
+    subject_type: SubjectType
+    subject_ref: str
+    ours_fen: int | None
+    theirs_fen: int | None
+    detail: str
+
+
+Verdict = tuple[MismatchKind, int | None, int | None, str] | None  # kind, ours, theirs, detail; None = matched
+
+
+@dataclass
+class Matching:
+    findings: list[Finding] = field(default_factory=list)
+    matched: int = 0
+
+    def judge(self, subject_type: SubjectType, ref: str, verdict: Verdict) -> None:
+        if verdict is None:
+            self.matched += 1
+        else:
+            self.findings.append(Finding(verdict[0], subject_type, ref[:64], *verdict[1:]))
+
+
+@dataclass
+class BillOutcome:
+    kind: BillKind
+    hash_value: str | None = None
+    lines: list[Any] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class DailyChecks:
+    runs: list[ReconciliationRun]
+    ledger: CheckReport
+
+
+def reconcile_day(
+    pay_client: PayClient,
+    bill_date: date | str,
+    now: datetime,
+    *,
+    account_type: str = "BASIC",
+    tar_type: str | None = "GZIP",
+) -> list[ReconciliationRun]:
+    """Reconcile one finished Beijing day; returns the trade and fund-flow runs.
+
+    ``tar_type="GZIP"`` asks for compressed files (the SHA-1 covers the decompressed content).
+    """
+    day = date.fromisoformat(bill_date) if isinstance(bill_date, str) else bill_date
+    if day >= beijing(now).date():
+        raise ValueError(f"the bill for {day} is not out yet: bills cover finished Beijing days")
+    with unit_of_work():
+        for kind in BillKind:
+            _run_for(day, kind, now, restart=True)
+    outcomes = [
+        _fetch(BillKind.TRADE, lambda: pay_client.trade_bill(day.isoformat(), "ALL", tar_type), pay_client),
+        _fetch(
+            BillKind.FUNDFLOW, lambda: pay_client.fundflow_bill(day.isoformat(), account_type, tar_type), pay_client
+        ),
+    ]
+    try:
+        with unit_of_work():
+            return _write_results(day, outcomes, now)
+    except IntegrityError:  # another node wrote the same rows first: redo on top of theirs
+        with unit_of_work():
+            return _write_results(day, outcomes, now)
+
+
+def run_daily_checks(pay_client: PayClient, now: datetime) -> DailyChecks:
+    """The daily job: reconcile yesterday (Beijing) and check the ledger, alerting on violations."""
+    runs = reconcile_day(pay_client, beijing(now).date() - timedelta(days=1), now)
+    with unit_of_work():
+        report = check_ledger()
+        if not report.ok:
+            listed = "; ".join(report.violations[:ALERT_LISTED])
+            raise_alert("ledger_check_failed", "ledger", f"{len(report.violations)} violations: {listed}")
+    return DailyChecks(runs, report)
+
+
+# -- fetching and parsing (no transaction open) --------------------------------------------------
+
+
+def _fetch(kind: BillKind, apply: Callable[[], Any], pay_client: PayClient) -> BillOutcome:
+    outcome = BillOutcome(kind)
+    try:
+        answer = apply()
+        if not isinstance(answer, dict) or not answer.get("download_url") or not answer.get("hash_value"):
+            raise BillFormatError("the bill answer lacks download_url or hash_value")
+        outcome.hash_value = str(answer["hash_value"])[:64]
+        details, _summary = parse_bill_csv(pay_client.download_bill(answer["download_url"], outcome.hash_value))
+        parse = _trade_line if kind == BillKind.TRADE else _fund_line
+        outcome.lines = [parse(row, n) for n, row in enumerate(details, start=2)]
+    except WeChatError as exc:
+        if exc.code != NO_BILL:
+            outcome.error = f"{exc.code}: {exc.message}"
+    except ValueError as exc:  # BillFormatError, bad UTF-8
+        outcome.error = f"bill unreadable: {exc}"
+    return outcome
+
+
+def bill_amount_fen(text: str) -> int:
+    """A bill's plain decimal yuan (backtick already stripped) as exact fen."""
+    if not PLAIN_YUAN.fullmatch(text):
+        raise BillFormatError(f"{text!r} is not a plain yuan amount")
+    try:
+        return parse_yuan(text)
+    except MoneyError as exc:
+        raise BillFormatError(str(exc)) from exc
+
+
+def _cell(row: dict[str, str], n: int, *columns: str) -> tuple[str, str]:
+    for column in columns:
+        if column in row:
+            return column, row[column]
+    raise BillFormatError(f"line {n} has no column {columns[0]}")
+
+
+def _fen(row: dict[str, str], n: int, *columns: str) -> int:
+    column, text = _cell(row, n, *columns)
+    try:
+        return bill_amount_fen(text)
+    except BillFormatError as exc:
+        raise BillFormatError(f"line {n}, {column}: {exc}") from exc
+
+
+def _trade_line(row: dict[str, str], n: int) -> TradeLine:
+    return TradeLine(
+        line_no=n,
+        out_trade_no=_cell(row, n, "商户订单号")[1],
+        state=_cell(row, n, "交易状态")[1],
+        total_fen=_fen(row, n, "订单金额", "应结订单金额"),
+        settled_fen=_fen(row, n, "应结订单金额"),
+        out_refund_no=_no_zero(_cell(row, n, "商户退款单号")[1]),
+        refund_fen=_fen(row, n, "申请退款金额", "退款金额"),
+        refund_state=_cell(row, n, "退款状态")[1],
+    )
+
+
+def _no_zero(value: str) -> str:
+    return "" if value in ("", "0") else value  # payment lines carry "0" in the refund columns
+
+
+def _fund_line(row: dict[str, str], n: int) -> FundLine:
+    found = EXTERNAL_NO.search(_cell(row, n, "业务凭证号")[1]) or EXTERNAL_NO.search(row.get("备注", ""))
+    return FundLine(
+        line_no=n,
+        business=_cell(row, n, "业务名称")[1],
+        direction=_cell(row, n, "收支类型")[1],
+        amount_fen=abs(_fen(row, n, "收支金额(元)")),
+        wechat_no=_cell(row, n, "微信支付业务单号")[1],
+        our_no=found.group(0) if found else None,
+    )
+
+
+# -- matching (pure: bill lines and our rows in, findings out) ------------------------------------
+
+
+def match_trade(lines: list[TradeLine], orders: dict[str, Order], refunds: dict[str, Refund], window) -> Matching:
+    """``window``: (out_trade_nos paid that day, out_refund_nos that succeeded that day)."""
+    m, paid, refunded = Matching(), defaultdict(list), defaultdict(list)
+    for line in lines:
+        if line.state == "REFUND":
+            refunded[line.out_refund_no].append(line)
+        else:  # SUCCESS, or a state we do not expect (judged below)
+            paid[line.out_trade_no].append(line)
+    for ref, group in paid.items():
+        m.judge(SubjectType.ORDER, ref, _order_verdict(group, orders.get(ref)))
+    for ref, group in refunded.items():
+        m.judge(SubjectType.REFUND, ref, _refund_verdict(group, refunds.get(ref)))
+    for ref in sorted(window[0] - paid.keys()):
+        m.judge(SubjectType.ORDER, ref, (MISSING_THERE, orders[ref].paid_fen, None, "paid here, not in the bill"))
+    for ref in sorted(window[1] - refunded.keys()):
+        m.judge(SubjectType.REFUND, ref, (MISSING_THERE, refunds[ref].amount_fen, None, "not in the bill"))
+    return m
+
+
+def _times(group: list) -> str:
+    return f" (listed {len(group)} times)" if len(group) > 1 else ""
+
+
+def _order_verdict(group: list[TradeLine], order: Order | None) -> Verdict:
+    total, settled = sum(x.total_fen for x in group), sum(x.settled_fen for x in group)
+    odd = [x for x in group if x.state != "SUCCESS"]
+    if odd:
+        return (
+            STATUS_DIFFERS,
+            order.payable_fen if order else None,
+            total,
+            f"line {odd[0].line_no}: 交易状态 {odd[0].state}",
+        )
+    if order is None:
+        return MISSING_HERE, None, total, "WeChat lists a paid order we lack" + _times(group)
+    if order.status not in (OrderStatus.PAID, OrderStatus.REFUNDED):
+        return STATUS_DIFFERS, order.payable_fen, total, f"WeChat says paid, our order is {order.status}"
+    if total != order.payable_fen:
+        return AMOUNT_DIFFERS, order.payable_fen, total, "订单金额 vs our payable" + _times(group)
+    if order.paid_fen is not None and settled != order.paid_fen:
+        return AMOUNT_DIFFERS, order.paid_fen, settled, "应结订单金额 vs our paid (payer_total)"
+    return None
+
+
+def _refund_verdict(group: list[TradeLine], refund: Refund | None) -> Verdict:
+    amount, state = sum(x.refund_fen for x in group), group[-1].refund_state
+    if refund is None:
+        return MISSING_HERE, None, amount, "WeChat lists a refund we lack" + _times(group)
+    if amount != refund.amount_fen:
+        return AMOUNT_DIFFERS, refund.amount_fen, amount, "申请退款金额 vs our refund" + _times(group)
+    # The bill freezes a refund's state when it is made; PROCESSING there counts as done.
+    ours_done = refund.status == RefundStatus.SUCCEEDED
+    if (state in WECHAT_REFUND_DONE) != ours_done and (state, refund.status) != ("PROCESSING", "pending"):
+        return STATUS_DIFFERS, refund.amount_fen, amount, f"WeChat says {state or '-'}, our refund is {refund.status}"
+    return None
+
+
+def match_fundflow(lines: list[FundLine], payouts: dict[str, Payout], window: set[str]) -> Matching:
+    """``window``: external numbers of our fund-moving payouts that succeeded that day."""
+    m, groups = Matching(), defaultdict(list)
+    for line in (x for x in lines if x.is_payout):
+        groups[line.our_no or f"wx:{line.wechat_no}"].append(line)
+    for ref, group in groups.items():
+        m.judge(SubjectType.PAYOUT, ref, _payout_verdict(group, payouts.get(ref)))
+    for ref in sorted(window - groups.keys()):
+        m.judge(SubjectType.PAYOUT, ref, (MISSING_THERE, payouts[ref].amount_fen, None, "not in the bill"))
+    return m
+
+
+def _payout_verdict(group: list[FundLine], payout: Payout | None) -> Verdict:
+    amount, first = sum(x.amount_fen for x in group), group[0]
+    if payout is None:
+        return MISSING_HERE, None, amount, f"WeChat paid out ({first.business} {first.wechat_no}); no payout of ours"
+    if payout.status != PayoutStatus.SUCCEEDED:
+        return STATUS_DIFFERS, payout.amount_fen, amount, f"WeChat paid it out, our payout is {payout.status}"
+    if amount != payout.amount_fen:
+        return AMOUNT_DIFFERS, payout.amount_fen, amount, "收支金额 vs our payout" + _times(group)
+    return None
+
+
+# -- writing (one transaction) --------------------------------------------------------------------
+
+
+def _run_for(day: date, kind: BillKind, now: datetime, restart: bool = False) -> ReconciliationRun:
+    where = (ReconciliationRun.bill_date == day.isoformat(), ReconciliationRun.kind == kind)
+    run = db.session.execute(select(ReconciliationRun).where(*where).with_for_update()).scalar_one_or_none()
+    if run is None:
+        run = ReconciliationRun(bill_date=day.isoformat(), kind=kind, started_at=now)
+        db.session.add(run)
+    if restart:
+        run.status, run.started_at, run.finished_at, run.error = RunStatus.RUNNING, now, None, None
+    db.session.flush()
+    return run
+
+
+def _write_results(day: date, outcomes: list[BillOutcome], now: datetime) -> list[ReconciliationRun]:
+    runs, found = [], []
+    for outcome in outcomes:
+        run = _run_for(day, outcome.kind, now)
+        run.hash_value, run.finished_at = outcome.hash_value, now
+        if outcome.error is None:
+            matching = _match(day, outcome)
+            _save_findings(run, matching.findings, now)
+            run.status, run.error, run.lines_read = RunStatus.DONE, None, len(outcome.lines)
+            run.matched, run.mismatches = matching.matched, len(matching.findings)
+            found += matching.findings
+        else:
+            _fail_run(run, outcome.error)
+        runs.append(run)
+    if found:
+        counts = Counter(f"{f.kind} {f.subject_type}" for f in found)
+        summary = "; ".join(f"{n} {what}" for what, n in sorted(counts.items()))
+        listed = ", ".join(f"{f.kind} {f.subject_type} {f.subject_ref}" for f in found[:ALERT_LISTED])
+        raise_alert(
+            "reconciliation_mismatch", f"bills {day}", f"{len(found)} mismatches on {day}: {summary}. First: {listed}"
+        )
+    return runs
+
+
+def _fail_run(run: ReconciliationRun, error: str) -> None:
+    # A run shows its last attempt: unresolved findings of an earlier attempt are stale once the
+    # bill cannot be read; resolved ones stay as history.
+    stale = (ReconciliationMismatch.run_id == run.id, ReconciliationMismatch.resolved_at.is_(None))
+    db.session.execute(delete(ReconciliationMismatch).where(*stale))
+    run.status, run.error, run.lines_read, run.matched, run.mismatches = RunStatus.FAILED, error, 0, 0, 0
+    subject = f"{run.kind} bill {run.bill_date}"
+    raise_alert("reconciliation_failed", subject, f"{subject}: {error}")
+
+
+def _match(day: date, outcome: BillOutcome) -> Matching:
+    start = datetime.combine(day, time.min, BEIJING).astimezone(UTC)
+    end = start + timedelta(days=1)
+    if outcome.kind == BillKind.TRADE:
+        paid = _rows(select(Order).where(Order.paid_at >= start, Order.paid_at < end))
+        succeeded = (Refund.status == RefundStatus.SUCCEEDED, Refund.finished_at >= start, Refund.finished_at < end)
+        done = _rows(select(Refund).where(*succeeded))
+        orders = _by_ref(Order.out_trade_no, {x.out_trade_no for x in outcome.lines}, paid)
+        refunds = _by_ref(Refund.out_refund_no, {x.out_refund_no for x in outcome.lines if x.out_refund_no}, done)
+        window = ({o.out_trade_no for o in paid}, {r.out_refund_no for r in done})
+        return match_trade(outcome.lines, orders, refunds, window)
+    rails = [rail.value for rail in FUND_RAILS]
+    left = (Payout.status == PayoutStatus.SUCCEEDED, Payout.rail.in_(rails), Payout.finished_at >= start)
+    sent = _rows(select(Payout).where(*left, Payout.finished_at < end))
+    payouts = _by_ref(Payout.external_no, {x.our_no for x in outcome.lines if x.our_no}, sent)
+    return match_fundflow(outcome.lines, payouts, {p.external_no for p in sent})
+
+
+def _rows(query) -> list:
+    return list(db.session.execute(query).scalars())
+
+
+def _by_ref(column, refs: set[str], known: list) -> dict[str, Any]:
+    """Our rows by their reference: the day's rows, plus any other row a bill line names."""
+    name, model = column.key, column.class_
+    found = {getattr(row, name): row for row in known}
+    wanted = sorted(refs - found.keys())
+    for i in range(0, len(wanted), IN_CHUNK):
+        found.update((getattr(r, name), r) for r in _rows(select(model).where(column.in_(wanted[i : i + IN_CHUNK]))))
+    return found
+
+
+def _save_findings(run: ReconciliationRun, findings: list[Finding], now: datetime) -> None:
+    """Upsert by subject: an unchanged finding keeps its resolution; a gone, unresolved one is dropped."""
+    rows = _rows(select(ReconciliationMismatch).where(ReconciliationMismatch.run_id == run.id))
+    existing = {(m.subject_type, m.subject_ref): m for m in rows}
+    for f in findings:
+        row = existing.pop((f.subject_type, f.subject_ref), None)
+        if row is None:
+            row = ReconciliationMismatch(run_id=run.id, subject_type=f.subject_type, subject_ref=f.subject_ref)
+            db.session.add(row)
+        elif (row.kind, row.ours_fen, row.theirs_fen) == (f.kind, f.ours_fen, f.theirs_fen):
+            row.detail = f.detail
+            continue
+        else:  # a different finding about the same subject: open again
+            row.resolved_at = row.resolved_by = row.resolution = None
+        row.kind, row.ours_fen, row.theirs_fen, row.detail = f.kind, f.ours_fen, f.theirs_fen, f.detail
+        row.found_at = now
+        log.warning(
+            "reconciliation mismatch", extra={"mismatch": f.kind, "subject": f"{f.subject_type} {f.subject_ref}"}
+        )
+    for row in existing.values():
+        if row.resolved_at is None:
+            db.session.delete(row)
+    db.session.flush()

@@ -1,0 +1,142 @@
+"""Applying a rail's answer to a payout: the transition, the ledger, retries, fallbacks and alerts."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from ledger import Leg, account, post_entry
+from models import AccountKind, LedgerAccount, Payout, PayoutStatus, RailControl, db, raise_alert, utcnow
+from payouts.outbox import enqueue_payout
+from payouts.rails import Outcome, RailResult
+from payouts.transitions import mark_returned, mark_sent, mark_succeeded, move
+
+S = PayoutStatus
+RAIL_PAUSE = timedelta(minutes=30)
+CONFIRM_RECHECK = timedelta(hours=6)
+MAX_AUTO_RETRIES = 2
+FORM_RAIL = {
+    "wechat_change": "wechat_change",
+    "cash_red_packet": "cash_red_packet",
+    "wechat_coupon": "wechat_coupon",
+    "card_coupon": "card_coupon",
+}
+
+
+@dataclass
+class DispatchSettings:
+    batch: int = 50
+    max_attempts: int = 8
+    backoff_base_s: float = 30.0
+    backoff_cap_s: float = 6 * 3600.0
+    cash_fallback_rail: str | None = "wechat_change"  # where a refused cash red packet goes
+
+
+def backoff(attempts: int, settings: DispatchSettings) -> timedelta:
+    """Exponential with jitter, capped."""
+    ceiling = min(settings.backoff_cap_s, settings.backoff_base_s * 2 ** max(0, attempts - 1))
+    return timedelta(seconds=ceiling * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not secrecy
+
+
+def pause_rail(rail: str, until: datetime, why: str) -> None:
+    control = db.session.get(RailControl, rail) or RailControl(rail=rail)
+    control.paused_until, control.reason, control.updated_at = until, why, utcnow()
+    db.session.add(control)
+    raise_alert("rail_paused", rail, f"{rail} paused until {until.isoformat()}: {why}")
+
+
+def _later(payout: Payout, status: PayoutStatus, at: datetime) -> None:
+    move(payout, status)
+    payout.next_attempt_at, payout.lease_until = at, None
+
+
+def apply_result(payout: Payout, result: RailResult, now: datetime, settings: DispatchSettings) -> None:
+    o = result.outcome
+    payout.last_error = (
+        None if o in (Outcome.SUCCEEDED, Outcome.WAITING_USER_CONFIRM) else (f"{result.code}: {result.message}"[:2000])
+    )
+    if result.wechat_ref:
+        payout.wechat_ref = result.wechat_ref
+    if o == Outcome.SUCCEEDED:
+        mark_succeeded(payout, now, result.wechat_ref)
+    elif o == Outcome.WAITING_USER_CONFIRM:
+        mark_sent(payout, now)
+        payout.package_info = result.package_info or payout.package_info
+        _later(payout, S.WAITING_USER_CONFIRM, now + CONFIRM_RECHECK)
+    elif o in (Outcome.IN_PROGRESS, Outcome.UNKNOWN):
+        mark_sent(payout, now)  # it may have left: only a query may decide from now on
+        _later(payout, S.UNKNOWN, now + backoff(payout.attempts, settings))
+    elif o in (Outcome.RETRY, Outcome.NOT_FOUND):
+        _later(payout, S.PENDING, now + backoff(payout.attempts, settings))
+    elif o == Outcome.DEFER:
+        _later(payout, S.PENDING, result.retry_at or now + backoff(payout.attempts, settings))
+    elif o == Outcome.PAUSE_RAIL:
+        pause_rail(payout.rail, now + RAIL_PAUSE, f"{result.code}: {result.message}")
+        _later(payout, S.PENDING, now + RAIL_PAUSE)
+    elif o in (Outcome.FAILED, Outcome.CANCELLED):
+        mark_returned(payout, S.FAILED if o == Outcome.FAILED else S.CANCELLED, now, f"{result.code}: {result.message}")
+        _retry_after_failure(payout, payout.rail, "definitive failure")
+    elif o == Outcome.GIVE_UP_USER:
+        mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}")
+        raise_alert(
+            "payout_user_blocked",
+            payout.external_no,
+            f"WeChat refuses this user on {payout.rail}; the money stays in the user's balance",
+        )
+    elif o == Outcome.FALLBACK:
+        mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}")
+        _retry_after_failure(payout, fallback_rail(payout, settings), "fallback rail")
+    else:  # CONFIG_ERROR
+        _to_operator(payout, f"configuration problem: {result.code} {result.message}")
+    if payout.status in (S.PENDING, S.UNKNOWN) and payout.attempts >= settings.max_attempts:
+        _to_operator(payout, f"still not final after {payout.attempts} attempts ({result.code})")
+
+
+def _to_operator(payout: Payout, why: str) -> None:
+    move(payout, S.NEEDS_OPERATOR)
+    payout.lease_until = None
+    raise_alert("payout_needs_operator", payout.external_no, why)
+
+
+def fallback_rail(payout: Payout, settings: DispatchSettings) -> str | None:
+    """The rule's fallback (fixed on the payout at creation), else the cash default; None: keep it in the balance."""
+    if payout.fallback_rail:
+        return None if payout.fallback_rail == payout.rail else payout.fallback_rail
+    return settings.cash_fallback_rail if payout.rail == "cash_red_packet" else None
+
+
+def _credit_balance(payout: Payout, source: LedgerAccount) -> None:
+    """A coupon's money came from the funder: falling back to balance credits the user from it."""
+    if source.kind == AccountKind.USER_CASH:
+        return  # already back in the user's balance
+    cash = account(AccountKind.USER_CASH, "user", payout.user_id)
+    post_entry(
+        f"payout:{payout.id}:to-balance",
+        f"payout {payout.external_no} falls back to the balance",
+        [Leg(source, -payout.amount_fen), Leg(cash, payout.amount_fen)],
+    )
+
+
+def _retry_after_failure(payout: Payout, rail: str | None, why: str) -> Payout | None:
+    """A new payout row with a new number; the old one stays failed. None: the money stays in the balance."""
+    depth, parent = 0, payout
+    while parent.retry_of_id is not None and depth <= MAX_AUTO_RETRIES:
+        parent, depth = db.session.get(Payout, parent.retry_of_id), depth + 1
+    source = db.session.get(LedgerAccount, payout.source_account_id)
+    if rail in (None, "balance") or depth >= MAX_AUTO_RETRIES:
+        _credit_balance(payout, source)
+        raise_alert("payout_returned", payout.external_no, f"{why}: {payout.amount_fen} fen kept in the user's balance")
+        return None
+    return enqueue_payout(
+        rail=rail,
+        user_id=payout.user_id,
+        amount_fen=payout.amount_fen,
+        source=source,
+        key=f"payout:{payout.id}:retry",
+        memo=f"retry of payout {payout.external_no} ({why})",
+        rebate_id=payout.rebate_id,
+        order_id=payout.order_id,
+        retry_of_id=payout.id,
+        fallback_rail=payout.fallback_rail if rail == payout.rail else None,
+    )

@@ -1,0 +1,233 @@
+"""Cash red packets through v2 ``sendredpack`` / ``gethbinfo`` (reference §6.1).
+
+The packet goes to the user's OFFICIAL-ACCOUNT openid (a mini-program openid is
+refused by WeChat); a person without one falls back to the payout's fallback
+rail. WeChat's own limits are checked before the number is ever used: the
+1–200 yuan range (fallback), quiet hours 00:00–08:00 Beijing and the per-user
+daily caps (deferral, same number). ``mch_billno`` is re-entrant: every retry
+sends the same number with the same fixed request, so at most one packet leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+
+from models import Payout, PayoutStatus, UserIdentity, db, utcnow
+from models.base import BEIJING, beijing, next_beijing_midnight
+from payouts.rails import Outcome, RailResult
+from wechat.errors import WeChatError, WeChatInvalidRequest
+from wechat.redpack import RedpackAction, RedpackClient, RedpackResult
+
+RAIL = "cash_red_packet"
+MIN_FEN, MAX_FEN = 100, 20_000  # WeChat's default range, 1–200 yuan
+QUIET_END = time(8, 0)  # no cash red packets 00:00–08:00 Beijing time
+TEXT_LIMITS = {"send_name": 32, "act_name": 32, "wishing": 128, "remark": 256}
+S = PayoutStatus
+# Rows that may already have used the user's daily allowance at WeChat.
+MAY_HAVE_LEFT = (S.SENDING, S.UNKNOWN, S.WAITING_USER_CONFIRM, S.SUCCEEDED, S.NEEDS_OPERATOR)
+
+# sendredpack err_code → outcome, row by row from the reference table. Any code not
+# here (a new one, an empty one after return_code=FAIL) is UNKNOWN: query, never a new number.
+SEND_OUTCOMES: dict[str, Outcome] = {
+    "SYSTEMERROR": Outcome.RETRY,  # same mch_billno: only one packet can leave
+    "PROCESSING": Outcome.IN_PROGRESS,  # accepted, result unknown: gethbinfo later
+    "NOTENOUGH": Outcome.PAUSE_RAIL,  # top up, then the same number again
+    "FREQ_LIMIT": Outcome.RETRY,
+    "SECOND_OVER_LIMITED": Outcome.RETRY,
+    "DAY_OVER_LIMITED": Outcome.RETRY,
+    "SENDNUM_LIMIT": Outcome.DEFER,  # the user's packets for today are used up: tomorrow, same number
+    "MONEY_LIMIT": Outcome.FALLBACK,  # the amount is outside what this merchant may send
+    "SEND_FAILED": Outcome.FAILED,  # the only answer after which a new number is allowed
+    "TIME_LIMITED": Outcome.DEFER,  # quiet hours: 08:00 Beijing, same number
+    "FATAL_ERROR": Outcome.CONFIG_ERROR,  # same number, different params: must never happen
+    "NO_AUTH": Outcome.GIVE_UP_USER,  # risk control blocks this user
+    "OPENID_ERROR": Outcome.CONFIG_ERROR,
+    "ILLEGAL_APPID": Outcome.CONFIG_ERROR,
+    "PARAM_ERROR": Outcome.CONFIG_ERROR,
+    "XML_ERROR": Outcome.CONFIG_ERROR,
+    "SIGN_ERROR": Outcome.CONFIG_ERROR,
+    "CA_ERROR": Outcome.CONFIG_ERROR,
+}
+# gethbinfo errors. "Record not found" may mean still processing (reference): never failed.
+# It is UNKNOWN, not NOT_FOUND: ``query`` only runs when the packet may have reached WeChat,
+# so "never sent" cannot be told apart here; the payout is queried again and, if it stays
+# unresolved, ends with an operator (whose resend uses the same, re-entrant number).
+QUERY_ERRORS: dict[str, Outcome] = {
+    **dict.fromkeys(
+        ("OPENID_ERROR", "ILLEGAL_APPID", "PARAM_ERROR", "XML_ERROR", "SIGN_ERROR", "CA_ERROR", "NO_AUTH"),
+        Outcome.CONFIG_ERROR,
+    ),
+    # "Record not found" may mean still processing, so it is never a failure; the reference's answer is to
+    # retry the same mch_billno, which is re-entrant with identical parameters: resend, never a new number.
+    "NOT_FOUND": Outcome.NOT_FOUND,
+}
+# gethbinfo status → outcome. SENT: the money has left our account for the user's packet,
+# which is all we can pay; the user may still never open it (then WeChat refunds it to
+# us after 24 h — see ``_refund``). FAILED: this number definitively failed.
+STATUS_OUTCOMES: dict[str, Outcome] = {
+    "SENDING": Outcome.IN_PROGRESS,
+    "SENT": Outcome.SUCCEEDED,
+    "RECEIVED": Outcome.SUCCEEDED,
+    "FAILED": Outcome.FAILED,
+    "RFUND_ING": Outcome.IN_PROGRESS,  # the refund is under way: the money is not back yet
+}
+
+
+class RedpackRail:
+    name = RAIL
+
+    def __init__(
+        self,
+        client: RedpackClient,
+        *,
+        oa_appid: str,
+        send_name: str,
+        act_name: str,
+        wishing: str,
+        remark: str,
+        client_ip: str,
+        scene_id: str = "PRODUCT_5",
+        rate_per_second: int = 30,
+        daily_cap_fen: int = 100_000,
+        daily_count_cap: int = 10,
+        clock: Callable[[], datetime] = utcnow,
+    ):
+        texts = {"send_name": send_name, "act_name": act_name, "wishing": wishing, "remark": remark}
+        too_long = [k for k, v in texts.items() if not v or len(v) > TEXT_LIMITS[k]]
+        if too_long or not scene_id:
+            # Refused at start-up rather than cut silently: these texts are shown to the user.
+            raise ValueError(f"red packet settings empty or too long: {too_long or ['scene_id']}")
+        self.client, self.oa_appid, self.texts = client, oa_appid, texts
+        self.client_ip, self.scene_id, self.rate_per_second = client_ip, scene_id, rate_per_second
+        self.daily_cap_fen, self.daily_count_cap, self.clock = daily_cap_fen, daily_count_cap, clock
+
+    # -- inside the claim transaction ----------------------------------------------
+    def build_request(self, payout: Payout, now: datetime) -> dict[str, Any] | RailResult:
+        amount = payout.amount_fen
+        if not MIN_FEN <= amount <= MAX_FEN or amount > self.daily_cap_fen:
+            # WeChat answers MONEY_LIMIT outside 1–200 yuan unless the merchant had the range
+            # raised (an account setting we cannot see); a scene_id does not lift it.
+            return RailResult(Outcome.FALLBACK, "AMOUNT_OUT_OF_RANGE", f"{amount} fen is outside 1–200 yuan")
+        openid = self._oa_openid(payout.user_id)
+        if openid is None:
+            return RailResult(Outcome.FALLBACK, "NO_OA_OPENID", "the user has no official-account openid")
+        if in_quiet_hours(now):
+            return RailResult(Outcome.DEFER, "QUIET_HOURS", "no cash red packets before 08:00", retry_at=at_8am(now))
+        used_fen, used_count = self._used_today(payout, now)
+        if used_count + 1 > self.daily_count_cap or used_fen + amount > self.daily_cap_fen:
+            # Deferred, not fallen back: the cap resets tomorrow and the campaign chose a red
+            # packet; the request is not fixed yet, so the cap is counted again then.
+            why = f"daily cap reached ({used_count} packets, {used_fen} fen today)"
+            return RailResult(Outcome.DEFER, "USER_DAILY_CAP", why, retry_at=next_morning(now))
+        return {
+            "re_openid": openid,
+            "total_amount": amount,
+            **self.texts,
+            "client_ip": self.client_ip,
+            # Sent at every amount (optional inside 1–200 yuan, required outside): it names the purpose.
+            "scene_id": self.scene_id,
+        }
+
+    def _oa_openid(self, user_id: int) -> str | None:
+        stmt = select(UserIdentity.openid).where(UserIdentity.user_id == user_id, UserIdentity.appid == self.oa_appid)
+        return db.session.execute(stmt.limit(1)).scalar_one_or_none()
+
+    def _used_today(self, payout: Payout, now: datetime) -> tuple[int, int]:
+        """The user's packets that left (or may have) this Beijing day, plus those claimed and in flight."""
+        start = next_beijing_midnight(now) - timedelta(days=1)
+        sent_today = and_(Payout.sent_at >= start, Payout.sent_at < start + timedelta(days=1))
+        in_flight = and_(Payout.status == S.SENDING, Payout.sent_at.is_(None))  # claimed, call not answered yet
+        stmt = select(func.coalesce(func.sum(Payout.amount_fen), 0), func.count(Payout.id)).where(
+            Payout.rail == RAIL,
+            Payout.user_id == payout.user_id,
+            Payout.id != payout.id,
+            Payout.status.in_(MAY_HAVE_LEFT),
+            or_(sent_today, in_flight),
+        )
+        used_fen, used_count = db.session.execute(stmt).one()
+        return int(used_fen), int(used_count)
+
+    # -- no database from here on ----------------------------------------------------
+    def send(self, external_no: str, request: dict[str, Any]) -> RailResult:
+        try:
+            answer = self.client.send(
+                external_no,
+                request["re_openid"],
+                request["total_amount"],
+                request["send_name"],
+                request["act_name"],
+                request["wishing"],
+                request["remark"],
+                request["client_ip"],
+                request["scene_id"],
+            )
+        except WeChatInvalidRequest as exc:  # refused locally, nothing sent
+            return RailResult(Outcome.CONFIG_ERROR, exc.code, exc.message)
+        except WeChatError as exc:  # timeout, 5xx, unsafe/unparseable XML, bad answer sign
+            return RailResult(Outcome.UNKNOWN, exc.code, exc.message)
+        if answer.action is RedpackAction.SUCCEEDED:
+            return self._accepted(external_no, answer)
+        outcome = SEND_OUTCOMES.get(answer.err_code, Outcome.UNKNOWN) if answer.result_code == "FAIL" else None
+        return self._refused(answer, outcome or Outcome.UNKNOWN)
+
+    def _accepted(self, external_no: str, answer: RedpackResult) -> RailResult:
+        billno = answer.fields.get("mch_billno")
+        if billno and billno != external_no:
+            return RailResult(Outcome.UNKNOWN, "BILLNO_MISMATCH", f"answer is for {billno}")
+        ref = answer.fields.get("send_listid")
+        return RailResult(Outcome.SUCCEEDED, "SUCCESS", wechat_ref=str(ref) if ref else None)
+
+    def _refused(self, answer: RedpackResult, outcome: Outcome) -> RailResult:
+        code = answer.err_code or f"RETURN_{answer.return_code or 'EMPTY'}"
+        message = answer.err_code_des or str(answer.fields.get("return_msg", ""))
+        retry_at = None
+        if outcome == Outcome.DEFER:
+            now = self.clock()
+            retry_at = at_8am(now) if answer.err_code == "TIME_LIMITED" else next_morning(now)
+        return RailResult(outcome, code, message, retry_at=retry_at)
+
+    def query(self, external_no: str, request: dict[str, Any]) -> RailResult:
+        try:
+            answer = self.client.query(external_no)
+        except WeChatError as exc:
+            return RailResult(Outcome.UNKNOWN, exc.code, exc.message)
+        if answer.return_code != "SUCCESS" or answer.result_code != "SUCCESS":
+            outcome = QUERY_ERRORS.get(answer.err_code, Outcome.UNKNOWN)
+            return RailResult(outcome, answer.err_code or "QUERY_FAILED", answer.err_code_des)
+        ref = str(answer.fields.get("detail_id") or "") or None
+        if answer.status == "REFUND":
+            return _refund(answer, request, ref)
+        outcome = STATUS_OUTCOMES.get(answer.status, Outcome.UNKNOWN)
+        return RailResult(outcome, answer.status or "NO_STATUS", str(answer.fields.get("reason", "")), wechat_ref=ref)
+
+
+def _refund(answer: RedpackResult, request: dict[str, Any], ref: str | None) -> RailResult:
+    """REFUND: nobody opened the packet and WeChat returned it to the merchant account.
+
+    FAILED (the user is owed again, a new number is allowed) only when WeChat says the
+    whole amount came back; anything else is UNKNOWN and ends with an operator.
+    """
+    refunded = str(answer.fields.get("refund_amount", ""))
+    if refunded.isdigit() and int(refunded) == int(request["total_amount"]):
+        return RailResult(Outcome.FAILED, "REFUND", f"unclaimed; {refunded} fen refunded to us", wechat_ref=ref)
+    return RailResult(Outcome.UNKNOWN, "REFUND", f"refund of {refunded or '?'} fen does not match", wechat_ref=ref)
+
+
+def in_quiet_hours(now: datetime) -> bool:
+    return beijing(now).time() < QUIET_END
+
+
+def at_8am(now: datetime) -> datetime:
+    """The next 08:00 Beijing time at or after ``now`` (today's when still in quiet hours)."""
+    local = beijing(now)
+    day = local.date() if local.time() < QUIET_END else local.date() + timedelta(days=1)
+    return datetime.combine(day, QUIET_END, BEIJING).astimezone(now.tzinfo)
+
+
+def next_morning(now: datetime) -> datetime:
+    """08:00 Beijing of the next Beijing day: when per-user daily caps have reset and quiet hours ended."""
+    return at_8am(next_beijing_midnight(now))

@@ -1,0 +1,120 @@
+"""WeChat change through the 2025 ``transfer-bills`` API (scene 1000, user confirmation)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from models import Payout, User, UserIdentity, db
+from payouts.rails import Outcome, RailResult
+from wechat.errors import WeChatError, WeChatNotFound
+
+REAL_NAME_FROM_FEN = 200_000  # 2,000 yuan: WeChat requires the payee's real name, encrypted
+STATES = {
+    "SUCCESS": Outcome.SUCCEEDED,
+    "WAIT_USER_CONFIRM": Outcome.WAITING_USER_CONFIRM,
+    "ACCEPTED": Outcome.IN_PROGRESS,
+    "PROCESSING": Outcome.IN_PROGRESS,
+    "TRANSFERING": Outcome.IN_PROGRESS,
+    "CANCELING": Outcome.IN_PROGRESS,
+    "FAIL": Outcome.FAILED,
+    "CANCELLED": Outcome.CANCELLED,
+}
+
+
+class TransferRail:
+    name = "wechat_change"
+
+    def __init__(
+        self,
+        client,
+        *,
+        appid: str,
+        notify_url: str,
+        activity: str = "消费返利",
+        reward_text: str = "订单返利",
+        rate_per_second: int = 100,
+    ):
+        self.client, self.appid, self.notify_url = client, appid, notify_url
+        self.activity, self.reward_text, self.rate_per_second = activity[:32], reward_text[:32], rate_per_second
+
+    def build_request(self, payout: Payout, now: datetime) -> dict[str, Any] | RailResult:
+        openid = db.session.execute(
+            select(UserIdentity.openid).where(UserIdentity.user_id == payout.user_id, UserIdentity.appid == self.appid)
+        ).scalar_one_or_none()
+        if openid is None:
+            return RailResult(Outcome.FALLBACK, "NO_OPENID", "the user has no openid under the payment appid")
+        request = {
+            "openid": openid,
+            "amount_fen": payout.amount_fen,
+            "remark": self.reward_text,
+            "report": [
+                {"info_type": "活动名称", "info_content": self.activity},
+                {"info_type": "奖励说明", "info_content": self.reward_text},
+            ],
+        }
+        if payout.amount_fen >= REAL_NAME_FROM_FEN:
+            user = db.session.get(User, payout.user_id)
+            if not user.real_name:
+                return RailResult(
+                    Outcome.DEFER,
+                    "REAL_NAME_REQUIRED",
+                    "from 2,000 yuan WeChat needs the payee's real name; waiting for the user",
+                    retry_at=now + timedelta(days=1),
+                )
+            request["user_name"] = user.real_name
+        return request
+
+    def send(self, external_no: str, request: dict[str, Any]) -> RailResult:
+        try:
+            answer = self.client.transfer_bill(
+                external_no,
+                request["openid"],
+                request["amount_fen"],
+                request["remark"],
+                request["report"],
+                self.notify_url,
+                user_name=request.get("user_name"),
+            )
+        except WeChatError as exc:
+            return _error(exc)
+        return _state(answer)
+
+    def query(self, external_no: str, request: dict[str, Any]) -> RailResult:
+        try:
+            return _state(self.client.query_transfer_bill(external_no))
+        except WeChatNotFound:
+            return RailResult(Outcome.NOT_FOUND, "NOT_FOUND", "WeChat has no bill with this number")
+        except WeChatError as exc:
+            return _error(exc)
+
+    def cancel(self, external_no: str) -> RailResult:
+        try:
+            return _state(self.client.cancel_transfer_bill(external_no))
+        except WeChatError as exc:
+            return _error(exc)
+
+
+def _state(answer: dict[str, Any]) -> RailResult:
+    state = answer.get("state")
+    outcome = STATES.get(state, Outcome.UNKNOWN)
+    return RailResult(
+        outcome,
+        state,
+        answer.get("fail_reason") or "",
+        wechat_ref=answer.get("transfer_bill_no"),
+        package_info=answer.get("package_info"),
+    )
+
+
+def _error(exc: WeChatError) -> RailResult:
+    if exc.code == "NOT_ENOUGH":
+        return RailResult(Outcome.PAUSE_RAIL, exc.code, exc.message)
+    if exc.code == "NO_AUTH":
+        return RailResult(Outcome.CONFIG_ERROR, exc.code, exc.message)
+    if exc.code == "FREQUENCY_LIMITED":
+        return RailResult(Outcome.RETRY, exc.code, exc.message)
+    # The reference: a non-200 answer is never a failure of the bill; query before anything else.
+    return RailResult(Outcome.UNKNOWN, exc.code, exc.message)

@@ -1,0 +1,91 @@
+"""The payout state machine and the ledger movement of each transition.
+
+    pending → sending → succeeded | unknown | waiting_user_confirm | failed | pending (retry, same number)
+    unknown → sending (query first) …;  waiting_user_confirm → succeeded | failed | cancelled | unknown
+    anything not terminal → needs_operator → pending (resend) | cancelled | succeeded | failed
+
+Terminal states (succeeded, failed, cancelled) never change. Ledger: queued
+money sits on rebate_payable; at the first send it moves to payout_in_transit;
+success moves it out to WeChat settlement; failure or cancellation returns it
+to its source account (the money is owed again). Each closes the flow.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ledger import Leg, account, close_flow, post_entry
+from models import AccountKind, LedgerAccount, Payout, PayoutStatus, db
+from models.payouts import TERMINAL
+
+S = PayoutStatus
+ALLOWED = {
+    S.PENDING: {S.SENDING, S.CANCELLED, S.NEEDS_OPERATOR},
+    S.SENDING: {S.SUCCEEDED, S.UNKNOWN, S.WAITING_USER_CONFIRM, S.FAILED, S.PENDING, S.NEEDS_OPERATOR, S.CANCELLED},
+    S.UNKNOWN: {S.SENDING, S.SUCCEEDED, S.FAILED, S.WAITING_USER_CONFIRM, S.NEEDS_OPERATOR, S.CANCELLED},
+    S.WAITING_USER_CONFIRM: {S.SENDING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.UNKNOWN, S.NEEDS_OPERATOR},
+    S.NEEDS_OPERATOR: {S.PENDING, S.SENDING, S.CANCELLED, S.SUCCEEDED, S.FAILED},
+}
+
+
+class PayoutStateError(Exception):
+    code = "payout_state"
+    kind = "conflict"
+
+
+def move(payout: Payout, to: PayoutStatus) -> None:
+    if payout.status in TERMINAL:
+        raise PayoutStateError(f"payout {payout.id} is {payout.status}; terminal states never change")
+    if to != payout.status and to not in ALLOWED[PayoutStatus(payout.status)]:
+        raise PayoutStateError(f"payout {payout.id} cannot go from {payout.status} to {to}")
+    payout.status = to
+
+
+def mark_sent(payout: Payout, now: datetime) -> None:
+    """First hand-over to WeChat: the money moves to in-transit (once)."""
+    if payout.sent_at is not None:
+        return
+    post_entry(
+        f"payout:{payout.id}:sent",
+        f"payout {payout.external_no} sent",
+        [
+            Leg(account(AccountKind.REBATE_PAYABLE), -payout.amount_fen, flow=payout.flow),
+            Leg(account(AccountKind.PAYOUT_IN_TRANSIT), payout.amount_fen, flow=payout.flow),
+        ],
+    )
+    payout.sent_at = now
+
+
+def _holding_account() -> tuple[LedgerAccount, LedgerAccount]:
+    return account(AccountKind.REBATE_PAYABLE), account(AccountKind.PAYOUT_IN_TRANSIT)
+
+
+def mark_succeeded(payout: Payout, now: datetime, wechat_ref: str | None = None) -> None:
+    move(payout, S.SUCCEEDED)
+    mark_sent(payout, now)
+    post_entry(
+        f"payout:{payout.id}:paid",
+        f"payout {payout.external_no} paid",
+        [
+            Leg(account(AccountKind.PAYOUT_IN_TRANSIT), -payout.amount_fen, flow=payout.flow),
+            Leg(account(AccountKind.WECHAT_SETTLEMENT), payout.amount_fen),
+        ],
+    )
+    payout.finished_at, payout.wechat_ref = now, wechat_ref or payout.wechat_ref
+    payout.lease_until = None
+    close_flow(payout.flow)
+
+
+def mark_returned(payout: Payout, to: PayoutStatus, now: datetime, reason: str) -> None:
+    """Failed or cancelled: the money goes back to where it came from and is owed again."""
+    move(payout, to)
+    payable, in_transit = _holding_account()
+    holder = in_transit if payout.sent_at is not None else payable
+    source = db.session.get(LedgerAccount, payout.source_account_id)
+    post_entry(
+        f"payout:{payout.id}:{to}",
+        f"payout {payout.external_no} {to}: {reason}"[:200],
+        [Leg(holder, -payout.amount_fen, flow=payout.flow), Leg(source, payout.amount_fen)],
+    )
+    payout.finished_at, payout.last_error, payout.lease_until = now, reason, None
+    close_flow(payout.flow)

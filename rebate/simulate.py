@@ -1,0 +1,213 @@
+"""What-if replay: a draft rule set over the past N days of paid orders, in memory, writing nothing.
+
+``load_rows`` reads the order facts a campaign's current rules applied to in
+ONE query of plain columns (its packet orders; for a referral campaign the
+orders of people with an inviter). ``project`` is pure: rows and a ``RuleSet``
+in, a projection out, each order evaluated by ``rebate.rules.evaluate``.
+``simulate`` replays the draft and the current version over the same rows and
+answers the change.
+
+Assumptions, stated in every answer: amounts are net of partial refunds; the
+budget starts full at the window's start and runs out on the Beijing date of
+the first order whose cost (packet value + rebates) no longer fits; held
+awards count in full, as if every condition were met; rebates are not cut by
+the budget, so the figures are what the rules would ask for; later orders
+attributed to a packet are not replayed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import NamedTuple
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import case, func, select, type_coerce
+
+from models import Campaign, Order, OrderStatus, RedPacket, User, UTCDateTime, db
+from money import format_yuan
+from rebate.campaigns import rules_of
+from rebate.rules import OrderFacts, RuleSet, evaluate
+
+BEIJING = ZoneInfo("Asia/Shanghai")
+ISSUING = frozenset({"merchant", "user"})  # platform issuers receive no rebates
+ASSUMPTIONS = (
+    "amounts are net of partial refunds; fully refunded orders are left out",
+    "the budget starts full at the window's start; it runs out on the Beijing date of the first order "
+    "whose cost no longer fits",
+    "held awards count in full, as if every condition were met",
+    "rebates are what the rules ask for, not cut by the budget",
+    "later orders attributed to a packet are not replayed",
+)
+
+
+class ReplayRow(NamedTuple):
+    """One paid order's facts, as plain values."""
+
+    order_id: int
+    paid_at: datetime
+    order_total_fen: int  # goods value, net of refunds in proportion
+    paid_fen: int  # what the buyer paid, net of refunds
+    packet_value_fen: int  # the packet's discount, paid by the funder
+    issuer_type: str | None  # of the packet the order spent
+    invited_since: datetime | None  # when the buyer was bound to an inviter, if they have one
+
+
+def _amount(prefix: str, fen: int) -> dict:
+    return {f"{prefix}_fen": fen, f"{prefix}_yuan": format_yuan(fen)}
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def replay_query(campaign: Campaign, rules: RuleSet, since: datetime, until: datetime):
+    """The one statement: columns only, oldest first."""
+    invited_since = case((User.inviter_id.is_not(None), func.coalesce(User.invited_at, User.created_at)))
+    stmt = (
+        select(
+            Order.id,
+            Order.paid_at,
+            Order.total_fen,
+            Order.paid_fen,
+            Order.refunded_fen,
+            Order.discount_fen,
+            RedPacket.issuer_type,
+            type_coerce(invited_since, UTCDateTime),
+        )
+        .join(User, User.id == Order.user_id)
+        .outerjoin(RedPacket, RedPacket.id == Order.packet_id)
+        .where(Order.status == OrderStatus.PAID, Order.paid_at >= since, Order.paid_at < until)
+        .order_by(Order.paid_at, Order.id)
+    )
+    if rules.applies_to == "referral":
+        return stmt.where(User.inviter_id.is_not(None))
+    return stmt.where(RedPacket.campaign_id == campaign.id)
+
+
+def to_row(order_id, paid_at, total, paid, refunded, discount, issuer_type, invited_since) -> ReplayRow:
+    net_paid = paid - refunded
+    net_total = total * net_paid // paid if paid else 0  # goods value refunded in proportion (as refunds do)
+    return ReplayRow(order_id, paid_at, net_total, net_paid, discount, issuer_type, invited_since)
+
+
+def load_rows(campaign: Campaign, rules: RuleSet, since: datetime, until: datetime) -> list[ReplayRow]:
+    result = db.session.execute(replay_query(campaign, rules, since, until))
+    return [row for row in (to_row(*r) for r in result) if row.paid_fen > 0]
+
+
+# --- projecting (pure) -----------------------------------------------------------------------------
+
+
+def facts_of(row: ReplayRow, referral: timedelta | None) -> OrderFacts:
+    since = row.invited_since
+    has_inviter = since is not None and (referral is None or row.paid_at < since + referral)
+    return OrderFacts(row.order_total_fen, row.paid_fen, row.paid_at, row.issuer_type in ISSUING, has_inviter)
+
+
+def project(rows: Iterable[ReplayRow], rules: RuleSet, *, budget_limit_fen: int | None = None) -> dict:
+    """Replay ``rules`` over ``rows`` (oldest first): rebates per role and form, cost, budget run-out day."""
+    referral = timedelta(days=rules.referral_days) if rules.referral_days else None
+    by_role: dict[str, int] = dict.fromkeys((r.role for r in rules.roles), 0)
+    awarded: Counter[str] = Counter()
+    outcomes: dict[str, Counter[str]] = defaultdict(Counter)
+    by_form: Counter[str] = Counter()
+    orders = packet_value = held = cost = 0
+    runs_out: ReplayRow | None = None
+    for row in rows:
+        orders += 1
+        order_cost = row.packet_value_fen
+        for d in evaluate(rules, facts_of(row, referral)):
+            outcomes[d.role][d.reason_code] += 1
+            if d.amount_fen:
+                awarded[d.role] += 1
+                by_role[d.role] += d.amount_fen
+                merchant = d.role == "issuer" and row.issuer_type == "merchant"
+                by_form["merchant_credit" if merchant else d.form] += d.amount_fen
+                held += d.amount_fen if d.condition is not None else 0
+                order_cost += d.amount_fen
+        packet_value += row.packet_value_fen
+        cost += order_cost
+        if runs_out is None and budget_limit_fen is not None and cost > budget_limit_fen:
+            runs_out = row
+    rebates = sum(by_role.values())
+    return {
+        "orders": orders,
+        "by_role": {
+            role: {**_amount("amount", fen), "orders_awarded": awarded[role], "outcomes": dict(outcomes[role])}
+            for role, fen in by_role.items()
+        },
+        "by_form": {form: _amount("amount", fen) for form, fen in sorted(by_form.items())},
+        **_amount("rebates", rebates),
+        **_amount("held", held),
+        **_amount("packet_value", packet_value),
+        **_amount("total_cost", cost),
+        "budget": _budget(budget_limit_fen, cost, runs_out),
+    }
+
+
+def _budget(limit_fen: int | None, cost_fen: int, runs_out: ReplayRow | None) -> dict | None:
+    if limit_fen is None:
+        return None
+    return {
+        **_amount("limit", limit_fen),
+        "runs_out": runs_out is not None,
+        "runs_out_on": runs_out.paid_at.astimezone(BEIJING).date().isoformat() if runs_out else None,
+        "runs_out_at_order_id": runs_out.order_id if runs_out else None,
+        **_amount("shortfall", max(0, cost_fen - limit_fen)),
+    }
+
+
+# --- comparing -------------------------------------------------------------------------------------
+
+
+def percent_change(before: int, after: int) -> str | None:
+    """``"+60.00"``: exact to the hundredth of a percent, truncated toward zero; None from nothing."""
+    if before == 0:
+        return None
+    change = after - before
+    hundredths = abs(change) * 10_000 // before
+    sign = "-" if change < 0 else "+"
+    return f"{sign}{hundredths // 100}.{hundredths % 100:02d}"
+
+
+def _delta(current: int, draft: int) -> dict:
+    return {
+        **_amount("current", current),
+        **_amount("draft", draft),
+        **_amount("change", draft - current),
+        "change_percent": percent_change(current, draft),
+    }
+
+
+def compare(current: dict, draft: dict) -> dict:
+    roles = list(dict.fromkeys([*current["by_role"], *draft["by_role"]]))
+
+    def role_fen(projection: dict, role: str) -> int:
+        return projection["by_role"].get(role, {}).get("amount_fen", 0)
+
+    return {
+        "by_role": {role: _delta(role_fen(current, role), role_fen(draft, role)) for role in roles},
+        "rebates": _delta(current["rebates_fen"], draft["rebates_fen"]),
+        "total_cost": _delta(current["total_cost_fen"], draft["total_cost_fen"]),
+    }
+
+
+def simulate(campaign: Campaign, draft: RuleSet, *, days: int, now: datetime, budget_limit_fen: int | None) -> dict:
+    """Replay the draft and the current rules over the same past ``days`` of orders. Reads only."""
+    current = rules_of(campaign)
+    since = now - timedelta(days=days)
+    rows = load_rows(campaign, current, since, now)
+    limit = budget_limit_fen if budget_limit_fen is not None else campaign.budget_limit_fen
+    projected = project(rows, draft, budget_limit_fen=limit)
+    baseline = project(rows, current, budget_limit_fen=limit)
+    return {
+        "campaign_id": campaign.id,
+        "current_version": campaign.rules_version,
+        "applies_to": current.applies_to,
+        "window": {"days": days, "from": since.isoformat(), "to": now.isoformat()},
+        "draft": projected,
+        "current": baseline,
+        "change": compare(baseline, projected),
+        "assumptions": list(ASSUMPTIONS),
+    }

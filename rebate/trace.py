@@ -1,0 +1,549 @@
+"""The customer-service trace: why a person, an order or a red packet got, or did not get, each rebate.
+
+Reads only, and re-evaluates nothing: the trace tells what the engine decided
+when the order was paid (every ``Rebate`` row, skipped ones included, with its
+``reason_code`` and the engine's own reasons), what refunds took back
+(``RebateAdjustment``), what still waits for a condition and where each payout
+stands. Answers are plain dicts; ``lines`` are sentences an agent can read
+out, every amount in yuan with the fen beside it. ``words`` maps reason codes
+and rebate statuses to plain words (the shell passes its vocabulary; a code
+without words is shown as itself). Lists are bounded and newest first.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import exists, or_, select
+
+from models import (
+    Campaign,
+    Order,
+    OrderMilestone,
+    OrderStatus,
+    PacketStatus,
+    Payout,
+    Rebate,
+    RebateAdjustment,
+    RebateStatus,
+    Receivable,
+    RedPacket,
+    Refund,
+    User,
+    db,
+)
+from money import format_yuan
+from rebate.campaigns import rules_of
+
+BEIJING = ZoneInfo("Asia/Shanghai")
+MAX_ITEMS = 100
+# What the trace shows of a payout, as columns: the outbox row carries far more than an agent needs.
+PAYOUT_COLUMNS = (
+    *(Payout.id, Payout.rebate_id, Payout.rail, Payout.status, Payout.held, Payout.external_no),
+    *(Payout.amount_fen, Payout.attempts, Payout.last_error, Payout.created_at, Payout.finished_at),
+)
+Words = Mapping[str, str]
+
+
+# --- formatting -----------------------------------------------------------------------------------
+
+
+def amount(prefix: str, fen: int | None) -> dict:
+    """``{"<prefix>_fen": 400, "<prefix>_yuan": "4.00"}``."""
+    return {f"{prefix}_fen": fen, f"{prefix}_yuan": None if fen is None else format_yuan(fen)}
+
+
+def yuan(fen: int) -> str:
+    return f"{format_yuan(fen)} yuan ({fen} fen)"
+
+
+def when(at: datetime | None) -> str:
+    return f"{at.astimezone(BEIJING):%Y-%m-%d %H:%M} Beijing time" if at else "an unknown time"
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at else None
+
+
+def _say(words: Words, code: str) -> str:
+    return words.get(code, code.replace("_", " "))
+
+
+# --- rebate decisions -----------------------------------------------------------------------------
+
+
+def describe_rebates(rebates: list[Rebate], words: Words) -> list[dict]:
+    """Each rebate decision with its campaign, condition, clawbacks and payouts (a few batch queries)."""
+    if not rebates:
+        return []
+    ids = [r.id for r in rebates]
+    campaigns = _by_id(Campaign, {r.campaign_id for r in rebates})
+    orders = _by_id(Order, {r.order_id for r in rebates})
+    clawbacks = defaultdict(list)
+    for adj, refund in db.session.execute(
+        select(RebateAdjustment, Refund)
+        .outerjoin(Refund, Refund.id == RebateAdjustment.refund_id)
+        .where(RebateAdjustment.rebate_id.in_(ids))
+        .order_by(RebateAdjustment.id)
+    ):
+        clawbacks[adj.rebate_id].append((adj, refund))
+    payouts = defaultdict(list)
+    for payout in db.session.execute(select(*PAYOUT_COLUMNS).where(Payout.rebate_id.in_(ids)).order_by(Payout.id)):
+        payouts[payout.rebate_id].append(payout)
+    met = _milestones({r.order_id for r in rebates if r.condition_deadline is not None})
+    return [
+        _describe(r, campaigns[r.campaign_id], orders[r.order_id], clawbacks[r.id], payouts[r.id], met, words)
+        for r in rebates
+    ]
+
+
+def _by_id(model, ids: set[int]) -> dict:
+    return {row.id: row for row in db.session.execute(select(model).where(model.id.in_(ids))).scalars()}
+
+
+def _milestones(order_ids: set[int]) -> dict[int, list[OrderMilestone]]:
+    met = defaultdict(list)
+    if order_ids:
+        stmt = select(OrderMilestone).where(OrderMilestone.order_id.in_(order_ids)).order_by(OrderMilestone.id)
+        for milestone in db.session.execute(stmt).scalars():
+            met[milestone.order_id].append(milestone)
+    return met
+
+
+def _beneficiary(r: Rebate) -> str:
+    return f"{r.beneficiary_type} #{r.beneficiary_id}" if r.beneficiary_type else "nobody"
+
+
+def _headline(r: Rebate, campaign: Campaign, words: Words) -> str:
+    rule = f"{r.role.capitalize()} rule of campaign “{campaign.name}” (#{campaign.id}, rules v{r.rules_version})"
+    if r.status == RebateStatus.SKIPPED:
+        return f"{rule}: no rebate — {_say(words, r.reason_code)}."
+    text = f"{rule}: {yuan(r.original_fen)} as {r.form} to {_beneficiary(r)}"
+    notes = [_say(words, r.reason_code)] if r.reason_code != "awarded" else []
+    if r.status != RebateStatus.AWARDED:
+        notes.append(_say(words, r.status))
+    elif r.amount_fen != r.original_fen:
+        notes.append(f"{yuan(r.amount_fen)} stands after refunds")
+    return f"{text}{' — ' + '; '.join(notes) if notes else ''}."
+
+
+def _condition_of(r: Rebate, campaign: Campaign):
+    rule = rules_of(campaign, r.rules_version).role(r.role)
+    return rule.condition if rule is not None else None
+
+
+def _condition(r: Rebate, campaign: Campaign, met: list[OrderMilestone]) -> tuple[dict | None, list[str]]:
+    if r.condition_deadline is None:
+        return None, []
+    condition = _condition_of(r, campaign)
+    names = list(condition.milestones) if condition else []
+    done = [m.name for m in met if m.name in names]
+    missing = [n for n in names if n not in done]
+    info = {
+        "milestones": names,
+        "met": [{"name": m.name, "quality": m.quality, "reported_at": m.reported_at.isoformat()} for m in met],
+        "missing": missing,
+        "release": condition.release if condition else None,
+        "deadline": r.condition_deadline.isoformat(),
+        **amount("held", r.held_fen),
+    }
+    if r.held_fen:
+        line = (
+            f"Held: {yuan(r.held_fen)} waits for {', '.join(missing) or 'release'} until {when(r.condition_deadline)}"
+        )
+        lines = [line + (f"; already met: {', '.join(done)}." if done else ".")]
+    elif r.status == RebateStatus.EXPIRED:
+        lines = [f"The condition ({', '.join(missing)}) was not met by {when(r.condition_deadline)}; it expired."]
+    else:
+        lines = [f"Condition: {', '.join(names)}; met: {', '.join(done) or 'none'}."]
+    return info, lines
+
+
+def _clawback(adj: RebateAdjustment, refund: Refund | None) -> tuple[dict, str]:
+    info = {
+        "refund": refund.out_refund_no if refund else None,
+        "refund_status": refund.status if refund else None,
+        **amount("refund_amount", refund.amount_fen if refund else None),
+        **amount("amount", adj.amount_fen),
+        **amount("recovered", adj.recovered_fen),
+        **amount("receivable", adj.receivable_fen),
+        "reason": adj.reason,
+        "at": adj.created_at.isoformat(),
+    }
+    source = f"refund {refund.out_refund_no} of {yuan(refund.amount_fen)}" if refund else "an adjustment"
+    line = f"Clawed back {yuan(adj.amount_fen)} by {source} on {when(adj.created_at)}: {adj.reason}"
+    if adj.receivable_fen:
+        line += f" ({yuan(adj.recovered_fen)} recovered, {yuan(adj.receivable_fen)} owed back)"
+    return info, line + "."
+
+
+def _payout(p) -> tuple[dict, str]:
+    info = {
+        "id": p.id,
+        "rail": p.rail,
+        "status": p.status,
+        "held": p.held,
+        "external_no": p.external_no,
+        "attempts": p.attempts,
+        "last_error": p.last_error,
+        "created_at": p.created_at.isoformat(),
+        "finished_at": _iso(p.finished_at),
+        **amount("amount", p.amount_fen),
+    }
+    line = f"Payout #{p.id} of {yuan(p.amount_fen)} by {p.rail} ({p.external_no}): {p.status}"
+    if p.held:
+        line += ", held while a refund of the order is pending"
+    if p.last_error:
+        line += f"; last error: {p.last_error}"
+    return info, line + "."
+
+
+def _describe(r: Rebate, campaign, order, clawbacks, payouts, met, words: Words) -> dict:
+    lines = [_headline(r, campaign, words)]
+    if r.reasons:
+        lines.append("Decided: " + "; ".join(r.reasons) + ".")
+    condition, condition_lines = _condition(r, campaign, met[r.order_id])
+    lines += condition_lines
+    claws = [_clawback(adj, refund) for adj, refund in clawbacks]
+    sent = [_payout(p) for p in payouts]
+    lines += [line for _, line in claws] + [line for _, line in sent]
+    if r.amount_fen and not payouts and r.form in ("balance", "points", "merchant_credit"):
+        lines.append(f"Credited to the {r.form} account at once" + (f" ({r.points} points)." if r.points else "."))
+    return {
+        "rebate_id": r.id,
+        "order_id": r.order_id,
+        "out_trade_no": order.out_trade_no,
+        "campaign": {"id": campaign.id, "name": campaign.name, "status": campaign.status},
+        "rules_version": r.rules_version,
+        "packet_id": r.packet_id,
+        "evaluated_as": _evaluated_as(r, order),
+        "role": r.role,
+        "beneficiary": {"type": r.beneficiary_type, "id": r.beneficiary_id} if r.beneficiary_type else None,
+        "form": r.form,
+        "status": r.status,
+        "reason_code": r.reason_code,
+        "why": _say(words, r.reason_code if r.status == RebateStatus.SKIPPED else r.status),
+        **amount("original", r.original_fen),
+        **amount("amount", r.amount_fen),
+        **amount("held", r.held_fen),
+        "points": r.points,
+        "engine_reasons": list(r.reasons or []),
+        "condition": condition,
+        "clawbacks": [info for info, _ in claws],
+        "payouts": [info for info, _ in sent],
+        "decided_at": r.created_at.isoformat(),
+        "lines": lines,
+    }
+
+
+def _on_order(decision: dict) -> str:
+    return f"On order {decision['out_trade_no']}: {decision['lines'][0]}"
+
+
+def _evaluated_as(r: Rebate, order: Order) -> str:
+    if r.packet_id is None:
+        return "referral"
+    return "packet" if r.packet_id == order.packet_id else "attribution"
+
+
+# --- orders ---------------------------------------------------------------------------------------
+
+
+def order_json(o: Order) -> dict:
+    return {
+        "id": o.id,
+        "out_trade_no": o.out_trade_no,
+        "status": o.status,
+        "user_id": o.user_id,
+        "merchant_id": o.merchant_id,
+        "channel": o.channel,
+        "red_packet_id": o.packet_id,
+        **amount("total", o.total_fen),
+        **amount("discount", o.discount_fen),
+        **amount("payable", o.payable_fen),
+        **amount("paid", o.paid_fen),
+        **amount("refunded", o.refunded_fen),
+        "created_at": o.created_at.isoformat(),
+        "paid_at": _iso(o.paid_at),
+        "review_reason": o.review_reason,
+    }
+
+
+def _order_line(o: Order) -> str:
+    text = f"Order {o.out_trade_no} (#{o.id}) at merchant #{o.merchant_id} by user #{o.user_id}: {yuan(o.total_fen)}"
+    if o.discount_fen:
+        text += f", red packet #{o.packet_id} took {yuan(o.discount_fen)} off"
+    if o.paid_at is not None:
+        text += f", paid {yuan(o.paid_fen or 0)} on {when(o.paid_at)}"
+    if o.refunded_fen:
+        text += f", {yuan(o.refunded_fen)} refunded"
+    return f"{text}; now {o.status}."
+
+
+def _refund_line(r: Refund) -> str:
+    text = f"Refund {r.out_refund_no} of {yuan(r.amount_fen)} asked on {when(r.created_at)}: {r.status}"
+    if r.status == "pending":
+        text += "; the order's payouts that have not left are held until it finishes"
+    return text + "."
+
+
+def _no_campaign_lines(order: Order) -> list[str]:
+    if order.status in (OrderStatus.CREATED, OrderStatus.CLOSED):
+        return [f"This order is {order.status}, not paid: rebates are decided only when an order is paid."]
+    missing = []
+    if order.packet_id is None:
+        missing.append("no red packet was used")
+    buyer = db.session.get(User, order.user_id)
+    if buyer is not None and buyer.inviter_id is None:
+        missing.append("the buyer has no inviter, so no referral campaign applies")
+    detail = f" ({'; '.join(missing)})" if missing else ""
+    return [f"No campaign evaluated this order{detail}, so it earned no rebate."]
+
+
+def trace_order(order: Order, words: Words) -> dict:
+    rebates = list(db.session.execute(select(Rebate).where(Rebate.order_id == order.id).order_by(Rebate.id)).scalars())
+    decisions = describe_rebates(rebates, words)
+    refunds = list(db.session.execute(select(Refund).where(Refund.order_id == order.id).order_by(Refund.id)).scalars())
+    issued = list(
+        db.session.execute(
+            select(RedPacket)
+            .where(RedPacket.source == "order_paid", RedPacket.source_ref == order.out_trade_no)
+            .order_by(RedPacket.id)
+        ).scalars()
+    )
+    campaigns = _group_by_campaign(decisions)
+    lines = [_order_line(order)]
+    if order.review_reason:
+        lines.append(f"Flagged for review: {order.review_reason}.")
+    lines += [_refund_line(r) for r in refunds]
+    for campaign in campaigns:
+        lines.append(
+            f"Campaign “{campaign['name']}” (#{campaign['id']}, now {campaign['status']}) evaluated this order as a "
+            f"{campaign['evaluated_as']} campaign: {len(campaign['decisions'])} rule(s)."
+        )
+        for decision in campaign["decisions"]:
+            lines += decision["lines"]
+    if not campaigns:
+        lines += _no_campaign_lines(order)
+    lines += [f"This order earned red packet #{p.id} of {yuan(p.amount_fen)}, now {p.status}." for p in issued]
+    return {
+        "order": order_json(order),
+        "refunds": [_refund_json(r) for r in refunds],
+        "campaigns": campaigns,
+        "packets_issued": [_packet_brief(p) for p in issued],
+        "lines": lines,
+    }
+
+
+def _refund_json(r: Refund) -> dict:
+    return {
+        "out_refund_no": r.out_refund_no,
+        "status": r.status,
+        **amount("amount", r.amount_fen),
+        "created_at": r.created_at.isoformat(),
+        "finished_at": _iso(r.finished_at),
+    }
+
+
+def _group_by_campaign(decisions: list[dict]) -> list[dict]:
+    grouped: dict[tuple[int, str], dict] = {}
+    for d in decisions:
+        key = (d["campaign"]["id"], d["evaluated_as"])
+        entry = grouped.setdefault(
+            key, {**d["campaign"], "rules_version": d["rules_version"], "evaluated_as": key[1], "decisions": []}
+        )
+        entry["decisions"].append(d)
+    return list(grouped.values())
+
+
+# --- packets --------------------------------------------------------------------------------------
+
+
+def _packet_brief(p: RedPacket) -> dict:
+    return {"id": p.id, "campaign_id": p.campaign_id, "status": p.status, **amount("amount", p.amount_fen)}
+
+
+def packet_history(p: RedPacket, order: Order | None, now: datetime) -> list[dict]:
+    """issued / claimed / locked / used / expired / revoked, from the packet's own fields."""
+    events = []
+
+    def add(event: str, at: datetime | None, line: str) -> None:
+        events.append({"event": event, "at": _iso(at), "line": f"{when(at) if at else 'Now'}: {line}"})
+
+    if p.source == "batch":
+        add("generated", p.created_at, "generated in a batch, waiting for someone to claim its code.")
+        if p.claimed_at is not None:
+            add("claimed", p.claimed_at, f"claimed by user #{p.owner_id}.")
+    else:
+        add("issued", p.created_at, f"issued to user #{p.owner_id} (source {p.source}: {p.source_ref}).")
+    if p.status == PacketStatus.LOCKED and order is not None:
+        add("locked", order.created_at, f"locked in unpaid order {order.out_trade_no} (#{order.id}).")
+    if p.used_at is not None:
+        where = f"order {order.out_trade_no} (#{order.id})" if order is not None else f"order #{p.order_id}"
+        add("used", p.used_at, f"used on {where}.")
+    if p.status == PacketStatus.EXPIRED:
+        add("expired", p.expires_at, "expired unused; its budget reservation was released.")
+    elif p.status == PacketStatus.REVOKED:
+        add("revoked", None, "revoked; its budget reservation was released.")
+    elif p.status in (PacketStatus.ISSUED, PacketStatus.UNCLAIMED) and now >= p.expires_at:
+        add("past_validity", p.expires_at, "past its validity; the expiry job will release it.")
+    return events
+
+
+def trace_packet(packet: RedPacket, words: Words, now: datetime) -> dict:
+    campaign = db.session.get(Campaign, packet.campaign_id)
+    order = db.session.get(Order, packet.order_id) if packet.order_id else None
+    rebates = list(
+        db.session.execute(
+            select(Rebate).where(Rebate.packet_id == packet.id).order_by(Rebate.id.desc()).limit(MAX_ITEMS)
+        ).scalars()
+    )
+    decisions = describe_rebates(rebates, words)
+    history = packet_history(packet, order, now)
+    lines = [
+        f"Red packet #{packet.id} of {yuan(packet.amount_fen)} from campaign “{campaign.name}” (#{campaign.id}, "
+        f"now {campaign.status}), issued by {packet.issuer_type}, valid {when(packet.valid_from)} to "
+        f"{when(packet.expires_at)}; now {packet.status}."
+    ]
+    if packet.min_spend_fen:
+        lines.append(f"Usable on eligible goods of at least {yuan(packet.min_spend_fen)}.")
+    if packet.reserved_fen:
+        lines.append(f"It holds {yuan(packet.reserved_fen)} of the campaign budget until it is used or released.")
+    lines += [e["line"] for e in history]
+    if not decisions and packet.status == PacketStatus.USED:
+        lines.append("Spending it triggered no rebate decision.")
+    for d in reversed(decisions):
+        lines += [_on_order(d), *d["lines"][1:]]
+    return {
+        "packet": _packet_json(packet),
+        "campaign": {"id": campaign.id, "name": campaign.name, "status": campaign.status},
+        "history": history,
+        "order": order_json(order) if order is not None else None,
+        "rebates": decisions,
+        "lines": lines,
+    }
+
+
+def _packet_json(p: RedPacket) -> dict:
+    return {
+        **_packet_brief(p),
+        "rules_version": p.rules_version,
+        "issuer_type": p.issuer_type,
+        "issuer_merchant_id": p.issuer_merchant_id,
+        "issuer_user_id": p.issuer_user_id,
+        "owner_id": p.owner_id,
+        "merchant_id": p.merchant_id,
+        "categories": p.categories,
+        **amount("min_spend", p.min_spend_fen),
+        **amount("reserved", p.reserved_fen),
+        "source": p.source,
+        "source_ref": p.source_ref,
+        "order_id": p.order_id,
+        "created_at": p.created_at.isoformat(),
+        "claimed_at": _iso(p.claimed_at),
+        "valid_from": p.valid_from.isoformat(),
+        "expires_at": p.expires_at.isoformat(),
+        "used_at": _iso(p.used_at),
+    }
+
+
+# --- people ---------------------------------------------------------------------------------------
+
+
+def trace_user(user: User, words: Words, *, limit: int = 20, merchant_id: int | None = None) -> dict:
+    """A person's packets, orders and rebate decisions, newest first; ``merchant_id`` narrows to one shop."""
+    limit = max(1, min(limit, MAX_ITEMS))
+    orders = list(
+        db.session.execute(
+            _at_merchant(select(Order).where(Order.user_id == user.id), merchant_id)
+            .order_by(Order.id.desc())
+            .limit(limit)
+        ).scalars()
+    )
+    packets = list(db.session.execute(_user_packets(user.id, merchant_id).limit(limit)).scalars())
+    rebates = list(db.session.execute(_user_rebates(user.id, merchant_id).limit(limit)).scalars())
+    decisions = describe_rebates(rebates, words)
+    owed = db.session.execute(
+        select(Receivable).where(
+            Receivable.beneficiary_type == "user", Receivable.beneficiary_id == user.id, Receivable.outstanding_fen > 0
+        )
+    ).scalars()
+    receivables = (
+        [] if merchant_id is not None else [{"kind": r.kind, **amount("outstanding", r.outstanding_fen)} for r in owed]
+    )
+    lines = [_user_line(user)]
+    lines += [_order_line(o) for o in orders]
+    lines += [f"Red packet #{p.id} of {yuan(p.amount_fen)} (campaign #{p.campaign_id}): {p.status}." for p in packets]
+    lines += [_on_order(d) for d in decisions]
+    lines += [f"Owes back {yuan(r['outstanding_fen'])} of {r['kind']} after refunds." for r in receivables]
+    return {
+        "user": {
+            "id": user.id,
+            "status": user.status,
+            "banned_reason": user.banned_reason,
+            "inviter_id": user.inviter_id,
+            "invited_at": _iso(user.invited_at),
+            "created_at": user.created_at.isoformat(),
+        },
+        "limit": limit,
+        "orders": [order_json(o) for o in orders],
+        "packets": [_packet_json(p) for p in packets],
+        "rebates": decisions,
+        "receivables": receivables,
+        "lines": lines,
+    }
+
+
+def _user_line(user: User) -> str:
+    text = f"User #{user.id} ({user.status}), joined {when(user.created_at)}"
+    if user.inviter_id is not None:
+        text += f", invited by user #{user.inviter_id} on {when(user.invited_at or user.created_at)}"
+    if user.banned_reason:
+        text += f"; banned: {user.banned_reason}"
+    return text + "."
+
+
+def _at_merchant(stmt, merchant_id: int | None):
+    return stmt if merchant_id is None else stmt.where(Order.merchant_id == merchant_id)
+
+
+def _user_packets(user_id: int, merchant_id: int | None):
+    stmt = select(RedPacket).where(RedPacket.owner_id == user_id).order_by(RedPacket.id.desc())
+    if merchant_id is None:
+        return stmt
+    return stmt.join(Campaign, Campaign.id == RedPacket.campaign_id).where(_packet_of_merchant(merchant_id))
+
+
+def _user_rebates(user_id: int, merchant_id: int | None):
+    mine = (Rebate.beneficiary_type == "user") & (Rebate.beneficiary_id == user_id)
+    stmt = select(Rebate).join(Order, Order.id == Rebate.order_id).where(or_(Order.user_id == user_id, mine))
+    return _at_merchant(stmt, merchant_id).order_by(Rebate.id.desc())
+
+
+# --- what merchant staff may see ------------------------------------------------------------------
+
+
+def _packet_of_merchant(merchant_id: int):
+    """Issued by, funded by or only usable at the merchant (the caller joins Campaign)."""
+    return or_(
+        RedPacket.issuer_merchant_id == merchant_id,
+        RedPacket.merchant_id == merchant_id,
+        Campaign.funder_merchant_id == merchant_id,
+    )
+
+
+def merchant_sees_packet(packet: RedPacket, merchant_id: int) -> bool:
+    own = select(RedPacket.id).join(Campaign, Campaign.id == RedPacket.campaign_id)
+    own = own.where(RedPacket.id == packet.id, _packet_of_merchant(merchant_id))
+    spent_here = exists().where(Order.packet_id == packet.id, Order.merchant_id == merchant_id)
+    return db.session.execute(select(exists(own) | spent_here)).scalar_one()
+
+
+def merchant_sees_user(user_id: int, merchant_id: int) -> bool:
+    """Merchant staff see the people who ordered from them."""
+    return db.session.execute(
+        select(exists().where(Order.user_id == user_id, Order.merchant_id == merchant_id))
+    ).scalar_one()

@@ -1,0 +1,175 @@
+"""Issue triggers: registration, daily sign-in with streaks, share links, referral binding.
+
+Each finds the running campaigns with its trigger kind and issues through
+``issue_packet`` (idempotent per source reference), so a repeated event issues
+nothing new. A campaign whose budget is exhausted is skipped with an alert;
+the event itself still succeeds.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from models import Campaign, CampaignStatus, Order, RedPacket, ShareLink, SignIn, User, db, raise_alert
+from models.base import beijing
+from rebate.campaigns import is_running
+from rebate.errors import BudgetExhausted, Invalid, NotFound, RebateError, StateConflict
+from rebate.packets import issue_packet
+
+REFERRAL_BIND_WINDOW = timedelta(days=7)
+
+
+def _campaigns(kind: str, now: datetime) -> list[Campaign]:
+    rows = db.session.execute(select(Campaign).where(Campaign.status == CampaignStatus.ACTIVE).order_by(Campaign.id))
+    return [c for c in rows.scalars() if (c.trigger or {}).get("kind") == kind and is_running(c, now)]
+
+
+def _issue_each(
+    kind: str, user: User, source_ref: str, now: datetime, channel: str | None = None, issuer_user_id: int | None = None
+) -> list[RedPacket]:
+    issued = []
+    for campaign in _campaigns(kind, now):
+        try:
+            with db.session.begin_nested():
+                issued.append(
+                    issue_packet(
+                        campaign,
+                        user,
+                        source=kind,
+                        source_ref=source_ref,
+                        now=now,
+                        channel=channel,
+                        issuer_user_id=issuer_user_id,
+                    )
+                )
+        except BudgetExhausted:
+            raise_alert("budget_exhausted", f"campaign {campaign.id}", f"{kind} packet for user {user.id} not issued")
+        except RebateError:
+            continue  # outside the campaign's audience or window: nothing to issue
+    return issued
+
+
+def on_registered(user: User, now: datetime, channel: str | None = None) -> list[RedPacket]:
+    """A new person: newcomer packets (5 / 10 yuan tiers come from the campaign)."""
+    return _issue_each("registration", user, f"user:{user.id}", now, channel)
+
+
+def sign_in(user: User, now: datetime, channel: str | None = None) -> tuple[SignIn, list[RedPacket]]:
+    """Today's sign-in (Beijing day), once; the streak counts consecutive days.
+
+    Concurrent sign-ins of one person: one wins the unique (user, day) row, the
+    others see it and answer it without issuing anything.
+    """
+    day = beijing(now).date()
+    existing = db.session.execute(select(SignIn).filter_by(user_id=user.id, day=day.isoformat())).scalar_one_or_none()
+    if existing is not None:
+        return existing, []
+    yesterday = db.session.execute(
+        select(SignIn).filter_by(user_id=user.id, day=(day - timedelta(days=1)).isoformat())
+    ).scalar_one_or_none()
+    record = SignIn(
+        user_id=user.id, day=day.isoformat(), streak=yesterday.streak + 1 if yesterday else 1, created_at=now
+    )
+    try:
+        with db.session.begin_nested():
+            db.session.add(record)
+    except IntegrityError:  # a concurrent sign-in of the same person won
+        return db.session.execute(select(SignIn).filter_by(user_id=user.id, day=day.isoformat())).scalar_one(), []
+    issued = []
+    for campaign in _campaigns("daily_sign_in", now):
+        face = _streak_face(campaign, record.streak)
+        try:
+            with db.session.begin_nested():
+                issued.append(
+                    issue_packet(
+                        campaign,
+                        user,
+                        source="daily_sign_in",
+                        source_ref=f"{user.id}:{day}",
+                        now=now,
+                        face_fen=face,
+                        channel=channel,
+                    )
+                )
+        except RebateError:
+            continue
+    return record, issued
+
+
+def _streak_face(campaign: Campaign, streak: int) -> int | None:
+    """The biggest streak bonus whose period divides today's streak (7th day, 14th, …), else the plain face."""
+    bonuses = [b for b in (campaign.trigger or {}).get("streak_bonus", []) if streak % b["days"] == 0]
+    return max((b["amount_fen"] for b in bonuses), default=None)
+
+
+def create_share_link(campaign: Campaign, user: User, now: datetime) -> ShareLink:
+    if (campaign.trigger or {}).get("kind") != "share" or not is_running(campaign, now):
+        raise StateConflict("this campaign has no share links running", code="campaign_not_shareable")
+    existing = db.session.execute(select(ShareLink).filter_by(campaign_id=campaign.id, user_id=user.id)).scalar()
+    if existing is not None:
+        return existing
+    link = ShareLink(token=secrets.token_urlsafe(16)[:22], campaign_id=campaign.id, user_id=user.id, created_at=now)
+    db.session.add(link)
+    db.session.flush()
+    return link
+
+
+def claim_share(token: str, friend: User, now: datetime, channel: str | None = None) -> dict:
+    """The friend gets a packet; the sharer gets one too when the campaign rewards sharing."""
+    link = db.session.get(ShareLink, token)
+    if link is None:
+        raise NotFound("no such share link", code="share_link_not_found")
+    if link.user_id == friend.id:
+        raise Invalid("you cannot claim your own share link", code="own_share_link")
+    campaign = db.session.get(Campaign, link.campaign_id)
+    ref = f"{token}:{friend.id}"
+    friend_packet = issue_packet(campaign, friend, source="share", source_ref=ref, now=now, channel=channel)
+    sharer_packet = None
+    reward = (campaign.trigger or {}).get("sharer_reward_fen")
+    if reward:
+        sharer = db.session.get(User, link.user_id)
+        sharer_packet = issue_packet(campaign, sharer, source="share_reward", source_ref=ref, now=now, face_fen=reward)
+    return {"friend": friend_packet, "sharer": sharer_packet}
+
+
+def invite_code_of(user: User) -> str:
+    if user.invite_code is None:
+        user.invite_code = secrets.token_hex(4).upper()
+        db.session.flush()
+    return user.invite_code
+
+
+def _invited_by(person: User, ancestor_id: int, depth: int = 50) -> bool:
+    """Is ``ancestor_id`` somewhere up ``person``'s chain of inviters? (No referral cycles.)"""
+    current = person
+    for _ in range(depth):
+        if current.inviter_id is None:
+            return False
+        if current.inviter_id == ancestor_id:
+            return True
+        current = db.session.get(User, current.inviter_id)
+    return True  # a chain this deep is itself suspicious: refuse
+
+
+def bind_inviter(user: User, code: str, now: datetime) -> list[RedPacket]:
+    """Bind a new person to the inviter whose code they used; one inviter per person, never oneself."""
+    inviter = db.session.execute(select(User).where(User.invite_code == code.strip().upper())).scalar_one_or_none()
+    if inviter is None:
+        raise NotFound("no such invite code", code="invite_code_not_found")
+    if inviter.id == user.id:
+        raise Invalid("you cannot invite yourself", code="self_referral")
+    if user.inviter_id is not None:
+        raise StateConflict("you already have an inviter", code="already_invited")
+    if _invited_by(inviter, user.id):
+        raise StateConflict("you cannot be invited by someone you invited", code="referral_cycle")
+    if now - user.created_at > REFERRAL_BIND_WINDOW:
+        raise StateConflict("invite codes bind new users only, within 7 days of joining", code="bind_window_closed")
+    if db.session.execute(select(Order.id).where(Order.user_id == user.id, Order.paid_at.is_not(None))).first():
+        raise StateConflict("invite codes bind before the first purchase", code="bind_window_closed")
+    user.inviter_id, user.invited_at = inviter.id, now
+    db.session.flush()
+    return _issue_each("referral_bind", user, f"invitee:{user.id}", now, issuer_user_id=inviter.id)

@@ -1,0 +1,110 @@
+"""Claim limits, enforced by ``INSERT … ON CONFLICT DO UPDATE … WHERE`` on ``limit_counters``.
+
+The conditional upsert either takes a slot (and returns a row) or, when the
+limit is reached, returns nothing. On PostgreSQL the row lock serialises
+concurrent claims on one key; on SQLite the database lock does. Counters
+commit or roll back with the claim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, literal_column
+from sqlalchemy.dialects import postgresql, sqlite
+
+from models import db
+from models.base import beijing, next_beijing_midnight
+from models.limits import LimitCounter
+
+ALL_TIME = "-"
+
+
+class LimitHit(Exception):
+    code = "claim_limited"
+    kind = "limit"
+
+    def __init__(self, message: str, retry_after: int, code: str):
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ClaimLimits:
+    per_ip_per_day: int | None = 5
+    min_interval_seconds: int | None = 600  # per device and per IP
+    per_person: int | None = 1
+    per_person_per_day: int | None = None
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> ClaimLimits:
+        data = data or {}
+        fields = ("per_ip_per_day", "min_interval_seconds", "per_person", "per_person_per_day")
+        return cls(**{k: data[k] for k in fields if k in data})
+
+
+def _insert():
+    return postgresql.insert if db.session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _take_count(key: str, window: str, limit: int, now: datetime) -> bool:
+    table = LimitCounter.__table__
+    stmt = _insert()(table).values(key=key, window=window, count=1, last_at=now)
+    same_window = table.c.window == window
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["key"],
+        set_={"count": _case(same_window, table.c["count"] + 1, 1), "window": window, "last_at": now},
+        where=(~same_window) | (table.c["count"] < limit),
+    ).returning(table.c.key)
+    return db.session.execute(stmt).first() is not None
+
+
+def _case(cond, then, otherwise):
+    return case((cond, then), else_=literal_column(str(int(otherwise))))
+
+
+def _take_interval(key: str, seconds: int, now: datetime) -> bool:
+    table = LimitCounter.__table__
+    stmt = _insert()(table).values(key=key, window=ALL_TIME, count=1, last_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["key"],
+        set_={"count": table.c["count"] + 1, "last_at": now},
+        where=table.c.last_at <= now - timedelta(seconds=seconds),
+    ).returning(table.c.key)
+    return db.session.execute(stmt).first() is not None
+
+
+def _last_at(key: str) -> datetime | None:
+    row = db.session.get(LimitCounter, key)
+    return row.last_at if row else None
+
+
+def enforce_claim_limits(
+    limits: ClaimLimits, *, campaign_id: int, person_id: int, ip: str, device: str | None, now: datetime
+) -> None:
+    """Take one slot of every applicable limit or raise ``LimitHit`` (the caller rolls back)."""
+    day = beijing(now).date().isoformat()
+    until_midnight = int((next_beijing_midnight(now) - now).total_seconds())
+    scope = f"c{campaign_id}"
+    if limits.per_person is not None and not _take_count(
+        f"{scope}:person:{person_id}", ALL_TIME, limits.per_person, now
+    ):
+        raise LimitHit(f"at most {limits.per_person} from this campaign per person", 86_400 * 365, "person_limit")
+    if limits.per_person_per_day is not None and not _take_count(
+        f"{scope}:person-day:{person_id}", day, limits.per_person_per_day, now
+    ):
+        raise LimitHit(f"at most {limits.per_person_per_day} a day per person", until_midnight, "person_daily_limit")
+    if limits.per_ip_per_day is not None and not _take_count(f"{scope}:ip-day:{ip}", day, limits.per_ip_per_day, now):
+        raise LimitHit(
+            f"at most {limits.per_ip_per_day} claims a day from one network address", until_midnight, "ip_daily_limit"
+        )
+    if limits.min_interval_seconds:
+        for kind, value in (("ip", ip), ("device", device)):
+            if value is None:
+                continue
+            key = f"{scope}:{kind}-interval:{value}"
+            if not _take_interval(key, limits.min_interval_seconds, now):
+                wait = limits.min_interval_seconds - int((now - _last_at(key)).total_seconds())
+                raise LimitHit(f"wait {wait} s between claims from one {kind}", wait, f"{kind}_interval")

@@ -1,0 +1,225 @@
+"""Configuration: defaults, environment, validation at start-up, masking."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config import LIVE_REQUIRED, SETTINGS, ConfigError, load_config, masked
+
+ROOT = Path(__file__).resolve().parent.parent
+FERNET_KEY = "p2v0L5dTgd0l2Pz7o7m4k0o3QyYw5cYpXq3kJ0x8Q1A="
+
+
+@pytest.fixture
+def live_env(tmp_path) -> dict[str, str]:
+    """A complete live configuration (public-key mode)."""
+    return {
+        "SECRET_KEY": "s" * 40,
+        "DATA_ENCRYPTION_KEY": FERNET_KEY,
+        "WECHAT_APPID": "wx1234567890abcdef",
+        "WECHAT_APP_SECRET": "app-secret",
+        "WECHAT_MCHID": "1900000001",
+        "WECHAT_MCH_PRIVATE_KEY_PATH": str(tmp_path / "apiclient_key.pem"),
+        "WECHAT_MCH_CERT_SERIAL": "5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
+        "WECHAT_APIV3_KEY": "0123456789abcdef0123456789abcdef",
+        "WECHAT_PAY_PUBLIC_KEY_PATH": str(tmp_path / "pub_key.pem"),
+        "WECHAT_PAY_PUBLIC_KEY_ID": "PUB_KEY_ID_0114232134912410000000000000",
+        "PUBLIC_BASE_URL": "https://rebate.example.com",
+    }
+
+
+def problems(environ: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ=environ)
+    return str(info.value)
+
+
+def test_live_is_the_default_mode(live_env):
+    values = load_config(environ=live_env)
+    assert values["WECHAT_MODE"] == "live"
+    assert values["MAX_CONTENT_LENGTH"] == 64 * 1024
+    assert values["IDEMPOTENCY_TTL_HOURS"] == 25
+    assert values["TRUSTED_PROXY_COUNT"] == 0
+    assert values["SEED_DEMO_DATA"] is False
+    assert values["WECHAT_PAY_API_BASE"] == "https://api.mch.weixin.qq.com"
+
+
+def test_live_with_nothing_set_names_every_missing_key_at_once():
+    message = problems({})
+    for name in LIVE_REQUIRED:
+        assert f"{name} is required in live mode" in message
+    assert "WECHAT_PAY_PUBLIC_KEY_PATH" in message
+    assert "WECHAT_PLATFORM_CERTS_DIR" in message
+    assert message.count("\n  - ") == len(LIVE_REQUIRED) + 1
+
+
+@pytest.mark.parametrize("name", LIVE_REQUIRED)
+def test_live_names_the_one_missing_key(live_env, name):
+    del live_env[name]
+    message = problems(live_env)
+    assert f"{name} is required in live mode" in message
+    assert message.count("\n  - ") == 1
+
+
+def test_empty_environment_value_counts_as_missing(live_env):
+    live_env["WECHAT_MCHID"] = ""
+    assert "WECHAT_MCHID is required" in problems(live_env)
+
+
+@pytest.mark.parametrize("mode", ["production", "SIMULATOR", "sim", "Live"])
+def test_bad_wechat_mode(mode):
+    assert f"WECHAT_MODE must be one of live, simulator, got {mode!r}" in problems({"WECHAT_MODE": mode})
+
+
+@pytest.mark.parametrize("apiv3", ["short", "0123456789abcdef0123456789abcdef0", "密" * 11])
+def test_apiv3_key_must_be_32_bytes(live_env, apiv3):
+    live_env["WECHAT_APIV3_KEY"] = apiv3
+    assert "WECHAT_APIV3_KEY must be exactly 32 bytes" in problems(live_env)
+
+
+@pytest.mark.parametrize("url", ["http://rebate.example.com", "rebate.example.com", "ftp://x"])
+def test_public_base_url_must_be_https_in_live(live_env, url):
+    live_env["PUBLIC_BASE_URL"] = url
+    assert "PUBLIC_BASE_URL must be https://" in problems(live_env)
+
+
+def test_public_base_url_may_be_http_in_simulator():
+    values = load_config(environ={"WECHAT_MODE": "simulator", "PUBLIC_BASE_URL": "http://127.0.0.1:5000"})
+    assert values["PUBLIC_BASE_URL"] == "http://127.0.0.1:5000"
+
+
+def test_needs_public_key_or_certificates(live_env):
+    del live_env["WECHAT_PAY_PUBLIC_KEY_PATH"]
+    assert "WECHAT_PLATFORM_CERTS_DIR (certificate mode)" in problems(live_env)
+    live_env["WECHAT_PLATFORM_CERTS_DIR"] = "/etc/wechat/certs"
+    assert load_config(environ=live_env)["WECHAT_PLATFORM_CERTS_DIR"] == "/etc/wechat/certs"
+    del live_env["WECHAT_PAY_PUBLIC_KEY_ID"]
+    assert load_config(environ=live_env)["WECHAT_PAY_PUBLIC_KEY_ID"] is None
+
+
+def test_data_encryption_key_must_be_a_fernet_key(live_env):
+    live_env["DATA_ENCRYPTION_KEY"] = "not-a-fernet-key"
+    assert "DATA_ENCRYPTION_KEY must be" in problems(live_env)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MAX_CONTENT_LENGTH", "abc"),
+        ("MAX_CONTENT_LENGTH", "-1"),
+        ("MAX_CONTENT_LENGTH", "0"),
+        ("MAX_CONTENT_LENGTH", "1.5"),
+        ("TRUSTED_PROXY_COUNT", "two"),
+        ("TRUSTED_PROXY_COUNT", "-1"),
+        ("USER_TOKEN_TTL_SECONDS", "1e5"),
+        ("USER_TOKEN_TTL_SECONDS", "0"),
+        ("IDEMPOTENCY_TTL_HOURS", "24"),
+        ("IDEMPOTENCY_TTL_HOURS", "x"),
+        ("POINT_VALUE_FEN", "-3"),
+        ("SEED_DEMO_DATA", "maybe"),
+        ("RUN_JOBS_IN_PROCESS", "2"),
+    ],
+)
+def test_bad_values_are_named(name, value):
+    message = problems({"WECHAT_MODE": "simulator", name: value})
+    assert name in message
+
+
+def test_bad_values_are_all_named_together(live_env):
+    live_env.update({"MAX_CONTENT_LENGTH": "big", "TRUSTED_PROXY_COUNT": "-2", "WECHAT_MODE": "simulator"})
+    message = problems(live_env)
+    assert "MAX_CONTENT_LENGTH" in message and "TRUSTED_PROXY_COUNT" in message
+
+
+def test_env_values_are_parsed():
+    values = load_config(
+        environ={
+            "WECHAT_MODE": "simulator",
+            "MAX_CONTENT_LENGTH": "1024",
+            "TRUSTED_PROXY_COUNT": "2",
+            "SEED_DEMO_DATA": "yes",
+            "RUN_JOBS_IN_PROCESS": "0",
+        }
+    )
+    assert values["MAX_CONTENT_LENGTH"] == 1024
+    assert values["TRUSTED_PROXY_COUNT"] == 2
+    assert values["SEED_DEMO_DATA"] is True
+    assert values["RUN_JOBS_IN_PROCESS"] is False
+
+
+def test_simulator_mode_starts_with_no_secrets():
+    values = load_config(environ={"WECHAT_MODE": "simulator"})
+    assert values["SECRET_KEY"] is None
+    assert values["WECHAT_APIV3_KEY"] is None
+    assert values["DATABASE_URL"] == "sqlite:///instance/rebate.db"
+
+
+def test_overrides_win_over_the_environment():
+    values = load_config({"WECHAT_MODE": "simulator", "EXTRA_FLAG": 1}, environ={"WECHAT_MODE": "live"})
+    assert values["WECHAT_MODE"] == "simulator"
+    assert values["EXTRA_FLAG"] == 1
+
+
+def test_every_setting_has_a_doc_and_secrets_have_no_default():
+    for setting in SETTINGS:
+        assert setting.doc, setting.name
+        if setting.secret:
+            assert setting.default is None, setting.name
+
+
+def test_masked_hides_secrets(live_env):
+    values = load_config(environ=live_env)
+    shown = masked(values)
+    for name in ("SECRET_KEY", "DATA_ENCRYPTION_KEY", "WECHAT_APP_SECRET", "WECHAT_APIV3_KEY"):
+        assert shown[name] == "***"
+    assert shown["WECHAT_MCHID"] == "1900000001"
+    assert "0123456789abcdef0123456789abcdef" not in str(shown)
+    assert "s" * 40 not in str(shown)
+
+
+def test_masked_hides_passwords_in_urls():
+    values = load_config(
+        environ={
+            "WECHAT_MODE": "simulator",
+            "DATABASE_URL": "postgresql+psycopg://app:hunter2@db.internal:5432/rebate",
+            "REDIS_URL": "redis://:redispw@cache:6379/0",
+        }
+    )
+    shown = str(masked(values))
+    assert "hunter2" not in shown and "redispw" not in shown
+    assert masked(values)["DATABASE_URL"] == "postgresql+psycopg://app:***@db.internal:5432/rebate"
+    assert masked(values)["REDIS_URL"] == "redis://:***@cache:6379/0"
+
+
+def test_masked_keeps_unset_secrets_visible_as_unset():
+    shown = masked(load_config(environ={"WECHAT_MODE": "simulator"}))
+    assert shown["SECRET_KEY"] is None
+
+
+def test_importing_app_has_no_side_effects(tmp_path):
+    # live mode with nothing set: if import built an app, it would raise ConfigError
+    code = (
+        "import sys, app\n"
+        "assert 'create_app' in dir(app)\n"
+        "from models import db\n"
+        "assert not db._app_engines, 'an engine was created at import'\n"
+        "import flask\n"
+        "assert not flask.has_app_context()\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "WECHAT_MODE": "", "HOME": str(tmp_path)}
+    result = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert list(tmp_path.iterdir()) == [], "importing app created files"
+
+
+def test_create_app_refuses_live_without_settings(monkeypatch):
+    from app import create_app
+
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.name, raising=False)
+    with pytest.raises(ConfigError, match="SECRET_KEY is required in live mode"):
+        create_app({"TESTING": True})

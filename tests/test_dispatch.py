@@ -1,0 +1,291 @@
+"""The payout dispatcher's state machine and recovery, driven by a scripted rail."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from ledger import account, balance
+from models import AccountKind, Payout, PayoutAttempt, RailControl, db, utcnow
+from payouts import enqueue_payout, faults
+from payouts.dispatch import dispatch_due
+from payouts.rails import Outcome, RailResult
+from payouts.record import DispatchSettings
+from payouts.transitions import PayoutStateError, move
+
+
+class ScriptedRail:
+    """Answers from a script; records every call. ``sent`` is what WeChat really holds."""
+
+    name = "wechat_change"
+    rate_per_second = 100
+
+    def __init__(self, *send_answers: RailResult, query_answers: tuple[RailResult, ...] = ()):
+        self.send_answers, self.query_answers = list(send_answers), list(query_answers)
+        self.calls: list[tuple[str, str]] = []
+
+    def build_request(self, payout, now):
+        return {"amount_fen": payout.amount_fen, "openid": f"openid-{payout.user_id}"}
+
+    def send(self, external_no, request):
+        self.calls.append(("send", external_no))
+        return self.send_answers.pop(0)
+
+    def query(self, external_no, request):
+        self.calls.append(("query", external_no))
+        return self.query_answers.pop(0) if self.query_answers else RailResult(Outcome.NOT_FOUND)
+
+
+def ok(ref="bill-1"):
+    return RailResult(Outcome.SUCCEEDED, "SUCCESS", wechat_ref=ref)
+
+
+@pytest.fixture
+def funded_payout(app, make_user):
+    """A 5-yuan transfer queued from a user's cash balance (as a cash rebate leaves it)."""
+
+    def make(amount_fen=5_00, rail="wechat_change"):
+        user = make_user()
+        cash = account(AccountKind.USER_CASH, "user", user.id)
+        from ledger import Leg, post_entry
+
+        post_entry(
+            f"fund:{user.id}",
+            "rebate",
+            [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)],
+        )
+        payout = enqueue_payout(
+            rail=rail, user_id=user.id, amount_fen=amount_fen, source=cash, key=f"t:{user.id}", memo="test payout"
+        )
+        db.session.commit()
+        return payout, cash
+
+    return make
+
+
+def run(rail, settings=None, at=None):
+    result = dispatch_due(
+        {rail.name: rail}, settings=settings or DispatchSettings(), clock=(lambda: at) if at else utcnow
+    )
+    db.session.expire_all()
+    return result
+
+
+def test_success_moves_money_out_through_transit_and_closes_the_flow(funded_payout):
+    # given
+    payout, cash = funded_payout()
+    rail = ScriptedRail(ok())
+    # when
+    run(rail)
+    # then
+    payout = db.session.get(Payout, payout.id)
+    assert (payout.status, payout.wechat_ref, payout.attempts) == ("succeeded", "bill-1", 1)
+    assert rail.calls == [("send", payout.external_no)]
+    assert balance(account(AccountKind.PAYOUT_IN_TRANSIT)) == 0
+    assert balance(account(AccountKind.REBATE_PAYABLE)) == 0
+    assert balance(account(AccountKind.WECHAT_SETTLEMENT)) == 5_00
+    assert balance(cash) == 0
+    assert db.session.query(PayoutAttempt).filter_by(payout_id=payout.id).count() == 1
+
+
+def test_timeout_then_success_pays_exactly_once_by_querying_before_any_resend(funded_payout):
+    # given: WeChat accepts the bill but our call times out
+    payout, _ = funded_payout()
+    rail = ScriptedRail(RailResult(Outcome.UNKNOWN, "TIMEOUT"), query_answers=(ok(),))
+    # when: the first pass times out; the next pass (after the backoff) runs
+    run(rail)
+    assert db.session.get(Payout, payout.id).status == "unknown"
+    run(rail, at=utcnow() + timedelta(days=1))
+    # then: the second pass only queried; one send in all, with the same number
+    assert rail.calls == [("send", payout.external_no), ("query", payout.external_no)]
+    assert db.session.get(Payout, payout.id).status == "succeeded"
+    assert balance(account(AccountKind.WECHAT_SETTLEMENT)) == 5_00
+
+
+def test_unknown_that_wechat_never_saw_is_resent_with_the_same_number(funded_payout):
+    payout, _ = funded_payout()
+    rail = ScriptedRail(RailResult(Outcome.UNKNOWN, "TIMEOUT"), ok(), query_answers=(RailResult(Outcome.NOT_FOUND),))
+    run(rail)
+    run(rail, at=utcnow() + timedelta(days=1))
+    assert rail.calls == [("send", payout.external_no), ("query", payout.external_no), ("send", payout.external_no)]
+    assert db.session.get(Payout, payout.id).status == "succeeded"
+
+
+def test_definitive_failure_returns_the_money_and_retries_with_a_new_payout_and_number(funded_payout):
+    # given
+    payout, cash = funded_payout()
+    rail = ScriptedRail(RailResult(Outcome.FAILED, "FAIL", "bank refused"), ok("bill-2"))
+    # when
+    run(rail)
+    # then: the old row failed (terminal), its money went back to the balance, a new row took it again
+    old = db.session.get(Payout, payout.id)
+    assert old.status == "failed"
+    retry = db.session.query(Payout).filter_by(retry_of_id=old.id).one()
+    assert retry.external_no != old.external_no and retry.amount_fen == old.amount_fen
+    assert balance(cash) == 0  # back, then queued again
+    run(rail)
+    assert db.session.get(Payout, retry.id).status == "succeeded"
+    with pytest.raises(PayoutStateError):
+        move(db.session.get(Payout, old.id), "pending")
+
+
+def test_waiting_for_user_confirmation_keeps_package_info_and_money_in_transit(funded_payout):
+    payout, _ = funded_payout()
+    run(ScriptedRail(RailResult(Outcome.WAITING_USER_CONFIRM, "WAIT_USER_CONFIRM", package_info="pkg-abc")))
+    payout = db.session.get(Payout, payout.id)
+    assert (payout.status, payout.package_info) == ("waiting_user_confirm", "pkg-abc")
+    assert balance(account(AccountKind.PAYOUT_IN_TRANSIT)) == 5_00
+
+
+def test_cancelled_bill_returns_money_to_balance_then_retries(funded_payout):
+    payout, cash = funded_payout()
+    rail = ScriptedRail(
+        RailResult(Outcome.WAITING_USER_CONFIRM, package_info="p"),
+        query_answers=(RailResult(Outcome.CANCELLED, "CANCELLED"),),
+    )
+    run(rail)
+    run(rail, at=utcnow() + timedelta(days=1))
+    assert db.session.get(Payout, payout.id).status == "cancelled"
+    assert db.session.query(Payout).filter_by(retry_of_id=payout.id).count() == 1
+
+
+def test_not_enough_pauses_the_rail_and_alerts_and_keeps_the_number(funded_payout):
+    payout, _ = funded_payout()
+    rail = ScriptedRail(RailResult(Outcome.PAUSE_RAIL, "NOT_ENOUGH", "balance insufficient"))
+    run(rail)
+    payout = db.session.get(Payout, payout.id)
+    assert payout.status == "pending"
+    control = db.session.get(RailControl, "wechat_change")
+    assert control.paused_until > utcnow()
+    from models import Alert
+
+    assert db.session.query(Alert).filter_by(kind="rail_paused").count() == 1
+    # a paused rail dispatches nothing, even when due
+    payout.next_attempt_at = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    run(rail)
+    assert rail.calls == [("send", payout.external_no)]
+
+
+def test_switched_off_rail_stops_at_once(funded_payout):
+    funded_payout()
+    db.session.add(RailControl(rail="wechat_change", enabled=False, reason="incident"))
+    db.session.commit()
+    rail = ScriptedRail()
+    run(rail)
+    assert rail.calls == []
+
+
+def test_config_error_goes_to_an_operator(funded_payout):
+    payout, _ = funded_payout()
+    run(ScriptedRail(RailResult(Outcome.CONFIG_ERROR, "NO_AUTH", "product not enabled")))
+    assert db.session.get(Payout, payout.id).status == "needs_operator"
+
+
+def test_needs_operator_after_max_attempts(funded_payout):
+    payout, _ = funded_payout()
+    rail = ScriptedRail(*[RailResult(Outcome.RETRY, "SYSTEMERROR")] * 3)
+    settings = DispatchSettings(max_attempts=3)
+    for day in range(3):
+        run(rail, settings, at=utcnow() + timedelta(days=day))
+    assert db.session.get(Payout, payout.id).status == "needs_operator"
+    assert len(rail.calls) == 3
+
+
+def test_fallback_cancels_this_rail_and_queues_the_fallback(funded_payout):
+    payout, _ = funded_payout(rail="cash_red_packet")
+
+    class NoOA(ScriptedRail):
+        name = "cash_red_packet"
+
+        def build_request(self, payout, now):
+            return RailResult(Outcome.FALLBACK, "NO_OA_OPENID", "no official-account openid")
+
+    run(NoOA())
+    assert db.session.get(Payout, payout.id).status == "cancelled"
+    retry = db.session.query(Payout).filter_by(retry_of_id=payout.id).one()
+    assert retry.rail == "wechat_change"
+
+
+def test_crash_between_claim_commit_and_the_call_recovers_to_one_payout(funded_payout):
+    # given: the worker dies right after committing its claim
+    payout, _ = funded_payout()
+    rail = ScriptedRail(ok())
+    faults.arm("after_claim_commit")
+    with pytest.raises(faults.SimulatedCrash):
+        run(rail)
+    assert db.session.get(Payout, payout.id).status == "sending"
+    # when: another dispatcher runs after the lease expired
+    run(rail, at=utcnow() + timedelta(minutes=6))
+    # then: it queried first (WeChat never saw it), sent once, paid once
+    assert rail.calls == [("query", payout.external_no), ("send", payout.external_no)]
+    assert db.session.get(Payout, payout.id).status == "succeeded"
+    assert balance(account(AccountKind.WECHAT_SETTLEMENT)) == 5_00
+
+
+def test_crash_after_wechat_success_before_our_commit_recovers_by_query(funded_payout):
+    # given: WeChat paid, then the worker died before recording it
+    payout, _ = funded_payout()
+    rail = ScriptedRail(ok(), query_answers=(ok(),))
+    faults.arm("after_wechat_answer")
+    with pytest.raises(faults.SimulatedCrash):
+        run(rail)
+    # when
+    run(rail, at=utcnow() + timedelta(minutes=6))
+    # then: no second send
+    assert rail.calls == [("send", payout.external_no), ("query", payout.external_no)]
+    assert db.session.get(Payout, payout.id).status == "succeeded"
+    assert balance(account(AccountKind.WECHAT_SETTLEMENT)) == 5_00
+
+
+def test_held_payouts_wait_for_the_refund(funded_payout):
+    payout, _ = funded_payout()
+    payout.held = True
+    db.session.commit()
+    rail = ScriptedRail()
+    run(rail)
+    assert rail.calls == []
+
+
+@pytest.fixture(autouse=True)
+def _disarm():
+    yield
+    faults.disarm_all()
+
+
+def test_two_dispatchers_at_once_never_send_one_payout_twice(app, funded_payout):
+    import threading
+
+    from tests.conftest import on_postgres
+
+    if not on_postgres():
+        pytest.skip("row locks with SKIP LOCKED need PostgreSQL")
+    payouts = [funded_payout(amount_fen=1_00 + i)[0].external_no for i in range(20)]
+
+    class Paying(ScriptedRail):
+        lock = threading.Lock()
+
+        def send(self, external_no, request):
+            with self.lock:
+                self.calls.append(("send", external_no))
+            return ok(external_no)
+
+    rail = Paying()
+    barrier = threading.Barrier(2)
+
+    def worker():
+        with app.app_context():
+            barrier.wait()
+            for _ in range(3):
+                dispatch_due({rail.name: rail}, settings=DispatchSettings(batch=5))
+            db.session.remove()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sent = [no for _, no in rail.calls]
+    assert sorted(sent) == sorted(payouts)  # every payout once, none twice
+    assert db.session.query(Payout).filter_by(status="succeeded").count() == 20

@@ -1,0 +1,160 @@
+"""Layers import only downwards (DESIGN §2), read from the source with ``ast``.
+
+money < models < ledger < payouts < risk < rebate < challenges < shell (web, jobs) < app.py.
+``wechat`` is a leaf: it imports nothing of ours, and only payouts and the shell use it.
+``rebate/rules.py`` is pure: ``money`` and the standard library only.
+"""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RANK = {"money": 0, "models": 1, "ledger": 2, "payouts": 3, "risk": 4, "rebate": 5, "challenges": 6}
+SHELL = {"web", "jobs"}
+OURS = {*RANK, *SHELL, "wechat", "config", "app", "bench", "tests"}
+WECHAT_USERS = {"payouts", *SHELL}
+
+
+def sources() -> list[Path]:
+    files = [ROOT / "money.py"] if (ROOT / "money.py").exists() else []
+    for package in [*RANK, *SHELL, "wechat"]:
+        if (ROOT / package).is_dir():
+            files += sorted((ROOT / package).rglob("*.py"))
+    return files
+
+
+def layer_of(path: Path) -> str:
+    rel = path.relative_to(ROOT)
+    return rel.parts[0].removesuffix(".py")
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """Every absolute module name imported anywhere in the file (functions included)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = list(path.relative_to(ROOT).with_suffix("").parts)[:-1]  # the file's own package
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this file's package
+                base = package[: len(package) - (node.level - 1)]
+                name = ".".join([*base, node.module] if node.module else base)
+            else:
+                name = node.module or ""
+            found.append((node.lineno, name))
+            if not node.module:
+                found += [(node.lineno, f"{name}.{alias.name}") for alias in node.names]
+    return found
+
+
+def violation(importer: str, imported: str) -> str | None:
+    if imported not in OURS or imported == importer:
+        return None
+    if imported in {"app", "tests", "bench"}:
+        return f"{imported} is never imported by application code"
+    if importer == "wechat":
+        return "wechat is a leaf and imports nothing of ours"
+    if imported == "wechat":
+        return None if importer in WECHAT_USERS else f"only {sorted(WECHAT_USERS)} may use wechat"
+    if imported == "config":
+        return None if importer in SHELL else "config is read by the app factory and the shell only"
+    if importer in SHELL:
+        return f"{importer} and {imported} are both the shell" if imported in SHELL else None
+    if imported in SHELL:
+        return f"{importer} (a lower layer) imports the shell"
+    if RANK[imported] > RANK[importer]:
+        return f"{importer} (layer {RANK[importer]}) imports {imported} (layer {RANK[imported]})"
+    return None
+
+
+def all_violations() -> list[str]:
+    problems = []
+    for path in sources():
+        importer = layer_of(path)
+        for lineno, module in imported_modules(path):
+            why = violation(importer, module.split(".")[0])
+            if why:
+                problems.append(f"{path.relative_to(ROOT)}:{lineno}: imports {module}: {why}")
+    return problems
+
+
+def test_layers_import_only_downwards():
+    assert all_violations() == []
+
+
+def test_rebate_rules_is_pure():
+    rules = ROOT / "rebate" / "rules.py"
+    if not rules.exists():
+        pytest.skip("rebate/rules.py not written yet")
+    allowed = set(sys.stdlib_module_names) | {"money", "__future__"}
+    bad = [(n, m) for n, m in imported_modules(rules) if m.split(".")[0] not in allowed]
+    assert bad == [], "rebate/rules.py imports only money and the standard library"
+
+
+def test_nothing_imports_app():
+    for path in [*sources(), *(ROOT / "config").rglob("*.py")]:
+        for lineno, module in imported_modules(path):
+            assert module.split(".")[0] != "app", f"{path.relative_to(ROOT)}:{lineno}"
+
+
+def test_config_imports_nothing_of_ours():
+    for path in (ROOT / "config").rglob("*.py"):
+        for lineno, module in imported_modules(path):
+            assert module.split(".")[0] not in OURS - {"config"}, f"{path.relative_to(ROOT)}:{lineno}"
+
+
+# --- the checker itself catches what it should ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported", "bad"),
+    [
+        ("models", "money", False),
+        ("ledger", "models", False),
+        ("money", "models", True),
+        ("models", "ledger", True),
+        ("ledger", "payouts", True),
+        ("payouts", "ledger", False),
+        ("payouts", "rebate", True),
+        ("rebate", "risk", False),
+        ("risk", "rebate", True),
+        ("rebate", "challenges", True),
+        ("challenges", "rebate", False),
+        ("rebate", "web", True),
+        ("web", "rebate", False),
+        ("jobs", "payouts", False),
+        ("web", "jobs", True),
+        ("jobs", "web", True),
+        ("wechat", "money", True),
+        ("wechat", "models", True),
+        ("payouts", "wechat", False),
+        ("web", "wechat", False),
+        ("rebate", "wechat", True),
+        ("ledger", "wechat", True),
+        ("ledger", "config", True),
+        ("web", "config", False),
+        ("web", "app", True),
+        ("models", "requests", False),
+    ],
+)
+def test_violation_rules(importer, imported, bad):
+    assert (violation(importer, imported) is not None) is bad
+
+
+def test_import_parser_sees_nested_and_relative_imports(tmp_path, monkeypatch):
+    package = tmp_path / "ledger"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    module = package / "thing.py"
+    module.write_text("from . import accounts\nfrom .check import x\n\ndef f():\n    import payouts.outbox\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert imported_modules(module) == [
+        (1, "ledger"),
+        (1, "ledger.accounts"),
+        (2, "ledger.check"),
+        (5, "payouts.outbox"),
+    ]

@@ -1,0 +1,154 @@
+"""Mini-program login (jscode2session) and official-account OAuth, against the simulator and mocked WeChat."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import responses
+from sqlalchemy import func, select, text
+
+from models import OAuthState, User, UserIdentity, db
+from tests.test_wechat_callbacks import no_network, simulator  # noqa: F401 - fixture
+
+LOGIN = "/api/v1/auth/login"
+MOCK_API = "https://api.weixin.test"
+
+
+def count(model) -> int:
+    db.session.rollback()
+    return db.session.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+def test_login_creates_then_finds_the_user(app, client, no_network):  # noqa: F811
+    # when
+    first = client.post(LOGIN, json={"code": "code-alice"})
+    again = client.post(LOGIN, json={"code": "code-alice"})
+    # then
+    assert first.status_code == 200, first.json
+    assert set(first.json) == {"token", "user"}
+    assert again.json["user"]["id"] == first.json["user"]["id"]
+    assert count(User) == 1
+    assert simulator(app).token_calls == 0  # jscode2session needs no access token
+    wallet = client.get("/api/v1/me/red-packets", headers={"Authorization": f"Bearer {first.json['token']}"})
+    assert wallet.status_code == 200
+
+
+def test_session_key_is_encrypted_at_rest(app, client, no_network):  # noqa: F811
+    client.post(LOGIN, json={"code": "code-alice"})
+    plaintext = simulator(app).session_key("alice")
+    raw = db.session.execute(text("select session_key from user_identities")).scalar_one()
+    assert raw and plaintext not in raw
+    identity = db.session.execute(select(UserIdentity)).scalar_one()
+    assert identity.session_key == plaintext
+    assert identity.appid == app.config["WECHAT_APPID"]
+    assert "session_key" not in str(client.post(LOGIN, json={"code": "code-alice"}).json)
+
+
+def test_bad_request_bodies_are_422(client, no_network):  # noqa: F811
+    assert client.post(LOGIN, json={}).status_code == 422
+    assert client.post(LOGIN, json={"code": "x y"}).status_code == 422
+    assert client.post(LOGIN, data="{", content_type="application/json").status_code == 422
+
+
+class TestAgainstMockedWeChat:
+    @pytest.fixture
+    def app_settings(self, app_settings):
+        return {**app_settings, "WECHAT_API_BASE": MOCK_API}
+
+    @pytest.fixture
+    def wechat_api(self, app):
+        with responses.RequestsMock() as rsps:
+            yield rsps
+
+    def test_one_jscode2session_call_and_nothing_else(self, app, client, wechat_api):
+        wechat_api.get(
+            re.compile(MOCK_API + r"/sns/jscode2session\?.*"),
+            json={"openid": "o-mp-1", "session_key": "c2Vzc2lvbktleTEyMzQ1Ng==", "unionid": "u-1"},
+        )
+        response = client.post(LOGIN, json={"code": "0a1b2c"})
+        assert response.status_code == 200
+        [call] = wechat_api.calls
+        query = parse_qs(urlsplit(call.request.url).query)
+        assert query == {
+            "appid": [app.config["WECHAT_APPID"]],
+            "secret": [app.config["WECHAT_APP_SECRET"]],
+            "js_code": ["0a1b2c"],
+            "grant_type": ["authorization_code"],
+        }
+        assert db.session.execute(select(User.unionid)).scalar_one() == "u-1"
+
+    @pytest.mark.parametrize(
+        ("errcode", "status", "code"),
+        [
+            (40029, 401, "login_code_invalid"),
+            (40163, 401, "login_code_used"),
+            (45011, 429, "wechat_rate_limited"),
+            (40226, 403, "wechat_user_blocked"),
+            (-1, 503, "wechat_busy"),
+        ],
+    )
+    def test_wechat_errors_map_to_clear_api_errors(self, client, wechat_api, errcode, status, code):
+        wechat_api.get(re.compile(MOCK_API + r"/sns/jscode2session.*"), json={"errcode": errcode, "errmsg": "x"})
+        response = client.post(LOGIN, json={"code": "0a1b2c"})
+        assert response.status_code == status
+        assert response.json["error"] == code
+        assert response.json["message"]
+        assert count(User) == 0
+
+
+# -- official-account OAuth ------------------------------------------------------------
+
+
+def authorize(client, **args):
+    response = client.get("/oauth/authorize", query_string=args)
+    assert response.status_code == 302, response.json
+    return response.headers["Location"]
+
+
+def test_authorize_redirects_with_server_side_state(app, client, no_network):  # noqa: F811
+    location = authorize(client, next="/shop?x=1", scope="snsapi_userinfo")
+    assert location.startswith(app.config["WECHAT_OPEN_BASE"] + "/connect/oauth2/authorize?")
+    assert location.endswith("#wechat_redirect")
+    query = parse_qs(urlsplit(location.split("#")[0]).query)
+    assert query["appid"] == [app.config["WECHAT_OA_APPID"]]
+    assert query["scope"] == ["snsapi_userinfo"]
+    assert query["redirect_uri"] == [app.config["PUBLIC_BASE_URL"] + "/oauth/callback"]
+    state = db.session.execute(select(OAuthState)).scalar_one()
+    assert query["state"] == [state.state] and re.fullmatch(r"[0-9a-f]{32}", state.state)
+    assert state.next_url == "/shop?x=1"
+
+
+@pytest.mark.parametrize("bad", ["https://evil.test/", "//evil.test/x", "shop", "/\\evil"])
+def test_authorize_refuses_open_redirects(client, no_network, bad):  # noqa: F811
+    assert client.get("/oauth/authorize", query_string={"next": bad}).status_code == 422
+    assert count(OAuthState) == 0
+
+
+def test_callback_signs_in_once_and_links_by_unionid(app, client, no_network):  # noqa: F811
+    # given a mini-program user bob
+    mp = client.post(LOGIN, json={"code": "code-bob"}).json
+    state = parse_qs(urlsplit(authorize(client, next="/me").split("#")[0]).query)["state"][0]
+    code = simulator(app).issue_oauth_code("bob")
+    # when
+    response = client.get("/oauth/callback", query_string={"code": code, "state": state})
+    replay = client.get("/oauth/callback", query_string={"code": code, "state": state})
+    # then
+    assert response.status_code == 302
+    target, _, fragment = response.headers["Location"].partition("#token=")
+    assert target.endswith("/me") and fragment
+    me = client.get("/api/v1/me/red-packets", headers={"Authorization": f"Bearer {fragment}"})
+    assert me.status_code == 200
+    assert count(User) == 1  # the same person: linked by unionid
+    appids = sorted(db.session.execute(select(UserIdentity.appid)).scalars())
+    assert appids == sorted([app.config["WECHAT_APPID"], app.config["WECHAT_OA_APPID"]])
+    assert mp["user"]["id"] == db.session.execute(select(User.id)).scalar_one()
+    assert replay.status_code == 400
+    assert replay.json["error"] == "invalid_oauth_state"
+
+
+def test_callback_with_unknown_state_is_refused(client, no_network):  # noqa: F811
+    response = client.get("/oauth/callback", query_string={"code": "oauth-1", "state": "nope"})
+    assert response.status_code == 400
+    assert count(User) == 0

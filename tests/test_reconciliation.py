@@ -1,0 +1,450 @@
+"""Reconciliation against WeChat's bills: generated bills with planted mismatches, served through ``responses``.
+
+The bills are written the way WeChat writes them: a header row, detail rows with
+every field prefixed by a backtick, a summary header and a summary row; amounts
+in plain decimal yuan. The apply answers are signed with WeChat's (test) key and
+the SHA-1 covers the bill content, so the real PayClient checks both.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from itertools import count
+
+import pytest
+import responses
+from responses import matchers
+from sqlalchemy import func, select
+
+from models import Alert, Order, Payout, Refund, db
+from models.base import BEIJING
+from models.reconciliation import ReconciliationMismatch, ReconciliationRun
+from payouts.outbox import external_no_for
+from payouts.reconcile import BillFormatError, bill_amount_fen, reconcile_day, run_daily_checks
+from wechat.pay import PayClient, PayConfig
+from wechat.simulator_keys import SimulatorKeys, generate_rsa_key
+from wechat.simulator_pay import FUND_BILL_HEADER, TRADE_BILL_HEADER
+
+BASE = "https://wxpay.test"  # never a real host: responses fails any call it does not know
+DAY = "2024-05-01"
+NOW = datetime(2024, 5, 2, 2, 30, tzinfo=UTC)  # 10:30 Beijing on the 2nd: the bill for the 1st is out
+
+TRADE_HEADER = (
+    "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,"
+    "货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,"
+    "商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注"
+)
+TRADE_SUMMARY = "总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额"
+FUND_HEADER = (
+    "记账时间,微信支付业务单号,资金流水单号,业务名称,业务类型,收支类型,收支金额(元),账户结余(元),"
+    "资金变更提交申请人,备注,业务凭证号"
+)
+FUND_SUMMARY = "资金流水总笔数,收入笔数,收入金额,支出笔数,支出金额"
+
+
+def bj(hour: int, minute: int = 0, day: int = 1) -> datetime:
+    return datetime(2024, 5, day, hour, minute, tzinfo=BEIJING).astimezone(UTC)
+
+
+# -- bills as WeChat writes them --------------------------------------------------------------
+
+
+def _csv(header: str, lines: list[list[str]], summary_header: str, summary: list[str]) -> bytes:
+    rows = [header] + [",".join("`" + v for v in line) for line in lines]
+    rows += [summary_header, ",".join("`" + v for v in summary)]
+    return ("\r\n".join(rows) + "\r\n").encode("utf-8")
+
+
+def paid(out_trade_no: str, yuan: str, at: str = "2024-05-01 10:00:00", total: str | None = None) -> list[str]:
+    return [at, "wxtestapp", "1900000109", "0", "", f"42{out_trade_no[-6:]:0>10}", out_trade_no, "o-user", "JSAPI",
+            "SUCCESS", "OTHERS", "CNY", yuan, "0.00", "0", "0", "0.00", "0.00", "", "", "goods", "", "0.00",
+            "0.60%", total or yuan, "0.00", ""]  # fmt: skip
+
+
+def refunded(out_trade_no: str, out_refund_no: str, yuan: str, state: str = "SUCCESS") -> list[str]:
+    return ["2024-05-01 14:00:00", "wxtestapp", "1900000109", "0", "", "4200000001", out_trade_no, "o-user",
+            "JSAPI", "REFUND", "OTHERS", "CNY", "0.00", "0.00", "50300000001", out_refund_no, yuan, "0.00",
+            "ORIGINAL", state, "goods", "", "0.00", "0.60%", "0.00", yuan, ""]  # fmt: skip
+
+
+def trade_bill(*lines: list[str]) -> bytes:
+    summary = [str(len(lines)), "0.00", "0.00", "0.00", "0.00", "0.00", "0.00"]
+    return _csv(TRADE_HEADER, list(lines), TRADE_SUMMARY, summary)
+
+
+_serial = count(1)
+
+
+def flow(business: str, direction: str, yuan: str, voucher: str = "", remark: str = "") -> list[str]:
+    return ["2024-05-01 09:00:00", f"100{next(_serial):010d}", "f0001", business, business,
+            direction, yuan, "0.00", "system", remark, voucher]  # fmt: skip
+
+
+def fund_bill(*lines: list[str]) -> bytes:
+    return _csv(FUND_HEADER, list(lines), FUND_SUMMARY, [str(len(lines)), "0", "0.00", "0", "0.00"])
+
+
+def sha1(content: bytes) -> str:
+    return hashlib.sha1(content).hexdigest()  # noqa: S324 - WeChat's hash type
+
+
+# -- a fake WeChat and a real client ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wechat_keys() -> SimulatorKeys:
+    return SimulatorKeys()
+
+
+@pytest.fixture(scope="module")
+def merchant_key():
+    return generate_rsa_key()
+
+
+@pytest.fixture
+def pay_client(wechat_keys, merchant_key) -> PayClient:
+    config = PayConfig(
+        mchid="1900000109",
+        appid="wxtestapp",
+        private_key=merchant_key,
+        cert_serial="5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
+        apiv3_key="0123456789abcdef0123456789abcdef",
+        keys=wechat_keys.verifier_keys(),
+        api_base=BASE,
+    )
+    return PayClient(config)
+
+
+class FakeBills:
+    """Answers the two apply calls (signed, like WeChat) and serves the files at the download URL."""
+
+    PATHS = {
+        "trade": ("/v3/bill/tradebill", {"bill_type": "ALL"}),
+        "fund": ("/v3/bill/fundflowbill", {"account_type": "BASIC"}),
+    }
+
+    def __init__(self, rsps: responses.RequestsMock, keys: SimulatorKeys) -> None:
+        self.rsps, self.keys = rsps, keys
+        self.downloads: list[tuple[str, bool]] = []  # (Authorization, database transaction open?)
+
+    def serve(self, kind: str, content: bytes, hash_value: str | None = None, bill_date: str = DAY) -> None:
+        token = f"{kind}-{bill_date}"
+        answer = {
+            "hash_type": "SHA1",
+            "hash_value": hash_value or sha1(content),
+            "download_url": f"{BASE}/v3/billdownload/file?token={token}",
+        }
+        self._answer(kind, bill_date, 200, answer)
+
+        def download(request):  # unsigned, like WeChat's file answer
+            self.downloads.append((request.headers.get("Authorization", ""), db.session().in_transaction()))
+            return 200, {}, gzip.compress(content)  # asked with tar_type=GZIP; the hash covers the plain file
+
+        token_matcher = matchers.query_param_matcher({"token": token})
+        self.rsps.add_callback(responses.GET, f"{BASE}/v3/billdownload/file", download, match=[token_matcher])
+
+    def refuse(self, kind: str, code: str, message: str) -> None:
+        self._answer(kind, DAY, 400, {"code": code, "message": message})
+
+    def _answer(self, kind: str, bill_date: str, status: int, data: dict) -> None:
+        path, params = self.PATHS[kind]
+        body = json.dumps(data).encode()
+        self.rsps.add(
+            responses.GET,
+            BASE + path,
+            body=body,
+            status=status,
+            headers=self.keys.sign_headers(body),
+            content_type="application/json",
+            match=[matchers.query_param_matcher({"bill_date": bill_date, **params, "tar_type": "GZIP"})],
+        )
+
+
+@pytest.fixture
+def wechat(wechat_keys):
+    with responses.RequestsMock() as rsps:
+        yield FakeBills(rsps, wechat_keys)
+
+
+# -- our side ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ours(app, make_user, make_merchant):
+    user, merchant = make_user(), make_merchant()
+
+    class Ours:
+        def order(self, out_trade_no: str, fen: int, paid_at: datetime | None, status: str = "paid") -> Order:
+            order = Order(
+                out_trade_no=out_trade_no,
+                user_id=user.id,
+                merchant_id=merchant.id,
+                status=status,
+                total_fen=fen,
+                payable_fen=fen,
+                paid_fen=fen if paid_at else None,
+                transaction_id=f"tx-{out_trade_no}" if paid_at else None,
+                paid_at=paid_at,
+                time_expire=bj(0),
+            )
+            db.session.add(order)
+            db.session.commit()
+            return order
+
+        def refund(self, order: Order, out_refund_no: str, fen: int, at: datetime, status="succeeded") -> Refund:
+            refund = Refund(order_id=order.id, out_refund_no=out_refund_no, amount_fen=fen, status=status)
+            refund.finished_at = at if status == "succeeded" else None
+            order.refunded_fen += fen if status == "succeeded" else 0
+            db.session.add(refund)
+            db.session.commit()
+            return refund
+
+        def payout(self, fen: int, at: datetime, rail: str = "wechat_change", status: str = "succeeded") -> Payout:
+            payout = Payout(rail=rail, user_id=user.id, amount_fen=fen, external_no="tmp", status=status)
+            payout.finished_at = at if status == "succeeded" else None
+            db.session.add(payout)
+            db.session.flush()
+            payout.external_no = external_no_for(rail, payout.id)
+            db.session.commit()
+            return payout
+
+    return Ours()
+
+
+def findings() -> set[tuple]:
+    db.session.rollback()
+    rows = db.session.execute(select(ReconciliationMismatch)).scalars()
+    return {(m.kind, m.subject_type, m.subject_ref, m.ours_fen, m.theirs_fen) for m in rows}
+
+
+def runs() -> dict[str, ReconciliationRun]:
+    db.session.rollback()
+    return {r.kind: r for r in db.session.execute(select(ReconciliationRun)).scalars()}
+
+
+def alerts(kind: str) -> list[Alert]:
+    return list(db.session.execute(select(Alert).where(Alert.kind == kind)).scalars())
+
+
+# -- the day with planted mismatches -------------------------------------------------------------
+
+
+@pytest.fixture
+def planted(ours, wechat):
+    """Five planted mismatches among lines that match, on both bills."""
+    ok = ours.order("ORD-OK", 50_00, bj(10))
+    late = ours.order("ORD-LATE", 88_00, bj(23, 30))  # 15:30 UTC: still the 1st in Beijing
+    ours.order("ORD-NEXT-DAY", 7_00, bj(0, 10, day=2))  # 16:10 UTC on the 1st, but the 2nd in Beijing
+    ours.order("ORD-LOST", 30_00, bj(12))  # paid here, WeChat lacks it
+    ours.order("ORD-CENT", 100_00, bj(13))  # WeChat says one fen more
+    ours.refund(ok, "RF-OK", 10_00, bj(14))
+    ours.refund(late, "RF-DIFF", 5_00, bj(23, 45))  # WeChat says 5.01
+    transfer = ours.payout(5_00, bj(9))
+    packet = ours.payout(8_88, bj(9, 30), rail="cash_red_packet")  # found through the remark
+    lost = ours.payout(2_00, bj(11))  # missing from the fund-flow bill
+    ours.payout(3_00, bj(11), rail="wechat_coupon")  # a coupon moves no money: never in the fund-flow bill
+    wechat.serve(
+        "trade",
+        trade_bill(
+            paid("ORD-OK", "50.00"),
+            paid("ORD-LATE", "88.00", at="2024-05-01 23:30:00"),
+            paid("ORD-CENT", "100.01"),
+            paid("ORD-STRANGER", "12.34"),
+            refunded("ORD-OK", "RF-OK", "10.00"),
+            refunded("ORD-LATE", "RF-DIFF", "5.01"),
+        ),
+    )
+    wechat.serve(
+        "fund",
+        fund_bill(
+            flow("交易", "收入", "50.00", voucher="ORD-OK"),
+            flow("退款", "支出", "10.00", voucher="RF-OK"),
+            flow("扣除交易手续费", "支出", "0.30"),
+            flow("商家转账", "支出", "5.00", voucher=transfer.external_no),
+            flow("现金红包", "支出", "8.88", remark=f"红包{packet.external_no}发放"),
+        ),
+    )
+    return {"lost_payout": lost}
+
+
+def test_a_day_with_planted_mismatches_finds_each_of_them_and_nothing_else(planted, pay_client):
+    # when
+    reconcile_day(pay_client, DAY, NOW)
+    # then
+    assert findings() == {
+        ("missing_here", "order", "ORD-STRANGER", None, 12_34),
+        ("missing_there", "order", "ORD-LOST", 30_00, None),
+        ("amount_differs", "order", "ORD-CENT", 100_00, 100_01),
+        ("amount_differs", "refund", "RF-DIFF", 5_00, 5_01),
+        ("missing_there", "payout", planted["lost_payout"].external_no, 2_00, None),
+    }
+    trade, fund = runs()["trade"], runs()["fundflow"]
+    assert (trade.status, trade.lines_read, trade.matched, trade.mismatches) == ("done", 6, 3, 4)
+    assert (fund.status, fund.lines_read, fund.matched, fund.mismatches) == ("done", 5, 2, 1)
+    [alert] = alerts("reconciliation_mismatch")
+    assert alert.message.startswith("5 mismatches on 2024-05-01") and "ORD-STRANGER" in alert.message
+    assert alerts("reconciliation_failed") == []
+
+
+def test_a_clean_day_has_no_mismatches_and_amounts_are_exact(ours, wechat, pay_client):
+    # given: a one-fen order, a large one, a refund and a payout, all as WeChat lists them
+    ours.order("ORD-TINY", 1, bj(8))
+    big = ours.order("ORD-BIG", 1_234_56, bj(9))
+    ours.refund(big, "RF-BIG", 1_000_01, bj(20))
+    payout = ours.payout(1, bj(21))
+    wechat.serve(
+        "trade",
+        trade_bill(paid("ORD-TINY", "0.01"), paid("ORD-BIG", "1234.56"), refunded("ORD-BIG", "RF-BIG", "1000.01")),
+    )
+    wechat.serve("fund", fund_bill(flow("商家转账", "支出", "0.01", voucher=payout.external_no)))
+    # when
+    reconcile_day(pay_client, DAY, NOW)
+    # then
+    assert findings() == set()
+    assert {k: (r.status, r.matched, r.mismatches) for k, r in runs().items()} == {
+        "trade": ("done", 3, 0),
+        "fundflow": ("done", 1, 0),
+    }
+    assert db.session.execute(select(func.count(Alert.id))).scalar_one() == 0
+    assert [(auth.split(" ")[0], open_tx) for auth, open_tx in wechat.downloads] == [
+        ("WECHATPAY2-SHA256-RSA2048", False),
+        ("WECHATPAY2-SHA256-RSA2048", False),
+    ]  # signed downloads, and no database transaction held across either call
+
+
+def test_a_hash_mismatch_fails_the_run_with_an_alert_and_records_nothing(ours, wechat, pay_client):
+    # given: an order WeChat would lack, and a trade bill whose content is not what WeChat announced
+    ours.order("ORD-LOST", 30_00, bj(12))
+    content = trade_bill(paid("ORD-OTHER", "1.00"))
+    wechat.serve("trade", content, hash_value=sha1(content + b"tampered"))
+    wechat.serve("fund", fund_bill())
+    # when
+    reconcile_day(pay_client, DAY, NOW)
+    # then
+    trade = runs()["trade"]
+    assert (trade.status, trade.matched, trade.mismatches) == ("failed", 0, 0)
+    assert "HASH_MISMATCH" in trade.error and trade.hash_value == sha1(content + b"tampered")
+    assert findings() == set()
+    [alert] = alerts("reconciliation_failed")
+    assert alert.subject == "trade bill 2024-05-01"
+    assert runs()["fundflow"].status == "done"  # the other bill is judged on its own
+
+
+def test_a_malformed_amount_fails_the_run_with_no_partial_results(ours, wechat, pay_client):
+    ours.order("ORD-LOST", 30_00, bj(12))
+    wechat.serve("trade", trade_bill(paid("ORD-STRANGER", "12.34"), paid("ORD-BAD", "12.345", total="12.34")))
+    wechat.serve("fund", fund_bill())
+    reconcile_day(pay_client, DAY, NOW)
+    trade = runs()["trade"]
+    assert trade.status == "failed"
+    assert "line 3, 应结订单金额" in trade.error and "12.345" in trade.error
+    assert findings() == set()
+    assert len(alerts("reconciliation_failed")) == 1 and alerts("reconciliation_mismatch") == []
+
+
+def test_a_rerun_updates_the_same_rows_and_keeps_an_operators_resolution(planted, ours, pay_client, make_operator):
+    # given: a first run, and an operator who resolved one finding
+    reconcile_day(pay_client, DAY, NOW)
+    operator, _ = make_operator("finance")
+    cent = db.session.execute(
+        select(ReconciliationMismatch).where(ReconciliationMismatch.subject_ref == "ORD-CENT")
+    ).scalar_one()
+    cent.resolved_at, cent.resolved_by, cent.resolution = NOW, operator.id, "WeChat confirmed 100.01; refunded 0.01"
+    db.session.commit()
+    # when: the same day runs twice more, and meanwhile the stranger order is found in our records
+    reconcile_day(pay_client, DAY, NOW + timedelta(hours=1))
+    ours.order("ORD-STRANGER", 12_34, bj(15))
+    reconcile_day(pay_client, DAY, NOW + timedelta(hours=2))
+    # then: one run per bill, no duplicate rows, the resolution kept, the fixed finding gone
+    assert db.session.execute(select(func.count(ReconciliationRun.id))).scalar_one() == 2
+    assert db.session.execute(select(func.count(ReconciliationMismatch.id))).scalar_one() == 4
+    assert ("missing_here", "order", "ORD-STRANGER", None, 12_34) not in findings()
+    cent = db.session.execute(
+        select(ReconciliationMismatch).where(ReconciliationMismatch.subject_ref == "ORD-CENT")
+    ).scalar_one()
+    assert cent.resolved_by == operator.id and cent.resolution.startswith("WeChat confirmed")
+    assert runs()["trade"].mismatches == 3 and runs()["trade"].finished_at == NOW + timedelta(hours=2)
+
+
+def test_wechat_paying_out_what_we_think_unfinished_or_twice_is_flagged(ours, wechat, pay_client):
+    unknown = ours.payout(5_00, bj(9), status="unknown")
+    twice = ours.payout(3_00, bj(10))
+    wechat.serve("trade", trade_bill())
+    wechat.serve(
+        "fund",
+        fund_bill(
+            flow("商家转账", "支出", "5.00", voucher=unknown.external_no),
+            flow("商家转账", "支出", "3.00", voucher=twice.external_no),
+            flow("商家转账", "支出", "3.00", voucher=twice.external_no),
+            flow("现金红包", "支出", "6.66", voucher="not-ours-1"),
+        ),
+    )
+    reconcile_day(pay_client, DAY, NOW)
+    found = findings()
+    assert ("status_differs", "payout", unknown.external_no, 5_00, 5_00) in found
+    assert ("amount_differs", "payout", twice.external_no, 3_00, 6_00) in found
+    assert len(found) == 3 and any(f[0] == "missing_here" and f[4] == 6_66 for f in found)
+
+
+def test_an_order_wechat_lists_as_paid_but_we_never_saw_paid_is_flagged(ours, wechat, pay_client):
+    # the payment notification was lost and the query job has not caught it yet
+    ours.order("ORD-UNSEEN", 20_00, None, status="created")
+    wechat.serve("trade", trade_bill(paid("ORD-UNSEEN", "20.00")))
+    wechat.serve("fund", fund_bill(flow("交易", "收入", "20.00", voucher="ORD-UNSEEN")))
+    reconcile_day(pay_client, DAY, NOW)
+    assert findings() == {("status_differs", "order", "ORD-UNSEEN", 20_00, 20_00)}
+
+
+def test_no_bill_for_a_quiet_day_means_wechat_lists_nothing(ours, wechat, pay_client):
+    # WeChat answers NO_STATEMENT_EXIST for a day without movements: our paid order is then missing there
+    ours.order("ORD-LOST", 30_00, bj(12))
+    wechat.refuse("trade", "NO_STATEMENT_EXIST", "请求的账单文件不存在")
+    wechat.refuse("fund", "NO_STATEMENT_EXIST", "请求的账单文件不存在")
+    reconcile_day(pay_client, DAY, NOW)
+    assert findings() == {("missing_there", "order", "ORD-LOST", 30_00, None)}
+    assert {r.status for r in runs().values()} == {"done"}
+
+
+def test_a_bill_not_ready_fails_the_run(ours, wechat, pay_client):
+    wechat.refuse("trade", "STATEMENT_CREATING", "账单生成中")
+    wechat.serve("fund", fund_bill())
+    reconcile_day(pay_client, DAY, NOW)
+    assert runs()["trade"].status == "failed" and "STATEMENT_CREATING" in runs()["trade"].error
+
+
+def test_the_daily_job_reconciles_yesterday_in_beijing_and_checks_the_ledger(ours, wechat, pay_client):
+    # 17:30 UTC on the 1st is 01:30 on the 2nd in Beijing: "yesterday" is the 1st, not the 30th
+    wechat.serve("trade", trade_bill())
+    wechat.serve("fund", fund_bill())
+    checks = run_daily_checks(pay_client, datetime(2024, 5, 1, 17, 30, tzinfo=UTC))
+    assert [r.bill_date for r in checks.runs] == [DAY, DAY]
+    assert checks.ledger.ok and alerts("ledger_check_failed") == []
+
+
+def test_a_day_not_yet_over_in_beijing_is_refused(app, pay_client):
+    with pytest.raises(ValueError, match="not out yet"):
+        reconcile_day(pay_client, "2024-05-02", datetime(2024, 5, 1, 17, 0, tzinfo=UTC))
+
+
+@pytest.mark.parametrize(
+    ("text", "fen"),
+    [("0.01", 1), ("0", 0), ("0.0", 0), ("12.3", 12_30), ("1234.56", 1_234_56), ("-5.00", -5_00),
+     ("99999999.99", 9_999_999_999)],
+)  # fmt: skip
+def test_bill_amounts_are_parsed_exactly(text, fen):
+    assert bill_amount_fen(text) == fen
+
+
+# A bill is comma-separated and unquoted: "1,234.56" cannot be one field, and a quoted one means the
+# format is not what we know. Amounts are plain decimal yuan; anything else fails the run.
+@pytest.mark.parametrize("text", ["1,234.56", "¥1.00", "1.234", "0.005", "1e3", "", "abc", "１.00", "1.2.3", "+1"])
+def test_anything_but_plain_decimal_yuan_is_refused(text):
+    with pytest.raises(BillFormatError):
+        bill_amount_fen(text)
+
+
+def test_our_bill_layout_is_the_one_the_simulator_writes():
+    assert TRADE_HEADER == TRADE_BILL_HEADER and FUND_HEADER == FUND_BILL_HEADER

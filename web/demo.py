@@ -1,0 +1,115 @@
+"""``flask seed-demo``: the demo data of ``make run`` (idempotent: a second run adds nothing but a token)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import click
+from sqlalchemy import select
+
+from models import Campaign, CampaignRules, Merchant, Operator, Product, db, unit_of_work, utcnow
+from rebate.packets import generate_batch
+from web.auth import issue_operator_token
+
+PRODUCTS = [("Beef noodles", "food", 50_00), ("Family feast", "food", 200_00), ("Tea", "drink", 12_00)]
+
+
+def _campaign(name: str, rules: dict, **fields) -> Campaign:
+    campaign = Campaign(name=name, status="active", **fields)
+    db.session.add(campaign)
+    db.session.flush()
+    db.session.add(CampaignRules(campaign_id=campaign.id, version=1, rules=rules))
+    return campaign
+
+
+def seed() -> dict:
+    now = utcnow()
+    shop = db.session.execute(select(Merchant).where(Merchant.name == "Noodle House")).scalar_one_or_none()
+    created = shop is None
+    if created:
+        shop = Merchant(name="Noodle House")
+        db.session.add(shop)
+        db.session.flush()
+        db.session.add_all(Product(merchant_id=shop.id, name=n, category=c, price_fen=p) for n, c, p in PRODUCTS)
+        _campaign(
+            "First order over 200 earns 20 off",
+            {
+                "roles": [
+                    {"role": "issuer", "rate_bps": 1000, "form": "merchant_credit", "cap_fen": 100_00},
+                    {"role": "consumer", "rate_bps": 500, "form": "wechat_change", "cap_fen": 50_00},
+                ]
+            },
+            issuer_type="merchant",
+            issuer_merchant_id=shop.id,
+            funder_type="merchant_deposit",
+            funder_merchant_id=shop.id,
+            budget_limit_fen=10_000_00,
+            packet_amount_fen=20_00,
+            packet_min_spend_fen=50_00,
+            packet_merchant_id=shop.id,
+            trigger={"kind": "order_paid", "min_order_fen": 200_00, "first_order_only": True},
+        )
+        newcomer = _campaign(
+            "Newcomer: spend 50 get 10 off, 8% back",
+            {
+                "roles": [
+                    {"role": "consumer", "rate_bps": 800, "base": "order_total", "form": "balance", "cap_fen": 20_00}
+                ]
+            },
+            issuer_type="platform",
+            funder_type="platform_fund",
+            budget_limit_fen=5_000_00,
+            packet_amount_fen=10_00,
+            packet_min_spend_fen=50_00,
+            trigger={"kind": "claim_code"},
+        )
+        _campaign(
+            "Invite friends: 10% of their spend, doubled this week",
+            {
+                "applies_to": "referral",
+                "roles": [
+                    {
+                        "role": "inviter",
+                        "rate_bps": 1000,
+                        "form": "wechat_change",
+                        "cap_fen": 50_00,
+                        "windows": [
+                            {
+                                "starts_at": now.isoformat(),
+                                "ends_at": (now + timedelta(days=7)).isoformat(),
+                                "factor_bps": 20_000,
+                            }
+                        ],
+                    }
+                ],
+            },
+            issuer_type="platform",
+            funder_type="platform_fund",
+            budget_limit_fen=5_000_00,
+        )
+        db.session.flush()
+        codes = [p.claim_code for p in generate_batch(newcomer, 5, now, batch_ref="demo")]
+    else:
+        codes = []
+    admin = db.session.execute(select(Operator).where(Operator.username == "demo-admin")).scalar_one_or_none()
+    if admin is None:
+        admin = Operator(username="demo-admin", display_name="Demo admin", role="admin")
+        db.session.add(admin)
+        db.session.flush()
+    return {
+        "created": created,
+        "merchant_id": shop.id,
+        "codes": codes,
+        "admin_token": issue_operator_token(admin, label="demo", ttl=timedelta(days=1)),
+    }
+
+
+@click.command("seed-demo")
+def seed_demo_command() -> None:
+    """Seed a merchant, products, three campaigns and claim codes; print an admin token."""
+    with unit_of_work():
+        result = seed()
+    click.echo("demo data " + ("created" if result["created"] else "already present"))
+    for code in result["codes"]:
+        click.echo(f"  newcomer packet claim code: {code}")
+    click.echo(f"  admin token (1 day): {result['admin_token']}")

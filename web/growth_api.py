@@ -1,0 +1,139 @@
+"""Growth endpoints: device tokens, self-serve claims, daily sign-in, share links, referral binding.
+
+Every claim path takes its claim limits (per IP per day, interval per device
+and per IP, per person) in the same transaction as the claim; a refusal is
+429 with the reason and ``Retry-After``. The device is a server-issued,
+signed token (``X-Device-Token``), never a client-chosen id; the IP is the
+socket's, or ``X-Forwarded-For`` only behind ``TRUSTED_PROXY_COUNT`` proxies.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from flask import Blueprint, current_app, request
+from itsdangerous import BadSignature, URLSafeSerializer
+from pydantic import Field
+
+from models import Campaign, ShareLink, User, db, utcnow
+from rebate.errors import StateConflict
+from rebate.packets import issue_packet
+from rebate.triggers import bind_inviter, claim_share, create_share_link, invite_code_of, sign_in
+from risk import ClaimLimits, enforce_claim_limits
+from web.api import client_ip, endpoint
+from web.auth import current_user
+from web.errors import NotFound, ValidationFailed
+from web.schemas import Model
+from web.views import packet_json
+
+bp = Blueprint("growth_api", __name__, url_prefix="/api/v1")
+CHANNELS = ("mini_program", "official_account", "h5", "app")
+DEVICE_SALT = "device-token-v1"
+
+
+def _devices() -> URLSafeSerializer:
+    return URLSafeSerializer(current_app.config["SECRET_KEY"], salt=DEVICE_SALT)
+
+
+def device_id() -> str | None:
+    token = request.headers.get("X-Device-Token")
+    if token is None:
+        return None
+    try:
+        return _devices().loads(token)["d"]
+    except (BadSignature, KeyError, TypeError):
+        raise ValidationFailed("X-Device-Token is not one we issued", code="invalid_device_token") from None
+
+
+def channel() -> str:
+    value = request.headers.get("X-Channel", "mini_program")
+    if value not in CHANNELS:
+        raise ValidationFailed(f"X-Channel must be one of {', '.join(CHANNELS)}", code="invalid_channel")
+    return value
+
+
+def take_claim_limits(campaign: Campaign, user: User) -> None:
+    limits = ClaimLimits.from_json(campaign.claim_limits)
+    enforce_claim_limits(
+        limits, campaign_id=campaign.id, person_id=user.id, ip=client_ip(), device=device_id(), now=utcnow()
+    )
+
+
+def running_campaign(campaign_id: int) -> Campaign:
+    campaign = db.session.get(Campaign, campaign_id)
+    if campaign is None or campaign.status == "draft":
+        raise NotFound("no such campaign")
+    if campaign.status != "active":
+        raise StateConflict(f"the campaign is {campaign.status}", code="campaign_not_running")
+    return campaign
+
+
+class InviteCode(Model):
+    code: Annotated[str, Field(min_length=4, max_length=16, pattern=r"^[A-Za-z0-9]+$")]
+
+
+@endpoint(bp, "/devices", methods=["POST"])
+def new_device():
+    """A signed device token for ``X-Device-Token`` (per-device claim limits)."""
+    return {"device_token": _devices().dumps({"d": secrets.token_hex(12)})}, 201
+
+
+@endpoint(bp, "/campaigns/<int:campaign_id>/claim", methods=["POST"], idempotent=True)
+def claim_from_campaign(campaign_id: int):
+    """Claim a packet straight from a self-serve campaign (trigger kind ``claim``)."""
+    campaign = running_campaign(campaign_id)
+    if (campaign.trigger or {}).get("kind") != "claim":
+        raise StateConflict("this campaign's packets are not claimed directly", code="not_claimable")
+    user = current_user()
+    take_claim_limits(campaign, user)
+    packet = issue_packet(
+        campaign,
+        user,
+        source="claim",
+        source_ref=f"user:{user.id}:{secrets.token_hex(6)}",
+        now=utcnow(),
+        channel=channel(),
+    )
+    return packet_json(packet), 201
+
+
+@endpoint(bp, "/sign-in", methods=["POST"], idempotent=True)
+def daily_sign_in():
+    """Today's sign-in (Beijing day): the streak, and any packet it earned."""
+    record, packets = sign_in(current_user(), utcnow(), channel())
+    return {"day": record.day, "streak": record.streak, "packets": [packet_json(p) for p in packets]}
+
+
+@endpoint(bp, "/campaigns/<int:campaign_id>/share-links", methods=["POST"], idempotent=True)
+def new_share_link(campaign_id: int):
+    """The caller's share link for a campaign (the same one on every call)."""
+    link = create_share_link(running_campaign(campaign_id), current_user(), utcnow())
+    return {"token": link.token, "campaign_id": link.campaign_id}, 201
+
+
+@endpoint(bp, "/share-links/<token>/claim", methods=["POST"], idempotent=True)
+def claim_share_link(token: str):
+    """A friend claims through a share link; both sides can be rewarded."""
+    user = current_user()
+    link = db.session.get(ShareLink, token)
+    if link is None:
+        raise NotFound("no such share link")
+    take_claim_limits(db.session.get(Campaign, link.campaign_id), user)
+    result = claim_share(token, user, utcnow(), channel())
+    return {"packet": packet_json(result["friend"]), "sharer_rewarded": result["sharer"] is not None}, 201
+
+
+@endpoint(bp, "/me/invite")
+def my_invite():
+    """The caller's invite code."""
+    code = invite_code_of(current_user())
+    db.session.commit()
+    return {"invite_code": code}
+
+
+@endpoint(bp, "/referrals/bind", methods=["POST"], body=InviteCode, idempotent=True)
+def bind_referral(body: InviteCode):
+    """Bind the caller (a new user) to an inviter; one inviter per person, never oneself."""
+    packets = bind_inviter(current_user(), body.code, utcnow())
+    return {"bound": True, "packets": [packet_json(p) for p in packets]}, 201

@@ -1,0 +1,184 @@
+"""Sign-in: mini-program ``wx.login`` codes and official-account web OAuth.
+
+A person is one ``User`` across both: an openid is per appid (``UserIdentity``),
+and a ``unionid`` links the identities of one person. ``session_key`` stays on
+the server, encrypted at rest. No database transaction is open while WeChat
+is called: the code is exchanged first, the user written after.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from flask import Blueprint, current_app, redirect, request
+from pydantic import Field
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from models import OAuthState, User, UserIdentity, db, utcnow
+from rebate.triggers import on_registered
+from web.api import endpoint
+from web.auth import issue_user_token
+from web.errors import ApiError, ValidationFailed
+from web.schemas import Model
+from web.wechat_setup import to_api_error, wechat
+from wechat.errors import WeChatError
+
+bp = Blueprint("login", __name__)
+
+STATE_TTL = timedelta(minutes=10)
+SCOPES = ("snsapi_base", "snsapi_userinfo")
+
+
+class Login(Model):
+    code: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")]
+
+
+def user_json(user: User) -> dict:
+    return {"id": user.id, "nickname": user.nickname, "created_at": user.created_at.isoformat()}
+
+
+def _identity(appid: str, openid: str) -> UserIdentity | None:
+    stmt = select(UserIdentity).where(UserIdentity.appid == appid, UserIdentity.openid == openid)
+    return db.session.execute(stmt).scalar_one_or_none()
+
+
+def _attach(appid: str, openid: str, unionid: str | None, channel: str) -> UserIdentity:
+    user = None
+    if unionid:
+        user = db.session.execute(select(User).where(User.unionid == unionid)).scalar_one_or_none()
+    if user is None:
+        user = User(unionid=unionid)
+        db.session.add(user)
+        db.session.flush()
+        on_registered(user, utcnow(), channel)  # newcomer packets, in the same transaction as the person
+    identity = UserIdentity(user_id=user.id, appid=appid, openid=openid, channel=channel)
+    db.session.add(identity)
+    db.session.flush()
+    return identity
+
+
+def sign_in(appid: str, openid: str, unionid: str | None, channel: str, session_key: str | None = None) -> User:
+    """The user behind this openid, created (or linked by unionid) on first sight. Flushes only."""
+    identity = _identity(appid, openid)
+    if identity is None:
+        try:
+            with db.session.begin_nested():
+                identity = _attach(appid, openid, unionid, channel)
+        except IntegrityError:  # a concurrent first login of the same person won
+            identity = _identity(appid, openid)
+            if identity is None:
+                raise
+    user = identity.user
+    if unionid and user.unionid is None:
+        taken = db.session.execute(select(User.id).where(User.unionid == unionid)).first()
+        if taken is None:
+            user.unionid = unionid
+    if session_key is not None:
+        identity.session_key = session_key
+    db.session.flush()
+    return user
+
+
+@endpoint(bp, "/api/v1/auth/login", methods=["POST"], auth=None, body=Login, tags=("auth",))
+def login(body: Login):
+    """Exchange a mini-program ``wx.login`` code for our bearer token."""
+    ext = wechat()
+    try:
+        session = ext.mini_program.code_to_session(body.code)
+    except WeChatError as exc:
+        raise to_api_error(exc) from None
+    user = sign_in(
+        current_app.config["WECHAT_APPID"],
+        session["openid"],
+        session.get("unionid"),
+        "mini_program",
+        session["session_key"],
+    )
+    if not user.is_active:
+        raise ApiError("this account is banned", code="user_banned", status=403)
+    return {"token": issue_user_token(user), "user": user_json(user)}
+
+
+# -- official-account web OAuth ------------------------------------------------------
+
+
+def _safe_next(value: str | None) -> str:
+    """Only a path on this site: no scheme, no host, no ``//`` (no open redirect)."""
+    value = value or "/"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        raise ValidationFailed("next must be a path on this site", code="invalid_next")
+    return value[:512]
+
+
+def _oauth():
+    client = wechat().oauth
+    if client is None:
+        raise ApiError("official-account OAuth is not configured", code="oauth_not_configured", status=503)
+    return client
+
+
+@bp.get("/oauth/authorize")
+def oauth_authorize():
+    """Redirect to WeChat's authorize page with a fresh server-side ``state``."""
+    client = _oauth()
+    scope = request.args.get("scope", "snsapi_base")
+    if scope not in SCOPES:
+        raise ValidationFailed(f"scope must be one of {', '.join(SCOPES)}", code="invalid_scope")
+    state = secrets.token_hex(16)
+    now = utcnow()
+    db.session.add(
+        OAuthState(
+            state=state,
+            scope=scope,
+            next_url=_safe_next(request.args.get("next")),
+            created_at=now,
+            expires_at=now + STATE_TTL,
+        )
+    )
+    db.session.commit()
+    redirect_uri = wechat().public_base_url + "/oauth/callback"
+    return redirect(client.authorize_url(redirect_uri, scope=scope, state=state))
+
+
+def _consume_state(state: str) -> OAuthState:
+    """Mark the state used exactly once (a replayed callback loses the race) and commit."""
+    now = utcnow()
+    used = db.session.execute(
+        update(OAuthState)
+        .where(OAuthState.state == state, OAuthState.used_at.is_(None), OAuthState.expires_at > now)
+        .values(used_at=now)
+    ).rowcount
+    db.session.commit()
+    if used != 1:
+        raise ApiError("unknown, used or expired OAuth state; start again", code="invalid_oauth_state", status=400)
+    return db.session.execute(select(OAuthState).where(OAuthState.state == state)).scalar_one()
+
+
+@bp.get("/oauth/callback")
+def oauth_callback():
+    """Check ``state``, exchange the code, sign the person in, go back to ``next`` with the token."""
+    client = _oauth()
+    code, state = request.args.get("code", ""), request.args.get("state", "")
+    if not code or not state or len(state) > 64:
+        raise ValidationFailed("code and state are required", code="invalid_oauth_callback")
+    row = _consume_state(state)
+    next_url, scope = row.next_url, row.scope
+    db.session.rollback()  # no transaction open across the WeChat calls
+    try:
+        grant = client.exchange_code(code)
+        unionid = grant.get("unionid")
+        if scope == "snsapi_userinfo" and not unionid:
+            unionid = client.fetch_userinfo(grant["access_token"], grant["openid"]).get("unionid")
+    except WeChatError as exc:
+        raise to_api_error(exc) from None
+    user = sign_in(current_app.config["WECHAT_OA_APPID"], grant["openid"], unionid, "official_account")
+    if not user.is_active:
+        db.session.rollback()
+        raise ApiError("this account is banned", code="user_banned", status=403)
+    db.session.commit()
+    return redirect(f"{next_url}#token={issue_user_token(user)}")

@@ -1,0 +1,153 @@
+"""Paying an order: the JSAPI prepay and the ``wx.requestPayment`` parameters.
+
+The order is committed before WeChat is asked, and no transaction is open
+during the call. The prepay is idempotent at WeChat by ``out_trade_no`` with
+identical parameters, all derived from the stored order (description,
+amount, ``time_expire``, ``notify_url``, the payer's openid under
+``WECHAT_APPID``), so asking again is always safe: while the stored
+``prepay_id`` is younger than its 2-hour life it is reused without a call,
+after that WeChat is asked again with the same parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from flask import Blueprint, Response, after_this_request, current_app
+from sqlalchemy import update
+
+from models import Order, OrderStatus, User, db, utcnow
+from web.api import endpoint
+from web.auth import current_user
+from web.errors import ApiError, Conflict, NotFound
+from web.wechat_setup import to_api_error, wechat
+from wechat.errors import WeChatBusinessError, WeChatError
+
+log = logging.getLogger(__name__)
+bp = Blueprint("payment_api", __name__, url_prefix="/api/v1")
+
+PREPAY_LIFETIME = timedelta(hours=2)
+PREPAY_REUSE_MARGIN = timedelta(minutes=5)  # never hand out a prepay_id about to die
+
+
+@dataclass(frozen=True)
+class PrepayFacts:
+    order_id: int
+    out_trade_no: str
+    payable_fen: int
+    time_expire: datetime
+    prepay_id: str | None
+    prepay_at: datetime | None
+    openid: str
+
+
+def description_of(out_trade_no: str) -> str:
+    """Fixed for the order's life: WeChat refuses a repeat prepay whose parameters differ."""
+    return f"红包返利订单 {out_trade_no}"
+
+
+def _facts(order_id: int, user_id: int) -> PrepayFacts:
+    order = db.session.get(Order, order_id)
+    if order is None or order.user_id != user_id:
+        raise NotFound("no such order")
+    if order.status != OrderStatus.CREATED:
+        raise Conflict(f"this order is {order.status}", code=f"order_{order.status}")
+    if order.time_expire <= utcnow() + timedelta(minutes=1):
+        raise Conflict("this order has expired; create a new one", code="order_expired")
+    identity = db.session.get(User, user_id).identity_for(current_app.config["WECHAT_APPID"])
+    if identity is None:
+        raise Conflict("sign in through the mini-program to pay", code="no_mini_program_identity")
+    return PrepayFacts(
+        order.id,
+        order.out_trade_no,
+        order.payable_fen,
+        order.time_expire,
+        order.prepay_id,
+        order.prepay_at,
+        identity.openid,
+    )
+
+
+def _fresh(facts: PrepayFacts, now: datetime) -> bool:
+    return bool(facts.prepay_id and facts.prepay_at and now - facts.prepay_at < PREPAY_LIFETIME - PREPAY_REUSE_MARGIN)
+
+
+def _ask_wechat(facts: PrepayFacts) -> str:
+    ext = wechat()
+    try:
+        return ext.pay.jsapi_prepay(
+            facts.out_trade_no,
+            description_of(facts.out_trade_no),
+            facts.payable_fen,
+            facts.openid,
+            ext.notify_url,
+            facts.time_expire,
+        )
+    except WeChatBusinessError as exc:
+        if exc.code == "ORDERPAID":
+            raise Conflict("WeChat says this order is already paid", code="order_paid_at_wechat") from None
+        if exc.code == "ORDER_CLOSED":
+            raise Conflict("WeChat closed this order; create a new one", code="order_closed_at_wechat") from None
+        raise to_api_error(exc) from None
+    except WeChatError as exc:
+        raise to_api_error(exc) from None
+
+
+def prepare_payment(order_id: int, user_id: int) -> dict:
+    """``wx.requestPayment`` parameters for an unpaid order; commits the prepay_id it stores."""
+    facts = _facts(order_id, user_id)
+    db.session.rollback()  # read-only so far: end the transaction before calling WeChat
+    now = utcnow()
+    prepay_id = facts.prepay_id
+    if not _fresh(facts, now):
+        prepay_id = _ask_wechat(facts)
+        db.session.execute(
+            update(Order)
+            .where(Order.id == facts.order_id, Order.status == OrderStatus.CREATED)
+            .values(prepay_id=prepay_id, prepay_at=now)
+        )
+        db.session.commit()
+    ext = wechat()
+    answer = {
+        "order_id": facts.order_id,
+        "out_trade_no": facts.out_trade_no,
+        "pay_params": ext.pay.jsapi_pay_params(prepay_id),
+    }
+    checkout = ext.checkout_url(prepay_id)
+    if checkout:
+        answer["simulator_checkout_url"] = checkout
+    return answer
+
+
+@endpoint(bp, "/orders/<int:order_id>/pay", methods=["POST"], tags=("orders",))
+def pay_order(order_id: int):
+    """``wx.requestPayment`` parameters for one of the caller's unpaid orders (safe to repeat)."""
+    return prepare_payment(order_id, current_user().id)
+
+
+def prepay_after_commit(order_id: int, user_id: int) -> None:
+    """Add ``payment`` to a just-committed order's 201 answer (used by ``POST /api/v1/orders``).
+
+    Runs after the endpoint has committed the order (and stored any
+    Idempotency-Key answer, which therefore has no ``payment``: a replay or a
+    failure here leaves the client to call ``/orders/<id>/pay``).
+    """
+
+    @after_this_request
+    def add_payment(response: Response) -> Response:
+        if response.status_code != 201 or not response.is_json:
+            return response
+        body = response.get_json()
+        try:
+            body["payment"] = prepare_payment(order_id, user_id)
+        except ApiError as err:
+            db.session.rollback()
+            body["payment"], body["payment_error"] = None, err.body()
+        except Exception:
+            db.session.rollback()
+            log.exception("prepay after order create failed", extra={"order_id": order_id})
+            body["payment"], body["payment_error"] = None, {"error": "internal_error", "message": "retry /pay"}
+        response.set_data(current_app.json.dumps(body))
+        return response

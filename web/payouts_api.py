@@ -1,0 +1,241 @@
+"""Payout endpoints: the user's payouts and withdrawals; the operator's view and hand.
+
+Operators: finance and admin act; support reads. A manual payout from
+``MANUAL_PAYOUT_APPROVAL_FEN`` waits for a second operator. Every action is
+audited and honours ``Idempotency-Key``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from flask import Blueprint, current_app, g, request
+from pydantic import Field
+
+from models import OperatorRole, Payout, PayoutAttempt, RailControl, User, db, utcnow
+from payouts.operations import approve, cancel_unsent, lock_payout, manual_payout, resend, resolve, withdraw
+from web.admin import audit
+from web.api import endpoint
+from web.auth import current_user
+from web.errors import NotFound
+from web.schemas import Id, Model, Page, PositiveFen, Reason
+
+bp = Blueprint("payouts_api", __name__)
+ACTORS = (OperatorRole.ADMIN, OperatorRole.FINANCE)
+READERS = (*ACTORS, OperatorRole.SUPPORT)
+RAILS = ("wechat_change", "cash_red_packet", "wechat_coupon", "card_coupon")
+
+
+def payout_json(p: Payout, *, for_user: bool = False) -> dict:
+    body = {
+        "id": p.id,
+        "rail": p.rail,
+        "amount_fen": p.amount_fen,
+        "status": p.status,
+        "order_id": p.order_id,
+        "created_at": p.created_at.isoformat(),
+        "finished_at": p.finished_at.isoformat() if p.finished_at else None,
+    }
+    if p.status == "waiting_user_confirm":
+        body["package_info"] = p.package_info  # for wx.requestMerchantTransfer / wx.addCard
+    if not for_user:
+        body |= {
+            "user_id": p.user_id,
+            "external_no": p.external_no,
+            "attempts": p.attempts,
+            "held": p.held,
+            "last_error": p.last_error,
+            "wechat_ref": p.wechat_ref,
+            "retry_of_id": p.retry_of_id,
+            "next_attempt_at": p.next_attempt_at.isoformat(),
+        }
+    return body
+
+
+class Withdrawal(Model):
+    amount_fen: PositiveFen
+
+
+@endpoint(bp, "/api/v1/me/payouts", query=Page)
+def my_payouts(query: Page):
+    """The caller's payouts; those waiting for confirmation carry ``package_info``."""
+    rows = db.session.query(Payout).filter_by(user_id=current_user().id).order_by(Payout.id.desc())
+    return {"items": [payout_json(p, for_user=True) for p in rows.limit(query.limit).offset(query.offset)]}
+
+
+@endpoint(bp, "/api/v1/me/payouts/<int:payout_id>/confirm-opened", methods=["POST"])
+def confirm_opened(payout_id: int):
+    """The mini-program opened the confirmation page: recorded, but not proof of anything."""
+    payout = db.session.get(Payout, payout_id)
+    if payout is None or payout.user_id != current_user().id:
+        raise NotFound("no such payout")
+    payout.confirm_opened_at = payout.confirm_opened_at or utcnow()
+    return payout_json(payout, for_user=True)
+
+
+@endpoint(bp, "/api/v1/me/withdrawals", methods=["POST"], body=Withdrawal, idempotent=True)
+def new_withdrawal(body: Withdrawal):
+    """Withdraw cash balance to WeChat change (above the configured minimum)."""
+    key = request.headers.get("Idempotency-Key") or utcnow().isoformat()
+    payout = withdraw(current_user(), body.amount_fen, current_app.config["WITHDRAWAL_MIN_FEN"], key)
+    return payout_json(payout, for_user=True), 201
+
+
+class PayoutFilter(Page):
+    status: str | None = None
+    rail: str | None = None
+
+
+@endpoint(bp, "/admin/api/payouts", auth="operator", roles=READERS, query=PayoutFilter)
+def list_payouts(query: PayoutFilter):
+    """Payouts by state and rail, newest first."""
+    rows = db.session.query(Payout)
+    if query.status:
+        rows = rows.filter(Payout.status == query.status)
+    if query.rail:
+        rows = rows.filter(Payout.rail == query.rail)
+    rows = rows.order_by(Payout.id.desc()).limit(query.limit).offset(query.offset)
+    return {"items": [payout_json(p) for p in rows]}
+
+
+@endpoint(bp, "/admin/api/payouts/<int:payout_id>", auth="operator", roles=READERS)
+def get_payout(payout_id: int):
+    """One payout with every attempt."""
+    payout = db.session.get(Payout, payout_id)
+    if payout is None:
+        raise NotFound("no such payout")
+    attempts = db.session.query(PayoutAttempt).filter_by(payout_id=payout.id).order_by(PayoutAttempt.id)
+    return {
+        **payout_json(payout),
+        "attempts": [
+            {
+                "action": a.action,
+                "response_code": a.response_code,
+                "outcome": a.outcome,
+                "message": a.message,
+                "duration_ms": a.duration_ms,
+                "request": a.request_summary,
+                "at": a.created_at.isoformat(),
+            }
+            for a in attempts
+        ],
+    }
+
+
+class Action(Model):
+    reason: Reason
+
+
+class Resolution(Model):
+    outcome: Literal["succeeded", "failed"]
+    reason: Reason
+
+
+@endpoint(
+    bp,
+    "/admin/api/payouts/<int:payout_id>/<any(resend, cancel, approve):action>",
+    methods=["POST"],
+    auth="operator",
+    roles=ACTORS,
+    body=Action,
+    idempotent=True,
+)
+def act_on_payout(payout_id: int, action: str, body: Action):
+    """Resend (same number; queried first if it may have reached WeChat), cancel an unsent one, or approve."""
+    payout, now = lock_payout(payout_id), utcnow()
+    if action == "resend":
+        resend(payout, now)
+    elif action == "cancel":
+        cancel_unsent(payout, now, body.reason)
+    else:
+        approve(payout, g.operator.id, now)
+    audit(f"payout.{action}", "payout", payout.id, body.reason, status=payout.status)
+    return payout_json(payout)
+
+
+@endpoint(
+    bp,
+    "/admin/api/payouts/<int:payout_id>/resolve",
+    methods=["POST"],
+    auth="operator",
+    roles=ACTORS,
+    body=Resolution,
+    idempotent=True,
+)
+def resolve_payout(payout_id: int, body: Resolution):
+    """Settle a needs_operator payout from evidence, with the reason."""
+    payout = lock_payout(payout_id)
+    resolve(payout, body.outcome == "succeeded", utcnow(), body.reason)
+    audit("payout.resolve", "payout", payout.id, body.reason, outcome=body.outcome)
+    return payout_json(payout)
+
+
+class ManualPayout(Model):
+    user_id: Id
+    amount_fen: Annotated[int, Field(strict=True, gt=0, le=2_000_000)]
+    rail: Literal["wechat_change", "cash_red_packet"] = "wechat_change"
+    reason: Reason
+
+
+@endpoint(bp, "/admin/api/payouts", methods=["POST"], auth="operator", roles=ACTORS, body=ManualPayout, idempotent=True)
+def create_manual_payout(body: ManualPayout):
+    """A goodwill payout from the platform fund; large ones wait for a second operator."""
+    user = db.session.get(User, body.user_id)
+    if user is None:
+        raise NotFound("no such user")
+    key = request.headers.get("Idempotency-Key") or f"{g.operator.id}:{utcnow().timestamp()}"
+    payout = manual_payout(
+        g.operator.id,
+        user,
+        body.amount_fen,
+        body.rail,
+        f"{g.operator.id}:{key}",
+        body.reason,
+        current_app.config["MANUAL_PAYOUT_APPROVAL_FEN"],
+    )
+    audit("payout.manual", "payout", payout.id, body.reason, amount_fen=body.amount_fen, user_id=user.id)
+    return payout_json(payout), 201
+
+
+class RailSwitch(Model):
+    enabled: bool
+    reason: Reason
+
+
+@endpoint(
+    bp,
+    "/admin/api/rails/<any(wechat_change, cash_red_packet, wechat_coupon, card_coupon):rail>",
+    methods=["PUT"],
+    auth="operator",
+    roles=ACTORS,
+    body=RailSwitch,
+    idempotent=True,
+)
+def switch_rail(rail: str, body: RailSwitch):
+    """Stop (or restart) dispatching on a rail at once."""
+    control = db.session.get(RailControl, rail) or RailControl(rail=rail)
+    control.enabled, control.reason, control.updated_at = body.enabled, body.reason, utcnow()
+    if body.enabled:
+        control.paused_until = None
+    db.session.add(control)
+    audit("rail.switch", "rail", rail, body.reason, enabled=body.enabled)
+    return {"rail": rail, "enabled": control.enabled, "reason": control.reason}
+
+
+@endpoint(bp, "/admin/api/rails", auth="operator", roles=READERS)
+def list_rails():
+    """Every rail's switch and pause."""
+    controls = {c.rail: c for c in db.session.query(RailControl)}
+    return {
+        "items": [
+            {
+                "rail": r,
+                "enabled": controls[r].enabled if r in controls else True,
+                "paused_until": controls[r].paused_until.isoformat()
+                if r in controls and controls[r].paused_until
+                else None,
+                "reason": controls[r].reason if r in controls else None,
+            }
+            for r in RAILS
+        ]
+    }

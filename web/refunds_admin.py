@@ -1,0 +1,131 @@
+"""Admin refunds: ``POST /admin/api/orders/<id>/refunds`` (admin, finance).
+
+Order of work (DESIGN §4): the refund row, its ``out_refund_no``, the payout
+hold and the audit line are committed first; then WeChat is asked with no
+transaction open, retrying with the SAME ``out_refund_no`` on SYSTEM_ERROR,
+429 and NOT_ENOUGH; then the answer is recorded. An answer we cannot read
+leaves the refund pending for the refund-query job. With an
+``Idempotency-Key`` the ``out_refund_no`` is derived from it, so a retried
+request after a crash continues the same refund instead of starting another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from typing import Annotated
+
+from flask import Blueprint, current_app, g, request
+from pydantic import Field
+from sqlalchemy import select
+
+from models import OperatorRole, Order, Refund, RefundStatus, db, utcnow
+from rebate import apply_refund, begin_refund, fail_refund
+from web.admin import audit
+from web.api import endpoint
+from web.errors import NotFound
+from web.schemas import Model, PositiveFen
+from web.wechat_setup import wechat
+from wechat.errors import WeChatBusinessError, WeChatError
+
+bp = Blueprint("refunds_admin", __name__, url_prefix="/admin/api")
+
+MAX_ATTEMPTS = 3
+FINISHED = {"SUCCESS", "CLOSED", "ABNORMAL"}
+
+
+class CreateRefund(Model):
+    amount_fen: PositiveFen
+    reason: Annotated[str, Field(min_length=1, max_length=80)]
+
+
+def refund_json(refund: Refund) -> dict:
+    return {
+        "id": refund.id,
+        "order_id": refund.order_id,
+        "out_refund_no": refund.out_refund_no,
+        "amount_fen": refund.amount_fen,
+        "status": refund.status,
+        "refund_id": refund.refund_id,
+        "reason": refund.reason,
+        "created_at": refund.created_at.isoformat(),
+        "finished_at": refund.finished_at.isoformat() if refund.finished_at else None,
+    }
+
+
+def new_out_refund_no(order: Order) -> str:
+    key = request.headers.get("Idempotency-Key")
+    if key:
+        digest = hashlib.sha256(f"operator:{g.operator.id}|{order.id}|{key}".encode()).hexdigest()[:24].upper()
+    else:
+        digest = secrets.token_hex(12).upper()
+    return f"R{order.id}-{digest}"
+
+
+def call_refund(out_trade_no: str, out_refund_no: str, amount_fen: int, total_fen: int, reason: str | None) -> dict:
+    """Ask WeChat, retrying the same number while WeChat says retrying is safe. Raises the last error."""
+    ext = wechat()
+    backoff = current_app.config.get("WECHAT_RETRY_BACKOFF_S", 0.5)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            return ext.pay.refund(out_trade_no, out_refund_no, amount_fen, total_fen, ext.refund_notify_url, reason)
+        except WeChatError as exc:
+            if not exc.retryable or attempt == MAX_ATTEMPTS:
+                raise
+            time.sleep(backoff * attempt)
+    raise AssertionError("unreachable")
+
+
+def _refund(out_refund_no: str) -> Refund:
+    return db.session.execute(select(Refund).where(Refund.out_refund_no == out_refund_no)).scalar_one()
+
+
+def record_answer(out_trade_no: str, out_refund_no: str, amount_fen: int, answer: dict) -> None:
+    """Apply what WeChat said about the refund (flushes; the caller commits)."""
+    status = answer.get("status")
+    if status == "SUCCESS":
+        apply_refund(out_trade_no, out_refund_no, amount_fen, utcnow(), refund_id=answer.get("refund_id"))
+    elif status in ("CLOSED", "ABNORMAL"):
+        fail_refund(out_refund_no, RefundStatus(status.lower()), utcnow())
+    if answer.get("refund_id"):
+        refund = _refund(out_refund_no)
+        refund.refund_id = refund.refund_id or answer["refund_id"]
+
+
+@endpoint(
+    bp,
+    "/orders/<int:order_id>/refunds",
+    methods=["POST"],
+    auth="operator",
+    roles=(OperatorRole.ADMIN, OperatorRole.FINANCE),
+    body=CreateRefund,
+    idempotent=True,
+    tags=("refunds",),
+)
+def create_refund(order_id: int, body: CreateRefund):
+    """Refund an order in full or in part through WeChat Pay."""
+    order = db.session.get(Order, order_id)
+    if order is None:
+        raise NotFound(f"order {order_id} not found")
+    refund = begin_refund(order, new_out_refund_no(order), body.amount_fen, body.reason)
+    audit(
+        "refund.create", "order", order.id, body.reason, out_refund_no=refund.out_refund_no, amount_fen=body.amount_fen
+    )
+    out_trade_no, out_refund_no, total_fen = order.out_trade_no, refund.out_refund_no, order.payable_fen
+    db.session.commit()  # the refund and its hold exist before WeChat hears of it
+    wechat_error = None
+    try:
+        answer = call_refund(out_trade_no, out_refund_no, body.amount_fen, total_fen, body.reason)
+    except WeChatError as exc:
+        answer, wechat_error = None, {"code": exc.code, "message": exc.message}
+        if isinstance(exc, WeChatBusinessError) and not exc.retryable:
+            fail_refund(out_refund_no, RefundStatus.FAILED, utcnow())  # definitive: WeChat will not refund this
+    if answer is not None:
+        record_answer(out_trade_no, out_refund_no, body.amount_fen, answer)
+    db.session.flush()
+    refund = _refund(out_refund_no)
+    result = refund_json(refund)
+    if wechat_error:
+        result["wechat_error"] = wechat_error
+    return result, 201
