@@ -77,7 +77,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "DATABASE_URL",
-        "sqlite:///instance/rebate.db",
+        "sqlite:///rebate.db",
         doc="SQLAlchemy URL; PostgreSQL in production (postgresql+psycopg://…).",
     ),
     Setting(

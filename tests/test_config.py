@@ -153,7 +153,7 @@ def test_simulator_mode_starts_with_no_secrets():
     values = load_config(environ={"WECHAT_MODE": "simulator"})
     assert values["SECRET_KEY"] is None
     assert values["WECHAT_APIV3_KEY"] is None
-    assert values["DATABASE_URL"] == "sqlite:///instance/rebate.db"
+    assert values["DATABASE_URL"] == "sqlite:///rebate.db"
 
 
 def test_overrides_win_over_the_environment():

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import click
+from flask import current_app
 from sqlalchemy import select
 
-from models import Campaign, CampaignRules, Merchant, Operator, Product, db, unit_of_work, utcnow
+from models import Campaign, CampaignRules, Merchant, Operator, Product, RedPacket, db, unit_of_work, utcnow
 from rebate.packets import generate_batch
 from web.auth import issue_operator_token
 
@@ -88,9 +89,14 @@ def seed() -> dict:
             budget_limit_fen=5_000_00,
         )
         db.session.flush()
-        codes = [p.claim_code for p in generate_batch(newcomer, 5, now, batch_ref="demo")]
-    else:
-        codes = []
+        generate_batch(newcomer, 5, now, batch_ref="demo")
+    codes = (
+        db.session.execute(
+            select(RedPacket.claim_code).where(RedPacket.status == "unclaimed", RedPacket.source == "batch").limit(5)
+        )
+        .scalars()
+        .all()
+    )
     admin = db.session.execute(select(Operator).where(Operator.username == "demo-admin")).scalar_one_or_none()
     if admin is None:
         admin = Operator(username="demo-admin", display_name="Demo admin", role="admin")
@@ -107,6 +113,8 @@ def seed() -> dict:
 @click.command("seed-demo")
 def seed_demo_command() -> None:
     """Seed a merchant, products, three campaigns and claim codes; print an admin token."""
+    if current_app.config["WECHAT_MODE"] == "live" and not current_app.config["SEED_DEMO_DATA"]:
+        raise click.ClickException("refusing to seed demo data in live mode; set SEED_DEMO_DATA=1 if you mean it")
     with unit_of_work():
         result = seed()
     click.echo("demo data " + ("created" if result["created"] else "already present"))

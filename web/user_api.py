@@ -13,7 +13,19 @@ from pydantic import Field
 from sqlalchemy import select
 
 from ledger import account, balance
-from models import AccountKind, Campaign, Order, Payout, Rebate, RebateAdjustment, Receivable, RedPacket, db, utcnow
+from models import (
+    AccountKind,
+    Campaign,
+    Order,
+    Payout,
+    Product,
+    Rebate,
+    RebateAdjustment,
+    Receivable,
+    RedPacket,
+    db,
+    utcnow,
+)
 from rebate import claim_packet, create_order
 from rebate.orders import LineRequest
 from rebate.packets import find_claimable
@@ -140,3 +152,16 @@ def my_rebates(query: Page):
     for adj in adjustments:
         by_rebate.setdefault(adj.rebate_id, []).append(adj)
     return {"items": [rebate_json(r, order, by_rebate.get(r.id, []), viewer_id=user.id) for r, order in rows]}
+
+
+@endpoint(bp, "/merchants/<int:merchant_id>/products", query=Page)
+def merchant_products(merchant_id: int, query: Page):
+    """What a merchant sells (active products only)."""
+    rows = db.session.execute(
+        select(Product)
+        .where(Product.merchant_id == merchant_id, Product.active.is_(True))
+        .order_by(Product.id)
+        .limit(query.limit)
+        .offset(query.offset)
+    ).scalars()
+    return {"items": [{"id": p.id, "name": p.name, "category": p.category, "price_fen": p.price_fen} for p in rows]}
