@@ -153,6 +153,13 @@ SETTINGS: tuple[Setting, ...] = (
         doc="Manual payouts from this amount need a second operator's approval.",
     ),
     Setting("PAYOUT_MAX_ATTEMPTS", 8, _positive_int, doc="Calls before a payout goes to an operator."),
+    Setting(
+        "TRANSFER_CONFIRM_HOURS",
+        72,
+        _positive_int,
+        doc="Transfers (and cards) the user has not confirmed after this are cancelled; the money waits in "
+        "their balance.",
+    ),
     Setting("PAYOUT_BATCH", 50, _positive_int, doc="Payouts one dispatcher pass claims."),
     Setting(
         "PAYOUT_RATE_LIMITS",

@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 from collections import Counter
+from datetime import timedelta
 
 import requests
 from flask import current_app
@@ -113,7 +114,11 @@ def rail_limiter(rails: dict, redis_url: str | None, max_wait_s: float = 5.0):
 def dispatch_payouts() -> Counter:
     app = current_app._get_current_object()
     rails = build_rails(app)
-    settings = DispatchSettings(batch=app.config["PAYOUT_BATCH"], max_attempts=app.config["PAYOUT_MAX_ATTEMPTS"])
+    settings = DispatchSettings(
+        batch=app.config["PAYOUT_BATCH"],
+        max_attempts=app.config["PAYOUT_MAX_ATTEMPTS"],
+        confirm_ttl=timedelta(hours=app.config["TRANSFER_CONFIRM_HOURS"]),
+    )
     return dispatch_due(rails, settings=settings, limiter=rail_limiter(rails, app.config.get("REDIS_URL")))
 
 

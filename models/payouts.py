@@ -49,6 +49,7 @@ class Payout(Base):
     external_no: Mapped[str] = mapped_column(String(32), unique=True)
     status: Mapped[str] = mapped_column(String(24), default=PayoutStatus.PENDING)
     held: Mapped[bool] = mapped_column(default=False)  # a refund of its order is pending
+    cancel_requested: Mapped[bool] = mapped_column(default=False)  # an operator asked to cancel it at WeChat
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -32,6 +32,7 @@ class Claimed:
     external_no: str
     request: dict
     query_first: bool
+    cancel_if_unconfirmed: bool = False  # waiting for the user longer than settings.confirm_ttl
 
 
 def enabled_rails(rails: dict[str, RailAdapter], now: datetime) -> list[str]:
@@ -70,9 +71,12 @@ def claim(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettin
                 apply_result(payout, built, now, settings)
                 continue
             payout.request = built
+        overdue = payout.status == S.WAITING_USER_CONFIRM and (
+            payout.cancel_requested or (payout.sent_at is not None and payout.sent_at + settings.confirm_ttl <= now)
+        )
         payout.status, payout.lease_until = S.SENDING, now + LEASE
         payout.attempts += 1
-        claimed.append(Claimed(payout.id, payout.rail, payout.external_no, dict(payout.request), query_first))
+        claimed.append(Claimed(payout.id, payout.rail, payout.external_no, dict(payout.request), query_first, overdue))
     db.session.commit()
     return claimed
 
@@ -90,12 +94,24 @@ def call_wechat(job: Claimed, rail: RailAdapter, limiter: Callable[[str], None])
         limiter(job.rail)
         result, ms = _timed("query", lambda: rail.query(job.external_no, job.request))
         calls.append(("query", result, ms))
+        if result.outcome == Outcome.WAITING_USER_CONFIRM and job.cancel_if_unconfirmed:
+            calls.append(_cancel_unconfirmed(job, rail, limiter))
         if result.outcome != Outcome.NOT_FOUND:
             return calls
     limiter(job.rail)
     result, ms = _timed("send", lambda: rail.send(job.external_no, job.request))
     calls.append(("send", result, ms))
     return calls
+
+
+def _cancel_unconfirmed(job: Claimed, rail: RailAdapter, limiter) -> tuple[str, RailResult, int]:
+    """The user never confirmed: cancel at WeChat (transfers) or locally (cards cannot be recalled)."""
+    cancel = getattr(rail, "cancel", None)
+    if cancel is None:
+        return "cancel", RailResult(Outcome.CANCELLED, "CONFIRM_EXPIRED", "never confirmed by the user"), 0
+    limiter(job.rail)
+    result, ms = _timed("cancel", lambda: cancel(job.external_no))
+    return "cancel", result, ms
 
 
 def record(job: Claimed, calls: list[tuple[str, RailResult, int]], now: datetime, settings: DispatchSettings) -> None:

@@ -70,10 +70,17 @@ def resend(payout: Payout, now: datetime) -> None:
     payout.next_attempt_at, payout.attempts = now, 0
 
 
-def cancel_unsent(payout: Payout, now: datetime, reason: str) -> None:
-    """Cancel a payout that certainly never reached WeChat; its money is owed again."""
+def cancel(payout: Payout, now: datetime, reason: str) -> None:
+    """Cancel an unsent payout now; one waiting for the user's confirmation is cancelled at WeChat by
+    the dispatcher's next pass (its money comes back once WeChat confirms the cancellation)."""
+    if payout.status == S.WAITING_USER_CONFIRM:
+        payout.cancel_requested, payout.next_attempt_at = True, now
+        payout.last_error = f"cancellation requested by an operator: {reason}"[:2000]
+        return
     if payout.sent_at is not None or payout.status not in (S.PENDING, S.NEEDS_OPERATOR):
-        raise PayoutError("only a payout that never reached WeChat is cancelled here", code="payout_state")
+        raise PayoutError(
+            "only an unsent payout, or one waiting for the user's confirmation, can be cancelled", code="payout_state"
+        )
     mark_returned(payout, S.CANCELLED, now, f"cancelled by an operator: {reason}")
 
 

@@ -31,6 +31,7 @@ class DispatchSettings:
     backoff_base_s: float = 30.0
     backoff_cap_s: float = 6 * 3600.0
     cash_fallback_rail: str | None = "wechat_change"  # where a refused cash red packet goes
+    confirm_ttl: timedelta = timedelta(hours=72)  # unconfirmed transfers and cards are cancelled after this
 
 
 def backoff(attempts: int, settings: DispatchSettings) -> timedelta:
@@ -74,9 +75,12 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
     elif o == Outcome.PAUSE_RAIL:
         pause_rail(payout.rail, now + RAIL_PAUSE, f"{result.code}: {result.message}")
         _later(payout, S.PENDING, now + RAIL_PAUSE)
-    elif o in (Outcome.FAILED, Outcome.CANCELLED):
-        mark_returned(payout, S.FAILED if o == Outcome.FAILED else S.CANCELLED, now, f"{result.code}: {result.message}")
+    elif o == Outcome.FAILED:
+        mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}")
         _retry_after_failure(payout, payout.rail, "definitive failure")
+    elif o == Outcome.CANCELLED:  # not confirmed in time, or cancelled: the money waits in the balance
+        mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}")
+        _credit_balance(payout, db.session.get(LedgerAccount, payout.source_account_id))
     elif o == Outcome.GIVE_UP_USER:
         mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}")
         raise_alert(

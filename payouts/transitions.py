@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import func, select
+
 from ledger import Leg, account, close_flow, post_entry
-from models import AccountKind, LedgerAccount, Payout, PayoutStatus, db
+from models import AccountKind, LedgerAccount, LedgerPosting, Payout, PayoutStatus, db
 from models.payouts import TERMINAL
 
 S = PayoutStatus
@@ -56,8 +58,14 @@ def mark_sent(payout: Payout, now: datetime) -> None:
     payout.sent_at = now
 
 
-def _holding_account() -> tuple[LedgerAccount, LedgerAccount]:
-    return account(AccountKind.REBATE_PAYABLE), account(AccountKind.PAYOUT_IN_TRANSIT)
+def _flow_holdings(payout: Payout) -> list[Leg]:
+    """What each clearing account holds for this payout's flow, read from the postings themselves."""
+    rows = db.session.execute(
+        select(LedgerPosting.account_id, func.sum(LedgerPosting.amount))
+        .where(LedgerPosting.flow == payout.flow)
+        .group_by(LedgerPosting.account_id)
+    ).all()
+    return [Leg(db.session.get(LedgerAccount, acct), -int(total), flow=payout.flow) for acct, total in rows if total]
 
 
 def mark_succeeded(payout: Payout, now: datetime, wechat_ref: str | None = None) -> None:
@@ -79,13 +87,14 @@ def mark_succeeded(payout: Payout, now: datetime, wechat_ref: str | None = None)
 def mark_returned(payout: Payout, to: PayoutStatus, now: datetime, reason: str) -> None:
     """Failed or cancelled: the money goes back to where it came from and is owed again."""
     move(payout, to)
-    payable, in_transit = _holding_account()
-    holder = in_transit if payout.sent_at is not None else payable
-    source = db.session.get(LedgerAccount, payout.source_account_id)
-    post_entry(
-        f"payout:{payout.id}:{to}",
-        f"payout {payout.external_no} {to}: {reason}"[:200],
-        [Leg(holder, -payout.amount_fen, flow=payout.flow), Leg(source, payout.amount_fen)],
-    )
+    legs = _flow_holdings(payout)  # wherever the money sits now: payable, or in transit
+    if legs:
+        source = db.session.get(LedgerAccount, payout.source_account_id)
+        returned = -sum(leg.amount for leg in legs)
+        post_entry(
+            f"payout:{payout.id}:{to}",
+            f"payout {payout.external_no} {to}: {reason}"[:200],
+            [*legs, Leg(source, returned)],
+        )
     payout.finished_at, payout.last_error, payout.lease_until = now, reason, None
     close_flow(payout.flow)

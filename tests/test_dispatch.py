@@ -138,7 +138,7 @@ def test_waiting_for_user_confirmation_keeps_package_info_and_money_in_transit(f
     assert balance(account(AccountKind.PAYOUT_IN_TRANSIT)) == 5_00
 
 
-def test_cancelled_bill_returns_money_to_balance_then_retries(funded_payout):
+def test_cancelled_bill_returns_money_to_the_balance_without_resending(funded_payout):
     payout, cash = funded_payout()
     rail = ScriptedRail(
         RailResult(Outcome.WAITING_USER_CONFIRM, package_info="p"),
@@ -147,7 +147,30 @@ def test_cancelled_bill_returns_money_to_balance_then_retries(funded_payout):
     run(rail)
     run(rail, at=utcnow() + timedelta(days=1))
     assert db.session.get(Payout, payout.id).status == "cancelled"
-    assert db.session.query(Payout).filter_by(retry_of_id=payout.id).count() == 1
+    assert db.session.query(Payout).filter_by(retry_of_id=payout.id).count() == 0
+    assert balance(cash) == 5_00  # the user withdraws it when they want
+
+
+def test_unconfirmed_transfer_is_cancelled_at_wechat_after_the_confirmation_window(funded_payout):
+    # given: a transfer waiting for the user's confirmation
+    payout, cash = funded_payout()
+
+    class Cancellable(ScriptedRail):
+        def cancel(self, external_no):
+            self.calls.append(("cancel", external_no))
+            return RailResult(Outcome.CANCELLED, "CANCELLED")
+
+    waiting = RailResult(Outcome.WAITING_USER_CONFIRM, package_info="p")
+    rail = Cancellable(waiting, query_answers=(waiting, waiting))
+    run(rail)
+    # when: a check inside the window leaves it waiting; one after the window cancels it
+    run(rail, at=utcnow() + timedelta(hours=7))
+    assert db.session.get(Payout, payout.id).status == "waiting_user_confirm"
+    run(rail, at=utcnow() + timedelta(hours=80))
+    # then
+    assert [c for c, _ in rail.calls] == ["send", "query", "query", "cancel"]
+    assert db.session.get(Payout, payout.id).status == "cancelled"
+    assert balance(cash) == 5_00
 
 
 def test_not_enough_pauses_the_rail_and_alerts_and_keeps_the_number(funded_payout):

@@ -13,12 +13,15 @@ from flask import Blueprint, current_app, g, request
 from pydantic import Field
 
 from models import OperatorRole, Payout, PayoutAttempt, RailControl, User, db, utcnow
-from payouts.operations import approve, cancel_unsent, lock_payout, manual_payout, resend, resolve, withdraw
+from payouts.card_rail import consume_card_code
+from payouts.operations import approve, cancel, lock_payout, manual_payout, resend, resolve, withdraw
 from web.admin import audit
 from web.api import endpoint
 from web.auth import current_user
 from web.errors import NotFound
 from web.schemas import Id, Model, Page, PositiveFen, Reason
+from web.wechat_setup import to_api_error, wechat
+from wechat.errors import WeChatError
 
 bp = Blueprint("payouts_api", __name__)
 ACTORS = (OperatorRole.ADMIN, OperatorRole.FINANCE)
@@ -146,7 +149,7 @@ def act_on_payout(payout_id: int, action: str, body: Action):
     if action == "resend":
         resend(payout, now)
     elif action == "cancel":
-        cancel_unsent(payout, now, body.reason)
+        cancel(payout, now, body.reason)
     else:
         approve(payout, g.operator.id, now)
     audit(f"payout.{action}", "payout", payout.id, body.reason, status=payout.status)
@@ -239,3 +242,65 @@ def list_rails():
             for r in RAILS
         ]
     }
+
+
+class RealName(Model):
+    real_name: Annotated[str, Field(min_length=2, max_length=32, pattern=r"^[^\d<>{}\[\]\\/@#$%^&*=+|~`]+$")]
+
+
+@endpoint(bp, "/api/v1/me/real-name", methods=["PUT"], body=RealName, idempotent=True)
+def set_real_name(body: RealName):
+    """The payee's real name (encrypted at rest), which WeChat needs for transfers from 2,000 yuan.
+
+    Payouts deferred for want of it are released to the dispatcher at once.
+    """
+    user = current_user()
+    user.real_name = body.real_name
+    released = (
+        db.session.query(Payout)
+        .filter(
+            Payout.user_id == user.id,
+            Payout.status == "pending",
+            Payout.request.is_(None),
+            Payout.last_error.like("REAL_NAME_REQUIRED%"),
+        )
+        .update({Payout.next_attempt_at: utcnow()}, synchronize_session=False)
+    )
+    return {"real_name_on_file": True, "payouts_released": released}
+
+
+class CardCode(Model):
+    code: Annotated[str, Field(min_length=4, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    card_id: Annotated[str, Field(min_length=4, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] | None = None
+
+
+@endpoint(
+    bp,
+    "/admin/api/cards/consume",
+    methods=["POST"],
+    auth="operator",
+    roles=(OperatorRole.ADMIN, OperatorRole.MERCHANT_STAFF),
+    body=CardCode,
+    idempotent=True,
+)
+def consume_card(body: CardCode):
+    """Redeem a card-package coupon code at the counter (``/card/code/consume``).
+
+    No database transaction is open during the WeChat call; the redemption is audited after it.
+    """
+    cfg, wx = current_app.config, wechat()
+    db.session.commit()  # end the auth read before calling WeChat
+    try:
+        answer = consume_card_code(
+            wx.session,
+            body.code,
+            body.card_id or cfg.get("WECHAT_CARD_ID"),
+            token_store=wx.token_store,
+            appid=cfg["WECHAT_OA_APPID"],
+            secret=cfg["WECHAT_OA_SECRET"],
+            api_base=cfg["WECHAT_API_BASE"],
+        )
+    except WeChatError as exc:
+        raise to_api_error(exc) from exc
+    audit("card.consume", "card_code", body.code, None, card_id=(answer.get("card") or {}).get("card_id"))
+    return {"consumed": True, "card_id": (answer.get("card") or {}).get("card_id")}
