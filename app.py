@@ -53,6 +53,11 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
     init_wechat(app)
     _install_web(app)
+    if not app.config.get("REDIS_URL") and not app.config.get("TESTING"):
+        log.warning(
+            "REDIS_URL unset: the WeChat access token and payout rate limits are per process; "
+            "run a single process or set REDIS_URL"
+        )
     log.info("app configured", extra={"config": masked(settings)})
     return app
 

@@ -83,8 +83,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "REDIS_URL",
         None,
-        doc="Redis for rate limits, hot counters and the shared WeChat access "
-        "token. Unset: in-process fallback (single process only).",
+        doc="Redis for the shared WeChat access token and card ticket and the payout rails' calls-per-second "
+        "limits. Unset: in-process fallback (single process only; the app warns at start-up). Claim limits "
+        "and budgets live in the database either way.",
     ),
     Setting("WECHAT_MODE", "live", doc="`live` (default) or `simulator` (the local WeChat of `make run`)."),
     Setting("WECHAT_APPID", None, doc="Mini-program appid."),

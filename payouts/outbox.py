@@ -67,8 +67,14 @@ def release_order_payouts(order_id: int) -> int:
 
 
 def pending_payouts_for_rebate(rebate_id: int) -> list[Payout]:
-    """The rebate's payouts whose money has certainly not left (locked for update), newest first."""
-    stmt = select(Payout).where(Payout.rebate_id == rebate_id, Payout.status == PayoutStatus.PENDING)
+    """The rebate's payouts whose money has certainly not left (locked for update), newest first.
+
+    Only payouts never handed to WeChat qualify: once a request was built and tried, WeChat may hold
+    that number (a SYSTEMERROR retry, say), and it must be resent with the same amount or not at all.
+    """
+    stmt = select(Payout).where(
+        Payout.rebate_id == rebate_id, Payout.status == PayoutStatus.PENDING, Payout.request.is_(None)
+    )
     return list(db.session.execute(stmt.order_by(Payout.id.desc()).with_for_update()).scalars())
 
 

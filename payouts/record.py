@@ -6,6 +6,8 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from flask import current_app
+
 from ledger import Leg, account, post_entry
 from models import AccountKind, LedgerAccount, Payout, PayoutStatus, RailControl, db, raise_alert, utcnow
 from payouts.outbox import enqueue_payout
@@ -80,7 +82,6 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
         _retry_after_failure(payout, payout.rail, "definitive failure")
     elif o == Outcome.CANCELLED:  # not confirmed in time, or cancelled: the money waits in the balance
         mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}")
-        _credit_balance(payout, db.session.get(LedgerAccount, payout.source_account_id))
     elif o == Outcome.GIVE_UP_USER:
         mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}")
         raise_alert(
@@ -110,10 +111,22 @@ def fallback_rail(payout: Payout, settings: DispatchSettings) -> str | None:
     return settings.cash_fallback_rail if payout.rail == "cash_red_packet" else None
 
 
-def _credit_balance(payout: Payout, source: LedgerAccount) -> None:
-    """A coupon's money came from the funder: falling back to balance credits the user from it."""
+def _credit_in_app(payout: Payout, source: LedgerAccount, form: str) -> None:
+    """Fall back to the in-app balance or to points; a cash source is already back in the balance."""
     if source.kind == AccountKind.USER_CASH:
-        return  # already back in the user's balance
+        return
+    if form == "points":
+        points = payout.amount_fen // max(1, int(current_app.config.get("POINT_VALUE_FEN", 1)))
+        if points:
+            post_entry(
+                f"payout:{payout.id}:to-points",
+                f"payout {payout.external_no} falls back to points",
+                [
+                    Leg(account(AccountKind.POINTS_ISSUANCE), -points),
+                    Leg(account(AccountKind.USER_POINTS, "user", payout.user_id), points),
+                ],
+            )
+        return
     cash = account(AccountKind.USER_CASH, "user", payout.user_id)
     post_entry(
         f"payout:{payout.id}:to-balance",
@@ -123,14 +136,23 @@ def _credit_balance(payout: Payout, source: LedgerAccount) -> None:
 
 
 def _retry_after_failure(payout: Payout, rail: str | None, why: str) -> Payout | None:
-    """A new payout row with a new number; the old one stays failed. None: the money stays in the balance."""
+    """A new payout row with a new number; the old one stays failed.
+
+    ``rail`` "balance" or "points" credits the user in the app instead. With no fallback, cash stays in
+    the user's balance (it came from there) and a coupon's money stays with its funder: a refused coupon
+    never turns into withdrawable cash the rules did not allow.
+    """
     depth, parent = 0, payout
     while parent.retry_of_id is not None and depth <= MAX_AUTO_RETRIES:
         parent, depth = db.session.get(Payout, parent.retry_of_id), depth + 1
     source = db.session.get(LedgerAccount, payout.source_account_id)
-    if rail in (None, "balance") or depth >= MAX_AUTO_RETRIES:
-        _credit_balance(payout, source)
-        raise_alert("payout_returned", payout.external_no, f"{why}: {payout.amount_fen} fen kept in the user's balance")
+    if rail in ("balance", "points"):
+        _credit_in_app(payout, source, rail)
+        raise_alert("payout_fallback", payout.external_no, f"{why}: {payout.amount_fen} fen credited as {rail}")
+        return None
+    if rail is None or depth >= MAX_AUTO_RETRIES:
+        kept = "kept in the user's balance" if source.kind == AccountKind.USER_CASH else "returned to its funder"
+        raise_alert("payout_returned", payout.external_no, f"{why}: {payout.amount_fen} fen {kept}")
         return None
     return enqueue_payout(
         rail=rail,

@@ -158,7 +158,7 @@ def _fallback(rebate: Rebate, campaign: Campaign) -> str | None:
     """The rule's fallback form, fixed on the payout: where the money goes when the rail refuses."""
     rule = rules_of(campaign, rebate.rules_version).role(rebate.role)
     form = rule.fallback_form if rule else None
-    return RAIL_OF_FORM.get(form, "balance" if form in ("balance", "points") else None) if form else None
+    return RAIL_OF_FORM.get(form, form if form in ("balance", "points") else None) if form else None
 
 
 def recover_receivables(beneficiary_type: str, beneficiary_id: int, kind: str, amount_fen: int) -> int:

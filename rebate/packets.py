@@ -221,3 +221,16 @@ def expire_due_packets(now: datetime, limit: int = 500) -> int:
     for packet in due:
         release_packet(packet, PacketStatus.EXPIRED)
     return len(due)
+
+
+def revoke_packet(packet_id: int) -> RedPacket:
+    """An operator takes back a packet that was not spent (fraud, mistake): its budget returns."""
+    packet = db.session.execute(
+        select(RedPacket).where(RedPacket.id == packet_id).with_for_update().execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if packet is None:
+        raise NotFound("no such red packet")
+    if packet.status == PacketStatus.LOCKED:
+        raise StateConflict("the packet is in an unpaid order; close the order first", code="packet_locked")
+    release_packet(packet, PacketStatus.REVOKED)
+    return packet

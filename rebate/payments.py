@@ -36,7 +36,7 @@ from rebate.campaigns import funder_account, is_running, rules_of
 from rebate.errors import BudgetExhausted, NotFound
 from rebate.orders import lock_order
 from rebate.packets import issue_packet
-from rebate.rules import CASH_FORMS, Decision, OrderFacts, RuleSet, evaluate
+from rebate.rules import Decision, OrderFacts, RuleSet, evaluate
 
 
 class PaymentOutcome(StrEnum):
@@ -246,7 +246,8 @@ def _run_rebates(order: Order, packet: RedPacket | None, campaigns: dict[int, Ca
             order, campaign, version, packet.id if is_packet_campaign else None, decisions, who, now
         )
         awarded = sum(r.original_fen for r in rebates)
-        cash_room -= sum(r.original_fen for r in rebates if r.form in CASH_FORMS)
+        paid_cash = {d.role for d in decisions if d.pays_cash}
+        cash_room -= sum(r.original_fen for r in rebates if r.role in paid_cash)
         if is_packet_campaign:
             budgets.settle(
                 campaign_id,

@@ -98,10 +98,15 @@ class Decision:
     reason_code: str  # "awarded", "below_minimum", "cap_reached", ...
     reasons: tuple[str, ...] = field(default_factory=tuple)
     condition: Condition | None = None  # held until the condition is met
+    fallback_form: str | None = None
 
     @property
     def awarded(self) -> bool:
         return self.amount_fen > 0
+
+    @property
+    def pays_cash(self) -> bool:
+        return _pays_cash(self.form, self.fallback_form)
 
 
 def evaluate(
@@ -116,7 +121,7 @@ def evaluate(
         decisions.append(decision)
         if budget is not None:
             budget -= decision.amount_fen
-        if decision.form in CASH_FORMS:
+        if decision.pays_cash:
             cash_room -= decision.amount_fen
     return decisions
 
@@ -141,7 +146,7 @@ def _decide(rule: RoleRule, facts: OrderFacts, budget: int | None, cash_room: in
     code = "awarded"
     amount, code = _limit(amount, code, reasons, rule.cap_fen, "cap_reached", "capped at the rule's cap")
     amount, code = _limit(amount, code, reasons, budget, "budget_exhausted", "limited by the campaign budget left")
-    if rule.form in CASH_FORMS:
+    if _pays_cash(rule.form, rule.fallback_form):
         amount, code = _limit(
             amount, code, reasons, cash_room, "paid_cap", "cash rebates cannot exceed what the buyer paid"
         )
@@ -150,7 +155,12 @@ def _decide(rule: RoleRule, facts: OrderFacts, budget: int | None, cash_room: in
         reasons.append("rounds down to 0")
     if amount and rule.condition is not None:
         reasons.append(f"held until {', '.join(rule.condition.milestones)} within {rule.condition.window_days} days")
-    return Decision(rule.role, amount, rule.form, code, tuple(reasons), rule.condition)
+    return Decision(rule.role, amount, rule.form, code, tuple(reasons), rule.condition, rule.fallback_form)
+
+
+def _pays_cash(form: str, fallback_form: str | None) -> bool:
+    """Cash now, or cash when its rail refuses (a coupon falling back to balance is cash too)."""
+    return form in CASH_FORMS or fallback_form in CASH_FORMS
 
 
 def _limit(amount: int, code: str, reasons: list[str], limit: int | None, limit_code: str, why: str):

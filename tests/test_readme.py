@@ -14,3 +14,9 @@ def test_every_configuration_key_is_documented():
 
 def test_the_two_commands_are_documented():
     assert "make run" in README and "make test" in README
+
+
+def test_the_configuration_table_is_generated_from_the_settings():
+    from tests.readme_config import rewrite
+
+    assert rewrite(README) == README, "run `python -m tests.readme_config` to refresh the README table"

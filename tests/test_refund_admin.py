@@ -45,6 +45,22 @@ def finance(make_operator):
     return make_operator("finance")[1]
 
 
+def keyed(headers: dict) -> dict:
+    """A fresh Idempotency-Key: refunds refuse to run without one."""
+    import uuid
+
+    return {**headers, "Idempotency-Key": uuid.uuid4().hex}
+
+
+def test_a_refund_without_an_idempotency_key_is_refused_and_changes_nothing(client, paid_order, finance):
+    from models import Refund, db
+
+    response = client.post(REFUNDS.format(paid_order.id), json={"amount_fen": 1_000, "reason": "r"}, headers=finance)
+    assert response.status_code == 422
+    assert response.json["error"] == "idempotency_key_required"
+    assert db.session.query(Refund).count() == 0
+
+
 def test_refund_is_recorded_before_wechat_and_finished_by_the_notification(
     app,
     client,
@@ -54,7 +70,7 @@ def test_refund_is_recorded_before_wechat_and_finished_by_the_notification(
     delivered,  # noqa: F811
 ):
     response = client.post(
-        REFUNDS.format(paid_order.id), json={"amount_fen": 4_000, "reason": "damaged"}, headers=finance
+        REFUNDS.format(paid_order.id), json={"amount_fen": 4_000, "reason": "damaged"}, headers=keyed(finance)
     )
     assert response.status_code == 201, response.json
     [call] = refund_calls
@@ -71,7 +87,9 @@ def test_refund_is_recorded_before_wechat_and_finished_by_the_notification(
 @pytest.mark.parametrize(("status", "code"), [(500, "SYSTEM_ERROR"), (429, "FREQUENCY_LIMITED"), (403, "NOT_ENOUGH")])
 def test_retryable_errors_retry_with_the_same_number(app, client, paid_order, finance, refund_calls, status, code):
     simulator(app).inject_fault("/v3/refund/domestic/refunds", status, code, times=2)
-    response = client.post(REFUNDS.format(paid_order.id), json={"amount_fen": 10_000, "reason": "r"}, headers=finance)
+    response = client.post(
+        REFUNDS.format(paid_order.id), json={"amount_fen": 10_000, "reason": "r"}, headers=keyed(finance)
+    )
     assert response.status_code == 201
     assert response.json["status"] in ("pending", "succeeded")
     assert "wechat_error" not in response.json
@@ -81,7 +99,9 @@ def test_retryable_errors_retry_with_the_same_number(app, client, paid_order, fi
 
 def test_unknown_outcome_leaves_the_refund_pending(app, client, paid_order, finance, refund_calls):
     simulator(app).inject_fault("/v3/refund/domestic/refunds", 500, "SYSTEM_ERROR", times=3)
-    response = client.post(REFUNDS.format(paid_order.id), json={"amount_fen": 1_000, "reason": "r"}, headers=finance)
+    response = client.post(
+        REFUNDS.format(paid_order.id), json={"amount_fen": 1_000, "reason": "r"}, headers=keyed(finance)
+    )
     assert response.status_code == 201
     assert response.json["status"] == "pending"
     assert response.json["wechat_error"]["code"] == "SYSTEM_ERROR"
@@ -89,7 +109,9 @@ def test_unknown_outcome_leaves_the_refund_pending(app, client, paid_order, fina
 
 def test_definitive_refusal_fails_the_refund_and_releases_the_hold(app, client, paid_order, finance):
     simulator(app).inject_fault("/v3/refund/domestic/refunds", 403, "USER_ACCOUNT_ABNORMAL")
-    response = client.post(REFUNDS.format(paid_order.id), json={"amount_fen": 1_000, "reason": "r"}, headers=finance)
+    response = client.post(
+        REFUNDS.format(paid_order.id), json={"amount_fen": 1_000, "reason": "r"}, headers=keyed(finance)
+    )
     assert response.status_code == 201
     assert response.json["status"] == "failed"
     assert response.json["wechat_error"]["code"] == "USER_ACCOUNT_ABNORMAL"
@@ -114,13 +136,18 @@ def test_other_roles_may_not_refund(client, paid_order, make_operator, refund_ca
 
 
 def test_bad_amounts_and_unknown_orders(client, paid_order, finance, refund_calls):
-    too_much = client.post(REFUNDS.format(paid_order.id), json={"amount_fen": 10_001, "reason": "r"}, headers=finance)
+    too_much = client.post(
+        REFUNDS.format(paid_order.id), json={"amount_fen": 10_001, "reason": "r"}, headers=keyed(finance)
+    )
     assert too_much.status_code == 422
     assert (
-        client.post(REFUNDS.format(paid_order.id), json={"amount_fen": 0, "reason": "r"}, headers=finance).status_code
+        client.post(
+            REFUNDS.format(paid_order.id), json={"amount_fen": 0, "reason": "r"}, headers=keyed(finance)
+        ).status_code
         == 422
     )
     assert (
-        client.post(REFUNDS.format(999_999), json={"amount_fen": 1, "reason": "r"}, headers=finance).status_code == 404
+        client.post(REFUNDS.format(999_999), json={"amount_fen": 1, "reason": "r"}, headers=keyed(finance)).status_code
+        == 404
     )
     assert refund_calls == []

@@ -108,6 +108,7 @@ def endpoint(
     body: type[BaseModel] | None = None,
     query: type[BaseModel] | None = None,
     idempotent: bool = False,
+    require_key: bool = False,
     summary: str = "",
     tags: tuple[str, ...] = (),
 ) -> Callable:
@@ -123,6 +124,11 @@ def endpoint(
             if query is not None:
                 kwargs["query"] = validate(query, request.args.to_dict())
             key = request.headers.get("Idempotency-Key")
+            if require_key and not key:
+                raise ValidationFailed(
+                    "this request moves money: send an Idempotency-Key so a retry cannot do it twice",
+                    code="idempotency_key_required",
+                )
             if idempotent and key is not None:
                 route = f"{request.method} {request.url_rule.rule}"
                 return idempotency.run(scope, route, key, lambda: _finish(view, kwargs, mutating, commit=False))
@@ -135,6 +141,7 @@ def endpoint(
             "body": body,
             "query": query,
             "idempotent": idempotent,
+            "require_key": require_key,
             "tags": tags or (bp.name,),
         }
         bp.add_url_rule(rule, view.__name__, wrapper, methods=list(methods))

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from models import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType, OperatorRole, RedPacket, db, utcnow
 from rebate.errors import StateConflict
-from rebate.packets import generate_batch
+from rebate.packets import generate_batch, revoke_packet
 from rebate.rules import RuleError, parse_rules
 from web.admin import audit, merchant_scope, visible_merchant
 from web.api import endpoint
@@ -348,3 +348,23 @@ def campaign_packets(campaign_id: int, query: Page):
             for p in rows
         ]
     }
+
+
+@endpoint(
+    bp,
+    "/red-packets/<int:packet_id>/revoke",
+    methods=["POST"],
+    auth="operator",
+    roles=MANAGERS,
+    body=Transition,
+    idempotent=True,
+)
+def revoke(packet_id: int, body: Transition):
+    """Revoke an unspent packet (issued or unclaimed); its reservation and count slot return to the budget."""
+    packet = db.session.get(RedPacket, packet_id)
+    if packet is None:
+        raise NotFound(f"red packet {packet_id} not found")
+    visible_campaign(packet.campaign_id)  # merchant staff: only their own campaigns' packets
+    packet = revoke_packet(packet_id)
+    audit("packet.revoke", "red_packet", packet.id, body.reason, owner_id=packet.owner_id)
+    return {"id": packet.id, "status": packet.status, "reserved_fen": packet.reserved_fen}

@@ -52,7 +52,8 @@ def _operation(method: str, rule, meta: dict | None, components: dict) -> dict:
             for n, s in schema.get("properties", {}).items()
         ]
     if meta.get("idempotent"):
-        params.append({"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}})
+        required = bool(meta.get("require_key"))
+        params.append({"name": "Idempotency-Key", "in": "header", "required": required, "schema": {"type": "string"}})
     if params:
         op["parameters"] = params
     if meta.get("body") is not None and method in {"post", "put", "patch"}:

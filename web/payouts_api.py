@@ -180,13 +180,22 @@ class ManualPayout(Model):
     reason: Reason
 
 
-@endpoint(bp, "/admin/api/payouts", methods=["POST"], auth="operator", roles=ACTORS, body=ManualPayout, idempotent=True)
+@endpoint(
+    bp,
+    "/admin/api/payouts",
+    methods=["POST"],
+    auth="operator",
+    roles=ACTORS,
+    body=ManualPayout,
+    idempotent=True,
+    require_key=True,
+)
 def create_manual_payout(body: ManualPayout):
     """A goodwill payout from the platform fund; large ones wait for a second operator."""
     user = db.session.get(User, body.user_id)
     if user is None:
         raise NotFound("no such user")
-    key = request.headers.get("Idempotency-Key") or f"{g.operator.id}:{utcnow().timestamp()}"
+    key = request.headers["Idempotency-Key"]
     payout = manual_payout(
         g.operator.id,
         user,

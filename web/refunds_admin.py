@@ -12,7 +12,6 @@ request after a crash continues the same refund instead of starting another.
 from __future__ import annotations
 
 import hashlib
-import secrets
 import time
 from typing import Annotated
 
@@ -55,11 +54,9 @@ def refund_json(refund: Refund) -> dict:
 
 
 def new_out_refund_no(order: Order) -> str:
-    key = request.headers.get("Idempotency-Key")
-    if key:
-        digest = hashlib.sha256(f"operator:{g.operator.id}|{order.id}|{key}".encode()).hexdigest()[:24].upper()
-    else:
-        digest = secrets.token_hex(12).upper()
+    """Derived from the (required) Idempotency-Key: a retry after a crash continues the same refund."""
+    key = request.headers["Idempotency-Key"]
+    digest = hashlib.sha256(f"operator:{g.operator.id}|{order.id}|{key}".encode()).hexdigest()[:24].upper()
     return f"R{order.id}-{digest}"
 
 
@@ -101,6 +98,7 @@ def record_answer(out_trade_no: str, out_refund_no: str, amount_fen: int, answer
     roles=(OperatorRole.ADMIN, OperatorRole.FINANCE),
     body=CreateRefund,
     idempotent=True,
+    require_key=True,
     tags=("refunds",),
 )
 def create_refund(order_id: int, body: CreateRefund):
