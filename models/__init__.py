@@ -14,7 +14,7 @@ from models.ledger import AccountKind, LedgerAccount, LedgerEntry, LedgerFlow, L
 from models.limits import LimitCounter
 from models.oauth import OAuthState
 from models.operators import AuditLog, Operator, OperatorRole, OperatorToken
-from models.orders import Order, OrderLine, OrderStatus, PaymentNotification, Refund, RefundStatus
+from models.orders import Order, OrderPacket, OrderLine, OrderStatus, PaymentNotification, Refund, RefundStatus
 from models.packets import PacketStatus, RedPacket
 from models.payouts import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl
 from models.people import Merchant, Product, User, UserIdentity, UserStatus
@@ -30,6 +30,7 @@ __all__ = [
     "IssuerType",
     "Order",
     "OrderMilestone",
+    "OrderPacket",
     "OrderLine",
     "OrderStatus",
     "PacketStatus",

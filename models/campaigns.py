@@ -74,6 +74,7 @@ class Campaign(Base):
     usage_windows: Mapped[dict] = mapped_column(JSON, default=dict)  # {"weekdays": [1..7], "hours": [from, to]}
     # Count budget beside the money budget, and claim limits (None: the defaults of risk.ClaimLimits).
     max_packets: Mapped[int | None]
+    max_packets_per_order: Mapped[int] = mapped_column(default=1)  # stacking: more than 1 lets packets combine
     packets_issued: Mapped[int] = mapped_column(default=0)
     claim_limits: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -27,7 +27,7 @@ class Order(Base):
     merchant_id: Mapped[int] = mapped_column(ForeignKey("merchants.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=OrderStatus.CREATED)
     total_fen: Mapped[int] = mapped_column(BigInteger)
-    packet_id: Mapped[int | None] = mapped_column(ForeignKey("red_packets.id"))
+    packet_id: Mapped[int | None] = mapped_column(ForeignKey("red_packets.id"))  # the first (or only) packet
     discount_fen: Mapped[int] = mapped_column(BigInteger, default=0)
     payable_fen: Mapped[int] = mapped_column(BigInteger)
     paid_fen: Mapped[int | None] = mapped_column(BigInteger)  # WeChat's payer_total
@@ -69,6 +69,18 @@ class OrderLine(Base):
     order: Mapped[Order] = relationship(back_populates="lines")
 
     __table_args__ = (CheckConstraint("quantity > 0 and unit_price_fen > 0", name="positive"),)
+
+
+class OrderPacket(Base):
+    """A red packet spent on an order and the discount it gave (several when campaigns allow stacking)."""
+
+    __tablename__ = "order_packets"
+
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), primary_key=True)
+    packet_id: Mapped[int] = mapped_column(ForeignKey("red_packets.id"), primary_key=True)
+    discount_fen: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (CheckConstraint("discount_fen > 0", name="positive"),)
 
 
 class RefundStatus(StrEnum):

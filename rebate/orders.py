@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from models import Campaign, Order, OrderLine, OrderStatus, PacketStatus, Product, RedPacket, User, db
+from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, PacketStatus, Product, RedPacket, User, db
 from rebate.errors import Invalid, NotFound, StateConflict
 from rebate.packets import check_audience, release_packet
 
@@ -59,7 +59,9 @@ def _order_lines(lines: list[LineRequest], products: dict[int, Product]) -> list
     return result
 
 
-def _usable_packet(packet_id: int, user: User, merchant_id: int, lines: list[OrderLine], now: datetime, channel: str):
+def _usable_packet(
+    packet_id: int, user: User, merchant_id: int, lines: list[OrderLine], now: datetime, channel: str
+) -> tuple[RedPacket, int]:
     """Lock and check the caller's packet; returns (packet, its face for these lines). Someone else's is 404."""
     packet = db.session.execute(
         select(RedPacket).where(RedPacket.id == packet_id).with_for_update().execution_options(populate_existing=True)
@@ -104,31 +106,69 @@ def _face_for(packet: RedPacket, eligible_fen: int) -> int:
     return min(max(reached), eligible_fen)
 
 
+def _check_stacking(packets: list[RedPacket]) -> None:
+    """One packet per order unless every campaign involved allows as many as are stacked."""
+    if len({p.id for p in packets}) != len(packets):
+        raise Invalid("the same red packet is listed twice", code="packet_repeated")
+    for packet in packets:
+        allowed = db.session.get(Campaign, packet.campaign_id).max_packets_per_order
+        if len(packets) > allowed:
+            raise Invalid(
+                f"red packet {packet.id} cannot be combined with {len(packets) - 1} other(s) "
+                f"(its campaign allows {allowed} per order)",
+                code="stacking_not_allowed",
+            )
+
+
+def _discounts(packets_faces: list[tuple[RedPacket, int]], lines: list[OrderLine], total: int) -> list[int]:
+    """Each packet takes from the value left on its own lines, so stacked packets never discount a line twice;
+    the payable stays at least 1 fen. A packet that would take nothing is refused."""
+    left = [li.line_total_fen for li in lines]
+    room = total - MIN_PAYABLE_FEN
+    discounts = []
+    for packet, face in packets_faces:
+        scoped = [i for i, li in enumerate(lines) if _in_scope(packet, li)]
+        discount = min(face, sum(left[i] for i in scoped), room)
+        if discount <= 0:
+            raise Invalid(
+                f"red packet {packet.id} would take nothing off this order (at least 1 fen must be paid)",
+                code="packet_no_discount",
+            )
+        take = discount
+        for i in scoped:
+            part = min(take, left[i])
+            left[i], take = left[i] - part, take - part
+        room -= discount
+        discounts.append(discount)
+    return discounts
+
+
 def create_order(
-    user: User, lines: list[LineRequest], packet_id: int | None, now: datetime, channel: str = "mini_program"
+    user: User,
+    lines: list[LineRequest],
+    packet_ids: int | list[int] | None,
+    now: datetime,
+    channel: str = "mini_program",
 ) -> Order:
-    """A new unpaid order; its packet (if any) is locked until payment or close."""
+    """A new unpaid order; its packets (if any) are locked until payment or close."""
     products = _load_products(lines)
     order_lines = _order_lines(lines, products)
     merchant_id = next(iter(products.values())).merchant_id
     total = sum(li.line_total_fen for li in order_lines)
-    packet, discount = None, 0
-    if packet_id is not None:
-        packet, face = _usable_packet(packet_id, user, merchant_id, order_lines, now, channel)
-        # A packet larger than the order is capped so the payable stays at least 1 fen; it is consumed whole.
-        discount = min(face, total - MIN_PAYABLE_FEN)
-        if discount <= 0:
-            raise Invalid(
-                "this order is too small for a red packet (at least 1 fen must be paid)", code="packet_no_discount"
-            )
+    ids = [] if packet_ids is None else [packet_ids] if isinstance(packet_ids, int) else list(packet_ids)
+    # Locked in ascending id order, as everywhere, so two orders racing for packets cannot deadlock.
+    faces = {pid: _usable_packet(pid, user, merchant_id, order_lines, now, channel) for pid in sorted(set(ids))}
+    chosen = [faces[pid] for pid in ids]
+    _check_stacking([packet for packet, _ in chosen])
+    discounts = _discounts(chosen, order_lines, total)
     order = Order(
         out_trade_no=new_out_trade_no(now),
         user_id=user.id,
         merchant_id=merchant_id,
         total_fen=total,
-        packet_id=packet.id if packet else None,
-        discount_fen=discount,
-        payable_fen=total - discount,
+        packet_id=chosen[0][0].id if chosen else None,
+        discount_fen=sum(discounts),
+        payable_fen=total - sum(discounts),
         time_expire=now + ORDER_TTL,
         channel=channel,
         created_at=now,
@@ -136,10 +176,24 @@ def create_order(
     )
     db.session.add(order)
     db.session.flush()
-    if packet is not None:
+    for (packet, _), discount in zip(chosen, discounts, strict=True):
         packet.status, packet.order_id = PacketStatus.LOCKED, order.id
+        db.session.add(OrderPacket(order_id=order.id, packet_id=packet.id, discount_fen=discount))
     db.session.flush()
     return order
+
+
+def order_packets(order: Order) -> list[tuple[RedPacket, int]]:
+    """The order's packets with the discount each gave, row-locked in ascending id order."""
+    rows = db.session.execute(
+        select(RedPacket, OrderPacket.discount_fen)
+        .join(OrderPacket, OrderPacket.packet_id == RedPacket.id)
+        .where(OrderPacket.order_id == order.id)
+        .order_by(RedPacket.id)
+        .with_for_update(of=RedPacket)
+        .execution_options(populate_existing=True)
+    ).all()
+    return [(packet, discount) for packet, discount in rows]
 
 
 def lock_order(out_trade_no: str) -> Order | None:
@@ -152,14 +206,11 @@ def lock_order(out_trade_no: str) -> Order | None:
 
 
 def close_order(order: Order, now: datetime) -> None:
-    """Close an unpaid order and unlock its packet (expired meanwhile: expire it)."""
+    """Close an unpaid order and unlock its packets (expired meanwhile: expire them)."""
     if order.status != OrderStatus.CREATED:
         raise StateConflict(f"a {order.status} order cannot be closed", code="order_not_open")
     order.status = OrderStatus.CLOSED
-    if order.packet_id is not None:
-        packet = db.session.execute(
-            select(RedPacket).where(RedPacket.id == order.packet_id).with_for_update()
-        ).scalar_one()
+    for packet, _ in order_packets(order):
         if packet.status == PacketStatus.LOCKED and packet.order_id == order.id:
             if now >= packet.expires_at:
                 release_packet(packet, PacketStatus.EXPIRED)

@@ -20,6 +20,7 @@ from models import (
     AccountKind,
     Campaign,
     CampaignStatus,
+    LedgerAccount,
     Order,
     OrderStatus,
     PacketStatus,
@@ -34,7 +35,7 @@ from rebate import budgets
 from rebate.awards import Beneficiary, record_decisions
 from rebate.campaigns import funder_account, is_running, rules_of
 from rebate.errors import BudgetExhausted, NotFound
-from rebate.orders import lock_order
+from rebate.orders import lock_order, order_packets
 from rebate.packets import issue_packet
 from rebate.rules import Decision, OrderFacts, RuleSet, evaluate
 
@@ -101,22 +102,22 @@ def _apply_locked(
         paid_at,
         payer_total,
     )
-    packet = _use_packet(order, paid_at)
-    attributed = _attributing_packets(order, packet, paid_at)
-    campaigns = _lock_campaigns(order, packet, attributed)
-    _post_sale(order, packet, campaigns)
-    _run_rebates(order, packet, campaigns, paid_at)
+    spent = _use_packets(order, paid_at)
+    attributed = _attributing_packets(order, spent, paid_at)
+    campaigns = _lock_campaigns(order, spent, attributed)
+    _post_sale(order, spent, campaigns)
+    _run_rebates(order, spent, campaigns, paid_at)
     _run_attribution(order, attributed, campaigns, paid_at)
     _issue_triggered_packets(order, campaigns, paid_at)
     return PaymentOutcome.APPLIED
 
 
-def _use_packet(order: Order, now: datetime) -> RedPacket | None:
-    if order.packet_id is None:
-        return None
-    packet = db.session.execute(select(RedPacket).where(RedPacket.id == order.packet_id).with_for_update()).scalar_one()
-    packet.status, packet.used_at, packet.order_id = PacketStatus.USED, now, order.id
-    return packet
+def _use_packets(order: Order, now: datetime) -> list[tuple[RedPacket, int]]:
+    """The order's packets (with their discounts), marked used."""
+    spent = order_packets(order)
+    for packet, _ in spent:
+        packet.status, packet.used_at, packet.order_id = PacketStatus.USED, now, order.id
+    return spent
 
 
 def _relevant(campaign: Campaign, order: Order, has_inviter: bool) -> bool:
@@ -126,7 +127,7 @@ def _relevant(campaign: Campaign, order: Order, has_inviter: bool) -> bool:
     return has_inviter and rules_of(campaign).applies_to == "referral"
 
 
-def _attributing_packets(order: Order, packet: RedPacket | None, now: datetime) -> list[RedPacket]:
+def _attributing_packets(order: Order, spent: list[tuple[RedPacket, int]], now: datetime) -> list[RedPacket]:
     """Packets this buyer spent earlier whose campaign attributes later orders at this merchant to them."""
     used = db.session.execute(
         select(RedPacket)
@@ -139,8 +140,9 @@ def _attributing_packets(order: Order, packet: RedPacket | None, now: datetime) 
         .order_by(RedPacket.used_at.desc())
     ).scalars()
     found: dict[int, RedPacket] = {}
+    own = {packet.campaign_id for packet, _ in spent}
     for p in used:
-        if p.campaign_id in found or (packet is not None and p.campaign_id == packet.campaign_id):
+        if p.campaign_id in found or p.campaign_id in own:
             continue
         if (p.merchant_id or p.issuer_merchant_id) != order.merchant_id:
             continue
@@ -150,13 +152,14 @@ def _attributing_packets(order: Order, packet: RedPacket | None, now: datetime) 
     return list(found.values())
 
 
-def _lock_campaigns(order: Order, packet: RedPacket | None, attributed: list[RedPacket]) -> dict[int, Campaign]:
+def _lock_campaigns(
+    order: Order, spent: list[tuple[RedPacket, int]], attributed: list[RedPacket]
+) -> dict[int, Campaign]:
     """The campaigns this payment touches, row-locked in ascending id order (no deadlocks)."""
     has_inviter = db.session.get(User, order.user_id).inviter_id is not None
     active = db.session.execute(select(Campaign).where(Campaign.status == CampaignStatus.ACTIVE)).scalars()
     ids = {c.id for c in active if _relevant(c, order, has_inviter)} | {p.campaign_id for p in attributed}
-    if packet is not None:
-        ids.add(packet.campaign_id)
+    ids |= {packet.campaign_id for packet, _ in spent}
     rows = (
         db.session.execute(
             select(Campaign)
@@ -171,13 +174,17 @@ def _lock_campaigns(order: Order, packet: RedPacket | None, attributed: list[Red
     return {c.id: c for c in rows}
 
 
-def _post_sale(order: Order, packet: RedPacket | None, campaigns: dict[int, Campaign]) -> None:
+def _post_sale(order: Order, spent: list[tuple[RedPacket, int]], campaigns: dict[int, Campaign]) -> None:
+    """The buyer's payment and each packet's funder together pay the merchant the order total."""
+    funded: dict[int, int] = {}
+    for packet, discount in spent:
+        funder = funder_account(campaigns[packet.campaign_id])
+        funded[funder.id] = funded.get(funder.id, 0) + discount
     legs = [
         Leg(account(AccountKind.WECHAT_SETTLEMENT), -order.payable_fen),
         Leg(account(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), order.total_fen),
+        *(Leg(db.session.get(LedgerAccount, funder_id), -amount) for funder_id, amount in funded.items()),
     ]
-    if order.discount_fen:
-        legs.append(Leg(funder_account(campaigns[packet.campaign_id]), -order.discount_fen))
     post_entry(f"order:{order.id}:sale", f"sale {order.out_trade_no}", legs)
 
 
@@ -225,37 +232,37 @@ def _explain_expired_referral(decision: Decision, order: Order, referral_days: i
     return Decision("inviter", 0, decision.form, "referral_period_over", (why,))
 
 
-def _run_rebates(order: Order, packet: RedPacket | None, campaigns: dict[int, Campaign], now: datetime) -> None:
+def _run_rebates(
+    order: Order, spent: list[tuple[RedPacket, int]], campaigns: dict[int, Campaign], now: datetime
+) -> None:
     cash_room = order.paid_fen
+    by_campaign: dict[int, list[tuple[RedPacket, int]]] = {}
+    for packet, discount in spent:
+        by_campaign.setdefault(packet.campaign_id, []).append((packet, discount))
     for campaign_id in sorted(campaigns):
-        campaign = campaigns[campaign_id]
-        is_packet_campaign = packet is not None and packet.campaign_id == campaign_id
-        if is_packet_campaign:
-            # Unbudgeted: no limit. Budgeted: what the claim reserved beyond the discount (never negative).
-            budget_left = None if campaign.budget_limit_fen is None else packet.reserved_fen - order.discount_fen
+        campaign, own = campaigns[campaign_id], by_campaign.get(campaign_id, [])
+        if own:
+            reserved, discount = sum(p.reserved_fen for p, _ in own), sum(d for _, d in own)
+            # Unbudgeted: no limit. Budgeted: what the claims reserved beyond the discounts (never negative).
+            budget_left = None if campaign.budget_limit_fen is None else reserved - discount
             if budget_left is not None and budget_left < 0:
-                raise BudgetExhausted(f"packet {packet.id} reserved less than its discount")
-            version = packet.rules_version
+                raise BudgetExhausted(f"packets of campaign {campaign_id} reserved less than their discount")
+            first, version = own[0][0], own[0][0].rules_version
         elif rules_of(campaign).applies_to == "referral":
-            budget_left, version = campaign.budget_available_fen, campaign.rules_version
+            budget_left, version, first = campaign.budget_available_fen, campaign.rules_version, None
         else:
             continue
-        own_packet = packet if is_packet_campaign else None  # a referral campaign never pays another packet's issuer
-        decisions, who = _evaluate(order, own_packet, campaign, version, budget_left, cash_room, now)
-        rebates = record_decisions(
-            order, campaign, version, packet.id if is_packet_campaign else None, decisions, who, now
-        )
+        # A referral campaign never pays another campaign's packet issuer: it sees no packet.
+        decisions, who = _evaluate(order, first, campaign, version, budget_left, cash_room, now)
+        rebates = record_decisions(order, campaign, version, first.id if first else None, decisions, who, now)
         awarded = sum(r.original_fen for r in rebates)
         paid_cash = {d.role for d in decisions if d.pays_cash}
         cash_room -= sum(r.original_fen for r in rebates if r.role in paid_cash)
-        if is_packet_campaign:
-            budgets.settle(
-                campaign_id,
-                packet.reserved_fen,
-                order.discount_fen + awarded,
-                limited=campaign.budget_limit_fen is not None,
-            )
-            packet.reserved_fen = 0
+        if own:
+            limited = campaign.budget_limit_fen is not None
+            budgets.settle(campaign_id, reserved, discount + awarded, limited=limited)
+            for packet, _ in own:
+                packet.reserved_fen = 0
         elif not budgets.commit(campaign_id, awarded):
             raise BudgetExhausted("budget moved under a locked campaign")  # cannot happen under the row lock
 

@@ -25,7 +25,6 @@ from models import (
     RebateAdjustment,
     RebateStatus,
     Receivable,
-    RedPacket,
     Refund,
     RefundStatus,
     db,
@@ -36,7 +35,7 @@ from rebate import budgets
 from rebate.awards import KIND_OF_FORM, beneficiary_account, point_value_fen
 from rebate.campaigns import funder_account, rules_of
 from rebate.errors import Invalid, NotFound, StateConflict
-from rebate.orders import lock_order
+from rebate.orders import lock_order, order_packets
 from rebate.packets import reservation_for
 from rebate.rules import OrderFacts, entitlement_after_refund
 
@@ -131,25 +130,23 @@ def _post_refund(order: Order, refund: Refund) -> None:
 
 
 def _void_discount(order: Order, refund: Refund) -> None:
-    """A fully refunded order: the funder gets the packet's value back; the packet is restored if the campaign says."""
-    if not order.packet_id or not order.discount_fen:
-        return
-    packet = db.session.execute(select(RedPacket).where(RedPacket.id == order.packet_id).with_for_update()).scalar_one()
-    campaign = db.session.get(Campaign, packet.campaign_id)
-    post_entry(
-        f"refund:{refund.id}:discount",
-        f"packet value of {order.out_trade_no} returns to its funder",
-        [
-            Leg(account(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), -order.discount_fen),
-            Leg(funder_account(campaign), order.discount_fen),
-        ],
-    )
-    budgets.release_committed(campaign.id, order.discount_fen)
-    # Restored only when its full reservation fits again, so a later payment can never settle above it.
-    restorable = campaign.restore_packet_on_refund and refund.finished_at < packet.expires_at
-    if restorable and budgets.reserve(campaign.id, reservation_for(campaign, packet.amount_fen)):
-        packet.status, packet.order_id, packet.used_at = PacketStatus.ISSUED, None, None
-        packet.reserved_fen = reservation_for(campaign, packet.amount_fen)
+    """A fully refunded order: each packet's funder gets its value back; packets are restored if their campaign
+    says so and their whole reservation fits again (so a later payment can never settle above it)."""
+    for packet, discount in order_packets(order):
+        campaign = db.session.get(Campaign, packet.campaign_id)
+        post_entry(
+            f"refund:{refund.id}:discount:{packet.id}",
+            f"packet {packet.id} value of {order.out_trade_no} returns to its funder",
+            [
+                Leg(account(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), -discount),
+                Leg(funder_account(campaign), discount),
+            ],
+        )
+        budgets.release_committed(campaign.id, discount)
+        restorable = campaign.restore_packet_on_refund and refund.finished_at < packet.expires_at
+        if restorable and budgets.reserve(campaign.id, reservation_for(campaign, packet.amount_fen)):
+            packet.status, packet.order_id, packet.used_at = PacketStatus.ISSUED, None, None
+            packet.reserved_fen = reservation_for(campaign, packet.amount_fen)
 
 
 def _net_facts(order: Order) -> OrderFacts:

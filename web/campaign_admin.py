@@ -127,6 +127,7 @@ class CreateCampaign(Model):
     channels: Annotated[list[Literal["mini_program", "official_account", "h5", "app"]], Field(max_length=4)] = []
     usage_windows: UsageWindows = UsageWindows()
     max_packets: Annotated[StrictInt, Field(ge=1, le=100_000_000)] | None = None
+    max_packets_per_order: Annotated[StrictInt, Field(ge=1, le=5)] = 1
     claim_limits: ClaimLimitsIn = ClaimLimitsIn()
     trigger: TriggerIn = TriggerIn(kind="manual")
     rules: RulesIn

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from flask import Blueprint
-from pydantic import Field
+from pydantic import Field, model_validator
 from sqlalchemy import select
 
 from ledger import account, balance
@@ -52,6 +52,17 @@ class Line(Model):
 class CreateOrder(Model):
     lines: Annotated[list[Line], Field(min_length=1, max_length=50)]
     red_packet_id: Id | None = None
+    red_packet_ids: Annotated[list[Id], Field(min_length=1, max_length=5)] | None = None  # stacking
+
+    @model_validator(mode="after")
+    def one_way_to_name_packets(self):
+        if self.red_packet_id is not None and self.red_packet_ids is not None:
+            raise ValueError("send red_packet_id or red_packet_ids, not both")
+        return self
+
+    @property
+    def packets(self) -> list[int]:
+        return self.red_packet_ids or ([self.red_packet_id] if self.red_packet_id else [])
 
 
 @endpoint(bp, "/red-packets/claim", methods=["POST"], body=Claim, idempotent=True)
@@ -81,7 +92,7 @@ def my_packets(query: Page):
 def new_order(body: CreateOrder):
     """Create an order from product lines, optionally spending one of the caller's red packets."""
     lines = [LineRequest(li.product_id, li.quantity) for li in body.lines]
-    order = create_order(current_user(), lines, body.red_packet_id, utcnow(), channel())
+    order = create_order(current_user(), lines, body.packets, utcnow(), channel())
     prepay_after_commit(order.id, order.user_id)  # runs after the commit: no transaction across the WeChat call
     return order_json(order), 201
 

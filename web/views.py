@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from models import Order, RedPacket
+from sqlalchemy import select
+
+from models import Order, OrderPacket, RedPacket, db
 from money import format_yuan
 
 PLAIN_REASONS = {
@@ -58,6 +60,14 @@ def order_json(o: Order) -> dict:
                 "line_total_fen": li.line_total_fen,
             }
             for li in o.lines
+        ],
+        "red_packets": [
+            {"id": packet_id, "discount_fen": discount}
+            for packet_id, discount in db.session.execute(
+                select(OrderPacket.packet_id, OrderPacket.discount_fen)
+                .where(OrderPacket.order_id == o.id)
+                .order_by(OrderPacket.packet_id)
+            )
         ],
     }
 
