@@ -6,6 +6,6 @@ transaction as the claim, so a refused or rolled-back claim consumes nothing
 and concurrent claims can never exceed a limit.
 """
 
-from risk.limits import ClaimLimits, LimitHit, enforce_claim_limits
+from risk.limits import ClaimLimits, LimitHit, enforce_claim_limits, take_device_token_slot
 
-__all__ = ["ClaimLimits", "LimitHit", "enforce_claim_limits"]
+__all__ = ["ClaimLimits", "LimitHit", "enforce_claim_limits", "take_device_token_slot"]

@@ -81,6 +81,14 @@ def _last_at(key: str) -> datetime | None:
     return row.last_at if row else None
 
 
+def take_device_token_slot(ip: str, per_day: int, now: datetime) -> None:
+    """Device tokens are handed out sparingly per network address, so fresh ones cannot reset a device limit."""
+    day = beijing(now).date().isoformat()
+    if not _take_count(f"devices:ip-day:{ip}", day, per_day, now):
+        wait = int((next_beijing_midnight(now) - now).total_seconds())
+        raise LimitHit(f"at most {per_day} new device tokens a day from one network address", wait, "device_tokens")
+
+
 def enforce_claim_limits(
     limits: ClaimLimits, *, campaign_id: int, person_id: int, ip: str, device: str | None, now: datetime
 ) -> None:

@@ -23,8 +23,16 @@ def _serializer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=USER_TOKEN_SALT)
 
 
-def issue_user_token(user: User) -> str:
-    return _serializer().dumps({"uid": user.id})
+def issue_user_token(user: User, channel: str | None = None) -> str:
+    """A signed, expiring token; ``channel`` (where the person signed in) is fixed in it when known."""
+    payload = {"uid": user.id} if channel is None else {"uid": user.id, "ch": channel}
+    return _serializer().dumps(payload)
+
+
+def token_channel() -> str | None:
+    """The channel the signed-in user's token was issued for, if it names one."""
+    current_user()
+    return g.get("token_channel")
 
 
 def _bearer() -> str:
@@ -62,7 +70,7 @@ def current_user() -> User:
         raise Unauthorized("invalid token", code="invalid_token")
     if not user.is_active:
         raise Forbidden("this account is banned", code="user_banned")
-    g.user = user
+    g.user, g.token_channel = user, data.get("ch")
     return user
 
 

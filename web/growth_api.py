@@ -20,9 +20,9 @@ from models import Campaign, ShareLink, User, db, utcnow
 from rebate.errors import StateConflict
 from rebate.packets import issue_packet
 from rebate.triggers import bind_inviter, claim_share, create_share_link, invite_code_of, sign_in
-from risk import ClaimLimits, enforce_claim_limits
+from risk import ClaimLimits, enforce_claim_limits, take_device_token_slot
 from web.api import client_ip, endpoint
-from web.auth import current_user
+from web.auth import current_user, token_channel
 from web.errors import NotFound, ValidationFailed
 from web.schemas import Model
 from web.views import packet_json
@@ -30,6 +30,7 @@ from web.views import packet_json
 bp = Blueprint("growth_api", __name__, url_prefix="/api/v1")
 CHANNELS = ("mini_program", "official_account", "h5", "app")
 DEVICE_SALT = "device-token-v1"
+DEVICE_TOKENS_PER_IP_PER_DAY = 20
 
 
 def _devices() -> URLSafeSerializer:
@@ -47,6 +48,10 @@ def device_id() -> str | None:
 
 
 def channel() -> str:
+    """The channel from the token when login fixed it (clients cannot choose); else ``X-Channel``."""
+    fixed = token_channel()
+    if fixed is not None:
+        return fixed
     value = request.headers.get("X-Channel", "mini_program")
     if value not in CHANNELS:
         raise ValidationFailed(f"X-Channel must be one of {', '.join(CHANNELS)}", code="invalid_channel")
@@ -75,7 +80,8 @@ class InviteCode(Model):
 
 @endpoint(bp, "/devices", methods=["POST"])
 def new_device():
-    """A signed device token for ``X-Device-Token`` (per-device claim limits)."""
+    """A signed device token for ``X-Device-Token`` (per-device claim limits); 20 a day per network address."""
+    take_device_token_slot(client_ip(), DEVICE_TOKENS_PER_IP_PER_DAY, utcnow())
     return {"device_token": _devices().dumps({"d": secrets.token_hex(12)})}, 201
 
 

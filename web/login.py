@@ -100,7 +100,7 @@ def login(body: Login):
     )
     if not user.is_active:
         raise ApiError("this account is banned", code="user_banned", status=403)
-    return {"token": issue_user_token(user), "user": user_json(user)}
+    return {"token": issue_user_token(user, "mini_program"), "user": user_json(user)}
 
 
 # -- official-account web OAuth ------------------------------------------------------
@@ -181,4 +181,4 @@ def oauth_callback():
         db.session.rollback()
         raise ApiError("this account is banned", code="user_banned", status=403)
     db.session.commit()
-    return redirect(f"{next_url}#token={issue_user_token(user)}")
+    return redirect(f"{next_url}#token={issue_user_token(user, 'official_account')}")

@@ -1,0 +1,54 @@
+"""The channel comes from the login when the token names it; device tokens are rationed per address."""
+
+from __future__ import annotations
+
+from models import RedPacket, db
+from web.auth import issue_user_token
+
+CASHBACK = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 10_00}]}
+
+
+def test_a_token_issued_for_the_official_account_ignores_a_forged_x_channel(client, make_campaign, make_user):
+    # given: a mini-program-only campaign and a person signed in through the official account
+    campaign = make_campaign(
+        CASHBACK,
+        budget_limit_fen=100_00,
+        packet_amount_fen=5_00,
+        channels=["mini_program"],
+        trigger={"kind": "claim"},
+        claim_limits={},
+    )
+    user = make_user()
+    headers = {"Authorization": f"Bearer {issue_user_token(user, 'official_account')}", "X-Channel": "mini_program"}
+    # when
+    answer = client.post(f"/api/v1/campaigns/{campaign.id}/claim", headers=headers)
+    # then
+    assert answer.status_code == 422
+    assert answer.json["error"] == "wrong_channel"
+    assert db.session.query(RedPacket).count() == 0
+
+
+def test_a_mini_program_token_claims_whatever_header_it_sends(client, make_campaign, make_user):
+    campaign = make_campaign(
+        CASHBACK,
+        budget_limit_fen=100_00,
+        packet_amount_fen=5_00,
+        channels=["mini_program"],
+        trigger={"kind": "claim"},
+        claim_limits={},
+    )
+    user = make_user()
+    headers = {"Authorization": f"Bearer {issue_user_token(user, 'mini_program')}", "X-Channel": "h5"}
+    assert client.post(f"/api/v1/campaigns/{campaign.id}/claim", headers=headers).status_code == 201
+
+
+def test_device_tokens_are_rationed_per_network_address(client, make_user, user_headers):
+    user = make_user()
+    for _ in range(20):
+        assert client.post("/api/v1/devices", headers=user_headers(user)).status_code == 201
+    refused = client.post("/api/v1/devices", headers=user_headers(user))
+    assert refused.status_code == 429
+    assert refused.json["error"] == "device_tokens"
+    assert int(refused.headers["Retry-After"]) >= 1
+    other = client.post("/api/v1/devices", headers=user_headers(user), environ_base={"REMOTE_ADDR": "10.9.8.7"})
+    assert other.status_code == 201
