@@ -140,8 +140,12 @@ def deliver_alerts() -> Counter:
     sent = Counter()
     for alert_id, text in alerts:
         try:
-            requests.post(url, json={"msgtype": "text", "text": {"content": text[:2000]}}, timeout=(3, 5))
-        except requests.RequestException:
+            answer = requests.post(url, json={"msgtype": "text", "text": {"content": text[:2000]}}, timeout=(3, 5))
+            answer.raise_for_status()
+            body = answer.json() if answer.content else {}
+            if isinstance(body, dict) and body.get("errcode", 0) != 0:  # WeCom answers 200 with an errcode
+                raise requests.RequestException(f"webhook errcode {body.get('errcode')}")
+        except (requests.RequestException, ValueError):
             log.warning("alert webhook unreachable", extra={"alert_id": alert_id})
             sent["failed"] += 1
             continue

@@ -77,7 +77,8 @@ def cancel(payout: Payout, now: datetime, reason: str) -> None:
         payout.cancel_requested, payout.next_attempt_at = True, now
         payout.last_error = f"cancellation requested by an operator: {reason}"[:2000]
         return
-    if payout.sent_at is not None or payout.status not in (S.PENDING, S.NEEDS_OPERATOR):
+    may_be_at_wechat = payout.sent_at is not None or payout.request is not None
+    if may_be_at_wechat or payout.status not in (S.PENDING, S.NEEDS_OPERATOR):
         raise PayoutError(
             "only an unsent payout, or one waiting for the user's confirmation, can be cancelled", code="payout_state"
         )
@@ -88,6 +89,10 @@ def resolve(payout: Payout, succeeded: bool, now: datetime, reason: str) -> None
     """An operator settles a needs_operator payout from evidence (a query, the merchant platform)."""
     if payout.status != S.NEEDS_OPERATOR:
         raise PayoutError(f"only a needs_operator payout is resolved; this one is {payout.status}", code="payout_state")
+    if payout.created_by_operator_id and payout.approved_by_operator_id is None:
+        raise PayoutError("this manual payout waits for a second operator's approval", code="approval_required")
+    if succeeded and payout.request is None:
+        raise PayoutError("a payout never handed to WeChat cannot have succeeded", code="never_sent")
     try:
         if succeeded:
             mark_succeeded(payout, now)

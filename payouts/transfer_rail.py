@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from models import Payout, User, UserIdentity, db
+from models.base import fernet
 from payouts.rails import Outcome, RailResult
 from wechat.errors import WeChatError, WeChatNotFound
 
@@ -64,7 +65,8 @@ class TransferRail:
                     "from 2,000 yuan WeChat needs the payee's real name; waiting for the user",
                     retry_at=now + timedelta(days=1),
                 )
-            request["user_name"] = user.real_name
+            # Kept encrypted like the user's record; decrypted only to build the WeChat body.
+            request["user_name_enc"] = fernet().encrypt(user.real_name.encode()).decode()
         return request
 
     def send(self, external_no: str, request: dict[str, Any]) -> RailResult:
@@ -76,7 +78,7 @@ class TransferRail:
                 request["remark"],
                 request["report"],
                 self.notify_url,
-                user_name=request.get("user_name"),
+                user_name=_user_name(request),
             )
         except WeChatError as exc:
             return _error(exc)
@@ -95,6 +97,11 @@ class TransferRail:
             return _state(self.client.cancel_transfer_bill(external_no))
         except WeChatError as exc:
             return _error(exc)
+
+
+def _user_name(request: dict[str, Any]) -> str | None:
+    sealed = request.get("user_name_enc")
+    return fernet().decrypt(sealed.encode()).decode() if sealed else None
 
 
 def _state(answer: dict[str, Any]) -> RailResult:

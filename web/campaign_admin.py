@@ -213,7 +213,9 @@ def _iso(value: datetime | None) -> str | None:
 
 def visible_campaign(campaign_id: int, *, lock: bool = False) -> Campaign:
     stmt = select(Campaign).where(Campaign.id == campaign_id)
-    campaign = db.session.execute(stmt.with_for_update() if lock else stmt).scalar_one_or_none()
+    if lock:  # and see the counters as they are now, not as this session last read them
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    campaign = db.session.execute(stmt).scalar_one_or_none()
     scope = merchant_scope()
     if campaign is None or (scope is not None and campaign.funder_merchant_id != scope):
         raise NotFound(f"campaign {campaign_id} not found")
@@ -369,3 +371,73 @@ def revoke(packet_id: int, body: Transition):
     packet = revoke_packet(packet_id)
     audit("packet.revoke", "red_packet", packet.id, body.reason, owner_id=packet.owner_id)
     return {"id": packet.id, "status": packet.status, "reserved_fen": packet.reserved_fen}
+
+
+class CampaignChanges(Model):
+    """What may change on a running campaign. Rules change through PUT …/rules (a new version)."""
+
+    name: Name | None = None
+    ends_at: AwareDatetime | None = None
+    budget_limit_fen: PositiveFen | None = None
+    max_packets: Annotated[StrictInt, Field(ge=1, le=100_000_000)] | None = None
+    max_packets_per_order: Annotated[StrictInt, Field(ge=1, le=5)] | None = None
+    packet_valid_days: Annotated[StrictInt, Field(ge=1, le=365)] | None = None
+    regions: Annotated[list[Category], Field(max_length=100)] | None = None
+    channels: Annotated[list[Literal["mini_program", "official_account", "h5", "app"]], Field(max_length=4)] | None = (
+        None
+    )
+    usage_windows: UsageWindows | None = None
+    claim_limits: ClaimLimitsIn | None = None
+    reason: Reason
+
+
+def _check_changes(campaign: Campaign, body: CampaignChanges) -> None:
+    spent = campaign.budget_reserved_fen + campaign.budget_committed_fen
+    if body.budget_limit_fen is not None and campaign.budget_limit_fen is None:
+        raise ValidationFailed(
+            "an unbudgeted campaign cannot become budgeted: its packets reserved no caps", code="budget_limit"
+        )
+    if body.budget_limit_fen is not None and body.budget_limit_fen < spent:
+        raise StateConflict(
+            f"the budget cannot go below what is reserved and committed ({spent} fen)", code="budget_below_spent"
+        )
+    if body.max_packets is not None and body.max_packets < campaign.packets_issued:
+        raise StateConflict(f"{campaign.packets_issued} packets are already issued", code="max_packets_below_issued")
+    if body.ends_at is not None and campaign.starts_at is not None and body.ends_at <= campaign.starts_at:
+        raise ValidationFailed("ends_at must be after starts_at", code="window")
+    hours = body.usage_windows.hours if body.usage_windows else None
+    if hours and hours[0] >= hours[1]:
+        raise ValidationFailed("usage_windows.hours must be [from, to) with from < to", code="window")
+
+
+@endpoint(
+    bp,
+    "/campaigns/<int:campaign_id>",
+    methods=["PATCH"],
+    auth="operator",
+    roles=MANAGERS,
+    body=CampaignChanges,
+    idempotent=True,
+)
+def change_campaign(campaign_id: int, body: CampaignChanges):
+    """Change a campaign's budget, end, counts, audience or limits; every change is audited with its reason."""
+    campaign = visible_campaign(campaign_id, lock=True)
+    if campaign.status == CampaignStatus.ENDED:
+        raise StateConflict("an ended campaign cannot change", code="campaign_ended")
+    _check_changes(campaign, body)
+    changes = body.model_dump(mode="json", exclude={"reason"}, exclude_unset=True)
+    before = {name: getattr(campaign, name) for name in changes}
+    for name, value in changes.items():
+        setattr(campaign, name, body.ends_at if name == "ends_at" else value)
+    audit(
+        "campaign.change",
+        "campaign",
+        campaign.id,
+        body.reason,
+        changes={k: {"from": _jsonable(before[k]), "to": v} for k, v in changes.items()},
+    )
+    return campaign_json(campaign)
+
+
+def _jsonable(value):
+    return value.isoformat() if isinstance(value, datetime) else value

@@ -38,11 +38,18 @@ def process_transfer(n: Notification) -> None:
     if payout is None:
         raise CallbackRefused(404, "unknown out_bill_no")
     mchid = data.get("mch_id") or data.get("mchid")
-    if mchid != current_app.config["WECHAT_MCHID"] or data.get("transfer_amount") != payout.amount_fen:
+    appid = data.get("appid")  # not in every sample of this notification: checked when present
+    if (
+        mchid != current_app.config["WECHAT_MCHID"]
+        or data.get("transfer_amount") != payout.amount_fen
+        or payout.rail != "wechat_change"
+        or (appid is not None and appid != current_app.config["WECHAT_APPID"])
+    ):
         _alert_once(
             "transfer_mismatch",
             out_bill_no,
-            f"transfer notification disagrees: {mchid!r}, {data.get('transfer_amount')!r} fen vs {payout.amount_fen}",
+            f"transfer notification disagrees: mchid {mchid!r}, appid {appid!r}, {data.get('transfer_amount')!r} fen "
+            f"vs {payout.amount_fen} on a {payout.rail} payout",
         )
         raise CallbackRefused(400, "notification disagrees with our payout")
     if state not in FINAL:

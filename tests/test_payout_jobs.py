@@ -1,0 +1,321 @@
+"""The payout jobs: per-rail rate limits, alert delivery, which rails exist, and the dispatcher end to end.
+
+The end-to-end story runs on the app's simulator: the simulator's notification
+transport posts into this app's test client once the user has confirmed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+import responses
+from sqlalchemy import select
+
+from jobs.payouts import build_rails, deliver_alerts, dispatch_payouts, rail_limiter
+from ledger import Leg, account, balance, post_entry
+from models import AccountKind, Alert, LedgerFlow, Payout, db, raise_alert
+from payouts import enqueue_payout
+from payouts.coupon_rail import CouponRail
+from payouts.redpack_rail import RedpackRail
+from payouts.transfer_rail import TransferRail
+from tests.test_wechat_callbacks import simulator
+
+WEBHOOK = "https://qyapi.test/cgi-bin/webhook/send?key=robot-key"
+
+
+# -- fixtures ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_settings(app_settings):
+    """The simulator delivers its notifications into this app's test client."""
+    holder: dict = {}
+
+    def post_into_app(url: str, headers: dict, body: bytes) -> int:
+        return holder["app"].test_client().post(urlsplit(url).path, data=body, headers=headers).status_code
+
+    return {
+        **app_settings,
+        "WECHAT_SIM_NOTIFY_TRANSPORT": post_into_app,
+        "WECHAT_SIM_NOTIFY_DELAY_S": 0.01,
+        "_NOTIFY_HOLDER": holder,
+    }
+
+
+@pytest.fixture
+def delivered(app):
+    """Wait until the simulator has delivered everything it queued; stops its thread at the end."""
+    app.config["_NOTIFY_HOLDER"]["app"] = app
+    sim = simulator(app)
+
+    def wait() -> None:
+        assert sim.dispatcher.wait_idle(10)
+        db.session.rollback()
+
+    yield wait
+    sim.dispatcher.wait_idle(10)
+    sim.dispatcher.stop()
+
+
+@pytest.fixture
+def webhook():
+    """``responses`` in front of every outbound call; the webhook is registered by each test."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
+
+
+@pytest.fixture
+def queued_transfer(app):
+    def make(user, amount_fen: int) -> Payout:
+        cash = account(AccountKind.USER_CASH, "user", user.id)
+        post_entry(
+            f"fund:{user.id}",
+            "rebate",
+            [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)],
+        )
+        payout = enqueue_payout(
+            rail="wechat_change", user_id=user.id, amount_fen=amount_fen, source=cash, key=f"j:{user.id}", memo="t"
+        )
+        db.session.commit()
+        return payout
+
+    return make
+
+
+class FakeRail:
+    def __init__(self, rate_per_second: int):
+        self.rate_per_second = rate_per_second
+
+
+# -- rail_limiter --------------------------------------------------------------------
+
+
+def test_rail_limiter_never_lets_more_than_the_rate_through_in_any_second():
+    # given: a rail of 5 calls a second and a burst of 30 callers at once
+    name = f"burst-{uuid.uuid4().hex[:8]}"
+    wait_for = rail_limiter({name: FakeRail(5)}, None, max_wait_s=15.0)
+    barrier = threading.Barrier(30)
+    stamps: list[float] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        barrier.wait()
+        wait_for(name)
+        now = time.monotonic()  # the moment the call to WeChat would start
+        with lock:
+            stamps.append(now)
+
+    # when
+    threads = [threading.Thread(target=call) for _ in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # then: every call got through, and any 6 consecutive calls span at least a second
+    stamps.sort()
+    assert len(stamps) == 30
+    slack = 0.05  # thread scheduling between the limiter's hit and our timestamp; not a speed target
+    tightest = min(stamps[i + 5] - stamps[i] for i in range(len(stamps) - 5))
+    assert tightest >= 1.0 - slack, f"6 calls within {tightest:.3f} s"
+    assert stamps[-1] - stamps[0] >= 5.0 - slack  # 30 calls at 5/s: six one-second waves
+
+
+def test_rail_limiter_counts_each_rail_on_its_own_and_gives_up_after_max_wait():
+    a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
+    wait_for = rail_limiter({a: FakeRail(5), b: FakeRail(5)}, None, max_wait_s=0.0)
+    for _ in range(5):
+        wait_for(a)
+    for _ in range(5):
+        wait_for(b)  # rail a's full window does not hold rail b back
+    with pytest.raises(TimeoutError, match=a):
+        wait_for(a)
+
+
+# -- deliver_alerts ------------------------------------------------------------------
+
+
+def alerts_notified() -> dict[str, bool]:
+    db.session.expire_all()
+    return {a.subject: a.notified_at is not None for a in db.session.execute(select(Alert)).scalars()}
+
+
+def test_each_new_alert_is_posted_once(app, webhook):
+    # given
+    app.config["ALERT_WEBHOOK_URL"] = WEBHOOK
+    webhook.add(responses.POST, WEBHOOK, json={"errcode": 0, "errmsg": "ok"})
+    raise_alert("rail_paused", "wechat_change", "NOT_ENOUGH: top up the operating account")
+    raise_alert("payout_needs_operator", "TB000000000007", "configuration problem")
+    db.session.commit()
+    # when
+    first = deliver_alerts()
+    second = deliver_alerts()
+    # then
+    assert first == {"sent": 2} and not second
+    assert [json.loads(c.request.body) for c in webhook.calls] == [
+        {
+            "msgtype": "text",
+            "text": {"content": "[rail_paused] wechat_change: NOT_ENOUGH: top up the operating account"},
+        },
+        {"msgtype": "text", "text": {"content": "[payout_needs_operator] TB000000000007: configuration problem"}},
+    ]
+    assert alerts_notified() == {"wechat_change": True, "TB000000000007": True}
+
+
+def test_an_unreachable_webhook_leaves_the_alert_for_a_later_run(app, webhook):
+    # given
+    app.config["ALERT_WEBHOOK_URL"] = WEBHOOK
+    webhook.add(responses.POST, WEBHOOK, body=requests.exceptions.ConnectionError("no route"))
+    raise_alert("rail_paused", "wechat_change", "NOT_ENOUGH")
+    db.session.commit()
+    # when
+    down = deliver_alerts()
+    # then
+    assert down == {"failed": 1}
+    assert alerts_notified() == {"wechat_change": False}
+    # when: the webhook is back
+    webhook.replace(responses.POST, WEBHOOK, json={"errcode": 0, "errmsg": "ok"})
+    assert deliver_alerts() == {"sent": 1}
+    assert alerts_notified() == {"wechat_change": True}
+    assert len(webhook.calls) == 2
+
+
+def test_a_timeout_counts_as_unreachable(app, webhook):
+    app.config["ALERT_WEBHOOK_URL"] = WEBHOOK
+    webhook.add(responses.POST, WEBHOOK, body=requests.exceptions.ReadTimeout("slow"))
+    raise_alert("payout_returned", "TB000000000001", "kept in balance")
+    db.session.commit()
+    assert deliver_alerts() == {"failed": 1}
+    assert alerts_notified() == {"TB000000000001": False}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"status": 500, "body": "internal error"},
+        {"status": 200, "json": {"errcode": 93000, "errmsg": "invalid webhook url"}},
+    ],
+    ids=["http_500", "wecom_errcode"],
+)
+def test_a_refused_post_leaves_the_alert_for_a_later_run(app, webhook, reply):
+    app.config["ALERT_WEBHOOK_URL"] = WEBHOOK
+    webhook.add(responses.POST, WEBHOOK, **reply)
+    raise_alert("rail_paused", "wechat_change", "NOT_ENOUGH")
+    db.session.commit()
+    deliver_alerts()
+    assert alerts_notified() == {"wechat_change": False}
+
+
+def test_without_a_webhook_nothing_is_posted(app, webhook):
+    raise_alert("rail_paused", "wechat_change", "NOT_ENOUGH")
+    db.session.commit()
+    assert not deliver_alerts()
+    assert len(webhook.calls) == 0 and alerts_notified() == {"wechat_change": False}
+
+
+def test_a_long_backlog_goes_out_twenty_a_run(app, webhook):
+    app.config["ALERT_WEBHOOK_URL"] = WEBHOOK
+    webhook.add(responses.POST, WEBHOOK, json={"errcode": 0, "errmsg": "ok"})
+    for n in range(25):
+        raise_alert("payout_returned", f"TB{n:012d}", "kept in balance")
+    db.session.commit()
+    assert deliver_alerts() == {"sent": 20}
+    assert deliver_alerts() == {"sent": 5}
+    assert not deliver_alerts()
+    assert len(webhook.calls) == 25 and all(alerts_notified().values())
+
+
+# -- build_rails ---------------------------------------------------------------------
+
+
+def test_simulator_mode_builds_the_transfer_and_red_packet_rails(app):
+    rails = build_rails(app)
+    assert set(rails) == {"wechat_change", "cash_red_packet"}
+    transfer = rails["wechat_change"]
+    assert isinstance(transfer, TransferRail) and isinstance(rails["cash_red_packet"], RedpackRail)
+    assert transfer.appid == app.config["WECHAT_APPID"]
+    assert transfer.notify_url == app.config["PUBLIC_BASE_URL"] + "/wechat/transfer/notify"
+    assert (transfer.rate_per_second, rails["cash_red_packet"].rate_per_second) == (100, 30)
+
+
+def test_the_coupon_rail_exists_only_with_stocks(app):
+    app.config["WECHAT_COUPON_STOCKS"] = [{"stock_id": "S-500", "denomination_fen": 500}]
+    rails = build_rails(app)
+    assert set(rails) == {"wechat_change", "cash_red_packet", "wechat_coupon"}
+    assert isinstance(rails["wechat_coupon"], CouponRail) and rails["wechat_coupon"].rate_per_second == 500
+
+
+def test_the_card_rail_exists_only_with_a_card_id(app):
+    app.config["WECHAT_CARD_ID"] = "pFS7Fjg8kV1IdDz01r4SQwMkuCKc"
+    assert set(build_rails(app)) == {"wechat_change", "cash_red_packet", "card_coupon"}
+
+
+def test_without_a_v2_key_there_is_no_red_packet_rail(app):
+    app.config["WECHAT_API_V2_KEY"] = None
+    assert set(build_rails(app)) == {"wechat_change"}
+
+
+def test_rates_come_from_the_setting(app):
+    app.config["PAYOUT_RATE_LIMITS"] = {"wechat_change": 7, "cash_red_packet": 3}
+    rails = build_rails(app)
+    assert (rails["wechat_change"].rate_per_second, rails["cash_red_packet"].rate_per_second) == (7, 3)
+
+
+# -- dispatch_payouts end to end -----------------------------------------------------
+
+
+def test_a_queued_transfer_waits_for_the_user_then_lands_when_confirmed(
+    app, client, make_user, user_headers, queued_transfer, delivered
+):
+    # given: 8.88 yuan queued for a person known to the mini-program
+    user = make_user(appid=app.config["WECHAT_APPID"])
+    payout = queued_transfer(user, 8_88)
+    # when: the dispatcher job runs
+    outcomes = dispatch_payouts()
+    # then: WeChat holds a bill waiting for the user's confirmation
+    assert dict(outcomes) == {"waiting_user_confirm": 1}
+    db.session.expire_all()
+    waiting = db.session.get(Payout, payout.id)
+    bill = simulator(app).transfers[payout.external_no]
+    assert (waiting.status, waiting.package_info, waiting.wechat_ref) == (
+        "waiting_user_confirm",
+        bill["package_info"],
+        bill["transfer_bill_no"],
+    )
+    assert bill["request"]["transfer_amount"] == 8_88
+    assert bill["request"]["notify_url"] == app.config["PUBLIC_BASE_URL"] + "/wechat/transfer/notify"
+    [mine] = client.get("/api/v1/me/payouts", headers=user_headers(user)).json["items"]
+    assert mine["package_info"] == bill["package_info"]
+    # when: the user confirms in wx.requestMerchantTransfer and WeChat notifies us
+    confirmed = client.post(
+        f"/_sim/pay/transfer/confirm/{mine['package_info']}", headers={"Accept": "application/json"}
+    )
+    delivered()
+    # then
+    assert confirmed.status_code == 200 and confirmed.json["state"] == "SUCCESS"
+    [delivery] = simulator(app).dispatcher.deliveries
+    assert delivery.statuses == [204] and delivery.delivered
+    paid = db.session.get(Payout, payout.id)
+    assert (paid.status, paid.wechat_ref) == ("succeeded", bill["transfer_bill_no"])
+    assert balance(account(AccountKind.WECHAT_SETTLEMENT)) == 8_88
+    assert balance(account(AccountKind.PAYOUT_IN_TRANSIT)) == 0
+    assert db.session.get(LedgerFlow, paid.flow).closed_at is not None
+    assert not dispatch_payouts()  # nothing left to do
+    assert client.get("/api/v1/me/payouts", headers=user_headers(user)).json["items"][0].get("package_info") is None
+
+
+def test_a_person_without_a_mini_program_openid_keeps_the_money_in_the_balance(
+    app, make_user, queued_transfer, delivered
+):
+    user = make_user(appid=app.config["WECHAT_OA_APPID"])
+    payout = queued_transfer(user, 3_00)
+    assert not dispatch_payouts()  # decided before any call
+    db.session.expire_all()
+    assert db.session.get(Payout, payout.id).status == "cancelled"
+    assert balance(account(AccountKind.USER_CASH, "user", user.id)) == 3_00
+    assert simulator(app).transfers == {}

@@ -1,0 +1,372 @@
+"""POST /wechat/transfer/notify: WeChat's MCHTRANSFER.BILL.FINISHED for our transfer bills.
+
+The payouts reach ``waiting_user_confirm`` through the real rail and the app's
+simulator; the notifications are built, encrypted and signed with the
+simulator's keys exactly as WeChat sends them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+
+import pytest
+from sqlalchemy import select
+
+from ledger import Leg, account, balance, check_ledger, post_entry
+from models import AccountKind, Alert, LedgerFlow, PaymentNotification, Payout, db
+from payouts import enqueue_payout
+from payouts.dispatch import dispatch_due
+from payouts.transfer_rail import TransferRail
+from tests.conftest import on_postgres
+from tests.test_wechat_callbacks import count, no_network, resign, simulator, table_counts  # noqa: F401 - fixture
+from wechat.simulator_keys import SimulatorKeys
+from wechat.simulator_state import SimulatorState
+
+NOTIFY = "/wechat/transfer/notify"
+EVENT = "MCHTRANSFER.BILL.FINISHED"
+
+
+# -- fixtures and helpers ------------------------------------------------------------
+
+
+@pytest.fixture
+def waiting(app, make_user, no_network):  # noqa: F811
+    """A 5-yuan transfer sent to the simulator and waiting for the user's confirmation."""
+
+    def make(amount_fen: int = 5_00) -> Payout:
+        user = make_user(appid=app.config["WECHAT_APPID"])
+        cash = account(AccountKind.USER_CASH, "user", user.id)
+        post_entry(
+            f"fund:{user.id}",
+            "rebate",
+            [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)],
+        )
+        payout = enqueue_payout(
+            rail="wechat_change", user_id=user.id, amount_fen=amount_fen, source=cash, key=f"w:{user.id}", memo="t"
+        )
+        db.session.commit()
+        rail = TransferRail(
+            app.extensions["wechat"].pay,
+            appid=app.config["WECHAT_APPID"],
+            notify_url=app.config["PUBLIC_BASE_URL"] + NOTIFY,
+        )
+        dispatch_due({rail.name: rail})
+        db.session.expire_all()
+        payout = db.session.get(Payout, payout.id)
+        assert payout.status == "waiting_user_confirm" and payout.package_info
+        return payout
+
+    return make
+
+
+def bill_resource(app, payout: Payout, state: str = "SUCCESS", **changes) -> dict:
+    """What WeChat puts in the notification: the bill as its query shows it, in its final state."""
+    sim = simulator(app)
+    resource = dict(sim.transfer_view(sim.transfers[payout.external_no]))
+    resource["state"] = state
+    if state == "FAIL":
+        resource["fail_reason"] = "PAYEE_ACCOUNT_ABNORMAL"
+    resource.update(changes)
+    return resource
+
+
+def notification(app, resource: dict, **kw) -> tuple[dict, bytes]:
+    return simulator(app).build_notification(EVENT, resource, "mch_payment", **kw)
+
+
+def deliver(client, app, resource: dict, **kw):
+    headers, body = notification(app, resource, **kw)
+    return client.post(NOTIFY, data=body, headers=headers)
+
+
+def money(user_id: int) -> dict:
+    db.session.expire_all()
+    return {
+        "cash": balance(account(AccountKind.USER_CASH, "user", user_id)),
+        "payable": balance(account(AccountKind.REBATE_PAYABLE)),
+        "in_transit": balance(account(AccountKind.PAYOUT_IN_TRANSIT)),
+        "settlement": balance(account(AccountKind.WECHAT_SETTLEMENT)),
+    }
+
+
+def state_of_everything(payout_id: int) -> dict:
+    db.session.expire_all()
+    payout = db.session.get(Payout, payout_id)
+    snapshot = {"payout": (payout.status, payout.finished_at, payout.wechat_ref), "money": money(payout.user_id)}
+    db.session.commit()  # reading a balance may have created an empty account
+    return {**snapshot, "tables": table_counts()}
+
+
+def failure_body(response) -> bool:
+    return response.json["code"] == "FAIL" and bool(response.json["message"])
+
+
+# -- final states --------------------------------------------------------------------
+
+
+def test_success_settles_the_payout_and_closes_the_flow(app, client, waiting):
+    # given
+    payout = waiting(5_00)
+    assert money(payout.user_id) == {"cash": 0, "payable": 0, "in_transit": 5_00, "settlement": 0}
+    resource = bill_resource(app, payout, "SUCCESS")
+    # when
+    response = deliver(client, app, resource)
+    # then
+    assert (response.status_code, response.get_data()) == (204, b"")
+    db.session.expire_all()
+    paid = db.session.get(Payout, payout.id)
+    assert (paid.status, paid.wechat_ref) == ("succeeded", resource["transfer_bill_no"])
+    assert paid.finished_at is not None
+    assert money(payout.user_id) == {"cash": 0, "payable": 0, "in_transit": 0, "settlement": 5_00}
+    assert db.session.get(LedgerFlow, payout.flow).closed_at is not None
+    assert check_ledger().ok
+    [seen] = db.session.execute(select(PaymentNotification)).scalars()
+    assert (seen.out_trade_no, seen.outcome) == (payout.external_no, "transfer_SUCCESS")
+
+
+def test_fail_returns_the_money_and_queues_a_retry_with_a_new_number(app, client, waiting):
+    # given
+    payout = waiting(5_00)
+    # when
+    response = deliver(client, app, bill_resource(app, payout, "FAIL"))
+    # then
+    assert response.status_code == 204
+    db.session.expire_all()
+    failed = db.session.get(Payout, payout.id)
+    assert failed.status == "failed" and "PAYEE_ACCOUNT_ABNORMAL" in failed.last_error
+    retry = db.session.execute(select(Payout).filter_by(retry_of_id=payout.id)).scalar_one()
+    assert (retry.status, retry.rail, retry.amount_fen, retry.user_id) == (
+        "pending",
+        "wechat_change",
+        5_00,
+        failed.user_id,
+    )
+    assert retry.external_no != failed.external_no and retry.external_no == f"TB{retry.id:012d}"
+    # the money went back to the balance, and the retry took it from there onto its own flow
+    assert money(payout.user_id) == {"cash": 0, "payable": 5_00, "in_transit": 0, "settlement": 0}
+    assert db.session.get(LedgerFlow, failed.flow).closed_at is not None
+    assert db.session.get(LedgerFlow, retry.flow).closed_at is None
+
+
+def test_cancelled_returns_the_money_to_the_balance(app, client, waiting):
+    payout = waiting(5_00)
+    response = deliver(client, app, bill_resource(app, payout, "CANCELLED"))
+    assert response.status_code == 204
+    db.session.expire_all()
+    assert db.session.get(Payout, payout.id).status == "cancelled"
+    assert money(payout.user_id) == {"cash": 5_00, "payable": 0, "in_transit": 0, "settlement": 0}
+    assert db.session.get(LedgerFlow, payout.flow).closed_at is not None
+
+
+def test_a_final_answer_also_settles_a_payout_whose_call_timed_out(app, client, waiting):
+    payout = waiting()
+    db.session.get(Payout, payout.id).status = "unknown"
+    db.session.commit()
+    assert deliver(client, app, bill_resource(app, payout, "SUCCESS")).status_code == 204
+    db.session.expire_all()
+    assert db.session.get(Payout, payout.id).status == "succeeded"
+
+
+# -- exactly once --------------------------------------------------------------------
+
+
+def test_duplicate_notification_id_is_answered_204_and_does_nothing_again(app, client, waiting):
+    # given
+    payout = waiting()
+    headers, body = notification(app, bill_resource(app, payout, "FAIL"))
+    assert client.post(NOTIFY, data=body, headers=headers).status_code == 204
+    before = state_of_everything(payout.id)
+    # when
+    again = client.post(NOTIFY, data=body, headers=headers)
+    # then
+    assert (again.status_code, again.get_data()) == (204, b"")
+    assert state_of_everything(payout.id) == before
+    assert count(Payout) == 2  # the failed one and one retry, not two
+
+
+@pytest.mark.parametrize("second", ["SUCCESS", "FAIL", "CANCELLED"])
+def test_a_payout_already_final_is_answered_204_and_nothing_moves(app, client, waiting, second):
+    # given: paid
+    payout = waiting()
+    assert deliver(client, app, bill_resource(app, payout, "SUCCESS")).status_code == 204
+    before = state_of_everything(payout.id)
+    # when: another notification id for the same bill
+    response = deliver(client, app, bill_resource(app, payout, second))
+    # then: only the notification id is recorded
+    assert (response.status_code, response.get_data()) == (204, b"")
+    after = state_of_everything(payout.id)
+    assert after["tables"].pop("payment_notifications") == before["tables"].pop("payment_notifications") + 1
+    assert after == before
+
+
+@pytest.mark.skipif(not on_postgres(), reason="needs PostgreSQL row locks")
+def test_concurrent_duplicates_have_one_set_of_effects(app, waiting):
+    payout = waiting()
+    headers, body = notification(app, bill_resource(app, payout, "FAIL"))
+    db.session.rollback()
+    barrier = threading.Barrier(8)
+    statuses: list[int] = []
+
+    def post() -> None:
+        client = app.test_client()
+        barrier.wait()
+        statuses.append(client.post(NOTIFY, data=body, headers=headers).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [204] * 8
+    db.session.rollback()
+    assert count(PaymentNotification) == 1
+    assert count(Payout) == 2
+    assert money(payout.user_id)["payable"] == 5_00
+
+
+# -- refusals ------------------------------------------------------------------------
+
+
+def _tampered(app, resource):
+    headers, body = notification(app, resource)
+    return headers, body.replace(b'"summary":"', b'"summary":"X')
+
+
+def _wrong_serial(app, resource):
+    headers, body = notification(app, resource)
+    return {**headers, "Wechatpay-Serial": "PUB_KEY_ID_0000000000000000000000000000099"}, body
+
+
+def _untrusted_key(app, resource):
+    body = simulator(app).notification_body(EVENT, resource, "mch_payment")
+    return {"Content-Type": "application/json", **SimulatorKeys().sign_headers(body)}, body
+
+
+def _probe(app, resource):
+    headers, body = notification(app, resource)
+    return {**headers, "Wechatpay-Signature": "WECHATPAY/SIGNTEST/" + headers["Wechatpay-Signature"]}, body
+
+
+def _stale(app, resource):
+    return notification(app, resource, timestamp=int(time.time()) - 301)
+
+
+def _wrong_apiv3_key(app, resource):
+    sim = simulator(app)
+    other = SimulatorState(mchid=sim.mchid, apiv3_key="K" * 32, keys=sim.keys)
+    return other.build_notification(EVENT, resource, "mch_payment")
+
+
+def _gcm_tag(app, resource):
+    body = json.loads(simulator(app).notification_body(EVENT, resource, "mch_payment"))
+    sealed = bytearray(base64.b64decode(body["resource"]["ciphertext"]))
+    sealed[-1] ^= 0x01
+    body["resource"]["ciphertext"] = base64.b64encode(bytes(sealed)).decode()
+    raw = json.dumps(body).encode()
+    return resign(app, raw), raw
+
+
+def _malformed_json(app, resource):
+    raw = b'{"id": "EV-1", "resource": '
+    return resign(app, raw), raw
+
+
+def _oversized(app, resource):
+    raw = json.dumps({"id": "EV-big", "padding": "x" * 70_000}).encode()
+    return resign(app, raw), raw
+
+
+def _missing_headers(app, resource):
+    _, body = notification(app, resource)
+    return {"Content-Type": "application/json"}, body
+
+
+BAD = {
+    "tampered_body": (_tampered, 401),
+    "wrong_serial": (_wrong_serial, 401),
+    "untrusted_key": (_untrusted_key, 401),
+    "signtest_probe": (_probe, 401),
+    "stale_timestamp": (_stale, 401),
+    "wrong_apiv3_key": (_wrong_apiv3_key, 401),
+    "gcm_tag_failure": (_gcm_tag, 401),
+    "malformed_json": (_malformed_json, 400),
+    "oversized_body": (_oversized, 413),
+    "missing_headers": (_missing_headers, 401),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_unverifiable_notification_is_refused_and_changes_no_table(app, client, waiting, case):
+    # given
+    payout = waiting()
+    build, status = BAD[case]
+    headers, body = build(app, bill_resource(app, payout, "SUCCESS"))
+    before = state_of_everything(payout.id)
+    # when
+    response = client.post(NOTIFY, data=body, headers=headers)
+    # then
+    assert response.status_code == status
+    assert failure_body(response)
+    assert state_of_everything(payout.id) == before
+    assert before["payout"][0] == "waiting_user_confirm"
+
+
+def test_unknown_out_bill_no_is_404_and_changes_nothing(app, client, waiting):
+    payout = waiting()
+    before = state_of_everything(payout.id)
+    response = deliver(client, app, bill_resource(app, payout, "SUCCESS", out_bill_no="TB999999999999"))
+    assert response.status_code == 404 and failure_body(response)
+    assert state_of_everything(payout.id) == before
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"transfer_amount": 5_01}, {"transfer_amount": "500"}, {"mch_id": "1999999999"}],
+    ids=["amount", "amount_as_text", "mchid"],
+)
+def test_a_verified_mismatch_is_400_with_one_alert_and_moves_nothing(app, client, waiting, change):
+    # given
+    payout = waiting()
+    resource = bill_resource(app, payout, "SUCCESS", **change)
+    before = state_of_everything(payout.id)
+    # when: WeChat retries it
+    first = deliver(client, app, resource)
+    again = deliver(client, app, resource)
+    # then
+    assert first.status_code == again.status_code == 400
+    assert failure_body(first)
+    after = state_of_everything(payout.id)
+    assert after["tables"].pop("alerts") == before["tables"].pop("alerts") + 1
+    assert after == before
+    [alert] = db.session.execute(select(Alert)).scalars()
+    assert (alert.kind, alert.subject) == ("transfer_mismatch", payout.external_no)
+
+
+def test_a_state_that_is_not_final_is_refused(app, client, waiting):
+    payout = waiting()
+    before = state_of_everything(payout.id)
+    response = deliver(client, app, bill_resource(app, payout, "PROCESSING"))
+    assert response.status_code == 400 and failure_body(response)
+    assert state_of_everything(payout.id) == before
+
+
+def test_another_event_type_is_acknowledged_and_ignored(app, client, waiting):
+    payout = waiting()
+    before = state_of_everything(payout.id)
+    headers, body = simulator(app).build_notification(
+        "MCHTRANSFER.BATCH.FINISHED", bill_resource(app, payout, "SUCCESS"), "mch_payment"
+    )
+    assert client.post(NOTIFY, data=body, headers=headers).status_code == 204
+    assert state_of_everything(payout.id) == before
+
+
+def test_a_notification_for_another_appid_is_refused_and_alerted(app, client, waiting):
+    payout = waiting()
+    response = deliver(client, app, bill_resource(app, payout, "SUCCESS", appid="wx-someone-else"))
+    assert response.status_code == 400
+    db.session.expire_all()
+    assert db.session.get(Payout, payout.id).status == "waiting_user_confirm"
+    assert db.session.query(Alert).filter_by(kind="transfer_mismatch").count() == 1
