@@ -11,10 +11,10 @@ from models.campaigns import Campaign, CampaignRules, CampaignStatus, FunderType
 from models.growth import ShareLink, SignIn
 from models.idempotency import IdempotencyRecord
 from models.ledger import AccountKind, LedgerAccount, LedgerEntry, LedgerFlow, LedgerPosting, Unit
-from models.limits import LimitCounter
+from models.limits import ClaimRefusal, LimitCounter
 from models.oauth import OAuthState
 from models.operators import AuditLog, Operator, OperatorRole, OperatorToken
-from models.orders import Order, OrderPacket, OrderLine, OrderStatus, PaymentNotification, Refund, RefundStatus
+from models.orders import Order, OrderLine, OrderPacket, OrderStatus, PaymentNotification, Refund, RefundStatus
 from models.packets import PacketStatus, RedPacket
 from models.payouts import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl
 from models.people import Merchant, Product, User, UserIdentity, UserStatus
@@ -26,6 +26,7 @@ __all__ = [
     "Campaign",
     "CampaignRules",
     "CampaignStatus",
+    "ClaimRefusal",
     "FunderType",
     "IssuerType",
     "Order",

@@ -21,6 +21,7 @@ from sqlalchemy import exists, or_, select
 
 from models import (
     Campaign,
+    ClaimRefusal,
     Order,
     OrderMilestone,
     OrderStatus,
@@ -479,6 +480,10 @@ def trace_user(user: User, words: Words, *, limit: int = 20, merchant_id: int | 
     lines += [f"Red packet #{p.id} of {yuan(p.amount_fen)} (campaign #{p.campaign_id}): {p.status}." for p in packets]
     lines += [_on_order(d) for d in decisions]
     lines += [f"Owes back {yuan(r['outstanding_fen'])} of {r['kind']} after refunds." for r in receivables]
+    refusals = _claim_refusals(user.id, merchant_id, limit)
+    lines += [
+        f"Claim from campaign #{r.campaign_id} refused {when(r.created_at)}: limit hit — {r.message}." for r in refusals
+    ]
     return {
         "user": {
             "id": user.id,
@@ -493,8 +498,21 @@ def trace_user(user: User, words: Words, *, limit: int = 20, merchant_id: int | 
         "packets": [_packet_json(p) for p in packets],
         "rebates": decisions,
         "receivables": receivables,
+        "claim_refusals": [
+            {"campaign_id": r.campaign_id, "code": r.code, "message": r.message, "at": _iso(r.created_at)}
+            for r in refusals
+        ],
         "lines": lines,
     }
+
+
+def _claim_refusals(user_id: int, merchant_id: int | None, limit: int) -> list[ClaimRefusal]:
+    stmt = select(ClaimRefusal).where(ClaimRefusal.user_id == user_id)
+    if merchant_id is not None:
+        stmt = stmt.join(Campaign, Campaign.id == ClaimRefusal.campaign_id).where(
+            Campaign.funder_merchant_id == merchant_id
+        )
+    return list(db.session.execute(stmt.order_by(ClaimRefusal.id.desc()).limit(limit)).scalars())
 
 
 def _user_line(user: User) -> str:

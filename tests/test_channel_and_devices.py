@@ -52,3 +52,27 @@ def test_device_tokens_are_rationed_per_network_address(client, make_user, user_
     assert int(refused.headers["Retry-After"]) >= 1
     other = client.post("/api/v1/devices", headers=user_headers(user), environ_base={"REMOTE_ADDR": "10.9.8.7"})
     assert other.status_code == 201
+
+
+def test_a_claim_refused_by_a_limit_is_kept_for_the_trace(
+    client, make_campaign, make_user, user_headers, make_operator
+):
+    from models import ClaimRefusal
+
+    campaign = make_campaign(
+        CASHBACK,
+        budget_limit_fen=100_00,
+        packet_amount_fen=5_00,
+        trigger={"kind": "claim"},
+        claim_limits={"per_person": 1, "per_ip_per_day": None, "min_interval_seconds": None},
+    )
+    user = make_user()
+    assert client.post(f"/api/v1/campaigns/{campaign.id}/claim", headers=user_headers(user)).status_code == 201
+    refused = client.post(f"/api/v1/campaigns/{campaign.id}/claim", headers=user_headers(user))
+    assert refused.status_code == 429
+    assert db.session.query(ClaimRefusal).filter_by(user_id=user.id, code="person_limit").count() == 1
+    assert db.session.query(RedPacket).count() == 1
+    _, support = make_operator("support")
+    trace = client.get(f"/admin/api/trace/users/{user.id}", headers=support).json
+    assert trace["claim_refusals"][0]["code"] == "person_limit"
+    assert any("limit hit" in line for line in trace["lines"])

@@ -16,11 +16,11 @@ from flask import Blueprint, current_app, request
 from itsdangerous import BadSignature, URLSafeSerializer
 from pydantic import Field
 
-from models import Campaign, ShareLink, User, db, utcnow
+from models import Campaign, ClaimRefusal, ShareLink, User, db, utcnow
 from rebate.errors import StateConflict
 from rebate.packets import issue_packet
 from rebate.triggers import bind_inviter, claim_share, create_share_link, invite_code_of, sign_in
-from risk import ClaimLimits, enforce_claim_limits, take_device_token_slot
+from risk import ClaimLimits, LimitHit, enforce_claim_limits, take_device_token_slot
 from web.api import client_ip, endpoint
 from web.auth import current_user, token_channel
 from web.errors import NotFound, ValidationFailed
@@ -59,10 +59,18 @@ def channel() -> str:
 
 
 def take_claim_limits(campaign: Campaign, user: User) -> None:
+    """Take the claim's limit slots; a refusal is recorded in its own transaction for the trace, then raised."""
     limits = ClaimLimits.from_json(campaign.claim_limits)
-    enforce_claim_limits(
-        limits, campaign_id=campaign.id, person_id=user.id, ip=client_ip(), device=device_id(), now=utcnow()
-    )
+    try:
+        enforce_claim_limits(
+            limits, campaign_id=campaign.id, person_id=user.id, ip=client_ip(), device=device_id(), now=utcnow()
+        )
+    except LimitHit as hit:
+        campaign_id, user_id = campaign.id, user.id
+        db.session.rollback()
+        db.session.add(ClaimRefusal(user_id=user_id, campaign_id=campaign_id, code=hit.code, message=str(hit)[:200]))
+        db.session.commit()
+        raise
 
 
 def running_campaign(campaign_id: int) -> Campaign:
