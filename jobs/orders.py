@@ -36,7 +36,9 @@ def _pay():
 
 
 def claim_ids(stmt: Select) -> list[int]:
-    """Ids of a batch, row-locked with SKIP LOCKED so concurrent runners take different rows."""
+    """Ids of a batch. SKIP LOCKED only spreads runners that select at the same moment: the row lock ends
+    with this short transaction. What keeps nodes apart is the per-row advisory lease (``row_lease``) and
+    every step re-checking its row under the row's lock before it writes."""
     ids = list(db.session.execute(stmt.limit(BATCH).with_for_update(skip_locked=True)).scalars())
     db.session.commit()
     return ids

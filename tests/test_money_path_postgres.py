@@ -212,3 +212,43 @@ def test_twenty_concurrent_orders_with_one_idempotency_key_make_one_order(app, m
     order_id = db.session.execute(select(Order.id)).scalar_one()
     assert {b["id"] for s, b in results if s == 201} == {order_id}
     assert all(b["error"] == "idempotency_in_progress" for s, b in results if s == 409)
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_payment_and_refund_started_at_the_same_instant_end_consistent(
+    app, make_campaign, make_user, make_product, attempt
+):
+    # given: an unpaid order with a packet; no ordering between the two threads but the barrier
+    campaign = make_campaign(RULES, budget_limit_fen=1_000_00, packet_amount_fen=10_00)
+    [row] = generate_batch(campaign, 1, utcnow(), batch_ref=f"race-{attempt}")
+    db.session.commit()
+    buyer = make_user()
+    packet = claim_packet(row.claim_code, buyer, utcnow())
+    db.session.commit()
+    order = create_order(buyer, [LineRequest(make_product(price_fen=100_00).id, 1)], packet.id, utcnow())
+    db.session.commit()
+    out_trade_no, payable, order_id = order.out_trade_no, order.payable_fen, order.id
+
+    # when: the payment notification and the refund run at once (each waits on the order's row lock)
+    def work(i: int):
+        if i == 0:
+            return apply_payment(out_trade_no, "tx-1", payable, utcnow(), notification_id=f"N-{attempt}")
+        target = db.session.get(Order, order_id)
+        begin_refund(target, f"R-{attempt}", payable)
+        return apply_refund(out_trade_no, f"R-{attempt}", payable, utcnow()).status
+
+    results = run_together(app, 2, work)
+
+    # then: the payment always applies once; the refund either came first (refused, nothing moved) or after
+    assert str(results[0]) == "applied", results
+    db.session.rollback()
+    final = db.session.get(Order, order_id)
+    assert count(LedgerEntry, LedgerEntry.idempotency_key == f"order:{order_id}:sale") == 1
+    if isinstance(results[1], RebateError):
+        assert results[1].code == "order_not_refundable"
+        assert (final.status, final.refunded_fen) == ("paid", 0)
+    else:
+        assert (results[1], final.status, final.refunded_fen) == ("succeeded", "refunded", payable)
+        fresh = db.session.get(Campaign, campaign.id)
+        assert (fresh.budget_reserved_fen, fresh.budget_committed_fen) == (0, 0)
+    assert check_ledger().ok
