@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import responses
 
-from app import create_app
 from ledger import Leg, account, balance, post_entry
 from models import AccountKind, AuditLog, Payout, User, db, utcnow
 from payouts import enqueue_payout
@@ -109,38 +108,21 @@ def test_operator_cancel_of_an_unconfirmed_transfer_is_left_to_the_dispatcher(cl
 
 
 @pytest.fixture
-def card_app(app_settings):
-    settings = {**app_settings, "WECHAT_API_BASE": "https://api.weixin.test", "WECHAT_CARD_ID": "pCARD0001"}
-    app = create_app(settings)
-    with app.app_context():
-        from tests.conftest import on_postgres
-
-        if not on_postgres():
-            db.create_all()
-        yield app
-        db.session.remove()
+def card_app(app):
+    """The app with WeChat's API host somewhere `responses` can answer for (not the in-process simulator)."""
+    app.config.update(WECHAT_API_BASE="https://api.weixin.test", WECHAT_CARD_ID="pCARD0001")
+    return app
 
 
 @responses.activate
-def test_card_code_consumption_calls_wechat_once_and_is_audited(card_app, app_settings):
-    from web.auth import issue_operator_token
-
+def test_card_code_consumption_calls_wechat_once_and_is_audited(card_app, client, make_operator):
     responses.get("https://api.weixin.test/cgi-bin/token", json={"access_token": "AT", "expires_in": 7200})
     responses.post(
         "https://api.weixin.test/card/code/consume",
         json={"errcode": 0, "errmsg": "ok", "openid": "o1", "card": {"card_id": "pCARD0001"}},
     )
-    from models import Operator
-
-    op = Operator(username="cashier", display_name="Cashier", role="admin")
-    db.session.add(op)
-    db.session.flush()
-    token = issue_operator_token(op)
-    db.session.commit()
-    client = card_app.test_client()
-    answer = client.post(
-        "/admin/api/cards/consume", headers={"Authorization": f"Bearer {token}"}, json={"code": "123456789012"}
-    )
+    _, admin = make_operator("admin")
+    answer = client.post("/admin/api/cards/consume", headers=admin, json={"code": "123456789012"})
     assert answer.status_code == 200, answer.json
     assert answer.json == {"consumed": True, "card_id": "pCARD0001"}
     consume = [c for c in responses.calls if c.request.url.startswith("https://api.weixin.test/card")]
@@ -149,20 +131,20 @@ def test_card_code_consumption_calls_wechat_once_and_is_audited(card_app, app_se
 
 
 @responses.activate
-def test_card_code_already_consumed_is_a_clear_error(card_app):
-    from models import Operator
-    from web.auth import issue_operator_token
-
+def test_card_code_already_consumed_is_a_clear_error(card_app, client, make_operator):
     responses.get("https://api.weixin.test/cgi-bin/token", json={"access_token": "AT", "expires_in": 7200})
     responses.post("https://api.weixin.test/card/code/consume", json={"errcode": 40099, "errmsg": "code consumed"})
-    op = Operator(username="cashier2", display_name="Cashier", role="admin")
-    db.session.add(op)
-    db.session.flush()
-    token = issue_operator_token(op)
-    db.session.commit()
-    answer = card_app.test_client().post(
-        "/admin/api/cards/consume", headers={"Authorization": f"Bearer {token}"}, json={"code": "123456789012"}
-    )
+    _, admin = make_operator("admin")
+    answer = client.post("/admin/api/cards/consume", headers=admin, json={"code": "123456789012"})
     assert answer.status_code == 502
     assert answer.json["error"] == "wechat_refused"
     assert db.session.query(AuditLog).filter_by(action="card.consume").count() == 0
+
+
+@pytest.mark.parametrize("body", [{}, {"code": "12"}, {"code": "bad code!"}, {"code": 123456}])
+def test_bad_card_codes_are_refused_before_any_call(card_app, client, make_operator, body):
+    _, admin = make_operator("admin")
+    with responses.RequestsMock() as mock:  # any call to WeChat would fail the test
+        answer = client.post("/admin/api/cards/consume", headers=admin, json=body)
+        assert answer.status_code == 422
+        assert len(mock.calls) == 0
