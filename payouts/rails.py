@@ -56,5 +56,7 @@ class RailAdapter(Protocol):
 
 def summary(request: dict[str, Any]) -> str:
     """A short, masked description of a request for the attempt log."""
-    shown = {k: v for k, v in request.items() if k not in {"openid", "re_openid", "user_name", "user_name_enc", "real_name"}}
+    shown = {
+        k: v for k, v in request.items() if k not in {"openid", "re_openid", "user_name", "user_name_enc", "real_name"}
+    }
     return str(shown)[:300]

@@ -11,7 +11,6 @@ same run and mismatch rows (see :mod:`models.reconciliation`).
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,8 +31,7 @@ from models.reconciliation import (
     RunStatus,
     SubjectType,
 )
-from money import MoneyError, parse_yuan
-from payouts.outbox import PREFIX
+from payouts.bill_lines import BillFormatError, FundLine, TradeLine, fund_line, trade_line
 from wechat.bills import parse_bill_csv
 from wechat.errors import WeChatError
 from wechat.pay import PayClient
@@ -42,46 +40,12 @@ log = logging.getLogger(__name__)
 
 NO_BILL = "NO_STATEMENT_EXIST"  # WeChat's answer for a day without a single movement: an empty bill
 FUND_RAILS = (Rail.WECHAT_CHANGE, Rail.CASH_RED_PACKET)  # the rails whose money shows in the fund-flow bill
-PAYOUT_BUSINESS = frozenset({"商家转账", "商家转账到零钱", "企业付款", "现金红包"})
 WECHAT_REFUND_DONE = frozenset({"SUCCESS", "PROCESSING"})  # a bill's PROCESSING refund counts as done
-# Bill amounts are plain decimal yuan; a comma or currency sign means the columns are not what we think.
-PLAIN_YUAN = re.compile(r"-?[0-9]+(?:\.[0-9]+)?", re.ASCII)
-EXTERNAL_NO = re.compile(r"(?<![0-9A-Za-z])(?:%s)[0-9]{12}(?![0-9A-Za-z])" % "|".join(PREFIX.values()))  # noqa: UP031
 IN_CHUNK, ALERT_LISTED = 500, 10
 
 
 MISSING_HERE, MISSING_THERE = MismatchKind.MISSING_HERE, MismatchKind.MISSING_THERE
 AMOUNT_DIFFERS, STATUS_DIFFERS = MismatchKind.AMOUNT_DIFFERS, MismatchKind.STATUS_DIFFERS
-
-
-class BillFormatError(ValueError):
-    code = "bill_format"
-
-
-@dataclass(frozen=True)
-class TradeLine:
-    line_no: int
-    out_trade_no: str
-    state: str  # 交易状态: SUCCESS | REFUND | …
-    total_fen: int  # 订单金额
-    settled_fen: int  # 应结订单金额
-    out_refund_no: str
-    refund_fen: int  # 申请退款金额
-    refund_state: str
-
-
-@dataclass(frozen=True)
-class FundLine:
-    line_no: int
-    business: str  # 业务名称
-    direction: str  # 收支类型: 收入 | 支出
-    amount_fen: int
-    wechat_no: str  # 微信支付业务单号
-    our_no: str | None  # one of our external numbers, from 业务凭证号 or 备注
-
-    @property
-    def is_payout(self) -> bool:
-        return self.direction == "支出" and (self.our_no is not None or self.business in PAYOUT_BUSINESS)
 
 
 @dataclass(frozen=True)
@@ -177,7 +141,7 @@ def _fetch(kind: BillKind, apply: Callable[[], Any], pay_client: PayClient) -> B
             raise BillFormatError("the bill answer lacks download_url or hash_value")
         outcome.hash_value = str(answer["hash_value"])[:64]
         details, _summary = parse_bill_csv(pay_client.download_bill(answer["download_url"], outcome.hash_value))
-        parse = _trade_line if kind == BillKind.TRADE else _fund_line
+        parse = trade_line if kind == BillKind.TRADE else fund_line
         outcome.lines = [parse(row, n) for n, row in enumerate(details, start=2)]
     except WeChatError as exc:
         if exc.code != NO_BILL:
@@ -185,60 +149,6 @@ def _fetch(kind: BillKind, apply: Callable[[], Any], pay_client: PayClient) -> B
     except ValueError as exc:  # BillFormatError, bad UTF-8
         outcome.error = f"bill unreadable: {exc}"
     return outcome
-
-
-def bill_amount_fen(text: str) -> int:
-    """A bill's plain decimal yuan (backtick already stripped) as exact fen."""
-    if not PLAIN_YUAN.fullmatch(text):
-        raise BillFormatError(f"{text!r} is not a plain yuan amount")
-    try:
-        return parse_yuan(text)
-    except MoneyError as exc:
-        raise BillFormatError(str(exc)) from exc
-
-
-def _cell(row: dict[str, str], n: int, *columns: str) -> tuple[str, str]:
-    for column in columns:
-        if column in row:
-            return column, row[column]
-    raise BillFormatError(f"line {n} has no column {columns[0]}")
-
-
-def _fen(row: dict[str, str], n: int, *columns: str) -> int:
-    column, text = _cell(row, n, *columns)
-    try:
-        return bill_amount_fen(text)
-    except BillFormatError as exc:
-        raise BillFormatError(f"line {n}, {column}: {exc}") from exc
-
-
-def _trade_line(row: dict[str, str], n: int) -> TradeLine:
-    return TradeLine(
-        line_no=n,
-        out_trade_no=_cell(row, n, "商户订单号")[1],
-        state=_cell(row, n, "交易状态")[1],
-        total_fen=_fen(row, n, "订单金额", "应结订单金额"),
-        settled_fen=_fen(row, n, "应结订单金额"),
-        out_refund_no=_no_zero(_cell(row, n, "商户退款单号")[1]),
-        refund_fen=_fen(row, n, "申请退款金额", "退款金额"),
-        refund_state=_cell(row, n, "退款状态")[1],
-    )
-
-
-def _no_zero(value: str) -> str:
-    return "" if value in ("", "0") else value  # payment lines carry "0" in the refund columns
-
-
-def _fund_line(row: dict[str, str], n: int) -> FundLine:
-    found = EXTERNAL_NO.search(_cell(row, n, "业务凭证号")[1]) or EXTERNAL_NO.search(row.get("备注", ""))
-    return FundLine(
-        line_no=n,
-        business=_cell(row, n, "业务名称")[1],
-        direction=_cell(row, n, "收支类型")[1],
-        amount_fen=abs(_fen(row, n, "收支金额(元)")),
-        wechat_no=_cell(row, n, "微信支付业务单号")[1],
-        our_no=found.group(0) if found else None,
-    )
 
 
 # -- matching (pure: bill lines and our rows in, findings out) ------------------------------------

@@ -16,7 +16,8 @@ from models import OperatorRole, Order, RedPacket, User, db, utcnow
 from rebate.campaigns import rules_of
 from rebate.rules import RuleError, parse_rules
 from rebate.simulate import simulate
-from rebate.trace import merchant_sees_packet, merchant_sees_user, trace_order, trace_packet, trace_user
+from rebate.trace import trace_order, trace_packet
+from rebate.trace_people import merchant_sees_packet, merchant_sees_user, trace_user
 from web.admin import merchant_scope
 from web.api import endpoint
 from web.campaign_admin import RulesIn, visible_campaign
