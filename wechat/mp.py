@@ -175,15 +175,25 @@ def get_access_token(
     timeout: tuple[float, float] = (3.05, 10),
 ) -> str:
     """The shared access_token; ``/cgi-bin/token`` is called only when the store has none."""
-    key = f"access_token:{appid}"
+    params = {"grant_type": "client_credential", "appid": appid, "secret": secret}
+    url = f"{api_base.rstrip('/')}/cgi-bin/token"
+    return _cached(
+        store,
+        f"access_token:{appid}",
+        "access_token",
+        lambda: _get_json(session or requests.Session(), url, params, timeout),
+    )
+
+
+def _cached(store: AccessTokenStore, key: str, field: str, fetch) -> str:
+    """A value from the shared store, fetched (and stored until shortly before it expires) when missing."""
     cached = store.get(key)
     if cached:
         return cached
-    params = {"grant_type": "client_credential", "appid": appid, "secret": secret}
-    data = _get_json(session or requests.Session(), f"{api_base.rstrip('/')}/cgi-bin/token", params, timeout)
-    token = str(data["access_token"])
-    store.set(key, token, int(data.get("expires_in", 7200)) - TOKEN_EARLY_EXPIRY_S)
-    return token
+    data = fetch()
+    value = str(data[field])
+    store.set(key, value, int(data.get("expires_in", 7200)) - TOKEN_EARLY_EXPIRY_S)
+    return value
 
 
 def get_api_ticket(
@@ -195,17 +205,14 @@ def get_api_ticket(
     timeout: tuple[float, float] = (3.05, 10),
 ) -> str:
     """The card ``api_ticket`` (type=wx_card), cached in the shared store."""
-    key = f"card_ticket:{appid}"
-    cached = store.get(key)
-    if cached:
-        return cached
     session = session or requests.Session()
-    token = get_access_token(store, appid, secret, api_base, session, timeout)
-    params = {"access_token": token, "type": "wx_card"}
-    data = _get_json(session, f"{api_base.rstrip('/')}/cgi-bin/ticket/getticket", params, timeout)
-    ticket = str(data["ticket"])
-    store.set(key, ticket, int(data.get("expires_in", 7200)) - TOKEN_EARLY_EXPIRY_S)
-    return ticket
+
+    def fetch() -> dict:
+        token = get_access_token(store, appid, secret, api_base, session, timeout)
+        params = {"access_token": token, "type": "wx_card"}
+        return _get_json(session, f"{api_base.rstrip('/')}/cgi-bin/ticket/getticket", params, timeout)
+
+    return _cached(store, f"card_ticket:{appid}", "ticket", fetch)
 
 
 def card_signature(*values: str | int | None) -> str:
