@@ -213,3 +213,31 @@ def pay(app):
         return outcome
 
     return do
+
+
+@pytest.fixture
+def education(make_user, make_merchant, make_product, make_campaign):
+    """DESIGN §1's reverse story set up: a teacher's 50-yuan enrolment packet at a school; the teacher earns
+    10 % of the tuition paid, held until 10 lessons are done and the test is passed, released in two parts.
+    Returns (school, course, teacher, campaign, student, packet)."""
+    from models import utcnow
+    from rebate import issue_packet
+
+    school = make_merchant("school")
+    course = make_product(school, price_fen=2_000_00, category="course")
+    teacher = make_user()
+    condition = {"milestones": ["lessons_10", "test_passed"], "window_days": 180, "release": "parts"}
+    campaign = make_campaign(
+        {"roles": [{"role": "issuer", "rate_bps": 1000, "form": "balance", "cap_fen": 300_00, "condition": condition}]},
+        issuer_type="user",
+        issuer_user_id=teacher.id,
+        funder_type="merchant_deposit",
+        funder_merchant_id=school.id,
+        budget_limit_fen=10_000_00,
+        packet_amount_fen=50_00,
+        packet_merchant_id=school.id,
+    )
+    student = make_user()
+    packet = issue_packet(campaign, student, source="enrolment", source_ref="s1", now=utcnow())
+    db.session.commit()
+    return school, course, teacher, campaign, student, packet

@@ -10,7 +10,6 @@ import json
 import threading
 import time
 import uuid
-from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -24,43 +23,13 @@ from payouts import enqueue_payout
 from payouts.coupon_rail import CouponRail
 from payouts.redpack_rail import RedpackRail
 from payouts.transfer_rail import TransferRail
+from tests.test_simulator_e2e import app_settings, delivered  # noqa: F401 - fixtures
 from tests.test_wechat_callbacks import simulator
 
 WEBHOOK = "https://qyapi.test/cgi-bin/webhook/send?key=robot-key"
 
 
 # -- fixtures ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def app_settings(app_settings):
-    """The simulator delivers its notifications into this app's test client."""
-    holder: dict = {}
-
-    def post_into_app(url: str, headers: dict, body: bytes) -> int:
-        return holder["app"].test_client().post(urlsplit(url).path, data=body, headers=headers).status_code
-
-    return {
-        **app_settings,
-        "WECHAT_SIM_NOTIFY_TRANSPORT": post_into_app,
-        "WECHAT_SIM_NOTIFY_DELAY_S": 0.01,
-        "_NOTIFY_HOLDER": holder,
-    }
-
-
-@pytest.fixture
-def delivered(app):
-    """Wait until the simulator has delivered everything it queued; stops its thread at the end."""
-    app.config["_NOTIFY_HOLDER"]["app"] = app
-    sim = simulator(app)
-
-    def wait() -> None:
-        assert sim.dispatcher.wait_idle(10)
-        db.session.rollback()
-
-    yield wait
-    sim.dispatcher.wait_idle(10)
-    sim.dispatcher.stop()
 
 
 @pytest.fixture

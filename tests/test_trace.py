@@ -136,34 +136,9 @@ def test_packet_trace_of_an_issued_packet_past_its_validity(client, admin, make_
     assert body["rebates"] == []
 
 
-def test_education_refund_shows_the_clawback(client, admin, make_user, make_merchant, make_product, make_campaign, pay):
+def test_education_refund_shows_the_clawback(client, admin, education, pay):
     # given: the teacher's 10 % share of the tuition, held for lessons and a test, released in parts
-    school = make_merchant("school")
-    course = make_product(school, price_fen=2_000_00, category="course")
-    teacher = make_user()
-    campaign = make_campaign(
-        {
-            "roles": [
-                {
-                    "role": "issuer",
-                    "rate_bps": 1000,
-                    "form": "balance",
-                    "cap_fen": 300_00,
-                    "condition": {"milestones": ["lessons_10", "test_passed"], "window_days": 180, "release": "parts"},
-                }
-            ]
-        },
-        issuer_type="user",
-        issuer_user_id=teacher.id,
-        funder_type="merchant_deposit",
-        funder_merchant_id=school.id,
-        budget_limit_fen=10_000_00,
-        packet_amount_fen=50_00,
-        packet_merchant_id=school.id,
-    )
-    student = make_user()
-    packet = issue_packet(campaign, student, source="enrolment", source_ref="s1", now=utcnow())
-    db.session.commit()
+    school, course, teacher, campaign, student, packet = education
     order = buy(student, course, packet)
     pay(order)
     _, staff = make_operator_for(client, school)

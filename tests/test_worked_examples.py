@@ -237,36 +237,11 @@ def test_trial_feedback_quality_scales_consumer_points_and_merchant_earns_on_lat
 
 
 def test_education_teacher_share_released_only_after_lessons_and_test_and_reversed_on_refund(
-    make_user, make_merchant, make_product, make_campaign, make_operator, client, pay
+    education, make_operator, client, pay
 ):
     # given: a teacher's enrolment packet (50 yuan off) at a school; the teacher earns 10 % of the tuition paid,
     # held until 10 lessons are done and the test is passed, released in two parts
-    school = make_merchant("school")
-    course = make_product(school, price_fen=2_000_00, category="course")
-    teacher = make_user()
-    campaign = make_campaign(
-        {
-            "roles": [
-                {
-                    "role": "issuer",
-                    "rate_bps": 1000,
-                    "form": "balance",
-                    "cap_fen": 300_00,
-                    "condition": {"milestones": ["lessons_10", "test_passed"], "window_days": 180, "release": "parts"},
-                }
-            ]
-        },
-        issuer_type="user",
-        issuer_user_id=teacher.id,
-        funder_type="merchant_deposit",
-        funder_merchant_id=school.id,
-        budget_limit_fen=10_000_00,
-        packet_amount_fen=50_00,
-        packet_merchant_id=school.id,
-    )
-    student = make_user()
-    packet = issue_packet(campaign, student, source="enrolment", source_ref="s1", now=utcnow())
-    db.session.commit()
+    school, course, teacher, campaign, student, packet = education
     order = buy(student, course, packet=packet)
     pay(order)
 
