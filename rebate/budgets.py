@@ -68,17 +68,6 @@ def release_committed(campaign_id: int, amount_fen: int) -> None:
         _apply(campaign_id, [], budget_committed_fen=C.budget_committed_fen - amount_fen)
 
 
-def recommit_as_reserved(campaign_id: int, amount_fen: int) -> None:
-    """A restored packet: its spent face value becomes a reservation again."""
-    if amount_fen:
-        _apply(
-            campaign_id,
-            [],
-            budget_committed_fen=C.budget_committed_fen - amount_fen,
-            budget_reserved_fen=C.budget_reserved_fen + amount_fen,
-        )
-
-
 def count_packet(campaign_id: int) -> bool:
     """Take one from the campaign's count budget (always succeeds when it has none)."""
     fits = C.max_packets.is_(None) | (C.packets_issued < C.max_packets)

@@ -4,20 +4,33 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session
 
 from ledger import account
 from models import AccountKind, Campaign, CampaignRules, CampaignStatus, FunderType, LedgerAccount, db
 from rebate.rules import RuleSet, parse_rules
 
+RULES_CACHE = "parsed_rules"
+
 
 def rules_of(campaign: Campaign, version: int | None = None) -> RuleSet:
-    row = db.session.execute(
-        select(CampaignRules).where(
-            CampaignRules.campaign_id == campaign.id, CampaignRules.version == (version or campaign.rules_version)
-        )
-    ).scalar_one()
-    return parse_rules(row.rules, budgeted=campaign.budget_limit_fen is not None)
+    """A campaign's rules at a version, parsed once per session (rule versions never change once written)."""
+    version = version or campaign.rules_version
+    key = (campaign.id, version, campaign.budget_limit_fen is not None)
+    cache = db.session.info.setdefault(RULES_CACHE, {})
+    if key not in cache:
+        row = db.session.execute(
+            select(CampaignRules).where(CampaignRules.campaign_id == campaign.id, CampaignRules.version == version)
+        ).scalar_one()
+        cache[key] = parse_rules(row.rules, budgeted=key[2])
+    return cache[key]
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_rules(session: Session) -> None:
+    """A rolled-back campaign may leave its id to another one: parsed rules never outlive a rollback."""
+    session.info.pop(RULES_CACHE, None)
 
 
 def funder_account(campaign: Campaign) -> LedgerAccount:

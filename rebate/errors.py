@@ -25,6 +25,3 @@ class StateConflict(RebateError):
 
 class BudgetExhausted(RebateError):
     code, kind = "budget_exhausted", "conflict"
-
-    def __init__(self, message: str, code: str | None = None):
-        super().__init__(message, code=code)

@@ -45,14 +45,12 @@ def report_milestone(
         )
     if quality is not None and not 0 <= quality <= 100:
         raise Invalid("quality must be 0 to 100", code="invalid_quality")
-    existing = db.session.execute(select(OrderMilestone).filter_by(order_id=order.id, name=name)).scalar_one_or_none()
-    if existing is not None:
-        return []
-    db.session.add(
-        OrderMilestone(order_id=order.id, name=name, quality=quality, operator_id=operator_id, reported_at=now)
-    )
-    db.session.flush()
     met = {m.name: m for m in db.session.execute(select(OrderMilestone).filter_by(order_id=order.id)).scalars()}
+    if name in met:
+        return []
+    met[name] = OrderMilestone(order_id=order.id, name=name, quality=quality, operator_id=operator_id, reported_at=now)
+    db.session.add(met[name])
+    db.session.flush()
     released = []
     for rebate in _held(order.id):
         campaign = db.session.get(Campaign, rebate.campaign_id)

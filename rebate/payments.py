@@ -10,10 +10,11 @@ An amount that disagrees with the order flags it for review and moves no money.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from ledger import Leg, account, post_entry
 from models import (
@@ -129,6 +130,10 @@ def _relevant(campaign: Campaign, order: Order, has_inviter: bool) -> bool:
 
 def _attributing_packets(order: Order, spent: list[tuple[RedPacket, int]], now: datetime) -> list[RedPacket]:
     """Packets this buyer spent earlier whose campaign attributes later orders at this merchant to them."""
+    at_this_merchant = or_(
+        RedPacket.merchant_id == order.merchant_id,
+        and_(RedPacket.merchant_id.is_(None), RedPacket.issuer_merchant_id == order.merchant_id),
+    )
     used = db.session.execute(
         select(RedPacket)
         .where(
@@ -136,15 +141,14 @@ def _attributing_packets(order: Order, spent: list[tuple[RedPacket, int]], now: 
             RedPacket.status == PacketStatus.USED,
             RedPacket.order_id != order.id,
             RedPacket.issuer_type == "merchant",
+            at_this_merchant,
+            RedPacket.campaign_id.not_in([packet.campaign_id for packet, _ in spent]),
         )
         .order_by(RedPacket.used_at.desc())
     ).scalars()
     found: dict[int, RedPacket] = {}
-    own = {packet.campaign_id for packet, _ in spent}
     for p in used:
-        if p.campaign_id in found or p.campaign_id in own:
-            continue
-        if (p.merchant_id or p.issuer_merchant_id) != order.merchant_id:
+        if p.campaign_id in found:
             continue
         days = rules_of(db.session.get(Campaign, p.campaign_id), p.rules_version).attribution_days
         if days and now < p.used_at + timedelta(days=days):
@@ -176,24 +180,31 @@ def _lock_campaigns(
 
 def _post_sale(order: Order, spent: list[tuple[RedPacket, int]], campaigns: dict[int, Campaign]) -> None:
     """The buyer's payment and each packet's funder together pay the merchant the order total."""
-    funded: dict[int, int] = {}
+    funded: dict[str, tuple[LedgerAccount, int]] = {}
     for packet, discount in spent:
         funder = funder_account(campaigns[packet.campaign_id])
-        funded[funder.id] = funded.get(funder.id, 0) + discount
+        funded[funder.code] = (funder, funded.get(funder.code, (funder, 0))[1] + discount)
     legs = [
         Leg(account(AccountKind.WECHAT_SETTLEMENT), -order.payable_fen),
         Leg(account(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), order.total_fen),
-        *(Leg(db.session.get(LedgerAccount, funder_id), -amount) for funder_id, amount in funded.items()),
+        *(Leg(funder, -amount) for funder, amount in funded.values()),
     ]
     post_entry(f"order:{order.id}:sale", f"sale {order.out_trade_no}", legs)
+
+
+def _referral_ends(consumer: User, referral_days: int | None) -> datetime | None:
+    """When the inviter stops earning on this buyer (None: never, as long as the rule applies)."""
+    if referral_days is None:
+        return None
+    return (consumer.invited_at or consumer.created_at) + timedelta(days=referral_days)
 
 
 def _who(order: Order, packet: RedPacket | None, referral_days: int | None, now: datetime):
     consumer = db.session.get(User, order.user_id)
     inviter = None
     if consumer.inviter_id is not None:
-        bound = consumer.invited_at or consumer.created_at
-        if referral_days is None or now < bound + timedelta(days=referral_days):
+        ends = _referral_ends(consumer, referral_days)
+        if ends is None or now < ends:
             inviter = Beneficiary("user", consumer.inviter_id)
     issuer = None
     if packet is not None and packet.issuer_type == "merchant":
@@ -227,7 +238,7 @@ def _explain_expired_referral(decision: Decision, order: Order, referral_days: i
     consumer = db.session.get(User, order.user_id)
     if decision.role != "inviter" or decision.reason_code != "no_beneficiary" or consumer.inviter_id is None:
         return decision
-    ended = (consumer.invited_at or consumer.created_at) + timedelta(days=referral_days or 0)
+    ended = _referral_ends(consumer, referral_days or 0)
     why = f"the referral period of {referral_days} days ended on {beijing(ended):%Y-%m-%d}"
     return Decision("inviter", 0, decision.form, "referral_period_over", (why,))
 
@@ -280,17 +291,8 @@ def _run_attribution(order: Order, packets: list[RedPacket], campaigns: dict[int
             decisions = evaluate(RuleSet(roles=(issuer_rule,)), facts, budget_left_fen=campaign.budget_available_fen)
         else:
             decisions = [Decision("issuer", 0, issuer_rule.form, "campaign_not_running", ("the campaign was paused",))]
-        decisions = [
-            Decision(
-                d.role,
-                d.amount_fen,
-                d.form,
-                d.reason_code,
-                (f"attributed to red packet {packet.id} used on {packet.used_at:%Y-%m-%d}", *d.reasons),
-                d.condition,
-            )
-            for d in decisions
-        ]
+        attributed = f"attributed to red packet {packet.id} used on {packet.used_at:%Y-%m-%d}"
+        decisions = [replace(d, reasons=(attributed, *d.reasons)) for d in decisions]
         who = {"issuer": Beneficiary("merchant", packet.issuer_merchant_id)}
         rebates = record_decisions(order, campaign, packet.rules_version, packet.id, decisions, who, now)
         if not budgets.commit(campaign.id, sum(r.original_fen for r in rebates)):
@@ -298,6 +300,7 @@ def _run_attribution(order: Order, packets: list[RedPacket], campaigns: dict[int
 
 
 def _issue_triggered_packets(order: Order, campaigns: dict[int, Campaign], now: datetime) -> None:
+    first_order = None  # asked only when a campaign cares
     for campaign in campaigns.values():
         trigger = campaign.trigger or {}
         if trigger.get("kind") != "order_paid" or not campaign.packet_amount_fen or not is_running(campaign, now):
@@ -306,8 +309,10 @@ def _issue_triggered_packets(order: Order, campaigns: dict[int, Campaign], now: 
             continue
         if campaign.packet_merchant_id is not None and campaign.packet_merchant_id != order.merchant_id:
             continue
-        if trigger.get("first_order_only") and _paid_orders(order.user_id) > 1:
-            continue
+        if trigger.get("first_order_only"):
+            first_order = _is_first_paid_order(order.user_id) if first_order is None else first_order
+            if not first_order:
+                continue
         try:
             with db.session.begin_nested():
                 issue_packet(
@@ -325,9 +330,7 @@ def _issue_triggered_packets(order: Order, campaigns: dict[int, Campaign], now: 
             )
 
 
-def _paid_orders(user_id: int) -> int:
-    return len(
-        db.session.execute(
-            select(Order.id).where(Order.user_id == user_id, Order.status.in_([OrderStatus.PAID, OrderStatus.REFUNDED]))
-        ).all()
-    )
+def _is_first_paid_order(user_id: int) -> bool:
+    """This payment (already marked paid) is the buyer's only paid order."""
+    paid = select(Order.id).where(Order.user_id == user_id, Order.status.in_([OrderStatus.PAID, OrderStatus.REFUNDED]))
+    return len(db.session.execute(paid.limit(2)).all()) == 1

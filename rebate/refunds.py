@@ -143,14 +143,20 @@ def _void_discount(order: Order, refund: Refund) -> None:
             ],
         )
         budgets.release_committed(campaign.id, discount)
-        restorable = campaign.restore_packet_on_refund and refund.finished_at < packet.expires_at
-        if restorable and budgets.reserve(campaign.id, reservation_for(campaign, packet.amount_fen)):
-            packet.status, packet.order_id, packet.used_at = PacketStatus.ISSUED, None, None
-            packet.reserved_fen = reservation_for(campaign, packet.amount_fen)
+        if not (campaign.restore_packet_on_refund and refund.finished_at < packet.expires_at):
+            continue
+        reserve_fen = reservation_for(campaign, packet.amount_fen)
+        if budgets.reserve(campaign.id, reserve_fen):
+            packet.status, packet.order_id, packet.used_at, packet.reserved_fen = (
+                PacketStatus.ISSUED,
+                None,
+                None,
+                reserve_fen,
+            )
 
 
 def _net_facts(order: Order) -> OrderFacts:
-    net_paid = order.paid_fen - order.refunded_fen
+    net_paid = order.net_paid_fen
     net_total = order.total_fen * net_paid // order.paid_fen  # goods value refunded in proportion
     return OrderFacts(
         order_total_fen=net_total, paid_fen=net_paid, paid_at=order.paid_at, has_issuer=True, has_inviter=True

@@ -21,16 +21,15 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import NamedTuple
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import case, func, select, type_coerce
 
 from models import Campaign, Order, OrderStatus, RedPacket, User, UTCDateTime, db
+from models.base import beijing
 from money import format_yuan
 from rebate.campaigns import rules_of
 from rebate.rules import OrderFacts, RuleSet, evaluate
 
-BEIJING = ZoneInfo("Asia/Shanghai")
 ISSUING = frozenset({"merchant", "user"})  # platform issuers receive no rebates
 ASSUMPTIONS = (
     "amounts are net of partial refunds; fully refunded orders are left out",
@@ -152,7 +151,7 @@ def _budget(limit_fen: int | None, cost_fen: int, runs_out: ReplayRow | None) ->
     return {
         **_amount("limit", limit_fen),
         "runs_out": runs_out is not None,
-        "runs_out_on": runs_out.paid_at.astimezone(BEIJING).date().isoformat() if runs_out else None,
+        "runs_out_on": beijing(runs_out.paid_at).date().isoformat() if runs_out else None,
         "runs_out_at_order_id": runs_out.order_id if runs_out else None,
         **_amount("shortfall", max(0, cost_fen - limit_fen)),
     }

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
@@ -34,10 +33,10 @@ from models import (
     User,
     db,
 )
+from models.base import beijing
 from money import format_yuan
 from rebate.campaigns import rules_of
 
-BEIJING = ZoneInfo("Asia/Shanghai")
 MAX_ITEMS = 100
 # What the trace shows of a payout, as columns: the outbox row carries far more than an agent needs.
 PAYOUT_COLUMNS = (
@@ -60,7 +59,7 @@ def yuan(fen: int) -> str:
 
 
 def when(at: datetime | None) -> str:
-    return f"{at.astimezone(BEIJING):%Y-%m-%d %H:%M} Beijing time" if at else "an unknown time"
+    return f"{beijing(at):%Y-%m-%d %H:%M} Beijing time" if at else "an unknown time"
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -447,6 +446,3 @@ def _packet_json(p: RedPacket) -> dict:
         "expires_at": p.expires_at.isoformat(),
         "used_at": _iso(p.used_at),
     }
-
-
-# --- people ---------------------------------------------------------------------------------------

@@ -137,9 +137,15 @@ def claim_share(token: str, friend: User, now: datetime, channel: str | None = N
 
 
 def invite_code_of(user: User) -> str:
-    if user.invite_code is None:
-        user.invite_code = secrets.token_hex(4).upper()
-        db.session.flush()
+    """The person's invite code, made on first use; a rare collision just draws again."""
+    for _ in range(5):
+        if user.invite_code is not None:
+            break
+        try:
+            with db.session.begin_nested():
+                user.invite_code = secrets.token_hex(5).upper()  # 40 bits: collisions are rare, not impossible
+        except IntegrityError:
+            user.invite_code = None
     return user.invite_code
 
 
