@@ -17,10 +17,12 @@ from datetime import datetime, timedelta
 from flask import current_app
 from sqlalchemy import Select, select, text
 
-from models import Alert, Order, OrderStatus, Refund, RefundStatus, db, raise_alert, unit_of_work, utcnow
-from rebate import RebateError, apply_payment, apply_refund, close_order, fail_refund
+from models import Order, OrderStatus, Refund, RefundStatus, alert_once, db, unit_of_work, utcnow
+from rebate import RebateError, apply_payment, close_order
 from rebate.orders import lock_order
+from rebate.refunds import apply_refund_answer
 from wechat.errors import WeChatBusinessError, WeChatError, WeChatNotFound
+from wechat.notifications import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +65,9 @@ def row_lease(kind: str, row_id: int) -> Iterator[bool]:
                 conn.execute(text("select pg_advisory_unlock(:k, :id)"), params)
 
 
-def _parse_time(value: object, fallback: datetime) -> datetime:
-    try:
-        return datetime.fromisoformat(str(value))
-    except ValueError:
-        return fallback
-
-
-def _alert_once(kind: str, subject: str, message: str) -> None:
-    exists = db.session.execute(
-        select(Alert.id).where(Alert.kind == kind, Alert.subject == subject[:64], Alert.resolved_at.is_(None))
-    ).first()
-    if exists is None:
-        raise_alert(kind, subject, message)
+def _alert_open(kind: str, subject: str, message: str) -> None:
+    """One open alert per kind and subject, whatever its wording this time."""
+    alert_once(kind, subject, text=message)
 
 
 # -- payments ----------------------------------------------------------------------
@@ -101,7 +93,7 @@ def apply_queried_payment(out_trade_no: str, tx: dict, now: datetime) -> str:
             out_trade_no,
             str(tx.get("transaction_id") or ""),
             int(amount.get("total") or 0),
-            _parse_time(tx.get("success_time"), now),
+            parse_time(tx.get("success_time"), now),
             notification_id=None,
             payer_total_fen=amount.get("payer_total"),
         )
@@ -231,18 +223,11 @@ def _check_refund(refund_id: int, now: datetime) -> str:
 
 
 def record_refund_answer(out_trade_no: str, out_refund_no: str, amount_fen: int, answer: dict, now: datetime) -> str:
-    status = answer.get("status")
     refunded = (answer.get("amount") or {}).get("refund", amount_fen)
     try:
         with unit_of_work():
-            if status == "SUCCESS":
-                apply_refund(out_trade_no, out_refund_no, refunded, now, refund_id=answer.get("refund_id"))
-            elif status in ("CLOSED", "ABNORMAL"):
-                fail_refund(out_refund_no, RefundStatus(status.lower()), now)
-            else:
-                return "processing"
+            return apply_refund_answer(out_trade_no, out_refund_no, refunded, answer, now)
     except RebateError as exc:
         with unit_of_work():
-            _alert_once("refund_refused", out_refund_no, f"refund {out_refund_no} could not be applied: {exc}")
+            _alert_open("refund_refused", out_refund_no, f"refund {out_refund_no} could not be applied: {exc}")
         return "refused"
-    return status.lower()

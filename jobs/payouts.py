@@ -13,7 +13,6 @@ import functools
 import logging
 import time
 from collections import Counter
-from datetime import timedelta
 
 import requests
 from flask import current_app
@@ -34,7 +33,6 @@ from wechat.mp import get_api_ticket
 from wechat.redpack import RedpackClient
 
 log = logging.getLogger(__name__)
-TRANSFER_NOTIFY_PATH = "/wechat/transfer/notify"
 
 
 def build_rails(app) -> dict:
@@ -44,7 +42,7 @@ def build_rails(app) -> dict:
         "wechat_change": TransferRail(
             wx.pay,
             appid=cfg["WECHAT_APPID"],
-            notify_url=wx.public_base_url + TRANSFER_NOTIFY_PATH,
+            notify_url=wx.transfer_notify_url,
             activity=cfg["REDPACK_ACT_NAME"],
             rate_per_second=rates.get("wechat_change", 100),
         )
@@ -111,14 +109,17 @@ def rail_limiter(rails: dict, redis_url: str | None, max_wait_s: float = 5.0):
     return wait_for
 
 
+def payout_rails(app) -> dict:
+    """The rails, built once per app (the scheduler builds them at start-up, so bad settings show there)."""
+    if "payout_rails" not in app.extensions:
+        app.extensions["payout_rails"] = build_rails(app)
+    return app.extensions["payout_rails"]
+
+
 def dispatch_payouts() -> Counter:
     app = current_app._get_current_object()
-    rails = build_rails(app)
-    settings = DispatchSettings(
-        batch=app.config["PAYOUT_BATCH"],
-        max_attempts=app.config["PAYOUT_MAX_ATTEMPTS"],
-        confirm_ttl=timedelta(hours=app.config["TRANSFER_CONFIRM_HOURS"]),
-    )
+    rails = payout_rails(app)
+    settings = DispatchSettings.from_config(app.config)
     return dispatch_due(rails, settings=settings, limiter=rail_limiter(rails, app.config.get("REDIS_URL")))
 
 

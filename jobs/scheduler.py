@@ -23,7 +23,13 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from jobs.orders import close_expired_orders, query_stuck_refunds, query_unnotified_payments
-from jobs.payouts import daily_reconciliation, deliver_alerts, dispatch_payouts, expire_packets_and_conditions
+from jobs.payouts import (
+    daily_reconciliation,
+    deliver_alerts,
+    dispatch_payouts,
+    expire_packets_and_conditions,
+    payout_rails,
+)
 from models import db
 from models.base import BEIJING
 
@@ -60,6 +66,7 @@ def in_app(app: Flask, job: Callable) -> Callable[[], None]:
 
 
 def build_scheduler(app: Flask, blocking: bool = False):
+    payout_rails(app)  # bad payout settings fail here, at start-up, not on every pass
     cls = BlockingScheduler if blocking else BackgroundScheduler
     scheduler = cls(
         jobstores={"default": MemoryJobStore()},

@@ -5,7 +5,7 @@ commit (``unit_of_work``). Datetimes are UTC-aware on every database and
 personal data is encrypted at rest (``EncryptedText``).
 """
 
-from models.alerts import Alert, raise_alert
+from models.alerts import Alert, alert_once, raise_alert
 from models.base import Base, EncryptedText, UTCDateTime, db, unit_of_work, utcnow
 from models.campaigns import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType
 from models.growth import ShareLink, SignIn
@@ -73,6 +73,7 @@ __all__ = [
     "User",
     "UserIdentity",
     "UserStatus",
+    "alert_once",
     "db",
     "raise_alert",
     "unit_of_work",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import String, Text
+from sqlalchemy import String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime, db, utcnow
@@ -32,3 +32,16 @@ def raise_alert(kind: str, subject: str, message: str) -> Alert:
     db.session.add(alert)
     log.warning("alert", extra={"alert_kind": kind, "subject": subject, "alert_message": message})
     return alert
+
+
+def alert_once(kind: str, subject: str, message: str | None = None, *, text: str | None = None) -> None:
+    """Raise an alert unless the same one is still open (WeChat retries a callback for 24 h).
+
+    Same means same kind and subject, and also the same message when ``message`` is given to match on;
+    ``text`` is what a new alert says when it differs from the matched message.
+    """
+    match = [Alert.kind == kind, Alert.subject == subject[:64], Alert.resolved_at.is_(None)]
+    if message is not None:
+        match.append(Alert.message == message)
+    if db.session.execute(select(Alert.id).where(*match)).first() is None:
+        raise_alert(kind, subject, text or message or "")

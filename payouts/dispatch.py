@@ -18,6 +18,7 @@ from sqlalchemy import and_, or_, select
 
 from models import Payout, PayoutAttempt, PayoutStatus, RailControl, db, utcnow
 from payouts.faults import fault_point
+from payouts.operations import lock_payout
 from payouts.rails import Outcome, RailAdapter, RailResult, summary
 from payouts.record import DispatchSettings, apply_result
 
@@ -81,7 +82,7 @@ def claim(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettin
     return claimed
 
 
-def _timed(action: str, call: Callable[[], RailResult]) -> tuple[RailResult, int]:
+def _timed(call: Callable[[], RailResult]) -> tuple[RailResult, int]:
     started = time.perf_counter()
     result = call()
     return result, int((time.perf_counter() - started) * 1000)
@@ -92,14 +93,14 @@ def call_wechat(job: Claimed, rail: RailAdapter, limiter: Callable[[str], None])
     calls = []
     if job.query_first:
         limiter(job.rail)
-        result, ms = _timed("query", lambda: rail.query(job.external_no, job.request))
+        result, ms = _timed(lambda: rail.query(job.external_no, job.request))
         calls.append(("query", result, ms))
         if result.outcome == Outcome.WAITING_USER_CONFIRM and job.cancel_if_unconfirmed:
             calls.append(_cancel_unconfirmed(job, rail, limiter))
         if result.outcome != Outcome.NOT_FOUND:
             return calls
     limiter(job.rail)
-    result, ms = _timed("send", lambda: rail.send(job.external_no, job.request))
+    result, ms = _timed(lambda: rail.send(job.external_no, job.request))
     calls.append(("send", result, ms))
     return calls
 
@@ -110,14 +111,12 @@ def _cancel_unconfirmed(job: Claimed, rail: RailAdapter, limiter) -> tuple[str, 
     if cancel is None:
         return "cancel", RailResult(Outcome.CANCELLED, "CONFIRM_EXPIRED", "never confirmed by the user"), 0
     limiter(job.rail)
-    result, ms = _timed("cancel", lambda: cancel(job.external_no))
+    result, ms = _timed(lambda: cancel(job.external_no))
     return "cancel", result, ms
 
 
 def record(job: Claimed, calls: list[tuple[str, RailResult, int]], now: datetime, settings: DispatchSettings) -> None:
-    payout = db.session.execute(
-        select(Payout).where(Payout.id == job.payout_id).with_for_update().execution_options(populate_existing=True)
-    ).scalar_one()
+    payout = lock_payout(job.payout_id)
     for action, result, ms in calls:
         db.session.add(
             PayoutAttempt(

@@ -51,12 +51,14 @@ def withdraw(user: User, amount_fen: int, minimum_fen: int, key: str) -> Payout:
     )
 
 
-def lock_payout(payout_id: int) -> Payout:
+def lock_payout(payout_id: int | None = None, *, external_no: str | None = None) -> Payout:
+    """The payout row, locked and read fresh, by id or by its external number."""
+    where = Payout.id == payout_id if external_no is None else Payout.external_no == external_no
     payout = db.session.execute(
-        select(Payout).where(Payout.id == payout_id).with_for_update().execution_options(populate_existing=True)
+        select(Payout).where(where).with_for_update().execution_options(populate_existing=True)
     ).scalar_one_or_none()
     if payout is None:
-        raise PayoutError(f"no payout {payout_id}", code="not_found", kind="not_found")
+        raise PayoutError(f"no payout {payout_id or external_no}", code="not_found", kind="not_found")
     return payout
 
 

@@ -18,12 +18,6 @@ S = PayoutStatus
 RAIL_PAUSE = timedelta(minutes=30)
 CONFIRM_RECHECK = timedelta(hours=6)
 MAX_AUTO_RETRIES = 2
-FORM_RAIL = {
-    "wechat_change": "wechat_change",
-    "cash_red_packet": "cash_red_packet",
-    "wechat_coupon": "wechat_coupon",
-    "card_coupon": "card_coupon",
-}
 
 
 @dataclass
@@ -34,6 +28,14 @@ class DispatchSettings:
     backoff_cap_s: float = 6 * 3600.0
     cash_fallback_rail: str | None = "wechat_change"  # where a refused cash red packet goes
     confirm_ttl: timedelta = timedelta(hours=72)  # unconfirmed transfers and cards are cancelled after this
+
+    @classmethod
+    def from_config(cls, cfg) -> DispatchSettings:
+        return cls(
+            batch=cfg["PAYOUT_BATCH"],
+            max_attempts=cfg["PAYOUT_MAX_ATTEMPTS"],
+            confirm_ttl=timedelta(hours=cfg["TRANSFER_CONFIRM_HOURS"]),
+        )
 
 
 def backoff(attempts: int, settings: DispatchSettings) -> timedelta:

@@ -52,10 +52,8 @@ SEND_OUTCOMES: dict[str, Outcome] = {
     "SIGN_ERROR": Outcome.CONFIG_ERROR,
     "CA_ERROR": Outcome.CONFIG_ERROR,
 }
-# gethbinfo errors. "Record not found" may mean still processing (reference): never failed.
-# It is UNKNOWN, not NOT_FOUND: ``query`` only runs when the packet may have reached WeChat,
-# so "never sent" cannot be told apart here; the payout is queried again and, if it stays
-# unresolved, ends with an operator (whose resend uses the same, re-entrant number).
+# gethbinfo errors. "Record not found" may mean still processing (reference): never a failure,
+# and answered by resending the same, re-entrant mch_billno with the identical request (NOT_FOUND).
 QUERY_ERRORS: dict[str, Outcome] = {
     **dict.fromkeys(
         ("OPENID_ERROR", "ILLEGAL_APPID", "PARAM_ERROR", "XML_ERROR", "SIGN_ERROR", "CA_ERROR", "NO_AUTH"),

@@ -82,11 +82,11 @@ class TransferRail:
             )
         except WeChatError as exc:
             return _error(exc)
-        return _state(answer)
+        return state_result(answer)
 
     def query(self, external_no: str, request: dict[str, Any]) -> RailResult:
         try:
-            return _state(self.client.query_transfer_bill(external_no))
+            return state_result(self.client.query_transfer_bill(external_no))
         except WeChatNotFound:
             return RailResult(Outcome.NOT_FOUND, "NOT_FOUND", "WeChat has no bill with this number")
         except WeChatError as exc:
@@ -94,7 +94,7 @@ class TransferRail:
 
     def cancel(self, external_no: str) -> RailResult:
         try:
-            return _state(self.client.cancel_transfer_bill(external_no))
+            return state_result(self.client.cancel_transfer_bill(external_no))
         except WeChatError as exc:
             return _error(exc)
 
@@ -104,7 +104,7 @@ def _user_name(request: dict[str, Any]) -> str | None:
     return fernet().decrypt(sealed.encode()).decode() if sealed else None
 
 
-def _state(answer: dict[str, Any]) -> RailResult:
+def state_result(answer: dict[str, Any]) -> RailResult:
     state = answer.get("state")
     outcome = STATES.get(state, Outcome.UNKNOWN)
     return RailResult(

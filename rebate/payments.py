@@ -60,7 +60,7 @@ def apply_payment(
     order = lock_order(out_trade_no)
     if order is None:
         raise NotFound(f"no order {out_trade_no}", code="unknown_order")
-    if notification_id and _seen(notification_id):
+    if notification_id and notification_seen(notification_id):
         return PaymentOutcome.DUPLICATE_NOTIFICATION
     outcome = _apply_locked(order, transaction_id, amount_fen, paid_at, payer_total_fen)
     if notification_id:
@@ -69,7 +69,8 @@ def apply_payment(
     return outcome
 
 
-def _seen(notification_id: str) -> bool:
+def notification_seen(notification_id: str) -> bool:
+    """Has a WeChat notification with this id been processed (payment, refund or transfer)?"""
     return (
         db.session.execute(
             select(PaymentNotification.id).where(PaymentNotification.notification_id == notification_id)

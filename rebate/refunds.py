@@ -263,3 +263,18 @@ def _points_back(rebate: Rebate, delta: int, key: str) -> int:
         )
     rebate.points = new_points
     return min(delta, min(taken, held) * value)
+
+
+def apply_refund_answer(out_trade_no: str, out_refund_no: str, amount_fen: int, answer: dict, now: datetime) -> str:
+    """Apply what WeChat said of a refund (its answer or a query): SUCCESS applies it, CLOSED / ABNORMAL
+    release the hold, anything else leaves it pending. Returns the state in lower case; flushes only."""
+    status = answer.get("status")
+    if status == "SUCCESS":
+        apply_refund(out_trade_no, out_refund_no, amount_fen, now, refund_id=answer.get("refund_id"))
+    elif status in ("CLOSED", "ABNORMAL"):
+        fail_refund(out_refund_no, RefundStatus(status.lower()), now)
+    else:
+        return "processing"
+    refund = db.session.execute(select(Refund).where(Refund.out_refund_no == out_refund_no)).scalar_one()
+    refund.refund_id = refund.refund_id or answer.get("refund_id")
+    return status.lower()

@@ -55,14 +55,14 @@ def _take_count(key: str, window: str, limit: int, now: datetime) -> bool:
     same_window = table.c.window == window
     stmt = stmt.on_conflict_do_update(
         index_elements=["key"],
-        set_={"count": _case(same_window, table.c["count"] + 1, 1), "window": window, "last_at": now},
+        set_={
+            "count": case((same_window, table.c["count"] + 1), else_=literal_column("1")),
+            "window": window,
+            "last_at": now,
+        },
         where=(~same_window) | (table.c["count"] < limit),
     ).returning(table.c.key)
     return db.session.execute(stmt).first() is not None
-
-
-def _case(cond, then, otherwise):
-    return case((cond, then), else_=literal_column(str(int(otherwise))))
 
 
 def _take_interval(key: str, seconds: int, now: datetime) -> bool:
@@ -81,12 +81,18 @@ def _last_at(key: str) -> datetime | None:
     return row.last_at if row else None
 
 
+def _until_midnight(now: datetime) -> int:
+    """Seconds until the Beijing day (and every daily count) turns over."""
+    return int((next_beijing_midnight(now) - now).total_seconds())
+
+
 def take_device_token_slot(ip: str, per_day: int, now: datetime) -> None:
     """Device tokens are handed out sparingly per network address, so fresh ones cannot reset a device limit."""
     day = beijing(now).date().isoformat()
     if not _take_count(f"devices:ip-day:{ip}", day, per_day, now):
-        wait = int((next_beijing_midnight(now) - now).total_seconds())
-        raise LimitHit(f"at most {per_day} new device tokens a day from one network address", wait, "device_tokens")
+        raise LimitHit(
+            f"at most {per_day} new device tokens a day from one network address", _until_midnight(now), "device_tokens"
+        )
 
 
 def enforce_claim_limits(
@@ -94,7 +100,7 @@ def enforce_claim_limits(
 ) -> None:
     """Take one slot of every applicable limit or raise ``LimitHit`` (the caller rolls back)."""
     day = beijing(now).date().isoformat()
-    until_midnight = int((next_beijing_midnight(now) - now).total_seconds())
+    until_midnight = _until_midnight(now)
     scope = f"c{campaign_id}"
     if limits.per_person is not None and not _take_count(
         f"{scope}:person:{person_id}", ALL_TIME, limits.per_person, now

@@ -25,7 +25,20 @@ def register_blueprints(app: Flask) -> None:
         wechat_callbacks,
     )
 
-    for module in (ops, admin, campaign_admin, merchant_api, user_api, growth_api, insights):
-        app.register_blueprint(module.bp)
-    for module in (login, payment_api, refunds_admin, wechat_callbacks, transfer_callbacks, payouts_api):
+    modules = (
+        ops,
+        admin,
+        campaign_admin,
+        merchant_api,
+        user_api,
+        growth_api,
+        insights,
+        login,
+        payment_api,
+        refunds_admin,
+        wechat_callbacks,
+        transfer_callbacks,
+        payouts_api,
+    )
+    for module in modules:
         app.register_blueprint(module.bp)

@@ -11,7 +11,7 @@ from flask import Blueprint, g
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from models import AuditLog, Merchant, Operator, OperatorRole, Product, db
+from models import AuditLog, Merchant, Operator, OperatorRole, Order, Product, db
 from web.api import client_ip, endpoint
 from web.auth import issue_operator_token
 from web.errors import Conflict, NotFound, ValidationFailed
@@ -48,6 +48,15 @@ def visible_merchant(merchant_id: int) -> Merchant:
     if merchant is None or (scope is not None and scope != merchant_id):
         raise NotFound(f"merchant {merchant_id} not found")
     return merchant
+
+
+def visible_order(order_id: int) -> Order:
+    """An order the operator may see: any for platform roles, their own merchant's for merchant staff."""
+    order = db.session.get(Order, order_id)
+    scope = merchant_scope()
+    if order is None or (scope is not None and order.merchant_id != scope):
+        raise NotFound(f"order {order_id} not found")
+    return order
 
 
 def merchant_json(m: Merchant) -> dict:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from models import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType, OperatorRole, RedPacket, db, utcnow
 from rebate.errors import StateConflict
 from rebate.packets import generate_batch, revoke_packet
-from rebate.rules import RuleError, parse_rules
+from rebate.rules import RuleError, RuleSet, parse_rules
 from web.admin import audit, merchant_scope, visible_merchant
 from web.api import endpoint
 from web.errors import NotFound, ValidationFailed
@@ -152,13 +152,17 @@ def _rules_data(rules: RulesIn) -> dict:
     return rules.model_dump(mode="json", exclude_none=True)
 
 
-def _check_rules(rules: RulesIn, budgeted: bool) -> dict:
+def _parsed_rules(rules: RulesIn, budgeted: bool) -> tuple[dict, RuleSet]:
+    """The rules as stored JSON and as the engine reads them; refused with the engine's reason."""
     data = _rules_data(rules)
     try:
-        parse_rules(data, budgeted=budgeted)
+        return data, parse_rules(data, budgeted=budgeted)
     except RuleError as exc:
         raise ValidationFailed(str(exc), code="invalid_rules") from None
-    return data
+
+
+def _check_rules(rules: RulesIn, budgeted: bool) -> dict:
+    return _parsed_rules(rules, budgeted)[0]
 
 
 def _check_parties(body: CreateCampaign) -> None:
@@ -242,9 +246,7 @@ def create_campaign(body: CreateCampaign):
 def validate_campaign(body: CreateCampaign):
     """Check a campaign without saving it."""
     _check_parties(body)
-    rules = parse_rules(
-        _check_rules(body.rules, body.budget_limit_fen is not None), budgeted=body.budget_limit_fen is not None
-    )
+    _, rules = _parsed_rules(body.rules, body.budget_limit_fen is not None)
     return {"valid": True, "max_rebate_per_order_fen": rules.max_award_fen()}
 
 

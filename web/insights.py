@@ -12,13 +12,13 @@ from typing import Annotated
 from flask import Blueprint
 from pydantic import Field, StrictInt
 
-from models import OperatorRole, Order, RedPacket, User, db, utcnow
+from models import OperatorRole, RedPacket, User, db, utcnow
 from rebate.campaigns import rules_of
 from rebate.rules import RuleError, parse_rules
 from rebate.simulate import simulate
 from rebate.trace import trace_order, trace_packet
 from rebate.trace_people import merchant_sees_packet, merchant_sees_user, trace_user
-from web.admin import merchant_scope
+from web.admin import merchant_scope, visible_order
 from web.api import endpoint
 from web.campaign_admin import RulesIn, visible_campaign
 from web.errors import NotFound, ValidationFailed
@@ -43,11 +43,7 @@ class Simulation(Model):
 @endpoint(bp, "/trace/orders/<int:order_id>", auth="operator", roles=TRACERS, tags=("trace",))
 def trace_an_order(order_id: int):
     """Which campaigns and rules were evaluated for an order, what each decided and why."""
-    order = db.session.get(Order, order_id)
-    scope = merchant_scope()
-    if order is None or (scope is not None and order.merchant_id != scope):
-        raise NotFound(f"order {order_id} not found")
-    return trace_order(order, PLAIN_REASONS)
+    return trace_order(visible_order(order_id), PLAIN_REASONS)
 
 
 @endpoint(bp, "/trace/packets/<int:packet_id>", auth="operator", roles=TRACERS, tags=("trace",))

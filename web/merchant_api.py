@@ -12,11 +12,10 @@ from typing import Annotated
 from flask import Blueprint, g
 from pydantic import Field, StrictInt
 
-from models import OperatorRole, Order, db, utcnow
+from models import OperatorRole, utcnow
 from rebate.milestones import report_milestone
-from web.admin import audit, merchant_scope
+from web.admin import audit, visible_order
 from web.api import endpoint
-from web.errors import NotFound
 from web.schemas import Model
 from web.views import rebate_json
 
@@ -39,10 +38,7 @@ class Milestone(Model):
 )
 def post_milestone(order_id: int, body: Milestone):
     """Report a milestone of an order; answers the rebates it released."""
-    order = db.session.get(Order, order_id)
-    scope = merchant_scope()
-    if order is None or (scope is not None and order.merchant_id != scope):
-        raise NotFound("no such order")
+    order = visible_order(order_id)
     released = report_milestone(order, body.name, body.quality, utcnow(), operator_id=g.operator.id)
     audit("order.milestone", "order", order.id, None, name=body.name, quality=body.quality)
     return {"order_id": order.id, "milestone": body.name, "released": [rebate_json(r) for r in released]}, 201

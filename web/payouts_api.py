@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from flask import Blueprint, current_app, g, request
 from pydantic import Field
 
-from models import OperatorRole, Payout, PayoutAttempt, RailControl, User, db, utcnow
+from models import OperatorRole, Payout, PayoutAttempt, Rail, RailControl, User, db, utcnow
 from payouts.card_rail import consume_card_code
 from payouts.operations import approve, cancel, lock_payout, manual_payout, resend, resolve, withdraw
 from web.admin import audit
@@ -26,7 +26,7 @@ from wechat.errors import WeChatError
 bp = Blueprint("payouts_api", __name__)
 ACTORS = (OperatorRole.ADMIN, OperatorRole.FINANCE)
 READERS = (*ACTORS, OperatorRole.SUPPORT)
-RAILS = ("wechat_change", "cash_red_packet", "wechat_coupon", "card_coupon")
+RAILS = tuple(Rail)
 
 
 def payout_json(p: Payout, *, for_user: bool = False) -> dict:

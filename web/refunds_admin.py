@@ -17,10 +17,10 @@ from typing import Annotated
 
 from flask import Blueprint, current_app, g, request
 from pydantic import Field
-from sqlalchemy import select
 
 from models import OperatorRole, Order, Refund, RefundStatus, db, utcnow
-from rebate import apply_refund, begin_refund, fail_refund
+from rebate import begin_refund, fail_refund
+from rebate.refunds import apply_refund_answer
 from web.admin import audit
 from web.api import endpoint
 from web.errors import NotFound
@@ -74,22 +74,6 @@ def call_refund(out_trade_no: str, out_refund_no: str, amount_fen: int, total_fe
     raise AssertionError("unreachable")
 
 
-def _refund(out_refund_no: str) -> Refund:
-    return db.session.execute(select(Refund).where(Refund.out_refund_no == out_refund_no)).scalar_one()
-
-
-def record_answer(out_trade_no: str, out_refund_no: str, amount_fen: int, answer: dict) -> None:
-    """Apply what WeChat said about the refund (flushes; the caller commits)."""
-    status = answer.get("status")
-    if status == "SUCCESS":
-        apply_refund(out_trade_no, out_refund_no, amount_fen, utcnow(), refund_id=answer.get("refund_id"))
-    elif status in ("CLOSED", "ABNORMAL"):
-        fail_refund(out_refund_no, RefundStatus(status.lower()), utcnow())
-    if answer.get("refund_id"):
-        refund = _refund(out_refund_no)
-        refund.refund_id = refund.refund_id or answer["refund_id"]
-
-
 @endpoint(
     bp,
     "/orders/<int:order_id>/refunds",
@@ -120,9 +104,9 @@ def create_refund(order_id: int, body: CreateRefund):
         if isinstance(exc, WeChatBusinessError) and not exc.retryable:
             fail_refund(out_refund_no, RefundStatus.FAILED, utcnow())  # definitive: WeChat will not refund this
     if answer is not None:
-        record_answer(out_trade_no, out_refund_no, body.amount_fen, answer)
+        apply_refund_answer(out_trade_no, out_refund_no, body.amount_fen, answer, utcnow())
     db.session.flush()
-    refund = _refund(out_refund_no)
+    db.session.refresh(refund)
     result = refund_json(refund)
     if wechat_error:
         result["wechat_error"] = wechat_error

@@ -9,15 +9,14 @@ already recorded, is answered 204 and nothing happens again.
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from models import PaymentNotification, Payout, PayoutStatus, db, utcnow
+from models import PaymentNotification, PayoutStatus, db, utcnow
 from models.payouts import TERMINAL
-from payouts.rails import Outcome, RailResult
+from payouts.operations import PayoutError, lock_payout
 from payouts.record import DispatchSettings, apply_result
-from payouts.transfer_rail import STATES
-from web.wechat_callbacks import CallbackRefused, _alert_once, _handle, _seen
+from payouts.transfer_rail import state_result
+from web.wechat_callbacks import CallbackRefused, alert_once_and_commit, handle_notification, notification_seen
 from wechat.notifications import Notification
 
 bp = Blueprint("transfer_callbacks", __name__, url_prefix="/wechat/transfer")
@@ -25,18 +24,14 @@ FINAL = {"SUCCESS", "FAIL", "CANCELLED"}
 
 
 def process_transfer(n: Notification) -> None:
-    if n.event_type != "MCHTRANSFER.BILL.FINISHED" or _seen(n.id):
+    if n.event_type != "MCHTRANSFER.BILL.FINISHED" or notification_seen(n.id):
         return
     data = n.resource
     out_bill_no, state = str(data.get("out_bill_no") or ""), data.get("state")
-    payout = db.session.execute(
-        select(Payout)
-        .where(Payout.external_no == out_bill_no)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one_or_none()
-    if payout is None:
-        raise CallbackRefused(404, "unknown out_bill_no")
+    try:
+        payout = lock_payout(external_no=out_bill_no)
+    except PayoutError:
+        raise CallbackRefused(404, "unknown out_bill_no") from None
     mchid = data.get("mch_id") or data.get("mchid")
     appid = data.get("appid")  # not in every sample of this notification: checked when present
     if (
@@ -45,7 +40,7 @@ def process_transfer(n: Notification) -> None:
         or payout.rail != "wechat_change"
         or (appid is not None and appid != current_app.config["WECHAT_APPID"])
     ):
-        _alert_once(
+        alert_once_and_commit(
             "transfer_mismatch",
             out_bill_no,
             f"transfer notification disagrees: mchid {mchid!r}, appid {appid!r}, {data.get('transfer_amount')!r} fen "
@@ -56,13 +51,7 @@ def process_transfer(n: Notification) -> None:
         raise CallbackRefused(400, f"unexpected state {state!r}")
     if payout.status not in TERMINAL:
         payout.status = PayoutStatus.SENDING  # a final answer settles it from any open state
-        result = RailResult(
-            STATES.get(state, Outcome.UNKNOWN),
-            state,
-            str(data.get("fail_reason") or ""),
-            wechat_ref=data.get("transfer_bill_no"),
-        )
-        apply_result(payout, result, utcnow(), DispatchSettings(max_attempts=current_app.config["PAYOUT_MAX_ATTEMPTS"]))
+        apply_result(payout, state_result(data), utcnow(), DispatchSettings.from_config(current_app.config))
     db.session.add(
         PaymentNotification(notification_id=n.id, out_trade_no=out_bill_no[:32], outcome=f"transfer_{state}")
     )
@@ -70,11 +59,11 @@ def process_transfer(n: Notification) -> None:
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
-        if not _seen(n.id):
+        if not notification_seen(n.id):
             raise
 
 
 @bp.post("/notify")
 def transfer_notify() -> Response:
     """WeChat's transfer-bill notification."""
-    return _handle(process_transfer)
+    return handle_notification(process_transfer)

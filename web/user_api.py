@@ -26,6 +26,7 @@ from models import (
     db,
     utcnow,
 )
+from models.payouts import TERMINAL
 from rebate import claim_packet, create_order
 from rebate.orders import LineRequest
 from rebate.packets import find_claimable
@@ -128,9 +129,7 @@ def wallet():
         .all()
     )
     in_transit = (
-        db.session.execute(
-            select(Payout).where(Payout.user_id == user.id, Payout.status.notin_(["succeeded", "failed", "cancelled"]))
-        )
+        db.session.execute(select(Payout).where(Payout.user_id == user.id, Payout.status.notin_(list(TERMINAL))))
         .scalars()
         .all()
     )

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from models import Alert, Order, PaymentNotification, Refund, RefundStatus, db, raise_alert, utcnow
+from models import Order, PaymentNotification, Refund, RefundStatus, alert_once, db, utcnow
 from rebate import PaymentOutcome, RebateError, apply_payment, apply_refund, fail_refund
+from rebate.payments import notification_seen
 from web.wechat_setup import wechat
 from wechat.errors import NotificationRejected
-from wechat.notifications import Notification, failure_response_body, verify_and_decrypt
+from wechat.notifications import Notification, failure_response_body, parse_time, verify_and_decrypt
 
 log = logging.getLogger(__name__)
 bp = Blueprint("wechat_callbacks", __name__, url_prefix="/wechat/pay")
@@ -52,7 +52,7 @@ def _raw_body() -> bytes:
     return raw
 
 
-def _handle(process: Callable[[Notification], None]) -> Response:
+def handle_notification(process: Callable[[Notification], None]) -> Response:
     try:
         raw = _raw_body()
         ext = wechat()
@@ -75,33 +75,15 @@ def _handle(process: Callable[[Notification], None]) -> Response:
     return Response(status=204)
 
 
-def _seen(notification_id: str) -> bool:
-    stmt = select(PaymentNotification.id).where(PaymentNotification.notification_id == notification_id)
-    return db.session.execute(stmt).first() is not None
-
-
-def _alert_once(kind: str, subject: str, message: str) -> None:
+def alert_once_and_commit(kind: str, subject: str, message: str) -> None:
     """Raise the alert and commit, unless the same one is already open (WeChat retries for 24 h)."""
-    open_alert = db.session.execute(
-        select(Alert.id).where(
-            Alert.kind == kind, Alert.subject == subject[:64], Alert.message == message, Alert.resolved_at.is_(None)
-        )
-    ).first()
-    if open_alert is None:
-        raise_alert(kind, subject, message)
+    alert_once(kind, subject, message)
     db.session.commit()
 
 
 def _flag_order(order: Order, kind: str, message: str) -> None:
     order.review_reason = message
-    _alert_once(kind, order.out_trade_no, message)
-
-
-def _parse_time(value: object) -> datetime:
-    try:
-        return datetime.fromisoformat(str(value))
-    except ValueError:
-        return utcnow()
+    alert_once_and_commit(kind, order.out_trade_no, message)
 
 
 # -- payment -----------------------------------------------------------------------
@@ -131,7 +113,7 @@ def process_transaction(n: Notification) -> None:
         log.warning("payment callback of unexpected type acknowledged", extra={"event_type": n.event_type})
         return
     data = n.resource
-    if _seen(n.id):
+    if notification_seen(n.id):
         return
     order = _check_transaction(data, current_app.config)
     if data.get("trade_state") != "SUCCESS":
@@ -141,14 +123,14 @@ def process_transaction(n: Notification) -> None:
             order.out_trade_no,
             str(data.get("transaction_id") or ""),
             int(data["amount"]["total"]),
-            _parse_time(data.get("success_time")),
+            parse_time(data.get("success_time"), utcnow()),
             notification_id=n.id,
             payer_total_fen=data["amount"].get("payer_total"),
         )
         db.session.commit()
     except IntegrityError:  # a concurrent delivery recorded the same id first
         db.session.rollback()
-        if not _seen(n.id):
+        if not notification_seen(n.id):
             raise
         return
     if outcome not in (PaymentOutcome.APPLIED, PaymentOutcome.ALREADY_APPLIED, PaymentOutcome.DUPLICATE_NOTIFICATION):
@@ -158,7 +140,7 @@ def process_transaction(n: Notification) -> None:
 @bp.post("/notify")
 def pay_notify() -> Response:
     """WeChat Pay ``TRANSACTION.SUCCESS``."""
-    return _handle(process_transaction)
+    return handle_notification(process_transaction)
 
 
 # -- refund ------------------------------------------------------------------------
@@ -171,7 +153,7 @@ def process_refund(n: Notification) -> None:
     if n.event_type != "REFUND.SUCCESS" and n.event_type not in REFUND_FAILURES:
         log.warning("refund callback of unexpected type acknowledged", extra={"event_type": n.event_type})
         return
-    if _seen(n.id):
+    if notification_seen(n.id):
         return
     out_trade_no, out_refund_no = str(data.get("out_trade_no") or ""), str(data.get("out_refund_no") or "")
     order = db.session.execute(select(Order).where(Order.out_trade_no == out_trade_no)).scalar_one_or_none()
@@ -196,7 +178,7 @@ def process_refund(n: Notification) -> None:
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
-        if not _seen(n.id):
+        if not notification_seen(n.id):
             raise
 
 
@@ -219,4 +201,4 @@ def _apply_success(order: Order, refund: Refund | None, out_refund_no: str, amou
 @bp.post("/refund-notify")
 def refund_notify() -> Response:
     """WeChat Pay ``REFUND.SUCCESS`` / ``REFUND.ABNORMAL`` / ``REFUND.CLOSED``."""
-    return _handle(process_refund)
+    return handle_notification(process_refund)

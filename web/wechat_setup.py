@@ -52,6 +52,7 @@ SIM_DEFAULTS = {
 DEFAULT_PUBLIC_BASE = "http://127.0.0.1:5000"
 PAY_NOTIFY_PATH = "/wechat/pay/notify"
 REFUND_NOTIFY_PATH = "/wechat/pay/refund-notify"
+TRANSFER_NOTIFY_PATH = "/wechat/transfer/notify"
 
 
 @dataclass
@@ -75,6 +76,10 @@ class WeChat:
     @property
     def refund_notify_url(self) -> str:
         return self.public_base_url + REFUND_NOTIFY_PATH
+
+    @property
+    def transfer_notify_url(self) -> str:
+        return self.public_base_url + TRANSFER_NOTIFY_PATH
 
     def checkout_url(self, prepay_id: str) -> str | None:
         """Where a person 'pays' in simulator mode; None in live mode."""
@@ -265,9 +270,7 @@ def _token_store(cfg):
         import redis
 
         return RedisTokenStore(redis.Redis.from_url(cfg["REDIS_URL"]))
-    if not cfg.get("TESTING"):
-        log.warning("REDIS_URL unset: the WeChat access token is cached per process (single process only)")
-    return MemoryTokenStore()
+    return MemoryTokenStore()  # app.py warns once at start-up that REDIS_URL is unset
 
 
 # -- errors ------------------------------------------------------------------------

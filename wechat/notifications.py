@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -155,3 +156,12 @@ def _decrypt_resource(resource: dict[str, Any], apiv3_key: str) -> dict[str, Any
     if not isinstance(data, dict):
         raise NotificationRejected("MALFORMED_RESOURCE", "decrypted resource is not an object", http_status=400)
     return data
+
+
+def parse_time(value: object, fallback: datetime) -> datetime:
+    """WeChat's RFC 3339 time (``2015-05-20T13:29:35+08:00``); ``fallback`` when absent, malformed or naive."""
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return fallback
+    return parsed if parsed.tzinfo is not None else fallback
