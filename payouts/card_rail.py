@@ -5,7 +5,7 @@ calls ``wx.addCard`` with a ``cardExt`` we sign with the card ``api_ticket``.
 So ``send`` answers WAITING_USER_CONFIRM with that cardExt as ``package_info``;
 the OA event ``user_get_card`` (its ``OuterStr`` is our external number) is the
 proof the user took it, applied through :func:`card_received`. Redeeming a
-code at a shop goes through :func:`consume_card_code`.
+code at a shop goes through :func:`wechat.mp.consume_card_code`.
 """
 
 from __future__ import annotations
@@ -17,19 +17,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import requests
 from sqlalchemy import select
 
 from models import Payout, UserIdentity, db
 from payouts.rails import Outcome, RailResult
 from wechat.errors import (
-    WeChatBusinessError,
     WeChatError,
-    WeChatInvalidRequest,
-    WeChatRateLimited,
-    WeChatUnavailable,
 )
-from wechat.mp import API_BASE, AccessTokenStore, card_ext, get_access_token
+from wechat.mp import card_ext
 
 USER_GET_CARD = "user_get_card"
 
@@ -110,58 +105,3 @@ def card_received(external_no: str, user_card_code: str | None = None) -> RailRe
     return RailResult(
         Outcome.SUCCEEDED, USER_GET_CARD, f"card of {external_no} added by the user", wechat_ref=user_card_code
     )
-
-
-def consume_card_code(
-    session: requests.Session,
-    code: str,
-    card_id: str | None,
-    *,
-    token_store: AccessTokenStore,
-    appid: str,
-    secret: str,
-    api_base: str = API_BASE,
-    timeout: tuple[float, float] = (3.05, 10),
-) -> dict[str, Any]:
-    """Redeem a card code (``POST /card/code/consume``) with the shared access token.
-
-    ``card_id`` is required for custom-code cards. Returns WeChat's answer (``openid``,
-    ``card.card_id``). Not idempotent: after an unknown outcome a retry answers errcode
-    40099 (code already consumed), which the caller should check with ``/card/code/get``.
-    """
-    if not code:
-        raise WeChatInvalidRequest("a card code is required")
-    token = get_access_token(token_store, appid, secret, api_base, session, timeout)
-    body = {"code": code, **({"card_id": card_id} if card_id else {})}
-    url = f"{api_base.rstrip('/')}/card/code/consume"
-    return _post_json(session, url, {"access_token": token}, body, timeout)
-
-
-def _post_json(
-    session: requests.Session, url: str, params: dict[str, str], body: dict[str, Any], timeout: tuple[float, float]
-) -> dict[str, Any]:
-    """One POST to api.weixin.qq.com; transport, HTTP and errcode failures become typed errors."""
-    payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
-    try:
-        resp = session.post(
-            url, params=params, data=payload, timeout=timeout, headers={"Content-Type": "application/json"}
-        )
-    except requests.RequestException as exc:
-        raise WeChatUnavailable(f"POST {url}: {exc.__class__.__name__}", code="NETWORK_ERROR") from exc
-    if resp.status_code != 200:
-        status = resp.status_code
-        raise WeChatUnavailable(f"HTTP {status}", code=f"HTTP_{status}", http_status=status)
-    try:
-        data = json.loads(resp.content.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise WeChatUnavailable("answer is not JSON", code="UNPARSEABLE_RESPONSE") from None
-    if not isinstance(data, dict):
-        raise WeChatUnavailable("answer is not an object", code="UNPARSEABLE_RESPONSE")
-    errcode, errmsg = data.get("errcode", 0), str(data.get("errmsg", ""))
-    if errcode in (None, 0):
-        return data
-    if errcode == -1:
-        raise WeChatUnavailable(errmsg, code="-1")  # WeChat busy
-    if errcode == 45011:
-        raise WeChatRateLimited(errmsg, code="45011")
-    raise WeChatBusinessError(errmsg, code=str(errcode))

@@ -113,12 +113,17 @@ def fallback_rail(payout: Payout, settings: DispatchSettings) -> str | None:
     return settings.cash_fallback_rail if payout.rail == "cash_red_packet" else None
 
 
+def point_value_fen() -> int:
+    """What one point costs, in fen (``POINT_VALUE_FEN``)."""
+    return max(1, int(current_app.config.get("POINT_VALUE_FEN", 1)))
+
+
 def _credit_in_app(payout: Payout, source: LedgerAccount, form: str) -> None:
     """Fall back to the in-app balance or to points; a cash source is already back in the balance."""
     if source.kind == AccountKind.USER_CASH:
         return
     if form == "points":
-        points = payout.amount_fen // max(1, int(current_app.config.get("POINT_VALUE_FEN", 1)))
+        points = payout.amount_fen // point_value_fen()
         if points:
             post_entry(
                 f"payout:{payout.id}:to-points",

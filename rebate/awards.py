@@ -18,6 +18,7 @@ from sqlalchemy import select
 from ledger import Leg, account, balance, post_entry
 from models import AccountKind, Campaign, Order, Rebate, RebateStatus, Receivable, db
 from payouts import enqueue_payout
+from payouts.record import point_value_fen
 from rebate import budgets
 from rebate.campaigns import funder_account, rules_of
 from rebate.rules import Decision
@@ -43,10 +44,6 @@ KIND_OF_FORM = {
 class Beneficiary:
     type: str  # user | merchant
     id: int
-
-
-def point_value_fen() -> int:
-    return max(1, int(current_app.config.get("POINT_VALUE_FEN", 1)))
 
 
 def record_decisions(

@@ -22,7 +22,7 @@ import responses
 from ledger import Leg, account, balance, post_entry
 from models import AccountKind, Payout, RailControl, UserIdentity, db, utcnow
 from payouts import enqueue_payout
-from payouts.card_rail import CardRail, card_received, consume_card_code
+from payouts.card_rail import CardRail, card_received
 from payouts.coupon_rail import CouponRail
 from payouts.dispatch import dispatch_due
 from payouts.rails import Outcome
@@ -30,7 +30,7 @@ from payouts.record import DispatchSettings, apply_result
 from payouts.redpack_rail import SEND_OUTCOMES, RedpackRail
 from payouts.transitions import mark_succeeded
 from wechat.errors import WeChatBusinessError, WeChatUnavailable
-from wechat.mp import MemoryTokenStore
+from wechat.mp import MemoryTokenStore, consume_card_code
 from wechat.redpack import RedpackClient
 from wechat.v2sign import parse_xml, to_xml, v2_sign
 

@@ -13,7 +13,6 @@ from flask import Blueprint, current_app, g, request
 from pydantic import Field
 
 from models import OperatorRole, Payout, PayoutAttempt, Rail, RailControl, User, db, utcnow
-from payouts.card_rail import consume_card_code
 from payouts.operations import approve, cancel, lock_payout, manual_payout, resend, resolve, withdraw
 from web.admin import audit
 from web.api import endpoint
@@ -22,6 +21,7 @@ from web.errors import NotFound
 from web.schemas import Id, Model, Page, PositiveFen, Reason
 from web.wechat_setup import to_api_error, wechat
 from wechat.errors import WeChatError
+from wechat.mp import consume_card_code
 
 bp = Blueprint("payouts_api", __name__)
 ACTORS = (OperatorRole.ADMIN, OperatorRole.FINANCE)

@@ -21,6 +21,7 @@ import requests
 from wechat.errors import (
     WeChatBusinessError,
     WeChatError,
+    WeChatInvalidRequest,
     WeChatLoginCodeInvalid,
     WeChatRateLimited,
     WeChatUnavailable,
@@ -49,10 +50,25 @@ def _get_json(
     session: requests.Session, url: str, params: dict[str, str], timeout: tuple[float, float]
 ) -> dict[str, Any]:
     """One GET; transport, HTTP and errcode failures become typed errors."""
+    return _request_json(session, "GET", url, params, timeout)
+
+
+def _request_json(
+    session: requests.Session,
+    method: str,
+    url: str,
+    params: dict[str, str],
+    timeout: tuple[float, float],
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One call to api.weixin.qq.com; transport, HTTP and errcode failures become typed errors."""
+    extra: dict[str, Any] = {}
+    if body is not None:
+        extra = {"data": json.dumps(body, ensure_ascii=False).encode(), "headers": {"Content-Type": "application/json"}}
     try:
-        resp = session.get(url, params=params, timeout=timeout)
+        resp = session.request(method, url, params=params, timeout=timeout, **extra)
     except requests.RequestException as exc:
-        raise WeChatUnavailable(f"GET {url}: {exc.__class__.__name__}", code="NETWORK_ERROR") from exc
+        raise WeChatUnavailable(f"{method} {url}: {exc.__class__.__name__}", code="NETWORK_ERROR") from exc
     if resp.status_code != 200:
         raise WeChatUnavailable(
             f"HTTP {resp.status_code}", code=f"HTTP_{resp.status_code}", http_status=resp.status_code
@@ -237,3 +253,28 @@ def card_ext(
         ext["openid"] = openid
     ext["signature"] = card_signature(api_ticket, int(timestamp), nonce_str, card_id, code, openid)
     return ext
+
+
+def consume_card_code(
+    session: requests.Session,
+    code: str,
+    card_id: str | None,
+    *,
+    token_store: AccessTokenStore,
+    appid: str,
+    secret: str,
+    api_base: str = API_BASE,
+    timeout: tuple[float, float] = (3.05, 10),
+) -> dict[str, Any]:
+    """Redeem a card code (``POST /card/code/consume``) with the shared access token.
+
+    ``card_id`` is required for custom-code cards. Returns WeChat's answer (``openid``,
+    ``card.card_id``). Not idempotent: after an unknown outcome a retry answers errcode
+    40099 (code already consumed), which the caller should check with ``/card/code/get``.
+    """
+    if not code:
+        raise WeChatInvalidRequest("a card code is required")
+    token = get_access_token(token_store, appid, secret, api_base, session, timeout)
+    body = {"code": code, **({"card_id": card_id} if card_id else {})}
+    url = f"{api_base.rstrip('/')}/card/code/consume"
+    return _request_json(session, "POST", url, {"access_token": token}, timeout, body)
