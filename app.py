@@ -99,8 +99,10 @@ def _install_web(app: Flask) -> None:
     from web import register_blueprints
     from web.cli import register_cli
     from web.errors import register_error_handlers
+    from web.guards import install_guards
     from web.ops import install_request_metrics
 
+    install_guards(app)
     register_error_handlers(app)
     install_request_metrics(app)
     register_blueprints(app)

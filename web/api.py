@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -27,12 +26,9 @@ from models import db
 from web import idempotency
 from web.auth import current_operator, current_user
 from web.errors import ApiError, ValidationFailed, from_domain
+from web.guards import JsonRefused, loads_json
 
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def parse_json_body() -> Any:
@@ -42,7 +38,9 @@ def parse_json_body() -> Any:
     if not request.is_json:
         raise ValidationFailed("Content-Type must be application/json", code="invalid_json")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return loads_json(raw)
+    except JsonRefused as exc:
+        raise ValidationFailed(str(exc), code="json_too_deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationFailed(f"malformed JSON: {exc}", code="invalid_json") from None
 

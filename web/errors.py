@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from wechat.notifications import failure_response_body
+
 log = logging.getLogger(__name__)
+WECHAT_CALLBACKS = "/wechat/"  # answered in WeChat's own format, whatever goes wrong
+PASSED_ON_HEADERS = {"allow", "retry-after", "www-authenticate"}
 
 KIND_STATUS = {
     "invalid": 422,
@@ -90,7 +94,8 @@ def from_domain(exc: Exception) -> ApiError | None:
 
 
 def error_response(err: ApiError):
-    response = jsonify(err.body())
+    on_callback = request.path.startswith(WECHAT_CALLBACKS)
+    response = jsonify(failure_response_body(err.message) if on_callback else err.body())
     response.status_code = err.status
     if err.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, int(err.retry_after)))
@@ -103,7 +108,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(ApiError(exc.description or exc.name, code=code, status=exc.code))
+        response = error_response(ApiError(exc.description or exc.name, code=code, status=exc.code))
+        for name, value in exc.get_headers():  # 405's Allow, above all
+            if name.lower() in PASSED_ON_HEADERS:
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from models import IdempotencyRecord, db, utcnow
 from web.errors import ApiError, Conflict, ValidationFailed
+from web.guards import loads_json
 
 STALE_AFTER = timedelta(seconds=60)
 NOT_STORED = {409, 429}
@@ -30,7 +31,7 @@ NOT_STORED = {409, 429}
 def request_fingerprint() -> str:
     raw = request.get_data(cache=True)
     try:
-        canonical = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+        canonical = json.dumps(loads_json(raw), sort_keys=True, separators=(",", ":")).encode()
     except ValueError:
         canonical = raw
     return hashlib.sha256(request.method.encode() + b" " + request.full_path.encode() + b"\n" + canonical).hexdigest()

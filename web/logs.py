@@ -12,7 +12,15 @@ SENSITIVE_KEYS = re.compile(
 SENSITIVE_TEXT = [
     (re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE), r"\1***"),
     (re.compile(r"\bop_[A-Za-z0-9_-]{8,}"), "op_***"),
-    (re.compile(r"((?:openid|unionid|session_key|secret|js_code|code)=)[^&\s\"']+", re.IGNORECASE), r"\1***"),
+    # query strings, form bodies and redirect fragments: ?access_token=…, #token=…, &sign=…
+    (
+        re.compile(
+            r"((?:\w*(?:token|secret|ticket|key|password|sign)|openid|unionid|js_code|code|state)=)[^&#\s\"']+",
+            re.IGNORECASE,
+        ),
+        r"\1***",
+    ),
+    (re.compile(r"(/share-links/)[^/?#\s\"']+"), r"\1***"),
     (re.compile(r"(\"(?:openid|unionid|session_key|secret)\"\s*:\s*\")[^\"]+", re.IGNORECASE), r"\1***"),
 ]
 RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
 from money import MAX_FEN
+from web.guards import MAX_ID
 
 
 class Model(BaseModel):
@@ -19,7 +20,7 @@ Reason = Annotated[str, StringConstraints(min_length=3, max_length=500, strip_wh
 PositiveFen = Annotated[StrictInt, Field(gt=0, le=MAX_FEN)]
 NonNegativeFen = Annotated[StrictInt, Field(ge=0, le=MAX_FEN)]
 Bps = Annotated[StrictInt, Field(ge=0, le=100_000)]
-Id = Annotated[StrictInt, Field(gt=0, lt=2**62)]
+Id = Annotated[StrictInt, Field(gt=0, le=MAX_ID)]  # every primary key is a 32-bit INTEGER
 Flag = StrictBool
 
 

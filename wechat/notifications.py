@@ -127,7 +127,7 @@ def _check_timestamp(raw: str, now: float | None, max_skew_s: int) -> None:
 def _parse_envelope(raw_body: bytes) -> dict[str, Any]:
     try:
         envelope = json.loads(raw_body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise NotificationRejected("MALFORMED_BODY", "body is not JSON", http_status=400) from None
     if not isinstance(envelope, dict) or not isinstance(envelope.get("resource"), dict):
         raise NotificationRejected("MALFORMED_BODY", "body lacks a resource object", http_status=400)

@@ -1,0 +1,189 @@
+"""Bad input never answers 500: huge ids, deep JSON, chunked bodies over the limit, 405s, logged secrets."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+from sqlalchemy import func, select
+
+from models import Merchant, db
+from web.guards import MAX_ID, MAX_JSON_DEPTH, json_depth
+from web.logs import JsonFormatter
+
+MERCHANTS = "/admin/api/merchants"
+
+
+@pytest.fixture
+def admin(make_operator):
+    return make_operator("admin")[1]
+
+
+def merchants() -> int:
+    db.session.rollback()
+    return db.session.execute(select(func.count()).select_from(Merchant)).scalar_one()
+
+
+# --- ids beyond the column range ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("big", [MAX_ID + 1, 2**63, 2**64 + 7, 10**40])
+def test_path_ids_beyond_an_integer_column_are_404_not_500(client, admin, make_user, user_headers, big):
+    user = user_headers(make_user())
+    for path, headers in [
+        (f"/admin/api/merchants/{big}", admin),
+        (f"/admin/api/campaigns/{big}", admin),
+        (f"/admin/api/payouts/{big}", admin),
+        (f"/admin/api/trace/users/{big}", admin),
+        (f"/api/v1/orders/{big}", user),
+        (f"/api/v1/merchants/{big}/products", user),
+    ]:
+        response = client.get(path, headers=headers)
+        assert response.status_code == 404, (path, response.json)
+        assert response.json["error"] == "not_found"
+    response = client.post(f"/admin/api/payouts/{big}/cancel", json={"reason": "why not"}, headers=admin)
+    assert response.status_code == 404
+
+
+def test_the_largest_integer_id_is_still_a_plain_not_found(client, admin):
+    response = client.get(f"/admin/api/merchants/{MAX_ID}", headers=admin)
+    assert response.status_code == 404
+    assert response.json["error"] == "merchant_not_found" or response.json["error"].endswith("not_found")
+
+
+@pytest.mark.parametrize("big", [MAX_ID + 1, 2**62, 2**63 + 1])
+def test_body_ids_beyond_an_integer_column_are_422(client, make_user, user_headers, big):
+    headers = user_headers(make_user(), **{"Idempotency-Key": f"k-{big}"})
+    body = {"lines": [{"product_id": big, "quantity": 1}]}
+    response = client.post("/api/v1/orders", json=body, headers=headers)
+    assert response.status_code == 422
+    assert response.json["error"] == "validation_error"
+    response = client.post(
+        "/api/v1/orders", json={"lines": [{"product_id": 1, "quantity": 1}], "red_packet_id": big}, headers=headers
+    )
+    assert response.status_code == 422
+
+
+# --- deeply nested JSON ---------------------------------------------------------------------
+
+
+def test_json_nested_5000_deep_is_refused_with_422(client, admin):
+    deep = "[" * 5000 + "]" * 5000
+    response = client.post(MERCHANTS, data=deep, content_type="application/json", headers=admin)
+    assert response.status_code == 422
+    assert response.json["error"] == "json_too_deep"
+    deep_object = '{"name": ' + '{"a": ' * 5000 + "1" + "}" * 5000 + "}"
+    response = client.post(MERCHANTS, data=deep_object, content_type="application/json", headers=admin)
+    assert response.status_code == 422
+    assert response.json["error"] == "json_too_deep"
+    assert merchants() == 0
+
+
+def test_deep_json_is_refused_on_an_idempotent_route_before_the_fingerprint(client, make_user, user_headers):
+    headers = user_headers(make_user(), **{"Idempotency-Key": "deep-1"})
+    deep = "[" * 5000 + "]" * 5000
+    response = client.post("/api/v1/sign-in", data=deep, content_type="application/json", headers=headers)
+    assert response.status_code < 500
+
+
+def test_json_depth_counts_brackets_outside_strings_only():
+    assert json_depth(b'{"a": [1, {"b": "[[[[{{{{"}]}') == 3
+    assert json_depth(b'"\\"[[["') == 0
+    assert json_depth(b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH) == MAX_JSON_DEPTH
+
+
+def test_json_at_the_depth_limit_still_parses(client, admin):
+    nested = "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)
+    body = '{"name": "deep but fine", "tags": ' + nested + "}"
+    response = client.post(MERCHANTS, data=body, content_type="application/json", headers=admin)
+    assert response.status_code == 422
+    assert response.json["error"] == "validation_error"  # parsed; the model refuses the unknown field
+
+
+# --- chunked bodies -------------------------------------------------------------------------
+
+
+def chunked(client, path: str, body: bytes, headers: dict, content_type: str = "application/json"):
+    """What gunicorn or the dev server hands the app for ``Transfer-Encoding: chunked``: no
+    Content-Length, a de-chunked ``wsgi.input`` and ``wsgi.input_terminated``."""
+    environ = {
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.input_terminated": True,
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "CONTENT_TYPE": content_type,
+    }
+    return client.open(path, method="POST", headers=headers, environ_overrides=environ)
+
+
+def test_chunked_body_over_the_limit_is_413_not_truncated(client, admin, app):
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    body = json.dumps({"name": "chunky"}).encode()
+    body = body + b" " * (limit + 1 - len(body))  # valid JSON once truncated at the limit
+    response = chunked(client, MERCHANTS, body, admin)
+    assert response.status_code == 413
+    assert response.json["error"] == "request_entity_too_large"
+    assert merchants() == 0
+
+
+def test_chunked_body_within_the_limit_is_processed_whole(client, admin):
+    response = chunked(client, MERCHANTS, json.dumps({"name": "chunky"}).encode(), admin)
+    assert response.status_code == 201
+    assert response.json["name"] == "chunky"
+
+
+def test_chunked_wechat_callback_over_the_limit_is_413_in_wechat_format(client, app):
+    body = b"{" + b" " * app.config["MAX_CONTENT_LENGTH"] + b"}"
+    for path in ("/wechat/pay/notify", "/wechat/pay/refund-notify", "/wechat/transfer/notify"):
+        response = chunked(client, path, body, {})
+        assert response.status_code == 413, path
+        assert response.json["code"] == "FAIL"
+        assert isinstance(response.json["message"], str)
+
+
+def test_chunked_wechat_callback_over_its_own_16k_limit_is_413(client):
+    response = chunked(client, "/wechat/pay/notify", b"{" + b" " * 20_000 + b"}", {})
+    assert response.status_code == 413
+    assert response.json == {"code": "FAIL", "message": "body too large"}
+
+
+# --- 405 ----------------------------------------------------------------------------------------
+
+
+def test_405_carries_an_allow_header_and_the_json_error(client, admin):
+    response = client.delete(MERCHANTS, headers=admin)
+    assert response.status_code == 405
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+    assert response.json["error"] == "method_not_allowed"
+    response = client.get("/wechat/pay/notify")
+    assert response.status_code == 405
+    assert "POST" in response.headers["Allow"]
+    assert response.json["code"] == "FAIL"
+
+
+# --- logs ---------------------------------------------------------------------------------------
+
+
+def logged(message: str, *args, **extra) -> str:
+    record = logging.LogRecord("werkzeug", logging.INFO, __file__, 1, message, args, None)
+    for key, value in extra.items():
+        setattr(record, key, value)
+    return JsonFormatter().format(record)
+
+
+@pytest.mark.parametrize(
+    "secret_param",
+    ["token", "access_token", "device_token", "ticket", "jsapi_ticket", "sign", "password", "state", "key"],
+)
+def test_query_string_secrets_are_masked_in_logs(secret_param):
+    line = logged('"GET /oauth/callback?%s=SUPERSECRET123&x=1 HTTP/1.1" 302 -', secret_param)
+    assert "SUPERSECRET123" not in line
+    assert "x=1" in line
+    line = logged("request", url=f"https://api.weixin.qq.com/cgi-bin/ticket/getticket?{secret_param}=SUPERSECRET123")
+    assert "SUPERSECRET123" not in line
+
+
+def test_redirect_fragments_and_share_link_paths_are_masked_in_logs():
+    assert "SECRETTOKEN" not in logged("redirect to /next#token=SECRETTOKEN")
+    assert "sharetok123" not in logged("request", path="/api/v1/share-links/sharetok123/claim")

@@ -1,0 +1,96 @@
+"""Input bounds every request meets before a view runs: ids, body size, JSON depth.
+
+Bad input answers 4xx, never 500:
+
+* ``<int:…>`` path variables only match ids a 32-bit ``INTEGER`` primary key
+  can hold (every table's id is one); a larger number is a 404 like any
+  unknown id, instead of an overflow inside the database driver.
+* A body without ``Content-Length`` (``Transfer-Encoding: chunked``) is read
+  up to ``MAX_CONTENT_LENGTH + 1`` bytes here; one byte over is a 413, where
+  Werkzeug would silently stop at the limit and hand the view a truncated body.
+* JSON is refused (422 ``invalid_json``) when nested deeper than
+  ``MAX_JSON_DEPTH``, counted before it is parsed so the parser's recursion
+  never runs away.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any
+
+from flask import Flask, request
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.routing import IntegerConverter
+
+MAX_ID = 2**31 - 1  # INTEGER primary keys (PostgreSQL int4); SQLite would overflow at 2**63
+MAX_JSON_DEPTH = 32  # our deepest request (campaign rules) nests 6 levels
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+class IdConverter(IntegerConverter):
+    """``<int:…>``: a non-negative integer no larger than an INTEGER primary key."""
+
+    def __init__(self, url_map, fixed_digits: int = 0) -> None:
+        super().__init__(url_map, fixed_digits=fixed_digits, max=MAX_ID)
+
+
+class JsonRefused(ValueError):
+    """The body is not JSON we will parse (too deep)."""
+
+
+def json_depth(raw: bytes) -> int:
+    """Deepest nesting of arrays and objects, strings skipped; linear, no recursion."""
+    depth = deepest = 0
+    for match in _BRACKET.finditer(_STRING.sub(b'""', raw)):
+        if match.group() in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def loads_json(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` that refuses NaN/Infinity and nesting deeper than ``max_depth``."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if json_depth(data) > max_depth:
+        raise JsonRefused(f"JSON nested deeper than {max_depth} levels")
+    return json.loads(data, parse_constant=_reject_constant)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _buffer_unsized_body() -> None:
+    """Read a body that has no Content-Length (chunked) into memory, refusing one over the limit.
+
+    Afterwards the request looks like any sized request: ``Content-Length`` is set,
+    so Werkzeug and the WeChat callbacks apply their own limits to it.
+    """
+    environ = request.environ
+    if environ.get("CONTENT_LENGTH") or "wsgi.input_terminated" not in environ:
+        return  # sized, or a server that gives no safe stream (Werkzeug then reads nothing)
+    limit = request.max_content_length
+    stream, chunks, size = environ["wsgi.input"], [], 0
+    while limit is None or size <= limit:
+        chunk = stream.read(64 * 1024 if limit is None else min(64 * 1024, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if limit is not None and size > limit:
+        raise RequestEntityTooLarge()
+    body = b"".join(chunks)
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+
+
+def install_guards(app: Flask) -> None:
+    """Before any blueprint is registered: rules bind their converters when added."""
+    app.url_map.converters["int"] = IdConverter
+    app.before_request(_buffer_unsized_body)
