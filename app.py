@@ -5,8 +5,6 @@ Importing this module does nothing: no app, no connections, no scheduler.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import sqlite3
 from pathlib import Path
@@ -18,11 +16,10 @@ from flask_migrate import Migrate
 from sqlalchemy import event
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from config import ConfigError, load_config, masked
+from config import DEV_SECRET, ConfigError, dev_data_key, load_config, masked
 from models import db
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
-DEV_SECRET = "dev-only-simulator-secret-never-in-live"  # noqa: S105 - simulator mode only
 log = logging.getLogger("app")
 
 
@@ -69,8 +66,7 @@ def _apply_dev_defaults(app: Flask) -> None:
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = DEV_SECRET
     if not app.config.get("DATA_ENCRYPTION_KEY"):
-        digest = hashlib.sha256(app.config["SECRET_KEY"].encode() + b"/data-key").digest()
-        app.config["DATA_ENCRYPTION_KEY"] = base64.urlsafe_b64encode(digest).decode()
+        app.config["DATA_ENCRYPTION_KEY"] = dev_data_key(app.config["SECRET_KEY"])
     if app.config.get("SECRET_KEY") == DEV_SECRET and not app.config.get("TESTING"):
         log.warning("simulator mode with the built-in development SECRET_KEY")
 
@@ -112,4 +108,4 @@ def _install_web(app: Flask) -> None:
     install_jobs(app)
 
 
-__all__ = ["ConfigError", "create_app"]
+__all__ = ["DEV_SECRET", "ConfigError", "create_app"]

@@ -8,9 +8,13 @@ every missing secret is named in one error at start-up.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import math
 import os
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +22,9 @@ from typing import Any
 from cryptography.fernet import Fernet
 
 MIN_IDEMPOTENCY_TTL_HOURS = 25  # answers are kept at least this long (DESIGN §4)
+DEV_SECRET = "dev-only-simulator-secret-never-in-live"  # noqa: S105 - published: simulator mode only
+MIN_SECRET_CHARS = 32
+MIN_SECRET_BITS = 80  # Shannon estimate from its own characters; a random 32-hex-char key scores ~100+
 URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@/\s]+(@)", re.IGNORECASE)
 
 
@@ -225,6 +232,7 @@ def _validate(values: dict[str, Any]) -> list[str]:
         apiv3 = values.get("WECHAT_APIV3_KEY")
         if apiv3 and len(str(apiv3).encode()) != 32:
             problems.append("WECHAT_APIV3_KEY must be exactly 32 bytes")
+        problems += _live_secret_problems(values)
         public = values.get("PUBLIC_BASE_URL") or ""
         if public and not str(public).startswith("https://"):
             problems.append("PUBLIC_BASE_URL must be https:// in live mode (WeChat only notifies https)")
@@ -237,6 +245,39 @@ def _validate(values: dict[str, Any]) -> list[str]:
     key = values.get("DATA_ENCRYPTION_KEY")
     if key and not _is_fernet_key(key):
         problems.append("DATA_ENCRYPTION_KEY must be a Fernet key (32 url-safe base64-encoded bytes)")
+    return problems
+
+
+def dev_data_key(secret_key: str) -> str:
+    """The data key simulator mode derives from SECRET_KEY when none is set (never acceptable live)."""
+    digest = hashlib.sha256(secret_key.encode() + b"/data-key").digest()
+    return base64.urlsafe_b64encode(digest).decode()
+
+
+def secret_bits(secret: str) -> float:
+    """Shannon estimate of a secret's entropy: length × bits per character of its own distribution."""
+    counts = Counter(secret)
+    return -sum(n * math.log2(n / len(secret)) for n in counts.values())
+
+
+def _live_secret_problems(values: dict[str, Any]) -> list[str]:
+    problems = []
+    secret = values.get("SECRET_KEY")
+    if secret and str(secret) == DEV_SECRET:
+        problems.append(
+            "SECRET_KEY is the published simulator secret; generate one: python -c "
+            "'import secrets; print(secrets.token_urlsafe(48))'"
+        )
+    elif secret and len(str(secret)) < MIN_SECRET_CHARS:
+        problems.append(f"SECRET_KEY must be at least {MIN_SECRET_CHARS} characters")
+    elif secret and secret_bits(str(secret)) < MIN_SECRET_BITS:
+        problems.append("SECRET_KEY is too predictable (too few distinct characters); use a random one")
+    data_key = values.get("DATA_ENCRYPTION_KEY")
+    if data_key and data_key in {dev_data_key(DEV_SECRET), dev_data_key(str(secret or ""))}:
+        problems.append(
+            "DATA_ENCRYPTION_KEY is derived from a SECRET_KEY the way simulator mode does; "
+            "generate an independent Fernet key"
+        )
     return problems
 
 

@@ -1,22 +1,24 @@
 """Configuration: defaults, environment, validation at start-up, masking."""
 
+import secrets
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from config import LIVE_REQUIRED, SETTINGS, ConfigError, load_config, masked
+from config import DEV_SECRET, LIVE_REQUIRED, SETTINGS, ConfigError, dev_data_key, load_config, masked
 
 ROOT = Path(__file__).resolve().parent.parent
 FERNET_KEY = "p2v0L5dTgd0l2Pz7o7m4k0o3QyYw5cYpXq3kJ0x8Q1A="
+STRONG_SECRET = "Yq3v9-Tz8LkP2mW7xR4nB6cJ1hF5dS0gA_eU"  # 36 random-looking characters
 
 
 @pytest.fixture
 def live_env(tmp_path) -> dict[str, str]:
     """A complete live configuration (public-key mode)."""
     return {
-        "SECRET_KEY": "s" * 40,
+        "SECRET_KEY": STRONG_SECRET,
         "DATA_ENCRYPTION_KEY": FERNET_KEY,
         "WECHAT_APPID": "wx1234567890abcdef",
         "WECHAT_APP_SECRET": "app-secret",
@@ -176,7 +178,7 @@ def test_masked_hides_secrets(live_env):
         assert shown[name] == "***"
     assert shown["WECHAT_MCHID"] == "1900000001"
     assert "0123456789abcdef0123456789abcdef" not in str(shown)
-    assert "s" * 40 not in str(shown)
+    assert STRONG_SECRET not in str(shown)
 
 
 def test_masked_hides_passwords_in_urls():
@@ -223,3 +225,48 @@ def test_create_app_refuses_live_without_settings(monkeypatch):
         monkeypatch.delenv(setting.name, raising=False)
     with pytest.raises(ConfigError, match="SECRET_KEY is required in live mode"):
         create_app({"TESTING": True})
+
+
+# --- weak secrets refuse to start in live mode (issue 9 §4) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "weak, problem",
+    [
+        ("a", "SECRET_KEY must be at least 32 characters"),
+        ("x" * 31, "SECRET_KEY must be at least 32 characters"),
+        ("s" * 40, "SECRET_KEY is too predictable"),
+        ("abababababababababababababababab", "SECRET_KEY is too predictable"),
+        (DEV_SECRET, "SECRET_KEY is the published simulator secret"),
+    ],
+)
+def test_create_app_refuses_a_weak_or_published_secret_key_in_live_mode(live_env, monkeypatch, weak, problem):
+    from app import create_app
+
+    for name, value in {**live_env, "SECRET_KEY": weak}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=problem):
+        create_app({"TESTING": True})
+    with pytest.raises(ConfigError, match=problem):
+        create_app({"TESTING": True, "SECRET_KEY": weak})
+
+
+@pytest.mark.parametrize("derived_from", [DEV_SECRET, STRONG_SECRET])
+def test_create_app_refuses_a_data_key_derived_the_simulator_way_in_live_mode(live_env, monkeypatch, derived_from):
+    from app import create_app
+
+    for name, value in live_env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match="DATA_ENCRYPTION_KEY is derived from a SECRET_KEY"):
+        create_app({"TESTING": True, "DATA_ENCRYPTION_KEY": dev_data_key(derived_from)})
+
+
+def test_random_secrets_pass_the_strength_check(live_env):
+    for _ in range(200):
+        load_config(environ={**live_env, "SECRET_KEY": secrets.token_hex(16)})
+        load_config(environ={**live_env, "SECRET_KEY": secrets.token_urlsafe(32)})
+
+
+def test_simulator_mode_keeps_its_built_in_secret():
+    values = load_config(environ={"WECHAT_MODE": "simulator", "SECRET_KEY": "a"})
+    assert values["SECRET_KEY"] == "a"
