@@ -265,6 +265,9 @@ def test_openapi_lists_every_route_with_request_schemas(app, client):
             continue
         path = openapi_path(rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:
+            if rule.endpoint.startswith("wechat_sim."):  # the simulator is WeChat's API, not ours
+                assert path not in doc["paths"], path
+                continue
             assert (path, method.lower()) in documented, (path, method)
     create = doc["paths"]["/admin/api/merchants"]["post"]
     ref = create["requestBody"]["content"]["application/json"]["schema"]["$ref"]
@@ -281,7 +284,7 @@ def test_openapi_lists_every_route_with_request_schemas(app, client):
         "name": "merchant_id",
         "in": "path",
         "required": True,
-        "schema": {"type": "integer"},
+        "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
     }
     for path, operations in doc["paths"].items():
         assert "<" not in path and ">" not in path, path

@@ -102,6 +102,7 @@ class CreateOperator(Model):
     roles=(OperatorRole.ADMIN,),
     body=CreateMerchant,
     idempotent=True,
+    status=201,
 )
 def create_merchant(body: CreateMerchant):
     """Create a merchant."""
@@ -138,6 +139,7 @@ def get_merchant(merchant_id: int):
     roles=(OperatorRole.ADMIN, OperatorRole.MERCHANT_STAFF),
     body=CreateProduct,
     idempotent=True,
+    status=201,
 )
 def create_product(merchant_id: int, body: CreateProduct):
     """Add a product to a merchant's catalogue."""
@@ -174,6 +176,7 @@ def list_products(merchant_id: int, query: Page):
     roles=(OperatorRole.ADMIN,),
     body=CreateOperator,
     idempotent=True,
+    status=201,
 )
 def create_operator(body: CreateOperator):
     """Create an operator and return their first personal token (shown once)."""

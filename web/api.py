@@ -7,7 +7,11 @@
   ``roles``), or ``None``.
 * ``body`` / ``query``: pydantic models; bad JSON or a failed model answers 422
   with every problem listed, before the view runs.
-* A view returns a dict/list (200), ``(body, status)`` or a Response. Views
+* ``status``: the success status the view answers (200, or 201 for what it
+  creates); documented in ``/openapi.json`` and used when the view returns a
+  bare body. ``upstream``: the view calls WeChat while the caller waits, so it
+  can also answer 502/503 (web/wechat_setup.py ``to_api_error``).
+* A view returns a dict/list (``status``), ``(body, status)`` or a Response. Views
   only flush; this decorator commits once when the answer is below 400 and
   rolls back otherwise.
 * ``idempotent``: honours ``Idempotency-Key`` (web/idempotency.py).
@@ -64,10 +68,9 @@ def _authenticate(auth: str | None, roles: tuple[str, ...]) -> str:
     return f"ip:{request.remote_addr}"
 
 
-def _to_response(result: Any) -> Response:
+def _to_response(result: Any, status: int = 200) -> Response:
     if isinstance(result, Response):
         return result
-    status = 200
     if isinstance(result, tuple):
         result, status = result
     response = jsonify(result)
@@ -75,10 +78,10 @@ def _to_response(result: Any) -> Response:
     return response
 
 
-def _finish(view: Callable, kwargs: dict, mutating: bool, commit: bool = True) -> Response:
+def _finish(view: Callable, kwargs: dict, mutating: bool, commit: bool = True, status: int = 200) -> Response:
     """Run the view, commit below 400 (unless the caller commits), roll back otherwise."""
     try:
-        response = _to_response(view(**kwargs))
+        response = _to_response(view(**kwargs), status)
     except ApiError:
         db.session.rollback()
         raise
@@ -107,6 +110,8 @@ def endpoint(
     query: type[BaseModel] | None = None,
     idempotent: bool = False,
     require_key: bool = False,
+    status: int = 200,
+    upstream: bool = False,
     summary: str = "",
     tags: tuple[str, ...] = (),
 ) -> Callable:
@@ -129,8 +134,8 @@ def endpoint(
                 )
             if idempotent and key is not None:
                 route = f"{request.method} {request.url_rule.rule}"
-                return idempotency.run(scope, route, key, lambda: _finish(view, kwargs, mutating, commit=False))
-            return _finish(view, kwargs, mutating)
+                return idempotency.run(scope, route, key, lambda: _finish(view, kwargs, mutating, False, status))
+            return _finish(view, kwargs, mutating, status=status)
 
         wrapper._api = {  # read by web/openapi.py
             "summary": summary or (view.__doc__ or "").strip().split("\n")[0],
@@ -140,6 +145,8 @@ def endpoint(
             "query": query,
             "idempotent": idempotent,
             "require_key": require_key,
+            "status": status,
+            "upstream": upstream,
             "tags": tags or (bp.name,),
         }
         bp.add_url_rule(rule, view.__name__, wrapper, methods=list(methods))

@@ -226,7 +226,16 @@ def visible_campaign(campaign_id: int, *, lock: bool = False) -> Campaign:
     return campaign
 
 
-@endpoint(bp, "/campaigns", methods=["POST"], auth="operator", roles=MANAGERS, body=CreateCampaign, idempotent=True)
+@endpoint(
+    bp,
+    "/campaigns",
+    methods=["POST"],
+    auth="operator",
+    roles=MANAGERS,
+    body=CreateCampaign,
+    idempotent=True,
+    status=201,
+)
 def create_campaign(body: CreateCampaign):
     """Create a draft campaign with version 1 of its rules (refused with the reason when unsafe)."""
     _check_parties(body)
@@ -320,6 +329,7 @@ def transition(campaign_id: int, action: str, body: Transition):
     roles=MANAGERS,
     body=Batch,
     idempotent=True,
+    status=201,
 )
 def batch_packets(campaign_id: int, body: Batch):
     """Generate N unclaimed packets with unique, unguessable claim codes (budget reserved at claim)."""

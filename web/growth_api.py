@@ -86,14 +86,14 @@ class InviteCode(Model):
     code: Annotated[str, Field(min_length=4, max_length=16, pattern=r"^[A-Za-z0-9]+$")]
 
 
-@endpoint(bp, "/devices", methods=["POST"])
+@endpoint(bp, "/devices", methods=["POST"], status=201)
 def new_device():
     """A signed device token for ``X-Device-Token`` (per-device claim limits); 20 a day per network address."""
     take_device_token_slot(client_ip(), DEVICE_TOKENS_PER_IP_PER_DAY, utcnow())
     return {"device_token": _devices().dumps({"d": secrets.token_hex(12)})}, 201
 
 
-@endpoint(bp, "/campaigns/<int:campaign_id>/claim", methods=["POST"], idempotent=True)
+@endpoint(bp, "/campaigns/<int:campaign_id>/claim", methods=["POST"], idempotent=True, status=201)
 def claim_from_campaign(campaign_id: int):
     """Claim a packet straight from a self-serve campaign (trigger kind ``claim``)."""
     campaign = running_campaign(campaign_id)
@@ -119,14 +119,14 @@ def daily_sign_in():
     return {"day": record.day, "streak": record.streak, "packets": [packet_json(p) for p in packets]}
 
 
-@endpoint(bp, "/campaigns/<int:campaign_id>/share-links", methods=["POST"], idempotent=True)
+@endpoint(bp, "/campaigns/<int:campaign_id>/share-links", methods=["POST"], idempotent=True, status=201)
 def new_share_link(campaign_id: int):
     """The caller's share link for a campaign (the same one on every call)."""
     link = create_share_link(running_campaign(campaign_id), current_user(), utcnow())
     return {"token": link.token, "campaign_id": link.campaign_id}, 201
 
 
-@endpoint(bp, "/share-links/<token>/claim", methods=["POST"], idempotent=True)
+@endpoint(bp, "/share-links/<token>/claim", methods=["POST"], idempotent=True, status=201)
 def claim_share_link(token: str):
     """A friend claims through a share link; both sides can be rewarded."""
     user = current_user()
@@ -146,7 +146,7 @@ def my_invite():
     return {"invite_code": code}
 
 
-@endpoint(bp, "/referrals/bind", methods=["POST"], body=InviteCode, idempotent=True)
+@endpoint(bp, "/referrals/bind", methods=["POST"], body=InviteCode, idempotent=True, status=201)
 def bind_referral(body: InviteCode):
     """Bind the caller (a new user) to an inviter; one inviter per person, never oneself."""
     packets = bind_inviter(current_user(), body.code, utcnow())

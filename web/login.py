@@ -23,6 +23,7 @@ from rebate.triggers import on_registered
 from web.api import endpoint
 from web.auth import issue_user_token
 from web.errors import ApiError, ValidationFailed
+from web.openapi import ERROR, UNAVAILABLE, UPSTREAM_REFUSED, documented
 from web.schemas import Model
 from web.wechat_setup import to_api_error, wechat
 from wechat.errors import WeChatError
@@ -83,7 +84,7 @@ def sign_in(appid: str, openid: str, unionid: str | None, channel: str, session_
     return user
 
 
-@endpoint(bp, "/api/v1/auth/login", methods=["POST"], auth=None, body=Login, tags=("auth",))
+@endpoint(bp, "/api/v1/auth/login", methods=["POST"], auth=None, body=Login, upstream=True, tags=("auth",))
 def login(body: Login):
     """Exchange a mini-program ``wx.login`` code for our bearer token."""
     ext = wechat()
@@ -122,7 +123,23 @@ def _oauth():
     return client
 
 
+REDIRECT = {"Location": {"description": "where to go next", "schema": {"type": "string"}}}
+
+
 @bp.get("/oauth/authorize")
+@documented(
+    summary="Redirect to WeChat's official-account authorize page with a fresh state",
+    tags=["auth"],
+    parameters=[
+        {"name": "scope", "in": "query", "required": False, "schema": {"enum": list(SCOPES)}},
+        {"name": "next", "in": "query", "required": False, "schema": {"type": "string"}},
+    ],
+    responses={
+        "302": {"description": "to WeChat's authorize page", "headers": REDIRECT},
+        "4XX": ERROR,
+        "503": UNAVAILABLE,
+    },
+)
 def oauth_authorize():
     """Redirect to WeChat's authorize page with a fresh server-side ``state``."""
     client = _oauth()
@@ -160,6 +177,20 @@ def _consume_state(state: str) -> OAuthState:
 
 
 @bp.get("/oauth/callback")
+@documented(
+    summary="WeChat's redirect back: sign the person in and go to next#token=…",
+    tags=["auth"],
+    parameters=[
+        {"name": "code", "in": "query", "required": True, "schema": {"type": "string"}},
+        {"name": "state", "in": "query", "required": True, "schema": {"type": "string"}},
+    ],
+    responses={
+        "302": {"description": "back to next, with #token=<user token>", "headers": REDIRECT},
+        "4XX": ERROR,
+        "502": UPSTREAM_REFUSED,
+        "503": UNAVAILABLE,
+    },
+)
 def oauth_callback():
     """Check ``state``, exchange the code, sign the person in, go back to ``next`` with the token."""
     client = _oauth()

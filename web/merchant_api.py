@@ -35,6 +35,7 @@ class Milestone(Model):
     roles=(OperatorRole.ADMIN, OperatorRole.MERCHANT_STAFF),
     body=Milestone,
     idempotent=True,
+    status=201,
 )
 def post_milestone(order_id: int, body: Milestone):
     """Report a milestone of an order; answers the rebates it released."""

@@ -1,10 +1,22 @@
-"""``/openapi.json`` built from the routes themselves, so it cannot drift."""
+"""``/openapi.json`` built from the routes themselves, so it cannot drift.
+
+Views made with ``web.api.endpoint`` are described from its arguments (body,
+query, auth, success ``status``, ``upstream``); the few plain Flask views
+(ops, OAuth redirects, WeChat callbacks) carry their description with
+:func:`documented`. Every operation lists each status it can answer: its
+success status, ``4XX`` errors, ``503`` (database busy or WeChat unavailable,
+with ``Retry-After``) and, where the caller waits on WeChat, ``502``. The local
+WeChat simulator's routes (``/_sim/``) are WeChat's API, not ours: left out.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from flask import Flask
+
+from web.guards import MAX_ID
 
 REF = "#/components/schemas/{model}"
 ERROR_SCHEMA = {
@@ -12,6 +24,42 @@ ERROR_SCHEMA = {
     "required": ["error", "message"],
     "properties": {"error": {"type": "string"}, "message": {"type": "string"}, "details": {}},
 }
+WECHAT_FAIL_SCHEMA = {
+    "type": "object",
+    "description": "WeChat's callback answer format",
+    "required": ["code", "message"],
+    "properties": {"code": {"const": "FAIL"}, "message": {"type": "string"}},
+}
+SIMULATOR_ENDPOINTS = "wechat_sim."
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
+
+
+def json_response(description: str, schema: dict | None = None, headers: dict | None = None) -> dict:
+    response: dict = {"description": description}
+    if headers:
+        response["headers"] = headers
+    response["content"] = {"application/json": {"schema": schema if schema is not None else {}}}
+    return response
+
+
+ERROR = json_response("Error", {"$ref": REF.format(model="Error")})
+UNAVAILABLE = json_response(
+    "Database busy or WeChat unavailable; retry after Retry-After", {"$ref": REF.format(model="Error")}, RETRY_AFTER
+)
+UPSTREAM_REFUSED = json_response("WeChat refused the call", {"$ref": REF.format(model="Error")})
+WECHAT_FAIL = json_response("Refused, in WeChat's format", {"$ref": REF.format(model="WeChatFail")})
+SUCCESS_BODY = {"type": ["object", "array"]}
+
+
+def documented(**doc) -> Callable:
+    """Describe a plain Flask view (not made with ``endpoint``): summary, tags, parameters, requestBody,
+    responses. ``ERROR`` / ``UNAVAILABLE`` / ``WECHAT_FAIL`` are the shared answers."""
+
+    def mark(view: Callable) -> Callable:
+        view._openapi = doc
+        return view
+
+    return mark
 
 
 # <name>, <int:name>, <any(a, b):name>: converter, its arguments, the variable.
@@ -27,7 +75,7 @@ def _path_parameters(rule: str) -> list[dict]:
     for converter, args, name in VARIABLE.findall(rule):
         schema: dict = {"type": "string"}
         if converter == "int":
-            schema = {"type": "integer"}
+            schema = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
         elif converter == "any":
             schema = {"type": "string", "enum": [a.strip().strip("'\"") for a in args.split(",")]}
         params.append({"name": name, "in": "path", "required": True, "schema": schema})
@@ -65,20 +113,42 @@ def _operation(method: str, rule, meta: dict | None, components: dict) -> dict:
         op["security"] = [{"userToken": []}] if meta["auth"] == "user" else [{"operatorToken": []}]
         if meta.get("roles"):
             op["description"] = "Roles: " + ", ".join(meta["roles"])
-    error = {"content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}}}
-    op["responses"] = {"200": {"description": "OK"}, "4XX": {"description": "Error", **error}}
+    status = meta.get("status", 200)
+    op["responses"] = {
+        str(status): json_response("Created" if status == 201 else "OK", SUCCESS_BODY),
+        "4XX": ERROR,
+        "503": UNAVAILABLE,
+    }
+    if meta.get("upstream"):
+        op["responses"]["502"] = UPSTREAM_REFUSED
+    return op
+
+
+def _plain_operation(rule, doc: dict) -> dict:
+    op: dict = {"summary": doc.get("summary", ""), "tags": list(doc.get("tags", ["ops"]))}
+    params = _path_parameters(rule.rule) + list(doc.get("parameters", []))
+    if params:
+        op["parameters"] = params
+    if "requestBody" in doc:
+        op["requestBody"] = doc["requestBody"]
+    op["responses"] = doc["responses"]
     return op
 
 
 def build_openapi(app: Flask) -> dict:
-    components: dict = {"Error": ERROR_SCHEMA}
+    components: dict = {"Error": ERROR_SCHEMA, "WeChatFail": WECHAT_FAIL_SCHEMA}
     paths: dict = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith(SIMULATOR_ENDPOINTS):
             continue
-        meta = getattr(app.view_functions[rule.endpoint], "_api", None)
+        view = app.view_functions[rule.endpoint]
+        meta, doc = getattr(view, "_api", None), getattr(view, "_openapi", None)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            paths.setdefault(_path(rule.rule), {})[method.lower()] = _operation(method.lower(), rule, meta, components)
+            if doc is not None:
+                operation = _plain_operation(rule, doc)
+            else:
+                operation = _operation(method.lower(), rule, meta, components)
+            paths.setdefault(_path(rule.rule), {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "Two-way rebate red packet API", "version": "1"},

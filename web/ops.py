@@ -11,9 +11,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from sqlalchemy import text
 
 from models import db
-from web.openapi import build_openapi
+from web.openapi import UNAVAILABLE, build_openapi, documented, json_response
 
 bp = Blueprint("ops", __name__)
+HEALTH = {
+    "type": "object",
+    "required": ["status", "checks"],
+    "properties": {
+        "status": {"enum": ["ok", "fail"]},
+        "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
 
 
 def migrations_current() -> tuple[bool, str]:
@@ -25,6 +33,10 @@ def migrations_current() -> tuple[bool, str]:
 
 
 @bp.get("/healthz")
+@documented(
+    summary="Database reachable and migrations current",
+    responses={"200": json_response("Healthy", HEALTH), "503": json_response("Unhealthy", HEALTH)},
+)
 def healthz():
     checks = {}
     try:
@@ -39,11 +51,21 @@ def healthz():
 
 
 @bp.get("/metrics")
+@documented(
+    summary="Prometheus metrics of this process",
+    responses={
+        "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    },
+)
 def metrics():
     return Response(generate_latest(current_app.extensions["metrics"].registry), mimetype=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/openapi.json")
+@documented(
+    summary="This document",
+    responses={"200": json_response("OpenAPI 3.1", {"type": "object"}), "503": UNAVAILABLE},
+)
 def openapi():
     return jsonify(build_openapi(current_app))
 

@@ -121,7 +121,7 @@ def prepare_payment(order_id: int, user_id: int) -> dict:
     return answer
 
 
-@endpoint(bp, "/orders/<int:order_id>/pay", methods=["POST"], tags=("orders",))
+@endpoint(bp, "/orders/<int:order_id>/pay", methods=["POST"], upstream=True, tags=("orders",))
 def pay_order(order_id: int):
     """``wx.requestPayment`` parameters for one of the caller's unpaid orders (safe to repeat)."""
     return prepare_payment(order_id, current_user().id)

@@ -76,7 +76,7 @@ def confirm_opened(payout_id: int):
     return payout_json(payout, for_user=True)
 
 
-@endpoint(bp, "/api/v1/me/withdrawals", methods=["POST"], body=Withdrawal, idempotent=True)
+@endpoint(bp, "/api/v1/me/withdrawals", methods=["POST"], body=Withdrawal, idempotent=True, status=201)
 def new_withdrawal(body: Withdrawal):
     """Withdraw cash balance to WeChat change (above the configured minimum)."""
     key = request.headers.get("Idempotency-Key") or utcnow().isoformat()
@@ -189,6 +189,7 @@ class ManualPayout(Model):
     body=ManualPayout,
     idempotent=True,
     require_key=True,
+    status=201,
 )
 def create_manual_payout(body: ManualPayout):
     """A goodwill payout from the platform fund; large ones wait for a second operator."""
@@ -291,6 +292,7 @@ class CardCode(Model):
     roles=(OperatorRole.ADMIN, OperatorRole.MERCHANT_STAFF),
     body=CardCode,
     idempotent=True,
+    upstream=True,
 )
 def consume_card(body: CardCode):
     """Redeem a card-package coupon code at the counter (``/card/code/consume``).

@@ -84,6 +84,7 @@ def call_refund(out_trade_no: str, out_refund_no: str, amount_fen: int, total_fe
     idempotent=True,
     require_key=True,
     tags=("refunds",),
+    status=201,
 )
 def create_refund(order_id: int, body: CreateRefund):
     """Refund an order in full or in part through WeChat Pay."""

@@ -16,7 +16,13 @@ from models.payouts import TERMINAL
 from payouts.operations import PayoutError, lock_payout
 from payouts.record import DispatchSettings, apply_result
 from payouts.transfer_rail import state_result
-from web.wechat_callbacks import CallbackRefused, alert_once_and_commit, handle_notification, notification_seen
+from web.wechat_callbacks import (
+    CallbackRefused,
+    alert_once_and_commit,
+    callback_doc,
+    handle_notification,
+    notification_seen,
+)
 from wechat.notifications import Notification
 
 bp = Blueprint("transfer_callbacks", __name__, url_prefix="/wechat/transfer")
@@ -64,6 +70,7 @@ def process_transfer(n: Notification) -> None:
 
 
 @bp.post("/notify")
+@callback_doc("WeChat MCHTRANSFER.BILL.FINISHED for our transfer bills")
 def transfer_notify() -> Response:
     """WeChat's transfer-bill notification."""
     return handle_notification(process_transfer)

@@ -66,7 +66,7 @@ class CreateOrder(Model):
         return self.red_packet_ids or ([self.red_packet_id] if self.red_packet_id else [])
 
 
-@endpoint(bp, "/red-packets/claim", methods=["POST"], body=Claim, idempotent=True)
+@endpoint(bp, "/red-packets/claim", methods=["POST"], body=Claim, idempotent=True, status=201)
 def claim(body: Claim):
     """Claim a red packet by its code; claim limits apply and the budget is reserved now."""
     user = current_user()
@@ -89,7 +89,7 @@ def my_packets(query: Page):
     return {"items": [packet_json(p) for p in rows]}
 
 
-@endpoint(bp, "/orders", methods=["POST"], body=CreateOrder, idempotent=True)
+@endpoint(bp, "/orders", methods=["POST"], body=CreateOrder, idempotent=True, status=201)
 def new_order(body: CreateOrder):
     """Create an order from product lines, optionally spending one of the caller's red packets."""
     lines = [LineRequest(li.product_id, li.quantity) for li in body.lines]

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from models import Order, PaymentNotification, Refund, RefundStatus, alert_once, db, utcnow
 from rebate import PaymentOutcome, RebateError, apply_payment, apply_refund, fail_refund
 from rebate.payments import notification_seen
+from web.openapi import WECHAT_FAIL, documented
 from web.wechat_setup import wechat
 from wechat.errors import NotificationRejected
 from wechat.notifications import Notification, failure_response_body, parse_time, verify_and_decrypt
@@ -28,6 +29,48 @@ log = logging.getLogger(__name__)
 bp = Blueprint("wechat_callbacks", __name__, url_prefix="/wechat/pay")
 
 MAX_CALLBACK_BYTES = 16 * 1024  # WeChat's callbacks are well under 2 KiB
+ENVELOPE = {
+    "type": "object",
+    "required": ["id", "event_type", "resource_type", "resource"],
+    "properties": {
+        "id": {"type": "string"},
+        "create_time": {"type": "string"},
+        "event_type": {"type": "string"},
+        "resource_type": {"const": "encrypt-resource"},
+        "summary": {"type": "string"},
+        "resource": {
+            "type": "object",
+            "required": ["algorithm", "ciphertext", "nonce"],
+            "properties": {
+                "algorithm": {"const": "AEAD_AES_256_GCM"},
+                "ciphertext": {"type": "string"},
+                "nonce": {"type": "string"},
+                "associated_data": {"type": "string"},
+                "original_type": {"type": "string"},
+            },
+        },
+    },
+}
+SIGNED = [
+    {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+    for name in ("Wechatpay-Signature", "Wechatpay-Timestamp", "Wechatpay-Nonce", "Wechatpay-Serial")
+]
+
+
+def callback_doc(summary: str) -> Callable:
+    """A WeChat callback's description: signed envelope in, 204 or WeChat's own error format out."""
+    return documented(
+        summary=summary,
+        tags=["wechat"],
+        parameters=SIGNED,
+        requestBody={"required": True, "content": {"application/json": {"schema": ENVELOPE}}},
+        responses={
+            "204": {"description": "applied, or already applied (nothing happens again)"},
+            "4XX": WECHAT_FAIL,
+            "500": {**WECHAT_FAIL, "description": "processing failed; WeChat retries"},
+            "503": {**WECHAT_FAIL, "description": "database busy; WeChat retries"},
+        },
+    )
 
 
 class CallbackRefused(Exception):
@@ -138,6 +181,7 @@ def process_transaction(n: Notification) -> None:
 
 
 @bp.post("/notify")
+@callback_doc("WeChat Pay TRANSACTION.SUCCESS")
 def pay_notify() -> Response:
     """WeChat Pay ``TRANSACTION.SUCCESS``."""
     return handle_notification(process_transaction)
@@ -199,6 +243,7 @@ def _apply_success(order: Order, refund: Refund | None, out_refund_no: str, amou
 
 
 @bp.post("/refund-notify")
+@callback_doc("WeChat Pay REFUND.SUCCESS / REFUND.ABNORMAL / REFUND.CLOSED")
 def refund_notify() -> Response:
     """WeChat Pay ``REFUND.SUCCESS`` / ``REFUND.ABNORMAL`` / ``REFUND.CLOSED``."""
     return handle_notification(process_refund)
