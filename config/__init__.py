@@ -75,11 +75,18 @@ def _positive_int(text: str) -> int:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("SECRET_KEY", None, doc="Signs user bearer tokens and OAuth state. Required.", secret=True),
+    Setting(
+        "SECRET_KEY",
+        None,
+        doc="Signs user bearer tokens and OAuth state. Required. Live mode refuses one under 32 characters, "
+        "a predictable one (few distinct characters) and the simulator's published secret.",
+        secret=True,
+    ),
     Setting(
         "DATA_ENCRYPTION_KEY",
         None,
-        doc="Fernet key for fields encrypted at rest (session_key, real name, phone). Required in live mode.",
+        doc="Fernet key for fields encrypted at rest (session_key, real name, phone). Required in live mode, "
+        "and independent of SECRET_KEY (the key simulator mode derives from it is refused).",
         secret=True,
     ),
     Setting(
@@ -120,7 +127,12 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         doc="Number of trusted reverse proxies; X-Forwarded-For is read only behind them.",
     ),
-    Setting("MAX_CONTENT_LENGTH", 64 * 1024, _positive_int, doc="Largest request body in bytes (413 above)."),
+    Setting(
+        "MAX_CONTENT_LENGTH",
+        64 * 1024,
+        _positive_int,
+        doc="Largest request body in bytes (413 above, chunked bodies included; WeChat callbacks: 16 KiB).",
+    ),
     Setting("USER_TOKEN_TTL_SECONDS", 7 * 24 * 3600, _positive_int, doc="Lifetime of user bearer tokens."),
     Setting("IDEMPOTENCY_TTL_HOURS", 25, _positive_int, doc="How long Idempotency-Key answers are kept."),
     Setting("POINT_VALUE_FEN", 1, _positive_int, doc="Cost of one point in fen, for reports."),
