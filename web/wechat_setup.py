@@ -281,6 +281,13 @@ LOGIN_ERRORS = {
     "45011": (429, "wechat_rate_limited", "WeChat rate limit reached; retry in a minute"),
     "40226": (403, "wechat_user_blocked", "WeChat blocked this account as high-risk"),
     "-1": (503, "wechat_busy", "WeChat is busy; retry shortly"),
+    # 朋友圈 snapshot-page preview: a virtual account, not a person. No account, token or packet for it.
+    "SNAPSHOT_USER": (
+        403,
+        "snapshot_user",
+        "this is a snapshot-page preview with a virtual WeChat account; open the mini-program "
+        "(or the page) in full to sign in",
+    ),
 }
 
 
