@@ -154,10 +154,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WECHAT_PAY_API_BASE", "https://api.mch.weixin.qq.com", doc="WeChat Pay API host."),
     Setting(
         "WECHAT_PAY_API_BACKUP_BASE",
-        "",
+        None,
         doc="WeChat Pay's backup host (`https://api2.mch.weixin.qq.com`). A v3 call that cannot connect to the "
-        "main host is sent once more, same body and numbers, to this one; never after an HTTP answer. "
-        "Empty: off.",
+        "main host is sent once more, same body and numbers, to this one; never after an HTTP answer or a "
+        "read timeout. Unset: off.",
     ),
     Setting("WECHAT_OPEN_BASE", "https://open.weixin.qq.com", doc="WeChat OAuth host."),
     Setting("PUBLIC_BASE_URL", None, doc="Public https base of this app; notify URLs are built from it."),

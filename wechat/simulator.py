@@ -130,7 +130,9 @@ def _register_identity(bp: Blueprint, state: SimulatorState) -> None:
         except SimError as exc:
             return _api_error(exc)
         if name.startswith("snapshot-"):  # code-snapshot-<name>: a 朋友圈 snapshot-page virtual account
-            return _api_json({"openid": f"sim-openid-{name}", "session_key": state.session_key(name), "is_snapshotuser": 1})
+            return _api_json(
+                {"openid": f"sim-openid-{name}", "session_key": state.session_key(name), "is_snapshotuser": 1}
+            )
         return _api_json(
             {"openid": f"sim-openid-{name}", "session_key": state.session_key(name), "unionid": f"sim-union-{name}"}
         )
