@@ -73,7 +73,7 @@ class PayConfig:
         self.api_base = self.api_base.rstrip("/")
         self.backup_base = (self.backup_base or "").rstrip("/")
         self.apiv3_key = ApiV3Keys.of(self.apiv3_key)
-        if any(len(k.encode()) != 32 for k in (self.apiv3_key.current, self.apiv3_key.previous or "x" * 32)):
+        if any(len(k.encode()) != 32 for k in (self.apiv3_key.current, self.apiv3_key.previous) if k is not None):
             raise WeChatConfigError("the APIv3 key must be 32 bytes", code="BAD_APIV3_KEY")
 
     @property
