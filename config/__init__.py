@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.fernet import Fernet
@@ -25,6 +26,7 @@ MIN_IDEMPOTENCY_TTL_HOURS = 25  # answers are kept at least this long (DESIGN §
 DEV_SECRET = "dev-only-simulator-secret-never-in-live"  # noqa: S105 - published: simulator mode only
 MIN_SECRET_CHARS = 32
 MIN_SECRET_BITS = 80  # Shannon estimate from its own characters; a random 32-hex-char key scores ~100+
+MAX_APIV3_OVERLAP_DAYS = 7  # a rotated-out APIv3 key is never accepted for long
 URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@/\s]+(@)", re.IGNORECASE)
 
 
@@ -74,6 +76,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _aware_datetime(text: str) -> datetime:
+    value = datetime.fromisoformat(text.strip())
+    if value.tzinfo is None:
+        raise ValueError(f"{text!r} needs a UTC offset, e.g. +08:00")
+    return value
+
+
+def _process_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be >= 1, got {value}")
+    return value
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SECRET_KEY",
@@ -105,8 +121,24 @@ SETTINGS: tuple[Setting, ...] = (
         "REDIS_URL",
         None,
         doc="Redis for the shared WeChat access token and card ticket and the payout rails' calls-per-second "
-        "limits. Unset: in-process fallback (single process only; the app warns at start-up). Claim limits "
-        "and budgets live in the database either way.",
+        "limits. Unset: in-process fallback, single process only: live mode refuses to start without it "
+        "unless `APP_PROCESSES=1` (simulator mode warns). Claim limits and budgets live in the database "
+        "either way.",
+    ),
+    Setting(
+        "APP_PROCESSES",
+        None,
+        _process_count,
+        doc="How many processes of this deployment talk to WeChat: every gunicorn worker on every node plus "
+        "every `flask jobs run`. Unset means more than one. Live mode without `REDIS_URL` starts only when "
+        "this is 1 (one process serving the web with `RUN_JOBS_IN_PROCESS`).",
+    ),
+    Setting(
+        "WEB_CONCURRENCY",
+        None,
+        _process_count,
+        doc="gunicorn's worker count (gunicorn reads it too). Above 1, live mode requires `REDIS_URL` whatever "
+        "`APP_PROCESSES` says.",
     ),
     Setting("WECHAT_MODE", "live", doc="`live` (default) or `simulator` (the local WeChat of `make run`)."),
     Setting("WECHAT_APPID", None, doc="Mini-program appid."),
@@ -117,6 +149,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WECHAT_MCH_PRIVATE_KEY_PATH", None, doc="Path to the merchant API private key (apiclient_key.pem)."),
     Setting("WECHAT_MCH_CERT_SERIAL", None, doc="Serial number of the merchant API certificate."),
     Setting("WECHAT_APIV3_KEY", None, doc="32-character APIv3 key.", secret=True),
+    Setting(
+        "WECHAT_APIV3_KEY_PREVIOUS",
+        None,
+        doc="The APIv3 key before the last rotation: callbacks and certificates encrypted with it are still "
+        "decrypted until `WECHAT_APIV3_KEY_PREVIOUS_UNTIL`, then refused.",
+        secret=True,
+    ),
+    Setting(
+        "WECHAT_APIV3_KEY_PREVIOUS_UNTIL",
+        None,
+        _aware_datetime,
+        doc="End of the overlap, ISO 8601 with offset (`2026-12-01T10:00:00+08:00`), at most "
+        f"{MAX_APIV3_OVERLAP_DAYS} days ahead; WeChat retries a notification for 24 h 4 min, so keep at least "
+        "that after the rotation.",
+    ),
     Setting("WECHAT_PAY_PUBLIC_KEY_PATH", None, doc="WeChat Pay public key (public-key mode)."),
     Setting("WECHAT_PAY_PUBLIC_KEY_ID", None, doc="Its id, `PUB_KEY_ID_…`."),
     Setting(
@@ -126,6 +173,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("WECHAT_API_BASE", "https://api.weixin.qq.com", doc="WeChat API host."),
     Setting("WECHAT_PAY_API_BASE", "https://api.mch.weixin.qq.com", doc="WeChat Pay API host."),
+    Setting(
+        "WECHAT_PAY_API_BACKUP_BASE",
+        None,
+        doc="WeChat Pay's backup host (`https://api2.mch.weixin.qq.com`). A v3 call that cannot connect to the "
+        "main host is sent once more, same body and numbers, to this one; never after an HTTP answer or a "
+        "read timeout. Unset: off.",
+    ),
     Setting("WECHAT_OPEN_BASE", "https://open.weixin.qq.com", doc="WeChat OAuth host."),
     Setting("PUBLIC_BASE_URL", None, doc="Public https base of this app; notify URLs are built from it."),
     Setting(
@@ -255,12 +309,17 @@ def _validate(values: dict[str, Any]) -> list[str]:
         public = values.get("PUBLIC_BASE_URL") or ""
         if public and not str(public).startswith("https://"):
             problems.append("PUBLIC_BASE_URL must be https:// in live mode (WeChat only notifies https)")
+        problems += _shared_state_problems(values)
     if values.get("MAX_CONTENT_LENGTH", 1) <= 0:
         problems.append("MAX_CONTENT_LENGTH must be positive")
     if values.get("USER_TOKEN_TTL_SECONDS", 1) <= 0:
         problems.append("USER_TOKEN_TTL_SECONDS must be positive")
     if values.get("IDEMPOTENCY_TTL_HOURS", MIN_IDEMPOTENCY_TTL_HOURS) < MIN_IDEMPOTENCY_TTL_HOURS:
         problems.append(f"IDEMPOTENCY_TTL_HOURS must be at least {MIN_IDEMPOTENCY_TTL_HOURS} (DESIGN §4)")
+    problems += _apiv3_rotation_problems(values)
+    backup = values.get("WECHAT_PAY_API_BACKUP_BASE") or ""
+    if backup and mode == "live" and not str(backup).startswith("https://"):
+        problems.append("WECHAT_PAY_API_BACKUP_BASE must be https:// in live mode")
     key = values.get("DATA_ENCRYPTION_KEY")
     if key and not _is_fernet_key(key):
         problems.append("DATA_ENCRYPTION_KEY must be a Fernet key (32 url-safe base64-encoded bytes)")
@@ -298,6 +357,40 @@ def _live_secret_problems(values: dict[str, Any]) -> list[str]:
             "generate an independent Fernet key"
         )
     return problems
+
+
+def _apiv3_rotation_problems(values: dict[str, Any]) -> list[str]:
+    previous, until = values.get("WECHAT_APIV3_KEY_PREVIOUS"), values.get("WECHAT_APIV3_KEY_PREVIOUS_UNTIL")
+    if not previous and not until:
+        return []
+    if not previous or not until:
+        return ["WECHAT_APIV3_KEY_PREVIOUS and WECHAT_APIV3_KEY_PREVIOUS_UNTIL go together"]
+    problems = []
+    if len(str(previous).encode()) != 32:
+        problems.append("WECHAT_APIV3_KEY_PREVIOUS must be exactly 32 bytes")
+    if previous == values.get("WECHAT_APIV3_KEY"):
+        problems.append("WECHAT_APIV3_KEY_PREVIOUS is the current key: nothing was rotated")
+    if not isinstance(until, datetime) or until.tzinfo is None:
+        problems.append("WECHAT_APIV3_KEY_PREVIOUS_UNTIL must be a datetime with a UTC offset")
+    elif until > datetime.now(UTC) + timedelta(days=MAX_APIV3_OVERLAP_DAYS):
+        problems.append(f"WECHAT_APIV3_KEY_PREVIOUS_UNTIL is more than {MAX_APIV3_OVERLAP_DAYS} days ahead")
+    return problems
+
+
+def _shared_state_problems(values: dict[str, Any]) -> list[str]:
+    """Several processes must share the WeChat access token and the rails' rate limits through Redis."""
+    if values.get("REDIS_URL"):
+        return []
+    workers = values.get("WEB_CONCURRENCY") or 1
+    if workers > 1:
+        return [f"REDIS_URL is required in live mode: WEB_CONCURRENCY={workers} runs more than one process"]
+    if values.get("APP_PROCESSES") != 1:
+        return [
+            "REDIS_URL is required in live mode with more than one process (web workers and `flask jobs run` "
+            "share the WeChat access token and payout rate limits); set REDIS_URL, or APP_PROCESSES=1 when "
+            "exactly one process serves the web and runs the jobs"
+        ]
+    return []
 
 
 def _is_fernet_key(key: object) -> bool:

@@ -140,7 +140,8 @@ def _fetch(kind: BillKind, apply: Callable[[], Any], pay_client: PayClient) -> B
         if not isinstance(answer, dict) or not answer.get("download_url") or not answer.get("hash_value"):
             raise BillFormatError("the bill answer lacks download_url or hash_value")
         outcome.hash_value = str(answer["hash_value"])[:64]
-        details, _summary = parse_bill_csv(pay_client.download_bill(answer["download_url"], outcome.hash_value))
+        content = pay_client.download_bill(answer["download_url"], outcome.hash_value, answer.get("hash_type"))
+        details, _summary = parse_bill_csv(content)
         parse = trade_line if kind == BillKind.TRADE else fund_line
         outcome.lines = [parse(row, n) for n, row in enumerate(details, start=2)]
     except WeChatError as exc:

@@ -3,6 +3,7 @@
 import secrets
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ def live_env(tmp_path) -> dict[str, str]:
         "WECHAT_PAY_PUBLIC_KEY_PATH": str(tmp_path / "pub_key.pem"),
         "WECHAT_PAY_PUBLIC_KEY_ID": "PUB_KEY_ID_0114232134912410000000000000",
         "PUBLIC_BASE_URL": "https://rebate.example.com",
+        "REDIS_URL": "redis://cache:6379/0",  # live runs several processes: they share the WeChat token
     }
 
 
@@ -54,7 +56,8 @@ def test_live_with_nothing_set_names_every_missing_key_at_once():
         assert f"{name} is required in live mode" in message
     assert "WECHAT_PAY_PUBLIC_KEY_PATH" in message
     assert "WECHAT_PLATFORM_CERTS_DIR" in message
-    assert message.count("\n  - ") == len(LIVE_REQUIRED) + 1
+    assert "REDIS_URL is required in live mode with more than one process" in message
+    assert message.count("\n  - ") == len(LIVE_REQUIRED) + 2
 
 
 @pytest.mark.parametrize("name", LIVE_REQUIRED)
@@ -63,6 +66,106 @@ def test_live_names_the_one_missing_key(live_env, name):
     message = problems(live_env)
     assert f"{name} is required in live mode" in message
     assert message.count("\n  - ") == 1
+
+
+# -- more than one process needs Redis (issue 9 §3) -------------------------------------------
+
+
+def test_live_without_redis_refuses_to_start_unless_declared_single_process(live_env):
+    del live_env["REDIS_URL"]
+    message = problems(live_env)
+    assert "REDIS_URL is required in live mode with more than one process" in message
+    assert "APP_PROCESSES=1" in message
+    live_env["APP_PROCESSES"] = "2"
+    assert "REDIS_URL is required" in problems(live_env)
+    live_env["APP_PROCESSES"] = "1"
+    assert load_config(environ=live_env)["APP_PROCESSES"] == 1
+
+
+@pytest.mark.parametrize("processes", [None, "1"])
+def test_several_gunicorn_workers_need_redis_whatever_app_processes_says(live_env, processes):
+    del live_env["REDIS_URL"]
+    live_env["WEB_CONCURRENCY"] = "4"
+    if processes:
+        live_env["APP_PROCESSES"] = processes
+    assert "REDIS_URL is required in live mode: WEB_CONCURRENCY=4" in problems(live_env)
+    live_env["REDIS_URL"] = "redis://cache:6379/0"
+    assert load_config(environ=live_env)["WEB_CONCURRENCY"] == 4
+
+
+@pytest.mark.parametrize("name", ["APP_PROCESSES", "WEB_CONCURRENCY"])
+@pytest.mark.parametrize("bad", ["0", "-1", "many"])
+def test_process_counts_must_be_positive_integers(live_env, name, bad):
+    live_env[name] = bad
+    assert f"{name}:" in problems(live_env)
+
+
+def test_simulator_mode_without_redis_still_starts():
+    assert load_config(environ={"WECHAT_MODE": "simulator", "WEB_CONCURRENCY": "3"})["REDIS_URL"] is None
+
+
+# -- APIv3 key rotation and the backup host ------------------------------------------------------
+
+
+def _in(hours: float) -> str:
+    return (datetime.now(UTC) + timedelta(hours=hours)).isoformat()
+
+
+def test_previous_apiv3_key_with_its_end(live_env):
+    live_env.update(
+        {"WECHAT_APIV3_KEY_PREVIOUS": "fedcba9876543210fedcba9876543210", "WECHAT_APIV3_KEY_PREVIOUS_UNTIL": _in(25)}
+    )
+    values = load_config(environ=live_env)
+    assert values["WECHAT_APIV3_KEY_PREVIOUS_UNTIL"].tzinfo is not None
+    assert masked(values)["WECHAT_APIV3_KEY_PREVIOUS"] == "***"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"WECHAT_APIV3_KEY_PREVIOUS": "fedcba9876543210fedcba9876543210"}, "go together"),
+        ({"WECHAT_APIV3_KEY_PREVIOUS_UNTIL": "2026-12-01T10:00:00+08:00"}, "go together"),
+        ({"WECHAT_APIV3_KEY_PREVIOUS": "short", "WECHAT_APIV3_KEY_PREVIOUS_UNTIL": "+1"}, "must be exactly 32 bytes"),
+        (
+            {"WECHAT_APIV3_KEY_PREVIOUS": "0123456789abcdef0123456789abcdef", "WECHAT_APIV3_KEY_PREVIOUS_UNTIL": "+1"},
+            "is the current key",
+        ),
+        (
+            {
+                "WECHAT_APIV3_KEY_PREVIOUS": "fedcba9876543210fedcba9876543210",
+                "WECHAT_APIV3_KEY_PREVIOUS_UNTIL": "+200",
+            },
+            "more than 7 days ahead",
+        ),
+        (
+            {
+                "WECHAT_APIV3_KEY_PREVIOUS": "fedcba9876543210fedcba9876543210",
+                "WECHAT_APIV3_KEY_PREVIOUS_UNTIL": "2026-12-01T10:00:00",
+            },
+            "needs a UTC offset",
+        ),
+        ({"WECHAT_APIV3_KEY_PREVIOUS_UNTIL": "tomorrow"}, "WECHAT_APIV3_KEY_PREVIOUS_UNTIL:"),
+    ],
+)
+def test_bad_apiv3_rotation_settings_are_refused(live_env, change, message):
+    for name, value in change.items():
+        live_env[name] = _in(float(value[1:])) if value.startswith("+") else value
+    assert message in problems(live_env)
+
+
+def test_an_overlap_that_ended_is_inert_not_fatal(live_env):
+    live_env.update(
+        {"WECHAT_APIV3_KEY_PREVIOUS": "fedcba9876543210fedcba9876543210", "WECHAT_APIV3_KEY_PREVIOUS_UNTIL": _in(-1)}
+    )
+    assert load_config(environ=live_env)["WECHAT_APIV3_KEY_PREVIOUS"]  # a restart after the overlap still starts
+
+
+def test_backup_host_is_off_by_default_and_https_in_live(live_env):
+    assert load_config(environ=live_env)["WECHAT_PAY_API_BACKUP_BASE"] is None
+    live_env["WECHAT_PAY_API_BACKUP_BASE"] = "http://api2.mch.weixin.qq.com"
+    assert "WECHAT_PAY_API_BACKUP_BASE must be https://" in problems(live_env)
+    live_env["WECHAT_PAY_API_BACKUP_BASE"] = "https://api2.mch.weixin.qq.com"
+    assert load_config(environ=live_env)["WECHAT_PAY_API_BACKUP_BASE"] == "https://api2.mch.weixin.qq.com"
 
 
 def test_empty_environment_value_counts_as_missing(live_env):

@@ -9,7 +9,7 @@ import pytest
 import responses
 from sqlalchemy import func, select, text
 
-from models import OAuthState, User, UserIdentity, db
+from models import OAuthState, RedPacket, User, UserIdentity, db
 from tests.test_wechat_callbacks import no_network, simulator  # noqa: F401 - fixture
 
 LOGIN = "/api/v1/auth/login"
@@ -95,6 +95,75 @@ class TestAgainstMockedWeChat:
         assert response.status_code == status
         assert response.json["error"] == code
         assert response.json["message"]
+        assert count(User) == 0
+
+
+# -- snapshot-page (朋友圈 single-page mode) virtual accounts ----------------------------
+
+
+def test_snapshot_user_gets_a_clear_403_and_no_account_token_or_packet(  # noqa: F811
+    app, client, no_network, make_campaign
+):
+    # given: a newcomer campaign that hands every new person a packet
+    make_campaign(
+        {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 3_00}]},
+        budget_limit_fen=1_000_00,
+        packet_tiers=[{"min_spend_fen": 0, "amount_fen": 5_00}],
+        trigger={"kind": "registration"},
+    )
+    # when: a snapshot-page visitor logs in (jscode2session answers is_snapshotuser=1)
+    response = client.post(LOGIN, json={"code": "code-snapshot-carol"})
+    # then: refused with a clear code; no user, identity or packet exists
+    assert response.status_code == 403
+    assert response.json["error"] == "snapshot_user" and "open the mini-program" in response.json["message"]
+    assert "token" not in response.json
+    assert (count(User), count(UserIdentity), count(RedPacket)) == (0, 0, 0)
+    # and a real person still gets the newcomer packet
+    assert client.post(LOGIN, json={"code": "code-carol"}).status_code == 200
+    assert (count(User), count(RedPacket)) == (1, 1)
+
+
+class TestSnapshotUsersAgainstMockedWeChat:
+    @pytest.fixture
+    def app_settings(self, app_settings):
+        return {**app_settings, "WECHAT_API_BASE": MOCK_API}
+
+    @pytest.mark.parametrize("flag", [1, "1"])
+    def test_mini_program_snapshot_flag_is_refused(self, client, flag):
+        with responses.RequestsMock() as wechat_api:
+            wechat_api.get(
+                re.compile(MOCK_API + r"/sns/jscode2session\?.*"),
+                json={"openid": "o-virtual", "session_key": "c2Vzc2lvbktleTEyMzQ1Ng==", "is_snapshotuser": flag},
+            )
+            response = client.post(LOGIN, json={"code": "0a1b2c"})
+        assert (response.status_code, response.json["error"]) == (403, "snapshot_user")
+        assert count(User) == 0
+
+    def test_is_snapshotuser_zero_is_a_normal_login(self, client):
+        with responses.RequestsMock() as wechat_api:
+            wechat_api.get(
+                re.compile(MOCK_API + r"/sns/jscode2session\?.*"),
+                json={"openid": "o-real", "session_key": "c2Vzc2lvbktleTEyMzQ1Ng==", "is_snapshotuser": 0},
+            )
+            assert client.post(LOGIN, json={"code": "0a1b2c"}).status_code == 200
+        assert count(User) == 1
+
+    def test_official_account_snapshot_page_is_refused(self, app, client):
+        state = parse_qs(urlsplit(authorize(client, next="/me").split("#")[0]).query)["state"][0]
+        with responses.RequestsMock() as wechat_api:
+            wechat_api.get(
+                re.compile(MOCK_API + r"/sns/oauth2/access_token\?.*"),
+                json={
+                    "access_token": "AT",
+                    "expires_in": 7200,
+                    "refresh_token": "RT",
+                    "openid": "o-virtual",
+                    "scope": "snsapi_userinfo",
+                    "is_snapshotuser": 1,
+                },
+            )
+            response = client.get("/oauth/callback", query_string={"code": "c1", "state": state})
+        assert (response.status_code, response.json["error"]) == (403, "snapshot_user")
         assert count(User) == 0
 
 

@@ -116,7 +116,7 @@ def card_app(app):
 
 @responses.activate
 def test_card_code_consumption_calls_wechat_once_and_is_audited(card_app, client, make_operator):
-    responses.get("https://api.weixin.test/cgi-bin/token", json={"access_token": "AT", "expires_in": 7200})
+    responses.post("https://api.weixin.test/cgi-bin/stable_token", json={"access_token": "AT", "expires_in": 7200})
     responses.post(
         "https://api.weixin.test/card/code/consume",
         json={"errcode": 0, "errmsg": "ok", "openid": "o1", "card": {"card_id": "pCARD0001"}},
@@ -132,7 +132,7 @@ def test_card_code_consumption_calls_wechat_once_and_is_audited(card_app, client
 
 @responses.activate
 def test_card_code_already_consumed_is_a_clear_error(card_app, client, make_operator):
-    responses.get("https://api.weixin.test/cgi-bin/token", json={"access_token": "AT", "expires_in": 7200})
+    responses.post("https://api.weixin.test/cgi-bin/stable_token", json={"access_token": "AT", "expires_in": 7200})
     responses.post("https://api.weixin.test/card/code/consume", json={"errcode": 40099, "errmsg": "code consumed"})
     _, admin = make_operator("admin")
     answer = client.post("/admin/api/cards/consume", headers=admin, json={"code": "123456789012"})

@@ -334,6 +334,39 @@ def test_a_hash_mismatch_fails_the_run_with_an_alert_and_records_nothing(ours, w
     assert runs()["fundflow"].status == "done"  # the other bill is judged on its own
 
 
+def test_commas_in_product_names_and_attach_do_not_shift_columns(ours, wechat, pay_client):
+    # given: WeChat's unquoted bill with commas inside the product name and the attach field
+    ours.order("ORD-COMMA", 50_00, bj(10))
+    line = paid("ORD-COMMA", "50.00")
+    line[20], line[21] = "牛肉面, 大碗,加蛋", "campaign=7,packet=9"
+    wechat.serve("trade", trade_bill(line))
+    wechat.serve("fund", fund_bill())
+    # when
+    reconcile_day(pay_client, DAY, NOW)
+    # then: read as one 50-yuan payment that matches ours
+    trade = runs()["trade"]
+    assert (trade.status, trade.matched, trade.mismatches, trade.error) == ("done", 1, 0, None)
+    assert findings() == set()
+
+
+@pytest.mark.parametrize("hash_type", ["MD5", "", None])
+def test_an_unexpected_hash_type_fails_the_run_before_any_download(ours, wechat, pay_client, hash_type):
+    # given: a bill answer announcing a hash type WeChat does not document (no download is served)
+    ours.order("ORD-LOST", 30_00, bj(12))
+    content = trade_bill(paid("ORD-OTHER", "1.00"))
+    answer = {"hash_value": sha1(content), "download_url": f"{BASE}/v3/billdownload/file?token=t"}
+    wechat._answer("trade", DAY, 200, {**answer, **({"hash_type": hash_type} if hash_type is not None else {})})
+    wechat.serve("fund", fund_bill())
+    # when
+    reconcile_day(pay_client, DAY, NOW)
+    # then
+    trade = runs()["trade"]
+    assert trade.status == "failed" and "UNEXPECTED_HASH_TYPE" in trade.error
+    assert findings() == set() and len(wechat.downloads) == 1  # only the fund-flow file was fetched
+    [alert] = alerts("reconciliation_failed")
+    assert alert.subject == "trade bill 2024-05-01"
+
+
 def test_a_malformed_amount_fails_the_run_with_no_partial_results(ours, wechat, pay_client):
     ours.order("ORD-LOST", 30_00, bj(12))
     wechat.serve("trade", trade_bill(paid("ORD-STRANGER", "12.34"), paid("ORD-BAD", "12.345", total="12.34")))

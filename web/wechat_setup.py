@@ -28,7 +28,7 @@ from requests.structures import CaseInsensitiveDict
 from config import ConfigError
 from wechat.crypto import load_private_key, load_public_key
 from wechat.errors import WeChatConfigError, WeChatError, WeChatRateLimited
-from wechat.keys import VerifierKeys
+from wechat.keys import ApiV3Keys, VerifierKeys
 from wechat.mp import MemoryTokenStore, MiniProgramClient, OAuthClient, RedisTokenStore
 from wechat.pay import PayClient, PayConfig
 from wechat.simulator import create_simulator_blueprint
@@ -63,7 +63,7 @@ class WeChat:
     mini_program: MiniProgramClient
     oauth: OAuthClient | None
     keys: VerifierKeys
-    apiv3_key: str
+    apiv3_key: ApiV3Keys  # the current key, and the previous one during a rotation's overlap
     token_store: Any
     public_base_url: str
     simulator: SimulatorState | None = None
@@ -96,12 +96,13 @@ def init_wechat(app: Flask) -> WeChat:
         merchant_key, apiv3_key, sim = _prepare_simulator(app)
         keys = sim.keys.verifier_keys(public_key=True, certificates=True)
     else:
-        merchant_key, keys, apiv3_key, sim = (
-            _load_live_keys(cfg),
-            _live_verifier_keys(cfg),
-            cfg["WECHAT_APIV3_KEY"],
-            None,
-        )
+        merchant_key, keys, sim = _load_live_keys(cfg), _live_verifier_keys(cfg), None
+        apiv3_key = cfg["WECHAT_APIV3_KEY"]
+    apiv3_keys = ApiV3Keys(
+        apiv3_key,
+        cfg.get("WECHAT_APIV3_KEY_PREVIOUS") or None,
+        cfg.get("WECHAT_APIV3_KEY_PREVIOUS_UNTIL") if cfg.get("WECHAT_APIV3_KEY_PREVIOUS") else None,
+    )
     session = _session(app) if sim else requests.Session()
     pay_client = PayClient(
         PayConfig(
@@ -109,9 +110,10 @@ def init_wechat(app: Flask) -> WeChat:
             appid=cfg["WECHAT_APPID"],
             private_key=merchant_key,
             cert_serial=cfg["WECHAT_MCH_CERT_SERIAL"],
-            apiv3_key=apiv3_key,
+            apiv3_key=apiv3_keys,
             keys=keys,
             api_base=cfg["WECHAT_PAY_API_BASE"],
+            backup_base=cfg.get("WECHAT_PAY_API_BACKUP_BASE") or "",
         ),
         session=session,
     )
@@ -122,7 +124,7 @@ def init_wechat(app: Flask) -> WeChat:
         mini_program=MiniProgramClient(cfg["WECHAT_APPID"], cfg["WECHAT_APP_SECRET"], cfg["WECHAT_API_BASE"], session),
         oauth=_oauth_client(cfg, session),
         keys=keys,
-        apiv3_key=apiv3_key,
+        apiv3_key=apiv3_keys,
         token_store=_token_store(cfg),
         public_base_url=cfg["PUBLIC_BASE_URL"].rstrip("/"),
         simulator=sim,
@@ -281,6 +283,13 @@ LOGIN_ERRORS = {
     "45011": (429, "wechat_rate_limited", "WeChat rate limit reached; retry in a minute"),
     "40226": (403, "wechat_user_blocked", "WeChat blocked this account as high-risk"),
     "-1": (503, "wechat_busy", "WeChat is busy; retry shortly"),
+    # 朋友圈 snapshot-page preview: a virtual account, not a person. No account, token or packet for it.
+    "SNAPSHOT_USER": (
+        403,
+        "snapshot_user",
+        "this is a snapshot-page preview with a virtual WeChat account; open the mini-program "
+        "(or the page) in full to sign in",
+    ),
 }
 
 

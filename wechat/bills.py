@@ -1,17 +1,31 @@
-"""Bill files: decompression, SHA-1 integrity check and the backtick CSV format."""
+"""Bill files: decompression, the announced-hash integrity check and the backtick format.
+
+The trade and fund-flow bills are not CSV: nothing is quoted, and every data
+field starts with a backtick (so Excel keeps long numbers as text). A product
+name or remark may hold commas, so data rows are split on the two-character
+delimiter ``,``` and never on a bare comma; header rows carry no backticks and
+are split on commas. A row whose field count differs from its header's is
+refused with its line number rather than read with shifted columns.
+"""
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
 import hmac
-import io
 import zlib
+from collections.abc import Callable
 
 from wechat.errors import WeChatIntegrityError, WeChatUnavailable
 
 GZIP_MAGIC = b"\x1f\x8b"
+FIELD_MARK = "`"
+DATA_DELIMITER = ",`"
+# hash_type → digest. WeChat documents SHA1 only; SHA256 is accepted as the stronger digest of the same kind.
+HASH_TYPES: dict[str, Callable[[bytes], str]] = {
+    "SHA1": lambda content: hashlib.sha1(content).hexdigest(),  # noqa: S324 - WeChat's announced hash type
+    "SHA256": lambda content: hashlib.sha256(content).hexdigest(),
+}
 
 
 def decompress_bill(raw: bytes) -> bytes:
@@ -25,13 +39,23 @@ def decompress_bill(raw: bytes) -> bytes:
 
 
 def bill_sha1(content: bytes) -> str:
-    return hashlib.sha1(content).hexdigest()  # noqa: S324 - WeChat's announced hash type
+    return HASH_TYPES["SHA1"](content)
 
 
-def check_bill_hash(content: bytes, hash_value: str) -> None:
-    """Raise :class:`WeChatIntegrityError` unless SHA-1(content) equals ``hash_value``."""
-    if not hmac.compare_digest(bill_sha1(content), (hash_value or "").strip().lower()):
-        raise WeChatIntegrityError("bill SHA-1 does not match hash_value")
+def check_hash_type(hash_type: str | None) -> str:
+    """The bill answer's ``hash_type``, refused unless it is one we can check."""
+    if hash_type not in HASH_TYPES:
+        raise WeChatIntegrityError(
+            f"bill hash_type {hash_type!r} is not one of {', '.join(HASH_TYPES)}", code="UNEXPECTED_HASH_TYPE"
+        )
+    return hash_type
+
+
+def check_bill_hash(content: bytes, hash_value: str, hash_type: str = "SHA1") -> None:
+    """Raise :class:`WeChatIntegrityError` unless the digest of ``content`` equals ``hash_value``."""
+    digest = HASH_TYPES[check_hash_type(hash_type)](content)
+    if not hmac.compare_digest(digest, (hash_value or "").strip().lower()):
+        raise WeChatIntegrityError(f"bill {hash_type} does not match hash_value")
 
 
 def parse_bill_csv(content: bytes) -> tuple[list[dict[str, str]], dict[str, str]]:
@@ -39,16 +63,39 @@ def parse_bill_csv(content: bytes) -> tuple[list[dict[str, str]], dict[str, str]
 
     Layout: header row, detail rows, summary header row, summary row.
     """
-    text = content.decode("utf-8-sig")
-    rows = [r for r in csv.reader(io.StringIO(text)) if r]
-    if len(rows) < 3:
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise WeChatUnavailable("bill is not UTF-8", code="UNPARSEABLE_RESPONSE") from exc
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if len(lines) < 3:
         raise WeChatUnavailable("bill has no summary section", code="UNPARSEABLE_RESPONSE")
-    header = [_clean(c) for c in rows[0]]
-    details = [dict(zip(header, (_clean(c) for c in r), strict=False)) for r in rows[1:-2]]
-    summary = dict(zip((_clean(c) for c in rows[-2]), (_clean(c) for c in rows[-1]), strict=False))
+    header = split_header(lines[0][1])
+    details = [_row(header, n, line) for n, line in lines[1:-2]]
+    summary = _row(split_header(lines[-2][1]), lines[-1][0], lines[-1][1])
     return details, summary
 
 
-def _clean(cell: str) -> str:
-    cell = cell.strip()
-    return cell[1:] if cell.startswith("`") else cell
+def split_header(line: str) -> list[str]:
+    """A header row: plain column names, comma-separated, no backticks."""
+    return [name.strip() for name in line.split(",")]
+
+
+def split_data(line: str) -> list[str]:
+    """A data row: every field starts with a backtick, so fields are split on ``,``` only."""
+    line = line.rstrip("\r")
+    if not line.startswith(FIELD_MARK):
+        raise WeChatUnavailable("bill data row does not start with a backtick", code="UNPARSEABLE_RESPONSE")
+    return [field.strip() for field in line[1:].split(DATA_DELIMITER)]
+
+
+def _row(header: list[str], n: int, line: str) -> dict[str, str]:
+    try:
+        fields = split_data(line)
+    except WeChatUnavailable as exc:
+        raise WeChatUnavailable(f"bill line {n}: {exc.message}", code=exc.code) from None
+    if len(fields) != len(header):
+        raise WeChatUnavailable(
+            f"bill line {n} has {len(fields)} fields, its header {len(header)}", code="UNPARSEABLE_RESPONSE"
+        )
+    return dict(zip(header, fields, strict=True))

@@ -82,6 +82,19 @@ class WeChatUserBlocked(WeChatBusinessError):
     default_code = "40226"
 
 
+class WeChatSnapshotUser(WeChatBusinessError):
+    """The login came from a snapshot-page virtual account (``is_snapshotuser=1``)."""
+
+    default_code = "SNAPSHOT_USER"
+
+
+class WeChatTokenInvalid(WeChatBusinessError):
+    """The access token was refused (40001 / 40014 / 42001): drop it, retry once with a fresh one."""
+
+    default_code = "40001"
+    default_retryable = True
+
+
 class WeChatSignatureError(WeChatError):
     """A response lacked a valid WeChat signature: treat it as forged."""
 

@@ -1,10 +1,15 @@
-"""WeChat Pay verification keys, chosen by the incoming ``Wechatpay-Serial``.
+"""WeChat Pay verification keys, chosen by the incoming ``Wechatpay-Serial``, and
+the APIv3 key(s) that decrypt resources.
 
 Holds the WeChat Pay public key (``PUB_KEY_ID_…``) and/or platform certificates
 at once, as needed while a merchant migrates between the two modes. Platform
 certificates are refreshed when older than ``refresh_after_s`` or when an
 unknown serial arrives, at most once per ``unknown_serial_gap_s`` so random
 serials cannot make us hammer WeChat.
+
+:class:`ApiV3Keys` holds the current APIv3 key and, during a rotation, the
+previous one with the moment it stops being accepted: a notification WeChat
+encrypted before the rotation (it retries for 24 h 4 min) still decrypts.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -145,12 +151,50 @@ class VerifierKeys:
         return last is None or self._clock() - last >= self.unknown_serial_gap_s
 
 
+@dataclass(frozen=True)
+class ApiV3Keys:
+    """The current APIv3 key, and the previous one until ``previous_until`` (an aware datetime)."""
+
+    current: str
+    previous: str | None = None
+    previous_until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if (self.previous is None) != (self.previous_until is None):
+            raise WeChatConfigError("a previous APIv3 key needs its end time", code="BAD_APIV3_KEY")
+        if self.previous_until is not None and self.previous_until.tzinfo is None:
+            raise WeChatConfigError("previous_until must be timezone-aware", code="BAD_APIV3_KEY")
+
+    @classmethod
+    def of(cls, keys: ApiV3Keys | str) -> ApiV3Keys:
+        return keys if isinstance(keys, ApiV3Keys) else cls(keys)
+
+    def accepted(self, now: datetime | None = None) -> list[str]:
+        """The keys that may decrypt at ``now``: the current one first."""
+        moment = now or datetime.now(UTC)
+        if self.previous and self.previous_until and moment < self.previous_until:
+            return [self.current, self.previous]
+        return [self.current]
+
+    def decrypt(self, nonce: str, ciphertext_b64: str, associated_data: str, now: datetime | None = None) -> bytes:
+        """AES-256-GCM with the current key, else (during the overlap) the previous; ``InvalidTag`` otherwise."""
+        for n, key in enumerate(self.accepted(now)):
+            try:
+                plain = crypto.aes_gcm_decrypt(key, nonce, ciphertext_b64, associated_data)
+            except InvalidTag:
+                continue
+            if n:
+                log.info("resource decrypted with the previous APIv3 key (rotation overlap)")
+            return plain
+        raise InvalidTag()
+
+
 class _SupportsRequest(Protocol):
     def request(self, method: str, path: str, **kwargs: Any) -> Any: ...
 
 
 def download_platform_certificates(
-    client: _SupportsRequest, apiv3_key: str, keys: VerifierKeys | None = None
+    client: _SupportsRequest, apiv3_key: ApiV3Keys | str, keys: VerifierKeys | None = None
 ) -> list[x509.Certificate]:
     """``GET /v3/certificates``, decrypt each certificate, verify the answer with them.
 
@@ -178,10 +222,10 @@ def _cert_entries(data: Any) -> list[dict[str, Any]]:
     return entries
 
 
-def _decrypt_entry(entry: dict[str, Any], apiv3_key: str) -> x509.Certificate:
+def _decrypt_entry(entry: dict[str, Any], apiv3_key: ApiV3Keys | str) -> x509.Certificate:
     enc = entry.get("encrypt_certificate") or {}
     try:
-        pem = crypto.aes_gcm_decrypt(apiv3_key, enc["nonce"], enc["ciphertext"], enc.get("associated_data", ""))
+        pem = ApiV3Keys.of(apiv3_key).decrypt(enc["nonce"], enc["ciphertext"], enc.get("associated_data", ""))
         return crypto.load_certificate(pem)
     except (KeyError, TypeError, ValueError, InvalidTag) as exc:
         raise WeChatSignatureError(f"platform certificate did not decrypt: {exc!r}", code="BAD_CERTIFICATE") from exc

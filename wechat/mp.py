@@ -4,6 +4,12 @@ the ``wx.addCard`` cardExt signature.
 Written on ``requests`` rather than wechatpy: wechatpy's ``WeChatClient`` adds an
 access-token round trip to ``jscode2session`` and ``WeChatOAuth`` keeps one
 user's token on the object with no timeout. Hosts are constructor arguments.
+
+The access token comes from ``POST /cgi-bin/stable_token`` in normal mode
+(``force_refresh=false``): every process asking while a token is valid gets the
+same one, so processes never invalidate each other's tokens. A call that WeChat
+answers with a token error (40001 / 40014 / 42001) drops the cached token (only
+if it is still the one that failed) and is retried once with a fresh token.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from wechat.errors import (
     WeChatInvalidRequest,
     WeChatLoginCodeInvalid,
     WeChatRateLimited,
+    WeChatSnapshotUser,
+    WeChatTokenInvalid,
     WeChatUnavailable,
     WeChatUserBlocked,
 )
@@ -31,6 +39,8 @@ from wechat.errors import (
 API_BASE = "https://api.weixin.qq.com"
 OPEN_BASE = "https://open.weixin.qq.com"
 TOKEN_EARLY_EXPIRY_S = 300
+# invalid credential / invalid access_token / access_token expired: the cached token is no good
+TOKEN_ERRCODES = frozenset({40001, 40014, 42001})
 
 
 def _error_for(errcode: int, errmsg: str) -> WeChatError:
@@ -43,6 +53,8 @@ def _error_for(errcode: int, errmsg: str) -> WeChatError:
         return WeChatUserBlocked(errmsg, code=code)
     if errcode == -1:
         return WeChatUnavailable(errmsg, code=code)
+    if errcode in TOKEN_ERRCODES:
+        return WeChatTokenInvalid(errmsg, code=code)
     return WeChatBusinessError(errmsg, code=code)
 
 
@@ -84,6 +96,16 @@ def _request_json(
     return data
 
 
+def _refuse_snapshot_user(data: dict[str, Any]) -> None:
+    """A snapshot-page (朋友圈 single-page mode) visitor is a virtual account, not a person.
+
+    WeChat marks it ``is_snapshotuser=1``; its openid is not the user's real one, it
+    cannot pay and must not receive packets or money, so it is refused here.
+    """
+    if str(data.get("is_snapshotuser", "0")) == "1":
+        raise WeChatSnapshotUser("a snapshot-mode virtual account cannot sign in", code="SNAPSHOT_USER")
+
+
 class MiniProgramClient:
     def __init__(
         self,
@@ -102,6 +124,7 @@ class MiniProgramClient:
         """``wx.login`` code → {openid, session_key, unionid?}; exactly one GET."""
         params = {"appid": self.appid, "secret": self.secret, "js_code": js_code, "grant_type": "authorization_code"}
         data = _get_json(self.session, f"{self.api_base}/sns/jscode2session", params, self.timeout)
+        _refuse_snapshot_user(data)
         if not data.get("openid") or not data.get("session_key"):
             raise WeChatUnavailable("jscode2session answer lacks openid", code="UNPARSEABLE_RESPONSE")
         return data
@@ -135,6 +158,7 @@ class OAuthClient:
         """code → {openid, unionid?, scope, access_token, refresh_token, expires_in}."""
         params = {"appid": self.appid, "secret": self.secret, "code": code, "grant_type": "authorization_code"}
         data = _get_json(self.session, f"{self.api_base}/sns/oauth2/access_token", params, self.timeout)
+        _refuse_snapshot_user(data)
         if not data.get("openid") or not data.get("access_token"):
             raise WeChatUnavailable("oauth answer lacks openid", code="UNPARSEABLE_RESPONSE")
         return data
@@ -147,10 +171,11 @@ class OAuthClient:
 class AccessTokenStore(Protocol):
     def get(self, key: str) -> str | None: ...
     def set(self, key: str, value: str, ttl_s: int) -> None: ...
+    def discard(self, key: str, value: str) -> None: ...
 
 
 class MemoryTokenStore:
-    """Single-process store; use :class:`RedisTokenStore` with several workers."""
+    """Single-process store; use :class:`RedisTokenStore` with several processes."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._items: dict[str, tuple[str, float]] = {}
@@ -168,6 +193,16 @@ class MemoryTokenStore:
         with self._lock:
             self._items[key] = (value, self._clock() + ttl_s)
 
+    def discard(self, key: str, value: str) -> None:
+        """Forget ``key`` only while it still holds ``value`` (a newer token stays)."""
+        with self._lock:
+            if self._items.get(key, ("",))[0] == value:
+                del self._items[key]
+
+
+# Compare-and-delete in one step, so a process never deletes the fresh token another one just stored.
+_DISCARD_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
 
 class RedisTokenStore:
     def __init__(self, redis_client: Any, prefix: str = "wechat:") -> None:
@@ -181,6 +216,13 @@ class RedisTokenStore:
     def set(self, key: str, value: str, ttl_s: int) -> None:
         self.redis.set(self.prefix + key, value, ex=max(1, int(ttl_s)))
 
+    def discard(self, key: str, value: str) -> None:
+        self.redis.eval(_DISCARD_IF_EQUAL, 1, self.prefix + key, value)
+
+
+def _token_key(appid: str) -> str:
+    return f"access_token:{appid}"
+
 
 def get_access_token(
     store: AccessTokenStore,
@@ -190,15 +232,37 @@ def get_access_token(
     session: requests.Session | None = None,
     timeout: tuple[float, float] = (3.05, 10),
 ) -> str:
-    """The shared access_token; ``/cgi-bin/token`` is called only when the store has none."""
-    params = {"grant_type": "client_credential", "appid": appid, "secret": secret}
-    url = f"{api_base.rstrip('/')}/cgi-bin/token"
+    """The shared access_token; ``POST /cgi-bin/stable_token`` is called only when the store has none.
+
+    Normal mode (``force_refresh=false``): WeChat answers the current token while it is
+    valid, so several processes fetching at once all get the same one.
+    """
+    body = {"grant_type": "client_credential", "appid": appid, "secret": secret, "force_refresh": False}
+    url = f"{api_base.rstrip('/')}/cgi-bin/stable_token"
     return _cached(
         store,
-        f"access_token:{appid}",
+        _token_key(appid),
         "access_token",
-        lambda: _get_json(session or requests.Session(), url, params, timeout),
+        lambda: _request_json(session or requests.Session(), "POST", url, {}, timeout, body),
     )
+
+
+def call_with_token(
+    store: AccessTokenStore,
+    appid: str,
+    secret: str,
+    call: Callable[[str], dict[str, Any]],
+    api_base: str = API_BASE,
+    session: requests.Session | None = None,
+    timeout: tuple[float, float] = (3.05, 10),
+) -> dict[str, Any]:
+    """``call(access_token)``; on 40001 / 40014 / 42001 drop that token and call once more with a fresh one."""
+    token = get_access_token(store, appid, secret, api_base, session, timeout)
+    try:
+        return call(token)
+    except WeChatTokenInvalid:
+        store.discard(_token_key(appid), token)
+    return call(get_access_token(store, appid, secret, api_base, session, timeout))
 
 
 def _cached(store: AccessTokenStore, key: str, field: str, fetch) -> str:
@@ -207,6 +271,8 @@ def _cached(store: AccessTokenStore, key: str, field: str, fetch) -> str:
     if cached:
         return cached
     data = fetch()
+    if not data.get(field):
+        raise WeChatUnavailable(f"answer lacks {field}", code="UNPARSEABLE_RESPONSE")
     value = str(data[field])
     store.set(key, value, int(data.get("expires_in", 7200)) - TOKEN_EARLY_EXPIRY_S)
     return value
@@ -222,11 +288,18 @@ def get_api_ticket(
 ) -> str:
     """The card ``api_ticket`` (type=wx_card), cached in the shared store."""
     session = session or requests.Session()
+    url = f"{api_base.rstrip('/')}/cgi-bin/ticket/getticket"
 
     def fetch() -> dict:
-        token = get_access_token(store, appid, secret, api_base, session, timeout)
-        params = {"access_token": token, "type": "wx_card"}
-        return _get_json(session, f"{api_base.rstrip('/')}/cgi-bin/ticket/getticket", params, timeout)
+        return call_with_token(
+            store,
+            appid,
+            secret,
+            lambda token: _get_json(session, url, {"access_token": token, "type": "wx_card"}, timeout),
+            api_base,
+            session,
+            timeout,
+        )
 
     return _cached(store, f"card_ticket:{appid}", "ticket", fetch)
 
@@ -274,7 +347,15 @@ def consume_card_code(
     """
     if not code:
         raise WeChatInvalidRequest("a card code is required")
-    token = get_access_token(token_store, appid, secret, api_base, session, timeout)
     body = {"code": code, **({"card_id": card_id} if card_id else {})}
     url = f"{api_base.rstrip('/')}/card/code/consume"
-    return _request_json(session, "POST", url, {"access_token": token}, timeout, body)
+    # A token error means WeChat did not look at the code, so the one retry cannot consume it twice.
+    return call_with_token(
+        token_store,
+        appid,
+        secret,
+        lambda token: _request_json(session, "POST", url, {"access_token": token}, timeout, body),
+        api_base,
+        session,
+        timeout,
+    )

@@ -11,14 +11,14 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
 from wechat import crypto
 from wechat.errors import NotificationRejected, WeChatConfigError, WeChatSignatureError
-from wechat.keys import VerifierKeys
+from wechat.keys import ApiV3Keys, VerifierKeys
 
 PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
 MAX_SKEW_S = 300
@@ -41,14 +41,15 @@ def verify_and_decrypt(
     headers: Mapping[str, str],
     raw_body: bytes,
     keys: VerifierKeys,
-    apiv3_key: str,
+    apiv3_key: ApiV3Keys | str,
     now: float | None = None,
     max_skew_s: int = MAX_SKEW_S,
 ) -> Notification:
-    """Verify a callback and return it with ``resource`` decrypted."""
+    """Verify a callback and return it with ``resource`` decrypted (a rotated-out key only during its overlap)."""
     check_signature(headers, raw_body, keys, now=now, max_skew_s=max_skew_s)
     envelope = _parse_envelope(raw_body)
-    resource = _decrypt_resource(envelope["resource"], apiv3_key)
+    at = None if now is None else datetime.fromtimestamp(now, UTC)
+    resource = _decrypt_resource(envelope["resource"], ApiV3Keys.of(apiv3_key), at)
     return Notification(
         id=str(envelope.get("id", "")),
         event_type=str(envelope.get("event_type", "")),
@@ -140,10 +141,10 @@ def _parse_envelope(raw_body: bytes) -> dict[str, Any]:
     return envelope
 
 
-def _decrypt_resource(resource: dict[str, Any], apiv3_key: str) -> dict[str, Any]:
+def _decrypt_resource(resource: dict[str, Any], apiv3_keys: ApiV3Keys, now: datetime | None) -> dict[str, Any]:
     try:
-        plain = crypto.aes_gcm_decrypt(
-            apiv3_key, resource["nonce"], resource["ciphertext"], resource.get("associated_data") or ""
+        plain = apiv3_keys.decrypt(
+            resource["nonce"], resource["ciphertext"], resource.get("associated_data") or "", now
         )
     except WeChatConfigError:
         raise

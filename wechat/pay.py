@@ -1,7 +1,13 @@
 """WeChat Pay APIv3 client: one session, one ``_request`` that signs, times out,
 verifies and maps errors to typed :mod:`wechat.errors`.
 
-The JSON body is serialized once; the same bytes are signed and sent.
+The JSON body is serialized once; the same bytes are signed and sent. With a
+backup host configured (``api2.mch.weixin.qq.com``), a call that could not
+connect to the main host (refused, reset, DNS, connect timeout, dropped
+connection) is sent once more to the backup with the very same body, so the
+same out_trade_no / out_bill_no / out_request_no, WeChat's idempotency keys,
+and a fresh signature. An HTTP answer of any status, or a read timeout (WeChat
+may still be working on it), is never re-sent elsewhere: the caller decides.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from wechat import crypto
-from wechat.bills import check_bill_hash, decompress_bill
+from wechat.bills import check_bill_hash, check_hash_type, decompress_bill
 from wechat.errors import (
     WeChatBusinessError,
     WeChatConfigError,
@@ -26,7 +32,7 @@ from wechat.errors import (
     WeChatRateLimited,
     WeChatUnavailable,
 )
-from wechat.keys import VerifierKeys, download_platform_certificates
+from wechat.keys import ApiV3Keys, VerifierKeys, download_platform_certificates
 from wechat.notifications import verify_response
 from wechat.transfers import build_transfer_body
 
@@ -57,15 +63,23 @@ class PayConfig:
     appid: str
     private_key: rsa.RSAPrivateKey
     cert_serial: str
-    apiv3_key: str
+    apiv3_key: ApiV3Keys | str
     keys: VerifierKeys
     api_base: str = "https://api.mch.weixin.qq.com"
     timeout: tuple[float, float] = (3.05, 10)
+    backup_base: str = ""  # empty: no failover
 
     def __post_init__(self) -> None:
         self.api_base = self.api_base.rstrip("/")
-        if len(self.apiv3_key.encode()) != 32:
+        self.backup_base = (self.backup_base or "").rstrip("/")
+        self.apiv3_key = ApiV3Keys.of(self.apiv3_key)
+        if any(len(k.encode()) != 32 for k in (self.apiv3_key.current, self.apiv3_key.previous) if k is not None):
             raise WeChatConfigError("the APIv3 key must be 32 bytes", code="BAD_APIV3_KEY")
+
+    @property
+    def bases(self) -> list[str]:
+        """The main host, then the backup host when one is configured."""
+        return [self.api_base, self.backup_base] if self.backup_base else [self.api_base]
 
 
 @dataclass
@@ -100,18 +114,27 @@ class PayClient:
     ) -> PayResponse:
         canonical = path + ("?" + urlencode(params) if params else "")
         body = "" if json_body is None else json.dumps(json_body, ensure_ascii=False, separators=(",", ":"))
-        headers = self._headers(method, canonical, body, extra_headers)
-        try:
-            raw = self.session.request(
-                method,
-                self.config.api_base + canonical,
-                data=body.encode("utf-8") if body else None,
-                headers=headers,
-                timeout=self.config.timeout,
-            )
-        except requests.RequestException as exc:
-            raise WeChatUnavailable(f"{method} {path}: {exc.__class__.__name__}", code="NETWORK_ERROR") from exc
-        return self._handle(raw, verify, parse_json)
+        return self._handle(self._send(method, canonical, body, extra_headers), verify, parse_json)
+
+    def _send(self, method: str, canonical: str, body: str, extra_headers: dict[str, str] | None) -> requests.Response:
+        """The one request, on the main host then (connection failures only) the backup: same body bytes."""
+        bases = self.config.bases
+        for n, base in enumerate(bases):
+            try:
+                return self.session.request(
+                    method,
+                    base + canonical,
+                    data=body.encode("utf-8") if body else None,
+                    headers=self._headers(method, canonical, body, extra_headers),
+                    timeout=self.config.timeout,
+                )
+            except requests.ConnectionError as exc:
+                if n + 1 < len(bases):
+                    continue  # nothing was answered: the backup host gets the identical request
+                raise _network_error(method, canonical, exc) from exc
+            except requests.RequestException as exc:
+                raise _network_error(method, canonical, exc) from exc
+        raise AssertionError("unreachable")
 
     def _headers(self, method: str, canonical: str, body: str, extra: dict[str, str] | None) -> dict[str, str]:
         cfg = self.config
@@ -219,16 +242,21 @@ class PayClient:
             params["tar_type"] = tar_type
         return self._request("GET", "/v3/bill/fundflowbill", params=params).data
 
-    def download_bill(self, url: str, hash_value: str) -> bytes:
-        """Download a bill (unsigned answer) and check SHA-1 over the decompressed content."""
-        base = self.config.api_base
-        if not url.startswith(base + "/"):
+    def download_bill(self, url: str, hash_value: str, hash_type: str) -> bytes:
+        """Download a bill (unsigned answer) and check its announced hash over the decompressed content.
+
+        ``hash_type`` is the bill answer's own field: one WeChat does not document is refused
+        before anything is downloaded.
+        """
+        check_hash_type(hash_type)
+        base = next((b for b in self.config.bases if url.startswith(b + "/")), None)
+        if base is None:
             raise WeChatConfigError(
                 "download_url is not on the configured WeChat Pay host", code="FOREIGN_DOWNLOAD_URL"
             )
         resp = self._request("GET", url[len(base) :], verify=False, parse_json=False)
         content = decompress_bill(resp.body)
-        check_bill_hash(content, hash_value)
+        check_bill_hash(content, hash_value, hash_type)
         return content
 
     # -- payouts -----------------------------------------------------------------
@@ -300,6 +328,11 @@ class PayClient:
     def attach_certificate_refresher(self) -> None:
         """Let ``config.keys`` refresh platform certificates through this client."""
         self.config.keys.refresher = self.fetch_platform_certificates
+
+
+def _network_error(method: str, canonical: str, exc: Exception) -> WeChatError:
+    path = canonical.split("?", 1)[0]
+    return WeChatUnavailable(f"{method} {path}: {exc.__class__.__name__}", code="NETWORK_ERROR")
 
 
 def rfc3339(moment: datetime) -> str:

@@ -129,6 +129,10 @@ def _register_identity(bp: Blueprint, state: SimulatorState) -> None:
             name = state.login_name(args.get("js_code", ""))
         except SimError as exc:
             return _api_error(exc)
+        if name.startswith("snapshot-"):  # code-snapshot-<name>: a 朋友圈 snapshot-page virtual account
+            return _api_json(
+                {"openid": f"sim-openid-{name}", "session_key": state.session_key(name), "is_snapshotuser": 1}
+            )
         return _api_json(
             {"openid": f"sim-openid-{name}", "session_key": state.session_key(name), "unionid": f"sim-union-{name}"}
         )
@@ -173,8 +177,27 @@ def _register_identity(bp: Blueprint, state: SimulatorState) -> None:
             return _api_error(exc)
         return _api_json({"access_token": state.new_access_token(), "expires_in": 7200})
 
+    @bp.post("/api/cgi-bin/stable_token")
+    def stable_token() -> Response:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or body.get("grant_type") != "client_credential":
+            return _api_error(SimError(200, "40002", "invalid grant_type"))
+        force = body.get("force_refresh", False)
+        if not isinstance(force, bool):
+            return _api_error(SimError(200, "47001", "data format error: force_refresh must be a boolean"))
+        try:
+            state.check_app(str(body.get("appid", "")), str(body.get("secret", "")))
+        except SimError as exc:
+            return _api_error(exc)
+        token, expires_in = state.stable_access_token(str(body["appid"]), force)
+        return _api_json({"access_token": token, "expires_in": expires_in})
+
     @bp.get("/api/cgi-bin/ticket/getticket")
     def ticket() -> Response:
+        try:
+            state.check_access_token(request.args.get("access_token", ""))
+        except SimError as exc:
+            return _api_error(exc)
         return _api_json(
             {"errcode": 0, "errmsg": "ok", "ticket": "sim-ticket-" + request.args.get("type", ""), "expires_in": 7200}
         )

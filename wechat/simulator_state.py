@@ -89,6 +89,7 @@ class SimulatorState(PayMixin, PayoutMixin):
         self.oauth_codes: dict[str, str] = {}
         self.used_codes: set[str] = set()
         self.token_calls = 0
+        self.access_tokens: dict[str, tuple[str, float]] = {}  # appid → (stable token, expires at)
         PayMixin.__init__(self)
         PayoutMixin.__init__(self)
 
@@ -140,6 +141,27 @@ class SimulatorState(PayMixin, PayoutMixin):
         with self.lock:
             self.token_calls += 1
             return f"sim-token-{self.token_calls}-{secrets.token_hex(4)}"
+
+    def stable_access_token(self, appid: str, force_refresh: bool, ttl_s: int = 7200) -> tuple[str, int]:
+        """``/cgi-bin/stable_token``: the current token while valid (normal mode), a new one when forced."""
+        with self.lock:
+            token, expires_at = self.access_tokens.get(appid, ("", 0.0))
+            now = time.time()
+            if force_refresh or expires_at <= now:
+                token, expires_at = self.new_access_token(), now + ttl_s
+                self.access_tokens[appid] = (token, expires_at)
+            return token, int(expires_at - now)
+
+    def revoke_access_tokens(self) -> None:
+        """Every stable token stops working (as after an AppSecret reset): calls answer 40001."""
+        with self.lock:
+            self.access_tokens.clear()
+
+    def check_access_token(self, token: str) -> None:
+        with self.lock:
+            valid = any(t == token and exp > time.time() for t, exp in self.access_tokens.values())
+        if not valid:
+            raise SimError(200, "40001", "invalid credential, access_token is invalid or not latest")
 
     # -- request authentication ----------------------------------------------------
     def check_authorization(self, method: str, canonical_url: str, header: str, body: bytes) -> None:

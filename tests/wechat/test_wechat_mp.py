@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -14,6 +15,7 @@ from wechat.errors import (
     WeChatBusinessError,
     WeChatLoginCodeInvalid,
     WeChatRateLimited,
+    WeChatTokenInvalid,
     WeChatUnavailable,
     WeChatUserBlocked,
 )
@@ -23,6 +25,7 @@ from wechat.mp import (
     OAuthClient,
     RedisTokenStore,
     card_ext,
+    consume_card_code,
     get_access_token,
     get_api_ticket,
 )
@@ -147,17 +150,150 @@ class FakeRedis:
     def set(self, key, value, ex=None):
         self.data[key], self.ttls[key] = value.encode(), ex
 
+    def eval(self, script, numkeys, key, value):  # the compare-and-delete script, as Redis runs it
+        assert numkeys == 1 and "redis.call('del'" in script
+        if self.data.get(key) == value.encode():
+            del self.data[key]
+            return 1
+        return 0
+
+
+STABLE_TOKEN_URL = f"{API_BASE}/cgi-bin/stable_token"
+
+
+def stable_token(token: str):
+    return {"method": responses.POST, "url": STABLE_TOKEN_URL, "json": {"access_token": token, "expires_in": 7200}}
+
 
 def test_redis_store_shares_token_between_workers(mocked):
-    mocked.add(responses.GET, f"{API_BASE}/cgi-bin/token", json={"access_token": "T1", "expires_in": 7200})
+    mocked.add(**stable_token("T1"))
     shared = FakeRedis()
     assert get_access_token(RedisTokenStore(shared), OA_APPID, "s", api_base=API_BASE) == "T1"
     assert get_access_token(RedisTokenStore(shared), OA_APPID, "s", api_base=API_BASE) == "T1"
     assert len(mocked.calls) == 1 and shared.ttls["wechat:access_token:" + OA_APPID] == 6900
 
 
+def test_access_token_comes_from_stable_token_in_normal_mode(mocked):
+    mocked.add(**stable_token("T1"))
+    assert get_access_token(MemoryTokenStore(), OA_APPID, "sec", api_base=API_BASE) == "T1"
+    [call] = mocked.calls
+    assert call.request.method == "POST" and call.request.url == STABLE_TOKEN_URL
+    assert json.loads(call.request.body) == {
+        "grant_type": "client_credential",
+        "appid": OA_APPID,
+        "secret": "sec",
+        "force_refresh": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "code"),
+    [
+        ({"json": {"errcode": 40125, "errmsg": "invalid appsecret"}}, WeChatBusinessError, "40125"),
+        ({"json": {"expires_in": 7200}}, WeChatUnavailable, "UNPARSEABLE_RESPONSE"),
+        ({"status": 502, "body": "bad gateway"}, WeChatUnavailable, "HTTP_502"),
+    ],
+)
+def test_stable_token_failures_are_typed_and_nothing_is_cached(mocked, answer, error, code):
+    mocked.add(responses.POST, STABLE_TOKEN_URL, **answer)
+    store = MemoryTokenStore()
+    with pytest.raises(error) as info:
+        get_access_token(store, OA_APPID, "s", api_base=API_BASE)
+    assert info.value.code == code and store.get("access_token:" + OA_APPID) is None
+
+
+TICKET_URL = f"{API_BASE}/cgi-bin/ticket/getticket"
+TICKET_OK = {"errcode": 0, "errmsg": "ok", "ticket": "TK", "expires_in": 7200}
+
+
+@pytest.mark.parametrize("errcode", [40001, 40014, 42001])
+def test_token_error_drops_the_token_and_retries_once_with_a_fresh_one(mocked, errcode):
+    # given: a cached token WeChat no longer accepts
+    store = MemoryTokenStore()
+    store.set("access_token:" + OA_APPID, "OLD", 3600)
+    mocked.add(
+        responses.GET,
+        TICKET_URL,
+        json={"errcode": errcode, "errmsg": "token"},
+        match=[responses.matchers.query_param_matcher({"access_token": "OLD", "type": "wx_card"})],
+    )
+    mocked.add(**stable_token("NEW"))
+    mocked.add(
+        responses.GET,
+        TICKET_URL,
+        json=TICKET_OK,
+        match=[responses.matchers.query_param_matcher({"access_token": "NEW", "type": "wx_card"})],
+    )
+    # when / then
+    assert get_api_ticket(store, OA_APPID, "s", api_base=API_BASE) == "TK"
+    assert [c.request.url.split("?")[0] for c in mocked.calls] == [TICKET_URL, STABLE_TOKEN_URL, TICKET_URL]
+    assert store.get("access_token:" + OA_APPID) == "NEW"
+
+
+def test_a_second_token_error_is_raised_not_retried_again(mocked):
+    store = MemoryTokenStore()
+    store.set("access_token:" + OA_APPID, "OLD", 3600)
+    mocked.add(responses.GET, TICKET_URL, json={"errcode": 40001, "errmsg": "invalid credential"})
+    mocked.add(**stable_token("NEW"))
+    with pytest.raises(WeChatTokenInvalid) as info:
+        get_api_ticket(store, OA_APPID, "s", api_base=API_BASE)
+    assert info.value.code == "40001"
+    assert len(mocked.calls) == 3  # the call, one fresh token, the one retry
+
+
+def test_other_errors_keep_the_token_and_are_not_retried(mocked):
+    store = MemoryTokenStore()
+    store.set("access_token:" + OA_APPID, "T1", 3600)
+    mocked.add(responses.GET, TICKET_URL, json={"errcode": 45009, "errmsg": "api freq out of limit"})
+    with pytest.raises(WeChatBusinessError):
+        get_api_ticket(store, OA_APPID, "s", api_base=API_BASE)
+    assert len(mocked.calls) == 1 and store.get("access_token:" + OA_APPID) == "T1"
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "redis"])
+def test_dropping_a_token_keeps_a_newer_one_another_process_stored(store_kind):
+    store = MemoryTokenStore() if store_kind == "memory" else RedisTokenStore(FakeRedis())
+    store.set("access_token:x", "NEWER", 3600)
+    store.discard("access_token:x", "OLD")
+    assert store.get("access_token:x") == "NEWER"
+    store.discard("access_token:x", "NEWER")
+    assert store.get("access_token:x") is None
+
+
+def test_simulator_serves_stable_tokens_and_answers_40001_after_revocation(sim_http, sim_state):
+    # given: a ticket fetched with the simulator's stable token
+    store = MemoryTokenStore()
+    assert get_api_ticket(store, OA_APPID, "s", api_base=API_BASE) == "sim-ticket-wx_card"
+    first = store.get("access_token:" + OA_APPID)
+    # normal mode: asking again while valid answers the same token (processes never invalidate each other)
+    assert get_access_token(MemoryTokenStore(), OA_APPID, "s", api_base=API_BASE) == first
+    # when: WeChat invalidates the token (say, the AppSecret was reset) and the ticket is needed again
+    sim_state.revoke_access_tokens()
+    ticket_store = MemoryTokenStore()
+    ticket_store.set("access_token:" + OA_APPID, first, 3600)
+    # then: the 40001 drops the dead token and the retry fetches a fresh one
+    assert get_api_ticket(ticket_store, OA_APPID, "s", api_base=API_BASE) == "sim-ticket-wx_card"
+    assert ticket_store.get("access_token:" + OA_APPID) not in (None, first)
+
+
+def test_card_consume_after_a_token_error_is_sent_again_with_the_fresh_token(mocked):
+    store = MemoryTokenStore()
+    store.set("access_token:" + OA_APPID, "OLD", 3600)
+    consume = f"{API_BASE}/card/code/consume"
+    mocked.add(responses.POST, consume, json={"errcode": 42001, "errmsg": "access_token expired"})
+    mocked.add(**stable_token("NEW"))
+    mocked.add(responses.POST, consume, json={"errcode": 0, "errmsg": "ok", "openid": "o1", "card": {"card_id": "C"}})
+    answer = consume_card_code(
+        requests.Session(), "1234567890", "C", token_store=store, appid=OA_APPID, secret="s", api_base=API_BASE
+    )
+    assert answer["openid"] == "o1"
+    sent = [c.request for c in mocked.calls if c.request.url.startswith(consume)]
+    assert [parse_qs(urlsplit(r.url).query)["access_token"] for r in sent] == [["OLD"], ["NEW"]]
+    assert sent[0].body == sent[1].body
+
+
 def test_api_ticket_cached(mocked):
-    mocked.add(responses.GET, f"{API_BASE}/cgi-bin/token", json={"access_token": "T1", "expires_in": 7200})
+    mocked.add(**stable_token("T1"))
     mocked.add(
         responses.GET,
         f"{API_BASE}/cgi-bin/ticket/getticket",

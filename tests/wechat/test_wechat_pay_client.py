@@ -327,7 +327,7 @@ def test_trade_bill_download_checks_hash(sim_http, pay_client, sim_state, tar_ty
     sim_state.pay(_prepay(pay_client))
     today = datetime.now(timezone(timedelta(hours=8))).strftime("%Y-%m-%d")
     applied = pay_client.trade_bill(today, tar_type=tar_type)
-    content = pay_client.download_bill(applied["download_url"], applied["hash_value"])
+    content = pay_client.download_bill(applied["download_url"], applied["hash_value"], applied["hash_type"])
     from wechat.bills import parse_bill_csv
 
     rows, summary = parse_bill_csv(content)
@@ -342,7 +342,8 @@ def test_fundflow_bill(sim_http, pay_client, sim_state):
     applied = pay_client.fundflow_bill(today)
     from wechat.bills import parse_bill_csv
 
-    rows, summary = parse_bill_csv(pay_client.download_bill(applied["download_url"], applied["hash_value"]))
+    content = pay_client.download_bill(applied["download_url"], applied["hash_value"], applied["hash_type"])
+    rows, summary = parse_bill_csv(content)
     assert rows[0]["收支类型"] == "收入" and summary["收入笔数"] == "1"
 
 
@@ -350,14 +351,33 @@ def test_bill_hash_mismatch_is_refused(mocked, pay_client):
     content = "交易时间,商户订单号\r\n`2024-01-01 00:00:00,`O1\r\n".encode()
     url = f"{PAY_BASE}/v3/billdownload/file?token=t1"
     mocked.add(responses.GET, url, body=gzip.compress(content), status=200)
-    assert pay_client.download_bill(url, hashlib.sha1(content).hexdigest().upper()) == content  # noqa: S324
-    with pytest.raises(WeChatIntegrityError):
-        pay_client.download_bill(url, hashlib.sha1(content + b"x").hexdigest())  # noqa: S324
+    assert pay_client.download_bill(url, hashlib.sha1(content).hexdigest().upper(), "SHA1") == content  # noqa: S324
+    with pytest.raises(WeChatIntegrityError) as info:
+        pay_client.download_bill(url, hashlib.sha1(content + b"x").hexdigest(), "SHA1")  # noqa: S324
+    assert info.value.code == "HASH_MISMATCH"
+
+
+def test_bill_hash_type_sha256_is_checked_as_sha256(mocked, pay_client):
+    content = "交易时间,商户订单号\r\n`2024-01-01 00:00:00,`O1\r\n".encode()
+    url = f"{PAY_BASE}/v3/billdownload/file?token=t1"
+    mocked.add(responses.GET, url, body=content, status=200)
+    assert pay_client.download_bill(url, hashlib.sha256(content).hexdigest(), "SHA256") == content
+    with pytest.raises(WeChatIntegrityError):  # a SHA-1 announced as SHA256 does not pass
+        pay_client.download_bill(url, hashlib.sha1(content).hexdigest(), "SHA256")  # noqa: S324
+
+
+@pytest.mark.parametrize("hash_type", [None, "", "MD5", "sha1 ", "CRC32"])
+def test_unexpected_bill_hash_type_is_refused_before_downloading(mocked, pay_client, hash_type):
+    url = f"{PAY_BASE}/v3/billdownload/file?token=t1"
+    with pytest.raises(WeChatIntegrityError) as info:
+        pay_client.download_bill(url, "00", hash_type)
+    assert info.value.code == "UNEXPECTED_HASH_TYPE"
+    assert len(mocked.calls) == 0
 
 
 def test_bill_download_refuses_foreign_host(mocked, pay_client):
     with pytest.raises(WeChatConfigError):
-        pay_client.download_bill("https://evil.test/v3/billdownload/file?token=t", "00")
+        pay_client.download_bill("https://evil.test/v3/billdownload/file?token=t", "00", "SHA1")
     assert len(mocked.calls) == 0
 
 
