@@ -18,6 +18,11 @@ from typing import Any
 from cryptography.fernet import Fernet
 
 MIN_IDEMPOTENCY_TTL_HOURS = 25  # answers are kept at least this long (DESIGN §4)
+MAX_TRANSFER_CONFIRM_HOURS = 24  # WeChat closes an unconfirmed transfer bill itself after 24 h
+TRANSFER_MIN_FEN = 10  # WeChat's smallest transfer (0.1 yuan)
+# mch_billno is String(28), and our numbers are a 2-letter rail tag + 12 digits: 14 characters left.
+NUMBER_PREFIX_MAX = 8
+NUMBER_PREFIX = re.compile(rf"^[0-9A-Za-z]{{0,{NUMBER_PREFIX_MAX}}}$")
 URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@/\s]+(@)", re.IGNORECASE)
 
 
@@ -156,12 +161,31 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PAYOUT_MAX_ATTEMPTS", 8, _positive_int, doc="Calls before a payout goes to an operator."),
     Setting(
         "TRANSFER_CONFIRM_HOURS",
-        72,
+        24,
         _positive_int,
-        doc="Transfers (and cards) the user has not confirmed after this are cancelled; the money waits in "
-        "their balance.",
+        doc="Transfer bills the user has not confirmed after this are cancelled at WeChat (at most 24: WeChat "
+        "closes them itself then); the money goes back to the user's balance, and no new bill is sent unasked.",
     ),
     Setting("PAYOUT_BATCH", 50, _positive_int, doc="Payouts one dispatcher pass claims."),
+    Setting(
+        "PAYOUT_LEASE_SECONDS",
+        300,
+        _positive_int,
+        doc="How long a dispatcher owns a claimed payout; after it, another pass resolves it by a query.",
+    ),
+    Setting(
+        "PAYOUT_CONFIRM_RECHECK_SECONDS",
+        6 * 3600,
+        _positive_int,
+        doc="How often a transfer waiting for the user's confirmation is queried again.",
+    ),
+    Setting(
+        "WECHAT_NUMBER_PREFIX",
+        "",
+        doc="Environment prefix of every number we send WeChat (mch_billno, out_bill_no, out_request_no), "
+        "e.g. `S` on staging sharing the merchant id with production; at most "
+        f"{NUMBER_PREFIX_MAX} letters or digits.",
+    ),
     Setting(
         "PAYOUT_RATE_LIMITS",
         {"wechat_change": 100, "cash_red_packet": 30, "wechat_coupon": 500, "card_coupon": 50},
@@ -234,9 +258,30 @@ def _validate(values: dict[str, Any]) -> list[str]:
         problems.append("USER_TOKEN_TTL_SECONDS must be positive")
     if values.get("IDEMPOTENCY_TTL_HOURS", MIN_IDEMPOTENCY_TTL_HOURS) < MIN_IDEMPOTENCY_TTL_HOURS:
         problems.append(f"IDEMPOTENCY_TTL_HOURS must be at least {MIN_IDEMPOTENCY_TTL_HOURS} (DESIGN §4)")
+    problems += _payout_problems(values)
     key = values.get("DATA_ENCRYPTION_KEY")
     if key and not _is_fernet_key(key):
         problems.append("DATA_ENCRYPTION_KEY must be a Fernet key (32 url-safe base64-encoded bytes)")
+    return problems
+
+
+def _payout_problems(values: dict[str, Any]) -> list[str]:
+    problems = []
+    hours = values.get("TRANSFER_CONFIRM_HOURS", MAX_TRANSFER_CONFIRM_HOURS)
+    if not 0 < hours <= MAX_TRANSFER_CONFIRM_HOURS:
+        problems.append(
+            f"TRANSFER_CONFIRM_HOURS must be 1-{MAX_TRANSFER_CONFIRM_HOURS} (WeChat closes unconfirmed bills "
+            "after 24 h)"
+        )
+    for name in ("PAYOUT_MIN_FEN", "WITHDRAWAL_MIN_FEN"):
+        if values.get(name, TRANSFER_MIN_FEN) < TRANSFER_MIN_FEN:
+            problems.append(f"{name} must be at least {TRANSFER_MIN_FEN} fen (WeChat's smallest transfer)")
+    for name in ("PAYOUT_LEASE_SECONDS", "PAYOUT_CONFIRM_RECHECK_SECONDS"):
+        if values.get(name, 1) <= 0:
+            problems.append(f"{name} must be positive")
+    prefix = values.get("WECHAT_NUMBER_PREFIX") or ""
+    if not isinstance(prefix, str) or not NUMBER_PREFIX.match(prefix):
+        problems.append(f"WECHAT_NUMBER_PREFIX must be at most {NUMBER_PREFIX_MAX} letters or digits")
     return problems
 
 
