@@ -137,8 +137,9 @@ SETTINGS: tuple[Setting, ...] = (
         "WECHAT_COUPON_STOCKS",
         [],
         _json_list,
-        doc='WeChat Pay coupon stocks as JSON: [{"stock_id", '
-        '"denomination_fen" or null for set-value, "min_fen", "max_fen"}]. Empty: the coupon rail is off.',
+        doc='WeChat Pay coupon stocks as JSON, one fixed-denomination stock per value: [{"stock_id", '
+        '"denomination_fen"}] (WeChat\'s coupon_value is not open, so no set-value stocks). Empty: the coupon '
+        "rail is off.",
     ),
     Setting("WECHAT_CARD_ID", None, doc="Card-package card id for card rebates. Unset: the card rail is off."),
     Setting("REDPACK_SEND_NAME", "返利红包", doc="Sender name on cash red packets (≤ 32 chars)."),
@@ -279,6 +280,13 @@ def _payout_problems(values: dict[str, Any]) -> list[str]:
     for name in ("PAYOUT_LEASE_SECONDS", "PAYOUT_CONFIRM_RECHECK_SECONDS"):
         if values.get(name, 1) <= 0:
             problems.append(f"{name} must be positive")
+    for stock in values.get("WECHAT_COUPON_STOCKS") or []:
+        value = stock.get("denomination_fen") if isinstance(stock, dict) else None
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or not stock.get("stock_id"):
+            problems.append(
+                f"WECHAT_COUPON_STOCKS: {stock!r} needs a stock_id and a positive denomination_fen "
+                "(coupon_value is not open at WeChat: fixed-denomination stocks only)"
+            )
     prefix = values.get("WECHAT_NUMBER_PREFIX") or ""
     if not isinstance(prefix, str) or not NUMBER_PREFIX.match(prefix):
         problems.append(f"WECHAT_NUMBER_PREFIX must be at most {NUMBER_PREFIX_MAX} letters or digits")
