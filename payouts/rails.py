@@ -31,6 +31,7 @@ class Outcome(StrEnum):
     CONFIG_ERROR = "config_error"  # our configuration or request is wrong: an operator must look
     FALLBACK = "fallback"  # this rail cannot carry this payout: use the fallback rail
     REFUSED = "refused"  # WeChat refused the request itself (400 PARAM_ERROR / INVALID_REQUEST): no retry
+    UNCLAIMED = "unclaimed"  # nobody opened the red packet and WeChat refunded it: back to the user's balance
     MISMATCH = "mismatch"  # the answer is not about our payout (number, amount or openid differ): an operator
 
 

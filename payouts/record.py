@@ -80,6 +80,8 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
     elif o == Outcome.PAUSE_RAIL:
         pause_rail(payout.rail, now + RAIL_PAUSE, f"{result.code}: {result.message}")
         _later(payout, S.PENDING, now + RAIL_PAUSE)
+    elif o == Outcome.UNCLAIMED:  # a red packet nobody opened, refunded by WeChat: no new packet unasked
+        _return_unconfirmed(payout, S.FAILED, result, now)
     elif o in (Outcome.FAILED, Outcome.CANCELLED) and _left_unconfirmed(payout):
         _return_unconfirmed(payout, S(o), result, now)
     elif o == Outcome.FAILED:

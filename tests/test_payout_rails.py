@@ -297,7 +297,8 @@ def test_systemerror_is_retried_with_the_same_number_and_pays_once(
         ({"result_code": "SUCCESS", "status": "RECEIVED"}, Outcome.SUCCEEDED),
         ({"result_code": "SUCCESS", "status": "FAILED", "reason": "风控"}, Outcome.FAILED),
         ({"result_code": "SUCCESS", "status": "RFUND_ING"}, Outcome.IN_PROGRESS),
-        ({"result_code": "SUCCESS", "status": "REFUND", "refund_amount": "500"}, Outcome.FAILED),
+        # unopened, refunded by WeChat: back to the user's balance (before issue 9: FAILED and a new packet)
+        ({"result_code": "SUCCESS", "status": "REFUND", "refund_amount": "500"}, Outcome.UNCLAIMED),
         ({"result_code": "SUCCESS", "status": "REFUND"}, Outcome.UNKNOWN),  # how much came back is not said
         ({"result_code": "SUCCESS", "status": "REFUND", "refund_amount": "1"}, Outcome.UNKNOWN),
         ({"result_code": "SUCCESS", "status": "NEW_STATE"}, Outcome.UNKNOWN),
@@ -310,11 +311,35 @@ def test_systemerror_is_retried_with_the_same_number_and_pays_once(
     ],
 )
 def test_gethbinfo_status_maps_to_outcome(wechat_http, redpack_rail, api_v2_key, fields, outcome):
-    wechat_http.add(responses.POST, QUERY_URL, body=answer(api_v2_key, mch_billno="RP1", detail_id="D1", **fields))
+    body = answer(api_v2_key, mch_billno="RP1", detail_id="D1", total_amount="500", **fields)
+    wechat_http.add(responses.POST, QUERY_URL, body=body)
     result = redpack_rail().query("RP1", REQUEST)
     assert result.outcome == outcome
     sent = parse_xml(wechat_http.calls[0].request.body)
     assert (sent["mch_billno"], sent["bill_type"], sent["appid"]) == ("RP1", "MCHT", OA_APPID)
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        {"mch_billno": "RP2", "total_amount": "500"},  # another number
+        {"mch_billno": "RP1", "total_amount": "50000"},  # another amount
+        {"mch_billno": "RP1"},  # no amount at all
+    ],
+)
+def test_gethbinfo_about_another_packet_is_a_mismatch_never_a_success(wechat_http, redpack_rail, api_v2_key, planted):
+    body = answer(api_v2_key, result_code="SUCCESS", status="RECEIVED", detail_id="D1", **planted)
+    wechat_http.add(responses.POST, QUERY_URL, body=body)
+    result = redpack_rail().query("RP1", REQUEST)
+    assert (result.outcome, result.code) == (Outcome.MISMATCH, "ANSWER_MISMATCH")
+
+
+def test_gethbinfo_opened_by_someone_else_is_a_mismatch(wechat_http, redpack_rail, api_v2_key):
+    fields = {"mch_billno": "RP1", "total_amount": "500", "status": "RECEIVED", "result_code": "SUCCESS"}
+    xml = answer(api_v2_key, **fields).decode()
+    stranger = "<hblist><hbinfo><openid>oa-stranger</openid><amount>500</amount></hbinfo></hblist>"
+    wechat_http.add(responses.POST, QUERY_URL, body=xml.replace("</xml>", stranger + "</xml>").encode())
+    assert redpack_rail().query("RP1", REQUEST).outcome == Outcome.MISMATCH
 
 
 def test_gethbinfo_xxe_is_unknown(wechat_http, redpack_rail):

@@ -50,8 +50,8 @@ def payout_json(p: Payout, *, for_user: bool = False) -> dict:
     }
     if p.status == "waiting_user_confirm":
         body["package_info"] = p.package_info  # for wx.requestMerchantTransfer / wx.addCard
-    if for_user and p.status in ("failed", "cancelled", "needs_operator"):
-        body["reason"] = p.last_error  # why it did not arrive (e.g. never confirmed: back in the balance)
+    if for_user and p.last_error and p.status in ("succeeded", "failed", "cancelled", "needs_operator"):
+        body["reason"] = p.last_error  # why it did not arrive (never confirmed, never opened: back in the balance)
     if not for_user:
         body |= {
             "user_id": p.user_id,
