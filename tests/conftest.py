@@ -12,6 +12,8 @@ import os
 from itertools import count
 
 import pytest
+from flask import Flask, has_app_context
+from flask.testing import FlaskClient
 from sqlalchemy import create_engine, inspect, text
 
 from app import create_app
@@ -24,11 +26,44 @@ TEST_SETTINGS = {
     "SECRET_KEY": "test-secret-key",
     "DATA_ENCRYPTION_KEY": "p2v0L5dTgd0l2Pz7o7m4k0o3QyYw5cYpXq3kJ0x8Q1A=",
     "LOG_LEVEL": "WARNING",
+    # Long enough for every race test's threads to queue behind each other; lower it to find a
+    # test that deadlocks against its own session quickly.
+    "DATABASE_LOCK_TIMEOUT_S": int(os.environ.get("TEST_LOCK_TIMEOUT_S", "20")),
 }
 
 
 def on_postgres() -> bool:
     return PG_URL is not None
+
+
+def release_test_session(*, keep_writes: bool = True) -> None:
+    """End the test's own transaction so requests, other apps and threads can take the database.
+
+    On SQLite every transaction starts with ``BEGIN IMMEDIATE`` (app.py), so a session left in
+    a transaction holds the write lock every other connection waits for. In production each
+    request and job has its own session, removed at the end. In a test, a request made while
+    the test's app context is pushed shares the test's session and leaves it open; a second app
+    or a thread has its own connection and would wait. Before a request the test's pending
+    writes are committed (the test meant them); after it, what the request left open is rolled
+    back, as its teardown would have done.
+    """
+    if has_app_context() and db.session.registry.has() and db.session().in_transaction():
+        if keep_writes:
+            db.session.commit()
+        else:
+            db.session.rollback()
+
+
+class ReleasingClient(FlaskClient):
+    def open(self, *args, **kwargs):
+        release_test_session()
+        try:
+            return super().open(*args, **kwargs)
+        finally:
+            release_test_session(keep_writes=False)
+
+
+Flask.test_client_class = ReleasingClient
 
 
 @pytest.fixture(scope="session")
