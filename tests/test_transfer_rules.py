@@ -99,6 +99,7 @@ def test_a_lost_create_answer_ends_with_one_bill_its_package_info_and_one_paymen
     assert (waiting.status, waiting.package_info) == ("waiting_user_confirm", bill["package_info"])
     assert list(sim.transfers) == [payout.external_no]
     client.post(f"/_sim/pay/transfer/confirm/{waiting.package_info}", headers={"Accept": "application/json"})
+    db.session.rollback()  # on SQLite every transaction holds the write lock: let the notification in
     delivered()
     assert fresh(payout.id).status == "succeeded"
     assert balance(account(AccountKind.WECHAT_SETTLEMENT)) == 5_00  # paid exactly once
@@ -167,6 +168,7 @@ def test_a_bill_wechat_closed_unconfirmed_returns_to_the_balance_with_the_reason
     assert cash_of(payout) == 0
     simulator(app).fail_transfer(payout.external_no, "超时未确认")
     # when: WeChat's notification arrives (or the dispatcher's next query finds it)
+    db.session.rollback()  # on SQLite every transaction holds the write lock: let the notification in
     delivered()
     run(app, utcnow() + timedelta(hours=7))
     # then: the money is back in the balance, with the reason in the trace and the user's history
@@ -187,6 +189,7 @@ def test_a_manual_transfer_left_unconfirmed_lands_in_the_users_balance(app, make
     run(app)
     # when: the window passes and we cancel it at WeChat
     run(app, utcnow() + timedelta(hours=25))
+    db.session.rollback()  # on SQLite every transaction holds the write lock: let the notification in
     delivered()
     run(app, utcnow() + timedelta(hours=26))
     # then: the user never took it, so it is theirs in the balance
@@ -248,6 +251,7 @@ def test_an_operators_cancel_that_met_a_failed_query_is_retried_soon(app, queued
     assert unknown.next_attempt_at - now < timedelta(hours=1)
     run(app, unknown.next_attempt_at)
     assert simulator(app).transfers[payout.external_no]["state"] == "CANCELLED"
+    db.session.rollback()  # on SQLite every transaction holds the write lock: let the notification in
     delivered()
     run(app, fresh(payout.id).next_attempt_at)
     assert fresh(payout.id).status == "cancelled" and cash_of(payout) == 5_00
