@@ -27,6 +27,11 @@ DEV_SECRET = "dev-only-simulator-secret-never-in-live"  # noqa: S105 - published
 MIN_SECRET_CHARS = 32
 MIN_SECRET_BITS = 80  # Shannon estimate from its own characters; a random 32-hex-char key scores ~100+
 MAX_APIV3_OVERLAP_DAYS = 7  # a rotated-out APIv3 key is never accepted for long
+MAX_TRANSFER_CONFIRM_HOURS = 24  # WeChat closes an unconfirmed transfer bill itself after 24 h
+TRANSFER_MIN_FEN = 10  # WeChat's smallest transfer (0.1 yuan)
+# mch_billno is String(28), and our numbers are a 2-letter rail tag + 12 digits: 14 characters left.
+NUMBER_PREFIX_MAX = 8
+NUMBER_PREFIX = re.compile(rf"^[0-9A-Za-z]{{0,{NUMBER_PREFIX_MAX}}}$")
 URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@/\s]+(@)", re.IGNORECASE)
 
 
@@ -212,8 +217,9 @@ SETTINGS: tuple[Setting, ...] = (
         "WECHAT_COUPON_STOCKS",
         [],
         _json_list,
-        doc='WeChat Pay coupon stocks as JSON: [{"stock_id", '
-        '"denomination_fen" or null for set-value, "min_fen", "max_fen"}]. Empty: the coupon rail is off.',
+        doc='WeChat Pay coupon stocks as JSON, one fixed-denomination stock per value: [{"stock_id", '
+        '"denomination_fen"}] (WeChat\'s coupon_value is not open, so no set-value stocks). Empty: the coupon '
+        "rail is off.",
     ),
     Setting("WECHAT_CARD_ID", None, doc="Card-package card id for card rebates. Unset: the card rail is off."),
     Setting("REDPACK_SEND_NAME", "返利红包", doc="Sender name on cash red packets (≤ 32 chars)."),
@@ -236,12 +242,31 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PAYOUT_MAX_ATTEMPTS", 8, _positive_int, doc="Calls before a payout goes to an operator."),
     Setting(
         "TRANSFER_CONFIRM_HOURS",
-        72,
+        24,
         _positive_int,
-        doc="Transfers (and cards) the user has not confirmed after this are cancelled; the money waits in "
-        "their balance.",
+        doc="Transfer bills the user has not confirmed after this are cancelled at WeChat (at most 24: WeChat "
+        "closes them itself then); the money goes back to the user's balance, and no new bill is sent unasked.",
     ),
     Setting("PAYOUT_BATCH", 50, _positive_int, doc="Payouts one dispatcher pass claims."),
+    Setting(
+        "PAYOUT_LEASE_SECONDS",
+        300,
+        _positive_int,
+        doc="How long a dispatcher owns a claimed payout; after it, another pass resolves it by a query.",
+    ),
+    Setting(
+        "PAYOUT_CONFIRM_RECHECK_SECONDS",
+        6 * 3600,
+        _positive_int,
+        doc="How often a transfer waiting for the user's confirmation is queried again.",
+    ),
+    Setting(
+        "WECHAT_NUMBER_PREFIX",
+        "",
+        doc="Environment prefix of every number we send WeChat (mch_billno, out_bill_no, out_request_no), "
+        "e.g. `S` on staging sharing the merchant id with production; at most "
+        f"{NUMBER_PREFIX_MAX} letters or digits.",
+    ),
     Setting(
         "PAYOUT_RATE_LIMITS",
         {"wechat_change": 100, "cash_red_packet": 30, "wechat_coupon": 500, "card_coupon": 50},
@@ -320,6 +345,7 @@ def _validate(values: dict[str, Any]) -> list[str]:
     backup = values.get("WECHAT_PAY_API_BACKUP_BASE") or ""
     if backup and mode == "live" and not str(backup).startswith("https://"):
         problems.append("WECHAT_PAY_API_BACKUP_BASE must be https:// in live mode")
+    problems += _payout_problems(values)
     key = values.get("DATA_ENCRYPTION_KEY")
     if key and not _is_fernet_key(key):
         problems.append("DATA_ENCRYPTION_KEY must be a Fernet key (32 url-safe base64-encoded bytes)")
@@ -391,6 +417,33 @@ def _shared_state_problems(values: dict[str, Any]) -> list[str]:
             "exactly one process serves the web and runs the jobs"
         ]
     return []
+
+
+def _payout_problems(values: dict[str, Any]) -> list[str]:
+    problems = []
+    hours = values.get("TRANSFER_CONFIRM_HOURS", MAX_TRANSFER_CONFIRM_HOURS)
+    if not 0 < hours <= MAX_TRANSFER_CONFIRM_HOURS:
+        problems.append(
+            f"TRANSFER_CONFIRM_HOURS must be 1-{MAX_TRANSFER_CONFIRM_HOURS} (WeChat closes unconfirmed bills "
+            "after 24 h)"
+        )
+    for name in ("PAYOUT_MIN_FEN", "WITHDRAWAL_MIN_FEN"):
+        if values.get(name, TRANSFER_MIN_FEN) < TRANSFER_MIN_FEN:
+            problems.append(f"{name} must be at least {TRANSFER_MIN_FEN} fen (WeChat's smallest transfer)")
+    for name in ("PAYOUT_LEASE_SECONDS", "PAYOUT_CONFIRM_RECHECK_SECONDS"):
+        if values.get(name, 1) <= 0:
+            problems.append(f"{name} must be positive")
+    for stock in values.get("WECHAT_COUPON_STOCKS") or []:
+        value = stock.get("denomination_fen") if isinstance(stock, dict) else None
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or not stock.get("stock_id"):
+            problems.append(
+                f"WECHAT_COUPON_STOCKS: {stock!r} needs a stock_id and a positive denomination_fen "
+                "(coupon_value is not open at WeChat: fixed-denomination stocks only)"
+            )
+    prefix = values.get("WECHAT_NUMBER_PREFIX") or ""
+    if not isinstance(prefix, str) or not NUMBER_PREFIX.match(prefix):
+        problems.append(f"WECHAT_NUMBER_PREFIX must be at most {NUMBER_PREFIX_MAX} letters or digits")
+    return problems
 
 
 def _is_fernet_key(key: object) -> bool:

@@ -27,6 +27,7 @@ from payouts.reconcile import run_daily_checks
 from payouts.record import DispatchSettings
 from payouts.redpack_rail import RedpackRail
 from payouts.transfer_rail import TransferRail
+from payouts.unclaimed import check_unclaimed
 from rebate.milestones import expire_held_rebates
 from rebate.packets import expire_due_packets
 from wechat.mp import get_api_ticket
@@ -121,6 +122,12 @@ def dispatch_payouts() -> Counter:
     rails = payout_rails(app)
     settings = DispatchSettings.from_config(app.config)
     return dispatch_due(rails, settings=settings, limiter=rail_limiter(rails, app.config.get("REDIS_URL")))
+
+
+def check_unclaimed_red_packets() -> Counter:
+    """Red packets past WeChat's 24-hour refund time: opened (done) or refunded (back to the balance)."""
+    rail = payout_rails(current_app._get_current_object()).get("cash_red_packet")
+    return check_unclaimed(rail, utcnow(), clock=utcnow) if rail else Counter()
 
 
 def expire_packets_and_conditions() -> Counter:

@@ -24,6 +24,7 @@ from flask.cli import AppGroup
 
 from jobs.orders import close_expired_orders, query_stuck_refunds, query_unnotified_payments
 from jobs.payouts import (
+    check_unclaimed_red_packets,
     daily_reconciliation,
     deliver_alerts,
     dispatch_payouts,
@@ -40,6 +41,7 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (query_unnotified_payments, 60),
     (query_stuck_refunds, 120),
     (dispatch_payouts, 10),
+    (check_unclaimed_red_packets, 900),
     (expire_packets_and_conditions, 300),
     (deliver_alerts, 30),
 )

@@ -2,10 +2,13 @@
 
 WeChat has no server call that puts a card in a user's package: the mini-program
 calls ``wx.addCard`` with a ``cardExt`` we sign with the card ``api_ticket``.
-So ``send`` answers WAITING_USER_CONFIRM with that cardExt as ``package_info``;
-the OA event ``user_get_card`` (its ``OuterStr`` is our external number) is the
-proof the user took it, applied through :func:`card_received`. Redeeming a
-code at a shop goes through :func:`wechat.mp.consume_card_code`.
+So ``send`` answers WAITING_USER_CONFIRM with that cardExt as ``package_info``,
+signed ONCE and stored: the payout stays offered ("sent", costed at face value
+from then on), is never re-signed, never cancelled unasked and never returns
+its value by itself, since the card can still be added and redeemed. Until the
+OA message channel exists (the ``user_get_card`` event, its ``OuterStr`` our
+external number, applied through :func:`card_received`), a card payout is decided
+at redemption: ``/card/code/consume`` of its code (see ``payouts.operations``).
 """
 
 from __future__ import annotations
@@ -78,13 +81,9 @@ class CardRail:
         )
 
     def query(self, external_no: str, request: dict[str, Any]) -> RailResult:
-        # Nothing to ask WeChat: only the user_get_card event tells. Sign a fresh cardExt
-        # each time, since the api_ticket it was signed with rotates every 2 hours.
-        try:
-            package_info = self.package_info(external_no, request)
-        except WeChatError as exc:  # keep the cardExt already stored
-            return RailResult(Outcome.WAITING_USER_CONFIRM, exc.code, "card api_ticket unavailable")
-        return RailResult(Outcome.WAITING_USER_CONFIRM, "WAIT_ADD_CARD", package_info=package_info)
+        # Nothing at WeChat tells whether the user added the card, and the cardExt is never signed again:
+        # the one stored is kept (a payout with none yet is signed once by the dispatcher's send).
+        return RailResult(Outcome.WAITING_USER_CONFIRM, "WAIT_ADD_CARD", "offered; decided at redemption")
 
     def package_info(self, external_no: str, request: dict[str, Any]) -> str:
         """The cardExt string for ``wx.addCard({cardList: [{cardId, cardExt}]})``; cardId is request["card_id"]."""

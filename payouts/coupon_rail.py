@@ -1,9 +1,10 @@
 """WeChat Pay coupons (代金券) through v3 ``favor`` send (reference §6.3).
 
-A stock has a fixed denomination unless it allows a set value within a range;
-an amount no configured stock can carry exactly falls back. ``out_request_no``
-is the idempotency key: every resend uses the same number and request, so at
-most one coupon is issued per payout.
+Coupons are issued only from fixed-denomination stocks, one configured stock
+per denomination: WeChat's ``coupon_value`` is not open (reference §6.3), so a
+coupon's value is its stock's and no value is ever sent. An amount no stock
+carries exactly falls back. ``out_request_no`` is the idempotency key: every
+resend uses the same number and request, so at most one coupon per payout.
 """
 
 from __future__ import annotations
@@ -38,16 +39,12 @@ class CouponRail:
         rate_per_second: int = 500,
     ):
         self.client, self.appid, self.stock_creator_mchid = client, appid, stock_creator_mchid
-        self.stocks = [_checked(stock) for stock in stocks]
+        self.stocks = check_stocks(stocks)
         self.rate_per_second = rate_per_second
 
     def pick_stock(self, amount_fen: int) -> dict | None:
-        """A fixed denomination equal to the amount first, else the first set-value stock whose range holds it."""
-        fixed = [s for s in self.stocks if s["denomination_fen"] == amount_fen]
-        ranged = [
-            s for s in self.stocks if s["denomination_fen"] is None and s["min_fen"] <= amount_fen <= s["max_fen"]
-        ]
-        return (fixed or ranged or [None])[0]
+        """The stock whose fixed denomination is exactly the amount, or None."""
+        return next((s for s in self.stocks if s["denomination_fen"] == amount_fen), None)
 
     def build_request(self, payout: Payout, now: datetime) -> dict[str, Any] | RailResult:
         stock = self.pick_stock(payout.amount_fen)
@@ -60,13 +57,7 @@ class CouponRail:
         ).scalar_one_or_none()
         if openid is None:
             return RailResult(Outcome.FALLBACK, "NO_OPENID", "the user has no openid under the coupon appid")
-        return {
-            "openid": openid,
-            "stock_id": stock["stock_id"],
-            "amount_fen": payout.amount_fen,
-            # Only a set-value stock is told the value; a fixed stock carries its own.
-            "coupon_value_fen": payout.amount_fen if stock["denomination_fen"] is None else None,
-        }
+        return {"openid": openid, "stock_id": stock["stock_id"], "amount_fen": payout.amount_fen}
 
     def send(self, external_no: str, request: dict[str, Any]) -> RailResult:
         try:
@@ -76,7 +67,6 @@ class CouponRail:
                 external_no,
                 self.stock_creator_mchid,
                 appid=self.appid,
-                coupon_value_fen=request["coupon_value_fen"],
             )
         except WeChatError as exc:
             return _error(exc)
@@ -105,15 +95,21 @@ def _error(exc: WeChatError) -> RailResult:
 
 
 def _checked(stock: dict) -> dict:
-    """Refuse a stock configuration that could not carry any amount, at start-up."""
-    stock = {"denomination_fen": None, "min_fen": None, "max_fen": None, **stock}
-    if not stock.get("stock_id"):
+    """Refuse, at start-up, a stock that is not one fixed denomination (set values are not open at WeChat)."""
+    if not isinstance(stock, dict) or not stock.get("stock_id"):
         raise ValueError("a coupon stock needs a stock_id")
-    if stock["denomination_fen"] is not None:
-        if not isinstance(stock["denomination_fen"], int) or stock["denomination_fen"] <= 0:
-            raise ValueError(f"stock {stock['stock_id']}: denomination_fen must be a positive int")
-    elif not (isinstance(stock["min_fen"], int) and isinstance(stock["max_fen"], int)) or not (
-        0 < stock["min_fen"] <= stock["max_fen"]
-    ):
-        raise ValueError(f"stock {stock['stock_id']}: a set-value stock needs 0 < min_fen <= max_fen")
-    return stock
+    value = stock.get("denomination_fen")
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(
+            f"stock {stock['stock_id']}: denomination_fen must be a positive int (coupon_value is not open at WeChat)"
+        )
+    return {"stock_id": stock["stock_id"], "denomination_fen": value}
+
+
+def check_stocks(stocks: list[dict]) -> list[dict]:
+    """Each stock checked, and one stock per denomination (two would make the choice arbitrary)."""
+    checked = [_checked(stock) for stock in stocks]
+    values = [s["denomination_fen"] for s in checked]
+    if len(values) != len(set(values)):
+        raise ValueError("one coupon stock per denomination")
+    return checked

@@ -12,18 +12,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import and_, or_, select
 
-from models import Payout, PayoutAttempt, PayoutStatus, RailControl, db, utcnow
+from models import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl, db, utcnow
 from payouts.faults import fault_point
 from payouts.operations import lock_payout
 from payouts.rails import Outcome, RailAdapter, RailResult, summary
 from payouts.record import DispatchSettings, apply_result
 
 S = PayoutStatus
-LEASE = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,8 @@ class Claimed:
     external_no: str
     request: dict
     query_first: bool
-    cancel_if_unconfirmed: bool = False  # waiting for the user longer than settings.confirm_ttl
+    cancel_if_unconfirmed: bool = False  # asked by an operator, or a bill unconfirmed past settings.confirm_ttl
+    has_package_info: bool = False
 
 
 def enabled_rails(rails: dict[str, RailAdapter], now: datetime) -> list[str]:
@@ -47,8 +47,17 @@ def enabled_rails(rails: dict[str, RailAdapter], now: datetime) -> list[str]:
 
 
 def _due(rails: list[str], now: datetime, batch: int):
+    # A card offered to the user is never re-queried or re-signed (nothing at WeChat would tell):
+    # it is decided at redemption, or by an operator's cancel.
+    offered_card = and_(
+        Payout.status == S.WAITING_USER_CONFIRM, Payout.rail == Rail.CARD_COUPON, Payout.cancel_requested.is_(False)
+    )
     due = or_(
-        and_(Payout.status.in_([S.PENDING, S.UNKNOWN, S.WAITING_USER_CONFIRM]), Payout.next_attempt_at <= now),
+        and_(
+            Payout.status.in_([S.PENDING, S.UNKNOWN, S.WAITING_USER_CONFIRM]),
+            Payout.next_attempt_at <= now,
+            ~offered_card,
+        ),
         and_(Payout.status == S.SENDING, Payout.lease_until < now),  # its worker died mid-call
     )
     return (
@@ -72,14 +81,24 @@ def claim(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettin
                 apply_result(payout, built, now, settings)
                 continue
             payout.request = built
-        overdue = payout.status == S.WAITING_USER_CONFIRM and (
-            payout.cancel_requested or (payout.sent_at is not None and payout.sent_at + settings.confirm_ttl <= now)
-        )
-        payout.status, payout.lease_until = S.SENDING, now + LEASE
+        overdue = payout.cancel_requested or _unconfirmed_too_long(payout, rails[payout.rail], now, settings)
+        has_package = payout.package_info is not None
+        payout.status, payout.lease_until = S.SENDING, now + settings.lease
         payout.attempts += 1
-        claimed.append(Claimed(payout.id, payout.rail, payout.external_no, dict(payout.request), query_first, overdue))
+        claimed.append(
+            Claimed(payout.id, payout.rail, payout.external_no, dict(payout.request), query_first, overdue, has_package)
+        )
     db.session.commit()
     return claimed
+
+
+def _unconfirmed_too_long(payout: Payout, rail: RailAdapter, now: datetime, settings: DispatchSettings) -> bool:
+    """A transfer bill offered longer than the confirmation window is cancelled at WeChat.
+
+    Only rails that can cancel at WeChat: a card cannot be recalled, so it is never cancelled unasked.
+    """
+    offered = payout.status in (S.WAITING_USER_CONFIRM, S.UNKNOWN) and payout.sent_at is not None
+    return offered and hasattr(rail, "cancel") and payout.sent_at + settings.confirm_ttl <= now
 
 
 def _timed(call: Callable[[], RailResult]) -> tuple[RailResult, int]:
@@ -97,6 +116,14 @@ def call_wechat(job: Claimed, rail: RailAdapter, limiter: Callable[[str], None])
         calls.append(("query", result, ms))
         if result.outcome == Outcome.WAITING_USER_CONFIRM and job.cancel_if_unconfirmed:
             calls.append(_cancel_unconfirmed(job, rail, limiter))
+            return calls
+        if result.outcome == Outcome.WAITING_USER_CONFIRM and not (job.has_package_info or result.package_info):
+            # The create answer was lost and a query never carries package_info: POST the same bill again,
+            # byte for byte; WeChat answers the existing bill with its package_info.
+            limiter(job.rail)
+            result, ms = _timed(lambda: rail.send(job.external_no, job.request))
+            calls.append(("send", result, ms))
+            return calls
         if result.outcome != Outcome.NOT_FOUND:
             return calls
     limiter(job.rail)
@@ -106,10 +133,10 @@ def call_wechat(job: Claimed, rail: RailAdapter, limiter: Callable[[str], None])
 
 
 def _cancel_unconfirmed(job: Claimed, rail: RailAdapter, limiter) -> tuple[str, RailResult, int]:
-    """The user never confirmed: cancel at WeChat (transfers) or locally (cards cannot be recalled)."""
+    """Cancel at WeChat (transfers), or only locally where WeChat cannot recall it (an operator's card cancel)."""
     cancel = getattr(rail, "cancel", None)
     if cancel is None:
-        return "cancel", RailResult(Outcome.CANCELLED, "CONFIRM_EXPIRED", "never confirmed by the user"), 0
+        return "cancel", RailResult(Outcome.CANCELLED, "CANCELLED_BY_OPERATOR", "no longer offered to the user"), 0
     limiter(job.rail)
     result, ms = _timed(lambda: cancel(job.external_no))
     return "cancel", result, ms
@@ -130,6 +157,9 @@ def record(job: Claimed, calls: list[tuple[str, RailResult, int]], now: datetime
                 created_at=now,
             )
         )
+    wire = next((r.details["wire"] for _, r, _ in calls if r.details.get("wire")), None)
+    if wire and payout.request is not None and "wire" not in payout.request:
+        payout.request = {**payout.request, "wire": wire}  # every later POST of this number sends these bytes
     if payout.status == S.SENDING:  # not finished meanwhile by a notification or an operator
         apply_result(payout, calls[-1][1], now, settings)
     db.session.commit()

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from ledger import account, balance
-from models import AccountKind, Payout, PayoutStatus, User, db
+from models import AccountKind, Payout, PayoutStatus, Rail, User, db
 from payouts.outbox import enqueue_payout
 from payouts.transitions import PayoutStateError, mark_returned, mark_succeeded, move
 
@@ -85,6 +85,20 @@ def cancel(payout: Payout, now: datetime, reason: str) -> None:
             "only an unsent payout, or one waiting for the user's confirmation, can be cancelled", code="payout_state"
         )
     mark_returned(payout, S.CANCELLED, now, f"cancelled by an operator: {reason}")
+
+
+def settle_redeemed_card(code: str, now: datetime) -> Payout | None:
+    """A card code was consumed at the counter: the card payout it belongs to (a custom-code card carries our
+    external number as its code; otherwise the code recorded for it) is decided as delivered."""
+    stmt = select(Payout).where(
+        Payout.rail == Rail.CARD_COUPON,
+        Payout.status == S.WAITING_USER_CONFIRM,
+        or_(Payout.external_no == code, Payout.wechat_ref == code),
+    )
+    payout = db.session.execute(stmt.with_for_update()).scalars().first()
+    if payout is not None:
+        mark_succeeded(payout, now, code)
+    return payout
 
 
 def resolve(payout: Payout, succeeded: bool, now: datetime, reason: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask import current_app, has_app_context
 from sqlalchemy import select, update
 
 from ledger import Leg, account, close_flow, post_entry
@@ -10,9 +11,17 @@ from models import AccountKind, LedgerAccount, Payout, PayoutStatus, db
 PREFIX = {"wechat_change": "TB", "cash_red_packet": "RP", "wechat_coupon": "CP", "card_coupon": "CD"}
 
 
+def number_prefix() -> str:
+    """``WECHAT_NUMBER_PREFIX``: staging and production often share one merchant id, so their numbers differ."""
+    return (current_app.config.get("WECHAT_NUMBER_PREFIX") or "") if has_app_context() else ""
+
+
 def external_no_for(rail: str, payout_id: int) -> str:
-    """``mch_billno`` / ``out_bill_no`` / ``out_request_no``: letters and digits only, fixed per row."""
-    return f"{PREFIX[rail]}{payout_id:012d}"
+    """``mch_billno`` / ``out_bill_no`` / ``out_request_no``: letters and digits only, fixed per row.
+
+    The environment prefix (≤ 8) + the rail tag (2) + 12 digits fits mch_billno's 28 characters.
+    """
+    return f"{number_prefix()}{PREFIX[rail]}{payout_id:012d}"
 
 
 def enqueue_payout(

@@ -30,6 +30,9 @@ class Outcome(StrEnum):
     GIVE_UP_USER = "give_up_user"  # risk control blocks this user on this rail
     CONFIG_ERROR = "config_error"  # our configuration or request is wrong: an operator must look
     FALLBACK = "fallback"  # this rail cannot carry this payout: use the fallback rail
+    REFUSED = "refused"  # WeChat refused the request itself (400 PARAM_ERROR / INVALID_REQUEST): no retry
+    UNCLAIMED = "unclaimed"  # nobody opened the red packet and WeChat refunded it: back to the user's balance
+    MISMATCH = "mismatch"  # the answer is not about our payout (number, amount or openid differ): an operator
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,17 @@ class RailAdapter(Protocol):
     def query(self, external_no: str, request: dict[str, Any]) -> RailResult: ...
 
 
+def disagreement(expected: dict[str, Any], answer: dict[str, Any]) -> str | None:
+    """What in a WeChat answer differs from our payout (missing counts as different), or None."""
+    wrong = [f"{k} {answer.get(k)!r} (ours {v!r})" for k, v in expected.items() if str(answer.get(k)) != str(v)]
+    return "; ".join(wrong) or None
+
+
 def summary(request: dict[str, Any]) -> str:
     """A short, masked description of a request for the attempt log."""
     shown = {
-        k: v for k, v in request.items() if k not in {"openid", "re_openid", "user_name", "user_name_enc", "real_name"}
+        k: v
+        for k, v in request.items()
+        if k not in {"openid", "re_openid", "user_name", "user_name_enc", "real_name", "wire"}
     }
     return str(shown)[:300]

@@ -9,14 +9,13 @@ from datetime import datetime, timedelta
 from flask import current_app
 
 from ledger import Leg, account, post_entry
-from models import AccountKind, LedgerAccount, Payout, PayoutStatus, RailControl, db, raise_alert, utcnow
+from models import AccountKind, LedgerAccount, Payout, PayoutStatus, Rail, RailControl, db, raise_alert, utcnow
 from payouts.outbox import enqueue_payout
 from payouts.rails import Outcome, RailResult
 from payouts.transitions import mark_returned, mark_sent, mark_succeeded, move
 
 S = PayoutStatus
 RAIL_PAUSE = timedelta(minutes=30)
-CONFIRM_RECHECK = timedelta(hours=6)
 MAX_AUTO_RETRIES = 2
 
 
@@ -27,7 +26,9 @@ class DispatchSettings:
     backoff_base_s: float = 30.0
     backoff_cap_s: float = 6 * 3600.0
     cash_fallback_rail: str | None = "wechat_change"  # where a refused cash red packet goes
-    confirm_ttl: timedelta = timedelta(hours=72)  # unconfirmed transfers and cards are cancelled after this
+    confirm_ttl: timedelta = timedelta(hours=24)  # unconfirmed transfer bills are cancelled at WeChat after this
+    lease: timedelta = timedelta(minutes=5)  # a claimed payout's owner; after it, another pass queries it
+    confirm_recheck: timedelta = timedelta(hours=6)  # a transfer waiting for the user is queried this often
 
     @classmethod
     def from_config(cls, cfg) -> DispatchSettings:
@@ -35,6 +36,8 @@ class DispatchSettings:
             batch=cfg["PAYOUT_BATCH"],
             max_attempts=cfg["PAYOUT_MAX_ATTEMPTS"],
             confirm_ttl=timedelta(hours=cfg["TRANSFER_CONFIRM_HOURS"]),
+            lease=timedelta(seconds=cfg["PAYOUT_LEASE_SECONDS"]),
+            confirm_recheck=timedelta(seconds=cfg["PAYOUT_CONFIRM_RECHECK_SECONDS"]),
         )
 
 
@@ -61,14 +64,12 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
     payout.last_error = (
         None if o in (Outcome.SUCCEEDED, Outcome.WAITING_USER_CONFIRM) else (f"{result.code}: {result.message}"[:2000])
     )
-    if result.wechat_ref:
+    if result.wechat_ref and o != Outcome.MISMATCH:
         payout.wechat_ref = result.wechat_ref
     if o == Outcome.SUCCEEDED:
         mark_succeeded(payout, now, result.wechat_ref)
     elif o == Outcome.WAITING_USER_CONFIRM:
-        mark_sent(payout, now)
-        payout.package_info = result.package_info or payout.package_info
-        _later(payout, S.WAITING_USER_CONFIRM, now + CONFIRM_RECHECK)
+        _waiting(payout, result, now, settings)
     elif o in (Outcome.IN_PROGRESS, Outcome.UNKNOWN):
         mark_sent(payout, now)  # it may have left: only a query may decide from now on
         _later(payout, S.UNKNOWN, now + backoff(payout.attempts, settings))
@@ -79,11 +80,20 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
     elif o == Outcome.PAUSE_RAIL:
         pause_rail(payout.rail, now + RAIL_PAUSE, f"{result.code}: {result.message}")
         _later(payout, S.PENDING, now + RAIL_PAUSE)
+    elif o == Outcome.UNCLAIMED:  # a red packet nobody opened, refunded by WeChat: no new packet unasked
+        _return_unconfirmed(payout, S.FAILED, result, now)
+    elif o in (Outcome.FAILED, Outcome.CANCELLED) and _left_unconfirmed(payout):
+        _return_unconfirmed(payout, S(o), result, now)
     elif o == Outcome.FAILED:
         mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}")
         _retry_after_failure(payout, payout.rail, "definitive failure")
-    elif o == Outcome.CANCELLED:  # not confirmed in time, or cancelled: the money waits in the balance
+    elif o == Outcome.CANCELLED:  # cancelled by an operator, or never sent: the money goes back to its source
         mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}")
+    elif o == Outcome.REFUSED:
+        _refused(payout, result, now)
+    elif o == Outcome.MISMATCH:
+        raise_alert("payout_answer_mismatch", payout.external_no, f"{result.code}: {result.message}")
+        _to_operator(payout, f"WeChat's answer is not about this payout: {result.message}")
     elif o == Outcome.GIVE_UP_USER:
         mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}")
         raise_alert(
@@ -98,6 +108,43 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
         _to_operator(payout, f"configuration problem: {result.code} {result.message}")
     if payout.status in (S.PENDING, S.UNKNOWN) and payout.attempts >= settings.max_attempts:
         _to_operator(payout, f"still not final after {payout.attempts} attempts ({result.code})")
+
+
+def _waiting(payout: Payout, result: RailResult, now: datetime, settings: DispatchSettings) -> None:
+    """Offered to the user. Never left waiting without what the user confirms with: with no package_info
+    yet (the create answer was lost), it stays unknown and the next pass re-POSTs the same bill for it."""
+    mark_sent(payout, now)
+    payout.package_info = result.package_info or payout.package_info
+    if payout.package_info is None:
+        payout.last_error = "WAIT_USER_CONFIRM without package_info: the same bill is POSTed again for it"
+        _later(payout, S.UNKNOWN, now + backoff(1, settings))
+    elif payout.cancel_requested:  # the operator's cancel did not go through: try again soon
+        _later(payout, S.WAITING_USER_CONFIRM, now + backoff(payout.attempts, settings))
+    else:
+        _later(payout, S.WAITING_USER_CONFIRM, now + settings.confirm_recheck)
+
+
+def _left_unconfirmed(payout: Payout) -> bool:
+    """A transfer bill offered to the user that WeChat closed (after 24 h) or we cancelled unasked."""
+    return payout.rail == Rail.WECHAT_CHANGE and payout.package_info is not None and not payout.cancel_requested
+
+
+def _return_unconfirmed(payout: Payout, to: PayoutStatus, result: RailResult, now: datetime) -> None:
+    """The user never took the money: it goes back to their balance, and no new bill is sent unasked."""
+    why = result.message or "not confirmed by the user in time"
+    mark_returned(payout, to, now, f"{result.code}: {why}; {payout.amount_fen} fen back in your balance")
+    source = db.session.get(LedgerAccount, payout.source_account_id)
+    _credit_in_app(payout, source, "balance")
+
+
+def _refused(payout: Payout, result: RailResult, now: datetime) -> None:
+    """WeChat refused the request itself: the same request under a new number would be refused again."""
+    why = f"{result.code}: {result.message}"
+    if payout.sent_at is not None:  # a resend of a number WeChat may already hold: only a person can tell
+        _to_operator(payout, f"a resend of the same bill was refused ({why})")
+        return
+    mark_returned(payout, S.FAILED, now, why)
+    raise_alert("payout_refused", payout.external_no, f"WeChat refused the request ({why}); the money is back")
 
 
 def _to_operator(payout: Payout, why: str) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy import and_, func, or_, select
 
 from models import Payout, PayoutStatus, UserIdentity, db, utcnow
 from models.base import BEIJING, beijing, next_beijing_midnight
-from payouts.rails import Outcome, RailResult
+from payouts.rails import Outcome, RailResult, disagreement
 from wechat.errors import WeChatError, WeChatInvalidRequest
 from wechat.redpack import RedpackAction, RedpackClient, RedpackResult
 
@@ -65,7 +65,7 @@ QUERY_ERRORS: dict[str, Outcome] = {
 }
 # gethbinfo status → outcome. SENT: the money has left our account for the user's packet,
 # which is all we can pay; the user may still never open it (then WeChat refunds it to
-# us after 24 h — see ``_refund``). FAILED: this number definitively failed.
+# us after 24 h — see ``_refund`` and ``payouts.unclaimed``). FAILED: this number definitively failed.
 STATUS_OUTCOMES: dict[str, Outcome] = {
     "SENDING": Outcome.IN_PROGRESS,
     "SENT": Outcome.SUCCEEDED,
@@ -196,6 +196,9 @@ class RedpackRail:
         if answer.return_code != "SUCCESS" or answer.result_code != "SUCCESS":
             outcome = QUERY_ERRORS.get(answer.err_code, Outcome.UNKNOWN)
             return RailResult(outcome, answer.err_code or "QUERY_FAILED", answer.err_code_des)
+        wrong = _disagreement(answer, external_no, request)
+        if wrong:
+            return RailResult(Outcome.MISMATCH, "ANSWER_MISMATCH", f"answer disagrees: {wrong}")
         ref = str(answer.fields.get("detail_id") or "") or None
         if answer.status == "REFUND":
             return _refund(answer, request, ref)
@@ -203,15 +206,28 @@ class RedpackRail:
         return RailResult(outcome, answer.status or "NO_STATUS", str(answer.fields.get("reason", "")), wechat_ref=ref)
 
 
-def _refund(answer: RedpackResult, request: dict[str, Any], ref: str | None) -> RailResult:
-    """REFUND: nobody opened the packet and WeChat returned it to the merchant account.
+def _disagreement(answer: RedpackResult, external_no: str, request: dict[str, Any]) -> str | None:
+    """Our number and amount must be the answer's; so must the openid of whoever opened it, if anyone did."""
+    expected = {"mch_billno": external_no, "total_amount": request["total_amount"]}
+    wrong = disagreement(expected, answer.fields)
+    receivers = answer.fields.get("hblist") or []
+    receivers = receivers if isinstance(receivers, list) else [receivers]
+    strangers = [r.get("openid") for r in receivers if isinstance(r, dict) and r.get("openid") != request["re_openid"]]
+    if strangers:
+        wrong = "; ".join(filter(None, [wrong, f"opened by {strangers!r}, not our payee"]))
+    return wrong
 
-    FAILED (the user is owed again, a new number is allowed) only when WeChat says the
-    whole amount came back; anything else is UNKNOWN and ends with an operator.
+
+def _refund(answer: RedpackResult, request: dict[str, Any], ref: str | None) -> RailResult:
+    """REFUND: nobody opened the packet and WeChat returned it to the merchant account (after 24 h).
+
+    UNCLAIMED (the money goes back to the user's balance) only when WeChat says the whole
+    amount came back; anything else is UNKNOWN and ends with an operator.
     """
     refunded = str(answer.fields.get("refund_amount", ""))
     if refunded.isdigit() and int(refunded) == int(request["total_amount"]):
-        return RailResult(Outcome.FAILED, "REFUND", f"unclaimed; {refunded} fen refunded to us", wechat_ref=ref)
+        why = f"nobody opened the red packet; WeChat refunded {refunded} fen after 24 h"
+        return RailResult(Outcome.UNCLAIMED, "REFUND", why, wechat_ref=ref)
     return RailResult(Outcome.UNKNOWN, "REFUND", f"refund of {refunded or '?'} fen does not match", wechat_ref=ref)
 
 

@@ -134,6 +134,7 @@ def test_scheduler_has_every_job(app):
 
     scheduler = build_scheduler(app)
     assert sorted(j.id for j in scheduler.get_jobs()) == [
+        "check_unclaimed_red_packets",
         "close_expired_orders",
         "daily_reconciliation",
         "deliver_alerts",

@@ -8,6 +8,7 @@ import responses
 from ledger import Leg, account, balance, post_entry
 from models import AccountKind, AuditLog, Payout, User, db, utcnow
 from payouts import enqueue_payout
+from payouts.transitions import mark_sent
 
 
 def queue_payout(user, amount_fen, **fields):
@@ -124,7 +125,7 @@ def test_card_code_consumption_calls_wechat_once_and_is_audited(card_app, client
     _, admin = make_operator("admin")
     answer = client.post("/admin/api/cards/consume", headers=admin, json={"code": "123456789012"})
     assert answer.status_code == 200, answer.json
-    assert answer.json == {"consumed": True, "card_id": "pCARD0001"}
+    assert answer.json == {"consumed": True, "card_id": "pCARD0001", "payout_id": None}
     consume = [c for c in responses.calls if c.request.url.startswith("https://api.weixin.test/card")]
     assert len(consume) == 1 and b'"code":"123456789012"' in consume[0].request.body.replace(b" ", b"")
     assert db.session.query(AuditLog).filter_by(action="card.consume").count() == 1
@@ -148,3 +149,27 @@ def test_bad_card_codes_are_refused_before_any_call(card_app, client, make_opera
         answer = client.post("/admin/api/cards/consume", headers=admin, json=body)
         assert answer.status_code == 422
         assert len(mock.calls) == 0
+
+
+@responses.activate
+def test_consuming_a_custom_code_card_decides_its_payout(card_app, client, make_operator, make_user):
+    # given: a card payout offered to the user; its custom code is our external number
+    user = make_user()
+    fund = account(AccountKind.PLATFORM_MARKETING_FUND)
+    payout = enqueue_payout(rail="card_coupon", user_id=user.id, amount_fen=5_00, source=fund, key="c", memo="card")
+    payout.status, payout.package_info, payout.request = "waiting_user_confirm", '{"cardExt":1}', {"card_id": "x"}
+    mark_sent(payout, payout.created_at)
+    db.session.commit()
+    responses.get("https://api.weixin.test/cgi-bin/token", json={"access_token": "AT", "expires_in": 7200})
+    responses.post(
+        "https://api.weixin.test/card/code/consume",
+        json={"errcode": 0, "errmsg": "ok", "openid": "o1", "card": {"card_id": "pCARD0001"}},
+    )
+    _, admin = make_operator("admin")
+    # when: the code is redeemed at the counter
+    answer = client.post("/admin/api/cards/consume", headers=admin, json={"code": payout.external_no})
+    # then: the payout is decided as delivered
+    assert answer.status_code == 200 and answer.json["payout_id"] == payout.id
+    db.session.expire_all()
+    done = db.session.get(Payout, payout.id)
+    assert (done.status, done.wechat_ref) == ("succeeded", payout.external_no)

@@ -19,6 +19,7 @@ import pytest
 import requests
 import responses
 
+from config import ConfigError, load_config
 from ledger import Leg, account, balance, post_entry
 from models import AccountKind, Payout, RailControl, UserIdentity, db, utcnow
 from payouts import enqueue_payout
@@ -29,7 +30,7 @@ from payouts.rails import Outcome
 from payouts.record import DispatchSettings, apply_result
 from payouts.redpack_rail import SEND_OUTCOMES, RedpackRail
 from payouts.transitions import mark_succeeded
-from wechat.errors import WeChatBusinessError, WeChatUnavailable
+from wechat.errors import WeChatBusinessError, WeChatError, WeChatUnavailable
 from wechat.mp import MemoryTokenStore, consume_card_code
 from wechat.redpack import RedpackClient
 from wechat.v2sign import parse_xml, to_xml, v2_sign
@@ -137,9 +138,11 @@ REQUEST = {
 }
 
 
-def run(rails, at=None):
+def run(rails, at=None, settings=None):
     result = dispatch_due(
-        {rail.name: rail for rail in rails}, settings=DispatchSettings(), clock=(lambda: at) if at else utcnow
+        {rail.name: rail for rail in rails},
+        settings=settings or DispatchSettings(),
+        clock=(lambda: at) if at else utcnow,
     )
     db.session.expire_all()
     return result
@@ -294,7 +297,8 @@ def test_systemerror_is_retried_with_the_same_number_and_pays_once(
         ({"result_code": "SUCCESS", "status": "RECEIVED"}, Outcome.SUCCEEDED),
         ({"result_code": "SUCCESS", "status": "FAILED", "reason": "风控"}, Outcome.FAILED),
         ({"result_code": "SUCCESS", "status": "RFUND_ING"}, Outcome.IN_PROGRESS),
-        ({"result_code": "SUCCESS", "status": "REFUND", "refund_amount": "500"}, Outcome.FAILED),
+        # unopened, refunded by WeChat: back to the user's balance (before issue 9: FAILED and a new packet)
+        ({"result_code": "SUCCESS", "status": "REFUND", "refund_amount": "500"}, Outcome.UNCLAIMED),
         ({"result_code": "SUCCESS", "status": "REFUND"}, Outcome.UNKNOWN),  # how much came back is not said
         ({"result_code": "SUCCESS", "status": "REFUND", "refund_amount": "1"}, Outcome.UNKNOWN),
         ({"result_code": "SUCCESS", "status": "NEW_STATE"}, Outcome.UNKNOWN),
@@ -307,11 +311,35 @@ def test_systemerror_is_retried_with_the_same_number_and_pays_once(
     ],
 )
 def test_gethbinfo_status_maps_to_outcome(wechat_http, redpack_rail, api_v2_key, fields, outcome):
-    wechat_http.add(responses.POST, QUERY_URL, body=answer(api_v2_key, mch_billno="RP1", detail_id="D1", **fields))
+    body = answer(api_v2_key, mch_billno="RP1", detail_id="D1", total_amount="500", **fields)
+    wechat_http.add(responses.POST, QUERY_URL, body=body)
     result = redpack_rail().query("RP1", REQUEST)
     assert result.outcome == outcome
     sent = parse_xml(wechat_http.calls[0].request.body)
     assert (sent["mch_billno"], sent["bill_type"], sent["appid"]) == ("RP1", "MCHT", OA_APPID)
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        {"mch_billno": "RP2", "total_amount": "500"},  # another number
+        {"mch_billno": "RP1", "total_amount": "50000"},  # another amount
+        {"mch_billno": "RP1"},  # no amount at all
+    ],
+)
+def test_gethbinfo_about_another_packet_is_a_mismatch_never_a_success(wechat_http, redpack_rail, api_v2_key, planted):
+    body = answer(api_v2_key, result_code="SUCCESS", status="RECEIVED", detail_id="D1", **planted)
+    wechat_http.add(responses.POST, QUERY_URL, body=body)
+    result = redpack_rail().query("RP1", REQUEST)
+    assert (result.outcome, result.code) == (Outcome.MISMATCH, "ANSWER_MISMATCH")
+
+
+def test_gethbinfo_opened_by_someone_else_is_a_mismatch(wechat_http, redpack_rail, api_v2_key):
+    fields = {"mch_billno": "RP1", "total_amount": "500", "status": "RECEIVED", "result_code": "SUCCESS"}
+    xml = answer(api_v2_key, **fields).decode()
+    stranger = "<hblist><hbinfo><openid>oa-stranger</openid><amount>500</amount></hbinfo></hblist>"
+    wechat_http.add(responses.POST, QUERY_URL, body=xml.replace("</xml>", stranger + "</xml>").encode())
+    assert redpack_rail().query("RP1", REQUEST).outcome == Outcome.MISMATCH
 
 
 def test_gethbinfo_xxe_is_unknown(wechat_http, redpack_rail):
@@ -455,7 +483,6 @@ def test_settings_shown_to_the_user_are_checked_at_start_up(redpack_rail):
 
 STOCKS = [
     {"stock_id": "S-FIX-500", "denomination_fen": 500},
-    {"stock_id": "S-RANGE", "denomination_fen": None, "min_fen": 100, "max_fen": 2_000},
     {"stock_id": "S-FIX-1000", "denomination_fen": 1_000},
 ]
 
@@ -493,32 +520,35 @@ def coupon_payout(app, make_user, funded_payout):
 def test_fixed_denomination_stock_carries_its_exact_amount(coupon_rail, coupon_payout, sim):
     payout = coupon_payout(1_000)
     request = coupon_rail.build_request(payout, utcnow())
-    assert (request["stock_id"], request["coupon_value_fen"]) == ("S-FIX-1000", None)
+    assert request["stock_id"] == "S-FIX-1000" and "coupon_value_fen" not in request
     result = coupon_rail.send(payout.external_no, request)
     assert result.outcome == Outcome.SUCCEEDED and result.wechat_ref.startswith("sim-coupon-")
     issued = sim.coupons[payout.external_no]
     assert issued["request"]["stock_id"] == "S-FIX-1000" and "coupon_value" not in issued["request"]
 
 
-def test_fixed_denomination_is_preferred_and_set_value_stock_takes_the_rest(coupon_rail):
+def test_each_amount_goes_to_the_stock_of_that_denomination(coupon_rail):
     assert coupon_rail.pick_stock(500)["stock_id"] == "S-FIX-500"
-    assert coupon_rail.pick_stock(777)["stock_id"] == "S-RANGE"
-    assert coupon_rail.pick_stock(100)["stock_id"] == "S-RANGE"
-    assert coupon_rail.pick_stock(2_000)["stock_id"] == "S-RANGE"
+    assert coupon_rail.pick_stock(1_000)["stock_id"] == "S-FIX-1000"
+    assert coupon_rail.pick_stock(777) is None
 
 
-def test_set_value_stock_is_told_the_value(coupon_rail, coupon_payout, sim):
-    payout = coupon_payout(777)
-    request = coupon_rail.build_request(payout, utcnow())
-    assert (request["stock_id"], request["coupon_value_fen"]) == ("S-RANGE", 777)
-    assert coupon_rail.send(payout.external_no, request).outcome == Outcome.SUCCEEDED
-    assert sim.coupons[payout.external_no]["request"]["coupon_value"] == 777
-
-
-@pytest.mark.parametrize("amount_fen", [99, 2_001, 5_000])
+@pytest.mark.parametrize("amount_fen", [99, 777, 2_001, 5_000])
 def test_an_amount_no_stock_can_carry_falls_back(coupon_rail, coupon_payout, amount_fen):
+    # (a set-value stock told the amount in coupon_value used to take 777: that field is not open at WeChat)
     result = coupon_rail.build_request(coupon_payout(amount_fen), utcnow())
     assert (result.outcome, result.code) == (Outcome.FALLBACK, "NO_STOCK_FOR_AMOUNT")
+
+
+def test_the_simulator_refuses_coupon_value_as_wechat_does(app, coupon_rail, coupon_payout, sim):
+    payout = coupon_payout(500)
+    openid = coupon_rail.build_request(payout, utcnow())["openid"]
+    pay = app.extensions["wechat"].pay
+    body = {"stock_id": "S-FIX-500", "out_request_no": payout.external_no, "appid": pay.config.appid}
+    body |= {"stock_creator_mchid": MCHID, "coupon_value": 500}
+    with pytest.raises(WeChatError) as info:
+        pay.request("POST", f"/v3/marketing/favor/users/{openid}/coupons", json_body=body)
+    assert info.value.code == "PARAM_ERROR" and sim.coupons == {}
 
 
 def test_a_user_without_an_openid_under_the_appid_falls_back(coupon_rail, make_user, funded_payout):
@@ -590,9 +620,24 @@ def test_a_lost_coupon_answer_is_resolved_by_resending_the_same_number(coupon_ra
     assert coupon_rail.client.numbers == [payout.external_no, payout.external_no]
 
 
-def test_a_misconfigured_stock_is_refused_at_start_up():
+@pytest.mark.parametrize(
+    "stocks",
+    [
+        [{"stock_id": "S", "min_fen": 500}],
+        [{"stock_id": "S-RANGE", "denomination_fen": None, "min_fen": 100, "max_fen": 2_000}],  # set value: not open
+        [{"stock_id": "S", "denomination_fen": 0}],
+        [{"stock_id": "A", "denomination_fen": 500}, {"stock_id": "B", "denomination_fen": 500}],
+    ],
+)
+def test_a_misconfigured_stock_is_refused_at_start_up(stocks):
     with pytest.raises(ValueError):
-        CouponRail(None, appid="a", stock_creator_mchid=MCHID, stocks=[{"stock_id": "S", "min_fen": 500}])
+        CouponRail(None, appid="a", stock_creator_mchid=MCHID, stocks=stocks)
+
+
+def test_configuration_refuses_set_value_stocks():
+    stocks = [{"stock_id": "S-RANGE", "denomination_fen": None, "min_fen": 100, "max_fen": 2_000}]
+    with pytest.raises(ConfigError, match="WECHAT_COUPON_STOCKS"):
+        load_config({"WECHAT_COUPON_STOCKS": stocks, "WECHAT_MODE": "simulator"}, environ={})
 
 
 # -- card package ----------------------------------------------------------------------------
@@ -671,6 +716,62 @@ def test_card_waits_for_the_user_then_user_get_card_settles_it(app, make_user, f
     done = db.session.get(Payout, payout.id)
     assert (done.status, done.wechat_ref) == ("succeeded", "123456789012")
     assert balance(account(AccountKind.WECHAT_SETTLEMENT)) == 5_00
+
+
+class CountingTicket:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        return TICKET
+
+
+def test_a_card_is_signed_once_and_never_cancelled_or_returned_unasked(app, make_user, funded_payout):
+    # given: a card offered to the user (costed at face value from now on)
+    payout, _ = funded_payout(500, rail="card_coupon", user=make_user())
+    ticket = CountingTicket()
+    rail = CardRail(CARD_ID, ticket, clock=lambda: 1_700_000_000.7)
+    run([rail])
+    offered = db.session.get(Payout, payout.id)
+    card_ext = offered.package_info
+    assert offered.status == "waiting_user_confirm" and ticket.calls == 1
+    assert balance(account(AccountKind.PAYOUT_IN_TRANSIT)) == 5_00
+    # when: days pass (before issue 9 it was re-signed at each recheck and cancelled after 72 h)
+    for days in (1, 3, 4, 30):
+        run([rail], settings=DispatchSettings(confirm_ttl=timedelta(hours=24)), at=utcnow() + timedelta(days=days))
+    # then: the same cardExt, signed once; still offered; its value never came back by itself
+    db.session.expire_all()
+    still = db.session.get(Payout, payout.id)
+    assert (still.status, still.package_info, ticket.calls) == ("waiting_user_confirm", card_ext, 1)
+    assert balance(account(AccountKind.PAYOUT_IN_TRANSIT)) == 5_00
+
+
+def test_a_card_query_never_signs_again():
+    ticket = CountingTicket()
+    rail = CardRail(CARD_ID, ticket)
+    result = rail.query("CD1", {"card_id": CARD_ID})
+    assert (result.outcome, result.package_info, ticket.calls) == (Outcome.WAITING_USER_CONFIRM, None, 0)
+
+
+def test_a_card_offered_after_a_lost_answer_is_signed_once_then_kept(app, make_user, funded_payout):
+    # given: a card payout whose worker died after signing (nothing reached the user)
+    payout, _ = funded_payout(500, rail="card_coupon", user=make_user())
+    ticket = CountingTicket()
+    rail = CardRail(CARD_ID, ticket)
+    from payouts import faults
+
+    faults.arm("after_wechat_answer")
+    with pytest.raises(faults.SimulatedCrash):
+        run([rail])
+    db.session.rollback()
+    # when: the lease expires and another pass finds it
+    run([rail], at=utcnow() + timedelta(hours=1))
+    run([rail], at=utcnow() + timedelta(days=3))
+    # then: it is offered with one stored cardExt
+    db.session.expire_all()
+    offered = db.session.get(Payout, payout.id)
+    assert offered.status == "waiting_user_confirm" and offered.package_info and ticket.calls == 2
 
 
 def test_consume_card_code_uses_the_shared_access_token(wechat_http):

@@ -126,28 +126,21 @@ def test_success_settles_the_payout_and_closes_the_flow(app, client, waiting):
     assert (seen.out_trade_no, seen.outcome) == (payout.external_no, "transfer_SUCCESS")
 
 
-def test_fail_returns_the_money_and_queues_a_retry_with_a_new_number(app, client, waiting):
-    # given
+def test_fail_of_an_offered_bill_returns_the_money_to_the_balance_and_sends_no_new_bill(app, client, waiting):
+    # given: a bill offered to the user (it has package_info)
     payout = waiting(5_00)
-    # when
+    # when: WeChat closes it (an unconfirmed bill ends FAIL after 24 h)
     response = deliver(client, app, bill_resource(app, payout, "FAIL"))
-    # then
+    # then: the money is back in the balance with the reason, and no new bill was queued unasked
+    # (before issue 9 a new bill was sent, again and again, to a user who never confirmed)
     assert response.status_code == 204
     db.session.expire_all()
     failed = db.session.get(Payout, payout.id)
     assert failed.status == "failed" and "PAYEE_ACCOUNT_ABNORMAL" in failed.last_error
-    retry = db.session.execute(select(Payout).filter_by(retry_of_id=payout.id)).scalar_one()
-    assert (retry.status, retry.rail, retry.amount_fen, retry.user_id) == (
-        "pending",
-        "wechat_change",
-        5_00,
-        failed.user_id,
-    )
-    assert retry.external_no != failed.external_no and retry.external_no == f"TB{retry.id:012d}"
-    # the money went back to the balance, and the retry took it from there onto its own flow
-    assert money(payout.user_id) == {"cash": 0, "payable": 5_00, "in_transit": 0, "settlement": 0}
+    assert "back in your balance" in failed.last_error
+    assert db.session.execute(select(Payout).filter_by(retry_of_id=payout.id)).scalar_one_or_none() is None
+    assert money(payout.user_id) == {"cash": 5_00, "payable": 0, "in_transit": 0, "settlement": 0}
     assert db.session.get(LedgerFlow, failed.flow).closed_at is not None
-    assert db.session.get(LedgerFlow, retry.flow).closed_at is None
 
 
 def test_cancelled_returns_the_money_to_the_balance(app, client, waiting):
@@ -183,7 +176,7 @@ def test_duplicate_notification_id_is_answered_204_and_does_nothing_again(app, c
     # then
     assert (again.status_code, again.get_data()) == (204, b"")
     assert state_of_everything(payout.id) == before
-    assert count(Payout) == 2  # the failed one and one retry, not two
+    assert count(Payout) == 1  # the failed one, and no new bill
 
 
 @pytest.mark.parametrize("second", ["SUCCESS", "FAIL", "CANCELLED"])
@@ -221,8 +214,8 @@ def test_concurrent_duplicates_have_one_set_of_effects(app, waiting):
     assert statuses == [204] * 8
     db.session.rollback()
     assert count(PaymentNotification) == 1
-    assert count(Payout) == 2
-    assert money(payout.user_id)["payable"] == 5_00
+    assert count(Payout) == 1  # an offered bill that failed sends no new bill (issue 9)
+    assert money(payout.user_id) == {"cash": 5_00, "payable": 0, "in_transit": 0, "settlement": 0}
 
 
 # -- refusals ------------------------------------------------------------------------

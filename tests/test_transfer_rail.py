@@ -269,8 +269,10 @@ def test_send_answers_map_to_outcomes(app, http_rail, wechat_http, answer, outco
         (429, "FREQUENCY_LIMITED", Outcome.RETRY),
         (500, "SYSTEM_ERROR", Outcome.UNKNOWN),
         (502, "SYSTEM_ERROR", Outcome.UNKNOWN),
-        (400, "PARAM_ERROR", Outcome.UNKNOWN),  # a non-200 is never a failure of the bill: query first
-        (400, "INVALID_REQUEST", Outcome.UNKNOWN),
+        # 400 PARAM_ERROR / INVALID_REQUEST: WeChat refused the request itself (below 0.1 yuan, say)
+        (400, "PARAM_ERROR", Outcome.REFUSED),
+        (400, "INVALID_REQUEST", Outcome.REFUSED),
+        (403, "INVALID_REQUEST", Outcome.UNKNOWN),  # any other non-200 is never a failure: query first
         (403, "A_CODE_FROM_NEXT_YEAR", Outcome.UNKNOWN),
     ],
 )
@@ -327,6 +329,7 @@ def test_simulator_faults_map_the_same_way(app, sim_rail, payee, transfer):
 )
 def test_query_states_map_to_outcomes(app, http_rail, wechat_http, state, outcome):
     data = {"mch_id": app.config["WECHAT_MCHID"], "out_bill_no": NO, "transfer_bill_no": "1330000002", "state": state}
+    data |= {"transfer_amount": REQUEST["amount_fen"], "openid": REQUEST["openid"]}
     wechat_http.add(responses.GET, f"{BILLS}/out-bill-no/{NO}", **signed(app, 200, data))
     result = http_rail.query(NO, REQUEST)
     assert (result.outcome, result.code, result.wechat_ref) == (outcome, state, "1330000002")
@@ -361,9 +364,10 @@ def test_query_timeout_is_unknown(http_rail, wechat_http):
 
 def test_query_against_the_simulator(app, sim_rail, payee, transfer):
     payout = transfer(payee())
-    assert sim_rail.query(payout.external_no, {}).outcome == Outcome.NOT_FOUND
-    sim_rail.send(payout.external_no, sim_rail.build_request(payout, utcnow()))
-    found = sim_rail.query(payout.external_no, {})
+    request = sim_rail.build_request(payout, utcnow())
+    assert sim_rail.query(payout.external_no, request).outcome == Outcome.NOT_FOUND
+    sim_rail.send(payout.external_no, request)
+    found = sim_rail.query(payout.external_no, request)
     assert (found.outcome, found.wechat_ref) == (
         Outcome.WAITING_USER_CONFIRM,
         simulator(app).transfers[payout.external_no]["transfer_bill_no"],

@@ -13,7 +13,16 @@ from flask import Blueprint, current_app, g, request
 from pydantic import Field
 
 from models import OperatorRole, Payout, PayoutAttempt, Rail, RailControl, User, db, utcnow
-from payouts.operations import approve, cancel, lock_payout, manual_payout, resend, resolve, withdraw
+from payouts.operations import (
+    approve,
+    cancel,
+    lock_payout,
+    manual_payout,
+    resend,
+    resolve,
+    settle_redeemed_card,
+    withdraw,
+)
 from web.admin import audit
 from web.api import endpoint
 from web.auth import current_user
@@ -41,6 +50,8 @@ def payout_json(p: Payout, *, for_user: bool = False) -> dict:
     }
     if p.status == "waiting_user_confirm":
         body["package_info"] = p.package_info  # for wx.requestMerchantTransfer / wx.addCard
+    if for_user and p.last_error and p.status in ("succeeded", "failed", "cancelled", "needs_operator"):
+        body["reason"] = p.last_error  # why it did not arrive (never confirmed, never opened: back in the balance)
     if not for_user:
         body |= {
             "user_id": p.user_id,
@@ -313,5 +324,7 @@ def consume_card(body: CardCode):
         )
     except WeChatError as exc:
         raise to_api_error(exc) from exc
-    audit("card.consume", "card_code", body.code, None, card_id=(answer.get("card") or {}).get("card_id"))
-    return {"consumed": True, "card_id": (answer.get("card") or {}).get("card_id")}
+    card_id = (answer.get("card") or {}).get("card_id")
+    payout = settle_redeemed_card(body.code, utcnow())
+    audit("card.consume", "card_code", body.code, None, card_id=card_id, payout_id=payout.id if payout else None)
+    return {"consumed": True, "card_id": card_id, "payout_id": payout.id if payout else None}

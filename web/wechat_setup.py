@@ -32,6 +32,7 @@ from wechat.keys import ApiV3Keys, VerifierKeys
 from wechat.mp import MemoryTokenStore, MiniProgramClient, OAuthClient, RedisTokenStore
 from wechat.pay import PayClient, PayConfig
 from wechat.simulator import create_simulator_blueprint
+from wechat.simulator_errors import LOST_ANSWER_HEADER
 from wechat.simulator_keys import SimulatorKeys, generate_rsa_key
 from wechat.simulator_state import SimulatorState
 
@@ -201,6 +202,11 @@ class InProcessAdapter(requests.adapters.BaseAdapter):
         worker.join()
         if "error" in result:
             raise requests.ConnectionError(f"simulator failed: {result['error']!r}", request=request)
+        lost = result["answer"].headers.get(LOST_ANSWER_HEADER)
+        if lost == "late":
+            raise requests.ReadTimeout("the simulator answered after the timeout", request=request)
+        if lost:
+            raise requests.ConnectionError("the simulator dropped the connection after acting", request=request)
         return _to_requests_response(request, result["answer"])
 
     def close(self) -> None:

@@ -54,6 +54,8 @@ BUSINESS_CODES: dict[str, bool] = {
     "NOT_ENOUGH": True,
     "USER_PAYING": True,
 }
+# A transfer-bill create answered 400 with these codes: WeChat refused the request itself (nothing exists).
+DEFINITE_TRANSFER_REFUSALS = frozenset({"PARAM_ERROR", "INVALID_REQUEST"})
 NOT_FOUND_CODES = frozenset({"ORDER_NOT_EXIST", "RESOURCE_NOT_EXISTS", "NOT_FOUND"})
 
 
@@ -111,9 +113,11 @@ class PayClient:
         verify: bool = True,
         extra_headers: dict[str, str] | None = None,
         parse_json: bool = True,
+        raw_body: str | None = None,
     ) -> PayResponse:
+        """``raw_body``: an already serialized JSON body, sent (and signed) byte for byte."""
         canonical = path + ("?" + urlencode(params) if params else "")
-        body = "" if json_body is None else json.dumps(json_body, ensure_ascii=False, separators=(",", ":"))
+        body = raw_body if raw_body is not None else _serialize(json_body)
         return self._handle(self._send(method, canonical, body, extra_headers), verify, parse_json)
 
     def _send(self, method: str, canonical: str, body: str, extra_headers: dict[str, str] | None) -> requests.Response:
@@ -271,7 +275,29 @@ class PayClient:
         user_name: str | None = None,
         user_recv_perception: str = "现金奖励",
     ) -> dict[str, Any]:
-        """2025 merchant transfer, scene 1000. Any error is outcome-unknown (query first)."""
+        """2025 merchant transfer, scene 1000: :meth:`transfer_bill_body` then :meth:`post_transfer_bill`."""
+        body, serial = self.transfer_bill_body(
+            out_bill_no, openid, amount_fen, remark, scene_report_infos, notify_url, user_name, user_recv_perception
+        )
+        return self.post_transfer_bill(body, serial)
+
+    def transfer_bill_body(
+        self,
+        out_bill_no: str,
+        openid: str,
+        amount_fen: int,
+        remark: str,
+        scene_report_infos: list[dict[str, str]],
+        notify_url: str,
+        user_name: str | None = None,
+        user_recv_perception: str = "现金奖励",
+    ) -> tuple[str, str | None]:
+        """The serialized body (validated locally) and the Wechatpay-Serial it needs.
+
+        Kept by the caller: re-POSTing the same ``out_bill_no`` with these exact bytes is how a lost
+        create answer (and its ``package_info``) is obtained again. The encrypted ``user_name`` is
+        different on every encryption, so the body must be kept, not rebuilt.
+        """
         body, serial = build_transfer_body(
             self.config.appid,
             self.config.keys,
@@ -284,12 +310,19 @@ class PayClient:
             user_name,
             user_recv_perception,
         )
+        return _serialize(body), serial
+
+    def post_transfer_bill(self, body: str, serial: str | None = None) -> dict[str, Any]:
+        """POST a transfer bill body. 400 PARAM_ERROR / INVALID_REQUEST is a definite refusal of the
+        request (below 0.1 yuan, say); every other error is outcome-unknown (query first)."""
         headers = {"Wechatpay-Serial": serial} if serial else None
         try:
             return self._request(
-                "POST", "/v3/fund-app/mch-transfer/transfer-bills", json_body=body, extra_headers=headers
+                "POST", "/v3/fund-app/mch-transfer/transfer-bills", raw_body=body, extra_headers=headers
             ).data
         except WeChatBusinessError as exc:
+            if exc.code in DEFINITE_TRANSFER_REFUSALS and exc.http_status == 400:
+                raise
             raise exc.as_unknown() from exc
 
     def query_transfer_bill(self, out_bill_no: str) -> dict[str, Any]:
@@ -307,16 +340,15 @@ class PayClient:
         out_request_no: str,
         stock_creator_mchid: str,
         appid: str | None = None,
-        coupon_value_fen: int | None = None,
     ) -> dict[str, Any]:
+        """Issue one coupon of a fixed-denomination stock. ``coupon_value`` is not open at WeChat (reference
+        §6.3), so it is never sent: the stock's own denomination is the coupon's value."""
         body: dict[str, Any] = {
             "stock_id": stock_id,
             "out_request_no": out_request_no,
             "appid": appid or self.config.appid,
             "stock_creator_mchid": stock_creator_mchid,
         }
-        if coupon_value_fen is not None:
-            body["coupon_value"] = coupon_value_fen
         path = f"/v3/marketing/favor/users/{_seg(openid)}/coupons"
         return self._request("POST", path, json_body=body).data
 
@@ -333,6 +365,10 @@ class PayClient:
 def _network_error(method: str, canonical: str, exc: Exception) -> WeChatError:
     path = canonical.split("?", 1)[0]
     return WeChatUnavailable(f"{method} {path}: {exc.__class__.__name__}", code="NETWORK_ERROR")
+
+
+def _serialize(json_body: dict[str, Any] | None) -> str:
+    return "" if json_body is None else json.dumps(json_body, ensure_ascii=False, separators=(",", ":"))
 
 
 def rfc3339(moment: datetime) -> str:

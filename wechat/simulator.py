@@ -18,7 +18,7 @@ from xml.sax.saxutils import escape
 from flask import Blueprint, Response, abort, redirect, request
 
 from wechat.errors import WeChatUnavailable
-from wechat.simulator_errors import SimError
+from wechat.simulator_errors import LOST_ANSWER_HEADER, SimError
 from wechat.simulator_pages import checkout_page, consent_page, overview_page, transfer_page
 from wechat.simulator_state import SimulatorState
 from wechat.v2sign import parse_xml, v2_sign
@@ -48,11 +48,16 @@ def _run_v3(state: SimulatorState, handler: V3Handler, kwargs: dict[str, Any]) -
     canonical, raw = _canonical_url(), request.get_data()
     try:
         fault = state.take_fault(canonical)
-        if fault is not None:
+        if fault is not None and not fault.after:
             raise SimError(fault.status, fault.code, fault.message)
         state.check_authorization(request.method, canonical, request.headers.get("Authorization", ""), raw)
         body = _parse_json(raw) if request.method == "POST" else {}
         result = handler(body, **kwargs)
+        if fault is not None:  # acted; the answer is lost or replaced
+            if fault.status == 0:
+                lost = "late" if fault.code == "LATE_ANSWER" else "dropped"
+                return Response(b"", status=599, headers={LOST_ANSWER_HEADER: lost})
+            raise SimError(fault.status, fault.code, fault.message)
     except SimError as exc:
         return _signed(state, exc.status, {"code": exc.code, "message": exc.message})
     return _signed(state, 204, None) if result is None else _signed(state, 200, result)

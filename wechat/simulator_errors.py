@@ -12,3 +12,9 @@ class SimError(Exception):
     def __init__(self, status: int, code: str, message: str = "") -> None:
         super().__init__(code)
         self.status, self.code, self.message = status, code, message or code
+
+
+# A simulator answer carrying this header was never "received": the in-process transport raises the
+# matching ``requests`` error instead ("dropped": connection lost, "late": read timeout). The call was
+# carried out all the same, as when WeChat acts and its answer is lost on the way.
+LOST_ANSWER_HEADER = "X-Sim-Lost-Answer"

@@ -144,6 +144,8 @@ class PayoutMixin:
         missing = [n for n in ("stock_id", "out_request_no", "appid", "stock_creator_mchid") if not body.get(n)]
         if missing:
             raise SimError(400, "PARAM_ERROR", f"缺少参数 {', '.join(missing)}")
+        if "coupon_value" in body or "coupon_minimum" in body:  # "该字段暂未开放" (reference §6.3)
+            raise SimError(400, "PARAM_ERROR", "coupon_value/coupon_minimum 暂未开放")
         with self.lock:
             existing = self.coupons.get(body["out_request_no"])
             if existing is None:
@@ -224,6 +226,8 @@ class PayoutMixin:
                 "act_name": p.get("act_name", ""),
                 "remark": p.get("remark", ""),
             }
+            if packet["status"] == "REFUND":
+                answer |= {"refund_time": packet["refund_time"], "refund_amount": p["total_amount"]}
             if packet["rcv_time"]:
                 answer["hblist"] = [
                     {"openid": p["re_openid"], "amount": p["total_amount"], "rcv_time": packet["rcv_time"]}
@@ -234,6 +238,14 @@ class PayoutMixin:
         with self.lock:
             packet = self.redpacks[mch_billno]
             packet.update(status="RECEIVED", rcv_time=_now().replace("T", " ")[:19])
+
+    def refund_unopened_redpack(self, mch_billno: str) -> None:
+        """What WeChat does 24 h after sending a packet nobody opened: REFUND, the whole amount back."""
+        with self.lock:
+            packet = self.redpacks[mch_billno]
+            if packet["status"] != "SENT":
+                raise SimError(400, "INVALID_REQUEST", f"packet is {packet['status']}, not SENT")
+            packet.update(status="REFUND", refund_time=_now().replace("T", " ")[:19])
 
     def payout_fund_entries(self, bill_date: str) -> list[list[str]]:
         rows = []

@@ -44,6 +44,7 @@ class Fault:
     code: str
     message: str
     times: int
+    after: bool = False  # act first, then lose the answer: WeChat holds what the caller never heard of
 
 
 def beijing_now_iso() -> str:
@@ -94,10 +95,17 @@ class SimulatorState(PayMixin, PayoutMixin):
         PayoutMixin.__init__(self)
 
     # -- faults ------------------------------------------------------------------
-    def inject_fault(self, path_prefix: str, status: int, code: str, message: str = "", times: int = 1) -> None:
-        """The next ``times`` calls under ``path_prefix`` answer this error instead."""
+    def inject_fault(
+        self, path_prefix: str, status: int, code: str, message: str = "", times: int = 1, *, after: bool = False
+    ) -> None:
+        """The next ``times`` calls under ``path_prefix`` answer this error instead.
+
+        ``after``: the call is carried out first and only its answer is replaced (a 500 or 429 after acting);
+        status 0 drops the connection instead of answering, code ``LATE_ANSWER`` answers after the caller's
+        timeout (see ``LOST_ANSWER_HEADER``).
+        """
         with self.lock:
-            self.faults.append(Fault(path_prefix, status, code, message or code, times))
+            self.faults.append(Fault(path_prefix, status, code, message or code, times, after))
 
     def take_fault(self, path: str) -> Fault | None:
         with self.lock:

@@ -16,6 +16,7 @@ SCENE_1000_INFO_TYPES = ("活动名称", "奖励说明")
 PERCEPTIONS_SCENE_1000 = frozenset({"现金奖励", "活动奖励"})
 USER_NAME_REQUIRED_FROM_FEN = 200_000
 USER_NAME_ALLOWED_FROM_FEN = 30
+MIN_TRANSFER_FEN = 10  # WeChat's smallest transfer (0.1 yuan); below it WeChat answers 400 INVALID_REQUEST
 _OUT_BILL_NO = re.compile(r"^[0-9A-Za-z]{1,32}$")
 
 
@@ -58,6 +59,8 @@ def _check_basics(out_bill_no: str, amount_fen: int, remark: str, perception: st
         raise WeChatInvalidRequest("out_bill_no must be 1-32 letters or digits")
     if not isinstance(amount_fen, int) or isinstance(amount_fen, bool) or amount_fen <= 0:
         raise WeChatInvalidRequest("amount_fen must be a positive integer of fen")
+    if amount_fen < MIN_TRANSFER_FEN:
+        raise WeChatInvalidRequest(f"transfers start at {MIN_TRANSFER_FEN} fen", code="BELOW_MINIMUM")
     if not remark or len(remark) > 32:
         raise WeChatInvalidRequest("transfer remark must be 1-32 characters")
     if perception not in PERCEPTIONS_SCENE_1000:

@@ -316,9 +316,9 @@ def test_transfer_business_errors_are_outcome_unknown(mocked, pay_client, sim_ke
 
 
 def test_favor_coupon_is_idempotent(sim_http, pay_client):
-    first = pay_client.send_favor_coupon("sim-openid-alice", "9865000", "REQ0001", MCHID, coupon_value_fen=500)
+    first = pay_client.send_favor_coupon("sim-openid-alice", "9865000", "REQ0001", MCHID)
     assert first["coupon_id"]
-    assert pay_client.send_favor_coupon("sim-openid-alice", "9865000", "REQ0001", MCHID, coupon_value_fen=500) == first
+    assert pay_client.send_favor_coupon("sim-openid-alice", "9865000", "REQ0001", MCHID) == first
 
 
 # -- bills ---------------------------------------------------------------------------

@@ -1,0 +1,104 @@
+"""Cash red packets nobody opened: WeChat refunds them to the merchant after 24 h.
+
+A packet WeChat accepted counts as paid (the money left our account), but the
+user may never open it. Each such packet is queried (``gethbinfo``) once its
+refund time has passed: RECEIVED settles it for good; REFUND returns the money to
+the user's cash balance (one ledger entry per payout, so a repeat changes
+nothing), with the reason on the payout for the trace and the user's history.
+Every check is a ``claim_check`` attempt; a packet with a final one is done.
+No transaction is open during the calls.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import exists, select
+
+from ledger import Leg, account, post_entry
+from models import AccountKind, Payout, PayoutAttempt, PayoutStatus, Rail, db, raise_alert
+from payouts.operations import lock_payout
+from payouts.rails import Outcome, RailAdapter, RailResult, summary
+
+REFUND_AFTER = timedelta(hours=24)  # WeChat refunds an unopened packet after this
+MARGIN = timedelta(hours=1)  # its refund is not instant: ask a little later
+QUERY_WINDOW = timedelta(days=30)  # gethbinfo answers for the last 30 days only
+CHECK = "claim_check"
+FINAL = (Outcome.SUCCEEDED, Outcome.UNCLAIMED, Outcome.MISMATCH)
+
+
+def due_checks(now: datetime, batch: int = 50) -> list[tuple[int, str, dict]]:
+    """Paid red packets past their refund time with no final check yet: (id, number, request)."""
+    settled = exists().where(
+        PayoutAttempt.payout_id == Payout.id, PayoutAttempt.action == CHECK, PayoutAttempt.outcome.in_(FINAL)
+    )
+    stmt = (
+        select(Payout.id, Payout.external_no, Payout.request)
+        .where(
+            Payout.rail == Rail.CASH_RED_PACKET,
+            Payout.status == PayoutStatus.SUCCEEDED,
+            Payout.sent_at <= now - REFUND_AFTER - MARGIN,
+            Payout.sent_at > now - QUERY_WINDOW,
+            Payout.request.is_not(None),
+            ~settled,
+        )
+        .order_by(Payout.sent_at, Payout.id)
+        .limit(batch)
+    )
+    return [(row.id, row.external_no, dict(row.request)) for row in db.session.execute(stmt)]
+
+
+def check_unclaimed(rail: RailAdapter, now: datetime, clock: Callable[[], datetime] | None = None) -> Counter:
+    """One pass: read (then end the transaction), query each packet, record each answer with its own commit."""
+    due = due_checks(now)
+    db.session.rollback()  # no transaction open during the calls
+    outcomes: Counter = Counter()
+    for payout_id, external_no, request in due:
+        result = _as_check(rail.query(external_no, request))
+        record_check(payout_id, request, result, clock() if clock else now)
+        db.session.commit()
+        outcomes[result.outcome] += 1
+    return outcomes
+
+
+def _as_check(result: RailResult) -> RailResult:
+    """For this check only RECEIVED is done: SENT (paid to the packet, not opened yet) is asked again."""
+    if result.outcome == Outcome.SUCCEEDED and result.code != "RECEIVED":
+        return RailResult(Outcome.IN_PROGRESS, result.code, "not opened yet", wechat_ref=result.wechat_ref)
+    return result
+
+
+def record_check(payout_id: int, request: dict, result: RailResult, now: datetime) -> None:
+    payout = lock_payout(payout_id)
+    db.session.add(
+        PayoutAttempt(
+            payout_id=payout.id,
+            action=CHECK,
+            request_summary=summary(request),
+            response_code=result.code,
+            outcome=result.outcome,
+            message=result.message[:2000],
+            duration_ms=0,
+            created_at=now,
+        )
+    )
+    if result.outcome == Outcome.UNCLAIMED:
+        return_unclaimed(payout, result.message)
+    elif result.outcome == Outcome.MISMATCH:
+        raise_alert("payout_answer_mismatch", payout.external_no, result.message)
+    elif result.outcome not in (Outcome.SUCCEEDED, Outcome.IN_PROGRESS, Outcome.UNKNOWN):
+        # SENT / RFUND_ING / errors: asked again next pass; a FAILED after a SENT would be WeChat's own puzzle
+        raise_alert("payout_claim_check", payout.external_no, f"{result.code}: {result.message}")
+
+
+def return_unclaimed(payout: Payout, why: str) -> None:
+    """The money WeChat took back is the user's again: WeChat settlement → their cash balance, once."""
+    cash = account(AccountKind.USER_CASH, "user", payout.user_id)
+    post_entry(
+        f"payout:{payout.id}:unclaimed",
+        f"red packet {payout.external_no} unopened, refunded by WeChat: back to the balance",
+        [Leg(account(AccountKind.WECHAT_SETTLEMENT), -payout.amount_fen), Leg(cash, payout.amount_fen)],
+    )
+    payout.last_error = f"REFUND: {why}; {payout.amount_fen} fen back in your balance"[:2000]

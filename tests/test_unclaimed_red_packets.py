@@ -1,0 +1,160 @@
+"""Cash red packets nobody opened (issue 9 §3): WeChat refunds them after 24 h; the user gets the money back.
+
+End to end on the app's simulator: a packet is sent, the simulator refunds it
+unopened (or the user opens it), and the job queries it after WeChat's refund time.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from jobs.payouts import payout_rails
+from ledger import Leg, account, balance, post_entry
+from models import AccountKind, LedgerEntry, Payout, PayoutAttempt, User, db, utcnow
+from models.base import BEIJING
+from payouts import enqueue_payout
+from payouts.dispatch import dispatch_due
+from payouts.record import DispatchSettings
+from payouts.unclaimed import check_unclaimed, return_unclaimed
+from rebate.trace import _payout
+from tests.test_wechat_callbacks import simulator
+
+
+def ten_am_tomorrow() -> datetime:
+    day = utcnow().astimezone(BEIJING).date() + timedelta(days=1)
+    return datetime(day.year, day.month, day.day, 10, tzinfo=BEIJING).astimezone(UTC)
+
+
+@pytest.fixture
+def sent_packet(app, make_user):
+    """A 5-yuan cash red packet from the user's balance, sent at 10:00 Beijing time tomorrow."""
+
+    def make(amount_fen: int = 5_00) -> Payout:
+        user = make_user(appid=app.config["WECHAT_OA_APPID"])
+        cash = account(AccountKind.USER_CASH, "user", user.id)
+        post_entry(
+            f"fund:{user.id}",
+            "rebate",
+            [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)],
+        )
+        payout = enqueue_payout(
+            rail="cash_red_packet", user_id=user.id, amount_fen=amount_fen, source=cash, key=f"r:{user.id}", memo="r"
+        )
+        db.session.commit()
+        at = ten_am_tomorrow()
+        dispatch_due(payout_rails(app), settings=DispatchSettings.from_config(app.config), clock=lambda: at)
+        db.session.expire_all()
+        payout = db.session.get(Payout, payout.id)
+        assert payout.status == "succeeded" and simulator(app).redpacks[payout.external_no]["status"] == "SENT"
+        return payout
+
+    return make
+
+
+def rail(app):
+    return payout_rails(app)["cash_red_packet"]
+
+
+def cash_of(payout: Payout) -> int:
+    return balance(account(AccountKind.USER_CASH, "user", payout.user_id))
+
+
+def checks(payout: Payout) -> int:
+    return db.session.scalar(select(func.count()).where(PayoutAttempt.payout_id == payout.id))
+
+
+def test_an_unopened_packet_refunded_by_wechat_goes_back_to_the_balance_with_the_reason(
+    app, client, sent_packet, user_headers
+):
+    # given: a packet nobody opened; WeChat refunded it after 24 h
+    payout = sent_packet(5_00)
+    assert cash_of(payout) == 0
+    simulator(app).refund_unopened_redpack(payout.external_no)
+    # when: the job runs after the refund time
+    outcomes = check_unclaimed(rail(app), payout.sent_at + timedelta(hours=26))
+    # then: the money is the user's again, with the reason in the trace and the user's history
+    assert dict(outcomes) == {"unclaimed": 1}
+    db.session.expire_all()
+    payout = db.session.get(Payout, payout.id)
+    assert cash_of(payout) == 5_00
+    assert balance(account(AccountKind.WECHAT_SETTLEMENT)) == 0
+    assert "nobody opened" in payout.last_error and "back in your balance" in payout.last_error
+    user = db.session.get(User, payout.user_id)
+    [mine] = client.get("/api/v1/me/payouts", headers=user_headers(user)).json["items"]
+    assert "back in your balance" in mine["reason"]
+    info, line = _payout(payout)  # how the order trace describes the payout
+    assert "back in your balance" in line and info["last_error"] == payout.last_error
+    # and: another run changes nothing (one ledger entry, not due any more)
+    assert not check_unclaimed(rail(app), payout.sent_at + timedelta(hours=30))
+    assert cash_of(payout) == 5_00
+    key = f"payout:{payout.id}:unclaimed"
+    assert db.session.scalar(select(func.count()).where(LedgerEntry.idempotency_key == key)) == 1
+
+
+def test_returning_an_unclaimed_packet_twice_moves_the_money_once(app, sent_packet):
+    payout = sent_packet(3_00)
+    return_unclaimed(payout, "nobody opened it")
+    return_unclaimed(payout, "nobody opened it")
+    db.session.commit()
+    assert cash_of(payout) == 3_00
+
+
+def test_an_opened_packet_is_done_and_never_asked_again(app, sent_packet):
+    payout = sent_packet(5_00)
+    simulator(app).receive_redpack(payout.external_no)
+    assert dict(check_unclaimed(rail(app), payout.sent_at + timedelta(hours=26))) == {"succeeded": 1}
+    assert not check_unclaimed(rail(app), payout.sent_at + timedelta(days=2))
+    db.session.expire_all()
+    assert cash_of(payout) == 0 and checks(payout) == 2  # the send, and one check
+    assert balance(account(AccountKind.WECHAT_SETTLEMENT)) == 5_00
+
+
+def test_a_packet_is_not_asked_before_wechats_refund_time(app, sent_packet):
+    payout = sent_packet(5_00)
+    assert not check_unclaimed(rail(app), payout.sent_at + timedelta(hours=24))
+
+
+def test_a_packet_still_sent_is_asked_again_on_the_next_run(app, sent_packet):
+    payout = sent_packet(5_00)
+    later = payout.sent_at + timedelta(hours=26)
+    assert dict(check_unclaimed(rail(app), later)) == {"in_progress": 1}  # SENT: not opened, not refunded yet
+    db.session.expire_all()
+    # …a SENT answer is not final: the packet is asked again until RECEIVED or REFUND
+    simulator(app).refund_unopened_redpack(payout.external_no)
+    assert dict(check_unclaimed(rail(app), later + timedelta(hours=1))) == {"unclaimed": 1}
+    assert cash_of(payout) == 5_00
+
+
+def test_a_planted_answer_for_another_amount_moves_nothing_and_alerts(app, sent_packet):
+    from models import Alert
+
+    payout = sent_packet(5_00)
+    sim = simulator(app)
+    sim.refund_unopened_redpack(payout.external_no)
+    sim.redpacks[payout.external_no]["params"]["total_amount"] = "50000"
+    assert dict(check_unclaimed(rail(app), payout.sent_at + timedelta(hours=26))) == {"mismatch": 1}
+    assert cash_of(payout) == 0
+    assert db.session.query(Alert).filter_by(kind="payout_answer_mismatch").count() == 1
+
+
+def test_a_packet_the_dispatcher_finds_refunded_returns_to_the_balance_without_a_new_packet(app, make_user):
+    from payouts.rails import Outcome, RailResult
+    from payouts.record import apply_result
+    from payouts.transitions import mark_sent
+
+    # given: a packet whose send answer was lost (unknown), queried only after WeChat refunded it
+    user = make_user(appid=app.config["WECHAT_OA_APPID"])
+    fund = account(AccountKind.PLATFORM_MARKETING_FUND)
+    payout = enqueue_payout(rail="cash_red_packet", user_id=user.id, amount_fen=2_00, source=fund, key="u", memo="u")
+    mark_sent(payout, utcnow())
+    payout.status = "sending"
+    # when
+    apply_result(payout, RailResult(Outcome.UNCLAIMED, "REFUND", "nobody opened it"), utcnow(), DispatchSettings())
+    db.session.commit()
+    # then: the user's money, in their balance; no new packet sent unasked
+    assert payout.status == "failed" and "back in your balance" in payout.last_error
+    assert cash_of(payout) == 2_00
+    assert db.session.scalar(select(func.count()).where(Payout.retry_of_id == payout.id)) == 0
