@@ -25,6 +25,17 @@ TEST_SETTINGS = {
     "DATA_ENCRYPTION_KEY": "p2v0L5dTgd0l2Pz7o7m4k0o3QyYw5cYpXq3kJ0x8Q1A=",
     "LOG_LEVEL": "WARNING",
 }
+# The platform-wide claim limits are off in tests that do not test them (every test client is 127.0.0.1);
+# tests/test_platform_limits.py switches them on with PLATFORM_LIMITS.
+NO_PLATFORM_LIMITS = {
+    "CLAIM_IP_PER_DAY": 0,
+    "CLAIM_DEVICE_PER_DAY": 0,
+    "CLAIM_PERSON_PER_DAY": 0,
+    "CLAIM_IP_INTERVAL_SECONDS": 0,
+    "CLAIM_DEVICE_INTERVAL_SECONDS": 0,
+    "CLAIM_PERSON_INTERVAL_SECONDS": 0,
+}
+TEST_SETTINGS.update(NO_PLATFORM_LIMITS)
 
 
 def on_postgres() -> bool:
