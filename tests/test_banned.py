@@ -148,3 +148,27 @@ def test_the_dispatcher_skips_a_banned_persons_payouts_until_the_ban_is_lifted(f
     # then: it is sent
     assert db.session.get(Payout, waiting.id).status == "succeeded"
     assert rail.calls[-1] == ("send", waiting.external_no)
+
+
+def test_a_banned_teachers_held_share_is_not_released_when_the_milestones_are_met(education, pay):
+    from rebate.milestones import report_milestone
+
+    # given: the education story: the student pays tuition with the teacher's packet; 10 % is held
+    school, course, teacher, campaign, student, packet = education
+    order = create_order(student, [LineRequest(course.id, 1)], packet.id, utcnow())
+    db.session.commit()
+    pay(order)
+    (held,) = rebates_of(order).values()
+    assert held.status == "held" and held.held_fen > 0
+    ban(teacher)
+
+    # when: both milestones are met
+    for name in ("lessons_10", "test_passed"):
+        report_milestone(order, name, None, utcnow())
+    db.session.commit()
+
+    # then: nothing is released to the banned teacher; the held part waits, and the trace says why
+    (after,) = rebates_of(order).values()
+    assert (after.status, after.amount_fen, after.held_fen) == ("held", 0, held.held_fen)
+    assert any("banned" in why for why in after.reasons)
+    assert cash(teacher) == 0

@@ -316,3 +316,36 @@ def test_fund_deposit_helper_is_a_balanced_top_up(make_merchant):
     fund_deposit(shop.id, 1_00)
     db.session.commit()
     assert deposit(shop.id) == 1_00
+
+
+def test_two_payments_at_once_never_spend_more_than_the_deposit_holds(
+    app, make_merchant, make_product, make_user, make_campaign
+):
+    from rebate import apply_payment
+    from tests.test_money_path_postgres import run_together
+
+    # given: two campaigns of one merchant (no campaign row in common), one deposit holding 25 yuan;
+    # each buyer spends a 10-yuan packet on a 100-yuan order (pays 90) and is owed 5 % = 4.50
+    shop = make_merchant()
+    product = make_product(shop, price_fen=100_00)
+    orders = []
+    for i in range(2):
+        campaign = make_campaign(
+            CONSUMER,
+            funder_type="merchant_deposit",
+            funder_merchant_id=shop.id,
+            packet_amount_fen=10_00,
+            fund_deposit_fen=25_00 if i == 0 else 0,
+        )
+        buyer = make_user()
+        orders.append(buy(buyer, product, issue_packet(campaign, buyer, source="t", source_ref="1", now=utcnow())))
+    numbers = [(o.out_trade_no, o.payable_fen) for o in orders]
+
+    # when: both payments are applied at once, each in its own transaction
+    results = run_together(app, 2, lambda i: apply_payment(numbers[i][0], f"tx-{i}", numbers[i][1], utcnow()))
+
+    # then: one after the other on the deposit: 25 − 10 − 4.50, then − 10 leaves 0.50 for the second rebate
+    assert [str(r) for r in results] == ["applied", "applied"], results
+    db.session.rollback()
+    paid = sorted(db.session.execute(select(Rebate.amount_fen)).scalars())
+    assert paid == [50, 4_50] and deposit(shop.id) == 0
