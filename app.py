@@ -33,7 +33,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     _apply_dev_defaults(app)
     app.config.update(
         SQLALCHEMY_DATABASE_URI=settings["DATABASE_URL"],
-        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(settings["DATABASE_URL"]),
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(settings["DATABASE_URL"], settings["DATABASE_LOCK_TIMEOUT_S"]),
         JSON_SORT_KEYS=False,
     )
     if not app.config.get("TESTING"):
@@ -45,7 +45,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     Migrate(app, db, directory=MIGRATIONS_DIR, compare_type=True, render_as_batch=True)
     with app.app_context():
-        _configure_sqlite(db.engine)
+        _configure_sqlite(db.engine, settings["DATABASE_LOCK_TIMEOUT_S"])
     if app.config["TRUSTED_PROXY_COUNT"]:
         n = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
@@ -75,24 +75,44 @@ def _apply_dev_defaults(app: Flask) -> None:
         log.warning("simulator mode with the built-in development SECRET_KEY")
 
 
-def _engine_options(url: str) -> dict:
+def _engine_options(url: str, lock_timeout_s: int) -> dict:
     if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 15}}
-    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+        # pysqlite's own transaction handling is switched off in _configure_sqlite; the busy
+        # timeout is what makes a contended BEGIN IMMEDIATE wait instead of failing at once.
+        return {"connect_args": {"timeout": lock_timeout_s}}
+    options = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+    if url.startswith("postgresql") and lock_timeout_s:
+        # A row lock held too long (a stuck transaction) fails the waiter with lock_not_available,
+        # answered 503 + Retry-After, instead of piling up every worker behind it.
+        options["connect_args"] = {"options": f"-c lock_timeout={lock_timeout_s * 1000}"}
+    return options
 
 
-def _configure_sqlite(engine) -> None:
+def _configure_sqlite(engine, lock_timeout_s: int) -> None:
+    """Serialise every SQLite transaction, as SQLAlchemy documents for pysqlite.
+
+    SQLite ignores ``SELECT … FOR UPDATE`` and pysqlite opens no transaction until the first
+    write, so a read-check-write in two requests would interleave. Taking over transaction
+    control and opening every transaction with ``BEGIN IMMEDIATE`` takes SQLite's write lock
+    at the start: transactions run one at a time, and a contended one waits up to the busy
+    timeout (then the request answers 503 + Retry-After, see ``web.errors``).
+    """
     if engine.dialect.name != "sqlite":
         return
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_conn, _record):
         if isinstance(dbapi_conn, sqlite3.Connection):
+            dbapi_conn.isolation_level = None  # no implicit BEGIN from pysqlite; we issue our own
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=15000")
+            cursor.execute(f"PRAGMA busy_timeout={lock_timeout_s * 1000}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _install_web(app: Flask) -> None:

@@ -81,6 +81,13 @@ SETTINGS: tuple[Setting, ...] = (
         doc="SQLAlchemy URL; PostgreSQL in production (postgresql+psycopg://…).",
     ),
     Setting(
+        "DATABASE_LOCK_TIMEOUT_S",
+        20,
+        _positive_int,
+        doc="How long a request waits for a contended lock before answering 503 + Retry-After: SQLite's busy "
+        "timeout for its `BEGIN IMMEDIATE` transactions, PostgreSQL's `lock_timeout` for row locks.",
+    ),
+    Setting(
         "REDIS_URL",
         None,
         doc="Redis for the shared WeChat access token and card ticket and the payout rails' calls-per-second "

@@ -6,7 +6,21 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
-from models import LedgerAccount, LedgerEntry, LedgerFlow, LedgerPosting, db
+from models import (
+    AccountKind,
+    Campaign,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerFlow,
+    LedgerPosting,
+    Order,
+    OrderPacket,
+    OrderStatus,
+    PacketStatus,
+    Receivable,
+    RedPacket,
+    db,
+)
 from models.ledger import CLEARING_KINDS
 
 
@@ -28,6 +42,9 @@ def check_ledger() -> CheckReport:
     _empty_entries(report)
     _unit_mismatches(report)
     _clearing_flows(report)
+    _unexplained_negative_balances(report)
+    _packets_spent_twice(report)
+    _reservations_without_packets(report)
     return report
 
 
@@ -88,3 +105,62 @@ def _clearing_flows(report: CheckReport) -> None:
             report.violations.append(f"closed flow {ref} left {total} on {code}")
         else:
             report.in_flight.append(f"flow {ref}: {total} in flight on {code}")
+
+
+# A person's balance goes below zero only as a receivable: a refund clawed back a rebate that had
+# already left. Any other negative balance is money paid out twice (a raced withdrawal, say).
+USER_RECEIVABLE_KIND = {AccountKind.USER_CASH: "cash", AccountKind.USER_POINTS: "points"}
+
+
+def _unexplained_negative_balances(report: CheckReport) -> None:
+    for account_kind, receivable_kind in USER_RECEIVABLE_KIND.items():
+        owed = (
+            select(func.coalesce(func.sum(Receivable.outstanding_fen), 0))
+            .where(
+                Receivable.beneficiary_type == "user",
+                Receivable.beneficiary_id == LedgerAccount.owner_id,
+                Receivable.kind == receivable_kind,
+            )
+            .scalar_subquery()
+        )
+        total = func.sum(LedgerPosting.amount)
+        rows = db.session.execute(
+            select(LedgerAccount.code, total, owed)
+            .join(LedgerPosting, LedgerPosting.account_id == LedgerAccount.id)
+            .where(LedgerAccount.kind == account_kind.value)
+            .group_by(LedgerAccount.id, LedgerAccount.code, LedgerAccount.owner_id)
+            .having(total < 0, -total > owed)
+        ).all()
+        report.violations += [
+            f"{code} is at {balance} but only {receivable} is owed back as a receivable"
+            for code, balance, receivable in rows
+        ]
+
+
+def _packets_spent_twice(report: CheckReport) -> None:
+    """A packet's discount may stand on one order that is not closed (a closed one gave it back)."""
+    live = [OrderStatus.CREATED.value, OrderStatus.PAID.value, OrderStatus.REFUNDED.value]
+    rows = db.session.execute(
+        select(OrderPacket.packet_id, func.count(OrderPacket.order_id))
+        .join(Order, Order.id == OrderPacket.order_id)
+        .where(Order.status.in_(live))
+        .group_by(OrderPacket.packet_id)
+        .having(func.count(OrderPacket.order_id) > 1)
+    ).all()
+    report.violations += [f"red packet {packet_id} discounts {n} orders" for packet_id, n in rows]
+
+
+def _reservations_without_packets(report: CheckReport) -> None:
+    """A budget's reservation is held by its live packets; more reserved than they hold never comes back."""
+    live = [PacketStatus.UNCLAIMED.value, PacketStatus.ISSUED.value, PacketStatus.LOCKED.value]
+    held = (
+        select(func.coalesce(func.sum(RedPacket.reserved_fen), 0))
+        .where(RedPacket.campaign_id == Campaign.id, RedPacket.status.in_(live))
+        .scalar_subquery()
+    )
+    rows = db.session.execute(
+        select(Campaign.id, Campaign.budget_reserved_fen, held).where(Campaign.budget_reserved_fen > held)
+    ).all()
+    report.violations += [
+        f"campaign {cid} reserves {reserved} fen but its live packets hold {packets}" for cid, reserved, packets in rows
+    ]

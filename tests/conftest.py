@@ -12,6 +12,8 @@ import os
 from itertools import count
 
 import pytest
+from flask import Flask, has_app_context
+from flask.testing import FlaskClient
 from sqlalchemy import create_engine, inspect, text
 
 from app import create_app
@@ -24,9 +26,12 @@ TEST_SETTINGS = {
     "SECRET_KEY": "test-secret-key",
     "DATA_ENCRYPTION_KEY": "p2v0L5dTgd0l2Pz7o7m4k0o3QyYw5cYpXq3kJ0x8Q1A=",
     "LOG_LEVEL": "WARNING",
+    # Long enough for every race test's threads to queue behind each other; lower it to find a
+    # test that deadlocks against its own session quickly.
+    "DATABASE_LOCK_TIMEOUT_S": int(os.environ.get("TEST_LOCK_TIMEOUT_S", "20")),
 }
 # The platform-wide claim limits are off in tests that do not test them (every test client is 127.0.0.1);
-# tests/test_platform_limits.py switches them on with PLATFORM_LIMITS.
+# tests/test_platform_limits.py switches them on.
 NO_PLATFORM_LIMITS = {
     "CLAIM_IP_PER_DAY": 0,
     "CLAIM_DEVICE_PER_DAY": 0,
@@ -40,6 +45,27 @@ TEST_SETTINGS.update(NO_PLATFORM_LIMITS)
 
 def on_postgres() -> bool:
     return PG_URL is not None
+
+
+def release_test_session() -> None:
+    """End the test body's own transaction so requests and threads can take the database.
+
+    On SQLite every transaction starts with ``BEGIN IMMEDIATE`` (app.py), so a test that read
+    a row and then calls the app in the same thread would hold the write lock its own request
+    waits for. Production has no such case (one session per request or job); the test body's
+    session is the extra one. Pending test writes are committed, as the test meant them.
+    """
+    if has_app_context() and db.session.registry.has() and db.session().in_transaction():
+        db.session.commit()
+
+
+class ReleasingClient(FlaskClient):
+    def open(self, *args, **kwargs):
+        release_test_session()
+        return super().open(*args, **kwargs)
+
+
+Flask.test_client_class = ReleasingClient
 
 
 @pytest.fixture(scope="session")

@@ -9,17 +9,12 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-import pytest
 from sqlalchemy import func, select
 
 from models import Campaign, RedPacket, SignIn, db
 from models.limits import LimitCounter
-from tests.conftest import on_postgres
+from tests.conftest import release_test_session
 
-pytestmark = [
-    pytest.mark.postgres_only,
-    pytest.mark.skipif(not on_postgres(), reason="needs PostgreSQL (TEST_DATABASE_URL)"),
-]
 RULES = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 3_00}]}
 RESERVATION = 10_00 + 3_00
 
@@ -30,6 +25,7 @@ def limits(**values) -> dict:
 
 def race(app, requests: list[tuple[str, dict, dict]]) -> list[tuple[int, str | None]]:
     """POST every (path, headers, environ) at once from its own thread; (status, error code) of each."""
+    release_test_session()
     barrier = threading.Barrier(len(requests))
     results: list = [None] * len(requests)
 

@@ -10,7 +10,7 @@ from flask import Blueprint
 from sqlalchemy import func, select
 
 from models import AuditLog, IdempotencyRecord, Merchant, User, UserStatus, db, utcnow
-from tests.conftest import on_postgres
+from tests.conftest import release_test_session
 from web.api import endpoint
 from web.idempotency import request_fingerprint
 from web.schemas import Model, Name
@@ -218,7 +218,6 @@ def test_validation_failure_is_not_stored(client, admin):
     assert client.post(MERCHANTS, json={"name": "ok"}, headers=with_key(headers, "k-9")).status_code == 201
 
 
-@pytest.mark.skipif(not on_postgres(), reason="needs PostgreSQL for real concurrency")
 def test_concurrent_duplicates_make_one_merchant(app, admin):
     _, headers = admin
     n = 10
@@ -231,6 +230,7 @@ def test_concurrent_duplicates_make_one_merchant(app, admin):
         response = client.post(MERCHANTS, json={"name": "Hot Shop"}, headers=with_key(headers, "race"))
         answers[i] = (response.status_code, response.json)
 
+    release_test_session()
     threads = [threading.Thread(target=post, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()

@@ -280,10 +280,9 @@ def _disarm():
 def test_two_dispatchers_at_once_never_send_one_payout_twice(app, funded_payout):
     import threading
 
-    from tests.conftest import on_postgres
+    from tests.conftest import release_test_session
 
-    if not on_postgres():
-        pytest.skip("row locks with SKIP LOCKED need PostgreSQL")
+    # PostgreSQL: row locks with SKIP LOCKED; SQLite: BEGIN IMMEDIATE serialises the claims
     payouts = [funded_payout(amount_fen=1_00 + i)[0].external_no for i in range(20)]
 
     class Paying(ScriptedRail):
@@ -304,6 +303,7 @@ def test_two_dispatchers_at_once_never_send_one_payout_twice(app, funded_payout)
                 dispatch_due({rail.name: rail}, settings=DispatchSettings(batch=5))
             db.session.remove()
 
+    release_test_session()
     threads = [threading.Thread(target=worker) for _ in range(2)]
     for t in threads:
         t.start()

@@ -1,4 +1,5 @@
-"""Races on the money path, on real PostgreSQL: claims against one budget, duplicate payment
+"""Races on the money path, on PostgreSQL and on SQLite (serialised by BEGIN IMMEDIATE there):
+claims against one budget, duplicate payment
 notifications, a payment racing a refund, concurrent idempotent order creation.
 
 Each thread runs in its own app context (its own session and connection), starts at
@@ -32,12 +33,8 @@ from rebate import apply_payment, apply_refund, begin_refund, claim_packet, crea
 from rebate.errors import BudgetExhausted, RebateError
 from rebate.orders import LineRequest
 from rebate.packets import generate_batch
-from tests.conftest import on_postgres
+from tests.conftest import release_test_session
 
-pytestmark = [
-    pytest.mark.postgres_only,
-    pytest.mark.skipif(not on_postgres(), reason="needs PostgreSQL (TEST_DATABASE_URL)"),
-]
 RULES = {
     "roles": [
         {"role": "consumer", "rate_bps": 500, "form": "wechat_change", "cap_fen": 5_00},
@@ -49,6 +46,7 @@ RESERVATION = 10_00 + 5_00 + 3_00
 
 def run_together(app, n: int, work) -> list:
     """Run ``work(i)`` in n threads started together; returns each result or exception."""
+    release_test_session()
     barrier = threading.Barrier(n)
     results: list = [None] * n
 

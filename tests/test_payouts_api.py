@@ -19,7 +19,6 @@ from payouts import enqueue_payout
 from payouts.dispatch import dispatch_due
 from payouts.rails import Outcome, RailResult
 from payouts.record import DispatchSettings
-from tests.conftest import on_postgres
 from tests.test_dispatch import ScriptedRail, ok
 from tests.test_wechat_callbacks import table_counts
 
@@ -242,7 +241,6 @@ def test_anonymous_withdrawal_is_401(client):
     assert client.post(WITHDRAW, json={"amount_fen": 3_00}).status_code == 401
 
 
-@pytest.mark.skipif(not on_postgres(), reason="needs PostgreSQL row locks")
 def test_ten_concurrent_withdrawals_of_the_whole_balance_pay_once(app, cash_user, user_headers):
     # given
     user = cash_user(5_00)

@@ -262,7 +262,7 @@ def test_referral_replay_uses_orders_of_invited_people_and_the_drafts_referral_d
 
 
 def row_counts() -> dict[str, int]:
-    existing = set(inspect(db.engine).get_table_names())
+    existing = set(inspect(db.session.connection()).get_table_names())
     tables = [t for t in db.metadata.sorted_tables if t.name in existing]
     return {t.name: db.session.execute(select(func.count()).select_from(t)).scalar_one() for t in tables}
 

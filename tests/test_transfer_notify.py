@@ -20,7 +20,6 @@ from models import AccountKind, Alert, LedgerFlow, PaymentNotification, Payout, 
 from payouts import enqueue_payout
 from payouts.dispatch import dispatch_due
 from payouts.transfer_rail import TransferRail
-from tests.conftest import on_postgres
 from tests.test_wechat_callbacks import count, no_network, resign, simulator, table_counts  # noqa: F401 - fixture
 from wechat.simulator_keys import SimulatorKeys
 from wechat.simulator_state import SimulatorState
@@ -202,7 +201,6 @@ def test_a_payout_already_final_is_answered_204_and_nothing_moves(app, client, w
     assert after == before
 
 
-@pytest.mark.skipif(not on_postgres(), reason="needs PostgreSQL row locks")
 def test_concurrent_duplicates_have_one_set_of_effects(app, waiting):
     payout = waiting()
     headers, body = notification(app, bill_resource(app, payout, "FAIL"))

@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 from models import Alert, LedgerEntry, Order, PaymentNotification, Refund, db, utcnow
 from rebate import begin_refund, create_order
 from rebate.orders import LineRequest
-from tests.conftest import on_postgres
 from wechat.simulator_keys import SimulatorKeys
 from wechat.simulator_state import SimulatorState
 
@@ -43,7 +42,7 @@ def table_counts() -> dict[str, int]:
         return {
             t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
             for t in db.metadata.sorted_tables
-            if db.inspect(db.engine).has_table(t.name)
+            if db.inspect(conn).has_table(t.name)
         }
 
 
@@ -392,7 +391,6 @@ def test_refund_of_unknown_order_or_refund_is_refused(app, client, paid_order_wi
 # -- concurrency (PostgreSQL) --------------------------------------------------------
 
 
-@pytest.mark.skipif(not on_postgres(), reason="needs PostgreSQL row locks")
 def test_ten_concurrent_deliveries_have_one_set_of_effects(app, make_order, no_network):
     order = make_order()
     entries = count(LedgerEntry)

@@ -8,8 +8,10 @@ module is the one place that turns a kind into an HTTP status.
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from flask import Flask, jsonify
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,31 @@ def from_domain(exc: Exception) -> ApiError | None:
     )
 
 
+# PostgreSQL's answers to waiting too long or losing a race for a lock: lock_not_available (a
+# lock_timeout), query_canceled (a statement_timeout), serialization_failure, deadlock_detected.
+RETRYABLE_PG_STATES = frozenset({"55P03", "57014", "40001", "40P01"})
+BUSY_RETRY_AFTER_S = 1
+
+
+def is_busy(exc: BaseException) -> bool:
+    """The database could not give this request its lock in time: try again shortly (503), not a bug (500)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    if isinstance(orig, sqlite3.OperationalError):
+        return "locked" in str(orig) or "busy" in str(orig)
+    return getattr(orig, "sqlstate", None) in RETRYABLE_PG_STATES
+
+
+def busy_error() -> ApiError:
+    return ApiError(
+        "the service is busy; try again shortly",
+        code="busy",
+        status=503,
+        retry_after=BUSY_RETRY_AFTER_S,
+    )
+
+
 def error_response(err: ApiError):
     response = jsonify(err.body())
     response.status_code = err.status
@@ -110,5 +137,8 @@ def register_error_handlers(app: Flask) -> None:
         mapped = from_domain(exc)
         if mapped is not None:
             return error_response(mapped)
+        if is_busy(exc):
+            log.warning("database busy: answered 503", extra={"error": str(getattr(exc, "orig", exc))})
+            return error_response(busy_error())
         log.exception("unhandled error")
         return error_response(ApiError("internal error", code="internal_error", status=500))

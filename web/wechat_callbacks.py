@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from models import Order, PaymentNotification, Refund, RefundStatus, alert_once, db, utcnow
 from rebate import PaymentOutcome, RebateError, apply_payment, apply_refund, fail_refund
 from rebate.payments import notification_seen
+from web.errors import BUSY_RETRY_AFTER_S, is_busy
 from web.wechat_setup import wechat
 from wechat.errors import NotificationRejected
 from wechat.notifications import Notification, failure_response_body, parse_time, verify_and_decrypt
@@ -68,8 +69,13 @@ def handle_notification(process: Callable[[Notification], None]) -> Response:
         db.session.rollback()
         log.warning("callback refused", extra={"notification_id": notification.id, "refusal": exc.message})
         return fail(exc.status, exc.message)
-    except Exception:
+    except Exception as exc:
         db.session.rollback()
+        if is_busy(exc):  # WeChat retries any non-2xx answer; this one is not a bug
+            log.warning("callback deferred: database busy", extra={"notification_id": notification.id})
+            response = fail(503, "busy, retry later")
+            response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
+            return response
         log.exception("callback processing failed", extra={"notification_id": notification.id})
         return fail(500, "processing failed")
     return Response(status=204)
