@@ -18,7 +18,7 @@ from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from models import Campaign, CampaignStatus, Order, RedPacket, ShareLink, SignIn, User, db, raise_alert
+from models import Campaign, CampaignStatus, Order, RedPacket, ShareLink, SignIn, User, alert_once, db
 from models.base import beijing
 from rebate.campaigns import is_running
 from rebate.errors import BudgetExhausted, Invalid, NotFound, RebateError, StateConflict
@@ -49,8 +49,10 @@ def _issue_one(campaign: Campaign, user: User, gate: ClaimGate, now: datetime, *
         record_refusal(user.id, campaign.id, hit)
     except BudgetExhausted:
         gate.taken = taken
-        raise_alert(
-            "budget_exhausted", f"campaign {campaign.id}", f"{issue['source']} packet for user {user.id} not issued"
+        alert_once(  # one open alert per campaign, not one per person turned away
+            "budget_exhausted",
+            f"campaign {campaign.id}",
+            text=f"{issue['source']} packet for user {user.id} not issued",
         )
     except RebateError:
         gate.taken = taken  # outside the campaign's audience or window: nothing to issue

@@ -16,12 +16,14 @@ from ledger import account, balance
 from models import AccountKind, Rebate, RedPacket, User, db, utcnow
 from rebate import create_order
 from rebate.orders import LineRequest
+from tests.conftest import release_test_session
 
 STARTER = {"roles": [{"role": "issuer", "rate_bps": 1000, "form": "balance", "cap_fen": 50_00}]}
 
 
 def race(app, requests: list[tuple[str, dict, dict]]) -> list[tuple[int, str | None]]:
     """POST every (path, headers, json) at once, each from its own thread and app context."""
+    release_test_session()
     barrier = threading.Barrier(len(requests))
     results: list = [None] * len(requests)
 
