@@ -47,22 +47,31 @@ def on_postgres() -> bool:
     return PG_URL is not None
 
 
-def release_test_session() -> None:
-    """End the test body's own transaction so requests and threads can take the database.
+def release_test_session(*, keep_writes: bool = True) -> None:
+    """End the test's own transaction so requests, other apps and threads can take the database.
 
-    On SQLite every transaction starts with ``BEGIN IMMEDIATE`` (app.py), so a test that read
-    a row and then calls the app in the same thread would hold the write lock its own request
-    waits for. Production has no such case (one session per request or job); the test body's
-    session is the extra one. Pending test writes are committed, as the test meant them.
+    On SQLite every transaction starts with ``BEGIN IMMEDIATE`` (app.py), so a session left in
+    a transaction holds the write lock every other connection waits for. In production each
+    request and job has its own session, removed at the end. In a test, a request made while
+    the test's app context is pushed shares the test's session and leaves it open; a second app
+    or a thread has its own connection and would wait. Before a request the test's pending
+    writes are committed (the test meant them); after it, what the request left open is rolled
+    back, as its teardown would have done.
     """
     if has_app_context() and db.session.registry.has() and db.session().in_transaction():
-        db.session.commit()
+        if keep_writes:
+            db.session.commit()
+        else:
+            db.session.rollback()
 
 
 class ReleasingClient(FlaskClient):
     def open(self, *args, **kwargs):
         release_test_session()
-        return super().open(*args, **kwargs)
+        try:
+            return super().open(*args, **kwargs)
+        finally:
+            release_test_session(keep_writes=False)
 
 
 Flask.test_client_class = ReleasingClient

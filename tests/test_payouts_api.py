@@ -245,6 +245,7 @@ def test_ten_concurrent_withdrawals_of_the_whole_balance_pay_once(app, cash_user
     # given
     user = cash_user(5_00)
     headers = [user_headers(user, **{"Idempotency-Key": f"all-{i}"}) for i in range(10)]
+    user_id = user.id  # the threads must not lazy-load through this thread's session
     db.session.rollback()
     barrier = threading.Barrier(10)
     statuses: list[int] = []
@@ -255,7 +256,7 @@ def test_ten_concurrent_withdrawals_of_the_whole_balance_pay_once(app, cash_user
             client = app.test_client()
             barrier.wait()
             statuses.append(client.post(WITHDRAW, json={"amount_fen": 5_00}, headers=h).status_code)
-            seen_balances.append(cash_of(user))
+            seen_balances.append(balance(account(AccountKind.USER_CASH, "user", user_id)))
             db.session.remove()
 
     # when

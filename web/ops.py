@@ -18,8 +18,8 @@ bp = Blueprint("ops", __name__)
 
 def migrations_current() -> tuple[bool, str]:
     script = ScriptDirectory.from_config(current_app.extensions["migrate"].migrate.get_config())
-    with db.engine.connect() as conn:
-        current = set(MigrationContext.configure(conn).get_current_heads())
+    # The request's own connection: on SQLite a second one would wait for this transaction's lock.
+    current = set(MigrationContext.configure(db.session.connection()).get_current_heads())
     heads = set(script.get_heads())
     return current == heads, f"at {sorted(current) or 'nothing'}, head {sorted(heads)}"
 
