@@ -202,6 +202,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("USER_TOKEN_TTL_SECONDS", 7 * 24 * 3600, _positive_int, doc="Lifetime of user bearer tokens."),
     Setting("IDEMPOTENCY_TTL_HOURS", 25, _positive_int, doc="How long Idempotency-Key answers are kept."),
     Setting("POINT_VALUE_FEN", 1, _positive_int, doc="Cost of one point in fen, for reports."),
+    Setting(
+        "CLAIM_IP_PER_DAY",
+        5,
+        _positive_int,
+        doc="Red packets a Beijing day per network address across the whole platform: claims, codes, share "
+        "links, registration, sign-in and referral packets alike (0: off). Campaign limits apply on top.",
+    ),
+    Setting("CLAIM_DEVICE_PER_DAY", 5, _positive_int, doc="The same per device token (0: off)."),
+    Setting("CLAIM_PERSON_PER_DAY", 5, _positive_int, doc="The same per person (0: off)."),
+    Setting(
+        "CLAIM_IP_INTERVAL_SECONDS",
+        600,
+        _positive_int,
+        doc="Seconds between two red packets from one network address, across the platform (0: off).",
+    ),
+    Setting("CLAIM_DEVICE_INTERVAL_SECONDS", 600, _positive_int, doc="The same per device token (0: off)."),
+    Setting("CLAIM_PERSON_INTERVAL_SECONDS", 600, _positive_int, doc="The same per person (0: off)."),
     Setting("LOG_LEVEL", "INFO", doc="Log level of the JSON logs."),
     Setting(
         "SEED_DEMO_DATA", False, _bool, doc="Seed demo merchants, products and campaigns at start (set by `make run`)."

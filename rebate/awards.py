@@ -9,14 +9,14 @@ the same kind, and the recovered amount returns to the budget it came from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import select
 
 from ledger import Leg, account, balance, post_entry
-from models import AccountKind, Campaign, Order, Rebate, RebateStatus, Receivable, db
+from models import AccountKind, Campaign, Order, Rebate, RebateStatus, Receivable, User, db
 from payouts import enqueue_payout
 from payouts.record import point_value_fen
 from rebate import budgets
@@ -58,6 +58,8 @@ def record_decisions(
     rebates = []
     for decision in decisions:
         beneficiary = who.get(decision.role)
+        if beneficiary is not None and decision.amount_fen > 0 and _banned(beneficiary):
+            decision = _refused_as_banned(decision)
         awarded = decision.amount_fen > 0 and beneficiary is not None
         held = awarded and decision.condition is not None
         form = "merchant_credit" if beneficiary and beneficiary.type == "merchant" else decision.form
@@ -85,6 +87,19 @@ def record_decisions(
             pay_rebate(rebate, campaign, order, rebate.amount_fen, f"rebate:{rebate.id}")
         rebates.append(rebate)
     return rebates
+
+
+def _banned(beneficiary: Beneficiary) -> bool:
+    if beneficiary.type != "user":
+        return False
+    user = db.session.get(User, beneficiary.id)
+    return user is not None and not user.is_active
+
+
+def _refused_as_banned(decision: Decision) -> Decision:
+    """A banned person earns nothing, as consumer, issuer or inviter; the trace says so."""
+    why = f"the {decision.role} is banned and earns nothing (would have been {decision.amount_fen} fen)"
+    return replace(decision, amount_fen=0, reason_code="beneficiary_banned", reasons=(*decision.reasons, why))
 
 
 def beneficiary_account(rebate: Rebate):

@@ -41,6 +41,19 @@ def funder_account(campaign: Campaign) -> LedgerAccount:
     return account(AccountKind.PLATFORM_MARKETING_FUND)
 
 
+def merchant_of(campaign: Campaign) -> int | None:
+    """The merchant whose campaign this is (its deposit funds it, or it issues it); None for the platform's."""
+    if campaign.funder_type == FunderType.MERCHANT_DEPOSIT:
+        return campaign.funder_merchant_id
+    return campaign.issuer_merchant_id
+
+
+def serves(campaign: Campaign, merchant_id: int) -> bool:
+    """A merchant's campaign applies only to its own orders; the platform's apply to every merchant's."""
+    owner = merchant_of(campaign)
+    return owner is None or owner == merchant_id
+
+
 def is_running(campaign: Campaign, now: datetime) -> bool:
     if campaign.status != CampaignStatus.ACTIVE:
         return False

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from models import Campaign, Order, OrderMilestone, OrderStatus, Rebate, RebateStatus, db
+from models import Campaign, Order, OrderMilestone, OrderStatus, Rebate, RebateStatus, User, db
 from rebate import budgets
 from rebate.awards import pay_rebate
 from rebate.campaigns import rules_of
@@ -64,6 +64,10 @@ def report_milestone(
 
 
 def _release(rebate, campaign, order, condition: Condition, met: dict, name: str) -> bool:
+    if _beneficiary_banned(rebate):  # a banned person earns nothing: the held part waits (or expires)
+        why = f"milestone {name} met, but the {rebate.role} is banned: the held part is not released"
+        rebate.reasons = [*rebate.reasons, why]
+        return False
     done = [m for m in condition.milestones if m in met]
     if condition.release == "all" and len(done) < len(condition.milestones):
         return False
@@ -82,6 +86,13 @@ def _release(rebate, campaign, order, condition: Condition, met: dict, name: str
         rebate.reasons = [*rebate.reasons, f"feedback quality {quality}/100 released {pay} of {part} fen"]
     db.session.flush()
     return True
+
+
+def _beneficiary_banned(rebate: Rebate) -> bool:
+    if rebate.beneficiary_type != "user":
+        return False
+    person = db.session.get(User, rebate.beneficiary_id)
+    return person is not None and not person.is_active
 
 
 def expire_rebate(rebate: Rebate, campaign: Campaign) -> None:

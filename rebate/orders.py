@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 
 from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, PacketStatus, Product, RedPacket, User, db
+from rebate.campaigns import serves
 from rebate.errors import Invalid, NotFound, StateConflict
 from rebate.packets import check_audience, release_packet
 
@@ -76,9 +77,10 @@ def _usable_packet(
         )
     if now >= packet.expires_at:
         raise StateConflict("this red packet has expired", code="packet_expired")
-    if packet.merchant_id is not None and packet.merchant_id != merchant_id:
+    campaign = db.session.get(Campaign, packet.campaign_id)
+    if (packet.merchant_id is not None and packet.merchant_id != merchant_id) or not serves(campaign, merchant_id):
         raise Invalid("this red packet is for another merchant", code="packet_wrong_merchant")
-    check_audience(db.session.get(Campaign, packet.campaign_id), user, channel, now)
+    check_audience(campaign, user, channel, now)
     eligible = sum(li.line_total_fen for li in lines if _in_scope(packet, li))
     if eligible == 0:
         scope = ", ".join(packet.categories) or f"products {packet.products}"

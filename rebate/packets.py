@@ -18,6 +18,7 @@ from models.base import beijing
 from rebate import budgets
 from rebate.campaigns import is_running, rules_of
 from rebate.errors import BudgetExhausted, Invalid, NotFound, StateConflict
+from risk import ClaimGate
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 CODE_LENGTH = 16  # 32^16 = 2^80 codes: unguessable
@@ -108,11 +109,14 @@ def issue_packet(
     face_fen: int | None = None,
     issuer_user_id: int | None = None,
     channel: str | None = None,
+    gate: ClaimGate | None = None,
 ) -> RedPacket:
     """Issue a packet to ``owner``, reserving its budget. Idempotent per (campaign, source, source_ref).
 
     Other modules (challenges, triggers) call this to issue from a given issuer
-    (``issuer_user_id``) or with a given face value (streak bonuses).
+    (``issuer_user_id``) or with a given face value (streak bonuses). ``gate``
+    takes the platform-wide claim limits when a new packet is really issued
+    (``LimitHit`` otherwise; the caller rolls back).
     """
     _require_issuing(campaign, now)
     existing = db.session.execute(
@@ -124,6 +128,9 @@ def issue_packet(
     reserved = reservation_for(campaign, face_fen)
     _take_budget(campaign, reserved)
     extra = {"issuer_user_id": issuer_user_id} if issuer_user_id else {}
+    _validity(campaign, now)  # refused for validity before a limit slot is taken
+    if gate is not None:
+        gate.take(now)
     packet = _new_packet(
         campaign,
         now,
@@ -173,8 +180,12 @@ def find_claimable(code: str, user: User) -> RedPacket:
     return packet
 
 
-def claim_packet(code: str, user: User, now: datetime, channel: str | None = None) -> RedPacket:
-    """Claim an unclaimed packet by its code. Claiming your own packet again answers the same packet."""
+def claim_packet(
+    code: str, user: User, now: datetime, channel: str | None = None, gate: ClaimGate | None = None
+) -> RedPacket:
+    """Claim an unclaimed packet by its code. Claiming your own packet again answers the same packet.
+
+    ``gate`` takes the platform-wide claim limits (``LimitHit``; the caller rolls back)."""
     packet = find_claimable(code, user)
     if packet.owner_id == user.id:
         return packet
@@ -187,6 +198,8 @@ def claim_packet(code: str, user: User, now: datetime, channel: str | None = Non
     check_audience(campaign, user, channel, now)
     reserved = reservation_for(campaign)
     _take_budget(campaign, reserved)
+    if gate is not None:
+        gate.take(now)
     packet.owner_id, packet.status, packet.reserved_fen, packet.claimed_at = user.id, PacketStatus.ISSUED, reserved, now
     db.session.flush()
     return packet

@@ -34,7 +34,8 @@ from models import (
 from models.base import beijing
 from rebate import budgets
 from rebate.awards import Beneficiary, record_decisions
-from rebate.campaigns import funder_account, is_running, rules_of
+from rebate.campaigns import funder_account, is_running, rules_of, serves
+from rebate.deposits import DepositsLeft, lock_deposits
 from rebate.errors import BudgetExhausted, NotFound
 from rebate.orders import lock_order, order_packets
 from rebate.packets import issue_packet
@@ -107,9 +108,11 @@ def _apply_locked(
     spent = _use_packets(order, paid_at)
     attributed = _attributing_packets(order, spent, paid_at)
     campaigns = _lock_campaigns(order, spent, attributed)
+    lock_deposits(list(campaigns.values()))
     _post_sale(order, spent, campaigns)
-    _run_rebates(order, spent, campaigns, paid_at)
-    _run_attribution(order, attributed, campaigns, paid_at)
+    deposits = DepositsLeft()  # read after the sale: the packets' discounts came out first
+    _run_rebates(order, spent, campaigns, paid_at, deposits)
+    _run_attribution(order, attributed, campaigns, paid_at, deposits)
     _issue_triggered_packets(order, campaigns, paid_at)
     return PaymentOutcome.APPLIED
 
@@ -123,6 +126,8 @@ def _use_packets(order: Order, now: datetime) -> list[tuple[RedPacket, int]]:
 
 
 def _relevant(campaign: Campaign, order: Order, has_inviter: bool) -> bool:
+    if not serves(campaign, order.merchant_id):  # a merchant's campaign never pays on another's order
+        return False
     trigger = campaign.trigger or {}
     if trigger.get("kind") == "order_paid":
         return order.total_fen >= trigger.get("min_order_fen", 0)
@@ -215,7 +220,9 @@ def _who(order: Order, packet: RedPacket | None, referral_days: int | None, now:
     return {"issuer": issuer, "consumer": Beneficiary("user", consumer.id), "inviter": inviter}
 
 
-def _evaluate(order, packet, campaign, version, budget_left, cash_room, now) -> tuple[list[Decision], dict]:
+def _evaluate(
+    order, packet, campaign, version, budget_left, cash_room, now, deposit_left=None
+) -> tuple[list[Decision], dict]:
     rules = rules_of(campaign, version)
     who = _who(order, packet, rules.referral_days, now)
     facts = OrderFacts(
@@ -230,7 +237,9 @@ def _evaluate(order, packet, campaign, version, budget_left, cash_room, now) -> 
             Decision(r.role, 0, r.form, "campaign_not_running", ("the campaign was paused or had ended",))
             for r in rules.roles
         ], who
-    decisions = evaluate(rules, facts, budget_left_fen=budget_left, cash_room_fen=cash_room)
+    decisions = evaluate(
+        rules, facts, budget_left_fen=budget_left, cash_room_fen=cash_room, deposit_left_fen=deposit_left
+    )
     return [_explain_expired_referral(d, order, rules.referral_days) for d in decisions], who
 
 
@@ -245,7 +254,11 @@ def _explain_expired_referral(decision: Decision, order: Order, referral_days: i
 
 
 def _run_rebates(
-    order: Order, spent: list[tuple[RedPacket, int]], campaigns: dict[int, Campaign], now: datetime
+    order: Order,
+    spent: list[tuple[RedPacket, int]],
+    campaigns: dict[int, Campaign],
+    now: datetime,
+    deposits: DepositsLeft,
 ) -> None:
     cash_room = order.paid_fen
     by_campaign: dict[int, list[tuple[RedPacket, int]]] = {}
@@ -265,9 +278,11 @@ def _run_rebates(
         else:
             continue
         # A referral campaign never pays another campaign's packet issuer: it sees no packet.
-        decisions, who = _evaluate(order, first, campaign, version, budget_left, cash_room, now)
+        deposit_left = deposits.of(campaign)
+        decisions, who = _evaluate(order, first, campaign, version, budget_left, cash_room, now, deposit_left)
         rebates = record_decisions(order, campaign, version, first.id if first else None, decisions, who, now)
         awarded = sum(r.original_fen for r in rebates)
+        deposits.spend(campaign, awarded)
         paid_cash = {d.role for d in decisions if d.pays_cash}
         cash_room -= sum(r.original_fen for r in rebates if r.role in paid_cash)
         if own:
@@ -279,7 +294,9 @@ def _run_rebates(
             raise BudgetExhausted("budget moved under a locked campaign")  # cannot happen under the row lock
 
 
-def _run_attribution(order: Order, packets: list[RedPacket], campaigns: dict[int, Campaign], now: datetime) -> None:
+def _run_attribution(
+    order: Order, packets: list[RedPacket], campaigns: dict[int, Campaign], now: datetime, deposits: DepositsLeft
+) -> None:
     """The issuer of a packet that brought the customer earns on their later orders (the trial story)."""
     for packet in sorted(packets, key=lambda p: p.campaign_id):
         campaign = campaigns[packet.campaign_id]
@@ -289,13 +306,19 @@ def _run_attribution(order: Order, packets: list[RedPacket], campaigns: dict[int
             continue
         facts = OrderFacts(order_total_fen=order.total_fen, paid_fen=order.paid_fen, paid_at=now, has_issuer=True)
         if is_running(campaign, now):
-            decisions = evaluate(RuleSet(roles=(issuer_rule,)), facts, budget_left_fen=campaign.budget_available_fen)
+            decisions = evaluate(
+                RuleSet(roles=(issuer_rule,)),
+                facts,
+                budget_left_fen=campaign.budget_available_fen,
+                deposit_left_fen=deposits.of(campaign),
+            )
         else:
             decisions = [Decision("issuer", 0, issuer_rule.form, "campaign_not_running", ("the campaign was paused",))]
         attributed = f"attributed to red packet {packet.id} used on {packet.used_at:%Y-%m-%d}"
         decisions = [replace(d, reasons=(attributed, *d.reasons)) for d in decisions]
         who = {"issuer": Beneficiary("merchant", packet.issuer_merchant_id)}
         rebates = record_decisions(order, campaign, packet.rules_version, packet.id, decisions, who, now)
+        deposits.spend(campaign, sum(r.original_fen for r in rebates))
         if not budgets.commit(campaign.id, sum(r.original_fen for r in rebates)):
             raise BudgetExhausted("budget moved under a locked campaign")
 
@@ -305,6 +328,8 @@ def _issue_triggered_packets(order: Order, campaigns: dict[int, Campaign], now: 
     for campaign in campaigns.values():
         trigger = campaign.trigger or {}
         if trigger.get("kind") != "order_paid" or not campaign.packet_amount_fen or not is_running(campaign, now):
+            continue
+        if not serves(campaign, order.merchant_id):
             continue
         if order.total_fen < trigger.get("min_order_fen", 0):
             continue

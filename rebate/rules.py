@@ -110,23 +110,33 @@ class Decision:
 
 
 def evaluate(
-    rules: RuleSet, facts: OrderFacts, *, budget_left_fen: int | None = None, cash_room_fen: int | None = None
+    rules: RuleSet,
+    facts: OrderFacts,
+    *,
+    budget_left_fen: int | None = None,
+    cash_room_fen: int | None = None,
+    deposit_left_fen: int | None = None,
 ) -> list[Decision]:
-    """Decide every role's rebate for one order. ``None`` limits mean unlimited."""
-    budget = budget_left_fen
+    """Decide every role's rebate for one order. ``None`` limits mean unlimited.
+
+    ``deposit_left_fen`` is what a merchant-funded campaign's deposit still holds.
+    """
+    budget, deposit = budget_left_fen, deposit_left_fen
     cash_room = facts.paid_fen if cash_room_fen is None else min(cash_room_fen, facts.paid_fen)
     decisions = []
     for rule in rules.roles:
-        decision = _decide(rule, facts, budget, cash_room)
+        decision = _decide(rule, facts, budget, cash_room, deposit)
         decisions.append(decision)
         if budget is not None:
             budget -= decision.amount_fen
+        if deposit is not None:
+            deposit -= decision.amount_fen
         if decision.pays_cash:
             cash_room -= decision.amount_fen
     return decisions
 
 
-def _decide(rule: RoleRule, facts: OrderFacts, budget: int | None, cash_room: int) -> Decision:
+def _decide(rule: RoleRule, facts: OrderFacts, budget: int | None, cash_room: int, deposit: int | None) -> Decision:
     def no(code: str, why: str) -> Decision:
         return Decision(rule.role, 0, rule.form, code, (why,))
 
@@ -146,6 +156,7 @@ def _decide(rule: RoleRule, facts: OrderFacts, budget: int | None, cash_room: in
     code = "awarded"
     amount, code = _limit(amount, code, reasons, rule.cap_fen, "cap_reached", "capped at the rule's cap")
     amount, code = _limit(amount, code, reasons, budget, "budget_exhausted", "limited by the campaign budget left")
+    amount, code = _limit(amount, code, reasons, deposit, "deposit_exhausted", "limited by what the deposit holds")
     if _pays_cash(rule.form, rule.fallback_form):
         amount, code = _limit(
             amount, code, reasons, cash_room, "paid_cap", "cash rebates cannot exceed what the buyer paid"

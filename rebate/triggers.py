@@ -3,7 +3,10 @@
 Each finds the running campaigns with its trigger kind and issues through
 ``issue_packet`` (idempotent per source reference), so a repeated event issues
 nothing new. A campaign whose budget is exhausted is skipped with an alert;
-the event itself still succeeds.
+the event itself still succeeds. Every packet obeys the platform-wide claim
+limits of the person asking (and of their network address and device): a
+refusal issues nothing, is kept for the trace, and the event still succeeds.
+A banned person earns nothing: no packets, and no sharer reward.
 """
 
 from __future__ import annotations
@@ -11,14 +14,16 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from flask import current_app
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from models import Campaign, CampaignStatus, Order, RedPacket, ShareLink, SignIn, User, db, raise_alert
+from models import Campaign, CampaignStatus, Order, RedPacket, ShareLink, SignIn, User, alert_once, db
 from models.base import beijing
 from rebate.campaigns import is_running
 from rebate.errors import BudgetExhausted, Invalid, NotFound, RebateError, StateConflict
 from rebate.packets import issue_packet
+from risk import Claimant, ClaimGate, LimitHit, PlatformLimits, record_refusal
 
 REFERRAL_BIND_WINDOW = timedelta(days=7)
 
@@ -28,37 +33,71 @@ def _campaigns(kind: str, now: datetime) -> list[Campaign]:
     return [c for c in rows.scalars() if (c.trigger or {}).get("kind") == kind and is_running(c, now)]
 
 
+def claim_gate(claimant: Claimant) -> ClaimGate:
+    """The platform-wide claim limits (settings ``CLAIM_*``) for one event of ``claimant``."""
+    return ClaimGate(claimant, PlatformLimits.from_config(current_app.config))
+
+
+def _issue_one(campaign: Campaign, user: User, gate: ClaimGate, now: datetime, **issue) -> RedPacket | None:
+    """Issue in a savepoint; a limit refusal is kept for the trace, and nothing is issued."""
+    taken = gate.taken
+    try:
+        with db.session.begin_nested():
+            return issue_packet(campaign, user, now=now, gate=gate, **issue)
+    except LimitHit as hit:
+        gate.taken = taken
+        record_refusal(user.id, campaign.id, hit)
+    except BudgetExhausted:
+        gate.taken = taken
+        alert_once(  # one open alert per campaign, not one per person turned away
+            "budget_exhausted",
+            f"campaign {campaign.id}",
+            text=f"{issue['source']} packet for user {user.id} not issued",
+        )
+    except RebateError:
+        gate.taken = taken  # outside the campaign's audience or window: nothing to issue
+    return None
+
+
 def _issue_each(
-    kind: str, user: User, source_ref: str, now: datetime, channel: str | None = None, issuer_user_id: int | None = None
+    kind: str,
+    user: User,
+    source_ref: str,
+    now: datetime,
+    channel: str | None = None,
+    issuer_user_id: int | None = None,
+    claimant: Claimant | None = None,
 ) -> list[RedPacket]:
+    if not user.is_active:
+        return []
+    gate = claim_gate(claimant or Claimant(user.id))
     issued = []
     for campaign in _campaigns(kind, now):
-        try:
-            with db.session.begin_nested():
-                issued.append(
-                    issue_packet(
-                        campaign,
-                        user,
-                        source=kind,
-                        source_ref=source_ref,
-                        now=now,
-                        channel=channel,
-                        issuer_user_id=issuer_user_id,
-                    )
-                )
-        except BudgetExhausted:
-            raise_alert("budget_exhausted", f"campaign {campaign.id}", f"{kind} packet for user {user.id} not issued")
-        except RebateError:
-            continue  # outside the campaign's audience or window: nothing to issue
+        packet = _issue_one(
+            campaign,
+            user,
+            gate,
+            now,
+            source=kind,
+            source_ref=source_ref,
+            channel=channel,
+            issuer_user_id=issuer_user_id,
+        )
+        if packet is not None:
+            issued.append(packet)
     return issued
 
 
-def on_registered(user: User, now: datetime, channel: str | None = None) -> list[RedPacket]:
+def on_registered(
+    user: User, now: datetime, channel: str | None = None, claimant: Claimant | None = None
+) -> list[RedPacket]:
     """A new person: newcomer packets (5 / 10 yuan tiers come from the campaign)."""
-    return _issue_each("registration", user, f"user:{user.id}", now, channel)
+    return _issue_each("registration", user, f"user:{user.id}", now, channel, claimant=claimant)
 
 
-def sign_in(user: User, now: datetime, channel: str | None = None) -> tuple[SignIn, list[RedPacket]]:
+def sign_in(
+    user: User, now: datetime, channel: str | None = None, claimant: Claimant | None = None
+) -> tuple[SignIn, list[RedPacket]]:
     """Today's sign-in (Beijing day), once; the streak counts consecutive days.
 
     Concurrent sign-ins of one person: one wins the unique (user, day) row, the
@@ -79,24 +118,24 @@ def sign_in(user: User, now: datetime, channel: str | None = None) -> tuple[Sign
             db.session.add(record)
     except IntegrityError:  # a concurrent sign-in of the same person won
         return db.session.execute(select(SignIn).filter_by(user_id=user.id, day=day.isoformat())).scalar_one(), []
+    if not user.is_active:
+        return record, []
+    gate = claim_gate(claimant or Claimant(user.id))
     issued = []
     for campaign in _campaigns("daily_sign_in", now):
         face = _streak_face(campaign, record.streak)
-        try:
-            with db.session.begin_nested():
-                issued.append(
-                    issue_packet(
-                        campaign,
-                        user,
-                        source="daily_sign_in",
-                        source_ref=f"{user.id}:{day}",
-                        now=now,
-                        face_fen=face,
-                        channel=channel,
-                    )
-                )
-        except RebateError:
-            continue
+        packet = _issue_one(
+            campaign,
+            user,
+            gate,
+            now,
+            source="daily_sign_in",
+            source_ref=f"{user.id}:{day}",
+            face_fen=face,
+            channel=channel,
+        )
+        if packet is not None:
+            issued.append(packet)
     return record, issued
 
 
@@ -118,8 +157,15 @@ def create_share_link(campaign: Campaign, user: User, now: datetime) -> ShareLin
     return link
 
 
-def claim_share(token: str, friend: User, now: datetime, channel: str | None = None) -> dict:
-    """The friend gets a packet; the sharer gets one too when the campaign rewards sharing."""
+def claim_share(
+    token: str, friend: User, now: datetime, channel: str | None = None, claimant: Claimant | None = None
+) -> dict:
+    """The friend gets a packet; the sharer gets one too when the campaign rewards sharing.
+
+    The friend's packet takes the friend's platform limits (``LimitHit`` when refused: the caller rolls
+    back); the sharer's reward takes the sharer's own per-person limits and is skipped (with the refusal
+    kept) when they are reached, or when the sharer is banned.
+    """
     link = db.session.get(ShareLink, token)
     if link is None:
         raise NotFound("no such share link", code="share_link_not_found")
@@ -127,12 +173,21 @@ def claim_share(token: str, friend: User, now: datetime, channel: str | None = N
         raise Invalid("you cannot claim your own share link", code="own_share_link")
     campaign = db.session.get(Campaign, link.campaign_id)
     ref = f"{token}:{friend.id}"
-    friend_packet = issue_packet(campaign, friend, source="share", source_ref=ref, now=now, channel=channel)
+    gate = claim_gate(claimant or Claimant(friend.id))
+    friend_packet = issue_packet(campaign, friend, source="share", source_ref=ref, now=now, channel=channel, gate=gate)
     sharer_packet = None
     reward = (campaign.trigger or {}).get("sharer_reward_fen")
-    if reward:
-        sharer = db.session.get(User, link.user_id)
-        sharer_packet = issue_packet(campaign, sharer, source="share_reward", source_ref=ref, now=now, face_fen=reward)
+    sharer = db.session.get(User, link.user_id)
+    if reward and sharer.is_active:
+        sharer_packet = _issue_one(
+            campaign,
+            sharer,
+            claim_gate(Claimant(sharer.id)),
+            now,
+            source="share_reward",
+            source_ref=ref,
+            face_fen=reward,
+        )
     return {"friend": friend_packet, "sharer": sharer_packet}
 
 
@@ -161,11 +216,18 @@ def _invited_by(person: User, ancestor_id: int, depth: int = 50) -> bool:
     return True  # a chain this deep is itself suspicious: refuse
 
 
-def bind_inviter(user: User, code: str, now: datetime) -> list[RedPacket]:
-    """Bind a new person to the inviter whose code they used; one inviter per person, never oneself."""
+def bind_inviter(user: User, code: str, now: datetime, claimant: Claimant | None = None) -> list[RedPacket]:
+    """Bind a new person to the inviter whose code they used; one inviter per person, never oneself.
+
+    The binding is one conditional UPDATE (``WHERE inviter_id IS NULL``): of concurrent binds of one
+    person only one changes the row, the others answer ``already_invited`` (409), and the starter
+    packet names the inviter that won.
+    """
     inviter = db.session.execute(select(User).where(User.invite_code == code.strip().upper())).scalar_one_or_none()
     if inviter is None:
         raise NotFound("no such invite code", code="invite_code_not_found")
+    if not inviter.is_active:
+        raise StateConflict("this invite code can no longer be used", code="invite_code_inactive")
     if inviter.id == user.id:
         raise Invalid("you cannot invite yourself", code="self_referral")
     if user.inviter_id is not None:
@@ -176,6 +238,15 @@ def bind_inviter(user: User, code: str, now: datetime) -> list[RedPacket]:
         raise StateConflict("invite codes bind new users only, within 7 days of joining", code="bind_window_closed")
     if db.session.execute(select(Order.id).where(Order.user_id == user.id, Order.paid_at.is_not(None))).first():
         raise StateConflict("invite codes bind before the first purchase", code="bind_window_closed")
-    user.inviter_id, user.invited_at = inviter.id, now
-    db.session.flush()
-    return _issue_each("referral_bind", user, f"invitee:{user.id}", now, issuer_user_id=inviter.id)
+    bound = db.session.execute(
+        update(User)
+        .where(User.id == user.id, User.inviter_id.is_(None))
+        .values(inviter_id=inviter.id, invited_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.refresh(user)
+    if bound != 1:
+        raise StateConflict("you already have an inviter", code="already_invited")
+    return _issue_each(
+        "referral_bind", user, f"invitee:{user.id}", now, issuer_user_id=user.inviter_id, claimant=claimant
+    )

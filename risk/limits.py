@@ -4,10 +4,16 @@ The conditional upsert either takes a slot (and returns a row) or, when the
 limit is reached, returns nothing. On PostgreSQL the row lock serialises
 concurrent claims on one key; on SQLite the database lock does. Counters
 commit or roll back with the claim.
+
+Two layers: the platform-wide limits (settings ``CLAIM_*``: packets a Beijing
+day and seconds between claims, per IP, per device and per person, across
+every campaign and every way to get a packet) and a campaign's own limits
+(``Campaign.claim_limits``) on top, for the claim paths.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -16,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from models import db
 from models.base import beijing, next_beijing_midnight
-from models.limits import LimitCounter
+from models.limits import ClaimRefusal, LimitCounter
 
 ALL_TIME = "-"
 
@@ -93,6 +99,82 @@ def take_device_token_slot(ip: str, per_day: int, now: datetime) -> None:
         raise LimitHit(
             f"at most {per_day} new device tokens a day from one network address", _until_midnight(now), "device_tokens"
         )
+
+
+@dataclass(frozen=True)
+class PlatformLimits:
+    """Across the whole platform; 0 switches a limit off."""
+
+    ip_per_day: int = 5
+    device_per_day: int = 5
+    person_per_day: int = 5
+    ip_interval_seconds: int = 600
+    device_interval_seconds: int = 600
+    person_interval_seconds: int = 600
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> PlatformLimits:
+        return cls(
+            ip_per_day=int(config.get("CLAIM_IP_PER_DAY", 5)),
+            device_per_day=int(config.get("CLAIM_DEVICE_PER_DAY", 5)),
+            person_per_day=int(config.get("CLAIM_PERSON_PER_DAY", 5)),
+            ip_interval_seconds=int(config.get("CLAIM_IP_INTERVAL_SECONDS", 600)),
+            device_interval_seconds=int(config.get("CLAIM_DEVICE_INTERVAL_SECONDS", 600)),
+            person_interval_seconds=int(config.get("CLAIM_PERSON_INTERVAL_SECONDS", 600)),
+        )
+
+
+@dataclass(frozen=True)
+class Claimant:
+    """Who is asking for a packet: the person, and the network address and device when a request carries them."""
+
+    person_id: int
+    ip: str | None = None
+    device: str | None = None
+
+
+def enforce_platform_limits(limits: PlatformLimits, claimant: Claimant, now: datetime) -> None:
+    """Take one platform-wide slot per IP, device and person, or raise ``LimitHit`` (the caller rolls back)."""
+    day = beijing(now).date().isoformat()
+    until_midnight = _until_midnight(now)
+    kinds = (
+        ("ip", claimant.ip, limits.ip_per_day, limits.ip_interval_seconds, "network address"),
+        ("device", claimant.device, limits.device_per_day, limits.device_interval_seconds, "device"),
+        ("person", claimant.person_id, limits.person_per_day, limits.person_interval_seconds, "person"),
+    )
+    for kind, value, per_day, _, what in kinds:
+        if value is not None and per_day and not _take_count(f"p:{kind}-day:{value}", day, per_day, now):
+            raise LimitHit(
+                f"at most {per_day} red packets a day per {what} across the platform",
+                until_midnight,
+                f"platform_{kind}_daily_limit",
+            )
+    for kind, value, _, seconds, what in kinds:
+        key = f"p:{kind}-interval:{value}"
+        if value is not None and seconds and not _take_interval(key, seconds, now):
+            wait = seconds - int((now - _last_at(key)).total_seconds())
+            raise LimitHit(f"wait {wait} s between red packets per {what}", wait, f"platform_{kind}_interval")
+
+
+def record_refusal(person_id: int, campaign_id: int, hit: LimitHit) -> None:
+    """Keep a refusal for the trace ("limit hit"); it commits with whatever the caller commits."""
+    db.session.add(ClaimRefusal(user_id=person_id, campaign_id=campaign_id, code=hit.code, message=str(hit)[:200]))
+
+
+class ClaimGate:
+    """The platform-wide limits of one event (a claim, a login, a sign-in, a binding), taken at most once.
+
+    An event that issues packets of several campaigns counts as one claim. Callers that issue inside a
+    savepoint put ``taken`` back when the savepoint rolls back.
+    """
+
+    def __init__(self, claimant: Claimant, limits: PlatformLimits):
+        self.claimant, self.limits, self.taken = claimant, limits, False
+
+    def take(self, now: datetime) -> None:
+        if not self.taken:
+            enforce_platform_limits(self.limits, self.claimant, now)
+            self.taken = True
 
 
 def enforce_claim_limits(

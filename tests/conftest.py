@@ -30,6 +30,17 @@ TEST_SETTINGS = {
     # test that deadlocks against its own session quickly.
     "DATABASE_LOCK_TIMEOUT_S": int(os.environ.get("TEST_LOCK_TIMEOUT_S", "20")),
 }
+# The platform-wide claim limits are off in tests that do not test them (every test client is 127.0.0.1);
+# tests/test_platform_limits.py switches them on.
+NO_PLATFORM_LIMITS = {
+    "CLAIM_IP_PER_DAY": 0,
+    "CLAIM_DEVICE_PER_DAY": 0,
+    "CLAIM_PERSON_PER_DAY": 0,
+    "CLAIM_IP_INTERVAL_SECONDS": 0,
+    "CLAIM_DEVICE_INTERVAL_SECONDS": 0,
+    "CLAIM_PERSON_INTERVAL_SECONDS": 0,
+}
+TEST_SETTINGS.update(NO_PLATFORM_LIMITS)
 
 
 def on_postgres() -> bool:
@@ -210,12 +221,25 @@ def make_operator(app, make_merchant):
     return make
 
 
+DEPOSIT_FEN = 1_000_000_00  # what make_campaign tops a merchant's marketing deposit up with
+
+
+def fund_deposit(merchant_id: int, amount_fen: int = DEPOSIT_FEN) -> None:
+    """The merchant pays into its marketing deposit (flushes; the caller commits)."""
+    from rebate.deposits import top_up
+
+    top_up(merchant_id, amount_fen, f"test-{next(_seq)}", "test top-up")
+
+
 @pytest.fixture
 def make_campaign(app):
-    """An active campaign with version 1 of ``rules``; platform-funded unless told otherwise."""
+    """An active campaign with version 1 of ``rules``; platform-funded unless told otherwise.
+
+    A merchant-funded campaign's deposit is topped up with ``fund_deposit_fen`` (the deposit limits what it
+    may pay); ``fund_deposit_fen=0`` leaves it as it is."""
     from models import Campaign, CampaignRules
 
-    def make(rules: dict, **fields) -> Campaign:
+    def make(rules: dict, fund_deposit_fen: int = DEPOSIT_FEN, **fields) -> Campaign:
         fields.setdefault("name", f"campaign-{next(_seq)}")
         fields.setdefault("issuer_type", "platform")
         fields.setdefault("funder_type", "platform_fund")
@@ -224,6 +248,8 @@ def make_campaign(app):
         db.session.add(campaign)
         db.session.flush()
         db.session.add(CampaignRules(campaign_id=campaign.id, version=1, rules=rules))
+        if campaign.funder_type == "merchant_deposit" and fund_deposit_fen:
+            fund_deposit(campaign.funder_merchant_id, fund_deposit_fen)
         db.session.commit()
         return campaign
 

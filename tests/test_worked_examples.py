@@ -11,6 +11,7 @@ from ledger import account, balance
 from models import AccountKind, Campaign, Payout, Rebate, RedPacket, db, utcnow
 from rebate import create_order, issue_packet
 from rebate.orders import LineRequest
+from tests.conftest import DEPOSIT_FEN
 
 
 def bal(kind, owner_type=None, owner_id=None) -> int:
@@ -75,9 +76,9 @@ def test_merchant_to_consumer_first_order_earns_packet_second_order_rebates_both
     assert bal(AccountKind.MERCHANT_MARKETING_CREDIT, "merchant", shop.id) == 8_00
     assert bal(AccountKind.USER_CASH, "user", alice.id) == 4_00
     # the deposit paid the packet (20) and both rebates (12)
-    assert bal(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", shop.id) == -32_00
+    assert bal(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", shop.id) == DEPOSIT_FEN - 32_00
     assert bal(AccountKind.MERCHANT_PAYABLE, "merchant", shop.id) == 300_00
-    assert bal(AccountKind.WECHAT_SETTLEMENT) == -280_00
+    assert bal(AccountKind.WECHAT_SETTLEMENT) == -280_00 - DEPOSIT_FEN  # the two payments and the top-up
     db.session.refresh(campaign)
     assert (campaign.budget_reserved_fen, campaign.budget_committed_fen) == (0, 32_00)
 
@@ -231,7 +232,7 @@ def test_trial_feedback_quality_scales_consumer_points_and_merchant_earns_on_lat
     assert (issuer.amount_fen, issuer.packet_id, issuer.form) == (10_00, packet.id, "merchant_credit")
     assert any("attributed to red packet" in r for r in issuer.reasons)
     assert bal(AccountKind.MERCHANT_MARKETING_CREDIT, "merchant", shop.id) == 10_00
-    assert bal(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", shop.id) == -(5_00 + 10_00)
+    assert bal(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", shop.id) == DEPOSIT_FEN - (5_00 + 10_00)
     db.session.refresh(campaign)
     assert campaign.budget_committed_fen == 5_00 + 80 + 10_00
 
@@ -272,9 +273,9 @@ def test_education_teacher_share_released_only_after_lessons_and_test_and_revers
     share = rebates_of(order)["issuer"]
     assert (share.status, share.amount_fen, share.held_fen) == ("clawed_back", 0, 0)
     assert bal(AccountKind.USER_CASH, "user", teacher.id) == 0
-    assert bal(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", school.id) == 0
+    assert bal(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", school.id) == DEPOSIT_FEN
     assert bal(AccountKind.MERCHANT_PAYABLE, "merchant", school.id) == 0
-    assert bal(AccountKind.WECHAT_SETTLEMENT) == 0
+    assert bal(AccountKind.WECHAT_SETTLEMENT) == -DEPOSIT_FEN  # only the top-up is left at WeChat
     campaign = db.session.get(Campaign, campaign.id)
     assert (campaign.budget_reserved_fen, campaign.budget_committed_fen) == (0, 0)
 

@@ -7,11 +7,13 @@ the same transaction.
 
 from __future__ import annotations
 
-from flask import Blueprint, g
+from flask import Blueprint, g, request
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from ledger import balance
 from models import AuditLog, Merchant, Operator, OperatorRole, Order, Product, db
+from rebate.deposits import deposit_account, top_up
 from web.api import client_ip, endpoint
 from web.auth import issue_operator_token
 from web.errors import Conflict, NotFound, ValidationFailed
@@ -129,6 +131,37 @@ def list_merchants(query: Page):
 def get_merchant(merchant_id: int):
     """One merchant."""
     return merchant_json(visible_merchant(merchant_id))
+
+
+class DepositTopUp(Model):
+    amount_fen: PositiveFen
+    reason: Reason
+
+
+@endpoint(
+    bp,
+    "/merchants/<int:merchant_id>/deposit/top-ups",
+    methods=["POST"],
+    auth="operator",
+    roles=(OperatorRole.ADMIN, OperatorRole.FINANCE),
+    body=DepositTopUp,
+    idempotent=True,
+    require_key=True,
+)
+def top_up_deposit(merchant_id: int, body: DepositTopUp):
+    """Record money the merchant paid into its marketing deposit; its campaigns spend only what it holds."""
+    visible_merchant(merchant_id)
+    key = f"{g.operator.id}:{request.headers['Idempotency-Key']}"
+    held = top_up(merchant_id, body.amount_fen, key, f"deposit top-up: {body.reason}")
+    audit("merchant.deposit_top_up", "merchant", merchant_id, body.reason, amount_fen=body.amount_fen)
+    return {"merchant_id": merchant_id, "deposit_fen": held}, 201
+
+
+@endpoint(bp, "/merchants/<int:merchant_id>/deposit", auth="operator", roles=ANY_OPERATOR)
+def get_deposit(merchant_id: int):
+    """What the merchant's marketing deposit holds (merchant staff: their own)."""
+    visible_merchant(merchant_id)
+    return {"merchant_id": merchant_id, "deposit_fen": balance(deposit_account(merchant_id))}
 
 
 @endpoint(

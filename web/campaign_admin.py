@@ -1,7 +1,10 @@
 """Admin API for campaigns: create, validate, version rules, activate / pause / end, batch packets.
 
 Merchant staff manage only their own merchant's campaigns, funded by their own
-deposit; anything else answers 404.
+deposit; anything else answers 404. Referral campaigns and campaigns fired by
+platform-wide events (registration, daily sign-in, referral binding) are for
+platform admins only (403). A merchant-funded campaign is activated only while
+its funder's deposit holds money (409 deposit_exhausted).
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from pydantic import AwareDatetime, Field, StrictBool, StrictInt
 from sqlalchemy import select
 
 from models import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType, OperatorRole, RedPacket, db, utcnow
+from rebate.campaigns import rules_of
+from rebate.deposits import held_in_deposit
 from rebate.errors import StateConflict
 from rebate.packets import generate_batch, revoke_packet
 from rebate.rules import RuleError, RuleSet, parse_rules
 from web.admin import audit, merchant_scope, visible_merchant
 from web.api import endpoint
-from web.errors import NotFound, ValidationFailed
+from web.errors import Forbidden, NotFound, ValidationFailed
 from web.schemas import Category, Id, Model, Name, NonNegativeFen, Page, PositiveFen, Reason
 
 bp = Blueprint("campaign_admin", __name__, url_prefix="/admin/api")
@@ -165,6 +170,25 @@ def _check_rules(rules: RulesIn, budgeted: bool) -> dict:
     return _parsed_rules(rules, budgeted)[0]
 
 
+PLATFORM_TRIGGERS = ("registration", "daily_sign_in", "referral_bind")
+
+
+def _check_platform_only(applies_to: str, trigger_kind: str | None) -> None:
+    """Referral and platform-wide campaigns pay on every merchant's customers: platform admins only."""
+    if merchant_scope() is None:
+        return
+    if applies_to == "referral":
+        raise Forbidden("referral campaigns are created and changed by platform admins only", code="platform_only")
+    if trigger_kind in PLATFORM_TRIGGERS:
+        raise Forbidden(
+            f"campaigns fired by {trigger_kind} are platform-wide: platform admins only", code="platform_only"
+        )
+
+
+def _check_platform_only_campaign(campaign: Campaign) -> None:
+    _check_platform_only(rules_of(campaign).applies_to, (campaign.trigger or {}).get("kind"))
+
+
 def _check_parties(body: CreateCampaign) -> None:
     if (body.issuer_type == IssuerType.MERCHANT) != (body.issuer_merchant_id is not None):
         raise ValidationFailed("issuer_merchant_id goes with issuer_type merchant", code="issuer")
@@ -187,6 +211,21 @@ def _check_parties(body: CreateCampaign) -> None:
             visible_merchant(merchant_id)
     if scope is not None and (body.funder_merchant_id != scope or body.issuer_merchant_id != scope):
         raise ValidationFailed("merchant staff run campaigns issued and funded by their own merchant", code="funder")
+
+
+def _check_deposit(campaign: Campaign) -> None:
+    """A merchant-funded campaign goes live only when its deposit holds what it may still commit."""
+    held = held_in_deposit(campaign)
+    if held is None:
+        return
+    still = None if campaign.budget_limit_fen is None else campaign.budget_limit_fen - campaign.budget_committed_fen
+    if held <= 0 or (still is not None and held < still):
+        needs = "money" if still is None else f"the {still} fen its budget may still commit"
+        raise StateConflict(
+            f"merchant {campaign.funder_merchant_id}'s marketing deposit holds {held} fen, not {needs}: "
+            "top it up (or lower the budget) first",
+            code="deposit_exhausted",
+        )
 
 
 def campaign_json(c: Campaign) -> dict:
@@ -238,6 +277,7 @@ def visible_campaign(campaign_id: int, *, lock: bool = False) -> Campaign:
 )
 def create_campaign(body: CreateCampaign):
     """Create a draft campaign with version 1 of its rules (refused with the reason when unsafe)."""
+    _check_platform_only(body.rules.applies_to, body.trigger.kind)
     _check_parties(body)
     rules = _check_rules(body.rules, budgeted=body.budget_limit_fen is not None)
     fields = body.model_dump(exclude={"rules", "reason", "trigger", "packet_tiers", "usage_windows", "claim_limits"})
@@ -254,6 +294,7 @@ def create_campaign(body: CreateCampaign):
 @endpoint(bp, "/campaigns/validate", methods=["POST"], auth="operator", roles=MANAGERS, body=CreateCampaign)
 def validate_campaign(body: CreateCampaign):
     """Check a campaign without saving it."""
+    _check_platform_only(body.rules.applies_to, body.trigger.kind)
     _check_parties(body)
     _, rules = _parsed_rules(body.rules, body.budget_limit_fen is not None)
     return {"valid": True, "max_rebate_per_order_fen": rules.max_award_fen()}
@@ -292,6 +333,8 @@ def replace_rules(campaign_id: int, body: NewRules):
     campaign = visible_campaign(campaign_id, lock=True)
     if campaign.status == CampaignStatus.ENDED:
         raise StateConflict("an ended campaign cannot change", code="campaign_ended")
+    _check_platform_only_campaign(campaign)
+    _check_platform_only(body.rules.applies_to, None)
     rules = _check_rules(body.rules, budgeted=campaign.budget_limit_fen is not None)
     campaign.rules_version += 1
     db.session.add(
@@ -313,9 +356,12 @@ def replace_rules(campaign_id: int, body: NewRules):
 def transition(campaign_id: int, action: str, body: Transition):
     """Activate, pause (stops issuing and awarding at once) or end a campaign."""
     campaign = visible_campaign(campaign_id, lock=True)
+    _check_platform_only_campaign(campaign)
     sources, target = TRANSITIONS[action]
     if campaign.status not in sources:
         raise StateConflict(f"a {campaign.status} campaign cannot {action}", code="campaign_state")
+    if target == CampaignStatus.ACTIVE:
+        _check_deposit(campaign)
     campaign.status = target
     audit(f"campaign.{action}", "campaign", campaign.id, body.reason)
     return campaign_json(campaign)
@@ -436,6 +482,7 @@ def change_campaign(campaign_id: int, body: CampaignChanges):
     campaign = visible_campaign(campaign_id, lock=True)
     if campaign.status == CampaignStatus.ENDED:
         raise StateConflict("an ended campaign cannot change", code="campaign_ended")
+    _check_platform_only_campaign(campaign)
     _check_changes(campaign, body)
     changes = body.model_dump(mode="json", exclude={"reason"}, exclude_unset=True)
     before = {name: getattr(campaign, name) for name in changes}

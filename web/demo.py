@@ -9,6 +9,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from models import Campaign, CampaignRules, Merchant, Operator, Product, RedPacket, db, unit_of_work, utcnow
+from rebate.deposits import top_up
 from rebate.packets import generate_batch
 from web.auth import issue_operator_token
 
@@ -32,6 +33,7 @@ def seed() -> dict:
         db.session.add(shop)
         db.session.flush()
         db.session.add_all(Product(merchant_id=shop.id, name=n, category=c, price_fen=p) for n, c, p in PRODUCTS)
+        top_up(shop.id, 10_000_00, "demo", "the shop's marketing deposit (demo)")  # its campaign's budget
         _campaign(
             "First order over 200 earns 20 off",
             {

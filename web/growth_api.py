@@ -1,8 +1,10 @@
 """Growth endpoints: device tokens, self-serve claims, daily sign-in, share links, referral binding.
 
-Every claim path takes its claim limits (per IP per day, interval per device
-and per IP, per person) in the same transaction as the claim; a refusal is
-429 with the reason and ``Retry-After``. The device is a server-issued,
+Every claim path takes its campaign's claim limits (per IP per day, interval
+per device and per IP, per person) and the platform-wide ones (settings
+``CLAIM_*``) in the same transaction as the claim; a refusal is 429 with the
+reason and ``Retry-After``. Sign-in and referral binding still succeed when a
+limit refuses their packet (the refusal is kept for the trace). The device is a server-issued,
 signed token (``X-Device-Token``), never a client-chosen id; the IP is the
 socket's, or ``X-Forwarded-For`` only behind ``TRUSTED_PROXY_COUNT`` proxies.
 """
@@ -10,17 +12,19 @@ socket's, or ``X-Forwarded-For`` only behind ``TRUSTED_PROXY_COUNT`` proxies.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from flask import Blueprint, current_app, request
 from itsdangerous import BadSignature, URLSafeSerializer
 from pydantic import Field
 
-from models import Campaign, ClaimRefusal, ShareLink, User, db, utcnow
+from models import Campaign, ShareLink, User, db, utcnow
 from rebate.errors import StateConflict
 from rebate.packets import issue_packet
-from rebate.triggers import bind_inviter, claim_share, create_share_link, invite_code_of, sign_in
-from risk import ClaimLimits, LimitHit, enforce_claim_limits, take_device_token_slot
+from rebate.triggers import bind_inviter, claim_gate, claim_share, create_share_link, invite_code_of, sign_in
+from risk import Claimant, ClaimLimits, LimitHit, enforce_claim_limits, record_refusal, take_device_token_slot
 from web.api import client_ip, endpoint
 from web.auth import current_user, token_channel
 from web.errors import NotFound, ValidationFailed
@@ -58,19 +62,31 @@ def channel() -> str:
     return value
 
 
-def take_claim_limits(campaign: Campaign, user: User) -> None:
-    """Take the claim's limit slots; a refusal is recorded in its own transaction for the trace, then raised."""
-    limits = ClaimLimits.from_json(campaign.claim_limits)
+def claimant(user: User) -> Claimant:
+    """The person asking, with the request's network address and (server-issued) device."""
+    return Claimant(user.id, client_ip(), device_id())
+
+
+@contextmanager
+def refusal_kept(campaign: Campaign, user: User) -> Iterator[None]:
+    """A claim refused by a limit rolls back; the refusal is kept in its own transaction for the trace."""
+    campaign_id, user_id = campaign.id, user.id
     try:
+        yield
+    except LimitHit as hit:
+        db.session.rollback()
+        record_refusal(user_id, campaign_id, hit)
+        db.session.commit()
+        raise
+
+
+def take_claim_limits(campaign: Campaign, user: User) -> None:
+    """Take the campaign's own limit slots (the platform-wide ones are taken when the packet is issued)."""
+    limits = ClaimLimits.from_json(campaign.claim_limits)
+    with refusal_kept(campaign, user):
         enforce_claim_limits(
             limits, campaign_id=campaign.id, person_id=user.id, ip=client_ip(), device=device_id(), now=utcnow()
         )
-    except LimitHit as hit:
-        campaign_id, user_id = campaign.id, user.id
-        db.session.rollback()
-        db.session.add(ClaimRefusal(user_id=user_id, campaign_id=campaign_id, code=hit.code, message=str(hit)[:200]))
-        db.session.commit()
-        raise
 
 
 def running_campaign(campaign_id: int) -> Campaign:
@@ -101,21 +117,24 @@ def claim_from_campaign(campaign_id: int):
         raise StateConflict("this campaign's packets are not claimed directly", code="not_claimable")
     user = current_user()
     take_claim_limits(campaign, user)
-    packet = issue_packet(
-        campaign,
-        user,
-        source="claim",
-        source_ref=f"user:{user.id}:{secrets.token_hex(6)}",
-        now=utcnow(),
-        channel=channel(),
-    )
+    with refusal_kept(campaign, user):
+        packet = issue_packet(
+            campaign,
+            user,
+            source="claim",
+            source_ref=f"user:{user.id}:{secrets.token_hex(6)}",
+            now=utcnow(),
+            channel=channel(),
+            gate=claim_gate(claimant(user)),
+        )
     return packet_json(packet), 201
 
 
 @endpoint(bp, "/sign-in", methods=["POST"], idempotent=True)
 def daily_sign_in():
     """Today's sign-in (Beijing day): the streak, and any packet it earned."""
-    record, packets = sign_in(current_user(), utcnow(), channel())
+    user = current_user()
+    record, packets = sign_in(user, utcnow(), channel(), claimant(user))
     return {"day": record.day, "streak": record.streak, "packets": [packet_json(p) for p in packets]}
 
 
@@ -133,8 +152,10 @@ def claim_share_link(token: str):
     link = db.session.get(ShareLink, token)
     if link is None:
         raise NotFound("no such share link")
-    take_claim_limits(db.session.get(Campaign, link.campaign_id), user)
-    result = claim_share(token, user, utcnow(), channel())
+    campaign = db.session.get(Campaign, link.campaign_id)
+    take_claim_limits(campaign, user)
+    with refusal_kept(campaign, user):
+        result = claim_share(token, user, utcnow(), channel(), claimant(user))
     return {"packet": packet_json(result["friend"]), "sharer_rewarded": result["sharer"] is not None}, 201
 
 
@@ -149,5 +170,6 @@ def my_invite():
 @endpoint(bp, "/referrals/bind", methods=["POST"], body=InviteCode, idempotent=True, status=201)
 def bind_referral(body: InviteCode):
     """Bind the caller (a new user) to an inviter; one inviter per person, never oneself."""
-    packets = bind_inviter(current_user(), body.code, utcnow())
+    user = current_user()
+    packets = bind_inviter(user, body.code, utcnow(), claimant(user))
     return {"bound": True, "packets": [packet_json(p) for p in packets]}, 201

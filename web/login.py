@@ -20,9 +20,11 @@ from sqlalchemy.exc import IntegrityError
 
 from models import OAuthState, User, UserIdentity, db, utcnow
 from rebate.triggers import on_registered
-from web.api import endpoint
+from risk import Claimant
+from web.api import client_ip, endpoint
 from web.auth import issue_user_token
 from web.errors import ApiError, ValidationFailed
+from web.growth_api import device_id
 from web.openapi import ERROR, UNAVAILABLE, UPSTREAM_REFUSED, documented
 from web.schemas import Model
 from web.wechat_setup import to_api_error, wechat
@@ -47,7 +49,7 @@ def _identity(appid: str, openid: str) -> UserIdentity | None:
     return db.session.execute(stmt).scalar_one_or_none()
 
 
-def _attach(appid: str, openid: str, unionid: str | None, channel: str) -> UserIdentity:
+def _attach(appid: str, openid: str, unionid: str | None, channel: str, origin: tuple) -> UserIdentity:
     user = None
     if unionid:
         user = db.session.execute(select(User).where(User.unionid == unionid)).scalar_one_or_none()
@@ -55,20 +57,32 @@ def _attach(appid: str, openid: str, unionid: str | None, channel: str) -> UserI
         user = User(unionid=unionid)
         db.session.add(user)
         db.session.flush()
-        on_registered(user, utcnow(), channel)  # newcomer packets, in the same transaction as the person
+        # Newcomer packets, in the same transaction as the person, under the platform-wide claim limits
+        # of the network address and device the login came from.
+        on_registered(user, utcnow(), channel, Claimant(user.id, *origin))
     identity = UserIdentity(user_id=user.id, appid=appid, openid=openid, channel=channel)
     db.session.add(identity)
     db.session.flush()
     return identity
 
 
-def sign_in(appid: str, openid: str, unionid: str | None, channel: str, session_key: str | None = None) -> User:
-    """The user behind this openid, created (or linked by unionid) on first sight. Flushes only."""
+def sign_in(
+    appid: str,
+    openid: str,
+    unionid: str | None,
+    channel: str,
+    session_key: str | None = None,
+    origin: tuple[str | None, str | None] = (None, None),
+) -> User:
+    """The user behind this openid, created (or linked by unionid) on first sight. Flushes only.
+
+    ``origin`` is the (network address, device) the login came from: newcomer packets count against them.
+    """
     identity = _identity(appid, openid)
     if identity is None:
         try:
             with db.session.begin_nested():
-                identity = _attach(appid, openid, unionid, channel)
+                identity = _attach(appid, openid, unionid, channel, origin)
         except IntegrityError:  # a concurrent first login of the same person won
             identity = _identity(appid, openid)
             if identity is None:
@@ -98,6 +112,7 @@ def login(body: Login):
         session.get("unionid"),
         "mini_program",
         session["session_key"],
+        origin=(client_ip(), device_id()),
     )
     if not user.is_active:
         raise ApiError("this account is banned", code="user_banned", status=403)
@@ -207,7 +222,13 @@ def oauth_callback():
             unionid = client.fetch_userinfo(grant["access_token"], grant["openid"]).get("unionid")
     except WeChatError as exc:
         raise to_api_error(exc) from None
-    user = sign_in(current_app.config["WECHAT_OA_APPID"], grant["openid"], unionid, "official_account")
+    user = sign_in(
+        current_app.config["WECHAT_OA_APPID"],
+        grant["openid"],
+        unionid,
+        "official_account",
+        origin=(client_ip(), device_id()),
+    )
     if not user.is_active:
         db.session.rollback()
         raise ApiError("this account is banned", code="user_banned", status=403)
