@@ -160,7 +160,7 @@ def test_consuming_a_custom_code_card_decides_its_payout(card_app, client, make_
     payout.status, payout.package_info, payout.request = "waiting_user_confirm", '{"cardExt":1}', {"card_id": "x"}
     mark_sent(payout, payout.created_at)
     db.session.commit()
-    responses.get("https://api.weixin.test/cgi-bin/token", json={"access_token": "AT", "expires_in": 7200})
+    responses.post("https://api.weixin.test/cgi-bin/stable_token", json={"access_token": "AT", "expires_in": 7200})
     responses.post(
         "https://api.weixin.test/card/code/consume",
         json={"errcode": 0, "errmsg": "ok", "openid": "o1", "card": {"card_id": "pCARD0001"}},
