@@ -6,49 +6,25 @@ barrier, so the requests really race. The database decides who wins: exactly as 
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 
 from sqlalchemy import func, select
 
 from models import Campaign, RedPacket, SignIn, db
 from models.limits import LimitCounter
-from tests.conftest import release_test_session
+from tests.concurrency import post_together
 
 RULES = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 3_00}]}
 RESERVATION = 10_00 + 3_00
 
 
+def race(app, requests: list[tuple[str, dict, dict]]) -> list[tuple[int, str | None]]:
+    """POST every (path, headers, environ) at once; (status, error code) of each."""
+    return post_together(app, requests, as_="environ_base")
+
+
 def limits(**values) -> dict:
     return {"per_ip_per_day": None, "min_interval_seconds": None, "per_person": None, **values}
-
-
-def race(app, requests: list[tuple[str, dict, dict]]) -> list[tuple[int, str | None]]:
-    """POST every (path, headers, environ) at once from its own thread; (status, error code) of each."""
-    release_test_session()
-    barrier = threading.Barrier(len(requests))
-    results: list = [None] * len(requests)
-
-    def run(i: int, path: str, headers: dict, environ: dict) -> None:
-        with app.app_context():
-            client = app.test_client()
-            try:
-                barrier.wait(timeout=30)
-                resp = client.post(path, headers=headers, environ_base=environ)
-                body = resp.get_json(silent=True) or {}
-                results[i] = (resp.status_code, body.get("error"))
-            except Exception as exc:  # noqa: BLE001 - reported as a result, asserted by the test
-                results[i] = (-1, repr(exc))
-            finally:
-                db.session.remove()
-
-    threads = [threading.Thread(target=run, args=(i, *req)) for i, req in enumerate(requests)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a request hung"
-    return results
 
 
 def claim_campaign(make_campaign, claim_limits, **fields) -> Campaign:

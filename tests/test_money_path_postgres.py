@@ -33,7 +33,7 @@ from rebate import apply_payment, apply_refund, begin_refund, claim_packet, crea
 from rebate.errors import BudgetExhausted, RebateError
 from rebate.orders import LineRequest
 from rebate.packets import generate_batch
-from tests.conftest import release_test_session
+from tests.concurrency import together
 
 RULES = {
     "roles": [
@@ -42,33 +42,6 @@ RULES = {
     ]
 }
 RESERVATION = 10_00 + 5_00 + 3_00
-
-
-def run_together(app, n: int, work) -> list:
-    """Run ``work(i)`` in n threads started together; returns each result or exception."""
-    release_test_session()
-    barrier = threading.Barrier(n)
-    results: list = [None] * n
-
-    def target(i: int) -> None:
-        with app.app_context():
-            try:
-                barrier.wait(timeout=30)
-                results[i] = work(i)
-                db.session.commit()
-            except Exception as exc:  # collected and asserted on by the test
-                db.session.rollback()
-                results[i] = exc
-            finally:
-                db.session.remove()
-
-    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    return results
 
 
 def count(model, *where) -> int:
@@ -87,7 +60,7 @@ def test_fifty_claims_against_a_budget_for_ten_reserve_exactly_ten(app, make_cam
     def work(i: int):
         return claim_packet(codes[i], db.session.get(User, user_ids[i]), utcnow()).id
 
-    results = run_together(app, 50, work)
+    results = together(50, work, app=app)
 
     # then: exactly 10 win, 40 are told the budget is exhausted, the counters are exact
     kinds = Counter(type(r).__name__ for r in results)
@@ -120,7 +93,7 @@ def test_twenty_concurrent_payment_notifications_apply_once(app, make_campaign, 
     def work(i: int):
         return apply_payment(out_trade_no, "tx-1", payable, utcnow(), notification_id="N-1" if i % 2 == 0 else None)
 
-    results = run_together(app, 20, work)
+    results = together(20, work, app=app)
 
     # then: every call answers, exactly one applies; one sale, one set of rebates, one payout
     assert not [r for r in results if isinstance(r, Exception)], results
@@ -164,7 +137,7 @@ def test_payment_racing_a_refund_ends_consistent(app, make_campaign, make_user, 
         begin_refund(target, "R-1", payable)
         return apply_refund(out_trade_no, "R-1", payable, utcnow()).status
 
-    results = run_together(app, 2, work)
+    results = together(2, work, app=app)
 
     # then: either the refund saw the payment (refunded, everything reversed) or it was refused (paid)
     assert str(results[0]) == "applied", results
@@ -198,7 +171,7 @@ def test_twenty_concurrent_orders_with_one_idempotency_key_make_one_order(app, m
         response = app.test_client().post("/api/v1/orders", json=body, headers=headers)
         return response.status_code, response.get_json()
 
-    results = run_together(app, 20, work)
+    results = together(20, work, app=app)
 
     # then: one order; the others are a 201 replay of it or a 409 "in progress"
     assert not [r for r in results if isinstance(r, Exception)], results
@@ -235,7 +208,7 @@ def test_payment_and_refund_started_at_the_same_instant_end_consistent(
         begin_refund(target, f"R-{attempt}", payable)
         return apply_refund(out_trade_no, f"R-{attempt}", payable, utcnow()).status
 
-    results = run_together(app, 2, work)
+    results = together(2, work, app=app)
 
     # then: the payment always applies once; the refund either came first (refused, nothing moved) or after
     assert str(results[0]) == "applied", results

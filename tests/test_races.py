@@ -32,33 +32,12 @@ from models import (
 )
 from rebate import issue_packet
 from rebate.packets import generate_batch
+from tests.concurrency import together
 from tests.conftest import release_test_session
 from tests.test_wechat_callbacks import no_network  # noqa: F401 - fixture
 
 RULES = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 5_00}]}
 NO_LIMITS = {"per_ip_per_day": None, "min_interval_seconds": None, "per_person": None}
-
-
-def together(n: int, work) -> list:
-    """Run ``work(i)`` in n threads released at once; returns each result or exception."""
-    release_test_session()
-    barrier = threading.Barrier(n)
-    results: list = [None] * n
-
-    def target(i: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            results[i] = work(i)
-        except Exception as exc:  # collected and asserted on by the test
-            results[i] = exc
-
-    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    return results
 
 
 def count(model, *where) -> int:

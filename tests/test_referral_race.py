@@ -8,44 +8,15 @@ answer 409 ``already_invited``, and the starter packet names the inviter that wo
 
 from __future__ import annotations
 
-import threading
-
 from sqlalchemy import func, select
 
 from ledger import account, balance
 from models import AccountKind, Rebate, RedPacket, User, db, utcnow
 from rebate import create_order
 from rebate.orders import LineRequest
-from tests.conftest import release_test_session
+from tests.concurrency import post_together
 
 STARTER = {"roles": [{"role": "issuer", "rate_bps": 1000, "form": "balance", "cap_fen": 50_00}]}
-
-
-def race(app, requests: list[tuple[str, dict, dict]]) -> list[tuple[int, str | None]]:
-    """POST every (path, headers, json) at once, each from its own thread and app context."""
-    release_test_session()
-    barrier = threading.Barrier(len(requests))
-    results: list = [None] * len(requests)
-
-    def run(i: int, path: str, headers: dict, body: dict) -> None:
-        with app.app_context():
-            try:
-                client = app.test_client()
-                barrier.wait(timeout=30)
-                resp = client.post(path, headers=headers, json=body)
-                results[i] = (resp.status_code, (resp.get_json(silent=True) or {}).get("error"))
-            except Exception as exc:  # noqa: BLE001 - reported as a result, asserted by the test
-                results[i] = (-1, repr(exc))
-            finally:
-                db.session.remove()
-
-    threads = [threading.Thread(target=run, args=(i, *req)) for i, req in enumerate(requests)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a request hung"
-    return results
 
 
 def test_5_concurrent_binds_of_one_invitee_bind_exactly_one_and_the_starter_packet_credits_the_winner(
@@ -65,7 +36,7 @@ def test_5_concurrent_binds_of_one_invitee_bind_exactly_one_and_the_starter_pack
     headers = user_headers(newbie)
 
     # when: the newbie binds with all five codes at once
-    results = race(app, [("/api/v1/referrals/bind", headers, {"code": code}) for code in codes])
+    results = post_together(app, [("/api/v1/referrals/bind", headers, {"code": code}) for code in codes])
 
     # then: exactly one bound, four 409 already_invited
     assert sorted(results) == [(201, None)] + [(409, "already_invited")] * 4, results
@@ -97,7 +68,7 @@ def test_two_people_binding_each_others_codes_at_once_never_make_a_cycle(app, cl
     ben_code = client.get("/api/v1/me/invite", headers=user_headers(ben)).get_json()["invite_code"]
 
     # when: each binds the other's code at the same moment
-    results = race(
+    results = post_together(
         app,
         [
             ("/api/v1/referrals/bind", user_headers(amy), {"code": ben_code}),

@@ -1,0 +1,66 @@
+"""Races for tests, on SQLite and PostgreSQL alike: n threads released at once by a barrier."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from models import db
+from tests.conftest import release_test_session
+
+
+def together(n: int, work: Callable[[int], Any], app=None) -> list:
+    """Run ``work(i)`` in n threads started together; returns each result or the exception it raised.
+
+    The test's own transaction is ended first (on SQLite it would hold the lock every thread
+    waits for). With ``app``, each thread runs in its own app context (its own session and
+    connection) and commits what ``work`` did, or rolls it back when it raised.
+    """
+    release_test_session()
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+
+    def target(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[i] = work(i)
+        except Exception as exc:  # collected and asserted on by the test
+            results[i] = exc
+
+    def in_context(i: int) -> None:
+        with app.app_context():
+            try:
+                target(i)
+                if isinstance(results[i], Exception):
+                    db.session.rollback()
+                else:
+                    db.session.commit()
+            except Exception as exc:  # a failed commit is the thread's result too
+                db.session.rollback()
+                results[i] = exc
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=in_context if app else target, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    return results
+
+
+def post_together(app, requests: list[tuple[str, dict, dict]], **kind) -> list[tuple[int, str | None]]:
+    """POST every (path, headers, json or environ_base) at once; (status, error code) of each, -1 on exception.
+
+    ``as_="environ_base"`` sends the third item as the WSGI environ (a client address), else as JSON.
+    """
+    field = kind.get("as_", "json")
+
+    def post(i: int) -> tuple[int, str | None]:
+        path, headers, extra = requests[i]
+        resp = app.test_client().post(path, headers=headers, **{field: extra})
+        return resp.status_code, (resp.get_json(silent=True) or {}).get("error")
+
+    return [r if isinstance(r, tuple) else (-1, repr(r)) for r in together(len(requests), post, app=app)]
