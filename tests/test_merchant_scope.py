@@ -322,7 +322,7 @@ def test_two_payments_at_once_never_spend_more_than_the_deposit_holds(
     app, make_merchant, make_product, make_user, make_campaign
 ):
     from rebate import apply_payment
-    from tests.test_money_path_postgres import run_together
+    from tests.concurrency import together
 
     # given: two campaigns of one merchant (no campaign row in common), one deposit holding 25 yuan;
     # each buyer spends a 10-yuan packet on a 100-yuan order (pays 90) and is owed 5 % = 4.50
@@ -342,7 +342,7 @@ def test_two_payments_at_once_never_spend_more_than_the_deposit_holds(
     numbers = [(o.out_trade_no, o.payable_fen) for o in orders]
 
     # when: both payments are applied at once, each in its own transaction
-    results = run_together(app, 2, lambda i: apply_payment(numbers[i][0], f"tx-{i}", numbers[i][1], utcnow()))
+    results = together(2, lambda i: apply_payment(numbers[i][0], f"tx-{i}", numbers[i][1], utcnow()), app=app)
 
     # then: one after the other on the deposit: 25 − 10 − 4.50, then − 10 leaves 0.50 for the second rebate
     assert [str(r) for r in results] == ["applied", "applied"], results
