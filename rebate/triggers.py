@@ -204,15 +204,25 @@ def invite_code_of(user: User) -> str:
     return user.invite_code
 
 
+def _locked_user(user_id: int) -> User:
+    return db.session.execute(
+        select(User).where(User.id == user_id).with_for_update().execution_options(populate_existing=True)
+    ).scalar_one()
+
+
 def _invited_by(person: User, ancestor_id: int, depth: int = 50) -> bool:
-    """Is ``ancestor_id`` somewhere up ``person``'s chain of inviters? (No referral cycles.)"""
+    """Is ``ancestor_id`` somewhere up ``person``'s chain of inviters? (No referral cycles.)
+
+    Each link is read under its row lock (PostgreSQL), so two binds that would close a cycle
+    between them cannot both pass this check: the later one waits and then sees the earlier.
+    """
     current = person
     for _ in range(depth):
         if current.inviter_id is None:
             return False
         if current.inviter_id == ancestor_id:
             return True
-        current = db.session.get(User, current.inviter_id)
+        current = _locked_user(current.inviter_id)
     return True  # a chain this deep is itself suspicious: refuse
 
 
@@ -230,6 +240,9 @@ def bind_inviter(user: User, code: str, now: datetime, claimant: Claimant | None
         raise StateConflict("this invite code can no longer be used", code="invite_code_inactive")
     if inviter.id == user.id:
         raise Invalid("you cannot invite yourself", code="self_referral")
+    # Both rows locked in id order: A binding to B while B binds to A serialise, and the later sees the cycle.
+    first, second = sorted((user.id, inviter.id))
+    _locked_user(first), _locked_user(second)
     if user.inviter_id is not None:
         raise StateConflict("you already have an inviter", code="already_invited")
     if _invited_by(inviter, user.id):

@@ -88,3 +88,25 @@ def test_5_concurrent_binds_of_one_invitee_bind_exactly_one_and_the_starter_pack
     cash = {u.id: balance(account(AccountKind.USER_CASH, "user", u.id)) for u in inviters}
     assert cash == {u.id: 9_00 if u.id == winner else 0 for u in inviters}
     assert db.session.execute(select(func.count()).select_from(RedPacket)).scalar_one() == 1
+
+
+def test_two_people_binding_each_others_codes_at_once_never_make_a_cycle(app, client, make_user, user_headers):
+    # given: two new people, each with the other's invite code
+    amy, ben = make_user(), make_user()
+    amy_code = client.get("/api/v1/me/invite", headers=user_headers(amy)).get_json()["invite_code"]
+    ben_code = client.get("/api/v1/me/invite", headers=user_headers(ben)).get_json()["invite_code"]
+
+    # when: each binds the other's code at the same moment
+    results = race(
+        app,
+        [
+            ("/api/v1/referrals/bind", user_headers(amy), {"code": ben_code}),
+            ("/api/v1/referrals/bind", user_headers(ben), {"code": amy_code}),
+        ],
+    )
+
+    # then: one binding; the other is refused as a cycle
+    assert sorted(results) == [(201, None), (409, "referral_cycle")], results
+    db.session.rollback()
+    inviters = {u.id: u.inviter_id for u in db.session.execute(select(User)).scalars()}
+    assert sorted(v for v in inviters.values() if v is not None) in ([amy.id], [ben.id])
