@@ -168,8 +168,10 @@ def enforce_platform_limits(limits: PlatformLimits, claimant: Claimant, now: dat
     take_platform_interval(limits, claimant, now)
 
 
-def record_refusal(person_id: int, campaign_id: int, hit: LimitHit) -> None:
-    """Keep a refusal for the trace ("limit hit"); it commits with whatever the caller commits."""
+def record_refusal(person_id: int, campaign_id: int, hit: Exception) -> None:
+    """Keep a refusal (``LimitHit``, or a packet its funder's deposit could not cover) for the trace.
+
+    It commits with whatever the caller commits; ``hit`` carries the ``code``."""
     db.session.add(ClaimRefusal(user_id=person_id, campaign_id=campaign_id, code=hit.code, message=str(hit)[:200]))
 
 
