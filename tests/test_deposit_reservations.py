@@ -248,3 +248,39 @@ def test_raising_a_running_campaigns_budget_needs_the_deposit_to_hold_it(client,
     )
     assert lowered.status_code == 200 and again.status_code == 200
     assert again.get_json()["budget_limit_fen"] == 150_00
+
+
+def test_an_unreserved_award_leaves_the_live_packets_covered(
+    make_merchant, make_product, make_user, make_campaign, pay
+):
+    # given: one merchant funds a 10 % referral campaign (no reservation: it pays on any order) and a packet
+    # campaign whose one live packet reserved 21 of the deposit's 25 yuan
+    referral = {"applies_to": "referral", "roles": [{"role": "inviter", "rate_bps": 1000, "form": "balance"}]}
+    shop = make_merchant()
+    packets = merchant_campaign(make_campaign, shop, 25_00)
+    make_campaign(referral, funder_type="merchant_deposit", funder_merchant_id=shop.id, fund_deposit_fen=0)
+    holder = make_user()
+    packet = try_issue(packets, holder, "held")
+    assert isinstance(packet, RedPacket)
+    buyer = make_user(inviter=make_user())
+
+    # when: an invited buyer pays 100 yuan (10 yuan due to the inviter)
+    order = create_order(buyer, [LineRequest(make_product(shop, price_fen=100_00).id, 1)], None, utcnow())
+    db.session.commit()
+    pay(order)
+
+    # then: the inviter gets only the 4 yuan beyond the live packet's 21; the packet stays covered
+    from models import Rebate
+
+    db.session.rollback()
+    (rebate,) = db.session.execute(select(Rebate).where(Rebate.order_id == order.id)).scalars()
+    assert (rebate.amount_fen, rebate.reason_code) == (4_00, "deposit_exhausted")
+    assert deposit(shop.id) == 21_00 == reserved(shop.id)
+
+    # when: the packet is spent on a 100-yuan order: its 20-yuan discount and 1-yuan rebate
+    spend = create_order(holder, [LineRequest(make_product(shop, price_fen=100_00).id, 1)], packet.id, utcnow())
+    db.session.commit()
+    pay(spend)
+
+    # then: the deposit ends at zero, never below
+    assert deposit(shop.id) == 0 and reserved(shop.id) == 0
