@@ -44,7 +44,7 @@ def parse_json_body() -> Any:
     try:
         return loads_json(raw)
     except JsonRefused as exc:
-        raise ValidationFailed(str(exc), code="json_too_deep") from None
+        raise ValidationFailed(str(exc), code=exc.code) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationFailed(f"malformed JSON: {exc}", code="invalid_json") from None
 
