@@ -2,19 +2,25 @@
 
 A merchant tops up its deposit (WeChat settlement → deposit); every packet
 discount and rebate of its campaigns is paid from it. A campaign never commits
-more than the deposit holds: activation needs money in it, and each payment
-limits its awards to what is left (reason "deposit exhausted"), under a row
-lock on the deposit's account so concurrent payments cannot both spend the
-last of it. When it runs dry the campaign is paused and an operator alerted.
+more than the deposit holds: activation (and raising a running campaign's
+budget) needs money in it; each packet issued or claimed reserves its face
+value and largest rebate, and is refused (``deposit_exhausted``) unless the
+deposit covers every live reservation of every campaign the merchant funds
+together with this one; and each payment limits the awards its packets did
+not reserve to what the deposit holds beyond the other live reservations
+(reason "deposit exhausted"). All of it under a row lock on the deposit's
+account, so concurrent claims and payments cannot both spend the last of it.
+When it runs dry (or refuses a packet) the campaign is paused and an operator
+alerted.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from ledger import Leg, account, balance, post_entry
 from models import AccountKind, Campaign, CampaignStatus, FunderType, LedgerAccount, alert_once, db
-from rebate.errors import Invalid
+from rebate.errors import DepositExhausted, Invalid
 
 
 def deposit_account(merchant_id: int) -> LedgerAccount:
@@ -49,18 +55,75 @@ def held_in_deposit(campaign: Campaign) -> int | None:
     return balance(deposit_account(campaign.funder_merchant_id))
 
 
-class DepositsLeft:
-    """What each funding deposit still holds while one payment spends from it (read once, then counted down)."""
+def reserved_against(merchant_id: int) -> int:
+    """What the live packets of every campaign this merchant funds have reserved against its deposit."""
+    total = db.session.execute(
+        select(func.coalesce(func.sum(Campaign.budget_reserved_fen), 0)).where(
+            Campaign.funder_type == FunderType.MERCHANT_DEPOSIT, Campaign.funder_merchant_id == merchant_id
+        )
+    ).scalar_one()
+    return int(total)
 
-    def __init__(self):
+
+def cover_reservation(campaign: Campaign, reserved_fen: int) -> None:
+    """After ``campaign``'s budget took ``reserved_fen`` for a packet: refuse it unless the deposit covers it.
+
+    The deposit's account row is locked first (PostgreSQL; SQLite's BEGIN IMMEDIATE serialises anyway),
+    so of concurrent claims against one deposit each sees the reservations of those before it. The
+    campaign's row is already locked by its budget UPDATE: campaign, then deposit, as payments lock.
+    Raises ``DepositExhausted``; the caller rolls back and calls ``pause_refused``.
+    """
+    if campaign.funder_type != FunderType.MERCHANT_DEPOSIT or not reserved_fen:
+        return
+    lock_deposits([campaign])
+    held = held_in_deposit(campaign)
+    reserved = reserved_against(campaign.funder_merchant_id)  # includes this packet's reservation
+    if reserved > held:
+        raise DepositExhausted(
+            f"merchant {campaign.funder_merchant_id}'s marketing deposit holds {held} fen; its live packets "
+            f"with this one would reserve {reserved} fen",
+            campaign_id=campaign.id,
+        )
+
+
+def pause_refused(campaign_id: int) -> None:
+    """After a packet was refused for the deposit (and rolled back): pause the campaign, alert once."""
+    campaign = db.session.get(Campaign, campaign_id)
+    paused = db.session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.ACTIVE)
+        .values(status=CampaignStatus.PAUSED)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if paused:
+        db.session.refresh(campaign)
+    alert_once(
+        "deposit_exhausted",
+        f"campaign {campaign_id}",
+        text=f"merchant {campaign.funder_merchant_id}'s marketing deposit cannot cover another packet of "
+        f"campaign {campaign_id}: campaign paused until it is topped up",
+    )
+
+
+class DepositsLeft:
+    """What each funding deposit still holds while one payment spends from it (read once, then counted down).
+
+    What the deposit holds beyond the live reservations of packets *not* spent on this order: those stay
+    covered. The spent packets' own reservations (what is left of them after their discounts) are free
+    for this order's awards.
+    """
+
+    def __init__(self, spent_reserved: dict[int, int] | None = None):
         self.left: dict[int, int] = {}
+        self.spent_reserved = spent_reserved or {}  # merchant id → reserved by packets spent on this order
 
     def of(self, campaign: Campaign) -> int | None:
         if campaign.funder_type != FunderType.MERCHANT_DEPOSIT:
             return None
         merchant_id = campaign.funder_merchant_id
         if merchant_id not in self.left:
-            self.left[merchant_id] = held_in_deposit(campaign)
+            others = reserved_against(merchant_id) - self.spent_reserved.get(merchant_id, 0)
+            self.left[merchant_id] = held_in_deposit(campaign) - max(0, others)
         return self.left[merchant_id]
 
     def spend(self, campaign: Campaign, amount_fen: int) -> None:

@@ -25,3 +25,13 @@ class StateConflict(RebateError):
 
 class BudgetExhausted(RebateError):
     code, kind = "budget_exhausted", "conflict"
+
+
+class DepositExhausted(BudgetExhausted):
+    """A merchant-funded packet its funder's deposit cannot cover (with everything already reserved against it)."""
+
+    code = "deposit_exhausted"
+
+    def __init__(self, message: str, campaign_id: int):
+        super().__init__(message)
+        self.campaign_id = campaign_id

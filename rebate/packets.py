@@ -2,8 +2,10 @@
 
 Every issue or claim takes one from the campaign's count budget (if any) and
 reserves its money budget: the packet's top face value plus the largest rebate
-it can trigger. Audience rules (regions, channels, Beijing day/hour windows)
-are checked on issue, claim and use.
+it can trigger. A merchant-funded packet is issued only when its funder's
+deposit covers that reservation on top of every live one against it.
+Audience rules (regions, channels, Beijing day/hour windows) are checked on
+issue, claim and use.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from models import Campaign, PacketStatus, RedPacket, User, db
 from models.base import beijing
 from rebate import budgets
 from rebate.campaigns import is_running, rules_of
+from rebate.deposits import cover_reservation
 from rebate.errors import BudgetExhausted, Invalid, NotFound, StateConflict
 from risk import ClaimGate
 
@@ -93,10 +96,13 @@ def _require_issuing(campaign: Campaign, now: datetime) -> None:
 
 
 def _take_budget(campaign: Campaign, reserved: int) -> None:
+    """Count the packet, reserve its money in the campaign's budget and, when a merchant's deposit funds it,
+    against that deposit (``DepositExhausted``: the caller rolls back, then ``deposits.pause_refused``)."""
     if not budgets.count_packet(campaign.id):
         raise BudgetExhausted("the campaign has issued all its packets", code="packets_exhausted")
     if not budgets.reserve(campaign.id, reserved):
         raise BudgetExhausted("the campaign's budget is exhausted")
+    cover_reservation(campaign, reserved)
 
 
 def issue_packet(

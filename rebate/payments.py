@@ -21,6 +21,7 @@ from models import (
     AccountKind,
     Campaign,
     CampaignStatus,
+    FunderType,
     LedgerAccount,
     Order,
     OrderStatus,
@@ -35,8 +36,8 @@ from models.base import beijing
 from rebate import budgets
 from rebate.awards import Beneficiary, record_decisions
 from rebate.campaigns import funder_account, is_running, rules_of, serves
-from rebate.deposits import DepositsLeft, lock_deposits
-from rebate.errors import BudgetExhausted, NotFound
+from rebate.deposits import DepositsLeft, lock_deposits, pause_refused
+from rebate.errors import BudgetExhausted, DepositExhausted, NotFound
 from rebate.orders import lock_order, order_packets
 from rebate.packets import issue_packet
 from rebate.rules import Decision, OrderFacts, RuleSet, evaluate
@@ -110,7 +111,7 @@ def _apply_locked(
     campaigns = _lock_campaigns(order, spent, attributed)
     lock_deposits(list(campaigns.values()))
     _post_sale(order, spent, campaigns)
-    deposits = DepositsLeft()  # read after the sale: the packets' discounts came out first
+    deposits = DepositsLeft(_reserved_by_funder(spent, campaigns))  # read after the sale: discounts came out first
     _run_rebates(order, spent, campaigns, paid_at, deposits)
     _run_attribution(order, attributed, campaigns, paid_at, deposits)
     _issue_triggered_packets(order, campaigns, paid_at)
@@ -123,6 +124,17 @@ def _use_packets(order: Order, now: datetime) -> list[tuple[RedPacket, int]]:
     for packet, _ in spent:
         packet.status, packet.used_at, packet.order_id = PacketStatus.USED, now, order.id
     return spent
+
+
+def _reserved_by_funder(spent: list[tuple[RedPacket, int]], campaigns: dict[int, Campaign]) -> dict[int, int]:
+    """What the packets spent on this order reserved against each funding merchant's deposit."""
+    reserved: dict[int, int] = {}
+    for packet, _ in spent:
+        campaign = campaigns[packet.campaign_id]
+        if campaign.funder_type == FunderType.MERCHANT_DEPOSIT:
+            merchant_id = campaign.funder_merchant_id
+            reserved[merchant_id] = reserved.get(merchant_id, 0) + packet.reserved_fen
+    return reserved
 
 
 def _relevant(campaign: Campaign, order: Order, has_inviter: bool) -> bool:
@@ -351,6 +363,8 @@ def _issue_triggered_packets(order: Order, campaigns: dict[int, Campaign], now: 
                     source_ref=order.out_trade_no,
                     now=now,
                 )
+        except DepositExhausted:
+            pause_refused(campaign.id)
         except BudgetExhausted:
             raise_alert(
                 "budget_exhausted",

@@ -34,7 +34,8 @@ from payouts import cancel_or_reduce, hold_order_payouts, pending_payouts_for_re
 from rebate import budgets
 from rebate.awards import KIND_OF_FORM, beneficiary_account, point_value_fen
 from rebate.campaigns import funder_account, rules_of
-from rebate.errors import Invalid, NotFound, StateConflict
+from rebate.deposits import cover_reservation
+from rebate.errors import DepositExhausted, Invalid, NotFound, StateConflict
 from rebate.orders import lock_order, order_packets
 from rebate.packets import reservation_for
 from rebate.rules import OrderFacts, entitlement_after_refund
@@ -131,7 +132,8 @@ def _post_refund(order: Order, refund: Refund) -> None:
 
 def _void_discount(order: Order, refund: Refund) -> None:
     """A fully refunded order: each packet's funder gets its value back; packets are restored if their campaign
-    says so and their whole reservation fits again (so a later payment can never settle above it)."""
+    says so and their whole reservation fits again — in the budget and in the funder's deposit (so a later
+    payment can never settle above it, nor the deposit go below zero)."""
     for packet, discount in order_packets(order):
         campaign = db.session.get(Campaign, packet.campaign_id)
         post_entry(
@@ -146,13 +148,19 @@ def _void_discount(order: Order, refund: Refund) -> None:
         if not (campaign.restore_packet_on_refund and refund.finished_at < packet.expires_at):
             continue
         reserve_fen = reservation_for(campaign, packet.amount_fen)
-        if budgets.reserve(campaign.id, reserve_fen):
-            packet.status, packet.order_id, packet.used_at, packet.reserved_fen = (
-                PacketStatus.ISSUED,
-                None,
-                None,
-                reserve_fen,
-            )
+        try:
+            with db.session.begin_nested():  # the budget and (merchant-funded) the deposit must cover it again
+                if not budgets.reserve(campaign.id, reserve_fen):
+                    continue
+                cover_reservation(campaign, reserve_fen)
+        except DepositExhausted:
+            continue
+        packet.status, packet.order_id, packet.used_at, packet.reserved_fen = (
+            PacketStatus.ISSUED,
+            None,
+            None,
+            reserve_fen,
+        )
 
 
 def _net_facts(order: Order) -> OrderFacts:

@@ -3,7 +3,8 @@
 Each finds the running campaigns with its trigger kind and issues through
 ``issue_packet`` (idempotent per source reference), so a repeated event issues
 nothing new. A campaign whose budget is exhausted is skipped with an alert;
-the event itself still succeeds. Every packet obeys the platform-wide claim
+one whose funder's deposit cannot cover the packet is skipped, paused and
+alerted, the refusal kept for the trace; the event itself still succeeds. Every packet obeys the platform-wide claim
 limits of the person asking (and of their network address and device): a
 refusal issues nothing, is kept for the trace, and the event still succeeds.
 A banned person earns nothing: no packets, and no sharer reward.
@@ -21,7 +22,8 @@ from sqlalchemy.exc import IntegrityError
 from models import Campaign, CampaignStatus, Order, RedPacket, ShareLink, SignIn, User, alert_once, db
 from models.base import beijing
 from rebate.campaigns import is_running
-from rebate.errors import BudgetExhausted, Invalid, NotFound, RebateError, StateConflict
+from rebate.deposits import pause_refused
+from rebate.errors import BudgetExhausted, DepositExhausted, Invalid, NotFound, RebateError, StateConflict
 from rebate.packets import issue_packet
 from risk import Claimant, ClaimGate, LimitHit, PlatformLimits, record_refusal
 
@@ -47,6 +49,10 @@ def _issue_one(campaign: Campaign, user: User, gate: ClaimGate, now: datetime, *
     except LimitHit as hit:
         gate.taken = taken
         record_refusal(user.id, campaign.id, hit)
+    except DepositExhausted as refused:
+        gate.taken = taken
+        record_refusal(user.id, campaign.id, refused)
+        pause_refused(campaign.id)
     except BudgetExhausted:
         gate.taken = taken
         alert_once(  # one open alert per campaign, not one per person turned away

@@ -133,47 +133,66 @@ class Claimant:
     device: str | None = None
 
 
-def enforce_platform_limits(limits: PlatformLimits, claimant: Claimant, now: datetime) -> None:
-    """Take one platform-wide slot per IP, device and person, or raise ``LimitHit`` (the caller rolls back)."""
-    day = beijing(now).date().isoformat()
-    until_midnight = _until_midnight(now)
-    kinds = (
+def _kinds(limits: PlatformLimits, claimant: Claimant):
+    return (
         ("ip", claimant.ip, limits.ip_per_day, limits.ip_interval_seconds, "network address"),
         ("device", claimant.device, limits.device_per_day, limits.device_interval_seconds, "device"),
         ("person", claimant.person_id, limits.person_per_day, limits.person_interval_seconds, "person"),
     )
-    for kind, value, per_day, _, what in kinds:
+
+
+def take_platform_daily(limits: PlatformLimits, claimant: Claimant, now: datetime) -> None:
+    """Take one packet's slot of the daily counts per IP, device and person, or raise ``LimitHit``."""
+    day = beijing(now).date().isoformat()
+    for kind, value, per_day, _, what in _kinds(limits, claimant):
         if value is not None and per_day and not _take_count(f"p:{kind}-day:{value}", day, per_day, now):
             raise LimitHit(
                 f"at most {per_day} red packets a day per {what} across the platform",
-                until_midnight,
+                _until_midnight(now),
                 f"platform_{kind}_daily_limit",
             )
-    for kind, value, _, seconds, what in kinds:
+
+
+def take_platform_interval(limits: PlatformLimits, claimant: Claimant, now: datetime) -> None:
+    """Start a claim event: the seconds between events per IP, device and person, or raise ``LimitHit``."""
+    for kind, value, _, seconds, what in _kinds(limits, claimant):
         key = f"p:{kind}-interval:{value}"
         if value is not None and seconds and not _take_interval(key, seconds, now):
             wait = seconds - int((now - _last_at(key)).total_seconds())
             raise LimitHit(f"wait {wait} s between red packets per {what}", wait, f"platform_{kind}_interval")
 
 
-def record_refusal(person_id: int, campaign_id: int, hit: LimitHit) -> None:
-    """Keep a refusal for the trace ("limit hit"); it commits with whatever the caller commits."""
+def enforce_platform_limits(limits: PlatformLimits, claimant: Claimant, now: datetime) -> None:
+    """One packet of a new event: a daily slot and the interval per IP, device and person (``LimitHit``)."""
+    take_platform_daily(limits, claimant, now)
+    take_platform_interval(limits, claimant, now)
+
+
+def record_refusal(person_id: int, campaign_id: int, hit: Exception) -> None:
+    """Keep a refusal (``LimitHit``, or a packet its funder's deposit could not cover) for the trace.
+
+    It commits with whatever the caller commits; ``hit`` carries the ``code``."""
     db.session.add(ClaimRefusal(user_id=person_id, campaign_id=campaign_id, code=hit.code, message=str(hit)[:200]))
 
 
 class ClaimGate:
-    """The platform-wide limits of one event (a claim, a login, a sign-in, a binding), taken at most once.
+    """The platform-wide limits of one event (a claim, a login, a sign-in, a binding).
 
-    An event that issues packets of several campaigns counts as one claim. Callers that issue inside a
-    savepoint put ``taken`` back when the savepoint rolls back.
+    Every packet the event hands out takes its own slot of the daily counts (per IP, device and
+    person): a login that issues packets of three registration campaigns uses three of the five.
+    The interval is between claim *events*: the event's first packet checks and restarts it, the
+    further packets of the same event are not held back by it. Packets are issued inside a
+    savepoint; a refused packet rolls its slot back with it, and the caller puts ``taken`` (the
+    event's interval) back when the savepoint that took it rolls back.
     """
 
     def __init__(self, claimant: Claimant, limits: PlatformLimits):
         self.claimant, self.limits, self.taken = claimant, limits, False
 
     def take(self, now: datetime) -> None:
+        take_platform_daily(self.limits, self.claimant, now)
         if not self.taken:
-            enforce_platform_limits(self.limits, self.claimant, now)
+            take_platform_interval(self.limits, self.claimant, now)
             self.taken = True
 
 

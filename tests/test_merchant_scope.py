@@ -22,6 +22,7 @@ from tests.conftest import fund_deposit
 K = AccountKind
 REFERRAL = {"applies_to": "referral", "roles": [{"role": "inviter", "rate_bps": 1000, "form": "balance"}]}
 CONSUMER = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 50_00}]}
+UNCAPPED = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance"}]}
 
 
 def deposit(merchant_id: int) -> int:
@@ -325,13 +326,15 @@ def test_two_payments_at_once_never_spend_more_than_the_deposit_holds(
     from tests.concurrency import together
 
     # given: two campaigns of one merchant (no campaign row in common), one deposit holding 25 yuan;
-    # each buyer spends a 10-yuan packet on a 100-yuan order (pays 90) and is owed 5 % = 4.50
+    # each buyer spends a 10-yuan packet on a 100-yuan order (pays 90) and is owed 5 % = 4.50.
+    # Unbudgeted and uncapped, a packet reserves only its face (the deposit covers both: 20 of 25);
+    # its rebate is limited at payment to what the deposit holds beyond the other live packet.
     shop = make_merchant()
     product = make_product(shop, price_fen=100_00)
     orders = []
     for i in range(2):
         campaign = make_campaign(
-            CONSUMER,
+            UNCAPPED,
             funder_type="merchant_deposit",
             funder_merchant_id=shop.id,
             packet_amount_fen=10_00,

@@ -296,3 +296,85 @@ def test_referral_binding_binds_but_the_starter_packet_obeys_the_limits(client, 
     db.session.refresh(newbie)
     assert newbie.inviter_id == inviter.id
     assert refusals() == [(newbie.id, "platform_ip_interval")]
+
+
+# -- the daily count is per packet, the interval per event -------------------------------------
+
+
+def slots(key: str) -> int:
+    db.session.rollback()
+    row = db.session.get(LimitCounter, key)
+    return row.count if row else 0
+
+
+def packets_per_owner() -> list[int]:
+    db.session.rollback()
+    rows = db.session.execute(
+        select(func.count()).select_from(RedPacket).group_by(RedPacket.owner_id).order_by(RedPacket.owner_id)
+    )
+    return list(rows.scalars())
+
+
+def test_a_login_issuing_three_newcomer_packets_uses_three_daily_slots(client, make_campaign):
+    # given: three registration campaigns, the platform defaults (5 a day, 600 s)
+    for _ in range(3):
+        make_campaign(RULES, budget_limit_fen=100_00, packet_amount_fen=5_00, trigger={"kind": "registration"})
+
+    # when: a new person logs in
+    with time_machine.travel(MORNING, tick=False):
+        assert login(client, "first").status_code == 200
+
+    # then: three packets, three of the address's and the person's five slots
+    assert count(RedPacket) == 3
+    assert slots("p:ip-day:203.0.113.7") == 3
+    assert refusals() == []
+
+    # when: another person logs in from the same address 11 minutes later (past the interval)
+    with time_machine.travel(MORNING + timedelta(minutes=11), tick=False):
+        assert login(client, "second").status_code == 200
+
+    # then: two packets (the address's last two slots), the third refused for the day and kept
+    assert packets_per_owner() == [3, 2]
+    assert slots("p:ip-day:203.0.113.7") == 5
+    assert [code for _, code in refusals()] == ["platform_ip_daily_limit"]
+
+    # when: a third person 11 minutes later: nothing
+    with time_machine.travel(MORNING + timedelta(minutes=22), tick=False):
+        assert login(client, "third").status_code == 200
+    assert count(RedPacket) == 5
+
+
+def test_a_sign_in_issuing_three_packets_uses_three_daily_slots(app, client, user_headers, make_user, make_campaign):
+    for _ in range(3):
+        make_campaign(RULES, budget_limit_fen=100_00, packet_amount_fen=1_00, trigger={"kind": "daily_sign_in"})
+    amy, ben, cat = make_user(), make_user(), make_user()
+
+    def sign_in(user, minutes):
+        with time_machine.travel(MORNING + timedelta(minutes=minutes), tick=False):
+            return client.post("/api/v1/sign-in", headers=user_headers(user), environ_base={"REMOTE_ADDR": "10.9.8.7"})
+
+    first = sign_in(amy, 0)
+    assert len(first.get_json()["packets"]) == 3
+    assert slots("p:ip-day:10.9.8.7") == 3
+    assert slots(f"p:person-day:{amy.id}") == 3
+
+    second = sign_in(ben, 11)
+    assert len(second.get_json()["packets"]) == 2
+    assert [code for _, code in refusals()] == ["platform_ip_daily_limit"]
+
+    third = sign_in(cat, 22)
+    assert third.status_code == 200 and third.get_json()["packets"] == []
+    assert count(SignIn) == 3
+    assert count(RedPacket) == 5
+
+
+def test_a_person_limit_of_2_stops_the_third_packet_of_one_login(app, client, make_campaign):
+    app.config.update({"CLAIM_PERSON_PER_DAY": 2})
+    for _ in range(3):
+        make_campaign(RULES, budget_limit_fen=100_00, packet_amount_fen=5_00, trigger={"kind": "registration"})
+
+    with time_machine.travel(MORNING, tick=False):
+        assert login(client, "amy").status_code == 200
+
+    assert count(RedPacket) == 2
+    assert [code for _, code in refusals()] == ["platform_person_daily_limit"]

@@ -496,3 +496,40 @@ def test_refund_after_the_packet_expired_does_not_restore_it(story):
     assert budget(campaign) == (0, 0)
     assert db.session.get(Campaign, campaign.id).budget_available_fen == 100_00
     assert db.session.get(Order, order.id).status == "refunded"
+
+
+def test_packet_is_restored_only_when_its_funders_deposit_covers_it_again(
+    make_merchant, make_user, make_product, make_campaign, pay
+):
+    from tests.conftest import fund_deposit
+
+    # given: a merchant-funded campaign (restore on refund) on an 11-yuan deposit; a packet reserves 10 + 1;
+    # alice's packet spent on a 5-yuan order (4.99 off), then a top-up of 4.99 lets bob's packet reserve 11
+    shop = make_merchant()
+    campaign = make_campaign(
+        {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 1_00}]},
+        packet_amount_fen=10_00,
+        restore_packet_on_refund=True,
+        funder_type="merchant_deposit",
+        funder_merchant_id=shop.id,
+        issuer_type="merchant",
+        issuer_merchant_id=shop.id,
+        fund_deposit_fen=11_00,
+    )
+    alice, bob = make_user(), make_user()
+    small = spend(campaign, alice, make_product(shop, price_fen=5_00), pay)
+    fund_deposit(shop.id, 4_99)
+    issue_packet(db.session.get(Campaign, campaign.id), bob, source="test", source_ref="bob", now=utcnow())
+    db.session.commit()
+    deposit = account(K.MERCHANT_MARKETING_DEPOSIT, "merchant", shop.id)
+    assert balance(deposit) == 11_00
+
+    # when: the small order is refunded in full: 4.99 back in the deposit (15.99), under the 22 both would reserve
+    refund(small, "R1", 1)
+
+    # then: alice's packet stays used; only bob's reservation stands against the deposit
+    packet = db.session.get(RedPacket, small.packet_id)
+    db.session.refresh(packet)
+    assert packet.status == "used"
+    assert budget(campaign) == (11_00, 0)
+    assert balance(deposit) == 15_99

@@ -3,8 +3,9 @@
 Merchant staff manage only their own merchant's campaigns, funded by their own
 deposit; anything else answers 404. Referral campaigns and campaigns fired by
 platform-wide events (registration, daily sign-in, referral binding) are for
-platform admins only (403). A merchant-funded campaign is activated only while
-its funder's deposit holds money (409 deposit_exhausted).
+platform admins only (403). A merchant-funded campaign is activated, and a
+running one's budget raised, only while its funder's deposit holds what the
+budget may still commit (409 deposit_exhausted).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy import select
 
 from models import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType, OperatorRole, RedPacket, db, utcnow
 from rebate.campaigns import rules_of
-from rebate.deposits import held_in_deposit
+from rebate.deposits import held_in_deposit, lock_deposits
 from rebate.errors import StateConflict
 from rebate.packets import generate_batch, revoke_packet
 from rebate.rules import RuleError, RuleSet, parse_rules
@@ -215,9 +216,10 @@ def _check_parties(body: CreateCampaign) -> None:
 
 def _check_deposit(campaign: Campaign) -> None:
     """A merchant-funded campaign goes live only when its deposit holds what it may still commit."""
-    held = held_in_deposit(campaign)
-    if held is None:
+    if campaign.funder_type != FunderType.MERCHANT_DEPOSIT:
         return
+    lock_deposits([campaign])  # after the campaign's own lock, as payments and claims take them
+    held = held_in_deposit(campaign)
     still = None if campaign.budget_limit_fen is None else campaign.budget_limit_fen - campaign.budget_committed_fen
     if held <= 0 or (still is not None and held < still):
         needs = "money" if still is None else f"the {still} fen its budget may still commit"
@@ -488,6 +490,9 @@ def change_campaign(campaign_id: int, body: CampaignChanges):
     before = {name: getattr(campaign, name) for name in changes}
     for name, value in changes.items():
         setattr(campaign, name, body.ends_at if name == "ends_at" else value)
+    raised = "budget_limit_fen" in changes and before["budget_limit_fen"] is not None
+    if raised and campaign.budget_limit_fen > before["budget_limit_fen"] and campaign.status == CampaignStatus.ACTIVE:
+        _check_deposit(campaign)  # as activation: the deposit must hold what the raised budget may commit
     audit(
         "campaign.change",
         "campaign",

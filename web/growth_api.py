@@ -21,7 +21,8 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from pydantic import Field
 
 from models import Campaign, ShareLink, User, db, utcnow
-from rebate.errors import StateConflict
+from rebate.deposits import pause_refused
+from rebate.errors import DepositExhausted, StateConflict
 from rebate.packets import issue_packet
 from rebate.triggers import bind_inviter, claim_gate, claim_share, create_share_link, invite_code_of, sign_in
 from risk import Claimant, ClaimLimits, LimitHit, enforce_claim_limits, record_refusal, take_device_token_slot
@@ -69,13 +70,20 @@ def claimant(user: User) -> Claimant:
 
 @contextmanager
 def refusal_kept(campaign: Campaign, user: User) -> Iterator[None]:
-    """A claim refused by a limit rolls back; the refusal is kept in its own transaction for the trace."""
+    """A claim refused by a limit or by the funder's deposit rolls back; the refusal is kept in its own
+    transaction for the trace (and a deposit refusal pauses the campaign)."""
     campaign_id, user_id = campaign.id, user.id
     try:
         yield
     except LimitHit as hit:
         db.session.rollback()
         record_refusal(user_id, campaign_id, hit)
+        db.session.commit()
+        raise
+    except DepositExhausted as refused:  # 409: the campaign is paused and an operator alerted
+        db.session.rollback()
+        record_refusal(user_id, campaign_id, refused)
+        pause_refused(refused.campaign_id)
         db.session.commit()
         raise
 
