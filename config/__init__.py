@@ -119,8 +119,8 @@ SETTINGS: tuple[Setting, ...] = (
         "DATABASE_LOCK_TIMEOUT_S",
         20,
         _positive_int,
-        doc="How long a request waits for a contended lock before answering 503 + Retry-After: SQLite's busy "
-        "timeout for its `BEGIN IMMEDIATE` transactions, PostgreSQL's `lock_timeout` for row locks.",
+        doc="Seconds (at least 1) a request waits for a contended lock before answering 503 + Retry-After: "
+        "SQLite's busy timeout for its `BEGIN IMMEDIATE` transactions, PostgreSQL's `lock_timeout` for row locks.",
     ),
     Setting(
         "REDIS_URL",
@@ -352,6 +352,8 @@ def _validate(values: dict[str, Any]) -> list[str]:
         if public and not str(public).startswith("https://"):
             problems.append("PUBLIC_BASE_URL must be https:// in live mode (WeChat only notifies https)")
         problems += _shared_state_problems(values)
+    if values.get("DATABASE_LOCK_TIMEOUT_S", 1) < 1:
+        problems.append("DATABASE_LOCK_TIMEOUT_S must be at least 1 (0 would refuse every contended request at once)")
     if values.get("MAX_CONTENT_LENGTH", 1) <= 0:
         problems.append("MAX_CONTENT_LENGTH must be positive")
     if values.get("USER_TOKEN_TTL_SECONDS", 1) <= 0:

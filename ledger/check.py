@@ -135,11 +135,21 @@ def _unexplained_negative_balances(report: CheckReport) -> None:
             f"{code} is at {balance} but only {receivable} is owed back as a receivable"
             for code, balance, receivable in rows
         ]
+    # A merchant's marketing deposit is money it paid in; spending beyond it is money nobody funded.
+    total = func.sum(LedgerPosting.amount)
+    rows = db.session.execute(
+        select(LedgerAccount.code, total)
+        .join(LedgerPosting, LedgerPosting.account_id == LedgerAccount.id)
+        .where(LedgerAccount.kind == AccountKind.MERCHANT_MARKETING_DEPOSIT.value)
+        .group_by(LedgerAccount.id, LedgerAccount.code)
+        .having(total < 0)
+    ).all()
+    report.violations += [f"{code} is overdrawn at {balance}: spent beyond what was paid in" for code, balance in rows]
 
 
 def _packets_spent_twice(report: CheckReport) -> None:
     """A packet's discount may stand on one order that is not closed (a closed one gave it back)."""
-    live = [OrderStatus.CREATED.value, OrderStatus.PAID.value, OrderStatus.REFUNDED.value]
+    live = [OrderStatus.CREATED.value, OrderStatus.PAID.value]  # refunded in full: the packet may be restored
     rows = db.session.execute(
         select(OrderPacket.packet_id, func.count(OrderPacket.order_id))
         .join(Order, Order.id == OrderPacket.order_id)
@@ -147,7 +157,7 @@ def _packets_spent_twice(report: CheckReport) -> None:
         .group_by(OrderPacket.packet_id)
         .having(func.count(OrderPacket.order_id) > 1)
     ).all()
-    report.violations += [f"red packet {packet_id} discounts {n} orders" for packet_id, n in rows]
+    report.violations += [f"red packet {packet_id} discounts {n} live orders" for packet_id, n in rows]
 
 
 def _reservations_without_packets(report: CheckReport) -> None:

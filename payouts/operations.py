@@ -101,6 +101,40 @@ def settle_redeemed_card(code: str, now: datetime) -> Payout | None:
     return payout
 
 
+def check_card_payout(payout: Payout | None, user_id: int) -> Payout:
+    """The user's own card payout, or the error the user is told (someone else's payout is "not found")."""
+    if payout is None or payout.user_id != user_id:
+        raise PayoutError("no such payout", code="not_found", kind="not_found")
+    if payout.rail != Rail.CARD_COUPON:
+        raise PayoutError("this payout is not a card", code="not_a_card_payout")
+    return payout
+
+
+def record_card_code(payout_id: int, user_id: int, code: str) -> Payout:
+    """The user added the card (``wx.addCard``) and WeChat decrypted its code: record the code on the user's
+    own card payout, so that redeeming it at the counter decides the payout. Recording the same code again
+    changes nothing; a payout already decided, or carrying another code, is refused."""
+    payout = check_card_payout(db.session.get(Payout, payout_id), user_id)
+    payout = lock_payout(payout.id)
+    if code in (payout.wechat_ref, payout.external_no):  # already recorded (or a custom code: our number)
+        return payout
+    if payout.status != S.WAITING_USER_CONFIRM:
+        raise PayoutError(f"this card payout is already {payout.status}", code="payout_state")
+    if payout.wechat_ref:
+        raise PayoutError("another card code is already recorded for this payout", code="card_code_recorded")
+    taken = db.session.execute(
+        select(Payout.id).where(
+            Payout.rail == Rail.CARD_COUPON,
+            Payout.id != payout.id,
+            or_(Payout.external_no == code, Payout.wechat_ref == code),
+        )
+    ).first()
+    if taken is not None:
+        raise PayoutError("this card code belongs to another payout", code="card_code_taken")
+    payout.wechat_ref = code
+    return payout
+
+
 def resolve(payout: Payout, succeeded: bool, now: datetime, reason: str) -> None:
     """An operator settles a needs_operator payout from evidence (a query, the merchant platform)."""
     if payout.status != S.NEEDS_OPERATOR:

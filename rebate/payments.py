@@ -324,6 +324,9 @@ def _run_attribution(
 
 
 def _issue_triggered_packets(order: Order, campaigns: dict[int, Campaign], now: datetime) -> None:
+    buyer = db.session.get(User, order.user_id)
+    if not buyer.is_active:  # banned after ordering: the payment stands, no new packet
+        return
     first_order = None  # asked only when a campaign cares
     for campaign in campaigns.values():
         trigger = campaign.trigger or {}
@@ -343,7 +346,7 @@ def _issue_triggered_packets(order: Order, campaigns: dict[int, Campaign], now: 
             with db.session.begin_nested():
                 issue_packet(
                     campaign,
-                    db.session.get(User, order.user_id),
+                    buyer,
                     source="order_paid",
                     source_ref=order.out_trade_no,
                     now=now,

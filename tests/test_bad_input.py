@@ -187,3 +187,39 @@ def test_query_string_secrets_are_masked_in_logs(secret_param):
 def test_redirect_fragments_and_share_link_paths_are_masked_in_logs():
     assert "SECRETTOKEN" not in logged("redirect to /next#token=SECRETTOKEN")
     assert "sharetok123" not in logged("request", path="/api/v1/share-links/sharetok123/claim")
+
+
+# --- NUL characters (PostgreSQL text cannot hold one) ------------------------------------------
+
+
+def test_nul_in_a_json_string_is_refused_before_anything_is_written(client, admin):
+    before = merchants()
+    response = client.post(MERCHANTS, data=b'{"name": "shop\\u0000"}', content_type="application/json", headers=admin)
+    assert (response.status_code, response.json["error"]) == (422, "invalid_json")
+    assert "NUL" in response.json["message"]
+    assert merchants() == before
+
+
+def test_nul_in_the_path_is_404_and_in_the_query_422(client, make_user, user_headers):
+    headers = user_headers(make_user())
+    assert client.post("/api/v1/share-links/tok%00en/claim", headers=headers).status_code == 404
+    response = client.get("/api/v1/me/payouts?limit=1%00", headers=headers)
+    assert response.status_code == 422, response.json
+
+
+def test_idempotency_key_reused_for_another_amount_after_its_record_expired_is_409(client, admin, make_merchant):
+    from ledger import account, balance
+    from models import AccountKind, IdempotencyRecord
+
+    shop = make_merchant()
+    url = f"/admin/api/merchants/{shop.id}/deposit/top-ups"
+    headers = {**admin, "Idempotency-Key": "top-up-1"}
+    assert client.post(url, json={"amount_fen": 3_00, "reason": "wire 1"}, headers=headers).status_code == 201
+    db.session.execute(IdempotencyRecord.__table__.delete())  # 25 h later: our record of the key is gone
+    db.session.commit()
+
+    again = client.post(url, json={"amount_fen": 2_00, "reason": "wire 1"}, headers=headers)
+
+    assert (again.status_code, again.json["error"]) == (409, "ledger_key_reused"), again.json
+    db.session.rollback()
+    assert balance(account(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", shop.id)) == 3_00

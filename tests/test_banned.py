@@ -172,3 +172,25 @@ def test_a_banned_teachers_held_share_is_not_released_when_the_milestones_are_me
     assert (after.status, after.amount_fen, after.held_fen) == ("held", 0, held.held_fen)
     assert any("banned" in why for why in after.reasons)
     assert cash(teacher) == 0
+
+
+def test_a_buyer_banned_after_ordering_gets_no_order_paid_packet(make_user, make_product, make_campaign, pay):
+    # given: "spend 100, get a 10-yuan packet"; the buyer orders, then is banned before WeChat's notification
+    shop_product = make_product(price_fen=100_00)
+    campaign = make_campaign(
+        {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 5_00}]},
+        trigger={"kind": "order_paid", "min_order_fen": 100_00},
+        packet_amount_fen=10_00,
+        budget_limit_fen=1_000_00,
+    )
+    buyer = make_user()
+    order = create_order(buyer, [LineRequest(shop_product.id, 1)], None, utcnow())
+    db.session.commit()
+    ban(buyer)
+
+    # when: the payment arrives
+    assert pay(order) == "applied"
+
+    # then: the payment stands, but no packet is handed to a banned person
+    packets = db.session.execute(select(RedPacket).where(RedPacket.campaign_id == campaign.id)).scalars().all()
+    assert packets == []

@@ -100,6 +100,12 @@ def test_process_counts_must_be_positive_integers(live_env, name, bad):
     assert f"{name}:" in problems(live_env)
 
 
+@pytest.mark.parametrize("bad", ["0", "-1", "x"])
+def test_lock_timeout_must_be_at_least_a_second(bad):
+    with pytest.raises(ConfigError, match="DATABASE_LOCK_TIMEOUT_S"):
+        load_config(environ={"WECHAT_MODE": "simulator", "DATABASE_LOCK_TIMEOUT_S": bad})
+
+
 def test_simulator_mode_without_redis_still_starts():
     assert load_config(environ={"WECHAT_MODE": "simulator", "WEB_CONCURRENCY": "3"})["REDIS_URL"] is None
 

@@ -137,8 +137,8 @@ def test_card_code_already_consumed_is_a_clear_error(card_app, client, make_oper
     responses.post("https://api.weixin.test/card/code/consume", json={"errcode": 40099, "errmsg": "code consumed"})
     _, admin = make_operator("admin")
     answer = client.post("/admin/api/cards/consume", headers=admin, json={"code": "123456789012"})
-    assert answer.status_code == 502
-    assert answer.json["error"] == "wechat_refused"
+    assert answer.status_code == 409  # a state conflict, not WeChat failing (issue 9 §3: a second consume is 409)
+    assert answer.json["error"] == "card_code_consumed"
     assert db.session.query(AuditLog).filter_by(action="card.consume").count() == 0
 
 

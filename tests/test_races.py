@@ -265,7 +265,7 @@ def test_ledger_check_sees_a_packet_discounting_two_live_orders(app, make_campai
     db.session.commit()
 
     # then
-    assert f"red packet {packet.id} discounts 2 orders" in check_ledger().violations
+    assert f"red packet {packet.id} discounts 2 live orders" in check_ledger().violations
     orders[0].status = "closed"  # a closed order gave its packet back: no longer a violation
     db.session.commit()
     assert check_ledger().ok
@@ -310,3 +310,20 @@ def test_every_sqlite_transaction_takes_the_write_lock_at_its_start(app):
     finally:
         event.remove(db.engine, "before_cursor_execute", record)
     assert seen[0] == "BEGIN IMMEDIATE"
+
+
+def test_ledger_check_sees_a_merchant_deposit_spent_beyond_what_was_paid_in(app, make_merchant):
+    # given: a deposit holding 1 yuan that paid out 3
+    shop = make_merchant()
+    deposit = account(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", shop.id)
+    post_entry("dep-in", "top-up", [Leg(account(AccountKind.WECHAT_SETTLEMENT), -1_00), Leg(deposit, 1_00)])
+    out = post_entry(
+        "dep-out", "discount", [Leg(deposit, -3_00), Leg(account(AccountKind.PLATFORM_MARKETING_FUND), 3_00)]
+    )
+    db.session.commit()
+
+    # then
+    assert any(v.startswith(f"{deposit.code} is overdrawn at -200") for v in check_ledger().violations)
+    reverse_entry(out, "dep-out-undo", "undo the planted overdraft")
+    db.session.commit()
+    assert check_ledger().ok

@@ -418,6 +418,23 @@ def test_full_refund_restores_the_packet_when_the_campaign_says_so(story):
     assert budget(campaign) == (30_00, 0)
 
 
+def test_a_restored_packet_spent_again_passes_the_ledger_check(story):
+    # given: a packet restored by a full refund
+    campaign, user, product, order = story(restore=True)
+    refund(order, "R1", 100_00)
+    packet = db.session.get(RedPacket, order.packet_id)
+
+    # when: it is spent on a second order
+    again = create_order(user, [LineRequest(product.id, 1)], packet.id, utcnow())
+    db.session.commit()
+
+    # then: one packet on a refunded order and a new one is not a double spend
+    from ledger import check_ledger
+
+    assert check_ledger().ok, check_ledger().violations
+    assert again.packet_id == packet.id
+
+
 def test_full_refund_without_restore_leaves_the_packet_used_and_returns_its_value(story):
     campaign, user, _, order = story(restore=False)
 

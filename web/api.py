@@ -10,7 +10,8 @@
 * ``status``: the success status the view answers (200, or 201 for what it
   creates); documented in ``/openapi.json`` and used when the view returns a
   bare body. ``upstream``: the view calls WeChat while the caller waits, so it
-  can also answer 502/503 (web/wechat_setup.py ``to_api_error``).
+  can also answer 502/503 (web/wechat_setup.py ``to_api_error``). ``response``: a
+  pydantic model documenting the success body in ``/openapi.json`` (else "an object").
 * A view returns a dict/list (``status``), ``(body, status)`` or a Response. Views
   only flush; this decorator commits once when the answer is below 400 and
   rolls back otherwise.
@@ -44,7 +45,7 @@ def parse_json_body() -> Any:
     try:
         return loads_json(raw)
     except JsonRefused as exc:
-        raise ValidationFailed(str(exc), code="json_too_deep") from None
+        raise ValidationFailed(str(exc), code=exc.code) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationFailed(f"malformed JSON: {exc}", code="invalid_json") from None
 
@@ -112,6 +113,7 @@ def endpoint(
     require_key: bool = False,
     status: int = 200,
     upstream: bool = False,
+    response: type[BaseModel] | None = None,
     summary: str = "",
     tags: tuple[str, ...] = (),
 ) -> Callable:
@@ -147,6 +149,7 @@ def endpoint(
             "require_key": require_key,
             "status": status,
             "upstream": upstream,
+            "response": response,
             "tags": tags or (bp.name,),
         }
         bp.add_url_rule(rule, view.__name__, wrapper, methods=list(methods))

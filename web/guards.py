@@ -11,6 +11,9 @@ Bad input answers 4xx, never 500:
 * JSON is refused (422 ``invalid_json``) when nested deeper than
   ``MAX_JSON_DEPTH``, counted before it is parsed so the parser's recursion
   never runs away.
+* A NUL character (``%00`` in the path or query, ``\\u0000`` in JSON) is refused
+  before any view: PostgreSQL text cannot hold one, so it would otherwise fail
+  inside the driver (500) after the request had started its work.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import re
 from typing import Any
 
 from flask import Flask, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import NotFound, RequestEntityTooLarge, UnprocessableEntity
 from werkzeug.routing import IntegerConverter
 
 MAX_ID = 2**31 - 1  # INTEGER primary keys (PostgreSQL int4); SQLite would overflow at 2**63
@@ -38,7 +41,11 @@ class IdConverter(IntegerConverter):
 
 
 class JsonRefused(ValueError):
-    """The body is not JSON we will parse (too deep)."""
+    """The body is not JSON we will parse (too deep, or text with a NUL)."""
+
+    def __init__(self, message: str, code: str = "json_too_deep") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def json_depth(raw: bytes) -> int:
@@ -58,6 +65,8 @@ def loads_json(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     data = raw.encode() if isinstance(raw, str) else raw
     if json_depth(data) > max_depth:
         raise JsonRefused(f"JSON nested deeper than {max_depth} levels")
+    if b"\\u0000" in data:
+        raise JsonRefused("text may not contain NUL characters", code="invalid_json")
     return json.loads(data, parse_constant=_reject_constant)
 
 
@@ -90,7 +99,15 @@ def _buffer_unsized_body() -> None:
     environ.pop("HTTP_TRANSFER_ENCODING", None)
 
 
+def _refuse_nul() -> None:
+    if "\x00" in request.path:
+        raise NotFound()
+    if any("\x00" in key or "\x00" in value for key, value in request.args.items(multi=True)):
+        raise UnprocessableEntity("query parameters may not contain NUL characters")
+
+
 def install_guards(app: Flask) -> None:
     """Before any blueprint is registered: rules bind their converters when added."""
     app.url_map.converters["int"] = IdConverter
+    app.before_request(_refuse_nul)
     app.before_request(_buffer_unsized_body)

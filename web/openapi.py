@@ -114,8 +114,9 @@ def _operation(method: str, rule, meta: dict | None, components: dict) -> dict:
         if meta.get("roles"):
             op["description"] = "Roles: " + ", ".join(meta["roles"])
     status = meta.get("status", 200)
+    success = _schema_ref(meta["response"], components) if meta.get("response") is not None else SUCCESS_BODY
     op["responses"] = {
-        str(status): json_response("Created" if status == 201 else "OK", SUCCESS_BODY),
+        str(status): json_response("Created" if status == 201 else "OK", success),
         "4XX": ERROR,
         "503": UNAVAILABLE,
     }

@@ -10,14 +10,16 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from flask import Blueprint, current_app, g, request
-from pydantic import Field
+from pydantic import BaseModel, Field, model_validator
 
 from models import OperatorRole, Payout, PayoutAttempt, Rail, RailControl, User, db, utcnow
 from payouts.operations import (
     approve,
     cancel,
+    check_card_payout,
     lock_payout,
     manual_payout,
+    record_card_code,
     resend,
     resolve,
     settle_redeemed_card,
@@ -29,8 +31,8 @@ from web.auth import current_user
 from web.errors import NotFound
 from web.schemas import Id, Model, Page, PositiveFen, Reason
 from web.wechat_setup import to_api_error, wechat
-from wechat.errors import WeChatError
-from wechat.mp import consume_card_code
+from wechat.errors import WeChatCardCodeConsumed, WeChatError
+from wechat.mp import consume_card_code, decrypt_card_code
 
 bp = Blueprint("payouts_api", __name__)
 ACTORS = (OperatorRole.ADMIN, OperatorRole.FINANCE)
@@ -66,18 +68,40 @@ def payout_json(p: Payout, *, for_user: bool = False) -> dict:
     return body
 
 
+class UserPayout(BaseModel):
+    """A payout as its user sees it."""
+
+    id: int
+    rail: str
+    amount_fen: int
+    status: str
+    order_id: int | None
+    created_at: str
+    finished_at: str | None
+    package_info: str | None = Field(
+        None, description="while waiting_user_confirm: for wx.requestMerchantTransfer, or the cardExt of wx.addCard"
+    )
+    reason: str | None = Field(
+        None, description="why it did not arrive as sent (never confirmed, never opened: back in the balance)"
+    )
+
+
+class UserPayouts(BaseModel):
+    items: list[UserPayout]
+
+
 class Withdrawal(Model):
     amount_fen: PositiveFen
 
 
-@endpoint(bp, "/api/v1/me/payouts", query=Page)
+@endpoint(bp, "/api/v1/me/payouts", query=Page, response=UserPayouts)
 def my_payouts(query: Page):
     """The caller's payouts; those waiting for confirmation carry ``package_info``."""
     rows = db.session.query(Payout).filter_by(user_id=current_user().id).order_by(Payout.id.desc())
     return {"items": [payout_json(p, for_user=True) for p in rows.limit(query.limit).offset(query.offset)]}
 
 
-@endpoint(bp, "/api/v1/me/payouts/<int:payout_id>/confirm-opened", methods=["POST"])
+@endpoint(bp, "/api/v1/me/payouts/<int:payout_id>/confirm-opened", methods=["POST"], response=UserPayout)
 def confirm_opened(payout_id: int):
     """The mini-program opened the confirmation page: recorded, but not proof of anything."""
     payout = db.session.get(Payout, payout_id)
@@ -87,7 +111,9 @@ def confirm_opened(payout_id: int):
     return payout_json(payout, for_user=True)
 
 
-@endpoint(bp, "/api/v1/me/withdrawals", methods=["POST"], body=Withdrawal, idempotent=True, status=201)
+@endpoint(
+    bp, "/api/v1/me/withdrawals", methods=["POST"], body=Withdrawal, idempotent=True, status=201, response=UserPayout
+)
 def new_withdrawal(body: Withdrawal):
     """Withdraw cash balance to WeChat change (above the configured minimum)."""
     key = request.headers.get("Idempotency-Key") or utcnow().isoformat()
@@ -290,9 +316,43 @@ def set_real_name(body: RealName):
     return {"real_name_on_file": True, "payouts_released": released}
 
 
+PlainCode = Annotated[str, Field(min_length=4, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+# WeChat's encrypted card code: base64 (standard or URL-safe alphabet)
+EncryptCode = Annotated[str, Field(min_length=8, max_length=512, pattern=r"^[A-Za-z0-9+/=_-]+$")]
+
+
 class CardCode(Model):
-    code: Annotated[str, Field(min_length=4, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
-    card_id: Annotated[str, Field(min_length=4, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] | None = None
+    code: PlainCode | None = Field(None, description="the card code as scanned at the counter")
+    encrypt_code: EncryptCode | None = Field(
+        None, description="the encrypted code the mini-program got (wx.addCard, wx.openCard): decrypted first"
+    )
+    card_id: PlainCode | None = None
+
+    @model_validator(mode="after")
+    def exactly_one_code(self) -> CardCode:
+        if (self.code is None) == (self.encrypt_code is None):
+            raise ValueError("send exactly one of code and encrypt_code")
+        return self
+
+
+class CardConsumed(BaseModel):
+    consumed: bool
+    card_id: str | None
+    payout_id: int | None = Field(description="the card payout this redemption decided, if the code is one of ours")
+
+
+class EncryptedCardCode(Model):
+    encrypt_code: EncryptCode
+
+
+def _card_call_args() -> dict:
+    cfg, wx = current_app.config, wechat()
+    return {
+        "token_store": wx.token_store,
+        "appid": cfg["WECHAT_OA_APPID"],
+        "secret": cfg["WECHAT_OA_SECRET"],
+        "api_base": cfg["WECHAT_API_BASE"],
+    }
 
 
 @endpoint(
@@ -304,27 +364,53 @@ class CardCode(Model):
     body=CardCode,
     idempotent=True,
     upstream=True,
+    response=CardConsumed,
 )
 def consume_card(body: CardCode):
-    """Redeem a card-package coupon code at the counter (``/card/code/consume``).
+    """Redeem a card-package coupon at the counter (``/card/code/consume``; an ``encrypt_code`` is decrypted first).
 
-    No database transaction is open during the WeChat call; the redemption is audited after it.
+    Redeeming the code of a card payout decides that payout as delivered, once. No database transaction
+    is open during the WeChat calls; the redemption is audited after them. A code WeChat says was already
+    redeemed (an earlier answer lost on the way) still decides its payout, and answers 409.
     """
-    cfg, wx = current_app.config, wechat()
+    wx, args = wechat(), _card_call_args()
     db.session.commit()  # end the auth read before calling WeChat
+    code = body.code
     try:
-        answer = consume_card_code(
-            wx.session,
-            body.code,
-            body.card_id or cfg.get("WECHAT_CARD_ID"),
-            token_store=wx.token_store,
-            appid=cfg["WECHAT_OA_APPID"],
-            secret=cfg["WECHAT_OA_SECRET"],
-            api_base=cfg["WECHAT_API_BASE"],
-        )
+        if code is None:
+            code = decrypt_card_code(wx.session, body.encrypt_code, **args)
+        answer = consume_card_code(wx.session, code, body.card_id or current_app.config.get("WECHAT_CARD_ID"), **args)
+    except WeChatCardCodeConsumed as exc:
+        payout = settle_redeemed_card(code, utcnow()) if code else None
+        if payout is not None:  # our first redemption's answer never arrived: decide its payout now
+            audit("card.consume", "card_code", code, "WeChat: already redeemed", payout_id=payout.id)
+            db.session.commit()
+        raise to_api_error(exc) from exc
     except WeChatError as exc:
         raise to_api_error(exc) from exc
     card_id = (answer.get("card") or {}).get("card_id")
-    payout = settle_redeemed_card(body.code, utcnow())
-    audit("card.consume", "card_code", body.code, None, card_id=card_id, payout_id=payout.id if payout else None)
+    payout = settle_redeemed_card(code, utcnow())
+    audit("card.consume", "card_code", code, None, card_id=card_id, payout_id=payout.id if payout else None)
     return {"consumed": True, "card_id": card_id, "payout_id": payout.id if payout else None}
+
+
+@endpoint(
+    bp,
+    "/api/v1/me/payouts/<int:payout_id>/card-code",
+    methods=["POST"],
+    body=EncryptedCardCode,
+    idempotent=True,
+    upstream=True,
+    response=UserPayout,
+)
+def record_my_card_code(payout_id: int, body: EncryptedCardCode):
+    """The user added the card of a card payout (``wx.addCard`` answers its code encrypted): the code is
+    decrypted with WeChat and recorded, so redeeming it at the counter decides the payout. Idempotent."""
+    user_id = current_user().id
+    check_card_payout(db.session.get(Payout, payout_id), user_id)  # 404 / 409 before any WeChat call
+    db.session.commit()  # no transaction open during the WeChat call
+    try:
+        code = decrypt_card_code(wechat().session, body.encrypt_code, **_card_call_args())
+    except WeChatError as exc:
+        raise to_api_error(exc) from exc
+    return payout_json(record_card_code(payout_id, user_id, code), for_user=True)

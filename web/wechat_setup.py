@@ -27,7 +27,13 @@ from requests.structures import CaseInsensitiveDict
 
 from config import ConfigError
 from wechat.crypto import load_private_key, load_public_key
-from wechat.errors import WeChatConfigError, WeChatError, WeChatRateLimited
+from wechat.errors import (
+    WeChatCardCodeConsumed,
+    WeChatCardCodeInvalid,
+    WeChatConfigError,
+    WeChatError,
+    WeChatRateLimited,
+)
 from wechat.keys import ApiV3Keys, VerifierKeys
 from wechat.mp import MemoryTokenStore, MiniProgramClient, OAuthClient, RedisTokenStore
 from wechat.pay import PayClient, PayConfig
@@ -306,6 +312,11 @@ def to_api_error(exc: WeChatError):
     if exc.code in LOGIN_ERRORS:
         status, code, message = LOGIN_ERRORS[exc.code]
         return ApiError(message, code=code, status=status, retry_after=60 if status in (429, 503) else None)
+    if isinstance(exc, WeChatCardCodeInvalid):
+        why = "WeChat knows no such card code, or cannot decrypt this encrypt_code"
+        return ApiError(f"{why} ({exc.code})", code="card_code_invalid", status=422)
+    if isinstance(exc, WeChatCardCodeConsumed):
+        return ApiError("this card code was already redeemed", code="card_code_consumed", status=409)
     if isinstance(exc, WeChatRateLimited):
         return ApiError(
             "WeChat rate limit reached; retry shortly", code="wechat_rate_limited", status=429, retry_after=5

@@ -95,6 +95,18 @@ class WeChatTokenInvalid(WeChatBusinessError):
     default_retryable = True
 
 
+class WeChatCardCodeInvalid(WeChatBusinessError):
+    """WeChat knows no such card code, or cannot decrypt the ``encrypt_code`` (40056 / 40075 / 40116 / 40127)."""
+
+    default_code = "40056"
+
+
+class WeChatCardCodeConsumed(WeChatBusinessError):
+    """The card code was already redeemed (40099): a second ``/card/code/consume`` changes nothing."""
+
+    default_code = "40099"
+
+
 class WeChatSignatureError(WeChatError):
     """A response lacked a valid WeChat signature: treat it as forged."""
 

@@ -26,6 +26,8 @@ import requests
 
 from wechat.errors import (
     WeChatBusinessError,
+    WeChatCardCodeConsumed,
+    WeChatCardCodeInvalid,
     WeChatError,
     WeChatInvalidRequest,
     WeChatLoginCodeInvalid,
@@ -41,6 +43,9 @@ OPEN_BASE = "https://open.weixin.qq.com"
 TOKEN_EARLY_EXPIRY_S = 300
 # invalid credential / invalid access_token / access_token expired: the cached token is no good
 TOKEN_ERRCODES = frozenset({40001, 40014, 42001})
+# invalid card code (40056, 40116), invalid encrypt_code (40075), card deleted or given away (40127)
+CARD_CODE_ERRCODES = frozenset({40056, 40075, 40116, 40127})
+CARD_CODE_CONSUMED = 40099
 
 
 def _error_for(errcode: int, errmsg: str) -> WeChatError:
@@ -55,6 +60,10 @@ def _error_for(errcode: int, errmsg: str) -> WeChatError:
         return WeChatUnavailable(errmsg, code=code)
     if errcode in TOKEN_ERRCODES:
         return WeChatTokenInvalid(errmsg, code=code)
+    if errcode in CARD_CODE_ERRCODES:
+        return WeChatCardCodeInvalid(errmsg, code=code)
+    if errcode == CARD_CODE_CONSUMED:
+        return WeChatCardCodeConsumed(errmsg, code=code)
     return WeChatBusinessError(errmsg, code=code)
 
 
@@ -359,3 +368,39 @@ def consume_card_code(
         session,
         timeout,
     )
+
+
+def decrypt_card_code(
+    session: requests.Session,
+    encrypt_code: str,
+    *,
+    token_store: AccessTokenStore,
+    appid: str,
+    secret: str,
+    api_base: str = API_BASE,
+    timeout: tuple[float, float] = (3.05, 10),
+) -> str:
+    """The real card code behind an ``encrypt_code`` (``POST /card/code/decrypt``).
+
+    The mini-program gets encrypted codes only (the ``wx.addCard`` success callback,
+    ``wx.openCard``, the card package page). Read-only at WeChat, so a retry is always safe;
+    an unknown or undecryptable code raises :class:`WeChatCardCodeInvalid`.
+    """
+    if not encrypt_code:
+        raise WeChatInvalidRequest("an encrypt_code is required")
+    url = f"{api_base.rstrip('/')}/card/code/decrypt"
+    data = call_with_token(
+        token_store,
+        appid,
+        secret,
+        lambda token: _request_json(
+            session, "POST", url, {"access_token": token}, timeout, {"encrypt_code": encrypt_code}
+        ),
+        api_base,
+        session,
+        timeout,
+    )
+    code = data.get("code")
+    if not isinstance(code, str) or not code:
+        raise WeChatUnavailable("decrypt answer lacks code", code="UNPARSEABLE_RESPONSE")
+    return code

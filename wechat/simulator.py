@@ -105,6 +105,7 @@ def create_simulator_blueprint(sim_state: SimulatorState, name: str = "wechat_si
     _register_pay(bp, sim_state)
     _register_payouts(bp, sim_state)
     _register_v2(bp, sim_state)
+    _register_cards(bp, sim_state)
     return bp
 
 
@@ -352,3 +353,36 @@ def _register_v2(bp: Blueprint, state: SimulatorState) -> None:
     @bp.post("/pay/mmpaymkttransfers/gethbinfo")
     def gethbinfo() -> Response:
         return handle("/mmpaymkttransfers/gethbinfo", state.query_redpack)
+
+
+def _register_cards(bp: Blueprint, state: SimulatorState) -> None:
+    def api_call(action: Callable[[dict[str, Any]], dict[str, Any]]) -> Response:
+        try:
+            state.check_access_token(request.args.get("access_token", ""))
+            body = request.get_json(silent=True)
+            if not isinstance(body, dict):
+                raise SimError(200, "47001", "data format error")
+            return _api_json(action(body))
+        except SimError as exc:
+            return _api_error(exc)
+
+    @bp.post("/api/card/code/decrypt")
+    def card_code_decrypt() -> Response:
+        return api_call(lambda body: state.decrypt_card_code(body.get("encrypt_code")))
+
+    @bp.post("/api/card/code/consume")
+    def card_code_consume() -> Response:
+        return api_call(lambda body: state.consume_card_code(body.get("code"), body.get("card_id")))
+
+    @bp.post("/card/add")
+    def add_card() -> Response:
+        """The phone's ``wx.addCard``: JSON ``{card_id, card_ext, openid}`` → the success callback's cardList."""
+        body = request.get_json(silent=True) or {}
+        try:
+            item = state.add_card(
+                str(body.get("card_id", "")), body.get("card_ext") or "{}", str(body.get("openid", ""))
+            )
+        except (SimError, ValueError) as exc:
+            code = exc.code if isinstance(exc, SimError) else "40080"
+            return Response(_json_bytes({"errMsg": f"addCard:fail {code}"}), status=400, mimetype="application/json")
+        return _api_json({"errMsg": "addCard:ok", "cardList": [item]})

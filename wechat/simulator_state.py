@@ -21,6 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from wechat import crypto
+from wechat.simulator_cards import CardMixin
 from wechat.simulator_delivery import WECHAT_RETRY_SCHEDULE_S, Delivery, NotificationDispatcher, Transport
 from wechat.simulator_errors import SimError
 from wechat.simulator_keys import SimulatorKeys
@@ -51,7 +52,7 @@ def beijing_now_iso() -> str:
     return datetime.now(BEIJING).isoformat(timespec="seconds")
 
 
-class SimulatorState(PayMixin, PayoutMixin):
+class SimulatorState(PayMixin, PayoutMixin, CardMixin):
     """Everything the simulated WeChat remembers, plus its keys."""
 
     def __init__(
@@ -93,6 +94,7 @@ class SimulatorState(PayMixin, PayoutMixin):
         self.access_tokens: dict[str, tuple[str, float]] = {}  # appid → (stable token, expires at)
         PayMixin.__init__(self)
         PayoutMixin.__init__(self)
+        CardMixin.__init__(self)
 
     # -- faults ------------------------------------------------------------------
     def inject_fault(
