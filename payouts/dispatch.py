@@ -3,7 +3,10 @@
 Safe with several dispatchers at once: claims use ``FOR UPDATE SKIP LOCKED``
 (PostgreSQL) and a lease; a payout whose worker died mid-call is found again
 once its lease expires and is resolved by a status query before any resend.
-A resend always uses the same external number and the same request.
+A resend always uses the same external number and the same request, fixed and
+committed at claim time before the first call (for a transfer, the very bytes).
+A send refused with 400 is a definite failure only when no bill of that number can
+exist; a refusal after the bill may exist goes to an operator (``ASK_OPERATOR``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Claimed:
     query_first: bool
     cancel_if_unconfirmed: bool = False  # asked by an operator, or a bill unconfirmed past settings.confirm_ttl
     has_package_info: bool = False
+    posted_before: bool = False  # an earlier pass POSTed this number (whatever it answered)
 
 
 def enabled_rails(rails: dict[str, RailAdapter], now: datetime) -> list[str]:
@@ -74,23 +78,45 @@ def _due(rails: list[str], now: datetime, batch: int):
 
 
 def claim(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettings) -> list[Claimed]:
-    """Claim and commit. Requests are built (and fixed) here, before the first call."""
+    """Claim and commit. Requests are built (and fixed) here, before the first call.
+
+    A transfer's request includes its serialized body: committed here, every POST of the number sends it.
+    """
     claimed = []
     for payout in db.session.execute(_due(enabled_rails(rails, now), now, settings.batch)).scalars().all():
         query_first = payout.status != S.PENDING or payout.sent_at is not None
-        if payout.request is None:
-            built = rails[payout.rail].build_request(payout, now)
-            if isinstance(built, RailResult):
-                payout.status = S.SENDING  # resolved below without calling WeChat
-                apply_result(payout, built, now, settings)
-                continue
+        rail = rails[payout.rail]
+        built = payout.request
+        if built is None:
+            built = rail.build_request(payout, now)
+        elif hasattr(rail, "with_wire") and not built.get("wire"):  # a request fixed before bodies were kept
+            built = rail.with_wire(payout.external_no, dict(built))
+        if isinstance(built, RailResult):
+            payout.status = S.SENDING  # resolved below without calling WeChat
+            apply_result(payout, built, now, settings)
+            continue
+        if built is not payout.request:
             payout.request = built
         overdue = payout.cancel_requested or _unconfirmed_too_long(payout, rails[payout.rail], now, settings)
         has_package = payout.package_info is not None
         payout.status, payout.lease_until = S.SENDING, now + settings.lease
         payout.attempts += 1
+        posted = db.session.execute(
+            select(PayoutAttempt.id)
+            .where(PayoutAttempt.payout_id == payout.id, PayoutAttempt.action == "send")
+            .limit(1)
+        ).first()
         claimed.append(
-            Claimed(payout.id, payout.rail, payout.external_no, dict(payout.request), query_first, overdue, has_package)
+            Claimed(
+                payout.id,
+                payout.rail,
+                payout.external_no,
+                dict(payout.request),
+                query_first,
+                overdue,
+                has_package,
+                posted is not None,
+            )
         )
     db.session.commit()
     return claimed
@@ -112,7 +138,12 @@ def _timed(call: Callable[[], RailResult]) -> tuple[RailResult, int]:
 
 
 def call_wechat(job: Claimed, rail: RailAdapter, limiter: Callable[[str], None]) -> list[tuple[str, RailResult, int]]:
-    """Query first when the payout may have reached WeChat; send only when it certainly did not."""
+    """Query first when the payout may have reached WeChat; send only when it certainly did not.
+
+    A send refused with 400 (REFUSED) is definite only when no bill of this number can exist: the query just
+    said NOT_FOUND, or the number was never claimed for a POST before. A refused re-POST of a bill that exists
+    (or may) asks an operator: the money stays in transit, the bill may still be confirmed.
+    """
     calls = []
     if job.query_first:
         limiter(job.rail)
@@ -126,14 +157,23 @@ def call_wechat(job: Claimed, rail: RailAdapter, limiter: Callable[[str], None])
             # byte for byte; WeChat answers the existing bill with its package_info.
             limiter(job.rail)
             result, ms = _timed(lambda: rail.send(job.external_no, job.request))
-            calls.append(("send", result, ms))
+            calls.append(("send", _not_definite(result, "the bill exists at WeChat"), ms))
             return calls
         if result.outcome != Outcome.NOT_FOUND:
             return calls
     limiter(job.rail)
     result, ms = _timed(lambda: rail.send(job.external_no, job.request))
+    if job.posted_before and not job.query_first:  # no query this pass: an earlier POST may have made the bill
+        result = _not_definite(result, "an earlier POST of this number may have created the bill")
     calls.append(("send", result, ms))
     return calls
+
+
+def _not_definite(result: RailResult, why: str) -> RailResult:
+    """A refusal of a POST whose bill may exist is no failure of that bill: an operator looks."""
+    if result.outcome != Outcome.REFUSED:
+        return result
+    return RailResult(Outcome.ASK_OPERATOR, result.code, f"{result.message} ({why}; refused re-POST)")
 
 
 def _cancel_unconfirmed(job: Claimed, rail: RailAdapter, limiter) -> tuple[str, RailResult, int]:
@@ -161,9 +201,6 @@ def record(job: Claimed, calls: list[tuple[str, RailResult, int]], now: datetime
                 created_at=now,
             )
         )
-    wire = next((r.details["wire"] for _, r, _ in calls if r.details.get("wire")), None)
-    if wire and payout.request is not None and "wire" not in payout.request:
-        payout.request = {**payout.request, "wire": wire}  # every later POST of this number sends these bytes
     if payout.status == S.SENDING:  # not finished meanwhile by a notification or an operator
         apply_result(payout, calls[-1][1], now, settings)
     db.session.commit()
@@ -179,6 +216,10 @@ def dispatch_due(
     """One dispatcher pass; returns how many payouts ended in each outcome."""
     settings = settings or DispatchSettings()
     limiter = limiter or (lambda rail: None)
+    for rail in rails.values():
+        prepare = getattr(rail, "prepare", None)
+        if prepare is not None:  # e.g. load encryption keys, before the claim's transaction
+            prepare()
     jobs = claim(rails, clock(), settings)
     outcomes: Counter = Counter()
     for job in jobs:

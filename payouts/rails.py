@@ -33,6 +33,9 @@ class Outcome(StrEnum):
     REFUSED = "refused"  # WeChat refused the request itself (400 PARAM_ERROR / INVALID_REQUEST): no retry
     UNCLAIMED = "unclaimed"  # nobody opened the red packet and WeChat refunded it: back to the user's balance
     MISMATCH = "mismatch"  # the answer is not about our payout (number, amount or openid differ): an operator
+    # WeChat refused a call about a bill that may exist (a re-POST, a query, a cancel answered 400):
+    # not a failure of the bill; the money stays in transit and an operator looks.
+    ASK_OPERATOR = "ask_operator"
 
 
 @dataclass(frozen=True)

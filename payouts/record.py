@@ -94,6 +94,9 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
     elif o == Outcome.MISMATCH:
         raise_alert("payout_answer_mismatch", payout.external_no, f"{result.code}: {result.message}")
         _to_operator(payout, f"WeChat's answer is not about this payout: {result.message}")
+    elif o == Outcome.ASK_OPERATOR:  # refused about a bill that may exist: in transit until a person decides
+        mark_sent(payout, now)
+        _to_operator(payout, f"WeChat refused a call about a bill that may exist ({result.code}: {result.message})")
     elif o == Outcome.GIVE_UP_USER:
         mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}")
         raise_alert(
@@ -138,9 +141,13 @@ def _return_unconfirmed(payout: Payout, to: PayoutStatus, result: RailResult, no
 
 
 def _refused(payout: Payout, result: RailResult, now: datetime) -> None:
-    """WeChat refused the request itself: the same request under a new number would be refused again."""
+    """WeChat refused the request itself: the same request under a new number would be refused again.
+
+    The dispatcher passes REFUSED only where no bill of this number can exist (``call_wechat``); a payout
+    WeChat answered before (``sent_at`` set) is still never failed here: only a person can tell.
+    """
     why = f"{result.code}: {result.message}"
-    if payout.sent_at is not None:  # a resend of a number WeChat may already hold: only a person can tell
+    if payout.sent_at is not None:
         _to_operator(payout, f"a resend of the same bill was refused ({why})")
         return
     mark_returned(payout, S.FAILED, now, why)

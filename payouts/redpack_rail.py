@@ -168,14 +168,17 @@ class RedpackRail:
         except WeChatError as exc:  # timeout, 5xx, unsafe/unparseable XML, bad answer sign
             return RailResult(Outcome.UNKNOWN, exc.code, exc.message)
         if answer.action is RedpackAction.SUCCEEDED:
-            return self._accepted(external_no, answer)
+            return self._accepted(external_no, request, answer)
         outcome = SEND_OUTCOMES.get(answer.err_code, Outcome.UNKNOWN) if answer.result_code == "FAIL" else None
         return self._refused(answer, outcome or Outcome.UNKNOWN)
 
-    def _accepted(self, external_no: str, answer: RedpackResult) -> RailResult:
-        billno = answer.fields.get("mch_billno")
-        if billno and billno != external_no:
-            return RailResult(Outcome.UNKNOWN, "BILLNO_MISMATCH", f"answer is for {billno}")
+    def _accepted(self, external_no: str, request: dict[str, Any], answer: RedpackResult) -> RailResult:
+        """A success answer must be about our packet: number, amount and payee, each checked when present."""
+        ours = {"mch_billno": external_no, "total_amount": request["total_amount"], "re_openid": request["re_openid"]}
+        present = {k: v for k, v in ours.items() if answer.fields.get(k) not in (None, "")}
+        wrong = disagreement(present, answer.fields)
+        if wrong:  # like a query answer about another packet: an operator looks, nothing is marked paid
+            return RailResult(Outcome.MISMATCH, "ANSWER_MISMATCH", f"send answer disagrees: {wrong}")
         ref = answer.fields.get("send_listid")
         return RailResult(Outcome.SUCCEEDED, "SUCCESS", wechat_ref=str(ref) if ref else None)
 
@@ -222,13 +225,14 @@ def _refund(answer: RedpackResult, request: dict[str, Any], ref: str | None) -> 
     """REFUND: nobody opened the packet and WeChat returned it to the merchant account (after 24 h).
 
     UNCLAIMED (the money goes back to the user's balance) only when WeChat says the whole
-    amount came back; anything else is UNKNOWN and ends with an operator.
+    amount came back; any other refund amount is a MISMATCH: an operator at once, nothing moved.
     """
     refunded = str(answer.fields.get("refund_amount", ""))
     if refunded.isdigit() and int(refunded) == int(request["total_amount"]):
         why = f"nobody opened the red packet; WeChat refunded {refunded} fen after 24 h"
         return RailResult(Outcome.UNCLAIMED, "REFUND", why, wechat_ref=ref)
-    return RailResult(Outcome.UNKNOWN, "REFUND", f"refund of {refunded or '?'} fen does not match", wechat_ref=ref)
+    why = f"REFUND of {refunded or '?'} fen does not match our {request['total_amount']} fen; nothing moved"
+    return RailResult(Outcome.MISMATCH, "REFUND_MISMATCH", why, wechat_ref=ref)
 
 
 def in_quiet_hours(now: datetime) -> bool:

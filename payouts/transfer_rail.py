@@ -1,11 +1,15 @@
 """WeChat change through the 2025 ``transfer-bills`` API (scene 1000, user confirmation).
 
 ``package_info`` (what the user confirms with) comes only in the create answer, so
-the serialized body is kept with the payout after the first POST: when a create
-answer is lost, the same ``out_bill_no`` is POSTed again with those exact bytes
-and WeChat answers the existing bill with its ``package_info``. Every answer is
-checked against our number (and a query answer against our amount and openid)
-before it can decide anything.
+the serialized body (``wire``) is built once, when the payout is claimed, and
+committed with it before the first POST: every POST of that number, including one
+after a crash that lost the create answer, sends those exact bytes, and WeChat
+answers the existing bill with its ``package_info``. (The encrypted ``user_name``
+of a transfer from 2,000 yuan differs on every encryption: a rebuilt body would
+be refused.) Every answer is checked against our number (and a query answer
+against our amount and openid) before it can decide anything. A 400 refusal is a
+definite failure only where no bill can exist (the dispatcher decides, see
+``payouts.dispatch.call_wechat``); a query or cancel refused with 400 asks an operator.
 """
 
 from __future__ import annotations
@@ -80,30 +84,51 @@ class TransferRail:
                 )
             # Kept encrypted like the user's record; decrypted only to build the WeChat body.
             request["user_name_enc"] = fernet().encrypt(user.real_name.encode()).decode()
-        return request
+        return self.with_wire(payout.external_no, request)
+
+    def prepare(self) -> None:
+        """Before a claim (no transaction open): load the key ``user_name`` is encrypted with, which may
+        need WeChat's certificate download, so building a body inside the claim never calls WeChat."""
+        try:
+            self.client.config.keys.encryption_key()
+        except (WeChatError, AttributeError):
+            pass  # building the body will say what is wrong
+
+    def with_wire(self, external_no: str, request: dict[str, Any]) -> dict[str, Any] | RailResult:
+        """The request with its serialized body, built once: every POST of this number sends these bytes.
+
+        Called inside the claim transaction, so the body is committed before the first POST.
+        """
+        if request.get("wire"):
+            return request
+        try:
+            body, serial = self.client.transfer_bill_body(
+                external_no,
+                request["openid"],
+                request["amount_fen"],
+                request["remark"],
+                request["report"],
+                self.notify_url,
+                user_name=_user_name(request),
+            )
+        except WeChatInvalidRequest as exc:  # refused locally: nothing was sent
+            return RailResult(Outcome.CONFIG_ERROR, exc.code, exc.message)
+        except WeChatError as exc:  # no key to encrypt the name with yet: try again later, nothing sent
+            return RailResult(Outcome.RETRY, exc.code, exc.message)
+        return {**request, "wire": {"body": body, "serial": serial}}
 
     def send(self, external_no: str, request: dict[str, Any]) -> RailResult:
-        """POST the bill; a resend (or a re-POST for a lost package_info) sends the kept bytes again."""
+        """POST the kept bytes: the first POST, a resend and a re-POST for a lost package_info are identical."""
         wire = request.get("wire")
+        if not wire:  # never rebuilt here: a second encryption of the name would make a different body
+            return RailResult(Outcome.CONFIG_ERROR, "NO_WIRE_BODY", "the request has no body fixed at claim time")
         try:
-            if wire is None:
-                body, serial = self.client.transfer_bill_body(
-                    external_no,
-                    request["openid"],
-                    request["amount_fen"],
-                    request["remark"],
-                    request["report"],
-                    self.notify_url,
-                    user_name=_user_name(request),
-                )
-                wire = {"body": body, "serial": serial}
             answer = self.client.post_transfer_bill(wire["body"], wire["serial"])
         except WeChatInvalidRequest as exc:  # refused locally: nothing was sent
             return RailResult(Outcome.CONFIG_ERROR, exc.code, exc.message)
         except WeChatError as exc:
-            return _error(exc, {"wire": wire})
-        result = state_result(answer, {"out_bill_no": external_no})
-        return _with(result, {"wire": wire})
+            return _error(exc)
+        return state_result(answer, {"out_bill_no": external_no})
 
     def query(self, external_no: str, request: dict[str, Any]) -> RailResult:
         try:
@@ -111,7 +136,7 @@ class TransferRail:
         except WeChatNotFound:
             return RailResult(Outcome.NOT_FOUND, "NOT_FOUND", "WeChat has no bill with this number")
         except WeChatError as exc:
-            return _error(exc)
+            return _error(exc, may_exist=True)
         expected = {"out_bill_no": external_no, "transfer_amount": request["amount_fen"], "openid": request["openid"]}
         return state_result(answer, expected)
 
@@ -119,7 +144,7 @@ class TransferRail:
         try:
             return state_result(self.client.cancel_transfer_bill(external_no), {"out_bill_no": external_no})
         except WeChatError as exc:
-            return _error(exc)
+            return _error(exc, may_exist=True)
 
 
 def _user_name(request: dict[str, Any]) -> str | None:
@@ -143,21 +168,18 @@ def state_result(answer: dict[str, Any], expected: dict[str, Any] | None = None)
     )
 
 
-def _with(result: RailResult, details: dict[str, Any]) -> RailResult:
-    return RailResult(
-        result.outcome, result.code, result.message, result.wechat_ref, result.package_info, result.retry_at, details
-    )
-
-
-def _error(exc: WeChatError, details: dict[str, Any] | None = None) -> RailResult:
-    details = details or {}
+def _error(exc: WeChatError, *, may_exist: bool = False) -> RailResult:
+    """A WeChat error as an outcome. ``may_exist``: the call was about a bill that may exist (a query, a
+    cancel), so a 400 refusal says nothing final about the bill: only a person can tell."""
     if exc.code in DEFINITE_TRANSFER_REFUSALS and not exc.outcome_unknown:
-        return RailResult(Outcome.REFUSED, exc.code, exc.message, details=details)
+        if may_exist:
+            return RailResult(Outcome.ASK_OPERATOR, exc.code, exc.message)
+        return RailResult(Outcome.REFUSED, exc.code, exc.message)
     if exc.code == "NOT_ENOUGH":
-        return RailResult(Outcome.PAUSE_RAIL, exc.code, exc.message, details=details)
+        return RailResult(Outcome.PAUSE_RAIL, exc.code, exc.message)
     if exc.code == "NO_AUTH":
-        return RailResult(Outcome.CONFIG_ERROR, exc.code, exc.message, details=details)
+        return RailResult(Outcome.CONFIG_ERROR, exc.code, exc.message)
     if exc.code == "FREQUENCY_LIMITED":
-        return RailResult(Outcome.RETRY, exc.code, exc.message, details=details)
+        return RailResult(Outcome.RETRY, exc.code, exc.message)
     # The reference: any other non-200 answer is never a failure of the bill; query before anything else.
-    return RailResult(Outcome.UNKNOWN, exc.code, exc.message, details=details)
+    return RailResult(Outcome.UNKNOWN, exc.code, exc.message)

@@ -6,6 +6,10 @@ refund time has passed: RECEIVED settles it for good; REFUND returns the money t
 the user's cash balance (one ledger entry per payout, so a repeat changes
 nothing), with the reason on the payout for the trace and the user's history.
 Every check is a ``claim_check`` attempt; a packet with a final one is done.
+A refund that is not our whole amount is a MISMATCH: an operator is alerted at
+once (the alert names the payout) and nothing is moved. A packet still without a
+final answer when gethbinfo stops answering (30 days) is never dropped silently:
+it gets a final ``ask_operator`` check and an alert naming it, money unmoved.
 No transaction is open during the calls.
 """
 
@@ -18,7 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import exists, select
 
 from ledger import Leg, account, post_entry
-from models import AccountKind, Payout, PayoutAttempt, PayoutStatus, Rail, db, raise_alert
+from models import AccountKind, Payout, PayoutAttempt, PayoutStatus, Rail, alert_once, db, raise_alert
 from payouts.operations import lock_payout
 from payouts.rails import Outcome, RailAdapter, RailResult, summary
 
@@ -26,14 +30,18 @@ REFUND_AFTER = timedelta(hours=24)  # WeChat refunds an unopened packet after th
 MARGIN = timedelta(hours=1)  # its refund is not instant: ask a little later
 QUERY_WINDOW = timedelta(days=30)  # gethbinfo answers for the last 30 days only
 CHECK = "claim_check"
-FINAL = (Outcome.SUCCEEDED, Outcome.UNCLAIMED, Outcome.MISMATCH)
+FINAL = (Outcome.SUCCEEDED, Outcome.UNCLAIMED, Outcome.MISMATCH, Outcome.ASK_OPERATOR)
+
+
+def _settled():
+    return exists().where(
+        PayoutAttempt.payout_id == Payout.id, PayoutAttempt.action == CHECK, PayoutAttempt.outcome.in_(FINAL)
+    )
 
 
 def due_checks(now: datetime, batch: int = 50) -> list[tuple[int, str, dict]]:
     """Paid red packets past their refund time with no final check yet: (id, number, request)."""
-    settled = exists().where(
-        PayoutAttempt.payout_id == Payout.id, PayoutAttempt.action == CHECK, PayoutAttempt.outcome.in_(FINAL)
-    )
+    settled = _settled()
     stmt = (
         select(Payout.id, Payout.external_no, Payout.request)
         .where(
@@ -50,11 +58,56 @@ def due_checks(now: datetime, batch: int = 50) -> list[tuple[int, str, dict]]:
     return [(row.id, row.external_no, dict(row.request)) for row in db.session.execute(stmt)]
 
 
+def close_expired(now: datetime, batch: int = 50) -> int:
+    """Packets past gethbinfo's window with no final answer: an operator decides; nothing is moved."""
+    stmt = (
+        select(Payout.id)
+        .where(
+            Payout.rail == Rail.CASH_RED_PACKET,
+            Payout.status == PayoutStatus.SUCCEEDED,
+            Payout.sent_at <= now - QUERY_WINDOW,
+            Payout.request.is_not(None),
+            ~_settled(),
+        )
+        .order_by(Payout.sent_at, Payout.id)
+        .limit(batch)
+    )
+    ids = list(db.session.execute(stmt).scalars())
+    for payout_id in ids:
+        payout = lock_payout(payout_id)
+        if db.session.execute(select(_settled()).where(Payout.id == payout_id)).scalar():
+            db.session.commit()  # closed meanwhile by another pass
+            continue
+        why = (
+            f"red packet {payout.external_no} ({payout.amount_fen} fen) has no final answer after "
+            f"{QUERY_WINDOW.days} days (WeChat no longer answers queries for it): check the merchant platform; "
+            "nothing was moved"
+        )
+        db.session.add(
+            PayoutAttempt(
+                payout_id=payout.id,
+                action=CHECK,
+                request_summary=summary(dict(payout.request or {})),
+                response_code="QUERY_WINDOW_ENDED",
+                outcome=Outcome.ASK_OPERATOR,
+                message=why,
+                duration_ms=0,
+                created_at=now,
+            )
+        )
+        raise_alert("red_packet_unresolved", payout.external_no, why)
+        db.session.commit()
+    return len(ids)
+
+
 def check_unclaimed(rail: RailAdapter, now: datetime, clock: Callable[[], datetime] | None = None) -> Counter:
     """One pass: read (then end the transaction), query each packet, record each answer with its own commit."""
+    outcomes: Counter = Counter()
+    expired = close_expired(now)
+    if expired:
+        outcomes[Outcome.ASK_OPERATOR] += expired
     due = due_checks(now)
     db.session.rollback()  # no transaction open during the calls
-    outcomes: Counter = Counter()
     for payout_id, external_no, request in due:
         result = _as_check(rail.query(external_no, request))
         record_check(payout_id, request, result, clock() if clock else now)
@@ -86,11 +139,13 @@ def record_check(payout_id: int, request: dict, result: RailResult, now: datetim
     )
     if result.outcome == Outcome.UNCLAIMED:
         return_unclaimed(payout, result.message)
-    elif result.outcome == Outcome.MISMATCH:
-        raise_alert("payout_answer_mismatch", payout.external_no, result.message)
+    elif result.outcome == Outcome.MISMATCH:  # final: an operator at once, nothing moved
+        why = f"red packet {payout.external_no}: {result.code}: {result.message}; an operator must decide"
+        raise_alert("payout_answer_mismatch", payout.external_no, why)
     elif result.outcome not in (Outcome.SUCCEEDED, Outcome.IN_PROGRESS, Outcome.UNKNOWN):
-        # SENT / RFUND_ING / errors: asked again next pass; a FAILED after a SENT would be WeChat's own puzzle
-        raise_alert("payout_claim_check", payout.external_no, f"{result.code}: {result.message}")
+        # SENT / RFUND_ING / errors: asked again next pass (one open alert, not one every 15 minutes);
+        # a FAILED after a SENT would be WeChat's own puzzle
+        alert_once("payout_claim_check", payout.external_no, f"{result.code}: {result.message}")
 
 
 def return_unclaimed(payout: Payout, why: str) -> None:

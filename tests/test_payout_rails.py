@@ -212,9 +212,44 @@ def test_success_carries_send_listid_and_every_fixed_field(wechat_http, redpack_
     assert (sent["mch_billno"], sent["total_num"], sent["wxappid"]) == ("RP000000000001", "1", OA_APPID)
 
 
-def test_success_for_another_number_is_not_believed(wechat_http, redpack_rail, api_v2_key):
-    wechat_http.add(responses.POST, SEND_URL, body=answer(api_v2_key, result_code="SUCCESS", mch_billno="RP9"))
-    assert redpack_rail().send("RP000000000001", REQUEST).outcome == Outcome.UNKNOWN
+@pytest.mark.parametrize(
+    "planted",
+    [
+        {"mch_billno": "RP9"},  # another number
+        {"mch_billno": "RP000000000001", "total_amount": "50000"},  # another amount
+        {"mch_billno": "RP000000000001", "re_openid": "someone-else"},  # another payee
+        {"total_amount": "499"},  # no number, a wrong amount
+    ],
+)
+def test_success_for_another_packet_is_a_mismatch_never_a_success(wechat_http, redpack_rail, api_v2_key, planted):
+    wechat_http.add(responses.POST, SEND_URL, body=answer(api_v2_key, result_code="SUCCESS", **planted))
+    result = redpack_rail().send("RP000000000001", REQUEST)
+    assert (result.outcome, result.code) == (Outcome.MISMATCH, "ANSWER_MISMATCH")
+
+
+def test_success_naming_our_number_amount_and_payee_is_believed(wechat_http, redpack_rail, api_v2_key):
+    ours = {
+        "mch_billno": "RP000000000001",
+        "total_amount": str(REQUEST["total_amount"]),
+        "re_openid": REQUEST["re_openid"],
+    }
+    wechat_http.add(responses.POST, SEND_URL, body=answer(api_v2_key, result_code="SUCCESS", send_listid="L2", **ours))
+    result = redpack_rail().send("RP000000000001", REQUEST)
+    assert (result.outcome, result.wechat_ref) == (Outcome.SUCCEEDED, "L2")
+
+
+def test_a_mismatched_send_answer_goes_to_an_operator_and_is_not_paid(
+    wechat_http, redpack_rail, api_v2_key, oa_user, funded_payout
+):
+    from models import Alert
+
+    payout, _ = funded_payout(user=oa_user())
+    body = answer(api_v2_key, result_code="SUCCESS", mch_billno=f"RP{payout.id:012d}", total_amount="1")
+    wechat_http.add(responses.POST, SEND_URL, body=body)
+    run([redpack_rail()], at=beijing_at(10))
+    payout = db.session.get(Payout, payout.id)
+    assert payout.status == "needs_operator" and "ANSWER_MISMATCH" in payout.last_error
+    assert db.session.query(Alert).filter_by(kind="payout_answer_mismatch").count() == 1
 
 
 XXE = (
@@ -299,8 +334,9 @@ def test_systemerror_is_retried_with_the_same_number_and_pays_once(
         ({"result_code": "SUCCESS", "status": "RFUND_ING"}, Outcome.IN_PROGRESS),
         # unopened, refunded by WeChat: back to the user's balance (before issue 9: FAILED and a new packet)
         ({"result_code": "SUCCESS", "status": "REFUND", "refund_amount": "500"}, Outcome.UNCLAIMED),
-        ({"result_code": "SUCCESS", "status": "REFUND"}, Outcome.UNKNOWN),  # how much came back is not said
-        ({"result_code": "SUCCESS", "status": "REFUND", "refund_amount": "1"}, Outcome.UNKNOWN),
+        # a refund that is not our whole amount (or does not say how much): an operator at once, nothing moved
+        ({"result_code": "SUCCESS", "status": "REFUND"}, Outcome.MISMATCH),
+        ({"result_code": "SUCCESS", "status": "REFUND", "refund_amount": "1"}, Outcome.MISMATCH),
         ({"result_code": "SUCCESS", "status": "NEW_STATE"}, Outcome.UNKNOWN),
         (
             {"result_code": "FAIL", "err_code": "NOT_FOUND"},

@@ -110,7 +110,9 @@ def test_request_carries_the_mini_program_openid_and_the_two_report_items(app, s
     payout = transfer(user, 5_00)
     # when
     request = sim_rail.build_request(payout, utcnow())
-    # then
+    # then: the fields, and the body built from them once (every POST of the number sends these bytes)
+    wire = request.pop("wire")
+    assert json.loads(wire["body"])["openid"] == request["openid"]
     assert request == {
         "openid": mini_program_openid(app, user),
         "amount_fen": 5_00,
@@ -155,7 +157,7 @@ def test_the_sent_body_has_the_name_rsa_encrypted_under_the_named_serial(app, ht
     from models.base import fernet
 
     sealed = fernet().encrypt("张三".encode()).decode()
-    http_rail.send(NO, {**REQUEST, "amount_fen": 250_000, "user_name_enc": sealed})
+    http_rail.send(NO, http_rail.with_wire(NO, {**REQUEST, "amount_fen": 250_000, "user_name_enc": sealed}))
     # then
     sent = wechat_http.calls[0].request
     body = json.loads(sent.body)
@@ -189,7 +191,7 @@ def test_the_real_name_is_not_stored_in_clear_text_with_the_payout(app, sim_rail
 
 def test_scene_1000_body_is_exactly_what_wechat_documents(app, http_rail, wechat_http):
     wechat_http.add(responses.POST, BILLS, **signed(app, 200, {"out_bill_no": NO, "state": "ACCEPTED"}))
-    http_rail.send(NO, REQUEST)
+    http_rail.send(NO, http_rail.with_wire(NO, REQUEST))
     body = json.loads(wechat_http.calls[0].request.body)
     assert body == {
         "appid": app.config["WECHAT_APPID"],
@@ -251,7 +253,7 @@ def test_the_simulator_answers_wait_user_confirm_with_package_info(app, sim_rail
 def test_send_answers_map_to_outcomes(app, http_rail, wechat_http, answer, outcome):
     data = {"out_bill_no": NO, "transfer_bill_no": "1330000001", "create_time": "2026-11-25T10:00:00+08:00", **answer}
     wechat_http.add(responses.POST, BILLS, **signed(app, 200, data))
-    result = http_rail.send(NO, REQUEST)
+    result = http_rail.send(NO, http_rail.with_wire(NO, REQUEST))
     assert (result.outcome, result.code) == (outcome, answer.get("state"))
     assert result.wechat_ref == "1330000001"
     assert result.package_info == answer.get("package_info")
@@ -278,7 +280,7 @@ def test_send_answers_map_to_outcomes(app, http_rail, wechat_http, answer, outco
 )
 def test_send_errors_map_to_outcomes(app, http_rail, wechat_http, status, code, outcome):
     wechat_http.add(responses.POST, BILLS, **signed(app, status, {"code": code, "message": "模拟"}))
-    result = http_rail.send(NO, REQUEST)
+    result = http_rail.send(NO, http_rail.with_wire(NO, REQUEST))
     assert (result.outcome, result.code) == (outcome, code)
 
 
@@ -287,15 +289,15 @@ def test_send_errors_map_to_outcomes(app, http_rail, wechat_http, status, code, 
 )
 def test_timeouts_and_lost_connections_are_unknown(http_rail, wechat_http, exc):
     wechat_http.add(responses.POST, BILLS, body=exc("slow"))
-    assert http_rail.send(NO, REQUEST).outcome == Outcome.UNKNOWN
+    assert http_rail.send(NO, http_rail.with_wire(NO, REQUEST)).outcome == Outcome.UNKNOWN
 
 
 def test_unsigned_or_unparseable_200_is_unknown(app, http_rail, wechat_http):
     wechat_http.add(responses.POST, BILLS, json={"out_bill_no": NO, "state": "SUCCESS"})  # not signed: forged
     body = b"<html>gateway</html>"
     wechat_http.add(responses.POST, BILLS, status=200, body=body, headers=simulator(app).keys.sign_headers(body))
-    assert http_rail.send(NO, REQUEST).outcome == Outcome.UNKNOWN
-    assert http_rail.send(NO, REQUEST).outcome == Outcome.UNKNOWN
+    assert http_rail.send(NO, http_rail.with_wire(NO, REQUEST)).outcome == Outcome.UNKNOWN
+    assert http_rail.send(NO, http_rail.with_wire(NO, REQUEST)).outcome == Outcome.UNKNOWN
 
 
 def test_simulator_faults_map_the_same_way(app, sim_rail, payee, transfer):

@@ -8,6 +8,7 @@ met a failed query is retried soon; every query answer must be about our payout.
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -17,7 +18,7 @@ from config import ConfigError, load_config
 from jobs.payouts import payout_rails
 from ledger import Leg, account, balance, post_entry
 from models import AccountKind, Alert, Payout, User, db, utcnow
-from payouts import enqueue_payout
+from payouts import enqueue_payout, faults
 from payouts.dispatch import claim, dispatch_due
 from payouts.operations import cancel
 from payouts.rails import Outcome
@@ -315,3 +316,132 @@ def test_a_bad_prefix_is_refused_at_start(prefix):
 
 def test_outcome_names_fit_the_attempt_log():
     assert all(len(o.value) <= 32 for o in Outcome)
+
+
+# -- the body is fixed at claim time: a crash never turns an existing bill into a failure ---
+
+
+def in_transit() -> int:
+    return balance(account(AccountKind.PAYOUT_IN_TRANSIT))
+
+
+def test_the_body_is_built_and_committed_at_claim_before_any_call(app, queued):
+    # given: a 2,000-yuan transfer with a real name (its RSA-encrypted user_name differs on every encryption)
+    payout = queued(200_000, real_name="张三")
+    # when: a dispatcher only claims it
+    claim(payout_rails(app), utcnow(), DispatchSettings.from_config(app.config))
+    # then: the exact bytes every POST of this number will send are committed with the payout, before any call
+    db.session.rollback()
+    wire = fresh(payout.id).request["wire"]
+    assert json.loads(wire["body"])["out_bill_no"] == payout.external_no
+    assert json.loads(wire["body"])["user_name"] and "张三" not in wire["body"]
+    assert simulator(app).transfers == {}
+
+
+@pytest.mark.parametrize("point", ["after_wechat_answer", "after_claim_commit"])
+def test_a_crash_around_the_post_of_a_named_2000_yuan_transfer_ends_with_one_bill_and_its_package_info(
+    app, client, queued, delivered, point
+):
+    # given: a 2,000-yuan transfer with a real name; the jobs process dies (kill -9) at ``point``,
+    # i.e. after WeChat created the bill and answered, before we recorded anything (or before the POST)
+    payout = queued(200_000, real_name="张三")
+    sim = simulator(app)
+    now = utcnow()
+    faults.arm(point)
+    with pytest.raises(faults.SimulatedCrash):
+        run(app, now)
+    db.session.rollback()
+    assert fresh(payout.id).status == "sending" and fresh(payout.id).sent_at is None
+    # when: another pass runs once the lease has expired
+    run(app, now + DispatchSettings.from_config(app.config).lease + timedelta(seconds=1))
+    # then: exactly one bill, the same one, with what the user confirms with; never failed, money in transit
+    waiting = fresh(payout.id)
+    assert list(sim.transfers) == [payout.external_no]
+    assert (waiting.status, waiting.package_info) == (
+        "waiting_user_confirm",
+        sim.transfers[payout.external_no]["package_info"],
+    )
+    assert cash_of(payout) == 0 and in_transit() == 200_000
+    assert sim.transfers[payout.external_no]["user_name"] == "张三"
+    # and the user confirms: paid exactly once, nothing back in the balance
+    client.post(f"/_sim/pay/transfer/confirm/{waiting.package_info}", headers={"Accept": "application/json"})
+    db.session.rollback()  # on SQLite every transaction holds the write lock: let the notification in
+    delivered()
+    assert fresh(payout.id).status == "succeeded"
+    assert balance(account(AccountKind.WECHAT_SETTLEMENT)) == 200_000 and cash_of(payout) == 0
+    assert not run(app, utcnow() + timedelta(days=2))
+
+
+def test_a_refused_re_post_of_a_bill_that_exists_asks_an_operator_and_keeps_the_money_in_transit(app, queued):
+    # given: the worker died after WeChat created the bill (nothing recorded), and WeChat now refuses the
+    # re-POST (a body that is not the first one: a row fixed before bodies were kept, say)
+    payout = queued(5_00)
+    sim = simulator(app)
+    now = utcnow()
+    faults.arm("after_wechat_answer")
+    with pytest.raises(faults.SimulatedCrash):
+        run(app, now)
+    db.session.rollback()
+    sim.transfers[payout.external_no]["fingerprint"] = "a different body"
+    # when: the next pass queries (WAIT_USER_CONFIRM, no package_info) and POSTs again: 400 INVALID_REQUEST
+    run(app, now + timedelta(minutes=6))
+    # then: not failed, no money back (the bill can still be confirmed): an operator decides
+    stuck = fresh(payout.id)
+    assert stuck.status == "needs_operator" and "INVALID_REQUEST" in stuck.last_error
+    assert cash_of(payout) == 0 and in_transit() == 5_00
+    assert alerts("payout_needs_operator") == 1 and alerts("payout_refused") == 0
+    assert list(sim.transfers) == [payout.external_no]
+
+
+def test_a_query_refused_with_400_after_a_crash_asks_an_operator_never_fails(app, queued):
+    # given: the bill exists at WeChat, nothing recorded (sent_at is still empty)
+    payout = queued(5_00)
+    now = utcnow()
+    faults.arm("after_wechat_answer")
+    with pytest.raises(faults.SimulatedCrash):
+        run(app, now)
+    db.session.rollback()
+    # when: the recovering query is answered 400 INVALID_REQUEST
+    simulator(app).inject_fault(BILLS, 400, "INVALID_REQUEST", "bad request")
+    run(app, now + timedelta(minutes=6))
+    # then: a 400 on a query says nothing about the bill: an operator, the money stays in transit
+    stuck = fresh(payout.id)
+    assert stuck.status == "needs_operator" and stuck.sent_at is not None
+    assert cash_of(payout) == 0 and in_transit() == 5_00
+    assert alerts("payout_refused") == 0
+
+
+def test_a_refused_post_of_a_number_posted_before_asks_an_operator(app, queued):
+    # given: WeChat created the bill but answered 429; the payout waits to be POSTed again (pending)
+    payout = queued(5_00)
+    sim = simulator(app)
+    sim.inject_fault(BILLS, 429, "FREQUENCY_LIMITED", after=True)
+    run(app)
+    pending = fresh(payout.id)
+    assert pending.status == "pending" and pending.sent_at is None
+    sim.transfers[payout.external_no]["fingerprint"] = "a different body"
+    # when: the POST again is refused with 400
+    run(app, pending.next_attempt_at)
+    # then: the bill may exist (it does): never failed, never back in the balance
+    stuck = fresh(payout.id)
+    assert stuck.status == "needs_operator" and cash_of(payout) == 0 and in_transit() == 5_00
+
+
+def test_a_request_fixed_before_bodies_were_kept_gets_its_body_at_claim(app, queued):
+    # given: a payout whose request was stored without a body (by an earlier version)
+    payout = queued(5_00)
+    rails = payout_rails(app)
+    request = rails["wechat_change"].build_request(payout, utcnow())
+    payout.request = {k: v for k, v in request.items() if k != "wire"}
+    db.session.commit()
+    # when
+    claim(rails, utcnow(), DispatchSettings.from_config(app.config))
+    # then: the body is fixed and committed before the first POST
+    db.session.rollback()
+    assert json.loads(fresh(payout.id).request["wire"]["body"])["out_bill_no"] == payout.external_no
+
+
+@pytest.fixture(autouse=True)
+def _disarm():
+    yield
+    faults.disarm_all()

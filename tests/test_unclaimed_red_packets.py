@@ -158,3 +158,74 @@ def test_a_packet_the_dispatcher_finds_refunded_returns_to_the_balance_without_a
     assert payout.status == "failed" and "back in your balance" in payout.last_error
     assert cash_of(payout) == 2_00
     assert db.session.scalar(select(func.count()).where(Payout.retry_of_id == payout.id)) == 0
+
+
+def alerts_for(kind: str, payout: Payout) -> list[str]:
+    from models import Alert
+
+    return [a.message for a in db.session.query(Alert).filter_by(kind=kind, subject=payout.external_no)]
+
+
+def test_a_refund_of_another_amount_goes_to_an_operator_at_once_and_moves_nothing(app, sent_packet, monkeypatch):
+    # given: WeChat says REFUND, but of less than the packet's amount
+    payout = sent_packet(5_00)
+    simulator(app).refund_unopened_redpack(payout.external_no)
+    packets = rail(app)
+    original = packets.client.query
+
+    def partial(mch_billno):
+        answer = original(mch_billno)
+        answer.fields["refund_amount"] = "200"
+        return answer
+
+    monkeypatch.setattr(packets.client, "query", partial)
+    # when
+    outcomes = check_unclaimed(packets, payout.sent_at + timedelta(hours=26))
+    # then: an alert naming the payout now, no money moved, and never asked again (no silent requery)
+    assert dict(outcomes) == {"mismatch": 1}
+    [message] = alerts_for("payout_answer_mismatch", payout)
+    assert payout.external_no in message and "200" in message
+    assert cash_of(payout) == 0 and balance(account(AccountKind.WECHAT_SETTLEMENT)) == 5_00
+    assert not check_unclaimed(packets, payout.sent_at + timedelta(hours=27))
+    assert len(alerts_for("payout_answer_mismatch", payout)) == 1
+
+
+def test_a_packet_without_a_final_answer_at_the_end_of_the_window_raises_an_alert(app, sent_packet):
+    # given: a packet WeChat still reports as SENT each time it is asked
+    payout = sent_packet(5_00)
+    assert dict(check_unclaimed(rail(app), payout.sent_at + timedelta(hours=26))) == {"in_progress": 1}
+    # when: gethbinfo's 30-day window ends with no final answer
+    outcomes = check_unclaimed(rail(app), payout.sent_at + timedelta(days=30, minutes=1))
+    # then: it does not vanish: an operator is alerted, naming it; nothing moved
+    assert dict(outcomes) == {"ask_operator": 1}
+    [message] = alerts_for("red_packet_unresolved", payout)
+    assert payout.external_no in message and "30 days" in message
+    assert cash_of(payout) == 0 and balance(account(AccountKind.WECHAT_SETTLEMENT)) == 5_00
+    # and: once only
+    assert not check_unclaimed(rail(app), payout.sent_at + timedelta(days=31))
+    assert len(alerts_for("red_packet_unresolved", payout)) == 1
+
+
+def test_a_packet_never_checked_inside_the_window_is_still_alerted(app, sent_packet):
+    payout = sent_packet(5_00)  # the job did not run for a month
+    assert dict(check_unclaimed(rail(app), payout.sent_at + timedelta(days=40))) == {"ask_operator": 1}
+    assert len(alerts_for("red_packet_unresolved", payout)) == 1
+
+
+def test_a_packet_settled_inside_the_window_is_not_alerted_at_its_end(app, sent_packet):
+    payout = sent_packet(5_00)
+    simulator(app).receive_redpack(payout.external_no)
+    check_unclaimed(rail(app), payout.sent_at + timedelta(hours=26))
+    assert not check_unclaimed(rail(app), payout.sent_at + timedelta(days=31))
+    assert alerts_for("red_packet_unresolved", payout) == []
+
+
+def test_a_failing_check_keeps_one_open_alert_not_one_every_pass(app, sent_packet, monkeypatch):
+    from payouts.rails import Outcome, RailResult
+
+    payout = sent_packet(5_00)
+    packets = rail(app)
+    monkeypatch.setattr(packets, "query", lambda no, req: RailResult(Outcome.CONFIG_ERROR, "SIGN_ERROR", "bad sign"))
+    for hours in (26, 27, 28):
+        assert dict(check_unclaimed(packets, payout.sent_at + timedelta(hours=hours))) == {"config_error": 1}
+    assert len(alerts_for("payout_claim_check", payout)) == 1

@@ -34,7 +34,9 @@ class PayoutMixin:
     def create_transfer(self, body: dict[str, Any], serial_header: str | None) -> dict[str, Any]:
         _check_transfer(body)
         user_name = self._decrypt_user_name(body.get("user_name"), serial_header)
-        fingerprint = json.dumps({**body, "user_name": user_name}, sort_keys=True, ensure_ascii=False)
+        # Like WeChat: a repeat of the number must carry the identical body, the encrypted user_name included
+        # (a fresh encryption of the same name is a different body, refused with 400 INVALID_REQUEST).
+        fingerprint = json.dumps(body, sort_keys=True, ensure_ascii=False)
         with self.lock:
             existing = self.transfers.get(body["out_bill_no"])
             if existing is not None:
