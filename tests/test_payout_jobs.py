@@ -17,12 +17,12 @@ import responses
 from sqlalchemy import select
 
 from jobs.payouts import build_rails, deliver_alerts, dispatch_payouts, rail_limiter
-from ledger import Leg, account, balance, post_entry
+from ledger import account, balance
 from models import AccountKind, Alert, LedgerFlow, Payout, db, raise_alert
-from payouts import enqueue_payout
 from payouts.coupon_rail import CouponRail
 from payouts.redpack_rail import RedpackRail
 from payouts.transfer_rail import TransferRail
+from tests.money_helpers import queue_from_balance
 from tests.test_simulator_e2e import app_settings, delivered  # noqa: F401 - fixtures
 from tests.test_wechat_callbacks import simulator
 
@@ -42,17 +42,7 @@ def webhook():
 @pytest.fixture
 def queued_transfer(app):
     def make(user, amount_fen: int) -> Payout:
-        cash = account(AccountKind.USER_CASH, "user", user.id)
-        post_entry(
-            f"fund:{user.id}",
-            "rebate",
-            [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)],
-        )
-        payout = enqueue_payout(
-            rail="wechat_change", user_id=user.id, amount_fen=amount_fen, source=cash, key=f"j:{user.id}", memo="t"
-        )
-        db.session.commit()
-        return payout
+        return queue_from_balance(user, amount_fen, tag="j")
 
     return make
 

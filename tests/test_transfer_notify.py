@@ -15,11 +15,11 @@ import time
 import pytest
 from sqlalchemy import select
 
-from ledger import Leg, account, balance, check_ledger, post_entry
+from ledger import account, balance, check_ledger
 from models import AccountKind, Alert, LedgerFlow, PaymentNotification, Payout, db
-from payouts import enqueue_payout
 from payouts.dispatch import dispatch_due
 from payouts.transfer_rail import TransferRail
+from tests.money_helpers import queue_from_balance
 from tests.test_wechat_callbacks import count, no_network, resign, simulator, table_counts  # noqa: F401 - fixture
 from wechat.simulator_keys import SimulatorKeys
 from wechat.simulator_state import SimulatorState
@@ -37,16 +37,7 @@ def waiting(app, make_user, no_network):  # noqa: F811
 
     def make(amount_fen: int = 5_00) -> Payout:
         user = make_user(appid=app.config["WECHAT_APPID"])
-        cash = account(AccountKind.USER_CASH, "user", user.id)
-        post_entry(
-            f"fund:{user.id}",
-            "rebate",
-            [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)],
-        )
-        payout = enqueue_payout(
-            rail="wechat_change", user_id=user.id, amount_fen=amount_fen, source=cash, key=f"w:{user.id}", memo="t"
-        )
-        db.session.commit()
+        payout = queue_from_balance(user, amount_fen, tag="w")
         rail = TransferRail(
             app.extensions["wechat"].pay,
             appid=app.config["WECHAT_APPID"],

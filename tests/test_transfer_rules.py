@@ -16,13 +16,14 @@ from sqlalchemy import select
 
 from config import ConfigError, load_config
 from jobs.payouts import payout_rails
-from ledger import Leg, account, balance, post_entry
+from ledger import account, balance
 from models import AccountKind, Alert, Payout, User, db, utcnow
 from payouts import enqueue_payout, faults
 from payouts.dispatch import claim, dispatch_due
 from payouts.operations import cancel
 from payouts.rails import Outcome
 from payouts.record import DispatchSettings
+from tests.money_helpers import queue_from_balance
 from tests.test_simulator_e2e import app_settings, delivered  # noqa: F401 - fixtures
 from tests.test_wechat_callbacks import simulator
 from wechat.errors import WeChatInvalidRequest, WeChatUnavailable
@@ -37,17 +38,7 @@ def queued(app, make_user, delivered):
     def make(amount_fen: int = 5_00, real_name: str | None = None) -> Payout:
         user = make_user(appid=app.config["WECHAT_APPID"])
         user.real_name = real_name
-        cash = account(AccountKind.USER_CASH, "user", user.id)
-        post_entry(
-            f"fund:{user.id}",
-            "rebate",
-            [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)],
-        )
-        payout = enqueue_payout(
-            rail="wechat_change", user_id=user.id, amount_fen=amount_fen, source=cash, key=f"q:{user.id}", memo="t"
-        )
-        db.session.commit()
-        return payout
+        return queue_from_balance(user, amount_fen)
 
     return make
 

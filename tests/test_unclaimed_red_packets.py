@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from jobs.payouts import payout_rails
-from ledger import Leg, account, balance, post_entry
+from ledger import account, balance
 from models import AccountKind, LedgerEntry, Payout, PayoutAttempt, User, db, utcnow
 from models.base import BEIJING
 from payouts import enqueue_payout
@@ -20,6 +20,7 @@ from payouts.dispatch import dispatch_due
 from payouts.record import DispatchSettings
 from payouts.unclaimed import check_unclaimed, return_unclaimed
 from rebate.trace import _payout
+from tests.money_helpers import queue_from_balance
 from tests.test_wechat_callbacks import simulator
 
 
@@ -34,16 +35,7 @@ def sent_packet(app, make_user):
 
     def make(amount_fen: int = 5_00) -> Payout:
         user = make_user(appid=app.config["WECHAT_OA_APPID"])
-        cash = account(AccountKind.USER_CASH, "user", user.id)
-        post_entry(
-            f"fund:{user.id}",
-            "rebate",
-            [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)],
-        )
-        payout = enqueue_payout(
-            rail="cash_red_packet", user_id=user.id, amount_fen=amount_fen, source=cash, key=f"r:{user.id}", memo="r"
-        )
-        db.session.commit()
+        payout = queue_from_balance(user, amount_fen, rail="cash_red_packet", tag="r")
         at = ten_am_tomorrow()
         dispatch_due(payout_rails(app), settings=DispatchSettings.from_config(app.config), clock=lambda: at)
         db.session.expire_all()

@@ -1,0 +1,22 @@
+"""Money set-ups shared by the payout tests: a person's balance funded, a payout queued from it."""
+
+from __future__ import annotations
+
+from ledger import Leg, account, post_entry
+from models import AccountKind, Payout, User, db
+from payouts.outbox import enqueue_payout
+
+
+def queue_from_balance(user: User, amount_fen: int, rail: str = "wechat_change", tag: str = "q") -> Payout:
+    """Fund ``user``'s cash balance from the platform fund, queue a payout of it on ``rail``, commit."""
+    cash = account(AccountKind.USER_CASH, "user", user.id)
+    post_entry(
+        f"fund:{user.id}",
+        "rebate",
+        [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)],
+    )
+    payout = enqueue_payout(
+        rail=rail, user_id=user.id, amount_fen=amount_fen, source=cash, key=f"{tag}:{user.id}", memo=tag
+    )
+    db.session.commit()
+    return payout
