@@ -74,24 +74,24 @@ def _rates(text: str) -> dict[str, int]:
     return rates
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(0)  # "positive" as the settings have always read it: 0 switches a thing off
+_process_count = _int_at_least(1)
 
 
 def _aware_datetime(text: str) -> datetime:
     value = datetime.fromisoformat(text.strip())
     if value.tzinfo is None:
         raise ValueError(f"{text!r} needs a UTC offset, e.g. +08:00")
-    return value
-
-
-def _process_count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"must be >= 1, got {value}")
     return value
 
 

@@ -83,7 +83,9 @@ def claim(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettin
     A transfer's request includes its serialized body: committed here, every POST of the number sends it.
     """
     claimed = []
-    for payout in db.session.execute(_due(enabled_rails(rails, now), now, settings.batch)).scalars().all():
+    due = db.session.execute(_due(enabled_rails(rails, now), now, settings.batch)).scalars().all()
+    posted_before = _posted_before([p.id for p in due])
+    for payout in due:
         query_first = payout.status != S.PENDING or payout.sent_at is not None
         rail = rails[payout.rail]
         built = payout.request
@@ -97,15 +99,10 @@ def claim(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettin
             continue
         if built is not payout.request:
             payout.request = built
-        overdue = payout.cancel_requested or _unconfirmed_too_long(payout, rails[payout.rail], now, settings)
+        overdue = payout.cancel_requested or _unconfirmed_too_long(payout, rail, now, settings)
         has_package = payout.package_info is not None
         payout.status, payout.lease_until = S.SENDING, now + settings.lease
         payout.attempts += 1
-        posted = db.session.execute(
-            select(PayoutAttempt.id)
-            .where(PayoutAttempt.payout_id == payout.id, PayoutAttempt.action == "send")
-            .limit(1)
-        ).first()
         claimed.append(
             Claimed(
                 payout.id,
@@ -115,11 +112,24 @@ def claim(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettin
                 query_first,
                 overdue,
                 has_package,
-                posted is not None,
+                payout.id in posted_before,
             )
         )
     db.session.commit()
     return claimed
+
+
+def _posted_before(payout_ids: list[int]) -> set[int]:
+    """Which of these payouts an earlier pass POSTed (whatever WeChat answered): one query for the batch."""
+    if not payout_ids:
+        return set()
+    return set(
+        db.session.execute(
+            select(PayoutAttempt.payout_id)
+            .where(PayoutAttempt.payout_id.in_(payout_ids), PayoutAttempt.action == "send")
+            .distinct()
+        ).scalars()
+    )
 
 
 def _unconfirmed_too_long(payout: Payout, rail: RailAdapter, now: datetime, settings: DispatchSettings) -> bool:

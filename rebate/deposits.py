@@ -40,12 +40,16 @@ def top_up(merchant_id: int, amount_fen: int, key: str, memo: str) -> int:
     return balance(deposit)
 
 
-def lock_deposits(campaigns: list[Campaign]) -> None:
-    """Row-lock the deposits funding these campaigns, in merchant id order (no deadlocks): one spender at a time."""
+def lock_deposits(campaigns: list[Campaign]) -> dict[int, LedgerAccount]:
+    """Row-lock the deposits funding these campaigns, in merchant id order (no deadlocks): one spender at a time.
+
+    Returns the locked deposit accounts by merchant id."""
     merchants = sorted({c.funder_merchant_id for c in campaigns if c.funder_type == FunderType.MERCHANT_DEPOSIT})
+    locked = {}
     for merchant_id in merchants:
-        deposit = deposit_account(merchant_id)
+        deposit = locked[merchant_id] = deposit_account(merchant_id)
         db.session.execute(select(LedgerAccount.id).where(LedgerAccount.id == deposit.id).with_for_update())
+    return locked
 
 
 def held_in_deposit(campaign: Campaign) -> int | None:
@@ -75,8 +79,7 @@ def cover_reservation(campaign: Campaign, reserved_fen: int) -> None:
     """
     if campaign.funder_type != FunderType.MERCHANT_DEPOSIT or not reserved_fen:
         return
-    lock_deposits([campaign])
-    held = held_in_deposit(campaign)
+    held = balance(lock_deposits([campaign])[campaign.funder_merchant_id])
     reserved = reserved_against(campaign.funder_merchant_id)  # includes this packet's reservation
     if reserved > held:
         raise DepositExhausted(
@@ -89,20 +92,7 @@ def cover_reservation(campaign: Campaign, reserved_fen: int) -> None:
 def pause_refused(campaign_id: int) -> None:
     """After a packet was refused for the deposit (and rolled back): pause the campaign, alert once."""
     campaign = db.session.get(Campaign, campaign_id)
-    paused = db.session.execute(
-        update(Campaign)
-        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.ACTIVE)
-        .values(status=CampaignStatus.PAUSED)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if paused:
-        db.session.refresh(campaign)
-    alert_once(
-        "deposit_exhausted",
-        f"campaign {campaign_id}",
-        text=f"merchant {campaign.funder_merchant_id}'s marketing deposit cannot cover another packet of "
-        f"campaign {campaign_id}: campaign paused until it is topped up",
-    )
+    _pause(campaign, f"cannot cover another packet of campaign {campaign_id}")
 
 
 class DepositsLeft:
@@ -139,10 +129,23 @@ def pause_when_dry(campaign: Campaign, left_fen: int) -> None:
     """Pause a running campaign whose deposit holds nothing more, and alert once."""
     if left_fen > 0 or campaign.status != CampaignStatus.ACTIVE:
         return
-    campaign.status = CampaignStatus.PAUSED
+    _pause(campaign, f"is exhausted ({left_fen} fen)")
+
+
+def _pause(campaign: Campaign, why: str) -> None:
+    """Pause the campaign if it is still running (one conditional UPDATE) and alert once per campaign."""
+    db.session.flush()
+    paused = db.session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign.id, Campaign.status == CampaignStatus.ACTIVE)
+        .values(status=CampaignStatus.PAUSED)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if paused:
+        db.session.expire(campaign, ["status"])
     alert_once(
         "deposit_exhausted",
         f"campaign {campaign.id}",
-        text=f"merchant {campaign.funder_merchant_id}'s marketing deposit is exhausted ({left_fen} fen): "
+        text=f"merchant {campaign.funder_merchant_id}'s marketing deposit {why}: "
         f"campaign {campaign.id} paused until it is topped up",
     )

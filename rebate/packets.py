@@ -134,10 +134,7 @@ def issue_packet(
     reserved = reservation_for(campaign, face_fen)
     _take_budget(campaign, reserved)
     extra = {"issuer_user_id": issuer_user_id} if issuer_user_id else {}
-    _validity(campaign, now)  # refused for validity before a limit slot is taken
-    if gate is not None:
-        gate.take(now)
-    packet = _new_packet(
+    packet = _new_packet(  # refused for validity here, before a limit slot is taken
         campaign,
         now,
         face_fen,
@@ -149,6 +146,8 @@ def issue_packet(
         claimed_at=now,
         **extra,
     )
+    if gate is not None:
+        gate.take(now)
     db.session.add(packet)
     db.session.flush()
     return packet
