@@ -22,8 +22,8 @@ from sqlalchemy import and_, exists, or_, select
 from models import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl, User, UserStatus, db, utcnow
 from payouts.faults import fault_point
 from payouts.operations import lock_payout
-from payouts.rails import Outcome, RailAdapter, RailResult, summary
-from payouts.record import DispatchSettings, apply_result
+from payouts.rails import Outcome, RailAdapter, RailResult
+from payouts.record import DispatchSettings, apply_result, log_attempt
 
 S = PayoutStatus
 
@@ -199,18 +199,7 @@ def _cancel_unconfirmed(job: Claimed, rail: RailAdapter, limiter) -> tuple[str, 
 def record(job: Claimed, calls: list[tuple[str, RailResult, int]], now: datetime, settings: DispatchSettings) -> None:
     payout = lock_payout(job.payout_id)
     for action, result, ms in calls:
-        db.session.add(
-            PayoutAttempt(
-                payout_id=payout.id,
-                action=action,
-                request_summary=summary(job.request),
-                response_code=result.code,
-                outcome=result.outcome,
-                message=result.message[:2000],
-                duration_ms=ms,
-                created_at=now,
-            )
-        )
+        log_attempt(payout.id, action, job.request, result, ms, now)
     if payout.status == S.SENDING:  # not finished meanwhile by a notification or an operator
         apply_result(payout, calls[-1][1], now, settings)
     db.session.commit()

@@ -9,9 +9,20 @@ from datetime import datetime, timedelta
 from flask import current_app
 
 from ledger import Leg, account, post_entry
-from models import AccountKind, LedgerAccount, Payout, PayoutStatus, Rail, RailControl, db, raise_alert, utcnow
+from models import (
+    AccountKind,
+    LedgerAccount,
+    Payout,
+    PayoutAttempt,
+    PayoutStatus,
+    Rail,
+    RailControl,
+    db,
+    raise_alert,
+    utcnow,
+)
 from payouts.outbox import enqueue_payout
-from payouts.rails import Outcome, RailResult
+from payouts.rails import Outcome, RailResult, summary
 from payouts.transitions import mark_returned, mark_sent, mark_succeeded, move
 
 S = PayoutStatus
@@ -111,6 +122,22 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
         _to_operator(payout, f"configuration problem: {result.code} {result.message}")
     if payout.status in (S.PENDING, S.UNKNOWN) and payout.attempts >= settings.max_attempts:
         _to_operator(payout, f"still not final after {payout.attempts} attempts ({result.code})")
+
+
+def log_attempt(payout_id: int, action: str, request: dict, result: RailResult, ms: int, now: datetime) -> None:
+    """One call to WeChat (or a decision in its place) in the payout's history."""
+    db.session.add(
+        PayoutAttempt(
+            payout_id=payout_id,
+            action=action,
+            request_summary=summary(request),
+            response_code=result.code,
+            outcome=result.outcome,
+            message=result.message[:2000],
+            duration_ms=ms,
+            created_at=now,
+        )
+    )
 
 
 def _waiting(payout: Payout, result: RailResult, now: datetime, settings: DispatchSettings) -> None:

@@ -24,7 +24,8 @@ from sqlalchemy import exists, select
 from ledger import Leg, account, post_entry
 from models import AccountKind, Payout, PayoutAttempt, PayoutStatus, Rail, alert_once, db, raise_alert
 from payouts.operations import lock_payout
-from payouts.rails import Outcome, RailAdapter, RailResult, summary
+from payouts.rails import Outcome, RailAdapter, RailResult
+from payouts.record import log_attempt
 
 REFUND_AFTER = timedelta(hours=24)  # WeChat refunds an unopened packet after this
 MARGIN = timedelta(hours=1)  # its refund is not instant: ask a little later
@@ -83,18 +84,8 @@ def close_expired(now: datetime, batch: int = 50) -> int:
             f"{QUERY_WINDOW.days} days (WeChat no longer answers queries for it): check the merchant platform; "
             "nothing was moved"
         )
-        db.session.add(
-            PayoutAttempt(
-                payout_id=payout.id,
-                action=CHECK,
-                request_summary=summary(dict(payout.request or {})),
-                response_code="QUERY_WINDOW_ENDED",
-                outcome=Outcome.ASK_OPERATOR,
-                message=why,
-                duration_ms=0,
-                created_at=now,
-            )
-        )
+        ended = RailResult(Outcome.ASK_OPERATOR, "QUERY_WINDOW_ENDED", why)
+        log_attempt(payout.id, CHECK, dict(payout.request or {}), ended, 0, now)
         raise_alert("red_packet_unresolved", payout.external_no, why)
         db.session.commit()
     return len(ids)
@@ -125,18 +116,7 @@ def _as_check(result: RailResult) -> RailResult:
 
 def record_check(payout_id: int, request: dict, result: RailResult, now: datetime) -> None:
     payout = lock_payout(payout_id)
-    db.session.add(
-        PayoutAttempt(
-            payout_id=payout.id,
-            action=CHECK,
-            request_summary=summary(request),
-            response_code=result.code,
-            outcome=result.outcome,
-            message=result.message[:2000],
-            duration_ms=0,
-            created_at=now,
-        )
-    )
+    log_attempt(payout.id, CHECK, request, result, 0, now)
     if result.outcome == Outcome.UNCLAIMED:
         return_unclaimed(payout, result.message)
     elif result.outcome == Outcome.MISMATCH:  # final: an operator at once, nothing moved
