@@ -1,7 +1,5 @@
 """PostgreSQL guards the ledger itself: a deferred trigger refuses unbalanced entries at commit."""
 
-import threading
-
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
@@ -137,54 +135,6 @@ def test_zero_posting_is_refused_by_the_check_constraint(accts):
     with pytest.raises(IntegrityError, match="nonzero"):
         insert_posting(1, fund, 0)
     assert counts() == (0, 0)
-
-
-def run_in_threads(app, n: int, work) -> list:
-    barrier = threading.Barrier(n)
-    results: list = [None] * n
-
-    def target(i: int) -> None:
-        with app.app_context():
-            barrier.wait()
-            try:
-                results[i] = work()
-                db.session.commit()
-            except Exception as exc:  # reported to the test
-                db.session.rollback()
-                results[i] = exc
-            finally:
-                db.session.remove()
-
-    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    return results
-
-
-def test_concurrent_post_entry_with_one_key_posts_once(app, accts):
-    fund, cash, _ = accts
-
-    def work() -> int:
-        legs = [Leg(db.session.get(LedgerAccount, fund), -700), Leg(db.session.get(LedgerAccount, cash), 700)]
-        return ledger.post_entry("race:1", "race", legs).id
-
-    results = run_in_threads(app, 10, work)
-    assert all(isinstance(r, int) for r in results), results
-    assert len(set(results)) == 1
-    assert counts() == (1, 2)
-    assert ledger.balance(db.session.get(LedgerAccount, cash)) == 700
-
-
-def test_concurrent_account_creation_makes_one_account(app):
-    def work() -> int:
-        return ledger.account(K.USER_CASH, "user", 77).id
-
-    results = run_in_threads(app, 10, work)
-    assert all(isinstance(r, int) for r in results), results
-    assert len(set(results)) == 1
-    assert db.session.execute(select(func.count(LedgerAccount.id))).scalar_one() == 1
 
 
 def test_entry_without_postings_is_refused_at_commit(accts):
