@@ -1,7 +1,6 @@
 """API conventions: Idempotency-Key, the OpenAPI document, error bodies, body size, user tokens."""
 
 import re
-import threading
 from datetime import timedelta
 
 import pytest
@@ -10,7 +9,7 @@ from flask import Blueprint
 from sqlalchemy import func, select
 
 from models import AuditLog, IdempotencyRecord, Merchant, User, UserStatus, db, utcnow
-from tests.conftest import release_test_session
+from tests.concurrency import together
 from web.api import endpoint
 from web.idempotency import request_fingerprint
 from web.schemas import Model, Name
@@ -220,22 +219,12 @@ def test_validation_failure_is_not_stored(client, admin):
 
 def test_concurrent_duplicates_make_one_merchant(app, admin):
     _, headers = admin
-    n = 10
-    barrier = threading.Barrier(n)
-    answers: list = [None] * n
 
-    def post(i: int) -> None:
-        client = app.test_client()
-        barrier.wait()
-        response = client.post(MERCHANTS, json={"name": "Hot Shop"}, headers=with_key(headers, "race"))
-        answers[i] = (response.status_code, response.json)
+    def post(_: int) -> tuple[int, dict]:
+        response = app.test_client().post(MERCHANTS, json={"name": "Hot Shop"}, headers=with_key(headers, "race"))
+        return response.status_code, response.json
 
-    release_test_session()
-    threads = [threading.Thread(target=post, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    answers = together(10, post)
 
     assert count(Merchant) == 1
     merchant_id = db.session.execute(select(Merchant.id)).scalar_one()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 
 import pytest
@@ -19,6 +18,7 @@ from ledger import account, balance, check_ledger
 from models import AccountKind, Alert, LedgerFlow, PaymentNotification, Payout, db
 from payouts.dispatch import dispatch_due
 from payouts.transfer_rail import TransferRail
+from tests.concurrency import together
 from tests.money_helpers import queue_from_balance
 from tests.test_wechat_callbacks import count, no_network, resign, simulator, table_counts  # noqa: F401 - fixture
 from wechat.simulator_keys import SimulatorKeys
@@ -188,20 +188,7 @@ def test_a_payout_already_final_is_answered_204_and_nothing_moves(app, client, w
 def test_concurrent_duplicates_have_one_set_of_effects(app, waiting):
     payout = waiting()
     headers, body = notification(app, bill_resource(app, payout, "FAIL"))
-    db.session.rollback()
-    barrier = threading.Barrier(8)
-    statuses: list[int] = []
-
-    def post() -> None:
-        client = app.test_client()
-        barrier.wait()
-        statuses.append(client.post(NOTIFY, data=body, headers=headers).status_code)
-
-    threads = [threading.Thread(target=post) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    statuses = together(8, lambda _: app.test_client().post(NOTIFY, data=body, headers=headers).status_code)
     assert statuses == [204] * 8
     db.session.rollback()
     assert count(PaymentNotification) == 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 
 import pytest
@@ -18,6 +17,7 @@ from sqlalchemy import func, select
 from models import Alert, LedgerEntry, Order, PaymentNotification, Refund, db, utcnow
 from rebate import begin_refund, create_order
 from rebate.orders import LineRequest
+from tests.concurrency import together
 from wechat.simulator_keys import SimulatorKeys
 from wechat.simulator_state import SimulatorState
 
@@ -397,20 +397,7 @@ def test_ten_concurrent_deliveries_have_one_set_of_effects(app, make_order, no_n
     headers, body = simulator(app).build_notification(
         "TRANSACTION.SUCCESS", transaction_resource(app, order), "transaction"
     )
-    db.session.rollback()
-    barrier = threading.Barrier(10)
-    statuses: list[int] = []
-
-    def post() -> None:
-        client = app.test_client()
-        barrier.wait()
-        statuses.append(client.post(NOTIFY, data=body, headers=headers).status_code)
-
-    threads = [threading.Thread(target=post) for _ in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    statuses = together(10, lambda _: app.test_client().post(NOTIFY, data=body, headers=headers).status_code)
     assert statuses == [204] * 10
     db.session.rollback()
     assert db.session.get(Order, order.id).status == "paid"
