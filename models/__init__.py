@@ -6,7 +6,16 @@ personal data is encrypted at rest (``EncryptedText``).
 """
 
 from models.alerts import Alert, alert_once, raise_alert
-from models.base import Base, EncryptedText, UTCDateTime, db, unit_of_work, utcnow
+from models.base import (
+    Base,
+    EncryptedText,
+    UTCDateTime,
+    call_between_commits,
+    db,
+    transaction_open,
+    unit_of_work,
+    utcnow,
+)
 from models.campaigns import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType
 from models.growth import ShareLink, SignIn
 from models.idempotency import IdempotencyRecord
@@ -77,5 +86,7 @@ __all__ = [
     "db",
     "raise_alert",
     "unit_of_work",
+    "call_between_commits",
+    "transaction_open",
     "utcnow",
 ]

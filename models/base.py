@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from cryptography.fernet import Fernet, InvalidToken
-from flask import current_app
+from flask import current_app, has_app_context
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import DateTime, MetaData, Text
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+
+P = TypeVar("P")
+R = TypeVar("R")
+T = TypeVar("T")
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -80,6 +85,30 @@ class EncryptedText(TypeDecorator):
             return fernet().decrypt(value.encode()).decode()
         except InvalidToken:
             raise ValueError("encrypted column cannot be read with the configured key") from None
+
+
+def transaction_open() -> bool:
+    """Whether this context's session holds a database transaction (outside an app context: no)."""
+    if not has_app_context():
+        return False
+    return db.session().in_transaction()
+
+
+def call_between_commits(prepare: Callable[[], P], call: Callable[[P], R], record: Callable[[P, R], T]) -> T:
+    """Prepare and commit, call WeChat with no transaction open, then record and commit.
+
+    The one shape of every path that talks to WeChat: ``prepare`` fixes what will be sent
+    (numbers, bodies, leases) and is committed before the call, so a crash after it finds
+    the request again; ``call`` runs with no transaction (the WeChat session refuses one)
+    and must not touch the database (return plain values from ``prepare``, not rows: a lazy
+    load would open a transaction again); ``record`` applies the answer. An error in
+    ``prepare`` or ``record`` rolls back their own transaction only.
+    """
+    with unit_of_work():
+        prepared = prepare()
+    answer = call(prepared)
+    with unit_of_work():
+        return record(prepared, answer)
 
 
 @contextmanager
