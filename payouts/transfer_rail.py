@@ -23,6 +23,7 @@ from models import Payout, User, UserIdentity, db
 from models.base import fernet
 from payouts.rails import Outcome, RailResult, disagreement
 from wechat.errors import WeChatError, WeChatInvalidRequest, WeChatNotFound
+from wechat.http import CallInsideTransaction
 from wechat.pay import DEFINITE_TRANSFER_REFUSALS
 from wechat.transfers import MIN_TRANSFER_FEN
 
@@ -115,6 +116,8 @@ class TransferRail:
             return RailResult(Outcome.CONFIG_ERROR, exc.code, exc.message)
         except WeChatError as exc:  # no key to encrypt the name with yet: try again later, nothing sent
             return RailResult(Outcome.RETRY, exc.code, exc.message)
+        except CallInsideTransaction:  # the key needs WeChat's certificate, which prepare() failed to fetch
+            return RailResult(Outcome.RETRY, "NO_WECHATPAY_KEY", "WeChat's certificate could not be fetched yet")
         return {**request, "wire": {"body": body, "serial": serial}}
 
     def send(self, external_no: str, request: dict[str, Any]) -> RailResult:

@@ -4,6 +4,7 @@ import pytest
 import responses
 from sqlalchemy import select
 
+from jobs.payouts import payout_rails
 from models import Merchant, call_between_commits, db, transaction_open
 from wechat.http import CallInsideTransaction, WeChatSession
 
@@ -68,3 +69,28 @@ def test_a_failed_record_rolls_back_only_its_own_transaction(app):
         call_between_commits(lambda: db.session.add(Merchant(name="prepared")), lambda _: "answer", record)
     names = set(db.session.execute(select(Merchant.name)).scalars())
     assert "prepared" in names and "half recorded" not in names
+
+
+# -- the app's own clients: the guard is on ------------------------------------------------
+
+
+def test_the_apps_shared_wechat_session_refuses_a_call_while_the_db_session_holds_a_transaction(app):
+    # given: the app's one WeChat session, shared by every client the app built (the v2 red packets too)
+    wx = app.extensions["wechat"]
+    session = wx.session
+    assert wx.pay.session is session and wx.mini_program.session is session
+    assert payout_rails(app)["cash_red_packet"].client.session is session
+    with responses.RequestsMock() as mocked:
+        mocked.add(responses.GET, URL, json={"ok": True})
+        # when: a call is made while db.session holds a transaction
+        db.session.execute(select(Merchant)).all()
+        assert transaction_open()
+        with pytest.raises(CallInsideTransaction):
+            session.get(URL)
+        with pytest.raises(CallInsideTransaction):  # a client's call (to the in-process simulator) too
+            wx.pay.query_order("T1")
+        # then: nothing was sent; once committed, the same call goes out
+        assert len(mocked.calls) == 0
+        db.session.commit()
+        assert session.get(URL).json() == {"ok": True}
+        assert len(mocked.calls) == 1

@@ -20,12 +20,12 @@ import requests
 import responses
 
 from config import ConfigError, load_config
+from jobs.payouts import dispatch_due
 from ledger import Leg, account, balance, post_entry
 from models import AccountKind, Payout, RailControl, UserIdentity, db, utcnow
 from payouts import enqueue_payout
 from payouts.card_rail import CardRail, card_received
 from payouts.coupon_rail import CouponRail
-from payouts.dispatch import dispatch_due
 from payouts.rails import Outcome
 from payouts.record import DispatchSettings, apply_result
 from payouts.redpack_rail import SEND_OUTCOMES, RedpackRail
@@ -555,11 +555,12 @@ def coupon_payout(app, make_user, funded_payout):
 
 def test_fixed_denomination_stock_carries_its_exact_amount(coupon_rail, coupon_payout, sim):
     payout = coupon_payout(1_000)
-    request = coupon_rail.build_request(payout, utcnow())
+    number, request = payout.external_no, coupon_rail.build_request(payout, utcnow())
     assert request["stock_id"] == "S-FIX-1000" and "coupon_value_fen" not in request
-    result = coupon_rail.send(payout.external_no, request)
+    db.session.commit()  # no transaction open during the call
+    result = coupon_rail.send(number, request)
     assert result.outcome == Outcome.SUCCEEDED and result.wechat_ref.startswith("sim-coupon-")
-    issued = sim.coupons[payout.external_no]
+    issued = sim.coupons[number]
     assert issued["request"]["stock_id"] == "S-FIX-1000" and "coupon_value" not in issued["request"]
 
 
@@ -582,6 +583,7 @@ def test_the_simulator_refuses_coupon_value_as_wechat_does(app, coupon_rail, cou
     pay = app.extensions["wechat"].pay
     body = {"stock_id": "S-FIX-500", "out_request_no": payout.external_no, "appid": pay.config.appid}
     body |= {"stock_creator_mchid": MCHID, "coupon_value": 500}
+    db.session.commit()  # no transaction open during the call
     with pytest.raises(WeChatError) as info:
         pay.request("POST", f"/v3/marketing/favor/users/{openid}/coupons", json_body=body)
     assert info.value.code == "PARAM_ERROR" and sim.coupons == {}
@@ -608,7 +610,9 @@ def test_a_user_without_an_openid_under_the_appid_falls_back(coupon_rail, make_u
 def test_coupon_errors_map_to_outcomes(coupon_rail, coupon_payout, sim, status, code, outcome):
     payout = coupon_payout(500)
     sim.inject_fault("/v3/marketing/favor", status, code, "模拟")
-    result = coupon_rail.send(payout.external_no, coupon_rail.build_request(payout, utcnow()))
+    number, request = payout.external_no, coupon_rail.build_request(payout, utcnow())
+    db.session.commit()  # no transaction open during the call
+    result = coupon_rail.send(number, request)
     assert (result.outcome, result.code) == (outcome, code)
 
 
@@ -644,7 +648,9 @@ def test_a_lost_coupon_answer_is_resolved_by_resending_the_same_number(coupon_ra
     # given: WeChat holds a coupon for this number, but our send only saw a 502
     payout = coupon_payout(500)
     openid = coupon_rail.build_request(payout, utcnow())["openid"]
-    issued = coupon_rail.client.pay.send_favor_coupon(openid, "S-FIX-500", payout.external_no, MCHID)
+    number = payout.external_no
+    db.session.commit()  # no transaction open during the call
+    issued = coupon_rail.client.pay.send_favor_coupon(openid, "S-FIX-500", number, MCHID)
     sim.inject_fault("/v3/marketing/favor", 502, "SYSTEM_ERROR", "网关超时")
     # when: a pass (502 → unknown), then the next one (query → resend the same number)
     run([coupon_rail])

@@ -17,10 +17,10 @@ import requests
 import responses
 from sqlalchemy import text
 
+from jobs.payouts import dispatch_due
 from ledger import Leg, account, post_entry
 from models import AccountKind, Payout, User, UserIdentity, db, utcnow
 from payouts import enqueue_payout
-from payouts.dispatch import dispatch_due
 from payouts.rails import Outcome
 from payouts.transfer_rail import REAL_NAME_FROM_FEN, TransferRail
 from tests.test_wechat_callbacks import simulator
@@ -170,10 +170,11 @@ def test_the_sent_body_has_the_name_rsa_encrypted_under_the_named_serial(app, ht
 
 def test_the_simulator_decrypts_the_same_name(app, sim_rail, payee, transfer):
     payout = transfer(payee(real_name="李四"), 300_000)
-    request = sim_rail.build_request(payout, utcnow())
-    result = sim_rail.send(payout.external_no, request)
+    number, request = payout.external_no, sim_rail.build_request(payout, utcnow())
+    db.session.commit()  # no transaction open during the calls
+    result = sim_rail.send(number, request)
     assert result.outcome == Outcome.WAITING_USER_CONFIRM
-    assert simulator(app).transfers[payout.external_no]["user_name"] == "李四"
+    assert simulator(app).transfers[number]["user_name"] == "李四"
 
 
 def test_the_real_name_is_not_stored_in_clear_text_with_the_payout(app, sim_rail, payee, transfer):
@@ -210,8 +211,10 @@ def test_scene_1000_body_is_exactly_what_wechat_documents(app, http_rail, wechat
 
 def test_the_simulator_receives_the_same_two_report_items(app, sim_rail, payee, transfer):
     payout = transfer(payee())
-    sim_rail.send(payout.external_no, sim_rail.build_request(payout, utcnow()))
-    sent = simulator(app).transfers[payout.external_no]["request"]
+    number, request = payout.external_no, sim_rail.build_request(payout, utcnow())
+    db.session.commit()  # no transaction open during the calls
+    sim_rail.send(number, request)
+    sent = simulator(app).transfers[number]["request"]
     assert sent["transfer_scene_report_infos"] == REPORT and sent["transfer_scene_id"] == "1000"
 
 
@@ -226,12 +229,13 @@ def test_a_long_activity_name_is_cut_to_32_characters(app):
 def test_the_simulator_answers_wait_user_confirm_with_package_info(app, sim_rail, payee, transfer):
     # given
     payout = transfer(payee())
-    request = sim_rail.build_request(payout, utcnow())
+    number, request = payout.external_no, sim_rail.build_request(payout, utcnow())
+    db.session.commit()  # no transaction open during the calls
     # when
-    first = sim_rail.send(payout.external_no, request)
-    again = sim_rail.send(payout.external_no, request)  # same number, same bill
+    first = sim_rail.send(number, request)
+    again = sim_rail.send(number, request)  # same number, same bill
     # then
-    bill = simulator(app).transfers[payout.external_no]
+    bill = simulator(app).transfers[number]
     assert (first.outcome, first.code) == (Outcome.WAITING_USER_CONFIRM, "WAIT_USER_CONFIRM")
     assert first.package_info == bill["package_info"] and first.wechat_ref == bill["transfer_bill_no"]
     assert again == first and len(simulator(app).transfers) == 1
@@ -302,14 +306,15 @@ def test_unsigned_or_unparseable_200_is_unknown(app, http_rail, wechat_http):
 
 def test_simulator_faults_map_the_same_way(app, sim_rail, payee, transfer):
     payout = transfer(payee())
-    request = sim_rail.build_request(payout, utcnow())
+    number, request = payout.external_no, sim_rail.build_request(payout, utcnow())
+    db.session.commit()  # no transaction open during the calls
     sim = simulator(app)
     sim.inject_fault("/v3/fund-app/mch-transfer/transfer-bills", 403, "NOT_ENOUGH", "余额不足")
     sim.inject_fault("/v3/fund-app/mch-transfer/transfer-bills", 429, "FREQUENCY_LIMITED", "频率超限")
-    assert sim_rail.send(payout.external_no, request).outcome == Outcome.PAUSE_RAIL
-    assert sim_rail.send(payout.external_no, request).outcome == Outcome.RETRY
-    assert payout.external_no not in sim.transfers
-    assert sim_rail.send(payout.external_no, request).outcome == Outcome.WAITING_USER_CONFIRM
+    assert sim_rail.send(number, request).outcome == Outcome.PAUSE_RAIL
+    assert sim_rail.send(number, request).outcome == Outcome.RETRY
+    assert number not in sim.transfers
+    assert sim_rail.send(number, request).outcome == Outcome.WAITING_USER_CONFIRM
 
 
 # -- query ---------------------------------------------------------------------------
@@ -366,14 +371,13 @@ def test_query_timeout_is_unknown(http_rail, wechat_http):
 
 def test_query_against_the_simulator(app, sim_rail, payee, transfer):
     payout = transfer(payee())
-    request = sim_rail.build_request(payout, utcnow())
-    assert sim_rail.query(payout.external_no, request).outcome == Outcome.NOT_FOUND
-    sim_rail.send(payout.external_no, request)
-    found = sim_rail.query(payout.external_no, request)
-    assert (found.outcome, found.wechat_ref) == (
-        Outcome.WAITING_USER_CONFIRM,
-        simulator(app).transfers[payout.external_no]["transfer_bill_no"],
-    )
+    number, request = payout.external_no, sim_rail.build_request(payout, utcnow())
+    db.session.commit()  # no transaction open during the calls
+    assert sim_rail.query(number, request).outcome == Outcome.NOT_FOUND
+    sim_rail.send(number, request)
+    found = sim_rail.query(number, request)
+    bill_no = simulator(app).transfers[number]["transfer_bill_no"]
+    assert (found.outcome, found.wechat_ref) == (Outcome.WAITING_USER_CONFIRM, bill_no)
 
 
 # -- cancel --------------------------------------------------------------------------

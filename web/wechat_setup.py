@@ -26,6 +26,7 @@ from flask import Flask, current_app
 from requests.structures import CaseInsensitiveDict
 
 from config import ConfigError
+from models import transaction_open
 from wechat.crypto import load_private_key, load_public_key
 from wechat.errors import (
     WeChatCardCodeConsumed,
@@ -34,6 +35,7 @@ from wechat.errors import (
     WeChatError,
     WeChatRateLimited,
 )
+from wechat.http import WeChatSession
 from wechat.keys import ApiV3Keys, VerifierKeys
 from wechat.mp import MemoryTokenStore, MiniProgramClient, OAuthClient, RedisTokenStore
 from wechat.pay import PayClient, PayConfig
@@ -110,7 +112,7 @@ def init_wechat(app: Flask) -> WeChat:
         cfg.get("WECHAT_APIV3_KEY_PREVIOUS") or None,
         cfg.get("WECHAT_APIV3_KEY_PREVIOUS_UNTIL") if cfg.get("WECHAT_APIV3_KEY_PREVIOUS") else None,
     )
-    session = _session(app) if sim else requests.Session()
+    session = _session(app) if sim else WeChatSession(transaction_open)
     pay_client = PayClient(
         PayConfig(
             mchid=cfg["WECHAT_MCHID"],
@@ -231,7 +233,7 @@ def _to_requests_response(request, answer) -> requests.Response:
 
 
 def _session(app: Flask) -> requests.Session:
-    session = requests.Session()
+    session = WeChatSession(transaction_open)
     session.mount(app.config["PUBLIC_BASE_URL"] + "/_sim/", InProcessAdapter(app))
     return session
 
