@@ -48,8 +48,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
     from web.wechat_setup import init_wechat
 
-    init_wechat(app)
-    _install_web(app)
+    wechat = init_wechat(app)
+    _install_web(app, wechat)
     if not app.config.get("REDIS_URL") and not app.config.get("TESTING"):
         log.warning(
             "REDIS_URL unset: the WeChat access token and payout rate limits are per process; "
@@ -111,7 +111,7 @@ def _configure_sqlite(engine, lock_timeout_s: int) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _install_web(app: Flask) -> None:
+def _install_web(app: Flask, wechat) -> None:
     from web import register_blueprints
     from web.cli import register_cli
     from web.errors import register_error_handlers
@@ -125,7 +125,7 @@ def _install_web(app: Flask) -> None:
     register_cli(app)
     from jobs.scheduler import install_jobs
 
-    install_jobs(app)
+    install_jobs(app, wechat)
 
 
 __all__ = ["DEV_SECRET", "ConfigError", "create_app"]

@@ -1,8 +1,11 @@
 """Payout jobs: the dispatcher, expiries, alert delivery and the daily reconciliation.
 
-The rails are built from the app's WeChat clients and configuration; a rail
-whose settings are missing is simply not dispatched (its payouts wait, and
-the operator API shows them). Rate limits per rail come from
+The jobs own the commits of ``payouts``: each pass commits what it prepared,
+calls WeChat with no transaction open (the shared WeChat session refuses a call
+inside one), then records the answer and commits (``call_between_commits``).
+The rails are built from the WeChat clients handed to :func:`install_payout_jobs`
+at app set-up, and the configuration; a rail whose settings are missing is
+simply not dispatched (its payouts wait, and the operator API shows them). Rate limits per rail come from
 ``PAYOUT_RATE_LIMITS`` through the ``limits`` library, on Redis when
 ``REDIS_URL`` is set (shared by every node) and in memory otherwise.
 """
@@ -13,31 +16,73 @@ import functools
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
 
 import requests
-from flask import current_app
+from flask import Flask, current_app
 from limits import RateLimitItemPerSecond, storage, strategies
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
-from models import Alert, db, utcnow
+from models import Alert, call_between_commits, db, unit_of_work, utcnow
+from payouts import reconcile, unclaimed
 from payouts.card_rail import CardRail
 from payouts.coupon_rail import CouponRail
-from payouts.dispatch import dispatch_due
-from payouts.reconcile import run_daily_checks
+from payouts.dispatch import call_wechat, claim, prepare_rails, record
+from payouts.faults import fault_point
+from payouts.rails import Outcome, RailAdapter, RailResult
+from payouts.reconcile import DailyChecks
 from payouts.record import DispatchSettings
 from payouts.redpack_rail import RedpackRail
 from payouts.transfer_rail import TransferRail
-from payouts.unclaimed import check_unclaimed
 from rebate.milestones import expire_held_rebates
 from rebate.packets import expire_due_packets
 from wechat.mp import get_api_ticket
+from wechat.pay import PayClient
 from wechat.redpack import RedpackClient
 
 log = logging.getLogger(__name__)
+EXTENSION = "payout_jobs"  # this module's own entry in app.extensions
 
 
-def build_rails(app) -> dict:
-    cfg, wx = app.config, app.extensions["wechat"]
+@dataclass
+class PayoutJobs:
+    """What the payout jobs work with: the configuration and the app's WeChat clients, handed over at set-up.
+
+    ``wechat`` is the object the app's WeChat wiring built (``pay``, ``session`` — the shared session that
+    refuses a call inside a transaction —, ``token_store``, ``transfer_notify_url``); the rails are built
+    from it once, on first use (the scheduler builds them at start-up, so bad settings show there).
+    """
+
+    config: Mapping[str, Any]
+    wechat: Any
+    _rails: dict[str, RailAdapter] | None = field(default=None, repr=False)
+
+    @property
+    def rails(self) -> dict[str, RailAdapter]:
+        if self._rails is None:
+            self._rails = build_rails(self.config, self.wechat)
+        return self._rails
+
+    @property
+    def pay(self) -> PayClient:
+        return self.wechat.pay
+
+
+def install_payout_jobs(app: Flask, wechat: Any) -> PayoutJobs:
+    app.extensions[EXTENSION] = jobs = PayoutJobs(app.config, wechat)
+    return jobs
+
+
+def payout_jobs(app: Flask) -> PayoutJobs:
+    return app.extensions[EXTENSION]
+
+
+def build_rails(cfg: Mapping[str, Any], wx: Any) -> dict[str, RailAdapter]:
+    """The payout rails over the app's WeChat clients (``wx``); every client shares ``wx.session``."""
     rates = cfg["PAYOUT_RATE_LIMITS"]
     rails = {
         "wechat_change": TransferRail(
@@ -110,11 +155,41 @@ def rail_limiter(rails: dict, redis_url: str | None, max_wait_s: float = 5.0):
     return wait_for
 
 
-def payout_rails(app) -> dict:
-    """The rails, built once per app (the scheduler builds them at start-up, so bad settings show there)."""
-    if "payout_rails" not in app.extensions:
-        app.extensions["payout_rails"] = build_rails(app)
-    return app.extensions["payout_rails"]
+def payout_rails(app: Flask) -> dict[str, RailAdapter]:
+    """The app's rails, built once."""
+    return payout_jobs(app).rails
+
+
+# -- the dispatcher ---------------------------------------------------------------------
+
+
+def dispatch_due(
+    rails: dict[str, RailAdapter],
+    *,
+    settings: DispatchSettings | None = None,
+    limiter: Callable[[str], None] | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> Counter:
+    """One dispatcher pass; returns how many payouts ended in each outcome.
+
+    The claim of the batch is committed before the first call; then each payout is asked about with no
+    transaction open and its answer recorded and committed at once (a crash loses at most one answer, and
+    the payout's lease brings it back to a query).
+    """
+    settings = settings or DispatchSettings()
+    limiter = limiter or (lambda rail: None)
+    prepare_rails(rails)  # may fetch WeChat's certificate: before the claim's transaction
+    with unit_of_work():
+        jobs = claim(rails, clock(), settings)
+    outcomes: Counter = Counter()
+    for job in jobs:
+        fault_point("after_claim_commit")
+        calls = call_wechat(job, rails[job.rail], limiter)
+        fault_point("after_wechat_answer")
+        with unit_of_work():
+            record(job, calls, clock(), settings)
+        outcomes[calls[-1][1].outcome] += 1
+    return outcomes
 
 
 def dispatch_payouts() -> Counter:
@@ -122,6 +197,38 @@ def dispatch_payouts() -> Counter:
     rails = payout_rails(app)
     settings = DispatchSettings.from_config(app.config)
     return dispatch_due(rails, settings=settings, limiter=rail_limiter(rails, app.config.get("REDIS_URL")))
+
+
+# -- red packets nobody opened --------------------------------------------------------------
+
+
+def check_unclaimed(rail: RailAdapter, now: datetime, clock: Callable[[], datetime] | None = None) -> Counter:
+    """One pass: close packets past the query window, then query each due packet and record its answer."""
+    outcomes: Counter = Counter()
+    with unit_of_work():
+        expired = unclaimed.expired_checks(now)
+    for payout_id in expired:
+        with unit_of_work():
+            if unclaimed.close_expired(payout_id, now):
+                outcomes[Outcome.ASK_OPERATOR] += 1
+    with unit_of_work():
+        due = unclaimed.due_checks(now)
+    at = clock or (lambda: now)
+    for payout_id, external_no, request in due:
+        outcomes[_check_packet(rail, payout_id, external_no, request, at).outcome] += 1
+    return outcomes
+
+
+def _check_packet(rail: RailAdapter, payout_id: int, external_no: str, request: dict, at) -> RailResult:
+    """Query one packet (nothing to fix first: its number and request are stored), then record the answer."""
+
+    def record_answer(_: None, answer: RailResult) -> RailResult:
+        unclaimed.record_check(payout_id, request, answer, at())
+        return answer
+
+    return call_between_commits(
+        lambda: None, lambda _: unclaimed.as_check(rail.query(external_no, request)), record_answer
+    )
 
 
 def check_unclaimed_red_packets() -> Counter:
@@ -163,6 +270,48 @@ def deliver_alerts() -> Counter:
     return sent
 
 
+# -- reconciliation ----------------------------------------------------------------------
+
+
+def reconcile_day(
+    pay_client: PayClient,
+    bill_date: date | str,
+    now: datetime,
+    *,
+    account_type: str = "BASIC",
+    tar_type: str | None = "GZIP",
+) -> list:
+    """Reconcile one finished Beijing day; returns the trade and fund-flow runs.
+
+    Runs marked ``running`` (commit) → both bills fetched with no transaction open → results written
+    (commit). A bill that cannot be fetched, verified or parsed fails its run and records nothing else.
+    """
+    day = reconcile.bill_day(bill_date, now)
+    fetched: dict[str, list] = {}
+
+    def fetch(_: None) -> list:
+        fetched["bills"] = reconcile.fetch_bills(pay_client, day, account_type=account_type, tar_type=tar_type)
+        return fetched["bills"]
+
+    try:
+        return call_between_commits(
+            lambda: reconcile.start_runs(day, now), fetch, lambda _, bills: reconcile.write_results(day, bills, now)
+        )
+    except IntegrityError:  # another node wrote the same rows first: redo on top of theirs
+        if "bills" not in fetched:
+            raise
+        with unit_of_work():
+            return reconcile.write_results(day, fetched["bills"], now)
+
+
+def run_daily_checks(pay_client: PayClient, now: datetime) -> DailyChecks:
+    """Reconcile yesterday (Beijing) and check the ledger, alerting on violations."""
+    runs = reconcile_day(pay_client, reconcile.beijing(now).date() - timedelta(days=1), now)
+    with unit_of_work():
+        report = reconcile.check_ledger_and_alert()
+    return DailyChecks(runs, report)
+
+
 def daily_reconciliation() -> Counter:
-    checks = run_daily_checks(current_app.extensions["wechat"].pay, utcnow())
+    checks = run_daily_checks(payout_jobs(current_app._get_current_object()).pay, utcnow())
     return Counter(runs=len(checks.runs), ledger_violations=len(checks.ledger.violations))

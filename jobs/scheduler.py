@@ -14,6 +14,7 @@ import os
 import threading
 from collections.abc import Callable
 from datetime import UTC
+from typing import Any
 
 import click
 from apscheduler.jobstores.memory import MemoryJobStore
@@ -29,6 +30,7 @@ from jobs.payouts import (
     deliver_alerts,
     dispatch_payouts,
     expire_packets_and_conditions,
+    install_payout_jobs,
     payout_rails,
 )
 from models import db
@@ -117,7 +119,9 @@ def _start_in_process(app: Flask) -> None:
             log.info("jobs started inside the web process (demo only)")
 
 
-def install_jobs(app: Flask) -> None:
+def install_jobs(app: Flask, wechat: Any) -> None:
+    """``wechat``: the WeChat clients the app's wiring built, handed to the payout jobs."""
+    install_payout_jobs(app, wechat)
     app.cli.add_command(jobs_cli)
     if app.config.get("RUN_JOBS_IN_PROCESS") and not app.config.get("TESTING"):
         _start_in_process(app)

@@ -1,4 +1,7 @@
-"""The dispatcher: claim due payouts (commit), call WeChat with no transaction open, record (commit).
+"""The dispatcher's steps: claim due payouts, call WeChat with no transaction open, record the answers.
+
+The steps never commit: the job (``jobs.payouts.dispatch_due``) commits the claim before any call and
+each record after its call, so no transaction is open while WeChat is asked.
 
 Safe with several dispatchers at once: claims use ``FOR UPDATE SKIP LOCKED``
 (PostgreSQL) and a lease; a payout whose worker died mid-call is found again
@@ -12,15 +15,13 @@ exist; a refusal after the bill may exist goes to an operator (``ASK_OPERATOR``)
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, exists, or_, select
 
-from models import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl, User, UserStatus, db, utcnow
-from payouts.faults import fault_point
+from models import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl, User, UserStatus, db
 from payouts.operations import lock_payout
 from payouts.rails import Outcome, RailAdapter, RailResult
 from payouts.record import DispatchSettings, apply_result, log_attempt
@@ -77,10 +78,18 @@ def _due(rails: list[str], now: datetime, batch: int):
     )
 
 
-def claim(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettings) -> list[Claimed]:
-    """Claim and commit. Requests are built (and fixed) here, before the first call.
+def prepare_rails(rails: dict[str, RailAdapter]) -> None:
+    """Before a claim's transaction: e.g. load encryption keys (which may ask WeChat for its certificate)."""
+    for rail in rails.values():
+        prepare = getattr(rail, "prepare", None)
+        if prepare is not None:
+            prepare()
 
-    A transfer's request includes its serialized body: committed here, every POST of the number sends it.
+
+def claim(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettings) -> list[Claimed]:
+    """Claim due payouts (the caller commits before the first call). Requests are built (and fixed) here.
+
+    A transfer's request includes its serialized body: committed with the claim, every POST of the number sends it.
     """
     claimed = []
     due = db.session.execute(_due(enabled_rails(rails, now), now, settings.batch)).scalars().all()
@@ -115,7 +124,7 @@ def claim(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettin
                 payout.id in posted_before,
             )
         )
-    db.session.commit()
+    db.session.flush()
     return claimed
 
 
@@ -202,29 +211,4 @@ def record(job: Claimed, calls: list[tuple[str, RailResult, int]], now: datetime
         log_attempt(payout.id, action, job.request, result, ms, now)
     if payout.status == S.SENDING:  # not finished meanwhile by a notification or an operator
         apply_result(payout, calls[-1][1], now, settings)
-    db.session.commit()
-
-
-def dispatch_due(
-    rails: dict[str, RailAdapter],
-    *,
-    settings: DispatchSettings | None = None,
-    limiter: Callable[[str], None] | None = None,
-    clock: Callable[[], datetime] = utcnow,
-) -> Counter:
-    """One dispatcher pass; returns how many payouts ended in each outcome."""
-    settings = settings or DispatchSettings()
-    limiter = limiter or (lambda rail: None)
-    for rail in rails.values():
-        prepare = getattr(rail, "prepare", None)
-        if prepare is not None:  # e.g. load encryption keys, before the claim's transaction
-            prepare()
-    jobs = claim(rails, clock(), settings)
-    outcomes: Counter = Counter()
-    for job in jobs:
-        fault_point("after_claim_commit")
-        calls = call_wechat(job, rails[job.rail], limiter)
-        fault_point("after_wechat_answer")
-        record(job, calls, clock(), settings)
-        outcomes[calls[-1][1].outcome] += 1
-    return outcomes
+    db.session.flush()

@@ -1,9 +1,10 @@
 """Daily reconciliation against WeChat's trade bill (orders, refunds) and fund-flow bill (payouts).
 
-A job function: it owns its commits. The day's runs are marked ``running`` in
-one short transaction; both bills are downloaded (SHA-1 checked) and parsed
-with no transaction open; then matching and every result are written in one
-transaction. A bill that cannot be fetched, verified or parsed fails its run
+Three steps, none of which commits: :func:`start_runs` marks the day's runs
+``running``; :func:`fetch_bills` downloads (SHA-1 checked) and parses both bills
+and never touches the database; :func:`write_results` matches and writes every
+result. The job (``jobs.payouts.reconcile_day``) commits between them, so no
+transaction is open while WeChat is asked. A bill that cannot be fetched, verified or parsed fails its run
 and records nothing else — no partial results. A rerun of a day updates the
 same run and mismatch rows (see :mod:`models.reconciliation`).
 """
@@ -18,10 +19,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
 
 from ledger import CheckReport, check_ledger
-from models import Order, OrderStatus, Payout, PayoutStatus, Rail, Refund, RefundStatus, db, raise_alert, unit_of_work
+from models import Order, OrderStatus, Payout, PayoutStatus, Rail, Refund, RefundStatus, db, raise_alert
 from models.base import BEIJING, beijing
 from models.reconciliation import (
     BillKind,
@@ -87,47 +87,42 @@ class DailyChecks:
     ledger: CheckReport
 
 
-def reconcile_day(
-    pay_client: PayClient,
-    bill_date: date | str,
-    now: datetime,
-    *,
-    account_type: str = "BASIC",
-    tar_type: str | None = "GZIP",
-) -> list[ReconciliationRun]:
-    """Reconcile one finished Beijing day; returns the trade and fund-flow runs.
-
-    ``tar_type="GZIP"`` asks for compressed files (the SHA-1 covers the decompressed content).
-    """
+def bill_day(bill_date: date | str, now: datetime) -> date:
+    """The finished Beijing day a bill covers (today's bill is not out yet)."""
     day = date.fromisoformat(bill_date) if isinstance(bill_date, str) else bill_date
     if day >= beijing(now).date():
         raise ValueError(f"the bill for {day} is not out yet: bills cover finished Beijing days")
-    with unit_of_work():
-        for kind in BillKind:
-            _run_for(day, kind, now, restart=True)
-    outcomes = [
+    return day
+
+
+def start_runs(day: date, now: datetime) -> None:
+    """The day's trade and fund-flow runs, (re)marked ``running``."""
+    for kind in BillKind:
+        _run_for(day, kind, now, restart=True)
+
+
+def fetch_bills(
+    pay_client: PayClient, day: date, *, account_type: str = "BASIC", tar_type: str | None = "GZIP"
+) -> list[BillOutcome]:
+    """Both bills, downloaded and parsed (no database access).
+
+    ``tar_type="GZIP"`` asks for compressed files (the SHA-1 covers the decompressed content).
+    """
+    return [
         _fetch(BillKind.TRADE, lambda: pay_client.trade_bill(day.isoformat(), "ALL", tar_type), pay_client),
         _fetch(
             BillKind.FUNDFLOW, lambda: pay_client.fundflow_bill(day.isoformat(), account_type, tar_type), pay_client
         ),
     ]
-    try:
-        with unit_of_work():
-            return _write_results(day, outcomes, now)
-    except IntegrityError:  # another node wrote the same rows first: redo on top of theirs
-        with unit_of_work():
-            return _write_results(day, outcomes, now)
 
 
-def run_daily_checks(pay_client: PayClient, now: datetime) -> DailyChecks:
-    """The daily job: reconcile yesterday (Beijing) and check the ledger, alerting on violations."""
-    runs = reconcile_day(pay_client, beijing(now).date() - timedelta(days=1), now)
-    with unit_of_work():
-        report = check_ledger()
-        if not report.ok:
-            listed = "; ".join(report.violations[:ALERT_LISTED])
-            raise_alert("ledger_check_failed", "ledger", f"{len(report.violations)} violations: {listed}")
-    return DailyChecks(runs, report)
+def check_ledger_and_alert() -> CheckReport:
+    """The ledger's invariants; an alert lists the first violations."""
+    report = check_ledger()
+    if not report.ok:
+        listed = "; ".join(report.violations[:ALERT_LISTED])
+        raise_alert("ledger_check_failed", "ledger", f"{len(report.violations)} violations: {listed}")
+    return report
 
 
 # -- fetching and parsing (no transaction open) --------------------------------------------------
@@ -250,7 +245,7 @@ def _run_for(day: date, kind: BillKind, now: datetime, restart: bool = False) ->
     return run
 
 
-def _write_results(day: date, outcomes: list[BillOutcome], now: datetime) -> list[ReconciliationRun]:
+def write_results(day: date, outcomes: list[BillOutcome], now: datetime) -> list[ReconciliationRun]:
     runs, found = [], []
     for outcome in outcomes:
         run = _run_for(day, outcome.kind, now)

@@ -6,8 +6,6 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from flask import current_app
-
 from ledger import Leg, account, post_entry
 from models import (
     AccountKind,
@@ -40,6 +38,7 @@ class DispatchSettings:
     confirm_ttl: timedelta = timedelta(hours=24)  # unconfirmed transfer bills are cancelled at WeChat after this
     lease: timedelta = timedelta(minutes=5)  # a claimed payout's owner; after it, another pass queries it
     confirm_recheck: timedelta = timedelta(hours=6)  # a transfer waiting for the user is queried this often
+    point_value_fen: int = 1  # what one point costs (a payout falling back to points gets amount // this)
 
     @classmethod
     def from_config(cls, cfg) -> DispatchSettings:
@@ -49,6 +48,7 @@ class DispatchSettings:
             confirm_ttl=timedelta(hours=cfg["TRANSFER_CONFIRM_HOURS"]),
             lease=timedelta(seconds=cfg["PAYOUT_LEASE_SECONDS"]),
             confirm_recheck=timedelta(seconds=cfg["PAYOUT_CONFIRM_RECHECK_SECONDS"]),
+            point_value_fen=max(1, int(cfg.get("POINT_VALUE_FEN", 1))),
         )
 
 
@@ -97,7 +97,7 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
         _return_unconfirmed(payout, S(o), result, now)
     elif o == Outcome.FAILED:
         mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}")
-        _retry_after_failure(payout, payout.rail, "definitive failure")
+        _retry_after_failure(payout, payout.rail, "definitive failure", settings)
     elif o == Outcome.CANCELLED:  # cancelled by an operator, or never sent: the money goes back to its source
         mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}")
     elif o == Outcome.REFUSED:
@@ -117,7 +117,7 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
         )
     elif o == Outcome.FALLBACK:
         mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}")
-        _retry_after_failure(payout, fallback_rail(payout, settings), "fallback rail")
+        _retry_after_failure(payout, fallback_rail(payout, settings), "fallback rail", settings)
     else:  # CONFIG_ERROR
         _to_operator(payout, f"configuration problem: {result.code} {result.message}")
     if payout.status in (S.PENDING, S.UNKNOWN) and payout.attempts >= settings.max_attempts:
@@ -194,17 +194,12 @@ def fallback_rail(payout: Payout, settings: DispatchSettings) -> str | None:
     return settings.cash_fallback_rail if payout.rail == "cash_red_packet" else None
 
 
-def point_value_fen() -> int:
-    """What one point costs, in fen (``POINT_VALUE_FEN``)."""
-    return max(1, int(current_app.config.get("POINT_VALUE_FEN", 1)))
-
-
-def _credit_in_app(payout: Payout, source: LedgerAccount, form: str) -> None:
+def _credit_in_app(payout: Payout, source: LedgerAccount, form: str, point_value_fen: int = 1) -> None:
     """Fall back to the in-app balance or to points; a cash source is already back in the balance."""
     if source.kind == AccountKind.USER_CASH:
         return
     if form == "points":
-        points = payout.amount_fen // point_value_fen()
+        points = payout.amount_fen // point_value_fen
         if points:
             post_entry(
                 f"payout:{payout.id}:to-points",
@@ -223,7 +218,7 @@ def _credit_in_app(payout: Payout, source: LedgerAccount, form: str) -> None:
     )
 
 
-def _retry_after_failure(payout: Payout, rail: str | None, why: str) -> Payout | None:
+def _retry_after_failure(payout: Payout, rail: str | None, why: str, settings: DispatchSettings) -> Payout | None:
     """A new payout row with a new number; the old one stays failed.
 
     ``rail`` "balance" or "points" credits the user in the app instead. With no fallback, cash stays in
@@ -235,7 +230,7 @@ def _retry_after_failure(payout: Payout, rail: str | None, why: str) -> Payout |
         parent, depth = db.session.get(Payout, parent.retry_of_id), depth + 1
     source = db.session.get(LedgerAccount, payout.source_account_id)
     if rail in ("balance", "points"):
-        _credit_in_app(payout, source, rail)
+        _credit_in_app(payout, source, rail, settings.point_value_fen)
         raise_alert("payout_fallback", payout.external_no, f"{why}: {payout.amount_fen} fen credited as {rail}")
         return None
     if rail is None or depth >= MAX_AUTO_RETRIES:

@@ -10,13 +10,12 @@ A refund that is not our whole amount is a MISMATCH: an operator is alerted at
 once (the alert names the payout) and nothing is moved. A packet still without a
 final answer when gethbinfo stops answering (30 days) is never dropped silently:
 it gets a final ``ask_operator`` check and an alert naming it, money unmoved.
-No transaction is open during the calls.
+Nothing here commits or calls WeChat: the job (``jobs.payouts.check_unclaimed``) reads, then
+queries each packet with no transaction open, then records each answer in its own transaction.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import exists, select
@@ -24,7 +23,7 @@ from sqlalchemy import exists, select
 from ledger import Leg, account, post_entry
 from models import AccountKind, Payout, PayoutAttempt, PayoutStatus, Rail, alert_once, db, raise_alert
 from payouts.operations import lock_payout
-from payouts.rails import Outcome, RailAdapter, RailResult
+from payouts.rails import Outcome, RailResult
 from payouts.record import log_attempt
 
 REFUND_AFTER = timedelta(hours=24)  # WeChat refunds an unopened packet after this
@@ -59,8 +58,8 @@ def due_checks(now: datetime, batch: int = 50) -> list[tuple[int, str, dict]]:
     return [(row.id, row.external_no, dict(row.request)) for row in db.session.execute(stmt)]
 
 
-def close_expired(now: datetime, batch: int = 50) -> int:
-    """Packets past gethbinfo's window with no final answer: an operator decides; nothing is moved."""
+def expired_checks(now: datetime, batch: int = 50) -> list[int]:
+    """Packets past gethbinfo's window with no final answer yet (each then closed by :func:`close_expired`)."""
     stmt = (
         select(Payout.id)
         .where(
@@ -73,41 +72,26 @@ def close_expired(now: datetime, batch: int = 50) -> int:
         .order_by(Payout.sent_at, Payout.id)
         .limit(batch)
     )
-    ids = list(db.session.execute(stmt).scalars())
-    for payout_id in ids:
-        payout = lock_payout(payout_id)
-        if db.session.execute(select(_settled()).where(Payout.id == payout_id)).scalar():
-            db.session.commit()  # closed meanwhile by another pass
-            continue
-        why = (
-            f"red packet {payout.external_no} ({payout.amount_fen} fen) has no final answer after "
-            f"{QUERY_WINDOW.days} days (WeChat no longer answers queries for it): check the merchant platform; "
-            "nothing was moved"
-        )
-        ended = RailResult(Outcome.ASK_OPERATOR, "QUERY_WINDOW_ENDED", why)
-        log_attempt(payout.id, CHECK, dict(payout.request or {}), ended, 0, now)
-        raise_alert("red_packet_unresolved", payout.external_no, why)
-        db.session.commit()
-    return len(ids)
+    return list(db.session.execute(stmt).scalars())
 
 
-def check_unclaimed(rail: RailAdapter, now: datetime, clock: Callable[[], datetime] | None = None) -> Counter:
-    """One pass: read (then end the transaction), query each packet, record each answer with its own commit."""
-    outcomes: Counter = Counter()
-    expired = close_expired(now)
-    if expired:
-        outcomes[Outcome.ASK_OPERATOR] += expired
-    due = due_checks(now)
-    db.session.rollback()  # no transaction open during the calls
-    for payout_id, external_no, request in due:
-        result = _as_check(rail.query(external_no, request))
-        record_check(payout_id, request, result, clock() if clock else now)
-        db.session.commit()
-        outcomes[result.outcome] += 1
-    return outcomes
+def close_expired(payout_id: int, now: datetime) -> bool:
+    """An operator decides a packet past the window; nothing is moved. False: closed meanwhile by another pass."""
+    payout = lock_payout(payout_id)
+    if db.session.execute(select(_settled()).where(Payout.id == payout_id)).scalar():
+        return False
+    why = (
+        f"red packet {payout.external_no} ({payout.amount_fen} fen) has no final answer after "
+        f"{QUERY_WINDOW.days} days (WeChat no longer answers queries for it): check the merchant platform; "
+        "nothing was moved"
+    )
+    ended = RailResult(Outcome.ASK_OPERATOR, "QUERY_WINDOW_ENDED", why)
+    log_attempt(payout.id, CHECK, dict(payout.request or {}), ended, 0, now)
+    raise_alert("red_packet_unresolved", payout.external_no, why)
+    return True
 
 
-def _as_check(result: RailResult) -> RailResult:
+def as_check(result: RailResult) -> RailResult:
     """For this check only RECEIVED is done: SENT (paid to the packet, not opened yet) is asked again."""
     if result.outcome == Outcome.SUCCEEDED and result.code != "RECEIVED":
         return RailResult(Outcome.IN_PROGRESS, result.code, "not opened yet", wechat_ref=result.wechat_ref)

@@ -18,7 +18,6 @@ from sqlalchemy import select
 from ledger import Leg, account, balance, post_entry
 from models import AccountKind, Campaign, Order, Rebate, RebateStatus, Receivable, User, db
 from payouts import enqueue_payout
-from payouts.record import point_value_fen
 from rebate import budgets
 from rebate.campaigns import funder_account, rules_of
 from rebate.rules import Decision
@@ -100,6 +99,11 @@ def _refused_as_banned(decision: Decision) -> Decision:
     """A banned person earns nothing, as consumer, issuer or inviter; the trace says so."""
     why = f"the {decision.role} is banned and earns nothing (would have been {decision.amount_fen} fen)"
     return replace(decision, amount_fen=0, reason_code="beneficiary_banned", reasons=(*decision.reasons, why))
+
+
+def point_value_fen() -> int:
+    """What one point costs, in fen (``POINT_VALUE_FEN``)."""
+    return max(1, int(current_app.config.get("POINT_VALUE_FEN", 1)))
 
 
 def beneficiary_account(rebate: Rebate):

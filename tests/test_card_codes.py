@@ -12,11 +12,10 @@ import pytest
 import requests
 import responses
 
-from jobs.payouts import build_rails
+from jobs.payouts import build_rails, dispatch_due
 from ledger import Leg, account, balance, post_entry
 from models import AccountKind, AuditLog, Payout, db
 from payouts import enqueue_payout
-from payouts.dispatch import dispatch_due
 from payouts.transitions import mark_sent
 from wechat.errors import WeChatCardCodeConsumed, WeChatCardCodeInvalid
 from wechat.mp import MemoryTokenStore, decrypt_card_code
@@ -317,7 +316,7 @@ def test_simulator_card_payout_added_recorded_and_redeemed_once(
     user = make_user()
     payout = fund_card_payout(user)
     db.session.commit()
-    dispatch_due({"card_coupon": build_rails(sim_card_app)["card_coupon"]})
+    dispatch_due({"card_coupon": build_rails(sim_card_app.config, sim_card_app.extensions["wechat"])["card_coupon"]})
     assert state_of(payout.id)[0] == "waiting_user_confirm"
     encrypted = _add_card_in_the_simulator(client, payout)
     # when: the mini-program records the code, and the counter redeems it by the encrypted code

@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import pytest
 
+from jobs.payouts import dispatch_due
 from ledger import account, balance
 from models import AccountKind, Payout, PayoutAttempt, RailControl, db, utcnow
 from payouts import enqueue_payout, faults
-from payouts.dispatch import dispatch_due
 from payouts.rails import Outcome, RailResult
 from payouts.record import DispatchSettings
 from payouts.transitions import PayoutStateError, move

@@ -90,7 +90,7 @@ def test_operator_cancel_of_an_unconfirmed_transfer_is_left_to_the_dispatcher(cl
     assert (payout.status, payout.cancel_requested) == ("waiting_user_confirm", True)
     assert db.session.query(AuditLog).filter_by(action="payout.cancel").count() == 1
 
-    from payouts.dispatch import dispatch_due
+    from jobs.payouts import dispatch_due
     from payouts.rails import Outcome, RailResult
 
     class Fake:

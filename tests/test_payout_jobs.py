@@ -193,7 +193,7 @@ def test_a_long_backlog_goes_out_twenty_a_run(app, webhook):
 
 
 def test_simulator_mode_builds_the_transfer_and_red_packet_rails(app):
-    rails = build_rails(app)
+    rails = build_rails(app.config, app.extensions["wechat"])
     assert set(rails) == {"wechat_change", "cash_red_packet"}
     transfer = rails["wechat_change"]
     assert isinstance(transfer, TransferRail) and isinstance(rails["cash_red_packet"], RedpackRail)
@@ -204,24 +204,24 @@ def test_simulator_mode_builds_the_transfer_and_red_packet_rails(app):
 
 def test_the_coupon_rail_exists_only_with_stocks(app):
     app.config["WECHAT_COUPON_STOCKS"] = [{"stock_id": "S-500", "denomination_fen": 500}]
-    rails = build_rails(app)
+    rails = build_rails(app.config, app.extensions["wechat"])
     assert set(rails) == {"wechat_change", "cash_red_packet", "wechat_coupon"}
     assert isinstance(rails["wechat_coupon"], CouponRail) and rails["wechat_coupon"].rate_per_second == 500
 
 
 def test_the_card_rail_exists_only_with_a_card_id(app):
     app.config["WECHAT_CARD_ID"] = "pFS7Fjg8kV1IdDz01r4SQwMkuCKc"
-    assert set(build_rails(app)) == {"wechat_change", "cash_red_packet", "card_coupon"}
+    assert set(build_rails(app.config, app.extensions["wechat"])) == {"wechat_change", "cash_red_packet", "card_coupon"}
 
 
 def test_without_a_v2_key_there_is_no_red_packet_rail(app):
     app.config["WECHAT_API_V2_KEY"] = None
-    assert set(build_rails(app)) == {"wechat_change"}
+    assert set(build_rails(app.config, app.extensions["wechat"])) == {"wechat_change"}
 
 
 def test_rates_come_from_the_setting(app):
     app.config["PAYOUT_RATE_LIMITS"] = {"wechat_change": 7, "cash_red_packet": 3}
-    rails = build_rails(app)
+    rails = build_rails(app.config, app.extensions["wechat"])
     assert (rails["wechat_change"].rate_per_second, rails["cash_red_packet"].rate_per_second) == (7, 3)
 
 

@@ -13,10 +13,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
+from jobs.payouts import dispatch_due
 from ledger import Leg, account, balance, check_ledger, post_entry
 from models import AccountKind, AuditLog, LedgerFlow, Payout, RailControl, db, utcnow
 from payouts import enqueue_payout
-from payouts.dispatch import dispatch_due
 from payouts.rails import Outcome, RailResult
 from payouts.record import DispatchSettings
 from tests.test_dispatch import ScriptedRail, ok

@@ -19,12 +19,12 @@ import responses
 from responses import matchers
 from sqlalchemy import func, select
 
+from jobs.payouts import reconcile_day, run_daily_checks
 from models import Alert, Order, Payout, Refund, db
 from models.base import BEIJING
 from models.reconciliation import ReconciliationMismatch, ReconciliationRun
 from payouts.bill_lines import BillFormatError, bill_amount_fen
 from payouts.outbox import external_no_for
-from payouts.reconcile import reconcile_day, run_daily_checks
 from wechat.pay import PayClient, PayConfig
 from wechat.simulator_keys import SimulatorKeys, generate_rsa_key
 from wechat.simulator_pay import FUND_BILL_HEADER, TRADE_BILL_HEADER

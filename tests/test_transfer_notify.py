@@ -14,9 +14,9 @@ import time
 import pytest
 from sqlalchemy import select
 
+from jobs.payouts import dispatch_due
 from ledger import account, balance, check_ledger
 from models import AccountKind, Alert, LedgerFlow, PaymentNotification, Payout, db
-from payouts.dispatch import dispatch_due
 from payouts.transfer_rail import TransferRail
 from tests.concurrency import together
 from tests.money_helpers import queue_from_balance

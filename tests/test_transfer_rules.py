@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import select
 
 from config import ConfigError, load_config
-from jobs.payouts import payout_rails
+from jobs.payouts import dispatch_due, payout_rails
 from ledger import account, balance
-from models import AccountKind, Alert, Payout, User, db, utcnow
+from models import AccountKind, Alert, Payout, User, db, unit_of_work, utcnow
 from payouts import enqueue_payout, faults
-from payouts.dispatch import claim, dispatch_due
+from payouts.dispatch import claim
 from payouts.operations import cancel
 from payouts.rails import Outcome
 from payouts.record import DispatchSettings
@@ -258,7 +258,8 @@ def test_lease_and_recheck_come_from_the_settings(app, queued):
     assert (settings.lease, settings.confirm_recheck) == (timedelta(seconds=7), timedelta(seconds=60))
     payout = queued(5_00)
     now = utcnow()
-    [job] = claim(payout_rails(app), now, settings)
+    with unit_of_work():  # the job commits its claim
+        [job] = claim(payout_rails(app), now, settings)
     assert fresh(job.payout_id).lease_until == now + timedelta(seconds=7)
     # the worker "died": after 7 s another pass resolves it by a query, then rechecks a minute later
     run(app, now + timedelta(seconds=8))
@@ -320,7 +321,8 @@ def test_the_body_is_built_and_committed_at_claim_before_any_call(app, queued):
     # given: a 2,000-yuan transfer with a real name (its RSA-encrypted user_name differs on every encryption)
     payout = queued(200_000, real_name="张三")
     # when: a dispatcher only claims it
-    claim(payout_rails(app), utcnow(), DispatchSettings.from_config(app.config))
+    with unit_of_work():  # the job commits its claim
+        claim(payout_rails(app), utcnow(), DispatchSettings.from_config(app.config))
     # then: the exact bytes every POST of this number will send are committed with the payout, before any call
     db.session.rollback()
     wire = fresh(payout.id).request["wire"]
@@ -426,7 +428,8 @@ def test_a_request_fixed_before_bodies_were_kept_gets_its_body_at_claim(app, que
     payout.request = {k: v for k, v in request.items() if k != "wire"}
     db.session.commit()
     # when
-    claim(rails, utcnow(), DispatchSettings.from_config(app.config))
+    with unit_of_work():  # the job commits its claim
+        claim(rails, utcnow(), DispatchSettings.from_config(app.config))
     # then: the body is fixed and committed before the first POST
     db.session.rollback()
     assert json.loads(fresh(payout.id).request["wire"]["body"])["out_bill_no"] == payout.external_no
