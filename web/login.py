@@ -18,7 +18,7 @@ from pydantic import Field
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from models import OAuthState, User, UserIdentity, db, utcnow
+from models import OAuthState, User, UserIdentity, call_between_commits, db, utcnow
 from rebate.triggers import on_registered
 from risk import Claimant
 from web.api import client_ip, endpoint
@@ -102,7 +102,7 @@ def sign_in(
 def login(body: Login):
     """Exchange a mini-program ``wx.login`` code for our bearer token."""
     ext = wechat()
-    try:
+    try:  # before any database access: the WeChat session refuses a call inside a transaction
         session = ext.mini_program.code_to_session(body.code)
     except WeChatError as exc:
         raise to_api_error(exc) from None
@@ -178,14 +178,13 @@ def oauth_authorize():
 
 
 def _consume_state(state: str) -> OAuthState:
-    """Mark the state used exactly once (a replayed callback loses the race) and commit."""
+    """Mark the state used exactly once (a replayed callback loses the race); the caller commits."""
     now = utcnow()
     used = db.session.execute(
         update(OAuthState)
         .where(OAuthState.state == state, OAuthState.used_at.is_(None), OAuthState.expires_at > now)
         .values(used_at=now)
     ).rowcount
-    db.session.commit()
     if used != 1:
         raise ApiError("unknown, used or expired OAuth state; start again", code="invalid_oauth_state", status=400)
     return db.session.execute(select(OAuthState).where(OAuthState.state == state)).scalar_one()
@@ -212,25 +211,26 @@ def oauth_callback():
     code, state = request.args.get("code", ""), request.args.get("state", "")
     if not code or not state or len(state) > 64:
         raise ValidationFailed("code and state are required", code="invalid_oauth_callback")
-    row = _consume_state(state)
-    next_url, scope = row.next_url, row.scope
-    db.session.rollback()  # no transaction open across the WeChat calls
-    try:
-        grant = client.exchange_code(code)
-        unionid = grant.get("unionid")
-        if scope == "snsapi_userinfo" and not unionid:
-            unionid = client.fetch_userinfo(grant["access_token"], grant["openid"]).get("unionid")
-    except WeChatError as exc:
-        raise to_api_error(exc) from None
-    user = sign_in(
-        current_app.config["WECHAT_OA_APPID"],
-        grant["openid"],
-        unionid,
-        "official_account",
-        origin=(client_ip(), device_id()),
-    )
-    if not user.is_active:
-        db.session.rollback()
-        raise ApiError("this account is banned", code="user_banned", status=403)
-    db.session.commit()
-    return redirect(f"{next_url}#token={issue_user_token(user, 'official_account')}")
+
+    def consume() -> tuple[str, str]:  # committed before the call: a replayed callback finds it used
+        row = _consume_state(state)
+        return row.next_url, row.scope
+
+    def exchange(prepared: tuple[str, str]) -> tuple[str, str | None]:
+        try:
+            grant = client.exchange_code(code)
+            unionid = grant.get("unionid")
+            if prepared[1] == "snsapi_userinfo" and not unionid:
+                unionid = client.fetch_userinfo(grant["access_token"], grant["openid"]).get("unionid")
+        except WeChatError as exc:
+            raise to_api_error(exc) from None
+        return grant["openid"], unionid
+
+    def sign_in_and_redirect(prepared: tuple[str, str], person: tuple[str, str | None]):
+        appid, origin = current_app.config["WECHAT_OA_APPID"], (client_ip(), device_id())
+        user = sign_in(appid, person[0], person[1], "official_account", origin=origin)
+        if not user.is_active:  # raised inside the record step: its sign-in is rolled back
+            raise ApiError("this account is banned", code="user_banned", status=403)
+        return redirect(f"{prepared[0]}#token={issue_user_token(user, 'official_account')}")
+
+    return call_between_commits(consume, exchange, sign_in_and_redirect)

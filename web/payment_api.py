@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from flask import Blueprint, Response, after_this_request, current_app
 from sqlalchemy import update
 
-from models import Order, OrderStatus, User, db, utcnow
+from models import Order, OrderStatus, User, call_between_commits, db, utcnow
 from web.api import endpoint
 from web.auth import current_user
 from web.errors import ApiError, Conflict, NotFound
@@ -96,19 +96,26 @@ def _ask_wechat(facts: PrepayFacts) -> str:
 
 
 def prepare_payment(order_id: int, user_id: int) -> dict:
-    """``wx.requestPayment`` parameters for an unpaid order; commits the prepay_id it stores."""
-    facts = _facts(order_id, user_id)
-    db.session.rollback()  # read-only so far: end the transaction before calling WeChat
+    """``wx.requestPayment`` parameters for an unpaid order; commits the prepay_id it stores.
+
+    The order's facts are read (and that transaction ended) before WeChat is asked; a stored prepay_id
+    still young enough is reused without a call.
+    """
     now = utcnow()
-    prepay_id = facts.prepay_id
-    if not _fresh(facts, now):
-        prepay_id = _ask_wechat(facts)
-        db.session.execute(
-            update(Order)
-            .where(Order.id == facts.order_id, Order.status == OrderStatus.CREATED)
-            .values(prepay_id=prepay_id, prepay_at=now)
-        )
-        db.session.commit()
+
+    def ask(facts: PrepayFacts) -> str:
+        return facts.prepay_id if _fresh(facts, now) else _ask_wechat(facts)
+
+    def store(facts: PrepayFacts, prepay_id: str) -> tuple[PrepayFacts, str]:
+        if not _fresh(facts, now):  # WeChat was asked: its (possibly same) prepay_id is young again
+            db.session.execute(
+                update(Order)
+                .where(Order.id == facts.order_id, Order.status == OrderStatus.CREATED)
+                .values(prepay_id=prepay_id, prepay_at=now)
+            )
+        return facts, prepay_id
+
+    facts, prepay_id = call_between_commits(lambda: _facts(order_id, user_id), ask, store)
     ext = wechat()
     answer = {
         "order_id": facts.order_id,

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from flask import Blueprint, current_app, g, request
 from pydantic import BaseModel, Field, model_validator
 
-from models import OperatorRole, Payout, PayoutAttempt, Rail, RailControl, User, db, utcnow
+from models import OperatorRole, Payout, PayoutAttempt, Rail, RailControl, User, call_between_commits, db, utcnow
 from payouts.operations import (
     approve,
     cancel,
@@ -374,24 +374,35 @@ def consume_card(body: CardCode):
     redeemed (an earlier answer lost on the way) still decides its payout, and answers 409.
     """
     wx, args = wechat(), _card_call_args()
-    db.session.commit()  # end the auth read before calling WeChat
-    code = body.code
-    try:
-        if code is None:
-            code = decrypt_card_code(wx.session, body.encrypt_code, **args)
-        answer = consume_card_code(wx.session, code, body.card_id or current_app.config.get("WECHAT_CARD_ID"), **args)
-    except WeChatCardCodeConsumed as exc:
+    card_id = body.card_id or current_app.config.get("WECHAT_CARD_ID")
+
+    def redeem(_: None) -> tuple[str | None, dict | WeChatCardCodeConsumed]:
+        code = body.code
+        try:
+            if code is None:
+                code = decrypt_card_code(wx.session, body.encrypt_code, **args)
+            return code, consume_card_code(wx.session, code, card_id, **args)
+        except WeChatCardCodeConsumed as exc:  # our first redemption's answer never arrived
+            return code, exc
+        except WeChatError as exc:
+            raise to_api_error(exc) from exc
+
+    def settle(_: None, redeemed: tuple[str | None, dict | WeChatCardCodeConsumed]) -> dict | WeChatCardCodeConsumed:
+        code, answer = redeemed
         payout = settle_redeemed_card(code, utcnow()) if code else None
-        if payout is not None:  # our first redemption's answer never arrived: decide its payout now
-            audit("card.consume", "card_code", code, "WeChat: already redeemed", payout_id=payout.id)
-            db.session.commit()
-        raise to_api_error(exc) from exc
-    except WeChatError as exc:
-        raise to_api_error(exc) from exc
-    card_id = (answer.get("card") or {}).get("card_id")
-    payout = settle_redeemed_card(code, utcnow())
-    audit("card.consume", "card_code", code, None, card_id=card_id, payout_id=payout.id if payout else None)
-    return {"consumed": True, "card_id": card_id, "payout_id": payout.id if payout else None}
+        if isinstance(answer, WeChatCardCodeConsumed):  # still decides its payout, then answers 409
+            if payout is not None:
+                audit("card.consume", "card_code", code, "WeChat: already redeemed", payout_id=payout.id)
+            return answer
+        redeemed_card = (answer.get("card") or {}).get("card_id")
+        audit("card.consume", "card_code", code, None, card_id=redeemed_card, payout_id=payout.id if payout else None)
+        return {"consumed": True, "card_id": redeemed_card, "payout_id": payout.id if payout else None}
+
+    # the auth read is committed (ended) before the calls; the redemption is recorded after them
+    result = call_between_commits(lambda: None, redeem, settle)
+    if isinstance(result, WeChatCardCodeConsumed):
+        raise to_api_error(result) from result
+    return result
 
 
 @endpoint(
@@ -407,10 +418,17 @@ def record_my_card_code(payout_id: int, body: EncryptedCardCode):
     """The user added the card of a card payout (``wx.addCard`` answers its code encrypted): the code is
     decrypted with WeChat and recorded, so redeeming it at the counter decides the payout. Idempotent."""
     user_id = current_user().id
-    check_card_payout(db.session.get(Payout, payout_id), user_id)  # 404 / 409 before any WeChat call
-    db.session.commit()  # no transaction open during the WeChat call
-    try:
-        code = decrypt_card_code(wechat().session, body.encrypt_code, **_card_call_args())
-    except WeChatError as exc:
-        raise to_api_error(exc) from exc
-    return payout_json(record_card_code(payout_id, user_id, code), for_user=True)
+
+    def check() -> None:  # 404 / 409 before any WeChat call
+        check_card_payout(db.session.get(Payout, payout_id), user_id)
+
+    def decrypt(_: None) -> str:
+        try:
+            return decrypt_card_code(wechat().session, body.encrypt_code, **_card_call_args())
+        except WeChatError as exc:
+            raise to_api_error(exc) from exc
+
+    def record(_: None, code: str) -> dict:
+        return payout_json(record_card_code(payout_id, user_id, code), for_user=True)
+
+    return call_between_commits(check, decrypt, record)

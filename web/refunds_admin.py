@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from typing import Annotated
 
 from flask import Blueprint, current_app, g, request
 from pydantic import Field
 
-from models import OperatorRole, Order, Refund, RefundStatus, db, utcnow
+from models import OperatorRole, Order, Refund, RefundStatus, call_between_commits, db, utcnow
 from rebate import begin_refund, fail_refund
 from rebate.refunds import apply_refund_answer
 from web.admin import audit
@@ -60,6 +61,16 @@ def new_out_refund_no(order: Order) -> str:
     return f"R{order.id}-{digest}"
 
 
+@dataclass(frozen=True)
+class RefundCall:
+    """What is sent, fixed and committed before the call."""
+
+    refund_id: int
+    out_trade_no: str
+    out_refund_no: str
+    total_fen: int
+
+
 def call_refund(out_trade_no: str, out_refund_no: str, amount_fen: int, total_fen: int, reason: str | None) -> dict:
     """Ask WeChat, retrying the same number while WeChat says retrying is safe. Raises the last error."""
     ext = wechat()
@@ -88,27 +99,31 @@ def call_refund(out_trade_no: str, out_refund_no: str, amount_fen: int, total_fe
 )
 def create_refund(order_id: int, body: CreateRefund):
     """Refund an order in full or in part through WeChat Pay."""
-    order = db.session.get(Order, order_id)
-    if order is None:
-        raise NotFound(f"order {order_id} not found")
-    refund = begin_refund(order, new_out_refund_no(order), body.amount_fen, body.reason)
-    audit(
-        "refund.create", "order", order.id, body.reason, out_refund_no=refund.out_refund_no, amount_fen=body.amount_fen
-    )
-    out_trade_no, out_refund_no, total_fen = order.out_trade_no, refund.out_refund_no, order.payable_fen
-    db.session.commit()  # the refund and its hold exist before WeChat hears of it
-    wechat_error = None
-    try:
-        answer = call_refund(out_trade_no, out_refund_no, body.amount_fen, total_fen, body.reason)
-    except WeChatError as exc:
-        answer, wechat_error = None, {"code": exc.code, "message": exc.message}
-        if isinstance(exc, WeChatBusinessError) and not exc.retryable:
-            fail_refund(out_refund_no, RefundStatus.FAILED, utcnow())  # definitive: WeChat will not refund this
-    if answer is not None:
-        apply_refund_answer(out_trade_no, out_refund_no, body.amount_fen, answer, utcnow())
-    db.session.flush()
-    db.session.refresh(refund)
-    result = refund_json(refund)
-    if wechat_error:
-        result["wechat_error"] = wechat_error
-    return result, 201
+
+    def begin() -> RefundCall:  # committed before WeChat hears of it: the refund, its hold, the audit line
+        order = db.session.get(Order, order_id)
+        if order is None:
+            raise NotFound(f"order {order_id} not found")
+        refund = begin_refund(order, new_out_refund_no(order), body.amount_fen, body.reason)
+        why, number = body.reason, refund.out_refund_no
+        audit("refund.create", "order", order.id, why, out_refund_no=number, amount_fen=body.amount_fen)
+        return RefundCall(refund.id, order.out_trade_no, refund.out_refund_no, order.payable_fen)
+
+    def ask(r: RefundCall) -> dict | WeChatError:
+        try:
+            return call_refund(r.out_trade_no, r.out_refund_no, body.amount_fen, r.total_fen, body.reason)
+        except WeChatError as exc:
+            return exc
+
+    def record(r: RefundCall, answer: dict | WeChatError) -> dict:
+        if not isinstance(answer, WeChatError):
+            apply_refund_answer(r.out_trade_no, r.out_refund_no, body.amount_fen, answer, utcnow())
+        elif isinstance(answer, WeChatBusinessError) and not answer.retryable:
+            fail_refund(r.out_refund_no, RefundStatus.FAILED, utcnow())  # definitive: WeChat will not refund this
+        db.session.flush()
+        result = refund_json(db.session.get(Refund, r.refund_id))
+        if isinstance(answer, WeChatError):
+            result["wechat_error"] = {"code": answer.code, "message": answer.message}
+        return result
+
+    return call_between_commits(begin, ask, record), 201
