@@ -3,9 +3,10 @@
 The jobs own the commits of ``payouts``: each pass commits what it prepared,
 calls WeChat with no transaction open (the shared WeChat session refuses a call
 inside one), then records the answer and commits (``call_between_commits``).
-The rails are built from the WeChat clients handed to :func:`install_payout_jobs`
-at app set-up, and the configuration; a rail whose settings are missing is
-simply not dispatched (its payouts wait, and the operator API shows them). Rate limits per rail come from
+The rails are built from the configuration and the WeChat clients handed to
+:func:`install_payout_jobs` at app set-up (never looked up in the shell's
+objects); a rail whose settings are missing is simply not dispatched (its
+payouts wait, and the operator API shows them). Rate limits per rail come from
 ``PAYOUT_RATE_LIMITS`` through the ``limits`` library, on Redis when
 ``REDIS_URL`` is set (shared by every node) and in memory otherwise.
 """
