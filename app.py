@@ -16,13 +16,14 @@ from flask_migrate import Migrate
 from sqlalchemy import event
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from config import DEV_SECRET, ConfigError, dev_data_key, load_config, masked
+from config import DEV_SECRET, ConfigError, dev_data_key, load_config, masked, readable_on_command_line
 from models import db
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
 log = logging.getLogger("app")
 
 
+@readable_on_command_line  # `flask …` prints a refused configuration's list, not a traceback
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     settings = load_config(overrides)
     app = Flask(__name__)

@@ -9,18 +9,22 @@ every missing secret is named in one error at start-up.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
 import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import click
 from cryptography.fernet import Fernet
+from flask.cli import NoAppException
 
 MIN_IDEMPOTENCY_TTL_HOURS = 25  # answers are kept at least this long (DESIGN §4)
 DEV_SECRET = "dev-only-simulator-secret-never-in-live"  # noqa: S105 - published: simulator mode only
@@ -35,8 +39,58 @@ NUMBER_PREFIX = re.compile(rf"^[0-9A-Za-z]{{0,{NUMBER_PREFIX_MAX}}}$")
 URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@/\s]+(@)", re.IGNORECASE)
 
 
+SIMULATOR_HINT = (
+    "To try the app without WeChat credentials, run it with WECHAT_MODE=simulator (the local WeChat of `make run`)."
+)
+
+
 class ConfigError(RuntimeError):
     """Start-up refused: the message names every bad or missing key."""
+
+    def __init__(self, message: str, *, live: bool = False):
+        super().__init__(message)
+        self.live = live  # refused in live mode: the report says how to try the app without WeChat
+
+    def report(self) -> str:
+        """What a person reads: the list, and in live mode the one line on the simulator."""
+        return f"{self}\n{SIMULATOR_HINT}" if self.live else str(self)
+
+
+class _RefusedForCommands(NoAppException):
+    """Flask's help prints a NoAppException's message (no traceback) and lists its own commands."""
+
+
+def readable_on_command_line(factory: Callable[..., Any]) -> Callable[..., Any]:
+    """Under ``flask …`` a refused configuration is its list, never a traceback; elsewhere it raises as is.
+
+    A command (``flask db upgrade``, ``flask run``, ``flask jobs run``) gets ``Error: <the list>``
+    and exit 1. While Flask only lists the commands (``flask --help``), the list is printed above
+    the help, which still works. gunicorn (``deploy/gunicorn.conf.py`` checks the settings before
+    any worker starts) and tests get the ``ConfigError`` itself.
+    """
+
+    @functools.wraps(factory)
+    def build(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return factory(*args, **kwargs)
+        except ConfigError as exc:
+            if click.get_current_context(silent=True) is None:
+                raise
+            if _listing_commands():
+                raise _RefusedForCommands(exc.report()) from None
+            raise click.ClickException(exc.report()) from None
+
+    return build
+
+
+def _listing_commands() -> bool:
+    """Is Flask's command line loading the app only to list its commands (``flask --help``)?"""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "list_commands" and frame.f_globals.get("__name__") == "flask.cli":
+            return True
+        frame = frame.f_back
+    return False
 
 
 @dataclass(frozen=True)
@@ -327,7 +381,9 @@ def load_config(overrides: dict[str, Any] | None = None, environ: dict[str, str]
         values.setdefault(key, value)
     problems += _validate(values)
     if problems:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+        raise ConfigError(
+            "invalid configuration:\n  - " + "\n  - ".join(problems), live=values.get("WECHAT_MODE") == "live"
+        )
     return values
 
 

@@ -272,23 +272,39 @@ def switch_rail(rail: str, body: RailSwitch):
     return {"rail": rail, "enabled": control.enabled, "reason": control.reason}
 
 
+# What each rail needs from the settings; jobs/payouts.py builds a rail exactly when it has them
+# (tests/test_newcomer_path.py holds the two together).
+RAIL_SETTINGS: dict[str, tuple[str, ...]] = {
+    Rail.WECHAT_CHANGE: (),  # the WeChat Pay settings every mode has
+    Rail.CASH_RED_PACKET: ("WECHAT_API_V2_KEY", "WECHAT_OA_APPID"),
+    Rail.WECHAT_COUPON: ("WECHAT_COUPON_STOCKS",),
+    Rail.CARD_COUPON: ("WECHAT_CARD_ID", "WECHAT_OA_APPID"),
+}
+
+
+def unconfigured_because(rail: str, config) -> str | None:
+    """Why a rail cannot send (its settings are missing), or None when it is configured."""
+    missing = [name for name in RAIL_SETTINGS[rail] if not config.get(name)]
+    return f"not configured: set {' and '.join(missing)}" if missing else None
+
+
+def rail_json(rail: str, control: RailControl | None) -> dict:
+    """``enabled``: the dispatcher sends on it (configured and not switched off); ``reason``: why not."""
+    why_not = unconfigured_because(rail, current_app.config)
+    return {
+        "rail": rail,
+        "configured": why_not is None,
+        "enabled": why_not is None and (control.enabled if control else True),
+        "paused_until": control.paused_until.isoformat() if control and control.paused_until else None,
+        "reason": why_not or (control.reason if control else None),
+    }
+
+
 @endpoint(bp, "/admin/api/rails", auth="operator", roles=READERS)
 def list_rails():
-    """Every rail's switch and pause."""
+    """Every rail: configured or not (and which settings it lacks), the operator's switch, any pause."""
     controls = {c.rail: c for c in db.session.query(RailControl)}
-    return {
-        "items": [
-            {
-                "rail": r,
-                "enabled": controls[r].enabled if r in controls else True,
-                "paused_until": controls[r].paused_until.isoformat()
-                if r in controls and controls[r].paused_until
-                else None,
-                "reason": controls[r].reason if r in controls else None,
-            }
-            for r in RAILS
-        ]
-    }
+    return {"items": [rail_json(r, controls.get(r)) for r in RAILS]}
 
 
 class RealName(Model):
