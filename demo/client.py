@@ -30,11 +30,15 @@ def yuan(fen: int) -> str:
 
 
 class Client:
-    """One base URL; every call names the step it belongs to, for the failure message."""
+    """One base URL; every call names the step it belongs to, for the failure message.
+
+    Each call opens its own connection, as the phones, the mini-program and WeChat would: behind
+    gunicorn, consecutive calls then land on any worker, not on the one a kept-alive connection
+    happens to hold.
+    """
 
     def __init__(self, base_url: str):
         self.base_url = base_url.rstrip("/")
-        self.session = requests.Session()
 
     def call(
         self,
@@ -48,13 +52,13 @@ class Client:
         accept_json: bool = False,
     ) -> Any:
         url = path if path.startswith("http") else self.base_url + path
-        headers = {"Accept": "application/json"} if accept_json else {}
+        headers = {"Connection": "close", **({"Accept": "application/json"} if accept_json else {})}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if key:
             headers["Idempotency-Key"] = key
         try:
-            response = self.session.request(method, url, json=json, headers=headers, timeout=REQUEST_TIMEOUT_S)
+            response = requests.request(method, url, json=json, headers=headers, timeout=REQUEST_TIMEOUT_S)
         except requests.ConnectionError:
             raise DemoFailure(
                 f"{step}: cannot reach {self.base_url} — is `make run` serving there? (start it in another terminal)"
