@@ -16,7 +16,8 @@ from flask_migrate import Migrate
 from sqlalchemy import event
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from config import DEV_SECRET, ConfigError, dev_data_key, load_config, masked, readable_on_command_line
+from config import DEV_SECRET, ConfigError, dev_data_key, load_config, masked
+from config.command_line import readable_on_command_line
 from models import db
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")

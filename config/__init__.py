@@ -9,22 +9,18 @@ every missing secret is named in one error at start-up.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import json
 import math
 import os
 import re
-import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import click
 from cryptography.fernet import Fernet
-from flask.cli import NoAppException
 
 MIN_IDEMPOTENCY_TTL_HOURS = 25  # answers are kept at least this long (DESIGN §4)
 DEV_SECRET = "dev-only-simulator-secret-never-in-live"  # noqa: S105 - published: simulator mode only
@@ -54,43 +50,6 @@ class ConfigError(RuntimeError):
     def report(self) -> str:
         """What a person reads: the list, and in live mode the one line on the simulator."""
         return f"{self}\n{SIMULATOR_HINT}" if self.live else str(self)
-
-
-class _RefusedForCommands(NoAppException):
-    """Flask's help prints a NoAppException's message (no traceback) and lists its own commands."""
-
-
-def readable_on_command_line(factory: Callable[..., Any]) -> Callable[..., Any]:
-    """Under ``flask …`` a refused configuration is its list, never a traceback; elsewhere it raises as is.
-
-    A command (``flask db upgrade``, ``flask run``, ``flask jobs run``) gets ``Error: <the list>``
-    and exit 1. While Flask only lists the commands (``flask --help``), the list is printed above
-    the help, which still works. gunicorn (``deploy/gunicorn.conf.py`` checks the settings before
-    any worker starts) and tests get the ``ConfigError`` itself.
-    """
-
-    @functools.wraps(factory)
-    def build(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return factory(*args, **kwargs)
-        except ConfigError as exc:
-            if click.get_current_context(silent=True) is None:
-                raise
-            if _listing_commands():
-                raise _RefusedForCommands(exc.report()) from None
-            raise click.ClickException(exc.report()) from None
-
-    return build
-
-
-def _listing_commands() -> bool:
-    """Is Flask's command line loading the app only to list its commands (``flask --help``)?"""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "list_commands" and frame.f_globals.get("__name__") == "flask.cli":
-            return True
-        frame = frame.f_back
-    return False
 
 
 @dataclass(frozen=True)

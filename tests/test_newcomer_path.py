@@ -218,7 +218,7 @@ def test_unconfigured_rails_are_listed_as_not_configured_and_disabled_with_why(c
 def test_the_listing_says_configured_exactly_for_the_rails_the_dispatcher_builds(app_settings, settings):
     from app import create_app
     from jobs.payouts import build_rails
-    from web.payouts_api import unconfigured_because
+    from payouts.rails import unconfigured_because
 
     other = create_app({**app_settings, **settings})
     with other.app_context():

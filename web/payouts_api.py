@@ -25,6 +25,7 @@ from payouts.operations import (
     settle_redeemed_card,
     withdraw,
 )
+from payouts.rails import unconfigured_because
 from web.admin import audit
 from web.api import endpoint
 from web.auth import current_user
@@ -270,22 +271,6 @@ def switch_rail(rail: str, body: RailSwitch):
     db.session.add(control)
     audit("rail.switch", "rail", rail, body.reason, enabled=body.enabled)
     return {"rail": rail, "enabled": control.enabled, "reason": control.reason}
-
-
-# What each rail needs from the settings; jobs/payouts.py builds a rail exactly when it has them
-# (tests/test_newcomer_path.py holds the two together).
-RAIL_SETTINGS: dict[str, tuple[str, ...]] = {
-    Rail.WECHAT_CHANGE: (),  # the WeChat Pay settings every mode has
-    Rail.CASH_RED_PACKET: ("WECHAT_API_V2_KEY", "WECHAT_OA_APPID"),
-    Rail.WECHAT_COUPON: ("WECHAT_COUPON_STOCKS",),
-    Rail.CARD_COUPON: ("WECHAT_CARD_ID", "WECHAT_OA_APPID"),
-}
-
-
-def unconfigured_because(rail: str, config) -> str | None:
-    """Why a rail cannot send (its settings are missing), or None when it is configured."""
-    missing = [name for name in RAIL_SETTINGS[rail] if not config.get(name)]
-    return f"not configured: set {' and '.join(missing)}" if missing else None
 
 
 def rail_json(rail: str, control: RailControl | None) -> dict:
