@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export FLASK_APP := app
 
-.PHONY: run test lint format bench jobs clean
+.PHONY: run demo reset test lint format bench jobs clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,30 @@ $(VENV)/.dev-installed: requirements.txt requirements-dev.txt $(VENV)/.installed
 	touch $@
 
 # The app on the embedded defaults: SQLite, in-process limits, the WeChat simulator, demo data.
+# The per-network-address claim limits are off here: every request of a local run, the simulator's
+# and `make demo`'s included, comes from 127.0.0.1, so one address would stand for everybody (the
+# per-person and per-device limits stay on). Production keeps the defaults (README, Configuration).
+PORT ?= 5000
+PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
+DEMO_ENV := WECHAT_MODE=simulator SEED_DEMO_DATA=1 RUN_JOBS_IN_PROCESS=1 PUBLIC_BASE_URL=$(PUBLIC_BASE_URL) \
+	CLAIM_IP_PER_DAY=0 CLAIM_IP_INTERVAL_SECONDS=0
+
 run: $(VENV)/.installed
-	WECHAT_MODE=simulator SEED_DEMO_DATA=1 RUN_JOBS_IN_PROCESS=1 PUBLIC_BASE_URL=$${PUBLIC_BASE_URL:-http://127.0.0.1:5000} \
-		$(VENV)/bin/flask db upgrade
-	WECHAT_MODE=simulator SEED_DEMO_DATA=1 RUN_JOBS_IN_PROCESS=1 PUBLIC_BASE_URL=$${PUBLIC_BASE_URL:-http://127.0.0.1:5000} \
-		$(VENV)/bin/flask seed-demo
-	WECHAT_MODE=simulator SEED_DEMO_DATA=1 RUN_JOBS_IN_PROCESS=1 PUBLIC_BASE_URL=$${PUBLIC_BASE_URL:-http://127.0.0.1:5000} \
-		$(VENV)/bin/flask run --host 127.0.0.1 --port $${PORT:-5000} --no-reload --with-threads
+	$(DEMO_ENV) $(VENV)/bin/flask db upgrade
+	$(DEMO_ENV) $(VENV)/bin/flask seed-demo
+	$(DEMO_ENV) $(VENV)/bin/flask run --host 127.0.0.1 --port $(PORT) --no-reload --with-threads
+
+# The README's walkthrough, played against the server `make run` is serving (run it again at will).
+demo: $(VENV)/.installed
+	$(DEMO_ENV) $(PY) -m demo --base-url $(PUBLIC_BASE_URL)
+
+# Fresh demo data: the SQLite demo database and instance files go, the virtualenv stays; the next
+# `make run` migrates and seeds again. Stop `make run` first.
+reset: $(VENV)/.installed
+	@if [ -n "$$DATABASE_URL" ]; then echo "make reset resets the SQLite demo database only; unset DATABASE_URL" >&2; exit 1; fi
+	rm -rf instance rebate.db rebate.db-wal rebate.db-shm
+	$(DEMO_ENV) $(VENV)/bin/flask db upgrade
+	$(DEMO_ENV) $(VENV)/bin/flask seed-demo
 
 # The suite on SQLite, then again on PostgreSQL when TEST_DATABASE_URL is set.
 test: $(VENV)/.dev-installed

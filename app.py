@@ -17,12 +17,14 @@ from sqlalchemy import event
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import DEV_SECRET, ConfigError, dev_data_key, load_config, masked
+from config.command_line import readable_on_command_line
 from models import db
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
 log = logging.getLogger("app")
 
 
+@readable_on_command_line  # `flask …` prints a refused configuration's list, not a traceback
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     settings = load_config(overrides)
     app = Flask(__name__)

@@ -35,8 +35,21 @@ NUMBER_PREFIX = re.compile(rf"^[0-9A-Za-z]{{0,{NUMBER_PREFIX_MAX}}}$")
 URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@/\s]+(@)", re.IGNORECASE)
 
 
+SIMULATOR_HINT = (
+    "To try the app without WeChat credentials, run it with WECHAT_MODE=simulator (the local WeChat of `make run`)."
+)
+
+
 class ConfigError(RuntimeError):
     """Start-up refused: the message names every bad or missing key."""
+
+    def __init__(self, message: str, *, live: bool = False):
+        super().__init__(message)
+        self.live = live  # refused in live mode: the report says how to try the app without WeChat
+
+    def report(self) -> str:
+        """What a person reads: the list, and in live mode the one line on the simulator."""
+        return f"{self}\n{SIMULATOR_HINT}" if self.live else str(self)
 
 
 @dataclass(frozen=True)
@@ -327,7 +340,9 @@ def load_config(overrides: dict[str, Any] | None = None, environ: dict[str, str]
         values.setdefault(key, value)
     problems += _validate(values)
     if problems:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+        raise ConfigError(
+            "invalid configuration:\n  - " + "\n  - ".join(problems), live=values.get("WECHAT_MODE") == "live"
+        )
     return values
 
 

@@ -8,12 +8,13 @@ to one ``Outcome``; an answer the adapter does not understand is UNKNOWN.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from models import Payout
+from models import Payout, Rail
 
 
 class Outcome(StrEnum):
@@ -74,3 +75,19 @@ def summary(request: dict[str, Any]) -> str:
         if k not in {"openid", "re_openid", "user_name", "user_name_enc", "real_name", "wire"}
     }
     return str(shown)[:300]
+
+
+# What each rail needs from the settings: jobs/payouts.py builds a rail exactly when it has them
+# (tests/test_newcomer_path.py holds the two together); /admin/api/rails says which are missing.
+RAIL_SETTINGS: dict[str, tuple[str, ...]] = {
+    Rail.WECHAT_CHANGE: (),  # the WeChat Pay settings every mode has
+    Rail.CASH_RED_PACKET: ("WECHAT_API_V2_KEY", "WECHAT_OA_APPID"),
+    Rail.WECHAT_COUPON: ("WECHAT_COUPON_STOCKS",),
+    Rail.CARD_COUPON: ("WECHAT_CARD_ID", "WECHAT_OA_APPID"),
+}
+
+
+def unconfigured_because(rail: str, settings: Mapping[str, Any]) -> str | None:
+    """Why a rail cannot send (the settings it lacks), or None when it is configured."""
+    missing = [name for name in RAIL_SETTINGS[rail] if not settings.get(name)]
+    return f"not configured: set {' and '.join(missing)}" if missing else None

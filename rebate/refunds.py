@@ -30,6 +30,7 @@ from models import (
     db,
     raise_alert,
 )
+from money import format_yuan
 from payouts import cancel_or_reduce, hold_order_payouts, pending_payouts_for_rebate, release_order_payouts
 from rebate import budgets
 from rebate.awards import KIND_OF_FORM, beneficiary_account, point_value_fen
@@ -209,19 +210,21 @@ def _release_held(rebate: Rebate, campaign: Campaign, amount: int, refund: Refun
 def _take_back(rebate: Rebate, campaign: Campaign, delta: int, refund: Refund) -> None:
     kind = KIND_OF_FORM[rebate.form]
     key = f"clawback:{rebate.id}:{refund.id}"
+    from_payout = from_balance = 0
     if kind == "coupon":
-        recovered = _from_pending_payout(rebate, delta, key, funder_account(campaign))
+        from_payout = _from_pending_payout(rebate, delta, key, funder_account(campaign))
     elif kind == "points":
-        recovered = _points_back(rebate, delta, key)
+        from_balance = _points_back(rebate, delta, key)
     else:
         target = beneficiary_account(rebate)
-        recovered = _from_pending_payout(rebate, delta, key, target)
-        recovered += min(delta - recovered, max(0, balance(target) - recovered))
+        from_payout = _from_pending_payout(rebate, delta, key, target)
+        from_balance = min(delta - from_payout, max(0, balance(target) - from_payout))
         post_entry(
             key,
             f"refund {refund.out_refund_no} claws back {rebate.role} rebate",
             [Leg(target, -delta), Leg(funder_account(campaign), delta)],
         )
+    recovered = from_payout + from_balance
     receivable = delta - recovered
     budgets.release_committed(campaign.id, recovered)
     if receivable and kind != "coupon":
@@ -237,7 +240,7 @@ def _take_back(rebate: Rebate, campaign: Campaign, delta: int, refund: Refund) -
     rebate.amount_fen -= delta
     if rebate.amount_fen == 0 and rebate.held_fen == 0:
         rebate.status = RebateStatus.CLAWED_BACK
-    why = "already sent; owed back from the next rebate" if receivable else "taken back before it was paid"
+    why = _clawback_words(kind, from_payout, from_balance, receivable)
     db.session.add(
         RebateAdjustment(
             rebate_id=rebate.id,
@@ -249,6 +252,22 @@ def _take_back(rebate: Rebate, campaign: Campaign, delta: int, refund: Refund) -
         )
     )
     db.session.flush()
+
+
+def _clawback_words(kind: str, from_payout: int, from_balance: int, not_recovered: int) -> str:
+    """Where the money came back from: a payout not yet sent, the balance it was credited to, or not at all."""
+    parts = []
+    if from_payout:
+        parts.append((format_yuan(from_payout), "taken back from a payout not yet sent"))
+    if from_balance:
+        where = "the points balance" if kind == "points" else "the balance it was credited to"
+        parts.append((format_yuan(from_balance), f"taken back from {where}"))
+    if not_recovered:
+        rest = "a coupon already sent is not taken back" if kind == "coupon" else "owed back from the next rebate"
+        parts.append((format_yuan(not_recovered), f"had already left; {rest}"))
+    if len(parts) == 1:
+        return parts[0][1]
+    return "; ".join(f"{amount} {words}" for amount, words in parts)
 
 
 def _from_pending_payout(rebate: Rebate, delta: int, key: str, back_to) -> int:

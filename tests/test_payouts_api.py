@@ -836,6 +836,7 @@ def test_switching_a_rail_off_stops_the_dispatcher_at_once_and_on_again_resumes(
     listed = {r["rail"]: r for r in client.get(RAILS, headers=headers).json["items"]}
     assert listed["wechat_change"] == {
         "rail": "wechat_change",
+        "configured": True,
         "enabled": False,
         "paused_until": None,
         "reason": "WeChat incident",

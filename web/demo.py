@@ -65,6 +65,9 @@ def seed() -> dict:
             packet_amount_fen=10_00,
             packet_min_spend_fen=50_00,
             trigger={"kind": "claim_code"},
+            # One packet per person; no per-address limits: every local request (`make demo`'s
+            # included) comes from 127.0.0.1, so that address would stand for everybody.
+            claim_limits={"per_person": 1, "per_ip_per_day": None, "min_interval_seconds": None},
         )
         _campaign(
             "Invite friends: 10% of their spend, doubled this week",

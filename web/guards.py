@@ -8,6 +8,8 @@ Bad input answers 4xx, never 500:
 * A body without ``Content-Length`` (``Transfer-Encoding: chunked``) is read
   up to ``MAX_CONTENT_LENGTH + 1`` bytes here; one byte over is a 413, where
   Werkzeug would silently stop at the limit and hand the view a truncated body.
+  A sized body over the limit is a 413 before anything reads it; both name the
+  limit in bytes.
 * JSON is refused (422 ``invalid_json``) when nested deeper than
   ``MAX_JSON_DEPTH``, counted before it is parsed so the parser's recursion
   never runs away.
@@ -92,11 +94,21 @@ def _buffer_unsized_body() -> None:
         chunks.append(chunk)
         size += len(chunk)
     if limit is not None and size > limit:
-        raise RequestEntityTooLarge()
+        raise too_large(limit)
     body = b"".join(chunks)
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body))
     environ.pop("HTTP_TRANSFER_ENCODING", None)
+
+
+def too_large(limit: int) -> RequestEntityTooLarge:
+    return RequestEntityTooLarge(f"the request body is larger than the limit of {limit} bytes (MAX_CONTENT_LENGTH)")
+
+
+def _refuse_oversized() -> None:
+    limit = request.max_content_length
+    if limit is not None and request.content_length is not None and request.content_length > limit:
+        raise too_large(limit)
 
 
 def _refuse_nul() -> None:
@@ -111,3 +123,4 @@ def install_guards(app: Flask) -> None:
     app.url_map.converters["int"] = IdConverter
     app.before_request(_refuse_nul)
     app.before_request(_buffer_unsized_body)
+    app.before_request(_refuse_oversized)

@@ -25,6 +25,7 @@ from payouts.operations import (
     settle_redeemed_card,
     withdraw,
 )
+from payouts.rails import unconfigured_because
 from web.admin import audit
 from web.api import endpoint
 from web.auth import current_user
@@ -272,23 +273,23 @@ def switch_rail(rail: str, body: RailSwitch):
     return {"rail": rail, "enabled": control.enabled, "reason": control.reason}
 
 
+def rail_json(rail: str, control: RailControl | None) -> dict:
+    """``enabled``: the dispatcher sends on it (configured and not switched off); ``reason``: why not."""
+    why_not = unconfigured_because(rail, current_app.config)
+    return {
+        "rail": rail,
+        "configured": why_not is None,
+        "enabled": why_not is None and (control.enabled if control else True),
+        "paused_until": control.paused_until.isoformat() if control and control.paused_until else None,
+        "reason": why_not or (control.reason if control else None),
+    }
+
+
 @endpoint(bp, "/admin/api/rails", auth="operator", roles=READERS)
 def list_rails():
-    """Every rail's switch and pause."""
+    """Every rail: configured or not (and which settings it lacks), the operator's switch, any pause."""
     controls = {c.rail: c for c in db.session.query(RailControl)}
-    return {
-        "items": [
-            {
-                "rail": r,
-                "enabled": controls[r].enabled if r in controls else True,
-                "paused_until": controls[r].paused_until.isoformat()
-                if r in controls and controls[r].paused_until
-                else None,
-                "reason": controls[r].reason if r in controls else None,
-            }
-            for r in RAILS
-        ]
-    }
+    return {"items": [rail_json(r, controls.get(r)) for r in RAILS]}
 
 
 class RealName(Model):

@@ -1,0 +1,66 @@
+"""gunicorn settings: ``gunicorn -c deploy/gunicorn.conf.py`` (README, Deployment).
+
+Worker class ``gthread``. A request of this app spends most of its time
+waiting, not computing: on WeChat (a prepay or ``jscode2session`` call: up to
+3 s to connect + 10 s to read) and on PostgreSQL row locks (up to
+``DATABASE_LOCK_TIMEOUT_S``, 20 s). A ``sync`` worker is one request per
+process, so a handful of slow WeChat answers would stop the site; threads
+release the GIL while they wait, so each process keeps serving. Not gevent:
+it would have to monkey-patch psycopg, ``requests`` and the scheduler's
+threads, and nothing here needs thousands of open connections.
+
+Counts. ``workers``: ``WEB_CONCURRENCY`` if set, else one per CPU core and at
+least two (a worker restarting never leaves the node without one); more
+processes than cores only add memory and database connections, since the
+waiting is what the threads are for. ``threads``: 8 per worker, below the
+SQLAlchemy pool of 10 connections per process (app.py), so a thread never
+waits for a connection; a node then holds at most workers × 8 (+ the jobs
+process's) PostgreSQL connections: size ``max_connections`` for it.
+
+The settings are checked once, in the master, before any worker starts: a
+refused configuration prints its list and exits 1 instead of every worker
+printing a traceback. The worker count is passed to the app as
+``WEB_CONCURRENCY`` so live mode knows it runs several processes (and
+requires ``REDIS_URL``). Jobs never run here: ``flask jobs run`` is its own
+process. The app is built in each worker, not preloaded in the master, so no
+database pool, Redis connection or thread is shared across ``fork``.
+"""
+
+import os
+import sys
+
+chdir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: `app` and `config` import
+wsgi_app = "app:create_app()"
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")  # behind the TLS-terminating proxy
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_CONCURRENCY") or max(2, os.cpu_count() or 1))
+threads = 8
+preload_app = False
+# Above the slowest legitimate request (a 20 s lock wait, or a WeChat connect + read of 13 s, twice
+# when the backup host is tried), below what a stuck worker may be left alone.
+timeout = 60
+graceful_timeout = 30
+keepalive = 5  # the proxy keeps connections to us open; close idle ones after 5 s
+SHM = "/dev/shm"  # noqa: S108 - gunicorn makes its heartbeat files there with mkstemp
+worker_tmp_dir = SHM if os.path.isdir(SHM) else None  # heartbeats off slow or full disks
+# X-Forwarded-* are read by the app alone (TRUSTED_PROXY_COUNT, werkzeug's ProxyFix): one place
+# decides how many hops to trust, so gunicorn does not interpret them too.
+forwarded_allow_ips = ""
+control_socket_disable = True  # no `gunicornc` here; two instances on one host would share its path
+accesslog = None  # the app logs every request as a JSON line (web/ops.py)
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+
+def on_starting(server):
+    """Refuse to start with a bad configuration, once, as a list (before any worker is forked)."""
+    os.environ["WEB_CONCURRENCY"] = str(server.cfg.workers)  # what `--workers` finally says
+    from config import ConfigError, load_config
+
+    try:
+        settings = load_config()
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr, flush=True)
+        sys.exit(1)
+    if settings.get("RUN_JOBS_IN_PROCESS"):
+        server.log.warning("RUN_JOBS_IN_PROCESS is set: every worker runs the jobs; run `flask jobs run` instead")
