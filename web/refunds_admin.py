@@ -19,9 +19,10 @@ from flask import Blueprint, current_app, g, request
 from pydantic import Field
 
 from models import OperatorRole, Order, Refund, RefundStatus, db, utcnow
+from models.operators import audit
 from rebate import begin_refund, fail_refund
 from rebate.refunds import apply_refund_answer
-from web.admin import audit
+from web.admin import actor
 from web.api import endpoint
 from web.errors import NotFound
 from web.schemas import Model, PositiveFen
@@ -93,7 +94,13 @@ def create_refund(order_id: int, body: CreateRefund):
         raise NotFound(f"order {order_id} not found")
     refund = begin_refund(order, new_out_refund_no(order), body.amount_fen, body.reason)
     audit(
-        "refund.create", "order", order.id, body.reason, out_refund_no=refund.out_refund_no, amount_fen=body.amount_fen
+        actor(),
+        "refund.create",
+        "order",
+        order.id,
+        body.reason,
+        out_refund_no=refund.out_refund_no,
+        amount_fen=body.amount_fen,
     )
     out_trade_no, out_refund_no, total_fen = order.out_trade_no, refund.out_refund_no, order.payable_fen
     db.session.commit()  # the refund and its hold exist before WeChat hears of it
