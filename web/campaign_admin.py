@@ -5,8 +5,8 @@ parties, rules and deposits, writes and audits) and commits once. Merchant staff
 merchant's campaigns (anything else answers 404); referral and platform-wide campaigns are for platform
 admins only (403); a merchant-funded campaign is activated, and a running one's budget raised, only
 while its funder's deposit holds what the budget may still commit (409 deposit_exhausted). The rule set
-is one JSON object validated by ``rebate.rules.parse_rules`` against ``RULES_SCHEMA`` (422 with the
-field named), the schema this API publishes.
+is one JSON object: its shape is ``rebate.rules.RULES_SCHEMA`` (checked here, 422 naming the field, and
+published in /openapi.json), its meaning is checked by ``parse_rules`` in the operation (422 invalid_rules).
 """
 
 from __future__ import annotations

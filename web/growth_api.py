@@ -1,9 +1,10 @@
 """Growth endpoints: device tokens, self-serve claims, daily sign-in, share links, referral binding.
 
-Every claim path takes its campaign's claim limits (per IP per day, interval
-per device and per IP, per person) and the platform-wide ones (settings
-``CLAIM_*``) in the same transaction as the claim; a refusal is 429 with the
-reason and ``Retry-After``. Sign-in and referral binding still succeed when a
+Every claim path is one operation of ``rebate/claims.py``: it takes its campaign's
+claim limits (per IP per day, interval per device and per IP, per person) and the
+platform-wide ones (settings ``CLAIM_*``, read here and passed in) in the same
+transaction as the claim; a refusal is kept for the trace, committed, and answered
+429 with the reason and ``Retry-After``. Sign-in and referral binding still succeed when a
 limit refuses their packet (the refusal is kept for the trace). The device is a server-issued,
 signed token (``X-Device-Token``), never a client-chosen id; the IP is the
 socket's, or ``X-Forwarded-For`` only behind ``TRUSTED_PROXY_COUNT`` proxies.
