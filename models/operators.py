@@ -1,14 +1,19 @@
-"""Operators (named staff accounts with roles), their personal tokens, and the audit log."""
+"""Operators (named staff accounts with roles), their personal tokens, and the audit log.
+
+An ``Actor`` is an operator at work (and the network address they act from): operations below the
+shell take it explicitly to scope what they touch and to write the audit line with the action.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import JSON, CheckConstraint, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from models.base import Base, UTCDateTime, utcnow
+from models.base import Base, UTCDateTime, db, utcnow
 
 
 class OperatorRole(StrEnum):
@@ -68,3 +73,36 @@ class AuditLog(Base):
     details: Mapped[dict] = mapped_column(JSON, default=dict)
     ip: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who does an operator action, and from where."""
+
+    operator: Operator
+    ip: str | None = None
+
+    @property
+    def merchant_scope(self) -> int | None:
+        """The one merchant a merchant-staff operator may see; None for platform roles."""
+        return merchant_scope(self.operator)
+
+
+def merchant_scope(operator: Operator) -> int | None:
+    """The one merchant a merchant-staff operator may see; None for platform roles."""
+    return operator.merchant_id if operator.role == OperatorRole.MERCHANT_STAFF else None
+
+
+def audit(actor: Actor, action: str, target_type: str, target_id: object, reason: str | None = None, **details) -> None:
+    """One audit line, written in the caller's transaction (so it commits or rolls back with the action)."""
+    db.session.add(
+        AuditLog(
+            operator_id=actor.operator.id,
+            action=action,
+            target_type=target_type,
+            target_id=str(target_id),
+            reason=reason,
+            details=details,
+            ip=actor.ip,
+        )
+    )

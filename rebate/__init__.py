@@ -1,7 +1,10 @@
 """The rebate engine's operations: campaigns issue packets, orders spend them, payments pay both sides.
 
 Owns: packet issuance and claims, orders, ``apply_payment``, the awarding of
-rebates (ledger + outbox), refunds with clawback, and campaign budgets.
+rebates (ledger + outbox), refunds with clawback, and campaign budgets; the
+campaign lifecycle operators drive (``campaign_ops``, scoped by ``scope``) and
+the claims people make (``claims``, under the claim limits of ``risk``).
+Settings and the acting operator are passed in, never read from the request.
 ``rules.py`` is the pure core (facts in, decisions out); everything else here
 applies decisions inside the caller's transaction and never commits.
 

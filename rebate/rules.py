@@ -9,10 +9,11 @@ exceeds its cap, the budget left, or (for cash forms) what the consumer paid.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from money import format_yuan, share
+from money import MAX_FEN, format_yuan, share
 
 ROLES = ("issuer", "consumer", "inviter")
 BASES = ("paid", "order_total")
@@ -219,6 +220,7 @@ def parse_rules(data: dict, *, budgeted: bool) -> RuleSet:
     raw_roles = data.get("roles")
     if not isinstance(raw_roles, list) or not raw_roles:
         raise RuleError("rules need at least one role")
+    _check_shape(data, RULES_SCHEMA, "")
     roles = tuple(_parse_role(r, budgeted) for r in raw_roles)
     if len({r.role for r in roles}) != len(roles):
         raise RuleError("each role may appear once")
@@ -323,5 +325,134 @@ def _parse_windows(raw) -> tuple[Window, ...]:
             raise RuleError("a window needs ISO-8601 starts_at and ends_at with a UTC offset") from None
         if starts.tzinfo is None or ends.tzinfo is None or ends <= starts:
             raise RuleError("a window needs timezone-aware starts_at before ends_at")
-        windows.append(Window(starts, ends, _int(w, "factor_bps", 10_000, low=10_000, high=50_000)))
+        windows.append(Window(starts, ends, _int(w, "factor_bps", 20_000, low=10_000, high=50_000)))
     return tuple(windows)
+
+
+# --- the rule set's shape: one JSON schema, checked by parse_rules and published in /openapi.json ------
+
+
+def _integer(low: int, high: int, *, null: bool = False, **more) -> dict:
+    return {"type": ["integer", "null"] if null else "integer", "minimum": low, "maximum": high, **more}
+
+
+def _array(items: dict, max_items: int, min_items: int = 0) -> dict:
+    return {"type": "array", "items": items, "minItems": min_items, "maxItems": max_items}
+
+
+def _object(required: list[str], properties: dict, *, null: bool = False) -> dict:
+    kind = ["object", "null"] if null else "object"
+    return {"type": kind, "required": required, "properties": properties, "additionalProperties": False}
+
+
+FALLBACK_FORMS = ("wechat_change", "cash_red_packet", "balance", "points")  # what a refused coupon becomes
+RULES_SCHEMA = _object(
+    ["roles"],
+    {
+        "roles": _array(
+            _object(
+                ["role", "rate_bps", "form"],
+                {
+                    "role": {"enum": list(ROLES)},
+                    "rate_bps": _integer(0, 10_000),
+                    "form": {"enum": list(FORMS)},
+                    "base": {"enum": list(BASES), "default": "paid"},
+                    "min_order_fen": _integer(0, MAX_FEN, default=0),
+                    "cap_fen": _integer(1, MAX_FEN, null=True),
+                    "fallback_form": {"enum": [*FALLBACK_FORMS, None]},
+                    "tiers": _array(
+                        _object(
+                            ["min_order_fen", "rate_bps"],
+                            {
+                                "min_order_fen": _integer(0, MAX_FEN),
+                                "rate_bps": _integer(0, 10_000),
+                            },
+                        ),
+                        20,
+                    ),
+                    "windows": _array(
+                        _object(
+                            ["starts_at", "ends_at"],
+                            {
+                                "starts_at": {"type": "string", "format": "date-time"},
+                                "ends_at": {"type": "string", "format": "date-time"},
+                                "factor_bps": _integer(10_000, 50_000, default=20_000),
+                            },
+                        ),
+                        20,
+                    ),
+                    "condition": _object(
+                        ["milestones"],
+                        {
+                            "milestones": _array({"type": "string", "pattern": "^[a-z0-9_]{1,32}$"}, 10, 1),
+                            "window_days": _integer(1, 3650, default=90),
+                            "release": {"enum": ["all", "parts"], "default": "all"},
+                            "quality_scaled": {"type": "boolean", "default": False},
+                        },
+                        null=True,
+                    ),
+                },
+            ),
+            len(ROLES),
+            1,
+        ),
+        "applies_to": {"enum": list(APPLIES_TO), "default": "packet"},
+        "referral_days": _integer(1, 3650, null=True),
+        "attribution_days": _integer(1, 3650, null=True),
+    },
+)
+
+
+def check_shape(data) -> None:
+    """The rule set's shape alone (``RULES_SCHEMA``), before the campaign (budgeted or not) is known."""
+    _check_shape(data, RULES_SCHEMA, "")
+
+
+def _check_shape(value, schema: dict, path: str) -> None:
+    """Refuse what ``RULES_SCHEMA`` does not describe, naming the field (``roles[0].rate_bps``)."""
+    where = path or "rules"
+    kinds = schema.get("type", [])
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    if value is None and ("null" in kinds or None in schema.get("enum", ())):
+        return
+    if "enum" in schema and value not in schema["enum"]:
+        raise RuleError(f"{where} must be one of {tuple(e for e in schema['enum'] if e is not None)}")
+    kind = next((k for k in kinds if k != "null"), None)
+    if kind == "integer" and not (_is_int(value) and schema["minimum"] <= value <= schema["maximum"]):
+        raise RuleError(f"{where} must be an integer from {schema['minimum']} to {schema['maximum']}")
+    if kind == "boolean" and not isinstance(value, bool):
+        raise RuleError(f"{where} must be true or false")
+    if kind == "string" and not (isinstance(value, str) and re.fullmatch(schema.get("pattern", ".*"), value)):
+        raise RuleError(f"{where} must be a string" + (f" matching {schema['pattern']}" if "pattern" in schema else ""))
+    if kind == "array":
+        if not isinstance(value, list) or not schema["minItems"] <= len(value) <= schema["maxItems"]:
+            raise RuleError(f"{where} must be a list of {schema['minItems']} to {schema['maxItems']} items")
+        for i, item in enumerate(value):
+            _check_shape(item, schema["items"], f"{where}[{i}]")
+    if kind == "object":
+        if not isinstance(value, dict):
+            raise RuleError(f"{where} must be an object")
+        prefix = f"{path}." if path else ""
+        for name in value:
+            if name not in schema["properties"]:
+                raise RuleError(f"{where}: unknown field {name!r}")
+        for name in schema["required"]:
+            if name not in value:
+                raise RuleError(f"{prefix}{name} is required")
+        for name, item in value.items():
+            _check_shape(item, schema["properties"][name], f"{prefix}{name}")
+
+
+def rules_json(rules: RuleSet) -> dict:
+    """A parsed rule set as the JSON stored per campaign version, every default written out."""
+
+    def plain(value):
+        if isinstance(value, datetime):
+            return value.isoformat()
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items() if v is not None}
+        return value
+
+    return plain(asdict(rules))

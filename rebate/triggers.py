@@ -15,7 +15,6 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 
-from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -35,9 +34,10 @@ def _campaigns(kind: str, now: datetime) -> list[Campaign]:
     return [c for c in rows.scalars() if (c.trigger or {}).get("kind") == kind and is_running(c, now)]
 
 
-def claim_gate(claimant: Claimant) -> ClaimGate:
-    """The platform-wide claim limits (settings ``CLAIM_*``) for one event of ``claimant``."""
-    return ClaimGate(claimant, PlatformLimits.from_config(current_app.config))
+def claim_gate(claimant: Claimant, limits: PlatformLimits | None) -> ClaimGate:
+    """The platform-wide claim limits (the shell reads them from settings ``CLAIM_*``) for one event of
+    ``claimant``; ``None``: no platform-wide limit (issuing nobody asked for at a counter, and tests)."""
+    return ClaimGate(claimant, limits or PlatformLimits.off())
 
 
 def _issue_one(campaign: Campaign, user: User, gate: ClaimGate, now: datetime, **issue) -> RedPacket | None:
@@ -73,10 +73,11 @@ def _issue_each(
     channel: str | None = None,
     issuer_user_id: int | None = None,
     claimant: Claimant | None = None,
+    limits: PlatformLimits | None = None,
 ) -> list[RedPacket]:
     if not user.is_active:
         return []
-    gate = claim_gate(claimant or Claimant(user.id))
+    gate = claim_gate(claimant or Claimant(user.id), limits)
     issued = []
     for campaign in _campaigns(kind, now):
         packet = _issue_one(
@@ -95,14 +96,22 @@ def _issue_each(
 
 
 def on_registered(
-    user: User, now: datetime, channel: str | None = None, claimant: Claimant | None = None
+    user: User,
+    now: datetime,
+    channel: str | None = None,
+    claimant: Claimant | None = None,
+    limits: PlatformLimits | None = None,
 ) -> list[RedPacket]:
     """A new person: newcomer packets (5 / 10 yuan tiers come from the campaign)."""
-    return _issue_each("registration", user, f"user:{user.id}", now, channel, claimant=claimant)
+    return _issue_each("registration", user, f"user:{user.id}", now, channel, claimant=claimant, limits=limits)
 
 
 def sign_in(
-    user: User, now: datetime, channel: str | None = None, claimant: Claimant | None = None
+    user: User,
+    now: datetime,
+    channel: str | None = None,
+    claimant: Claimant | None = None,
+    limits: PlatformLimits | None = None,
 ) -> tuple[SignIn, list[RedPacket]]:
     """Today's sign-in (Beijing day), once; the streak counts consecutive days.
 
@@ -126,7 +135,7 @@ def sign_in(
         return db.session.execute(select(SignIn).filter_by(user_id=user.id, day=day.isoformat())).scalar_one(), []
     if not user.is_active:
         return record, []
-    gate = claim_gate(claimant or Claimant(user.id))
+    gate = claim_gate(claimant or Claimant(user.id), limits)
     issued = []
     for campaign in _campaigns("daily_sign_in", now):
         face = _streak_face(campaign, record.streak)
@@ -164,7 +173,12 @@ def create_share_link(campaign: Campaign, user: User, now: datetime) -> ShareLin
 
 
 def claim_share(
-    token: str, friend: User, now: datetime, channel: str | None = None, claimant: Claimant | None = None
+    token: str,
+    friend: User,
+    now: datetime,
+    channel: str | None = None,
+    claimant: Claimant | None = None,
+    limits: PlatformLimits | None = None,
 ) -> dict:
     """The friend gets a packet; the sharer gets one too when the campaign rewards sharing.
 
@@ -179,7 +193,7 @@ def claim_share(
         raise Invalid("you cannot claim your own share link", code="own_share_link")
     campaign = db.session.get(Campaign, link.campaign_id)
     ref = f"{token}:{friend.id}"
-    gate = claim_gate(claimant or Claimant(friend.id))
+    gate = claim_gate(claimant or Claimant(friend.id), limits)
     friend_packet = issue_packet(campaign, friend, source="share", source_ref=ref, now=now, channel=channel, gate=gate)
     sharer_packet = None
     reward = (campaign.trigger or {}).get("sharer_reward_fen")
@@ -188,7 +202,7 @@ def claim_share(
         sharer_packet = _issue_one(
             campaign,
             sharer,
-            claim_gate(Claimant(sharer.id)),
+            claim_gate(Claimant(sharer.id), limits),
             now,
             source="share_reward",
             source_ref=ref,
@@ -232,7 +246,9 @@ def _invited_by(person: User, ancestor_id: int, depth: int = 50) -> bool:
     return True  # a chain this deep is itself suspicious: refuse
 
 
-def bind_inviter(user: User, code: str, now: datetime, claimant: Claimant | None = None) -> list[RedPacket]:
+def bind_inviter(
+    user: User, code: str, now: datetime, claimant: Claimant | None = None, limits: PlatformLimits | None = None
+) -> list[RedPacket]:
     """Bind a new person to the inviter whose code they used; one inviter per person, never oneself.
 
     The binding is one conditional UPDATE (``WHERE inviter_id IS NULL``): of concurrent binds of one
@@ -267,5 +283,11 @@ def bind_inviter(user: User, code: str, now: datetime, claimant: Claimant | None
     if bound != 1:
         raise StateConflict("you already have an inviter", code="already_invited")
     return _issue_each(
-        "referral_bind", user, f"invitee:{user.id}", now, issuer_user_id=user.inviter_id, claimant=claimant
+        "referral_bind",
+        user,
+        f"invitee:{user.id}",
+        now,
+        issuer_user_id=user.inviter_id,
+        claimant=claimant,
+        limits=limits,
     )

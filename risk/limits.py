@@ -123,6 +123,11 @@ class PlatformLimits:
             person_interval_seconds=int(config.get("CLAIM_PERSON_INTERVAL_SECONDS", 600)),
         )
 
+    @classmethod
+    def off(cls) -> PlatformLimits:
+        """No platform-wide limit: for issuing that no person asked for at a counter (tests, back-office)."""
+        return cls(0, 0, 0, 0, 0, 0)
+
 
 @dataclass(frozen=True)
 class Claimant:
@@ -196,13 +201,14 @@ class ClaimGate:
             self.taken = True
 
 
-def enforce_claim_limits(
-    limits: ClaimLimits, *, campaign_id: int, person_id: int, ip: str, device: str | None, now: datetime
-) -> None:
-    """Take one slot of every applicable limit or raise ``LimitHit`` (the caller rolls back)."""
+def enforce_claim_limits(limits: ClaimLimits, *, campaign_id: int, claimant: Claimant, now: datetime) -> None:
+    """Take one slot of every applicable limit of one campaign or raise ``LimitHit`` (the caller rolls back).
+
+    Limits on a network address or device apply only when the claimant carries one."""
     day = beijing(now).date().isoformat()
     until_midnight = _until_midnight(now)
     scope = f"c{campaign_id}"
+    person_id, ip = claimant.person_id, claimant.ip
     if limits.per_person is not None and not _take_count(
         f"{scope}:person:{person_id}", ALL_TIME, limits.per_person, now
     ):
@@ -211,12 +217,16 @@ def enforce_claim_limits(
         f"{scope}:person-day:{person_id}", day, limits.per_person_per_day, now
     ):
         raise LimitHit(f"at most {limits.per_person_per_day} a day per person", until_midnight, "person_daily_limit")
-    if limits.per_ip_per_day is not None and not _take_count(f"{scope}:ip-day:{ip}", day, limits.per_ip_per_day, now):
+    if (
+        limits.per_ip_per_day is not None
+        and ip is not None
+        and not _take_count(f"{scope}:ip-day:{ip}", day, limits.per_ip_per_day, now)
+    ):
         raise LimitHit(
             f"at most {limits.per_ip_per_day} claims a day from one network address", until_midnight, "ip_daily_limit"
         )
     if limits.min_interval_seconds:
-        for kind, value in (("ip", ip), ("device", device)):
+        for kind, value in (("ip", ip), ("device", claimant.device)):
             if value is None:
                 continue
             key = f"{scope}:{kind}-interval:{value}"

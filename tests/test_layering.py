@@ -107,6 +107,34 @@ def test_config_imports_nothing_of_ours():
             assert module.split(".")[0] not in OURS - {"config"}, f"{path.relative_to(ROOT)}:{lineno}"
 
 
+def names_imported_from(path: Path, package: str) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == package
+        for alias in node.names
+    }
+
+
+CLAIM_LIMITS = {"enforce_claim_limits", "enforce_platform_limits", "take_platform_daily", "ClaimGate", "record_refusal"}
+
+
+def test_rebate_takes_the_claim_limits_from_risk_and_no_blueprint_does():
+    """The design's rebate → risk arrow: the claim operations call the limits; the shell only passes settings."""
+    assert names_imported_from(ROOT / "rebate" / "claims.py", "risk") & CLAIM_LIMITS
+    for path in [*(ROOT / "web").rglob("*.py"), *(ROOT / "jobs").rglob("*.py")]:
+        called = names_imported_from(path, "risk") & CLAIM_LIMITS
+        assert not called, f"{path.relative_to(ROOT)} takes claim limits itself: {sorted(called)}"
+
+
+@pytest.mark.parametrize("module", ["claims", "triggers", "packets", "campaign_ops", "scope"])
+def test_the_claim_and_campaign_operations_read_no_settings_or_request(module):
+    """Settings (``PlatformLimits``) and the operator (``Actor``) are passed in, not read from flask."""
+    path = ROOT / "rebate" / f"{module}.py"
+    assert [m for _, m in imported_modules(path) if m.split(".")[0] == "flask"] == []
+
+
 # --- the checker itself catches what it should ---------------------------------------------
 
 

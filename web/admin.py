@@ -12,11 +12,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from ledger import balance
-from models import AuditLog, Merchant, Operator, OperatorRole, Order, Product, db
+from models import AuditLog, Merchant, Operator, OperatorRole, Product, db
+from models.operators import Actor, audit, merchant_scope
 from rebate.deposits import deposit_account, top_up
+from rebate.scope import visible_merchant
 from web.api import client_ip, endpoint
 from web.auth import issue_operator_token
-from web.errors import Conflict, NotFound, ValidationFailed
+from web.errors import Conflict, ValidationFailed
 from web.schemas import Category, Id, Model, Name, Page, PositiveFen, Reason
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
@@ -25,40 +27,9 @@ PLATFORM = (OperatorRole.ADMIN, OperatorRole.FINANCE, OperatorRole.SUPPORT)
 ANY_OPERATOR = (*PLATFORM, OperatorRole.MERCHANT_STAFF)
 
 
-def audit(action: str, target_type: str, target_id: object, reason: str | None = None, **details) -> None:
-    db.session.add(
-        AuditLog(
-            operator_id=g.operator.id,
-            action=action,
-            target_type=target_type,
-            target_id=str(target_id),
-            reason=reason,
-            details=details,
-            ip=client_ip(),
-        )
-    )
-
-
-def merchant_scope() -> int | None:
-    """The one merchant a merchant-staff operator may see; None for platform roles."""
-    return g.operator.merchant_id if g.operator.role == OperatorRole.MERCHANT_STAFF else None
-
-
-def visible_merchant(merchant_id: int) -> Merchant:
-    scope = merchant_scope()
-    merchant = db.session.get(Merchant, merchant_id)
-    if merchant is None or (scope is not None and scope != merchant_id):
-        raise NotFound(f"merchant {merchant_id} not found")
-    return merchant
-
-
-def visible_order(order_id: int) -> Order:
-    """An order the operator may see: any for platform roles, their own merchant's for merchant staff."""
-    order = db.session.get(Order, order_id)
-    scope = merchant_scope()
-    if order is None or (scope is not None and order.merchant_id != scope):
-        raise NotFound(f"order {order_id} not found")
-    return order
+def actor() -> Actor:
+    """The signed-in operator at work, from this request's network address (for scopes and the audit log)."""
+    return Actor(g.operator, client_ip())
 
 
 def merchant_json(m: Merchant) -> dict:
@@ -114,7 +85,7 @@ def create_merchant(body: CreateMerchant):
         db.session.flush()
     except IntegrityError:
         raise Conflict(f"a merchant named {body.name!r} exists", code="duplicate_merchant") from None
-    audit("merchant.create", "merchant", merchant.id, body.reason, name=body.name)
+    audit(actor(), "merchant.create", "merchant", merchant.id, body.reason, name=body.name)
     return merchant_json(merchant), 201
 
 
@@ -122,15 +93,15 @@ def create_merchant(body: CreateMerchant):
 def list_merchants(query: Page):
     """List merchants (merchant staff: only their own)."""
     stmt = select(Merchant).order_by(Merchant.id).limit(query.limit).offset(query.offset)
-    if merchant_scope() is not None:
-        stmt = stmt.where(Merchant.id == merchant_scope())
+    if merchant_scope(g.operator) is not None:
+        stmt = stmt.where(Merchant.id == merchant_scope(g.operator))
     return {"items": [merchant_json(m) for m in db.session.execute(stmt).scalars()]}
 
 
 @endpoint(bp, "/merchants/<int:merchant_id>", auth="operator", roles=ANY_OPERATOR)
 def get_merchant(merchant_id: int):
     """One merchant."""
-    return merchant_json(visible_merchant(merchant_id))
+    return merchant_json(visible_merchant(g.operator, merchant_id))
 
 
 class DepositTopUp(Model):
@@ -150,17 +121,17 @@ class DepositTopUp(Model):
 )
 def top_up_deposit(merchant_id: int, body: DepositTopUp):
     """Record money the merchant paid into its marketing deposit; its campaigns spend only what it holds."""
-    visible_merchant(merchant_id)
+    visible_merchant(g.operator, merchant_id)
     key = f"{g.operator.id}:{request.headers['Idempotency-Key']}"
     held = top_up(merchant_id, body.amount_fen, key, f"deposit top-up: {body.reason}")
-    audit("merchant.deposit_top_up", "merchant", merchant_id, body.reason, amount_fen=body.amount_fen)
+    audit(actor(), "merchant.deposit_top_up", "merchant", merchant_id, body.reason, amount_fen=body.amount_fen)
     return {"merchant_id": merchant_id, "deposit_fen": held}, 201
 
 
 @endpoint(bp, "/merchants/<int:merchant_id>/deposit", auth="operator", roles=ANY_OPERATOR)
 def get_deposit(merchant_id: int):
     """What the merchant's marketing deposit holds (merchant staff: their own)."""
-    visible_merchant(merchant_id)
+    visible_merchant(g.operator, merchant_id)
     return {"merchant_id": merchant_id, "deposit_fen": balance(deposit_account(merchant_id))}
 
 
@@ -176,21 +147,23 @@ def get_deposit(merchant_id: int):
 )
 def create_product(merchant_id: int, body: CreateProduct):
     """Add a product to a merchant's catalogue."""
-    visible_merchant(merchant_id)
+    visible_merchant(g.operator, merchant_id)
     product = Product(merchant_id=merchant_id, name=body.name, category=body.category, price_fen=body.price_fen)
     db.session.add(product)
     try:
         db.session.flush()
     except IntegrityError:
         raise Conflict(f"product {body.name!r} exists for this merchant", code="duplicate_product") from None
-    audit("product.create", "product", product.id, body.reason, merchant_id=merchant_id, price_fen=body.price_fen)
+    audit(
+        actor(), "product.create", "product", product.id, body.reason, merchant_id=merchant_id, price_fen=body.price_fen
+    )
     return product_json(product), 201
 
 
 @endpoint(bp, "/merchants/<int:merchant_id>/products", auth="operator", roles=ANY_OPERATOR, query=Page)
 def list_products(merchant_id: int, query: Page):
     """A merchant's products."""
-    visible_merchant(merchant_id)
+    visible_merchant(g.operator, merchant_id)
     stmt = (
         select(Product)
         .where(Product.merchant_id == merchant_id)
@@ -218,10 +191,12 @@ def create_operator(body: CreateOperator):
             "merchant_id is required for merchant_staff and forbidden otherwise", code="merchant_scope"
         )
     if body.merchant_id is not None:
-        visible_merchant(body.merchant_id)
+        visible_merchant(g.operator, body.merchant_id)
     operator = create_operator_record(body.username, body.display_name, body.role, body.merchant_id)
     token = issue_operator_token(operator, label="initial")
-    audit("operator.create", "operator", operator.id, body.reason, role=body.role, merchant_id=body.merchant_id)
+    audit(
+        actor(), "operator.create", "operator", operator.id, body.reason, role=body.role, merchant_id=body.merchant_id
+    )
     return {"id": operator.id, "username": operator.username, "role": operator.role, "token": token}, 201
 
 

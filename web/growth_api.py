@@ -1,9 +1,10 @@
 """Growth endpoints: device tokens, self-serve claims, daily sign-in, share links, referral binding.
 
-Every claim path takes its campaign's claim limits (per IP per day, interval
-per device and per IP, per person) and the platform-wide ones (settings
-``CLAIM_*``) in the same transaction as the claim; a refusal is 429 with the
-reason and ``Retry-After``. Sign-in and referral binding still succeed when a
+Every claim path is one operation of ``rebate/claims.py``: it takes its campaign's
+claim limits (per IP per day, interval per device and per IP, per person) and the
+platform-wide ones (settings ``CLAIM_*``, read here and passed in) in the same
+transaction as the claim; a refusal is kept for the trace, committed, and answered
+429 with the reason and ``Retry-After``. Sign-in and referral binding still succeed when a
 limit refuses their packet (the refusal is kept for the trace). The device is a server-issued,
 signed token (``X-Device-Token``), never a client-chosen id; the IP is the
 socket's, or ``X-Forwarded-For`` only behind ``TRUSTED_PROXY_COUNT`` proxies.
@@ -20,15 +21,14 @@ from flask import Blueprint, current_app, request
 from itsdangerous import BadSignature, URLSafeSerializer
 from pydantic import Field
 
-from models import Campaign, ShareLink, User, db, utcnow
-from rebate.deposits import pause_refused
-from rebate.errors import DepositExhausted, StateConflict
-from rebate.packets import issue_packet
-from rebate.triggers import bind_inviter, claim_gate, claim_share, create_share_link, invite_code_of, sign_in
-from risk import Claimant, ClaimLimits, LimitHit, enforce_claim_limits, record_refusal, take_device_token_slot
+from models import User, db, utcnow
+from rebate import claims
+from rebate.claims import REFUSALS, running_campaign
+from rebate.triggers import bind_inviter, create_share_link, invite_code_of, sign_in
+from risk import Claimant, PlatformLimits, take_device_token_slot
 from web.api import client_ip, endpoint
 from web.auth import current_user, token_channel
-from web.errors import NotFound, ValidationFailed
+from web.errors import ValidationFailed
 from web.schemas import Model
 from web.views import packet_json
 
@@ -68,42 +68,20 @@ def claimant(user: User) -> Claimant:
     return Claimant(user.id, client_ip(), device_id())
 
 
+def platform_limits() -> PlatformLimits:
+    """The platform-wide claim limits (settings ``CLAIM_*``), passed to every operation that issues packets."""
+    return PlatformLimits.from_config(current_app.config)
+
+
 @contextmanager
-def refusal_kept(campaign: Campaign, user: User) -> Iterator[None]:
-    """A claim refused by a limit or by the funder's deposit rolls back; the refusal is kept in its own
-    transaction for the trace (and a deposit refusal pauses the campaign)."""
-    campaign_id, user_id = campaign.id, user.id
+def refusal_answered() -> Iterator[None]:
+    """A claim refused by a limit or by its funder's deposit was rolled back to its savepoint and the refusal
+    kept (rebate/claims.py): commit that, then answer the refusal (429 with ``Retry-After``, or 409)."""
     try:
         yield
-    except LimitHit as hit:
-        db.session.rollback()
-        record_refusal(user_id, campaign_id, hit)
+    except REFUSALS:
         db.session.commit()
         raise
-    except DepositExhausted as refused:  # 409: the campaign is paused and an operator alerted
-        db.session.rollback()
-        record_refusal(user_id, campaign_id, refused)
-        pause_refused(refused.campaign_id)
-        db.session.commit()
-        raise
-
-
-def take_claim_limits(campaign: Campaign, user: User) -> None:
-    """Take the campaign's own limit slots (the platform-wide ones are taken when the packet is issued)."""
-    limits = ClaimLimits.from_json(campaign.claim_limits)
-    with refusal_kept(campaign, user):
-        enforce_claim_limits(
-            limits, campaign_id=campaign.id, person_id=user.id, ip=client_ip(), device=device_id(), now=utcnow()
-        )
-
-
-def running_campaign(campaign_id: int) -> Campaign:
-    campaign = db.session.get(Campaign, campaign_id)
-    if campaign is None or campaign.status == "draft":
-        raise NotFound("no such campaign")
-    if campaign.status != "active":
-        raise StateConflict(f"the campaign is {campaign.status}", code="campaign_not_running")
-    return campaign
 
 
 class InviteCode(Model):
@@ -120,20 +98,10 @@ def new_device():
 @endpoint(bp, "/campaigns/<int:campaign_id>/claim", methods=["POST"], idempotent=True, status=201)
 def claim_from_campaign(campaign_id: int):
     """Claim a packet straight from a self-serve campaign (trigger kind ``claim``)."""
-    campaign = running_campaign(campaign_id)
-    if (campaign.trigger or {}).get("kind") != "claim":
-        raise StateConflict("this campaign's packets are not claimed directly", code="not_claimable")
     user = current_user()
-    take_claim_limits(campaign, user)
-    with refusal_kept(campaign, user):
-        packet = issue_packet(
-            campaign,
-            user,
-            source="claim",
-            source_ref=f"user:{user.id}:{secrets.token_hex(6)}",
-            now=utcnow(),
-            channel=channel(),
-            gate=claim_gate(claimant(user)),
+    with refusal_answered():
+        packet = claims.claim_from_campaign(
+            campaign_id, user, utcnow(), claimant=claimant(user), limits=platform_limits(), channel=channel()
         )
     return packet_json(packet), 201
 
@@ -142,7 +110,7 @@ def claim_from_campaign(campaign_id: int):
 def daily_sign_in():
     """Today's sign-in (Beijing day): the streak, and any packet it earned."""
     user = current_user()
-    record, packets = sign_in(user, utcnow(), channel(), claimant(user))
+    record, packets = sign_in(user, utcnow(), channel(), claimant(user), platform_limits())
     return {"day": record.day, "streak": record.streak, "packets": [packet_json(p) for p in packets]}
 
 
@@ -157,14 +125,11 @@ def new_share_link(campaign_id: int):
 def claim_share_link(token: str):
     """A friend claims through a share link; both sides can be rewarded."""
     user = current_user()
-    link = db.session.get(ShareLink, token)
-    if link is None:
-        raise NotFound("no such share link")
-    campaign = db.session.get(Campaign, link.campaign_id)
-    take_claim_limits(campaign, user)
-    with refusal_kept(campaign, user):
-        result = claim_share(token, user, utcnow(), channel(), claimant(user))
-    return {"packet": packet_json(result["friend"]), "sharer_rewarded": result["sharer"] is not None}, 201
+    with refusal_answered():
+        claimed = claims.claim_share_link(
+            token, user, utcnow(), claimant=claimant(user), limits=platform_limits(), channel=channel()
+        )
+    return {"packet": packet_json(claimed.packet), "sharer_rewarded": claimed.sharer_rewarded}, 201
 
 
 @endpoint(bp, "/me/invite")
@@ -179,5 +144,5 @@ def my_invite():
 def bind_referral(body: InviteCode):
     """Bind the caller (a new user) to an inviter; one inviter per person, never oneself."""
     user = current_user()
-    packets = bind_inviter(user, body.code, utcnow(), claimant(user))
+    packets = bind_inviter(user, body.code, utcnow(), claimant(user), platform_limits())
     return {"bound": True, "packets": [packet_json(p) for p in packets]}, 201

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from flask import Blueprint
+from flask import Blueprint, g
 from pydantic import Field, StrictInt
 
 from models import OperatorRole, RedPacket, User, db, utcnow
+from models.operators import merchant_scope
 from rebate.campaigns import rules_of
 from rebate.rules import RuleError, parse_rules
+from rebate.scope import visible_campaign, visible_order
 from rebate.simulate import simulate
 from rebate.trace import trace_order, trace_packet
 from rebate.trace_people import merchant_sees_packet, merchant_sees_user, trace_user
-from web.admin import merchant_scope, visible_order
 from web.api import endpoint
-from web.campaign_admin import RulesIn, visible_campaign
+from web.campaign_admin import RulesIn
 from web.errors import NotFound, ValidationFailed
 from web.schemas import Model, PositiveFen
 from web.views import PLAIN_REASONS
@@ -43,14 +44,14 @@ class Simulation(Model):
 @endpoint(bp, "/trace/orders/<int:order_id>", auth="operator", roles=TRACERS, tags=("trace",))
 def trace_an_order(order_id: int):
     """Which campaigns and rules were evaluated for an order, what each decided and why."""
-    return trace_order(visible_order(order_id), PLAIN_REASONS)
+    return trace_order(visible_order(g.operator, order_id), PLAIN_REASONS)
 
 
 @endpoint(bp, "/trace/packets/<int:packet_id>", auth="operator", roles=TRACERS, tags=("trace",))
 def trace_a_packet(packet_id: int):
     """A red packet's history, its order and the rebates it triggered."""
     packet = db.session.get(RedPacket, packet_id)
-    scope = merchant_scope()
+    scope = merchant_scope(g.operator)
     if packet is None or (scope is not None and not merchant_sees_packet(packet, scope)):
         raise NotFound(f"red packet {packet_id} not found")
     return trace_packet(packet, PLAIN_REASONS, utcnow())
@@ -60,7 +61,7 @@ def trace_a_packet(packet_id: int):
 def trace_a_user(user_id: int, query: TracePage):
     """A person's packets, orders and rebate decisions, newest first (merchant staff: at their shop only)."""
     user = db.session.get(User, user_id)
-    scope = merchant_scope()
+    scope = merchant_scope(g.operator)
     if user is None or (scope is not None and not merchant_sees_user(user.id, scope)):
         raise NotFound(f"user {user_id} not found")
     return trace_user(user, PLAIN_REASONS, limit=query.limit, merchant_id=scope)
@@ -77,10 +78,10 @@ def trace_a_user(user_id: int, query: TracePage):
 )
 def simulate_rules(campaign_id: int, body: Simulation):
     """Replay draft rules over the past N days of the campaign's paid orders, against its current rules."""
-    campaign = visible_campaign(campaign_id)
+    campaign = visible_campaign(g.operator, campaign_id)
     limit = body.budget_limit_fen if body.budget_limit_fen is not None else campaign.budget_limit_fen
     try:
-        draft = parse_rules(body.rules.model_dump(mode="json", exclude_none=True), budgeted=limit is not None)
+        draft = parse_rules(body.rules, budgeted=limit is not None)
     except RuleError as exc:
         raise ValidationFailed(str(exc), code="invalid_rules") from None
     current_applies_to = rules_of(campaign).applies_to

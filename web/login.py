@@ -24,7 +24,7 @@ from risk import Claimant
 from web.api import client_ip, endpoint
 from web.auth import issue_user_token
 from web.errors import ApiError, ValidationFailed
-from web.growth_api import device_id
+from web.growth_api import device_id, platform_limits
 from web.openapi import ERROR, UNAVAILABLE, UPSTREAM_REFUSED, documented
 from web.schemas import Model
 from web.wechat_setup import to_api_error, wechat
@@ -59,7 +59,7 @@ def _attach(appid: str, openid: str, unionid: str | None, channel: str, origin: 
         db.session.flush()
         # Newcomer packets, in the same transaction as the person, under the platform-wide claim limits
         # of the network address and device the login came from.
-        on_registered(user, utcnow(), channel, Claimant(user.id, *origin))
+        on_registered(user, utcnow(), channel, Claimant(user.id, *origin), platform_limits())
     identity = UserIdentity(user_id=user.id, appid=appid, openid=openid, channel=channel)
     db.session.add(identity)
     db.session.flush()

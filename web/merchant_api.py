@@ -13,8 +13,10 @@ from flask import Blueprint, g
 from pydantic import Field, StrictInt
 
 from models import OperatorRole, utcnow
+from models.operators import audit
 from rebate.milestones import report_milestone
-from web.admin import audit, visible_order
+from rebate.scope import visible_order
+from web.admin import actor
 from web.api import endpoint
 from web.schemas import Model
 from web.views import rebate_json
@@ -39,7 +41,7 @@ class Milestone(Model):
 )
 def post_milestone(order_id: int, body: Milestone):
     """Report a milestone of an order; answers the rebates it released."""
-    order = visible_order(order_id)
+    order = visible_order(g.operator, order_id)
     released = report_milestone(order, body.name, body.quality, utcnow(), operator_id=g.operator.id)
-    audit("order.milestone", "order", order.id, None, name=body.name, quality=body.quality)
+    audit(actor(), "order.milestone", "order", order.id, None, name=body.name, quality=body.quality)
     return {"order_id": order.id, "milestone": body.name, "released": [rebate_json(r) for r in released]}, 201

@@ -13,6 +13,7 @@ from flask import Blueprint, current_app, g, request
 from pydantic import BaseModel, Field, model_validator
 
 from models import OperatorRole, Payout, PayoutAttempt, Rail, RailControl, User, call_between_commits, db, utcnow
+from models.operators import audit
 from payouts.operations import (
     approve,
     cancel,
@@ -26,7 +27,7 @@ from payouts.operations import (
     withdraw,
 )
 from payouts.rails import unconfigured_because
-from web.admin import audit
+from web.admin import actor
 from web.api import endpoint
 from web.auth import current_user
 from web.errors import NotFound
@@ -190,7 +191,7 @@ def act_on_payout(payout_id: int, action: str, body: Action):
         cancel(payout, now, body.reason)
     else:
         approve(payout, g.operator.id, now)
-    audit(f"payout.{action}", "payout", payout.id, body.reason, status=payout.status)
+    audit(actor(), f"payout.{action}", "payout", payout.id, body.reason, status=payout.status)
     return payout_json(payout)
 
 
@@ -207,7 +208,7 @@ def resolve_payout(payout_id: int, body: Resolution):
     """Settle a needs_operator payout from evidence, with the reason."""
     payout = lock_payout(payout_id)
     resolve(payout, body.outcome == "succeeded", utcnow(), body.reason)
-    audit("payout.resolve", "payout", payout.id, body.reason, outcome=body.outcome)
+    audit(actor(), "payout.resolve", "payout", payout.id, body.reason, outcome=body.outcome)
     return payout_json(payout)
 
 
@@ -244,7 +245,7 @@ def create_manual_payout(body: ManualPayout):
         body.reason,
         current_app.config["MANUAL_PAYOUT_APPROVAL_FEN"],
     )
-    audit("payout.manual", "payout", payout.id, body.reason, amount_fen=body.amount_fen, user_id=user.id)
+    audit(actor(), "payout.manual", "payout", payout.id, body.reason, amount_fen=body.amount_fen, user_id=user.id)
     return payout_json(payout), 201
 
 
@@ -269,7 +270,7 @@ def switch_rail(rail: str, body: RailSwitch):
     if body.enabled:
         control.paused_until = None
     db.session.add(control)
-    audit("rail.switch", "rail", rail, body.reason, enabled=body.enabled)
+    audit(actor(), "rail.switch", "rail", rail, body.reason, enabled=body.enabled)
     return {"rail": rail, "enabled": control.enabled, "reason": control.reason}
 
 
@@ -393,10 +394,18 @@ def consume_card(body: CardCode):
         payout = settle_redeemed_card(code, utcnow()) if code else None
         if isinstance(answer, WeChatCardCodeConsumed):  # still decides its payout, then answers 409
             if payout is not None:
-                audit("card.consume", "card_code", code, "WeChat: already redeemed", payout_id=payout.id)
+                audit(actor(), "card.consume", "card_code", code, "WeChat: already redeemed", payout_id=payout.id)
             return answer
         redeemed_card = (answer.get("card") or {}).get("card_id")
-        audit("card.consume", "card_code", code, None, card_id=redeemed_card, payout_id=payout.id if payout else None)
+        audit(
+            actor(),
+            "card.consume",
+            "card_code",
+            code,
+            None,
+            card_id=redeemed_card,
+            payout_id=payout.id if payout else None,
+        )
         return {"consumed": True, "card_id": redeemed_card, "payout_id": payout.id if payout else None}
 
     # the auth read is committed (ended) before the calls; the redemption is recorded after them

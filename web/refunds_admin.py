@@ -20,9 +20,10 @@ from flask import Blueprint, current_app, g, request
 from pydantic import Field
 
 from models import OperatorRole, Order, Refund, RefundStatus, call_between_commits, db, utcnow
+from models.operators import audit
 from rebate import begin_refund, fail_refund
 from rebate.refunds import apply_refund_answer
-from web.admin import audit
+from web.admin import actor
 from web.api import endpoint
 from web.errors import NotFound
 from web.schemas import Model, PositiveFen
@@ -106,7 +107,7 @@ def create_refund(order_id: int, body: CreateRefund):
             raise NotFound(f"order {order_id} not found")
         refund = begin_refund(order, new_out_refund_no(order), body.amount_fen, body.reason)
         why, number = body.reason, refund.out_refund_no
-        audit("refund.create", "order", order.id, why, out_refund_no=number, amount_fen=body.amount_fen)
+        audit(actor(), "refund.create", "order", order.id, why, out_refund_no=number, amount_fen=body.amount_fen)
         return RefundCall(refund.id, order.out_trade_no, refund.out_refund_no, order.payable_fen)
 
     def ask(r: RefundCall) -> dict | WeChatError:

@@ -15,7 +15,6 @@ from sqlalchemy import select
 from ledger import account, balance
 from models import (
     AccountKind,
-    Campaign,
     Order,
     Payout,
     Product,
@@ -27,14 +26,13 @@ from models import (
     utcnow,
 )
 from models.payouts import TERMINAL
-from rebate import claim_packet, create_order
+from rebate import create_order
+from rebate.claims import claim_by_code
 from rebate.orders import LineRequest
-from rebate.packets import find_claimable
-from rebate.triggers import claim_gate
 from web.api import endpoint
 from web.auth import current_user
 from web.errors import NotFound
-from web.growth_api import channel, claimant, refusal_kept, take_claim_limits
+from web.growth_api import channel, claimant, platform_limits, refusal_answered
 from web.payment_api import prepay_after_commit
 from web.schemas import Id, Model, Page
 from web.views import order_json, packet_json, rebate_json
@@ -71,12 +69,10 @@ class CreateOrder(Model):
 def claim(body: Claim):
     """Claim a red packet by its code; claim limits apply and the budget is reserved now."""
     user = current_user()
-    packet = find_claimable(body.code, user)
-    campaign = db.session.get(Campaign, packet.campaign_id)
-    if packet.owner_id is None:
-        take_claim_limits(campaign, user)
-    with refusal_kept(campaign, user):
-        packet = claim_packet(body.code, user, utcnow(), channel(), gate=claim_gate(claimant(user)))
+    with refusal_answered():
+        packet = claim_by_code(
+            body.code, user, utcnow(), claimant=claimant(user), limits=platform_limits(), channel=channel()
+        )
     return packet_json(packet), 201
 
 

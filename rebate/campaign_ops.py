@@ -1,0 +1,215 @@
+"""The campaign lifecycle as operators drive it: create, rules versions, activate / pause / end, changes,
+batches of packets and revocation. Each operation checks, writes, audits with the operator's reason, and
+flushes; the caller commits once (a refusal anywhere leaves nothing).
+
+Merchant staff manage only their own merchant's campaigns, funded by their own deposit; anything else
+is not found. Referral campaigns and campaigns fired by platform-wide events (registration, daily
+sign-in, referral binding) are for platform admins only. A merchant-funded campaign is activated, and a
+running one's budget raised, only while its funder's deposit holds what the budget may still commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from models import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType, RedPacket, db
+from models.operators import Actor, audit
+from rebate.campaigns import rules_of
+from rebate.deposits import held_in_deposit, lock_deposits
+from rebate.errors import Invalid, NotFound, RebateError, StateConflict
+from rebate.packets import generate_batch, revoke_packet
+from rebate.rules import RuleSet, parse_rules, rules_json
+from rebate.scope import visible_campaign, visible_merchant
+
+TRANSITIONS = {
+    "activate": ({CampaignStatus.DRAFT, CampaignStatus.PAUSED}, CampaignStatus.ACTIVE),
+    "pause": ({CampaignStatus.ACTIVE}, CampaignStatus.PAUSED),
+    "end": ({CampaignStatus.DRAFT, CampaignStatus.ACTIVE, CampaignStatus.PAUSED}, CampaignStatus.ENDED),
+}
+PLATFORM_TRIGGERS = ("registration", "daily_sign_in", "referral_bind")
+
+
+class PlatformOnly(RebateError):
+    code, kind = "platform_only", "forbidden"
+
+
+def check_platform_only(actor: Actor, applies_to: str, trigger_kind: str | None) -> None:
+    """Referral and platform-wide campaigns pay on every merchant's customers: platform admins only."""
+    if actor.merchant_scope is None:
+        return
+    if applies_to == "referral":
+        raise PlatformOnly("referral campaigns are created and changed by platform admins only")
+    if trigger_kind in PLATFORM_TRIGGERS:
+        raise PlatformOnly(f"campaigns fired by {trigger_kind} are platform-wide: platform admins only")
+
+
+def _check_platform_only_campaign(actor: Actor, campaign: Campaign) -> None:
+    check_platform_only(actor, rules_of(campaign).applies_to, (campaign.trigger or {}).get("kind"))
+
+
+def _check_window(starts_at: datetime | None, ends_at: datetime | None, what: str = "ends_at") -> None:
+    if starts_at and ends_at and ends_at <= starts_at:
+        raise Invalid(f"{what} must be after starts_at", code="window")
+
+
+def _check_hours(usage_windows: Mapping | None) -> None:
+    hours = (usage_windows or {}).get("hours")
+    if hours and hours[0] >= hours[1]:
+        raise Invalid("usage_windows.hours must be [from, to) with from < to", code="window")
+
+
+def _check_parties(actor: Actor, fields: Mapping) -> None:
+    issuer, funder = fields.get("issuer_merchant_id"), fields.get("funder_merchant_id")
+    if (fields["issuer_type"] == IssuerType.MERCHANT) != (issuer is not None):
+        raise Invalid("issuer_merchant_id goes with issuer_type merchant", code="issuer")
+    if (fields["funder_type"] == FunderType.MERCHANT_DEPOSIT) != (funder is not None):
+        raise Invalid("funder_merchant_id goes with funder_type merchant_deposit", code="funder")
+    if fields["issuer_type"] == IssuerType.USER or fields["funder_type"] == FunderType.USER_STAKE:
+        raise Invalid("user-issued campaigns are created by users, not operators", code="issuer")
+    _check_window(fields.get("starts_at"), fields.get("ends_at"))
+    valid_from, valid_until = fields.get("packet_valid_from"), fields.get("packet_valid_until")
+    if valid_from and valid_until and valid_until <= valid_from:
+        raise Invalid("packet_valid_until must be after packet_valid_from", code="window")
+    _check_hours(fields.get("usage_windows"))
+    tiers = fields.get("packet_tiers") or []
+    if len({t["min_spend_fen"] for t in tiers}) != len(tiers):
+        raise Invalid("two packet tiers start at the same spend", code="packet_tiers")
+    for merchant_id in (issuer, funder, fields.get("packet_merchant_id")):
+        if merchant_id is not None:
+            visible_merchant(actor.operator, merchant_id)
+    scope = actor.merchant_scope
+    if scope is not None and (funder != scope or issuer != scope):
+        raise Invalid("merchant staff run campaigns issued and funded by their own merchant", code="funder")
+
+
+def check_campaign(actor: Actor, fields: Mapping, rules: dict) -> RuleSet:
+    """Everything ``create_campaign`` refuses, refused the same way; writes nothing."""
+    check_platform_only(actor, rules.get("applies_to", "packet"), (fields.get("trigger") or {}).get("kind"))
+    _check_parties(actor, fields)
+    return parse_rules(rules, budgeted=fields.get("budget_limit_fen") is not None)
+
+
+def create_campaign(actor: Actor, fields: Mapping, rules: dict, reason: str | None) -> Campaign:
+    """A draft campaign with version 1 of its rules (``fields``: its columns, JSON ones as JSON)."""
+    stored = rules_json(check_campaign(actor, fields, rules))
+    campaign = Campaign(**fields, status=CampaignStatus.DRAFT)
+    db.session.add(campaign)
+    db.session.flush()
+    db.session.add(CampaignRules(campaign_id=campaign.id, version=1, rules=stored, created_by=actor.operator.id))
+    audit(actor, "campaign.create", "campaign", campaign.id, reason, rules=stored)
+    db.session.flush()
+    return campaign
+
+
+def _changeable(actor: Actor, campaign_id: int) -> Campaign:
+    campaign = visible_campaign(actor.operator, campaign_id, lock=True)
+    if campaign.status == CampaignStatus.ENDED:
+        raise StateConflict("an ended campaign cannot change", code="campaign_ended")
+    _check_platform_only_campaign(actor, campaign)
+    return campaign
+
+
+def replace_rules(actor: Actor, campaign_id: int, rules: dict, reason: str) -> Campaign:
+    """A new rules version; packets and orders keep the version they were issued or evaluated under."""
+    campaign = _changeable(actor, campaign_id)
+    check_platform_only(actor, rules.get("applies_to", "packet"), None)
+    stored = rules_json(parse_rules(rules, budgeted=campaign.budget_limit_fen is not None))
+    campaign.rules_version += 1
+    version = campaign.rules_version
+    db.session.add(CampaignRules(campaign_id=campaign.id, version=version, rules=stored, created_by=actor.operator.id))
+    audit(actor, "campaign.rules", "campaign", campaign.id, reason, version=version, rules=stored)
+    db.session.flush()
+    return campaign
+
+
+def check_deposit(campaign: Campaign) -> None:
+    """A merchant-funded campaign goes live only when its deposit holds what it may still commit."""
+    if campaign.funder_type != FunderType.MERCHANT_DEPOSIT:
+        return
+    lock_deposits([campaign])  # after the campaign's own lock, as payments and claims take them
+    held = held_in_deposit(campaign)
+    still = None if campaign.budget_limit_fen is None else campaign.budget_limit_fen - campaign.budget_committed_fen
+    if held <= 0 or (still is not None and held < still):
+        needs = "money" if still is None else f"the {still} fen its budget may still commit"
+        raise StateConflict(
+            f"merchant {campaign.funder_merchant_id}'s marketing deposit holds {held} fen, not {needs}: "
+            "top it up (or lower the budget) first",
+            code="deposit_exhausted",
+        )
+
+
+def transition(actor: Actor, campaign_id: int, action: str, reason: str) -> Campaign:
+    """Activate, pause (stops issuing and awarding at once) or end a campaign."""
+    campaign = visible_campaign(actor.operator, campaign_id, lock=True)
+    _check_platform_only_campaign(actor, campaign)
+    sources, target = TRANSITIONS[action]
+    if campaign.status not in sources:
+        raise StateConflict(f"a {campaign.status} campaign cannot {action}", code="campaign_state")
+    if target == CampaignStatus.ACTIVE:
+        check_deposit(campaign)
+    campaign.status = target
+    audit(actor, f"campaign.{action}", "campaign", campaign.id, reason)
+    db.session.flush()
+    return campaign
+
+
+def _check_changes(campaign: Campaign, changes: Mapping) -> None:
+    spent = campaign.budget_reserved_fen + campaign.budget_committed_fen
+    limit = changes.get("budget_limit_fen")
+    if limit is not None and campaign.budget_limit_fen is None:
+        raise Invalid(
+            "an unbudgeted campaign cannot become budgeted: its packets reserved no caps", code="budget_limit"
+        )
+    if limit is not None and limit < spent:
+        raise StateConflict(
+            f"the budget cannot go below what is reserved and committed ({spent} fen)", code="budget_below_spent"
+        )
+    max_packets = changes.get("max_packets")
+    if max_packets is not None and max_packets < campaign.packets_issued:
+        raise StateConflict(f"{campaign.packets_issued} packets are already issued", code="max_packets_below_issued")
+    if changes.get("ends_at") is not None:
+        _check_window(campaign.starts_at, changes["ends_at"])
+    _check_hours(changes.get("usage_windows"))
+
+
+def change_campaign(actor: Actor, campaign_id: int, changes: Mapping, reason: str) -> Campaign:
+    """Change a campaign's budget, end, counts, audience or limits (``changes``: only what is sent)."""
+    campaign = _changeable(actor, campaign_id)
+    _check_changes(campaign, changes)
+    before = {name: getattr(campaign, name) for name in changes}
+    for name, value in changes.items():
+        setattr(campaign, name, value)
+    old_limit = before.get("budget_limit_fen")
+    raised = old_limit is not None and campaign.budget_limit_fen > old_limit
+    if raised and campaign.status == CampaignStatus.ACTIVE:
+        check_deposit(campaign)  # as activation: the deposit must hold what the raised budget may commit
+    moved = {k: {"from": _jsonable(before[k]), "to": _jsonable(v)} for k, v in changes.items()}
+    audit(actor, "campaign.change", "campaign", campaign.id, reason, changes=moved)
+    db.session.flush()
+    return campaign
+
+
+def _jsonable(value):
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def issue_batch(actor: Actor, campaign_id: int, count: int, reason: str, now: datetime) -> list[RedPacket]:
+    """N unclaimed packets with unique, unguessable claim codes (budget reserved at claim)."""
+    campaign = visible_campaign(actor.operator, campaign_id)
+    packets = generate_batch(campaign, count, now, batch_ref=f"{actor.operator.id}:{now.timestamp()}")
+    audit(actor, "campaign.batch", "campaign", campaign.id, reason, count=count)
+    db.session.flush()
+    return packets
+
+
+def revoke(actor: Actor, packet_id: int, reason: str) -> RedPacket:
+    """Revoke an unspent packet of a campaign the operator may see; its reservation returns to the budget."""
+    packet = db.session.get(RedPacket, packet_id)
+    if packet is None:
+        raise NotFound(f"red packet {packet_id} not found")
+    visible_campaign(actor.operator, packet.campaign_id)  # merchant staff: only their own campaigns' packets
+    packet = revoke_packet(packet_id)
+    audit(actor, "packet.revoke", "red_packet", packet.id, reason, owner_id=packet.owner_id)
+    db.session.flush()
+    return packet
