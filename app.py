@@ -43,12 +43,11 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     Migrate(app, db, directory=MIGRATIONS_DIR, compare_type=True, render_as_batch=True)
     with app.app_context():
         _configure_sqlite(db.engine, settings["DATABASE_LOCK_TIMEOUT_S"])
+        database_url = db.engine.url.render_as_string(hide_password=False)  # SQLite: resolved in instance/
     if app.config["TRUSTED_PROXY_COUNT"]:
         n = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
-    from web.wechat_setup import init_wechat
-
-    init_wechat(app)
+    app.extensions["wechat"] = _build_wechat(app, database_url)
     _install_web(app)
     if not app.config.get("REDIS_URL") and not app.config.get("TESTING"):
         log.warning(
@@ -69,6 +68,26 @@ def _apply_dev_defaults(app: Flask) -> None:
         app.config["DATA_ENCRYPTION_KEY"] = dev_data_key(app.config["SECRET_KEY"])
     if app.config.get("SECRET_KEY") == DEV_SECRET and not app.config.get("TESTING"):
         log.warning("simulator mode with the built-in development SECRET_KEY")
+
+
+def _build_wechat(app: Flask, database_url: str):
+    """The WeChat clients; in simulator mode the simulator first (imported only then)."""
+    from wechat.setup import WeChatSettingError, build_wechat
+
+    local = None
+    if app.config["WECHAT_MODE"] == "simulator":
+        from wechat import sim
+
+        local = sim.install(
+            app,
+            database_url=database_url,
+            redis_url=app.config.get("REDIS_URL"),
+            busy_timeout_s=app.config["DATABASE_LOCK_TIMEOUT_S"],
+        )
+    try:
+        return build_wechat(app.config, local=local)
+    except WeChatSettingError as exc:
+        raise ConfigError(f"invalid configuration:\n  - {exc.setting}: {exc.message}") from None
 
 
 def _engine_options(url: str, lock_timeout_s: int) -> dict:

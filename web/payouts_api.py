@@ -25,12 +25,12 @@ from payouts.operations import (
     settle_redeemed_card,
     withdraw,
 )
+from web import wechat
 from web.admin import audit
 from web.api import endpoint
 from web.auth import current_user
-from web.errors import NotFound
+from web.errors import NotFound, to_api_error
 from web.schemas import Id, Model, Page, PositiveFen, Reason
-from web.wechat_setup import to_api_error, wechat
 from wechat.errors import WeChatCardCodeConsumed, WeChatError
 from wechat.mp import consume_card_code, decrypt_card_code
 

@@ -21,11 +21,11 @@ from pydantic import Field
 from models import OperatorRole, Order, Refund, RefundStatus, db, utcnow
 from rebate import begin_refund, fail_refund
 from rebate.refunds import apply_refund_answer
+from web import wechat
 from web.admin import audit
 from web.api import endpoint
 from web.errors import NotFound
 from web.schemas import Model, PositiveFen
-from web.wechat_setup import wechat
 from wechat.errors import WeChatBusinessError, WeChatError
 
 bp = Blueprint("refunds_admin", __name__, url_prefix="/admin/api")

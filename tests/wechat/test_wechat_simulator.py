@@ -11,7 +11,7 @@ import responses
 from wechat_testkit import NOTIFY_URL
 
 from wechat.notifications import verify_and_decrypt
-from wechat.simulator_delivery import WECHAT_RETRY_SCHEDULE_S
+from wechat.sim.delivery import WECHAT_RETRY_SCHEDULE_S
 
 EXPIRE = datetime.now(UTC) + timedelta(hours=2)
 REPORT = [{"info_type": "活动名称", "info_content": "双向返利"}, {"info_type": "奖励说明", "info_content": "消费返现"}]
