@@ -63,7 +63,7 @@ def redis_url(tmp_path_factory):
         pytest.skip("redis-server is not installed")
     port = _free_port()
     workdir = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
+    server = subprocess.Popen(  # noqa: S603 - the redis-server found on PATH, our arguments
         [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
