@@ -47,6 +47,28 @@ def test_nothing_else_in_wechat_imports_the_simulator():
         assert not bad, f"{path.relative_to(WECHAT_DIR.parent)} imports the simulator: {sorted(bad)}"
 
 
+def test_only_the_app_factory_imports_the_simulator_and_only_when_asked():
+    root = WECHAT_DIR.parent
+    skip = {".venv", "tests", "migrations"}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).parts
+        if (
+            parts[0] in skip
+            or parts[0].startswith(".")
+            or path.is_relative_to(WECHAT_DIR / "sim")
+            or parts == ("app.py",)
+        ):
+            continue
+        bad = {name for name in _imports_of(path) if name == "wechat.sim" or name.startswith("wechat.sim.")}
+        assert not bad, f"{path.relative_to(root)} imports the simulator: {sorted(bad)}"
+    # app.py imports it inside a function (simulator mode), never at module level
+    tree = ast.parse((root / "app.py").read_text(encoding="utf-8"))
+    top_level = {n.module for n in tree.body if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names
+    }
+    assert not {m for m in top_level if m and (m == "wechat" or m.startswith("wechat.sim"))}
+
+
 # -- two processes, one store ---------------------------------------------------------------
 
 

@@ -125,7 +125,12 @@ class Material:
     @classmethod
     def generate(cls) -> Material:
         apiv3 = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
-        return cls(generate_rsa_key(), secrets.token_hex(20).upper(), SimulatorKeys(), apiv3, secrets.token_bytes(32))
+        platform = generate_rsa_key()  # its certificate outlives any store that keeps it (ten years)
+        keys = SimulatorKeys(
+            platform_private=platform,
+            platform_cert=self_signed_certificate(platform, "Tenpay.com Root CA (simulator)", days=3650),
+        )
+        return cls(generate_rsa_key(), secrets.token_hex(20).upper(), keys, apiv3, secrets.token_bytes(32))
 
     def to_record(self) -> dict[str, Any]:
         return {
