@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet
 from flask import Flask
@@ -18,6 +18,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import DEV_SECRET, ConfigError, dev_data_key, load_config, masked
 from models import db
+
+if TYPE_CHECKING:
+    from wechat.setup import WeChat
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
 log = logging.getLogger("app")
@@ -70,7 +73,7 @@ def _apply_dev_defaults(app: Flask) -> None:
         log.warning("simulator mode with the built-in development SECRET_KEY")
 
 
-def _build_wechat(app: Flask, database_url: str):
+def _build_wechat(app: Flask, database_url: str) -> WeChat:
     """The WeChat clients; in simulator mode the simulator first (imported only then)."""
     from wechat.setup import WeChatSettingError, build_wechat
 
