@@ -40,7 +40,7 @@ demo: $(VENV)/.installed
 # `make run` migrates and seeds again. Stop `make run` first.
 reset: $(VENV)/.installed
 	@if [ -n "$$DATABASE_URL" ]; then echo "make reset resets the SQLite demo database only; unset DATABASE_URL" >&2; exit 1; fi
-	rm -rf instance rebate.db rebate.db-wal rebate.db-shm
+	rm -rf instance rebate.db rebate.db-wal rebate.db-shm rebate.wechat_sim.db rebate.wechat_sim.db-wal rebate.wechat_sim.db-shm
 	$(DEMO_ENV) $(VENV)/bin/flask db upgrade
 	$(DEMO_ENV) $(VENV)/bin/flask seed-demo
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet
 from flask import Flask
@@ -18,7 +18,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import DEV_SECRET, ConfigError, dev_data_key, load_config, masked
 from config.command_line import readable_on_command_line
-from models import db
+from models import db, transaction_open
+
+if TYPE_CHECKING:
+    from wechat.setup import WeChat
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
 log = logging.getLogger("app")
@@ -45,12 +48,12 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     Migrate(app, db, directory=MIGRATIONS_DIR, compare_type=True, render_as_batch=True)
     with app.app_context():
         _configure_sqlite(db.engine, settings["DATABASE_LOCK_TIMEOUT_S"])
+        database_url = db.engine.url.render_as_string(hide_password=False)  # SQLite: resolved in instance/
     if app.config["TRUSTED_PROXY_COUNT"]:
         n = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
-    from web.wechat_setup import init_wechat
-
-    wechat = init_wechat(app)
+    wechat = _build_wechat(app, database_url)
+    app.extensions["wechat"] = wechat
     _install_web(app, wechat)
     if not app.config.get("REDIS_URL") and not app.config.get("TESTING"):
         log.warning(
@@ -71,6 +74,26 @@ def _apply_dev_defaults(app: Flask) -> None:
         app.config["DATA_ENCRYPTION_KEY"] = dev_data_key(app.config["SECRET_KEY"])
     if app.config.get("SECRET_KEY") == DEV_SECRET and not app.config.get("TESTING"):
         log.warning("simulator mode with the built-in development SECRET_KEY")
+
+
+def _build_wechat(app: Flask, database_url: str) -> WeChat:
+    """The WeChat clients; in simulator mode the simulator first (imported only then)."""
+    from wechat.setup import WeChatSettingError, build_wechat
+
+    local = None
+    if app.config["WECHAT_MODE"] == "simulator":
+        from wechat import sim
+
+        local = sim.install(
+            app,
+            database_url=database_url,
+            redis_url=app.config.get("REDIS_URL"),
+            busy_timeout_s=app.config["DATABASE_LOCK_TIMEOUT_S"],
+        )
+    try:
+        return build_wechat(app.config, local=local, transaction_open=transaction_open)
+    except WeChatSettingError as exc:
+        raise ConfigError(f"invalid configuration:\n  - {exc.setting}: {exc.message}") from None
 
 
 def _engine_options(url: str, lock_timeout_s: int) -> dict:

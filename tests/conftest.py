@@ -115,6 +115,7 @@ def app_settings(tmp_path, pg_schema) -> dict:
 def app(app_settings):
     app = create_app(app_settings)
     with app.app_context():
+        _reset_simulator(app)
         if on_postgres():
             _truncate_all()
         else:
@@ -126,6 +127,15 @@ def app(app_settings):
         db.session.remove()
         _assert_ledger_balanced()
         db.engine.dispose()
+
+
+def _reset_simulator(app: Flask) -> None:
+    """The simulated WeChat forgets the previous test too (its records outlive an app on PostgreSQL)."""
+    state = app.extensions["wechat"].simulator
+    if state is not None:
+        from wechat.sim import reset
+
+        reset(state)
 
 
 def _assert_ledger_balanced() -> None:

@@ -341,7 +341,7 @@ def test_simulator_card_payout_added_recorded_and_redeemed_once(
 
 def test_simulator_custom_code_card_is_redeemed_by_our_number(sim_card_app, client, make_user, make_operator):
     from payouts.card_rail import CardRail
-    from wechat.simulator_cards import CARD_TICKET
+    from wechat.sim.cards import CARD_TICKET
 
     payout = fund_card_payout(make_user())
     db.session.commit()

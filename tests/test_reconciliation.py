@@ -26,8 +26,8 @@ from models.reconciliation import ReconciliationMismatch, ReconciliationRun
 from payouts.bill_lines import BillFormatError, bill_amount_fen
 from payouts.outbox import external_no_for
 from wechat.pay import PayClient, PayConfig
-from wechat.simulator_keys import SimulatorKeys, generate_rsa_key
-from wechat.simulator_pay import FUND_BILL_HEADER, TRADE_BILL_HEADER
+from wechat.sim.keys import SimulatorKeys, generate_rsa_key
+from wechat.sim.pay import FUND_BILL_HEADER, TRADE_BILL_HEADER
 
 BASE = "https://wxpay.test"  # never a real host: responses fails any call it does not know
 DAY = "2024-05-01"

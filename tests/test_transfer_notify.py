@@ -21,8 +21,8 @@ from payouts.transfer_rail import TransferRail
 from tests.concurrency import together
 from tests.money_helpers import queue_from_balance
 from tests.test_wechat_callbacks import count, no_network, resign, simulator, table_counts  # noqa: F401 - fixture
-from wechat.simulator_keys import SimulatorKeys
-from wechat.simulator_state import SimulatorState
+from wechat.sim.keys import SimulatorKeys
+from wechat.sim.state import SimulatorState
 
 NOTIFY = "/wechat/transfer/notify"
 EVENT = "MCHTRANSFER.BILL.FINISHED"

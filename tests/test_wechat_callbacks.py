@@ -18,8 +18,8 @@ from models import Alert, LedgerEntry, Order, PaymentNotification, Refund, db, u
 from rebate import begin_refund, create_order
 from rebate.orders import LineRequest
 from tests.concurrency import together
-from wechat.simulator_keys import SimulatorKeys
-from wechat.simulator_state import SimulatorState
+from wechat.sim.keys import SimulatorKeys
+from wechat.sim.state import SimulatorState
 
 NOTIFY = "/wechat/pay/notify"
 REFUND_NOTIFY = "/wechat/pay/refund-notify"

@@ -16,7 +16,7 @@ from tests.test_wechat_callbacks import (  # noqa: F401 - fixtures
     table_counts,
     transaction_resource,
 )
-from wechat.simulator_state import SimulatorState
+from wechat.sim.state import SimulatorState
 
 OLD_KEY = "old-apiv3-key-0123456789abcdefgh"  # 32 bytes
 

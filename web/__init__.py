@@ -5,7 +5,14 @@ Errors always answer ``{"error": code, "message": ...}``; WeChat callbacks
 answer in WeChat's own format.
 """
 
-from flask import Flask
+from flask import Flask, current_app
+
+from wechat.setup import WeChat
+
+
+def wechat() -> WeChat:
+    """The app's WeChat clients (``app.extensions["wechat"]``, built by ``wechat.setup``)."""
+    return current_app.extensions["wechat"]
 
 
 def register_blueprints(app: Flask) -> None:

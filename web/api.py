@@ -10,7 +10,7 @@
 * ``status``: the success status the view answers (200, or 201 for what it
   creates); documented in ``/openapi.json`` and used when the view returns a
   bare body. ``upstream``: the view calls WeChat while the caller waits, so it
-  can also answer 502/503 (web/wechat_setup.py ``to_api_error``). ``response``: a
+  can also answer 502/503 (web/errors.py ``to_api_error``). ``response``: a
   pydantic model documenting the success body in ``/openapi.json`` (else "an object").
 * A view returns a dict/list (``status``), ``(body, status)`` or a Response. Views
   only flush; this decorator commits once when the answer is below 400 and

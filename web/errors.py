@@ -14,6 +14,7 @@ from flask import Flask, jsonify, request
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
+from wechat.errors import WeChatCardCodeConsumed, WeChatCardCodeInvalid, WeChatError, WeChatRateLimited
 from wechat.notifications import failure_response_body
 
 log = logging.getLogger(__name__)
@@ -151,3 +152,40 @@ def register_error_handlers(app: Flask) -> None:
             return error_response(busy_error())
         log.exception("unhandled error")
         return error_response(ApiError("internal error", code="internal_error", status=500))
+
+
+# -- WeChat's errors, as the API error a client can act on ------------------------------
+
+LOGIN_ERRORS = {
+    "40029": (401, "login_code_invalid", "the login code is invalid or expired; call wx.login again"),
+    "40163": (401, "login_code_used", "the login code was already used; call wx.login again"),
+    "45011": (429, "wechat_rate_limited", "WeChat rate limit reached; retry in a minute"),
+    "40226": (403, "wechat_user_blocked", "WeChat blocked this account as high-risk"),
+    "-1": (503, "wechat_busy", "WeChat is busy; retry shortly"),
+    # 朋友圈 snapshot-page preview: a virtual account, not a person. No account, token or packet for it.
+    "SNAPSHOT_USER": (
+        403,
+        "snapshot_user",
+        "this is a snapshot-page preview with a virtual WeChat account; open the mini-program "
+        "(or the page) in full to sign in",
+    ),
+}
+
+
+def to_api_error(exc: WeChatError) -> ApiError:
+    """A WeChat error as the API error a client can act on."""
+    if exc.code in LOGIN_ERRORS:
+        status, code, message = LOGIN_ERRORS[exc.code]
+        return ApiError(message, code=code, status=status, retry_after=60 if status in (429, 503) else None)
+    if isinstance(exc, WeChatCardCodeInvalid):
+        why = "WeChat knows no such card code, or cannot decrypt this encrypt_code"
+        return ApiError(f"{why} ({exc.code})", code="card_code_invalid", status=422)
+    if isinstance(exc, WeChatCardCodeConsumed):
+        return ApiError("this card code was already redeemed", code="card_code_consumed", status=409)
+    if isinstance(exc, WeChatRateLimited):
+        return ApiError(
+            "WeChat rate limit reached; retry shortly", code="wechat_rate_limited", status=429, retry_after=5
+        )
+    if exc.retryable or exc.outcome_unknown:
+        return ApiError("WeChat is unavailable; retry shortly", code="wechat_unavailable", status=503, retry_after=5)
+    return ApiError(f"WeChat refused: {exc.code}", code="wechat_refused", status=502)

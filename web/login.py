@@ -21,13 +21,13 @@ from sqlalchemy.exc import IntegrityError
 from models import OAuthState, User, UserIdentity, call_between_commits, db, utcnow
 from rebate.triggers import on_registered
 from risk import Claimant
+from web import wechat
 from web.api import client_ip, endpoint
 from web.auth import issue_user_token
-from web.errors import ApiError, ValidationFailed
+from web.errors import ApiError, ValidationFailed, to_api_error
 from web.growth_api import device_id, platform_limits
 from web.openapi import ERROR, UNAVAILABLE, UPSTREAM_REFUSED, documented
 from web.schemas import Model
-from web.wechat_setup import to_api_error, wechat
 from wechat.errors import WeChatError
 
 bp = Blueprint("login", __name__)

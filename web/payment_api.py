@@ -19,10 +19,10 @@ from flask import Blueprint, Response, after_this_request, current_app
 from sqlalchemy import update
 
 from models import Order, OrderStatus, User, call_between_commits, db, utcnow
+from web import wechat
 from web.api import endpoint
 from web.auth import current_user
-from web.errors import ApiError, Conflict, NotFound
-from web.wechat_setup import to_api_error, wechat
+from web.errors import ApiError, Conflict, NotFound, to_api_error
 from wechat.errors import WeChatBusinessError, WeChatError
 
 log = logging.getLogger(__name__)

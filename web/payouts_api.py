@@ -27,12 +27,12 @@ from payouts.operations import (
     withdraw,
 )
 from payouts.rails import unconfigured_because
+from web import wechat
 from web.admin import actor
 from web.api import endpoint
 from web.auth import current_user
-from web.errors import NotFound
+from web.errors import NotFound, to_api_error
 from web.schemas import Id, Model, Page, PositiveFen, Reason
-from web.wechat_setup import to_api_error, wechat
 from wechat.errors import WeChatCardCodeConsumed, WeChatError
 from wechat.mp import consume_card_code, decrypt_card_code
 

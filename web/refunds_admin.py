@@ -23,11 +23,11 @@ from models import OperatorRole, Order, Refund, RefundStatus, call_between_commi
 from models.operators import audit
 from rebate import begin_refund, fail_refund
 from rebate.refunds import apply_refund_answer
+from web import wechat
 from web.admin import actor
 from web.api import endpoint
 from web.errors import NotFound
 from web.schemas import Model, PositiveFen
-from web.wechat_setup import wechat
 from wechat.errors import WeChatBusinessError, WeChatError
 
 bp = Blueprint("refunds_admin", __name__, url_prefix="/admin/api")

@@ -20,9 +20,9 @@ from sqlalchemy.exc import IntegrityError
 from models import Order, PaymentNotification, Refund, RefundStatus, alert_once, db, utcnow
 from rebate import PaymentOutcome, RebateError, apply_payment, apply_refund, fail_refund
 from rebate.payments import notification_seen
+from web import wechat
 from web.errors import BUSY_RETRY_AFTER_S, is_busy
 from web.openapi import RETRY_AFTER, WECHAT_FAIL, documented
-from web.wechat_setup import wechat
 from wechat.errors import NotificationRejected
 from wechat.notifications import Notification, failure_response_body, parse_time, verify_and_decrypt
 

@@ -5,9 +5,10 @@ to typed ``errors`` with ``retryable`` / ``outcome_unknown``), callback and
 response verification (``notifications``; key chosen by ``Wechatpay-Serial`` from
 ``keys.VerifierKeys``, public-key and certificate mode at once), v2 cash red
 packets (``redpack``; XML only through defusedxml), mini-program login / OA OAuth /
-shared tokens / card signatures (``mp``), bill integrity (``bills``) and the local
-WeChat simulator blueprint (``simulator``), which speaks the real wire formats
-with its own keys.
+shared tokens / card signatures (``mp``), bill integrity (``bills``), and building
+every client from plain settings (``setup.build_wechat``). The local WeChat
+simulator lives apart in ``sim`` (like stripe-mock beside stripe-python): only
+the application imports it, and only in simulator mode.
 
 Invariants: the bytes we sign are the bytes we send; a 2xx without a valid WeChat
 signature is forged; a timeout, 5xx, unparseable answer or unknown code is

@@ -17,9 +17,9 @@ from wechat_testkit import API_BASE, APPID, MCHID, MERCHANT_SERIAL, NOTIFY_URL, 
 
 from wechat.keys import VerifierKeys
 from wechat.pay import PayClient, PayConfig
-from wechat.simulator import create_simulator_blueprint
-from wechat.simulator_keys import SimulatorKeys, generate_rsa_key
-from wechat.simulator_state import SimulatorState
+from wechat.sim.app import create_simulator_blueprint
+from wechat.sim.keys import SimulatorKeys, generate_rsa_key
+from wechat.sim.state import SimulatorState
 
 
 def _random_key(length: int) -> str:

@@ -16,7 +16,7 @@ from wechat import crypto
 from wechat.errors import NotificationRejected, WeChatSignatureError
 from wechat.keys import VerifierKeys
 from wechat.notifications import failure_response_body, verify_and_decrypt, verify_response
-from wechat.simulator_keys import generate_rsa_key
+from wechat.sim.keys import generate_rsa_key
 
 RESOURCE = {
     "out_trade_no": "ORDER1",

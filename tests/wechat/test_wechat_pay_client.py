@@ -103,7 +103,7 @@ def test_unsigned_2xx_is_forged(mocked, pay_client):
 
 
 def test_2xx_signed_by_unknown_key_is_forged(mocked, pay_client):
-    from wechat.simulator_keys import SimulatorKeys
+    from wechat.sim.keys import SimulatorKeys
 
     other = SimulatorKeys()
     mocked.add(responses.POST, f"{PAY_BASE}/v3/pay/transactions/jsapi", **_signed_json(other, 200, {"prepay_id": "wx"}))
@@ -234,7 +234,7 @@ def test_close_unpaid_order_returns_204(sim_http, pay_client):
 
 
 def test_simulator_rejects_bad_merchant_signature(sim_http, pay_config):
-    from wechat.simulator_keys import generate_rsa_key
+    from wechat.sim.keys import generate_rsa_key
 
     pay_config.private_key = generate_rsa_key()
     with pytest.raises(WeChatBusinessError) as info:

@@ -11,7 +11,7 @@ import responses
 from wechat_testkit import NOTIFY_URL
 
 from wechat.notifications import verify_and_decrypt
-from wechat.simulator_delivery import WECHAT_RETRY_SCHEDULE_S
+from wechat.sim.delivery import WECHAT_RETRY_SCHEDULE_S
 
 EXPIRE = datetime.now(UTC) + timedelta(hours=2)
 REPORT = [{"info_type": "活动名称", "info_content": "双向返利"}, {"info_type": "奖励说明", "info_content": "消费返现"}]
@@ -139,3 +139,11 @@ def test_overview_page_lists_state(sim_http, sim_app, pay_client):
 
 def test_checkout_unknown_prepay_is_404(sim_app):
     assert sim_app.test_client().get("/_sim/pay/checkout/wx-nope").status_code == 404
+
+
+def test_overview_page_lists_refunds(sim_http, sim_app, sim_state, pay_client):
+    prepay_id = pay_client.jsapi_prepay("ORDERVIEW2", "面", 1_000, "o", NOTIFY_URL, EXPIRE)
+    sim_state.pay(prepay_id)
+    pay_client.refund("ORDERVIEW2", "REFUNDVIEW2", 300, 1_000, NOTIFY_URL)
+    html = sim_app.test_client().get("/_sim/").get_data(as_text=True)
+    assert "Refunds" in html and "REFUNDVIEW2" in html and "ORDERVIEW2" in html

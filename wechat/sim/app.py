@@ -18,9 +18,9 @@ from xml.sax.saxutils import escape
 from flask import Blueprint, Response, abort, redirect, request
 
 from wechat.errors import WeChatUnavailable
-from wechat.simulator_errors import LOST_ANSWER_HEADER, SimError
-from wechat.simulator_pages import checkout_page, consent_page, overview_page, transfer_page
-from wechat.simulator_state import SimulatorState
+from wechat.sim.errors import LOST_ANSWER_HEADER, SimError
+from wechat.sim.pages import checkout_page, consent_page, overview_page, transfer_page
+from wechat.sim.state import SimulatorState
 from wechat.v2sign import parse_xml, v2_sign
 
 V3Handler = Callable[..., Any]
@@ -269,7 +269,7 @@ def _register_pay(bp: Blueprint, state: SimulatorState) -> None:
             state.check_authorization("GET", _canonical_url(), request.headers.get("Authorization", ""), b"")
         except SimError as exc:
             return _signed(state, exc.status, {"code": exc.code, "message": exc.message})
-        content = state.bill_files.get(request.args.get("token", ""))
+        content = state.bill_file(request.args.get("token", ""))
         if content is None:
             return _signed(state, 404, {"code": "RESOURCE_NOT_EXISTS", "message": "账单不存在或已过期"})
         return Response(content, mimetype="application/octet-stream")
@@ -277,9 +277,9 @@ def _register_pay(bp: Blueprint, state: SimulatorState) -> None:
     @bp.route("/pay/checkout/<prepay_id>", methods=["GET", "POST"])
     def checkout(prepay_id: str) -> Any:
         try:
-            order = state.order_by_prepay(prepay_id)
             if request.method == "POST":
                 state.pay(prepay_id)
+            order = state.order_by_prepay(prepay_id)  # as it is now, paid or not
         except SimError as exc:
             abort(404 if exc.status == 404 else 409, exc.message)
         view = state.transaction_view(order)

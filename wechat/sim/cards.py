@@ -4,7 +4,7 @@ server calls ``/card/code/decrypt`` and ``/card/code/consume``.
 A card payout's cardExt is signed by our app with the simulator's api_ticket; ``add_card`` checks that
 signature as WeChat does, issues the code (the custom code in the cardExt, else a code of its own) and
 answers it encrypted, like the ``wx.addCard`` success callback. Encrypted codes are the simulator's own
-reversible encryption (AES-GCM under a key it makes at start); only codes it issued decrypt.
+reversible encryption (AES-GCM under the card key of its shared material); only codes it issued decrypt.
 """
 
 from __future__ import annotations
@@ -19,16 +19,21 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from wechat.mp import card_signature
-from wechat.simulator_errors import SimError
+from wechat.sim.errors import SimError
+from wechat.sim.store import Collection
 
 CARD_TICKET = "sim-ticket-wx_card"  # what the simulator's /cgi-bin/ticket/getticket?type=wx_card answers
 NONCE_BYTES = 12
 
 
 class CardMixin:
-    def __init__(self) -> None:
-        self.card_codes: dict[str, dict[str, Any]] = {}  # code → card_id, openid, custom, status
-        self._card_key = AESGCM(AESGCM.generate_key(bit_length=256))
+    def __init__(self, card_key: bytes | None = None) -> None:
+        self._card_key = AESGCM(card_key or AESGCM.generate_key(bit_length=256))
+
+    @property
+    def card_codes(self) -> Collection:
+        """code → card_id, openid, custom, status."""
+        return self.store.collection("card_codes")
 
     def add_card(self, card_id: str, card_ext: str | dict[str, Any], openid: str) -> dict[str, Any]:
         """``wx.addCard({cardList: [{cardId, cardExt}]})`` accepted by the user: the card enters their package."""

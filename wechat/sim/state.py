@@ -1,8 +1,9 @@
-"""In-memory state of the local WeChat simulator (one process, guarded by a lock).
+"""The local WeChat simulator's state: its records live in a :mod:`wechat.sim.store`.
 
-Business logic lives in the mixins of :mod:`wechat.simulator_pay` and
-:mod:`wechat.simulator_payouts`; this module holds keys, identity, fault
-injection and notification building/delivery.
+Business logic lives in the mixins of :mod:`wechat.sim.pay`, :mod:`wechat.sim.payouts`
+and :mod:`wechat.sim.cards`; this module holds keys, identity, fault injection and
+notification building/delivery. ``with self.lock`` is one store transaction: every
+read-check-write of a record happens inside one.
 """
 
 from __future__ import annotations
@@ -11,22 +12,22 @@ import base64
 import hashlib
 import json
 import secrets
-import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from wechat import crypto
-from wechat.simulator_cards import CardMixin
-from wechat.simulator_delivery import WECHAT_RETRY_SCHEDULE_S, Delivery, NotificationDispatcher, Transport
-from wechat.simulator_errors import SimError
-from wechat.simulator_keys import SimulatorKeys
-from wechat.simulator_pay import PayMixin
-from wechat.simulator_payouts import PayoutMixin
+from wechat.sim.cards import CardMixin
+from wechat.sim.delivery import WECHAT_RETRY_SCHEDULE_S, Delivery, NotificationDispatcher, Transport
+from wechat.sim.errors import SimError
+from wechat.sim.keys import SimulatorKeys
+from wechat.sim.pay import PayMixin
+from wechat.sim.payouts import PayoutMixin
+from wechat.sim.store import Collection, MemoryStore, Store
 
 BEIJING = timezone(timedelta(hours=8))
 EVENT_SUMMARIES = {
@@ -71,6 +72,8 @@ class SimulatorState(PayMixin, PayoutMixin, CardMixin):
         notify_time_scale: float = 0.01,
         max_clock_skew_s: int = 300,
         pay_base_url: str | None = None,
+        store: Store | None = None,
+        card_key: bytes | None = None,
     ) -> None:
         self.mchid, self.apiv3_key, self.api_v2_key = mchid, apiv3_key, api_v2_key
         self.merchant_public_key = merchant_public_key
@@ -79,7 +82,8 @@ class SimulatorState(PayMixin, PayoutMixin, CardMixin):
         self.key_mode = key_mode  # the merchant account's mode: public_key | certificate | random (migrating)
         self.max_clock_skew_s = max_clock_skew_s
         self.pay_base_url = pay_base_url.rstrip("/") if pay_base_url else None
-        self.lock = threading.RLock()
+        self.store = store or MemoryStore()
+        self.lock = self.store.lock
         self.dispatcher = NotificationDispatcher(
             self._sign_notification,
             notify_transport,
@@ -87,14 +91,30 @@ class SimulatorState(PayMixin, PayoutMixin, CardMixin):
             notify_retry_schedule_s,
             notify_time_scale,
         )
-        self.faults: list[Fault] = []
-        self.oauth_codes: dict[str, str] = {}
-        self.used_codes: set[str] = set()
-        self.token_calls = 0
-        self.access_tokens: dict[str, tuple[str, float]] = {}  # appid → (stable token, expires at)
         PayMixin.__init__(self)
-        PayoutMixin.__init__(self)
-        CardMixin.__init__(self)
+        CardMixin.__init__(self, card_key)
+
+    # -- what is remembered (shared by every process using the same store) ------------
+    @property
+    def faults(self) -> Collection:
+        return self.store.collection("faults")
+
+    @property
+    def oauth_codes(self) -> Collection:
+        return self.store.collection("oauth_codes")
+
+    @property
+    def used_codes(self) -> Collection:
+        return self.store.collection("used_codes")
+
+    @property
+    def access_tokens(self) -> Collection:
+        """appid → [stable token, expires at]."""
+        return self.store.collection("access_tokens")
+
+    @property
+    def token_calls(self) -> int:
+        return self.store.get("counters", "token_calls") or 0
 
     # -- faults ------------------------------------------------------------------
     def inject_fault(
@@ -107,14 +127,15 @@ class SimulatorState(PayMixin, PayoutMixin, CardMixin):
         timeout (see ``LOST_ANSWER_HEADER``).
         """
         with self.lock:
-            self.faults.append(Fault(path_prefix, status, code, message or code, times, after))
+            number = self.store.increment("counters", "faults")
+            self.faults[f"{number:09d}"] = asdict(Fault(path_prefix, status, code, message or code, times, after))
 
     def take_fault(self, path: str) -> Fault | None:
         with self.lock:
-            for fault in self.faults:
-                if path.startswith(fault.path_prefix) and fault.times > 0:
-                    fault.times -= 1
-                    return fault
+            for _, fault in self.faults.items():  # in the order they were injected
+                if path.startswith(fault["path_prefix"]) and fault["times"] > 0:
+                    fault["times"] -= 1
+                    return Fault(**fault)
         return None
 
     # -- identity ----------------------------------------------------------------
@@ -134,7 +155,7 @@ class SimulatorState(PayMixin, PayoutMixin, CardMixin):
             if name is None:
                 raise SimError(200, "40029", "invalid code")
             if single_use:
-                self.used_codes.add(code)
+                self.used_codes[code] = True
             return name
 
     def issue_oauth_code(self, name: str) -> str:
@@ -148,9 +169,7 @@ class SimulatorState(PayMixin, PayoutMixin, CardMixin):
         return base64.b64encode(hashlib.sha256(f"session-{name}".encode()).digest()[:16]).decode()
 
     def new_access_token(self) -> str:
-        with self.lock:
-            self.token_calls += 1
-            return f"sim-token-{self.token_calls}-{secrets.token_hex(4)}"
+        return f"sim-token-{self.store.increment('counters', 'token_calls')}-{secrets.token_hex(4)}"
 
     def stable_access_token(self, appid: str, force_refresh: bool, ttl_s: int = 7200) -> tuple[str, int]:
         """``/cgi-bin/stable_token``: the current token while valid (normal mode), a new one when forced."""
@@ -159,13 +178,14 @@ class SimulatorState(PayMixin, PayoutMixin, CardMixin):
             now = time.time()
             if force_refresh or expires_at <= now:
                 token, expires_at = self.new_access_token(), now + ttl_s
-                self.access_tokens[appid] = (token, expires_at)
+                self.access_tokens[appid] = [token, expires_at]
             return token, int(expires_at - now)
 
     def revoke_access_tokens(self) -> None:
         """Every stable token stops working (as after an AppSecret reset): calls answer 40001."""
         with self.lock:
-            self.access_tokens.clear()
+            for appid in list(self.access_tokens):
+                del self.access_tokens[appid]
 
     def check_access_token(self, token: str) -> None:
         with self.lock:
@@ -247,9 +267,11 @@ class SimulatorState(PayMixin, PayoutMixin, CardMixin):
         )
 
     def notify(self, url: str, event_type: str, resource: dict[str, Any], original_type: str) -> Delivery | None:
-        """Queue a callback; it is POSTed after the current request has finished."""
+        """Queue a callback; it is POSTed once the step is committed and the request has finished."""
         if not url:
             return None
         body = self.notification_body(event_type, resource, original_type)
         event_id = json.loads(body)["id"]
-        return self.dispatcher.schedule(Delivery(url=url, body=body, event_type=event_type, notification_id=event_id))
+        delivery = Delivery(url=url, body=body, event_type=event_type, notification_id=event_id)
+        self.store.after_commit(lambda: self.dispatcher.schedule(delivery))
+        return delivery

@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from wechat import crypto
-from wechat.simulator_errors import SimError
+from wechat.sim.errors import SimError
+from wechat.sim.store import Collection
 from wechat.v2sign import v2_sign_matches
 
 BEIJING = timezone(timedelta(hours=8))
@@ -25,10 +26,20 @@ def _yuan(amount_fen: int) -> str:
 
 
 class PayoutMixin:
-    def __init__(self) -> None:
-        self.transfers: dict[str, dict[str, Any]] = {}
-        self.coupons: dict[str, dict[str, Any]] = {}
-        self.redpacks: dict[str, dict[str, Any]] = {}
+    @property
+    def transfers(self) -> Collection:
+        """out_bill_no → the transfer bill."""
+        return self.store.collection("transfers")
+
+    @property
+    def coupons(self) -> Collection:
+        """out_request_no → the coupon sent."""
+        return self.store.collection("coupons")
+
+    @property
+    def redpacks(self) -> Collection:
+        """mch_billno → the cash red packet."""
+        return self.store.collection("redpacks")
 
     # -- transfer bills ----------------------------------------------------------
     def create_transfer(self, body: dict[str, Any], serial_header: str | None) -> dict[str, Any]:
@@ -122,23 +133,22 @@ class PayoutMixin:
         return self._finish_transfer(key, "FAIL", reason)
 
     def cancel_transfer(self, out_bill_no: str) -> dict[str, Any]:
-        bill = self.find_transfer(out_bill_no)
-        self._finish_transfer(out_bill_no, "CANCELLED", "")
+        view = self._finish_transfer(out_bill_no, "CANCELLED", "")
         return {
             "out_bill_no": out_bill_no,
-            "transfer_bill_no": bill["transfer_bill_no"],
+            "transfer_bill_no": view["transfer_bill_no"],
             "state": "CANCELING",
-            "update_time": bill["update_time"],
+            "update_time": view["update_time"],
         }
 
     def _finish_transfer(self, key: str, state: str, reason: str) -> dict[str, Any]:
-        bill = self.find_transfer(key)
         with self.lock:
+            bill = self.find_transfer(key)
             if bill["state"] not in TRANSFER_OPEN_STATES:
                 raise SimError(400, "INVALID_REQUEST", f"单据状态为 {bill['state']}，不允许此操作")
             bill.update(state=state, fail_reason=reason, update_time=_now())
             view = self.transfer_view(bill)
-        self.notify(bill["request"].get("notify_url", ""), "MCHTRANSFER.BILL.FINISHED", view, "mch_payment")
+            self.notify(bill["request"].get("notify_url", ""), "MCHTRANSFER.BILL.FINISHED", view, "mch_payment")
         return view
 
     # -- favor coupons -----------------------------------------------------------

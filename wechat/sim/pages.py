@@ -46,16 +46,19 @@ def overview_page(state: Any) -> str:
     template = """<h2>Orders</h2><table><tr><th>out_trade_no</th><th>state</th><th>fen</th><th></th></tr>
 {% for no, o in orders.items() %}<tr><td>{{ no }}</td><td>{{ o.trade_state }}</td><td>{{ o.request.amount.total }}</td>
 <td><a href="pay/checkout/{{ o.prepay_id }}">checkout</a></td></tr>{% endfor %}</table>
+<h2>Refunds</h2><table><tr><th>out_refund_no</th><th>out_trade_no</th><th>status</th><th>fen</th></tr>
+{% for no, r in refunds.items() %}<tr><td>{{ no }}</td><td>{{ r.out_trade_no }}</td><td>{{ r.status }}</td>
+<td>{{ r.refund_fen }}</td></tr>{% endfor %}</table>
 <h2>Transfers</h2><table>{% for no, t in transfers.items() %}<tr><td>{{ no }}</td><td>{{ t.state }}</td>
 <td><a href="pay/transfer/confirm/{{ t.package_info }}">confirm</a></td></tr>{% endfor %}</table>
 <h2>Red packets</h2><table>{% for no, r in redpacks.items() %}<tr><td>{{ no }}</td><td>{{ r.status }}</td></tr>{% endfor %}</table>
-<h2>Notifications</h2><table>{% for d in deliveries %}<tr><td>{{ d.event_type }}</td><td>{{ d.url }}</td>
+<h2>Notifications sent by this process</h2><table>{% for d in deliveries %}<tr><td>{{ d.event_type }}</td><td>{{ d.url }}</td>
 <td>{{ d.statuses }}</td><td>{{ 'delivered' if d.delivered else ('abandoned' if d.abandoned else 'pending') }}</td></tr>{% endfor %}</table>"""  # noqa: E501
     with state.lock:
         ctx = {
-            "orders": dict(state.orders),
-            "transfers": dict(state.transfers),
-            "redpacks": dict(state.redpacks),
-            "deliveries": list(state.dispatcher.deliveries),
+            "orders": dict(state.orders.items()),
+            "refunds": dict(state.refunds.items()),
+            "transfers": dict(state.transfers.items()),
+            "redpacks": dict(state.redpacks.items()),
         }
-    return _page("WeChat simulator", template, **ctx)
+    return _page("WeChat simulator", template, deliveries=list(state.dispatcher.deliveries), **ctx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
@@ -11,7 +12,8 @@ from decimal import Decimal
 from typing import Any
 
 from wechat import crypto
-from wechat.simulator_errors import SimError
+from wechat.sim.errors import SimError
+from wechat.sim.store import Collection
 
 BEIJING = timezone(timedelta(hours=8))
 TRADE_BILL_HEADER = (
@@ -49,11 +51,26 @@ class PayMixin:
     """Orders → checkout → TRANSACTION.SUCCESS; refunds → REFUND.*; bills."""
 
     def __init__(self) -> None:
-        self.orders: dict[str, dict[str, Any]] = {}
-        self.prepay_index: dict[str, str] = {}
-        self.refunds: dict[str, dict[str, Any]] = {}
-        self.bill_files: dict[str, bytes] = {}
-        self.refund_auto_succeed = True
+        self.refund_auto_succeed = True  # this process's behaviour, not a record
+
+    @property
+    def orders(self) -> Collection:
+        """out_trade_no → the order."""
+        return self.store.collection("orders")
+
+    @property
+    def prepay_index(self) -> Collection:
+        """prepay_id → out_trade_no."""
+        return self.store.collection("prepay_ids")
+
+    @property
+    def refunds(self) -> Collection:
+        """out_refund_no → the refund."""
+        return self.store.collection("refunds")
+
+    def bill_file(self, token: str) -> bytes | None:
+        stored = self.store.get("bill_files", token)
+        return None if stored is None else base64.b64decode(stored)
 
     # -- orders ------------------------------------------------------------------
     def create_jsapi(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -96,10 +113,11 @@ class PayMixin:
         return order
 
     def order_by_prepay(self, prepay_id: str) -> dict[str, Any]:
-        out_trade_no = self.prepay_index.get(prepay_id)
-        if out_trade_no is None:
-            raise SimError(404, "RESOURCE_NOT_EXISTS", "prepay_id 不存在")
-        return self.orders[out_trade_no]
+        with self.lock:
+            out_trade_no = self.prepay_index.get(prepay_id)
+            if out_trade_no is None:
+                raise SimError(404, "RESOURCE_NOT_EXISTS", "prepay_id 不存在")
+            return self.orders[out_trade_no]
 
     def query_order(self, out_trade_no: str) -> dict[str, Any]:
         with self.lock:
@@ -120,10 +138,10 @@ class PayMixin:
                 return self.transaction_view(order)
             if order["trade_state"] != "NOTPAY":
                 raise SimError(400, "ORDER_CLOSED", f"order is {order['trade_state']}")
-            order.update(trade_state="SUCCESS", success_time=_now().isoformat())
-            order["transaction_id"] = "4200" + _now().strftime("%Y%m%d") + secrets.token_hex(7)
+            transaction_id = "4200" + _now().strftime("%Y%m%d") + secrets.token_hex(7)
+            order.update(trade_state="SUCCESS", success_time=_now().isoformat(), transaction_id=transaction_id)
             view = self.transaction_view(order)
-        self.notify(order["request"]["notify_url"], "TRANSACTION.SUCCESS", view, "transaction")
+            self.notify(order["request"]["notify_url"], "TRANSACTION.SUCCESS", view, "transaction")
         return view
 
     def transaction_view(self, order: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +180,6 @@ class PayMixin:
                 raise SimError(400, "INVALID_REQUEST", "退款金额与订单金额不一致")
             if order["refunded_fen"] + refund_fen > total_fen:
                 raise SimError(400, "INVALID_REQUEST", "申请退款金额超过订单可退金额")
-            order["refunded_fen"] += refund_fen
             refund = self._new_refund(body, order, refund_fen, total_fen)
             answer = self.refund_view(refund)
         if self.refund_auto_succeed:
@@ -185,17 +202,16 @@ class PayMixin:
             "total_fen": total_fen,
         }
         self.refunds[body["out_refund_no"]] = refund
-        order["trade_state"] = "REFUND"
+        order.update(trade_state="REFUND", refunded_fen=order["refunded_fen"] + refund_fen)
         return refund
 
     def complete_refund(self, out_refund_no: str, status: str = "SUCCESS") -> dict[str, Any]:
         """Finish a refund and deliver ``REFUND.<status>``."""
         with self.lock:
             refund = self.refunds[out_refund_no]
-            refund["status"] = status
-            refund["success_time"] = _now().isoformat() if status == "SUCCESS" else None
+            refund.update(status=status, success_time=_now().isoformat() if status == "SUCCESS" else None)
             resource = self.refund_notify_view(refund)
-        self.notify(refund["notify_url"], f"REFUND.{status}", resource, "refund")
+            self.notify(refund["notify_url"], f"REFUND.{status}", resource, "refund")
         return resource
 
     def query_refund(self, out_refund_no: str) -> dict[str, Any]:
@@ -244,8 +260,7 @@ class PayMixin:
         content = self.trade_bill_csv(bill_date) if kind == "trade" else self.fund_bill_csv(bill_date)
         token = secrets.token_urlsafe(16)
         stored = gzip.compress(content) if tar_type == "GZIP" else content
-        with self.lock:
-            self.bill_files[token] = stored
+        self.store.put("bill_files", token, base64.b64encode(stored).decode())
         return {
             "hash_type": "SHA1",
             "hash_value": hashlib.sha1(content).hexdigest(),  # noqa: S324
@@ -255,7 +270,7 @@ class PayMixin:
     def trade_bill_csv(self, bill_date: str) -> bytes:
         with self.lock:
             paid = [o for o in self.orders.values() if (o["success_time"] or "").startswith(bill_date)]
-            lines = [TRADE_BILL_HEADER] + [self._trade_line(o) for o in paid]
+        lines = [TRADE_BILL_HEADER] + [self._trade_line(o) for o in paid]
         total = sum(o["request"]["amount"]["total"] for o in paid)
         refunded = sum(o["refunded_fen"] for o in paid)
         fee = sum(self._fee_fen(o) for o in paid)
