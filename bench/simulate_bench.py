@@ -4,7 +4,7 @@ Seeds ``BENCH_ORDERS`` (default 50,000) paid packet orders over 30 days in a
 temporary SQLite file (and in a throw-away schema of ``BENCH_DATABASE_URL``
 when set), then times, over the same rows in the same run:
 
-* replay: ``rebate.simulate.load_rows`` (one query, plain columns) and
+* replay: ``insights.simulate.load_rows`` (one query, plain columns) and
   ``project`` (``rebate.rules.evaluate`` per order in memory);
 * naive: the ids, then each order loaded as an ORM object with its own
   queries for its packet and its buyer, then ``evaluate``.
@@ -28,10 +28,10 @@ from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, insert, select, text
 
 from app import create_app
+from insights.simulate import ISSUING, load_rows, project, replay_query
 from models import Campaign, CampaignRules, Merchant, Order, RedPacket, User, db
 from rebate.campaigns import rules_of
 from rebate.rules import OrderFacts, evaluate, parse_rules
-from rebate.simulate import ISSUING, load_rows, project, replay_query
 
 ORDERS = int(os.environ.get("BENCH_ORDERS", "50000"))
 NAIVE_SECONDS = float(os.environ.get("BENCH_NAIVE_SECONDS", "5"))

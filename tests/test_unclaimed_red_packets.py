@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from insights.trace import _payout
 from jobs.payouts import payout_rails
 from ledger import account, balance
 from models import AccountKind, LedgerEntry, Payout, PayoutAttempt, User, db, utcnow
@@ -19,7 +20,6 @@ from payouts import enqueue_payout
 from payouts.dispatch import dispatch_due
 from payouts.record import DispatchSettings
 from payouts.unclaimed import check_unclaimed, return_unclaimed
-from rebate.trace import _payout
 from tests.money_helpers import queue_from_balance
 from tests.test_wechat_callbacks import simulator
 
