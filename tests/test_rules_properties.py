@@ -13,12 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from money import BPS_DENOMINATOR
-from rebate.rules import CASH_FORMS, FORMS, OrderFacts, RuleError, entitlement_after_refund, evaluate, parse_rules
+from rebate.rules import CASH_FORMS, Form, OrderFacts, RuleError, entitlement_after_refund, evaluate, parse_rules
 
 PROPS = settings(max_examples=300, deadline=None)
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 MAX_ORDER_FEN = 10_000_00
-NON_CREDIT_FORMS = [f for f in FORMS if f != "merchant_credit"]
+FORMS = list(Form)
+NON_CREDIT_FORMS = [f for f in Form if f != Form.MERCHANT_CREDIT]
 
 
 # --- strategies ----------------------------------------------------------------------------

@@ -18,11 +18,12 @@ from pydantic import AwareDatetime, Field, StrictBool, StrictInt
 from sqlalchemy import select
 
 from models import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType, OperatorRole, RedPacket, db, utcnow
+from models.triggers import PLATFORM_WIDE, TriggerKind
 from rebate.campaigns import rules_of
 from rebate.deposits import held_in_deposit, lock_deposits
 from rebate.errors import StateConflict
 from rebate.packets import generate_batch, revoke_packet
-from rebate.rules import RuleError, RuleSet, parse_rules
+from rebate.rules import Form, RuleError, RuleSet, parse_rules
 from web.admin import audit, merchant_scope, visible_merchant
 from web.api import endpoint
 from web.errors import Forbidden, NotFound, ValidationFailed
@@ -59,13 +60,11 @@ class ConditionIn(Model):
 class RoleRuleIn(Model):
     role: Literal["issuer", "consumer", "inviter"]
     rate_bps: Annotated[StrictInt, Field(ge=0, le=10_000)]
-    form: Literal[
-        "wechat_change", "cash_red_packet", "wechat_coupon", "card_coupon", "balance", "points", "merchant_credit"
-    ]
+    form: Form
     base: Literal["paid", "order_total"] = "paid"
     min_order_fen: NonNegativeFen = 0
     cap_fen: PositiveFen | None = None
-    fallback_form: Literal["wechat_change", "cash_red_packet", "balance", "points"] | None = None
+    fallback_form: Literal[Form.WECHAT_CHANGE, Form.CASH_RED_PACKET, Form.BALANCE, Form.POINTS] | None = None
     tiers: Annotated[list[TierIn], Field(max_length=20)] = []
     windows: Annotated[list[WindowIn], Field(max_length=20)] = []
     condition: ConditionIn | None = None
@@ -84,9 +83,7 @@ class StreakBonus(Model):
 
 
 class TriggerIn(Model):
-    kind: Literal[
-        "order_paid", "claim_code", "claim", "registration", "daily_sign_in", "share", "referral_bind", "manual"
-    ]
+    kind: TriggerKind
     min_order_fen: NonNegativeFen = 0
     first_order_only: StrictBool = False
     streak_bonus: Annotated[list[StreakBonus], Field(max_length=10)] = []
@@ -135,7 +132,7 @@ class CreateCampaign(Model):
     max_packets: Annotated[StrictInt, Field(ge=1, le=100_000_000)] | None = None
     max_packets_per_order: Annotated[StrictInt, Field(ge=1, le=5)] = 1
     claim_limits: ClaimLimitsIn = ClaimLimitsIn()
-    trigger: TriggerIn = TriggerIn(kind="manual")
+    trigger: TriggerIn = TriggerIn(kind=TriggerKind.MANUAL)
     rules: RulesIn
     reason: Reason | None = None
 
@@ -171,7 +168,7 @@ def _check_rules(rules: RulesIn, budgeted: bool) -> dict:
     return _parsed_rules(rules, budgeted)[0]
 
 
-PLATFORM_TRIGGERS = ("registration", "daily_sign_in", "referral_bind")
+PLATFORM_TRIGGERS = PLATFORM_WIDE
 
 
 def _check_platform_only(applies_to: str, trigger_kind: str | None) -> None:
@@ -187,7 +184,7 @@ def _check_platform_only(applies_to: str, trigger_kind: str | None) -> None:
 
 
 def _check_platform_only_campaign(campaign: Campaign) -> None:
-    _check_platform_only(rules_of(campaign).applies_to, (campaign.trigger or {}).get("kind"))
+    _check_platform_only(rules_of(campaign).applies_to, campaign.issue_trigger.kind)
 
 
 def _check_parties(body: CreateCampaign) -> None:

@@ -21,6 +21,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from pydantic import Field
 
 from models import Campaign, ShareLink, User, db, utcnow
+from models.triggers import TriggerKind
 from rebate.deposits import pause_refused
 from rebate.errors import DepositExhausted, StateConflict
 from rebate.packets import issue_packet
@@ -121,7 +122,7 @@ def new_device():
 def claim_from_campaign(campaign_id: int):
     """Claim a packet straight from a self-serve campaign (trigger kind ``claim``)."""
     campaign = running_campaign(campaign_id)
-    if (campaign.trigger or {}).get("kind") != "claim":
+    if campaign.issue_trigger.kind != TriggerKind.CLAIM:
         raise StateConflict("this campaign's packets are not claimed directly", code="not_claimable")
     user = current_user()
     take_claim_limits(campaign, user)
