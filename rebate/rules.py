@@ -33,7 +33,7 @@ class Form(StrEnum):
 
 
 CASH_FORMS = frozenset({Form.WECHAT_CHANGE, Form.CASH_RED_PACKET, Form.BALANCE})  # capped by what the buyer paid
-FORM_NAMES = tuple(f.value for f in Form)
+FORMS = tuple(f.value for f in Form)  # every form name, in order (for messages and schemas)
 
 
 class RuleError(ValueError):
@@ -278,7 +278,7 @@ def _parse_role(raw: dict, budgeted: bool) -> RoleRule:
     if role not in ROLES:
         raise RuleError(f"role must be one of {ROLES}")
     if not _is_form(form) or not (raw.get("fallback_form") is None or _is_form(raw.get("fallback_form"))):
-        raise RuleError(f"{role}: form must be one of {FORM_NAMES}")
+        raise RuleError(f"{role}: form must be one of {FORMS}")
     if base not in BASES:
         raise RuleError(f"{role}: base must be one of {BASES}")
     if form == Form.MERCHANT_CREDIT and role != "issuer":
@@ -301,7 +301,7 @@ def _parse_role(raw: dict, budgeted: bool) -> RoleRule:
 
 
 def _is_form(value: object) -> bool:
-    return isinstance(value, str) and value in FORM_NAMES
+    return isinstance(value, str) and value in FORMS
 
 
 def _parse_condition(raw) -> Condition | None:
