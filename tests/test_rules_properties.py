@@ -1,7 +1,7 @@
 """Properties of the pure rebate engine (``rebate.rules``): random rule sets and orders, exact limits.
 
 No database, no clock: rule sets are generated as the JSON ``parse_rules`` reads,
-and every decision is checked against the money rules of DESIGN §3.
+and every decision is checked against the money rules of docs/architecture.md §3.
 """
 
 from __future__ import annotations
