@@ -4,7 +4,7 @@ Seeds ``BENCH_ORDERS`` (default 50,000) paid packet orders over 30 days in a
 temporary SQLite file (and in a throw-away schema of ``BENCH_DATABASE_URL``
 when set), then times, over the same rows in the same run:
 
-* replay: ``rebate.simulate.load_rows`` (one query, plain columns) and
+* replay: ``insights.simulate.load_rows`` (one query, plain columns) and
   ``project`` (``rebate.rules.evaluate`` per order in memory);
 * naive: the ids, then each order loaded as an ORM object with its own
   queries for its packet and its buyer, then ``evaluate``.
@@ -28,10 +28,10 @@ from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, insert, select, text
 
 from app import create_app
+from insights.simulate import ISSUING, load_rows, project, replay_query
 from models import Campaign, CampaignRules, Merchant, Order, RedPacket, User, db
 from rebate.campaigns import rules_of
-from rebate.rules import OrderFacts, evaluate, parse_rules
-from rebate.simulate import ISSUING, load_rows, project, replay_query
+from rebate.rules import Form, OrderFacts, evaluate, parse_rules
 
 ORDERS = int(os.environ.get("BENCH_ORDERS", "50000"))
 NAIVE_SECONDS = float(os.environ.get("BENCH_NAIVE_SECONDS", "5"))
@@ -40,17 +40,17 @@ DAYS = 30
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 CURRENT = {
     "roles": [
-        {"role": "issuer", "rate_bps": 1000, "form": "merchant_credit", "cap_fen": 100_00},
-        {"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 50_00, "min_order_fen": 50_00},
+        {"role": "issuer", "rate_bps": 1000, "form": Form.MERCHANT_CREDIT, "cap_fen": 100_00},
+        {"role": "consumer", "rate_bps": 500, "form": Form.BALANCE, "cap_fen": 50_00, "min_order_fen": 50_00},
     ]
 }
 DRAFT = {
     "roles": [
-        {"role": "issuer", "rate_bps": 800, "form": "merchant_credit", "cap_fen": 80_00},
+        {"role": "issuer", "rate_bps": 800, "form": Form.MERCHANT_CREDIT, "cap_fen": 80_00},
         {
             "role": "consumer",
             "rate_bps": 800,
-            "form": "points",
+            "form": Form.POINTS,
             "cap_fen": 30_00,
             "tiers": [{"min_order_fen": 300_00, "rate_bps": 1000}],
         },

@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
-MIN_IDEMPOTENCY_TTL_HOURS = 25  # answers are kept at least this long (DESIGN §4)
+MIN_IDEMPOTENCY_TTL_HOURS = 25  # answers are kept at least this long (docs/architecture.md §4)
 DEV_SECRET = "dev-only-simulator-secret-never-in-live"  # noqa: S105 - published: simulator mode only
 MIN_SECRET_CHARS = 32
 MIN_SECRET_BITS = 80  # Shannon estimate from its own characters; a random 32-hex-char key scores ~100+
@@ -374,7 +374,7 @@ def _validate(values: dict[str, Any]) -> list[str]:
     if values.get("USER_TOKEN_TTL_SECONDS", 1) <= 0:
         problems.append("USER_TOKEN_TTL_SECONDS must be positive")
     if values.get("IDEMPOTENCY_TTL_HOURS", MIN_IDEMPOTENCY_TTL_HOURS) < MIN_IDEMPOTENCY_TTL_HOURS:
-        problems.append(f"IDEMPOTENCY_TTL_HOURS must be at least {MIN_IDEMPOTENCY_TTL_HOURS} (DESIGN §4)")
+        problems.append(f"IDEMPOTENCY_TTL_HOURS must be at least {MIN_IDEMPOTENCY_TTL_HOURS} (docs/architecture.md §4)")
     problems += _apiv3_rotation_problems(values)
     backup = values.get("WECHAT_PAY_API_BACKUP_BASE") or ""
     if backup and mode == "live" and not str(backup).startswith("https://"):

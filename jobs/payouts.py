@@ -29,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from models import Alert, call_between_commits, db, unit_of_work, utcnow
+from models.payouts import Rail
 from payouts import reconcile, unclaimed
 from payouts.card_rail import CardRail
 from payouts.coupon_rail import CouponRail
@@ -86,12 +87,12 @@ def build_rails(cfg: Mapping[str, Any], wx: Any) -> dict[str, RailAdapter]:
     """The payout rails over the app's WeChat clients (``wx``); every client shares ``wx.session``."""
     rates = cfg["PAYOUT_RATE_LIMITS"]
     rails = {
-        "wechat_change": TransferRail(
+        Rail.WECHAT_CHANGE: TransferRail(
             wx.pay,
             appid=cfg["WECHAT_APPID"],
             notify_url=wx.transfer_notify_url,
             activity=cfg["REDPACK_ACT_NAME"],
-            rate_per_second=rates.get("wechat_change", 100),
+            rate_per_second=rates.get(Rail.WECHAT_CHANGE, 100),
         )
     }
     if cfg.get("WECHAT_API_V2_KEY") and cfg.get("WECHAT_OA_APPID"):
@@ -104,7 +105,7 @@ def build_rails(cfg: Mapping[str, Any], wx: Any) -> dict[str, RailAdapter]:
             api_base=cfg["WECHAT_PAY_API_BASE"],
             session=wx.session,
         )
-        rails["cash_red_packet"] = RedpackRail(
+        rails[Rail.CASH_RED_PACKET] = RedpackRail(
             client,
             oa_appid=cfg["WECHAT_OA_APPID"],
             send_name=cfg["REDPACK_SEND_NAME"],
@@ -112,15 +113,15 @@ def build_rails(cfg: Mapping[str, Any], wx: Any) -> dict[str, RailAdapter]:
             wishing=cfg["REDPACK_WISHING"],
             remark=cfg["REDPACK_ACT_NAME"],
             client_ip=cfg["SERVER_IP"],
-            rate_per_second=rates.get("cash_red_packet", 30),
+            rate_per_second=rates.get(Rail.CASH_RED_PACKET, 30),
         )
     if cfg.get("WECHAT_COUPON_STOCKS"):
-        rails["wechat_coupon"] = CouponRail(
+        rails[Rail.WECHAT_COUPON] = CouponRail(
             wx.pay,
             appid=cfg["WECHAT_APPID"],
             stock_creator_mchid=cfg["WECHAT_MCHID"],
             stocks=cfg["WECHAT_COUPON_STOCKS"],
-            rate_per_second=rates.get("wechat_coupon", 500),
+            rate_per_second=rates.get(Rail.WECHAT_COUPON, 500),
         )
     if cfg.get("WECHAT_CARD_ID") and cfg.get("WECHAT_OA_APPID"):
         ticket = functools.partial(
@@ -131,7 +132,9 @@ def build_rails(cfg: Mapping[str, Any], wx: Any) -> dict[str, RailAdapter]:
             cfg["WECHAT_API_BASE"],
             wx.session,
         )
-        rails["card_coupon"] = CardRail(cfg["WECHAT_CARD_ID"], ticket, rate_per_second=rates.get("card_coupon", 50))
+        rails[Rail.CARD_COUPON] = CardRail(
+            cfg["WECHAT_CARD_ID"], ticket, rate_per_second=rates.get(Rail.CARD_COUPON, 50)
+        )
     return rails
 
 
@@ -234,7 +237,7 @@ def _check_packet(rail: RailAdapter, payout_id: int, external_no: str, request: 
 
 def check_unclaimed_red_packets() -> Counter:
     """Red packets past WeChat's 24-hour refund time: opened (done) or refunded (back to the balance)."""
-    rail = payout_rails(current_app._get_current_object()).get("cash_red_packet")
+    rail = payout_rails(current_app._get_current_object()).get(Rail.CASH_RED_PACKET)
     return check_unclaimed(rail, utcnow(), clock=utcnow) if rail else Counter()
 
 

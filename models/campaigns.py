@@ -11,9 +11,10 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, String, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from models.base import Base, UTCDateTime, utcnow
+from models.triggers import Trigger, TriggerError
 
 
 class CampaignStatus(StrEnum):
@@ -92,6 +93,19 @@ class Campaign(Base):
             "(funder_type = 'merchant_deposit') = (funder_merchant_id is not null)", name="merchant_funder"
         ),
     )
+
+    @validates("trigger")
+    def _refuse_bad_trigger(self, key: str, value: dict | None) -> dict | None:
+        Trigger.parse(value)  # raises TriggerError: a trigger we cannot act on is never stored
+        return value
+
+    @property
+    def issue_trigger(self) -> Trigger:
+        """``trigger`` as a typed value (the column keeps the stored JSON); a bad one raises ``TriggerError``."""
+        try:
+            return Trigger.parse(self.trigger)
+        except TriggerError as exc:
+            raise TriggerError(f"campaign {self.id}: {exc}") from None
 
     @property
     def budget_available_fen(self) -> int | None:

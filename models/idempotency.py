@@ -1,4 +1,4 @@
-"""Stored answers for ``Idempotency-Key`` requests (DESIGN §4)."""
+"""Stored answers for ``Idempotency-Key`` requests (docs/architecture.md §4)."""
 
 from __future__ import annotations
 

@@ -31,10 +31,23 @@ NOT_LEFT = frozenset({PayoutStatus.PENDING})  # money that has certainly not lef
 
 
 class Rail(StrEnum):
+    """How money leaves through WeChat; the same words as the rule forms of ``rebate.rules.Form``."""
+
     WECHAT_CHANGE = "wechat_change"
     CASH_RED_PACKET = "cash_red_packet"
     WECHAT_COUPON = "wechat_coupon"
     CARD_COUPON = "card_coupon"
+
+
+class InApp(StrEnum):
+    """Where a payout's money lands when it stays with us instead (a fallback): the balance or points.
+
+    The same words as ``rebate.rules.Form.BALANCE`` / ``POINTS`` (the rules sit above this layer and
+    cannot be imported here; ``tests/test_typed_words.py`` keeps the two vocabularies in step).
+    """
+
+    BALANCE = "balance"
+    POINTS = "points"
 
 
 class Payout(Base):

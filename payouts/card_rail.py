@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import select
 
 from models import Payout, UserIdentity, db
+from models.payouts import Rail
 from payouts.rails import Outcome, RailResult
 from wechat.errors import (
     WeChatError,
@@ -33,7 +34,7 @@ USER_GET_CARD = "user_get_card"
 
 
 class CardRail:
-    name = "card_coupon"
+    name = Rail.CARD_COUPON
 
     def __init__(
         self,

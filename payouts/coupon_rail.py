@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from models import Payout, UserIdentity, db
+from models.payouts import Rail
 from payouts.rails import Outcome, RailResult
 from wechat.errors import WeChatError, WeChatInvalidRequest, WeChatNotFound, WeChatRateLimited
 from wechat.pay import PayClient
@@ -27,7 +28,7 @@ REFUSALS = {
 
 
 class CouponRail:
-    name = "wechat_coupon"
+    name = Rail.WECHAT_COUPON
 
     def __init__(
         self,

@@ -42,7 +42,7 @@ def withdraw(user: User, amount_fen: int, minimum_fen: int, key: str) -> Payout:
     if amount_fen > available:
         raise PayoutError(f"only {max(0, available)} fen can be withdrawn", code="insufficient_balance")
     return enqueue_payout(
-        rail="wechat_change",
+        rail=Rail.WECHAT_CHANGE,
         user_id=user.id,
         amount_fen=amount_fen,
         source=cash,

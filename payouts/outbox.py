@@ -7,8 +7,9 @@ from sqlalchemy import select, update
 
 from ledger import Leg, account, close_flow, post_entry
 from models import AccountKind, LedgerAccount, Payout, PayoutStatus, db
+from models.payouts import Rail
 
-PREFIX = {"wechat_change": "TB", "cash_red_packet": "RP", "wechat_coupon": "CP", "card_coupon": "CD"}
+PREFIX = {Rail.WECHAT_CHANGE: "TB", Rail.CASH_RED_PACKET: "RP", Rail.WECHAT_COUPON: "CP", Rail.CARD_COUPON: "CD"}
 
 
 def number_prefix() -> str:

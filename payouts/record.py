@@ -19,6 +19,7 @@ from models import (
     raise_alert,
     utcnow,
 )
+from models.payouts import InApp
 from payouts.outbox import enqueue_payout
 from payouts.rails import Outcome, RailResult, summary
 from payouts.transitions import mark_returned, mark_sent, mark_succeeded, move
@@ -34,7 +35,7 @@ class DispatchSettings:
     max_attempts: int = 8
     backoff_base_s: float = 30.0
     backoff_cap_s: float = 6 * 3600.0
-    cash_fallback_rail: str | None = "wechat_change"  # where a refused cash red packet goes
+    cash_fallback_rail: str | None = Rail.WECHAT_CHANGE  # where a refused cash red packet goes
     confirm_ttl: timedelta = timedelta(hours=24)  # unconfirmed transfer bills are cancelled at WeChat after this
     lease: timedelta = timedelta(minutes=5)  # a claimed payout's owner; after it, another pass queries it
     confirm_recheck: timedelta = timedelta(hours=6)  # a transfer waiting for the user is queried this often
@@ -164,7 +165,7 @@ def _return_unconfirmed(payout: Payout, to: PayoutStatus, result: RailResult, no
     why = result.message or "not confirmed by the user in time"
     mark_returned(payout, to, now, f"{result.code}: {why}; {payout.amount_fen} fen back in your balance")
     source = db.session.get(LedgerAccount, payout.source_account_id)
-    _credit_in_app(payout, source, "balance")
+    _credit_in_app(payout, source, InApp.BALANCE)
 
 
 def _refused(payout: Payout, result: RailResult, now: datetime) -> None:
@@ -191,14 +192,14 @@ def fallback_rail(payout: Payout, settings: DispatchSettings) -> str | None:
     """The rule's fallback (fixed on the payout at creation), else the cash default; None: keep it in the balance."""
     if payout.fallback_rail:
         return None if payout.fallback_rail == payout.rail else payout.fallback_rail
-    return settings.cash_fallback_rail if payout.rail == "cash_red_packet" else None
+    return settings.cash_fallback_rail if payout.rail == Rail.CASH_RED_PACKET else None
 
 
 def _credit_in_app(payout: Payout, source: LedgerAccount, form: str, point_value_fen: int = 1) -> None:
     """Fall back to the in-app balance or to points; a cash source is already back in the balance."""
     if source.kind == AccountKind.USER_CASH:
         return
-    if form == "points":
+    if form == InApp.POINTS:
         points = payout.amount_fen // point_value_fen
         if points:
             post_entry(
@@ -229,7 +230,7 @@ def _retry_after_failure(payout: Payout, rail: str | None, why: str, settings: D
     while parent.retry_of_id is not None and depth <= MAX_AUTO_RETRIES:
         parent, depth = db.session.get(Payout, parent.retry_of_id), depth + 1
     source = db.session.get(LedgerAccount, payout.source_account_id)
-    if rail in ("balance", "points"):
+    if rail in (InApp.BALANCE, InApp.POINTS):
         _credit_in_app(payout, source, rail, settings.point_value_fen)
         raise_alert("payout_fallback", payout.external_no, f"{why}: {payout.amount_fen} fen credited as {rail}")
         return None

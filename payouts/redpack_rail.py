@@ -18,11 +18,12 @@ from sqlalchemy import and_, func, or_, select
 
 from models import Payout, PayoutStatus, UserIdentity, db, utcnow
 from models.base import BEIJING, beijing, next_beijing_midnight
+from models.payouts import Rail
 from payouts.rails import Outcome, RailResult, disagreement
 from wechat.errors import WeChatError, WeChatInvalidRequest
 from wechat.redpack import RedpackAction, RedpackClient, RedpackResult
 
-RAIL = "cash_red_packet"
+RAIL = Rail.CASH_RED_PACKET
 MIN_FEN, MAX_FEN = 100, 20_000  # WeChat's default range, 1–200 yuan
 QUIET_END = time(8, 0)  # no cash red packets 00:00–08:00 Beijing time
 TEXT_LIMITS = {"send_name": 32, "act_name": 32, "wishing": 128, "remark": 256}

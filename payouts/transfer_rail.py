@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from models import Payout, User, UserIdentity, db
 from models.base import fernet
+from models.payouts import Rail
 from payouts.rails import Outcome, RailResult, disagreement
 from wechat.errors import WeChatError, WeChatInvalidRequest, WeChatNotFound
 from wechat.http import CallInsideTransaction
@@ -41,7 +42,7 @@ STATES = {
 
 
 class TransferRail:
-    name = "wechat_change"
+    name = Rail.WECHAT_CHANGE
 
     def __init__(
         self,

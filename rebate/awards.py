@@ -17,25 +17,26 @@ from sqlalchemy import select
 
 from ledger import Leg, account, balance, post_entry
 from models import AccountKind, Campaign, Order, Rebate, RebateStatus, Receivable, User, db
+from models.payouts import Rail
 from payouts import enqueue_payout
 from rebate import budgets
 from rebate.campaigns import funder_account, rules_of
-from rebate.rules import Decision
+from rebate.rules import Decision, Form
 
 RAIL_OF_FORM = {
-    "wechat_change": "wechat_change",
-    "cash_red_packet": "cash_red_packet",
-    "wechat_coupon": "wechat_coupon",
-    "card_coupon": "card_coupon",
+    Form.WECHAT_CHANGE: Rail.WECHAT_CHANGE,
+    Form.CASH_RED_PACKET: Rail.CASH_RED_PACKET,
+    Form.WECHAT_COUPON: Rail.WECHAT_COUPON,
+    Form.CARD_COUPON: Rail.CARD_COUPON,
 }
 KIND_OF_FORM = {
-    "balance": "cash",
-    "wechat_change": "cash",
-    "cash_red_packet": "cash",
-    "points": "points",
-    "merchant_credit": "credit",
-    "wechat_coupon": "coupon",
-    "card_coupon": "coupon",
+    Form.BALANCE: "cash",
+    Form.WECHAT_CHANGE: "cash",
+    Form.CASH_RED_PACKET: "cash",
+    Form.POINTS: "points",
+    Form.MERCHANT_CREDIT: "credit",
+    Form.WECHAT_COUPON: "coupon",
+    Form.CARD_COUPON: "coupon",
 }
 
 
@@ -61,7 +62,7 @@ def record_decisions(
             decision = _refused_as_banned(decision)
         awarded = decision.amount_fen > 0 and beneficiary is not None
         held = awarded and decision.condition is not None
-        form = "merchant_credit" if beneficiary and beneficiary.type == "merchant" else decision.form
+        form = Form.MERCHANT_CREDIT if beneficiary and beneficiary.type == "merchant" else decision.form
         status = RebateStatus.HELD if held else RebateStatus.AWARDED if awarded else RebateStatus.SKIPPED
         rebate = Rebate(
             order_id=order.id,
@@ -146,7 +147,7 @@ def pay_rebate(rebate: Rebate, campaign: Campaign, order: Order, amount_fen: int
             key, memo, [Leg(funder_account(campaign), -amount_fen), Leg(beneficiary_account(rebate), amount_fen)]
         )
     recover_receivables(rebate.beneficiary_type, rebate.beneficiary_id, kind, amount_fen)
-    if rebate.form in ("wechat_change", "cash_red_packet"):
+    if rebate.form in (Form.WECHAT_CHANGE, Form.CASH_RED_PACKET):
         _queue_cash_payout(rebate, order, amount_fen, key, memo)
 
 
@@ -174,7 +175,7 @@ def _fallback(rebate: Rebate, campaign: Campaign) -> str | None:
     """The rule's fallback form, fixed on the payout: where the money goes when the rail refuses."""
     rule = rules_of(campaign, rebate.rules_version).role(rebate.role)
     form = rule.fallback_form if rule else None
-    return RAIL_OF_FORM.get(form, form if form in ("balance", "points") else None) if form else None
+    return RAIL_OF_FORM.get(form, form if form in (Form.BALANCE, Form.POINTS) else None) if form else None
 
 
 def recover_receivables(beneficiary_type: str, beneficiary_id: int, kind: str, amount_fen: int) -> int:

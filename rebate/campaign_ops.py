@@ -15,6 +15,7 @@ from datetime import datetime
 
 from models import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType, RedPacket, db
 from models.operators import Actor, audit
+from models.triggers import PLATFORM_WIDE
 from rebate.campaigns import rules_of
 from rebate.deposits import held_in_deposit, lock_deposits
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
@@ -27,7 +28,6 @@ TRANSITIONS = {
     "pause": ({CampaignStatus.ACTIVE}, CampaignStatus.PAUSED),
     "end": ({CampaignStatus.DRAFT, CampaignStatus.ACTIVE, CampaignStatus.PAUSED}, CampaignStatus.ENDED),
 }
-PLATFORM_TRIGGERS = ("registration", "daily_sign_in", "referral_bind")
 
 
 class PlatformOnly(RebateError):
@@ -40,12 +40,12 @@ def check_platform_only(actor: Actor, applies_to: str, trigger_kind: str | None)
         return
     if applies_to == "referral":
         raise PlatformOnly("referral campaigns are created and changed by platform admins only")
-    if trigger_kind in PLATFORM_TRIGGERS:
+    if trigger_kind in PLATFORM_WIDE:
         raise PlatformOnly(f"campaigns fired by {trigger_kind} are platform-wide: platform admins only")
 
 
 def _check_platform_only_campaign(actor: Actor, campaign: Campaign) -> None:
-    check_platform_only(actor, rules_of(campaign).applies_to, (campaign.trigger or {}).get("kind"))
+    check_platform_only(actor, rules_of(campaign).applies_to, campaign.issue_trigger.kind)
 
 
 def _check_window(starts_at: datetime | None, ends_at: datetime | None, what: str = "ends_at") -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from models import Campaign, CampaignStatus, RedPacket, ShareLink, User, db
+from models.triggers import TriggerKind
 from rebate.deposits import pause_refused
 from rebate.errors import DepositExhausted, NotFound, StateConflict
 from rebate.packets import claim_packet, find_claimable, issue_packet
@@ -86,7 +87,7 @@ def claim_from_campaign(
 ) -> RedPacket:
     """A packet straight from a self-serve campaign (trigger kind ``claim``)."""
     campaign = running_campaign(campaign_id)
-    if (campaign.trigger or {}).get("kind") != "claim":
+    if campaign.issue_trigger.kind != TriggerKind.CLAIM:
         raise StateConflict("this campaign's packets are not claimed directly", code="not_claimable")
     with refusal_kept(campaign.id, user.id):
         take_campaign_limits(campaign, claimant, now)

@@ -33,6 +33,7 @@ from models import (
     raise_alert,
 )
 from models.base import beijing
+from models.triggers import TriggerKind
 from rebate import budgets
 from rebate.awards import Beneficiary, record_decisions
 from rebate.campaigns import funder_account, is_running, rules_of, serves
@@ -140,9 +141,9 @@ def _reserved_by_funder(spent: list[tuple[RedPacket, int]], campaigns: dict[int,
 def _relevant(campaign: Campaign, order: Order, has_inviter: bool) -> bool:
     if not serves(campaign, order.merchant_id):  # a merchant's campaign never pays on another's order
         return False
-    trigger = campaign.trigger or {}
-    if trigger.get("kind") == "order_paid":
-        return order.total_fen >= trigger.get("min_order_fen", 0)
+    trigger = campaign.issue_trigger
+    if trigger.kind == TriggerKind.ORDER_PAID:
+        return order.total_fen >= trigger.min_order_fen
     return has_inviter and rules_of(campaign).applies_to == "referral"
 
 
@@ -341,16 +342,16 @@ def _issue_triggered_packets(order: Order, campaigns: dict[int, Campaign], now: 
         return
     first_order = None  # asked only when a campaign cares
     for campaign in campaigns.values():
-        trigger = campaign.trigger or {}
-        if trigger.get("kind") != "order_paid" or not campaign.packet_amount_fen or not is_running(campaign, now):
+        trigger = campaign.issue_trigger
+        if trigger.kind != TriggerKind.ORDER_PAID or not campaign.packet_amount_fen or not is_running(campaign, now):
             continue
         if not serves(campaign, order.merchant_id):
             continue
-        if order.total_fen < trigger.get("min_order_fen", 0):
+        if order.total_fen < trigger.min_order_fen:
             continue
         if campaign.packet_merchant_id is not None and campaign.packet_merchant_id != order.merchant_id:
             continue
-        if trigger.get("first_order_only"):
+        if trigger.first_order_only:
             first_order = _is_first_paid_order(order.user_id) if first_order is None else first_order
             if not first_order:
                 continue
@@ -359,7 +360,7 @@ def _issue_triggered_packets(order: Order, campaigns: dict[int, Campaign], now: 
                 issue_packet(
                     campaign,
                     buyer,
-                    source="order_paid",
+                    source=TriggerKind.ORDER_PAID,
                     source_ref=order.out_trade_no,
                     now=now,
                 )

@@ -12,14 +12,29 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from enum import StrEnum
 
 from money import MAX_FEN, format_yuan, share
 
 ROLES = ("issuer", "consumer", "inviter")
 BASES = ("paid", "order_total")
-FORMS = ("wechat_change", "cash_red_packet", "wechat_coupon", "card_coupon", "balance", "points", "merchant_credit")
-CASH_FORMS = frozenset({"wechat_change", "cash_red_packet", "balance"})
 APPLIES_TO = ("packet", "referral")
+
+
+class Form(StrEnum):
+    """How a rebate is paid. The first four leave through WeChat (the words of ``models.payouts.Rail``)."""
+
+    WECHAT_CHANGE = "wechat_change"
+    CASH_RED_PACKET = "cash_red_packet"
+    WECHAT_COUPON = "wechat_coupon"
+    CARD_COUPON = "card_coupon"
+    BALANCE = "balance"  # the user's in-app cash balance
+    POINTS = "points"  # the user's points (their own unit ledger)
+    MERCHANT_CREDIT = "merchant_credit"  # a merchant issuer's marketing credit
+
+
+CASH_FORMS = frozenset({Form.WECHAT_CHANGE, Form.CASH_RED_PACKET, Form.BALANCE})  # capped by what the buyer paid
+FORMS = tuple(f.value for f in Form)  # every form name, in order (for messages and schemas)
 
 
 class RuleError(ValueError):
@@ -56,11 +71,11 @@ class Condition:
 class RoleRule:
     role: str
     rate_bps: int
-    form: str
+    form: Form
     base: str = "paid"
     min_order_fen: int = 0
     cap_fen: int | None = None
-    fallback_form: str | None = None
+    fallback_form: Form | None = None
     tiers: tuple[Tier, ...] = ()
     windows: tuple[Window, ...] = ()
     condition: Condition | None = None
@@ -95,11 +110,11 @@ class OrderFacts:
 class Decision:
     role: str
     amount_fen: int
-    form: str
+    form: Form
     reason_code: str  # "awarded", "below_minimum", "cap_reached", ...
     reasons: tuple[str, ...] = field(default_factory=tuple)
     condition: Condition | None = None  # held until the condition is met
-    fallback_form: str | None = None
+    fallback_form: Form | None = None
 
     @property
     def awarded(self) -> bool:
@@ -170,7 +185,7 @@ def _decide(rule: RoleRule, facts: OrderFacts, budget: int | None, cash_room: in
     return Decision(rule.role, amount, rule.form, code, tuple(reasons), rule.condition, rule.fallback_form)
 
 
-def _pays_cash(form: str, fallback_form: str | None) -> bool:
+def _pays_cash(form: Form, fallback_form: Form | None) -> bool:
     """Cash now, or cash when its rail refuses (a coupon falling back to balance is cash too)."""
     return form in CASH_FORMS or fallback_form in CASH_FORMS
 
@@ -264,11 +279,11 @@ def _parse_role(raw: dict, budgeted: bool) -> RoleRule:
     role, form, base = raw.get("role"), raw.get("form"), raw.get("base", "paid")
     if role not in ROLES:
         raise RuleError(f"role must be one of {ROLES}")
-    if form not in FORMS or raw.get("fallback_form") not in (None, *FORMS):
+    if not _is_form(form) or not (raw.get("fallback_form") is None or _is_form(raw.get("fallback_form"))):
         raise RuleError(f"{role}: form must be one of {FORMS}")
     if base not in BASES:
         raise RuleError(f"{role}: base must be one of {BASES}")
-    if form == "merchant_credit" and role != "issuer":
+    if form == Form.MERCHANT_CREDIT and role != "issuer":
         raise RuleError(f"{role}: merchant_credit is for a merchant issuer only")
     cap = _int(raw, "cap_fen", low=1)
     if budgeted and cap is None:
@@ -276,15 +291,19 @@ def _parse_role(raw: dict, budgeted: bool) -> RoleRule:
     return RoleRule(
         role=role,
         rate_bps=_int(raw, "rate_bps", 0, high=10_000),
-        form=form,
+        form=Form(form),
         base=base,
         min_order_fen=_int(raw, "min_order_fen", 0),
         cap_fen=cap,
-        fallback_form=raw.get("fallback_form"),
+        fallback_form=None if raw.get("fallback_form") is None else Form(raw["fallback_form"]),
         tiers=_parse_tiers(raw.get("tiers", [])),
         windows=_parse_windows(raw.get("windows", [])),
         condition=_parse_condition(raw.get("condition")),
     )
+
+
+def _is_form(value: object) -> bool:
+    return isinstance(value, str) and value in FORMS
 
 
 def _parse_condition(raw) -> Condition | None:
@@ -345,7 +364,7 @@ def _object(required: list[str], properties: dict, *, null: bool = False) -> dic
     return {"type": kind, "required": required, "properties": properties, "additionalProperties": False}
 
 
-FALLBACK_FORMS = ("wechat_change", "cash_red_packet", "balance", "points")  # what a refused coupon becomes
+FALLBACK_FORMS = (Form.WECHAT_CHANGE, Form.CASH_RED_PACKET, Form.BALANCE, Form.POINTS)  # what a refused coupon becomes
 RULES_SCHEMA = _object(
     ["roles"],
     {

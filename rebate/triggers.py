@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from models import Campaign, CampaignStatus, Order, RedPacket, ShareLink, SignIn, User, alert_once, db
 from models.base import beijing
+from models.triggers import TriggerKind
 from rebate.campaigns import is_running
 from rebate.deposits import pause_refused
 from rebate.errors import BudgetExhausted, DepositExhausted, Invalid, NotFound, RebateError, StateConflict
@@ -29,9 +30,9 @@ from risk import Claimant, ClaimGate, LimitHit, PlatformLimits, record_refusal
 REFERRAL_BIND_WINDOW = timedelta(days=7)
 
 
-def _campaigns(kind: str, now: datetime) -> list[Campaign]:
+def _campaigns(kind: TriggerKind, now: datetime) -> list[Campaign]:
     rows = db.session.execute(select(Campaign).where(Campaign.status == CampaignStatus.ACTIVE).order_by(Campaign.id))
-    return [c for c in rows.scalars() if (c.trigger or {}).get("kind") == kind and is_running(c, now)]
+    return [c for c in rows.scalars() if c.issue_trigger.kind == kind and is_running(c, now)]
 
 
 def claim_gate(claimant: Claimant, limits: PlatformLimits | None) -> ClaimGate:
@@ -66,7 +67,7 @@ def _issue_one(campaign: Campaign, user: User, gate: ClaimGate, now: datetime, *
 
 
 def _issue_each(
-    kind: str,
+    kind: TriggerKind,
     user: User,
     source_ref: str,
     now: datetime,
@@ -103,7 +104,9 @@ def on_registered(
     limits: PlatformLimits | None = None,
 ) -> list[RedPacket]:
     """A new person: newcomer packets (5 / 10 yuan tiers come from the campaign)."""
-    return _issue_each("registration", user, f"user:{user.id}", now, channel, claimant=claimant, limits=limits)
+    return _issue_each(
+        TriggerKind.REGISTRATION, user, f"user:{user.id}", now, channel, claimant=claimant, limits=limits
+    )
 
 
 def sign_in(
@@ -137,14 +140,14 @@ def sign_in(
         return record, []
     gate = claim_gate(claimant or Claimant(user.id), limits)
     issued = []
-    for campaign in _campaigns("daily_sign_in", now):
+    for campaign in _campaigns(TriggerKind.DAILY_SIGN_IN, now):
         face = _streak_face(campaign, record.streak)
         packet = _issue_one(
             campaign,
             user,
             gate,
             now,
-            source="daily_sign_in",
+            source=TriggerKind.DAILY_SIGN_IN,
             source_ref=f"{user.id}:{day}",
             face_fen=face,
             channel=channel,
@@ -156,12 +159,12 @@ def sign_in(
 
 def _streak_face(campaign: Campaign, streak: int) -> int | None:
     """The biggest streak bonus whose period divides today's streak (7th day, 14th, …), else the plain face."""
-    bonuses = [b for b in (campaign.trigger or {}).get("streak_bonus", []) if streak % b["days"] == 0]
-    return max((b["amount_fen"] for b in bonuses), default=None)
+    bonuses = [b for b in campaign.issue_trigger.streak_bonus if streak % b.days == 0]
+    return max((b.amount_fen for b in bonuses), default=None)
 
 
 def create_share_link(campaign: Campaign, user: User, now: datetime) -> ShareLink:
-    if (campaign.trigger or {}).get("kind") != "share" or not is_running(campaign, now):
+    if campaign.issue_trigger.kind != TriggerKind.SHARE or not is_running(campaign, now):
         raise StateConflict("this campaign has no share links running", code="campaign_not_shareable")
     existing = db.session.execute(select(ShareLink).filter_by(campaign_id=campaign.id, user_id=user.id)).scalar()
     if existing is not None:
@@ -194,9 +197,11 @@ def claim_share(
     campaign = db.session.get(Campaign, link.campaign_id)
     ref = f"{token}:{friend.id}"
     gate = claim_gate(claimant or Claimant(friend.id), limits)
-    friend_packet = issue_packet(campaign, friend, source="share", source_ref=ref, now=now, channel=channel, gate=gate)
+    friend_packet = issue_packet(
+        campaign, friend, source=TriggerKind.SHARE, source_ref=ref, now=now, channel=channel, gate=gate
+    )
     sharer_packet = None
-    reward = (campaign.trigger or {}).get("sharer_reward_fen")
+    reward = campaign.issue_trigger.sharer_reward_fen
     sharer = db.session.get(User, link.user_id)
     if reward and sharer.is_active:
         sharer_packet = _issue_one(
@@ -283,7 +288,7 @@ def bind_inviter(
     if bound != 1:
         raise StateConflict("you already have an inviter", code="already_invited")
     return _issue_each(
-        "referral_bind",
+        TriggerKind.REFERRAL_BIND,
         user,
         f"invitee:{user.id}",
         now,

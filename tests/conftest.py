@@ -288,8 +288,9 @@ def pay(app):
 
 @pytest.fixture
 def education(make_user, make_merchant, make_product, make_campaign):
-    """DESIGN §1's reverse story set up: a teacher's 50-yuan enrolment packet at a school; the teacher earns
-    10 % of the tuition paid, held until 10 lessons are done and the test is passed, released in two parts.
+    """The reverse story (docs/architecture.md §1) set up: a teacher's 50-yuan enrolment packet at a school; the
+    teacher earns 10 % of the tuition paid, held until 10 lessons are done and the test is passed, released in
+    two parts.
     Returns (school, course, teacher, campaign, student, packet)."""
     from models import utcnow
     from rebate import issue_packet

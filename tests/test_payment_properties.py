@@ -1,22 +1,31 @@
 """Property: whatever the rules, tiers, double windows, referral and attribution, one payment never pays more
-than a budget allows or more cash than the buyer paid, and the ledger stays balanced."""
+than a budget allows or more cash than the buyer paid, and the ledger stays balanced.
+
+Each scenario says up front whether its packet can be issued (the budget and the funder's deposit both hold
+its reservation: face value + every cap) or which of the two cannot; the test checks that exactly that
+happens, so no example quietly turns into a packet-less order.
+"""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from itertools import count
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from ledger import check_ledger
-from models import Campaign, Merchant, Order, Product, Rebate, User, UserIdentity, db, utcnow
+from models import Campaign, Merchant, Order, PacketStatus, Product, Rebate, RedPacket, User, UserIdentity, db, utcnow
 from rebate import apply_payment, create_order, issue_packet
+from rebate.errors import BudgetExhausted, DepositExhausted, Invalid
 from rebate.orders import LineRequest
-from rebate.rules import CASH_FORMS
+from rebate.rules import CASH_FORMS, Form
+from tests.conftest import fund_deposit
 
-FORMS = ["balance", "wechat_change", "points", "cash_red_packet", "wechat_coupon"]
+FORMS = [Form.BALANCE, Form.WECHAT_CHANGE, Form.POINTS, Form.CASH_RED_PACKET, Form.WECHAT_COUPON]
+PACKET = ["issued", "over_budget", "over_deposit"]  # what the scenario's packet meets
 _seq = count(1)
 
 
@@ -36,7 +45,7 @@ def role_rule(role: str, form: str):
                 max_size=2,
                 unique_by=lambda t: t["min_order_fen"],
             ),
-            "fallback_form": st.sampled_from(["balance", "points"]),
+            "fallback_form": st.sampled_from([Form.BALANCE, Form.POINTS]),
         },
     )
 
@@ -45,7 +54,7 @@ def role_rule(role: str, form: str):
 def scenario(draw):
     window = draw(st.booleans())
     consumer = draw(role_rule("consumer", draw(st.sampled_from(FORMS))))
-    issuer = draw(role_rule("issuer", "merchant_credit"))
+    issuer = draw(role_rule("issuer", Form.MERCHANT_CREDIT))
     inviter = draw(role_rule("inviter", draw(st.sampled_from(FORMS))))
     if window:
         now = utcnow()
@@ -56,12 +65,18 @@ def scenario(draw):
                 "factor_bps": 20_000,
             }
         ]
+    face = draw(st.integers(1, 150_00))
+    reservation = face + consumer["cap_fen"] + issuer["cap_fen"]
+    packet = draw(st.sampled_from(PACKET))
+    enough, short = st.integers(reservation, reservation + 1_000_00), st.integers(1, reservation - 1)
     return {
         "packet_rules": {"roles": [consumer, issuer], "attribution_days": 30},
         "referral_rules": {"applies_to": "referral", "roles": [inviter]},
-        "budget": draw(st.integers(1, 1_000_00)),
+        "packet": packet,
+        "budget": draw(short if packet == "over_budget" else enough),
+        "deposit": draw(short if packet == "over_deposit" else enough),
         "referral_budget": draw(st.integers(0, 100_00)),
-        "face": draw(st.integers(1, 150_00)),
+        "face": face,
         "prices": draw(st.lists(st.integers(1, 300_00), min_size=2, max_size=2)),
     }
 
@@ -79,8 +94,7 @@ def fits(rules: dict) -> bool:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(s=scenario())
 def test_no_payment_overspends_a_budget_or_pays_more_cash_than_was_paid(app, s):
-    if not fits(s["packet_rules"]) or not fits(s["referral_rules"]):
-        return
+    assume(fits(s["packet_rules"]) and fits(s["referral_rules"]))  # an invalid example, never a silent pass
     n = next(_seq)
     shop = Merchant(name=f"prop-shop-{n}")
     db.session.add(shop)
@@ -125,25 +139,33 @@ def test_no_payment_overspends_a_budget_or_pays_more_cash_than_was_paid(app, s):
             CampaignRules(campaign_id=referral.id, version=1, rules=s["referral_rules"]),
         ]
     )
+    fund_deposit(shop.id, s["deposit"])
     db.session.commit()
 
     orders = []
-    try:
-        packet = issue_packet(campaign, buyer, source="prop", source_ref=str(n), now=utcnow())
-        ids = [packet.id]
-    except Exception:  # the budget cannot hold one packet: the referral and a plain order still run
+    if s["packet"] == "issued":
+        packet_ids = [issue_packet(campaign, buyer, source="prop", source_ref=str(n), now=utcnow()).id]
+        db.session.commit()
+    else:  # refused for exactly the reason the scenario set up; the referral and plain orders still run
+        refusal = DepositExhausted if s["packet"] == "over_deposit" else BudgetExhausted
+        with pytest.raises(refusal) as refused:
+            issue_packet(campaign, buyer, source="prop", source_ref=str(n), now=utcnow())
+        assert type(refused.value) is refusal
         db.session.rollback()
-        ids = []
+        packet_ids = None
+    if packet_ids and products[0].price_fen == 1:  # WeChat's minimum is 1 fen: a packet cannot take it off
+        with pytest.raises(Invalid, match="would take nothing off this order"):
+            create_order(buyer, [LineRequest(products[0].id, 1)], packet_ids, utcnow())
+        db.session.rollback()
+        packet_ids = None
     for i, product in enumerate(products):
-        try:
-            order = create_order(buyer, [LineRequest(product.id, 1)], ids if i == 0 else None, utcnow())
-        except Exception:
-            db.session.rollback()
-            order = create_order(buyer, [LineRequest(product.id, 1)], None, utcnow())
+        order = create_order(buyer, [LineRequest(product.id, 1)], packet_ids if i == 0 else None, utcnow())
         db.session.commit()
         apply_payment(order.out_trade_no, f"tx-{order.out_trade_no}", order.payable_fen, utcnow())
         db.session.commit()
         orders.append(order.id)
+    if packet_ids:
+        assert db.session.get(RedPacket, packet_ids[0]).status == PacketStatus.USED, "the first order spent it"
 
     for c in (campaign, referral):
         db.session.refresh(c)

@@ -1,4 +1,4 @@
-"""Refund stories (DESIGN §3): clawback on net amounts rounded down, holds, receivables, packets restored.
+"""Refund stories (docs/architecture.md §3): clawback on net amounts rounded down, holds, receivables, packets restored.
 
 Every story checks the balances and the budget counters after each step. Amounts
 in comments are yuan; everything asserted is fen.

@@ -1,7 +1,7 @@
 """Properties of the pure rebate engine (``rebate.rules``): random rule sets and orders, exact limits.
 
 No database, no clock: rule sets are generated as the JSON ``parse_rules`` reads,
-and every decision is checked against the money rules of DESIGN §3.
+and every decision is checked against the money rules of docs/architecture.md §3.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from money import BPS_DENOMINATOR
-from rebate.rules import CASH_FORMS, FORMS, OrderFacts, RuleError, entitlement_after_refund, evaluate, parse_rules
+from rebate.rules import CASH_FORMS, Form, OrderFacts, RuleError, entitlement_after_refund, evaluate, parse_rules
 
 PROPS = settings(max_examples=300, deadline=None)
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 MAX_ORDER_FEN = 10_000_00
-NON_CREDIT_FORMS = [f for f in FORMS if f != "merchant_credit"]
+FORMS = list(Form)
+NON_CREDIT_FORMS = [f for f in Form if f != Form.MERCHANT_CREDIT]
 
 
 # --- strategies ----------------------------------------------------------------------------

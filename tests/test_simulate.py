@@ -9,11 +9,11 @@ import pytest
 import time_machine
 from sqlalchemy import event, func, inspect, select
 
+from insights.simulate import ReplayRow, percent_change, project
 from models import Rebate, db, utcnow
 from rebate import create_order, issue_packet
 from rebate.orders import LineRequest
 from rebate.rules import parse_rules
-from rebate.simulate import ReplayRow, percent_change, project
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 # Paid 80, 100 and 40 yuan (each after a 20-yuan packet). The second is paid at 01:30 on 7 March in

@@ -1,4 +1,5 @@
-"""The "why (no) rebate" trace over DESIGN §1's stories: skipped rules, held awards, refunds, payouts, scoping."""
+"""The "why (no) rebate" trace over the stories of docs/architecture.md §1: skipped rules, held awards, refunds,
+payouts, scoping."""
 
 from __future__ import annotations
 

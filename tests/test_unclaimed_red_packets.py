@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from insights.trace import _payout
 from jobs.payouts import check_unclaimed, dispatch_due, payout_rails
 from ledger import account, balance
 from models import AccountKind, LedgerEntry, Payout, PayoutAttempt, User, db, utcnow
@@ -18,7 +19,6 @@ from models.base import BEIJING
 from payouts import enqueue_payout
 from payouts.record import DispatchSettings
 from payouts.unclaimed import return_unclaimed
-from rebate.trace import _payout
 from tests.money_helpers import queue_from_balance
 from tests.test_wechat_callbacks import simulator
 

@@ -1,4 +1,4 @@
-"""DESIGN §1's stories as money stories, every balance checked after each one.
+"""docs/architecture.md §1's stories as money stories, every balance checked after each one.
 
 Amounts in the stories are yuan; everything here is fen.
 """

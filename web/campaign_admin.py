@@ -50,9 +50,7 @@ class StreakBonus(Model):
 
 
 class TriggerIn(Model):
-    kind: Literal[
-        "order_paid", "claim_code", "claim", "registration", "daily_sign_in", "share", "referral_bind", "manual"
-    ]
+    kind: TriggerKind
     min_order_fen: NonNegativeFen = 0
     first_order_only: StrictBool = False
     streak_bonus: Annotated[list[StreakBonus], Field(max_length=10)] = []
@@ -101,7 +99,7 @@ class CreateCampaign(Model):
     max_packets: Annotated[StrictInt, Field(ge=1, le=100_000_000)] | None = None
     max_packets_per_order: Annotated[StrictInt, Field(ge=1, le=5)] = 1
     claim_limits: ClaimLimitsIn = ClaimLimitsIn()
-    trigger: TriggerIn = TriggerIn(kind="manual")
+    trigger: TriggerIn = TriggerIn(kind=TriggerKind.MANUAL)
     rules: RulesIn
     reason: Reason | None = None
 

@@ -9,8 +9,10 @@ from flask import current_app
 from sqlalchemy import select
 
 from models import Campaign, CampaignRules, Merchant, Operator, Product, RedPacket, db, unit_of_work, utcnow
+from models.triggers import TriggerKind
 from rebate.deposits import top_up
 from rebate.packets import generate_batch
+from rebate.rules import Form
 from web.auth import issue_operator_token
 
 PRODUCTS = [("Beef noodles", "food", 50_00), ("Family feast", "food", 200_00), ("Tea", "drink", 12_00)]
@@ -38,8 +40,8 @@ def seed() -> dict:
             "First order over 200 earns 20 off",
             {
                 "roles": [
-                    {"role": "issuer", "rate_bps": 1000, "form": "merchant_credit", "cap_fen": 100_00},
-                    {"role": "consumer", "rate_bps": 500, "form": "wechat_change", "cap_fen": 50_00},
+                    {"role": "issuer", "rate_bps": 1000, "form": Form.MERCHANT_CREDIT, "cap_fen": 100_00},
+                    {"role": "consumer", "rate_bps": 500, "form": Form.WECHAT_CHANGE, "cap_fen": 50_00},
                 ]
             },
             issuer_type="merchant",
@@ -50,13 +52,13 @@ def seed() -> dict:
             packet_amount_fen=20_00,
             packet_min_spend_fen=50_00,
             packet_merchant_id=shop.id,
-            trigger={"kind": "order_paid", "min_order_fen": 200_00, "first_order_only": True},
+            trigger={"kind": TriggerKind.ORDER_PAID, "min_order_fen": 200_00, "first_order_only": True},
         )
         newcomer = _campaign(
             "Newcomer: spend 50 get 10 off, 8% back",
             {
                 "roles": [
-                    {"role": "consumer", "rate_bps": 800, "base": "order_total", "form": "balance", "cap_fen": 20_00}
+                    {"role": "consumer", "rate_bps": 800, "base": "order_total", "form": Form.BALANCE, "cap_fen": 20_00}
                 ]
             },
             issuer_type="platform",
@@ -64,7 +66,7 @@ def seed() -> dict:
             budget_limit_fen=5_000_00,
             packet_amount_fen=10_00,
             packet_min_spend_fen=50_00,
-            trigger={"kind": "claim_code"},
+            trigger={"kind": TriggerKind.CLAIM_CODE},
             # One packet per person; no per-address limits: every local request (`make demo`'s
             # included) comes from 127.0.0.1, so that address would stand for everybody.
             claim_limits={"per_person": 1, "per_ip_per_day": None, "min_interval_seconds": None},
@@ -77,7 +79,7 @@ def seed() -> dict:
                     {
                         "role": "inviter",
                         "rate_bps": 1000,
-                        "form": "wechat_change",
+                        "form": Form.WECHAT_CHANGE,
                         "cap_fen": 50_00,
                         "windows": [
                             {

@@ -1,4 +1,4 @@
-"""``Idempotency-Key`` for our own mutating APIs (DESIGN §4).
+"""``Idempotency-Key`` for our own mutating APIs (docs/architecture.md §4).
 
 Scoped to caller + route, kept ``IDEMPOTENCY_TTL_HOURS`` (25 by default).
 Same key and body → the stored answer; same key, other body → 422; a

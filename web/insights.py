@@ -12,14 +12,14 @@ from typing import Annotated
 from flask import Blueprint, g
 from pydantic import Field, StrictInt
 
+from insights.simulate import simulate
+from insights.trace import trace_order, trace_packet
+from insights.trace_people import merchant_sees_packet, merchant_sees_user, trace_user
 from models import OperatorRole, RedPacket, User, db, utcnow
 from models.operators import merchant_scope
 from rebate.campaigns import rules_of
 from rebate.rules import RuleError, parse_rules
 from rebate.scope import visible_campaign, visible_order
-from rebate.simulate import simulate
-from rebate.trace import trace_order, trace_packet
-from rebate.trace_people import merchant_sees_packet, merchant_sees_user, trace_user
 from web.api import endpoint
 from web.campaign_admin import RulesIn
 from web.errors import NotFound, ValidationFailed

@@ -215,7 +215,7 @@ def resolve_payout(payout_id: int, body: Resolution):
 class ManualPayout(Model):
     user_id: Id
     amount_fen: Annotated[int, Field(strict=True, gt=0, le=2_000_000)]
-    rail: Literal["wechat_change", "cash_red_packet"] = "wechat_change"
+    rail: Literal[Rail.WECHAT_CHANGE, Rail.CASH_RED_PACKET] = Rail.WECHAT_CHANGE
     reason: Reason
 
 

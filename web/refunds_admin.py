@@ -1,6 +1,6 @@
 """Admin refunds: ``POST /admin/api/orders/<id>/refunds`` (admin, finance).
 
-Order of work (DESIGN §4): the refund row, its ``out_refund_no``, the payout
+Order of work (docs/architecture.md §5): the refund row, its ``out_refund_no``, the payout
 hold and the audit line are committed first; then WeChat is asked with no
 transaction open, retrying with the SAME ``out_refund_no`` on SYSTEM_ERROR,
 429 and NOT_ENOUGH; then the answer is recorded. An answer we cannot read

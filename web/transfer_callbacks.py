@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app
 from sqlalchemy.exc import IntegrityError
 
 from models import PaymentNotification, PayoutStatus, db, utcnow
-from models.payouts import TERMINAL
+from models.payouts import TERMINAL, Rail
 from payouts.operations import PayoutError, lock_payout
 from payouts.record import DispatchSettings, apply_result
 from payouts.transfer_rail import state_result
@@ -43,7 +43,7 @@ def process_transfer(n: Notification) -> None:
     if (
         mchid != current_app.config["WECHAT_MCHID"]
         or data.get("transfer_amount") != payout.amount_fen
-        or payout.rail != "wechat_change"
+        or payout.rail != Rail.WECHAT_CHANGE
         or (appid is not None and appid != current_app.config["WECHAT_APPID"])
     ):
         alert_once_and_commit(

@@ -34,8 +34,10 @@ from models import (
     db,
 )
 from models.base import beijing
+from models.triggers import TriggerKind
 from money import format_yuan
 from rebate.campaigns import rules_of
+from rebate.rules import Form
 
 MAX_ITEMS = 100
 # What the trace shows of a payout, as columns: the outbox row carries far more than an agent needs.
@@ -208,7 +210,7 @@ def _describe(r: Rebate, campaign, order, clawbacks, payouts, met, words: Words)
     claws = [_clawback(adj, refund) for adj, refund in clawbacks]
     sent = [_payout(p) for p in payouts]
     lines += [line for _, line in claws] + [line for _, line in sent]
-    if r.amount_fen and not payouts and r.form in ("balance", "points", "merchant_credit"):
+    if r.amount_fen and not payouts and r.form in (Form.BALANCE, Form.POINTS, Form.MERCHANT_CREDIT):
         lines.append(f"Credited to the {r.form} account at once" + (f" ({r.points} points)." if r.points else "."))
     return {
         "rebate_id": r.id,
@@ -308,7 +310,7 @@ def trace_order(order: Order, words: Words) -> dict:
     issued = list(
         db.session.execute(
             select(RedPacket)
-            .where(RedPacket.source == "order_paid", RedPacket.source_ref == order.out_trade_no)
+            .where(RedPacket.source == TriggerKind.ORDER_PAID, RedPacket.source_ref == order.out_trade_no)
             .order_by(RedPacket.id)
         ).scalars()
     )

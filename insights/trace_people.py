@@ -1,14 +1,13 @@
 """The trace of a person: their orders, packets, rebate decisions, what they owe back and refused claims.
 
-Shares the formatting and rebate descriptions of ``rebate.trace``; reads only.
+Shares the formatting and rebate descriptions of ``insights.trace``; reads only.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import exists, or_, select
 
-from models import Campaign, ClaimRefusal, Order, Rebate, Receivable, RedPacket, User, db
-from rebate.trace import (
+from insights.trace import (
     MAX_ITEMS,
     Words,
     _iso,
@@ -21,6 +20,7 @@ from rebate.trace import (
     when,
     yuan,
 )
+from models import Campaign, ClaimRefusal, Order, Rebate, Receivable, RedPacket, User, db
 
 
 def trace_user(user: User, words: Words, *, limit: int = 20, merchant_id: int | None = None) -> dict:

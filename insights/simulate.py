@@ -28,7 +28,7 @@ from models import Campaign, Order, OrderStatus, RedPacket, User, UTCDateTime, d
 from models.base import beijing
 from money import format_yuan
 from rebate.campaigns import rules_of
-from rebate.rules import OrderFacts, RuleSet, evaluate
+from rebate.rules import Form, OrderFacts, RuleSet, evaluate
 
 ISSUING = frozenset({"merchant", "user"})  # platform issuers receive no rebates
 ASSUMPTIONS = (
@@ -122,7 +122,7 @@ def project(rows: Iterable[ReplayRow], rules: RuleSet, *, budget_limit_fen: int 
                 awarded[d.role] += 1
                 by_role[d.role] += d.amount_fen
                 merchant = d.role == "issuer" and row.issuer_type == "merchant"
-                by_form["merchant_credit" if merchant else d.form] += d.amount_fen
+                by_form[Form.MERCHANT_CREDIT if merchant else d.form] += d.amount_fen
                 held += d.amount_fen if d.condition is not None else 0
                 order_cost += d.amount_fen
         packet_value += row.packet_value_fen
