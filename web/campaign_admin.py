@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from models import Campaign, CampaignRules, FunderType, IssuerType, OperatorRole, RedPacket, db, utcnow
 from models.operators import merchant_scope
+from models.triggers import TriggerKind
 from rebate import campaign_ops
 from rebate.rules import RULES_SCHEMA, RuleError, check_shape
 from rebate.scope import visible_campaign
