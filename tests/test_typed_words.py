@@ -33,7 +33,7 @@ OTHER_MEANINGS = {
     ("web/views.py", "points"): (1, "a rebate's JSON key for the points it gave"),
     ("insights/trace.py", "points"): (1, "the trace's JSON key for the points a rebate gave"),
     ("rebate/awards.py", "points"): (3, "the receivable kind (cash | points | credit | coupon)"),
-    ("rebate/refunds.py", "points"): (1, "the receivable kind"),
+    ("rebate/refunds.py", "points"): (2, "the receivable kind (where a clawback came from, and its words)"),
     ("ledger/check.py", "points"): (1, "the receivable kind of a points account"),
 }
 
