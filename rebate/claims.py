@@ -112,5 +112,5 @@ def claim_share_link(
     campaign = db.session.get(Campaign, link.campaign_id)
     with refusal_kept(campaign.id, user.id):
         take_campaign_limits(campaign, claimant, now)
-        result = claim_share(token, user, now, channel, claimant, limits)
+        result = claim_share(token, user, now, channel, claimant, limits=limits)
     return ShareClaim(result["friend"], result["sharer"] is not None)

@@ -35,10 +35,11 @@ def _campaigns(kind: TriggerKind, now: datetime) -> list[Campaign]:
     return [c for c in rows.scalars() if c.issue_trigger.kind == kind and is_running(c, now)]
 
 
-def claim_gate(claimant: Claimant, limits: PlatformLimits | None) -> ClaimGate:
+def claim_gate(claimant: Claimant, limits: PlatformLimits) -> ClaimGate:
     """The platform-wide claim limits (the shell reads them from settings ``CLAIM_*``) for one event of
-    ``claimant``; ``None``: no platform-wide limit (issuing nobody asked for at a counter, and tests)."""
-    return ClaimGate(claimant, limits or PlatformLimits.off())
+    ``claimant``. Always passed explicitly: forgetting them must not mean "no limit" by accident
+    (``PlatformLimits.off()`` says so on purpose)."""
+    return ClaimGate(claimant, limits)
 
 
 def _issue_one(campaign: Campaign, user: User, gate: ClaimGate, now: datetime, **issue) -> RedPacket | None:
@@ -74,7 +75,8 @@ def _issue_each(
     channel: str | None = None,
     issuer_user_id: int | None = None,
     claimant: Claimant | None = None,
-    limits: PlatformLimits | None = None,
+    *,
+    limits: PlatformLimits,
 ) -> list[RedPacket]:
     if not user.is_active:
         return []
@@ -101,7 +103,8 @@ def on_registered(
     now: datetime,
     channel: str | None = None,
     claimant: Claimant | None = None,
-    limits: PlatformLimits | None = None,
+    *,
+    limits: PlatformLimits,
 ) -> list[RedPacket]:
     """A new person: newcomer packets (5 / 10 yuan tiers come from the campaign)."""
     return _issue_each(
@@ -114,7 +117,8 @@ def sign_in(
     now: datetime,
     channel: str | None = None,
     claimant: Claimant | None = None,
-    limits: PlatformLimits | None = None,
+    *,
+    limits: PlatformLimits,
 ) -> tuple[SignIn, list[RedPacket]]:
     """Today's sign-in (Beijing day), once; the streak counts consecutive days.
 
@@ -181,7 +185,8 @@ def claim_share(
     now: datetime,
     channel: str | None = None,
     claimant: Claimant | None = None,
-    limits: PlatformLimits | None = None,
+    *,
+    limits: PlatformLimits,
 ) -> dict:
     """The friend gets a packet; the sharer gets one too when the campaign rewards sharing.
 
@@ -252,7 +257,7 @@ def _invited_by(person: User, ancestor_id: int, depth: int = 50) -> bool:
 
 
 def bind_inviter(
-    user: User, code: str, now: datetime, claimant: Claimant | None = None, limits: PlatformLimits | None = None
+    user: User, code: str, now: datetime, claimant: Claimant | None = None, *, limits: PlatformLimits
 ) -> list[RedPacket]:
     """Bind a new person to the inviter whose code they used; one inviter per person, never oneself.
 

@@ -12,6 +12,7 @@ from models import AccountKind, Payout, Rebate, RedPacket, User, UserStatus, db,
 from rebate import create_order, issue_packet
 from rebate.orders import LineRequest
 from rebate.triggers import sign_in
+from risk import PlatformLimits
 from tests.test_dispatch import ScriptedRail, funded_payout, ok, run  # noqa: F401 - fixture
 
 K = AccountKind
@@ -98,7 +99,7 @@ def test_a_banned_person_gets_no_packet_from_sign_in_or_a_share_reward(client, u
 
     # when: the banned sharer's friend claims through the link; the banned sharer's sign-in runs
     resp = client.post(f"/api/v1/share-links/{token}/claim", headers=user_headers(friend))
-    _, packets = sign_in(db.session.get(User, sharer.id), utcnow())
+    _, packets = sign_in(db.session.get(User, sharer.id), utcnow(), limits=PlatformLimits.off())
 
     # then: the friend gets theirs, the banned sharer nothing
     assert resp.status_code == 201 and resp.get_json()["sharer_rewarded"] is False

@@ -19,6 +19,7 @@ from rebate import create_order, issue_packet
 from rebate.errors import RebateError
 from rebate.orders import LineRequest
 from rebate.triggers import on_registered
+from risk import PlatformLimits
 from web.errors import KIND_STATUS
 
 RULES = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 3_00}]}
@@ -277,7 +278,7 @@ def test_regions_refuse_claim_and_issue_outside_them(client, user_headers, make_
         "outside_region",
     )
     registration = make_campaign(RULES, packet_amount_fen=5_00, regions=["beijing"], trigger={"kind": "registration"})
-    assert on_registered(shanghai, utcnow()) == []
+    assert on_registered(shanghai, utcnow(), limits=PlatformLimits.off()) == []
     db.session.commit()
     assert count(RedPacket, campaign_id=registration.id) == 0
 
@@ -476,11 +477,11 @@ def test_count_budget_also_limits_trigger_issues(make_user, make_campaign):
     from models import Alert
 
     campaign = make_campaign(RULES, packet_amount_fen=5_00, max_packets=1, trigger={"kind": "registration"})
-    assert len(on_registered(make_user(), utcnow())) == 1
+    assert len(on_registered(make_user(), utcnow(), limits=PlatformLimits.off())) == 1
     db.session.commit()
     late = make_user()
 
-    assert on_registered(late, utcnow()) == []
+    assert on_registered(late, utcnow(), limits=PlatformLimits.off()) == []
     db.session.commit()
     db.session.refresh(campaign)
     assert campaign.packets_issued == 1 and count(RedPacket, owner_id=late.id) == 0

@@ -19,6 +19,7 @@ from rebate import create_order, issue_packet
 from rebate.errors import Invalid
 from rebate.orders import LineRequest
 from rebate.triggers import on_registered
+from risk import PlatformLimits
 from web.errors import KIND_STATUS
 
 K = AccountKind
@@ -73,8 +74,8 @@ def test_registration_issues_a_tiered_newcomer_packet_5_off_from_0_and_10_off_fr
     amy, ben = make_user(), make_user()
 
     # when: both register
-    [amy_packet] = on_registered(amy, utcnow())
-    [ben_packet] = on_registered(ben, utcnow())
+    [amy_packet] = on_registered(amy, utcnow(), limits=PlatformLimits.off())
+    [ben_packet] = on_registered(ben, utcnow(), limits=PlatformLimits.off())
     db.session.commit()
 
     # then: each packet reserves the top tier (10) plus the caps (3)
@@ -83,7 +84,7 @@ def test_registration_issues_a_tiered_newcomer_packet_5_off_from_0_and_10_off_fr
 
     # when: registration fires again for amy (a retried event)
     before = snapshot()
-    assert [p.id for p in on_registered(amy, utcnow())] == [amy_packet.id]
+    assert [p.id for p in on_registered(amy, utcnow(), limits=PlatformLimits.off())] == [amy_packet.id]
     db.session.commit()
 
     # then: nothing new
@@ -119,7 +120,7 @@ def test_registration_with_a_tiered_packet_below_the_lowest_tier_is_refused_with
         trigger={"kind": "registration"},
     )
     amy = make_user()
-    [packet] = on_registered(amy, utcnow())
+    [packet] = on_registered(amy, utcnow(), limits=PlatformLimits.off())
     db.session.commit()
     before = snapshot()
 
@@ -144,11 +145,11 @@ def test_registration_skips_a_campaign_whose_budget_is_exhausted_with_an_alert(m
         CONSUMER_5, budget_limit_fen=8_00, packet_amount_fen=5_00, trigger={"kind": "registration"}
     )
     amy, ben = make_user(), make_user()
-    assert len(on_registered(amy, utcnow())) == 1
+    assert len(on_registered(amy, utcnow(), limits=PlatformLimits.off())) == 1
     db.session.commit()
 
     # when: a second person registers
-    issued = on_registered(ben, utcnow())
+    issued = on_registered(ben, utcnow(), limits=PlatformLimits.off())
     db.session.commit()
 
     # then: registration still succeeds, no packet, the budget is untouched, and an alert says why
@@ -245,7 +246,7 @@ def test_sign_in_bonus_packet_is_spent_at_its_own_face_value(make_user, make_pro
     amy = make_user()
     start = at("2025-03-02T02:00:00")
     for d in range(7):
-        record, packets = sign_in(amy, start + timedelta(days=d))
+        record, packets = sign_in(amy, start + timedelta(days=d), limits=PlatformLimits.off())
         db.session.commit()
     bonus = packets[0]
     assert (record.streak, bonus.amount_fen, bonus.reserved_fen) == (7, 5_00, 8_00)

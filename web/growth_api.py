@@ -110,7 +110,7 @@ def claim_from_campaign(campaign_id: int):
 def daily_sign_in():
     """Today's sign-in (Beijing day): the streak, and any packet it earned."""
     user = current_user()
-    record, packets = sign_in(user, utcnow(), channel(), claimant(user), platform_limits())
+    record, packets = sign_in(user, utcnow(), channel(), claimant(user), limits=platform_limits())
     return {"day": record.day, "streak": record.streak, "packets": [packet_json(p) for p in packets]}
 
 
@@ -144,5 +144,5 @@ def my_invite():
 def bind_referral(body: InviteCode):
     """Bind the caller (a new user) to an inviter; one inviter per person, never oneself."""
     user = current_user()
-    packets = bind_inviter(user, body.code, utcnow(), claimant(user), platform_limits())
+    packets = bind_inviter(user, body.code, utcnow(), claimant(user), limits=platform_limits())
     return {"bound": True, "packets": [packet_json(p) for p in packets]}, 201

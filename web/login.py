@@ -59,7 +59,7 @@ def _attach(appid: str, openid: str, unionid: str | None, channel: str, origin: 
         db.session.flush()
         # Newcomer packets, in the same transaction as the person, under the platform-wide claim limits
         # of the network address and device the login came from.
-        on_registered(user, utcnow(), channel, Claimant(user.id, *origin), platform_limits())
+        on_registered(user, utcnow(), channel, Claimant(user.id, *origin), limits=platform_limits())
     identity = UserIdentity(user_id=user.id, appid=appid, openid=openid, channel=channel)
     db.session.add(identity)
     db.session.flush()
