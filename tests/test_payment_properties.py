@@ -12,9 +12,10 @@ from sqlalchemy import func, select
 
 from ledger import check_ledger
 from models import Campaign, Merchant, Order, Product, Rebate, User, UserIdentity, db, utcnow
-from rebate import apply_payment, create_order, issue_packet
+from rebate import create_order, issue_packet
 from rebate.orders import LineRequest
 from rebate.rules import CASH_FORMS
+from tests.payment_helpers import pay_as_wechat
 
 FORMS = ["balance", "wechat_change", "points", "cash_red_packet", "wechat_coupon"]
 _seq = count(1)
@@ -141,7 +142,7 @@ def test_no_payment_overspends_a_budget_or_pays_more_cash_than_was_paid(app, s):
             db.session.rollback()
             order = create_order(buyer, [LineRequest(product.id, 1)], None, utcnow())
         db.session.commit()
-        apply_payment(order.out_trade_no, f"tx-{order.out_trade_no}", order.payable_fen, utcnow())
+        pay_as_wechat(order.out_trade_no, f"tx-{order.out_trade_no}", order.payable_fen, utcnow())
         db.session.commit()
         orders.append(order.id)
 

@@ -19,14 +19,14 @@ from flask import Blueprint, current_app, g, request
 from pydantic import Field
 
 from models import OperatorRole, Order, Refund, RefundStatus, db, utcnow
-from rebate import begin_refund, fail_refund
-from rebate.refunds import apply_refund_answer
+from rebate import PayAccount, apply_refund_notice, begin_refund, fail_refund
 from web.admin import audit
 from web.api import endpoint
 from web.errors import NotFound
 from web.schemas import Model, PositiveFen
 from web.wechat_setup import wechat
 from wechat.errors import WeChatBusinessError, WeChatError
+from wechat.transactions import RefundNotice
 
 bp = Blueprint("refunds_admin", __name__, url_prefix="/admin/api")
 
@@ -99,13 +99,13 @@ def create_refund(order_id: int, body: CreateRefund):
     db.session.commit()  # the refund and its hold exist before WeChat hears of it
     wechat_error = None
     try:
-        answer = call_refund(out_trade_no, out_refund_no, body.amount_fen, total_fen, body.reason)
+        answer = RefundNotice.parse(call_refund(out_trade_no, out_refund_no, body.amount_fen, total_fen, body.reason))
     except WeChatError as exc:
         answer, wechat_error = None, {"code": exc.code, "message": exc.message}
         if isinstance(exc, WeChatBusinessError) and not exc.retryable:
             fail_refund(out_refund_no, RefundStatus.FAILED, utcnow())  # definitive: WeChat will not refund this
     if answer is not None:
-        apply_refund_answer(out_trade_no, out_refund_no, body.amount_fen, answer, utcnow())
+        apply_refund_notice(answer, PayAccount.from_config(current_app.config), utcnow())
     db.session.flush()
     db.session.refresh(refund)
     result = refund_json(refund)
