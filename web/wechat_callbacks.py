@@ -116,7 +116,7 @@ def handle_notification(process: Callable[[Notification], None]) -> Response:
     except MalformedResource as exc:  # verified, but not the shape WeChat documents: nothing applied
         db.session.rollback()
         log.warning("callback malformed", extra={"notification_id": notification.id, "field": exc.field})
-        return fail(400, exc.message)
+        return fail(400, str(exc))
     except Exception as exc:
         db.session.rollback()
         if is_busy(exc):  # WeChat retries any non-2xx answer; this one is not a bug
