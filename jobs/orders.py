@@ -37,8 +37,13 @@ P = TypeVar("P")
 R = TypeVar("R")
 
 
+def _wechat():
+    """The WeChat clients the app was built with (the one place this module reaches for them)."""
+    return current_app.extensions["wechat"]
+
+
 def _pay():
-    return current_app.extensions["wechat"].pay
+    return _wechat().pay
 
 
 def claim_ids(stmt: Select) -> list[int]:
@@ -237,7 +242,7 @@ def _ask_about_refund(ask: RefundAsk) -> RefundNotice:
     try:
         answer = _pay().query_refund(ask.out_refund_no)
     except WeChatNotFound:  # our request never reached WeChat: send it again, same number
-        ext = current_app.extensions["wechat"]
+        ext = _wechat()
         answer = ext.pay.refund(
             ask.out_trade_no, ask.out_refund_no, ask.amount_fen, ask.total_fen, ext.refund_notify_url, ask.reason
         )

@@ -285,6 +285,9 @@ def _points_back(rebate: Rebate, delta: int, key: str) -> int:
     return min(delta, min(taken, held) * value)
 
 
+DISAGREEMENTS = ("refund_amount_mismatch", "refund_order_mismatch")  # raised by apply_refund / _refund_of
+
+
 def apply_refund_notice(
     notice: RefundState, expected: PayAccount, now: datetime, notification_id: str | None = None
 ) -> RefundOutcome:
@@ -307,12 +310,10 @@ def apply_refund_notice(
     try:
         with db.session.begin_nested():  # a refusal undoes only what this notice began
             outcome = _apply_refund_state(order, notice, now)
-    except StateConflict as exc:
-        if exc.code not in ("refund_amount_mismatch", "refund_order_mismatch"):
-            raise
-        flag_order(order, exc.code, str(exc))
-        return RefundOutcome.MISMATCH_FLAGGED
     except RebateError as exc:
+        if exc.code in DISAGREEMENTS:
+            flag_order(order, exc.code, str(exc))
+            return RefundOutcome.MISMATCH_FLAGGED
         flag_order(order, "refund_refused", f"refund {notice.out_refund_no} could not be applied: {exc}")
         return RefundOutcome.REFUSED
     if outcome.accepted:

@@ -234,3 +234,19 @@ def test_a_processing_refund_and_an_unknown_closed_one_change_nothing(app, accou
     db.session.commit()
     assert table_counts() == before
     assert db.session.get(Refund, refund.id).status == "pending"
+
+
+def test_a_refund_of_an_order_that_cannot_be_refunded_is_refused(app, account, packet_order):
+    # given: an order never paid; WeChat says a refund of it succeeded
+    order, _ = packet_order
+    before = table_counts()
+    # when
+    outcome = apply_refund_notice(notice(order, "R-UNPAID", refund_fen=10_00), account, utcnow(), "RN-3")
+    db.session.commit()
+    # then: refused (a conflict with our state), flagged, nothing else
+    assert outcome == "refused"
+    assert alerts() == [("refund_refused", order.out_trade_no)]
+    assert "cannot be refunded" in db.session.get(Order, order.id).review_reason
+    after = table_counts()
+    assert after.pop("alerts") == before.pop("alerts") + 1
+    assert after == before
