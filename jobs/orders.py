@@ -230,10 +230,9 @@ class RefundAsk:
     reason: str | None
 
 
-def _pending_refund(refund_id: int) -> RefundAsk | None:
+def _refund_ask(refund_id: int) -> RefundAsk:
+    """Asked even if its notification landed meanwhile: the intake applies a refund once, whoever comes second."""
     refund = db.session.get(Refund, refund_id)
-    if refund.status != RefundStatus.PENDING:
-        return None
     order = db.session.get(Order, refund.order_id)
     return RefundAsk(order.out_trade_no, refund.out_refund_no, refund.amount_fen, order.payable_fen, refund.reason)
 
@@ -252,9 +251,7 @@ def _ask_about_refund(ask: RefundAsk) -> RefundNotice:
 def check_refund(refund_id: int, now: datetime) -> str:
     """Ask WeChat about a pending refund (re-sent if it never arrived) and apply its state."""
     return _between_commits(
-        lambda: _pending_refund(refund_id),
-        lambda ask: None if ask is None else _ask_about_refund(ask),
-        lambda _, notice: "skipped" if notice is None else str(_apply_refund(notice, now)),
+        lambda: _refund_ask(refund_id), _ask_about_refund, lambda _, notice: str(_apply_refund(notice, now))
     )
 
 
