@@ -1,28 +1,31 @@
 """Order jobs: close expired unpaid orders, apply payments WeChat never notified, finish stuck refunds.
 
-Each job claims a batch of row ids, then for each row: read what it needs and
-end the transaction, ask WeChat, and apply the answer in a new short
-transaction under the order's row lock (``lock_order``), where the state is
-checked again. A WeChat answer we cannot read leaves the row for the next run.
+Each job claims a batch of row ids, then for each row goes through
+``call_between_commits``: read what it needs and commit, ask WeChat with no
+transaction open, and apply the typed answer in a new short transaction
+through the one intake (``apply_payment`` / ``apply_refund_notice``), under the
+order's row lock, where the state is checked again. A WeChat answer we did not
+get or cannot read leaves the row for the next run.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from flask import current_app
 from sqlalchemy import Select, select, text
 
-from models import Order, OrderStatus, Refund, RefundStatus, alert_once, db, unit_of_work, utcnow
-from rebate import RebateError, apply_payment, close_order
+from models import Order, OrderStatus, Refund, RefundStatus, call_between_commits, db, utcnow
+from rebate import PayAccount, RefundOutcome, apply_payment, apply_refund_notice, close_order
 from rebate.orders import lock_order
-from rebate.refunds import apply_refund_answer
 from wechat.errors import WeChatBusinessError, WeChatError, WeChatNotFound
-from wechat.notifications import parse_time
+from wechat.transactions import RefundNotice, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +33,17 @@ BATCH = 50
 PAYMENT_GRACE = timedelta(minutes=2)  # give the notification a chance first
 REFUND_GRACE = timedelta(minutes=2)
 LEASE_KEYS = {"order": 4_401, "refund": 4_402}
-PAID_STATES = ("SUCCESS", "REFUND")
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+def _wechat():
+    """The WeChat clients the app was built with (the one place this module reaches for them)."""
+    return current_app.extensions["wechat"]
 
 
 def _pay():
-    return current_app.extensions["wechat"].pay
+    return _wechat().pay
 
 
 def claim_ids(stmt: Select) -> list[int]:
@@ -65,39 +74,45 @@ def row_lease(kind: str, row_id: int) -> Iterator[bool]:
                 conn.execute(text("select pg_advisory_unlock(:k, :id)"), params)
 
 
-def _alert_open(kind: str, subject: str, message: str) -> None:
-    """One open alert per kind and subject, whatever its wording this time."""
-    alert_once(kind, subject, text=message)
+def _between_commits(prepare: Callable[[], P], call: Callable[[P], R], record: Callable[[P, R], str]) -> str:
+    """``call_between_commits``, with an answer WeChat did not give (or gave unreadable) left for the next run."""
+    try:
+        return call_between_commits(prepare, call, record)
+    except WeChatError as exc:
+        log.info("WeChat answer unknown: %s", exc)
+        return "unknown"
+
+
+def _open_order_no(order_id: int) -> str | None:
+    """The order's number while it is still unpaid and open here (None: someone settled it meanwhile)."""
+    order = db.session.get(Order, order_id)
+    return order.out_trade_no if order.status == OrderStatus.CREATED else None
 
 
 # -- payments ----------------------------------------------------------------------
 
 
-def _query(out_trade_no: str) -> dict | None:
-    """WeChat's view of the order; None when WeChat never saw it. Raises WeChatError when unknown."""
+def _query(out_trade_no: str) -> Transaction | None:
+    """WeChat's view of the order; None when WeChat never saw it. Raises WeChatError when unknown or unreadable."""
     try:
-        return _pay().query_order(out_trade_no)
+        return Transaction.parse(_pay().query_order(out_trade_no))
     except WeChatNotFound:
         return None
 
 
-def apply_queried_payment(out_trade_no: str, tx: dict, now: datetime) -> str:
-    amount = tx.get("amount") or {}
-    with unit_of_work():
-        order = lock_order(out_trade_no)
-        if order.status != OrderStatus.CREATED and order.status != OrderStatus.CLOSED:
-            return "already_applied"
-        if amount.get("total") != order.payable_fen and order.review_reason is not None:
-            return "mismatch_flagged"
-        outcome = apply_payment(
-            out_trade_no,
-            str(tx.get("transaction_id") or ""),
-            int(amount.get("total") or 0),
-            parse_time(tx.get("success_time"), now),
-            notification_id=None,
-            payer_total_fen=amount.get("payer_total"),
-        )
-    return str(outcome)
+def _ask_if_paid(out_trade_no: str | None) -> Transaction | str:
+    """The order's paid transaction, or why there is none to apply: "skipped" (not ours to ask) or "not_paid"."""
+    if out_trade_no is None:
+        return "skipped"
+    tx = _query(out_trade_no)
+    return tx if tx is not None and tx.paid else "not_paid"
+
+
+def _apply_answer(answer: Transaction | str, now: datetime) -> str:
+    """A paid transaction goes to the one intake (which compares it); any other answer is the result."""
+    if isinstance(answer, str):
+        return answer
+    return str(apply_payment(answer, PayAccount.from_config(current_app.config), now))
 
 
 def _close_at_wechat(out_trade_no: str) -> bool:
@@ -114,29 +129,38 @@ def _close_at_wechat(out_trade_no: str) -> bool:
     return True
 
 
-def settle_expired_order(order_id: int, now: datetime) -> str:
-    order = db.session.get(Order, order_id)
-    out_trade_no, status = order.out_trade_no, order.status
-    db.session.rollback()
-    if status != OrderStatus.CREATED:
+def _settle_at_wechat(out_trade_no: str | None) -> Transaction | str:
+    """For an expired order: its paid transaction, or "user_paying", "closed" (WeChat takes no more money),
+    "unknown" (the close was not confirmed) or "skipped" (nothing to ask)."""
+    if out_trade_no is None:
         return "skipped"
-    try:
-        tx = _query(out_trade_no)
-    except WeChatError:
-        return "unknown"
-    state = (tx or {}).get("trade_state")
-    if state in PAID_STATES:
-        return apply_queried_payment(out_trade_no, tx, now)
-    if state == "USERPAYING":
+    tx = _query(out_trade_no)
+    if tx is not None and tx.paid:
+        return tx
+    if tx is not None and tx.trade_state == "USERPAYING":
         return "user_paying"
-    if tx is not None and state != "CLOSED" and not _close_at_wechat(out_trade_no):
+    if tx is not None and tx.trade_state != "CLOSED" and not _close_at_wechat(out_trade_no):
         return "unknown"
-    with unit_of_work():
-        order = lock_order(out_trade_no)
-        if order.status != OrderStatus.CREATED:
-            return "skipped"
-        close_order(order, now)
     return "closed"
+
+
+def _record_settlement(out_trade_no: str | None, answer: Transaction | str, now: datetime) -> str:
+    if answer != "closed":
+        return _apply_answer(answer, now)
+    order = lock_order(out_trade_no)
+    if order.status != OrderStatus.CREATED:
+        return "skipped"
+    close_order(order, now)
+    return "closed"
+
+
+def settle_expired_order(order_id: int, now: datetime) -> str:
+    """Paid at WeChat after all: applied. Otherwise closed at WeChat, then here (its packets released)."""
+    return _between_commits(
+        lambda: _open_order_no(order_id),
+        _settle_at_wechat,
+        lambda out_trade_no, answer: _record_settlement(out_trade_no, answer, now),
+    )
 
 
 def close_expired_orders(now: datetime | None = None) -> Counter:
@@ -166,20 +190,15 @@ def query_unnotified_payments(now: datetime | None = None) -> Counter:
     results: Counter = Counter()
     for order_id in claim_ids(stmt):
         with row_lease("order", order_id) as granted:
-            results[_check_payment(order_id, now) if granted else "leased_elsewhere"] += 1
+            results[check_payment(order_id, now) if granted else "leased_elsewhere"] += 1
     return results
 
 
-def _check_payment(order_id: int, now: datetime) -> str:
-    out_trade_no = db.session.get(Order, order_id).out_trade_no
-    db.session.rollback()
-    try:
-        tx = _query(out_trade_no)
-    except WeChatError:
-        return "unknown"
-    if tx is None or tx.get("trade_state") not in PAID_STATES:
-        return "not_paid"
-    return apply_queried_payment(out_trade_no, tx, now)
+def check_payment(order_id: int, now: datetime) -> str:
+    """Ask WeChat about an unpaid order and apply the payment it knows of (``apply_payment`` compares it)."""
+    return _between_commits(
+        lambda: _open_order_no(order_id), _ask_if_paid, lambda _, answer: _apply_answer(answer, now)
+    )
 
 
 # -- refunds -----------------------------------------------------------------------
@@ -196,38 +215,45 @@ def query_stuck_refunds(now: datetime | None = None) -> Counter:
     results: Counter = Counter()
     for refund_id in claim_ids(stmt):
         with row_lease("refund", refund_id) as granted:
-            results[_check_refund(refund_id, now) if granted else "leased_elsewhere"] += 1
+            results[check_refund(refund_id, now) if granted else "leased_elsewhere"] += 1
     return results
 
 
-def _resend(out_trade_no: str, out_refund_no: str, amount_fen: int, total_fen: int, reason: str | None) -> dict:
-    ext = current_app.extensions["wechat"]
-    return ext.pay.refund(out_trade_no, out_refund_no, amount_fen, total_fen, ext.refund_notify_url, reason)
+@dataclass(frozen=True)
+class RefundAsk:
+    """What asking (or asking again) for a refund needs, read before the call."""
+
+    out_trade_no: str
+    out_refund_no: str
+    amount_fen: int
+    total_fen: int
+    reason: str | None
 
 
-def _check_refund(refund_id: int, now: datetime) -> str:
+def _refund_ask(refund_id: int) -> RefundAsk:
+    """Asked even if its notification landed meanwhile: the intake applies a refund once, whoever comes second."""
     refund = db.session.get(Refund, refund_id)
     order = db.session.get(Order, refund.order_id)
-    facts = (order.out_trade_no, refund.out_refund_no, refund.amount_fen, order.payable_fen, refund.reason)
-    db.session.rollback()  # nothing open while WeChat is asked
-    out_trade_no, out_refund_no, amount_fen = facts[:3]
-    try:
-        try:
-            answer = _pay().query_refund(out_refund_no)
-        except WeChatNotFound:  # our request never reached WeChat: send it again, same number
-            answer = _resend(*facts)
-    except WeChatError as exc:
-        log.info("refund %s unknown: %s", out_refund_no, exc)
-        return "unknown"
-    return record_refund_answer(out_trade_no, out_refund_no, amount_fen, answer, now)
+    return RefundAsk(order.out_trade_no, refund.out_refund_no, refund.amount_fen, order.payable_fen, refund.reason)
 
 
-def record_refund_answer(out_trade_no: str, out_refund_no: str, amount_fen: int, answer: dict, now: datetime) -> str:
-    refunded = (answer.get("amount") or {}).get("refund", amount_fen)
+def _ask_about_refund(ask: RefundAsk) -> RefundNotice:
     try:
-        with unit_of_work():
-            return apply_refund_answer(out_trade_no, out_refund_no, refunded, answer, now)
-    except RebateError as exc:
-        with unit_of_work():
-            _alert_open("refund_refused", out_refund_no, f"refund {out_refund_no} could not be applied: {exc}")
-        return "refused"
+        answer = _pay().query_refund(ask.out_refund_no)
+    except WeChatNotFound:  # our request never reached WeChat: send it again, same number
+        ext = _wechat()
+        answer = ext.pay.refund(
+            ask.out_trade_no, ask.out_refund_no, ask.amount_fen, ask.total_fen, ext.refund_notify_url, ask.reason
+        )
+    return RefundNotice.parse(answer)
+
+
+def check_refund(refund_id: int, now: datetime) -> str:
+    """Ask WeChat about a pending refund (re-sent if it never arrived) and apply its state."""
+    return _between_commits(
+        lambda: _refund_ask(refund_id), _ask_about_refund, lambda _, notice: str(_apply_refund(notice, now))
+    )
+
+
+def _apply_refund(notice: RefundNotice, now: datetime) -> RefundOutcome:
+    return apply_refund_notice(notice, PayAccount.from_config(current_app.config), now)

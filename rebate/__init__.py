@@ -1,6 +1,7 @@
 """The rebate engine's operations: campaigns issue packets, orders spend them, payments pay both sides.
 
-Owns: packet issuance and claims, orders, ``apply_payment``, the awarding of
+Owns: packet issuance and claims, orders, the payment and refund intakes
+(``apply_payment``, ``apply_refund_notice``: what WeChat said, compared once), the awarding of
 rebates (ledger + outbox), refunds with clawback, and campaign budgets; the
 campaign lifecycle operators drive (``campaign_ops``, scoped by ``scope``) and
 the claims people make (``claims``, under the claim limits of ``risk``).
@@ -13,16 +14,20 @@ Lock order, everywhere: order row, then packet, then campaigns by ascending id
 """
 
 from rebate.errors import RebateError
+from rebate.intake import PayAccount, PaymentOutcome, RefundOutcome
 from rebate.orders import close_order, create_order
 from rebate.packets import claim_packet, issue_packet
-from rebate.payments import PaymentOutcome, apply_payment
-from rebate.refunds import apply_refund, begin_refund, fail_refund
+from rebate.payments import apply_payment
+from rebate.refunds import apply_refund, apply_refund_notice, begin_refund, fail_refund
 
 __all__ = [
+    "PayAccount",
     "PaymentOutcome",
     "RebateError",
+    "RefundOutcome",
     "apply_payment",
     "apply_refund",
+    "apply_refund_notice",
     "begin_refund",
     "claim_packet",
     "close_order",

@@ -1,18 +1,20 @@
-"""``apply_payment``: the one operation the payment callback and the order-query job call.
+"""``apply_payment``: the one payment intake, called by the payment callback and the order-query job.
 
-In the caller's transaction, under the order's row lock: the notification id
-is recorded, the order becomes paid, its packet used, the sale posted, the
-rebate engine run for every campaign that applies, rebates posted and payouts
-queued, and packets issued by order-paid triggers. A repeat (same
-notification, or an order already paid) changes nothing and reports success.
-An amount that disagrees with the order flags it for review and moves no money.
+Both hand it a transaction parsed at the edge (``wechat.transactions``) and our
+account (``PayAccount``, from settings). In the caller's transaction, under the
+order's row lock, it checks once whether the notification was seen, compares
+mchid / appid / amount once, and then: the notification id is recorded, the
+order becomes paid, its packets used, the sale posted, the rebate engine run
+for every campaign that applies, rebates posted and payouts queued, and packets
+issued by order-paid triggers. A repeat (same notification, or an order already
+paid) changes nothing and reports success. A disagreement flags the order for
+review, alerts an operator once and moves no money.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 from sqlalchemy import and_, or_, select
 
@@ -26,7 +28,6 @@ from models import (
     Order,
     OrderStatus,
     PacketStatus,
-    PaymentNotification,
     RedPacket,
     User,
     db,
@@ -38,75 +39,73 @@ from rebate import budgets
 from rebate.awards import Beneficiary, record_decisions
 from rebate.campaigns import funder_account, is_running, rules_of, serves
 from rebate.deposits import DepositsLeft, lock_deposits, pause_refused
-from rebate.errors import BudgetExhausted, DepositExhausted, NotFound
+from rebate.errors import BudgetExhausted, DepositExhausted
+from rebate.intake import (
+    PayAccount,
+    PaymentOutcome,
+    PaymentTransaction,
+    flag_order,
+    notification_seen,
+    record_notification,
+)
 from rebate.orders import lock_order, order_packets
 from rebate.packets import issue_packet
 from rebate.rules import Decision, OrderFacts, RuleSet, evaluate
 
 
-class PaymentOutcome(StrEnum):
-    APPLIED = "applied"
-    ALREADY_APPLIED = "already_applied"
-    DUPLICATE_NOTIFICATION = "duplicate_notification"
-    AMOUNT_MISMATCH = "amount_mismatch"
-    PAID_AFTER_CLOSE = "paid_after_close"
-
-
 def apply_payment(
-    out_trade_no: str,
-    transaction_id: str,
-    amount_fen: int,
-    paid_at: datetime,
-    notification_id: str | None = None,
-    payer_total_fen: int | None = None,
+    tx: PaymentTransaction, expected: PayAccount, now: datetime, notification_id: str | None = None
 ) -> PaymentOutcome:
-    order = lock_order(out_trade_no)
+    """Apply what WeChat says was paid (a notification or a query answer); flushes only.
+
+    Under the order's row lock: a notification id already recorded is a duplicate (a concurrent
+    delivery waits here, then sees it); a transaction that is not paid changes nothing; mchid,
+    appid and amount are compared with ours and the order's, here and nowhere else, and any
+    disagreement flags the order and alerts an operator (once) and moves nothing. The
+    notification id is recorded with every accepted outcome, so a repeat is answered at once.
+    """
+    order = lock_order(tx.out_trade_no)
     if order is None:
-        raise NotFound(f"no order {out_trade_no}", code="unknown_order")
+        return PaymentOutcome.NOT_OURS
     if notification_id and notification_seen(notification_id):
         return PaymentOutcome.DUPLICATE_NOTIFICATION
-    outcome = _apply_locked(order, transaction_id, amount_fen, paid_at, payer_total_fen)
-    if notification_id:
-        db.session.add(PaymentNotification(notification_id=notification_id, out_trade_no=out_trade_no, outcome=outcome))
+    if not tx.paid:
+        return PaymentOutcome.NOT_PAID
+    problems = disagreements(tx, expected, order)
+    if problems:
+        flag_order(order, "payment_mismatch", "; ".join(problems))
+        return PaymentOutcome.MISMATCH_FLAGGED
+    outcome = _apply_locked(order, tx, tx.success_time or now)
+    record_notification(notification_id, order.out_trade_no, outcome)
     db.session.flush()
     return outcome
 
 
-def notification_seen(notification_id: str) -> bool:
-    """Has a WeChat notification with this id been processed (payment, refund or transfer)?"""
-    return (
-        db.session.execute(
-            select(PaymentNotification.id).where(PaymentNotification.notification_id == notification_id)
-        ).first()
-        is not None
-    )
+def disagreements(tx: PaymentTransaction, expected: PayAccount, order: Order) -> list[str]:
+    """Every way a paid transaction disagrees with our account and the order (empty: it agrees)."""
+    problems = []
+    if tx.mchid != expected.mchid:
+        problems.append(f"mchid {tx.mchid!r} is not ours")
+    if tx.appid != expected.appid:
+        problems.append(f"appid {tx.appid!r} is not ours")
+    if tx.amount.total_fen != order.payable_fen:
+        problems.append(f"WeChat says {tx.amount.total_fen} fen was paid; the order asks {order.payable_fen}")
+    return problems
 
 
-def _flag(order: Order, kind: str, message: str) -> None:
-    order.review_reason = message
-    raise_alert(kind, order.out_trade_no, message)
-
-
-def _apply_locked(
-    order: Order, transaction_id: str, amount_fen: int, paid_at: datetime, payer_total_fen: int | None
-) -> PaymentOutcome:
+def _apply_locked(order: Order, tx: PaymentTransaction, paid_at: datetime) -> PaymentOutcome:
     if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
-        if order.transaction_id != transaction_id:
-            _flag(order, "second_payment", f"a second transaction {transaction_id} paid order {order.out_trade_no}")
+        if order.transaction_id != tx.transaction_id:
+            flag_order(
+                order, "second_payment", f"a second transaction {tx.transaction_id} paid order {order.out_trade_no}"
+            )
         return PaymentOutcome.ALREADY_APPLIED
-    if amount_fen != order.payable_fen:
-        _flag(order, "amount_mismatch", f"WeChat says {amount_fen} fen was paid; the order asks {order.payable_fen}")
-        return PaymentOutcome.AMOUNT_MISMATCH
     if order.status == OrderStatus.CLOSED:
-        _flag(order, "paid_after_close", f"order {order.out_trade_no} was paid after it was closed; refund it")
+        flag_order(order, "paid_after_close", f"order {order.out_trade_no} was paid after it was closed; refund it")
         return PaymentOutcome.PAID_AFTER_CLOSE
-    payer_total = amount_fen if payer_total_fen is None else min(payer_total_fen, amount_fen)
-    order.status, order.transaction_id, order.paid_at, order.paid_fen = (
-        OrderStatus.PAID,
-        transaction_id,
-        paid_at,
-        payer_total,
-    )
+    total, payer_total = tx.amount.total_fen, tx.amount.payer_total_fen
+    order.status, order.transaction_id, order.paid_at = OrderStatus.PAID, tx.transaction_id, paid_at
+    order.paid_fen = total if payer_total is None else min(payer_total, total)
     spent = _use_packets(order, paid_at)
     attributed = _attributing_packets(order, spent, paid_at)
     campaigns = _lock_campaigns(order, spent, attributed)

@@ -1,5 +1,9 @@
 """Refunds: hold while pending, claw back at ``REFUND.SUCCESS``, release on failure.
 
+``apply_refund_notice`` is the one intake of what WeChat says of a refund
+(callback, refund job, refund API): it checks once whether the notification was
+seen and compares mchid / order / amount once (the latter two in ``apply_refund``).
+
 Clawback is cumulative: each rebate's entitlement is recomputed on the
 order's new net amounts (rounded down, never above what was awarded) and only
 the difference is taken. Money that has not left is taken back from the
@@ -36,7 +40,8 @@ from rebate import budgets
 from rebate.awards import KIND_OF_FORM, beneficiary_account, point_value_fen
 from rebate.campaigns import funder_account, rules_of
 from rebate.deposits import cover_reservation
-from rebate.errors import DepositExhausted, Invalid, NotFound, StateConflict
+from rebate.errors import DepositExhausted, Invalid, NotFound, RebateError, StateConflict
+from rebate.intake import PayAccount, RefundOutcome, RefundState, flag_order, notification_seen, record_notification
 from rebate.orders import lock_order, order_packets
 from rebate.packets import reservation_for
 from rebate.rules import OrderFacts, entitlement_after_refund
@@ -91,22 +96,21 @@ def fail_refund(out_refund_no: str, status: RefundStatus, now: datetime) -> Refu
 def apply_refund(
     out_trade_no: str, out_refund_no: str, amount_fen: int, now: datetime, refund_id: str | None = None
 ) -> Refund:
-    """Apply a successful refund once per ``out_refund_no``."""
+    """Apply a successful refund once per ``out_refund_no``. A refund of another order, or of another amount
+    than we asked, raises :class:`StateConflict` (``apply_refund_notice`` flags it); nothing is applied."""
     order = lock_order(out_trade_no)
     if order is None:
         raise NotFound(f"no order {out_trade_no}", code="unknown_order")
-    refund = db.session.execute(select(Refund).where(Refund.out_refund_no == out_refund_no)).scalar_one_or_none()
+    refund = _refund_of(order, out_refund_no)
     if refund is None:  # started outside this app (the merchant platform, say)
         refund = begin_refund(order, out_refund_no, amount_fen)
-    if refund.order_id != order.id:
-        raise StateConflict("this refund belongs to another order", code="refund_order_mismatch")
     if refund.status == RefundStatus.SUCCEEDED:
         return refund
     if refund.amount_fen != amount_fen:
-        raise_alert(
-            "refund_amount_mismatch", out_refund_no, f"WeChat refunded {amount_fen} fen, we asked {refund.amount_fen}"
+        raise StateConflict(
+            f"WeChat refunded {amount_fen} fen on {out_refund_no}; we asked {refund.amount_fen}",
+            code="refund_amount_mismatch",
         )
-        raise StateConflict("refund amount disagrees with our record", code="refund_amount_mismatch")
     refund.status, refund.finished_at, refund.refund_id = RefundStatus.SUCCEEDED, now, refund_id
     order.refunded_fen += amount_fen
     _post_refund(order, refund)
@@ -117,6 +121,14 @@ def apply_refund(
     if _pending_total(order.id) == 0:
         release_order_payouts(order.id)
     db.session.flush()
+    return refund
+
+
+def _refund_of(order: Order, out_refund_no: str) -> Refund | None:
+    """Our refund of this number, if any; one of another order is a conflict."""
+    refund = db.session.execute(select(Refund).where(Refund.out_refund_no == out_refund_no)).scalar_one_or_none()
+    if refund is not None and refund.order_id != order.id:
+        raise StateConflict(f"refund {out_refund_no} belongs to another order", code="refund_order_mismatch")
     return refund
 
 
@@ -292,16 +304,52 @@ def _points_back(rebate: Rebate, delta: int, key: str) -> int:
     return min(delta, min(taken, held) * value)
 
 
-def apply_refund_answer(out_trade_no: str, out_refund_no: str, amount_fen: int, answer: dict, now: datetime) -> str:
-    """Apply what WeChat said of a refund (its answer or a query): SUCCESS applies it, CLOSED / ABNORMAL
-    release the hold, anything else leaves it pending. Returns the state in lower case; flushes only."""
-    status = answer.get("status")
-    if status == "SUCCESS":
-        apply_refund(out_trade_no, out_refund_no, amount_fen, now, refund_id=answer.get("refund_id"))
-    elif status in ("CLOSED", "ABNORMAL"):
-        fail_refund(out_refund_no, RefundStatus(status.lower()), now)
-    else:
-        return "processing"
-    refund = db.session.execute(select(Refund).where(Refund.out_refund_no == out_refund_no)).scalar_one()
-    refund.refund_id = refund.refund_id or answer.get("refund_id")
-    return status.lower()
+DISAGREEMENTS = ("refund_amount_mismatch", "refund_order_mismatch")  # raised by apply_refund / _refund_of
+
+
+def apply_refund_notice(
+    notice: RefundState, expected: PayAccount, now: datetime, notification_id: str | None = None
+) -> RefundOutcome:
+    """Apply what WeChat says of a refund (a notification, a refund answer or a query); flushes only.
+
+    The one refund intake, for the callback, the refund job and the refund API. Under the order's
+    row lock: a notification id already recorded is a duplicate; an mchid not ours, a refund of
+    another order or another amount than we asked flags the order and moves nothing, as does a
+    refund our rules refuse; SUCCESS claws back (``apply_refund``), CLOSED / ABNORMAL release the
+    hold, anything else waits. The notification id is recorded with every accepted outcome.
+    """
+    order = lock_order(notice.out_trade_no)
+    if order is None:
+        return RefundOutcome.NOT_OURS
+    if notification_id and notification_seen(notification_id):
+        return RefundOutcome.DUPLICATE_NOTIFICATION
+    if notice.mchid is not None and notice.mchid != expected.mchid:
+        flag_order(order, "refund_mismatch", f"refund {notice.out_refund_no} is for mchid {notice.mchid!r}")
+        return RefundOutcome.MISMATCH_FLAGGED
+    try:
+        with db.session.begin_nested():  # a refusal undoes only what this notice began
+            outcome = _apply_refund_state(order, notice, now)
+    except RebateError as exc:
+        if exc.code in DISAGREEMENTS:
+            flag_order(order, exc.code, str(exc))
+            return RefundOutcome.MISMATCH_FLAGGED
+        flag_order(order, "refund_refused", f"refund {notice.out_refund_no} could not be applied: {exc}")
+        return RefundOutcome.REFUSED
+    if outcome.accepted:
+        record_notification(notification_id, order.out_trade_no, f"refund_{outcome}")
+    db.session.flush()
+    return outcome
+
+
+def _apply_refund_state(order: Order, notice: RefundState, now: datetime) -> RefundOutcome:
+    if notice.status == "SUCCESS":
+        apply_refund(order.out_trade_no, notice.out_refund_no, notice.refund_fen, now, notice.refund_id or None)
+        return RefundOutcome.SUCCESS
+    if notice.status not in ("CLOSED", "ABNORMAL"):
+        return RefundOutcome.PROCESSING
+    refund = _refund_of(order, notice.out_refund_no)
+    if refund is None:
+        return RefundOutcome.NOT_OURS
+    fail_refund(notice.out_refund_no, RefundStatus(notice.status.lower()), now)
+    refund.refund_id = refund.refund_id or notice.refund_id or None
+    return RefundOutcome(notice.status.lower())

@@ -270,10 +270,10 @@ def make_campaign(app):
 def pay(app):
     """Apply a WeChat payment of exactly the payable amount and commit, as the callback would."""
     from models import utcnow
-    from rebate import apply_payment
+    from tests.payment_helpers import pay_as_wechat
 
     def do(order, at=None, amount_fen=None, notification_id=None):
-        outcome = apply_payment(
+        outcome = pay_as_wechat(
             order.out_trade_no,
             f"tx-{order.out_trade_no}",
             amount_fen or order.payable_fen,

@@ -322,8 +322,8 @@ def test_fund_deposit_helper_is_a_balanced_top_up(make_merchant):
 def test_two_payments_at_once_never_spend_more_than_the_deposit_holds(
     app, make_merchant, make_product, make_user, make_campaign
 ):
-    from rebate import apply_payment
     from tests.concurrency import together
+    from tests.payment_helpers import pay_as_wechat
 
     # given: two campaigns of one merchant (no campaign row in common), one deposit holding 25 yuan;
     # each buyer spends a 10-yuan packet on a 100-yuan order (pays 90) and is owed 5 % = 4.50.
@@ -345,7 +345,7 @@ def test_two_payments_at_once_never_spend_more_than_the_deposit_holds(
     numbers = [(o.out_trade_no, o.payable_fen) for o in orders]
 
     # when: both payments are applied at once, each in its own transaction
-    results = together(2, lambda i: apply_payment(numbers[i][0], f"tx-{i}", numbers[i][1], utcnow()), app=app)
+    results = together(2, lambda i: pay_as_wechat(numbers[i][0], f"tx-{i}", numbers[i][1], utcnow()), app=app)
 
     # then: one after the other on the deposit: 25 − 10 − 4.50, then − 10 leaves 0.50 for the second rebate
     assert [str(r) for r in results] == ["applied", "applied"], results

@@ -29,11 +29,12 @@ from models import (
     db,
     utcnow,
 )
-from rebate import apply_payment, apply_refund, begin_refund, claim_packet, create_order
+from rebate import apply_refund, begin_refund, claim_packet, create_order
 from rebate.errors import BudgetExhausted, RebateError
 from rebate.orders import LineRequest
 from rebate.packets import generate_batch
 from tests.concurrency import together
+from tests.payment_helpers import pay_as_wechat
 
 RULES = {
     "roles": [
@@ -91,7 +92,7 @@ def test_twenty_concurrent_payment_notifications_apply_once(app, make_campaign, 
 
     # when: 20 deliveries arrive at once, half under one notification id, half without
     def work(i: int):
-        return apply_payment(out_trade_no, "tx-1", payable, utcnow(), notification_id="N-1" if i % 2 == 0 else None)
+        return pay_as_wechat(out_trade_no, "tx-1", payable, utcnow(), notification_id="N-1" if i % 2 == 0 else None)
 
     results = together(20, work, app=app)
 
@@ -129,7 +130,7 @@ def test_payment_racing_a_refund_ends_consistent(app, make_campaign, make_user, 
     def work(i: int):
         if i == 0:
             try:
-                return apply_payment(out_trade_no, "tx-1", payable, utcnow(), notification_id="N-1")
+                return pay_as_wechat(out_trade_no, "tx-1", payable, utcnow(), notification_id="N-1")
             finally:
                 paid.set()
         paid.wait(timeout=30)
@@ -203,7 +204,7 @@ def test_payment_and_refund_started_at_the_same_instant_end_consistent(
     # when: the payment notification and the refund run at once (each waits on the order's row lock)
     def work(i: int):
         if i == 0:
-            return apply_payment(out_trade_no, "tx-1", payable, utcnow(), notification_id=f"N-{attempt}")
+            return pay_as_wechat(out_trade_no, "tx-1", payable, utcnow(), notification_id=f"N-{attempt}")
         target = db.session.get(Order, order_id)
         begin_refund(target, f"R-{attempt}", payable)
         return apply_refund(out_trade_no, f"R-{attempt}", payable, utcnow()).status

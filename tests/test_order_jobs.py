@@ -8,10 +8,21 @@ import pytest
 from sqlalchemy import update
 
 from jobs.orders import close_expired_orders, query_stuck_refunds, query_unnotified_payments
-from models import LedgerEntry, Order, Refund, db, utcnow
+from models import Alert, LedgerEntry, Order, PaymentNotification, Refund, db, transaction_open, utcnow
 from rebate import begin_refund
 from tests.test_simulator_e2e import app_settings, delivered, login  # noqa: F401 - fixture
 from tests.test_wechat_callbacks import count, no_network, simulator  # noqa: F401 - fixture
+from wechat.http import CallInsideTransaction, WeChatSession
+
+
+@pytest.fixture(autouse=True)
+def guarded_pay(app, monkeypatch):
+    """Every test here runs with a pay client that refuses a call while a database transaction is open."""
+    pay = app.extensions["wechat"].pay
+    guarded = WeChatSession(transaction_open)
+    guarded.adapters = pay.session.adapters  # the simulator, served in-process
+    monkeypatch.setattr(pay, "session", guarded)
+    return pay
 
 
 @pytest.fixture
@@ -78,6 +89,15 @@ def test_wechat_outage_leaves_the_order_for_the_next_run(app, new_order):
     assert close_expired_orders() == {"closed": 1}
 
 
+def test_the_guard_refuses_a_call_inside_a_transaction(app, new_order, guarded_pay):
+    order = new_order()
+    db.session.get(Order, order["id"])  # a transaction is open
+    with pytest.raises(CallInsideTransaction):
+        guarded_pay.query_order(order["out_trade_no"])
+    db.session.commit()
+    assert guarded_pay.query_order(order["out_trade_no"])["trade_state"] == "NOTPAY"
+
+
 def test_payment_without_notification_is_applied_by_query(app, new_order):
     order = new_order()
     unpaid = new_order()
@@ -89,6 +109,47 @@ def test_payment_without_notification_is_applied_by_query(app, new_order):
     db.session.rollback()
     assert db.session.get(Order, order["id"]).status == "paid"
     assert query_unnotified_payments() == {"not_paid": 1}
+
+
+def paid_unnotified(app, order: dict) -> None:
+    """Paid at WeChat; the notification never arrives; past the grace period."""
+    simulator(app).pay(order["payment"]["pay_params"]["package"].removeprefix("prepay_id="))
+    simulator(app).dispatcher.stop()
+    age(order["id"], prepay_at=utcnow() - timedelta(minutes=3))
+
+
+def test_a_queried_payment_that_disagrees_is_flagged_once_and_not_applied(app, new_order):
+    # given: WeChat's answer names another merchant
+    order = new_order()
+    paid_unnotified(app, order)
+    simulator(app).orders[order["out_trade_no"]]["request"]["mchid"] = "1999999999"
+    entries = count(LedgerEntry)
+    # when: the job asks twice
+    assert query_unnotified_payments() == {"mismatch_flagged": 1}
+    assert query_unnotified_payments() == {"mismatch_flagged": 1}
+    # then
+    db.session.rollback()
+    flagged = db.session.get(Order, order["id"])
+    assert flagged.status == "created" and "1999999999" in flagged.review_reason
+    assert [a.kind for a in db.session.query(Alert)] == ["payment_mismatch"]
+    assert count(LedgerEntry) == entries
+    assert count(PaymentNotification) == 0
+
+
+def test_an_unreadable_query_answer_leaves_the_order_for_the_next_run(app, new_order, monkeypatch):
+    order = new_order()
+    paid_unnotified(app, order)
+    sim = simulator(app)
+    readable = sim.transaction_view
+    monkeypatch.setattr(sim, "transaction_view", lambda o: {**readable(o), "amount": {"total": "30.00"}})
+    assert query_unnotified_payments() == {"unknown": 1}
+    db.session.rollback()
+    assert (db.session.get(Order, order["id"]).status, db.session.get(Order, order["id"]).review_reason) == (
+        "created",
+        None,
+    )
+    monkeypatch.setattr(sim, "transaction_view", readable)
+    assert query_unnotified_payments() == {"applied": 1}
 
 
 @pytest.fixture

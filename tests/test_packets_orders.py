@@ -24,10 +24,12 @@ from models import (
     db,
     utcnow,
 )
-from rebate import apply_payment, claim_packet, close_order, create_order, issue_packet
-from rebate.errors import BudgetExhausted, NotFound, RebateError
+from rebate import claim_packet, close_order, create_order, issue_packet
+from rebate.errors import BudgetExhausted, RebateError
 from rebate.orders import LineRequest
 from rebate.packets import expire_due_packets, generate_batch
+from tests.payment_helpers import pay_as_wechat
+from tests.test_wechat_callbacks import table_counts
 from web.errors import KIND_STATUS
 
 K = AccountKind
@@ -441,15 +443,16 @@ def test_amount_mismatch_flags_the_order_and_moves_no_money(campaign, make_user,
     packet = give(campaign, alice)
     order = order_for(alice, noodles, packet)
 
-    outcome = apply_payment(order.out_trade_no, "tx-1", order.payable_fen - 1, utcnow(), notification_id="N1")
+    outcome = pay_as_wechat(order.out_trade_no, "tx-1", order.payable_fen - 1, utcnow(), notification_id="N1")
     db.session.commit()
 
-    assert outcome == "amount_mismatch"
+    assert outcome == "mismatch_flagged"
     db.session.refresh(order)
     assert order.status == "created"
     assert order.review_reason == "WeChat says 8999 fen was paid; the order asks 9000"
     [alert] = db.session.execute(select(Alert)).scalars().all()
-    assert (alert.kind, alert.subject) == ("amount_mismatch", order.out_trade_no)
+    assert (alert.kind, alert.subject) == ("payment_mismatch", order.out_trade_no)
+    assert count(PaymentNotification) == 0  # not accepted: WeChat keeps telling us, and is refused again
     assert count(LedgerEntry) == 0
     assert count(Rebate) == 0
     assert count(Payout) == 0
@@ -494,7 +497,7 @@ def test_a_second_transaction_for_a_paid_order_is_alerted_not_applied(campaign, 
     pay(order)
     entries = count(LedgerEntry)
 
-    outcome = apply_payment(order.out_trade_no, "another-tx", order.payable_fen, utcnow())
+    outcome = pay_as_wechat(order.out_trade_no, "another-tx", order.payable_fen, utcnow())
     db.session.commit()
 
     assert outcome == "already_applied"
@@ -510,7 +513,7 @@ def test_payment_of_a_closed_order_is_flagged_and_moves_no_money(campaign, make_
     close_order(order, utcnow())
     db.session.commit()
 
-    outcome = apply_payment(order.out_trade_no, "tx-late", order.payable_fen, utcnow())
+    outcome = pay_as_wechat(order.out_trade_no, "tx-late", order.payable_fen, utcnow())
     db.session.commit()
 
     assert outcome == "paid_after_close"
@@ -519,13 +522,14 @@ def test_payment_of_a_closed_order_is_flagged_and_moves_no_money(campaign, make_
     assert db.session.execute(select(Alert.kind)).scalars().all() == ["paid_after_close"]
 
 
-def test_unknown_out_trade_no_raises_not_found(app):
-    with pytest.raises(NotFound) as info:
-        apply_payment("O-NOPE", "tx", 100, utcnow(), notification_id="N1")
-    db.session.rollback()
+def test_unknown_out_trade_no_is_not_ours_and_records_nothing(app):
+    before = table_counts()
 
-    assert info.value.code == "unknown_order"
-    assert count(PaymentNotification) == 0
+    outcome = pay_as_wechat("O-NOPE", "tx", 100, utcnow(), notification_id="N1")
+    db.session.commit()
+
+    assert outcome == "not_ours"
+    assert table_counts() == before
 
 
 def test_paused_campaigns_packet_is_honoured_but_awards_nothing(campaign, make_user, shop, pay, client, user_headers):

@@ -18,11 +18,12 @@ from sqlalchemy import func, select
 
 from ledger import check_ledger
 from models import Campaign, Merchant, Order, PacketStatus, Product, Rebate, RedPacket, User, UserIdentity, db, utcnow
-from rebate import apply_payment, create_order, issue_packet
+from rebate import create_order, issue_packet
 from rebate.errors import BudgetExhausted, DepositExhausted, Invalid
 from rebate.orders import LineRequest
 from rebate.rules import CASH_FORMS, Form
 from tests.conftest import fund_deposit
+from tests.payment_helpers import pay_as_wechat
 
 FORMS = [Form.BALANCE, Form.WECHAT_CHANGE, Form.POINTS, Form.CASH_RED_PACKET, Form.WECHAT_COUPON]
 PACKET = ["issued", "over_budget", "over_deposit"]  # what the scenario's packet meets
@@ -161,7 +162,7 @@ def test_no_payment_overspends_a_budget_or_pays_more_cash_than_was_paid(app, s):
     for i, product in enumerate(products):
         order = create_order(buyer, [LineRequest(product.id, 1)], packet_ids if i == 0 else None, utcnow())
         db.session.commit()
-        apply_payment(order.out_trade_no, f"tx-{order.out_trade_no}", order.payable_fen, utcnow())
+        pay_as_wechat(order.out_trade_no, f"tx-{order.out_trade_no}", order.payable_fen, utcnow())
         db.session.commit()
         orders.append(order.id)
     if packet_ids:

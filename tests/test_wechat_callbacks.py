@@ -138,19 +138,32 @@ def test_second_notification_id_for_the_same_payment_changes_nothing(app, client
     assert after == before
 
 
+def assert_paid_once(order: Order, entries_before: int) -> None:
+    """The order is paid by its notification: one sale entry, one notification recorded, no flag."""
+    db.session.rollback()
+    paid = db.session.get(Order, order.id)
+    assert (paid.status, paid.paid_fen, paid.review_reason) == ("paid", order.payable_fen, None)
+    assert count(LedgerEntry) == entries_before + 1
+    assert count(PaymentNotification) == 1
+
+
 def test_missing_signature_type_is_treated_as_rsa(app, client, make_order, no_network):
     order = make_order()
+    entries = count(LedgerEntry)
     headers, body = simulator(app).build_notification(
         "TRANSACTION.SUCCESS", transaction_resource(app, order), "transaction"
     )
     del headers["Wechatpay-Signature-Type"]
     assert client.post(NOTIFY, data=body, headers=headers).status_code == 204
+    assert_paid_once(order, entries)
 
 
 def test_platform_certificate_serial_is_accepted(app, client, make_order, no_network):
     order = make_order()
+    entries = count(LedgerEntry)
     serial = simulator(app).keys.platform_serial
     assert deliver(client, app, transaction_resource(app, order), serial=serial).status_code == 204
+    assert_paid_once(order, entries)
 
 
 def _tampered(app, order):
@@ -287,6 +300,51 @@ def test_verified_mismatch_flags_the_order_and_alerts_once(app, client, make_ord
     assert count(Alert) == 1
 
 
+MALFORMED = {
+    "amount_as_text": {"amount": {"total": "100", "payer_total": 100}},
+    "no_amount": {"amount": None},
+    "no_transaction_id": {"transaction_id": None},
+    "mchid_a_number": {"mchid": 1900000109},
+    "naive_success_time": {"success_time": "2026-11-25T10:00:00"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_verified_but_malformed_resource_is_refused_and_changes_no_table(app, client, make_order, no_network, case):
+    # given: a notification WeChat signed, whose resource is not the shape WeChat documents
+    order = make_order()
+    resource = {k: v for k, v in transaction_resource(app, order, **MALFORMED[case]).items() if v is not None}
+    headers, body = simulator(app).build_notification("TRANSACTION.SUCCESS", resource, "transaction")
+    before = table_counts()
+    # when
+    response = client.post(NOTIFY, data=body, headers=headers)
+    # then: 400 naming the field, nothing recorded, nothing flagged (WeChat retries)
+    assert response.status_code == 400
+    assert response.json["code"] == "FAIL" and "MALFORMED_RESOURCE" in response.json["message"]
+    assert table_counts() == before
+    assert db.session.get(Order, order.id).review_reason is None
+
+
+def test_a_transaction_that_is_not_paid_is_refused_and_changes_no_table(app, client, make_order, no_network):
+    order = make_order()
+    resource = transaction_resource(app, order, trade_state="NOTPAY", trade_state_desc="未支付")
+    del resource["transaction_id"], resource["success_time"]
+    before = table_counts()
+    response = deliver(client, app, resource)
+    assert response.status_code == 400 and response.json["code"] == "FAIL"
+    assert table_counts() == before
+    assert db.session.get(Order, order.id).status == "created"
+
+
+def test_another_event_type_is_acknowledged_and_changes_no_table(app, client, make_order, no_network):
+    order = make_order()
+    before = table_counts()
+    response = deliver(client, app, transaction_resource(app, order), event="TRANSACTION.CLOSED")
+    assert (response.status_code, response.get_data()) == (204, b"")
+    assert table_counts() == before
+    assert db.session.get(Order, order.id).status == "created"
+
+
 def test_unknown_out_trade_no_is_refused(app, client, make_order, no_network):
     order = make_order()
     before = table_counts()
@@ -375,6 +433,35 @@ def test_refund_amount_mismatch_flags_and_refunds_nothing(app, client, paid_orde
     assert db.session.get(Refund, refund.id).status == "pending"
     assert db.session.get(Order, order.id).review_reason
     assert count(LedgerEntry) == entries
+
+
+def test_refund_for_another_mchid_flags_and_refunds_nothing(app, client, paid_order_with_refund):
+    order, refund = paid_order_with_refund
+    resource = {**refund_resource(app, order, refund.out_refund_no, 4_000), "mchid": "1999999999"}
+    before = table_counts()
+    first, again = deliver_refund(client, app, resource), deliver_refund(client, app, resource)
+    assert first.status_code == again.status_code == 400
+    after = table_counts()
+    assert after.pop("alerts") == before.pop("alerts") + 1
+    assert after == before
+    assert db.session.get(Refund, refund.id).status == "pending"
+    assert "1999999999" in db.session.get(Order, order.id).review_reason
+
+
+def test_malformed_refund_resource_is_refused_and_changes_no_table(app, client, paid_order_with_refund):
+    order, refund = paid_order_with_refund
+    resource = refund_resource(app, order, refund.out_refund_no, 4_000)
+    resource["amount"] = {"total": order.payable_fen, "refund": "4000"}
+    before = table_counts()
+    response = deliver_refund(client, app, resource)
+    assert response.status_code == 400 and "amount.refund" in response.json["message"]
+    assert table_counts() == before
+    # and an event naming another state than its resource
+    closed = deliver_refund(
+        client, app, refund_resource(app, order, refund.out_refund_no, 4_000), event="REFUND.CLOSED"
+    )
+    assert closed.status_code == 400
+    assert table_counts() == before
 
 
 def test_refund_of_unknown_order_or_refund_is_refused(app, client, paid_order_with_refund):

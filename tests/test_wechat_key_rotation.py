@@ -45,6 +45,7 @@ class TestDuringTheOverlap:
             "TRANSACTION.SUCCESS", transaction_resource(app, order), "transaction"
         )
         assert client.post(NOTIFY, data=body, headers=headers).status_code == 204
+        assert db.session.get(Order, order.id).status == "paid"
 
 
 class TestAfterTheOverlap:

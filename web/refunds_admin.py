@@ -21,14 +21,14 @@ from pydantic import Field
 
 from models import OperatorRole, Order, Refund, RefundStatus, call_between_commits, db, utcnow
 from models.operators import audit
-from rebate import begin_refund, fail_refund
-from rebate.refunds import apply_refund_answer
+from rebate import PayAccount, apply_refund_notice, begin_refund, fail_refund
 from web import wechat
 from web.admin import actor
 from web.api import endpoint
 from web.errors import NotFound
 from web.schemas import Model, PositiveFen
 from wechat.errors import WeChatBusinessError, WeChatError
+from wechat.transactions import RefundNotice
 
 bp = Blueprint("refunds_admin", __name__, url_prefix="/admin/api")
 
@@ -110,15 +110,17 @@ def create_refund(order_id: int, body: CreateRefund):
         audit(actor(), "refund.create", "order", order.id, why, out_refund_no=number, amount_fen=body.amount_fen)
         return RefundCall(refund.id, order.out_trade_no, refund.out_refund_no, order.payable_fen)
 
-    def ask(r: RefundCall) -> dict | WeChatError:
+    def ask(r: RefundCall) -> RefundNotice | WeChatError:
         try:
-            return call_refund(r.out_trade_no, r.out_refund_no, body.amount_fen, r.total_fen, body.reason)
-        except WeChatError as exc:
+            return RefundNotice.parse(
+                call_refund(r.out_trade_no, r.out_refund_no, body.amount_fen, r.total_fen, body.reason)
+            )
+        except WeChatError as exc:  # an unreadable answer too (MalformedResource): the refund job asks again
             return exc
 
-    def record(r: RefundCall, answer: dict | WeChatError) -> dict:
+    def record(r: RefundCall, answer: RefundNotice | WeChatError) -> dict:
         if not isinstance(answer, WeChatError):
-            apply_refund_answer(r.out_trade_no, r.out_refund_no, body.amount_fen, answer, utcnow())
+            apply_refund_notice(answer, PayAccount.from_config(current_app.config), utcnow())
         elif isinstance(answer, WeChatBusinessError) and not answer.retryable:
             fail_refund(r.out_refund_no, RefundStatus.FAILED, utcnow())  # definitive: WeChat will not refund this
         db.session.flush()

@@ -2,27 +2,22 @@
 
 Verified exactly like payment callbacks (raw body, key by serial, probes and
 stale timestamps refused). The bill's final state is applied to its payout
-under the payout's row lock; a payout already final, or a notification id
-already recorded, is answered 204 and nothing happens again.
+under the payout's row lock, where the notification id is checked once; a
+payout already final, or a notification id already recorded, is answered 204
+and nothing happens again.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app
-from sqlalchemy.exc import IntegrityError
 
 from models import PaymentNotification, PayoutStatus, db, utcnow
 from models.payouts import TERMINAL, Rail
 from payouts.operations import PayoutError, lock_payout
 from payouts.record import DispatchSettings, apply_result
 from payouts.transfer_rail import state_result
-from web.wechat_callbacks import (
-    CallbackRefused,
-    alert_once_and_commit,
-    callback_doc,
-    handle_notification,
-    notification_seen,
-)
+from rebate.intake import notification_seen
+from web.wechat_callbacks import CallbackRefused, alert_once_and_commit, callback_doc, handle_notification
 from wechat.notifications import Notification
 
 bp = Blueprint("transfer_callbacks", __name__, url_prefix="/wechat/transfer")
@@ -30,7 +25,7 @@ FINAL = {"SUCCESS", "FAIL", "CANCELLED"}
 
 
 def process_transfer(n: Notification) -> None:
-    if n.event_type != "MCHTRANSFER.BILL.FINISHED" or notification_seen(n.id):
+    if n.event_type != "MCHTRANSFER.BILL.FINISHED":
         return
     data = n.resource
     out_bill_no, state = str(data.get("out_bill_no") or ""), data.get("state")
@@ -38,6 +33,8 @@ def process_transfer(n: Notification) -> None:
         payout = lock_payout(external_no=out_bill_no)
     except PayoutError:
         raise CallbackRefused(404, "unknown out_bill_no") from None
+    if notification_seen(n.id):  # under the payout's lock: a concurrent duplicate waited, and sees it here
+        return
     mchid = data.get("mch_id") or data.get("mchid")
     appid = data.get("appid")  # not in every sample of this notification: checked when present
     if (
@@ -61,12 +58,7 @@ def process_transfer(n: Notification) -> None:
     db.session.add(
         PaymentNotification(notification_id=n.id, out_trade_no=out_bill_no[:32], outcome=f"transfer_{state}")
     )
-    try:
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-        if not notification_seen(n.id):
-            raise
+    db.session.commit()
 
 
 @bp.post("/notify")

@@ -2,10 +2,13 @@
 
 Verification comes first, on the raw body, and touches no table: a callback
 that fails it is answered 4xx with WeChat's ``{"code":"FAIL","message":…}``.
-A verified callback is checked against our records; a mismatch flags the
-order and alerts an operator (once) and moves no money. Success is 204 with an
-empty body. A notification id already recorded is answered 204 and skipped;
-a concurrent duplicate waits on the order's row lock and then sees it done.
+A verified callback's resource is parsed into a typed value (a bad shape is
+400, nothing applied) and handed to the one intake, ``apply_payment`` or
+``apply_refund_notice``, which compares it with our records once: a mismatch
+flags the order and alerts an operator (once) and moves no money. Success is
+204 with an empty body. A notification id already recorded is answered 204 and
+skipped; a concurrent duplicate waits on the order's row lock and then sees it
+done.
 """
 
 from __future__ import annotations
@@ -14,17 +17,15 @@ import logging
 from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
-from models import Order, PaymentNotification, Refund, RefundStatus, alert_once, db, utcnow
-from rebate import PaymentOutcome, RebateError, apply_payment, apply_refund, fail_refund
-from rebate.payments import notification_seen
+from models import alert_once, db, utcnow
+from rebate import PayAccount, PaymentOutcome, RefundOutcome, apply_payment, apply_refund_notice
 from web import wechat
 from web.errors import BUSY_RETRY_AFTER_S, is_busy
 from web.openapi import RETRY_AFTER, WECHAT_FAIL, documented
 from wechat.errors import NotificationRejected
-from wechat.notifications import Notification, failure_response_body, parse_time, verify_and_decrypt
+from wechat.notifications import Notification, failure_response_body, verify_and_decrypt
+from wechat.transactions import MalformedResource
 
 log = logging.getLogger(__name__)
 bp = Blueprint("wechat_callbacks", __name__, url_prefix="/wechat/pay")
@@ -112,6 +113,10 @@ def handle_notification(process: Callable[[Notification], None]) -> Response:
         db.session.rollback()
         log.warning("callback refused", extra={"notification_id": notification.id, "refusal": exc.message})
         return fail(exc.status, exc.message)
+    except MalformedResource as exc:  # verified, but not the shape WeChat documents: nothing applied
+        db.session.rollback()
+        log.warning("callback malformed", extra={"notification_id": notification.id, "field": exc.field})
+        return fail(400, str(exc))
     except Exception as exc:
         db.session.rollback()
         if is_busy(exc):  # WeChat retries any non-2xx answer; this one is not a bug
@@ -130,60 +135,33 @@ def alert_once_and_commit(kind: str, subject: str, message: str) -> None:
     db.session.commit()
 
 
-def _flag_order(order: Order, kind: str, message: str) -> None:
-    order.review_reason = message
-    alert_once_and_commit(kind, order.out_trade_no, message)
+def pay_account() -> PayAccount:
+    return PayAccount.from_config(current_app.config)
+
+
+def commit_or_refuse(outcome: PaymentOutcome | RefundOutcome, refusals: dict[str, tuple[int, str]]) -> None:
+    """Keep what the intake did (a flag included), then answer: 204 when WeChat may stop, else its refusal."""
+    db.session.commit()
+    if not outcome.accepted:
+        status, message = refusals[outcome]
+        raise CallbackRefused(status, message)
 
 
 # -- payment -----------------------------------------------------------------------
 
-
-def _check_transaction(data: dict, cfg) -> Order:
-    out_trade_no = str(data.get("out_trade_no") or "")
-    order = db.session.execute(select(Order).where(Order.out_trade_no == out_trade_no)).scalar_one_or_none()
-    if order is None:
-        raise CallbackRefused(404, "unknown out_trade_no")
-    amount = data.get("amount") if isinstance(data.get("amount"), dict) else {}
-    problems = []
-    if data.get("mchid") != cfg["WECHAT_MCHID"]:
-        problems.append(f"mchid {data.get('mchid')!r} is not ours")
-    if data.get("appid") != cfg["WECHAT_APPID"]:
-        problems.append(f"appid {data.get('appid')!r} is not ours")
-    if amount.get("total") != order.payable_fen:
-        problems.append(f"WeChat says {amount.get('total')!r} fen was paid; the order asks {order.payable_fen}")
-    if problems:
-        _flag_order(order, "payment_mismatch", "payment notification disagrees: " + "; ".join(problems))
-        raise CallbackRefused(400, "notification disagrees with our order")
-    return order
+PAYMENT_REFUSALS = {
+    PaymentOutcome.NOT_OURS: (404, "unknown out_trade_no"),
+    PaymentOutcome.MISMATCH_FLAGGED: (400, "notification disagrees with our order"),
+    PaymentOutcome.NOT_PAID: (400, "the transaction is not paid"),
+}
 
 
 def process_transaction(n: Notification) -> None:
     if n.event_type != "TRANSACTION.SUCCESS" or n.original_type not in ("", "transaction"):
         log.warning("payment callback of unexpected type acknowledged", extra={"event_type": n.event_type})
         return
-    data = n.resource
-    if notification_seen(n.id):
-        return
-    order = _check_transaction(data, current_app.config)
-    if data.get("trade_state") != "SUCCESS":
-        raise CallbackRefused(400, f"trade_state {data.get('trade_state')!r} is not SUCCESS")
-    try:
-        outcome = apply_payment(
-            order.out_trade_no,
-            str(data.get("transaction_id") or ""),
-            int(data["amount"]["total"]),
-            parse_time(data.get("success_time"), utcnow()),
-            notification_id=n.id,
-            payer_total_fen=data["amount"].get("payer_total"),
-        )
-        db.session.commit()
-    except IntegrityError:  # a concurrent delivery recorded the same id first
-        db.session.rollback()
-        if not notification_seen(n.id):
-            raise
-        return
-    if outcome not in (PaymentOutcome.APPLIED, PaymentOutcome.ALREADY_APPLIED, PaymentOutcome.DUPLICATE_NOTIFICATION):
-        log.warning("payment notification needs an operator", extra={"outcome": outcome, "order": order.id})
+    outcome = apply_payment(n.transaction(), pay_account(), utcnow(), notification_id=n.id)
+    commit_or_refuse(outcome, PAYMENT_REFUSALS)
 
 
 @bp.post("/notify")
@@ -195,57 +173,20 @@ def pay_notify() -> Response:
 
 # -- refund ------------------------------------------------------------------------
 
-REFUND_FAILURES = {"REFUND.ABNORMAL": RefundStatus.ABNORMAL, "REFUND.CLOSED": RefundStatus.CLOSED}
+REFUND_EVENTS = ("REFUND.SUCCESS", "REFUND.ABNORMAL", "REFUND.CLOSED")
+REFUND_REFUSALS = {
+    RefundOutcome.NOT_OURS: (404, "unknown out_trade_no or out_refund_no"),
+    RefundOutcome.MISMATCH_FLAGGED: (400, "notification disagrees with our refund"),
+    RefundOutcome.REFUSED: (409, "refund refused; an operator is alerted"),
+}
 
 
 def process_refund(n: Notification) -> None:
-    data = n.resource
-    if n.event_type != "REFUND.SUCCESS" and n.event_type not in REFUND_FAILURES:
+    if n.event_type not in REFUND_EVENTS:
         log.warning("refund callback of unexpected type acknowledged", extra={"event_type": n.event_type})
         return
-    if notification_seen(n.id):
-        return
-    out_trade_no, out_refund_no = str(data.get("out_trade_no") or ""), str(data.get("out_refund_no") or "")
-    order = db.session.execute(select(Order).where(Order.out_trade_no == out_trade_no)).scalar_one_or_none()
-    if order is None:
-        raise CallbackRefused(404, "unknown out_trade_no")
-    if data.get("mchid") != current_app.config["WECHAT_MCHID"]:
-        _flag_order(order, "refund_mismatch", f"refund notification for mchid {data.get('mchid')!r}")
-        raise CallbackRefused(400, "notification disagrees with our order")
-    refund = db.session.execute(select(Refund).where(Refund.out_refund_no == out_refund_no)).scalar_one_or_none()
-    if refund is not None and refund.order_id != order.id:
-        _flag_order(order, "refund_mismatch", f"refund {out_refund_no} belongs to another order")
-        raise CallbackRefused(400, "refund belongs to another order")
-    amount = data.get("amount") if isinstance(data.get("amount"), dict) else {}
-    if n.event_type == "REFUND.SUCCESS":
-        _apply_success(order, refund, out_refund_no, amount, data)
-    elif refund is None:
-        raise CallbackRefused(404, "unknown out_refund_no")
-    else:
-        fail_refund(out_refund_no, REFUND_FAILURES[n.event_type], utcnow())
-    db.session.add(PaymentNotification(notification_id=n.id, out_trade_no=out_trade_no, outcome=n.event_type.lower()))
-    try:
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-        if not notification_seen(n.id):
-            raise
-
-
-def _apply_success(order: Order, refund: Refund | None, out_refund_no: str, amount: dict, data: dict) -> None:
-    refund_fen = amount.get("refund")
-    if not isinstance(refund_fen, int) or (refund is not None and refund_fen != refund.amount_fen):
-        asked = refund.amount_fen if refund else None
-        _flag_order(
-            order, "refund_amount_mismatch", f"WeChat refunded {refund_fen!r} fen on {out_refund_no}; we asked {asked}"
-        )
-        raise CallbackRefused(400, "refund amount disagrees with our record")
-    try:
-        apply_refund(order.out_trade_no, out_refund_no, refund_fen, utcnow(), refund_id=data.get("refund_id"))
-    except RebateError as exc:
-        db.session.rollback()
-        _flag_order(db.session.get(Order, order.id), "refund_refused", f"refund {out_refund_no}: {exc}")
-        raise CallbackRefused(409, str(exc)) from None
+    outcome = apply_refund_notice(n.refund_notice(), pay_account(), utcnow(), notification_id=n.id)
+    commit_or_refuse(outcome, REFUND_REFUSALS)
 
 
 @bp.post("/refund-notify")

@@ -3,7 +3,9 @@
 Owns: WeChat Pay APIv3 (``pay.PayClient``: one signed ``_request``; errors mapped
 to typed ``errors`` with ``retryable`` / ``outcome_unknown``), callback and
 response verification (``notifications``; key chosen by ``Wechatpay-Serial`` from
-``keys.VerifierKeys``, public-key and certificate mode at once), v2 cash red
+``keys.VerifierKeys``, public-key and certificate mode at once), the typed
+transaction and refund notice every payment resource or query answer is parsed
+into once (``transactions``; a bad shape is ``MalformedResource``), v2 cash red
 packets (``redpack``; XML only through defusedxml), mini-program login / OA OAuth /
 shared tokens / card signatures (``mp``), bill integrity (``bills``), and building
 every client from plain settings (``setup.build_wechat``). The local WeChat

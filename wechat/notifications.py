@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidTag
 from wechat import crypto
 from wechat.errors import NotificationRejected, WeChatConfigError, WeChatSignatureError
 from wechat.keys import ApiV3Keys, VerifierKeys
+from wechat.transactions import MalformedResource, RefundNotice, Transaction
 
 PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
 MAX_SKEW_S = 300
@@ -35,6 +36,17 @@ class Notification:
     resource: dict[str, Any]
     original_type: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def transaction(self) -> Transaction:
+        """The resource of a ``TRANSACTION.*`` notification, typed; :class:`MalformedResource` when it is not one."""
+        return Transaction.parse(self.resource)
+
+    def refund_notice(self) -> RefundNotice:
+        """The resource of a ``REFUND.*`` notification, typed; its state must be the one the event names."""
+        notice = RefundNotice.parse(self.resource)
+        if self.event_type != f"REFUND.{notice.status}":
+            raise MalformedResource("refund.refund_status", f"{notice.status} in a {self.event_type} notification")
+        return notice
 
 
 def verify_and_decrypt(
@@ -157,12 +169,3 @@ def _decrypt_resource(resource: dict[str, Any], apiv3_keys: ApiV3Keys, now: date
     if not isinstance(data, dict):
         raise NotificationRejected("MALFORMED_RESOURCE", "decrypted resource is not an object", http_status=400)
     return data
-
-
-def parse_time(value: object, fallback: datetime) -> datetime:
-    """WeChat's RFC 3339 time (``2015-05-20T13:29:35+08:00``); ``fallback`` when absent, malformed or naive."""
-    try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError:
-        return fallback
-    return parsed if parsed.tzinfo is not None else fallback

@@ -1,0 +1,111 @@
+"""What the two intakes speak: our account, the shapes they read, the outcomes they answer.
+
+``apply_payment`` (``payments``) and ``apply_refund_notice`` (``refunds``) take
+what WeChat said, parsed once at the edge into ``wechat.transactions`` values.
+``rebate`` does not import ``wechat``: the protocols below name the fields it
+reads. The account to compare with is passed in from settings (``PayAccount``),
+never read from the app here. A notification id is recorded once it is
+accepted; an operator's flag is an order's ``review_reason`` plus one open alert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from sqlalchemy import select
+
+from models import Order, PaymentNotification, alert_once, db
+
+
+@dataclass(frozen=True)
+class PayAccount:
+    """Our WeChat Pay merchant number and app id: every payment for us names both (a refund, the mchid)."""
+
+    mchid: str
+    appid: str
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> PayAccount:
+        return cls(mchid=config["WECHAT_MCHID"], appid=config["WECHAT_APPID"])
+
+
+class PaidAmount(Protocol):
+    total_fen: int
+    payer_total_fen: int | None
+
+
+class PaymentTransaction(Protocol):
+    """A transaction (``wechat.transactions.Transaction``): ``amount`` and ``transaction_id`` are set when paid."""
+
+    out_trade_no: str
+    transaction_id: str
+    mchid: str
+    appid: str
+    amount: PaidAmount | None
+    success_time: datetime | None
+
+    @property
+    def paid(self) -> bool: ...
+
+
+class RefundState(Protocol):
+    """A refund's state (``wechat.transactions.RefundNotice``): ``refund_fen`` is set when SUCCESS;
+    ``mchid`` is None in API answers, which do not carry it."""
+
+    out_trade_no: str
+    out_refund_no: str
+    status: str
+    refund_fen: int | None
+    refund_id: str
+    mchid: str | None
+
+
+class PaymentOutcome(StrEnum):
+    APPLIED = "applied"
+    ALREADY_APPLIED = "already_applied"  # paid before (a second transaction is flagged)
+    DUPLICATE_NOTIFICATION = "duplicate_notification"
+    PAID_AFTER_CLOSE = "paid_after_close"  # flagged for a refund; nothing moved
+    MISMATCH_FLAGGED = "mismatch_flagged"  # mchid, appid or amount disagree: flagged, nothing moved
+    NOT_PAID = "not_paid"  # WeChat does not say it was paid
+    NOT_OURS = "not_ours"  # no order of ours has this out_trade_no
+
+    @property
+    def accepted(self) -> bool:
+        """Settled for good (applied, or before, or an operator has it): WeChat may stop telling us."""
+        return self in (self.APPLIED, self.ALREADY_APPLIED, self.DUPLICATE_NOTIFICATION, self.PAID_AFTER_CLOSE)
+
+
+class RefundOutcome(StrEnum):
+    SUCCESS = "success"
+    CLOSED = "closed"
+    ABNORMAL = "abnormal"
+    PROCESSING = "processing"  # nothing to do yet
+    DUPLICATE_NOTIFICATION = "duplicate_notification"
+    MISMATCH_FLAGGED = "mismatch_flagged"  # mchid, order or amount disagree: flagged, nothing moved
+    REFUSED = "refused"  # our rules refuse it (say, more than was paid): flagged, nothing moved
+    NOT_OURS = "not_ours"  # no such order, or a failed refund we never asked for
+
+    @property
+    def accepted(self) -> bool:
+        return self in (self.SUCCESS, self.CLOSED, self.ABNORMAL, self.PROCESSING, self.DUPLICATE_NOTIFICATION)
+
+
+def notification_seen(notification_id: str) -> bool:
+    """Has a WeChat notification with this id been processed (payment, refund or transfer)?"""
+    seen = select(PaymentNotification.id).where(PaymentNotification.notification_id == notification_id)
+    return db.session.execute(seen).first() is not None
+
+
+def record_notification(notification_id: str | None, out_trade_no: str, outcome: str) -> None:
+    if notification_id:
+        db.session.add(PaymentNotification(notification_id=notification_id, out_trade_no=out_trade_no, outcome=outcome))
+
+
+def flag_order(order: Order, kind: str, message: str) -> None:
+    """For an operator: the order says why, and one alert is open (WeChat repeats a notification for 24 h)."""
+    order.review_reason = message
+    alert_once(kind, order.out_trade_no, text=message)

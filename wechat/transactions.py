@@ -1,0 +1,185 @@
+"""Typed WeChat Pay resources, parsed once at the edge: a payment's transaction and a refund's state.
+
+A decrypted ``TRANSACTION.SUCCESS`` resource and the answer to an order query
+have one shape (a :class:`Transaction`); a ``REFUND.*`` resource and the answer
+to a refund request or query share theirs (a :class:`RefundNotice`). Each is
+read into a frozen value here, once: a missing field, one of the wrong type, or
+a paid transaction without its amount raises :class:`MalformedResource` naming
+the field, and nothing downstream reads the raw dict again. Whether the values
+agree with our records (mchid, appid, amount) is not decided here: the rebate
+engine compares them once, in ``apply_payment`` / ``apply_refund_notice``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from wechat.errors import WeChatError
+
+PAID_STATES = frozenset({"SUCCESS", "REFUND"})  # REFUND: paid, then (partly) refunded
+REFUND_STATES = frozenset({"SUCCESS", "CLOSED", "ABNORMAL", "PROCESSING"})
+
+
+class MalformedResource(WeChatError):
+    """A verified resource or an API answer lacks a field or has one of the wrong type; nothing was applied.
+
+    A callback answers 400 (WeChat retries it); a job leaves its row for the next run.
+    """
+
+    default_code = "MALFORMED_RESOURCE"
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {problem}", http_status=400)
+
+
+@dataclass(frozen=True)
+class Amount:
+    """A paid transaction's amounts in fen: ``total_fen`` ordered, ``payer_total_fen`` what the payer paid."""
+
+    total_fen: int
+    payer_total_fen: int | None = None
+    currency: str = "CNY"
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """A WeChat Pay transaction: ``amount`` and ``transaction_id`` are always there once it is paid."""
+
+    out_trade_no: str
+    mchid: str
+    appid: str
+    trade_state: str
+    amount: Amount | None = None
+    transaction_id: str = ""
+    payer_openid: str = ""
+    success_time: datetime | None = None
+    attach: str = ""
+    trade_state_desc: str = ""
+
+    @property
+    def paid(self) -> bool:
+        return self.trade_state in PAID_STATES
+
+    @classmethod
+    def parse(cls, data: object) -> Transaction:
+        r = _Reader(data, "transaction")
+        trade_state = r.text("trade_state")
+        paid = trade_state in PAID_STATES
+        return cls(
+            out_trade_no=r.text("out_trade_no"),
+            mchid=r.text("mchid"),
+            appid=r.text("appid"),
+            trade_state=trade_state,
+            amount=_amount(r.object("amount", required=paid)),
+            transaction_id=r.text("transaction_id", required=paid),
+            payer_openid=_Reader(r.object("payer", required=False) or {}, "payer").text("openid", required=False),
+            success_time=r.time("success_time"),
+            attach=r.text("attach", required=False),
+            trade_state_desc=r.text("trade_state_desc", required=False),
+        )
+
+
+@dataclass(frozen=True)
+class RefundNotice:
+    """A refund's state as WeChat tells it. ``mchid`` comes with notifications only (None in API answers);
+    ``refund_fen`` is always there when ``status`` is SUCCESS."""
+
+    out_trade_no: str
+    out_refund_no: str
+    status: str
+    refund_fen: int | None = None
+    total_fen: int | None = None
+    refund_id: str = ""
+    transaction_id: str = ""
+    mchid: str | None = None
+    success_time: datetime | None = None
+    user_received_account: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "SUCCESS"
+
+    @classmethod
+    def parse(cls, data: object) -> RefundNotice:
+        """A ``REFUND.*`` resource (its state in ``refund_status``) or an API answer (in ``status``)."""
+        r = _Reader(data, "refund")
+        status = r.text("refund_status" if r.has("refund_status") else "status")
+        if status not in REFUND_STATES:
+            raise MalformedResource("status", f"unknown refund state {status!r}")
+        amount = _Reader(r.object("amount", required=status == "SUCCESS") or {}, "amount")
+        refund_fen = amount.fen("refund", required=status == "SUCCESS")
+        if status == "SUCCESS" and refund_fen <= 0:
+            raise MalformedResource("amount.refund", f"a refund of {refund_fen} fen")
+        return cls(
+            out_trade_no=r.text("out_trade_no"),
+            out_refund_no=r.text("out_refund_no"),
+            status=status,
+            refund_fen=refund_fen,
+            total_fen=amount.fen("total", required=False),
+            refund_id=r.text("refund_id", required=False),
+            transaction_id=r.text("transaction_id", required=False),
+            mchid=r.text("mchid", required=False) or None,
+            success_time=r.time("success_time"),
+            user_received_account=r.text("user_received_account", required=False),
+        )
+
+
+def _amount(data: Mapping[str, Any] | None) -> Amount | None:
+    if data is None:
+        return None
+    r = _Reader(data, "amount")
+    total = r.fen("total")
+    if total <= 0:
+        raise MalformedResource("amount.total", f"a payment of {total} fen")
+    return Amount(total, r.fen("payer_total", required=False), r.text("currency", required=False) or "CNY")
+
+
+class _Reader:
+    """Typed reads of one JSON object; every failure names the field."""
+
+    def __init__(self, data: object, where: str) -> None:
+        if not isinstance(data, Mapping):
+            raise MalformedResource(where, "is not an object")
+        self.data, self.where = data, where
+
+    def has(self, name: str) -> bool:
+        return self.data.get(name) is not None
+
+    def _get(self, name: str, kind: type | tuple[type, ...], required: bool) -> Any:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                raise MalformedResource(f"{self.where}.{name}", "is missing")
+            return None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise MalformedResource(f"{self.where}.{name}", f"has the wrong type ({type(value).__name__})")
+        return value
+
+    def text(self, name: str, required: bool = True) -> str:
+        value = self._get(name, str, required)
+        if required and not value:
+            raise MalformedResource(f"{self.where}.{name}", "is empty")
+        return value or ""
+
+    def fen(self, name: str, required: bool = True) -> int | None:
+        return self._get(name, int, required)
+
+    def object(self, name: str, required: bool = True) -> Mapping[str, Any] | None:
+        return self._get(name, Mapping, required)
+
+    def time(self, name: str) -> datetime | None:
+        """WeChat's RFC 3339 time (``2015-05-20T13:29:35+08:00``); absent is None, anything else must parse."""
+        value = self._get(name, str, required=False)
+        if not value:
+            return None
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise MalformedResource(f"{self.where}.{name}", f"{value!r} is not an RFC 3339 time") from None
+        if parsed.tzinfo is None:
+            raise MalformedResource(f"{self.where}.{name}", f"{value!r} has no UTC offset")
+        return parsed
