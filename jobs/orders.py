@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from flask import current_app
 from sqlalchemy import Select, select, text
 
+from jobs.payouts import job_context
 from models import Order, OrderStatus, Refund, RefundStatus, call_between_commits, db, utcnow
 from rebate import PayAccount, RefundOutcome, apply_payment, apply_refund_notice, close_order
 from rebate.orders import lock_order
@@ -37,13 +37,12 @@ P = TypeVar("P")
 R = TypeVar("R")
 
 
-def _wechat():
-    """The WeChat clients the app was built with (the one place this module reaches for them)."""
-    return current_app.extensions["wechat"]
-
-
 def _pay():
-    return _wechat().pay
+    return job_context().pay
+
+
+def _pay_account() -> PayAccount:
+    return PayAccount.from_config(job_context().config)
 
 
 def claim_ids(stmt: Select) -> list[int]:
@@ -112,7 +111,7 @@ def _apply_answer(answer: Transaction | str, now: datetime) -> str:
     """A paid transaction goes to the one intake (which compares it); any other answer is the result."""
     if isinstance(answer, str):
         return answer
-    return str(apply_payment(answer, PayAccount.from_config(current_app.config), now))
+    return str(apply_payment(answer, _pay_account(), now, money=job_context().money))
 
 
 def _close_at_wechat(out_trade_no: str) -> bool:
@@ -241,9 +240,9 @@ def _ask_about_refund(ask: RefundAsk) -> RefundNotice:
     try:
         answer = _pay().query_refund(ask.out_refund_no)
     except WeChatNotFound:  # our request never reached WeChat: send it again, same number
-        ext = _wechat()
-        answer = ext.pay.refund(
-            ask.out_trade_no, ask.out_refund_no, ask.amount_fen, ask.total_fen, ext.refund_notify_url, ask.reason
+        wx = job_context().wechat
+        answer = wx.pay.refund(
+            ask.out_trade_no, ask.out_refund_no, ask.amount_fen, ask.total_fen, wx.refund_notify_url, ask.reason
         )
     return RefundNotice.parse(answer)
 
@@ -256,4 +255,4 @@ def check_refund(refund_id: int, now: datetime) -> str:
 
 
 def _apply_refund(notice: RefundNotice, now: datetime) -> RefundOutcome:
-    return apply_refund_notice(notice, PayAccount.from_config(current_app.config), now)
+    return apply_refund_notice(notice, _pay_account(), now, money=job_context().money)

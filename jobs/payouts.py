@@ -3,10 +3,12 @@
 The jobs own the commits of ``payouts``: each pass commits what it prepared,
 calls WeChat with no transaction open (the shared WeChat session refuses a call
 inside one), then records the answer and commits (``call_between_commits``).
-The rails are built from the configuration and the WeChat clients handed to
-:func:`install_payout_jobs` at app set-up (never looked up in the shell's
-objects); a rail whose settings are missing is simply not dispatched (its
-payouts wait, and the operator API shows them). Rate limits per rail come from
+Every job, here and in ``jobs.orders``, reaches the configuration, the money
+settings and the WeChat clients through one accessor, :func:`job_context`: the
+clients are handed to :func:`install_job_context` at app set-up (never looked
+up in the shell's objects). The rails are built from them; a rail whose
+settings are missing is simply not dispatched (its payouts wait, and the
+operator API shows them). Rate limits per rail come from
 ``PAYOUT_RATE_LIMITS`` through the ``limits`` library, on Redis when
 ``REDIS_URL`` is set (shared by every node) and in memory otherwise.
 """
@@ -39,6 +41,7 @@ from payouts.rails import Outcome, RailAdapter, RailResult
 from payouts.reconcile import DailyChecks
 from payouts.record import DispatchSettings
 from payouts.redpack_rail import RedpackRail
+from payouts.settings import MoneySettings
 from payouts.transfer_rail import TransferRail
 from rebate.milestones import expire_held_rebates
 from rebate.packets import expire_due_packets
@@ -47,12 +50,12 @@ from wechat.pay import PayClient
 from wechat.redpack import RedpackClient
 
 log = logging.getLogger(__name__)
-EXTENSION = "payout_jobs"  # this module's own entry in app.extensions
+EXTENSION = "jobs"  # the jobs' own entry in app.extensions
 
 
 @dataclass
-class PayoutJobs:
-    """What the payout jobs work with: the configuration and the app's WeChat clients, handed over at set-up.
+class JobContext:
+    """What every job works with: the configuration and the app's WeChat clients, handed over at set-up.
 
     ``wechat`` is the object the app's WeChat wiring built (``pay``, ``session`` — the shared session that
     refuses a call inside a transaction —, ``token_store``, ``transfer_notify_url``); the rails are built
@@ -73,14 +76,20 @@ class PayoutJobs:
     def pay(self) -> PayClient:
         return self.wechat.pay
 
+    @property
+    def money(self) -> MoneySettings:
+        """The money settings every operation the jobs call is given (read from the configuration each time)."""
+        return MoneySettings.from_config(self.config)
 
-def install_payout_jobs(app: Flask, wechat: Any) -> PayoutJobs:
-    app.extensions[EXTENSION] = jobs = PayoutJobs(app.config, wechat)
-    return jobs
+
+def install_job_context(app: Flask, wechat: Any) -> JobContext:
+    app.extensions[EXTENSION] = context = JobContext(app.config, wechat)
+    return context
 
 
-def payout_jobs(app: Flask) -> PayoutJobs:
-    return app.extensions[EXTENSION]
+def job_context(app: Flask | None = None) -> JobContext:
+    """The context installed for ``app`` (default: the current app): the one way a job reaches WeChat."""
+    return (app or current_app).extensions[EXTENSION]
 
 
 def build_rails(cfg: Mapping[str, Any], wx: Any) -> dict[str, RailAdapter]:
@@ -161,7 +170,7 @@ def rail_limiter(rails: dict, redis_url: str | None, max_wait_s: float = 5.0):
 
 def payout_rails(app: Flask) -> dict[str, RailAdapter]:
     """The app's rails, built once."""
-    return payout_jobs(app).rails
+    return job_context(app).rails
 
 
 # -- the dispatcher ---------------------------------------------------------------------
@@ -180,7 +189,7 @@ def dispatch_due(
     transaction open and its answer recorded and committed at once (a crash loses at most one answer, and
     the payout's lease brings it back to a query).
     """
-    settings = settings or DispatchSettings()
+    settings = settings or DispatchSettings(money=job_context().money)
     limiter = limiter or (lambda rail: None)
     prepare_rails(rails)  # may fetch WeChat's certificate: before the claim's transaction
     with unit_of_work():
@@ -317,5 +326,5 @@ def run_daily_checks(pay_client: PayClient, now: datetime) -> DailyChecks:
 
 
 def daily_reconciliation() -> Counter:
-    checks = run_daily_checks(payout_jobs(current_app._get_current_object()).pay, utcnow())
+    checks = run_daily_checks(job_context().pay, utcnow())
     return Counter(runs=len(checks.runs), ledger_violations=len(checks.ledger.violations))

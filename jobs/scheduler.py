@@ -30,7 +30,7 @@ from jobs.payouts import (
     deliver_alerts,
     dispatch_payouts,
     expire_packets_and_conditions,
-    install_payout_jobs,
+    install_job_context,
     payout_rails,
 )
 from models import db
@@ -120,8 +120,8 @@ def _start_in_process(app: Flask) -> None:
 
 
 def install_jobs(app: Flask, wechat: Any) -> None:
-    """``wechat``: the WeChat clients the app's wiring built, handed to the payout jobs."""
-    install_payout_jobs(app, wechat)
+    """``wechat``: the WeChat clients the app's wiring built, handed to every job (``job_context``)."""
+    install_job_context(app, wechat)
     app.cli.add_command(jobs_cli)
     if app.config.get("RUN_JOBS_IN_PROCESS") and not app.config.get("TESTING"):
         _start_in_process(app)

@@ -4,7 +4,9 @@ Owns: creating a payout (row, external number and ledger entry in the
 caller's transaction, before any call to WeChat), holding and releasing the
 payouts of an order under refund, and reducing or cancelling a payout whose
 money has certainly not left. The external number is made from the row id
-and never changes; a retry after a definitive failure is a new row.
+and never changes; a retry after a definitive failure is a new row. The
+settings it needs (``MoneySettings``) are passed in by the shell, never read
+from the app here.
 """
 
 from payouts.outbox import (
@@ -15,8 +17,10 @@ from payouts.outbox import (
     pending_payouts_for_rebate,
     release_order_payouts,
 )
+from payouts.settings import MoneySettings
 
 __all__ = [
+    "MoneySettings",
     "cancel_or_reduce",
     "enqueue_payout",
     "external_no_for",

@@ -13,6 +13,7 @@ from sqlalchemy import or_, select
 from ledger import account, balance
 from models import AccountKind, Payout, PayoutStatus, Rail, User, db
 from payouts.outbox import enqueue_payout
+from payouts.settings import MoneySettings
 from payouts.transitions import PayoutStateError, mark_returned, mark_succeeded, move
 
 S = PayoutStatus
@@ -32,7 +33,7 @@ def lock_user(user_id: int) -> User:
     return db.session.execute(select(User).where(User.id == user_id).with_for_update()).scalar_one()
 
 
-def withdraw(user: User, amount_fen: int, minimum_fen: int, key: str) -> Payout:
+def withdraw(user: User, amount_fen: int, minimum_fen: int, key: str, *, money: MoneySettings) -> Payout:
     """Move cash balance to WeChat change; the balance is checked under the user's row lock."""
     lock_user(user.id)
     cash = account(AccountKind.USER_CASH, "user", user.id)
@@ -48,6 +49,7 @@ def withdraw(user: User, amount_fen: int, minimum_fen: int, key: str) -> Payout:
         source=cash,
         key=f"withdrawal:{user.id}:{key}",
         memo=f"withdrawal by user {user.id}",
+        number_prefix=money.number_prefix,
     )
 
 
@@ -153,7 +155,15 @@ def resolve(payout: Payout, succeeded: bool, now: datetime, reason: str) -> None
 
 
 def manual_payout(
-    operator_id: int, user: User, amount_fen: int, rail: str, key: str, reason: str, approval_from_fen: int
+    operator_id: int,
+    user: User,
+    amount_fen: int,
+    rail: str,
+    key: str,
+    reason: str,
+    approval_from_fen: int,
+    *,
+    money: MoneySettings,
 ) -> Payout:
     """A goodwill payout straight from the platform fund (a rejected one goes back there).
 
@@ -168,6 +178,7 @@ def manual_payout(
         source=fund,
         key=f"manual:{key}",
         memo=f"manual payout: {reason}"[:200],
+        number_prefix=money.number_prefix,
         created_by_operator_id=operator_id,
         status=S.NEEDS_OPERATOR if needs_approval else S.PENDING,
         last_error="waiting for a second operator's approval" if needs_approval else None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from flask import current_app, has_app_context
 from sqlalchemy import select, update
 
 from ledger import Leg, account, close_flow, post_entry
@@ -12,17 +11,13 @@ from models.payouts import Rail
 PREFIX = {Rail.WECHAT_CHANGE: "TB", Rail.CASH_RED_PACKET: "RP", Rail.WECHAT_COUPON: "CP", Rail.CARD_COUPON: "CD"}
 
 
-def number_prefix() -> str:
-    """``WECHAT_NUMBER_PREFIX``: staging and production often share one merchant id, so their numbers differ."""
-    return (current_app.config.get("WECHAT_NUMBER_PREFIX") or "") if has_app_context() else ""
-
-
-def external_no_for(rail: str, payout_id: int) -> str:
+def external_no_for(rail: str, payout_id: int, number_prefix: str) -> str:
     """``mch_billno`` / ``out_bill_no`` / ``out_request_no``: letters and digits only, fixed per row.
 
-    The environment prefix (≤ 8) + the rail tag (2) + 12 digits fits mch_billno's 28 characters.
+    The environment prefix (``MoneySettings.number_prefix``, ≤ 8) + the rail tag (2) + 12 digits fits
+    mch_billno's 28 characters.
     """
-    return f"{number_prefix()}{PREFIX[rail]}{payout_id:012d}"
+    return f"{number_prefix}{PREFIX[rail]}{payout_id:012d}"
 
 
 def enqueue_payout(
@@ -33,11 +28,14 @@ def enqueue_payout(
     source: LedgerAccount,
     key: str,
     memo: str,
+    number_prefix: str,
     rebate_id: int | None = None,
     order_id: int | None = None,
     **extra,
 ) -> Payout:
     """A payout row and the entry moving ``amount_fen`` from ``source`` into the payout's clearing flow.
+
+    ``number_prefix``: the environment's (``MoneySettings.number_prefix``), passed in by the caller.
 
     ``extra``: retry_of_id, created_by_operator_id, approved_by_operator_id, status (``needs_operator`` for
     a manual payout waiting for its second approval).
@@ -54,7 +52,7 @@ def enqueue_payout(
     )
     db.session.add(payout)
     db.session.flush()
-    payout.external_no = external_no_for(rail, payout.id)
+    payout.external_no = external_no_for(rail, payout.id, number_prefix)
     payable = account(AccountKind.REBATE_PAYABLE)
     post_entry(
         f"payout:{payout.id}:queued", memo, [Leg(source, -amount_fen), Leg(payable, amount_fen, flow=payout.flow)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from ledger import Leg, account, post_entry
@@ -22,6 +22,7 @@ from models import (
 from models.payouts import InApp
 from payouts.outbox import enqueue_payout
 from payouts.rails import Outcome, RailResult, summary
+from payouts.settings import MoneySettings
 from payouts.transitions import mark_returned, mark_sent, mark_succeeded, move
 
 S = PayoutStatus
@@ -31,6 +32,8 @@ MAX_AUTO_RETRIES = 2
 
 @dataclass
 class DispatchSettings:
+    """The dispatcher's tuning, and the money settings its fallbacks need (``money``: required, no default)."""
+
     batch: int = 50
     max_attempts: int = 8
     backoff_base_s: float = 30.0
@@ -39,7 +42,7 @@ class DispatchSettings:
     confirm_ttl: timedelta = timedelta(hours=24)  # unconfirmed transfer bills are cancelled at WeChat after this
     lease: timedelta = timedelta(minutes=5)  # a claimed payout's owner; after it, another pass queries it
     confirm_recheck: timedelta = timedelta(hours=6)  # a transfer waiting for the user is queried this often
-    point_value_fen: int = 1  # what one point costs (a payout falling back to points gets amount // this)
+    money: MoneySettings = field(kw_only=True)  # a fallback's number prefix; a fallback to points: amount // value
 
     @classmethod
     def from_config(cls, cfg) -> DispatchSettings:
@@ -49,7 +52,7 @@ class DispatchSettings:
             confirm_ttl=timedelta(hours=cfg["TRANSFER_CONFIRM_HOURS"]),
             lease=timedelta(seconds=cfg["PAYOUT_LEASE_SECONDS"]),
             confirm_recheck=timedelta(seconds=cfg["PAYOUT_CONFIRM_RECHECK_SECONDS"]),
-            point_value_fen=max(1, int(cfg.get("POINT_VALUE_FEN", 1))),
+            money=MoneySettings.from_config(cfg),
         )
 
 
@@ -93,9 +96,9 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
         pause_rail(payout.rail, now + RAIL_PAUSE, f"{result.code}: {result.message}")
         _later(payout, S.PENDING, now + RAIL_PAUSE)
     elif o == Outcome.UNCLAIMED:  # a red packet nobody opened, refunded by WeChat: no new packet unasked
-        _return_unconfirmed(payout, S.FAILED, result, now)
+        _return_unconfirmed(payout, S.FAILED, result, now, settings)
     elif o in (Outcome.FAILED, Outcome.CANCELLED) and _left_unconfirmed(payout):
-        _return_unconfirmed(payout, S(o), result, now)
+        _return_unconfirmed(payout, S(o), result, now, settings)
     elif o == Outcome.FAILED:
         mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}")
         _retry_after_failure(payout, payout.rail, "definitive failure", settings)
@@ -160,12 +163,14 @@ def _left_unconfirmed(payout: Payout) -> bool:
     return payout.rail == Rail.WECHAT_CHANGE and payout.package_info is not None and not payout.cancel_requested
 
 
-def _return_unconfirmed(payout: Payout, to: PayoutStatus, result: RailResult, now: datetime) -> None:
+def _return_unconfirmed(
+    payout: Payout, to: PayoutStatus, result: RailResult, now: datetime, settings: DispatchSettings
+) -> None:
     """The user never took the money: it goes back to their balance, and no new bill is sent unasked."""
     why = result.message or "not confirmed by the user in time"
     mark_returned(payout, to, now, f"{result.code}: {why}; {payout.amount_fen} fen back in your balance")
     source = db.session.get(LedgerAccount, payout.source_account_id)
-    _credit_in_app(payout, source, InApp.BALANCE)
+    _credit_in_app(payout, source, InApp.BALANCE, settings.money.point_value_fen)
 
 
 def _refused(payout: Payout, result: RailResult, now: datetime) -> None:
@@ -195,7 +200,7 @@ def fallback_rail(payout: Payout, settings: DispatchSettings) -> str | None:
     return settings.cash_fallback_rail if payout.rail == Rail.CASH_RED_PACKET else None
 
 
-def _credit_in_app(payout: Payout, source: LedgerAccount, form: str, point_value_fen: int = 1) -> None:
+def _credit_in_app(payout: Payout, source: LedgerAccount, form: str, point_value_fen: int) -> None:
     """Fall back to the in-app balance or to points; a cash source is already back in the balance."""
     if source.kind == AccountKind.USER_CASH:
         return
@@ -231,7 +236,7 @@ def _retry_after_failure(payout: Payout, rail: str | None, why: str, settings: D
         parent, depth = db.session.get(Payout, parent.retry_of_id), depth + 1
     source = db.session.get(LedgerAccount, payout.source_account_id)
     if rail in (InApp.BALANCE, InApp.POINTS):
-        _credit_in_app(payout, source, rail, settings.point_value_fen)
+        _credit_in_app(payout, source, rail, settings.money.point_value_fen)
         raise_alert("payout_fallback", payout.external_no, f"{why}: {payout.amount_fen} fen credited as {rail}")
         return None
     if rail is None or depth >= MAX_AUTO_RETRIES:
@@ -245,6 +250,7 @@ def _retry_after_failure(payout: Payout, rail: str | None, why: str, settings: D
         source=source,
         key=f"payout:{payout.id}:retry",
         memo=f"retry of payout {payout.external_no} ({why})",
+        number_prefix=settings.money.number_prefix,
         rebate_id=payout.rebate_id,
         order_id=payout.order_id,
         retry_of_id=payout.id,

@@ -5,6 +5,8 @@ pays out what the balance holds after any receivable is netted. Points live in
 the points ledger; coupon and card rebates are costed at face value. Money a
 beneficiary owes back (a receivable) is recovered from their next rebate of
 the same kind, and the recovered amount returns to the budget it came from.
+What a point costs, the payout minimum and the number prefix come in as
+``MoneySettings`` from the operation the shell called.
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from flask import current_app
 from sqlalchemy import select
 
 from ledger import Leg, account, balance, post_entry
 from models import AccountKind, Campaign, Order, Rebate, RebateStatus, Receivable, User, db
 from models.payouts import Rail
-from payouts import enqueue_payout
+from payouts import MoneySettings, enqueue_payout
 from rebate import budgets
 from rebate.campaigns import funder_account, rules_of
 from rebate.rules import Decision, Form
@@ -54,6 +55,7 @@ def record_decisions(
     decisions: list[Decision],
     who: dict[str, Beneficiary | None],
     now: datetime,
+    money: MoneySettings,
 ) -> list[Rebate]:
     rebates = []
     for decision in decisions:
@@ -84,7 +86,7 @@ def record_decisions(
         db.session.add(rebate)
         db.session.flush()
         if awarded and not held:
-            pay_rebate(rebate, campaign, order, rebate.amount_fen, f"rebate:{rebate.id}")
+            pay_rebate(rebate, campaign, order, rebate.amount_fen, f"rebate:{rebate.id}", money)
         rebates.append(rebate)
     return rebates
 
@@ -102,11 +104,6 @@ def _refused_as_banned(decision: Decision) -> Decision:
     return replace(decision, amount_fen=0, reason_code="beneficiary_banned", reasons=(*decision.reasons, why))
 
 
-def point_value_fen() -> int:
-    """What one point costs, in fen (``POINT_VALUE_FEN``)."""
-    return max(1, int(current_app.config.get("POINT_VALUE_FEN", 1)))
-
-
 def beneficiary_account(rebate: Rebate):
     kind = KIND_OF_FORM[rebate.form]
     if kind == "credit":
@@ -116,12 +113,14 @@ def beneficiary_account(rebate: Rebate):
     return account(AccountKind.USER_CASH, "user", rebate.beneficiary_id)
 
 
-def pay_rebate(rebate: Rebate, campaign: Campaign, order: Order, amount_fen: int, key: str) -> None:
+def pay_rebate(
+    rebate: Rebate, campaign: Campaign, order: Order, amount_fen: int, key: str, money: MoneySettings
+) -> None:
     """Move ``amount_fen`` of a rebate to its beneficiary (one ledger key per release)."""
     kind = KIND_OF_FORM[rebate.form]
     memo = f"{rebate.role} rebate on order {order.out_trade_no}"
     if kind == "points":
-        points = amount_fen // point_value_fen()
+        points = amount_fen // money.point_value_fen
         rebate.points += points
         if points:
             post_entry(
@@ -137,6 +136,7 @@ def pay_rebate(rebate: Rebate, campaign: Campaign, order: Order, amount_fen: int
             source=funder_account(campaign),
             key=key,
             memo=memo,
+            number_prefix=money.number_prefix,
             rebate_id=rebate.id,
             order_id=order.id,
             fallback_rail=_fallback(rebate, campaign),
@@ -148,13 +148,15 @@ def pay_rebate(rebate: Rebate, campaign: Campaign, order: Order, amount_fen: int
         )
     recover_receivables(rebate.beneficiary_type, rebate.beneficiary_id, kind, amount_fen)
     if rebate.form in (Form.WECHAT_CHANGE, Form.CASH_RED_PACKET):
-        _queue_cash_payout(rebate, order, amount_fen, key, memo)
+        _queue_cash_payout(rebate, order, amount_fen, key, memo, money)
 
 
-def _queue_cash_payout(rebate: Rebate, order: Order, amount_fen: int, key: str, memo: str) -> None:
+def _queue_cash_payout(
+    rebate: Rebate, order: Order, amount_fen: int, key: str, memo: str, money: MoneySettings
+) -> None:
     cash = beneficiary_account(rebate)
     payable = min(amount_fen, max(0, balance(cash)))  # a negative balance (receivable) nets first
-    minimum = int(current_app.config.get("PAYOUT_MIN_FEN", 100))
+    minimum = money.payout_min_fen
     if 0 < payable < minimum:  # too small to send alone: it waits in the balance for a withdrawal
         rebate.reasons = [*rebate.reasons, f"{payable} fen kept in your balance (payouts start at {minimum} fen)"]
     elif payable > 0:
@@ -165,6 +167,7 @@ def _queue_cash_payout(rebate: Rebate, order: Order, amount_fen: int, key: str, 
             source=cash,
             key=key,
             memo=memo,
+            number_prefix=money.number_prefix,
             rebate_id=rebate.id,
             order_id=order.id,
             fallback_rail=_fallback(rebate, db.session.get(Campaign, rebate.campaign_id)),

@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from models import Campaign, Order, OrderMilestone, OrderStatus, Rebate, RebateStatus, User, db
+from payouts import MoneySettings
 from rebate import budgets
 from rebate.awards import pay_rebate
 from rebate.campaigns import rules_of
@@ -35,9 +36,15 @@ def _condition(rebate: Rebate, campaign: Campaign) -> Condition:
 
 
 def report_milestone(
-    order: Order, name: str, quality: int | None, now: datetime, operator_id: int | None = None
+    order: Order,
+    name: str,
+    quality: int | None,
+    now: datetime,
+    operator_id: int | None = None,
+    *,
+    money: MoneySettings,
 ) -> list[Rebate]:
-    """Record a milestone once and release what it unlocks; a repeat changes nothing."""
+    """Record a milestone once and release what it unlocks (paid out under ``money``); a repeat changes nothing."""
     order = lock_order(order.out_trade_no)
     if order.status != OrderStatus.PAID:
         raise StateConflict(
@@ -58,12 +65,12 @@ def report_milestone(
             expire_rebate(rebate, campaign)
             continue
         condition = _condition(rebate, campaign)
-        if name in condition.milestones and _release(rebate, campaign, order, condition, met, name):
+        if name in condition.milestones and _release(rebate, campaign, order, condition, met, name, money):
             released.append(rebate)
     return released
 
 
-def _release(rebate, campaign, order, condition: Condition, met: dict, name: str) -> bool:
+def _release(rebate, campaign, order, condition: Condition, met: dict, name: str, money: MoneySettings) -> bool:
     if _beneficiary_banned(rebate):  # a banned person earns nothing: the held part waits (or expires)
         why = f"milestone {name} met, but the {rebate.role} is banned: the held part is not released"
         rebate.reasons = [*rebate.reasons, why]
@@ -80,7 +87,7 @@ def _release(rebate, campaign, order, condition: Condition, met: dict, name: str
     budgets.release_committed(campaign.id, part - pay)
     if pay:
         rebate.amount_fen += pay
-        pay_rebate(rebate, campaign, order, pay, f"rebate:{rebate.id}:release:{name}")
+        pay_rebate(rebate, campaign, order, pay, f"rebate:{rebate.id}:release:{name}", money)
     rebate.status = RebateStatus.HELD if rebate.held_fen else RebateStatus.AWARDED
     if quality is not None:
         rebate.reasons = [*rebate.reasons, f"feedback quality {quality}/100 released {pay} of {part} fen"]

@@ -1,7 +1,8 @@
 """``apply_payment``: the one payment intake, called by the payment callback and the order-query job.
 
-Both hand it a transaction parsed at the edge (``wechat.transactions``) and our
-account (``PayAccount``, from settings). In the caller's transaction, under the
+Both hand it a transaction parsed at the edge (``wechat.transactions``), our
+account (``PayAccount``) and the money settings (``MoneySettings``), both built
+from the app's settings by the shell. In the caller's transaction, under the
 order's row lock, it checks once whether the notification was seen, compares
 mchid / appid / amount once, and then: the notification id is recorded, the
 order becomes paid, its packets used, the sale posted, the rebate engine run
@@ -35,6 +36,7 @@ from models import (
 )
 from models.base import beijing
 from models.triggers import TriggerKind
+from payouts import MoneySettings
 from rebate import budgets
 from rebate.awards import Beneficiary, record_decisions
 from rebate.campaigns import funder_account, is_running, rules_of, serves
@@ -54,7 +56,12 @@ from rebate.rules import Decision, OrderFacts, RuleSet, evaluate
 
 
 def apply_payment(
-    tx: PaymentTransaction, expected: PayAccount, now: datetime, notification_id: str | None = None
+    tx: PaymentTransaction,
+    expected: PayAccount,
+    now: datetime,
+    notification_id: str | None = None,
+    *,
+    money: MoneySettings,
 ) -> PaymentOutcome:
     """Apply what WeChat says was paid (a notification or a query answer); flushes only.
 
@@ -75,7 +82,7 @@ def apply_payment(
     if problems:
         flag_order(order, "payment_mismatch", "; ".join(problems))
         return PaymentOutcome.MISMATCH_FLAGGED
-    outcome = _apply_locked(order, tx, tx.success_time or now)
+    outcome = _apply_locked(order, tx, tx.success_time or now, money)
     record_notification(notification_id, order.out_trade_no, outcome)
     db.session.flush()
     return outcome
@@ -93,7 +100,7 @@ def disagreements(tx: PaymentTransaction, expected: PayAccount, order: Order) ->
     return problems
 
 
-def _apply_locked(order: Order, tx: PaymentTransaction, paid_at: datetime) -> PaymentOutcome:
+def _apply_locked(order: Order, tx: PaymentTransaction, paid_at: datetime, money: MoneySettings) -> PaymentOutcome:
     if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
         if order.transaction_id != tx.transaction_id:
             flag_order(
@@ -112,8 +119,8 @@ def _apply_locked(order: Order, tx: PaymentTransaction, paid_at: datetime) -> Pa
     lock_deposits(list(campaigns.values()))
     _post_sale(order, spent, campaigns)
     deposits = DepositsLeft(_reserved_by_funder(spent, campaigns))  # read after the sale: discounts came out first
-    _run_rebates(order, spent, campaigns, paid_at, deposits)
-    _run_attribution(order, attributed, campaigns, paid_at, deposits)
+    _run_rebates(order, spent, campaigns, paid_at, deposits, money)
+    _run_attribution(order, attributed, campaigns, paid_at, deposits, money)
     _issue_triggered_packets(order, campaigns, paid_at)
     return PaymentOutcome.APPLIED
 
@@ -271,6 +278,7 @@ def _run_rebates(
     campaigns: dict[int, Campaign],
     now: datetime,
     deposits: DepositsLeft,
+    money: MoneySettings,
 ) -> None:
     cash_room = order.paid_fen
     by_campaign: dict[int, list[tuple[RedPacket, int]]] = {}
@@ -292,7 +300,8 @@ def _run_rebates(
         # A referral campaign never pays another campaign's packet issuer: it sees no packet.
         deposit_left = deposits.of(campaign)
         decisions, who = _evaluate(order, first, campaign, version, budget_left, cash_room, now, deposit_left)
-        rebates = record_decisions(order, campaign, version, first.id if first else None, decisions, who, now)
+        packet_id = first.id if first else None
+        rebates = record_decisions(order, campaign, version, packet_id, decisions, who, now, money)
         awarded = sum(r.original_fen for r in rebates)
         deposits.spend(campaign, awarded)
         paid_cash = {d.role for d in decisions if d.pays_cash}
@@ -307,7 +316,12 @@ def _run_rebates(
 
 
 def _run_attribution(
-    order: Order, packets: list[RedPacket], campaigns: dict[int, Campaign], now: datetime, deposits: DepositsLeft
+    order: Order,
+    packets: list[RedPacket],
+    campaigns: dict[int, Campaign],
+    now: datetime,
+    deposits: DepositsLeft,
+    money: MoneySettings,
 ) -> None:
     """The issuer of a packet that brought the customer earns on their later orders (the trial story)."""
     for packet in sorted(packets, key=lambda p: p.campaign_id):
@@ -329,7 +343,7 @@ def _run_attribution(
         attributed = f"attributed to red packet {packet.id} used on {packet.used_at:%Y-%m-%d}"
         decisions = [replace(d, reasons=(attributed, *d.reasons)) for d in decisions]
         who = {"issuer": Beneficiary("merchant", packet.issuer_merchant_id)}
-        rebates = record_decisions(order, campaign, packet.rules_version, packet.id, decisions, who, now)
+        rebates = record_decisions(order, campaign, packet.rules_version, packet.id, decisions, who, now, money)
         deposits.spend(campaign, sum(r.original_fen for r in rebates))
         if not budgets.commit(campaign.id, sum(r.original_fen for r in rebates)):
             raise BudgetExhausted("budget moved under a locked campaign")

@@ -9,7 +9,8 @@ order's new net amounts (rounded down, never above what was awarded) and only
 the difference is taken. Money that has not left is taken back from the
 payout; money that has left is recovered from the beneficiary's balance as
 far as it goes, and the rest becomes a receivable netted against their next
-rebate of the same kind. Budgets get back only what was recovered.
+rebate of the same kind. Budgets get back only what was recovered. Points
+are valued with the ``MoneySettings`` the shell passes in.
 """
 
 from __future__ import annotations
@@ -35,9 +36,15 @@ from models import (
     raise_alert,
 )
 from money import format_yuan
-from payouts import cancel_or_reduce, hold_order_payouts, pending_payouts_for_rebate, release_order_payouts
+from payouts import (
+    MoneySettings,
+    cancel_or_reduce,
+    hold_order_payouts,
+    pending_payouts_for_rebate,
+    release_order_payouts,
+)
 from rebate import budgets
-from rebate.awards import KIND_OF_FORM, beneficiary_account, point_value_fen
+from rebate.awards import KIND_OF_FORM, beneficiary_account
 from rebate.campaigns import funder_account, rules_of
 from rebate.deposits import cover_reservation
 from rebate.errors import DepositExhausted, Invalid, NotFound, RebateError, StateConflict
@@ -94,7 +101,13 @@ def fail_refund(out_refund_no: str, status: RefundStatus, now: datetime) -> Refu
 
 
 def apply_refund(
-    out_trade_no: str, out_refund_no: str, amount_fen: int, now: datetime, refund_id: str | None = None
+    out_trade_no: str,
+    out_refund_no: str,
+    amount_fen: int,
+    now: datetime,
+    refund_id: str | None = None,
+    *,
+    money: MoneySettings,
 ) -> Refund:
     """Apply a successful refund once per ``out_refund_no``. A refund of another order, or of another amount
     than we asked, raises :class:`StateConflict` (``apply_refund_notice`` flags it); nothing is applied."""
@@ -114,7 +127,7 @@ def apply_refund(
     refund.status, refund.finished_at, refund.refund_id = RefundStatus.SUCCEEDED, now, refund_id
     order.refunded_fen += amount_fen
     _post_refund(order, refund)
-    _claw_back(order, refund)
+    _claw_back(order, refund, money)
     if order.refunded_fen == order.paid_fen:
         order.status = OrderStatus.REFUNDED
         _void_discount(order, refund)
@@ -184,7 +197,7 @@ def _net_facts(order: Order) -> OrderFacts:
     )
 
 
-def _claw_back(order: Order, refund: Refund) -> None:
+def _claw_back(order: Order, refund: Refund, money: MoneySettings) -> None:
     facts = _net_facts(order)
     owed = (Rebate.amount_fen > 0) | (Rebate.held_fen > 0)
     stmt = select(Rebate).where(Rebate.order_id == order.id, owed).order_by(Rebate.id).with_for_update()
@@ -196,7 +209,7 @@ def _claw_back(order: Order, refund: Refund) -> None:
         if from_held:
             _release_held(rebate, campaign, from_held, refund)
         if current - entitled - from_held:
-            _take_back(rebate, campaign, current - entitled - from_held, refund)
+            _take_back(rebate, campaign, current - entitled - from_held, refund, money)
 
 
 def _release_held(rebate: Rebate, campaign: Campaign, amount: int, refund: Refund) -> None:
@@ -219,14 +232,14 @@ def _release_held(rebate: Rebate, campaign: Campaign, amount: int, refund: Refun
     db.session.flush()
 
 
-def _take_back(rebate: Rebate, campaign: Campaign, delta: int, refund: Refund) -> None:
+def _take_back(rebate: Rebate, campaign: Campaign, delta: int, refund: Refund, money: MoneySettings) -> None:
     kind = KIND_OF_FORM[rebate.form]
     key = f"clawback:{rebate.id}:{refund.id}"
     from_payout = from_balance = 0
     if kind == "coupon":
         from_payout = _from_pending_payout(rebate, delta, key, funder_account(campaign))
     elif kind == "points":
-        from_balance = _points_back(rebate, delta, key)
+        from_balance = _points_back(rebate, delta, key, money.point_value_fen)
     else:
         target = beneficiary_account(rebate)
         from_payout = _from_pending_payout(rebate, delta, key, target)
@@ -289,8 +302,7 @@ def _from_pending_payout(rebate: Rebate, delta: int, key: str, back_to) -> int:
     return taken
 
 
-def _points_back(rebate: Rebate, delta: int, key: str) -> int:
-    value = point_value_fen()
+def _points_back(rebate: Rebate, delta: int, key: str, point_value_fen: int) -> int:
     new_points = rebate.points * (rebate.amount_fen - delta) // rebate.amount_fen if rebate.amount_fen else 0
     taken = rebate.points - new_points
     held = max(0, balance(beneficiary_account(rebate)))
@@ -301,14 +313,19 @@ def _points_back(rebate: Rebate, delta: int, key: str) -> int:
             [Leg(beneficiary_account(rebate), -taken), Leg(account(AccountKind.POINTS_ISSUANCE), taken)],
         )
     rebate.points = new_points
-    return min(delta, min(taken, held) * value)
+    return min(delta, min(taken, held) * point_value_fen)
 
 
 DISAGREEMENTS = ("refund_amount_mismatch", "refund_order_mismatch")  # raised by apply_refund / _refund_of
 
 
 def apply_refund_notice(
-    notice: RefundState, expected: PayAccount, now: datetime, notification_id: str | None = None
+    notice: RefundState,
+    expected: PayAccount,
+    now: datetime,
+    notification_id: str | None = None,
+    *,
+    money: MoneySettings,
 ) -> RefundOutcome:
     """Apply what WeChat says of a refund (a notification, a refund answer or a query); flushes only.
 
@@ -328,7 +345,7 @@ def apply_refund_notice(
         return RefundOutcome.MISMATCH_FLAGGED
     try:
         with db.session.begin_nested():  # a refusal undoes only what this notice began
-            outcome = _apply_refund_state(order, notice, now)
+            outcome = _apply_refund_state(order, notice, now, money)
     except RebateError as exc:
         if exc.code in DISAGREEMENTS:
             flag_order(order, exc.code, str(exc))
@@ -341,9 +358,10 @@ def apply_refund_notice(
     return outcome
 
 
-def _apply_refund_state(order: Order, notice: RefundState, now: datetime) -> RefundOutcome:
+def _apply_refund_state(order: Order, notice: RefundState, now: datetime, money: MoneySettings) -> RefundOutcome:
     if notice.status == "SUCCESS":
-        apply_refund(order.out_trade_no, notice.out_refund_no, notice.refund_fen, now, notice.refund_id or None)
+        refund_id = notice.refund_id or None
+        apply_refund(order.out_trade_no, notice.out_refund_no, notice.refund_fen, now, refund_id, money=money)
         return RefundOutcome.SUCCESS
     if notice.status not in ("CLOSED", "ABNORMAL"):
         return RefundOutcome.PROCESSING

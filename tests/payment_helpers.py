@@ -7,6 +7,7 @@ from datetime import datetime
 from flask import current_app
 
 from rebate import PayAccount, PaymentOutcome, apply_payment
+from tests.money_helpers import app_money
 from wechat.transactions import Amount, Transaction
 
 
@@ -38,4 +39,5 @@ def pay_as_wechat(
 ) -> PaymentOutcome:
     """``apply_payment`` as the callback and the query job call it: WeChat says ``amount_fen`` was paid."""
     tx = wechat_payment(out_trade_no, transaction_id, amount_fen, success_time=at)
-    return apply_payment(tx, PayAccount.from_config(current_app.config), at, notification_id=notification_id)
+    account = PayAccount.from_config(current_app.config)
+    return apply_payment(tx, account, at, notification_id=notification_id, money=app_money())

@@ -13,6 +13,7 @@ from rebate import create_order, issue_packet
 from rebate.orders import LineRequest
 from rebate.triggers import sign_in
 from risk import PlatformLimits
+from tests.money_helpers import app_money
 from tests.test_dispatch import ScriptedRail, funded_payout, ok, run  # noqa: F401 - fixture
 
 K = AccountKind
@@ -165,7 +166,7 @@ def test_a_banned_teachers_held_share_is_not_released_when_the_milestones_are_me
 
     # when: both milestones are met
     for name in ("lessons_10", "test_passed"):
-        report_milestone(order, name, None, utcnow())
+        report_milestone(order, name, None, utcnow(), money=app_money())
     db.session.commit()
 
     # then: nothing is released to the banned teacher; the held part waits, and the trace says why

@@ -32,7 +32,9 @@ def fund_card_payout(user, amount_fen=5_00, key="c") -> Payout:
     post_entry(
         f"fund:{key}", "rebate", [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)]
     )
-    return enqueue_payout(rail="card_coupon", user_id=user.id, amount_fen=amount_fen, source=cash, key=key, memo="card")
+    return enqueue_payout(
+        number_prefix="", rail="card_coupon", user_id=user.id, amount_fen=amount_fen, source=cash, key=key, memo="card"
+    )
 
 
 def offered(payout: Payout) -> Payout:
@@ -231,7 +233,9 @@ def test_someone_elses_payout_is_not_found_and_other_rails_are_refused(card_app,
     card = offered(fund_card_payout(owner))
     cash = account(AccountKind.USER_CASH, "user", owner.id)
     post_entry("fund:t", "rebate", [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -3_00), Leg(cash, 3_00)])
-    transfer = enqueue_payout(rail="wechat_change", user_id=owner.id, amount_fen=3_00, source=cash, key="t", memo="t")
+    transfer = enqueue_payout(
+        number_prefix="", rail="wechat_change", user_id=owner.id, amount_fen=3_00, source=cash, key="t", memo="t"
+    )
     db.session.commit()
     body = {"encrypt_code": ENCRYPTED}
     with responses.RequestsMock() as mock:  # no WeChat call for any of these

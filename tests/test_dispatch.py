@@ -9,7 +9,7 @@ import pytest
 from jobs.payouts import dispatch_due
 from ledger import account, balance
 from models import AccountKind, Payout, PayoutAttempt, RailControl, db, utcnow
-from payouts import enqueue_payout, faults
+from payouts import MoneySettings, enqueue_payout, faults
 from payouts.rails import Outcome, RailResult
 from payouts.record import DispatchSettings
 from payouts.transitions import PayoutStateError, move
@@ -56,7 +56,13 @@ def funded_payout(app, make_user):
             [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)],
         )
         payout = enqueue_payout(
-            rail=rail, user_id=user.id, amount_fen=amount_fen, source=cash, key=f"t:{user.id}", memo="test payout"
+            number_prefix="",
+            rail=rail,
+            user_id=user.id,
+            amount_fen=amount_fen,
+            source=cash,
+            key=f"t:{user.id}",
+            memo="test payout",
         )
         db.session.commit()
         return payout, cash
@@ -66,7 +72,9 @@ def funded_payout(app, make_user):
 
 def run(rail, settings=None, at=None):
     result = dispatch_due(
-        {rail.name: rail}, settings=settings or DispatchSettings(), clock=(lambda: at) if at else utcnow
+        {rail.name: rail},
+        settings=settings or DispatchSettings(money=MoneySettings()),
+        clock=(lambda: at) if at else utcnow,
     )
     db.session.expire_all()
     return result
@@ -209,7 +217,7 @@ def test_config_error_goes_to_an_operator(funded_payout):
 def test_needs_operator_after_max_attempts(funded_payout):
     payout, _ = funded_payout()
     rail = ScriptedRail(*[RailResult(Outcome.RETRY, "SYSTEMERROR")] * 3)
-    settings = DispatchSettings(max_attempts=3)
+    settings = DispatchSettings(money=MoneySettings(), max_attempts=3)
     for day in range(3):
         run(rail, settings, at=utcnow() + timedelta(days=day))
     assert db.session.get(Payout, payout.id).status == "needs_operator"
@@ -300,7 +308,7 @@ def test_two_dispatchers_at_once_never_send_one_payout_twice(app, funded_payout)
         with app.app_context():
             barrier.wait()
             for _ in range(3):
-                dispatch_due({rail.name: rail}, settings=DispatchSettings(batch=5))
+                dispatch_due({rail.name: rail}, settings=DispatchSettings(money=MoneySettings(), batch=5))
             db.session.remove()
 
     release_test_session()

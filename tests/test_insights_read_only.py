@@ -22,6 +22,7 @@ from models import Campaign, Order, RedPacket, User, db, utcnow
 from rebate import apply_refund, begin_refund, create_order
 from rebate.orders import LineRequest
 from rebate.rules import parse_rules
+from tests.money_helpers import app_money
 
 INSIGHTS = Path(__file__).resolve().parent.parent / "insights"
 WRITES = {"INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "UPSERT", "CREATE", "DROP", "ALTER", "TRUNCATE"}
@@ -71,7 +72,7 @@ def history(education, pay):
     db.session.commit()
     pay(order)
     begin_refund(order, "R-ro-1", 500_00)
-    apply_refund(order.out_trade_no, "R-ro-1", 500_00, utcnow())
+    apply_refund(order.out_trade_no, "R-ro-1", 500_00, utcnow(), money=app_money())
     db.session.commit()
     return {
         "order": order.id,

@@ -148,6 +148,48 @@ def test_the_claim_and_campaign_operations_read_no_settings_or_request(module):
     assert [m for _, m in imported_modules(path) if m.split(".")[0] == "flask"] == []
 
 
+def flask_reads(source: str) -> list[str]:
+    """Where a module imports flask or names ``current_app`` (say, through a flask import under another name)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [f"{node.lineno}: import {a.name}" for a in node.names if a.name.split(".")[0] == "flask"]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "flask":
+            found.append(f"{node.lineno}: from {node.module} import ...")
+        elif isinstance(node, ast.Name | ast.Attribute | ast.alias):
+            name = getattr(node, "id", None) or getattr(node, "attr", None) or getattr(node, "name", None)
+            if name == "current_app":
+                found.append(f"{getattr(node, 'lineno', '?')}: current_app")
+    return found
+
+
+@pytest.mark.parametrize("package", ["rebate", "payouts"])
+def test_rebate_and_payouts_read_no_settings_from_flask(package):
+    """Settings (``MoneySettings``, ``PayAccount``, ``DispatchSettings``, ``PlatformLimits``) are passed in by the
+    shell: nothing in ``rebate/`` or ``payouts/`` imports flask or reaches for ``current_app``."""
+    files = sorted((ROOT / package).rglob("*.py"))
+    assert files, f"{package}/ moved? point this test at its new home"
+    found = {str(p.relative_to(ROOT)): flask_reads(p.read_text(encoding="utf-8")) for p in files}
+    assert {path: reads for path, reads in found.items() if reads} == {}
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from flask import current_app",
+        "import flask",
+        "from flask.globals import g",
+        "import app_settings as s\nx = s.current_app.config",
+    ],
+)
+def test_the_flask_scan_catches_what_it_should(source):
+    assert flask_reads(source) != []
+
+
+def test_the_flask_scan_passes_plain_code():
+    assert flask_reads("from payouts import MoneySettings\nminimum = money.payout_min_fen") == []
+
+
 # --- the checker itself catches what it should ---------------------------------------------
 
 

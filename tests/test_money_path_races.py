@@ -34,6 +34,7 @@ from rebate.errors import BudgetExhausted, RebateError
 from rebate.orders import LineRequest
 from rebate.packets import generate_batch
 from tests.concurrency import together
+from tests.money_helpers import app_money
 from tests.payment_helpers import pay_as_wechat
 
 RULES = {
@@ -136,7 +137,7 @@ def test_payment_racing_a_refund_ends_consistent(app, make_campaign, make_user, 
         paid.wait(timeout=30)
         target = db.session.get(Order, order_id)
         begin_refund(target, "R-1", payable)
-        return apply_refund(out_trade_no, "R-1", payable, utcnow()).status
+        return apply_refund(out_trade_no, "R-1", payable, utcnow(), money=app_money()).status
 
     results = together(2, work, app=app)
 
@@ -207,7 +208,7 @@ def test_payment_and_refund_started_at_the_same_instant_end_consistent(
             return pay_as_wechat(out_trade_no, "tx-1", payable, utcnow(), notification_id=f"N-{attempt}")
         target = db.session.get(Order, order_id)
         begin_refund(target, f"R-{attempt}", payable)
-        return apply_refund(out_trade_no, f"R-{attempt}", payable, utcnow()).status
+        return apply_refund(out_trade_no, f"R-{attempt}", payable, utcnow(), money=app_money()).status
 
     results = together(2, work, app=app)
 

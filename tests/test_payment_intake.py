@@ -1,6 +1,6 @@
 """The one payment intake and the one refund intake, called directly as the callback and the jobs call them.
 
-``apply_payment(tx, expected, now)`` compares mchid, appid and amount once; each disagreement
+``apply_payment(tx, expected, now, money=...)`` compares mchid, appid and amount once; each disagreement
 flags the order with one alert and moves nothing. ``apply_refund_notice`` does the same for
 refunds. The account compared with is the one passed in, never read from the app.
 """
@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from models import Alert, Order, PaymentNotification, Refund, db, utcnow
 from rebate import PayAccount, apply_payment, apply_refund_notice, begin_refund
+from tests.money_helpers import app_money
 from tests.payment_helpers import wechat_payment
 from tests.test_packets_orders import RESERVATION, RULES, give, order_for, packet_state
 from tests.test_wechat_callbacks import table_counts
@@ -57,9 +58,9 @@ def test_each_disagreement_is_flagged_once_and_moves_nothing(app, account, packe
     change, reason = MISMATCHES[field]
     before = table_counts()
     # when: WeChat says it twice (a notification and its retry)
-    first = apply_payment(paid(order, **change), account, utcnow(), notification_id="N-1")
+    first = apply_payment(paid(order, **change), account, utcnow(), notification_id="N-1", money=app_money())
     db.session.commit()
-    again = apply_payment(paid(order, **change), account, utcnow(), notification_id="N-1")
+    again = apply_payment(paid(order, **change), account, utcnow(), notification_id="N-1", money=app_money())
     db.session.commit()
     # then: flagged, one alert, not recorded as seen (WeChat is refused and retries), nothing else
     assert first == again == "mismatch_flagged"
@@ -75,7 +76,7 @@ def test_each_disagreement_is_flagged_once_and_moves_nothing(app, account, packe
 def test_every_disagreement_is_named_in_one_flag(app, account, packet_order):
     order, _ = packet_order
     tx = paid(order, mchid="1999999999", appid="wx-someone-else", amount=Amount(1, 1))
-    assert apply_payment(tx, account, utcnow()) == "mismatch_flagged"
+    assert apply_payment(tx, account, utcnow(), money=app_money()) == "mismatch_flagged"
     db.session.commit()
     db.session.refresh(order)
     assert order.review_reason == (
@@ -90,7 +91,7 @@ def test_the_account_compared_with_is_the_one_passed_in(app, packet_order):
     order, _ = packet_order
     elsewhere = PayAccount(mchid="1888888888", appid=current_app.config["WECHAT_APPID"])
     # when: the caller says our account is another one
-    outcome = apply_payment(paid(order), elsewhere, utcnow())
+    outcome = apply_payment(paid(order), elsewhere, utcnow(), money=app_money())
     db.session.commit()
     # then
     assert outcome == "mismatch_flagged"
@@ -100,7 +101,9 @@ def test_the_account_compared_with_is_the_one_passed_in(app, packet_order):
 def test_an_agreeing_payment_is_applied_with_what_the_payer_paid(app, account, packet_order):
     order, packet = packet_order
     at = utcnow()
-    outcome = apply_payment(paid(order, payer_total_fen=8_000, success_time=at), account, utcnow(), "N-1")
+    outcome = apply_payment(
+        paid(order, payer_total_fen=8_000, success_time=at), account, utcnow(), "N-1", money=app_money()
+    )
     db.session.commit()
     assert outcome == "applied"
     db.session.refresh(order)
@@ -120,7 +123,7 @@ def test_a_transaction_that_is_not_paid_changes_nothing(app, account, packet_ord
     order, _ = packet_order
     before = table_counts()
     tx = wechat_payment(order.out_trade_no, "", order.payable_fen, trade_state="NOTPAY", amount=None)
-    assert apply_payment(tx, account, utcnow(), notification_id="N-1") == "not_paid"
+    assert apply_payment(tx, account, utcnow(), notification_id="N-1", money=app_money()) == "not_paid"
     db.session.commit()
     assert table_counts() == before
     assert db.session.get(Order, order.id).review_reason is None
@@ -128,11 +131,13 @@ def test_a_transaction_that_is_not_paid_changes_nothing(app, account, packet_ord
 
 def test_a_seen_notification_is_a_duplicate_before_anything_is_compared(app, account, packet_order):
     order, _ = packet_order
-    assert apply_payment(paid(order), account, utcnow(), notification_id="N-1") == "applied"
+    assert apply_payment(paid(order), account, utcnow(), notification_id="N-1", money=app_money()) == "applied"
     db.session.commit()
     before = table_counts()
     # the same notification id again, even saying something else: answered, not looked at
-    outcome = apply_payment(paid(order, mchid="1999999999"), account, utcnow(), notification_id="N-1")
+    outcome = apply_payment(
+        paid(order, mchid="1999999999"), account, utcnow(), notification_id="N-1", money=app_money()
+    )
     db.session.commit()
     assert outcome == "duplicate_notification"
     assert table_counts() == before
@@ -145,7 +150,7 @@ def test_a_seen_notification_is_a_duplicate_before_anything_is_compared(app, acc
 def refunding(app, account, packet_order):
     """The packet order, paid, with a 40-yuan refund asked of WeChat."""
     order, _ = packet_order
-    assert apply_payment(paid(order), account, utcnow()) == "applied"
+    assert apply_payment(paid(order), account, utcnow(), money=app_money()) == "applied"
     db.session.commit()
     refund = begin_refund(db.session.get(Order, order.id), "R-1", 40_00)
     db.session.commit()
@@ -178,7 +183,7 @@ def test_a_refund_disagreement_is_flagged_once_and_moves_nothing(app, account, r
     before = table_counts()
     outcomes = []
     for _ in range(2):
-        outcomes.append(apply_refund_notice(build(order), account, utcnow(), notification_id="RN-1"))
+        outcomes.append(apply_refund_notice(build(order), account, utcnow(), notification_id="RN-1", money=app_money()))
         db.session.commit()
     assert outcomes == ["mismatch_flagged"] * 2
     assert alerts() == [(kind, order.out_trade_no)]
@@ -192,7 +197,7 @@ def test_a_refund_disagreement_is_flagged_once_and_moves_nothing(app, account, r
 def test_a_refund_of_another_order_is_flagged(app, account, refunding, make_user, make_product):
     order, refund = refunding
     other = order_for(make_user(), make_product(price_fen=50_00))
-    outcome = apply_refund_notice(notice(other, status="CLOSED"), account, utcnow())
+    outcome = apply_refund_notice(notice(other, status="CLOSED"), account, utcnow(), money=app_money())
     db.session.commit()
     assert outcome == "mismatch_flagged"
     assert alerts() == [("refund_order_mismatch", other.out_trade_no)]
@@ -203,7 +208,9 @@ def test_a_refund_our_rules_refuse_is_flagged_and_moves_nothing(app, account, re
     order, _ = refunding
     before = table_counts()
     # WeChat says a refund we never asked for succeeded, for more than is left to refund
-    outcome = apply_refund_notice(notice(order, "R-ELSEWHERE", refund_fen=60_00), account, utcnow(), "RN-9")
+    outcome = apply_refund_notice(
+        notice(order, "R-ELSEWHERE", refund_fen=60_00), account, utcnow(), "RN-9", money=app_money()
+    )
     db.session.commit()
     assert outcome == "refused"
     assert alerts() == [("refund_refused", order.out_trade_no)]
@@ -215,10 +222,12 @@ def test_a_refund_our_rules_refuse_is_flagged_and_moves_nothing(app, account, re
 def test_a_refund_answer_without_mchid_is_applied_once(app, account, refunding):
     order, refund = refunding
     answer = notice(order, mchid=None)
-    assert apply_refund_notice(answer, account, utcnow()) == "success"
+    assert apply_refund_notice(answer, account, utcnow(), money=app_money()) == "success"
     db.session.commit()
     before = table_counts()
-    assert apply_refund_notice(answer, account, utcnow()) == "success"  # already succeeded: nothing again
+    assert (
+        apply_refund_notice(answer, account, utcnow(), money=app_money()) == "success"
+    )  # already succeeded: nothing again
     db.session.commit()
     assert table_counts() == before
     done = db.session.get(Refund, refund.id)
@@ -229,8 +238,11 @@ def test_a_refund_answer_without_mchid_is_applied_once(app, account, refunding):
 def test_a_processing_refund_and_an_unknown_closed_one_change_nothing(app, account, refunding):
     order, refund = refunding
     before = table_counts()
-    assert apply_refund_notice(notice(order, status="PROCESSING"), account, utcnow()) == "processing"
-    assert apply_refund_notice(notice(order, "R-NOT-OURS", status="CLOSED"), account, utcnow(), "RN-2") == "not_ours"
+    assert apply_refund_notice(notice(order, status="PROCESSING"), account, utcnow(), money=app_money()) == "processing"
+    assert (
+        apply_refund_notice(notice(order, "R-NOT-OURS", status="CLOSED"), account, utcnow(), "RN-2", money=app_money())
+        == "not_ours"
+    )
     db.session.commit()
     assert table_counts() == before
     assert db.session.get(Refund, refund.id).status == "pending"
@@ -241,7 +253,9 @@ def test_a_refund_of_an_order_that_cannot_be_refunded_is_refused(app, account, p
     order, _ = packet_order
     before = table_counts()
     # when
-    outcome = apply_refund_notice(notice(order, "R-UNPAID", refund_fen=10_00), account, utcnow(), "RN-3")
+    outcome = apply_refund_notice(
+        notice(order, "R-UNPAID", refund_fen=10_00), account, utcnow(), "RN-3", money=app_money()
+    )
     db.session.commit()
     # then: refused (a conflict with our state), flagged, nothing else
     assert outcome == "refused"

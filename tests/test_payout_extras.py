@@ -19,6 +19,7 @@ def queue_payout(user, amount_fen, **fields):
         [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)],
     )
     payout = enqueue_payout(
+        number_prefix="",
         rail="wechat_change",
         user_id=user.id,
         amount_fen=amount_fen,
@@ -156,7 +157,9 @@ def test_consuming_a_custom_code_card_decides_its_payout(card_app, client, make_
     # given: a card payout offered to the user; its custom code is our external number
     user = make_user()
     fund = account(AccountKind.PLATFORM_MARKETING_FUND)
-    payout = enqueue_payout(rail="card_coupon", user_id=user.id, amount_fen=5_00, source=fund, key="c", memo="card")
+    payout = enqueue_payout(
+        number_prefix="", rail="card_coupon", user_id=user.id, amount_fen=5_00, source=fund, key="c", memo="card"
+    )
     payout.status, payout.package_info, payout.request = "waiting_user_confirm", '{"cardExt":1}', {"card_id": "x"}
     mark_sent(payout, payout.created_at)
     db.session.commit()

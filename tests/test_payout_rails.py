@@ -23,7 +23,7 @@ from config import ConfigError, load_config
 from jobs.payouts import dispatch_due
 from ledger import Leg, account, balance, post_entry
 from models import AccountKind, Payout, RailControl, UserIdentity, db, utcnow
-from payouts import enqueue_payout
+from payouts import MoneySettings, enqueue_payout
 from payouts.card_rail import CardRail, card_received
 from payouts.coupon_rail import CouponRail
 from payouts.rails import Outcome
@@ -67,7 +67,13 @@ def funded_payout(app, make_user):
             [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)],
         )
         payout = enqueue_payout(
-            rail=rail, user_id=user.id, amount_fen=amount_fen, source=cash, key=f"t:{user.id}:{n}", memo="test payout"
+            number_prefix="",
+            rail=rail,
+            user_id=user.id,
+            amount_fen=amount_fen,
+            source=cash,
+            key=f"t:{user.id}:{n}",
+            memo="test payout",
         )
         db.session.commit()
         return payout, cash
@@ -141,7 +147,7 @@ REQUEST = {
 def run(rails, at=None, settings=None):
     result = dispatch_due(
         {rail.name: rail for rail in rails},
-        settings=settings or DispatchSettings(),
+        settings=settings or DispatchSettings(money=MoneySettings()),
         clock=(lambda: at) if at else utcnow,
     )
     db.session.expire_all()
@@ -752,7 +758,9 @@ def test_card_waits_for_the_user_then_user_get_card_settles_it(app, make_user, f
     assert db.session.get(Payout, payout.id).status == "waiting_user_confirm"
     # when: the OA event user_get_card arrives
     waiting = db.session.get(Payout, payout.id)
-    apply_result(waiting, card_received(waiting.external_no, "123456789012"), utcnow(), DispatchSettings())
+    apply_result(
+        waiting, card_received(waiting.external_no, "123456789012"), utcnow(), DispatchSettings(money=MoneySettings())
+    )
     db.session.commit()
     # then
     done = db.session.get(Payout, payout.id)
@@ -781,7 +789,11 @@ def test_a_card_is_signed_once_and_never_cancelled_or_returned_unasked(app, make
     assert balance(account(AccountKind.PAYOUT_IN_TRANSIT)) == 5_00
     # when: days pass (before issue 9 it was re-signed at each recheck and cancelled after 72 h)
     for days in (1, 3, 4, 30):
-        run([rail], settings=DispatchSettings(confirm_ttl=timedelta(hours=24)), at=utcnow() + timedelta(days=days))
+        run(
+            [rail],
+            settings=DispatchSettings(money=MoneySettings(), confirm_ttl=timedelta(hours=24)),
+            at=utcnow() + timedelta(days=days),
+        )
     # then: the same cardExt, signed once; still offered; its value never came back by itself
     db.session.expire_all()
     still = db.session.get(Payout, payout.id)

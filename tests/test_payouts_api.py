@@ -16,7 +16,7 @@ from sqlalchemy import select
 from jobs.payouts import dispatch_due
 from ledger import Leg, account, balance, check_ledger, post_entry
 from models import AccountKind, AuditLog, LedgerFlow, Payout, RailControl, db, utcnow
-from payouts import enqueue_payout
+from payouts import MoneySettings, enqueue_payout
 from payouts.rails import Outcome, RailResult
 from payouts.record import DispatchSettings
 from tests.test_dispatch import ScriptedRail, ok
@@ -70,7 +70,9 @@ def snapshot() -> dict:
 
 def run(rail, settings=None, at=None):
     outcomes = dispatch_due(
-        {rail.name: rail}, settings=settings or DispatchSettings(), clock=(lambda: at) if at else utcnow
+        {rail.name: rail},
+        settings=settings or DispatchSettings(money=MoneySettings()),
+        clock=(lambda: at) if at else utcnow,
     )
     db.session.expire_all()
     return outcomes
@@ -105,6 +107,7 @@ def queued(app, cash_user):
         if user is not None and cash_of(user) < amount_fen:
             fund(user, amount_fen, key=str(utcnow().timestamp()))
         payout = enqueue_payout(
+            number_prefix="",
             rail=rail,
             user_id=user.id,
             amount_fen=amount_fen,
@@ -125,7 +128,7 @@ def needs_operator(queued):
     def make(sent: bool, amount_fen: int = 5_00):
         payout = queued(amount_fen)
         answer = RailResult(Outcome.UNKNOWN, "TIMEOUT") if sent else RailResult(Outcome.CONFIG_ERROR, "NO_AUTH")
-        run(ScriptedRail(answer), DispatchSettings(max_attempts=1))
+        run(ScriptedRail(answer), DispatchSettings(money=MoneySettings(), max_attempts=1))
         payout = db.session.get(Payout, payout.id)
         assert payout.status == "needs_operator" and (payout.sent_at is not None) is sent
         return payout
@@ -554,8 +557,8 @@ def test_cancel_of_a_payout_whose_send_was_answered_systemerror_is_refused(app, 
     _, headers = admin
     payout = queued()
     rail = ScriptedRail(*[RailResult(Outcome.RETRY, "SYSTEMERROR", "busy")] * 2)
-    run(rail, DispatchSettings(max_attempts=2))
-    run(rail, DispatchSettings(max_attempts=2), at=later())
+    run(rail, DispatchSettings(money=MoneySettings(), max_attempts=2))
+    run(rail, DispatchSettings(money=MoneySettings(), max_attempts=2), at=later())
     assert db.session.get(Payout, payout.id).status == "needs_operator"
     before = snapshot()
     # when

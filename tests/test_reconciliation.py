@@ -208,7 +208,7 @@ def ours(app, make_user, make_merchant):
             payout.finished_at = at if status == "succeeded" else None
             db.session.add(payout)
             db.session.flush()
-            payout.external_no = external_no_for(rail, payout.id)
+            payout.external_no = external_no_for(rail, payout.id, "")
             db.session.commit()
             return payout
 

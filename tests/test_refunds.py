@@ -31,6 +31,7 @@ from models import (
 from rebate import apply_refund, begin_refund, create_order, fail_refund, issue_packet
 from rebate.errors import Invalid, StateConflict
 from rebate.orders import LineRequest
+from tests.money_helpers import app_money
 
 K = AccountKind
 
@@ -56,7 +57,7 @@ def refund(order, number, amount_fen, at=None):
     """Begin and succeed a refund, committed as the refund callback would."""
     at = at or utcnow()
     begin_refund(order, number, amount_fen)
-    done = apply_refund(order.out_trade_no, number, amount_fen, at, refund_id=f"wx-{number}")
+    done = apply_refund(order.out_trade_no, number, amount_fen, at, refund_id=f"wx-{number}", money=app_money())
     db.session.commit()
     return done
 
@@ -304,7 +305,7 @@ def test_two_pending_refunds_keep_the_hold_until_both_finish(story):
     db.session.refresh(payout)
     assert payout.held is True, "R2 is still pending"
 
-    apply_refund(order.out_trade_no, "R2", 10_00, utcnow())
+    apply_refund(order.out_trade_no, "R2", 10_00, utcnow(), money=app_money())
     db.session.commit()
     db.session.refresh(payout)
     assert (payout.held, payout.amount_fen) == (False, 4_50)
@@ -316,7 +317,7 @@ def test_the_same_refund_applied_twice_changes_nothing_the_second_time(story):
     before = (count(LedgerEntry), count(RebateAdjustment), bal(K.USER_CASH, "user", user.id), budget(campaign))
 
     # when: WeChat's notification for R1 arrives again
-    again = apply_refund(order.out_trade_no, "R1", 30_00, utcnow())
+    again = apply_refund(order.out_trade_no, "R1", 30_00, utcnow(), money=app_money())
     db.session.commit()
 
     # then
@@ -362,7 +363,7 @@ def test_apply_refund_with_an_amount_other_than_asked_is_refused_and_alerted(sto
     entries = count(LedgerEntry)
 
     with pytest.raises(StateConflict) as refused:
-        apply_refund(order.out_trade_no, "R1", 31_00, utcnow())
+        apply_refund(order.out_trade_no, "R1", 31_00, utcnow(), money=app_money())
 
     assert refused.value.code == "refund_amount_mismatch"
     db.session.rollback()

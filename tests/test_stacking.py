@@ -9,6 +9,7 @@ from models import AccountKind, Campaign, Order, OrderPacket, Rebate, RedPacket,
 from rebate import apply_refund, begin_refund, close_order, create_order, issue_packet
 from rebate.errors import RebateError
 from rebate.orders import LineRequest
+from tests.money_helpers import app_money
 
 CASHBACK = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 10_00}]}
 
@@ -113,7 +114,7 @@ def test_closing_unlocks_and_a_full_refund_returns_every_packet_to_its_funder(st
     db.session.commit()
     pay(paid)
     begin_refund(paid, "R-stack", paid.payable_fen)
-    apply_refund(paid.out_trade_no, "R-stack", paid.payable_fen, utcnow())
+    apply_refund(paid.out_trade_no, "R-stack", paid.payable_fen, utcnow(), money=app_money())
     db.session.commit()
     assert balance(account(AccountKind.PLATFORM_MARKETING_FUND)) == 0
     assert balance(account(AccountKind.USER_CASH, "user", alice.id)) == 0

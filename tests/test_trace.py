@@ -11,6 +11,7 @@ from sqlalchemy import event
 from models import Campaign, Operator, db, utcnow
 from rebate import apply_refund, begin_refund, create_order, issue_packet
 from rebate.orders import LineRequest
+from tests.money_helpers import app_money
 
 TRIAL_RULES = {
     "attribution_days": 30,
@@ -147,7 +148,7 @@ def test_education_refund_shows_the_clawback(client, admin, education, pay):
 
     # when: the tuition is refunded in full and the order traced
     begin_refund(order, "R-edu-1", order.payable_fen)
-    apply_refund(order.out_trade_no, "R-edu-1", order.payable_fen, utcnow())
+    apply_refund(order.out_trade_no, "R-edu-1", order.payable_fen, utcnow(), money=app_money())
     db.session.commit()
     body = trace(client, "orders", order.id, admin).json
 

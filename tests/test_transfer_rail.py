@@ -89,7 +89,13 @@ def transfer(app):
             [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)],
         )
         payout = enqueue_payout(
-            rail="wechat_change", user_id=user.id, amount_fen=amount_fen, source=cash, key=f"t:{user.id}", memo="t"
+            number_prefix="",
+            rail="wechat_change",
+            user_id=user.id,
+            amount_fen=amount_fen,
+            source=cash,
+            key=f"t:{user.id}",
+            memo="t",
         )
         db.session.commit()
         return payout

@@ -176,7 +176,9 @@ def test_a_manual_transfer_left_unconfirmed_lands_in_the_users_balance(app, make
     # given: a goodwill transfer from the platform fund, offered to the user
     user = make_user(appid=app.config["WECHAT_APPID"])
     fund = account(AccountKind.PLATFORM_MARKETING_FUND)
-    payout = enqueue_payout(rail="wechat_change", user_id=user.id, amount_fen=3_00, source=fund, key="m", memo="m")
+    payout = enqueue_payout(
+        number_prefix="", rail="wechat_change", user_id=user.id, amount_fen=3_00, source=fund, key="m", memo="m"
+    )
     db.session.commit()
     run(app)
     # when: the window passes and we cancel it at WeChat

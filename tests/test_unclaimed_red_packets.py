@@ -16,7 +16,7 @@ from jobs.payouts import check_unclaimed, dispatch_due, payout_rails
 from ledger import account, balance
 from models import AccountKind, LedgerEntry, Payout, PayoutAttempt, User, db, utcnow
 from models.base import BEIJING
-from payouts import enqueue_payout
+from payouts import MoneySettings, enqueue_payout
 from payouts.record import DispatchSettings
 from payouts.unclaimed import return_unclaimed
 from tests.money_helpers import queue_from_balance
@@ -139,11 +139,18 @@ def test_a_packet_the_dispatcher_finds_refunded_returns_to_the_balance_without_a
     # given: a packet whose send answer was lost (unknown), queried only after WeChat refunded it
     user = make_user(appid=app.config["WECHAT_OA_APPID"])
     fund = account(AccountKind.PLATFORM_MARKETING_FUND)
-    payout = enqueue_payout(rail="cash_red_packet", user_id=user.id, amount_fen=2_00, source=fund, key="u", memo="u")
+    payout = enqueue_payout(
+        number_prefix="", rail="cash_red_packet", user_id=user.id, amount_fen=2_00, source=fund, key="u", memo="u"
+    )
     mark_sent(payout, utcnow())
     payout.status = "sending"
     # when
-    apply_result(payout, RailResult(Outcome.UNCLAIMED, "REFUND", "nobody opened it"), utcnow(), DispatchSettings())
+    apply_result(
+        payout,
+        RailResult(Outcome.UNCLAIMED, "REFUND", "nobody opened it"),
+        utcnow(),
+        DispatchSettings(money=MoneySettings()),
+    )
     db.session.commit()
     # then: the user's money, in their balance; no new packet sent unasked
     assert payout.status == "failed" and "back in your balance" in payout.last_error

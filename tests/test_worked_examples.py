@@ -12,6 +12,7 @@ from models import AccountKind, Campaign, Payout, Rebate, RedPacket, db, utcnow
 from rebate import create_order, issue_packet
 from rebate.orders import LineRequest
 from tests.conftest import DEPOSIT_FEN
+from tests.money_helpers import app_money
 
 
 def bal(kind, owner_type=None, owner_id=None) -> int:
@@ -265,7 +266,7 @@ def test_education_teacher_share_released_only_after_lessons_and_test_and_revers
     from rebate import apply_refund, begin_refund
 
     begin_refund(order, "R-edu-1", order.payable_fen)
-    apply_refund(order.out_trade_no, "R-edu-1", order.payable_fen, utcnow())
+    apply_refund(order.out_trade_no, "R-edu-1", order.payable_fen, utcnow(), money=app_money())
     db.session.commit()
 
     # then: the held half is cancelled, the released half taken back from the balance; the packet value
@@ -309,7 +310,7 @@ def test_merchant_story_refund_after_payout_left_becomes_receivable_netted_by_ne
     from rebate import apply_refund, begin_refund
 
     begin_refund(first, "R-1", first.payable_fen)
-    apply_refund(first.out_trade_no, "R-1", first.payable_fen, utcnow())
+    apply_refund(first.out_trade_no, "R-1", first.payable_fen, utcnow(), money=app_money())
     db.session.commit()
 
     # then: the paid payout is untouched; dave owes 9.90 as a negative balance (a receivable)

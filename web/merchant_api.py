@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from flask import Blueprint, g
+from flask import Blueprint, current_app, g
 from pydantic import Field, StrictInt
 
 from models import OperatorRole, utcnow
 from models.operators import audit
+from payouts import MoneySettings
 from rebate.milestones import report_milestone
 from rebate.scope import visible_order
 from web.admin import actor
@@ -42,6 +43,7 @@ class Milestone(Model):
 def post_milestone(order_id: int, body: Milestone):
     """Report a milestone of an order; answers the rebates it released."""
     order = visible_order(g.operator, order_id)
-    released = report_milestone(order, body.name, body.quality, utcnow(), operator_id=g.operator.id)
+    money = MoneySettings.from_config(current_app.config)
+    released = report_milestone(order, body.name, body.quality, utcnow(), operator_id=g.operator.id, money=money)
     audit(actor(), "order.milestone", "order", order.id, None, name=body.name, quality=body.quality)
     return {"order_id": order.id, "milestone": body.name, "released": [rebate_json(r) for r in released]}, 201

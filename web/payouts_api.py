@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from models import OperatorRole, Payout, PayoutAttempt, Rail, RailControl, User, call_between_commits, db, utcnow
 from models.operators import audit
+from payouts import MoneySettings
 from payouts.operations import (
     approve,
     cancel,
@@ -119,7 +120,9 @@ def confirm_opened(payout_id: int):
 def new_withdrawal(body: Withdrawal):
     """Withdraw cash balance to WeChat change (above the configured minimum)."""
     key = request.headers.get("Idempotency-Key") or utcnow().isoformat()
-    payout = withdraw(current_user(), body.amount_fen, current_app.config["WITHDRAWAL_MIN_FEN"], key)
+    cfg = current_app.config
+    money = MoneySettings.from_config(cfg)
+    payout = withdraw(current_user(), body.amount_fen, cfg["WITHDRAWAL_MIN_FEN"], key, money=money)
     return payout_json(payout, for_user=True), 201
 
 
@@ -244,6 +247,7 @@ def create_manual_payout(body: ManualPayout):
         f"{g.operator.id}:{key}",
         body.reason,
         current_app.config["MANUAL_PAYOUT_APPROVAL_FEN"],
+        money=MoneySettings.from_config(current_app.config),
     )
     audit(actor(), "payout.manual", "payout", payout.id, body.reason, amount_fen=body.amount_fen, user_id=user.id)
     return payout_json(payout), 201

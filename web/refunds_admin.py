@@ -21,6 +21,7 @@ from pydantic import Field
 
 from models import OperatorRole, Order, Refund, RefundStatus, call_between_commits, db, utcnow
 from models.operators import audit
+from payouts import MoneySettings
 from rebate import PayAccount, apply_refund_notice, begin_refund, fail_refund
 from web import wechat
 from web.admin import actor
@@ -120,7 +121,8 @@ def create_refund(order_id: int, body: CreateRefund):
 
     def record(r: RefundCall, answer: RefundNotice | WeChatError) -> dict:
         if not isinstance(answer, WeChatError):
-            apply_refund_notice(answer, PayAccount.from_config(current_app.config), utcnow())
+            cfg = current_app.config
+            apply_refund_notice(answer, PayAccount.from_config(cfg), utcnow(), money=MoneySettings.from_config(cfg))
         elif isinstance(answer, WeChatBusinessError) and not answer.retryable:
             fail_refund(r.out_refund_no, RefundStatus.FAILED, utcnow())  # definitive: WeChat will not refund this
         db.session.flush()

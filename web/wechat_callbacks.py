@@ -19,6 +19,7 @@ from collections.abc import Callable
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from models import alert_once, db, utcnow
+from payouts import MoneySettings
 from rebate import PayAccount, PaymentOutcome, RefundOutcome, apply_payment, apply_refund_notice
 from web import wechat
 from web.errors import BUSY_RETRY_AFTER_S, is_busy
@@ -139,6 +140,10 @@ def pay_account() -> PayAccount:
     return PayAccount.from_config(current_app.config)
 
 
+def money_settings() -> MoneySettings:
+    return MoneySettings.from_config(current_app.config)
+
+
 def commit_or_refuse(outcome: PaymentOutcome | RefundOutcome, refusals: dict[str, tuple[int, str]]) -> None:
     """Keep what the intake did (a flag included), then answer: 204 when WeChat may stop, else its refusal."""
     db.session.commit()
@@ -160,7 +165,7 @@ def process_transaction(n: Notification) -> None:
     if n.event_type != "TRANSACTION.SUCCESS" or n.original_type not in ("", "transaction"):
         log.warning("payment callback of unexpected type acknowledged", extra={"event_type": n.event_type})
         return
-    outcome = apply_payment(n.transaction(), pay_account(), utcnow(), notification_id=n.id)
+    outcome = apply_payment(n.transaction(), pay_account(), utcnow(), n.id, money=money_settings())
     commit_or_refuse(outcome, PAYMENT_REFUSALS)
 
 
@@ -185,7 +190,7 @@ def process_refund(n: Notification) -> None:
     if n.event_type not in REFUND_EVENTS:
         log.warning("refund callback of unexpected type acknowledged", extra={"event_type": n.event_type})
         return
-    outcome = apply_refund_notice(n.refund_notice(), pay_account(), utcnow(), notification_id=n.id)
+    outcome = apply_refund_notice(n.refund_notice(), pay_account(), utcnow(), n.id, money=money_settings())
     commit_or_refuse(outcome, REFUND_REFUSALS)
 
 
