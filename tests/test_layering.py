@@ -173,6 +173,22 @@ def test_rebate_and_payouts_read_no_settings_from_flask(package):
     assert {path: reads for path, reads in found.items() if reads} == {}
 
 
+def test_jobs_reach_the_wechat_clients_only_through_their_context():
+    """``jobs/`` is handed the WeChat clients at set-up (``job_context``); it never looks in ``app.extensions``
+    for objects the web wiring keeps there."""
+    for path in sorted((ROOT / "jobs").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        looks = [
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "extensions"
+            and not (isinstance(node.slice, ast.Name) and node.slice.id == "EXTENSION")
+        ]
+        assert looks == [], f"{path.relative_to(ROOT)} reads app.extensions at lines {looks}"
+
+
 @pytest.mark.parametrize(
     "source",
     [
