@@ -141,7 +141,8 @@ SETTINGS: tuple[Setting, ...] = (
         doc="Redis for the shared WeChat access token and card ticket and the payout rails' calls-per-second "
         "limits. Unset: in-process fallback, single process only: live mode refuses to start without it "
         "unless `APP_PROCESSES=1` (simulator mode warns). Claim limits and budgets live in the database "
-        "either way.",
+        "either way. In simulator mode it also holds the simulator's records and keys (else they live "
+        "in the database), shared by every process.",
     ),
     Setting(
         "APP_PROCESSES",
