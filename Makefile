@@ -1,4 +1,5 @@
-# The README's two commands: `make run` and `make test`.
+# The README's commands: `make run` and `make test` (set-up included); `make demo`, `make reset`,
+# `make jobs`, `make lint`, `make bench` beside them.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -63,8 +64,11 @@ format: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(PY) -m bench
 
+# The scheduler as its own process beside `make run`, on the same demo database and simulator (the
+# simulator's state is shared, so what this process sends the web server's /_sim/ shows). In
+# production run `flask jobs run` with the deployment's environment (README, Deployment).
 jobs: $(VENV)/.installed
-	$(VENV)/bin/flask jobs run
+	$(DEMO_ENV) $(VENV)/bin/flask jobs run
 
 clean:
 	rm -rf $(VENV) instance

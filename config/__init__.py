@@ -141,7 +141,8 @@ SETTINGS: tuple[Setting, ...] = (
         doc="Redis for the shared WeChat access token and card ticket and the payout rails' calls-per-second "
         "limits. Unset: in-process fallback, single process only: live mode refuses to start without it "
         "unless `APP_PROCESSES=1` (simulator mode warns). Claim limits and budgets live in the database "
-        "either way.",
+        "either way. In simulator mode it also holds the simulator's records and keys (else they live "
+        "in the database), shared by every process.",
     ),
     Setting(
         "APP_PROCESSES",
@@ -367,6 +368,7 @@ def _validate(values: dict[str, Any]) -> list[str]:
         if public and not str(public).startswith("https://"):
             problems.append("PUBLIC_BASE_URL must be https:// in live mode (WeChat only notifies https)")
         problems += _shared_state_problems(values)
+        problems += _live_rail_problems(values)
     if values.get("DATABASE_LOCK_TIMEOUT_S", 1) < 1:
         problems.append("DATABASE_LOCK_TIMEOUT_S must be at least 1 (0 would refuse every contended request at once)")
     if values.get("MAX_CONTENT_LENGTH", 1) <= 0:
@@ -451,6 +453,26 @@ def _shared_state_problems(values: dict[str, Any]) -> list[str]:
             "exactly one process serves the web and runs the jobs"
         ]
     return []
+
+
+def _live_rail_problems(values: dict[str, Any]) -> list[str]:
+    """A rail switched on by its own setting must have everything it needs, or the jobs process dies sending."""
+    problems = []
+    if values.get("WECHAT_API_V2_KEY"):
+        needs = [n for n in ("WECHAT_OA_APPID", "WECHAT_MCH_CERT_PATH", "WECHAT_MCH_KEY_PATH") if not values.get(n)]
+        if needs:
+            problems.append(
+                f"cash red packets (WECHAT_API_V2_KEY is set) also need {' and '.join(needs)} "
+                "(the official account and the merchant client certificate of v2 sendredpack)"
+            )
+    if values.get("WECHAT_CARD_ID"):
+        needs = [n for n in ("WECHAT_OA_APPID", "WECHAT_OA_SECRET") if not values.get(n)]
+        if needs:
+            problems.append(
+                f"card coupons (WECHAT_CARD_ID is set) also need {' and '.join(needs)} "
+                "(the card package belongs to the official account)"
+            )
+    return problems
 
 
 def _payout_problems(values: dict[str, Any]) -> list[str]:

@@ -379,3 +379,29 @@ def test_random_secrets_pass_the_strength_check(live_env):
 def test_simulator_mode_keeps_its_built_in_secret():
     values = load_config(environ={"WECHAT_MODE": "simulator", "SECRET_KEY": "a"})
     assert values["SECRET_KEY"] == "a"
+
+
+# -- a rail switched on by its own setting must be complete (the jobs process would die sending) ---
+
+
+def test_live_red_packets_need_the_client_certificate(live_env):
+    live_env["WECHAT_API_V2_KEY"] = "v2-key-0123456789abcdef012345678"
+    message = problems(live_env)
+    assert "cash red packets (WECHAT_API_V2_KEY is set) also need WECHAT_OA_APPID and WECHAT_MCH_CERT_PATH" in message
+    assert "WECHAT_MCH_KEY_PATH" in message
+    assert message.count("\n  - ") == 1
+    live_env |= {"WECHAT_OA_APPID": "wxoa", "WECHAT_MCH_CERT_PATH": "/c.pem", "WECHAT_MCH_KEY_PATH": "/k.pem"}
+    assert load_config(environ=live_env)["WECHAT_API_V2_KEY"]
+
+
+def test_live_card_coupons_need_the_official_account(live_env):
+    live_env["WECHAT_CARD_ID"] = "pFS7Fjg8kV1IdDz01r4SQwMkuCKc"
+    message = problems(live_env)
+    assert "card coupons (WECHAT_CARD_ID is set) also need WECHAT_OA_APPID and WECHAT_OA_SECRET" in message
+    live_env |= {"WECHAT_OA_APPID": "wxoa", "WECHAT_OA_SECRET": "oa-secret"}
+    assert load_config(environ=live_env)["WECHAT_CARD_ID"]
+
+
+def test_simulator_mode_needs_no_client_certificate():
+    values = load_config(environ={"WECHAT_MODE": "simulator", "WECHAT_API_V2_KEY": "v2", "WECHAT_CARD_ID": "c"})
+    assert values["WECHAT_API_V2_KEY"] == "v2"

@@ -222,7 +222,7 @@ def test_the_listing_says_configured_exactly_for_the_rails_the_dispatcher_builds
 
     other = create_app({**app_settings, **settings})
     with other.app_context():
-        built = set(build_rails(other))
+        built = set(build_rails(other.config, other.extensions["wechat"]))
         rails = ("wechat_change", "cash_red_packet", "wechat_coupon", "card_coupon")
         configured = {rail for rail in rails if unconfigured_because(rail, other.config) is None}
     assert built == configured

@@ -21,7 +21,7 @@ import pytest
 from wechat.sim.errors import SimError
 from wechat.sim.keys import Material
 from wechat.sim.state import SimulatorState
-from wechat.sim.store import RedisStore, SqlStore, open_store, shared_engine
+from wechat.sim.store import SqlStore, open_store, shared_engine
 from wechat.sim.wiring import MATERIAL, reset, shared_material
 
 WECHAT_DIR = Path(__file__).resolve().parents[2] / "wechat"
@@ -201,12 +201,15 @@ def test_concurrent_steps_lose_no_update(two_stores):
 
 def test_a_failed_step_changes_nothing(two_stores):
     first, second = two_stores
-    if isinstance(first, RedisStore):
-        pytest.skip("Redis steps are serialised, not rolled back; the simulator raises before it writes")
+    first.put("orders", "O0", {"trade_state": "NOTPAY"})
     with pytest.raises(SimError), first.lock:
         first.put("orders", "O1", {"trade_state": "NOTPAY"})
+        first.put("orders", "O0", {"trade_state": "SUCCESS"})
+        assert first.get("orders", "O1") == {"trade_state": "NOTPAY"}  # a step reads its own writes
+        assert dict(first.items("orders"))["O0"] == {"trade_state": "SUCCESS"}
         raise SimError(400, "PARAM_ERROR")
     assert second.get("orders", "O1") is None
+    assert second.get("orders", "O0") == {"trade_state": "NOTPAY"}
 
 
 def test_a_record_saves_itself_when_a_field_changes(two_stores):

@@ -23,6 +23,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Column, MetaData, String, Table, Text, create_engine, delete, event, select, text
@@ -176,6 +177,14 @@ class MemoryStore(Store):
                 del self._data[kind]
 
 
+@dataclass
+class _RedisStep:
+    """One step on Redis: the lock it holds and the writes it will apply if it ends well."""
+
+    lock: Any
+    writes: dict[tuple[str, str], str | None] = field(default_factory=dict)
+
+
 class SqlStore(Store):
     """PostgreSQL (schema ``wechat_sim``) or SQLite (its own file); see the module note."""
 
@@ -183,10 +192,12 @@ class SqlStore(Store):
         super().__init__()
         self.engine = engine
         self.postgres = engine.dialect.name == "postgresql"
-        if self.postgres:
-            with engine.begin() as conn:
-                conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}"))
         with engine.begin() as conn:
+            if self.postgres:
+                # Every gunicorn worker and the jobs process get here at start-up: the same advisory
+                # lock as every step serialises them, so two never race to create the schema or table.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
+                conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}"))
             metadata.create_all(self._options(conn), checkfirst=True)
 
     def _options(self, conn: Connection) -> Connection:
@@ -226,7 +237,11 @@ class SqlStore(Store):
 
 
 class RedisStore(Store):
-    """Redis: a hash per kind under ``wechat_sim:``, every step under one Redis lock."""
+    """Redis: a hash per kind under ``wechat_sim:``, every step under one Redis lock.
+
+    A step's writes are buffered and applied together in one MULTI/EXEC when it ends well, so a
+    step that fails half-way leaves nothing behind (as the database stores roll back).
+    """
 
     PREFIX = "wechat_sim:"
 
@@ -235,27 +250,43 @@ class RedisStore(Store):
         self.client = client
         self.lock_timeout_s = lock_timeout_s
 
-    def _begin(self) -> Any:
+    def _begin(self) -> _RedisStep:
         lock = self.client.lock(self.PREFIX + "lock", timeout=self.lock_timeout_s, blocking_timeout=self.lock_timeout_s)
         if not lock.acquire():
             raise TimeoutError("the WeChat simulator's Redis lock is held too long")
-        return lock
+        return _RedisStep(lock)
 
-    def _end(self, lock: Any, commit: bool) -> None:
-        lock.release()
+    def _end(self, step: _RedisStep, commit: bool) -> None:
+        try:
+            if commit and step.writes:
+                pipe = self.client.pipeline(transaction=True)
+                for (kind, key), value in step.writes.items():
+                    if value is None:
+                        pipe.hdel(self.PREFIX + kind, key)
+                    else:
+                        pipe.hset(self.PREFIX + kind, key, value)
+                pipe.execute()
+        finally:
+            step.lock.release()
 
-    def _get(self, lock: Any, kind: str, key: str) -> str | None:
+    def _get(self, step: _RedisStep, kind: str, key: str) -> str | None:
+        if (kind, key) in step.writes:
+            return step.writes[kind, key]
         raw = self.client.hget(self.PREFIX + kind, key)
         return None if raw is None else raw.decode()
 
-    def _put(self, lock: Any, kind: str, key: str, value: str) -> None:
-        self.client.hset(self.PREFIX + kind, key, value)
+    def _put(self, step: _RedisStep, kind: str, key: str, value: str) -> None:
+        step.writes[kind, key] = value
 
-    def _delete(self, lock: Any, kind: str, key: str) -> None:
-        self.client.hdel(self.PREFIX + kind, key)
+    def _delete(self, step: _RedisStep, kind: str, key: str) -> None:
+        step.writes[kind, key] = None
 
-    def _items(self, lock: Any, kind: str) -> list[tuple[str, str]]:
-        return [(k.decode(), v.decode()) for k, v in self.client.hgetall(self.PREFIX + kind).items()]
+    def _items(self, step: _RedisStep, kind: str) -> list[tuple[str, str]]:
+        found = {k.decode(): v.decode() for k, v in self.client.hgetall(self.PREFIX + kind).items()}
+        for (written_kind, key), value in step.writes.items():
+            if written_kind == kind:
+                found.pop(key, None) if value is None else found.__setitem__(key, value)
+        return list(found.items())
 
     def _clear(self, lock: Any, keep: frozenset[str]) -> None:
         for name in self.client.scan_iter(match=self.PREFIX + "*"):
