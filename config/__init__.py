@@ -302,7 +302,8 @@ SETTINGS: tuple[Setting, ...] = (
         "PAYOUT_RATE_LIMITS",
         {"wechat_change": 100, "cash_red_packet": 30, "wechat_coupon": 500, "card_coupon": 50},
         _rates,
-        doc="Calls per second per rail, e.g. `wechat_change=100,cash_red_packet=30` (defaults: the reference's).",
+        doc="Calls per second per rail, e.g. `wechat_change=100,cash_red_packet=30` (defaults: WeChat's "
+        "documented limits, the card rail's 50 ours; docs/wechat-rules.md §6).",
     ),
     Setting("ALERT_WEBHOOK_URL", None, doc="Alerts are also posted here (a WeCom group robot URL, say)."),
 )

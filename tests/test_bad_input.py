@@ -145,7 +145,7 @@ def test_chunked_wechat_callback_over_the_limit_is_413_in_wechat_format(client, 
 def test_chunked_wechat_callback_over_its_own_16k_limit_is_413(client):
     response = chunked(client, "/wechat/pay/notify", b"{" + b" " * 20_000 + b"}", {})
     assert response.status_code == 413
-    assert response.json == {"code": "FAIL", "message": "body too large"}
+    assert response.json == {"code": "FAIL", "message": "body larger than 16384 bytes"}
 
 
 # --- 405 ----------------------------------------------------------------------------------------

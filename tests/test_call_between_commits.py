@@ -94,3 +94,70 @@ def test_the_apps_shared_wechat_session_refuses_a_call_while_the_db_session_hold
         db.session.commit()
         assert session.get(URL).json() == {"ok": True}
         assert len(mocked.calls) == 1
+
+
+# -- live mode: the same guard on the session that talks to the real WeChat -----------------
+
+
+@pytest.fixture
+def live_app(tmp_path, monkeypatch):
+    """A live-mode app (real key files, made for this test), on its own SQLite file; nothing is sent anywhere."""
+    from app import create_app
+    from config import SETTINGS
+    from wechat.crypto import private_key_pem, public_key_pem
+    from wechat.sim.keys import generate_rsa_key
+
+    (tmp_path / "apiclient_key.pem").write_text(private_key_pem(generate_rsa_key()))
+    (tmp_path / "pub_key.pem").write_text(public_key_pem(generate_rsa_key().public_key()))
+    for setting in SETTINGS:  # only what is set here counts
+        monkeypatch.delenv(setting.name, raising=False)
+    live = {
+        "WECHAT_MODE": "live",
+        "SECRET_KEY": "Yq3v9-Tz8LkP2mW7xR4nB6cJ1hF5dS0gA_eU",
+        "DATA_ENCRYPTION_KEY": "p2v0L5dTgd0l2Pz7o7m4k0o3QyYw5cYpXq3kJ0x8Q1A=",
+        "WECHAT_APPID": "wx1234567890abcdef",
+        "WECHAT_APP_SECRET": "app-secret",
+        "WECHAT_MCHID": "1900000001",
+        "WECHAT_MCH_PRIVATE_KEY_PATH": str(tmp_path / "apiclient_key.pem"),
+        "WECHAT_MCH_CERT_SERIAL": "5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
+        "WECHAT_APIV3_KEY": "0123456789abcdef0123456789abcdef",
+        "WECHAT_PAY_PUBLIC_KEY_PATH": str(tmp_path / "pub_key.pem"),
+        "WECHAT_PAY_PUBLIC_KEY_ID": "PUB_KEY_ID_0114232134912410000000000000",
+        "PUBLIC_BASE_URL": "https://rebate.example.com",
+        "APP_PROCESSES": "1",  # one process: no Redis needed
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'live.db'}",
+    }
+    for name, value in live.items():
+        monkeypatch.setenv(name, value)
+    app = create_app({"TESTING": True, "LOG_LEVEL": "WARNING"})
+    with app.app_context():
+        db.create_all()
+        yield app
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_in_live_mode_the_shared_wechat_session_refuses_a_call_inside_a_transaction(live_app):
+    # given: a live app, its clients on the one guarded session, no simulator anywhere
+    wx = live_app.extensions["wechat"]
+    assert live_app.config["WECHAT_MODE"] == "live" and wx.simulator is None
+    session = wx.session
+    assert wx.pay.session is session and wx.mini_program.session is session
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mocked:
+        mocked.add(responses.GET, URL, json={"ok": True})
+        mocked.add(responses.GET, "https://api.mch.weixin.qq.com/v3/pay/transactions/out-trade-no/T1", json={})
+        # when: calls are made while db.session holds a transaction
+        db.session.execute(select(Merchant)).all()
+        assert transaction_open()
+        with pytest.raises(CallInsideTransaction):
+            session.get(URL)
+        with pytest.raises(CallInsideTransaction):  # a client's signed call to WeChat Pay too
+            wx.pay.query_order("T1")
+        with pytest.raises(CallInsideTransaction):  # and jscode2session
+            wx.mini_program.code_to_session("0a1b2c")
+        # then: nothing was sent; once committed, the same call goes out
+        assert len(mocked.calls) == 0
+        db.session.commit()
+        assert not transaction_open()
+        assert session.get(URL).json() == {"ok": True}
+        assert len(mocked.calls) == 1

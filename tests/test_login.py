@@ -9,7 +9,7 @@ import pytest
 import responses
 from sqlalchemy import func, select, text
 
-from models import OAuthState, RedPacket, User, UserIdentity, db
+from models import OAuthState, RedPacket, User, UserIdentity, UserStatus, db
 from tests.test_wechat_callbacks import no_network, simulator  # noqa: F401 - fixture
 
 LOGIN = "/api/v1/auth/login"
@@ -96,6 +96,41 @@ class TestAgainstMockedWeChat:
         assert response.json["error"] == code
         assert response.json["message"]
         assert count(User) == 0
+
+
+def test_login_calls_wechat_between_commits_even_after_the_request_touched_the_database(
+    app,
+    client,
+    no_network,  # noqa: F811
+):
+    # given: something before the view reads a table, so db.session holds a transaction
+    @app.before_request
+    def read_first():
+        db.session.execute(select(User.id)).all()
+
+    # when: the code is exchanged (the app's WeChat session refuses a call inside a transaction)
+    response = client.post(LOGIN, json={"code": "code-alice"})
+    # then: the call went out after a commit, and the sign-in was recorded after it
+    assert response.status_code == 200, response.json
+    assert count(User) == count(UserIdentity) == 1
+
+
+def test_a_banned_person_gets_403_no_token_and_their_session_key_is_not_updated(app, client, no_network):  # noqa: F811
+    # given: alice signed in once, then was banned
+    assert client.post(LOGIN, json={"code": "code-alice"}).status_code == 200
+    db.session.rollback()
+    identity = db.session.execute(select(UserIdentity)).scalar_one()
+    identity.session_key = "kept-from-before-the-ban"
+    identity.user.status = UserStatus.BANNED
+    db.session.commit()
+    # when
+    response = client.post(LOGIN, json={"code": "code-alice"})
+    # then: refused; the record step was rolled back (the session key from before is kept)
+    assert (response.status_code, response.json["error"]) == (403, "user_banned")
+    assert "token" not in response.json
+    db.session.rollback()
+    assert db.session.execute(select(UserIdentity.session_key)).scalar_one() == "kept-from-before-the-ban"
+    assert count(User) == 1
 
 
 # -- snapshot-page (朋友圈 single-page mode) virtual accounts ----------------------------

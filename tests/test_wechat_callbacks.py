@@ -7,6 +7,7 @@ and a real APIv3 key, made once per test session); nothing leaves the process.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import time
 
@@ -274,6 +275,50 @@ def test_unverifiable_callback_is_refused_and_changes_no_table(
     assert db.session.get(Order, order.id).status == "created"
 
 
+# -- body size: the 413 states the limit ------------------------------------------------
+
+CALLBACKS = [NOTIFY, REFUND_NOTIFY, "/wechat/transfer/notify"]
+CALLBACK_LIMIT = 16 * 1024
+
+
+def post_body(client, path: str, body: bytes, how: str):
+    """Sized (Content-Length), or chunked as gunicorn hands it over (no Content-Length, input terminated)."""
+    if how == "sized":
+        return client.post(path, data=body, headers={"Content-Type": "application/json"})
+    environ = {
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.input_terminated": True,
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "CONTENT_TYPE": "application/json",
+    }
+    return client.open(path, method="POST", environ_overrides=environ)
+
+
+@pytest.mark.parametrize("how", ["sized", "chunked"])
+@pytest.mark.parametrize("path", CALLBACKS)
+def test_a_callback_body_over_16_kib_is_413_stating_the_limit(app, client, no_network, path, how):
+    # given: a body one byte over the callbacks' own limit (and well under MAX_CONTENT_LENGTH)
+    body = b"{" + b" " * (CALLBACK_LIMIT - 1) + b"}"
+    assert len(body) == CALLBACK_LIMIT + 1 < app.config["MAX_CONTENT_LENGTH"]
+    before = table_counts()
+    # when
+    response = post_body(client, path, body, how)
+    # then
+    assert response.status_code == 413
+    assert response.json == {"code": "FAIL", "message": "body larger than 16384 bytes"}
+    assert table_counts() == before
+    # and one byte less is read, and refused only for its missing signature
+    assert post_body(client, path, body[1:], how).status_code == 401
+
+
+@pytest.mark.parametrize("how", ["sized", "chunked"])
+def test_a_callback_body_over_max_content_length_is_413_stating_that_limit(app, client, no_network, how):
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    response = post_body(client, NOTIFY, b"{" + b" " * limit + b"}", how)
+    assert response.status_code == 413
+    assert response.json["code"] == "FAIL" and f"{limit} bytes" in response.json["message"]
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -462,6 +507,25 @@ def test_malformed_refund_resource_is_refused_and_changes_no_table(app, client, 
     )
     assert closed.status_code == 400
     assert table_counts() == before
+
+
+def test_a_signed_refund_notification_without_mchid_is_refused_and_changes_no_table(
+    app, client, paid_order_with_refund
+):
+    # given: WeChat signed it, but it does not say whose refund it is (before, the mchid check was skipped)
+    order, refund = paid_order_with_refund
+    resource = refund_resource(app, order, refund.out_refund_no, 4_000)
+    del resource["mchid"]
+    before = table_counts()
+    # when
+    response = deliver_refund(client, app, resource)
+    # then: malformed, naming the field; nothing refunded, recorded or flagged
+    assert response.status_code == 400
+    assert response.json["code"] == "FAIL" and "refund.mchid" in response.json["message"]
+    assert table_counts() == before
+    assert db.session.get(Refund, refund.id).status == "pending"
+    paid = db.session.get(Order, order.id)
+    assert (paid.refunded_fen, paid.review_reason) == (0, None)
 
 
 def test_refund_of_unknown_order_or_refund_is_refused(app, client, paid_order_with_refund):

@@ -3,7 +3,8 @@
 A person is one ``User`` across both: an openid is per appid (``UserIdentity``),
 and a ``unionid`` links the identities of one person. ``session_key`` stays on
 the server, encrypted at rest. No database transaction is open while WeChat
-is called: the code is exchanged first, the user written after.
+is called: both sign-ins go through ``call_between_commits`` (commit, exchange
+the code, then write the user and commit).
 """
 
 from __future__ import annotations
@@ -101,22 +102,24 @@ def sign_in(
 @endpoint(bp, "/api/v1/auth/login", methods=["POST"], auth=None, body=Login, upstream=True, tags=("auth",))
 def login(body: Login):
     """Exchange a mini-program ``wx.login`` code for our bearer token."""
-    ext = wechat()
-    try:  # before any database access: the WeChat session refuses a call inside a transaction
-        session = ext.mini_program.code_to_session(body.code)
-    except WeChatError as exc:
-        raise to_api_error(exc) from None
-    user = sign_in(
-        current_app.config["WECHAT_APPID"],
-        session["openid"],
-        session.get("unionid"),
-        "mini_program",
-        session["session_key"],
-        origin=(client_ip(), device_id()),
-    )
-    if not user.is_active:
-        raise ApiError("this account is banned", code="user_banned", status=403)
-    return {"token": issue_user_token(user, "mini_program"), "user": user_json(user)}
+    client = wechat().mini_program
+    appid, origin = current_app.config["WECHAT_APPID"], (client_ip(), device_id())
+
+    def exchange(_: None) -> dict:
+        try:
+            return client.code_to_session(body.code)
+        except WeChatError as exc:
+            raise to_api_error(exc) from None
+
+    def sign_in_and_issue(_: None, session: dict) -> dict:
+        user = sign_in(
+            appid, session["openid"], session.get("unionid"), "mini_program", session["session_key"], origin=origin
+        )
+        if not user.is_active:  # raised inside the record step: its sign-in is rolled back
+            raise ApiError("this account is banned", code="user_banned", status=403)
+        return {"token": issue_user_token(user, "mini_program"), "user": user_json(user)}
+
+    return call_between_commits(lambda: None, exchange, sign_in_and_issue)
 
 
 # -- official-account web OAuth ------------------------------------------------------

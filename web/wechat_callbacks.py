@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from models import alert_once, db, utcnow
+from models import db, utcnow
 from payouts import MoneySettings
 from rebate import PayAccount, PaymentOutcome, RefundOutcome, apply_payment, apply_refund_notice
 from web import wechat
@@ -76,6 +77,13 @@ def callback_doc(summary: str) -> Callable:
     )
 
 
+class Accepted(Protocol):
+    """An intake's outcome (payment, refund, transfer): may WeChat stop telling us?"""
+
+    @property
+    def accepted(self) -> bool: ...
+
+
 class CallbackRefused(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -89,13 +97,21 @@ def fail(status: int, message: str) -> Response:
 
 
 def _raw_body() -> bytes:
+    """The body as sent, refused (413, naming the limit) when larger than 16 KiB or ``MAX_CONTENT_LENGTH``.
+
+    A chunked body arrives here sized: ``web.guards`` buffered it (up to ``MAX_CONTENT_LENGTH``) first.
+    """
     limit = min(MAX_CALLBACK_BYTES, current_app.config.get("MAX_CONTENT_LENGTH") or MAX_CALLBACK_BYTES)
     if request.content_length is not None and request.content_length > limit:
-        raise CallbackRefused(413, "body too large")
+        raise CallbackRefused(413, body_too_large(limit))
     raw = request.stream.read(limit + 1)
     if len(raw) > limit:
-        raise CallbackRefused(413, "body too large")
+        raise CallbackRefused(413, body_too_large(limit))
     return raw
+
+
+def body_too_large(limit: int) -> str:
+    return f"body larger than {limit} bytes"
 
 
 def handle_notification(process: Callable[[Notification], None]) -> Response:
@@ -130,12 +146,6 @@ def handle_notification(process: Callable[[Notification], None]) -> Response:
     return Response(status=204)
 
 
-def alert_once_and_commit(kind: str, subject: str, message: str) -> None:
-    """Raise the alert and commit, unless the same one is already open (WeChat retries for 24 h)."""
-    alert_once(kind, subject, message)
-    db.session.commit()
-
-
 def pay_account() -> PayAccount:
     return PayAccount.from_config(current_app.config)
 
@@ -144,7 +154,7 @@ def money_settings() -> MoneySettings:
     return MoneySettings.from_config(current_app.config)
 
 
-def commit_or_refuse(outcome: PaymentOutcome | RefundOutcome, refusals: dict[str, tuple[int, str]]) -> None:
+def commit_or_refuse(outcome: Accepted, refusals: dict[str, tuple[int, str]]) -> None:
     """Keep what the intake did (a flag included), then answer: 204 when WeChat may stop, else its refusal."""
     db.session.commit()
     if not outcome.accepted:

@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidTag
 from wechat import crypto
 from wechat.errors import NotificationRejected, WeChatConfigError, WeChatSignatureError
 from wechat.keys import ApiV3Keys, VerifierKeys
-from wechat.transactions import MalformedResource, RefundNotice, Transaction
+from wechat.transactions import MalformedResource, RefundNotice, Transaction, TransferBill
 
 PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
 MAX_SKEW_S = 300
@@ -42,11 +42,24 @@ class Notification:
         return Transaction.parse(self.resource)
 
     def refund_notice(self) -> RefundNotice:
-        """The resource of a ``REFUND.*`` notification, typed; its state must be the one the event names."""
+        """The resource of a ``REFUND.*`` notification, typed; its state must be the one the event names.
+
+        A notification always names the merchant (API answers do not): without ``mchid`` it is malformed,
+        so the intake's mchid comparison can never be skipped for one.
+        """
         notice = RefundNotice.parse(self.resource)
+        if notice.mchid is None:
+            raise MalformedResource("refund.mchid", "is missing")
         if self.event_type != f"REFUND.{notice.status}":
             raise MalformedResource("refund.refund_status", f"{notice.status} in a {self.event_type} notification")
         return notice
+
+    def transfer_bill(self) -> TransferBill:
+        """The resource of a ``MCHTRANSFER.BILL.FINISHED`` notification, typed; its state must be final."""
+        bill = TransferBill.parse(self.resource)
+        if not bill.final:
+            raise MalformedResource("transfer_bill.state", f"{bill.state} in a {self.event_type} notification")
+        return bill
 
 
 def verify_and_decrypt(

@@ -341,8 +341,8 @@ class PayClient:
         stock_creator_mchid: str,
         appid: str | None = None,
     ) -> dict[str, Any]:
-        """Issue one coupon of a fixed-denomination stock. ``coupon_value`` is not open at WeChat (reference
-        §6.3), so it is never sent: the stock's own denomination is the coupon's value."""
+        """Issue one coupon of a fixed-denomination stock. ``coupon_value`` is not open at WeChat
+        (docs/wechat-rules.md §6.3), so it is never sent: the stock's own denomination is its value."""
         body: dict[str, Any] = {
             "stock_id": stock_id,
             "out_request_no": out_request_no,

@@ -1,13 +1,16 @@
-"""Typed WeChat Pay resources, parsed once at the edge: a payment's transaction and a refund's state.
+"""Typed WeChat Pay resources, parsed once at the edge: a payment, a refund's state, a transfer bill.
 
 A decrypted ``TRANSACTION.SUCCESS`` resource and the answer to an order query
 have one shape (a :class:`Transaction`); a ``REFUND.*`` resource and the answer
-to a refund request or query share theirs (a :class:`RefundNotice`). Each is
-read into a frozen value here, once: a missing field, one of the wrong type, or
-a paid transaction without its amount raises :class:`MalformedResource` naming
-the field, and nothing downstream reads the raw dict again. Whether the values
-agree with our records (mchid, appid, amount) is not decided here: the rebate
-engine compares them once, in ``apply_payment`` / ``apply_refund_notice``.
+to a refund request or query share theirs (a :class:`RefundNotice`); a
+``MCHTRANSFER.BILL.FINISHED`` resource and a transfer-bill query answer share
+a :class:`TransferBill`. Each is read into a frozen value here, once: a missing
+field, one of the wrong type, or a paid transaction without its amount raises
+:class:`MalformedResource` naming the field, and nothing downstream reads the
+raw dict again. Whether the values agree with our records (mchid, appid,
+amount, payee) is not decided here: the rebate engine compares them once, in
+``apply_payment`` / ``apply_refund_notice``, and the payouts in
+``apply_transfer_notice``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from wechat.errors import WeChatError
 
 PAID_STATES = frozenset({"SUCCESS", "REFUND"})  # REFUND: paid, then (partly) refunded
 REFUND_STATES = frozenset({"SUCCESS", "CLOSED", "ABNORMAL", "PROCESSING"})
+TRANSFER_STATES = frozenset(
+    {"ACCEPTED", "PROCESSING", "WAIT_USER_CONFIRM", "TRANSFERING", "SUCCESS", "FAIL", "CANCELING", "CANCELLED"}
+)
+FINAL_TRANSFER_STATES = frozenset({"SUCCESS", "FAIL", "CANCELLED"})
 
 
 class MalformedResource(WeChatError):
@@ -125,6 +132,54 @@ class RefundNotice:
             mchid=r.text("mchid", required=False) or None,
             success_time=r.time("success_time"),
             user_received_account=r.text("user_received_account", required=False),
+        )
+
+
+@dataclass(frozen=True)
+class TransferBill:
+    """A 2025 transfer bill (商家转账) as WeChat tells it: our number, WeChat's, the state, who and how much.
+
+    ``appid`` is in query answers but not among the notification's documented fields: None when absent.
+    ``transfer_amount_fen`` and ``openid`` (the payee) are always there.
+    """
+
+    out_bill_no: str
+    transfer_bill_no: str
+    state: str
+    mch_id: str
+    transfer_amount_fen: int
+    openid: str
+    appid: str | None = None
+    fail_reason: str = ""
+    transfer_remark: str = ""
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_TRANSFER_STATES
+
+    @classmethod
+    def parse(cls, data: object) -> TransferBill:
+        r = _Reader(data, "transfer_bill")
+        state = r.text("state")
+        if state not in TRANSFER_STATES:
+            raise MalformedResource("transfer_bill.state", f"unknown transfer state {state!r}")
+        amount = r.fen("transfer_amount")
+        if amount <= 0:
+            raise MalformedResource("transfer_bill.transfer_amount", f"a transfer of {amount} fen")
+        return cls(
+            out_bill_no=r.text("out_bill_no"),
+            transfer_bill_no=r.text("transfer_bill_no"),
+            state=state,
+            mch_id=r.text("mch_id"),
+            transfer_amount_fen=amount,
+            openid=r.text("openid"),
+            appid=r.text("appid", required=False) or None,
+            fail_reason=r.text("fail_reason", required=False),
+            transfer_remark=r.text("transfer_remark", required=False),
+            create_time=r.time("create_time"),
+            update_time=r.time("update_time"),
         )
 
 

@@ -1,4 +1,4 @@
-"""Typed WeChat Pay resources: a transaction and a refund's state, parsed once at the edge.
+"""Typed WeChat Pay resources: a transaction, a refund's state and a transfer bill, parsed once at the edge.
 
 Good shapes (a notification's resource, the simulator's query answers) become frozen values;
 each bad shape is refused with :class:`MalformedResource` naming the field.
@@ -15,7 +15,7 @@ from wechat_testkit import APPID, MCHID, NOTIFY_URL
 
 from wechat.errors import WeChatError
 from wechat.notifications import verify_and_decrypt
-from wechat.transactions import Amount, MalformedResource, RefundNotice, Transaction
+from wechat.transactions import Amount, MalformedResource, RefundNotice, Transaction, TransferBill
 
 PAID = {
     "appid": APPID,
@@ -198,3 +198,114 @@ def test_a_refund_event_must_name_the_state_its_resource_has(sim_state, verifier
     with pytest.raises(MalformedResource) as refused:
         notification.refund_notice()
     assert refused.value.field == "refund.refund_status"
+
+
+def test_a_verified_refund_notification_must_name_the_merchant(sim_state, verifier_keys, apiv3_key):
+    # given: WeChat signed a refund notification without mchid (API answers have none; notifications always do)
+    headers, body = sim_state.build_notification("REFUND.SUCCESS", changed(REFUND_NOTIFIED, mchid=...), "refund")
+    notification = verify_and_decrypt(headers, body, verifier_keys, apiv3_key)
+    # when / then: refused as malformed, so the intake's mchid comparison is never skipped for one
+    with pytest.raises(MalformedResource) as refused:
+        notification.refund_notice()
+    assert refused.value.field == "refund.mchid"
+    assert RefundNotice.parse(changed(REFUND_NOTIFIED, mchid=...)).mchid is None  # an answer's shape stays valid
+
+
+# -- transfer bills ------------------------------------------------------------------
+
+TRANSFER_NOTIFIED = {  # MCHTRANSFER.BILL.FINISHED's documented fields: no appid
+    "mch_id": MCHID,
+    "out_bill_no": "TB000000000042",
+    "transfer_bill_no": "1330000071100999991182020050700019480001",
+    "state": "SUCCESS",
+    "transfer_amount": 2_345,
+    "openid": "o-MYE42l80oelYMDE34nYD456Xoy",
+    "create_time": "2026-11-25T10:00:00+08:00",
+    "update_time": "2026-11-25T10:05:00+08:00",
+}
+REPORT = [{"info_type": "活动名称", "info_content": "返利"}, {"info_type": "奖励说明", "info_content": "订单返利"}]
+
+
+def test_a_transfer_notification_resource_is_read_into_a_frozen_value():
+    bill = TransferBill.parse(TRANSFER_NOTIFIED)
+    assert bill == TransferBill(
+        out_bill_no="TB000000000042",
+        transfer_bill_no="1330000071100999991182020050700019480001",
+        state="SUCCESS",
+        mch_id=MCHID,
+        transfer_amount_fen=2_345,
+        openid="o-MYE42l80oelYMDE34nYD456Xoy",
+        appid=None,
+        create_time=datetime(2026, 11, 25, 2, 0, tzinfo=UTC),
+        update_time=datetime(2026, 11, 25, 2, 5, tzinfo=UTC),
+    )
+    assert bill.final
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        bill.state = "FAIL"
+
+
+def test_a_failed_bill_carries_its_reason_and_an_answer_its_appid():
+    bill = TransferBill.parse(
+        changed(TRANSFER_NOTIFIED, state="FAIL", fail_reason="PAYEE_ACCOUNT_ABNORMAL", appid=APPID)
+    )
+    assert (bill.state, bill.final, bill.fail_reason, bill.appid) == ("FAIL", True, "PAYEE_ACCOUNT_ABNORMAL", APPID)
+    assert not TransferBill.parse(changed(TRANSFER_NOTIFIED, state="WAIT_USER_CONFIRM")).final
+
+
+BAD_BILLS = {
+    "not_an_object": ("SUCCESS", "transfer_bill"),
+    "no_out_bill_no": (changed(TRANSFER_NOTIFIED, out_bill_no=...), "transfer_bill.out_bill_no"),
+    "no_transfer_bill_no": (changed(TRANSFER_NOTIFIED, transfer_bill_no=...), "transfer_bill.transfer_bill_no"),
+    "no_state": (changed(TRANSFER_NOTIFIED, state=...), "transfer_bill.state"),
+    "unknown_state": (changed(TRANSFER_NOTIFIED, state="PAID"), "transfer_bill.state"),
+    "no_mch_id": (changed(TRANSFER_NOTIFIED, mch_id=...), "transfer_bill.mch_id"),
+    "mch_id_a_number": (changed(TRANSFER_NOTIFIED, mch_id=1230000109), "transfer_bill.mch_id"),
+    "no_amount": (changed(TRANSFER_NOTIFIED, transfer_amount=...), "transfer_bill.transfer_amount"),
+    "amount_as_text": (changed(TRANSFER_NOTIFIED, transfer_amount="2345"), "transfer_bill.transfer_amount"),
+    "amount_a_float": (changed(TRANSFER_NOTIFIED, transfer_amount=23.45), "transfer_bill.transfer_amount"),
+    "amount_zero": (changed(TRANSFER_NOTIFIED, transfer_amount=0), "transfer_bill.transfer_amount"),
+    "no_payee": (changed(TRANSFER_NOTIFIED, openid=...), "transfer_bill.openid"),
+    "empty_payee": (changed(TRANSFER_NOTIFIED, openid=""), "transfer_bill.openid"),
+    "appid_a_number": (changed(TRANSFER_NOTIFIED, appid=1), "transfer_bill.appid"),
+    "naive_update_time": (changed(TRANSFER_NOTIFIED, update_time="2026-11-25T10:05:00"), "transfer_bill.update_time"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BILLS))
+def test_a_bad_transfer_bill_shape_is_refused_naming_the_field(case):
+    data, field = BAD_BILLS[case]
+    with pytest.raises(MalformedResource) as refused:
+        TransferBill.parse(data)
+    assert refused.value.field == field
+    assert field in str(refused.value)
+
+
+def test_a_finished_transfer_notification_gives_its_typed_bill(sim_state, verifier_keys, apiv3_key):
+    headers, body = sim_state.build_notification("MCHTRANSFER.BILL.FINISHED", TRANSFER_NOTIFIED, "mch_payment")
+    assert verify_and_decrypt(headers, body, verifier_keys, apiv3_key).transfer_bill() == TransferBill.parse(
+        TRANSFER_NOTIFIED
+    )
+
+
+def test_a_finished_transfer_notification_must_name_a_final_state(sim_state, verifier_keys, apiv3_key):
+    resource = changed(TRANSFER_NOTIFIED, state="PROCESSING")
+    headers, body = sim_state.build_notification("MCHTRANSFER.BILL.FINISHED", resource, "mch_payment")
+    with pytest.raises(MalformedResource) as refused:
+        verify_and_decrypt(headers, body, verifier_keys, apiv3_key).transfer_bill()
+    assert refused.value.field == "transfer_bill.state"
+
+
+def test_the_simulator_transfer_query_answers_parse(sim_http, pay_client, sim_state):
+    sim_http.add(responses.POST, NOTIFY_URL, status=204)  # the transfer notification, not read here
+    answer = pay_client.transfer_bill("TB0000000042", "openid-1", 800, "返现到账", REPORT, NOTIFY_URL)
+    waiting = TransferBill.parse(pay_client.query_transfer_bill("TB0000000042"))
+    assert (waiting.state, waiting.final, waiting.transfer_amount_fen, waiting.openid) == (
+        "WAIT_USER_CONFIRM",
+        False,
+        800,
+        "openid-1",
+    )
+    assert (waiting.mch_id, waiting.appid) == (MCHID, APPID)
+    sim_state.confirm_transfer(answer["package_info"])
+    paid = TransferBill.parse(pay_client.query_transfer_bill("TB0000000042"))
+    assert (paid.state, paid.final, paid.transfer_bill_no) == ("SUCCESS", True, answer["transfer_bill_no"])

@@ -1,4 +1,4 @@
-"""Simulated card package (卡券, reference §6.4): what ``wx.addCard`` does on the phone, and the
+"""Simulated card package (卡券, docs/wechat-rules.md §6.4): what ``wx.addCard`` does on the phone, and the
 server calls ``/card/code/decrypt`` and ``/card/code/consume``.
 
 A card payout's cardExt is signed by our app with the simulator's api_ticket; ``add_card`` checks that

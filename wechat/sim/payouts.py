@@ -156,7 +156,7 @@ class PayoutMixin:
         missing = [n for n in ("stock_id", "out_request_no", "appid", "stock_creator_mchid") if not body.get(n)]
         if missing:
             raise SimError(400, "PARAM_ERROR", f"缺少参数 {', '.join(missing)}")
-        if "coupon_value" in body or "coupon_minimum" in body:  # "该字段暂未开放" (reference §6.3)
+        if "coupon_value" in body or "coupon_minimum" in body:  # "该字段暂未开放" (docs/wechat-rules.md §6.3)
             raise SimError(400, "PARAM_ERROR", "coupon_value/coupon_minimum 暂未开放")
         with self.lock:
             existing = self.coupons.get(body["out_request_no"])
