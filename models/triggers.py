@@ -87,7 +87,7 @@ class Trigger:
     def to_json(self) -> dict:
         """As stored in ``campaigns.trigger``: every field written out (``sharer_reward_fen`` only when set)."""
         stored = {
-            "kind": self.kind.value,
+            "kind": TriggerKind(self.kind).value,
             "min_order_fen": self.min_order_fen,
             "first_order_only": self.first_order_only,
             "streak_bonus": [{"days": b.days, "amount_fen": b.amount_fen} for b in self.streak_bonus],
