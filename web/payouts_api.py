@@ -16,7 +16,6 @@ from pydantic import BaseModel, Field, model_validator
 from models import OperatorRole, Payout, PayoutAttempt, Rail, RailControl, User, call_between_commits, db, utcnow
 from models.operators import audit
 from payouts import controls
-from payouts.controls import rail_is_on
 from payouts.operations import (
     approve,
     cancel,
@@ -278,7 +277,7 @@ def rail_json(rail: str, control: RailControl | None, now: datetime) -> dict:
     return {
         "rail": rail,
         "configured": why_not is None,
-        "enabled": why_not is None and rail_is_on(control, now),
+        "enabled": why_not is None and controls.rail_is_on(control, now),
         "paused_until": control.paused_until.isoformat() if control and control.paused_until else None,
         "reason": why_not or (control.reason if control else None),
     }
