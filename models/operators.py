@@ -2,18 +2,24 @@
 
 An ``Actor`` is an operator at work (and the network address they act from): operations below the
 shell take it explicitly to scope what they touch and to write the audit line with the action.
+``create_operator`` keeps the scope rule (merchant staff belong to exactly one merchant, platform roles
+to none) and issues the first personal token, in the caller's transaction.
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, String, Text
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, String, Text, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, UTCDateTime, db, utcnow
+from models.people import Merchant
 
 
 class OperatorRole(StrEnum):
@@ -106,3 +112,69 @@ def audit(actor: Actor, action: str, target_type: str, target_id: object, reason
             ip=actor.ip,
         )
     )
+
+
+class OperatorError(Exception):
+    """A refused operator change; ``kind`` tells the web layer the status."""
+
+    code, kind = "operator_error", "invalid"
+
+
+class MerchantScopeError(OperatorError):
+    code, kind = "merchant_scope", "invalid"
+
+
+class DuplicateOperator(OperatorError):
+    code, kind = "duplicate_operator", "conflict"
+
+
+class MerchantNotFound(OperatorError):
+    code, kind = "not_found", "not_found"
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_operator_token(operator: Operator, label: str = "", ttl: timedelta | None = None) -> str:
+    """A new personal token; only its digest is stored, the token is shown once."""
+    token = "op_" + secrets.token_urlsafe(32)
+    db.session.add(
+        OperatorToken(
+            operator_id=operator.id,
+            token_sha256=token_digest(token),
+            label=label,
+            expires_at=utcnow() + ttl if ttl else None,
+        )
+    )
+    db.session.flush()
+    return token
+
+
+def create_operator_record(username: str, display_name: str, role: str, merchant_id: int | None) -> Operator:
+    """The operator row alone (the command line's bootstrap; the database keeps the scope rule too)."""
+    exists = db.session.execute(select(func.count()).where(Operator.username == username)).scalar_one()
+    if exists:
+        raise DuplicateOperator(f"operator {username!r} exists")
+    operator = Operator(username=username, display_name=display_name, role=role, merchant_id=merchant_id)
+    db.session.add(operator)
+    try:
+        db.session.flush()
+    except IntegrityError:  # a concurrent create won the race for the username
+        raise DuplicateOperator(f"operator {username!r} exists") from None
+    return operator
+
+
+def create_operator(
+    actor: Actor, username: str, display_name: str, role: str, merchant_id: int | None, reason: str
+) -> tuple[Operator, str]:
+    """A new operator and their first personal token (shown once), audited with the reason."""
+    if (role == OperatorRole.MERCHANT_STAFF) != (merchant_id is not None):
+        raise MerchantScopeError("merchant_id is required for merchant_staff and forbidden otherwise")
+    scope = actor.merchant_scope
+    if merchant_id is not None and (db.session.get(Merchant, merchant_id) is None or scope not in (None, merchant_id)):
+        raise MerchantNotFound(f"merchant {merchant_id} not found")
+    operator = create_operator_record(username, display_name, role, merchant_id)
+    token = issue_operator_token(operator, label="initial")
+    audit(actor, "operator.create", "operator", operator.id, reason, role=role, merchant_id=merchant_id)
+    return operator, token

@@ -4,6 +4,13 @@ The stored format is unchanged (``{"kind": "order_paid", "min_order_fen": 20000}
 campaign whose packets are only issued by hand); ``Trigger.parse`` reads it once where it is used and
 refuses anything else with a ``TriggerError`` that says which field is wrong and why. ``Campaign``
 validates the column on every write, so a bad trigger is refused before it is stored.
+
+This parser is the one definition of a trigger: the campaign operations parse with it (and store
+``to_json``, every default written out), the admin API checks its JSON with it, and ``TRIGGER_SCHEMA``
+(built from the same bounds) is what /openapi.json publishes.
+
+A streak bonus is every 2 to 365 consecutive days: a bonus "every 1 day" is no streak (every sign-in
+would pay it: that is the campaign's packet amount), and a year is the longest streak a campaign runs.
 """
 
 from __future__ import annotations
@@ -32,9 +39,14 @@ PLATFORM_WIDE = frozenset({TriggerKind.REGISTRATION, TriggerKind.DAILY_SIGN_IN, 
 
 
 class TriggerError(ValueError):
-    """A stored trigger that is not one we can act on; the message names the field."""
+    """A trigger that is not one we can act on; the message names the field."""
 
     code = "invalid_trigger"
+    kind = "invalid"
+
+
+STREAK_DAYS = (2, 365)  # a bonus every this many consecutive days (see the module's note)
+MAX_STREAK_BONUSES = 10
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,18 @@ class Trigger:
             sharer_reward_fen=_fen(raw, "sharer_reward_fen", None, low=1),
         )
 
+    def to_json(self) -> dict:
+        """As stored in ``campaigns.trigger``: every field written out (``sharer_reward_fen`` only when set)."""
+        stored = {
+            "kind": TriggerKind(self.kind).value,
+            "min_order_fen": self.min_order_fen,
+            "first_order_only": self.first_order_only,
+            "streak_bonus": [{"days": b.days, "amount_fen": b.amount_fen} for b in self.streak_bonus],
+        }
+        if self.sharer_reward_fen is not None:
+            stored["sharer_reward_fen"] = self.sharer_reward_fen
+        return stored
+
 
 FIELDS = frozenset({"kind", "min_order_fen", "first_order_only", "streak_bonus", "sharer_reward_fen"})
 KINDS = frozenset(k.value for k in TriggerKind)
@@ -100,16 +124,50 @@ def _flag(raw: dict, key: str) -> bool:
 
 
 def _streak_bonus(raw: object) -> tuple[StreakBonus, ...]:
-    if not isinstance(raw, list):
-        raise TriggerError("trigger streak_bonus must be a list of {days, amount_fen}")
+    if not isinstance(raw, list) or len(raw) > MAX_STREAK_BONUSES:
+        raise TriggerError(f"trigger streak_bonus must be a list of at most {MAX_STREAK_BONUSES} {{days, amount_fen}}")
+    low, high = STREAK_DAYS
     bonuses = []
-    for item in raw:
+    for i, item in enumerate(raw):
+        where = f"trigger streak_bonus[{i}]"
         if not isinstance(item, dict) or set(item) != {"days", "amount_fen"}:
-            raise TriggerError(f"each streak bonus is {{days, amount_fen}}, not {item!r}")
+            raise TriggerError(f"{where}: each streak bonus is {{days, amount_fen}}, not {item!r}")
         days, amount = item["days"], item["amount_fen"]
-        if not _is_int(days) or not 1 <= days <= 366:
-            raise TriggerError(f"a streak bonus's days must be a whole number from 1 to 366, not {days!r}")
+        if not _is_int(days) or not low <= days <= high:
+            raise TriggerError(f"{where}.days must be a whole number from {low} to {high}, not {days!r}")
         if not _is_int(amount) or not 1 <= amount <= MAX_FEN:
-            raise TriggerError(f"a streak bonus's amount_fen must be a positive whole number of fen, not {amount!r}")
+            raise TriggerError(f"{where}.amount_fen must be a positive whole number of fen, not {amount!r}")
         bonuses.append(StreakBonus(days, amount))
     return tuple(bonuses)
+
+
+def _fen_schema(low: int, *, null: bool = False) -> dict:
+    kind = ["integer", "null"] if null else "integer"
+    return {"type": kind, "minimum": low, "maximum": MAX_FEN}
+
+
+# What /openapi.json publishes for a trigger: the same fields and bounds ``Trigger.parse`` checks.
+TRIGGER_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "kind": {"enum": [k.value for k in TriggerKind], "default": TriggerKind.MANUAL.value},
+        "min_order_fen": {**_fen_schema(0), "default": 0},
+        "first_order_only": {"type": "boolean", "default": False},
+        "streak_bonus": {
+            "type": "array",
+            "maxItems": MAX_STREAK_BONUSES,
+            "default": [],
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["days", "amount_fen"],
+                "properties": {
+                    "days": {"type": "integer", "minimum": STREAK_DAYS[0], "maximum": STREAK_DAYS[1]},
+                    "amount_fen": _fen_schema(1),
+                },
+            },
+        },
+        "sharer_reward_fen": _fen_schema(1, null=True),
+    },
+}

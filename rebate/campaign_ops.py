@@ -6,6 +6,10 @@ Merchant staff manage only their own merchant's campaigns, funded by their own d
 is not found. Referral campaigns and campaigns fired by platform-wide events (registration, daily
 sign-in, referral binding) are for platform admins only. A merchant-funded campaign is activated, and a
 running one's budget raised, only while its funder's deposit holds what the budget may still commit.
+
+The trigger and the claim limits are parsed here by their one definition (``Trigger.parse``,
+``ClaimLimits.parse``: 422 ``invalid_trigger`` / ``invalid_claim_limits`` naming the field) and stored
+with every default written out, whoever calls (the admin API, the console, a script).
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from datetime import datetime
 
 from models import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType, RedPacket, db
 from models.operators import Actor, audit
-from models.triggers import PLATFORM_WIDE
+from models.triggers import PLATFORM_WIDE, Trigger
 from rebate.campaigns import rules_of
 from rebate.deposits import held_in_deposit, lock_deposits
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
 from rebate.packets import generate_batch, revoke_packet
 from rebate.rules import RuleSet, parse_rules, rules_json
 from rebate.scope import visible_campaign, visible_merchant
+from risk import ClaimLimits
 
 TRANSITIONS = {
     "activate": ({CampaignStatus.DRAFT, CampaignStatus.PAUSED}, CampaignStatus.ACTIVE),
@@ -83,17 +88,31 @@ def _check_parties(actor: Actor, fields: Mapping) -> None:
         raise Invalid("merchant staff run campaigns issued and funded by their own merchant", code="funder")
 
 
+def typed_columns(fields: Mapping) -> dict:
+    """``fields`` with the trigger and claim limits parsed (``TriggerError`` / ``ClaimLimitsError``) and
+    written out in full; absent, they are a manual trigger and the default limits."""
+    trigger = Trigger.parse(fields.get("trigger"))
+    limits = ClaimLimits.parse(fields.get("claim_limits"))
+    return {**fields, "trigger": trigger.to_json(), "claim_limits": limits.to_json()}
+
+
+def _checked(actor: Actor, fields: Mapping, rules: dict) -> tuple[dict, RuleSet]:
+    columns = typed_columns(fields)
+    check_platform_only(actor, rules.get("applies_to", "packet"), columns["trigger"]["kind"])
+    _check_parties(actor, columns)
+    return columns, parse_rules(rules, budgeted=columns.get("budget_limit_fen") is not None)
+
+
 def check_campaign(actor: Actor, fields: Mapping, rules: dict) -> RuleSet:
     """Everything ``create_campaign`` refuses, refused the same way; writes nothing."""
-    check_platform_only(actor, rules.get("applies_to", "packet"), (fields.get("trigger") or {}).get("kind"))
-    _check_parties(actor, fields)
-    return parse_rules(rules, budgeted=fields.get("budget_limit_fen") is not None)
+    return _checked(actor, fields, rules)[1]
 
 
 def create_campaign(actor: Actor, fields: Mapping, rules: dict, reason: str | None) -> Campaign:
     """A draft campaign with version 1 of its rules (``fields``: its columns, JSON ones as JSON)."""
-    stored = rules_json(check_campaign(actor, fields, rules))
-    campaign = Campaign(**fields, status=CampaignStatus.DRAFT)
+    columns, rule_set = _checked(actor, fields, rules)
+    stored = rules_json(rule_set)
+    campaign = Campaign(**columns, status=CampaignStatus.DRAFT)
     db.session.add(campaign)
     db.session.flush()
     db.session.add(CampaignRules(campaign_id=campaign.id, version=1, rules=stored, created_by=actor.operator.id))
@@ -176,6 +195,8 @@ def _check_changes(campaign: Campaign, changes: Mapping) -> None:
 def change_campaign(actor: Actor, campaign_id: int, changes: Mapping, reason: str) -> Campaign:
     """Change a campaign's budget, end, counts, audience or limits (``changes``: only what is sent)."""
     campaign = _changeable(actor, campaign_id)
+    if changes.get("claim_limits") is not None:  # null: back to the defaults
+        changes = {**changes, "claim_limits": ClaimLimits.parse(changes["claim_limits"]).to_json()}
     _check_changes(campaign, changes)
     before = {name: getattr(campaign, name) for name in changes}
     for name, value in changes.items():

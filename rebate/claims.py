@@ -6,6 +6,9 @@ platform-wide ones (``PlatformLimits``, read from settings by the shell and pass
 funder's deposit that cannot cover the packet) rolls the claim back to it, keeps the refusal for the
 trace (and pauses a campaign whose deposit ran dry), and is raised again. The caller commits what was
 kept before answering the refusal (``REFUSALS``); nothing here commits.
+
+Device ids (for the per-device limits) are handed out here too, sparingly per network address
+(``new_device_id``), so fresh ones cannot reset a device limit.
 """
 
 from __future__ import annotations
@@ -22,9 +25,18 @@ from rebate.deposits import pause_refused
 from rebate.errors import DepositExhausted, NotFound, StateConflict
 from rebate.packets import claim_packet, find_claimable, issue_packet
 from rebate.triggers import claim_gate, claim_share
-from risk import Claimant, ClaimLimits, LimitHit, PlatformLimits, enforce_claim_limits, record_refusal
+from risk import (
+    Claimant,
+    ClaimLimits,
+    LimitHit,
+    PlatformLimits,
+    enforce_claim_limits,
+    record_refusal,
+    take_device_token_slot,
+)
 
 REFUSALS = (LimitHit, DepositExhausted)  # raised after the refusal was kept: commit, then answer it
+DEVICE_IDS_PER_IP_PER_DAY = 20
 
 
 @dataclass(frozen=True)
@@ -48,9 +60,15 @@ def refusal_kept(campaign_id: int, person_id: int) -> Iterator[None]:
         raise
 
 
+def new_device_id(ip: str, now: datetime, per_day: int = DEVICE_IDS_PER_IP_PER_DAY) -> str:
+    """A fresh device id for the shell to sign into a device token; ``per_day`` a Beijing day per IP (``LimitHit``)."""
+    take_device_token_slot(ip, per_day, now)
+    return secrets.token_hex(12)
+
+
 def take_campaign_limits(campaign: Campaign, claimant: Claimant, now: datetime) -> None:
     """The campaign's own limit slots (the platform-wide ones are taken when the packet is issued)."""
-    limits = ClaimLimits.from_json(campaign.claim_limits)
+    limits = ClaimLimits.parse(campaign.claim_limits)
     enforce_claim_limits(limits, campaign_id=campaign.id, claimant=claimant, now=now)
 
 

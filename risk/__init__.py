@@ -3,13 +3,16 @@
 Owns: per-IP, per-device and per-person claim limits across the platform
 (count per Beijing day, minimum interval) and per campaign, enforced by atomic upserts in the same
 transaction as the claim, so a refused or rolled-back claim consumes nothing
-and concurrent claims can never exceed a limit.
+and concurrent claims can never exceed a limit. A campaign's limits have one
+definition, ``ClaimLimits.parse`` (and the ``CLAIM_LIMITS_SCHEMA`` it publishes).
 """
 
 from risk.limits import (
+    CLAIM_LIMITS_SCHEMA,
     Claimant,
     ClaimGate,
     ClaimLimits,
+    ClaimLimitsError,
     LimitHit,
     PlatformLimits,
     enforce_claim_limits,
@@ -19,8 +22,10 @@ from risk.limits import (
 )
 
 __all__ = [
+    "CLAIM_LIMITS_SCHEMA",
     "ClaimGate",
     "ClaimLimits",
+    "ClaimLimitsError",
     "Claimant",
     "LimitHit",
     "PlatformLimits",

@@ -9,12 +9,16 @@ Two layers: the platform-wide limits (settings ``CLAIM_*``: packets a Beijing
 day and seconds between claims, per IP, per device and per person, across
 every campaign and every way to get a packet) and a campaign's own limits
 (``Campaign.claim_limits``) on top, for the claim paths.
+
+``ClaimLimits.parse`` is the one definition of a campaign's limits: the campaign operations parse
+with it (and store ``to_json``), the admin API checks its JSON with it, claims read the stored JSON
+with it, and ``CLAIM_LIMITS_SCHEMA`` (built from the same bounds) is what /openapi.json publishes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, literal_column
@@ -37,18 +41,64 @@ class LimitHit(Exception):
         self.code = code
 
 
+# The largest value of each campaign limit (the smallest is 1; null is "no such limit").
+LIMIT_MAXIMUM = {
+    "per_ip_per_day": 100_000,
+    "min_interval_seconds": 86_400 * 30,
+    "per_person": 100_000,
+    "per_person_per_day": 100_000,
+}
+
+
+class ClaimLimitsError(ValueError):
+    """Claim limits that are not ones we can enforce; the message names the field."""
+
+    code = "invalid_claim_limits"
+    kind = "invalid"
+
+
 @dataclass(frozen=True)
 class ClaimLimits:
+    """A campaign's own limits; ``None`` is "no such limit"."""
+
     per_ip_per_day: int | None = 5
     min_interval_seconds: int | None = 600  # per device and per IP
     per_person: int | None = 1
     per_person_per_day: int | None = None
 
     @classmethod
-    def from_json(cls, data: dict | None) -> ClaimLimits:
-        data = data or {}
-        fields = ("per_ip_per_day", "min_interval_seconds", "per_person", "per_person_per_day")
-        return cls(**{k: data[k] for k in fields if k in data})
+    def parse(cls, raw: object) -> ClaimLimits:
+        """The JSON (``None`` or ``{}``: the defaults; a field sent as null: no such limit), or ``ClaimLimitsError``."""
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise ClaimLimitsError(f"claim_limits is an object, not {type(raw).__name__}")
+        unknown = sorted(set(raw) - set(LIMIT_MAXIMUM))
+        if unknown:
+            raise ClaimLimitsError(f"unknown claim_limits field(s) {unknown}; claim limits have {list(LIMIT_MAXIMUM)}")
+        for name, value in raw.items():
+            top = LIMIT_MAXIMUM[name]
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if value is not None and not (whole and 1 <= value <= top):
+                raise ClaimLimitsError(
+                    f"claim_limits.{name} must be a whole number from 1 to {top} or null, not {value!r}"
+                )
+        return cls(**raw)
+
+    def to_json(self) -> dict:
+        """As stored in ``campaigns.claim_limits``: every field written out, null for "no such limit"."""
+        return asdict(self)
+
+
+# What /openapi.json publishes for a campaign's claim limits: the fields and bounds ``ClaimLimits.parse`` checks.
+CLAIM_LIMITS_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        f.name: {"type": ["integer", "null"], "minimum": 1, "maximum": LIMIT_MAXIMUM[f.name], "default": f.default}
+        for f in fields(ClaimLimits)
+    },
+}
 
 
 def _insert():

@@ -130,7 +130,14 @@ def names_imported_from(path: Path, package: str) -> set[str]:
     }
 
 
-CLAIM_LIMITS = {"enforce_claim_limits", "enforce_platform_limits", "take_platform_daily", "ClaimGate", "record_refusal"}
+CLAIM_LIMITS = {
+    "enforce_claim_limits",
+    "enforce_platform_limits",
+    "take_platform_daily",
+    "ClaimGate",
+    "record_refusal",
+    "take_device_token_slot",
+}
 
 
 def test_rebate_takes_the_claim_limits_from_risk_and_no_blueprint_does():

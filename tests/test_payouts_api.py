@@ -862,11 +862,14 @@ def test_switching_on_clears_a_notenough_pause(app, client, queued, admin):
     _, headers = admin
     queued()
     run(ScriptedRail(RailResult(Outcome.PAUSE_RAIL, "NOT_ENOUGH", "top up")))
+    # then: the listing says what the dispatcher does: a paused rail is off until its pause ends
     paused = {r["rail"]: r for r in client.get(RAILS, headers=headers).json["items"]}["wechat_change"]
-    assert paused["paused_until"] is not None and paused["enabled"] is True
+    assert paused["paused_until"] is not None and paused["enabled"] is False
     client.put(f"{RAILS}/wechat_change", json={"enabled": True, "reason": "topped up"}, headers=headers)
     db.session.expire_all()
     assert db.session.get(RailControl, "wechat_change").paused_until is None
+    listed = {r["rail"]: r for r in client.get(RAILS, headers=headers).json["items"]}["wechat_change"]
+    assert (listed["enabled"], listed["paused_until"]) == (True, None)
 
 
 def test_switching_an_unknown_rail_is_404_and_a_bad_body_422(app, client, admin):

@@ -8,17 +8,17 @@ the same transaction.
 from __future__ import annotations
 
 from flask import Blueprint, g, request
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ledger import balance
-from models import AuditLog, Merchant, Operator, OperatorRole, Product, db
+from models import AuditLog, Merchant, OperatorRole, Product, db, operators
 from models.operators import Actor, audit, merchant_scope
-from rebate.deposits import deposit_account, top_up
+from rebate import deposit_ops
+from rebate.deposits import deposit_account
 from rebate.scope import visible_merchant
 from web.api import client_ip, endpoint
-from web.auth import issue_operator_token
-from web.errors import Conflict, ValidationFailed
+from web.errors import Conflict
 from web.schemas import Category, Id, Model, Name, Page, PositiveFen, Reason
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
@@ -121,10 +121,8 @@ class DepositTopUp(Model):
 )
 def top_up_deposit(merchant_id: int, body: DepositTopUp):
     """Record money the merchant paid into its marketing deposit; its campaigns spend only what it holds."""
-    visible_merchant(g.operator, merchant_id)
-    key = f"{g.operator.id}:{request.headers['Idempotency-Key']}"
-    held = top_up(merchant_id, body.amount_fen, key, f"deposit top-up: {body.reason}")
-    audit(actor(), "merchant.deposit_top_up", "merchant", merchant_id, body.reason, amount_fen=body.amount_fen)
+    key = request.headers["Idempotency-Key"]
+    held = deposit_ops.top_up_deposit(actor(), merchant_id, body.amount_fen, key, body.reason)
     return {"merchant_id": merchant_id, "deposit_fen": held}, 201
 
 
@@ -186,31 +184,10 @@ def list_products(merchant_id: int, query: Page):
 )
 def create_operator(body: CreateOperator):
     """Create an operator and return their first personal token (shown once)."""
-    if (body.role == OperatorRole.MERCHANT_STAFF) != (body.merchant_id is not None):
-        raise ValidationFailed(
-            "merchant_id is required for merchant_staff and forbidden otherwise", code="merchant_scope"
-        )
-    if body.merchant_id is not None:
-        visible_merchant(g.operator, body.merchant_id)
-    operator = create_operator_record(body.username, body.display_name, body.role, body.merchant_id)
-    token = issue_operator_token(operator, label="initial")
-    audit(
-        actor(), "operator.create", "operator", operator.id, body.reason, role=body.role, merchant_id=body.merchant_id
+    operator, token = operators.create_operator(
+        actor(), body.username, body.display_name, body.role, body.merchant_id, body.reason
     )
     return {"id": operator.id, "username": operator.username, "role": operator.role, "token": token}, 201
-
-
-def create_operator_record(username: str, display_name: str, role: str, merchant_id: int | None) -> Operator:
-    exists = db.session.execute(select(func.count()).where(Operator.username == username)).scalar_one()
-    if exists:
-        raise Conflict(f"operator {username!r} exists", code="duplicate_operator")
-    operator = Operator(username=username, display_name=display_name, role=role, merchant_id=merchant_id)
-    db.session.add(operator)
-    try:
-        db.session.flush()
-    except IntegrityError:  # a concurrent create won the race for the username
-        raise Conflict(f"operator {username!r} exists", code="duplicate_operator") from None
-    return operator
 
 
 @endpoint(bp, "/audit-log", auth="operator", roles=(OperatorRole.ADMIN, OperatorRole.FINANCE), query=Page)

@@ -16,6 +16,8 @@
   only flush; this decorator commits once when the answer is below 400 and
   rolls back otherwise.
 * ``idempotent``: honours ``Idempotency-Key`` (web/idempotency.py).
+* ``writes``: a GET whose operation may write (a value made on its first read, the same on every
+  read): committed once by this decorator like a mutating route, never by the view.
 """
 
 from __future__ import annotations
@@ -116,9 +118,10 @@ def endpoint(
     response: type[BaseModel] | None = None,
     summary: str = "",
     tags: tuple[str, ...] = (),
+    writes: bool = False,
 ) -> Callable:
     methods = tuple(m.upper() for m in methods)
-    mutating = bool(MUTATING & set(methods))
+    mutating = bool(MUTATING & set(methods)) or writes
 
     def decorate(view: Callable) -> Callable:
         @functools.wraps(view)

@@ -5,15 +5,12 @@ There is no bypass: no header, query flag or mode skips these checks.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-from datetime import timedelta
-
 from flask import current_app, g, request
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import select
 
 from models import Operator, OperatorToken, User, db, utcnow
+from models.operators import issue_operator_token, token_digest  # noqa: F401 - also this module's API
 from web.errors import Forbidden, Unauthorized
 
 USER_TOKEN_SALT = "user-token-v1"  # noqa: S105 - a salt, not a secret
@@ -72,25 +69,6 @@ def current_user() -> User:
         raise Forbidden("this account is banned", code="user_banned")
     g.user, g.token_channel = user, data.get("ch")
     return user
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def issue_operator_token(operator: Operator, label: str = "", ttl: timedelta | None = None) -> str:
-    """A new personal token; only its digest is stored, the token is shown once."""
-    token = "op_" + secrets.token_urlsafe(32)
-    db.session.add(
-        OperatorToken(
-            operator_id=operator.id,
-            token_sha256=token_digest(token),
-            label=label,
-            expires_at=utcnow() + ttl if ttl else None,
-        )
-    )
-    db.session.flush()
-    return token
 
 
 def current_operator(roles: tuple[str, ...] = ()) -> Operator:

@@ -7,6 +7,9 @@ admins only (403); a merchant-funded campaign is activated, and a running one's 
 while its funder's deposit holds what the budget may still commit (409 deposit_exhausted). The rule set
 is one JSON object: its shape is ``rebate.rules.RULES_SCHEMA`` (checked here, 422 naming the field, and
 published in /openapi.json), its meaning is checked by ``parse_rules`` in the operation (422 invalid_rules).
+The trigger and the claim limits are JSON objects too, checked here by their one parser
+(``models.triggers.Trigger.parse``, ``risk.ClaimLimits.parse``) and published with its schema
+(``TRIGGER_SCHEMA``, ``CLAIM_LIMITS_SCHEMA``); the operation parses them again for callers other than this API.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from sqlalchemy import select
 
 from models import Campaign, CampaignRules, FunderType, IssuerType, OperatorRole, RedPacket, db, utcnow
 from models.operators import merchant_scope
-from models.triggers import TriggerKind
+from models.triggers import TRIGGER_SCHEMA, Trigger, TriggerError
 from rebate import campaign_ops
 from rebate.rules import RULES_SCHEMA, RuleError, check_shape
 from rebate.scope import visible_campaign
+from risk import CLAIM_LIMITS_SCHEMA, ClaimLimits, ClaimLimitsError
 from web.admin import actor
 from web.api import endpoint
 from web.schemas import Category, Id, Model, Name, NonNegativeFen, Page, PositiveFen, Reason
@@ -42,20 +46,27 @@ def _well_formed(rules: dict) -> dict:
     return rules
 
 
+def _trigger(trigger: dict) -> dict:
+    """A trigger ``Trigger.parse`` accepts (the operation stores it with every default written out)."""
+    try:
+        Trigger.parse(trigger)
+    except TriggerError as exc:
+        raise ValueError(str(exc)) from None
+    return trigger
+
+
+def _claim_limits(limits: dict) -> dict:
+    """Claim limits ``ClaimLimits.parse`` accepts; a field left out takes its default, null is no such limit."""
+    try:
+        ClaimLimits.parse(limits)
+    except ClaimLimitsError as exc:
+        raise ValueError(str(exc)) from None
+    return limits
+
+
 RulesIn = Annotated[dict, AfterValidator(_well_formed), WithJsonSchema(RULES_SCHEMA)]
-
-
-class StreakBonus(Model):
-    days: Annotated[StrictInt, Field(ge=2, le=365)]
-    amount_fen: PositiveFen
-
-
-class TriggerIn(Model):
-    kind: TriggerKind
-    min_order_fen: NonNegativeFen = 0
-    first_order_only: StrictBool = False
-    streak_bonus: Annotated[list[StreakBonus], Field(max_length=10)] = []
-    sharer_reward_fen: PositiveFen | None = None
+TriggerIn = Annotated[dict, AfterValidator(_trigger), WithJsonSchema(TRIGGER_SCHEMA)]
+ClaimLimitsIn = Annotated[dict, AfterValidator(_claim_limits), WithJsonSchema(CLAIM_LIMITS_SCHEMA)]
 
 
 class PacketTier(Model):
@@ -66,13 +77,6 @@ class PacketTier(Model):
 class UsageWindows(Model):
     weekdays: Annotated[list[Annotated[StrictInt, Field(ge=1, le=7)]], Field(max_length=7)] = []
     hours: Annotated[list[Annotated[StrictInt, Field(ge=0, le=24)]], Field(min_length=2, max_length=2)] | None = None
-
-
-class ClaimLimitsIn(Model):
-    per_ip_per_day: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = 5
-    min_interval_seconds: Annotated[StrictInt, Field(ge=1, le=86_400 * 30)] | None = 600
-    per_person: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = 1
-    per_person_per_day: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = None
 
 
 class CreateCampaign(Model):
@@ -99,8 +103,8 @@ class CreateCampaign(Model):
     usage_windows: UsageWindows = UsageWindows()
     max_packets: Annotated[StrictInt, Field(ge=1, le=100_000_000)] | None = None
     max_packets_per_order: Annotated[StrictInt, Field(ge=1, le=5)] = 1
-    claim_limits: ClaimLimitsIn = ClaimLimitsIn()
-    trigger: TriggerIn = TriggerIn(kind=TriggerKind.MANUAL)
+    claim_limits: ClaimLimitsIn = {}
+    trigger: TriggerIn = {}
     rules: RulesIn
     reason: Reason | None = None
 
@@ -120,11 +124,10 @@ class Batch(Model):
 
 
 def _columns(body: CreateCampaign) -> dict:
-    """The new campaign's columns: JSON columns as JSON (an unset claim limit is kept as "no such limit")."""
-    json_columns = {"trigger", "packet_tiers", "usage_windows"}
-    fields = body.model_dump(exclude={"rules", "reason", "claim_limits", *json_columns})
-    fields |= body.model_dump(mode="json", include=json_columns, exclude_none=True)
-    return {**fields, "claim_limits": body.claim_limits.model_dump(mode="json")}
+    """The new campaign's columns: JSON columns as JSON (the operation parses the trigger and claim limits)."""
+    json_columns = {"packet_tiers", "usage_windows"}
+    fields = body.model_dump(exclude={"rules", "reason", *json_columns})
+    return fields | body.model_dump(mode="json", include=json_columns, exclude_none=True)
 
 
 def campaign_json(c: Campaign) -> dict:

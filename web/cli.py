@@ -23,7 +23,7 @@ ledger_cli = AppGroup("ledger", help="Ledger checks.")
 def create_operator_command(username: str, display_name: str | None, role: str, merchant_id: int | None) -> None:
     """Create an operator (the first admin, say) and print their personal token once."""
     from models import AuditLog
-    from web.admin import create_operator_record
+    from models.operators import OperatorError, create_operator_record
     from web.auth import issue_operator_token
     from web.errors import ApiError
 
@@ -45,8 +45,8 @@ def create_operator_command(username: str, display_name: str | None, role: str, 
                     details={"role": role},
                 )
             )
-    except ApiError as exc:
-        raise click.ClickException(exc.message) from None
+    except (ApiError, OperatorError) as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"operator {username} ({role}) created; token (shown once):")
     click.echo(token)
 

@@ -12,7 +12,6 @@ socket's, or ``X-Forwarded-For`` only behind ``TRUSTED_PROXY_COUNT`` proxies.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -25,7 +24,7 @@ from models import User, db, utcnow
 from rebate import claims
 from rebate.claims import REFUSALS, running_campaign
 from rebate.triggers import bind_inviter, create_share_link, invite_code_of, sign_in
-from risk import Claimant, PlatformLimits, take_device_token_slot
+from risk import Claimant, PlatformLimits
 from web.api import client_ip, endpoint
 from web.auth import current_user, token_channel
 from web.errors import ValidationFailed
@@ -35,7 +34,6 @@ from web.views import packet_json
 bp = Blueprint("growth_api", __name__, url_prefix="/api/v1")
 CHANNELS = ("mini_program", "official_account", "h5", "app")
 DEVICE_SALT = "device-token-v1"
-DEVICE_TOKENS_PER_IP_PER_DAY = 20
 
 
 def _devices() -> URLSafeSerializer:
@@ -91,8 +89,7 @@ class InviteCode(Model):
 @endpoint(bp, "/devices", methods=["POST"], status=201)
 def new_device():
     """A signed device token for ``X-Device-Token`` (per-device claim limits); 20 a day per network address."""
-    take_device_token_slot(client_ip(), DEVICE_TOKENS_PER_IP_PER_DAY, utcnow())
-    return {"device_token": _devices().dumps({"d": secrets.token_hex(12)})}, 201
+    return {"device_token": _devices().dumps({"d": claims.new_device_id(client_ip(), utcnow())})}, 201
 
 
 @endpoint(bp, "/campaigns/<int:campaign_id>/claim", methods=["POST"], idempotent=True, status=201)
@@ -132,12 +129,10 @@ def claim_share_link(token: str):
     return {"packet": packet_json(claimed.packet), "sharer_rewarded": claimed.sharer_rewarded}, 201
 
 
-@endpoint(bp, "/me/invite")
+@endpoint(bp, "/me/invite", writes=True)
 def my_invite():
-    """The caller's invite code."""
-    code = invite_code_of(current_user())
-    db.session.commit()
-    return {"invite_code": code}
+    """The caller's invite code (made on the first read, the same on every read)."""
+    return {"invite_code": invite_code_of(current_user())}
 
 
 @endpoint(bp, "/referrals/bind", methods=["POST"], body=InviteCode, idempotent=True, status=201)

@@ -7,6 +7,7 @@ audited and honours ``Idempotency-Key``.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from flask import Blueprint, current_app, g, request
@@ -14,7 +15,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from models import OperatorRole, Payout, PayoutAttempt, Rail, RailControl, User, call_between_commits, db, utcnow
 from models.operators import audit
-from payouts import MoneySettings
+from payouts import MoneySettings, controls
 from payouts.operations import (
     approve,
     cancel,
@@ -269,22 +270,17 @@ class RailSwitch(Model):
 )
 def switch_rail(rail: str, body: RailSwitch):
     """Stop (or restart) dispatching on a rail at once."""
-    control = db.session.get(RailControl, rail) or RailControl(rail=rail)
-    control.enabled, control.reason, control.updated_at = body.enabled, body.reason, utcnow()
-    if body.enabled:
-        control.paused_until = None
-    db.session.add(control)
-    audit(actor(), "rail.switch", "rail", rail, body.reason, enabled=body.enabled)
+    control = controls.switch_rail(actor(), rail, body.enabled, body.reason, utcnow())
     return {"rail": rail, "enabled": control.enabled, "reason": control.reason}
 
 
-def rail_json(rail: str, control: RailControl | None) -> dict:
-    """``enabled``: the dispatcher sends on it (configured and not switched off); ``reason``: why not."""
+def rail_json(rail: str, control: RailControl | None, now: datetime) -> dict:
+    """``enabled``: the dispatcher sends on it now (configured, switched on, not paused); ``reason``: why not."""
     why_not = unconfigured_because(rail, current_app.config)
     return {
         "rail": rail,
         "configured": why_not is None,
-        "enabled": why_not is None and (control.enabled if control else True),
+        "enabled": why_not is None and controls.rail_is_on(control, now),
         "paused_until": control.paused_until.isoformat() if control and control.paused_until else None,
         "reason": why_not or (control.reason if control else None),
     }
@@ -293,8 +289,8 @@ def rail_json(rail: str, control: RailControl | None) -> dict:
 @endpoint(bp, "/admin/api/rails", auth="operator", roles=READERS)
 def list_rails():
     """Every rail: configured or not (and which settings it lacks), the operator's switch, any pause."""
-    controls = {c.rail: c for c in db.session.query(RailControl)}
-    return {"items": [rail_json(r, controls.get(r)) for r in RAILS]}
+    by_rail, now = {c.rail: c for c in db.session.query(RailControl)}, utcnow()
+    return {"items": [rail_json(r, by_rail.get(r), now) for r in RAILS]}
 
 
 class RealName(Model):
@@ -307,18 +303,7 @@ def set_real_name(body: RealName):
 
     Payouts deferred for want of it are released to the dispatcher at once.
     """
-    user = current_user()
-    user.real_name = body.real_name
-    released = (
-        db.session.query(Payout)
-        .filter(
-            Payout.user_id == user.id,
-            Payout.status == "pending",
-            Payout.request.is_(None),
-            Payout.last_error.like("REAL_NAME_REQUIRED%"),
-        )
-        .update({Payout.next_attempt_at: utcnow()}, synchronize_session=False)
-    )
+    released = controls.set_real_name(current_user(), body.real_name, utcnow())
     return {"real_name_on_file": True, "payouts_released": released}
 
 

@@ -1,6 +1,6 @@
 """Inbound WeChat Pay callbacks and signed responses: verify, then decrypt.
 
-Order (reference §3): signature probe → signature type → headers → timestamp
+Order (docs/wechat-rules.md §3): signature probe → signature type → headers → timestamp
 window → key by serial → RSA over the RAW body → envelope checks → AES-GCM.
 Every failure raises :class:`NotificationRejected` with a stable reason code.
 """
