@@ -37,7 +37,7 @@ from payouts.card_rail import CardRail
 from payouts.coupon_rail import CouponRail
 from payouts.dispatch import call_wechat, claim, prepare_rails, record
 from payouts.faults import fault_point
-from payouts.rails import Outcome, RailAdapter, RailResult
+from payouts.rails import Outcome, RailAdapter, RailResult, unconfigured_because
 from payouts.reconcile import DailyChecks
 from payouts.record import DispatchSettings
 from payouts.redpack_rail import RedpackRail
@@ -104,7 +104,7 @@ def build_rails(cfg: Mapping[str, Any], wx: Any) -> dict[str, RailAdapter]:
             rate_per_second=rates.get(Rail.WECHAT_CHANGE, 100),
         )
     }
-    if cfg.get("WECHAT_API_V2_KEY") and cfg.get("WECHAT_OA_APPID"):
+    if unconfigured_because(Rail.CASH_RED_PACKET, cfg) is None:
         client = RedpackClient(
             cfg["WECHAT_MCHID"],
             cfg["WECHAT_OA_APPID"],
@@ -124,7 +124,7 @@ def build_rails(cfg: Mapping[str, Any], wx: Any) -> dict[str, RailAdapter]:
             client_ip=cfg["SERVER_IP"],
             rate_per_second=rates.get(Rail.CASH_RED_PACKET, 30),
         )
-    if cfg.get("WECHAT_COUPON_STOCKS"):
+    if unconfigured_because(Rail.WECHAT_COUPON, cfg) is None:
         rails[Rail.WECHAT_COUPON] = CouponRail(
             wx.pay,
             appid=cfg["WECHAT_APPID"],
@@ -132,7 +132,7 @@ def build_rails(cfg: Mapping[str, Any], wx: Any) -> dict[str, RailAdapter]:
             stocks=cfg["WECHAT_COUPON_STOCKS"],
             rate_per_second=rates.get(Rail.WECHAT_COUPON, 500),
         )
-    if cfg.get("WECHAT_CARD_ID") and cfg.get("WECHAT_OA_APPID"):
+    if unconfigured_because(Rail.CARD_COUPON, cfg) is None:
         ticket = functools.partial(
             get_api_ticket,
             wx.token_store,

@@ -1,4 +1,4 @@
-"""Card-package coupons (微信卡券, reference §6.4): handed over by the mini-program, not pushed.
+"""Card-package coupons (微信卡券, docs/wechat-rules.md §6.4): handed over by the mini-program, not pushed.
 
 WeChat has no server call that puts a card in a user's package: the mini-program
 calls ``wx.addCard`` with a ``cardExt`` we sign with the card ``api_ticket``.

@@ -1,7 +1,7 @@
-"""WeChat Pay coupons (代金券) through v3 ``favor`` send (reference §6.3).
+"""WeChat Pay coupons (代金券) through v3 ``favor`` send (docs/wechat-rules.md §6.3).
 
 Coupons are issued only from fixed-denomination stocks, one configured stock
-per denomination: WeChat's ``coupon_value`` is not open (reference §6.3), so a
+per denomination: WeChat's ``coupon_value`` is not open (docs/wechat-rules.md §6.3), so a
 coupon's value is its stock's and no value is ever sent. An amount no stock
 carries exactly falls back. ``out_request_no`` is the idempotency key: every
 resend uses the same number and request, so at most one coupon per payout.
@@ -20,7 +20,7 @@ from payouts.rails import Outcome, RailResult
 from wechat.errors import WeChatError, WeChatInvalidRequest, WeChatNotFound, WeChatRateLimited
 from wechat.pay import PayClient
 
-# 403 business refusals named by the reference (the list itself is unconfirmed there).
+# 403 business refusals named in docs/wechat-rules.md §6.3 (WeChat's list is not confirmed).
 REFUSALS = {
     "NOT_ENOUGH": Outcome.PAUSE_RAIL,  # the stock's budget is exhausted: stop the rail, alert
     "RULE_LIMIT": Outcome.FALLBACK,  # this user reached the stock's per-user cap
@@ -77,7 +77,7 @@ class CouponRail:
         return RailResult(Outcome.SUCCEEDED, "SUCCESS", wechat_ref=str(coupon_id))
 
     def query(self, external_no: str, request: dict[str, Any]) -> RailResult:
-        # The reference has no query by out_request_no (a coupon is found by coupon_id,
+        # WeChat has no query by out_request_no (docs/wechat-rules.md §6.3) (a coupon is found by coupon_id,
         # which a lost answer never gave us). Its documented path is the idempotent
         # resend: the same out_request_no returns the coupon already issued, or issues
         # it once. NOT_FOUND makes the dispatcher do exactly that, with the same number.

@@ -22,6 +22,7 @@ from datetime import datetime
 from sqlalchemy import and_, exists, or_, select
 
 from models import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl, User, UserStatus, db
+from payouts.controls import rail_is_on
 from payouts.operations import lock_payout
 from payouts.rails import Outcome, RailAdapter, RailResult
 from payouts.record import DispatchSettings, apply_result, log_attempt
@@ -43,12 +44,7 @@ class Claimed:
 
 def enabled_rails(rails: dict[str, RailAdapter], now: datetime) -> list[str]:
     controls = {c.rail: c for c in db.session.execute(select(RailControl)).scalars()}
-    result = []
-    for name in rails:
-        control = controls.get(name)
-        if control is None or (control.enabled and (control.paused_until is None or control.paused_until <= now)):
-            result.append(name)
-    return result
+    return [name for name in rails if rail_is_on(controls.get(name), now)]
 
 
 def _due(rails: list[str], now: datetime, batch: int):

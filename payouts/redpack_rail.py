@@ -1,4 +1,4 @@
-"""Cash red packets through v2 ``sendredpack`` / ``gethbinfo`` (reference §6.1).
+"""Cash red packets through v2 ``sendredpack`` / ``gethbinfo`` (docs/wechat-rules.md §6.1).
 
 The packet goes to the user's OFFICIAL-ACCOUNT openid (a mini-program openid is
 refused by WeChat); a person without one falls back to the payout's fallback
@@ -31,7 +31,7 @@ S = PayoutStatus
 # Rows that may already have used the user's daily allowance at WeChat.
 MAY_HAVE_LEFT = (S.SENDING, S.UNKNOWN, S.WAITING_USER_CONFIRM, S.SUCCEEDED, S.NEEDS_OPERATOR)
 
-# sendredpack err_code → outcome, row by row from the reference table. Any code not
+# sendredpack err_code → outcome, row by row from the err_code table (docs/wechat-rules.md §6.1). Any code not
 # here (a new one, an empty one after return_code=FAIL) is UNKNOWN: query, never a new number.
 SEND_OUTCOMES: dict[str, Outcome] = {
     "SYSTEMERROR": Outcome.RETRY,  # same mch_billno: only one packet can leave
@@ -53,15 +53,16 @@ SEND_OUTCOMES: dict[str, Outcome] = {
     "SIGN_ERROR": Outcome.CONFIG_ERROR,
     "CA_ERROR": Outcome.CONFIG_ERROR,
 }
-# gethbinfo errors. "Record not found" may mean still processing (reference): never a failure,
+# gethbinfo errors. "Record not found" may mean still processing (docs/wechat-rules.md §6.1): never a failure,
 # and answered by resending the same, re-entrant mch_billno with the identical request (NOT_FOUND).
 QUERY_ERRORS: dict[str, Outcome] = {
     **dict.fromkeys(
         ("OPENID_ERROR", "ILLEGAL_APPID", "PARAM_ERROR", "XML_ERROR", "SIGN_ERROR", "CA_ERROR", "NO_AUTH"),
         Outcome.CONFIG_ERROR,
     ),
-    # "Record not found" may mean still processing, so it is never a failure; the reference's answer is to
-    # retry the same mch_billno, which is re-entrant with identical parameters: resend, never a new number.
+    # "Record not found" may mean still processing, so it is never a failure; WeChat's advice
+    # (docs/wechat-rules.md §6.1) is to retry the same mch_billno, which is re-entrant with identical
+    # parameters: resend, never a new number.
     "NOT_FOUND": Outcome.NOT_FOUND,
 }
 # gethbinfo status → outcome. SENT: the money has left our account for the user's packet,

@@ -185,5 +185,5 @@ def _error(exc: WeChatError, *, may_exist: bool = False) -> RailResult:
         return RailResult(Outcome.CONFIG_ERROR, exc.code, exc.message)
     if exc.code == "FREQUENCY_LIMITED":
         return RailResult(Outcome.RETRY, exc.code, exc.message)
-    # The reference: any other non-200 answer is never a failure of the bill; query before anything else.
+    # docs/wechat-rules.md §6.2 (as corrected): any other non-200 answer is never a failure of the bill; query first.
     return RailResult(Outcome.UNKNOWN, exc.code, exc.message)
