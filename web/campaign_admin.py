@@ -14,6 +14,7 @@ The trigger and the claim limits are JSON objects too, checked here by their one
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -37,36 +38,23 @@ MANAGERS = (OperatorRole.ADMIN, OperatorRole.MERCHANT_STAFF)
 READERS = (OperatorRole.ADMIN, OperatorRole.FINANCE, OperatorRole.SUPPORT, OperatorRole.MERCHANT_STAFF)
 
 
-def _well_formed(rules: dict) -> dict:
-    """The rule set's shape (``RULES_SCHEMA``); what the rules mean is checked by the operation."""
-    try:
-        check_shape(rules)
-    except RuleError as exc:
-        raise ValueError(str(exc)) from None
-    return rules
+def _checked_by(parse: Callable[[dict], object], error: type[Exception]) -> AfterValidator:
+    """A JSON object the one parser below the shell accepts (the operation parses it again and stores
+    it with every default written out); its refusal becomes a 422 naming the field."""
+
+    def check(value: dict) -> dict:
+        try:
+            parse(value)
+        except error as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    return AfterValidator(check)
 
 
-def _trigger(trigger: dict) -> dict:
-    """A trigger ``Trigger.parse`` accepts (the operation stores it with every default written out)."""
-    try:
-        Trigger.parse(trigger)
-    except TriggerError as exc:
-        raise ValueError(str(exc)) from None
-    return trigger
-
-
-def _claim_limits(limits: dict) -> dict:
-    """Claim limits ``ClaimLimits.parse`` accepts; a field left out takes its default, null is no such limit."""
-    try:
-        ClaimLimits.parse(limits)
-    except ClaimLimitsError as exc:
-        raise ValueError(str(exc)) from None
-    return limits
-
-
-RulesIn = Annotated[dict, AfterValidator(_well_formed), WithJsonSchema(RULES_SCHEMA)]
-TriggerIn = Annotated[dict, AfterValidator(_trigger), WithJsonSchema(TRIGGER_SCHEMA)]
-ClaimLimitsIn = Annotated[dict, AfterValidator(_claim_limits), WithJsonSchema(CLAIM_LIMITS_SCHEMA)]
+RulesIn = Annotated[dict, _checked_by(check_shape, RuleError), WithJsonSchema(RULES_SCHEMA)]
+TriggerIn = Annotated[dict, _checked_by(Trigger.parse, TriggerError), WithJsonSchema(TRIGGER_SCHEMA)]
+ClaimLimitsIn = Annotated[dict, _checked_by(ClaimLimits.parse, ClaimLimitsError), WithJsonSchema(CLAIM_LIMITS_SCHEMA)]
 
 
 class PacketTier(Model):
