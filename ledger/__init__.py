@@ -9,23 +9,28 @@ trigger (see the migrations), so a bug here cannot commit an unbalanced entry.
 Operations flush and never commit.
 """
 
-from ledger.accounts import account, balance, balances, platform_account
+from ledger.accounts import AccountRef, account, account_id, account_ids, balance, balances, platform_account, ref
 from ledger.check import CheckReport, check_ledger
 from ledger.errors import IdempotencyMismatch, LedgerError, UnbalancedEntry
-from ledger.posting import Leg, close_flow, post_entry, reverse_entry
+from ledger.posting import Batch, Leg, close_flow, post_entry, reverse_entry
 
 __all__ = [
+    "AccountRef",
+    "Batch",
     "CheckReport",
     "IdempotencyMismatch",
     "Leg",
     "LedgerError",
     "UnbalancedEntry",
     "account",
+    "account_id",
+    "account_ids",
     "balance",
     "balances",
     "check_ledger",
     "close_flow",
     "platform_account",
     "post_entry",
+    "ref",
     "reverse_entry",
 ]

@@ -1,51 +1,164 @@
-"""Accounts are created on first use, concurrency-safe (insert … on conflict do nothing)."""
+"""Accounts are created on first use, concurrency-safe (insert … on conflict do nothing).
+
+Account ids are cached per process and database (code → id; accounts are never deleted or
+renumbered), so the hot path names accounts by ``AccountRef`` and resolves them all at once
+when a batch is written. An id learnt inside a transaction is promoted to the process cache
+only after that transaction commits: a rolled-back insert may leave its id to another account
+(SQLite reuses it).
+"""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from ledger.errors import LedgerError
 from models import AccountKind, LedgerAccount, LedgerPosting, Unit, db, utcnow
 from models.ledger import POINT_KINDS
+
+# engine → {code: id}: one cache per database this process talks to (tests make one per app)
+_KNOWN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+PENDING = "ledger_account_ids"  # session.info: ids learnt in the open transaction, promoted on commit
 
 
 def _code(kind: str, owner_type: str | None, owner_id: int | None) -> str:
     return kind if owner_type is None else f"{kind}:{owner_type}:{owner_id}"
 
 
-def account(kind: AccountKind, owner_type: str | None = None, owner_id: int | None = None) -> LedgerAccount:
-    """The account of ``kind`` for an owner ("merchant", 7), created if missing."""
+@dataclass(frozen=True)
+class AccountRef:
+    """An account named by kind and owner, resolved to its id when a batch is written (created if missing)."""
+
+    kind: str
+    owner_type: str | None = None
+    owner_id: int | None = None
+
+    @property
+    def code(self) -> str:
+        return _code(self.kind, self.owner_type, self.owner_id)
+
+    @property
+    def unit(self) -> str:
+        return Unit.POINT if self.kind in POINT_KINDS else Unit.FEN
+
+
+def ref(kind: AccountKind | str, owner_type: str | None = None, owner_id: int | None = None) -> AccountRef:
+    """The account of ``kind`` for an owner, by name only (no statement until it is used)."""
     try:
         kind = AccountKind(kind)
     except ValueError:
         raise LedgerError(f"unknown account kind {kind!r}") from None
     if (owner_type is None) != (owner_id is None):
         raise LedgerError("owner_type and owner_id go together")
-    code = _code(kind, owner_type, owner_id)
-    found = db.session.execute(select(LedgerAccount).where(LedgerAccount.code == code)).scalar_one_or_none()
-    if found is not None:
-        return found
-    unit = Unit.POINT if kind in POINT_KINDS else Unit.FEN
+    return AccountRef(kind, owner_type, owner_id)
+
+
+def _engine():
+    return db.session.get_bind()
+
+
+def _cached(code: str) -> int | None:
+    found = db.session.info.get(PENDING, {}).get(code)
+    if found is None:
+        found = _KNOWN.get(_engine(), {}).get(code)
+    return found
+
+
+def _learn(found: dict[str, int]) -> None:
+    if found:
+        db.session.info.setdefault(PENDING, {}).update(found)
+
+
+@event.listens_for(Session, "after_commit")
+def _promote(session: Session) -> None:
+    learnt = session.info.pop(PENDING, None)
+    if learnt:
+        _KNOWN.setdefault(session.get_bind(), {}).update(learnt)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget(session: Session, previous_transaction) -> None:
+    """Any rollback (a savepoint's too) forgets what the transaction learnt: those ids may not exist."""
+    session.info.pop(PENDING, None)
+
+
+def account_ids(refs: Iterable[AccountRef | LedgerAccount]) -> dict[str, int]:
+    """code → id of every account named, creating the missing ones: at most two statements, none when cached."""
+    ids: dict[str, int] = {}
+    missing: dict[str, AccountRef] = {}
+    for r in refs:
+        if isinstance(r, LedgerAccount):
+            ids[r.code] = r.id
+            continue
+        known = _cached(r.code)
+        if known is None:
+            missing[r.code] = r
+        else:
+            ids[r.code] = known
+    if not missing:
+        return ids
     dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
+    now = utcnow()
+    rows = [
+        {
+            "code": code,
+            "kind": r.kind,
+            "unit": r.unit,
+            "owner_type": r.owner_type,
+            "owner_id": r.owner_id,
+            "created_at": now,
+        }
+        for code, r in sorted(missing.items())  # sorted: concurrent creators take the index entries in one order
+    ]
     stmt = (
         dialect.insert(LedgerAccount)
-        .values(code=code, kind=kind, unit=unit, owner_type=owner_type, owner_id=owner_id, created_at=utcnow())
         .on_conflict_do_nothing(index_elements=["code"])
+        .returning(LedgerAccount.code, LedgerAccount.id)
     )
-    db.session.execute(stmt)
-    return db.session.execute(select(LedgerAccount).where(LedgerAccount.code == code)).scalar_one()
+    found = dict(db.session.execute(stmt, rows).tuples().all())
+    rest = [code for code in missing if code not in found]
+    if rest:  # they existed already
+        found.update(
+            db.session.execute(select(LedgerAccount.code, LedgerAccount.id).where(LedgerAccount.code.in_(rest)))
+            .tuples()
+            .all()
+        )
+    _learn(found)
+    ids.update(found)
+    return ids
+
+
+def account_id(r: AccountRef | LedgerAccount) -> int:
+    return account_ids([r])[r.code]
+
+
+def account(kind: AccountKind, owner_type: str | None = None, owner_id: int | None = None) -> LedgerAccount:
+    """The account of ``kind`` for an owner ("merchant", 7), created if missing."""
+    r = ref(kind, owner_type, owner_id)
+    known = _cached(r.code)
+    if known is not None:
+        found = db.session.get(LedgerAccount, known)
+        if found is not None:
+            return found
+    found = db.session.execute(select(LedgerAccount).where(LedgerAccount.code == r.code)).scalar_one_or_none()
+    if found is None:
+        found = db.session.get(LedgerAccount, account_id(r))
+    _learn({found.code: found.id})
+    return found
 
 
 def platform_account(kind: AccountKind) -> LedgerAccount:
     return account(kind)
 
 
-def balance(acct: LedgerAccount) -> int:
+def balance(acct: LedgerAccount | AccountRef) -> int:
     total = db.session.execute(
-        select(func.coalesce(func.sum(LedgerPosting.amount), 0)).where(LedgerPosting.account_id == acct.id)
+        select(func.coalesce(func.sum(LedgerPosting.amount), 0)).where(LedgerPosting.account_id == account_id(acct))
     ).scalar_one()
     return int(total)
 

@@ -1,12 +1,21 @@
-"""``post_entry``: the only way money or points move."""
+"""``post_entry`` and ``Batch``: the only ways money or points move.
+
+A ``Batch`` collects a payment's entries (key, memo, legs) and writes them in one round trip
+per table: the entries by one ``INSERT … ON CONFLICT (idempotency_key) DO NOTHING RETURNING``,
+their postings by one executemany, the clearing flows they open by one
+``INSERT … ON CONFLICT DO NOTHING``. No savepoint: the key's unique constraint makes a repeat
+(or a concurrent twin, which waits on the index entry) safe, and a key that already existed is
+compared with its legs, as ``post_entry`` always did. ``post_entry`` is a batch of one.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 
+from ledger.accounts import AccountRef, account_ids
 from ledger.errors import IdempotencyMismatch, LedgerError, UnbalancedEntry
 from models import LedgerAccount, LedgerEntry, LedgerFlow, LedgerPosting, db, utcnow
 from models.ledger import CLEARING_KINDS
@@ -18,7 +27,7 @@ MAX_FLOW_LENGTH = 64  # ledger_postings.flow
 
 @dataclass(frozen=True)
 class Leg:
-    account: LedgerAccount
+    account: LedgerAccount | AccountRef  # a loaded row, or a name resolved when written
     amount: int  # signed: positive credits the account
     flow: str | None = None  # required on clearing accounts
 
@@ -46,8 +55,130 @@ def _validate(legs: list[Leg]) -> str:
     return units.pop()
 
 
-def _signature(legs) -> list[tuple[int, int, str]]:
-    return sorted((leg.account.id, leg.amount, leg.flow or "") for leg in legs)
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
+        raise LedgerError(f"ledger key must be 1 to {MAX_KEY_LENGTH} characters, got {key!r}")
+
+
+@dataclass
+class _Item:
+    key: str
+    memo: str
+    unit: str
+    legs: list[Leg]
+    reverses_id: int | None
+
+
+@dataclass
+class Batch:
+    """Entries to write together; ``post()`` writes them (flushes, never commits) and returns key → entry id.
+
+    Every entry is validated when added, so a bad one raises before anything is written.
+    """
+
+    items: dict[str, _Item] = field(default_factory=dict)
+
+    def add(self, key: str, memo: str, legs: list[Leg], reverses: LedgerEntry | None = None) -> None:
+        _check_key(key)
+        unit = _validate(legs)
+        item = _Item(key, memo[:200], unit, list(legs), reverses.id if reverses is not None else None)
+        twin = self.items.get(key)
+        if twin is not None:
+            if _shape(twin.legs) != _shape(legs):
+                raise IdempotencyMismatch(f"ledger key {key!r} was posted with different legs")
+            return
+        self.items[key] = item
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def post(self) -> dict[str, int]:
+        if not self.items:
+            return {}
+        items = list(self.items.values())
+        ids = account_ids({leg.account.code: leg.account for item in items for leg in item.legs}.values())
+        new = _insert_entries(items)
+        written = [item for item in items if item.key in new]
+        if written:
+            db.session.execute(
+                insert(LedgerPosting.__table__),
+                [
+                    {
+                        "entry_id": new[item.key],
+                        "account_id": ids[leg.account.code],
+                        "amount": leg.amount,
+                        "flow": leg.flow,
+                    }
+                    for item in written
+                    for leg in item.legs
+                ],
+            )
+            flows = sorted({leg.flow for item in written for leg in item.legs if leg.flow})
+            if flows:
+                _open_flows(flows)
+        repeated = [item for item in items if item.key not in new]
+        existing = _compare_existing(repeated, ids) if repeated else {}
+        self.items = {}
+        return {**new, **existing}
+
+
+def _dialect():
+    return postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
+
+
+def _insert_entries(items: list[_Item]) -> dict[str, int]:
+    """key → id of the entries this call wrote; a key that existed already is left out (nothing written)."""
+    now = utcnow()
+    stmt = (
+        _dialect()
+        .insert(LedgerEntry.__table__)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(LedgerEntry.__table__.c.idempotency_key, LedgerEntry.__table__.c.id)
+    )
+    rows = [
+        {"idempotency_key": i.key, "memo": i.memo, "unit": i.unit, "reverses_id": i.reverses_id, "created_at": now}
+        for i in items
+    ]
+    return dict(db.session.execute(stmt, rows).tuples().all())
+
+
+def _open_flows(refs: list[str]) -> None:
+    stmt = _dialect().insert(LedgerFlow.__table__).on_conflict_do_nothing(index_elements=["ref"])
+    now = utcnow()
+    db.session.execute(stmt, [{"ref": ref, "opened_at": now, "closed_at": None} for ref in refs])
+
+
+def _shape(legs: list[Leg], ids: dict[str, int] | None = None) -> list[tuple]:
+    if ids is None:
+        return sorted((leg.account.code, leg.amount, leg.flow or "") for leg in legs)
+    return sorted((ids[leg.account.code], leg.amount, leg.flow or "") for leg in legs)
+
+
+def _compare_existing(items: list[_Item], ids: dict[str, int]) -> dict[str, int]:
+    """Keys posted before: their legs must be these (else ``IdempotencyMismatch``); key → the first entry's id."""
+    rows = db.session.execute(
+        select(
+            LedgerEntry.idempotency_key,
+            LedgerEntry.id,
+            LedgerPosting.account_id,
+            LedgerPosting.amount,
+            LedgerPosting.flow,
+        )
+        .join(LedgerPosting, LedgerPosting.entry_id == LedgerEntry.id)
+        .where(LedgerEntry.idempotency_key.in_([i.key for i in items]))
+    ).all()
+    found: dict[str, tuple[int, list]] = {}
+    for key, entry_id, account_id, amount, flow in rows:
+        found.setdefault(key, (entry_id, []))[1].append((account_id, amount, flow or ""))
+    result = {}
+    for item in items:
+        if item.key not in found:  # the twin's transaction rolled back after we waited: a bug or a race lost
+            raise LedgerError(f"ledger key {item.key!r} is neither new nor found")
+        entry_id, postings = found[item.key]
+        if sorted(postings) != _shape(item.legs, ids):
+            raise IdempotencyMismatch(f"ledger key {item.key!r} was posted with different legs")
+        result[item.key] = entry_id
+    return result
 
 
 def post_entry(key: str, memo: str, legs: list[Leg], reverses: LedgerEntry | None = None) -> LedgerEntry:
@@ -56,45 +187,10 @@ def post_entry(key: str, memo: str, legs: list[Leg], reverses: LedgerEntry | Non
     A repeat with different legs raises ``IdempotencyMismatch``: the key names
     one movement, and two movements under one key is a caller bug.
     """
-    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
-        raise LedgerError(f"ledger key must be 1 to {MAX_KEY_LENGTH} characters, got {key!r}")
-    unit = _validate(legs)
-    existing = _by_key(key)
-    if existing is None:
-        try:
-            with db.session.begin_nested():
-                existing = _insert(key, memo, unit, legs, reverses)
-                return existing
-        except IntegrityError:
-            existing = _by_key(key)
-            if existing is None:
-                raise
-    if _signature(existing.postings) != _signature(legs):
-        raise IdempotencyMismatch(f"ledger key {key!r} was posted with different legs")
-    return existing
-
-
-def _by_key(key: str) -> LedgerEntry | None:
-    return db.session.execute(select(LedgerEntry).where(LedgerEntry.idempotency_key == key)).scalar_one_or_none()
-
-
-def _insert(key, memo, unit, legs, reverses) -> LedgerEntry:
-    entry = LedgerEntry(idempotency_key=key, memo=memo[:200], unit=unit, reverses_id=reverses.id if reverses else None)
-    db.session.add(entry)
-    db.session.flush()
-    for leg in legs:
-        if leg.flow:
-            _open_flow(leg.flow)
-        db.session.add(LedgerPosting(entry_id=entry.id, account_id=leg.account.id, amount=leg.amount, flow=leg.flow))
-    db.session.flush()
-    db.session.refresh(entry, ["postings"])
-    return entry
-
-
-def _open_flow(ref: str) -> None:
-    if db.session.get(LedgerFlow, ref) is None:
-        db.session.add(LedgerFlow(ref=ref))
-        db.session.flush()
+    batch = Batch()
+    batch.add(key, memo, legs, reverses)
+    entry_id = batch.post()[key]
+    return db.session.get(LedgerEntry, entry_id)
 
 
 def reverse_entry(entry: LedgerEntry, key: str, memo: str) -> LedgerEntry:
