@@ -96,6 +96,7 @@ class Batch:
         if not self.items:
             return {}
         items = list(self.items.values())
+        db.session.flush()  # pending rows first (nothing here when the caller already flushed)
         ids = account_ids({leg.account.code: leg.account for item in items for leg in item.legs}.values())
         new = _insert_entries(items)
         written = [item for item in items if item.key in new]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String, UniqueConstraint, event, update
 from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from models.base import Base, UTCDateTime, utcnow
@@ -79,6 +79,13 @@ class Campaign(Base):
     packets_issued: Mapped[int] = mapped_column(default=0)
     claim_limits: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Denormalised for the payment's one read of the campaigns that can apply to an order (see the
+    # mapper events below; never set by hand): the merchant whose orders it serves (None: every
+    # merchant's), its trigger's kind and minimum order, and its current rules' applies_to.
+    serves_merchant_id: Mapped[int | None] = mapped_column(BigInteger)
+    trigger_kind: Mapped[str] = mapped_column(String(24), default="manual", server_default="manual")
+    trigger_min_order_fen: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    applies_to: Mapped[str] = mapped_column(String(16), default="packet", server_default="packet")
 
     __table_args__ = (
         CheckConstraint("status in ('draft', 'active', 'paused', 'ended')", name="status"),
@@ -92,6 +99,7 @@ class Campaign(Base):
         CheckConstraint(
             "(funder_type = 'merchant_deposit') = (funder_merchant_id is not null)", name="merchant_funder"
         ),
+        Index("ix_campaigns_serving", "status", "serves_merchant_id"),
     )
 
     @validates("trigger")
@@ -127,3 +135,30 @@ class CampaignRules(Base):
     created_by: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
 
     __table_args__ = (UniqueConstraint("campaign_id", "version"),)
+
+
+def serves_merchant(campaign: Campaign) -> int | None:
+    """The merchant whose campaign this is (its deposit funds it, or it issues it); None: the platform's."""
+    if campaign.funder_type == FunderType.MERCHANT_DEPOSIT:
+        return campaign.funder_merchant_id
+    return campaign.issuer_merchant_id
+
+
+@event.listens_for(Campaign, "before_insert")
+@event.listens_for(Campaign, "before_update")
+def _denormalise(mapper, connection, campaign: Campaign) -> None:
+    """Keep the columns the payment selects campaigns by in step with what they are derived from."""
+    campaign.serves_merchant_id = serves_merchant(campaign)
+    trigger = Trigger.parse(campaign.trigger)
+    campaign.trigger_kind, campaign.trigger_min_order_fen = trigger.kind.value, trigger.min_order_fen
+
+
+@event.listens_for(CampaignRules, "after_insert")
+def _rules_applies_to(mapper, connection, rules: CampaignRules) -> None:
+    """A new rules version that is the campaign's current one sets its ``applies_to`` (rules never change)."""
+    applies_to = (rules.rules or {}).get("applies_to", "packet") if isinstance(rules.rules, dict) else "packet"
+    connection.execute(
+        update(Campaign.__table__)
+        .where(Campaign.__table__.c.id == rules.campaign_id, Campaign.__table__.c.rules_version == rules.version)
+        .values(applies_to=str(applies_to)[:16])
+    )

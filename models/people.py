@@ -33,6 +33,9 @@ class User(Base):
     real_name: Mapped[str | None] = mapped_column(EncryptedText)
     phone: Mapped[str | None] = mapped_column(EncryptedText)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Until when a packet this person spent may attribute their later orders to its issuer (set when a
+    # packet whose rules attribute is used; None: none does). A hint: the payment looks only when it is ahead.
+    attribution_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     identities: Mapped[list[UserIdentity]] = relationship(back_populates="user")
 

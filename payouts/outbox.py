@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from dataclasses import dataclass, field
 
-from ledger import Leg, account, close_flow, post_entry
-from models import AccountKind, LedgerAccount, Payout, PayoutStatus, db
+from sqlalchemy import bindparam, insert, select, update
+
+from ledger import AccountRef, Batch, Leg, account, account_ids, close_flow, post_entry, ref
+from models import AccountKind, LedgerAccount, Payout, PayoutStatus, db, utcnow
 from models.payouts import Rail
 
 PREFIX = {Rail.WECHAT_CHANGE: "TB", Rail.CASH_RED_PACKET: "RP", Rail.WECHAT_COUPON: "CP", Rail.CARD_COUPON: "CD"}
@@ -20,12 +22,28 @@ def external_no_for(rail: str, payout_id: int, number_prefix: str) -> str:
     return f"{number_prefix}{PREFIX[rail]}{payout_id:012d}"
 
 
+@dataclass(frozen=True)
+class PayoutRequest:
+    """One payout to queue: the arguments of ``enqueue_payout`` (``extra`` as there)."""
+
+    rail: str
+    user_id: int
+    amount_fen: int
+    source: LedgerAccount | AccountRef
+    key: str
+    memo: str
+    number_prefix: str
+    rebate_id: int | None = None
+    order_id: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
 def enqueue_payout(
     *,
     rail: str,
     user_id: int,
     amount_fen: int,
-    source: LedgerAccount,
+    source: LedgerAccount | AccountRef,
     key: str,
     memo: str,
     number_prefix: str,
@@ -40,25 +58,70 @@ def enqueue_payout(
     ``extra``: retry_of_id, created_by_operator_id, approved_by_operator_id, status (``needs_operator`` for
     a manual payout waiting for its second approval).
     """
-    payout = Payout(
-        rail=rail,
-        user_id=user_id,
-        amount_fen=amount_fen,
-        rebate_id=rebate_id,
-        order_id=order_id,
-        source_account_id=source.id,
-        external_no=f"tmp-{key}"[-32:],
-        **extra,
-    )
-    db.session.add(payout)
-    db.session.flush()
-    payout.external_no = external_no_for(rail, payout.id, number_prefix)
-    payable = account(AccountKind.REBATE_PAYABLE)
-    post_entry(
-        f"payout:{payout.id}:queued", memo, [Leg(source, -amount_fen), Leg(payable, amount_fen, flow=payout.flow)]
-    )
-    db.session.flush()
+    request = PayoutRequest(rail, user_id, amount_fen, source, key, memo, number_prefix, rebate_id, order_id, extra)
+    batch = Batch()
+    (payout,) = enqueue_payouts([request], batch, load=True)
+    batch.post()
     return payout
+
+
+def enqueue_payouts(requests: list[PayoutRequest], batch: Batch, *, load: bool = False) -> list:
+    """Payout rows for ``requests`` (one INSERT, then one executemany fixing each external number from its id);
+    their queued entries go into ``batch``, written by the caller with the rest of its entries. Returns the rows
+    (``load``) or just their ids and flows (no statement)."""
+    if not requests:
+        return []
+    db.session.flush()  # the rows they name (a rebate, a retried payout) first
+    sources = account_ids(r.source for r in requests)
+    now = utcnow()
+    rows = [
+        {
+            "rail": r.rail,
+            "user_id": r.user_id,
+            "amount_fen": r.amount_fen,
+            "rebate_id": r.rebate_id,
+            "order_id": r.order_id,
+            "source_account_id": sources[r.source.code],
+            "external_no": f"tmp-{r.key}"[-32:],  # unique until the row has its id: replaced just below
+            "status": PayoutStatus.PENDING.value,
+            "held": False,
+            "cancel_requested": False,
+            "next_attempt_at": now,
+            "attempts": 0,
+            "created_at": now,
+            "retry_of_id": None,
+            "fallback_rail": None,
+            "created_by_operator_id": None,
+            "approved_by_operator_id": None,
+            **r.extra,
+        }
+        for r in requests
+    ]
+    table = Payout.__table__
+    inserted = db.session.execute(insert(table).returning(table.c.external_no, table.c.id), rows).tuples().all()
+    ids = dict(inserted)
+    numbered = [
+        {"pid": ids[row["external_no"]], "no": external_no_for(r.rail, ids[row["external_no"]], r.number_prefix)}
+        for row, r in zip(rows, requests, strict=True)
+    ]
+    db.session.execute(
+        update(table).where(table.c.id == bindparam("pid")).values(external_no=bindparam("no")), numbered
+    )
+    payouts = [_Queued(n["pid"]) for n in numbered]
+    payable = ref(AccountKind.REBATE_PAYABLE)
+    for payout, r in zip(payouts, requests, strict=True):
+        legs = [Leg(r.source, -r.amount_fen), Leg(payable, r.amount_fen, flow=payout.flow)]
+        batch.add(f"payout:{payout.id}:queued", r.memo, legs)
+    return [db.session.get(Payout, p.id) for p in payouts] if load else payouts
+
+
+@dataclass(frozen=True)
+class _Queued:
+    id: int
+
+    @property
+    def flow(self) -> str:
+        return f"payout:{self.id}"
 
 
 def hold_order_payouts(order_id: int) -> int:

@@ -11,17 +11,19 @@ What a point costs, the payout minimum and the number prefix come in as
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
+from sqlalchemy.orm import make_transient_to_detached
 
-from ledger import Leg, account, balance, post_entry
-from models import AccountKind, Campaign, Order, Rebate, RebateStatus, Receivable, User, db
+from ledger import Batch, Leg, account, account_ids, balance, ref
+from models import AccountKind, Campaign, Order, Rebate, RebateStatus, Receivable, User, db, utcnow
 from models.payouts import Rail
-from payouts import MoneySettings, enqueue_payout
+from payouts import MoneySettings
+from payouts.outbox import PayoutRequest, enqueue_payouts
 from rebate import budgets
-from rebate.campaigns import funder_account, rules_of
+from rebate.campaigns import funder_ref, rules_of
 from rebate.rules import Decision, Form
 
 RAIL_OF_FORM = {
@@ -47,6 +49,37 @@ class Beneficiary:
     id: int
 
 
+@dataclass
+class Effects:
+    """What one payment (or one release) moves, written together at the end (``write``).
+
+    ``clean``: beneficiaries known to owe nothing back (no outstanding receivable), read with the
+    order; anyone else's receivables are looked up (and netted) one by one, the rare path.
+    """
+
+    money: MoneySettings
+    clean: set[tuple[str, int]] = field(default_factory=set)
+    batch: Batch = field(default_factory=Batch)
+    rebates: list[Rebate] = field(default_factory=list)  # decided, not yet written
+    to_pay: list[tuple[Rebate, Campaign, Order]] = field(default_factory=list)
+    payouts: list[PayoutRequest] = field(default_factory=list)
+
+    def write(self) -> None:
+        """Flush the rebates, queue their payouts, post every entry: a few statements, whatever the count."""
+        _insert_rebates(self.rebates)  # in one INSERT: their ids name their ledger keys
+        self.rebates = []
+        if self.to_pay:
+            for rebate, campaign, order in self.to_pay:
+                pay_rebate(rebate, campaign, order, rebate.amount_fen, f"rebate:{rebate.id}", self.money, self)
+            self.to_pay = []
+        names = [leg.account for item in self.batch.items.values() for leg in item.legs]
+        names += [p.source for p in self.payouts]
+        account_ids([*names, ref(AccountKind.REBATE_PAYABLE)] if self.payouts else names)  # all in one go
+        enqueue_payouts(self.payouts, self.batch)
+        self.payouts = []
+        self.batch.post()
+
+
 def record_decisions(
     order: Order,
     campaign: Campaign,
@@ -56,7 +89,13 @@ def record_decisions(
     who: dict[str, Beneficiary | None],
     now: datetime,
     money: MoneySettings,
+    effects: Effects | None = None,
 ) -> list[Rebate]:
+    """One ``Rebate`` row per decision; the awarded ones are paid into ``effects`` (written by its ``write``).
+
+    Without ``effects`` they are written at once."""
+    own = effects is None
+    effects = effects or Effects(money)
     rebates = []
     for decision in decisions:
         beneficiary = who.get(decision.role)
@@ -80,21 +119,45 @@ def record_decisions(
             amount_fen=decision.amount_fen if awarded and not held else 0,
             held_fen=decision.amount_fen if held else 0,
             condition_deadline=now + timedelta(days=decision.condition.window_days) if held else None,
+            points=0,
             reason_code=decision.reason_code if beneficiary or not decision.amount_fen else "no_beneficiary",
             reasons=list(decision.reasons),
         )
-        db.session.add(rebate)
-        db.session.flush()
+        effects.rebates.append(rebate)
         if awarded and not held:
-            pay_rebate(rebate, campaign, order, rebate.amount_fen, f"rebate:{rebate.id}", money)
+            _note_kept_in_balance(rebate, effects)
+            effects.to_pay.append((rebate, campaign, order))
         rebates.append(rebate)
+    if own:
+        effects.write()
     return rebates
+
+
+def _insert_rebates(rebates: list[Rebate]) -> None:
+    """Write new ``Rebate`` rows in one INSERT … RETURNING and attach them to the session as loaded rows.
+
+    (The ORM's unit of work would send one INSERT per row on SQLite.)"""
+    if not rebates:
+        return
+    db.session.flush()  # the order and packets they name first
+    table = Rebate.__table__
+    now = utcnow()
+    for rebate in rebates:
+        rebate.created_at = rebate.created_at or now
+    columns = [c.key for c in table.columns if c.key != "id"]
+    rows = [{c: getattr(rebate, c) for c in columns} for rebate in rebates]
+    stmt = insert(table).returning(table.c.order_id, table.c.campaign_id, table.c.role, table.c.id)
+    ids = {(o, c, r): i for o, c, r, i in db.session.execute(stmt, rows).tuples()}
+    for rebate in rebates:
+        rebate.id = ids[rebate.order_id, rebate.campaign_id, rebate.role]
+        make_transient_to_detached(rebate)
+        db.session.add(rebate)
 
 
 def _banned(beneficiary: Beneficiary) -> bool:
     if beneficiary.type != "user":
         return False
-    user = db.session.get(User, beneficiary.id)
+    user = db.session.get(User, beneficiary.id)  # the buyer and inviter are loaded with the order
     return user is not None and not user.is_active
 
 
@@ -104,73 +167,120 @@ def _refused_as_banned(decision: Decision) -> Decision:
     return replace(decision, amount_fen=0, reason_code="beneficiary_banned", reasons=(*decision.reasons, why))
 
 
-def beneficiary_account(rebate: Rebate):
+def _note_kept_in_balance(rebate: Rebate, effects: Effects) -> None:
+    """Said before the row is written: a cash rebate of someone who owes nothing pays out in full, or,
+    below the payout minimum, stays in the balance (someone who owes is told when it is netted)."""
+    minimum = effects.money.payout_min_fen
+    cash = rebate.form in (Form.WECHAT_CHANGE, Form.CASH_RED_PACKET)
+    if cash and _owes_nothing(rebate, effects) and 0 < rebate.amount_fen < minimum:
+        rebate.reasons = [*rebate.reasons, _kept(rebate.amount_fen, minimum)]
+
+
+def _kept(payable: int, minimum: int) -> str:
+    return f"{payable} fen kept in your balance (payouts start at {minimum} fen)"
+
+
+def _owes_nothing(rebate: Rebate, effects: Effects) -> bool:
+    return (rebate.beneficiary_type, rebate.beneficiary_id) in effects.clean
+
+
+def beneficiary_ref(rebate: Rebate):
     kind = KIND_OF_FORM[rebate.form]
     if kind == "credit":
-        return account(AccountKind.MERCHANT_MARKETING_CREDIT, "merchant", rebate.beneficiary_id)
+        return ref(AccountKind.MERCHANT_MARKETING_CREDIT, "merchant", rebate.beneficiary_id)
     if kind == "points":
-        return account(AccountKind.USER_POINTS, "user", rebate.beneficiary_id)
-    return account(AccountKind.USER_CASH, "user", rebate.beneficiary_id)
+        return ref(AccountKind.USER_POINTS, "user", rebate.beneficiary_id)
+    return ref(AccountKind.USER_CASH, "user", rebate.beneficiary_id)
+
+
+def beneficiary_account(rebate: Rebate):
+    r = beneficiary_ref(rebate)
+    return account(r.kind, r.owner_type, r.owner_id)
 
 
 def pay_rebate(
-    rebate: Rebate, campaign: Campaign, order: Order, amount_fen: int, key: str, money: MoneySettings
+    rebate: Rebate,
+    campaign: Campaign,
+    order: Order,
+    amount_fen: int,
+    key: str,
+    money: MoneySettings,
+    effects: Effects | None = None,
 ) -> None:
-    """Move ``amount_fen`` of a rebate to its beneficiary (one ledger key per release)."""
+    """Move ``amount_fen`` of a rebate to its beneficiary (one ledger key per release).
+
+    Into ``effects`` when given (the caller writes them); else written at once."""
+    own = effects is None
+    effects = effects or Effects(money)
     kind = KIND_OF_FORM[rebate.form]
     memo = f"{rebate.role} rebate on order {order.out_trade_no}"
     if kind == "points":
         points = amount_fen // money.point_value_fen
         rebate.points += points
         if points:
-            post_entry(
-                key,
-                memo,
-                [Leg(account(AccountKind.POINTS_ISSUANCE), -points), Leg(beneficiary_account(rebate), points)],
+            effects.batch.add(
+                key, memo, [Leg(ref(AccountKind.POINTS_ISSUANCE), -points), Leg(beneficiary_ref(rebate), points)]
             )
     elif kind == "coupon":
-        enqueue_payout(
-            rail=RAIL_OF_FORM[rebate.form],
-            user_id=rebate.beneficiary_id,
-            amount_fen=amount_fen,
-            source=funder_account(campaign),
-            key=key,
-            memo=memo,
-            number_prefix=money.number_prefix,
-            rebate_id=rebate.id,
-            order_id=order.id,
-            fallback_rail=_fallback(rebate, campaign),
+        effects.payouts.append(
+            PayoutRequest(
+                rail=RAIL_OF_FORM[rebate.form],
+                user_id=rebate.beneficiary_id,
+                amount_fen=amount_fen,
+                source=funder_ref(campaign),
+                key=key,
+                memo=memo,
+                number_prefix=money.number_prefix,
+                rebate_id=rebate.id,
+                order_id=order.id,
+                extra={"fallback_rail": _fallback(rebate, campaign)},
+            )
         )
-        return
     else:
-        post_entry(
-            key, memo, [Leg(funder_account(campaign), -amount_fen), Leg(beneficiary_account(rebate), amount_fen)]
-        )
-    recover_receivables(rebate.beneficiary_type, rebate.beneficiary_id, kind, amount_fen)
-    if rebate.form in (Form.WECHAT_CHANGE, Form.CASH_RED_PACKET):
-        _queue_cash_payout(rebate, order, amount_fen, key, memo, money)
+        effects.batch.add(key, memo, [Leg(funder_ref(campaign), -amount_fen), Leg(beneficiary_ref(rebate), amount_fen)])
+    if kind != "coupon":
+        clean = _owes_nothing(rebate, effects)
+        if not clean:
+            recover_receivables(rebate.beneficiary_type, rebate.beneficiary_id, kind, amount_fen)
+        if rebate.form in (Form.WECHAT_CHANGE, Form.CASH_RED_PACKET):
+            _queue_cash_payout(rebate, order, amount_fen, key, memo, money, effects, clean)
+    if own:
+        effects.write()
 
 
 def _queue_cash_payout(
-    rebate: Rebate, order: Order, amount_fen: int, key: str, memo: str, money: MoneySettings
+    rebate: Rebate,
+    order: Order,
+    amount_fen: int,
+    key: str,
+    memo: str,
+    money: MoneySettings,
+    effects: Effects,
+    clean: bool,
 ) -> None:
-    cash = beneficiary_account(rebate)
-    payable = min(amount_fen, max(0, balance(cash)))  # a negative balance (receivable) nets first
+    cash = beneficiary_ref(rebate)
     minimum = money.payout_min_fen
-    if 0 < payable < minimum:  # too small to send alone: it waits in the balance for a withdrawal
-        rebate.reasons = [*rebate.reasons, f"{payable} fen kept in your balance (payouts start at {minimum} fen)"]
-    elif payable > 0:
-        enqueue_payout(
-            rail=RAIL_OF_FORM[rebate.form],
-            user_id=rebate.beneficiary_id,
-            amount_fen=payable,
-            source=cash,
-            key=key,
-            memo=memo,
-            number_prefix=money.number_prefix,
-            rebate_id=rebate.id,
-            order_id=order.id,
-            fallback_rail=_fallback(rebate, db.session.get(Campaign, rebate.campaign_id)),
+    if clean:  # owes nothing: the balance was not negative, so all of it is there (the reason is noted)
+        payable = amount_fen
+    else:
+        effects.batch.post()  # the balance below must see this rebate's entry
+        payable = min(amount_fen, max(0, balance(cash)))  # a negative balance (receivable) nets first
+        if 0 < payable < minimum:  # too small to send alone: it waits in the balance for a withdrawal
+            rebate.reasons = [*rebate.reasons, _kept(payable, minimum)]
+    if payable > 0 and payable >= minimum:
+        effects.payouts.append(
+            PayoutRequest(
+                rail=RAIL_OF_FORM[rebate.form],
+                user_id=rebate.beneficiary_id,
+                amount_fen=payable,
+                source=cash,
+                key=key,
+                memo=memo,
+                number_prefix=money.number_prefix,
+                rebate_id=rebate.id,
+                order_id=order.id,
+                extra={"fallback_rail": _fallback(rebate, db.session.get(Campaign, rebate.campaign_id))},
+            )
         )
 
 

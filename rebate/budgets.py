@@ -6,7 +6,7 @@ by a CHECK constraint. Each function returns whether the move happened.
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import BigInteger, case, literal, update
 from sqlalchemy.orm.util import identity_key
 
 from models import Campaign, db
@@ -56,6 +56,28 @@ def settle(campaign_id: int, reserved_fen: int, actual_fen: int, limited: bool =
         budget_reserved_fen=C.budget_reserved_fen - reserved_fen,
         budget_committed_fen=C.budget_committed_fen + actual_fen,
     )
+
+
+def commit_many(amounts: dict[int, int]) -> set[int]:
+    """Commit unreserved spending of several campaigns in one conditional UPDATE; returns the ids that did not fit.
+
+    Each campaign moves only if its own amount fits its limit (the others still move).
+    """
+    amounts = {cid: fen for cid, fen in amounts.items() if fen}
+    if not amounts:
+        return set()
+    delta = case({cid: literal(fen, BigInteger) for cid, fen in amounts.items()}, value=C.id)
+    stmt = (
+        update(Campaign)
+        .where(C.id.in_(sorted(amounts)), _fits(delta))
+        .values(budget_committed_fen=C.budget_committed_fen + delta)
+        .returning(C.id)
+        .execution_options(synchronize_session=False)
+    )
+    done = set(db.session.execute(stmt).scalars())
+    for campaign_id in amounts:
+        _expire(campaign_id)
+    return set(amounts) - done
 
 
 def release_reserved(campaign_id: int, amount_fen: int) -> None:

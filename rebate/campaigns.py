@@ -2,35 +2,84 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import event, select
+from sqlalchemy import event, select, tuple_
 from sqlalchemy.orm import Session
 
-from ledger import account
+from ledger import AccountRef, account, ref
 from models import AccountKind, Campaign, CampaignRules, CampaignStatus, FunderType, LedgerAccount, db
 from rebate.rules import RuleSet, parse_rules
 
-RULES_CACHE = "parsed_rules"
+RULES_CACHE = "parsed_rules"  # session.info: rules parsed in the open transaction, promoted on commit
+# engine → {(campaign id, version, budgeted): RuleSet}. Rule versions never change once written, so a
+# committed version's parse holds for the life of the process (one cache per database: tests make many).
+_PARSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _rules_key(campaign: Campaign, version: int | None) -> tuple[int, int, bool]:
+    return (campaign.id, version or campaign.rules_version, campaign.budget_limit_fen is not None)
+
+
+def _known_rules(key) -> RuleSet | None:
+    found = db.session.info.get(RULES_CACHE, {}).get(key)
+    if found is None:
+        found = _PARSED.get(db.session.get_bind(), {}).get(key)
+    return found
 
 
 def rules_of(campaign: Campaign, version: int | None = None) -> RuleSet:
-    """A campaign's rules at a version, parsed once per session (rule versions never change once written)."""
-    version = version or campaign.rules_version
-    key = (campaign.id, version, campaign.budget_limit_fen is not None)
+    """A campaign's rules at a version, parsed once per process (rule versions never change once written)."""
+    key = _rules_key(campaign, version)
+    found = _known_rules(key)
+    if found is None:
+        load_rules([(campaign, version)])
+        found = db.session.info[RULES_CACHE][key]
+    return found
+
+
+def load_rules(wanted: Iterable[tuple[Campaign, int | None]]) -> None:
+    """Parse the rules of every (campaign, version) not known yet, read in one statement."""
+    keys = {_rules_key(c, v) for c, v in wanted}
+    missing = {k for k in keys if _known_rules(k) is None}
+    if not missing:
+        return
+    pairs = sorted({(cid, version) for cid, version, _ in missing})
+    rows = db.session.execute(
+        select(CampaignRules.campaign_id, CampaignRules.version, CampaignRules.rules).where(
+            tuple_(CampaignRules.campaign_id, CampaignRules.version).in_(pairs)
+        )
+    ).all()
+    stored = {(cid, version): rules for cid, version, rules in rows}
     cache = db.session.info.setdefault(RULES_CACHE, {})
-    if key not in cache:
-        row = db.session.execute(
-            select(CampaignRules).where(CampaignRules.campaign_id == campaign.id, CampaignRules.version == version)
-        ).scalar_one()
-        cache[key] = parse_rules(row.rules, budgeted=key[2])
-    return cache[key]
+    for key in missing:
+        if (key[0], key[1]) not in stored:
+            raise LookupError(f"campaign {key[0]} has no rules version {key[1]}")
+        cache[key] = parse_rules(stored[key[0], key[1]], budgeted=key[2])
 
 
-@event.listens_for(Session, "after_rollback")
-def _forget_rules(session: Session) -> None:
-    """A rolled-back campaign may leave its id to another one: parsed rules never outlive a rollback."""
+@event.listens_for(Session, "after_commit")
+def _keep_rules(session: Session) -> None:
+    parsed = session.info.pop(RULES_CACHE, None)
+    if parsed:
+        _PARSED.setdefault(session.get_bind(), {}).update(parsed)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_rules(session: Session, previous_transaction) -> None:
+    """A rolled-back campaign may leave its id to another one: rules parsed in it are not kept."""
     session.info.pop(RULES_CACHE, None)
+
+
+def funder_ref(campaign: Campaign) -> AccountRef:
+    """The campaign's funding account by name (resolved when a ledger batch is written)."""
+    if campaign.funder_type == FunderType.MERCHANT_DEPOSIT:
+        return ref(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", campaign.funder_merchant_id)
+    if campaign.funder_type == FunderType.USER_STAKE:
+        return ref(AccountKind.USER_STAKE, "user", campaign.funder_user_id)
+    return ref(AccountKind.PLATFORM_MARKETING_FUND)
 
 
 def funder_account(campaign: Campaign) -> LedgerAccount:

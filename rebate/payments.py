@@ -14,21 +14,25 @@ review, alerts an operator once and moves no money.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, true, union
+from sqlalchemy.orm import aliased
 
-from ledger import Leg, account, post_entry
+from ledger import AccountRef, Leg, ref
 from models import (
     AccountKind,
     Campaign,
     CampaignStatus,
     FunderType,
-    LedgerAccount,
     Order,
+    OrderPacket,
     OrderStatus,
     PacketStatus,
+    Rebate,
+    Receivable,
     RedPacket,
     User,
     db,
@@ -38,8 +42,8 @@ from models.base import beijing
 from models.triggers import TriggerKind
 from payouts import MoneySettings
 from rebate import budgets
-from rebate.awards import Beneficiary, record_decisions
-from rebate.campaigns import funder_account, is_running, rules_of, serves
+from rebate.awards import Beneficiary, Effects, record_decisions
+from rebate.campaigns import funder_ref, is_running, load_rules, rules_of, serves
 from rebate.deposits import DepositsLeft, lock_deposits, pause_refused
 from rebate.errors import BudgetExhausted, DepositExhausted
 from rebate.intake import (
@@ -50,7 +54,7 @@ from rebate.intake import (
     notification_seen,
     record_notification,
 )
-from rebate.orders import lock_order, order_packets
+from rebate.orders import order_packets
 from rebate.packets import issue_packet
 from rebate.rules import Decision, OrderFacts, RuleSet, evaluate
 
@@ -71,10 +75,13 @@ def apply_payment(
     disagreement flags the order and alerts an operator (once) and moves nothing. The
     notification id is recorded with every accepted outcome, so a repeat is answered at once.
     """
-    order = lock_order(tx.out_trade_no)
-    if order is None:
+    loaded = _load(tx.out_trade_no)
+    if loaded is None:
         return PaymentOutcome.NOT_OURS
-    if notification_id and notification_seen(notification_id):
+    order = loaded.order
+    # A notification id is recorded only with an outcome that left the order paid, refunded or closed:
+    # an open order cannot have seen it (a concurrent twin waited on the lock and sees the winner's status).
+    if notification_id and order.status != OrderStatus.CREATED and notification_seen(notification_id):
         return PaymentOutcome.DUPLICATE_NOTIFICATION
     if not tx.paid:
         return PaymentOutcome.NOT_PAID
@@ -82,7 +89,7 @@ def apply_payment(
     if problems:
         flag_order(order, "payment_mismatch", "; ".join(problems))
         return PaymentOutcome.MISMATCH_FLAGGED
-    outcome = _apply_locked(order, tx, tx.success_time or now, money)
+    outcome = _apply_locked(loaded, tx, tx.success_time or now, money)
     record_notification(notification_id, order.out_trade_no, outcome)
     db.session.flush()
     return outcome
@@ -100,7 +107,8 @@ def disagreements(tx: PaymentTransaction, expected: PayAccount, order: Order) ->
     return problems
 
 
-def _apply_locked(order: Order, tx: PaymentTransaction, paid_at: datetime, money: MoneySettings) -> PaymentOutcome:
+def _apply_locked(loaded: _Loaded, tx: PaymentTransaction, paid_at: datetime, money: MoneySettings) -> PaymentOutcome:
+    order = loaded.order
     if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
         if order.transaction_id != tx.transaction_id:
             flag_order(
@@ -114,15 +122,111 @@ def _apply_locked(order: Order, tx: PaymentTransaction, paid_at: datetime, money
     order.status, order.transaction_id, order.paid_at = OrderStatus.PAID, tx.transaction_id, paid_at
     order.paid_fen = total if payer_total is None else min(payer_total, total)
     spent = _use_packets(order, paid_at)
-    attributed = _attributing_packets(order, spent, paid_at)
-    campaigns = _lock_campaigns(order, spent, attributed)
+    attributed = _attributing_packets(order, spent, paid_at, loaded.buyer)
+    campaigns = _campaigns(loaded.campaigns, spent, attributed)
+    load_rules(
+        [(c, None) for c in campaigns.values()] + [(campaigns[p.campaign_id], p.rules_version) for p, _ in spent]
+    )
+    _note_attribution(loaded.buyer, spent, campaigns, paid_at)
     lock_deposits(list(campaigns.values()))
-    _post_sale(order, spent, campaigns)
+    effects = Effects(money, clean=loaded.clean)
+    _post_sale(order, spent, campaigns, effects)
     deposits = DepositsLeft(_reserved_by_funder(spent, campaigns))  # read after the sale: discounts came out first
-    _run_rebates(order, spent, campaigns, paid_at, deposits, money)
-    _run_attribution(order, attributed, campaigns, paid_at, deposits, money)
+    settles, unreserved = _run_rebates(order, spent, campaigns, paid_at, deposits, effects)
+    unreserved += _run_attribution(order, attributed, campaigns, paid_at, deposits, effects)
+    _commit_unreserved(unreserved, deposits, effects)
+    effects.write()
+    for campaign_id, reserved, actual, limited in settles:  # last: the hot campaign's row is held only to commit
+        budgets.settle(campaign_id, reserved, actual, limited=limited)
     _issue_triggered_packets(order, campaigns, paid_at)
     return PaymentOutcome.APPLIED
+
+
+@dataclass
+class _Loaded:
+    order: Order
+    buyer: User
+    inviter: User | None  # kept here: the session's identity map holds rows only while they are referenced
+    campaigns: list[Campaign]
+    clean: set[tuple[str, int]]  # beneficiaries who owe nothing back (no outstanding receivable)
+
+
+def _load(out_trade_no: str) -> _Loaded | None:
+    """The order, row-locked, with its buyer and inviter, whether they (and its merchant) owe anything back,
+    and every campaign that can apply to it: one statement.
+
+    The campaigns are read without a lock: their budgets are committed by conditional UPDATEs at the end.
+    They are those serving this merchant or every merchant (``ix_campaigns_serving``) whose trigger is a paid
+    order this one reaches, or, for an invited buyer, a referral campaign; and those of the order's packets.
+    """
+    buyer, inviter = aliased(User), aliased(User)
+    o, u, c = aliased(Order), aliased(User), aliased(Campaign)
+
+    def of_order(column):
+        return select(column).where(o.out_trade_no == out_trade_no).correlate(None).scalar_subquery()
+
+    invited = (
+        select(u.id)
+        .join(o, o.user_id == u.id)
+        .where(o.out_trade_no == out_trade_no, u.inviter_id.is_not(None))
+        .correlate(None)
+        .exists()
+    )
+    applies = or_(
+        and_(c.trigger_kind == TriggerKind.ORDER_PAID.value, c.trigger_min_order_fen <= of_order(o.total_fen)),
+        and_(c.trigger_kind != TriggerKind.ORDER_PAID.value, c.applies_to == "referral", invited),
+    )
+    active = c.status == CampaignStatus.ACTIVE.value
+    candidates = union(
+        select(c.id).where(active, c.serves_merchant_id == of_order(o.merchant_id), applies),
+        select(c.id).where(active, c.serves_merchant_id.is_(None), applies),
+        select(RedPacket.campaign_id)
+        .join(OrderPacket, OrderPacket.packet_id == RedPacket.id)
+        .where(OrderPacket.order_id == of_order(o.id)),
+    )
+    campaign = aliased(Campaign, select(Campaign).where(Campaign.id.in_(candidates)).subquery())
+    stmt = (
+        select(
+            Order,
+            buyer,
+            inviter,
+            _owes("user", buyer.id),
+            _owes("user", inviter.id),
+            _owes("merchant", Order.merchant_id),
+            campaign,
+        )
+        .join(buyer, buyer.id == Order.user_id)
+        .outerjoin(inviter, inviter.id == buyer.inviter_id)
+        .outerjoin(campaign, true())
+        .where(Order.out_trade_no == out_trade_no)
+        .with_for_update(of=Order)
+        .execution_options(populate_existing=True)  # after waiting on the lock, see the winner's writes
+    )
+    rows = db.session.execute(stmt).all()
+    if not rows:
+        return None
+    order, buyer_row, inviter_row, buyer_owes, inviter_owes, merchant_owes, _ = rows[0]
+    clean = set()
+    if not buyer_owes:
+        clean.add(("user", buyer_row.id))
+    if inviter_row is not None and not inviter_owes:
+        clean.add(("user", inviter_row.id))
+    if not merchant_owes:
+        clean.add(("merchant", order.merchant_id))
+    found = {row[6].id: row[6] for row in rows if row[6] is not None}
+    return _Loaded(order, buyer_row, inviter_row, [found[i] for i in sorted(found)], clean)
+
+
+def _owes(beneficiary_type: str, beneficiary_id):
+    return (
+        select(Receivable.id)
+        .where(
+            Receivable.beneficiary_type == beneficiary_type,
+            Receivable.beneficiary_id == beneficiary_id,
+            Receivable.outstanding_fen > 0,
+        )
+        .exists()
+    )
 
 
 def _use_packets(order: Order, now: datetime) -> list[tuple[RedPacket, int]]:
@@ -153,8 +257,15 @@ def _relevant(campaign: Campaign, order: Order, has_inviter: bool) -> bool:
     return has_inviter and rules_of(campaign).applies_to == "referral"
 
 
-def _attributing_packets(order: Order, spent: list[tuple[RedPacket, int]], now: datetime) -> list[RedPacket]:
-    """Packets this buyer spent earlier whose campaign attributes later orders at this merchant to them."""
+def _attributing_packets(
+    order: Order, spent: list[tuple[RedPacket, int]], now: datetime, buyer: User
+) -> list[RedPacket]:
+    """Packets this buyer spent earlier whose campaign attributes later orders at this merchant to them.
+
+    Looked for only while the buyer's ``attribution_until`` hint is ahead (set when such a packet is used).
+    """
+    if buyer.attribution_until is None or now >= buyer.attribution_until:
+        return []
     at_this_merchant = or_(
         RedPacket.merchant_id == order.merchant_id,
         and_(RedPacket.merchant_id.is_(None), RedPacket.issuer_merchant_id == order.merchant_id),
@@ -175,46 +286,56 @@ def _attributing_packets(order: Order, spent: list[tuple[RedPacket, int]], now: 
     for p in used:
         if p.campaign_id in found:
             continue
-        days = rules_of(db.session.get(Campaign, p.campaign_id), p.rules_version).attribution_days
+        days = rules_of(_campaign(p.campaign_id), p.rules_version).attribution_days
         if days and now < p.used_at + timedelta(days=days):
             found[p.campaign_id] = p
     return list(found.values())
 
 
-def _lock_campaigns(
-    order: Order, spent: list[tuple[RedPacket, int]], attributed: list[RedPacket]
+def _campaign(campaign_id: int) -> Campaign:
+    return db.session.get(Campaign, campaign_id)
+
+
+def _campaigns(
+    candidates: list[Campaign], spent: list[tuple[RedPacket, int]], attributed: list[RedPacket]
 ) -> dict[int, Campaign]:
-    """The campaigns this payment touches, row-locked in ascending id order (no deadlocks)."""
-    has_inviter = db.session.get(User, order.user_id).inviter_id is not None
-    active = db.session.execute(select(Campaign).where(Campaign.status == CampaignStatus.ACTIVE)).scalars()
-    ids = {c.id for c in active if _relevant(c, order, has_inviter)} | {p.campaign_id for p in attributed}
-    ids |= {packet.campaign_id for packet, _ in spent}
-    rows = (
-        db.session.execute(
-            select(Campaign)
-            .where(Campaign.id.in_(sorted(ids)))
-            .order_by(Campaign.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-        .scalars()
-        .all()
-    )
-    return {c.id: c for c in rows}
+    """The campaigns this payment touches, in id order: those read with the order, and the attributing
+    packets' (the rare path: read by primary key when not already loaded)."""
+    found = {c.id: c for c in candidates}
+    for packet in attributed:
+        found.setdefault(packet.campaign_id, _campaign(packet.campaign_id))
+    missing = {packet.campaign_id for packet, _ in spent} - set(found)
+    if missing:  # cannot happen: the load reads the packets' campaigns
+        raise LookupError(f"campaigns {sorted(missing)} of the order's packets were not read")
+    return {cid: found[cid] for cid in sorted(found)}
 
 
-def _post_sale(order: Order, spent: list[tuple[RedPacket, int]], campaigns: dict[int, Campaign]) -> None:
+def _note_attribution(
+    buyer: User, spent: list[tuple[RedPacket, int]], campaigns: dict[int, Campaign], now: datetime
+) -> None:
+    """A merchant's packet whose rules attribute later orders: the buyer's hint moves to its end."""
+    for packet, _ in spent:
+        days = rules_of(campaigns[packet.campaign_id], packet.rules_version).attribution_days
+        if days and packet.issuer_type == "merchant":
+            ends = now + timedelta(days=days)
+            if buyer.attribution_until is None or buyer.attribution_until < ends:
+                buyer.attribution_until = ends
+
+
+def _post_sale(
+    order: Order, spent: list[tuple[RedPacket, int]], campaigns: dict[int, Campaign], effects: Effects
+) -> None:
     """The buyer's payment and each packet's funder together pay the merchant the order total."""
-    funded: dict[str, tuple[LedgerAccount, int]] = {}
+    funded: dict[str, tuple[AccountRef, int]] = {}
     for packet, discount in spent:
-        funder = funder_account(campaigns[packet.campaign_id])
+        funder = funder_ref(campaigns[packet.campaign_id])
         funded[funder.code] = (funder, funded.get(funder.code, (funder, 0))[1] + discount)
     legs = [
-        Leg(account(AccountKind.WECHAT_SETTLEMENT), -order.payable_fen),
-        Leg(account(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), order.total_fen),
+        Leg(ref(AccountKind.WECHAT_SETTLEMENT), -order.payable_fen),
+        Leg(ref(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), order.total_fen),
         *(Leg(funder, -amount) for funder, amount in funded.values()),
     ]
-    post_entry(f"order:{order.id}:sale", f"sale {order.out_trade_no}", legs)
+    effects.batch.add(f"order:{order.id}:sale", f"sale {order.out_trade_no}", legs)
 
 
 def _referral_ends(consumer: User, referral_days: int | None) -> datetime | None:
@@ -272,15 +393,33 @@ def _explain_expired_referral(decision: Decision, order: Order, referral_days: i
     return Decision("inviter", 0, decision.form, "referral_period_over", (why,))
 
 
+@dataclass
+class _Unreserved:
+    """Awards of a campaign that had no reservation (referral, attribution): committed at the end, conditionally.
+
+    ``decide(budget_left)`` decides the campaign again within what is left (its rebates into the effects)."""
+
+    campaign: Campaign
+    decide: Callable[[int | None], list[Rebate]]
+    rebates: list[Rebate]
+
+    @property
+    def awarded(self) -> int:
+        return sum(r.original_fen for r in self.rebates)
+
+
 def _run_rebates(
     order: Order,
     spent: list[tuple[RedPacket, int]],
     campaigns: dict[int, Campaign],
     now: datetime,
     deposits: DepositsLeft,
-    money: MoneySettings,
-) -> None:
+    effects: Effects,
+) -> tuple[list[tuple[int, int, int, bool]], list[_Unreserved]]:
+    """Decide and record every campaign's rebates. Returns the packet campaigns' settlements (campaign id,
+    reserved, actual, limited) and the unreserved awards, both committed by the caller."""
     cash_room = order.paid_fen
+    settles, unreserved = [], []
     by_campaign: dict[int, list[tuple[RedPacket, int]]] = {}
     for packet, discount in spent:
         by_campaign.setdefault(packet.campaign_id, []).append((packet, discount))
@@ -297,22 +436,27 @@ def _run_rebates(
             budget_left, version, first = campaign.budget_available_fen, campaign.rules_version, None
         else:
             continue
+
         # A referral campaign never pays another campaign's packet issuer: it sees no packet.
-        deposit_left = deposits.of(campaign)
-        decisions, who = _evaluate(order, first, campaign, version, budget_left, cash_room, now, deposit_left)
-        packet_id = first.id if first else None
-        rebates = record_decisions(order, campaign, version, packet_id, decisions, who, now, money)
-        awarded = sum(r.original_fen for r in rebates)
-        deposits.spend(campaign, awarded)
-        paid_cash = {d.role for d in decisions if d.pays_cash}
-        cash_room -= sum(r.original_fen for r in rebates if r.role in paid_cash)
+        def decide(budget_left, campaign=campaign, first=first, version=version, room=cash_room):
+            deposit_left = deposits.of(campaign)
+            decisions, who = _evaluate(order, first, campaign, version, budget_left, room, now, deposit_left)
+            packet_id = first.id if first else None
+            rebates = record_decisions(order, campaign, version, packet_id, decisions, who, now, effects.money, effects)
+            deposits.spend(campaign, sum(r.original_fen for r in rebates))
+            paid_cash = {d.role for d in decisions if d.pays_cash}
+            return rebates, sum(r.original_fen for r in rebates if r.role in paid_cash)
+
+        rebates, paid_cash_fen = decide(budget_left)
+        cash_room -= paid_cash_fen
         if own:
-            limited = campaign.budget_limit_fen is not None
-            budgets.settle(campaign_id, reserved, discount + awarded, limited=limited)
+            awarded = sum(r.original_fen for r in rebates)
+            settles.append((campaign_id, reserved, discount + awarded, campaign.budget_limit_fen is not None))
             for packet, _ in own:
                 packet.reserved_fen = 0
-        elif not budgets.commit(campaign_id, awarded):
-            raise BudgetExhausted("budget moved under a locked campaign")  # cannot happen under the row lock
+        else:
+            unreserved.append(_Unreserved(campaign, lambda left, d=decide: d(left)[0], rebates))
+    return settles, unreserved
 
 
 def _run_attribution(
@@ -321,32 +465,77 @@ def _run_attribution(
     campaigns: dict[int, Campaign],
     now: datetime,
     deposits: DepositsLeft,
-    money: MoneySettings,
-) -> None:
+    effects: Effects,
+) -> list[_Unreserved]:
     """The issuer of a packet that brought the customer earns on their later orders (the trial story)."""
+    unreserved = []
     for packet in sorted(packets, key=lambda p: p.campaign_id):
         campaign = campaigns[packet.campaign_id]
         rules = rules_of(campaign, packet.rules_version)
         issuer_rule = rules.role("issuer")
         if issuer_rule is None:
             continue
-        facts = OrderFacts(order_total_fen=order.total_fen, paid_fen=order.paid_fen, paid_at=now, has_issuer=True)
-        if is_running(campaign, now):
-            decisions = evaluate(
-                RuleSet(roles=(issuer_rule,)),
-                facts,
-                budget_left_fen=campaign.budget_available_fen,
-                deposit_left_fen=deposits.of(campaign),
+
+        def decide(budget_left, campaign=campaign, packet=packet, issuer_rule=issuer_rule):
+            facts = OrderFacts(order_total_fen=order.total_fen, paid_fen=order.paid_fen, paid_at=now, has_issuer=True)
+            if is_running(campaign, now):
+                decisions = evaluate(
+                    RuleSet(roles=(issuer_rule,)),
+                    facts,
+                    budget_left_fen=budget_left,
+                    deposit_left_fen=deposits.of(campaign),
+                )
+            else:
+                why = ("the campaign was paused",)
+                decisions = [Decision("issuer", 0, issuer_rule.form, "campaign_not_running", why)]
+            attributed = f"attributed to red packet {packet.id} used on {packet.used_at:%Y-%m-%d}"
+            decisions = [replace(d, reasons=(attributed, *d.reasons)) for d in decisions]
+            who = {"issuer": Beneficiary("merchant", packet.issuer_merchant_id)}
+            rebates = record_decisions(
+                order, campaign, packet.rules_version, packet.id, decisions, who, now, effects.money, effects
             )
-        else:
-            decisions = [Decision("issuer", 0, issuer_rule.form, "campaign_not_running", ("the campaign was paused",))]
-        attributed = f"attributed to red packet {packet.id} used on {packet.used_at:%Y-%m-%d}"
-        decisions = [replace(d, reasons=(attributed, *d.reasons)) for d in decisions]
-        who = {"issuer": Beneficiary("merchant", packet.issuer_merchant_id)}
-        rebates = record_decisions(order, campaign, packet.rules_version, packet.id, decisions, who, now, money)
-        deposits.spend(campaign, sum(r.original_fen for r in rebates))
-        if not budgets.commit(campaign.id, sum(r.original_fen for r in rebates)):
-            raise BudgetExhausted("budget moved under a locked campaign")
+            deposits.spend(campaign, sum(r.original_fen for r in rebates))
+            return rebates
+
+        unreserved.append(_Unreserved(campaign, decide, decide(campaign.budget_available_fen)))
+    return unreserved
+
+
+MAX_REDECIDE = 5
+
+
+def _commit_unreserved(unreserved: list[_Unreserved], deposits: DepositsLeft, effects: Effects) -> None:
+    """Commit the unreserved awards with one conditional UPDATE. A campaign whose budget someone else took
+    since it was read is read again and decided again within what is left (nothing of it is written yet),
+    and committed again: never more than its limit."""
+    pending = list(unreserved)
+    with db.session.no_autoflush:  # its rebates are not written until every budget fits
+        for _ in range(MAX_REDECIDE):
+            amounts: dict[int, int] = {}
+            for u in pending:
+                amounts[u.campaign.id] = amounts.get(u.campaign.id, 0) + u.awarded
+            failed = budgets.commit_many(amounts)
+            if not failed:
+                return
+            pending = [u for u in pending if u.campaign.id in failed]
+            for u in pending:
+                _forget(u, deposits, effects)
+            for campaign_id in sorted(failed):
+                db.session.execute(
+                    select(Campaign).where(Campaign.id == campaign_id).execution_options(populate_existing=True)
+                )
+            for u in pending:
+                u.rebates = u.decide(u.campaign.budget_available_fen)
+    raise BudgetExhausted("campaign budgets kept moving while this payment was decided; WeChat retries it")
+
+
+def _forget(u: _Unreserved, deposits: DepositsLeft, effects: Effects) -> None:
+    """Undo a campaign's decision before anything of it was written."""
+    gone = {id(r) for r in u.rebates}
+    effects.to_pay = [item for item in effects.to_pay if id(item[0]) not in gone]
+    effects.rebates = [rebate for rebate in effects.rebates if id(rebate) not in gone]
+    if deposits.of(u.campaign) is not None:
+        deposits.left[u.campaign.funder_merchant_id] += u.awarded
 
 
 def _issue_triggered_packets(order: Order, campaigns: dict[int, Campaign], now: datetime) -> None:
