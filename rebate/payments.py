@@ -128,9 +128,12 @@ def _apply_locked(loaded: _Loaded, tx: PaymentTransaction, paid_at: datetime, mo
         [(c, None) for c in campaigns.values()] + [(campaigns[p.campaign_id], p.rules_version) for p, _ in spent]
     )
     _note_attribution(loaded.buyer, spent, campaigns, paid_at)
+    _lock_deposit_funded(campaigns)
     lock_deposits(list(campaigns.values()))
     effects = Effects(money, clean=loaded.clean)
     _post_sale(order, spent, campaigns, effects)
+    if any(c.funder_type == FunderType.MERCHANT_DEPOSIT for c in campaigns.values()):
+        effects.batch.post()  # a deposit's balance, read next, must see this sale's discounts
     deposits = DepositsLeft(_reserved_by_funder(spent, campaigns))  # read after the sale: discounts came out first
     settles, unreserved = _run_rebates(order, spent, campaigns, paid_at, deposits, effects)
     unreserved += _run_attribution(order, attributed, campaigns, paid_at, deposits, effects)
@@ -308,6 +311,21 @@ def _campaigns(
     if missing:  # cannot happen: the load reads the packets' campaigns
         raise LookupError(f"campaigns {sorted(missing)} of the order's packets were not read")
     return {cid: found[cid] for cid in sorted(found)}
+
+
+def _lock_deposit_funded(campaigns: dict[int, Campaign]) -> None:
+    """Merchant-deposit funded campaigns keep their row lock, then the deposit's, for the whole payment: the
+    deposit may never go below the live reservations, and claims lock in this order too (campaign, then
+    deposit). The one path that costs more statements (and holds a lock across the payment)."""
+    funded = sorted(c.id for c in campaigns.values() if c.funder_type == FunderType.MERCHANT_DEPOSIT)
+    if funded:
+        db.session.execute(
+            select(Campaign)
+            .where(Campaign.id.in_(funded))
+            .order_by(Campaign.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
 
 
 def _note_attribution(
