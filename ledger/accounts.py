@@ -87,6 +87,13 @@ def _forget(session: Session, previous_transaction) -> None:
     session.info.pop(PENDING, None)
 
 
+@event.listens_for(Session, "after_begin")
+def _fresh(session: Session, transaction, connection) -> None:
+    """A transaction starts with nothing learnt (one ended by ``close()`` never committed what it learnt)."""
+    if transaction.nested is False and transaction.parent is None:
+        session.info.pop(PENDING, None)
+
+
 def account_ids(refs: Iterable[AccountRef | LedgerAccount]) -> dict[str, int]:
     """code → id of every account named, creating the missing ones: at most two statements, none when cached."""
     ids: dict[str, int] = {}

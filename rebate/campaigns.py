@@ -73,6 +73,13 @@ def _forget_rules(session: Session, previous_transaction) -> None:
     session.info.pop(RULES_CACHE, None)
 
 
+@event.listens_for(Session, "after_begin")
+def _fresh_rules(session: Session, transaction, connection) -> None:
+    """A transaction starts with nothing parsed pending (one ended by ``close()`` never committed)."""
+    if transaction.nested is False and transaction.parent is None:
+        session.info.pop(RULES_CACHE, None)
+
+
 def funder_ref(campaign: Campaign) -> AccountRef:
     """The campaign's funding account by name (resolved when a ledger batch is written)."""
     if campaign.funder_type == FunderType.MERCHANT_DEPOSIT:
