@@ -251,15 +251,6 @@ def _reserved_by_funder(spent: list[tuple[RedPacket, int]], campaigns: dict[int,
     return reserved
 
 
-def _relevant(campaign: Campaign, order: Order, has_inviter: bool) -> bool:
-    if not serves(campaign, order.merchant_id):  # a merchant's campaign never pays on another's order
-        return False
-    trigger = campaign.issue_trigger
-    if trigger.kind == TriggerKind.ORDER_PAID:
-        return order.total_fen >= trigger.min_order_fen
-    return has_inviter and rules_of(campaign).applies_to == "referral"
-
-
 def _attributing_packets(
     order: Order, spent: list[tuple[RedPacket, int]], now: datetime, buyer: User
 ) -> list[RedPacket]:

@@ -419,3 +419,66 @@ def test_check_reports_empty_entries_and_unit_mismatch(app, books):
     _execute_unguarded("DELETE FROM ledger_postings WHERE entry_id = 902")
     _execute_unguarded("DELETE FROM ledger_entries WHERE id IN (901, 902)")
     assert ledger.check_ledger().ok
+
+
+# --- a batch: many entries, one round trip per table ------------------------------------
+
+
+def test_a_batch_posts_its_entries_once_and_a_repeat_is_compared_leg_by_leg(books):
+    b = books
+    cash, deposit = (
+        ledger.ref(K.USER_CASH, "user", b.u.id),
+        ledger.ref(K.MERCHANT_MARKETING_DEPOSIT, "merchant", b.m.id),
+    )
+    entries = [
+        ("batch:1", [Leg(b.fund, -500), Leg(cash, 500)]),
+        ("batch:2", [Leg(cash, -400), Leg(b.rebate_payable, 400, "payout:91")]),
+        ("batch:3", [Leg(b.settlement, -900), Leg(deposit, 900)]),
+    ]
+    batch = ledger.Batch()
+    for key, legs in entries:
+        batch.add(key, key, legs)
+    first = batch.post()
+    db.session.commit()
+    assert (entries_count(), postings_count()) == (3, 6)
+    assert db.session.get(LedgerFlow, "payout:91") is not None
+    # when: the same batch again (a retried payment), legs in another order and named otherwise
+    again = ledger.Batch()
+    for key, legs in entries:
+        again.add(
+            key,
+            "again",
+            [
+                Leg(
+                    ledger.account(leg.account.kind, leg.account.owner_type, leg.account.owner_id), leg.amount, leg.flow
+                )
+                for leg in reversed(legs)
+            ],
+        )
+    assert again.post() == first
+    assert (entries_count(), postings_count()) == (3, 6)
+    # and one leg changed is refused, nothing written
+    changed = ledger.Batch()
+    changed.add("batch:4", "new", [Leg(b.fund, -1), Leg(cash, 1)])
+    changed.add("batch:1", "changed", [Leg(b.fund, -501), Leg(cash, 501)])
+    with pytest.raises(IdempotencyMismatch):
+        changed.post()
+    db.session.rollback()
+    assert entries_count() == 3
+    assert (ledger.balance(b.cash), ledger.balance(b.deposit)) == (100, 900)
+
+
+def test_an_account_id_learnt_in_a_rolled_back_transaction_is_not_kept(app):
+    # given: an account created in a transaction that rolls back (SQLite may give its id to the next one)
+    first, other = ledger.ref(K.USER_CASH, "user", 990_001), ledger.ref(K.USER_CASH, "user", 990_002)
+    ledger.account_id(first)
+    db.session.rollback()
+    # when: another account is created and committed, then the first one is asked for again
+    kept = ledger.account_id(other)
+    db.session.commit()
+    again = ledger.account_id(first)
+    db.session.commit()
+    # then: each id names its own account
+    assert db.session.get(LedgerAccount, kept).code == other.code
+    assert db.session.get(LedgerAccount, again).code == first.code
+    assert again != kept
