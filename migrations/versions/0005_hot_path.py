@@ -82,11 +82,8 @@ def upgrade():
 
 
 def downgrade():
-    with op.batch_alter_table("users", schema=None) as batch_op:
-        batch_op.drop_column("attribution_until")
-    with op.batch_alter_table("campaigns", schema=None) as batch_op:
-        batch_op.drop_index("ix_campaigns_serving")
-        batch_op.drop_column("applies_to")
-        batch_op.drop_column("trigger_min_order_fen")
-        batch_op.drop_column("trigger_kind")
-        batch_op.drop_column("serves_merchant_id")
+    # Plain ALTER TABLE … DROP COLUMN (SQLite 3.35+ has it): a batch copy of users would trip its foreign keys.
+    op.drop_column("users", "attribution_until")
+    op.drop_index("ix_campaigns_serving", table_name="campaigns")
+    for column in ("applies_to", "trigger_min_order_fen", "trigger_kind", "serves_merchant_id"):
+        op.drop_column("campaigns", column)
