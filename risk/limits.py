@@ -1,7 +1,10 @@
 """Claim limits, enforced by ``INSERT … ON CONFLICT DO UPDATE … WHERE`` on ``limit_counters``.
 
 The conditional upsert either takes a slot (and returns a row) or, when the
-limit is reached, returns nothing. On PostgreSQL the row lock serialises
+limit is reached, returns nothing. Every slot of one packet (the campaign's
+own and the platform-wide ones) goes in ONE multi-row upsert (``take_slots``):
+fewer rows back than asked is a refusal, named by the first refused slot in
+the order the limits are checked. On PostgreSQL the row lock serialises
 concurrent claims on one key; on SQLite the database lock does. Counters
 commit or roll back with the claim.
 
@@ -105,24 +108,8 @@ def _insert():
     return postgresql.insert if db.session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
-def _take_count(key: str, window: str, limit: int, now: datetime) -> bool:
-    table = LimitCounter.__table__
-    stmt = _insert()(table).values(key=key, window=window, count=1, last_at=now)
-    same_window = table.c.window == window
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["key"],
-        set_={
-            "count": case((same_window, table.c["count"] + 1), else_=literal_column("1")),
-            "window": window,
-            "last_at": now,
-        },
-        where=(~same_window) | (table.c["count"] < limit),
-    ).returning(table.c.key)
-    return db.session.execute(stmt).first() is not None
-
-
 def _last_at(key: str) -> datetime | None:
-    row = db.session.get(LimitCounter, key)
+    row = db.session.get(LimitCounter, key, populate_existing=True)
     return row.last_at if row else None
 
 
@@ -134,10 +121,8 @@ def _until_midnight(now: datetime) -> int:
 def take_device_token_slot(ip: str, per_day: int, now: datetime) -> None:
     """Device tokens are handed out sparingly per network address, so fresh ones cannot reset a device limit."""
     day = beijing(now).date().isoformat()
-    if not _take_count(f"devices:ip-day:{ip}", day, per_day, now):
-        raise LimitHit(
-            f"at most {per_day} new device tokens a day from one network address", _until_midnight(now), "device_tokens"
-        )
+    what = f"at most {per_day} new device tokens a day from one network address"
+    take_or_refuse([Slot(f"devices:ip-day:{ip}", day, "device_tokens", what, _until_midnight(now), limit=per_day)], now)
 
 
 @dataclass(frozen=True)

@@ -178,9 +178,7 @@ def test_a_refused_claim_still_keeps_its_refusal_and_changes_nothing_else(app, m
     assert [r.code for r in db.session.execute(select(ClaimRefusal)).scalars()] == ["person_limit"]
 
 
-def test_a_claim_inside_a_transaction_that_wrote_already_keeps_those_writes_on_a_refusal(
-    app, make_campaign, make_user
-):
+def test_a_claim_inside_a_transaction_that_wrote_already_keeps_those_writes_on_a_refusal(app, make_campaign, make_user):
     # given: a campaign with a count budget of one, taken; a transaction that already wrote something
     campaign_id = claim_campaign(make_campaign, max_packets=1).id
     eve, fay = make_user(), make_user()
