@@ -25,7 +25,7 @@ from models.limits import LimitCounter
 from rebate.claims import claim_by_code, claim_from_campaign
 from rebate.packets import generate_batch
 from risk import Claimant, PlatformLimits
-from tests.concurrency import post_together
+from tests.concurrency import post_together, together
 
 RULES = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 3_00}]}
 RESERVATION = 10_00 + 3_00
@@ -215,6 +215,36 @@ def test_20_claims_with_every_limit_on_and_a_budget_for_6_exactly_6(app, make_ca
     db.session.refresh(campaign)
     assert (campaign.budget_reserved_fen, campaign.packets_issued, count(RedPacket)) == (6 * RESERVATION, 6, 6)
     assert count(LimitCounter) == 6 * (3 + 4)  # per winner: the campaign's 3 + platform IP and person (no device)
+
+
+def test_12_code_claims_with_every_limit_on_and_a_budget_for_4_exactly_4(app, make_campaign, make_user, user_headers):
+    # given: 12 codes of a campaign whose budget holds 4 packets; 12 people, each from their own address
+    campaign = make_campaign(RULES, budget_limit_fen=4 * RESERVATION, packet_amount_fen=10_00)
+    codes = [p.claim_code for p in generate_batch(campaign, 12, utcnow(), batch_ref="race")]
+    headers = [user_headers(make_user()) for _ in range(12)]
+
+    # when: all claim their own code at once
+    def claim(i: int) -> tuple[int, str | None]:
+        resp = app.test_client().post(
+            "/api/v1/red-packets/claim",
+            json={"code": codes[i]},
+            headers=headers[i],
+            environ_base={"REMOTE_ADDR": f"198.51.100.{i}"},
+        )
+        return resp.status_code, resp.get_json()["error"] if resp.status_code != 201 else None
+
+    results = together(12, claim, app=app)
+
+    # then: exactly 4 packets issued and reserved; the other 8 codes stay unclaimed, reserving nothing
+    assert Counter(results) == {(201, None): 4, (409, "budget_exhausted"): 8}, results
+    db.session.rollback()
+    db.session.refresh(campaign)
+    assert (campaign.budget_reserved_fen, campaign.packets_issued) == (4 * RESERVATION, 4)
+    statuses = select(RedPacket.status, func.count(), func.sum(RedPacket.reserved_fen)).group_by(RedPacket.status)
+    assert sorted(tuple(r) for r in db.session.execute(statuses)) == [
+        ("issued", 4, 4 * RESERVATION),
+        ("unclaimed", 8, 0),
+    ]
 
 
 def count(model) -> int:
