@@ -99,3 +99,17 @@ def count_packet(campaign_id: int) -> bool:
 def uncount_packet(campaign_id: int) -> None:
     """An expired or revoked packet gives its count slot back."""
     _apply(campaign_id, [C.packets_issued > 0], packets_issued=C.packets_issued - 1)
+
+
+def take_packet(campaign_id: int, reserved_fen: int) -> bool:
+    """One packet's count slot and money reservation in ONE conditional UPDATE (a claim's single budget statement).
+
+    Both conditions of ``count_packet`` and ``reserve`` sit in its WHERE: either both move or neither does.
+    The caller tells which one refused (the rare path) by reading the campaign's counters."""
+    fits = (C.max_packets.is_(None) | (C.packets_issued < C.max_packets)) & _fits(reserved_fen)
+    return _apply(
+        campaign_id,
+        [fits],
+        packets_issued=C.packets_issued + 1,
+        budget_reserved_fen=C.budget_reserved_fen + reserved_fen,
+    )

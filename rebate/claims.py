@@ -2,10 +2,16 @@
 
 Each claim is one operation here: the campaign's own claim limits (``Campaign.claim_limits``) and the
 platform-wide ones (``PlatformLimits``, read from settings by the shell and passed in) are taken from
-``risk`` in the same transaction as the claim. The claim runs in a savepoint: a refusal (a limit, or a
-funder's deposit that cannot cover the packet) rolls the claim back to it, keeps the refusal for the
-trace (and pauses a campaign whose deposit ran dry), and is raised again. The caller commits what was
-kept before answering the refusal (``REFUSALS``); nothing here commits.
+``risk`` in the same transaction as the claim, in one statement with each other. A refusal (a limit, or
+a funder's deposit that cannot cover the packet) rolls the claim back, keeps the refusal for the trace
+(and pauses a campaign whose deposit ran dry), and is raised again. The caller commits what was kept
+before answering the refusal (``REFUSALS``); nothing here commits.
+
+A claim is the hot path of a flash sale, so it costs no savepoint when it can: a claim that is the first
+write of its transaction (the claim routes: the ``Idempotency-Key`` is committed before, authentication
+only reads) is rolled back with the whole transaction on a refusal; one called after other writes of
+the same transaction runs in a savepoint, so a refusal rolls back the claim alone. This module notes
+whether a session's transaction wrote anything yet (flushes and DML statements through the session).
 
 Device ids (for the per-device limits) are handed out here too, sparingly per network address
 (``new_device_id``), so fresh ones cannot reset a device limit.
@@ -19,24 +25,52 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import event
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+
 from models import Campaign, CampaignStatus, RedPacket, ShareLink, User, db
 from models.triggers import TriggerKind
 from rebate.deposits import pause_refused
 from rebate.errors import DepositExhausted, NotFound, StateConflict
-from rebate.packets import claim_packet, find_claimable, issue_packet
+from rebate.packets import campaign_with_rules, claim_found, claimable, issue_packet
 from rebate.triggers import claim_gate, claim_share
 from risk import (
     Claimant,
+    ClaimGate,
     ClaimLimits,
     LimitHit,
     PlatformLimits,
-    enforce_claim_limits,
+    campaign_slots,
     record_refusal,
     take_device_token_slot,
 )
 
 REFUSALS = (LimitHit, DepositExhausted)  # raised after the refusal was kept: commit, then answer it
 DEVICE_IDS_PER_IP_PER_DAY = 20
+WROTE = "claims:wrote"  # session.info: this transaction has written something
+
+
+@event.listens_for(Session, "after_flush")
+def _flushed(session: Session, _context) -> None:
+    session.info[WROTE] = True
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _executed(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info[WROTE] = True
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _ended(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(WROTE, None)
+
+
+def _own_transaction() -> bool:
+    """Has this transaction written nothing yet (nothing flushed, executed or pending)?"""
+    session = db.session()
+    return not (session.info.get(WROTE) or session.new or session.dirty or session.deleted)
 
 
 @dataclass(frozen=True)
@@ -47,16 +81,25 @@ class ShareClaim:
 
 @contextmanager
 def refusal_kept(campaign_id: int, person_id: int) -> Iterator[None]:
-    """Run a claim in a savepoint; a refusal rolls it back, is kept for the trace, and is raised again."""
+    """Run a claim so that a failure rolls it back: a refusal is then kept for the trace and raised again.
+
+    No savepoint when the claim is the first write of its transaction: the whole transaction is rolled
+    back instead (the success path stays a few statements). Otherwise a savepoint, as before."""
+    own = _own_transaction()
     try:
-        with db.session.begin_nested():
+        if own:
             yield
-    except LimitHit as hit:
-        record_refusal(person_id, campaign_id, hit)
-        raise
-    except DepositExhausted as refused:  # 409: the campaign is paused and an operator alerted
-        record_refusal(person_id, campaign_id, refused)
-        pause_refused(refused.campaign_id)
+        else:
+            with db.session.begin_nested():
+                yield
+    except Exception as failed:
+        if own:
+            db.session.rollback()
+        if isinstance(failed, LimitHit):
+            record_refusal(person_id, campaign_id, failed)
+        elif isinstance(failed, DepositExhausted):  # 409: the campaign is paused and an operator alerted
+            record_refusal(person_id, campaign_id, failed)
+            pause_refused(failed.campaign_id)
         raise
 
 
@@ -66,15 +109,18 @@ def new_device_id(ip: str, now: datetime, per_day: int = DEVICE_IDS_PER_IP_PER_D
     return secrets.token_hex(12)
 
 
-def take_campaign_limits(campaign: Campaign, claimant: Claimant, now: datetime) -> None:
-    """The campaign's own limit slots (the platform-wide ones are taken when the packet is issued)."""
-    limits = ClaimLimits.parse(campaign.claim_limits)
-    enforce_claim_limits(limits, campaign_id=campaign.id, claimant=claimant, now=now)
+def gate(campaign: Campaign, claimant: Claimant, limits: PlatformLimits, now: datetime) -> ClaimGate:
+    """The claim's limits: the campaign's own slots and the platform-wide ones, taken in one statement."""
+    own = campaign_slots(ClaimLimits.parse(campaign.claim_limits), campaign_id=campaign.id, claimant=claimant, now=now)
+    return claim_gate(claimant, limits, own)
 
 
 def running_campaign(campaign_id: int) -> Campaign:
     """A campaign people can take part in: a draft is not found, a paused or ended one says so."""
-    campaign = db.session.get(Campaign, campaign_id)
+    return _running(db.session.get(Campaign, campaign_id))
+
+
+def _running(campaign: Campaign | None) -> Campaign:
     if campaign is None or campaign.status == CampaignStatus.DRAFT:
         raise NotFound("no such campaign")
     if campaign.status != CampaignStatus.ACTIVE:
@@ -85,13 +131,16 @@ def running_campaign(campaign_id: int) -> Campaign:
 def claim_by_code(
     code: str, user: User, now: datetime, *, claimant: Claimant, limits: PlatformLimits, channel: str | None = None
 ) -> RedPacket:
-    """Claim an unclaimed packet by its code under both kinds of claim limits; your own answers again."""
-    packet = find_claimable(code, user)
-    campaign = db.session.get(Campaign, packet.campaign_id)
+    """Claim an unclaimed packet by its code under both kinds of claim limits; your own answers again.
+
+    Four statements: the packet with its campaign and rules, its owner (conditional UPDATE), the budget
+    (one conditional UPDATE), the limits (one conditional upsert). More for a merchant-funded campaign
+    (its deposit's check) and on a refusal."""
+    packet, campaign, rules = claimable(code, user)
+    if packet.owner_id == user.id:
+        return packet
     with refusal_kept(campaign.id, user.id):
-        if packet.owner_id is None:
-            take_campaign_limits(campaign, claimant, now)
-        return claim_packet(code, user, now, channel, gate=claim_gate(claimant, limits))
+        return claim_found(packet, campaign, rules, user, now, channel, gate(campaign, claimant, limits, now))
 
 
 def claim_from_campaign(
@@ -103,12 +152,15 @@ def claim_from_campaign(
     limits: PlatformLimits,
     channel: str | None = None,
 ) -> RedPacket:
-    """A packet straight from a self-serve campaign (trigger kind ``claim``)."""
-    campaign = running_campaign(campaign_id)
+    """A packet straight from a self-serve campaign (trigger kind ``claim``).
+
+    Four statements: the campaign with its rules, the budget (one conditional UPDATE), the limits (one
+    conditional upsert), the packet's INSERT. More for a merchant-funded campaign and on a refusal."""
+    campaign, rules = campaign_with_rules(campaign_id)
+    campaign = _running(campaign)
     if campaign.issue_trigger.kind != TriggerKind.CLAIM:
         raise StateConflict("this campaign's packets are not claimed directly", code="not_claimable")
     with refusal_kept(campaign.id, user.id):
-        take_campaign_limits(campaign, claimant, now)
         return issue_packet(
             campaign,
             user,
@@ -116,7 +168,9 @@ def claim_from_campaign(
             source_ref=f"user:{user.id}:{secrets.token_hex(6)}",
             now=now,
             channel=channel,
-            gate=claim_gate(claimant, limits),
+            gate=gate(campaign, claimant, limits, now),
+            fresh=True,
+            rules=rules,
         )
 
 
@@ -128,7 +182,7 @@ def claim_share_link(
     if link is None:
         raise NotFound("no such share link")
     campaign = db.session.get(Campaign, link.campaign_id)
+    own = campaign_slots(ClaimLimits.parse(campaign.claim_limits), campaign_id=campaign.id, claimant=claimant, now=now)
     with refusal_kept(campaign.id, user.id):
-        take_campaign_limits(campaign, claimant, now)
-        result = claim_share(token, user, now, channel, claimant, limits=limits)
+        result = claim_share(token, user, now, channel, claimant, limits=limits, campaign_limits=own)
     return ShareClaim(result["friend"], result["sharer"] is not None)

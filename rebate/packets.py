@@ -2,26 +2,36 @@
 
 Every issue or claim takes one from the campaign's count budget (if any) and
 reserves its money budget: the packet's top face value plus the largest rebate
-it can trigger. A merchant-funded packet is issued only when its funder's
-deposit covers that reservation on top of every live one against it.
-Audience rules (regions, channels, Beijing day/hour windows) are checked on
-issue, claim and use.
+it can trigger, both in one conditional UPDATE. A merchant-funded packet is
+issued only when its funder's deposit covers that reservation on top of every
+live one against it. Audience rules (regions, channels, Beijing day/hour
+windows) are checked on issue, claim and use.
+
+A claim is few statements (the hot path of a flash sale): the packet (or the
+campaign) read with its rules in one SELECT, every check that needs no counter
+made in Python, then one conditional statement per counter — the packet's
+owner, the campaign's budget, the claim limits — and the packet row. Rows are
+locked in one order by every path that issues: packet, campaign, deposit,
+limit counters. A refusal raises; the caller rolls the claim back.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, select, update
+from sqlalchemy.orm.attributes import set_committed_value
 
-from models import Campaign, PacketStatus, RedPacket, User, db
+from models import Campaign, CampaignRules, PacketStatus, RedPacket, User, db
 from models.base import beijing
 from rebate import budgets
 from rebate.campaigns import is_running, rules_of
 from rebate.deposits import cover_reservation
-from rebate.errors import BudgetExhausted, Invalid, NotFound, StateConflict
-from risk import ClaimGate
+from rebate.errors import BudgetExhausted, DepositExhausted, Invalid, NotFound, StateConflict
+from rebate.rules import parse_rules
+from risk import ClaimGate, take_or_refuse
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 CODE_LENGTH = 16  # 32^16 = 2^80 codes: unguessable
@@ -35,9 +45,29 @@ def top_face_fen(campaign: Campaign) -> int:
     return max([campaign.packet_amount_fen or 0, *(t["amount_fen"] for t in campaign.packet_tiers or [])])
 
 
-def reservation_for(campaign: Campaign, face_fen: int | None = None) -> int:
-    """Face value plus the largest rebate the packet can trigger."""
-    max_award = rules_of(campaign).max_award_fen()
+# The largest award of a rules JSON, by its content (the same text always parses the same): a claim reads
+# the rules with the packet or campaign and needs no query of its own for them. Bounded: a few hundred
+# campaigns run at once; an overflow just starts again.
+_MAX_AWARD: dict[tuple[str, bool], int | None] = {}
+_MAX_AWARD_ENTRIES = 1024
+
+
+def _max_award(campaign: Campaign, rules: dict | None) -> int | None:
+    budgeted = campaign.budget_limit_fen is not None
+    if rules is None:
+        return rules_of(campaign).max_award_fen()
+    key = (json.dumps(rules, sort_keys=True, separators=(",", ":")), budgeted)
+    if key not in _MAX_AWARD:
+        if len(_MAX_AWARD) >= _MAX_AWARD_ENTRIES:
+            _MAX_AWARD.clear()
+        _MAX_AWARD[key] = parse_rules(rules, budgeted=budgeted).max_award_fen()
+    return _MAX_AWARD[key]
+
+
+def reservation_for(campaign: Campaign, face_fen: int | None = None, rules: dict | None = None) -> int:
+    """Face value plus the largest rebate the packet can trigger (``rules``: the campaign's current rules JSON,
+    when the caller read it already)."""
+    max_award = _max_award(campaign, rules)
     if campaign.budget_limit_fen is not None and max_award is None:
         raise StateConflict("a budgeted campaign's rules must all have caps", code="uncapped_rule")
     return (face_fen if face_fen is not None else top_face_fen(campaign)) + (max_award or 0)
@@ -95,14 +125,40 @@ def _require_issuing(campaign: Campaign, now: datetime) -> None:
         raise StateConflict("the campaign is not running", code="campaign_not_running")
 
 
-def _take_budget(campaign: Campaign, reserved: int) -> None:
-    """Count the packet, reserve its money in the campaign's budget and, when a merchant's deposit funds it,
-    against that deposit (``DepositExhausted``: the caller rolls back, then ``deposits.pause_refused``)."""
-    if not budgets.count_packet(campaign.id):
-        raise BudgetExhausted("the campaign has issued all its packets", code="packets_exhausted")
-    if not budgets.reserve(campaign.id, reserved):
-        raise BudgetExhausted("the campaign's budget is exhausted")
-    cover_reservation(campaign, reserved)
+def _take_budget(campaign: Campaign, reserved: int, gate: ClaimGate | None, now: datetime) -> None:
+    """Count the packet and reserve its money in one UPDATE; when a merchant's deposit funds the campaign, have it
+    cover the reservation (``DepositExhausted``: the caller rolls back, then ``deposits.pause_refused``); then the
+    claim limits of ``gate`` in one statement (``LimitHit``).
+
+    The campaign's own limits refuse before its budget and deposit, as they always have: on those refusals
+    (the rare path) the gate's campaign slots are tried first, and a refused one is what is raised."""
+    if not budgets.take_packet(campaign.id, reserved):
+        refusal = _budget_refusal(campaign.id)
+        _campaign_limits_first(gate, now)
+        raise refusal
+    try:
+        cover_reservation(campaign, reserved)
+    except DepositExhausted:
+        _campaign_limits_first(gate, now)
+        raise
+    if gate is not None:
+        gate.take(now)
+
+
+def _budget_refusal(campaign_id: int) -> BudgetExhausted:
+    """Which of the two budgets refused the packet: the count is checked first."""
+    max_packets, issued = db.session.execute(
+        select(Campaign.max_packets, Campaign.packets_issued).where(Campaign.id == campaign_id)
+    ).one()
+    if max_packets is not None and issued >= max_packets:
+        return BudgetExhausted("the campaign has issued all its packets", code="packets_exhausted")
+    return BudgetExhausted("the campaign's budget is exhausted")
+
+
+def _campaign_limits_first(gate: ClaimGate | None, now: datetime) -> None:
+    """Raise the first refused slot of the campaign's own limits, if any (their writes go with the rollback)."""
+    if gate is not None and gate.campaign and not gate.taken:
+        take_or_refuse(gate.campaign, now)
 
 
 def issue_packet(
@@ -116,25 +172,30 @@ def issue_packet(
     issuer_user_id: int | None = None,
     channel: str | None = None,
     gate: ClaimGate | None = None,
+    fresh: bool = False,
+    rules: dict | None = None,
 ) -> RedPacket:
     """Issue a packet to ``owner``, reserving its budget. Idempotent per (campaign, source, source_ref).
 
     Other modules (challenges, triggers) call this to issue from a given issuer
     (``issuer_user_id``) or with a given face value (streak bonuses). ``gate``
-    takes the platform-wide claim limits when a new packet is really issued
-    (``LimitHit`` otherwise; the caller rolls back).
+    takes the claim limits when a new packet is really issued (``LimitHit``
+    otherwise; the caller rolls back). ``fresh``: ``source_ref`` was just drawn
+    at random, so no packet can have it yet and the idempotency lookup is
+    skipped (a self-serve claim). ``rules``: the campaign's current rules JSON,
+    when the caller read it with the campaign.
     """
     _require_issuing(campaign, now)
-    existing = db.session.execute(
-        select(RedPacket).filter_by(campaign_id=campaign.id, source=source, source_ref=source_ref)
-    ).scalar_one_or_none()
-    if existing is not None:
-        return existing
+    if not fresh:
+        existing = db.session.execute(
+            select(RedPacket).filter_by(campaign_id=campaign.id, source=source, source_ref=source_ref)
+        ).scalar_one_or_none()
+        if existing is not None:
+            return existing
     check_audience(campaign, owner, channel, now)
-    reserved = reservation_for(campaign, face_fen)
-    _take_budget(campaign, reserved)
+    reserved = reservation_for(campaign, face_fen, rules)
     extra = {"issuer_user_id": issuer_user_id} if issuer_user_id else {}
-    packet = _new_packet(  # refused for validity here, before a limit slot is taken
+    packet = _new_packet(  # refused for validity here, before a budget or limit slot is taken
         campaign,
         now,
         face_fen,
@@ -146,11 +207,23 @@ def issue_packet(
         claimed_at=now,
         **extra,
     )
-    if gate is not None:
-        gate.take(now)
+    _take_budget(campaign, reserved, gate, now)
     db.session.add(packet)
     db.session.flush()
     return packet
+
+
+def campaign_with_rules(campaign_id: int) -> tuple[Campaign | None, dict | None]:
+    """A campaign and its current rules JSON, in one SELECT."""
+    row = db.session.execute(
+        select(Campaign, CampaignRules.rules)
+        .outerjoin(
+            CampaignRules,
+            and_(CampaignRules.campaign_id == Campaign.id, CampaignRules.version == Campaign.rules_version),
+        )
+        .where(Campaign.id == campaign_id)
+    ).first()
+    return (row[0], row[1]) if row else (None, None)
 
 
 def generate_batch(campaign: Campaign, count: int, now: datetime, batch_ref: str) -> list[RedPacket]:
@@ -172,16 +245,61 @@ def generate_batch(campaign: Campaign, count: int, now: datetime, batch_ref: str
     return packets
 
 
-def find_claimable(code: str, user: User) -> RedPacket:
-    """The packet behind a code, locked; unknown codes and others' claimed packets are 404."""
-    packet = db.session.execute(
-        select(RedPacket)
+def claimable(code: str, user: User) -> tuple[RedPacket, Campaign, dict | None]:
+    """The packet behind a code, with its campaign and the campaign's current rules, in one SELECT (no lock:
+    the claim's conditional UPDATE decides). Unknown codes and others' claimed packets are 404."""
+    row = db.session.execute(
+        select(RedPacket, Campaign, CampaignRules.rules)
+        .join(Campaign, Campaign.id == RedPacket.campaign_id)
+        .outerjoin(
+            CampaignRules,
+            and_(CampaignRules.campaign_id == Campaign.id, CampaignRules.version == Campaign.rules_version),
+        )
         .where(RedPacket.claim_code == code.strip().upper())
-        .with_for_update()
         .execution_options(populate_existing=True)
-    ).scalar_one_or_none()
-    if packet is None or (packet.owner_id is not None and packet.owner_id != user.id):
+    ).first()
+    if row is None or (row[0].owner_id is not None and row[0].owner_id != user.id):
         raise NotFound("no such red packet code")
+    return row[0], row[1], row[2]
+
+
+def claim_found(
+    packet: RedPacket,
+    campaign: Campaign,
+    rules: dict | None,
+    user: User,
+    now: datetime,
+    channel: str | None = None,
+    gate: ClaimGate | None = None,
+) -> RedPacket:
+    """Claim the packet ``claimable`` found: its owner in one conditional UPDATE, then the budget and the limits.
+
+    Of concurrent claimers of one code exactly one changes the row; the others are told what it became
+    (one more read, the rare path). ``gate`` takes the claim limits (``LimitHit``; the caller rolls back)."""
+    if packet.owner_id == user.id:
+        return packet
+    if packet.status != PacketStatus.UNCLAIMED:
+        raise StateConflict(f"this packet is {packet.status}", code=f"packet_{packet.status}")
+    if now >= packet.expires_at:
+        raise StateConflict("this packet has expired", code="packet_expired")
+    _require_issuing(campaign, now)
+    check_audience(campaign, user, channel, now)
+    reserved = reservation_for(campaign, rules=rules)
+    mine = {"owner_id": user.id, "status": PacketStatus.ISSUED, "reserved_fen": reserved, "claimed_at": now}
+    taken = db.session.execute(
+        update(RedPacket)
+        .where(RedPacket.id == packet.id, RedPacket.status == PacketStatus.UNCLAIMED, RedPacket.owner_id.is_(None))
+        .values(**mine)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if taken != 1:  # another claimer got there first: say what the packet is now
+        again, _, _ = claimable(packet.claim_code, user)
+        if again.owner_id == user.id:
+            return again
+        raise StateConflict(f"this packet is {again.status}", code=f"packet_{again.status}")
+    _take_budget(campaign, reserved, gate, now)
+    for name, value in mine.items():
+        set_committed_value(packet, name, value)
     return packet
 
 
@@ -190,24 +308,9 @@ def claim_packet(
 ) -> RedPacket:
     """Claim an unclaimed packet by its code. Claiming your own packet again answers the same packet.
 
-    ``gate`` takes the platform-wide claim limits (``LimitHit``; the caller rolls back)."""
-    packet = find_claimable(code, user)
-    if packet.owner_id == user.id:
-        return packet
-    if packet.status != PacketStatus.UNCLAIMED:
-        raise StateConflict(f"this packet is {packet.status}", code=f"packet_{packet.status}")
-    if now >= packet.expires_at:
-        raise StateConflict("this packet has expired", code="packet_expired")
-    campaign = db.session.get(Campaign, packet.campaign_id)
-    _require_issuing(campaign, now)
-    check_audience(campaign, user, channel, now)
-    reserved = reservation_for(campaign)
-    _take_budget(campaign, reserved)
-    if gate is not None:
-        gate.take(now)
-    packet.owner_id, packet.status, packet.reserved_fen, packet.claimed_at = user.id, PacketStatus.ISSUED, reserved, now
-    db.session.flush()
-    return packet
+    ``gate`` takes the claim limits (``LimitHit``; the caller rolls back)."""
+    packet, campaign, rules = claimable(code, user)
+    return claim_found(packet, campaign, rules, user, now, channel, gate)
 
 
 def release_packet(packet: RedPacket, status: PacketStatus) -> None:

@@ -25,7 +25,7 @@ from rebate.campaigns import is_running
 from rebate.deposits import pause_refused
 from rebate.errors import BudgetExhausted, DepositExhausted, Invalid, NotFound, RebateError, StateConflict
 from rebate.packets import issue_packet
-from risk import Claimant, ClaimGate, LimitHit, PlatformLimits, record_refusal
+from risk import Claimant, ClaimGate, LimitHit, PlatformLimits, Slot, record_refusal
 
 REFERRAL_BIND_WINDOW = timedelta(days=7)
 
@@ -35,11 +35,12 @@ def _campaigns(kind: TriggerKind, now: datetime) -> list[Campaign]:
     return [c for c in rows.scalars() if c.issue_trigger.kind == kind and is_running(c, now)]
 
 
-def claim_gate(claimant: Claimant, limits: PlatformLimits) -> ClaimGate:
+def claim_gate(claimant: Claimant, limits: PlatformLimits, campaign: list[Slot] | None = None) -> ClaimGate:
     """The platform-wide claim limits (the shell reads them from settings ``CLAIM_*``) for one event of
-    ``claimant``. Always passed explicitly: forgetting them must not mean "no limit" by accident
+    ``claimant``, and ``campaign``: the claimed campaign's own limit slots, taken in the same statement.
+    Always passed explicitly: forgetting them must not mean "no limit" by accident
     (``PlatformLimits.off()`` says so on purpose)."""
-    return ClaimGate(claimant, limits)
+    return ClaimGate(claimant, limits, campaign)
 
 
 def _issue_one(campaign: Campaign, user: User, gate: ClaimGate, now: datetime, **issue) -> RedPacket | None:
@@ -187,12 +188,14 @@ def claim_share(
     claimant: Claimant | None = None,
     *,
     limits: PlatformLimits,
+    campaign_limits: list[Slot] | None = None,
 ) -> dict:
     """The friend gets a packet; the sharer gets one too when the campaign rewards sharing.
 
-    The friend's packet takes the friend's platform limits (``LimitHit`` when refused: the caller rolls
-    back); the sharer's reward takes the sharer's own per-person limits and is skipped (with the refusal
-    kept) when they are reached, or when the sharer is banned.
+    The friend's packet takes the friend's platform limits and ``campaign_limits`` (the campaign's own
+    slots; ``LimitHit`` when refused: the caller rolls back); the sharer's reward takes the sharer's own
+    per-person limits and is skipped (with the refusal kept) when they are reached, or when the sharer
+    is banned.
     """
     link = db.session.get(ShareLink, token)
     if link is None:
@@ -201,7 +204,7 @@ def claim_share(
         raise Invalid("you cannot claim your own share link", code="own_share_link")
     campaign = db.session.get(Campaign, link.campaign_id)
     ref = f"{token}:{friend.id}"
-    gate = claim_gate(claimant or Claimant(friend.id), limits)
+    gate = claim_gate(claimant or Claimant(friend.id), limits, campaign_limits)
     friend_packet = issue_packet(
         campaign, friend, source=TriggerKind.SHARE, source_ref=ref, now=now, channel=channel, gate=gate
     )

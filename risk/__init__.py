@@ -15,10 +15,13 @@ from risk.limits import (
     ClaimLimitsError,
     LimitHit,
     PlatformLimits,
+    Slot,
+    campaign_slots,
     enforce_claim_limits,
     enforce_platform_limits,
     record_refusal,
     take_device_token_slot,
+    take_or_refuse,
 )
 
 __all__ = [
@@ -29,8 +32,11 @@ __all__ = [
     "Claimant",
     "LimitHit",
     "PlatformLimits",
+    "Slot",
+    "campaign_slots",
     "enforce_claim_limits",
     "enforce_platform_limits",
     "record_refusal",
     "take_device_token_slot",
+    "take_or_refuse",
 ]

@@ -1,7 +1,10 @@
 """Claim limits, enforced by ``INSERT … ON CONFLICT DO UPDATE … WHERE`` on ``limit_counters``.
 
 The conditional upsert either takes a slot (and returns a row) or, when the
-limit is reached, returns nothing. On PostgreSQL the row lock serialises
+limit is reached, returns nothing. Every slot of one packet (the campaign's
+own and the platform-wide ones) goes in ONE multi-row upsert (``take_slots``):
+fewer rows back than asked is a refusal, named by the first refused slot in
+the order the limits are checked. On PostgreSQL the row lock serialises
 concurrent claims on one key; on SQLite the database lock does. Counters
 commit or roll back with the claim.
 
@@ -21,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, literal_column
+from sqlalchemy import and_, case, literal_column, or_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from models import db
@@ -105,35 +108,8 @@ def _insert():
     return postgresql.insert if db.session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
-def _take_count(key: str, window: str, limit: int, now: datetime) -> bool:
-    table = LimitCounter.__table__
-    stmt = _insert()(table).values(key=key, window=window, count=1, last_at=now)
-    same_window = table.c.window == window
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["key"],
-        set_={
-            "count": case((same_window, table.c["count"] + 1), else_=literal_column("1")),
-            "window": window,
-            "last_at": now,
-        },
-        where=(~same_window) | (table.c["count"] < limit),
-    ).returning(table.c.key)
-    return db.session.execute(stmt).first() is not None
-
-
-def _take_interval(key: str, seconds: int, now: datetime) -> bool:
-    table = LimitCounter.__table__
-    stmt = _insert()(table).values(key=key, window=ALL_TIME, count=1, last_at=now)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["key"],
-        set_={"count": table.c["count"] + 1, "last_at": now},
-        where=table.c.last_at <= now - timedelta(seconds=seconds),
-    ).returning(table.c.key)
-    return db.session.execute(stmt).first() is not None
-
-
 def _last_at(key: str) -> datetime | None:
-    row = db.session.get(LimitCounter, key)
+    row = db.session.get(LimitCounter, key, populate_existing=True)
     return row.last_at if row else None
 
 
@@ -145,10 +121,8 @@ def _until_midnight(now: datetime) -> int:
 def take_device_token_slot(ip: str, per_day: int, now: datetime) -> None:
     """Device tokens are handed out sparingly per network address, so fresh ones cannot reset a device limit."""
     day = beijing(now).date().isoformat()
-    if not _take_count(f"devices:ip-day:{ip}", day, per_day, now):
-        raise LimitHit(
-            f"at most {per_day} new device tokens a day from one network address", _until_midnight(now), "device_tokens"
-        )
+    what = f"at most {per_day} new device tokens a day from one network address"
+    take_or_refuse([Slot(f"devices:ip-day:{ip}", day, "device_tokens", what, _until_midnight(now), limit=per_day)], now)
 
 
 @dataclass(frozen=True)
@@ -196,31 +170,166 @@ def _kinds(limits: PlatformLimits, claimant: Claimant):
     )
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One limit counter a claim takes: a count (at most ``limit`` in ``window``) or an interval (``seconds``).
+
+    ``code`` and ``refusal`` say what the refusal answers: ``refusal`` is the message of a count, or of an
+    interval with ``{wait}`` for the seconds left."""
+
+    key: str
+    window: str
+    code: str
+    refusal: str
+    retry_after: int = 0
+    limit: int | None = None
+    seconds: int | None = None
+
+    def condition(self, now: datetime):
+        """The upsert's WHERE for this key: the slot is free."""
+        table = LimitCounter.__table__
+        if self.seconds is not None:
+            return table.c.last_at <= now - timedelta(seconds=self.seconds)
+        return (table.c.window != self.window) | (table.c["count"] < self.limit)
+
+    def hit(self, now: datetime) -> LimitHit:
+        """The refusal of this slot (for an interval, how long is left: one read, on the rare path)."""
+        if self.seconds is None:
+            return LimitHit(self.refusal, self.retry_after, self.code)
+        wait = self.seconds - int((now - _last_at(self.key)).total_seconds())
+        return LimitHit(self.refusal.format(wait=wait), wait, self.code)
+
+
+def take_slots(slots: list[Slot], now: datetime) -> list[Slot]:
+    """Take every slot in ONE ``INSERT … ON CONFLICT DO UPDATE … WHERE … RETURNING key``; the refused ones, in order.
+
+    A row comes back for each slot taken; a slot whose WHERE fails returns none (and is left as it was).
+    The slots taken beside a refused one stay taken: the caller rolls the claim back on a refusal, as
+    it does for every other refusal. Rows go in key order, so concurrent claims lock shared counters in
+    the same order (PostgreSQL). A count restarts at 1 in a new window; an interval's count just goes on.
+    On SQLite too (3.35 and later: multi-row upsert with RETURNING)."""
+    if not slots:
+        return []
+    table = LimitCounter.__table__
+    rows = sorted({s.key: s for s in slots}.values(), key=lambda s: s.key)
+    stmt = _insert()(table).values([{"key": s.key, "window": s.window, "count": 1, "last_at": now} for s in rows])
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["key"],
+        set_={
+            "count": case((table.c.window == stmt.excluded.window, table.c["count"] + 1), else_=literal_column("1")),
+            "window": stmt.excluded.window,
+            "last_at": stmt.excluded.last_at,
+        },
+        where=or_(*(and_(table.c.key == s.key, s.condition(now)) for s in rows)),
+    ).returning(table.c.key)
+    taken = set(db.session.execute(stmt).scalars())
+    return [s for s in slots if s.key not in taken]
+
+
+def take_or_refuse(slots: list[Slot], now: datetime) -> None:
+    """Take every slot in one statement or raise the first refused one's ``LimitHit`` (the caller rolls back)."""
+    refused = take_slots(slots, now)
+    if refused:
+        raise refused[0].hit(now)
+
+
+def platform_slots(limits: PlatformLimits, claimant: Claimant, now: datetime, *, interval: bool = True) -> list[Slot]:
+    """One packet's platform-wide slots: the daily counts per IP, device and person, then (when the packet
+    starts a claim event) the intervals, in the order they are checked."""
+    day = beijing(now).date().isoformat()
+    until_midnight = _until_midnight(now)
+    slots = [
+        Slot(
+            f"p:{kind}-day:{value}",
+            day,
+            f"platform_{kind}_daily_limit",
+            f"at most {per_day} red packets a day per {what} across the platform",
+            until_midnight,
+            limit=per_day,
+        )
+        for kind, value, per_day, _, what in _kinds(limits, claimant)
+        if value is not None and per_day
+    ]
+    if interval:
+        slots += [
+            Slot(
+                f"p:{kind}-interval:{value}",
+                ALL_TIME,
+                f"platform_{kind}_interval",
+                f"wait {{wait}} s between red packets per {what}",
+                seconds=seconds,
+            )
+            for kind, value, _, seconds, what in _kinds(limits, claimant)
+            if value is not None and seconds
+        ]
+    return slots
+
+
+def campaign_slots(limits: ClaimLimits, *, campaign_id: int, claimant: Claimant, now: datetime) -> list[Slot]:
+    """Every applicable slot of one campaign's own limits, in the order they are checked.
+
+    Limits on a network address or device apply only when the claimant carries one."""
+    day = beijing(now).date().isoformat()
+    until_midnight = _until_midnight(now)
+    scope = f"c{campaign_id}"
+    person_id, ip = claimant.person_id, claimant.ip
+    slots = []
+    if limits.per_person is not None:
+        slots.append(
+            Slot(
+                f"{scope}:person:{person_id}",
+                ALL_TIME,
+                "person_limit",
+                f"at most {limits.per_person} from this campaign per person",
+                86_400 * 365,
+                limit=limits.per_person,
+            )
+        )
+    if limits.per_person_per_day is not None:
+        slots.append(
+            Slot(
+                f"{scope}:person-day:{person_id}",
+                day,
+                "person_daily_limit",
+                f"at most {limits.per_person_per_day} a day per person",
+                until_midnight,
+                limit=limits.per_person_per_day,
+            )
+        )
+    if limits.per_ip_per_day is not None and ip is not None:
+        slots.append(
+            Slot(
+                f"{scope}:ip-day:{ip}",
+                day,
+                "ip_daily_limit",
+                f"at most {limits.per_ip_per_day} claims a day from one network address",
+                until_midnight,
+                limit=limits.per_ip_per_day,
+            )
+        )
+    if limits.min_interval_seconds:
+        slots += [
+            Slot(
+                f"{scope}:{kind}-interval:{value}",
+                ALL_TIME,
+                f"{kind}_interval",
+                f"wait {{wait}} s between claims from one {kind}",
+                seconds=limits.min_interval_seconds,
+            )
+            for kind, value in (("ip", ip), ("device", claimant.device))
+            if value is not None
+        ]
+    return slots
+
+
 def take_platform_daily(limits: PlatformLimits, claimant: Claimant, now: datetime) -> None:
     """Take one packet's slot of the daily counts per IP, device and person, or raise ``LimitHit``."""
-    day = beijing(now).date().isoformat()
-    for kind, value, per_day, _, what in _kinds(limits, claimant):
-        if value is not None and per_day and not _take_count(f"p:{kind}-day:{value}", day, per_day, now):
-            raise LimitHit(
-                f"at most {per_day} red packets a day per {what} across the platform",
-                _until_midnight(now),
-                f"platform_{kind}_daily_limit",
-            )
-
-
-def take_platform_interval(limits: PlatformLimits, claimant: Claimant, now: datetime) -> None:
-    """Start a claim event: the seconds between events per IP, device and person, or raise ``LimitHit``."""
-    for kind, value, _, seconds, what in _kinds(limits, claimant):
-        key = f"p:{kind}-interval:{value}"
-        if value is not None and seconds and not _take_interval(key, seconds, now):
-            wait = seconds - int((now - _last_at(key)).total_seconds())
-            raise LimitHit(f"wait {wait} s between red packets per {what}", wait, f"platform_{kind}_interval")
+    take_or_refuse(platform_slots(limits, claimant, now, interval=False), now)
 
 
 def enforce_platform_limits(limits: PlatformLimits, claimant: Claimant, now: datetime) -> None:
     """One packet of a new event: a daily slot and the interval per IP, device and person (``LimitHit``)."""
-    take_platform_daily(limits, claimant, now)
-    take_platform_interval(limits, claimant, now)
+    take_or_refuse(platform_slots(limits, claimant, now), now)
 
 
 def record_refusal(person_id: int, campaign_id: int, hit: Exception) -> None:
@@ -231,55 +340,32 @@ def record_refusal(person_id: int, campaign_id: int, hit: Exception) -> None:
 
 
 class ClaimGate:
-    """The platform-wide limits of one event (a claim, a login, a sign-in, a binding).
+    """The claim limits of one event (a claim, a login, a sign-in, a binding), taken in one statement per packet.
 
     Every packet the event hands out takes its own slot of the daily counts (per IP, device and
     person): a login that issues packets of three registration campaigns uses three of the five.
     The interval is between claim *events*: the event's first packet checks and restarts it, the
-    further packets of the same event are not held back by it. Packets are issued inside a
-    savepoint; a refused packet rolls its slot back with it, and the caller puts ``taken`` (the
-    event's interval) back when the savepoint that took it rolls back.
+    further packets of the same event are not held back by it. ``campaign`` is the slots of the
+    claimed campaign's own limits (``campaign_slots``) when the event is a claim: they are taken with
+    the first packet, in the same statement, and refuse before the platform-wide ones. Packets are
+    issued inside a savepoint (or their own transaction); a refused packet rolls its slots back with
+    it, and the caller puts ``taken`` (the event's interval) back when what took it rolls back.
     """
 
-    def __init__(self, claimant: Claimant, limits: PlatformLimits):
+    def __init__(self, claimant: Claimant, limits: PlatformLimits, campaign: list[Slot] | None = None):
         self.claimant, self.limits, self.taken = claimant, limits, False
+        self.campaign = campaign or []
+
+    def slots(self, now: datetime) -> list[Slot]:
+        """What the next packet takes: the campaign's own slots (first packet only), then the platform's."""
+        first = not self.taken
+        return (self.campaign if first else []) + platform_slots(self.limits, self.claimant, now, interval=first)
 
     def take(self, now: datetime) -> None:
-        take_platform_daily(self.limits, self.claimant, now)
-        if not self.taken:
-            take_platform_interval(self.limits, self.claimant, now)
-            self.taken = True
+        take_or_refuse(self.slots(now), now)
+        self.taken = True
 
 
 def enforce_claim_limits(limits: ClaimLimits, *, campaign_id: int, claimant: Claimant, now: datetime) -> None:
-    """Take one slot of every applicable limit of one campaign or raise ``LimitHit`` (the caller rolls back).
-
-    Limits on a network address or device apply only when the claimant carries one."""
-    day = beijing(now).date().isoformat()
-    until_midnight = _until_midnight(now)
-    scope = f"c{campaign_id}"
-    person_id, ip = claimant.person_id, claimant.ip
-    if limits.per_person is not None and not _take_count(
-        f"{scope}:person:{person_id}", ALL_TIME, limits.per_person, now
-    ):
-        raise LimitHit(f"at most {limits.per_person} from this campaign per person", 86_400 * 365, "person_limit")
-    if limits.per_person_per_day is not None and not _take_count(
-        f"{scope}:person-day:{person_id}", day, limits.per_person_per_day, now
-    ):
-        raise LimitHit(f"at most {limits.per_person_per_day} a day per person", until_midnight, "person_daily_limit")
-    if (
-        limits.per_ip_per_day is not None
-        and ip is not None
-        and not _take_count(f"{scope}:ip-day:{ip}", day, limits.per_ip_per_day, now)
-    ):
-        raise LimitHit(
-            f"at most {limits.per_ip_per_day} claims a day from one network address", until_midnight, "ip_daily_limit"
-        )
-    if limits.min_interval_seconds:
-        for kind, value in (("ip", ip), ("device", claimant.device)):
-            if value is None:
-                continue
-            key = f"{scope}:{kind}-interval:{value}"
-            if not _take_interval(key, limits.min_interval_seconds, now):
-                wait = limits.min_interval_seconds - int((now - _last_at(key)).total_seconds())
-                raise LimitHit(f"wait {wait} s between claims from one {kind}", wait, f"{kind}_interval")
+    """Take one slot of every applicable limit of one campaign or raise ``LimitHit`` (the caller rolls back)."""
+    take_or_refuse(campaign_slots(limits, campaign_id=campaign_id, claimant=claimant, now=now), now)
