@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
 import requests
 from flask import Flask, current_app
-from limits import RateLimitItemPerSecond, storage, strategies
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -35,7 +36,7 @@ from models.payouts import Rail
 from payouts import reconcile, unclaimed
 from payouts.card_rail import CardRail
 from payouts.coupon_rail import CouponRail
-from payouts.dispatch import call_wechat, claim, prepare_rails, record
+from payouts.dispatch import Claimed, call_wechat, claim_batch, prepare_rails, record, release
 from payouts.faults import fault_point
 from payouts.rails import Outcome, RailAdapter, RailResult, unconfigured_because
 from payouts.reconcile import DailyChecks
@@ -51,6 +52,7 @@ from wechat.redpack import RedpackClient
 
 log = logging.getLogger(__name__)
 EXTENSION = "jobs"  # the jobs' own entry in app.extensions
+DISPATCH_RUN_SECONDS = 60.0  # one scheduled run's longest stretch; the next run (seconds later) goes on
 
 
 @dataclass
@@ -147,23 +149,88 @@ def build_rails(cfg: Mapping[str, Any], wx: Any) -> dict[str, RailAdapter]:
     return rails
 
 
+# -- calls per second per rail ----------------------------------------------------------
+
+RATE_WINDOW_S = 1.0  # WeChat's limits are calls per second: no rail gets more than its rate in any such window
+# One window check and, when granted, the call's slot, in one atomic step on Redis's own clock: every process
+# of every node is ordered by one clock, so the window is exact across processes (no client clock in it).
+_REDIS_WINDOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local oldest = redis.call('LINDEX', KEYS[1], limit - 1)
+if oldest and now - tonumber(oldest) < window then
+    return math.ceil((tonumber(oldest) + window - now) * 1000000)
+end
+redis.call('LPUSH', KEYS[1], string.format('%.6f', now))
+redis.call('LTRIM', KEYS[1], 0, limit - 1)
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
+return 0
+"""
+
+
+class RailBusy(TimeoutError):
+    """The rail's calls per second stayed taken until the deadline: nothing was sent."""
+
+
+class MovingWindow:
+    """At most ``rate`` grants in any ``window`` seconds per key; ``try_take`` answers 0 or the seconds to wait.
+
+    On Redis (``redis_url``) one list per key holds the last ``rate`` grant times, checked and pushed by one
+    script on the server's clock, so every process sharing the Redis shares the window exactly. Without
+    Redis the same list lives in this process (one process only: ``config`` refuses more in live mode).
+    """
+
+    def __init__(self, redis_url: str | None, window_s: float = RATE_WINDOW_S, clock=time.monotonic) -> None:
+        self.window_s, self.clock = window_s, clock
+        self._script = None
+        if redis_url:
+            import redis
+
+            self._script = redis.Redis.from_url(redis_url).register_script(_REDIS_WINDOW)
+        self._grants: dict[str, deque] = {}
+        self._lock = threading.Lock()
+
+    def try_take(self, key: str, rate: int) -> float:
+        if self._script is not None:
+            return int(self._script(keys=[key], args=[rate, self.window_s])) / 1_000_000
+        with self._lock:
+            grants = self._grants.setdefault(key, deque())
+            now = self.clock()
+            while len(grants) > rate:
+                grants.popleft()
+            if len(grants) == rate and now - grants[0] < self.window_s:
+                return grants[0] + self.window_s - now
+            grants.append(now)
+            return 0.0
+
+
 @functools.cache
-def _limiter(redis_url: str | None) -> strategies.MovingWindowRateLimiter:
-    backend = storage.storage_from_string(redis_url) if redis_url else storage.MemoryStorage()
-    return strategies.MovingWindowRateLimiter(backend)
+def _window(redis_url: str | None) -> MovingWindow:
+    return MovingWindow(redis_url)
 
 
-def rail_limiter(rails: dict, redis_url: str | None, max_wait_s: float = 5.0):
-    """Blocks until the rail has a free call in its one-second window (never more than its rate)."""
-    limiter = _limiter(redis_url)
+def rate_key(rail: str, mchid: str | None = None) -> str:
+    """WeChat counts calls per merchant: every deployment on one merchant id shares the key (staging too)."""
+    return f"payout-rate:{mchid or '-'}:{rail}"
 
-    def wait_for(rail: str) -> None:
-        item = RateLimitItemPerSecond(rails[rail].rate_per_second)
+
+def rail_limiter(rails: dict, redis_url: str | None, max_wait_s: float = 5.0, *, mchid: str | None = None):
+    """``wait_for(rail, until=None)``: returns once the rail has a free call in its window (never more than its rate).
+
+    Raises ``RailBusy`` when no call is free by ``until`` (a ``time.monotonic`` deadline) or after
+    ``max_wait_s``; it sleeps exactly until the oldest grant in the window leaves it, not in fixed steps.
+    """
+    window = _window(redis_url)
+
+    def wait_for(rail: str, until: float | None = None) -> None:
+        rate = rails[rail].rate_per_second
         deadline = time.monotonic() + max_wait_s
-        while not limiter.hit(item, "payout-rail", rail):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"rate limit of {rail} still full after {max_wait_s} s")
-            time.sleep(0.02)
+        deadline = deadline if until is None else min(deadline, until)
+        while (wait := window.try_take(rate_key(rail, mchid), rate)) > 0:
+            if time.monotonic() + wait > deadline:
+                raise RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
+            time.sleep(wait)
 
     return wait_for
 
@@ -176,40 +243,146 @@ def payout_rails(app: Flask) -> dict[str, RailAdapter]:
 # -- the dispatcher ---------------------------------------------------------------------
 
 
+def _no_limit(rail: str, until: float | None = None) -> None:
+    return None
+
+
 def dispatch_due(
     rails: dict[str, RailAdapter],
     *,
     settings: DispatchSettings | None = None,
-    limiter: Callable[[str], None] | None = None,
+    limiter: Callable[..., None] | None = None,
     clock: Callable[[], datetime] = utcnow,
+    calls_in_flight: int = 1,
 ) -> Counter:
-    """One dispatcher pass; returns how many payouts ended in each outcome.
+    """One dispatcher pass (one claimed batch); returns how many payouts ended in each outcome."""
+    return dispatch_backlog(
+        rails, settings=settings, limiter=limiter, clock=clock, calls_in_flight=calls_in_flight, max_passes=1
+    )
 
-    The claim of the batch is committed before the first call; then each payout is asked about with no
-    transaction open and its answer recorded and committed at once (a crash loses at most one answer, and
-    the payout's lease brings it back to a query).
+
+def dispatch_backlog(
+    rails: dict[str, RailAdapter],
+    *,
+    settings: DispatchSettings | None = None,
+    limiter: Callable[..., None] | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    calls_in_flight: int = 1,
+    max_passes: int | None = None,
+    max_seconds: float | None = None,
+) -> Counter:
+    """Batch after batch, at once, until a claim finds nothing due (or ``max_passes`` / ``max_seconds``).
+
+    Each batch's claim is committed before its first call. Each rail has a pool of up to ``calls_in_flight``
+    threads (never more than its rate) that wait for the rail's calls per second (``limiter``: ``limiter(rail,
+    until)``, shared by every process) and call WeChat with no transaction open and no database use; this
+    thread records each answer as it comes back and commits it at once (a crash loses at most the answers
+    not yet recorded, and their leases bring them back to a query). A call that cannot start within half the
+    lease (the rail's rate taken by other processes all along) is not made: ``release`` puts the payout back.
     """
     settings = settings or DispatchSettings(money=job_context().money)
-    limiter = limiter or (lambda rail: None)
-    prepare_rails(rails)  # may fetch WeChat's certificate: before the claim's transaction
-    with unit_of_work():
-        jobs = claim(rails, clock(), settings)
+    limiter = limiter or _no_limit
+    stop_at = None if max_seconds is None else time.monotonic() + max_seconds
     outcomes: Counter = Counter()
-    for job in jobs:
-        fault_point("after_claim_commit")
-        calls = call_wechat(job, rails[job.rail], limiter)
-        fault_point("after_wechat_answer")
-        with unit_of_work():
-            record(job, calls, clock(), settings)
-        outcomes[calls[-1][1].outcome] += 1
+    with _RailPools(rails, calls_in_flight) as pools:
+        passes = 0
+        while max_passes is None or passes < max_passes:
+            passes += 1
+            prepare_rails(rails)  # may fetch WeChat's certificate: before the claim's transaction
+            with unit_of_work():
+                batch = claim_batch(rails, clock(), settings)
+            start_by = time.monotonic() + settings.lease.total_seconds() / 2
+            outcomes += _call_and_record(batch.jobs, rails, pools, settings, limiter, clock, start_by)
+            if not batch.rows or (stop_at is not None and time.monotonic() >= stop_at):
+                break
+    return outcomes
+
+
+class _RailPools:
+    """One small thread pool per rail, made on first use and shut down with the dispatcher."""
+
+    def __init__(self, rails: dict[str, RailAdapter], calls_in_flight: int) -> None:
+        self.rails, self.calls_in_flight = rails, max(1, calls_in_flight)
+        self.pools: dict[str, ThreadPoolExecutor] = {}
+
+    def __enter__(self) -> _RailPools:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for pool in self.pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __getitem__(self, rail: str) -> ThreadPoolExecutor:
+        if rail not in self.pools:
+            size = max(1, min(self.calls_in_flight, self.rails[rail].rate_per_second))
+            self.pools[rail] = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"payout-{rail}")
+        return self.pools[rail]
+
+
+@dataclass(frozen=True)
+class _Answer:
+    at: datetime  # when the first call was let through: the payout's send (or query) time
+    calls: list
+    started_in_time: bool
+
+
+def _call(job: Claimed, rail: RailAdapter, limiter: Callable[..., None], clock, start_by: float) -> _Answer:
+    """On a rail's thread: every call of the job, each after its own turn in the rail's rate. No database here."""
+    calls: list = []
+    first: list[datetime] = []
+
+    def wait_turn(name: str) -> None:
+        limiter(name, until=start_by)
+        if not first:
+            first.append(clock())
+
+    try:
+        call_wechat(job, rail, wait_turn, calls)
+    except RailBusy:
+        return _Answer(first[0] if first else clock(), calls, False)
+    return _Answer(first[0] if first else clock(), calls, True)
+
+
+def _call_and_record(jobs, rails, pools, settings, limiter, clock, start_by: float) -> Counter:
+    outcomes: Counter = Counter()
+    pending = {}
+    try:
+        for job in jobs:
+            fault_point("after_claim_commit")
+            pending[pools[job.rail].submit(_call, job, rails[job.rail], limiter, clock, start_by)] = job
+        for future in as_completed(pending):
+            job = pending[future]
+            try:
+                answer = future.result()
+            except Exception:  # the lease brings it back to a query, as after a crash; the others go on
+                log.exception("payout call failed", extra={"payout_id": job.payout_id})
+                outcomes["error"] += 1
+                continue
+            fault_point("after_wechat_answer")
+            with unit_of_work():
+                if answer.started_in_time:
+                    record(job, answer.calls, answer.at, settings)
+                else:
+                    release(job, answer.calls, answer.at)
+            outcomes[answer.calls[-1][1].outcome if answer.started_in_time else "released"] += 1
+    finally:
+        for future in pending:
+            future.cancel()  # a crash here: calls not started yet are not made
     return outcomes
 
 
 def dispatch_payouts() -> Counter:
+    """The scheduled job: the whole backlog, at each rail's calls per second, for at most a minute a run."""
     app = current_app._get_current_object()
+    cfg = app.config
     rails = payout_rails(app)
-    settings = DispatchSettings.from_config(app.config)
-    return dispatch_due(rails, settings=settings, limiter=rail_limiter(rails, app.config.get("REDIS_URL")))
+    return dispatch_backlog(
+        rails,
+        settings=DispatchSettings.from_config(cfg),
+        limiter=rail_limiter(rails, cfg.get("REDIS_URL"), mchid=cfg.get("WECHAT_MCHID")),
+        calls_in_flight=cfg.get("PAYOUT_CALLS_IN_FLIGHT", 1),
+        max_seconds=DISPATCH_RUN_SECONDS,
+    )
 
 
 # -- red packets nobody opened --------------------------------------------------------------
