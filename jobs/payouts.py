@@ -215,7 +215,15 @@ def rate_key(rail: str, mchid: str | None = None) -> str:
     return f"payout-rate:{mchid or '-'}:{rail}"
 
 
-def rail_limiter(rails: dict, redis_url: str | None, max_wait_s: float = 5.0, *, mchid: str | None = None):
+def rail_limiter(
+    rails: dict,
+    redis_url: str | None,
+    max_wait_s: float = 5.0,
+    *,
+    mchid: str | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+):
     """``wait_for(rail, until=None)``: returns once the rail has a free call in its window (never more than its rate).
 
     Raises ``RailBusy`` when no call is free by ``until`` (a ``time.monotonic`` deadline) or after
@@ -225,12 +233,12 @@ def rail_limiter(rails: dict, redis_url: str | None, max_wait_s: float = 5.0, *,
 
     def wait_for(rail: str, until: float | None = None) -> None:
         rate = rails[rail].rate_per_second
-        deadline = time.monotonic() + max_wait_s
+        deadline = clock() + max_wait_s
         deadline = deadline if until is None else min(deadline, until)
         while (wait := window.try_take(rate_key(rail, mchid), rate)) > 0:
-            if time.monotonic() + wait > deadline:
+            if clock() + wait > deadline:
                 raise RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
-            time.sleep(wait)
+            sleep(wait)
 
     return wait_for
 
