@@ -21,10 +21,10 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from typing import Any
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, NamedTuple
 
 import requests
 from flask import Flask, current_app
@@ -160,12 +160,13 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local oldest = redis.call('LINDEX', KEYS[1], limit - 1)
 if oldest and now - tonumber(oldest) < window then
-    return math.ceil((tonumber(oldest) + window - now) * 1000000)
+    return {math.ceil((tonumber(oldest) + window - now) * 1000000)}
 end
-redis.call('LPUSH', KEYS[1], string.format('%.6f', now))
+local stamp = string.format('%.6f', now)
+redis.call('LPUSH', KEYS[1], stamp)
 redis.call('LTRIM', KEYS[1], 0, limit - 1)
 redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
-return 0
+return {0, stamp}
 """
 
 
@@ -173,16 +174,23 @@ class RailBusy(TimeoutError):
     """The rail's calls per second stayed taken until the deadline: nothing was sent."""
 
 
+class Turn(NamedTuple):
+    wait: float  # 0: granted; else the seconds until the oldest grant leaves the window
+    at: float | None = None  # when granted: the moment (Unix time) the window counts this call at
+
+
 class MovingWindow:
-    """At most ``rate`` grants in any ``window`` seconds per key; ``try_take`` answers 0 or the seconds to wait.
+    """At most ``rate`` grants in any ``window`` seconds per key; ``try_take`` grants a turn or says how long to wait.
 
     On Redis (``redis_url``) one list per key holds the last ``rate`` grant times, checked and pushed by one
     script on the server's clock, so every process sharing the Redis shares the window exactly. Without
     Redis the same list lives in this process (one process only: ``config`` refuses more in live mode).
     """
 
-    def __init__(self, redis_url: str | None, window_s: float = RATE_WINDOW_S, clock=time.monotonic) -> None:
-        self.window_s, self.clock = window_s, clock
+    def __init__(
+        self, redis_url: str | None, window_s: float = RATE_WINDOW_S, clock=time.monotonic, wall=time.time
+    ) -> None:
+        self.window_s, self.clock, self.wall = window_s, clock, wall
         self._script = None
         if redis_url:
             import redis
@@ -191,18 +199,19 @@ class MovingWindow:
         self._grants: dict[str, deque] = {}
         self._lock = threading.Lock()
 
-    def try_take(self, key: str, rate: int) -> float:
+    def try_take(self, key: str, rate: int) -> Turn:
         if self._script is not None:
-            return int(self._script(keys=[key], args=[rate, self.window_s])) / 1_000_000
+            answer = self._script(keys=[key], args=[rate, self.window_s])
+            return Turn(0.0, float(answer[1])) if int(answer[0]) == 0 else Turn(int(answer[0]) / 1_000_000)
         with self._lock:
             grants = self._grants.setdefault(key, deque())
             now = self.clock()
             while len(grants) > rate:
                 grants.popleft()
             if len(grants) == rate and now - grants[0] < self.window_s:
-                return grants[0] + self.window_s - now
+                return Turn(grants[0] + self.window_s - now)
             grants.append(now)
-            return 0.0
+            return Turn(0.0, self.wall())
 
 
 @functools.cache
@@ -216,7 +225,7 @@ def rate_key(rail: str, mchid: str | None = None) -> str:
 
 
 def rail_limiter(
-    rails: dict,
+    rails: dict[str, Any],
     redis_url: str | None,
     max_wait_s: float = 5.0,
     *,
@@ -224,21 +233,23 @@ def rail_limiter(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ):
-    """``wait_for(rail, until=None)``: returns once the rail has a free call in its window (never more than its rate).
+    """``wait_for(rail, until=None)``: once the rail has a free call in its window (never more than its rate),
+    returns the moment the window counts it at (Unix time): the call's send time.
 
     Raises ``RailBusy`` when no call is free by ``until`` (a ``time.monotonic`` deadline) or after
     ``max_wait_s``; it sleeps exactly until the oldest grant in the window leaves it, not in fixed steps.
     """
     window = _window(redis_url)
 
-    def wait_for(rail: str, until: float | None = None) -> None:
+    def wait_for(rail: str, until: float | None = None) -> float:
         rate = rails[rail].rate_per_second
         deadline = clock() + max_wait_s
         deadline = deadline if until is None else min(deadline, until)
-        while (wait := window.try_take(rate_key(rail, mchid), rate)) > 0:
-            if clock() + wait > deadline:
+        while (turn := window.try_take(rate_key(rail, mchid), rate)).wait > 0:
+            if clock() + turn.wait > deadline:
                 raise RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
-            sleep(wait)
+            sleep(turn.wait)
+        return turn.at
 
     return wait_for
 
@@ -279,31 +290,66 @@ def dispatch_backlog(
     max_passes: int | None = None,
     max_seconds: float | None = None,
 ) -> Counter:
-    """Batch after batch, at once, until a claim finds nothing due (or ``max_passes`` / ``max_seconds``).
+    """Claim after claim while there is backlog, until a claim finds nothing due (or ``max_passes`` claims,
+    or ``max_seconds``); returns how many payouts ended in each outcome.
 
-    Each batch's claim is committed before its first call. Each rail has a pool of up to ``calls_in_flight``
-    threads (never more than its rate) that wait for the rail's calls per second (``limiter``: ``limiter(rail,
-    until)``, shared by every process) and call WeChat with no transaction open and no database use; this
-    thread records each answer as it comes back and commits it at once (a crash loses at most the answers
-    not yet recorded, and their leases bring them back to a query). A call that cannot start within half the
-    lease (the rail's rate taken by other processes all along) is not made: ``release`` puts the payout back.
+    This thread claims (each claim committed before any of its calls) and hands each payout to its rail's
+    pool: up to ``calls_in_flight`` threads (never more than the rail's rate), each waiting for the rail's
+    turn (``limiter(rail, until)``, shared by every process), calling WeChat with no transaction open, then
+    recording the answer in a session of its own and committing it at once. A crash loses at most the
+    answers not yet recorded; their leases bring them back to a query. The next batch is claimed while
+    half of this one is still queued or in flight, so the rails never wait for a claim; a claim that took
+    less than a full batch is followed by one more only once its calls are done (they may have queued
+    retries). A call that cannot start within half the lease (the rail's rate taken by other processes
+    all along) is not made: ``release`` puts the payout back.
     """
     settings = settings or DispatchSettings(money=job_context().money)
     limiter = limiter or _no_limit
+    app = current_app._get_current_object()
     stop_at = None if max_seconds is None else time.monotonic() + max_seconds
     outcomes: Counter = Counter()
+    running: dict = {}
     with _RailPools(rails, calls_in_flight) as pools:
-        passes = 0
-        while max_passes is None or passes < max_passes:
-            passes += 1
-            prepare_rails(rails)  # may fetch WeChat's certificate: before the claim's transaction
-            with unit_of_work():
-                batch = claim_batch(rails, clock(), settings)
-            start_by = time.monotonic() + settings.lease.total_seconds() / 2
-            outcomes += _call_and_record(batch.jobs, rails, pools, settings, limiter, clock, start_by)
-            if not batch.rows or (stop_at is not None and time.monotonic() >= stop_at):
-                break
+        try:
+            passes = 0
+            while max_passes is None or passes < max_passes:
+                passes += 1
+                prepare_rails(rails)  # may fetch WeChat's certificate: before the claim's transaction
+                with unit_of_work():
+                    batch = claim_batch(rails, clock(), settings)
+                start_by = time.monotonic() + settings.lease.total_seconds() / 2
+                for job in batch.jobs:
+                    fault_point("after_claim_commit")
+                    work = pools[job.rail].submit(
+                        _call_and_record, app, job, rails[job.rail], settings, limiter, clock, start_by
+                    )
+                    running[work] = job
+                if stop_at is not None and time.monotonic() >= stop_at:
+                    break
+                if batch.rows < settings.batch:  # all that was due is taken: the next claim after these calls
+                    if not batch.rows and not running:
+                        break
+                    _collect(running, outcomes, keep=0)
+                else:
+                    _collect(running, outcomes, keep=settings.batch // 2)
+            _collect(running, outcomes, keep=0)
+        finally:
+            for work in running:
+                work.cancel()  # a crash here: calls not started yet are not made
     return outcomes
+
+
+def _collect(running: dict, outcomes: Counter, keep: int) -> None:
+    """Wait until at most ``keep`` payouts are still queued or in flight, counting the outcomes of the others."""
+    while len(running) > keep:
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for work in done:
+            job = running.pop(work)
+            try:
+                outcomes[work.result()] += 1
+            except Exception:  # the lease brings it back to a query, as after a crash; the others go on
+                log.exception("payout call failed", extra={"payout_id": job.payout_id})
+                outcomes["error"] += 1
 
 
 class _RailPools:
@@ -327,56 +373,43 @@ class _RailPools:
         return self.pools[rail]
 
 
-@dataclass(frozen=True)
-class _Answer:
-    at: datetime  # when the first call was let through: the payout's send (or query) time
-    calls: list
-    started_in_time: bool
+def _call_and_record(
+    app: Flask,
+    job: Claimed,
+    rail: RailAdapter,
+    settings: DispatchSettings,
+    limiter: Callable[..., None],
+    clock: Callable[[], datetime],
+    start_by: float,
+) -> str:
+    """On a rail's thread: each call after its own turn in the rail's rate, then the answer recorded and committed.
 
-
-def _call(job: Claimed, rail: RailAdapter, limiter: Callable[..., None], clock, start_by: float) -> _Answer:
-    """On a rail's thread: every call of the job, each after its own turn in the rail's rate. No database here."""
+    The calls come first, in a fresh app context whose session has no transaction (the WeChat session
+    checks); the record opens the session's first transaction. Returns the outcome (``released``: no call
+    could start in time).
+    """
     calls: list = []
     first: list[datetime] = []
 
     def wait_turn(name: str) -> None:
-        limiter(name, until=start_by)
-        if not first:
-            first.append(clock())
+        granted_at = limiter(name, until=start_by)
+        if not first:  # the payout's send (or query) time: the moment the rail's window counts its first call at
+            first.append(datetime.fromtimestamp(granted_at, UTC) if granted_at else clock())
 
-    try:
-        call_wechat(job, rail, wait_turn, calls)
-    except RailBusy:
-        return _Answer(first[0] if first else clock(), calls, False)
-    return _Answer(first[0] if first else clock(), calls, True)
-
-
-def _call_and_record(jobs, rails, pools, settings, limiter, clock, start_by: float) -> Counter:
-    outcomes: Counter = Counter()
-    pending = {}
-    try:
-        for job in jobs:
-            fault_point("after_claim_commit")
-            pending[pools[job.rail].submit(_call, job, rails[job.rail], limiter, clock, start_by)] = job
-        for future in as_completed(pending):
-            job = pending[future]
+    with app.app_context():
+        try:
             try:
-                answer = future.result()
-            except Exception:  # the lease brings it back to a query, as after a crash; the others go on
-                log.exception("payout call failed", extra={"payout_id": job.payout_id})
-                outcomes["error"] += 1
-                continue
+                call_wechat(job, rail, wait_turn, calls)
+            except RailBusy:
+                with unit_of_work():
+                    release(job, calls, first[0] if first else clock())
+                return "released"
             fault_point("after_wechat_answer")
             with unit_of_work():
-                if answer.started_in_time:
-                    record(job, answer.calls, answer.at, settings)
-                else:
-                    release(job, answer.calls, answer.at)
-            outcomes[answer.calls[-1][1].outcome if answer.started_in_time else "released"] += 1
-    finally:
-        for future in pending:
-            future.cancel()  # a crash here: calls not started yet are not made
-    return outcomes
+                record(job, calls, first[0] if first else clock(), settings)
+            return calls[-1][1].outcome
+        finally:
+            db.session.remove()
 
 
 def dispatch_payouts() -> Counter:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -164,6 +164,16 @@ def test_the_limiter_is_asked_once_per_wechat_call(funded_payout):
     assert statuses() == ["succeeded"] * 2
 
 
+def test_a_payouts_send_time_is_the_moment_the_rails_window_counted_it(funded_payout):
+    payout, _ = funded_payout()
+    granted = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    rail = Paying()
+    dispatch_backlog({rail.name: rail}, settings=settings(), limiter=lambda rail, until=None: granted.timestamp())
+    db.session.expire_all()
+    assert db.session.get(Payout, payout.id).sent_at == granted
+    assert db.session.query(PayoutAttempt).filter_by(payout_id=payout.id).one().created_at == granted
+
+
 def test_a_call_that_cannot_start_within_the_lease_puts_the_payout_back_untouched(funded_payout):
     # given: the rail's rate is taken by others until past the deadline
     payout, _ = funded_payout()
@@ -264,7 +274,7 @@ def test_the_window_grants_the_rate_then_says_how_long_until_the_oldest_leaves()
     window = MovingWindow(None, window_s=1.0, clock=clock)
     granted = []
     for _ in range(20):  # 20 tries over 5 s, a quarter of a second apart
-        if window.try_take("r", 3) == 0:
+        if window.try_take("r", 3).wait == 0:
             granted.append(clock.now)
         clock.now += 0.25
     # three a second, each as soon as the oldest leaves the window: never 4 within any second
@@ -273,10 +283,10 @@ def test_the_window_grants_the_rate_then_says_how_long_until_the_oldest_leaves()
     assert len(granted) == 15
     clock.now = 2000.0
     for _ in range(3):
-        assert window.try_take("r", 3) == 0
+        assert window.try_take("r", 3).wait == 0
     clock.now = 2000.25
-    assert window.try_take("r", 3) == pytest.approx(0.75)
-    assert window.try_take("other", 3) == 0  # each key on its own
+    assert window.try_take("r", 3).wait == pytest.approx(0.75)
+    assert window.try_take("other", 3).wait == 0  # each key on its own
 
 
 def test_the_limiter_waits_exactly_until_a_turn_is_free(monkeypatch):
@@ -317,10 +327,10 @@ def test_two_processes_on_one_redis_share_one_window_exactly():
     one, two = MovingWindow(REDIS_URL, window_s=60), MovingWindow(REDIS_URL, window_s=60)
     try:
         # when: both ask, in turns, for more than the rate
-        granted = [w.try_take(key, 5) == 0 for _ in range(4) for w in (one, two)]
+        granted = [w.try_take(key, 5).wait == 0 for _ in range(4) for w in (one, two)]
         # then: five turns in all, whoever asked; the others are told to wait about the window
         assert granted.count(True) == 5
-        assert 59 < one.try_take(key, 5) <= 60
+        assert 59 < one.try_take(key, 5).wait <= 60
         assert client.llen(key) == 5
     finally:
         client.delete(key)
