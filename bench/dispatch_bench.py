@@ -235,7 +235,7 @@ def _peak(at: list[float]) -> int:
 
 def worker() -> None:
     """One jobs process: the dispatch loop until the backlog is empty; prints what it did as JSON."""
-    from jobs.payouts import dispatch_backlog, payout_rails, rail_limiter
+    from jobs.payouts import dispatch_backlog, dispatch_limiter, payout_rails
     from models import db
     from payouts.record import DispatchSettings
 
@@ -249,11 +249,12 @@ def worker() -> None:
             statements[0] += len(parameters) if executemany and isinstance(parameters, list) else 1
 
         rails = payout_rails(app)
-        limiter = rail_limiter(rails, REDIS_URL, mchid=env["BENCH_WORKER_MCHID"])
+        settings = DispatchSettings.from_config(app.config)
+        limiter = dispatch_limiter(rails, REDIS_URL, settings, mchid=env["BENCH_WORKER_MCHID"])
         started = time.monotonic()
         outcomes = dispatch_backlog(
             rails,
-            settings=DispatchSettings.from_config(app.config),
+            settings=settings,
             limiter=limiter,
             calls_in_flight=app.config["PAYOUT_CALLS_IN_FLIGHT"],
             max_seconds=90,

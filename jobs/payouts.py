@@ -8,9 +8,9 @@ settings and the WeChat clients through one accessor, :func:`job_context`: the
 clients are handed to :func:`install_job_context` at app set-up (never looked
 up in the shell's objects). The rails are built from them; a rail whose
 settings are missing is simply not dispatched (its payouts wait, and the
-operator API shows them). Rate limits per rail come from
-``PAYOUT_RATE_LIMITS`` through the ``limits`` library, on Redis when
-``REDIS_URL`` is set (shared by every node) and in memory otherwise.
+operator API shows them). Calls per second per rail come from
+``PAYOUT_RATE_LIMITS``: a moving window on Redis when ``REDIS_URL`` is set
+(shared by every process of every node) and in memory otherwise.
 """
 
 from __future__ import annotations
@@ -254,6 +254,11 @@ def rail_limiter(
     return wait_for
 
 
+def dispatch_limiter(rails: dict[str, Any], redis_url: str | None, settings: DispatchSettings, *, mchid: str | None):
+    """The dispatcher's limiter: a call waits for its turn until its batch's deadline (half the lease), no less."""
+    return rail_limiter(rails, redis_url, max_wait_s=settings.lease.total_seconds(), mchid=mchid)
+
+
 def payout_rails(app: Flask) -> dict[str, RailAdapter]:
     """The app's rails, built once."""
     return job_context(app).rails
@@ -417,10 +422,11 @@ def dispatch_payouts() -> Counter:
     app = current_app._get_current_object()
     cfg = app.config
     rails = payout_rails(app)
+    settings = DispatchSettings.from_config(cfg)
     return dispatch_backlog(
         rails,
-        settings=DispatchSettings.from_config(cfg),
-        limiter=rail_limiter(rails, cfg.get("REDIS_URL"), mchid=cfg.get("WECHAT_MCHID")),
+        settings=settings,
+        limiter=dispatch_limiter(rails, cfg.get("REDIS_URL"), settings, mchid=cfg.get("WECHAT_MCHID")),
         calls_in_flight=cfg.get("PAYOUT_CALLS_IN_FLIGHT", 1),
         max_seconds=DISPATCH_RUN_SECONDS,
     )

@@ -1,7 +1,8 @@
 """The dispatcher's steps: claim due payouts, call WeChat with no transaction open, record the answers.
 
-The steps never commit: the job (``jobs.payouts.dispatch_due``) commits the claim before any call and
-each record after its call, so no transaction is open while WeChat is asked.
+The steps never commit: the job (``jobs.payouts.dispatch_backlog``) commits the claim before any call and
+each record after its call, so no transaction is open while WeChat is asked. ``call_wechat`` touches no
+database: the job runs it on a rail's thread.
 
 Safe with several dispatchers at once: claims use ``FOR UPDATE SKIP LOCKED``
 (PostgreSQL) and a lease; a payout whose worker died mid-call is found again
