@@ -305,8 +305,9 @@ def dispatch_backlog(
     answers not yet recorded; their leases bring them back to a query. The next batch is claimed while
     half of this one is still queued or in flight, so the rails never wait for a claim; a claim that took
     less than a full batch is followed by one more only once its calls are done (they may have queued
-    retries). A call that cannot start within half the lease (the rail's rate taken by other processes
-    all along) is not made: ``release`` puts the payout back.
+    retries). A call that gets no turn within half the lease (the rail's rate taken by other processes
+    all along, or the limiter unreachable) is not made: ``release`` puts the payout back, and the run
+    ends after that batch rather than claiming it again at once.
     """
     settings = settings or DispatchSettings(money=job_context().money)
     limiter = limiter or _no_limit
@@ -317,7 +318,8 @@ def dispatch_backlog(
     with _RailPools(rails, calls_in_flight) as pools:
         try:
             passes = 0
-            while max_passes is None or passes < max_passes:
+            while (max_passes is None or passes < max_passes) and not outcomes["released"]:
+                # (a payout released: its rail had no turn, or the limiter is unreachable; the next run tries)
                 passes += 1
                 prepare_rails(rails)  # may fetch WeChat's certificate: before the claim's transaction
                 with unit_of_work():
@@ -397,7 +399,12 @@ def _call_and_record(
     first: list[datetime] = []
 
     def wait_turn(name: str) -> None:
-        granted_at = limiter(name, until=start_by)
+        try:
+            granted_at = limiter(name, until=start_by)
+        except RailBusy:
+            raise
+        except Exception as exc:  # e.g. Redis unreachable: no turn, so no call
+            raise RailBusy(f"no turn for {name}: {exc!r}") from exc
         if not first:  # the payout's send (or query) time: the moment the rail's window counts its first call at
             first.append(datetime.fromtimestamp(granted_at, UTC) if granted_at else clock())
 
@@ -405,7 +412,8 @@ def _call_and_record(
         try:
             try:
                 call_wechat(job, rail, wait_turn, calls)
-            except RailBusy:
+            except RailBusy as busy:
+                log.warning("payout call not made", extra={"payout_id": job.payout_id, "why": str(busy)})
                 with unit_of_work():
                     release(job, calls, first[0] if first else clock())
                 return "released"

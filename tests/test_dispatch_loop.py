@@ -196,6 +196,19 @@ def test_a_call_that_cannot_start_within_the_lease_puts_the_payout_back_untouche
     assert statuses() == ["succeeded"]
 
 
+def test_an_unreachable_limiter_makes_no_call_and_ends_the_run(funded_payout):
+    for i in range(3):
+        funded_payout(amount_fen=1_00 + i)
+
+    def down(rail, until=None):
+        raise ConnectionError("redis down")
+
+    rail = Paying()
+    outcomes = dispatch_backlog({rail.name: rail}, settings=settings(batch=2), limiter=down)
+    assert outcomes == {"released": 2} and rail.calls == []  # one batch, then the run stops
+    assert statuses() == ["pending"] * 3
+
+
 def test_a_payout_released_after_its_query_is_queried_again_first(funded_payout):
     rail = Paying()
     [payout] = timed_out_payouts(funded_payout, rail)
