@@ -109,9 +109,8 @@ def claim_batch(rails: dict[str, RailAdapter], now: datetime, settings: Dispatch
         query_first = payout.status != S.PENDING or payout.sent_at is not None
         rail = rails[payout.rail]
         built = payout.request
-        if built is None:
-            with db.session.no_autoflush:  # the batch's own changes need no flush for a rail's lookups
-                built = rail.build_request(payout, now)
+        if built is None:  # (autoflush on: a rail may count this batch's claims, e.g. red packets' daily caps)
+            built = rail.build_request(payout, now)
         elif hasattr(rail, "with_wire") and not built.get("wire"):  # a request fixed before bodies were kept
             built = rail.with_wire(payout.external_no, dict(built))
         if isinstance(built, RailResult):
