@@ -303,7 +303,15 @@ SETTINGS: tuple[Setting, ...] = (
         {"wechat_change": 100, "cash_red_packet": 30, "wechat_coupon": 500, "card_coupon": 50},
         _rates,
         doc="Calls per second per rail, e.g. `wechat_change=100,cash_red_packet=30` (defaults: WeChat's "
-        "documented limits, the card rail's 50 ours; docs/wechat-rules.md §6).",
+        "documented limits, the card rail's 50 ours; docs/wechat-rules.md §6). Shared by every process "
+        "through `REDIS_URL`: more `flask jobs run` processes never send faster than this.",
+    ),
+    Setting(
+        "PAYOUT_CALLS_IN_FLIGHT",
+        16,
+        _process_count,
+        doc="Calls to WeChat one jobs process has in flight per rail (its threads; never more than the rail's "
+        "rate). A rail reaches its rate when this is at least rate × WeChat's answer time (100/s × 0.15 s = 15).",
     ),
     Setting("ALERT_WEBHOOK_URL", None, doc="Alerts are also posted here (a WeCom group robot URL, say)."),
 )

@@ -8,25 +8,26 @@ settings and the WeChat clients through one accessor, :func:`job_context`: the
 clients are handed to :func:`install_job_context` at app set-up (never looked
 up in the shell's objects). The rails are built from them; a rail whose
 settings are missing is simply not dispatched (its payouts wait, and the
-operator API shows them). Rate limits per rail come from
-``PAYOUT_RATE_LIMITS`` through the ``limits`` library, on Redis when
-``REDIS_URL`` is set (shared by every node) and in memory otherwise.
+operator API shows them). Calls per second per rail come from
+``PAYOUT_RATE_LIMITS``: a moving window on Redis when ``REDIS_URL`` is set
+(shared by every process of every node) and in memory otherwise.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from typing import Any
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, NamedTuple
 
 import requests
 from flask import Flask, current_app
-from limits import RateLimitItemPerSecond, storage, strategies
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -35,7 +36,7 @@ from models.payouts import Rail
 from payouts import reconcile, unclaimed
 from payouts.card_rail import CardRail
 from payouts.coupon_rail import CouponRail
-from payouts.dispatch import call_wechat, claim, prepare_rails, record
+from payouts.dispatch import Claimed, call_wechat, claim_batch, prepare_rails, record, release
 from payouts.faults import fault_point
 from payouts.rails import Outcome, RailAdapter, RailResult, unconfigured_because
 from payouts.reconcile import DailyChecks
@@ -51,6 +52,7 @@ from wechat.redpack import RedpackClient
 
 log = logging.getLogger(__name__)
 EXTENSION = "jobs"  # the jobs' own entry in app.extensions
+DISPATCH_RUN_SECONDS = 60.0  # one scheduled run's longest stretch; the next run (seconds later) goes on
 
 
 @dataclass
@@ -147,25 +149,114 @@ def build_rails(cfg: Mapping[str, Any], wx: Any) -> dict[str, RailAdapter]:
     return rails
 
 
+# -- calls per second per rail ----------------------------------------------------------
+
+RATE_WINDOW_S = 1.0  # WeChat's limits are calls per second: no rail gets more than its rate in any such window
+# One window check and, when granted, the call's slot, in one atomic step on Redis's own clock: every process
+# of every node is ordered by one clock, so the window is exact across processes (no client clock in it).
+_REDIS_WINDOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local oldest = redis.call('LINDEX', KEYS[1], limit - 1)
+if oldest and now - tonumber(oldest) < window then
+    return {math.ceil((tonumber(oldest) + window - now) * 1000000)}
+end
+local stamp = string.format('%.6f', now)
+redis.call('LPUSH', KEYS[1], stamp)
+redis.call('LTRIM', KEYS[1], 0, limit - 1)
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
+return {0, stamp}
+"""
+
+
+class RailBusy(TimeoutError):
+    """The rail's calls per second stayed taken until the deadline: nothing was sent."""
+
+
+class Turn(NamedTuple):
+    wait: float  # 0: granted; else the seconds until the oldest grant leaves the window
+    at: float | None = None  # when granted: the moment (Unix time) the window counts this call at
+
+
+class MovingWindow:
+    """At most ``rate`` grants in any ``window`` seconds per key; ``try_take`` grants a turn or says how long to wait.
+
+    On Redis (``redis_url``) one list per key holds the last ``rate`` grant times, checked and pushed by one
+    script on the server's clock, so every process sharing the Redis shares the window exactly. Without
+    Redis the same list lives in this process (one process only: ``config`` refuses more in live mode).
+    """
+
+    def __init__(
+        self, redis_url: str | None, window_s: float = RATE_WINDOW_S, clock=time.monotonic, wall=time.time
+    ) -> None:
+        self.window_s, self.clock, self.wall = window_s, clock, wall
+        self._script = None
+        if redis_url:
+            import redis
+
+            self._script = redis.Redis.from_url(redis_url).register_script(_REDIS_WINDOW)
+        self._grants: dict[str, deque] = {}
+        self._lock = threading.Lock()
+
+    def try_take(self, key: str, rate: int) -> Turn:
+        if self._script is not None:
+            answer = self._script(keys=[key], args=[rate, self.window_s])
+            return Turn(0.0, float(answer[1])) if int(answer[0]) == 0 else Turn(int(answer[0]) / 1_000_000)
+        with self._lock:
+            grants = self._grants.setdefault(key, deque())
+            now = self.clock()
+            while len(grants) > rate:
+                grants.popleft()
+            if len(grants) == rate and now - grants[0] < self.window_s:
+                return Turn(grants[0] + self.window_s - now)
+            grants.append(now)
+            return Turn(0.0, self.wall())
+
+
 @functools.cache
-def _limiter(redis_url: str | None) -> strategies.MovingWindowRateLimiter:
-    backend = storage.storage_from_string(redis_url) if redis_url else storage.MemoryStorage()
-    return strategies.MovingWindowRateLimiter(backend)
+def _window(redis_url: str | None) -> MovingWindow:
+    return MovingWindow(redis_url)
 
 
-def rail_limiter(rails: dict, redis_url: str | None, max_wait_s: float = 5.0):
-    """Blocks until the rail has a free call in its one-second window (never more than its rate)."""
-    limiter = _limiter(redis_url)
+def rate_key(rail: str, mchid: str | None = None) -> str:
+    """WeChat counts calls per merchant: every deployment on one merchant id shares the key (staging too)."""
+    return f"payout-rate:{mchid or '-'}:{rail}"
 
-    def wait_for(rail: str) -> None:
-        item = RateLimitItemPerSecond(rails[rail].rate_per_second)
-        deadline = time.monotonic() + max_wait_s
-        while not limiter.hit(item, "payout-rail", rail):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"rate limit of {rail} still full after {max_wait_s} s")
-            time.sleep(0.02)
+
+def rail_limiter(
+    rails: dict[str, Any],
+    redis_url: str | None,
+    max_wait_s: float = 5.0,
+    *,
+    mchid: str | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+):
+    """``wait_for(rail, until=None)``: once the rail has a free call in its window (never more than its rate),
+    returns the moment the window counts it at (Unix time): the call's send time.
+
+    Raises ``RailBusy`` when no call is free by ``until`` (a ``time.monotonic`` deadline) or after
+    ``max_wait_s``; it sleeps exactly until the oldest grant in the window leaves it, not in fixed steps.
+    """
+    window = _window(redis_url)
+
+    def wait_for(rail: str, until: float | None = None) -> float:
+        rate = rails[rail].rate_per_second
+        deadline = clock() + max_wait_s
+        deadline = deadline if until is None else min(deadline, until)
+        while (turn := window.try_take(rate_key(rail, mchid), rate)).wait > 0:
+            if clock() + turn.wait > deadline:
+                raise RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
+            sleep(turn.wait)
+        return turn.at
 
     return wait_for
+
+
+def dispatch_limiter(rails: dict[str, Any], redis_url: str | None, settings: DispatchSettings, *, mchid: str | None):
+    """The dispatcher's limiter: a call waits for its turn until its batch's deadline (half the lease), no less."""
+    return rail_limiter(rails, redis_url, max_wait_s=settings.lease.total_seconds(), mchid=mchid)
 
 
 def payout_rails(app: Flask) -> dict[str, RailAdapter]:
@@ -176,40 +267,177 @@ def payout_rails(app: Flask) -> dict[str, RailAdapter]:
 # -- the dispatcher ---------------------------------------------------------------------
 
 
+def _no_limit(rail: str, until: float | None = None) -> None:
+    return None
+
+
 def dispatch_due(
     rails: dict[str, RailAdapter],
     *,
     settings: DispatchSettings | None = None,
-    limiter: Callable[[str], None] | None = None,
+    limiter: Callable[..., None] | None = None,
     clock: Callable[[], datetime] = utcnow,
+    calls_in_flight: int = 1,
 ) -> Counter:
-    """One dispatcher pass; returns how many payouts ended in each outcome.
+    """One dispatcher pass (one claimed batch); returns how many payouts ended in each outcome."""
+    return dispatch_backlog(
+        rails, settings=settings, limiter=limiter, clock=clock, calls_in_flight=calls_in_flight, max_passes=1
+    )
 
-    The claim of the batch is committed before the first call; then each payout is asked about with no
-    transaction open and its answer recorded and committed at once (a crash loses at most one answer, and
-    the payout's lease brings it back to a query).
+
+def dispatch_backlog(
+    rails: dict[str, RailAdapter],
+    *,
+    settings: DispatchSettings | None = None,
+    limiter: Callable[..., None] | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    calls_in_flight: int = 1,
+    max_passes: int | None = None,
+    max_seconds: float | None = None,
+) -> Counter:
+    """Claim after claim while there is backlog, until a claim finds nothing due (or ``max_passes`` claims,
+    or ``max_seconds``); returns how many payouts ended in each outcome.
+
+    This thread claims (each claim committed before any of its calls) and hands each payout to its rail's
+    pool: up to ``calls_in_flight`` threads (never more than the rail's rate), each waiting for the rail's
+    turn (``limiter(rail, until)``, shared by every process), calling WeChat with no transaction open, then
+    recording the answer in a session of its own and committing it at once. A crash loses at most the
+    answers not yet recorded; their leases bring them back to a query. The next batch is claimed while
+    half of this one is still queued or in flight, so the rails never wait for a claim; a claim that took
+    less than a full batch is followed by one more only once its calls are done (they may have queued
+    retries). A call that gets no turn within half the lease (the rail's rate taken by other processes
+    all along, or the limiter unreachable) is not made: ``release`` puts the payout back, and the run
+    ends after that batch rather than claiming it again at once.
     """
     settings = settings or DispatchSettings(money=job_context().money)
-    limiter = limiter or (lambda rail: None)
-    prepare_rails(rails)  # may fetch WeChat's certificate: before the claim's transaction
-    with unit_of_work():
-        jobs = claim(rails, clock(), settings)
+    limiter = limiter or _no_limit
+    app = current_app._get_current_object()
+    stop_at = None if max_seconds is None else time.monotonic() + max_seconds
     outcomes: Counter = Counter()
-    for job in jobs:
-        fault_point("after_claim_commit")
-        calls = call_wechat(job, rails[job.rail], limiter)
-        fault_point("after_wechat_answer")
-        with unit_of_work():
-            record(job, calls, clock(), settings)
-        outcomes[calls[-1][1].outcome] += 1
+    running: dict = {}
+    with _RailPools(rails, calls_in_flight) as pools:
+        try:
+            passes = 0
+            while (max_passes is None or passes < max_passes) and not outcomes["released"]:
+                # (a payout released: its rail had no turn, or the limiter is unreachable; the next run tries)
+                passes += 1
+                prepare_rails(rails)  # may fetch WeChat's certificate: before the claim's transaction
+                with unit_of_work():
+                    batch = claim_batch(rails, clock(), settings)
+                start_by = time.monotonic() + settings.lease.total_seconds() / 2
+                for job in batch.jobs:
+                    fault_point("after_claim_commit")
+                    work = pools[job.rail].submit(
+                        _call_and_record, app, job, rails[job.rail], settings, limiter, clock, start_by
+                    )
+                    running[work] = job
+                if stop_at is not None and time.monotonic() >= stop_at:
+                    break
+                if batch.rows < settings.batch:  # all that was due is taken: the next claim after these calls
+                    if not batch.rows and not running:
+                        break
+                    _collect(running, outcomes, keep=0)
+                else:
+                    _collect(running, outcomes, keep=settings.batch // 2)
+            _collect(running, outcomes, keep=0)
+        finally:
+            for work in running:
+                work.cancel()  # a crash here: calls not started yet are not made
     return outcomes
 
 
+def _collect(running: dict, outcomes: Counter, keep: int) -> None:
+    """Wait until at most ``keep`` payouts are still queued or in flight, counting the outcomes of the others."""
+    while len(running) > keep:
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for work in done:
+            job = running.pop(work)
+            try:
+                outcomes[work.result()] += 1
+            except Exception:  # the lease brings it back to a query, as after a crash; the others go on
+                log.exception("payout call failed", extra={"payout_id": job.payout_id})
+                outcomes["error"] += 1
+
+
+class _RailPools:
+    """One small thread pool per rail, made on first use and shut down with the dispatcher."""
+
+    def __init__(self, rails: dict[str, RailAdapter], calls_in_flight: int) -> None:
+        self.rails, self.calls_in_flight = rails, max(1, calls_in_flight)
+        self.pools: dict[str, ThreadPoolExecutor] = {}
+
+    def __enter__(self) -> _RailPools:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for pool in self.pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __getitem__(self, rail: str) -> ThreadPoolExecutor:
+        if rail not in self.pools:
+            size = max(1, min(self.calls_in_flight, self.rails[rail].rate_per_second))
+            self.pools[rail] = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"payout-{rail}")
+        return self.pools[rail]
+
+
+def _call_and_record(
+    app: Flask,
+    job: Claimed,
+    rail: RailAdapter,
+    settings: DispatchSettings,
+    limiter: Callable[..., None],
+    clock: Callable[[], datetime],
+    start_by: float,
+) -> str:
+    """On a rail's thread: each call after its own turn in the rail's rate, then the answer recorded and committed.
+
+    The calls come first, in a fresh app context whose session has no transaction (the WeChat session
+    checks); the record opens the session's first transaction. Returns the outcome (``released``: no call
+    could start in time).
+    """
+    calls: list = []
+    first: list[datetime] = []
+
+    def wait_turn(name: str) -> None:
+        try:
+            granted_at = limiter(name, until=start_by)
+        except RailBusy:
+            raise
+        except Exception as exc:  # e.g. Redis unreachable: no turn, so no call
+            raise RailBusy(f"no turn for {name}: {exc!r}") from exc
+        if not first:  # the payout's send (or query) time: the moment the rail's window counts its first call at
+            first.append(datetime.fromtimestamp(granted_at, UTC) if granted_at else clock())
+
+    with app.app_context():
+        try:
+            try:
+                call_wechat(job, rail, wait_turn, calls)
+            except RailBusy as busy:
+                log.warning("payout call not made", extra={"payout_id": job.payout_id, "why": str(busy)})
+                with unit_of_work():
+                    release(job, calls, first[0] if first else clock())
+                return "released"
+            fault_point("after_wechat_answer")
+            with unit_of_work():
+                record(job, calls, first[0] if first else clock(), settings)
+            return calls[-1][1].outcome
+        finally:
+            db.session.remove()
+
+
 def dispatch_payouts() -> Counter:
+    """The scheduled job: the whole backlog, at each rail's calls per second, for at most a minute a run."""
     app = current_app._get_current_object()
+    cfg = app.config
     rails = payout_rails(app)
-    settings = DispatchSettings.from_config(app.config)
-    return dispatch_due(rails, settings=settings, limiter=rail_limiter(rails, app.config.get("REDIS_URL")))
+    settings = DispatchSettings.from_config(cfg)
+    return dispatch_backlog(
+        rails,
+        settings=settings,
+        limiter=dispatch_limiter(rails, cfg.get("REDIS_URL"), settings, mchid=cfg.get("WECHAT_MCHID")),
+        calls_in_flight=cfg.get("PAYOUT_CALLS_IN_FLIGHT", 1),
+        max_seconds=DISPATCH_RUN_SECONDS,
+    )
 
 
 # -- red packets nobody opened --------------------------------------------------------------

@@ -42,7 +42,7 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (close_expired_orders, 60),
     (query_unnotified_payments, 60),
     (query_stuck_refunds, 120),
-    (dispatch_payouts, 10),
+    (dispatch_payouts, 2),  # a run goes on while there is backlog (up to a minute); this is the idle check
     (check_unclaimed_red_packets, 900),
     (expire_packets_and_conditions, 300),
     (deliver_alerts, 30),

@@ -1,7 +1,8 @@
 """The dispatcher's steps: claim due payouts, call WeChat with no transaction open, record the answers.
 
-The steps never commit: the job (``jobs.payouts.dispatch_due``) commits the claim before any call and
-each record after its call, so no transaction is open while WeChat is asked.
+The steps never commit: the job (``jobs.payouts.dispatch_backlog``) commits the claim before any call and
+each record after its call, so no transaction is open while WeChat is asked. ``call_wechat`` touches no
+database: the job runs it on a rail's thread.
 
 Safe with several dispatchers at once: claims use ``FOR UPDATE SKIP LOCKED``
 (PostgreSQL) and a lease; a payout whose worker died mid-call is found again
@@ -40,6 +41,15 @@ class Claimed:
     cancel_if_unconfirmed: bool = False  # asked by an operator, or a bill unconfirmed past settings.confirm_ttl
     has_package_info: bool = False
     posted_before: bool = False  # an earlier pass POSTed this number (whatever it answered)
+    status_before: str = S.PENDING  # what ``release`` puts back when no call could be made
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One claim: the payouts to call WeChat about, and how many due rows it took (some decided at once)."""
+
+    jobs: list[Claimed]
+    rows: int
 
 
 def enabled_rails(rails: dict[str, RailAdapter], now: datetime) -> list[str]:
@@ -87,6 +97,11 @@ def claim(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettin
 
     A transfer's request includes its serialized body: committed with the claim, every POST of the number sends it.
     """
+    return claim_batch(rails, now, settings).jobs
+
+
+def claim_batch(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettings) -> Batch:
+    """``claim``, also saying how many due rows it took: the dispatcher goes on while a claim finds any."""
     claimed = []
     due = db.session.execute(_due(enabled_rails(rails, now), now, settings.batch)).scalars().all()
     posted_before = _posted_before([p.id for p in due])
@@ -94,7 +109,7 @@ def claim(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettin
         query_first = payout.status != S.PENDING or payout.sent_at is not None
         rail = rails[payout.rail]
         built = payout.request
-        if built is None:
+        if built is None:  # (autoflush on: a rail may count this batch's claims, e.g. red packets' daily caps)
             built = rail.build_request(payout, now)
         elif hasattr(rail, "with_wire") and not built.get("wire"):  # a request fixed before bodies were kept
             built = rail.with_wire(payout.external_no, dict(built))
@@ -106,6 +121,7 @@ def claim(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettin
             payout.request = built
         overdue = payout.cancel_requested or _unconfirmed_too_long(payout, rail, now, settings)
         has_package = payout.package_info is not None
+        status_before = payout.status
         payout.status, payout.lease_until = S.SENDING, now + settings.lease
         payout.attempts += 1
         claimed.append(
@@ -118,10 +134,11 @@ def claim(rails: dict[str, RailAdapter], now: datetime, settings: DispatchSettin
                 overdue,
                 has_package,
                 payout.id in posted_before,
+                status_before,
             )
         )
     db.session.flush()
-    return claimed
+    return Batch(claimed, len(due))
 
 
 def _posted_before(payout_ids: list[int]) -> set[int]:
@@ -152,14 +169,17 @@ def _timed(call: Callable[[], RailResult]) -> tuple[RailResult, int]:
     return result, int((time.perf_counter() - started) * 1000)
 
 
-def call_wechat(job: Claimed, rail: RailAdapter, limiter: Callable[[str], None]) -> list[tuple[str, RailResult, int]]:
+def call_wechat(
+    job: Claimed, rail: RailAdapter, limiter: Callable[[str], None], calls: list | None = None
+) -> list[tuple[str, RailResult, int]]:
     """Query first when the payout may have reached WeChat; send only when it certainly did not.
 
     A send refused with 400 (REFUSED) is definite only when no bill of this number can exist: the query just
     said NOT_FOUND, or the number was never claimed for a POST before. A refused re-POST of a bill that exists
-    (or may) asks an operator: the money stays in transit, the bill may still be confirmed.
+    (or may) asks an operator: the money stays in transit, the bill may still be confirmed. ``limiter`` is
+    called once before each call; ``calls`` (given by the caller) keeps the calls made if it raises.
     """
-    calls = []
+    calls = [] if calls is None else calls
     if job.query_first:
         limiter(job.rail)
         result, ms = _timed(lambda: rail.query(job.external_no, job.request))
@@ -207,4 +227,24 @@ def record(job: Claimed, calls: list[tuple[str, RailResult, int]], now: datetime
         log_attempt(payout.id, action, job.request, result, ms, now)
     if payout.status == S.SENDING:  # not finished meanwhile by a notification or an operator
         apply_result(payout, calls[-1][1], now, settings)
+    db.session.flush()
+
+
+def release(job: Claimed, calls: list[tuple[str, RailResult, int]], now: datetime) -> None:
+    """A claimed payout whose call could not start in time (its rail's shared rate was taken all along).
+
+    With no call made, the payout is put back exactly as the claim found it (the claim's attempt is given
+    back), due again at once. After a call (a query, say) it stays ``sending`` with its lease ended now:
+    the next pass queries it first, as after a crash. The calls made are logged either way.
+    """
+    payout = lock_payout(job.payout_id)
+    for action, result, ms in calls:
+        log_attempt(payout.id, action, job.request, result, ms, now)
+    if payout.status != S.SENDING:  # finished meanwhile by a notification or an operator
+        return
+    if calls or job.status_before == S.SENDING:
+        payout.lease_until = now
+    else:
+        payout.status, payout.lease_until = job.status_before, None
+        payout.attempts -= 1
     db.session.flush()
