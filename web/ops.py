@@ -53,6 +53,19 @@ def healthz():
     return jsonify({"status": "ok" if healthy else "fail", "checks": checks}), 200 if healthy else 503
 
 
+@bp.get("/livez")
+@documented(
+    summary="The process answers (touches nothing: no database, no WeChat)", responses={"204": {"description": "alive"}}
+)
+def livez():
+    """Liveness for a load balancer or orchestrator, and the benchmarks' empty route (bench/harness.py).
+
+    ``/healthz`` asks the database and the migrations; this asks nothing, so it costs exactly what
+    every request costs in this app (guards, metrics, the request log line) and no more.
+    """
+    return Response(status=204)
+
+
 @bp.get("/metrics")
 @documented(
     summary="Prometheus metrics of this process",
