@@ -27,7 +27,10 @@ database pool, Redis connection or thread is shared across ``fork``.
 """
 
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 chdir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: `app` and `config` import
 wsgi_app = "app:create_app()"
@@ -55,6 +58,7 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 def on_starting(server):
     """Refuse to start with a bad configuration, once, as a list (before any worker is forked)."""
     os.environ["WEB_CONCURRENCY"] = str(server.cfg.workers)  # what `--workers` finally says
+    prepare_metrics_dir()
     from config import ConfigError, load_config
 
     try:
@@ -64,3 +68,38 @@ def on_starting(server):
         sys.exit(1)
     if settings.get("RUN_JOBS_IN_PROCESS"):
         server.log.warning("RUN_JOBS_IN_PROCESS is set: every worker runs the jobs; run `flask jobs run` instead")
+
+
+MADE_HERE: list[str] = []
+
+
+def prepare_metrics_dir() -> str:
+    """``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory unless set), emptied, in the environment every worker inherits.
+
+    The Prometheus client reads it when a worker first imports it and then writes that worker's
+    counts to files there; ``/metrics`` sums the files of every worker, the ones that have exited
+    included, so totals never go backwards while this master runs. Files of a previous run would
+    be counted again, so the directory is emptied here, before any worker exists.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        directory = tempfile.mkdtemp(prefix="prometheus-")
+        MADE_HERE.append(directory)
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    for leftover in Path(directory).glob("*.db"):
+        leftover.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    return directory
+
+
+def on_exit(server):
+    """A directory this master made goes with it."""
+    for directory in MADE_HERE:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def child_exit(server, worker):
+    """A worker is gone: its live gauges go with it (counters and histograms stay in the sums)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
