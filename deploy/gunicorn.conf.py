@@ -14,7 +14,7 @@ shape                 empty route      notify (4 / 8 clients)  notify p99 (4 / 8
 2 gthread × 2         606–645          4–5                    2.0–2.7 s / –
 2 gthread × 4         531–705          4 / 3–4                1.8–2.7 s / 3.2–3.8 s
 2 gthread × 8         479–584          2–3 / 3                3.3–3.6 s / 3.5–4.7 s
-4 gthread × 2         628–944          5–7 / 3                1.9–3.1 s / 4.5 s
+4 gthread × 2         628–944          5–7 / 3                1.9–3.1 s / 3.4–4.5 s
 ====================  ===============  =====================  ==============================
 
 Worker class ``gthread``. It keeps connections alive (``sync`` closes each one after its answer),
