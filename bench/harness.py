@@ -18,8 +18,8 @@ else the machine does hits both.
 * ``Clients``: N client processes (``BENCH_CLIENTS``, default 4), each one keep-alive
   ``http.client`` connection: processes, not threads, so the load generator's own Python does not
   share one GIL; ``http.client``, not ``requests``, so it costs the server's two cores little.
-* ``interleave``: alternating rounds of the empty route and the real path; ``Figures`` prints
-  req/s, the ratio, p50/p99.
+* ``Figures``: a path's rounds (the benchmarks alternate rounds of the empty route and of the
+  real path) as req/s and p50/p99; ``ratio_line`` prints the ratio.
 * ``counted``: SQL statements per operation, counted in-process (Flask test client, a
   ``before_cursor_execute`` listener; an executemany counts once) on the same seeded data.
 
@@ -36,14 +36,13 @@ import os
 import secrets
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -491,15 +490,6 @@ class Figures:
         return f"{self.rate:,.0f} req/s, p50 {self.percentile(50):.1f} ms, p99 {self.percentile(99):.1f} ms"
 
 
-def interleave(rounds: int, empty: Callable[[], Round], real: Callable[[], Round]) -> tuple[Figures, Figures]:
-    """``rounds`` pairs, empty route first then the real path; returns (empty, real)."""
-    e, r = Figures("empty"), Figures("real")
-    for _ in range(rounds):
-        e.add(empty())
-        r.add(real())
-    return e, r
-
-
 def empty_request() -> Request:
     return ("GET", EMPTY_PATH, None, {})
 
@@ -511,7 +501,8 @@ def ratio_line(name: str, shape: ServerShape, clients: int, empty: Figures, real
     )
 
 
-def check_statuses(figures: Figures, ok: set[int], rounds: list[Round] | None = None) -> None:
+def check_statuses(figures: Figures, ok: set[int]) -> None:
+    """Stop the run when any answer was not one of ``ok``: a figure of failures would mean nothing."""
     bad = {s: n for s, n in figures.statuses.items() if s not in ok}
     if bad:
         errors = [e for r in figures.rounds for e in r.errors][:5]
@@ -546,7 +537,3 @@ def now_utc() -> datetime:
 def workspace() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         yield Path(tmp)
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
