@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet
 from flask import Flask
+from flask.sessions import SessionInterface
 from flask_migrate import Migrate
 from sqlalchemy import event
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -31,6 +32,7 @@ log = logging.getLogger("app")
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     settings = load_config(overrides)
     app = Flask(__name__)
+    app.session_interface = NoCookieSessions()
     app.config.update(settings)
     _apply_dev_defaults(app)
     app.config.update(
@@ -62,6 +64,19 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         )
     log.info("app configured", extra={"config": masked(settings)})
     return app
+
+
+class NoCookieSessions(SessionInterface):
+    """No Flask cookie session: every caller carries a bearer token (users, operators) or a signature
+    (WeChat), and OAuth's state is a server-side row (web/login.py). Flask's default would build a signing
+    serializer on every request only to find no cookie; ``flask.session`` is a read-only empty
+    ``NullSession`` instead (writing to it raises)."""
+
+    def open_session(self, app, request):
+        return None  # Flask then uses make_null_session
+
+    def save_session(self, app, session, response):
+        return None
 
 
 def _apply_dev_defaults(app: Flask) -> None:

@@ -1,4 +1,8 @@
-"""``python -m bench [name ...]``: run every ``bench/*_bench.py`` (or the named ones), one line each."""
+"""``python -m bench [name ...]``: run every ``bench/*_bench.py`` (or the named ones), one line each.
+
+Names: ``notify``, ``claims``, ``dispatch``, ``replay`` (``simulate`` is its former name). The HTTP
+benchmarks (notify, claims) need ``BENCH_DATABASE_URL``; without it they say so and are skipped.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,13 @@ import sys
 
 import bench
 
+ALIASES = {"simulate": "replay"}
+
 
 def modules(only: list[str]) -> list[str]:
     names = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name.endswith("_bench"))
-    return [n for n in names if not only or n in only or n.removesuffix("_bench") in only]
+    wanted = {ALIASES.get(n, n) for n in only}
+    return [n for n in names if not only or n in wanted or n.removesuffix("_bench") in wanted]
 
 
 def main(argv: list[str]) -> int:

@@ -235,6 +235,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CLAIM_PERSON_INTERVAL_SECONDS", 600, _positive_int, doc="The same per person (0: off)."),
     Setting("LOG_LEVEL", "INFO", doc="Log level of the JSON logs."),
     Setting(
+        "PROMETHEUS_MULTIPROC_DIR",
+        None,
+        doc="Directory where every process of a node writes its Prometheus metrics, so `/metrics` answers "
+        "the sum over all gunicorn workers (the client's multiprocess mode; read by the client from the "
+        "environment when it is imported). `deploy/gunicorn.conf.py` sets it (a fresh directory unless "
+        "given) and empties it at start. Unset: each process counts alone (`make run`, tests).",
+    ),
+    Setting(
         "SEED_DEMO_DATA", False, _bool, doc="Seed demo merchants, products and campaigns at start (set by `make run`)."
     ),
     Setting("RUN_JOBS_IN_PROCESS", False, _bool, doc="Start the scheduler inside the web process (demo only)."),
@@ -387,6 +395,9 @@ def _validate(values: dict[str, Any]) -> list[str]:
     if values.get("IDEMPOTENCY_TTL_HOURS", MIN_IDEMPOTENCY_TTL_HOURS) < MIN_IDEMPOTENCY_TTL_HOURS:
         problems.append(f"IDEMPOTENCY_TTL_HOURS must be at least {MIN_IDEMPOTENCY_TTL_HOURS} (docs/architecture.md §4)")
     problems += _apiv3_rotation_problems(values)
+    metrics_dir = values.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir and not os.path.isdir(metrics_dir):
+        problems.append(f"PROMETHEUS_MULTIPROC_DIR {metrics_dir} is not a directory")
     backup = values.get("WECHAT_PAY_API_BACKUP_BASE") or ""
     if backup and mode == "live" and not str(backup).startswith("https://"):
         problems.append("WECHAT_PAY_API_BACKUP_BASE must be https:// in live mode")

@@ -1,40 +1,64 @@
 """gunicorn settings: ``gunicorn -c deploy/gunicorn.conf.py`` (README, Deployment).
 
-Worker class ``gthread``. A request of this app spends most of its time
-waiting, not computing: on WeChat (a prepay or ``jscode2session`` call: up to
-3 s to connect + 10 s to read) and on PostgreSQL row locks (up to
-``DATABASE_LOCK_TIMEOUT_S``, 20 s). A ``sync`` worker is one request per
-process, so a handful of slow WeChat answers would stop the site; threads
-release the GIL while they wait, so each process keeps serving. Not gevent:
-it would have to monkey-patch psycopg, ``requests`` and the scheduler's
-threads, and nothing here needs thousands of open connections.
+Chosen by measurement (``python -m bench.gunicorn_sweep``: the paid-notification path and the
+empty route ``/livez`` interleaved, PostgreSQL, this 2-core machine, 2026-11-30, three sweeps
+while other test suites ran beside them: absolute figures swing ±30 %, so only what held in every
+sweep counts):
 
-Counts. ``workers``: ``WEB_CONCURRENCY`` if set, else one per CPU core and at
-least two (a worker restarting never leaves the node without one); more
-processes than cores only add memory and database connections, since the
-waiting is what the threads are for. ``threads``: 8 per worker, below the
-SQLAlchemy pool of 10 connections per process (app.py), so a thread never
-waits for a connection; a node then holds at most workers × 8 (+ the jobs
-process's) PostgreSQL connections: size ``max_connections`` for it.
+====================  ===============  =====================  ==============================
+shape                 empty route      notify (4 / 8 clients)  notify p99 (4 / 8 clients)
+====================  ===============  =====================  ==============================
+2 sync                304–499 req/s    4–6 / 4–5 req/s        1.2–1.3 s / 1.8–2.5 s
+4 sync                268–355          3                      2.8–3.5 s / –
+2 gthread × 1         673              5                      1.4 s / –
+2 gthread × 2         606–645          4–5                    2.0–2.7 s / –
+2 gthread × 4         531–705          4 / 3–4                1.8–2.7 s / 3.2–3.8 s
+2 gthread × 8         479–584          2–3 / 3                3.3–3.6 s / 3.5–4.7 s
+4 gthread × 2         628–944          5–7 / 3                1.9–3.1 s / 3.4–4.5 s
+====================  ===============  =====================  ==============================
 
-The settings are checked once, in the master, before any worker starts: a
-refused configuration prints its list and exits 1 instead of every worker
-printing a traceback. The worker count is passed to the app as
-``WEB_CONCURRENCY`` so live mode knows it runs several processes (and
-requires ``REDIS_URL``). Jobs never run here: ``flask jobs run`` is its own
-process. The app is built in each worker, not preloaded in the master, so no
-database pool, Redis connection or thread is shared across ``fork``.
+Worker class ``gthread``. It keeps connections alive (``sync`` closes each one after its answer),
+which was worth 1.1–2.1× on the empty route with keep-alive clients (as the proxy in front is); and a
+request of this app often *waits*, on WeChat (a prepay or ``jscode2session`` call: up to 3 s to
+connect + 10 s to read) and on PostgreSQL row locks (up to ``DATABASE_LOCK_TIMEOUT_S``): a sync
+worker is one waiting request per process, so a handful of slow WeChat answers would stop the site,
+while threads release the GIL as they wait. (Today's notification path is serialised on its
+campaigns' row locks, so it is a few per second whatever the shape, and sync's two requests in
+flight queue less at the lock than gthread's: a lower p99. The hot-path work of issue 11 removes
+that lock; re-run the sweep then.) Not gevent: it would have to monkey-patch psycopg, ``requests``
+and the scheduler's threads, and nothing here needs thousands of open connections.
+
+Counts. ``workers``: ``WEB_CONCURRENCY`` if set, else one per CPU core and at least two (a worker
+restarting never leaves the node without one). Four workers on two cores scored as well or
+better in some runs, but on a machine shared with other busy processes more processes simply win
+more of the scheduler's time; on a node of its own they only add memory and database connections
+(``WEB_CONCURRENCY`` raises the count where a measurement says so). ``threads``: 4. Eight bought no
+throughput on either path and had the longest notification tail in every paired run; four leave
+each process several requests waiting on WeChat at once. Below the SQLAlchemy pool of 10
+connections per process (app.py), so a thread never waits for a connection; a node then holds at
+most workers × 4 (+ the jobs process's) PostgreSQL connections: size ``max_connections`` for it.
+
+The settings are checked once, in the master, before any worker starts: a refused configuration
+prints its list and exits 1 instead of every worker printing a traceback. The worker count is
+passed to the app as ``WEB_CONCURRENCY`` so live mode knows it runs several processes (and
+requires ``REDIS_URL``). Jobs never run here: ``flask jobs run`` is its own process. The app is
+built in each worker, not preloaded in the master, so no database pool, Redis connection or thread
+is shared across ``fork``. Metrics: the master sets ``PROMETHEUS_MULTIPROC_DIR`` (emptied at start)
+before forking, so ``/metrics`` sums every worker (web/ops.py).
 """
 
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 chdir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: `app` and `config` import
 wsgi_app = "app:create_app()"
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")  # behind the TLS-terminating proxy
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY") or max(2, os.cpu_count() or 1))
-threads = 8
+threads = 4  # measured: see above
 preload_app = False
 # Above the slowest legitimate request (a 20 s lock wait, or a WeChat connect + read of 13 s, twice
 # when the backup host is tried), below what a stuck worker may be left alone.
@@ -55,6 +79,7 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 def on_starting(server):
     """Refuse to start with a bad configuration, once, as a list (before any worker is forked)."""
     os.environ["WEB_CONCURRENCY"] = str(server.cfg.workers)  # what `--workers` finally says
+    prepare_metrics_dir()
     from config import ConfigError, load_config
 
     try:
@@ -64,3 +89,38 @@ def on_starting(server):
         sys.exit(1)
     if settings.get("RUN_JOBS_IN_PROCESS"):
         server.log.warning("RUN_JOBS_IN_PROCESS is set: every worker runs the jobs; run `flask jobs run` instead")
+
+
+MADE_HERE: list[str] = []
+
+
+def prepare_metrics_dir() -> str:
+    """``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory unless set), emptied, in the environment every worker inherits.
+
+    The Prometheus client reads it when a worker first imports it and then writes that worker's
+    counts to files there; ``/metrics`` sums the files of every worker, the ones that have exited
+    included, so totals never go backwards while this master runs. Files of a previous run would
+    be counted again, so the directory is emptied here, before any worker exists.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        directory = tempfile.mkdtemp(prefix="prometheus-")
+        MADE_HERE.append(directory)
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    for leftover in Path(directory).glob("*.db"):
+        leftover.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    return directory
+
+
+def on_exit(server):
+    """A directory this master made goes with it."""
+    for directory in MADE_HERE:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def child_exit(server, worker):
+    """A worker is gone: its live gauges go with it (counters and histograms stay in the sums)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -114,6 +114,8 @@ def _refuse_oversized() -> None:
 def _refuse_nul() -> None:
     if "\x00" in request.path:
         raise NotFound()
+    if not request.environ.get("QUERY_STRING"):
+        return  # nothing to parse (most requests): the query is not decoded just to look at it
     if any("\x00" in key or "\x00" in value for key, value in request.args.items(multi=True)):
         raise UnprocessableEntity("query parameters may not contain NUL characters")
 

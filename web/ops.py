@@ -1,19 +1,29 @@
-"""Operations endpoints: health, Prometheus metrics, the OpenAPI document; request logs."""
+"""Operations endpoints: liveness, health, Prometheus metrics, the OpenAPI document; request logs.
+
+Metrics: one registry per app, so ``make run`` and every test count alone. Under gunicorn,
+``deploy/gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker imports the
+client: every worker then writes its counts to files there (the client's multiprocess mode) and
+``/metrics``, whichever worker answers, reads the sum over all of them.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 
 from models import db
 from web.openapi import UNAVAILABLE, build_openapi, documented, json_response
 
 bp = Blueprint("ops", __name__)
+log = logging.getLogger(__name__)
 # generate_latest writes the classic text format (names escaped with underscores): version 0.0.4.
 # Given whole as the content type (a mimetype would get a second charset from Flask).
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -53,15 +63,28 @@ def healthz():
     return jsonify({"status": "ok" if healthy else "fail", "checks": checks}), 200 if healthy else 503
 
 
+@bp.get("/livez")
+@documented(
+    summary="The process answers (touches nothing: no database, no WeChat)", responses={"204": {"description": "alive"}}
+)
+def livez():
+    """Liveness for a load balancer or orchestrator, and the benchmarks' empty route (bench/harness.py).
+
+    ``/healthz`` asks the database and the migrations; this asks nothing, so it costs exactly what
+    every request costs in this app (guards, metrics, the request log line) and no more.
+    """
+    return Response(status=204)
+
+
 @bp.get("/metrics")
 @documented(
-    summary="Prometheus metrics of this process",
+    summary="Prometheus metrics (of every worker of this node in multiprocess mode)",
     responses={
         "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
     },
 )
 def metrics():
-    return Response(generate_latest(current_app.extensions["metrics"].registry), content_type=METRICS_CONTENT_TYPE)
+    return Response(generate_latest(current_app.extensions["metrics"].collected()), content_type=METRICS_CONTENT_TYPE)
 
 
 @bp.get("/openapi.json")
@@ -74,9 +97,16 @@ def openapi():
 
 
 class Metrics:
-    """Per-app registry (one per worker process; see README for multiprocess mode)."""
+    """The request counters of one app; ``collected`` is what ``/metrics`` shows.
 
-    def __init__(self) -> None:
+    ``multiproc_dir`` (``PROMETHEUS_MULTIPROC_DIR``): the directory every process of the node
+    writes to; ``/metrics`` then reads all of them. The client decides where the values live when
+    it is first imported, from the environment, so the directory must be in the environment of
+    the process from the start (gunicorn's master puts it there before forking the workers).
+    """
+
+    def __init__(self, multiproc_dir: str | None = None) -> None:
+        self.multiproc_dir = multiproc_dir
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "http_requests_total", "HTTP requests", ["method", "endpoint", "status"], registry=self.registry
@@ -84,10 +114,42 @@ class Metrics:
         self.latency = Histogram(
             "http_request_duration_seconds", "HTTP request latency", ["method", "endpoint"], registry=self.registry
         )
+        self._children: dict[tuple[str, str, int], tuple] = {}
+
+    def collected(self) -> CollectorRegistry:
+        """This app's registry; in multiprocess mode, a registry reading every process's files."""
+        if not self.multiproc_dir:
+            return self.registry
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiproc_dir)
+        return registry
+
+    def observe(self, method: str, endpoint: str, status: int, seconds: float) -> None:
+        """Count one request. The labelled children are looked up once per (method, endpoint, status):
+        ``labels()`` takes a lock and builds a key on every call."""
+        key = (method, endpoint, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(method, endpoint, str(status)), self.latency.labels(method, endpoint))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+def multiproc_dir(app: Flask) -> str | None:
+    """The multiprocess directory ``/metrics`` reads (``PROMETHEUS_MULTIPROC_DIR``), if any."""
+    configured = app.config.get("PROMETHEUS_MULTIPROC_DIR")
+    if configured and os.environ.get("PROMETHEUS_MULTIPROC_DIR") != configured:
+        log.warning(
+            "PROMETHEUS_MULTIPROC_DIR is configured but not in this process's environment: "
+            "/metrics shows the other processes' counts, not this one's"
+        )
+    return configured
 
 
 def install_request_metrics(app: Flask) -> None:
-    app.extensions["metrics"] = metrics_ = Metrics()
+    app.extensions["metrics"] = metrics_ = Metrics(multiproc_dir(app))
+    request_log = app.logger
 
     @app.before_request
     def start_timer():
@@ -95,17 +157,13 @@ def install_request_metrics(app: Flask) -> None:
 
     @app.after_request
     def record(response):
-        endpoint = request.endpoint or "unmatched"
+        req = request._get_current_object()  # one context lookup, not one per attribute
         elapsed = time.perf_counter() - g.get("request_started", time.perf_counter())
-        metrics_.requests.labels(request.method, endpoint, str(response.status_code)).inc()
-        metrics_.latency.labels(request.method, endpoint).observe(elapsed)
-        app.logger.info(
-            "request",
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": response.status_code,
-                "ms": round(elapsed * 1000, 1),
-            },
-        )
+        status = response.status_code
+        metrics_.observe(req.method, req.endpoint or "unmatched", status, elapsed)
+        if request_log.isEnabledFor(logging.INFO):
+            request_log.info(
+                "request",
+                extra={"method": req.method, "path": req.path, "status": status, "ms": round(elapsed * 1000, 1)},
+            )
         return response

@@ -1,4 +1,6 @@
-"""What-if replay throughput: one column query + the pure engine, against a naive per-order ORM loop.
+"""``python -m bench replay`` (alias ``simulate``): what-if replay against a naive per-order ORM loop.
+
+The replay is one column query + the pure engine.
 
 Seeds ``BENCH_ORDERS`` (default 50,000) paid packet orders over 30 days in a
 temporary SQLite file (and in a throw-away schema of ``BENCH_DATABASE_URL``
@@ -68,14 +70,14 @@ def run() -> Iterator[str]:
 
 def line(backend: str, rows: int, fast: float, naive_rows: int, naive: float) -> str:
     return (
-        f"simulate ({backend}, {rows:,} orders; naive over {naive_rows:,}): {fast:,.0f} orders/s "
+        f"replay ({backend}, {rows:,} orders; naive over {naive_rows:,}): {fast:,.0f} orders/s "
         f"vs naive {naive:,.0f} orders/s → {fast / naive:.1f}x"
     )
 
 
 def measure_postgres(url: str) -> tuple[int, float, int, float]:
     """In a schema of its own, dropped afterwards: nothing else in that database is touched."""
-    schema = f"bench_simulate_{os.getpid()}"
+    schema = f"bench_replay_{os.getpid()}"
     admin = create_engine(url)
     with admin.begin() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
