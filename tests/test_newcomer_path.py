@@ -97,7 +97,8 @@ def test_gunicorn_in_live_mode_with_nothing_set_prints_only_the_list(tmp_path):
 
 def test_the_gunicorn_config_is_threaded_and_builds_the_app_in_each_worker():
     settings = runpy.run_path(str(ROOT / "deploy" / "gunicorn.conf.py"))
-    assert settings["worker_class"] == "gthread" and settings["threads"] == 8
+    assert settings["worker_class"] == "gthread" and settings["threads"] == 4  # chosen by measurement (its docstring)
+    assert settings["threads"] < 10  # below the database pool of each process (app.py)
     assert settings["workers"] >= 2 and settings["preload_app"] is False
     assert settings["wsgi_app"] == "app:create_app()" and Path(settings["chdir"]) == ROOT
 
