@@ -31,7 +31,7 @@ from config import SETTINGS
 ROOT = Path(__file__).resolve().parent.parent
 REDIS = ("127.0.0.1", 6379)
 BOOT_TIMEOUT_S = 30
-DEMO_TIMEOUT_S = 40  # per asynchronous step; the dispatcher runs every 10 s
+DEMO_TIMEOUT_S = 40  # per asynchronous step; the dispatcher looks for due payouts every 2 s
 
 
 def free_port() -> int:
