@@ -85,6 +85,7 @@ def on_starting(server):
     try:
         settings = load_config()
     except ConfigError as exc:
+        remove_made_dirs()  # on_exit does not run when the master never started
         print(exc.report(), file=sys.stderr, flush=True)
         sys.exit(1)
     if settings.get("RUN_JOBS_IN_PROCESS"):
@@ -115,8 +116,12 @@ def prepare_metrics_dir() -> str:
 
 def on_exit(server):
     """A directory this master made goes with it."""
-    for directory in MADE_HERE:
-        shutil.rmtree(directory, ignore_errors=True)
+    remove_made_dirs()
+
+
+def remove_made_dirs() -> None:
+    while MADE_HERE:
+        shutil.rmtree(MADE_HERE.pop(), ignore_errors=True)
 
 
 def child_exit(server, worker):
