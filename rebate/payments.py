@@ -45,7 +45,7 @@ from rebate import budgets
 from rebate.awards import Beneficiary, Effects, record_decisions
 from rebate.campaigns import funder_ref, is_running, load_rules, rules_of, serves
 from rebate.deposits import DepositsLeft, lock_deposits, pause_refused
-from rebate.errors import BudgetExhausted, DepositExhausted
+from rebate.errors import BudgetExhausted, BudgetMoved, DepositExhausted
 from rebate.intake import (
     PayAccount,
     PaymentOutcome,
@@ -66,6 +66,7 @@ def apply_payment(
     notification_id: str | None = None,
     *,
     money: MoneySettings,
+    lock_budgets: bool = False,
 ) -> PaymentOutcome:
     """Apply what WeChat says was paid (a notification or a query answer); flushes only.
 
@@ -74,6 +75,13 @@ def apply_payment(
     appid and amount are compared with ours and the order's, here and nowhere else, and any
     disagreement flags the order and alerts an operator (once) and moves nothing. The
     notification id is recorded with every accepted outcome, so a repeat is answered at once.
+
+    Budgets: by default the campaign rows are not locked while the payment is decided and written; their
+    budgets move in one conditional UPDATE at the very end, so a popular campaign's row is held only from
+    that statement to the commit. An award that reserved nothing (referral, attribution) whose budget another
+    payment took in between raises ``BudgetMoved`` there: the caller rolls back and calls again with
+    ``lock_budgets=True``, which locks every campaign row the payment writes first (in id order) and decides
+    within what is left. Deposit-funded campaigns and order-paid triggers always take the locking path.
     """
     loaded = _load(tx.out_trade_no)
     if loaded is None:
@@ -89,7 +97,7 @@ def apply_payment(
     if problems:
         flag_order(order, "payment_mismatch", "; ".join(problems))
         return PaymentOutcome.MISMATCH_FLAGGED
-    outcome = _apply_locked(loaded, tx, tx.success_time or now, money)
+    outcome = _apply_locked(loaded, tx, tx.success_time or now, money, lock_budgets)
     record_notification(notification_id, order.out_trade_no, outcome)
     db.session.flush()
     return outcome
@@ -107,7 +115,9 @@ def disagreements(tx: PaymentTransaction, expected: PayAccount, order: Order) ->
     return problems
 
 
-def _apply_locked(loaded: _Loaded, tx: PaymentTransaction, paid_at: datetime, money: MoneySettings) -> PaymentOutcome:
+def _apply_locked(
+    loaded: _Loaded, tx: PaymentTransaction, paid_at: datetime, money: MoneySettings, lock_budgets: bool
+) -> PaymentOutcome:
     order = loaded.order
     if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
         if order.transaction_id != tx.transaction_id:
@@ -139,10 +149,16 @@ def _apply_locked(loaded: _Loaded, tx: PaymentTransaction, paid_at: datetime, mo
     attributing = {packet.campaign_id for packet in attributed}
     settles, unreserved = _run_rebates(order, spent, campaigns, paid_at, deposits, effects, attributing)
     unreserved += _run_attribution(order, attributed, campaigns, paid_at, deposits, effects, unreserved)
-    if not locked:  # every campaign row written from here on, at once and in id order: no circle of waits
-        budgets.lock_in_order(written)  # late: the hot campaign rows are held only for the end of the payment
-    _commit_unreserved(unreserved, _settlements(settles), deposits, effects)
-    effects.write()
+    if locked or lock_budgets or _triggers(order, campaigns, paid_at):
+        if not locked:  # every campaign row written from here on, at once and in id order: no circle of waits
+            budgets.lock_in_order(written)
+        _commit_unreserved(unreserved, _settlements(settles), deposits, effects)
+        effects.write()
+    else:  # the budgets last, in one statement: a popular campaign's row is held from here to the commit only
+        effects.write()
+        moved = budgets.commit_many(_amounts(unreserved), _settlements(settles))
+        if moved:
+            raise BudgetMoved(f"the budgets of campaigns {sorted(moved)} moved since they were read")
     _issue_triggered_packets(order, campaigns, paid_at)
     return PaymentOutcome.APPLIED
 
@@ -576,10 +592,7 @@ def _commit_unreserved(
     pending = list(unreserved)
     with db.session.no_autoflush:  # its rebates are not written until every budget fits
         for attempt in range(MAX_REDECIDE + 1):
-            amounts: dict[int, int] = {}
-            for u in pending:
-                amounts[u.campaign.id] = amounts.get(u.campaign.id, 0) + u.awarded
-            failed = budgets.commit_many(amounts, settles)
+            failed = budgets.commit_many(_amounts(pending), settles)
             if not failed:
                 return
             settles = {cid: s for cid, s in settles.items() if cid in failed}  # the others moved
@@ -596,6 +609,19 @@ def _commit_unreserved(
                 u.rebates = u.decide(0 if gave_up else _left(u.campaign, decided))
                 decided.append(u)
     raise BudgetExhausted("a decision with no budget left still awarded something")  # cannot happen
+
+
+def _amounts(unreserved: list[_Unreserved]) -> dict[int, int]:
+    """What the unreserved awards take from each campaign's budget."""
+    amounts: dict[int, int] = {}
+    for u in unreserved:
+        amounts[u.campaign.id] = amounts.get(u.campaign.id, 0) + u.awarded
+    return amounts
+
+
+def _triggers(order: Order, campaigns: dict[int, Campaign], now: datetime) -> bool:
+    """An order-paid trigger may issue a packet: its campaign row is taken after the budgets (the locking path)."""
+    return any(_may_trigger(order, c, now) for c in campaigns.values())
 
 
 def _forget(u: _Unreserved, deposits: DepositsLeft, effects: Effects) -> None:

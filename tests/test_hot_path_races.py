@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 
 from models import Campaign, Order, Rebate, db, utcnow
 from rebate import budgets, create_order, issue_packet
+from rebate.awards import Effects
 from rebate.orders import LineRequest
 from tests.concurrency import together
 from tests.conftest import on_postgres
@@ -67,10 +68,12 @@ def test_two_payments_crossing_two_campaigns_both_apply(
     assert statuses == ["paid", "paid"]
 
 
-def test_a_payment_locks_every_campaign_it_writes_in_one_statement_before_writing_any(
-    make_user, make_merchant, make_product, make_campaign, pay, monkeypatch
+@pytest.mark.parametrize("moved", [False, True])
+def test_a_payment_moves_its_budgets_last_in_one_statement_and_locks_them_first_when_one_moved(
+    make_user, make_merchant, make_product, make_campaign, pay, monkeypatch, moved
 ):
-    # given: an invited buyer spending a packet of X, while Y pays the inviter (two campaign rows written)
+    # given: an invited buyer spending a packet of X, while Y pays the inviter (two campaign rows written);
+    # with ``moved``, the first conditional commit finds Y's budget taken (as another payment would)
     product = make_product(make_merchant(), price_fen=100_00)
     x = make_campaign(REFERRAL_AND_CONSUMER, budget_limit_fen=1_000_00, packet_amount_fen=5_00)
     y = make_campaign(REFERRAL_AND_CONSUMER, budget_limit_fen=1_000_00)
@@ -78,18 +81,34 @@ def test_a_payment_locks_every_campaign_it_writes_in_one_statement_before_writin
     packet = issue_packet(x, buyer, source="t", source_ref="b", now=utcnow())
     db.session.commit()
     order = buy(buyer, product, packet)
-    calls = []
+    calls, writes = [], []
     lock, commit = budgets.lock_in_order, budgets.commit_many
+
+    def counted_commit(amounts, settles=None):
+        calls.append(("commit", sorted({*amounts, *(settles or {})}), len(writes)))
+        if moved and len(calls) == 1:
+            return {y.id}
+        return commit(amounts, settles)
+
     monkeypatch.setattr(budgets, "lock_in_order", lambda ids: (calls.append(("lock", sorted(ids))), lock(ids))[1])
-    monkeypatch.setattr(
-        budgets, "commit_many", lambda a, s=None: (calls.append(("commit", sorted({*a, *(s or {})}))), commit(a, s))[1]
-    )
+    monkeypatch.setattr(budgets, "commit_many", counted_commit)
+    real_write = Effects.write
+    monkeypatch.setattr(Effects, "write", lambda self: (writes.append(1), real_write(self))[1])
 
     # when
     assert pay(order) == "applied"
 
-    # then: both rows locked in one go, then X settled and Y committed in one UPDATE
-    assert calls == [("lock", sorted([x.id, y.id])), ("commit", sorted([x.id, y.id]))]
+    # then: X settled and Y committed in one UPDATE after the rebates were written; when Y had moved,
+    # everything was rolled back and done again with both rows locked in one go before the commit
+    ids = sorted([x.id, y.id])
+    if not moved:
+        assert calls == [("commit", ids, 1)]
+    else:
+        assert calls == [("commit", ids, 1), ("lock", ids), ("commit", ids, 1)]
+    db.session.expire_all()
+    by_y = sum(r.original_fen for r in db.session.query(Rebate).filter_by(order_id=order.id, campaign_id=y.id))
+    assert by_y > 0
+    assert db.session.get(Campaign, y.id).budget_committed_fen == by_y, "committed once, what was awarded"
 
 
 def test_referral_and_attribution_of_one_campaign_share_what_is_left(
