@@ -111,7 +111,8 @@ def _apply_answer(answer: Transaction | str, now: datetime) -> str:
     """A paid transaction goes to the one intake (which compares it); any other answer is the result."""
     if isinstance(answer, str):
         return answer
-    return str(apply_payment(answer, _pay_account(), now, money=job_context().money))
+    # The slow path (an order WeChat's notification did not reach): the budgets locked first, never retried.
+    return str(apply_payment(answer, _pay_account(), now, money=job_context().money, lock_budgets=True))
 
 
 def _close_at_wechat(out_trade_no: str) -> bool:

@@ -12,6 +12,7 @@ from models.base import (
     UTCDateTime,
     call_between_commits,
     db,
+    retried_once,
     transaction_open,
     unit_of_work,
     utcnow,
@@ -87,6 +88,7 @@ __all__ = [
     "raise_alert",
     "unit_of_work",
     "call_between_commits",
+    "retried_once",
     "transaction_open",
     "utcnow",
 ]

@@ -111,6 +111,19 @@ def call_between_commits(prepare: Callable[[], P], call: Callable[[P], R], recor
         return record(prepared, answer)
 
 
+def retried_once(attempt: Callable[[bool], T], retry_on: type[Exception] | tuple[type[Exception], ...]) -> T:
+    """``attempt(False)``; when it raises ``retry_on``, roll the transaction back and return ``attempt(True)``.
+
+    For an optimistic operation whose second try takes the locks the first one went without
+    (``rebate.apply_payment`` and ``BudgetMoved``). Only for a transaction holding nothing else: the
+    rollback drops everything done in it so far."""
+    try:
+        return attempt(False)
+    except retry_on:
+        db.session.rollback()
+    return attempt(True)
+
+
 @contextmanager
 def unit_of_work() -> Iterator[None]:
     """Commit once at the end, roll back on any error. For jobs and CLI commands."""

@@ -6,7 +6,9 @@ by a CHECK constraint. Each function returns whether the move happened.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, case, literal, update
+from collections.abc import Iterable
+
+from sqlalchemy import BigInteger, case, literal, select, update
 from sqlalchemy.orm.util import identity_key
 
 from models import Campaign, db
@@ -58,26 +60,46 @@ def settle(campaign_id: int, reserved_fen: int, actual_fen: int, limited: bool =
     )
 
 
-def commit_many(amounts: dict[int, int]) -> set[int]:
-    """Commit unreserved spending of several campaigns in one conditional UPDATE; returns the ids that did not fit.
+def lock_in_order(campaign_ids: Iterable[int]) -> None:
+    """Row-lock the campaigns in id order, in one statement (none for fewer than two: one UPDATE of one row
+    cannot wait in a circle). A caller that writes several campaign rows takes them all here first: each
+    UPDATE alone locks in id order, but two in a row do not (A: Y then X; B: X then Y).
 
-    Each campaign moves only if its own amount fits its limit (the others still move).
+    ``FOR NO KEY UPDATE``, the lock an UPDATE of the counters takes: it does not wait on the key-share locks
+    that inserting a row referencing the campaign (a rebate, a packet) takes, as ``FOR UPDATE`` would (two
+    payments that inserted their rebates would then each wait on the other)."""
+    ids = sorted(set(campaign_ids))
+    if len(ids) > 1:
+        db.session.execute(select(C.id).where(C.id.in_(ids)).order_by(C.id).with_for_update(key_share=True))
+
+
+def commit_many(amounts: dict[int, int], settles: dict[int, tuple[int, int]] | None = None) -> set[int]:
+    """Commit unreserved spending of several campaigns, and settle others' reservations (campaign id: reserved,
+    actual; see ``settle``), in one conditional UPDATE; returns the ids that did not fit.
+
+    Each campaign moves only if its own amount fits its limit (the others still move). A settlement alone
+    always fits: the caller settles a budgeted campaign at no more than it reserved.
     """
     amounts = {cid: fen for cid, fen in amounts.items() if fen}
-    if not amounts:
+    settles = settles or {}
+    if not amounts and not settles:
         return set()
-    delta = case({cid: literal(fen, BigInteger) for cid, fen in amounts.items()}, value=C.id)
+    ids = sorted(set(amounts) | set(settles))
+    committed = {cid: amounts.get(cid, 0) + settles.get(cid, (0, 0))[1] for cid in ids}
+    released = {cid: settles.get(cid, (0, 0))[0] for cid in ids}
+    add = case({cid: literal(fen, BigInteger) for cid, fen in committed.items()}, value=C.id)
+    sub = case({cid: literal(fen, BigInteger) for cid, fen in released.items()}, value=C.id)
     stmt = (
         update(Campaign)
-        .where(C.id.in_(sorted(amounts)), _fits(delta))
-        .values(budget_committed_fen=C.budget_committed_fen + delta)
+        .where(C.id.in_(ids), _fits(add - sub))
+        .values(budget_reserved_fen=C.budget_reserved_fen - sub, budget_committed_fen=C.budget_committed_fen + add)
         .returning(C.id)
         .execution_options(synchronize_session=False)
     )
     done = set(db.session.execute(stmt).scalars())
-    for campaign_id in amounts:
+    for campaign_id in ids:
         _expire(campaign_id)
-    return set(amounts) - done
+    return set(ids) - done
 
 
 def release_reserved(campaign_id: int, amount_fen: int) -> None:

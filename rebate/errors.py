@@ -27,6 +27,16 @@ class BudgetExhausted(RebateError):
     code, kind = "budget_exhausted", "conflict"
 
 
+class BudgetMoved(RebateError):
+    """An award that reserved nothing found its budget taken by another payment since it was read (PostgreSQL).
+
+    Raised at the payment's last statement, after its writes: the caller rolls the whole transaction back and
+    applies the payment again with the budgets locked first (``apply_payment(..., lock_budgets=True)``), which
+    decides within what is left. ``models.retried_once`` does both."""
+
+    code, kind = "budget_moved", "conflict"
+
+
 class DepositExhausted(BudgetExhausted):
     """A merchant-funded packet its funder's deposit cannot cover (with everything already reserved against it)."""
 

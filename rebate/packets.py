@@ -57,11 +57,16 @@ def _max_award(campaign: Campaign, rules: dict | None) -> int | None:
     if rules is None:
         return rules_of(campaign).max_award_fen()
     key = (json.dumps(rules, sort_keys=True, separators=(",", ":")), budgeted)
-    if key not in _MAX_AWARD:
-        if len(_MAX_AWARD) >= _MAX_AWARD_ENTRIES:
-            _MAX_AWARD.clear()
-        _MAX_AWARD[key] = parse_rules(rules, budgeted=budgeted).max_award_fen()
-    return _MAX_AWARD[key]
+    try:
+        return _MAX_AWARD[key]
+    except KeyError:
+        pass
+    # Another thread (gthread workers) may clear the dict between a write and a read: return our own value.
+    max_award = parse_rules(rules, budgeted=budgeted).max_award_fen()
+    if len(_MAX_AWARD) >= _MAX_AWARD_ENTRIES:
+        _MAX_AWARD.clear()
+    _MAX_AWARD[key] = max_award
+    return max_award
 
 
 def reservation_for(campaign: Campaign, face_fen: int | None = None, rules: dict | None = None) -> int:
@@ -308,7 +313,10 @@ def claim_packet(
 ) -> RedPacket:
     """Claim an unclaimed packet by its code. Claiming your own packet again answers the same packet.
 
-    ``gate`` takes the claim limits (``LimitHit``; the caller rolls back)."""
+    The packet row is claimed (its owner set) before the budget and the limits are taken, so a refusal
+    (``BudgetExhausted``, ``DepositExhausted``, ``LimitHit``, any error) leaves a claimed packet behind: the
+    caller must roll back on every refusal (``claim_by_code`` does, inside ``refusal_kept``). ``gate`` takes
+    the claim limits."""
     packet, campaign, rules = claimable(code, user)
     return claim_found(packet, campaign, rules, user, now, channel, gate)
 

@@ -45,7 +45,7 @@ from rebate import budgets
 from rebate.awards import Beneficiary, Effects, record_decisions
 from rebate.campaigns import funder_ref, is_running, load_rules, rules_of, serves
 from rebate.deposits import DepositsLeft, lock_deposits, pause_refused
-from rebate.errors import BudgetExhausted, DepositExhausted
+from rebate.errors import BudgetExhausted, BudgetMoved, DepositExhausted
 from rebate.intake import (
     PayAccount,
     PaymentOutcome,
@@ -66,6 +66,7 @@ def apply_payment(
     notification_id: str | None = None,
     *,
     money: MoneySettings,
+    lock_budgets: bool = False,
 ) -> PaymentOutcome:
     """Apply what WeChat says was paid (a notification or a query answer); flushes only.
 
@@ -74,6 +75,13 @@ def apply_payment(
     appid and amount are compared with ours and the order's, here and nowhere else, and any
     disagreement flags the order and alerts an operator (once) and moves nothing. The
     notification id is recorded with every accepted outcome, so a repeat is answered at once.
+
+    Budgets: by default the campaign rows are not locked while the payment is decided and written; their
+    budgets move in one conditional UPDATE at the very end, so a popular campaign's row is held only from
+    that statement to the commit. An award that reserved nothing (referral, attribution) whose budget another
+    payment took in between raises ``BudgetMoved`` there: the caller rolls back and calls again with
+    ``lock_budgets=True``, which locks every campaign row the payment writes first (in id order) and decides
+    within what is left. Deposit-funded campaigns and order-paid triggers always take the locking path.
     """
     loaded = _load(tx.out_trade_no)
     if loaded is None:
@@ -89,7 +97,7 @@ def apply_payment(
     if problems:
         flag_order(order, "payment_mismatch", "; ".join(problems))
         return PaymentOutcome.MISMATCH_FLAGGED
-    outcome = _apply_locked(loaded, tx, tx.success_time or now, money)
+    outcome = _apply_locked(loaded, tx, tx.success_time or now, money, lock_budgets)
     record_notification(notification_id, order.out_trade_no, outcome)
     db.session.flush()
     return outcome
@@ -107,7 +115,9 @@ def disagreements(tx: PaymentTransaction, expected: PayAccount, order: Order) ->
     return problems
 
 
-def _apply_locked(loaded: _Loaded, tx: PaymentTransaction, paid_at: datetime, money: MoneySettings) -> PaymentOutcome:
+def _apply_locked(
+    loaded: _Loaded, tx: PaymentTransaction, paid_at: datetime, money: MoneySettings, lock_budgets: bool
+) -> PaymentOutcome:
     order = loaded.order
     if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
         if order.transaction_id != tx.transaction_id:
@@ -128,19 +138,27 @@ def _apply_locked(loaded: _Loaded, tx: PaymentTransaction, paid_at: datetime, mo
         [(c, None) for c in campaigns.values()] + [(campaigns[p.campaign_id], p.rules_version) for p, _ in spent]
     )
     _note_attribution(loaded.buyer, spent, campaigns, paid_at)
-    _lock_deposit_funded(campaigns)
+    written = _written_campaigns(order, spent, attributed, campaigns, paid_at)
+    locked = _lock_deposit_funded(campaigns, written)
     lock_deposits(list(campaigns.values()))
     effects = Effects(money, clean=loaded.clean)
     _post_sale(order, spent, campaigns, effects)
     if any(c.funder_type == FunderType.MERCHANT_DEPOSIT for c in campaigns.values()):
         effects.batch.post()  # a deposit's balance, read next, must see this sale's discounts
     deposits = DepositsLeft(_reserved_by_funder(spent, campaigns))  # read after the sale: discounts came out first
-    settles, unreserved = _run_rebates(order, spent, campaigns, paid_at, deposits, effects)
-    unreserved += _run_attribution(order, attributed, campaigns, paid_at, deposits, effects)
-    _commit_unreserved(unreserved, deposits, effects)
-    effects.write()
-    for campaign_id, reserved, actual, limited in settles:  # last: the hot campaign's row is held only to commit
-        budgets.settle(campaign_id, reserved, actual, limited=limited)
+    attributing = {packet.campaign_id for packet in attributed}
+    settles, unreserved = _run_rebates(order, spent, campaigns, paid_at, deposits, effects, attributing)
+    unreserved += _run_attribution(order, attributed, campaigns, paid_at, deposits, effects, unreserved)
+    if locked or lock_budgets or _triggers(order, campaigns, paid_at):
+        if not locked:  # every campaign row written from here on, at once and in id order: no circle of waits
+            budgets.lock_in_order(written)
+        _commit_unreserved(unreserved, _settlements(settles), deposits, effects)
+        effects.write()
+    else:  # the budgets last, in one statement: a popular campaign's row is held from here to the commit only
+        effects.write()
+        moved = budgets.commit_many(_amounts(unreserved), _settlements(settles))
+        if moved:
+            raise BudgetMoved(f"the budgets of campaigns {sorted(moved)} moved since they were read")
     _issue_triggered_packets(order, campaigns, paid_at)
     return PaymentOutcome.APPLIED
 
@@ -304,19 +322,40 @@ def _campaigns(
     return {cid: found[cid] for cid in sorted(found)}
 
 
-def _lock_deposit_funded(campaigns: dict[int, Campaign]) -> None:
+def _written_campaigns(
+    order: Order,
+    spent: list[tuple[RedPacket, int]],
+    attributed: list[RedPacket],
+    campaigns: dict[int, Campaign],
+    now: datetime,
+) -> list[int]:
+    """Every campaign whose budget row this payment may write, in id order (a superset: a trigger that then
+    finds the buyer's order is not the first still counts): the spent packets' (settled), the referral and
+    attributing campaigns' (committed) and the order-paid triggers' (a packet taken)."""
+    own = {packet.campaign_id for packet, _ in spent}
+    referral = {cid for cid, c in campaigns.items() if cid not in own and rules_of(c).applies_to == "referral"}
+    attributing = {packet.campaign_id for packet in attributed}
+    triggered = {c.id for c in campaigns.values() if _may_trigger(order, c, now)}
+    return sorted(own | referral | attributing | triggered)
+
+
+def _lock_deposit_funded(campaigns: dict[int, Campaign], written: list[int]) -> bool:
     """Merchant-deposit funded campaigns keep their row lock, then the deposit's, for the whole payment: the
     deposit may never go below the live reservations, and claims lock in this order too (campaign, then
-    deposit). The one path that costs more statements (and holds a lock across the payment)."""
-    funded = sorted(c.id for c in campaigns.values() if c.funder_type == FunderType.MERCHANT_DEPOSIT)
-    if funded:
-        db.session.execute(
-            select(Campaign)
-            .where(Campaign.id.in_(funded))
-            .order_by(Campaign.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
+    deposit). The one path that costs more statements (and holds a lock across the payment). Every campaign
+    the payment writes is locked with them, in the same id-ordered statement: a later lock of a lower id while
+    holding these would wait in a circle with a payment doing the reverse. Returns whether it locked."""
+    funded = {c.id for c in campaigns.values() if c.funder_type == FunderType.MERCHANT_DEPOSIT}
+    if not funded:
+        return False
+    db.session.execute(
+        select(Campaign)
+        .where(Campaign.id.in_(sorted(funded | set(written))))
+        .order_by(Campaign.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return True
 
 
 def _note_attribution(
@@ -424,9 +463,13 @@ def _run_rebates(
     now: datetime,
     deposits: DepositsLeft,
     effects: Effects,
+    attributing: set[int],
 ) -> tuple[list[tuple[int, int, int, bool]], list[_Unreserved]]:
     """Decide and record every campaign's rebates. Returns the packet campaigns' settlements (campaign id,
-    reserved, actual, limited) and the unreserved awards, both committed by the caller."""
+    reserved, actual, limited) and the unreserved awards, both committed by the caller.
+
+    A referral campaign that also attributes this order (``attributing``) leaves its issuer role to the
+    attribution: one rebate per (order, campaign, role)."""
     cash_room = order.paid_fen
     settles, unreserved = [], []
     by_campaign: dict[int, list[tuple[RedPacket, int]]] = {}
@@ -450,6 +493,8 @@ def _run_rebates(
         def decide(budget_left, campaign=campaign, first=first, version=version, room=cash_room):
             deposit_left = deposits.of(campaign)
             decisions, who = _evaluate(order, first, campaign, version, budget_left, room, now, deposit_left)
+            if first is None and campaign.id in attributing:
+                decisions = [d for d in decisions if d.role != "issuer"]
             packet_id = first.id if first else None
             rebates = record_decisions(order, campaign, version, packet_id, decisions, who, now, effects.money, effects)
             deposits.spend(campaign, sum(r.original_fen for r in rebates))
@@ -475,8 +520,12 @@ def _run_attribution(
     now: datetime,
     deposits: DepositsLeft,
     effects: Effects,
+    decided: list[_Unreserved],
 ) -> list[_Unreserved]:
-    """The issuer of a packet that brought the customer earns on their later orders (the trial story)."""
+    """The issuer of a packet that brought the customer earns on their later orders (the trial story).
+
+    A referral campaign that also attributes was decided already (``decided``): this decision sees what is
+    left after that one, so the two fit the budget together."""
     unreserved = []
     for packet in sorted(packets, key=lambda p: p.campaign_id):
         campaign = campaigns[packet.campaign_id]
@@ -506,26 +555,47 @@ def _run_attribution(
             deposits.spend(campaign, sum(r.original_fen for r in rebates))
             return rebates
 
-        unreserved.append(_Unreserved(campaign, decide, decide(campaign.budget_available_fen)))
+        unreserved.append(_Unreserved(campaign, decide, decide(_left(campaign, decided))))
     return unreserved
+
+
+def _left(campaign: Campaign, decided: list[_Unreserved]) -> int | None:
+    """The campaign's budget left as read, less what this payment's earlier decisions of it awarded."""
+    available = campaign.budget_available_fen
+    if available is None:
+        return None
+    return max(0, available - sum(u.awarded for u in decided if u.campaign.id == campaign.id))
 
 
 MAX_REDECIDE = 5
 
 
-def _commit_unreserved(unreserved: list[_Unreserved], deposits: DepositsLeft, effects: Effects) -> None:
-    """Commit the unreserved awards with one conditional UPDATE. A campaign whose budget someone else took
-    since it was read is read again and decided again within what is left (nothing of it is written yet),
-    and committed again: never more than its limit."""
+def _settlements(settles: list[tuple[int, int, int, bool]]) -> dict[int, tuple[int, int]]:
+    """The packet campaigns' settlements as ``budgets.commit_many`` takes them (reserved, actual)."""
+    for campaign_id, reserved, actual, limited in settles:
+        if limited and actual > reserved:
+            raise ValueError(f"settling {actual} fen of campaign {campaign_id} against a reservation of {reserved}")
+    return {campaign_id: (reserved, actual) for campaign_id, reserved, actual, _ in settles}
+
+
+def _commit_unreserved(
+    unreserved: list[_Unreserved], settles: dict[int, tuple[int, int]], deposits: DepositsLeft, effects: Effects
+) -> None:
+    """Commit the unreserved awards, and settle the spent packets' reservations (``settles``), with one
+    conditional UPDATE. A campaign whose budget someone else took since it was read is read again and decided
+    again within what is left (nothing of it is written yet), and committed again: never more than its limit.
+    Decisions of one campaign share what is left.
+
+    The order is paid whatever happens here (WeChat has the buyer's money): when the budgets still move after
+    ``MAX_REDECIDE`` tries, the last decision is made with nothing left, so its awards are recorded as
+    refused for the budget, with their reason, and nothing is committed."""
     pending = list(unreserved)
     with db.session.no_autoflush:  # its rebates are not written until every budget fits
-        for _ in range(MAX_REDECIDE):
-            amounts: dict[int, int] = {}
-            for u in pending:
-                amounts[u.campaign.id] = amounts.get(u.campaign.id, 0) + u.awarded
-            failed = budgets.commit_many(amounts)
+        for attempt in range(MAX_REDECIDE + 1):
+            failed = budgets.commit_many(_amounts(pending), settles)
             if not failed:
                 return
+            settles = {cid: s for cid, s in settles.items() if cid in failed}  # the others moved
             pending = [u for u in pending if u.campaign.id in failed]
             for u in pending:
                 _forget(u, deposits, effects)
@@ -533,9 +603,25 @@ def _commit_unreserved(unreserved: list[_Unreserved], deposits: DepositsLeft, ef
                 db.session.execute(
                     select(Campaign).where(Campaign.id == campaign_id).execution_options(populate_existing=True)
                 )
+            gave_up = attempt >= MAX_REDECIDE - 1
+            decided: list[_Unreserved] = []
             for u in pending:
-                u.rebates = u.decide(u.campaign.budget_available_fen)
-    raise BudgetExhausted("campaign budgets kept moving while this payment was decided; WeChat retries it")
+                u.rebates = u.decide(0 if gave_up else _left(u.campaign, decided))
+                decided.append(u)
+    raise BudgetExhausted("a decision with no budget left still awarded something")  # cannot happen
+
+
+def _amounts(unreserved: list[_Unreserved]) -> dict[int, int]:
+    """What the unreserved awards take from each campaign's budget."""
+    amounts: dict[int, int] = {}
+    for u in unreserved:
+        amounts[u.campaign.id] = amounts.get(u.campaign.id, 0) + u.awarded
+    return amounts
+
+
+def _triggers(order: Order, campaigns: dict[int, Campaign], now: datetime) -> bool:
+    """An order-paid trigger may issue a packet: its campaign row is taken after the budgets (the locking path)."""
+    return any(_may_trigger(order, c, now) for c in campaigns.values())
 
 
 def _forget(u: _Unreserved, deposits: DepositsLeft, effects: Effects) -> None:
@@ -547,22 +633,25 @@ def _forget(u: _Unreserved, deposits: DepositsLeft, effects: Effects) -> None:
         deposits.left[u.campaign.funder_merchant_id] += u.awarded
 
 
+def _may_trigger(order: Order, campaign: Campaign, now: datetime) -> bool:
+    """The campaign issues a packet when this order is paid (but for a first-order-only trigger's question)."""
+    trigger = campaign.issue_trigger
+    if trigger.kind != TriggerKind.ORDER_PAID or not campaign.packet_amount_fen or not is_running(campaign, now):
+        return False
+    if not serves(campaign, order.merchant_id) or order.total_fen < trigger.min_order_fen:
+        return False
+    return campaign.packet_merchant_id is None or campaign.packet_merchant_id == order.merchant_id
+
+
 def _issue_triggered_packets(order: Order, campaigns: dict[int, Campaign], now: datetime) -> None:
     buyer = db.session.get(User, order.user_id)
     if not buyer.is_active:  # banned after ordering: the payment stands, no new packet
         return
     first_order = None  # asked only when a campaign cares
     for campaign in campaigns.values():
-        trigger = campaign.issue_trigger
-        if trigger.kind != TriggerKind.ORDER_PAID or not campaign.packet_amount_fen or not is_running(campaign, now):
+        if not _may_trigger(order, campaign, now):
             continue
-        if not serves(campaign, order.merchant_id):
-            continue
-        if order.total_fen < trigger.min_order_fen:
-            continue
-        if campaign.packet_merchant_id is not None and campaign.packet_merchant_id != order.merchant_id:
-            continue
-        if trigger.first_order_only:
+        if campaign.issue_trigger.first_order_only:
             first_order = _is_first_paid_order(order.user_id) if first_order is None else first_order
             if not first_order:
                 continue

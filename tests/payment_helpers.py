@@ -6,7 +6,9 @@ from datetime import datetime
 
 from flask import current_app
 
+from models import retried_once
 from rebate import PayAccount, PaymentOutcome, apply_payment
+from rebate.errors import BudgetMoved
 from tests.money_helpers import app_money
 from wechat.transactions import Amount, Transaction
 
@@ -40,4 +42,9 @@ def pay_as_wechat(
     """``apply_payment`` as the callback and the query job call it: WeChat says ``amount_fen`` was paid."""
     tx = wechat_payment(out_trade_no, transaction_id, amount_fen, success_time=at)
     account = PayAccount.from_config(current_app.config)
-    return apply_payment(tx, account, at, notification_id=notification_id, money=app_money())
+    return retried_once(  # as the callback does: the budgets last, and once more with them locked if one moved
+        lambda locking: apply_payment(
+            tx, account, at, notification_id=notification_id, money=app_money(), lock_budgets=locking
+        ),
+        BudgetMoved,
+    )

@@ -570,3 +570,42 @@ def test_campaign_window_in_the_past_is_allowed_but_issues_nothing(client, admin
     )
 
     assert (response.status_code, response.json["error"]) == (409, "campaign_not_running")
+
+
+def _selection_columns(campaign_id: int) -> tuple:
+    db.session.expire_all()
+    c = db.session.get(Campaign, campaign_id)
+    return c.serves_merchant_id, c.trigger_kind, c.trigger_min_order_fen, c.applies_to
+
+
+def test_new_rules_move_the_selection_columns_and_a_payment_sees_the_referral(
+    client, make_operator, make_user, make_product, pay
+):
+    # given: a packet campaign made a referral campaign by a new rules version, then activated
+    _, headers = make_operator("admin")
+    body = create(client, headers)
+    assert _selection_columns(body["id"])[3] == "packet"
+    referral = {
+        "applies_to": "referral",
+        "roles": [{"role": "inviter", "rate_bps": 500, "form": "balance", "cap_fen": 20_00}],
+    }
+    r = client.put(f"{CAMPAIGNS}/{body['id']}/rules", json={"rules": referral, "reason": "referral"}, headers=headers)
+    assert r.status_code == 200, r.json
+    assert act(client, headers, body["id"], "activate").status_code == 200
+    assert _selection_columns(body["id"])[3] == "referral"
+
+    # when: an invited buyer pays an order
+    buyer = make_user(inviter=make_user())
+    order = create_order(buyer, [LineRequest(make_product(price_fen=100_00).id, 1)], None, utcnow())
+    db.session.commit()
+    outcome = pay(order)
+
+    # then: the payment found the campaign by its denormalised columns and paid the inviter; rules back to a
+    # packet campaign move them back
+    assert outcome == "applied"
+    got = db.session.execute(select(Rebate).filter_by(order_id=order.id, role="inviter")).scalar_one_or_none()
+    assert got is not None and got.amount_fen == 5_00
+    packet = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 20_00}]}
+    r = client.put(f"{CAMPAIGNS}/{body['id']}/rules", json={"rules": packet, "reason": "packet"}, headers=headers)
+    assert r.status_code == 200, r.json
+    assert _selection_columns(body["id"])[3] == "packet"

@@ -19,9 +19,10 @@ from typing import Protocol
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from models import db, utcnow
+from models import db, retried_once, utcnow
 from payouts import MoneySettings
 from rebate import PayAccount, PaymentOutcome, RefundOutcome, apply_payment, apply_refund_notice
+from rebate.errors import BudgetMoved
 from web import wechat
 from web.errors import BUSY_RETRY_AFTER_S, is_busy
 from web.openapi import RETRY_AFTER, WECHAT_FAIL, documented
@@ -175,7 +176,10 @@ def process_transaction(n: Notification) -> None:
     if n.event_type != "TRANSACTION.SUCCESS" or n.original_type not in ("", "transaction"):
         log.warning("payment callback of unexpected type acknowledged", extra={"event_type": n.event_type})
         return
-    outcome = apply_payment(n.transaction(), pay_account(), utcnow(), n.id, money=money_settings())
+    tx, account, money = n.transaction(), pay_account(), money_settings()
+    outcome = retried_once(  # the budgets go last, unlocked; if one moved meanwhile, once more with them locked
+        lambda locking: apply_payment(tx, account, utcnow(), n.id, money=money, lock_budgets=locking), BudgetMoved
+    )
     commit_or_refuse(outcome, PAYMENT_REFUSALS)
 
 
