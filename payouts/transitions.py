@@ -16,7 +16,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
-from ledger import Leg, account, close_flow, post_entry
+from ledger import Leg, close_flow, post, ref
 from models import AccountKind, LedgerAccount, LedgerPosting, Payout, PayoutStatus, db
 from models.payouts import TERMINAL
 
@@ -47,12 +47,12 @@ def mark_sent(payout: Payout, now: datetime) -> None:
     """First hand-over to WeChat: the money moves to in-transit (once)."""
     if payout.sent_at is not None:
         return
-    post_entry(
+    post(  # accounts by name (ids cached per process), the entry not read back: the recorder's hot path
         f"payout:{payout.id}:sent",
         f"payout {payout.external_no} sent",
         [
-            Leg(account(AccountKind.REBATE_PAYABLE), -payout.amount_fen, flow=payout.flow),
-            Leg(account(AccountKind.PAYOUT_IN_TRANSIT), payout.amount_fen, flow=payout.flow),
+            Leg(ref(AccountKind.REBATE_PAYABLE), -payout.amount_fen, flow=payout.flow),
+            Leg(ref(AccountKind.PAYOUT_IN_TRANSIT), payout.amount_fen, flow=payout.flow),
         ],
     )
     payout.sent_at = now
@@ -71,12 +71,12 @@ def _flow_holdings(payout: Payout) -> list[Leg]:
 def mark_succeeded(payout: Payout, now: datetime, wechat_ref: str | None = None) -> None:
     move(payout, S.SUCCEEDED)
     mark_sent(payout, now)
-    post_entry(
+    post(
         f"payout:{payout.id}:paid",
         f"payout {payout.external_no} paid",
         [
-            Leg(account(AccountKind.PAYOUT_IN_TRANSIT), -payout.amount_fen, flow=payout.flow),
-            Leg(account(AccountKind.WECHAT_SETTLEMENT), payout.amount_fen),
+            Leg(ref(AccountKind.PAYOUT_IN_TRANSIT), -payout.amount_fen, flow=payout.flow),
+            Leg(ref(AccountKind.WECHAT_SETTLEMENT), payout.amount_fen),
         ],
     )
     payout.finished_at, payout.wechat_ref = now, wechat_ref or payout.wechat_ref
@@ -91,7 +91,7 @@ def mark_returned(payout: Payout, to: PayoutStatus, now: datetime, reason: str) 
     if legs:
         source = db.session.get(LedgerAccount, payout.source_account_id)
         returned = -sum(leg.amount for leg in legs)
-        post_entry(
+        post(
             f"payout:{payout.id}:{to}",
             f"payout {payout.external_no} {to}: {reason}"[:200],
             [*legs, Leg(source, returned)],
