@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Column, MetaData, String, Table, Text, create_engine, delete, event, select, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 
@@ -77,6 +79,17 @@ class Store:
         with self.lock:
             rows = self._items(self._handle(), kind)
         return sorted((key, json.loads(raw)) for key, raw in rows)
+
+    def peek(self, kind: str) -> list[tuple[str, Any]]:
+        """``items`` read outside any step: no lock taken, so it may be a moment old. For a quick "is there
+        anything?" before a step that re-reads under the lock (e.g. faults, checked on every request)."""
+        if getattr(self._local, "depth", 0):
+            return self.items(kind)
+        return sorted((key, json.loads(raw)) for key, raw in self._peek(kind))
+
+    def _peek(self, kind: str) -> list[tuple[str, str]]:
+        with self.lock:
+            return self._items(self._handle(), kind)
 
     def add_if_absent(self, kind: str, key: str, value: Any) -> Any:
         """The stored record, ``value`` when there was none (the first process to start wins)."""
@@ -216,14 +229,20 @@ class SqlStore(Store):
         finally:
             conn.close()
 
+    def _peek(self, kind: str) -> list[tuple[str, str]]:
+        with self._options(self.engine.connect()) as conn:  # no advisory lock: a plain read
+            return self._items(conn, kind)
+
     def _get(self, conn: Connection, kind: str, key: str) -> str | None:
         return conn.scalar(select(records.c.value).where(records.c.kind == kind, records.c.key == key))
 
     def _put(self, conn: Connection, kind: str, key: str, value: str) -> None:
-        if conn.scalar(select(records.c.kind).where(records.c.kind == kind, records.c.key == key)) is None:
-            conn.execute(records.insert().values(kind=kind, key=key, value=value))
-        else:
-            conn.execute(records.update().where(records.c.kind == kind, records.c.key == key).values(value=value))
+        insert = (postgresql if self.postgres else sqlite_dialect).insert(records)  # one statement, not a read first
+        conn.execute(
+            insert.values(kind=kind, key=key, value=value).on_conflict_do_update(
+                index_elements=[records.c.kind, records.c.key], set_={"value": value}
+            )
+        )
 
     def _delete(self, conn: Connection, kind: str, key: str) -> None:
         conn.execute(delete(records).where(records.c.kind == kind, records.c.key == key))
@@ -280,6 +299,9 @@ class RedisStore(Store):
 
     def _delete(self, step: _RedisStep, kind: str, key: str) -> None:
         step.writes[kind, key] = None
+
+    def _peek(self, kind: str) -> list[tuple[str, str]]:
+        return [(k.decode(), v.decode()) for k, v in self.client.hgetall(self.PREFIX + kind).items()]
 
     def _items(self, step: _RedisStep, kind: str) -> list[tuple[str, str]]:
         found = {k.decode(): v.decode() for k, v in self.client.hgetall(self.PREFIX + kind).items()}
