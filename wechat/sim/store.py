@@ -22,6 +22,7 @@ import json
 import os
 import sqlite3
 import threading
+import zlib
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,10 +129,20 @@ class Store:
     def _handle(self) -> Any:
         return self._local.handle
 
-    def _enter(self) -> None:
+    def keyed(self, kind: str, key: str) -> _Lock:
+        """A step that reads and writes only the record ``(kind, key)`` (and nothing else, nested steps
+        included): on PostgreSQL it runs beside other steps of other records, still excluded by every
+        whole-store step. Elsewhere it is the whole-store step."""
+        return _Lock(self, (kind, key))
+
+    def _begin_keyed(self, record: tuple[str, str]) -> Any:
+        return self._begin()
+
+    def _enter(self, record: tuple[str, str] | None = None) -> None:
         depth = getattr(self._local, "depth", 0)
         if depth == 0:
-            self._local.handle, self._local.callbacks = self._begin(), []
+            handle = self._begin() if record is None else self._begin_keyed(record)
+            self._local.handle, self._local.callbacks = handle, []
         self._local.depth = depth + 1
 
     def _exit(self, failed: bool) -> None:
@@ -147,11 +158,11 @@ class Store:
 
 
 class _Lock:
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, store: Store, record: tuple[str, str] | None = None) -> None:
+        self.store, self.record = store, record
 
     def __enter__(self) -> _Lock:
-        self.store._enter()
+        self.store._enter(self.record)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
@@ -198,6 +209,12 @@ class _RedisStep:
     writes: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
 
+def _int4(name: str) -> int:
+    """A signed 32-bit key for a name (an advisory lock's key)."""
+    value = zlib.crc32(name.encode())
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 class SqlStore(Store):
     """PostgreSQL (schema ``wechat_sim``) or SQLite (its own file); see the module note."""
 
@@ -223,6 +240,20 @@ class SqlStore(Store):
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
         return conn
 
+    def _begin_keyed(self, record: tuple[str, str]) -> Connection:
+        if not self.postgres:
+            return self._begin()
+        conn = self.engine.connect()
+        conn.begin()
+        # Shared on the whole-store lock (whole-store steps take it exclusively), exclusive on the record's
+        # own pair of keys (a key space apart from the single-key lock's): steps of different records run
+        # side by side; a hash collision only makes two of them wait for each other.
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock_shared(:key), pg_advisory_xact_lock(:kind, :record)"),
+            {"key": PG_LOCK_KEY, "kind": _int4(record[0]), "record": _int4(record[1])},
+        )
+        return conn
+
     def _end(self, conn: Connection, commit: bool) -> None:
         try:
             conn.commit() if commit else conn.rollback()
@@ -238,11 +269,10 @@ class SqlStore(Store):
 
     def _put(self, conn: Connection, kind: str, key: str, value: str) -> None:
         insert = (postgresql if self.postgres else sqlite_dialect).insert(records)  # one statement, not a read first
-        conn.execute(
-            insert.values(kind=kind, key=key, value=value).on_conflict_do_update(
-                index_elements=[records.c.kind, records.c.key], set_={"value": value}
-            )
+        upsert = insert.on_conflict_do_update(
+            index_elements=[records.c.kind, records.c.key], set_={"value": insert.excluded.value}
         )
+        conn.execute(upsert, {"kind": kind, "key": key, "value": value})
 
     def _delete(self, conn: Connection, kind: str, key: str) -> None:
         conn.execute(delete(records).where(records.c.kind == kind, records.c.key == key))
