@@ -27,6 +27,7 @@ from payouts.controls import rail_is_on
 from payouts.operations import lock_payout
 from payouts.rails import Outcome, RailAdapter, RailResult
 from payouts.record import DispatchSettings, apply_result, log_attempt
+from payouts.transitions import send_entries_together
 
 S = PayoutStatus
 
@@ -256,11 +257,12 @@ def record_group(
             .execution_options(populate_existing=True)
         ).scalars()
     }
-    for job, calls, now in answers:
-        payout = locked.get(job.payout_id)
-        if payout is None:
-            payout = lock_payout(job.payout_id)  # raises: no such payout
-        _record_locked(payout, job, calls, now, settings)
+    with send_entries_together():  # the group's "sent" entries in one write
+        for job, calls, now in answers:
+            payout = locked.get(job.payout_id)
+            if payout is None:
+                payout = lock_payout(job.payout_id)  # raises: no such payout
+            _record_locked(payout, job, calls, now, settings)
     db.session.flush()
 
 

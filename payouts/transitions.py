@@ -12,11 +12,14 @@ to its source account (the money is owed again). Each closes the flow.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 
 from sqlalchemy import func, select
 
-from ledger import Leg, close_flow, post, ref
+from ledger import Batch, Leg, close_flow, post, ref
 from models import AccountKind, LedgerAccount, LedgerPosting, Payout, PayoutStatus, db
 from models.payouts import TERMINAL
 
@@ -28,6 +31,28 @@ ALLOWED = {
     S.WAITING_USER_CONFIRM: {S.SENDING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.UNKNOWN, S.NEEDS_OPERATOR},
     S.NEEDS_OPERATOR: {S.PENDING, S.UNKNOWN, S.SENDING, S.CANCELLED, S.SUCCEEDED, S.FAILED},
 }
+
+
+_SENDS: ContextVar[Batch | None] = ContextVar("payout_send_entries", default=None)
+
+
+@contextmanager
+def send_entries_together() -> Iterator[None]:
+    """Inside it, ``mark_sent``'s entries are collected and written together at its end (one round trip
+    per table for a recorder's whole group); any transition that reads or closes a flow writes them first."""
+    batch = Batch()
+    token = _SENDS.set(batch)
+    try:
+        yield
+        batch.post()
+    finally:
+        _SENDS.reset(token)
+
+
+def _sends_written() -> None:
+    batch = _SENDS.get()
+    if batch is not None and len(batch):
+        batch.post()
 
 
 class PayoutStateError(Exception):
@@ -47,7 +72,9 @@ def mark_sent(payout: Payout, now: datetime) -> None:
     """First hand-over to WeChat: the money moves to in-transit (once)."""
     if payout.sent_at is not None:
         return
-    post(  # accounts by name (ids cached per process), the entry not read back: the recorder's hot path
+    batch = _SENDS.get()
+    # accounts by name (ids cached per process), the entry not read back: the recorder's hot path
+    (post if batch is None else batch.add)(
         f"payout:{payout.id}:sent",
         f"payout {payout.external_no} sent",
         [
@@ -71,6 +98,7 @@ def _flow_holdings(payout: Payout) -> list[Leg]:
 def mark_succeeded(payout: Payout, now: datetime, wechat_ref: str | None = None) -> None:
     move(payout, S.SUCCEEDED)
     mark_sent(payout, now)
+    _sends_written()  # the flow is closed below: its send entry first
     post(
         f"payout:{payout.id}:paid",
         f"payout {payout.external_no} paid",
@@ -87,6 +115,7 @@ def mark_succeeded(payout: Payout, now: datetime, wechat_ref: str | None = None)
 def mark_returned(payout: Payout, to: PayoutStatus, now: datetime, reason: str) -> None:
     """Failed or cancelled: the money goes back to where it came from and is owed again."""
     move(payout, to)
+    _sends_written()
     legs = _flow_holdings(payout)  # wherever the money sits now: payable, or in transit
     if legs:
         source = db.session.get(LedgerAccount, payout.source_account_id)
