@@ -261,7 +261,10 @@ class SqlStore(Store):
             conn.close()
 
     def _peek(self, kind: str) -> list[tuple[str, str]]:
-        with self._options(self.engine.connect()) as conn:  # no advisory lock: a plain read
+        conn = self._options(self.engine.connect())
+        if self.postgres:  # one statement, no BEGIN nor ROLLBACK around it
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        with conn:  # no advisory lock: a plain read
             return self._items(conn, kind)
 
     def _get(self, conn: Connection, kind: str, key: str) -> str | None:
@@ -443,7 +446,7 @@ def shared_engine(url: str) -> Engine:
     with _ENGINES_LOCK:
         engine = _ENGINES.get(url)
         if engine is None:
-            engine = create_engine(url, pool_size=2, max_overflow=4, pool_pre_ping=True)
+            engine = create_engine(url, pool_size=4, max_overflow=8, pool_pre_ping=True)  # a gthread worker's 8 threads
             os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
             _ENGINES[url] = engine
         return engine
