@@ -433,6 +433,10 @@ class _Recorder:
                     group.append(more)
                 try:
                     self._record(group)
+                except Exception as exc:  # never leave a call thread waiting for an answer that will not come
+                    for *_, done in group:
+                        if not done.done():
+                            done.set_exception(exc)
                 finally:
                     db.session.remove()
 
