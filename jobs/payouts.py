@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
@@ -36,7 +37,7 @@ from models.payouts import Rail
 from payouts import reconcile, unclaimed
 from payouts.card_rail import CardRail
 from payouts.coupon_rail import CouponRail
-from payouts.dispatch import Claimed, call_wechat, claim_batch, prepare_rails, record, release
+from payouts.dispatch import Claimed, call_wechat, claim_batch, prepare_rails, record, record_group, release
 from payouts.faults import fault_point
 from payouts.rails import Outcome, RailAdapter, RailResult, unconfigured_because
 from payouts.reconcile import DailyChecks
@@ -315,7 +316,7 @@ def dispatch_backlog(
     stop_at = None if max_seconds is None else time.monotonic() + max_seconds
     outcomes: Counter = Counter()
     running: dict = {}
-    with _RailPools(rails, calls_in_flight) as pools:
+    with _Recorder(app, settings) as recorder, _RailPools(rails, calls_in_flight) as pools:  # pools end first
         try:
             passes = 0
             while (max_passes is None or passes < max_passes) and not outcomes["released"]:
@@ -328,7 +329,7 @@ def dispatch_backlog(
                 for job in batch.jobs:
                     fault_point("after_claim_commit")
                     work = pools[job.rail].submit(
-                        _call_and_record, app, job, rails[job.rail], settings, limiter, clock, start_by
+                        _call_and_record, app, job, rails[job.rail], recorder, limiter, clock, start_by
                     )
                     running[work] = job
                 if stop_at is not None and time.monotonic() >= stop_at:
@@ -380,11 +381,91 @@ class _RailPools:
         return self.pools[rail]
 
 
+class _Recorder:
+    """Records the rails' answers a few to a transaction (group commit), on threads of its own.
+
+    A call thread hands its answer over and waits until it is committed (or its error). Each recorder
+    thread takes every answer waiting (up to ``most``) and records them in one transaction, their payouts
+    locked by one SELECT: one commit and one connection checkout for the group, not one per payout. If
+    the group fails, each answer is recorded alone, as before, so one bad answer fails only itself. A crash
+    before the commit loses the group's answers as it lost one before: their leases bring them back to a
+    query. No WeChat call is made here, so no transaction is open across one.
+    """
+
+    def __init__(self, app: Flask, settings: DispatchSettings, threads: int = 3, most: int = 32) -> None:
+        self.app, self.settings, self.most = app, settings, most
+        self.waiting: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads = [
+            threading.Thread(target=self._run, name=f"payout-recorder-{n}", daemon=True) for n in range(threads)
+        ]
+
+    def __enter__(self) -> _Recorder:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for _ in self.threads:
+            self.waiting.put(None)
+        for thread in self.threads:
+            thread.join()
+
+    def record(self, job: Claimed, calls: list, at: datetime) -> None:
+        done: Future = Future()
+        self.waiting.put((job, calls, at, done))
+        done.result()  # raises the record's error, as recording on this thread did
+
+    def _run(self) -> None:
+        with self.app.app_context():
+            while True:
+                first = self.waiting.get()
+                if first is None:
+                    return
+                group = [first]
+                while len(group) < self.most:
+                    try:
+                        more = self.waiting.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        self.waiting.put(None)  # another thread's (or this one's next) stop
+                        break
+                    group.append(more)
+                try:
+                    self._record(group)
+                except Exception as exc:  # never leave a call thread waiting for an answer that will not come
+                    for *_, done in group:
+                        if not done.done():
+                            done.set_exception(exc)
+                finally:
+                    db.session.remove()
+
+    def _record(self, group: list) -> None:
+        try:
+            with unit_of_work():
+                record_group([(job, calls, at) for job, calls, at, _ in group], self.settings)
+        except Exception as exc:
+            if len(group) == 1:
+                group[0][3].set_exception(exc)
+                return
+            for job, calls, at, done in group:  # one at a time: only the bad answer fails
+                try:
+                    with unit_of_work():
+                        record(job, calls, at, self.settings)
+                except Exception as alone:  # noqa: BLE001 - handed to the call thread, which logs it
+                    done.set_exception(alone)
+                else:
+                    done.set_result(None)
+            return
+        for *_, done in group:
+            done.set_result(None)
+
+
 def _call_and_record(
     app: Flask,
     job: Claimed,
     rail: RailAdapter,
-    settings: DispatchSettings,
+    recorder: _Recorder,
     limiter: Callable[..., None],
     clock: Callable[[], datetime],
     start_by: float,
@@ -392,8 +473,8 @@ def _call_and_record(
     """On a rail's thread: each call after its own turn in the rail's rate, then the answer recorded and committed.
 
     The calls come first, in a fresh app context whose session has no transaction (the WeChat session
-    checks); the record opens the session's first transaction. Returns the outcome (``released``: no call
-    could start in time).
+    checks); then the answer goes to the recorder and this thread waits until it is committed. Returns the
+    outcome (``released``: no call could start in time).
     """
     calls: list = []
     first: list[datetime] = []
@@ -418,8 +499,7 @@ def _call_and_record(
                     release(job, calls, first[0] if first else clock())
                 return "released"
             fault_point("after_wechat_answer")
-            with unit_of_work():
-                record(job, calls, first[0] if first else clock(), settings)
+            recorder.record(job, calls, first[0] if first else clock())
             return calls[-1][1].outcome
         finally:
             db.session.remove()

@@ -12,7 +12,7 @@ Operations flush and never commit.
 from ledger.accounts import AccountRef, account, account_id, account_ids, balance, balances, platform_account, ref
 from ledger.check import CheckReport, check_ledger
 from ledger.errors import IdempotencyMismatch, LedgerError, UnbalancedEntry
-from ledger.posting import Batch, Leg, close_flow, post_entry, reverse_entry
+from ledger.posting import Batch, Leg, close_flow, post, post_entry, reverse_entry
 
 __all__ = [
     "AccountRef",
@@ -30,6 +30,7 @@ __all__ = [
     "check_ledger",
     "close_flow",
     "platform_account",
+    "post",
     "post_entry",
     "ref",
     "reverse_entry",

@@ -182,6 +182,13 @@ def _compare_existing(items: list[_Item], ids: dict[str, int]) -> dict[str, int]
     return result
 
 
+def post(key: str, memo: str, legs: list[Leg]) -> int:
+    """``post_entry`` for callers that need no entry row back: the entry's id, without re-reading it."""
+    batch = Batch()
+    batch.add(key, memo, legs)
+    return batch.post()[key]
+
+
 def post_entry(key: str, memo: str, legs: list[Leg], reverses: LedgerEntry | None = None) -> LedgerEntry:
     """Post a balanced entry once per ``key``; a repeat returns the first entry.
 

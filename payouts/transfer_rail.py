@@ -56,14 +56,42 @@ class TransferRail:
     ):
         self.client, self.appid, self.notify_url = client, appid, notify_url
         self.activity, self.reward_text, self.rate_per_second = activity[:32], reward_text[:32], rate_per_second
+        self._openids: dict[int, str | None] | None = None  # set by ``prefetch`` for one claim, on the claiming thread
+
+    def prefetch(self, payouts: list[Payout] | None) -> None:
+        """Before a claim builds its requests: every payee's openid in one SELECT (``None`` forgets them).
+
+        A payee with no openid is remembered as such (``None``): the claim's transaction read it.
+        """
+        if payouts is None:
+            self._openids = None
+            return
+        users = {p.user_id for p in payouts}
+        found = {}
+        if users:
+            found = dict(
+                db.session.execute(
+                    select(UserIdentity.user_id, UserIdentity.openid).where(
+                        UserIdentity.user_id.in_(users), UserIdentity.appid == self.appid
+                    )
+                )
+                .tuples()
+                .all()
+            )
+        self._openids = {user: found.get(user) for user in users}
+
+    def _openid(self, user_id: int) -> str | None:
+        if self._openids is not None and user_id in self._openids:
+            return self._openids[user_id]
+        return db.session.execute(
+            select(UserIdentity.openid).where(UserIdentity.user_id == user_id, UserIdentity.appid == self.appid)
+        ).scalar_one_or_none()
 
     def build_request(self, payout: Payout, now: datetime) -> dict[str, Any] | RailResult:
         if payout.amount_fen < MIN_TRANSFER_FEN:  # WeChat would refuse it: never call, keep it in the balance
             why = f"{payout.amount_fen} fen is below WeChat's smallest transfer ({MIN_TRANSFER_FEN} fen); kept"
             return RailResult(Outcome.CANCELLED, "BELOW_WECHAT_MINIMUM", why)
-        openid = db.session.execute(
-            select(UserIdentity.openid).where(UserIdentity.user_id == payout.user_id, UserIdentity.appid == self.appid)
-        ).scalar_one_or_none()
+        openid = self._openid(payout.user_id)
         if openid is None:
             return RailResult(Outcome.FALLBACK, "NO_OPENID", "the user has no openid under the payment appid")
         request = {

@@ -12,11 +12,14 @@ to its source account (the money is owed again). Each closes the flow.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 
 from sqlalchemy import func, select
 
-from ledger import Leg, account, close_flow, post_entry
+from ledger import Batch, Leg, close_flow, post, ref
 from models import AccountKind, LedgerAccount, LedgerPosting, Payout, PayoutStatus, db
 from models.payouts import TERMINAL
 
@@ -28,6 +31,28 @@ ALLOWED = {
     S.WAITING_USER_CONFIRM: {S.SENDING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.UNKNOWN, S.NEEDS_OPERATOR},
     S.NEEDS_OPERATOR: {S.PENDING, S.UNKNOWN, S.SENDING, S.CANCELLED, S.SUCCEEDED, S.FAILED},
 }
+
+
+_SENDS: ContextVar[Batch | None] = ContextVar("payout_send_entries", default=None)
+
+
+@contextmanager
+def send_entries_together() -> Iterator[None]:
+    """Inside it, ``mark_sent``'s entries are collected and written together at its end (one round trip
+    per table for a recorder's whole group); any transition that reads or closes a flow writes them first."""
+    batch = Batch()
+    token = _SENDS.set(batch)
+    try:
+        yield
+        batch.post()
+    finally:
+        _SENDS.reset(token)
+
+
+def _sends_written() -> None:
+    batch = _SENDS.get()
+    if batch is not None and len(batch):
+        batch.post()
 
 
 class PayoutStateError(Exception):
@@ -47,12 +72,14 @@ def mark_sent(payout: Payout, now: datetime) -> None:
     """First hand-over to WeChat: the money moves to in-transit (once)."""
     if payout.sent_at is not None:
         return
-    post_entry(
+    batch = _SENDS.get()
+    # accounts by name (ids cached per process), the entry not read back: the recorder's hot path
+    (post if batch is None else batch.add)(
         f"payout:{payout.id}:sent",
         f"payout {payout.external_no} sent",
         [
-            Leg(account(AccountKind.REBATE_PAYABLE), -payout.amount_fen, flow=payout.flow),
-            Leg(account(AccountKind.PAYOUT_IN_TRANSIT), payout.amount_fen, flow=payout.flow),
+            Leg(ref(AccountKind.REBATE_PAYABLE), -payout.amount_fen, flow=payout.flow),
+            Leg(ref(AccountKind.PAYOUT_IN_TRANSIT), payout.amount_fen, flow=payout.flow),
         ],
     )
     payout.sent_at = now
@@ -71,12 +98,13 @@ def _flow_holdings(payout: Payout) -> list[Leg]:
 def mark_succeeded(payout: Payout, now: datetime, wechat_ref: str | None = None) -> None:
     move(payout, S.SUCCEEDED)
     mark_sent(payout, now)
-    post_entry(
+    _sends_written()  # the flow is closed below: its send entry first
+    post(
         f"payout:{payout.id}:paid",
         f"payout {payout.external_no} paid",
         [
-            Leg(account(AccountKind.PAYOUT_IN_TRANSIT), -payout.amount_fen, flow=payout.flow),
-            Leg(account(AccountKind.WECHAT_SETTLEMENT), payout.amount_fen),
+            Leg(ref(AccountKind.PAYOUT_IN_TRANSIT), -payout.amount_fen, flow=payout.flow),
+            Leg(ref(AccountKind.WECHAT_SETTLEMENT), payout.amount_fen),
         ],
     )
     payout.finished_at, payout.wechat_ref = now, wechat_ref or payout.wechat_ref
@@ -87,11 +115,12 @@ def mark_succeeded(payout: Payout, now: datetime, wechat_ref: str | None = None)
 def mark_returned(payout: Payout, to: PayoutStatus, now: datetime, reason: str) -> None:
     """Failed or cancelled: the money goes back to where it came from and is owed again."""
     move(payout, to)
+    _sends_written()
     legs = _flow_holdings(payout)  # wherever the money sits now: payable, or in transit
     if legs:
         source = db.session.get(LedgerAccount, payout.source_account_id)
         returned = -sum(leg.amount for leg in legs)
-        post_entry(
+        post(
             f"payout:{payout.id}:{to}",
             f"payout {payout.external_no} {to}: {reason}"[:200],
             [*legs, Leg(source, returned)],

@@ -320,3 +320,29 @@ def test_two_dispatchers_at_once_never_send_one_payout_twice(app, funded_payout)
     sent = [no for _, no in rail.calls]
     assert sorted(sent) == sorted(payouts)  # every payout once, none twice
     assert db.session.query(Payout).filter_by(status="succeeded").count() == 20
+
+
+def test_a_recorder_group_records_every_answer_and_a_bad_one_fails_alone(app, funded_payout):
+    # given: three claimed transfers answered by WeChat, one answer about a payout that does not exist
+    from concurrent.futures import Future
+
+    from jobs.payouts import _Recorder
+    from payouts.dispatch import Claimed, claim
+
+    payouts = [funded_payout()[0] for _ in range(3)]
+    rail, settings, now = ScriptedRail(), DispatchSettings(money=MoneySettings()), utcnow()
+    jobs = claim({rail.name: rail}, now, settings)
+    db.session.commit()
+    waiting = RailResult(Outcome.WAITING_USER_CONFIRM, "WAIT_USER_CONFIRM", package_info="pkg", wechat_ref="b")
+    ghost = Claimed(10**9, rail.name, "nowhere", {}, False)
+    group = [(job, [("send", waiting, 5)], now, Future()) for job in [*jobs, ghost]]
+    # when: one recorder records them as one group
+    _Recorder(app, settings, threads=0)._record(group)
+    # then: the three are recorded (money in transit, waiting), the ghost's error goes to its caller only
+    db.session.expire_all()
+    assert [group[i][3].result() for i in range(3)] == [None, None, None]
+    assert group[3][3].exception() is not None
+    for payout in payouts:
+        payout = db.session.get(Payout, payout.id)
+        assert payout.status == "waiting_user_confirm" and payout.sent_at is not None
+    assert balance(account(AccountKind.PAYOUT_IN_TRANSIT)) == sum(p.amount_fen for p in payouts)

@@ -48,7 +48,7 @@ class PayoutMixin:
         # Like WeChat: a repeat of the number must carry the identical body, the encrypted user_name included
         # (a fresh encryption of the same name is a different body, refused with 400 INVALID_REQUEST).
         fingerprint = json.dumps(body, sort_keys=True, ensure_ascii=False)
-        with self.lock:
+        with self.store.keyed("transfers", body["out_bill_no"]):  # this bill only: creates run side by side
             existing = self.transfers.get(body["out_bill_no"])
             if existing is not None:
                 if existing["fingerprint"] != fingerprint:

@@ -22,11 +22,14 @@ import json
 import os
 import sqlite3
 import threading
+import zlib
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Column, MetaData, String, Table, Text, create_engine, delete, event, select, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 
@@ -78,6 +81,17 @@ class Store:
             rows = self._items(self._handle(), kind)
         return sorted((key, json.loads(raw)) for key, raw in rows)
 
+    def peek(self, kind: str) -> list[tuple[str, Any]]:
+        """``items`` read outside any step: no lock taken, so it may be a moment old. For a quick "is there
+        anything?" before a step that re-reads under the lock (e.g. faults, checked on every request)."""
+        if getattr(self._local, "depth", 0):
+            return self.items(kind)
+        return sorted((key, json.loads(raw)) for key, raw in self._peek(kind))
+
+    def _peek(self, kind: str) -> list[tuple[str, str]]:
+        with self.lock:
+            return self._items(self._handle(), kind)
+
     def add_if_absent(self, kind: str, key: str, value: Any) -> Any:
         """The stored record, ``value`` when there was none (the first process to start wins)."""
         with self.lock:
@@ -115,10 +129,20 @@ class Store:
     def _handle(self) -> Any:
         return self._local.handle
 
-    def _enter(self) -> None:
+    def keyed(self, kind: str, key: str) -> _Lock:
+        """A step that reads and writes only the record ``(kind, key)`` (and nothing else, nested steps
+        included): on PostgreSQL it runs beside other steps of other records, still excluded by every
+        whole-store step. Elsewhere it is the whole-store step."""
+        return _Lock(self, (kind, key))
+
+    def _begin_keyed(self, record: tuple[str, str]) -> Any:
+        return self._begin()
+
+    def _enter(self, record: tuple[str, str] | None = None) -> None:
         depth = getattr(self._local, "depth", 0)
         if depth == 0:
-            self._local.handle, self._local.callbacks = self._begin(), []
+            handle = self._begin() if record is None else self._begin_keyed(record)
+            self._local.handle, self._local.callbacks = handle, []
         self._local.depth = depth + 1
 
     def _exit(self, failed: bool) -> None:
@@ -134,11 +158,11 @@ class Store:
 
 
 class _Lock:
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, store: Store, record: tuple[str, str] | None = None) -> None:
+        self.store, self.record = store, record
 
     def __enter__(self) -> _Lock:
-        self.store._enter()
+        self.store._enter(self.record)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
@@ -185,6 +209,12 @@ class _RedisStep:
     writes: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
 
+def _int4(name: str) -> int:
+    """A signed 32-bit key for a name (an advisory lock's key)."""
+    value = zlib.crc32(name.encode())
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 class SqlStore(Store):
     """PostgreSQL (schema ``wechat_sim``) or SQLite (its own file); see the module note."""
 
@@ -210,20 +240,42 @@ class SqlStore(Store):
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
         return conn
 
+    def _begin_keyed(self, record: tuple[str, str]) -> Connection:
+        if not self.postgres:
+            return self._begin()
+        conn = self.engine.connect()
+        conn.begin()
+        # Shared on the whole-store lock (whole-store steps take it exclusively), exclusive on the record's
+        # own pair of keys (a key space apart from the single-key lock's): steps of different records run
+        # side by side; a hash collision only makes two of them wait for each other.
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock_shared(:key), pg_advisory_xact_lock(:kind, :record)"),
+            {"key": PG_LOCK_KEY, "kind": _int4(record[0]), "record": _int4(record[1])},
+        )
+        return conn
+
     def _end(self, conn: Connection, commit: bool) -> None:
         try:
             conn.commit() if commit else conn.rollback()
         finally:
             conn.close()
 
+    def _peek(self, kind: str) -> list[tuple[str, str]]:
+        conn = self._options(self.engine.connect())
+        if self.postgres:  # one statement, no BEGIN nor ROLLBACK around it
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        with conn:  # no advisory lock: a plain read
+            return self._items(conn, kind)
+
     def _get(self, conn: Connection, kind: str, key: str) -> str | None:
         return conn.scalar(select(records.c.value).where(records.c.kind == kind, records.c.key == key))
 
     def _put(self, conn: Connection, kind: str, key: str, value: str) -> None:
-        if conn.scalar(select(records.c.kind).where(records.c.kind == kind, records.c.key == key)) is None:
-            conn.execute(records.insert().values(kind=kind, key=key, value=value))
-        else:
-            conn.execute(records.update().where(records.c.kind == kind, records.c.key == key).values(value=value))
+        insert = (postgresql if self.postgres else sqlite_dialect).insert(records)  # one statement, not a read first
+        upsert = insert.on_conflict_do_update(
+            index_elements=[records.c.kind, records.c.key], set_={"value": insert.excluded.value}
+        )
+        conn.execute(upsert, {"kind": kind, "key": key, "value": value})
 
     def _delete(self, conn: Connection, kind: str, key: str) -> None:
         conn.execute(delete(records).where(records.c.kind == kind, records.c.key == key))
@@ -280,6 +332,9 @@ class RedisStore(Store):
 
     def _delete(self, step: _RedisStep, kind: str, key: str) -> None:
         step.writes[kind, key] = None
+
+    def _peek(self, kind: str) -> list[tuple[str, str]]:
+        return [(k.decode(), v.decode()) for k, v in self.client.hgetall(self.PREFIX + kind).items()]
 
     def _items(self, step: _RedisStep, kind: str) -> list[tuple[str, str]]:
         found = {k.decode(): v.decode() for k, v in self.client.hgetall(self.PREFIX + kind).items()}
@@ -391,7 +446,7 @@ def shared_engine(url: str) -> Engine:
     with _ENGINES_LOCK:
         engine = _ENGINES.get(url)
         if engine is None:
-            engine = create_engine(url, pool_size=2, max_overflow=4, pool_pre_ping=True)
+            engine = create_engine(url, pool_size=4, max_overflow=8, pool_pre_ping=True)  # a gthread worker's 8 threads
             os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
             _ENGINES[url] = engine
         return engine
