@@ -9,21 +9,18 @@ only after that transaction commits: a rolled-back insert may leave its id to an
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from ledger.errors import LedgerError
 from models import AccountKind, LedgerAccount, LedgerPosting, Unit, db, utcnow
+from models.caches import CommittedCache
 from models.ledger import POINT_KINDS
 
-# engine → {code: id}: one cache per database this process talks to (tests make one per app)
-_KNOWN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-PENDING = "ledger_account_ids"  # session.info: ids learnt in the open transaction, promoted on commit
+_IDS = CommittedCache("ledger_account_ids")  # code → id, per process and database, kept after commit
 
 
 def _code(kind: str, owner_type: str | None, owner_id: int | None) -> str:
@@ -58,42 +55,6 @@ def ref(kind: AccountKind | str, owner_type: str | None = None, owner_id: int | 
     return AccountRef(kind, owner_type, owner_id)
 
 
-def _engine():
-    return db.session.get_bind()
-
-
-def _cached(code: str) -> int | None:
-    found = db.session.info.get(PENDING, {}).get(code)
-    if found is None:
-        found = _KNOWN.get(_engine(), {}).get(code)
-    return found
-
-
-def _learn(found: dict[str, int]) -> None:
-    if found:
-        db.session.info.setdefault(PENDING, {}).update(found)
-
-
-@event.listens_for(Session, "after_commit")
-def _promote(session: Session) -> None:
-    learnt = session.info.pop(PENDING, None)
-    if learnt:
-        _KNOWN.setdefault(session.get_bind(), {}).update(learnt)
-
-
-@event.listens_for(Session, "after_soft_rollback")
-def _forget(session: Session, previous_transaction) -> None:
-    """Any rollback (a savepoint's too) forgets what the transaction learnt: those ids may not exist."""
-    session.info.pop(PENDING, None)
-
-
-@event.listens_for(Session, "after_begin")
-def _fresh(session: Session, transaction, connection) -> None:
-    """A transaction starts with nothing learnt (one ended by ``close()`` never committed what it learnt)."""
-    if transaction.nested is False and transaction.parent is None:
-        session.info.pop(PENDING, None)
-
-
 def account_ids(refs: Iterable[AccountRef | LedgerAccount]) -> dict[str, int]:
     """code → id of every account named, creating the missing ones: at most two statements, none when cached."""
     ids: dict[str, int] = {}
@@ -102,7 +63,7 @@ def account_ids(refs: Iterable[AccountRef | LedgerAccount]) -> dict[str, int]:
         if isinstance(r, LedgerAccount):
             ids[r.code] = r.id
             continue
-        known = _cached(r.code)
+        known = _IDS.get(r.code)
         if known is None:
             missing[r.code] = r
         else:
@@ -135,7 +96,7 @@ def account_ids(refs: Iterable[AccountRef | LedgerAccount]) -> dict[str, int]:
             .tuples()
             .all()
         )
-    _learn(found)
+    _IDS.learn(found)
     ids.update(found)
     return ids
 
@@ -147,7 +108,7 @@ def account_id(r: AccountRef | LedgerAccount) -> int:
 def account(kind: AccountKind, owner_type: str | None = None, owner_id: int | None = None) -> LedgerAccount:
     """The account of ``kind`` for an owner ("merchant", 7), created if missing."""
     r = ref(kind, owner_type, owner_id)
-    known = _cached(r.code)
+    known = _IDS.get(r.code)
     if known is not None:
         found = db.session.get(LedgerAccount, known)
         if found is not None:
@@ -155,7 +116,7 @@ def account(kind: AccountKind, owner_type: str | None = None, owner_id: int | No
     found = db.session.execute(select(LedgerAccount).where(LedgerAccount.code == r.code)).scalar_one_or_none()
     if found is None:
         found = db.session.get(LedgerAccount, account_id(r))
-    _learn({found.code: found.id})
+    _IDS.learn({found.code: found.id})
     return found
 
 

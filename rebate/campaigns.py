@@ -2,48 +2,39 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import event, select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy import select, tuple_
 
 from ledger import AccountRef, account, ref
 from models import AccountKind, Campaign, CampaignRules, CampaignStatus, FunderType, LedgerAccount, db
+from models.caches import CommittedCache
 from rebate.rules import RuleSet, parse_rules
 
-RULES_CACHE = "parsed_rules"  # session.info: rules parsed in the open transaction, promoted on commit
-# engine → {(campaign id, version, budgeted): RuleSet}. Rule versions never change once written, so a
-# committed version's parse holds for the life of the process (one cache per database: tests make many).
-_PARSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# (campaign id, version, budgeted) → RuleSet. Rule versions never change once written, so a committed
+# version's parse holds for the life of the process (one cache per database: tests make many).
+_RULES = CommittedCache("parsed_rules")
 
 
 def _rules_key(campaign: Campaign, version: int | None) -> tuple[int, int, bool]:
     return (campaign.id, version or campaign.rules_version, campaign.budget_limit_fen is not None)
 
 
-def _known_rules(key) -> RuleSet | None:
-    found = db.session.info.get(RULES_CACHE, {}).get(key)
-    if found is None:
-        found = _PARSED.get(db.session.get_bind(), {}).get(key)
-    return found
-
-
 def rules_of(campaign: Campaign, version: int | None = None) -> RuleSet:
     """A campaign's rules at a version, parsed once per process (rule versions never change once written)."""
     key = _rules_key(campaign, version)
-    found = _known_rules(key)
+    found = _RULES.get(key)
     if found is None:
         load_rules([(campaign, version)])
-        found = db.session.info[RULES_CACHE][key]
+        found = _RULES.get(key)
     return found
 
 
 def load_rules(wanted: Iterable[tuple[Campaign, int | None]]) -> None:
     """Parse the rules of every (campaign, version) not known yet, read in one statement."""
     keys = {_rules_key(c, v) for c, v in wanted}
-    missing = {k for k in keys if _known_rules(k) is None}
+    missing = {k for k in keys if _RULES.get(k) is None}
     if not missing:
         return
     pairs = sorted({(cid, version) for cid, version, _ in missing})
@@ -53,31 +44,10 @@ def load_rules(wanted: Iterable[tuple[Campaign, int | None]]) -> None:
         )
     ).all()
     stored = {(cid, version): rules for cid, version, rules in rows}
-    cache = db.session.info.setdefault(RULES_CACHE, {})
     for key in missing:
         if (key[0], key[1]) not in stored:
             raise LookupError(f"campaign {key[0]} has no rules version {key[1]}")
-        cache[key] = parse_rules(stored[key[0], key[1]], budgeted=key[2])
-
-
-@event.listens_for(Session, "after_commit")
-def _keep_rules(session: Session) -> None:
-    parsed = session.info.pop(RULES_CACHE, None)
-    if parsed:
-        _PARSED.setdefault(session.get_bind(), {}).update(parsed)
-
-
-@event.listens_for(Session, "after_soft_rollback")
-def _forget_rules(session: Session, previous_transaction) -> None:
-    """A rolled-back campaign may leave its id to another one: rules parsed in it are not kept."""
-    session.info.pop(RULES_CACHE, None)
-
-
-@event.listens_for(Session, "after_begin")
-def _fresh_rules(session: Session, transaction, connection) -> None:
-    """A transaction starts with nothing parsed pending (one ended by ``close()`` never committed)."""
-    if transaction.nested is False and transaction.parent is None:
-        session.info.pop(RULES_CACHE, None)
+    _RULES.learn({key: parse_rules(stored[key[0], key[1]], budgeted=key[2]) for key in missing})
 
 
 def funder_ref(campaign: Campaign) -> AccountRef:
@@ -90,11 +60,9 @@ def funder_ref(campaign: Campaign) -> AccountRef:
 
 
 def funder_account(campaign: Campaign) -> LedgerAccount:
-    if campaign.funder_type == FunderType.MERCHANT_DEPOSIT:
-        return account(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", campaign.funder_merchant_id)
-    if campaign.funder_type == FunderType.USER_STAKE:
-        return account(AccountKind.USER_STAKE, "user", campaign.funder_user_id)
-    return account(AccountKind.PLATFORM_MARKETING_FUND)
+    """The campaign's funding account, loaded (created if missing)."""
+    funder = funder_ref(campaign)
+    return account(funder.kind, funder.owner_type, funder.owner_id)
 
 
 def merchant_of(campaign: Campaign) -> int | None:
