@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cache
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, true, union
+from sqlalchemy import and_, bindparam, or_, select, true, union
 from sqlalchemy.orm import aliased
 
 from ledger import AccountRef, Leg, ref
@@ -180,6 +181,26 @@ def _load(out_trade_no: str) -> _Loaded | None:
     They are those serving this merchant or every merchant (``ix_campaigns_serving``) whose trigger is a paid
     order this one reaches, or, for an invited buyer, a referral campaign; and those of the order's packets.
     """
+    rows = db.session.execute(_load_statement(), {"out_trade_no": out_trade_no}).all()
+    if not rows:
+        return None
+    order, buyer_row, inviter_row, buyer_owes, inviter_owes, merchant_owes, _ = rows[0]
+    clean = set()
+    if not buyer_owes:
+        clean.add(("user", buyer_row.id))
+    if inviter_row is not None and not inviter_owes:
+        clean.add(("user", inviter_row.id))
+    if not merchant_owes:
+        clean.add(("merchant", order.merchant_id))
+    found = {row[6].id: row[6] for row in rows if row[6] is not None}
+    return _Loaded(order, buyer_row, inviter_row, [found[i] for i in sorted(found)], clean)
+
+
+@cache
+def _load_statement():
+    """``_load``'s statement, built once per process (building it costs more than running it): the order
+    number is its one bound parameter."""
+    out_trade_no = bindparam("out_trade_no", type_=Order.out_trade_no.type)
     buyer, inviter = aliased(User), aliased(User)
     o, u, c = aliased(Order), aliased(User), aliased(Campaign)
 
@@ -206,7 +227,7 @@ def _load(out_trade_no: str) -> _Loaded | None:
         .where(OrderPacket.order_id == of_order(o.id)),
     )
     campaign = aliased(Campaign, select(Campaign).where(Campaign.id.in_(candidates)).subquery())
-    stmt = (
+    return (
         select(
             Order,
             buyer,
@@ -223,19 +244,6 @@ def _load(out_trade_no: str) -> _Loaded | None:
         .with_for_update(of=Order)
         .execution_options(populate_existing=True)  # after waiting on the lock, see the winner's writes
     )
-    rows = db.session.execute(stmt).all()
-    if not rows:
-        return None
-    order, buyer_row, inviter_row, buyer_owes, inviter_owes, merchant_owes, _ = rows[0]
-    clean = set()
-    if not buyer_owes:
-        clean.add(("user", buyer_row.id))
-    if inviter_row is not None and not inviter_owes:
-        clean.add(("user", inviter_row.id))
-    if not merchant_owes:
-        clean.add(("merchant", order.merchant_id))
-    found = {row[6].id: row[6] for row in rows if row[6] is not None}
-    return _Loaded(order, buyer_row, inviter_row, [found[i] for i in sorted(found)], clean)
 
 
 def _owes(beneficiary_type: str, beneficiary_id):
