@@ -13,12 +13,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ledger.errors import LedgerError
 from models import AccountKind, LedgerAccount, LedgerPosting, Unit, db, utcnow
 from models.caches import CommittedCache
 from models.ledger import POINT_KINDS
+from models.sql import insert_ignoring
 
 _IDS = CommittedCache("ledger_account_ids")  # code → id, per process and database, kept after commit
 
@@ -70,7 +70,6 @@ def account_ids(refs: Iterable[AccountRef | LedgerAccount]) -> dict[str, int]:
             ids[r.code] = known
     if not missing:
         return ids
-    dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
     now = utcnow()
     rows = [
         {
@@ -83,12 +82,7 @@ def account_ids(refs: Iterable[AccountRef | LedgerAccount]) -> dict[str, int]:
         }
         for code, r in sorted(missing.items())  # sorted: concurrent creators take the index entries in one order
     ]
-    stmt = (
-        dialect.insert(LedgerAccount)
-        .on_conflict_do_nothing(index_elements=["code"])
-        .returning(LedgerAccount.code, LedgerAccount.id)
-    )
-    found = dict(db.session.execute(stmt, rows).tuples().all())
+    found = dict(insert_ignoring(LedgerAccount.__table__, rows, ("code",), ("code", "id")))
     rest = [code for code in missing if code not in found]
     if rest:  # they existed already
         found.update(

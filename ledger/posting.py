@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy import insert, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ledger.accounts import AccountRef, account_ids
 from ledger.errors import IdempotencyMismatch, LedgerError, UnbalancedEntry
 from models import LedgerAccount, LedgerEntry, LedgerFlow, LedgerPosting, db, utcnow
 from models.ledger import CLEARING_KINDS
+from models.sql import insert_ignoring
 from money import MAX_FEN
 
 MAX_KEY_LENGTH = 160  # ledger_entries.idempotency_key
@@ -123,30 +123,19 @@ class Batch:
         return {**new, **existing}
 
 
-def _dialect():
-    return postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
-
-
 def _insert_entries(items: list[_Item]) -> dict[str, int]:
     """key → id of the entries this call wrote; a key that existed already is left out (nothing written)."""
     now = utcnow()
-    stmt = (
-        _dialect()
-        .insert(LedgerEntry.__table__)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(LedgerEntry.__table__.c.idempotency_key, LedgerEntry.__table__.c.id)
-    )
     rows = [
         {"idempotency_key": i.key, "memo": i.memo, "unit": i.unit, "reverses_id": i.reverses_id, "created_at": now}
         for i in items
     ]
-    return dict(db.session.execute(stmt, rows).tuples().all())
+    return dict(insert_ignoring(LedgerEntry.__table__, rows, ("idempotency_key",), ("idempotency_key", "id")))
 
 
 def _open_flows(refs: list[str]) -> None:
-    stmt = _dialect().insert(LedgerFlow.__table__).on_conflict_do_nothing(index_elements=["ref"])
     now = utcnow()
-    db.session.execute(stmt, [{"ref": ref, "opened_at": now, "closed_at": None} for ref in refs])
+    insert_ignoring(LedgerFlow.__table__, [{"ref": ref, "opened_at": now, "closed_at": None} for ref in refs], ("ref",))
 
 
 def _shape(legs: list[Leg], ids: dict[str, int] | None = None) -> list[tuple]:

@@ -7,8 +7,9 @@ by a CHECK constraint. Each function returns whether the move happened.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
 
-from sqlalchemy import BigInteger, case, literal, select, update
+from sqlalchemy import BigInteger, bindparam, case, literal, select, update
 from sqlalchemy.orm.util import identity_key
 
 from models import Campaign, db
@@ -85,21 +86,33 @@ def commit_many(amounts: dict[int, int], settles: dict[int, tuple[int, int]] | N
     if not amounts and not settles:
         return set()
     ids = sorted(set(amounts) | set(settles))
-    committed = {cid: amounts.get(cid, 0) + settles.get(cid, (0, 0))[1] for cid in ids}
-    released = {cid: settles.get(cid, (0, 0))[0] for cid in ids}
-    add = case({cid: literal(fen, BigInteger) for cid, fen in committed.items()}, value=C.id)
-    sub = case({cid: literal(fen, BigInteger) for cid, fen in released.items()}, value=C.id)
-    stmt = (
-        update(Campaign)
-        .where(C.id.in_(ids), _fits(add - sub))
-        .values(budget_reserved_fen=C.budget_reserved_fen - sub, budget_committed_fen=C.budget_committed_fen + add)
-        .returning(C.id)
-        .execution_options(synchronize_session=False)
-    )
-    done = set(db.session.execute(stmt).scalars())
+    params = {}
+    for i, cid in enumerate(ids):
+        released, settled = settles.get(cid, (0, 0))
+        params.update({f"id{i}": cid, f"add{i}": amounts.get(cid, 0) + settled, f"sub{i}": released})
+    stmt = _commit_many_statement(len(ids))
+    done = set(db.session.execute(stmt, params).scalars())
     for campaign_id in ids:
         _expire(campaign_id)
     return set(ids) - done
+
+
+@cache
+def _commit_many_statement(count: int):
+    """``commit_many``'s UPDATE for ``count`` campaigns, built once: ids, amounts committed (``add``) and
+    reservations released (``sub``) are bound parameters ``id0``, ``add0``, ``sub0``, …"""
+
+    def per_campaign(name: str):
+        whens = [(C.id == bindparam(f"id{i}"), bindparam(f"{name}{i}", type_=BigInteger)) for i in range(count)]
+        return case(*whens, else_=literal(0, BigInteger))
+
+    add, sub = per_campaign("add"), per_campaign("sub")
+    return (
+        update(Campaign.__table__)
+        .where(C.id.in_([bindparam(f"id{i}") for i in range(count)]), _fits(add - sub))
+        .values(budget_reserved_fen=C.budget_reserved_fen - sub, budget_committed_fen=C.budget_committed_fen + add)
+        .returning(C.id)
+    )
 
 
 def release_reserved(campaign_id: int, amount_fen: int) -> None:
