@@ -107,9 +107,20 @@ def _commit_many_statement(count: int):
         return case(*whens, else_=literal(0, BigInteger))
 
     add, sub = per_campaign("add"), per_campaign("sub")
+    # The rows are locked first, in id order, by a materialised CTE: an UPDATE alone locks them in the order its
+    # scan meets them, which after updates is not id order, and two payments of the same two campaigns then
+    # deadlock (seen under load). SQLite serialises its transactions and drops the FOR clause.
+    locked = (
+        select(C.id)
+        .where(C.id.in_([bindparam(f"id{i}") for i in range(count)]))
+        .order_by(C.id)
+        .with_for_update(key_share=True)
+        .cte("locked")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
     return (
         update(Campaign.__table__)
-        .where(C.id.in_([bindparam(f"id{i}") for i in range(count)]), _fits(add - sub))
+        .where(C.id == locked.c.id, _fits(add - sub))
         .values(budget_reserved_fen=C.budget_reserved_fen - sub, budget_committed_fen=C.budget_committed_fen + add)
         .returning(C.id)
     )

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cache
 from datetime import datetime, timedelta
+from functools import cache
 
 from sqlalchemy import and_, bindparam, or_, select, true, union
 from sqlalchemy.orm import aliased

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import OperationalError
 
 from models import Campaign, Order, Rebate, db, utcnow
@@ -208,3 +208,52 @@ def test_a_deadlocked_payment_notification_answers_a_retryable_503(
     assert response.headers["Retry-After"]
     db.session.rollback()
     assert db.session.get(Order, order.id).status == "created"
+
+
+@pytest.mark.skipif(not on_postgres(), reason="row-lock order: PostgreSQL (SQLite serialises its transactions)")
+def test_the_budgets_update_locks_its_campaigns_in_id_order_whatever_the_heap_order(app, make_campaign):
+    # given: campaigns X < Y whose rows a sequential scan meets Y first (X's row was rewritten after Y's),
+    # and another transaction holding Y
+    x = make_campaign(REFERRAL_AND_CONSUMER, budget_limit_fen=1_000_00)
+    y = make_campaign(REFERRAL_AND_CONSUMER, budget_limit_fen=1_000_00)
+    db.session.execute(update(Campaign).where(Campaign.id == x.id).values(name="x, rewritten"))
+    db.session.commit()
+    x_id, y_id = x.id, y.id
+    lock = select(Campaign.id).with_for_update(key_share=True)
+    holder = db.engine.connect()
+    holder.begin()
+    holder.execute(lock.where(Campaign.id == y_id))
+
+    def commit_both():
+        with app.app_context():
+            budgets.commit_many({x_id: 1_00, y_id: 1_00})
+            db.session.commit()
+
+    payment = threading.Thread(target=commit_both)
+    payment.start()
+    try:
+        # when: the payment's budget statement waits for Y
+        probe = db.engine.connect()
+        waiting = text(
+            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
+        )
+        for _ in range(200):
+            seen = probe.execute(waiting).scalar_one()
+            probe.rollback()  # pg_stat_activity is a snapshot per transaction
+            if seen:
+                break
+            threading.Event().wait(0.05)
+
+        # then: it holds X already (taken first, in id order), so two payments of X and Y cannot wait in a circle
+        probe.begin()
+        with pytest.raises(OperationalError, match="could not obtain lock"):
+            probe.execute(lock.where(Campaign.id == x_id).with_for_update(key_share=True, nowait=True))
+        probe.rollback()
+        probe.close()
+    finally:
+        holder.rollback()
+        holder.close()
+        payment.join(timeout=20)
+    db.session.expire_all()
+    assert db.session.get(Campaign, x_id).budget_committed_fen == 1_00
+    assert db.session.get(Campaign, y_id).budget_committed_fen == 1_00
