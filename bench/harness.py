@@ -42,7 +42,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -356,6 +356,33 @@ class Server:
         return "\n".join(text[-lines:])
 
 
+class CpuMeter:
+    """CPU seconds (user + system) used so far by the server's processes (gunicorn's process group) and by
+    PostgreSQL's backends serving the bench database, read from /proc (Linux; zeros elsewhere).
+
+    Sampled around each round, it splits a path's cost per request between the app and the database: on a
+    machine whose cores the app, PostgreSQL and the clients share, that split says where the ceiling is."""
+
+    def __init__(self, server: Server, database: str) -> None:
+        self.pgid, self.database = server.process.pid, database
+        self.ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __call__(self) -> tuple[float, float]:
+        app = db = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                cmdline = (stat.parent / "cmdline").read_bytes()
+            except OSError:
+                continue
+            used = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+            if int(fields[2]) == self.pgid:  # the process group (field 5)
+                app += used
+            elif cmdline.startswith(b"postgres: ") and f" {self.database} ".encode() in cmdline:
+                db += used
+        return app / self.ticks, db / self.ticks
+
+
 # -- the clients ------------------------------------------------------------------------------
 
 Request = tuple[str, str, bytes | None, dict[str, str]]  # method, path, body, headers
@@ -464,9 +491,29 @@ class Figures:
 
     name: str
     rounds: list[Round] = field(default_factory=list)
+    cpu_app: float = 0.0  # CPU seconds of the server's processes during the rounds (``measured``)
+    cpu_db: float = 0.0  # and of PostgreSQL's backends
 
     def add(self, r: Round) -> None:
         self.rounds.append(r)
+
+    def measured(self, meter: CpuMeter | None, round_: Callable[[], Round]) -> Round:
+        """Run one round, add it, and charge the CPU used meanwhile to this path."""
+        before = meter() if meter else (0.0, 0.0)
+        r = round_()
+        if meter:
+            after = meter()
+            self.cpu_app += after[0] - before[0]
+            self.cpu_db += after[1] - before[1]
+        self.add(r)
+        return r
+
+    def cpu_per_request(self) -> str:
+        answered = sum(r.answered for r in self.rounds)
+        if not answered or not (self.cpu_app or self.cpu_db):
+            return ""
+        app, db = 1000 * self.cpu_app / answered, 1000 * self.cpu_db / answered
+        return f"CPU/request app {app:.2f} ms + PostgreSQL {db:.2f} ms"
 
     @property
     def rate(self) -> float:
@@ -496,8 +543,12 @@ def empty_request() -> Request:
 
 def ratio_line(name: str, shape: ServerShape, clients: int, empty: Figures, real: Figures, extra: str = "") -> str:
     ratio = real.rate / empty.rate if empty.rate else float("nan")
+    cpu = ""
+    if real.cpu_per_request():
+        cpu = f"; {real.cpu_per_request()} (empty route: {empty.cpu_per_request() or 'n/a'})"
     return (
-        f"{name} ({shape}, {clients} clients): {real.summary()} vs empty route {empty.summary()} → {ratio:.3f}x{extra}"
+        f"{name} ({shape}, {clients} clients): {real.summary()} vs empty route {empty.summary()} → {ratio:.3f}x"
+        f"{cpu}{extra}"
     )
 
 

@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Iterator
 
 from bench import harness
-from bench.harness import BenchWeChat, Clients, Figures, Request, Server, ServerShape
+from bench.harness import BenchWeChat, Clients, CpuMeter, Figures, Request, Server, ServerShape
 
 ROUNDS = harness.env_int("BENCH_ROUNDS", 6)
 ROUND_S = harness.env_float("BENCH_ROUND_SECONDS", 2.0)
@@ -57,6 +57,7 @@ class Shop:
     def __init__(self, app, wechat: BenchWeChat) -> None:
         self.app, self.wechat = app, wechat
         self.unpaid: list[tuple[str, int]] = []  # (out_trade_no, payable_fen) not yet notified
+        self.database = ""  # the throw-away database's name (CPU of its PostgreSQL backends)
         self._n = 0
 
     def setup(self) -> None:
@@ -171,6 +172,7 @@ class NotifyBench:
                 harness.migrate(settings)
                 app = harness.in_process_app(settings)
                 shop = Shop(app, wechat)
+                shop.database = database.name
                 shop.setup()
                 with Server(settings, self.shape, tmp) as server:
                     normal = self.measure(shop, clients, server, history=HISTORY)
@@ -194,9 +196,15 @@ class NotifyBench:
             out.append(("POST", "/wechat/pay/notify", body, headers))
         return out
 
-    def notify_round(self, shop: Shop, clients: Clients, server: Server, count: int, seconds: float):
+    def notify_round(
+        self, shop: Shop, clients: Clients, server: Server, count: int, seconds: float, figures=None, meter=None
+    ):
+        """``count`` fresh orders notified for at most ``seconds``; the orders not reached go back. The orders are
+        made and signed before the round (so ``meter`` charges the round with the server's work only)."""
         orders = shop.take(count)
-        done = clients.each(server.port, self.requests(shop, orders), seconds)
+        requests = self.requests(shop, orders)
+        send = lambda: clients.each(server.port, requests, seconds)  # noqa: E731
+        done = figures.measured(meter, send) if figures is not None else send()
         shop.give_back([o for i, o in enumerate(orders) if i not in done.sent])
         return done
 
@@ -208,10 +216,11 @@ class NotifyBench:
         started_with = shop.paid_orders()
         estimate = 50.0  # notifications/s: the first round learns the real rate
         empty, real = Figures("empty"), Figures("notify")
+        meter = CpuMeter(server, shop.database)
         for _ in range(ROUNDS):
-            empty.add(clients.repeat(server.port, harness.empty_request(), ROUND_S))
-            r = self.notify_round(shop, clients, server, int(estimate * ROUND_S * 1.5) + 4 * CLIENTS, ROUND_S)
-            real.add(r)
+            empty.measured(meter, lambda: clients.repeat(server.port, harness.empty_request(), ROUND_S))
+            count = int(estimate * ROUND_S * 1.5) + 4 * CLIENTS
+            r = self.notify_round(shop, clients, server, count, ROUND_S, real, meter)
             estimate = max(estimate, r.answered / r.seconds)
         harness.check_statuses(real, {204})
         harness.check_statuses(empty, {204})
