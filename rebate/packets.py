@@ -17,11 +17,12 @@ limit counters. A refusal raises; the caller rolls the claim back.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models import Campaign, CampaignRules, PacketStatus, RedPacket, User, db
@@ -220,15 +221,21 @@ def issue_packet(
 
 def campaign_with_rules(campaign_id: int) -> tuple[Campaign | None, dict | None]:
     """A campaign and its current rules JSON, in one SELECT."""
-    row = db.session.execute(
+    row = db.session.execute(_campaign_with_rules(), {"campaign_id": campaign_id}).first()
+    return (row[0], row[1]) if row else (None, None)
+
+
+@functools.cache
+def _campaign_with_rules():
+    """``campaign_with_rules``' SELECT, built once per process (bound by ``campaign_id``)."""
+    return (
         select(Campaign, CampaignRules.rules)
         .outerjoin(
             CampaignRules,
             and_(CampaignRules.campaign_id == Campaign.id, CampaignRules.version == Campaign.rules_version),
         )
-        .where(Campaign.id == campaign_id)
-    ).first()
-    return (row[0], row[1]) if row else (None, None)
+        .where(Campaign.id == bindparam("campaign_id"))
+    )
 
 
 def generate_batch(campaign: Campaign, count: int, now: datetime, batch_ref: str) -> list[RedPacket]:
