@@ -25,8 +25,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
-from models import Campaign, CampaignRules, PacketStatus, RedPacket, User, db
+from models import Campaign, CampaignRules, FunderType, PacketStatus, RedPacket, User, db
 from models.base import beijing
+from models.triggers import TriggerKind
 from rebate import budgets
 from rebate.campaigns import is_running, rules_of
 from rebate.deposits import cover_reservation
@@ -151,6 +152,41 @@ def _take_budget(campaign: Campaign, reserved: int, gate: ClaimGate | None, now:
         gate.take(now)
 
 
+def _budget_last(campaign: Campaign) -> bool:
+    """Does a packet of this campaign take its budget last (limits, packet, then the campaign row)?
+
+    A self-serve campaign (trigger ``claim``) is the flash sale's hot row: every claim of it waits on
+    its row lock, held from the budget UPDATE to the commit. So its claims take the limit counters and
+    write the packet first, and lock the campaign row with their last statement. Deadlock-free because
+    every path that takes a lock of such a campaign and limit counters is a claim of it, all in this
+    order (packet, counters, campaign); the issue paths that take the campaign row before the counters
+    issue from campaigns of other triggers. Not for a merchant-funded campaign: its deposit row is
+    locked after the campaign row and, by the other issue paths, before the limit counters."""
+    return campaign.funder_type != FunderType.MERCHANT_DEPOSIT and campaign.issue_trigger.kind == TriggerKind.CLAIM
+
+
+def _take_limits(campaign: Campaign, reserved: int, gate: ClaimGate | None, now: datetime) -> None:
+    """The claim limits of ``gate`` in one statement, before the budget (``_budget_last``); ``LimitHit``.
+
+    The refusals rank as in ``_take_budget``: the campaign's own limits, then the budget, then the
+    platform-wide limits. So when only a platform-wide slot refused, the budget is tried (the rare
+    path, rolled back with the claim) and its refusal wins."""
+    if gate is None:
+        return
+    refused = gate.try_take(now)
+    if refused:
+        first = refused[0]
+        if first not in gate.campaign and not budgets.take_packet(campaign.id, reserved):
+            raise _budget_refusal(campaign.id)
+        raise first.hit(now)
+
+
+def _take_budget_last(campaign: Campaign, reserved: int) -> None:
+    """The budget after the limits and the packet's row (``_budget_last``): one UPDATE, then the commit."""
+    if not budgets.take_packet(campaign.id, reserved):
+        raise _budget_refusal(campaign.id)
+
+
 def _budget_refusal(campaign_id: int) -> BudgetExhausted:
     """Which of the two budgets refused the packet: the count is checked first."""
     max_packets, issued = db.session.execute(
@@ -213,6 +249,12 @@ def issue_packet(
         claimed_at=now,
         **extra,
     )
+    if _budget_last(campaign):
+        _take_limits(campaign, reserved, gate, now)
+        db.session.add(packet)
+        db.session.flush()
+        _take_budget_last(campaign, reserved)
+        return packet
     _take_budget(campaign, reserved, gate, now)
     db.session.add(packet)
     db.session.flush()
@@ -309,7 +351,11 @@ def claim_found(
         if again.owner_id == user.id:
             return again
         raise StateConflict(f"this packet is {again.status}", code=f"packet_{again.status}")
-    _take_budget(campaign, reserved, gate, now)
+    if _budget_last(campaign):
+        _take_limits(campaign, reserved, gate, now)
+        _take_budget_last(campaign, reserved)
+    else:
+        _take_budget(campaign, reserved, gate, now)
     for name, value in mine.items():
         set_committed_value(packet, name, value)
     return packet

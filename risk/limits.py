@@ -388,6 +388,13 @@ class ClaimGate:
         take_or_refuse(self.slots(now), now)
         self.taken = True
 
+    def try_take(self, now: datetime) -> list[Slot]:
+        """Like ``take``, but answer the refused slots (in the order checked) instead of raising; none: taken."""
+        refused = take_slots(self.slots(now), now)
+        if not refused:
+            self.taken = True
+        return refused
+
 
 def enforce_claim_limits(limits: ClaimLimits, *, campaign_id: int, claimant: Claimant, now: datetime) -> None:
     """Take one slot of every applicable limit of one campaign or raise ``LimitHit`` (the caller rolls back)."""
