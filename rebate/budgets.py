@@ -153,8 +153,8 @@ def take_packet_inserting(campaign_id: int, reserved_fen: int, packet: dict) -> 
     PostgreSQL: ``WITH budget AS (UPDATE … RETURNING) INSERT … SELECT … FROM budget RETURNING id``. The new
     packet's id, or None when the budget refused (then nothing was inserted). One round trip fewer for a
     self-serve claim, whose budget UPDATE is its last statement (the campaign row stays locked until the
-    commit). Elsewhere (SQLite: no data-modifying WITH) ``None`` is never answered: the caller uses
-    ``take_packet`` after its own INSERT."""
+    commit). PostgreSQL only (SQLite has no data-modifying WITH: there the caller INSERTs, then calls
+    ``take_packet``)."""
     params = {"campaign_id": campaign_id, "reserved": reserved_fen, **{f"p_{k}": v for k, v in packet.items()}}
     new_id = db.session.execute(_take_packet_inserting_statement(), params).scalar()
     _expire(campaign_id)

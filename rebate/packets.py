@@ -11,8 +11,10 @@ A claim is few statements (the hot path of a flash sale): the packet (or the
 campaign) read with its rules in one SELECT, every check that needs no counter
 made in Python, then one conditional statement per counter — the packet's
 owner, the campaign's budget, the claim limits — and the packet row. Rows are
-locked in one order by every path that issues: packet, campaign, deposit,
-limit counters. A refusal raises; the caller rolls the claim back.
+locked in one order by every path that issues from a campaign: packet, campaign,
+deposit, limit counters; but a self-serve campaign's claims (``_budget_last``:
+the hot row of a flash sale) lock packet, limit counters, then the campaign row
+last, held only until the commit. A refusal raises; the caller rolls the claim back.
 """
 
 from __future__ import annotations
@@ -157,8 +159,9 @@ def _budget_last(campaign: Campaign) -> bool:
     """Does a packet of this campaign take its budget last (limits, packet, then the campaign row)?
 
     A self-serve campaign (trigger ``claim``) is the flash sale's hot row: every claim of it waits on
-    its row lock, held from the budget UPDATE to the commit. So its claims take the limit counters and
-    write the packet first, and lock the campaign row with their last statement. Deadlock-free because
+    its row lock, held from the budget UPDATE to the commit. So its claims take the limit counters
+    first, and lock the campaign row with their last statement (with the packet's INSERT on PostgreSQL,
+    just before it elsewhere). Deadlock-free because
     every path that takes a lock of such a campaign and limit counters is a claim of it, all in this
     order (packet, counters, campaign); the issue paths that take the campaign row before the counters
     issue from campaigns of other triggers. Not for a merchant-funded campaign: its deposit row is
