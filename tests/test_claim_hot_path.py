@@ -141,3 +141,36 @@ def test_a_platform_limit_refuses_and_leaves_the_budget_as_it_was(app, make_camp
     c = db.session.get(Campaign, second)
     assert (c.packets_issued, c.budget_reserved_fen) == (0, 0)
     assert count(RedPacket) == 1
+
+
+def test_self_serve_and_code_claims_behind_one_address_race_without_deadlock(
+    app, make_user, make_campaign, user_headers
+):
+    # given: a self-serve campaign with 5 claims a day per address, which also has codes; 24 people behind one
+    # address (the test client's), half claiming straight from the campaign, half by a code, all at once
+    from collections import Counter
+
+    from sqlalchemy import func, select
+
+    from models import RedPacket
+    from rebate.packets import generate_batch
+    from tests.concurrency import post_together
+
+    ip_limits = {"per_ip_per_day": 5, "min_interval_seconds": None, "per_person": None}
+    campaign = make_campaign(RULES, packet_amount_fen=10_00, trigger={"kind": "claim"}, claim_limits=ip_limits)
+    codes = [p.claim_code for p in generate_batch(campaign, 12, utcnow(), batch_ref="race")]
+    campaign_id = campaign.id
+    db.session.commit()
+    people = [make_user() for _ in range(24)]
+    direct = [(f"/api/v1/campaigns/{campaign_id}/claim", user_headers(u), {}) for u in people[:12]]
+    by_code = [
+        ("/api/v1/red-packets/claim", user_headers(u), {"code": c}) for u, c in zip(people[12:], codes, strict=True)
+    ]
+
+    # when: all claim at once (the two paths lock the campaign row and the address's counters)
+    results = post_together(app, [x for pair in zip(direct, by_code, strict=True) for x in pair])
+
+    # then: exactly 5 granted, every other one refused for the address's limit: no deadlock, nothing busy
+    assert Counter(results) == {(201, None): 5, (429, "ip_daily_limit"): 19}, results
+    owned = select(func.count()).where(RedPacket.campaign_id == campaign_id, RedPacket.owner_id.is_not(None))
+    assert db.session.execute(owned).scalar_one() == 5
