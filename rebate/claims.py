@@ -57,8 +57,8 @@ def _flushed(session: Session, _context) -> None:
 
 @event.listens_for(Session, "do_orm_execute")
 def _executed(state: ORMExecuteState) -> None:
-    if state.is_insert or state.is_update or state.is_delete:
-        state.session.info[WROTE] = True
+    if state.is_insert or state.is_update or state.is_delete or state.execution_options.get("writes"):
+        state.session.info[WROTE] = True  # "writes": a text statement that writes (risk.limits.WRITES)
 
 
 @event.listens_for(Session, "after_transaction_end")
@@ -154,8 +154,10 @@ def claim_from_campaign(
 ) -> RedPacket:
     """A packet straight from a self-serve campaign (trigger kind ``claim``).
 
-    Four statements: the campaign with its rules, the budget (one conditional UPDATE), the limits (one
-    conditional upsert), the packet's INSERT. More for a merchant-funded campaign and on a refusal."""
+    Three statements on PostgreSQL: the campaign with its rules, the limits (one conditional upsert), the
+    budget's conditional UPDATE with the packet's INSERT (one statement, the last: the campaign's row is
+    locked from there to the commit only); four on SQLite (the INSERT, then the UPDATE). More for a
+    merchant-funded campaign (budget first, then its deposit's check, then the limits) and on a refusal."""
     campaign, rules = campaign_with_rules(campaign_id)
     campaign = _running(campaign)
     if campaign.issue_trigger.kind != TriggerKind.CLAIM:

@@ -11,21 +11,26 @@ A claim is few statements (the hot path of a flash sale): the packet (or the
 campaign) read with its rules in one SELECT, every check that needs no counter
 made in Python, then one conditional statement per counter — the packet's
 owner, the campaign's budget, the claim limits — and the packet row. Rows are
-locked in one order by every path that issues: packet, campaign, deposit,
-limit counters. A refusal raises; the caller rolls the claim back.
+locked in one order by every path that issues from a campaign: packet, campaign,
+deposit, limit counters; but a self-serve campaign's claims (``_budget_last``:
+the hot row of a flash sale) lock packet, limit counters, then the campaign row
+last, held only until the commit. A refusal raises; the caller rolls the claim back.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from models import Campaign, CampaignRules, PacketStatus, RedPacket, User, db
+from models import Campaign, CampaignRules, FunderType, PacketStatus, RedPacket, User, db
 from models.base import beijing
+from models.triggers import TriggerKind
 from rebate import budgets
 from rebate.campaigns import is_running, rules_of
 from rebate.deposits import cover_reservation
@@ -150,6 +155,63 @@ def _take_budget(campaign: Campaign, reserved: int, gate: ClaimGate | None, now:
         gate.take(now)
 
 
+def _budget_last(campaign: Campaign) -> bool:
+    """Does a packet of this campaign take its budget last (limits, packet, then the campaign row)?
+
+    A self-serve campaign (trigger ``claim``) is the flash sale's hot row: every claim of it waits on
+    its row lock, held from the budget UPDATE to the commit. So its claims take the limit counters
+    first, and lock the campaign row with their last statement (with the packet's INSERT on PostgreSQL,
+    just before it elsewhere). Deadlock-free because
+    every path that takes a lock of such a campaign and limit counters is a claim of it, all in this
+    order (packet, counters, campaign); the issue paths that take the campaign row before the counters
+    issue from campaigns of other triggers. Not for a merchant-funded campaign: its deposit row is
+    locked after the campaign row and, by the other issue paths, before the limit counters."""
+    return campaign.funder_type != FunderType.MERCHANT_DEPOSIT and campaign.issue_trigger.kind == TriggerKind.CLAIM
+
+
+def _take_limits(campaign: Campaign, reserved: int, gate: ClaimGate | None, now: datetime) -> None:
+    """The claim limits of ``gate`` in one statement, before the budget (``_budget_last``); ``LimitHit``.
+
+    The refusals rank as in ``_take_budget``: the campaign's own limits, then the budget, then the
+    platform-wide limits. So when only a platform-wide slot refused, the budget is tried (the rare
+    path, rolled back with the claim) and its refusal wins."""
+    if gate is None:
+        return
+    refused = gate.try_take(now)
+    if refused:
+        first = refused[0]
+        if first not in gate.campaign and not budgets.take_packet(campaign.id, reserved):
+            raise _budget_refusal(campaign.id)
+        raise first.hit(now)
+
+
+def _take_budget_last(campaign: Campaign, reserved: int) -> None:
+    """The budget after the limits and the packet's row (``_budget_last``): one UPDATE, then the commit."""
+    if not budgets.take_packet(campaign.id, reserved):
+        raise _budget_refusal(campaign.id)
+
+
+def _insert_taking_budget(packet: RedPacket, campaign: Campaign, reserved: int) -> RedPacket:
+    """Write the new packet, then take its budget (``_budget_last``): on PostgreSQL both in one statement, the
+    packet then added to the session as a loaded row; elsewhere its INSERT, then the budget's UPDATE."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        db.session.add(packet)
+        db.session.flush()
+        _take_budget_last(campaign, reserved)
+        return packet
+    columns = [c.key for c in RedPacket.__table__.columns if c.key != "id"]
+    for name in columns:  # every column written as the INSERT writes it (unset ones NULL)
+        if name not in packet.__dict__:
+            setattr(packet, name, None)
+    packet_id = budgets.take_packet_inserting(campaign.id, reserved, {name: packet.__dict__[name] for name in columns})
+    if packet_id is None:
+        raise _budget_refusal(campaign.id)
+    packet.id = packet_id
+    make_transient_to_detached(packet)
+    db.session.add(packet)
+    return packet
+
+
 def _budget_refusal(campaign_id: int) -> BudgetExhausted:
     """Which of the two budgets refused the packet: the count is checked first."""
     max_packets, issued = db.session.execute(
@@ -212,6 +274,9 @@ def issue_packet(
         claimed_at=now,
         **extra,
     )
+    if _budget_last(campaign):
+        _take_limits(campaign, reserved, gate, now)
+        return _insert_taking_budget(packet, campaign, reserved)
     _take_budget(campaign, reserved, gate, now)
     db.session.add(packet)
     db.session.flush()
@@ -220,15 +285,21 @@ def issue_packet(
 
 def campaign_with_rules(campaign_id: int) -> tuple[Campaign | None, dict | None]:
     """A campaign and its current rules JSON, in one SELECT."""
-    row = db.session.execute(
+    row = db.session.execute(_campaign_with_rules(), {"campaign_id": campaign_id}).first()
+    return (row[0], row[1]) if row else (None, None)
+
+
+@functools.cache
+def _campaign_with_rules():
+    """``campaign_with_rules``' SELECT, built once per process (bound by ``campaign_id``)."""
+    return (
         select(Campaign, CampaignRules.rules)
         .outerjoin(
             CampaignRules,
             and_(CampaignRules.campaign_id == Campaign.id, CampaignRules.version == Campaign.rules_version),
         )
-        .where(Campaign.id == campaign_id)
-    ).first()
-    return (row[0], row[1]) if row else (None, None)
+        .where(Campaign.id == bindparam("campaign_id"))
+    )
 
 
 def generate_batch(campaign: Campaign, count: int, now: datetime, batch_ref: str) -> list[RedPacket]:
@@ -302,7 +373,11 @@ def claim_found(
         if again.owner_id == user.id:
             return again
         raise StateConflict(f"this packet is {again.status}", code=f"packet_{again.status}")
-    _take_budget(campaign, reserved, gate, now)
+    if _budget_last(campaign):
+        _take_limits(campaign, reserved, gate, now)
+        _take_budget_last(campaign, reserved)
+    else:
+        _take_budget(campaign, reserved, gate, now)
     for name, value in mine.items():
         set_committed_value(packet, name, value)
     return packet

@@ -20,12 +20,13 @@ with it, and ``CLAIM_LIMITS_SCHEMA`` (built from the same bounds) is what /opena
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, literal_column, or_
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Integer, String, bindparam, text
+from sqlalchemy.sql.elements import TextClause
 
 from models import db
 from models.base import beijing, next_beijing_midnight
@@ -102,10 +103,6 @@ CLAIM_LIMITS_SCHEMA = {
         for f in fields(ClaimLimits)
     },
 }
-
-
-def _insert():
-    return postgresql.insert if db.session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def _last_at(key: str) -> datetime | None:
@@ -185,13 +182,6 @@ class Slot:
     limit: int | None = None
     seconds: int | None = None
 
-    def condition(self, now: datetime):
-        """The upsert's WHERE for this key: the slot is free."""
-        table = LimitCounter.__table__
-        if self.seconds is not None:
-            return table.c.last_at <= now - timedelta(seconds=self.seconds)
-        return (table.c.window != self.window) | (table.c["count"] < self.limit)
-
     def hit(self, now: datetime) -> LimitHit:
         """The refusal of this slot (for an interval, how long is left: one read, on the rare path)."""
         if self.seconds is None:
@@ -207,23 +197,56 @@ def take_slots(slots: list[Slot], now: datetime) -> list[Slot]:
     The slots taken beside a refused one stay taken: the caller rolls the claim back on a refusal, as
     it does for every other refusal. Rows go in key order, so concurrent claims lock shared counters in
     the same order (PostgreSQL). A count restarts at 1 in a new window; an interval's count just goes on.
-    On SQLite too (3.35 and later: multi-row upsert with RETURNING)."""
+    On SQLite too (3.35 and later: multi-row upsert with RETURNING).
+
+    The statement is text, one per shape (which rows are intervals), built once per process and bound
+    with the slots' values: SQLAlchemy cannot cache a dialect ``insert().on_conflict_do_update()``
+    (``inherit_cache = False``), and compiling it again on every claim cost more than running it."""
     if not slots:
         return []
-    table = LimitCounter.__table__
     rows = sorted({s.key: s for s in slots}.values(), key=lambda s: s.key)
-    stmt = _insert()(table).values([{"key": s.key, "window": s.window, "count": 1, "last_at": now} for s in rows])
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["key"],
-        set_={
-            "count": case((table.c.window == stmt.excluded.window, table.c["count"] + 1), else_=literal_column("1")),
-            "window": stmt.excluded.window,
-            "last_at": stmt.excluded.last_at,
-        },
-        where=or_(*(and_(table.c.key == s.key, s.condition(now)) for s in rows)),
-    ).returning(table.c.key)
-    taken = set(db.session.execute(stmt).scalars())
+    params: dict[str, object] = {"now": now}
+    for i, s in enumerate(rows):
+        params[f"k{i}"], params[f"w{i}"] = s.key, s.window
+        if s.seconds is not None:
+            params[f"t{i}"] = now - timedelta(seconds=s.seconds)
+        else:
+            params[f"n{i}"] = s.limit
+    statement = _upsert(tuple(s.seconds is not None for s in rows))
+    taken = set(db.session.execute(statement, params).scalars())
     return [s for s in slots if s.key not in taken]
+
+
+# Marks a text statement that writes (``rebate.claims`` notes whether a transaction wrote anything yet).
+WRITES = {"writes": True}
+
+
+@functools.cache
+def _upsert(intervals: tuple[bool, ...]) -> TextClause:
+    """The conditional multi-row upsert of ``take_slots`` for rows of this shape (True: an interval), in key order.
+
+    Row i binds ``k{i}`` (key), ``w{i}`` (window) and either ``t{i}`` (an interval: free when the last
+    slot was taken at or before it) or ``n{i}`` (a count: free in another window or below it); ``now``
+    is every row's ``last_at``. The same SQL on PostgreSQL and SQLite."""
+    values = ", ".join(f"(:k{i}, :w{i}, 1, :now)" for i in range(len(intervals)))
+    free = " OR ".join(
+        f"(limit_counters.key = :k{i} AND limit_counters.last_at <= :t{i})"
+        if interval
+        else f'(limit_counters.key = :k{i} AND (limit_counters."window" <> :w{i} OR limit_counters."count" < :n{i}))'
+        for i, interval in enumerate(intervals)
+    )
+    # Only row numbers are formatted in; every value is a bound parameter.
+    sql = (
+        f'INSERT INTO limit_counters (key, "window", "count", last_at) VALUES {values} '  # noqa: S608
+        'ON CONFLICT (key) DO UPDATE SET "count" = CASE WHEN limit_counters."window" = excluded."window" '
+        'THEN limit_counters."count" + 1 ELSE 1 END, "window" = excluded."window", last_at = excluded.last_at '
+        f"WHERE {free} RETURNING key"
+    )
+    when = LimitCounter.__table__.c.last_at.type
+    times = [bindparam(f"t{i}", type_=when) for i, interval in enumerate(intervals) if interval]
+    counts = [bindparam(f"n{i}", type_=Integer) for i, interval in enumerate(intervals) if not interval]
+    keys = [bindparam(f"{k}{i}", type_=String) for i in range(len(intervals)) for k in "kw"]
+    return text(sql).bindparams(bindparam("now", type_=when), *times, *counts, *keys).execution_options(**WRITES)
 
 
 def take_or_refuse(slots: list[Slot], now: datetime) -> None:
@@ -364,6 +387,13 @@ class ClaimGate:
     def take(self, now: datetime) -> None:
         take_or_refuse(self.slots(now), now)
         self.taken = True
+
+    def try_take(self, now: datetime) -> list[Slot]:
+        """Like ``take``, but answer the refused slots (in the order checked) instead of raising; none: taken."""
+        refused = take_slots(self.slots(now), now)
+        if not refused:
+            self.taken = True
+        return refused
 
 
 def enforce_claim_limits(limits: ClaimLimits, *, campaign_id: int, claimant: Claimant, now: datetime) -> None:
