@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from flask import current_app, g, request
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from models import Operator, OperatorToken, User, db, utcnow
 from models.operators import issue_operator_token, token_digest  # noqa: F401 - also this module's API
 from web.errors import Forbidden, Unauthorized
 
+# Built once: ``session.get`` builds its primary-key query on every call, a third of a claim's CPU in a profile.
+_USER_BY_ID = select(User).where(User.id == bindparam("uid"))
 USER_TOKEN_SALT = "user-token-v1"  # noqa: S105 - a salt, not a secret
 
 
@@ -62,7 +64,8 @@ def current_user() -> User:
         raise Unauthorized("token expired, log in again", code="token_expired") from None
     except BadSignature:
         raise Unauthorized("invalid token", code="invalid_token") from None
-    user = db.session.get(User, data.get("uid")) if isinstance(data, dict) else None
+    uid = data.get("uid") if isinstance(data, dict) else None
+    user = db.session.execute(_USER_BY_ID, {"uid": uid}).scalar_one_or_none() if type(uid) is int else None
     if user is None:
         raise Unauthorized("invalid token", code="invalid_token")
     if not user.is_active:
