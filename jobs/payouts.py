@@ -302,13 +302,17 @@ def dispatch_backlog(
     This thread claims (each claim committed before any of its calls) and hands each payout to its rail's
     pool: up to ``calls_in_flight`` threads (never more than the rail's rate), each waiting for the rail's
     turn (``limiter(rail, until)``, shared by every process), calling WeChat with no transaction open, then
-    recording the answer in a session of its own and committing it at once. A crash loses at most the
-    answers not yet recorded; their leases bring them back to a query. The next batch is claimed while
-    half of this one is still queued or in flight, so the rails never wait for a claim; a claim that took
-    less than a full batch is followed by one more only once its calls are done (they may have queued
-    retries). A call that gets no turn within half the lease (the rail's rate taken by other processes
-    all along, or the limiter unreachable) is not made: ``release`` puts the payout back, and the run
-    ends after that batch rather than claiming it again at once.
+    handing the answer to the recorder and taking the next payout at once: the recorder commits answers a
+    few to a transaction on threads of its own, asynchronously to the calls. Until its answer is committed a
+    payout stays ``sending`` under its lease, so no claim (here or elsewhere) takes it; a crash loses at
+    most the answers not yet committed, and their leases bring them back to a query, never a blind resend.
+    Each answer is recorded exactly once (``_Recorder``); the run ends only once every answer handed over
+    is committed. The next batch is claimed while half of this one is still queued, in flight or being
+    recorded, so the rails never wait for a claim; a claim that took less than a full batch is followed by
+    one more only once its calls are done and recorded (they may have queued retries). A call that gets no
+    turn within half the lease (the rail's rate taken by other processes all along, or the limiter
+    unreachable) is not made: ``release`` puts the payout back, and the run ends after that batch rather
+    than claiming it again at once.
     """
     settings = settings or DispatchSettings(money=job_context().money)
     limiter = limiter or _no_limit
@@ -328,10 +332,11 @@ def dispatch_backlog(
                 start_by = time.monotonic() + settings.lease.total_seconds() / 2
                 for job in batch.jobs:
                     fault_point("after_claim_commit")
+                    outcome: Future = Future()  # set once the answer is committed (or the payout released)
                     work = pools[job.rail].submit(
-                        _call_and_record, app, job, rails[job.rail], recorder, limiter, clock, start_by
+                        _call_and_record, app, job, rails[job.rail], recorder, limiter, clock, start_by, outcome
                     )
-                    running[work] = job
+                    running[outcome] = (job, work)
                 if stop_at is not None and time.monotonic() >= stop_at:
                     break
                 if batch.rows < settings.batch:  # all that was due is taken: the next claim after these calls
@@ -342,17 +347,18 @@ def dispatch_backlog(
                     _collect(running, outcomes, keep=settings.batch // 2)
             _collect(running, outcomes, keep=0)
         finally:
-            for work in running:
-                work.cancel()  # a crash here: calls not started yet are not made
+            for _, work in running.values():
+                work.cancel()  # a crash here: calls not started yet are not made (answers handed over are recorded)
     return outcomes
 
 
 def _collect(running: dict, outcomes: Counter, keep: int) -> None:
-    """Wait until at most ``keep`` payouts are still queued or in flight, counting the outcomes of the others."""
+    """Wait until at most ``keep`` payouts are still queued, in flight or being recorded, counting the outcomes
+    of the others (an outcome is counted once its answer is committed)."""
     while len(running) > keep:
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for work in done:
-            job = running.pop(work)
+            job, _ = running.pop(work)
             try:
                 outcomes[work.result()] += 1
             except Exception:  # the lease brings it back to a query, as after a crash; the others go on
@@ -384,12 +390,14 @@ class _RailPools:
 class _Recorder:
     """Records the rails' answers a few to a transaction (group commit), on threads of its own.
 
-    A call thread hands its answer over and waits until it is committed (or its error). Each recorder
-    thread takes every answer waiting (up to ``most``) and records them in one transaction, their payouts
-    locked by one SELECT: one commit and one connection checkout for the group, not one per payout. If
-    the group fails, each answer is recorded alone, as before, so one bad answer fails only itself. A crash
-    before the commit loses the group's answers as it lost one before: their leases bring them back to a
-    query. No WeChat call is made here, so no transaction is open across one.
+    A call thread hands its answer over (``record`` returns a future at once) and goes on to its next payout;
+    the future ends when the answer is committed (or with its error). Each recorder thread takes every answer
+    waiting (up to ``most``) and records them in one transaction, their payouts locked by one SELECT: one
+    commit and one connection checkout for the group, not one per payout. If the group fails, each answer is
+    recorded alone, so one bad answer fails only itself; an answer's future ends exactly once. A crash
+    before the commit loses the group's answers: their payouts are still ``sending`` under their leases,
+    which bring them back to a query (never a resend unasked). ``__exit__`` records every answer handed
+    over before it returns. No WeChat call is made here, so no transaction is open across one.
     """
 
     def __init__(self, app: Flask, settings: DispatchSettings, threads: int = 3, most: int = 32) -> None:
@@ -410,10 +418,11 @@ class _Recorder:
         for thread in self.threads:
             thread.join()
 
-    def record(self, job: Claimed, calls: list, at: datetime) -> None:
+    def record(self, job: Claimed, calls: list, at: datetime) -> Future:
+        """Queue one answer; the future ends once it is committed (``None``) or with the record's error."""
         done: Future = Future()
         self.waiting.put((job, calls, at, done))
-        done.result()  # raises the record's error, as recording on this thread did
+        return done
 
     def _run(self) -> None:
         with self.app.app_context():
@@ -433,7 +442,7 @@ class _Recorder:
                     group.append(more)
                 try:
                     self._record(group)
-                except Exception as exc:  # never leave a call thread waiting for an answer that will not come
+                except BaseException as exc:  # noqa: BLE001 - never leave an answer's future without an end
                     for *_, done in group:
                         if not done.done():
                             done.set_exception(exc)
@@ -442,6 +451,7 @@ class _Recorder:
 
     def _record(self, group: list) -> None:
         try:
+            fault_point("before_record_commit")
             with unit_of_work():
                 record_group([(job, calls, at) for job, calls, at, _ in group], self.settings)
         except Exception as exc:
@@ -469,13 +479,44 @@ def _call_and_record(
     limiter: Callable[..., None],
     clock: Callable[[], datetime],
     start_by: float,
-) -> str:
-    """On a rail's thread: each call after its own turn in the rail's rate, then the answer recorded and committed.
+    outcome: Future,
+) -> None:
+    """On a rail's thread: each call after its own turn in the rail's rate, then the answer handed to the recorder.
 
     The calls come first, in a fresh app context whose session has no transaction (the WeChat session
-    checks); then the answer goes to the recorder and this thread waits until it is committed. Returns the
-    outcome (``released``: no call could start in time).
+    checks); then the answer goes to the recorder and this thread is free for the next payout at once.
+    ``outcome`` ends with the payout's outcome once its answer is committed (``released``: no call could
+    start in time, the payout put back), or with the error of the call or of its record.
     """
+    try:
+        result = _call_and_hand_over(app, job, rail, recorder, limiter, clock, start_by)
+    except BaseException as exc:  # noqa: BLE001 - the dispatcher's thread raises it (a simulated crash too)
+        outcome.set_exception(exc)
+        return
+    if isinstance(result, str):
+        outcome.set_result(result)
+        return
+    answer, recorded = result
+
+    def committed(record: Future) -> None:
+        error = record.exception()
+        if error is not None:
+            outcome.set_exception(error)
+        else:
+            outcome.set_result(answer)
+
+    recorded.add_done_callback(committed)
+
+
+def _call_and_hand_over(
+    app: Flask,
+    job: Claimed,
+    rail: RailAdapter,
+    recorder: _Recorder,
+    limiter: Callable[..., None],
+    clock: Callable[[], datetime],
+    start_by: float,
+) -> str | tuple[str, Future]:
     calls: list = []
     first: list[datetime] = []
 
@@ -499,8 +540,7 @@ def _call_and_record(
                     release(job, calls, first[0] if first else clock())
                 return "released"
             fault_point("after_wechat_answer")
-            recorder.record(job, calls, first[0] if first else clock())
-            return calls[-1][1].outcome
+            return calls[-1][1].outcome, recorder.record(job, calls, first[0] if first else clock())
         finally:
             db.session.remove()
 

@@ -232,6 +232,39 @@ def test_a_payout_released_after_its_query_is_queried_again_first(funded_payout)
     assert statuses() == ["succeeded"]
 
 
+def test_a_call_thread_takes_the_next_payout_while_the_last_answer_is_being_recorded(funded_payout, monkeypatch):
+    # given: three payouts, one call thread, and a recorder that holds its first group until all three are sent
+    for i in range(3):
+        funded_payout(amount_fen=1_00 + i)
+    all_sent = threading.Event()
+
+    class Counting(Paying):
+        def send(self, external_no, request):
+            answer = super().send(external_no, request)
+            if len(self.calls) == 3:
+                all_sent.set()
+            return answer
+
+    rail = Counting()
+    sent_when_first_recorded = []
+    real_record_group = job_module.record_group
+
+    def held_record_group(answers, settings):
+        if not sent_when_first_recorded:
+            all_sent.wait(timeout=30)  # (a guard against a hang only: with one call thread waiting, never set)
+            sent_when_first_recorded.append(len(rail.calls))
+        return real_record_group(answers, settings)
+
+    monkeypatch.setattr(job_module, "record_group", held_record_group)
+    # when
+    outcomes = dispatch_backlog({rail.name: rail}, settings=settings(), calls_in_flight=1)
+    # then: the thread did not wait for the recorder; every answer is still recorded once, before the run ends
+    assert sent_when_first_recorded == [3]
+    assert outcomes == {Outcome.SUCCEEDED: 3}
+    assert statuses() == ["succeeded"] * 3
+    assert db.session.query(PayoutAttempt).filter_by(action="send").count() == 3
+
+
 def test_one_failing_call_does_not_lose_the_other_answers(funded_payout):
     broken = funded_payout(amount_fen=1_00)[0].external_no
     funded_payout(amount_fen=2_00)
