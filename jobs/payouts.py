@@ -153,21 +153,41 @@ def build_rails(cfg: Mapping[str, Any], wx: Any) -> dict[str, RailAdapter]:
 # -- calls per second per rail ----------------------------------------------------------
 
 RATE_WINDOW_S = 1.0  # WeChat's limits are calls per second: no rail gets more than its rate in any such window
-# One window check and, when granted, the call's slot, in one atomic step on Redis's own clock: every process
-# of every node is ordered by one clock, so the window is exact across processes (no client clock in it).
+# A turn is handed out as a stamp: the moment the shared window counts the call at (its send time). A call
+# starts at or after its stamp, and within LATE_S after it or not at all (the turn is dropped): a turn
+# reserved ahead is never used early, nor long after the window counted it.
+LATE_S = 0.25
+RESERVE_MOST = 8  # turns one round trip to the window may take for this process's threads
+RESERVE_AHEAD_S = 0.1  # how far ahead of now those turns may be (no process holds the window's future long)
+# The window's next free turns (up to ARGV[3], the first at once or the rest within ARGV[4] s from now), each
+# checked and pushed in one atomic step on Redis's own clock: every process of every node is ordered by one
+# clock, so the window is exact across processes (no client clock in it). The list holds the last ``limit``
+# stamps, newest first and never decreasing; a new stamp is at least the ``limit``-th newest + the window,
+# so any ``limit`` + 1 consecutive stamps span a whole window: never more than ``limit`` in any window.
 _REDIS_WINDOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-local oldest = redis.call('LINDEX', KEYS[1], limit - 1)
-if oldest and now - tonumber(oldest) < window then
-    return {math.ceil((tonumber(oldest) + window - now) * 1000000)}
+local most, ahead = tonumber(ARGV[3]), tonumber(ARGV[4])
+local stamps = {}
+for i = 1, most do
+    local at = now
+    local oldest = redis.call('LINDEX', KEYS[1], limit - 1)
+    if oldest and tonumber(oldest) + window > at then at = tonumber(oldest) + window end
+    local newest = redis.call('LINDEX', KEYS[1], 0)
+    if newest and tonumber(newest) > at then at = tonumber(newest) end
+    at = math.ceil(at * 1000000) / 1000000
+    if at > now then
+        if #stamps > 0 and at > now + ahead then break end
+        if #stamps == 0 then return {math.max(1, math.ceil((at - now) * 1000000))} end
+    end
+    local stamp = string.format('%.6f', at)
+    redis.call('LPUSH', KEYS[1], stamp)
+    redis.call('LTRIM', KEYS[1], 0, limit - 1)
+    stamps[#stamps + 1] = stamp
 end
-local stamp = string.format('%.6f', now)
-redis.call('LPUSH', KEYS[1], stamp)
-redis.call('LTRIM', KEYS[1], 0, limit - 1)
-redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
-return {0, stamp}
+redis.call('PEXPIRE', KEYS[1], math.ceil((window + ahead) * 1000) + 1000)
+return {0, string.format('%.6f', now), unpack(stamps)}
 """
 
 
@@ -180,12 +200,24 @@ class Turn(NamedTuple):
     at: float | None = None  # when granted: the moment (Unix time) the window counts this call at
 
 
-class MovingWindow:
-    """At most ``rate`` grants in any ``window`` seconds per key; ``try_take`` grants a turn or says how long to wait.
+class Turns(NamedTuple):
+    """``reserve``'s answer: the seconds to wait (no turn), or turns on the window's clock, and its now."""
 
-    On Redis (``redis_url``) one list per key holds the last ``rate`` grant times, checked and pushed by one
-    script on the server's clock, so every process sharing the Redis shares the window exactly. Without
-    Redis the same list lives in this process (one process only: ``config`` refuses more in live mode).
+    wait: float
+    now: float = 0.0
+    stamps: tuple[float, ...] = ()
+    to_unix: float = 0.0  # add to a stamp for Unix time (0 on Redis, whose clock is Unix time)
+
+
+class MovingWindow:
+    """At most ``rate`` turns in any ``window`` seconds per key.
+
+    ``reserve`` takes up to ``most`` turns at once: the first only if free now, the others at the window's
+    next free moments within ``ahead`` seconds (a stamp in the future: the caller waits for it); with no free
+    turn it says how long until one is. ``try_take`` is one turn, now or never. On Redis (``redis_url``) one
+    list per key holds the last ``rate`` stamps, checked and pushed by one script on the server's clock, so
+    every process sharing the Redis shares the window exactly. Without Redis the same list lives in this
+    process (one process only: ``config`` refuses more in live mode).
     """
 
     def __init__(
@@ -197,22 +229,37 @@ class MovingWindow:
             import redis
 
             self._script = redis.Redis.from_url(redis_url).register_script(_REDIS_WINDOW)
-        self._grants: dict[str, deque] = {}
+        self._grants: dict[str, deque] = {}  # newest first, as the Redis list
         self._lock = threading.Lock()
 
     def try_take(self, key: str, rate: int) -> Turn:
+        turns = self.reserve(key, rate)
+        return Turn(turns.wait) if turns.wait else Turn(0.0, turns.stamps[0] + turns.to_unix)
+
+    def reserve(self, key: str, rate: int, most: int = 1, ahead: float = 0.0) -> Turns:
         if self._script is not None:
-            answer = self._script(keys=[key], args=[rate, self.window_s])
-            return Turn(0.0, float(answer[1])) if int(answer[0]) == 0 else Turn(int(answer[0]) / 1_000_000)
-        with self._lock:
+            answer = self._script(keys=[key], args=[rate, self.window_s, max(1, most), ahead])
+            if int(answer[0]) != 0:
+                return Turns(int(answer[0]) / 1_000_000)
+            return Turns(0.0, float(answer[1]), tuple(float(stamp) for stamp in answer[2:]))
+        with self._lock:  # the script's steps, in this process
             grants = self._grants.setdefault(key, deque())
-            now = self.clock()
-            while len(grants) > rate:
-                grants.popleft()
-            if len(grants) == rate and now - grants[0] < self.window_s:
-                return Turn(grants[0] + self.window_s - now)
-            grants.append(now)
-            return Turn(0.0, self.wall())
+            now, stamps = self.clock(), []
+            for _ in range(max(1, most)):
+                at = now
+                if len(grants) >= rate:
+                    at = max(at, grants[rate - 1] + self.window_s)
+                if grants:
+                    at = max(at, grants[0])
+                if at > now and (stamps and at > now + ahead):
+                    break
+                if at > now and not stamps:
+                    return Turns(at - now)
+                grants.appendleft(at)
+                while len(grants) > rate:
+                    grants.pop()
+                stamps.append(at)
+            return Turns(0.0, now, tuple(stamps), self.wall() - now)
 
 
 @functools.cache
@@ -225,6 +272,12 @@ def rate_key(rail: str, mchid: str | None = None) -> str:
     return f"payout-rate:{mchid or '-'}:{rail}"
 
 
+class _Permit(NamedTuple):
+    early: float  # the stamp on this process's monotonic clock, at the earliest it can be (asked at)
+    late: float  # and at the latest (answered at): the call never starts before it
+    at: float  # the stamp, Unix time: the call's send time
+
+
 def rail_limiter(
     rails: dict[str, Any],
     redis_url: str | None,
@@ -233,24 +286,70 @@ def rail_limiter(
     mchid: str | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    most: int = RESERVE_MOST,
 ):
-    """``wait_for(rail, until=None)``: once the rail has a free call in its window (never more than its rate),
-    returns the moment the window counts it at (Unix time): the call's send time.
+    """``wait_for(rail, until=None)``: once the rail has a turn (never more than its rate), returns the
+    moment the shared window counts it at (Unix time): the call's send time. The caller calls at once.
 
-    Raises ``RailBusy`` when no call is free by ``until`` (a ``time.monotonic`` deadline) or after
-    ``max_wait_s``; it sleeps exactly until the oldest grant in the window leaves it, not in fixed steps.
+    One round trip to the window takes up to ``most`` turns for this process (``MovingWindow.reserve``): the
+    first free now, the others at the window's next free moments within ``RESERVE_AHEAD_S``; the threads of
+    the process share them, each waiting until its turn's stamp. Never above the rate, across processes:
+    every turn of every process is a stamp in the one shared window, which the script keeps to at most
+    ``rate`` stamps in any ``RATE_WINDOW_S`` (each new stamp is at least the ``rate``-th newest + the window,
+    on Redis's one clock), exactly as when each call took its own turn; reserving ahead only puts stamps in
+    the near future, where the same rule holds. A turn's stamp is mapped to this process's clock between the
+    moment it was asked for (``early``) and the moment the answer came (``late``): a call never starts
+    before ``late`` (so never before its stamp, whatever the round trip took) and never after ``early +
+    LATE_S`` (a turn not used by then is dropped, never used late; a dropped or unused turn only costs
+    throughput). So each call starts at its send time, give or take this process's scheduling, as before.
+
+    Raises ``RailBusy`` when no turn is free by ``until`` (a ``time.monotonic`` deadline) or after
+    ``max_wait_s``; it sleeps exactly until the window has a free turn, not in fixed steps.
     """
     window = _window(redis_url)
+    held: dict[str, deque[_Permit]] = {}
+    lock = threading.Lock()
+
+    def take(key: str, rate: int) -> _Permit | float:
+        """A turn held by this process, else one more round trip: a turn, or the seconds until one is free."""
+        with lock:
+            permits = held.setdefault(key, deque())
+            while True:
+                now = clock()
+                while permits and now > permits[0].early + LATE_S:
+                    permits.popleft()  # too late for it now: dropped
+                if permits:
+                    return permits.popleft()
+                asked = clock()
+                turns = window.reserve(key, rate, most=max(1, min(most, rate)), ahead=RESERVE_AHEAD_S)
+                answered = clock()
+                if turns.wait:
+                    return turns.wait
+                permits.extend(
+                    _Permit(asked + (s - turns.now), answered + (s - turns.now), s + turns.to_unix)
+                    for s in turns.stamps
+                )
 
     def wait_for(rail: str, until: float | None = None) -> float:
         rate = rails[rail].rate_per_second
+        key = rate_key(rail, mchid)
         deadline = clock() + max_wait_s
         deadline = deadline if until is None else min(deadline, until)
-        while (turn := window.try_take(rate_key(rail, mchid), rate)).wait > 0:
-            if clock() + turn.wait > deadline:
-                raise RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
-            sleep(turn.wait)
-        return turn.at
+        while True:
+            permit = take(key, rate)
+            if isinstance(permit, float):
+                if clock() + permit > deadline:
+                    raise RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
+                sleep(permit)
+                continue
+            pause = permit.late - clock()
+            if pause > 0:
+                if clock() + pause > deadline:
+                    raise RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
+                sleep(pause)
+            if clock() <= permit.early + LATE_S:
+                return permit.at
+            # woke too late for this turn (never used late): the next one
 
     return wait_for
 
