@@ -166,7 +166,8 @@ RESERVE_AHEAD_S = 0.1  # how far ahead of now those turns may be (no process hol
 # so any ``limit`` + 1 consecutive stamps span a whole window: never more than ``limit`` in any window.
 _REDIS_WINDOW = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function us(x) return math.floor(x * 1000000 + 0.5) / 1000000 end  -- to the microsecond, as stored
+local now = us(tonumber(t[1]) + tonumber(t[2]) / 1000000)
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local most, ahead = tonumber(ARGV[3]), tonumber(ARGV[4])
 local stamps = {}
@@ -176,7 +177,7 @@ for i = 1, most do
     if oldest and tonumber(oldest) + window > at then at = tonumber(oldest) + window end
     local newest = redis.call('LINDEX', KEYS[1], 0)
     if newest and tonumber(newest) > at then at = tonumber(newest) end
-    at = math.ceil(at * 1000000) / 1000000
+    at = us(at)
     if at > now then
         if #stamps > 0 and at > now + ahead then break end
         if #stamps == 0 then return {math.max(1, math.ceil((at - now) * 1000000))} end
