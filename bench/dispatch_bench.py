@@ -218,6 +218,11 @@ def _line(processes: int, ids: list[int], results: list[dict], app) -> str:
             .order_by(PayoutAttempt.created_at)
         ).all()
         waiting = db.session.query(Payout).filter(Payout.id.in_(ids), Payout.status == "waiting_user_confirm").count()
+        odd = db.session.execute(  # answers other than "waiting for the user" (e.g. a timeout): why
+            select(PayoutAttempt.response_code, PayoutAttempt.message).where(
+                PayoutAttempt.payout_id.in_(ids), PayoutAttempt.outcome != "waiting_user_confirm"
+            )
+        ).all()
     at = [s.created_at.timestamp() for s in sends]
     twice = len(sends) - len({s.payout_id for s in sends})
     rate, seconds = _steady(at)
@@ -233,7 +238,7 @@ def _line(processes: int, ids: list[int], results: list[dict], app) -> str:
         f"busiest 1 s window {peak} sends = {peak / RATE:.2f}x (never > 1.00); "
         f"sends in each second from the first: {' '.join(map(str, _per_second(at)))}; "
         f"{statements:.1f} SQL statements/payout; waiting for the user {waiting}/{len(ids)}; sent twice {twice}; "
-        f"outcomes {dict(ended)}"
+        f"outcomes {dict(ended)}" + _other_answers(odd)
     )
 
 
@@ -245,6 +250,14 @@ def _steady(at: list[float]) -> tuple[float, int]:
         return len(at) / (at[-1] - at[0] + 1.0), 0  # too short a run for a steady state: the whole run
     end = start + seconds
     return sum(1 for moment in at if start <= moment < end) / seconds, seconds
+
+
+def _other_answers(odd: list) -> str:
+    """The answers other than "waiting for the user" (a timeout, say), by code and message."""
+    if not odd:
+        return ""
+    why = Counter(f"{code}: {(message or '')[:80]}" for code, message in odd)
+    return f"; other answers {dict(why)}"
 
 
 def _per_second(at: list[float]) -> list[int]:
