@@ -11,9 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import requests
-from requests.adapters import HTTPAdapter
-
-POOL_MAXSIZE = 64  # connections kept per host: ≥ every thread that may call WeChat at once in one process
 
 
 class CallInsideTransaction(RuntimeError):
@@ -24,10 +21,6 @@ class WeChatSession(requests.Session):
     def __init__(self, transaction_open: Callable[[], bool] | None = None) -> None:
         super().__init__()
         self.transaction_open = transaction_open
-        # Kept connections for as many calls at once as the dispatcher's threads make (requests keeps 10 a
-        # host: the 11th concurrent call opened, and then dropped, a connection of its own every time).
-        for prefix in ("https://", "http://"):
-            self.mount(prefix, HTTPAdapter(pool_connections=4, pool_maxsize=POOL_MAXSIZE))
 
     def request(self, method, url, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - requests' own signature
         if self.transaction_open is not None and self.transaction_open():
