@@ -9,10 +9,22 @@ WeChat Pay host is that server: the simulator's signing, checks and records are 
 
 Rates are shared through Redis (``BENCH_REDIS_URL``, default ``redis://127.0.0.1:6379/0``) under a
 merchant id of the run's own, so nothing else on that Redis counts against it. Figures, per process count:
-payouts/s as sends / (first-to-last send + 1 s) (start-up excluded), its ratio to the configured rate (goal
-≥ 0.9), the most sends in any 1 s window of the payouts' send times (never above the rate), payouts each
-process sent, and SQL statements per payout in the jobs processes. ``BENCH_DISPATCH_RATE`` (default
-100/s) and ``BENCH_DISPATCH_SECONDS`` (default 4: the backlog is rate × that × processes).
+
+- payouts/s in the steady state, and its ratio to the configured rate (goal ≥ 0.9): the sends in the whole
+  seconds from 1 s after the first send to the last whole second before the last send, divided by those
+  seconds. The first second is left out because a moving window lets a full window's worth go as fast as
+  the calls can (its length says how quick the start-up is, not the rate kept), and the last partial second
+  because the backlog runs out in it. Every 1 s window holds at most the rate's sends (the limiter's
+  guarantee, checked by the next figure), so this figure can never read above 1.00× however the run is
+  cut; it reads below only when the dispatcher cannot keep up. (An earlier figure, sends ÷ (first-to-last
+  span + 1 s), counted the start-up second as if a window's worth went at once: with 16 calls in flight it
+  takes most of a second, so a 4 s run read about 0.8× at best however fast the dispatcher was. It is still
+  printed, as "whole run", for comparison.)
+- the most sends in any 1 s window of the payouts' send times (the moments the shared window counted them;
+  never above the rate), payouts each process sent, and SQL statements per payout in the jobs processes.
+
+``BENCH_DISPATCH_RATE`` (default 100/s) and ``BENCH_DISPATCH_SECONDS`` (default 8: the backlog is rate ×
+that × processes, so the steady state has several whole seconds to count).
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ from sqlalchemy import create_engine, event, func, insert, select, text
 from sqlalchemy.engine import make_url
 
 RATE = int(os.environ.get("BENCH_DISPATCH_RATE", "100"))
-SECONDS = float(os.environ.get("BENCH_DISPATCH_SECONDS", "4"))
+SECONDS = float(os.environ.get("BENCH_DISPATCH_SECONDS", "8"))
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = "BD"
 
@@ -206,21 +218,51 @@ def _line(processes: int, ids: list[int], results: list[dict], app) -> str:
             .order_by(PayoutAttempt.created_at)
         ).all()
         waiting = db.session.query(Payout).filter(Payout.id.in_(ids), Payout.status == "waiting_user_confirm").count()
+        odd = db.session.execute(  # answers other than "waiting for the user" (e.g. a timeout): why
+            select(PayoutAttempt.response_code, PayoutAttempt.message).where(
+                PayoutAttempt.payout_id.in_(ids), PayoutAttempt.outcome != "waiting_user_confirm"
+            )
+        ).all()
     at = [s.created_at.timestamp() for s in sends]
     twice = len(sends) - len({s.payout_id for s in sends})
-    # A one-second window lets a full window's worth go at once at the start: sends over (span + 1 s).
-    rate = len(at) / (at[-1] - at[0] + 1.0)
+    rate, seconds = _steady(at)
+    whole = len(at) / (at[-1] - at[0] + 1.0)  # the earlier figure (start-up second counted as instant)
     peak = _peak(at)
     statements = sum(r["statements"] for r in results) / max(1, sum(r["payouts"] for r in results))
     per_process = "+".join(str(r["payouts"]) for r in results)
     ended = sum((Counter(r["outcomes"]) for r in results), Counter())
     return (
         f"  {processes} jobs process{'es' if processes > 1 else ''}: {len(ids)} payouts "
-        f"({per_process}), {rate:.1f} payouts/s = {rate / RATE:.2f}x the rate (goal >= 0.9); "
+        f"({per_process}), steady {rate:.1f} payouts/s over {seconds} s = {rate / RATE:.2f}x the rate (goal >= 0.9) "
+        f"(whole run {whole / RATE:.2f}x); "
         f"busiest 1 s window {peak} sends = {peak / RATE:.2f}x (never > 1.00); "
+        f"sends in each second from the first: {' '.join(map(str, _per_second(at)))}; "
         f"{statements:.1f} SQL statements/payout; waiting for the user {waiting}/{len(ids)}; sent twice {twice}; "
-        f"outcomes {dict(ended)}"
+        f"outcomes {dict(ended)}" + _other_answers(odd)
     )
+
+
+def _steady(at: list[float]) -> tuple[float, int]:
+    """Sends per second over the whole seconds [first + 1 s, first + 1 s + n s) that end by the last send."""
+    start = at[0] + 1.0
+    seconds = int(at[-1] - start)
+    if seconds < 1:
+        return len(at) / (at[-1] - at[0] + 1.0), 0  # too short a run for a steady state: the whole run
+    end = start + seconds
+    return sum(1 for moment in at if start <= moment < end) / seconds, seconds
+
+
+def _other_answers(odd: list) -> str:
+    """The answers other than "waiting for the user" (a timeout, say), by code and message."""
+    if not odd:
+        return ""
+    why = Counter(f"{code}: {(message or '')[:80]}" for code, message in odd)
+    return f"; other answers {dict(why)}"
+
+
+def _per_second(at: list[float]) -> list[int]:
+    counts = Counter(int(moment - at[0]) for moment in at)
+    return [counts[n] for n in range(max(counts) + 1)]
 
 
 def _peak(at: list[float]) -> int:

@@ -153,21 +153,42 @@ def build_rails(cfg: Mapping[str, Any], wx: Any) -> dict[str, RailAdapter]:
 # -- calls per second per rail ----------------------------------------------------------
 
 RATE_WINDOW_S = 1.0  # WeChat's limits are calls per second: no rail gets more than its rate in any such window
-# One window check and, when granted, the call's slot, in one atomic step on Redis's own clock: every process
-# of every node is ordered by one clock, so the window is exact across processes (no client clock in it).
+# A turn is handed out as a stamp: the moment the shared window counts the call at (its send time). A call
+# starts at or after its stamp, and within LATE_S after it or not at all (the turn is dropped): a turn
+# reserved ahead is never used early, nor long after the window counted it.
+LATE_S = 0.25
+RESERVE_MOST = 8  # turns one round trip to the window may take for this process's threads
+RESERVE_AHEAD_S = 0.1  # how far ahead of now those turns may be (no process holds the window's future long)
+# The window's next free turns (up to ARGV[3], the first at once or the rest within ARGV[4] s from now), each
+# checked and pushed in one atomic step on Redis's own clock: every process of every node is ordered by one
+# clock, so the window is exact across processes (no client clock in it). The list holds the last ``limit``
+# stamps, newest first and never decreasing; a new stamp is at least the ``limit``-th newest + the window,
+# so any ``limit`` + 1 consecutive stamps span a whole window: never more than ``limit`` in any window.
 _REDIS_WINDOW = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function us(x) return math.floor(x * 1000000 + 0.5) / 1000000 end  -- to the microsecond, as stored
+local now = us(tonumber(t[1]) + tonumber(t[2]) / 1000000)
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-local oldest = redis.call('LINDEX', KEYS[1], limit - 1)
-if oldest and now - tonumber(oldest) < window then
-    return {math.ceil((tonumber(oldest) + window - now) * 1000000)}
+local most, ahead = tonumber(ARGV[3]), tonumber(ARGV[4])
+local stamps = {}
+for i = 1, most do
+    local at = now
+    local oldest = redis.call('LINDEX', KEYS[1], limit - 1)
+    if oldest and tonumber(oldest) + window > at then at = tonumber(oldest) + window end
+    local newest = redis.call('LINDEX', KEYS[1], 0)
+    if newest and tonumber(newest) > at then at = tonumber(newest) end
+    at = us(at)
+    if at > now then
+        if #stamps > 0 and at > now + ahead then break end
+        if #stamps == 0 then return {math.max(1, math.ceil((at - now) * 1000000))} end
+    end
+    local stamp = string.format('%.6f', at)
+    redis.call('LPUSH', KEYS[1], stamp)
+    redis.call('LTRIM', KEYS[1], 0, limit - 1)
+    stamps[#stamps + 1] = stamp
 end
-local stamp = string.format('%.6f', now)
-redis.call('LPUSH', KEYS[1], stamp)
-redis.call('LTRIM', KEYS[1], 0, limit - 1)
-redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
-return {0, stamp}
+redis.call('PEXPIRE', KEYS[1], math.ceil((window + ahead) * 1000) + 1000)
+return {0, string.format('%.6f', now), unpack(stamps)}
 """
 
 
@@ -180,12 +201,24 @@ class Turn(NamedTuple):
     at: float | None = None  # when granted: the moment (Unix time) the window counts this call at
 
 
-class MovingWindow:
-    """At most ``rate`` grants in any ``window`` seconds per key; ``try_take`` grants a turn or says how long to wait.
+class Turns(NamedTuple):
+    """``reserve``'s answer: the seconds to wait (no turn), or turns on the window's clock, and its now."""
 
-    On Redis (``redis_url``) one list per key holds the last ``rate`` grant times, checked and pushed by one
-    script on the server's clock, so every process sharing the Redis shares the window exactly. Without
-    Redis the same list lives in this process (one process only: ``config`` refuses more in live mode).
+    wait: float
+    now: float = 0.0
+    stamps: tuple[float, ...] = ()
+    to_unix: float = 0.0  # add to a stamp for Unix time (0 on Redis, whose clock is Unix time)
+
+
+class MovingWindow:
+    """At most ``rate`` turns in any ``window`` seconds per key.
+
+    ``reserve`` takes up to ``most`` turns at once: the first only if free now, the others at the window's
+    next free moments within ``ahead`` seconds (a stamp in the future: the caller waits for it); with no free
+    turn it says how long until one is. ``try_take`` is one turn, now or never. On Redis (``redis_url``) one
+    list per key holds the last ``rate`` stamps, checked and pushed by one script on the server's clock, so
+    every process sharing the Redis shares the window exactly. Without Redis the same list lives in this
+    process (one process only: ``config`` refuses more in live mode).
     """
 
     def __init__(
@@ -197,22 +230,37 @@ class MovingWindow:
             import redis
 
             self._script = redis.Redis.from_url(redis_url).register_script(_REDIS_WINDOW)
-        self._grants: dict[str, deque] = {}
+        self._grants: dict[str, deque] = {}  # newest first, as the Redis list
         self._lock = threading.Lock()
 
     def try_take(self, key: str, rate: int) -> Turn:
+        turns = self.reserve(key, rate)
+        return Turn(turns.wait) if turns.wait else Turn(0.0, turns.stamps[0] + turns.to_unix)
+
+    def reserve(self, key: str, rate: int, most: int = 1, ahead: float = 0.0) -> Turns:
         if self._script is not None:
-            answer = self._script(keys=[key], args=[rate, self.window_s])
-            return Turn(0.0, float(answer[1])) if int(answer[0]) == 0 else Turn(int(answer[0]) / 1_000_000)
-        with self._lock:
+            answer = self._script(keys=[key], args=[rate, self.window_s, max(1, most), ahead])
+            if int(answer[0]) != 0:
+                return Turns(int(answer[0]) / 1_000_000)
+            return Turns(0.0, float(answer[1]), tuple(float(stamp) for stamp in answer[2:]))
+        with self._lock:  # the script's steps, in this process
             grants = self._grants.setdefault(key, deque())
-            now = self.clock()
-            while len(grants) > rate:
-                grants.popleft()
-            if len(grants) == rate and now - grants[0] < self.window_s:
-                return Turn(grants[0] + self.window_s - now)
-            grants.append(now)
-            return Turn(0.0, self.wall())
+            now, stamps = self.clock(), []
+            for _ in range(max(1, most)):
+                at = now
+                if len(grants) >= rate:
+                    at = max(at, grants[rate - 1] + self.window_s)
+                if grants:
+                    at = max(at, grants[0])
+                if at > now and (stamps and at > now + ahead):
+                    break
+                if at > now and not stamps:
+                    return Turns(at - now)
+                grants.appendleft(at)
+                while len(grants) > rate:
+                    grants.pop()
+                stamps.append(at)
+            return Turns(0.0, now, tuple(stamps), self.wall() - now)
 
 
 @functools.cache
@@ -225,6 +273,12 @@ def rate_key(rail: str, mchid: str | None = None) -> str:
     return f"payout-rate:{mchid or '-'}:{rail}"
 
 
+class _Permit(NamedTuple):
+    early: float  # the stamp on this process's monotonic clock, at the earliest it can be (asked at)
+    late: float  # and at the latest (answered at): the call never starts before it
+    at: float  # the stamp, Unix time: the call's send time
+
+
 def rail_limiter(
     rails: dict[str, Any],
     redis_url: str | None,
@@ -233,24 +287,70 @@ def rail_limiter(
     mchid: str | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    most: int = RESERVE_MOST,
 ):
-    """``wait_for(rail, until=None)``: once the rail has a free call in its window (never more than its rate),
-    returns the moment the window counts it at (Unix time): the call's send time.
+    """``wait_for(rail, until=None)``: once the rail has a turn (never more than its rate), returns the
+    moment the shared window counts it at (Unix time): the call's send time. The caller calls at once.
 
-    Raises ``RailBusy`` when no call is free by ``until`` (a ``time.monotonic`` deadline) or after
-    ``max_wait_s``; it sleeps exactly until the oldest grant in the window leaves it, not in fixed steps.
+    One round trip to the window takes up to ``most`` turns for this process (``MovingWindow.reserve``): the
+    first free now, the others at the window's next free moments within ``RESERVE_AHEAD_S``; the threads of
+    the process share them, each waiting until its turn's stamp. Never above the rate, across processes:
+    every turn of every process is a stamp in the one shared window, which the script keeps to at most
+    ``rate`` stamps in any ``RATE_WINDOW_S`` (each new stamp is at least the ``rate``-th newest + the window,
+    on Redis's one clock), exactly as when each call took its own turn; reserving ahead only puts stamps in
+    the near future, where the same rule holds. A turn's stamp is mapped to this process's clock between the
+    moment it was asked for (``early``) and the moment the answer came (``late``): a call never starts
+    before ``late`` (so never before its stamp, whatever the round trip took) and never after ``early +
+    LATE_S`` (a turn not used by then is dropped, never used late; a dropped or unused turn only costs
+    throughput). So each call starts at its send time, give or take this process's scheduling, as before.
+
+    Raises ``RailBusy`` when no turn is free by ``until`` (a ``time.monotonic`` deadline) or after
+    ``max_wait_s``; it sleeps exactly until the window has a free turn, not in fixed steps.
     """
     window = _window(redis_url)
+    held: dict[str, deque[_Permit]] = {}
+    lock = threading.Lock()
+
+    def take(key: str, rate: int) -> _Permit | float:
+        """A turn held by this process, else one more round trip: a turn, or the seconds until one is free."""
+        with lock:
+            permits = held.setdefault(key, deque())
+            while True:
+                now = clock()
+                while permits and now > permits[0].early + LATE_S:
+                    permits.popleft()  # too late for it now: dropped
+                if permits:
+                    return permits.popleft()
+                asked = clock()
+                turns = window.reserve(key, rate, most=max(1, min(most, rate)), ahead=RESERVE_AHEAD_S)
+                answered = clock()
+                if turns.wait:
+                    return turns.wait
+                permits.extend(
+                    _Permit(asked + (s - turns.now), answered + (s - turns.now), s + turns.to_unix)
+                    for s in turns.stamps
+                )
 
     def wait_for(rail: str, until: float | None = None) -> float:
         rate = rails[rail].rate_per_second
+        key = rate_key(rail, mchid)
         deadline = clock() + max_wait_s
         deadline = deadline if until is None else min(deadline, until)
-        while (turn := window.try_take(rate_key(rail, mchid), rate)).wait > 0:
-            if clock() + turn.wait > deadline:
-                raise RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
-            sleep(turn.wait)
-        return turn.at
+        while True:
+            permit = take(key, rate)
+            if isinstance(permit, float):
+                if clock() + permit > deadline:
+                    raise RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
+                sleep(permit)
+                continue
+            pause = permit.late - clock()
+            if pause > 0:
+                if clock() + pause > deadline:
+                    raise RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
+                sleep(pause)
+            if clock() <= permit.early + LATE_S:
+                return permit.at
+            # woke too late for this turn (never used late): the next one
 
     return wait_for
 
@@ -302,13 +402,17 @@ def dispatch_backlog(
     This thread claims (each claim committed before any of its calls) and hands each payout to its rail's
     pool: up to ``calls_in_flight`` threads (never more than the rail's rate), each waiting for the rail's
     turn (``limiter(rail, until)``, shared by every process), calling WeChat with no transaction open, then
-    recording the answer in a session of its own and committing it at once. A crash loses at most the
-    answers not yet recorded; their leases bring them back to a query. The next batch is claimed while
-    half of this one is still queued or in flight, so the rails never wait for a claim; a claim that took
-    less than a full batch is followed by one more only once its calls are done (they may have queued
-    retries). A call that gets no turn within half the lease (the rail's rate taken by other processes
-    all along, or the limiter unreachable) is not made: ``release`` puts the payout back, and the run
-    ends after that batch rather than claiming it again at once.
+    handing the answer to the recorder and taking the next payout at once: the recorder commits answers a
+    few to a transaction on threads of its own, asynchronously to the calls. Until its answer is committed a
+    payout stays ``sending`` under its lease, so no claim (here or elsewhere) takes it; a crash loses at
+    most the answers not yet committed, and their leases bring them back to a query, never a blind resend.
+    Each answer is recorded exactly once (``_Recorder``); the run ends only once every answer handed over
+    is committed. The next batch is claimed while half of this one is still queued, in flight or being
+    recorded, so the rails never wait for a claim; a claim that took less than a full batch is followed by
+    one more only once its calls are done and recorded (they may have queued retries). A call that gets no
+    turn within half the lease (the rail's rate taken by other processes all along, or the limiter
+    unreachable) is not made: ``release`` puts the payout back, and the run ends after that batch rather
+    than claiming it again at once.
     """
     settings = settings or DispatchSettings(money=job_context().money)
     limiter = limiter or _no_limit
@@ -328,10 +432,11 @@ def dispatch_backlog(
                 start_by = time.monotonic() + settings.lease.total_seconds() / 2
                 for job in batch.jobs:
                     fault_point("after_claim_commit")
+                    outcome: Future = Future()  # set once the answer is committed (or the payout released)
                     work = pools[job.rail].submit(
-                        _call_and_record, app, job, rails[job.rail], recorder, limiter, clock, start_by
+                        _call_and_record, app, job, rails[job.rail], recorder, limiter, clock, start_by, outcome
                     )
-                    running[work] = job
+                    running[outcome] = (job, work)
                 if stop_at is not None and time.monotonic() >= stop_at:
                     break
                 if batch.rows < settings.batch:  # all that was due is taken: the next claim after these calls
@@ -342,17 +447,18 @@ def dispatch_backlog(
                     _collect(running, outcomes, keep=settings.batch // 2)
             _collect(running, outcomes, keep=0)
         finally:
-            for work in running:
-                work.cancel()  # a crash here: calls not started yet are not made
+            for _, work in running.values():
+                work.cancel()  # a crash here: calls not started yet are not made (answers handed over are recorded)
     return outcomes
 
 
 def _collect(running: dict, outcomes: Counter, keep: int) -> None:
-    """Wait until at most ``keep`` payouts are still queued or in flight, counting the outcomes of the others."""
+    """Wait until at most ``keep`` payouts are still queued, in flight or being recorded, counting the outcomes
+    of the others (an outcome is counted once its answer is committed)."""
     while len(running) > keep:
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for work in done:
-            job = running.pop(work)
+            job, _ = running.pop(work)
             try:
                 outcomes[work.result()] += 1
             except Exception:  # the lease brings it back to a query, as after a crash; the others go on
@@ -384,12 +490,14 @@ class _RailPools:
 class _Recorder:
     """Records the rails' answers a few to a transaction (group commit), on threads of its own.
 
-    A call thread hands its answer over and waits until it is committed (or its error). Each recorder
-    thread takes every answer waiting (up to ``most``) and records them in one transaction, their payouts
-    locked by one SELECT: one commit and one connection checkout for the group, not one per payout. If
-    the group fails, each answer is recorded alone, as before, so one bad answer fails only itself. A crash
-    before the commit loses the group's answers as it lost one before: their leases bring them back to a
-    query. No WeChat call is made here, so no transaction is open across one.
+    A call thread hands its answer over (``record`` returns a future at once) and goes on to its next payout;
+    the future ends when the answer is committed (or with its error). Each recorder thread takes every answer
+    waiting (up to ``most``) and records them in one transaction, their payouts locked by one SELECT: one
+    commit and one connection checkout for the group, not one per payout. If the group fails, each answer is
+    recorded alone, so one bad answer fails only itself; an answer's future ends exactly once. A crash
+    before the commit loses the group's answers: their payouts are still ``sending`` under their leases,
+    which bring them back to a query (never a resend unasked). ``__exit__`` records every answer handed
+    over before it returns. No WeChat call is made here, so no transaction is open across one.
     """
 
     def __init__(self, app: Flask, settings: DispatchSettings, threads: int = 3, most: int = 32) -> None:
@@ -410,10 +518,11 @@ class _Recorder:
         for thread in self.threads:
             thread.join()
 
-    def record(self, job: Claimed, calls: list, at: datetime) -> None:
+    def record(self, job: Claimed, calls: list, at: datetime) -> Future:
+        """Queue one answer; the future ends once it is committed (``None``) or with the record's error."""
         done: Future = Future()
         self.waiting.put((job, calls, at, done))
-        done.result()  # raises the record's error, as recording on this thread did
+        return done
 
     def _run(self) -> None:
         with self.app.app_context():
@@ -433,7 +542,7 @@ class _Recorder:
                     group.append(more)
                 try:
                     self._record(group)
-                except Exception as exc:  # never leave a call thread waiting for an answer that will not come
+                except BaseException as exc:  # noqa: BLE001 - never leave an answer's future without an end
                     for *_, done in group:
                         if not done.done():
                             done.set_exception(exc)
@@ -442,6 +551,7 @@ class _Recorder:
 
     def _record(self, group: list) -> None:
         try:
+            fault_point("before_record_commit")
             with unit_of_work():
                 record_group([(job, calls, at) for job, calls, at, _ in group], self.settings)
         except Exception as exc:
@@ -469,13 +579,44 @@ def _call_and_record(
     limiter: Callable[..., None],
     clock: Callable[[], datetime],
     start_by: float,
-) -> str:
-    """On a rail's thread: each call after its own turn in the rail's rate, then the answer recorded and committed.
+    outcome: Future,
+) -> None:
+    """On a rail's thread: each call after its own turn in the rail's rate, then the answer handed to the recorder.
 
     The calls come first, in a fresh app context whose session has no transaction (the WeChat session
-    checks); then the answer goes to the recorder and this thread waits until it is committed. Returns the
-    outcome (``released``: no call could start in time).
+    checks); then the answer goes to the recorder and this thread is free for the next payout at once.
+    ``outcome`` ends with the payout's outcome once its answer is committed (``released``: no call could
+    start in time, the payout put back), or with the error of the call or of its record.
     """
+    try:
+        result = _call_and_hand_over(app, job, rail, recorder, limiter, clock, start_by)
+    except BaseException as exc:  # noqa: BLE001 - the dispatcher's thread raises it (a simulated crash too)
+        outcome.set_exception(exc)
+        return
+    if isinstance(result, str):
+        outcome.set_result(result)
+        return
+    answer, recorded = result
+
+    def committed(record: Future) -> None:
+        error = record.exception()
+        if error is not None:
+            outcome.set_exception(error)
+        else:
+            outcome.set_result(answer)
+
+    recorded.add_done_callback(committed)
+
+
+def _call_and_hand_over(
+    app: Flask,
+    job: Claimed,
+    rail: RailAdapter,
+    recorder: _Recorder,
+    limiter: Callable[..., None],
+    clock: Callable[[], datetime],
+    start_by: float,
+) -> str | tuple[str, Future]:
     calls: list = []
     first: list[datetime] = []
 
@@ -499,8 +640,7 @@ def _call_and_record(
                     release(job, calls, first[0] if first else clock())
                 return "released"
             fault_point("after_wechat_answer")
-            recorder.record(job, calls, first[0] if first else clock())
-            return calls[-1][1].outcome
+            return calls[-1][1].outcome, recorder.record(job, calls, first[0] if first else clock())
         finally:
             db.session.remove()
 

@@ -270,6 +270,26 @@ def test_crash_after_wechat_success_before_our_commit_recovers_by_query(funded_p
     assert balance(account(AccountKind.WECHAT_SETTLEMENT)) == 5_00
 
 
+def test_crash_in_the_recorder_after_the_send_leaves_the_payout_to_a_query_not_a_resend(funded_payout):
+    # given: WeChat paid; the answer was handed to the recorder, which died before its commit
+    payout, _ = funded_payout()
+    rail = ScriptedRail(ok(), query_answers=(ok(),))
+    faults.arm("before_record_commit")
+    with pytest.raises(faults.SimulatedCrash):
+        run(rail)
+    back = db.session.get(Payout, payout.id)
+    assert back.status == "sending" and back.sent_at is None  # nothing recorded, still under its lease
+    assert db.session.query(PayoutAttempt).filter_by(payout_id=payout.id).count() == 0
+    # when: a pass before the lease ends, then one after it
+    run(rail)
+    assert rail.calls == [("send", payout.external_no)]  # leased: not taken again
+    run(rail, at=utcnow() + timedelta(minutes=6))
+    # then: queried, never sent twice; paid once
+    assert rail.calls == [("send", payout.external_no), ("query", payout.external_no)]
+    assert db.session.get(Payout, payout.id).status == "succeeded"
+    assert balance(account(AccountKind.WECHAT_SETTLEMENT)) == 5_00
+
+
 def test_held_payouts_wait_for_the_refund(funded_payout):
     payout, _ = funded_payout()
     payout.held = True

@@ -232,6 +232,42 @@ def test_a_payout_released_after_its_query_is_queried_again_first(funded_payout)
     assert statuses() == ["succeeded"]
 
 
+def test_a_call_thread_takes_the_next_payout_while_the_last_answer_is_being_recorded(funded_payout, monkeypatch):
+    # given: three payouts, one call thread, and a recorder that holds its first group until all three are sent
+    for i in range(3):
+        funded_payout(amount_fen=1_00 + i)
+    all_sent = threading.Event()
+
+    class Counting(Paying):
+        def send(self, external_no, request):
+            answer = super().send(external_no, request)
+            if len(self.calls) == 3:
+                all_sent.set()
+            return answer
+
+    rail = Counting()
+    sent_when_first_recorded = []
+    real_record_group = job_module.record_group
+
+    first = threading.Lock()
+
+    def held_record_group(answers, settings):
+        with first:  # (recorder threads: the first group in)
+            if not sent_when_first_recorded:
+                all_sent.wait(timeout=30)  # (a guard against a hang only: with one call thread waiting, never set)
+                sent_when_first_recorded.append(len(rail.calls))
+        return real_record_group(answers, settings)
+
+    monkeypatch.setattr(job_module, "record_group", held_record_group)
+    # when
+    outcomes = dispatch_backlog({rail.name: rail}, settings=settings(), calls_in_flight=1)
+    # then: the thread did not wait for the recorder; every answer is still recorded once, before the run ends
+    assert sent_when_first_recorded == [3]
+    assert outcomes == {Outcome.SUCCEEDED: 3}
+    assert statuses() == ["succeeded"] * 3
+    assert db.session.query(PayoutAttempt).filter_by(action="send").count() == 3
+
+
 def test_one_failing_call_does_not_lose_the_other_answers(funded_payout):
     broken = funded_payout(amount_fen=1_00)[0].external_no
     funded_payout(amount_fen=2_00)
@@ -347,3 +383,79 @@ def test_two_processes_on_one_redis_share_one_window_exactly():
         assert client.llen(key) == 5
     finally:
         client.delete(key)
+
+
+def test_reserved_turns_keep_the_window_at_the_rate_whoever_takes_them():
+    # given: one window, asked in turns by two "processes" for several turns at once, some ahead of now
+    clock = FakeClock()
+    window = MovingWindow(None, window_s=1.0, clock=clock)
+    stamps = []
+    for step in range(200):
+        turns = window.reserve("r", 10, most=1 + step % 8, ahead=0.3)
+        if not turns.wait:
+            assert turns.stamps[0] == clock.now  # the first turn is free now, the others may be ahead
+            assert all(clock.now <= s <= clock.now + 0.3 for s in turns.stamps)
+            stamps.extend(turns.stamps)
+        clock.now += 0.037
+    # then: never 11 within any second, and the window's turns were taken (about the rate over the run)
+    stamps.sort()
+    assert all(stamps[i + 10] - stamps[i] >= 1.0 for i in range(len(stamps) - 10))
+    assert len(stamps) >= 10 * int(clock.now - 1000.0)
+
+
+def test_a_reserved_turn_not_used_in_time_is_dropped_never_used_late(monkeypatch):
+    class Rail:
+        rate_per_second = 10
+
+    clock = FakeClock()
+    window = MovingWindow(None, window_s=1.0, clock=clock, wall=lambda: clock.now + 5000.0)
+    monkeypatch.setattr(job_module, "_window", lambda url: window)
+    wait_for = rail_limiter({"r": Rail()}, None, max_wait_s=10, clock=clock, sleep=lambda s: None, most=8)
+    # when: one call takes a turn (the process reserves 8), then the next call comes half a second later
+    first = wait_for("r")
+    clock.now += job_module.LATE_S + 0.01
+    second = wait_for("r")
+    # then: the 7 turns stamped before LATE_S ago are dropped; the call gets a turn stamped now
+    later = 6000.0 + job_module.LATE_S + 0.01
+    assert first == 6000.0 and second == pytest.approx(later)
+    assert len(window._grants["payout-rate:-:r"]) == 10  # 8 + 2: the window counts the dropped turns too
+    assert wait_for("r") == pytest.approx(later)  # the other turn reserved with it
+    with pytest.raises(RailBusy):
+        wait_for("r", until=clock.now + 0.1)  # the window is full until a second after the first 8
+
+
+def test_two_processes_reserving_turns_on_one_redis_never_exceed_the_rate(monkeypatch):
+    # given: two dispatcher processes' limiters (each its own reserved turns) on one Redis, 10 threads each
+    _redis_or_skip()
+
+    class Rail:
+        rate_per_second = 20
+
+    mchid = f"test-{uuid.uuid4().hex[:8]}"
+    limiters = [rail_limiter({"r": Rail()}, REDIS_URL, max_wait_s=30, mchid=mchid) for _ in range(2)]
+    counted, started, early = [], [], []
+    lock = threading.Lock()
+
+    def calls(wait_for):
+        for _ in range(4):
+            at = wait_for("r")
+            now = job_module.time.time()  # the moment the call to WeChat would start
+            with lock:
+                counted.append(at)
+                started.append(now)
+                early.append(at - now)
+
+    # when: 80 calls at 20/s
+    threads = [threading.Thread(target=calls, args=(limiters[n % 2],)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # then: any 21 consecutive stamps (send times) span a whole second; no call starts before its stamp
+    counted.sort()
+    assert len(counted) == 80
+    assert all(counted[i + 20] - counted[i] >= 1.0 - 1e-6 for i in range(len(counted) - 20))
+    assert max(early) <= 0.002  # (Redis's clock and this one: the same machine's, read a moment apart)
+    started.sort()
+    slack = 0.05  # thread scheduling between the limiter's answer and our timestamp; not a speed target
+    assert all(started[i + 20] - started[i] >= 1.0 - slack for i in range(len(started) - 20))
