@@ -3,9 +3,8 @@
 Owns: accounts, entries, postings and clearing flows. Invariants it keeps:
 every entry's postings sum to zero in one unit, no posting is zero, an
 idempotency key posts at most once (a repeat returns the first entry),
-balances are derived from postings (a merchant deposit's running balance is
-moved with its postings and checked against them), and a closed clearing flow
-nets to zero. PostgreSQL enforces the zero sum again with a deferred constraint
+balances are derived from postings only, and a closed clearing flow nets to
+zero. PostgreSQL enforces the zero sum again with a deferred constraint
 trigger (see the migrations), so a bug here cannot commit an unbalanced entry.
 Operations flush and never commit.
 """

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from ledger.errors import LedgerError
 from models import AccountKind, LedgerAccount, LedgerPosting, Unit, db, utcnow
 from models.caches import CommittedCache
-from models.ledger import POINT_KINDS, RUNNING_BALANCE_KINDS
+from models.ledger import POINT_KINDS
 from models.sql import insert_ignoring
 
 _IDS = CommittedCache("ledger_account_ids")  # code → id, per process and database, kept after commit
@@ -119,12 +119,6 @@ def platform_account(kind: AccountKind) -> LedgerAccount:
 
 
 def balance(acct: LedgerAccount | AccountRef) -> int:
-    """The account's balance: its running balance where it keeps one (``RUNNING_BALANCE_KINDS``: one row, however
-    long its history), else the sum of its postings."""
-    if acct.kind in RUNNING_BALANCE_KINDS:
-        return int(
-            db.session.execute(select(LedgerAccount.balance).where(LedgerAccount.id == account_id(acct))).scalar_one()
-        )
     total = db.session.execute(
         select(func.coalesce(func.sum(LedgerPosting.amount), 0)).where(LedgerPosting.account_id == account_id(acct))
     ).scalar_one()

@@ -21,7 +21,7 @@ from models import (
     RedPacket,
     db,
 )
-from models.ledger import CLEARING_KINDS, RUNNING_BALANCE_KINDS
+from models.ledger import CLEARING_KINDS
 
 
 @dataclass
@@ -43,7 +43,6 @@ def check_ledger() -> CheckReport:
     _unit_mismatches(report)
     _clearing_flows(report)
     _unexplained_negative_balances(report)
-    _running_balances(report)
     _packets_spent_twice(report)
     _reservations_without_packets(report)
     return report
@@ -146,23 +145,6 @@ def _unexplained_negative_balances(report: CheckReport) -> None:
         .having(total < 0)
     ).all()
     report.violations += [f"{code} is overdrawn at {balance}: spent beyond what was paid in" for code, balance in rows]
-
-
-def _running_balances(report: CheckReport) -> None:
-    """An account that keeps a running balance (``RUNNING_BALANCE_KINDS``) must hold the sum of its postings."""
-    posted = (
-        select(func.coalesce(func.sum(LedgerPosting.amount), 0))
-        .where(LedgerPosting.account_id == LedgerAccount.id)
-        .scalar_subquery()
-    )
-    rows = db.session.execute(
-        select(LedgerAccount.code, LedgerAccount.balance, posted).where(
-            LedgerAccount.kind.in_([kind.value for kind in RUNNING_BALANCE_KINDS]), LedgerAccount.balance != posted
-        )
-    ).all()
-    report.violations += [
-        f"{code} keeps a running balance of {kept} but its postings sum to {total}" for code, kept, total in rows
-    ]
 
 
 def _packets_spent_twice(report: CheckReport) -> None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import BigInteger, bindparam, insert, select, update
+from sqlalchemy import insert, select
 
 from ledger.accounts import AccountRef, account_ids
 from ledger.errors import IdempotencyMismatch, LedgerError, UnbalancedEntry
 from models import LedgerAccount, LedgerEntry, LedgerFlow, LedgerPosting, db, utcnow
-from models.ledger import CLEARING_KINDS, RUNNING_BALANCE_KINDS
+from models.ledger import CLEARING_KINDS
 from models.sql import insert_ignoring
 from money import MAX_FEN
 
@@ -117,7 +117,6 @@ class Batch:
             flows = sorted({leg.flow for item in written for leg in item.legs if leg.flow})
             if flows:
                 _open_flows(flows)
-            _move_running_balances(written, ids)
         repeated = [item for item in items if item.key not in new]
         existing = _compare_existing(repeated, ids) if repeated else {}
         self.items = {}
@@ -137,28 +136,6 @@ def _insert_entries(items: list[_Item]) -> dict[str, int]:
 def _open_flows(refs: list[str]) -> None:
     now = utcnow()
     insert_ignoring(LedgerFlow.__table__, [{"ref": ref, "opened_at": now, "closed_at": None} for ref in refs], ("ref",))
-
-
-def _move_running_balances(written: list[_Item], ids: dict[str, int]) -> None:
-    """Add the written legs to the running balance of the accounts that keep one (``RUNNING_BALANCE_KINDS``), one
-    UPDATE per account in id order: the row lock it takes is the one every spender of a deposit already holds."""
-    deltas: dict[int, int] = {}
-    for item in written:
-        for leg in item.legs:
-            if leg.account.kind in RUNNING_BALANCE_KINDS:
-                account_id = ids[leg.account.code]
-                deltas[account_id] = deltas.get(account_id, 0) + leg.amount
-    for account_id in sorted(deltas):
-        if deltas[account_id]:
-            db.session.execute(_MOVE_BALANCE, {"account_id": account_id, "delta": deltas[account_id]})
-
-
-_ACCOUNTS = LedgerAccount.__table__
-_MOVE_BALANCE = (
-    update(_ACCOUNTS)
-    .where(_ACCOUNTS.c.id == bindparam("account_id"))
-    .values(balance=_ACCOUNTS.c.balance + bindparam("delta", type_=BigInteger))
-)
 
 
 def _shape(legs: list[Leg], ids: dict[str, int] | None = None) -> list[tuple]:

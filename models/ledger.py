@@ -42,9 +42,6 @@ class AccountKind(StrEnum):
 
 CLEARING_KINDS = frozenset({AccountKind.REBATE_PAYABLE, AccountKind.PAYOUT_IN_TRANSIT})
 POINT_KINDS = frozenset({AccountKind.POINTS_ISSUANCE, AccountKind.USER_POINTS})
-# Accounts whose balance is read on a hot path and whose postings never stop growing (a merchant's deposit: every
-# packet and rebate of its campaigns): they keep a running ``balance``, moved by the posting's own transaction.
-RUNNING_BALANCE_KINDS = frozenset({AccountKind.MERCHANT_MARKETING_DEPOSIT})
 
 
 class LedgerAccount(Base):
@@ -57,8 +54,6 @@ class LedgerAccount(Base):
     owner_type: Mapped[str | None] = mapped_column(String(16))
     owner_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # The sum of its postings, kept for RUNNING_BALANCE_KINDS only (0 elsewhere); ``ledger.check_ledger`` compares.
-    balance: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     __table_args__ = (
         CheckConstraint("unit in ('fen', 'point')", name="unit"),

@@ -4,11 +4,10 @@ Sign convention: a positive posting credits the account (its holder is owed
 more), a negative one debits it. Every story ends by asserting every balance.
 """
 
-from contextlib import contextmanager
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
 
 import ledger
 from ledger import IdempotencyMismatch, LedgerError, Leg, UnbalancedEntry
@@ -483,72 +482,3 @@ def test_an_account_id_learnt_in_a_rolled_back_transaction_is_not_kept(app):
     assert db.session.get(LedgerAccount, kept).code == other.code
     assert db.session.get(LedgerAccount, again).code == first.code
     assert again != kept
-
-
-# --- running balances (merchant deposits) -------------------------------------------------------
-
-
-def test_a_deposit_keeps_a_running_balance_read_without_its_postings(books):
-    # given: a deposit topped up, spent and refunded by many entries, some of them batched together
-    b = books
-    ledger.post_entry("top-up", "top up", [Leg(b.settlement, -100_000), Leg(b.deposit, 100_000)])
-    batch = ledger.Batch()
-    for n in range(5):
-        batch.add(f"spend:{n}", "a packet", [Leg(b.deposit, -1_000), Leg(b.cash, 1_000)])
-    batch.add("spend-twice", "two legs on the deposit", [Leg(b.deposit, -300), Leg(b.deposit, -200), Leg(b.cash, 500)])
-    batch.post()
-    ledger.post_entry("spend:0", "a repeat moves nothing", [Leg(b.deposit, -1_000), Leg(b.cash, 1_000)])
-    ledger.reverse_entry(
-        db.session.execute(select(LedgerEntry).where(LedgerEntry.idempotency_key == "spend:1")).scalar_one(),
-        "spend:1:reversed",
-        "a packet given back",
-    )
-    db.session.commit()
-
-    # when: its balance is read
-    with _statements() as seen:
-        held = ledger.balance(b.deposit)
-
-    # then: the running balance, equal to the postings' sum, read from the account's row alone
-    posted = db.session.execute(
-        select(func.sum(LedgerPosting.amount)).where(LedgerPosting.account_id == b.deposit.id)
-    ).scalar_one()
-    assert held == posted == 100_000 - 4 * 1_000 - 500
-    assert seen and not any("ledger_postings" in s for s in seen), seen
-    assert ledger.check_ledger().ok
-
-
-def test_the_check_reports_a_running_balance_that_disagrees_with_the_postings(app, books):
-    b = books
-    ledger.post_entry("top-up", "top up", [Leg(b.settlement, -5_000), Leg(b.deposit, 5_000)])
-    db.session.commit()
-    _execute_unguarded("UPDATE ledger_accounts SET balance = balance + 1 WHERE id = :acct", acct=b.deposit.id)
-
-    report = ledger.check_ledger()
-
-    assert report.violations == [f"{b.deposit.code} keeps a running balance of 5001 but its postings sum to 5000"]
-    _execute_unguarded("UPDATE ledger_accounts SET balance = balance - 1 WHERE id = :acct", acct=b.deposit.id)
-
-
-def test_a_rolled_back_posting_leaves_the_running_balance_as_it_was(books):
-    b = books
-    ledger.post_entry("top-up", "top up", [Leg(b.settlement, -5_000), Leg(b.deposit, 5_000)])
-    db.session.commit()
-    ledger.post_entry("spend", "spent, then rolled back", [Leg(b.deposit, -1_000), Leg(b.cash, 1_000)])
-    db.session.rollback()
-
-    assert ledger.balance(b.deposit) == 5_000
-
-
-@contextmanager
-def _statements():
-    seen: list[str] = []
-
-    def before(conn, cursor, statement, parameters, context, executemany):
-        seen.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", before)
-    try:
-        yield seen
-    finally:
-        event.remove(db.engine, "before_cursor_execute", before)
