@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from bench import harness
-from bench.harness import BenchWeChat, Clients, Figures, Request, Server, ServerShape
+from bench.harness import BenchWeChat, Clients, CpuMeter, Figures, Request, Server, ServerShape
 
 ROUNDS = harness.env_int("BENCH_ROUNDS", 6)
 ROUND_S = harness.env_float("BENCH_ROUND_SECONDS", 2.0)
@@ -113,7 +113,7 @@ class ClaimsBench:
                 people = People(app)
                 hot = campaign(app, 10**12, "hot")
                 with Server(settings, self.shape, tmp) as server:
-                    empty, real = self.measure(clients, server, people, hot)
+                    empty, real = self.measure(clients, server, people, hot, CpuMeter(server, database.name))
                     statements = self.statements(app, people, hot)
                     extra = f"; {statements} SQL statements per claim request"
                     yield harness.ratio_line("claims on one hot campaign", self.shape, CLIENTS, empty, real, extra)
@@ -125,17 +125,19 @@ class ClaimsBench:
         finally:
             clients.close()
 
-    def measure(self, clients: Clients, server: Server, people: People, hot: int) -> tuple[Figures, Figures]:
+    def measure(
+        self, clients: Clients, server: Server, people: People, hot: int, meter: CpuMeter
+    ) -> tuple[Figures, Figures]:
         warm = clients.each(server.port, claims(hot, people.take(50)), 60)
         harness.check_statuses(Figures("warm-up", [warm]), {201})
         estimate = 100.0
         empty, real = Figures("empty"), Figures("claims")
         for _ in range(ROUNDS):
-            empty.add(clients.repeat(server.port, harness.empty_request(), ROUND_S))
-            tokens = people.take(int(estimate * ROUND_S * 1.5) + 4 * CLIENTS)
-            r = clients.each(server.port, claims(hot, tokens), ROUND_S)
+            empty.measured(meter, lambda: clients.repeat(server.port, harness.empty_request(), ROUND_S))
+            tokens = people.take(int(estimate * ROUND_S * 1.5) + 4 * CLIENTS)  # made before the metered round
+            requests = claims(hot, tokens)
+            r = real.measured(meter, lambda: clients.each(server.port, requests, ROUND_S))  # noqa: B023 - called at once
             people.give_back([t for i, t in enumerate(tokens) if i not in r.sent])
-            real.add(r)
             estimate = max(estimate, r.answered / r.seconds)
         harness.check_statuses(real, {201})
         harness.check_statuses(empty, {204})
