@@ -17,6 +17,10 @@ from sqlalchemy import Executable, Table, bindparam, text
 
 from models.base import db
 
+# Marks a text() statement that writes: SQLAlchemy sees no INSERT / UPDATE in a text() statement, and
+# ``rebate.claims`` notes whether a transaction has written anything yet (a refused claim that was the
+# transaction's first write rolls back everything).
+WRITES = {"writes": True}
 CHUNK_ROWS = 100  # rows per statement: bounded SQL text and bind parameters (SQLite allows 32,766)
 
 
@@ -49,4 +53,5 @@ def _statement(
     if returning:
         sql += f" RETURNING {', '.join(returning)}"
     stmt = text(sql).bindparams(*(bindparam(f"{c}_{i}", type_=table.c[c].type) for i in range(count) for c in columns))
-    return stmt.columns(*(table.c[r] for r in returning)) if returning else stmt
+    typed = stmt.columns(*(table.c[r] for r in returning)) if returning else stmt
+    return typed.execution_options(**WRITES)

@@ -58,7 +58,7 @@ def _flushed(session: Session, _context) -> None:
 @event.listens_for(Session, "do_orm_execute")
 def _executed(state: ORMExecuteState) -> None:
     if state.is_insert or state.is_update or state.is_delete or state.execution_options.get("writes"):
-        state.session.info[WROTE] = True  # "writes": a text statement that writes (risk.limits.WRITES)
+        state.session.info[WROTE] = True  # "writes": a text statement that writes (models.sql.WRITES)
 
 
 @event.listens_for(Session, "after_transaction_end")

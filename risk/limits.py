@@ -31,6 +31,7 @@ from sqlalchemy.sql.elements import TextClause
 from models import db
 from models.base import beijing, next_beijing_midnight
 from models.limits import ClaimRefusal, LimitCounter
+from models.sql import WRITES
 
 ALL_TIME = "-"
 
@@ -215,10 +216,6 @@ def take_slots(slots: list[Slot], now: datetime) -> list[Slot]:
     statement = _upsert(tuple(s.seconds is not None for s in rows))
     taken = set(db.session.execute(statement, params).scalars())
     return [s for s in slots if s.key not in taken]
-
-
-# Marks a text statement that writes (``rebate.claims`` notes whether a transaction wrote anything yet).
-WRITES = {"writes": True}
 
 
 @functools.cache

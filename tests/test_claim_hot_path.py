@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from sqlalchemy import event
 from sqlalchemy.engine.default import CACHE_HIT
 
-from models import User, db, utcnow
+from ledger import account_ids, ref
+from models import AccountKind, User, db, utcnow
 from rebate.claims import _own_transaction, claim_from_campaign
 from risk import Claimant, PlatformLimits, take_or_refuse
 from risk.limits import Slot
@@ -73,6 +74,20 @@ def test_taking_limit_slots_marks_the_transaction_written(app, make_user):
     take_or_refuse([Slot(f"test:{cy.id}", "-", "test_limit", "at most one", limit=1)], utcnow())
 
     # then: the claim machinery knows the transaction wrote
+    assert not _own_transaction()
+    db.session.rollback()
+
+
+def test_a_ledger_insert_marks_the_transaction_written(app, make_user):
+    # given: a transaction that has written nothing yet
+    cy = make_user()
+    db.session.commit()
+    assert _own_transaction()
+
+    # when: the ledger creates an account (models.sql.insert_ignoring, a text() statement)
+    account_ids([ref(AccountKind.USER_POINTS, "user", cy.id)])
+
+    # then: the claim machinery knows the transaction wrote (a refusal must not roll that back with it)
     assert not _own_transaction()
     db.session.rollback()
 
