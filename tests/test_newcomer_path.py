@@ -261,3 +261,22 @@ def test_every_setting_the_makefile_sets_exists():
     makefile = (ROOT / "Makefile").read_text()
     names = set(re.findall(r"\b([A-Z][A-Z0-9_]+)=", makefile)) - {"TEST_DB_BACKEND", "FLASK_APP"}
     assert names <= {s.name for s in SETTINGS}, names - {s.name for s in SETTINGS}
+
+
+def test_the_demo_referral_window_covers_a_payment_in_the_second_it_was_seeded(app):
+    # given: the demo data, seeded now
+    from datetime import datetime
+
+    from models import Campaign, CampaignRules, utcnow
+    from web.demo import seed
+
+    seeded_at = utcnow()
+    seed()
+    db.session.commit()
+    referral = db.session.execute(select(Campaign).where(Campaign.name.like("Invite friends%"))).scalar_one()
+    rules = db.session.execute(select(CampaignRules.rules).where(CampaignRules.campaign_id == referral.id)).scalar_one()
+    (window,) = rules["roles"][0]["windows"]
+
+    # then: a payment WeChat stamps with the seed's whole second (success_time has no fraction) is inside it
+    paid_at = seeded_at.replace(microsecond=0)
+    assert datetime.fromisoformat(window["starts_at"]) <= paid_at < datetime.fromisoformat(window["ends_at"])

@@ -9,6 +9,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from models import Campaign, CampaignRules, Merchant, Operator, Product, RedPacket, db, unit_of_work, utcnow
+from models.base import next_beijing_midnight
 from models.triggers import TriggerKind
 from rebate.deposits import top_up
 from rebate.packets import generate_batch
@@ -28,6 +29,7 @@ def _campaign(name: str, rules: dict, **fields) -> Campaign:
 
 def seed() -> dict:
     now = utcnow()
+    this_week = next_beijing_midnight(now) - timedelta(days=1)
     shop = db.session.execute(select(Merchant).where(Merchant.name == "Noodle House")).scalar_one_or_none()
     created = shop is None
     if created:
@@ -82,9 +84,10 @@ def seed() -> dict:
                         "form": Form.WECHAT_CHANGE,
                         "cap_fen": 50_00,
                         "windows": [
-                            {
-                                "starts_at": now.isoformat(),
-                                "ends_at": (now + timedelta(days=7)).isoformat(),
+                            {  # from the start of today (Beijing): WeChat's success_time has whole seconds,
+                                # so a window from this very instant missed a payment made within the second
+                                "starts_at": this_week.isoformat(),
+                                "ends_at": (this_week + timedelta(days=7)).isoformat(),
                                 "factor_bps": 20_000,
                             }
                         ],
