@@ -61,16 +61,17 @@ def settle(campaign_id: int, reserved_fen: int, actual_fen: int, limited: bool =
     )
 
 
-def lock_in_order(campaign_ids: Iterable[int]) -> None:
-    """Row-lock the campaigns in id order, in one statement (none for fewer than two: one UPDATE of one row
-    cannot wait in a circle). A caller that writes several campaign rows takes them all here first: each
-    UPDATE alone locks in id order, but two in a row do not (A: Y then X; B: X then Y).
+def lock_in_order(campaign_ids: Iterable[int], *, even_one: bool = False) -> None:
+    """Row-lock the campaigns in id order, in one statement (none for fewer than two unless ``even_one``: one
+    UPDATE of one row cannot wait in a circle, unless another lock comes after it). A caller that writes several
+    campaign rows takes them all here first: each UPDATE alone locks in id order, but two in a row do not
+    (A: Y then X; B: X then Y).
 
     ``FOR NO KEY UPDATE``, the lock an UPDATE of the counters takes: it does not wait on the key-share locks
     that inserting a row referencing the campaign (a rebate, a packet) takes, as ``FOR UPDATE`` would (two
     payments that inserted their rebates would then each wait on the other)."""
     ids = sorted(set(campaign_ids))
-    if len(ids) > 1:
+    if len(ids) > 1 or (ids and even_one):
         db.session.execute(select(C.id).where(C.id.in_(ids)).order_by(C.id).with_for_update(key_share=True))
 
 

@@ -24,12 +24,14 @@ from models import (
     AccountKind,
     Campaign,
     Order,
+    OrderPacket,
     OrderStatus,
     PacketStatus,
     Rebate,
     RebateAdjustment,
     RebateStatus,
     Receivable,
+    RedPacket,
     Refund,
     RefundStatus,
     db,
@@ -46,7 +48,7 @@ from payouts import (
 from rebate import budgets
 from rebate.awards import KIND_OF_FORM, beneficiary_account
 from rebate.campaigns import funder_account, rules_of
-from rebate.deposits import cover_reservation
+from rebate.deposits import cover_reservation, lock_deposits
 from rebate.errors import DepositExhausted, Invalid, NotFound, RebateError, StateConflict
 from rebate.intake import PayAccount, RefundOutcome, RefundState, flag_order, notification_seen, record_notification
 from rebate.orders import lock_order, order_packets
@@ -126,6 +128,7 @@ def apply_refund(
         )
     refund.status, refund.finished_at, refund.refund_id = RefundStatus.SUCCEEDED, now, refund_id
     order.refunded_fen += amount_fen
+    _lock_funding(order)
     _post_refund(order, refund)
     _claw_back(order, refund, money)
     if order.refunded_fen == order.paid_fen:
@@ -135,6 +138,25 @@ def apply_refund(
         release_order_payouts(order.id)
     db.session.flush()
     return refund
+
+
+def _lock_funding(order: Order) -> None:
+    """Lock every campaign row this refund may move (its rebates' and its packets' campaigns), in id order, then
+    the deposits funding them: the order payments and claims take them in (campaign, then deposit). Without it a
+    refund posted to a deposit before releasing its campaign's budget, and released several campaigns in rebate
+    order: both could wait in a circle with a payment of the same campaigns."""
+    ids = set(db.session.execute(select(Rebate.campaign_id).where(Rebate.order_id == order.id)).scalars())
+    ids |= set(
+        db.session.execute(
+            select(RedPacket.campaign_id)
+            .join(OrderPacket, OrderPacket.packet_id == RedPacket.id)
+            .where(OrderPacket.order_id == order.id)
+        ).scalars()
+    )
+    if not ids:
+        return
+    budgets.lock_in_order(ids, even_one=True)
+    lock_deposits([db.session.get(Campaign, campaign_id) for campaign_id in sorted(ids)])
 
 
 def _refund_of(order: Order, out_refund_no: str) -> Refund | None:

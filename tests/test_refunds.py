@@ -6,16 +6,19 @@ in comments are yuan; everything asserted is fen.
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 
 from ledger import account, balance
 from models import (
     AccountKind,
     Alert,
     Campaign,
+    LedgerAccount,
     LedgerEntry,
     LedgerFlow,
     Order,
@@ -31,6 +34,7 @@ from models import (
 from rebate import apply_refund, begin_refund, create_order, fail_refund, issue_packet
 from rebate.errors import Invalid, StateConflict
 from rebate.orders import LineRequest
+from tests.conftest import on_postgres
 from tests.money_helpers import app_money
 
 K = AccountKind
@@ -534,3 +538,69 @@ def test_packet_is_restored_only_when_its_funders_deposit_covers_it_again(
     assert packet.status == "used"
     assert budget(campaign) == (11_00, 0)
     assert balance(deposit) == 15_99
+
+
+@pytest.mark.skipif(not on_postgres(), reason="row-lock order: PostgreSQL (SQLite serialises its transactions)")
+def test_a_refund_takes_its_campaign_before_the_deposit_as_payments_and_claims_do(
+    app, make_merchant, make_user, make_product, make_campaign, pay
+):
+    # given: a paid order of a merchant-funded campaign, and another transaction holding the merchant's deposit
+    # (as a payment or a claim of the same campaign does once it holds the campaign)
+    shop = make_merchant()
+    campaign = make_campaign(
+        {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 5_00}]},
+        packet_amount_fen=10_00,
+        funder_type="merchant_deposit",
+        funder_merchant_id=shop.id,
+        issuer_type="merchant",
+        issuer_merchant_id=shop.id,
+    )
+    order = spend(campaign, make_user(), make_product(shop, price_fen=110_00), pay)
+    begin_refund(order, "R-lock", order.paid_fen)
+    db.session.commit()
+    campaign_id, out_trade_no, paid_fen = campaign.id, order.out_trade_no, order.paid_fen
+    deposit_id = account(K.MERCHANT_MARKETING_DEPOSIT, "merchant", shop.id).id
+    db.session.commit()
+    holder = db.engine.connect()
+    holder.begin()
+    holder.execute(select(LedgerAccount.id).where(LedgerAccount.id == deposit_id).with_for_update())
+
+    def apply_it():
+        with app.app_context():
+            apply_refund(out_trade_no, "R-lock", paid_fen, utcnow(), refund_id="wx-R-lock", money=app_money())
+            db.session.commit()
+
+    refunding = threading.Thread(target=apply_it)
+    refunding.start()
+    probe = db.engine.connect()
+    try:
+        # when: the refund waits for the deposit
+        waiting = text(
+            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
+        )
+        for _ in range(200):
+            seen = probe.execute(waiting).scalar_one()
+            probe.rollback()  # pg_stat_activity is a snapshot per transaction
+            if seen:
+                break
+            threading.Event().wait(0.05)
+
+        # then: it holds the campaign already, so it cannot wait in a circle with a payment of the campaign
+        probe.begin()
+        with pytest.raises(OperationalError, match="could not obtain lock"):
+            probe.execute(
+                select(Campaign.id).where(Campaign.id == campaign_id).with_for_update(key_share=True, nowait=True)
+            )
+        probe.rollback()
+    finally:
+        probe.close()
+        holder.rollback()
+        holder.close()
+        refunding.join(timeout=20)
+    db.session.expire_all()
+    assert db.session.get(Refund, begin_refund_id(out_trade_no)).status == "succeeded"
+
+
+def begin_refund_id(out_trade_no: str) -> int:
+    order = db.session.execute(select(Order).where(Order.out_trade_no == out_trade_no)).scalar_one()
+    return db.session.execute(select(Refund.id).where(Refund.order_id == order.id)).scalar_one()
