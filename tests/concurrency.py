@@ -64,3 +64,37 @@ def post_together(app, requests: list[tuple[str, dict, dict]], **kind) -> list[t
         return resp.status_code, (resp.get_json(silent=True) or {}).get("error")
 
     return [r if isinstance(r, tuple) else (-1, repr(r)) for r in together(len(requests), post, app=app)]
+
+
+def wait_until_a_backend_waits_on_a_lock(probe, timeout_s: float = 10.0) -> None:
+    """PostgreSQL: return once some backend of this database waits on a lock (or after ``timeout_s``).
+
+    ``probe`` is a connection of its own; each look is its own transaction, since pg_stat_activity is a
+    snapshot per transaction."""
+    from sqlalchemy import text
+
+    waiting = text(
+        "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
+    )
+    for _ in range(int(timeout_s / 0.05)):
+        seen = probe.execute(waiting).scalar_one()
+        probe.rollback()
+        if seen:
+            return
+        threading.Event().wait(0.05)
+
+
+def is_row_locked(probe, locking_select) -> bool:
+    """PostgreSQL: does another transaction hold the row ``locking_select`` (a SELECT … FOR …) would lock?"""
+    from sqlalchemy.exc import OperationalError
+
+    probe.begin()
+    try:
+        probe.execute(locking_select.with_for_update(key_share=True, nowait=True))
+    except OperationalError as exc:
+        if "could not obtain lock" not in str(exc):
+            raise
+        return True
+    finally:
+        probe.rollback()
+    return False

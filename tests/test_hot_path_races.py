@@ -6,14 +6,14 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
 from models import Campaign, Order, Rebate, db, utcnow
 from rebate import budgets, create_order, issue_packet
 from rebate.awards import Effects
 from rebate.orders import LineRequest
-from tests.concurrency import together
+from tests.concurrency import is_row_locked, together, wait_until_a_backend_waits_on_a_lock
 from tests.conftest import on_postgres
 from tests.payment_helpers import pay_as_wechat
 from tests.test_wechat_callbacks import NOTIFY, simulator, transaction_resource
@@ -234,21 +234,10 @@ def test_the_budgets_update_locks_its_campaigns_in_id_order_whatever_the_heap_or
     try:
         # when: the payment's budget statement waits for Y
         probe = db.engine.connect()
-        waiting = text(
-            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
-        )
-        for _ in range(200):
-            seen = probe.execute(waiting).scalar_one()
-            probe.rollback()  # pg_stat_activity is a snapshot per transaction
-            if seen:
-                break
-            threading.Event().wait(0.05)
+        wait_until_a_backend_waits_on_a_lock(probe)
 
         # then: it holds X already (taken first, in id order), so two payments of X and Y cannot wait in a circle
-        probe.begin()
-        with pytest.raises(OperationalError, match="could not obtain lock"):
-            probe.execute(lock.where(Campaign.id == x_id).with_for_update(key_share=True, nowait=True))
-        probe.rollback()
+        assert is_row_locked(probe, select(Campaign.id).where(Campaign.id == x_id))
         probe.close()
     finally:
         holder.rollback()

@@ -10,8 +10,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import func, select
 
 from ledger import account, balance
 from models import (
@@ -31,11 +30,13 @@ from models import (
     db,
     utcnow,
 )
-from rebate import apply_refund, begin_refund, create_order, fail_refund, issue_packet
+from rebate import PaymentOutcome, apply_refund, begin_refund, create_order, fail_refund, issue_packet
 from rebate.errors import Invalid, StateConflict
 from rebate.orders import LineRequest
+from tests.concurrency import is_row_locked, together, wait_until_a_backend_waits_on_a_lock
 from tests.conftest import on_postgres
 from tests.money_helpers import app_money
+from tests.payment_helpers import pay_as_wechat
 
 K = AccountKind
 
@@ -575,23 +576,10 @@ def test_a_refund_takes_its_campaign_before_the_deposit_as_payments_and_claims_d
     probe = db.engine.connect()
     try:
         # when: the refund waits for the deposit
-        waiting = text(
-            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
-        )
-        for _ in range(200):
-            seen = probe.execute(waiting).scalar_one()
-            probe.rollback()  # pg_stat_activity is a snapshot per transaction
-            if seen:
-                break
-            threading.Event().wait(0.05)
+        wait_until_a_backend_waits_on_a_lock(probe)
 
         # then: it holds the campaign already, so it cannot wait in a circle with a payment of the campaign
-        probe.begin()
-        with pytest.raises(OperationalError, match="could not obtain lock"):
-            probe.execute(
-                select(Campaign.id).where(Campaign.id == campaign_id).with_for_update(key_share=True, nowait=True)
-            )
-        probe.rollback()
+        assert is_row_locked(probe, select(Campaign.id).where(Campaign.id == campaign_id))
     finally:
         probe.close()
         holder.rollback()
@@ -604,3 +592,41 @@ def test_a_refund_takes_its_campaign_before_the_deposit_as_payments_and_claims_d
 def begin_refund_id(out_trade_no: str) -> int:
     order = db.session.execute(select(Order).where(Order.out_trade_no == out_trade_no)).scalar_one()
     return db.session.execute(select(Refund.id).where(Refund.order_id == order.id)).scalar_one()
+
+
+def test_a_refund_and_a_payment_of_one_merchant_funded_campaign_at_once_both_apply(
+    app, make_merchant, make_user, make_product, make_campaign, pay
+):
+    # given: a merchant-funded campaign; one order of it paid (to be refunded), another waiting for its payment
+    shop = make_merchant()
+    campaign = make_campaign(
+        {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 5_00}]},
+        packet_amount_fen=10_00,
+        funder_type="merchant_deposit",
+        funder_merchant_id=shop.id,
+        issuer_type="merchant",
+        issuer_merchant_id=shop.id,
+    )
+    product = make_product(shop, price_fen=110_00)
+    paid = spend(campaign, make_user(), product, pay)
+    begin_refund(paid, "R-race", paid.paid_fen)
+    buyer = make_user()
+    packet = issue_packet(campaign, buyer, source="test", source_ref="race", now=utcnow())
+    db.session.flush()
+    waiting = create_order(buyer, [LineRequest(product.id, 1)], packet.id, utcnow())
+    db.session.commit()
+    refund_args = (paid.out_trade_no, "R-race", paid.paid_fen)
+    payment_args = (waiting.out_trade_no, f"tx-{waiting.out_trade_no}", waiting.payable_fen)
+
+    # when: the refund and the payment run at once (each takes the campaign, then the deposit)
+    def work(i: int):
+        if i == 0:
+            return apply_refund(*refund_args, utcnow(), refund_id="wx-R-race", money=app_money()).status
+        return pay_as_wechat(*payment_args, utcnow())
+
+    results = together(2, work, app=app)
+
+    # then: both applied, no deadlock on either database (the ledger check after the test sees the books balance)
+    assert results == ["succeeded", PaymentOutcome.APPLIED], results
+    db.session.expire_all()
+    assert db.session.get(Order, waiting.id).status == "paid"
