@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, union
 
 from ledger import Leg, account, balance, post_entry
 from models import (
@@ -145,12 +145,14 @@ def _lock_funding(order: Order) -> None:
     the deposits funding them: the order payments and claims take them in (campaign, then deposit). Without it a
     refund posted to a deposit before releasing its campaign's budget, and released several campaigns in rebate
     order: both could wait in a circle with a payment of the same campaigns."""
-    ids = set(db.session.execute(select(Rebate.campaign_id).where(Rebate.order_id == order.id)).scalars())
-    ids |= set(
+    ids = set(
         db.session.execute(
-            select(RedPacket.campaign_id)
-            .join(OrderPacket, OrderPacket.packet_id == RedPacket.id)
-            .where(OrderPacket.order_id == order.id)
+            union(
+                select(Rebate.campaign_id).where(Rebate.order_id == order.id),
+                select(RedPacket.campaign_id)
+                .join(OrderPacket, OrderPacket.packet_id == RedPacket.id)
+                .where(OrderPacket.order_id == order.id),
+            )
         ).scalars()
     )
     if not ids:
