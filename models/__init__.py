@@ -30,8 +30,42 @@ from models.payouts import Payout, PayoutAttempt, PayoutStatus, Rail, RailContro
 from models.people import Merchant, Product, User, UserIdentity, UserStatus
 from models.rebates import OrderMilestone, Rebate, RebateAdjustment, RebateStatus, Receivable
 from models.reconciliation import ReconciliationMismatch, ReconciliationRun
+from models.risk import (
+    Ban,
+    BanSubject,
+    BehaviourEvent,
+    BrowsingSession,
+    CaseOutcome,
+    CaseStatus,
+    EventKind,
+    ReviewCase,
+    RiskAction,
+    RiskCommunity,
+    RiskIdentifier,
+    RiskPair,
+    RiskProfile,
+    RiskRuleSet,
+    RuleSetStatus,
+    SpikeBaseline,
+)
 
 __all__ = [
+    "Ban",
+    "BanSubject",
+    "BehaviourEvent",
+    "BrowsingSession",
+    "CaseOutcome",
+    "CaseStatus",
+    "EventKind",
+    "ReviewCase",
+    "RiskAction",
+    "RiskCommunity",
+    "RiskIdentifier",
+    "RiskPair",
+    "RiskProfile",
+    "RiskRuleSet",
+    "RuleSetStatus",
+    "SpikeBaseline",
     "Alert",
     "Campaign",
     "CampaignRules",

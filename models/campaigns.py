@@ -78,6 +78,7 @@ class Campaign(Base):
     max_packets_per_order: Mapped[int] = mapped_column(default=1)  # stacking: more than 1 lets packets combine
     packets_issued: Mapped[int] = mapped_column(default=0)
     claim_limits: Mapped[dict | None] = mapped_column(JSON)
+    spike_auto_pause: Mapped[bool] = mapped_column(default=False)  # a spike alert also pauses the campaign
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Denormalised for the payment's one read of the campaigns that can apply to an order (see the
     # mapper events below; never set by hand): the merchant whose orders it serves (None: every

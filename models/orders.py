@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, Text
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, SmallInteger, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, UTCDateTime, utcnow
@@ -39,6 +39,14 @@ class Order(Base):
     review_reason: Mapped[str | None] = mapped_column(Text)  # set when flagged for an operator
     prepay_id: Mapped[str | None] = mapped_column(String(64))
     prepay_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Where the order was placed from (the server-issued device, the network address), for risk.
+    device: Mapped[str | None] = mapped_column(String(32))
+    ip: Mapped[str | None] = mapped_column(String(45))
+    # The payment's risk verdict: score 0-100, the decision (allow | review | block), and ``risk`` the
+    # features with their contributions in words and each campaign's decision (``risk.scoring``).
+    risk_score: Mapped[int | None] = mapped_column(SmallInteger)
+    risk_decision: Mapped[str | None] = mapped_column(String(8))
+    risk: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
     lines: Mapped[list[OrderLine]] = relationship(back_populates="order", order_by="OrderLine.id")

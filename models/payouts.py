@@ -24,6 +24,7 @@ class PayoutStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     NEEDS_OPERATOR = "needs_operator"
+    HELD = "held"  # its person is banned or under review: not sent until a reviewer lets it go
 
 
 TERMINAL = frozenset({PayoutStatus.SUCCEEDED, PayoutStatus.FAILED, PayoutStatus.CANCELLED})
@@ -86,7 +87,7 @@ class Payout(Base):
         CheckConstraint("amount_fen > 0", name="positive"),
         CheckConstraint(
             "status in ('pending', 'sending', 'unknown', 'waiting_user_confirm', 'succeeded', 'failed', "
-            "'cancelled', 'needs_operator')",
+            "'cancelled', 'needs_operator', 'held')",
             name="status",
         ),
         Index("ix_payouts_due", "status", "next_attempt_at"),

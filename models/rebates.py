@@ -24,6 +24,8 @@ class RebateStatus(StrEnum):
     SKIPPED = "skipped"  # the rule did not award; see reason_code
     CLAWED_BACK = "clawed_back"  # reduced to zero by refunds
     EXPIRED = "expired"  # its condition was not met in time
+    REVIEW = "review"  # held for a risk review: nothing paid or queued until a reviewer releases it
+    REVOKED = "revoked"  # a reviewer revoked it (its budget went back)
 
 
 class Rebate(Base):
@@ -53,7 +55,9 @@ class Rebate(Base):
         CheckConstraint(
             "amount_fen >= 0 and held_fen >= 0 and amount_fen + held_fen <= original_fen", name="within_original"
         ),
-        CheckConstraint("status in ('awarded', 'held', 'skipped', 'clawed_back', 'expired')", name="status"),
+        CheckConstraint(
+            "status in ('awarded', 'held', 'skipped', 'clawed_back', 'expired', 'review', 'revoked')", name="status"
+        ),
     )
 
 

@@ -1,0 +1,57 @@
+"""Review cases: opened by the payment (an order whose rebates are held) and by the collusion job.
+
+Opening is idempotent: one case per order and one per community (unique keys); a second opening of
+the same order adds nothing. Deciding a case moves money and lives above (``rebate.reviews``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+
+from models import CaseStatus, ReviewCase, db
+
+
+def open_order_case(
+    order_id: int, user_id: int, merchant_id: int, held_fen: int, score: int | None, reasons: list[str], now: datetime
+) -> ReviewCase:
+    """The order's case (opened now, or the one already open), holding ``held_fen`` of rebates."""
+    found = db.session.execute(select(ReviewCase).where(ReviewCase.order_id == order_id)).scalar_one_or_none()
+    if found is not None:
+        return found
+    case = ReviewCase(
+        kind="order",
+        order_id=order_id,
+        user_id=user_id,
+        merchant_id=merchant_id,
+        status=CaseStatus.OPEN,
+        held_fen=held_fen,
+        score=score,
+        reasons=list(reasons),
+        opened_at=now,
+    )
+    db.session.add(case)
+    db.session.flush()
+    return case
+
+
+def open_community_case(
+    community_id: int, merchant_id: int | None, concerned_fen: int, reasons: list[str], now: datetime
+) -> ReviewCase:
+    """The community's case (opened now, or the one already there)."""
+    found = db.session.execute(select(ReviewCase).where(ReviewCase.community_id == community_id)).scalar_one_or_none()
+    if found is not None:
+        return found
+    case = ReviewCase(
+        kind="community",
+        community_id=community_id,
+        merchant_id=merchant_id,
+        status=CaseStatus.OPEN,
+        held_fen=concerned_fen,
+        reasons=list(reasons),
+        opened_at=now,
+    )
+    db.session.add(case)
+    db.session.flush()
+    return case
