@@ -14,8 +14,12 @@ use it); ``decide`` evaluates; ``effective_rules`` merges a campaign's overrides
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
+from sqlalchemy import select
+
+from models import RiskRuleSet, RuleSetStatus, db
 from risk.catalogue import FIELDS
 
 ACTIONS = ("allow", "block", "review")
@@ -169,3 +173,45 @@ def decide(rules: tuple[Rule, ...], values: dict) -> Verdict:
 
 def default_rules() -> tuple[Rule, ...]:
     return parse_rules([dict(r) for r in DEFAULT_RULES])
+
+
+# Active rule sets, per process, for ``RULES_CACHE_SECONDS``: a payment reads them from memory. Activating a
+# rule set here forgets the cache at once (``forget_rules``); other processes see it within the period.
+RULES_CACHE_SECONDS = 5.0
+_cache: dict = {"at": None, "engine": None, "sets": {}}
+
+
+def platform_scope() -> str:
+    return "platform"
+
+
+def campaign_scope(campaign_id: int) -> str:
+    return f"campaign:{campaign_id}"
+
+
+def forget_rules() -> None:
+    _cache["at"] = None
+
+
+def _active_sets() -> dict[str, tuple[Rule, ...]]:
+    engine = db.session.get_bind()
+    at = _cache["at"]
+    if at is not None and _cache["engine"] is engine and time.monotonic() - at < RULES_CACHE_SECONDS:
+        return _cache["sets"]
+    rows = db.session.execute(
+        select(RiskRuleSet.scope, RiskRuleSet.rules).where(RiskRuleSet.status == RuleSetStatus.ACTIVE)
+    ).all()
+    sets = {scope: parse_rules(raw, overrides=scope != platform_scope()) for scope, raw in rows}
+    _cache.update(at=time.monotonic(), engine=engine, sets=sets)
+    return sets
+
+
+def rules_for(campaign_ids) -> dict[int | None, tuple[Rule, ...]]:
+    """The effective rules: under ``None`` the platform's (its active set, else ``DEFAULT_RULES``), and under
+    each campaign id the platform's with that campaign's active overrides."""
+    sets = _active_sets()
+    platform = sets.get(platform_scope()) or default_rules()
+    found: dict[int | None, tuple[Rule, ...]] = {None: platform}
+    for campaign_id in campaign_ids:
+        found[campaign_id] = effective_rules(platform, sets.get(campaign_scope(campaign_id), ()))
+    return found

@@ -18,7 +18,10 @@ def wechat() -> WeChat:
 def register_blueprints(app: Flask) -> None:
     from web import (
         admin,
+        bans_api,
         campaign_admin,
+        communities_api,
+        events_api,
         growth_api,
         insights,
         login,
@@ -27,6 +30,8 @@ def register_blueprints(app: Flask) -> None:
         payment_api,
         payouts_api,
         refunds_admin,
+        reviews_api,
+        risk_rules_api,
         transfer_callbacks,
         user_api,
         wechat_callbacks,
@@ -46,6 +51,11 @@ def register_blueprints(app: Flask) -> None:
         wechat_callbacks,
         transfer_callbacks,
         payouts_api,
+        events_api,
+        risk_rules_api,
+        reviews_api,
+        bans_api,
+        communities_api,
     )
     for module in modules:
         app.register_blueprint(module.bp)

@@ -69,7 +69,9 @@ def ledger_check_command() -> None:
 
 def register_cli(app: Flask) -> None:
     from web.demo import seed_demo_command
+    from web.risk_cli import risk_cli
 
     app.cli.add_command(operators_cli)
     app.cli.add_command(ledger_cli)
     app.cli.add_command(seed_demo_command)
+    app.cli.add_command(risk_cli)
