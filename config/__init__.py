@@ -322,6 +322,32 @@ SETTINGS: tuple[Setting, ...] = (
         "rate). A rail reaches its rate when this is at least rate × WeChat's answer time (100/s × 0.15 s = 15).",
     ),
     Setting("ALERT_WEBHOOK_URL", None, doc="Alerts are also posted here (a WeCom group robot URL, say)."),
+    # risk: collusion communities and spike alerts
+    Setting(
+        "RISK_GRAPH_DAYS",
+        30,
+        _int_at_least(1),
+        doc="Days of orders, packets, identifiers and referrals the collusion graph covers.",
+    ),
+    Setting(
+        "RISK_COMMUNITY_THRESHOLD",
+        0.4,
+        float,
+        doc="A community scoring at least this (0-1, risk/communities.py) is suspicious and opens a review case.",
+    ),
+    Setting("RISK_SPIKE_ALPHA", 0.1, float, doc="Weight of the newest hour in the spike baselines' EWMA (0-1)."),
+    Setting(
+        "RISK_SPIKE_SIGMA",
+        4.0,
+        float,
+        doc="An hour is a spike above the baseline's mean + this many standard deviations.",
+    ),
+    Setting(
+        "RISK_SPIKE_MIN_COUNT",
+        20,
+        _positive_int,
+        doc="…and only with at least this many claims, redemptions or rebates.",
+    ),
 )
 
 LIVE_REQUIRED = (
@@ -395,6 +421,12 @@ def _validate(values: dict[str, Any]) -> list[str]:
     if values.get("IDEMPOTENCY_TTL_HOURS", MIN_IDEMPOTENCY_TTL_HOURS) < MIN_IDEMPOTENCY_TTL_HOURS:
         problems.append(f"IDEMPOTENCY_TTL_HOURS must be at least {MIN_IDEMPOTENCY_TTL_HOURS} (docs/architecture.md §4)")
     problems += _apiv3_rotation_problems(values)
+    if not 0 < values.get("RISK_SPIKE_ALPHA", 0.1) <= 1:
+        problems.append("RISK_SPIKE_ALPHA must be in (0, 1]")
+    if values.get("RISK_SPIKE_SIGMA", 4.0) <= 0:
+        problems.append("RISK_SPIKE_SIGMA must be positive")
+    if not 0 <= values.get("RISK_COMMUNITY_THRESHOLD", 0.4) <= 1:
+        problems.append("RISK_COMMUNITY_THRESHOLD must be between 0 and 1")
     metrics_dir = values.get("PROMETHEUS_MULTIPROC_DIR")
     if metrics_dir and not os.path.isdir(metrics_dir):
         problems.append(f"PROMETHEUS_MULTIPROC_DIR {metrics_dir} is not a directory")

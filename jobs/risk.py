@@ -1,0 +1,101 @@
+"""Risk jobs: the collusion graph (hourly) and spike alerts (every few minutes; each whole hour folded once).
+
+Both are safe on several nodes at once. ``collusion_job`` reads the graph, ends that read transaction,
+finds and scores the communities with no transaction open, then records them in one short transaction:
+a community is stored once (unique fingerprint, ``ON CONFLICT DO NOTHING``) and its case opened once
+(unique ``review_cases.community_id``). ``spike_job`` moves the ``_all`` baseline row on with a conditional
+UPDATE, so one node folds an hour and the others find it done; a spike of a campaign with
+``spike_auto_pause`` also pauses it (``rebate.campaign_ops.transition``), audited as the system.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from jobs.payouts import job_context
+from models import Campaign, CampaignStatus, Operator, OperatorRole, db, unit_of_work, utcnow
+from models.operators import Actor
+from rebate import campaign_ops
+from rebate.errors import RebateError
+from risk.communities import GraphSettings, build_graph, record_communities, score_graph
+from risk.spikes import Spike, SpikeSettings, fold_hours
+
+log = logging.getLogger(__name__)
+
+
+def graph_settings(config: Mapping[str, Any]) -> GraphSettings:
+    return GraphSettings(days=config["RISK_GRAPH_DAYS"], threshold=config["RISK_COMMUNITY_THRESHOLD"])
+
+
+def spike_settings(config: Mapping[str, Any]) -> SpikeSettings:
+    return SpikeSettings(
+        alpha=config["RISK_SPIKE_ALPHA"], sigma=config["RISK_SPIKE_SIGMA"], min_count=config["RISK_SPIKE_MIN_COUNT"]
+    )
+
+
+def system_actor() -> Actor:
+    """The jobs acting on their own: a platform actor with no operator row (the audit line's operator is empty)."""
+    return Actor(Operator(username="system", display_name="system (risk jobs)", role=OperatorRole.ADMIN), None)
+
+
+def run_collusion(now: datetime, settings: GraphSettings) -> Counter:
+    graph = build_graph(now, settings)
+    db.session.rollback()  # the read is over: no transaction open while Louvain runs
+    scored = score_graph(graph, settings)
+    with unit_of_work():
+        summary = record_communities(scored, now, settings)
+    summary.update(nodes=graph.graph.number_of_nodes(), edges=graph.graph.number_of_edges())
+    for name in graph.facts.truncated:
+        summary[f"truncated:{name}"] += 1
+    return summary
+
+
+def collusion_job() -> Counter:
+    """Find, score and store collusion communities; open one case per new suspicious community."""
+    return run_collusion(utcnow(), graph_settings(job_context().config))
+
+
+def pause_spiking(spikes: list[Spike]) -> list[int]:
+    """Pause the active campaigns among the spikes' whose ``spike_auto_pause`` is on; their ids."""
+    by_campaign: dict[int, Spike] = {}
+    for spike in spikes:
+        if spike.campaign_id is not None:
+            by_campaign.setdefault(spike.campaign_id, spike)
+    if not by_campaign:
+        return []
+    ids = db.session.execute(
+        select(Campaign.id).where(
+            Campaign.id.in_(sorted(by_campaign)),
+            Campaign.spike_auto_pause.is_(True),
+            Campaign.status == CampaignStatus.ACTIVE,
+        )
+    ).scalars()
+    paused = []
+    actor = system_actor()
+    for campaign_id in sorted(ids):
+        reason = f"spike auto-pause: {by_campaign[campaign_id].message}"
+        try:
+            campaign_ops.transition(actor, campaign_id, "pause", reason)
+        except RebateError as exc:  # changed state meanwhile: nothing to pause
+            log.warning("spike auto-pause skipped", extra={"campaign_id": campaign_id, "error": str(exc)})
+            continue
+        paused.append(campaign_id)
+    return paused
+
+
+def run_spikes(now: datetime, settings: SpikeSettings) -> Counter:
+    with unit_of_work():
+        spikes = fold_hours(now, settings)
+        paused = pause_spiking(spikes)
+    return Counter(spikes=len(spikes), paused=len(paused))
+
+
+def spike_job() -> Counter:
+    """Fold the hours completed since the last run into the spike baselines; alert (and auto-pause) on spikes."""
+    return run_spikes(utcnow(), spike_settings(job_context().config))
