@@ -307,3 +307,45 @@ def test_the_graph_leaves_public_identifiers_and_single_owner_identifiers_out(ap
     assert not [n for n in graph if n.startswith(("net:", "device:"))]
     assert graph.number_of_nodes() == 61
     assert score_graph(build_graph(NOW, SETTINGS), SETTINGS)[0].score == 0
+
+
+def test_the_api_lists_communities_with_their_cases(world, client, make_operator):
+    _, headers = make_operator("support")
+    find_communities(NOW, SETTINGS)
+    db.session.commit()
+    case = db.session.execute(select(ReviewCase)).scalar_one()
+
+    listed = client.get("/admin/api/risk/communities?suspicious=true", headers=headers)
+    everything = client.get("/admin/api/risk/communities?limit=100&offset=0", headers=headers)
+    one = client.get(f"/admin/api/risk/communities/{case.community_id}", headers=headers)
+
+    assert listed.status_code == 200
+    [item] = listed.get_json()["items"]
+    assert item["id"] == case.community_id and item["suspicious"] is True
+    assert item["case"]["id"] == case.id and item["case"]["status"] == "open"
+    assert any("share 1 device" in r for r in item["reasons"])
+    assert len(everything.get_json()["items"]) >= 1
+    assert one.status_code == 200 and one.get_json() == item
+    unsuspicious = client.get("/admin/api/risk/communities?suspicious=false", headers=headers).get_json()["items"]
+    assert all(not c["suspicious"] and c["case"] is None for c in unsuspicious)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["suspicious=perhaps", "limit=0", "limit=501", "limit=ten", "offset=-1", "colour=red"],
+)
+def test_the_api_refuses_bad_query_parameters(app, client, make_operator, query):
+    _, headers = make_operator("admin")
+
+    response = client.get(f"/admin/api/risk/communities?{query}", headers=headers)
+
+    assert response.status_code == 422
+    assert response.get_json()["error"] == "validation_error"
+
+
+def test_the_api_is_for_platform_roles_and_answers_404_for_an_unknown_community(app, client, make_operator):
+    _, staff = make_operator("merchant_staff")
+    _, admin = make_operator("admin")
+
+    assert client.get("/admin/api/risk/communities", headers=staff).status_code == 403
+    assert client.get("/admin/api/risk/communities/99", headers=admin).status_code == 404
