@@ -209,3 +209,25 @@ def test_auto_pause_pauses_only_the_flagged_campaign_audited_as_the_system(shop)
     line = db.session.execute(select(AuditLog).where(AuditLog.action == "campaign.pause")).scalar_one()
     assert line.operator_id is None and line.target_id == str(flagged.id)
     assert line.reason.startswith(f"spike auto-pause: campaign {flagged.id}: 140 claims")
+
+
+def test_rebates_count_and_their_fen_per_campaign_and_merchant(app):
+    from tests.test_collusion import World
+
+    w = World(now=T0 + 3 * HOUR)
+    shop = w.merchant()
+    buyer = w.user(age_days=100)
+    for k in range(4):  # paid in hour 1, each rebating 3 yuan to the buyer and 3 to the shop
+        w.order(buyer, shop, packet=k < 2, days_ago=(1.5 + k / 100) / 24, rebate_fen=3_00)
+    w.save()
+    campaign_id = w.campaigns[shop.id].id
+
+    fold_hours(T0 + 3 * HOUR, SETTINGS)
+    db.session.commit()
+
+    # Hour 1: 8 rebates, 2400 fen; hour 2: none (folded as 0 with alpha 0.1).
+    assert baseline(f"campaign:{campaign_id}:rebates").mean == pytest.approx(8 * 0.9)
+    assert baseline(f"campaign:{campaign_id}:rebate_fen").mean == pytest.approx(2400 * 0.9)
+    assert baseline(f"merchant:{shop.id}:rebates").hours == 2
+    assert baseline(f"merchant:{shop.id}:redemptions").mean == pytest.approx(2 * 0.9)
+    assert baseline(f"campaign:{campaign_id}:claims").hours == 3  # claimed in hour 0, an hour before paying
