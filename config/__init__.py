@@ -322,6 +322,14 @@ SETTINGS: tuple[Setting, ...] = (
         "rate). A rail reaches its rate when this is at least rate × WeChat's answer time (100/s × 0.15 s = 15).",
     ),
     Setting("ALERT_WEBHOOK_URL", None, doc="Alerts are also posted here (a WeCom group robot URL, say)."),
+    # risk: review cases
+    Setting(
+        "RISK_SECOND_APPROVAL_FEN",
+        20000,
+        _positive_int,
+        doc="A review case holding more than this (fen) is decided by two operators: the first decision is a "
+        "proposal, carried out when a different operator decides the same outcome.",
+    ),
 )
 
 LIVE_REQUIRED = (
