@@ -348,6 +348,14 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         doc="…and only with at least this many claims, redemptions or rebates.",
     ),
+    # risk: review cases
+    Setting(
+        "RISK_SECOND_APPROVAL_FEN",
+        20000,
+        _positive_int,
+        doc="A review case holding more than this (fen) is decided by two operators: the first decision is a "
+        "proposal, carried out when a different operator decides the same outcome.",
+    ),
 )
 
 LIVE_REQUIRED = (

@@ -4,8 +4,10 @@ Each claim is one operation here: the campaign's own claim limits (``Campaign.cl
 platform-wide ones (``PlatformLimits``, read from settings by the shell and passed in) are taken from
 ``risk`` in the same transaction as the claim, in one statement with each other. A refusal (a limit, or
 a funder's deposit that cannot cover the packet) rolls the claim back, keeps the refusal for the trace
-(and pauses a campaign whose deposit ran dry), and is raised again. The caller commits what was kept
-before answering the refusal (``REFUSALS``); nothing here commits.
+(and pauses a campaign whose deposit ran dry), and is raised again. A claim from a banned device or network
+address is refused the same way (``Banned``, 403 ``banned``, its words naming the ban): read with the claim's
+first SELECT on the code and campaign paths, by the claim gate on the others (share links, triggers). The
+caller commits what was kept before answering the refusal (``REFUSALS``); nothing here commits.
 
 A claim is the hot path of a flash sale, so it costs no savepoint when it can: a claim that is the first
 write of its transaction (the claim routes: the ``Idempotency-Key`` is committed before, authentication
@@ -32,18 +34,21 @@ from models import Campaign, CampaignStatus, RedPacket, ShareLink, User, db
 from models.triggers import TriggerKind
 from rebate.deposits import pause_refused
 from rebate.errors import DepositExhausted, NotFound, StateConflict
-from rebate.packets import campaign_with_rules, claim_found, claimable, issue_packet
+from rebate.packets import campaign_for_claim, claim_found, claimable_for_claim, issue_packet
 from rebate.triggers import claim_gate, claim_share
 from risk import (
+    Banned,
     Claimant,
     ClaimGate,
     ClaimLimits,
     LimitHit,
     PlatformLimits,
+    ban_refusal,
     campaign_slots,
     record_refusal,
     take_device_token_slot,
 )
+from risk.bans import ban_params
 
 REFUSALS = (LimitHit, DepositExhausted)  # raised after the refusal was kept: commit, then answer it
 DEVICE_IDS_PER_IP_PER_DAY = 20
@@ -115,6 +120,17 @@ def gate(campaign: Campaign, claimant: Claimant, limits: PlatformLimits, now: da
     return claim_gate(claimant, limits, own)
 
 
+def _bans(claimant: Claimant, now: datetime) -> dict:
+    """What the claim's first read binds to see whether the claimant's device or address is banned."""
+    return ban_params(claimant.device, claimant.ip, now)
+
+
+def _refuse_banned(banned: bool, claimant: Claimant, now: datetime) -> None:
+    """A claim from a banned device or address is refused (``Banned``, kept for the trace by ``refusal_kept``)."""
+    if banned:
+        raise ban_refusal(claimant.device, claimant.ip, now) or Banned("no red packets: a ban applies")
+
+
 def running_campaign(campaign_id: int) -> Campaign:
     """A campaign people can take part in: a draft is not found, a paused or ended one says so."""
     return _running(db.session.get(Campaign, campaign_id))
@@ -136,11 +152,13 @@ def claim_by_code(
     Four statements: the packet with its campaign and rules, its owner (conditional UPDATE), the budget
     (one conditional UPDATE), the limits (one conditional upsert). More for a merchant-funded campaign
     (its deposit's check) and on a refusal."""
-    packet, campaign, rules = claimable(code, user)
+    packet, campaign, rules, banned = claimable_for_claim(code, user, _bans(claimant, now))
     if packet.owner_id == user.id:
         return packet
     with refusal_kept(campaign.id, user.id):
-        return claim_found(packet, campaign, rules, user, now, channel, gate(campaign, claimant, limits, now))
+        _refuse_banned(banned, claimant, now)
+        claim_gate = gate(campaign, claimant, limits, now).bans_already_checked()
+        return claim_found(packet, campaign, rules, user, now, channel, claim_gate)
 
 
 def claim_from_campaign(
@@ -158,11 +176,12 @@ def claim_from_campaign(
     budget's conditional UPDATE with the packet's INSERT (one statement, the last: the campaign's row is
     locked from there to the commit only); four on SQLite (the INSERT, then the UPDATE). More for a
     merchant-funded campaign (budget first, then its deposit's check, then the limits) and on a refusal."""
-    campaign, rules = campaign_with_rules(campaign_id)
+    campaign, rules, banned = campaign_for_claim(campaign_id, _bans(claimant, now))
     campaign = _running(campaign)
     if campaign.issue_trigger.kind != TriggerKind.CLAIM:
         raise StateConflict("this campaign's packets are not claimed directly", code="not_claimable")
     with refusal_kept(campaign.id, user.id):
+        _refuse_banned(banned, claimant, now)
         return issue_packet(
             campaign,
             user,
@@ -170,7 +189,7 @@ def claim_from_campaign(
             source_ref=f"user:{user.id}:{secrets.token_hex(6)}",
             now=now,
             channel=channel,
-            gate=gate(campaign, claimant, limits, now),
+            gate=gate(campaign, claimant, limits, now).bans_already_checked(),
             fresh=True,
             rules=rules,
         )

@@ -9,6 +9,7 @@ definition, ``ClaimLimits.parse`` (and the ``CLAIM_LIMITS_SCHEMA`` it publishes)
 
 from risk.limits import (
     CLAIM_LIMITS_SCHEMA,
+    Banned,
     Claimant,
     ClaimGate,
     ClaimLimits,
@@ -16,6 +17,7 @@ from risk.limits import (
     LimitHit,
     PlatformLimits,
     Slot,
+    ban_refusal,
     campaign_slots,
     enforce_claim_limits,
     enforce_platform_limits,
@@ -26,6 +28,7 @@ from risk.limits import (
 
 __all__ = [
     "CLAIM_LIMITS_SCHEMA",
+    "Banned",
     "ClaimGate",
     "ClaimLimits",
     "ClaimLimitsError",
@@ -38,5 +41,6 @@ __all__ = [
     "enforce_platform_limits",
     "record_refusal",
     "take_device_token_slot",
+    "ban_refusal",
     "take_or_refuse",
 ]

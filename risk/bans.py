@@ -4,15 +4,18 @@ A ban names a subject (``user``, ``device``, ``merchant``, ``net``) and a value:
 id, the server-issued device id, or a network address — a single IP or the /24 (/48) ``risk.net.net_of``
 gives; an address is banned when either its own value or its network's is. A ban is active from its
 creation until ``ends_at`` (None: until lifted) unless lifted. Creating and lifting bans, and what they do
-to a person's money, are operations above this module (``rebate.reviews``); here only the facts.
+to a person's money, are operations above this module (``rebate.ban_ops``); here only the facts, and the
+check a claim folds into its first read (``banned_column``: no statement of its own on the hot path).
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import String, and_, bindparam, exists, or_, select
 
 from models import Ban, db
 from risk.net import net_of
@@ -52,6 +55,50 @@ def active_bans(pairs: Iterable[tuple[str, str]], now: datetime) -> list[Ban]:
         .order_by(Ban.id)
     )
     return list(db.session.execute(stmt).scalars())
+
+
+def normalise_net(value: str) -> str:
+    """A banned network address as bans keep it: one IP (``"10.1.2.7"``) or a network (``"10.1.2.0/24"``).
+
+    ``ValueError`` for anything else. A network must be an IPv4 /24 or an IPv6 /48 (what ``net_of`` gives and
+    claims look up), or a single address written as /32 or /128."""
+    text = value.strip()
+    if "/" not in text:
+        return str(ipaddress.ip_address(text))
+    network = ipaddress.ip_network(text, strict=False)
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    wanted = 24 if network.version == 4 else 48
+    if network.prefixlen != wanted:
+        raise ValueError(
+            f"a banned network is an IPv{network.version} /{wanted} or one address, not /{network.prefixlen}"
+        )
+    return str(network)
+
+
+@functools.cache
+def banned_column():
+    """``EXISTS`` an active ban on the bound device or address, as a column a claim's first read selects.
+
+    Binds ``ban_device``, ``ban_ip``, ``ban_net`` (None: nothing to match) and ``ban_now`` (``ban_params``)."""
+    now = bindparam("ban_now", type_=Ban.__table__.c.created_at.type)
+    device, ip, net = (bindparam(name, type_=String) for name in ("ban_device", "ban_ip", "ban_net"))
+    return (
+        exists()
+        .where(
+            or_(
+                and_(Ban.subject == "device", Ban.value == device), and_(Ban.subject == "net", Ban.value.in_([ip, net]))
+            ),
+            Ban.lifted_at.is_(None),
+            or_(Ban.ends_at.is_(None), Ban.ends_at > now),
+        )
+        .label("banned")
+    )
+
+
+def ban_params(device: str | None, ip: str | None, now: datetime) -> dict:
+    """The values ``banned_column`` is bound with for a claim from ``device`` at address ``ip``."""
+    return {"ban_device": device, "ban_ip": ip, "ban_net": net_of(ip), "ban_now": now}
 
 
 def ban_words(ban: Ban) -> str:

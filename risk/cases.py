@@ -55,3 +55,21 @@ def open_community_case(
     db.session.add(case)
     db.session.flush()
     return case
+
+
+def lock_case(case_id: int) -> ReviewCase | None:
+    """The case, row-locked and read as it is now (two reviewers deciding at once: one after the other)."""
+    stmt = (
+        select(ReviewCase).where(ReviewCase.id == case_id).with_for_update().execution_options(populate_existing=True)
+    )
+    return db.session.execute(stmt).scalar_one_or_none()
+
+
+def members_by_kind(members: list[str]) -> dict[str, list[str]]:
+    """A community's members (``"user:12"``, ``"device:ab…"``) grouped by kind: {"user": ["12"], …}."""
+    grouped: dict[str, list[str]] = {"user": [], "device": [], "merchant": [], "net": []}
+    for member in members:
+        kind, _, value = str(member).partition(":")
+        if kind in grouped and value:
+            grouped[kind].append(value)
+    return grouped

@@ -32,6 +32,7 @@ from models import db
 from models.base import beijing, next_beijing_midnight
 from models.limits import ClaimRefusal, LimitCounter
 from models.sql import WRITES
+from risk.bans import active_bans, ban_words, subjects
 
 ALL_TIME = "-"
 
@@ -44,6 +45,29 @@ class LimitHit(Exception):
         super().__init__(message)
         self.retry_after = max(1, retry_after)
         self.code = code
+
+
+class Banned(LimitHit):
+    """A claim from a banned device or network address (403 ``banned``); kept for the trace like a limit's refusal.
+
+    A ``LimitHit`` so that every claim path that keeps and answers a limit's refusal does the same for it."""
+
+    kind = "forbidden"
+
+    def __init__(self, message: str, retry_after: int | None = None, code: str = "banned"):
+        Exception.__init__(self, message)
+        self.retry_after = retry_after
+        self.code = code
+
+
+def ban_refusal(device: str | None, ip: str | None, now: datetime) -> Banned | None:
+    """The refusal of a claim from ``device`` at ``ip`` when either is banned now (its words name the ban)."""
+    bans = active_bans(subjects(device=device, ip=ip), now) if device or ip else []
+    if not bans:
+        return None
+    ends = [b.ends_at for b in bans]
+    retry = None if None in ends else int((max(ends) - now).total_seconds())
+    return Banned("no red packets: " + "; ".join(ban_words(b) for b in bans), retry)
 
 
 # The largest value of each campaign limit (the smallest is 1; null is "no such limit").
@@ -375,6 +399,21 @@ class ClaimGate:
     def __init__(self, claimant: Claimant, limits: PlatformLimits, campaign: list[Slot] | None = None):
         self.claimant, self.limits, self.taken = claimant, limits, False
         self.campaign = campaign or []
+        self.bans_checked, self.banned = False, None
+
+    def bans_already_checked(self) -> ClaimGate:
+        """The caller read the claimant's bans with the claim (``risk.bans.banned_column``): none applies."""
+        self.bans_checked = True
+        return self
+
+    def check_bans(self, now: datetime) -> None:
+        """Refuse every packet of the event when its device or network address is banned (``Banned``); one
+        read per event, none when the claim's own first read looked already."""
+        if not self.bans_checked:
+            self.bans_checked = True
+            self.banned = ban_refusal(self.claimant.device, self.claimant.ip, now)
+        if self.banned is not None:
+            raise self.banned
 
     def slots(self, now: datetime) -> list[Slot]:
         """What the next packet takes: the campaign's own slots (first packet only), then the platform's."""
@@ -382,11 +421,13 @@ class ClaimGate:
         return (self.campaign if first else []) + platform_slots(self.limits, self.claimant, now, interval=first)
 
     def take(self, now: datetime) -> None:
+        self.check_bans(now)
         take_or_refuse(self.slots(now), now)
         self.taken = True
 
     def try_take(self, now: datetime) -> list[Slot]:
         """Like ``take``, but answer the refused slots (in the order checked) instead of raising; none: taken."""
+        self.check_bans(now)
         refused = take_slots(self.slots(now), now)
         if not refused:
             self.taken = True

@@ -1,7 +1,68 @@
-"""(being built)"""
+"""Bans: ``POST /admin/api/bans``, ``DELETE /admin/api/bans/<id>`` (admin, support), ``GET /admin/api/bans``
+(platform roles). What a ban does is ``rebate.ban_ops``."""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from datetime import timedelta
+from typing import Annotated, Literal
 
-bp = Blueprint("bans", __name__)
+from flask import Blueprint
+from pydantic import AwareDatetime, Field
+
+from models import BanSubject, OperatorRole, utcnow
+from rebate import ban_ops
+from web.admin import PLATFORM, actor
+from web.api import endpoint
+from web.errors import ValidationFailed
+from web.schemas import Model, Reason
+
+bp = Blueprint("bans", __name__, url_prefix="/admin/api")
+
+BANNERS = (OperatorRole.ADMIN, OperatorRole.SUPPORT)
+
+
+class CreateBan(Model):
+    subject: BanSubject
+    value: Annotated[str, Field(min_length=1, max_length=64)]
+    reason: Reason
+    ends_at: AwareDatetime | None = None
+    days: Annotated[int, Field(ge=1, le=3650)] | None = None
+
+
+class LiftBan(Model):
+    reason: Reason
+
+
+class BanQuery(Model):
+    subject: Literal["user", "device", "merchant", "net"] | None = None
+    value: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    active: bool | None = None
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0, le=10_000_000)
+
+
+@endpoint(bp, "/bans", methods=["POST"], auth="operator", roles=BANNERS, body=CreateBan, idempotent=True, status=201)
+def create_ban(body: CreateBan):
+    """Ban a user, device, merchant or network address (one IP, an IPv4 /24 or IPv6 /48), until ends_at or for
+    ``days`` (neither: until lifted)."""
+    now = utcnow()
+    if body.ends_at is not None and body.days is not None:
+        raise ValidationFailed("send ends_at or days, not both", code="ban_ends_at")
+    ends_at = body.ends_at or (now + timedelta(days=body.days) if body.days else None)
+    ban = ban_ops.create_ban(actor(), body.subject, body.value, body.reason, now, ends_at=ends_at)
+    return ban_ops.ban_json(ban, now), 201
+
+
+@endpoint(bp, "/bans/<int:ban_id>", methods=["DELETE"], auth="operator", roles=BANNERS, body=LiftBan)
+def lift_ban(ban_id: int, body: LiftBan):
+    """Lift a ban (again: the same answer); the person or merchant is active again unless another ban remains."""
+    now = utcnow()
+    return ban_ops.ban_json(ban_ops.lift_ban(actor(), ban_id, body.reason, now), now)
+
+
+@endpoint(bp, "/bans", auth="operator", roles=PLATFORM, query=BanQuery)
+def list_bans(query: BanQuery):
+    """Bans, newest first, by subject, value and whether active now."""
+    now = utcnow()
+    bans = ban_ops.list_bans(query.subject, query.value, query.active, now, query.limit, query.offset)
+    return {"items": [ban_ops.ban_json(b, now) for b in bans]}

@@ -1,0 +1,233 @@
+"""Bans as operators (and review cases) drive them: create, lift, and let them expire, with their effects.
+
+* ``user``: the person's ``users.status`` becomes ``banned`` (with the ban's words as ``banned_reason``):
+  signing in and the API answer 403, triggers give no packets, rebates skip them as consumer, issuer or
+  inviter, and the dispatcher leaves their payouts that never left waiting (``payouts.dispatch``).
+  Lifted (or expired), they are active again unless another active ban on them remains.
+* ``merchant``: ``merchants.status`` becomes ``suspended`` and every active campaign it issues, funds or
+  accepts packets for is paused with the ban's reason (``campaign_ops.transition``, audited). Lifted, the
+  merchant is active again; its campaigns stay paused until an operator resumes each one.
+* ``device`` / ``net``: claims from that device or address are refused (403 ``banned``, kept for the trace;
+  ``risk.limits.Banned``). Signing in from them is not refused: the person sees their account, gets nothing.
+
+Every operation checks, writes, audits with the operator's reason and flushes; the caller commits once.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from sqlalchemy import or_, select
+
+from models import Ban, BanSubject, Campaign, CampaignStatus, Merchant, User, UserStatus, db
+from models.operators import Actor, audit
+from rebate.campaign_ops import transition
+from rebate.errors import Invalid, NotFound
+from risk.bans import active_bans, ban_words, normalise_net
+
+DEVICE_ID = re.compile(r"^[0-9a-f]{24}$")  # what rebate.claims.new_device_id hands out
+
+
+def ban_json(ban: Ban, now: datetime | None = None) -> dict:
+    active = ban.lifted_at is None and (ban.ends_at is None or now is None or ban.ends_at > now)
+    return {
+        "id": ban.id,
+        "subject": ban.subject,
+        "value": ban.value,
+        "reason": ban.reason,
+        "case_id": ban.case_id,
+        "created_by": ban.created_by,
+        "created_at": ban.created_at.isoformat(),
+        "ends_at": ban.ends_at.isoformat() if ban.ends_at else None,
+        "lifted_at": ban.lifted_at.isoformat() if ban.lifted_at else None,
+        "lifted_by": ban.lifted_by,
+        "lift_reason": ban.lift_reason,
+        "active": active,
+        "words": ban_words(ban),
+    }
+
+
+def checked_value(subject: str, value: str) -> str:
+    """The value as bans keep it, or ``Invalid`` / ``NotFound``: a user or merchant that exists, a server-issued
+    device id, one IP address or an IPv4 /24 / IPv6 /48 network."""
+    if subject not in set(BanSubject):
+        raise Invalid(f"subject must be one of {', '.join(BanSubject)}, not {subject!r}", code="ban_subject")
+    value = (value or "").strip()
+    if subject in (BanSubject.USER, BanSubject.MERCHANT):
+        if not value.isdigit() or not 0 < int(value) < 2**31:
+            raise Invalid(f"a {subject} ban names the {subject}'s id, not {value!r}", code="ban_value")
+        model = User if subject == BanSubject.USER else Merchant
+        if db.session.get(model, int(value)) is None:
+            raise NotFound(f"{subject} {value} not found", code=f"unknown_{subject}")
+        return str(int(value))
+    if subject == BanSubject.DEVICE:
+        if not DEVICE_ID.match(value):
+            raise Invalid("a device ban names a server-issued device id (24 hex digits)", code="ban_value")
+        return value
+    try:
+        return normalise_net(value)
+    except ValueError as exc:
+        raise Invalid(f"not a network address: {exc}", code="ban_value") from None
+
+
+def create_ban(
+    actor: Actor,
+    subject: str,
+    value: str,
+    reason: str,
+    now: datetime,
+    *,
+    ends_at: datetime | None = None,
+    case_id: int | None = None,
+) -> Ban:
+    """Ban ``subject`` ``value`` from now until ``ends_at`` (None: until lifted), and apply what it does."""
+    if not reason or not reason.strip():
+        raise Invalid("a ban needs a reason", code="reason_required")
+    value = checked_value(subject, value)
+    if ends_at is not None and ends_at <= now:
+        raise Invalid("ends_at must be in the future", code="ban_ends_at")
+    owner = _lock_owner(subject, value)
+    ban = Ban(
+        subject=subject,
+        value=value,
+        reason=reason.strip(),
+        case_id=case_id,
+        created_by=actor.operator.id if actor else None,
+        created_at=now,
+        ends_at=ends_at,
+    )
+    db.session.add(ban)
+    db.session.flush()
+    paused = _apply(actor, ban, owner)
+    audit(
+        actor,
+        "ban.create",
+        "ban",
+        ban.id,
+        ban.reason,
+        subject=subject,
+        value=value,
+        ends_at=ends_at.isoformat() if ends_at else None,
+        case_id=case_id,
+        campaigns_paused=paused,
+    )
+    db.session.flush()
+    return ban
+
+
+def _lock_owner(subject: str, value: str) -> User | Merchant | None:
+    """The banned person's or merchant's row, locked: a ban and a lift of the same one go one after the other."""
+    model = {BanSubject.USER: User, BanSubject.MERCHANT: Merchant}.get(subject)
+    if model is None:
+        return None
+    stmt = select(model).where(model.id == int(value)).with_for_update().execution_options(populate_existing=True)
+    return db.session.execute(stmt).scalar_one()
+
+
+def _apply(actor: Actor, ban: Ban, owner: User | Merchant | None) -> list[int]:
+    """What a new ban does; the campaigns it paused."""
+    if ban.subject == BanSubject.USER:
+        owner.status, owner.banned_reason = UserStatus.BANNED, ban_words(ban)[:200]
+    elif ban.subject == BanSubject.MERCHANT:
+        owner.status = "suspended"
+        return _pause_campaigns(actor, owner.id, ban)
+    return []
+
+
+def _pause_campaigns(actor: Actor, merchant_id: int, ban: Ban) -> list[int]:
+    """Pause every active campaign the merchant issues, funds or takes packets at (each audited)."""
+    ids = db.session.execute(
+        select(Campaign.id)
+        .where(
+            Campaign.status == CampaignStatus.ACTIVE,
+            or_(
+                Campaign.issuer_merchant_id == merchant_id,
+                Campaign.funder_merchant_id == merchant_id,
+                Campaign.packet_merchant_id == merchant_id,
+            ),
+        )
+        .order_by(Campaign.id)
+    ).scalars()
+    paused = []
+    for campaign_id in list(ids):
+        transition(actor, campaign_id, "pause", f"merchant {merchant_id} banned (ban {ban.id}): {ban.reason}"[:500])
+        paused.append(campaign_id)
+    return paused
+
+
+def lift_ban(actor: Actor, ban_id: int, reason: str, now: datetime) -> Ban:
+    """Lift a ban (again: the same ban, nothing more done) and undo what it did unless another ban still does."""
+    if not reason or not reason.strip():
+        raise Invalid("lifting a ban needs a reason", code="reason_required")
+    ban, lifted = _lift(ban_id, now, reason.strip(), actor.operator.id)
+    if lifted:
+        audit(actor, "ban.lift", "ban", ban.id, reason.strip(), subject=ban.subject, value=ban.value)
+        db.session.flush()
+    return ban
+
+
+def _lift(ban_id: int, now: datetime, reason: str, by: int | None) -> tuple[Ban, bool]:
+    """Mark the ban lifted and undo its effects; (the ban, whether this call lifted it). Locks the banned
+    person's or merchant's row, then the ban's, as ``create_ban`` takes them."""
+    ban = db.session.get(Ban, ban_id)
+    if ban is None:
+        raise NotFound(f"ban {ban_id} not found")
+    if ban.lifted_at is not None:
+        return ban, False
+    owner = _lock_owner(ban.subject, ban.value)
+    stmt = select(Ban).where(Ban.id == ban_id).with_for_update().execution_options(populate_existing=True)
+    ban = db.session.execute(stmt).scalar_one()
+    if ban.lifted_at is not None:  # lifted meanwhile
+        return ban, False
+    ban.lifted_at, ban.lifted_by, ban.lift_reason = now, by, reason
+    db.session.flush()
+    _undo(ban, owner, now)
+    db.session.flush()
+    return ban, True
+
+
+def _undo(ban: Ban, owner: User | Merchant | None, now: datetime) -> None:
+    """A lifted or expired ban: the person or merchant is active again, unless another ban on them is active."""
+    if owner is None:
+        return
+    others = active_bans([(ban.subject, ban.value)], now)
+    if others:
+        if ban.subject == BanSubject.USER:
+            owner.banned_reason = ban_words(others[0])[:200]
+        return
+    if ban.subject == BanSubject.USER:
+        owner.status, owner.banned_reason = UserStatus.ACTIVE, None
+    else:
+        owner.status = "active"
+
+
+def lift_expired_bans(now: datetime, limit: int = 500) -> int:
+    """Bans past their end are marked lifted ("expired") and their effects undone; how many (for a job)."""
+    due = db.session.execute(
+        select(Ban.id, Ban.ends_at)
+        .where(Ban.lifted_at.is_(None), Ban.ends_at.is_not(None), Ban.ends_at <= now)
+        .order_by(Ban.id)
+        .limit(limit)
+    ).all()
+    return sum(_lift(ban_id, now, f"expired at {ends_at:%Y-%m-%d %H:%M} UTC", None)[1] for ban_id, ends_at in due)
+
+
+def list_bans(subject: str | None, value: str | None, active: bool | None, now: datetime, limit: int, offset: int):
+    """Bans, newest first, by subject, value (as bans keep it) and whether they are active now."""
+    stmt = select(Ban).order_by(Ban.id.desc()).limit(limit).offset(offset)
+    if subject is not None:
+        stmt = stmt.where(Ban.subject == subject)
+    if value is not None:
+        if subject == BanSubject.NET:
+            try:
+                value = normalise_net(value)
+            except ValueError as exc:
+                raise Invalid(f"not a network address: {exc}", code="ban_value") from None
+        stmt = stmt.where(Ban.value == value.strip())
+    live = Ban.lifted_at.is_(None) & (Ban.ends_at.is_(None) | (Ban.ends_at > now))
+    if active is True:
+        stmt = stmt.where(live)
+    elif active is False:
+        stmt = stmt.where(~live)
+    return list(db.session.execute(stmt).scalars())

@@ -1,0 +1,111 @@
+"""Taking paid rebate money back: by a refund (``rebate.refunds``) or by a reviewer's claw back (``rebate.reviews``).
+
+Money that has not left is taken back from the payout; money that has left is recovered from the
+beneficiary's balance as far as it goes, and the rest becomes a receivable netted against their next
+rebate of the same kind. The budget gets back only what was recovered. Each step is one
+``RebateAdjustment`` saying where the money came back from.
+"""
+
+from __future__ import annotations
+
+from ledger import Leg, account, balance, post_entry
+from models import AccountKind, Campaign, Rebate, RebateAdjustment, RebateStatus, Receivable, db
+from money import format_yuan
+from payouts import MoneySettings, cancel_or_reduce, pending_payouts_for_rebate
+from rebate import budgets
+from rebate.awards import KIND_OF_FORM, beneficiary_account
+from rebate.campaigns import funder_account
+
+
+def take_back(
+    rebate: Rebate,
+    campaign: Campaign,
+    delta: int,
+    key: str,
+    what: str,
+    money: MoneySettings,
+    refund_id: int | None = None,
+) -> int:
+    """Take ``delta`` fen of ``rebate``'s paid amount back under ledger key ``key`` (``what``: "refund R1-…",
+    "review case 7", said in the memo and the adjustment); flushes. Returns what was recovered now."""
+    kind = KIND_OF_FORM[rebate.form]
+    from_payout = from_balance = 0
+    if kind == "coupon":
+        from_payout = _from_pending_payout(rebate, delta, key, funder_account(campaign))
+    elif kind == "points":
+        from_balance = _points_back(rebate, delta, key, money.point_value_fen, what)
+    else:
+        target = beneficiary_account(rebate)
+        from_payout = _from_pending_payout(rebate, delta, key, target)
+        from_balance = min(delta - from_payout, max(0, balance(target) - from_payout))
+        post_entry(
+            key,
+            f"{what} claws back {rebate.role} rebate",
+            [Leg(target, -delta), Leg(funder_account(campaign), delta)],
+        )
+    recovered = from_payout + from_balance
+    receivable = delta - recovered
+    budgets.release_committed(campaign.id, recovered)
+    if receivable and kind != "coupon":
+        db.session.add(
+            Receivable(
+                beneficiary_type=rebate.beneficiary_type,
+                beneficiary_id=rebate.beneficiary_id,
+                kind=kind,
+                campaign_id=campaign.id,
+                outstanding_fen=receivable,
+            )
+        )
+    rebate.amount_fen -= delta
+    if rebate.amount_fen == 0 and rebate.held_fen == 0:
+        rebate.status = RebateStatus.CLAWED_BACK
+    why = clawback_words(kind, from_payout, from_balance, receivable)
+    db.session.add(
+        RebateAdjustment(
+            rebate_id=rebate.id,
+            refund_id=refund_id,
+            amount_fen=delta,
+            recovered_fen=recovered,
+            receivable_fen=receivable,
+            reason=f"{what}: {why}"[:200],
+        )
+    )
+    db.session.flush()
+    return recovered
+
+
+def clawback_words(kind: str, from_payout: int, from_balance: int, not_recovered: int) -> str:
+    """Where the money came back from: a payout not yet sent, the balance it was credited to, or not at all."""
+    parts = []
+    if from_payout:
+        parts.append((format_yuan(from_payout), "taken back from a payout not yet sent"))
+    if from_balance:
+        where = "the points balance" if kind == "points" else "the balance it was credited to"
+        parts.append((format_yuan(from_balance), f"taken back from {where}"))
+    if not_recovered:
+        rest = "a coupon already sent is not taken back" if kind == "coupon" else "owed back from the next rebate"
+        parts.append((format_yuan(not_recovered), f"had already left; {rest}"))
+    if len(parts) == 1:
+        return parts[0][1]
+    return "; ".join(f"{amount} {words}" for amount, words in parts)
+
+
+def _from_pending_payout(rebate: Rebate, delta: int, key: str, back_to) -> int:
+    taken = 0
+    for payout in pending_payouts_for_rebate(rebate.id):
+        taken += cancel_or_reduce(payout, delta - taken, f"{key}:{payout.id}", back_to)
+    return taken
+
+
+def _points_back(rebate: Rebate, delta: int, key: str, point_value_fen: int, what: str) -> int:
+    new_points = rebate.points * (rebate.amount_fen - delta) // rebate.amount_fen if rebate.amount_fen else 0
+    taken = rebate.points - new_points
+    held = max(0, balance(beneficiary_account(rebate)))
+    if taken:
+        post_entry(
+            key,
+            f"{what} claws back points",
+            [Leg(beneficiary_account(rebate), -taken), Leg(account(AccountKind.POINTS_ISSUANCE), taken)],
+        )
+    rebate.points = new_points
+    return min(delta, min(taken, held) * point_value_fen)

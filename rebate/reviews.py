@@ -1,0 +1,318 @@
+"""Deciding review cases: what a reviewer's outcome does to the money, once.
+
+An order case holds every rebate of a paid order in status ``review`` (``held_fen`` = the amount, budget
+committed, nothing paid or queued). Its outcomes:
+
+* ``release`` (label ``legit``): each held rebate is awarded and paid (``awards.pay_rebate``, ledger key
+  ``rebate:<id>:review_release``); one waiting for milestones goes back to ``held``; one whose beneficiary
+  has been banned meanwhile is revoked instead (a banned person earns nothing).
+* ``revoke`` (``fraud``): each held rebate is ``revoked`` and its amount returns to the budget; the buyer's
+  unused packets are revoked (their reservations return, ``packets.release_packet``).
+* ``claw_back`` (``fraud``): money already paid on the order is taken back as a refund takes it back
+  (``clawbacks.take_back``: from a payout not yet sent, else the balance, else a receivable), anything still
+  held is cancelled, and it revokes as above.
+* ``ban_user`` / ``ban_device`` / ``ban_merchant`` (``fraud``): revoke as above, and ban the buyer, the order's
+  device (none recorded: 422) or the merchant (``ban_ops.create_ban``, linked to the case).
+
+A community case (the collusion job's) concerns its members: ``release`` dismisses it (``legit``, nothing
+moves); ``revoke`` revokes the held rebates of orders placed by its people (at its merchants, when it has
+any) and their unused packets; ``claw_back`` also takes back what was paid on those orders to its members;
+``ban_*`` revokes and bans each member of that kind (none: 422).
+
+Decided once: the same outcome again answers the case as decided (nothing done twice); another outcome is
+409. Above ``second_approval_fen`` held, the first decision is a proposal (``awaiting_approval``, nothing
+moves) carried out when a different operator decides the same outcome. The case row is locked first, then
+the orders, the packets, the campaigns (id order) and their deposits, as payments, claims and refunds take
+them. Operations flush; the caller commits once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select
+
+from models import (
+    Campaign,
+    CaseOutcome,
+    CaseStatus,
+    Order,
+    PacketStatus,
+    Rebate,
+    RebateStatus,
+    RedPacket,
+    ReviewCase,
+    RiskCommunity,
+    User,
+    db,
+)
+from models.operators import Actor, audit
+from payouts import MoneySettings
+from rebate import budgets
+from rebate.awards import pay_rebate
+from rebate.ban_ops import create_ban
+from rebate.clawbacks import take_back
+from rebate.deposits import lock_deposits
+from rebate.errors import Invalid, NotFound, RebateError, StateConflict
+from rebate.packets import release_packet
+from risk.cases import lock_case, members_by_kind
+
+BAN_SUBJECT = {CaseOutcome.BAN_USER: "user", CaseOutcome.BAN_DEVICE: "device", CaseOutcome.BAN_MERCHANT: "merchant"}
+MAX_BAN_DAYS = 3650
+
+
+class SecondReviewerRequired(RebateError):
+    code, kind = "second_reviewer_required", "forbidden"
+
+
+@dataclass(frozen=True)
+class Review:
+    """A reviewer's decision: the outcome, why, and for a ban how many days (None: until lifted)."""
+
+    outcome: str
+    reason: str
+    ban_days: int | None = None
+
+
+def label_of(outcome: str) -> str:
+    """What backtests learn from the outcome."""
+    return "legit" if outcome == CaseOutcome.RELEASE else "fraud"
+
+
+def decide(
+    actor: Actor, case_id: int, review: Review, now: datetime, *, money: MoneySettings, second_approval_fen: int
+) -> ReviewCase:
+    """Decide (or propose, or approve) ``review`` on case ``case_id``; the case as it now stands."""
+    _check(review)
+    case = lock_case(case_id)
+    if case is None:
+        raise NotFound(f"review case {case_id} not found")
+    if case.status == CaseStatus.DECIDED:
+        if case.outcome == review.outcome:
+            return case  # decided so already: the same answer, nothing done twice
+        raise StateConflict(
+            f"case {case.id} was decided {case.outcome!r} by operator {case.decided_by}; it cannot become "
+            f"{review.outcome!r}",
+            code="case_decided",
+        )
+    scope = _scope(case, review)
+    if case.held_fen > second_approval_fen:
+        if case.status == CaseStatus.OPEN:
+            return _propose(actor, case, review, now, second_approval_fen)
+        if case.proposed_outcome != review.outcome:
+            raise StateConflict(
+                f"case {case.id} awaits approval of {case.proposed_outcome!r} proposed by operator "
+                f"{case.proposed_by} ({case.proposed_reason}); approve that outcome or leave it",
+                code="proposal_differs",
+            )
+        if case.proposed_by == actor.operator.id:
+            raise SecondReviewerRequired(
+                f"case {case.id} holds {case.held_fen} fen (over {second_approval_fen}): a second reviewer must "
+                "approve, not the operator who proposed it"
+            )
+    effects = _carry_out(actor, case, scope, review, now, money)
+    case.status, case.outcome, case.label = CaseStatus.DECIDED, review.outcome, label_of(review.outcome)
+    case.decided_by, case.decided_at, case.decision_reason = actor.operator.id, now, review.reason
+    case.effects = effects
+    details = {"outcome": review.outcome, "label": case.label, "effects": effects}
+    if case.proposed_by is not None:
+        details["proposed_by"] = case.proposed_by
+    audit(actor, "review.decide", "review_case", case.id, review.reason, **details)
+    db.session.flush()
+    return case
+
+
+def _check(review: Review) -> None:
+    if review.outcome not in set(CaseOutcome):
+        raise Invalid(f"outcome must be one of {', '.join(CaseOutcome)}, not {review.outcome!r}", code="outcome")
+    if not review.reason or not review.reason.strip():
+        raise Invalid("a decision needs a reason", code="reason_required")
+    if review.ban_days is not None:
+        if review.outcome not in BAN_SUBJECT:
+            raise Invalid("ban_days goes with a ban outcome", code="ban_days")
+        if not 1 <= review.ban_days <= MAX_BAN_DAYS:
+            raise Invalid(f"ban_days is 1 to {MAX_BAN_DAYS}", code="ban_days")
+
+
+def _propose(actor: Actor, case: ReviewCase, review: Review, now: datetime, threshold: int) -> ReviewCase:
+    case.status = CaseStatus.AWAITING_APPROVAL
+    case.proposed_outcome, case.proposed_by = review.outcome, actor.operator.id
+    case.proposed_at, case.proposed_reason = now, review.reason
+    audit(
+        actor, "review.propose", "review_case", case.id, review.reason, outcome=review.outcome, threshold_fen=threshold
+    )
+    db.session.flush()
+    return case
+
+
+@dataclass
+class Scope:
+    """What an outcome acts on: the orders, whose rebates may be clawed back, whose packets revoked, who is banned."""
+
+    order_ids: list[int]
+    people: list[int]  # whose unused packets are revoked
+    beneficiaries: set[tuple[str, int]] | None  # paid rebates clawed back: these only (None: every one)
+    bans: list[str]  # the values banned (by a ban outcome)
+
+
+def _scope(case: ReviewCase, review: Review) -> Scope:
+    """What the outcome would act on, or ``Invalid`` when it does not apply to this case."""
+    subject = BAN_SUBJECT.get(review.outcome)
+    if case.kind == "order":
+        order = db.session.get(Order, case.order_id)
+        value = {"user": str(order.user_id), "device": order.device, "merchant": str(order.merchant_id)}.get(subject)
+        if subject and not value:
+            raise Invalid(f"order {order.id} has no {subject} recorded to ban", code=f"no_{subject}")
+        return Scope([order.id], [order.user_id], None, [value] if subject else [])
+    community = db.session.get(RiskCommunity, case.community_id)
+    members = members_by_kind(community.members if community else [])
+    if subject and not members[subject]:
+        raise Invalid(f"community case {case.id} lists no {subject} to ban", code=f"no_{subject}")
+    if review.outcome == CaseOutcome.RELEASE:
+        return Scope([], [], None, [])
+    people = [int(u) for u in members["user"] if u.isdigit()]
+    merchants = [int(m) for m in members["merchant"] if m.isdigit()]
+    stmt = select(Order.id).where(Order.user_id.in_(people)).order_by(Order.id)
+    if merchants:
+        stmt = stmt.where(Order.merchant_id.in_(merchants))
+    order_ids = list(db.session.execute(stmt).scalars()) if people else []
+    beneficiaries = {("user", u) for u in people} | {("merchant", m) for m in merchants}
+    return Scope(order_ids, people, beneficiaries, members[subject] if subject else [])
+
+
+def _carry_out(
+    actor: Actor, case: ReviewCase, scope: Scope, review: Review, now: datetime, money: MoneySettings
+) -> dict:
+    """Move the money the outcome says; what it did (stored on the case, said in the audit)."""
+    effects = {"released_fen": 0, "revoked_fen": 0, "clawed_back_fen": 0, "recovered_fen": 0}
+    effects |= {"rebates": [], "packets_revoked": [], "bans": []}
+    orders = _lock_orders(scope.order_ids)
+    rebates = _lock_rebates(scope.order_ids)
+    release = review.outcome == CaseOutcome.RELEASE
+    packets = [] if release else _lock_packets(scope.people)
+    campaigns = _lock_campaigns({r.campaign_id for r in rebates} | {p.campaign_id for p in packets})
+    why = f"review case {case.id} ({review.outcome}): {review.reason}"
+    for rebate in rebates:
+        campaign, order = campaigns[rebate.campaign_id], orders[rebate.order_id]
+        if release:
+            _release(rebate, campaign, order, why, money, effects)
+            continue
+        if review.outcome == CaseOutcome.CLAW_BACK and _clawed(rebate, scope):
+            _claw_back(case, rebate, campaign, why, money, effects)
+        if rebate.status == RebateStatus.REVIEW:
+            _revoke(rebate, why, effects)
+    for packet in packets:
+        if packet.status == PacketStatus.ISSUED:
+            release_packet(packet, PacketStatus.REVOKED)
+            effects["packets_revoked"].append(packet.id)
+    subject = BAN_SUBJECT.get(review.outcome)
+    ends_at = now + timedelta(days=review.ban_days) if review.ban_days else None
+    for value in scope.bans:
+        ban = create_ban(actor, subject, value, why[:500], now, ends_at=ends_at, case_id=case.id)
+        effects["bans"].append(ban.id)
+    db.session.flush()
+    return effects
+
+
+def _lock_orders(order_ids: list[int]) -> dict[int, Order]:
+    if not order_ids:
+        return {}
+    stmt = (
+        select(Order)
+        .where(Order.id.in_(order_ids))
+        .order_by(Order.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return {o.id: o for o in db.session.execute(stmt).scalars()}
+
+
+def _lock_rebates(order_ids: list[int]) -> list[Rebate]:
+    if not order_ids:
+        return []
+    owed = or_(Rebate.status == RebateStatus.REVIEW, Rebate.amount_fen > 0, Rebate.held_fen > 0)
+    stmt = (
+        select(Rebate)
+        .where(Rebate.order_id.in_(order_ids), owed)
+        .order_by(Rebate.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return list(db.session.execute(stmt).scalars())
+
+
+def _lock_packets(people: list[int]) -> list[RedPacket]:
+    if not people:
+        return []
+    stmt = (
+        select(RedPacket)
+        .where(RedPacket.owner_id.in_(people), RedPacket.status == PacketStatus.ISSUED)
+        .order_by(RedPacket.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return list(db.session.execute(stmt).scalars())
+
+
+def _lock_campaigns(ids: set[int]) -> dict[int, Campaign]:
+    """Every campaign the outcome moves, locked in id order, then the deposits funding them (as refunds do)."""
+    if not ids:
+        return {}
+    budgets.lock_in_order(ids, even_one=True)
+    campaigns = {cid: db.session.get(Campaign, cid) for cid in sorted(ids)}
+    lock_deposits(list(campaigns.values()))
+    return campaigns
+
+
+def _clawed(rebate: Rebate, scope: Scope) -> bool:
+    return scope.beneficiaries is None or (rebate.beneficiary_type, rebate.beneficiary_id) in scope.beneficiaries
+
+
+def _release(rebate: Rebate, campaign: Campaign, order: Order, why: str, money: MoneySettings, effects: dict) -> None:
+    if rebate.status != RebateStatus.REVIEW:
+        return
+    if rebate.beneficiary_type == "user" and not db.session.get(User, rebate.beneficiary_id).is_active:
+        _revoke(rebate, f"{why}; the {rebate.role} is banned and earns nothing", effects)
+        return
+    amount = rebate.held_fen
+    effects["rebates"].append(rebate.id)
+    if rebate.condition_deadline is not None:  # still waits for its milestones, as it would have
+        rebate.status = RebateStatus.HELD
+        rebate.reasons = [*rebate.reasons, f"{why}: released to wait for its milestones"]
+        return
+    rebate.held_fen, rebate.amount_fen, rebate.status = 0, rebate.amount_fen + amount, RebateStatus.AWARDED
+    rebate.reasons = [*rebate.reasons, f"{why}: released, {amount} fen paid"]
+    db.session.flush()
+    pay_rebate(rebate, campaign, order, amount, f"rebate:{rebate.id}:review_release", money)
+    effects["released_fen"] += amount
+
+
+def _revoke(rebate: Rebate, why: str, effects: dict) -> None:
+    """A held rebate is cancelled: nothing was paid, its amount returns to the budget."""
+    amount = rebate.held_fen
+    budgets.release_committed(rebate.campaign_id, amount)
+    rebate.held_fen, rebate.status = 0, RebateStatus.REVOKED
+    rebate.reasons = [*rebate.reasons, f"{why}: revoked, {amount} fen back to the budget"]
+    effects["revoked_fen"] += amount
+    if rebate.id not in effects["rebates"]:
+        effects["rebates"].append(rebate.id)
+    db.session.flush()
+
+
+def _claw_back(
+    case: ReviewCase, rebate: Rebate, campaign: Campaign, why: str, money: MoneySettings, effects: dict
+) -> None:
+    """Paid money comes back as a refund's clawback takes it; money held for milestones is cancelled."""
+    if rebate.status == RebateStatus.HELD and rebate.held_fen:
+        _revoke(rebate, why, effects)
+        rebate.status = RebateStatus.HELD if rebate.amount_fen else RebateStatus.REVOKED
+    if rebate.amount_fen > 0:
+        amount = rebate.amount_fen
+        key = f"review:{case.id}:clawback:{rebate.id}"
+        effects["recovered_fen"] += take_back(rebate, campaign, amount, key, f"review case {case.id}", money)
+        effects["clawed_back_fen"] += amount
+        rebate.reasons = [*rebate.reasons, f"{why}: {amount} fen clawed back"]
+        if rebate.id not in effects["rebates"]:
+            effects["rebates"].append(rebate.id)
+        db.session.flush()
