@@ -265,11 +265,12 @@ WEIGHTS: tuple[Weight, ...] = (
         lambda v, values: v is not None and v >= 0.9 and (values.get("orders_before") or 0) >= 3,
         lambda v, values: f"{v:.0%} of {values.get('orders_before')} earlier orders spent a packet",
     ),
-    # Rebated orders refunded afterwards: wash trades (pay, earn, refund).
+    # Rebated orders refunded afterwards: wash trades (pay, earn, refund); from the 4th order (one honest refund
+    # of a first or second order is no pattern).
     Weight(
         "refund_after_rebate_rate",
         15,
-        lambda v, _: v is not None and v >= 0.3,
+        lambda v, values: v is not None and v >= 0.3 and (values.get("orders_before") or 0) >= 3,
         lambda v, _: f"{v:.0%} of the buyer's rebated orders were refunded afterwards",
     ),
     # Paid between midnight and 6 in the morning (small on its own).
