@@ -205,6 +205,11 @@ def _describe(r: Rebate, campaign, order, clawbacks, payouts, met, words: Words)
     lines = [_headline(r, campaign, words)]
     if r.reasons:
         lines.append("Decided: " + "; ".join(r.reasons) + ".")
+    verdict = risk_verdict(order, r.campaign_id)
+    if r.status == RebateStatus.REVIEW:
+        lines.append(f"Held for review: {yuan(r.held_fen)} waits for a reviewer; nothing paid or queued.")
+    if verdict and (r.status == RebateStatus.REVIEW or r.reason_code == "risk_blocked"):
+        lines.append(f"Risk: {verdict}.")
     condition, condition_lines = _condition(r, campaign, met[r.order_id])
     lines += condition_lines
     claws = [_clawback(adj, refund) for adj, refund in clawbacks]
@@ -239,6 +244,41 @@ def _describe(r: Rebate, campaign, order, clawbacks, payouts, met, words: Words)
     }
 
 
+def risk_verdict(order: Order, campaign_id: int) -> str | None:
+    """The campaign's risk verdict on the order in words (``blocked by rule …: score 93``), for operators only."""
+    found = (order.risk or {}).get("campaigns", {}).get(str(campaign_id))
+    return found.get("says") if found else None
+
+
+def risk_json(order: Order) -> dict | None:
+    """The order's score, every contribution and each campaign's verdict, as the payment stored them."""
+    risk = order.risk
+    if not risk:
+        return None
+    return {
+        "score": order.risk_score,
+        "decision": order.risk_decision,
+        "contributions": risk.get("features", []),
+        "values": risk.get("values", {}),
+        "campaigns": risk.get("campaigns", {}),
+        "platform": risk.get("rules"),
+        "refused": risk.get("refused", []),
+    }
+
+
+def risk_lines(order: Order) -> list[str]:
+    """The score and why, then each campaign's verdict and any beneficiary refused for a ban."""
+    risk = order.risk
+    if not risk:
+        return []
+    said = "; ".join(f"{c['words']} (+{c['points']})" for c in risk.get("features", [])) or "nothing of note"
+    lines = [f"Risk score {order.risk_score}/100, {order.risk_decision}: {said}."]
+    for campaign_id, verdict in sorted(risk.get("campaigns", {}).items(), key=lambda kv: int(kv[0])):
+        lines.append(f"Risk verdict for campaign #{campaign_id}: {verdict.get('says')}.")
+    lines += [f"Refused {r['beneficiary']}: {r['words']}." for r in risk.get("refused", [])]
+    return lines
+
+
 def _on_order(decision: dict) -> str:
     return f"On order {decision['out_trade_no']}: {decision['lines'][0]}"
 
@@ -269,6 +309,8 @@ def order_json(o: Order) -> dict:
         "created_at": o.created_at.isoformat(),
         "paid_at": _iso(o.paid_at),
         "review_reason": o.review_reason,
+        "risk_score": o.risk_score,
+        "risk_decision": o.risk_decision,
     }
 
 
@@ -318,6 +360,7 @@ def trace_order(order: Order, words: Words) -> dict:
     lines = [_order_line(order)]
     if order.review_reason:
         lines.append(f"Flagged for review: {order.review_reason}.")
+    lines += risk_lines(order)
     lines += [_refund_line(r) for r in refunds]
     for campaign in campaigns:
         lines.append(
@@ -331,6 +374,7 @@ def trace_order(order: Order, words: Words) -> dict:
     lines += [f"This order earned red packet #{p.id} of {yuan(p.amount_fen)}, now {p.status}." for p in issued]
     return {
         "order": order_json(order),
+        "risk": risk_json(order),
         "refunds": [_refund_json(r) for r in refunds],
         "campaigns": campaigns,
         "packets_issued": [_packet_brief(p) for p in issued],

@@ -55,10 +55,19 @@ class Effects:
 
     ``clean``: beneficiaries known to owe nothing back (no outstanding receivable), read with the
     order; anyone else's receivables are looked up (and netted) one by one, the rare path.
+    ``refused``: beneficiaries who earn nothing on this payment, with the words why (a ban on the person,
+    the order's device or network, the merchant; a suspended merchant), found by the payment in one statement.
+    ``risk``: the risk verdict of each campaign that is not allowed (``"block"`` or ``"review"``): a blocked
+    campaign's awards are refused (``risk_blocked``), a reviewed one's are held (status ``review``, nothing
+    paid or queued, the budget committed) and listed in ``reviewed``.
     """
 
     money: MoneySettings
     clean: set[tuple[str, int]] = field(default_factory=set)
+    refused: dict[tuple[str, int], str] = field(default_factory=dict)
+    risk: dict[int, str] = field(default_factory=dict)
+    reviewed: list[Rebate] = field(default_factory=list)
+    written: list[Rebate] = field(default_factory=list)  # every rebate ``write`` inserted
     batch: Batch = field(default_factory=Batch)
     rebates: list[Rebate] = field(default_factory=list)  # decided, not yet written
     to_pay: list[tuple[Rebate, Campaign, Order]] = field(default_factory=list)
@@ -67,6 +76,7 @@ class Effects:
     def write(self) -> None:
         """Flush the rebates, queue their payouts, post every entry: a few statements, whatever the count."""
         _insert_rebates(self.rebates)  # in one INSERT: their ids name their ledger keys
+        self.written += self.rebates
         self.rebates = []
         if self.to_pay:
             for rebate, campaign, order in self.to_pay:
@@ -97,14 +107,24 @@ def record_decisions(
     own = effects is None
     effects = effects or Effects(money)
     rebates = []
+    verdict = effects.risk.get(campaign.id)
     for decision in decisions:
         beneficiary = who.get(decision.role)
-        if beneficiary is not None and decision.amount_fen > 0 and _banned(beneficiary):
-            decision = _refused_as_banned(decision)
+        if beneficiary is not None and decision.amount_fen > 0:
+            refusal = effects.refused.get((beneficiary.type, beneficiary.id))
+            if refusal is not None:
+                decision = _refused_as_banned(decision, refusal)
+            elif _banned(beneficiary):
+                decision = _refused_as_banned(decision)
+        if verdict == "block" and beneficiary is not None and decision.amount_fen > 0:
+            decision = _refused_as_risky(decision)
         awarded = decision.amount_fen > 0 and beneficiary is not None
-        held = awarded and decision.condition is not None
+        review = awarded and verdict == "review"
+        held = awarded and (decision.condition is not None or review)
         form = Form.MERCHANT_CREDIT if beneficiary and beneficiary.type == "merchant" else decision.form
         status = RebateStatus.HELD if held else RebateStatus.AWARDED if awarded else RebateStatus.SKIPPED
+        if review:
+            status = RebateStatus.REVIEW
         rebate = Rebate(
             order_id=order.id,
             campaign_id=campaign.id,
@@ -118,12 +138,16 @@ def record_decisions(
             original_fen=decision.amount_fen if awarded else 0,
             amount_fen=decision.amount_fen if awarded and not held else 0,
             held_fen=decision.amount_fen if held else 0,
-            condition_deadline=now + timedelta(days=decision.condition.window_days) if held else None,
+            condition_deadline=(
+                now + timedelta(days=decision.condition.window_days) if held and decision.condition else None
+            ),
             points=0,
             reason_code=decision.reason_code if beneficiary or not decision.amount_fen else "no_beneficiary",
             reasons=list(decision.reasons),
         )
         effects.rebates.append(rebate)
+        if review:
+            effects.reviewed.append(rebate)
         if awarded and not held:
             _note_kept_in_balance(rebate, effects)
             effects.to_pay.append((rebate, campaign, order))
@@ -161,10 +185,19 @@ def _banned(beneficiary: Beneficiary) -> bool:
     return user is not None and not user.is_active
 
 
-def _refused_as_banned(decision: Decision) -> Decision:
-    """A banned person earns nothing, as consumer, issuer or inviter; the trace says so."""
+def _refused_as_banned(decision: Decision, because: str | None = None) -> Decision:
+    """A banned person earns nothing, as consumer, issuer or inviter; the trace says so (and which ban)."""
     why = f"the {decision.role} is banned and earns nothing (would have been {decision.amount_fen} fen)"
+    if because:
+        why = f"the {decision.role} earns nothing: {because} (would have been {decision.amount_fen} fen)"
     return replace(decision, amount_fen=0, reason_code="beneficiary_banned", reasons=(*decision.reasons, why))
+
+
+def _refused_as_risky(decision: Decision) -> Decision:
+    """The campaign's risk rules blocked the order: nothing is awarded and no budget taken. The rule and the
+    score are in the order's risk verdict (the operator's trace), not in the rebate the person sees."""
+    why = f"not awarded: the order did not pass the risk checks (would have been {decision.amount_fen} fen)"
+    return replace(decision, amount_fen=0, reason_code="risk_blocked", reasons=(*decision.reasons, why))
 
 
 def _note_kept_in_balance(rebate: Rebate, effects: Effects) -> None:

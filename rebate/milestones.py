@@ -26,7 +26,10 @@ from rebate.rules import Condition
 def _held(order_id: int) -> list[Rebate]:
     return list(
         db.session.execute(
-            select(Rebate).where(Rebate.order_id == order_id, Rebate.held_fen > 0).order_by(Rebate.id).with_for_update()
+            select(Rebate)
+            .where(Rebate.order_id == order_id, Rebate.held_fen > 0, Rebate.status != RebateStatus.REVIEW)
+            .order_by(Rebate.id)
+            .with_for_update()
         ).scalars()
     )
 
@@ -118,7 +121,7 @@ def expire_held_rebates(now: datetime, limit: int = 500) -> int:
     due = (
         db.session.execute(
             select(Rebate)
-            .where(Rebate.held_fen > 0, Rebate.condition_deadline <= now)
+            .where(Rebate.held_fen > 0, Rebate.condition_deadline <= now, Rebate.status != RebateStatus.REVIEW)
             .order_by(Rebate.id)
             .limit(limit)
             .with_for_update(skip_locked=True)

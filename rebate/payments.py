@@ -28,6 +28,7 @@ from models import (
     Campaign,
     CampaignStatus,
     FunderType,
+    Merchant,
     Order,
     OrderPacket,
     OrderStatus,
@@ -58,6 +59,12 @@ from rebate.intake import (
 from rebate.orders import order_packets
 from rebate.packets import issue_packet
 from rebate.rules import Decision, OrderFacts, RuleSet, evaluate
+from risk import scoring
+from risk.bans import active_bans, ban_words, subjects
+from risk.cases import open_order_case
+from risk.net import net_of
+from risk.profiles import note_paid_order, note_pair
+from risk.rules import Verdict, decide, rules_for
 
 
 def apply_payment(
@@ -98,7 +105,7 @@ def apply_payment(
     if problems:
         flag_order(order, "payment_mismatch", "; ".join(problems))
         return PaymentOutcome.MISMATCH_FLAGGED
-    outcome = _apply_locked(loaded, tx, tx.success_time or now, money, lock_budgets)
+    outcome = _apply_locked(loaded, tx, tx.success_time or now, money, lock_budgets, now)
     record_notification(notification_id, order.out_trade_no, outcome)
     db.session.flush()
     return outcome
@@ -117,7 +124,7 @@ def disagreements(tx: PaymentTransaction, expected: PayAccount, order: Order) ->
 
 
 def _apply_locked(
-    loaded: _Loaded, tx: PaymentTransaction, paid_at: datetime, money: MoneySettings, lock_budgets: bool
+    loaded: _Loaded, tx: PaymentTransaction, paid_at: datetime, money: MoneySettings, lock_budgets: bool, now: datetime
 ) -> PaymentOutcome:
     order = loaded.order
     if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED):
@@ -129,12 +136,15 @@ def _apply_locked(
     if order.status == OrderStatus.CLOSED:
         flag_order(order, "paid_after_close", f"order {order.out_trade_no} was paid after it was closed; refund it")
         return PaymentOutcome.PAID_AFTER_CLOSE
+    spent = order_packets(order)  # read (and row-locked) before anything is written: one UPDATE of the order
+    attributed = _attributing_packets(order, spent, paid_at, loaded.buyer)
+    campaigns = _campaigns(loaded.campaigns, spent, attributed)
+    risk = _score(order, loaded, spent, attributed, campaigns, paid_at, now)
     total, payer_total = tx.amount.total_fen, tx.amount.payer_total_fen
     order.status, order.transaction_id, order.paid_at = OrderStatus.PAID, tx.transaction_id, paid_at
     order.paid_fen = total if payer_total is None else min(payer_total, total)
-    spent = _use_packets(order, paid_at)
-    attributed = _attributing_packets(order, spent, paid_at, loaded.buyer)
-    campaigns = _campaigns(loaded.campaigns, spent, attributed)
+    order.risk_score, order.risk_decision, order.risk = risk.score.score, risk.decision, risk.record
+    _use_packets(order, spent, paid_at)
     load_rules(
         [(c, None) for c in campaigns.values()] + [(campaigns[p.campaign_id], p.rules_version) for p, _ in spent]
     )
@@ -142,7 +152,7 @@ def _apply_locked(
     written = _written_campaigns(order, spent, attributed, campaigns, paid_at)
     locked = _lock_deposit_funded(campaigns, written)
     lock_deposits(list(campaigns.values()))
-    effects = Effects(money, clean=loaded.clean)
+    effects = Effects(money, clean=loaded.clean, refused=risk.refused, risk=risk.held_or_blocked)
     _post_sale(order, spent, campaigns, effects)
     if any(c.funder_type == FunderType.MERCHANT_DEPOSIT for c in campaigns.values()):
         effects.batch.post()  # a deposit's balance, read next, must see this sale's discounts
@@ -160,7 +170,9 @@ def _apply_locked(
         moved = budgets.commit_many(_amounts(unreserved), _settlements(settles))
         if moved:
             raise BudgetMoved(f"the budgets of campaigns {sorted(moved)} moved since they were read")
-    _issue_triggered_packets(order, campaigns, paid_at)
+    _open_case(order, risk, effects, now)
+    _issue_triggered_packets(order, campaigns, paid_at, risk.blocked)
+    _note_profile(order, spent, risk, effects, paid_at)
     return PaymentOutcome.APPLIED
 
 
@@ -258,12 +270,10 @@ def _owes(beneficiary_type: str, beneficiary_id):
     )
 
 
-def _use_packets(order: Order, now: datetime) -> list[tuple[RedPacket, int]]:
-    """The order's packets (with their discounts), marked used."""
-    spent = order_packets(order)
+def _use_packets(order: Order, spent: list[tuple[RedPacket, int]], now: datetime) -> None:
+    """The order's packets (read with their discounts by ``order_packets``), marked used."""
     for packet, _ in spent:
         packet.status, packet.used_at, packet.order_id = PacketStatus.USED, now, order.id
-    return spent
 
 
 def _reserved_by_funder(spent: list[tuple[RedPacket, int]], campaigns: dict[int, Campaign]) -> dict[int, int]:
@@ -637,6 +647,7 @@ def _forget(u: _Unreserved, deposits: DepositsLeft, effects: Effects) -> None:
     gone = {id(r) for r in u.rebates}
     effects.to_pay = [item for item in effects.to_pay if id(item[0]) not in gone]
     effects.rebates = [rebate for rebate in effects.rebates if id(rebate) not in gone]
+    effects.reviewed = [rebate for rebate in effects.reviewed if id(rebate) not in gone]
     if deposits.of(u.campaign) is not None:
         deposits.left[u.campaign.funder_merchant_id] += u.awarded
 
@@ -651,13 +662,18 @@ def _may_trigger(order: Order, campaign: Campaign, now: datetime) -> bool:
     return campaign.packet_merchant_id is None or campaign.packet_merchant_id == order.merchant_id
 
 
-def _issue_triggered_packets(order: Order, campaigns: dict[int, Campaign], now: datetime) -> None:
+def _issue_triggered_packets(
+    order: Order, campaigns: dict[int, Campaign], now: datetime, blocked: set[int] = frozenset()
+) -> None:
+    """Packets of order-paid triggers. A campaign whose risk rules blocked the order issues none (the order
+    earns nothing from it); one that sent it to review still issues (a packet is only spendable value on a
+    later order, which is scored in its turn, and a reviewer who revokes revokes the person's unused packets)."""
     buyer = db.session.get(User, order.user_id)
     if not buyer.is_active:  # banned after ordering: the payment stands, no new packet
         return
     first_order = None  # asked only when a campaign cares
     for campaign in campaigns.values():
-        if not _may_trigger(order, campaign, now):
+        if campaign.id in blocked or not _may_trigger(order, campaign, now):
             continue
         if campaign.issue_trigger.first_order_only:
             first_order = _is_first_paid_order(order.user_id) if first_order is None else first_order
@@ -686,3 +702,176 @@ def _is_first_paid_order(user_id: int) -> bool:
     """This payment (already marked paid) is the buyer's only paid order."""
     paid = select(Order.id).where(Order.user_id == user_id, Order.status.in_([OrderStatus.PAID, OrderStatus.REFUNDED]))
     return len(db.session.execute(paid.limit(2)).all()) == 1
+
+
+# --- risk: the score, each campaign's verdict, who earns nothing -------------------------------------------------
+
+STRICTNESS = {"allow": 0, "review": 1, "block": 2}
+
+
+@dataclass
+class _Risk:
+    """The payment's risk verdict: the score, each campaign's verdict, the beneficiaries refused and why."""
+
+    score: scoring.Score
+    verdicts: dict[int, Verdict]
+    platform: Verdict
+    refused: dict[tuple[str, int], str]
+    issuer: tuple[str, int] | None  # the spent packet's issuer (user or merchant), for the triangle pair
+
+    @property
+    def decision(self) -> str:
+        """The strictest campaign verdict (block > review > allow); the platform's when no campaign applies."""
+        actions = [v.action for v in self.verdicts.values()] or [self.platform.action]
+        return max(actions, key=STRICTNESS.__getitem__)
+
+    @property
+    def held_or_blocked(self) -> dict[int, str]:
+        return {cid: v.action for cid, v in self.verdicts.items() if v.action != "allow"}
+
+    @property
+    def blocked(self) -> set[int]:
+        return {cid for cid, v in self.verdicts.items() if v.action == "block"}
+
+    @property
+    def record(self) -> dict:
+        """What the order keeps (``orders.risk``): the operator's trace reads it; the person never sees it."""
+        score = self.score.score
+        return {
+            "score": score,
+            "decision": self.decision,
+            "features": self.score.contributions,
+            "values": self.score.values,
+            "campaigns": {
+                str(cid): {**v.to_json(), "says": verdict_words(v, score)} for cid, v in self.verdicts.items()
+            },
+            "rules": {**self.platform.to_json(), "says": verdict_words(self.platform, score)},
+            "refused": [{"beneficiary": f"{t} #{i}", "words": words} for (t, i), words in self.refused.items()],
+        }
+
+
+def verdict_words(verdict: Verdict, score: int) -> str:
+    """``blocked by rule block_very_high_score (block when score >= 90): score 93``."""
+    if verdict.rule is None:
+        return f"allowed: no rule matched (score {score})"
+    done = {"allow": "allowed", "block": "blocked", "review": "sent to review"}[verdict.action]
+    return f"{done} by {verdict.words}: score {score}"
+
+
+def _first_packet(order: Order, spent: list[tuple[RedPacket, int]]) -> RedPacket | None:
+    """The order's packet (``orders.packet_id``, the first of a stack) among those spent."""
+    return next((p for p, _ in spent if p.id == order.packet_id), spent[0][0] if spent else None)
+
+
+def _issuer(packet: RedPacket | None) -> tuple[str, int] | None:
+    if packet is None:
+        return None
+    if packet.issuer_type == "merchant" and packet.issuer_merchant_id is not None:
+        return "merchant", packet.issuer_merchant_id
+    if packet.issuer_type == "user" and packet.issuer_user_id is not None:
+        return "user", packet.issuer_user_id
+    return None
+
+
+def _threshold(packet: RedPacket, total_fen: int) -> int:
+    """The minimum spend the order cleared: the packet's, or the highest tier at or below the total."""
+    tiers = [t["min_spend_fen"] for t in packet.tiers or [] if t.get("min_spend_fen", 0) <= total_fen]
+    return max([packet.min_spend_fen or 0, *tiers])
+
+
+def _score(
+    order: Order,
+    loaded: _Loaded,
+    spent: list[tuple[RedPacket, int]],
+    attributed: list[RedPacket],
+    campaigns: dict[int, Campaign],
+    paid_at: datetime,
+    now: datetime,
+) -> _Risk:
+    """Score the order (one statement, which also asks whether any beneficiary's subject is banned), decide
+    each campaign with its rules (held in memory, ``risk.rules.rules_for``) and find who earns nothing."""
+    buyer = loaded.buyer
+    first = _first_packet(order, spent)
+    issuer = _issuer(first)
+    issuers = {i for i in (_issuer(p) for p in [*(p for p, _ in spent), *attributed]) if i is not None}
+    pairs = subjects(user_id=buyer.id, device=order.device, ip=order.ip)
+    if buyer.inviter_id is not None:
+        pairs += subjects(user_id=buyer.inviter_id)
+    for kind, who in sorted(issuers):
+        pairs += subjects(user_id=who) if kind == "user" else subjects(merchant_id=who)
+    facts = scoring.OrderFacts(
+        user_id=buyer.id,
+        merchant_id=order.merchant_id,
+        total_fen=order.total_fen,
+        paid_at=paid_at,
+        device=order.device,
+        net=net_of(order.ip),
+        packet=None
+        if first is None
+        else scoring.PacketFacts(
+            issuer_type=first.issuer_type,
+            issuer_id=issuer[1] if issuer else None,
+            claimed_at=first.claimed_at,
+            min_spend_fen=_threshold(first, order.total_fen),
+        ),
+        ban_values=[value for _, value in pairs],
+        ban_at=now,
+    )
+    scored = scoring.score_order(facts)
+    refused = _refusals(buyer.id, issuers, issuer, scored, pairs, now)
+    rules = rules_for(list(campaigns))
+    values = {**scored.values, "score": scored.score}
+    verdicts = {cid: decide(rules[cid], values) for cid in campaigns}
+    return _Risk(scored, verdicts, decide(rules[None], values), refused, issuer)
+
+
+def _refusals(
+    buyer_id: int,
+    issuers: set[tuple[str, int]],
+    first_issuer: tuple[str, int] | None,
+    scored: scoring.Score,
+    pairs: list[tuple[str, str]],
+    now: datetime,
+) -> dict[tuple[str, int], str]:
+    """Beneficiaries who earn nothing, with the words why: a suspended merchant issuer, and every active ban on
+    a person, a merchant, or the order's device or network (the consumer's). The bans are read only when the
+    scoring read saw one (``scored.any_ban``)."""
+    refused: dict[tuple[str, int], str] = {}
+    for kind, merchant_id in sorted(issuers):
+        if kind != "merchant":
+            continue
+        if (kind, merchant_id) == first_issuer:
+            status = scored.issuer_merchant_status
+        else:  # another packet's or an attributing packet's issuer: the rare path, by primary key
+            status = db.session.get(Merchant, merchant_id).status
+        if status == "suspended":
+            refused[("merchant", merchant_id)] = f"merchant {merchant_id} is suspended"
+    if scored.any_ban:
+        for ban in active_bans(pairs, now):
+            key = ("user", buyer_id) if ban.subject in ("device", "net") else (ban.subject, int(ban.value))
+            refused.setdefault(key, ban_words(ban))
+    return refused
+
+
+def _open_case(order: Order, risk: _Risk, effects: Effects, now: datetime) -> None:
+    """One review case for an order whose rebates are held for review (none when nothing is held)."""
+    held = sum(r.held_fen for r in effects.reviewed)
+    if not held:
+        return
+    score = risk.score.score
+    reasons = [
+        f"campaign #{cid}: {verdict_words(v, score)}" for cid, v in risk.verdicts.items() if v.action == "review"
+    ]
+    reasons += [c["words"] for c in risk.score.contributions]
+    open_order_case(order.id, order.user_id, order.merchant_id, held, score, reasons, now)
+
+
+def _note_profile(
+    order: Order, spent: list[tuple[RedPacket, int]], risk: _Risk, effects: Effects, at: datetime
+) -> None:
+    """The buyer's profile and the triangle pair, after every campaign row the payment took (the refund's order)."""
+    rebated = any(r.original_fen > 0 for r in effects.written)
+    night = bool(risk.score.values.get("night_order"))
+    note_paid_order(order.user_id, at, packet=bool(spent), rebated=rebated, night=night)
+    if risk.issuer is not None:
+        note_pair(risk.issuer[0], risk.issuer[1], order.user_id, order.merchant_id, at)

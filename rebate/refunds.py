@@ -50,6 +50,7 @@ from rebate.intake import PayAccount, RefundOutcome, RefundState, flag_order, no
 from rebate.orders import lock_order, order_packets
 from rebate.packets import reservation_for
 from rebate.rules import OrderFacts, entitlement_after_refund
+from risk.profiles import note_refunded_after_rebate
 
 
 def _pending_total(order_id: int, exclude: int | None = None) -> int:
@@ -123,10 +124,15 @@ def apply_refund(
             code="refund_amount_mismatch",
         )
     refund.status, refund.finished_at, refund.refund_id = RefundStatus.SUCCEEDED, now, refund_id
+    first_refund = order.refunded_fen == 0
     order.refunded_fen += amount_fen
     _lock_funding(order)
     _post_refund(order, refund)
-    _claw_back(order, refund, money)
+    earned = _claw_back(order, refund, money)
+    if (
+        first_refund and earned and order.risk is not None
+    ):  # once per order; after the campaign rows (the payment's order)
+        note_refunded_after_rebate(order.user_id)
     if order.refunded_fen == order.paid_fen:
         order.status = OrderStatus.REFUNDED
         _void_discount(order, refund)
@@ -217,11 +223,14 @@ def _net_facts(order: Order) -> OrderFacts:
     )
 
 
-def _claw_back(order: Order, refund: Refund, money: MoneySettings) -> None:
+def _claw_back(order: Order, refund: Refund, money: MoneySettings) -> bool:
+    """Take back what the refund removes from each rebate; returns whether the order still had rebates (paid,
+    held for a condition or held for review) when the refund came."""
     facts = _net_facts(order)
     owed = (Rebate.amount_fen > 0) | (Rebate.held_fen > 0)
     stmt = select(Rebate).where(Rebate.order_id == order.id, owed).order_by(Rebate.id).with_for_update()
-    for rebate in db.session.execute(stmt).scalars().all():
+    rebates = db.session.execute(stmt).scalars().all()
+    for rebate in rebates:
         campaign = db.session.get(Campaign, rebate.campaign_id)
         current = rebate.amount_fen + rebate.held_fen
         entitled = entitlement_after_refund(rules_of(campaign, rebate.rules_version), facts, rebate.role, current)
@@ -230,15 +239,20 @@ def _claw_back(order: Order, refund: Refund, money: MoneySettings) -> None:
             _release_held(rebate, campaign, from_held, refund)
         if current - entitled - from_held:
             _take_back(rebate, campaign, current - entitled - from_held, refund, money)
+    return bool(rebates)
 
 
 def _release_held(rebate: Rebate, campaign: Campaign, amount: int, refund: Refund) -> None:
-    """Money still waiting for its condition simply stops waiting: nothing was paid."""
+    """Money still waiting, for its condition or for a risk review, simply stops waiting: nothing was paid, and
+    its budget goes back. A rebate held for review that the refund takes whole ends ``clawed_back`` (reduced to
+    zero by a refund, as a held one does; the review case is left to the reviewer, with nothing to release);
+    taken in part, it stays in review holding the rest."""
     rebate.held_fen -= amount
     budgets.release_committed(campaign.id, amount)
     if rebate.held_fen == 0 and rebate.amount_fen == 0:
         rebate.status = RebateStatus.CLAWED_BACK
-    reason = f"refund {refund.out_refund_no}: the part still held is cancelled"
+    waiting = "held for review" if rebate.status == RebateStatus.REVIEW else "still held"
+    reason = f"refund {refund.out_refund_no}: the part {waiting} is cancelled"
     db.session.add(
         RebateAdjustment(
             rebate_id=rebate.id,

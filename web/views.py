@@ -20,6 +20,9 @@ PLAIN_REASONS = {
     "held": "held until its condition is met",
     "clawed_back": "taken back by a refund",
     "expired": "its condition was not met in time",
+    "review": "under review",
+    "risk_blocked": "not paid: the order did not pass our checks",
+    "revoked": "revoked after a review",
 }
 
 
@@ -80,6 +83,8 @@ def explain(rebate, adjustments=()) -> str:
         text = f"{rebate.role.capitalize()} rebate of {format_yuan(rebate.original_fen)} yuan as {rebate.form}"
         if rebate.reason_code != "awarded":
             text += f" ({PLAIN_REASONS.get(rebate.reason_code, rebate.reason_code)})"
+        if rebate.status == "review":  # the person sees that it waits, never the score or the rules
+            text += " (under review)"
         text += "."
     for adj in adjustments:
         text += f" {format_yuan(adj.amount_fen)} yuan clawed back: {adj.reason}."

@@ -1,0 +1,110 @@
+"""The per-person and per-triangle aggregates scoring reads, kept as things happen (one statement each).
+
+``note_paid_order``: the payment's upsert of the buyer's ``RiskProfile`` (paid, packet, rebated and night
+orders, first and last order, the 10-minute burst window). ``note_pair``: the payment's upsert of the
+``RiskPair`` (issuer, buyer, merchant) when a packet with an issuer was spent. ``note_refunded_after_rebate``:
+a refund of an order that earned rebates, once per order. Every write is an increment computed by the
+database on the locked row, so concurrent payments of one person never lose a count; both are taken after
+the payment's campaign rows (and a refund's), so the lock order is the same on every path.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cache
+
+from sqlalchemy import BigInteger, Integer, String, bindparam, text
+
+from models import db
+from models.base import UTCDateTime
+from models.sql import WRITES
+from risk.scoring import BURST_WINDOW
+
+
+@cache
+def _profile_upsert():
+    # The window: an order within BURST_WINDOW of the window's start joins it, else one starts at this order.
+    in_window = "risk_profiles.burst_started_at IS NOT NULL AND risk_profiles.burst_started_at > :window_start"
+    sql = f"""
+        INSERT INTO risk_profiles (user_id, paid_orders, packet_orders, rebated_orders, refunded_after_rebate,
+            night_orders, first_order_at, last_order_at, burst_started_at, burst_count)
+        VALUES (:uid, 1, :packet, :rebated, 0, :night, :at, :at, :at, 1)
+        ON CONFLICT (user_id) DO UPDATE SET
+            paid_orders = risk_profiles.paid_orders + 1,
+            packet_orders = risk_profiles.packet_orders + excluded.packet_orders,
+            rebated_orders = risk_profiles.rebated_orders + excluded.rebated_orders,
+            night_orders = risk_profiles.night_orders + excluded.night_orders,
+            first_order_at = CASE WHEN risk_profiles.first_order_at IS NULL
+                OR risk_profiles.first_order_at > excluded.first_order_at
+                THEN excluded.first_order_at ELSE risk_profiles.first_order_at END,
+            last_order_at = CASE WHEN risk_profiles.last_order_at IS NULL
+                OR risk_profiles.last_order_at < excluded.last_order_at
+                THEN excluded.last_order_at ELSE risk_profiles.last_order_at END,
+            burst_count = CASE WHEN {in_window} THEN risk_profiles.burst_count + 1 ELSE 1 END,
+            burst_started_at = CASE WHEN {in_window}
+                THEN risk_profiles.burst_started_at ELSE excluded.burst_started_at END
+    """  # noqa: S608 (no input in the text)
+    return (
+        text(sql)
+        .bindparams(
+            bindparam("uid", type_=BigInteger),
+            bindparam("packet", type_=Integer),
+            bindparam("rebated", type_=Integer),
+            bindparam("night", type_=Integer),
+            bindparam("at", type_=UTCDateTime),
+            bindparam("window_start", type_=UTCDateTime),
+        )
+        .execution_options(**WRITES)
+    )
+
+
+def note_paid_order(user_id: int, at: datetime, *, packet: bool, rebated: bool, night: bool) -> None:
+    """One more paid order of the person (one statement)."""
+    params = {
+        "uid": user_id,
+        "packet": int(packet),
+        "rebated": int(rebated),
+        "night": int(night),
+        "at": at,
+        "window_start": at - BURST_WINDOW,
+    }
+    db.session.execute(_profile_upsert(), params)
+
+
+@cache
+def _pair_upsert():
+    sql = """
+        INSERT INTO risk_pairs (issuer_type, issuer_id, user_id, merchant_id, orders, last_at)
+        VALUES (:issuer_type, :issuer_id, :uid, :mid, 1, :at)
+        ON CONFLICT (issuer_type, issuer_id, user_id, merchant_id) DO UPDATE SET
+            orders = risk_pairs.orders + 1,
+            last_at = CASE WHEN risk_pairs.last_at < excluded.last_at THEN excluded.last_at ELSE risk_pairs.last_at END
+    """
+    return (
+        text(sql)
+        .bindparams(
+            bindparam("issuer_type", type_=String),
+            bindparam("issuer_id", type_=BigInteger),
+            bindparam("uid", type_=BigInteger),
+            bindparam("mid", type_=BigInteger),
+            bindparam("at", type_=UTCDateTime),
+        )
+        .execution_options(**WRITES)
+    )
+
+
+def note_pair(issuer_type: str, issuer_id: int, user_id: int, merchant_id: int, at: datetime) -> None:
+    """One more order by ``user_id`` at ``merchant_id`` spending a packet of this issuer (one statement)."""
+    params = {"issuer_type": issuer_type, "issuer_id": issuer_id, "uid": user_id, "mid": merchant_id, "at": at}
+    db.session.execute(_pair_upsert(), params)
+
+
+@cache
+def _refunded_update():
+    sql = "UPDATE risk_profiles SET refunded_after_rebate = refunded_after_rebate + 1 WHERE user_id = :uid"
+    return text(sql).bindparams(bindparam("uid", type_=BigInteger)).execution_options(**WRITES)
+
+
+def note_refunded_after_rebate(user_id: int) -> None:
+    """An order that earned rebates was refunded (the caller asks once per order)."""
+    db.session.execute(_refunded_update(), {"uid": user_id})
