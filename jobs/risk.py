@@ -1,4 +1,5 @@
-"""Risk jobs: the collusion graph (hourly) and spike alerts (every few minutes; each whole hour folded once).
+"""Risk jobs: the collusion graph (hourly), spike alerts (every few minutes; each whole hour folded once) and
+the end of timed bans (every minute).
 
 Both are safe on several nodes at once. ``collusion_job`` reads the graph, ends that read transaction,
 finds and scores the communities with no transaction open, then records them in one short transaction:
@@ -21,7 +22,7 @@ from sqlalchemy import select
 from jobs.payouts import job_context
 from models import Campaign, CampaignStatus, Operator, OperatorRole, db, unit_of_work, utcnow
 from models.operators import Actor
-from rebate import campaign_ops
+from rebate import ban_ops, campaign_ops
 from rebate.errors import RebateError
 from risk.communities import GraphSettings, build_graph, record_communities, score_graph
 from risk.spikes import Spike, SpikeSettings, fold_hours
@@ -99,3 +100,10 @@ def run_spikes(now: datetime, settings: SpikeSettings) -> Counter:
 def spike_job() -> Counter:
     """Fold the hours completed since the last run into the spike baselines; alert (and auto-pause) on spikes."""
     return run_spikes(utcnow(), spike_settings(job_context().config))
+
+
+def lift_expired_bans_job() -> int:
+    """Bans past their end are lifted and their effects undone (a person active again, a merchant no longer
+    suspended); several nodes at once lift each ban once (under its row lock)."""
+    with unit_of_work():
+        return ban_ops.lift_expired_bans(utcnow())

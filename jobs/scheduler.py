@@ -33,6 +33,7 @@ from jobs.payouts import (
     install_job_context,
     payout_rails,
 )
+from jobs.risk import collusion_job, lift_expired_bans_job, spike_job
 from models import db
 from models.base import BEIJING
 
@@ -46,6 +47,9 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (check_unclaimed_red_packets, 900),
     (expire_packets_and_conditions, 300),
     (deliver_alerts, 30),
+    (lift_expired_bans_job, 60),
+    (spike_job, 300),  # folds only whole hours, each once
+    (collusion_job, 3600),
 )
 # Bills for day D are ready from 09:00 on D+1, Beijing time: reconcile at 10:30.
 DAILY_JOBS: tuple[tuple[Callable, dict], ...] = ((daily_reconciliation, {"hour": 10, "minute": 30}),)
