@@ -167,7 +167,7 @@ def _parse_condition(raw: object, where: str) -> tuple[str, str, float | bool]:
     if not isinstance(raw, list) or len(raw) != 3:
         raise RulesError(f"{where} is [field, op, value]")
     field, op, value = raw
-    if field not in FIELDS:
+    if not isinstance(field, str) or field not in FIELDS:
         raise RulesError(f"{where}: unknown field {field!r}; fields are score and {', '.join(sorted(FIELDS))}")
     if op not in OPS:
         raise RulesError(f"{where}: op is one of {' '.join(OPS)}")

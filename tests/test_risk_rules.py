@@ -42,6 +42,7 @@ def activate(client, headers, rule_set_id, reason="backtested on last month"):
 INVALID = {
     "not a list": ({"name": "x"}, "rules is a list of rules, not dict"),
     "unknown field": ([rule(when=[["shoe_size", ">", 3]])], "rules[0].when[0]: unknown field 'shoe_size'"),
+    "field not a name": ([rule(when=[[{"a": 1}, ">", 3]])], "rules[0].when[0]: unknown field {'a': 1}"),
     "bad op": ([rule(when=[["score", "=~", 3]])], "rules[0].when[0]: op is one of < <= > >= == !="),
     "bool compared with a number": (
         [rule(when=[["no_browsing", "==", 1]])],

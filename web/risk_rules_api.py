@@ -50,6 +50,7 @@ Scope = Annotated[
 ]
 # Any JSON: ``parse_rules`` judges it, so a bad rule set is refused with its message naming the rule.
 RulesIn = Annotated[Any, WithJsonSchema(RULES_SCHEMA)]
+DraftIn = Annotated[Any, WithJsonSchema({"anyOf": [RULES_SCHEMA, {"type": "null"}]})]
 Note = Annotated[str, StringConstraints(max_length=500, strip_whitespace=True)]
 
 
@@ -74,7 +75,7 @@ class VersionsQuery(Page):
 
 
 class BacktestIn(Model):
-    rules: RulesIn = None
+    rules: DraftIn = None
     rule_set_id: Id | None = None
     scope: Scope | None = None
     from_: AwareDatetime | None = Field(None, alias="from")
