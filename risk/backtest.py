@@ -13,7 +13,8 @@ The same orders are re-decided with the rules active now, so "changed" compares 
 decision recorded at payment, under the rules of that day, is counted too). The campaigns an order touched
 are its rebates' and those its stored verdict names (a blocked order may have no rebate). Labels are review
 cases' (``kind='order'``): fraud is positive, "flagged" is review or block. Orders stream in batches
-(``BATCH`` rows per fetch, a server-side cursor on PostgreSQL), their rebates and labels read per batch.
+(``BATCH`` rows per fetch, a server-side cursor on PostgreSQL) with their labels; their rebates are read per
+batch.
 """
 
 from __future__ import annotations
@@ -138,8 +139,10 @@ def backtest(
     else:
         proposed = _Decider(platform or default_rules(), {**active_overrides, draft_campaign: draft})
 
+    labels_join = (ReviewCase.order_id == Order.id) & (ReviewCase.kind == "order") & ReviewCase.label.is_not(None)
     stmt = (
-        select(Order.id, Order.risk_score, Order.risk, Order.risk_decision)
+        select(Order.id, Order.risk_score, Order.risk, Order.risk_decision, ReviewCase.label)
+        .outerjoin(ReviewCase, labels_join)  # one case per order at most (review_cases.order_id is unique)
         .where(Order.paid_at >= since, Order.paid_at < until)
         .order_by(Order.paid_at.desc())  # the index on paid_at, read backwards
         .limit(limit + 1)
@@ -158,7 +161,6 @@ def backtest(
         seen += len(batch)
         ids = [row.id for row in batch]
         touched = _campaigns_of(ids)
-        labelled = _labels_of(ids)
         for row in batch:
             if row.risk_score is None or not isinstance(row.risk, dict):
                 unscored += 1
@@ -171,7 +173,7 @@ def backtest(
                 new, old = proposed.order(values, campaigns), active.order(values, campaigns)
             else:
                 new, old = proposed.campaign(values, draft_campaign), active.campaign(values, draft_campaign)
-            label = labelled.get(row.id)
+            label = row.label
             considered += 1
             drafted.add(row.id, new, label)
             now.add(row.id, old, label)
@@ -216,17 +218,6 @@ def _campaigns_of(order_ids: list[int]) -> dict[int, set[int]]:
 def _named_campaigns(risk: dict) -> set[int]:
     named = risk.get("campaigns") or {}
     return {int(k) for k in named if str(k).isdigit()} if isinstance(named, dict) else set()
-
-
-def _labels_of(order_ids: list[int]) -> dict[int, str]:
-    if not order_ids:
-        return {}
-    rows = db.session.execute(
-        select(ReviewCase.order_id, ReviewCase.label).where(
-            ReviewCase.kind == "order", ReviewCase.label.is_not(None), ReviewCase.order_id.in_(order_ids)
-        )
-    )
-    return dict(rows.all())
 
 
 __all__ = ["BATCH", "MAX_ORDERS", "backtest"]

@@ -218,8 +218,8 @@ def test_orders_stream_in_batches(client, admin, planted, monkeypatch, app):
     finally:
         event.remove(db.engine, "before_cursor_execute", seen)
     assert {**batched, "from": None, "to": None} == {**whole, "from": None, "to": None}
-    label_reads = [s for s in statements if "FROM review_cases" in s]
-    assert len(label_reads) == 5  # 10 orders paid in the window (9 scored, 1 not), read 2 at a time
+    rebate_reads = [s for s in statements if "FROM rebates" in s]
+    assert len(rebate_reads) == 5  # 10 orders paid in the window (9 scored, 1 not), read 2 at a time
 
 
 def test_a_backtest_writes_nothing(client, admin, planted):
