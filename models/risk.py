@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -202,6 +203,14 @@ class RiskRuleSet(Base):
     __table_args__ = (
         UniqueConstraint("scope", "version"),
         CheckConstraint("status in ('draft', 'active', 'superseded')", name="status"),
+        # At most one active set per scope, whatever a race does (activation also locks the scope's rows).
+        Index(
+            "uq_risk_rule_sets_one_active",
+            "scope",
+            unique=True,
+            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status = 'active'"),
+        ),
     )
 
 

@@ -14,13 +14,14 @@ use it); ``decide`` evaluates; ``effective_rules`` merges a campaign's overrides
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
 
 from models import RiskRuleSet, RuleSetStatus, db
-from risk.catalogue import FIELDS
+from risk.catalogue import FEATURES, FIELDS
 
 ACTIONS = ("allow", "block", "review")
 OPS = ("<", "<=", ">", ">=", "==", "!=")
@@ -34,6 +35,35 @@ DEFAULT_RULES: tuple[dict, ...] = (
     {"name": "block_very_high_score", "action": "block", "when": [["score", ">=", 90]]},
     {"name": "review_high_score", "action": "review", "when": [["score", ">=", 60]]},
 )
+
+
+# The shape of a rule set, published in /openapi.json; ``parse_rules`` is what decides validity.
+RULES_SCHEMA: dict = {
+    "type": "array",
+    "maxItems": MAX_RULES,
+    "items": {
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "pattern": f"^[A-Za-z0-9_]{{1,{NAME_MAX}}}$"},
+            "action": {"enum": list(ACTIONS)},
+            "when": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_CONDITIONS,
+                "items": {
+                    "type": "array",
+                    "minItems": 3,
+                    "maxItems": 3,
+                    "description": "[field, op, value]: a field of the catalogue, one of < <= > >= == !=, "
+                    "a number (or true / false for a yes-no field)",
+                },
+            },
+            "off": {"type": "boolean", "description": "a campaign's override switching the platform's rule off"},
+        },
+    },
+}
 
 
 class RulesError(ValueError):
@@ -137,7 +167,7 @@ def _parse_condition(raw: object, where: str) -> tuple[str, str, float | bool]:
     if not isinstance(raw, list) or len(raw) != 3:
         raise RulesError(f"{where} is [field, op, value]")
     field, op, value = raw
-    if field not in FIELDS:
+    if not isinstance(field, str) or field not in FIELDS:
         raise RulesError(f"{where}: unknown field {field!r}; fields are score and {', '.join(sorted(FIELDS))}")
     if op not in OPS:
         raise RulesError(f"{where}: op is one of {' '.join(OPS)}")
@@ -187,6 +217,35 @@ def platform_scope() -> str:
 
 def campaign_scope(campaign_id: int) -> str:
     return f"campaign:{campaign_id}"
+
+
+_SCOPE = re.compile(r"platform|campaign:([1-9][0-9]{0,9})")
+
+
+class ScopeError(RulesError):
+    code = "invalid_risk_scope"
+
+
+def parse_scope(scope: object) -> int | None:
+    """``platform`` → None, ``campaign:<id>`` → the id; anything else is a ``ScopeError``."""
+    found = _SCOPE.fullmatch(scope) if isinstance(scope, str) else None
+    if found is None or (found.group(1) and int(found.group(1)) > 2**31 - 1):
+        raise ScopeError(f"scope is platform or campaign:<id>, not {scope!r}")
+    return int(found.group(1)) if found.group(1) else None
+
+
+# How severe a verdict is: an order touching several campaigns is as severe as its most severe decision.
+SEVERITY = {"allow": 0, "review": 1, "block": 2}
+
+
+def most_severe(actions) -> str:
+    return max(actions, key=SEVERITY.__getitem__, default="allow")
+
+
+def fields() -> list[dict]:
+    """What a condition may name, with its kind and meaning (for the admin API)."""
+    meanings = {"score": ("int", "the order's risk score, 0 (nothing seen) to 100")} | FEATURES
+    return [{"name": name, "kind": kind, "meaning": meaning} for name, (kind, meaning) in meanings.items()]
 
 
 def forget_rules() -> None:
