@@ -7,12 +7,15 @@ TEST_DATABASE_URL's PostgreSQL database when the suite runs on PostgreSQL.
 from __future__ import annotations
 
 import json
+import sys
+import types
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
 
+import risk
 from app import create_app
 from tests.conftest import PG_URL
 from web.risk_cli import simulate_command
@@ -119,6 +122,7 @@ def test_a_small_population_runs_end_to_end_on_simulated_time_and_the_same_seed_
     # days of simulated time passed, in order; the money balanced
     [observed] = seen
     assert observed["ledger_ok"], observed["violations"]
+    assert first.ledger_violations == []
     assert observed["span"] > timedelta(days=1)
     assert observed["paid_before_created"] == 0
     # and the same seed played the same run
@@ -140,3 +144,36 @@ def test_flask_risk_simulate_prints_json_for_machines(app):
     assert answer["goals"] == {"precision": 0.9, "recall": 0.8}
     assert answer["pass"] in (True, False)
     assert answer["communities"]["available"] in (True, False)
+
+
+def test_a_ring_is_found_only_in_one_suspicious_community_holding_its_shop_and_every_member(monkeypatch):
+    # given: a collusion job that makes two communities: every person (suspicious, but without the shops), and
+    # every person with every shop (not suspicious)
+    from models import Merchant, RiskCommunity, User, db
+
+    def find_communities(now):
+        people = [f"user:{u}" for u in db.session.execute(select(User.id)).scalars()]
+        shops = [f"merchant:{m}" for m in db.session.execute(select(Merchant.id)).scalars()]
+        for n, (members, suspicious) in enumerate([(people, True), (people + shops, False)]):
+            db.session.add(
+                RiskCommunity(
+                    fingerprint=f"f{n}",
+                    members=members,
+                    size=len(members),
+                    score=1.0,
+                    suspicious=suspicious,
+                    found_at=now,
+                )
+            )
+        db.session.flush()
+
+    job = types.ModuleType("risk.communities")
+    job.find_communities = find_communities
+    monkeypatch.setitem(sys.modules, "risk.communities", job)
+    monkeypatch.setattr(risk, "communities", job, raising=False)
+    # when
+    result = run(replace(SMALL, database_url=None, honest=3, farm_accounts=2, sybils=2), create_app)
+    # then
+    assert result.communities.available
+    assert result.communities.rings == ["together"]
+    assert result.communities.every_ring_found is False

@@ -186,7 +186,13 @@ def metrics(decisions: dict[str, str | None], planted: dict[str, str]) -> Metric
 class Communities:
     available: bool
     note: str
-    found: list[bool] = field(default_factory=list)  # per planted ring: all its members in one community
+    # Per planted ring: "suspicious" (all its members, the shop and its consumer accounts, in one community the
+    # job marked suspicious), "together" (in one community, not marked), "apart".
+    rings: list[str] = field(default_factory=list)
+
+    @property
+    def found(self) -> list[bool]:
+        return [r == "suspicious" for r in self.rings]
 
     @property
     def every_ring_found(self) -> bool | None:
@@ -202,19 +208,21 @@ class Result:
     communities: Communities
     seconds: float
     scoring_present: bool
+    ledger_violations: list[str]
 
     def as_json(self) -> dict:
         return {
             "config": asdict(self.config) | {"database_url": "(given)" if self.config.database_url else None},
             "seconds": round(self.seconds, 1),
             "scoring_present": self.scoring_present,
+            "ledger_violations": self.ledger_violations,
             "metrics": asdict(self.metrics),
             "goals": GOALS,
             "pass": self.metrics.passed(),
             "communities": {
                 "available": self.communities.available,
                 "note": self.communities.note,
-                "rings_found": self.communities.found,
+                "rings": self.communities.rings,
                 "every_ring_found": self.communities.every_ring_found,
             },
             "planted": dict(Counter(self.truth.planted.values())),
@@ -715,6 +723,16 @@ class Simulation:
             else:
                 heapq.heappush(queue, (following, seq, script))
 
+    def ledger(self) -> list[str]:
+        """``flask ledger check``'s violations after the run (none expected, whatever the verdicts held)."""
+        from ledger import check_ledger
+        from models import db
+
+        with self.app.app_context():
+            report = check_ledger()
+            db.session.remove()
+        return list(report.violations)
+
     def verdicts(self) -> dict[str, str | None]:
         from sqlalchemy import select
 
@@ -740,12 +758,20 @@ class Simulation:
         from models import RiskCommunity, db
 
         with self.app.app_context():
-            call_job(find, self.clock.now, self.app.config)
+            try:
+                call_job(find, self.clock.now, self.app.config)
+            except TypeError as exc:  # a signature this driver does not know yet: say so, count nothing
+                db.session.rollback()
+                db.session.remove()
+                return Communities(False, f"not available (find_communities could not be called: {exc})")
             db.session.commit()
-            found = [set(m) for m in db.session.execute(select(RiskCommunity.members)).scalars()]
+            found = db.session.execute(select(RiskCommunity.members, RiskCommunity.suspicious)).all()
             db.session.remove()
-        hits = [any(ring.members() <= members for members in found) for ring in self.truth.rings]
-        return Communities(True, f"{len(found)} communities found", hits)
+        rings = []
+        for ring in self.truth.rings:
+            holding = [suspicious for members, suspicious in found if ring.members() <= set(members)]
+            rings.append("suspicious" if any(holding) else "together" if holding else "apart")
+        return Communities(True, f"{len(found)} communities, {sum(s for _, s in found)} suspicious", rings)
 
 
 def call_job(find: Callable, now: datetime, config) -> Any:
@@ -819,6 +845,7 @@ def run(
                 sim.play(progress)
                 decisions = sim.verdicts()
                 communities = sim.communities()
+                ledger = sim.ledger()
                 if hook is not None:
                     hook(app, sim)
         finally:
@@ -836,6 +863,7 @@ def run(
         communities,
         time.perf_counter() - started,
         scoring_present(),
+        ledger,
     )
 
 
@@ -863,8 +891,8 @@ def report_lines(result: Result) -> list[str]:
     lines.append(f"  honest false-positive rate {pct(m.honest_false_positive_rate):>6}")
     lines.append(f"  TP {m.tp}  FP {m.fp}  FN {m.fn}  TN {m.tn}  unscored {m.unscored}")
     if c.available:
-        found = sum(c.found)
-        lines.append(f"  rings found as a community: {found}/{len(c.found)} ({c.note})")
+        rings = ", ".join(c.rings)
+        lines.append(f"  rings found as a suspicious community: {sum(c.found)}/{len(c.found)} ({rings}; {c.note})")
     else:
         lines.append(f"  rings found as a community: {c.note}")
     t = result.tally
@@ -883,6 +911,8 @@ def report_lines(result: Result) -> list[str]:
         + ("  (the events endpoint is missing)" if set(t.events) == {404} else "")
     )
     lines.append(f"  refunds {t.refunds}; requests {t.requests}")
+    violations = result.ledger_violations
+    lines.append(f"  ledger check: {'ok' if not violations else f'{len(violations)} violations: {violations[:3]}'}")
     lines.append(
         ("PASS" if m.passed() else "FAIL")
         + f": precision >= {GOALS['precision']} and recall >= {GOALS['recall']}"
