@@ -328,9 +328,18 @@ def _built(create_app: Callable, url: str):
 
     app = create_app({**app_settings(url), "WECHAT_SIM_NOTIFY_TRANSPORT": post_into_app})
     holder["app"] = app
+    from sqlalchemy import event
+
     from models import db
 
     with app.app_context():
+        if db.engine.dialect.name == "sqlite":  # a throw-away file: a commit need not wait for the disk (WAL mode)
+
+            @event.listens_for(db.engine, "connect")
+            def no_fsync_per_commit(dbapi_connection, _record) -> None:
+                dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+            db.engine.dispose()
         db.create_all()
         db.session.remove()
     return app
