@@ -162,6 +162,7 @@ def _install_web(app: Flask, wechat) -> None:
     register_error_handlers(app)
     install_request_metrics(app)
     register_blueprints(app)
+    app.extensions["app_factory"] = create_app  # `flask risk simulate` builds a throw-away app of its own
     register_cli(app)
     from jobs.scheduler import install_jobs
 
