@@ -322,6 +322,20 @@ SETTINGS: tuple[Setting, ...] = (
         "rate). A rail reaches its rate when this is at least rate × WeChat's answer time (100/s × 0.15 s = 15).",
     ),
     Setting("ALERT_WEBHOOK_URL", None, doc="Alerts are also posted here (a WeCom group robot URL, say)."),
+    # risk: behaviour trail
+    Setting(
+        "RISK_EVENTS_PER_MINUTE",
+        600,
+        _positive_int,
+        doc="Behaviour-trail events (`POST /api/v1/events`) a person, and a device, may send a minute; a batch "
+        "that would pass it is refused whole (429). 0 switches the limit off.",
+    ),
+    Setting(
+        "RISK_EVENTS_KEEP_DAYS",
+        35,
+        _process_count,
+        doc="Days raw behaviour-trail events are kept (scoring reads the browsing sessions, not the raw rows).",
+    ),
 )
 
 LIVE_REQUIRED = (
