@@ -230,8 +230,10 @@ def test_the_rate_window_turns_over_each_minute(app, client, shop, monkeypatch):
     assert count(BehaviourEvent) == 4
 
 
-def test_concurrent_batches_of_one_person_lose_no_count(app, client, shop):
+@pytest.mark.parametrize("per_minute", [600, 0], ids=["rate-limited", "no-rate-limit"])
+def test_concurrent_batches_of_one_person_lose_no_count(app, client, shop, per_minute):
     user, product, headers = shop
+    app.config["RISK_EVENTS_PER_MINUTE"] = per_minute  # 0: only the session's row lock orders them
     batches = 6
     events = [{"kind": "view", "product_id": product.id, "dwell_ms": 10}, {"kind": "search", "query": "tea"}]
     results = post_together(app, [(EVENTS, headers, {"events": events})] * batches)
