@@ -8,8 +8,9 @@ client's clock only orders them. A refused batch raises ``EventsLimited`` (429) 
 nothing of it is stored.
 
 Storage: a row is a small integer kind, the product, the dwell, up to 64 characters of search words or
-page path, the device and the server's time (about 100 bytes with its two indexes); rows older than the
-retention (``purge_events``) are deleted in batches along the ``at`` index. Scoring never reads this
+page path, the device and the server's time: about 93 bytes of heap and 140 with its three indexes on
+PostgreSQL (measured on 200,000 rows). Rows older than the retention (``purge_events``) are deleted in
+batches along the ``at`` index. Scoring never reads this
 table: it reads the session, which is kept as the events arrive.
 """
 

@@ -273,3 +273,26 @@ def test_purge_removes_only_old_events_in_batches(app, make_user):
     left = sorted(db.session.execute(select(BehaviourEvent.at)).scalars())
     assert left == sorted([edge.at] + [at for _, at in young])
     assert trail.purge_events(now, keep_days=35) == 0
+
+
+def test_a_batch_costs_the_same_few_statements_however_many_events_and_sessions(client, shop, make_user, user_headers):
+    from tests.test_hot_path_sql import counted
+
+    user, product, headers = shop
+    device = device_headers(client, headers)
+    view = {"kind": "view", "product_id": product.id}
+    assert client.post(EVENTS, json={"events": [view]}, headers=device).status_code == 202  # the session exists
+    for _ in range(3):  # other people's sessions and events
+        other = device_headers(client, user_headers(make_user()))
+        assert client.post(EVENTS, json={"events": [view] * 5}, headers=other).status_code == 202
+    costs = []
+    for size in (1, 100):
+        with counted() as statements:
+            answer = client.post(
+                EVENTS, json={"events": [view, {"kind": "search", "query": "x"}] * (size // 2 or 1)}, headers=device
+            )
+        assert answer.status_code == 202
+        writes = [s.split()[0] for s in statements if s.split()[0] in ("INSERT", "UPDATE", "DELETE")]
+        costs.append((len([s for s in statements if not s.startswith("BEGIN")]), writes))
+    # the user, the products, the rate, the events, the session (read, write), the identifiers; BEGIN/COMMIT aside
+    assert costs[0] == costs[1] == (7, ["INSERT", "INSERT", "UPDATE", "INSERT"])
