@@ -142,13 +142,8 @@ def test_an_order_without_a_device_keeps_the_address(app, client, make_user, mak
     assert rows() == [("user", user.id, "net", "10.1.2.0/24")]
 
 
-@pytest.fixture
-def fresh_memo(monkeypatch):
-    monkeypatch.setattr(api, "_staff_noted", {})
-
-
 def test_merchant_staff_requests_note_the_merchants_identifiers_once_per_ten_minutes(
-    client, make_operator, device, fresh_memo, monkeypatch
+    client, make_operator, device, monkeypatch
 ):
     staff, headers = make_operator("merchant_staff")
     merchant_id = staff.merchant_id
@@ -174,7 +169,7 @@ def test_merchant_staff_requests_note_the_merchants_identifiers_once_per_ten_min
 
 
 def test_platform_operators_and_bad_device_tokens_note_nothing_or_only_the_address(
-    client, make_operator, make_merchant, fresh_memo
+    client, make_operator, make_merchant
 ):
     merchant = make_merchant()
     _, admin_headers = make_operator("admin")

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
 from models import db, utcnow
@@ -77,7 +77,6 @@ def _authenticate(auth: str | None, roles: tuple[str, ...]) -> str:
 
 
 STAFF_NOTE_EVERY_S = 600  # a merchant's staff member's device and address are noted at most this often
-_staff_noted: dict[tuple, float] = {}  # (operator, device, ip) → when this process last noted it
 _STAFF_MEMO_MOST = 10_000
 
 
@@ -92,14 +91,15 @@ def _note_merchant_staff(operator_id: int, merchant_id: int) -> None:
         device = device_id()
     except ApiError:  # an admin request with a device token we did not issue: the address still counts
         device = None
+    noted = current_app.extensions.setdefault("risk_staff_noted", {})  # (operator, device, ip) → when, this app
     memo, now = (operator_id, device, client_ip()), time.monotonic()
-    if now - _staff_noted.get(memo, -STAFF_NOTE_EVERY_S) < STAFF_NOTE_EVERY_S:
+    if now - noted.get(memo, -STAFF_NOTE_EVERY_S) < STAFF_NOTE_EVERY_S:
         return
     identifiers.note(identifiers.MERCHANT, merchant_id, device, memo[2], utcnow())
     db.session.commit()
-    if len(_staff_noted) >= _STAFF_MEMO_MOST:
-        _staff_noted.clear()
-    _staff_noted[memo] = now
+    if len(noted) >= _STAFF_MEMO_MOST:
+        noted.clear()
+    noted[memo] = now
 
 
 def _to_response(result: Any, status: int = 200) -> Response:
