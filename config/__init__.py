@@ -356,6 +356,20 @@ SETTINGS: tuple[Setting, ...] = (
         doc="A review case holding more than this (fen) is decided by two operators: the first decision is a "
         "proposal, carried out when a different operator decides the same outcome.",
     ),
+    # risk: behaviour trail
+    Setting(
+        "RISK_EVENTS_PER_MINUTE",
+        600,
+        _positive_int,
+        doc="Behaviour-trail events (`POST /api/v1/events`) a person, and a device, may send a minute; a batch "
+        "that would pass it is refused whole (429). 0 switches the limit off.",
+    ),
+    Setting(
+        "RISK_EVENTS_KEEP_DAYS",
+        35,
+        _process_count,
+        doc="Days raw behaviour-trail events are kept (scoring reads the browsing sessions, not the raw rows).",
+    ),
 )
 
 LIVE_REQUIRED = (

@@ -12,6 +12,7 @@ from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, PacketS
 from rebate.campaigns import serves
 from rebate.errors import Invalid, NotFound, StateConflict
 from rebate.packets import check_audience, release_packet
+from risk import identifiers
 
 ORDER_TTL = timedelta(minutes=30)
 MAX_QUANTITY = 999
@@ -151,8 +152,14 @@ def create_order(
     packet_ids: int | list[int] | None,
     now: datetime,
     channel: str = "mini_program",
+    *,
+    device: str | None = None,
+    ip: str | None = None,
 ) -> Order:
-    """A new unpaid order; its packets (if any) are locked until payment or close."""
+    """A new unpaid order; its packets (if any) are locked until payment or close.
+
+    ``device`` and ``ip`` (where it was placed from, when a request says) are kept on the order for risk and
+    noted among the person's identifiers."""
     products = _load_products(lines)
     order_lines = _order_lines(lines, products)
     merchant_id = next(iter(products.values())).merchant_id
@@ -175,6 +182,8 @@ def create_order(
         channel=channel,
         created_at=now,
         lines=order_lines,
+        device=device,
+        ip=ip,
     )
     db.session.add(order)
     db.session.flush()
@@ -182,6 +191,7 @@ def create_order(
         packet.status, packet.order_id = PacketStatus.LOCKED, order.id
         db.session.add(OrderPacket(order_id=order.id, packet_id=packet.id, discount_fen=discount))
     db.session.flush()
+    identifiers.note(identifiers.USER, user.id, device, ip, now)
     return order
 
 

@@ -23,13 +23,15 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
-from models import db
+from models import db, utcnow
+from risk import identifiers
 from web import idempotency
 from web.auth import current_operator, current_user
 from web.errors import ApiError, ValidationFailed, from_domain
@@ -67,8 +69,37 @@ def _authenticate(auth: str | None, roles: tuple[str, ...]) -> str:
     if auth == "user":
         return f"user:{current_user().id}"
     if auth == "operator":
-        return f"operator:{current_operator(roles).id}"
+        operator = current_operator(roles)
+        if operator.merchant_id is not None:
+            _note_merchant_staff(operator.id, operator.merchant_id)
+        return f"operator:{operator.id}"
     return f"ip:{request.remote_addr}"
+
+
+STAFF_NOTE_EVERY_S = 600  # a merchant's staff member's device and address are noted at most this often
+_STAFF_MEMO_MOST = 10_000
+
+
+def _note_merchant_staff(operator_id: int, merchant_id: int) -> None:
+    """Note a merchant staff member's device and network address among the merchant's identifiers (risk:
+    a merchant ordering from its own accounts shares them), at most once per ``STAFF_NOTE_EVERY_S`` per
+    (operator, device, address) in this process, and committed at once: the admin request's own
+    transaction only read the operator's token so far, and a GET commits nothing."""
+    from web.growth_api import device_id  # noqa: PLC0415 - growth_api builds on this module
+
+    try:
+        device = device_id()
+    except ApiError:  # an admin request with a device token we did not issue: the address still counts
+        device = None
+    noted = current_app.extensions.setdefault("risk_staff_noted", {})  # (operator, device, ip) → when, this app
+    memo, now = (operator_id, device, client_ip()), time.monotonic()
+    if now - noted.get(memo, -STAFF_NOTE_EVERY_S) < STAFF_NOTE_EVERY_S:
+        return
+    identifiers.note(identifiers.MERCHANT, merchant_id, device, memo[2], utcnow())
+    db.session.commit()
+    if len(noted) >= _STAFF_MEMO_MOST:
+        noted.clear()
+    noted[memo] = now
 
 
 def _to_response(result: Any, status: int = 200) -> Response:

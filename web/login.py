@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from models import OAuthState, User, UserIdentity, call_between_commits, db, utcnow
 from rebate.triggers import on_registered
-from risk import Claimant
+from risk import Claimant, identifiers
 from web import wechat
 from web.api import client_ip, endpoint
 from web.auth import issue_user_token
@@ -95,6 +95,7 @@ def sign_in(
             user.unionid = unionid
     if session_key is not None:
         identity.session_key = session_key
+    identifiers.note(identifiers.USER, user.id, origin[1], origin[0], utcnow())
     db.session.flush()
     return user
 

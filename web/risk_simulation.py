@@ -49,6 +49,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
+from sqlalchemy import select
+
+from models import RiskCommunity, db
+from risk.communities import GraphSettings, find_communities
 
 START = datetime(2030, 1, 7, 0, 0, tzinfo=UTC)  # a fixed Monday: a seed's run does not depend on today's date
 FLAGGED = ("review", "block")
@@ -755,24 +759,11 @@ class Simulation:
         return {row.out_trade_no: row.risk_decision for row in rows}
 
     def communities(self) -> Communities:
-        try:
-            from risk import communities as module
-        except ImportError:
-            return Communities(False, "not available (risk.communities is not on this branch)")
-        find = getattr(module, "find_communities", None)
-        if find is None:
-            return Communities(False, "not available (risk.communities has no find_communities)")
-        from sqlalchemy import select
-
-        from models import RiskCommunity, db
-
+        """Run the collusion job's finding on the simulated world (in one transaction, with the app's settings)."""
         with self.app.app_context():
-            try:
-                call_job(find, self.clock.now, self.app.config)
-            except TypeError as exc:  # a signature this driver does not know yet: say so, count nothing
-                db.session.rollback()
-                db.session.remove()
-                return Communities(False, f"not available (find_communities could not be called: {exc})")
+            config = self.app.config
+            settings = GraphSettings(days=config["RISK_GRAPH_DAYS"], threshold=config["RISK_COMMUNITY_THRESHOLD"])
+            find_communities(self.clock.now, settings)
             db.session.commit()
             found = db.session.execute(select(RiskCommunity.members, RiskCommunity.suspicious)).all()
             db.session.remove()
@@ -781,16 +772,6 @@ class Simulation:
             holding = [suspicious for members, suspicious in found if ring.members() <= set(members)]
             rings.append("suspicious" if any(holding) else "together" if holding else "apart")
         return Communities(True, f"{len(found)} communities, {sum(s for _, s in found)} suspicious", rings)
-
-
-def call_job(find: Callable, now: datetime, config) -> Any:
-    """``find_communities`` with the arguments its signature names (``now``, and settings if it takes them)."""
-    import inspect
-
-    wanted = inspect.signature(find).parameters
-    known = {"now": now, "at": now, "config": config, "settings": config}
-    args = {name: known[name] for name in wanted if name in known}
-    return find(**args)
 
 
 def scoring_present() -> bool:

@@ -29,10 +29,10 @@ from models.payouts import TERMINAL
 from rebate import create_order
 from rebate.claims import claim_by_code
 from rebate.orders import LineRequest
-from web.api import endpoint
+from web.api import client_ip, endpoint
 from web.auth import current_user
 from web.errors import NotFound
-from web.growth_api import channel, claimant, platform_limits, refusal_answered
+from web.growth_api import channel, claimant, device_id, platform_limits, refusal_answered
 from web.payment_api import prepay_after_commit
 from web.schemas import Id, Model, Page
 from web.views import order_json, packet_json, rebate_json
@@ -93,7 +93,7 @@ def my_packets(query: Page):
 def new_order(body: CreateOrder):
     """Create an order from product lines, optionally spending one of the caller's red packets."""
     lines = [LineRequest(li.product_id, li.quantity) for li in body.lines]
-    order = create_order(current_user(), lines, body.packets, utcnow(), channel())
+    order = create_order(current_user(), lines, body.packets, utcnow(), channel(), device=device_id(), ip=client_ip())
     prepay_after_commit(order.id, order.user_id)  # runs after the commit: no transaction across the WeChat call
     return order_json(order), 201
 
