@@ -78,6 +78,13 @@ class SimConfig:
 
 
 @dataclass
+class Device:
+    """A phone: its server-issued device token, asked for by the first person who signs in on it."""
+
+    token: str | None = None
+
+
+@dataclass
 class RingTruth:
     merchant_id: int
     user_ids: list[int] = field(default_factory=list)
@@ -459,34 +466,36 @@ class Simulation:
         headers = {}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        if device:
-            headers["X-Device-Token"] = device
+        if device is not None and device.token:
+            headers["X-Device-Token"] = device.token
         if key:
             headers["Idempotency-Key"] = key
         return self.client.open(path, method=method, json=json, headers=headers, environ_base={"REMOTE_ADDR": ip})
 
-    def new_device(self, ip: str) -> str | None:
-        answer = self.call("POST", "/api/v1/devices", ip)
+    def new_device(self, ip: str, token: str) -> str | None:
+        answer = self.call("POST", "/api/v1/devices", ip, token=token)
         return answer.json["device_token"] if answer.status_code == 201 else None
 
-    def login(self, name: str, ip: str, device: str | None, population: str) -> tuple[str, dict | None]:
+    def login(self, name: str, ip: str, device: Device | None, population: str) -> tuple[str, dict | None]:
         answer = self.call("POST", "/api/v1/auth/login", ip, device=device, json={"code": f"code-{name}"})
         if answer.status_code != 200:
             raise RuntimeError(f"login of {name} answered {answer.status_code}: {answer.get_data(as_text=True)}")
         token = answer.json["token"]
         self.user_ids[token] = answer.json["user"]["id"]
+        if device is not None and device.token is None:  # the app asks for its device token once signed in
+            device.token = self.new_device(ip, token)
         packets = self.call("GET", "/api/v1/me/red-packets", ip, token=token).json["items"]
         newcomer = next((p for p in packets if p["campaign_id"] == self.registration_campaign_id), None)
         self.tally.registration_packets[(population, "granted" if newcomer else "refused")] += 1
         return token, newcomer
 
-    def events(self, ip: str, token: str, device: str | None, events: list[dict]) -> None:
+    def events(self, ip: str, token: str, device: Device | None, events: list[dict]) -> None:
         """The mini-program's trail, best effort: a missing or refusing endpoint is counted, not fatal."""
         if events:
             answer = self.call("POST", "/api/v1/events", ip, token=token, device=device, json={"events": events})
             self.tally.events[answer.status_code] += 1
 
-    def claim(self, shop: Shop, ip: str, token: str, device: str | None, population: str) -> dict | None:
+    def claim(self, shop: Shop, ip: str, token: str, device: Device | None, population: str) -> dict | None:
         answer = self.call(
             "POST", f"/api/v1/campaigns/{shop.campaign_id}/claim", ip, token=token, device=device, key=self.key()
         )
@@ -544,7 +553,7 @@ class Simulation:
         ip = family["ip"] if family else f"10.{(n >> 8) & 255}.{n & 255}.{rng.randrange(2, 250)}"
         device = family.get("device") if family else None
         if device is None:
-            device = self.new_device(ip)
+            device = Device()
             if family is not None:
                 family["device"] = device
         token, newcomer = self.login(f"honest-{n}", ip, device, "honest")
@@ -717,8 +726,8 @@ class Simulation:
             scripts.append(self.sybil(n, nest, random.Random(rng.getrandbits(64))))
         return scripts
 
-    def _device_at(self, ip: str) -> str | None:
-        return self.new_device(ip)
+    def _device_at(self, ip: str) -> Device:
+        return Device()
 
     def play(self, progress: Callable[[int], None] = lambda _: None) -> None:
         """Every script's steps in time order (ties in the order the scripts were made)."""
