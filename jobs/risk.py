@@ -1,5 +1,5 @@
 """Risk jobs: the collusion graph (hourly), spike alerts (every few minutes; each whole hour folded once) and
-the end of timed bans (every minute).
+the end of timed bans (every minute) and the behaviour trail's retention (daily).
 
 Both are safe on several nodes at once. ``collusion_job`` reads the graph, ends that read transaction,
 finds and scores the communities with no transaction open, then records them in one short transaction:
@@ -26,6 +26,7 @@ from rebate import ban_ops, campaign_ops
 from rebate.errors import RebateError
 from risk.communities import GraphSettings, build_graph, record_communities, score_graph
 from risk.spikes import Spike, SpikeSettings, fold_hours
+from risk.trail import purge_events
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +108,13 @@ def lift_expired_bans_job() -> int:
     suspended); several nodes at once lift each ban once (under its row lock)."""
     with unit_of_work():
         return ban_ops.lift_expired_bans(utcnow())
+
+
+def purge_behaviour_events_job() -> int:
+    """Behaviour events older than ``RISK_EVENTS_KEEP_DAYS`` deleted in batches, each its own short transaction
+    (several nodes at once delete disjoint or already-gone rows: nothing twice, nothing wrong)."""
+    try:
+        return purge_events(utcnow(), job_context().config["RISK_EVENTS_KEEP_DAYS"], commit=db.session.commit)
+    except BaseException:
+        db.session.rollback()
+        raise

@@ -33,7 +33,7 @@ from jobs.payouts import (
     install_job_context,
     payout_rails,
 )
-from jobs.risk import collusion_job, lift_expired_bans_job, spike_job
+from jobs.risk import collusion_job, lift_expired_bans_job, purge_behaviour_events_job, spike_job
 from models import db
 from models.base import BEIJING
 
@@ -52,7 +52,11 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (collusion_job, 3600),
 )
 # Bills for day D are ready from 09:00 on D+1, Beijing time: reconcile at 10:30.
-DAILY_JOBS: tuple[tuple[Callable, dict], ...] = ((daily_reconciliation, {"hour": 10, "minute": 30}),)
+# The behaviour trail's old events go at night, when the shop is quiet.
+DAILY_JOBS: tuple[tuple[Callable, dict], ...] = (
+    (daily_reconciliation, {"hour": 10, "minute": 30}),
+    (purge_behaviour_events_job, {"hour": 4, "minute": 10}),
+)
 jobs_cli = AppGroup("jobs", help="Scheduled jobs.")
 
 

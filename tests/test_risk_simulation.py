@@ -7,17 +7,15 @@ TEST_DATABASE_URL's PostgreSQL database when the suite runs on PostgreSQL.
 from __future__ import annotations
 
 import json
-import sys
-import types
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
 
-import risk
 from app import create_app
 from tests.conftest import PG_URL
+from web import risk_simulation
 from web.risk_cli import simulate_command
 from web.risk_simulation import START, SimClock, SimConfig, cheapest_at_least, metrics, run
 
@@ -73,6 +71,7 @@ def test_the_smallest_basket_at_or_above_a_minimum():
 
 
 def test_the_clock_stands_in_for_the_apps_now_and_goes_back():
+    import wechat.sim.pay  # noqa: F401 - loaded, as the app factory loads it in simulator mode
     from models import utcnow
 
     clock = SimClock(START)
@@ -151,7 +150,7 @@ def test_a_ring_is_found_only_in_one_suspicious_community_holding_its_shop_and_e
     # every person with every shop (not suspicious)
     from models import Merchant, RiskCommunity, User, db
 
-    def find_communities(now):
+    def find_communities(now, settings):
         people = [f"user:{u}" for u in db.session.execute(select(User.id)).scalars()]
         shops = [f"merchant:{m}" for m in db.session.execute(select(Merchant.id)).scalars()]
         for n, (members, suspicious) in enumerate([(people, True), (people + shops, False)]):
@@ -167,10 +166,7 @@ def test_a_ring_is_found_only_in_one_suspicious_community_holding_its_shop_and_e
             )
         db.session.flush()
 
-    job = types.ModuleType("risk.communities")
-    job.find_communities = find_communities
-    monkeypatch.setitem(sys.modules, "risk.communities", job)
-    monkeypatch.setattr(risk, "communities", job, raising=False)
+    monkeypatch.setattr(risk_simulation, "find_communities", find_communities)
     # when
     result = run(replace(SMALL, database_url=None, honest=3, farm_accounts=2, sybils=2), create_app)
     # then

@@ -38,6 +38,7 @@ import itertools
 import os
 import random
 import secrets
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -260,8 +261,8 @@ class SimClock:
     @contextmanager
     def installed(self) -> Iterator[SimClock]:
         import models.base
-        import wechat.sim.pay
 
+        sim_pay = simulator_module("wechat.sim.pay")
         clock = self
 
         class ClockedDatetime(datetime):
@@ -269,7 +270,7 @@ class SimClock:
             def now(cls, tz=None):  # noqa: ANN001, ANN206 - datetime.now's own signature
                 return clock.now.astimezone(tz) if tz is not None else clock.now.replace(tzinfo=None)
 
-        patched = [(models.base, models.base.datetime), (wechat.sim.pay, wechat.sim.pay.datetime)]
+        patched = [(models.base, models.base.datetime), (sim_pay, sim_pay.datetime)]
         for module, _ in patched:
             module.datetime = ClockedDatetime
         try:
@@ -277,6 +278,15 @@ class SimClock:
         finally:
             for module, original in patched:
                 module.datetime = original
+
+
+def simulator_module(name: str):
+    """A module of the WeChat simulator, as the app factory loaded it (simulator mode; only the factory imports
+    the simulator, so the simulation finds it loaded rather than importing it)."""
+    module = sys.modules.get(name)
+    if module is None:
+        raise RuntimeError(f"{name} is not loaded: the simulation runs only on an app in simulator mode")
+    return module
 
 
 # -- the world --------------------------------------------------------------------------------------
@@ -315,8 +325,6 @@ def throwaway_app(create_app: Callable, database_url: str | None) -> Iterator[An
         return
     from sqlalchemy import create_engine, make_url, text
 
-    from wechat.sim.store import shared_engine
-
     name = f"risk_sim_{os.getpid()}_{secrets.token_hex(3)}"
     url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
     admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
@@ -325,7 +333,8 @@ def throwaway_app(create_app: Callable, database_url: str | None) -> Iterator[An
     try:
         yield _built(create_app, url)
     finally:
-        shared_engine(url).dispose()  # the simulator's store (its schema wechat_sim) is in there too
+        # the simulator's store (its schema wechat_sim) is in there too
+        simulator_module("wechat.sim.store").shared_engine(url).dispose()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
