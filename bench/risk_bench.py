@@ -10,8 +10,9 @@ fresh orders (new shoppers with a device, five orders each after a product view,
 packet when the limits allow) are paid
 at the simulator's checkout with the simulator's signed notifications captured instead of delivered;
 those notifications are then POSTed to ``/wechat/pay/notify`` in-process (Flask's test client), in
-alternating blocks of 10: one block with ``risk.scoring.score_order`` as it is, the next with it
-replaced by a stub answering a verdict it gave before (an "allow" when it gave one). The line is the
+alternating blocks of 10: one block with scoring as it is, the next with everything it adds switched
+off (``risk.scoring.score_order`` replaced by a stub answering a verdict it gave before, an "allow"
+when it gave one, and the profile and pair upserts skipped). The line is the
 mean time of a notification with scoring over the mean without: the goal is at most 1.20x. Ratios
 only: the milliseconds depend on the machine.
 """
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from app import create_app
-from web.risk_simulation import SimConfig, report_lines
+from web.risk_simulation import Device, SimConfig, report_lines
 from web.risk_simulation import run as simulate
 
 SEED = int(os.environ.get("BENCH_RISK_SEED") or 1)
@@ -88,34 +89,47 @@ def scoring_cost(sim) -> str:
 
 @contextmanager
 def switchable(scoring) -> Iterator[Callable[[bool], None]]:
-    """``score_order`` everywhere it was imported, switchable between itself and a stub replaying a past verdict."""
+    """Everything scoring adds to a payment, switchable off: ``score_order`` (replaced everywhere it was imported
+    by a stub replaying a verdict it gave before, an "allow" when it gave one) and the profile and pair upserts
+    (``risk.profiles.note_paid_order``, ``note_pair``: no-ops when off)."""
+    from risk import profiles
+
     real = scoring.score_order
     seen: list = []
 
     def recording(*args, **kwargs):
         verdict = real(*args, **kwargs)
-        if (
-            not seen
-            or getattr(verdict, "decision", None) == "allow"
-            or (isinstance(verdict, dict) and verdict.get("decision") == "allow")
-        ):
+        if not seen or verdict.score < 60:
             seen[:] = [verdict]
         return verdict
 
     def stub(*args, **kwargs):
         return seen[0] if seen else None
 
-    holders = [m for m in list(sys.modules.values()) if getattr(m, "score_order", None) is real]
+    def nothing(*args, **kwargs):
+        return None
+
+    switched = {
+        "score_order": (real, recording, stub),
+        "note_paid_order": (profiles.note_paid_order, profiles.note_paid_order, nothing),
+        "note_pair": (profiles.note_pair, profiles.note_pair, nothing),
+    }
+    holders = [
+        (module, name)
+        for module in list(sys.modules.values())
+        for name, (original, _, _) in switched.items()
+        if getattr(module, name, None) is original
+    ]
 
     def scoring_on(on: bool) -> None:
-        for module in holders:
-            module.score_order = recording if on else stub
+        for module, name in holders:
+            setattr(module, name, switched[name][1] if on else switched[name][2])
 
     try:
         yield scoring_on
     finally:
-        for module in holders:
-            module.score_order = real
+        for module, name in holders:
+            setattr(module, name, switched[name][0])
 
 
 def captured_notifications(sim, count: int) -> list[tuple[str, dict, bytes]]:
@@ -134,7 +148,7 @@ def captured_notifications(sim, count: int) -> list[tuple[str, dict, bytes]]:
         shoppers = []
         for n in range(max(1, count // ORDERS_EACH)):
             ip = f"10.250.{n // 250}.{n % 250 + 2}"
-            device = sim.new_device(ip)
+            device = Device()  # its token is asked for at the first sign-in
             token, _ = sim.login(f"bench-{n}", ip, device, "bench")
             shoppers.append((ip, device, token, rng.choice(sim.shops)))
         for n in range(count):
