@@ -75,8 +75,21 @@ def _say(words: Words, code: str) -> str:
 # --- rebate decisions -----------------------------------------------------------------------------
 
 
-def describe_rebates(rebates: list[Rebate], words: Words) -> list[dict]:
-    """Each rebate decision with its campaign, condition, clawbacks and payouts (a few batch queries)."""
+# A reviewer's outcome is written into a rebate's reasons as "review case N (outcome): the reviewer's note"
+# (rebate/reviews.py): for operators of the platform only. People and merchant staff see the outcome in plain
+# words (the rebate's status), never the note, the score, the features or the rules.
+REVIEW_NOTE = "review case "
+
+
+def for_outsiders(reasons) -> list[str]:
+    """A rebate's reasons as the person or a merchant's staff may read them: without reviewers' notes."""
+    return [line for line in reasons or [] if not line.startswith(REVIEW_NOTE)]
+
+
+def describe_rebates(rebates: list[Rebate], words: Words, *, risk_details: bool = True) -> list[dict]:
+    """Each rebate decision with its campaign, condition, clawbacks and payouts (a few batch queries).
+
+    ``risk_details`` False (merchant staff): no reviewer's notes and no risk verdicts."""
     if not rebates:
         return []
     ids = [r.id for r in rebates]
@@ -95,7 +108,9 @@ def describe_rebates(rebates: list[Rebate], words: Words) -> list[dict]:
         payouts[payout.rebate_id].append(payout)
     met = _milestones({r.order_id for r in rebates if r.condition_deadline is not None})
     return [
-        _describe(r, campaigns[r.campaign_id], orders[r.order_id], clawbacks[r.id], payouts[r.id], met, words)
+        _describe(
+            r, campaigns[r.campaign_id], orders[r.order_id], clawbacks[r.id], payouts[r.id], met, words, risk_details
+        )
         for r in rebates
     ]
 
@@ -201,11 +216,12 @@ def _payout(p) -> tuple[dict, str]:
     return info, line + "."
 
 
-def _describe(r: Rebate, campaign, order, clawbacks, payouts, met, words: Words) -> dict:
+def _describe(r: Rebate, campaign, order, clawbacks, payouts, met, words: Words, risk_details: bool = True) -> dict:
     lines = [_headline(r, campaign, words)]
-    if r.reasons:
-        lines.append("Decided: " + "; ".join(r.reasons) + ".")
-    verdict = risk_verdict(order, r.campaign_id)
+    reasons = list(r.reasons or []) if risk_details else for_outsiders(r.reasons)
+    if reasons:
+        lines.append("Decided: " + "; ".join(reasons) + ".")
+    verdict = risk_verdict(order, r.campaign_id) if risk_details else None
     if r.status == RebateStatus.REVIEW:
         lines.append(f"Held for review: {yuan(r.held_fen)} waits for a reviewer; nothing paid or queued.")
     if verdict and (r.status == RebateStatus.REVIEW or r.reason_code == "risk_blocked"):
@@ -235,7 +251,7 @@ def _describe(r: Rebate, campaign, order, clawbacks, payouts, met, words: Words)
         **amount("amount", r.amount_fen),
         **amount("held", r.held_fen),
         "points": r.points,
-        "engine_reasons": list(r.reasons or []),
+        "engine_reasons": reasons,
         "condition": condition,
         "clawbacks": [info for info, _ in claws],
         "payouts": [info for info, _ in sent],
@@ -279,6 +295,15 @@ def risk_lines(order: Order) -> list[str]:
     return lines
 
 
+def outsider_risk_lines(order: Order) -> list[str]:
+    """What a merchant's staff learn of the risk checks: that rebates wait for a review or were refused."""
+    if order.risk_decision == "review":
+        return ["Risk checks: rebates of this order wait for a review."]
+    if order.risk_decision == "block":
+        return ["Risk checks: rebates of this order were refused."]
+    return []
+
+
 def _on_order(decision: dict) -> str:
     return f"On order {decision['out_trade_no']}: {decision['lines'][0]}"
 
@@ -292,7 +317,7 @@ def _evaluated_as(r: Rebate, order: Order) -> str:
 # --- orders ---------------------------------------------------------------------------------------
 
 
-def order_json(o: Order) -> dict:
+def order_json(o: Order, risk_details: bool = True) -> dict:
     return {
         "id": o.id,
         "out_trade_no": o.out_trade_no,
@@ -309,7 +334,7 @@ def order_json(o: Order) -> dict:
         "created_at": o.created_at.isoformat(),
         "paid_at": _iso(o.paid_at),
         "review_reason": o.review_reason,
-        "risk_score": o.risk_score,
+        "risk_score": o.risk_score if risk_details else None,
         "risk_decision": o.risk_decision,
     }
 
@@ -345,9 +370,10 @@ def _no_campaign_lines(order: Order) -> list[str]:
     return [f"No campaign evaluated this order{detail}, so it earned no rebate."]
 
 
-def trace_order(order: Order, words: Words) -> dict:
+def trace_order(order: Order, words: Words, *, risk_details: bool = True) -> dict:
+    """``risk_details`` False (merchant staff): whether the risk checks held or refused the order, never why."""
     rebates = list(db.session.execute(select(Rebate).where(Rebate.order_id == order.id).order_by(Rebate.id)).scalars())
-    decisions = describe_rebates(rebates, words)
+    decisions = describe_rebates(rebates, words, risk_details=risk_details)
     refunds = list(db.session.execute(select(Refund).where(Refund.order_id == order.id).order_by(Refund.id)).scalars())
     issued = list(
         db.session.execute(
@@ -360,7 +386,7 @@ def trace_order(order: Order, words: Words) -> dict:
     lines = [_order_line(order)]
     if order.review_reason:
         lines.append(f"Flagged for review: {order.review_reason}.")
-    lines += risk_lines(order)
+    lines += risk_lines(order) if risk_details else outsider_risk_lines(order)
     lines += [_refund_line(r) for r in refunds]
     for campaign in campaigns:
         lines.append(
@@ -373,8 +399,8 @@ def trace_order(order: Order, words: Words) -> dict:
         lines += _no_campaign_lines(order)
     lines += [f"This order earned red packet #{p.id} of {yuan(p.amount_fen)}, now {p.status}." for p in issued]
     return {
-        "order": order_json(order),
-        "risk": risk_json(order),
+        "order": order_json(order, risk_details),
+        "risk": risk_json(order) if risk_details else None,
         "refunds": [_refund_json(r) for r in refunds],
         "campaigns": campaigns,
         "packets_issued": [_packet_brief(p) for p in issued],
@@ -437,7 +463,7 @@ def packet_history(p: RedPacket, order: Order | None, now: datetime) -> list[dic
     return events
 
 
-def trace_packet(packet: RedPacket, words: Words, now: datetime) -> dict:
+def trace_packet(packet: RedPacket, words: Words, now: datetime, *, risk_details: bool = True) -> dict:
     campaign = db.session.get(Campaign, packet.campaign_id)
     order = db.session.get(Order, packet.order_id) if packet.order_id else None
     rebates = list(
@@ -445,7 +471,7 @@ def trace_packet(packet: RedPacket, words: Words, now: datetime) -> dict:
             select(Rebate).where(Rebate.packet_id == packet.id).order_by(Rebate.id.desc()).limit(MAX_ITEMS)
         ).scalars()
     )
-    decisions = describe_rebates(rebates, words)
+    decisions = describe_rebates(rebates, words, risk_details=risk_details)
     history = packet_history(packet, order, now)
     lines = [
         f"Red packet #{packet.id} of {yuan(packet.amount_fen)} from campaign “{campaign.name}” (#{campaign.id}, "
@@ -465,7 +491,7 @@ def trace_packet(packet: RedPacket, words: Words, now: datetime) -> dict:
         "packet": _packet_json(packet),
         "campaign": {"id": campaign.id, "name": campaign.name, "status": campaign.status},
         "history": history,
-        "order": order_json(order) if order is not None else None,
+        "order": order_json(order, risk_details) if order is not None else None,
         "rebates": decisions,
         "lines": lines,
     }

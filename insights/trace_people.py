@@ -24,7 +24,8 @@ from models import Campaign, ClaimRefusal, Order, Rebate, Receivable, RedPacket,
 
 
 def trace_user(user: User, words: Words, *, limit: int = 20, merchant_id: int | None = None) -> dict:
-    """A person's packets, orders and rebate decisions, newest first; ``merchant_id`` narrows to one shop."""
+    """A person's packets, orders and rebate decisions, newest first; ``merchant_id`` narrows to one shop (a
+    merchant's staff: no reviewers' notes, risk verdicts or ban reasons)."""
     limit = max(1, min(limit, MAX_ITEMS))
     orders = list(
         db.session.execute(
@@ -35,7 +36,7 @@ def trace_user(user: User, words: Words, *, limit: int = 20, merchant_id: int | 
     )
     packets = list(db.session.execute(_user_packets(user.id, merchant_id).limit(limit)).scalars())
     rebates = list(db.session.execute(_user_rebates(user.id, merchant_id).limit(limit)).scalars())
-    decisions = describe_rebates(rebates, words)
+    decisions = describe_rebates(rebates, words, risk_details=merchant_id is None)
     owed = db.session.execute(
         select(Receivable).where(
             Receivable.beneficiary_type == "user", Receivable.beneficiary_id == user.id, Receivable.outstanding_fen > 0
@@ -44,7 +45,7 @@ def trace_user(user: User, words: Words, *, limit: int = 20, merchant_id: int | 
     receivables = (
         [] if merchant_id is not None else [{"kind": r.kind, **amount("outstanding", r.outstanding_fen)} for r in owed]
     )
-    lines = [_user_line(user)]
+    lines = [_user_line(user, reason=merchant_id is None)]
     lines += [_order_line(o) for o in orders]
     lines += [f"Red packet #{p.id} of {yuan(p.amount_fen)} (campaign #{p.campaign_id}): {p.status}." for p in packets]
     lines += [_on_order(d) for d in decisions]
@@ -57,13 +58,13 @@ def trace_user(user: User, words: Words, *, limit: int = 20, merchant_id: int | 
         "user": {
             "id": user.id,
             "status": user.status,
-            "banned_reason": user.banned_reason,
+            "banned_reason": user.banned_reason if merchant_id is None else None,
             "inviter_id": user.inviter_id,
             "invited_at": _iso(user.invited_at),
             "created_at": user.created_at.isoformat(),
         },
         "limit": limit,
-        "orders": [order_json(o) for o in orders],
+        "orders": [order_json(o, merchant_id is None) for o in orders],
         "packets": [_packet_json(p) for p in packets],
         "rebates": decisions,
         "receivables": receivables,
@@ -84,11 +85,11 @@ def _claim_refusals(user_id: int, merchant_id: int | None, limit: int) -> list[C
     return list(db.session.execute(stmt.order_by(ClaimRefusal.id.desc()).limit(limit)).scalars())
 
 
-def _user_line(user: User) -> str:
+def _user_line(user: User, reason: bool = True) -> str:
     text = f"User #{user.id} ({user.status}), joined {when(user.created_at)}"
     if user.inviter_id is not None:
         text += f", invited by user #{user.inviter_id} on {when(user.invited_at or user.created_at)}"
-    if user.banned_reason:
+    if user.banned_reason and reason:
         text += f"; banned: {user.banned_reason}"
     return text + "."
 

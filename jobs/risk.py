@@ -103,18 +103,19 @@ def spike_job() -> Counter:
     return run_spikes(utcnow(), spike_settings(job_context().config))
 
 
-def lift_expired_bans_job() -> int:
+def lift_expired_bans_job() -> Counter:
     """Bans past their end are lifted and their effects undone (a person active again, a merchant no longer
     suspended); several nodes at once lift each ban once (under its row lock)."""
     with unit_of_work():
-        return ban_ops.lift_expired_bans(utcnow())
+        return Counter(lifted=ban_ops.lift_expired_bans(utcnow()))
 
 
-def purge_behaviour_events_job() -> int:
+def purge_behaviour_events_job() -> Counter:
     """Behaviour events older than ``RISK_EVENTS_KEEP_DAYS`` deleted in batches, each its own short transaction
     (several nodes at once delete disjoint or already-gone rows: nothing twice, nothing wrong)."""
     try:
-        return purge_events(utcnow(), job_context().config["RISK_EVENTS_KEEP_DAYS"], commit=db.session.commit)
+        keep_days = job_context().config["RISK_EVENTS_KEEP_DAYS"]
+        return Counter(purged=purge_events(utcnow(), keep_days, commit=db.session.commit))
     except BaseException:
         db.session.rollback()
         raise

@@ -186,10 +186,12 @@ def _banned(beneficiary: Beneficiary) -> bool:
 
 
 def _refused_as_banned(decision: Decision, because: str | None = None) -> Decision:
-    """A banned person earns nothing, as consumer, issuer or inviter; the trace says so (and which ban)."""
+    """A banned person earns nothing, as consumer, issuer or inviter. The rebate says so; which ban and why
+    (``because``) is in the order's risk verdict (``orders.risk["refused"]``), which only the platform's
+    operators read in the trace: the buyer must not learn of another person's ban."""
     why = f"the {decision.role} is banned and earns nothing (would have been {decision.amount_fen} fen)"
     if because:
-        why = f"the {decision.role} earns nothing: {because} (would have been {decision.amount_fen} fen)"
+        why = f"the {decision.role} earns nothing under a ban (would have been {decision.amount_fen} fen)"
     return replace(decision, amount_fen=0, reason_code="beneficiary_banned", reasons=(*decision.reasons, why))
 
 

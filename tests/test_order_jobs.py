@@ -197,12 +197,16 @@ def test_scheduler_has_every_job(app):
     assert sorted(j.id for j in scheduler.get_jobs()) == [
         "check_unclaimed_red_packets",
         "close_expired_orders",
+        "collusion_job",
         "daily_reconciliation",
         "deliver_alerts",
         "dispatch_payouts",
         "expire_packets_and_conditions",
+        "lift_expired_bans_job",
+        "purge_behaviour_events_job",
         "query_stuck_refunds",
         "query_unnotified_payments",
+        "spike_job",
     ]
 
 

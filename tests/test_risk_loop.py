@@ -82,16 +82,16 @@ def test_the_ban_job_lifts_what_ended(client, make_operator, make_user):
     )
     assert made.status_code == 201, made.get_json()
     assert db.session.get(User, amy.id).status == "banned"
-    assert lift_expired_bans_job() == 0
+    assert lift_expired_bans_job()["lifted"] == 0
     # when: its day is over
     ban = db.session.get(Ban, made.get_json()["id"])
     ban.ends_at = utcnow() - timedelta(seconds=1)
     db.session.commit()
     # then
-    assert lift_expired_bans_job() == 1
+    assert lift_expired_bans_job()["lifted"] == 1
     db.session.expire_all()
     assert db.session.get(User, amy.id).status == "active"
-    assert lift_expired_bans_job() == 0
+    assert lift_expired_bans_job()["lifted"] == 0
 
 
 def test_the_purge_job_deletes_only_events_past_the_retention(app, make_user):
@@ -101,6 +101,6 @@ def test_the_purge_job_deletes_only_events_past_the_retention(app, make_user):
     for days in (keep + 2, keep + 1, keep - 1, 0):
         db.session.add(BehaviourEvent(user_id=amy.id, kind=1, product_id=1, at=now - timedelta(days=days)))
     db.session.commit()
-    assert purge_behaviour_events_job() == 2
+    assert purge_behaviour_events_job()["purged"] == 2
     left = db.session.execute(select(BehaviourEvent.at).order_by(BehaviourEvent.at)).scalars().all()
     assert [round((now - at).total_seconds() / 86_400) for at in left] == [keep - 1, 0]

@@ -245,7 +245,9 @@ def test_a_banned_or_suspended_merchant_issuer_earns_nothing_and_the_trace_says_
         pay(order)
         got = rebates_of(order)
         assert (got["issuer"].amount_fen, got["issuer"].reason_code) == (0, "beneficiary_banned")
-        said = " ".join(got["issuer"].reasons)
+        assert "earns nothing" in " ".join(got["issuer"].reasons)
+        # which ban or status refused it is for the platform's trace (the order's risk verdict), not the rebate
+        said = " ".join(r["words"] for r in db.session.get(Order, order.id).risk["refused"])
         assert (f"merchant {merchant.id} is banned" if how == "ban" else f"merchant {merchant.id} is suspended") in said
         assert got["consumer"].amount_fen == 9_00
         assert budget(campaign) == 10_00 + 9_00
@@ -258,7 +260,9 @@ def test_the_consumer_of_an_order_from_a_banned_device_earns_nothing(shop, pay):
     pay(order)
     got = rebates_of(order)
     assert (got["consumer"].amount_fen, got["consumer"].reason_code) == (0, "beneficiary_banned")
-    assert any("device dev-banned is banned" in why and "click farm" in why for why in got["consumer"].reasons)
+    assert any("earns nothing under a ban" in why for why in got["consumer"].reasons)
+    refused = db.session.get(Order, order.id).risk["refused"]
+    assert any("device dev-banned is banned" in r["words"] and "click farm" in r["words"] for r in refused)
     assert (got["issuer"].amount_fen, got["inviter"].amount_fen) == (9_00, 2_70)
     assert db.session.execute(select(func.count(Payout.id)).where(Payout.order_id == order.id)).scalar_one() == 0
 

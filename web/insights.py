@@ -44,7 +44,8 @@ class Simulation(Model):
 @endpoint(bp, "/trace/orders/<int:order_id>", auth="operator", roles=TRACERS, tags=("trace",))
 def trace_an_order(order_id: int):
     """Which campaigns and rules were evaluated for an order, what each decided and why."""
-    return trace_order(visible_order(g.operator, order_id), PLAIN_REASONS)
+    platform = merchant_scope(g.operator) is None  # a merchant's staff see that risk held an order, never why
+    return trace_order(visible_order(g.operator, order_id), PLAIN_REASONS, risk_details=platform)
 
 
 @endpoint(bp, "/trace/packets/<int:packet_id>", auth="operator", roles=TRACERS, tags=("trace",))
@@ -54,7 +55,7 @@ def trace_a_packet(packet_id: int):
     scope = merchant_scope(g.operator)
     if packet is None or (scope is not None and not merchant_sees_packet(packet, scope)):
         raise NotFound(f"red packet {packet_id} not found")
-    return trace_packet(packet, PLAIN_REASONS, utcnow())
+    return trace_packet(packet, PLAIN_REASONS, utcnow(), risk_details=scope is None)
 
 
 @endpoint(bp, "/trace/users/<int:user_id>", auth="operator", roles=TRACERS, query=TracePage, tags=("trace",))

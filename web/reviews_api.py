@@ -1,7 +1,9 @@
 """Review cases: the queue, one case with what it holds, and a reviewer's decision.
 
-``GET /admin/api/reviews`` and ``GET /admin/api/reviews/<id>``: platform roles see every case; merchant
-staff see their own merchant's cases, read-only (another merchant's answer 404).
+``GET /admin/api/reviews`` and ``GET /admin/api/reviews/<id>``: the platform's roles only. A case carries
+the evidence (the score, every feature, the rules, devices and addresses, other people's rebates, a
+community's members), and a merchant may be the suspect: merchant staff see in their trace that an order's
+rebates wait for a review, never why.
 ``POST /admin/api/reviews/<id>/decide`` {outcome, reason, ban_days?}: admin, support and finance (a
 reviewer may be any of them; above ``RISK_SECOND_APPROVAL_FEN`` held, two different ones must agree).
 What each outcome does to the money is ``rebate.reviews``.
@@ -11,15 +13,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from flask import Blueprint, current_app, g
+from flask import Blueprint, current_app
 from pydantic import Field
 from sqlalchemy import select
 
 from models import CaseOutcome, Order, Rebate, ReviewCase, RiskCommunity, db, utcnow
-from models.operators import merchant_scope
 from payouts import MoneySettings
 from rebate.reviews import Review, decide
-from web.admin import ANY_OPERATOR, PLATFORM, actor
+from web.admin import PLATFORM, actor
 from web.api import endpoint
 from web.errors import NotFound
 from web.schemas import Model, Reason
@@ -106,27 +107,23 @@ def _order_json(order: Order) -> dict:
 
 def _visible_case(case_id: int) -> ReviewCase:
     case = db.session.get(ReviewCase, case_id)
-    scope = merchant_scope(g.operator)
-    if case is None or (scope is not None and case.merchant_id != scope):
+    if case is None:
         raise NotFound(f"review case {case_id} not found")
     return case
 
 
-@endpoint(bp, "/reviews", auth="operator", roles=ANY_OPERATOR, query=ReviewQuery, tags=("reviews",))
+@endpoint(bp, "/reviews", auth="operator", roles=PLATFORM, query=ReviewQuery, tags=("reviews",))
 def list_reviews(query: ReviewQuery):
-    """The review queue, oldest first (merchant staff: their merchant's cases only)."""
+    """The review queue, oldest first."""
     stmt = select(ReviewCase).order_by(ReviewCase.opened_at, ReviewCase.id).limit(query.limit).offset(query.offset)
     if query.status is not None:
         stmt = stmt.where(ReviewCase.status == query.status)
     if query.kind is not None:
         stmt = stmt.where(ReviewCase.kind == query.kind)
-    scope = merchant_scope(g.operator)
-    if scope is not None:
-        stmt = stmt.where(ReviewCase.merchant_id == scope)
     return {"items": [case_json(c) for c in db.session.execute(stmt).scalars()]}
 
 
-@endpoint(bp, "/reviews/<int:case_id>", auth="operator", roles=ANY_OPERATOR, tags=("reviews",))
+@endpoint(bp, "/reviews/<int:case_id>", auth="operator", roles=PLATFORM, tags=("reviews",))
 def get_review(case_id: int):
     """One case: its order and the order's rebates (held ones in status ``review``), or its community's members."""
     case = _visible_case(case_id)

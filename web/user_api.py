@@ -107,9 +107,12 @@ def own_order(order_id: int) -> Order:
 
 @endpoint(bp, "/orders/<int:order_id>")
 def get_order(order_id: int):
-    """One of the caller's orders, with its rebates."""
+    """One of the caller's orders, with the caller's rebates on it (the consumer's, and any the caller earns):
+    what the issuer or an inviter earned, or why not, is theirs to see."""
     order = own_order(order_id)
-    rebates = db.session.execute(select(Rebate).where(Rebate.order_id == order.id).order_by(Rebate.id)).scalars()
+    viewer = current_user().id
+    mine = (Rebate.role == "consumer") | ((Rebate.beneficiary_type == "user") & (Rebate.beneficiary_id == viewer))
+    rebates = db.session.execute(select(Rebate).where(Rebate.order_id == order.id, mine).order_by(Rebate.id)).scalars()
     return {**order_json(order), "rebates": [rebate_json(r) for r in rebates]}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from insights.trace import for_outsiders
 from models import Order, OrderPacket, RedPacket, db
 from money import format_yuan
 
@@ -83,15 +84,16 @@ def explain(rebate, adjustments=()) -> str:
         text = f"{rebate.role.capitalize()} rebate of {format_yuan(rebate.original_fen)} yuan as {rebate.form}"
         if rebate.reason_code != "awarded":
             text += f" ({PLAIN_REASONS.get(rebate.reason_code, rebate.reason_code)})"
-        if rebate.status == "review":  # the person sees that it waits, never the score or the rules
-            text += " (under review)"
+        if rebate.status in ("review", "revoked"):  # that it waits or was revoked, never the score or the rules
+            text += f" ({PLAIN_REASONS[rebate.status]})"
         text += "."
     for adj in adjustments:
         text += f" {format_yuan(adj.amount_fen)} yuan clawed back: {adj.reason}."
     return text
 
 
-def rebate_json(r, order: Order | None = None, adjustments=(), viewer_id: int | None = None) -> dict:
+def rebate_json(r, order: Order | None = None, adjustments=(), viewer_id: int | None = None, *, person=True) -> dict:
+    """A rebate as the person (``person``: without reviewers' notes) or as the platform's operators see it."""
     body = {
         "id": r.id,
         "order_id": r.order_id,
@@ -103,7 +105,7 @@ def rebate_json(r, order: Order | None = None, adjustments=(), viewer_id: int | 
         "amount_fen": r.amount_fen,
         "points": r.points,
         "reason_code": r.reason_code,
-        "reasons": r.reasons,
+        "reasons": for_outsiders(r.reasons) if person else r.reasons,
         "explanation": explain(r, adjustments),
     }
     if order is not None:
