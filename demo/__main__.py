@@ -171,7 +171,10 @@ class Walkthrough:
         )
         order = self.order("Bob orders the feast", bob, feast)
         paid, waited = self.pay("Bob pays", bob, order)
-        [reward] = self.awarded(paid, "inviter", "Alice's referral reward")
+        # Alice reads her reward in her own rebates (Bob's order shows Bob only his own)
+        hers = self.api.call("read Alice's rebates", "GET", "/api/v1/me/rebates", token=alice)["items"]
+        on_order = {"id": order["id"], "rebates": [r for r in hers if r["order_id"] == order["id"]]}
+        [reward] = self.awarded(on_order, "inviter", "Alice's referral reward")
         say(
             f"4. Bob (code-bob-{self.run}) signed up with Alice's invite code {invite} and paid "
             f"{yuan(paid['paid_fen'])} yuan for a {yuan(paid['total_fen'])} order (callback after {waited:.1f} s); "
