@@ -96,3 +96,21 @@ def test_an_ended_campaign_cannot_change(client, running, make_operator):
         f"/admin/api/campaigns/{campaign.id}", headers=admin, json={"max_packets": 9, "reason": "too late"}
     )
     assert answer.status_code == 409
+
+
+def test_spike_auto_pause_is_switched_on_and_off_audited_and_null_or_a_string_changes_nothing(
+    client, running, make_operator
+):
+    merchant, campaign = running
+    _, staff = make_operator("merchant_staff", merchant=merchant)
+    path = f"/admin/api/campaigns/{campaign.id}"
+    on = client.patch(path, headers=staff, json={"spike_auto_pause": True, "reason": "pause on a claim spike"})
+    assert on.status_code == 200 and on.json["spike_auto_pause"] is True, on.json
+    for bad in ({"spike_auto_pause": "yes", "reason": "typo"}, {"spike_auto_pause": 1, "reason": "typo"}):
+        assert client.patch(path, headers=staff, json=bad).status_code == 422
+    kept = client.patch(path, headers=staff, json={"spike_auto_pause": None, "name": "renamed", "reason": "null"})
+    assert kept.status_code == 200 and kept.json["spike_auto_pause"] is True, kept.json
+    off = client.patch(path, headers=staff, json={"spike_auto_pause": False, "reason": "busy season"})
+    assert off.json["spike_auto_pause"] is False
+    changes = [r.details["changes"] for r in db.session.query(AuditLog).filter_by(action="campaign.change")]
+    assert {"from": False, "to": True} in [c.get("spike_auto_pause") for c in changes]

@@ -92,6 +92,7 @@ class CreateCampaign(Model):
     max_packets: Annotated[StrictInt, Field(ge=1, le=100_000_000)] | None = None
     max_packets_per_order: Annotated[StrictInt, Field(ge=1, le=5)] = 1
     claim_limits: ClaimLimitsIn = {}
+    spike_auto_pause: StrictBool = False  # a spike alert on this campaign also pauses it (risk: spike_job)
     trigger: TriggerIn = {}
     rules: RulesIn
     reason: Reason | None = None
@@ -135,6 +136,7 @@ def campaign_json(c: Campaign) -> dict:
         "packet_min_spend_fen": c.packet_min_spend_fen,
         "packet_categories": c.packet_categories,
         "trigger": c.trigger,
+        "spike_auto_pause": c.spike_auto_pause,
         "starts_at": _iso(c.starts_at),
         "ends_at": _iso(c.ends_at),
     }
@@ -286,6 +288,7 @@ class CampaignChanges(Model):
     )
     usage_windows: UsageWindows | None = None
     claim_limits: ClaimLimitsIn | None = None
+    spike_auto_pause: StrictBool | None = None  # null: unchanged
     reason: Reason
 
 
@@ -301,6 +304,8 @@ class CampaignChanges(Model):
 def change_campaign(campaign_id: int, body: CampaignChanges):
     """Change a campaign's budget, end, counts, audience or limits; every change is audited with its reason."""
     changes = body.model_dump(mode="json", exclude={"reason"}, exclude_unset=True)
+    if changes.get("spike_auto_pause", False) is None:
+        del changes["spike_auto_pause"]
     if "ends_at" in changes:
         changes["ends_at"] = body.ends_at
     return campaign_json(campaign_ops.change_campaign(actor(), campaign_id, changes, body.reason))
