@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime, utcnow
@@ -57,6 +57,13 @@ class Rebate(Base):
         ),
         CheckConstraint(
             "status in ('awarded', 'held', 'skipped', 'clawed_back', 'expired', 'review', 'revoked')", name="status"
+        ),
+        # What is still held (for milestones or a review), by campaign: a deposit's "left" subtracts it.
+        Index(
+            "ix_rebates_held_campaign",
+            "campaign_id",
+            postgresql_where=text("held_fen > 0"),
+            sqlite_where=text("held_fen > 0"),
         ),
     )
 

@@ -5,10 +5,10 @@ discount and rebate of its campaigns is paid from it. A campaign never commits
 more than the deposit holds: activation (and raising a running campaign's
 budget) needs money in it; each packet issued or claimed reserves its face
 value and largest rebate, and is refused (``deposit_exhausted``) unless the
-deposit covers every live reservation of every campaign the merchant funds
-together with this one; and each payment limits the awards its packets did
-not reserve to what the deposit holds beyond the other live reservations
-(reason "deposit exhausted"). All of it under a row lock on the deposit's
+deposit covers every live reservation and every rebate still held (for
+milestones or a risk review) of every campaign the merchant funds together
+with this one; and each payment limits the awards its packets did not
+reserve to what the deposit holds beyond those (reason "deposit exhausted"). All of it under a row lock on the deposit's
 account, so concurrent claims and payments cannot both spend the last of it.
 When it runs dry (or refuses a packet) the campaign is paused and an operator
 alerted.
@@ -16,10 +16,10 @@ alerted.
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, update
 
 from ledger import Leg, account, balance, post_entry
-from models import AccountKind, Campaign, CampaignStatus, FunderType, LedgerAccount, alert_once, db
+from models import AccountKind, Campaign, CampaignStatus, FunderType, LedgerAccount, Rebate, alert_once, db
 from rebate.errors import DepositExhausted, Invalid
 
 
@@ -60,13 +60,19 @@ def held_in_deposit(campaign: Campaign) -> int | None:
 
 
 def reserved_against(merchant_id: int) -> int:
-    """What the live packets of every campaign this merchant funds have reserved against its deposit."""
-    total = db.session.execute(
-        select(func.coalesce(func.sum(Campaign.budget_reserved_fen), 0)).where(
-            Campaign.funder_type == FunderType.MERCHANT_DEPOSIT, Campaign.funder_merchant_id == merchant_id
-        )
-    ).scalar_one()
-    return int(total)
+    """What every campaign this merchant funds has promised from its deposit and not yet paid: its live
+    packets' reservations, and its rebates still held (for milestones, or for a risk review: committed to
+    the budget, paid from the deposit when released). One statement; the held rebates are read through
+    the partial index ``ix_rebates_held_campaign``."""
+    funded = and_(Campaign.funder_type == FunderType.MERCHANT_DEPOSIT, Campaign.funder_merchant_id == merchant_id)
+    reserved = select(func.coalesce(func.sum(Campaign.budget_reserved_fen), 0)).where(funded).scalar_subquery()
+    held = (
+        select(func.coalesce(func.sum(Rebate.held_fen), 0))
+        .join(Campaign, Campaign.id == Rebate.campaign_id)
+        .where(funded, Rebate.held_fen > 0)
+        .scalar_subquery()
+    )
+    return int(db.session.execute(select(reserved + held)).scalar_one())
 
 
 def cover_reservation(campaign: Campaign, reserved_fen: int) -> None:
@@ -84,7 +90,7 @@ def cover_reservation(campaign: Campaign, reserved_fen: int) -> None:
     if reserved > held:
         raise DepositExhausted(
             f"merchant {campaign.funder_merchant_id}'s marketing deposit holds {held} fen; its live packets "
-            f"with this one would reserve {reserved} fen",
+            f"with this one and its held rebates would take {reserved} fen",
             campaign_id=campaign.id,
         )
 
@@ -98,9 +104,9 @@ def pause_refused(campaign_id: int) -> None:
 class DepositsLeft:
     """What each funding deposit still holds while one payment spends from it (read once, then counted down).
 
-    What the deposit holds beyond the live reservations of packets *not* spent on this order: those stay
-    covered. The spent packets' own reservations (what is left of them after their discounts) are free
-    for this order's awards.
+    What the deposit holds beyond the live reservations of packets *not* spent on this order and the
+    rebates still held (for milestones or a review): those stay covered. The spent packets' own
+    reservations (what is left of them after their discounts) are free for this order's awards.
     """
 
     def __init__(self, spent_reserved: dict[int, int] | None = None):

@@ -4,7 +4,9 @@ A held award is committed to the budget at payment. Reporting milestones
 releases it — whole when all are met, or an equal part per milestone — scaled
 by feedback quality when the rule says so (what quality withholds goes back
 to the budget). Past its deadline the rest expires and returns to the budget;
-a refund cancels the held part first (``refunds.py``).
+a refund cancels the held part first (``refunds.py``). A rebate held for a risk review
+is skipped here; milestones reported meanwhile are applied when a reviewer releases it
+(``release_from_review``).
 """
 
 from __future__ import annotations
@@ -71,6 +73,32 @@ def report_milestone(
         if name in condition.milestones and _release(rebate, campaign, order, condition, met, name, money):
             released.append(rebate)
     return released
+
+
+def release_from_review(rebate: Rebate, campaign: Campaign, order: Order, now: datetime, money: MoneySettings) -> int:
+    """A conditional rebate a reviewer released: it waits for its milestones again (``held``) and what the
+    milestones reported meanwhile unlock is released now, as if the review had come first: each milestone
+    reported before the deadline in the order it was reported (its part, scaled by the feedback quality
+    reported by then); past the deadline the rest expires. Returns the fen paid now."""
+    rebate.status = RebateStatus.HELD
+    before = rebate.amount_fen
+    condition = _condition(rebate, campaign)
+    reported = db.session.execute(
+        select(OrderMilestone)
+        .where(OrderMilestone.order_id == order.id)
+        .order_by(OrderMilestone.reported_at, OrderMilestone.id)
+    ).scalars()
+    met: dict[str, OrderMilestone] = {}
+    for milestone in reported:
+        if milestone.reported_at >= rebate.condition_deadline:
+            break  # reported past the deadline: it would have found the rebate expired
+        met[milestone.name] = milestone
+        if rebate.held_fen and milestone.name in condition.milestones:
+            _release(rebate, campaign, order, condition, met, milestone.name, money)
+    if rebate.held_fen and now >= rebate.condition_deadline:
+        expire_rebate(rebate, campaign)
+    db.session.flush()
+    return rebate.amount_fen - before
 
 
 def _release(rebate, campaign, order, condition: Condition, met: dict, name: str, money: MoneySettings) -> bool:

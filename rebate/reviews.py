@@ -4,8 +4,11 @@ An order case holds every rebate of a paid order in status ``review`` (``held_fe
 committed, nothing paid or queued). Its outcomes:
 
 * ``release`` (label ``legit``): each held rebate is awarded and paid (``awards.pay_rebate``, ledger key
-  ``rebate:<id>:review_release``); one waiting for milestones goes back to ``held``; one whose beneficiary
-  has been banned meanwhile is revoked instead (a banned person earns nothing).
+  ``rebate:<id>:review_release``); one waiting for milestones goes back to ``held`` and what the milestones
+  reported meanwhile unlock is released (``milestones.release_from_review``: as if reviewed first; past its
+  deadline the rest expires); one whose beneficiary the payment would refuse now (a banned or suspended
+  person or merchant, the buyer of an order whose device or network is banned) is revoked instead, with
+  the ban's words, its amount back to the budget.
 * ``revoke`` (``fraud``): each held rebate is ``revoked`` and its amount returns to the budget; the buyer's
   unused packets are revoked (their reservations return, ``packets.release_packet``).
 * ``claw_back`` (``fraud``): money already paid on the order is taken back as a refund takes it back
@@ -15,15 +18,18 @@ committed, nothing paid or queued). Its outcomes:
   device (none recorded: 422) or the merchant (``ban_ops.create_ban``, linked to the case).
 
 A community case (the collusion job's) concerns its members: ``release`` dismisses it (``legit``, nothing
-moves); ``revoke`` revokes the held rebates of orders placed by its people (at its merchants, when it has
-any) and their unused packets; ``claw_back`` also takes back what was paid on those orders to its members;
+moves); ``revoke`` revokes the held rebates of orders its people paid in the window the collusion job read
+(``RISK_GRAPH_DAYS`` before the community was found; at its merchants, when it has any) and their unused
+packets; ``claw_back`` also takes back what was paid on those orders to its members;
 ``ban_*`` revokes and bans each member of that kind (none: 422).
 
 Decided once: the same outcome again answers the case as decided (nothing done twice); another outcome is
 409. Above ``second_approval_fen`` held, the first decision is a proposal (``awaiting_approval``, nothing
-moves) carried out when a different operator decides the same outcome. The case row is locked first, then
-the orders, the packets, the campaigns (id order) and their deposits, as payments, claims and refunds take
-them. Operations flush; the caller commits once.
+moves) carried out when a different operator decides the same outcome. A release or a clawback while a
+refund of one of its orders is pending is refused (409 ``refund_pending``, nothing changed). The case row
+is locked first, then the orders, the packets, a merchant to ban, the campaigns (id order: with a merchant
+ban, every campaign it will pause) and their deposits, as payments, claims, refunds and bans take them.
+Operations flush; the caller commits once.
 """
 
 from __future__ import annotations
@@ -35,13 +41,17 @@ from sqlalchemy import or_, select
 
 from models import (
     Campaign,
+    CampaignStatus,
     CaseOutcome,
     CaseStatus,
+    Merchant,
     Order,
     PacketStatus,
     Rebate,
     RebateStatus,
     RedPacket,
+    Refund,
+    RefundStatus,
     ReviewCase,
     RiskCommunity,
     User,
@@ -55,7 +65,9 @@ from rebate.ban_ops import create_ban
 from rebate.clawbacks import take_back
 from rebate.deposits import lock_deposits
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
+from rebate.milestones import release_from_review
 from rebate.packets import release_packet
+from risk.bans import active_bans, ban_words, subjects
 from risk.cases import lock_case, members_by_kind
 
 BAN_SUBJECT = {CaseOutcome.BAN_USER: "user", CaseOutcome.BAN_DEVICE: "device", CaseOutcome.BAN_MERCHANT: "merchant"}
@@ -81,9 +93,19 @@ def label_of(outcome: str) -> str:
 
 
 def decide(
-    actor: Actor, case_id: int, review: Review, now: datetime, *, money: MoneySettings, second_approval_fen: int
+    actor: Actor,
+    case_id: int,
+    review: Review,
+    now: datetime,
+    *,
+    money: MoneySettings,
+    second_approval_fen: int,
+    graph_days: int = 30,
 ) -> ReviewCase:
-    """Decide (or propose, or approve) ``review`` on case ``case_id``; the case as it now stands."""
+    """Decide (or propose, or approve) ``review`` on case ``case_id``; the case as it now stands.
+
+    ``graph_days``: ``RISK_GRAPH_DAYS``, the window the collusion job read before a community's ``found_at``
+    (a community outcome acts on its members' orders paid in that window only)."""
     _check(review)
     case = lock_case(case_id)
     if case is None:
@@ -96,7 +118,8 @@ def decide(
             f"{review.outcome!r}",
             code="case_decided",
         )
-    scope = _scope(case, review)
+    scope = _scope(case, review, graph_days)
+    _refuse_while_refunding(scope, review)
     if case.held_fen > second_approval_fen:
         if case.status == CaseStatus.OPEN:
             return _propose(actor, case, review, now, second_approval_fen)
@@ -156,8 +179,9 @@ class Scope:
     bans: list[str]  # the values banned (by a ban outcome)
 
 
-def _scope(case: ReviewCase, review: Review) -> Scope:
-    """What the outcome would act on, or ``Invalid`` when it does not apply to this case."""
+def _scope(case: ReviewCase, review: Review, graph_days: int) -> Scope:
+    """What the outcome would act on, or ``Invalid`` when it does not apply to this case. A community's
+    orders are its people's paid in the window the collusion job read (``graph_days`` before it was found)."""
     subject = BAN_SUBJECT.get(review.outcome)
     if case.kind == "order":
         order = db.session.get(Order, case.order_id)
@@ -173,10 +197,14 @@ def _scope(case: ReviewCase, review: Review) -> Scope:
         return Scope([], [], None, [])
     people = [int(u) for u in members["user"] if u.isdigit()]
     merchants = [int(m) for m in members["merchant"] if m.isdigit()]
-    stmt = select(Order.id).where(Order.user_id.in_(people)).order_by(Order.id)
-    if merchants:
-        stmt = stmt.where(Order.merchant_id.in_(merchants))
-    order_ids = list(db.session.execute(stmt).scalars()) if people else []
+    order_ids = []
+    if people:  # the orders the collusion job saw: paid in the graph's window before it found the community
+        found_at = community.found_at
+        window = (Order.paid_at >= found_at - timedelta(days=graph_days), Order.paid_at < found_at)
+        stmt = select(Order.id).where(Order.user_id.in_(people), *window).order_by(Order.id)
+        if merchants:
+            stmt = stmt.where(Order.merchant_id.in_(merchants))
+        order_ids = list(db.session.execute(stmt).scalars())
     beneficiaries = {("user", u) for u in people} | {("merchant", m) for m in merchants}
     return Scope(order_ids, people, beneficiaries, members[subject] if subject else [])
 
@@ -188,15 +216,21 @@ def _carry_out(
     effects = {"released_fen": 0, "revoked_fen": 0, "clawed_back_fen": 0, "recovered_fen": 0}
     effects |= {"rebates": [], "packets_revoked": [], "bans": []}
     orders = _lock_orders(scope.order_ids)
+    _refuse_while_refunding(scope, review)  # again, under the orders' locks (begin_refund takes them)
     rebates = _lock_rebates(scope.order_ids)
     release = review.outcome == CaseOutcome.RELEASE
     packets = [] if release else _lock_packets(scope.people)
-    campaigns = _lock_campaigns({r.campaign_id for r in rebates} | {p.campaign_id for p in packets})
+    subject = BAN_SUBJECT.get(review.outcome)
+    # A merchant ban pauses the merchant's campaigns: its row and theirs are locked here, with the rest, in
+    # one order (merchant, campaigns by id, deposits) — as a ban from the bans screen and payments take them.
+    paused = _lock_banned_merchants(scope.bans) if subject == "merchant" else set()
+    campaigns = _lock_campaigns({r.campaign_id for r in rebates} | {p.campaign_id for p in packets} | paused)
     why = f"review case {case.id} ({review.outcome}): {review.reason}"
+    refused = _refusals(rebates, orders, now) if release else {}
     for rebate in rebates:
         campaign, order = campaigns[rebate.campaign_id], orders[rebate.order_id]
         if release:
-            _release(rebate, campaign, order, why, money, effects)
+            _release(rebate, campaign, order, why, now, money, effects, refused)
             continue
         if review.outcome == CaseOutcome.CLAW_BACK and _clawed(rebate, scope):
             _claw_back(case, rebate, campaign, why, money, effects)
@@ -206,13 +240,72 @@ def _carry_out(
         if packet.status == PacketStatus.ISSUED:
             release_packet(packet, PacketStatus.REVOKED)
             effects["packets_revoked"].append(packet.id)
-    subject = BAN_SUBJECT.get(review.outcome)
     ends_at = now + timedelta(days=review.ban_days) if review.ban_days else None
     for value in scope.bans:
         ban = create_ban(actor, subject, value, why[:500], now, ends_at=ends_at, case_id=case.id)
         effects["bans"].append(ban.id)
     db.session.flush()
     return effects
+
+
+def _refuse_while_refunding(scope: Scope, review: Review) -> None:
+    """A release or a clawback waits for a pending refund of its orders to settle: the refund held the payouts
+    there were when it began, and settles on the rebates as they were (a release now would queue payouts
+    no one holds; a clawback would take back what the refund is about to)."""
+    if review.outcome not in (CaseOutcome.RELEASE, CaseOutcome.CLAW_BACK) or not scope.order_ids:
+        return
+    pending = db.session.execute(
+        select(Refund.order_id)
+        .where(Refund.order_id.in_(scope.order_ids), Refund.status == RefundStatus.PENDING)
+        .order_by(Refund.order_id)
+        .limit(1)
+    ).scalar_one_or_none()
+    if pending is not None:
+        raise StateConflict(f"a refund of order {pending} is pending: decide after it settles", code="refund_pending")
+
+
+def _lock_banned_merchants(values: list[str]) -> set[int]:
+    """Lock the rows of the merchants to be banned (id order); the ids of the active campaigns the ban will
+    pause (``ban_ops``: every one they issue, fund or take packets at)."""
+    ids = sorted({int(v) for v in values if v.isdigit()})
+    if not ids:
+        return set()
+    db.session.execute(select(Merchant.id).where(Merchant.id.in_(ids)).order_by(Merchant.id).with_for_update())
+    stmt = select(Campaign.id).where(
+        Campaign.status == CampaignStatus.ACTIVE,
+        or_(
+            Campaign.issuer_merchant_id.in_(ids),
+            Campaign.funder_merchant_id.in_(ids),
+            Campaign.packet_merchant_id.in_(ids),
+        ),
+    )
+    return set(db.session.execute(stmt).scalars())
+
+
+def _refusals(rebates: list[Rebate], orders: dict[int, Order], now: datetime) -> dict[tuple[int, str, int], str]:
+    """Who a release must not pay, with the words why, as the payment refuses them (``payments._refusals``):
+    a banned or suspended person or merchant, and the buyer of an order whose device or network is banned.
+    Keyed by (order id, beneficiary type, beneficiary id)."""
+    refused: dict[tuple[int, str, int], str] = {}
+    held = [r for r in rebates if r.status == RebateStatus.REVIEW and r.beneficiary_id is not None]
+    for order_id in sorted({r.order_id for r in held}):
+        order = orders[order_id]
+        mine = {(r.beneficiary_type, r.beneficiary_id) for r in held if r.order_id == order_id}
+        pairs = subjects(device=order.device, ip=order.ip)
+        for kind, who in sorted(mine):
+            pairs += subjects(user_id=who) if kind == "user" else subjects(merchant_id=who)
+        for ban in active_bans(pairs, now):
+            key = ("user", order.user_id) if ban.subject in ("device", "net") else (ban.subject, int(ban.value))
+            if key in mine:
+                refused.setdefault((order_id, *key), ban_words(ban))
+        for kind, who in sorted(mine):
+            if (order_id, kind, who) in refused:
+                continue
+            if kind == "merchant" and db.session.get(Merchant, who).status == "suspended":
+                refused[(order_id, kind, who)] = f"merchant {who} is suspended"
+            elif kind == "user" and not db.session.get(User, who).is_active:
+                refused[(order_id, kind, who)] = f"user {who} is banned"
+    return refused
 
 
 def _lock_orders(order_ids: list[int]) -> dict[int, Order]:
@@ -269,17 +362,27 @@ def _clawed(rebate: Rebate, scope: Scope) -> bool:
     return scope.beneficiaries is None or (rebate.beneficiary_type, rebate.beneficiary_id) in scope.beneficiaries
 
 
-def _release(rebate: Rebate, campaign: Campaign, order: Order, why: str, money: MoneySettings, effects: dict) -> None:
+def _release(
+    rebate: Rebate,
+    campaign: Campaign,
+    order: Order,
+    why: str,
+    now: datetime,
+    money: MoneySettings,
+    effects: dict,
+    refused: dict[tuple[int, str, int], str],
+) -> None:
     if rebate.status != RebateStatus.REVIEW:
         return
-    if rebate.beneficiary_type == "user" and not db.session.get(User, rebate.beneficiary_id).is_active:
-        _revoke(rebate, f"{why}; the {rebate.role} is banned and earns nothing", effects)
+    refusal = refused.get((rebate.order_id, rebate.beneficiary_type, rebate.beneficiary_id))
+    if refusal is not None:  # as the payment would have refused them: nothing earned, the budget back
+        _revoke(rebate, f"{why}; the {rebate.role} earns nothing: {refusal}", effects)
         return
     amount = rebate.held_fen
     effects["rebates"].append(rebate.id)
-    if rebate.condition_deadline is not None:  # still waits for its milestones, as it would have
-        rebate.status = RebateStatus.HELD
+    if rebate.condition_deadline is not None:  # waits for its milestones, as it would have; those met count
         rebate.reasons = [*rebate.reasons, f"{why}: released to wait for its milestones"]
+        effects["released_fen"] += release_from_review(rebate, campaign, order, now, money)
         return
     rebate.held_fen, rebate.amount_fen, rebate.status = 0, rebate.amount_fen + amount, RebateStatus.AWARDED
     rebate.reasons = [*rebate.reasons, f"{why}: released, {amount} fen paid"]

@@ -237,6 +237,15 @@ def upgrade():
         )
     with op.batch_alter_table("orders", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_orders_paid_at"), ["paid_at"], unique=False)
+    # Rebates still held, by campaign: a merchant deposit's "left" subtracts them (rebate.deposits).
+    with op.batch_alter_table("rebates", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_rebates_held_campaign",
+            ["campaign_id"],
+            unique=False,
+            postgresql_where=sa.text("held_fen > 0"),
+            sqlite_where=sa.text("held_fen > 0"),
+        )
 
     _status_check("rebates", "status in ('awarded', 'held', 'skipped', 'clawed_back', 'expired', 'review', 'revoked')")
     _status_check(
@@ -251,6 +260,8 @@ def downgrade():
         "status in ('pending', 'sending', 'unknown', 'waiting_user_confirm', 'succeeded', 'failed', 'cancelled', 'needs_operator')",
     )
     _status_check("rebates", "status in ('awarded', 'held', 'skipped', 'clawed_back', 'expired')")
+    with op.batch_alter_table("rebates", schema=None) as batch_op:
+        batch_op.drop_index("ix_rebates_held_campaign")
     with op.batch_alter_table("orders", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_orders_paid_at"))
     with op.batch_alter_table("risk_rule_sets", schema=None) as batch_op:
