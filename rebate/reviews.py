@@ -100,7 +100,7 @@ def decide(
     *,
     money: MoneySettings,
     second_approval_fen: int,
-    graph_days: int = 30,
+    graph_days: int,
 ) -> ReviewCase:
     """Decide (or propose, or approve) ``review`` on case ``case_id``; the case as it now stands.
 

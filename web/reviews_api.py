@@ -168,6 +168,7 @@ def decide_review(case_id: int, body: Decide):
         Review(body.outcome, body.reason, body.ban_days),
         utcnow(),
         money=MoneySettings.from_config(cfg),
-        second_approval_fen=int(cfg.get("RISK_SECOND_APPROVAL_FEN", 20000)),
+        second_approval_fen=cfg["RISK_SECOND_APPROVAL_FEN"],
+        graph_days=cfg["RISK_GRAPH_DAYS"],
     )
     return case_json(case)
