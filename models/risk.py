@@ -88,7 +88,9 @@ class BrowsingSession(Base):
     dwell_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     gaps: Mapped[int] = mapped_column(default=0)  # inter-event gaps seen (events - 1)
     gap_sum_ms: Mapped[int] = mapped_column(BigInteger, default=0)
-    gap_sq_sum: Mapped[int] = mapped_column(BigInteger, default=0)  # sum of squared gaps, in seconds²
+    # The sum of the squared gaps in ms² (exact). A BIGINT holds it: each gap is at most the 30-minute session gap,
+    # so the sum is at most 1.8e6 ms × the session's length in ms: 9.2e18 is 160 years of unbroken browsing.
+    gap_sq_sum: Mapped[int] = mapped_column(BigInteger, default=0)
     events_total: Mapped[int] = mapped_column(BigInteger, default=0)  # every session's, lifetime
 
 
@@ -126,8 +128,9 @@ class RiskProfile(Base):
     night_orders: Mapped[int] = mapped_column(default=0)  # paid 00:00-06:00 Beijing time
     first_order_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_order_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    burst_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the current 10-minute window
-    burst_count: Mapped[int] = mapped_column(default=0)
+    # The paid times of the last 8 orders, newest noted first: comma-separated epoch milliseconds, 13 digits each
+    # (fixed width, so the upsert keeps the last 8 with substr). orders_in_10_min counts those in the window.
+    recent_paid_at: Mapped[str | None] = mapped_column(String(111))
 
 
 class RiskPair(Base):

@@ -1,11 +1,16 @@
 """The per-person and per-triangle aggregates scoring reads, kept as things happen (one statement each).
 
 ``note_paid_order``: the payment's upsert of the buyer's ``RiskProfile`` (paid, packet, rebated and night
-orders, first and last order, the 10-minute burst window). ``note_pair``: the payment's upsert of the
-``RiskPair`` (issuer, buyer, merchant) when a packet with an issuer was spent. ``note_refunded_after_rebate``:
-a refund of an order that earned rebates, once per order. Every write is an increment computed by the
-database on the locked row, so concurrent payments of one person never lose a count; both are taken after
-the payment's campaign rows (and a refund's), so the lock order is the same on every path.
+orders, first and last order, and the paid times of the last ``RECENT_ORDERS`` orders, which the scoring
+read counts for ``orders_in_10_min``: a sliding window, without reading the person's history).
+``note_pair``: the payment's upsert of the ``RiskPair`` (issuer, buyer, merchant) when a packet with an
+issuer was spent. ``note_refunded_after_rebate``: a refund of an order that earned rebates, once per order.
+
+Every write is computed by the database on the locked row (counts incremented, the paid time prepended
+to the list), so concurrent payments of one person never lose a count or a paid time; both are taken
+after the payment's campaign rows (and a refund's), so the lock order is the same on every path. What a
+payment scores is what its read saw before these writes: two payments of one person at the same instant
+may both miss each other in ``orders_in_10_min``, as in every other count of the profile.
 """
 
 from __future__ import annotations
@@ -18,17 +23,16 @@ from sqlalchemy import BigInteger, Integer, String, bindparam, text
 from models import db
 from models.base import UTCDateTime
 from models.sql import WRITES
-from risk.scoring import BURST_WINDOW
+from risk.scoring import RECENT_CHARS, paid_key
 
 
 @cache
 def _profile_upsert():
-    # The window: an order within BURST_WINDOW of the window's start joins it, else one starts at this order.
-    in_window = "risk_profiles.burst_started_at IS NOT NULL AND risk_profiles.burst_started_at > :window_start"
+    # The paid times: this one prepended (fixed-width entries), cut to the last RECENT_ORDERS (RECENT_CHARS).
     sql = f"""
         INSERT INTO risk_profiles (user_id, paid_orders, packet_orders, rebated_orders, refunded_after_rebate,
-            night_orders, first_order_at, last_order_at, burst_started_at, burst_count)
-        VALUES (:uid, 1, :packet, :rebated, 0, :night, :at, :at, :at, 1)
+            night_orders, first_order_at, last_order_at, recent_paid_at)
+        VALUES (:uid, 1, :packet, :rebated, 0, :night, :at, :at, :paid)
         ON CONFLICT (user_id) DO UPDATE SET
             paid_orders = risk_profiles.paid_orders + 1,
             packet_orders = risk_profiles.packet_orders + excluded.packet_orders,
@@ -40,9 +44,9 @@ def _profile_upsert():
             last_order_at = CASE WHEN risk_profiles.last_order_at IS NULL
                 OR risk_profiles.last_order_at < excluded.last_order_at
                 THEN excluded.last_order_at ELSE risk_profiles.last_order_at END,
-            burst_count = CASE WHEN {in_window} THEN risk_profiles.burst_count + 1 ELSE 1 END,
-            burst_started_at = CASE WHEN {in_window}
-                THEN risk_profiles.burst_started_at ELSE excluded.burst_started_at END
+            recent_paid_at = CASE WHEN risk_profiles.recent_paid_at IS NULL OR risk_profiles.recent_paid_at = ''
+                THEN excluded.recent_paid_at
+                ELSE substr(excluded.recent_paid_at || ',' || risk_profiles.recent_paid_at, 1, {RECENT_CHARS}) END
     """  # noqa: S608 (no input in the text)
     return (
         text(sql)
@@ -52,7 +56,7 @@ def _profile_upsert():
             bindparam("rebated", type_=Integer),
             bindparam("night", type_=Integer),
             bindparam("at", type_=UTCDateTime),
-            bindparam("window_start", type_=UTCDateTime),
+            bindparam("paid", type_=String),
         )
         .execution_options(**WRITES)
     )
@@ -66,7 +70,7 @@ def note_paid_order(user_id: int, at: datetime, *, packet: bool, rebated: bool, 
         "rebated": int(rebated),
         "night": int(night),
         "at": at,
-        "window_start": at - BURST_WINDOW,
+        "paid": paid_key(at),
     }
     db.session.execute(_profile_upsert(), params)
 

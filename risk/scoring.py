@@ -5,8 +5,13 @@ What it reads is bounded whatever a person's history: the buyer's browsing sessi
 one row), their profile (``risk_profiles``, one row), the user row, the triangle pair and its reverse
 (``risk_pairs``, by primary key), and counts of accounts on the order's device and network (capped at
 ``COUNT_CAP`` rows of ``risk_identifiers``). The spent packet is the payment's own row (already loaded). The
-same statement answers two questions the payment asks anyway: is any of ``ban_values`` banned now (a
-pre-filter: ``risk.bans.active_bans`` is asked only when it says yes) and the packet issuer merchant's status.
+same statement answers two questions the payment asks anyway: is any of the (subject, value) ``bans`` banned
+now (a pre-filter: ``risk.bans.active_bans`` is asked only when it says yes; it looks each subject's values up
+along the (subject, value) index, never scanning the bans) and the packet issuer merchant's status.
+
+``orders_in_10_min`` is a sliding window: the profile keeps the paid times of the buyer's last
+``RECENT_ORDERS`` orders (``risk.profiles``), and the read counts those in the 10 minutes up to this payment
+(so it counts up to ``RECENT_ORDERS`` + 1).
 
 The score is the sum of the points each feature earns in ``WEIGHTS`` (one table, a comment on each), capped at
 100; each contribution says in words what was seen ("paid 9 s after first view", "4 accounts on this device").
@@ -17,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 
 from sqlalchemy import BigInteger, Integer, String, and_, bindparam, exists, func, or_, select
@@ -25,11 +30,14 @@ from sqlalchemy.orm import aliased
 
 from models import Ban, BrowsingSession, Merchant, RiskIdentifier, RiskPair, RiskProfile, User, db
 from models.base import UTCDateTime, beijing
-from models.risk import EventKind
+from models.risk import BanSubject, EventKind
 from risk.catalogue import FEATURES
 
 SESSION_GAP = timedelta(minutes=30)  # a session whose last event is older than this is "no browsing"
-BURST_WINDOW = timedelta(minutes=10)  # orders_in_10_min: the profile's window (risk.profiles keeps it)
+BURST_WINDOW = timedelta(minutes=10)  # orders_in_10_min's window, up to the payment
+RECENT_ORDERS = 8  # the profile keeps the paid times of this many last orders (risk.profiles)
+PAID_DIGITS = 13  # one paid time: epoch milliseconds, zero-padded (fixed width: 13 digits until the year 2286)
+RECENT_CHARS = RECENT_ORDERS * (PAID_DIGITS + 1) - 1  # the comma-separated list's length
 COUNT_CAP = 50  # accounts on a device / network are counted up to this (a bounded read)
 NIGHT_HOURS = range(0, 6)  # Beijing time
 
@@ -55,7 +63,9 @@ class OrderFacts:
     device: str | None = None
     net: str | None = None  # risk.net.net_of(order.ip)
     packet: PacketFacts | None = None
-    ban_values: Sequence[str] = ()  # values of the subjects the payment will ask about (pre-filter)
+    bans: Sequence[tuple[str, str]] = ()  # (subject, value) pairs the payment will ask about (pre-filter)
+    # Values whose subject is not said (the older form of ``bans``): each is looked up under every subject.
+    ban_values: Sequence[str] = ()
     ban_at: datetime | None = None  # when bans must be active (default: paid_at)
 
 
@@ -337,7 +347,7 @@ def _statement():
     issuer_user = bindparam("issuer_user", type_=BigInteger)
     issuer_merchant = bindparam("issuer_merchant", type_=Integer)
     now = bindparam("now", type_=UTCDateTime)
-    ban_values = bindparam("ban_values", expanding=True, type_=String)
+    ban_values = {subject: bindparam(f"ban_{subject}", expanding=True, type_=String) for subject in BanSubject}
     ri, other = RiskIdentifier, aliased(RiskIdentifier)
 
     def accounts_on(kind, value):
@@ -374,8 +384,10 @@ def _statement():
         .scalar_subquery()
     )
     cycle = exists().where(RiskPair.issuer_type == "user", RiskPair.issuer_id == uid, RiskPair.user_id == issuer_user)
-    banned = exists().where(
-        Ban.value.in_(ban_values), Ban.lifted_at.is_(None), or_(Ban.ends_at.is_(None), Ban.ends_at > now)
+    banned = exists().where(  # by (subject, value): the ix_risk_bans_subject_value index serves each subject
+        or_(*(and_(Ban.subject == str(subject), Ban.value.in_(values)) for subject, values in ban_values.items())),
+        Ban.lifted_at.is_(None),
+        or_(Ban.ends_at.is_(None), Ban.ends_at > now),
     )
     merchant_status = select(Merchant.status).where(Merchant.id == issuer_merchant).scalar_subquery()
     bs, rp = BrowsingSession, RiskProfile
@@ -385,7 +397,7 @@ def _statement():
             *(bs.last_at, bs.first_view_at, bs.last_cart_at, bs.entry_kind, bs.views, bs.searches, bs.compares),
             *(bs.cart_adds, bs.gaps, bs.gap_sum_ms, bs.gap_sq_sum),
             *(rp.paid_orders, rp.packet_orders, rp.rebated_orders, rp.refunded_after_rebate),
-            *(rp.burst_started_at, rp.burst_count),
+            rp.recent_paid_at,
             accounts_on("device", device).label("accounts_on_device"),
             accounts_on("net", net).label("accounts_on_net"),
             shares_with_issuer("device", device).label("shares_device"),
@@ -416,9 +428,35 @@ def _read(facts: OrderFacts):
         "issuer_user": issuer.issuer_id if issuer and issuer.issuer_type == "user" else None,
         "issuer_merchant": issuer.issuer_id if issuer and issuer.issuer_type == "merchant" else None,
         "now": facts.ban_at or facts.paid_at,
-        "ban_values": list(dict.fromkeys(facts.ban_values)),
     }
+    wanted: dict[str, dict[str, None]] = {subject: {} for subject in BanSubject}
+    for subject, value in facts.bans:
+        wanted[subject][value] = None
+    for value in facts.ban_values:
+        for values in wanted.values():
+            values[value] = None
+    params.update({f"ban_{subject}": list(values) for subject, values in wanted.items()})
     return db.session.execute(_statement(), params).one()
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _epoch_ms(at: datetime) -> int:
+    return (at - EPOCH) // timedelta(milliseconds=1)
+
+
+def paid_key(at: datetime) -> str:
+    """A paid time as the profile's list keeps it: epoch milliseconds, ``PAID_DIGITS`` digits."""
+    return f"{_epoch_ms(at):0{PAID_DIGITS}d}"
+
+
+def orders_in_window(recent_paid_at: str | None, at: datetime) -> int:
+    """This order and the listed ones paid in the ``BURST_WINDOW`` up to it (``at - 10 min < paid <= at``)."""
+    end = _epoch_ms(at)
+    start = end - BURST_WINDOW // timedelta(milliseconds=1)
+    paid = [int(key) for key in (recent_paid_at or "").split(",") if key]
+    return 1 + sum(1 for ms in paid if start < ms <= end)
 
 
 def _seconds(later: datetime, earlier: datetime | None) -> int | None:
@@ -426,12 +464,14 @@ def _seconds(later: datetime, earlier: datetime | None) -> int | None:
 
 
 def _uniformity(gaps: int, gap_sum_ms: int, gap_sq_sum: int) -> float | None:
-    """1 - the coefficient of variation of the gaps between events (1: identical gaps); needs 3 gaps."""
+    """1 - the coefficient of variation of the gaps between events (1: identical gaps); needs 3 gaps.
+
+    From the session's exact integer sums (ms, ms²): cv = sqrt(n·Σg² - (Σg)²) / Σg, the square root of an
+    integer the only inexact step."""
     if gaps < 3 or gap_sum_ms <= 0:
         return None
-    mean = gap_sum_ms / gaps / 1000  # seconds
-    variance = max(0.0, gap_sq_sum / gaps - mean * mean)
-    return round(max(0.0, 1 - math.sqrt(variance) / mean), 3)
+    spread = max(0, gaps * gap_sq_sum - gap_sum_ms * gap_sum_ms)
+    return round(max(0.0, 1 - math.sqrt(spread) / gap_sum_ms), 3)
 
 
 def features(facts: OrderFacts, row) -> dict:
@@ -441,7 +481,6 @@ def features(facts: OrderFacts, row) -> dict:
     issuer = packet is not None and packet.issuer_type in ("user", "merchant")
     paid_before = row.paid_orders or 0
     rebated = row.rebated_orders or 0
-    in_burst = row.burst_started_at is not None and row.burst_started_at > at - BURST_WINDOW
     values = {
         "seconds_from_first_view": _seconds(at, row.first_view_at) if browsing else None,
         "views_before_pay": row.views if browsing else 0,
@@ -465,7 +504,7 @@ def features(facts: OrderFacts, row) -> dict:
         "packet_order_share": round((row.packet_orders or 0) / paid_before, 3) if paid_before else None,
         "refund_after_rebate_rate": round((row.refunded_after_rebate or 0) / rebated, 3) if rebated else None,
         "night_order": beijing(at).hour in NIGHT_HOURS,
-        "orders_in_10_min": (row.burst_count + 1) if in_burst else 1,
+        "orders_in_10_min": orders_in_window(row.recent_paid_at, at),
         "rebate_cycle": bool(row.cycle) if issuer and packet.issuer_type == "user" else None,
     }
     return values

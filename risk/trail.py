@@ -2,13 +2,23 @@
 
 ``record`` takes one batch (already checked by the shell: kinds, sizes, products): it takes the batch's
 share of the per-person and per-device event rate (``take_event_rate``, one upsert on ``limit_counters``),
-inserts every event in ONE multi-row ``INSERT`` and folds the batch into ``browsing_sessions`` with one
-read (the row locked) and one write. Every event of a batch is stamped with the server's time; the
-client's clock only orders them. A refused batch raises ``EventsLimited`` (429) and the caller rolls back:
-nothing of it is stored.
+folds the batch into ``browsing_sessions`` with one read (the row locked) and one write, and inserts every
+event in ONE multi-row ``INSERT``. A refused batch raises ``EventsLimited`` (429) and the caller rolls
+back: nothing of it is stored.
+
+Times: the server is the clock, but a batch is not one moment. The mini-program buffers events and may
+send ten minutes of browsing at checkout, so each event is placed by its ``client_at`` offset from the
+batch's latest ``client_at``, anchored at the server's receive time: ``at = now - (latest_client_at -
+client_at)`` (``place``). The client's clock never moves the anchor, it only spreads a batch backwards
+within a bounded window: no event is later than ``now`` nor earlier than ``now - BATCH_SPREAD`` (older
+offsets are clamped to that bound), and none is earlier than the session's last event (times never go
+backwards). An event without ``client_at`` takes the time of the event before it in the batch (the first:
+``now``). These times are what ``behaviour_events.at`` stores and what the session folds, so the gaps
+between events (their uniformity) and "paid N s after first view" see the time the person acted, not
+the time the batch arrived.
 
 Storage: a row is a small integer kind, the product, the dwell, up to 64 characters of search words or
-page path, the device and the server's time: about 93 bytes of heap and 140 with its three indexes on
+page path, the device and its placed time: about 93 bytes of heap and 140 with its three indexes on
 PostgreSQL (measured on 200,000 rows). Rows older than the retention (``purge_events``) are deleted in
 batches along the ``at`` index. Scoring never reads this
 table: it reads the session, which is kept as the events arrive.
@@ -17,6 +27,7 @@ table: it reads the session, which is kept as the events arrive.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +41,7 @@ from models.risk import BehaviourEvent, BrowsingSession, EventKind
 from models.sql import WRITES, insert_ignoring
 
 SESSION_GAP = timedelta(minutes=30)  # a longer pause starts another browsing session
+BATCH_SPREAD = timedelta(minutes=30)  # how far back of the receive time a batch's client offsets may place events
 DETAIL_CHARS = 64  # search words and page paths are kept this long
 MAX_BATCH = 100
 KINDS = {kind.name.lower(): kind for kind in EventKind}  # "view" → EventKind.VIEW, as the API names them
@@ -66,13 +78,24 @@ class EventsLimited(Exception):
         self.code = code
 
 
-def order_by_client_time(events: Sequence[tuple[Event, datetime | None]]) -> list[Event]:
-    """The batch in the client's order: by ``client_at`` (stable); an event without one stays with the one before."""
-    keyed, last = [], None
+def place(
+    events: Sequence[tuple[Event, datetime | None]], now: datetime, not_before: datetime | None = None
+) -> list[tuple[Event, datetime]]:
+    """The batch's events with their times, in time order (the batch's order among equal times).
+
+    An event with ``client_at`` is at ``now - (latest client_at - client_at)``, clamped to ``[now -
+    BATCH_SPREAD, now]``; one without takes the time of the event before it in the batch (the first:
+    ``now``). No time is before ``not_before`` (the session's last event): the trail never goes back."""
+    stamped = [client_at for _, client_at in events if client_at is not None]
+    latest = max(stamped) if stamped else None
+    floor = now - BATCH_SPREAD
+    keyed, at, key = [], now, None
     for position, (event, client_at) in enumerate(events):
-        last = client_at if client_at is not None else last
-        keyed.append((last is not None, last.timestamp() if last is not None else 0.0, position, event))
-    return [event for *_, event in sorted(keyed, key=lambda k: (k[0], k[1], k[2]))]
+        if client_at is not None:
+            at, key = min(now, max(floor, now - (latest - client_at))), client_at.timestamp()
+        keyed.append((at, math.inf if key is None else key, position, event))
+    keyed.sort(key=lambda k: k[:3])
+    return [(event, at if not_before is None else max(at, not_before)) for at, _, _, event in keyed]
 
 
 def inactive_products(product_ids: set[int]) -> set[int]:
@@ -142,26 +165,34 @@ def _rate_upsert(rows: int) -> TextClause:
 # -- storing and folding ---------------------------------------------------------------------
 
 
-def record(user_id: int, device: str | None, events: Sequence[Event], now: datetime, *, per_minute: int = 0) -> int:
-    """Store a checked batch stamped ``now`` and fold it into the person's session; the number stored.
+def record(
+    user_id: int,
+    device: str | None,
+    events: Sequence[tuple[Event, datetime | None]],
+    now: datetime,
+    *,
+    per_minute: int = 0,
+) -> int:
+    """Store a checked batch of (event, client_at), placed in time before ``now`` (``place``), and fold it into
+    the person's session; the number stored.
 
     Flushes only. ``EventsLimited`` when the batch would pass ``per_minute`` for the person or the device."""
     if not events:
         return 0
     take_event_rate(user_id, device, len(events), per_minute, now)
-    _insert_events(user_id, device, events, now)
-    fold_session(user_id, [(event.kind, now, event.dwell_ms) for event in events])
+    placed = fold_session(user_id, events, now)
+    _insert_events(user_id, device, placed)
     return len(events)
 
 
 EVENT_COLUMNS = ("user_id", "device", "kind", "product_id", "dwell_ms", "detail", "at")
 
 
-def _insert_events(user_id: int, device: str | None, events: Sequence[Event], now: datetime) -> None:
+def _insert_events(user_id: int, device: str | None, events: Sequence[tuple[Event, datetime]]) -> None:
     params: dict[str, object] = {}
-    for i, event in enumerate(events):
+    for i, (event, at) in enumerate(events):
         detail = event.detail[:DETAIL_CHARS] if event.detail is not None else None
-        row = (user_id, device, int(event.kind), event.product_id, event.dwell_ms, detail, now)
+        row = (user_id, device, int(event.kind), event.product_id, event.dwell_ms, detail, at)
         params.update({f"{column}_{i}": value for column, value in zip(EVENT_COLUMNS, row, strict=True)})
     db.session.execute(_insert(len(events)), params)
 
@@ -201,7 +232,10 @@ def fold(state: dict | None, events: Sequence[tuple[int, datetime, int | None]])
 
     A gap over ``SESSION_GAP`` since the last event starts a new session (its counters, start, first view
     and entry kind); ``events_total`` counts every session's events. A gap is counted in milliseconds
-    (``gap_sum_ms``) and squared in whole seconds² rounded down (``gap_sq_sum``), for its variance."""
+    (``gap_sum_ms``) and its square in ms² (``gap_sq_sum``), exactly, for the gaps' variance. A BIGINT
+    holds it: every gap of a session is at most ``SESSION_GAP`` (1.8e6 ms), so the sum of squares is at
+    most 1.8e6 × the session's length in ms, and reaching 9.2e18 would take a session of 160 years without
+    a 30-minute pause (the event rate only makes the gaps shorter)."""
     s = dict(state) if state is not None else None
     for kind, at, dwell_ms in events:
         if s is None or at - s["last_at"] > SESSION_GAP:
@@ -211,7 +245,7 @@ def fold(state: dict | None, events: Sequence[tuple[int, datetime, int | None]])
             gap_ms = max(0, (at - s["last_at"]) // timedelta(milliseconds=1))
             s["gaps"] += 1
             s["gap_sum_ms"] += gap_ms
-            s["gap_sq_sum"] += gap_ms * gap_ms // 1_000_000
+            s["gap_sq_sum"] += gap_ms * gap_ms
         s[COUNTERS[EventKind(kind)]] += 1
         s["dwell_ms"] += dwell_ms or 0
         if kind == EventKind.VIEW and s["first_view_at"] is None:
@@ -226,22 +260,32 @@ def fold(state: dict | None, events: Sequence[tuple[int, datetime, int | None]])
 SESSION_COLUMNS = tuple(c.name for c in BrowsingSession.__table__.columns if c.name != "user_id")
 
 
-def fold_session(user_id: int, events: Sequence[tuple[int, datetime, int | None]]) -> None:
-    """Fold the batch into the person's session: one locking read and one write (a first session: an insert).
+def fold_session(
+    user_id: int, events: Sequence[tuple[Event, datetime | None]], now: datetime
+) -> list[tuple[Event, datetime]]:
+    """Place the batch (``place``, never before the session's last event) and fold it into the person's
+    session: one locking read and one write (a first session: an insert). The placed events, in time order.
 
     Two batches of one person at once: the second waits for the first's row lock (PostgreSQL) or for the
     database (SQLite's ``BEGIN IMMEDIATE``) and folds on top of it, so no count is lost. A first session
-    inserted by both at once: the loser finds the winner's row and folds into it."""
+    inserted by both at once: the loser finds the winner's row and places and folds on top of it."""
     row = _lock_session(user_id)
     if row is None:
-        new = fold(None, events)
+        placed = place(events, now)
+        new = fold(None, _folded(placed))
         if insert_ignoring(BrowsingSession.__table__, [{"user_id": user_id, **new}], ("user_id",), ("user_id",)):
-            return
+            return placed
         row = _lock_session(user_id)  # a concurrent first batch won the insert
-    state = fold({c: getattr(row, c) for c in SESSION_COLUMNS}, events)
+    placed = place(events, now, row.last_at)
+    state = fold({c: getattr(row, c) for c in SESSION_COLUMNS}, _folded(placed))
     for column, value in state.items():
         setattr(row, column, value)
     db.session.flush()
+    return placed
+
+
+def _folded(placed: Sequence[tuple[Event, datetime]]) -> list[tuple[int, datetime, int | None]]:
+    return [(event.kind, at, event.dwell_ms) for event, at in placed]
 
 
 # -- retention -----------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""The behaviour trail: POST /api/v1/events checks whole batches, rate-limits, stamps, stores and folds sessions."""
+"""The behaviour trail: POST /api/v1/events checks whole batches, rate-limits, places in time, stores and folds."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select
@@ -11,6 +11,7 @@ from models import db
 from models.limits import LimitCounter
 from models.risk import BehaviourEvent, BrowsingSession, EventKind
 from risk import trail
+from risk.scoring import OrderFacts, score_order
 from tests.concurrency import post_together, together
 
 EVENTS = "/api/v1/events"
@@ -38,29 +39,104 @@ def device_headers(client, headers: dict) -> dict:
     return {**headers, "X-Device-Token": token}
 
 
-def test_a_batch_is_stored_stamped_by_the_server_in_the_clients_order_and_folded(client, shop, monkeypatch):
+def test_a_batch_is_stored_placed_by_the_server_in_the_clients_order_and_folded(client, shop, monkeypatch):
     user, product, headers = shop
     monkeypatch.setattr("web.events_api.utcnow", lambda: T0)
     long_query = "红包" * 40  # 80 characters: kept, truncated to 64
-    batch = [
+    batch = [  # the client's clock is 5 s fast: only the offsets count, the latest event is at the receive time
         {"kind": "search", "query": long_query, "client_at": "2026-03-02T17:59:58+08:00"},
         {"kind": "view", "product_id": product.id, "dwell_ms": 4000, "client_at": "2026-03-02T09:59:50Z"},
-        {"kind": "page", "path": "/pages/cart", "dwell_ms": 1500},  # no client_at: stays after the view
-        {"kind": "cart_add", "product_id": product.id, "client_at": "2030-01-01T00:00:00Z"},  # the future: ignored
+        {"kind": "page", "path": "/pages/cart", "dwell_ms": 1500},  # no client_at: the view's time, after it
+        {"kind": "cart_add", "product_id": product.id, "client_at": "2026-03-02T10:00:05Z"},
     ]
     answer = client.post(EVENTS, json={"events": batch}, headers=headers)
     assert answer.status_code == 202, answer.json
     assert answer.json == {"accepted": 4}
     rows = db.session.execute(select(BehaviourEvent).order_by(BehaviourEvent.id)).scalars().all()
     assert [r.kind for r in rows] == [EventKind.VIEW, EventKind.PAGE, EventKind.SEARCH, EventKind.CART_ADD]
-    assert {r.at for r in rows} == {T0}  # the server's time, whatever the client said
+    seconds = [timedelta(seconds=s) for s in (15, 15, 7, 0)]
+    assert [r.at for r in rows] == [T0 - s for s in seconds]
     assert rows[2].detail == long_query[:64] and rows[1].detail == "/pages/cart"
     assert rows[0].product_id == product.id and rows[0].dwell_ms == 4000 and rows[0].user_id == user.id
     s = session_of(user)
     assert (s.views, s.searches, s.pages, s.cart_adds, s.compares, s.shares) == (1, 1, 1, 1, 0, 0)
-    assert s.entry_kind == EventKind.VIEW and s.started_at == T0 and s.first_view_at == T0
-    assert s.last_cart_at == T0 and s.dwell_ms == 5500 and s.events_total == 4
-    assert (s.gaps, s.gap_sum_ms, s.gap_sq_sum) == (3, 0, 0)  # one moment on the server's clock
+    start = T0 - timedelta(seconds=15)
+    assert s.entry_kind == EventKind.VIEW and s.started_at == start and s.first_view_at == start
+    assert s.last_cart_at == T0 and s.last_at == T0 and s.dwell_ms == 5500 and s.events_total == 4
+    assert (s.gaps, s.gap_sum_ms, s.gap_sq_sum) == (3, 15_000, 8000**2 + 7000**2)  # ms and ms²
+
+
+def at_client(minutes: float) -> str:
+    """A client time (Beijing offset, as the phone says it) ``minutes`` after an arbitrary moment of the phone."""
+    return (datetime(2026, 3, 2, 18, 0, tzinfo=timezone(timedelta(hours=8))) + timedelta(minutes=minutes)).isoformat()
+
+
+def test_a_buffered_batch_is_spread_back_by_its_client_offsets(client, shop, monkeypatch, make_merchant):
+    user, product, headers = shop
+    monkeypatch.setattr("web.events_api.utcnow", lambda: T0)
+    batch = [  # ten minutes of browsing, sent at checkout
+        {"kind": "view", "product_id": product.id, "client_at": at_client(0)},
+        {"kind": "search", "query": "tea", "client_at": at_client(3)},
+        {"kind": "compare", "product_id": product.id, "client_at": at_client(7)},
+        {"kind": "cart_add", "product_id": product.id, "client_at": at_client(10)},
+    ]
+    assert client.post(EVENTS, json={"events": batch}, headers=headers).status_code == 202
+    stored = db.session.execute(select(BehaviourEvent.at).order_by(BehaviourEvent.id)).scalars().all()
+    assert stored == [T0 - timedelta(minutes=m) for m in (10, 7, 3, 0)]
+    s = session_of(user)
+    assert s.first_view_at == T0 - timedelta(minutes=10) and s.started_at == T0 - timedelta(minutes=10)
+    assert s.last_cart_at == T0 and (s.gaps, s.gap_sum_ms) == (3, 600_000)
+    # paid 20 s later: ten minutes after the first view, not 20 s
+    scored = score_order(OrderFacts(user.id, make_merchant().id, 100_00, T0 + timedelta(seconds=20)))
+    assert scored.values["seconds_from_first_view"] == 620 and scored.values["cart_to_pay_seconds"] == 20
+
+
+def test_client_offsets_older_than_thirty_minutes_are_clamped(client, shop, monkeypatch):
+    user, product, headers = shop
+    monkeypatch.setattr("web.events_api.utcnow", lambda: T0)
+    batch = [
+        {"kind": "view", "product_id": product.id, "client_at": at_client(-24 * 60)},  # a day before: clamped
+        {"kind": "page", "path": "/a"},  # the view's time
+        {"kind": "search", "query": "tea", "client_at": at_client(-10)},
+        {"kind": "cart_add", "product_id": product.id, "client_at": at_client(0)},
+    ]
+    assert client.post(EVENTS, json={"events": batch}, headers=headers).status_code == 202
+    stored = db.session.execute(select(BehaviourEvent.at).order_by(BehaviourEvent.id)).scalars().all()
+    assert stored == [T0 - timedelta(minutes=30), T0 - timedelta(minutes=30), T0 - timedelta(minutes=10), T0]
+    s = session_of(user)
+    assert s.first_view_at == T0 - timedelta(minutes=30) and s.last_at == T0
+
+
+def test_a_client_clock_in_the_future_places_nothing_after_the_receive_time(client, shop, monkeypatch):
+    user, product, headers = shop
+    monkeypatch.setattr("web.events_api.utcnow", lambda: T0)
+    batch = [
+        {"kind": "page", "path": "/first"},  # nothing before it in the batch: the receive time
+        {"kind": "view", "product_id": product.id, "client_at": "2030-01-01T00:00:00Z"},  # the future: now
+        {"kind": "share", "product_id": product.id},
+    ]
+    assert client.post(EVENTS, json={"events": batch}, headers=headers).status_code == 202
+    assert set(db.session.execute(select(BehaviourEvent.at)).scalars()) == {T0}
+    s = session_of(user)
+    assert s.first_view_at == T0 and s.last_at == T0 and (s.gaps, s.gap_sum_ms) == (2, 0)
+
+
+def test_a_batch_is_never_placed_before_the_sessions_last_event(client, shop, monkeypatch):
+    user, product, headers = shop
+    clock = {"now": T0}
+    monkeypatch.setattr("web.events_api.utcnow", lambda: clock["now"])
+    assert client.post(EVENTS, json={"events": [{"kind": "page", "path": "/a"}]}, headers=headers).status_code == 202
+    clock["now"] = T0 + timedelta(minutes=2)
+    batch = [
+        {"kind": "view", "product_id": product.id, "client_at": at_client(-5)},  # before the last event: at it
+        {"kind": "search", "query": "tea", "client_at": at_client(-1)},
+        {"kind": "cart_add", "product_id": product.id, "client_at": at_client(0)},
+    ]
+    assert client.post(EVENTS, json={"events": batch}, headers=headers).status_code == 202
+    stored = db.session.execute(select(BehaviourEvent.at).order_by(BehaviourEvent.id)).scalars().all()
+    assert stored == [T0, T0, T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)]
+    s = session_of(user)
+    assert s.started_at == T0 and s.first_view_at == T0 and (s.gaps, s.gap_sum_ms) == (3, 120_000)
 
 
 def test_sessions_fold_across_batches_by_hand(client, shop, monkeypatch):
@@ -74,19 +150,19 @@ def test_sessions_fold_across_batches_by_hand(client, shop, monkeypatch):
 
     view = {"kind": "view", "product_id": product.id, "dwell_ms": 1000}
     send(T0, {"kind": "page", "path": "/home"}, view)
-    # uniform gaps of 2.5 s: 2500 ms each, 6.25 s² → 6 each (rounded down)
+    # uniform gaps of 2.5 s: 2500 ms each, squared 6,250,000 ms²
     send(T0 + timedelta(milliseconds=2500), {"kind": "cart_add", "product_id": product.id})
     send(T0 + timedelta(milliseconds=5000), {"kind": "compare", "product_id": product.id})
     s = session_of(user)
     assert s.started_at == T0 and s.entry_kind == EventKind.PAGE and s.first_view_at == T0
     assert s.last_cart_at == T0 + timedelta(milliseconds=2500)
-    assert (s.gaps, s.gap_sum_ms, s.gap_sq_sum) == (3, 5000, 12)
+    assert (s.gaps, s.gap_sum_ms, s.gap_sq_sum) == (3, 5000, 12_500_000)
     assert (s.pages, s.views, s.cart_adds, s.compares, s.dwell_ms, s.events_total) == (1, 1, 1, 1, 1000, 4)
-    # exactly 30 minutes later: the same session (a gap of 1800 s: 3,240,000 s²)
+    # exactly 30 minutes later: the same session (a gap of 1,800,000 ms: 3.24e12 ms²)
     late = T0 + timedelta(milliseconds=5000) + timedelta(minutes=30)
     send(late, {"kind": "share", "product_id": product.id})
     s = session_of(user)
-    assert s.started_at == T0 and (s.gaps, s.gap_sum_ms, s.gap_sq_sum) == (4, 1_805_000, 3_240_012)
+    assert s.started_at == T0 and (s.gaps, s.gap_sum_ms, s.gap_sq_sum) == (4, 1_805_000, 3_240_012_500_000)
     # more than 30 minutes later: a new session, its counters reset, the lifetime total goes on
     again = late + timedelta(minutes=30, milliseconds=1)
     send(again, {"kind": "search", "query": "shoes"}, view)
@@ -97,11 +173,11 @@ def test_sessions_fold_across_batches_by_hand(client, shop, monkeypatch):
     assert (s.gaps, s.gap_sum_ms, s.gap_sq_sum, s.dwell_ms, s.events_total) == (1, 0, 0, 1000, 7)
 
 
-def test_fold_counts_gaps_in_ms_and_squares_in_whole_seconds():
+def test_fold_counts_gaps_in_ms_and_their_squares_in_ms2_exactly():
     at = [T0, T0 + timedelta(seconds=1.5), T0 + timedelta(seconds=4), T0 + timedelta(seconds=4, milliseconds=999)]
     state = trail.fold(None, [(EventKind.VIEW, t, None) for t in at])
-    # gaps 1500, 2500, 999 ms: squares 2.25 → 2, 6.25 → 6, 0.998 → 0
-    assert (state["gaps"], state["gap_sum_ms"], state["gap_sq_sum"]) == (3, 4999, 8)
+    # gaps 1500, 2500, 999 ms: nothing rounded away
+    assert (state["gaps"], state["gap_sum_ms"], state["gap_sq_sum"]) == (3, 4999, 1500**2 + 2500**2 + 999**2)
     assert state["views"] == 4 and state["first_view_at"] == T0 and state["last_at"] == at[-1]
 
 
@@ -249,7 +325,7 @@ def test_concurrent_first_batches_of_one_person_make_one_session(app, shop):
     user_id = user.id
 
     def first(_: int) -> None:
-        trail.fold_session(user_id, [(EventKind.VIEW, T0, 5)])
+        trail.fold_session(user_id, [(trail.Event(EventKind.VIEW, dwell_ms=5), None)], T0)
 
     assert together(4, first, app=app) == [None] * 4
     s = session_of(user)
@@ -294,5 +370,5 @@ def test_a_batch_costs_the_same_few_statements_however_many_events_and_sessions(
         assert answer.status_code == 202
         writes = [s.split()[0] for s in statements if s.split()[0] in ("INSERT", "UPDATE", "DELETE")]
         costs.append((len([s for s in statements if not s.startswith("BEGIN")]), writes))
-    # the user, the products, the rate, the events, the session (read, write), the identifiers; BEGIN/COMMIT aside
-    assert costs[0] == costs[1] == (7, ["INSERT", "INSERT", "UPDATE", "INSERT"])
+    # the user, the products, the rate, the session (read, write), the events, the identifiers; BEGIN/COMMIT aside
+    assert costs[0] == costs[1] == (7, ["INSERT", "UPDATE", "INSERT", "INSERT"])

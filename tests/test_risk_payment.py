@@ -120,7 +120,7 @@ def shop(make_user, make_product, make_campaign):
                     dwell_ms=540_000,
                     gaps=14,
                     gap_sum_ms=660_000,
-                    gap_sq_sum=90_000,
+                    gap_sq_sum=45_000_000_000,  # ms²: gaps spread like a person's
                     events_total=15,
                 )
             )

@@ -6,14 +6,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from models import Ban, BrowsingSession, RiskIdentifier, RiskPair, RiskProfile, User, db
 from models.risk import EventKind
-from risk import scoring
+from risk import scoring, trail
 from risk.catalogue import FEATURES
 from risk.profiles import note_paid_order, note_pair, note_refunded_after_rebate
 from risk.scoring import OrderFacts, PacketFacts, contributions, score_order
+from tests.conftest import on_postgres
 from tests.test_hot_path_sql import counted
 
 NOW = datetime(2025, 3, 4, 6, 30, tzinfo=UTC)  # 14:30 Beijing time
@@ -44,7 +45,7 @@ def session_row(user_id, **fields) -> BrowsingSession:
         "dwell_ms": 600_000,
         "gaps": 10,
         "gap_sum_ms": 1_100_000,
-        "gap_sq_sum": 40_000,
+        "gap_sq_sum": 240_000_000_000,  # ms²: gaps of 110 s on average, spread widely
         "events_total": 12,
     }
     base.update(fields)
@@ -55,6 +56,11 @@ def identifier(kind, value, owner_id, owner_type="user") -> RiskIdentifier:
     return RiskIdentifier(
         kind=kind, value=value, owner_type=owner_type, owner_id=owner_id, first_seen=NOW, last_seen=NOW
     )
+
+
+def paid_list(*minutes_before: float) -> str:
+    """The profile's list of paid times, newest first, ``minutes_before`` NOW."""
+    return ",".join(scoring.paid_key(NOW - timedelta(minutes=m)) for m in minutes_before)
 
 
 def facts(buyer, merchant, **fields) -> OrderFacts:
@@ -104,7 +110,7 @@ CASES = {
         "paid 4 s after adding to the cart",
     ),
     "gap_uniformity": (
-        lambda b, i, m: [session_row(b.id, gaps=4, gap_sum_ms=20_000, gap_sq_sum=100)],  # four gaps of 5 s
+        lambda b, i, m: [session_row(b.id, gaps=4, gap_sum_ms=20_000, gap_sq_sum=4 * 5000**2)],  # four gaps of 5 s
         lambda b, i: {},
         1.0,
         "events evenly spaced like a script (uniformity 1.00)",
@@ -187,9 +193,7 @@ CASES = {
         "paid between 00:00 and 06:00 Beijing time",
     ),
     "orders_in_10_min": (
-        lambda b, i, m: [
-            RiskProfile(user_id=b.id, paid_orders=2, burst_started_at=NOW - timedelta(minutes=5), burst_count=2)
-        ],
+        lambda b, i, m: [RiskProfile(user_id=b.id, paid_orders=2, recent_paid_at=paid_list(5, 8))],
         lambda b, i: {},
         3,
         "3 orders in 10 minutes",
@@ -242,26 +246,123 @@ def test_a_feature_unknown_for_the_order_is_none(people):
     assert scored.values["orders_before"] == 0 and scored.values["orders_in_10_min"] == 1
 
 
-def test_the_burst_window_closes_after_ten_minutes(people):
+def test_the_window_counts_only_the_ten_minutes_up_to_the_payment(people):
     buyer, _, merchant = people
-    db.session.add(
-        RiskProfile(user_id=buyer.id, paid_orders=3, burst_started_at=NOW - timedelta(minutes=11), burst_count=3)
-    )
+    # 10 minutes before exactly, 11 before, and one noted for a later time: none is in (NOW - 10 min, NOW]
+    db.session.add(RiskProfile(user_id=buyer.id, paid_orders=3, recent_paid_at=paid_list(-1, 10, 11)))
     db.session.commit()
     assert score_order(facts(buyer, merchant)).values["orders_in_10_min"] == 1
 
 
-def test_the_read_says_whether_a_ban_is_active_on_the_values_asked(people):
+def test_orders_in_10_min_is_a_sliding_window(people):
+    # orders every 4 minutes: each one's window (10 minutes up to it) holds it and the two before it
+    buyer, _, merchant = people
+    counted_orders = []
+    for minutes in range(0, 28, 4):
+        at = NOW + timedelta(minutes=minutes)
+        counted_orders.append(score_order(facts(buyer, merchant, paid_at=at)).values["orders_in_10_min"])
+        note_paid_order(buyer.id, at, packet=False, rebated=False, night=False)
+        db.session.commit()
+    assert counted_orders == [1, 2, 3, 3, 3, 3, 3]
+
+
+def test_the_profile_keeps_the_last_eight_paid_times_and_the_window_counts_them(people):
+    buyer, _, merchant = people
+    for seconds in range(0, 600, 50):  # 12 orders in 10 minutes
+        note_paid_order(buyer.id, NOW - timedelta(minutes=10) + timedelta(seconds=seconds + 1), **NOTHING)
+    db.session.commit()
+    profile = db.session.get(RiskProfile, buyer.id)
+    db.session.refresh(profile)
+    kept = profile.recent_paid_at.split(",")
+    assert profile.paid_orders == 12 and len(kept) == scoring.RECENT_ORDERS and len(profile.recent_paid_at) <= 111
+    assert kept[0] == scoring.paid_key(NOW - timedelta(minutes=10) + timedelta(seconds=551))  # the newest first
+    assert score_order(facts(buyer, merchant)).values["orders_in_10_min"] == scoring.RECENT_ORDERS + 1
+
+
+NOTHING = {"packet": False, "rebated": False, "night": False}
+
+
+def test_gap_uniformity_keeps_the_variance_of_short_gaps(people):
+    # gaps of 0.2, 0.9, 0.4, 0.7, 0.3 s: irregular, as a person taps (a coefficient of variation of 0.52)
+    buyer, _, merchant = people
+    at, times = NOW - timedelta(seconds=10), []
+    for gap_ms in (0, 200, 900, 400, 700, 300):
+        at += timedelta(milliseconds=gap_ms)
+        times.append(at)
+    state = trail.fold(None, [(EventKind.VIEW, t, None) for t in times])
+    assert (state["gaps"], state["gap_sum_ms"], state["gap_sq_sum"]) == (5, 2500, 1_590_000)
+    db.session.add(BrowsingSession(user_id=buyer.id, **state))
+    db.session.commit()
+    scored = score_order(facts(buyer, merchant))
+    assert scored.values["gap_uniformity"] == 0.478  # 1 - sqrt(5 × 1,590,000 - 2500²) / 2500
+    assert "gap_uniformity" not in {c["feature"] for c in scored.contributions}
+
+
+def test_gap_uniformity_of_identical_short_gaps_is_one():
+    assert scoring._uniformity(4, 4 * 250, 4 * 250**2) == 1.0
+    assert scoring._uniformity(5, 2500, 1_590_000) == 0.478
+    assert scoring._uniformity(2, 500, 125_000) is None  # needs 3 gaps
+
+
+def test_the_read_says_whether_a_ban_is_active_on_the_pairs_asked(people):
     buyer, _, merchant = people
     db.session.add_all(
         [
             Ban(subject="device", value="dev-x", reason="farm"),
             Ban(subject="device", value="dev-old", reason="old", lifted_at=NOW - timedelta(days=1)),
+            Ban(subject="merchant", value=str(buyer.id), reason="a merchant with the buyer's number"),
         ]
     )
     db.session.commit()
-    assert score_order(facts(buyer, merchant, ban_values=["dev-x"], ban_at=NOW + timedelta(days=1))).any_ban
+    later = NOW + timedelta(days=1)
+    assert score_order(facts(buyer, merchant, bans=[("device", "dev-x")], ban_at=later)).any_ban
+    assert not score_order(facts(buyer, merchant, bans=[("device", "dev-old"), ("net", "dev-x")])).any_ban
+    assert not score_order(facts(buyer, merchant, bans=[("user", str(buyer.id))])).any_ban  # not the merchant's
+    assert score_order(facts(buyer, merchant, bans=[("merchant", str(buyer.id))])).any_ban
+    # values without their subject (the older form): looked up under every subject
+    assert score_order(facts(buyer, merchant, ban_values=["dev-x"], ban_at=later)).any_ban
     assert not score_order(facts(buyer, merchant, ban_values=["dev-old", "dev-y"])).any_ban
+
+
+def _plan(statement: str, parameters) -> str:
+    connection = db.session.connection()
+    if on_postgres():
+        connection.exec_driver_sql("SET LOCAL enable_seqscan = off")  # a test's table is tiny: ask for the index
+        rows = connection.exec_driver_sql("EXPLAIN " + statement, parameters).scalars()
+    else:
+        rows = (row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))
+    return "\n".join(rows)
+
+
+def test_the_ban_read_looks_up_subject_and_value_along_the_index(people):
+    # given a few bans and a payment asking about its buyer, device and network
+    buyer, _, merchant = people
+    db.session.add_all([Ban(subject="device", value=f"dev-{n}", reason="farm") for n in range(20)])
+    db.session.commit()
+    seen = []
+
+    def grab(conn, cursor, statement, parameters, context, executemany):
+        if "risk_bans" in statement:
+            seen.append((statement, parameters))
+
+    asked = facts(buyer, merchant, bans=[("user", str(buyer.id)), ("device", "dev-3"), ("net", "10.1.2.0/24")])
+    event.listen(db.engine, "before_cursor_execute", grab)
+    try:
+        assert score_order(asked).any_ban
+    finally:
+        event.remove(db.engine, "before_cursor_execute", grab)
+    # then the plan reads the bans through (subject, value), never a scan of the table
+    plan = _plan(*seen[0])
+    if on_postgres():  # the InitPlan reading risk_bans: index scans on (subject, value), no scan of the table
+        lines = plan.splitlines()
+        first = next(i for i, line in enumerate(lines) if "risk_bans" in line)
+        block = lines[first : next((i for i in range(first + 1, len(lines)) if "InitPlan" in lines[i]), len(lines))]
+        conds = [line for line in block if "Index Cond" in line]
+        assert "Seq Scan" not in "\n".join(block) and "ix_risk_bans_subject_value" in "\n".join(block), plan
+        assert conds and all("(subject)::text =" in c and "(value)::text =" in c for c in conds), plan
+    else:
+        bans = [line for line in plan.splitlines() if "risk_bans" in line]
+        assert bans and all("USING INDEX ix_risk_bans_subject_value (subject=? AND value=?)" in b for b in bans), plan
 
 
 # --- the weights ----------------------------------------------------------------------------------
@@ -326,7 +427,7 @@ def test_behaviour_alone_stays_below_the_review_threshold():
 # --- the incremental updates ----------------------------------------------------------------------
 
 
-def test_the_profile_counts_each_paid_order_and_its_burst_window(people):
+def test_the_profile_counts_each_paid_order_and_its_paid_times(people):
     buyer, issuer, merchant = people
     note_paid_order(buyer.id, NOW, packet=True, rebated=True, night=False)
     note_paid_order(buyer.id, NOW + timedelta(minutes=4), packet=False, rebated=True, night=True)
@@ -338,16 +439,7 @@ def test_the_profile_counts_each_paid_order_and_its_burst_window(people):
     assert (profile.paid_orders, profile.packet_orders, profile.rebated_orders, profile.night_orders) == (3, 2, 2, 1)
     assert profile.refunded_after_rebate == 1
     assert (profile.first_order_at, profile.last_order_at) == (NOW, NOW + timedelta(minutes=15))
-    assert (profile.burst_started_at, profile.burst_count) == (NOW + timedelta(minutes=15), 1)  # a new window
-
-
-def test_the_burst_window_counts_orders_within_ten_minutes_of_its_start(people):
-    buyer, _, _ = people
-    for minutes in (0, 3, 9):
-        note_paid_order(buyer.id, NOW + timedelta(minutes=minutes), packet=False, rebated=False, night=False)
-    db.session.commit()
-    profile = db.session.get(RiskProfile, buyer.id)
-    assert (profile.burst_started_at, profile.burst_count) == (NOW, 3)
+    assert profile.recent_paid_at == paid_list(-15, -4, 0)  # newest first
 
 
 def test_the_pair_counts_each_order_of_the_triangle(people):

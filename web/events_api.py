@@ -2,9 +2,11 @@
 
 Every event is checked before anything is stored (kinds, each kind's fields, sizes, active products);
 one bad event refuses the whole batch with 422 naming the event and the field. The server stamps the
-time; the rate per person and per device (``RISK_EVENTS_PER_MINUTE``) is counted in the same
-transaction, so a refused batch (429 + ``Retry-After``) leaves nothing. The person's device and network
-address are noted for risk (``risk.identifiers``).
+time: the batch's latest event is at the receive time, and the others are placed before it by their
+``client_at`` offsets, at most 30 minutes back (``risk.trail.place``). The rate per person and per
+device (``RISK_EVENTS_PER_MINUTE``) is counted in the same transaction, so a refused batch (429 +
+``Retry-After``) leaves nothing. The person's device and network address are noted for risk
+(``risk.identifiers``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class EventIn(Model):
     query: Text | None = None
     path: Text | None = None
     dwell_ms: Annotated[StrictInt, Field(ge=0, le=3_600_000)] | None = None
-    client_at: AwareDatetime | None = None  # orders the batch's events; the server stamps the time
+    # When the app saw it: only its offset from the batch's latest client_at counts (risk.trail.place).
+    client_at: AwareDatetime | None = None
 
     @model_validator(mode="after")
     def fields_of_the_kind(self):
@@ -69,12 +72,10 @@ def post_events(body: Events):
             if e.product_id in missing
         ]
         raise ValidationFailed(f"{bad[0]['field']}: {bad[0]['problem']}", code="unknown_product", details=bad)
-    events = trail.order_by_client_time(
-        [
-            (trail.Event(trail.KINDS[e.kind], e.product_id, e.query or e.path, e.dwell_ms), e.client_at)
-            for e in body.events
-        ]
-    )
+    events = [
+        (trail.Event(trail.KINDS[e.kind], e.product_id, e.query or e.path, e.dwell_ms), e.client_at)
+        for e in body.events
+    ]
     stored = trail.record(user.id, device, events, now, per_minute=current_app.config["RISK_EVENTS_PER_MINUTE"])
     identifiers.note(identifiers.USER, user.id, device, client_ip(), now)
     return {"accepted": stored}, 202

@@ -128,8 +128,7 @@ def upgrade():
         sa.Column("night_orders", sa.Integer(), nullable=False),
         sa.Column("first_order_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_order_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("burst_started_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("burst_count", sa.Integer(), nullable=False),
+        sa.Column("recent_paid_at", sa.String(length=111), nullable=True),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_risk_profiles_user_id_users")),
         sa.PrimaryKeyConstraint("user_id", name=op.f("pk_risk_profiles")),
     )
