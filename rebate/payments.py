@@ -814,7 +814,7 @@ def _score(
             claimed_at=first.claimed_at,
             min_spend_fen=_threshold(first, order.total_fen),
         ),
-        ban_values=[value for _, value in pairs],
+        bans=pairs,
         ban_at=now,
     )
     scored = scoring.score_order(facts)

@@ -64,8 +64,6 @@ class OrderFacts:
     net: str | None = None  # risk.net.net_of(order.ip)
     packet: PacketFacts | None = None
     bans: Sequence[tuple[str, str]] = ()  # (subject, value) pairs the payment will ask about (pre-filter)
-    # Values whose subject is not said (the older form of ``bans``): each is looked up under every subject.
-    ban_values: Sequence[str] = ()
     ban_at: datetime | None = None  # when bans must be active (default: paid_at)
 
 
@@ -432,9 +430,6 @@ def _read(facts: OrderFacts):
     wanted: dict[str, dict[str, None]] = {subject: {} for subject in BanSubject}
     for subject, value in facts.bans:
         wanted[subject][value] = None
-    for value in facts.ban_values:
-        for values in wanted.values():
-            values[value] = None
     params.update({f"ban_{subject}": list(values) for subject, values in wanted.items()})
     return db.session.execute(_statement(), params).one()
 
