@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 
-from sqlalchemy import BigInteger, Integer, String, and_, bindparam, exists, func, or_, select
+from sqlalchemy import BigInteger, Integer, String, and_, bindparam, exists, func, literal_column, or_, select
 from sqlalchemy.orm import aliased
 
 from models import Ban, BrowsingSession, Merchant, RiskIdentifier, RiskPair, RiskProfile, User, db
@@ -335,7 +335,10 @@ def contributions(values: dict) -> tuple[int, list[dict]]:
 
 @cache
 def _statement():
-    """The read, built once per process; every input is a bound parameter (an expanding one for bans)."""
+    """The read, built once per process; every input is a bound parameter (an expanding one for bans).
+
+    Kept short (short table aliases, the code's own constants written in): psycopg caches the parsing of a
+    statement only up to 4,096 characters, and this one runs with every payment."""
     uid = bindparam("uid", type_=BigInteger)
     mid = bindparam("mid", type_=BigInteger)
     device = bindparam("device", type_=String)
@@ -346,52 +349,54 @@ def _statement():
     issuer_merchant = bindparam("issuer_merchant", type_=Integer)
     now = bindparam("now", type_=UTCDateTime)
     ban_values = {subject: bindparam(f"ban_{subject}", expanding=True, type_=String) for subject in BanSubject}
-    ri, other = RiskIdentifier, aliased(RiskIdentifier)
+    ri, other = aliased(RiskIdentifier, name="i"), aliased(RiskIdentifier, name="o")
+
+    def const(value: str):  # a constant of this code, written into the SQL (no bound parameter, no cast)
+        return literal_column(f"'{value}'")
 
     def accounts_on(kind, value):
         others = (
             select(ri.owner_id)
-            .where(ri.kind == kind, ri.value == value, ri.owner_type == "user", ri.owner_id != uid)
+            .where(ri.kind == const(kind), ri.value == value, ri.owner_type == const("user"), ri.owner_id != uid)
             .limit(COUNT_CAP)
             .subquery()
         )
         return select(func.count()).select_from(others).scalar_subquery()
 
     def mine(kind):
-        return select(ri.value).where(ri.kind == kind, ri.owner_type == "user", ri.owner_id == uid)
+        return select(ri.value).where(ri.kind == const(kind), ri.owner_type == const("user"), ri.owner_id == uid)
 
     def seen_with(kind, value):  # ``other`` used this kind of identifier that the buyer (or the order) used
-        return and_(other.kind == kind, or_(other.value == value, other.value.in_(mine(kind))))
+        return and_(other.kind == const(kind), or_(other.value == value, other.value.in_(mine(kind))))
 
     def shares_with_issuer(kind, value):
         return exists().where(other.owner_type == issuer_type, other.owner_id == issuer_id, seen_with(kind, value))
 
     staff = exists().where(
-        other.owner_type == "merchant",
+        other.owner_type == const("merchant"),
         other.owner_id == mid,
         or_(seen_with("device", device), seen_with("net", net)),
     )
+    pair, ban = aliased(RiskPair, name="r"), aliased(Ban, name="b")
     triangle = (
-        select(RiskPair.orders)
+        select(pair.orders)
         .where(
-            RiskPair.issuer_type == issuer_type,
-            RiskPair.issuer_id == issuer_id,
-            RiskPair.user_id == uid,
-            RiskPair.merchant_id == mid,
+            pair.issuer_type == issuer_type, pair.issuer_id == issuer_id, pair.user_id == uid, pair.merchant_id == mid
         )
         .scalar_subquery()
     )
-    cycle = exists().where(RiskPair.issuer_type == "user", RiskPair.issuer_id == uid, RiskPair.user_id == issuer_user)
+    cycle = exists().where(pair.issuer_type == const("user"), pair.issuer_id == uid, pair.user_id == issuer_user)
     banned = exists().where(  # by (subject, value): the ix_risk_bans_subject_value index serves each subject
-        or_(*(and_(Ban.subject == str(subject), Ban.value.in_(values)) for subject, values in ban_values.items())),
-        Ban.lifted_at.is_(None),
-        or_(Ban.ends_at.is_(None), Ban.ends_at > now),
+        or_(*(and_(ban.subject == const(subject), ban.value.in_(values)) for subject, values in ban_values.items())),
+        ban.lifted_at.is_(None),
+        or_(ban.ends_at.is_(None), ban.ends_at > now),
     )
-    merchant_status = select(Merchant.status).where(Merchant.id == issuer_merchant).scalar_subquery()
-    bs, rp = BrowsingSession, RiskProfile
+    shop = aliased(Merchant, name="m")
+    merchant_status = select(shop.status).where(shop.id == issuer_merchant).scalar_subquery()
+    bs, rp, buyer = aliased(BrowsingSession, name="s"), aliased(RiskProfile, name="p"), aliased(User, name="u")
     return (
         select(
-            User.created_at,
+            buyer.created_at,
             *(bs.last_at, bs.first_view_at, bs.last_cart_at, bs.entry_kind, bs.views, bs.searches, bs.compares),
             *(bs.cart_adds, bs.gaps, bs.gap_sum_ms, bs.gap_sq_sum),
             *(rp.paid_orders, rp.packet_orders, rp.rebated_orders, rp.refunded_after_rebate),
@@ -406,34 +411,38 @@ def _statement():
             banned.label("banned"),
             merchant_status.label("issuer_merchant_status"),
         )
-        .select_from(User)
-        .outerjoin(bs, bs.user_id == User.id)
-        .outerjoin(rp, rp.user_id == User.id)
-        .where(User.id == uid)
+        .select_from(buyer)
+        .outerjoin(bs, bs.user_id == buyer.id)
+        .outerjoin(rp, rp.user_id == buyer.id)
+        .where(buyer.id == uid)
     )
 
 
 def _read(facts: OrderFacts):
     packet = facts.packet
     issuer = packet if packet is not None and packet.issuer_type in ("user", "merchant") else None
+    # What is unknown goes in as a value no row has ("", 0), never NULL: with NULLs PostgreSQL re-plans the
+    # prepared statement for every payment (a custom plan prunes the parts a NULL makes empty, so the generic
+    # plan never looks cheaper), costing more than running it. ``features`` reads unknowns from ``facts``.
     params = {
         "uid": facts.user_id,
         "mid": facts.merchant_id,
-        "device": facts.device,
-        "net": facts.net,
-        "issuer_type": issuer.issuer_type if issuer else None,
-        "issuer_id": issuer.issuer_id if issuer else None,
-        "issuer_user": issuer.issuer_id if issuer and issuer.issuer_type == "user" else None,
-        "issuer_merchant": issuer.issuer_id if issuer and issuer.issuer_type == "merchant" else None,
+        "device": facts.device or NOTHING,
+        "net": facts.net or NOTHING,
+        "issuer_type": issuer.issuer_type if issuer else NOTHING,
+        "issuer_id": issuer.issuer_id if issuer else NO_ID,
+        "issuer_user": issuer.issuer_id if issuer and issuer.issuer_type == "user" else NO_ID,
+        "issuer_merchant": issuer.issuer_id if issuer and issuer.issuer_type == "merchant" else NO_ID,
         "now": facts.ban_at or facts.paid_at,
     }
     wanted: dict[str, dict[str, None]] = {subject: {} for subject in BanSubject}
     for subject, value in facts.bans:
         wanted[subject][value] = None
-    params.update({f"ban_{subject}": list(values) for subject, values in wanted.items()})
+    params.update({f"ban_{subject}": list(values) or [NOTHING] for subject, values in wanted.items()})
     return db.session.execute(_statement(), params).one()
 
 
+NOTHING, NO_ID = "", 0  # no identifier, issuer type or ban value is empty; no row has id 0
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
