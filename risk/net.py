@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 
+@lru_cache(maxsize=4096)
 def net_of(ip: str | None) -> str | None:
     """``"10.1.2.0/24"`` for ``"10.1.2.7"``, ``"2001:db8:1::/48"`` for an IPv6 address; None when not an address."""
     if not ip:

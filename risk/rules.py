@@ -13,6 +13,7 @@ use it); ``decide`` evaluates; ``effective_rules`` merges a campaign's overrides
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -201,6 +202,7 @@ def decide(rules: tuple[Rule, ...], values: dict) -> Verdict:
     return Verdict("allow", None, "no rule matched")
 
 
+@functools.cache
 def default_rules() -> tuple[Rule, ...]:
     return parse_rules([dict(r) for r in DEFAULT_RULES])
 

@@ -439,7 +439,7 @@ def _read(facts: OrderFacts):
     for subject, value in facts.bans:
         wanted[subject][value] = None
     params.update({f"ban_{subject}": list(values) or [NOTHING] for subject, values in wanted.items()})
-    return db.session.execute(_statement(), params).one()
+    return db.session.connection().execute(_statement(), params).one()  # Core: no ORM loading for a plain row
 
 
 NOTHING, NO_ID = "", 0  # no identifier, issuer type or ban value is empty; no row has id 0
