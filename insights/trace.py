@@ -86,6 +86,15 @@ def for_outsiders(reasons) -> list[str]:
     return [line for line in reasons or [] if not line.startswith(REVIEW_NOTE)]
 
 
+# What a merchant's staff read instead of a reason that would tell them someone is banned.
+FOR_STAFF = {"beneficiary_banned": "not_eligible"}
+
+
+def for_staff(reasons) -> list[str]:
+    """A rebate's reasons as a merchant's staff may read them: nothing of reviews or of anyone's ban."""
+    return [line for line in for_outsiders(reasons) if "banned" not in line and "under a ban" not in line]
+
+
 def describe_rebates(rebates: list[Rebate], words: Words, *, risk_details: bool = True) -> list[dict]:
     """Each rebate decision with its campaign, condition, clawbacks and payouts (a few batch queries).
 
@@ -132,12 +141,13 @@ def _beneficiary(r: Rebate) -> str:
     return f"{r.beneficiary_type} #{r.beneficiary_id}" if r.beneficiary_type else "nobody"
 
 
-def _headline(r: Rebate, campaign: Campaign, words: Words) -> str:
+def _headline(r: Rebate, campaign: Campaign, words: Words, code: str | None = None) -> str:
+    code = code or r.reason_code
     rule = f"{r.role.capitalize()} rule of campaign “{campaign.name}” (#{campaign.id}, rules v{r.rules_version})"
     if r.status == RebateStatus.SKIPPED:
-        return f"{rule}: no rebate — {_say(words, r.reason_code)}."
+        return f"{rule}: no rebate — {_say(words, code)}."
     text = f"{rule}: {yuan(r.original_fen)} as {r.form} to {_beneficiary(r)}"
-    notes = [_say(words, r.reason_code)] if r.reason_code != "awarded" else []
+    notes = [_say(words, code)] if code != "awarded" else []
     if r.status != RebateStatus.AWARDED:
         notes.append(_say(words, r.status))
     elif r.amount_fen != r.original_fen:
@@ -217,8 +227,9 @@ def _payout(p) -> tuple[dict, str]:
 
 
 def _describe(r: Rebate, campaign, order, clawbacks, payouts, met, words: Words, risk_details: bool = True) -> dict:
-    lines = [_headline(r, campaign, words)]
-    reasons = list(r.reasons or []) if risk_details else for_outsiders(r.reasons)
+    code = r.reason_code if risk_details else FOR_STAFF.get(r.reason_code, r.reason_code)
+    lines = [_headline(r, campaign, words, code)]
+    reasons = list(r.reasons or []) if risk_details else for_staff(r.reasons)
     if reasons:
         lines.append("Decided: " + "; ".join(reasons) + ".")
     verdict = risk_verdict(order, r.campaign_id) if risk_details else None
@@ -245,8 +256,8 @@ def _describe(r: Rebate, campaign, order, clawbacks, payouts, met, words: Words,
         "beneficiary": {"type": r.beneficiary_type, "id": r.beneficiary_id} if r.beneficiary_type else None,
         "form": r.form,
         "status": r.status,
-        "reason_code": r.reason_code,
-        "why": _say(words, r.reason_code if r.status == RebateStatus.SKIPPED else r.status),
+        "reason_code": code,
+        "why": _say(words, code if r.status == RebateStatus.SKIPPED else r.status),
         **amount("original", r.original_fen),
         **amount("amount", r.amount_fen),
         **amount("held", r.held_fen),

@@ -57,7 +57,7 @@ def trace_user(user: User, words: Words, *, limit: int = 20, merchant_id: int | 
     return {
         "user": {
             "id": user.id,
-            "status": user.status,
+            "status": user.status if merchant_id is None else ("active" if user.is_active else "restricted"),
             "banned_reason": user.banned_reason if merchant_id is None else None,
             "inviter_id": user.inviter_id,
             "invited_at": _iso(user.invited_at),
@@ -86,7 +86,8 @@ def _claim_refusals(user_id: int, merchant_id: int | None, limit: int) -> list[C
 
 
 def _user_line(user: User, reason: bool = True) -> str:
-    text = f"User #{user.id} ({user.status}), joined {when(user.created_at)}"
+    status = user.status if reason else ("active" if user.is_active else "restricted")
+    text = f"User #{user.id} ({status}), joined {when(user.created_at)}"
     if user.inviter_id is not None:
         text += f", invited by user #{user.inviter_id} on {when(user.invited_at or user.created_at)}"
     if user.banned_reason and reason:

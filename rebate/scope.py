@@ -33,8 +33,10 @@ def visible_order(operator: Operator, order_id: int) -> Order:
 def visible_campaign(operator: Operator, campaign_id: int, *, lock: bool = False) -> Campaign:
     """A campaign the operator may see; ``lock``: row-locked, its counters read as they are now."""
     stmt = select(Campaign).where(Campaign.id == campaign_id)
-    if lock:  # and see the counters as they are now, not as this session last read them
-        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    if lock:  # and see the counters as they are now, not as this session last read them. FOR NO KEY UPDATE, as
+        # every other campaign lock (budgets, reviews): a FOR UPDATE on a row this transaction already holds
+        # that way waits on the key-share locks of payments inserting rebates, which wait on us: a deadlock.
+        stmt = stmt.with_for_update(key_share=True).execution_options(populate_existing=True)
     campaign = db.session.execute(stmt).scalar_one_or_none()
     scope = merchant_scope(operator)
     if campaign is None or (scope is not None and campaign.funder_merchant_id != scope):

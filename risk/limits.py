@@ -32,7 +32,7 @@ from models import db
 from models.base import beijing, next_beijing_midnight
 from models.limits import ClaimRefusal, LimitCounter
 from models.sql import WRITES
-from risk.bans import active_bans, ban_words, subjects
+from risk.bans import active_bans, subjects
 
 ALL_TIME = "-"
 
@@ -61,13 +61,16 @@ class Banned(LimitHit):
 
 
 def ban_refusal(device: str | None, ip: str | None, now: datetime) -> Banned | None:
-    """The refusal of a claim from ``device`` at ``ip`` when either is banned now (its words name the ban)."""
+    """The refusal of a claim from ``device`` at ``ip`` when either is banned now. Its words name the ban by id
+    only: the person (and anyone else on a banned network) and a merchant's staff reading the kept refusal
+    never learn its reason, which may be a reviewer's note; the platform's operators look the ban up."""
     bans = active_bans(subjects(device=device, ip=ip), now) if device or ip else []
     if not bans:
         return None
     ends = [b.ends_at for b in bans]
     retry = None if None in ends else int((max(ends) - now).total_seconds())
-    return Banned("no red packets: " + "; ".join(ban_words(b) for b in bans), retry)
+    named = ", ".join(str(b.id) for b in bans)
+    return Banned(f"no red packets can be claimed from this device or network (ban {named})", retry)
 
 
 # The largest value of each campaign limit (the smallest is 1; null is "no such limit").

@@ -87,3 +87,27 @@ def test_merchant_staff_learn_that_rebates_wait_never_why_and_cannot_read_the_qu
     # the platform's trace has it all
     full = client.get(f"/admin/api/trace/orders/{order.id}", headers=admin).get_json()
     assert full["risk"]["score"] == db.session.get(Order, order.id).risk_score
+
+
+def test_merchant_staff_do_not_learn_that_anyone_is_banned(client, shop, pay, make_operator):
+    # given: the packet's issuer is banned before the buyer pays at the staff's merchant
+    order, people, *_ = shop(browsing=True)
+    _, admin = make_operator("admin")
+    made = {"subject": "user", "value": str(people["issuer"].id), "reason": "sells accounts"}
+    assert client.post("/admin/api/bans", json=made, headers=admin).status_code == 201
+    pay(order)
+    _, staff = make_operator("merchant_staff", merchant=_merchant_of(order))
+    # when
+    traces = [
+        client.get(f"/admin/api/trace/orders/{order.id}", headers=staff),
+        client.get(f"/admin/api/trace/users/{people['issuer'].id}", headers=staff),
+    ]
+    # then: the issuer's rebate is "not eligible", with no word of a ban
+    body = traces[0].get_json()
+    issuer = [d for c in body["campaigns"] for d in c["decisions"] if d["role"] == "issuer"]
+    assert [(d["reason_code"], d["why"]) for d in issuer] == [("not_eligible", "not eligible for this rebate")]
+    for answer in traces:
+        assert answer.status_code in (200, 404)
+        assert "banned" not in answer.get_data(as_text=True) and "sells accounts" not in answer.get_data(as_text=True)
+    # the platform's trace says which ban
+    assert "sells accounts" in client.get(f"/admin/api/trace/orders/{order.id}", headers=admin).get_data(as_text=True)

@@ -24,6 +24,8 @@ PLAIN_REASONS = {
     "review": "under review",
     "risk_blocked": "not paid: the order did not pass our checks",
     "revoked": "revoked after a review",
+    "not_eligible": "not eligible for this rebate",
+    "beneficiary_banned": "not eligible: the account is restricted",
 }
 
 
