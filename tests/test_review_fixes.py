@@ -361,6 +361,46 @@ def test_a_merchant_ban_locks_every_campaign_it_pauses_before_the_deposit(
     assert db.session.get(Merchant, shop.id).status == "suspended"
 
 
+@pytest.mark.skipif(not on_postgres(), reason="row lock modes: PostgreSQL")
+def test_a_merchant_ban_never_waits_on_a_payment_inserting_rebates_of_the_campaign_it_pauses(
+    app, make_operator, make_merchant, make_user, make_product, make_campaign, pay
+):
+    # given: a held order of the merchant, another running campaign of the merchant, and a payment that has
+    # inserted a rebate of that campaign (its foreign key holds the campaign row FOR KEY SHARE until commit,
+    # and the payment will then update the campaign's budget, after whatever lock the review takes)
+    shop = make_merchant()
+    order, buyer, issuer, campaign = paid_order(make_user, make_product, make_campaign, pay, merchant=shop)
+    case_id = hold_for_review(order).id
+    other_id = make_campaign(TWO_ROLES, issuer_type="merchant", issuer_merchant_id=shop.id, packet_amount_fen=PACKET).id
+    _, admin = make_operator("admin")
+    db.session.commit()
+    payment = db.engine.connect()
+    payment.begin()
+    payment.execute(select(Campaign.id).where(Campaign.id == other_id).with_for_update(key_share=True, read=True))
+    answers = []
+
+    def ban_it():
+        resp = app.test_client().post(
+            f"/admin/api/reviews/{case_id}/decide", json={"outcome": "ban_merchant", "reason": "fake"}, headers=admin
+        )
+        answers.append(resp.status_code)
+
+    deciding = threading.Thread(target=ban_it)
+    deciding.start()
+    try:
+        # when: the review bans the merchant while the payment holds its key share
+        deciding.join(timeout=10)
+        # then: it pauses the campaign without waiting (a FOR UPDATE would wait for the payment, which would
+        # wait for the review's lock when it updates the budget: a deadlock)
+        assert not deciding.is_alive() and answers == [200]
+    finally:
+        payment.rollback()
+        payment.close()
+        deciding.join(timeout=20)
+    db.session.expire_all()
+    assert db.session.get(Campaign, other_id).status == "paused"
+
+
 # 5. What is held for review of a merchant-funded campaign stays in its deposit.
 
 
