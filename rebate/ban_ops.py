@@ -24,7 +24,7 @@ from models import Ban, BanSubject, Campaign, CampaignStatus, Merchant, User, Us
 from models.operators import Actor, audit
 from rebate.campaign_ops import transition
 from rebate.errors import Invalid, NotFound
-from risk.bans import active_bans, ban_words, normalise_net
+from risk.bans import active_bans, ban_words, in_force, normalise_net
 
 DEVICE_ID = re.compile(r"^[0-9a-f]{24}$")  # what rebate.claims.new_device_id hands out
 
@@ -225,7 +225,7 @@ def list_bans(subject: str | None, value: str | None, active: bool | None, now: 
             except ValueError as exc:
                 raise Invalid(f"not a network address: {exc}", code="ban_value") from None
         stmt = stmt.where(Ban.value == value.strip())
-    live = Ban.lifted_at.is_(None) & (Ban.ends_at.is_(None) | (Ban.ends_at > now))
+    live = in_force(now)
     if active is True:
         stmt = stmt.where(live)
     elif active is False:

@@ -100,12 +100,11 @@ def _from_pending_payout(rebate: Rebate, delta: int, key: str, back_to) -> int:
 def _points_back(rebate: Rebate, delta: int, key: str, point_value_fen: int, what: str) -> int:
     new_points = rebate.points * (rebate.amount_fen - delta) // rebate.amount_fen if rebate.amount_fen else 0
     taken = rebate.points - new_points
-    held = max(0, balance(beneficiary_account(rebate)))
+    points = beneficiary_account(rebate)
+    held = max(0, balance(points))
     if taken:
         post_entry(
-            key,
-            f"{what} claws back points",
-            [Leg(beneficiary_account(rebate), -taken), Leg(account(AccountKind.POINTS_ISSUANCE), taken)],
+            key, f"{what} claws back points", [Leg(points, -taken), Leg(account(AccountKind.POINTS_ISSUANCE), taken)]
         )
     rebate.points = new_points
     return min(delta, min(taken, held) * point_value_fen)

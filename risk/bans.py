@@ -40,6 +40,11 @@ def subjects(
     return pairs
 
 
+def in_force(now, ban=Ban):
+    """The condition that a ban (``ban``: the table or an alias) is in force at ``now`` (a value or a parameter)."""
+    return and_(ban.lifted_at.is_(None), or_(ban.ends_at.is_(None), ban.ends_at > now))
+
+
 def active_bans(pairs: Iterable[tuple[str, str]], now: datetime) -> list[Ban]:
     """The bans active at ``now`` on any of ``pairs``, oldest first (one statement; none asked: none)."""
     pairs = list(pairs)
@@ -49,8 +54,7 @@ def active_bans(pairs: Iterable[tuple[str, str]], now: datetime) -> list[Ban]:
         select(Ban)
         .where(
             or_(*(and_(Ban.subject == s, Ban.value == v) for s, v in pairs)),
-            Ban.lifted_at.is_(None),
-            or_(Ban.ends_at.is_(None), Ban.ends_at > now),
+            in_force(now),
         )
         .order_by(Ban.id)
     )
@@ -89,8 +93,7 @@ def banned_column():
             or_(
                 and_(Ban.subject == "device", Ban.value == device), and_(Ban.subject == "net", Ban.value.in_([ip, net]))
             ),
-            Ban.lifted_at.is_(None),
-            or_(Ban.ends_at.is_(None), Ban.ends_at > now),
+            in_force(now),
         )
         .label("banned")
     )

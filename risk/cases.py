@@ -17,41 +17,40 @@ def open_order_case(
     order_id: int, user_id: int, merchant_id: int, held_fen: int, score: int | None, reasons: list[str], now: datetime
 ) -> ReviewCase:
     """The order's case (opened now, or the one already open), holding ``held_fen`` of rebates."""
-    found = db.session.execute(select(ReviewCase).where(ReviewCase.order_id == order_id)).scalar_one_or_none()
-    if found is not None:
-        return found
-    case = ReviewCase(
+    return _open(
+        ReviewCase.order_id,
         kind="order",
         order_id=order_id,
         user_id=user_id,
         merchant_id=merchant_id,
-        status=CaseStatus.OPEN,
         held_fen=held_fen,
         score=score,
         reasons=list(reasons),
         opened_at=now,
     )
-    db.session.add(case)
-    db.session.flush()
-    return case
 
 
 def open_community_case(
     community_id: int, merchant_id: int | None, concerned_fen: int, reasons: list[str], now: datetime
 ) -> ReviewCase:
     """The community's case (opened now, or the one already there)."""
-    found = db.session.execute(select(ReviewCase).where(ReviewCase.community_id == community_id)).scalar_one_or_none()
-    if found is not None:
-        return found
-    case = ReviewCase(
+    return _open(
+        ReviewCase.community_id,
         kind="community",
         community_id=community_id,
         merchant_id=merchant_id,
-        status=CaseStatus.OPEN,
         held_fen=concerned_fen,
         reasons=list(reasons),
         opened_at=now,
     )
+
+
+def _open(key, **fields) -> ReviewCase:
+    """The case whose unique ``key`` column has the value in ``fields``, or a new open one with ``fields``."""
+    found = db.session.execute(select(ReviewCase).where(key == fields[key.key])).scalar_one_or_none()
+    if found is not None:
+        return found
+    case = ReviewCase(status=CaseStatus.OPEN, **fields)
     db.session.add(case)
     db.session.flush()
     return case

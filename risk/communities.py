@@ -163,27 +163,20 @@ def build_graph(now: datetime, settings: GraphSettings) -> Graph:
     count = func.count()
 
     # Orders, by buyer, merchant and the first packet's issuer.
+    keys = (
+        Order.user_id,
+        Order.merchant_id,
+        RedPacket.issuer_type,
+        RedPacket.issuer_user_id,
+        RedPacket.issuer_merchant_id,
+        Order.packet_id.is_not(None),
+    )
     rows = _capped(
-        select(
-            Order.user_id,
-            Order.merchant_id,
-            RedPacket.issuer_type,
-            RedPacket.issuer_user_id,
-            RedPacket.issuer_merchant_id,
-            Order.packet_id.is_not(None),
-            count,
-        )
+        select(*keys, count)
         .select_from(Order)
         .outerjoin(RedPacket, RedPacket.id == Order.packet_id)
         .where(paid)
-        .group_by(
-            Order.user_id,
-            Order.merchant_id,
-            RedPacket.issuer_type,
-            RedPacket.issuer_user_id,
-            RedPacket.issuer_merchant_id,
-            Order.packet_id.is_not(None),
-        )
+        .group_by(*keys)
         .order_by(count.desc()),
         cap,
         "orders",
@@ -225,14 +218,16 @@ def build_graph(now: datetime, settings: GraphSettings) -> Graph:
         facts.refunded_rebated[_u(user_id)] = int(refunded or 0)
 
     # Rebates each buyer's orders paid, by beneficiary (what a community's case concerns).
+    keys, total = (
+        (Order.user_id, Rebate.beneficiary_type, Rebate.beneficiary_id),
+        func.sum(Rebate.amount_fen + Rebate.held_fen),
+    )
     rows = _capped(
-        select(
-            Order.user_id, Rebate.beneficiary_type, Rebate.beneficiary_id, func.sum(Rebate.amount_fen + Rebate.held_fen)
-        )
+        select(*keys, total)
         .join(Order, Order.id == Rebate.order_id)
         .where(paid, Rebate.original_fen > 0, Rebate.beneficiary_type.in_(("user", "merchant")))
-        .group_by(Order.user_id, Rebate.beneficiary_type, Rebate.beneficiary_id)
-        .order_by(func.sum(Rebate.amount_fen + Rebate.held_fen).desc()),
+        .group_by(*keys)
+        .order_by(total.desc()),
         cap,
         "rebate_fen",
         facts,
@@ -421,16 +416,20 @@ def identity_cores(part: set[str], graph: Graph) -> list[set[str]]:
     return sorted(cores, key=lambda c: sorted(c))
 
 
-def _open_overlapping(members: set[str], since: datetime) -> tuple[int, int] | None:
-    """(community id, case id) of a stored suspicious community with ≥ 80 % of these members and an undecided case."""
+def _open_suspicious(since: datetime) -> list[tuple[int, set[str], int]]:
+    """(community id, members, case id) of the stored suspicious communities whose case is undecided."""
     rows = db.session.execute(
         select(RiskCommunity.id, RiskCommunity.members, ReviewCase.id)
         .join(ReviewCase, ReviewCase.community_id == RiskCommunity.id)
         .where(RiskCommunity.suspicious.is_(True), RiskCommunity.found_at >= since)
         .where(ReviewCase.status != CaseStatus.DECIDED)
     ).all()
-    for community_id, stored, case_id in rows:
-        other = set(stored)
+    return [(community_id, set(members), case_id) for community_id, members, case_id in rows]
+
+
+def _overlapping(members: set[str], open_ones: list[tuple[int, set[str], int]]) -> tuple[int, int] | None:
+    """(community id, case id) of an open suspicious community with ≥ 80 % of these members."""
+    for community_id, other, case_id in open_ones:
         if len(members & other) / len(members | other) >= OVERLAP:
             return community_id, case_id
     return None
@@ -440,13 +439,13 @@ def record_communities(scored: list[Scored], now: datetime, settings: GraphSetti
     """Store the scored communities (once per fingerprint) and open a case per new suspicious one (flushes)."""
     summary: Counter = Counter()
     table = RiskCommunity.__table__
-    since = now - timedelta(days=settings.days)
+    open_ones = _open_suspicious(now - timedelta(days=settings.days))  # read once, grown as cases open
     for s in scored:
         if s.score < settings.threshold / 2:
             continue
         summary["scored"] += 1
         reasons = list(s.reasons)
-        continues = _open_overlapping(set(s.members), since) if s.suspicious else None
+        continues = _overlapping(set(s.members), open_ones) if s.suspicious else None
         if continues is not None:
             reasons.append(f"continues community {continues[0]} (case {continues[1]}, still open)")
         row = {
@@ -469,7 +468,8 @@ def record_communities(scored: list[Scored], now: datetime, settings: GraphSetti
         if continues is not None:
             summary["continued"] += 1
             continue
-        open_community_case(written[0][0], s.merchant_id, s.concerned_fen, reasons, now)
+        case = open_community_case(written[0][0], s.merchant_id, s.concerned_fen, reasons, now)
+        open_ones.append((written[0][0], set(s.members), case.id))
         summary["cases"] += 1
     db.session.flush()
     return summary

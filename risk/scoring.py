@@ -31,6 +31,7 @@ from sqlalchemy.orm import aliased
 from models import Ban, BrowsingSession, Merchant, RiskIdentifier, RiskPair, RiskProfile, User, db
 from models.base import UTCDateTime, beijing
 from models.risk import BanSubject, EventKind
+from risk.bans import in_force
 from risk.catalogue import FEATURES
 
 SESSION_GAP = timedelta(minutes=30)  # a session whose last event is older than this is "no browsing"
@@ -388,8 +389,7 @@ def _statement():
     cycle = exists().where(pair.issuer_type == const("user"), pair.issuer_id == uid, pair.user_id == issuer_user)
     banned = exists().where(  # by (subject, value): the ix_risk_bans_subject_value index serves each subject
         or_(*(and_(ban.subject == const(subject), ban.value.in_(values)) for subject, values in ban_values.items())),
-        ban.lifted_at.is_(None),
-        or_(ban.ends_at.is_(None), ban.ends_at > now),
+        in_force(now, ban),
     )
     shop = aliased(Merchant, name="m")
     merchant_status = select(shop.status).where(shop.id == issuer_merchant).scalar_subquery()

@@ -14,7 +14,7 @@ from rebate import ban_ops
 from web.admin import PLATFORM, actor
 from web.api import endpoint
 from web.errors import ValidationFailed
-from web.schemas import Model, Reason
+from web.schemas import Model, Page, Reason
 
 bp = Blueprint("bans", __name__, url_prefix="/admin/api")
 
@@ -33,12 +33,10 @@ class LiftBan(Model):
     reason: Reason
 
 
-class BanQuery(Model):
+class BanQuery(Page):
     subject: Literal["user", "device", "merchant", "net"] | None = None
     value: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     active: bool | None = None
-    limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0, le=10_000_000)
 
 
 @endpoint(bp, "/bans", methods=["POST"], auth="operator", roles=BANNERS, body=CreateBan, idempotent=True, status=201)

@@ -8,23 +8,19 @@ members, score, reasons and its review case (id and status) when it opened one;
 from __future__ import annotations
 
 from flask import Blueprint
-from pydantic import Field
 from sqlalchemy import select
 
-from models import OperatorRole, ReviewCase, RiskCommunity, db
+from models import ReviewCase, RiskCommunity, db
+from web.admin import PLATFORM
 from web.api import endpoint
 from web.errors import NotFound
-from web.schemas import Model
+from web.schemas import Page
 
 bp = Blueprint("communities", __name__)
 
-PLATFORM = (OperatorRole.ADMIN, OperatorRole.FINANCE, OperatorRole.SUPPORT)
 
-
-class CommunityQuery(Model):
+class CommunityQuery(Page):
     suspicious: bool | None = None
-    limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0, le=10_000_000)
 
 
 def case_json(case: ReviewCase | None) -> dict | None:

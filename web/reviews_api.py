@@ -22,19 +22,18 @@ from payouts import MoneySettings
 from rebate.reviews import Review, decide
 from web.admin import PLATFORM, actor
 from web.api import endpoint
+from web.communities_api import community_json
 from web.errors import NotFound
-from web.schemas import Model, Reason
+from web.schemas import Model, Page, Reason
 
 bp = Blueprint("reviews", __name__, url_prefix="/admin/api")
 
 DECIDERS = PLATFORM  # admin, finance, support
 
 
-class ReviewQuery(Model):
+class ReviewQuery(Page):
     status: Literal["open", "awaiting_approval", "decided"] | None = None
     kind: Literal["order", "community"] | None = None
-    limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0, le=10_000_000)
 
 
 class Decide(Model):
@@ -135,14 +134,7 @@ def get_review(case_id: int):
         body["rebates"] = [_rebate_json(r) for r in rebates]
     if case.community_id is not None:
         community = db.session.get(RiskCommunity, case.community_id)
-        body["community"] = {
-            "id": community.id,
-            "members": community.members,
-            "size": community.size,
-            "score": community.score,
-            "reasons": community.reasons,
-            "found_at": community.found_at.isoformat(),
-        }
+        body["community"] = community_json(community, None)  # the case is the body itself
     return body
 
 

@@ -30,7 +30,7 @@ from risk.rules import (
     parse_scope,
     platform_scope,
 )
-from web.admin import actor
+from web.admin import ANY_OPERATOR, PLATFORM, actor
 from web.api import endpoint
 from web.errors import ValidationFailed
 from web.schemas import Id, Model, Page, Reason
@@ -38,9 +38,8 @@ from web.schemas import Id, Model, Page, Reason
 bp = Blueprint("risk_rules", __name__, url_prefix="/admin/api/risk/rules")
 
 WRITERS = (OperatorRole.ADMIN,)
-READERS = (OperatorRole.ADMIN, OperatorRole.FINANCE, OperatorRole.SUPPORT)
+READERS = PLATFORM
 PROPOSERS = (OperatorRole.ADMIN, OperatorRole.MERCHANT_STAFF)
-ANY_OPERATOR = (*READERS, OperatorRole.MERCHANT_STAFF)
 BACKTEST_DAYS = 30  # the default window: the last 30 days of payments
 
 Scope = Annotated[
