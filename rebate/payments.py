@@ -60,7 +60,7 @@ from rebate.orders import order_packets
 from rebate.packets import issue_packet
 from rebate.rules import Decision, OrderFacts, RuleSet, evaluate
 from risk import scoring
-from risk.bans import active_bans, ban_words, subjects
+from risk.bans import active_bans, refused_by, subjects
 from risk.cases import open_order_case
 from risk.net import net_of
 from risk.profiles import note_paid_order, note_pair
@@ -847,9 +847,8 @@ def _refusals(
         if status == "suspended":
             refused[("merchant", merchant_id)] = f"merchant {merchant_id} is suspended"
     if scored.any_ban:
-        for ban in active_bans(pairs, now):
-            key = ("user", buyer_id) if ban.subject in ("device", "net") else (ban.subject, int(ban.value))
-            refused.setdefault(key, ban_words(ban))
+        for key, words in refused_by(active_bans(pairs, now), buyer_id).items():
+            refused.setdefault(key, words)
     return refused
 
 

@@ -67,7 +67,7 @@ from rebate.deposits import lock_deposits
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
 from rebate.milestones import release_from_review
 from rebate.packets import release_packet
-from risk.bans import active_bans, ban_words, subjects
+from risk.bans import active_bans, refused_by, subjects
 from risk.cases import lock_case, members_by_kind
 
 BAN_SUBJECT = {CaseOutcome.BAN_USER: "user", CaseOutcome.BAN_DEVICE: "device", CaseOutcome.BAN_MERCHANT: "merchant"}
@@ -288,16 +288,22 @@ def _refusals(rebates: list[Rebate], orders: dict[int, Order], now: datetime) ->
     Keyed by (order id, beneficiary type, beneficiary id)."""
     refused: dict[tuple[int, str, int], str] = {}
     held = [r for r in rebates if r.status == RebateStatus.REVIEW and r.beneficiary_id is not None]
-    for order_id in sorted({r.order_id for r in held}):
-        order = orders[order_id]
-        mine = {(r.beneficiary_type, r.beneficiary_id) for r in held if r.order_id == order_id}
-        pairs = subjects(device=order.device, ip=order.ip)
+    paid_to: dict[int, set[tuple[str, int]]] = {}
+    for r in held:
+        paid_to.setdefault(r.order_id, set()).add((r.beneficiary_type, r.beneficiary_id))
+    pairs_of = {}
+    for order_id, mine in paid_to.items():
+        pairs = subjects(device=orders[order_id].device, ip=orders[order_id].ip)
         for kind, who in sorted(mine):
             pairs += subjects(user_id=who) if kind == "user" else subjects(merchant_id=who)
-        for ban in active_bans(pairs, now):
-            key = ("user", order.user_id) if ban.subject in ("device", "net") else (ban.subject, int(ban.value))
+        pairs_of[order_id] = set(pairs)
+    bans = active_bans(sorted(set().union(*pairs_of.values())), now)  # one read for every order of the case
+    for order_id in sorted(paid_to):
+        mine = paid_to[order_id]
+        on_order = [ban for ban in bans if (ban.subject, ban.value) in pairs_of[order_id]]
+        for key, words in refused_by(on_order, orders[order_id].user_id).items():
             if key in mine:
-                refused.setdefault((order_id, *key), ban_words(ban))
+                refused.setdefault((order_id, *key), words)
         for kind, who in sorted(mine):
             if (order_id, kind, who) in refused:
                 continue

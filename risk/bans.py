@@ -17,7 +17,7 @@ from datetime import datetime
 
 from sqlalchemy import String, and_, bindparam, exists, or_, select
 
-from models import Ban, db
+from models import Ban, BanSubject, db
 from risk.net import net_of
 
 
@@ -102,6 +102,16 @@ def banned_column():
 def ban_params(device: str | None, ip: str | None, now: datetime) -> dict:
     """The values ``banned_column`` is bound with for a claim from ``device`` at address ``ip``."""
     return {"ban_device": device, "ban_ip": ip, "ban_net": net_of(ip), "ban_now": now}
+
+
+def refused_by(bans: Iterable[Ban], buyer_id: int) -> dict[tuple[str, int], str]:
+    """Whom ``bans`` refuse on an order of ``buyer_id``, with the first ban's words for each: the person or merchant
+    banned, and for a ban on the order's device or network, the buyer."""
+    refused: dict[tuple[str, int], str] = {}
+    for ban in bans:
+        on_order = ban.subject in (BanSubject.DEVICE, BanSubject.NET)
+        refused.setdefault(("user", buyer_id) if on_order else (ban.subject, int(ban.value)), ban_words(ban))
+    return refused
 
 
 def ban_words(ban: Ban) -> str:
