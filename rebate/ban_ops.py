@@ -135,22 +135,28 @@ def _apply(actor: Actor, ban: Ban, owner: User | Merchant | None) -> list[int]:
     return []
 
 
+def campaigns_to_pause(merchant_ids: list[int]) -> list[int]:
+    """The active campaigns a ban of these merchants pauses: every one they issue, fund or take packets at."""
+    return list(
+        db.session.execute(
+            select(Campaign.id)
+            .where(
+                Campaign.status == CampaignStatus.ACTIVE,
+                or_(
+                    Campaign.issuer_merchant_id.in_(merchant_ids),
+                    Campaign.funder_merchant_id.in_(merchant_ids),
+                    Campaign.packet_merchant_id.in_(merchant_ids),
+                ),
+            )
+            .order_by(Campaign.id)
+        ).scalars()
+    )
+
+
 def _pause_campaigns(actor: Actor, merchant_id: int, ban: Ban) -> list[int]:
     """Pause every active campaign the merchant issues, funds or takes packets at (each audited)."""
-    ids = db.session.execute(
-        select(Campaign.id)
-        .where(
-            Campaign.status == CampaignStatus.ACTIVE,
-            or_(
-                Campaign.issuer_merchant_id == merchant_id,
-                Campaign.funder_merchant_id == merchant_id,
-                Campaign.packet_merchant_id == merchant_id,
-            ),
-        )
-        .order_by(Campaign.id)
-    ).scalars()
     paused = []
-    for campaign_id in list(ids):
+    for campaign_id in campaigns_to_pause([merchant_id]):
         transition(actor, campaign_id, "pause", f"merchant {merchant_id} banned (ban {ban.id}): {ban.reason}"[:500])
         paused.append(campaign_id)
     return paused

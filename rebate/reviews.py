@@ -41,7 +41,6 @@ from sqlalchemy import or_, select
 
 from models import (
     Campaign,
-    CampaignStatus,
     CaseOutcome,
     CaseStatus,
     Merchant,
@@ -61,7 +60,7 @@ from models.operators import Actor, audit
 from payouts import MoneySettings
 from rebate import budgets
 from rebate.awards import pay_rebate
-from rebate.ban_ops import create_ban
+from rebate.ban_ops import campaigns_to_pause, create_ban
 from rebate.clawbacks import take_back
 from rebate.deposits import lock_deposits
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
@@ -271,15 +270,7 @@ def _lock_banned_merchants(values: list[str]) -> set[int]:
     if not ids:
         return set()
     db.session.execute(select(Merchant.id).where(Merchant.id.in_(ids)).order_by(Merchant.id).with_for_update())
-    stmt = select(Campaign.id).where(
-        Campaign.status == CampaignStatus.ACTIVE,
-        or_(
-            Campaign.issuer_merchant_id.in_(ids),
-            Campaign.funder_merchant_id.in_(ids),
-            Campaign.packet_merchant_id.in_(ids),
-        ),
-    )
-    return set(db.session.execute(stmt).scalars())
+    return set(campaigns_to_pause(ids))
 
 
 def _refusals(rebates: list[Rebate], orders: dict[int, Order], now: datetime) -> dict[tuple[int, str, int], str]:
