@@ -24,11 +24,17 @@ WRITES = {"writes": True}
 CHUNK_ROWS = 100  # rows per statement: bounded SQL text and bind parameters (SQLite allows 32,766)
 
 
+def insert_rows(table: Table, rows: Sequence[dict]) -> None:
+    """Insert ``rows`` (dicts with the same keys) with the same cached multi-row statement, no conflict clause."""
+    insert_ignoring(table, rows, ())
+
+
 def insert_ignoring(
     table: Table, rows: Sequence[dict], conflict: tuple[str, ...], returning: tuple[str, ...] = ()
 ) -> list[tuple]:
-    """Insert ``rows`` (dicts with the same keys), skipping those that hit the unique ``conflict`` columns;
-    the ``returning`` columns of the rows written (none for those skipped), in no particular order."""
+    """Insert ``rows`` (dicts with the same keys), skipping those that hit the unique ``conflict`` columns (none
+    named: a plain INSERT); the ``returning`` columns of the rows written (none for those skipped), in no
+    particular order."""
     if not rows:
         return []
     columns = tuple(rows[0])
@@ -49,7 +55,9 @@ def _statement(
 ) -> Executable:
     names = ", ".join(columns)
     values = ", ".join("(" + ", ".join(f":{c}_{i}" for c in columns) + ")" for i in range(count))
-    sql = f"INSERT INTO {table.name} ({names}) VALUES {values} ON CONFLICT ({', '.join(conflict)}) DO NOTHING"  # noqa: S608 (our names)
+    sql = f"INSERT INTO {table.name} ({names}) VALUES {values}"  # noqa: S608 (our names)
+    if conflict:
+        sql += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
     if returning:
         sql += f" RETURNING {', '.join(returning)}"
     stmt = text(sql).bindparams(*(bindparam(f"{c}_{i}", type_=table.c[c].type) for i in range(count) for c in columns))

@@ -38,7 +38,7 @@ from sqlalchemy.sql.elements import TextClause
 from models import Product, db
 from models.limits import LimitCounter
 from models.risk import BehaviourEvent, BrowsingSession, EventKind
-from models.sql import WRITES, insert_ignoring
+from models.sql import WRITES, insert_ignoring, insert_rows
 
 SESSION_GAP = timedelta(minutes=30)  # a longer pause starts another browsing session
 BATCH_SPREAD = timedelta(minutes=30)  # how far back of the receive time a batch's client offsets may place events
@@ -189,22 +189,13 @@ EVENT_COLUMNS = ("user_id", "device", "kind", "product_id", "dwell_ms", "detail"
 
 
 def _insert_events(user_id: int, device: str | None, events: Sequence[tuple[Event, datetime]]) -> None:
-    params: dict[str, object] = {}
-    for i, (event, at) in enumerate(events):
+    """One multi-row INSERT (a batch is at most 100 events, ``models.sql``'s chunk)."""
+    rows = []
+    for event, at in events:
         detail = event.detail[:DETAIL_CHARS] if event.detail is not None else None
         row = (user_id, device, int(event.kind), event.product_id, event.dwell_ms, detail, at)
-        params.update({f"{column}_{i}": value for column, value in zip(EVENT_COLUMNS, row, strict=True)})
-    db.session.execute(_insert(len(events)), params)
-
-
-@functools.cache
-def _insert(count: int) -> TextClause:
-    """A plain multi-row ``INSERT`` of ``count`` events, typed and compiled once per row count (as models/sql.py)."""
-    table = BehaviourEvent.__table__
-    values = ", ".join("(" + ", ".join(f":{c}_{i}" for c in EVENT_COLUMNS) + ")" for i in range(count))
-    sql = f"INSERT INTO behaviour_events ({', '.join(EVENT_COLUMNS)}) VALUES {values}"  # noqa: S608 (our names)
-    typed = [bindparam(f"{c}_{i}", type_=table.c[c].type) for i in range(count) for c in EVENT_COLUMNS]
-    return text(sql).bindparams(*typed).execution_options(**WRITES)
+        rows.append(dict(zip(EVENT_COLUMNS, row, strict=True)))
+    insert_rows(BehaviourEvent.__table__, rows)
 
 
 def _lock_session(user_id: int) -> BrowsingSession | None:
