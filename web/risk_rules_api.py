@@ -158,7 +158,7 @@ def backtest(body: BacktestIn):
         scope, raw = rs.scope, rs.rules
     else:
         scope, raw = body.scope or platform_scope(), body.rules
-    rulesets.visible_scope(actor(), scope)
+        rulesets.visible_scope(actor(), scope)  # a stored version's scope was checked with it
     rules = parse_rules(raw, overrides=parse_scope(scope) is not None)
     return backtests.backtest(rules, scope, since, until, body.limit, rule_set_id=body.rule_set_id)
 
