@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet
 from flask import Flask
-from flask.sessions import SessionInterface
+from flask.sessions import SecureCookieSessionInterface
 from flask_migrate import Migrate
 from sqlalchemy import event
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -32,7 +32,7 @@ log = logging.getLogger("app")
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     settings = load_config(overrides)
     app = Flask(__name__)
-    app.session_interface = NoCookieSessions()
+    app.session_interface = ConsoleOnlySessions()
     app.config.update(settings)
     _apply_dev_defaults(app)
     app.config.update(
@@ -66,17 +66,25 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     return app
 
 
-class NoCookieSessions(SessionInterface):
-    """No Flask cookie session: every caller carries a bearer token (users, operators) or a signature
-    (WeChat), and OAuth's state is a server-side row (web/login.py). Flask's default would build a signing
-    serializer on every request only to find no cookie; ``flask.session`` is a read-only empty
-    ``NullSession`` instead (writing to it raises)."""
+CONSOLE_PREFIX = "/console"
+
+
+class ConsoleOnlySessions(SecureCookieSessionInterface):
+    """A Flask cookie session for the operator console (``/console/…``) only. Everyone else carries a
+    bearer token (users, operators) or a signature (WeChat), and OAuth's state is a server-side row
+    (web/login.py): for them ``flask.session`` is a read-only empty ``NullSession`` (writing to it
+    raises), and no signing serializer is built per request. The console's cookie holds only its
+    session id and CSRF secret (the session is a row: web/console/auth.py)."""
 
     def open_session(self, app, request):
-        return None  # Flask then uses make_null_session
+        if not request.path.startswith(CONSOLE_PREFIX):
+            return None  # Flask then uses make_null_session
+        return super().open_session(app, request)
 
     def save_session(self, app, session, response):
-        return None
+        if self.is_null_session(session):
+            return None
+        return super().save_session(app, session, response)
 
 
 def _apply_dev_defaults(app: Flask) -> None:

@@ -370,6 +370,26 @@ SETTINGS: tuple[Setting, ...] = (
         _process_count,
         doc="Days raw behaviour-trail events are kept (scoring reads the browsing sessions, not the raw rows).",
     ),
+    # the operator console (/console/)
+    Setting(
+        "CONSOLE_SESSION_HOURS",
+        8,
+        _process_count,
+        doc="A console sign-in lasts at most this many hours, however busy (then the operator signs in again).",
+    ),
+    Setting(
+        "CONSOLE_IDLE_MINUTES",
+        60,
+        _process_count,
+        doc="A console session unused for this many minutes ends.",
+    ),
+    Setting(
+        "CONSOLE_COOKIE_SECURE",
+        None,
+        _bool,
+        doc="Send the console's session cookie over HTTPS only. Unset: on, except in simulator mode (`make run` "
+        "serves plain HTTP on 127.0.0.1).",
+    ),
 )
 
 LIVE_REQUIRED = (

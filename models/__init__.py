@@ -23,7 +23,7 @@ from models.idempotency import IdempotencyRecord
 from models.ledger import AccountKind, LedgerAccount, LedgerEntry, LedgerFlow, LedgerPosting, Unit
 from models.limits import ClaimRefusal, LimitCounter
 from models.oauth import OAuthState
-from models.operators import AuditLog, Operator, OperatorRole, OperatorToken
+from models.operators import AuditLog, ConsoleSession, Operator, OperatorRole, OperatorToken
 from models.orders import Order, OrderLine, OrderPacket, OrderStatus, PaymentNotification, Refund, RefundStatus
 from models.packets import PacketStatus, RedPacket
 from models.payouts import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl
@@ -98,6 +98,7 @@ __all__ = [
     "RefundStatus",
     "AccountKind",
     "AuditLog",
+    "ConsoleSession",
     "Base",
     "EncryptedText",
     "IdempotencyRecord",

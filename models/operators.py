@@ -81,6 +81,27 @@ class AuditLog(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
+class ConsoleSession(Base):
+    """A signed-in console session (web/console). The browser's cookie carries only ``id`` (random, signed
+    by Flask) and its CSRF secret; the session itself lives here, so signing out, revoking the token the
+    operator signed in with or disabling the operator ends it at once, wherever the cookie went."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # secrets.token_urlsafe(32)
+    operator_id: Mapped[int] = mapped_column(ForeignKey("operators.id"), index=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("operator_tokens.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(200))
+
+    operator: Mapped[Operator] = relationship()
+    token: Mapped[OperatorToken] = relationship()
+
+
 @dataclass(frozen=True)
 class Actor:
     """Who does an operator action, and from where."""

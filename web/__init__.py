@@ -21,6 +21,7 @@ def register_blueprints(app: Flask) -> None:
         bans_api,
         campaign_admin,
         communities_api,
+        console,
         events_api,
         growth_api,
         insights,
@@ -56,6 +57,8 @@ def register_blueprints(app: Flask) -> None:
         reviews_api,
         bans_api,
         communities_api,
+        console,
     )
     for module in modules:
         app.register_blueprint(module.bp)
+    console.auth.configure(app)

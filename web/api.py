@@ -173,7 +173,8 @@ def endpoint(
                 return idempotency.run(scope, route, key, lambda: _finish(view, kwargs, mutating, False, status))
             return _finish(view, kwargs, mutating, status=status)
 
-        wrapper._api = {  # read by web/openapi.py
+        wrapper._api = {  # read by web/openapi.py and web/console (which runs the same view)
+            "mutating": mutating,
             "summary": summary or (view.__doc__ or "").strip().split("\n")[0],
             "auth": auth,
             "roles": roles,

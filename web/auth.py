@@ -74,18 +74,29 @@ def current_user() -> User:
     return user
 
 
+def operator_token(token: str) -> OperatorToken:
+    """The live personal token ``token`` is, or 401 (unknown, revoked, expired) / 403 (operator disabled).
+    The admin API's bearer check and the console's sign-in both come here."""
+    row = db.session.execute(
+        select(OperatorToken).where(OperatorToken.token_sha256 == token_digest(token))
+    ).scalar_one_or_none()
+    if row is None or not token_is_live(row):
+        raise Unauthorized("invalid operator token", code="invalid_token")
+    if not row.operator.active:
+        raise Forbidden("operator disabled", code="operator_disabled")
+    return row
+
+
+def token_is_live(row: OperatorToken) -> bool:
+    return row.revoked_at is None and (row.expires_at is None or row.expires_at > utcnow())
+
+
 def current_operator(roles: tuple[str, ...] = ()) -> Operator:
+    """The operator at work (a bearer token's; the console sets ``g.operator`` from its session), and
+    403 when its role is not among ``roles``."""
     _forget_other_requests()
     if "operator" not in g:
-        row = db.session.execute(
-            select(OperatorToken).where(OperatorToken.token_sha256 == token_digest(_bearer()))
-        ).scalar_one_or_none()
-        now = utcnow()
-        if row is None or row.revoked_at is not None or (row.expires_at and row.expires_at <= now):
-            raise Unauthorized("invalid operator token", code="invalid_token")
-        if not row.operator.active:
-            raise Forbidden("operator disabled", code="operator_disabled")
-        g.operator = row.operator
+        g.operator = operator_token(_bearer()).operator
     if roles and g.operator.role not in roles:
         raise Forbidden(f"role {g.operator.role} may not do this", code="role_forbidden")
     return g.operator

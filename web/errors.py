@@ -19,6 +19,7 @@ from wechat.notifications import failure_response_body
 
 log = logging.getLogger(__name__)
 WECHAT_CALLBACKS = "/wechat/"  # answered in WeChat's own format, whatever goes wrong
+CONSOLE = "/console"  # answered as pages (web/console)
 PASSED_ON_HEADERS = {"allow", "retry-after", "www-authenticate"}
 
 KIND_STATUS = {
@@ -122,6 +123,10 @@ def busy_error() -> ApiError:
 
 
 def error_response(err: ApiError):
+    if request.path.startswith(CONSOLE):  # the console's errors are pages
+        from web.console import error_page  # noqa: PLC0415 - the console builds on this module
+
+        return error_page(err)
     on_callback = request.path.startswith(WECHAT_CALLBACKS)
     response = jsonify(failure_response_body(err.message) if on_callback else err.body())
     response.status_code = err.status

@@ -6,7 +6,8 @@ query, auth, success ``status``, ``upstream``); the few plain Flask views
 :func:`documented`. Every operation lists each status it can answer: its
 success status, ``4XX`` errors, ``503`` (database busy or WeChat unavailable,
 with ``Retry-After``) and, where the caller waits on WeChat, ``502``. The local
-WeChat simulator's routes (``/_sim/``) are WeChat's API, not ours: left out.
+WeChat simulator's routes (``/_sim/``) are WeChat's API, not ours: left out; so are the operator
+console's pages (``/console/``): pages for people in a browser, over the API's own views.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ WECHAT_FAIL_SCHEMA = {
     "properties": {"code": {"const": "FAIL"}, "message": {"type": "string"}},
 }
 SIMULATOR_ENDPOINTS = "wechat_sim."
+CONSOLE_ENDPOINTS = "console."
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
 
 
@@ -140,7 +142,7 @@ def build_openapi(app: Flask) -> dict:
     components: dict = {"Error": ERROR_SCHEMA, "WeChatFail": WECHAT_FAIL_SCHEMA}
     paths: dict = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
-        if rule.endpoint == "static" or rule.endpoint.startswith(SIMULATOR_ENDPOINTS):
+        if rule.endpoint == "static" or rule.endpoint.startswith((SIMULATOR_ENDPOINTS, CONSOLE_ENDPOINTS)):
             continue
         view = app.view_functions[rule.endpoint]
         meta, doc = getattr(view, "_api", None), getattr(view, "_openapi", None)

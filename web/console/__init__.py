@@ -1,0 +1,212 @@
+"""The operator console: server-rendered pages at ``/console/`` over the admin API's own views.
+
+* **One code path.** A page that reads or changes something runs the admin API's view through
+  :func:`invoke`: the same role check, pydantic validation, operation, audit line and single commit
+  as ``/admin/api`` (``web.api.endpoint``); only the transport differs (a form instead of JSON, a page
+  instead of a body). Merchant staff are scoped exactly as in the API: another merchant's campaign,
+  payout or report answers 404.
+* **Sign-in** with an operator's personal token (web/console/auth.py) opens a server-side session
+  (``console_sessions``); the browser keeps a signed, HttpOnly, SameSite=Lax cookie with the session's id
+  and CSRF secret only. Every POST carries the form's CSRF token (Flask-WTF's ``generate_csrf`` /
+  ``validate_csrf``) or is refused with 400 before anything runs.
+* **Charts** are Apache ECharts, vendored under ``static/vendor`` (no CDN): a page puts an ECharts
+  option as JSON in ``<script type="application/json">`` and ``static/console.js`` draws it; the
+  Content-Security-Policy allows scripts from this origin only.
+* Pages: ``campaigns.py`` (campaigns, rules, budget, what-if), ``operations.py`` (payouts, reconciliation,
+  customer-service lookup, audit log, reviews, bans), ``reports.py`` (overview, a campaign's effect report).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Response, abort, current_app, flash, g, render_template, request
+from werkzeug.datastructures import MultiDict
+
+from models.base import BEIJING
+from money import format_yuan
+from web.api import _finish, validate
+from web.auth import current_operator
+from web.errors import ApiError
+
+bp = Blueprint(
+    "console",
+    __name__,
+    url_prefix="/console",
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
+
+# The console's menu: (endpoint, label, roles that see it). A page module registers the endpoint; a
+# link shows only when the page exists and the operator's role may open it (the page checks again).
+PLATFORM = ("admin", "finance", "support")
+EVERYONE = (*PLATFORM, "merchant_staff")
+NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("console.overview", "概览 Overview", EVERYONE),
+    ("console.campaigns", "活动 Campaigns", EVERYONE),
+    ("console.payouts", "打款处理 Payouts", ("admin", "finance")),
+    ("console.reconciliation", "对账 Reconciliation", ("admin", "finance")),
+    ("console.lookup", "客服查询 Lookup", EVERYONE),
+    ("console.reviews", "风控审核 Reviews", PLATFORM),
+    ("console.bans", "封禁 Bans", PLATFORM),
+    ("console.audit", "审计日志 Audit log", EVERYONE),
+)
+
+
+class ConsoleError(Exception):
+    """An API view refused what a page asked (the ApiError it raised, kept for the page to show)."""
+
+    def __init__(self, error: ApiError):
+        super().__init__(error.message)
+        self.error = error
+
+    @property
+    def status(self) -> int:
+        return self.error.status
+
+    @property
+    def field_errors(self) -> dict[str, str]:
+        """A 422's problems by field (``rules.roles.0.rate_bps`` → "…"), for the form to show beside each."""
+        details = self.error.details if isinstance(self.error.details, list) else []
+        return {d.get("field", ""): d.get("problem", "") for d in details if isinstance(d, dict)}
+
+
+def invoke(view: Callable, *, body: dict | None = None, query: dict | None = None, **path: Any) -> Any:
+    """Run an admin API view (``web.api.endpoint``) as the signed-in operator and return its JSON body.
+
+    The same role check (403), the same body/query models (422 with every problem), the same view and
+    operation (404 outside the operator's merchant, 409 …) and one commit when it succeeds. A refusal
+    raises :class:`ConsoleError` carrying the API's error; a page shows it (or answers it: a 404 stays
+    a 404)."""
+    api = view._api
+    try:
+        operator = current_operator(api["roles"])
+        if operator.merchant_id is not None:
+            from web.api import _note_merchant_staff  # noqa: PLC0415 - the API's own risk note for staff
+
+            _note_merchant_staff(operator.id, operator.merchant_id)
+        kwargs = dict(path)
+        if api["body"] is not None:
+            kwargs["body"] = validate(api["body"], body if body is not None else {})
+        if api["query"] is not None:
+            kwargs["query"] = validate(api["query"], {k: v for k, v in (query or {}).items() if v not in (None, "")})
+        response = _finish(view.__wrapped__, kwargs, api["mutating"], status=api["status"])
+    except ApiError as err:
+        raise ConsoleError(err) from err
+    if response.status_code >= 400:
+        raise ConsoleError(ApiError(response.get_data(as_text=True), status=response.status_code))
+    return response.get_json() if response.is_json else response
+
+
+def read(view: Callable, *, query: dict | None = None, **path: Any) -> Any:
+    """:func:`invoke` for a page that only shows what a view answers: a 404 (not yours, or no such
+    thing) is the page's 404, a 403 its 403."""
+    try:
+        return invoke(view, query=query, **path)
+    except ConsoleError as exc:
+        if exc.status in (403, 404):
+            abort(exc.status)
+        raise
+
+
+def act(view: Callable, *, body: dict | None = None, done: str = "", **path: Any) -> Any | None:
+    """:func:`invoke` for a form: success flashes ``done`` and returns the body; a refusal flashes the
+    API's message (and its field problems) and returns None, so the page shows the form again."""
+    try:
+        result = invoke(view, body=body, **path)
+    except ConsoleError as exc:
+        if exc.status == 404:
+            abort(404)
+        problems = "; ".join(f"{field}: {problem}" for field, problem in exc.field_errors.items())
+        flash(f"{exc.error.message}{' — ' + problems if problems else ''}", "error")
+        g.form_errors = exc.field_errors
+        return None
+    if done:
+        flash(done, "ok")
+    return result
+
+
+def form_data(names: tuple[str, ...] | None = None) -> MultiDict:
+    """The posted form (without its CSRF token)."""
+    data = MultiDict(request.form)
+    data.pop("csrf_token", None)
+    return data if names is None else MultiDict({k: v for k, v in data.items() if k in names})
+
+
+def render(template: str, **context: Any) -> str:
+    return render_template(template, **context)
+
+
+@bp.app_template_filter("yuan")
+def yuan_filter(amount_fen: int | None) -> str:
+    return "—" if amount_fen is None else "¥" + format_yuan(int(amount_fen))
+
+
+@bp.app_template_filter("beijing")
+def beijing_filter(value: Any) -> str:
+    """An ISO timestamp or datetime shown in Beijing time, to the minute."""
+    from datetime import datetime  # noqa: PLC0415
+
+    if value in (None, ""):
+        return "—"
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is None:
+        return moment.strftime("%Y-%m-%d %H:%M")
+    return moment.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M")
+
+
+@bp.app_template_filter("percent")
+def percent_filter(ratio: float | None, digits: int = 1) -> str:
+    """A ratio (0.123) as "12.3%"; no ratio (a zero base) as "—", never infinity."""
+    return "—" if ratio is None else f"{ratio * 100:.{digits}f}%"
+
+
+@bp.context_processor
+def _console_context() -> dict:
+    from flask_wtf.csrf import generate_csrf  # noqa: PLC0415
+
+    operator = g.get("operator")
+    nav = []
+    if operator is not None:
+        nav = [
+            (endpoint, label)
+            for endpoint, label, roles in NAV
+            if endpoint in current_app.view_functions and operator.role in roles
+        ]
+    return {"csrf_token": generate_csrf, "operator": operator, "nav": nav, "form_errors": g.get("form_errors", {})}
+
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
+)
+
+
+@bp.after_request
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.endpoint != "console.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.errorhandler(ConsoleError)
+def _refused(exc: ConsoleError) -> Response:
+    return error_page(exc.error)
+
+
+def error_page(err: ApiError) -> Response:
+    """An error under /console/ as a page (web/errors.py sends console paths here)."""
+    body = render_template("console/error.html", status=err.status, message=err.message)
+    response = Response(body, status=err.status, mimetype="text/html")
+    if err.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, int(err.retry_after)))
+    return _security_headers(response)
+
+
+from web.console import auth, campaigns, operations, reports  # noqa: E402, F401 - they add the pages

@@ -1,0 +1,167 @@
+"""Console sign-in: an operator's personal token once, then a server-side session and a cookie.
+
+The cookie (Flask's signed session cookie, HttpOnly, SameSite=Lax, Secure outside simulator mode,
+path ``/console``) carries the session's random id and the CSRF secret only; the token is never stored
+in it. A session ends when the operator signs out, after ``CONSOLE_IDLE_MINUTES`` unused, after
+``CONSOLE_SESSION_HOURS`` in all, or at once when the token it was opened with is revoked or expires,
+or the operator is disabled. Sign-in, sign-out and refused sign-ins are audited.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from flask import current_app, flash, g, redirect, request, session, url_for
+from flask_wtf.csrf import CSRFError, validate_csrf
+from sqlalchemy import select
+from wtforms import ValidationError
+
+from models import AuditLog, ConsoleSession, db, utcnow
+from models.operators import Actor, audit
+from web.api import client_ip
+from web.auth import operator_token, token_is_live
+from web.console import bp, render
+from web.errors import ApiError
+
+PUBLIC_ENDPOINTS = {"console.sign_in", "console.static"}
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+SEEN_EVERY = timedelta(seconds=60)  # last_seen_at is written at most this often per session
+
+
+def _session_row(sid: str) -> ConsoleSession | None:
+    return db.session.execute(select(ConsoleSession).where(ConsoleSession.id == sid)).scalar_one_or_none()
+
+
+def configure(app) -> None:
+    """The console's cookie and CSRF settings (called by the app factory)."""
+    secure = app.config.get("CONSOLE_COOKIE_SECURE")
+    if secure is None:
+        secure = app.config.get("WECHAT_MODE") != "simulator"
+    app.config.update(
+        SESSION_COOKIE_NAME="console_session",
+        SESSION_COOKIE_PATH="/console",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=bool(secure),
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=app.config["CONSOLE_SESSION_HOURS"]),
+        WTF_CSRF_TIME_LIMIT=app.config["CONSOLE_SESSION_HOURS"] * 3600,
+        WTF_CSRF_FIELD_NAME="csrf_token",
+        WTF_CSRF_SSL_STRICT=True,  # over HTTPS a POST must come from this origin (Referer), too
+    )
+
+
+def _live(row: ConsoleSession | None) -> bool:
+    if row is None or row.ended_at is not None:
+        return False
+    now = utcnow()
+    idle = timedelta(minutes=current_app.config["CONSOLE_IDLE_MINUTES"])
+    return row.expires_at > now and row.last_seen_at > now - idle and token_is_live(row.token) and row.operator.active
+
+
+@bp.before_request
+def _check_csrf_then_session():
+    g.pop("csrf_token", None)  # Flask-WTF's per-request cache; ``g`` can outlive a request (tests, scripts)
+    if request.method not in SAFE_METHODS and request.endpoint != "console.static":
+        try:
+            validate_csrf(request.form.get("csrf_token"))
+        except (ValidationError, CSRFError) as exc:
+            raise ApiError(
+                f"this form's security token is missing or out of date ({exc}); reload the page and try again",
+                code="csrf_failed",
+                status=400,
+            ) from None
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    sid = session.get("sid")
+    row = _session_row(sid) if isinstance(sid, str) else None
+    if not _live(row):
+        if row is not None and row.ended_at is None:
+            row.ended_at = utcnow()
+            db.session.commit()
+        session.pop("sid", None)
+        if sid is not None:
+            flash("你的登录已过期，请重新登录 · Your session ended; sign in again.", "error")
+        nxt = request.full_path.rstrip("?") if request.method in SAFE_METHODS else None
+        return redirect(url_for("console.sign_in", next=nxt))
+    g.operator, g.console_session = row.operator, row
+    g.identity_request = request._get_current_object()  # web.auth: this request's identity
+    if utcnow() - row.last_seen_at >= SEEN_EVERY:
+        row.last_seen_at = utcnow()
+        db.session.commit()
+    return None
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path inside the console: never another host (no open redirect)."""
+    if target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and target.startswith("/console/") and "\\" not in target:
+            return target
+    return url_for("console.overview") if "console.overview" in current_app.view_functions else url_for("console.home")
+
+
+@bp.route("/sign-in", methods=["GET", "POST"])
+def sign_in():
+    if request.method == "GET":
+        return render("console/sign_in.html", next=request.args.get("next", ""))
+    token = (request.form.get("token") or "").strip()
+    try:
+        if not token or len(token) > 200:
+            raise ApiError("enter your personal operator token", code="invalid_token", status=401)
+        row = operator_token(token)
+    except ApiError as err:
+        db.session.rollback()
+        db.session.add(
+            AuditLog(
+                operator_id=None,
+                action="console.sign_in_refused",
+                target_type="console",
+                target_id=None,
+                reason=err.code,
+                details={},
+                ip=client_ip(),
+            )
+        )
+        db.session.commit()
+        flash("令牌无效 · That token does not sign anyone in (unknown, revoked, expired or disabled).", "error")
+        return render("console/sign_in.html", next=request.form.get("next", "")), err.status
+    now = utcnow()
+    hours = current_app.config["CONSOLE_SESSION_HOURS"]
+    row_session = ConsoleSession(
+        id=secrets.token_urlsafe(32),
+        operator_id=row.operator_id,
+        token_id=row.id,
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + timedelta(hours=hours),
+        ip=client_ip(),
+        user_agent=(request.user_agent.string or "")[:200],
+    )
+    db.session.add(row_session)
+    audit(Actor(row.operator, client_ip()), "console.sign_in", "console_session", row_session.id[:8], token=row.label)
+    db.session.commit()
+    session.clear()  # a new session id and a new CSRF secret: nothing from before sign-in carries over
+    g.pop("csrf_token", None)
+    session.permanent = True
+    session["sid"] = row_session.id
+    return redirect(_safe_next(request.form.get("next")))
+
+
+@bp.route("/sign-out", methods=["POST"])
+def sign_out():
+    row = g.console_session
+    row.ended_at = utcnow()
+    audit(Actor(g.operator, client_ip()), "console.sign_out", "console_session", row.id[:8])
+    db.session.commit()
+    session.clear()
+    flash("已退出 · Signed out.", "ok")
+    return redirect(url_for("console.sign_in"))
+
+
+@bp.route("/")
+def home():
+    if "console.overview" in current_app.view_functions:
+        return redirect(url_for("console.overview"))
+    return render("console/home.html")

@@ -1,0 +1,1 @@
+"""Console pages: campaigns (see web/console/__init__.py)."""

@@ -1,0 +1,1 @@
+"""Console pages: operations (see web/console/__init__.py)."""

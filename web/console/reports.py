@@ -1,0 +1,1 @@
+"""Console pages: reports (see web/console/__init__.py)."""
