@@ -46,12 +46,12 @@ EVERYONE = (*PLATFORM, "merchant_staff")
 NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("console.overview", "概览 Overview", EVERYONE),
     ("console.campaigns", "活动 Campaigns", EVERYONE),
-    ("console.payouts", "打款处理 Payouts", ("admin", "finance")),
+    ("console.payouts", "打款处理 Payouts", PLATFORM),
     ("console.reconciliation", "对账 Reconciliation", ("admin", "finance")),
     ("console.lookup", "客服查询 Lookup", EVERYONE),
     ("console.reviews", "风控审核 Reviews", PLATFORM),
     ("console.bans", "封禁 Bans", PLATFORM),
-    ("console.audit", "审计日志 Audit log", EVERYONE),
+    ("console.audit", "审计日志 Audit log", ("admin", "finance")),
 )
 
 
