@@ -370,6 +370,14 @@ SETTINGS: tuple[Setting, ...] = (
         _process_count,
         doc="Days raw behaviour-trail events are kept (scoring reads the browsing sessions, not the raw rows).",
     ),
+    # public campaign rules (`/c/<id>`, `GET /api/v1/campaigns/<id>/rules`)
+    Setting("PLATFORM_NAME", "本平台 (this platform)", doc="The platform's name as people read it on public pages."),
+    Setting(
+        "COMPLAINT_CONTACT",
+        "小程序 → 我的 → 客服 (in the mini-program: Me → Customer service)",
+        doc="The platform's own complaint channel (service phone, URL or path in the app), shown on every "
+        "campaign's public rules beside WeChat Pay's complaint path.",
+    ),
 )
 
 LIVE_REQUIRED = (

@@ -32,6 +32,7 @@ def register_blueprints(app: Flask) -> None:
         refunds_admin,
         reviews_api,
         risk_rules_api,
+        rules_page,
         transfer_callbacks,
         user_api,
         wechat_callbacks,
@@ -56,6 +57,7 @@ def register_blueprints(app: Flask) -> None:
         reviews_api,
         bans_api,
         communities_api,
+        rules_page,
     )
     for module in modules:
         app.register_blueprint(module.bp)
