@@ -177,3 +177,19 @@ def test_rules_routes_are_documented(client):
     assert "security" not in rules and "200" in rules["responses"]
     page = paths["/c/{campaign_id}"]["get"]
     assert "text/html" in page["responses"]["200"]["content"]
+
+
+def test_the_rules_builder_only_reads(make_campaign, make_merchant):
+    from insights.campaign_rules import campaign_rules
+    from risk.limits import PlatformLimits
+    from tests.test_insights_read_only import WRITES, watched
+
+    campaign = _merchant_campaign(make_campaign, make_merchant)
+    db.session.expire_all()
+    with watched() as seen:
+        rules = campaign_rules(
+            campaign.id, platform_name="P", complaint_contact="C", platform_limits=PlatformLimits(), now=utcnow()
+        )
+    assert rules["organiser"]["name"] == "Noodle House 面馆"
+    assert seen["statements"] and not WRITES & set(seen["statements"])
+    assert seen["flushes"] == 0 and seen["commits"] == 0
