@@ -1,4 +1,5 @@
-"""``python -m bench [name ...]``: run every ``bench/*_bench.py`` (or the named ones), one line each.
+"""``python -m bench [name ...]``: run every ``bench/*_bench.py`` (or the named ones), one line each
+(progress on stderr).
 
 Names: ``notify``, ``claims``, ``dispatch``, ``replay`` (``simulate`` is its former name). The HTTP
 benchmarks (notify, claims) need ``BENCH_DATABASE_URL``; without it they say so and are skipped.
@@ -11,6 +12,7 @@ import pkgutil
 import sys
 
 import bench
+from bench.harness import progress
 
 ALIASES = {"simulate": "replay"}
 
@@ -27,6 +29,7 @@ def main(argv: list[str]) -> int:
         print(f"no benchmark matches {argv}", file=sys.stderr)
         return 2
     for name in found:
+        progress(f"{name}: starting")
         for line in importlib.import_module(f"bench.{name}").run():
             print(line, flush=True)
     return 0

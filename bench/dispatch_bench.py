@@ -45,6 +45,8 @@ from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, event, func, insert, select, text
 from sqlalchemy.engine import make_url
 
+from bench import harness
+
 RATE = int(os.environ.get("BENCH_DISPATCH_RATE", "100"))
 SECONDS = float(os.environ.get("BENCH_DISPATCH_SECONDS", "8"))
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -79,7 +81,9 @@ def run() -> Iterator[str]:
         try:
             yield f"dispatch (PostgreSQL, change transfers, the simulator under gunicorn as WeChat, rate {RATE}/s):"
             for processes in (1, 2):
+                harness.progress(f"dispatch: seeding payouts for {processes} dispatcher process(es)")
                 ids = _seed(app, int(RATE * SECONDS * processes))
+                harness.progress(f"dispatch: draining with {processes} process(es)")
                 yield _line(processes, ids, _drain(processes, env), app)
         finally:
             wechat.terminate()

@@ -61,6 +61,14 @@ BEIJING = timezone(timedelta(hours=8))
 PUBLIC_KEY_ID = "PUB_KEY_ID_0114" + "0" * 18 + "BENCH"  # WeChat's form: PUB_KEY_ID_ + digits
 
 
+_STARTED = time.monotonic()
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr (a phase, a round): stdout keeps only the result lines."""
+    print(f"[bench {time.monotonic() - _STARTED:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+
 def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
@@ -228,6 +236,7 @@ def child_env(settings: dict[str, str]) -> dict[str, str]:
 
 
 def migrate(settings: dict[str, str]) -> None:
+    progress("migrating the throw-away database")
     done = subprocess.run(  # noqa: S603 - our own interpreter
         [sys.executable, "-m", "flask", "db", "upgrade"],
         cwd=ROOT,
@@ -306,8 +315,10 @@ class Server:
             )
 
     def __enter__(self) -> Server:
+        progress(f"starting gunicorn ({self.shape})")
         try:
             self.wait_ready()
+            progress("server ready")
         except BaseException:
             self.stop()
             raise
@@ -506,6 +517,7 @@ class Figures:
             self.cpu_app += after[0] - before[0]
             self.cpu_db += after[1] - before[1]
         self.add(r)
+        progress(f"{self.name}: round {len(self.rounds)} done, {r.answered} answered in {r.seconds:.1f} s")
         return r
 
     def cpu_per_request(self) -> str:

@@ -30,6 +30,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, insert, select, text
 
 from app import create_app
+from bench import harness
 from insights.simulate import ISSUING, load_rows, project, replay_query
 from models import Campaign, CampaignRules, Merchant, Order, RedPacket, User, db
 from rebate.campaigns import rules_of
@@ -62,9 +63,11 @@ DRAFT = {
 
 def run() -> Iterator[str]:
     with tempfile.TemporaryDirectory() as tmp:
+        harness.progress("replay: SQLite")
         yield line("sqlite", *measure(f"sqlite:///{tmp}/bench.db"))
     url = os.environ.get("BENCH_DATABASE_URL")
     if url:
+        harness.progress("replay: PostgreSQL")
         yield line("postgresql", *measure_postgres(url))
 
 

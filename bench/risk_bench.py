@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from app import create_app
+from bench.harness import progress
 from web.risk_simulation import Device, SimConfig, report_lines
 from web.risk_simulation import run as simulate
 
@@ -49,7 +50,10 @@ def run() -> Iterator[str]:
 def measure(backend: str, url: str | None) -> Iterator[str]:
     cost: list[str] = []
     result = simulate(
-        SimConfig(seed=SEED, database_url=url), create_app, hook=lambda app, sim: cost.append(scoring_cost(sim))
+        SimConfig(seed=SEED, database_url=url),
+        create_app,
+        hook=lambda app, sim: cost.append(scoring_cost(sim)),
+        phase=lambda words: progress(f"risk simulation ({backend}): {words}"),
     )
     yield f"risk simulation ({backend}):"
     yield from ("  " + line for line in report_lines(result))

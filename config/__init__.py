@@ -390,6 +390,14 @@ SETTINGS: tuple[Setting, ...] = (
         doc="Send the console's session cookie over HTTPS only. Unset: on, except in simulator mode (`make run` "
         "serves plain HTTP on 127.0.0.1).",
     ),
+    # public campaign rules (`/c/<id>`, `GET /api/v1/campaigns/<id>/rules`)
+    Setting("PLATFORM_NAME", "本平台 (this platform)", doc="The platform's name as people read it on public pages."),
+    Setting(
+        "COMPLAINT_CONTACT",
+        "小程序 → 我的 → 客服 (in the mini-program: Me → Customer service)",
+        doc="The platform's own complaint channel (service phone, URL or path in the app), shown on every "
+        "campaign's public rules beside WeChat Pay's complaint path.",
+    ),
 )
 
 LIVE_REQUIRED = (

@@ -741,23 +741,32 @@ def reconcile_day(
     *,
     account_type: str = "BASIC",
     tar_type: str | None = "GZIP",
+    step: Callable[[str], None] = lambda _: None,
 ) -> list:
     """Reconcile one finished Beijing day; returns the trade and fund-flow runs.
 
     Runs marked ``running`` (commit) → both bills fetched with no transaction open → results written
     (commit). A bill that cannot be fetched, verified or parsed fails its run and records nothing else.
+    ``step`` hears of each phase in words (``flask jobs reconcile`` prints them on stderr).
     """
     day = reconcile.bill_day(bill_date, now)
     fetched: dict[str, list] = {}
 
+    def start() -> None:
+        step(f"{day}: marking the trade and fund-flow runs")
+        reconcile.start_runs(day, now)
+
     def fetch(_: None) -> list:
+        step(f"{day}: downloading both bills from WeChat")
         fetched["bills"] = reconcile.fetch_bills(pay_client, day, account_type=account_type, tar_type=tar_type)
         return fetched["bills"]
 
+    def write(_: None, bills: list) -> list:
+        step(f"{day}: matching the bills against our orders, refunds and payouts")
+        return reconcile.write_results(day, bills, now)
+
     try:
-        return call_between_commits(
-            lambda: reconcile.start_runs(day, now), fetch, lambda _, bills: reconcile.write_results(day, bills, now)
-        )
+        return call_between_commits(start, fetch, write)
     except IntegrityError:  # another node wrote the same rows first: redo on top of theirs
         if "bills" not in fetched:
             raise

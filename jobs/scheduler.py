@@ -33,6 +33,7 @@ from jobs.payouts import (
     install_job_context,
     payout_rails,
 )
+from jobs.reconcile_cli import reconcile_command
 from jobs.risk import collusion_job, lift_expired_bans_job, purge_behaviour_events_job, spike_job
 from models import db
 from models.base import BEIJING
@@ -106,6 +107,9 @@ def run_once_command() -> None:
     """Run every job once now and print what each did."""
     for job, _ in JOBS:
         click.echo(f"{job.__name__}: {dict(job())}")
+
+
+jobs_cli.add_command(reconcile_command)  # flask jobs reconcile [--date]
 
 
 def _start_in_process(app: Flask) -> None:

@@ -33,6 +33,7 @@ def register_blueprints(app: Flask) -> None:
         refunds_admin,
         reviews_api,
         risk_rules_api,
+        rules_page,
         transfer_callbacks,
         user_api,
         wechat_callbacks,
@@ -58,6 +59,7 @@ def register_blueprints(app: Flask) -> None:
         bans_api,
         communities_api,
         console,
+        rules_page,
     )
     for module in modules:
         app.register_blueprint(module.bp)

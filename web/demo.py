@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import click
@@ -15,6 +16,7 @@ from rebate.deposits import top_up
 from rebate.packets import generate_batch
 from rebate.rules import Form
 from web.auth import issue_operator_token
+from web.progress import Steps
 
 PRODUCTS = [("Beef noodles", "food", 50_00), ("Family feast", "food", 200_00), ("Tea", "drink", 12_00)]
 
@@ -27,17 +29,20 @@ def _campaign(name: str, rules: dict, **fields) -> Campaign:
     return campaign
 
 
-def seed() -> dict:
+def seed(step: Callable[[str], None] = lambda _: None) -> dict:
+    """The demo data; ``step`` hears of each phase (the command prints them on stderr)."""
     now = utcnow()
     this_week = next_beijing_midnight(now) - timedelta(days=1)
     shop = db.session.execute(select(Merchant).where(Merchant.name == "Noodle House")).scalar_one_or_none()
     created = shop is None
     if created:
+        step("the shop, its products and its marketing deposit")
         shop = Merchant(name="Noodle House")
         db.session.add(shop)
         db.session.flush()
         db.session.add_all(Product(merchant_id=shop.id, name=n, category=c, price_fen=p) for n, c, p in PRODUCTS)
         top_up(shop.id, 10_000_00, "demo", "the shop's marketing deposit (demo)")  # its campaign's budget
+        step("three campaigns")
         _campaign(
             "First order over 200 earns 20 off",
             {
@@ -99,7 +104,10 @@ def seed() -> dict:
             budget_limit_fen=5_000_00,
         )
         db.session.flush()
+        step("claim codes for the newcomer campaign")
         generate_batch(newcomer, 5, now, batch_ref="demo")
+    else:
+        step("already present: nothing to add")
     codes = (
         db.session.execute(
             select(RedPacket.claim_code).where(RedPacket.status == "unclaimed", RedPacket.source == "batch").limit(5)
@@ -107,6 +115,7 @@ def seed() -> dict:
         .scalars()
         .all()
     )
+    step("the demo admin and a one-day token")
     admin = db.session.execute(select(Operator).where(Operator.username == "demo-admin")).scalar_one_or_none()
     if admin is None:
         admin = Operator(username="demo-admin", display_name="Demo admin", role="admin")
@@ -125,8 +134,10 @@ def seed_demo_command() -> None:
     """Seed a merchant, products, three campaigns and claim codes; print an admin token."""
     if current_app.config["WECHAT_MODE"] == "live" and not current_app.config["SEED_DEMO_DATA"]:
         raise click.ClickException("refusing to seed demo data in live mode; set SEED_DEMO_DATA=1 if you mean it")
+    step = Steps("seed-demo")
     with unit_of_work():
-        result = seed()
+        result = seed(step)
+    step("committed")
     click.echo("demo data " + ("created" if result["created"] else "already present"))
     for code in result["codes"]:
         click.echo(f"  newcomer packet claim code: {code}")

@@ -8,6 +8,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from web.progress import Steps, bar
 from web.risk_simulation import SimConfig, population_size, report_lines, run
 
 risk_cli = AppGroup("risk", help="Risk: the seeded simulation.")
@@ -43,11 +44,11 @@ def simulate_command(seed, honest, farm, rings, ring_members, sybils, days, data
     """
     config = SimConfig(seed, honest, farm, rings, ring_members, sybils, days, database_url)
     create_app = current_app.extensions["app_factory"]  # a throw-away app of its own, not this one
+    step = Steps("risk simulate")  # progress on stderr: stdout stays the table, or only the JSON document
+    with bar(population_size(config), f"simulating (seed {seed})") as shown:
+        result = run(config, create_app, shown.update, phase=step)
     if as_json:
-        result = run(config, create_app)
         click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
         return
-    with click.progressbar(length=population_size(config), label=f"simulating (seed {seed})", file=None) as bar:
-        result = run(config, create_app, bar.update)
     for line in report_lines(result):
         click.echo(line)

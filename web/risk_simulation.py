@@ -839,20 +839,27 @@ def run(
     progress: Callable[[int], None] = lambda _: None,
     *,
     hook: Callable | None = None,
+    phase: Callable[[str], None] = lambda _: None,
 ) -> Result:
     """The whole simulation on an app of its own made by ``create_app`` (app.py's factory: the shell passes it in,
     as application code never imports app.py); ``hook(app, simulation)`` runs after the play, before the app
-    goes (the bench's scoring cost)."""
+    goes (the bench's scoring cost); ``phase`` hears of each phase in words (the CLI prints them on stderr)."""
     started = time.perf_counter()
+    phase("making a throw-away database")
     with throwaway_app(create_app, config.database_url) as app:
         try:
             clock = SimClock(START)
             with clock.installed():
                 sim = Simulation(app, config, clock)
+                phase("setting up the shops, campaigns and people")
                 sim.setup()
+                phase(f"playing {population_size(config)} scripts over {config.days} simulated days")
                 sim.play(progress)
+                phase("reading the verdicts")
                 decisions = sim.verdicts()
+                phase("finding communities")
                 communities = sim.communities()
+                phase("checking the ledger")
                 ledger = sim.ledger()
                 if hook is not None:
                     hook(app, sim)

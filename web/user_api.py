@@ -34,6 +34,7 @@ from web.auth import current_user
 from web.errors import NotFound
 from web.growth_api import channel, claimant, device_id, platform_limits, refusal_answered
 from web.payment_api import prepay_after_commit
+from web.rules_page import rules_links
 from web.schemas import Id, Model, Page
 from web.views import order_json, packet_json, rebate_json
 
@@ -78,7 +79,7 @@ def claim(body: Claim):
 
 @endpoint(bp, "/me/red-packets", query=Page)
 def my_packets(query: Page):
-    """The caller's red packets, newest first."""
+    """The caller's red packets, newest first, each with links to its campaign's public rules."""
     rows = db.session.execute(
         select(RedPacket)
         .where(RedPacket.owner_id == current_user().id)
@@ -86,7 +87,7 @@ def my_packets(query: Page):
         .limit(query.limit)
         .offset(query.offset)
     ).scalars()
-    return {"items": [packet_json(p) for p in rows]}
+    return {"items": [{**packet_json(p), **rules_links(p.campaign_id)} for p in rows]}
 
 
 @endpoint(bp, "/orders", methods=["POST"], body=CreateOrder, idempotent=True, status=201)

@@ -1,0 +1,283 @@
+"""A campaign's rules in words, for the people it pays: the public "poster" of ``/c/<id>``.
+
+Anti-scam advice says: before you take a red packet, know who organises it, who pays for it, what
+each side gets and where to complain. ``campaign_rules`` answers exactly that, as a plain dict (the
+JSON of ``GET /api/v1/campaigns/<id>/rules``, and what the page ``/c/<id>`` renders), every amount
+in fen with yuan beside it and every rate in basis points with the percent beside it.
+
+Public, like a poster, so it shows only what a poster would: never the deposit's balance, the risk
+rules, operators' notes, a user issuer's or funder's identity, or the exact budget. The budget still
+available is rounded DOWN to a coarse figure (``BUDGET_STEP_FEN``) and a percentage band
+(``BUDGET_BAND_PERCENT``): the exact figure moves with every claim and payment, so publishing it would
+let anyone follow a merchant's sales and spending claim by claim (commercial data of the merchant),
+and time a rush of claims to the last yuan; rounding down never promises money that is not there.
+
+Only campaigns people can meet are public: active, paused and ended ones; a draft (or an unknown id)
+is ``NotFound``. Reads only (``insights`` never writes, docs/architecture.md §2).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from models import Campaign, CampaignStatus, FunderType, IssuerType, Merchant, db
+from models.base import beijing
+from models.triggers import Trigger, TriggerError, TriggerKind
+from money import format_yuan
+from rebate.campaigns import rules_of
+from rebate.errors import NotFound
+from rebate.rules import Form, RoleRule, RuleSet
+from risk.limits import ClaimLimits, ClaimLimitsError, PlatformLimits
+
+PUBLIC_STATUSES = (CampaignStatus.ACTIVE, CampaignStatus.PAUSED, CampaignStatus.ENDED)
+BUDGET_STEP_FEN = 100_00  # the budget left is shown rounded down to whole 100 yuan...
+BUDGET_BAND_PERCENT = 10  # ...and as a band of 10 percent of the total (rounded down)
+WECHAT_PAY_COMPLAINT = "微信支付 → 我 → 服务 → 钱包 → 账单（交易记录）→ 选择该笔交易 → 投诉 (WeChat Pay: Me → Services → Wallet → Bill → the payment → Complain)"  # noqa: E501
+
+STATUS_WORDS = {
+    CampaignStatus.ACTIVE: "进行中 (running)",
+    CampaignStatus.PAUSED: "已暂停 (paused: no new packets or rebates until it resumes)",
+    CampaignStatus.ENDED: "已结束 (ended)",
+}
+ROLE_WORDS = {
+    "issuer": "发券方 (the packet's issuer)",
+    "consumer": "你（消费者）(you, the buyer)",
+    "inviter": "邀请人 (the person who invited you)",
+}
+FORM_WORDS = {
+    Form.WECHAT_CHANGE: "微信零钱 (WeChat Pay change)",
+    Form.CASH_RED_PACKET: "微信现金红包 (a WeChat cash red packet)",
+    Form.WECHAT_COUPON: "微信支付代金券 (a WeChat Pay coupon)",
+    Form.CARD_COUPON: "微信卡券 (a WeChat card coupon)",
+    Form.BALANCE: "平台余额 (your cash balance in the app)",
+    Form.POINTS: "积分 (points)",
+    Form.MERCHANT_CREDIT: "商家营销额度 (the merchant's marketing credit)",
+}
+BASE_WORDS = {"paid": "实付金额 (what the buyer paid)", "order_total": "订单金额 (the order total before packets)"}
+TRIGGER_WORDS = {
+    TriggerKind.ORDER_PAID: "下单支付后发放 (issued after a paid order)",
+    TriggerKind.CLAIM_CODE: "凭领取码领取 (claimed with a code)",
+    TriggerKind.CLAIM: "直接领取 (claimed in the app)",
+    TriggerKind.REGISTRATION: "新用户注册发放 (issued when you register)",
+    TriggerKind.DAILY_SIGN_IN: "每日签到发放 (issued at the daily sign-in)",
+    TriggerKind.SHARE: "好友打开分享链接发放 (issued when a friend opens a share link)",
+    TriggerKind.REFERRAL_BIND: "受邀注册发放 (issued when you join through an invitation)",
+    TriggerKind.MANUAL: "由平台发放 (issued by the platform's staff)",
+}
+FUNDER_WORDS = {
+    FunderType.PLATFORM_FUND: "平台营销资金 (the platform's marketing fund)",
+    FunderType.MERCHANT_DEPOSIT: "商家预存的营销资金 (the merchant's prepaid marketing deposit)",
+    FunderType.USER_STAKE: "用户自有资金 (a user's own stake)",
+}
+A_USER = "一位用户 (a user)"  # a person issuing or funding is never named on a public page
+
+
+def campaign_rules(
+    campaign_id: int,
+    *,
+    platform_name: str,
+    complaint_contact: str,
+    platform_limits: PlatformLimits,
+    now: datetime,
+) -> dict:
+    """The public rules of a campaign that is active, paused or ended; else ``NotFound``."""
+    campaign = db.session.get(Campaign, campaign_id)
+    if campaign is None or campaign.status not in PUBLIC_STATUSES:
+        raise NotFound(f"campaign {campaign_id} not found")
+    try:
+        rules: RuleSet | None = rules_of(campaign)
+    except LookupError:
+        rules = None
+    return {
+        "id": campaign.id,
+        "name": campaign.name,
+        "status": campaign.status,
+        "status_words": STATUS_WORDS[CampaignStatus(campaign.status)],
+        "organiser": _party(campaign.issuer_type, campaign.issuer_merchant_id, platform_name),
+        "funder": {
+            **_party(_funder_party(campaign.funder_type), campaign.funder_merchant_id, platform_name),
+            "funder_type": campaign.funder_type,
+            "words": FUNDER_WORDS[FunderType(campaign.funder_type)],
+        },
+        "dates": _dates(campaign),
+        "packet": _packet(campaign),
+        "how_to_get": _trigger(campaign),
+        "rebates": [_role(r) for r in rules.roles] if rules else [],
+        "rebate_days": _rebate_days(rules),
+        "claim_limits": _limits(campaign, platform_limits),
+        "budget": budget_left(campaign),
+        "complaints": complaints(platform_name, complaint_contact),
+        "as_of": beijing(now).isoformat(timespec="seconds"),
+    }
+
+
+def complaints(platform_name: str, complaint_contact: str) -> dict:
+    """Where to complain: the platform's own channel, and WeChat Pay's complaint path for any payment."""
+    return {"platform": f"{platform_name}: {complaint_contact}", "wechat_pay": WECHAT_PAY_COMPLAINT}
+
+
+def percent(bps: int) -> str:
+    """``1250`` → ``"12.5%"``, without a float."""
+    whole, part = divmod(bps, 100)
+    return f"{whole}{f'.{part:02d}'.rstrip('0') if part else ''}%"
+
+
+def money(fen: int | None) -> dict | None:
+    return None if fen is None else {"fen": fen, "yuan": format_yuan(fen)}
+
+
+def budget_left(campaign: Campaign) -> dict:
+    """The money budget still available, coarsely (see the module's note): never the exact figure."""
+    available, limit = campaign.budget_available_fen, campaign.budget_limit_fen
+    if available is None or not limit:
+        return {"limited": False, "words": "不设总预算上限 (no total budget limit)"}
+    available = max(available, 0)
+    at_least = available // BUDGET_STEP_FEN * BUDGET_STEP_FEN
+    band = available * 100 // limit // BUDGET_BAND_PERCENT * BUDGET_BAND_PERCENT
+    if at_least:
+        words = f"剩余预算至少 {format_yuan(at_least)} 元 (at least {format_yuan(at_least)} yuan left)"
+    elif available:
+        words = f"剩余预算不足 {format_yuan(BUDGET_STEP_FEN)} 元 (less than {format_yuan(BUDGET_STEP_FEN)} yuan left)"
+    else:
+        words = "预算已用完 (the budget is used up)"
+    return {
+        "limited": True,
+        "at_least_fen": at_least,
+        "at_least_yuan": format_yuan(at_least),
+        "percent_left_band": f"{band}-{min(band + BUDGET_BAND_PERCENT, 100)}%",
+        "rounding": f"rounded down to {format_yuan(BUDGET_STEP_FEN)} yuan and to {BUDGET_BAND_PERCENT}% bands",
+        "words": words,
+    }
+
+
+def _funder_party(funder_type: str) -> str:
+    return {
+        FunderType.PLATFORM_FUND: IssuerType.PLATFORM,
+        FunderType.MERCHANT_DEPOSIT: IssuerType.MERCHANT,
+        FunderType.USER_STAKE: IssuerType.USER,
+    }[FunderType(funder_type)]
+
+
+def _party(kind: str, merchant_id: int | None, platform_name: str) -> dict:
+    if kind == IssuerType.MERCHANT and merchant_id is not None:
+        merchant = db.session.get(Merchant, merchant_id)
+        return {
+            "type": IssuerType.MERCHANT.value,
+            "merchant_id": merchant_id,
+            "name": merchant.name if merchant else "?",
+        }
+    if kind == IssuerType.USER:
+        return {"type": IssuerType.USER.value, "name": A_USER}
+    return {"type": IssuerType.PLATFORM.value, "name": platform_name}
+
+
+def _when(value: datetime | None) -> str | None:
+    return beijing(value).isoformat(timespec="minutes") if value else None
+
+
+def _dates(campaign: Campaign) -> dict:
+    return {
+        "timezone": "Asia/Shanghai (北京时间)",
+        "starts_at": _when(campaign.starts_at),
+        "ends_at": _when(campaign.ends_at),
+        "usage_windows": campaign.usage_windows or {},
+    }
+
+
+def _packet(campaign: Campaign) -> dict | None:
+    if campaign.packet_amount_fen is None:
+        return None
+    fixed = campaign.packet_valid_from is not None or campaign.packet_valid_until is not None
+    return {
+        "face_value": money(campaign.packet_amount_fen),
+        "tiers": [
+            {"min_spend": money(t["min_spend_fen"]), "face_value": money(t["amount_fen"])}
+            for t in campaign.packet_tiers or []
+            if isinstance(t, dict) and {"min_spend_fen", "amount_fen"} <= set(t)
+        ],
+        "min_spend": money(campaign.packet_min_spend_fen or 0),
+        "categories": list(campaign.packet_categories or []),
+        "only_products": list(campaign.packet_products or []),
+        "only_merchant_id": campaign.packet_merchant_id,
+        "valid_days": None if fixed else campaign.packet_valid_days,
+        "valid_from": _when(campaign.packet_valid_from),
+        "valid_until": _when(campaign.packet_valid_until),
+        "packets_per_order": campaign.max_packets_per_order,
+        "regions": list(campaign.regions or []),
+        "channels": list(campaign.channels or []),
+    }
+
+
+def _trigger(campaign: Campaign) -> dict:
+    try:
+        trigger = Trigger.parse(campaign.trigger)
+    except TriggerError:
+        trigger = Trigger(TriggerKind.MANUAL)
+    return {
+        "kind": trigger.kind.value,
+        "words": TRIGGER_WORDS[trigger.kind],
+        "min_order": money(trigger.min_order_fen) if trigger.min_order_fen else None,
+        "first_order_only": trigger.first_order_only,
+    }
+
+
+def _role(rule: RoleRule) -> dict:
+    """One side's share in numbers and in words."""
+    words = (
+        f"{ROLE_WORDS[rule.role]}: {percent(rule.rate_bps)} of {BASE_WORDS[rule.base]}"
+        + (f", at most {format_yuan(rule.cap_fen)} yuan per order" if rule.cap_fen is not None else "")
+        + (f", on orders from {format_yuan(rule.min_order_fen)} yuan" if rule.min_order_fen else "")
+        + f", paid as {FORM_WORDS[rule.form]}"
+    )
+    if rule.condition is not None:
+        words += f"; paid once {', '.join(rule.condition.milestones)} within {rule.condition.window_days} days"
+    return {
+        "role": rule.role,
+        "who": ROLE_WORDS[rule.role],
+        "rate_bps": rule.rate_bps,
+        "rate_percent": percent(rule.rate_bps),
+        "base": rule.base,
+        "cap": money(rule.cap_fen),
+        "min_order": money(rule.min_order_fen),
+        "form": rule.form.value,
+        "form_words": FORM_WORDS[rule.form],
+        "fallback_form": rule.fallback_form.value if rule.fallback_form else None,
+        "tiers": [
+            {"min_order": money(t.min_order_fen), "rate_bps": t.rate_bps, "rate_percent": percent(t.rate_bps)}
+            for t in sorted(rule.tiers, key=lambda t: t.min_order_fen)
+        ],
+        "multiplier_windows": [
+            {"starts_at": _when(w.starts_at), "ends_at": _when(w.ends_at), "factor_percent": percent(w.factor_bps)}
+            for w in rule.windows
+        ],
+        "condition": None
+        if rule.condition is None
+        else {
+            "milestones": list(rule.condition.milestones),
+            "within_days": rule.condition.window_days,
+            "release": rule.condition.release,
+        },
+        "words": words + ".",
+    }
+
+
+def _rebate_days(rules: RuleSet | None) -> dict:
+    return {
+        "referral_days": rules.referral_days if rules else None,
+        "attribution_days": rules.attribution_days if rules else None,
+    }
+
+
+def _limits(campaign: Campaign, platform: PlatformLimits) -> dict:
+    """What limits one person: the campaign's own and the platform's (never the per-network or device ones)."""
+    try:
+        own = ClaimLimits.parse(campaign.claim_limits)
+    except ClaimLimitsError:
+        own = ClaimLimits()
+    return {
+        "per_person": own.per_person,
+        "per_person_per_day": own.per_person_per_day,
+        "platform_per_person_per_day": platform.person_per_day or None,
+        "platform_minutes_between_claims": (platform.person_interval_seconds + 59) // 60 or None,
+        "max_packets": campaign.max_packets,
+    }
