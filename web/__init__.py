@@ -30,6 +30,7 @@ def register_blueprints(app: Flask) -> None:
         ops,
         payment_api,
         payouts_api,
+        reconciliation_api,
         refunds_admin,
         reviews_api,
         risk_rules_api,
@@ -57,6 +58,7 @@ def register_blueprints(app: Flask) -> None:
         reviews_api,
         bans_api,
         communities_api,
+        reconciliation_api,
         console,
     )
     for module in modules:
