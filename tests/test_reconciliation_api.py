@@ -162,3 +162,16 @@ def test_only_admin_and_finance(client, make_operator, make_merchant, found, rol
     assert client.get(RUNS).status_code == 401
     db.session.expire_all()
     assert db.session.get(ReconciliationMismatch, a.id).resolved_at is None
+
+
+def test_the_query_literals_are_the_models_kinds():
+    from typing import get_args
+
+    from models.reconciliation import BillKind, MismatchKind
+    from web.reconciliation_api import MismatchQuery, RunQuery
+
+    def allowed(model) -> set[str]:
+        return set(get_args(get_args(model.model_fields["kind"].annotation)[0]))
+
+    assert allowed(RunQuery) == {k.value for k in BillKind}
+    assert allowed(MismatchQuery) == {k.value for k in MismatchKind}

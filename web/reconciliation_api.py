@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from models import OperatorRole, db, utcnow
 from models.operators import audit
-from models.reconciliation import BillKind, MismatchKind, ReconciliationMismatch, ReconciliationRun
+from models.reconciliation import ReconciliationMismatch, ReconciliationRun
 from payouts.reconcile import resolve_mismatch
 from web.admin import actor
 from web.api import endpoint
@@ -31,12 +31,12 @@ Resolution = Annotated[str, StringConstraints(min_length=3, max_length=2000, str
 
 
 class RunQuery(Page):
-    kind: BillKind | None = None
+    kind: Literal["trade", "fundflow"] | None = None  # BillKind
 
 
 class MismatchQuery(Page):
     status: Literal["open", "resolved", "all"] = "open"
-    kind: MismatchKind | None = None
+    kind: Literal["missing_here", "missing_there", "amount_differs", "status_differs"] | None = None  # MismatchKind
     run_id: Annotated[int, Field(gt=0, le=MAX_ID)] | None = None
 
 
