@@ -334,3 +334,31 @@ def _save_findings(run: ReconciliationRun, findings: list[Finding], now: datetim
         if row.resolved_at is None:
             db.session.delete(row)
     db.session.flush()
+
+
+class ReconciliationError(Exception):
+    """An operator's request about a mismatch that cannot be done (``kind`` maps to the HTTP status)."""
+
+    def __init__(self, message: str, code: str, kind: str):
+        super().__init__(message)
+        self.code, self.kind = code, kind
+
+
+def resolve_mismatch(mismatch_id: int, operator_id: int, resolution: str, now: datetime) -> ReconciliationMismatch:
+    """An operator closes a mismatch with what they found and did (once: a resolved one stays as it was).
+
+    The row is locked and read fresh, so two operators resolving at once cannot both succeed. Flushes only;
+    the caller audits and commits."""
+    stmt = select(ReconciliationMismatch).where(ReconciliationMismatch.id == mismatch_id)
+    row = db.session.execute(stmt.with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
+    if row is None:
+        raise ReconciliationError(f"no reconciliation mismatch {mismatch_id}", "not_found", "not_found")
+    if row.resolved_at is not None:
+        raise ReconciliationError(
+            f"mismatch {mismatch_id} was already resolved by operator {row.resolved_by}: {row.resolution}",
+            "already_resolved",
+            "conflict",
+        )
+    row.resolved_at, row.resolved_by, row.resolution = now, operator_id, resolution
+    db.session.flush()
+    return row

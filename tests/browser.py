@@ -33,6 +33,9 @@ def _chromium() -> str | None:
     return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+_SHARED: dict = {}
+
+
 @pytest.fixture(scope="session")
 def browser():
     executable = _chromium()
@@ -44,10 +47,21 @@ def browser():
         if REQUIRED:
             pytest.fail("REQUIRE_BROWSER=1 but Chromium or Playwright is missing (apt-get install chromium)")
         pytest.skip("no Chromium (apt-get install chromium) or no Playwright: browser tests skipped")
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
-        yield launched
-        launched.close()
+    # One browser for the whole run: every test module imports this fixture, and pytest keeps a session
+    # fixture per module that defines (imports) it, while Playwright's sync API runs once per thread.
+    if not _SHARED:
+        playwright = sync_playwright().start()
+        _SHARED.update(playwright=playwright, users=0)
+        _SHARED["browser"] = playwright.chromium.launch(
+            executable_path=executable, headless=True, args=["--no-sandbox"]
+        )
+    _SHARED["users"] += 1
+    yield _SHARED["browser"]
+    _SHARED["users"] -= 1
+    if _SHARED["users"] == 0:
+        _SHARED.pop("browser").close()
+        _SHARED.pop("playwright").stop()
+        _SHARED.clear()
 
 
 class LiveServer:

@@ -30,6 +30,7 @@ def register_blueprints(app: Flask) -> None:
         ops,
         payment_api,
         payouts_api,
+        reconciliation_api,
         refunds_admin,
         reviews_api,
         risk_rules_api,
@@ -58,6 +59,7 @@ def register_blueprints(app: Flask) -> None:
         reviews_api,
         bans_api,
         communities_api,
+        reconciliation_api,
         console,
         rules_page,
     )

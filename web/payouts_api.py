@@ -68,6 +68,8 @@ def payout_json(p: Payout, *, for_user: bool = False) -> dict:
             "wechat_ref": p.wechat_ref,
             "retry_of_id": p.retry_of_id,
             "next_attempt_at": p.next_attempt_at.isoformat(),
+            "created_by_operator_id": p.created_by_operator_id,  # a manual payout: who asked for it
+            "approved_by_operator_id": p.approved_by_operator_id,  # … and the second operator who approved it
         }
     return body
 

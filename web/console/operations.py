@@ -1,1 +1,275 @@
-"""Console pages: operations (see web/console/__init__.py)."""
+"""Console pages: operations (see web/console/__init__.py).
+
+* ``console.payouts`` / ``console.payout``: payouts that need an operator, one payout with its attempts, and the
+  operator's hand (resend, cancel, approve as the second operator, resolve from evidence) — ``web.payouts_api``.
+* ``console.reconciliation``: the bill runs and open mismatches, resolved with what was found —
+  ``web.reconciliation_api``.
+* ``console.lookup``: customer service's trace of a user, order or red packet, in sentences — ``web.insights``
+  (merchant staff: their own merchant only; anything else is the API's 404).
+* ``console.audit``: the audit log — ``web.admin``.
+* ``console.reviews`` / ``console.review``: the review queue and a case with the decision form (above the
+  second-approval threshold the first decision is a proposal) — ``web.reviews_api``.
+* ``console.bans``: bans by subject, a new ban, lifting one — ``web.bans_api``.
+
+No query and no change here: every read and action is the admin API's own view (``read`` / ``act``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from flask import abort, flash, g, redirect, request, url_for
+
+from models import CaseOutcome, PayoutStatus, Rail
+from models.reconciliation import BillKind, MismatchKind
+from web.admin import list_audit_log
+from web.bans_api import create_ban, lift_ban, list_bans
+from web.console import act, bp, form_data, read, render
+from web.guards import MAX_ID
+from web.insights import trace_a_packet, trace_a_user, trace_an_order
+from web.payouts_api import act_on_payout, get_payout, list_payouts, resolve_payout
+from web.reconciliation_api import list_mismatches, list_runs
+from web.reconciliation_api import resolve as resolve_mismatch
+from web.reviews_api import decide_review, get_review, list_reviews
+
+PAGE = 50
+LOCAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?")
+# The payout states an operator looks at first; "" lists every state.
+PAYOUT_STATES = ("needs_operator", "held", "unknown", "waiting_user_confirm", "pending", "failed", "cancelled", "")
+PAYOUT_ACTIONS = {
+    "resend": "已重新发送 Resent: the dispatcher takes it again (same number)",
+    "cancel": "已取消 Cancelled",
+    "approve": "已批准 Approved: it goes to the dispatcher",
+}
+TRACES: dict[str, tuple[Callable, str]] = {
+    "user": (trace_a_user, "user_id"),
+    "order": (trace_an_order, "order_id"),
+    "packet": (trace_a_packet, "packet_id"),
+}
+
+
+def may(view: Callable) -> bool:
+    """Whether the signed-in operator's role may use an API view (to show its form; the view checks again)."""
+    operator = g.get("operator")
+    return operator is not None and operator.role in view._api["roles"]
+
+
+def allowed(view: Callable) -> None:
+    """A form for a view the operator's role may not use answers 403, as the API would (the view checks again)."""
+    if not may(view):
+        abort(403)
+
+
+def _offset() -> int:
+    raw = request.args.get("offset", "0")
+    return int(raw) if raw.isdigit() and int(raw) <= 10_000_000 else 0
+
+
+def _args(*names: str) -> dict:
+    return {name: request.args.get(name, "").strip() for name in names}
+
+
+def _reason() -> str:
+    return form_data().get("reason", "").strip()
+
+
+# -- payouts ---------------------------------------------------------------------------------------
+
+
+@bp.route("/payouts")
+def payouts():
+    filters = {"status": request.args.get("status", "needs_operator").strip(), "rail": request.args.get("rail", "")}
+    offset = _offset()
+    items = read(list_payouts, query={**filters, "limit": PAGE, "offset": offset})["items"]
+    return render(
+        "console/ops_payouts.html",
+        items=items,
+        filters=filters,
+        states=PAYOUT_STATES,
+        rails=[r.value for r in Rail],
+        offset=offset,
+        page=PAGE,
+    )
+
+
+def _payout_page(payout_id: int, status: int = 200):
+    payout = read(get_payout, payout_id=payout_id)
+    body = render(
+        "console/ops_payout.html",
+        payout=payout,
+        may_act=may(act_on_payout),
+        awaiting_approval=payout.get("created_by_operator_id") is not None
+        and payout.get("approved_by_operator_id") is None
+        and payout["status"] == PayoutStatus.NEEDS_OPERATOR,
+    )
+    return body, status
+
+
+@bp.route("/payouts/<int:payout_id>")
+def payout(payout_id: int):
+    return _payout_page(payout_id)
+
+
+@bp.route("/payouts/<int:payout_id>/<any(resend, cancel, approve):action>", methods=["POST"])
+def payout_action(payout_id: int, action: str):
+    allowed(act_on_payout)
+    body = {"reason": _reason()}
+    if act(act_on_payout, body=body, done=PAYOUT_ACTIONS[action], payout_id=payout_id, action=action) is None:
+        return _payout_page(payout_id, 422)
+    return redirect(url_for("console.payout", payout_id=payout_id))
+
+
+@bp.route("/payouts/<int:payout_id>/resolve", methods=["POST"])
+def payout_resolve(payout_id: int):
+    allowed(resolve_payout)
+    form = form_data()
+    body = {"outcome": form.get("outcome", ""), "reason": form.get("reason", "").strip()}
+    if act(resolve_payout, body=body, done=f"已处理 Resolved as {body['outcome']}", payout_id=payout_id) is None:
+        return _payout_page(payout_id, 422)
+    return redirect(url_for("console.payout", payout_id=payout_id))
+
+
+# -- reconciliation --------------------------------------------------------------------------------
+
+
+def _reconciliation_page(status: int = 200):
+    filters = {"status": request.args.get("status", "open"), **_args("kind", "run_id")}
+    offset = _offset()
+    runs = read(list_runs, query={"limit": 14})["items"]
+    mismatches = read(list_mismatches, query={**filters, "limit": PAGE, "offset": offset})["items"]
+    body = render(
+        "console/ops_reconciliation.html",
+        runs=runs,
+        mismatches=mismatches,
+        filters=filters,
+        kinds=[k.value for k in MismatchKind],
+        bill_kinds=[k.value for k in BillKind],
+        offset=offset,
+        page=PAGE,
+    )
+    return body, status
+
+
+@bp.route("/reconciliation")
+def reconciliation():
+    return _reconciliation_page()
+
+
+@bp.route("/reconciliation/mismatches/<int:mismatch_id>/resolve", methods=["POST"])
+def reconciliation_resolve(mismatch_id: int):
+    allowed(resolve_mismatch)
+    form = form_data()
+    body = {"resolution": form.get("resolution", "").strip(), "reason": form.get("reason", "").strip() or None}
+    if act(resolve_mismatch, body=body, done=f"差异 #{mismatch_id} 已解决 Resolved", mismatch_id=mismatch_id) is None:
+        return _reconciliation_page(422)
+    return redirect(url_for("console.reconciliation"))
+
+
+# -- customer-service lookup -----------------------------------------------------------------------
+
+
+@bp.route("/lookup")
+def lookup():
+    kind, raw = request.args.get("kind", "order"), request.args.get("id", "").strip()
+    trace = None
+    if raw:
+        if kind not in TRACES:
+            abort(404)
+        if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+            flash("编号应为正整数 The id is a positive whole number", "error")
+            return render("console/ops_lookup.html", kind=kind, id=raw, trace=None, kinds=tuple(TRACES)), 422
+        view, name = TRACES[kind]
+        trace = read(view, **{name: int(raw)})  # another merchant's (or no such) thing: the API's 404
+    return render("console/ops_lookup.html", kind=kind, id=raw, trace=trace, kinds=tuple(TRACES))
+
+
+# -- audit log -------------------------------------------------------------------------------------
+
+
+@bp.route("/audit")
+def audit():
+    offset = _offset()
+    items = read(list_audit_log, query={"limit": PAGE, "offset": offset})["items"]
+    return render("console/ops_audit.html", items=items, offset=offset, page=PAGE)
+
+
+# -- reviews ---------------------------------------------------------------------------------------
+
+
+@bp.route("/reviews")
+def reviews():
+    filters = _args("status", "kind")
+    offset = _offset()
+    items = read(list_reviews, query={**filters, "limit": PAGE, "offset": offset})["items"]
+    return render("console/ops_reviews.html", items=items, filters=filters, offset=offset, page=PAGE)
+
+
+@bp.route("/reviews/<int:case_id>", methods=["GET", "POST"])
+def review(case_id: int):
+    status = 200
+    if request.method == "POST":
+        allowed(decide_review)
+        form = form_data()
+        body = {"outcome": form.get("outcome", ""), "reason": form.get("reason", "").strip()}
+        if form.get("ban_days", "").strip():
+            body["ban_days"] = form["ban_days"].strip()
+        decided = act(decide_review, body=body, case_id=case_id)
+        if decided is not None:
+            if decided["status"] == "awaiting_approval":
+                flash(
+                    f"已提议 Proposal recorded: {decided['proposed_outcome']} — a second operator must agree "
+                    "(the same outcome) before anything moves",
+                    "ok",
+                )
+            else:
+                flash(f"已决定 Decided: {decided['outcome']}", "ok")
+            return redirect(url_for("console.review", case_id=case_id))
+        status = 422
+    case = read(get_review, case_id=case_id)
+    outcomes = [o.value for o in CaseOutcome]
+    return render("console/ops_review.html", case=case, outcomes=outcomes, may_decide=may(decide_review)), status
+
+
+# -- bans ------------------------------------------------------------------------------------------
+
+
+def _bans_page(status: int = 200, form: dict | None = None):
+    filters = _args("subject", "value", "active")
+    offset = _offset()
+    items = read(list_bans, query={**filters, "limit": PAGE, "offset": offset})["items"]
+    body = render(
+        "console/ops_bans.html",
+        items=items,
+        filters=filters,
+        form=form or {},
+        may_ban=may(create_ban),
+        offset=offset,
+        page=PAGE,
+    )
+    return body, status
+
+
+@bp.route("/bans", methods=["GET", "POST"])
+def bans():
+    if request.method == "GET":
+        return _bans_page()
+    allowed(create_ban)
+    form = form_data()
+    body: dict = {k: form.get(k, "").strip() for k in ("subject", "value", "reason")}
+    if form.get("days", "").strip():
+        body["days"] = form["days"].strip()
+    ends_at = form.get("ends_at", "").strip()
+    if ends_at:  # a datetime-local field: Beijing time without an offset
+        body["ends_at"] = ends_at + "+08:00" if LOCAL_TIME.fullmatch(ends_at) else ends_at
+    if act(create_ban, body=body, done="已封禁 Banned") is None:
+        return _bans_page(422, form=dict(form))
+    return redirect(url_for("console.bans"))
+
+
+@bp.route("/bans/<int:ban_id>/lift", methods=["POST"])
+def ban_lift(ban_id: int):
+    allowed(lift_ban)
+    if act(lift_ban, body={"reason": _reason()}, done=f"封禁 #{ban_id} 已解除 Lifted", ban_id=ban_id) is None:
+        return _bans_page(422)
+    return redirect(url_for("console.bans"))
