@@ -233,6 +233,36 @@ def test_what_if_shows_the_replay_in_yuan_and_writes_nothing(client, admin, draf
     assert snapshot() == before
 
 
+def test_what_if_replays_a_paid_order_with_exact_yuan(
+    client, admin, make_campaign, make_merchant, make_user, make_product, pay
+):
+    from models import utcnow
+    from rebate import create_order, issue_packet
+    from rebate.orders import LineRequest
+
+    shop = make_merchant("tea shop")
+    campaign = make_campaign(RULES, budget_limit_fen=1_000_00, packet_amount_fen=10_00)
+    buyer = make_user()
+    packet = issue_packet(campaign, buyer, source="test", source_ref="1", now=utcnow())
+    db.session.commit()
+    order = create_order(buyer, [LineRequest(make_product(shop, price_fen=100_00).id, 1)], packet.id, utcnow())
+    db.session.commit()
+    pay(order)
+    before = snapshot()
+    generous = {"roles": [{"role": "consumer", "rate_bps": 800, "form": "balance", "cap_fen": 20_00}]}
+    answer = post(
+        client,
+        f"/console/campaigns/{campaign.id}/simulate",
+        {"what_if_rules": json.dumps(generous), "days": "7"},
+        admin[1],
+    )
+    html = text(answer)
+    assert answer.status_code == 200 and "1 笔订单 orders" in html
+    # paid 90 yuan after the 10-yuan packet: 5 % is 4.50 now, 8 % would be 7.20
+    assert "¥4.50" in html and "¥7.20" in html and "¥2.70" in html and "+60.00%" in html
+    assert snapshot() == before
+
+
 def test_merchant_staff_see_their_own_campaign_and_404_for_another(client, make_operator, make_merchant, make_campaign):
     staff, headers = make_operator("merchant_staff")
     other = make_merchant("other shop")
