@@ -33,6 +33,9 @@ def _chromium() -> str | None:
     return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+_LAUNCHED: list = []  # the browser the first module's fixture started (a second sync_playwright() would fail)
+
+
 @pytest.fixture(scope="session")
 def browser():
     executable = _chromium()
@@ -44,10 +47,17 @@ def browser():
         if REQUIRED:
             pytest.fail("REQUIRE_BROWSER=1 but Chromium or Playwright is missing (apt-get install chromium)")
         pytest.skip("no Chromium (apt-get install chromium) or no Playwright: browser tests skipped")
+    if _LAUNCHED:  # each test module that imports this fixture has its own copy: one Playwright per process
+        yield _LAUNCHED[0]
+        return
     with sync_playwright() as p:
         launched = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
-        yield launched
-        launched.close()
+        _LAUNCHED.append(launched)
+        try:
+            yield launched
+        finally:
+            _LAUNCHED.clear()
+            launched.close()
 
 
 class LiveServer:
