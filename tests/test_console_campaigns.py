@@ -127,8 +127,9 @@ def test_creating_a_campaign_converts_yuan_and_beijing_times_and_opens_its_page(
         ({"budget_limit_yuan": "12.345"}, "at most two decimals"),
         ({"ends_at": "2029-01-01T08:00"}, "ends_at must be after starts_at"),
         ({"name": ""}, "name"),
+        ({"packet_valid_days": "0"}, "greater than or equal to 1"),
     ],
-    ids=["uncapped", "unknown-role", "json-syntax", "yuan", "window", "no-name"],
+    ids=["uncapped", "unknown-role", "json-syntax", "yuan", "window", "no-name", "zero-days"],
 )
 def test_a_refused_campaign_shows_the_message_keeps_the_form_and_creates_nothing(client, admin, changes, shown):
     before = snapshot()

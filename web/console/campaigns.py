@@ -177,6 +177,11 @@ def _new_form_defaults() -> dict:
     }
 
 
+def _or(value, default):
+    """An empty input is the API's default; anything typed goes to the API as typed (0 is refused there)."""
+    return default if value is None else value
+
+
 def _create_body(form: Form) -> dict:
     scope = g.operator.merchant_id
     body = {
@@ -190,8 +195,8 @@ def _create_body(form: Form) -> dict:
         "ends_at": form.moment("ends_at"),
         "budget_limit_fen": form.fen("budget_limit_yuan"),
         "packet_amount_fen": form.fen("packet_amount_yuan"),
-        "packet_min_spend_fen": form.fen("packet_min_spend_yuan") or 0,
-        "packet_valid_days": form.integer("packet_valid_days") or 30,
+        "packet_min_spend_fen": _or(form.fen("packet_min_spend_yuan"), 0),
+        "packet_valid_days": _or(form.integer("packet_valid_days"), 30),
         "max_packets": form.integer("max_packets"),
         "packet_categories": form.words("packet_categories"),
         "rules": form.json_object("rules", {}),
@@ -292,7 +297,7 @@ def campaign_simulate(campaign_id: int):
     form = Form(data)
     body = {
         "rules": form.json_object("what_if_rules", {}),
-        "days": form.integer("days") or 30,
+        "days": _or(form.integer("days"), 30),
         "budget_limit_fen": form.fen("budget_limit_yuan"),
     }
     result = None
