@@ -17,6 +17,7 @@ from flask import abort, flash, g, redirect, request, url_for
 
 from models.base import BEIJING
 from money import MoneyError, parse_yuan
+from rebate.rules import Form as RuleForm
 from web.campaign_admin import create_campaign, get_campaign, list_campaigns, replace_rules, transition
 from web.campaign_admin import validate_campaign as check_campaign
 from web.console import act as console_act
@@ -38,8 +39,8 @@ YUAN_FIELDS = {
 EXAMPLE_RULES = {
     "applies_to": "packet",
     "roles": [
-        {"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 2000},
-        {"role": "inviter", "rate_bps": 300, "form": "wechat_change", "cap_fen": 750},
+        {"role": "consumer", "rate_bps": 500, "form": RuleForm.BALANCE, "cap_fen": 2000},
+        {"role": "inviter", "rate_bps": 300, "form": RuleForm.WECHAT_CHANGE, "cap_fen": 750},
     ],
 }
 EXAMPLE_TRIGGER = {"kind": "claim_code"}
