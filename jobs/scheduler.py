@@ -23,6 +23,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from flask import Flask
 from flask.cli import AppGroup
 
+from jobs.insights import insights_cli, insights_rollup_job
 from jobs.orders import close_expired_orders, query_stuck_refunds, query_unnotified_payments
 from jobs.payouts import (
     check_unclaimed_red_packets,
@@ -50,6 +51,7 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (lift_expired_bans_job, 60),
     (spike_job, 300),  # folds only whole hours, each once
     (collusion_job, 3600),
+    (insights_rollup_job, 300),  # today's rollups again; days never built (the catch-up) too
 )
 # Bills for day D are ready from 09:00 on D+1, Beijing time: reconcile at 10:30.
 # The behaviour trail's old events go at night, when the shop is quiet.
@@ -89,6 +91,8 @@ def build_scheduler(app: Flask, blocking: bool = False):
         scheduler.add_job(in_app(app, job), "interval", seconds=seconds, id=job.__name__, name=job.__name__)
     for job, at in DAILY_JOBS:
         scheduler.add_job(in_app(app, job), "cron", timezone=BEIJING, id=job.__name__, name=job.__name__, **at)
+    # The rollups' catch-up runs once at start (the interval job's first run is 300 s away).
+    scheduler.add_job(in_app(app, insights_rollup_job), "date", id="insights_catch_up", name="insights_catch_up")
     return scheduler
 
 
@@ -131,5 +135,6 @@ def install_jobs(app: Flask, wechat: Any) -> None:
     """``wechat``: the WeChat clients the app's wiring built, handed to every job (``job_context``)."""
     install_job_context(app, wechat)
     app.cli.add_command(jobs_cli)
+    app.cli.add_command(insights_cli)
     if app.config.get("RUN_JOBS_IN_PROCESS") and not app.config.get("TESTING"):
         _start_in_process(app)

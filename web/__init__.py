@@ -30,6 +30,7 @@ def register_blueprints(app: Flask) -> None:
         payment_api,
         payouts_api,
         refunds_admin,
+        reports_api,
         reviews_api,
         risk_rules_api,
         transfer_callbacks,
@@ -56,6 +57,7 @@ def register_blueprints(app: Flask) -> None:
         reviews_api,
         bans_api,
         communities_api,
+        reports_api,
     )
     for module in modules:
         app.register_blueprint(module.bp)
