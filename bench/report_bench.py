@@ -138,8 +138,9 @@ def seed() -> None:
         """INSERT INTO order_lines (order_id, product_id, category, quantity, unit_price_fen, line_total_fen)
         SELECT id, merchant_id, (ARRAY['course', 'book', 'toy', 'food', 'travel'])[1 + id % 5], 1, total_fen, total_fen
         FROM orders""",
-        """INSERT INTO red_packets (id, campaign_id, rules_version, issuer_type, issuer_merchant_id, owner_id, amount_fen,
-            min_spend_fen, categories, products, tiers, merchant_id, status, reserved_fen, valid_from, expires_at,
+        """INSERT INTO red_packets (id, campaign_id, rules_version, issuer_type, issuer_merchant_id, owner_id,
+            amount_fen, min_spend_fen, categories, products, tiers, merchant_id, status, reserved_fen, valid_from,
+            expires_at,
             source, source_ref, order_id, created_at, claimed_at, used_at)
         SELECT id, merchant_id, 1, 'merchant', merchant_id, user_id, 500, 0, '[]', '[]', '[]', merchant_id, 'used', 0,
             paid_at - INTERVAL '1 day', paid_at + INTERVAL '29 days', 'claim', 'b' || id, id,
@@ -156,7 +157,8 @@ def seed() -> None:
         db.session.execute(text(sql))
         progress(f"seed step {n}/{len(statements)}")
     for table in ("users", "orders", "red_packets", "refunds", "order_lines"):
-        db.session.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"))
+        sequence = f"pg_get_serial_sequence('{table}', 'id')"
+        db.session.execute(text(f"SELECT setval({sequence}, (SELECT max(id) FROM {table}))"))  # noqa: S608
     db.session.commit()
     db.session.execute(text("ANALYZE"))
     db.session.commit()
