@@ -14,7 +14,7 @@ from calendar import monthrange
 from collections import defaultdict
 from datetime import date, timedelta
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 
 from insights.rollups import BUCKETS, PACKET_EVENTS, REBATE_EVENTS, beijing_day
 from models import Campaign, InsightsDaily, InsightsPerson, db
@@ -59,24 +59,26 @@ class Scope:
         return t.merchant_id == self.merchant_id if self.merchant_id is not None else t.campaign_id != 0
 
 
-def _sums(scope: Scope, start: date, end: date) -> dict[str, list[int]]:
+def _sums(scope: Scope, start: date, end: date, metrics: tuple[str, ...] = ()) -> dict[str, list[int]]:
     t = InsightsDaily
+    only = [t.metric.in_(metrics)] if metrics else []
     stmt = (
         select(t.metric, func.sum(t.count), func.sum(t.fen))
-        .where(t.day >= start, t.day <= end, t.dim == "", scope.daily())
+        .where(t.day >= start, t.day <= end, t.dim == "", scope.daily(), *only)
         .group_by(t.metric)
     )
     return defaultdict(lambda: [0, 0], {m: [int(n or 0), int(f or 0)] for m, n, f in db.session.execute(stmt)})
 
 
 def _people(scope: Scope, start: date, end: date) -> tuple[int, int]:
+    """Distinct participants and, of them, those first seen in the window: one scan."""
     t = InsightsPerson
-    window = (t.day >= start, t.day <= end, scope.people())
-    participants = db.session.execute(select(func.count(func.distinct(t.user_id))).where(*window)).scalar()
-    new = db.session.execute(
-        select(func.count(func.distinct(t.user_id))).where(*window, t.first_day >= start, t.first_day <= end)
-    ).scalar()
-    return int(participants or 0), int(new or 0)
+    new = case((and_(t.first_day >= start, t.first_day <= end), t.user_id))
+    stmt = select(func.count(func.distinct(t.user_id)), func.count(func.distinct(new))).where(
+        t.day >= start, t.day <= end, scope.people()
+    )
+    participants, new_users = db.session.execute(stmt).one()
+    return int(participants or 0), int(new_users or 0)
 
 
 def counters(m: dict[str, list[int]]) -> dict:
@@ -105,14 +107,14 @@ def counters(m: dict[str, list[int]]) -> dict:
     return out
 
 
-def window_totals(scope: Scope, start: date, end: date) -> dict:
+def window_totals(scope: Scope, start: date, end: date, sums: dict[str, list[int]] | None = None) -> dict:
     participants, new_users = _people(scope, start, end)
     return {
         "from": start.isoformat(),
         "to": end.isoformat(),
         "participants": participants,
         "new_users": new_users,
-        **counters(_sums(scope, start, end)),
+        **counters(sums if sums is not None else _sums(scope, start, end)),
     }
 
 
@@ -135,7 +137,8 @@ def periods(start: date, end: date, granularity: str) -> list[tuple[str, date, d
     return out
 
 
-def _series(scope: Scope, start: date, end: date, granularity: str) -> list[dict]:
+def _series(scope: Scope, start: date, end: date, granularity: str) -> tuple[list[dict], dict[str, list[int]]]:
+    """The periods' counters, and the window's sums (the same scan)."""
     t = InsightsDaily
     stmt = (
         select(t.day, t.metric, func.sum(t.count), func.sum(t.fen))
@@ -152,10 +155,16 @@ def _series(scope: Scope, start: date, end: date, granularity: str) -> list[dict
         cell = sums[at][metric]
         cell[0] += int(n or 0)
         cell[1] += int(fen or 0)
-    return [
+    whole: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for m in sums:
+        for metric, (n, fen) in m.items():
+            whole[metric][0] += n
+            whole[metric][1] += fen
+    series = [
         {"period": label, "from": first.isoformat(), "to": last.isoformat(), **counters(m)}
         for (label, first, last), m in zip(spans, sums, strict=True)
     ]
+    return series, whole
 
 
 def _dims(scope: Scope, start: date, end: date) -> dict[str, dict[str, list[int]]]:
@@ -236,7 +245,7 @@ def previous_period(start: date, end: date) -> tuple[date, date]:
 
 
 def _net_sales(scope: Scope, start: date, end: date) -> int:
-    m = _sums(scope, start, end)
+    m = _sums(scope, start, end, ("sales", "refunds"))
     return m["sales"][1] - m["refunds"][1]
 
 
@@ -256,7 +265,8 @@ def _sales_change(scope: Scope, start: date, end: date, net: int) -> dict:
 def _report(scope: Scope, start: date, end: date, granularity: str, before_end: date) -> dict:
     if end < start:
         raise ValueError("the window ends before it starts")
-    totals = window_totals(scope, start, end)
+    series, sums = _series(scope, start, end, granularity)
+    totals = window_totals(scope, start, end, sums)
     dims = _dims(scope, start, end)
     length = (end - start).days + 1
     return {
@@ -267,7 +277,7 @@ def _report(scope: Scope, start: date, end: date, granularity: str, before_end: 
         "totals": totals,
         "before": window_totals(scope, before_end - timedelta(days=length - 1), before_end),
         "sales_change": _sales_change(scope, start, end, totals["net_sales_fen"]),
-        "series": _series(scope, start, end, granularity),
+        "series": series,
         "uptake": _uptake(dims),
         "rebates_by_role": _rebates(dims),
         "category_shares": _category_shares(dims),
