@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -53,6 +53,7 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (collusion_job, 3600),
     (insights_rollup_job, 300),  # today's rollups again; days never built (the catch-up) too
 )
+RUN_AT_START = (insights_rollup_job,)  # the rollups' catch-up: at once, not an interval after the start
 # Bills for day D are ready from 09:00 on D+1, Beijing time: reconcile at 10:30.
 # The behaviour trail's old events go at night, when the shop is quiet.
 DAILY_JOBS: tuple[tuple[Callable, dict], ...] = (
@@ -88,11 +89,10 @@ def build_scheduler(app: Flask, blocking: bool = False):
         timezone=UTC,
     )
     for job, seconds in JOBS:
-        scheduler.add_job(in_app(app, job), "interval", seconds=seconds, id=job.__name__, name=job.__name__)
+        first = {"next_run_time": datetime.now(UTC)} if job in RUN_AT_START else {}
+        scheduler.add_job(in_app(app, job), "interval", seconds=seconds, id=job.__name__, name=job.__name__, **first)
     for job, at in DAILY_JOBS:
         scheduler.add_job(in_app(app, job), "cron", timezone=BEIJING, id=job.__name__, name=job.__name__, **at)
-    # The rollups' catch-up runs once at start (the interval job's first run is 300 s away).
-    scheduler.add_job(in_app(app, insights_rollup_job), "date", id="insights_catch_up", name="insights_catch_up")
     return scheduler
 
 

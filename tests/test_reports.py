@@ -443,3 +443,21 @@ def test_the_real_money_path_rolls_up(education, pay):
     assert totals["influenced_refunds_fen"] == 500_00 and totals["discounts_fen"] == 50_00
     assert totals["packets_used"] == 1 and totals["rebates_awarded_fen"] == 195_00
     assert totals["rebates_clawed_back_fen"] > 0 and totals["participants"] == 2
+
+
+def test_flask_insights_rebuild(planted, app):
+    before = counter_rows()
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["insights", "rebuild", "--from", "2026-03-01", "--to", "2026-03-07"])
+    assert result.exit_code == 0, result.output
+    assert "rebuilt 7 days" in result.output
+    db.session.expire_all()
+    assert counter_rows() == before
+    refused = runner.invoke(args=["insights", "rebuild", "--from", "2026-03-07", "--to", "2026-03-01"])
+    assert refused.exit_code != 0 and "--to" in refused.output
+
+
+def test_the_rollup_job_is_scheduled_to_run_at_start(app):
+    from jobs.scheduler import JOBS, RUN_AT_START
+
+    assert insights_rollup_job in dict(JOBS) and insights_rollup_job in RUN_AT_START
