@@ -11,7 +11,8 @@ Basis (docs/architecture.md §11): every event counts on the Beijing day it happ
   their validity ended), ``packets_revoked`` (no revoke time is stored: on the day the packet was
   issued), split by face-value bucket, trigger and channel (the packet's source) for issued and used;
 - ``rebates_awarded`` (as first awarded), ``rebates_held`` (still held when the day was rolled up, on
-  the award's day), ``rebates_paid`` (payouts that succeeded, on that day), ``rebates_clawed_back``
+  the award's day), ``rebates_paid`` (a payout that succeeded, or for the ``balance`` form the ledger's
+  credit of the balance, on that day; ``points`` are not money and count as awarded only), ``rebates_clawed_back``
   (refund adjustments, on their day), split by ``role:form``.
 
 ``merchant_id`` of a row: the order's merchant; a packet's own merchant or else its campaign's.
@@ -28,6 +29,8 @@ from sqlalchemy import func, select, union
 
 from models import (
     Campaign,
+    LedgerEntry,
+    LedgerPosting,
     Order,
     OrderLine,
     OrderPacket,
@@ -287,6 +290,7 @@ def _rebates(out: DayRollup, start: datetime, end: datetime) -> None:
     )
     for campaign_id, merchant, role, form, fen in db.session.execute(stmt):
         out.add_split(merchant, campaign_id, "rebates_paid", f"{role}:{form}", 1, fen)
+    _balance_credits(out, start, end)
     stmt = (
         select(Rebate.campaign_id, Order.merchant_id, Rebate.role, Rebate.form, RebateAdjustment.amount_fen)
         .select_from(RebateAdjustment)
@@ -296,6 +300,40 @@ def _rebates(out: DayRollup, start: datetime, end: datetime) -> None:
     )
     for campaign_id, merchant, role, form, fen in db.session.execute(stmt):
         out.add_split(merchant, campaign_id, "rebates_clawed_back", f"{role}:{form}", 1, fen)
+
+
+def _balance_credits(out: DayRollup, start: datetime, end: datetime) -> None:
+    """Rebates of the ``balance`` form are paid when the ledger credits the balance (``rebate:<id>`` keys: at
+    the award, at a milestone's release, at a review's release); the cash forms when their payout succeeds."""
+    credited = func.sum(LedgerPosting.amount)
+    stmt = (
+        select(LedgerEntry.idempotency_key, credited)
+        .join(LedgerPosting, LedgerPosting.entry_id == LedgerEntry.id)
+        .where(
+            LedgerEntry.created_at >= start,
+            LedgerEntry.created_at < end,
+            LedgerEntry.unit == "fen",
+            LedgerEntry.idempotency_key.like("rebate:%"),
+            LedgerPosting.amount > 0,
+        )
+        .group_by(LedgerEntry.id, LedgerEntry.idempotency_key)
+    )
+    by_rebate: dict[int, list[int]] = defaultdict(list)
+    for key, fen in db.session.execute(stmt):
+        ident = key.split(":")[1]
+        if ident.isdigit():
+            by_rebate[int(ident)].append(int(fen or 0))
+    if not by_rebate:
+        return
+    stmt = (
+        select(Rebate.id, Rebate.campaign_id, Order.merchant_id, Rebate.role, Rebate.form)
+        .select_from(Rebate)
+        .join(Order, Order.id == Rebate.order_id)
+        .where(Rebate.id.in_(sorted(by_rebate)), Rebate.form == "balance")
+    )
+    for rebate_id, campaign_id, merchant, role, form in db.session.execute(stmt):
+        for fen in by_rebate[rebate_id]:
+            out.add_split(merchant, campaign_id, "rebates_paid", f"{role}:{form}", 1, fen)
 
 
 def first_data_day() -> date | None:

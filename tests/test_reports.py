@@ -426,6 +426,7 @@ def test_the_job_catches_up_and_keeps_only_unfinished_days_open(planted, monkeyp
 
 def test_the_real_money_path_rolls_up(education, pay):
     from rebate import apply_refund, begin_refund, create_order
+    from rebate.milestones import report_milestone
     from rebate.orders import LineRequest
     from tests.money_helpers import app_money
 
@@ -438,11 +439,22 @@ def test_the_real_money_path_rolls_up(education, pay):
     db.session.commit()
     insights_rollup_job()
     today = datetime.now(BEIJING).date()
-    totals = campaign_report(db.session.get(type(campaign), campaign.id), today, today)["totals"]
+    since = today - timedelta(days=1)  # the events may straddle a Beijing midnight
+    totals = campaign_report(db.session.get(type(campaign), campaign.id), since, today)["totals"]
     assert (totals["influenced_orders"], totals["influenced_sales_fen"]) == (1, 1950_00)
     assert totals["influenced_refunds_fen"] == 500_00 and totals["discounts_fen"] == 50_00
     assert totals["packets_used"] == 1 and totals["rebates_awarded_fen"] == 195_00
     assert totals["rebates_clawed_back_fen"] > 0 and totals["participants"] == 2
+    # held for its milestones: nothing paid yet; then both milestones release the rest to the balance
+    kept = totals["rebates_awarded_fen"] - totals["rebates_clawed_back_fen"]
+    assert (totals["rebates_held_fen"], totals["rebates_paid_fen"]) == (kept, 0)
+    for name in ("lessons_10", "test_passed"):
+        report_milestone(db.session.get(Order, order.id), name, None, datetime.now(UTC), money=app_money())
+        db.session.commit()
+    insights_rollup_job()
+    totals = campaign_report(db.session.get(type(campaign), campaign.id), since, today)["totals"]
+    assert (totals["rebates_held_fen"], totals["rebates_paid_fen"], totals["rebates_paid"]) == (0, kept, 2)
+    assert totals["rebates_net_fen"] == kept
 
 
 def test_flask_insights_rebuild(planted, app):
