@@ -473,3 +473,25 @@ def test_the_rollup_job_is_scheduled_to_run_at_start(app):
     from jobs.scheduler import JOBS, RUN_AT_START
 
     assert insights_rollup_job in dict(JOBS) and insights_rollup_job in RUN_AT_START
+
+
+def test_two_nodes_rebuilding_the_same_days_at_once(planted, app):
+    from tests.concurrency import together
+
+    before = counter_rows()
+    days = [date(2026, 3, 5), date(2026, 3, 20), date(2026, 3, 21)]
+    results = together(2, lambda i: rebuild(days if i else list(reversed(days)), NOW), app)
+    assert [r["days"] for r in results] == [3, 3], results
+    db.session.expire_all()
+    assert counter_rows() == before
+
+
+def test_the_report_path_only_reads(planted):
+    from tests.test_insights_read_only import WRITES, watched
+
+    db.session.expire_all()
+    with watched() as seen:
+        campaign_report(planted["campaign"], *MARCH, "week")
+        overview(*MARCH, merchant_id=planted["a"].id, granularity="month")
+    assert "SELECT" in seen["statements"] and not WRITES & set(seen["statements"])
+    assert (seen["flushes"], seen["commits"]) == (0, 0)
