@@ -45,6 +45,7 @@ from models import (
     db,
 )
 from models.base import BEIJING
+from rebate.rules import Form
 
 # Face-value buckets (fen, upper bound exclusive) and their labels: ¥0–10, ¥10–20, ¥20–50, ¥50–100, ¥100+.
 BUCKETS: tuple[tuple[int | None, str], ...] = (
@@ -329,7 +330,7 @@ def _balance_credits(out: DayRollup, start: datetime, end: datetime) -> None:
         select(Rebate.id, Rebate.campaign_id, Order.merchant_id, Rebate.role, Rebate.form)
         .select_from(Rebate)
         .join(Order, Order.id == Rebate.order_id)
-        .where(Rebate.id.in_(sorted(by_rebate)), Rebate.form == "balance")
+        .where(Rebate.id.in_(sorted(by_rebate)), Rebate.form == Form.BALANCE)
     )
     for rebate_id, campaign_id, merchant, role, form in db.session.execute(stmt):
         for fen in by_rebate[rebate_id]:
