@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -23,6 +23,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from flask import Flask
 from flask.cli import AppGroup
 
+from jobs.insights import insights_cli, insights_rollup_job
 from jobs.orders import close_expired_orders, query_stuck_refunds, query_unnotified_payments
 from jobs.payouts import (
     check_unclaimed_red_packets,
@@ -51,7 +52,9 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (lift_expired_bans_job, 60),
     (spike_job, 300),  # folds only whole hours, each once
     (collusion_job, 3600),
+    (insights_rollup_job, 300),  # today's rollups again; days never built (the catch-up) too
 )
+RUN_AT_START = (insights_rollup_job,)  # the rollups' catch-up: at once, not an interval after the start
 # Bills for day D are ready from 09:00 on D+1, Beijing time: reconcile at 10:30.
 # The behaviour trail's old events go at night, when the shop is quiet.
 DAILY_JOBS: tuple[tuple[Callable, dict], ...] = (
@@ -87,7 +90,8 @@ def build_scheduler(app: Flask, blocking: bool = False):
         timezone=UTC,
     )
     for job, seconds in JOBS:
-        scheduler.add_job(in_app(app, job), "interval", seconds=seconds, id=job.__name__, name=job.__name__)
+        first = {"next_run_time": datetime.now(UTC)} if job in RUN_AT_START else {}
+        scheduler.add_job(in_app(app, job), "interval", seconds=seconds, id=job.__name__, name=job.__name__, **first)
     for job, at in DAILY_JOBS:
         scheduler.add_job(in_app(app, job), "cron", timezone=BEIJING, id=job.__name__, name=job.__name__, **at)
     return scheduler
@@ -135,5 +139,6 @@ def install_jobs(app: Flask, wechat: Any) -> None:
     """``wechat``: the WeChat clients the app's wiring built, handed to every job (``job_context``)."""
     install_job_context(app, wechat)
     app.cli.add_command(jobs_cli)
+    app.cli.add_command(insights_cli)
     if app.config.get("RUN_JOBS_IN_PROCESS") and not app.config.get("TESTING"):
         _start_in_process(app)

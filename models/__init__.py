@@ -20,6 +20,7 @@ from models.base import (
 from models.campaigns import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType
 from models.growth import ShareLink, SignIn
 from models.idempotency import IdempotencyRecord
+from models.insights import InsightsDaily, InsightsDay, InsightsPerson
 from models.ledger import AccountKind, LedgerAccount, LedgerEntry, LedgerFlow, LedgerPosting, Unit
 from models.limits import ClaimRefusal, LimitCounter
 from models.oauth import OAuthState
@@ -126,4 +127,7 @@ __all__ = [
     "retried_once",
     "transaction_open",
     "utcnow",
+    "InsightsDaily",
+    "InsightsDay",
+    "InsightsPerson",
 ]

@@ -202,6 +202,7 @@ def test_scheduler_has_every_job(app):
         "deliver_alerts",
         "dispatch_payouts",
         "expire_packets_and_conditions",
+        "insights_rollup_job",
         "lift_expired_bans_job",
         "purge_behaviour_events_job",
         "query_stuck_refunds",

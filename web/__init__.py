@@ -32,6 +32,7 @@ def register_blueprints(app: Flask) -> None:
         payouts_api,
         reconciliation_api,
         refunds_admin,
+        reports_api,
         reviews_api,
         risk_rules_api,
         rules_page,
@@ -62,6 +63,7 @@ def register_blueprints(app: Flask) -> None:
         reconciliation_api,
         console,
         rules_page,
+        reports_api,
     )
     for module in modules:
         app.register_blueprint(module.bp)

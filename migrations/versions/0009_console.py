@@ -1,7 +1,7 @@
 """console: server-side sessions of the operator console
 
 Revision ID: 0009_console
-Revises: 0007_risk
+Revises: 0008_insights
 
 The browser's cookie carries only the session's id and CSRF secret; signing out, revoking the token
 signed in with, or disabling the operator ends the session here.
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = "0009_console"
-down_revision = "0007_risk"
+down_revision = "0008_insights"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,347 @@
+"""What one Beijing day adds to the rollups, read from the tables (the job in ``jobs.insights`` stores it).
+
+Basis (docs/architecture.md §11): every event counts on the Beijing day it happened:
+
+- ``sales`` (count, paid fen) and ``discounts`` on the day an order was paid; ``refunds`` on the day a
+  refund succeeded (so net sales = sales − refunds, each on its own day); ``category`` the same two,
+  split over the order's lines in proportion to their goods value (rounded down per line);
+- ``influenced`` / ``influenced_refunds``: paid orders that used a campaign's packet or earned one of
+  its rebates, per campaign and (campaign 0) across campaigns, each order once;
+- ``packets_issued`` (created), ``packets_claimed``, ``packets_used``, ``packets_expired`` (on the day
+  their validity ended), ``packets_revoked`` (no revoke time is stored: on the day the packet was
+  issued), split by face-value bucket, trigger and channel (the packet's source) for issued and used;
+- ``rebates_awarded`` (as first awarded), ``rebates_held`` (still held when the day was rolled up, on
+  the award's day), ``rebates_paid`` (a payout that succeeded, or for the ``balance`` form the ledger's
+  credit of the balance, on that day; ``points`` are not money and count as awarded only), ``rebates_clawed_back``
+  (refund adjustments, on their day), split by ``role:form``.
+
+``merchant_id`` of a row: the order's merchant; a packet's own merchant or else its campaign's.
+Only reads: a function here returns rows, it stores nothing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from sqlalchemy import func, select, union
+
+from models import (
+    Campaign,
+    LedgerEntry,
+    LedgerPosting,
+    Order,
+    OrderLine,
+    OrderPacket,
+    Payout,
+    PayoutStatus,
+    Rebate,
+    RebateAdjustment,
+    RedPacket,
+    Refund,
+    RefundStatus,
+    User,
+    db,
+)
+from models.base import BEIJING
+from rebate.rules import Form
+
+# Face-value buckets (fen, upper bound exclusive) and their labels: ¥0–10, ¥10–20, ¥20–50, ¥50–100, ¥100+.
+BUCKETS: tuple[tuple[int | None, str], ...] = (
+    (10_00, "under_10"),
+    (20_00, "10_to_20"),
+    (50_00, "20_to_50"),
+    (100_00, "50_to_100"),
+    (None, "100_plus"),
+)
+PACKET_EVENTS = ("issued", "claimed", "used", "expired", "revoked")
+REBATE_EVENTS = ("awarded", "held", "paid", "clawed_back")
+
+
+def bucket_of(amount_fen: int) -> str:
+    return next(label for bound, label in BUCKETS if bound is None or amount_fen < bound)
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """The UTC instants a Beijing day starts and ends (end exclusive)."""
+    start = datetime.combine(day, datetime.min.time(), BEIJING)
+    return start.astimezone(UTC), (start + timedelta(days=1)).astimezone(UTC)
+
+
+def beijing_day(value: datetime) -> date:
+    return value.astimezone(BEIJING).date()
+
+
+@dataclass
+class DayRollup:
+    """One day's counters keyed (merchant, campaign, metric, dim) → [count, fen], and its people."""
+
+    day: date
+    counters: dict[tuple[int, int, str, str], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    people: set[tuple[int, int, int]] = field(default_factory=set)  # (merchant, campaign, user)
+
+    def add(self, merchant: int | None, campaign: int, metric: str, dim: str, count: int, fen: int) -> None:
+        cell = self.counters[(merchant or 0, campaign, metric, dim)]
+        cell[0] += count
+        cell[1] += fen
+
+    def add_split(self, merchant: int | None, campaign: int, metric: str, dim: str, count: int, fen: int) -> None:
+        """The total row (dim '') and the row of ``dim``."""
+        self.add(merchant, campaign, metric, "", count, fen)
+        self.add(merchant, campaign, metric, dim, count, fen)
+
+    def rows(self) -> list[dict]:
+        return [
+            {"day": self.day, "merchant_id": m, "campaign_id": c, "metric": metric, "dim": dim, "count": n, "fen": fen}
+            for (m, c, metric, dim), (n, fen) in sorted(self.counters.items())
+        ]
+
+
+def roll_up_day(day: date) -> DayRollup:
+    """Everything the day adds, read in a handful of statements over index ranges of that day."""
+    start, end = day_bounds(day)
+    out = DayRollup(day)
+    _sales(out, start, end)
+    _influenced(out, start, end)
+    _packets(out, start, end)
+    _rebates(out, start, end)
+    return out
+
+
+def people_rows(rollup: DayRollup) -> list[dict]:
+    """The day's people with the day each was first seen (their account's creation, Beijing)."""
+    ids = sorted({user for _, _, user in rollup.people})
+    first: dict[int, date] = {}
+    for chunk in range(0, len(ids), 1000):
+        stmt = select(User.id, User.created_at).where(User.id.in_(ids[chunk : chunk + 1000]))
+        first.update({uid: beijing_day(created) for uid, created in db.session.execute(stmt)})
+    return [
+        {"day": rollup.day, "merchant_id": m, "campaign_id": c, "user_id": u, "first_day": first.get(u, rollup.day)}
+        for m, c, u in sorted(rollup.people)
+    ]
+
+
+def _paid_in(start: datetime, end: datetime):
+    return Order.paid_at >= start, Order.paid_at < end, Order.paid_fen.is_not(None)
+
+
+def _succeeded_in(start: datetime, end: datetime):
+    return Refund.status == RefundStatus.SUCCEEDED, Refund.finished_at >= start, Refund.finished_at < end
+
+
+def _sales(out: DayRollup, start: datetime, end: datetime) -> None:
+    stmt = (
+        select(Order.merchant_id, func.count(), func.sum(Order.paid_fen), func.sum(Order.discount_fen))
+        .where(*_paid_in(start, end))
+        .group_by(Order.merchant_id)
+    )
+    for merchant, n, paid, discount in db.session.execute(stmt):
+        out.add(merchant, 0, "sales", "", n, int(paid or 0))
+        out.add(merchant, 0, "discounts", "", n, int(discount or 0))
+    share = OrderLine.line_total_fen * Order.paid_fen // Order.total_fen
+    stmt = (
+        select(Order.merchant_id, OrderLine.category, func.count(), func.sum(share))
+        .select_from(OrderLine)
+        .join(Order, Order.id == OrderLine.order_id)
+        .where(*_paid_in(start, end))
+        .group_by(Order.merchant_id, OrderLine.category)
+    )
+    for merchant, category, n, fen in db.session.execute(stmt):
+        out.add(merchant, 0, "category_sales", f"category:{category}", n, int(fen or 0))
+    stmt = (
+        select(Order.merchant_id, func.count(), func.sum(Refund.amount_fen))
+        .select_from(Refund)
+        .join(Order, Order.id == Refund.order_id)
+        .where(*_succeeded_in(start, end))
+        .group_by(Order.merchant_id)
+    )
+    for merchant, n, fen in db.session.execute(stmt):
+        out.add(merchant, 0, "refunds", "", n, int(fen or 0))
+    share = OrderLine.line_total_fen * Refund.amount_fen // Order.total_fen
+    stmt = (
+        select(Order.merchant_id, OrderLine.category, func.count(), func.sum(share))
+        .select_from(Refund)
+        .join(Order, Order.id == Refund.order_id)
+        .join(OrderLine, OrderLine.order_id == Order.id)
+        .where(*_succeeded_in(start, end))
+        .group_by(Order.merchant_id, OrderLine.category)
+    )
+    for merchant, category, n, fen in db.session.execute(stmt):
+        out.add(merchant, 0, "category_refunds", f"category:{category}", n, int(fen or 0))
+
+
+def _influencing(orders):
+    """(order id, campaign id) of ``orders`` (a subquery of order ids): a packet spent or a rebate earned."""
+    by_packet = (
+        select(OrderPacket.order_id, RedPacket.campaign_id)
+        .join(RedPacket, RedPacket.id == OrderPacket.packet_id)
+        .where(OrderPacket.order_id.in_(orders))
+    )
+    by_rebate = select(Rebate.order_id, Rebate.campaign_id).where(Rebate.order_id.in_(orders), Rebate.original_fen > 0)
+    return union(by_packet, by_rebate).subquery()
+
+
+def _influenced(out: DayRollup, start: datetime, end: datetime) -> None:
+    paid = select(Order.id).where(*_paid_in(start, end))
+    pairs = _influencing(paid)
+    stmt = (
+        select(pairs.c.order_id, pairs.c.campaign_id, Order.merchant_id, Order.paid_fen, Order.user_id)
+        .select_from(pairs)
+        .join(Order, Order.id == pairs.c.order_id)
+    )
+    seen: set[int] = set()
+    for order_id, campaign_id, merchant, paid_fen, user_id in db.session.execute(stmt):
+        out.add(merchant, campaign_id, "influenced", "", 1, paid_fen)
+        out.people.add((merchant, campaign_id, user_id))
+        if order_id not in seen:
+            seen.add(order_id)
+            out.add(merchant, 0, "influenced", "", 1, paid_fen)
+    stmt = (
+        select(Order.merchant_id, RedPacket.campaign_id, func.sum(OrderPacket.discount_fen))
+        .select_from(OrderPacket)
+        .join(RedPacket, RedPacket.id == OrderPacket.packet_id)
+        .join(Order, Order.id == OrderPacket.order_id)
+        .where(*_paid_in(start, end))
+        .group_by(Order.merchant_id, RedPacket.campaign_id)
+    )
+    for merchant, campaign_id, fen in db.session.execute(stmt):
+        out.add(merchant, campaign_id, "discounts", "", 0, int(fen or 0))
+    refunded = select(Refund.order_id).where(*_succeeded_in(start, end))
+    pairs = _influencing(refunded)
+    stmt = (
+        select(pairs.c.campaign_id, Order.merchant_id, Refund.id, Refund.amount_fen)
+        .select_from(pairs)
+        .join(Order, Order.id == pairs.c.order_id)
+        .join(Refund, Refund.order_id == Order.id)
+        .where(*_succeeded_in(start, end))
+    )
+    counted: set[int] = set()
+    for campaign_id, merchant, refund_id, fen in db.session.execute(stmt):
+        out.add(merchant, campaign_id, "influenced_refunds", "", 1, fen)
+        if refund_id not in counted:
+            counted.add(refund_id)
+            out.add(merchant, 0, "influenced_refunds", "", 1, fen)
+
+
+def _packets(out: DayRollup, start: datetime, end: datetime) -> None:
+    when = {
+        "issued": (RedPacket.created_at, None),
+        "claimed": (RedPacket.claimed_at, None),
+        "used": (RedPacket.used_at, "used"),
+        "expired": (RedPacket.expires_at, "expired"),
+        "revoked": (RedPacket.created_at, "revoked"),
+    }
+    merchant = func.coalesce(RedPacket.merchant_id, Campaign.serves_merchant_id, 0)
+    for event, (column, status) in when.items():
+        stmt = (
+            select(
+                RedPacket.campaign_id,
+                merchant,
+                Campaign.trigger_kind,
+                RedPacket.source,
+                RedPacket.amount_fen,
+                RedPacket.owner_id,
+            )
+            .select_from(RedPacket)
+            .join(Campaign, Campaign.id == RedPacket.campaign_id)
+            .where(column >= start, column < end)
+        )
+        if status is not None:
+            stmt = stmt.where(RedPacket.status == status)
+        metric = f"packets_{event}"
+        for campaign_id, merchant_id, trigger, source, amount, owner in db.session.execute(stmt):
+            out.add(merchant_id, campaign_id, metric, "", 1, amount)
+            if event in ("issued", "used"):
+                out.add(merchant_id, campaign_id, metric, f"bucket:{bucket_of(amount)}", 1, amount)
+                out.add(merchant_id, campaign_id, metric, f"trigger:{trigger}", 1, amount)
+                out.add(merchant_id, campaign_id, metric, f"channel:{source}", 1, amount)
+            if owner is not None and event in ("issued", "claimed", "used"):
+                out.people.add((merchant_id, campaign_id, owner))
+
+
+def _rebates(out: DayRollup, start: datetime, end: datetime) -> None:
+    stmt = (
+        select(
+            Rebate.campaign_id,
+            Order.merchant_id,
+            Rebate.role,
+            Rebate.form,
+            Rebate.original_fen,
+            Rebate.held_fen,
+            Rebate.beneficiary_type,
+            Rebate.beneficiary_id,
+        )
+        .select_from(Rebate)
+        .join(Order, Order.id == Rebate.order_id)
+        .where(Rebate.created_at >= start, Rebate.created_at < end, Rebate.original_fen > 0)
+    )
+    for campaign_id, merchant, role, form, original, held, kind, beneficiary in db.session.execute(stmt):
+        out.add_split(merchant, campaign_id, "rebates_awarded", f"{role}:{form}", 1, original)
+        if held:
+            out.add_split(merchant, campaign_id, "rebates_held", f"{role}:{form}", 1, held)
+        if kind == "user" and beneficiary is not None:
+            out.people.add((merchant, campaign_id, beneficiary))
+    stmt = (
+        select(Rebate.campaign_id, Order.merchant_id, Rebate.role, Rebate.form, Payout.amount_fen)
+        .select_from(Payout)
+        .join(Rebate, Rebate.id == Payout.rebate_id)
+        .join(Order, Order.id == Rebate.order_id)
+        .where(Payout.status == PayoutStatus.SUCCEEDED, Payout.finished_at >= start, Payout.finished_at < end)
+    )
+    for campaign_id, merchant, role, form, fen in db.session.execute(stmt):
+        out.add_split(merchant, campaign_id, "rebates_paid", f"{role}:{form}", 1, fen)
+    _balance_credits(out, start, end)
+    stmt = (
+        select(Rebate.campaign_id, Order.merchant_id, Rebate.role, Rebate.form, RebateAdjustment.amount_fen)
+        .select_from(RebateAdjustment)
+        .join(Rebate, Rebate.id == RebateAdjustment.rebate_id)
+        .join(Order, Order.id == Rebate.order_id)
+        .where(RebateAdjustment.created_at >= start, RebateAdjustment.created_at < end)
+    )
+    for campaign_id, merchant, role, form, fen in db.session.execute(stmt):
+        out.add_split(merchant, campaign_id, "rebates_clawed_back", f"{role}:{form}", 1, fen)
+
+
+def _balance_credits(out: DayRollup, start: datetime, end: datetime) -> None:
+    """Rebates of the ``balance`` form are paid when the ledger credits the balance (``rebate:<id>`` keys: at
+    the award, at a milestone's release, at a review's release); the cash forms when their payout succeeds."""
+    credited = func.sum(LedgerPosting.amount)
+    stmt = (
+        select(LedgerEntry.idempotency_key, credited)
+        .join(LedgerPosting, LedgerPosting.entry_id == LedgerEntry.id)
+        .where(
+            LedgerEntry.created_at >= start,
+            LedgerEntry.created_at < end,
+            LedgerEntry.unit == "fen",
+            LedgerEntry.idempotency_key.like("rebate:%"),
+            LedgerPosting.amount > 0,
+        )
+        .group_by(LedgerEntry.id, LedgerEntry.idempotency_key)
+    )
+    by_rebate: dict[int, list[int]] = defaultdict(list)
+    for key, fen in db.session.execute(stmt):
+        ident = key.split(":")[1]
+        if ident.isdigit():
+            by_rebate[int(ident)].append(int(fen or 0))
+    if not by_rebate:
+        return
+    stmt = (
+        select(Rebate.id, Rebate.campaign_id, Order.merchant_id, Rebate.role, Rebate.form)
+        .select_from(Rebate)
+        .join(Order, Order.id == Rebate.order_id)
+        .where(Rebate.id.in_(sorted(by_rebate)), Rebate.form == Form.BALANCE)
+    )
+    for rebate_id, campaign_id, merchant, role, form in db.session.execute(stmt):
+        for fen in by_rebate[rebate_id]:
+            out.add_split(merchant, campaign_id, "rebates_paid", f"{role}:{form}", 1, fen)
+
+
+def first_data_day() -> date | None:
+    """The earliest Beijing day anything to roll up happened on (an order created, a packet issued)."""
+    firsts = [
+        db.session.execute(select(func.min(Order.created_at))).scalar(),
+        db.session.execute(select(func.min(RedPacket.created_at))).scalar(),
+    ]
+    found = [beijing_day(f if f.tzinfo else f.replace(tzinfo=UTC)) for f in firsts if f is not None]
+    return min(found) if found else None

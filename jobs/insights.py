@@ -1,0 +1,91 @@
+"""The rollup job and ``flask insights rebuild``: the writer of the tables ``insights.reports`` reads.
+
+A day is rebuilt whole in one transaction: its ``insights_days`` row is taken with a row lock (created
+first when missing, ``ON CONFLICT DO NOTHING``), its counters and people are deleted and inserted again
+from ``insights.rollups.roll_up_day``. Rebuilding is idempotent, and two nodes rebuilding the same day
+take turns on the lock (the second one reads what the first committed). Every event counts on its own
+Beijing day, so a day that has ended does not change: the job rebuilds only days not yet ``final``
+(today on every run, yesterday until an hour after midnight so the packet expiry job's stragglers
+land, and any day never built: the catch-up, which also runs once when the jobs start).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from datetime import date, datetime, timedelta
+
+import click
+from flask.cli import AppGroup
+from sqlalchemy import delete, select, update
+
+from insights.rollups import beijing_day, day_bounds, first_data_day, people_rows, roll_up_day
+from models import InsightsDaily, InsightsDay, InsightsPerson, db, unit_of_work, utcnow
+from models.sql import insert_ignoring, insert_rows
+
+log = logging.getLogger(__name__)
+FINAL_AFTER = timedelta(hours=1)  # a day is final once rebuilt this long after it ended
+
+
+def rebuild_day(day: date, now: datetime) -> int:
+    """Rebuild one Beijing day's rollups in one transaction (commits); returns the counter rows written."""
+    final = now >= day_bounds(day)[1] + FINAL_AFTER
+    with unit_of_work():
+        insert_ignoring(InsightsDay.__table__, [{"day": day, "rolled_at": now, "final": False}], ("day",))
+        db.session.execute(select(InsightsDay.day).where(InsightsDay.day == day).with_for_update())
+        rollup = roll_up_day(day)
+        rows, people = rollup.rows(), people_rows(rollup)
+        db.session.execute(delete(InsightsDaily).where(InsightsDaily.day == day))
+        db.session.execute(delete(InsightsPerson).where(InsightsPerson.day == day))
+        insert_rows(InsightsDaily.__table__, rows)
+        insert_rows(InsightsPerson.__table__, people)
+        db.session.execute(update(InsightsDay).where(InsightsDay.day == day).values(rolled_at=now, final=final))
+    return len(rows)
+
+
+def rebuild(days: Iterable[date], now: datetime, progress: Callable[[date], None] | None = None) -> Counter:
+    results: Counter = Counter()
+    for day in days:
+        results["rows"] += rebuild_day(day, now)
+        results["days"] += 1
+        if progress is not None:
+            progress(day)
+    return results
+
+
+def due_days(now: datetime) -> list[date]:
+    """Days not final yet, from the first day with data to today (Beijing)."""
+    today = beijing_day(now)
+    first = first_data_day() or today
+    final = set(
+        db.session.execute(select(InsightsDay.day).where(InsightsDay.final, InsightsDay.day >= first)).scalars()
+    )
+    db.session.rollback()  # end the read before the per-day transactions
+    return [d for d in days_between(first, today) if d not in final]
+
+
+def days_between(start: date, end: date) -> list[date]:
+    return [start + timedelta(days=n) for n in range((end - start).days + 1)]
+
+
+def insights_rollup_job() -> Counter:
+    """The scheduled job (and the catch-up at start): rebuild every day that is not final yet."""
+    now = utcnow()
+    return rebuild(due_days(now), now)
+
+
+insights_cli = AppGroup("insights", help="Insights: the daily rollups behind the reports.")
+
+
+@insights_cli.command("rebuild")
+@click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), required=True, help="First Beijing day.")
+@click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), required=True, help="Last Beijing day (included).")
+def rebuild_command(start: datetime, end: datetime) -> None:
+    """Rebuild the rollups of the Beijing days from --from to --to (idempotent)."""
+    if end < start:
+        raise click.BadParameter("--to is before --from", param_hint="--to")
+    days = days_between(start.date(), end.date())
+    with click.progressbar(days, label="rebuilding", show_pos=True, item_show_func=lambda d: d and str(d)) as bar:
+        results = rebuild(bar, utcnow())
+    click.echo(f"rebuilt {results['days']} days, {results['rows']} counter rows")
