@@ -163,6 +163,15 @@ def percent_filter(ratio: float | None, digits: int = 1) -> str:
     return "—" if ratio is None else f"{ratio * 100:.{digits}f}%"
 
 
+@bp.app_template_filter("bps")
+def bps_filter(value: int | None) -> str:
+    """Basis points (1234) as "12.34%", exactly; no ratio (a zero base) as "—", never infinity."""
+    if value is None:
+        return "—"
+    whole, part = divmod(abs(int(value)), 100)
+    return f"{'-' if value < 0 else ''}{whole}.{part:02d}%"
+
+
 @bp.context_processor
 def _console_context() -> dict:
     from flask_wtf.csrf import generate_csrf  # noqa: PLC0415
@@ -202,7 +211,9 @@ def _refused(exc: ConsoleError) -> Response:
 
 def error_page(err: ApiError) -> Response:
     """An error under /console/ as a page (web/errors.py sends console paths here)."""
-    body = render_template("console/error.html", status=err.status, message=err.message)
+    details = err.details if isinstance(err.details, list) else []
+    problems = [(d.get("field", ""), d.get("problem", "")) for d in details if isinstance(d, dict)]
+    body = render_template("console/error.html", status=err.status, message=err.message, problems=problems)
     response = Response(body, status=err.status, mimetype="text/html")
     if err.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, int(err.retry_after)))
