@@ -26,7 +26,7 @@ $(VENV)/.dev-installed: requirements.txt requirements-dev.txt $(VENV)/.installed
 PORT ?= 5000
 PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
 DEMO_ENV := WECHAT_MODE=simulator SEED_DEMO_DATA=1 RUN_JOBS_IN_PROCESS=1 PUBLIC_BASE_URL=$(PUBLIC_BASE_URL) \
-	CLAIM_IP_PER_DAY=0 CLAIM_IP_INTERVAL_SECONDS=0
+	CLAIM_IP_PER_DAY=0 CLAIM_IP_INTERVAL_SECONDS=0 INSIGHTS_ROLLUP_SECONDS=30
 
 run: $(VENV)/.installed
 	$(DEMO_ENV) $(VENV)/bin/flask db upgrade

@@ -398,6 +398,13 @@ SETTINGS: tuple[Setting, ...] = (
         doc="The platform's own complaint channel (service phone, URL or path in the app), shown on every "
         "campaign's public rules beside WeChat Pay's complaint path.",
     ),
+    Setting(
+        "INSIGHTS_ROLLUP_SECONDS",
+        300,
+        _int_at_least(10),
+        doc="How often the jobs rebuild the reports' daily rollups of the days not final yet (today, and "
+        "yesterday until it is final); reports are this fresh. `make run` uses 30.",
+    ),
 )
 
 LIVE_REQUIRED = (

@@ -61,6 +61,8 @@ DAILY_JOBS: tuple[tuple[Callable, dict], ...] = (
     (daily_reconciliation, {"hour": 10, "minute": 30}),
     (purge_behaviour_events_job, {"hour": 4, "minute": 10}),
 )
+# Jobs whose interval is a setting (the default above is the setting's default).
+CONFIGURED_INTERVALS = {"insights_rollup_job": "INSIGHTS_ROLLUP_SECONDS"}
 jobs_cli = AppGroup("jobs", help="Scheduled jobs.")
 
 
@@ -90,6 +92,7 @@ def build_scheduler(app: Flask, blocking: bool = False):
         timezone=UTC,
     )
     for job, seconds in JOBS:
+        seconds = app.config.get(CONFIGURED_INTERVALS.get(job.__name__, ""), seconds)
         first = {"next_run_time": datetime.now(UTC)} if job in RUN_AT_START else {}
         scheduler.add_job(in_app(app, job), "interval", seconds=seconds, id=job.__name__, name=job.__name__, **first)
     for job, at in DAILY_JOBS:

@@ -121,11 +121,19 @@ def seed(step: Callable[[str], None] = lambda _: None) -> dict:
         admin = Operator(username="demo-admin", display_name="Demo admin", role="admin")
         db.session.add(admin)
         db.session.flush()
+    staff = db.session.execute(select(Operator).where(Operator.username == "demo-shop")).scalar_one_or_none()
+    if staff is None:  # the shop owner's view of the console: Noodle House only
+        staff = Operator(
+            username="demo-shop", display_name="Noodle House staff", role="merchant_staff", merchant_id=shop.id
+        )
+        db.session.add(staff)
+        db.session.flush()
     return {
         "created": created,
         "merchant_id": shop.id,
         "codes": codes,
         "admin_token": issue_operator_token(admin, label="demo", ttl=timedelta(days=1)),
+        "shop_token": issue_operator_token(staff, label="demo", ttl=timedelta(days=1)),
     }
 
 
@@ -142,3 +150,6 @@ def seed_demo_command() -> None:
     for code in result["codes"]:
         click.echo(f"  newcomer packet claim code: {code}")
     click.echo(f"  admin token (1 day): {result['admin_token']}")
+    click.echo(f"  Noodle House staff token (1 day): {result['shop_token']}")
+    base = current_app.config.get("PUBLIC_BASE_URL") or "http://127.0.0.1:5000"
+    click.echo(f"  console: {base.rstrip('/')}/console/ (sign in with either token)")
