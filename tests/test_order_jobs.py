@@ -211,6 +211,14 @@ def test_scheduler_has_every_job(app):
     ]
 
 
+def test_the_rollup_interval_is_a_setting(app):
+    from jobs.scheduler import build_scheduler
+
+    assert build_scheduler(app).get_job("insights_rollup_job").trigger.interval.total_seconds() == 300
+    app.config["INSIGHTS_ROLLUP_SECONDS"] = 30
+    assert build_scheduler(app).get_job("insights_rollup_job").trigger.interval.total_seconds() == 30
+
+
 def test_jobs_cli_run_once(app):
     result = app.test_cli_runner().invoke(args=["jobs", "run-once"])
     assert result.exit_code == 0, result.output
