@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ from werkzeug.datastructures import MultiDict
 
 from models.base import BEIJING
 from money import format_yuan
+from web import idempotency
 from web.api import _finish, validate
 from web.auth import current_operator
 from web.errors import ApiError
@@ -92,7 +94,17 @@ def invoke(view: Callable, *, body: dict | None = None, query: dict | None = Non
             kwargs["body"] = validate(api["body"], body if body is not None else {})
         if api["query"] is not None:
             kwargs["query"] = validate(api["query"], {k: v for k, v in (query or {}).items() if v not in (None, "")})
-        response = _finish(view.__wrapped__, kwargs, api["mutating"], status=api["status"])
+        key = request.form.get("form_key") if api["mutating"] and request.method == "POST" else None
+        if key:  # the form's own key: a double click or a resent form replays the first answer
+            route = f"console {request.endpoint} {view.__name__}"
+            response = idempotency.run(
+                f"operator:{operator.id}",
+                route,
+                key,
+                lambda: _finish(view.__wrapped__, kwargs, True, False, status=api["status"]),
+            )
+        else:
+            response = _finish(view.__wrapped__, kwargs, api["mutating"], status=api["status"])
     except ApiError as err:
         raise ConsoleError(err) from err
     if response.status_code >= 400:
@@ -172,6 +184,10 @@ def bps_filter(value: int | None) -> str:
     return f"{'-' if value < 0 else ''}{whole}.{part:02d}%"
 
 
+def _form_key() -> str:
+    return secrets.token_urlsafe(16)
+
+
 @bp.context_processor
 def _console_context() -> dict:
     from flask_wtf.csrf import generate_csrf  # noqa: PLC0415
@@ -184,7 +200,13 @@ def _console_context() -> dict:
             for endpoint, label, roles in NAV
             if endpoint in current_app.view_functions and operator.role in roles
         ]
-    return {"csrf_token": generate_csrf, "operator": operator, "nav": nav, "form_errors": g.get("form_errors", {})}
+    return {
+        "csrf_token": generate_csrf,
+        "form_key": _form_key,
+        "operator": operator,
+        "nav": nav,
+        "form_errors": g.get("form_errors", {}),
+    }
 
 
 CSP = (
