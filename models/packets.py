@@ -52,6 +52,7 @@ class RedPacket(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)  # reports count it on this day
 
     __table_args__ = (
         CheckConstraint("status in ('unclaimed', 'issued', 'locked', 'used', 'expired', 'revoked')", name="status"),

@@ -29,7 +29,7 @@ from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models import Campaign, CampaignRules, FunderType, PacketStatus, RedPacket, User, db
-from models.base import beijing
+from models.base import beijing, utcnow
 from models.triggers import TriggerKind
 from rebate import budgets
 from rebate.campaigns import is_running, rules_of
@@ -430,6 +430,8 @@ def release_packet(packet: RedPacket, status: PacketStatus) -> None:
     packet.reserved_fen = 0
     packet.status = status
     packet.order_id = None
+    if status == PacketStatus.REVOKED:
+        packet.revoked_at = utcnow()
     db.session.flush()
 
 

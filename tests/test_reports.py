@@ -111,6 +111,7 @@ def plant_packet(campaign, owner, amount, created, status, source="manual", used
         created_at=created,
         claimed_at=created if owner else None,
         used_at=used,
+        revoked_at=created if status == "revoked" else None,
     )
     db.session.add(packet)
     db.session.flush()
@@ -495,3 +496,20 @@ def test_the_report_path_only_reads(planted):
         overview(*MARCH, merchant_id=planted["a"].id, granularity="month")
     assert "SELECT" in seen["statements"] and not WRITES & set(seen["statements"])
     assert (seen["flushes"], seen["commits"]) == (0, 0)
+
+
+def test_a_revoked_packet_counts_on_the_day_it_was_revoked(planted, time_machine):
+    from rebate.packets import revoke_packet
+
+    campaign = planted["campaign"]
+    packet = plant_packet(campaign, None, 20_00, bj(2026, 3, 7, 9), "unclaimed")
+    db.session.commit()
+    time_machine.move_to(bj(2026, 4, 2, 15), tick=False)
+    revoke_packet(packet.id)
+    db.session.commit()
+    assert db.session.get(RedPacket, packet.id).revoked_at == bj(2026, 4, 2, 15)
+    rebuild([date(2026, 3, 7), date(2026, 4, 2)], NOW)
+    march = campaign_report(campaign, *MARCH)["totals"]
+    april = campaign_report(campaign, date(2026, 4, 1), date(2026, 4, 30))["totals"]
+    assert (march["packets_revoked"], march["packets_revoked_fen"]) == (1, 120_00)  # the planted one only
+    assert (april["packets_revoked"], april["packets_revoked_fen"]) == (1, 20_00)
