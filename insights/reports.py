@@ -30,8 +30,10 @@ UPTAKE = (("by_face_value", "bucket"), ("by_trigger", "trigger"), ("by_channel",
 
 
 def ratio_bps(numerator: int, base: int) -> int | None:
-    """numerator / base in basis points, rounded down; None for a zero base."""
-    return None if base == 0 else numerator * 10_000 // base
+    """numerator / base in basis points, rounded down; None for a zero base, and for a negative one (net
+    sales net of the day's refunds can be below zero, and a change against a negative base would read
+    backwards: −500 → 1,000 is not a fall of 300 %)."""
+    return None if base <= 0 else numerator * 10_000 // base
 
 
 class Scope:

@@ -8,7 +8,8 @@ Basis (docs/architecture.md §11): every event counts on the Beijing day it happ
 - ``influenced`` / ``influenced_refunds``: paid orders that used a campaign's packet or earned one of
   its rebates, per campaign and (campaign 0) across campaigns, each order once;
 - ``packets_issued`` (created), ``packets_claimed``, ``packets_used``, ``packets_expired`` (on the day
-  their validity ended), ``packets_revoked`` (on the day it was revoked), split by face-value bucket, trigger and channel (the packet's source) for issued and used;
+  their validity ended), ``packets_revoked`` (on the day it was revoked), split by face-value bucket,
+  trigger and channel (the packet's source) for issued and used;
 - ``rebates_awarded`` (as first awarded), ``rebates_held`` (still held when the day was rolled up, on
   the award's day), ``rebates_paid`` (a payout that succeeded, or for the ``balance`` form the ledger's
   credit of the balance, on that day; ``points`` are not money and count as awarded only), ``rebates_clawed_back``

@@ -5,13 +5,15 @@ first when missing, ``ON CONFLICT DO NOTHING``), its counters and people are del
 from ``insights.rollups.roll_up_day``. Rebuilding is idempotent, and two nodes rebuilding the same day
 take turns on the lock (the second one reads what the first committed). Every event counts on its own
 Beijing day, so a day that has ended does not change: the job rebuilds only days not yet ``final``
-(today on every run, yesterday until an hour after midnight so the packet expiry job's stragglers
-land, and any day never built: the catch-up, which also runs once when the jobs start).
+(today and the two days before it on every run — see ``FINAL_AFTER`` — and any day never built: the
+catch-up, which also runs once when the jobs start). Anything later still (a payment notified more than
+two days after WeChat's success time) needs ``flask insights rebuild`` for its day.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
@@ -25,7 +27,10 @@ from models import InsightsDaily, InsightsDay, InsightsPerson, db, unit_of_work,
 from models.sql import insert_ignoring, insert_rows
 
 log = logging.getLogger(__name__)
-FINAL_AFTER = timedelta(hours=1)  # a day is final once rebuilt this long after it ended
+# A day is final once rebuilt this long after it ended: WeChat retries a payment or refund notification
+# for up to 24 h (and query_unnotified_payments catches the rest within the hour), and the payment is
+# counted on WeChat's success_time, so a late notification lands on a day that ended up to a day ago.
+FINAL_AFTER = timedelta(hours=48)
 
 
 def rebuild_day(day: date, now: datetime) -> int:
@@ -86,6 +91,8 @@ def rebuild_command(start: datetime, end: datetime) -> None:
     if end < start:
         raise click.BadParameter("--to is before --from", param_hint="--to")
     days = days_between(start.date(), end.date())
-    with click.progressbar(days, label="rebuilding", show_pos=True, item_show_func=lambda d: d and str(d)) as bar:
+    with click.progressbar(  # on stderr, like every other progress line: stdout stays the result
+        days, label="rebuilding", show_pos=True, item_show_func=lambda d: d and str(d), file=sys.stderr
+    ) as bar:
         results = rebuild(bar, utcnow())
     click.echo(f"rebuilt {results['days']} days, {results['rows']} counter rows")

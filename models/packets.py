@@ -55,6 +55,10 @@ class RedPacket(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)  # reports count it on this day
 
     __table_args__ = (
+        # BRIN on PostgreSQL (a btree on SQLite): the reports' rollups read one Beijing day at a time
+        Index("ix_red_packets_created_at", "created_at", postgresql_using="brin"),
+        Index("ix_red_packets_claimed_at", "claimed_at", postgresql_using="brin"),
+        Index("ix_red_packets_used_at", "used_at", postgresql_using="brin"),
         CheckConstraint("status in ('unclaimed', 'issued', 'locked', 'used', 'expired', 'revoked')", name="status"),
         CheckConstraint("amount_fen > 0 and reserved_fen >= 0", name="amounts"),
         CheckConstraint(

@@ -51,6 +51,8 @@ class Rebate(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (
+        # BRIN on PostgreSQL (a btree on SQLite): the reports' rollups read one Beijing day at a time
+        Index("ix_rebates_created_at", "created_at", postgresql_using="brin"),
         UniqueConstraint("order_id", "campaign_id", "role"),
         CheckConstraint(
             "amount_fen >= 0 and held_fen >= 0 and amount_fen + held_fen <= original_fen", name="within_original"
@@ -100,7 +102,11 @@ class RebateAdjustment(Base):
     reason: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    __table_args__ = (CheckConstraint("amount_fen > 0 and recovered_fen + receivable_fen = amount_fen", name="split"),)
+    __table_args__ = (
+        # BRIN on PostgreSQL (a btree on SQLite): the reports' rollups read one Beijing day at a time
+        Index("ix_rebate_adjustments_created_at", "created_at", postgresql_using="brin"),
+        CheckConstraint("amount_fen > 0 and recovered_fen + receivable_fen = amount_fen", name="split"),
+    )
 
 
 class Receivable(Base):

@@ -313,7 +313,14 @@ def _by_ref(column, refs: set[str], known: list) -> dict[str, Any]:
 
 def _save_findings(run: ReconciliationRun, findings: list[Finding], now: datetime) -> None:
     """Upsert by subject: an unchanged finding keeps its resolution; a gone, unresolved one is dropped."""
-    rows = _rows(select(ReconciliationMismatch).where(ReconciliationMismatch.run_id == run.id))
+    # Locked and read fresh: an operator resolving one of them meanwhile is kept (not dropped as gone).
+    rows = _rows(
+        select(ReconciliationMismatch)
+        .where(ReconciliationMismatch.run_id == run.id)
+        .order_by(ReconciliationMismatch.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     existing = {(m.subject_type, m.subject_ref): m for m in rows}
     for f in findings:
         row = existing.pop((f.subject_type, f.subject_ref), None)

@@ -152,3 +152,41 @@ def test_signing_in_in_a_real_browser(live_server, page, make_operator):  # noqa
     page.wait_for_load_state()
     assert "/console/sign-in" in page.url
     assert page.console_errors == []
+
+
+def test_a_post_from_another_site_is_refused_even_with_a_token(client, make_operator):
+    _, headers = make_operator("admin")
+    csrf = client_sign_in(client, headers)
+    evil = post(client, "/console/sign-out", {}, csrf, headers={"Origin": "https://evil.example"})
+    assert evil.status_code == 400 and "another site" in evil.get_data(as_text=True)
+    referred = post(client, "/console/sign-out", {}, csrf, headers={"Referer": "https://evil.example/page"})
+    assert referred.status_code == 400
+    assert db.session.execute(select(ConsoleSession.ended_at)).scalar_one() is None
+    own = post(client, "/console/sign-out", {}, csrf, headers={"Origin": "http://localhost"})
+    assert own.status_code == 302
+
+
+def test_a_nul_character_in_a_form_is_refused_before_anything_runs(client, make_operator):
+    _, headers = make_operator("admin")
+    csrf = client_sign_in(client, headers)
+    answer = post(client, "/console/sign-out", {"reason": "a\x00b"}, csrf)
+    assert answer.status_code == 422
+    assert db.session.execute(select(ConsoleSession.ended_at)).scalar_one() is None
+
+
+def test_refused_sign_ins_are_audited_only_up_to_a_limit(client):
+    csrf = csrf_of(client.get("/console/sign-in").get_data(as_text=True))
+    answers = [client.post("/console/sign-in", data={"token": f"guess-{n}", "csrf_token": csrf}) for n in range(12)]
+    assert [a.status_code for a in answers] == [401] * 10 + [429] * 2
+    assert answers[-1].headers["Retry-After"] == "600"
+    refused = db.session.execute(select(AuditLog).where(AuditLog.action == "console.sign_in_refused")).scalars().all()
+    assert len(refused) == 10
+
+
+def test_signing_in_again_ends_the_browsers_previous_session(client, make_operator):
+    _, headers = make_operator("admin")
+    client_sign_in(client, headers)
+    client_sign_in(client, headers)
+    db.session.rollback()
+    ended = [row.ended_at is not None for row in db.session.execute(select(ConsoleSession)).scalars()]
+    assert sorted(ended) == [False, True]

@@ -255,7 +255,11 @@ def test_refunds_count_on_their_own_beijing_day(planted):
     april = overview(date(2026, 4, 1), date(2026, 4, 30), planted["a"].id, "month")
     assert (april["totals"]["refunds_fen"], april["totals"]["net_sales_fen"]) == (100_00, -100_00)
     # MoM against March's 520 yuan, rounded down: (−100 − 520) / 520 = −11923.07… bps
-    assert april["sales_change"]["mom_bps"] == -11924 and april["totals"]["influence_rate_bps"] == 0
+    assert april["sales_change"]["mom_bps"] == -11924
+    # a share of a negative net is no ratio; nor is a change against a negative base (May against April)
+    assert april["totals"]["influence_rate_bps"] is None
+    may = overview(date(2026, 5, 1), date(2026, 5, 31), planted["a"].id, "month")
+    assert may["sales_change"]["previous"]["net_sales_fen"] == -100_00 and may["sales_change"]["mom_bps"] is None
 
 
 def test_week_and_month_series(planted):
@@ -414,15 +418,17 @@ def test_the_job_catches_up_and_keeps_only_unfinished_days_open(planted, monkeyp
     db.session.execute(db.delete(InsightsDay).where(InsightsDay.day == date(2026, 3, 5)))
     db.session.commit()
     assert campaign_report(planted["campaign"], *MARCH)["totals"]["influenced_orders"] == 0
-    now = datetime(2026, 5, 2, 16, 30, tzinfo=UTC)  # 00:30 on 3 May, Beijing: 2 May is not final yet
+    now = datetime(2026, 5, 2, 16, 30, tzinfo=UTC)  # 00:30 on 3 May, Beijing: 1 and 2 May are not final yet
     monkeypatch.setattr("jobs.insights.utcnow", lambda: now)
     due = due_days(now)  # days never built, from the first order's day (10 March 2025, built already) on
     assert due[0] == date(2025, 3, 11) and date(2026, 3, 5) in due and date(2026, 3, 6) not in due
     results = insights_rollup_job()
     assert results["days"] >= 1
     assert campaign_report(planted["campaign"], *MARCH)["totals"]["influenced_orders"] == 1
-    assert due_days(now) == [date(2026, 5, 2), date(2026, 5, 3)]  # yesterday (until 01:00) and today
-    assert insights_rollup_job()["days"] == 2
+    # today and the two days before it (a late notification counts on WeChat's success time); 30 April
+    # ended more than 48 h ago and was built since: final
+    assert due_days(now) == [date(2026, 5, 1), date(2026, 5, 2), date(2026, 5, 3)]
+    assert insights_rollup_job()["days"] == 3
 
 
 def test_the_real_money_path_rolls_up(education, pay):

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from flask import current_app, flash, g, redirect, request, session, url_for
 from flask_wtf.csrf import CSRFError, validate_csrf
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from wtforms import ValidationError
 
 from models import AuditLog, ConsoleSession, db, utcnow
@@ -28,6 +28,22 @@ from web.errors import ApiError
 PUBLIC_ENDPOINTS = {"console.sign_in", "console.static"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 SEEN_EVERY = timedelta(seconds=60)  # last_seen_at is written at most this often per session
+# Refused sign-ins are audited, at most this many per network address in the window; past it the form
+# answers 429 and writes nothing (tokens are 256-bit: this only keeps the audit log from being flooded).
+REFUSED_SIGN_INS = 10
+REFUSED_WINDOW = timedelta(minutes=10)
+
+
+def _refused_lately(ip: str) -> int:
+    return db.session.execute(
+        select(func.count())
+        .select_from(AuditLog)
+        .where(
+            AuditLog.action == "console.sign_in_refused",
+            AuditLog.ip == ip,
+            AuditLog.created_at > utcnow() - REFUSED_WINDOW,
+        )
+    ).scalar_one()
 
 
 def _session_row(sid: str) -> ConsoleSession | None:
@@ -48,7 +64,6 @@ def configure(app) -> None:
         PERMANENT_SESSION_LIFETIME=timedelta(hours=app.config["CONSOLE_SESSION_HOURS"]),
         WTF_CSRF_TIME_LIMIT=app.config["CONSOLE_SESSION_HOURS"] * 3600,
         WTF_CSRF_FIELD_NAME="csrf_token",
-        WTF_CSRF_SSL_STRICT=True,  # over HTTPS a POST must come from this origin (Referer), too
     )
 
 
@@ -60,10 +75,30 @@ def _live(row: ConsoleSession | None) -> bool:
     return row.expires_at > now and row.last_seen_at > now - idle and token_is_live(row.token) and row.operator.active
 
 
+def _same_origin() -> bool:
+    """A browser names the page a POST comes from (``Origin``; older ones only ``Referer``): it must be
+    this console's own origin. Neither header (a non-browser client) leaves the CSRF token to decide."""
+    origin = request.headers.get("Origin")
+    if origin is None and request.referrer:
+        parts = urlsplit(request.referrer)
+        origin = f"{parts.scheme}://{parts.netloc}"
+    return origin is None or origin == request.host_url.rstrip("/")
+
+
+def _refuse_bad_form() -> None:
+    """Before anything runs: the CSRF token, the origin, and no NUL character in the form (PostgreSQL
+    text cannot hold one; the API's JSON guard refuses it the same way)."""
+    if not _same_origin():
+        raise ApiError("this form was sent from another site", code="csrf_failed", status=400)
+    if any("\x00" in key or "\x00" in value for key, value in request.form.items(multi=True)):
+        raise ApiError("form fields may not contain NUL characters", code="invalid_form", status=422)
+
+
 @bp.before_request
 def _check_csrf_then_session():
     g.pop("csrf_token", None)  # Flask-WTF's per-request cache; ``g`` can outlive a request (tests, scripts)
     if request.method not in SAFE_METHODS and request.endpoint != "console.static":
+        _refuse_bad_form()
         try:
             validate_csrf(request.form.get("csrf_token"))
         except (ValidationError, CSRFError) as exc:
@@ -113,6 +148,13 @@ def sign_in():
         row = operator_token(token)
     except ApiError as err:
         db.session.rollback()
+        if _refused_lately(client_ip()) >= REFUSED_SIGN_INS:
+            raise ApiError(
+                "too many refused sign-ins from this address; wait a few minutes",
+                code="rate_limited",
+                status=429,
+                retry_after=int(REFUSED_WINDOW.total_seconds()),
+            ) from None
         db.session.add(
             AuditLog(
                 operator_id=None,
@@ -142,6 +184,14 @@ def sign_in():
     db.session.add(row_session)
     audit(Actor(row.operator, client_ip()), "console.sign_in", "console_session", row_session.id[:8], token=row.label)
     db.session.commit()
+    previous = session.get("sid")
+    if isinstance(previous, str):  # signing in again in this browser ends the session it had
+        db.session.execute(
+            update(ConsoleSession)
+            .where(ConsoleSession.id == previous, ConsoleSession.ended_at.is_(None))
+            .values(ended_at=utcnow())
+        )
+        db.session.commit()
     session.clear()  # a new session id and a new CSRF secret: nothing from before sign-in carries over
     g.pop("csrf_token", None)
     session.permanent = True
