@@ -375,7 +375,7 @@ def _restrictions(campaign: Campaign, limits: dict) -> dict:
     weekdays = sorted({d for d in windows.get("weekdays") or [] if d in WEEKDAY_WORDS})
     hours = windows.get("hours") or None
     regions, channels = list(campaign.regions or []), list(campaign.channels or [])
-    when = "领取和下单使用时 (when you get it and when you order with it)"
+    when = ("领取和下单使用", "both to get it and to order with it")
     out: dict = {
         "weekdays": None,
         "hours": None,
@@ -392,7 +392,7 @@ def _restrictions(campaign: Campaign, limits: dict) -> dict:
         out["weekdays"] = {
             "days": weekdays,
             "names": names,
-            "words": f"仅限每周 {zh}（北京时间）{when} (only on {en}, Beijing time)",
+            "words": f"仅限每周 {zh} {when[0]}（北京时间）(only on {en}, Beijing time, {when[1]})",
         }
     if hours:
         start, end = f"{hours[0]:02d}:00", f"{hours[1]:02d}:00"
@@ -401,8 +401,8 @@ def _restrictions(campaign: Campaign, limits: dict) -> dict:
             "to_hour": hours[1],
             "from": start,
             "to": end,
-            "words": f"仅限每天 {start} 至 {end} 前（北京时间）{when} "
-            f"(only from {start} until before {end}, Beijing time)",
+            "words": f"仅限每天 {start} 至 {end} 前{when[0]}（北京时间）"
+            f"(only from {start} until before {end}, Beijing time, {when[1]})",
         }
     if regions:
         out["regions"] = {
