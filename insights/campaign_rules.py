@@ -12,6 +12,20 @@ available is rounded DOWN to a coarse figure (``BUDGET_STEP_FEN``) and a percent
 let anyone follow a merchant's sales and spending claim by claim (commercial data of the merchant),
 and time a rush of claims to the last yuan; rounding down never promises money that is not there.
 
+Every restriction that can refuse a buyer is spelled out (``restrictions``), exactly as ``rebate`` enforces
+it: the Beijing weekdays and hours and the regions and channels of ``rebate.packets.check_audience``
+(checked when a packet is issued or claimed and again when an order spends it), the one merchant whose
+orders a packet is usable on (``rebate.orders``: the packet's merchant, and a merchant's campaign serves
+only its own orders), the products and categories a packet covers, and the minimum time between two
+claims (the campaign's ``ClaimLimits.min_interval_seconds`` per device and network address, the
+platform's ``CLAIM_PERSON_INTERVAL_SECONDS`` per person). A buyer who reads "any time, anywhere" must
+not then be refused.
+
+Rules are versioned (``CampaignRules``) and a packet pays under the version it was issued with
+(``RedPacket.rules_version``): ``version`` shows that one (``NotFound`` for a version the campaign
+never had), and ``rules_version`` says which is shown and whether newer rules exist. The packet's
+terms, dates and limits are the campaign's as they are now (they are not versioned).
+
 Only campaigns people can meet are public: active, paused and ended ones; a draft (or an unknown id)
 is ``NotFound``. Reads only (``insights`` never writes, docs/architecture.md §2).
 """
@@ -20,11 +34,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from models import Campaign, CampaignStatus, FunderType, IssuerType, Merchant, db
+from sqlalchemy import select
+
+from models import Campaign, CampaignStatus, FunderType, IssuerType, Merchant, Product, db
 from models.base import beijing
 from models.triggers import Trigger, TriggerError, TriggerKind
 from money import format_yuan
-from rebate.campaigns import rules_of
+from rebate.campaigns import merchant_of, rules_of
 from rebate.errors import NotFound
 from rebate.rules import Form, RoleRule, RuleSet
 from risk.limits import ClaimLimits, ClaimLimitsError, PlatformLimits
@@ -69,6 +85,21 @@ FUNDER_WORDS = {
     FunderType.MERCHANT_DEPOSIT: "商家预存的营销资金 (the merchant's prepaid marketing deposit)",
     FunderType.USER_STAKE: "用户自有资金 (a user's own stake)",
 }
+WEEKDAY_WORDS = {
+    1: "周一 (Mon)",
+    2: "周二 (Tue)",
+    3: "周三 (Wed)",
+    4: "周四 (Thu)",
+    5: "周五 (Fri)",
+    6: "周六 (Sat)",
+    7: "周日 (Sun)",
+}
+CHANNEL_WORDS = {
+    "mini_program": "微信小程序 (the WeChat mini program)",
+    "official_account": "微信公众号 (the WeChat official account)",
+    "h5": "手机网页 (the mobile web page)",
+    "app": "App (the app)",
+}
 A_USER = "一位用户 (a user)"  # a person issuing or funding is never named on a public page
 
 
@@ -79,15 +110,27 @@ def campaign_rules(
     complaint_contact: str,
     platform_limits: PlatformLimits,
     now: datetime,
+    version: int | None = None,
 ) -> dict:
-    """The public rules of a campaign that is active, paused or ended; else ``NotFound``."""
+    """The public rules of a campaign that is active, paused or ended (at rules ``version``, else the current
+    one); else ``NotFound``, also for a version the campaign never had."""
     campaign = db.session.get(Campaign, campaign_id)
     if campaign is None or campaign.status not in PUBLIC_STATUSES:
         raise NotFound(f"campaign {campaign_id} not found")
+    if version is not None and not 1 <= version <= campaign.rules_version:
+        raise NotFound(
+            f"campaign {campaign_id} has no rules version {version} (its versions are 1 to {campaign.rules_version})",
+            code="rules_version_not_found",
+        )
     try:
-        rules: RuleSet | None = rules_of(campaign)
+        rules: RuleSet | None = rules_of(campaign, version)
     except LookupError:
+        if version is not None:
+            raise NotFound(
+                f"campaign {campaign_id} has no rules version {version}", code="rules_version_not_found"
+            ) from None
         rules = None
+    limits = _limits(campaign, platform_limits)
     return {
         "id": campaign.id,
         "name": campaign.name,
@@ -102,9 +145,11 @@ def campaign_rules(
         "dates": _dates(campaign),
         "packet": _packet(campaign),
         "how_to_get": _trigger(campaign),
+        "rules_version": _version(campaign, version),
         "rebates": [_role(r) for r in rules.roles] if rules else [],
         "rebate_days": _rebate_days(rules),
-        "claim_limits": _limits(campaign, platform_limits),
+        "claim_limits": limits,
+        "restrictions": _restrictions(campaign, limits),
         "budget": budget_left(campaign),
         "complaints": complaints(platform_name, complaint_contact),
         "as_of": beijing(now).isoformat(timespec="seconds"),
@@ -199,6 +244,7 @@ def _packet(campaign: Campaign) -> dict | None:
         "categories": list(campaign.packet_categories or []),
         "only_products": list(campaign.packet_products or []),
         "only_merchant_id": campaign.packet_merchant_id,
+        "only_merchant_name": _merchant_name(campaign.packet_merchant_id) if campaign.packet_merchant_id else None,
         "valid_days": None if fixed else campaign.packet_valid_days,
         "valid_from": _when(campaign.packet_valid_from),
         "valid_until": _when(campaign.packet_valid_until),
@@ -269,7 +315,8 @@ def _rebate_days(rules: RuleSet | None) -> dict:
 
 
 def _limits(campaign: Campaign, platform: PlatformLimits) -> dict:
-    """What limits one person: the campaign's own and the platform's (never the per-network or device ones)."""
+    """What limits one person: the campaign's own and the platform's (never the per-network daily count or the
+    device ones but for the time between claims, which a buyer meets)."""
     try:
         own = ClaimLimits.parse(campaign.claim_limits)
     except ClaimLimitsError:
@@ -278,6 +325,139 @@ def _limits(campaign: Campaign, platform: PlatformLimits) -> dict:
         "per_person": own.per_person,
         "per_person_per_day": own.per_person_per_day,
         "platform_per_person_per_day": platform.person_per_day or None,
-        "platform_minutes_between_claims": (platform.person_interval_seconds + 59) // 60 or None,
+        "platform_minutes_between_claims": _minutes(platform.person_interval_seconds),
+        "platform_seconds_between_claims": platform.person_interval_seconds or None,
+        "minutes_between_claims": _minutes(own.min_interval_seconds),
+        "seconds_between_claims": own.min_interval_seconds or None,
         "max_packets": campaign.max_packets,
     }
+
+
+def _minutes(seconds: int | None) -> int | None:
+    """Whole minutes, rounded up (a buyer who waits that long is never refused); None: no such wait."""
+    return (seconds + 59) // 60 if seconds else None
+
+
+def _wait_words(seconds: int) -> str:
+    if seconds % 60:
+        return f"{seconds} 秒 ({seconds} seconds)"
+    return f"{seconds // 60} 分钟 ({seconds // 60} minutes)"
+
+
+def _version(campaign: Campaign, version: int | None) -> dict:
+    shown, current = version or campaign.rules_version, campaign.rules_version
+    if shown == current:
+        words = f"当前规则（第 {shown} 版）(the current rules, version {shown})"
+    else:
+        words = (
+            f"第 {shown} 版规则，已有更新的第 {current} 版；用这个版本发放的红包仍按第 {shown} 版返利 "
+            f"(rules version {shown}; newer rules exist (version {current}); packets issued under version "
+            f"{shown} still earn by version {shown})"
+        )
+    return {
+        "shown": shown,
+        "current": current,
+        "is_current": shown == current,
+        "newer_exists": shown < current,
+        "words": words,
+    }
+
+
+def _merchant_name(merchant_id: int) -> str:
+    merchant = db.session.get(Merchant, merchant_id)
+    return merchant.name if merchant else "?"
+
+
+def _restrictions(campaign: Campaign, limits: dict) -> dict:
+    """Everything that can refuse a buyer, exactly as ``rebate`` checks it, in numbers and words; ``words``
+    lists them all ("no restriction" is said only when there is none)."""
+    windows = campaign.usage_windows if isinstance(campaign.usage_windows, dict) else {}
+    weekdays = sorted({d for d in windows.get("weekdays") or [] if d in WEEKDAY_WORDS})
+    hours = windows.get("hours") or None
+    regions, channels = list(campaign.regions or []), list(campaign.channels or [])
+    when = ("领取和下单使用", "both to get it and to order with it")
+    out: dict = {
+        "weekdays": None,
+        "hours": None,
+        "regions": None,
+        "channels": None,
+        "merchants": None,
+        "products": None,
+        "categories": None,
+        "between_claims": None,
+    }
+    if weekdays:
+        names = [WEEKDAY_WORDS[d] for d in weekdays]
+        zh, en = "、".join(n.split(" ")[0] for n in names), ", ".join(n.split(" ")[1].strip("()") for n in names)
+        out["weekdays"] = {
+            "days": weekdays,
+            "names": names,
+            "words": f"仅限每周 {zh} {when[0]}（北京时间）(only on {en}, Beijing time, {when[1]})",
+        }
+    if hours:
+        start, end = f"{hours[0]:02d}:00", f"{hours[1]:02d}:00"
+        out["hours"] = {
+            "from_hour": hours[0],
+            "to_hour": hours[1],
+            "from": start,
+            "to": end,
+            "words": f"仅限每天 {start} 至 {end} 前{when[0]}（北京时间）"
+            f"(only from {start} until before {end}, Beijing time, {when[1]})",
+        }
+    if regions:
+        out["regions"] = {
+            "regions": regions,
+            "words": f"仅限账户地区为 {'、'.join(regions)} 的用户 (only for users whose account region is "
+            f"{', '.join(regions)}; an account without a region cannot use it)",
+        }
+    if channels:
+        named = [CHANNEL_WORDS.get(c, c) for c in channels]
+        out["channels"] = {
+            "channels": channels,
+            "names": named,
+            "words": f"仅限通过 {' / '.join(named)} 领取和使用 (only through these channels)",
+        }
+    merchant_ids = list(dict.fromkeys(m for m in (campaign.packet_merchant_id, merchant_of(campaign)) if m))
+    if merchant_ids and campaign.packet_amount_fen is not None:
+        names = [_merchant_name(m) for m in merchant_ids]
+        out["merchants"] = {
+            "merchants": [{"merchant_id": m, "name": n} for m, n in zip(merchant_ids, names, strict=True)],
+            "words": f"红包仅限在 {' 且 '.join(names)} 的订单使用 (the packet is only usable on orders from "
+            f"{' and '.join(names)})",
+        }
+    products = [p for p in campaign.packet_products or [] if isinstance(p, int) and not isinstance(p, bool)]
+    if products and campaign.packet_amount_fen is not None:
+        found = dict(db.session.execute(select(Product.id, Product.name).where(Product.id.in_(products))).all())
+        named = [{"product_id": p, "name": found.get(p, f"#{p}")} for p in products]
+        out["products"] = {
+            "products": named,
+            "words": f"红包仅抵扣这些商品 {'、'.join(n['name'] for n in named)} (the packet only covers these "
+            "products; the minimum spend counts them only)",
+        }
+    categories = list(campaign.packet_categories or [])
+    if categories and campaign.packet_amount_fen is not None:
+        out["categories"] = {
+            "categories": categories,
+            "words": f"红包仅抵扣这些品类 {'、'.join(map(str, categories))} (the packet only covers these categories; "
+            "the minimum spend counts them only)",
+        }
+    waits = []
+    if limits["seconds_between_claims"]:
+        wait = _wait_words(limits["seconds_between_claims"])
+        waits.append(
+            f"本活动同一设备或网络两次领取至少间隔 {wait} (this campaign: between two claims from one "
+            "device or network address)"
+        )
+    if limits["platform_seconds_between_claims"]:
+        wait = _wait_words(limits["platform_seconds_between_claims"])
+        waits.append(f"全平台同一人两次领取红包至少间隔 {wait} (across the platform: between two claims by one person)")
+    if waits:
+        out["between_claims"] = {
+            "minutes": limits["minutes_between_claims"],
+            "platform_minutes": limits["platform_minutes_between_claims"],
+            "words": "；".join(waits),
+        }
+    said = [v["words"] for v in out.values() if v]
+    if not any(out[k] for k in ("weekdays", "hours", "regions", "channels", "merchants", "products", "categories")):
+        said.insert(0, "不限时间、地区、渠道和商家 (any day and hour, any region, any channel, any merchant)")
+    return {**out, "words": said}

@@ -166,9 +166,156 @@ def test_my_packets_link_to_their_campaigns_rules(app, client, make_campaign, ma
     (item,) = client.get("/api/v1/me/red-packets", headers=user_headers(user)).json["items"]
 
     base = app.config["PUBLIC_BASE_URL"].rstrip("/")
-    assert item["rules_url"] == f"{base}/c/{campaign.id}"
-    assert item["rules_api"] == f"{base}/api/v1/campaigns/{campaign.id}/rules"
+    assert item["rules_url"] == f"{base}/c/{campaign.id}?v=1"
+    assert item["rules_api"] == f"{base}/api/v1/campaigns/{campaign.id}/rules?v=1"
     assert client.get(item["rules_api"].removeprefix(base)).status_code == 200
+
+
+def _new_version(campaign, rules: dict) -> None:
+    """What ``replace_rules`` does, without an operator: the next version becomes the current one."""
+    from models import CampaignRules
+
+    campaign.rules_version += 1
+    db.session.add(CampaignRules(campaign_id=campaign.id, version=campaign.rules_version, rules=rules))
+    db.session.commit()
+
+
+NEW_RULES = {"roles": [{"role": "consumer", "rate_bps": 1250, "form": "wechat_change", "cap_fen": 10_00}]}
+
+
+def test_packet_links_carry_the_version_the_packet_pays_under(app, client, make_campaign, make_user, user_headers):
+    # given: a packet issued under version 1, then the campaign's rules move to version 2
+    campaign = make_campaign(PLATFORM_RULES, packet_amount_fen=5_00)
+    user = make_user()
+    issue_packet(campaign, user, source="test", source_ref="v1", now=utcnow())
+    db.session.commit()
+    _new_version(campaign, NEW_RULES)
+
+    (item,) = client.get("/api/v1/me/red-packets", headers=user_headers(user)).json["items"]
+
+    # then: its links show version 1 (8%), which says newer rules exist; without v: the current 12.5%
+    base = app.config["PUBLIC_BASE_URL"].rstrip("/")
+    assert item["rules_url"] == f"{base}/c/{campaign.id}?v=1"
+    old = client.get(item["rules_api"].removeprefix(base)).json
+    assert [r["rate_percent"] for r in old["rebates"]] == ["8%"]
+    assert old["rules_version"] == {
+        "shown": 1,
+        "current": 2,
+        "is_current": False,
+        "newer_exists": True,
+        "words": old["rules_version"]["words"],
+    }
+    assert old["page_url"] == f"{base}/c/{campaign.id}?v=1"
+    current = client.get(f"/api/v1/campaigns/{campaign.id}/rules").json
+    assert [r["rate_percent"] for r in current["rebates"]] == ["12.5%"]
+    assert current["rules_version"]["shown"] == 2 and current["rules_version"]["newer_exists"] is False
+    assert client.get(f"/api/v1/campaigns/{campaign.id}/rules?v=2").json["rebates"] == current["rebates"]
+
+    page = client.get(item["rules_url"].removeprefix(base))
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "8%" in html and "12.5%" not in html
+    assert "rules version 1" in html and "newer rules exist (version 2)" in html
+    assert f'href="/c/{campaign.id}"' in html
+    now_page = client.get(f"/c/{campaign.id}").get_data(as_text=True)
+    assert "12.5%" in now_page and "the current rules, version 2" in now_page
+    # WeChat's own parameters on a shared link are ignored
+    assert client.get(f"/c/{campaign.id}?v=1&from=singlemessage&isappinstalled=0").status_code == 200
+    assert client.get(f"/api/v1/campaigns/{campaign.id}/rules?from=timeline").status_code == 200
+
+
+def test_bad_versions_are_refused_in_words(client, make_campaign):
+    campaign = make_campaign(PLATFORM_RULES, packet_amount_fen=5_00)
+    _new_version(campaign, NEW_RULES)
+    api = f"/api/v1/campaigns/{campaign.id}/rules"
+
+    for bad in ("0", "-1", "abc", "1.5", "", "%201", "99999999999"):
+        answer = client.get(f"{api}?v={bad}")
+        assert answer.status_code == 422, bad
+        assert answer.json["error"] == "validation_error"
+        (detail,) = answer.json["details"]
+        assert detail["field"] == "v" and "positive whole number" in detail["problem"]
+        page = client.get(f"/c/{campaign.id}?v={bad}")
+        assert page.status_code == 422 and page.mimetype == "text/html"
+        html = page.get_data(as_text=True)
+        assert "positive whole number" in html and "8%" not in html
+        assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+
+    for missing in ("3", "999"):
+        answer = client.get(f"{api}?v={missing}")
+        assert answer.status_code == 404 and answer.json["error"] == "rules_version_not_found"
+        assert f"no rules version {missing}" in answer.json["message"]
+        page = client.get(f"/c/{campaign.id}?v={missing}")
+        assert page.status_code == 404 and f"no rules version {missing}" in page.get_data(as_text=True)
+    # a draft stays unknown whatever the version
+    draft = make_campaign(PLATFORM_RULES, status="draft")
+    assert client.get(f"/api/v1/campaigns/{draft.id}/rules?v=1").json["error"] == "not_found"
+    assert "活动不存在" in client.get(f"/c/{draft.id}?v=1").get_data(as_text=True)
+
+
+def test_every_restriction_a_buyer_meets_is_in_the_json_and_on_the_page(
+    app, client, make_campaign, make_merchant, make_product
+):
+    # given: a merchant campaign usable Mon/Wed/Sun 10:00-14:00 Beijing, in two regions, in the mini
+    # program only, at one merchant, on one product, with a 5-minute wait between claims
+    shop = make_merchant("Dumpling <b>Bar</b>")
+    product = make_product(shop, name="猪肉水饺 pork dumplings", category="noodles")
+    app.config["CLAIM_PERSON_INTERVAL_SECONDS"] = 900
+    campaign = _merchant_campaign(
+        make_campaign,
+        make_merchant,
+        usage_windows={"weekdays": [1, 3, 7], "hours": [10, 14]},
+        regions=["310000", "330100"],
+        channels=["mini_program"],
+        packet_merchant_id=shop.id,
+        packet_products=[product.id],
+    )
+    campaign.claim_limits = {"per_person": 1, "per_person_per_day": 1, "min_interval_seconds": 300}
+    db.session.commit()
+
+    rules = client.get(f"/api/v1/campaigns/{campaign.id}/rules").json
+    limits = rules["restrictions"]
+
+    assert limits["weekdays"]["days"] == [1, 3, 7]
+    assert "周一、周三、周日" in limits["weekdays"]["words"] and "Mon, Wed, Sun" in limits["weekdays"]["words"]
+    assert limits["hours"]["from"] == "10:00" and limits["hours"]["to"] == "14:00"
+    assert "Beijing time" in limits["hours"]["words"]
+    assert limits["regions"]["regions"] == ["310000", "330100"] and "310000" in limits["regions"]["words"]
+    assert limits["channels"]["channels"] == ["mini_program"] and "微信小程序" in limits["channels"]["words"]
+    names = {m["name"] for m in limits["merchants"]["merchants"]}
+    assert names == {"Dumpling <b>Bar</b>", "Noodle House 面馆"}  # the packet's merchant, and the campaign's
+    assert rules["packet"]["only_merchant_id"] == shop.id
+    assert rules["packet"]["only_merchant_name"] == "Dumpling <b>Bar</b>"
+    assert limits["products"]["products"] == [{"product_id": product.id, "name": "猪肉水饺 pork dumplings"}]
+    assert rules["claim_limits"]["minutes_between_claims"] == 5
+    assert rules["claim_limits"]["platform_minutes_between_claims"] == 15
+    assert "5 分钟 (5 minutes)" in limits["between_claims"]["words"]
+    assert "15 分钟 (15 minutes)" in limits["between_claims"]["words"]
+    assert not any("any day" in w for w in limits["words"])
+    assert len(limits["words"]) == 8  # days, hours, regions, channels, merchant, products, categories, waits
+
+    page = client.get(f"/c/{campaign.id}")
+    html = page.get_data(as_text=True)
+    for words in limits["words"]:
+        assert words.replace("<", "&lt;").replace(">", "&gt;") in html
+    assert "<b>Bar</b>" not in html and "Dumpling &lt;b&gt;Bar&lt;/b&gt;" in html
+    assert "周一" in html and "Sun" in html and "10:00" in html and "310000" in html and "猪肉水饺" in html
+
+
+def test_no_restriction_says_so(client, make_campaign, app):
+    app.config["CLAIM_PERSON_INTERVAL_SECONDS"] = 90
+    campaign = make_campaign(PLATFORM_RULES, packet_amount_fen=5_00, claim_limits={"min_interval_seconds": None})
+
+    rules = client.get(f"/api/v1/campaigns/{campaign.id}/rules").json
+
+    limits = rules["restrictions"]
+    assert limits["weekdays"] is None and limits["regions"] is None and limits["merchants"] is None
+    assert "any day and hour" in limits["words"][0]
+    assert rules["claim_limits"]["minutes_between_claims"] is None
+    assert rules["claim_limits"]["platform_minutes_between_claims"] == 2  # rounded up
+    assert limits["between_claims"]["words"].endswith(
+        "90 秒 (90 seconds) (across the platform: between two claims by one person)"
+    )
+    assert "any day and hour" in client.get(f"/c/{campaign.id}").get_data(as_text=True)
 
 
 def test_rules_routes_are_documented(client):

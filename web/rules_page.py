@@ -5,21 +5,31 @@ limits, the budget left (coarsely) and where to complain, built once by ``insigh
 and shown twice. Drafts and unknown ids answer 404. The page is server-rendered, autoescaped (a
 campaign's name is operator input) and runs no script: its Content-Security-Policy allows nothing but
 its own inline style, by hash.
+
+``?v=<version>`` shows an earlier rules version (a packet pays under the version it was issued with:
+``/me/red-packets`` links carry it); a ``v`` that is no positive whole number is 422
+``validation_error``, a version the campaign never had 404 ``rules_version_not_found`` (the page
+answers the same statuses, in words). Other query parameters (WeChat adds ``from=…`` to shared
+links) are ignored.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 
 from flask import Blueprint, Response, current_app, render_template, request
 from markupsafe import Markup
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from insights.campaign_rules import campaign_rules
 from models import utcnow
 from rebate.errors import NotFound
-from web.api import endpoint
+from web.api import endpoint, validate
+from web.errors import ValidationFailed
 from web.growth_api import platform_limits
+from web.guards import MAX_ID
 from web.openapi import ERROR, UNAVAILABLE, documented
 
 bp = Blueprint("rules_page", __name__, template_folder="templates")
@@ -43,7 +53,29 @@ HTML_ERROR = {  # a draft or unknown campaign: a page; a path that is no campaig
 }
 
 
-def public_rules(campaign_id: int) -> dict:
+BAD_VERSION = "v must be a positive whole number: a rules version of this campaign"
+
+
+class RulesQuery(BaseModel):
+    """``?v=``: the rules version to show (default: the current one); other parameters are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    v: int | None = Field(
+        None, ge=1, le=MAX_ID, description="A rules version of this campaign (default: the current rules)."
+    )
+
+    @field_validator("v", mode="before")
+    @classmethod
+    def _whole(cls, raw: object) -> object:
+        if raw is None or isinstance(raw, int) and not isinstance(raw, bool) and raw >= 1:
+            return raw
+        if isinstance(raw, str) and re.fullmatch(r"[0-9]{1,10}", raw) and int(raw) >= 1:
+            return int(raw)
+        raise ValueError(f"{BAD_VERSION}, not {str(raw)[:20]!r}")
+
+
+def public_rules(campaign_id: int, version: int | None = None) -> dict:
     config = current_app.config
     return campaign_rules(
         campaign_id,
@@ -51,6 +83,7 @@ def public_rules(campaign_id: int) -> dict:
         complaint_contact=config.get("COMPLAINT_CONTACT") or "",
         platform_limits=platform_limits(),
         now=utcnow(),
+        version=version,
     )
 
 
@@ -59,16 +92,22 @@ def base_url() -> str:
     return (current_app.config.get("PUBLIC_BASE_URL") or request.host_url).rstrip("/")
 
 
-def rules_links(campaign_id: int) -> dict:
-    """The links a packet carries to its campaign's public rules: the page and the JSON."""
-    base = base_url()
-    return {"rules_url": f"{base}/c/{campaign_id}", "rules_api": f"{base}/api/v1/campaigns/{campaign_id}/rules"}
+def rules_links(campaign_id: int, version: int | None = None) -> dict:
+    """The links a packet carries to its campaign's public rules, the page and the JSON: at ``version`` (the
+    rules version the packet pays under) when given."""
+    base, query = base_url(), f"?v={version}" if version else ""
+    return {
+        "rules_url": f"{base}/c/{campaign_id}{query}",
+        "rules_api": f"{base}/api/v1/campaigns/{campaign_id}/rules{query}",
+    }
 
 
-@endpoint(bp, "/api/v1/campaigns/<int:campaign_id>/rules", auth=None, tags=("public",))
-def rules_json(campaign_id: int):
-    """A campaign's public rules: organiser, funder, each side's share, dates, limits, budget left, complaints."""
-    return {**public_rules(campaign_id), "page_url": f"{base_url()}/c/{campaign_id}"}
+@endpoint(bp, "/api/v1/campaigns/<int:campaign_id>/rules", auth=None, tags=("public",), query=RulesQuery)
+def rules_json(campaign_id: int, query: RulesQuery):
+    """A campaign's public rules (``?v=``: an earlier rules version): organiser, funder, each side's share,
+    dates, restrictions (days, hours, regions, channels, merchant, products, time between claims), limits,
+    budget left, complaints."""
+    return {**public_rules(campaign_id, query.v), "page_url": rules_links(campaign_id, query.v)["rules_url"]}
 
 
 @bp.get("/c/<int:campaign_id>")
@@ -83,11 +122,18 @@ def rules_json(campaign_id: int):
     },
 )
 def rules_page(campaign_id: int):
+    rules, error = None, None
     try:
-        rules, status = public_rules(campaign_id), 200
-    except NotFound:
-        rules, status = None, 404
-    html = render_template("campaign_rules.html", r=rules, style=Markup(STYLE))  # noqa: S704 - a constant
+        query = validate(RulesQuery, request.args.to_dict())
+        rules, status = public_rules(campaign_id, query.v), 200
+    except ValidationFailed:
+        status, error = 422, f"{BAD_VERSION}. (v 必须是这个活动的规则版本号，正整数。)"
+    except NotFound as exc:
+        status = 404
+        if exc.code == "rules_version_not_found":
+            error = f"{exc}. (这个活动没有这一版规则。)"
+    style = Markup(STYLE)  # noqa: S704 - a constant
+    html = render_template("campaign_rules.html", r=rules, error=error, campaign_id=campaign_id, style=style)
     response = Response(html, status=status, content_type="text/html; charset=utf-8")
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"

@@ -79,7 +79,8 @@ def claim(body: Claim):
 
 @endpoint(bp, "/me/red-packets", query=Page)
 def my_packets(query: Page):
-    """The caller's red packets, newest first, each with links to its campaign's public rules."""
+    """The caller's red packets, newest first, each with links to its campaign's public rules at the
+    rules version the packet pays under."""
     rows = db.session.execute(
         select(RedPacket)
         .where(RedPacket.owner_id == current_user().id)
@@ -87,7 +88,7 @@ def my_packets(query: Page):
         .limit(query.limit)
         .offset(query.offset)
     ).scalars()
-    return {"items": [{**packet_json(p), **rules_links(p.campaign_id)} for p in rows]}
+    return {"items": [{**packet_json(p), **rules_links(p.campaign_id, p.rules_version)} for p in rows]}
 
 
 @endpoint(bp, "/orders", methods=["POST"], body=CreateOrder, idempotent=True, status=201)
