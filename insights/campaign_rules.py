@@ -178,7 +178,8 @@ def budget_left(campaign: Campaign) -> dict:
         return {"limited": False, "words": "不设总预算上限 (no total budget limit)"}
     available = max(available, 0)
     at_least = available // BUDGET_STEP_FEN * BUDGET_STEP_FEN
-    band = available * 100 // limit // BUDGET_BAND_PERCENT * BUDGET_BAND_PERCENT
+    # the band holding the share left: 100 % left is the top band (90-100 %), not "100-100 %"
+    band = min(available * 100 // limit // BUDGET_BAND_PERCENT * BUDGET_BAND_PERCENT, 100 - BUDGET_BAND_PERCENT)
     if at_least:
         words = f"剩余预算至少 {format_yuan(at_least)} 元 (at least {format_yuan(at_least)} yuan left)"
     elif available:

@@ -138,6 +138,8 @@ def test_budget_band_when_little_or_nothing_is_left(make_campaign):
     assert budget_left(campaign)["percent_left_band"] == "0-10%"
     campaign.budget_committed_fen = 1000_00
     assert "used up" in budget_left(campaign)["words"]
+    campaign.budget_committed_fen = 0  # nothing spent yet: the top band, not "100-100%"
+    assert budget_left(campaign)["percent_left_band"] == "90-100%"
     db.session.rollback()
 
 
