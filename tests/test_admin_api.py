@@ -217,6 +217,34 @@ def test_audit_log_lists_newest_first_for_admin_and_finance(client, admin, make_
         assert client.get("/admin/api/audit-log", headers=make_operator(role)[1]).status_code == 403
 
 
+def test_audit_log_filters_by_operator_action_target_and_time(client, admin, make_operator):
+    operator, headers = admin
+    one = client.post(MERCHANTS, json={"name": "One"}, headers=headers).json["id"]
+    other, other_headers = make_operator("admin")
+    client.post(MERCHANTS, json={"name": "Two"}, headers=other_headers)
+    client.post(
+        f"{MERCHANTS}/{one}/products", json={"name": "Tea", "category": "tea", "price_fen": 100}, headers=headers
+    )
+
+    def actions(query: str) -> list[str]:
+        answer = client.get(f"/admin/api/audit-log?{query}", headers=headers)
+        assert answer.status_code == 200, answer.json
+        return [a["action"] for a in answer.json["items"]]
+
+    assert actions(f"operator_id={other.id}") == ["merchant.create"]
+    assert actions("action=merchant.create") == ["merchant.create", "merchant.create"]
+    assert actions("action=product.") == ["product.create"]
+    assert actions(f"target_type=merchant&target_id={one}") == ["merchant.create"]
+    now = utcnow()
+    assert len(actions(f"since={(now - timedelta(minutes=5)).isoformat().replace('+', '%2B')}")) == 3
+    assert actions(f"until={(now - timedelta(minutes=5)).isoformat().replace('+', '%2B')}") == []
+    before = table_counts()
+    for bad in ("action=DROP%20TABLE", "operator_id=abc", "since=yesterday", "since=2026-01-01T00:00", "colour=red"):
+        answer = client.get(f"/admin/api/audit-log?{bad}", headers=headers)
+        assert answer.status_code == 422, bad
+    assert table_counts() == before
+
+
 def test_duplicate_merchant_name_is_409_and_changes_nothing(client, admin, make_merchant):
     make_merchant("Noodle House")
     before = table_counts()

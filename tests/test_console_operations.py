@@ -4,11 +4,13 @@ reviews and bans — every read and action through the admin API's own views."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
 
-from models import AuditLog, Ban, Payout, ReviewCase, db
+from models import AuditLog, Ban, Payout, ReviewCase, db, utcnow
+from models.base import BEIJING
 from models.reconciliation import ReconciliationMismatch
 from tests.browser import browser, live_server, page, shot, sign_in  # noqa: F401 - fixtures
 from tests.console_helpers import post, token_of
@@ -226,6 +228,18 @@ def test_audit_log_page_is_paged_and_for_admin_and_finance(client, signed_in, ma
     assert "console.sign_in" not in html(client.get("/console/audit?offset=50"))
     signed_in("support")
     assert client.get("/console/audit").status_code == 403
+
+
+def test_audit_log_page_filters_by_action_and_beijing_days(client, signed_in):
+    signed_in("admin")
+    today = utcnow().astimezone(BEIJING).date()
+    page_html = html(client.get(f"/console/audit?action=console.&from={today}&to={today}"))
+    assert 'id="audit-filters"' in page_html and "console.sign_in" in page_html
+    assert "console.sign_in" not in html(client.get("/console/audit?action=campaign."))
+    yesterday = today - timedelta(days=1)
+    assert "console.sign_in" not in html(client.get(f"/console/audit?from={yesterday}&to={yesterday}"))
+    refused = client.get("/console/audit?action=DROP")
+    assert refused.status_code == 422 and "action" in html(refused)
 
 
 # -- reviews ---------------------------------------------------------------------------------------

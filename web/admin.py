@@ -7,7 +7,10 @@ the same transaction.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from flask import Blueprint, g, request
+from pydantic import AwareDatetime, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -19,6 +22,7 @@ from rebate.deposits import deposit_account
 from rebate.scope import visible_merchant
 from web.api import client_ip, endpoint
 from web.errors import Conflict
+from web.guards import MAX_ID
 from web.schemas import Category, Id, Model, Name, Page, PositiveFen, Reason
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
@@ -190,12 +194,36 @@ def create_operator(body: CreateOperator):
     return {"id": operator.id, "username": operator.username, "role": operator.role, "token": token}, 201
 
 
-@endpoint(bp, "/audit-log", auth="operator", roles=(OperatorRole.ADMIN, OperatorRole.FINANCE), query=Page)
-def list_audit_log(query: Page):
-    """The audit log, newest first."""
-    rows = db.session.execute(
-        select(AuditLog).order_by(AuditLog.id.desc()).limit(query.limit).offset(query.offset)
-    ).scalars()
+class AuditQuery(Page):
+    operator_id: int | None = Field(None, gt=0, le=MAX_ID)
+    action: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_.]+$")] | None = Field(
+        None,
+        description="An action (`campaign.activate`), or every action of a kind with a trailing dot (`campaign.`).",
+    )
+    target_type: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z_]+$")] | None = None
+    target_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    since: AwareDatetime | None = Field(None, description="Lines at or after this instant.")
+    until: AwareDatetime | None = Field(None, description="Lines before this instant.")
+
+
+@endpoint(bp, "/audit-log", auth="operator", roles=(OperatorRole.ADMIN, OperatorRole.FINANCE), query=AuditQuery)
+def list_audit_log(query: AuditQuery):
+    """The audit log, newest first; filtered by operator, action (or a kind of action), target, time."""
+    stmt = select(AuditLog)
+    if query.operator_id is not None:
+        stmt = stmt.where(AuditLog.operator_id == query.operator_id)
+    if query.action is not None:
+        exact = not query.action.endswith(".")
+        stmt = stmt.where(AuditLog.action == query.action if exact else AuditLog.action.startswith(query.action))
+    if query.target_type is not None:
+        stmt = stmt.where(AuditLog.target_type == query.target_type)
+    if query.target_id is not None:
+        stmt = stmt.where(AuditLog.target_id == query.target_id)
+    if query.since is not None:
+        stmt = stmt.where(AuditLog.created_at >= query.since)
+    if query.until is not None:
+        stmt = stmt.where(AuditLog.created_at < query.until)
+    rows = db.session.execute(stmt.order_by(AuditLog.id.desc()).limit(query.limit).offset(query.offset)).scalars()
     return {
         "items": [
             {

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import date, datetime, timedelta
 
 from flask import abort, flash, g, redirect, request, url_for
 
 from models import CaseOutcome, PayoutStatus, Rail
+from models.base import BEIJING
 from models.reconciliation import BillKind, MismatchKind
 from web.admin import list_audit_log
 from web.bans_api import create_ban, lift_ban, list_bans
@@ -187,11 +189,29 @@ def lookup():
 # -- audit log -------------------------------------------------------------------------------------
 
 
+AUDIT_FILTERS = ("operator_id", "action", "target_type", "target_id", "from", "to")
+
+
+def _beijing_midnight(text: str, days: int = 0) -> str | None:
+    """A Beijing day (YYYY-MM-DD) as the aware instant it starts (``days`` later); anything else is passed
+    on as typed, for the API to refuse with its own message."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        return text or None
+    return datetime.combine(day + timedelta(days=days), datetime.min.time(), BEIJING).isoformat()
+
+
 @bp.route("/audit")
 def audit():
+    """The audit log with the API's filters: operator, action (``campaign.`` for every campaign action),
+    target, and a span of Beijing days."""
+    filters = _args(*AUDIT_FILTERS)
     offset = _offset()
-    items = read(list_audit_log, query={"limit": PAGE, "offset": offset})["items"]
-    return render("console/ops_audit.html", items=items, offset=offset, page=PAGE)
+    query = {k: filters[k] for k in ("operator_id", "action", "target_type", "target_id")}
+    query |= {"since": _beijing_midnight(filters["from"]), "until": _beijing_midnight(filters["to"], 1)}
+    items = read(list_audit_log, query={**query, "limit": PAGE, "offset": offset})["items"]
+    return render("console/ops_audit.html", items=items, filters=filters, offset=offset, page=PAGE)
 
 
 # -- reviews ---------------------------------------------------------------------------------------
