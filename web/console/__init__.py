@@ -112,6 +112,18 @@ def invoke(view: Callable, *, body: dict | None = None, query: dict | None = Non
     return response.get_json() if response.is_json else response
 
 
+def may(view: Callable) -> bool:
+    """Whether the signed-in operator's role may use an API view (to show its form; the view checks again)."""
+    operator = g.get("operator")
+    return operator is not None and operator.role in view._api["roles"]
+
+
+def allowed(view: Callable) -> None:
+    """A page or form for a view the operator's role may not use answers 403, as the API would."""
+    if not may(view):
+        abort(403)
+
+
 def read(view: Callable, *, query: dict | None = None, **path: Any) -> Any:
     """:func:`invoke` for a page that only shows what a view answers: a 404 (not yours, or no such
     thing) is the page's 404, a 403 its 403."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from flask import abort, flash, g, redirect, request, url_for
+from flask import flash, g, redirect, request, url_for
 
 from models.base import BEIJING
 from money import MoneyError, parse_yuan
@@ -21,7 +21,7 @@ from rebate.rules import Form as RuleForm
 from web.campaign_admin import create_campaign, get_campaign, list_campaigns, replace_rules, transition
 from web.campaign_admin import validate_campaign as check_campaign
 from web.console import act as console_act
-from web.console import bp, charts, form_data, read, render
+from web.console import allowed, bp, charts, form_data, may, read, render
 from web.insights import simulate_rules
 
 PAGE_SIZE = 50
@@ -48,11 +48,6 @@ EXAMPLE_TRIGGER = {"kind": "claim_code"}
 
 def _pretty(value) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=False)
-
-
-def _may(view) -> bool:
-    """The signed-in operator's role may run ``view`` (the API checks again; this only hides buttons)."""
-    return g.operator.role in view._api["roles"]
 
 
 def _act(view, *, body: dict, done: str = "", inputs: dict | None = None, **path):
@@ -147,7 +142,7 @@ def campaigns():
         items=answer["items"],
         limit=limit,
         offset=offset,
-        may_create=_may(create_campaign),
+        may_create=may(create_campaign),
     )
 
 
@@ -217,8 +212,7 @@ def _create_body(form: Form) -> dict:
 
 @bp.route("/campaigns/new", methods=["GET", "POST"])
 def campaign_new():
-    if not _may(create_campaign):
-        abort(403)
+    allowed(create_campaign)
     if request.method == "GET":
         return render("console/campaign_new.html", form=_new_form_defaults(), checked=None)
     data = form_data()
@@ -259,8 +253,8 @@ def _show(campaign_id: int, *, rules_text: str | None = None, what_if: dict | No
         rules_text=current_rules if rules_text is None else rules_text,
         what_if=what_if or {"what_if_rules": current_rules, "days": "30", "budget_limit_yuan": ""},
         result=result,
-        may_manage=_may(transition),
-        may_simulate=_may(simulate_rules),
+        may_manage=may(transition),
+        may_simulate=may(simulate_rules),
     )
 
 

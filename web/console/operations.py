@@ -20,14 +20,14 @@ import re
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 
-from flask import abort, flash, g, redirect, request, url_for
+from flask import abort, flash, redirect, request, url_for
 
 from models import CaseOutcome, PayoutStatus, Rail
 from models.base import BEIJING
 from models.reconciliation import BillKind, MismatchKind
 from web.admin import list_audit_log
 from web.bans_api import create_ban, lift_ban, list_bans
-from web.console import act, bp, form_data, read, render
+from web.console import act, allowed, bp, form_data, may, read, render
 from web.guards import MAX_ID
 from web.insights import trace_a_packet, trace_a_user, trace_an_order
 from web.payouts_api import act_on_payout, get_payout, list_payouts, resolve_payout
@@ -49,18 +49,6 @@ TRACES: dict[str, tuple[Callable, str]] = {
     "order": (trace_an_order, "order_id"),
     "packet": (trace_a_packet, "packet_id"),
 }
-
-
-def may(view: Callable) -> bool:
-    """Whether the signed-in operator's role may use an API view (to show its form; the view checks again)."""
-    operator = g.get("operator")
-    return operator is not None and operator.role in view._api["roles"]
-
-
-def allowed(view: Callable) -> None:
-    """A form for a view the operator's role may not use answers 403, as the API would (the view checks again)."""
-    if not may(view):
-        abort(403)
 
 
 def _offset() -> int:
