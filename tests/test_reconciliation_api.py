@@ -175,3 +175,20 @@ def test_the_query_literals_are_the_models_kinds():
 
     assert allowed(RunQuery) == {k.value for k in BillKind}
     assert allowed(MismatchQuery) == {k.value for k in MismatchKind}
+
+
+def test_two_operators_resolving_one_mismatch_at_once_resolve_it_once(app, make_operator, found):
+    """On both databases: the row lock (PostgreSQL) or the one writer (SQLite) lets one win; the other is 409."""
+    from tests.concurrency import post_together
+
+    a_id = found[2].id
+    (_, one), (_, two) = make_operator("finance"), make_operator("admin")
+    path = f"{MISMATCHES}/{a_id}/resolve"
+    answers = post_together(
+        app, [(path, one, {"resolution": "matched by hand"}), (path, two, {"resolution": "written off"})]
+    )
+    assert sorted(status for status, _ in answers) == [200, 409]
+    db.session.rollback()
+    assert db.session.get(ReconciliationMismatch, a_id).resolution in ("matched by hand", "written off")
+    lines = db.session.execute(select(AuditLog).where(AuditLog.action == "reconciliation.resolve")).scalars().all()
+    assert len(lines) == 1
