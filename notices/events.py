@@ -1,0 +1,29 @@
+"""What a notice tells of, and the facts each kind carries (templates render them; no fraud details)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class NoticeEvent(StrEnum):
+    PACKET_RECEIVED = "packet_received"  # someone issued the person a packet (not their own claim)
+    PACKET_EXPIRING = "packet_expiring"  # an unused packet expires within 24 h
+    REBATE_LANDED = "rebate_landed"  # money reached them: a payout succeeded, or balance / points credited
+    TRANSFER_TO_CONFIRM = "transfer_to_confirm"  # a change transfer waits for their confirmation
+    TRANSFER_REMINDER = "transfer_reminder"  # … and WeChat closes it soon
+    REBATE_HELD = "rebate_held"  # held for review (never why)
+    REBATE_CLAWED_BACK = "rebate_clawed_back"  # taken back, with the reason
+    PAYOUT_FAILED = "payout_failed"  # a payout failed and its money is back in the balance
+
+
+# The facts each kind must carry (more are allowed). Money in fen, times ISO-8601 in UTC.
+FACTS: dict[NoticeEvent, frozenset[str]] = {
+    NoticeEvent.PACKET_RECEIVED: frozenset({"packet_id", "amount_fen", "issuer", "expires_at"}),
+    NoticeEvent.PACKET_EXPIRING: frozenset({"packet_id", "amount_fen", "expires_at"}),
+    NoticeEvent.REBATE_LANDED: frozenset({"amount_fen", "form"}),
+    NoticeEvent.TRANSFER_TO_CONFIRM: frozenset({"payout_id", "amount_fen", "closes_at"}),
+    NoticeEvent.TRANSFER_REMINDER: frozenset({"payout_id", "amount_fen", "closes_at"}),
+    NoticeEvent.REBATE_HELD: frozenset({"rebate_id", "amount_fen"}),
+    NoticeEvent.REBATE_CLAWED_BACK: frozenset({"amount_fen", "reason"}),
+    NoticeEvent.PAYOUT_FAILED: frozenset({"payout_id", "amount_fen", "reason"}),
+}
