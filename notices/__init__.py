@@ -5,6 +5,6 @@ Callers write a notice in their own transaction with :func:`enqueue`.
 """
 
 from notices.events import FACTS, NoticeEvent
-from notices.outbox import NoticeError, enqueue
+from notices.outbox import Draft, NoticeError, enqueue, enqueue_many
 
-__all__ = ["FACTS", "NoticeError", "NoticeEvent", "enqueue"]
+__all__ = ["FACTS", "Draft", "NoticeError", "NoticeEvent", "enqueue", "enqueue_many"]
