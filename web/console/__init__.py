@@ -53,6 +53,8 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("console.lookup", "客服查询 Lookup", EVERYONE),
     ("console.reviews", "风控审核 Reviews", PLATFORM),
     ("console.bans", "封禁 Bans", PLATFORM),
+    ("console.risk_rules", "风控规则 Risk rules", EVERYONE),  # staff: their campaigns' overrides
+    ("console.communities", "可疑团伙 Communities", PLATFORM),
     ("console.audit", "审计日志 Audit log", ("admin", "finance")),
 )
 
@@ -254,4 +256,4 @@ def error_page(err: ApiError) -> Response:
     return _security_headers(response)
 
 
-from web.console import auth, campaigns, operations, reports  # noqa: E402, F401 - they add the pages
+from web.console import auth, campaigns, operations, reports, risk  # noqa: E402, F401 - they add the pages
