@@ -8,7 +8,9 @@ from tests.console_helpers import sign_in
 from web.console import NAV
 
 
-def test_every_navigation_page_opens_for_its_roles_and_is_refused_to_the_others(app, client, make_operator, make_merchant):
+def test_every_navigation_page_opens_for_its_roles_and_is_refused_to_the_others(
+    app, client, make_operator, make_merchant
+):
     merchant = make_merchant()
     for role in ("admin", "finance", "support", "merchant_staff"):
         _, headers = make_operator(role, merchant if role == "merchant_staff" else None)

@@ -73,18 +73,29 @@ def test_bad_drafts_are_shown_back_with_the_problem_and_store_nothing(client, si
     not_json = post(client, "/console/risk/rules", {"scope": "platform", "rules": "[{", "reason": "x"}, csrf)
     assert not_json.status_code == 422 and "not JSON" in html(not_json) and "[{" in html(not_json)
     bad_rule = [{"name": "x", "action": "explode", "when": [["score", ">=", 1]]}]
-    refused = post(client, "/console/risk/rules", {"scope": "platform", "rules": json.dumps(bad_rule), "reason": "x"}, csrf)
+    refused = post(
+        client, "/console/risk/rules", {"scope": "platform", "rules": json.dumps(bad_rule), "reason": "x"}, csrf
+    )
     assert refused.status_code == 422 and "explode" in html(refused)
-    no_reason = post(client, "/console/risk/rules", {"scope": "platform", "rules": json.dumps(DRAFT), "reason": ""}, csrf)
+    no_reason = post(
+        client, "/console/risk/rules", {"scope": "platform", "rules": json.dumps(DRAFT), "reason": ""}, csrf
+    )
     assert no_reason.status_code == 422
-    bad_scope = post(client, "/console/risk/rules", {"scope": "campaign:999", "rules": json.dumps(DRAFT), "reason": "x"}, csrf)
+    bad_scope = post(
+        client, "/console/risk/rules", {"scope": "campaign:999", "rules": json.dumps(DRAFT), "reason": "x"}, csrf
+    )
     assert bad_scope.status_code in (404, 422)
     assert rule_sets() == [] and actions() == []
 
 
 def test_support_reads_and_backtests_but_neither_drafts_nor_activates(client, signed_in):
     admin, admin_csrf = signed_in("admin")
-    saved = post(client, "/console/risk/rules", {"scope": "platform", "rules": json.dumps(DRAFT), "reason": "a tighter draft"}, admin_csrf)
+    saved = post(
+        client,
+        "/console/risk/rules",
+        {"scope": "platform", "rules": json.dumps(DRAFT), "reason": "a tighter draft"},
+        admin_csrf,
+    )
     rule_set_id = int(saved.headers["Location"].rsplit("/", 1)[1])
     client.post("/console/sign-out", data={"csrf_token": admin_csrf})
     _, csrf = signed_in("support")
@@ -94,7 +105,10 @@ def test_support_reads_and_backtests_but_neither_drafts_nor_activates(client, si
     tested = post(client, "/console/risk/rules/backtest", {"rule_set_id": str(rule_set_id)}, csrf)
     assert tested.status_code == 200 and 'id="backtest-result"' in html(tested)
     assert post(client, f"/console/risk/rules/{rule_set_id}/activate", {"reason": "x"}, csrf).status_code == 403
-    assert post(client, "/console/risk/rules", {"scope": "platform", "rules": "[]", "reason": "x"}, csrf).status_code == 403
+    assert (
+        post(client, "/console/risk/rules", {"scope": "platform", "rules": "[]", "reason": "x"}, csrf).status_code
+        == 403
+    )
     assert rule_sets() == [("platform", 1, "draft")]
 
 
