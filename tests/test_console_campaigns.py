@@ -365,3 +365,17 @@ def test_merchant_staff_get_404_for_another_merchants_campaign_in_a_browser(
     answer = page.goto(f"{live_server.url}/console/campaigns/{theirs_id}")
     assert answer.status == 404 and "theirs" not in page.content()
     shot(page, "campaign_404_other_merchant")
+
+
+def test_the_list_and_the_page_name_the_merchants_by_name_and_number(client, admin, make_campaign, make_merchant):
+    shop = make_merchant("Tea Corner")
+    campaign = make_campaign(
+        RULES,
+        name="shop-funded",
+        funder_type="merchant_deposit",
+        funder_merchant_id=shop.id,
+        issuer_type="merchant",
+        issuer_merchant_id=shop.id,
+    )
+    assert f"Tea Corner #{shop.id}" in text(client.get("/console/campaigns"))
+    assert f"Tea Corner #{shop.id}" in text(client.get(f"/console/campaigns/{campaign.id}"))

@@ -22,7 +22,7 @@ from flask import Blueprint, g
 from pydantic import AfterValidator, AwareDatetime, Field, StrictBool, StrictInt, WithJsonSchema
 from sqlalchemy import select
 
-from models import Campaign, CampaignRules, FunderType, IssuerType, OperatorRole, RedPacket, db, utcnow
+from models import Campaign, CampaignRules, FunderType, IssuerType, Merchant, OperatorRole, RedPacket, db, utcnow
 from models.operators import merchant_scope
 from models.triggers import TRIGGER_SCHEMA, Trigger, TriggerError
 from rebate import campaign_ops
@@ -126,8 +126,10 @@ def campaign_json(c: Campaign) -> dict:
         "status": c.status,
         "issuer_type": c.issuer_type,
         "issuer_merchant_id": c.issuer_merchant_id,
+        "issuer_merchant_name": _merchant_name(c.issuer_merchant_id),
         "funder_type": c.funder_type,
         "funder_merchant_id": c.funder_merchant_id,
+        "funder_merchant_name": _merchant_name(c.funder_merchant_id),
         "budget_limit_fen": c.budget_limit_fen,
         "budget_reserved_fen": c.budget_reserved_fen,
         "budget_committed_fen": c.budget_committed_fen,
@@ -140,6 +142,12 @@ def campaign_json(c: Campaign) -> dict:
         "starts_at": _iso(c.starts_at),
         "ends_at": _iso(c.ends_at),
     }
+
+
+def _merchant_name(merchant_id: int | None) -> str | None:
+    """From the session's identity map when the caller loaded the merchants first (a list: one query)."""
+    merchant = db.session.get(Merchant, merchant_id) if merchant_id is not None else None
+    return merchant.name if merchant is not None else None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -176,7 +184,11 @@ def list_campaigns(query: Page):
     scope = merchant_scope(g.operator)
     if scope is not None:
         stmt = stmt.where(Campaign.funder_merchant_id == scope)
-    return {"items": [campaign_json(c) for c in db.session.execute(stmt).scalars()]}
+    found = db.session.execute(stmt).scalars().all()
+    ids = {m for c in found for m in (c.issuer_merchant_id, c.funder_merchant_id) if m is not None}
+    if ids:  # into the identity map: campaign_json's names cost no query each
+        db.session.execute(select(Merchant).where(Merchant.id.in_(ids))).scalars().all()
+    return {"items": [campaign_json(c) for c in found]}
 
 
 @endpoint(bp, "/campaigns/<int:campaign_id>", auth="operator", roles=READERS)
