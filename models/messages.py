@@ -1,0 +1,81 @@
+"""Messages in: what WeChat pushes to us (``inbound_messages``), and who follows the official account.
+
+A pushed message is recorded once, by WeChat's own dedupe rule (``dedupe_key``: the source and MsgId, or
+for an event the source, sender, CreateTime and event), in the request that received it, and answered
+``success`` at once; a job applies it later (``jobs.messages``): rows are claimed with ``SKIP LOCKED``
+and a lease, applied each in its own transaction, retried with backoff, and ``failed`` after the last
+attempt. A row leaves ``queued`` exactly once, in the transaction that applied it.
+
+``oa_followers`` is the following state of an official-account openid (follow / unfollow events,
+ordered by WeChat's CreateTime: an older event never overwrites a newer one), linked to a person by
+unionid when WeChat gives one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, UTCDateTime, utcnow
+
+
+class MessageSource(StrEnum):
+    OA = "oa"  # the official account's push URL
+    MP = "mp"  # the mini-program's push URL
+
+
+class MessageStatus(StrEnum):
+    QUEUED = "queued"  # waiting for the worker (at next_attempt_at)
+    DONE = "done"  # applied
+    FAILED = "failed"  # every attempt failed: an operator was alerted
+    IGNORED = "ignored"  # nothing to do (a message type we do not handle, a payout we do not know)
+
+
+MESSAGE_TERMINAL = frozenset({MessageStatus.DONE, MessageStatus.FAILED, MessageStatus.IGNORED})
+
+
+class InboundMessage(Base):
+    __tablename__ = "inbound_messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(8))
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    msg_type: Mapped[str] = mapped_column(String(32))
+    event: Mapped[str | None] = mapped_column(String(64))
+    openid: Mapped[str] = mapped_column(String(64))  # FromUserName
+    payload: Mapped[dict] = mapped_column(JSON)  # every field WeChat sent (decrypted)
+    status: Mapped[str] = mapped_column(String(16), default=MessageStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("source in ('oa', 'mp')", name="source"),
+        CheckConstraint("status in ('queued', 'done', 'failed', 'ignored')", name="status"),
+        Index("ix_inbound_messages_due", "status", "next_attempt_at"),
+        Index("ix_inbound_messages_openid", "openid", "received_at"),
+    )
+
+
+class OaFollower(Base):
+    """An official-account openid's following state, and the person it belongs to once known (by unionid)."""
+
+    __tablename__ = "oa_followers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    appid: Mapped[str] = mapped_column(String(32))
+    openid: Mapped[str] = mapped_column(String(64))
+    unionid: Mapped[str | None] = mapped_column(String(64), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    following: Mapped[bool] = mapped_column(default=False)
+    followed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    unfollowed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)  # WeChat's CreateTime of the latest event applied
+
+    __table_args__ = (UniqueConstraint("appid", "openid"),)
