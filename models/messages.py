@@ -19,7 +19,7 @@ from enum import StrEnum
 from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, UTCDateTime, utcnow
+from models.base import Base, UTCDateTime, db, utcnow
 
 
 class MessageSource(StrEnum):
@@ -79,3 +79,89 @@ class OaFollower(Base):
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime)  # WeChat's CreateTime of the latest event applied
 
     __table_args__ = (UniqueConstraint("appid", "openid"),)
+
+
+def record_message(source: str, dedupe_key: str, msg_type: str, event: str | None, openid: str, payload: dict) -> bool:
+    """Queue one pushed message unless it is already recorded (WeChat's retry). Flushes only; True when new."""
+    from models.sql import insert_ignoring
+
+    now = utcnow()
+    row = {
+        "source": source,
+        "dedupe_key": dedupe_key,
+        "msg_type": msg_type,
+        "event": event,
+        "openid": openid,
+        "payload": payload,
+        "status": MessageStatus.QUEUED,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "received_at": now,
+    }
+    return bool(insert_ignoring(InboundMessage.__table__, [row], ("dedupe_key",), ("id",)))
+
+
+def record_follow(appid: str, openid: str, following: bool, at: datetime, unionid: str | None = None) -> OaFollower:
+    """An official-account follow (``following``) or unfollow at WeChat's time ``at``. Flushes only.
+
+    Events are applied in WeChat's order: one older than the state already recorded changes nothing. The
+    openid is linked to a person: the one its identity already belongs to, else the one with this unionid
+    (an official-account identity is added for them). A follower nobody knows yet stays unlinked.
+    """
+    from sqlalchemy import select
+
+    from models.people import User, UserIdentity
+    from models.sql import insert_ignoring
+
+    insert_ignoring(
+        OaFollower.__table__,
+        [{"appid": appid, "openid": openid, "following": False, "changed_at": at}],
+        ("appid", "openid"),
+    )
+    follower = db.session.execute(
+        select(OaFollower)
+        .where(OaFollower.appid == appid, OaFollower.openid == openid)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+    if unionid:
+        follower.unionid = unionid
+    fresh = follower.followed_at is None and follower.unfollowed_at is None
+    if fresh or at >= follower.changed_at:
+        follower.following, follower.changed_at = following, at
+        if following:
+            follower.followed_at = at
+        else:
+            follower.unfollowed_at = at
+    if follower.user_id is None:
+        identity = db.session.execute(
+            select(UserIdentity).where(UserIdentity.appid == appid, UserIdentity.openid == openid)
+        ).scalar_one_or_none()
+        user_id = identity.user_id if identity else None
+        if user_id is None and follower.unionid:
+            user_id = db.session.execute(select(User.id).where(User.unionid == follower.unionid)).scalar_one_or_none()
+            if user_id is not None:
+                insert_ignoring(
+                    UserIdentity.__table__,
+                    [
+                        {
+                            "user_id": user_id,
+                            "appid": appid,
+                            "openid": openid,
+                            "channel": "official_account",
+                            "created_at": utcnow(),
+                        }
+                    ],
+                    ("appid", "openid"),
+                )
+        follower.user_id = user_id
+    db.session.flush()
+    return follower
+
+
+def follows_oa(user_id: int) -> bool:
+    """Whether this person follows the official account now (an OA template message can reach them)."""
+    from sqlalchemy import select
+
+    stmt = select(OaFollower.id).where(OaFollower.user_id == user_id, OaFollower.following.is_(True)).limit(1)
+    return db.session.execute(stmt).first() is not None

@@ -39,6 +39,11 @@ SIM_DEFAULTS = {
     "WECHAT_OA_APPID": "wxsim0officialacct",
     "WECHAT_OA_SECRET": "sim-official-account-secret",
     "WECHAT_MCHID": "1900000109",
+    # message push in safe mode (published: simulator mode only)
+    "WECHAT_OA_PUSH_TOKEN": "simOaPushToken",
+    "WECHAT_OA_ENCODING_AES_KEY": "JtA/J1fPWAmFkiOrD1ZbjtYOpYBntmPrmigwBcGT9IY",
+    "WECHAT_MP_PUSH_TOKEN": "simMpPushToken",
+    "WECHAT_MP_ENCODING_AES_KEY": "g/Ynomf74tprcwerPtrYh+l/fnr5ylxqFZUC+sAXLhk",
 }
 DEFAULT_PUBLIC_BASE = "http://127.0.0.1:5000"
 MATERIAL = ("material", "account")  # the one record every process of a deployment shares
