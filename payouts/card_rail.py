@@ -131,15 +131,15 @@ class CardPayoutBusy(Exception):
 
 
 def _card_payout(external_no: str | None, code: str | None) -> Payout | None:
-    """The card payout an event is about (by our number in OuterStr, else by its card code), locked."""
-    keys = []
+    """The card payout an event is about, locked: by our number when the event carries it in OuterStr (only
+    that one), else by its card code (the code recorded for it, or our number as a custom code)."""
     if external_no:
-        keys.append(Payout.external_no == external_no)
-    if code:
-        keys += [Payout.wechat_ref == code, Payout.external_no == code]
-    if not keys:
+        key = Payout.external_no == external_no
+    elif code:
+        key = or_(Payout.wechat_ref == code, Payout.external_no == code)
+    else:
         return None
-    stmt = select(Payout).where(Payout.rail == Rail.CARD_COUPON, or_(*keys)).order_by(Payout.id).limit(1)
+    stmt = select(Payout).where(Payout.rail == Rail.CARD_COUPON, key).order_by(Payout.id).limit(1)
     return db.session.execute(stmt.with_for_update().execution_options(populate_existing=True)).scalars().first()
 
 
