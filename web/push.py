@@ -19,13 +19,15 @@ from flask import Blueprint, Response, current_app, request
 from models import MessageSource, db
 from models.messages import record_message
 from web.errors import BUSY_RETRY_AFTER_S, is_busy
-from web.openapi import documented
+from web.openapi import WECHAT_FAIL, documented
 from wechat.push import MAX_PUSH_BYTES, PushRejected, PushSettings, read_push, verify_url
 
 log = logging.getLogger(__name__)
 bp = Blueprint("push", __name__, url_prefix="/wechat")
 
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
+# the app's own guards (NUL in the query, an unknown path) answer in WeChat's JSON under /wechat
+REFUSED = {**TEXT, **WECHAT_FAIL["content"]}
 SIGNED_QUERY = [
     {"name": name, "in": "query", "required": name != "echostr", "schema": {"type": "string"}}
     for name in ("signature", "timestamp", "nonce", "echostr")
@@ -37,9 +39,9 @@ PUSH_DOC = {
         "4XX": {
             "description": "refused: bad signature (403), malformed or hostile (400), too large (413), "
             "push not configured (404); nothing written",
-            "content": TEXT,
+            "content": REFUSED,
         },
-        "503": {"description": "database busy; WeChat retries", "content": TEXT},
+        "503": {"description": "database busy; WeChat retries", "content": REFUSED},
     },
 }
 

@@ -22,9 +22,11 @@ from flask import Flask
 from requests.structures import CaseInsensitiveDict
 
 from wechat.keys import VerifierKeys
+from wechat.push import PushSettings
 from wechat.sim.app import create_simulator_blueprint
 from wechat.sim.errors import LOST_ANSWER_HEADER
 from wechat.sim.keys import Material
+from wechat.sim.push import PushTarget
 from wechat.sim.state import SimulatorState
 from wechat.sim.store import Store, open_store
 
@@ -92,9 +94,26 @@ def install(
         store=store,
         card_key=material.card_key,
     )
+    state.configure_push(push_targets(cfg))
     app.register_blueprint(create_simulator_blueprint(state))
     verifier_keys = material.keys.verifier_keys(public_key=True, certificates=True)
     return Simulator(state, material.merchant_key, verifier_keys, cfg["PUBLIC_BASE_URL"] + "/_sim/", app)
+
+
+def push_targets(cfg: Any) -> dict[str, PushTarget]:
+    """The app's push URLs as the WeChat admin would have them: safe mode; the mini-program sends JSON."""
+    targets = {}
+    for source, appid, account, json_format in (
+        ("oa", cfg["WECHAT_OA_APPID"], "gh_sim0officialacct", False),
+        ("mp", cfg["WECHAT_APPID"], "gh_sim0miniprogram", True),
+    ):
+        token = cfg.get(f"WECHAT_{source.upper()}_PUSH_TOKEN")
+        if token:
+            settings = PushSettings(
+                token, appid, cfg.get(f"WECHAT_{source.upper()}_ENCODING_AES_KEY"), None, json_format
+            )
+            targets[source] = PushTarget(f"{cfg['PUBLIC_BASE_URL']}/wechat/{source}/push", settings, account)
+    return targets
 
 
 def shared_material(store: Store) -> Material:
