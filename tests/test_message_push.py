@@ -381,3 +381,34 @@ def test_the_scheduler_runs_the_messages_job_every_few_seconds():
     from jobs.scheduler import JOBS
 
     assert {job.__name__: s for job, s in JOBS}["apply_messages"] <= 5
+
+
+# -- settings -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"WECHAT_OA_PUSH_TOKEN": "x"}, "WECHAT_OA_PUSH_TOKEN must be 3-32 letters or digits"),
+        ({"WECHAT_MP_PUSH_TOKEN": "tok", "WECHAT_MP_ENCODING_AES_KEY": "short"}, "must be 43 characters"),
+        ({"WECHAT_OA_PUSH_TOKEN": "tok", "WECHAT_OA_ENCODING_AES_KEY": "*" * 43}, "must be base64"),
+        ({"WECHAT_OA_ENCODING_AES_KEY": new_aes_key()}, "needs WECHAT_OA_PUSH_TOKEN"),
+        ({"WECHAT_MP_PUSH_TOKEN": "tok", "WECHAT_MP_ENCODING_AES_KEY_PREVIOUS": new_aes_key()}, "needs the current"),
+    ],
+)
+def test_push_settings_are_checked_at_start_up(change, message):
+    from config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as refused:
+        load_config({"WECHAT_MODE": "simulator", **change}, environ={})
+    assert message in str(refused.value)
+
+
+def test_a_rotation_to_the_same_key_is_refused_and_a_good_one_starts():
+    from config import ConfigError, load_config
+
+    key = new_aes_key()
+    good = {"WECHAT_MODE": "simulator", "WECHAT_OA_PUSH_TOKEN": "tok123", "WECHAT_OA_ENCODING_AES_KEY": key}
+    assert load_config({**good, "WECHAT_OA_ENCODING_AES_KEY_PREVIOUS": new_aes_key()}, environ={})
+    with pytest.raises(ConfigError, match="nothing was rotated"):
+        load_config({**good, "WECHAT_OA_ENCODING_AES_KEY_PREVIOUS": key}, environ={})
