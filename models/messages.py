@@ -160,8 +160,13 @@ def record_follow(appid: str, openid: str, following: bool, at: datetime, unioni
 
 
 def follows_oa(user_id: int) -> bool:
-    """Whether this person follows the official account now (an OA template message can reach them)."""
-    from sqlalchemy import select
+    """Whether this person follows the official account now (an OA template message can reach them): a
+    follower linked to them, or one with their unionid (they signed in after following)."""
+    from sqlalchemy import or_, select
 
-    stmt = select(OaFollower.id).where(OaFollower.user_id == user_id, OaFollower.following.is_(True)).limit(1)
+    from models.people import User
+
+    unionid = select(User.unionid).where(User.id == user_id).scalar_subquery()
+    mine = or_(OaFollower.user_id == user_id, OaFollower.unionid == unionid)
+    stmt = select(OaFollower.id).where(mine, OaFollower.following.is_(True)).limit(1)
     return db.session.execute(stmt).first() is not None

@@ -326,6 +326,22 @@ def test_a_follower_nobody_knows_yet_is_kept_unlinked_and_no_person_is_made(app,
 
 
 @responses.activate
+def test_follows_oa_sees_a_follow_by_link_or_by_unionid_and_not_after_an_unfollow(app, client, make_user):
+    from models.messages import follows_oa
+
+    app.config["WECHAT_API_BASE"] = API
+    responses.post(f"{API}/cgi-bin/stable_token", json={"access_token": "AT", "expires_in": 7200})
+    responses.get(f"{API}/cgi-bin/user/info", json={"subscribe": 1, "openid": "oOA-zed", "unionid": "union-zed"})
+    push(client, "oa", follow("subscribe", 100, openid="oOA-zed"))
+    assert apply_messages() == {"done": 1}
+    zed, other = make_user(unionid="union-zed"), make_user()  # zed signs in after following
+    assert (follows_oa(zed.id), follows_oa(other.id)) == (True, False)
+    push(client, "oa", follow("unsubscribe", 200, openid="oOA-zed"))
+    assert apply_messages() == {"done": 1}
+    assert follows_oa(zed.id) is False
+
+
+@responses.activate
 def test_user_info_unreachable_leaves_the_follow_queued_for_a_retry(app, client):
     app.config["WECHAT_API_BASE"] = API
     responses.post(f"{API}/cgi-bin/stable_token", json={"access_token": "AT", "expires_in": 7200})
@@ -371,7 +387,10 @@ def test_subscribe_message_events_go_to_notices_consents_with_the_person_and_a_l
 
 
 def test_subscribe_message_events_wait_while_notices_consents_is_missing(app, client, monkeypatch):
+    import notices
+
     monkeypatch.setitem(sys.modules, "notices.consents", None)  # import fails
+    monkeypatch.delattr(notices, "consents", raising=False)
     push(client, "mp", {**POPUP, "List": {"TemplateId": "t", "SubscribeStatusString": "accept"}}, json_format=True)
     assert apply_messages() == {"queued": 1}
     assert "notices.consents" in rows()[0].last_error
