@@ -405,6 +405,56 @@ SETTINGS: tuple[Setting, ...] = (
         doc="How often the jobs rebuild the reports' daily rollups of the days not final yet (today, and "
         "yesterday until it is final); reports are this fresh. `make run` uses 30.",
     ),
+    # WeChat message push (`/wechat/oa/push`, `/wechat/mp/push`)
+    Setting(
+        "WECHAT_OA_PUSH_TOKEN",
+        None,
+        doc="The official account's message-push Token (3-32 letters or digits, as entered in the OA admin: "
+        "Settings and development → Basic configuration → Server configuration). Unset: `/wechat/oa/push` "
+        "answers 404. Simulator mode fills in its own.",
+        secret=True,
+    ),
+    Setting(
+        "WECHAT_OA_ENCODING_AES_KEY",
+        None,
+        doc="The official account's EncodingAESKey (43 characters). Set it and choose safe mode (安全模式) in the "
+        "admin: plaintext pushes are then refused. Simulator mode fills in its own.",
+        secret=True,
+    ),
+    Setting(
+        "WECHAT_OA_ENCODING_AES_KEY_PREVIOUS",
+        None,
+        doc="The EncodingAESKey before the last change, tried when the current one does not decrypt a push "
+        "(WeChat may still use it for a while); remove it once pushes decrypt under the new one.",
+        secret=True,
+    ),
+    Setting(
+        "WECHAT_MP_PUSH_TOKEN",
+        None,
+        doc="The mini-program's message-push Token (mini-program admin: Development → Development settings → "
+        "Message push). Unset: `/wechat/mp/push` answers 404. Simulator mode fills in its own.",
+        secret=True,
+    ),
+    Setting(
+        "WECHAT_MP_ENCODING_AES_KEY",
+        None,
+        doc="The mini-program's message-push EncodingAESKey (43 characters; safe mode, XML or JSON). "
+        "Simulator mode fills in its own.",
+        secret=True,
+    ),
+    Setting(
+        "WECHAT_MP_ENCODING_AES_KEY_PREVIOUS",
+        None,
+        doc="The mini-program's EncodingAESKey before the last change (see WECHAT_OA_ENCODING_AES_KEY_PREVIOUS).",
+        secret=True,
+    ),
+    Setting(
+        "MESSAGES_MAX_ATTEMPTS",
+        8,
+        _int_at_least(1),
+        doc="How many times the jobs try to apply a pushed message (backoff between tries) before marking it "
+        "failed and alerting an operator.",
+    ),
 )
 
 LIVE_REQUIRED = (
@@ -491,6 +541,7 @@ def _validate(values: dict[str, Any]) -> list[str]:
     if backup and mode == "live" and not str(backup).startswith("https://"):
         problems.append("WECHAT_PAY_API_BACKUP_BASE must be https:// in live mode")
     problems += _payout_problems(values)
+    problems += _push_problems(values)
     key = values.get("DATA_ENCRYPTION_KEY")
     if key and not _is_fernet_key(key):
         problems.append("DATA_ENCRYPTION_KEY must be a Fernet key (32 url-safe base64-encoded bytes)")
@@ -608,6 +659,48 @@ def _payout_problems(values: dict[str, Any]) -> list[str]:
     prefix = values.get("WECHAT_NUMBER_PREFIX") or ""
     if not isinstance(prefix, str) or not NUMBER_PREFIX.match(prefix):
         problems.append(f"WECHAT_NUMBER_PREFIX must be at most {NUMBER_PREFIX_MAX} letters or digits")
+    return problems
+
+
+PUSH_TOKEN = re.compile(r"^[A-Za-z0-9]{3,32}$")
+
+
+def _encoding_aes_key_problem(name: str, key: object) -> str | None:
+    """An EncodingAESKey is 43 characters of base64 (no padding) decoding to 32 bytes."""
+    if not isinstance(key, str) or len(key) != 43:
+        return f"{name} must be 43 characters (the EncodingAESKey shown in the WeChat admin)"
+    try:
+        raw = base64.b64decode(key + "=", validate=True)
+    except ValueError:
+        return f"{name} must be base64 (letters, digits, + and /)"
+    return None if len(raw) == 32 else f"{name} must decode to 32 bytes"
+
+
+def _push_problems(values: dict[str, Any]) -> list[str]:
+    problems = []
+    for side in ("OA", "MP"):
+        token = values.get(f"WECHAT_{side}_PUSH_TOKEN")
+        key, previous = (
+            values.get(f"WECHAT_{side}_ENCODING_AES_KEY"),
+            values.get(f"WECHAT_{side}_ENCODING_AES_KEY_PREVIOUS"),
+        )
+        if token and not PUSH_TOKEN.match(str(token)):
+            problems.append(f"WECHAT_{side}_PUSH_TOKEN must be 3-32 letters or digits (WeChat's rule)")
+        if (key or previous) and not token:
+            problems.append(
+                f"WECHAT_{side}_ENCODING_AES_KEY needs WECHAT_{side}_PUSH_TOKEN (pushes are signed with it)"
+            )
+        for name, value in (
+            (f"WECHAT_{side}_ENCODING_AES_KEY", key),
+            (f"WECHAT_{side}_ENCODING_AES_KEY_PREVIOUS", previous),
+        ):
+            problem = _encoding_aes_key_problem(name, value) if value else None
+            if problem:
+                problems.append(problem)
+        if previous and not key:
+            problems.append(f"WECHAT_{side}_ENCODING_AES_KEY_PREVIOUS needs the current WECHAT_{side}_ENCODING_AES_KEY")
+        if previous and previous == key:
+            problems.append(f"WECHAT_{side}_ENCODING_AES_KEY_PREVIOUS is the current key: nothing was rotated")
     return problems
 
 

@@ -23,6 +23,7 @@ from models.idempotency import IdempotencyRecord
 from models.insights import InsightsDaily, InsightsDay, InsightsPerson
 from models.ledger import AccountKind, LedgerAccount, LedgerEntry, LedgerFlow, LedgerPosting, Unit
 from models.limits import ClaimRefusal, LimitCounter
+from models.messages import MESSAGE_TERMINAL, InboundMessage, MessageSource, MessageStatus, OaFollower
 from models.notices import NOTICE_TERMINAL, Notice, NoticeStatus
 from models.oauth import OAuthState
 from models.operators import AuditLog, ConsoleSession, Operator, OperatorRole, OperatorToken
@@ -134,4 +135,9 @@ __all__ = [
     "InsightsDaily",
     "InsightsDay",
     "InsightsPerson",
+    "InboundMessage",
+    "MessageSource",
+    "MessageStatus",
+    "MESSAGE_TERMINAL",
+    "OaFollower",
 ]

@@ -82,6 +82,9 @@ class Payout(Base):
     approved_by_operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A card payout's card after delivery (WeChat's user_consume_card / user_del_card events, or a redemption)
+    card_consumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    card_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         # BRIN on PostgreSQL (a btree on SQLite): the reports' rollups read one Beijing day at a time

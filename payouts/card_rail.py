@@ -5,10 +5,16 @@ calls ``wx.addCard`` with a ``cardExt`` we sign with the card ``api_ticket``.
 So ``send`` answers WAITING_USER_CONFIRM with that cardExt as ``package_info``,
 signed ONCE and stored: the payout stays offered ("sent", costed at face value
 from then on), is never re-signed, never cancelled unasked and never returns
-its value by itself, since the card can still be added and redeemed. Until the
-OA message channel exists (the ``user_get_card`` event, its ``OuterStr`` our
-external number, applied through :func:`card_received`), a card payout is decided
-at redemption: ``/card/code/consume`` of its code (see ``payouts.operations``).
+its value by itself, since the card can still be added and redeemed.
+
+WeChat tells us what happens to the card through the official account's message push
+(``web.push`` records it, ``jobs.messages`` applies it here, :func:`apply_card_event`):
+``user_get_card`` (its ``OuterStr`` is our external number) decides the payout as delivered
+(SUCCEEDED through ``record.apply_result``, the card's ``UserCardCode`` kept as ``wechat_ref``);
+``user_consume_card`` records the redemption (``card_consumed_at``) and ``user_del_card`` the deletion
+(``card_deleted_at``): neither moves money. Redeeming the code at the counter (``/card/code/consume``,
+``payouts.operations.settle_redeemed_card``) stays as the fallback when an event is lost: whichever
+comes first decides the payout, the other finds it decided and moves nothing.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
-from models import Payout, UserIdentity, db
-from models.payouts import Rail
+from models import Payout, PayoutStatus, UserIdentity, alert_once, db
+from models.payouts import TERMINAL, Rail
 from payouts.rails import Outcome, RailResult
+from payouts.record import DispatchSettings, apply_result
 from wechat.errors import (
     WeChatError,
 )
@@ -105,3 +112,77 @@ def card_received(external_no: str, user_card_code: str | None = None) -> RailRe
     return RailResult(
         Outcome.SUCCEEDED, USER_GET_CARD, f"card of {external_no} added by the user", wechat_ref=user_card_code
     )
+
+
+USER_CONSUME_CARD = "user_consume_card"
+USER_DEL_CARD = "user_del_card"
+CARD_EVENTS = frozenset({USER_GET_CARD, USER_CONSUME_CARD, USER_DEL_CARD})
+
+
+class CardEventOutcome:
+    APPLIED = "applied"  # the payout moved, or the event was recorded on it
+    ALREADY = "already"  # it was recorded before (or decided by a redemption): nothing moves
+    UNKNOWN = "unknown"  # not a card payout of ours: nothing moves
+    LATE = "late"  # the card was added after its payout was cancelled or failed: an operator is alerted
+
+
+class CardPayoutBusy(Exception):
+    """The payout is in a dispatcher's hands (sending): apply the event again later."""
+
+
+def _card_payout(external_no: str | None, code: str | None) -> Payout | None:
+    """The card payout an event is about, locked: by our number when the event carries it in OuterStr (only
+    that one), else by its card code (the code recorded for it, or our number as a custom code)."""
+    if external_no:
+        key = Payout.external_no == external_no
+    elif code:
+        key = or_(Payout.wechat_ref == code, Payout.external_no == code)
+    else:
+        return None
+    stmt = select(Payout).where(Payout.rail == Rail.CARD_COUPON, key).order_by(Payout.id).limit(1)
+    return db.session.execute(stmt.with_for_update().execution_options(populate_existing=True)).scalars().first()
+
+
+def apply_card_event(
+    event: str, fields: dict[str, Any], now: datetime, settings: DispatchSettings
+) -> tuple[str, Payout | None]:
+    """One card event pushed by WeChat, applied to its payout once. Flushes only.
+
+    ``fields``: the push's fields (``OuterStr``, ``UserCardCode``, ``IsGiveByFriend`` …). A card given on by a
+    friend (``IsGiveByFriend=1``) was delivered to the first person already: nothing moves.
+    """
+    if event not in CARD_EVENTS:
+        raise ValueError(f"not a card event: {event}")
+    outer, code = str(fields.get("OuterStr") or "") or None, str(fields.get("UserCardCode") or "") or None
+    if event == USER_GET_CARD and str(fields.get("IsGiveByFriend") or "0") == "1":
+        return CardEventOutcome.UNKNOWN, None
+    payout = _card_payout(outer, code)
+    if payout is None:
+        return CardEventOutcome.UNKNOWN, None
+    if event == USER_GET_CARD:
+        return _received(payout, code, now, settings), payout
+    if payout.status == PayoutStatus.WAITING_USER_CONFIRM and event == USER_CONSUME_CARD:
+        _received(payout, code, now, settings)  # its user_get_card was lost: a redemption proves delivery
+    column = "card_consumed_at" if event == USER_CONSUME_CARD else "card_deleted_at"
+    if getattr(payout, column) is not None:
+        return CardEventOutcome.ALREADY, payout
+    setattr(payout, column, now)
+    return CardEventOutcome.APPLIED, payout
+
+
+def _received(payout: Payout, code: str | None, now: datetime, settings: DispatchSettings) -> str:
+    if payout.status == PayoutStatus.SUCCEEDED:
+        if code and payout.wechat_ref is None:
+            payout.wechat_ref = code
+        return CardEventOutcome.ALREADY
+    if payout.status in TERMINAL:
+        alert_once(
+            "card_added_late",
+            payout.external_no,
+            f"the user added the card of payout {payout.external_no}, which is {payout.status}: check the card",
+        )
+        return CardEventOutcome.LATE
+    if payout.status not in (PayoutStatus.WAITING_USER_CONFIRM, PayoutStatus.UNKNOWN, PayoutStatus.NEEDS_OPERATOR):
+        raise CardPayoutBusy(f"payout {payout.external_no} is {payout.status}")
+    apply_result(payout, card_received(payout.external_no, code), now, settings)
+    return CardEventOutcome.APPLIED

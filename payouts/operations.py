@@ -91,7 +91,8 @@ def cancel(payout: Payout, now: datetime, reason: str) -> None:
 
 def settle_redeemed_card(code: str, now: datetime) -> Payout | None:
     """A card code was consumed at the counter: the card payout it belongs to (a custom-code card carries our
-    external number as its code; otherwise the code recorded for it) is decided as delivered."""
+    external number as its code; otherwise the code recorded for it) is decided as delivered, once. A payout
+    decided before (by WeChat's ``user_get_card`` event) only gets its redemption time; None is answered then."""
     stmt = select(Payout).where(
         Payout.rail == Rail.CARD_COUPON,
         Payout.status == S.WAITING_USER_CONFIRM,
@@ -100,7 +101,18 @@ def settle_redeemed_card(code: str, now: datetime) -> Payout | None:
     payout = db.session.execute(stmt.with_for_update()).scalars().first()
     if payout is not None:
         mark_succeeded(payout, now, code)
-    return payout
+        payout.card_consumed_at = now
+        return payout
+    # Delivered already (WeChat's user_get_card event came first): the redemption is recorded, nothing moves.
+    delivered = select(Payout).where(
+        Payout.rail == Rail.CARD_COUPON,
+        Payout.status == S.SUCCEEDED,
+        Payout.card_consumed_at.is_(None),
+        or_(Payout.external_no == code, Payout.wechat_ref == code),
+    )
+    for done in db.session.execute(delivered.with_for_update()).scalars():
+        done.card_consumed_at = now
+    return None
 
 
 def check_card_payout(payout: Payout | None, user_id: int) -> Payout:

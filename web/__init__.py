@@ -30,6 +30,7 @@ def register_blueprints(app: Flask) -> None:
         ops,
         payment_api,
         payouts_api,
+        push,
         reconciliation_api,
         refunds_admin,
         reports_api,
@@ -64,6 +65,7 @@ def register_blueprints(app: Flask) -> None:
         console,
         rules_page,
         reports_api,
+        push,
     )
     for module in modules:
         app.register_blueprint(module.bp)

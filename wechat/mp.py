@@ -404,3 +404,35 @@ def decrypt_card_code(
     if not isinstance(code, str) or not code:
         raise WeChatUnavailable("decrypt answer lacks code", code="UNPARSEABLE_RESPONSE")
     return code
+
+
+def fetch_oa_user_info(
+    session: requests.Session,
+    openid: str,
+    *,
+    token_store: AccessTokenStore,
+    appid: str,
+    secret: str,
+    api_base: str = API_BASE,
+    timeout: tuple[float, float] = (3.05, 10),
+) -> dict[str, Any]:
+    """An official-account follower's basic information (``GET /cgi-bin/user/info``) with the shared token.
+
+    Answers ``subscribe`` (1 while the person follows), ``openid`` and, when the OA is bound to an open
+    platform account, ``unionid``. Read-only at WeChat: a retry is always safe.
+    """
+    if not openid:
+        raise WeChatInvalidRequest("an openid is required")
+    url = f"{api_base.rstrip('/')}/cgi-bin/user/info"
+    data = call_with_token(
+        token_store,
+        appid,
+        secret,
+        lambda token: _get_json(session, url, {"access_token": token, "openid": openid, "lang": "zh_CN"}, timeout),
+        api_base,
+        session,
+        timeout,
+    )
+    if data.get("openid") not in (None, openid):
+        raise WeChatUnavailable("user info answer is about another openid", code="UNPARSEABLE_RESPONSE")
+    return data

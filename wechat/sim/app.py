@@ -106,6 +106,7 @@ def create_simulator_blueprint(sim_state: SimulatorState, name: str = "wechat_si
     _register_payouts(bp, sim_state)
     _register_v2(bp, sim_state)
     _register_cards(bp, sim_state)
+    _register_push(bp, sim_state)
     return bp
 
 
@@ -386,3 +387,55 @@ def _register_cards(bp: Blueprint, state: SimulatorState) -> None:
             code = exc.code if isinstance(exc, SimError) else "40080"
             return Response(_json_bytes({"errMsg": f"addCard:fail {code}"}), status=400, mimetype="application/json")
         return _api_json({"errMsg": "addCard:ok", "cardList": [item]})
+
+
+def _register_push(bp: Blueprint, state: SimulatorState) -> None:
+    """The person's side of message push (follow, subscribe popup, card deletion) and ``/cgi-bin/user/info``."""
+
+    def done(delivery: Any) -> Response:
+        if request.accept_mimetypes.best == "application/json" or request.is_json:
+            return _api_json({"errcode": 0, "errmsg": "ok", "pushed": delivery.notification_id if delivery else None})
+        return redirect(request.script_root + "/_sim/")
+
+    def name_field() -> str:
+        name = str((request.get_json(silent=True) or request.form).get("name", "alice"))
+        if not name or len(name) > 32 or not name.replace("-", "").replace("_", "").isalnum():
+            raise SimError(400, "47003", "name: 1-32 letters, digits, - or _")
+        return name
+
+    @bp.get("/api/cgi-bin/user/info")
+    def user_info() -> Response:
+        try:
+            state.check_access_token(request.args.get("access_token", ""))
+            return _api_json(state.user_info(request.args.get("openid", "")))
+        except SimError as exc:
+            return _api_error(exc)
+
+    @bp.post("/oa/follow")
+    def follow() -> Response:
+        """The person follows (``action=follow``) or unfollows (``action=unfollow``) the official account."""
+        data = request.get_json(silent=True) or request.form
+        try:
+            return done(state.follow(name_field(), data.get("action", "follow") != "unfollow"))
+        except SimError as exc:
+            return _api_error(exc)
+
+    @bp.post("/mp/subscribe")
+    def subscribe_popup() -> Response:
+        """The person answered ``wx.requestSubscribeMessage``: ``template_ids`` (comma-separated), ``status``."""
+        data = request.get_json(silent=True) or request.form
+        ids = data.get("template_ids", "")
+        ids = ids if isinstance(ids, list) else [t.strip() for t in str(ids).split(",") if t.strip()]
+        try:
+            return done(state.subscribe_popup(name_field(), [str(t) for t in ids], str(data.get("status", "accept"))))
+        except SimError as exc:
+            return _api_error(exc)
+
+    @bp.post("/card/delete")
+    def delete_card() -> Response:
+        """The person deletes a card from their package: JSON ``{code}``."""
+        body = request.get_json(silent=True) or {}
+        try:
+            return _api_json(state.delete_card(body.get("code")))
+        except SimError as exc:
+            return _api_error(exc)

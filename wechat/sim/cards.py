@@ -1,5 +1,6 @@
 """Simulated card package (卡券, docs/wechat-rules.md §6.4): what ``wx.addCard`` does on the phone, and the
-server calls ``/card/code/decrypt`` and ``/card/code/consume``.
+server calls ``/card/code/decrypt`` and ``/card/code/consume``; each step the person takes is pushed to the
+official account's push URL as WeChat does (``user_get_card``, ``user_consume_card``, ``user_del_card``).
 
 A card payout's cardExt is signed by our app with the simulator's api_ticket; ``add_card`` checks that
 signature as WeChat does, issues the code (the custom code in the cardExt, else a code of its own) and
@@ -27,6 +28,8 @@ NONCE_BYTES = 12
 
 
 class CardMixin:
+    card_event: Any  # PushMixin.card_event: tells the official account's push URL
+
     def __init__(self, card_key: bytes | None = None) -> None:
         self._card_key = AESGCM(card_key or AESGCM.generate_key(bit_length=256))
 
@@ -51,13 +54,15 @@ class CardMixin:
             if existing is not None and existing["card_id"] != card_id:
                 raise SimError(200, "40056", "invalid serial code")
             if existing is None:
-                self.card_codes[code] = {
+                card = {
                     "card_id": card_id,
                     "openid": openid,
                     "custom": bool(ext.get("code")),
                     "status": "NORMAL",
                     "outer_str": ext.get("outer_str", ""),
                 }
+                self.card_codes[code] = card
+                self.card_event("user_get_card", code, card, IsGiveByFriend=0)  # WeChat tells the OA
         return {"cardId": card_id, "code": self.encrypt_card_code(code), "isSuccess": True}
 
     def encrypt_card_code(self, code: str) -> str:
@@ -89,4 +94,15 @@ class CardMixin:
             if card["status"] == "CONSUMED":
                 raise SimError(200, "40099", "invalid code, this code has consumed.")
             card["status"] = "CONSUMED"
+            self.card_event("user_consume_card", code, dict(card), ConsumeSource="FROM_API")
             return {"errcode": 0, "errmsg": "ok", "openid": card["openid"], "card": {"card_id": card["card_id"]}}
+
+    def delete_card(self, code: Any) -> dict[str, Any]:
+        """The person deletes the card from their package (the phone's card page)."""
+        with self.lock:
+            card = self.card_codes.get(code) if isinstance(code, str) else None
+            if card is None or card["status"] == "DELETED":
+                raise SimError(200, "40056", "invalid serial code")
+            card["status"] = "DELETED"
+            self.card_event("user_del_card", code, dict(card))
+            return {"errcode": 0, "errmsg": "ok"}

@@ -53,12 +53,29 @@ def overview_page(state: Any) -> str:
 <td><a href="pay/transfer/confirm/{{ t.package_info }}">confirm</a></td></tr>{% endfor %}</table>
 <h2>Red packets</h2><table>{% for no, r in redpacks.items() %}<tr><td>{{ no }}</td><td>{{ r.status }}</td></tr>{% endfor %}</table>
 <h2>Notifications sent by this process</h2><table>{% for d in deliveries %}<tr><td>{{ d.event_type }}</td><td>{{ d.url }}</td>
-<td>{{ d.statuses }}</td><td>{{ 'delivered' if d.delivered else ('abandoned' if d.abandoned else 'pending') }}</td></tr>{% endfor %}</table>"""  # noqa: E501
+<td>{{ d.statuses }}</td><td>{{ 'delivered' if d.delivered else ('abandoned' if d.abandoned else 'pending') }}</td></tr>{% endfor %}</table>
+<h2>Message push</h2>
+<form method="post" action="oa/follow"><label>name <input name="name" value="alice" required></label>
+<button name="action" value="follow">关注公众号 follow</button> <button name="action" value="unfollow">取消关注 unfollow</button></form>
+<form method="post" action="mp/subscribe"><label>name <input name="name" value="alice" required></label>
+<label>templates <input name="template_ids" placeholder="tpl-1,tpl-2" required></label>
+<button name="status" value="accept">允许 accept</button> <button name="status" value="reject">拒绝 reject</button></form>
+<table><tr><th>push</th><th>to</th><th>what</th><th>from</th><th>answers (this process)</th></tr>
+{% for id, p in pushes %}<tr><td>{{ id }}</td><td>{{ p.source }}</td><td>{{ p.event or p.msg_type }}</td><td>{{ p.openid }}</td>
+<td>{% set d = push_deliveries.get(id) %}{% if d %}{{ d.statuses }} {{ 'delivered' if d.delivered else ('abandoned' if d.abandoned else 'pending') }}{% endif %}</td></tr>{% endfor %}</table>"""  # noqa: E501
     with state.lock:
         ctx = {
             "orders": dict(state.orders.items()),
             "refunds": dict(state.refunds.items()),
             "transfers": dict(state.transfers.items()),
             "redpacks": dict(state.redpacks.items()),
+            "pushes": sorted(state.pushes.items(), reverse=True)[:50],
         }
-    return _page("WeChat simulator", template, deliveries=list(state.dispatcher.deliveries), **ctx)
+    push_deliveries = {d.notification_id: d for d in state.push_dispatcher.deliveries}
+    return _page(
+        "WeChat simulator",
+        template,
+        deliveries=list(state.dispatcher.deliveries),
+        push_deliveries=push_deliveries,
+        **ctx,
+    )

@@ -27,6 +27,7 @@ from wechat.sim.errors import SimError
 from wechat.sim.keys import SimulatorKeys
 from wechat.sim.pay import PayMixin
 from wechat.sim.payouts import PayoutMixin
+from wechat.sim.push import PushMixin
 from wechat.sim.store import Collection, MemoryStore, Store
 
 BEIJING = timezone(timedelta(hours=8))
@@ -53,7 +54,7 @@ def beijing_now_iso() -> str:
     return datetime.now(BEIJING).isoformat(timespec="seconds")
 
 
-class SimulatorState(PayMixin, PayoutMixin, CardMixin):
+class SimulatorState(PayMixin, PayoutMixin, CardMixin, PushMixin):
     """Everything the simulated WeChat remembers, plus its keys."""
 
     def __init__(
@@ -93,6 +94,7 @@ class SimulatorState(PayMixin, PayoutMixin, CardMixin):
         )
         PayMixin.__init__(self)
         CardMixin.__init__(self, card_key)
+        PushMixin.__init__(self, notify_transport, notify_time_scale)
 
     # -- what is remembered (shared by every process using the same store) ------------
     @property

@@ -22,9 +22,11 @@ from flask import Flask
 from requests.structures import CaseInsensitiveDict
 
 from wechat.keys import VerifierKeys
+from wechat.push import PushSettings
 from wechat.sim.app import create_simulator_blueprint
 from wechat.sim.errors import LOST_ANSWER_HEADER
 from wechat.sim.keys import Material
+from wechat.sim.push import PushTarget
 from wechat.sim.state import SimulatorState
 from wechat.sim.store import Store, open_store
 
@@ -39,6 +41,11 @@ SIM_DEFAULTS = {
     "WECHAT_OA_APPID": "wxsim0officialacct",
     "WECHAT_OA_SECRET": "sim-official-account-secret",
     "WECHAT_MCHID": "1900000109",
+    # message push in safe mode (published: simulator mode only)
+    "WECHAT_OA_PUSH_TOKEN": "simOaPushToken",
+    "WECHAT_OA_ENCODING_AES_KEY": "JtA/J1fPWAmFkiOrD1ZbjtYOpYBntmPrmigwBcGT9IY",
+    "WECHAT_MP_PUSH_TOKEN": "simMpPushToken",
+    "WECHAT_MP_ENCODING_AES_KEY": "g/Ynomf74tprcwerPtrYh+l/fnr5ylxqFZUC+sAXLhk",
 }
 DEFAULT_PUBLIC_BASE = "http://127.0.0.1:5000"
 MATERIAL = ("material", "account")  # the one record every process of a deployment shares
@@ -87,9 +94,26 @@ def install(
         store=store,
         card_key=material.card_key,
     )
+    state.configure_push(push_targets(cfg))
     app.register_blueprint(create_simulator_blueprint(state))
     verifier_keys = material.keys.verifier_keys(public_key=True, certificates=True)
     return Simulator(state, material.merchant_key, verifier_keys, cfg["PUBLIC_BASE_URL"] + "/_sim/", app)
+
+
+def push_targets(cfg: Any) -> dict[str, PushTarget]:
+    """The app's push URLs as the WeChat admin would have them: safe mode; the mini-program sends JSON."""
+    targets = {}
+    for source, appid, account, json_format in (
+        ("oa", cfg["WECHAT_OA_APPID"], "gh_sim0officialacct", False),
+        ("mp", cfg["WECHAT_APPID"], "gh_sim0miniprogram", True),
+    ):
+        token = cfg.get(f"WECHAT_{source.upper()}_PUSH_TOKEN")
+        if token:
+            settings = PushSettings(
+                token, appid, cfg.get(f"WECHAT_{source.upper()}_ENCODING_AES_KEY"), None, json_format
+            )
+            targets[source] = PushTarget(f"{cfg['PUBLIC_BASE_URL']}/wechat/{source}/push", settings, account)
+    return targets
 
 
 def shared_material(store: Store) -> Material:
