@@ -430,3 +430,40 @@ def test_status_moves_go_through_the_orm_so_the_watcher_sees_them():
                 offenders.append(str(path))
     assert offenders == []
     assert User  # the module's imports stay used
+
+
+def test_an_operator_cancel_tells_the_money_is_back_in_the_balance(app, make_user):
+    from payouts.operations import cancel
+
+    payout = queue_from_balance(make_user(), 5_00)
+    cancel(db.session.get(Payout, payout.id), utcnow(), "sent twice by mistake")
+    db.session.commit()
+    (failed,) = notices("payout_failed")
+    assert (failed.facts["reason_code"], failed.facts["reason"]) == ("cancelled", "发放已取消")
+    assert "mistake" not in json.dumps(failed.facts, ensure_ascii=False)  # the operator's words stay inside
+
+
+def test_a_coupon_that_falls_back_to_the_balance_tells_it_landed_there(app, make_user):
+    from ledger import account
+    from models import AccountKind
+    from payouts import enqueue_payout
+
+    user = make_user()
+    payout = enqueue_payout(
+        rail="wechat_coupon",
+        user_id=user.id,
+        amount_fen=3_00,
+        source=account(AccountKind.PLATFORM_MARKETING_FUND),
+        key=f"coupon:{user.id}",
+        memo="coupon rebate",
+        number_prefix="",
+        fallback_rail="balance",
+    )
+    db.session.commit()
+    rail = ScriptedRail(RailResult(Outcome.FALLBACK, "NO_STOCK", "no stock of this value"))
+    rail.name = "wechat_coupon"
+    run(rail)
+    assert notices("payout_failed") == []  # the money came from the fund: it landed in the balance instead
+    (landed,) = notices("rebate_landed")
+    assert landed.key == f"payout:{payout.id}:to-balance:landed" and landed.user_id == user.id
+    assert (landed.facts["form"], landed.facts["amount_fen"]) == ("balance", 3_00)
