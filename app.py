@@ -20,6 +20,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from config import DEV_SECRET, ConfigError, dev_data_key, load_config, masked
 from config.command_line import readable_on_command_line
 from models import db, transaction_open
+from notices.watch import WatchSettings
+from notices.watch import install as watch_payouts
 
 if TYPE_CHECKING:
     from wechat.setup import WeChat
@@ -50,6 +52,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     Migrate(app, db, directory=MIGRATIONS_DIR, compare_type=True, render_as_batch=True)
     with app.app_context():
         _configure_sqlite(db.engine, settings["DATABASE_LOCK_TIMEOUT_S"])
+        # a payout's move that a person hears of writes its notice in the same transaction (§14)
+        reminder = settings["NOTICE_TRANSFER_REMINDER_HOURS"]
+        watch_payouts(db.engine, WatchSettings(settings["TRANSFER_CONFIRM_HOURS"], reminder))
         database_url = db.engine.url.render_as_string(hide_password=False)  # SQLite: resolved in instance/
     if app.config["TRUSTED_PROXY_COUNT"]:
         n = app.config["TRUSTED_PROXY_COUNT"]

@@ -455,6 +455,15 @@ SETTINGS: tuple[Setting, ...] = (
         doc="How many times the jobs try to apply a pushed message (backoff between tries) before marking it "
         "failed and alerting an operator.",
     ),
+    # notices of money events (docs/architecture.md §14)
+    Setting(
+        "NOTICE_TRANSFER_REMINDER_HOURS",
+        3,
+        _positive_int,
+        doc="A change transfer waiting for the user's confirmation is announced at once and reminded this many "
+        "hours before it closes (its first hand-over plus `TRANSFER_CONFIRM_HOURS`); less than "
+        "`TRANSFER_CONFIRM_HOURS`.",
+    ),
 )
 
 LIVE_REQUIRED = (
@@ -642,6 +651,12 @@ def _payout_problems(values: dict[str, Any]) -> list[str]:
         problems.append(
             f"TRANSFER_CONFIRM_HOURS must be 1-{MAX_TRANSFER_CONFIRM_HOURS} (WeChat closes unconfirmed bills "
             "after 24 h)"
+        )
+    reminder = values.get("NOTICE_TRANSFER_REMINDER_HOURS", 3)
+    if 0 < hours <= MAX_TRANSFER_CONFIRM_HOURS and not 0 < reminder < hours:
+        problems.append(
+            f"NOTICE_TRANSFER_REMINDER_HOURS must be 1-{hours - 1}: a reminder before the transfer closes "
+            f"(TRANSFER_CONFIRM_HOURS={hours} after it was offered), not before it was offered"
         )
     for name in ("PAYOUT_MIN_FEN", "WITHDRAWAL_MIN_FEN"):
         if values.get(name, TRANSFER_MIN_FEN) < TRANSFER_MIN_FEN:

@@ -32,8 +32,10 @@ from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from models import Alert, call_between_commits, db, unit_of_work, utcnow
+from models import Alert, Payout, call_between_commits, db, unit_of_work, utcnow
 from models.payouts import Rail
+from notices import enqueue_many
+from notices.watch import failed_draft
 from payouts import reconcile, unclaimed
 from payouts.card_rail import CardRail
 from payouts.coupon_rail import CouponRail
@@ -685,6 +687,8 @@ def _check_packet(rail: RailAdapter, payout_id: int, external_no: str, request: 
 
     def record_answer(_: None, answer: RailResult) -> RailResult:
         unclaimed.record_check(payout_id, request, answer, at())
+        if answer.outcome == Outcome.UNCLAIMED:  # its money is back in the person's balance: they are told
+            enqueue_many([failed_draft(db.session.get(Payout, payout_id), "unclaimed")])
         return answer
 
     return call_between_commits(

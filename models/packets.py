@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime, utcnow
@@ -66,4 +66,12 @@ class RedPacket(Base):
         ),
         UniqueConstraint("campaign_id", "source", "source_ref"),
         Index("ix_red_packets_status_expires", "status", "expires_at"),
+        # the packets a person still holds, by expiry: the "expiring" notices' scan (rebate.packets.expiring_packets)
+        Index(
+            "ix_red_packets_issued_expiry",
+            "expires_at",
+            "id",
+            postgresql_where=text("status = 'issued'"),
+            sqlite_where=text("status = 'issued'"),
+        ),
     )

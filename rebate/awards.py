@@ -20,9 +20,10 @@ from sqlalchemy.orm import make_transient_to_detached
 from ledger import Batch, Leg, account, account_ids, balance, ref
 from models import AccountKind, Campaign, Order, Rebate, RebateStatus, Receivable, User, db, utcnow
 from models.payouts import Rail
+from notices import Draft
 from payouts import MoneySettings
 from payouts.outbox import PayoutRequest, enqueue_payouts
-from rebate import budgets
+from rebate import budgets, tell
 from rebate.campaigns import funder_ref, rules_of
 from rebate.rules import Decision, Form
 
@@ -72,6 +73,13 @@ class Effects:
     rebates: list[Rebate] = field(default_factory=list)  # decided, not yet written
     to_pay: list[tuple[Rebate, Campaign, Order]] = field(default_factory=list)
     payouts: list[PayoutRequest] = field(default_factory=list)
+    notices: list[Draft] = field(default_factory=list)  # what the people are told, written by ``tell``
+
+    def tell(self) -> None:
+        """Write the notices collected (money landed in the app, rebates held for review): one statement, none
+        when there is nothing to tell. A payment calls it once, last, with its packets' notices added."""
+        tell.tell([*self.notices, *map(tell.held, self.reviewed)])
+        self.notices = []
 
     def write(self) -> None:
         """Flush the rebates, queue their payouts, post every entry: a few statements, whatever the count."""
@@ -154,6 +162,7 @@ def record_decisions(
         rebates.append(rebate)
     if own:
         effects.write()
+        effects.tell()
     return rebates
 
 
@@ -256,6 +265,7 @@ def pay_rebate(
             effects.batch.add(
                 key, memo, [Leg(ref(AccountKind.POINTS_ISSUANCE), -points), Leg(beneficiary_ref(rebate), points)]
             )
+            _landed(effects, tell.landed_in_app(rebate, amount_fen, key, Form.POINTS, points))
     elif kind == "coupon":
         effects.payouts.append(
             PayoutRequest(
@@ -275,12 +285,16 @@ def pay_rebate(
         effects.batch.add(key, memo, [Leg(funder_ref(campaign), -amount_fen), Leg(beneficiary_ref(rebate), amount_fen)])
     if kind != "coupon":
         clean = _owes_nothing(rebate, effects)
+        recovered = 0
         if not clean:
-            recover_receivables(rebate.beneficiary_type, rebate.beneficiary_id, kind, amount_fen)
+            recovered = recover_receivables(rebate.beneficiary_type, rebate.beneficiary_id, kind, amount_fen)
         if rebate.form in (Form.WECHAT_CHANGE, Form.CASH_RED_PACKET):
             _queue_cash_payout(rebate, order, amount_fen, key, memo, money, effects, clean)
+        elif rebate.form == Form.BALANCE:  # in the balance now: what did not go to a debt landed
+            _landed(effects, tell.landed_in_app(rebate, amount_fen - recovered, key, Form.BALANCE))
     if own:
         effects.write()
+        effects.tell()
 
 
 def _queue_cash_payout(
@@ -302,6 +316,8 @@ def _queue_cash_payout(
         payable = min(amount_fen, max(0, balance(cash)))  # a negative balance (receivable) nets first
         if 0 < payable < minimum:  # too small to send alone: it waits in the balance for a withdrawal
             rebate.reasons = [*rebate.reasons, _kept(payable, minimum)]
+    if 0 < payable < minimum:  # stays in the balance: it landed there (a payout tells when it succeeds)
+        _landed(effects, tell.landed_in_app(rebate, payable, key, Form.BALANCE))
     if payable > 0 and payable >= minimum:
         effects.payouts.append(
             PayoutRequest(
@@ -317,6 +333,11 @@ def _queue_cash_payout(
                 extra={"fallback_rail": _fallback(rebate, db.session.get(Campaign, rebate.campaign_id))},
             )
         )
+
+
+def _landed(effects: Effects, draft: Draft | None) -> None:
+    if draft is not None:
+        effects.notices.append(draft)
 
 
 def _fallback(rebate: Rebate, campaign: Campaign) -> str | None:

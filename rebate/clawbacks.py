@@ -3,7 +3,7 @@
 Money that has not left is taken back from the payout; money that has left is recovered from the
 beneficiary's balance as far as it goes, and the rest becomes a receivable netted against their next
 rebate of the same kind. The budget gets back only what was recovered. Each step is one
-``RebateAdjustment`` saying where the money came back from.
+``RebateAdjustment`` saying where the money came back from, and the person is told (``rebate.tell``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ledger import Leg, account, balance, post_entry
 from models import AccountKind, Campaign, Rebate, RebateAdjustment, RebateStatus, Receivable, db
 from money import format_yuan
 from payouts import MoneySettings, cancel_or_reduce, pending_payouts_for_rebate
-from rebate import budgets
+from rebate import budgets, tell
 from rebate.awards import KIND_OF_FORM, beneficiary_account
 from rebate.campaigns import funder_account
 
@@ -29,11 +29,13 @@ def take_back(
     """Take ``delta`` fen of ``rebate``'s paid amount back under ledger key ``key`` (``what``: "refund R1-…",
     "review case 7", said in the memo and the adjustment); flushes. Returns what was recovered now."""
     kind = KIND_OF_FORM[rebate.form]
-    from_payout = from_balance = 0
+    from_payout = from_balance = points = 0
     if kind == "coupon":
         from_payout = _from_pending_payout(rebate, delta, key, funder_account(campaign))
     elif kind == "points":
+        points = rebate.points
         from_balance = _points_back(rebate, delta, key, money.point_value_fen, what)
+        points -= rebate.points
     else:
         target = beneficiary_account(rebate)
         from_payout = _from_pending_payout(rebate, delta, key, target)
@@ -70,6 +72,10 @@ def take_back(
             reason=f"{what}: {why}"[:200],
         )
     )
+    # The person is told what was taken and, in plain words, why (a refund, or a review: never its details).
+    # A coupon already sent is not taken back: only one cancelled before it left is told.
+    told = from_payout if kind == "coupon" else delta
+    tell.tell([tell.clawed_back(rebate, told, key, "order_refunded" if refund_id else "review_declined", points)])
     db.session.flush()
     return recovered
 

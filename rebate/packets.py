@@ -24,11 +24,11 @@ import json
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import String, and_, bindparam, cast, exists, literal, select, tuple_, update
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from models import Campaign, CampaignRules, FunderType, PacketStatus, RedPacket, User, db
+from models import Campaign, CampaignRules, FunderType, Notice, PacketStatus, RedPacket, User, db
 from models.base import beijing, utcnow
 from models.triggers import TriggerKind
 from rebate import budgets
@@ -464,3 +464,36 @@ def revoke_packet(packet_id: int) -> RedPacket:
         raise StateConflict("the packet is in an unpaid order; close the order first", code="packet_locked")
     release_packet(packet, PacketStatus.REVOKED)
     return packet
+
+
+EXPIRING_WITHIN = timedelta(hours=24)  # an unused packet is told of once when it has less than this left
+EXPIRING_MIN_LEFT = timedelta(minutes=15)  # …but not when it would be gone before the person reads it
+EXPIRING_MIN_HELD = timedelta(hours=6)  # …nor in its first hours with the person: they just got it, deadline shown
+
+
+def expiring_packets(now: datetime, after: tuple[datetime, int] | None, limit: int) -> list:
+    """Claimed, unused packets expiring within ``EXPIRING_WITHIN`` whose owner was not told yet: rows of (id,
+    owner_id, amount_fen, expires_at), in (expires_at, id) order after ``after`` (keyset batches).
+
+    Read through the partial index ``ix_red_packets_issued_expiry`` (issued packets only, by expiry) and the
+    notices' unique key (``packet:<id>:expiring``, one probe per packet); nothing is locked: the notice's key
+    makes a second run (another node) write nothing. Not told: a packet held less than ``EXPIRING_MIN_HELD``
+    (one that expires within hours of issue: its deadline was in the answer or the "received" notice) or
+    with less than ``EXPIRING_MIN_LEFT`` left."""
+    key = literal("packet:") + cast(RedPacket.id, String) + literal(":expiring")
+    stmt = (
+        select(RedPacket.id, RedPacket.owner_id, RedPacket.amount_fen, RedPacket.expires_at)
+        .where(
+            RedPacket.status == PacketStatus.ISSUED,
+            RedPacket.expires_at > now + EXPIRING_MIN_LEFT,
+            RedPacket.expires_at <= now + EXPIRING_WITHIN,
+            RedPacket.claimed_at <= now - EXPIRING_MIN_HELD,
+            ~exists().where(Notice.key == key),
+        )
+        .order_by(RedPacket.expires_at, RedPacket.id)
+        .limit(limit)
+    )
+    if after is not None:
+        last = tuple_(literal(after[0], RedPacket.expires_at.type), literal(after[1]))
+        stmt = stmt.where(tuple_(RedPacket.expires_at, RedPacket.id) > last)
+    return list(db.session.execute(stmt).all())

@@ -43,7 +43,7 @@ from models import (
 from models.base import beijing
 from models.triggers import TriggerKind
 from payouts import MoneySettings
-from rebate import budgets
+from rebate import budgets, tell
 from rebate.awards import Beneficiary, Effects, record_decisions
 from rebate.campaigns import funder_ref, is_running, load_rules, rules_of, serves
 from rebate.deposits import DepositsLeft, lock_deposits, pause_refused
@@ -171,8 +171,10 @@ def _apply_locked(
         if moved:
             raise BudgetMoved(f"the budgets of campaigns {sorted(moved)} moved since they were read")
     _open_case(order, risk, effects, now)
-    _issue_triggered_packets(order, campaigns, paid_at, risk.blocked)
+    issued = _issue_triggered_packets(order, campaigns, paid_at, risk.blocked)
     _note_profile(order, spent, risk, effects, paid_at)
+    effects.notices += [tell.packet_received(packet) for packet in issued]
+    effects.tell()  # every notice of the payment in one statement, none when there is nothing to tell
     return PaymentOutcome.APPLIED
 
 
@@ -664,13 +666,15 @@ def _may_trigger(order: Order, campaign: Campaign, now: datetime) -> bool:
 
 def _issue_triggered_packets(
     order: Order, campaigns: dict[int, Campaign], now: datetime, blocked: set[int] = frozenset()
-) -> None:
-    """Packets of order-paid triggers. A campaign whose risk rules blocked the order issues none (the order
-    earns nothing from it); one that sent it to review still issues (a packet is only spendable value on a
-    later order, which is scored in its turn, and a reviewer who revokes revokes the person's unused packets)."""
+) -> list[RedPacket]:
+    """Packets of order-paid triggers (returned: the buyer is told of each). A campaign whose risk rules blocked
+    the order issues none (the order earns nothing from it); one that sent it to review still issues (a packet
+    is only spendable value on a later order, which is scored in its turn, and a reviewer who revokes revokes
+    the person's unused packets)."""
+    issued: list[RedPacket] = []
     buyer = db.session.get(User, order.user_id)
     if not buyer.is_active:  # banned after ordering: the payment stands, no new packet
-        return
+        return issued
     first_order = None  # asked only when a campaign cares
     for campaign in campaigns.values():
         if campaign.id in blocked or not _may_trigger(order, campaign, now):
@@ -681,13 +685,14 @@ def _issue_triggered_packets(
                 continue
         try:
             with db.session.begin_nested():
-                issue_packet(
+                packet = issue_packet(
                     campaign,
                     buyer,
                     source=TriggerKind.ORDER_PAID,
                     source_ref=order.out_trade_no,
                     now=now,
                 )
+            issued.append(packet)
         except DepositExhausted:
             pause_refused(campaign.id)
         except BudgetExhausted:
@@ -696,6 +701,7 @@ def _issue_triggered_packets(
                 f"campaign {campaign.id}",
                 f"no packet issued for order {order.out_trade_no}: budget exhausted",
             )
+    return issued
 
 
 def _is_first_paid_order(user_id: int) -> bool:

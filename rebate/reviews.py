@@ -58,7 +58,7 @@ from models import (
 )
 from models.operators import Actor, audit
 from payouts import MoneySettings
-from rebate import budgets
+from rebate import budgets, tell
 from rebate.awards import pay_rebate
 from rebate.ban_ops import campaigns_to_pause, create_ban
 from rebate.clawbacks import take_back
@@ -234,7 +234,10 @@ def _carry_out(
         if review.outcome == CaseOutcome.CLAW_BACK and _clawed(rebate, scope):
             _claw_back(case, rebate, campaign, why, money, effects)
         if rebate.status == RebateStatus.REVIEW:
+            held_fen = rebate.held_fen
             _revoke(rebate, why, effects)
+            # told in plain words that the money held for review will not come (never why)
+            tell.tell([tell.clawed_back(rebate, held_fen, f"review:{case.id}:revoke:{rebate.id}", "review_declined")])
     for packet in packets:
         if packet.status == PacketStatus.ISSUED:
             release_packet(packet, PacketStatus.REVOKED)

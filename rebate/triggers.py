@@ -7,7 +7,8 @@ one whose funder's deposit cannot cover the packet is skipped, paused and
 alerted, the refusal kept for the trace; the event itself still succeeds. Every packet obeys the platform-wide claim
 limits of the person asking (and of their network address and device): a
 refusal issues nothing, is kept for the trace, and the event still succeeds.
-A banned person earns nothing: no packets, and no sharer reward.
+A banned person earns nothing: no packets, and no sharer reward. A packet the person did not ask for
+(registration, referral, a sharer's reward) is told of in the same transaction (``rebate.tell``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from models import Campaign, CampaignStatus, Order, RedPacket, ShareLink, SignIn, User, alert_once, db
 from models.base import beijing
 from models.triggers import TriggerKind
+from rebate import tell
 from rebate.campaigns import is_running
 from rebate.deposits import pause_refused
 from rebate.errors import BudgetExhausted, DepositExhausted, Invalid, NotFound, RebateError, StateConflict
@@ -96,6 +98,8 @@ def _issue_each(
         )
         if packet is not None:
             issued.append(packet)
+    if kind in tell.TOLD_SOURCES:  # registration, referral: the person did not ask for these packets
+        tell.packets_received(issued)
     return issued
 
 
@@ -221,6 +225,7 @@ def claim_share(
             source_ref=ref,
             face_fen=reward,
         )
+        tell.packets_received([sharer_packet])  # the sharer was not there: a friend's claim earned it
     return {"friend": friend_packet, "sharer": sharer_packet}
 
 

@@ -208,6 +208,7 @@ def test_scheduler_has_every_job(app):
         "query_stuck_refunds",
         "query_unnotified_payments",
         "spike_job",
+        "tell_expiring_packets",
     ]
 
 
