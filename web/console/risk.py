@@ -183,9 +183,7 @@ def communities():
     offset = _offset()
     query = {"limit": PAGE, "offset": offset, "suspicious": suspicious if suspicious in ("true", "false") else ""}
     items = read(list_communities, query=query)["items"]
-    return render(
-        "console/risk_communities.html", items=items, suspicious=suspicious, offset=offset, page=PAGE
-    )
+    return render("console/risk_communities.html", items=items, suspicious=suspicious, offset=offset, page=PAGE)
 
 
 @bp.route("/risk/communities/<int:community_id>")
