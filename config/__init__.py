@@ -405,6 +405,22 @@ SETTINGS: tuple[Setting, ...] = (
         doc="How often the jobs rebuild the reports' daily rollups of the days not final yet (today, and "
         "yesterday until it is final); reports are this fresh. `make run` uses 30.",
     ),
+    # audiences (`/admin/api/audiences`)
+    Setting(
+        "AUDIENCE_RUN_CHUNK",
+        200,
+        _int_at_least(1),
+        doc="Treated members an audience run issues packets to per transaction (the job commits each chunk; "
+        "a crash resumes at the first member not done).",
+    ),
+    Setting(
+        "AUDIENCE_RUN_INLINE_MAX",
+        500,
+        _int_at_least(0),
+        doc="An audience run of at most this many members is worked to the end in the request that starts "
+        "it; a larger one is left to the `audience_runs_job` (every 10 s) and the answer says `pending`. "
+        "0: always the job.",
+    ),
 )
 
 LIVE_REQUIRED = (
