@@ -18,6 +18,7 @@ def wechat() -> WeChat:
 def register_blueprints(app: Flask) -> None:
     from web import (
         admin,
+        audiences_api,
         bans_api,
         campaign_admin,
         communities_api,
@@ -64,6 +65,7 @@ def register_blueprints(app: Flask) -> None:
         console,
         rules_page,
         reports_api,
+        audiences_api,
     )
     for module in modules:
         app.register_blueprint(module.bp)
