@@ -230,14 +230,20 @@ def preview_count(definition, merchant_id: int | None, now: datetime) -> int:
 # -- audiences --------------------------------------------------------------------------------------------
 
 
-def create_audience(actor: Actor, name: str, definition, merchant_id: int | None) -> Audience:
-    """A new audience (``definition``: parsed, ``parse_definition``). Merchant staff's audiences are always
-    scoped to their own merchant (another merchant: 404)."""
+def scoped_merchant(actor: Actor, merchant_id: int | None) -> int | None:
+    """The merchant an audience is scoped to: merchant staff's own always (another merchant: 404)."""
     scope = actor.merchant_scope
     if scope is not None:
         merchant_id = merchant_id or scope
     if merchant_id is not None:
         visible_merchant(actor.operator, merchant_id)
+    return merchant_id
+
+
+def create_audience(actor: Actor, name: str, definition, merchant_id: int | None) -> Audience:
+    """A new audience (``definition``: parsed, ``parse_definition``). Merchant staff's audiences are always
+    scoped to their own merchant (another merchant: 404)."""
+    merchant_id = scoped_merchant(actor, merchant_id)
     audience = Audience(
         name=name,
         definition=definition_json(definition),

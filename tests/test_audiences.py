@@ -272,13 +272,13 @@ def test_merchant_staff_see_and_target_only_their_own_buyers(client, world, make
     run_on_b = client.post(
         f"/admin/api/audiences/{mine['id']}/runs",
         json={"campaign_id": shop_b_campaign.id, "holdout_bps": 0},
-        headers=staff,
+        headers={**staff, "Idempotency-Key": "b-1"},
     )
     assert run_on_b.status_code == 404  # not their campaign
     platform_on_b = client.post(
         f"/admin/api/audiences/{platform['id']}/runs",
         json={"campaign_id": shop_b_campaign.id, "holdout_bps": 0},
-        headers=admin,
+        headers={**admin, "Idempotency-Key": "b-2"},
     )
     assert (platform_on_b.status_code, platform_on_b.get_json()["error"]) == (409, "audience_scope")
     assert db.session.execute(select(func.count()).select_from(AudienceRun)).scalar_one() == 0
@@ -341,9 +341,15 @@ def test_a_run_on_a_campaign_that_is_not_running_is_refused(client, world, make_
         "/admin/api/audiences", json={"name": "l", "definition": LAPSED_30}, headers=admin
     ).get_json()
     answer = client.post(
-        f"/admin/api/audiences/{audience['id']}/runs", json={"campaign_id": paused.id, "holdout_bps": 0}, headers=admin
+        f"/admin/api/audiences/{audience['id']}/runs",
+        json={"campaign_id": paused.id, "holdout_bps": 0},
+        headers={**admin, "Idempotency-Key": "p-1"},
     )
     assert (answer.status_code, answer.get_json()["error"]) == (409, "campaign_not_running")
+    keyless = client.post(
+        f"/admin/api/audiences/{audience['id']}/runs", json={"campaign_id": paused.id, "holdout_bps": 0}, headers=admin
+    )
+    assert (keyless.status_code, keyless.get_json()["error"]) == (422, "idempotency_key_required")
     assert client.get("/admin/api/audiences/runs/999", headers=admin).status_code == 404
 
 

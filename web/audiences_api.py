@@ -6,7 +6,8 @@ run them only on their own campaigns (anything else answers 404). A run issues o
 to every treated member and keeps ``holdout_bps`` of the audience (0–5000) back: when the audience has
 at most ``AUDIENCE_RUN_INLINE_MAX`` members the request works the whole run (one commit) and answers it
 ``done``; a larger one answers ``pending`` and the ``audience_runs_job`` works it off, a chunk per
-transaction. ``GET …/runs/<id>`` answers the run's status, counts and lift (``insights.lift``).
+transaction. Starting a run issues money's worth, so it needs an ``Idempotency-Key`` (a retry answers the
+same run). ``GET …/runs/<id>`` answers the run's status, counts and lift (``insights.lift``).
 """
 
 from __future__ import annotations
@@ -100,6 +101,21 @@ def create_audience(body: CreateAudience):
     return audience_json(audience, _preview(audience)), 201
 
 
+class PreviewAudience(Model):
+    definition: Definition
+    merchant_id: Id | None = Field(None, description="Only this merchant's buyers (merchant staff: always theirs).")
+
+
+@endpoint(bp, "/preview", methods=["POST"], auth="operator", roles=MANAGERS, body=PreviewAudience, tags=TAGS)
+def preview_audience(body: PreviewAudience):
+    """How many people a definition holds now, without saving it."""
+    merchant_id = audiences.scoped_merchant(actor(), body.merchant_id)
+    return {
+        "preview_count": audiences.preview_count(body.definition, merchant_id, utcnow()),
+        "merchant_id": merchant_id,
+    }
+
+
 @endpoint(bp, "", auth="operator", roles=READERS, query=Page, tags=TAGS)
 def list_audiences(query: Page):
     """Audiences, newest first (merchant staff: their merchant's)."""
@@ -128,6 +144,7 @@ def get_audience(audience_id: int):
     roles=MANAGERS,
     body=StartRun,
     idempotent=True,
+    require_key=True,
     status=201,
     tags=TAGS,
 )
