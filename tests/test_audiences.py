@@ -565,3 +565,38 @@ def test_lift_has_no_ratio_on_a_zero_base(app, make_operator, make_campaign):
 
     assert report["lift"]["sales_per_member_lift_bps"] is None  # the holdout bought nothing
     assert report["lift"]["sales_per_member_fen"] in (0, None)
+
+
+def test_a_large_run_answers_pending_and_the_job_works_it_off(app, client, make_operator, make_campaign):
+    from jobs.audiences import audience_runs_job
+    from jobs.scheduler import JOBS
+
+    assert audience_runs_job in dict(JOBS)
+    ids = many_users(12)
+    app.config["AUDIENCE_RUN_INLINE_MAX"] = 10
+    app.config["AUDIENCE_RUN_CHUNK"] = 5
+    _, admin = make_operator("admin")
+    _, staff = make_operator("merchant_staff")
+    campaign = make_campaign(RULES, packet_amount_fen=1_00, budget_limit_fen=1_000_00)
+    audience = client.post(
+        "/admin/api/audiences", json={"name": "all", "definition": {"kind": "never_used_packet"}}, headers=admin
+    ).get_json()
+    assert audience["preview_count"] == 12
+
+    answer = client.post(
+        f"/admin/api/audiences/{audience['id']}/runs",
+        json={"campaign_id": campaign.id, "holdout_bps": 0},
+        headers={**admin, "Idempotency-Key": "big-1"},
+    )
+
+    run = answer.get_json()
+    assert (answer.status_code, run["status"], run["members"]) == (201, "pending", 0)
+    pending = client.get(f"/admin/api/audiences/runs/{run['id']}", headers=admin).get_json()
+    assert pending["lift"] == {"window": None, "treated": None, "holdout": None, "uptake": None, "lift": None}
+    assert client.get(f"/admin/api/audiences/runs/{run['id']}", headers=staff).status_code == 404
+    assert packets_per_owner() == {}
+
+    assert audience_runs_job()["runs_done"] == 1
+    done = client.get(f"/admin/api/audiences/runs/{run['id']}", headers=admin).get_json()
+    assert (done["status"], done["members"], done["issued"]) == ("done", 12, 12)
+    assert packets_per_owner() == dict.fromkeys(ids, 1)
