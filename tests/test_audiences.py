@@ -600,3 +600,35 @@ def test_a_large_run_answers_pending_and_the_job_works_it_off(app, client, make_
     done = client.get(f"/admin/api/audiences/runs/{run['id']}", headers=admin).get_json()
     assert (done["status"], done["members"], done["issued"]) == ("done", 12, 12)
     assert packets_per_owner() == dict.fromkeys(ids, 1)
+
+
+def test_a_merchant_deposit_running_dry_refuses_the_rest_and_pauses_the_campaign(
+    app, make_operator, make_campaign, make_merchant, make_product, make_user
+):
+    shop = make_merchant("shop")
+    product = make_product(shop, category="tea")
+    buyers = [make_user() for _ in range(3)]
+    for buyer in buyers:
+        plant_order(buyer, product, utcnow() - 3 * DAY, 10_00)
+    campaign = make_campaign(  # each packet reserves 1 + 5 yuan: the 10-yuan deposit covers one
+        RULES,
+        fund_deposit_fen=10_00,
+        issuer_type="merchant",
+        issuer_merchant_id=shop.id,
+        funder_type="merchant_deposit",
+        funder_merchant_id=shop.id,
+        packet_amount_fen=1_00,
+        budget_limit_fen=100_00,
+    )
+    run = new_run(make_operator, campaign, {"kind": "never_used_packet"}, 0, merchant_id=shop.id)
+
+    work_runs(chunk=10)
+
+    db.session.expire_all()
+    refusals = db.session.execute(
+        select(AudienceMember.refusal).where(AudienceMember.run_id == run.id).order_by(AudienceMember.id)
+    ).scalars()
+    assert list(refusals) == [None, "deposit_exhausted", "campaign_not_running"]
+    assert db.session.get(type(campaign), campaign.id).status == "paused"
+    notice = db.session.execute(select(Notice)).scalar_one()
+    assert (notice.user_id, notice.facts["issuer"]) == (buyers[0].id, "shop")
