@@ -464,6 +464,22 @@ SETTINGS: tuple[Setting, ...] = (
         "hours before it closes (its first hand-over plus `TRANSFER_CONFIRM_HOURS`); less than "
         "`TRANSFER_CONFIRM_HOURS`.",
     ),
+    # audiences (`/admin/api/audiences`)
+    Setting(
+        "AUDIENCE_RUN_CHUNK",
+        200,
+        _int_at_least(1),
+        doc="Treated members an audience run issues packets to per transaction (the job commits each chunk; "
+        "a crash resumes at the first member not done).",
+    ),
+    Setting(
+        "AUDIENCE_RUN_INLINE_MAX",
+        500,
+        _int_at_least(0),
+        doc="An audience run of at most this many members is worked to the end in the request that starts "
+        "it; a larger one is left to the `audience_runs_job` (every 10 s) and the answer says `pending`. "
+        "0: always the job.",
+    ),
 )
 
 LIVE_REQUIRED = (

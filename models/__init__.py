@@ -6,6 +6,7 @@ personal data is encrypted at rest (``EncryptedText``).
 """
 
 from models.alerts import Alert, alert_once, raise_alert
+from models.audiences import Audience, AudienceMember, AudienceRun, RunStatus
 from models.base import (
     Base,
     EncryptedText,
@@ -53,6 +54,10 @@ from models.risk import (
 )
 
 __all__ = [
+    "Audience",
+    "AudienceMember",
+    "AudienceRun",
+    "RunStatus",
     "NOTICE_TERMINAL",
     "Notice",
     "NoticeStatus",

@@ -196,6 +196,7 @@ def test_scheduler_has_every_job(app):
     scheduler = build_scheduler(app)
     assert sorted(j.id for j in scheduler.get_jobs()) == [
         "apply_messages",
+        "audience_runs_job",
         "check_unclaimed_red_packets",
         "close_expired_orders",
         "collusion_job",

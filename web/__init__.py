@@ -18,6 +18,7 @@ def wechat() -> WeChat:
 def register_blueprints(app: Flask) -> None:
     from web import (
         admin,
+        audiences_api,
         bans_api,
         campaign_admin,
         communities_api,
@@ -66,6 +67,7 @@ def register_blueprints(app: Flask) -> None:
         rules_page,
         reports_api,
         push,
+        audiences_api,
     )
     for module in modules:
         app.register_blueprint(module.bp)

@@ -13,7 +13,8 @@
   option as JSON in ``<script type="application/json">`` and ``static/console.js`` draws it; the
   Content-Security-Policy allows scripts from this origin only.
 * Pages: ``campaigns.py`` (campaigns, rules, budget, what-if), ``operations.py`` (payouts, reconciliation,
-  customer-service lookup, audit log, reviews, bans), ``reports.py`` (overview, a campaign's effect report).
+  customer-service lookup, audit log, reviews, bans), ``reports.py`` (overview, a campaign's effect report),
+  ``audiences.py`` (audiences, batch runs with a holdout, their lift).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ EVERYONE = (*PLATFORM, "merchant_staff")
 NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("console.overview", "概览 Overview", EVERYONE),
     ("console.campaigns", "活动 Campaigns", EVERYONE),
+    ("console.audiences", "人群 Audiences", EVERYONE),
     ("console.payouts", "打款处理 Payouts", PLATFORM),
     ("console.reconciliation", "对账 Reconciliation", ("admin", "finance")),
     ("console.lookup", "客服查询 Lookup", EVERYONE),
@@ -256,4 +258,4 @@ def error_page(err: ApiError) -> Response:
     return _security_headers(response)
 
 
-from web.console import auth, campaigns, operations, reports, risk  # noqa: E402, F401 - they add the pages
+from web.console import audiences, auth, campaigns, operations, reports, risk  # noqa: E402, F401 - they add the pages
