@@ -23,8 +23,8 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from flask import Flask
 from flask.cli import AppGroup
 
-from jobs.expiring import tell_expiring_packets
 from jobs.audiences import audience_runs_job
+from jobs.expiring import tell_expiring_packets
 from jobs.insights import insights_cli, insights_rollup_job
 from jobs.messages import apply_messages
 from jobs.orders import close_expired_orders, query_stuck_refunds, query_unnotified_payments
