@@ -77,6 +77,13 @@ def _json_list(text: str) -> list:
     return value
 
 
+def _json_object(text: str) -> dict:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")
+    return value
+
+
 def _rates(text: str) -> dict[str, int]:
     rates = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -404,6 +411,30 @@ SETTINGS: tuple[Setting, ...] = (
         _int_at_least(10),
         doc="How often the jobs rebuild the reports' daily rollups of the days not final yet (today, and "
         "yesterday until it is final); reports are this fresh. `make run` uses 30.",
+    ),
+    # notices to people (docs/architecture.md §14)
+    Setting(
+        "NOTICE_TEMPLATES",
+        None,
+        _json_object,
+        doc="JSON object, per notice event: inbox `title` and `body`, the mini-program `page`, and optionally "
+        '`subscribe` and `oa` (`{template_id, data: {thing1: "{issuer}", …}}`). Checked at start-up against '
+        "WeChat's field rules and for marketing words. Unset: the built-in set (simulator template ids; in live "
+        "mode inbox only).",
+    ),
+    Setting(
+        "NOTICE_RATE_LIMITS",
+        {"subscribe": 50, "oa_template": 50},
+        _rates,
+        doc="Messages per second per channel (`subscribe=50,oa_template=50`), shared by every process through "
+        "Redis when REDIS_URL is set.",
+    ),
+    Setting(
+        "NOTICE_DAILY_CAP",
+        3,
+        _positive_int,
+        doc="At most this many WeChat messages per person per Beijing day; more go to the inbox only. A transfer "
+        "waiting for the person's confirmation is exempt (their money is at stake).",
     ),
 )
 

@@ -24,6 +24,7 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from jobs.insights import insights_cli, insights_rollup_job
+from jobs.notices import dispatch_notices
 from jobs.orders import close_expired_orders, query_stuck_refunds, query_unnotified_payments
 from jobs.payouts import (
     check_unclaimed_red_packets,
@@ -53,6 +54,7 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (spike_job, 300),  # folds only whole hours, each once
     (collusion_job, 3600),
     (insights_rollup_job, 300),  # today's rollups again; days never built (the catch-up) too
+    (dispatch_notices, 5),  # a run goes on while notices are due (up to 30 s)
 )
 RUN_AT_START = (insights_rollup_job,)  # the rollups' catch-up: at once, not an interval after the start
 # Bills for day D are ready from 09:00 on D+1, Beijing time: reconcile at 10:30.

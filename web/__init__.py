@@ -27,6 +27,7 @@ def register_blueprints(app: Flask) -> None:
         insights,
         login,
         merchant_api,
+        notices_api,
         ops,
         payment_api,
         payouts_api,
@@ -64,6 +65,7 @@ def register_blueprints(app: Flask) -> None:
         console,
         rules_page,
         reports_api,
+        notices_api,
     )
     for module in modules:
         app.register_blueprint(module.bp)

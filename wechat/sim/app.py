@@ -106,6 +106,7 @@ def create_simulator_blueprint(sim_state: SimulatorState, name: str = "wechat_si
     _register_payouts(bp, sim_state)
     _register_v2(bp, sim_state)
     _register_cards(bp, sim_state)
+    _register_messages(bp, sim_state)
     return bp
 
 
@@ -386,3 +387,37 @@ def _register_cards(bp: Blueprint, state: SimulatorState) -> None:
             code = exc.code if isinstance(exc, SimError) else "40080"
             return Response(_json_bytes({"errMsg": f"addCard:fail {code}"}), status=400, mimetype="application/json")
         return _api_json({"errMsg": "addCard:ok", "cardList": [item]})
+
+
+def _register_messages(bp: Blueprint, state: SimulatorState) -> None:
+    def api_call(action: Callable[[dict[str, Any]], dict[str, Any]]) -> Response:
+        try:
+            state.check_access_token(request.args.get("access_token", ""))
+            body = request.get_json(silent=True)
+            if not isinstance(body, dict):
+                raise SimError(200, "47001", "data format error")
+            return _api_json(action(body))
+        except SimError as exc:
+            return _api_error(exc)
+
+    @bp.post("/api/cgi-bin/message/subscribe/send")
+    def subscribe_send() -> Response:
+        return api_call(state.send_subscribe_message)
+
+    @bp.post("/api/cgi-bin/message/template/send")
+    def template_send() -> Response:
+        return api_call(state.send_template_message)
+
+    @bp.post("/subscribe/request")
+    def request_subscribe() -> Response:
+        """The phone's ``wx.requestSubscribeMessage``: JSON ``{openid, tmplIds, choice?}`` → its success answer."""
+        body = request.get_json(silent=True) or {}
+        try:
+            answer = state.request_subscribe(
+                str(body.get("openid", "")), body.get("tmplIds"), str(body.get("choice", "accept"))
+            )
+        except SimError as exc:
+            return Response(
+                _json_bytes({"errMsg": exc.message, "errCode": int(exc.code)}), status=400, mimetype="application/json"
+            )
+        return _api_json(answer)

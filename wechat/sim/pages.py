@@ -53,12 +53,16 @@ def overview_page(state: Any) -> str:
 <td><a href="pay/transfer/confirm/{{ t.package_info }}">confirm</a></td></tr>{% endfor %}</table>
 <h2>Red packets</h2><table>{% for no, r in redpacks.items() %}<tr><td>{{ no }}</td><td>{{ r.status }}</td></tr>{% endfor %}</table>
 <h2>Notifications sent by this process</h2><table>{% for d in deliveries %}<tr><td>{{ d.event_type }}</td><td>{{ d.url }}</td>
-<td>{{ d.statuses }}</td><td>{{ 'delivered' if d.delivered else ('abandoned' if d.abandoned else 'pending') }}</td></tr>{% endfor %}</table>"""  # noqa: E501
+<td>{{ d.statuses }}</td><td>{{ 'delivered' if d.delivered else ('abandoned' if d.abandoned else 'pending') }}</td></tr>{% endfor %}</table>
+<h2>Messages sent</h2><table><tr><th>msgid</th><th>kind</th><th>to</th><th>template</th><th>page</th><th>data</th></tr>
+{% for id, m in messages %}<tr><td>{{ id }}</td><td>{{ m.kind }}</td><td>{{ m.touser }}</td><td>{{ m.template_id }}</td>
+<td>{{ m.page or '' }}</td><td>{% for k, v in (m.data or {}).items() %}{{ k }}: {{ v.value }}<br>{% endfor %}</td></tr>{% endfor %}</table>"""  # noqa: E501
     with state.lock:
         ctx = {
             "orders": dict(state.orders.items()),
             "refunds": dict(state.refunds.items()),
             "transfers": dict(state.transfers.items()),
             "redpacks": dict(state.redpacks.items()),
+            "messages": sorted(state.sent_messages.items(), key=lambda item: -item[1]["at"])[:50],
         }
     return _page("WeChat simulator", template, deliveries=list(state.dispatcher.deliveries), **ctx)
