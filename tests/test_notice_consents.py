@@ -54,8 +54,13 @@ def test_bad_reports_are_refused_and_change_nothing(client, make_user, user_head
     assert post(client, headers, six).status_code == 422
     assert post(client, headers, {TMPL: "maybe"}).status_code == 422
     assert post(client, headers, {}).status_code == 422
-    assert client.post("/api/v1/me/subscriptions", headers=headers, json={"results": {TMPL: "accept"}}).status_code == 422
-    assert client.post("/api/v1/me/subscriptions", json={"results": {TMPL: "accept"}, "request_id": "x"}).status_code == 401
+    assert (
+        client.post("/api/v1/me/subscriptions", headers=headers, json={"results": {TMPL: "accept"}}).status_code == 422
+    )
+    assert (
+        client.post("/api/v1/me/subscriptions", json={"results": {TMPL: "accept"}, "request_id": "x"}).status_code
+        == 401
+    )
     assert db.session.execute(select(ConsentReport)).first() is None and left(user) == 0
 
 
@@ -137,9 +142,13 @@ def test_the_client_and_the_push_at_once_count_once(app, make_user, user_headers
 
     def one(i: int):
         if i == 0:
-            return app.test_client().post(
-                "/api/v1/me/subscriptions", headers=headers, json={"results": {TMPL: "accept"}, "request_id": "t"}
-            ).status_code
+            return (
+                app.test_client()
+                .post(
+                    "/api/v1/me/subscriptions", headers=headers, json={"results": {TMPL: "accept"}, "request_id": "t"}
+                )
+                .status_code
+            )
         apply_push_event(None, openid, "subscribe_msg_popup_event", [accept()], at)
         return 200
 

@@ -391,12 +391,19 @@ def _register_cards(bp: Blueprint, state: SimulatorState) -> None:
 
 def _register_messages(bp: Blueprint, state: SimulatorState) -> None:
     def api_call(action: Callable[[dict[str, Any]], dict[str, Any]]) -> Response:
+        """An injected fault answers WeChat's errcode instead (``after``: once the message was taken)."""
         try:
             state.check_access_token(request.args.get("access_token", ""))
+            fault = state.take_fault(request.path.removeprefix("/_sim/api"))
+            if fault is not None and not fault.after:
+                raise SimError(200, fault.code, fault.message)
             body = request.get_json(silent=True)
             if not isinstance(body, dict):
                 raise SimError(200, "47001", "data format error")
-            return _api_json(action(body))
+            answer = action(body)
+            if fault is not None:
+                raise SimError(200, fault.code, fault.message)
+            return _api_json(answer)
         except SimError as exc:
             return _api_error(exc)
 
