@@ -24,6 +24,7 @@ from web.admin import PLATFORM
 from web.api import endpoint
 from web.auth import current_user
 from web.errors import ValidationFailed
+from web.guards import MAX_ID
 from web.schemas import Id, Model, Page
 
 bp = Blueprint("notices_api", __name__)
@@ -142,7 +143,7 @@ def record_subscriptions(body: SubscribeResults):
 
 
 class NoticeFilter(Page):
-    user_id: Id | None = None
+    user_id: int | None = Field(None, gt=0, le=MAX_ID)
     status: Literal["pending", "sending", "sent", "inbox", "cancelled"] | None = None
     event: Annotated[str, StringConstraints(max_length=32, pattern=r"^[a-z_]+$")] | None = None
     since: AwareDatetime | None = None

@@ -54,6 +54,7 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("console.reviews", "风控审核 Reviews", PLATFORM),
     ("console.bans", "封禁 Bans", PLATFORM),
     ("console.audit", "审计日志 Audit log", ("admin", "finance")),
+    ("console.notices", "通知 Notices", PLATFORM),
 )
 
 
@@ -254,4 +255,4 @@ def error_page(err: ApiError) -> Response:
     return _security_headers(response)
 
 
-from web.console import auth, campaigns, operations, reports  # noqa: E402, F401 - they add the pages
+from web.console import auth, campaigns, notices, operations, reports  # noqa: E402, F401 - they add the pages
