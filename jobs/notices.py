@@ -21,12 +21,11 @@ from flask import current_app
 from jobs.payouts import MovingWindow, job_context
 from models import unit_of_work, utcnow
 from notices.dispatch import Answer, ChannelName, Claimed, NoticeSettings, claim_batch, record, release
-from notices.templates import Templates
+from notices.templates import Templates, load_templates
 from wechat.errors import WeChatError, WeChatRateLimited
 from wechat.messages import MessageClient, WeChatConsentRefused, WeChatMessageRefused
 
 log = logging.getLogger(__name__)
-TEMPLATES = "notice_templates"  # app.extensions key: the checked NOTICE_TEMPLATES (app factory)
 RUN_SECONDS = 30.0
 
 
@@ -126,10 +125,12 @@ def dispatch_notices() -> Counter:
         settings.lease.total_seconds() / 2,
         cfg["WECHAT_APPID"],
     )
+    # checked at start-up by the app factory; read again here (jobs reach nothing the web wiring keeps)
+    templates = load_templates(cfg.get("NOTICE_TEMPLATES"), simulator=cfg["WECHAT_MODE"] == "simulator")
     total: Counter = Counter()
     started = time.monotonic()
     while time.monotonic() - started < RUN_SECONDS:
-        outcomes = dispatch_pass(app.extensions[TEMPLATES], settings, senders.send, take)
+        outcomes = dispatch_pass(templates, settings, senders.send, take)
         total.update(outcomes)
         if not outcomes["rows"]:
             break
