@@ -364,3 +364,26 @@ def test_live_mode_against_a_fake_wechat(app, person):
     tmpl = responses.post(f"{base}/cgi-bin/message/template/send", json={"errcode": 0, "errmsg": "ok", "msgid": 7})
     assert client.send_template("oa-oid", "OA1", data, "wxmini", "pages/x") == "7"
     assert json.loads(tmpl.calls[0].request.body)["miniprogram"] == {"appid": "wxmini", "pagepath": "pages/x"}
+
+
+def test_two_dispatchers_at_once_send_each_notice_once(app, person):
+    from tests.concurrency import together
+
+    users = [person(follows=True) for _ in range(6)]
+    for i, user in enumerate(users):
+        notify(user, f"n{i}")
+    cfg = NoticeSettings(**{**NoticeSettings.from_config(app.config).__dict__, "batch": 2})
+
+    def dispatcher(_: int):
+        senders = Senders(app.config, app.extensions["wechat"], cfg)
+        total = 0
+        while (outcomes := dispatch_pass(app.extensions["notice_templates"], cfg, senders.send, lambda c: True))[
+            "rows"
+        ]:
+            total += outcomes["ok"]
+        return total
+
+    results = together(2, dispatcher, app=app)
+    assert sum(results) == 6, results
+    assert len(messages(app)) == 6
+    assert sorted(m["touser"] for m in messages(app)) == sorted(f"sim-oa-openid-{u.id}" for u in users)

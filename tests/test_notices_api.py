@@ -132,3 +132,13 @@ def test_merchant_staff_cannot_open_the_notices_page(client, make_operator):
     _, headers = make_operator("merchant_staff")
     sign_in(client, headers)
     assert client.get("/console/notices").status_code == 403
+
+
+def test_a_cancelled_notice_is_not_in_the_inbox(client, make_user, user_headers):
+    me = make_user()
+    notify(me, "a")
+    notify(me, "b")
+    db.session.execute(Notice.__table__.update().where(Notice.key == "b").values(status="cancelled"))
+    db.session.commit()
+    inbox = client.get("/api/v1/me/notices", headers=user_headers(me)).json
+    assert inbox["unread"] == 1 and len(inbox["items"]) == 1
