@@ -433,8 +433,8 @@ SETTINGS: tuple[Setting, ...] = (
         "NOTICE_DAILY_CAP",
         3,
         _positive_int,
-        doc="At most this many WeChat messages per person per Beijing day; more go to the inbox only. A transfer "
-        "waiting for the person's confirmation is exempt (their money is at stake).",
+        doc="At most this many WeChat messages per person per Beijing day; more go to the inbox only (0: the inbox "
+        "only). A transfer waiting for the person's confirmation is exempt (their money is at stake).",
     ),
 )
 
@@ -522,6 +522,9 @@ def _validate(values: dict[str, Any]) -> list[str]:
     if backup and mode == "live" and not str(backup).startswith("https://"):
         problems.append("WECHAT_PAY_API_BACKUP_BASE must be https:// in live mode")
     problems += _payout_problems(values)
+    unknown = set(values.get("NOTICE_RATE_LIMITS") or {}) - {"subscribe", "oa_template"}
+    if unknown:
+        problems.append(f"NOTICE_RATE_LIMITS: unknown channel {', '.join(sorted(unknown))} (subscribe, oa_template)")
     key = values.get("DATA_ENCRYPTION_KEY")
     if key and not _is_fernet_key(key):
         problems.append("DATA_ENCRYPTION_KEY must be a Fernet key (32 url-safe base64-encoded bytes)")

@@ -38,7 +38,7 @@ from models import (
 from models.base import BEIJING, beijing
 from notices.consents import drop_consents, take_consent
 from notices.events import NoticeEvent
-from notices.templates import Templates, render_data
+from notices.templates import TemplateError, Templates, render_data
 
 S = NoticeStatus
 MONEY_CRITICAL = frozenset({NoticeEvent.TRANSFER_TO_CONFIRM, NoticeEvent.TRANSFER_REMINDER})
@@ -201,18 +201,25 @@ def _claim_one(notice: Notice, now: datetime, templates: Templates, settings: No
         notice.channel = ChannelName.INBOX
         _to_inbox(notice, now, f"daily cap ({settings.daily_cap}) reached: inbox only")
         return None
+    try:  # a fact that cannot be rendered: nothing to send on any channel (the inbox leaves it out)
+        subscribe_data = render_data(template.subscribe, facts) if template.subscribe else None
+        oa_data = render_data(template.oa, facts) if template.oa else None
+    except TemplateError as exc:
+        _to_inbox(notice, now, f"not sent: {exc}")
+        alert_once("notice_facts", f"notice {notice.event}", text=f"notice {notice.id}: {exc}")
+        return None
     channel = touser = template_id = None
     data: dict = {}
     mp_openid = _mp_openid(notice.user_id, settings.mp_appid)
     reachable = template.subscribe is not None and mp_openid
     if reachable and (held or take_consent(notice.user_id, template.subscribe.template_id)):
         channel, touser, template_id = ChannelName.SUBSCRIBE, mp_openid, template.subscribe.template_id
-        data = render_data(template.subscribe, facts)
+        data = subscribe_data
     if channel is None and template.oa is not None:
         oa_openid = follows_official_account(notice.user_id, settings.oa_appid)
         if oa_openid:
             channel, touser, template_id = ChannelName.OA_TEMPLATE, oa_openid, template.oa.template_id
-            data = render_data(template.oa, facts)
+            data = oa_data
     if channel is None:
         notice.channel = ChannelName.INBOX
         _to_inbox(notice, now)
@@ -251,7 +258,9 @@ def record(job: Claimed, answer: Answer, detail: str, now: datetime, settings: N
     elif answer == Answer.REFUSED:
         _to_inbox(notice, now, f"refused by WeChat, not retried: {detail}")
         alert_once(
-            "notice_refused", f"{job.channel} {job.template_id}", f"WeChat refused a {notice.event} notice: {detail}"
+            "notice_refused",
+            f"{job.channel} {job.template_id}",
+            text=f"WeChat refused a {notice.event} notice: {detail}",
         )
     else:
         notice.last_error = detail[:2000]

@@ -130,8 +130,18 @@ def _value(name: str, facts: Mapping[str, Any]) -> str:
     return str(raw)
 
 
-def fill(text: str, facts: Mapping[str, Any]) -> str:
-    return text.format_map({name: _value(name, facts) for name in _fields(text)})
+def _safe_value(name: str, facts: Mapping[str, Any], strict: bool) -> str:
+    try:
+        return _value(name, facts)
+    except (KeyError, TypeError, ValueError) as exc:  # a fact written wrong (MoneyError is a ValueError)
+        if strict:
+            raise TemplateError(f"fact {name!r} cannot be rendered: {exc}") from None
+        return ""
+
+
+def fill(text: str, facts: Mapping[str, Any], *, strict: bool = False) -> str:
+    """``text`` with the facts in; a fact that cannot be rendered is left empty (``strict``: TemplateError)."""
+    return text.format_map({name: _safe_value(name, facts, strict) for name in _fields(text)})
 
 
 def cut(value: str, most: int) -> str:
@@ -143,15 +153,19 @@ def cut(value: str, most: int) -> str:
 
 
 def render_data(channel: Channel, facts: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    """WeChat's ``data``: ``{key: {"value": …}}``, every value within its kind's rule."""
+    """WeChat's ``data``: ``{key: {"value": …}}``, every value within its kind's rule (TemplateError when a fact
+    cannot be rendered: the message is not sent rather than sent wrong)."""
     data = {}
     for key, text in channel.data.items():
         kind = _kind(key)
         if kind in ("time", "date"):
             (name,) = _fields(text)
-            value = beijing_time(facts[name], date_only=kind == "date")
+            try:
+                value = beijing_time(facts[name], date_only=kind == "date")
+            except (KeyError, TypeError, ValueError) as exc:
+                raise TemplateError(f"fact {name!r} is not a time: {exc}") from None
         else:
-            value = fill(text, facts)
+            value = fill(text, facts, strict=True)
             if kind == "character_string":
                 value = cut(value.replace(" ", "_"), KINDS[kind])
             elif kind in ("thing", "name", "letter", "symbol", "phrase"):

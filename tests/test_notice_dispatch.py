@@ -387,3 +387,15 @@ def test_two_dispatchers_at_once_send_each_notice_once(app, person):
     assert sum(results) == 6, results
     assert len(messages(app)) == 6
     assert sorted(m["touser"] for m in messages(app)) == sorted(f"sim-oa-openid-{u.id}" for u in users)
+
+
+def test_a_fact_that_cannot_be_rendered_goes_to_the_inbox_with_one_alert(app, person, client, user_headers):
+    user = person(follows=True)
+    notify(user, "bad-1", facts={**FACTS, "expires_at": "next tuesday"})
+    notify(user, "bad-2", facts={**FACTS, "expires_at": "soon"})
+    run(app)
+    assert the("bad-1").status == "inbox" and "expires_at" in the("bad-1").last_error
+    assert db.session.execute(select(Alert.kind)).scalars().all() == ["notice_facts"]
+    assert messages(app) == []
+    inbox = client.get("/api/v1/me/notices", headers=user_headers(user))
+    assert inbox.status_code == 200 and "请在  前使用" in inbox.json["items"][0]["body"]

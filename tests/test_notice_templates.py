@@ -114,3 +114,9 @@ def test_a_big_amount_stays_within_ten_digits():
     data = render_data(channel, {"amount_fen": 99_999_999_99, "form": "cash"})
     assert data["amount1"]["value"] == "¥99999999.99"
     assert data["phrase2"]["value"] == "现金"
+
+
+def test_rate_limits_name_known_channels_only(tmp_path):
+    settings = {**TEST_SETTINGS, "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    with pytest.raises(ConfigError, match="NOTICE_RATE_LIMITS: unknown channel sms"):
+        create_app({**settings, "NOTICE_RATE_LIMITS": {"sms": 5}})

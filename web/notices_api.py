@@ -71,14 +71,14 @@ def notice_json(notice: Notice, tmpl: Templates) -> dict:
     }
 
 
-VISIBLE = (NoticeStatus.CANCELLED,)  # a notice cancelled before its turn (no longer true) is not shown
+HIDDEN = (NoticeStatus.CANCELLED,)  # a notice cancelled before its turn (no longer true) is not shown
 
 
 @endpoint(bp, "/api/v1/me/notices", query=InboxPage)
 def my_notices(query: InboxPage):
     """The caller's notices (the in-app inbox), newest first, and how many are unread."""
     user = current_user()
-    mine = [Notice.user_id == user.id, Notice.status.notin_(VISIBLE)]
+    mine = [Notice.user_id == user.id, Notice.status.notin_(HIDDEN)]
     rows = select(Notice).where(*mine)
     if query.unread:
         rows = rows.where(Notice.read_at.is_(None))
@@ -105,7 +105,7 @@ def mark_read(body: MarkRead):
     unread = db.session.execute(
         select(func.count())
         .select_from(Notice)
-        .where(Notice.user_id == user.id, Notice.status.notin_(VISIBLE), Notice.read_at.is_(None))
+        .where(Notice.user_id == user.id, Notice.status.notin_(HIDDEN), Notice.read_at.is_(None))
     ).scalar_one()
     return {"marked": marked, "unread": unread}
 
