@@ -13,7 +13,7 @@ One entry per :class:`NoticeEvent`::
 ``subscribe`` (the mini-program subscribe message) and ``oa`` (the official account's template message) are
 optional. Placeholders are the event's facts (``notices.events.FACTS``) with ``amount_fen`` read as
 ``{amount}`` (rendered ``¥12.30`` through ``money.format_yuan``), times (``*_at``) in Beijing time
-(``2026年11月30日 14:00``) and ``{form}`` as 现金 / 积分 / …; an unknown placeholder is refused.
+(``2026年11月30日 14:00``) and ``{form}`` as 微信零钱 / 积分 / …; an unknown placeholder is refused.
 
 WeChat's field rules, by the key's kind (the key without its number): thing ≤ 20 characters (a longer value is
 cut safely at rendering, whole characters, ending in …), number ≤ 32 digits, amount = currency symbol + ≤ 10
@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from models.base import beijing
+from models.payouts import InApp, Rail
 from money import format_yuan
 from notices.events import FACTS, NoticeEvent
 
@@ -48,7 +49,14 @@ KINDS = {
     "symbol": 5,
 }
 MARKETING_WORDS = ("优惠", "促销", "抢购", "限时", "秒杀", "特价", "折扣", "大促", "福利", "免费领", "广告", "返场")
-FORMS = {"cash": "现金", "points": "积分", "coupon": "代金券", "card": "卡券", "balance": "余额"}
+FORMS = {  # a rebate's form (rebate.rules.Form: the rails' and in-app words) as a phrase (≤ 5 Chinese characters)
+    Rail.WECHAT_CHANGE: "微信零钱",
+    Rail.CASH_RED_PACKET: "现金红包",
+    Rail.WECHAT_COUPON: "代金券",
+    Rail.CARD_COUPON: "卡券",
+    InApp.BALANCE: "余额",
+    InApp.POINTS: "积分",
+}
 TEXT_MAX = {"title": 40, "body": 200}
 PAGE_MAX, TEMPLATE_ID_MAX = 256, 64
 _KEY = re.compile(r"^([a-z_]+?)(\d+)$")

@@ -17,7 +17,7 @@ from wechat.errors import WeChatUnavailable
 
 TMPL = "sim-tmpl-packet-received"
 FACTS = {"packet_id": 1, "amount_fen": 1230, "issuer": "Noodle House", "expires_at": "2026-11-30T06:00:00+00:00"}
-LANDED = {"amount_fen": 500, "form": "cash"}
+LANDED = {"amount_fen": 500, "form": "balance"}
 
 
 @pytest.fixture

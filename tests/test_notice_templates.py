@@ -111,9 +111,9 @@ def test_rendering_cuts_things_safely_formats_money_and_beijing_time():
 
 def test_a_big_amount_stays_within_ten_digits():
     channel = load_templates(None, simulator=True)[NoticeEvent.REBATE_LANDED].subscribe
-    data = render_data(channel, {"amount_fen": 99_999_999_99, "form": "cash"})
+    data = render_data(channel, {"amount_fen": 99_999_999_99, "form": "wechat_change"})
     assert data["amount1"]["value"] == "¥99999999.99"
-    assert data["phrase2"]["value"] == "现金"
+    assert data["phrase2"]["value"] == "微信零钱"
 
 
 def test_rate_limits_name_known_channels_only(tmp_path):
