@@ -59,6 +59,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     if app.config["TRUSTED_PROXY_COUNT"]:
         n = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
+    app.extensions["notice_templates"] = _notice_templates(app)
     wechat = _build_wechat(app, database_url)
     app.extensions["wechat"] = wechat
     _install_web(app, wechat)
@@ -122,6 +123,16 @@ def _build_wechat(app: Flask, database_url: str) -> WeChat:
         return build_wechat(app.config, local=local, transaction_open=transaction_open)
     except WeChatSettingError as exc:
         raise ConfigError(f"invalid configuration:\n  - {exc.setting}: {exc.message}") from None
+
+
+def _notice_templates(app: Flask):
+    """NOTICE_TEMPLATES checked at start-up (WeChat's field rules, no marketing words)."""
+    from notices.templates import TemplateError, load_templates
+
+    try:
+        return load_templates(app.config.get("NOTICE_TEMPLATES"), simulator=app.config["WECHAT_MODE"] == "simulator")
+    except TemplateError as exc:
+        raise ConfigError(f"invalid configuration:\n  - {exc}") from None
 
 
 def _engine_options(url: str, lock_timeout_s: int) -> dict:

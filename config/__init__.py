@@ -77,6 +77,13 @@ def _json_list(text: str) -> list:
     return value
 
 
+def _json_object(text: str) -> dict:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")
+    return value
+
+
 def _rates(text: str) -> dict[str, int]:
     rates = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -480,6 +487,30 @@ SETTINGS: tuple[Setting, ...] = (
         "it; a larger one is left to the `audience_runs_job` (every 10 s) and the answer says `pending`. "
         "0: always the job.",
     ),
+    # notices to people (docs/architecture.md §14)
+    Setting(
+        "NOTICE_TEMPLATES",
+        None,
+        _json_object,
+        doc="JSON object, per notice event: inbox `title` and `body`, the mini-program `page`, and optionally "
+        '`subscribe` and `oa` (`{template_id, data: {thing1: "{issuer}", …}}`). Checked at start-up against '
+        "WeChat's field rules and for marketing words. Unset: the built-in set (simulator template ids; in live "
+        "mode inbox only).",
+    ),
+    Setting(
+        "NOTICE_RATE_LIMITS",
+        {"subscribe": 50, "oa_template": 50},
+        _rates,
+        doc="Messages per second per channel (`subscribe=50,oa_template=50`), shared by every process through "
+        "Redis when REDIS_URL is set.",
+    ),
+    Setting(
+        "NOTICE_DAILY_CAP",
+        3,
+        _positive_int,
+        doc="At most this many WeChat messages per person per Beijing day; more go to the inbox only (0: the inbox "
+        "only). A transfer waiting for the person's confirmation is exempt (their money is at stake).",
+    ),
 )
 
 LIVE_REQUIRED = (
@@ -567,6 +598,9 @@ def _validate(values: dict[str, Any]) -> list[str]:
         problems.append("WECHAT_PAY_API_BACKUP_BASE must be https:// in live mode")
     problems += _payout_problems(values)
     problems += _push_problems(values)
+    unknown = set(values.get("NOTICE_RATE_LIMITS") or {}) - {"subscribe", "oa_template"}
+    if unknown:
+        problems.append(f"NOTICE_RATE_LIMITS: unknown channel {', '.join(sorted(unknown))} (subscribe, oa_template)")
     key = values.get("DATA_ENCRYPTION_KEY")
     if key and not _is_fernet_key(key):
         problems.append("DATA_ENCRYPTION_KEY must be a Fernet key (32 url-safe base64-encoded bytes)")

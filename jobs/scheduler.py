@@ -27,6 +27,7 @@ from jobs.audiences import audience_runs_job
 from jobs.expiring import tell_expiring_packets
 from jobs.insights import insights_cli, insights_rollup_job
 from jobs.messages import apply_messages
+from jobs.notices import dispatch_notices
 from jobs.orders import close_expired_orders, query_stuck_refunds, query_unnotified_payments
 from jobs.payouts import (
     check_unclaimed_red_packets,
@@ -59,6 +60,7 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (apply_messages, 3),  # what WeChat pushed, applied after the answer; a run goes on while rows are due
     (tell_expiring_packets, 600),  # "packet expiring" notices, a day ahead (idempotent, any number of nodes)
     (audience_runs_job, 10),  # batch issues to audiences, a chunk per transaction
+    (dispatch_notices, 5),  # a run goes on while notices are due (up to 30 s)
 )
 RUN_AT_START = (insights_rollup_job,)  # the rollups' catch-up: at once, not an interval after the start
 # Bills for day D are ready from 09:00 on D+1, Beijing time: reconcile at 10:30.

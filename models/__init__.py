@@ -25,7 +25,7 @@ from models.insights import InsightsDaily, InsightsDay, InsightsPerson
 from models.ledger import AccountKind, LedgerAccount, LedgerEntry, LedgerFlow, LedgerPosting, Unit
 from models.limits import ClaimRefusal, LimitCounter
 from models.messages import MESSAGE_TERMINAL, InboundMessage, MessageSource, MessageStatus, OaFollower
-from models.notices import NOTICE_TERMINAL, Notice, NoticeStatus
+from models.notices import NOTICE_TERMINAL, ConsentReport, ConsentSource, Notice, NoticeConsent, NoticeStatus
 from models.oauth import OAuthState
 from models.operators import AuditLog, ConsoleSession, Operator, OperatorRole, OperatorToken
 from models.orders import Order, OrderLine, OrderPacket, OrderStatus, PaymentNotification, Refund, RefundStatus
@@ -61,6 +61,9 @@ __all__ = [
     "NOTICE_TERMINAL",
     "Notice",
     "NoticeStatus",
+    "NoticeConsent",
+    "ConsentReport",
+    "ConsentSource",
     "Ban",
     "BanSubject",
     "BehaviourEvent",

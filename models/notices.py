@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime, utcnow
@@ -43,6 +43,7 @@ class Notice(Base):
     channel: Mapped[str | None] = mapped_column(String(16))  # subscribe | oa_template | inbox
     template_id: Mapped[str | None] = mapped_column(String(64))
     wechat_msgid: Mapped[str | None] = mapped_column(String(64))
+    delivery: Mapped[str | None] = mapped_column(String(64))  # WeChat's subscribe_msg_sent_event: success / failed
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -55,4 +56,53 @@ class Notice(Base):
         CheckConstraint("status in ('pending', 'sending', 'sent', 'inbox', 'cancelled')", name="status"),
         Index("ix_notices_due", "status", "next_attempt_at"),
         Index("ix_notices_user", "user_id", "created_at"),
+    )
+
+
+class ConsentSource(StrEnum):
+    CLIENT = "client"  # the mini-program reported wx.requestSubscribeMessage's result (POST /me/subscriptions)
+    PUSH = "push"  # WeChat pushed subscribe_msg_popup_event / _change_event
+
+
+class NoticeConsent(Base):
+    """One-time subscribe-message consents a person has left for one template: one consent, one send."""
+
+    __tablename__ = "notice_consents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    template_id: Mapped[str] = mapped_column(String(64))
+    remaining: Mapped[int] = mapped_column(default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("user_id", "template_id"),
+        CheckConstraint("remaining >= 0", name="remaining"),
+    )
+
+
+class ConsentReport(Base):
+    """One answer to one template from one source (the client's report, or WeChat's popup event).
+
+    The same tap reaches us twice (the client and WeChat): an accept pairs with the other source's unpaired
+    accept for the same person and template within ``notices.consents.PAIR_WINDOW``; only an unpaired accept
+    adds a consent (``counted``). ``ref`` makes each report once: the client's request_id, or the push's
+    openid + CreateTime."""
+
+    __tablename__ = "notice_consent_reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    template_id: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(8))
+    ref: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))  # accept | reject | ban | filter | …
+    event: Mapped[str | None] = mapped_column(String(32))  # the push's event (popup / change); None: the client
+    counted: Mapped[bool] = mapped_column(default=False)
+    paired_with: Mapped[int | None] = mapped_column()  # the other source's report of the same tap
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("source", "ref", "template_id"),
+        Index("ix_notice_consent_reports_pairing", "user_id", "template_id", "created_at"),
     )

@@ -202,6 +202,7 @@ def test_scheduler_has_every_job(app):
         "collusion_job",
         "daily_reconciliation",
         "deliver_alerts",
+        "dispatch_notices",
         "dispatch_payouts",
         "expire_packets_and_conditions",
         "insights_rollup_job",

@@ -28,6 +28,7 @@ def register_blueprints(app: Flask) -> None:
         insights,
         login,
         merchant_api,
+        notices_api,
         ops,
         payment_api,
         payouts_api,
@@ -68,6 +69,7 @@ def register_blueprints(app: Flask) -> None:
         reports_api,
         push,
         audiences_api,
+        notices_api,
     )
     for module in modules:
         app.register_blueprint(module.bp)

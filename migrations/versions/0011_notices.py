@@ -31,6 +31,7 @@ def upgrade():
         sa.Column("channel", sa.String(length=16), nullable=True),
         sa.Column("template_id", sa.String(length=64), nullable=True),
         sa.Column("wechat_msgid", sa.String(length=64), nullable=True),
+        sa.Column("delivery", sa.String(length=64), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
@@ -48,9 +49,45 @@ def upgrade():
     with op.batch_alter_table("notices", schema=None) as batch_op:
         batch_op.create_index("ix_notices_due", ["status", "next_attempt_at"], unique=False)
         batch_op.create_index("ix_notices_user", ["user_id", "created_at"], unique=False)
+    op.create_table(
+        "notice_consents",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("template_id", sa.String(length=64), nullable=False),
+        sa.Column("remaining", sa.Integer(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("remaining >= 0", name=op.f("ck_notice_consents_remaining")),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_notice_consents_user_id_users")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_notice_consents")),
+        sa.UniqueConstraint("user_id", "template_id", name=op.f("uq_notice_consents_user_id_template_id")),
+    )
+    op.create_table(
+        "notice_consent_reports",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("template_id", sa.String(length=64), nullable=False),
+        sa.Column("source", sa.String(length=8), nullable=False),
+        sa.Column("ref", sa.String(length=128), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("event", sa.String(length=32), nullable=True),
+        sa.Column("counted", sa.Boolean(), nullable=False),
+        sa.Column("paired_with", sa.Integer(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_notice_consent_reports_user_id_users")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_notice_consent_reports")),
+        sa.UniqueConstraint("source", "ref", "template_id", name=op.f("uq_notice_consent_reports_source_ref_template_id")),
+    )
+    with op.batch_alter_table("notice_consent_reports", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_notice_consent_reports_pairing", ["user_id", "template_id", "created_at"], unique=False
+        )
 
 
 def downgrade():
+    with op.batch_alter_table("notice_consent_reports", schema=None) as batch_op:
+        batch_op.drop_index("ix_notice_consent_reports_pairing")
+    op.drop_table("notice_consent_reports")
+    op.drop_table("notice_consents")
     with op.batch_alter_table("notices", schema=None) as batch_op:
         batch_op.drop_index("ix_notices_user")
         batch_op.drop_index("ix_notices_due")

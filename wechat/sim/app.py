@@ -107,6 +107,7 @@ def create_simulator_blueprint(sim_state: SimulatorState, name: str = "wechat_si
     _register_v2(bp, sim_state)
     _register_cards(bp, sim_state)
     _register_push(bp, sim_state)
+    _register_messages(bp, sim_state)
     return bp
 
 
@@ -439,3 +440,44 @@ def _register_push(bp: Blueprint, state: SimulatorState) -> None:
             return _api_json(state.delete_card(body.get("code")))
         except SimError as exc:
             return _api_error(exc)
+
+
+def _register_messages(bp: Blueprint, state: SimulatorState) -> None:
+    def api_call(action: Callable[[dict[str, Any]], dict[str, Any]]) -> Response:
+        """An injected fault answers WeChat's errcode instead (``after``: once the message was taken)."""
+        try:
+            state.check_access_token(request.args.get("access_token", ""))
+            fault = state.take_fault(request.path.removeprefix("/_sim/api"))
+            if fault is not None and not fault.after:
+                raise SimError(200, fault.code, fault.message)
+            body = request.get_json(silent=True)
+            if not isinstance(body, dict):
+                raise SimError(200, "47001", "data format error")
+            answer = action(body)
+            if fault is not None:
+                raise SimError(200, fault.code, fault.message)
+            return _api_json(answer)
+        except SimError as exc:
+            return _api_error(exc)
+
+    @bp.post("/api/cgi-bin/message/subscribe/send")
+    def subscribe_send() -> Response:
+        return api_call(state.send_subscribe_message)
+
+    @bp.post("/api/cgi-bin/message/template/send")
+    def template_send() -> Response:
+        return api_call(state.send_template_message)
+
+    @bp.post("/subscribe/request")
+    def request_subscribe() -> Response:
+        """The phone's ``wx.requestSubscribeMessage``: JSON ``{openid, tmplIds, choice?}`` → its success answer."""
+        body = request.get_json(silent=True) or {}
+        try:
+            answer = state.request_subscribe(
+                str(body.get("openid", "")), body.get("tmplIds"), str(body.get("choice", "accept"))
+            )
+        except SimError as exc:
+            return Response(
+                _json_bytes({"errMsg": exc.message, "errCode": int(exc.code)}), status=400, mimetype="application/json"
+            )
+        return _api_json(answer)

@@ -62,7 +62,10 @@ def overview_page(state: Any) -> str:
 <button name="status" value="accept">允许 accept</button> <button name="status" value="reject">拒绝 reject</button></form>
 <table><tr><th>push</th><th>to</th><th>what</th><th>from</th><th>answers (this process)</th></tr>
 {% for id, p in pushes %}<tr><td>{{ id }}</td><td>{{ p.source }}</td><td>{{ p.event or p.msg_type }}</td><td>{{ p.openid }}</td>
-<td>{% set d = push_deliveries.get(id) %}{% if d %}{{ d.statuses }} {{ 'delivered' if d.delivered else ('abandoned' if d.abandoned else 'pending') }}{% endif %}</td></tr>{% endfor %}</table>"""  # noqa: E501
+<td>{% set d = push_deliveries.get(id) %}{% if d %}{{ d.statuses }} {{ 'delivered' if d.delivered else ('abandoned' if d.abandoned else 'pending') }}{% endif %}</td></tr>{% endfor %}</table>
+<h2>Messages sent</h2><table><tr><th>msgid</th><th>kind</th><th>to</th><th>template</th><th>page</th><th>data</th></tr>
+{% for id, m in messages %}<tr><td>{{ id }}</td><td>{{ m.kind }}</td><td>{{ m.touser }}</td><td>{{ m.template_id }}</td>
+<td>{{ m.page or '' }}</td><td>{% for k, v in (m.data or {}).items() %}{{ k }}: {{ v.value }}<br>{% endfor %}</td></tr>{% endfor %}</table>"""  # noqa: E501
     with state.lock:
         ctx = {
             "orders": dict(state.orders.items()),
@@ -70,6 +73,7 @@ def overview_page(state: Any) -> str:
             "transfers": dict(state.transfers.items()),
             "redpacks": dict(state.redpacks.items()),
             "pushes": sorted(state.pushes.items(), reverse=True)[:50],
+            "messages": sorted(state.sent_messages.items(), key=lambda item: -item[1]["at"])[:50],
         }
     push_deliveries = {d.notification_id: d for d in state.push_dispatcher.deliveries}
     return _page(

@@ -101,12 +101,18 @@ class PushMixin:
             return self.push("oa", {"FromUserName": openid, "CreateTime": now, "MsgType": "event", "Event": event})
 
     def subscribe_popup(self, name: str, template_ids: list[str], status: str) -> Delivery | None:
-        """The person answered ``wx.requestSubscribeMessage``: one item per template (an object for one)."""
+        """The person answered ``wx.requestSubscribeMessage``: WeChat counts the consents (what a send takes)
+        and pushes the popup event, one item per template (an object for one)."""
         if status not in ("accept", "reject") or not template_ids:
             raise SimError(200, "47003", "argument invalid: status accept|reject and at least one template")
+        self.count_consents(MP_OPENID + name, template_ids, status)
+        return self.push_popup(MP_OPENID + name, template_ids, status)
+
+    def push_popup(self, openid: str, template_ids: list[str], status: str) -> Delivery | None:
+        """``subscribe_msg_popup_event`` for the mini-program's push URL (None when it is not set)."""
         items = [{"TemplateId": t, "SubscribeStatusString": status, "PopupScene": "0"} for t in template_ids]
         fields = {
-            "FromUserName": MP_OPENID + name,
+            "FromUserName": openid,
             "CreateTime": int(time.time()),
             "MsgType": "event",
             "Event": "subscribe_msg_popup_event",

@@ -25,6 +25,7 @@ from wechat.sim.cards import CardMixin
 from wechat.sim.delivery import WECHAT_RETRY_SCHEDULE_S, Delivery, NotificationDispatcher, Transport
 from wechat.sim.errors import SimError
 from wechat.sim.keys import SimulatorKeys
+from wechat.sim.messages import MessagesMixin
 from wechat.sim.pay import PayMixin
 from wechat.sim.payouts import PayoutMixin
 from wechat.sim.push import PushMixin
@@ -54,7 +55,7 @@ def beijing_now_iso() -> str:
     return datetime.now(BEIJING).isoformat(timespec="seconds")
 
 
-class SimulatorState(PayMixin, PayoutMixin, CardMixin, PushMixin):
+class SimulatorState(PayMixin, PayoutMixin, CardMixin, PushMixin, MessagesMixin):
     """Everything the simulated WeChat remembers, plus its keys."""
 
     def __init__(

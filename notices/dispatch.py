@@ -1,0 +1,283 @@
+"""The notices dispatcher's steps: claim due notices, choose each one's channel, record WeChat's answer.
+
+The steps never commit and never call WeChat: the job (``jobs.notices``) commits the claim, calls WeChat with
+no transaction open, then records each answer and commits (the shape of ``models.call_between_commits``).
+
+Claims take ``FOR UPDATE SKIP LOCKED`` rows and a lease, so several dispatchers share the work. Channels, in
+the person's order of reach: the mini-program subscribe message when a consent for the event's template is
+left (taken at claim, once: a retry reuses it), else the official account's template message when the person
+follows the OA, else the in-app inbox only (every notice is in the inbox whatever its channel).
+
+Never twice: neither WeChat API can be asked afterwards whether a message went out. A notice found ``sending``
+after its lease lapsed (its worker died between the call and the record) is sent only if WeChat's
+``subscribe_msg_sent_event`` told us its msgid meanwhile (``notices.consents``); otherwise it goes to the
+inbox with a note, never to WeChat again. Anti-spam: at most ``daily_cap`` messages per person per Beijing
+day through WeChat (a transfer waiting for confirmation is exempt: money is at stake); the rest: inbox only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+
+from models import (
+    Notice,
+    NoticeStatus,
+    PacketStatus,
+    Payout,
+    PayoutStatus,
+    RedPacket,
+    UserIdentity,
+    alert_once,
+    db,
+)
+from models.base import BEIJING, beijing
+from notices.consents import drop_consents, take_consent
+from notices.events import NoticeEvent
+from notices.templates import TemplateError, Templates, render_data
+
+S = NoticeStatus
+MONEY_CRITICAL = frozenset({NoticeEvent.TRANSFER_TO_CONFIRM, NoticeEvent.TRANSFER_REMINDER})
+UNKNOWN_OUTCOME = (
+    "outcome unknown (the lease lapsed between the call and its record): kept in the inbox, not sent again"
+)
+
+
+class ChannelName(StrEnum):
+    SUBSCRIBE = "subscribe"
+    OA_TEMPLATE = "oa_template"
+    INBOX = "inbox"
+
+
+class Answer(StrEnum):
+    OK = "ok"
+    CONSENT_GONE = "consent_gone"  # 43101
+    REFUSED = "refused"  # 47003 / 41030 / …: never retried
+    RETRY = "retry"  # -1, network, timeout, quota
+
+
+@dataclass(frozen=True)
+class NoticeSettings:
+    mp_appid: str = ""
+    oa_appid: str = ""
+    lease: timedelta = timedelta(seconds=60)
+    batch: int = 50
+    daily_cap: int = 3
+    max_attempts: int = 6
+    backoff: timedelta = timedelta(seconds=30)
+    backoff_most: timedelta = timedelta(hours=1)
+    miniprogram_state: str = "formal"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> NoticeSettings:
+        return cls(
+            mp_appid=cfg.get("WECHAT_APPID") or "",
+            oa_appid=cfg.get("WECHAT_OA_APPID") or "",
+            daily_cap=int(cfg.get("NOTICE_DAILY_CAP", 3)),
+            miniprogram_state="developer" if cfg.get("WECHAT_MODE") == "simulator" else "formal",
+        )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What the call needs, fixed at claim (plain values: the call touches no row)."""
+
+    notice_id: int
+    user_id: int
+    channel: str
+    touser: str
+    template_id: str
+    data: dict
+    page: str | None
+
+
+# -- who can be reached how -----------------------------------------------------------------------
+
+
+def follows_official_account(user_id: int, oa_appid: str) -> str | None:
+    """The person's OA openid when they follow the OA, else None.
+
+    Until the message-push intake records follow / unfollow, having an OA identity counts as following
+    (the one place to change when it does).
+    """
+    if not oa_appid:
+        return None
+    return db.session.execute(
+        select(UserIdentity.openid).where(UserIdentity.user_id == user_id, UserIdentity.appid == oa_appid)
+    ).scalar_one_or_none()
+
+
+def _mp_openid(user_id: int, mp_appid: str) -> str | None:
+    return db.session.execute(
+        select(UserIdentity.openid).where(UserIdentity.user_id == user_id, UserIdentity.appid == mp_appid)
+    ).scalar_one_or_none()
+
+
+def still_true(notice: Notice) -> bool:
+    """Whether what the notice tells of still holds when its turn comes (a reminder of a settled fact is noise)."""
+    facts = notice.facts or {}
+    if notice.event in (NoticeEvent.TRANSFER_REMINDER, NoticeEvent.TRANSFER_TO_CONFIRM) and facts.get("payout_id"):
+        status = db.session.execute(select(Payout.status).where(Payout.id == int(facts["payout_id"]))).scalar()
+        return status in (PayoutStatus.WAITING_USER_CONFIRM, PayoutStatus.SENDING, PayoutStatus.UNKNOWN)
+    if notice.event == NoticeEvent.PACKET_EXPIRING and facts.get("packet_id"):
+        status = db.session.execute(select(RedPacket.status).where(RedPacket.id == int(facts["packet_id"]))).scalar()
+        return status in (PacketStatus.ISSUED, PacketStatus.UNCLAIMED)
+    return True
+
+
+def _sent_today(user_id: int, now: datetime) -> int:
+    local = beijing(now)
+    start = datetime.combine(local.date(), datetime.min.time(), BEIJING)
+    outside = Notice.channel.in_([ChannelName.SUBSCRIBE, ChannelName.OA_TEMPLATE])
+    return db.session.execute(
+        select(func.count())
+        .select_from(Notice)
+        .where(
+            Notice.user_id == user_id,
+            outside,
+            or_(and_(Notice.status == S.SENT, Notice.sent_at >= start), Notice.status == S.SENDING),
+        )
+    ).scalar_one()
+
+
+# -- claim ---------------------------------------------------------------------------------------
+
+
+def _due(now: datetime, batch: int):
+    due = or_(
+        and_(Notice.status == S.PENDING, Notice.next_attempt_at <= now),
+        and_(Notice.status == S.SENDING, Notice.lease_until < now),
+    )
+    return (
+        select(Notice)
+        .where(due)
+        .order_by(Notice.next_attempt_at, Notice.id)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def _to_inbox(notice: Notice, now: datetime, note: str | None = None) -> None:
+    """Terminal: the inbox keeps it; ``channel`` keeps the channel tried (if any), else says inbox."""
+    notice.status, notice.lease_until = S.INBOX, None
+    notice.channel = notice.channel or ChannelName.INBOX
+    if note:
+        notice.last_error = note[:2000]
+
+
+def claim(now: datetime, templates: Templates, settings: NoticeSettings) -> list[Claimed]:
+    """Claim due notices (the caller commits before any call): each decided now or fixed for one call."""
+    return claim_batch(now, templates, settings)[0]
+
+
+def claim_batch(now: datetime, templates: Templates, settings: NoticeSettings) -> tuple[list[Claimed], int]:
+    """``claim``, also saying how many due rows it took (some decided at once): go on while it finds any."""
+    claimed = []
+    due = db.session.execute(_due(now, settings.batch)).scalars().all()
+    for notice in due:
+        job = _claim_one(notice, now, templates, settings)
+        if job is not None:
+            claimed.append(job)
+    db.session.flush()
+    return claimed, len(due)
+
+
+def _claim_one(notice: Notice, now: datetime, templates: Templates, settings: NoticeSettings) -> Claimed | None:
+    if notice.status == S.SENDING:  # its worker died mid-call; WeChat's sent event would have made it sent
+        _to_inbox(notice, now, UNKNOWN_OUTCOME)
+        return None
+    if not still_true(notice):
+        notice.status, notice.lease_until = S.CANCELLED, None
+        return None
+    template = templates[notice.event]
+    facts = notice.facts or {}
+    page = notice.page or template.page
+    held = notice.channel == ChannelName.SUBSCRIBE and notice.template_id  # a consent taken by an earlier attempt
+    if not held and notice.event not in MONEY_CRITICAL and _sent_today(notice.user_id, now) >= settings.daily_cap:
+        notice.channel = ChannelName.INBOX
+        _to_inbox(notice, now, f"daily cap ({settings.daily_cap}) reached: inbox only")
+        return None
+    try:  # a fact that cannot be rendered: nothing to send on any channel (the inbox leaves it out)
+        subscribe_data = render_data(template.subscribe, facts) if template.subscribe else None
+        oa_data = render_data(template.oa, facts) if template.oa else None
+    except TemplateError as exc:
+        _to_inbox(notice, now, f"not sent: {exc}")
+        alert_once("notice_facts", f"notice {notice.event}", text=f"notice {notice.id}: {exc}")
+        return None
+    channel = touser = template_id = None
+    data: dict = {}
+    mp_openid = _mp_openid(notice.user_id, settings.mp_appid)
+    reachable = template.subscribe is not None and mp_openid
+    if reachable and (held or take_consent(notice.user_id, template.subscribe.template_id)):
+        channel, touser, template_id = ChannelName.SUBSCRIBE, mp_openid, template.subscribe.template_id
+        data = subscribe_data
+    if channel is None and template.oa is not None:
+        oa_openid = follows_official_account(notice.user_id, settings.oa_appid)
+        if oa_openid:
+            channel, touser, template_id = ChannelName.OA_TEMPLATE, oa_openid, template.oa.template_id
+            data = oa_data
+    if channel is None:
+        notice.channel = ChannelName.INBOX
+        _to_inbox(notice, now)
+        return None
+    notice.status, notice.lease_until = S.SENDING, now + settings.lease
+    notice.channel, notice.template_id = channel, template_id
+    notice.attempts += 1
+    return Claimed(notice.id, notice.user_id, channel, touser, template_id, data, page)
+
+
+# -- record --------------------------------------------------------------------------------------
+
+
+def _lock(notice_id: int) -> Notice:
+    return db.session.execute(
+        select(Notice).where(Notice.id == notice_id).with_for_update().execution_options(populate_existing=True)
+    ).scalar_one()
+
+
+def record(job: Claimed, answer: Answer, detail: str, now: datetime, settings: NoticeSettings, msgid: str = "") -> None:
+    """Apply WeChat's answer to the claimed notice (flushes only)."""
+    notice = _lock(job.notice_id)
+    if notice.status != S.SENDING:  # WeChat's sent event settled it meanwhile (or the lease lapsed and it went on)
+        if answer == Answer.OK and notice.status == S.SENT and not notice.wechat_msgid:
+            notice.wechat_msgid = msgid or None
+        db.session.flush()
+        return
+    notice.lease_until = None
+    if answer == Answer.OK:
+        notice.status, notice.sent_at, notice.last_error = S.SENT, now, None
+        notice.wechat_msgid = msgid or notice.wechat_msgid
+    elif answer == Answer.CONSENT_GONE:  # fall through to the next channel at once
+        drop_consents(job.user_id, job.template_id)
+        notice.status, notice.next_attempt_at, notice.last_error = S.PENDING, now, f"43101: {detail}"[:2000]
+        notice.channel = notice.template_id = None
+    elif answer == Answer.REFUSED:
+        _to_inbox(notice, now, f"refused by WeChat, not retried: {detail}")
+        alert_once(
+            "notice_refused",
+            f"{job.channel} {job.template_id}",
+            text=f"WeChat refused a {notice.event} notice: {detail}",
+        )
+    else:
+        notice.last_error = detail[:2000]
+        if notice.attempts >= settings.max_attempts:
+            _to_inbox(notice, now, f"gave up after {notice.attempts} attempts: {detail}")
+        else:
+            wait = min(settings.backoff * (2 ** (notice.attempts - 1)), settings.backoff_most)
+            notice.status, notice.next_attempt_at = S.PENDING, now + wait
+            if notice.channel != ChannelName.SUBSCRIBE:  # a subscribe retry keeps the consent it took
+                notice.channel = notice.template_id = None
+    db.session.flush()
+
+
+def release(job: Claimed) -> None:
+    """No turn in the channel's rate before the deadline: no call was made, put it back as it was due."""
+    notice = _lock(job.notice_id)
+    if notice.status == S.SENDING:
+        notice.status, notice.lease_until = S.PENDING, None
+        notice.attempts -= 1
+    db.session.flush()

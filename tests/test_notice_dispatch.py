@@ -1,0 +1,401 @@
+"""The notices dispatcher: channels in the person's order of reach, WeChat's answers, never twice, anti-spam."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import responses
+from sqlalchemy import select
+
+from jobs.notices import Senders, dispatch_pass
+from models import Alert, Notice, UserIdentity, db, transaction_open, utcnow
+from notices import NoticeEvent, enqueue
+from notices.consents import apply_push_event, remaining
+from notices.dispatch import NoticeSettings
+from wechat.errors import WeChatUnavailable
+
+TMPL = "sim-tmpl-packet-received"
+FACTS = {"packet_id": 1, "amount_fen": 1230, "issuer": "Noodle House", "expires_at": "2026-11-30T06:00:00+00:00"}
+LANDED = {"amount_fen": 500, "form": "balance"}
+
+
+@pytest.fixture
+def person(app, make_user):
+    """A mini-program user; ``follows=True`` adds an official-account identity."""
+
+    def make(follows: bool = False):
+        user = make_user(appid=app.config["WECHAT_APPID"])
+        if follows:
+            db.session.add(
+                UserIdentity(user_id=user.id, appid=app.config["WECHAT_OA_APPID"], openid=f"sim-oa-openid-{user.id}")
+            )
+            db.session.commit()
+        return user
+
+    return make
+
+
+def sim(app):
+    return app.extensions["wechat"].simulator
+
+
+def consent(app, user, tmpl=TMPL, times=1):
+    """The person taps accept: the phone (simulator) and our record (WeChat's popup event) both learn it."""
+    openid = user.identities[0].openid
+    for i in range(times):
+        sim(app).request_subscribe(openid, [tmpl])
+        apply_push_event(
+            user.id,
+            openid,
+            "subscribe_msg_popup_event",
+            [{"TemplateId": tmpl, "SubscribeStatusString": "accept"}],
+            utcnow() + timedelta(seconds=i),
+        )
+    db.session.commit()
+
+
+def notify(user, key="n1", event=NoticeEvent.PACKET_RECEIVED, facts=FACTS, **kw):
+    enqueue(user.id, event, key, facts, **kw)
+    db.session.commit()
+
+
+def run(app, send=None, take=lambda channel: True, clock=utcnow, **settings):
+    cfg = NoticeSettings.from_config(app.config)
+    cfg = NoticeSettings(**{**cfg.__dict__, **settings})
+    senders = Senders(app.config, app.extensions["wechat"], cfg)
+    return dispatch_pass(app.extensions["notice_templates"], cfg, send or senders.send, take, clock)
+
+
+def the(key="n1") -> Notice:
+    db.session.expire_all()
+    return db.session.execute(select(Notice).where(Notice.key == key)).scalar_one()
+
+
+def messages(app):
+    return sorted(sim(app).sent_messages.values(), key=lambda m: m["at"])
+
+
+def test_a_consent_sends_one_subscribe_message_and_is_used_up(app, person):
+    user = person()
+    consent(app, user)
+    notify(user)
+    assert run(app)["ok"] == 1
+    notice = the()
+    assert (notice.status, notice.channel, notice.template_id) == ("sent", "subscribe", TMPL)
+    assert notice.wechat_msgid and notice.sent_at
+    [message] = messages(app)
+    assert message["touser"] == user.identities[0].openid and message["page"] == "pages/packets/index"
+    assert message["data"]["amount2"] == {"value": "¥12.30"}
+    assert remaining(user.id)[TMPL] == 0
+
+
+def test_no_consent_and_no_oa_leaves_it_in_the_inbox(app, person):
+    user = person()
+    notify(user)
+    run(app)
+    assert (the().status, the().channel) == ("inbox", "inbox")
+    assert messages(app) == []
+
+
+def test_the_oa_template_message_when_no_consent_is_left(app, person):
+    user = person(follows=True)
+    notify(user)
+    assert run(app)["ok"] == 1
+    assert (the().status, the().channel, the().template_id) == ("sent", "oa_template", "sim-oa-packet-received")
+    [message] = messages(app)
+    assert message["kind"] == "oa_template" and message["touser"] == f"sim-oa-openid-{user.id}"
+
+
+def test_43101_drops_the_consents_and_falls_through_to_the_oa(app, person):
+    user = person(follows=True)
+    apply_push_event(
+        user.id,
+        user.identities[0].openid,
+        "subscribe_msg_popup_event",
+        [{"TemplateId": TMPL, "SubscribeStatusString": "accept"}],
+        utcnow(),
+    )
+    apply_push_event(
+        user.id,
+        user.identities[0].openid,
+        "subscribe_msg_popup_event",
+        [{"TemplateId": TMPL, "SubscribeStatusString": "accept"}],
+        utcnow() + timedelta(seconds=9),
+    )
+    db.session.commit()  # we count two consents, but WeChat has none (the person revoked it in settings)
+    notify(user)
+    assert run(app)["consent_gone"] == 1
+    assert remaining(user.id)[TMPL] == 0 and the().status == "pending"
+    assert run(app)["ok"] == 1
+    assert (the().status, the().channel) == ("sent", "oa_template")
+
+
+def test_a_refused_message_goes_to_the_inbox_with_an_alert_and_is_never_retried(app, person):
+    user = person()
+    consent(app, user)
+    notify(user, facts={**FACTS, "expires_at": "2026-11-30T06:00:00+00:00"})
+    sim(app).inject_fault("/cgi-bin/message/subscribe/send", 200, "47003", "argument invalid!")
+    outcomes = run(app)
+    assert outcomes["refused"] == 1, outcomes
+    assert the().status == "inbox" and "47003" in the().last_error
+    assert db.session.execute(select(Alert.kind)).scalars().all() == ["notice_refused"]
+    assert run(app)["rows"] == 0
+
+
+def test_a_busy_wechat_is_retried_later_on_the_same_consent(app, person):
+    user = person()
+    consent(app, user)
+    notify(user)
+    calls = []
+
+    def busy(job):
+        calls.append(job)
+        raise WeChatUnavailable("system error", code="-1")
+
+    assert run(app, send=busy)["retry"] == 1
+    notice = the()
+    assert (notice.status, notice.channel, notice.attempts) == ("pending", "subscribe", 1)
+    assert notice.next_attempt_at > utcnow() + timedelta(seconds=20)
+    assert run(app)["rows"] == 0  # not due yet
+    later = notice.next_attempt_at + timedelta(seconds=1)
+    assert run(app, clock=lambda: later)["ok"] == 1
+    assert the().status == "sent" and the().attempts == 2 and len(messages(app)) == 1
+
+
+def test_retries_give_up_into_the_inbox(app, person):
+    user = person()
+    notify(user)
+    consent(app, user)
+
+    def busy(job):
+        raise WeChatUnavailable("timeout", code="NETWORK_ERROR")
+
+    start = utcnow()
+    for i in range(3):
+        run(app, send=busy, clock=lambda i=i: start + timedelta(hours=2 * i), max_attempts=3)
+    assert the().status == "inbox" and "gave up after 3" in the().last_error
+
+
+def test_a_crash_between_wechats_ok_and_the_record_never_sends_twice(app, person):
+    user = person()
+    consent(app, user, times=2)
+    notify(user)
+    senders = Senders(app.config, app.extensions["wechat"], NoticeSettings.from_config(app.config))
+
+    class Crash(BaseException):
+        pass
+
+    def sent_then_crash(job):
+        senders.send(job)
+        raise Crash
+
+    with pytest.raises(Crash):
+        run(app, send=sent_then_crash)
+    assert the().status == "sending" and len(messages(app)) == 1
+    after_lease = utcnow() + timedelta(minutes=5)
+    run(app, clock=lambda: after_lease)
+    notice = the()
+    assert notice.status == "inbox" and "not sent again" in notice.last_error
+    assert len(messages(app)) == 1 and remaining(user.id)[TMPL] == 1
+
+
+def test_wechats_sent_event_settles_a_notice_whose_answer_was_lost(app, person):
+    user = person()
+    consent(app, user)
+    notify(user)
+
+    class Crash(BaseException):
+        pass
+
+    def lost(job):
+        raise Crash
+
+    with pytest.raises(Crash):
+        run(app, send=lost)
+    openid = user.identities[0].openid
+    apply_push_event(
+        None,
+        openid,
+        "subscribe_msg_sent_event",
+        [{"TemplateId": TMPL, "MsgID": "7788", "ErrorCode": "0", "ErrorStatus": "success"}],
+        utcnow(),
+    )
+    db.session.commit()
+    notice = the()
+    assert (notice.status, notice.wechat_msgid, notice.delivery) == ("sent", "7788", "success")
+    assert run(app, clock=lambda: utcnow() + timedelta(minutes=5))["rows"] == 0
+
+
+def test_the_sent_event_records_delivery_by_msgid(app, person):
+    user = person()
+    consent(app, user)
+    notify(user)
+    run(app)
+    msgid = the().wechat_msgid
+    apply_push_event(
+        None,
+        user.identities[0].openid,
+        "subscribe_msg_sent_event",
+        [{"TemplateId": TMPL, "MsgID": msgid, "ErrorCode": "10005", "ErrorStatus": "fail"}],
+        utcnow(),
+    )
+    db.session.commit()
+    assert the().delivery == "fail"
+
+
+def test_no_transaction_is_open_during_the_call(app, person):
+    user = person(follows=True)
+    notify(user)
+    seen = []
+    senders = Senders(app.config, app.extensions["wechat"], NoticeSettings.from_config(app.config))
+
+    def watch(job):
+        seen.append(transaction_open())
+        return senders.send(job)
+
+    run(app, send=watch)
+    assert seen == [False] and the().status == "sent"
+
+
+def test_a_channel_without_a_turn_puts_the_notice_back_unsent(app, person):
+    user = person()
+    consent(app, user)
+    notify(user)
+    assert run(app, take=lambda channel: False)["released"] == 1
+    notice = the()
+    assert (notice.status, notice.attempts, notice.channel) == ("pending", 0, "subscribe")
+    assert remaining(user.id)[TMPL] == 0  # the consent it took stays with it
+    assert run(app)["ok"] == 1 and len(messages(app)) == 1
+
+
+def test_the_rate_window_allows_no_more_than_its_rate(app):
+    from jobs.notices import channel_limiter
+
+    take = channel_limiter({"subscribe": 2}, None, 0.0, appid="rate-test")
+    assert [take("subscribe") for _ in range(3)] == [True, True, False]
+
+
+def test_at_most_the_daily_cap_through_wechat_except_money_critical(app, person):
+    user = person(follows=True)
+    for i in range(4):
+        notify(user, f"landed-{i}", NoticeEvent.REBATE_LANDED, LANDED)
+    notify(
+        user,
+        "confirm",
+        NoticeEvent.TRANSFER_TO_CONFIRM,
+        {"payout_id": 0, "amount_fen": 100, "closes_at": "2026-12-01T00:00:00+00:00"},
+    )
+    run(app, daily_cap=2)
+    by_key = {n.key: (n.status, n.channel) for n in db.session.execute(select(Notice)).scalars()}
+    sent = [k for k, v in by_key.items() if v[0] == "sent"]
+    assert len([k for k in sent if k.startswith("landed")]) == 2
+    assert by_key["confirm"] == ("sent", "oa_template")
+    assert sorted(v for k, v in by_key.items() if k.startswith("landed") and v[0] != "sent") == [("inbox", "inbox")] * 2
+
+
+def test_a_notice_no_longer_true_is_cancelled(app, person):
+    from models import Payout, PayoutStatus
+
+    user = person(follows=True)
+    done = Payout(
+        user_id=user.id, amount_fen=100, rail="wechat_change", status=PayoutStatus.SUCCEEDED, external_no="N1"
+    )
+    waiting = Payout(
+        user_id=user.id,
+        amount_fen=100,
+        rail="wechat_change",
+        status=PayoutStatus.WAITING_USER_CONFIRM,
+        external_no="N2",
+    )
+    db.session.add_all([done, waiting])
+    db.session.commit()
+    closes = "2026-12-01T00:00:00+00:00"
+    notify(user, "done", NoticeEvent.TRANSFER_REMINDER, {"payout_id": done.id, "amount_fen": 100, "closes_at": closes})
+    notify(
+        user,
+        "waiting",
+        NoticeEvent.TRANSFER_REMINDER,
+        {"payout_id": waiting.id, "amount_fen": 100, "closes_at": closes},
+    )
+    notify(
+        user, "expiring", NoticeEvent.PACKET_EXPIRING, {"packet_id": 999999, "amount_fen": 100, "expires_at": closes}
+    )
+    run(app)
+    assert the("done").status == "cancelled" and the("expiring").status == "cancelled"
+    assert the("waiting").status == "sent" and len(messages(app)) == 1
+
+
+@responses.activate
+def test_live_mode_against_a_fake_wechat(app, person):
+    """The message clients speak WeChat's wire format: token, body, errcode mapping (43101, 47003, -1)."""
+    from wechat.messages import MessageClient, WeChatConsentRefused, WeChatMessageRefused
+    from wechat.mp import MemoryTokenStore
+
+    base = "https://api.weixin.qq.com"
+    responses.post(f"{base}/cgi-bin/stable_token", json={"access_token": "TOKEN", "expires_in": 7200})
+    sends = responses.post(f"{base}/cgi-bin/message/subscribe/send", json={"errcode": 0, "errmsg": "ok", "msgid": 42})
+    client = MessageClient("wxlive", "secret", MemoryTokenStore())
+    data = {"thing1": {"value": "红包"}}
+    assert client.send_subscribe("oid", "T1", data, "pages/a/b") == "42"
+    import json
+
+    body = json.loads(sends.calls[0].request.body)
+    assert body == {
+        "touser": "oid",
+        "template_id": "T1",
+        "data": data,
+        "page": "pages/a/b",
+        "miniprogram_state": "formal",
+        "lang": "zh_CN",
+    }
+    assert "access_token=TOKEN" in sends.calls[0].request.url
+    for errcode, error in (
+        (43101, WeChatConsentRefused),
+        (47003, WeChatMessageRefused),
+        (41030, WeChatMessageRefused),
+        (-1, WeChatUnavailable),
+    ):
+        responses.replace(
+            responses.POST, f"{base}/cgi-bin/message/subscribe/send", json={"errcode": errcode, "errmsg": "x"}
+        )
+        with pytest.raises(error):
+            client.send_subscribe("oid", "T1", data)
+    tmpl = responses.post(f"{base}/cgi-bin/message/template/send", json={"errcode": 0, "errmsg": "ok", "msgid": 7})
+    assert client.send_template("oa-oid", "OA1", data, "wxmini", "pages/x") == "7"
+    assert json.loads(tmpl.calls[0].request.body)["miniprogram"] == {"appid": "wxmini", "pagepath": "pages/x"}
+
+
+def test_two_dispatchers_at_once_send_each_notice_once(app, person):
+    from tests.concurrency import together
+
+    users = [person(follows=True) for _ in range(6)]
+    for i, user in enumerate(users):
+        notify(user, f"n{i}")
+    cfg = NoticeSettings(**{**NoticeSettings.from_config(app.config).__dict__, "batch": 2})
+
+    def dispatcher(_: int):
+        senders = Senders(app.config, app.extensions["wechat"], cfg)
+        total = 0
+        while (outcomes := dispatch_pass(app.extensions["notice_templates"], cfg, senders.send, lambda c: True))[
+            "rows"
+        ]:
+            total += outcomes["ok"]
+        return total
+
+    results = together(2, dispatcher, app=app)
+    assert sum(results) == 6, results
+    assert len(messages(app)) == 6
+    assert sorted(m["touser"] for m in messages(app)) == sorted(f"sim-oa-openid-{u.id}" for u in users)
+
+
+def test_a_fact_that_cannot_be_rendered_goes_to_the_inbox_with_one_alert(app, person, client, user_headers):
+    user = person(follows=True)
+    notify(user, "bad-1", facts={**FACTS, "expires_at": "next tuesday"})
+    notify(user, "bad-2", facts={**FACTS, "expires_at": "soon"})
+    run(app)
+    assert the("bad-1").status == "inbox" and "expires_at" in the("bad-1").last_error
+    assert db.session.execute(select(Alert.kind)).scalars().all() == ["notice_facts"]
+    assert messages(app) == []
+    inbox = client.get("/api/v1/me/notices", headers=user_headers(user))
+    assert inbox.status_code == 200 and "请在  前使用" in inbox.json["items"][0]["body"]

@@ -1,0 +1,31 @@
+"""Console page: notices (``console.notices``) — counts by status, channel and event, the latest failures, and
+one person's notices and consents, all read through ``web.notices_api.list_notices`` (no query of its own)."""
+
+from __future__ import annotations
+
+from flask import flash, request
+
+from web.console import allowed, bp, read, render
+from web.guards import MAX_ID
+from web.notices_api import list_notices
+
+PAGE = 50
+STATUSES = ("", "pending", "sending", "sent", "inbox", "cancelled")
+
+
+@bp.route("/notices")
+def notices():
+    allowed(list_notices)
+    raw_user, status = request.args.get("user_id", "").strip(), request.args.get("status", "").strip()
+    query: dict = {"limit": PAGE}
+    if raw_user:
+        if not raw_user.isdigit() or not 0 < int(raw_user) <= MAX_ID:
+            flash("用户编号应为正整数 The user id is a positive whole number", "error")
+            return render(
+                "console/ops_notices.html", data=None, user_id=raw_user, status=status, statuses=STATUSES
+            ), 422
+        query["user_id"] = raw_user
+    if status in STATUSES[1:]:
+        query["status"] = status
+    data = read(list_notices, query=query)
+    return render("console/ops_notices.html", data=data, user_id=raw_user, status=status, statuses=STATUSES)

@@ -1,0 +1,120 @@
+"""Sending messages to a person: the mini-program subscribe message and the official account's template message.
+
+``POST /cgi-bin/message/subscribe/send`` (one recorded consent = one send) and
+``POST /cgi-bin/message/template/send`` (the person follows the OA), both with the shared access token
+(``wechat.mp.call_with_token``: a token error drops the token and retries once). Neither has a query API:
+after a lost answer nobody can tell whether the person got the message, so callers must not resend it.
+
+Errors: 43101 (the person refused or their consent is used up) → :class:`WeChatConsentRefused`; 47003 (bad
+data), 41030 (bad page), 40037 (bad template id), 40003 (bad openid), 43004 (not following) →
+:class:`WeChatMessageRefused` (sending again would fail again); 45009 / 45011 (quota, frequency) →
+``WeChatRateLimited``; -1, timeouts and 5xx → ``WeChatUnavailable``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from wechat.errors import WeChatBusinessError, WeChatRateLimited, WeChatUnavailable
+from wechat.mp import API_BASE, AccessTokenStore, _request_json, call_with_token
+
+SUBSCRIBE_PATH = "/cgi-bin/message/subscribe/send"
+TEMPLATE_PATH = "/cgi-bin/message/template/send"
+MINIPROGRAM_STATES = ("formal", "trial", "developer")
+REFUSED_CODES = frozenset({"47003", "41030", "40037", "40003", "43004", "41028", "41029"})
+QUOTA_CODES = frozenset({"45009", "45011", "45047"})
+
+
+class WeChatConsentRefused(WeChatBusinessError):
+    """43101: the person refused this template, or has no consent left: do not send on it again."""
+
+    default_code = "43101"
+
+
+class WeChatMessageRefused(WeChatBusinessError):
+    """A message WeChat will never take as it is (bad data / page / template / openid, not following)."""
+
+    default_code = "47003"
+
+
+def _mapped(exc: WeChatBusinessError) -> Exception:
+    if exc.code == "43101":
+        return WeChatConsentRefused(exc.message, code=exc.code)
+    if exc.code in REFUSED_CODES:
+        return WeChatMessageRefused(exc.message, code=exc.code)
+    if exc.code in QUOTA_CODES:
+        return WeChatRateLimited(exc.message, code=exc.code)
+    return exc
+
+
+class MessageClient:
+    """One app's message sending (the mini-program's appid, or the official account's)."""
+
+    def __init__(
+        self,
+        appid: str,
+        secret: str,
+        token_store: AccessTokenStore,
+        api_base: str = API_BASE,
+        session: requests.Session | None = None,
+        timeout: tuple[float, float] = (3.05, 10),
+    ) -> None:
+        self.appid, self.secret, self.token_store = appid, secret, token_store
+        self.api_base = api_base.rstrip("/")
+        self.session = session or requests.Session()
+        self.timeout = timeout
+
+    def _post(self, path: str, body: dict[str, Any]) -> str:
+        url = self.api_base + path
+
+        def call(token: str) -> dict[str, Any]:
+            try:
+                return _request_json(self.session, "POST", url, {"access_token": token}, self.timeout, body)
+            except WeChatRateLimited:
+                raise
+            except WeChatBusinessError as exc:
+                raised = _mapped(exc)
+                if raised is exc:
+                    raise
+                raise raised from exc
+
+        answer = call_with_token(
+            self.token_store, self.appid, self.secret, call, self.api_base, self.session, self.timeout
+        )
+        if not isinstance(answer, dict):
+            raise WeChatUnavailable("answer is not an object", code="UNPARSEABLE_RESPONSE")
+        return str(answer.get("msgid", ""))
+
+    def send_subscribe(
+        self,
+        touser: str,
+        template_id: str,
+        data: dict[str, dict[str, str]],
+        page: str | None = None,
+        miniprogram_state: str = "formal",
+        lang: str = "zh_CN",
+    ) -> str:
+        """A mini-program subscribe message; WeChat's msgid ("" when it gave none)."""
+        if miniprogram_state not in MINIPROGRAM_STATES:
+            raise ValueError(f"miniprogram_state is one of {', '.join(MINIPROGRAM_STATES)}")
+        body: dict[str, Any] = {"touser": touser, "template_id": template_id, "data": data}
+        if page:
+            body["page"] = page
+        body.update(miniprogram_state=miniprogram_state, lang=lang)
+        return self._post(SUBSCRIBE_PATH, body)
+
+    def send_template(
+        self,
+        touser: str,
+        template_id: str,
+        data: dict[str, dict[str, str]],
+        miniprogram_appid: str | None = None,
+        pagepath: str | None = None,
+    ) -> str:
+        """An official-account template message (opening the mini-program's page when given); WeChat's msgid."""
+        body: dict[str, Any] = {"touser": touser, "template_id": template_id, "data": data}
+        if miniprogram_appid:
+            body["miniprogram"] = {"appid": miniprogram_appid, "pagepath": pagepath or ""}
+        return self._post(TEMPLATE_PATH, body)
