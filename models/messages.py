@@ -162,11 +162,18 @@ def record_follow(appid: str, openid: str, following: bool, at: datetime, unioni
 def follows_oa(user_id: int) -> bool:
     """Whether this person follows the official account now (an OA template message can reach them): a
     follower linked to them, or one with their unionid (they signed in after following)."""
+    return following_openid(user_id) is not None
+
+
+def following_openid(user_id: int, appid: str | None = None) -> str | None:
+    """The person's official-account openid while they follow it (of ``appid`` when given), else None."""
     from sqlalchemy import or_, select
 
     from models.people import User
 
     unionid = select(User.unionid).where(User.id == user_id).scalar_subquery()
     mine = or_(OaFollower.user_id == user_id, OaFollower.unionid == unionid)
-    stmt = select(OaFollower.id).where(mine, OaFollower.following.is_(True)).limit(1)
-    return db.session.execute(stmt).first() is not None
+    stmt = select(OaFollower.openid).where(mine, OaFollower.following.is_(True))
+    if appid is not None:
+        stmt = stmt.where(OaFollower.appid == appid)
+    return db.session.execute(stmt.order_by(OaFollower.changed_at.desc()).limit(1)).scalar_one_or_none()

@@ -36,6 +36,7 @@ from models import (
     db,
 )
 from models.base import BEIJING, beijing
+from models.messages import following_openid
 from notices.consents import drop_consents, take_consent
 from notices.events import NoticeEvent
 from notices.templates import TemplateError, Templates, render_data
@@ -99,16 +100,11 @@ class Claimed:
 
 
 def follows_official_account(user_id: int, oa_appid: str) -> str | None:
-    """The person's OA openid when they follow the OA, else None.
-
-    Until the message-push intake records follow / unfollow, having an OA identity counts as following
-    (the one place to change when it does).
-    """
+    """The person's OA openid while they follow the OA (follow / unfollow from message push,
+    ``models.messages``), else None: an OA template message reaches only a follower."""
     if not oa_appid:
         return None
-    return db.session.execute(
-        select(UserIdentity.openid).where(UserIdentity.user_id == user_id, UserIdentity.appid == oa_appid)
-    ).scalar_one_or_none()
+    return following_openid(user_id, oa_appid)
 
 
 def _mp_openid(user_id: int, mp_appid: str) -> str | None:

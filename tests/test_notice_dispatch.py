@@ -9,7 +9,7 @@ import responses
 from sqlalchemy import select
 
 from jobs.notices import Senders, dispatch_pass
-from models import Alert, Notice, UserIdentity, db, transaction_open, utcnow
+from models import Alert, Notice, OaFollower, UserIdentity, db, transaction_open, utcnow
 from notices import NoticeEvent, enqueue
 from notices.consents import apply_push_event, remaining
 from notices.dispatch import NoticeSettings
@@ -22,13 +22,15 @@ LANDED = {"amount_fen": 500, "form": "balance"}
 
 @pytest.fixture
 def person(app, make_user):
-    """A mini-program user; ``follows=True`` adds an official-account identity."""
+    """A mini-program user; ``follows=True``: they follow the official account (as message push records it)."""
 
     def make(follows: bool = False):
         user = make_user(appid=app.config["WECHAT_APPID"])
         if follows:
+            oa_appid, openid = app.config["WECHAT_OA_APPID"], f"sim-oa-openid-{user.id}"
+            db.session.add(UserIdentity(user_id=user.id, appid=oa_appid, openid=openid))
             db.session.add(
-                UserIdentity(user_id=user.id, appid=app.config["WECHAT_OA_APPID"], openid=f"sim-oa-openid-{user.id}")
+                OaFollower(appid=oa_appid, openid=openid, user_id=user.id, following=True, changed_at=utcnow())
             )
             db.session.commit()
         return user
@@ -399,3 +401,18 @@ def test_a_fact_that_cannot_be_rendered_goes_to_the_inbox_with_one_alert(app, pe
     assert messages(app) == []
     inbox = client.get("/api/v1/me/notices", headers=user_headers(user))
     assert inbox.status_code == 200 and "请在  前使用" in inbox.json["items"][0]["body"]
+
+
+def test_an_oa_identity_without_a_follow_is_not_reached_through_the_official_account(app, person):
+    """Signed in through the OA once, but not following it (or unfollowed since): the inbox, not a template."""
+    from notices.dispatch import follows_official_account
+
+    follower, stranger = person(follows=True), person()
+    oa_appid = app.config["WECHAT_OA_APPID"]
+    db.session.add(UserIdentity(user_id=stranger.id, appid=oa_appid, openid=f"sim-oa-openid-{stranger.id}"))
+    db.session.commit()
+    assert follows_official_account(follower.id, oa_appid) == f"sim-oa-openid-{follower.id}"
+    assert follows_official_account(stranger.id, oa_appid) is None
+    db.session.query(OaFollower).filter_by(user_id=follower.id).update({"following": False})
+    db.session.commit()
+    assert follows_official_account(follower.id, oa_appid) is None

@@ -43,7 +43,8 @@ class MessagesMixin:
         """``wx.requestSubscribeMessage`` on the phone: the person's choice for each template (at most 5)."""
         if not openid or not isinstance(tmpl_ids, list) or not 0 < len(tmpl_ids) <= 5 or choice not in CHOICES:
             raise SimError(200, "10002", "requestSubscribeMessage:fail invalid args")
-        answer: dict[str, Any] = {"errMsg": "requestSubscribeMessage:ok", **self.count_consents(openid, tmpl_ids, choice)}
+        answer: dict[str, Any] = {"errMsg": "requestSubscribeMessage:ok"}
+        answer.update(self.count_consents(openid, tmpl_ids, choice))
         if choice in ("accept", "reject"):  # and WeChat tells the app's push URL, as it does after a popup
             self.push_popup(openid, [str(t) for t in tmpl_ids], choice)
         return answer
