@@ -177,3 +177,20 @@ def following_openid(user_id: int, appid: str | None = None) -> str | None:
     if appid is not None:
         stmt = stmt.where(OaFollower.appid == appid)
     return db.session.execute(stmt.order_by(OaFollower.changed_at.desc()).limit(1)).scalar_one_or_none()
+
+
+def requeue_failed(message_id: int, now: datetime) -> tuple[InboundMessage | None, bool]:
+    """An operator's retry of a message every attempt failed on (the cause fixed): queued again with fresh
+    attempts, under its row lock. The message (None: no such message) and whether it was failed and is now
+    queued again. Flushes only."""
+    from sqlalchemy import select
+
+    message = db.session.execute(
+        select(InboundMessage).where(InboundMessage.id == message_id).with_for_update()
+    ).scalar_one_or_none()
+    if message is None or message.status != MessageStatus.FAILED:
+        return message, False
+    message.status, message.attempts, message.next_attempt_at = MessageStatus.QUEUED, 0, now
+    message.lease_until, message.processed_at = None, None
+    db.session.flush()
+    return message, True

@@ -28,6 +28,7 @@ def register_blueprints(app: Flask) -> None:
         insights,
         login,
         merchant_api,
+        messages_api,
         notices_api,
         ops,
         payment_api,
@@ -68,6 +69,7 @@ def register_blueprints(app: Flask) -> None:
         rules_page,
         reports_api,
         push,
+        messages_api,
         audiences_api,
         notices_api,
     )

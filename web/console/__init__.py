@@ -59,6 +59,7 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("console.communities", "可疑团伙 Communities", PLATFORM),
     ("console.audit", "审计日志 Audit log", ("admin", "finance")),
     ("console.notices", "通知 Notices", PLATFORM),
+    ("console.messages", "消息 Messages", PLATFORM),
 )
 
 
@@ -259,4 +260,4 @@ def error_page(err: ApiError) -> Response:
     return _security_headers(response)
 
 
-from web.console import audiences, auth, campaigns, notices, operations, reports, risk  # noqa: E402, F401 - they add the pages
+from web.console import audiences, auth, campaigns, messages, notices, operations, reports, risk  # noqa: E402, F401 - they add the pages
