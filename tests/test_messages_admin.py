@@ -61,7 +61,9 @@ def test_an_admin_retries_a_failed_message_once_and_it_is_applied_then(client, m
     done = client.post(f"/admin/api/messages/{failed[1].id}/retry", json={"reason": "again"}, headers=admin)
     assert done.status_code == 409  # applied once: never again
     seen = []
-    monkeypatch.setattr(worker, "TEXT_HANDLERS", [lambda message, now: seen.append(message.payload["fields"]["Content"]) or True])
+    monkeypatch.setattr(
+        worker, "TEXT_HANDLERS", [lambda message, now: seen.append(message.payload["fields"]["Content"]) or True]
+    )
     assert apply_messages(clock=lambda: utcnow() + timedelta(seconds=1)) == {"done": 1}
     assert seen == ["加入"]
     assert db.session.execute(select(AuditLog.action)).scalars().all() == ["message.retry"]
