@@ -28,6 +28,9 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+NOTIFY_ME = ("transfer_to_confirm", "transfer_reminder", "rebate_landed", "payout_failed")
+
+
 class Walkthrough:
     def __init__(self, client: Client, run_id: str, timeout_s: float, admin_token: str | None):
         self.api, self.run, self.timeout_s = client, run_id, timeout_s
@@ -39,11 +42,13 @@ class Walkthrough:
         self.api.call("health", "GET", "/healthz")
         code, shop_id = self.prepare()
         alice = self.login("alice")
+        self.subscribe(alice, "alice")
         noodles, feast = self.products(alice, shop_id)
         alice_order = self.newcomer_order(alice, code, noodles)
         bob_order = self.referral(alice, feast)
         payout = self.wait_for_transfer(alice, bob_order)
         self.confirm(alice, payout)
+        self.inbox(alice)
         self.check_ledger()
         say(f"Done in {time.monotonic() - started:.1f} s. Why each rebate was paid, in words (admin token):")
         say(f"  GET {self.api.base_url}/admin/api/trace/orders/{alice_order}  and  …/trace/orders/{bob_order}")
@@ -223,9 +228,49 @@ class Walkthrough:
             f"{done['status']}: {yuan(done['amount_fen'])} in her WeChat change."
         )
 
+    # -- notices: consent at a tap, the inbox --------------------------------------------------------
+
+    def subscribe(self, token: str, name: str) -> None:
+        """Alice taps "notify me": the mini-program asks ``wx.requestSubscribeMessage`` for the templates of
+        the notices about her money (the simulator plays the phone), then reports her answer to the app;
+        WeChat's own popup event reaches the app too, and the tap counts once."""
+        offered = self.api.call("read Alice's subscriptions", "GET", "/api/v1/me/subscriptions", token=token)["items"]
+        wanted = [i["template_id"] for i in offered if i["event"] in NOTIFY_ME]
+        wanted = list(dict.fromkeys(wanted))[:5]  # WeChat asks for at most 5 templates at a time
+        if not wanted:
+            say("0b. (no subscribe-message templates configured: Alice's notices stay in her in-app inbox)")
+            return
+        body = {"openid": f"sim-openid-{name}-{self.run}", "tmplIds": wanted, "choice": "accept"}
+        answer = self.api.call(
+            "Alice's phone asks wx.requestSubscribeMessage", "POST", "/_sim/subscribe/request", json=body
+        )
+        results = {t: answer.get(t, "accept") for t in wanted}
+        report = {"results": results, "request_id": f"demo-{self.run}"}
+        left = self.api.call("record Alice's consents", "POST", "/api/v1/me/subscriptions", json=report, token=token)
+        say(
+            f'0b. Alice tapped "notify me" and accepted {len(wanted)} subscribe-message template(s); one consent each '
+            f"lets one message through: {left['remaining']}."
+        )
+
+    def inbox(self, token: str) -> None:
+        def read() -> dict:
+            return self.api.call("read Alice's notices", "GET", "/api/v1/me/notices", token=token)
+
+        box, waited = wait_for(
+            "Alice's notices of the transfer and of the money landing",
+            read,
+            lambda b: {"transfer_to_confirm", "rebate_landed"} <= {n["event"] for n in b["items"]},
+            self.timeout_s,
+        )
+        titles = "; ".join(f"{n['title']}" for n in box["items"][:4])
+        say(
+            f"7. Alice's inbox (GET /api/v1/me/notices) has {len(box['items'])} notice(s), {box['unread']} unread: "
+            f"{titles}. The dispatcher sent them as subscribe messages where she consented (shown on /_sim/)."
+        )
+
     def check_ledger(self) -> None:
         output = flask_command("ledger", "check").strip().splitlines()
-        say(f"7. flask ledger check: {output[-1] if output else '(no output)'}")
+        say(f"8. flask ledger check: {output[-1] if output else '(no output)'}")
 
 
 def main(argv: list[str] | None = None) -> int:

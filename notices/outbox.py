@@ -52,7 +52,8 @@ def _row(draft: Draft, now: datetime) -> dict[str, Any]:
         "status": str(NoticeStatus.PENDING),
         "attempts": 0,
         "next_attempt_at": draft.send_after or now,
-        "created_at": now,
+        # a scheduled notice (a reminder) is dated when it is due: the inbox shows it from then, in its place
+        "created_at": max(now, draft.send_after) if draft.send_after else now,
     }
 
 

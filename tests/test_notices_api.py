@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from jobs.notices import dispatch_notices
-from models import Notice, db
+from models import Notice, db, utcnow
 from notices import NoticeEvent, enqueue
 
 FACTS = {"packet_id": 1, "amount_fen": 1230, "issuer": "Noodle House", "expires_at": "2026-11-30T06:00:00+00:00"}
@@ -142,3 +142,26 @@ def test_a_cancelled_notice_is_not_in_the_inbox(client, make_user, user_headers)
     db.session.commit()
     inbox = client.get("/api/v1/me/notices", headers=user_headers(me)).json
     assert inbox["unread"] == 1 and len(inbox["items"]) == 1
+
+
+def test_a_reminder_shows_in_the_inbox_only_once_it_is_due_and_mark_all_leaves_it_unread(
+    client, make_user, user_headers
+):
+    from datetime import timedelta
+
+    import time_machine
+
+    user = make_user()
+    now = utcnow()
+    facts = {"payout_id": 1, "amount_fen": 4000, "closes_at": (now + timedelta(hours=24)).isoformat()}
+    enqueue(user.id, NoticeEvent.TRANSFER_TO_CONFIRM, "payout:1:to_confirm", facts)
+    enqueue(user.id, NoticeEvent.TRANSFER_REMINDER, "payout:1:reminder", facts, send_after=now + timedelta(hours=21))
+    db.session.commit()
+    inbox = client.get("/api/v1/me/notices", headers=user_headers(user)).json
+    assert [n["event"] for n in inbox["items"]] == ["transfer_to_confirm"] and inbox["unread"] == 1
+    marked = client.post("/api/v1/me/notices/read", json={"all": True}, headers=user_headers(user)).json
+    assert marked == {"marked": 1, "unread": 0}
+    with time_machine.travel(now + timedelta(hours=21, minutes=1)):
+        later = client.get("/api/v1/me/notices", headers=user_headers(user)).json
+    assert [n["event"] for n in later["items"]] == ["transfer_reminder", "transfer_to_confirm"]
+    assert later["unread"] == 1

@@ -74,11 +74,17 @@ def notice_json(notice: Notice, tmpl: Templates) -> dict:
 HIDDEN = (NoticeStatus.CANCELLED,)  # a notice cancelled before its turn (no longer true) is not shown
 
 
+def shown_to(user_id: int) -> list:
+    """A person's inbox: their notices not cancelled and already due (a reminder is dated when it is due and
+    shows from then; cancelled at its turn if no longer true, it never shows)."""
+    return [Notice.user_id == user_id, Notice.status.notin_(HIDDEN), Notice.created_at <= utcnow()]
+
+
 @endpoint(bp, "/api/v1/me/notices", query=InboxPage)
 def my_notices(query: InboxPage):
     """The caller's notices (the in-app inbox), newest first, and how many are unread."""
     user = current_user()
-    mine = [Notice.user_id == user.id, Notice.status.notin_(HIDDEN)]
+    mine = shown_to(user.id)
     rows = select(Notice).where(*mine)
     if query.unread:
         rows = rows.where(Notice.read_at.is_(None))
@@ -96,16 +102,14 @@ def my_notices(query: InboxPage):
 def mark_read(body: MarkRead):
     """Mark notices read: the given ids (only the caller's own count) or all of them."""
     user = current_user()
-    which = [Notice.user_id == user.id, Notice.read_at.is_(None)]
+    which = [*shown_to(user.id), Notice.read_at.is_(None)]  # a reminder not due yet stays unread
     if body.ids is not None:
         which.append(Notice.id.in_(body.ids))
     marked = db.session.execute(
         update(Notice).where(*which).values(read_at=utcnow()).execution_options(synchronize_session=False)
     ).rowcount
     unread = db.session.execute(
-        select(func.count())
-        .select_from(Notice)
-        .where(Notice.user_id == user.id, Notice.status.notin_(HIDDEN), Notice.read_at.is_(None))
+        select(func.count()).select_from(Notice).where(*shown_to(user.id), Notice.read_at.is_(None))
     ).scalar_one()
     return {"marked": marked, "unread": unread}
 
