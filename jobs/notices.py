@@ -61,8 +61,12 @@ def call(send: Callable[[Claimed], str], job: Claimed) -> tuple[Answer, str, str
     except WeChatRateLimited as exc:
         return Answer.RETRY, f"{exc.code}: {exc.message}", ""
     except WeChatError as exc:
-        if exc.retryable or exc.outcome_unknown:
+        # Sent again only when WeChat certainly did not send it: its own "system busy" (-1), or no connection
+        # made. A read timeout, a 5xx or an unreadable answer may follow a message WeChat took: not resent.
+        if exc.code == "-1" or (exc.retryable and not exc.outcome_unknown):
             return Answer.RETRY, f"{exc.code}: {exc.message}", ""
+        if exc.outcome_unknown:
+            return Answer.UNKNOWN, f"{exc.code}: {exc.message}", ""
         return Answer.REFUSED, f"{exc.code}: {exc.message}", ""
 
 

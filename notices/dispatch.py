@@ -58,7 +58,8 @@ class Answer(StrEnum):
     OK = "ok"
     CONSENT_GONE = "consent_gone"  # 43101
     REFUSED = "refused"  # 47003 / 41030 / …: never retried
-    RETRY = "retry"  # -1, network, timeout, quota
+    RETRY = "retry"  # certainly not sent: -1 (system busy), quota / frequency, no connection made
+    UNKNOWN = "unknown"  # a read timeout, a 5xx, an answer we cannot read: WeChat may have sent it
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,9 @@ def record(job: Claimed, answer: Answer, detail: str, now: datetime, settings: N
         drop_consents(job.user_id, job.template_id)
         notice.status, notice.next_attempt_at, notice.last_error = S.PENDING, now, f"43101: {detail}"[:2000]
         notice.channel = notice.template_id = None
+    elif answer == Answer.UNKNOWN:  # never sent twice: the inbox keeps it; WeChat's sent event may still settle it
+        _to_inbox(notice, now, f"outcome unknown ({detail}): kept in the inbox, not sent again")
+        notice.wechat_msgid = notice.wechat_msgid or msgid or None
     elif answer == Answer.REFUSED:
         _to_inbox(notice, now, f"refused by WeChat, not retried: {detail}")
         alert_once(

@@ -171,12 +171,47 @@ def test_retries_give_up_into_the_inbox(app, person):
     consent(app, user)
 
     def busy(job):
-        raise WeChatUnavailable("timeout", code="NETWORK_ERROR")
+        raise WeChatUnavailable("connection refused", code="CONNECT_ERROR", outcome_unknown=False)
 
     start = utcnow()
     for i in range(3):
         run(app, send=busy, clock=lambda i=i: start + timedelta(hours=2 * i), max_attempts=3)
     assert the().status == "inbox" and "gave up after 3" in the().last_error
+
+
+@pytest.mark.parametrize("follows", [False, True])
+def test_an_answer_lost_after_wechat_took_the_message_is_never_sent_again(app, person, follows):
+    """A read timeout (or a 5xx) after WeChat took the message: sending again would send it twice (and, on the
+    subscribe channel, spend a second consent — or, with none left, go out again on the official account)."""
+    user = person(follows=follows)
+    consent(app, user, times=2)
+    notify(user)
+    senders = Senders(app.config, app.extensions["wechat"], NoticeSettings.from_config(app.config))
+
+    def taken_then_timeout(job):
+        senders.send(job)
+        raise WeChatUnavailable("POST …/subscribe/send: ReadTimeout", code="NETWORK_ERROR")
+
+    run(app, send=taken_then_timeout)
+    notice = the()
+    assert (notice.status, notice.channel) == ("inbox", "subscribe") and "outcome unknown" in notice.last_error
+    later = utcnow() + timedelta(hours=3)
+    run(app, clock=lambda: later)
+    assert len(messages(app)) == 1 and the().status == "inbox"
+
+
+def test_a_connection_never_made_is_retried_and_sent_once(app, person):
+    user = person()
+    consent(app, user)
+    notify(user)
+
+    def refused(job):
+        raise WeChatUnavailable("connection refused", code="CONNECT_ERROR", outcome_unknown=False)
+
+    assert run(app, send=refused)["retry"] == 1
+    later = the().next_attempt_at + timedelta(seconds=1)
+    assert run(app, clock=lambda: later)["ok"] == 1
+    assert len(messages(app)) == 1 and the().status == "sent"
 
 
 def test_a_crash_between_wechats_ok_and_the_record_never_sends_twice(app, person):

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from wechat.errors import (
     WeChatBusinessError,
@@ -88,6 +89,13 @@ def _request_json(
         extra = {"data": json.dumps(body, ensure_ascii=False).encode(), "headers": {"Content-Type": "application/json"}}
     try:
         resp = session.request(method, url, params=params, timeout=timeout, **extra)
+    except (requests.ConnectTimeout, requests.ConnectionError) as exc:
+        # No connection made (refused, unresolved, connect timeout): the request never reached WeChat.
+        # A connection dropped after the request went out may have been acted on: outcome unknown.
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        sent = not isinstance(exc, requests.ConnectTimeout) and not isinstance(reason, NewConnectionError)
+        code = "NETWORK_ERROR" if sent else "CONNECT_ERROR"
+        raise WeChatUnavailable(f"{method} {url}: {exc.__class__.__name__}", code=code, outcome_unknown=sent) from exc
     except requests.RequestException as exc:
         raise WeChatUnavailable(f"{method} {url}: {exc.__class__.__name__}", code="NETWORK_ERROR") from exc
     if resp.status_code != 200:

@@ -54,13 +54,17 @@ def test_a_token_error_is_retried_once_with_a_fresh_token(mocked):
     assert len([c for c in mocked.calls if c.request.url.startswith(SEND)]) == 2
 
 
-def test_a_timeout_is_unavailable_and_nothing_says_it_was_not_sent(mocked):
+def test_a_read_timeout_may_follow_a_message_wechat_took_a_connect_timeout_never_does(mocked):
     import requests
 
-    mocked.post(SEND, body=requests.ConnectTimeout("slow"))
+    mocked.post(SEND, body=requests.ReadTimeout("slow"))
     with pytest.raises(WeChatUnavailable) as raised:
         client().send_subscribe("o", "T", DATA)
-    assert raised.value.outcome_unknown
+    assert raised.value.outcome_unknown and raised.value.code == "NETWORK_ERROR"
+    mocked.post(SEND, body=requests.ConnectTimeout("no route"))
+    with pytest.raises(WeChatUnavailable) as raised:
+        client().send_subscribe("o", "T", DATA)
+    assert not raised.value.outcome_unknown and raised.value.retryable and raised.value.code == "CONNECT_ERROR"
 
 
 def test_the_template_message_opens_the_mini_program(mocked):
