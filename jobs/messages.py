@@ -31,9 +31,19 @@ from flask import current_app
 from sqlalchemy import or_, select
 
 from jobs.payouts import job_context
-from models import InboundMessage, MessageSource, MessageStatus, UserIdentity, db, raise_alert, unit_of_work, utcnow
+from models import (
+    InboundMessage,
+    MessageSource,
+    MessageStatus,
+    OaFollower,
+    UserIdentity,
+    db,
+    raise_alert,
+    unit_of_work,
+    utcnow,
+)
 from models.messages import record_follow
-from payouts.card_rail import CARD_EVENTS, CardEventOutcome, apply_card_event
+from payouts.card_rail import CARD_EVENTS, CardEventOutcome, apply_card_event, card_key
 from payouts.record import DispatchSettings
 from wechat.mp import fetch_oa_user_info
 from wechat.push import SUBSCRIBE_MSG_EVENTS
@@ -119,8 +129,10 @@ def _fetch_nothing(message: Claimed) -> None:
 
 
 def _apply_card(message: Claimed, _: None, now: datetime) -> str:
-    settings = DispatchSettings.from_config(current_app.config)
-    outcome, payout = apply_card_event(message.event or "", _fields(message), now, settings)
+    cfg = current_app.config
+    settings = DispatchSettings.from_config(cfg)
+    key, holder = card_key(cfg["SECRET_KEY"]), card_holder(cfg.get("WECHAT_OA_APPID"), message.openid)
+    outcome, payout = apply_card_event(message.event or "", _fields(message), now, settings, key, holder)
     if outcome == CardEventOutcome.UNKNOWN:
         log.info(
             "card event for no payout of ours ignored",
@@ -129,6 +141,20 @@ def _apply_card(message: Claimed, _: None, now: datetime) -> str:
         return MessageStatus.IGNORED
     log.info("card event applied", extra={"event": message.event, "outcome": outcome, "payout_id": payout.id})
     return MessageStatus.DONE
+
+
+def card_holder(oa_appid: str | None, openid: str) -> int | None:
+    """The person whose official-account openid holds the card, when we know them (else None)."""
+    if not oa_appid or not openid:
+        return None
+    known = db.session.execute(
+        select(UserIdentity.user_id).where(UserIdentity.appid == oa_appid, UserIdentity.openid == openid)
+    ).scalar_one_or_none()
+    if known is None:
+        known = db.session.execute(
+            select(OaFollower.user_id).where(OaFollower.appid == oa_appid, OaFollower.openid == openid)
+        ).scalar_one_or_none()
+    return known
 
 
 def _fetch_unionid(message: Claimed) -> str | None:

@@ -37,7 +37,7 @@ from models.payouts import Rail
 from notices import enqueue_many
 from notices.watch import failed_draft
 from payouts import reconcile, unclaimed
-from payouts.card_rail import CardRail
+from payouts.card_rail import CardRail, card_key
 from payouts.coupon_rail import CouponRail
 from payouts.dispatch import Claimed, call_wechat, claim_batch, prepare_rails, record, record_group, release
 from payouts.faults import fault_point
@@ -147,7 +147,10 @@ def build_rails(cfg: Mapping[str, Any], wx: Any) -> dict[str, RailAdapter]:
             wx.session,
         )
         rails[Rail.CARD_COUPON] = CardRail(
-            cfg["WECHAT_CARD_ID"], ticket, rate_per_second=rates.get(Rail.CARD_COUPON, 50)
+            cfg["WECHAT_CARD_ID"],
+            ticket,
+            rate_per_second=rates.get(Rail.CARD_COUPON, 50),
+            outer_key=card_key(cfg["SECRET_KEY"]),
         )
     return rails
 

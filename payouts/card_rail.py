@@ -9,7 +9,8 @@ its value by itself, since the card can still be added and redeemed.
 
 WeChat tells us what happens to the card through the official account's message push
 (``web.push`` records it, ``jobs.messages`` applies it here, :func:`apply_card_event`):
-``user_get_card`` (its ``OuterStr`` is our external number) decides the payout as delivered
+``user_get_card`` (its ``OuterStr`` is our external number with our HMAC tag: the cardExt's signature does
+not cover ``outer_str``, so a person could otherwise name someone else's payout) decides the payout as delivered
 (SUCCEEDED through ``record.apply_result``, the card's ``UserCardCode`` kept as ``wechat_ref``);
 ``user_consume_card`` records the redemption (``card_consumed_at``) and ``user_del_card`` the deletion
 (``card_deleted_at``): neither moves money. Redeeming the code at the counter (``/card/code/consume``,
@@ -19,6 +20,9 @@ comes first decides the payout, the other finds it decided and moves nothing.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -38,6 +42,24 @@ from wechat.errors import (
 from wechat.mp import card_ext
 
 USER_GET_CARD = "user_get_card"
+OUTER_TAG_CHARS = 16  # base32 characters of HMAC-SHA256: 80 bits
+
+
+def card_key(secret_key: str) -> bytes:
+    """The key of our ``outer_str`` tags, derived from the app's SECRET_KEY (no new secret to manage)."""
+    return hashlib.sha256(b"card outer_str\0" + secret_key.encode()).digest()
+
+
+def outer_str(external_no: str, key: bytes) -> str:
+    """What the cardExt carries as ``outer_str`` (WeChat echoes it as ``OuterStr``): our number and its tag."""
+    digest = hmac.new(key, external_no.encode(), hashlib.sha256).digest()
+    return f"{external_no}.{base64.b32encode(digest).decode()[:OUTER_TAG_CHARS].lower()}"
+
+
+def external_no_of(outer: str, key: bytes) -> str | None:
+    """Our number from an ``OuterStr`` we made, or None (not ours, or altered on the way)."""
+    number = outer.rpartition(".")[0]
+    return number if number and hmac.compare_digest(outer_str(number, key), outer) else None
 
 
 class CardRail:
@@ -52,6 +74,7 @@ class CardRail:
         openid_appid: str | None = None,
         face_value_fen: int | None = None,
         custom_code: bool = False,
+        outer_key: bytes | None = None,
         clock: Callable[[], float] = time.time,
     ):
         """``openid_appid``: set for a ``bind_openid`` card (the appid whose openid it is bound to).
@@ -61,7 +84,7 @@ class CardRail:
             raise ValueError("CardRail needs a card_id")
         self.card_id, self.api_ticket_provider, self.rate_per_second = card_id, api_ticket_provider, rate_per_second
         self.openid_appid, self.face_value_fen, self.custom_code = openid_appid, face_value_fen, custom_code
-        self.clock = clock
+        self.clock, self.outer_key = clock, outer_key
 
     def build_request(self, payout: Payout, now: datetime) -> dict[str, Any] | RailResult:
         if self.face_value_fen is not None and payout.amount_fen != self.face_value_fen:
@@ -103,7 +126,8 @@ class CardRail:
             code=external_no if self.custom_code else None,
             openid=request.get("openid"),
         )
-        ext["outer_str"] = external_no  # not signed; echoed as OuterStr in the user_get_card event
+        # not covered by the cardExt's signature: our tag makes it ours (echoed as OuterStr in the card events)
+        ext["outer_str"] = outer_str(external_no, self.outer_key) if self.outer_key else external_no
         return json.dumps(ext, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -144,20 +168,42 @@ def _card_payout(external_no: str | None, code: str | None) -> Payout | None:
 
 
 def apply_card_event(
-    event: str, fields: dict[str, Any], now: datetime, settings: DispatchSettings
+    event: str,
+    fields: dict[str, Any],
+    now: datetime,
+    settings: DispatchSettings,
+    outer_key: bytes,
+    holder_id: int | None = None,
 ) -> tuple[str, Payout | None]:
     """One card event pushed by WeChat, applied to its payout once. Flushes only.
 
-    ``fields``: the push's fields (``OuterStr``, ``UserCardCode``, ``IsGiveByFriend`` …). A card given on by a
-    friend (``IsGiveByFriend=1``) was delivered to the first person already: nothing moves.
+    ``fields``: the push's fields (``OuterStr``, ``UserCardCode``, ``CardId``, ``IsGiveByFriend`` …). A card
+    given on by a friend (``IsGiveByFriend=1``) was delivered to the first person already: nothing moves.
+    ``OuterStr`` must carry our tag (``outer_key``); the card must be the payout's card; and when the
+    holder's openid is a person we know (``holder_id``), that person must be the payout's: otherwise an
+    operator is alerted and nothing moves.
     """
     if event not in CARD_EVENTS:
         raise ValueError(f"not a card event: {event}")
     outer, code = str(fields.get("OuterStr") or "") or None, str(fields.get("UserCardCode") or "") or None
     if event == USER_GET_CARD and str(fields.get("IsGiveByFriend") or "0") == "1":
         return CardEventOutcome.UNKNOWN, None
-    payout = _card_payout(outer, code)
+    external_no = external_no_of(outer, outer_key) if outer else None
+    if outer and external_no is None:
+        alert_once("card_event_forged", outer[:64], f"a {event} event names {outer[:64]!r}, which is not ours")
+        return CardEventOutcome.UNKNOWN, None
+    payout = _card_payout(external_no, code)
     if payout is None:
+        return CardEventOutcome.UNKNOWN, None
+    card_id = str(fields.get("CardId") or "")
+    ours = (payout.request or {}).get("card_id")
+    if (card_id and ours and card_id != ours) or (holder_id is not None and holder_id != payout.user_id):
+        alert_once(
+            "card_event_mismatch",
+            f"{payout.external_no}:{event}",
+            f"a {event} event for payout {payout.external_no} came with card {card_id or '?'} from person "
+            f"{holder_id if holder_id is not None else '?'}: not its card or not its person; nothing moved",
+        )
         return CardEventOutcome.UNKNOWN, None
     if event == USER_GET_CARD:
         return _received(payout, code, now, settings), payout

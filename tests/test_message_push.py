@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import pytest
 import responses
+from flask import current_app
 from sqlalchemy import func, select
 
 from jobs import messages as worker
@@ -31,6 +32,8 @@ from models import (
     db,
     utcnow,
 )
+from payouts.card_rail import card_key
+from payouts.card_rail import outer_str as outer_str_for
 from payouts.operations import settle_redeemed_card
 from tests.concurrency import together
 from tests.test_card_codes import fund_card_payout, offered
@@ -47,7 +50,11 @@ def push(client, source: str, fields: dict, *, json_format: bool = False, args: 
     return client.post(f"/wechat/{source}/push", query_string=args or built.args, data=body or built.body)
 
 
-def card_event(event: str, outer_str: str | None, at: int = 1_700_000_000, **extra) -> dict:
+def tagged(external_no: str) -> str:
+    return outer_str_for(external_no, card_key(current_app.config["SECRET_KEY"]))
+
+
+def card_event(event: str, outer_str: str | None, at: int = 1_700_000_000, signed: bool = True, **extra) -> dict:
     fields = {
         "ToUserName": "gh_oa",
         "FromUserName": "oOA-alice",
@@ -58,8 +65,8 @@ def card_event(event: str, outer_str: str | None, at: int = 1_700_000_000, **ext
         "UserCardCode": CODE,
         **extra,
     }
-    if outer_str is not None:
-        fields["OuterStr"] = outer_str
+    if outer_str is not None:  # our number with our tag, as the cardExt carried it (signed=False: as given)
+        fields["OuterStr"] = tagged(outer_str) if signed else outer_str
     return fields
 
 
@@ -103,8 +110,8 @@ def test_a_push_retried_three_times_is_recorded_once_and_answered_success_each_t
         "oOA-alice",
         "queued",
     )
-    assert row.payload["fields"]["OuterStr"] == "CA000000000001"
-    assert row.dedupe_key == "oa:event:oOA-alice:1700000000:user_get_card"
+    assert row.payload["fields"]["OuterStr"] == tagged("CA000000000001")
+    assert row.dedupe_key == f"oa:event:oOA-alice:1700000000:user_get_card:{CODE}"
 
 
 def test_text_messages_are_deduplicated_by_msgid_and_mp_json_is_accepted(client):
@@ -431,3 +438,50 @@ def test_a_rotation_to_the_same_key_is_refused_and_a_good_one_starts():
     assert load_config({**good, "WECHAT_OA_ENCODING_AES_KEY_PREVIOUS": new_aes_key()}, environ={})
     with pytest.raises(ConfigError, match="nothing was rotated"):
         load_config({**good, "WECHAT_OA_ENCODING_AES_KEY_PREVIOUS": key}, environ={})
+
+
+# -- a card event must be about our payout, its card and its person (review findings) --------------------------
+
+
+def test_an_outer_str_without_our_tag_names_no_payout_and_alerts(app, client, make_user):
+    """outer_str is outside the cardExt's signature: a person editing hers to another's (sequential) number."""
+    alice, mallory = make_user(), make_user()
+    alices = offered(fund_card_payout(alice, key="a"))
+    offered(fund_card_payout(mallory, key="m"))
+    forged = card_event("user_get_card", alices.external_no, signed=False, FromUserName="oOA-mallory")
+    push(client, "oa", forged)
+    assert apply_messages() == {"ignored": 1}
+    db.session.expire_all()
+    assert db.session.get(Payout, alices.id).status == "waiting_user_confirm"
+    assert db.session.execute(select(Alert.kind)).scalars().all() == ["card_event_forged"]
+
+
+def test_a_card_event_from_another_known_person_or_for_another_card_moves_nothing(app, client, make_user):
+    alice, mallory = make_user(), make_user()
+    alices = offered(fund_card_payout(alice, key="a"))
+    oa_appid = app.config["WECHAT_OA_APPID"]
+    db.session.add(UserIdentity(user_id=mallory.id, appid=oa_appid, openid="oOA-mallory"))
+    db.session.commit()
+    push(client, "oa", card_event("user_get_card", alices.external_no, FromUserName="oOA-mallory"))
+    push(client, "oa", card_event("user_get_card", alices.external_no, at=1_700_000_009, CardId="pOTHERCARD"))
+    assert apply_messages() == {"ignored": 2}
+    db.session.expire_all()
+    assert db.session.get(Payout, alices.id).status == "waiting_user_confirm"
+    assert db.session.execute(select(Alert.kind)).scalars().all() == ["card_event_mismatch", "card_event_mismatch"]
+    # the card's own holder (known or not) takes it: delivered
+    push(client, "oa", card_event("user_get_card", alices.external_no, at=1_700_000_010))
+    assert apply_messages() == {"done": 1}
+    db.session.expire_all()
+    assert db.session.get(Payout, alices.id).status == "succeeded"
+
+
+def test_two_cards_taken_in_the_same_second_are_two_events(app, client, make_user):
+    """One wx.addCard may add several cards: the same sender, second and event, a code each."""
+    user = make_user()
+    one, two = offered(fund_card_payout(user, key="1")), offered(fund_card_payout(user, key="2"))
+    push(client, "oa", card_event("user_get_card", one.external_no, UserCardCode="C1"))
+    push(client, "oa", card_event("user_get_card", two.external_no, UserCardCode="C2"))
+    push(client, "oa", card_event("user_get_card", two.external_no, UserCardCode="C2"))  # WeChat's retry
+    assert apply_messages() == {"done": 2}
+    db.session.expire_all()
+    assert [db.session.get(Payout, p.id).status for p in (one, two)] == ["succeeded", "succeeded"]

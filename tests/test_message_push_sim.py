@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from jobs.messages import apply_messages
 from models import InboundMessage, OaFollower, Payout, User, UserIdentity, db
-from payouts.card_rail import CardRail
+from payouts.card_rail import CardRail, card_key
 from tests.test_card_codes import fund_card_payout, offered
 from tests.test_wechat_callbacks import simulator
 from wechat.sim.cards import CARD_TICKET
@@ -70,7 +70,10 @@ def test_follow_card_and_popup_pushed_by_the_simulator_are_applied_by_the_app(ap
     # a card payout: the person adds the card on the phone; WeChat pushes user_get_card; the payout is delivered
     payout = fund_card_payout(db.session.get(User, alice))
     offered(payout)
-    card_ext = CardRail(CARD_ID, lambda: CARD_TICKET).package_info(payout.external_no, {"card_id": CARD_ID})
+    payout.request = {"card_id": CARD_ID}  # the simulator's card
+    db.session.commit()
+    rail = CardRail(CARD_ID, lambda: CARD_TICKET, outer_key=card_key(app.config["SECRET_KEY"]))
+    card_ext = rail.package_info(payout.external_no, {"card_id": CARD_ID})
     added = client.post("/_sim/card/add", json={"card_id": CARD_ID, "card_ext": card_ext, "openid": "sim-openid-alice"})
     assert added.status_code == 200, added.json
     assert [d.statuses for d in pushed()][-1] == [200]

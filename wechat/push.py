@@ -117,10 +117,14 @@ class PushMessage:
         }
 
     def dedupe_key(self, source: str) -> str:
-        """WeChat's own rule: MsgId for a message; sender + CreateTime (+ the event) for an event."""
+        """WeChat's own rule: MsgId for a message; sender + CreateTime (+ the event, + a card event's code) for an
+        event."""
         if self.msg_id:
             return f"{source}:msg:{self.msg_id}"
-        return f"{source}:event:{self.from_user}:{self.create_time}:{self.event or ''}"
+        key = f"{source}:event:{self.from_user}:{self.create_time}:{self.event or ''}"
+        # several cards taken (or redeemed) in one second are several events: each names its own code
+        card_code = str(self.fields.get("UserCardCode") or "")[:64]
+        return f"{key}:{card_code}" if card_code else key
 
 
 # -- verification ----------------------------------------------------------------------
