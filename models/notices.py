@@ -42,7 +42,7 @@ class Notice(Base):
     status: Mapped[str] = mapped_column(String(16), default=NoticeStatus.PENDING)
     channel: Mapped[str | None] = mapped_column(String(16))  # subscribe | oa_template | inbox
     template_id: Mapped[str | None] = mapped_column(String(64))
-    wechat_msgid: Mapped[str | None] = mapped_column(String(64))
+    wechat_msgid: Mapped[str | None] = mapped_column(String(64), index=True)  # WeChat's sent event finds it
     delivery: Mapped[str | None] = mapped_column(String(64))  # WeChat's subscribe_msg_sent_event: success / failed
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -103,6 +103,6 @@ class ConsentReport(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (
-        UniqueConstraint("source", "ref", "template_id"),
+        UniqueConstraint("user_id", "source", "ref", "template_id"),  # a request_id is the client's own: per person
         Index("ix_notice_consent_reports_pairing", "user_id", "template_id", "created_at"),
     )

@@ -51,7 +51,7 @@ def _lock_pair(user_id: int, template_id: str) -> NoticeConsent:
 def _report(
     user_id: int, template_id: str, source: str, ref: str, status: str, at: datetime, event: str | None = None
 ) -> bool:
-    """Record one report (once per source + ref + template); True when it added a consent."""
+    """Record one report (once per person + source + ref + template); True when it added a consent."""
     pair = _lock_pair(user_id, template_id)
     row = {
         "user_id": user_id,
@@ -64,7 +64,9 @@ def _report(
         "paired_with": None,
         "created_at": at,
     }
-    written = insert_ignoring(ConsentReport.__table__, [row], ("source", "ref", "template_id"), returning=("id",))
+    written = insert_ignoring(
+        ConsentReport.__table__, [row], ("user_id", "source", "ref", "template_id"), returning=("id",)
+    )
     counts = status == ACCEPT and (source == ConsentSource.CLIENT or event == POPUP)
     if not written or not counts:
         return False

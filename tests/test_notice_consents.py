@@ -158,3 +158,12 @@ def test_the_client_and_the_push_at_once_count_once(app, make_user, user_headers
     assert sorted(r.counted for r in rows) == [False, True]
     assert {r.paired_with for r in rows} == {rows[0].id, rows[1].id}
     assert db.session.execute(select(NoticeConsent.remaining)).scalar_one() == 1
+
+
+def test_two_people_whose_clients_use_the_same_request_id_each_get_their_consent(client, make_user, user_headers):
+    """A request_id is the client's own (a counter, a timestamp): it names a tap of one person only."""
+    alice, bob = make_user(), make_user()
+    assert post(client, user_headers(alice), {TMPL: "accept"}, request_id="1").json["added"] == 1
+    assert post(client, user_headers(bob), {TMPL: "accept"}, request_id="1").json["added"] == 1
+    assert post(client, user_headers(bob), {TMPL: "accept"}, request_id="1").json["added"] == 0  # his retry
+    assert (left(alice), left(bob)) == (1, 1)

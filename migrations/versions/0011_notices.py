@@ -49,6 +49,7 @@ def upgrade():
     with op.batch_alter_table("notices", schema=None) as batch_op:
         batch_op.create_index("ix_notices_due", ["status", "next_attempt_at"], unique=False)
         batch_op.create_index("ix_notices_user", ["user_id", "created_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_notices_wechat_msgid"), ["wechat_msgid"], unique=False)
     op.create_table(
         "notice_consents",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -75,7 +76,9 @@ def upgrade():
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_notice_consent_reports_user_id_users")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_notice_consent_reports")),
-        sa.UniqueConstraint("source", "ref", "template_id", name=op.f("uq_notice_consent_reports_source_ref_template_id")),
+        sa.UniqueConstraint(
+            "user_id", "source", "ref", "template_id", name=op.f("uq_notice_consent_reports_user_id_source_ref_template_id")
+        ),
     )
     with op.batch_alter_table("notice_consent_reports", schema=None) as batch_op:
         batch_op.create_index(
@@ -89,6 +92,7 @@ def downgrade():
     op.drop_table("notice_consent_reports")
     op.drop_table("notice_consents")
     with op.batch_alter_table("notices", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_notices_wechat_msgid"))
         batch_op.drop_index("ix_notices_user")
         batch_op.drop_index("ix_notices_due")
     op.drop_table("notices")
