@@ -766,6 +766,13 @@ def _push_problems(values: dict[str, Any]) -> list[str]:
             problems.append(f"WECHAT_{side}_ENCODING_AES_KEY_PREVIOUS needs the current WECHAT_{side}_ENCODING_AES_KEY")
         if previous and previous == key:
             problems.append(f"WECHAT_{side}_ENCODING_AES_KEY_PREVIOUS is the current key: nothing was rotated")
+        if token and not key and values.get("WECHAT_MODE") == "live":
+            # plaintext mode signs only the token, timestamp and nonce, not the body: one leaked push URL
+            # would let anyone post card events (money) and consents. Safe mode signs the ciphertext.
+            problems.append(
+                f"WECHAT_{side}_PUSH_TOKEN is set without WECHAT_{side}_ENCODING_AES_KEY: in live mode message "
+                "push must use safe mode (安全模式), whose signature covers the message"
+            )
     return problems
 
 

@@ -440,6 +440,22 @@ def test_a_rotation_to_the_same_key_is_refused_and_a_good_one_starts():
         load_config({**good, "WECHAT_OA_ENCODING_AES_KEY_PREVIOUS": key}, environ={})
 
 
+def test_live_mode_refuses_plaintext_message_push():
+    """Plaintext push signs the token, timestamp and nonce only: anyone holding one signed URL could post any
+    body (card events move money). Live mode requires safe mode."""
+    from config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as refused:
+        load_config({"WECHAT_MODE": "live", "WECHAT_MP_PUSH_TOKEN": "tok123"}, environ={})
+    assert "WECHAT_MP_PUSH_TOKEN is set without WECHAT_MP_ENCODING_AES_KEY" in str(refused.value)
+    with pytest.raises(ConfigError) as refused:
+        load_config(
+            {"WECHAT_MODE": "live", "WECHAT_MP_PUSH_TOKEN": "tok123", "WECHAT_MP_ENCODING_AES_KEY": new_aes_key()},
+            environ={},
+        )
+    assert "WECHAT_MP_PUSH_TOKEN" not in str(refused.value)  # refused for the missing Pay secrets only
+
+
 # -- a card event must be about our payout, its card and its person (review findings) --------------------------
 
 
