@@ -181,6 +181,17 @@ def take_consent(user_id: int, template_id: str) -> bool:
     return taken.rowcount == 1
 
 
+def give_back_consent(user_id: int, template_id: str) -> None:
+    """A consent taken for a send WeChat certainly did not make (refused as invalid, or never reached): WeChat
+    still counts it, so we do too."""
+    db.session.execute(
+        update(NoticeConsent)
+        .where(NoticeConsent.user_id == user_id, NoticeConsent.template_id == template_id)
+        .values(remaining=NoticeConsent.remaining + 1, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
 def drop_consents(user_id: int, template_id: str) -> None:
     """The person refused (43101, or a change to reject): nothing left to send on for this template."""
     db.session.execute(

@@ -37,7 +37,7 @@ from models import (
 )
 from models.base import BEIJING, beijing
 from models.messages import following_openid
-from notices.consents import drop_consents, take_consent
+from notices.consents import drop_consents, give_back_consent, take_consent
 from notices.events import NoticeEvent
 from notices.templates import TemplateError, Templates, render_data
 
@@ -256,6 +256,8 @@ def record(job: Claimed, answer: Answer, detail: str, now: datetime, settings: N
         _to_inbox(notice, now, f"outcome unknown ({detail}): kept in the inbox, not sent again")
         notice.wechat_msgid = notice.wechat_msgid or msgid or None
     elif answer == Answer.REFUSED:
+        if job.channel == ChannelName.SUBSCRIBE:  # not sent: WeChat did not use the consent
+            give_back_consent(job.user_id, job.template_id)
         _to_inbox(notice, now, f"refused by WeChat, not retried: {detail}")
         alert_once(
             "notice_refused",
@@ -265,6 +267,8 @@ def record(job: Claimed, answer: Answer, detail: str, now: datetime, settings: N
     else:
         notice.last_error = detail[:2000]
         if notice.attempts >= settings.max_attempts:
+            if job.channel == ChannelName.SUBSCRIBE:  # every try certainly failed: the consent is still there
+                give_back_consent(job.user_id, job.template_id)
             _to_inbox(notice, now, f"gave up after {notice.attempts} attempts: {detail}")
         else:
             wait = min(settings.backoff * (2 ** (notice.attempts - 1)), settings.backoff_most)

@@ -71,7 +71,8 @@ from models import (
 from models.operators import Actor, audit, merchant_scope
 from models.sql import insert_ignoring
 from money import MAX_FEN
-from notices import Draft, NoticeEvent, enqueue_many
+from notices import enqueue_many
+from rebate import tell
 from rebate.campaigns import is_running
 from rebate.deposits import pause_refused
 from rebate.errors import BudgetExhausted, DepositExhausted, Invalid, NotFound, RebateError, StateConflict
@@ -345,10 +346,6 @@ def _choose_members(run: AudienceRun, now: datetime) -> None:
     run.status, run.started_at = RunStatus.ISSUING, now
 
 
-def _issuer_words(campaign: Campaign) -> str:
-    return merchant_name(campaign.issuer_merchant_id) or "platform"
-
-
 def _issue_member(campaign: Campaign, user: User, run: AudienceRun, now: datetime) -> tuple[RedPacket | None, str]:
     """One treated member's packet in a savepoint, or the code of the campaign's refusal."""
     if user.status == UserStatus.BANNED:  # banned since the members were chosen
@@ -405,7 +402,6 @@ def work_run(run_id: int, now: datetime, chunk: int) -> str | None:
     ).scalar_one()
     users = {u.id: u for u in db.session.execute(select(User).where(User.id.in_([m.user_id for m in todo]))).scalars()}
     drafts, issued, refused = [], 0, 0
-    issuer = _issuer_words(campaign)
     for member in todo:
         packet, refusal = _issue_member(campaign, users[member.user_id], run, now)
         member.done = True
@@ -413,19 +409,7 @@ def work_run(run_id: int, now: datetime, chunk: int) -> str | None:
             member.refusal, refused = refusal[:40], refused + 1
             continue
         member.packet_id, issued = packet.id, issued + 1
-        drafts.append(
-            Draft(
-                user_id=member.user_id,
-                event=NoticeEvent.PACKET_RECEIVED,
-                key=f"packet:{packet.id}:received",
-                facts={
-                    "packet_id": packet.id,
-                    "amount_fen": packet.amount_fen,
-                    "issuer": issuer,
-                    "expires_at": packet.expires_at.isoformat(),
-                },
-            )
-        )
+        drafts.append(tell.packet_received(packet))  # the same notice as every packet given by another
     enqueue_many(drafts)
     db.session.execute(
         update(AudienceRun)

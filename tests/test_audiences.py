@@ -306,7 +306,7 @@ def test_a_small_run_is_worked_in_its_request_and_written_once(client, world, ma
     assert sorted(n.user_id for n in notices) == world.ids(1, 2, 3, 5, 7)
     for notice in notices:
         assert notice.key == f"packet:{notice.facts['packet_id']}:received"
-        assert notice.facts["amount_fen"] == 5_00 and notice.facts["issuer"] == "platform"
+        assert notice.facts["amount_fen"] == 5_00 and notice.facts["issuer"] == "平台"
     shown = client.get(f"/admin/api/audiences/runs/{run['id']}", headers=admin).get_json()
     assert shown["lift"]["uptake"] == {"issued": 5, "used": 0, "uptake_bps": 0}
     assert shown["lift"]["holdout"]["members"] == 0 and shown["lift"]["holdout"]["buyer_share_bps"] is None

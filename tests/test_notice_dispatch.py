@@ -143,6 +143,7 @@ def test_a_refused_message_goes_to_the_inbox_with_an_alert_and_is_never_retried(
     assert the().status == "inbox" and "47003" in the().last_error
     assert db.session.execute(select(Alert.kind)).scalars().all() == ["notice_refused"]
     assert run(app)["rows"] == 0
+    assert remaining(user.id)[TMPL] == 1  # not sent: WeChat did not use the consent, and neither do we
 
 
 def test_a_busy_wechat_is_retried_later_on_the_same_consent(app, person):
@@ -177,6 +178,7 @@ def test_retries_give_up_into_the_inbox(app, person):
     for i in range(3):
         run(app, send=busy, clock=lambda i=i: start + timedelta(hours=2 * i), max_attempts=3)
     assert the().status == "inbox" and "gave up after 3" in the().last_error
+    assert remaining(user.id)[TMPL] == 1  # never reached WeChat: the consent is still there
 
 
 @pytest.mark.parametrize("follows", [False, True])
