@@ -632,3 +632,26 @@ def test_a_merchant_deposit_running_dry_refuses_the_rest_and_pauses_the_campaign
     assert db.session.get(type(campaign), campaign.id).status == "paused"
     notice = db.session.execute(select(Notice)).scalar_one()
     assert (notice.user_id, notice.facts["issuer"]) == (buyers[0].id, "shop")
+
+
+def test_a_campaigns_report_shows_its_audience_runs_with_their_lift(
+    app, client, make_operator, make_campaign, make_merchant
+):
+    from tests.console_helpers import sign_in
+
+    many_users(6)
+    campaign = make_campaign(RULES, packet_amount_fen=1_00, budget_limit_fen=1_000_00)
+    other = make_campaign(RULES, packet_amount_fen=1_00, budget_limit_fen=1_000_00)
+    run = new_run(make_operator, campaign, {"kind": "never_used_packet"}, 5000)
+    work_runs(chunk=20)
+    _, headers = make_operator("support")
+    runs = client.get(f"/admin/api/audiences/runs?campaign_id={campaign.id}", headers=headers).get_json()["items"]
+    assert [r["id"] for r in runs] == [run.id] and runs[0]["lift"]["treated"]["members"] == runs[0]["treated"]
+    assert client.get(f"/admin/api/audiences/runs?campaign_id={other.id}", headers=headers).get_json()["items"] == []
+    assert client.get("/admin/api/audiences/runs?campaign_id=x", headers=headers).status_code == 422
+    _, staff = make_operator("merchant_staff", make_merchant("elsewhere"))
+    theirs = client.get(f"/admin/api/audiences/runs?campaign_id={campaign.id}", headers=staff).get_json()["items"]
+    assert theirs == []  # a platform audience's run is not another merchant's to see
+    sign_in(client, headers)
+    page = client.get(f"/console/campaigns/{campaign.id}/report").get_data(as_text=True)
+    assert f'data-run="{run.id}"' in page and 'id="audience-runs"' in page

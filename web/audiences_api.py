@@ -25,6 +25,7 @@ from rebate import audiences
 from rebate.audiences import Definition
 from web.admin import actor
 from web.api import endpoint
+from web.guards import MAX_ID
 from web.schemas import Id, Model, Name, Page, Reason
 
 bp = Blueprint("audiences", __name__, url_prefix="/admin/api/audiences")
@@ -48,6 +49,11 @@ class StartRun(Model):
 
 class LiftQuery(Model):
     window_days: int = Field(14, ge=1, le=365, description="Orders paid this many days from the run's start count.")
+
+
+class CampaignRunsQuery(LiftQuery):
+    campaign_id: int = Field(gt=0, le=MAX_ID, description="The campaign whose runs to show.")
+    limit: int = Field(5, ge=1, le=20, description="The newest runs, each with its lift.")
 
 
 def audience_json(audience: Audience, preview: int | None = None) -> dict:
@@ -165,3 +171,21 @@ def get_run(run_id: int, query: LiftQuery):
     """A run's status and counts, and its lift: treated against holdout over the window."""
     run = audiences.visible_run(g.operator, run_id)
     return {**run_json(run), "lift": run_lift(run, utcnow(), query.window_days)}
+
+
+@endpoint(bp, "/runs", auth="operator", roles=READERS, query=CampaignRunsQuery, tags=TAGS)
+def campaign_runs(query: CampaignRunsQuery):
+    """A campaign's newest audience runs, each with its lift (the campaign's effect report shows them)."""
+    stmt = (
+        select(AudienceRun)
+        .join(Audience, Audience.id == AudienceRun.audience_id)
+        .where(AudienceRun.campaign_id == query.campaign_id)
+        .order_by(AudienceRun.id.desc())
+        .limit(query.limit)
+    )
+    scope = merchant_scope(g.operator)
+    if scope is not None:  # merchant staff: runs of their own merchant's audiences only
+        stmt = stmt.where(Audience.merchant_id == scope)
+    now = utcnow()
+    runs = db.session.execute(stmt).scalars().all()
+    return {"items": [{**run_json(r), "lift": run_lift(r, now, query.window_days)} for r in runs]}

@@ -14,7 +14,8 @@ from flask import request
 from insights.reports import ratio_bps
 from models import utcnow
 from models.base import BEIJING
-from web.console import bp, charts, read, render
+from web.audiences_api import campaign_runs
+from web.console import bp, charts, may, read, render
 from web.reports_api import campaign_effect, effect_overview
 
 TREND_DAYS = 30
@@ -136,9 +137,11 @@ def campaign_report(campaign_id: int):
         ),
         "report-categories": charts.pie(shares, "品类净销售占比 Category share of net sales (¥)"),
     }
+    runs = read(campaign_runs, query={"campaign_id": campaign_id})["items"] if may(campaign_runs) else []
     return render(
         "console/report_campaign.html",
         report=report,
+        runs=runs,
         campaign_id=campaign_id,
         query=query,
         rows=compare(report["totals"], report["before"]),
