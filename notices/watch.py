@@ -41,6 +41,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, SessionTransaction, object_session
 
 from models import AccountKind, LedgerAccount, LedgerEntry, LedgerPosting, Payout, PayoutStatus, Rail, db, utcnow
+from models.payouts import InApp
 from notices.events import NoticeEvent
 from notices.outbox import Draft, enqueue_many
 
@@ -195,7 +196,7 @@ def _returned(payouts: list[Payout]) -> list[Draft]:
         )
     }
     retried = set(db.session.execute(select(Payout.retry_of_id).where(Payout.retry_of_id.in_(ids))).scalars())
-    keys = {f"payout:{p.id}:to-{form}": (p, form) for p in payouts for form in ("balance", "points")}
+    keys = {f"payout:{p.id}:to-{form}": (p, form) for p in payouts for form in (InApp.BALANCE, InApp.POINTS)}
     fallbacks = db.session.execute(
         select(LedgerEntry.idempotency_key, LedgerPosting.amount)
         .join(LedgerPosting, LedgerPosting.entry_id == LedgerEntry.id)
@@ -206,7 +207,7 @@ def _returned(payouts: list[Payout]) -> list[Draft]:
     for key, amount in fallbacks:
         payout, form = keys[key]
         fell_back.add(payout.id)
-        drafts.append(_landed(payout, f"{key}:landed", payout.amount_fen, form, amount if form == "points" else 0))
+        drafts.append(_landed(payout, f"{key}:landed", payout.amount_fen, form, amount if form == InApp.POINTS else 0))
     for payout in payouts:
         source = sources.get(payout.source_account_id)
         own_cash = (

@@ -29,6 +29,8 @@ WORDS = {f.value for f in Form} | {r.value for r in Rail} | {p.value for p in In
 DEFINITIONS = {("rebate/rules.py", "Form"), ("models/payouts.py", "Rail"), ("models/payouts.py", "InApp")}
 # The same letters meaning something else: (file, word) -> how many times, and why.
 OTHER_MEANINGS = {
+    ("notices/watch.py", "points"): (1, "a notice's fact: the points a fallback credited"),
+    ("rebate/tell.py", "points"): (2, "a notice's fact: the points credited or taken back"),
     ("web/user_api.py", "points"): (1, "the wallet's JSON key for the points balance"),
     ("web/views.py", "points"): (1, "a rebate's JSON key for the points it gave"),
     ("insights/trace.py", "points"): (2, "JSON keys: the points a rebate gave, a risk feature's points"),
