@@ -23,7 +23,6 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import requests
-from urllib3.exceptions import NewConnectionError
 
 from wechat.errors import (
     WeChatBusinessError,
@@ -92,8 +91,9 @@ def _request_json(
     except (requests.ConnectTimeout, requests.ConnectionError) as exc:
         # No connection made (refused, unresolved, connect timeout): the request never reached WeChat.
         # A connection dropped after the request went out may have been acted on: outcome unknown.
-        reason = getattr(exc.args[0], "reason", None) if exc.args else None
-        sent = not isinstance(exc, requests.ConnectTimeout) and not isinstance(reason, NewConnectionError)
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None  # urllib3's, named (not imported)
+        never_connected = type(reason).__name__ in ("NewConnectionError", "NameResolutionError")
+        sent = not isinstance(exc, requests.ConnectTimeout) and not never_connected
         code = "NETWORK_ERROR" if sent else "CONNECT_ERROR"
         raise WeChatUnavailable(f"{method} {url}: {exc.__class__.__name__}", code=code, outcome_unknown=sent) from exc
     except requests.RequestException as exc:

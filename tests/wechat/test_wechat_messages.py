@@ -100,3 +100,19 @@ def test_the_simulator_counts_consents_and_checks_fields(sim_http, sim_state):
     assert sim.send_template("sim-oa-openid-alice", "OA", DATA, "wxsim", "pages/a/b")
     kinds = sorted(m["kind"] for m in sim_state.sent_messages.values())
     assert kinds == ["oa_template", "subscribe"]
+
+
+def test_a_connection_refused_never_reached_wechat():
+    """A real refused connection (nothing listens on the port): certainly not sent, safe to send again."""
+    import socket
+
+    import requests
+
+    from wechat.mp import _request_json
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(WeChatUnavailable) as raised:
+        _request_json(requests.Session(), "POST", f"http://127.0.0.1:{port}/cgi-bin/x", {}, (1, 1), {"a": 1})
+    assert raised.value.code == "CONNECT_ERROR" and not raised.value.outcome_unknown and raised.value.retryable
