@@ -1,6 +1,6 @@
 """Shared fixtures: a fresh app and database per test, factories, and the ledger check.
 
-SQLite (default): each test gets its own database file built with ``create_all``.
+SQLite (default): each test gets its own database file, a copy of one built once with ``create_all``.
 PostgreSQL (``TEST_DATABASE_URL`` set and ``TEST_DB_BACKEND`` not ``sqlite``):
 the schema is built once by running the Alembic migrations, so database-level
 guards are under test too, and every test starts from truncated tables.
@@ -9,7 +9,9 @@ guards are under test too, and every test starts from truncated tables.
 from __future__ import annotations
 
 import os
+import shutil
 from itertools import count
+from pathlib import Path
 
 import pytest
 from flask import Flask, has_app_context
@@ -96,13 +98,62 @@ def pg_schema():
     yield PG_URL
 
 
+_EMPTY_CHECK: dict[str, str] = {}
+
+
 def _truncate_all() -> None:
-    # Only tables the migrations created: a model whose migration is not written
-    # yet fails its own tests, not everyone's set-up.
-    existing = set(inspect(db.engine).get_table_names())
-    tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables if t.name in existing)
+    """Empty every table a test wrote to and rewind the sequences it used.
+
+    TRUNCATE makes new files for every table it reaches, and a CASCADE from ``users`` reaches most
+    of them (~80–180 ms a test). One query finds the tables with rows; as a superuser (the test
+    databases' ``postgres``) they are emptied with DELETE under ``session_replication_role =
+    replica`` (no foreign-key or ledger triggers fire: everything goes), otherwise truncated. The
+    sequences that moved (a rolled-back insert moves one too) restart: ids begin at 1 again.
+    """
     with db.engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        if "sql" not in _EMPTY_CHECK:
+            # Only tables the migrations created: a model whose migration is not written
+            # yet fails its own tests, not everyone's set-up.
+            existing = set(inspect(conn).get_table_names())
+            names = [t.name for t in db.metadata.sorted_tables if t.name in existing]
+            _EMPTY_CHECK["sql"] = " UNION ALL ".join(
+                f"SELECT '{name}' WHERE EXISTS (SELECT 1 FROM \"{name}\")" for name in names
+            )
+            _EMPTY_CHECK["superuser"] = conn.execute(text("SELECT current_setting('is_superuser')")).scalar()
+        written = conn.execute(text(_EMPTY_CHECK["sql"])).scalars().all()
+        if written and _EMPTY_CHECK["superuser"] == "on":
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+            for name in written:
+                conn.execute(text(f'DELETE FROM "{name}"'))
+        elif written:
+            tables = ", ".join(f'"{name}"' for name in written)
+            conn.execute(text(f"TRUNCATE {tables} CASCADE"))
+        moved = conn.execute(
+            text(
+                "SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename) FROM pg_sequences "
+                "WHERE schemaname = current_schema() AND last_value IS NOT NULL"
+            )
+        ).scalars()
+        for sequence in moved.all():
+            conn.execute(text(f"ALTER SEQUENCE {sequence} RESTART"))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path | None:
+    """An empty SQLite database built once (``create_all`` and the migrations' stamp); each test
+    starts from a copy of it instead of building its own (~50 ms a test)."""
+    if on_postgres():
+        return None
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    app = create_app({**TEST_SETTINGS, "DATABASE_URL": f"sqlite:///{path}"})
+    with app.app_context():
+        db.create_all()
+        from flask_migrate import stamp
+
+        stamp()
+        db.session.remove()
+        db.engine.dispose()
+    return path
 
 
 @pytest.fixture
@@ -112,13 +163,17 @@ def app_settings(tmp_path, pg_schema) -> dict:
 
 
 @pytest.fixture
-def app(app_settings):
+def app(app_settings, sqlite_template):
+    database_file = _sqlite_file(app_settings["DATABASE_URL"])
+    fresh_copy = database_file is not None and sqlite_template is not None and not database_file.exists()
+    if fresh_copy:
+        shutil.copyfile(sqlite_template, database_file)
     app = create_app(app_settings)
     with app.app_context():
         _reset_simulator(app)
         if on_postgres():
             _truncate_all()
-        else:
+        elif not fresh_copy:  # a test's own database (in memory, or one it built itself)
             db.create_all()
             from flask_migrate import stamp
 
@@ -127,6 +182,12 @@ def app(app_settings):
         db.session.remove()
         _assert_ledger_balanced()
         db.engine.dispose()
+
+
+def _sqlite_file(url: str) -> Path | None:
+    prefix = "sqlite:///"
+    path = Path(url[len(prefix) :]) if url.startswith(prefix) else None
+    return path if path is not None and path.is_absolute() else None  # relative: in instance/
 
 
 def _reset_simulator(app: Flask) -> None:
