@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 from flask_migrate import Migrate
 from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import DEV_SECRET, ConfigError, dev_data_key, load_config, masked
@@ -52,6 +54,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     Migrate(app, db, directory=MIGRATIONS_DIR, compare_type=True, render_as_batch=True)
     with app.app_context():
         _configure_sqlite(db.engine, settings["DATABASE_LOCK_TIMEOUT_S"])
+        _ping_idle_connections(db.engine)
         # a payout's move that a person hears of writes its notice in the same transaction (§14)
         reminder = settings["NOTICE_TRANSFER_REMINDER_HOURS"]
         watch_payouts(db.engine, WatchSettings(settings["TRANSFER_CONFIRM_HOURS"], reminder))
@@ -140,7 +143,9 @@ def _engine_options(url: str, lock_timeout_s: int) -> dict:
         # pysqlite's own transaction handling is switched off in _configure_sqlite; the busy
         # timeout is what makes a contended BEGIN IMMEDIATE wait instead of failing at once.
         return {"connect_args": {"timeout": lock_timeout_s}}
-    options = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+    # No pool_pre_ping: a ping on every checkout is a round trip on every request (one of a claim's
+    # five); _ping_idle_connections pings only a connection that sat idle (issue 11).
+    options = {"pool_size": 10, "max_overflow": 20}
     if url.startswith("postgresql") and lock_timeout_s:
         # A row lock held too long (a stuck transaction) fails the waiter with lock_not_available,
         # answered 503 + Retry-After, instead of piling up every worker behind it.
@@ -173,6 +178,39 @@ def _configure_sqlite(engine, lock_timeout_s: int) -> None:
     @event.listens_for(engine, "begin")
     def on_begin(conn):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+IDLE_PING_S = 10.0
+
+
+def _ping_idle_connections(engine) -> None:
+    """Ping a pooled connection before use only when it sat idle more than ``IDLE_PING_S``.
+
+    A connection in steady use is known to be alive: it answered a moment ago. One that sat idle
+    may have been closed meanwhile (a database restart, a failover, an idle timeout in a proxy):
+    it is pinged, and a dead one is replaced before the request sees it (the pool retries the
+    checkout with a fresh connection). A connection that dies between two busy moments fails one
+    statement; SQLAlchemy then recognises the disconnect and empties the pool, and the request
+    answers 503 (a WeChat callback is retried by WeChat).
+    """
+    if engine.dialect.name == "sqlite":
+        return
+
+    @event.listens_for(engine, "checkin")
+    def on_checkin(_dbapi_conn, record):
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def on_checkout(dbapi_conn, record, _proxy):
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_S:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError("an idle pooled connection no longer answers") from exc
+        if not alive:
+            raise DisconnectionError("an idle pooled connection no longer answers")
 
 
 def _install_web(app: Flask, wechat) -> None:

@@ -104,9 +104,12 @@ BUSY_RETRY_AFTER_S = 1
 
 
 def is_busy(exc: BaseException) -> bool:
-    """The database could not give this request its lock in time: try again shortly (503), not a bug (500)."""
+    """The database could not give this request its lock in time, or its connection died under it:
+    try again shortly (503), not a bug (500)."""
     if not isinstance(exc, DBAPIError):
         return False
+    if exc.connection_invalidated:  # the connection died (a restart, a failover): the pool starts afresh
+        return True
     orig = exc.orig
     if isinstance(orig, sqlite3.OperationalError):
         return "locked" in str(orig) or "busy" in str(orig)
