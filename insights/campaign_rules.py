@@ -36,7 +36,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from models import Campaign, CampaignStatus, FunderType, IssuerType, Merchant, Product, db
+from models import Campaign, CampaignStatus, FunderType, IssuerType, Merchant, Product, db, merchant_name
 from models.base import beijing
 from models.triggers import Trigger, TriggerError, TriggerKind
 from money import format_yuan
@@ -245,7 +245,7 @@ def _packet(campaign: Campaign) -> dict | None:
         "categories": list(campaign.packet_categories or []),
         "only_products": list(campaign.packet_products or []),
         "only_merchant_id": campaign.packet_merchant_id,
-        "only_merchant_name": _merchant_name(campaign.packet_merchant_id) if campaign.packet_merchant_id else None,
+        "only_merchant_name": merchant_name(campaign.packet_merchant_id),
         "valid_days": None if fixed else campaign.packet_valid_days,
         "valid_from": _when(campaign.packet_valid_from),
         "valid_until": _when(campaign.packet_valid_until),
@@ -364,11 +364,6 @@ def _version(campaign: Campaign, version: int | None) -> dict:
     }
 
 
-def _merchant_name(merchant_id: int) -> str:
-    merchant = db.session.get(Merchant, merchant_id)
-    return merchant.name if merchant else "?"
-
-
 def _restrictions(campaign: Campaign, limits: dict) -> dict:
     """Everything that can refuse a buyer, exactly as ``rebate`` checks it, in numbers and words; ``words``
     lists them all ("no restriction" is said only when there is none)."""
@@ -420,7 +415,7 @@ def _restrictions(campaign: Campaign, limits: dict) -> dict:
         }
     merchant_ids = list(dict.fromkeys(m for m in (campaign.packet_merchant_id, merchant_of(campaign)) if m))
     if merchant_ids and campaign.packet_amount_fen is not None:
-        names = [_merchant_name(m) for m in merchant_ids]
+        names = [merchant_name(m) or "?" for m in merchant_ids]
         out["merchants"] = {
             "merchants": [{"merchant_id": m, "name": n} for m, n in zip(merchant_ids, names, strict=True)],
             "words": f"红包仅限在 {' 且 '.join(names)} 的订单使用 (the packet is only usable on orders from "

@@ -31,7 +31,7 @@ from models.operators import AuditLog, ConsoleSession, Operator, OperatorRole, O
 from models.orders import Order, OrderLine, OrderPacket, OrderStatus, PaymentNotification, Refund, RefundStatus
 from models.packets import PacketStatus, RedPacket
 from models.payouts import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl
-from models.people import Merchant, Product, User, UserIdentity, UserStatus
+from models.people import Merchant, Product, User, UserIdentity, UserStatus, merchant_name
 from models.rebates import OrderMilestone, Rebate, RebateAdjustment, RebateStatus, Receivable
 from models.reconciliation import ReconciliationMismatch, ReconciliationRun
 from models.risk import (
@@ -122,6 +122,7 @@ __all__ = [
     "LedgerPosting",
     "LimitCounter",
     "Merchant",
+    "merchant_name",
     "OAuthState",
     "Operator",
     "OperatorRole",

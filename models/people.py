@@ -8,7 +8,7 @@ from enum import StrEnum
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from models.base import Base, EncryptedText, UTCDateTime, utcnow
+from models.base import Base, EncryptedText, UTCDateTime, db, utcnow
 
 
 class UserStatus(StrEnum):
@@ -79,6 +79,13 @@ class Merchant(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (CheckConstraint("status in ('active', 'suspended')", name="status"),)
+
+
+def merchant_name(merchant_id: int | None) -> str | None:
+    """A merchant's name for display; from the session's identity map when the caller loaded the merchants
+    first (a list: one query for all)."""
+    merchant = db.session.get(Merchant, merchant_id) if merchant_id is not None else None
+    return merchant.name if merchant is not None else None
 
 
 class Product(Base):

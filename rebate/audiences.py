@@ -56,7 +56,6 @@ from models import (
     AudienceMember,
     AudienceRun,
     Campaign,
-    Merchant,
     Order,
     OrderLine,
     OrderStatus,
@@ -277,10 +276,6 @@ def visible_run(operator, run_id: int) -> AudienceRun:
 
 def definition_of(audience: Audience):
     return _DEFINITION.validate_python(audience.definition)
-
-
-def merchant_name(merchant_id: int | None) -> str | None:
-    return db.session.get(Merchant, merchant_id).name if merchant_id is not None else None
 
 
 # -- runs -------------------------------------------------------------------------------------------------

@@ -22,7 +22,18 @@ from flask import Blueprint, g
 from pydantic import AfterValidator, AwareDatetime, Field, StrictBool, StrictInt, WithJsonSchema
 from sqlalchemy import select
 
-from models import Campaign, CampaignRules, FunderType, IssuerType, Merchant, OperatorRole, RedPacket, db, utcnow
+from models import (
+    Campaign,
+    CampaignRules,
+    FunderType,
+    IssuerType,
+    Merchant,
+    OperatorRole,
+    RedPacket,
+    db,
+    merchant_name,
+    utcnow,
+)
 from models.operators import merchant_scope
 from models.triggers import TRIGGER_SCHEMA, Trigger, TriggerError
 from rebate import campaign_ops
@@ -126,10 +137,10 @@ def campaign_json(c: Campaign) -> dict:
         "status": c.status,
         "issuer_type": c.issuer_type,
         "issuer_merchant_id": c.issuer_merchant_id,
-        "issuer_merchant_name": _merchant_name(c.issuer_merchant_id),
+        "issuer_merchant_name": merchant_name(c.issuer_merchant_id),
         "funder_type": c.funder_type,
         "funder_merchant_id": c.funder_merchant_id,
-        "funder_merchant_name": _merchant_name(c.funder_merchant_id),
+        "funder_merchant_name": merchant_name(c.funder_merchant_id),
         "budget_limit_fen": c.budget_limit_fen,
         "budget_reserved_fen": c.budget_reserved_fen,
         "budget_committed_fen": c.budget_committed_fen,
@@ -142,12 +153,6 @@ def campaign_json(c: Campaign) -> dict:
         "starts_at": _iso(c.starts_at),
         "ends_at": _iso(c.ends_at),
     }
-
-
-def _merchant_name(merchant_id: int | None) -> str | None:
-    """From the session's identity map when the caller loaded the merchants first (a list: one query)."""
-    merchant = db.session.get(Merchant, merchant_id) if merchant_id is not None else None
-    return merchant.name if merchant is not None else None
 
 
 def _iso(value: datetime | None) -> str | None:
