@@ -172,14 +172,23 @@ def fresh_postgres():
 
 @pytest.fixture
 def fresh_redis():
-    """A Redis database of its own (by process id), emptied before and after: the simulated WeChat starts clean."""
+    """A Redis database of its own, emptied before and after: the simulated WeChat starts clean.
+
+    One of databases 1–15, claimed by a key in database 0 (``make test`` runs the SQLite and the
+    PostgreSQL suites at once, each may be here at the same moment).
+    """
     import redis
 
     try:
         socket.create_connection(REDIS, timeout=1).close()
     except OSError:
         pytest.skip(f"Redis is not reachable at {REDIS[0]}:{REDIS[1]}")
-    url = f"redis://{REDIS[0]}:{REDIS[1]}/{1 + os.getpid() % 15}"
+    claims = redis.Redis.from_url(f"redis://{REDIS[0]}:{REDIS[1]}/0")
+    number = next((n for n in range(1, 16) if claims.set(f"tests:redis-db:{n}", os.getpid(), nx=True, ex=900)), None)
+    if number is None:
+        pytest.skip("every Redis database 1-15 is claimed by another test run")
+    claim = f"tests:redis-db:{number}"
+    url = f"redis://{REDIS[0]}:{REDIS[1]}/{number}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     try:
@@ -187,6 +196,8 @@ def fresh_redis():
     finally:
         client.flushdb()
         client.close()
+        claims.delete(claim)
+        claims.close()
 
 
 def test_gunicorn_jobs_postgres_redis_play_the_demo(servers, fresh_postgres, fresh_redis):
