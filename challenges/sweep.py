@@ -58,9 +58,11 @@ def sweep_prize(prize_id: int, now: datetime) -> int:
         return _give_back(prize, prize.amount, f"packet:{packet.id}:unused", close=True)
     if packet.status != PacketStatus.USED:
         return 0
-    discount = db.session.execute(
-        select(func.coalesce(func.sum(OrderPacket.discount_fen), 0)).where(OrderPacket.packet_id == packet.id)
-    ).scalar_one()
+    discount = int(  # a SUM is a Decimal on PostgreSQL
+        db.session.execute(
+            select(func.coalesce(func.sum(OrderPacket.discount_fen), 0)).where(OrderPacket.packet_id == packet.id)
+        ).scalar_one()
+    )
     released = _give_back(prize, prize.amount - discount, f"packet:{packet.id}:rest", close=False)
     if _refunded(packet.id):
         return released + _give_back(prize, discount, f"packet:{packet.id}:refunded", close=True)
