@@ -3,7 +3,7 @@ and its status moves in the same transaction as every ledger entry, packet and n
 challenge. A crash rolls the whole settlement back and the next pass does it again; a second node finds it
 settled and does nothing.
 
-Money (docs/architecture.md, Challenges): winners' stakes go back to them; each loser's stake funds a red
+Money (docs/architecture.md §16): winners' stakes go back to them; each loser's stake funds a red
 packet *issued by the loser* to each winner (split evenly among tied winners, rounding down; the remainder
 returns to the loser), through a campaign funded by the loser's stake (``FunderType.USER_STAKE``), so the
 normal two-way rebate applies when the winner spends it. A quiz reverses the direction (winners' stakes fund

@@ -511,7 +511,7 @@ SETTINGS: tuple[Setting, ...] = (
         doc="At most this many WeChat messages per person per Beijing day; more go to the inbox only (0: the inbox "
         "only). A transfer waiting for the person's confirmation is exempt (their money is at stake).",
     ),
-    # challenges among friends (docs/architecture.md, Challenges)
+    # challenges among friends (docs/architecture.md §16)
     Setting(
         "CHALLENGE_MAX_PARTICIPANTS",
         20,

@@ -1,4 +1,4 @@
-"""The challenge story (docs/architecture.md, Challenges), every balance after each step.
+"""The challenge story (docs/architecture.md §16), every balance after each step.
 
 Alice and Bob hold 20 and 10 yuan of earlier rebates. Alice starts a two-day step challenge, 5 yuan from
 the loser; Bob joins. Both stakes are reserved. Alice walks more: her stake comes back; Bob's funds a

@@ -1,4 +1,4 @@
-"""Friends' challenges in the mini-program (docs/architecture.md, Challenges).
+"""Friends' challenges in the mini-program (docs/architecture.md §16).
 
 * ``POST /api/v1/challenges``: a ``ChallengeSpec``; the caller joins at once and their stake is reserved from
   their balance or points (``Idempotency-Key`` required: it moves money). 201 with the standings.
