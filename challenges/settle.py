@@ -38,6 +38,7 @@ from models import (
     db,
 )
 from notices import Draft, NoticeEvent, enqueue_many
+from rebate.errors import RebateError
 from rebate.packets import issue_packet
 from rebate.rules import Form
 from rebate.tell import packet_received
@@ -127,8 +128,9 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
             received[payee] += amount
         given = sum(amount for _, amount in paid or [])
         stakes.release(challenge.id, challenge.stake_source, p.user_id, p.stake - given, "settled")
+    refused: list[dict] = []
     if challenge.stake_source == StakeSource.SPONSOR and payees:
-        for payee, amount in _sponsor_prizes(challenge, sorted(payees), now):
+        for payee, amount in _sponsor_prizes(challenge, sorted(payees), now, refused):
             prizes.append({"from": None, "to": payee, "amount": amount})
             received[payee] += amount
     challenge.status, challenge.settled_at = ChallengeStatus.SETTLED, now
@@ -137,6 +139,7 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
         "totals": {str(u): t for u, t in sorted(totals.items())},
         "prizes": prizes,
         "counted_days": [d.isoformat() for d in table.counted_days],
+        "refused": refused,
     }
     enqueue_many(
         [_told(challenge, p.user_id, NoticeEvent.CHALLENGE_SETTLED, p.result, received[p.user_id]) for p in members]
@@ -209,8 +212,12 @@ def _loser_campaign(
     return campaign
 
 
-def _sponsor_prizes(challenge: Challenge, payees: list[int], now: datetime) -> list[tuple[int, int]]:
-    """The sponsor's prize split among the payees as packets of its campaign (its budget and limits apply)."""
+def _sponsor_prizes(
+    challenge: Challenge, payees: list[int], now: datetime, refused: list[dict]
+) -> list[tuple[int, int]]:
+    """The sponsor's prize split among the payees as packets of its campaign (its budget and limits apply); a
+    packet the campaign refuses is recorded in ``refused`` (the settlement still completes: the people's
+    results stand, and the sponsor's failure to pay is on the record for an operator)."""
     share = challenge.prize_fen // len(payees)
     campaign = db.session.get(Campaign, challenge.sponsor_campaign_id)
     if share <= 0 or campaign is None:
@@ -218,9 +225,19 @@ def _sponsor_prizes(challenge: Challenge, payees: list[int], now: datetime) -> l
     out, drafts = [], []
     for payee in payees:
         owner = db.session.get(User, payee)
-        packet = issue_packet(
-            campaign, owner, source=SOURCE, source_ref=f"{challenge.id}:sponsor:{payee}", now=now, face_fen=share
-        )
+        try:
+            with db.session.begin_nested():  # the sponsor's budget, deposit or validity may refuse one
+                packet = issue_packet(
+                    campaign,
+                    owner,
+                    source=SOURCE,
+                    source_ref=f"{challenge.id}:sponsor:{payee}",
+                    now=now,
+                    face_fen=share,
+                )
+        except RebateError as exc:
+            refused.append({"to": payee, "amount": share, "refused": exc.code})
+            continue
         db.session.add(
             ChallengePrize(
                 challenge_id=challenge.id,

@@ -215,3 +215,25 @@ def test_the_job_settles_due_challenges(app, make_user):
         assert settle_challenges()["settled"] == 1
         assert settle_challenges()["settled"] == 0
     assert db.session.get(Challenge, cid).status == ChallengeStatus.SETTLED
+
+
+def test_a_sponsor_whose_budget_is_gone_is_on_the_record_and_the_results_stand(make_user, make_campaign):
+    a, b = _people(make_user, 2, fen=0)
+    sponsor = make_campaign(
+        {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 1_00}]},
+        packet_amount_fen=5_00,
+        budget_limit_fen=3_00,
+    )
+    spec = ChallengeSpec(
+        kind="steps", days=1, start_day=DAY1, stake_source="sponsor", sponsor_campaign_id=sponsor.id, prize_fen=8_00
+    )
+    cid = create_challenge(a, spec, NOW).id
+    join_challenge(cid, b, NOW)
+    record_steps(a, [(DAY1, 3_000)], at_beijing(DAY2, 8))
+    record_steps(b, [(DAY1, 4_000)], at_beijing(DAY2, 8))
+    assert settle_challenge(cid, at_beijing(DAY2, 8))
+    db.session.commit()
+    challenge = db.session.get(Challenge, cid)
+    assert challenge.status == ChallengeStatus.SETTLED
+    assert challenge.outcome["refused"] == [{"to": b, "amount": 8_00, "refused": "budget_exhausted"}]
+    assert db.session.execute(select(RedPacket)).first() is None

@@ -24,12 +24,14 @@ from challenges import (
     standings,
     sweep_prizes,
 )
+from insights.trace import trace_packet
 from models import Challenge, ChallengePrize, Notice, Order, PacketStatus, RedPacket, db
 from rebate import create_order
 from rebate.orders import LineRequest
 from rebate.refunds import apply_refund
 from tests.challenge_helpers import DAY1, DAY2, DAY3, NOW, at_beijing, cash, fund, fund_account, staked
 from tests.money_helpers import app_money
+from web.views import PLAIN_REASONS
 
 
 def test_the_loser_pays_the_winner_a_packet_and_earns_back_when_it_is_spent(make_user, make_product, pay):
@@ -82,6 +84,9 @@ def test_the_loser_pays_the_winner_a_packet_and_earns_back_when_it_is_spent(make
         bob.id,
         5_00,
     )
+    traced = trace_packet(packet, PLAIN_REASONS, morning)
+    assert traced["challenge"]["challenge_id"] == challenge.id and traced["challenge"]["payer_user_id"] == bob.id
+    assert any(f"challenge #{challenge.id}" in line for line in traced["lines"])
     events = {(n.user_id, n.event) for n in db.session.execute(select(Notice)).scalars()}
     assert {(alice.id, "challenge_settled"), (bob.id, "challenge_settled"), (alice.id, "packet_received")} <= events
 
