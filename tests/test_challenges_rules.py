@@ -22,7 +22,7 @@ from challenges import (
     standings,
     start_quiz,
 )
-from models import Challenge, ChallengePrize, ChallengeStatus, Notice, RedPacket, StepDay, db
+from models import Challenge, ChallengePrize, ChallengeStatus, Notice, RedPacket, StepDay, User, db
 from tests.challenge_helpers import (
     DAY1,
     DAY2,
@@ -237,3 +237,31 @@ def test_a_sponsor_whose_budget_is_gone_is_on_the_record_and_the_results_stand(m
     assert challenge.status == ChallengeStatus.SETTLED
     assert challenge.outcome["refused"] == [{"to": b, "amount": 8_00, "refused": "budget_exhausted"}]
     assert db.session.execute(select(RedPacket)).first() is None
+
+
+def test_a_reading_losers_share_back_is_reading_credit(make_user, make_product, pay):
+    import time_machine
+
+    from challenges import check_in_reading
+    from models import Order
+    from rebate import create_order
+    from rebate.orders import LineRequest
+
+    a, b = _people(make_user, 2)
+    cid = create_challenge(a, ChallengeSpec(kind="reading", days=1, stake=4_00, start_day=DAY1), NOW).id
+    join_challenge(cid, b, NOW)
+    check_in_reading(a, at_beijing(DAY1, 9))
+    assert settle_challenge(cid, at_beijing(DAY2, 1))
+    db.session.commit()
+    packet = db.session.execute(select(RedPacket)).scalar_one()
+    assert (packet.owner_id, packet.issuer_user_id) == (a, b)
+    spend_at = at_beijing(DAY2, 10)
+    with time_machine.travel(spend_at, tick=False):
+        product = make_product(price_fen=24_00)
+        owner = db.session.get(User, a)
+        order = create_order(owner, [LineRequest(product.id, 1)], packet.id, spend_at)
+        db.session.commit()
+        pay(order, at=spend_at)
+    assert db.session.get(Order, order.id).paid_fen == 20_00
+    assert points(b) > 0 and cash(b) == 6_00  # 10 % of 20 yuan as points, never cash; the stake is spent
+    assert staked(b) == 0
