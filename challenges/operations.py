@@ -21,13 +21,16 @@ from models import (
     ChallengeKind,
     ChallengeParticipant,
     ChallengeStatus,
+    IssuerType,
     QuizQuestion,
     StakeSource,
     User,
     UserStatus,
     db,
 )
+from models.triggers import TriggerKind
 from rebate.campaigns import is_running
+from rebate.packets import top_face_fen
 
 TRANSPORTS = frozenset({"wecom", "chattool", "oa", "mp"})  # where a group lives (the bot's transports)
 MAX_GROUP_ID = 128
@@ -111,9 +114,25 @@ def _check_spec(
         if transport not in TRANSPORTS or not (0 < len(group_id) <= MAX_GROUP_ID):
             raise ChallengeInvalid("unknown group", zh="群信息有误")
     if spec.stake_source == StakeSource.SPONSOR:
-        campaign = db.session.get(Campaign, spec.sponsor_campaign_id)
-        if campaign is None or campaign.issuer_type == "user" or not is_running(campaign, now):
-            raise ChallengeInvalid("the sponsor's campaign is not running", zh="赞助活动不可用")
+        _check_sponsor(spec, now)
+
+
+def _check_sponsor(spec: ChallengeSpec, now: datetime) -> None:
+    """A sponsor offers a running self-serve campaign (trigger ``claim``: its packets are anyone's to take)
+    of a merchant or the platform; the whole prize is at most one of its packets. A person cannot make a
+    sponsor pay more than the sponsor already offers everybody."""
+    campaign = db.session.get(Campaign, spec.sponsor_campaign_id)
+    if (
+        campaign is None
+        or campaign.issuer_type == IssuerType.USER
+        or campaign.trigger_kind != TriggerKind.CLAIM
+        or not is_running(campaign, now)
+    ):
+        raise ChallengeInvalid("the sponsor's campaign does not sponsor challenges", zh="赞助活动不可用")
+    if spec.prize_fen > top_face_fen(campaign):
+        raise ChallengeInvalid(
+            f"the prize is at most {top_face_fen(campaign)} fen, one of the sponsor's packets", zh="奖品超过赞助上限"
+        )
 
 
 def join_challenge(challenge_id: int, user_id: int, now: datetime) -> ChallengeParticipant:

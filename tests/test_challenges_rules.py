@@ -142,6 +142,7 @@ def test_a_sponsor_pays_the_prize_and_nobody_stakes(make_user, make_merchant, ma
         issuer_merchant_id=shop.id,
         packet_amount_fen=10_00,
         budget_limit_fen=100_00,
+        trigger={"kind": "claim"},
     )
     spec = ChallengeSpec(
         kind="steps", days=1, start_day=DAY1, stake_source="sponsor", sponsor_campaign_id=sponsor.id, prize_fen=8_00
@@ -162,11 +163,29 @@ def test_a_sponsor_pays_the_prize_and_nobody_stakes(make_user, make_merchant, ma
     assert (cash(a), cash(b), staked(a), staked(b)) == (0, 0, 0, 0)
 
 
-def test_a_platform_users_packet_is_not_a_sponsor(make_user, make_campaign):
+@pytest.mark.parametrize(
+    "fields, prize_fen",
+    [
+        ({"issuer_type": "user", "trigger": {"kind": "claim"}}, 1_00),  # a person's packets sponsor nothing
+        ({"trigger": {"kind": "manual"}}, 1_00),  # not offered to everybody
+        ({"trigger": {"kind": "claim"}}, 5_01),  # more than one of its packets
+        ({"trigger": {"kind": "claim"}, "status": "paused"}, 1_00),
+    ],
+)
+def test_only_a_running_self_serve_campaign_sponsors_and_at_most_one_packet(
+    make_user, make_campaign, fields, prize_fen
+):
     (a,) = _people(make_user, 1)
-    users = make_campaign({"roles": []}, issuer_type="user", issuer_user_id=a, packet_amount_fen=1_00)
+    if fields.get("issuer_type") == "user":
+        fields = {**fields, "issuer_user_id": a}
+    offered = make_campaign({"roles": []}, packet_amount_fen=5_00, **fields)
     spec = ChallengeSpec(
-        kind="steps", days=1, start_day=DAY1, stake_source="sponsor", sponsor_campaign_id=users.id, prize_fen=1_00
+        kind="steps",
+        days=1,
+        start_day=DAY1,
+        stake_source="sponsor",
+        sponsor_campaign_id=offered.id,
+        prize_fen=prize_fen,
     )
     with pytest.raises(ChallengeInvalid):
         create_challenge(a, spec, NOW)
@@ -221,8 +240,9 @@ def test_a_sponsor_whose_budget_is_gone_is_on_the_record_and_the_results_stand(m
     a, b = _people(make_user, 2, fen=0)
     sponsor = make_campaign(
         {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 1_00}]},
-        packet_amount_fen=5_00,
+        packet_amount_fen=8_00,
         budget_limit_fen=3_00,
+        trigger={"kind": "claim"},
     )
     spec = ChallengeSpec(
         kind="steps", days=1, start_day=DAY1, stake_source="sponsor", sponsor_campaign_id=sponsor.id, prize_fen=8_00
