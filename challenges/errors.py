@@ -43,7 +43,7 @@ class StakeAboveHeld(ChallengeError):
 
 
 class AlreadySettled(ChallengeError):
-    code, zh, en = "challenge_settled", "这个挑战已结算", "the challenge is already settled"
+    code, zh, en = "challenge_settled", "这个挑战已结束", "the challenge is already over"
 
 
 class NotParticipant(ChallengeError):

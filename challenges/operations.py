@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 
 from challenges import stakes
 from challenges.days import day_end, day_start, today
-from challenges.errors import ChallengeClosed, ChallengeFull, ChallengeInvalid, ChallengeNotFound
+from challenges.errors import AlreadySettled, ChallengeClosed, ChallengeFull, ChallengeInvalid, ChallengeNotFound
 from challenges.spec import ChallengeSettings, ChallengeSpec
 from models import (
     Campaign,
@@ -179,6 +179,8 @@ def _take_slot(challenge: Challenge, now: datetime) -> None:
     db.session.refresh(challenge)
     if taken == 1:
         return
+    if challenge.status in (ChallengeStatus.SETTLED, ChallengeStatus.CANCELLED):
+        raise AlreadySettled()
     if challenge.status != ChallengeStatus.OPEN or challenge.join_deadline <= now:
         raise ChallengeClosed()
     raise ChallengeFull()

@@ -84,3 +84,25 @@ def test_the_last_place_is_taken_once(app, make_user):
     assert len(refused) == 2 and all(isinstance(r, ChallengeFull) for r in refused), results
     assert _count(ChallengeParticipant) == 2
     assert sum(staked(p.id) for p in people) == 6_00
+
+
+def test_twin_quiz_answers_are_taken_once(app, make_user):
+    from challenges import MeasureRefused, answer_quiz, start_quiz
+
+    alice, bob = make_user(), make_user()
+    fund(alice.id, 5_00)
+    fund(bob.id, 5_00)
+    questions = [{"prompt": "2+2?", "choices": ["4", "5"], "answer": 0}]
+    spec = ChallengeSpec(kind="quiz", days=1, stake=1_00, start_day=DAY1, questions=questions)
+    cid, alice_id = create_challenge(alice.id, spec, NOW).id, alice.id
+    join_challenge(cid, bob.id, NOW)
+    nine = at_beijing(DAY1, 9)
+    _, qs = start_quiz(cid, alice_id, nine)
+    answers = {qs[0].id: 0}
+    db.session.commit()
+
+    results = together(2, lambda i: answer_quiz(cid, alice_id, answers, nine).score, app=app)
+
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert sorted(r for r in results if not isinstance(r, Exception)) == [1], results
+    assert len(refused) == 1 and isinstance(refused[0], MeasureRefused) and refused[0].code == "quiz_answered"
