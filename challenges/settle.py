@@ -122,11 +122,11 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
         p.result = ("tied" if len(winners) > 1 else "won") if p.user_id in winners else ("lost" if losers else "tied")
         if challenge.stake_source == StakeSource.SPONSOR:
             continue
-        paid = _pay_from(challenge, p.user_id, p.stake, sorted(payees), now, settings) if p.user_id in payers else 0
-        for payee, amount in paid or []:
+        paid = _pay_from(challenge, p.user_id, p.stake, sorted(payees), now, settings) if p.user_id in payers else []
+        for payee, amount in paid:
             prizes.append({"from": p.user_id, "to": payee, "amount": amount})
             received[payee] += amount
-        given = sum(amount for _, amount in paid or [])
+        given = sum(amount for _, amount in paid)
         stakes.release(challenge.id, challenge.stake_source, p.user_id, p.stake - given, "settled")
     refused: list[dict] = []
     if challenge.stake_source == StakeSource.SPONSOR and payees:
