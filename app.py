@@ -63,6 +63,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         n = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
     app.extensions["notice_templates"] = _notice_templates(app)
+    app.extensions["challenge_settings"] = _challenge_settings(app.config)
     wechat = _build_wechat(app, database_url)
     app.extensions["wechat"] = wechat
     _install_web(app, wechat)
@@ -73,6 +74,24 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         )
     log.info("app configured", extra={"config": masked(settings)})
     return app
+
+
+def _challenge_settings(cfg) -> Any:
+    """The challenges' limits as a value (``challenges`` never reads the configuration)."""
+    from challenges import ChallengeSettings
+
+    return ChallengeSettings(
+        max_participants=cfg["CHALLENGE_MAX_PARTICIPANTS"],
+        max_days=cfg["CHALLENGE_MAX_DAYS"],
+        steps_daily_cap=cfg["CHALLENGE_STEPS_DAILY_CAP"],
+        steps_repeat_days=cfg["CHALLENGE_STEPS_REPEAT_DAYS"],
+        reading_interval_minutes=cfg["CHALLENGE_READING_INTERVAL_MINUTES"],
+        reading_daily_cap=cfg["CHALLENGE_READING_DAILY_CAP"],
+        report_grace_hours=cfg["CHALLENGE_REPORT_GRACE_HOURS"],
+        loser_rebate_bps=cfg["CHALLENGE_LOSER_REBATE_BPS"],
+        packet_valid_days=cfg["CHALLENGE_PACKET_VALID_DAYS"],
+        quiz_seconds=cfg["CHALLENGE_QUIZ_SECONDS"],
+    )
 
 
 CONSOLE_PREFIX = "/console"

@@ -511,6 +511,71 @@ SETTINGS: tuple[Setting, ...] = (
         doc="At most this many WeChat messages per person per Beijing day; more go to the inbox only (0: the inbox "
         "only). A transfer waiting for the person's confirmation is exempt (their money is at stake).",
     ),
+    # challenges among friends (docs/architecture.md §16)
+    Setting(
+        "CHALLENGE_MAX_PARTICIPANTS",
+        20,
+        _int_at_least(2),
+        doc="Most people in one challenge (a challenge may ask for fewer).",
+    ),
+    Setting("CHALLENGE_MAX_DAYS", 30, _int_at_least(1), doc="Longest challenge period, in Beijing days."),
+    Setting(
+        "CHALLENGE_STEPS_DAILY_CAP",
+        98_800,
+        _int_at_least(1),
+        doc="WeRun steps above this in one day are implausible: kept, flagged, and counted as zero.",
+    ),
+    Setting(
+        "CHALLENGE_STEPS_REPEAT_DAYS",
+        3,
+        _int_at_least(0),
+        doc="The same non-zero step total this many days running is flagged and those days count as zero "
+        "(0 or 1: off).",
+    ),
+    Setting(
+        "CHALLENGE_READING_INTERVAL_MINUTES",
+        30,
+        _int_at_least(0),
+        doc="Shortest time between two reading check-ins of one person (server time).",
+    ),
+    Setting(
+        "CHALLENGE_READING_DAILY_CAP",
+        3,
+        _int_at_least(1),
+        doc="Most reading check-ins of one person that count in a Beijing day.",
+    ),
+    Setting(
+        "CHALLENGE_REPORT_GRACE_HOURS",
+        24,
+        _int_at_least(0),
+        doc="Hours after a challenge's last day ends until its report deadline; then missing data counts as zero "
+        "and the challenge settles.",
+    ),
+    Setting(
+        "CHALLENGE_LOSER_REBATE_BPS",
+        1000,
+        _int_at_least(0),
+        doc="The loser's share back (basis points of what the winner paid, capped at half the packet's value, from the "
+        "platform marketing fund) when the winner spends the loser's packet.",
+    ),
+    Setting(
+        "CHALLENGE_PACKET_VALID_DAYS",
+        14,
+        _int_at_least(1),
+        doc="How long a challenge packet is valid; unused, its value goes back to the loser's balance.",
+    ),
+    Setting(
+        "CHALLENGE_QUIZ_SECONDS",
+        300,
+        _int_at_least(10),
+        doc="Time for one quiz attempt, from the moment the person fetches the questions.",
+    ),
+    Setting(
+        "WERUN_MAX_AGE_SECONDS",
+        600,
+        _int_at_least(10),
+        doc="A WeRun upload whose watermark timestamp is older than this (or this far in the future) is refused.",
+    ),
 )
 
 LIVE_REQUIRED = (

@@ -18,6 +18,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
+from insights.trace_challenges import challenge_of_packet
 from models import (
     Campaign,
     Order,
@@ -493,6 +494,8 @@ def trace_packet(packet: RedPacket, words: Words, now: datetime, *, risk_details
         lines.append(f"Usable on eligible goods of at least {yuan(packet.min_spend_fen)}.")
     if packet.reserved_fen:
         lines.append(f"It holds {yuan(packet.reserved_fen)} of the campaign budget until it is used or released.")
+    challenge, challenge_lines = challenge_of_packet(packet)
+    lines += challenge_lines
     lines += [e["line"] for e in history]
     if not decisions and packet.status == PacketStatus.USED:
         lines.append("Spending it triggered no rebate decision.")
@@ -502,6 +505,7 @@ def trace_packet(packet: RedPacket, words: Words, now: datetime, *, risk_details
         "packet": _packet_json(packet),
         "campaign": {"id": campaign.id, "name": campaign.name, "status": campaign.status},
         "history": history,
+        "challenge": challenge,
         "order": order_json(order, risk_details) if order is not None else None,
         "rebates": decisions,
         "lines": lines,

@@ -24,6 +24,7 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from jobs.audiences import audience_runs_job
+from jobs.challenges import settle_challenges
 from jobs.expiring import tell_expiring_packets
 from jobs.insights import insights_cli, insights_rollup_job
 from jobs.messages import apply_messages
@@ -61,6 +62,7 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (tell_expiring_packets, 600),  # "packet expiring" notices, a day ahead (idempotent, any number of nodes)
     (audience_runs_job, 10),  # batch issues to audiences, a chunk per transaction
     (dispatch_notices, 5),  # a run goes on while notices are due (up to 30 s)
+    (settle_challenges, 60),  # start, cancel and settle challenges, one per transaction; loser packets' rest
 )
 RUN_AT_START = (insights_rollup_job,)  # the rollups' catch-up: at once, not an interval after the start
 # Bills for day D are ready from 09:00 on D+1, Beijing time: reconcile at 10:30.

@@ -19,6 +19,20 @@ from models.base import (
     utcnow,
 )
 from models.campaigns import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType
+from models.challenges import (
+    Challenge,
+    ChallengeKind,
+    ChallengeParticipant,
+    ChallengePrize,
+    ChallengeStatus,
+    Direction,
+    QuizAttempt,
+    QuizQuestion,
+    ReadingCheckIn,
+    StakeSource,
+    StepDay,
+    WinRule,
+)
 from models.growth import ShareLink, SignIn
 from models.idempotency import IdempotencyRecord
 from models.insights import InsightsDaily, InsightsDay, InsightsPerson
@@ -54,6 +68,18 @@ from models.risk import (
 )
 
 __all__ = [
+    "Challenge",
+    "ChallengeKind",
+    "ChallengeParticipant",
+    "ChallengePrize",
+    "ChallengeStatus",
+    "Direction",
+    "QuizAttempt",
+    "QuizQuestion",
+    "ReadingCheckIn",
+    "StakeSource",
+    "StepDay",
+    "WinRule",
     "Audience",
     "AudienceMember",
     "AudienceRun",

@@ -37,11 +37,12 @@ class AccountKind(StrEnum):
     # User-owned
     USER_CASH = "user_cash"
     USER_POINTS = "user_points"
-    USER_STAKE = "user_stake"
+    USER_STAKE = "user_stake"  # a challenge stake reserved from the person's cash balance
+    USER_POINT_STAKE = "user_point_stake"  # … from their points
 
 
 CLEARING_KINDS = frozenset({AccountKind.REBATE_PAYABLE, AccountKind.PAYOUT_IN_TRANSIT})
-POINT_KINDS = frozenset({AccountKind.POINTS_ISSUANCE, AccountKind.USER_POINTS})
+POINT_KINDS = frozenset({AccountKind.POINTS_ISSUANCE, AccountKind.USER_POINTS, AccountKind.USER_POINT_STAKE})
 
 
 class LedgerAccount(Base):

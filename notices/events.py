@@ -14,6 +14,8 @@ class NoticeEvent(StrEnum):
     REBATE_HELD = "rebate_held"  # held for review (never why)
     REBATE_CLAWED_BACK = "rebate_clawed_back"  # taken back, with the reason
     PAYOUT_FAILED = "payout_failed"  # a payout failed and its money is back in the balance
+    CHALLENGE_SETTLED = "challenge_settled"  # a challenge they were in has its result
+    CHALLENGE_CANCELLED = "challenge_cancelled"  # too few joined: their stake is back
 
 
 # The facts each kind must carry (more are allowed). Money in fen, times ISO-8601 in UTC.
@@ -26,4 +28,6 @@ FACTS: dict[NoticeEvent, frozenset[str]] = {
     NoticeEvent.REBATE_HELD: frozenset({"rebate_id", "amount_fen"}),
     NoticeEvent.REBATE_CLAWED_BACK: frozenset({"amount_fen", "reason"}),
     NoticeEvent.PAYOUT_FAILED: frozenset({"payout_id", "amount_fen", "reason"}),
+    NoticeEvent.CHALLENGE_SETTLED: frozenset({"challenge_id", "title", "result", "amount_fen"}),
+    NoticeEvent.CHALLENGE_CANCELLED: frozenset({"challenge_id", "title", "amount_fen"}),
 }

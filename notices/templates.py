@@ -365,4 +365,16 @@ DEFAULT_TEMPLATES: dict[str, dict] = {
         "page": "pages/wallet/index",
         "subscribe": _sub("payout_failed", {"amount1": "{amount}", "thing2": "{reason}", "thing3": "已退回余额"}),
     },
+    NoticeEvent.CHALLENGE_SETTLED: {
+        "title": "挑战已结算",
+        "body": "「{title}」已结算：你{result}，获得 {amount}。",
+        "page": "pages/challenges/index",
+        "subscribe": _sub("challenge_settled", {"thing1": "{title}", "thing2": "{result}", "amount3": "{amount}"}),
+    },
+    NoticeEvent.CHALLENGE_CANCELLED: {
+        "title": "挑战已取消",
+        "body": "「{title}」参加人数不足已取消，挑战金 {amount} 已退回。",
+        "page": "pages/challenges/index",
+        "subscribe": _sub("challenge_cancelled", {"thing1": "{title}", "amount2": "{amount}"}),
+    },
 }

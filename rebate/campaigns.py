@@ -51,17 +51,27 @@ def load_rules(wanted: Iterable[tuple[Campaign, int | None]]) -> None:
 
 
 def funder_ref(campaign: Campaign) -> AccountRef:
-    """The campaign's funding account by name (resolved when a ledger batch is written)."""
+    """The account paying the campaign's rebates, by name (resolved when a ledger batch is written).
+
+    A user-staked campaign (a challenge loser's packet) pays only its packets' face value from the stake
+    (``face_funder_ref``); the rebates its packets earn (the loser's share back) are the platform's marketing,
+    so a stake never pays its own owner and never more than it holds."""
     if campaign.funder_type == FunderType.MERCHANT_DEPOSIT:
         return ref(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", campaign.funder_merchant_id)
-    if campaign.funder_type == FunderType.USER_STAKE:
-        return ref(AccountKind.USER_STAKE, "user", campaign.funder_user_id)
     return ref(AccountKind.PLATFORM_MARKETING_FUND)
 
 
-def funder_account(campaign: Campaign) -> LedgerAccount:
-    """The campaign's funding account, loaded (created if missing)."""
-    funder = funder_ref(campaign)
+def face_funder_ref(campaign: Campaign) -> AccountRef:
+    """The account paying a packet's face value (the discount): the stake of a user-staked campaign's person."""
+    if campaign.funder_type == FunderType.USER_STAKE:
+        return ref(AccountKind.USER_STAKE, "user", campaign.funder_user_id)
+    return funder_ref(campaign)
+
+
+def funder_account(campaign: Campaign, *, face: bool = False) -> LedgerAccount:
+    """The campaign's funding account (of its rebates; ``face``: of its packets' value), loaded (created if
+    missing)."""
+    funder = face_funder_ref(campaign) if face else funder_ref(campaign)
     return account(funder.kind, funder.owner_type, funder.owner_id)
 
 

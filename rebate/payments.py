@@ -45,7 +45,7 @@ from models.triggers import TriggerKind
 from payouts import MoneySettings
 from rebate import budgets, tell
 from rebate.awards import Beneficiary, Effects, record_decisions
-from rebate.campaigns import funder_ref, is_running, load_rules, rules_of, serves
+from rebate.campaigns import face_funder_ref, is_running, load_rules, rules_of, serves
 from rebate.deposits import DepositsLeft, lock_deposits, pause_refused
 from rebate.errors import BudgetExhausted, BudgetMoved, DepositExhausted
 from rebate.intake import (
@@ -396,7 +396,7 @@ def _post_sale(
     """The buyer's payment and each packet's funder together pay the merchant the order total."""
     funded: dict[str, tuple[AccountRef, int]] = {}
     for packet, discount in spent:
-        funder = funder_ref(campaigns[packet.campaign_id])
+        funder = face_funder_ref(campaigns[packet.campaign_id])
         funded[funder.code] = (funder, funded.get(funder.code, (funder, 0))[1] + discount)
     legs = [
         Leg(ref(AccountKind.WECHAT_SETTLEMENT), -order.payable_fen),

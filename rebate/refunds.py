@@ -193,7 +193,7 @@ def _void_discount(order: Order, refund: Refund) -> None:
             f"packet {packet.id} value of {order.out_trade_no} returns to its funder",
             [
                 Leg(account(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), -discount),
-                Leg(funder_account(campaign), discount),
+                Leg(funder_account(campaign, face=True), discount),
             ],
         )
         budgets.release_committed(campaign.id, discount)

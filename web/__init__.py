@@ -21,6 +21,7 @@ def register_blueprints(app: Flask) -> None:
         audiences_api,
         bans_api,
         campaign_admin,
+        challenges_api,
         communities_api,
         console,
         events_api,
@@ -72,6 +73,7 @@ def register_blueprints(app: Flask) -> None:
         messages_api,
         audiences_api,
         notices_api,
+        challenges_api,
     )
     for module in modules:
         app.register_blueprint(module.bp)

@@ -1,0 +1,274 @@
+"""Settlement, exactly once: the challenge's row is locked (``SKIP LOCKED``: another node has it, we move on)
+and its status moves in the same transaction as every ledger entry, packet and notice, each keyed by the
+challenge. A crash rolls the whole settlement back and the next pass does it again; a second node finds it
+settled and does nothing.
+
+Money (docs/architecture.md §16): winners' stakes go back to them; each loser's stake funds a red
+packet *issued by the loser* to each winner (split evenly among tied winners, rounding down; the remainder
+returns to the loser), through a campaign funded by the loser's stake (``FunderType.USER_STAKE``), so the
+normal two-way rebate applies when the winner spends it. A quiz reverses the direction (winners' stakes fund
+the losers' packets). A points stake moves as points (nothing to spend at a merchant). A sponsor challenge
+pays its prize as packets of the sponsor's campaign. Nobody losing (all tied, nobody reached the goal)
+releases every stake. Fewer than two by the join deadline cancels the challenge and releases every stake.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+
+from challenges import stakes
+from challenges.operations import current_settings, participants_of
+from challenges.spec import ChallengeSettings
+from challenges.standings import standings
+from models import (
+    Campaign,
+    CampaignRules,
+    CampaignStatus,
+    Challenge,
+    ChallengeKind,
+    ChallengePrize,
+    ChallengeStatus,
+    Direction,
+    FunderType,
+    IssuerType,
+    StakeSource,
+    User,
+    db,
+)
+from notices import Draft, NoticeEvent, enqueue_many
+from rebate.errors import RebateError
+from rebate.packets import issue_packet
+from rebate.rules import Form
+from rebate.tell import packet_received
+
+SOURCE = "challenge"  # the packets' source; source_ref names (challenge, payer, payee)
+
+
+def due_challenges(now: datetime, limit: int = 100) -> list[int]:
+    """Challenges whose joining has closed and that are not finished yet (settlement decides if it can)."""
+    return list(
+        db.session.execute(
+            select(Challenge.id)
+            .where(
+                Challenge.status.in_([ChallengeStatus.OPEN, ChallengeStatus.RUNNING]), Challenge.join_deadline <= now
+            )
+            .order_by(Challenge.id)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def settle_due(now: datetime, *, settings: ChallengeSettings | None = None) -> int:
+    """Settle (or start, or cancel) every due challenge in the caller's transaction; how many were settled or
+    cancelled. The job instead settles one challenge per transaction (jobs/challenges.py)."""
+    return sum(1 for cid in due_challenges(now) if settle_challenge(cid, now, settings=settings))
+
+
+def settle_challenge(challenge_id: int, now: datetime, *, settings: ChallengeSettings | None = None) -> bool:
+    """Move a due challenge on: cancel it (too few), start it, settle it once its data decide it. True when
+    this call settled or cancelled it; False when there was nothing to do yet, it was done, or another node
+    holds it."""
+    settings = settings or current_settings()
+    challenge = db.session.execute(
+        select(Challenge)
+        .where(Challenge.id == challenge_id)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if challenge is None or challenge.status in (ChallengeStatus.SETTLED, ChallengeStatus.CANCELLED):
+        return False
+    if now < challenge.join_deadline:
+        return False
+    if challenge.participants < 2:
+        _cancel(challenge, now)
+        return True
+    challenge.status = ChallengeStatus.RUNNING
+    table = standings(challenge_id, now)
+    if not table.decided:
+        db.session.flush()
+        return False
+    _settle(challenge, table, now, settings)
+    return True
+
+
+def _cancel(challenge: Challenge, now: datetime) -> None:
+    drafts = []
+    for p in participants_of(challenge.id):
+        if challenge.stake_source != StakeSource.SPONSOR:
+            stakes.release(challenge.id, challenge.stake_source, p.user_id, p.stake, "cancelled")
+        drafts.append(_told(challenge, p.user_id, NoticeEvent.CHALLENGE_CANCELLED, "cancelled", p.stake))
+    challenge.status, challenge.settled_at = ChallengeStatus.CANCELLED, now
+    challenge.outcome = {"cancelled": "fewer than two joined by the join deadline"}
+    enqueue_many(drafts)
+    db.session.flush()
+
+
+def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSettings) -> None:
+    members = participants_of(challenge.id)
+    winners = set(table.winners)
+    losers = {p.user_id for p in members} - winners if winners else set()
+    if challenge.direction == Direction.WINNER_TO_LOSER:
+        payers, payees = winners, losers
+    else:
+        payers, payees = losers, winners
+    if not losers:
+        payers, payees = set(), set()
+    totals = {row.user_id: row.total for row in table.rows}
+    prizes, received = [], dict.fromkeys(totals, 0)
+    for p in members:
+        p.total = totals[p.user_id]
+        p.result = ("tied" if len(winners) > 1 else "won") if p.user_id in winners else ("lost" if losers else "tied")
+        if challenge.stake_source == StakeSource.SPONSOR:
+            continue
+        paid = _pay_from(challenge, p.user_id, p.stake, sorted(payees), now, settings) if p.user_id in payers else []
+        for payee, amount in paid:
+            prizes.append({"from": p.user_id, "to": payee, "amount": amount})
+            received[payee] += amount
+        given = sum(amount for _, amount in paid)
+        stakes.release(challenge.id, challenge.stake_source, p.user_id, p.stake - given, "settled")
+    refused: list[dict] = []
+    if challenge.stake_source == StakeSource.SPONSOR and payees:
+        for payee, amount in _sponsor_prizes(challenge, sorted(payees), now, refused):
+            prizes.append({"from": None, "to": payee, "amount": amount})
+            received[payee] += amount
+    challenge.status, challenge.settled_at = ChallengeStatus.SETTLED, now
+    challenge.outcome = {
+        "winners": sorted(winners),
+        "totals": {str(u): t for u, t in sorted(totals.items())},
+        "prizes": prizes,
+        "counted_days": [d.isoformat() for d in table.counted_days],
+        "refused": refused,
+    }
+    enqueue_many(
+        [_told(challenge, p.user_id, NoticeEvent.CHALLENGE_SETTLED, p.result, received[p.user_id]) for p in members]
+    )
+    db.session.flush()
+
+
+def _pay_from(
+    challenge: Challenge, payer: int, stake: int, payees: list[int], now: datetime, settings: ChallengeSettings
+) -> list[tuple[int, int]]:
+    """The payer's stake split among the payees (rounding down): a packet each (points: a transfer)."""
+    share = stake // len(payees) if payees else 0
+    if share <= 0:
+        return []
+    if challenge.stake_source == StakeSource.POINTS:
+        for payee in payees:
+            stakes.transfer_points(challenge.id, payer, payee, share)
+            db.session.add(
+                ChallengePrize(challenge_id=challenge.id, payer_user_id=payer, payee_user_id=payee, amount=share)
+            )
+        return [(payee, share) for payee in payees]
+    campaign = _loser_campaign(challenge, payer, share, now, settings)
+    drafts = []
+    for payee in payees:
+        owner = db.session.get(User, payee)
+        packet = issue_packet(
+            campaign, owner, source=SOURCE, source_ref=f"{challenge.id}:{payer}:{payee}", now=now, face_fen=share
+        )
+        db.session.add(
+            ChallengePrize(
+                challenge_id=challenge.id,
+                payer_user_id=payer,
+                payee_user_id=payee,
+                amount=share,
+                campaign_id=campaign.id,
+                packet_id=packet.id,
+                created_at=now,
+            )
+        )
+        drafts.append(packet_received(packet))
+    enqueue_many(drafts)
+    return [(payee, share) for payee in payees]
+
+
+def _loser_campaign(
+    challenge: Challenge, payer: int, share: int, now: datetime, settings: ChallengeSettings
+) -> Campaign:
+    """The payer's packets of this challenge: issued by them, their face value from their stake; the rebate
+    they earn back when a packet is spent (``loser_rebate_bps`` of what the spender paid, capped at half the
+    packet's value: losing still costs something) is the platform's marketing: as balance ("change"), or as
+    points ("reading credit") for a reading challenge."""
+    form = Form.POINTS if challenge.kind == ChallengeKind.READING else Form.BALANCE
+    campaign = Campaign(
+        name=f"challenge {challenge.id} · user {payer}"[:64],
+        status=CampaignStatus.ACTIVE,
+        issuer_type=IssuerType.USER,
+        issuer_user_id=payer,
+        funder_type=FunderType.USER_STAKE,
+        funder_user_id=payer,
+        packet_amount_fen=share,
+        packet_valid_days=settings.packet_valid_days,
+        created_at=now,
+    )
+    db.session.add(campaign)
+    db.session.flush()
+    issuer = {"role": "issuer", "rate_bps": settings.loser_rebate_bps, "form": form, "cap_fen": max(share // 2, 1)}
+    rules = {"roles": [issuer]}
+    db.session.add(CampaignRules(campaign_id=campaign.id, version=1, rules=rules, created_at=now))
+    db.session.flush()
+    return campaign
+
+
+def _sponsor_prizes(
+    challenge: Challenge, payees: list[int], now: datetime, refused: list[dict]
+) -> list[tuple[int, int]]:
+    """The sponsor's prize split among the payees as packets of its campaign (its budget and limits apply); a
+    packet the campaign refuses is recorded in ``refused`` (the settlement still completes: the people's
+    results stand, and the sponsor's failure to pay is on the record for an operator)."""
+    share = challenge.prize_fen // len(payees)
+    campaign = db.session.get(Campaign, challenge.sponsor_campaign_id)
+    if share <= 0 or campaign is None:
+        return []
+    out, drafts = [], []
+    for payee in payees:
+        owner = db.session.get(User, payee)
+        try:
+            with db.session.begin_nested():  # the sponsor's budget, deposit or validity may refuse one
+                packet = issue_packet(
+                    campaign,
+                    owner,
+                    source=SOURCE,
+                    source_ref=f"{challenge.id}:sponsor:{payee}",
+                    now=now,
+                    face_fen=share,
+                )
+        except RebateError as exc:
+            refused.append({"to": payee, "amount": share, "refused": exc.code})
+            continue
+        db.session.add(
+            ChallengePrize(
+                challenge_id=challenge.id,
+                payer_user_id=None,
+                payee_user_id=payee,
+                amount=share,
+                campaign_id=campaign.id,
+                packet_id=packet.id,
+                closed=True,
+                created_at=now,
+            )
+        )
+        drafts.append(packet_received(packet))
+        out.append((payee, share))
+    enqueue_many(drafts)
+    return out
+
+
+def _told(challenge: Challenge, user_id: int, event: NoticeEvent, result: str | None, amount: int) -> Draft:
+    return Draft(
+        user_id=user_id,
+        event=event,
+        key=f"challenge:{challenge.id}:{user_id}:{event.value}",
+        facts={
+            "challenge_id": challenge.id,
+            "title": challenge.title,
+            "result": RESULT_WORDS.get(result or "", "平局"),
+            "amount_fen": amount,
+        },
+        page=f"pages/challenges/detail?id={challenge.id}",
+    )
+
+
+RESULT_WORDS = {"won": "获胜", "lost": "未获胜", "tied": "并列", "cancelled": "已取消"}

@@ -1,0 +1,102 @@
+"""What a loser's packet did not spend goes back to the loser's balance.
+
+A stake-funded packet holds its face value in the payer's stake account until it ends. Then:
+* expired or revoked unused: the whole face value is released to the payer's balance;
+* spent: the sale took its discount from the stake (``rebate.payments``); any part of the face the order
+  did not use (a packet capped at the payable's 1-fen floor) is released;
+* its order fully refunded later: the refund returned the discount to the stake (``rebate.refunds``), and it
+  is released to the payer's balance too (the packet is not restored: the challenge is over).
+Each release is keyed by the packet, so a second node or a second pass moves nothing more. A prize stays
+open while its packet is spent and its order could still be refunded (``REFUND_WATCH_DAYS``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+
+from challenges import stakes
+from models import (
+    ChallengePrize,
+    LedgerEntry,
+    OrderPacket,
+    PacketStatus,
+    RedPacket,
+    StakeSource,
+    db,
+)
+
+REFUND_WATCH_DAYS = 400  # WeChat refunds an order up to a year after payment
+
+
+def open_prizes(limit: int = 200) -> list[int]:
+    return list(
+        db.session.execute(
+            select(ChallengePrize.id)
+            .join(RedPacket, RedPacket.id == ChallengePrize.packet_id)
+            .where(
+                ChallengePrize.closed.is_(False),
+                ChallengePrize.payer_user_id.is_not(None),
+                RedPacket.status.in_([PacketStatus.USED, PacketStatus.EXPIRED, PacketStatus.REVOKED]),
+            )
+            .order_by(ChallengePrize.id)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def sweep_prize(prize_id: int, now: datetime) -> int:
+    """Release what this prize's ended packet left in its payer's stake; the fen released by this call."""
+    prize = db.session.execute(
+        select(ChallengePrize).where(ChallengePrize.id == prize_id).with_for_update(skip_locked=True)
+    ).scalar_one_or_none()
+    if prize is None or prize.closed:
+        return 0
+    packet = db.session.get(RedPacket, prize.packet_id)
+    if packet.status in (PacketStatus.EXPIRED, PacketStatus.REVOKED):
+        return _give_back(prize, prize.amount, f"packet:{packet.id}:unused", close=True)
+    if packet.status != PacketStatus.USED:
+        return 0
+    discount = int(  # a SUM is a Decimal on PostgreSQL
+        db.session.execute(
+            select(func.coalesce(func.sum(OrderPacket.discount_fen), 0)).where(OrderPacket.packet_id == packet.id)
+        ).scalar_one()
+    )
+    released = _give_back(prize, prize.amount - discount, f"packet:{packet.id}:rest", close=False)
+    if _refunded(packet.id):
+        return released + _give_back(prize, discount, f"packet:{packet.id}:refunded", close=True)
+    if packet.used_at is not None and now - packet.used_at > timedelta(days=REFUND_WATCH_DAYS):
+        prize.closed = True
+    return released
+
+
+def _refunded(packet_id: int) -> bool:
+    """The refund returned this packet's discount to its funder (``refund:<id>:discount:<packet>``)."""
+    return (
+        db.session.execute(
+            select(LedgerEntry.id).where(LedgerEntry.idempotency_key.like(f"refund:%:discount:{packet_id}")).limit(1)
+        ).first()
+        is not None
+    )
+
+
+def _give_back(prize: ChallengePrize, amount: int, why: str, *, close: bool) -> int:
+    key_why = why
+    already = db.session.execute(
+        select(LedgerEntry.id).where(
+            LedgerEntry.idempotency_key == f"challenge:{prize.challenge_id}:release:{prize.payer_user_id}:{key_why}"
+        )
+    ).first()
+    if amount > 0 and already is None:
+        stakes.release(prize.challenge_id, StakeSource.BALANCE, prize.payer_user_id, amount, key_why)
+        prize.returned_fen += amount
+    if close:
+        prize.closed = True
+    db.session.flush()
+    return amount if already is None and amount > 0 else 0
+
+
+def sweep_prizes(now: datetime) -> int:
+    """Every open prize whose packet ended, in the caller's transaction; fen released."""
+    return sum(sweep_prize(pid, now) for pid in open_prizes())

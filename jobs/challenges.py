@@ -1,0 +1,39 @@
+"""The challenges' job: start, cancel and settle due challenges, and give back what loser packets left.
+
+Each challenge is its own transaction (``unit_of_work``): its row is taken with ``SKIP LOCKED``, its status
+moves with every ledger entry, packet and notice of its settlement, so jobs on several nodes settle each
+challenge once, and a crash mid-way rolls that one back for the next pass. Then each ended challenge packet
+(expired, revoked, spent for less than its face, or refunded) gives its stake back to the loser, once per
+packet (``challenges.sweep``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from challenges import due_challenges, open_prizes, settle_challenge, sweep_prize
+from models import unit_of_work, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def settle_challenges() -> Counter:
+    """The scheduled job: how many challenges were settled or cancelled, and fen given back to losers."""
+    done: Counter = Counter()
+    with unit_of_work():
+        due = due_challenges(utcnow())
+    for challenge_id in due:
+        try:
+            with unit_of_work():
+                if settle_challenge(challenge_id, utcnow()):
+                    done["settled"] += 1
+        except Exception:  # one challenge that cannot settle (a sponsor's budget gone) must not stop the rest
+            log.exception("challenge could not be settled", extra={"challenge_id": challenge_id})
+            done["failed"] += 1
+    with unit_of_work():
+        prizes = open_prizes()
+    for prize_id in prizes:
+        with unit_of_work():
+            done["returned_fen"] += sweep_prize(prize_id, utcnow())
+    return done
