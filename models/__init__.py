@@ -7,6 +7,7 @@ personal data is encrypted at rest (``EncryptedText``).
 
 from models.alerts import Alert, alert_once, raise_alert
 from models.audiences import Audience, AudienceMember, AudienceRun, RunStatus
+from models.bindings import BotCallback, ChatBinding, ChatBindingCode, ChatBindingFailure, Transport
 from models.base import (
     Base,
     EncryptedText,
@@ -148,4 +149,9 @@ __all__ = [
     "MessageStatus",
     "MESSAGE_TERMINAL",
     "OaFollower",
+    "BotCallback",
+    "ChatBinding",
+    "ChatBindingCode",
+    "ChatBindingFailure",
+    "Transport",
 ]

@@ -21,6 +21,7 @@ def register_blueprints(app: Flask) -> None:
         audiences_api,
         bans_api,
         campaign_admin,
+        chat_bindings_api,
         communities_api,
         console,
         events_api,
@@ -43,6 +44,7 @@ def register_blueprints(app: Flask) -> None:
         transfer_callbacks,
         user_api,
         wechat_callbacks,
+        wecom_bot,
     )
 
     modules = (
@@ -72,6 +74,8 @@ def register_blueprints(app: Flask) -> None:
         messages_api,
         audiences_api,
         notices_api,
+        wecom_bot,
+        chat_bindings_api,
     )
     for module in modules:
         app.register_blueprint(module.bp)

@@ -46,6 +46,10 @@ SIM_DEFAULTS = {
     "WECHAT_OA_ENCODING_AES_KEY": "JtA/J1fPWAmFkiOrD1ZbjtYOpYBntmPrmigwBcGT9IY",
     "WECHAT_MP_PUSH_TOKEN": "simMpPushToken",
     "WECHAT_MP_ENCODING_AES_KEY": "g/Ynomf74tprcwerPtrYh+l/fnr5ylxqFZUC+sAXLhk",
+    # the WeCom intelligent robot (published: simulator mode only)
+    "WECOM_BOT_TOKEN": "simWecomBotToken",
+    "WECOM_BOT_ENCODING_AES_KEY": "k13zXHbCdGD+Z71J9ntQCk1rZ3rRTuCtmY7qR1V8U/o",
+    "WECOM_BOT_ID": "simaibot0challenges",
 }
 DEFAULT_PUBLIC_BASE = "http://127.0.0.1:5000"
 MATERIAL = ("material", "account")  # the one record every process of a deployment shares
