@@ -131,8 +131,10 @@ def confirm_code(settings: BindingSettings, user_id: int, code: str, now: dateti
     speaker = Speaker(Transport(row.transport), row.scope, row.external_id)
     existing = bound_user(speaker)
     if existing is not None:
-        message = "this chat account is already bound to you" if existing == user_id else (
-            "this chat account is bound to someone else: they must unbind it first"
+        message = (
+            "this chat account is already bound to you"
+            if existing == user_id
+            else ("this chat account is bound to someone else: they must unbind it first")
         )
         raise BindingError(message, code="already_bound", kind="conflict")
     mine = db.session.execute(
@@ -165,9 +167,7 @@ def bound_user(speaker: Speaker) -> int | None:
 
 def bindings_of(user_id: int) -> list[ChatBinding]:
     return list(
-        db.session.execute(
-            select(ChatBinding).where(ChatBinding.user_id == user_id).order_by(ChatBinding.id)
-        ).scalars()
+        db.session.execute(select(ChatBinding).where(ChatBinding.user_id == user_id).order_by(ChatBinding.id)).scalars()
     )
 
 

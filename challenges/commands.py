@@ -163,9 +163,7 @@ START_WORDS = ("发起", "开始", "创建", "来个", "来一个", "新建", "�
 
 NUMBER = r"(\d{1,7}(?:\.\d{1,2})?)"
 DAYS = re.compile(NUMBER + r"\s*(?:天|日|days|day|d)(?![a-z])")
-STAKE = re.compile(
-    r"(?:¥|￥|rmb)\s*" + NUMBER + r"|" + NUMBER + r"\s*(?:元|块钱|块|yuan|rmb|cny)(?![a-z])"
-)
+STAKE = re.compile(r"(?:¥|￥|rmb)\s*" + NUMBER + r"|" + NUMBER + r"\s*(?:元|块钱|块|yuan|rmb|cny)(?![a-z])")
 ID = re.compile(r"^(?:#|no\.?|第)?\s*(\d{1,10})\s*(?:号)?$")
 
 

@@ -510,7 +510,7 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         doc="At most this many WeChat messages per person per Beijing day; more go to the inbox only (0: the inbox "
         "only). A transfer waiting for the person's confirmation is exempt (their money is at stake).",
-    ),    # challenge bots (issue 15): the WeCom intelligent robot, chat bindings, the group webhook
+    ),  # challenge bots (issue 15): the WeCom intelligent robot, chat bindings, the group webhook
     Setting(
         "WECOM_BOT_TOKEN",
         None,

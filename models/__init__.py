@@ -7,7 +7,6 @@ personal data is encrypted at rest (``EncryptedText``).
 
 from models.alerts import Alert, alert_once, raise_alert
 from models.audiences import Audience, AudienceMember, AudienceRun, RunStatus
-from models.bindings import BotCallback, ChatBinding, ChatBindingCode, ChatBindingFailure, Transport
 from models.base import (
     Base,
     EncryptedText,
@@ -19,6 +18,7 @@ from models.base import (
     unit_of_work,
     utcnow,
 )
+from models.bindings import BotCallback, ChatBinding, ChatBindingCode, ChatBindingFailure, Transport
 from models.campaigns import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType
 from models.growth import ShareLink, SignIn
 from models.idempotency import IdempotencyRecord

@@ -79,7 +79,15 @@ def test_a_mistake_says_what_was_wrong_with_an_example(text, code):
 
 
 def test_small_chinese_numerals():
-    assert [cn_number(w) for w in ("三", "十", "十五", "二十", "两百", "一百零五", "九十九")] == [3, 10, 15, 20, 200, 105, 99]
+    assert [cn_number(w) for w in ("三", "十", "十五", "二十", "两百", "一百零五", "九十九")] == [
+        3,
+        10,
+        15,
+        20,
+        200,
+        105,
+        99,
+    ]
     assert cn_number("三五") is None
 
 

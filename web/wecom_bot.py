@@ -101,7 +101,9 @@ def _check_fresh(args: dict[str, str], now: datetime) -> None:
 
 
 @bp.route("/wecom/bot", methods=["GET", "POST"])
-@documented(summary="WeCom intelligent robot callback (GET: URL check; POST: a message)", parameters=SIGNED_QUERY, **BOT_DOC)
+@documented(
+    summary="WeCom intelligent robot callback (GET: URL check; POST: a message)", parameters=SIGNED_QUERY, **BOT_DOC
+)
 def wecom_bot() -> Response:
     """Challenge commands said to the WeCom robot; the reply is this request's encrypted answer."""
     settings = bot_settings()

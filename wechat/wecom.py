@@ -119,7 +119,7 @@ class BotSettings:
     previous_aes_key: str | None = None  # kept during a key change
     bot_id: str | None = None  # when set, a callback for another robot is refused
 
-    def keys(self) -> list[str]:
+    def aes_keys(self) -> list[str]:
         return [k for k in (self.aes_key, self.previous_aes_key) if k]
 
 
@@ -136,7 +136,7 @@ def _opened(settings: BotSettings, args: dict[str, str], ciphertext: str) -> str
     signature, timestamp, nonce = _signed_query(args)
     if not secrets.compare_digest(sign(settings.token, timestamp, nonce, ciphertext), signature):
         raise CallbackRejected("BAD_SIGNATURE", "msg_signature does not match", http_status=403)
-    for key in settings.keys():  # the current key, then the previous one
+    for key in settings.aes_keys():  # the current key, then the previous one
         try:
             return decrypt(key, ciphertext)
         except (ValueError, UnicodeDecodeError):
@@ -246,7 +246,11 @@ def stream_reply(text: str, stream_id: str | None = None) -> dict[str, Any]:
     """A finished stream: the reply to a message (its content renders markdown)."""
     return {
         "msgtype": "stream",
-        "stream": {"id": stream_id or secrets.token_hex(8), "finish": True, "content": _cut(text, STREAM_CONTENT_BYTES)},
+        "stream": {
+            "id": stream_id or secrets.token_hex(8),
+            "finish": True,
+            "content": _cut(text, STREAM_CONTENT_BYTES),
+        },
     }
 
 
@@ -290,7 +294,11 @@ class BuiltCallback:
 def build_callback(settings: BotSettings, message: dict[str, Any], *, timestamp: int | None = None) -> BuiltCallback:
     timestamp_s, nonce = str(timestamp or int(time.time())), str(secrets.randbelow(10**10))
     ciphertext = encrypt(settings.aes_key, json.dumps(message, ensure_ascii=False))
-    args = {"msg_signature": sign(settings.token, timestamp_s, nonce, ciphertext), "timestamp": timestamp_s, "nonce": nonce}
+    args = {
+        "msg_signature": sign(settings.token, timestamp_s, nonce, ciphertext),
+        "timestamp": timestamp_s,
+        "nonce": nonce,
+    }
     return BuiltCallback(args, json.dumps({"encrypt": ciphertext}).encode())
 
 

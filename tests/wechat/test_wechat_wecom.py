@@ -1,7 +1,7 @@
 """WeCom robot crypto and the group webhook (wechat/wecom.py), with real keys and an independent implementation.
 
-The reference below follows WeCom's published sample (WXBizMsgCrypt) step by step with ``cryptography``:
-a message made by either side opens on the other.
+The ``ref_*`` functions below follow WeCom's published sample (WXBizMsgCrypt) step by step with
+``cryptography``: a message made by either side opens on the other.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def ref_decrypt(aes_key: str, ciphertext: str) -> tuple[str, str]:
 
 
 def ref_sign(*values: str) -> str:
-    return hashlib.sha1("".join(sorted(values)).encode()).hexdigest()
+    return hashlib.sha1("".join(sorted(values)).encode()).hexdigest()  # noqa: S324 - WeCom's signature
 
 
 @pytest.fixture
@@ -48,22 +48,32 @@ def settings():
     return BotSettings("botToken123", new_aes_key(), bot_id="bot-1")
 
 
-def test_our_ciphertext_opens_with_the_reference_and_back(settings):
+def test_our_ciphertext_opens_with_the_independent_one_and_back(settings):
     text = json.dumps({"msgtype": "text", "text": {"content": "排行榜 12"}}, ensure_ascii=False)
     assert ref_decrypt(settings.aes_key, wecom.encrypt(settings.aes_key, text)) == (text, "")
     assert wecom.decrypt(settings.aes_key, ref_encrypt(settings.aes_key, text)) == text
     assert wecom.sign("a", "c", "b", "d") == ref_sign("a", "b", "c", "d")
 
 
-def test_a_callback_built_by_the_reference_is_read(settings):
+def test_a_callback_built_by_the_independent_one_is_read(settings):
     message = wecom.text_message("bot-1", "alice", "@bot 加入 3", chatid="group-9", msgid="m1")
     ciphertext = ref_encrypt(settings.aes_key, json.dumps(message))
-    args = {"msg_signature": ref_sign(settings.token, "1700000000", "42", ciphertext), "timestamp": "1700000000", "nonce": "42"}
+    args = {
+        "msg_signature": ref_sign(settings.token, "1700000000", "42", ciphertext),
+        "timestamp": "1700000000",
+        "nonce": "42",
+    }
     read = wecom.read_callback(settings, args, json.dumps({"encrypt": ciphertext}).encode())
-    assert (read.msgid, read.userid, read.chatid, read.in_group, read.content) == ("m1", "alice", "group-9", True, "@bot 加入 3")
+    assert (read.msgid, read.userid, read.chatid, read.in_group, read.content) == (
+        "m1",
+        "alice",
+        "group-9",
+        True,
+        "@bot 加入 3",
+    )
 
 
-def test_our_reply_is_signed_and_opens_with_the_reference(settings):
+def test_our_reply_is_signed_and_opens_with_the_independent_one(settings):
     answer = wecom.encrypted_reply(settings, wecom.stream_reply("你好"), nonce="n1", timestamp=1700000000)
     assert answer["msgsignature"] == ref_sign(settings.token, "1700000000", "n1", answer["encrypt"])
     plain, receive_id = ref_decrypt(settings.aes_key, answer["encrypt"])
@@ -106,7 +116,11 @@ def test_malformed_bodies_are_400(settings, body):
 
 
 def test_a_decrypted_message_of_the_wrong_shape_is_400(settings):
-    for plain in ("[]", "{}", json.dumps({"msgid": "1", "aibotid": "bot-1", "chattype": "room", "from": {"userid": "a"}})):
+    for plain in (
+        "[]",
+        "{}",
+        json.dumps({"msgid": "1", "aibotid": "bot-1", "chattype": "room", "from": {"userid": "a"}}),
+    ):
         ciphertext = wecom.encrypt(settings.aes_key, plain)
         args = {"msg_signature": wecom.sign(settings.token, "1", "2", ciphertext), "timestamp": "1", "nonce": "2"}
         with pytest.raises(CallbackRejected) as exc:
