@@ -18,7 +18,7 @@ from models.base import (
     unit_of_work,
     utcnow,
 )
-from models.bindings import BotCallback, ChatBinding, ChatBindingCode, ChatBindingFailure, Transport
+from models.bindings import BotCallback, ChatBinding, ChatBindingCode, ChatBindingFailure, ChatReply, Transport
 from models.campaigns import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType
 from models.growth import ShareLink, SignIn
 from models.idempotency import IdempotencyRecord
@@ -151,6 +151,7 @@ __all__ = [
     "OaFollower",
     "BotCallback",
     "ChatBinding",
+    "ChatReply",
     "ChatBindingCode",
     "ChatBindingFailure",
     "Transport",

@@ -92,3 +92,24 @@ class BotCallback(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (UniqueConstraint("bot_id", "msgid", name="uq_bot_callbacks_msgid"),)
+
+
+class ChatReply(Base):
+    """A bot's answer to send through a transport that cannot answer in the request (the official account's
+    customer-service message): written in the transaction that ran the command, sent after it by a job."""
+
+    __tablename__ = "chat_replies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    transport: Mapped[str] = mapped_column(String(16))
+    external_id: Mapped[str] = mapped_column(String(128))
+    text: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, sending, sent, failed
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("status in ('pending', 'sending', 'sent', 'failed')", name="status"),
+        Index("ix_chat_replies_due", "status", "id"),
+    )

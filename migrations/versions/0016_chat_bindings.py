@@ -83,8 +83,27 @@ def upgrade():
         sa.UniqueConstraint("bot_id", "msgid", name="uq_bot_callbacks_msgid"),
     )
 
+    op.create_table(
+        "chat_replies",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("transport", sa.String(length=16), nullable=False),
+        sa.Column("external_id", sa.String(length=128), nullable=False),
+        sa.Column("text", sa.Text(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.CheckConstraint(
+            "status in ('pending', 'sending', 'sent', 'failed')", name=op.f("ck_chat_replies_status")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_chat_replies")),
+    )
+    with op.batch_alter_table("chat_replies", schema=None) as batch_op:
+        batch_op.create_index("ix_chat_replies_due", ["status", "id"], unique=False)
+
 
 def downgrade():
+    op.drop_table("chat_replies")
     op.drop_table("bot_callbacks")
     op.drop_table("chat_binding_failures")
     op.drop_table("chat_binding_codes")

@@ -468,6 +468,10 @@ def _register_messages(bp: Blueprint, state: SimulatorState) -> None:
     def template_send() -> Response:
         return api_call(state.send_template_message)
 
+    @bp.post("/api/cgi-bin/message/custom/send")
+    def custom_send() -> Response:
+        return api_call(state.send_custom_message)
+
     @bp.post("/subscribe/request")
     def request_subscribe() -> Response:
         """The phone's ``wx.requestSubscribeMessage``: JSON ``{openid, tmplIds, choice?}`` → its success answer."""

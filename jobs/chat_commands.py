@@ -1,0 +1,105 @@
+"""Challenge commands said to the official account one to one, and the answers sent back.
+
+``handle_oa_text`` is one of ``jobs.messages.TEXT_HANDLERS``: called in the pushed message's own transaction
+(the message worker applies each once), it parses the text with the bots' one command language, runs it
+for the openid's chat binding (:mod:`challenges.bot`) and writes the answer as a ``chat_replies`` row: no
+WeChat call inside the transaction. ``send_chat_replies`` (a job) claims pending answers, commits the claim,
+then sends each as a customer-service text (``/cgi-bin/message/custom/send``) with no transaction open and
+records the outcome. A customer-service message has no query API: one whose answer was lost is not sent
+again (``failed`` with the error), as with the notices.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import select
+
+from challenges import bindings, bot
+from challenges.commands import parse
+from jobs.messages import TEXT_HANDLERS, Claimed
+from jobs.payouts import job_context
+from models import ChatReply, MessageSource, Transport, db, unit_of_work, utcnow
+from wechat.errors import WeChatError
+from wechat.messages import MessageClient
+
+log = logging.getLogger(__name__)
+BATCH = 20
+
+
+def binding_settings(cfg) -> bindings.BindingSettings:
+    return bindings.BindingSettings(
+        secret=str(cfg["SECRET_KEY"]).encode(),
+        ttl=timedelta(minutes=cfg["CHAT_BINDING_CODE_MINUTES"]),
+        max_failures=cfg["CHAT_BINDING_MAX_FAILURES"],
+    )
+
+
+def handle_oa_text(message: Claimed, now: datetime) -> bool:
+    """An official-account text: run it as a challenge command and queue the answer (True: taken)."""
+    cfg = current_app.config
+    if message.source != MessageSource.OA or not cfg.get("WECHAT_OA_APPID"):
+        return False
+    content = (message.payload.get("fields") or {}).get("Content")
+    if not isinstance(content, str):
+        return False
+    speaker = bindings.Speaker(Transport.OA, cfg["WECHAT_OA_APPID"], message.openid)
+    ctx = bot.Context(speaker, bindings.bound_user(speaker), None)
+    reply = bot.execute(parse(content), ctx, now, binding=binding_settings(cfg))
+    db.session.add(ChatReply(transport=Transport.OA, external_id=message.openid, text=reply.text, created_at=now))
+    db.session.flush()
+    log.info("official-account command answered", extra={"outcome": reply.code, "message_id": message.id})
+    return True
+
+
+TEXT_HANDLERS.append(handle_oa_text)
+
+
+def _claim(batch: int) -> list[tuple[int, str, str]]:
+    rows = db.session.execute(
+        select(ChatReply)
+        .where(ChatReply.status == "pending", ChatReply.transport == Transport.OA)
+        .order_by(ChatReply.id)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    ).scalars()
+    claimed = []
+    for row in rows:
+        row.status = "sending"
+        claimed.append((row.id, row.external_id, row.text))
+    return claimed
+
+
+def _record(reply_id: int, error: str | None, now: datetime) -> None:
+    row = db.session.get(ChatReply, reply_id)
+    row.status, row.sent_at, row.last_error = ("failed", None, error[:2000]) if error else ("sent", now, None)
+
+
+def send_chat_replies(client: MessageClient | None = None, clock: Callable[[], datetime] = utcnow) -> Counter:
+    """The job: send pending answers as customer-service texts, each after its claim is committed."""
+    cfg = current_app.config
+    if client is None:
+        if not cfg.get("WECHAT_OA_APPID") or not cfg.get("WECHAT_OA_SECRET"):
+            return Counter()
+        wx = job_context().wechat
+        client = MessageClient(
+            cfg["WECHAT_OA_APPID"], cfg["WECHAT_OA_SECRET"], wx.token_store, cfg["WECHAT_API_BASE"], wx.session
+        )
+    outcomes: Counter = Counter()
+    with unit_of_work():
+        claimed = _claim(BATCH)
+    for reply_id, openid, text in claimed:
+        error = None
+        try:
+            client.send_text(openid, text)  # no transaction is open here
+        except WeChatError as exc:
+            error = f"{exc.code}: {exc}"
+            log.warning("chat reply not sent", extra={"reply_id": reply_id, "error": error[:300]})
+        with unit_of_work():
+            _record(reply_id, error, clock())
+        outcomes["failed" if error else "sent"] += 1
+    return outcomes
