@@ -136,3 +136,12 @@ class MessagesMixin:
                 "at": time.time(),
             }
             return {"errcode": 0, "errmsg": "ok"}
+
+    def werun_data(self, name: str, appid: str, steps: list[tuple[int, int]]) -> dict[str, str]:
+        """``wx.getWeRunData`` on the phone of sim person ``name``: ``{encryptedData, iv}`` under their session
+        key, ``steps`` as (Unix time of the day's start, steps)."""
+        from wechat.chattool import encrypt_open_data
+
+        data = {"stepInfoList": [{"timestamp": int(t), "step": int(n)} for t, n in steps]}
+        encrypted, iv = encrypt_open_data(self.session_key(name), appid, data)
+        return {"encryptedData": encrypted, "iv": iv}
