@@ -555,6 +555,11 @@ SETTINGS: tuple[Setting, ...] = (
         doc="Wrong binding codes a person may enter in 15 minutes before further attempts are refused (429).",
     ),
     Setting(
+        "WECOM_API_BASE",
+        "https://qyapi.weixin.qq.com",
+        doc="WeCom's API host (the group webhook `/cgi-bin/webhook/send`); simulator mode points it at `/_sim/wecom`.",
+    ),
+    Setting(
         "WECOM_WEBHOOK_PER_MINUTE",
         20,
         _int_at_least(1),

@@ -7,10 +7,17 @@ WeChat call inside the transaction. ``send_chat_replies`` (a job) claims pending
 then sends each as a customer-service text (``/cgi-bin/message/custom/send``) with no transaction open and
 records the outcome. A customer-service message has no query API: one whose answer was lost is not sent
 again (``failed`` with the error), as with the notices.
+
+``webhook_sender`` is the WeCom group webhook for the jobs (the daily leaderboard post): every post takes a
+turn of one minute-long window per robot key, shared by every process through Redis (in-process without
+it), so no robot gets more than ``WECOM_WEBHOOK_PER_MINUTE`` (≤ 20) a minute; without a turn, or on
+WeCom's 130101, it raises ``WebhookBusy`` (retry later).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -22,10 +29,11 @@ from sqlalchemy import select
 from challenges import bindings, bot
 from challenges.commands import parse
 from jobs.messages import TEXT_HANDLERS, Claimed
-from jobs.payouts import job_context
+from jobs.payouts import MovingWindow, job_context
 from models import ChatReply, MessageSource, Transport, db, unit_of_work, utcnow
 from wechat.errors import WeChatError
 from wechat.messages import MessageClient
+from wechat.wecom import WebhookSender
 
 log = logging.getLogger(__name__)
 BATCH = 20
@@ -103,3 +111,21 @@ def send_chat_replies(client: MessageClient | None = None, clock: Callable[[], d
             _record(reply_id, error, clock())
         outcomes["failed" if error else "sent"] += 1
     return outcomes
+
+
+@functools.cache
+def _minute_window(redis_url: str | None) -> MovingWindow:
+    return MovingWindow(redis_url, window_s=60.0)
+
+
+def webhook_sender(cfg, session=None, window: MovingWindow | None = None) -> WebhookSender:
+    """The group webhook client with the shared 20-a-minute limit per robot key."""
+    window = window or _minute_window(cfg.get("REDIS_URL"))
+    per_minute = cfg["WECOM_WEBHOOK_PER_MINUTE"]
+
+    def take_turn(key: str) -> bool:
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]  # the key is a credential: not in Redis as is
+        return not window.try_take(f"wecom-webhook:{name}", per_minute).wait
+
+    url = cfg["WECOM_API_BASE"].rstrip("/") + "/cgi-bin/webhook/send"
+    return WebhookSender(take_turn, session or job_context().wechat.session, url)
