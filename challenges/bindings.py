@@ -179,3 +179,26 @@ def remove_binding(user_id: int, binding_id: int) -> bool:
         .execution_options(synchronize_session=False)
     ).rowcount
     return removed == 1
+
+
+def bind_own_group_identity(user_id: int, opengid: str, group_openid: str, now: datetime) -> ChatBinding:
+    """The chat tool: the signed-in person's own ``group_openid`` in group ``opengid``, read from data WeChat
+    encrypted with their session key (no code needed: the mini-program session is the proof). Idempotent;
+    a group_openid bound to someone else is refused (409)."""
+    speaker = Speaker(Transport.CHAT_TOOL, opengid, group_openid)
+    owner = bound_user(speaker)
+    if owner is not None and owner != user_id:
+        raise BindingError("this group identity is bound to someone else", code="already_bound", kind="conflict")
+    existing = db.session.execute(
+        select(ChatBinding).where(
+            ChatBinding.user_id == user_id, ChatBinding.transport == Transport.CHAT_TOOL, ChatBinding.scope == opengid
+        )
+    ).scalar_one_or_none()
+    if existing is not None:
+        return existing
+    binding = ChatBinding(
+        user_id=user_id, transport=Transport.CHAT_TOOL, scope=opengid, external_id=group_openid, created_at=now
+    )
+    db.session.add(binding)
+    db.session.flush()
+    return binding

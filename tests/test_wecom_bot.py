@@ -237,3 +237,77 @@ def test_a_speaker_bound_to_someone_cannot_be_bound_again(client, user_headers, 
     _, text = robot("alice", "绑定")
     assert "已经绑定" in text and "绑定码" not in text
     del bob
+
+
+# -- the chat tool ------------------------------------------------------------------------------------------
+
+
+def test_a_chat_tool_group_identity_is_bound_from_data_opened_with_the_callers_session_key(
+    app, client, user_headers, make_user
+):
+    import base64
+    import os
+
+    from models import UserIdentity
+    from wechat.chattool import encrypt_open_data
+
+    alice, mallory = make_user(appid=app.config["WECHAT_APPID"]), make_user(appid=app.config["WECHAT_APPID"])
+    keys = {}
+    for person in (alice, mallory):
+        keys[person.id] = base64.b64encode(os.urandom(16)).decode()
+        identity = db.session.execute(select(UserIdentity).where(UserIdentity.user_id == person.id)).scalar_one()
+        identity.session_key = keys[person.id]
+    db.session.commit()
+    info = {"opengid": "G-friends", "group_openid": "go-alice", "chat_type": 1}
+    encrypted, iv = encrypt_open_data(keys[alice.id], app.config["WECHAT_APPID"], info)
+    body = {"encryptedData": encrypted, "iv": iv}
+    answer = client.post("/api/v1/me/chat-tool/groups", json=body, headers=user_headers(alice))
+    assert answer.status_code == 201 and answer.get_json()["opengid"] == "G-friends"
+    again = client.post("/api/v1/me/chat-tool/groups", json=body, headers=user_headers(alice))
+    assert again.status_code == 201  # idempotent
+    # someone else posting alice's data: it does not open under their session key
+    stolen = client.post("/api/v1/me/chat-tool/groups", json=body, headers=user_headers(mallory))
+    assert stolen.status_code == 422 and stolen.get_json()["error"] == "bad_group_data"
+    old, old_iv = encrypt_open_data(keys[mallory.id], app.config["WECHAT_APPID"], info, timestamp=1)
+    replayed = client.post(
+        "/api/v1/me/chat-tool/groups", json={"encryptedData": old, "iv": old_iv}, headers=user_headers(mallory)
+    )
+    assert replayed.status_code == 422
+    assert db.session.execute(select(func.count()).select_from(ChatBinding)).scalar_one() == 1
+
+
+# -- races ----------------------------------------------------------------------------------------------------
+
+
+def test_one_code_confirmed_by_two_people_at_once_binds_one(app, client, user_headers, make_user, robot):
+    from tests.concurrency import together
+
+    people = [make_user(), make_user()]
+    headers = [user_headers(p) for p in people]
+    _, text = robot("alice", "绑定")
+    code = text.split("：", 1)[1].split("\n", 1)[0]
+
+    def confirm(i):
+        return app.test_client().post("/api/v1/me/chat-bindings", json={"code": code}, headers=headers[i]).status_code
+
+    statuses = sorted(together(2, confirm))
+    assert statuses[0] == 201 and statuses[1] in (409, 422, 503)
+    assert db.session.execute(select(func.count()).select_from(ChatBinding)).scalar_one() == 1
+
+
+def test_the_same_callback_twice_at_once_runs_its_command_once(app, client, user_headers, make_user, robot, ops):
+    from tests.concurrency import together
+
+    alice = make_user()
+    bind(client, user_headers, robot, alice, "alice")
+    settings = bot_settings()
+    built = wecom.build_callback(
+        settings, wecom.text_message(settings.bot_id, "alice", "发起步数挑战 3天 每人5元", chatid="g1", msgid="race-1")
+    )
+
+    def post(_):
+        return app.test_client().post("/wechat/wecom/bot", query_string=built.args, data=built.body).status_code
+
+    assert set(together(3, post)) <= {200, 503}
+    assert len([c for c in ops.calls if c[0] == "create"]) == 1
+    assert db.session.execute(select(func.count()).select_from(BotCallback)).scalar_one() == 2  # bind + race-1

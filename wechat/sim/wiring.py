@@ -27,9 +27,9 @@ from wechat.sim.app import create_simulator_blueprint
 from wechat.sim.errors import LOST_ANSWER_HEADER
 from wechat.sim.keys import Material
 from wechat.sim.push import PushTarget
-from wechat.wecom import BotSettings
 from wechat.sim.state import SimulatorState
 from wechat.sim.store import Store, open_store
+from wechat.wecom import BotSettings
 
 LIVE_BASES = {
     "WECHAT_API_BASE": ("https://api.weixin.qq.com", "/_sim/api"),
