@@ -101,7 +101,7 @@ class Mistake:
 
 # -- normalizing ---------------------------------------------------------------------------------------
 
-MENTION = re.compile(r"^\s*@\S*\s*")
+MENTION = re.compile(r"^\s*@\S*\s*|\s+@\S*\s*$")
 PUNCTUATION = re.compile(r"(?<!\d)\.|\.(?!\d)|[,;:!~，。；：！、…“”\"'「」『』()（）\[\]【】<>《》]+")
 SPACES = re.compile(r"\s+")
 

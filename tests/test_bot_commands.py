@@ -39,6 +39,7 @@ STEPS_3_5 = StartChallenge(Kind.STEPS, 3, 500)
         ("答题挑战 十天 ¥1.5", StartChallenge(Kind.QUIZ, 10, 150)),
         ("加入", JoinChallenge()),
         ("@bot 加入 12", JoinChallenge(12)),
+        ("加入 12 @挑战机器人", JoinChallenge(12)),
         ("参加 #７", JoinChallenge(7)),
         ("join 3", JoinChallenge(3)),
         ("排行榜", ShowStandings()),

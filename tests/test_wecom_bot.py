@@ -311,3 +311,16 @@ def test_the_same_callback_twice_at_once_runs_its_command_once(app, client, user
     assert set(together(3, post)) <= {200, 503}
     assert len([c for c in ops.calls if c[0] == "create"]) == 1
     assert db.session.execute(select(func.count()).select_from(BotCallback)).scalar_one() == 2  # bind + race-1
+
+
+def test_enter_chat_gets_a_text_welcome_and_other_events_an_empty_answer(client, app, ops):
+    settings = bot_settings()
+    for event, expect in (("enter_chat", "挑战机器人的命令"), ("feedback_event", None)):
+        built = wecom.build_callback(settings, wecom.event_message(settings.bot_id, "alice", event))
+        response = client.post("/wechat/wecom/bot", query_string=built.args, data=built.body)
+        assert response.status_code == 200
+        if expect is None:
+            assert response.data == b""
+        else:
+            answer = wecom.open_reply(settings, response.get_json())
+            assert answer["msgtype"] == "text" and expect in answer["text"]["content"]

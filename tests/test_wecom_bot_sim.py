@@ -59,3 +59,15 @@ def test_the_chat_tool_card_is_updated_in_the_simulator(app):
     assert sent["activity_id"] == activity_id and sent["participator_info_list"] == [
         {"group_openid": "go-alice", "state": 1}
     ]
+
+
+def test_the_simulated_phone_gives_werun_data_the_server_opens_with_the_session_key(app, client):
+    from wechat.chattool import decrypt_open_data
+    from wechat.sim.state import SimulatorState
+
+    data = client.post("/_sim/werun", json={"name": "alice", "steps": [[1700000000, 12345]]}).get_json()
+    opened = decrypt_open_data(
+        SimulatorState.session_key("alice"), data["iv"], data["encryptedData"], app.config["WECHAT_APPID"], max_age_s=60
+    )
+    assert opened["stepInfoList"] == [{"timestamp": 1700000000, "step": 12345}]
+    assert client.post("/_sim/werun", json={"name": "alice", "steps": "many"}).get_json()["errcode"] == 40001

@@ -19,7 +19,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import select, update
 
 from challenges import bindings, bot
-from challenges.commands import parse
+from challenges.commands import help_text, parse
 from models import BotCallback, Transport, db, utcnow
 from models.sql import insert_ignoring
 from web.errors import BUSY_RETRY_AFTER_S, is_busy
@@ -32,10 +32,12 @@ from wechat.wecom import (
     encrypted_reply,
     read_callback,
     stream_reply,
+    text_reply,
     verify_url,
 )
 
 log = logging.getLogger(__name__)
+ENTER_CHAT = "enter_chat"
 bp = Blueprint("wecom_bot", __name__, url_prefix="/wechat")
 
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
@@ -129,8 +131,10 @@ def wecom_bot() -> Response:
             response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
             return response
         raise
-    if reply is None:
-        return _text("")  # answered elsewhere: WeCom takes an empty answer
+    if not reply:
+        return _text("")  # nothing to say, or answered elsewhere: WeCom takes an empty answer
+    if message.msgtype == "event":  # the enter-chat welcome: a text (a stream answers messages only)
+        return jsonify(encrypted_reply(settings, text_reply(reply)))
     return jsonify(encrypted_reply(settings, stream_reply(reply, stream_id=message.msgid[:64])))
 
 
@@ -155,7 +159,10 @@ def answer(message: BotMessage, now: datetime) -> str | None:
         return db.session.execute(
             select(BotCallback.reply).where(BotCallback.bot_id == message.aibotid, BotCallback.msgid == message.msgid)
         ).scalar_one_or_none()
-    if message.msgtype != "text":
+    if message.msgtype == "event":
+        welcome = message.event_type == ENTER_CHAT
+        reply = bot.Reply(help_text() if welcome else "", "welcome" if welcome else "event")
+    elif message.msgtype != "text":
         reply = bot.Reply("我只看得懂文字命令。发送「帮助」查看。", "not_text")
     else:
         speaker = bindings.Speaker(Transport.WECOM, message.aibotid, message.userid)

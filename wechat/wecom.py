@@ -164,6 +164,7 @@ class BotMessage:
     msgtype: str
     content: str  # text.content ("" for other message types)
     response_url: str = ""
+    event_type: str = ""  # event.eventtype of an event ("enter_chat": a person opened the 1:1 chat today)
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -203,7 +204,14 @@ def parse_message(plaintext: str) -> BotMessage:
         if not isinstance(text, dict):
             raise CallbackRejected("MALFORMED", "a text message without text")
         content = _field(text, "content", 8192, required=False)
+    event_type = ""
+    if msgtype == "event":
+        event = data.get("event")
+        if not isinstance(event, dict):
+            raise CallbackRejected("MALFORMED", "an event without event")
+        event_type = _field(event, "eventtype", 64)
     return BotMessage(
+        event_type=event_type,
         msgid=_field(data, "msgid", 128),
         aibotid=_field(data, "aibotid", 128),
         chatid=_field(data, "chatid", 128, required=chattype == "group"),
@@ -310,6 +318,19 @@ def build_handshake(settings: BotSettings, echo: str, *, timestamp: int | None =
         "timestamp": timestamp_s,
         "nonce": nonce,
         "echostr": echostr,
+    }
+
+
+def event_message(bot_id: str, userid: str, event_type: str, *, msgid: str | None = None) -> dict[str, Any]:
+    """An event callback's plaintext (``enter_chat``: the member opened the 1:1 chat, first time today)."""
+    return {
+        "msgid": msgid or secrets.token_hex(16),
+        "create_time": int(time.time()),
+        "aibotid": bot_id,
+        "chattype": "single",
+        "from": {"userid": userid},
+        "msgtype": "event",
+        "event": {"eventtype": event_type, event_type: {}},
     }
 
 

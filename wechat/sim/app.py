@@ -491,6 +491,20 @@ def _register_messages(bp: Blueprint, state: SimulatorState) -> None:
         except SimError as exc:
             return _api_error(exc)
 
+    @bp.post("/werun")
+    def werun() -> Response:
+        """The phone's ``wx.getWeRunData``: JSON ``{name, steps: [[day_start_unix, steps], ...]}`` → ``{encryptedData,
+        iv}`` under that person's session key, for the mini-program's appid."""
+        data = request.get_json(silent=True) or {}
+        steps = data.get("steps")
+        if not data.get("name") or not isinstance(steps, list) or not 0 < len(steps) <= 31:
+            return _api_error(SimError(200, "40001", "name and 1-31 [timestamp, steps] pairs are required"))
+        try:
+            pairs = [(int(t), int(n)) for t, n in steps]
+        except (TypeError, ValueError):
+            return _api_error(SimError(200, "40001", "steps are [timestamp, steps] pairs"))
+        return _api_json(state.werun_data(str(data["name"]), state.mp_appid, pairs))
+
     @bp.post("/wecom/say")
     def robot_say() -> Response:
         """A WeCom member speaks to the robot: form or JSON ``{name, content, group?}`` → what the robot answered."""

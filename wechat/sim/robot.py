@@ -48,6 +48,7 @@ class RobotMixin:
     robot_url: str | None = None
     robot_settings: BotSettings | None = None
     robot_post: RobotPost | None = None
+    mp_appid: str = ""  # the mini-program's appid (WeRun data's watermark)
 
     def configure_robot(self, url: str, settings: BotSettings, post: RobotPost | None = None) -> None:
         self.robot_url, self.robot_settings, self.robot_post = url, settings, post

@@ -101,6 +101,7 @@ def install(
         card_key=material.card_key,
     )
     state.configure_push(push_targets(cfg))
+    state.mp_appid = cfg["WECHAT_APPID"]
     _configure_robot(state, app)
     app.register_blueprint(create_simulator_blueprint(state))
     verifier_keys = material.keys.verifier_keys(public_key=True, certificates=True)
