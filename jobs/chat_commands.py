@@ -27,7 +27,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from challenges import bindings, bot
-from challenges.commands import parse
+from challenges.commands import Mistake, parse
 from jobs.messages import TEXT_HANDLERS, Claimed
 from jobs.payouts import MovingWindow, job_context
 from models import ChatReply, MessageSource, Transport, db, unit_of_work, utcnow
@@ -48,16 +48,20 @@ def binding_settings(cfg) -> bindings.BindingSettings:
 
 
 def handle_oa_text(message: Claimed, now: datetime) -> bool:
-    """An official-account text: run it as a challenge command and queue the answer (True: taken)."""
+    """An official-account text: run it as a challenge command and queue the answer (True: taken; text that is
+    no command at all is left to the next handler, or ignored)."""
     cfg = current_app.config
     if message.source != MessageSource.OA or not cfg.get("WECHAT_OA_APPID"):
         return False
     content = (message.payload.get("fields") or {}).get("Content")
     if not isinstance(content, str):
         return False
+    command = parse(content)
+    if isinstance(command, Mistake) and command.code == "unknown_command":
+        return False  # people write to the official account for other reasons too: not ours to answer
     speaker = bindings.Speaker(Transport.OA, cfg["WECHAT_OA_APPID"], message.openid)
     ctx = bot.Context(speaker, bindings.bound_user(speaker), None)
-    reply = bot.execute(parse(content), ctx, now, binding=binding_settings(cfg))
+    reply = bot.execute(command, ctx, now, binding=binding_settings(cfg))
     db.session.add(ChatReply(transport=Transport.OA, external_id=message.openid, text=reply.text, created_at=now))
     db.session.flush()
     log.info("official-account command answered", extra={"outcome": reply.code, "message_id": message.id})

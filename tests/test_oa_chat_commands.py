@@ -54,3 +54,12 @@ def test_an_unbound_person_gets_a_code_binds_and_plays(app, client, user_headers
     statuses = db.session.execute(select(ChatReply.status)).scalars().all()
     assert statuses == ["sent"] * 3
     assert bindings.bound_user(bindings.Speaker("oa", app.config["WECHAT_OA_APPID"], OPENID)) == alice.id
+
+
+def test_text_that_is_no_command_is_left_alone(app, client, ops):  # noqa: F811
+    from models import InboundMessage, MessageStatus
+
+    push(client, "oa", text_push("你们几点开门？", "2001"))
+    apply_messages()
+    assert db.session.execute(select(InboundMessage.status)).scalar_one() == MessageStatus.IGNORED
+    assert db.session.execute(select(ChatReply)).first() is None and ops.calls == []
