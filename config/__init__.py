@@ -510,6 +510,61 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         doc="At most this many WeChat messages per person per Beijing day; more go to the inbox only (0: the inbox "
         "only). A transfer waiting for the person's confirmation is exempt (their money is at stake).",
+    ),  # challenge bots (issue 15): the WeCom intelligent robot, chat bindings, the group webhook
+    Setting(
+        "WECOM_BOT_TOKEN",
+        None,
+        doc="The WeCom intelligent robot's callback Token (robot → API mode → URL settings). Unset: "
+        "`/wechat/wecom/bot` answers 404. Simulator mode fills in its own.",
+        secret=True,
+    ),
+    Setting(
+        "WECOM_BOT_ENCODING_AES_KEY",
+        None,
+        doc="The robot's EncodingAESKey (43 characters); callbacks and replies are always encrypted.",
+        secret=True,
+    ),
+    Setting(
+        "WECOM_BOT_ENCODING_AES_KEY_PREVIOUS",
+        None,
+        doc="The robot's EncodingAESKey before the last change, accepted for callbacks while WeCom may still use it.",
+        secret=True,
+    ),
+    Setting(
+        "WECOM_BOT_ID",
+        None,
+        doc="The robot's id (`aibotid`); set: a callback naming another robot is refused. Bindings are per robot.",
+    ),
+    Setting(
+        "WECOM_BOT_MAX_AGE_SECONDS",
+        300,
+        _int_at_least(30),
+        doc="A robot callback whose signed timestamp is further than this from our clock is refused (replay).",
+    ),
+    Setting(
+        "CHAT_BINDING_CODE_MINUTES",
+        10,
+        _int_at_least(1),
+        doc="How long a one-time chat binding code (asked for in a 1:1 chat with a bot) can be confirmed in the "
+        "mini-program.",
+    ),
+    Setting(
+        "CHAT_BINDING_MAX_FAILURES",
+        5,
+        _int_at_least(1),
+        doc="Wrong binding codes a person may enter in 15 minutes before further attempts are refused (429).",
+    ),
+    Setting(
+        "WECOM_API_BASE",
+        "https://qyapi.weixin.qq.com",
+        doc="WeCom's API host (the group webhook `/cgi-bin/webhook/send`); simulator mode points it at `/_sim/wecom`.",
+    ),
+    Setting(
+        "WECOM_WEBHOOK_PER_MINUTE",
+        20,
+        _int_at_least(1),
+        doc="Messages per minute per WeCom group webhook (WeCom's limit is 20; errcode 130101 beyond), shared by "
+        "every process through Redis when REDIS_URL is set.",
     ),
     # challenges among friends (docs/architecture.md §16)
     Setting(
@@ -663,6 +718,7 @@ def _validate(values: dict[str, Any]) -> list[str]:
         problems.append("WECHAT_PAY_API_BACKUP_BASE must be https:// in live mode")
     problems += _payout_problems(values)
     problems += _push_problems(values)
+    problems += _wecom_bot_problems(values)
     unknown = set(values.get("NOTICE_RATE_LIMITS") or {}) - {"subscribe", "oa_template"}
     if unknown:
         problems.append(f"NOTICE_RATE_LIMITS: unknown channel {', '.join(sorted(unknown))} (subscribe, oa_template)")
@@ -838,6 +894,25 @@ def _push_problems(values: dict[str, Any]) -> list[str]:
                 f"WECHAT_{side}_PUSH_TOKEN is set without WECHAT_{side}_ENCODING_AES_KEY: in live mode message "
                 "push must use safe mode (安全模式), whose signature covers the message"
             )
+    return problems
+
+
+def _wecom_bot_problems(values: dict[str, Any]) -> list[str]:
+    token, key = values.get("WECOM_BOT_TOKEN"), values.get("WECOM_BOT_ENCODING_AES_KEY")
+    previous = values.get("WECOM_BOT_ENCODING_AES_KEY_PREVIOUS")
+    problems = []
+    if token and not PUSH_TOKEN.match(str(token)):
+        problems.append("WECOM_BOT_TOKEN must be 3-32 letters or digits")
+    if bool(token) != bool(key):
+        problems.append("WECOM_BOT_TOKEN and WECOM_BOT_ENCODING_AES_KEY go together (the robot always encrypts)")
+    for name, value in (("WECOM_BOT_ENCODING_AES_KEY", key), ("WECOM_BOT_ENCODING_AES_KEY_PREVIOUS", previous)):
+        problem = _encoding_aes_key_problem(name, value) if value else None
+        if problem:
+            problems.append(problem)
+    if previous and (not key or previous == key):
+        problems.append("WECOM_BOT_ENCODING_AES_KEY_PREVIOUS needs a different current WECOM_BOT_ENCODING_AES_KEY")
+    if values.get("WECOM_WEBHOOK_PER_MINUTE", 20) > 20:
+        problems.append("WECOM_WEBHOOK_PER_MINUTE must be at most 20 (WeCom's limit per robot)")
     return problems
 
 

@@ -275,3 +275,6 @@ def apply_messages(clock: Callable[[], datetime] = utcnow, batch: int = BATCH) -
         for message in claimed:
             results[apply_one(message, max_attempts, clock)] += 1
     return results
+
+
+from jobs import chat_commands  # noqa: E402,F401 - registers the challenge commands (TEXT_HANDLERS)

@@ -25,6 +25,7 @@ from flask.cli import AppGroup
 
 from jobs.audiences import audience_runs_job
 from jobs.challenges import settle_challenges
+from jobs.chat_commands import send_chat_replies
 from jobs.expiring import tell_expiring_packets
 from jobs.insights import insights_cli, insights_rollup_job
 from jobs.messages import apply_messages
@@ -59,6 +60,7 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (collusion_job, 3600),
     (insights_rollup_job, 300),  # today's rollups again; days never built (the catch-up) too
     (apply_messages, 3),  # what WeChat pushed, applied after the answer; a run goes on while rows are due
+    (send_chat_replies, 5),  # the bots' answers to official-account commands (customer-service texts)
     (tell_expiring_packets, 600),  # "packet expiring" notices, a day ahead (idempotent, any number of nodes)
     (audience_runs_job, 10),  # batch issues to audiences, a chunk per transaction
     (dispatch_notices, 5),  # a run goes on while notices are due (up to 30 s)

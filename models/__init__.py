@@ -18,6 +18,7 @@ from models.base import (
     unit_of_work,
     utcnow,
 )
+from models.bindings import BotCallback, ChatBinding, ChatBindingCode, ChatBindingFailure, ChatReply, Transport
 from models.campaigns import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType
 from models.challenges import (
     Challenge,
@@ -175,4 +176,10 @@ __all__ = [
     "MessageStatus",
     "MESSAGE_TERMINAL",
     "OaFollower",
+    "BotCallback",
+    "ChatBinding",
+    "ChatReply",
+    "ChatBindingCode",
+    "ChatBindingFailure",
+    "Transport",
 ]

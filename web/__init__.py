@@ -22,6 +22,7 @@ def register_blueprints(app: Flask) -> None:
         bans_api,
         campaign_admin,
         challenges_api,
+        chat_bindings_api,
         communities_api,
         console,
         events_api,
@@ -44,6 +45,7 @@ def register_blueprints(app: Flask) -> None:
         transfer_callbacks,
         user_api,
         wechat_callbacks,
+        wecom_bot,
     )
 
     modules = (
@@ -74,6 +76,8 @@ def register_blueprints(app: Flask) -> None:
         audiences_api,
         notices_api,
         challenges_api,
+        wecom_bot,
+        chat_bindings_api,
     )
     for module in modules:
         app.register_blueprint(module.bp)

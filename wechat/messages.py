@@ -22,8 +22,10 @@ from wechat.mp import API_BASE, AccessTokenStore, _request_json, call_with_token
 
 SUBSCRIBE_PATH = "/cgi-bin/message/subscribe/send"
 TEMPLATE_PATH = "/cgi-bin/message/template/send"
+CUSTOM_PATH = "/cgi-bin/message/custom/send"  # customer-service message: within 48 h of the person's message
+CUSTOM_TEXT_BYTES = 2048
 MINIPROGRAM_STATES = ("formal", "trial", "developer")
-REFUSED_CODES = frozenset({"47003", "41030", "40037", "40003", "43004", "41028", "41029"})
+REFUSED_CODES = frozenset({"47003", "41030", "40037", "40003", "43004", "41028", "41029", "45015"})
 QUOTA_CODES = frozenset({"45009", "45011", "45047"})
 
 
@@ -118,3 +120,11 @@ class MessageClient:
         if miniprogram_appid:
             body["miniprogram"] = {"appid": miniprogram_appid, "pagepath": pagepath or ""}
         return self._post(TEMPLATE_PATH, body)
+
+    def send_text(self, touser: str, content: str) -> str:
+        """A customer-service text to an official-account openid (allowed within 48 h of their own message; 45015
+        after that: refused). Content cut to 2,048 bytes."""
+        data = content.encode("utf-8")
+        if len(data) > CUSTOM_TEXT_BYTES:
+            content = data[: CUSTOM_TEXT_BYTES - 3].decode("utf-8", "ignore") + "…"
+        return self._post(CUSTOM_PATH, {"touser": touser, "msgtype": "text", "text": {"content": content}})

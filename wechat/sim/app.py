@@ -468,6 +468,55 @@ def _register_messages(bp: Blueprint, state: SimulatorState) -> None:
     def template_send() -> Response:
         return api_call(state.send_template_message)
 
+    @bp.post("/api/cgi-bin/message/custom/send")
+    def custom_send() -> Response:
+        return api_call(state.send_custom_message)
+
+    @bp.post("/api/cgi-bin/message/wxopen/activityid/create")
+    def activity_id_create() -> Response:
+        return api_call(state.create_activity_id)
+
+    @bp.post("/api/cgi-bin/message/wxopen/chattoolmsg/send")
+    def chattool_send() -> Response:
+        return api_call(state.send_chattool_message)
+
+    @bp.post("/wecom/cgi-bin/webhook/send")
+    def webhook_send() -> Response:
+        """WeCom's group webhook (no access token: the key in the URL is the credential)."""
+        body = request.get_json(silent=True)
+        try:
+            if not isinstance(body, dict):
+                raise SimError(200, "40008", "invalid message type")
+            return _api_json(state.webhook_send(request.args.get("key", ""), body))
+        except SimError as exc:
+            return _api_error(exc)
+
+    @bp.post("/werun")
+    def werun() -> Response:
+        """The phone's ``wx.getWeRunData``: JSON ``{name, steps: [[day_start_unix, steps], ...]}`` → ``{encryptedData,
+        iv}`` under that person's session key, for the mini-program's appid."""
+        data = request.get_json(silent=True) or {}
+        steps = data.get("steps")
+        if not data.get("name") or not isinstance(steps, list) or not 0 < len(steps) <= 31:
+            return _api_error(SimError(200, "40001", "name and 1-31 [timestamp, steps] pairs are required"))
+        try:
+            pairs = [(int(t), int(n)) for t, n in steps]
+        except (TypeError, ValueError):
+            return _api_error(SimError(200, "40001", "steps are [timestamp, steps] pairs"))
+        return _api_json(state.werun_data(str(data["name"]), state.mp_appid, pairs))
+
+    @bp.post("/wecom/say")
+    def robot_say() -> Response:
+        """A WeCom member speaks to the robot: form or JSON ``{name, content, group?}`` → what the robot answered."""
+        data = request.get_json(silent=True) or request.form
+        name, content, group = str(data.get("name", "")), str(data.get("content", "")), data.get("group") or None
+        if not name or not content:
+            return _api_error(SimError(200, "40001", "name and content are required"))
+        try:
+            return _api_json(state.robot_say(name, content, str(group) if group else None))
+        except SimError as exc:
+            return _api_error(exc)
+
     @bp.post("/subscribe/request")
     def request_subscribe() -> Response:
         """The phone's ``wx.requestSubscribeMessage``: JSON ``{openid, tmplIds, choice?}`` → its success answer."""

@@ -117,3 +117,31 @@ class MessagesMixin:
         mini = body.get("miniprogram") or {}
         with self.lock:
             return self._remember("oa_template", body, mini.get("pagepath") if isinstance(mini, dict) else None)
+
+    def send_custom_message(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A customer-service message (``/cgi-bin/message/custom/send``): text to an OA openid, remembered."""
+        touser, text = str(body.get("touser") or ""), body.get("text")
+        if body.get("msgtype") != "text" or not isinstance(text, dict) or not isinstance(text.get("content"), str):
+            raise SimError(200, "47001", "data format error")
+        if not touser.startswith(OA_OPENID_PREFIX):
+            raise SimError(200, "40003", "invalid openid")
+        if len(text["content"].encode()) > 2048:
+            raise SimError(200, "45002", "content size out of limit")
+        with self.lock:
+            msgid = str(next(self._msgids))
+            self.sent_messages[msgid] = {
+                "kind": "custom_text",
+                "touser": touser,
+                "text": text["content"],
+                "at": time.time(),
+            }
+            return {"errcode": 0, "errmsg": "ok"}
+
+    def werun_data(self, name: str, appid: str, steps: list[tuple[int, int]]) -> dict[str, str]:
+        """``wx.getWeRunData`` on the phone of sim person ``name``: ``{encryptedData, iv}`` under their session
+        key, ``steps`` as (Unix time of the day's start, steps)."""
+        from wechat.chattool import encrypt_open_data
+
+        data = {"stepInfoList": [{"timestamp": int(t), "step": int(n)} for t, n in steps]}
+        encrypted, iv = encrypt_open_data(self.session_key(name), appid, data)
+        return {"encryptedData": encrypted, "iv": iv}

@@ -65,7 +65,16 @@ def overview_page(state: Any) -> str:
 <td>{% set d = push_deliveries.get(id) %}{% if d %}{{ d.statuses }} {{ 'delivered' if d.delivered else ('abandoned' if d.abandoned else 'pending') }}{% endif %}</td></tr>{% endfor %}</table>
 <h2>Messages sent</h2><table><tr><th>msgid</th><th>kind</th><th>to</th><th>template</th><th>page</th><th>data</th></tr>
 {% for id, m in messages %}<tr><td>{{ id }}</td><td>{{ m.kind }}</td><td>{{ m.touser }}</td><td>{{ m.template_id }}</td>
-<td>{{ m.page or '' }}</td><td>{% for k, v in (m.data or {}).items() %}{{ k }}: {{ v.value }}<br>{% endfor %}</td></tr>{% endfor %}</table>"""  # noqa: E501
+<td>{{ m.page or '' }}</td><td>{% for k, v in (m.data or {}).items() %}{{ k }}: {{ v.value }}<br>{% endfor %}{{ m.text or '' }}</td></tr>{% endfor %}</table>
+<h2>WeCom robot</h2>
+<form method="post" action="wecom/say"><label>name <input name="name" value="alice" required></label>
+<label>group <input name="group" value="friends"></label> <label>says <input name="content" value="帮助" required></label>
+<button type="submit">@机器人 say</button></form>
+<table><tr><th>who</th><th>group</th><th>said</th><th>answer</th></tr>{% for id, c in robot_chats %}<tr><td>{{ c.name }}</td>
+<td>{{ c.group or '1:1' }}</td><td>{{ c.said }}</td><td>{{ c.status }} {{ c.reply or '' }}</td></tr>{% endfor %}</table>
+<h2>WeCom webhook posts</h2><table>{% for id, w in webhook_posts %}<tr><td>{{ w.msgtype }}</td><td>{{ w.content }}</td></tr>{% endfor %}</table>
+<h2>Chat-tool cards</h2><table>{% for id, c in chattool %}<tr><td>{{ c.activity_id }}</td><td>{{ c.target_state }}</td>
+<td>{{ c.participator_info_list }}</td></tr>{% endfor %}</table>"""  # noqa: E501
     with state.lock:
         ctx = {
             "orders": dict(state.orders.items()),
@@ -74,6 +83,9 @@ def overview_page(state: Any) -> str:
             "redpacks": dict(state.redpacks.items()),
             "pushes": sorted(state.pushes.items(), reverse=True)[:50],
             "messages": sorted(state.sent_messages.items(), key=lambda item: -item[1]["at"])[:50],
+            "robot_chats": sorted(state.robot_chats.items(), key=lambda item: -item[1]["at"])[:50],
+            "webhook_posts": sorted(state.webhook_posts.items(), key=lambda item: -item[1]["at"])[:50],
+            "chattool": sorted(state.chattool_messages.items(), key=lambda item: -item[1]["at"])[:50],
         }
     push_deliveries = {d.notification_id: d for d in state.push_dispatcher.deliveries}
     return _page(

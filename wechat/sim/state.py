@@ -29,6 +29,7 @@ from wechat.sim.messages import MessagesMixin
 from wechat.sim.pay import PayMixin
 from wechat.sim.payouts import PayoutMixin
 from wechat.sim.push import PushMixin
+from wechat.sim.robot import RobotMixin
 from wechat.sim.store import Collection, MemoryStore, Store
 
 BEIJING = timezone(timedelta(hours=8))
@@ -55,7 +56,7 @@ def beijing_now_iso() -> str:
     return datetime.now(BEIJING).isoformat(timespec="seconds")
 
 
-class SimulatorState(PayMixin, PayoutMixin, CardMixin, PushMixin, MessagesMixin):
+class SimulatorState(PayMixin, PayoutMixin, CardMixin, PushMixin, MessagesMixin, RobotMixin):
     """Everything the simulated WeChat remembers, plus its keys."""
 
     def __init__(

@@ -29,11 +29,13 @@ from wechat.sim.keys import Material
 from wechat.sim.push import PushTarget
 from wechat.sim.state import SimulatorState
 from wechat.sim.store import Store, open_store
+from wechat.wecom import BotSettings
 
 LIVE_BASES = {
     "WECHAT_API_BASE": ("https://api.weixin.qq.com", "/_sim/api"),
     "WECHAT_PAY_API_BASE": ("https://api.mch.weixin.qq.com", "/_sim/pay"),
     "WECHAT_OPEN_BASE": ("https://open.weixin.qq.com", "/_sim/open"),
+    "WECOM_API_BASE": ("https://qyapi.weixin.qq.com", "/_sim/wecom"),
 }
 SIM_DEFAULTS = {
     "WECHAT_APPID": "wxsim0miniprogram",
@@ -46,6 +48,10 @@ SIM_DEFAULTS = {
     "WECHAT_OA_ENCODING_AES_KEY": "JtA/J1fPWAmFkiOrD1ZbjtYOpYBntmPrmigwBcGT9IY",
     "WECHAT_MP_PUSH_TOKEN": "simMpPushToken",
     "WECHAT_MP_ENCODING_AES_KEY": "g/Ynomf74tprcwerPtrYh+l/fnr5ylxqFZUC+sAXLhk",
+    # the WeCom intelligent robot (published: simulator mode only)
+    "WECOM_BOT_TOKEN": "simWecomBotToken",
+    "WECOM_BOT_ENCODING_AES_KEY": "k13zXHbCdGD+Z71J9ntQCk1rZ3rRTuCtmY7qR1V8U/o",
+    "WECOM_BOT_ID": "simaibot0challenges",
 }
 DEFAULT_PUBLIC_BASE = "http://127.0.0.1:5000"
 MATERIAL = ("material", "account")  # the one record every process of a deployment shares
@@ -95,6 +101,8 @@ def install(
         card_key=material.card_key,
     )
     state.configure_push(push_targets(cfg))
+    state.mp_appid = cfg["WECHAT_APPID"]
+    _configure_robot(state, app)
     app.register_blueprint(create_simulator_blueprint(state))
     verifier_keys = material.keys.verifier_keys(public_key=True, certificates=True)
     return Simulator(state, material.merchant_key, verifier_keys, cfg["PUBLIC_BASE_URL"] + "/_sim/", app)
@@ -114,6 +122,23 @@ def push_targets(cfg: Any) -> dict[str, PushTarget]:
             )
             targets[source] = PushTarget(f"{cfg['PUBLIC_BASE_URL']}/wechat/{source}/push", settings, account)
     return targets
+
+
+def _configure_robot(state: SimulatorState, app: Flask) -> None:
+    """The robot speaks to this app's own callback, in-process (as the pushes reach the app in tests)."""
+    cfg = app.config
+    if not cfg.get("WECOM_BOT_TOKEN") or not cfg.get("WECOM_BOT_ENCODING_AES_KEY"):
+        return
+    settings = BotSettings(cfg["WECOM_BOT_TOKEN"], cfg["WECOM_BOT_ENCODING_AES_KEY"], bot_id=cfg.get("WECOM_BOT_ID"))
+    url = cfg["PUBLIC_BASE_URL"] + "/wechat/wecom/bot"
+    session = requests.Session()
+    session.mount(url, InProcessAdapter(app))
+
+    def post(target: str, args: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        answer = session.post(target, params=args, data=body, headers={"Content-Type": "application/json"}, timeout=10)
+        return answer.status_code, answer.content
+
+    state.configure_robot(url, settings, post)
 
 
 def shared_material(store: Store) -> Material:

@@ -1,0 +1,241 @@
+"""Running a parsed command for a speaker: the one place every transport (WeCom robot, official-account chat,
+chat tool) turns a :mod:`challenges.commands` value into the game's operations and a reply.
+
+The game is reached through one seam, :class:`Ops` (the real one, :class:`GameOps`, resolves the
+``challenges`` package's functions when first called; tests pass a fake). Rules of the bot itself:
+
+- ``帮助`` works for anyone; every other command needs the speaker bound to a user (:mod:`challenges.bindings`),
+  else the reply says how to bind;
+- ``绑定`` is answered with a code only in a 1:1 chat: in a group everyone would see it;
+- in a group, ``加入`` / ``排行榜`` without a number mean the group's latest challenge;
+- a refusal of the game (``ChallengeError``: stake above the balance, someone else's challenge, closed…) is
+  answered with its safe message, and nothing else is done.
+
+Functions only flush: the transport's handler commits once, after ``execute`` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from challenges import bindings
+from challenges.commands import (
+    KIND_NAMES,
+    Command,
+    JoinChallenge,
+    Kind,
+    ListMine,
+    Mistake,
+    RequestBinding,
+    ShowHelp,
+    ShowStandings,
+    StartChallenge,
+    help_text,
+    yuan_text,
+)
+
+MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    code: str = "ok"  # "ok", or why nothing was done (tests, logs)
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "ok"
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who speaks, where: their binding (``user_id`` None: unbound) and the group (None: a 1:1 chat)."""
+
+    speaker: bindings.Speaker
+    user_id: int | None
+    group_id: str | None = None
+
+    @property
+    def in_group(self) -> bool:
+        return self.group_id is not None
+
+    @property
+    def group(self) -> tuple[str, str] | None:
+        return (str(self.speaker.transport), self.group_id) if self.group_id else None
+
+
+class Ops(Protocol):
+    """The game's operations the bot uses (the ``challenges`` package's public functions)."""
+
+    error: type[Exception]  # ChallengeError: ``code`` and a safe message
+
+    def spec(self, kind: Kind, days: int, stake_fen: int) -> Any: ...
+    def create_challenge(self, creator_id: int, spec: Any, now: datetime, *, group: tuple[str, str] | None) -> Any: ...
+    def join_challenge(self, challenge_id: int, user_id: int, now: datetime) -> Any: ...
+    def standings(self, challenge_id: int, now: datetime) -> Any: ...
+    def challenges_of(self, user_id: int) -> Sequence[Any]: ...
+    def group_challenges(self, transport: str, group_id: str) -> Sequence[Any]: ...
+
+
+class GameOps:
+    """The real game: ``challenges.create_challenge`` and friends, resolved at the first call (the game's package
+    imports nothing of the bot, and the bot never runs before the app is built)."""
+
+    @property
+    def _game(self):
+        import challenges
+
+        return challenges
+
+    @property
+    def error(self) -> type[Exception]:
+        return self._game.ChallengeError
+
+    def spec(self, kind: Kind, days: int, stake_fen: int) -> Any:
+        return self._game.ChallengeSpec(kind=str(kind), days=days, stake_fen=stake_fen)
+
+    def create_challenge(self, creator_id, spec, now, *, group=None):
+        return self._game.create_challenge(creator_id, spec, now, group=group)
+
+    def join_challenge(self, challenge_id, user_id, now):
+        return self._game.join_challenge(challenge_id, user_id, now)
+
+    def standings(self, challenge_id, now):
+        return self._game.standings(challenge_id, now)
+
+    def challenges_of(self, user_id):
+        return self._game.challenges_of(user_id)
+
+    def group_challenges(self, transport, group_id):
+        return self._game.group_challenges(transport, group_id)
+
+
+OPS: Ops = GameOps()  # the one indirection: tests replace it (or pass ``ops``)
+
+
+# -- describing ----------------------------------------------------------------------------------------
+
+
+def _attr(value: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        found = getattr(value, name, None)
+        if found is not None:
+            return found
+    return default
+
+
+def describe(challenge: Any) -> str:
+    """``#12 步数挑战 3天 每人5元（进行中）``."""
+    kind = _attr(challenge, "kind", default="")
+    name = KIND_NAMES.get(Kind(kind), str(kind)) if kind in tuple(Kind) else str(kind)
+    days = _attr(challenge, "days", "period_days", default="?")
+    stake = _attr(challenge, "stake_fen", "stake_per_loser_fen", default=0)
+    status = _attr(challenge, "status", default="")
+    tail = f"（{status}）" if status else ""
+    return f"#{challenge.id} {name}挑战 {days}天 每人{yuan_text(int(stake))}元{tail}"
+
+
+def standings_text(challenge_id: int, standings: Any) -> str:
+    rows = list(_attr(standings, "rows", default=standings) or [])
+    if not rows:
+        return f"#{challenge_id} 还没有人的成绩。"
+    lines = [f"#{challenge_id} 排行榜："]
+    for row in rows[:20]:
+        name = _attr(row, "display_name", "name", default=f"用户{_attr(row, 'user_id', default='?')}")
+        lines.append(
+            f"{_attr(row, 'rank', default='-')}. {name}  {_attr(row, 'total', default=0)}"
+            f"（已计 {_attr(row, 'days_counted', 'days', default=0)} 天）"
+        )
+    return "\n".join(lines)
+
+
+def how_to_bind(ctx: Context) -> str:
+    where = "请先私聊我" if ctx.in_group else "请"
+    return f"你还没有绑定账号。{where}发送「绑定」，拿到一次性绑定码后在小程序「我的 → 聊天绑定」里输入确认。"
+
+
+# -- executing -----------------------------------------------------------------------------------------
+
+
+def execute(
+    command: Command | Mistake,
+    ctx: Context,
+    now: datetime,
+    *,
+    binding: bindings.BindingSettings | None = None,
+    ops: Ops | None = None,
+) -> Reply:
+    """Run one command for ``ctx``; the reply to send back. Flushes only."""
+    ops = ops or OPS
+    if isinstance(command, Mistake):
+        return Reply(command.reply_text(), command.code)
+    if isinstance(command, ShowHelp):
+        return Reply(help_text())
+    if isinstance(command, RequestBinding):
+        return _bind(ctx, now, binding)
+    if ctx.user_id is None:
+        return Reply(how_to_bind(ctx), "unbound")
+    try:
+        return _run(command, ctx, ctx.user_id, now, ops)
+    except ops.error as exc:
+        return Reply(f"没办成：{exc}", str(getattr(exc, "code", "refused")))
+
+
+def _bind(ctx: Context, now: datetime, settings: bindings.BindingSettings | None) -> Reply:
+    if ctx.in_group:
+        return Reply("绑定码只能私聊发给你：请私聊我发送「绑定」。", "private_only")
+    if ctx.user_id is not None:
+        return Reply("你已经绑定了账号。要换账号，先在小程序「我的 → 聊天绑定」里解绑。", "already_bound")
+    if settings is None:
+        return Reply("现在还不能绑定，请稍后再试。", "unavailable")
+    code = bindings.request_code(settings, ctx.speaker, now)
+    minutes = int(settings.ttl.total_seconds() // 60)
+    return Reply(
+        f"你的绑定码：{code}\n请在 {minutes} 分钟内打开小程序「我的 → 聊天绑定」输入它，只能用一次。"
+        "不要把它发给任何人：拿到它的人能以你的身份参加挑战。"
+    )
+
+
+def _run(command: Command, ctx: Context, user_id: int, now: datetime, ops: Ops) -> Reply:
+    match command:
+        case StartChallenge(kind, days, stake_fen):
+            challenge = ops.create_challenge(user_id, ops.spec(kind, days, stake_fen), now, group=ctx.group)
+            return Reply(f"挑战已发起：{describe(challenge)}\n想参加的朋友发送「加入 {challenge.id}」。")
+        case JoinChallenge(challenge_id):
+            target = challenge_id or _group_latest(ctx, ops)
+            if target is None:
+                return _which(ctx, "加入")
+            ops.join_challenge(target, user_id, now)
+            return Reply(f"你已加入 #{target}。发送「排行榜 {target}」看成绩。")
+        case ShowStandings(challenge_id):
+            target = challenge_id or _group_latest(ctx, ops) or _my_latest(user_id, ops)
+            if target is None:
+                return _which(ctx, "排行榜")
+            return Reply(standings_text(target, ops.standings(target, now)))
+        case ListMine():
+            mine = list(ops.challenges_of(user_id))
+            if not mine:
+                return Reply("你还没有参加挑战。发送「帮助」看怎么发起。")
+            lines = [describe(c) for c in sorted(mine, key=lambda c: c.id, reverse=True)[:MAX_LISTED]]
+            return Reply("你的挑战：\n" + "\n".join(lines))
+    raise TypeError(f"not a command: {command!r}")
+
+
+def _group_latest(ctx: Context, ops: Ops) -> int | None:
+    if not ctx.in_group:
+        return None
+    found = list(ops.group_challenges(str(ctx.speaker.transport), ctx.group_id))
+    return max((c.id for c in found), default=None)
+
+
+def _my_latest(user_id: int, ops: Ops) -> int | None:
+    return max((c.id for c in ops.challenges_of(user_id)), default=None)
+
+
+def _which(ctx: Context, verb: str) -> Reply:
+    if ctx.in_group:
+        return Reply("这个群还没有挑战。发送「发起步数挑战 3天 每人5元」发起一个。", "no_challenge")
+    return Reply(f"请说是哪个挑战，例如「{verb} 12」（发送「我的挑战」看编号）。", "which_challenge")

@@ -1,0 +1,283 @@
+"""The one command language of the challenge bots (WeCom robot, official-account chat, chat tool): pure text → value.
+
+Chinese first, English aliases welcome. Forgiving: NFKC first (full-width letters, digits and spaces become
+plain ones), @-mentions at the start dropped (a WeCom group message arrives as ``@机器人 排行榜``), spacing and
+punctuation ignored, small Chinese numerals read (``三天``, ``两块``, ``十五元``). :func:`parse` never raises:
+it answers a :class:`Command` or a :class:`Mistake` saying what was wrong, with an example to copy.
+
+    发起步数挑战 3天 每人5元  /  步数挑战 3 天 输的人 5 块  /  start steps 3 days 5 yuan   → StartChallenge
+    加入 12  /  参加  /  join 12                                                         → JoinChallenge
+    排行榜 12  /  排行  /  rank                                                           → ShowStandings
+    我的挑战  /  mine                                                                    → ListMine
+    绑定  /  bind                                                                         → RequestBinding
+    帮助  /  ?  /  help                                                                   → ShowHelp
+
+:func:`canonical` writes a command back in the words :func:`parse` reads (used in replies' examples).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from enum import StrEnum
+
+MAX_TEXT_CHARS = 500  # a WeCom text is at most 2,048 bytes; a command is a line
+MIN_DAYS, MAX_DAYS = 1, 30  # WeRun gives the last 31 days: a longer challenge could not be measured
+MAX_STAKE_FEN = 200_00  # the parser's bound; the challenge's own rules (and the balance) decide the rest
+MAX_ID = 2**31 - 1
+
+
+class Kind(StrEnum):
+    STEPS = "steps"
+    READING = "reading"
+    QUIZ = "quiz"
+
+
+KIND_WORDS: dict[Kind, tuple[str, ...]] = {
+    Kind.STEPS: ("步数", "走路", "运动", "steps", "step", "walk"),
+    Kind.READING: ("阅读", "读书", "看书", "reading", "read"),
+    Kind.QUIZ: ("答题", "知识", "问答", "竞赛", "quiz"),
+}
+KIND_NAMES = {Kind.STEPS: "步数", Kind.READING: "阅读", Kind.QUIZ: "答题"}
+
+
+@dataclass(frozen=True)
+class StartChallenge:
+    kind: Kind
+    days: int
+    stake_fen: int  # from each loser (quiz: from each winner, the prize direction reversed)
+
+
+@dataclass(frozen=True)
+class JoinChallenge:
+    challenge_id: int | None = None  # None: the group's open challenge
+
+
+@dataclass(frozen=True)
+class ShowStandings:
+    challenge_id: int | None = None  # None: the group's latest challenge (in a 1:1 chat: the speaker's)
+
+
+@dataclass(frozen=True)
+class ListMine:
+    pass
+
+
+@dataclass(frozen=True)
+class RequestBinding:
+    pass
+
+
+@dataclass(frozen=True)
+class ShowHelp:
+    pass
+
+
+Command = StartChallenge | JoinChallenge | ShowStandings | ListMine | RequestBinding | ShowHelp
+
+EXAMPLE_START = "发起步数挑战 3天 每人5元"
+EXAMPLES = (
+    (EXAMPLE_START, "发起挑战（步数 / 阅读 / 答题），输的人每人出 5 元红包"),
+    ("加入 12", "加入 12 号挑战（群里只有一个进行中的挑战时可以只说「加入」）"),
+    ("排行榜 12", "看 12 号挑战的排行"),
+    ("我的挑战", "我参加的挑战"),
+    ("绑定", "私聊我，拿一次性绑定码，到小程序里确认"),
+    ("帮助", "看这张说明"),
+)
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """Not a command we can run: ``code`` for tests and logs, ``message`` and ``example`` for the person."""
+
+    code: str
+    message: str
+    example: str = EXAMPLE_START
+
+    def reply_text(self) -> str:
+        return f"{self.message}\n例如：{self.example}\n发送「帮助」查看全部命令。"
+
+
+# -- normalizing ---------------------------------------------------------------------------------------
+
+MENTION = re.compile(r"^\s*@\S*\s*|\s+@\S*\s*$")
+PUNCTUATION = re.compile(r"(?<!\d)\.|\.(?!\d)|[,;:!~，。；：！、…“”\"'「」『』()（）\[\]【】<>《》]+")
+SPACES = re.compile(r"\s+")
+
+
+def normalized(text: str) -> str:
+    """NFKC, lower case, @-mentions at the start dropped, punctuation as spaces, one space between words."""
+    text = unicodedata.normalize("NFKC", text[: MAX_TEXT_CHARS * 2]).lower()
+    text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zs", "Zl", "Zp") else c for c in text)
+    while True:
+        stripped = MENTION.sub("", text, count=1)
+        if stripped == text:
+            break
+        text = stripped
+    text = PUNCTUATION.sub(" ", text)
+    return SPACES.sub(" ", text).strip()
+
+
+CN_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+CN_NUMBER = re.compile(r"[零〇一二两三四五六七八九十百]+")
+
+
+def cn_number(word: str) -> int | None:
+    """A small Chinese numeral (0-999): 三, 十五, 二十, 一百零五, 两百; None if it is not one."""
+    total, digit, seen = 0, None, False
+    for char in word:
+        if char in CN_DIGITS:
+            if digit is not None and digit != 0 and CN_DIGITS[char] != 0:
+                return None  # 三五: not a numeral
+            digit = CN_DIGITS[char]
+        elif char in "十百":
+            unit = 10 if char == "十" else 100
+            if seen and unit == 100 and total:
+                return None
+            total += (1 if digit is None else digit) * unit
+            digit, seen = None, True
+        else:
+            return None
+    return total + (digit or 0)
+
+
+def _arabic(text: str) -> str:
+    """Chinese numerals rewritten as digits (``三天`` → ``3天``), other characters left alone."""
+
+    def swap(match: re.Match) -> str:
+        value = cn_number(match.group())
+        return match.group() if value is None else f" {value} "
+
+    return SPACES.sub(" ", CN_NUMBER.sub(swap, text)).strip()
+
+
+# -- parsing ---------------------------------------------------------------------------------------------
+
+HELP_WORDS = ("帮助", "help", "?", "？", "菜单", "怎么玩", "命令", "menu")
+MINE_WORDS = ("我的挑战", "我的", "mine", "my challenges", "my")
+STANDINGS_WORDS = ("排行榜", "排行", "排名", "榜单", "leaderboard", "standings", "rank", "board")
+JOIN_WORDS = ("加入挑战", "参加挑战", "加入", "参加", "参与", "报名", "join")
+BIND_WORDS = ("绑定", "bind")
+START_WORDS = ("发起", "开始", "创建", "来个", "来一个", "新建", "开", "start", "new", "create")
+
+NUMBER = r"(\d{1,7}(?:\.\d{1,2})?)"
+DAYS = re.compile(NUMBER + r"\s*(?:天|日|days|day|d)(?![a-z])")
+STAKE = re.compile(r"(?:¥|￥|rmb)\s*" + NUMBER + r"|" + NUMBER + r"\s*(?:元|块钱|块|yuan|rmb|cny)(?![a-z])")
+ID = re.compile(r"^(?:#|no\.?|第)?\s*(\d{1,10})\s*(?:号)?$")
+
+
+def _rest(text: str, words: tuple[str, ...]) -> str | None:
+    """The text after the first of ``words`` it starts with (a whole word for Latin ones), else None."""
+    for word in words:
+        if text.startswith(word):
+            rest = text[len(word) :]
+            if word.isascii() and word[-1].isalnum() and rest[:1].isalnum() and rest[:1].isascii():
+                continue
+            return rest.strip()
+    return None
+
+
+def _challenge_id(rest: str, what: str, example: str) -> int | None | Mistake:
+    rest = re.sub(r"^(?:挑战|challenge)\s*", "", _arabic(rest))
+    if not rest:
+        return None
+    match = ID.match(rest)
+    if not match or not 0 < int(match.group(1)) <= MAX_ID:
+        return Mistake("bad_id", f"「{rest[:20]}」不是挑战编号：{what}后面跟编号，或什么都不跟。", example)
+    return int(match.group(1))
+
+
+def _kind_of(text: str) -> Kind | None:
+    for kind, words in KIND_WORDS.items():
+        if any(word in text for word in words):
+            return kind
+    return None
+
+
+def _fen(amount: str) -> int:
+    yuan, _, cents = amount.partition(".")
+    return int(yuan) * 100 + int((cents + "00")[:2])
+
+
+def _start(text: str, kind: Kind) -> StartChallenge | Mistake:
+    example = f"发起{KIND_NAMES[kind]}挑战 3天 每人5元"
+    text = _arabic(text)
+    days = DAYS.findall(text)
+    if not days:
+        return Mistake("missing_days", "要说挑战几天（例如「3天」）。", example)
+    if len(days) > 1:
+        return Mistake("ambiguous_days", "天数说了不止一次，只说一次就好。", example)
+    if "." in days[0] or not MIN_DAYS <= int(days[0]) <= MAX_DAYS:
+        return Mistake("bad_days", f"挑战天数是 {MIN_DAYS} 到 {MAX_DAYS} 的整数（微信运动只保留 31 天）。", example)
+    stakes = [a or b for a, b in STAKE.findall(text)]
+    if not stakes:
+        return Mistake("missing_stake", "要说输的人每人出多少（例如「每人5元」）。", example)
+    if len(stakes) > 1:
+        return Mistake("ambiguous_stake", "金额说了不止一次，只说一次就好。", example)
+    stake_fen = _fen(stakes[0])
+    if not 0 < stake_fen <= MAX_STAKE_FEN:
+        return Mistake("bad_stake", f"每人金额在 0.01 元到 {MAX_STAKE_FEN // 100} 元之间。", example)
+    return StartChallenge(kind, int(days[0]), stake_fen)
+
+
+def parse(text: object) -> Command | Mistake:
+    """One message → a command, or a mistake to answer (never raises)."""
+    if not isinstance(text, str):
+        return Mistake("not_text", "我只看得懂文字消息。")
+    if len(text) > MAX_TEXT_CHARS:
+        return Mistake("too_long", f"消息太长了（最多 {MAX_TEXT_CHARS} 个字），一条消息一个命令。")
+    line = normalized(text)
+    if not line:
+        return ShowHelp()
+    if line in HELP_WORDS or _rest(line, HELP_WORDS) == "":
+        return ShowHelp()
+    if _rest(line, MINE_WORDS) == "" or line in ("我的挑战列表", "list"):
+        return ListMine()
+    if _rest(line, BIND_WORDS) is not None:
+        return RequestBinding()
+    rest = _rest(line, STANDINGS_WORDS)
+    if rest is not None:
+        found = _challenge_id(rest, "排行榜", "排行榜 12")
+        return found if isinstance(found, Mistake) else ShowStandings(found)
+    rest = _rest(line, JOIN_WORDS)
+    if rest is not None:
+        found = _challenge_id(rest, "加入", "加入 12")
+        return found if isinstance(found, Mistake) else JoinChallenge(found)
+    kind = _kind_of(line)
+    if kind is not None and (_rest(line, START_WORDS) is not None or "挑战" in line or "challenge" in line):
+        return _start(line, kind)
+    if _rest(line, START_WORDS) is not None or "挑战" in line:
+        return Mistake("missing_kind", "要说是哪种挑战：步数、阅读还是答题。")
+    return Mistake("unknown_command", f"没看懂「{line[:20]}」。")
+
+
+def canonical(command: Command) -> str:
+    """The command in the words :func:`parse` reads back to the same value."""
+    match command:
+        case StartChallenge(kind, days, stake_fen):
+            return f"发起{KIND_NAMES[kind]}挑战 {days}天 每人{yuan_text(stake_fen)}元"
+        case JoinChallenge(challenge_id):
+            return "加入" if challenge_id is None else f"加入 {challenge_id}"
+        case ShowStandings(challenge_id):
+            return "排行榜" if challenge_id is None else f"排行榜 {challenge_id}"
+        case ListMine():
+            return "我的挑战"
+        case RequestBinding():
+            return "绑定"
+        case ShowHelp():
+            return "帮助"
+    raise TypeError(f"not a command: {command!r}")
+
+
+def yuan_text(fen: int) -> str:
+    """5 → ``0.05``, 500 → ``5``, 550 → ``5.5``."""
+    yuan, cents = divmod(fen, 100)
+    return str(yuan) if not cents else f"{yuan}.{cents:02d}".rstrip("0")
+
+
+def help_text() -> str:
+    lines = ["挑战机器人的命令（在群里请先 @我）："]
+    lines += [f"· {example} —— {what}" for example, what in EXAMPLES]
+    lines.append("奖金只来自你在我们这里已有的返利余额或积分，不收新的钱。")
+    return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""The bots' command language (challenges/commands.py): Chinese first, forgiving, never crashing."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from challenges.commands import (
+    MAX_DAYS,
+    MAX_STAKE_FEN,
+    JoinChallenge,
+    Kind,
+    ListMine,
+    Mistake,
+    RequestBinding,
+    ShowHelp,
+    ShowStandings,
+    StartChallenge,
+    canonical,
+    cn_number,
+    parse,
+)
+
+STEPS_3_5 = StartChallenge(Kind.STEPS, 3, 500)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("发起步数挑战 3天 每人5元", STEPS_3_5),
+        ("步数挑战 3 天 输的人 5 块", STEPS_3_5),
+        ("@挑战机器人 发起步数挑战 三天 每人五块钱", STEPS_3_5),
+        ("＠挑战机器人　发起步数挑战　３天　每人５元", STEPS_3_5),  # full-width everything
+        ("start steps 3 days 5 yuan", STEPS_3_5),
+        ("发起阅读挑战 七天 每人两块", StartChallenge(Kind.READING, 7, 200)),
+        ("答题挑战 十天 ¥1.5", StartChallenge(Kind.QUIZ, 10, 150)),
+        ("加入", JoinChallenge()),
+        ("@bot 加入 12", JoinChallenge(12)),
+        ("加入 12 @挑战机器人", JoinChallenge(12)),
+        ("参加 #７", JoinChallenge(7)),
+        ("join 3", JoinChallenge(3)),
+        ("排行榜", ShowStandings()),
+        ("排行 十二", ShowStandings(12)),
+        ("rank 4", ShowStandings(4)),
+        ("我的挑战", ListMine()),
+        ("mine", ListMine()),
+        ("绑定", RequestBinding()),
+        ("帮助", ShowHelp()),
+        ("？", ShowHelp()),
+        ("@机器人", ShowHelp()),
+    ],
+)
+def test_commands_are_read_forgivingly(text, expected):
+    assert parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("你好", "unknown_command"),
+        ("步数挑战 3天", "missing_stake"),
+        ("步数挑战 每人5元", "missing_days"),
+        ("发起挑战 3天 5元", "missing_kind"),
+        ("步数挑战 40天 5元", "bad_days"),
+        ("步数挑战 1.5天 5元", "bad_days"),
+        ("步数挑战 3天 5000元", "bad_stake"),
+        ("步数挑战 3天 4天 5元", "ambiguous_days"),
+        ("加入 abc", "bad_id"),
+        ("加入 99999999999", "bad_id"),
+        ("x" * 501, "too_long"),
+    ],
+)
+def test_a_mistake_says_what_was_wrong_with_an_example(text, code):
+    mistake = parse(text)
+    assert isinstance(mistake, Mistake) and mistake.code == code
+    assert "例如" in mistake.reply_text() and mistake.example
+
+
+def test_small_chinese_numerals():
+    assert [cn_number(w) for w in ("三", "十", "十五", "二十", "两百", "一百零五", "九十九")] == [
+        3,
+        10,
+        15,
+        20,
+        200,
+        105,
+        99,
+    ]
+    assert cn_number("三五") is None
+
+
+@given(st.text(max_size=600))
+def test_parse_never_raises_on_any_text(text):
+    assert parse(text) is not None
+
+
+commands = st.one_of(
+    st.builds(
+        StartChallenge,
+        st.sampled_from(list(Kind)),
+        st.integers(1, MAX_DAYS),
+        st.integers(1, MAX_STAKE_FEN),
+    ),
+    st.builds(JoinChallenge, st.none() | st.integers(1, 2**31 - 1)),
+    st.builds(ShowStandings, st.none() | st.integers(1, 2**31 - 1)),
+    st.just(ListMine()),
+    st.just(RequestBinding()),
+    st.just(ShowHelp()),
+)
+
+
+def fullwidth(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else ("\u3000" if c == " " else c) for c in text)
+
+
+@given(commands, st.sampled_from(["", "@挑战机器人 ", "@bot\u3000", "  "]), st.booleans())
+def test_canonical_forms_round_trip(command, mention, wide):
+    text = canonical(command)
+    assert parse(text) == command
+    spoken = mention + (fullwidth(text) if wide else text)
+    assert unicodedata.normalize("NFKC", spoken)  # sanity
+    assert parse(spoken) == command

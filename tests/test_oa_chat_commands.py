@@ -1,0 +1,65 @@
+"""Challenge commands said to the official account one to one (jobs/chat_commands.py): applied by the message
+worker after the push was answered, the answer sent as a customer-service text with no transaction open."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select
+
+from challenges import bindings
+from jobs.chat_commands import send_chat_replies
+from jobs.messages import apply_messages
+from models import ChatReply, db
+from tests.test_message_push import push
+from tests.test_wecom_bot import FakeOps, ops  # noqa: F401 - the fake game
+from wechat.sim.messages import OA_OPENID_PREFIX
+
+OPENID = OA_OPENID_PREFIX + "alice"
+
+
+def text_push(content: str, msg_id: str) -> dict:
+    return {
+        "ToUserName": "gh_oa",
+        "FromUserName": OPENID,
+        "CreateTime": int(time.time()),
+        "MsgType": "text",
+        "Content": content,
+        "MsgId": msg_id,
+    }
+
+
+def sent_texts(app) -> list[str]:
+    sim = app.extensions["wechat"].simulator
+    return [m["text"] for m in sorted(sim.sent_messages.values(), key=lambda m: m["at"]) if m["kind"] == "custom_text"]
+
+
+def test_an_unbound_person_gets_a_code_binds_and_plays(app, client, user_headers, make_user, ops):  # noqa: F811
+    alice = make_user()
+    assert push(client, "oa", text_push("加入 3", "1001")).data == b"success"
+    assert push(client, "oa", text_push("绑定", "1002")).data == b"success"
+    apply_messages()
+    assert send_chat_replies()["sent"] == 2
+    first, second = sent_texts(app)
+    assert "还没有绑定" in first and "绑定码" in second
+    code = second.split("：", 1)[1].split("\n", 1)[0]
+    assert client.post("/api/v1/me/chat-bindings", json={"code": code}, headers=user_headers(alice)).status_code == 201
+    push(client, "oa", text_push("发起阅读挑战 5天 每人2元", "1003"))
+    push(client, "oa", text_push("发起阅读挑战 5天 每人2元", "1003"))  # WeChat's retry: one challenge
+    apply_messages()
+    send_chat_replies()
+    assert ops.calls == [("create", alice.id, "reading", 5, 200, None)]
+    assert "#1 阅读挑战 5天 每人2元" in sent_texts(app)[-1]
+    assert send_chat_replies() == {}  # nothing sent twice
+    statuses = db.session.execute(select(ChatReply.status)).scalars().all()
+    assert statuses == ["sent"] * 3
+    assert bindings.bound_user(bindings.Speaker("oa", app.config["WECHAT_OA_APPID"], OPENID)) == alice.id
+
+
+def test_text_that_is_no_command_is_left_alone(app, client, ops):  # noqa: F811
+    from models import InboundMessage, MessageStatus
+
+    push(client, "oa", text_push("你们几点开门？", "2001"))
+    apply_messages()
+    assert db.session.execute(select(InboundMessage.status)).scalar_one() == MessageStatus.IGNORED
+    assert db.session.execute(select(ChatReply)).first() is None and ops.calls == []

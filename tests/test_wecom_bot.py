@@ -1,0 +1,326 @@
+"""The WeCom robot's callback end to end (web/wecom_bot.py) and chat bindings (challenges/bindings.py).
+
+Callbacks are built as WeCom builds them (``wechat.wecom.build_callback`` under the app's own token and key);
+the game is a fake :class:`challenges.bot.Ops` (the real ``challenges`` functions arrive with the game).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import func, select
+
+from challenges import bindings, bot
+from models import BotCallback, ChatBinding, ChatBindingCode, Transport, db, utcnow
+from web.wecom_bot import bot_settings
+from wechat import wecom
+from wechat.push import new_aes_key
+
+
+class ChallengeError(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+class FakeOps:
+    error = ChallengeError
+
+    def __init__(self):
+        self.calls, self.challenges, self.joined = [], {}, set()
+
+    def spec(self, kind, days, stake_fen):
+        return SimpleNamespace(kind=str(kind), days=days, stake_fen=stake_fen)
+
+    def create_challenge(self, creator_id, spec, now, *, group=None):
+        self.calls.append(("create", creator_id, spec.kind, spec.days, spec.stake_fen, group))
+        if spec.stake_fen > 1000:
+            raise ChallengeError("stake_above_balance", "赌注超过你的返利余额")
+        c = SimpleNamespace(
+            id=len(self.challenges) + 1, status="报名中", group=group, members={creator_id}, **vars(spec)
+        )
+        self.challenges[c.id] = c
+        return c
+
+    def join_challenge(self, challenge_id, user_id, now):
+        self.calls.append(("join", challenge_id, user_id))
+        if challenge_id not in self.challenges:
+            raise ChallengeError("not_found", "没有这个挑战")
+        self.challenges[challenge_id].members.add(user_id)
+        return SimpleNamespace(challenge_id=challenge_id, user_id=user_id)
+
+    def standings(self, challenge_id, now):
+        c = self.challenges[challenge_id]
+        rows = [
+            SimpleNamespace(user_id=u, display_name=f"u{u}", total=1000 * u, days_counted=1, rank=i + 1)
+            for i, u in enumerate(sorted(c.members))
+        ]
+        return SimpleNamespace(rows=rows)
+
+    def challenges_of(self, user_id):
+        return [c for c in self.challenges.values() if user_id in c.members]
+
+    def group_challenges(self, transport, group_id):
+        return [c for c in self.challenges.values() if c.group == (transport, group_id)]
+
+
+@pytest.fixture
+def ops(monkeypatch):
+    fake = FakeOps()
+    monkeypatch.setattr(bot, "OPS", fake)
+    return fake
+
+
+@pytest.fixture
+def robot(app, client):
+    settings = bot_settings()
+
+    def say(userid, content, *, chatid="", msgid=None, timestamp=None, settings_=None):
+        message = wecom.text_message(settings.bot_id, userid, content, chatid=chatid, msgid=msgid)
+        built = wecom.build_callback(settings_ or settings, message, timestamp=timestamp)
+        response = client.post(
+            "/wechat/wecom/bot", query_string=built.args, data=built.body, content_type="application/json"
+        )
+        if response.status_code == 200 and response.data:
+            return response, wecom.open_reply(settings, response.get_json())["stream"]["content"]
+        return response, None
+
+    return say
+
+
+def bind(client, user_headers, robot, user, userid):
+    _, text = robot(userid, "绑定")
+    code = text.split("：", 1)[1].split("\n", 1)[0]
+    response = client.post("/api/v1/me/chat-bindings", json={"code": code}, headers=user_headers(user))
+    assert response.status_code == 201, response.get_json()
+    return code
+
+
+def counts():
+    return tuple(
+        db.session.execute(select(func.count()).select_from(t)).scalar_one()
+        for t in (BotCallback, ChatBinding, ChatBindingCode)
+    )
+
+
+def test_url_check(client, app):
+    args = wecom.build_handshake(bot_settings(), "echo-9")
+    assert client.get("/wechat/wecom/bot", query_string=args).data == b"echo-9"
+
+
+def test_two_friends_start_and_join_a_step_challenge_in_a_group(client, user_headers, make_user, robot, ops):
+    alice, bob = make_user(), make_user()
+    bind(client, user_headers, robot, alice, "alice")
+    bind(client, user_headers, robot, bob, "bob")
+    _, text = robot("alice", "@挑战机器人 发起步数挑战 3天 每人5元", chatid="g1")
+    assert "#1 步数挑战 3天 每人5元" in text and "加入 1" in text
+    assert ops.calls[0] == ("create", alice.id, "steps", 3, 500, ("wecom", "g1"))
+    _, text = robot("bob", "@挑战机器人 加入", chatid="g1")
+    assert "你已加入 #1" in text and ops.calls[-1] == ("join", 1, bob.id)
+    _, text = robot("bob", "@挑战机器人 排行榜", chatid="g1")
+    assert f"u{alice.id}" in text and f"u{bob.id}" in text
+    _, text = robot("bob", "我的挑战")
+    assert "#1 步数挑战" in text
+
+
+def test_a_replayed_msgid_gets_the_first_answer_and_changes_nothing(client, user_headers, make_user, robot, ops):
+    alice = make_user()
+    bind(client, user_headers, robot, alice, "alice")
+    _, first = robot("alice", "发起步数挑战 3天 每人5元", chatid="g1", msgid="msg-1")
+    before = counts()
+    response, again = robot("alice", "发起步数挑战 3天 每人5元", chatid="g1", msgid="msg-1")
+    assert response.status_code == 200 and again == first
+    assert len([c for c in ops.calls if c[0] == "create"]) == 1 and counts() == before
+
+
+def test_forged_signature_stale_timestamp_and_huge_body_are_refused_and_nothing_changes(client, app, robot, ops):
+    before = counts()
+    settings = bot_settings()
+    forged = wecom.BotSettings(settings.token, new_aes_key(), bot_id=settings.bot_id)
+    assert robot("alice", "绑定", settings_=forged)[0].status_code == 400  # signed right, another key: undecryptable
+    wrong_token = wecom.BotSettings("otherToken", settings.aes_key, bot_id=settings.bot_id)
+    assert robot("alice", "绑定", settings_=wrong_token)[0].status_code == 403
+    assert robot("alice", "绑定", timestamp=int(time.time()) - 3600)[0].status_code == 403
+    built = wecom.build_callback(settings, wecom.text_message(settings.bot_id, "alice", "帮助"))
+    huge = client.post(
+        "/wechat/wecom/bot", query_string=built.args, data=b"{" + b" " * 70000 + b"}", content_type="application/json"
+    )
+    assert huge.status_code == 413
+    bad = client.post("/wechat/wecom/bot", query_string=built.args, data=b"<xml/>", content_type="application/json")
+    assert bad.status_code == 400
+    unsigned = client.post("/wechat/wecom/bot", data=built.body, content_type="application/json")
+    assert unsigned.status_code == 403
+    assert counts() == before and ops.calls == []
+
+
+def test_unconfigured_robot_is_404(client, app):
+    app.config["WECOM_BOT_TOKEN"] = None
+    assert client.post("/wechat/wecom/bot", data=b"{}").status_code == 404
+
+
+def test_unknown_command_unbound_speaker_and_wrong_chat_type(client, user_headers, make_user, robot, ops):
+    _, text = robot("alice", "@挑战机器人 你好", chatid="g1")
+    assert "没看懂" in text and "例如" in text
+    _, text = robot("alice", "@挑战机器人 加入 3", chatid="g1")
+    assert "还没有绑定" in text and "私聊" in text
+    _, text = robot("alice", "@挑战机器人 绑定", chatid="g1")
+    assert "私聊" in text and "绑定码：" not in text
+    assert db.session.execute(select(func.count()).select_from(ChatBindingCode)).scalar_one() == 0
+    assert ops.calls == []
+
+
+def test_a_refusal_of_the_game_is_answered_and_nothing_else_done(client, user_headers, make_user, robot, ops):
+    alice = make_user()
+    bind(client, user_headers, robot, alice, "alice")
+    _, text = robot("alice", "发起步数挑战 3天 每人50元", chatid="g1")
+    assert "赌注超过你的返利余额" in text
+    _, text = robot("alice", "加入 99", chatid="g1")
+    assert "没有这个挑战" in text
+
+
+# -- bindings -------------------------------------------------------------------------------------------
+
+
+def test_a_code_is_used_once(client, user_headers, make_user, robot):
+    alice, mallory = make_user(), make_user()
+    code = bind(client, user_headers, robot, alice, "alice")
+    again = client.post("/api/v1/me/chat-bindings", json={"code": code}, headers=user_headers(mallory))
+    assert again.status_code == 422 and again.get_json()["error"] == "wrong_code"
+    assert bindings.bound_user(bindings.Speaker(Transport.WECOM, bot_settings().bot_id, "alice")) == alice.id
+
+
+def test_an_expired_code_and_a_voided_code_are_refused(client, app, user_headers, make_user, robot, time_machine):
+    alice = make_user()
+    _, text = robot("alice", "绑定")
+    old = text.split("：", 1)[1].split("\n", 1)[0]
+    _, text = robot("alice", "绑定")  # a new code voids the old one
+    new = text.split("：", 1)[1].split("\n", 1)[0]
+    assert client.post("/api/v1/me/chat-bindings", json={"code": old}, headers=user_headers(alice)).status_code == 422
+    time_machine.move_to(utcnow() + timedelta(minutes=app.config["CHAT_BINDING_CODE_MINUTES"] + 1))
+    response = client.post("/api/v1/me/chat-bindings", json={"code": new}, headers=user_headers(alice))
+    assert response.status_code == 422 and response.get_json()["error"] == "wrong_code"
+    assert db.session.execute(select(func.count()).select_from(ChatBinding)).scalar_one() == 0
+
+
+def test_wrong_codes_are_limited(client, app, user_headers, make_user):
+    mallory = make_user()
+    for _ in range(app.config["CHAT_BINDING_MAX_FAILURES"]):
+        answer = client.post("/api/v1/me/chat-bindings", json={"code": "ABCD-EFGH"}, headers=user_headers(mallory))
+        assert answer.status_code == 422
+    answer = client.post("/api/v1/me/chat-bindings", json={"code": "ABCD-EFGH"}, headers=user_headers(mallory))
+    assert answer.status_code == 429 and answer.get_json()["error"] == "too_many_attempts"
+
+
+def test_codes_are_hashed_at_rest(client, robot):
+    _, text = robot("alice", "绑定")
+    code = text.split("：", 1)[1].split("\n", 1)[0]
+    stored = db.session.execute(select(ChatBindingCode.code_hash)).scalar_one()
+    assert code.replace("-", "") not in stored and len(stored) == 64
+
+
+def test_someone_elses_binding_cannot_be_seen_or_removed(client, user_headers, make_user, robot):
+    alice, mallory = make_user(), make_user()
+    bind(client, user_headers, robot, alice, "alice")
+    binding_id = client.get("/api/v1/me/chat-bindings", headers=user_headers(alice)).get_json()["items"][0]["id"]
+    assert client.get("/api/v1/me/chat-bindings", headers=user_headers(mallory)).get_json() == {"items": []}
+    assert client.delete(f"/api/v1/me/chat-bindings/{binding_id}", headers=user_headers(mallory)).status_code == 404
+    assert client.delete(f"/api/v1/me/chat-bindings/{binding_id}", headers=user_headers(alice)).status_code == 200
+    assert client.get("/api/v1/me/chat-bindings", headers=user_headers(alice)).get_json() == {"items": []}
+
+
+def test_a_speaker_bound_to_someone_cannot_be_bound_again(client, user_headers, make_user, robot):
+    alice, bob = make_user(), make_user()
+    bind(client, user_headers, robot, alice, "alice")
+    _, text = robot("alice", "绑定")
+    assert "已经绑定" in text and "绑定码" not in text
+    del bob
+
+
+# -- the chat tool ------------------------------------------------------------------------------------------
+
+
+def test_a_chat_tool_group_identity_is_bound_from_data_opened_with_the_callers_session_key(
+    app, client, user_headers, make_user
+):
+    import base64
+    import os
+
+    from models import UserIdentity
+    from wechat.chattool import encrypt_open_data
+
+    alice, mallory = make_user(appid=app.config["WECHAT_APPID"]), make_user(appid=app.config["WECHAT_APPID"])
+    keys = {}
+    for person in (alice, mallory):
+        keys[person.id] = base64.b64encode(os.urandom(16)).decode()
+        identity = db.session.execute(select(UserIdentity).where(UserIdentity.user_id == person.id)).scalar_one()
+        identity.session_key = keys[person.id]
+    db.session.commit()
+    info = {"opengid": "G-friends", "group_openid": "go-alice", "chat_type": 1}
+    encrypted, iv = encrypt_open_data(keys[alice.id], app.config["WECHAT_APPID"], info)
+    body = {"encryptedData": encrypted, "iv": iv}
+    answer = client.post("/api/v1/me/chat-tool/groups", json=body, headers=user_headers(alice))
+    assert answer.status_code == 201 and answer.get_json()["opengid"] == "G-friends"
+    again = client.post("/api/v1/me/chat-tool/groups", json=body, headers=user_headers(alice))
+    assert again.status_code == 201  # idempotent
+    # someone else posting alice's data: it does not open under their session key
+    stolen = client.post("/api/v1/me/chat-tool/groups", json=body, headers=user_headers(mallory))
+    assert stolen.status_code == 422 and stolen.get_json()["error"] == "bad_group_data"
+    old, old_iv = encrypt_open_data(keys[mallory.id], app.config["WECHAT_APPID"], info, timestamp=1)
+    replayed = client.post(
+        "/api/v1/me/chat-tool/groups", json={"encryptedData": old, "iv": old_iv}, headers=user_headers(mallory)
+    )
+    assert replayed.status_code == 422
+    assert db.session.execute(select(func.count()).select_from(ChatBinding)).scalar_one() == 1
+
+
+# -- races ----------------------------------------------------------------------------------------------------
+
+
+def test_one_code_confirmed_by_two_people_at_once_binds_one(app, client, user_headers, make_user, robot):
+    from tests.concurrency import together
+
+    people = [make_user(), make_user()]
+    headers = [user_headers(p) for p in people]
+    _, text = robot("alice", "绑定")
+    code = text.split("：", 1)[1].split("\n", 1)[0]
+
+    def confirm(i):
+        return app.test_client().post("/api/v1/me/chat-bindings", json={"code": code}, headers=headers[i]).status_code
+
+    statuses = sorted(together(2, confirm))
+    assert statuses[0] == 201 and statuses[1] in (409, 422, 503)
+    assert db.session.execute(select(func.count()).select_from(ChatBinding)).scalar_one() == 1
+
+
+def test_the_same_callback_twice_at_once_runs_its_command_once(app, client, user_headers, make_user, robot, ops):
+    from tests.concurrency import together
+
+    alice = make_user()
+    bind(client, user_headers, robot, alice, "alice")
+    settings = bot_settings()
+    built = wecom.build_callback(
+        settings, wecom.text_message(settings.bot_id, "alice", "发起步数挑战 3天 每人5元", chatid="g1", msgid="race-1")
+    )
+
+    def post(_):
+        return app.test_client().post("/wechat/wecom/bot", query_string=built.args, data=built.body).status_code
+
+    assert set(together(3, post)) <= {200, 503}
+    assert len([c for c in ops.calls if c[0] == "create"]) == 1
+    assert db.session.execute(select(func.count()).select_from(BotCallback)).scalar_one() == 2  # bind + race-1
+
+
+def test_enter_chat_gets_a_text_welcome_and_other_events_an_empty_answer(client, app, ops):
+    settings = bot_settings()
+    for event, expect in (("enter_chat", "挑战机器人的命令"), ("feedback_event", None)):
+        built = wecom.build_callback(settings, wecom.event_message(settings.bot_id, "alice", event))
+        response = client.post("/wechat/wecom/bot", query_string=built.args, data=built.body)
+        assert response.status_code == 200
+        if expect is None:
+            assert response.data == b""
+        else:
+            answer = wecom.open_reply(settings, response.get_json())
+            assert answer["msgtype"] == "text" and expect in answer["text"]["content"]
