@@ -210,6 +210,7 @@ def test_scheduler_has_every_job(app):
         "purge_behaviour_events_job",
         "query_stuck_refunds",
         "query_unnotified_payments",
+        "send_chat_replies",
         "spike_job",
         "tell_expiring_packets",
     ]
