@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from models import ChatBinding, ChatBindingCode, ChatBindingFailure, Transport, db
 
@@ -149,8 +150,11 @@ def confirm_code(settings: BindingSettings, user_id: int, code: str, now: dateti
     binding = ChatBinding(
         user_id=user_id, transport=row.transport, scope=row.scope, external_id=row.external_id, created_at=now
     )
-    db.session.add(binding)
-    db.session.flush()
+    try:
+        with db.session.begin_nested():  # two confirmations racing for one speaker or one user: one wins
+            db.session.add(binding)
+    except IntegrityError:
+        raise BindingError("bound meanwhile: refresh and try again", code="already_bound", kind="conflict") from None
     return binding
 
 

@@ -218,6 +218,7 @@ def test_scheduler_has_every_job(app):
         "purge_behaviour_events_job",
         "query_stuck_refunds",
         "query_unnotified_payments",
+        "send_chat_replies",
         "settle_challenges",
         "spike_job",
         "tell_expiring_packets",

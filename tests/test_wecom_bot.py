@@ -324,3 +324,17 @@ def test_enter_chat_gets_a_text_welcome_and_other_events_an_empty_answer(client,
         else:
             answer = wecom.open_reply(settings, response.get_json())
             assert answer["msgtype"] == "text" and expect in answer["text"]["content"]
+
+
+def test_one_person_confirming_two_speakers_codes_at_once_gets_one_binding(app, client, user_headers, make_user, robot):
+    from tests.concurrency import together
+
+    alice = make_user()
+    headers = user_headers(alice)
+    codes = [robot(name, "绑定")[1].split("：", 1)[1].split("\n", 1)[0] for name in ("alice-phone", "alice-pc")]
+
+    def confirm(i):
+        return app.test_client().post("/api/v1/me/chat-bindings", json={"code": codes[i]}, headers=headers).status_code
+
+    assert sorted(together(2, confirm)) in ([201, 409], [201, 503])  # 503: SQLite's lock wait, retried by the client
+    assert db.session.execute(select(func.count()).select_from(ChatBinding)).scalar_one() == 1
