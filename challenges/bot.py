@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from challenges import bindings
 from challenges.commands import (
     KIND_NAMES,
@@ -95,7 +97,20 @@ class GameOps:
         return self._game.ChallengeError
 
     def spec(self, kind: Kind, days: int, stake_fen: int) -> Any:
-        return self._game.ChallengeSpec(kind=str(kind), days=days, stake_fen=stake_fen)
+        """A stake from the rebate balance (what a chat command can say); a quiz needs its questions, which a chat
+        message cannot carry: it is started in the mini-program."""
+        game = self._game
+        if kind == Kind.QUIZ:
+            raise game.ChallengeInvalid(
+                "a quiz challenge is started in the mini-program, with its questions",
+                zh="答题挑战需要题目，请在小程序里发起",
+                code="quiz_in_mini_program",
+            )
+        try:
+            return game.ChallengeSpec(kind=str(kind), days=days, stake=stake_fen)
+        except ValidationError as exc:
+            problem = "; ".join(str(e["msg"]) for e in exc.errors())
+            raise game.ChallengeInvalid(problem, zh="挑战设置有误") from None
 
     def create_challenge(self, creator_id, spec, now, *, group=None):
         return self._game.create_challenge(creator_id, spec, now, group=group)
@@ -118,37 +133,35 @@ OPS: Ops = GameOps()  # the one indirection: tests replace it (or pass ``ops``)
 
 # -- describing ----------------------------------------------------------------------------------------
 
+STATUS_WORDS = {"open": "报名中", "running": "进行中", "settled": "已结算", "cancelled": "已取消"}
 
-def _attr(value: Any, *names: str, default: Any = None) -> Any:
-    for name in names:
-        found = getattr(value, name, None)
-        if found is not None:
-            return found
-    return default
+
+def stake_text(challenge: Any) -> str:
+    """What each person stakes, in the challenge's own unit: ``每人5元`` / ``每人50积分`` / ``奖金20元（赞助）``."""
+    source = str(getattr(challenge, "stake_source", "balance"))
+    if source == "sponsor":
+        return f"奖金{yuan_text(int(getattr(challenge, 'prize_fen', 0) or 0))}元（赞助）"
+    stake = int(getattr(challenge, "stake", 0) or 0)
+    return f"每人{stake}积分" if source == "points" else f"每人{yuan_text(stake)}元"
 
 
 def describe(challenge: Any) -> str:
     """``#12 步数挑战 3天 每人5元（进行中）``."""
-    kind = _attr(challenge, "kind", default="")
-    name = KIND_NAMES.get(Kind(kind), str(kind)) if kind in tuple(Kind) else str(kind)
-    days = _attr(challenge, "days", "period_days", default="?")
-    stake = _attr(challenge, "stake_fen", "stake_per_loser_fen", default=0)
-    status = _attr(challenge, "status", default="")
-    tail = f"（{status}）" if status else ""
-    return f"#{challenge.id} {name}挑战 {days}天 每人{yuan_text(int(stake))}元{tail}"
+    kind = str(challenge.kind)
+    name = KIND_NAMES[Kind(kind)] if kind in tuple(Kind) else kind
+    status = str(getattr(challenge, "status", "") or "")
+    tail = f"（{STATUS_WORDS.get(status, status)}）" if status else ""
+    return f"#{challenge.id} {name}挑战 {challenge.days}天 {stake_text(challenge)}{tail}"
 
 
 def standings_text(challenge_id: int, standings: Any) -> str:
-    rows = list(_attr(standings, "rows", default=standings) or [])
+    rows = list(standings.rows)
     if not rows:
         return f"#{challenge_id} 还没有人的成绩。"
     lines = [f"#{challenge_id} 排行榜："]
     for row in rows[:20]:
-        name = _attr(row, "display_name", "name", default=f"用户{_attr(row, 'user_id', default='?')}")
-        lines.append(
-            f"{_attr(row, 'rank', default='-')}. {name}  {_attr(row, 'total', default=0)}"
-            f"（已计 {_attr(row, 'days_counted', 'days', default=0)} 天）"
-        )
+        name = row.name or f"用户{row.user_id}"
+        lines.append(f"{row.rank}. {name}  {row.total}（已计 {row.days_counted} 天）")
     return "\n".join(lines)
 
 
