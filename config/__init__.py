@@ -631,6 +631,13 @@ SETTINGS: tuple[Setting, ...] = (
         _int_at_least(10),
         doc="A WeRun upload whose watermark timestamp is older than this (or this far in the future) is refused.",
     ),
+    Setting(
+        "CHALLENGE_SETTLE_SECONDS",
+        60,
+        _int_at_least(1),
+        doc="How often the jobs start, cancel and settle due challenges (a challenge settles this long at most "
+        "after its data decide it). `make run` uses 5.",
+    ),
 )
 
 LIVE_REQUIRED = (

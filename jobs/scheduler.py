@@ -74,7 +74,10 @@ DAILY_JOBS: tuple[tuple[Callable, dict], ...] = (
     (purge_behaviour_events_job, {"hour": 4, "minute": 10}),
 )
 # Jobs whose interval is a setting (the default above is the setting's default).
-CONFIGURED_INTERVALS = {"insights_rollup_job": "INSIGHTS_ROLLUP_SECONDS"}
+CONFIGURED_INTERVALS = {
+    "insights_rollup_job": "INSIGHTS_ROLLUP_SECONDS",
+    "settle_challenges": "CHALLENGE_SETTLE_SECONDS",
+}
 jobs_cli = AppGroup("jobs", help="Scheduled jobs.")
 
 

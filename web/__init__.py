@@ -81,4 +81,8 @@ def register_blueprints(app: Flask) -> None:
     )
     for module in modules:
         app.register_blueprint(module.bp)
+    if app.config["WECHAT_MODE"] == "simulator":  # the demo's clock: never in live mode
+        from web import demo_clock
+
+        app.register_blueprint(demo_clock.bp)
     console.auth.configure(app)
