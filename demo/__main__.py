@@ -4,8 +4,10 @@ Alice claims a newcomer packet, orders a 50-yuan bowl of noodles with it and
 pays at the simulator's checkout (8 % of the order back to her balance); Bob
 binds to Alice's invite code and pays a 200-yuan order (Alice earns 10 %,
 doubled in the seed's one-week window); the dispatcher sends Alice's reward
-as a transfer bill, she confirms it in the simulator, and the ledger is
-checked. Exit 0 when every step held, 1 with the reason otherwise.
+as a transfer bill, she confirms it in the simulator. Then the two play a
+one-day step challenge through the WeCom robot (demo/challenge.py): Bob walks
+more, Alice's stake becomes her packet to Bob, he spends it and Alice earns
+her share back. The ledger is checked last. Exit 0 when every step held, 1 with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -18,14 +20,11 @@ import time
 from datetime import UTC, datetime
 from urllib.parse import quote
 
-from demo.client import Client, DemoFailure, flask_command, operator_token, wait_for, yuan
+from demo.challenge import ChallengeStory
+from demo.client import Client, DemoFailure, flask_command, operator_token, say, wait_for, yuan
 
-SHOP, NOODLES, FEAST = "Noodle House", "Beef noodles", "Family feast"  # the demo data (`flask seed-demo`)
+SHOP, NOODLES, FEAST, TEA = "Noodle House", "Beef noodles", "Family feast", "Tea"  # the demo data (`flask seed-demo`)
 PAYOUT_GONE_WRONG = {"failed", "cancelled", "needs_operator"}
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 NOTIFY_ME = ("transfer_to_confirm", "transfer_reminder", "rebate_landed", "payout_failed")
@@ -40,23 +39,24 @@ class Walkthrough:
         started = time.monotonic()
         say(f"Demo run {self.run} against {self.api.base_url}")
         self.api.call("health", "GET", "/healthz")
-        code, shop_id = self.prepare()
+        (code, bob_code), shop_id = self.prepare()
         alice = self.login("alice")
         self.subscribe(alice, "alice")
-        noodles, feast = self.products(alice, shop_id)
+        noodles, feast, tea = self.products(alice, shop_id)
         alice_order = self.newcomer_order(alice, code, noodles)
-        bob_order = self.referral(alice, feast)
+        bob, bob_order = self.referral(alice, feast)
         payout = self.wait_for_transfer(alice, bob_order)
         self.confirm(alice, payout)
         self.inbox(alice)
+        ChallengeStory(self, self.token).play(alice, bob, noodles, tea, bob_code)
         self.check_ledger()
         say(f"Done in {time.monotonic() - started:.1f} s. Why each rebate was paid, in words (admin token):")
         say(f"  GET {self.api.base_url}/admin/api/trace/orders/{alice_order}  and  …/trace/orders/{bob_order}")
 
     # -- set-up: an operator token, a fresh claim code, the shop and its products --------------------
 
-    def prepare(self) -> tuple[str, int]:
-        token = self.admin_token or operator_token()
+    def prepare(self) -> tuple[tuple[str, str], int]:
+        token = self.token = self.admin_token or operator_token()
         campaigns = self.api.call("find the newcomer campaign", "GET", "/admin/api/campaigns?limit=500", token=token)
         newcomer = next(
             (
@@ -73,7 +73,7 @@ class Walkthrough:
             "POST",
             f"/admin/api/campaigns/{newcomer['id']}/packets/batch",
             token=token,
-            json={"count": 1, "reason": f"make demo, run {self.run}"},
+            json={"count": 2, "reason": f"make demo, run {self.run}"},
             key=f"demo-{self.run}-code",
         )
         merchants = self.api.call("find the demo shop", "GET", "/admin/api/merchants?limit=500", token=token)
@@ -81,14 +81,14 @@ class Walkthrough:
         if shop is None:
             raise DemoFailure(f"no merchant {SHOP!r}: the demo data is missing (stop the server, `make reset`)")
         say(f"0. An operator made a fresh newcomer claim code for campaign {newcomer['name']!r}: {batch['codes'][0]}")
-        return batch["codes"][0], shop["id"]
+        return (batch["codes"][0], batch["codes"][1]), shop["id"]
 
-    def products(self, token: str, shop_id: int) -> tuple[dict, dict]:
+    def products(self, token: str, shop_id: int) -> tuple[dict, dict, dict]:
         listed = self.api.call("list the shop's products", "GET", f"/api/v1/merchants/{shop_id}/products", token=token)
         by_name = {p["name"]: p for p in listed["items"]}
-        if NOODLES not in by_name or FEAST not in by_name:
-            raise DemoFailure(f"{SHOP} sells no {NOODLES!r} or {FEAST!r}: stop the server and `make reset`")
-        return by_name[NOODLES], by_name[FEAST]
+        if not {NOODLES, FEAST, TEA} <= set(by_name):
+            raise DemoFailure(f"{SHOP} sells no {NOODLES!r}, {FEAST!r} or {TEA!r}: stop the server and `make reset`")
+        return by_name[NOODLES], by_name[FEAST], by_name[TEA]
 
     def login(self, name: str) -> str:
         person = f"{name}-{self.run}"
@@ -129,6 +129,24 @@ class Walkthrough:
         )
         return order["id"]
 
+    def newcomer_packet_order(self, who: str, token: str, code: str, noodles: dict, step: str) -> None:
+        """Another newcomer's packet and noodles (the demo's way to give ``who`` a balance of their own)."""
+        packet = self.api.call(
+            f"{who} claims a newcomer packet",
+            "POST",
+            "/api/v1/red-packets/claim",
+            token=token,
+            json={"code": code},
+            key=f"demo-{self.run}-claim-{who}",
+        )
+        order = self.order(f"{who} orders the noodles", token, noodles, packet["id"])
+        paid, _ = self.pay(f"{who} pays", token, order)
+        [rebate] = self.awarded(paid, "consumer", f"{who}'s cashback")
+        say(
+            f"{step}. {who} claimed a newcomer packet too and bought the noodles: {yuan(rebate['amount_fen'])} "
+            "cashback to his balance."
+        )
+
     def order(self, step: str, token: str, product: dict, packet_id: int | None = None) -> dict:
         body: dict = {"lines": [{"product_id": product["id"], "quantity": 1}]}
         if packet_id is not None:
@@ -163,7 +181,7 @@ class Walkthrough:
 
     # -- 4: the referral ---------------------------------------------------------------------------
 
-    def referral(self, alice: str, feast: dict) -> int:
+    def referral(self, alice: str, feast: dict) -> tuple[str, int]:
         bob = self.login("bob")
         invite = self.api.call("read Alice's invite code", "GET", "/api/v1/me/invite", token=alice)["invite_code"]
         self.api.call(
@@ -185,7 +203,7 @@ class Walkthrough:
             f"{yuan(paid['paid_fen'])} yuan for a {yuan(paid['total_fen'])} order (callback after {waited:.1f} s); "
             f"Alice earns {yuan(reward['amount_fen'])} as a {reward['form']} payout ({'; '.join(reward['reasons'])})."
         )
-        return order["id"]
+        return bob, order["id"]
 
     # -- 5: the dispatcher's transfer and Alice's confirmation --------------------------------------
 
@@ -270,7 +288,7 @@ class Walkthrough:
 
     def check_ledger(self) -> None:
         output = flask_command("ledger", "check").strip().splitlines()
-        say(f"8. flask ledger check: {output[-1] if output else '(no output)'}")
+        say(f"14. flask ledger check: {output[-1] if output else '(no output)'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,10 @@ class DemoFailure(Exception):
     """A step did not go as the story says; the message says which and why."""
 
 
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
 def yuan(fen: int) -> str:
     """4000 → '40.00' (fen are integers all the way; no float)."""
     sign = "-" if fen < 0 else ""
