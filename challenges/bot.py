@@ -38,6 +38,7 @@ from challenges.commands import (
     help_text,
     yuan_text,
 )
+from models import db
 
 MAX_LISTED = 10
 
@@ -192,7 +193,8 @@ def execute(
     if ctx.user_id is None:
         return Reply(how_to_bind(ctx), "unbound")
     try:
-        return _run(command, ctx, ctx.user_id, now, ops)
+        with db.session.begin_nested():  # a refusal half-way (a slot taken, then the stake refused) undoes it all
+            return _run(command, ctx, ctx.user_id, now, ops)
     except ops.error as exc:
         return Reply(f"没办成：{exc}", str(getattr(exc, "code", "refused")))
 
