@@ -21,6 +21,7 @@ def register_blueprints(app: Flask) -> None:
         audiences_api,
         bans_api,
         campaign_admin,
+        challenges_admin,
         challenges_api,
         communities_api,
         console,
@@ -74,6 +75,7 @@ def register_blueprints(app: Flask) -> None:
         audiences_api,
         notices_api,
         challenges_api,
+        challenges_admin,
     )
     for module in modules:
         app.register_blueprint(module.bp)
