@@ -89,7 +89,7 @@ def test_a_settled_challenge_page(as_role, week):
     assert re.findall(r'data-status="(\w+)"', alice) == ["arrived", "arrived"] and "获胜 Won" in alice
     assert f"/console/lookup?kind=packet&amp;id={week['bob_packet']}" in html
     assert f"/console/lookup?kind=order&amp;id={week['order']}" in html
-    assert "issuer → user #%d: ¥1.50" % people["Bob"] in html  # Bob earned back as the packet's issuer
+    assert f"issuer → user #{people['Bob']}: ¥1.50" in html  # Bob earned back as the packet's issuer
     assert 'id="ledger"' in html and f"challenge:{week['settled']}:stake:{people['Bob']}" in html
     assert 'id="challenge-notices"' in html and "challenge_settled" in html
     assert WECOM_GROUP not in html and WECOM_GROUP[:3] + "***" in html
