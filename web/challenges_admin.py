@@ -35,14 +35,18 @@ from web.logs import mask_value
 from web.schemas import Page
 
 bp = Blueprint("challenges_admin", __name__, url_prefix="/admin/api")
+# Plain string choices (the query's schema is inlined into /openapi.json's parameters: no shared $defs).
+Status = Literal[tuple(s.value for s in ChallengeStatus)]
+Kind = Literal[tuple(k.value for k in ChallengeKind)]
+Source = Literal[tuple(s.value for s in StakeSource)]
 Transport = Literal[(*sorted(TRANSPORTS), NO_GROUP)]
 
 
 class ChallengeQuery(Page):
-    status: ChallengeStatus | None = None
-    kind: ChallengeKind | None = None
+    status: Status | None = None
+    kind: Kind | None = None
     transport: Transport | None = Field(None, description="Where the group lives; `none`: in no group.")
-    stake_source: StakeSource | None = None
+    stake_source: Source | None = None
     since: AwareDatetime | None = Field(None, description="Created at or after this instant.")
     user_id: int | None = Field(None, gt=0, le=MAX_ID, description="Challenges this person joined.")
     campaign_id: int | None = Field(None, gt=0, le=MAX_ID, description="Challenges this campaign sponsors.")

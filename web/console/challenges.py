@@ -12,15 +12,18 @@ from datetime import date, datetime
 
 from flask import flash, g, request
 
+from challenges.operations import TRANSPORTS as GROUP_TRANSPORTS
+from insights.challenges import NO_GROUP
+from models import ChallengeKind, ChallengeStatus, StakeSource
 from models.base import BEIJING
 from web.challenges_admin import get_one_challenge, list_all_challenges
 from web.console import ConsoleError, allowed, bp, invoke, read, render
 
 PAGE = 50
-STATUSES = ("open", "running", "settled", "cancelled")
-KINDS = ("steps", "reading", "quiz")
-TRANSPORTS = ("wecom", "chattool", "oa", "mp", "none")
-SOURCES = ("balance", "points", "sponsor")
+STATUSES = tuple(s.value for s in ChallengeStatus)
+KINDS = tuple(k.value for k in ChallengeKind)
+TRANSPORTS = (*sorted(GROUP_TRANSPORTS), NO_GROUP)
+SOURCES = tuple(s.value for s in StakeSource)
 FILTERS = ("status", "kind", "transport", "stake_source", "from", "user_id", "campaign_id")
 WORDS = {
     "steps": "步数 Steps",
@@ -35,9 +38,9 @@ WORDS = {
     "oa": "公众号 Official account",
     "mp": "小程序 Mini-program",
     "none": "无群 No group",
-    "balance": "余额 Balance",
-    "points": "积分 Points",
-    "sponsor": "赞助 Sponsor",
+    StakeSource.BALANCE: "余额 Balance",
+    StakeSource.POINTS: "积分 Points",
+    StakeSource.SPONSOR: "赞助 Sponsor",
     "highest_total": "总数最高 Highest total",
     "first_to_goal": "先达目标 First to the goal",
     "loser_to_winner": "输家给赢家 Loser → winner",
