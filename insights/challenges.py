@@ -41,6 +41,7 @@ from models import (
     UserIdentity,
     db,
 )
+from notices import NoticeEvent
 
 NO_GROUP = "none"  # the transport filter's word for a challenge started in the mini-program, in no group
 Mask = Callable[[str], str]
@@ -202,8 +203,8 @@ def challenge_detail(challenge: Challenge, now: datetime, *, platform: bool = Tr
             "outcome": challenge.outcome,
         },
         "prizes": prizes,
-        "ledger": _ledger(challenge.id) if platform else None,
-        "notices": _notices(challenge.id) if platform else None,
+        "ledger": _ledger(_ledger_keys(challenge.id, user_ids, prizes)) if platform else None,
+        "notices": _notices(challenge.id, user_ids) if platform else None,
     }
     detail["trace"] = {
         "users": user_ids,
@@ -345,14 +346,36 @@ def _prizes(challenge_id: int) -> list[dict]:
     return out
 
 
-def _ledger(challenge_id: int) -> list[dict]:
-    """The entries keyed by the challenge (stakes reserved and released, points transferred), oldest first."""
+def _ledger_keys(challenge_id: int, user_ids: list[int], prizes: list[dict]) -> list[str]:
+    """Every key the domain posts a challenge's movements under (``challenges.stakes``, ``challenges.sweep``):
+    looked up exactly, so the unique index finds them (a ``LIKE 'challenge:N:%'`` would read the whole ledger
+    on PostgreSQL, whose default collation gives a prefix no index)."""
+    head = f"challenge:{challenge_id}"
+    keys = []
+    for uid in user_ids:
+        keys += [f"{head}:stake:{uid}", f"{head}:release:{uid}:settled", f"{head}:release:{uid}:cancelled"]
+    for p in prizes:
+        if p["payer_user_id"] is None:
+            continue
+        keys.append(f"{head}:prize:{p['payer_user_id']}:{p['payee_user_id']}")
+        if p["packet"] is not None:
+            packet = p["packet"]["id"]
+            keys += [f"{head}:release:{p['payer_user_id']}:packet:{packet}:{why}" for why in SWEEP_WHYS]
+    return keys
+
+
+SWEEP_WHYS = ("unused", "rest", "refunded")  # what a sweep gives back of an ended packet (challenges.sweep)
+
+
+def _ledger(keys: list[str]) -> list[dict]:
+    """The entries of the challenge (stakes reserved and released, points transferred), oldest first."""
+    if not keys:
+        return []
     entries = db.session.execute(
         select(LedgerEntry)
-        .where(LedgerEntry.idempotency_key.like(f"challenge:{challenge_id}:%"))
+        .where(LedgerEntry.idempotency_key.in_(keys))
         .options(selectinload(LedgerEntry.postings).selectinload(LedgerPosting.account))
         .order_by(LedgerEntry.id)
-        .limit(1000)
     ).scalars()
     return [
         {
@@ -367,10 +390,13 @@ def _ledger(challenge_id: int) -> list[dict]:
     ]
 
 
-def _notices(challenge_id: int) -> list[dict]:
-    rows = db.session.execute(
-        select(Notice).where(Notice.key.like(f"challenge:{challenge_id}:%")).order_by(Notice.id).limit(1000)
-    ).scalars()
+def _notices(challenge_id: int, user_ids: list[int]) -> list[dict]:
+    """What settlement or a cancellation told each participant (keyed as ``challenges.settle`` keys them)."""
+    events = (NoticeEvent.CHALLENGE_SETTLED, NoticeEvent.CHALLENGE_CANCELLED)
+    keys = [f"challenge:{challenge_id}:{uid}:{event.value}" for uid in user_ids for event in events]
+    if not keys:
+        return []
+    rows = db.session.execute(select(Notice).where(Notice.key.in_(keys)).order_by(Notice.id)).scalars()
     return [
         {
             "id": n.id,

@@ -330,3 +330,25 @@ def test_the_read_sends_no_write(week):
     assert listed["total"] == 6 and all(d["participants"] for d in details)
     assert not WRITES & set(seen["statements"]), seen["statements"]
     assert (seen["flushes"], seen["commits"]) == (0, 0)
+
+
+def test_an_expired_packet_swept_back_to_its_payer_shows_what_came_back(client, admin, week):
+    from challenges import sweep_prizes
+    from models import ChallengePrize, RedPacket
+    from rebate.packets import expire_due_packets
+
+    carol = week["people"]["Carol"]
+    prize = db.session.execute(
+        select(ChallengePrize).where(
+            ChallengePrize.challenge_id == week["settled"], ChallengePrize.payer_user_id == carol
+        )
+    ).scalar_one()
+    expires_at = db.session.get(RedPacket, prize.packet_id).expires_at
+    assert expire_due_packets(expires_at) >= 1  # the quiz's packet may end at the same minute
+    assert sweep_prizes(expires_at) in (5_00, 5_00 + 1_00)
+    db.session.commit()
+    body = client.get(f"{URL}/{week['settled']}", headers=admin).get_json()
+    swept = next(p for p in body["prizes"] if p["payer_user_id"] == carol)
+    assert (swept["packet"]["status"], swept["returned_fen"], swept["closed"]) == ("expired", 5_00, True)
+    key = f"challenge:{week['settled']}:release:{carol}:packet:{prize.packet_id}:unused"
+    assert key in [e["key"] for e in body["ledger"]]
