@@ -21,6 +21,7 @@ def register_blueprints(app: Flask) -> None:
         audiences_api,
         bans_api,
         campaign_admin,
+        challenges_admin,
         challenges_api,
         chat_bindings_api,
         communities_api,
@@ -78,6 +79,7 @@ def register_blueprints(app: Flask) -> None:
         challenges_api,
         wecom_bot,
         chat_bindings_api,
+        challenges_admin,
     )
     for module in modules:
         app.register_blueprint(module.bp)

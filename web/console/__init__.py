@@ -14,7 +14,8 @@
   Content-Security-Policy allows scripts from this origin only.
 * Pages: ``campaigns.py`` (campaigns, rules, budget, what-if), ``operations.py`` (payouts, reconciliation,
   customer-service lookup, audit log, reviews, bans), ``reports.py`` (overview, a campaign's effect report),
-  ``audiences.py`` (audiences, batch runs with a holdout, their lift).
+  ``audiences.py`` (audiences, batch runs with a holdout, their lift), ``challenges.py`` (friends' challenges:
+  the list, one challenge's day grid, prizes and settlement).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("console.audit", "审计日志 Audit log", ("admin", "finance")),
     ("console.notices", "通知 Notices", PLATFORM),
     ("console.messages", "消息 Messages", PLATFORM),
+    ("console.challenges", "挑战 Challenges", EVERYONE),  # staff: those their campaigns sponsor
 )
 
 
@@ -260,4 +262,4 @@ def error_page(err: ApiError) -> Response:
     return _security_headers(response)
 
 
-from web.console import audiences, auth, campaigns, messages, notices, operations, reports, risk  # noqa: E402, F401 - they add the pages
+from web.console import audiences, auth, campaigns, challenges, messages, notices, operations, reports, risk  # noqa: E402, F401 - they add the pages
