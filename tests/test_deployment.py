@@ -113,6 +113,9 @@ def assert_whole_story(output: str) -> None:
         "paid 200.00 yuan for a 200.00 order",
         "payout #",
         "succeeded: 40.00 in her WeChat change",
+        "4.00 cashback to his balance",
+        "Bob won, and Alice's stake became a red packet Alice issued to Bob: 2.00 off",
+        "Alice, the packet's issuer, earns 1.00 back as balance",
         "0 violations",
     ):
         assert told in output, f"the demo did not tell {told!r}; it said:\n{output}"
@@ -138,6 +141,7 @@ def test_make_run_shape_plays_the_demo_twice(tmp_path, servers):
         RUN_JOBS_IN_PROCESS="1",
         CLAIM_IP_PER_DAY="0",
         CLAIM_IP_INTERVAL_SECONDS="0",
+        CHALLENGE_SETTLE_SECONDS="5",  # as `make run`: the demo's challenge settles within seconds
     )
     migrated = run(["-m", "flask", "db", "upgrade"], env, timeout=120)
     assert migrated.returncode == 0, migrated.stderr
@@ -213,6 +217,7 @@ def test_gunicorn_jobs_postgres_redis_play_the_demo(servers, fresh_postgres, fre
         PUBLIC_BASE_URL=base_url,
         CLAIM_IP_PER_DAY="0",
         CLAIM_IP_INTERVAL_SECONDS="0",
+        CHALLENGE_SETTLE_SECONDS="5",  # as `make run`: the demo's challenge settles within seconds
     )
     migrated = run(["-m", "flask", "db", "upgrade"], env, timeout=120)
     assert migrated.returncode == 0, migrated.stderr
