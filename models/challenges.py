@@ -97,6 +97,8 @@ class Challenge(Base):
         CheckConstraint("(group_transport is null) = (group_id is null)", name="group_pair"),
         Index("ix_challenges_due", "status", "join_deadline"),
         Index("ix_challenges_group", "group_transport", "group_id"),
+        Index("ix_challenges_created", "created_at"),  # the operators' list, newest first and `since`
+        Index("ix_challenges_sponsor", "sponsor_campaign_id"),  # a merchant's staff see their sponsored ones
     )
 
 

@@ -92,6 +92,8 @@ def upgrade():
         batch_op.create_index(batch_op.f("ix_challenges_creator_id"), ["creator_id"], unique=False)
         batch_op.create_index("ix_challenges_due", ["status", "join_deadline"], unique=False)
         batch_op.create_index("ix_challenges_group", ["group_transport", "group_id"], unique=False)
+        batch_op.create_index("ix_challenges_created", ["created_at"], unique=False)
+        batch_op.create_index("ix_challenges_sponsor", ["sponsor_campaign_id"], unique=False)
 
     op.create_table(
         "challenge_participants",
@@ -197,6 +199,8 @@ def downgrade():
 
     op.drop_table("challenge_participants")
     with op.batch_alter_table("challenges", schema=None) as batch_op:
+        batch_op.drop_index("ix_challenges_sponsor")
+        batch_op.drop_index("ix_challenges_created")
         batch_op.drop_index("ix_challenges_group")
         batch_op.drop_index("ix_challenges_due")
         batch_op.drop_index(batch_op.f("ix_challenges_creator_id"))
