@@ -9,7 +9,8 @@ The game is reached through one seam, :class:`Ops` (the real one, :class:`GameOp
 - ``绑定`` is answered with a code only in a 1:1 chat: in a group everyone would see it;
 - in a group, ``加入`` / ``排行榜`` without a number mean the group's latest challenge;
 - a refusal of the game (``ChallengeError``: stake above the balance, someone else's challenge, closed…) is
-  answered with its safe message, and nothing else is done.
+  answered with its safe message, and nothing else is done (the command runs in a savepoint, rolled back on a
+  refusal: a challenge whose creator cannot cover the stake is not left behind).
 
 Functions only flush: the transport's handler commits once, after ``execute`` returns.
 """
@@ -38,6 +39,7 @@ from challenges.commands import (
     help_text,
     yuan_text,
 )
+from models import db
 
 MAX_LISTED = 10
 
@@ -192,7 +194,8 @@ def execute(
     if ctx.user_id is None:
         return Reply(how_to_bind(ctx), "unbound")
     try:
-        return _run(command, ctx, ctx.user_id, now, ops)
+        with db.session.begin_nested():  # a refusal undoes what the command began (a challenge row before its join)
+            return _run(command, ctx, ctx.user_id, now, ops)
     except ops.error as exc:
         return Reply(f"没办成：{exc}", str(getattr(exc, "code", "refused")))
 
