@@ -33,13 +33,14 @@ from challenges.commands import (
     ListMine,
     Mistake,
     RequestBinding,
+    SetWebhook,
     ShowHelp,
     ShowStandings,
     StartChallenge,
     help_text,
     yuan_text,
 )
-from models import db
+from models import StakeSource, db
 
 MAX_LISTED = 10
 
@@ -140,11 +141,11 @@ STATUS_WORDS = {"open": "报名中", "running": "进行中", "settled": "已结�
 
 def stake_text(challenge: Any) -> str:
     """What each person stakes, in the challenge's own unit: ``每人5元`` / ``每人50积分`` / ``奖金20元（赞助）``."""
-    source = str(getattr(challenge, "stake_source", "balance"))
-    if source == "sponsor":
+    source = str(getattr(challenge, "stake_source", StakeSource.BALANCE))
+    if source == StakeSource.SPONSOR:
         return f"奖金{yuan_text(int(getattr(challenge, 'prize_fen', 0) or 0))}元（赞助）"
     stake = int(getattr(challenge, "stake", 0) or 0)
-    return f"每人{stake}积分" if source == "points" else f"每人{yuan_text(stake)}元"
+    return f"每人{stake}积分" if source == StakeSource.POINTS else f"每人{yuan_text(stake)}元"
 
 
 def describe(challenge: Any) -> str:
@@ -237,7 +238,26 @@ def _run(command: Command, ctx: Context, user_id: int, now: datetime, ops: Ops) 
                 return Reply("你还没有参加挑战。发送「帮助」看怎么发起。")
             lines = [describe(c) for c in sorted(mine, key=lambda c: c.id, reverse=True)[:MAX_LISTED]]
             return Reply("你的挑战：\n" + "\n".join(lines))
+        case SetWebhook(key):
+            return _set_webhook(ctx, key, user_id, now)
     raise TypeError(f"not a command: {command!r}")
+
+
+WEBHOOK_SAID = {
+    "set": "已设置本群的排行榜推送：进行中的挑战每天发一次排行，结算后发结果。webhook 已加密保存，不会再显示。",
+    "replaced": "已更换本群的排行榜推送地址（已加密保存，不会再显示）。",
+    "cleared": "已关闭本群的排行榜推送。",
+    "none": "本群没有设置排行榜推送。",
+}
+
+
+def _set_webhook(ctx: Context, key: str | None, user_id: int, now: datetime) -> Reply:
+    """A group's webhook for its leaderboard posts (:mod:`challenges.posts`): said in that group; never echoed."""
+    from challenges import posts  # posts describes challenges with this module's words
+
+    if ctx.group is None:
+        return Reply("请在要接收排行榜的企业微信群里 @我 发送「设置推送 <群机器人 webhook 地址>」。", "group_only")
+    return Reply(WEBHOOK_SAID[posts.set_group_webhook(ctx.group, key, user_id, now)])
 
 
 def _group_latest(ctx: Context, ops: Ops) -> int | None:

@@ -94,6 +94,16 @@ def _rates(text: str) -> dict[str, int]:
     return rates
 
 
+def _int_between(minimum: int, maximum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not minimum <= value <= maximum:
+            raise ValueError(f"must be {minimum}-{maximum}, got {value}")
+        return value
+
+    return parse
+
+
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
@@ -630,6 +640,13 @@ SETTINGS: tuple[Setting, ...] = (
         600,
         _int_at_least(10),
         doc="A WeRun upload whose watermark timestamp is older than this (or this far in the future) is refused.",
+    ),
+    Setting(
+        "CHALLENGE_POST_HOUR",
+        20,
+        _int_between(0, 23),
+        doc="From this hour (Beijing) each running group challenge's leaderboard is posted once a day to the "
+        "group's WeCom webhook (set in the group with `设置推送`); results are posted after settlement.",
     ),
 )
 
