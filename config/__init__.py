@@ -648,6 +648,12 @@ SETTINGS: tuple[Setting, ...] = (
         doc="From this hour (Beijing) each running group challenge's leaderboard is posted once a day to the "
         "group's WeCom webhook (set in the group with `设置推送`); results are posted after settlement.",
     ),
+    Setting(
+        "CHATTOOL_CARD_TEMPLATE_ID",
+        None,
+        doc="The chat-tool dynamic message template of a challenge card (`chattoolmsg/send` `template_id`). Unset: "
+        "a chat-tool group challenge's card is not updated. Simulator mode fills in its own.",
+    ),
 )
 
 LIVE_REQUIRED = (

@@ -7,6 +7,10 @@ for each pending one: claim it (a conditional UPDATE to ``sending``) and commit,
 every process), and record the outcome. ``WebhookBusy`` (our window full, or WeCom's 130101) leaves the post
 pending for the next pass; any other failure marks it failed (a webhook has no query API: a post whose answer
 was lost is not posted again). Two nodes, or a crash between claim and post, never post twice.
+
+``update_chat_tool_cards``: a chat-tool group challenge's card (:mod:`challenges.cards`) brought up to the
+challenge — an activity id made at first need, then ``chattoolmsg/send`` with the phase (started / ended) and
+each participant's ``group_openid`` — each card claimed and committed before WeChat is called.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from flask import current_app
 
-from challenges import posts
+from challenges import cards, posts
 from jobs.chat_commands import webhook_sender
 from models import unit_of_work, utcnow
+from wechat.chattool import ChatToolClient
 from wechat.errors import WeChatError
 from wechat.wecom import WebhookBusy, WebhookSender
 
@@ -58,3 +63,42 @@ def post_challenge_standings(sender: WebhookSender | None = None, clock: Callabl
         if retry:
             break  # the robot's minute is used (or WeCom says so): the rest wait for the next pass
     return +outcomes
+
+
+def update_chat_tool_cards(client: ChatToolClient | None = None, clock: Callable[[], datetime] = utcnow) -> Counter:
+    """The job: update each chat-tool challenge card that is behind its challenge; counts of updated, failed."""
+    cfg = current_app.config
+    template = cfg.get("CHATTOOL_CARD_TEMPLATE_ID")
+    outcomes: Counter = Counter()
+    if not template:
+        return outcomes
+    with unit_of_work():
+        due = cards.due_cards()
+    if not due:
+        return outcomes
+    if client is None:
+        from jobs.payouts import job_context
+
+        wx = job_context().wechat
+        client = ChatToolClient(
+            cfg["WECHAT_APPID"], cfg["WECHAT_APP_SECRET"], wx.token_store, cfg["WECHAT_API_BASE"], wx.session
+        )
+    for challenge_id in due:
+        with unit_of_work():
+            work = cards.claim_card(challenge_id, clock(), cfg["WECHAT_APPID"])
+        if work is None:
+            continue
+        activity, error = None, None
+        try:  # no transaction is open here
+            activity_id = work.activity_id
+            if activity_id is None:
+                made, expires = client.create_activity_id(openid=work.creator_openid)
+                activity, activity_id = (made, datetime.fromtimestamp(expires, UTC)), made
+            client.update_card(activity_id, work.state, template, work.members)
+        except WeChatError as exc:
+            error = f"{exc.code}: {exc}"
+            log.warning("chat-tool card not updated", extra={"challenge_id": challenge_id, "error": error[:300]})
+        with unit_of_work():
+            cards.record_card(work, clock(), activity=activity, error=error)
+        outcomes["failed" if error else "updated"] += 1
+    return outcomes

@@ -223,6 +223,7 @@ def test_scheduler_has_every_job(app):
         "settle_challenges",
         "spike_job",
         "tell_expiring_packets",
+        "update_chat_tool_cards",
     ]
 
 
