@@ -24,6 +24,7 @@ from flask import current_app
 
 from challenges import cards, posts
 from jobs.chat_commands import webhook_sender
+from jobs.payouts import job_context
 from models import unit_of_work, utcnow
 from wechat.chattool import ChatToolClient
 from wechat.errors import WeChatError
@@ -77,8 +78,6 @@ def update_chat_tool_cards(client: ChatToolClient | None = None, clock: Callable
     if not due:
         return outcomes
     if client is None:
-        from jobs.payouts import job_context
-
         wx = job_context().wechat
         client = ChatToolClient(
             cfg["WECHAT_APPID"], cfg["WECHAT_APP_SECRET"], wx.token_store, cfg["WECHAT_API_BASE"], wx.session
