@@ -9,7 +9,8 @@ The game is reached through one seam, :class:`Ops` (the real one, :class:`GameOp
 - ``绑定`` is answered with a code only in a 1:1 chat: in a group everyone would see it;
 - in a group, ``加入`` / ``排行榜`` without a number mean the group's latest challenge;
 - a refusal of the game (``ChallengeError``: stake above the balance, someone else's challenge, closed…) is
-  answered with its safe message, and nothing else is done.
+  answered with its safe message, and nothing else is done (the command runs in a savepoint, rolled back on a
+  refusal: a challenge whose creator cannot cover the stake is not left behind).
 
 Functions only flush: the transport's handler commits once, after ``execute`` returns.
 """
@@ -32,13 +33,14 @@ from challenges.commands import (
     ListMine,
     Mistake,
     RequestBinding,
+    SetWebhook,
     ShowHelp,
     ShowStandings,
     StartChallenge,
     help_text,
     yuan_text,
 )
-from models import db
+from models import StakeSource, db
 
 MAX_LISTED = 10
 
@@ -139,11 +141,11 @@ STATUS_WORDS = {"open": "报名中", "running": "进行中", "settled": "已结�
 
 def stake_text(challenge: Any) -> str:
     """What each person stakes, in the challenge's own unit: ``每人5元`` / ``每人50积分`` / ``奖金20元（赞助）``."""
-    source = str(getattr(challenge, "stake_source", "balance"))
-    if source == "sponsor":
+    source = str(getattr(challenge, "stake_source", StakeSource.BALANCE))
+    if source == StakeSource.SPONSOR:
         return f"奖金{yuan_text(int(getattr(challenge, 'prize_fen', 0) or 0))}元（赞助）"
     stake = int(getattr(challenge, "stake", 0) or 0)
-    return f"每人{stake}积分" if source == "points" else f"每人{yuan_text(stake)}元"
+    return f"每人{stake}积分" if source == StakeSource.POINTS else f"每人{yuan_text(stake)}元"
 
 
 def describe(challenge: Any) -> str:
@@ -193,7 +195,7 @@ def execute(
     if ctx.user_id is None:
         return Reply(how_to_bind(ctx), "unbound")
     try:
-        with db.session.begin_nested():  # a refusal half-way (a slot taken, then the stake refused) undoes it all
+        with db.session.begin_nested():  # a refusal undoes what the command began (a challenge row, a slot)
             return _run(command, ctx, ctx.user_id, now, ops)
     except ops.error as exc:
         return Reply(f"没办成：{exc}", str(getattr(exc, "code", "refused")))
@@ -236,7 +238,26 @@ def _run(command: Command, ctx: Context, user_id: int, now: datetime, ops: Ops) 
                 return Reply("你还没有参加挑战。发送「帮助」看怎么发起。")
             lines = [describe(c) for c in sorted(mine, key=lambda c: c.id, reverse=True)[:MAX_LISTED]]
             return Reply("你的挑战：\n" + "\n".join(lines))
+        case SetWebhook(key):
+            return _set_webhook(ctx, key, user_id, now)
     raise TypeError(f"not a command: {command!r}")
+
+
+WEBHOOK_SAID = {
+    "set": "已设置本群的排行榜推送：进行中的挑战每天发一次排行，结算后发结果。webhook 已加密保存，不会再显示。",
+    "replaced": "已更换本群的排行榜推送地址（已加密保存，不会再显示）。",
+    "cleared": "已关闭本群的排行榜推送。",
+    "none": "本群没有设置排行榜推送。",
+}
+
+
+def _set_webhook(ctx: Context, key: str | None, user_id: int, now: datetime) -> Reply:
+    """A group's webhook for its leaderboard posts (:mod:`challenges.posts`): said in that group; never echoed."""
+    from challenges import posts  # posts describes challenges with this module's words
+
+    if ctx.group is None:
+        return Reply("请在要接收排行榜的企业微信群里 @我 发送「设置推送 <群机器人 webhook 地址>」。", "group_only")
+    return Reply(WEBHOOK_SAID[posts.set_group_webhook(ctx.group, key, user_id, now)])
 
 
 def _group_latest(ctx: Context, ops: Ops) -> int | None:

@@ -10,6 +10,7 @@ it answers a :class:`Command` or a :class:`Mistake` saying what was wrong, with 
     排行榜 12  /  排行  /  rank                                                           → ShowStandings
     我的挑战  /  mine                                                                    → ListMine
     绑定  /  bind                                                                         → RequestBinding
+    设置推送 <群机器人 webhook 地址或 key>  /  关闭推送  (in a WeCom group)                  → SetWebhook
     帮助  /  ?  /  help                                                                   → ShowHelp
 
 :func:`canonical` writes a command back in the words :func:`parse` reads (used in replies' examples).
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from urllib.parse import parse_qs, urlsplit
 
 MAX_TEXT_CHARS = 500  # a WeCom text is at most 2,048 bytes; a command is a line
 MIN_DAYS, MAX_DAYS = 1, 30  # WeRun gives the last 31 days: a longer challenge could not be measured
@@ -74,7 +76,15 @@ class ShowHelp:
     pass
 
 
-Command = StartChallenge | JoinChallenge | ShowStandings | ListMine | RequestBinding | ShowHelp
+@dataclass(frozen=True)
+class SetWebhook:
+    """A group's leaderboard posts go to this WeCom group-robot webhook key (None: stop posting). The key is a
+    credential: kept out of ``repr`` (logs), never echoed in a reply."""
+
+    key: str | None = field(default=None, repr=False)
+
+
+Command = StartChallenge | JoinChallenge | ShowStandings | ListMine | RequestBinding | ShowHelp | SetWebhook
 
 EXAMPLE_START = "发起步数挑战 3天 每人5元"
 EXAMPLES = (
@@ -83,6 +93,7 @@ EXAMPLES = (
     ("排行榜 12", "看 12 号挑战的排行"),
     ("我的挑战", "我参加的挑战"),
     ("绑定", "私聊我，拿一次性绑定码，到小程序里确认"),
+    ("设置推送 <群机器人 webhook 地址>", "在群里设置每日排行榜推送（关闭推送：停止）"),
     ("帮助", "看这张说明"),
 )
 
@@ -159,6 +170,11 @@ MINE_WORDS = ("我的挑战", "我的", "mine", "my challenges", "my")
 STANDINGS_WORDS = ("排行榜", "排行", "排名", "榜单", "leaderboard", "standings", "rank", "board")
 JOIN_WORDS = ("加入挑战", "参加挑战", "加入", "参加", "参与", "报名", "join")
 BIND_WORDS = ("绑定", "bind")
+WEBHOOK_WORDS = ("设置推送", "推送设置", "设置群推送", "设置webhook", "set webhook", "webhook")
+WEBHOOK_OFF_WORDS = ("关闭推送", "取消推送", "停止推送", "webhook off")
+WEBHOOK_HOST, WEBHOOK_PATH = "qyapi.weixin.qq.com", "/cgi-bin/webhook/send"
+WEBHOOK_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{15,63}")
+WEBHOOK_URL = re.compile(r"https?://\S+", re.IGNORECASE)
 START_WORDS = ("发起", "开始", "创建", "来个", "来一个", "新建", "开", "start", "new", "create")
 
 NUMBER = r"(\d{1,7}(?:\.\d{1,2})?)"
@@ -236,6 +252,10 @@ def parse(text: object) -> Command | Mistake:
         return ListMine()
     if _rest(line, BIND_WORDS) is not None:
         return RequestBinding()
+    if _rest(line, WEBHOOK_OFF_WORDS) == "":
+        return SetWebhook(None)
+    if _rest(line, WEBHOOK_WORDS) is not None:
+        return webhook_key(text)
     rest = _rest(line, STANDINGS_WORDS)
     if rest is not None:
         found = _challenge_id(rest, "排行榜", "排行榜 12")
@@ -250,6 +270,34 @@ def parse(text: object) -> Command | Mistake:
     if _rest(line, START_WORDS) is not None or "挑战" in line:
         return Mistake("missing_kind", "要说是哪种挑战：步数、阅读还是答题。")
     return Mistake("unknown_command", f"没看懂「{line[:20]}」。")
+
+
+def webhook_key(text: str) -> SetWebhook | Mistake:
+    """The key of a WeCom group-robot webhook said as its URL (``https://qyapi.weixin.qq.com/cgi-bin/webhook/send?
+    key=…``, from the raw text: normalizing would break it) or as the key alone. Nothing of the text is echoed."""
+    example = "设置推送 https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=…"
+    raw = unicodedata.normalize("NFKC", text).strip()
+    found = WEBHOOK_URL.search(raw)
+    if found:
+        url = urlsplit(found.group(0).rstrip("。，,.）)」"))
+        keys = parse_qs(url.query).get("key", [])
+        if (
+            url.scheme != "https"
+            or (url.hostname or "").lower() != WEBHOOK_HOST
+            or url.port not in (None, 443)
+            or url.username
+            or url.path != WEBHOOK_PATH
+            or len(keys) != 1
+            or not WEBHOOK_KEY.fullmatch(keys[0])
+        ):
+            return Mistake(
+                "bad_webhook", "这不是企业微信群机器人的 webhook 地址（https://qyapi.weixin.qq.com/…）。", example
+            )
+        return SetWebhook(keys[0])
+    words = [w for w in re.split(r"\s+", raw) if WEBHOOK_KEY.fullmatch(w)]
+    if len(words) != 1:
+        return Mistake("bad_webhook", "要给出群机器人的 webhook 地址（或其中的 key）。", example)
+    return SetWebhook(words[0])
 
 
 def canonical(command: Command) -> str:
@@ -267,6 +315,8 @@ def canonical(command: Command) -> str:
             return "绑定"
         case ShowHelp():
             return "帮助"
+        case SetWebhook(key):
+            return "关闭推送" if key is None else f"设置推送 {key}"
     raise TypeError(f"not a command: {command!r}")
 
 

@@ -94,6 +94,16 @@ def _rates(text: str) -> dict[str, int]:
     return rates
 
 
+def _int_between(minimum: int, maximum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not minimum <= value <= maximum:
+            raise ValueError(f"must be {minimum}-{maximum}, got {value}")
+        return value
+
+    return parse
+
+
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
@@ -637,6 +647,19 @@ SETTINGS: tuple[Setting, ...] = (
         _int_at_least(1),
         doc="How often the jobs start, cancel and settle due challenges (a challenge settles this long at most "
         "after its data decide it). `make run` uses 5.",
+    ),
+    Setting(
+        "CHALLENGE_POST_HOUR",
+        20,
+        _int_between(0, 23),
+        doc="From this hour (Beijing) each running group challenge's leaderboard is posted once a day to the "
+        "group's WeCom webhook (set in the group with `设置推送`); results are posted after settlement.",
+    ),
+    Setting(
+        "CHATTOOL_CARD_TEMPLATE_ID",
+        None,
+        doc="The chat-tool dynamic message template of a challenge card (`chattoolmsg/send` `template_id`). Unset: "
+        "a chat-tool group challenge's card is not updated. Simulator mode fills in its own.",
     ),
 )
 

@@ -24,6 +24,7 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from jobs.audiences import audience_runs_job
+from jobs.challenge_posts import post_challenge_standings, update_chat_tool_cards
 from jobs.challenges import settle_challenges
 from jobs.chat_commands import send_chat_replies
 from jobs.expiring import tell_expiring_packets
@@ -65,6 +66,8 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (audience_runs_job, 10),  # batch issues to audiences, a chunk per transaction
     (dispatch_notices, 5),  # a run goes on while notices are due (up to 30 s)
     (settle_challenges, 60),  # start, cancel and settle challenges, one per transaction; loser packets' rest
+    (post_challenge_standings, 60),  # groups' daily leaderboards and results (WeCom webhook, once per day)
+    (update_chat_tool_cards, 15),  # chat-tool group challenge cards: who joined, started / ended
 )
 RUN_AT_START = (insights_rollup_job,)  # the rollups' catch-up: at once, not an interval after the start
 # Bills for day D are ready from 09:00 on D+1, Beijing time: reconcile at 10:30.

@@ -20,6 +20,7 @@ from models.base import (
 )
 from models.bindings import BotCallback, ChatBinding, ChatBindingCode, ChatBindingFailure, ChatReply, Transport
 from models.campaigns import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType
+from models.challenge_posts import ChallengePost, ChatToolCard, GroupWebhook, PostKind
 from models.challenges import (
     Challenge,
     ChallengeKind,
@@ -177,6 +178,10 @@ __all__ = [
     "MESSAGE_TERMINAL",
     "OaFollower",
     "BotCallback",
+    "ChallengePost",
+    "ChatToolCard",
+    "GroupWebhook",
+    "PostKind",
     "ChatBinding",
     "ChatReply",
     "ChatBindingCode",

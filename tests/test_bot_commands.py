@@ -16,6 +16,7 @@ from challenges.commands import (
     ListMine,
     Mistake,
     RequestBinding,
+    SetWebhook,
     ShowHelp,
     ShowStandings,
     StartChallenge,
@@ -109,6 +110,7 @@ commands = st.one_of(
     st.just(ListMine()),
     st.just(RequestBinding()),
     st.just(ShowHelp()),
+    st.builds(SetWebhook, st.none() | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{15,63}", fullmatch=True)),
 )
 
 

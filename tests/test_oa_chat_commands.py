@@ -10,9 +10,10 @@ from sqlalchemy import select
 from challenges import bindings
 from jobs.chat_commands import send_chat_replies
 from jobs.messages import apply_messages
-from models import ChatReply, db
+from models import Challenge, ChatReply, db
+from tests.challenge_helpers import cash, fund, staked
 from tests.test_message_push import push
-from tests.test_wecom_bot import FakeOps, ops  # noqa: F401 - the fake game
+from tests.test_wecom_bot import RecordingOps, ops  # noqa: F401 - the real game, its calls recorded
 from wechat.sim.messages import OA_OPENID_PREFIX
 
 OPENID = OA_OPENID_PREFIX + "alice"
@@ -36,6 +37,8 @@ def sent_texts(app) -> list[str]:
 
 def test_an_unbound_person_gets_a_code_binds_and_plays(app, client, user_headers, make_user, ops):  # noqa: F811
     alice = make_user()
+    fund(alice.id, 10_00)
+    db.session.commit()
     assert push(client, "oa", text_push("加入 3", "1001")).data == b"success"
     assert push(client, "oa", text_push("绑定", "1002")).data == b"success"
     apply_messages()
@@ -49,7 +52,10 @@ def test_an_unbound_person_gets_a_code_binds_and_plays(app, client, user_headers
     apply_messages()
     send_chat_replies()
     assert ops.calls == [("create", alice.id, "reading", 5, 200, None)]
-    assert "#1 阅读挑战 5天 每人2元" in sent_texts(app)[-1]
+    challenge = db.session.execute(select(Challenge)).scalar_one()
+    assert (challenge.group_id, challenge.stake) == (None, 2_00)
+    assert (cash(alice.id), staked(alice.id)) == (8_00, 2_00)
+    assert f"#{challenge.id} 阅读挑战 5天 每人2元" in sent_texts(app)[-1]
     assert send_chat_replies() == {}  # nothing sent twice
     statuses = db.session.execute(select(ChatReply.status)).scalars().all()
     assert statuses == ["sent"] * 3

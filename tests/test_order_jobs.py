@@ -215,6 +215,7 @@ def test_scheduler_has_every_job(app):
         "expire_packets_and_conditions",
         "insights_rollup_job",
         "lift_expired_bans_job",
+        "post_challenge_standings",
         "purge_behaviour_events_job",
         "query_stuck_refunds",
         "query_unnotified_payments",
@@ -222,6 +223,7 @@ def test_scheduler_has_every_job(app):
         "settle_challenges",
         "spike_job",
         "tell_expiring_packets",
+        "update_chat_tool_cards",
     ]
 
 

@@ -1,77 +1,56 @@
 """The WeCom robot's callback end to end (web/wecom_bot.py) and chat bindings (challenges/bindings.py).
 
 Callbacks are built as WeCom builds them (``wechat.wecom.build_callback`` under the app's own token and key);
-the game is a fake :class:`challenges.bot.Ops` (the real ``challenges`` functions arrive with the game).
+the game is the real one (``challenges``), reached through :class:`challenges.bot.GameOps` with each call
+recorded; people hold real rebate balances and bind through the real code flow; money is asserted in the ledger.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import timedelta
-from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import func, select
 
 from challenges import bindings, bot
-from models import BotCallback, ChatBinding, ChatBindingCode, Transport, db, utcnow
+from models import BotCallback, Challenge, ChatBinding, ChatBindingCode, Transport, db, utcnow
+from tests.challenge_helpers import cash, fund, staked
 from web.wecom_bot import bot_settings
 from wechat import wecom
 from wechat.push import new_aes_key
 
 
-class ChallengeError(Exception):
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-
-
-class FakeOps:
-    error = ChallengeError
+class RecordingOps(bot.GameOps):
+    """The real game, each call recorded: for tests about the transport (what reached the game, and how often)."""
 
     def __init__(self):
-        self.calls, self.challenges, self.joined = [], {}, set()
-
-    def spec(self, kind, days, stake_fen):
-        return SimpleNamespace(kind=str(kind), days=days, stake_fen=stake_fen)
+        self.calls = []
 
     def create_challenge(self, creator_id, spec, now, *, group=None):
-        self.calls.append(("create", creator_id, spec.kind, spec.days, spec.stake_fen, group))
-        if spec.stake_fen > 1000:
-            raise ChallengeError("stake_above_balance", "赌注超过你的返利余额")
-        c = SimpleNamespace(
-            id=len(self.challenges) + 1, status="报名中", group=group, members={creator_id}, **vars(spec)
-        )
-        self.challenges[c.id] = c
-        return c
+        self.calls.append(("create", creator_id, spec.kind, spec.days, spec.stake, group))
+        return super().create_challenge(creator_id, spec, now, group=group)
 
     def join_challenge(self, challenge_id, user_id, now):
         self.calls.append(("join", challenge_id, user_id))
-        if challenge_id not in self.challenges:
-            raise ChallengeError("not_found", "没有这个挑战")
-        self.challenges[challenge_id].members.add(user_id)
-        return SimpleNamespace(challenge_id=challenge_id, user_id=user_id)
-
-    def standings(self, challenge_id, now):
-        c = self.challenges[challenge_id]
-        rows = [
-            SimpleNamespace(user_id=u, display_name=f"u{u}", total=1000 * u, days_counted=1, rank=i + 1)
-            for i, u in enumerate(sorted(c.members))
-        ]
-        return SimpleNamespace(rows=rows)
-
-    def challenges_of(self, user_id):
-        return [c for c in self.challenges.values() if user_id in c.members]
-
-    def group_challenges(self, transport, group_id):
-        return [c for c in self.challenges.values() if c.group == (transport, group_id)]
+        return super().join_challenge(challenge_id, user_id, now)
 
 
 @pytest.fixture
 def ops(monkeypatch):
-    fake = FakeOps()
-    monkeypatch.setattr(bot, "OPS", fake)
-    return fake
+    recording = RecordingOps()
+    monkeypatch.setattr(bot, "OPS", recording)
+    return recording
+
+
+def person(make_user, name: str, fen: int = 0):
+    """A user called ``name`` holding ``fen`` of earlier rebates (committed)."""
+    user = make_user()
+    user.nickname = name
+    if fen:
+        fund(user.id, fen)
+    db.session.commit()
+    return user
 
 
 @pytest.fixture
@@ -102,7 +81,7 @@ def bind(client, user_headers, robot, user, userid):
 def counts():
     return tuple(
         db.session.execute(select(func.count()).select_from(t)).scalar_one()
-        for t in (BotCallback, ChatBinding, ChatBindingCode)
+        for t in (BotCallback, ChatBinding, ChatBindingCode, Challenge)
     )
 
 
@@ -112,28 +91,39 @@ def test_url_check(client, app):
 
 
 def test_two_friends_start_and_join_a_step_challenge_in_a_group(client, user_headers, make_user, robot, ops):
-    alice, bob = make_user(), make_user()
+    alice, bob = person(make_user, "Alice", 20_00), person(make_user, "Bob", 10_00)
     bind(client, user_headers, robot, alice, "alice")
     bind(client, user_headers, robot, bob, "bob")
     _, text = robot("alice", "@挑战机器人 发起步数挑战 3天 每人5元", chatid="g1")
-    assert "#1 步数挑战 3天 每人5元" in text and "加入 1" in text
-    assert ops.calls[0] == ("create", alice.id, "steps", 3, 500, ("wecom", "g1"))
-    _, text = robot("bob", "@挑战机器人 加入", chatid="g1")
-    assert "你已加入 #1" in text and ops.calls[-1] == ("join", 1, bob.id)
+    challenge = db.session.execute(select(Challenge)).scalar_one()
+    assert f"#{challenge.id} 步数挑战 3天 每人5元（报名中）" in text and f"加入 {challenge.id}" in text
+    assert (challenge.creator_id, challenge.group_transport, challenge.group_id) == (alice.id, "wecom", "g1")
+    assert (challenge.kind, challenge.days, challenge.stake, challenge.stake_source) == ("steps", 3, 5_00, "balance")
+    assert (cash(alice.id), staked(alice.id)) == (15_00, 5_00)  # the creator's stake reserved at once
+    _, text = robot("bob", "@挑战机器人 加入", chatid="g1")  # the group's latest
+    assert f"你已加入 #{challenge.id}" in text and ops.calls[-1] == ("join", challenge.id, bob.id)
+    assert (cash(bob.id), staked(bob.id)) == (5_00, 5_00)
+    _, again = robot("bob", "加入", chatid="g1")  # joining twice: one participation, one reservation
+    assert f"你已加入 #{challenge.id}" in again and (cash(bob.id), staked(bob.id)) == (5_00, 5_00)
+    assert db.session.get(Challenge, challenge.id).participants == 2
     _, text = robot("bob", "@挑战机器人 排行榜", chatid="g1")
-    assert f"u{alice.id}" in text and f"u{bob.id}" in text
+    assert f"#{challenge.id} 排行榜" in text and "Alice" in text and "Bob" in text
     _, text = robot("bob", "我的挑战")
-    assert "#1 步数挑战" in text
+    assert f"#{challenge.id} 步数挑战 3天 每人5元（报名中）" in text
+    _, text = robot("alice", f"排行榜 {challenge.id}")
+    assert "Alice" in text and "Bob" in text
 
 
 def test_a_replayed_msgid_gets_the_first_answer_and_changes_nothing(client, user_headers, make_user, robot, ops):
-    alice = make_user()
+    alice = person(make_user, "Alice", 20_00)
     bind(client, user_headers, robot, alice, "alice")
     _, first = robot("alice", "发起步数挑战 3天 每人5元", chatid="g1", msgid="msg-1")
-    before = counts()
+    before, money = counts(), (cash(alice.id), staked(alice.id))
+    assert money == (15_00, 5_00)
     response, again = robot("alice", "发起步数挑战 3天 每人5元", chatid="g1", msgid="msg-1")
     assert response.status_code == 200 and again == first
     assert len([c for c in ops.calls if c[0] == "create"]) == 1 and counts() == before
+    assert (cash(alice.id), staked(alice.id)) == money
 
 
 def test_forged_signature_stale_timestamp_and_huge_body_are_refused_and_nothing_changes(client, app, robot, ops):
@@ -162,23 +152,78 @@ def test_unconfigured_robot_is_404(client, app):
 
 
 def test_unknown_command_unbound_speaker_and_wrong_chat_type(client, user_headers, make_user, robot, ops):
+    before = counts()
     _, text = robot("alice", "@挑战机器人 你好", chatid="g1")
     assert "没看懂" in text and "例如" in text
     _, text = robot("alice", "@挑战机器人 加入 3", chatid="g1")
     assert "还没有绑定" in text and "私聊" in text
+    _, text = robot("alice", "@挑战机器人 发起步数挑战 3天 每人5元", chatid="g1")
+    assert "还没有绑定" in text
     _, text = robot("alice", "@挑战机器人 绑定", chatid="g1")
     assert "私聊" in text and "绑定码：" not in text
     assert db.session.execute(select(func.count()).select_from(ChatBindingCode)).scalar_one() == 0
-    assert ops.calls == []
+    assert ops.calls == [] and counts()[1:] == before[1:]
 
 
-def test_a_refusal_of_the_game_is_answered_and_nothing_else_done(client, user_headers, make_user, robot, ops):
-    alice = make_user()
+def test_a_stake_above_the_balance_is_refused_and_nothing_is_reserved(client, user_headers, make_user, robot, ops):
+    alice = person(make_user, "Alice", 10_00)
     bind(client, user_headers, robot, alice, "alice")
     _, text = robot("alice", "发起步数挑战 3天 每人50元", chatid="g1")
-    assert "赌注超过你的返利余额" in text
-    _, text = robot("alice", "加入 99", chatid="g1")
-    assert "没有这个挑战" in text
+    assert text.startswith("没办成") and "不足" in text
+    assert (cash(alice.id), staked(alice.id)) == (10_00, 0)
+    assert db.session.execute(select(func.count()).select_from(Challenge)).scalar_one() == 0
+    outcome = db.session.execute(select(BotCallback.outcome).order_by(BotCallback.id.desc())).scalars().first()
+    assert outcome == "stake_above_held"
+    # a friend who cannot cover a challenge's stake is refused joining it, and nothing is reserved
+    bob = person(make_user, "Bob", 2_00)
+    bind(client, user_headers, robot, bob, "bob")
+    _, started = robot("alice", "发起步数挑战 3天 每人5元", chatid="g1")
+    _, text = robot("bob", "加入", chatid="g1")
+    assert "不足" in text and (cash(bob.id), staked(bob.id)) == (2_00, 0)
+    assert db.session.execute(select(Challenge.participants)).scalar_one() == 1
+
+
+def test_unknown_and_finished_challenges_are_refused(client, app, user_headers, make_user, robot, ops, time_machine):
+    from jobs.challenges import settle_challenges
+
+    alice, bob = person(make_user, "Alice", 20_00), person(make_user, "Bob", 20_00)
+    bind(client, user_headers, robot, alice, "alice")
+    bind(client, user_headers, robot, bob, "bob")
+    _, text = robot("bob", "加入 999", chatid="g1")
+    assert "没有找到这个挑战" in text and (cash(bob.id), staked(bob.id)) == (20_00, 0)
+    _, text = robot("bob", "排行榜 999")
+    assert "没有找到这个挑战" in text
+    robot("alice", "发起步数挑战 2天 每人5元", chatid="g1")
+    challenge = db.session.execute(select(Challenge)).scalar_one()
+    # nobody joins before the first day: the challenge is cancelled and Alice's stake released
+    time_machine.move_to(challenge.join_deadline + timedelta(minutes=1))
+    settle_challenges()
+    db.session.expire_all()
+    assert db.session.get(Challenge, challenge.id).status == "cancelled"
+    assert (cash(alice.id), staked(alice.id)) == (20_00, 0)
+    _, text = robot("bob", f"加入 {challenge.id}", chatid="g1")
+    assert text.startswith("没办成") and "已结束" in text
+    assert (cash(bob.id), staked(bob.id)) == (20_00, 0)
+    _, text = robot("alice", "我的挑战")
+    assert f"#{challenge.id} 步数挑战 2天 每人5元（已取消）" in text
+
+
+def test_quiz_and_too_many_days_are_refused_from_chat(client, app, user_headers, make_user, robot, ops, monkeypatch):
+    from challenges import ChallengeSettings
+
+    alice = person(make_user, "Alice", 20_00)
+    bind(client, user_headers, robot, alice, "alice")
+    _, text = robot("alice", "发起答题挑战 1天 每人1元", chatid="g1")
+    assert "小程序" in text and "答题" in text
+    _, text = robot("alice", "发起步数挑战 40天 每人1元", chatid="g1")  # beyond what WeRun keeps: the parser
+    assert "1 到 30" in text
+    monkeypatch.setitem(app.extensions, "challenge_settings", ChallengeSettings(max_days=7))
+    _, text = robot("alice", "发起步数挑战 10天 每人1元", chatid="g1")  # beyond the configured maximum: the game
+    assert "挑战最多 7 天" in text
+    outcomes = db.session.execute(select(BotCallback.outcome).order_by(BotCallback.id)).scalars().all()[-3:]
+    assert outcomes == ["quiz_in_mini_program", "bad_days", "challenge_invalid"]
+    assert (cash(alice.id), staked(alice.id)) == (20_00, 0)
+    assert db.session.execute(select(func.count()).select_from(Challenge)).scalar_one() == 0
 
 
 # -- bindings -------------------------------------------------------------------------------------------
@@ -298,7 +343,7 @@ def test_one_code_confirmed_by_two_people_at_once_binds_one(app, client, user_he
 def test_the_same_callback_twice_at_once_runs_its_command_once(app, client, user_headers, make_user, robot, ops):
     from tests.concurrency import together
 
-    alice = make_user()
+    alice = person(make_user, "Alice", 20_00)
     bind(client, user_headers, robot, alice, "alice")
     settings = bot_settings()
     built = wecom.build_callback(
@@ -310,6 +355,8 @@ def test_the_same_callback_twice_at_once_runs_its_command_once(app, client, user
 
     assert set(together(3, post)) <= {200, 503}
     assert len([c for c in ops.calls if c[0] == "create"]) == 1
+    assert db.session.execute(select(func.count()).select_from(Challenge)).scalar_one() == 1
+    assert (cash(alice.id), staked(alice.id)) == (15_00, 5_00)
     assert db.session.execute(select(func.count()).select_from(BotCallback)).scalar_one() == 2  # bind + race-1
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pytest
 from flask import current_app
+from sqlalchemy import select
 
 from jobs.chat_commands import webhook_sender
-from tests.test_wecom_bot import FakeOps, ops  # noqa: F401 - the fake game
+from models import Challenge, db
+from tests.challenge_helpers import cash, fund, staked
+from tests.test_wecom_bot import RecordingOps, ops  # noqa: F401 - the real game, its calls recorded
 from wechat.chattool import ChatToolClient
 from wechat.wecom import WebhookBusy
 
@@ -18,14 +21,18 @@ def sim(app):
 
 def test_two_members_play_through_the_simulated_robot(app, client, user_headers, make_user, ops):  # noqa: F811
     alice = make_user()
+    fund(alice.id, 20_00)
+    db.session.commit()
     answer = client.post("/_sim/wecom/say", json={"name": "alice", "content": "帮助", "group": "friends"}).get_json()
     assert answer["status"] == 200 and "挑战机器人的命令" in answer["reply"]
     code_reply = sim(app).robot_say("alice", "绑定")["reply"]
     code = code_reply.split("：", 1)[1].split("\n", 1)[0]
     assert client.post("/api/v1/me/chat-bindings", json={"code": code}, headers=user_headers(alice)).status_code == 201
     started = sim(app).robot_say("alice", "发起步数挑战 3天 每人5元", group="friends")
-    assert "#1 步数挑战 3天 每人5元" in started["reply"]
-    assert ops.calls == [("create", alice.id, "steps", 3, 500, ("wecom", "sim-group-friends"))]
+    challenge = db.session.execute(select(Challenge)).scalar_one()
+    assert f"#{challenge.id} 步数挑战 3天 每人5元" in started["reply"]
+    assert ops.calls[0] == ("create", alice.id, "steps", 3, 500, ("wecom", "sim-group-friends"))
+    assert (cash(alice.id), staked(alice.id)) == (15_00, 5_00)
     page = client.get("/_sim/").get_data(as_text=True)
     assert "WeCom robot" in page and "发起步数挑战" in page
 

@@ -6,6 +6,10 @@
 * ``GET /api/v1/challenges/<id>``: the standings, for a participant. Anyone signed in may read an *open*
   challenge's terms (its id is the invitation shared in a group) without the people in it; a running or
   finished challenge of others answers 404, as does one that does not exist.
+* ``POST /api/v1/chat-tool/groups/<opengid>/challenges``: a ``ChallengeSpec`` started in a chat-tool group the
+  caller is bound in (``POST /api/v1/me/chat-tool/groups``; else 404); its group card is made and kept up to
+  date by a job (``jobs/challenge_posts.update_chat_tool_cards``). ``GET /api/v1/challenges/<id>/card``: the
+  card's activity id for a participant to share (404 until the job made it).
 * ``GET /api/v1/me/challenges``: the caller's challenges, newest first.
 * ``POST /api/v1/me/werun``: ``{encryptedData, iv}`` from ``wx.getWeRunData``, decrypted with the caller's
   current session_key (appid and freshness of the watermark checked); the answer says which days were taken,
@@ -21,6 +25,7 @@ from typing import Annotated
 
 from flask import Blueprint, current_app
 from pydantic import Field, StringConstraints
+from sqlalchemy import select
 
 from challenges import (
     ChallengeSpec,
@@ -35,7 +40,8 @@ from challenges import (
     standings,
     start_quiz,
 )
-from models import ChallengeStatus, utcnow
+from challenges.cards import card_of
+from models import ChallengeStatus, ChatBinding, Transport, db, utcnow
 from web.api import endpoint
 from web.auth import current_user
 from web.errors import NotFound, ValidationFailed
@@ -94,6 +100,41 @@ def create(body: ChallengeSpec):
     user = current_user()
     challenge = create_challenge(user.id, body, utcnow())
     return standings(challenge.id, utcnow()).as_json()
+
+
+@endpoint(
+    bp,
+    "/chat-tool/groups/<opengid>/challenges",
+    methods=["POST"],
+    body=ChallengeSpec,
+    idempotent=True,
+    require_key=True,
+    status=201,
+)
+def create_in_chat_tool_group(opengid: str, body: ChallengeSpec):
+    """Start a challenge in a chat-tool group the caller is bound in; its card follows it."""
+    user = current_user()
+    bound = db.session.execute(
+        select(ChatBinding.id).where(
+            ChatBinding.user_id == user.id,
+            ChatBinding.transport == Transport.CHAT_TOOL,
+            ChatBinding.scope == opengid[:128],
+        )
+    ).first()
+    if bound is None:
+        raise NotFound("you are not bound in this chat-tool group", code="group_not_found")
+    challenge = create_challenge(user.id, body, utcnow(), group=(Transport.CHAT_TOOL, opengid))
+    return standings(challenge.id, utcnow()).as_json()
+
+
+@endpoint(bp, "/challenges/<int:challenge_id>/card", methods=["GET"])
+def card(challenge_id: int):
+    """The chat-tool card's activity id, for a participant to share the card in the group."""
+    user = current_user()
+    found = card_of(challenge_id) if is_participant(challenge_id, user.id) else None
+    if found is None or not found.activity_id:
+        raise NotFound("no card for this challenge yet", code="card_not_found")
+    return {"activity_id": found.activity_id, "expires_at": found.activity_expires_at.isoformat()}
 
 
 @endpoint(bp, "/challenges/<int:challenge_id>/join", methods=["POST"], idempotent=True)

@@ -52,6 +52,7 @@ SIM_DEFAULTS = {
     "WECOM_BOT_TOKEN": "simWecomBotToken",
     "WECOM_BOT_ENCODING_AES_KEY": "k13zXHbCdGD+Z71J9ntQCk1rZ3rRTuCtmY7qR1V8U/o",
     "WECOM_BOT_ID": "simaibot0challenges",
+    "CHATTOOL_CARD_TEMPLATE_ID": "sim-chattool-challenge-card",
 }
 DEFAULT_PUBLIC_BASE = "http://127.0.0.1:5000"
 MATERIAL = ("material", "account")  # the one record every process of a deployment shares
