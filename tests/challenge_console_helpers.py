@@ -49,6 +49,7 @@ def _sponsor(make_merchant, make_campaign):
         issuer_merchant_id=shop.id,
         packet_amount_fen=10_00,
         budget_limit_fen=100_00,
+        trigger={"kind": "claim"},  # only a self-serve campaign sponsors a challenge
     )
     return shop, campaign
 
