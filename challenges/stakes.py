@@ -13,6 +13,7 @@ from sqlalchemy import select
 from challenges.errors import StakeAboveHeld
 from ledger import AccountRef, Leg, balance, post, ref
 from models import AccountKind, StakeSource, User, db
+from money import format_yuan
 
 
 def held_ref(source: str, user_id: int) -> AccountRef:
@@ -35,15 +36,23 @@ def reserve(challenge_id: int, source: str, user_id: int, amount: int) -> None:
     lock_person(user_id)
     held = balance(held_ref(source, user_id))
     if held < amount:
+        need, have = _amount(source, amount), _amount(source, max(held, 0))
         raise StakeAboveHeld(
-            f"the stake is {amount} and you hold {max(held, 0)}",
-            zh=f"挑战金 {amount}，你现有 {max(held, 0)}，不足",
+            f"the stake is {need[1]} and you hold {have[1]}",
+            zh=f"挑战金 {need[0]}，你现有 {have[0]}，不足",
         )
     post(
         f"challenge:{challenge_id}:stake:{user_id}",
         f"challenge {challenge_id}: stake of user {user_id} reserved",
         [Leg(held_ref(source, user_id), -amount), Leg(stake_ref(source, user_id), amount)],
     )
+
+
+def _amount(source: str, amount: int) -> tuple[str, str]:
+    """An amount in the stake's own unit, in Chinese and in English: ``5.00元`` / ``50积分``."""
+    if source == StakeSource.POINTS:
+        return f"{amount}积分", f"{amount} points"
+    return f"{format_yuan(amount)}元", f"{format_yuan(amount)} yuan"
 
 
 def release(challenge_id: int, source: str, user_id: int, amount: int, why: str) -> None:

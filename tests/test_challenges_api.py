@@ -68,7 +68,7 @@ def test_create_join_and_read_the_standings(client, people):
     before = entries()
     r = client.post(f"/api/v1/challenges/{cid}/join", headers=ch)
     assert r.status_code == 409 and r.json["error"] == "stake_above_held"
-    assert "不足" in r.json["message"]
+    assert "不足" in r.json["message"] and "5.00元" in r.json["message"] and "1.00元" in r.json["message"]
     assert (cash(carol.id), staked(carol.id), entries()) == (1_00, 0, before)
 
     # once running, someone else's challenge is not there for Carol
