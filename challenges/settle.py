@@ -35,6 +35,7 @@ from models import (
     IssuerType,
     StakeSource,
     User,
+    UserStatus,
     db,
 )
 from notices import Draft, NoticeEvent, enqueue_many
@@ -116,21 +117,32 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
     if not losers:
         payers, payees = set(), set()
     totals = {row.user_id: row.total for row in table.rows}
-    prizes, received = [], dict.fromkeys(totals, 0)
+    prizes, received, withheld = [], dict.fromkeys(totals, 0), []
+    banned = _banned(payees)
     for p in members:
         p.total = totals[p.user_id]
         p.result = ("tied" if len(winners) > 1 else "won") if p.user_id in winners else ("lost" if losers else "tied")
         if challenge.stake_source == StakeSource.SPONSOR:
             continue
-        paid = _pay_from(challenge, p.user_id, p.stake, sorted(payees), now, settings) if p.user_id in payers else []
+        paid = (
+            _pay_from(challenge, p.user_id, p.stake, sorted(payees), banned, now, settings)
+            if p.user_id in payers
+            else []
+        )
         for payee, amount in paid:
+            if payee in banned:
+                withheld.append({"from": p.user_id, "to": payee, "amount": amount, "why": "banned"})
+                continue
             prizes.append({"from": p.user_id, "to": payee, "amount": amount})
             received[payee] += amount
+        paid = [(payee, amount) for payee, amount in paid if payee not in banned]
         given = sum(amount for _, amount in paid)
         stakes.release(challenge.id, challenge.stake_source, p.user_id, p.stake - given, "settled")
     refused: list[dict] = []
     if challenge.stake_source == StakeSource.SPONSOR and payees:
-        for payee, amount in _sponsor_prizes(challenge, sorted(payees), now, refused):
+        for payee in sorted(banned):
+            withheld.append({"from": None, "to": payee, "amount": challenge.prize_fen // len(payees), "why": "banned"})
+        for payee, amount in _sponsor_prizes(challenge, sorted(payees), banned, now, refused):
             prizes.append({"from": None, "to": payee, "amount": amount})
             received[payee] += amount
     challenge.status, challenge.settled_at = ChallengeStatus.SETTLED, now
@@ -140,6 +152,7 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
         "prizes": prizes,
         "counted_days": [d.isoformat() for d in table.counted_days],
         "refused": refused,
+        "withheld": withheld,
     }
     enqueue_many(
         [_told(challenge, p.user_id, NoticeEvent.CHALLENGE_SETTLED, p.result, received[p.user_id]) for p in members]
@@ -147,23 +160,43 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
     db.session.flush()
 
 
+def _banned(people: set[int]) -> set[int]:
+    """Who of ``people`` is banned now (DESIGN §9: a banned person claims nothing, earns nothing)."""
+    if not people:
+        return set()
+    return set(
+        db.session.execute(select(User.id).where(User.id.in_(people), User.status != UserStatus.ACTIVE)).scalars()
+    )
+
+
 def _pay_from(
-    challenge: Challenge, payer: int, stake: int, payees: list[int], now: datetime, settings: ChallengeSettings
+    challenge: Challenge,
+    payer: int,
+    stake: int,
+    payees: list[int],
+    banned: set[int],
+    now: datetime,
+    settings: ChallengeSettings,
 ) -> list[tuple[int, int]]:
-    """The payer's stake split among the payees (rounding down): a packet each (points: a transfer)."""
+    """The payer's stake split among the payees (rounding down): a packet each (points: a transfer). A banned
+    payee's share is listed but nothing moves to them: the caller releases it back to the payer."""
     share = stake // len(payees) if payees else 0
     if share <= 0:
         return []
+    paying = [payee for payee in payees if payee not in banned]
+    withheld = [(payee, share) for payee in payees if payee in banned]
+    if not paying:
+        return withheld
     if challenge.stake_source == StakeSource.POINTS:
-        for payee in payees:
+        for payee in paying:
             stakes.transfer_points(challenge.id, payer, payee, share)
             db.session.add(
                 ChallengePrize(challenge_id=challenge.id, payer_user_id=payer, payee_user_id=payee, amount=share)
             )
-        return [(payee, share) for payee in payees]
+        return [(payee, share) for payee in paying] + withheld
     campaign = _loser_campaign(challenge, payer, share, now, settings)
     drafts = []
-    for payee in payees:
+    for payee in paying:
         owner = db.session.get(User, payee)
         packet = issue_packet(
             campaign, owner, source=SOURCE, source_ref=f"{challenge.id}:{payer}:{payee}", now=now, face_fen=share
@@ -181,7 +214,7 @@ def _pay_from(
         )
         drafts.append(packet_received(packet))
     enqueue_many(drafts)
-    return [(payee, share) for payee in payees]
+    return [(payee, share) for payee in paying] + withheld
 
 
 def _loser_campaign(
@@ -213,7 +246,7 @@ def _loser_campaign(
 
 
 def _sponsor_prizes(
-    challenge: Challenge, payees: list[int], now: datetime, refused: list[dict]
+    challenge: Challenge, payees: list[int], banned: set[int], now: datetime, refused: list[dict]
 ) -> list[tuple[int, int]]:
     """The sponsor's prize split among the payees as packets of its campaign (its budget and limits apply); a
     packet the campaign refuses is recorded in ``refused`` (the settlement still completes: the people's
@@ -224,6 +257,8 @@ def _sponsor_prizes(
         return []
     out, drafts = [], []
     for payee in payees:
+        if payee in banned:  # a banned winner gets nothing (recorded as withheld by the caller)
+            continue
         owner = db.session.get(User, payee)
         try:
             with db.session.begin_nested():  # the sponsor's budget, deposit or validity may refuse one
