@@ -38,6 +38,7 @@ from challenges.commands import (
     help_text,
     yuan_text,
 )
+from models import StakeSource
 
 MAX_LISTED = 10
 
@@ -138,11 +139,11 @@ STATUS_WORDS = {"open": "报名中", "running": "进行中", "settled": "已结�
 
 def stake_text(challenge: Any) -> str:
     """What each person stakes, in the challenge's own unit: ``每人5元`` / ``每人50积分`` / ``奖金20元（赞助）``."""
-    source = str(getattr(challenge, "stake_source", "balance"))
-    if source == "sponsor":
+    source = str(getattr(challenge, "stake_source", StakeSource.BALANCE))
+    if source == StakeSource.SPONSOR:
         return f"奖金{yuan_text(int(getattr(challenge, 'prize_fen', 0) or 0))}元（赞助）"
     stake = int(getattr(challenge, "stake", 0) or 0)
-    return f"每人{stake}积分" if source == "points" else f"每人{yuan_text(stake)}元"
+    return f"每人{stake}积分" if source == StakeSource.POINTS else f"每人{yuan_text(stake)}元"
 
 
 def describe(challenge: Any) -> str:

@@ -161,7 +161,7 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
 
 
 def _banned(people: set[int]) -> set[int]:
-    """Who of ``people`` is banned now (DESIGN §9: a banned person claims nothing, earns nothing)."""
+    """Who of ``people`` is banned now: a banned person claims nothing, earns nothing."""
     if not people:
         return set()
     return set(
@@ -292,18 +292,21 @@ def _sponsor_prizes(
 
 
 def _told(challenge: Challenge, user_id: int, event: NoticeEvent, result: str | None, amount: int) -> Draft:
-    return Draft(
-        user_id=user_id,
-        event=event,
-        key=f"challenge:{challenge.id}:{user_id}:{event.value}",
-        facts={
-            "challenge_id": challenge.id,
-            "title": challenge.title,
-            "result": RESULT_WORDS.get(result or "", "平局"),
-            "amount_fen": amount,
-        },
-        page=f"pages/challenges/detail?id={challenge.id}",
-    )
+    """The person's notice, in the stake's unit: a points stake tells of points (its own templates), never of
+    yuan. The key stays the cash event's, so one notice per (challenge, person, event) whatever the unit."""
+    key = f"challenge:{challenge.id}:{user_id}:{event.value}"
+    facts = {"challenge_id": challenge.id, "title": challenge.title, "result": RESULT_WORDS.get(result or "", "平局")}
+    if challenge.stake_source == StakeSource.POINTS:
+        event, facts["points"] = POINTS_EVENTS[event], amount
+    else:
+        facts["amount_fen"] = amount
+    return Draft(user_id=user_id, event=event, key=key, facts=facts, page=f"pages/challenges/detail?id={challenge.id}")
+
+
+POINTS_EVENTS = {
+    NoticeEvent.CHALLENGE_SETTLED: NoticeEvent.CHALLENGE_POINTS_SETTLED,
+    NoticeEvent.CHALLENGE_CANCELLED: NoticeEvent.CHALLENGE_POINTS_CANCELLED,
+}
 
 
 RESULT_WORDS = {"won": "获胜", "lost": "未获胜", "tied": "并列", "cancelled": "已取消"}

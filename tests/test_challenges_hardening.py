@@ -84,3 +84,39 @@ def test_a_banned_person_cannot_start_or_join(make_user):
         join_challenge(cid, a, NOW)
     db.session.rollback()
     assert (cash(a), staked(a)) == (10_00, 0)
+
+
+def _inbox(user_id: int) -> list[tuple[str, str]]:
+    from notices.templates import inbox_text, load_templates
+
+    templates = load_templates(None, simulator=True)
+    rows = db.session.execute(select(Notice).where(Notice.user_id == user_id).order_by(Notice.id)).scalars()
+    return [inbox_text(templates[n.event], n.facts) for n in rows if n.event.startswith("challenge")]
+
+
+def test_a_points_stake_is_told_in_points_not_yuan(make_user):
+    a, b, c = make_user().id, make_user().id, make_user().id
+    for uid in (a, b, c):
+        fund(uid, 500, points=True)
+    spec = ChallengeSpec(kind="steps", days=1, stake=200, stake_source="points", start_day=DAY1)
+    cid = create_challenge(a, spec, NOW).id
+    join_challenge(cid, b, NOW)
+    lonely = create_challenge(c, spec, NOW).id  # nobody joins: cancelled
+    _steps({a: 9_000, b: 1_000})
+    assert settle_challenge(cid, MORNING) and settle_challenge(lonely, MORNING)
+    db.session.commit()
+    ((_, won),) = _inbox(a)
+    ((_, cancelled),) = _inbox(c)
+    assert "200 积分" in won and "¥" not in won
+    assert "200" in cancelled and "积分" in cancelled and "¥" not in cancelled
+
+
+def test_a_cash_stake_is_still_told_in_yuan(make_user):
+    a, b = _people(make_user, 2)
+    cid = create_challenge(a, ChallengeSpec(kind="steps", days=1, stake=3_00, start_day=DAY1), NOW).id
+    join_challenge(cid, b, NOW)
+    _steps({a: 9_000, b: 1_000})
+    assert settle_challenge(cid, MORNING)
+    db.session.commit()
+    ((_, won),) = _inbox(a)
+    assert "¥3.00" in won
