@@ -40,11 +40,11 @@ from models import (
 )
 from notices import Draft, NoticeEvent, enqueue_many
 from rebate.errors import RebateError
-from rebate.packets import issue_packet
+from rebate.packets import STAKE_SOURCE, issue_packet
 from rebate.rules import Form
 from rebate.tell import packet_received
 
-SOURCE = "challenge"  # the packets' source; source_ref names (challenge, payer, payee)
+SOURCE = STAKE_SOURCE  # the packets' source; source_ref names (challenge, payer, payee)
 
 
 def due_challenges(now: datetime, limit: int = 100) -> list[int]:

@@ -31,9 +31,13 @@ def settle_challenges() -> Counter:
         except Exception:  # one challenge that cannot settle (a sponsor's budget gone) must not stop the rest
             log.exception("challenge could not be settled", extra={"challenge_id": challenge_id})
             done["failed"] += 1
-    with unit_of_work():
-        prizes = open_prizes()
-    for prize_id in prizes:
+    after = 0
+    while True:  # page on by id: spent packets' prizes stay open for the refund watch and must not hide the rest
         with unit_of_work():
-            done["returned_fen"] += sweep_prize(prize_id, utcnow())
-    return done
+            prizes = open_prizes(after=after)
+        if not prizes:
+            return done
+        for prize_id in prizes:
+            with unit_of_work():
+                done["returned_fen"] += sweep_prize(prize_id, utcnow())
+        after = prizes[-1]

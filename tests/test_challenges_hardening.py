@@ -120,3 +120,121 @@ def test_a_cash_stake_is_still_told_in_yuan(make_user):
     db.session.commit()
     ((_, won),) = _inbox(a)
     assert "¥3.00" in won
+
+
+def _settled_packet(make_user) -> tuple[int, int, RedPacket]:
+    """Alice wins a 3-yuan stake from Bob: (alice, bob, Bob's packet to Alice), committed."""
+    a, b = _people(make_user, 2)
+    cid = create_challenge(a, ChallengeSpec(kind="steps", days=1, stake=3_00, start_day=DAY1), NOW).id
+    join_challenge(cid, b, NOW)
+    _steps({a: 9_000, b: 1_000})
+    assert settle_challenge(cid, MORNING)
+    db.session.commit()
+    packet = db.session.execute(select(RedPacket).where(RedPacket.owner_id == a)).scalar_one()
+    return a, b, packet
+
+
+def test_a_challenge_campaign_is_not_listed_unless_asked(make_user, make_campaign, make_operator, client):
+    ordinary = make_campaign({"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance"}]})
+    db.session.commit()
+    _, _, packet = _settled_packet(make_user)
+    _, headers = make_operator("admin")
+    listed = {c["id"] for c in client.get("/admin/api/campaigns", headers=headers).json["items"]}
+    assert ordinary.id in listed and packet.campaign_id not in listed
+    asked = client.get("/admin/api/campaigns?challenges=true", headers=headers).json["items"]
+    assert packet.campaign_id in {c["id"] for c in asked}
+
+
+def test_nothing_but_its_challenge_issues_from_a_stake_campaign(make_user, make_operator, client, user_headers):
+    from models import Campaign
+    from rebate.errors import StateConflict
+    from rebate.packets import issue_packet
+
+    a, b, packet = _settled_packet(make_user)
+    campaign = db.session.get(Campaign, packet.campaign_id)
+    someone = make_user()
+    db.session.commit()
+    answer = client.post(
+        f"/api/v1/campaigns/{campaign.id}/claim", json={}, headers=user_headers(someone, **{"Idempotency-Key": "k1"})
+    )
+    assert answer.status_code == 409, answer.json
+    with pytest.raises(StateConflict) as refused:
+        issue_packet(campaign, someone, source="claim", source_ref="x", now=MORNING)
+    assert refused.value.code == "challenge_campaign"
+    db.session.rollback()
+    _, headers = make_operator("admin")
+    reason = {"reason": "testing the guard"}
+    for path, body in (
+        (f"/admin/api/campaigns/{campaign.id}/packets/batch", {"count": 1, **reason}),
+        (f"/admin/api/campaigns/{campaign.id}/pause", reason),
+        (f"/admin/api/campaigns/{campaign.id}/end", reason),
+    ):
+        answer = client.post(path, json=body, headers={**headers, "Idempotency-Key": path})
+        assert answer.status_code == 409 and answer.json["error"], (path, answer.json)
+    assert db.session.execute(select(RedPacket).where(RedPacket.campaign_id == campaign.id)).scalars().all() == [
+        db.session.get(RedPacket, packet.id)
+    ]
+
+
+def test_the_sweep_ends_a_stake_campaign_once_its_packet_is_done(make_user):
+    from challenges import sweep_prizes
+    from models import Campaign, CampaignStatus
+    from rebate.packets import expire_due_packets
+
+    a, b, packet = _settled_packet(make_user)
+    assert db.session.get(Campaign, packet.campaign_id).status == CampaignStatus.ACTIVE
+    assert sweep_prizes(MORNING) == 0
+    assert expire_due_packets(packet.expires_at) == 1
+    assert sweep_prizes(packet.expires_at) == 3_00
+    db.session.commit()
+    assert db.session.get(Campaign, packet.campaign_id).status == CampaignStatus.ENDED
+    assert (cash(b), staked(b)) == (10_00, 0)
+    assert sweep_prizes(packet.expires_at) == 0
+
+
+def test_the_sweep_pages_past_prizes_kept_open_for_the_refund_watch(make_user, make_product, pay, monkeypatch):
+    from datetime import timedelta
+
+    import time_machine
+
+    from challenges import sweep
+    from rebate import create_order
+    from rebate.orders import LineRequest
+    from rebate.packets import expire_due_packets
+
+    winner, _, spent = _settled_packet(make_user)
+    at = MORNING + timedelta(hours=2)
+    with time_machine.travel(at, tick=False):
+        product = make_product(price_fen=20_00)
+        order = create_order(db.session.get(User, winner), [LineRequest(product.id, 1)], spent.id, at)
+        db.session.commit()
+        pay(order, at=at)
+    _, second_loser, last = _settled_packet(make_user)
+    assert expire_due_packets(last.expires_at) == 1
+    db.session.commit()
+    real = sweep.open_prizes
+    monkeypatch.setattr(sweep, "open_prizes", lambda limit=200, after=0: real(1, after))
+    assert sweep.sweep_prizes(last.expires_at) == 3_00  # the spent packet's prize stays open; the next is reached
+    db.session.commit()
+    assert (cash(second_loser), staked(second_loser)) == (10_00, 0)
+
+
+def test_a_stake_campaign_never_applies_to_someone_elses_order(make_user, make_product, pay):
+    from datetime import timedelta
+
+    import time_machine
+
+    from models import Rebate
+    from rebate import create_order
+    from rebate.orders import LineRequest
+
+    _, loser, packet = _settled_packet(make_user)
+    stranger = make_user()
+    at = MORNING + timedelta(hours=2)
+    with time_machine.travel(at, tick=False):
+        product = make_product(price_fen=20_00)
+        order = create_order(stranger, [LineRequest(product.id, 1)], None, at)
+        db.session.commit()
+        pay(order, at=at)
+    assert db.session.execute(select(Rebate).where(Rebate.campaign_id == packet.campaign_id)).first() is None
+    assert cash(loser) == 7_00
