@@ -238,3 +238,25 @@ def test_a_stake_campaign_never_applies_to_someone_elses_order(make_user, make_p
         pay(order, at=at)
     assert db.session.execute(select(Rebate).where(Rebate.campaign_id == packet.campaign_id)).first() is None
     assert cash(loser) == 7_00
+
+
+def test_the_bot_keeps_a_groups_challenge_to_that_group(make_user):
+    from challenges import bot
+    from challenges.bindings import Speaker
+
+    a, b, c = _people(make_user, 3)
+    spec = ChallengeSpec(kind="steps", days=1, stake=1_00, start_day=DAY1)
+    theirs = create_challenge(a, spec, NOW, group=("wecom", "group-A")).id
+    db.session.commit()
+
+    def say(command, user_id, group):
+        return bot.execute(command, bot.Context(Speaker("wecom", "bot", f"u{user_id}"), user_id, group), NOW)
+
+    peek = say(bot.ShowStandings(theirs), b, "group-B")
+    assert peek.code == "not_yours" and "排行榜" not in peek.text
+    assert say(bot.ShowStandings(theirs), b, None).code == "not_yours"  # privately: not a participant
+    assert say(bot.JoinChallenge(theirs), b, "group-B").code == "not_this_group"
+    assert (cash(b), staked(b)) == (10_00, 0)
+    assert say(bot.ShowStandings(theirs), c, "group-A").ok  # the group itself sees its leaderboard
+    assert say(bot.JoinChallenge(theirs), c, "group-A").ok
+    assert say(bot.ShowStandings(theirs), a, None).ok  # a participant, privately

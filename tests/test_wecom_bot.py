@@ -40,7 +40,12 @@ class FakeOps:
         if spec.stake_fen > 1000:
             raise ChallengeError("stake_above_balance", "赌注超过你的返利余额")
         c = SimpleNamespace(
-            id=len(self.challenges) + 1, status="报名中", group=group, members={creator_id}, **vars(spec)
+            id=len(self.challenges) + 1,
+            status="报名中",
+            group=group,
+            members={creator_id},
+            stake=spec.stake_fen,  # the real challenge's field, which the replies read
+            **vars(spec),
         )
         self.challenges[c.id] = c
         return c
@@ -55,7 +60,7 @@ class FakeOps:
     def standings(self, challenge_id, now):
         c = self.challenges[challenge_id]
         rows = [
-            SimpleNamespace(user_id=u, display_name=f"u{u}", total=1000 * u, days_counted=1, rank=i + 1)
+            SimpleNamespace(user_id=u, name=f"u{u}", total=1000 * u, days_counted=1, rank=i + 1)
             for i, u in enumerate(sorted(c.members))
         ]
         return SimpleNamespace(rows=rows)
