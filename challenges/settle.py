@@ -43,6 +43,7 @@ from rebate.errors import RebateError
 from rebate.packets import STAKE_SOURCE, issue_packet
 from rebate.rules import Form
 from rebate.tell import packet_received
+from risk import Claimant, ClaimGate, ClaimLimits, LimitHit, PlatformLimits, campaign_slots
 
 SOURCE = STAKE_SOURCE  # the packets' source; source_ref names (challenge, payer, payee)
 
@@ -261,7 +262,7 @@ def _sponsor_prizes(
             continue
         owner = db.session.get(User, payee)
         try:
-            with db.session.begin_nested():  # the sponsor's budget, deposit or validity may refuse one
+            with db.session.begin_nested():  # the sponsor's budget, deposit, validity or claim limits may refuse one
                 packet = issue_packet(
                     campaign,
                     owner,
@@ -269,8 +270,9 @@ def _sponsor_prizes(
                     source_ref=f"{challenge.id}:sponsor:{payee}",
                     now=now,
                     face_fen=share,
+                    gate=_sponsor_gate(campaign, payee, now),
                 )
-        except RebateError as exc:
+        except (RebateError, LimitHit) as exc:
             refused.append({"to": payee, "amount": share, "refused": exc.code})
             continue
         db.session.add(
@@ -289,6 +291,17 @@ def _sponsor_prizes(
         out.append((payee, share))
     enqueue_many(drafts)
     return out
+
+
+def _sponsor_gate(campaign: Campaign, payee: int, now: datetime) -> ClaimGate:
+    """The sponsor's own claim limits for the payee (per person, interval, …), as a self-serve claim of the same
+    campaign would take them: a challenge is no way round "one per person". The platform-wide limits of a
+    request (address, device) do not apply: nobody is at a counter."""
+    claimant = Claimant(payee)
+    slots = campaign_slots(
+        ClaimLimits.parse(campaign.claim_limits), campaign_id=campaign.id, claimant=claimant, now=now
+    )
+    return ClaimGate(claimant, PlatformLimits.off(), slots)
 
 
 def _told(challenge: Challenge, user_id: int, event: NoticeEvent, result: str | None, amount: int) -> Draft:

@@ -24,7 +24,8 @@ def _people(make_user, n: int, fen: int = 10_00) -> list[int]:
     ids = []
     for _ in range(n):
         u = make_user()
-        fund(u.id, fen)
+        if fen:
+            fund(u.id, fen)
         ids.append(u.id)
     return ids
 
@@ -260,3 +261,28 @@ def test_the_bot_keeps_a_groups_challenge_to_that_group(make_user):
     assert say(bot.ShowStandings(theirs), c, "group-A").ok  # the group itself sees its leaderboard
     assert say(bot.JoinChallenge(theirs), c, "group-A").ok
     assert say(bot.ShowStandings(theirs), a, None).ok  # a participant, privately
+
+
+def test_a_sponsor_prize_keeps_the_sponsors_per_person_limit(make_user, make_campaign):
+    """A self-serve campaign gives one packet per person; two friends' sponsor challenges must not give more."""
+    a, b = _people(make_user, 2, fen=0)
+    sponsor = make_campaign(
+        {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 1_00}]},
+        packet_amount_fen=8_00,
+        budget_limit_fen=100_00,
+        trigger={"kind": "claim"},
+        claim_limits={"per_person": 1, "min_interval_seconds": None, "per_ip_per_day": None},
+    )
+    db.session.commit()
+    spec = ChallengeSpec(
+        kind="steps", days=1, start_day=DAY1, stake_source="sponsor", sponsor_campaign_id=sponsor.id, prize_fen=8_00
+    )
+    first, second = create_challenge(a, spec, NOW).id, create_challenge(a, spec, NOW).id
+    join_challenge(first, b, NOW)
+    join_challenge(second, b, NOW)
+    _steps({a: 3_000, b: 4_000})
+    assert settle_challenge(first, MORNING) and settle_challenge(second, MORNING)
+    db.session.commit()
+    assert len(db.session.execute(select(RedPacket).where(RedPacket.owner_id == b)).all()) == 1
+    refused = db.session.get(Challenge, second).outcome["refused"]
+    assert [(r["to"], r["amount"]) for r in refused] == [(b, 8_00)]
