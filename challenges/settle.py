@@ -48,13 +48,16 @@ from risk import Claimant, ClaimGate, ClaimLimits, LimitHit, PlatformLimits, cam
 SOURCE = STAKE_SOURCE  # the packets' source; source_ref names (challenge, payer, payee)
 
 
-def due_challenges(now: datetime, limit: int = 100) -> list[int]:
-    """Challenges whose joining has closed and that are not finished yet (settlement decides if it can)."""
+def due_challenges(now: datetime, limit: int = 100, after: int = 0) -> list[int]:
+    """Challenges whose joining has closed and that are not finished yet (settlement decides if it can), after
+    id ``after``: page on with the last id, as a running challenge stays due (and first) for its whole period."""
     return list(
         db.session.execute(
             select(Challenge.id)
             .where(
-                Challenge.status.in_([ChallengeStatus.OPEN, ChallengeStatus.RUNNING]), Challenge.join_deadline <= now
+                Challenge.id > after,
+                Challenge.status.in_([ChallengeStatus.OPEN, ChallengeStatus.RUNNING]),
+                Challenge.join_deadline <= now,
             )
             .order_by(Challenge.id)
             .limit(limit)
@@ -65,7 +68,11 @@ def due_challenges(now: datetime, limit: int = 100) -> list[int]:
 def settle_due(now: datetime, *, settings: ChallengeSettings | None = None) -> int:
     """Settle (or start, or cancel) every due challenge in the caller's transaction; how many were settled or
     cancelled. The job instead settles one challenge per transaction (jobs/challenges.py)."""
-    return sum(1 for cid in due_challenges(now) if settle_challenge(cid, now, settings=settings))
+    done, after = 0, 0
+    while ids := due_challenges(now, after=after):
+        done += sum(1 for cid in ids if settle_challenge(cid, now, settings=settings))
+        after = ids[-1]
+    return done
 
 
 def settle_challenge(challenge_id: int, now: datetime, *, settings: ChallengeSettings | None = None) -> bool:

@@ -286,3 +286,25 @@ def test_a_sponsor_prize_keeps_the_sponsors_per_person_limit(make_user, make_cam
     assert len(db.session.execute(select(RedPacket).where(RedPacket.owner_id == b)).all()) == 1
     refused = db.session.get(Challenge, second).outcome["refused"]
     assert [(r["to"], r["amount"]) for r in refused] == [(b, 8_00)]
+
+
+def test_the_job_pages_past_challenges_still_running(app, make_user, monkeypatch):
+    import time_machine
+
+    from challenges import settle as settle_module
+    from jobs import challenges as job
+    from models import ChallengeStatus
+
+    a, b, c, d = _people(make_user, 4)
+    long = create_challenge(a, ChallengeSpec(kind="steps", days=3, stake=1_00, start_day=DAY1), NOW).id
+    join_challenge(long, b, NOW)
+    short = create_challenge(c, ChallengeSpec(kind="steps", days=1, stake=1_00, start_day=DAY1), NOW).id
+    join_challenge(short, d, NOW)
+    _steps({c: 2_000, d: 1_000})
+    db.session.commit()
+    real = settle_module.due_challenges
+    monkeypatch.setattr(job, "due_challenges", lambda now, limit=100, after=0: real(now, 1, after))
+    with time_machine.travel(at_beijing(DAY2, 9), tick=False):
+        assert job.settle_challenges()["settled"] == 1  # the 3-day one is still running; the next is reached
+    assert db.session.get(Challenge, short).status == ChallengeStatus.SETTLED
+    assert db.session.get(Challenge, long).status == ChallengeStatus.RUNNING
