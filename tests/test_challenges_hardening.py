@@ -308,3 +308,32 @@ def test_the_job_pages_past_challenges_still_running(app, make_user, monkeypatch
         assert job.settle_challenges()["settled"] == 1  # the 3-day one is still running; the next is reached
     assert db.session.get(Challenge, short).status == ChallengeStatus.SETTLED
     assert db.session.get(Challenge, long).status == ChallengeStatus.RUNNING
+
+
+def test_a_crash_mid_settlement_leaves_nothing_and_the_next_pass_settles_once(make_user, monkeypatch):
+    from challenges import settle as settle_module
+    from models import ChallengeStatus, LedgerEntry
+
+    a, b = _people(make_user, 2)
+    cid = create_challenge(a, ChallengeSpec(kind="steps", days=1, stake=3_00, start_day=DAY1), NOW).id
+    join_challenge(cid, b, NOW)
+    _steps({a: 9_000, b: 1_000})
+    db.session.commit()
+    entries = len(db.session.execute(select(LedgerEntry.id)).all())
+
+    def crash(drafts):
+        raise RuntimeError("the node died")
+
+    monkeypatch.setattr(settle_module, "enqueue_many", crash)
+    with pytest.raises(RuntimeError):
+        settle_challenge(cid, MORNING)
+    db.session.rollback()
+    assert len(db.session.execute(select(LedgerEntry.id)).all()) == entries
+    assert db.session.execute(select(RedPacket)).first() is None
+    assert db.session.get(Challenge, cid).status != ChallengeStatus.SETTLED
+    monkeypatch.undo()
+    assert settle_challenge(cid, MORNING) is True
+    db.session.commit()
+    assert settle_challenge(cid, MORNING) is False
+    assert (cash(a), staked(a), cash(b), staked(b)) == (10_00, 0, 7_00, 3_00)
+    assert len(db.session.execute(select(RedPacket)).all()) == 1
