@@ -337,3 +337,35 @@ def test_a_crash_mid_settlement_leaves_nothing_and_the_next_pass_settles_once(ma
     assert settle_challenge(cid, MORNING) is False
     assert (cash(a), staked(a), cash(b), staked(b)) == (10_00, 0, 7_00, 3_00)
     assert len(db.session.execute(select(RedPacket)).all()) == 1
+
+
+def test_a_refused_start_through_the_bot_leaves_no_challenge_behind(make_user):
+    """The bot answers a refusal and its callback commits: the refused start must not leave an empty challenge
+    that becomes the group's latest (what a bare「加入」would then join)."""
+    from sqlalchemy import func
+
+    from challenges import bot
+    from challenges.bindings import Speaker
+
+    poor = make_user().id  # holds nothing: a 5-yuan stake is refused
+    db.session.commit()
+    ctx = bot.Context(Speaker("wecom", "bot", "poor"), poor, "group-A")
+    reply = bot.execute(bot.StartChallenge(bot.Kind.STEPS, 3, 5_00), ctx, NOW)
+    assert reply.code == "stake_above_held", reply
+    db.session.commit()  # as the callback does
+    assert db.session.execute(select(func.count()).select_from(Challenge)).scalar_one() == 0
+
+
+def test_a_refused_join_through_the_bot_takes_no_place(make_user):
+    from challenges import bot
+    from challenges.bindings import Speaker
+
+    (rich,) = _people(make_user, 1)
+    poor = make_user().id
+    cid = create_challenge(rich, ChallengeSpec(kind="steps", days=1, stake=5_00, start_day=DAY1), NOW).id
+    db.session.commit()
+    ctx = bot.Context(Speaker("wecom", "bot", "poor"), poor, None)
+    for _ in range(3):
+        assert bot.execute(bot.JoinChallenge(cid), ctx, NOW).code == "stake_above_held"
+        db.session.commit()  # as the callback does
+    assert db.session.get(Challenge, cid).participants == 1
