@@ -369,3 +369,16 @@ def test_a_refused_join_through_the_bot_takes_no_place(make_user):
         assert bot.execute(bot.JoinChallenge(cid), ctx, NOW).code == "stake_above_held"
         db.session.commit()  # as the callback does
     assert db.session.get(Challenge, cid).participants == 1
+
+
+def test_the_participants_do_not_learn_of_anothers_ban(make_user, client, user_headers):
+    a, b = _people(make_user, 2)
+    cid = create_challenge(a, ChallengeSpec(kind="steps", days=1, stake=3_00, start_day=DAY1), NOW).id
+    join_challenge(cid, b, NOW)
+    _steps({a: 9_000, b: 1_000})
+    _ban(a)
+    assert settle_challenge(cid, MORNING)
+    db.session.commit()
+    shown = client.get(f"/api/v1/challenges/{cid}", headers=user_headers(db.session.get(User, b))).json
+    assert "withheld" not in shown["outcome"] and "banned" not in str(shown)
+    assert db.session.get(Challenge, cid).outcome["withheld"]  # kept for the operators' trace
