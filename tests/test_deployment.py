@@ -138,6 +138,7 @@ def test_make_run_shape_plays_the_demo_twice(tmp_path, servers):
         RUN_JOBS_IN_PROCESS="1",
         CLAIM_IP_PER_DAY="0",
         CLAIM_IP_INTERVAL_SECONDS="0",
+        CHALLENGE_SETTLE_SECONDS="5",  # as `make run`: the demo waits for the challenge's settlement
     )
     migrated = run(["-m", "flask", "db", "upgrade"], env, timeout=120)
     assert migrated.returncode == 0, migrated.stderr
@@ -213,6 +214,7 @@ def test_gunicorn_jobs_postgres_redis_play_the_demo(servers, fresh_postgres, fre
         PUBLIC_BASE_URL=base_url,
         CLAIM_IP_PER_DAY="0",
         CLAIM_IP_INTERVAL_SECONDS="0",
+        CHALLENGE_SETTLE_SECONDS="5",  # as `make run`: the demo waits for the challenge's settlement
     )
     migrated = run(["-m", "flask", "db", "upgrade"], env, timeout=120)
     assert migrated.returncode == 0, migrated.stderr
