@@ -225,12 +225,16 @@ def _run(command: Command, ctx: Context, user_id: int, now: datetime, ops: Ops) 
             target = challenge_id or _group_latest(ctx, ops)
             if target is None:
                 return _which(ctx, "加入")
+            if ctx.in_group and target not in _group_ids(ctx, ops):  # another group's game is not this group's
+                return Reply(f"本群没有这个挑战（#{target}）。", "not_this_group")
             ops.join_challenge(target, user_id, now)
             return Reply(f"你已加入 #{target}。发送「排行榜 {target}」看成绩。")
         case ShowStandings(challenge_id):
             target = challenge_id or _group_latest(ctx, ops) or _my_latest(user_id, ops)
             if target is None:
                 return _which(ctx, "排行榜")
+            if challenge_id and not _may_see(challenge_id, ctx, user_id, ops):  # names and totals are private
+                return Reply(f"#{challenge_id} 不是本群或你参加的挑战。", "not_yours")
             return Reply(standings_text(target, ops.standings(target, now)))
         case ListMine():
             mine = list(ops.challenges_of(user_id))
@@ -265,6 +269,15 @@ def _group_latest(ctx: Context, ops: Ops) -> int | None:
         return None
     found = list(ops.group_challenges(str(ctx.speaker.transport), ctx.group_id))
     return max((c.id for c in found), default=None)
+
+
+def _group_ids(ctx: Context, ops: Ops) -> set[int]:
+    return {c.id for c in ops.group_challenges(str(ctx.speaker.transport), ctx.group_id)} if ctx.in_group else set()
+
+
+def _may_see(challenge_id: int, ctx: Context, user_id: int, ops: Ops) -> bool:
+    """A challenge's standings go to its own group, or to one of its participants (as in the mini-program)."""
+    return challenge_id in _group_ids(ctx, ops) or challenge_id in {c.id for c in ops.challenges_of(user_id)}
 
 
 def _my_latest(user_id: int, ops: Ops) -> int | None:

@@ -53,7 +53,19 @@ def create_challenge(
     group: tuple[str, str] | None = None,
     settings: ChallengeSettings | None = None,
 ) -> Challenge:
-    """A new open challenge; its creator joins at once (their stake reserved) or nothing is written."""
+    """A new open challenge; its creator joins at once (their stake reserved) or nothing is written (a savepoint:
+    a caller that answers the refusal and commits, as the bot does, must not keep an empty challenge)."""
+    with db.session.begin_nested():
+        return _create_challenge(creator_id, spec, now, group, settings)
+
+
+def _create_challenge(
+    creator_id: int,
+    spec: ChallengeSpec,
+    now: datetime,
+    group: tuple[str, str] | None,
+    settings: ChallengeSettings | None,
+) -> Challenge:
     settings = settings or current_settings()
     start_day = spec.start_day or today(now) + timedelta(days=1)
     _check_spec(spec, start_day, now, group, settings)
@@ -136,8 +148,15 @@ def _check_sponsor(spec: ChallengeSpec, now: datetime) -> None:
 
 
 def join_challenge(challenge_id: int, user_id: int, now: datetime) -> ChallengeParticipant:
-    """Join, reserving the stake; joining again returns the same participation (one reservation)."""
+    """Join, reserving the stake; joining again returns the same participation (one reservation). A refusal
+    writes nothing (a savepoint: the place taken before a stake is refused is given back even when the caller
+    commits its answer, as the bot does)."""
     person = stakes.lock_person(user_id)  # first: one join of this person at a time, whatever the challenge
+    with db.session.begin_nested():
+        return _join(challenge_id, user_id, person, now)
+
+
+def _join(challenge_id: int, user_id: int, person: User, now: datetime) -> ChallengeParticipant:
     challenge = db.session.get(Challenge, challenge_id)
     if challenge is None:
         raise ChallengeNotFound()

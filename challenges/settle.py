@@ -35,24 +35,29 @@ from models import (
     IssuerType,
     StakeSource,
     User,
+    UserStatus,
     db,
 )
 from notices import Draft, NoticeEvent, enqueue_many
 from rebate.errors import RebateError
-from rebate.packets import issue_packet
+from rebate.packets import STAKE_SOURCE, issue_packet
 from rebate.rules import Form
 from rebate.tell import packet_received
+from risk import Claimant, ClaimGate, ClaimLimits, LimitHit, PlatformLimits, campaign_slots
 
-SOURCE = "challenge"  # the packets' source; source_ref names (challenge, payer, payee)
+SOURCE = STAKE_SOURCE  # the packets' source; source_ref names (challenge, payer, payee)
 
 
-def due_challenges(now: datetime, limit: int = 100) -> list[int]:
-    """Challenges whose joining has closed and that are not finished yet (settlement decides if it can)."""
+def due_challenges(now: datetime, limit: int = 100, after: int = 0) -> list[int]:
+    """Challenges whose joining has closed and that are not finished yet (settlement decides if it can), after
+    id ``after``: page on with the last id, as a running challenge stays due (and first) for its whole period."""
     return list(
         db.session.execute(
             select(Challenge.id)
             .where(
-                Challenge.status.in_([ChallengeStatus.OPEN, ChallengeStatus.RUNNING]), Challenge.join_deadline <= now
+                Challenge.id > after,
+                Challenge.status.in_([ChallengeStatus.OPEN, ChallengeStatus.RUNNING]),
+                Challenge.join_deadline <= now,
             )
             .order_by(Challenge.id)
             .limit(limit)
@@ -63,7 +68,11 @@ def due_challenges(now: datetime, limit: int = 100) -> list[int]:
 def settle_due(now: datetime, *, settings: ChallengeSettings | None = None) -> int:
     """Settle (or start, or cancel) every due challenge in the caller's transaction; how many were settled or
     cancelled. The job instead settles one challenge per transaction (jobs/challenges.py)."""
-    return sum(1 for cid in due_challenges(now) if settle_challenge(cid, now, settings=settings))
+    done, after = 0, 0
+    while ids := due_challenges(now, after=after):
+        done += sum(1 for cid in ids if settle_challenge(cid, now, settings=settings))
+        after = ids[-1]
+    return done
 
 
 def settle_challenge(challenge_id: int, now: datetime, *, settings: ChallengeSettings | None = None) -> bool:
@@ -116,21 +125,32 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
     if not losers:
         payers, payees = set(), set()
     totals = {row.user_id: row.total for row in table.rows}
-    prizes, received = [], dict.fromkeys(totals, 0)
+    prizes, received, withheld = [], dict.fromkeys(totals, 0), []
+    banned = _banned(payees)
     for p in members:
         p.total = totals[p.user_id]
         p.result = ("tied" if len(winners) > 1 else "won") if p.user_id in winners else ("lost" if losers else "tied")
         if challenge.stake_source == StakeSource.SPONSOR:
             continue
-        paid = _pay_from(challenge, p.user_id, p.stake, sorted(payees), now, settings) if p.user_id in payers else []
+        paid = (
+            _pay_from(challenge, p.user_id, p.stake, sorted(payees), banned, now, settings)
+            if p.user_id in payers
+            else []
+        )
         for payee, amount in paid:
+            if payee in banned:
+                withheld.append({"from": p.user_id, "to": payee, "amount": amount, "why": "banned"})
+                continue
             prizes.append({"from": p.user_id, "to": payee, "amount": amount})
             received[payee] += amount
+        paid = [(payee, amount) for payee, amount in paid if payee not in banned]
         given = sum(amount for _, amount in paid)
         stakes.release(challenge.id, challenge.stake_source, p.user_id, p.stake - given, "settled")
     refused: list[dict] = []
     if challenge.stake_source == StakeSource.SPONSOR and payees:
-        for payee, amount in _sponsor_prizes(challenge, sorted(payees), now, refused):
+        for payee in sorted(banned):
+            withheld.append({"from": None, "to": payee, "amount": challenge.prize_fen // len(payees), "why": "banned"})
+        for payee, amount in _sponsor_prizes(challenge, sorted(payees), banned, now, refused):
             prizes.append({"from": None, "to": payee, "amount": amount})
             received[payee] += amount
     challenge.status, challenge.settled_at = ChallengeStatus.SETTLED, now
@@ -140,6 +160,7 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
         "prizes": prizes,
         "counted_days": [d.isoformat() for d in table.counted_days],
         "refused": refused,
+        "withheld": withheld,
     }
     enqueue_many(
         [_told(challenge, p.user_id, NoticeEvent.CHALLENGE_SETTLED, p.result, received[p.user_id]) for p in members]
@@ -147,23 +168,43 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
     db.session.flush()
 
 
+def _banned(people: set[int]) -> set[int]:
+    """Who of ``people`` is banned now: a banned person claims nothing, earns nothing."""
+    if not people:
+        return set()
+    return set(
+        db.session.execute(select(User.id).where(User.id.in_(people), User.status != UserStatus.ACTIVE)).scalars()
+    )
+
+
 def _pay_from(
-    challenge: Challenge, payer: int, stake: int, payees: list[int], now: datetime, settings: ChallengeSettings
+    challenge: Challenge,
+    payer: int,
+    stake: int,
+    payees: list[int],
+    banned: set[int],
+    now: datetime,
+    settings: ChallengeSettings,
 ) -> list[tuple[int, int]]:
-    """The payer's stake split among the payees (rounding down): a packet each (points: a transfer)."""
+    """The payer's stake split among the payees (rounding down): a packet each (points: a transfer). A banned
+    payee's share is listed but nothing moves to them: the caller releases it back to the payer."""
     share = stake // len(payees) if payees else 0
     if share <= 0:
         return []
+    paying = [payee for payee in payees if payee not in banned]
+    withheld = [(payee, share) for payee in payees if payee in banned]
+    if not paying:
+        return withheld
     if challenge.stake_source == StakeSource.POINTS:
-        for payee in payees:
+        for payee in paying:
             stakes.transfer_points(challenge.id, payer, payee, share)
             db.session.add(
                 ChallengePrize(challenge_id=challenge.id, payer_user_id=payer, payee_user_id=payee, amount=share)
             )
-        return [(payee, share) for payee in payees]
+        return [(payee, share) for payee in paying] + withheld
     campaign = _loser_campaign(challenge, payer, share, now, settings)
     drafts = []
-    for payee in payees:
+    for payee in paying:
         owner = db.session.get(User, payee)
         packet = issue_packet(
             campaign, owner, source=SOURCE, source_ref=f"{challenge.id}:{payer}:{payee}", now=now, face_fen=share
@@ -181,7 +222,7 @@ def _pay_from(
         )
         drafts.append(packet_received(packet))
     enqueue_many(drafts)
-    return [(payee, share) for payee in payees]
+    return [(payee, share) for payee in paying] + withheld
 
 
 def _loser_campaign(
@@ -213,7 +254,7 @@ def _loser_campaign(
 
 
 def _sponsor_prizes(
-    challenge: Challenge, payees: list[int], now: datetime, refused: list[dict]
+    challenge: Challenge, payees: list[int], banned: set[int], now: datetime, refused: list[dict]
 ) -> list[tuple[int, int]]:
     """The sponsor's prize split among the payees as packets of its campaign (its budget and limits apply); a
     packet the campaign refuses is recorded in ``refused`` (the settlement still completes: the people's
@@ -224,9 +265,11 @@ def _sponsor_prizes(
         return []
     out, drafts = [], []
     for payee in payees:
+        if payee in banned:  # a banned winner gets nothing (recorded as withheld by the caller)
+            continue
         owner = db.session.get(User, payee)
         try:
-            with db.session.begin_nested():  # the sponsor's budget, deposit or validity may refuse one
+            with db.session.begin_nested():  # the sponsor's budget, deposit, validity or claim limits may refuse one
                 packet = issue_packet(
                     campaign,
                     owner,
@@ -234,8 +277,9 @@ def _sponsor_prizes(
                     source_ref=f"{challenge.id}:sponsor:{payee}",
                     now=now,
                     face_fen=share,
+                    gate=_sponsor_gate(campaign, payee, now),
                 )
-        except RebateError as exc:
+        except (RebateError, LimitHit) as exc:
             refused.append({"to": payee, "amount": share, "refused": exc.code})
             continue
         db.session.add(
@@ -256,19 +300,33 @@ def _sponsor_prizes(
     return out
 
 
-def _told(challenge: Challenge, user_id: int, event: NoticeEvent, result: str | None, amount: int) -> Draft:
-    return Draft(
-        user_id=user_id,
-        event=event,
-        key=f"challenge:{challenge.id}:{user_id}:{event.value}",
-        facts={
-            "challenge_id": challenge.id,
-            "title": challenge.title,
-            "result": RESULT_WORDS.get(result or "", "平局"),
-            "amount_fen": amount,
-        },
-        page=f"pages/challenges/detail?id={challenge.id}",
+def _sponsor_gate(campaign: Campaign, payee: int, now: datetime) -> ClaimGate:
+    """The sponsor's own claim limits for the payee (per person, interval, …), as a self-serve claim of the same
+    campaign would take them: a challenge is no way round "one per person". The platform-wide limits of a
+    request (address, device) do not apply: nobody is at a counter."""
+    claimant = Claimant(payee)
+    slots = campaign_slots(
+        ClaimLimits.parse(campaign.claim_limits), campaign_id=campaign.id, claimant=claimant, now=now
     )
+    return ClaimGate(claimant, PlatformLimits.off(), slots)
+
+
+def _told(challenge: Challenge, user_id: int, event: NoticeEvent, result: str | None, amount: int) -> Draft:
+    """The person's notice, in the stake's unit: a points stake tells of points (its own templates), never of
+    yuan. The key stays the cash event's, so one notice per (challenge, person, event) whatever the unit."""
+    key = f"challenge:{challenge.id}:{user_id}:{event.value}"
+    facts = {"challenge_id": challenge.id, "title": challenge.title, "result": RESULT_WORDS.get(result or "", "平局")}
+    if challenge.stake_source == StakeSource.POINTS:
+        event, facts["points"] = POINTS_EVENTS[event], amount
+    else:
+        facts["amount_fen"] = amount
+    return Draft(user_id=user_id, event=event, key=key, facts=facts, page=f"pages/challenges/detail?id={challenge.id}")
+
+
+POINTS_EVENTS = {
+    NoticeEvent.CHALLENGE_SETTLED: NoticeEvent.CHALLENGE_POINTS_SETTLED,
+    NoticeEvent.CHALLENGE_CANCELLED: NoticeEvent.CHALLENGE_POINTS_CANCELLED,
+}
 
 
 RESULT_WORDS = {"won": "获胜", "lost": "未获胜", "tied": "并列", "cancelled": "已取消"}

@@ -62,6 +62,8 @@ class Standings:
             out[key] = out[key].isoformat()
         out["counted_days"] = [d.isoformat() for d in self.counted_days]
         out["group"] = list(self.group) if self.group else None
+        if self.outcome and "withheld" in self.outcome:  # whose prize was withheld and why (a ban): operators only
+            out["outcome"] = {k: v for k, v in self.outcome.items() if k != "withheld"}
         return out
 
 

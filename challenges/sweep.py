@@ -7,7 +7,9 @@ A stake-funded packet holds its face value in the payer's stake account until it
 * its order fully refunded later: the refund returned the discount to the stake (``rebate.refunds``), and it
   is released to the payer's balance too (the packet is not restored: the challenge is over).
 Each release is keyed by the packet, so a second node or a second pass moves nothing more. A prize stays
-open while its packet is spent and its order could still be refunded (``REFUND_WATCH_DAYS``).
+open while its packet is spent and its order could still be refunded (``REFUND_WATCH_DAYS``). Once every
+prize of a payer's per-challenge campaign is closed (its packets expired, revoked, refunded, or spent and past
+the refund watch), the campaign is ended: it issues nothing more and no longer counts as running.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from sqlalchemy import func, select
 
 from challenges import stakes
 from models import (
+    Campaign,
+    CampaignStatus,
     ChallengePrize,
+    FunderType,
     LedgerEntry,
     OrderPacket,
     PacketStatus,
@@ -30,12 +35,15 @@ from models import (
 REFUND_WATCH_DAYS = 400  # WeChat refunds an order up to a year after payment
 
 
-def open_prizes(limit: int = 200) -> list[int]:
+def open_prizes(limit: int = 200, after: int = 0) -> list[int]:
+    """Open prizes whose packet ended, after prize id ``after`` (page on with the last id: a spent packet's
+    prize stays open for the refund watch, so without paging the first ``limit`` would hide the rest)."""
     return list(
         db.session.execute(
             select(ChallengePrize.id)
             .join(RedPacket, RedPacket.id == ChallengePrize.packet_id)
             .where(
+                ChallengePrize.id > after,
                 ChallengePrize.closed.is_(False),
                 ChallengePrize.payer_user_id.is_not(None),
                 RedPacket.status.in_([PacketStatus.USED, PacketStatus.EXPIRED, PacketStatus.REVOKED]),
@@ -68,7 +76,25 @@ def sweep_prize(prize_id: int, now: datetime) -> int:
         return released + _give_back(prize, discount, f"packet:{packet.id}:refunded", close=True)
     if packet.used_at is not None and now - packet.used_at > timedelta(days=REFUND_WATCH_DAYS):
         prize.closed = True
+        _end_if_done(prize)
     return released
+
+
+def _end_if_done(prize: ChallengePrize) -> None:
+    """End the payer's per-challenge campaign once none of its prizes is open (nothing more can be spent)."""
+    if prize.campaign_id is None:
+        return
+    campaign = db.session.get(Campaign, prize.campaign_id)
+    if campaign is None or campaign.funder_type != FunderType.USER_STAKE or campaign.status == CampaignStatus.ENDED:
+        return
+    db.session.flush()
+    still_open = db.session.execute(
+        select(ChallengePrize.id)
+        .where(ChallengePrize.campaign_id == campaign.id, ChallengePrize.closed.is_(False))
+        .limit(1)
+    ).first()
+    if still_open is None:
+        campaign.status = CampaignStatus.ENDED
 
 
 def _refunded(packet_id: int) -> bool:
@@ -93,10 +119,15 @@ def _give_back(prize: ChallengePrize, amount: int, why: str, *, close: bool) -> 
         prize.returned_fen += amount
     if close:
         prize.closed = True
+        _end_if_done(prize)
     db.session.flush()
     return amount if already is None and amount > 0 else 0
 
 
 def sweep_prizes(now: datetime) -> int:
     """Every open prize whose packet ended, in the caller's transaction; fen released."""
-    return sum(sweep_prize(pid, now) for pid in open_prizes())
+    total, after = 0, 0
+    while ids := open_prizes(after=after):
+        total += sum(sweep_prize(pid, now) for pid in ids)
+        after = ids[-1]
+    return total

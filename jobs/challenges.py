@@ -21,19 +21,28 @@ log = logging.getLogger(__name__)
 def settle_challenges() -> Counter:
     """The scheduled job: how many challenges were settled or cancelled, and fen given back to losers."""
     done: Counter = Counter()
-    with unit_of_work():
-        due = due_challenges(utcnow())
-    for challenge_id in due:
-        try:
-            with unit_of_work():
-                if settle_challenge(challenge_id, utcnow()):
-                    done["settled"] += 1
-        except Exception:  # one challenge that cannot settle (a sponsor's budget gone) must not stop the rest
-            log.exception("challenge could not be settled", extra={"challenge_id": challenge_id})
-            done["failed"] += 1
-    with unit_of_work():
-        prizes = open_prizes()
-    for prize_id in prizes:
+    after = 0
+    while True:  # page on by id: running challenges stay due for their whole period and must not hide the rest
         with unit_of_work():
-            done["returned_fen"] += sweep_prize(prize_id, utcnow())
-    return done
+            due = due_challenges(utcnow(), after=after)
+        if not due:
+            break
+        for challenge_id in due:
+            try:
+                with unit_of_work():
+                    if settle_challenge(challenge_id, utcnow()):
+                        done["settled"] += 1
+            except Exception:  # one challenge that cannot settle (a sponsor's budget gone) must not stop the rest
+                log.exception("challenge could not be settled", extra={"challenge_id": challenge_id})
+                done["failed"] += 1
+        after = due[-1]
+    after = 0
+    while True:  # page on by id: spent packets' prizes stay open for the refund watch and must not hide the rest
+        with unit_of_work():
+            prizes = open_prizes(after=after)
+        if not prizes:
+            return done
+        for prize_id in prizes:
+            with unit_of_work():
+                done["returned_fen"] += sweep_prize(prize_id, utcnow())
+        after = prizes[-1]

@@ -16,6 +16,8 @@ class NoticeEvent(StrEnum):
     PAYOUT_FAILED = "payout_failed"  # a payout failed and its money is back in the balance
     CHALLENGE_SETTLED = "challenge_settled"  # a challenge they were in has its result
     CHALLENGE_CANCELLED = "challenge_cancelled"  # too few joined: their stake is back
+    CHALLENGE_POINTS_SETTLED = "challenge_points_settled"  # … the same, for a points stake (``points``, not fen)
+    CHALLENGE_POINTS_CANCELLED = "challenge_points_cancelled"
 
 
 # The facts each kind must carry (more are allowed). Money in fen, times ISO-8601 in UTC.
@@ -30,4 +32,6 @@ FACTS: dict[NoticeEvent, frozenset[str]] = {
     NoticeEvent.PAYOUT_FAILED: frozenset({"payout_id", "amount_fen", "reason"}),
     NoticeEvent.CHALLENGE_SETTLED: frozenset({"challenge_id", "title", "result", "amount_fen"}),
     NoticeEvent.CHALLENGE_CANCELLED: frozenset({"challenge_id", "title", "amount_fen"}),
+    NoticeEvent.CHALLENGE_POINTS_SETTLED: frozenset({"challenge_id", "title", "result", "points"}),
+    NoticeEvent.CHALLENGE_POINTS_CANCELLED: frozenset({"challenge_id", "title", "points"}),
 }

@@ -377,4 +377,18 @@ DEFAULT_TEMPLATES: dict[str, dict] = {
         "page": "pages/challenges/index",
         "subscribe": _sub("challenge_cancelled", {"thing1": "{title}", "amount2": "{amount}"}),
     },
+    NoticeEvent.CHALLENGE_POINTS_SETTLED: {  # a points stake: never shown as yuan
+        "title": "挑战已结算",
+        "body": "「{title}」已结算：你{result}，获得 {points} 积分。",
+        "page": "pages/challenges/index",
+        "subscribe": _sub(
+            "challenge_points_settled", {"thing1": "{title}", "thing2": "{result}", "thing3": "{points} 积分"}
+        ),
+    },
+    NoticeEvent.CHALLENGE_POINTS_CANCELLED: {
+        "title": "挑战已取消",
+        "body": "「{title}」参加人数不足已取消，挑战积分 {points} 已退回。",
+        "page": "pages/challenges/index",
+        "subscribe": _sub("challenge_points_cancelled", {"thing1": "{title}", "thing2": "{points} 积分已退回"}),
+    },
 }

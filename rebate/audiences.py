@@ -75,7 +75,7 @@ from rebate import tell
 from rebate.campaigns import is_running
 from rebate.deposits import pause_refused
 from rebate.errors import BudgetExhausted, DepositExhausted, Invalid, NotFound, RebateError, StateConflict
-from rebate.packets import issue_packet, top_face_fen
+from rebate.packets import issue_packet, refuse_user_stake, top_face_fen
 from rebate.scope import visible_campaign, visible_merchant
 from risk import Claimant, ClaimGate, ClaimLimits, LimitHit, PlatformLimits, campaign_slots
 
@@ -286,6 +286,7 @@ def start_run(actor: Actor, audience_id: int, campaign_id: int, holdout_bps: int
     runs only on an audience scoped to its own merchant (its money goes to its own buyers)."""
     audience = visible_audience(actor.operator, audience_id)
     campaign = visible_campaign(actor.operator, campaign_id)
+    refuse_user_stake(campaign)
     if campaign.funder_merchant_id is not None and audience.merchant_id != campaign.funder_merchant_id:
         raise StateConflict(
             "a merchant-funded campaign runs only on an audience of its own merchant's buyers", code="audience_scope"

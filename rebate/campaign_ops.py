@@ -23,7 +23,7 @@ from models.triggers import PLATFORM_WIDE, Trigger
 from rebate.campaigns import rules_of
 from rebate.deposits import held_in_deposit, lock_deposits
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
-from rebate.packets import generate_batch, revoke_packet
+from rebate.packets import generate_batch, refuse_user_stake, revoke_packet
 from rebate.rules import RuleSet, parse_rules, rules_json
 from rebate.scope import visible_campaign, visible_merchant
 from risk import ClaimLimits
@@ -123,6 +123,7 @@ def create_campaign(actor: Actor, fields: Mapping, rules: dict, reason: str | No
 
 def _changeable(actor: Actor, campaign_id: int) -> Campaign:
     campaign = visible_campaign(actor.operator, campaign_id, lock=True)
+    refuse_user_stake(campaign)
     if campaign.status == CampaignStatus.ENDED:
         raise StateConflict("an ended campaign cannot change", code="campaign_ended")
     _check_platform_only_campaign(actor, campaign)
@@ -161,6 +162,7 @@ def check_deposit(campaign: Campaign) -> None:
 def transition(actor: Actor, campaign_id: int, action: str, reason: str) -> Campaign:
     """Activate, pause (stops issuing and awarding at once) or end a campaign."""
     campaign = visible_campaign(actor.operator, campaign_id, lock=True)
+    refuse_user_stake(campaign)
     _check_platform_only_campaign(actor, campaign)
     sources, target = TRANSITIONS[action]
     if campaign.status not in sources:

@@ -129,7 +129,20 @@ def _new_packet(campaign: Campaign, now: datetime, face_fen: int | None = None, 
     )
 
 
-def _require_issuing(campaign: Campaign, now: datetime) -> None:
+STAKE_SOURCE = "challenge"
+"""The one source that issues from a campaign funded by a person's stake (``FunderType.USER_STAKE``): a
+challenge's settlement. Every other path (claims, codes, batches, audiences, triggers, operators) is refused."""
+
+
+def refuse_user_stake(campaign: Campaign, source: str | None = None) -> None:
+    """A campaign funded by a person's challenge stake issues only its challenge's packets, and no operator
+    reshapes it (its rules, budget, status or audience are the challenge's)."""
+    if campaign.funder_type == FunderType.USER_STAKE and source != STAKE_SOURCE:
+        raise StateConflict("this campaign belongs to a challenge among friends", code="challenge_campaign")
+
+
+def _require_issuing(campaign: Campaign, now: datetime, source: str | None = None) -> None:
+    refuse_user_stake(campaign, source)
     if not top_face_fen(campaign):
         raise StateConflict("this campaign issues no packets", code="campaign_issues_no_packets")
     if not is_running(campaign, now):
@@ -253,7 +266,7 @@ def issue_packet(
     skipped (a self-serve claim). ``rules``: the campaign's current rules JSON,
     when the caller read it with the campaign.
     """
-    _require_issuing(campaign, now)
+    _require_issuing(campaign, now, source)
     if not fresh:
         existing = db.session.execute(
             select(RedPacket).filter_by(campaign_id=campaign.id, source=source, source_ref=source_ref)

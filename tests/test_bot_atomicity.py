@@ -23,7 +23,9 @@ def test_a_join_refused_for_its_stake_leaves_the_count_and_the_balance_alone(
     alice, bob = make_user(), make_user()
     fund(alice.id, 10_00)
     fund(bob.id, 1_00)  # less than the stake
-    challenge = create_challenge(alice.id, ChallengeSpec(kind="steps", days=1, stake=5_00), utcnow())
+    challenge = create_challenge(
+        alice.id, ChallengeSpec(kind="steps", days=1, stake=5_00), utcnow(), group=("wecom", "group-1")
+    )
     db.session.commit()
     bind(client, user_headers, robot, bob, "bob-wecom")
 

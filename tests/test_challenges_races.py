@@ -106,3 +106,28 @@ def test_twin_quiz_answers_are_taken_once(app, make_user):
     refused = [r for r in results if isinstance(r, Exception)]
     assert sorted(r for r in results if not isinstance(r, Exception)) == [1], results
     assert len(refused) == 1 and isinstance(refused[0], MeasureRefused) and refused[0].code == "quiz_answered"
+
+
+def test_a_join_racing_a_withdrawal_of_the_same_balance_never_overdraws(app, make_user):
+    from payouts import MoneySettings
+    from payouts.operations import PayoutError, withdraw
+
+    alice, carol = make_user(), make_user()
+    fund(alice.id, 5_00)
+    fund(carol.id, 4_00)  # a 3-yuan stake or a 3-yuan withdrawal, not both
+    cid, carol_id = create_challenge(alice.id, SPEC, NOW).id, carol.id
+    db.session.commit()
+    money = MoneySettings.from_config(app.config)
+
+    def act(i: int):
+        if i == 0:
+            return join_challenge(cid, carol_id, NOW).id
+        from models import User
+
+        return withdraw(db.session.get(User, carol_id), 3_00, 1_00, "race", money=money).id
+
+    results = together(2, act, app=app)
+
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert len(refused) == 1 and isinstance(refused[0], (StakeAboveHeld, PayoutError)), results
+    assert cash(carol.id) == 1_00 and cash(carol.id) >= 0

@@ -38,6 +38,8 @@ OTHER_MEANINGS = {
     ("rebate/clawbacks.py", "points"): (2, "the receivable kind (where a clawback came from, and its words)"),
     ("risk/scoring.py", "points"): (4, "what a risk feature adds to the score (0-100), not the points form"),
     ("ledger/check.py", "points"): (1, "the receivable kind of a points account"),
+    ("notices/events.py", "points"): (2, "a notice's fact: the points a challenge gave or gave back"),
+    ("challenges/settle.py", "points"): (1, "a notice's fact: the points a challenge gave or gave back"),
 }
 
 

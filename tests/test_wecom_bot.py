@@ -189,10 +189,12 @@ def test_unknown_and_finished_challenges_are_refused(client, app, user_headers, 
     alice, bob = person(make_user, "Alice", 20_00), person(make_user, "Bob", 20_00)
     bind(client, user_headers, robot, alice, "alice")
     bind(client, user_headers, robot, bob, "bob")
-    _, text = robot("bob", "加入 999", chatid="g1")
+    _, text = robot("bob", "加入 999", chatid="g1")  # in a group: only that group's challenges
+    assert "本群没有这个挑战" in text and (cash(bob.id), staked(bob.id)) == (20_00, 0)
+    _, text = robot("bob", "加入 999")  # privately: no such challenge at all
     assert "没有找到这个挑战" in text and (cash(bob.id), staked(bob.id)) == (20_00, 0)
-    _, text = robot("bob", "排行榜 999")
-    assert "没有找到这个挑战" in text
+    _, text = robot("bob", "排行榜 999")  # standings: only a participant's, or the group's own
+    assert "不是本群或你参加的挑战" in text
     robot("alice", "发起步数挑战 2天 每人5元", chatid="g1")
     challenge = db.session.execute(select(Challenge)).scalar_one()
     # nobody joins before the first day: the challenge is cancelled and Alice's stake released

@@ -182,10 +182,18 @@ def validate_campaign(body: CreateCampaign):
     return {"valid": True, "max_rebate_per_order_fen": rules.max_award_fen()}
 
 
-@endpoint(bp, "/campaigns", auth="operator", roles=READERS, query=Page)
-def list_campaigns(query: Page):
-    """Campaigns, newest first."""
+class CampaignPage(Page):
+    challenges: bool = Field(
+        False, description="also the per-challenge campaigns funded by people's stakes (hidden by default)"
+    )
+
+
+@endpoint(bp, "/campaigns", auth="operator", roles=READERS, query=CampaignPage)
+def list_campaigns(query: CampaignPage):
+    """Campaigns, newest first; a challenge's campaigns (a person's stake) only when asked."""
     stmt = select(Campaign).order_by(Campaign.id.desc()).limit(query.limit).offset(query.offset)
+    if not query.challenges:
+        stmt = stmt.where(Campaign.funder_type != FunderType.USER_STAKE)
     scope = merchant_scope(g.operator)
     if scope is not None:
         stmt = stmt.where(Campaign.funder_merchant_id == scope)
