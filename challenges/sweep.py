@@ -28,6 +28,7 @@ from models import (
     OrderPacket,
     PacketStatus,
     RedPacket,
+    Refund,
     StakeSource,
     db,
 )
@@ -68,11 +69,14 @@ def sweep_prize(prize_id: int, now: datetime) -> int:
         return 0
     discount = int(  # a SUM is a Decimal on PostgreSQL
         db.session.execute(
-            select(func.coalesce(func.sum(OrderPacket.discount_fen), 0)).where(OrderPacket.packet_id == packet.id)
+            select(func.coalesce(func.sum(OrderPacket.discount_fen), 0)).where(
+                OrderPacket.order_id == packet.order_id,
+                OrderPacket.packet_id == packet.id,  # by the primary key
+            )
         ).scalar_one()
     )
     released = _give_back(prize, prize.amount - discount, f"packet:{packet.id}:rest", close=False)
-    if _refunded(packet.id):
+    if _refunded(packet):
         return released + _give_back(prize, discount, f"packet:{packet.id}:refunded", close=True)
     if packet.used_at is not None and now - packet.used_at > timedelta(days=REFUND_WATCH_DAYS):
         prize.closed = True
@@ -97,14 +101,18 @@ def _end_if_done(prize: ChallengePrize) -> None:
         campaign.status = CampaignStatus.ENDED
 
 
-def _refunded(packet_id: int) -> bool:
-    """The refund returned this packet's discount to its funder (``refund:<id>:discount:<packet>``)."""
-    return (
-        db.session.execute(
-            select(LedgerEntry.id).where(LedgerEntry.idempotency_key.like(f"refund:%:discount:{packet_id}")).limit(1)
-        ).first()
-        is not None
-    )
+def _refunded(packet: RedPacket) -> bool:
+    """The refund returned this packet's discount to its funder (``refund:<id>:discount:<packet>``), found by
+    its exact keys: the refunds of the order that spent the packet. (A ``LIKE 'refund:%…'`` with its wildcard
+    inside the key reads the whole ledger, and the sweep asks for every open prize on every pass.)"""
+    if packet.order_id is None:
+        return False
+    refunds = db.session.execute(select(Refund.id).where(Refund.order_id == packet.order_id)).scalars().all()
+    if not refunds:
+        return False
+    keys = [f"refund:{refund_id}:discount:{packet.id}" for refund_id in refunds]
+    found = db.session.execute(select(LedgerEntry.id).where(LedgerEntry.idempotency_key.in_(keys)).limit(1))
+    return found.first() is not None
 
 
 def _give_back(prize: ChallengePrize, amount: int, why: str, *, close: bool) -> int:
