@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
@@ -114,6 +114,13 @@ def is_busy(exc: BaseException) -> bool:
     if isinstance(orig, sqlite3.OperationalError):
         return "locked" in str(orig) or "busy" in str(orig)
     return getattr(orig, "sqlstate", None) in RETRYABLE_PG_STATES
+
+
+def busy_text() -> Response:
+    """A push endpoint's answer while the database is busy (503 + Retry-After): WeChat and WeCom retry it."""
+    response = Response("busy, retry later", status=503, mimetype="text/plain")
+    response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
+    return response
 
 
 def busy_error() -> ApiError:

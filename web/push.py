@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app, request
 
 from models import MessageSource, db
 from models.messages import record_message
-from web.errors import BUSY_RETRY_AFTER_S, is_busy
+from web.errors import busy_text, is_busy
 from web.openapi import WECHAT_FAIL, documented
 from wechat.push import MAX_PUSH_BYTES, PushRejected, PushSettings, read_push, verify_url
 
@@ -104,9 +104,7 @@ def push(source: str) -> Response:
     except Exception as exc:
         db.session.rollback()
         if is_busy(exc):
-            response = _text("busy, retry later", 503)
-            response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
-            return response
+            return busy_text()
         raise
     if not new:
         log.info("push already recorded", extra={"source": source, "msg_type": message.msg_type})

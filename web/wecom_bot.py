@@ -22,7 +22,7 @@ from challenges import bindings, bot
 from challenges.commands import help_text, parse
 from models import BotCallback, Transport, db, utcnow
 from models.sql import insert_ignoring
-from web.errors import BUSY_RETRY_AFTER_S, is_busy
+from web.errors import busy_text, is_busy
 from web.openapi import WECHAT_FAIL, documented
 from wechat.wecom import (
     MAX_CALLBACK_BYTES,
@@ -127,9 +127,7 @@ def wecom_bot() -> Response:
     except Exception as exc:
         db.session.rollback()
         if is_busy(exc):
-            response = _text("busy, retry later", 503)
-            response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
-            return response
+            return busy_text()
         raise
     if not reply:
         return _text("")  # nothing to say, or answered elsewhere: WeCom takes an empty answer
