@@ -49,10 +49,19 @@ MAX_LISTED = 10
 class Reply:
     text: str
     code: str = "ok"  # "ok", or why nothing was done (tests, logs)
+    secret: bool = False  # a one-time binding code: sent to the speaker, never stored as it is
 
     @property
     def ok(self) -> bool:
         return self.code == "ok"
+
+    @property
+    def kept(self) -> str:
+        """What may be stored of the reply (the callback's record, an outbox row once sent)."""
+        return CODE_NOT_KEPT if self.secret else self.text
+
+
+CODE_NOT_KEPT = "（一次性绑定码已发给本人，不保存）"
 
 
 @dataclass(frozen=True)
@@ -212,7 +221,8 @@ def _bind(ctx: Context, now: datetime, settings: bindings.BindingSettings | None
     minutes = int(settings.ttl.total_seconds() // 60)
     return Reply(
         f"你的绑定码：{code}\n请在 {minutes} 分钟内打开小程序「我的 → 聊天绑定」输入它，只能用一次。"
-        "不要把它发给任何人：拿到它的人能以你的身份参加挑战。"
+        "不要把它发给任何人：拿到它的人能以你的身份参加挑战。",
+        secret=True,
     )
 
 

@@ -43,6 +43,10 @@ def settle_challenges() -> Counter:
         if not prizes:
             return done
         for prize_id in prizes:
-            with unit_of_work():
-                done["returned_fen"] += sweep_prize(prize_id, utcnow())
+            try:
+                with unit_of_work():
+                    done["returned_fen"] += sweep_prize(prize_id, utcnow())
+            except Exception:  # one prize that cannot be swept must not stall every loser after it
+                log.exception("challenge prize could not be swept", extra={"prize_id": prize_id})
+                done["sweep_failed"] += 1
         after = prizes[-1]

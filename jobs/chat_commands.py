@@ -62,7 +62,11 @@ def handle_oa_text(message: Claimed, now: datetime) -> bool:
     speaker = bindings.Speaker(Transport.OA, cfg["WECHAT_OA_APPID"], message.openid)
     ctx = bot.Context(speaker, bindings.bound_user(speaker), None)
     reply = bot.execute(command, ctx, now, binding=binding_settings(cfg))
-    db.session.add(ChatReply(transport=Transport.OA, external_id=message.openid, text=reply.text, created_at=now))
+    db.session.add(
+        ChatReply(
+            transport=Transport.OA, external_id=message.openid, text=reply.text, secret=reply.secret, created_at=now
+        )
+    )
     db.session.flush()
     log.info("official-account command answered", extra={"outcome": reply.code, "message_id": message.id})
     return True
@@ -89,6 +93,8 @@ def _claim(batch: int) -> list[tuple[int, str, str]]:
 def _record(reply_id: int, error: str | None, now: datetime) -> None:
     row = db.session.get(ChatReply, reply_id)
     row.status, row.sent_at, row.last_error = ("failed", None, error[:2000]) if error else ("sent", now, None)
+    if row.secret:  # a one-time binding code is kept only until it was sent (or could not be)
+        row.text = bot.CODE_NOT_KEPT
 
 
 def send_chat_replies(client: MessageClient | None = None, clock: Callable[[], datetime] = utcnow) -> Counter:

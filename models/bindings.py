@@ -104,6 +104,7 @@ class ChatReply(Base):
     transport: Mapped[str] = mapped_column(String(16))
     external_id: Mapped[str] = mapped_column(String(128))
     text: Mapped[str] = mapped_column(Text)
+    secret: Mapped[bool] = mapped_column(default=False)  # a binding code: the text is dropped once sent
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, sending, sent, failed
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

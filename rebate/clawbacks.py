@@ -12,6 +12,7 @@ from ledger import Leg, account, balance, post_entry
 from models import AccountKind, Campaign, Rebate, RebateAdjustment, RebateStatus, Receivable, db
 from money import format_yuan
 from payouts import MoneySettings, cancel_or_reduce, pending_payouts_for_rebate
+from payouts.operations import lock_user
 from rebate import budgets, tell
 from rebate.awards import KIND_OF_FORM, beneficiary_account
 from rebate.campaigns import funder_account
@@ -30,6 +31,10 @@ def take_back(
     "review case 7", said in the memo and the adjustment); flushes. Returns what was recovered now."""
     kind = KIND_OF_FORM[rebate.form]
     from_payout = from_balance = points = 0
+    if rebate.beneficiary_type == "user" and kind != "coupon":
+        # What the balance covers is read under the person's row lock, as a withdrawal's and a challenge
+        # stake's are: a stake reserved meanwhile would otherwise spend what this counts as recovered.
+        lock_user(rebate.beneficiary_id)
     if kind == "coupon":
         from_payout = _from_pending_payout(rebate, delta, key, funder_account(campaign))
     elif kind == "points":

@@ -131,3 +131,25 @@ def test_a_join_racing_a_withdrawal_of_the_same_balance_never_overdraws(app, mak
     refused = [r for r in results if isinstance(r, Exception)]
     assert len(refused) == 1 and isinstance(refused[0], (StakeAboveHeld, PayoutError)), results
     assert cash(carol.id) == 1_00 and cash(carol.id) >= 0
+
+
+def test_twin_fetches_of_the_quiz_start_one_attempt(app, make_user):
+    """A double tap on "start the quiz": both fetches get the questions and the same attempt, never a 500."""
+    from challenges import start_quiz
+    from models import QuizAttempt
+
+    alice, bob = make_user(), make_user()
+    fund(alice.id, 5_00)
+    fund(bob.id, 5_00)
+    questions = [{"prompt": "2+2?", "choices": ["4", "5"], "answer": 0}]
+    spec = ChallengeSpec(kind="quiz", days=1, stake=1_00, start_day=DAY1, questions=questions)
+    cid, alice_id = create_challenge(alice.id, spec, NOW).id, alice.id
+    join_challenge(cid, bob.id, NOW)
+    nine = at_beijing(DAY1, 9)
+    db.session.commit()
+
+    results = together(4, lambda i: start_quiz(cid, alice_id, nine)[0].id, app=app)
+
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert len(set(results)) == 1
+    assert _count(QuizAttempt) == 1

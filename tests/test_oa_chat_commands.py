@@ -46,6 +46,8 @@ def test_an_unbound_person_gets_a_code_binds_and_plays(app, client, user_headers
     first, second = sent_texts(app)
     assert "还没有绑定" in first and "绑定码" in second
     code = second.split("：", 1)[1].split("\n", 1)[0]
+    kept = db.session.execute(select(ChatReply.text).order_by(ChatReply.id)).scalars().all()
+    assert not any(code in text for text in kept)  # sent to the person, not kept in the outbox
     assert client.post("/api/v1/me/chat-bindings", json={"code": code}, headers=user_headers(alice)).status_code == 201
     push(client, "oa", text_push("发起阅读挑战 5天 每人2元", "1003"))
     push(client, "oa", text_push("发起阅读挑战 5天 每人2元", "1003"))  # WeChat's retry: one challenge

@@ -89,7 +89,7 @@ def _readable(challenge_id: int, user_id: int) -> dict:
         return standings(challenge_id, utcnow()).as_json()
     if challenge.status == ChallengeStatus.OPEN and utcnow() < challenge.join_deadline:
         table = standings(challenge_id, utcnow()).as_json()
-        table.update(rows=[], waiting=[], winners=[], outcome=None)  # the terms, not the people
+        table.update(rows=[], waiting=[], winners=[], outcome=None, group=None)  # the terms: no people, no group
         return table
     raise NotFound("no such challenge", code="challenge_not_found")
 

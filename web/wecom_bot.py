@@ -167,7 +167,7 @@ def answer(message: BotMessage, now: datetime) -> str | None:
         ctx = bot.Context(speaker, bindings.bound_user(speaker), message.chatid if message.in_group else None)
         reply = bot.execute(parse(message.content), ctx, now, binding=binding_settings())
     db.session.execute(
-        update(BotCallback).where(BotCallback.id == new[0][0]).values(outcome=reply.code, reply=reply.text)
+        update(BotCallback).where(BotCallback.id == new[0][0]).values(outcome=reply.code, reply=reply.kept)
     )
     log.info("robot command answered", extra={"outcome": reply.code, "group": message.in_group})
     return reply.text

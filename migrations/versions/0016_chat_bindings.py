@@ -89,6 +89,7 @@ def upgrade():
         sa.Column("transport", sa.String(length=16), nullable=False),
         sa.Column("external_id", sa.String(length=128), nullable=False),
         sa.Column("text", sa.Text(), nullable=False),
+        sa.Column("secret", sa.Boolean(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
