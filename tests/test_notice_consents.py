@@ -73,11 +73,12 @@ def test_client_first_then_wechat_push_of_the_same_tap_counts_once(client, make_
 
 def test_wechat_push_first_then_client_of_the_same_tap_counts_once(client, make_user, user_headers):
     user = make_user()
-    popup(user, [accept()])
+    created = utcnow()  # the push's CreateTime: a retry carries the same one (two utcnow()s may straddle a second)
+    popup(user, [accept()], created)
     assert left(user) == 1
     post(client, user_headers(user), {TMPL: "accept"})
     assert left(user) == 1
-    popup(user, [accept()])  # WeChat retried the same push (same CreateTime): nothing more
+    popup(user, [accept()], created)  # WeChat retried the same push (same CreateTime): nothing more
     assert left(user) == 1
 
 
