@@ -209,18 +209,7 @@ def _pay_from(
         packet = issue_packet(
             campaign, owner, source=SOURCE, source_ref=f"{challenge.id}:{payer}:{payee}", now=now, face_fen=share
         )
-        db.session.add(
-            ChallengePrize(
-                challenge_id=challenge.id,
-                payer_user_id=payer,
-                payee_user_id=payee,
-                amount=share,
-                campaign_id=campaign.id,
-                packet_id=packet.id,
-                created_at=now,
-            )
-        )
-        drafts.append(packet_received(packet))
+        drafts.append(_prize(challenge, payer, payee, share, campaign, packet, now))
     enqueue_many(drafts)
     return [(payee, share) for payee in paying] + withheld
 
@@ -282,19 +271,7 @@ def _sponsor_prizes(
         except (RebateError, LimitHit) as exc:
             refused.append({"to": payee, "amount": share, "refused": exc.code})
             continue
-        db.session.add(
-            ChallengePrize(
-                challenge_id=challenge.id,
-                payer_user_id=None,
-                payee_user_id=payee,
-                amount=share,
-                campaign_id=campaign.id,
-                packet_id=packet.id,
-                closed=True,
-                created_at=now,
-            )
-        )
-        drafts.append(packet_received(packet))
+        drafts.append(_prize(challenge, None, payee, share, campaign, packet, now, closed=True))
         out.append((payee, share))
     enqueue_many(drafts)
     return out
@@ -330,3 +307,21 @@ POINTS_EVENTS = {
 
 
 RESULT_WORDS = {"won": "获胜", "lost": "未获胜", "tied": "并列", "cancelled": "已取消"}
+
+
+def _prize(challenge, payer, payee, share, campaign, packet, now, *, closed=False):
+    """The prize's row (a sponsor's, ``payer`` None, is closed: nothing of it returns to anyone) and the
+    payee's "packet received" notice draft."""
+    db.session.add(
+        ChallengePrize(
+            challenge_id=challenge.id,
+            payer_user_id=payer,
+            payee_user_id=payee,
+            amount=share,
+            campaign_id=campaign.id,
+            packet_id=packet.id,
+            closed=closed,
+            created_at=now,
+        )
+    )
+    return packet_received(packet)
