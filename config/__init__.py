@@ -94,6 +94,16 @@ def _rates(text: str) -> dict[str, int]:
     return rates
 
 
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _int_between(minimum: int, maximum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
@@ -660,6 +670,15 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         doc="The chat-tool dynamic message template of a challenge card (`chattoolmsg/send` `template_id`). Unset: "
         "a chat-tool group challenge's card is not updated. Simulator mode fills in its own.",
+    ),
+    Setting(
+        "FUND_FLOW",
+        "direct",
+        _one_of("direct", "service_provider"),
+        doc="`direct`: the operator is the WeChat Pay merchant and the merchants are its own shops (statements, "
+        "no settlement). `service_provider`: each merchant is a sub-merchant (`sub_mchid`) paid through the "
+        "partner JSAPI; merchant-funded rebates leave the merchant's order money by profit sharing, and the "
+        "platform never takes a merchant's money into its own account (no deposit top-ups).",
     ),
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, SmallInteger, String, Text
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, SmallInteger, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, UTCDateTime, utcnow
@@ -39,6 +39,11 @@ class Order(Base):
     review_reason: Mapped[str | None] = mapped_column(Text)  # set when flagged for an operator
     prepay_id: Mapped[str | None] = mapped_column(String(64))
     prepay_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Service-provider fund flow: the sub-merchant the order was paid to (a snapshot at order time; None in
+    # direct mode), and whether it was opened with ``settle_info.profit_sharing`` (its money stays frozen at
+    # the sub-merchant until shared or unfrozen).
+    sub_mchid: Mapped[str | None] = mapped_column(String(32))
+    profit_sharing: Mapped[bool] = mapped_column(default=False, server_default=false())
     # Where the order was placed from (the server-issued device, the network address), for risk.
     device: Mapped[str | None] = mapped_column(String(32))
     ip: Mapped[str | None] = mapped_column(String(45))

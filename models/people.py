@@ -76,6 +76,10 @@ class Merchant(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     status: Mapped[str] = mapped_column(String(16), default="active")
+    # Service-provider fund flow (FUND_FLOW=service_provider): the merchant's own WeChat Pay sub-merchant
+    # number, and the sub-merchant's appid when its own mini-program pays (then payers are sub_openids).
+    sub_mchid: Mapped[str | None] = mapped_column(String(32), unique=True)
+    sub_appid: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (CheckConstraint("status in ('active', 'suspended')", name="status"),)
