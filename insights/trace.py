@@ -340,6 +340,11 @@ def order_json(o: Order, risk_details: bool = True) -> dict:
         "red_packet_id": o.packet_id,
         **amount("total", o.total_fen),
         **amount("discount", o.discount_fen),
+        **amount("balance_used", o.balance_used_fen),
+        "points_used": o.points_used,
+        **amount("points_value", o.points_value_fen),
+        **amount("balance_returned", o.balance_returned_fen),
+        "points_returned": o.points_returned,
         **amount("payable", o.payable_fen),
         **amount("paid", o.paid_fen),
         **amount("refunded", o.refunded_fen),
@@ -355,10 +360,16 @@ def _order_line(o: Order) -> str:
     text = f"Order {o.out_trade_no} (#{o.id}) at merchant #{o.merchant_id} by user #{o.user_id}: {yuan(o.total_fen)}"
     if o.discount_fen:
         text += f", red packet #{o.packet_id} took {yuan(o.discount_fen)} off"
+    if o.balance_used_fen:
+        text += f", {yuan(o.balance_used_fen)} from the rebate balance"
+    if o.points_used:
+        text += f", {o.points_used} points worth {yuan(o.points_value_fen)}"
     if o.paid_at is not None:
         text += f", paid {yuan(o.paid_fen or 0)} on {when(o.paid_at)}"
     if o.refunded_fen:
         text += f", {yuan(o.refunded_fen)} refunded"
+    if o.balance_returned_fen or o.points_returned:
+        text += f" ({yuan(o.balance_returned_fen)} and {o.points_returned} points given back to the wallet)"
     return f"{text}; now {o.status}."
 
 

@@ -45,6 +45,7 @@ def check_ledger() -> CheckReport:
     _unexplained_negative_balances(report)
     _packets_spent_twice(report)
     _reservations_without_packets(report)
+    _wallet_holds(report)
     return report
 
 
@@ -174,3 +175,37 @@ def _reservations_without_packets(report: CheckReport) -> None:
     report.violations += [
         f"campaign {cid} reserves {reserved} fen but its live packets hold {packets}" for cid, reserved, packets in rows
     ]
+
+
+# What a person's held account holds is exactly what their unpaid orders reserved (``rebate.wallet``): a hold
+# left behind by a closed or paid order is money taken from them that nothing will release or spend.
+WALLET_HOLDS = {AccountKind.USER_CASH_HELD: Order.balance_used_fen, AccountKind.USER_POINTS_HELD: Order.points_used}
+
+
+def _wallet_holds(report: CheckReport) -> None:
+    for kind, column in WALLET_HOLDS.items():
+        held = dict(
+            db.session.execute(
+                select(LedgerAccount.owner_id, func.sum(LedgerPosting.amount))
+                .join(LedgerPosting, LedgerPosting.account_id == LedgerAccount.id)
+                .where(LedgerAccount.kind == kind.value)
+                .group_by(LedgerAccount.owner_id)
+            )
+            .tuples()
+            .all()
+        )
+        reserved = dict(
+            db.session.execute(
+                select(Order.user_id, func.sum(column))
+                .where(Order.status == OrderStatus.CREATED.value, column > 0)
+                .group_by(Order.user_id)
+            )
+            .tuples()
+            .all()
+        )
+        for user_id in sorted(set(held) | set(reserved)):
+            has, owes = int(held.get(user_id) or 0), int(reserved.get(user_id) or 0)
+            if has != owes:
+                report.violations.append(
+                    f"{kind.value} of user {user_id} holds {has} but their open orders reserve {owes}"
+                )

@@ -39,10 +39,14 @@ class AccountKind(StrEnum):
     USER_POINTS = "user_points"
     USER_STAKE = "user_stake"  # a challenge stake reserved from the person's cash balance
     USER_POINT_STAKE = "user_point_stake"  # … from their points
+    USER_CASH_HELD = "user_cash_held"  # cash balance reserved for the person's unpaid orders (``rebate.wallet``)
+    USER_POINTS_HELD = "user_points_held"  # … points reserved for them
 
 
 CLEARING_KINDS = frozenset({AccountKind.REBATE_PAYABLE, AccountKind.PAYOUT_IN_TRANSIT})
-POINT_KINDS = frozenset({AccountKind.POINTS_ISSUANCE, AccountKind.USER_POINTS, AccountKind.USER_POINT_STAKE})
+POINT_KINDS = frozenset(
+    {AccountKind.POINTS_ISSUANCE, AccountKind.USER_POINTS, AccountKind.USER_POINT_STAKE, AccountKind.USER_POINTS_HELD}
+)
 
 
 class LedgerAccount(Base):

@@ -29,6 +29,14 @@ class Order(Base):
     total_fen: Mapped[int] = mapped_column(BigInteger)
     packet_id: Mapped[int | None] = mapped_column(ForeignKey("red_packets.id"))  # the first (or only) packet
     discount_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The person's wallet spent on the order (``rebate.wallet``): rebate balance in fen, and points with the fen
+    # they were worth at order time (POINT_VALUE_FEN then). Reserved with the order, released if it closes
+    # unpaid, spent on payment; a refund gives them back in proportion (``*_returned``, cumulative).
+    balance_used_fen: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    points_used: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    points_value_fen: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    balance_returned_fen: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    points_returned: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     payable_fen: Mapped[int] = mapped_column(BigInteger)
     paid_fen: Mapped[int | None] = mapped_column(BigInteger)  # WeChat's payer_total
     refunded_fen: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -59,13 +67,31 @@ class Order(Base):
     __table_args__ = (
         CheckConstraint("status in ('created', 'paid', 'closed', 'refunded')", name="status"),
         CheckConstraint("total_fen > 0 and discount_fen >= 0 and payable_fen >= 1", name="amounts"),
-        CheckConstraint("payable_fen + discount_fen = total_fen", name="payable_is_total_less_discount"),
+        CheckConstraint(
+            "payable_fen + discount_fen + balance_used_fen + points_value_fen = total_fen",
+            name="payable_is_total_less_deductions",
+        ),
+        CheckConstraint(
+            "balance_used_fen >= 0 and points_used >= 0 and points_value_fen >= 0"
+            " and (points_used = 0) = (points_value_fen = 0)",
+            name="wallet_amounts",
+        ),
+        CheckConstraint(
+            "balance_returned_fen >= 0 and balance_returned_fen <= balance_used_fen"
+            " and points_returned >= 0 and points_returned <= points_used",
+            name="wallet_returned_within_used",
+        ),
         CheckConstraint("refunded_fen >= 0 and refunded_fen <= payable_fen", name="refund_within_paid"),
     )
 
     @property
     def net_paid_fen(self) -> int:
         return (self.paid_fen or 0) - self.refunded_fen
+
+    @property
+    def wallet_fen(self) -> int:
+        """What the person's wallet paid: balance plus the points' value (never part of ``paid_fen``)."""
+        return self.balance_used_fen + self.points_value_fen
 
 
 class OrderLine(Base):

@@ -1,4 +1,4 @@
-"""Creating orders from product lines with an optional red packet, and closing unpaid ones."""
+"""Creating orders from product lines with optional red packets and wallet use, and closing unpaid ones."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, PacketS
 from rebate.campaigns import serves
 from rebate.errors import Invalid, NotFound, StateConflict
 from rebate.packets import check_audience, release_packet
+from rebate.wallet import WalletAsk
+from rebate.wallet import hold as hold_wallet
+from rebate.wallet import plan as plan_wallet
+from rebate.wallet import release as release_wallet
 from risk import identifiers
 
 ORDER_TTL = timedelta(minutes=30)
@@ -155,11 +159,14 @@ def create_order(
     *,
     device: str | None = None,
     ip: str | None = None,
+    wallet: WalletAsk | None = None,
 ) -> Order:
     """A new unpaid order; its packets (if any) are locked until payment or close.
 
     ``device`` and ``ip`` (where it was placed from, when a request says) are kept on the order for risk and
-    noted among the person's identifiers."""
+    noted among the person's identifiers. ``wallet``: balance and points to spend on it (``rebate.wallet``),
+    capped so at least 1 fen is paid, reserved with the order under the person's row lock (after the packets':
+    a payment locks packets before the buyer's row too)."""
     products = _load_products(lines)
     order_lines = _order_lines(lines, products)
     merchant_id = next(iter(products.values())).merchant_id
@@ -170,6 +177,7 @@ def create_order(
     chosen = [faces[pid] for pid in ids]
     _check_stacking([packet for packet, _ in chosen])
     discounts = _discounts(chosen, order_lines, total)
+    used = plan_wallet(user, wallet, total - sum(discounts) - MIN_PAYABLE_FEN)
     order = Order(
         out_trade_no=new_out_trade_no(now),
         user_id=user.id,
@@ -177,7 +185,10 @@ def create_order(
         total_fen=total,
         packet_id=chosen[0][0].id if chosen else None,
         discount_fen=sum(discounts),
-        payable_fen=total - sum(discounts),
+        payable_fen=total - sum(discounts) - used.fen,
+        balance_used_fen=used.balance_fen,
+        points_used=used.points,
+        points_value_fen=used.points_value_fen,
         time_expire=now + ORDER_TTL,
         channel=channel,
         created_at=now,
@@ -191,6 +202,7 @@ def create_order(
         packet.status, packet.order_id = PacketStatus.LOCKED, order.id
         db.session.add(OrderPacket(order_id=order.id, packet_id=packet.id, discount_fen=discount))
     db.session.flush()
+    hold_wallet(order)
     identifiers.note(identifiers.USER, user.id, device, ip, now)
     return order
 
@@ -218,10 +230,12 @@ def lock_order(out_trade_no: str) -> Order | None:
 
 
 def close_order(order: Order, now: datetime) -> None:
-    """Close an unpaid order and unlock its packets (expired meanwhile: expire them)."""
+    """Close an unpaid order, unlock its packets (expired meanwhile: expire them) and give back the balance and
+    points it reserved (once: only an open order closes)."""
     if order.status != OrderStatus.CREATED:
         raise StateConflict(f"a {order.status} order cannot be closed", code="order_not_open")
     order.status = OrderStatus.CLOSED
+    release_wallet(order)
     for packet, _ in order_packets(order):
         if packet.status == PacketStatus.LOCKED and packet.order_id == order.id:
             if now >= packet.expires_at:

@@ -43,7 +43,7 @@ from models import (
 from models.base import beijing
 from models.triggers import TriggerKind
 from payouts import MoneySettings
-from rebate import budgets, tell
+from rebate import budgets, tell, wallet
 from rebate.awards import Beneficiary, Effects, record_decisions
 from rebate.campaigns import face_funder_ref, is_running, load_rules, rules_of, serves
 from rebate.deposits import DepositsLeft, lock_deposits, pause_refused
@@ -393,7 +393,8 @@ def _note_attribution(
 def _post_sale(
     order: Order, spent: list[tuple[RedPacket, int]], campaigns: dict[int, Campaign], effects: Effects
 ) -> None:
-    """The buyer's payment and each packet's funder together pay the merchant the order total."""
+    """The buyer's payment, each packet's funder and the buyer's wallet (``rebate.wallet``) together pay the
+    merchant the order total; the wallet's points are redeemed."""
     funded: dict[str, tuple[AccountRef, int]] = {}
     for packet, discount in spent:
         funder = face_funder_ref(campaigns[packet.campaign_id])
@@ -402,8 +403,10 @@ def _post_sale(
         Leg(ref(AccountKind.WECHAT_SETTLEMENT), -order.payable_fen),
         Leg(ref(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), order.total_fen),
         *(Leg(funder, -amount) for funder, amount in funded.values()),
+        *wallet.sale_legs(order),
     ]
     effects.batch.add(f"order:{order.id}:sale", f"sale {order.out_trade_no}", legs)
+    wallet.spend_points(order, effects.batch)
 
 
 def _referral_ends(consumer: User, referral_days: int | None) -> datetime | None:

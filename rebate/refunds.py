@@ -10,7 +10,8 @@ the difference is taken. Money that has not left is taken back from the
 payout; money that has left is recovered from the beneficiary's balance as
 far as it goes, and the rest becomes a receivable netted against their next
 rebate of the same kind. Budgets get back only what was recovered. Points
-are valued with the ``MoneySettings`` the shell passes in.
+are valued with the ``MoneySettings`` the shell passes in. The balance and
+points the buyer's wallet paid come back in proportion (``rebate.wallet``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from rebate.intake import PayAccount, RefundOutcome, RefundState, flag_order, no
 from rebate.orders import lock_order, order_packets
 from rebate.packets import reservation_for
 from rebate.rules import OrderFacts, entitlement_after_refund
+from rebate.wallet import give_back
 from risk.profiles import note_refunded_after_rebate
 
 
@@ -128,6 +130,7 @@ def apply_refund(
     order.refunded_fen += amount_fen
     _lock_funding(order)
     _post_refund(order, refund)
+    give_back(order, refund)  # first: a clawback below then finds the balance given back to recover from
     earned = _claw_back(order, refund, money)
     if (
         first_refund and earned and order.risk is not None

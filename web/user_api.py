@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 from pydantic import Field, model_validator
 from sqlalchemy import select
 
@@ -26,16 +26,18 @@ from models import (
     utcnow,
 )
 from models.payouts import TERMINAL
+from payouts import MoneySettings
 from rebate import create_order
 from rebate.claims import claim_by_code
 from rebate.orders import LineRequest
+from rebate.wallet import WalletAsk
 from web.api import client_ip, endpoint
 from web.auth import current_user
 from web.errors import NotFound
 from web.growth_api import channel, claimant, device_id, platform_limits, refusal_answered
 from web.payment_api import prepay_after_commit
 from web.rules_page import rules_links
-from web.schemas import Id, Model, Page
+from web.schemas import Id, Model, NonNegativeFen, Page
 from web.views import order_json, packet_json, rebate_json
 
 bp = Blueprint("user_api", __name__, url_prefix="/api/v1")
@@ -54,6 +56,8 @@ class CreateOrder(Model):
     lines: Annotated[list[Line], Field(min_length=1, max_length=50)]
     red_packet_id: Id | None = None
     red_packet_ids: Annotated[list[Id], Field(min_length=1, max_length=5)] | None = None  # stacking
+    use_balance_fen: NonNegativeFen = 0  # the caller's rebate balance to spend (capped: 1 fen is always paid)
+    use_points: NonNegativeFen = 0  # … and points, at POINT_VALUE_FEN each
 
     @model_validator(mode="after")
     def one_way_to_name_packets(self):
@@ -93,11 +97,26 @@ def my_packets(query: Page):
 
 @endpoint(bp, "/orders", methods=["POST"], body=CreateOrder, idempotent=True, status=201)
 def new_order(body: CreateOrder):
-    """Create an order from product lines, optionally spending one of the caller's red packets."""
+    """Create an order from product lines, optionally spending the caller's red packets, rebate balance
+    (``use_balance_fen``) and points (``use_points``). The wallet use is capped so at least 1 fen is paid; the
+    answer's ``wallet`` says what was asked and what was used. Asking for more than the caller holds is 409
+    (``insufficient_balance`` / ``insufficient_points``), as is any wallet use when FUND_FLOW is
+    service_provider (``wallet_not_in_service_provider_mode``)."""
     lines = [LineRequest(li.product_id, li.quantity) for li in body.lines]
-    order = create_order(current_user(), lines, body.packets, utcnow(), channel(), device=device_id(), ip=client_ip())
+    cfg = current_app.config
+    wallet = WalletAsk(
+        body.use_balance_fen,
+        body.use_points,
+        point_value_fen=MoneySettings.from_config(cfg).point_value_fen,
+        service_provider=cfg.get("FUND_FLOW") == "service_provider",
+    )
+    order = create_order(
+        current_user(), lines, body.packets, utcnow(), channel(), device=device_id(), ip=client_ip(), wallet=wallet
+    )
     prepay_after_commit(order.id, order.user_id)  # runs after the commit: no transaction across the WeChat call
-    return order_json(order), 201
+    body_json = order_json(order)
+    body_json["wallet"]["asked"] = {"balance_fen": body.use_balance_fen, "points_count": body.use_points}
+    return body_json, 201
 
 
 def own_order(order_id: int) -> Order:

@@ -53,6 +53,7 @@ def order_json(o: Order) -> dict:
         "total_fen": o.total_fen,
         "discount_fen": o.discount_fen,
         "payable_fen": o.payable_fen,
+        "wallet": wallet_json(o),
         "paid_fen": o.paid_fen,
         "refunded_fen": o.refunded_fen,
         "red_packet_id": o.packet_id,
@@ -75,6 +76,18 @@ def order_json(o: Order) -> dict:
                 .order_by(OrderPacket.packet_id)
             )
         ],
+    }
+
+
+def wallet_json(o: Order) -> dict:
+    """What the buyer's wallet paid for the order (rebate balance, points and their value at order time), and
+    what refunds gave back of it."""
+    return {
+        "balance_fen": o.balance_used_fen,
+        "points_count": o.points_used,
+        "points_value_fen": o.points_value_fen,
+        "returned_balance_fen": o.balance_returned_fen,
+        "returned_points_count": o.points_returned,
     }
 
 
