@@ -132,6 +132,9 @@ def test_worked_example_100_yuan_order_10_packet_5_balance_200_points_paid_then_
     }
     order = db.session.get(Order, body["id"])
     assert wallet_of(carol) == (15_00, 5_00, 300, 200)
+    shown = client.get("/api/v1/me/wallet", headers=user_headers(carol)).json
+    assert (shown["cash_fen"], shown["held_for_orders_fen"]) == (15_00, 5_00)
+    assert (shown["points"], shown["points_held_for_orders"]) == (300, 200)
     ledger_ok()
 
     # when: WeChat is paid the 83 yuan

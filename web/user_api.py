@@ -139,7 +139,7 @@ def get_order(order_id: int):
 
 @endpoint(bp, "/me/wallet")
 def wallet():
-    """Cash balance, points and anything owed back after refunds."""
+    """Cash balance, points, what unpaid orders hold of them, and anything owed back after refunds."""
     user = current_user()
     owed = (
         db.session.execute(
@@ -160,6 +160,9 @@ def wallet():
     return {
         "cash_fen": balance(account(AccountKind.USER_CASH, "user", user.id)),
         "points": balance(account(AccountKind.USER_POINTS, "user", user.id)),
+        # reserved by the caller's unpaid orders (``use_balance_fen`` / ``use_points``): back if they close unpaid
+        "held_for_orders_fen": balance(account(AccountKind.USER_CASH_HELD, "user", user.id)),
+        "points_held_for_orders": balance(account(AccountKind.USER_POINTS_HELD, "user", user.id)),
         "receivables": [{"kind": r.kind, "outstanding_fen": r.outstanding_fen} for r in owed],
         "payouts_in_progress_fen": sum(p.amount_fen for p in in_transit),
     }
