@@ -148,7 +148,14 @@ def test_wallet_and_rebates_explain_paid_and_skipped_rules(client, world, pay):
 
     # then: 5 % of 190 = 9.50 to the balance; the small order's rule is skipped and says why
     wallet = client.get("/api/v1/me/wallet", headers=world["headers"]).json
-    assert wallet == {"cash_fen": 9_50, "points": 0, "receivables": [], "payouts_in_progress_fen": 0}
+    assert wallet == {
+        "cash_fen": 9_50,
+        "points": 0,
+        "held_for_orders_fen": 0,
+        "points_held_for_orders": 0,
+        "receivables": [],
+        "payouts_in_progress_fen": 0,
+    }
     items = client.get("/api/v1/me/rebates", headers=world["headers"]).json["items"]
     by_order = {i["order_id"]: i for i in items}
     assert (by_order[big["id"]]["amount_fen"], by_order[big["id"]]["status"]) == (9_50, "awarded")
