@@ -242,7 +242,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("USER_TOKEN_TTL_SECONDS", 7 * 24 * 3600, _positive_int, doc="Lifetime of user bearer tokens."),
     Setting("IDEMPOTENCY_TTL_HOURS", 25, _positive_int, doc="How long Idempotency-Key answers are kept."),
-    Setting("POINT_VALUE_FEN", 1, _positive_int, doc="Cost of one point in fen, for reports."),
+    Setting(
+        "POINT_VALUE_FEN",
+        1,
+        _positive_int,
+        doc="Cost of one point in fen, for reports, and what a point pays of an order when spent on it "
+        "(`use_points`; fixed on the order when it is created).",
+    ),
     Setting(
         "CLAIM_IP_PER_DAY",
         5,
