@@ -112,6 +112,16 @@ class RuleSet:
     def role(self, name: str) -> RoleRule | None:
         return next((r for r in self.roles if r.role == name), None)
 
+    @property
+    def offers_forms(self) -> bool:
+        """Some side lets the person choose the form (the payment then reads their preference)."""
+        return any(r.forms for r in self.roles)
+
+    @property
+    def by_category(self) -> bool:
+        """Some side has rates per product category (the payment then reads the order's lines)."""
+        return any(r.category_bps for r in self.roles)
+
     def max_award_fen(self) -> int | None:
         """The most one order can cost in rebates, or None when some role has no cap."""
         caps = [r.cap_fen for r in self.roles]
