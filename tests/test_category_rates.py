@@ -281,3 +281,55 @@ def test_worked_example_fruit_and_milk_paid_then_refunded_in_two_parts(app, groc
     assert (balance(cash), balance(credit)) == (1_36, 2_24)
     db.session.refresh(campaign)
     assert campaign.budget_committed_fen == 10_00 + 1_36 + 2_24
+
+
+def test_the_what_if_replays_category_rates_over_the_orders_lines(app, grocer, make_user, pay):
+    """The current rules replayed give exactly what was awarded; a draft with fruit at 10 % pays fruit more."""
+    from datetime import timedelta
+
+    from insights.simulate import simulate
+
+    shop, fruit, milk, campaign = grocer
+    buyer = make_user()
+    packet = issue_packet(campaign, buyer, source="test", source_ref="grocer-sim", now=utcnow())
+    db.session.commit()
+    order = create_order(buyer, [LineRequest(fruit.id, 1), LineRequest(milk.id, 1)], packet.id, utcnow())
+    db.session.commit()
+    assert pay(order) == "applied"
+
+    current = parse_rules(rules_json(campaign_rules(campaign)), budgeted=True)
+    draft_json = rules_json(current)
+    draft_json["roles"][1]["category_bps"] = {FRUIT: 1000}
+    draft = parse_rules(draft_json, budgeted=True)
+    answer = simulate(campaign, draft, days=1, now=utcnow() + timedelta(minutes=1), budget_limit_fen=None)
+    assert answer["current"]["by_role"]["consumer"]["amount_fen"] == 2_72
+    assert answer["current"]["by_role"]["issuer"]["amount_fen"] == 4_48
+    assert answer["draft"]["by_role"]["consumer"]["amount_fen"] == 2_40 + 80  # 10 % of fruit's 24
+    assert any("category rates" in a for a in answer["assumptions"])
+
+
+def campaign_rules(campaign):
+    from rebate.campaigns import rules_of
+
+    return rules_of(campaign)
+
+
+def test_the_public_rules_show_category_rates_and_the_forms_to_choose_from(client, make_merchant, make_campaign):
+    rules = {
+        "roles": [
+            rule(
+                category_bps={FRUIT: 800},
+                forms=[Form.BALANCE.value, Form.POINTS.value],
+            )
+        ]
+    }
+    campaign = make_campaign(rules, packet_amount_fen=10_00)
+    answer = client.get(f"/api/v1/campaigns/{campaign.id}/rules")
+    assert answer.status_code == 200
+    (consumer,) = answer.get_json()["rebates"]
+    assert consumer["category_rates"] == [{"category": FRUIT, "rate_bps": 800, "rate_percent": "8%"}]
+    assert [f["form"] for f in consumer["forms"]] == [Form.BALANCE, Form.POINTS]
+    assert "8% on fruit" in consumer["words"] and "other lines at 5%" in consumer["words"]
+    assert "by your choice" in consumer["words"]
+    page = client.get(f"/c/{campaign.id}").get_data(as_text=True)
+    assert "products in fruit): 8%" in page and "you may choose" in page
