@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import Integer, String, bindparam, select, text
 
 from models import User, UserPreference, db, utcnow
 from rebate.errors import Invalid, StateConflict
@@ -74,14 +74,20 @@ def set_rebate_form(user: User, form: Form | str | None, reach: Reach) -> UserPr
         why = unreachable_because(user, form, reach)
         if why is not None:
             raise StateConflict(f"you cannot receive rebates as {form}: {why}", code="rebate_form_unavailable")
-    row = db.session.get(UserPreference, user.id, with_for_update=True)
-    if row is None:
-        row = UserPreference(user_id=user.id)
-        db.session.add(row)
-    row.rebate_form = form.value if form is not None else None
-    row.updated_at = utcnow()
-    db.session.flush()
-    return row
+    db.session.execute(_UPSERT, {"user_id": user.id, "form": form.value if form else None, "at": utcnow()})
+    return db.session.get(UserPreference, user.id, populate_existing=True)
+
+
+# One statement whether or not the person chose before: two first choices at once cannot both INSERT (the
+# later one wins, as two updates would). The same SQL on PostgreSQL and SQLite.
+_UPSERT = text(
+    "INSERT INTO user_preferences (user_id, rebate_form, updated_at) VALUES (:user_id, :form, :at) "
+    "ON CONFLICT (user_id) DO UPDATE SET rebate_form = excluded.rebate_form, updated_at = excluded.updated_at"
+).bindparams(
+    bindparam("user_id", type_=Integer),
+    bindparam("form", type_=String),
+    bindparam("at", type_=UserPreference.__table__.c.updated_at.type),
+)
 
 
 def preferred_forms(who: Mapping[str, object | None]) -> dict[str, Form]:

@@ -267,3 +267,20 @@ def test_a_refund_claws_back_the_chosen_form(app, client, user_headers, person, 
     assert (rebate.form, rebate.amount_fen) == (Form.POINTS, 2_50)
     points = balance(account(AccountKind.USER_POINTS, "user", person.id))
     assert points == 2_50 // app_money().point_value_fen
+
+
+def test_two_first_choices_at_once_both_succeed_and_one_is_kept(app, client, user_headers, person):
+    """No row yet: two PUTs race to create it; neither fails, and the stored choice is one of theirs."""
+    from tests.concurrency import together
+
+    headers = user_headers(person)
+
+    def choose(i: int):
+        with app.test_client() as c:
+            return c.put(URL, json={"rebate_form": [Form.POINTS.value, Form.BALANCE.value][i % 2]}, headers=headers)
+
+    results = together(6, choose)
+    assert [getattr(r, "status_code", r) for r in results] == [200] * 6
+    assert rebate_form_of(person.id) in (Form.POINTS, Form.BALANCE)
+    rows = db.session.execute(select(UserPreference).where(UserPreference.user_id == person.id)).scalars().all()
+    assert len(rows) == 1
