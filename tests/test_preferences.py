@@ -284,3 +284,33 @@ def test_two_first_choices_at_once_both_succeed_and_one_is_kept(app, client, use
     assert rebate_form_of(person.id) in (Form.POINTS, Form.BALANCE)
     rows = db.session.execute(select(UserPreference).where(UserPreference.user_id == person.id)).scalars().all()
     assert len(rows) == 1
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"forms": [Form.BALANCE.value, "gold"]}, "roles[0].forms[1] must be one of"),
+        ({"forms": [Form.POINTS.value]}, "must include the default form"),
+        ({"cap_fen": None}, "needs cap_fen"),
+    ],
+)
+def test_the_campaign_api_refuses_bad_forms_with_422_naming_the_field(client, make_operator, change, words):
+    _, headers = make_operator("admin")
+    rule = {"role": "consumer", "rate_bps": 500, "form": Form.BALANCE.value, "cap_fen": 20_00, **change}
+    body = {
+        "name": "choose your rebate",
+        "issuer_type": "platform",
+        "funder_type": "platform_fund",
+        "budget_limit_fen": 1_000_00,
+        "packet_amount_fen": 10_00,
+        "trigger": {"kind": "claim_code"},
+        "rules": {"roles": [rule]},
+        "reason": "test",
+    }
+    response = client.post("/admin/api/campaigns/validate", json=body, headers=headers)
+    assert response.status_code == 422, response.get_json()
+    error = response.get_json()
+    assert words in " ".join([error["message"], *(d["problem"] for d in error.get("details", []))]), error
+    good = {**rule, "cap_fen": 20_00, "forms": [Form.BALANCE.value, Form.POINTS.value]}
+    response = client.post("/admin/api/campaigns/validate", json={**body, "rules": {"roles": [good]}}, headers=headers)
+    assert response.get_json() == {"valid": True, "max_rebate_per_order_fen": 20_00}
