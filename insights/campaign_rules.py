@@ -274,7 +274,9 @@ def _role(rule: RoleRule) -> dict:
         f"{ROLE_WORDS[rule.role]}: {percent(rule.rate_bps)} of {BASE_WORDS[rule.base]}"
         + (f", at most {format_yuan(rule.cap_fen)} yuan per order" if rule.cap_fen is not None else "")
         + (f", on orders from {format_yuan(rule.min_order_fen)} yuan" if rule.min_order_fen else "")
+        + _category_words(rule)
         + f", paid as {FORM_WORDS[rule.form]}"
+        + _choice_words(rule)
     )
     if rule.condition is not None:
         words += f"; paid once {', '.join(rule.condition.milestones)} within {rule.condition.window_days} days"
@@ -289,6 +291,10 @@ def _role(rule: RoleRule) -> dict:
         "form": rule.form.value,
         "form_words": FORM_WORDS[rule.form],
         "fallback_form": rule.fallback_form.value if rule.fallback_form else None,
+        "forms": [{"form": f.value, "form_words": FORM_WORDS[f]} for f in rule.allowed_forms],
+        "category_rates": [
+            {"category": c, "rate_bps": bps, "rate_percent": percent(bps)} for c, bps in rule.category_bps or ()
+        ],
         "tiers": [
             {"min_order": money(t.min_order_fen), "rate_bps": t.rate_bps, "rate_percent": percent(t.rate_bps)}
             for t in sorted(rule.tiers, key=lambda t: t.min_order_fen)
@@ -306,6 +312,19 @@ def _role(rule: RoleRule) -> dict:
         },
         "words": words + ".",
     }
+
+
+def _category_words(rule: RoleRule) -> str:
+    """``"; 8% on fruit (the rest at 5%)"``: each category's part of the base at its own rate."""
+    if not rule.category_bps:
+        return ""
+    rates = ", ".join(f"{percent(bps)} on {category}" for category, bps in rule.category_bps)
+    return f" ({rates}, shared out over the order's lines by value; other lines at {percent(rule.rate_bps)})"
+
+
+def _choice_words(rule: RoleRule) -> str:
+    others = [FORM_WORDS[f] for f in rule.allowed_forms if f != rule.form]
+    return f", or by your choice {' or '.join(others)} (set in your preferences)" if others else ""
 
 
 def _rebate_days(rules: RuleSet | None) -> dict:

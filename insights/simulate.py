@@ -12,7 +12,9 @@ budget starts full at the window's start and runs out on the Beijing date of
 the first order whose cost (packet value + rebates) no longer fits; held
 awards count in full, as if every condition were met; rebates are not cut by
 the budget, so the figures are what the rules would ask for; later orders
-attributed to a packet are not replayed.
+attributed to a packet are not replayed. Rules with category rates read the
+orders' lines too (a second query, only then): each order's net base is shared
+out over its lines by their value, as at payment and refund.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from typing import NamedTuple
 
 from sqlalchemy import case, func, select, type_coerce
 
-from models import Campaign, Order, OrderStatus, RedPacket, User, UTCDateTime, db
+from models import Campaign, Order, OrderLine, OrderStatus, RedPacket, User, UTCDateTime, db
 from models.base import beijing
 from money import format_yuan
 from rebate.campaigns import rules_of
-from rebate.rules import Form, OrderFacts, RuleSet, evaluate
+from rebate.rules import Form, Line, OrderFacts, RuleSet, evaluate
 
 ISSUING = frozenset({"merchant", "user"})  # platform issuers receive no rebates
 ASSUMPTIONS = (
@@ -38,6 +40,8 @@ ASSUMPTIONS = (
     "held awards count in full, as if every condition were met",
     "rebates are what the rules ask for, not cut by the budget",
     "later orders attributed to a packet are not replayed",
+    "category rates share each order's net base out over its lines in proportion to their value",
+    "rebates are replayed in each rule's default form (people's chosen forms are not read)",
 )
 
 
@@ -51,6 +55,7 @@ class ReplayRow(NamedTuple):
     packet_value_fen: int  # the packet's discount, paid by the funder
     issuer_type: str | None  # of the packet the order spent
     invited_since: datetime | None  # when the buyer was bound to an inviter, if they have one
+    lines: tuple[Line, ...] = ()  # the order's lines (read only for rules with category rates)
 
 
 def _amount(prefix: str, fen: int) -> dict:
@@ -90,9 +95,20 @@ def to_row(order_id, paid_at, total, paid, refunded, discount, issuer_type, invi
     return ReplayRow(order_id, paid_at, net_total, net_paid, discount, issuer_type, invited_since)
 
 
-def load_rows(campaign: Campaign, rules: RuleSet, since: datetime, until: datetime) -> list[ReplayRow]:
-    result = db.session.execute(replay_query(campaign, rules, since, until))
-    return [row for row in (to_row(*r) for r in result) if row.paid_fen > 0]
+def load_rows(
+    campaign: Campaign, rules: RuleSet, since: datetime, until: datetime, *, lines: bool = False
+) -> list[ReplayRow]:
+    """The rows; with ``lines`` (rules rating by category) each with its order's lines, in one more query."""
+    stmt = replay_query(campaign, rules, since, until)
+    rows = [row for row in (to_row(*r) for r in db.session.execute(stmt)) if row.paid_fen > 0]
+    if not lines or not rows:
+        return rows
+    ids = stmt.with_only_columns(Order.id).order_by(None).scalar_subquery()
+    by_order: dict[int, list[Line]] = defaultdict(list)
+    read = select(OrderLine.order_id, OrderLine.category, OrderLine.line_total_fen).where(OrderLine.order_id.in_(ids))
+    for order_id, category, total in db.session.execute(read.order_by(OrderLine.id)):
+        by_order[order_id].append(Line(category, total))
+    return [row._replace(lines=tuple(by_order.get(row.order_id, ()))) for row in rows]
 
 
 # --- projecting (pure) -----------------------------------------------------------------------------
@@ -101,7 +117,9 @@ def load_rows(campaign: Campaign, rules: RuleSet, since: datetime, until: dateti
 def facts_of(row: ReplayRow, referral: timedelta | None) -> OrderFacts:
     since = row.invited_since
     has_inviter = since is not None and (referral is None or row.paid_at < since + referral)
-    return OrderFacts(row.order_total_fen, row.paid_fen, row.paid_at, row.issuer_type in ISSUING, has_inviter)
+    return OrderFacts(
+        row.order_total_fen, row.paid_fen, row.paid_at, row.issuer_type in ISSUING, has_inviter, lines=row.lines
+    )
 
 
 def project(rows: Iterable[ReplayRow], rules: RuleSet, *, budget_limit_fen: int | None = None) -> dict:
@@ -196,7 +214,7 @@ def simulate(campaign: Campaign, draft: RuleSet, *, days: int, now: datetime, bu
     """Replay the draft and the current rules over the same past ``days`` of orders. Reads only."""
     current = rules_of(campaign)
     since = now - timedelta(days=days)
-    rows = load_rows(campaign, current, since, now)
+    rows = load_rows(campaign, current, since, now, lines=current.by_category or draft.by_category)
     limit = budget_limit_fen if budget_limit_fen is not None else campaign.budget_limit_fen
     projected = project(rows, draft, budget_limit_fen=limit)
     baseline = project(rows, current, budget_limit_fen=limit)

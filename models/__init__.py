@@ -48,6 +48,7 @@ from models.orders import Order, OrderLine, OrderPacket, OrderStatus, PaymentNot
 from models.packets import PacketStatus, RedPacket
 from models.payouts import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl
 from models.people import Merchant, Product, User, UserIdentity, UserStatus, merchant_name
+from models.preferences import UserPreference
 from models.rebates import OrderMilestone, Rebate, RebateAdjustment, RebateStatus, Receivable
 from models.reconciliation import ReconciliationMismatch, ReconciliationRun
 from models.risk import (
@@ -160,6 +161,7 @@ __all__ = [
     "Unit",
     "User",
     "UserIdentity",
+    "UserPreference",
     "UserStatus",
     "alert_once",
     "db",

@@ -25,7 +25,7 @@ from payouts import MoneySettings
 from payouts.outbox import PayoutRequest, enqueue_payouts
 from rebate import budgets, tell
 from rebate.campaigns import funder_ref, rules_of
-from rebate.rules import Decision, Form
+from rebate.rules import Decision, Form, Line, OrderFacts, RuleSet
 
 RAIL_OF_FORM = {
     Form.WECHAT_CHANGE: Rail.WECHAT_CHANGE,
@@ -42,6 +42,14 @@ KIND_OF_FORM = {
     Form.WECHAT_COUPON: "coupon",
     Form.CARD_COUPON: "coupon",
 }
+
+
+def with_lines(facts: OrderFacts, rules: RuleSet, order: Order) -> OrderFacts:
+    """``facts`` with the order's lines (category, value) when ``rules`` rate by category (else as they are:
+    no query)."""
+    if not rules.by_category or facts.lines:
+        return facts
+    return replace(facts, lines=tuple(Line(li.category, li.line_total_fen) for li in order.lines))
 
 
 @dataclass(frozen=True)

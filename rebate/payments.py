@@ -44,7 +44,7 @@ from models.base import beijing
 from models.triggers import TriggerKind
 from payouts import MoneySettings
 from rebate import budgets, tell, wallet
-from rebate.awards import Beneficiary, Effects, record_decisions
+from rebate.awards import Beneficiary, Effects, record_decisions, with_lines
 from rebate.campaigns import face_funder_ref, is_running, load_rules, rules_of, serves
 from rebate.deposits import DepositsLeft, lock_deposits, pause_refused
 from rebate.errors import BudgetExhausted, BudgetMoved, DepositExhausted
@@ -58,6 +58,7 @@ from rebate.intake import (
 )
 from rebate.orders import order_packets
 from rebate.packets import issue_packet
+from rebate.preferences import preferred_forms
 from rebate.rules import Decision, OrderFacts, RuleSet, evaluate
 from risk import scoring
 from risk.bans import active_bans, refused_by, subjects
@@ -448,8 +449,10 @@ def _evaluate(
             Decision(r.role, 0, r.form, "campaign_not_running", ("the campaign was paused or had ended",))
             for r in rules.roles
         ], who
+    facts = with_lines(facts, rules, order)  # category rates read the lines, chosen forms the preferences
+    forms = preferred_forms(who) if rules.offers_forms else None
     decisions = evaluate(
-        rules, facts, budget_left_fen=budget_left, cash_room_fen=cash_room, deposit_left_fen=deposit_left
+        rules, facts, budget_left_fen=budget_left, cash_room_fen=cash_room, deposit_left_fen=deposit_left, forms=forms
     )
     return [_explain_expired_referral(d, order, rules.referral_days) for d in decisions], who
 
@@ -559,6 +562,7 @@ def _run_attribution(
 
         def decide(budget_left, campaign=campaign, packet=packet, issuer_rule=issuer_rule):
             facts = OrderFacts(order_total_fen=order.total_fen, paid_fen=order.paid_fen, paid_at=now, has_issuer=True)
+            facts = with_lines(facts, RuleSet(roles=(issuer_rule,)), order)
             if is_running(campaign, now):
                 decisions = evaluate(
                     RuleSet(roles=(issuer_rule,)),

@@ -43,6 +43,7 @@ from payouts import (
     release_order_payouts,
 )
 from rebate import budgets
+from rebate.awards import with_lines
 from rebate.campaigns import funder_account, rules_of
 from rebate.clawbacks import take_back
 from rebate.deposits import cover_reservation, lock_deposits
@@ -236,7 +237,9 @@ def _claw_back(order: Order, refund: Refund, money: MoneySettings) -> bool:
     for rebate in rebates:
         campaign = db.session.get(Campaign, rebate.campaign_id)
         current = rebate.amount_fen + rebate.held_fen
-        entitled = entitlement_after_refund(rules_of(campaign, rebate.rules_version), facts, rebate.role, current)
+        rules = rules_of(campaign, rebate.rules_version)
+        net = with_lines(facts, rules, order)  # category rates: the lines keep their shares of the net base
+        entitled = entitlement_after_refund(rules, net, rebate.role, current, rebate.form)
         from_held = min(current - entitled, rebate.held_fen)
         if from_held:
             _release_held(rebate, campaign, from_held, refund)

@@ -5,11 +5,18 @@ into frozen dataclasses. ``evaluate`` returns one ``Decision`` per role, each
 with its amount (possibly 0) and the reasons in words, so the trace can say
 why every rule did or did not pay. Rounding is always down; an award never
 exceeds its cap, the budget left, or (for cash forms) what the consumer paid.
+
+A side may allow several forms (``forms``, the default ``form`` among them): the person's stored
+preference picks one when the rule allows it (``evaluate(..., forms=)``), else the default. A side may
+give rates per product category (``category_bps``) over the order's lines: the base (``order_total``
+or ``paid``) is allotted to the lines in proportion to their value, each category's part rounded
+down, and the lines of no listed category earn the whole-order rate (``rate_bps`` or its tier).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -35,6 +42,8 @@ class Form(StrEnum):
 
 CASH_FORMS = frozenset({Form.WECHAT_CHANGE, Form.CASH_RED_PACKET, Form.BALANCE})  # capped by what the buyer paid
 FORMS = tuple(f.value for f in Form)  # every form name, in order (for messages and schemas)
+CATEGORY_PATTERN = r"^[\w\-]{1,32}$"  # a product category, as products name them (web.schemas.Category)
+MAX_CATEGORY_RATES = 20
 
 
 class RuleError(ValueError):
@@ -79,6 +88,18 @@ class RoleRule:
     tiers: tuple[Tier, ...] = ()
     windows: tuple[Window, ...] = ()
     condition: Condition | None = None
+    # Every form the person may choose, ``form`` (the default) among them; None: ``form`` only.
+    forms: tuple[Form, ...] | None = None
+    # Rates per product category, (category, bps) sorted by category; None: the whole-order rate for all lines.
+    category_bps: tuple[tuple[str, int], ...] | None = None
+
+    @property
+    def allowed_forms(self) -> tuple[Form, ...]:
+        return self.forms or (self.form,)
+
+    def form_for(self, preferred: Form | str | None) -> Form:
+        """The person's preferred form when this side allows it, else the default."""
+        return Form(preferred) if preferred in self.allowed_forms else self.form
 
 
 @dataclass(frozen=True)
@@ -91,10 +112,28 @@ class RuleSet:
     def role(self, name: str) -> RoleRule | None:
         return next((r for r in self.roles if r.role == name), None)
 
+    @property
+    def offers_forms(self) -> bool:
+        """Some side lets the person choose the form (the payment then reads their preference)."""
+        return any(r.forms for r in self.roles)
+
+    @property
+    def by_category(self) -> bool:
+        """Some side has rates per product category (the payment then reads the order's lines)."""
+        return any(r.category_bps for r in self.roles)
+
     def max_award_fen(self) -> int | None:
         """The most one order can cost in rebates, or None when some role has no cap."""
         caps = [r.cap_fen for r in self.roles]
         return None if any(c is None for c in caps) else sum(caps)
+
+
+@dataclass(frozen=True)
+class Line:
+    """One order line as the rules see it: its product category and its goods value."""
+
+    category: str
+    total_fen: int
 
 
 @dataclass(frozen=True)
@@ -104,6 +143,9 @@ class OrderFacts:
     paid_at: datetime
     has_issuer: bool = True  # the packet's issuer can receive (platform issuers cannot)
     has_inviter: bool = False
+    # The order's lines at their original value (a refund does not name lines: their shares stay the same and
+    # the base shrinks, so a category's part shrinks in proportion). Empty: the whole-order rate applies.
+    lines: tuple[Line, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,16 +174,19 @@ def evaluate(
     budget_left_fen: int | None = None,
     cash_room_fen: int | None = None,
     deposit_left_fen: int | None = None,
+    forms: Mapping[str, Form | None] | None = None,
 ) -> list[Decision]:
     """Decide every role's rebate for one order. ``None`` limits mean unlimited.
 
-    ``deposit_left_fen`` is what a merchant-funded campaign's deposit still holds.
+    ``deposit_left_fen`` is what a merchant-funded campaign's deposit still holds. ``forms``: the form
+    each role's beneficiary prefers (a role absent or a form its rule does not allow: the rule's default).
     """
     budget, deposit = budget_left_fen, deposit_left_fen
     cash_room = facts.paid_fen if cash_room_fen is None else min(cash_room_fen, facts.paid_fen)
     decisions = []
     for rule in rules.roles:
-        decision = _decide(rule, facts, budget, cash_room, deposit)
+        form = rule.form_for((forms or {}).get(rule.role))
+        decision = _decide(rule, form, facts, budget, cash_room, deposit)
         decisions.append(decision)
         if budget is not None:
             budget -= decision.amount_fen
@@ -152,9 +197,11 @@ def evaluate(
     return decisions
 
 
-def _decide(rule: RoleRule, facts: OrderFacts, budget: int | None, cash_room: int, deposit: int | None) -> Decision:
+def _decide(
+    rule: RoleRule, form: Form, facts: OrderFacts, budget: int | None, cash_room: int, deposit: int | None
+) -> Decision:
     def no(code: str, why: str) -> Decision:
-        return Decision(rule.role, 0, rule.form, code, (why,))
+        return Decision(rule.role, 0, form, code, (why,))
 
     if rule.role == "issuer" and not facts.has_issuer:
         return no("no_beneficiary", "the packet's issuer does not receive rebates")
@@ -166,14 +213,21 @@ def _decide(rule: RoleRule, facts: OrderFacts, budget: int | None, cash_room: in
             "below_minimum",
             f"order {format_yuan(base_fen)} yuan is below the minimum of {format_yuan(rule.min_order_fen)} yuan",
         )
-    rate_bps, reasons = _rate(rule, base_fen, facts.paid_at)
-    amount = share(base_fen, rate_bps)
-    reasons.append(f"{rate_bps / 100:g}% of {format_yuan(base_fen)} yuan ({rule.base}) = {format_yuan(amount)} yuan")
+    rate_bps, factor_bps, reasons = _rate(rule, base_fen, facts.paid_at)
+    amount = 0
+    for what, part_fen, part_bps in _parts(rule, facts.lines, base_fen, rate_bps, factor_bps):
+        earned = share(part_fen, part_bps)
+        amount += earned
+        reasons.append(
+            f"{part_bps / 100:g}% of {format_yuan(part_fen)} yuan ({what}{rule.base}) = {format_yuan(earned)} yuan"
+        )
+    if form != rule.form:
+        reasons.append(f"paid as {form}, the form the person chose")
     code = "awarded"
     amount, code = _limit(amount, code, reasons, rule.cap_fen, "cap_reached", "capped at the rule's cap")
     amount, code = _limit(amount, code, reasons, budget, "budget_exhausted", "limited by the campaign budget left")
     amount, code = _limit(amount, code, reasons, deposit, "deposit_exhausted", "limited by what the deposit holds")
-    if _pays_cash(rule.form, rule.fallback_form):
+    if _pays_cash(form, rule.fallback_form):
         amount, code = _limit(
             amount, code, reasons, cash_room, "paid_cap", "cash rebates cannot exceed what the buyer paid"
         )
@@ -182,7 +236,7 @@ def _decide(rule: RoleRule, facts: OrderFacts, budget: int | None, cash_room: in
         reasons.append("rounds down to 0")
     if amount and rule.condition is not None:
         reasons.append(f"held until {', '.join(rule.condition.milestones)} within {rule.condition.window_days} days")
-    return Decision(rule.role, amount, rule.form, code, tuple(reasons), rule.condition, rule.fallback_form)
+    return Decision(rule.role, amount, form, code, tuple(reasons), rule.condition, rule.fallback_form)
 
 
 def _pays_cash(form: Form, fallback_form: Form | None) -> bool:
@@ -198,28 +252,66 @@ def _limit(amount: int, code: str, reasons: list[str], limit: int | None, limit_
     return limit, limit_code
 
 
-def _rate(rule: RoleRule, base_fen: int, at: datetime) -> tuple[int, list[str]]:
-    rate = rule.rate_bps
+def _rate(rule: RoleRule, base_fen: int, at: datetime) -> tuple[int, int, list[str]]:
+    """The whole-order rate (its tier, times the multiplier window), the window's factor, and why."""
+    rate, factor = rule.rate_bps, 10_000
     reasons: list[str] = []
     tier = next((t for t in sorted(rule.tiers, key=lambda t: -t.min_order_fen) if base_fen >= t.min_order_fen), None)
     if tier is not None:
         rate = tier.rate_bps
-        reasons.append(f"tier from {format_yuan(tier.min_order_fen)} yuan applies to the whole amount")
+        whole = "the lines of no listed category" if rule.category_bps else "the whole amount"
+        reasons.append(f"tier from {format_yuan(tier.min_order_fen)} yuan applies to {whole}")
     for window in rule.windows:
         if window.starts_at <= at < window.ends_at:
-            rate = rate * window.factor_bps // 10_000
+            factor = window.factor_bps
+            rate = rate * factor // 10_000
             reasons.append(f"multiplier ×{window.factor_bps / 10_000:g} window")
             break
-    return rate, reasons
+    return rate, factor, reasons
 
 
-def entitlement_after_refund(rules: RuleSet, facts: OrderFacts, role: str, awarded_fen: int) -> int:
+def allot(base_fen: int, lines: tuple[Line, ...], categories: set[str]) -> tuple[dict[str, int], int]:
+    """The base allotted to ``categories`` and to the other lines, in proportion to the lines' value.
+
+    Each part is ``base × its lines' value ÷ all lines' value``, rounded down: the parts never add up to
+    more than the base (a fen or two of it may be allotted to nobody). Returns (per category present, the
+    other lines' part); no lines of any value: nothing per category, the whole base to the others.
+    """
+    whole = sum(line.total_fen for line in lines if line.total_fen > 0)
+    if whole <= 0:
+        return {}, base_fen
+    value: dict[str, int] = {}
+    for line in lines:
+        if line.total_fen > 0 and line.category in categories:
+            value[line.category] = value.get(line.category, 0) + line.total_fen
+    others = whole - sum(value.values())
+    return {c: base_fen * v // whole for c, v in sorted(value.items())}, base_fen * others // whole
+
+
+def _parts(rule: RoleRule, lines: tuple[Line, ...], base_fen: int, rate_bps: int, factor_bps: int):
+    """(words, base part, rate) for each category rate that applies, then the other lines at ``rate_bps``."""
+    if not rule.category_bps:
+        return [("", base_fen, rate_bps)]
+    rates = dict(rule.category_bps)
+    by_category, others = allot(base_fen, lines, set(rates))
+    parts = [(f"{c} lines' share of ", part, rates[c] * factor_bps // 10_000) for c, part in by_category.items()]
+    if others or not parts:
+        parts.append(("other lines' share of " if parts else "", others, rate_bps))
+    return parts
+
+
+def entitlement_after_refund(
+    rules: RuleSet, facts: OrderFacts, role: str, awarded_fen: int, form: Form | str | None = None
+) -> int:
     """What a role is entitled to on the order's new net amounts: never more than already awarded.
 
     Budget and cash room only ever lowered the original award, so they are not
-    applied again; the result is min(rule on net amounts, awarded).
+    applied again; the result is min(rule on net amounts, awarded). ``form``: the form the rebate was
+    paid in (the person's choice, when the rule allowed it), so a cash choice stays within what was paid.
+    Category rates apply as at payment: ``facts.lines`` keep their original value and the net base is
+    allotted to them in the same proportions.
     """
-    for decision in evaluate(rules, facts):
+    for decision in evaluate(rules, facts, forms={role: form} if form else None):
         if decision.role == role:
             return min(decision.amount_fen, awarded_fen)
     return 0
@@ -245,7 +337,7 @@ def parse_rules(data: dict, *, budgeted: bool) -> RuleSet:
 
 
 def _max_rate_bps(rule: RoleRule) -> int:
-    rate = max([rule.rate_bps, *(t.rate_bps for t in rule.tiers)])
+    rate = max([rule.rate_bps, *(t.rate_bps for t in rule.tiers), *(bps for _, bps in rule.category_bps or ())])
     factor = max([10_000, *(w.factor_bps for w in rule.windows)])
     return rate * factor // 10_000
 
@@ -288,6 +380,7 @@ def _parse_role(raw: dict, budgeted: bool) -> RoleRule:
     cap = _int(raw, "cap_fen", low=1)
     if budgeted and cap is None:
         raise RuleError(f"{role}: a rule in a budgeted campaign needs cap_fen, or the budget cannot be reserved")
+    forms = _parse_forms(role, Form(form), raw.get("forms"))
     return RoleRule(
         role=role,
         rate_bps=_int(raw, "rate_bps", 0, high=10_000),
@@ -299,7 +392,41 @@ def _parse_role(raw: dict, budgeted: bool) -> RoleRule:
         tiers=_parse_tiers(raw.get("tiers", [])),
         windows=_parse_windows(raw.get("windows", [])),
         condition=_parse_condition(raw.get("condition")),
+        forms=forms,
+        category_bps=_parse_category_bps(role, raw.get("category_bps")),
     )
+
+
+def _parse_forms(role: str, default: Form, raw) -> tuple[Form, ...] | None:
+    """The forms a person may choose for this side: distinct, known, the default among them.
+
+    One cap covers them all (a budgeted campaign reserves it whichever is chosen): every form costs the
+    campaign the award's value in fen, and a non-cash one is only ever the larger (not held to what was paid).
+    """
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or not all(_is_form(f) for f in raw):
+        raise RuleError(f"{role}: forms must be a list of forms from {FORMS}")
+    if len(set(raw)) != len(raw):
+        raise RuleError(f"{role}: forms names a form twice")
+    if default not in raw:
+        raise RuleError(f"{role}: forms must include the default form {default}")
+    if Form.MERCHANT_CREDIT in raw and (role != "issuer" or len(raw) > 1):
+        raise RuleError(f"{role}: merchant_credit is a merchant issuer's only form, not one to choose")
+    return tuple(Form(f) for f in raw) if len(raw) > 1 else None
+
+
+def _parse_category_bps(role: str, raw) -> tuple[tuple[str, int], ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not 0 < len(raw) <= MAX_CATEGORY_RATES:
+        raise RuleError(f"{role}: category_bps must map 1 to {MAX_CATEGORY_RATES} categories to rates")
+    for category, bps in raw.items():
+        if not isinstance(category, str) or not re.fullmatch(CATEGORY_PATTERN, category):
+            raise RuleError(f"{role}: category_bps: {category!r} is no product category")
+        if not _is_int(bps) or not 0 <= bps <= 10_000:
+            raise RuleError(f"{role}: category_bps.{category} must be an integer from 0 to 10000")
+    return tuple(sorted(raw.items()))
 
 
 def _is_form(value: object) -> bool:
@@ -379,6 +506,14 @@ RULES_SCHEMA = _object(
                     "min_order_fen": _integer(0, MAX_FEN, default=0),
                     "cap_fen": _integer(1, MAX_FEN, null=True),
                     "fallback_form": {"enum": [*FALLBACK_FORMS, None]},
+                    "forms": {**_array({"enum": list(FORMS)}, len(FORMS), 1), "type": ["array", "null"]},
+                    "category_bps": {
+                        "type": ["object", "null"],
+                        "propertyNames": {"pattern": CATEGORY_PATTERN},
+                        "additionalProperties": _integer(0, 10_000),
+                        "minProperties": 1,
+                        "maxProperties": MAX_CATEGORY_RATES,
+                    },
                     "tiers": _array(
                         _object(
                             ["min_order_fen", "rate_bps"],
@@ -448,6 +583,14 @@ def _check_shape(value, schema: dict, path: str) -> None:
             raise RuleError(f"{where} must be a list of {schema['minItems']} to {schema['maxItems']} items")
         for i, item in enumerate(value):
             _check_shape(item, schema["items"], f"{where}[{i}]")
+    if kind == "object" and isinstance(schema.get("additionalProperties"), dict):  # a map, e.g. category_bps
+        if not isinstance(value, dict) or not schema["minProperties"] <= len(value) <= schema["maxProperties"]:
+            raise RuleError(f"{where} must be an object of {schema['minProperties']} to {schema['maxProperties']} keys")
+        for name, item in value.items():
+            if not (isinstance(name, str) and re.fullmatch(schema["propertyNames"]["pattern"], name)):
+                raise RuleError(f"{where}: {name!r} must match {schema['propertyNames']['pattern']}")
+            _check_shape(item, schema["additionalProperties"], f"{where}.{name}")
+        return
     if kind == "object":
         if not isinstance(value, dict):
             raise RuleError(f"{where} must be an object")
@@ -474,4 +617,8 @@ def rules_json(rules: RuleSet) -> dict:
             return {k: plain(v) for k, v in value.items() if v is not None}
         return value
 
-    return plain(asdict(rules))
+    stored = plain(asdict(rules))
+    for role in stored["roles"]:
+        if "category_bps" in role:
+            role["category_bps"] = dict(role["category_bps"])
+    return stored

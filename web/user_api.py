@@ -6,6 +6,7 @@ client. Someone else's packet or order answers 404.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 from flask import Blueprint, current_app
@@ -27,9 +28,13 @@ from models import (
 )
 from models.payouts import TERMINAL
 from payouts import MoneySettings
+from payouts.rails import unconfigured_because
 from rebate import create_order
+from rebate.awards import RAIL_OF_FORM
 from rebate.claims import claim_by_code
 from rebate.orders import LineRequest
+from rebate.preferences import PERSON_FORMS, Reach, choices, rebate_form_of, set_rebate_form
+from rebate.rules import Form
 from rebate.wallet import WalletAsk
 from web.api import client_ip, endpoint
 from web.auth import current_user
@@ -202,3 +207,49 @@ def merchant_products(merchant_id: int, query: Page):
         .offset(query.offset)
     ).scalars()
     return {"items": [{"id": p.id, "name": p.name, "category": p.category, "price_fen": p.price_fen} for p in rows]}
+
+
+RebateForm = StrEnum("RebateForm", {f.name: f.value for f in PERSON_FORMS})  # every form but a merchant's credit
+
+
+class Preferences(Model):
+    rebate_form: RebateForm | None = Field(
+        description="how you would like rebates paid where a campaign lets you choose; null: each campaign's default"
+    )
+
+
+def reach() -> Reach:
+    """The WeChat rails this deployment runs and the appid each pays openids under (from the settings)."""
+    cfg = current_app.config
+    rails_on = frozenset(form for form, rail in RAIL_OF_FORM.items() if unconfigured_because(rail, cfg) is None)
+    appids = {
+        Form.WECHAT_CHANGE: cfg["WECHAT_APPID"],
+        Form.WECHAT_COUPON: cfg["WECHAT_APPID"],
+        Form.CASH_RED_PACKET: cfg.get("WECHAT_OA_APPID"),
+    }
+    return Reach(rails_on=rails_on, appids=appids)
+
+
+def preferences_json(user) -> dict:
+    form = rebate_form_of(user.id)
+    return {"rebate_form": form.value if form else None, "choices": choices(user, reach())}
+
+
+@endpoint(bp, "/me/preferences")
+def get_preferences():
+    """The caller's rebate form (null: each campaign's default) and every form, with whether they can receive it.
+
+    A choice applies where a campaign's rule allows several forms for the caller's side; elsewhere the rule's
+    form is paid."""
+    return preferences_json(current_user())
+
+
+@endpoint(bp, "/me/preferences", methods=["PUT"], body=Preferences, idempotent=True)
+def put_preferences(body: Preferences):
+    """Choose how rebates are paid where a campaign allows several forms (null: the campaigns' defaults).
+
+    A form the caller cannot receive (paid to an openid they have none for, or a rail not switched on) is
+    409 ``rebate_form_unavailable``, with the reason; nothing changes."""
+    user = current_user()
+    set_rebate_form(user, None if body.rebate_form is None else Form(body.rebate_form), reach())
+    return preferences_json(user)
