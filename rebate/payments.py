@@ -48,6 +48,7 @@ from rebate.awards import Beneficiary, Effects, record_decisions
 from rebate.campaigns import face_funder_ref, is_running, load_rules, rules_of, serves
 from rebate.deposits import DepositsLeft, lock_deposits, pause_refused
 from rebate.errors import BudgetExhausted, BudgetMoved, DepositExhausted
+from rebate.fees import accrue_fee
 from rebate.intake import (
     PayAccount,
     PaymentOutcome,
@@ -154,6 +155,7 @@ def _apply_locked(
     lock_deposits(list(campaigns.values()))
     effects = Effects(money, clean=loaded.clean, refused=risk.refused, risk=risk.held_or_blocked)
     _post_sale(order, spent, campaigns, effects)
+    accrue_fee(order, money.platform_fee_bps, effects.batch)  # the platform's service fee, with the sale
     if any(c.funder_type == FunderType.MERCHANT_DEPOSIT for c in campaigns.values()):
         effects.batch.post()  # a deposit's balance, read next, must see this sale's discounts
     deposits = DepositsLeft(_reserved_by_funder(spent, campaigns))  # read after the sale: discounts came out first

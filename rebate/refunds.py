@@ -46,6 +46,7 @@ from rebate.campaigns import funder_account, rules_of
 from rebate.clawbacks import take_back
 from rebate.deposits import cover_reservation, lock_deposits
 from rebate.errors import DepositExhausted, Invalid, NotFound, RebateError, StateConflict
+from rebate.fees import reduce_fee
 from rebate.intake import PayAccount, RefundOutcome, RefundState, flag_order, notification_seen, record_notification
 from rebate.orders import lock_order, order_packets
 from rebate.packets import reservation_for
@@ -128,6 +129,7 @@ def apply_refund(
     order.refunded_fen += amount_fen
     _lock_funding(order)
     _post_refund(order, refund)
+    reduce_fee(order, refund)  # the service fee on what is left of the order
     earned = _claw_back(order, refund, money)
     if (
         first_refund and earned and order.risk is not None
