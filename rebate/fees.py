@@ -236,9 +236,10 @@ def spend_credit(
         _check_funded_by(visible_campaign(actor.operator, campaign_id), merchant_id)
     credit = lock_credit(merchant_id)
     entry_key = f"credit:{merchant_id}:{actor.operator.id}:{key}"
+    legs = [Leg(credit, -amount_fen), Leg(deposit_account(merchant_id), amount_fen)]
     done = db.session.execute(select(LedgerEntry).where(LedgerEntry.idempotency_key == entry_key)).scalar_one_or_none()
-    if done is not None:
-        return done, balance(credit)
+    if done is not None:  # the same spend again: the first entry (another amount under the key: 409)
+        return post_entry(entry_key, done.memo, legs), balance(credit)
     held = balance(credit)
     if amount_fen > held:
         raise StateConflict(
@@ -246,11 +247,7 @@ def spend_credit(
             code="credit_exhausted",
         )
     what = f"campaign {campaign_id}" if campaign_id is not None else "its campaigns"
-    entry = post_entry(
-        entry_key,
-        f"marketing credit funds {what}: {reason}",
-        [Leg(credit, -amount_fen), Leg(deposit_account(merchant_id), amount_fen)],
-    )
+    entry = post_entry(entry_key, f"marketing credit funds {what}: {reason}", legs)
     audit(
         actor, "merchant.credit_spend", "merchant", merchant_id, reason, amount_fen=amount_fen, campaign_id=campaign_id
     )
