@@ -203,7 +203,8 @@ def test_bad_credit_spends_are_refused_and_move_nothing(
     shop, other = make_merchant(), make_merchant()
     give_credit(shop.id, 5_00)
     if body.get("campaign_id") == "OTHER":
-        body = {**body, "campaign_id": make_campaign({"roles": []}).id}  # platform-funded
+        funded_by_other = {"funder_type": "merchant_deposit", "funder_merchant_id": other.id, "fund_deposit_fen": 0}
+        body = {**body, "campaign_id": make_campaign({"roles": []}, **funded_by_other).id}
 
     resp = client.post(
         f"/admin/api/merchants/{shop.id}/credit/spends", json=body, headers={**finance, "Idempotency-Key": "k"}
