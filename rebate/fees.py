@@ -78,9 +78,15 @@ def set_fee_rate(actor: Actor, merchant_id: int, rate_bps: int, reason: str) -> 
     return row
 
 
-def accrue_fee(order: Order, default_bps: int, batch: Batch) -> int:
-    """At payment: the order's fee, into ``batch`` (written with the sale); returns it (0: no fee, no row)."""
-    rate = fee_rate(order.merchant_id, default_bps)
+def own_fee_rate(merchant_id_column):
+    """The merchant's own rate as a column of another statement (the payment's one load): None when it has none."""
+    return select(MerchantFeeRate.rate_bps).where(MerchantFeeRate.merchant_id == merchant_id_column).scalar_subquery()
+
+
+def accrue_fee(order: Order, rate_bps: int, batch: Batch) -> int:
+    """At payment: the order's fee at ``rate_bps`` (the merchant's, read with the order, else the default), into
+    ``batch`` (written with the sale); returns it (0: no fee, no row)."""
+    rate = rate_bps
     fee = share(order.total_fen, rate)
     if fee == 0:
         return 0
