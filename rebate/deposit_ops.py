@@ -48,8 +48,15 @@ def propose_top_up(actor: Actor, merchant_id: int, amount_fen: int, reason: str,
     )
     db.session.add(proposal)
     db.session.flush()
-    audit(actor, "merchant.deposit_propose", "deposit_proposal", proposal.id, reason, merchant_id=merchant_id,
-          amount_fen=amount_fen)  # fmt: skip
+    audit(
+        actor,
+        "merchant.deposit_propose",
+        "deposit_proposal",
+        proposal.id,
+        reason,
+        merchant_id=merchant_id,
+        amount_fen=amount_fen,
+    )
     return proposal
 
 
@@ -66,8 +73,16 @@ def approve_top_up(actor: Actor, proposal_id: int, reason: str, fund_flow: str) 
         proposal.merchant_id, proposal.amount_fen, f"proposal:{proposal.id}", f"deposit top-up: {proposal.reason}"
     )
     _decide(actor, proposal, ProposalStatus.APPROVED, reason)
-    audit(actor, "merchant.deposit_top_up", "merchant", proposal.merchant_id, reason, proposal_id=proposal.id,
-          amount_fen=proposal.amount_fen, proposed_by=proposal.proposed_by)  # fmt: skip
+    audit(
+        actor,
+        "merchant.deposit_top_up",
+        "merchant",
+        proposal.merchant_id,
+        reason,
+        proposal_id=proposal.id,
+        amount_fen=proposal.amount_fen,
+        proposed_by=proposal.proposed_by,
+    )
     return proposal, held
 
 

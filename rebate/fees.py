@@ -67,11 +67,24 @@ def set_fee_rate(actor: Actor, merchant_id: int, rate_bps: int, reason: str) -> 
     visible_merchant(actor.operator, merchant_id)
     if isinstance(rate_bps, bool) or not isinstance(rate_bps, int) or not 0 <= rate_bps <= 10000:
         raise Invalid("rate_bps must be 0 to 10000 basis points", code="invalid_rate")
-    row = db.session.get(MerchantFeeRate, merchant_id, with_for_update=True)
+    row = db.session.execute(
+        select(MerchantFeeRate)
+        .where(MerchantFeeRate.merchant_id == merchant_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
     before = row.rate_bps if row is not None else None
-    if row is None:
-        row = MerchantFeeRate(merchant_id=merchant_id, rate_bps=rate_bps, updated_by=actor.operator.id)
-        db.session.add(row)
+    if row is None:  # a concurrent first rate waits on the key, then finds it taken and changes it
+        new = {
+            "merchant_id": merchant_id,
+            "rate_bps": rate_bps,
+            "updated_by": actor.operator.id,
+            "updated_at": utcnow(),
+        }
+        if insert_ignoring(MerchantFeeRate.__table__, [new], ("merchant_id",), ("merchant_id",)):
+            audit(actor, "merchant.fee_rate", "merchant", merchant_id, reason, rate_bps=rate_bps, before_bps=None)
+            return db.session.get(MerchantFeeRate, merchant_id)
+        return set_fee_rate(actor, merchant_id, rate_bps, reason)
     row.rate_bps, row.updated_by, row.updated_at = rate_bps, actor.operator.id, utcnow()
     audit(actor, "merchant.fee_rate", "merchant", merchant_id, reason, rate_bps=rate_bps, before_bps=before)
     db.session.flush()

@@ -23,8 +23,9 @@ def test_the_page_shows_the_apis_figures_and_downloads_its_csv(client, story):  
     assert "✗" not in html and html.count("✓ reconciles") == 4
     assert "商户对账 Statements" in html  # in the menu
     assert csv.status_code == 200 and csv.mimetype == "text/csv" and csv.data.startswith("\ufeff".encode())
-    assert csv.data == client.get(f"/admin/api/merchants/{shop.id}/statement?month={month}&format=csv",
-                                  headers=admin).data  # fmt: skip
+    assert (
+        csv.data == client.get(f"/admin/api/merchants/{shop.id}/statement?month={month}&format=csv", headers=admin).data
+    )
     assert api["summary"]["net_sales"]["fen"] == 260_00
 
 
@@ -64,8 +65,9 @@ def test_a_pending_top_up_is_approved_on_the_page_by_a_second_operator_only(clie
     # when: the proposer tries on the page
     csrf = client_sign_in(client, finance)
     assert f'data-proposal="{proposed["id"]}"' in client.get(page_url).get_data(as_text=True)
-    own = post(client, approve, {"reason": "mine", "merchant_id": shop.id, "month": "2026-01"}, csrf,
-               follow_redirects=True)  # fmt: skip
+    own = post(
+        client, approve, {"reason": "mine", "merchant_id": shop.id, "month": "2026-01"}, csrf, follow_redirects=True
+    )
 
     # then: refused with the API's words; nothing moved
     assert "another operator must approve" in own.get_data(as_text=True)

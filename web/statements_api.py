@@ -83,8 +83,17 @@ def statement_csv(s: dict) -> Response:
     for a in s["accounts"]:
         for what in ("opening", "movement", "closing"):
             fen = a[f"{what}_fen"]
-            rows.append(["account", what, "reconciles" if a["reconciles"] else "DOES NOT RECONCILE", a["account"],
-                         format_yuan(fen), fen, ""])  # fmt: skip
+            rows.append(
+                [
+                    "account",
+                    what,
+                    "reconciles" if a["reconciles"] else "DOES NOT RECONCILE",
+                    a["account"],
+                    format_yuan(fen),
+                    fen,
+                    "",
+                ]
+            )
     rows += [["in_flight", n, "", v.get("account", ""), v["yuan"], v["fen"], ""] for n, v in s["in_flight"].items()]
     ps = s["profit_sharing"]
     rows.append(["profit_sharing", ps["mode"], ps["note"], "", format_yuan(ps["shared_fen"]), ps["shared_fen"], ""])
@@ -94,7 +103,17 @@ def statement_csv(s: dict) -> Response:
 def postings_csv(body: dict) -> Response:
     rows: list[list] = [["posting_id", "entry_id", "key", "memo", "account", "booked_at", "amount_yuan", "amount_fen"]]
     for p in body["postings"]:
-        rows.append([p["posting_id"], p["entry_id"], p["key"], p["memo"], p["account"], p["booked_at"],
-                     format_yuan(p["amount_fen"]), p["amount_fen"]])  # fmt: skip
+        rows.append(
+            [
+                p["posting_id"],
+                p["entry_id"],
+                p["key"],
+                p["memo"],
+                p["account"],
+                p["booked_at"],
+                format_yuan(p["amount_fen"]),
+                p["amount_fen"],
+            ]
+        )
     rows.append(["total", "", "", "", "", "", format_yuan(body["total_fen"]), body["total_fen"]])
     return _csv(rows, f"statement-{body['merchant_id']}-{body['month']}-{body['figure']}.csv")
