@@ -216,3 +216,14 @@ def test_an_empty_month_is_all_zero_and_reconciles(client, make_operator, make_m
     assert all(a["reconciles"] for a in s["accounts"])
     assert not db.session.execute(select(AuditLog)).first()  # reading changes nothing
     assert not db.session.execute(select(FeeInvoice)).first()
+
+
+def test_in_service_provider_mode_the_statement_names_the_mode(app, client, make_operator, make_merchant):
+    _, admin = make_operator("admin")
+    shop = make_merchant()
+    app.config["FUND_FLOW"] = "service_provider"
+
+    s = client.get(url(shop.id, "2026-01"), headers=admin).json
+
+    assert s["fund_flow"] == "service_provider" and s["profit_sharing"]["mode"] == "service_provider"
+    assert s["profit_sharing"]["shared_fen"] == 0
