@@ -686,6 +686,14 @@ SETTINGS: tuple[Setting, ...] = (
         "partner JSAPI; merchant-funded rebates leave the merchant's order money by profit sharing, and the "
         "platform never takes a merchant's money into its own account (no deposit top-ups).",
     ),
+    Setting(
+        "PLATFORM_FEE_BPS",
+        0,
+        _int_between(0, 10000),
+        doc="The platform's service fee on each paid order, in basis points of the order total, for merchants "
+        "without a rate of their own (`PUT /admin/api/merchants/<id>/fee-rate`). Accrued at payment, lowered "
+        "by refunds, invoiced monthly with the merchant's marketing credit applied first.",
+    ),
 )
 
 LIVE_REQUIRED = (

@@ -29,6 +29,7 @@ from jobs.challenges import settle_challenges
 from jobs.chat_commands import send_chat_replies
 from jobs.expiring import tell_expiring_packets
 from jobs.insights import insights_cli, insights_rollup_job
+from jobs.invoices import invoice_fees
 from jobs.messages import apply_messages
 from jobs.notices import dispatch_notices
 from jobs.orders import close_expired_orders, query_stuck_refunds, query_unnotified_payments
@@ -68,6 +69,7 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (settle_challenges, 60),  # start, cancel and settle challenges, one per transaction; loser packets' rest
     (post_challenge_standings, 60),  # groups' daily leaderboards and results (WeCom webhook, once per day)
     (update_chat_tool_cards, 15),  # chat-tool group challenge cards: who joined, started / ended
+    (invoice_fees, 3600),  # last month's fee invoices, once per merchant and month (the credit applied first)
 )
 RUN_AT_START = (insights_rollup_job,)  # the rollups' catch-up: at once, not an interval after the start
 # Bills for day D are ready from 09:00 on D+1, Beijing time: reconcile at 10:30.

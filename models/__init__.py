@@ -18,6 +18,7 @@ from models.base import (
     unit_of_work,
     utcnow,
 )
+from models.billing import DepositProposal, FeeInvoice, MerchantFeeRate, OrderFee, ProposalStatus
 from models.bindings import BotCallback, ChatBinding, ChatBindingCode, ChatBindingFailure, ChatReply, Transport
 from models.campaigns import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType
 from models.challenge_posts import ChallengePost, ChatToolCard, GroupWebhook, PostKind
@@ -71,6 +72,11 @@ from models.risk import (
 )
 
 __all__ = [
+    "DepositProposal",
+    "FeeInvoice",
+    "MerchantFeeRate",
+    "OrderFee",
+    "ProposalStatus",
     "Challenge",
     "ChallengeKind",
     "ChallengeParticipant",

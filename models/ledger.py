@@ -27,6 +27,7 @@ class AccountKind(StrEnum):
     PLATFORM_MARKETING_FUND = "platform_marketing_fund"
     WECHAT_SETTLEMENT = "wechat_settlement"
     POINTS_ISSUANCE = "points_issuance"
+    PLATFORM_FEE_INCOME = "platform_fee_income"  # merchants' service fees, earned as orders are paid
     # Clearing: every flow through them returns to zero when it finishes.
     REBATE_PAYABLE = "rebate_payable"
     PAYOUT_IN_TRANSIT = "payout_in_transit"
@@ -34,6 +35,7 @@ class AccountKind(StrEnum):
     MERCHANT_MARKETING_DEPOSIT = "merchant_marketing_deposit"
     MERCHANT_MARKETING_CREDIT = "merchant_marketing_credit"
     MERCHANT_PAYABLE = "merchant_payable"
+    MERCHANT_FEES_DUE = "merchant_fees_due"  # below zero: service fees the merchant owes the platform
     # User-owned
     USER_CASH = "user_cash"
     USER_POINTS = "user_points"

@@ -20,6 +20,7 @@ class MoneySettings:
     number_prefix: str = ""
     payout_min_fen: int = 100
     point_value_fen: int = 1
+    platform_fee_bps: int = 0  # PLATFORM_FEE_BPS: the service fee of a merchant without a rate of its own
 
     def __post_init__(self) -> None:
         if self.point_value_fen < 1 or self.payout_min_fen < 1:
@@ -32,4 +33,5 @@ class MoneySettings:
             number_prefix=config.get("WECHAT_NUMBER_PREFIX") or "",
             payout_min_fen=int(config.get("PAYOUT_MIN_FEN", 100)),
             point_value_fen=max(1, int(config.get("POINT_VALUE_FEN", 1))),
+            platform_fee_bps=int(config.get("PLATFORM_FEE_BPS", 0)),
         )

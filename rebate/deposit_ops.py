@@ -1,19 +1,129 @@
-"""A merchant's marketing deposit as operators drive it: recording a top-up, scoped and audited.
+"""A merchant's marketing deposit as operators drive it: a top-up is proposed by one operator and approved by
+another (four eyes), scoped and audited.
 
-The operation checks the operator may see the merchant, posts the top-up (idempotent on the key),
-writes the audit line with the reason, and flushes; the caller commits once.
+Proposing records a ``DepositProposal`` and moves no money. Approving locks the proposal's row, refuses the
+operator who proposed it, and posts the top-up once (ledger key ``deposit:<merchant>:proposal:<id>``); a
+rejection closes it with no money moved. A decided proposal is never decided again (409). In the
+service-provider fund flow there are no deposits at all: the platform never takes a merchant's money into its
+own account (二清), so proposing and approving are refused (409 ``deposits_not_in_service_provider_mode``).
+Operations flush; the caller commits once.
 """
 
 from __future__ import annotations
 
-from models.operators import Actor, audit
+from sqlalchemy import select
+
+from models import DepositProposal, ProposalStatus, db, utcnow
+from models.operators import Actor, audit, merchant_scope
 from rebate.deposits import top_up
+from rebate.errors import Invalid, NotFound, StateConflict
 from rebate.scope import visible_merchant
 
+SERVICE_PROVIDER = "service_provider"  # FUND_FLOW's value for the partner (sub-merchant) mode
 
-def top_up_deposit(actor: Actor, merchant_id: int, amount_fen: int, key: str, reason: str) -> int:
-    """Money the merchant paid into its marketing deposit (``key``: the caller's idempotency key); its balance."""
+
+def refuse_in_service_provider_mode(fund_flow: str) -> None:
+    if fund_flow == SERVICE_PROVIDER:
+        raise StateConflict(
+            "FUND_FLOW=service_provider: merchant deposits are not taken. Each merchant is a WeChat Pay "
+            "sub-merchant and its rebates leave its own order money by profit sharing; the platform never "
+            "receives a merchant's money into its own account (二清, pooling merchants' funds, is forbidden)",
+            code="deposits_not_in_service_provider_mode",
+        )
+
+
+def propose_top_up(actor: Actor, merchant_id: int, amount_fen: int, reason: str, fund_flow: str) -> DepositProposal:
+    """Money the merchant paid in for its marketing deposit, as one operator records it: pending approval."""
     visible_merchant(actor.operator, merchant_id)
-    held = top_up(merchant_id, amount_fen, f"{actor.operator.id}:{key}", f"deposit top-up: {reason}")
-    audit(actor, "merchant.deposit_top_up", "merchant", merchant_id, reason, amount_fen=amount_fen)
-    return held
+    refuse_in_service_provider_mode(fund_flow)
+    if isinstance(amount_fen, bool) or not isinstance(amount_fen, int) or amount_fen <= 0:
+        raise Invalid("a top-up must be a positive amount of fen", code="invalid_amount")
+    proposal = DepositProposal(
+        merchant_id=merchant_id,
+        amount_fen=amount_fen,
+        reason=reason,
+        status=ProposalStatus.PENDING,
+        proposed_by=actor.operator.id,
+        proposed_at=utcnow(),
+    )
+    db.session.add(proposal)
+    db.session.flush()
+    audit(
+        actor,
+        "merchant.deposit_propose",
+        "deposit_proposal",
+        proposal.id,
+        reason,
+        merchant_id=merchant_id,
+        amount_fen=amount_fen,
+    )
+    return proposal
+
+
+def approve_top_up(actor: Actor, proposal_id: int, reason: str, fund_flow: str) -> tuple[DepositProposal, int]:
+    """A second operator approves: the top-up posts now, once. Returns the proposal and the deposit's balance."""
+    proposal = _pending(actor, proposal_id)
+    refuse_in_service_provider_mode(fund_flow)
+    if proposal.proposed_by == actor.operator.id:
+        raise StateConflict(
+            f"deposit proposal {proposal.id} was proposed by you: another operator must approve it",
+            code="second_operator_required",
+        )
+    held = top_up(
+        proposal.merchant_id, proposal.amount_fen, f"proposal:{proposal.id}", f"deposit top-up: {proposal.reason}"
+    )
+    _decide(actor, proposal, ProposalStatus.APPROVED, reason)
+    audit(
+        actor,
+        "merchant.deposit_top_up",
+        "merchant",
+        proposal.merchant_id,
+        reason,
+        proposal_id=proposal.id,
+        amount_fen=proposal.amount_fen,
+        proposed_by=proposal.proposed_by,
+    )
+    return proposal, held
+
+
+def reject_top_up(actor: Actor, proposal_id: int, reason: str) -> DepositProposal:
+    """Close a proposal with no money moved (the proposer may withdraw their own)."""
+    proposal = _pending(actor, proposal_id)
+    _decide(actor, proposal, ProposalStatus.REJECTED, reason)
+    audit(actor, "merchant.deposit_reject", "deposit_proposal", proposal.id, reason, merchant_id=proposal.merchant_id)
+    return proposal
+
+
+def list_proposals(actor: Actor, status: str | None, merchant_id: int | None, limit: int, offset: int):
+    """Proposals the operator may see, newest first (merchant staff: their own merchant's)."""
+    stmt = select(DepositProposal).order_by(DepositProposal.id.desc()).limit(limit).offset(offset)
+    scope = merchant_scope(actor.operator)
+    if scope is not None:
+        stmt = stmt.where(DepositProposal.merchant_id == scope)
+    if merchant_id is not None:
+        stmt = stmt.where(DepositProposal.merchant_id == merchant_id)
+    if status is not None:
+        stmt = stmt.where(DepositProposal.status == status)
+    return list(db.session.execute(stmt).scalars())
+
+
+def _pending(actor: Actor, proposal_id: int) -> DepositProposal:
+    """The proposal, row-locked and read as it is now; 404 outside the operator's scope, 409 once decided."""
+    proposal = db.session.execute(
+        select(DepositProposal)
+        .where(DepositProposal.id == proposal_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    scope = merchant_scope(actor.operator)
+    if proposal is None or (scope is not None and proposal.merchant_id != scope):
+        raise NotFound(f"deposit proposal {proposal_id} not found")
+    if proposal.status != ProposalStatus.PENDING:
+        raise StateConflict(f"deposit proposal {proposal.id} is {proposal.status} already", code="proposal_decided")
+    return proposal
+
+
+def _decide(actor: Actor, proposal: DepositProposal, status: ProposalStatus, reason: str) -> None:
+    proposal.status, proposal.decided_by, proposal.decided_at = status, actor.operator.id, utcnow()
+    proposal.decision_reason = reason
+    db.session.flush()

@@ -48,6 +48,7 @@ from rebate.awards import Beneficiary, Effects, record_decisions, with_lines
 from rebate.campaigns import face_funder_ref, is_running, load_rules, rules_of, serves
 from rebate.deposits import DepositsLeft, lock_deposits, pause_refused
 from rebate.errors import BudgetExhausted, BudgetMoved, DepositExhausted
+from rebate.fees import accrue_fee, own_fee_rate
 from rebate.intake import (
     PayAccount,
     PaymentOutcome,
@@ -155,6 +156,8 @@ def _apply_locked(
     lock_deposits(list(campaigns.values()))
     effects = Effects(money, clean=loaded.clean, refused=risk.refused, risk=risk.held_or_blocked)
     _post_sale(order, spent, campaigns, effects)
+    fee_bps = money.platform_fee_bps if loaded.fee_bps is None else loaded.fee_bps
+    accrue_fee(order, fee_bps, effects.batch)  # the platform's service fee, with the sale
     if any(c.funder_type == FunderType.MERCHANT_DEPOSIT for c in campaigns.values()):
         effects.batch.post()  # a deposit's balance, read next, must see this sale's discounts
     deposits = DepositsLeft(_reserved_by_funder(spent, campaigns))  # read after the sale: discounts came out first
@@ -186,6 +189,7 @@ class _Loaded:
     inviter: User | None  # kept here: the session's identity map holds rows only while they are referenced
     campaigns: list[Campaign]
     clean: set[tuple[str, int]]  # beneficiaries who owe nothing back (no outstanding receivable)
+    fee_bps: int | None = None  # the merchant's own service fee (None: PLATFORM_FEE_BPS)
 
 
 def _load(out_trade_no: str) -> _Loaded | None:
@@ -199,7 +203,7 @@ def _load(out_trade_no: str) -> _Loaded | None:
     rows = db.session.execute(_load_statement(), {"out_trade_no": out_trade_no}).all()
     if not rows:
         return None
-    order, buyer_row, inviter_row, buyer_owes, inviter_owes, merchant_owes, _ = rows[0]
+    order, buyer_row, inviter_row, buyer_owes, inviter_owes, merchant_owes, _, fee_bps = rows[0]
     clean = set()
     if not buyer_owes:
         clean.add(("user", buyer_row.id))
@@ -208,7 +212,7 @@ def _load(out_trade_no: str) -> _Loaded | None:
     if not merchant_owes:
         clean.add(("merchant", order.merchant_id))
     found = {row[6].id: row[6] for row in rows if row[6] is not None}
-    return _Loaded(order, buyer_row, inviter_row, [found[i] for i in sorted(found)], clean)
+    return _Loaded(order, buyer_row, inviter_row, [found[i] for i in sorted(found)], clean, fee_bps)
 
 
 @cache
@@ -251,6 +255,7 @@ def _load_statement():
             _owes("user", inviter.id),
             _owes("merchant", Order.merchant_id),
             campaign,
+            own_fee_rate(Order.merchant_id),
         )
         .join(buyer, buyer.id == Order.user_id)
         .outerjoin(inviter, inviter.id == buyer.inviter_id)

@@ -48,6 +48,7 @@ from rebate.campaigns import funder_account, rules_of
 from rebate.clawbacks import take_back
 from rebate.deposits import cover_reservation, lock_deposits
 from rebate.errors import DepositExhausted, Invalid, NotFound, RebateError, StateConflict
+from rebate.fees import reduce_fee
 from rebate.intake import PayAccount, RefundOutcome, RefundState, flag_order, notification_seen, record_notification
 from rebate.orders import lock_order, order_packets
 from rebate.packets import reservation_for
@@ -132,6 +133,7 @@ def apply_refund(
     _lock_funding(order)
     _post_refund(order, refund)
     give_back(order, refund)  # first: a clawback below then finds the balance given back to recover from
+    reduce_fee(order, refund)  # the service fee on what is left of the order
     earned = _claw_back(order, refund, money)
     if (
         first_refund and earned and order.risk is not None

@@ -208,17 +208,22 @@ def test_nul_in_the_path_is_404_and_in_the_query_422(client, make_user, user_hea
 
 
 def test_idempotency_key_reused_for_another_amount_after_its_record_expired_is_409(client, admin, make_merchant):
-    from ledger import account, balance
+    from ledger import Leg, account, balance, post_entry
     from models import AccountKind, IdempotencyRecord
 
     shop = make_merchant()
-    url = f"/admin/api/merchants/{shop.id}/deposit/top-ups"
-    headers = {**admin, "Idempotency-Key": "top-up-1"}
-    assert client.post(url, json={"amount_fen": 3_00, "reason": "wire 1"}, headers=headers).status_code == 201
+    credit = account(AccountKind.MERCHANT_MARKETING_CREDIT, "merchant", shop.id)
+    post_entry(
+        "test:credit", "credit earned", [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -10_00), Leg(credit, 10_00)]
+    )
+    db.session.commit()
+    url = f"/admin/api/merchants/{shop.id}/credit/spends"
+    headers = {**admin, "Idempotency-Key": "spend-1"}
+    assert client.post(url, json={"amount_fen": 3_00, "reason": "promo 1"}, headers=headers).status_code == 201
     db.session.execute(IdempotencyRecord.__table__.delete())  # 25 h later: our record of the key is gone
     db.session.commit()
 
-    again = client.post(url, json={"amount_fen": 2_00, "reason": "wire 1"}, headers=headers)
+    again = client.post(url, json={"amount_fen": 2_00, "reason": "promo 1"}, headers=headers)
 
     assert (again.status_code, again.json["error"]) == (409, "ledger_key_reused"), again.json
     db.session.rollback()

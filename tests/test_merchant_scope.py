@@ -251,22 +251,30 @@ def test_activation_needs_the_deposit_to_hold_the_budget_then_a_top_up_lets_it_r
     db.session.rollback()
     assert db.session.get(Campaign, campaign_id).status == "draft"
 
-    # when: finance records a 60-yuan top-up: not the whole 100-yuan budget yet
+    # when: finance proposes a 60-yuan top-up (not the whole 100-yuan budget yet) and an admin approves it
+    _, admin = make_operator("admin")
     top_up = f"/admin/api/merchants/{merchant_id}/deposit/top-ups"
     key = {**finance, "Idempotency-Key": "topup-1"}
     first = client.post(top_up, json={"amount_fen": 60_00, "reason": "bank transfer 1"}, headers=key)
     again = client.post(top_up, json={"amount_fen": 60_00, "reason": "bank transfer 1"}, headers=key)
-    assert first.status_code == 201 and first.get_json() == again.get_json() == {
-        "merchant_id": merchant_id,
-        "deposit_fen": 60_00,
-    }
-    assert deposit(merchant_id) == 60_00  # a retried top-up counts once
+    assert first.status_code == 201 and first.get_json() == again.get_json()
+    assert first.get_json()["status"] == "pending" and deposit(merchant_id) == 0  # nothing moves before approval
+
+    def approve(proposal_id: int):
+        url = f"/admin/api/deposit-proposals/{proposal_id}/approve"
+        return client.post(url, json={"reason": "bank slip checked"}, headers=admin)
+
+    approved = approve(first.get_json()["id"])
+    assert approved.status_code == 200 and approved.get_json()["deposit_fen"] == 60_00
+    assert approve(first.get_json()["id"]).status_code == 409  # approved once: a second approval moves nothing
+    assert deposit(merchant_id) == 60_00
     short = client.post(f"/admin/api/campaigns/{campaign_id}/activate", json={"reason": "go live"}, headers=staff)
     assert short.status_code == 409
 
     # when: 40 more
     more = {**finance, "Idempotency-Key": "topup-2"}
-    assert client.post(top_up, json={"amount_fen": 40_00, "reason": "bank transfer 2"}, headers=more).status_code == 201
+    second = client.post(top_up, json={"amount_fen": 40_00, "reason": "bank transfer 2"}, headers=more)
+    assert second.status_code == 201 and approve(second.get_json()["id"]).status_code == 200
     allowed = client.post(f"/admin/api/campaigns/{campaign_id}/activate", json={"reason": "go live"}, headers=staff)
 
     # then: it runs; staff see their deposit; the top-ups are audited

@@ -214,6 +214,7 @@ def test_scheduler_has_every_job(app):
         "dispatch_payouts",
         "expire_packets_and_conditions",
         "insights_rollup_job",
+        "invoice_fees",
         "lift_expired_bans_job",
         "post_challenge_standings",
         "purge_behaviour_events_job",

@@ -21,7 +21,7 @@ from models import AuditLog, Operator, OperatorToken, RailControl, db
 from models.operators import Actor, MerchantNotFound, MerchantScopeError, create_operator, token_digest
 from payouts.controls import rail_is_on, set_real_name, switch_rail
 from rebate.claims import DEVICE_IDS_PER_IP_PER_DAY, new_device_id
-from rebate.deposit_ops import top_up_deposit
+from rebate.deposit_ops import approve_top_up, propose_top_up
 from rebate.errors import NotFound
 from risk import LimitHit
 
@@ -147,19 +147,24 @@ def test_a_deposit_top_up_of_another_merchant_is_not_found_and_posts_nothing(mak
     other = make_merchant()
 
     with pytest.raises(NotFound):
-        top_up_deposit(Actor(staff), other.id, 100_00, "k1", "paid in")
+        propose_top_up(Actor(staff), other.id, 100_00, "paid in", "direct")
     assert count(AuditLog) == 0
 
 
 def test_a_deposit_top_up_is_audited_and_answers_the_balance(make_operator, make_merchant):
-    admin, _ = make_operator("finance")
+    finance, _ = make_operator("finance")
+    admin, _ = make_operator("admin")
     merchant = make_merchant()
 
-    held = top_up_deposit(Actor(admin), merchant.id, 100_00, "k1", "paid in")
+    proposal = propose_top_up(Actor(finance), merchant.id, 100_00, "paid in", "direct")
+    _, held = approve_top_up(Actor(admin), proposal.id, "bank slip seen", "direct")
 
     assert held == 100_00
     [line] = db.session.execute(select(AuditLog).filter_by(action="merchant.deposit_top_up")).scalars()
-    assert (line.target_id, line.details) == (str(merchant.id), {"amount_fen": 100_00})
+    assert (line.target_id, line.details) == (
+        str(merchant.id),
+        {"amount_fen": 100_00, "proposal_id": proposal.id, "proposed_by": finance.id},
+    )
 
 
 # --- growth ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ def register_blueprints(app: Flask) -> None:
         admin,
         audiences_api,
         bans_api,
+        billing_api,
         campaign_admin,
         challenges_admin,
         challenges_api,
@@ -43,6 +44,7 @@ def register_blueprints(app: Flask) -> None:
         reviews_api,
         risk_rules_api,
         rules_page,
+        statements_api,
         transfer_callbacks,
         user_api,
         wechat_callbacks,
@@ -80,6 +82,8 @@ def register_blueprints(app: Flask) -> None:
         wecom_bot,
         chat_bindings_api,
         challenges_admin,
+        billing_api,
+        statements_api,
     )
     for module in modules:
         app.register_blueprint(module.bp)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from flask import Blueprint, g, request
+from flask import Blueprint, g
 from pydantic import AwareDatetime, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -17,7 +17,6 @@ from sqlalchemy.exc import IntegrityError
 from ledger import balance
 from models import AuditLog, Merchant, OperatorRole, Product, db, operators
 from models.operators import Actor, audit, merchant_scope
-from rebate import deposit_ops
 from rebate.deposits import deposit_account
 from rebate.scope import visible_merchant
 from web.api import client_ip, endpoint
@@ -106,28 +105,6 @@ def list_merchants(query: Page):
 def get_merchant(merchant_id: int):
     """One merchant."""
     return merchant_json(visible_merchant(g.operator, merchant_id))
-
-
-class DepositTopUp(Model):
-    amount_fen: PositiveFen
-    reason: Reason
-
-
-@endpoint(
-    bp,
-    "/merchants/<int:merchant_id>/deposit/top-ups",
-    methods=["POST"],
-    auth="operator",
-    roles=(OperatorRole.ADMIN, OperatorRole.FINANCE),
-    body=DepositTopUp,
-    idempotent=True,
-    require_key=True,
-)
-def top_up_deposit(merchant_id: int, body: DepositTopUp):
-    """Record money the merchant paid into its marketing deposit; its campaigns spend only what it holds."""
-    key = request.headers["Idempotency-Key"]
-    held = deposit_ops.top_up_deposit(actor(), merchant_id, body.amount_fen, key, body.reason)
-    return {"merchant_id": merchant_id, "deposit_fen": held}, 201
 
 
 @endpoint(bp, "/merchants/<int:merchant_id>/deposit", auth="operator", roles=ANY_OPERATOR)

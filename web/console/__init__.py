@@ -15,7 +15,8 @@
 * Pages: ``campaigns.py`` (campaigns, rules, budget, what-if), ``operations.py`` (payouts, reconciliation,
   customer-service lookup, audit log, reviews, bans), ``reports.py`` (overview, a campaign's effect report),
   ``audiences.py`` (audiences, batch runs with a holdout, their lift), ``challenges.py`` (friends' challenges:
-  the list, one challenge's day grid, prizes and settlement).
+  the list, one challenge's day grid, prizes and settlement), ``statements.py`` (a merchant's monthly
+  statement with its CSV, and deposit top-ups awaiting a second operator).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("console.notices", "通知 Notices", PLATFORM),
     ("console.messages", "消息 Messages", PLATFORM),
     ("console.challenges", "挑战 Challenges", EVERYONE),  # staff: those their campaigns sponsor
+    ("console.statements", "商户对账 Statements", EVERYONE),  # staff: their own merchant's
 )
 
 
@@ -262,4 +264,15 @@ def error_page(err: ApiError) -> Response:
     return _security_headers(response)
 
 
-from web.console import audiences, auth, campaigns, challenges, messages, notices, operations, reports, risk  # noqa: E402, F401 - they add the pages
+from web.console import (  # noqa: E402, F401 - they add the pages
+    audiences,
+    auth,
+    campaigns,
+    challenges,
+    messages,
+    notices,
+    operations,
+    reports,
+    risk,
+    statements,
+)

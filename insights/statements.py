@@ -1,0 +1,276 @@
+"""A merchant's monthly statement, read from the ledger: every figure is the sum of named postings.
+
+The month is a Beijing month; a posting belongs to it by its entry's booking time. Each of the merchant's
+four accounts (payable, marketing deposit, marketing credit, fees due) is split into figures by the entry's
+idempotency key (``FIGURES``: the first pattern that matches; each account's last figure takes the rest), so
+the figures of an account add up to its movement in the month, and opening + movement = closing is checked
+on every statement (``reconciles``). ``statement_postings`` lists the postings of one figure: the figure is
+their sum, to the fen.
+
+What is not yet in the ledger is shown apart as *in flight*, each line with the rows it reads: rebates held
+for a milestone or a review, live packets' reservations, refunds not finished, deposit top-ups awaiting a
+second operator, and fees booked but not yet invoiced.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from ledger import account, balance
+from models import (
+    AccountKind,
+    Campaign,
+    DepositProposal,
+    FeeInvoice,
+    FunderType,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerPosting,
+    Merchant,
+    Order,
+    ProposalStatus,
+    Rebate,
+    Refund,
+    RefundStatus,
+    db,
+)
+from money import format_yuan
+from rebate.fees import month_bounds
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    kind: AccountKind
+    label: str
+    pattern: str | None  # a regular expression on the entry's key; None: the rest of the account's postings
+
+
+PAYABLE, DEPOSIT = AccountKind.MERCHANT_PAYABLE, AccountKind.MERCHANT_MARKETING_DEPOSIT
+CREDIT, FEES = AccountKind.MERCHANT_MARKETING_CREDIT, AccountKind.MERCHANT_FEES_DUE
+CLAWBACK = r"^(clawback:|review:\d+:clawback:)"
+
+FIGURES: tuple[Figure, ...] = (
+    Figure(
+        "sales", PAYABLE, "Sales: goods value of orders paid (buyers' payments and packets' value)", r"^order:\d+:sale$"
+    ),
+    Figure(
+        "refunds", PAYABLE, "Refunds: paid back to buyers, and packets' value of fully refunded orders", r"^refund:"
+    ),
+    Figure("payable_other", PAYABLE, "Other movements of what the platform owes the merchant", None),
+    Figure("deposit_top_ups", DEPOSIT, "Deposit top-ups approved (four eyes)", r"^deposit:"),
+    Figure("deposit_from_credit", DEPOSIT, "Marketing credit spent on promotions, into the deposit", r"^credit:"),
+    Figure(
+        "discounts_funded",
+        DEPOSIT,
+        "Packet discounts it funded (less discounts returned by full refunds)",
+        r"^(order:\d+:sale|refund:\d+:discount:)",
+    ),
+    Figure("rebates_clawed_back", DEPOSIT, "Rebates it funded, clawed back after refunds or reviews", CLAWBACK),
+    Figure("rebates_paid", DEPOSIT, "Rebates it funded, paid (awards and coupons sent, less returns)", None),
+    Figure("credit_clawed_back", CREDIT, "Marketing credit clawed back after refunds or reviews", CLAWBACK),
+    Figure("credit_applied_to_fees", CREDIT, "Marketing credit applied to fee invoices", r"^invoice:"),
+    Figure("credit_spent_on_promotions", CREDIT, "Marketing credit spent on promotions", r"^credit:"),
+    Figure("credit_earned", CREDIT, "Marketing credit earned (its share of orders paid with its packets)", None),
+    Figure("fees_accrued", FEES, "Platform service fees on orders paid (owed: negative)", r"^fee:order:"),
+    Figure("fees_reduced_by_refunds", FEES, "Service fees given back for refunds", r"^fee:refund:"),
+    Figure("fees_paid_by_credit", FEES, "Service fees paid by marketing credit", r"^invoice:"),
+    Figure("fees_other", FEES, "Other movements of fees due", None),
+)
+FIGURE_NAMES = tuple(f.name for f in FIGURES)
+KINDS = (PAYABLE, DEPOSIT, CREDIT, FEES)
+
+
+def classify(kind: str, key: str) -> str:
+    """The figure a posting on a merchant account of ``kind`` belongs to, by its entry's key."""
+    for figure in FIGURES:
+        if figure.kind == kind and (figure.pattern is None or re.search(figure.pattern, key)):
+            return figure.name
+    raise ValueError(f"no figure for {kind}")  # unreachable: every kind ends with a catch-all
+
+
+def _accounts(merchant_id: int) -> dict[str, LedgerAccount]:
+    return {kind.value: account(kind, "merchant", merchant_id) for kind in KINDS}
+
+
+def _postings(accounts: dict[str, LedgerAccount], start: datetime, end: datetime):
+    by_id = {a.id: a for a in accounts.values()}
+    rows = db.session.execute(
+        select(
+            LedgerPosting.id,
+            LedgerPosting.account_id,
+            LedgerPosting.amount,
+            LedgerEntry.id,
+            LedgerEntry.idempotency_key,
+            LedgerEntry.memo,
+            LedgerEntry.created_at,
+        )
+        .join(LedgerEntry, LedgerEntry.id == LedgerPosting.entry_id)
+        .where(LedgerPosting.account_id.in_(list(by_id)), LedgerEntry.created_at >= start, LedgerEntry.created_at < end)
+        .order_by(LedgerEntry.id, LedgerPosting.id)
+    ).all()
+    for posting_id, account_id, amount, entry_id, key, memo, created_at in rows:
+        kind = by_id[account_id].kind
+        yield {
+            "figure": classify(kind, key),
+            "posting_id": posting_id,
+            "entry_id": entry_id,
+            "key": key,
+            "memo": memo,
+            "account": by_id[account_id].code,
+            "amount_fen": int(amount),
+            "booked_at": created_at.isoformat(),
+        }
+
+
+def _balance_before(account_id: int, when: datetime) -> int:
+    return int(
+        db.session.execute(
+            select(func.coalesce(func.sum(LedgerPosting.amount), 0))
+            .join(LedgerEntry, LedgerEntry.id == LedgerPosting.entry_id)
+            .where(LedgerPosting.account_id == account_id, LedgerEntry.created_at < when)
+        ).scalar_one()
+    )
+
+
+def statement_postings(merchant: Merchant, month: str, figure: str) -> list[dict]:
+    """The postings one figure of the statement adds up (``figure`` one of ``FIGURE_NAMES``)."""
+    start, end = month_bounds(month)
+    return [p for p in _postings(_accounts(merchant.id), start, end) if p["figure"] == figure]
+
+
+def money(fen: int) -> dict:
+    return {"fen": fen, "yuan": format_yuan(fen)}
+
+
+def merchant_statement(merchant: Merchant, month: str, fund_flow: str, entries_url: str) -> dict:
+    """The statement of ``merchant`` for a Beijing ``month`` (YYYY-MM); ``entries_url``: the link that lists a
+    figure's postings (``{figure}`` is filled in)."""
+    start, end = month_bounds(month)
+    accounts = _accounts(merchant.id)
+    totals = dict.fromkeys(FIGURE_NAMES, 0)
+    counts = dict.fromkeys(FIGURE_NAMES, 0)
+    for posting in _postings(accounts, start, end):
+        totals[posting["figure"]] += posting["amount_fen"]
+        counts[posting["figure"]] += 1
+    figures = [
+        {
+            "name": f.name,
+            "label": f.label,
+            "account": accounts[f.kind.value].code,
+            **money(totals[f.name]),
+            "postings": counts[f.name],
+            "entries": entries_url.format(figure=f.name),
+        }
+        for f in FIGURES
+    ]
+    return {
+        "merchant": {"id": merchant.id, "name": merchant.name},
+        "month": month,
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "fund_flow": fund_flow,
+        "figures": figures,
+        "summary": _summary(totals),
+        "accounts": _reconcile(accounts, totals, start, end),
+        "profit_sharing": _profit_sharing(fund_flow),
+        "invoice": _invoice(merchant.id, month),
+        "in_flight": _in_flight(merchant.id, accounts),
+    }
+
+
+def _summary(t: dict[str, int]) -> dict:
+    """The figures an accountant reads first, each a sum of figures above (named in ``of``)."""
+    lines = {
+        "net_sales": ("sales", "refunds"),
+        "discounts_funded": ("discounts_funded",),
+        "rebates_paid": ("rebates_paid",),
+        "rebates_clawed_back": ("rebates_clawed_back",),
+        "credit_earned": ("credit_earned", "credit_clawed_back"),
+        "credit_used": ("credit_applied_to_fees", "credit_spent_on_promotions"),
+        "platform_fees": ("fees_accrued", "fees_reduced_by_refunds"),
+    }
+    return {name: {**money(sum(t[f] for f in of)), "of": list(of)} for name, of in lines.items()}
+
+
+def _reconcile(accounts: dict[str, LedgerAccount], totals: dict[str, int], start, end) -> list[dict]:
+    """Per account: opening + the month's figures = closing (both read from the ledger)."""
+    out = []
+    for kind, acc in accounts.items():
+        opening, closing = _balance_before(acc.id, start), _balance_before(acc.id, end)
+        moved = sum(totals[f.name] for f in FIGURES if f.kind == kind)
+        out.append(
+            {
+                "account": acc.code,
+                "opening_fen": opening,
+                "movement_fen": moved,
+                "closing_fen": closing,
+                "reconciles": opening + moved == closing,
+            }
+        )
+    return out
+
+
+def _profit_sharing(fund_flow: str) -> dict:
+    if fund_flow != "service_provider":
+        return {"mode": fund_flow, "shared_fen": 0, "note": "direct mode: merchant-funded rebates leave the deposit"}
+    return {
+        "mode": fund_flow,
+        "shared_fen": 0,
+        "note": "profit-sharing results are read from the payable's other movements once recorded in the ledger",
+    }
+
+
+def _invoice(merchant_id: int, month: str) -> dict | None:
+    row = db.session.execute(
+        select(FeeInvoice).where(FeeInvoice.merchant_id == merchant_id, FeeInvoice.month == month)
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    return {
+        "id": row.id,
+        "fee": money(row.fee_fen),
+        "credit_applied": money(row.credit_applied_fen),
+        "due": money(row.due_fen),
+        "created_at": row.created_at.isoformat(),
+    }
+
+
+def _in_flight(merchant_id: int, accounts: dict[str, LedgerAccount]) -> dict:
+    """Promised or pending, not yet (or not wholly) in the ledger; as of now, each with the rows it reads."""
+    funded = (Campaign.funder_type == FunderType.MERCHANT_DEPOSIT) & (Campaign.funder_merchant_id == merchant_id)
+    held = db.session.execute(
+        select(Rebate.id, Rebate.held_fen)
+        .join(Campaign, Campaign.id == Rebate.campaign_id)
+        .where(funded, Rebate.held_fen > 0)
+        .order_by(Rebate.id)
+    ).all()
+    reserved = db.session.execute(
+        select(Campaign.id, Campaign.budget_reserved_fen).where(funded, Campaign.budget_reserved_fen > 0)
+    ).all()
+    refunds = db.session.execute(
+        select(Refund.id, Refund.amount_fen)
+        .join(Order, Order.id == Refund.order_id)
+        .where(Order.merchant_id == merchant_id, Refund.status == RefundStatus.PENDING)
+        .order_by(Refund.id)
+    ).all()
+    proposals = db.session.execute(
+        select(DepositProposal.id, DepositProposal.amount_fen).where(
+            DepositProposal.merchant_id == merchant_id, DepositProposal.status == ProposalStatus.PENDING
+        )
+    ).all()
+    fees_due = balance(accounts[FEES.value])
+    return {
+        "rebates_held": {**money(sum(a for _, a in held)), "rebate_ids": [i for i, _ in held]},
+        "packets_reserved": {**money(sum(a for _, a in reserved)), "campaign_ids": [i for i, _ in reserved]},
+        "refunds_pending": {**money(sum(a for _, a in refunds)), "refund_ids": [i for i, _ in refunds]},
+        "deposit_proposals_pending": {
+            **money(sum(a for _, a in proposals)),
+            "proposal_ids": [i for i, _ in proposals],
+        },
+        "fees_owed": {**money(-fees_due), "account": accounts[FEES.value].code},
+    }

@@ -1,0 +1,32 @@
+"""The monthly fee invoices: once a Beijing month has ended, one invoice per merchant with fees booked in it.
+
+Each merchant is invoiced in its own transaction: its row is claimed with ``FOR UPDATE SKIP LOCKED`` (a node
+already invoicing it is left alone), and the invoice row's unique (merchant, month) makes a second run, on
+any node, write nothing and post nothing (``rebate.fees.invoice_month``). The marketing credit pays first.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from sqlalchemy import select
+
+from models import Merchant, db, unit_of_work, utcnow
+from rebate.fees import invoice_month, merchants_to_invoice, previous_month
+
+
+def invoice_fees(now: datetime | None = None, month: str | None = None) -> Counter:
+    """Invoice last month's fees (``month``: another ended month); how many invoices were written, skipped."""
+    now = now or utcnow()
+    month = month or previous_month(now)
+    done: Counter = Counter()
+    for merchant_id in merchants_to_invoice(month):
+        with unit_of_work():
+            claimed = db.session.execute(
+                select(Merchant.id).where(Merchant.id == merchant_id).with_for_update(skip_locked=True)
+            ).scalar_one_or_none()
+            invoice = invoice_month(merchant_id, month, now) if claimed is not None else None
+        done["invoiced" if invoice is not None else "skipped"] += 1
+    db.session.commit()
+    return done

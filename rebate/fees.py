@@ -1,0 +1,281 @@
+"""The platform's service fee and the merchant's marketing credit spent against it or on promotions.
+
+- **Fee**: each paid order owes ``rate_bps`` of its total (the merchant's own rate, else ``PLATFORM_FEE_BPS``),
+  posted with the sale (``fee:order:<id>``: the merchant's fees-due account down, platform fee income up). A
+  refund lowers it to the rate of the order's net total, rounded down, cumulatively (``fee:refund:<id>``), so
+  partial refunds never take back more than the fee was.
+- **Invoice**: once a Beijing month has ended, one ``FeeInvoice`` per merchant and month (unique key; a second
+  run, or a concurrent twin, writes nothing) for the fees booked in it; the marketing credit pays first
+  (``invoice:<merchant>:<month>:credit``, credit → fees due), the rest is due.
+- **Promotion spend**: an operator moves credit into the merchant's marketing deposit, which funds its
+  campaigns (``credit:<merchant>:<operator>:<key>``). Under a row lock on the credit account: never below
+  zero, however many spend at once.
+
+The marketing credit itself is earned as today: a ``credit`` rebate (the merchant as issuer of a packet spent
+on an order) is paid into ``merchant_marketing_credit`` by ``rebate.awards``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+
+from ledger import Batch, Leg, account, balance, post_entry, ref
+from models import (
+    AccountKind,
+    Campaign,
+    FeeInvoice,
+    FunderType,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerPosting,
+    MerchantFeeRate,
+    Order,
+    OrderFee,
+    Refund,
+    db,
+    utcnow,
+)
+from models.base import BEIJING
+from models.operators import Actor, audit
+from models.sql import insert_ignoring
+from money import share
+from rebate.deposits import deposit_account
+from rebate.errors import Invalid, StateConflict
+from rebate.scope import visible_campaign, visible_merchant
+
+FEE_KEYS = ("fee:order:", "fee:refund:")
+
+
+def fees_due_account(merchant_id: int) -> LedgerAccount:
+    return account(AccountKind.MERCHANT_FEES_DUE, "merchant", merchant_id)
+
+
+def credit_account(merchant_id: int) -> LedgerAccount:
+    return account(AccountKind.MERCHANT_MARKETING_CREDIT, "merchant", merchant_id)
+
+
+def fee_rate(merchant_id: int, default_bps: int) -> int:
+    """The merchant's service fee in basis points: its own rate, else the deployment's default."""
+    own = db.session.get(MerchantFeeRate, merchant_id)
+    return own.rate_bps if own is not None else default_bps
+
+
+def set_fee_rate(actor: Actor, merchant_id: int, rate_bps: int, reason: str) -> MerchantFeeRate:
+    """Set a merchant's own service fee (orders paid from now on); audited with the rate it replaces."""
+    visible_merchant(actor.operator, merchant_id)
+    if isinstance(rate_bps, bool) or not isinstance(rate_bps, int) or not 0 <= rate_bps <= 10000:
+        raise Invalid("rate_bps must be 0 to 10000 basis points", code="invalid_rate")
+    row = db.session.execute(
+        select(MerchantFeeRate)
+        .where(MerchantFeeRate.merchant_id == merchant_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    before = row.rate_bps if row is not None else None
+    if row is None:  # a concurrent first rate waits on the key, then finds it taken and changes it
+        new = {
+            "merchant_id": merchant_id,
+            "rate_bps": rate_bps,
+            "updated_by": actor.operator.id,
+            "updated_at": utcnow(),
+        }
+        if insert_ignoring(MerchantFeeRate.__table__, [new], ("merchant_id",), ("merchant_id",)):
+            audit(actor, "merchant.fee_rate", "merchant", merchant_id, reason, rate_bps=rate_bps, before_bps=None)
+            return db.session.get(MerchantFeeRate, merchant_id)
+        return set_fee_rate(actor, merchant_id, rate_bps, reason)
+    row.rate_bps, row.updated_by, row.updated_at = rate_bps, actor.operator.id, utcnow()
+    audit(actor, "merchant.fee_rate", "merchant", merchant_id, reason, rate_bps=rate_bps, before_bps=before)
+    db.session.flush()
+    return row
+
+
+def own_fee_rate(merchant_id_column):
+    """The merchant's own rate as a column of another statement (the payment's one load): None when it has none."""
+    return select(MerchantFeeRate.rate_bps).where(MerchantFeeRate.merchant_id == merchant_id_column).scalar_subquery()
+
+
+def accrue_fee(order: Order, rate_bps: int, batch: Batch) -> int:
+    """At payment: the order's fee at ``rate_bps`` (the merchant's, read with the order, else the default), into
+    ``batch`` (written with the sale); returns it (0: no fee, no row)."""
+    rate = rate_bps
+    fee = share(order.total_fen, rate)
+    if fee == 0:
+        return 0
+    db.session.add(
+        OrderFee(order_id=order.id, merchant_id=order.merchant_id, rate_bps=rate, accrued_fen=fee, fee_fen=fee)
+    )
+    batch.add(
+        f"fee:order:{order.id}",
+        f"service fee on {order.out_trade_no}",
+        [Leg(ref(AccountKind.MERCHANT_FEES_DUE, "merchant", order.merchant_id), -fee), Leg(_income(), fee)],
+    )
+    return fee
+
+
+def reduce_fee(order: Order, refund: Refund) -> int:
+    """After ``refund`` lowered the order's net paid (the order row is locked): the fee on what is left, rounded
+    down; returns what it came down by."""
+    fee = db.session.get(OrderFee, order.id, with_for_update=True)
+    if fee is None:
+        return 0
+    net_total = order.total_fen * order.net_paid_fen // order.paid_fen
+    delta = fee.fee_fen - share(net_total, fee.rate_bps)
+    if delta <= 0:
+        return 0
+    fee.fee_fen -= delta
+    post_entry(
+        f"fee:refund:{refund.id}",
+        f"refund {refund.out_refund_no} lowers the service fee",
+        [Leg(fees_due_account(order.merchant_id), delta), Leg(account(AccountKind.PLATFORM_FEE_INCOME), -delta)],
+    )
+    return delta
+
+
+def _income():
+    return ref(AccountKind.PLATFORM_FEE_INCOME)
+
+
+def month_bounds(month: str) -> tuple[datetime, datetime]:
+    """A ``YYYY-MM`` Beijing month as [start, end) in UTC; ``Invalid`` for anything else."""
+    try:
+        year, mon = (int(part) for part in month.split("-"))
+        if len(month) != 7 or not 2000 <= year <= 9999 or not 1 <= mon <= 12:
+            raise ValueError(month)
+    except (ValueError, AttributeError):
+        raise Invalid(f"month must be YYYY-MM, got {month!r}", code="invalid_month") from None
+    start = datetime(year, mon, 1, tzinfo=BEIJING)
+    end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=BEIJING)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def month_of(when: datetime) -> str:
+    return when.astimezone(BEIJING).strftime("%Y-%m")
+
+
+def previous_month(now: datetime) -> str:
+    local = now.astimezone(BEIJING)
+    return f"{local.year - 1}-12" if local.month == 1 else f"{local.year}-{local.month - 1:02d}"
+
+
+def fees_booked(merchant_id: int, month: str) -> int:
+    """The service fees booked in ``month`` (accrued less refunds' reductions): what the month's invoice bills."""
+    start, end = month_bounds(month)
+    total = db.session.execute(
+        select(func.coalesce(func.sum(LedgerPosting.amount), 0))
+        .join(LedgerEntry, LedgerEntry.id == LedgerPosting.entry_id)
+        .where(
+            LedgerPosting.account_id == fees_due_account(merchant_id).id,
+            LedgerEntry.created_at >= start,
+            LedgerEntry.created_at < end,
+            _fee_key(),
+        )
+    ).scalar_one()
+    return -int(total)
+
+
+def _fee_key():
+    return LedgerEntry.idempotency_key.like("fee:%")
+
+
+def lock_credit(merchant_id: int) -> LedgerAccount:
+    """Row-lock the merchant's credit account: one spender at a time (PostgreSQL; SQLite serialises anyway)."""
+    credit = credit_account(merchant_id)
+    db.session.execute(select(LedgerAccount.id).where(LedgerAccount.id == credit.id).with_for_update())
+    return credit
+
+
+def invoice_key(merchant_id: int, month: str) -> str:
+    return f"invoice:{merchant_id}:{month}:credit"
+
+
+def invoice_month(merchant_id: int, month: str, now: datetime) -> FeeInvoice | None:
+    """Invoice the merchant's fees of an ended month, the credit first; None when it was invoiced already.
+
+    The credit account is locked first (promotion spends wait), then the invoice row is inserted on its unique
+    (merchant, month): a twin run inserts nothing and posts nothing."""
+    _, end = month_bounds(month)
+    if now < end:
+        raise StateConflict(f"month {month} has not ended", code="month_not_ended")
+    credit = lock_credit(merchant_id)
+    fee = fees_booked(merchant_id, month)
+    applied = min(max(0, balance(credit)), max(0, fee))
+    row = {
+        "merchant_id": merchant_id,
+        "month": month,
+        "fee_fen": fee,
+        "credit_applied_fen": applied,
+        "due_fen": fee - applied,
+        "created_at": now,
+    }
+    written = insert_ignoring(FeeInvoice.__table__, [row], ("merchant_id", "month"), ("id",))
+    if not written:
+        return None
+    if applied:
+        post_entry(
+            invoice_key(merchant_id, month),
+            f"marketing credit pays the {month} service fees",
+            [Leg(credit, -applied), Leg(fees_due_account(merchant_id), applied)],
+        )
+    return db.session.get(FeeInvoice, written[0][0])
+
+
+def merchants_to_invoice(month: str) -> list[int]:
+    """Merchants with fees booked in ``month`` and no invoice for it yet."""
+    start, end = month_bounds(month)
+    invoiced = select(FeeInvoice.merchant_id).where(FeeInvoice.month == month)
+    rows = db.session.execute(
+        select(LedgerAccount.owner_id)
+        .join(LedgerPosting, LedgerPosting.account_id == LedgerAccount.id)
+        .join(LedgerEntry, LedgerEntry.id == LedgerPosting.entry_id)
+        .where(
+            LedgerAccount.kind == AccountKind.MERCHANT_FEES_DUE.value,
+            LedgerEntry.created_at >= start,
+            LedgerEntry.created_at < end,
+            _fee_key(),
+            LedgerAccount.owner_id.not_in(invoiced),
+        )
+        .distinct()
+        .order_by(LedgerAccount.owner_id)
+    ).scalars()
+    return [int(m) for m in rows]
+
+
+def spend_credit(
+    actor: Actor, merchant_id: int, amount_fen: int, key: str, reason: str, campaign_id: int | None = None
+) -> tuple[LedgerEntry, int]:
+    """Promotion spend: move ``amount_fen`` of the merchant's marketing credit into its marketing deposit (for
+    ``campaign_id``, a campaign it funds, when named). The same ``key`` again changes nothing. Returns the
+    entry and the credit left. Refused (409 ``credit_exhausted``) beyond what the credit holds."""
+    visible_merchant(actor.operator, merchant_id)
+    if isinstance(amount_fen, bool) or not isinstance(amount_fen, int) or amount_fen <= 0:
+        raise Invalid("amount_fen must be a positive number of fen", code="invalid_amount")
+    if campaign_id is not None:
+        _check_funded_by(visible_campaign(actor.operator, campaign_id), merchant_id)
+    credit = lock_credit(merchant_id)
+    entry_key = f"credit:{merchant_id}:{actor.operator.id}:{key}"
+    legs = [Leg(credit, -amount_fen), Leg(deposit_account(merchant_id), amount_fen)]
+    done = db.session.execute(select(LedgerEntry).where(LedgerEntry.idempotency_key == entry_key)).scalar_one_or_none()
+    if done is not None:  # the same spend again: the first entry (another amount under the key: 409)
+        return post_entry(entry_key, done.memo, legs), balance(credit)
+    held = balance(credit)
+    if amount_fen > held:
+        raise StateConflict(
+            f"merchant {merchant_id}'s marketing credit holds {held} fen; {amount_fen} asked",
+            code="credit_exhausted",
+        )
+    what = f"campaign {campaign_id}" if campaign_id is not None else "its campaigns"
+    entry = post_entry(entry_key, f"marketing credit funds {what}: {reason}", legs)
+    audit(
+        actor, "merchant.credit_spend", "merchant", merchant_id, reason, amount_fen=amount_fen, campaign_id=campaign_id
+    )
+    db.session.flush()
+    return entry, held - amount_fen
+
+
+def _check_funded_by(campaign: Campaign, merchant_id: int) -> None:
+    if campaign.funder_type != FunderType.MERCHANT_DEPOSIT or campaign.funder_merchant_id != merchant_id:
+        raise StateConflict(
+            f"campaign {campaign.id} is not funded by merchant {merchant_id}'s deposit", code="not_merchant_funded"
+        )
