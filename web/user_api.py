@@ -33,7 +33,7 @@ from web.api import client_ip, endpoint
 from web.auth import current_user
 from web.errors import NotFound
 from web.growth_api import channel, claimant, device_id, platform_limits, refusal_answered
-from web.payment_api import prepay_after_commit
+from web.payment_api import prepay_after_commit, service_provider
 from web.rules_page import rules_links
 from web.schemas import Id, Model, Page
 from web.views import order_json, packet_json, rebate_json
@@ -95,7 +95,16 @@ def my_packets(query: Page):
 def new_order(body: CreateOrder):
     """Create an order from product lines, optionally spending one of the caller's red packets."""
     lines = [LineRequest(li.product_id, li.quantity) for li in body.lines]
-    order = create_order(current_user(), lines, body.packets, utcnow(), channel(), device=device_id(), ip=client_ip())
+    order = create_order(
+        current_user(),
+        lines,
+        body.packets,
+        utcnow(),
+        channel(),
+        device=device_id(),
+        ip=client_ip(),
+        service_provider=service_provider(),
+    )
     prepay_after_commit(order.id, order.user_id)  # runs after the commit: no transaction across the WeChat call
     return order_json(order), 201
 
