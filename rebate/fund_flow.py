@@ -23,10 +23,11 @@ rules follow, kept here:
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from models import Campaign, CampaignStatus, FunderType, Merchant, Order, OrderPacket, RedPacket, db
 from rebate.campaigns import rules_of
-from rebate.errors import StateConflict
+from rebate.errors import Invalid, StateConflict
 from rebate.rules import CASH_FORMS
 
 PERSON_ROLES = ("consumer", "inviter")  # the issuer is a person only when a user issued the campaign
@@ -106,3 +107,26 @@ def _pays_person_cash(campaign: Campaign) -> bool:
         and (rule.form in CASH_FORMS or rule.fallback_form in CASH_FORMS)
         for rule in rules_of(campaign).roles
     )
+
+
+def set_sub_merchant(merchant: Merchant, sub_mchid: str | None, sub_appid: str | None) -> Merchant:
+    """Record (or clear) a merchant's WeChat Pay sub-merchant number and app; flushes only.
+
+    Validated by the caller's schema (``wechat.partner`` patterns). Another merchant holding the number is a
+    409 (also when two requests race: the unique index decides). Orders already made keep the number they
+    were made with.
+    """
+    if sub_appid is not None and sub_mchid is None:
+        raise Invalid("sub_appid needs a sub_mchid", code="sub_appid_without_sub_mchid")
+    holder = db.session.execute(
+        select(Merchant.id).where(Merchant.sub_mchid == sub_mchid, Merchant.id != merchant.id)
+    ).scalar()
+    if sub_mchid is not None and holder is not None:
+        raise StateConflict(f"sub_mchid {sub_mchid} belongs to merchant {holder}", code="sub_mchid_taken")
+    merchant.sub_mchid, merchant.sub_appid = sub_mchid, sub_appid
+    try:
+        with db.session.begin_nested():
+            db.session.flush()
+    except IntegrityError:
+        raise StateConflict(f"sub_mchid {sub_mchid} belongs to another merchant", code="sub_mchid_taken") from None
+    return merchant

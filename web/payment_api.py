@@ -12,9 +12,10 @@ One code path for both fund flows: an order that carries a ``sub_mchid`` (set
 at creation in ``FUND_FLOW=service_provider``) is prepaid through the partner
 JSAPI to that sub-merchant (``wechat.partner``), with
 ``settle_info.profit_sharing`` when the order says so. The payer is the
-``sp_openid`` under ``WECHAT_APPID``, or, when the merchant has a
-``sub_appid`` and the person signed in under it, the ``sub_openid`` (and
-``wx.requestPayment`` is then signed for ``sub_appid``, the calling app).
+``sp_openid`` under ``WECHAT_APPID`` (our mini-program calls
+``wx.requestPayment``), or, when the merchant has a ``sub_appid`` and the
+person signed in under it, the ``sub_openid`` with ``sub_appid`` (the
+merchant's app calls it, and the pay parameters are signed for that appid).
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ def _facts(order_id: int, user_id: int) -> PrepayFacts:
     if order.time_expire <= utcnow() + timedelta(minutes=1):
         raise Conflict("this order has expired; create a new one", code="order_expired")
     user = db.session.get(User, user_id)
-    sub = None if order.sub_mchid is None else sub_merchant(order.sub_mchid, _sub_appid(order))
-    own = user.identity_for(sub.sub_appid) if sub and sub.sub_appid else None
+    sub_appid = _sub_appid(order) if order.sub_mchid else None
+    own = user.identity_for(sub_appid) if sub_appid else None  # signed in to the merchant's own app
+    sub = sub_merchant(order.sub_mchid, sub_appid if own else None)
     identity = own or user.identity_for(current_app.config["WECHAT_APPID"])
     if identity is None:
         raise Conflict("sign in through the mini-program to pay", code="no_mini_program_identity")

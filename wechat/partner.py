@@ -17,6 +17,10 @@ refund query       ``…/refunds/{no}``                           ``…/refunds/
 trade bill         ``/v3/bill/tradebill?bill_date=…``           the same, with ``sub_mchid``
 =================  ===========================================  ==============================================
 
+``sub_appid`` is sent when the app that calls ``wx.requestPayment`` is the sub-merchant's own (the payer is
+then its ``sub_openid``, and the pay parameters are signed for ``sub_appid`` with our service-provider key);
+paying in our own mini-program, the payer is the ``sp_openid`` and nothing names ``sub_appid``.
+
 Sources: the partner JSAPI page (pay.weixin.qq.com doc/v3/partner/4012523579), the partner refund page
 (4012709253), and ``wechatpayv3``'s ``partner_mode`` (cross-checked by the tests). A sub_openid payer needs
 ``sub_appid``; ``settle_info.profit_sharing`` (never a top-level ``profit_sharing``: PARAM_ERROR) freezes the
@@ -31,8 +35,10 @@ from typing import Any
 
 from wechat.errors import WeChatInvalidRequest
 
-# A WeChat Pay merchant number (商户号) is 8 to 10 digits (e.g. 1900000109); an appid is "wx" + 16 hex chars.
-SUB_MCHID_PATTERN = r"^[0-9]{8,10}$"
+# A sub-merchant number (特约商户号) is digits: the documents' examples have 10 (1900000109) and 11
+# (19000000001), the trade-bill query gives it as string(12) with "最小字符长度为8"; so 8 to 12 digits.
+# An appid is "wx" + 16 lowercase hex chars (wxfdc955f7104ad557; the docs' "wxd678efh567hg6999" is a placeholder).
+SUB_MCHID_PATTERN = r"^[0-9]{8,12}$"
 SUB_APPID_PATTERN = r"^wx[0-9a-f]{16}$"
 _SUB_MCHID = re.compile(SUB_MCHID_PATTERN)
 _SUB_APPID = re.compile(SUB_APPID_PATTERN)
@@ -55,7 +61,7 @@ class SubMerchant:
 
     def __post_init__(self) -> None:
         if not valid_sub_mchid(self.sub_mchid):
-            raise WeChatInvalidRequest("sub_mchid must be 8 to 10 digits", code="BAD_SUB_MCHID")
+            raise WeChatInvalidRequest("sub_mchid must be 8 to 12 digits", code="BAD_SUB_MCHID")
         if self.sub_appid is not None and not valid_sub_appid(self.sub_appid):
             raise WeChatInvalidRequest("sub_appid must be wx followed by 16 hex digits", code="BAD_SUB_APPID")
 
