@@ -389,3 +389,37 @@ def test_jobs_query_and_close_partner_orders(app, client, admin, make_product, n
     assert close_expired_orders() == {"closed": 1}
     assert db.session.get(Order, paid["id"]).status == "paid"
     assert sim.orders[unpaid["out_trade_no"]]["trade_state"] == "CLOSED"
+
+
+# -- `FUND_FLOW=service_provider make run` ------------------------------------------------------------
+
+
+def test_the_demo_in_service_provider_mode_pays_the_shop_as_a_sub_merchant(
+    app,
+    client,
+    delivered,  # noqa: F811
+    no_network,  # noqa: F811
+):
+    # given: the demo data seeded in service-provider mode
+    from models import Merchant, Product
+    from web.demo import DEMO_SUB_MCHID, seed
+
+    result = seed(service_provider=True)
+    db.session.commit()
+    shop = db.session.get(Merchant, result["merchant_id"])
+    assert shop.sub_mchid == DEMO_SUB_MCHID
+    noodles = db.session.execute(select(Product).where(Product.name == "Beef noodles")).scalar_one()
+    # when: a newcomer claims a code and spends it on the shop's noodles
+    alice = login(client, "alice")
+    claimed = client.post("/api/v1/red-packets/claim", json={"code": result["codes"][0]}, headers=alice)
+    assert claimed.status_code == 201, claimed.json
+    created = client.post(
+        "/api/v1/orders", json=order_body(noodles, db.session.get(RedPacket, claimed.json["id"])), headers=alice
+    )
+    assert created.status_code == 201, created.json
+    pay_at_checkout(client, created.json["payment"])
+    delivered()
+    # then: paid to the shop's sub-merchant number, with profit sharing (its 8 % cash back to alice)
+    order = db.session.get(Order, created.json["id"])
+    assert (order.status, order.sub_mchid, order.profit_sharing) == ("paid", DEMO_SUB_MCHID, True)
+    assert simulator(app).orders[order.out_trade_no]["request"]["sub_mchid"] == DEMO_SUB_MCHID
