@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select, update
 
 from jobs.orders import close_expired_orders, query_unnotified_payments
+from ledger import check_ledger
 from models import AuditLog, Order, RedPacket, Refund, User, UserIdentity, db, utcnow
 from rebate import PayAccount, PaymentOutcome, apply_payment, issue_packet
 from rebate.fund_flow import pay_to_sub_merchant
@@ -20,7 +21,7 @@ from tests.money_helpers import app_money
 from tests.payment_helpers import wechat_payment
 from tests.test_simulator_e2e import app_settings as sim_settings  # noqa: F401 - fixture chain
 from tests.test_simulator_e2e import delivered, login, pay_at_checkout  # noqa: F401 - fixture
-from tests.test_wechat_callbacks import count, deliver, no_network, simulator  # noqa: F401 - fixture
+from tests.test_wechat_callbacks import count, deliver, no_network, simulator, transaction_resource  # noqa: F401 - fixture
 
 SUB_MCHID = "1900000109"
 CASH_RULES = {
@@ -295,25 +296,16 @@ def test_worked_example_merchant_funded_packet_paid_to_the_sub_merchant_then_ref
     assert db.session.get(Order, order.id).refunded_fen == 30_00
     got = {r.role: r for r in db.session.execute(select(Rebate).where(Rebate.order_id == order.id)).scalars()}
     assert got["consumer"].amount_fen == 2_50  # 5 % of the 50 yuan left, rounded down
-    # (the app fixture checks the ledger after the test)
+    assert check_ledger().ok  # (and the app fixture checks it again after the test)
 
 
 def partner_resource(app, order: Order, **changes) -> dict:
-    """A paid partner transaction as WeChat's TRANSACTION.SUCCESS resource carries it."""
-    resource = {
-        "sp_appid": app.config["WECHAT_APPID"],
-        "sp_mchid": app.config["WECHAT_MCHID"],
-        "sub_mchid": SUB_MCHID,
-        "out_trade_no": order.out_trade_no,
-        "transaction_id": f"4200{order.id:010d}",
-        "trade_type": "JSAPI",
-        "trade_state": "SUCCESS",
-        "trade_state_desc": "支付成功",
-        "bank_type": "OTHERS",
-        "success_time": "2026-11-25T10:00:00+08:00",
-        "payer": {"sp_openid": "sim-openid-alice"},
-        "amount": {"total": order.payable_fen, "payer_total": order.payable_fen, "currency": "CNY"},
-    }
+    """A paid partner transaction as WeChat's TRANSACTION.SUCCESS resource carries it: the direct one with
+    ``sp_appid``/``sp_mchid`` for ``appid``/``mchid``, the sub-merchant, and the payer as ``sp_openid``."""
+    direct = transaction_resource(app, order)
+    resource = {k: v for k, v in direct.items() if k not in ("appid", "mchid", "payer")}
+    resource.update(sp_appid=direct["appid"], sp_mchid=direct["mchid"], sub_mchid=SUB_MCHID)
+    resource["payer"] = {"sp_openid": direct["payer"]["openid"]}
     return {**resource, **changes}
 
 
