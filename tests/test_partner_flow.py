@@ -12,10 +12,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from jobs.orders import close_expired_orders, query_unnotified_payments
+from jobs.orders import close_expired_orders, query_stuck_refunds, query_unnotified_payments
 from ledger import check_ledger
 from models import AuditLog, Order, RedPacket, Refund, User, UserIdentity, db, utcnow
-from rebate import PayAccount, PaymentOutcome, apply_payment, issue_packet
+from rebate import PayAccount, PaymentOutcome, apply_payment, begin_refund, issue_packet
 from rebate.fund_flow import pay_to_sub_merchant
 from tests.money_helpers import app_money
 from tests.payment_helpers import wechat_payment
@@ -359,19 +359,16 @@ def test_the_intake_compares_the_sub_merchant(app, make_product, make_user):
 # -- the order jobs ask the partner endpoints -----------------------------------------------------
 
 
-def test_jobs_query_and_close_partner_orders(app, client, admin, make_product, no_network):  # noqa: F811
+def test_jobs_query_and_close_partner_orders(app, client, admin, make_product, no_network, monkeypatch):  # noqa: F811
     product = make_product(price_fen=30_00)
     assert set_sub_mchid(client, admin, product.merchant_id).status_code == 200
     alice = login(client, "alice")
     paid = client.post("/api/v1/orders", json=order_body(product), headers=alice).json
     unpaid = client.post("/api/v1/orders", json=order_body(product), headers=alice).json
     sim = simulator(app)
-    sim.dispatcher.stop()  # the notification never leaves WeChat
-    sim.notify = lambda *_args, **_kwargs: None
-    try:
-        sim.pay(sim.orders[paid["out_trade_no"]]["prepay_id"])
-    finally:
-        del sim.notify
+    sim.dispatcher.stop()  # no notification leaves WeChat in this test: the jobs must ask
+    monkeypatch.setattr(sim, "notify", lambda *_args, **_kwargs: None)
+    sim.pay(sim.orders[paid["out_trade_no"]]["prepay_id"])
     db.session.execute(update(Order).where(Order.id == paid["id"]).values(prepay_at=utcnow() - timedelta(minutes=5)))
     db.session.execute(
         update(Order).where(Order.id == unpaid["id"]).values(time_expire=utcnow() - timedelta(minutes=1))
@@ -381,6 +378,15 @@ def test_jobs_query_and_close_partner_orders(app, client, admin, make_product, n
     assert close_expired_orders() == {"closed": 1}
     assert db.session.get(Order, paid["id"]).status == "paid"
     assert sim.orders[unpaid["out_trade_no"]]["trade_state"] == "CLOSED"
+
+    # when: a refund we recorded never reached WeChat; the refund job asks (partner query), then sends it again
+    refund = begin_refund(db.session.get(Order, paid["id"]), "RPARTNER1", 10_00, "late")
+    refund.created_at = utcnow() - timedelta(minutes=5)
+    db.session.commit()
+    assert query_stuck_refunds() == {"processing": 1}
+    # then: WeChat holds the refund for the order's sub-merchant
+    assert sim.refunds["RPARTNER1"]["sub_mchid"] == SUB_MCHID
+    assert sim.query_partner_refund("RPARTNER1", SUB_MCHID)["status"] in ("PROCESSING", "SUCCESS")
 
 
 # -- `FUND_FLOW=service_provider make run` ------------------------------------------------------------
@@ -415,3 +421,45 @@ def test_the_demo_in_service_provider_mode_pays_the_shop_as_a_sub_merchant(
     order = db.session.get(Order, created.json["id"])
     assert (order.status, order.sub_mchid, order.profit_sharing) == ("paid", DEMO_SUB_MCHID, True)
     assert simulator(app).orders[order.out_trade_no]["request"]["sub_mchid"] == DEMO_SUB_MCHID
+
+
+def test_a_person_signed_in_to_the_merchants_own_app_pays_as_its_sub_openid(
+    app,
+    client,
+    admin,
+    make_product,
+    no_network,  # noqa: F811
+):
+    # given: the merchant has its own mini-program, and alice signed in to it too
+    from wechat import crypto
+
+    product = make_product(price_fen=20_00)
+    sub_appid = "wxabcdef0123456789"
+    assert set_sub_mchid(client, admin, product.merchant_id, sub_appid=sub_appid).status_code == 200
+    alice = login(client, "alice")
+    db.session.add(UserIdentity(user_id=user_of("alice").id, appid=sub_appid, openid="sub-openid-alice"))
+    db.session.commit()
+    # when
+    created = client.post("/api/v1/orders", json=order_body(product), headers=alice)
+    # then: sub_appid and the sub_openid went to WeChat, and the pay parameters are signed for sub_appid
+    assert created.status_code == 201, created.json
+    sent = simulator(app).orders[created.json["out_trade_no"]]["request"]
+    assert (sent["sub_appid"], sent["payer"]) == (sub_appid, {"sub_openid": "sub-openid-alice"})
+    params = created.json["payment"]["pay_params"]
+    message = f"{sub_appid}\n{params['timeStamp']}\n{params['nonceStr']}\n{params['package']}\n"
+    assert crypto.verify_rsa(message, params["paySign"], simulator(app).merchant_public_key)
+
+
+def test_someone_signed_in_only_to_our_app_pays_as_sp_openid_without_sub_appid(
+    app,
+    client,
+    admin,
+    make_product,
+    no_network,  # noqa: F811
+):
+    product = make_product(price_fen=20_00)
+    assert set_sub_mchid(client, admin, product.merchant_id, sub_appid="wxabcdef0123456789").status_code == 200
+    created = client.post("/api/v1/orders", json=order_body(product), headers=login(client, "bob"))
+    assert created.status_code == 201, created.json
+    sent = simulator(app).orders[created.json["out_trade_no"]]["request"]
+    assert sent["payer"] == {"sp_openid": "sim-openid-bob"} and "sub_appid" not in sent
