@@ -463,3 +463,23 @@ def test_someone_signed_in_only_to_our_app_pays_as_sp_openid_without_sub_appid(
     assert created.status_code == 201, created.json
     sent = simulator(app).orders[created.json["out_trade_no"]]["request"]
     assert sent["payer"] == {"sp_openid": "sim-openid-bob"} and "sub_appid" not in sent
+
+
+def test_two_admins_giving_one_sub_mchid_to_two_merchants_at_once_one_wins(app, admin, make_merchant):
+    # given: two merchants, two concurrent requests for the same sub-merchant number
+    from models import Merchant
+    from tests.concurrency import together
+
+    shops = [make_merchant().id, make_merchant().id]
+
+    def put(i: int) -> tuple[int, str | None]:
+        body = {"sub_mchid": SUB_MCHID, "reason": "race"}
+        response = app.test_client().put(f"/admin/api/merchants/{shops[i]}/wechat-pay", json=body, headers=admin)
+        return response.status_code, (response.get_json(silent=True) or {}).get("error")
+
+    # when
+    results = together(2, put, app=app)
+    # then: one 200, one 409 sub_mchid_taken; the number is held once
+    assert sorted(results) == [(200, None), (409, "sub_mchid_taken")], results
+    held = db.session.execute(select(Merchant.id).where(Merchant.sub_mchid == SUB_MCHID)).scalars().all()
+    assert len(held) == 1
