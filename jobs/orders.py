@@ -25,6 +25,7 @@ from models import Order, OrderStatus, Refund, RefundStatus, call_between_commit
 from rebate import PayAccount, RefundOutcome, apply_payment, apply_refund_notice, close_order
 from rebate.orders import lock_order
 from wechat.errors import WeChatBusinessError, WeChatError, WeChatNotFound
+from wechat.partner import SubMerchant
 from wechat.transactions import RefundNotice, Transaction
 
 log = logging.getLogger(__name__)
@@ -82,28 +83,40 @@ def _between_commits(prepare: Callable[[], P], call: Callable[[P], R], record: C
         return "unknown"
 
 
-def _open_order_no(order_id: int) -> str | None:
-    """The order's number while it is still unpaid and open here (None: someone settled it meanwhile)."""
+@dataclass(frozen=True)
+class OrderRef:
+    """How WeChat knows an order: its number, and (partner mode) the sub-merchant it was paid to."""
+
+    out_trade_no: str
+    sub: SubMerchant | None = None
+
+    @classmethod
+    def of(cls, order: Order) -> OrderRef:
+        return cls(order.out_trade_no, None if order.sub_mchid is None else SubMerchant(order.sub_mchid))
+
+
+def _open_order_no(order_id: int) -> OrderRef | None:
+    """The order while it is still unpaid and open here (None: someone settled it meanwhile)."""
     order = db.session.get(Order, order_id)
-    return order.out_trade_no if order.status == OrderStatus.CREATED else None
+    return OrderRef.of(order) if order.status == OrderStatus.CREATED else None
 
 
 # -- payments ----------------------------------------------------------------------
 
 
-def _query(out_trade_no: str) -> Transaction | None:
+def _query(ref: OrderRef) -> Transaction | None:
     """WeChat's view of the order; None when WeChat never saw it. Raises WeChatError when unknown or unreadable."""
     try:
-        return Transaction.parse(_pay().query_order(out_trade_no))
+        return Transaction.parse(_pay().query_order(ref.out_trade_no, sub=ref.sub))
     except WeChatNotFound:
         return None
 
 
-def _ask_if_paid(out_trade_no: str | None) -> Transaction | str:
+def _ask_if_paid(ref: OrderRef | None) -> Transaction | str:
     """The order's paid transaction, or why there is none to apply: "skipped" (not ours to ask) or "not_paid"."""
-    if out_trade_no is None:
+    if ref is None:
         return "skipped"
-    tx = _query(out_trade_no)
+    tx = _query(ref)
     return tx if tx is not None and tx.paid else "not_paid"
 
 
@@ -115,39 +128,39 @@ def _apply_answer(answer: Transaction | str, now: datetime) -> str:
     return str(apply_payment(answer, _pay_account(), now, money=job_context().money, lock_budgets=True))
 
 
-def _close_at_wechat(out_trade_no: str) -> bool:
+def _close_at_wechat(ref: OrderRef) -> bool:
     """True when WeChat will not take money for this order any more."""
     try:
-        _pay().close_order(out_trade_no)
+        _pay().close_order(ref.out_trade_no, sub=ref.sub)
     except WeChatNotFound:
         return True
     except WeChatBusinessError as exc:
         return exc.code == "ORDER_CLOSED"
     except WeChatError as exc:
-        log.info("close %s unknown: %s", out_trade_no, exc)
+        log.info("close %s unknown: %s", ref.out_trade_no, exc)
         return False
     return True
 
 
-def _settle_at_wechat(out_trade_no: str | None) -> Transaction | str:
+def _settle_at_wechat(ref: OrderRef | None) -> Transaction | str:
     """For an expired order: its paid transaction, or "user_paying", "closed" (WeChat takes no more money),
     "unknown" (the close was not confirmed) or "skipped" (nothing to ask)."""
-    if out_trade_no is None:
+    if ref is None:
         return "skipped"
-    tx = _query(out_trade_no)
+    tx = _query(ref)
     if tx is not None and tx.paid:
         return tx
     if tx is not None and tx.trade_state == "USERPAYING":
         return "user_paying"
-    if tx is not None and tx.trade_state != "CLOSED" and not _close_at_wechat(out_trade_no):
+    if tx is not None and tx.trade_state != "CLOSED" and not _close_at_wechat(ref):
         return "unknown"
     return "closed"
 
 
-def _record_settlement(out_trade_no: str | None, answer: Transaction | str, now: datetime) -> str:
+def _record_settlement(ref: OrderRef | None, answer: Transaction | str, now: datetime) -> str:
     if answer != "closed":
         return _apply_answer(answer, now)
-    order = lock_order(out_trade_no)
+    order = lock_order(ref.out_trade_no)
     if order.status != OrderStatus.CREATED:
         return "skipped"
     close_order(order, now)
@@ -159,7 +172,7 @@ def settle_expired_order(order_id: int, now: datetime) -> str:
     return _between_commits(
         lambda: _open_order_no(order_id),
         _settle_at_wechat,
-        lambda out_trade_no, answer: _record_settlement(out_trade_no, answer, now),
+        lambda ref, answer: _record_settlement(ref, answer, now),
     )
 
 
@@ -228,22 +241,36 @@ class RefundAsk:
     amount_fen: int
     total_fen: int
     reason: str | None
+    sub: SubMerchant | None = None
 
 
 def _refund_ask(refund_id: int) -> RefundAsk:
     """Asked even if its notification landed meanwhile: the intake applies a refund once, whoever comes second."""
     refund = db.session.get(Refund, refund_id)
     order = db.session.get(Order, refund.order_id)
-    return RefundAsk(order.out_trade_no, refund.out_refund_no, refund.amount_fen, order.payable_fen, refund.reason)
+    return RefundAsk(
+        order.out_trade_no,
+        refund.out_refund_no,
+        refund.amount_fen,
+        order.payable_fen,
+        refund.reason,
+        OrderRef.of(order).sub,
+    )
 
 
 def _ask_about_refund(ask: RefundAsk) -> RefundNotice:
     try:
-        answer = _pay().query_refund(ask.out_refund_no)
+        answer = _pay().query_refund(ask.out_refund_no, sub=ask.sub)
     except WeChatNotFound:  # our request never reached WeChat: send it again, same number
         wx = job_context().wechat
         answer = wx.pay.refund(
-            ask.out_trade_no, ask.out_refund_no, ask.amount_fen, ask.total_fen, wx.refund_notify_url, ask.reason
+            ask.out_trade_no,
+            ask.out_refund_no,
+            ask.amount_fen,
+            ask.total_fen,
+            wx.refund_notify_url,
+            ask.reason,
+            sub=ask.sub,
         )
     return RefundNotice.parse(answer)
 

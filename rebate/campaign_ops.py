@@ -23,6 +23,7 @@ from models.triggers import PLATFORM_WIDE, Trigger
 from rebate.campaigns import rules_of
 from rebate.deposits import held_in_deposit, lock_deposits
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
+from rebate.fund_flow import refuse_foreign_discount
 from rebate.packets import generate_batch, refuse_user_stake, revoke_packet
 from rebate.rules import RuleSet, parse_rules, rules_json
 from rebate.scope import visible_campaign, visible_merchant
@@ -159,14 +160,19 @@ def check_deposit(campaign: Campaign) -> None:
         )
 
 
-def transition(actor: Actor, campaign_id: int, action: str, reason: str) -> Campaign:
-    """Activate, pause (stops issuing and awarding at once) or end a campaign."""
+def transition(actor: Actor, campaign_id: int, action: str, reason: str, *, service_provider: bool = False) -> Campaign:
+    """Activate, pause (stops issuing and awarding at once) or end a campaign.
+
+    ``service_provider``: a packet campaign not funded by its merchant is not activated (it would pool money,
+    ``rebate.fund_flow.refuse_foreign_discount``)."""
     campaign = visible_campaign(actor.operator, campaign_id, lock=True)
     refuse_user_stake(campaign)
     _check_platform_only_campaign(actor, campaign)
     sources, target = TRANSITIONS[action]
     if campaign.status not in sources:
         raise StateConflict(f"a {campaign.status} campaign cannot {action}", code="campaign_state")
+    if target == CampaignStatus.ACTIVE and service_provider:
+        refuse_foreign_discount(campaign, None)
     if target == CampaignStatus.ACTIVE:
         check_deposit(campaign)
     campaign.status = target

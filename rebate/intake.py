@@ -45,6 +45,7 @@ class PaymentTransaction(Protocol):
     transaction_id: str
     mchid: str
     appid: str
+    sub_mchid: str | None  # partner mode: the sub-merchant paid; None for a direct transaction
     amount: PaidAmount | None
     success_time: datetime | None
 
@@ -62,6 +63,7 @@ class RefundState(Protocol):
     refund_fen: int | None
     refund_id: str
     mchid: str | None
+    sub_mchid: str | None  # partner mode, when WeChat names it
 
 
 class PaymentOutcome(StrEnum):

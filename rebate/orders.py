@@ -11,6 +11,7 @@ from sqlalchemy import select
 from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, PacketStatus, Product, RedPacket, User, db
 from rebate.campaigns import serves
 from rebate.errors import Invalid, NotFound, StateConflict
+from rebate.fund_flow import pay_to_sub_merchant
 from rebate.packets import check_audience, release_packet
 from rebate.wallet import WalletAsk
 from rebate.wallet import hold as hold_wallet
@@ -160,8 +161,12 @@ def create_order(
     device: str | None = None,
     ip: str | None = None,
     wallet: WalletAsk | None = None,
+    service_provider: bool = False,
 ) -> Order:
     """A new unpaid order; its packets (if any) are locked until payment or close.
+
+    ``service_provider`` (``FUND_FLOW=service_provider``): paid to the merchant's sub-merchant number
+    (``rebate.fund_flow.pay_to_sub_merchant``, which refuses what would pool money).
 
     ``device`` and ``ip`` (where it was placed from, when a request says) are kept on the order for risk and
     noted among the person's identifiers. ``wallet``: balance and points to spend on it (``rebate.wallet``),
@@ -202,6 +207,8 @@ def create_order(
         packet.status, packet.order_id = PacketStatus.LOCKED, order.id
         db.session.add(OrderPacket(order_id=order.id, packet_id=packet.id, discount_fen=discount))
     db.session.flush()
+    if service_provider:
+        pay_to_sub_merchant(order)
     hold_wallet(order)
     identifiers.note(identifiers.USER, user.id, device, ip, now)
     return order

@@ -120,6 +120,8 @@ def disagreements(tx: PaymentTransaction, expected: PayAccount, order: Order) ->
         problems.append(f"mchid {tx.mchid!r} is not ours")
     if tx.appid != expected.appid:
         problems.append(f"appid {tx.appid!r} is not ours")
+    if tx.sub_mchid != order.sub_mchid:  # partner mode: paid to the order's sub-merchant (None twice: direct)
+        problems.append(f"paid to sub_mchid {tx.sub_mchid!r}; the order is for {order.sub_mchid!r}")
     if tx.amount.total_fen != order.payable_fen:
         problems.append(f"WeChat says {tx.amount.total_fen} fen was paid; the order asks {order.payable_fen}")
     return problems

@@ -306,6 +306,9 @@ def apply_refund_notice(
     if notice.mchid is not None and notice.mchid != expected.mchid:
         flag_order(order, "refund_mismatch", f"refund {notice.out_refund_no} is for mchid {notice.mchid!r}")
         return RefundOutcome.MISMATCH_FLAGGED
+    if notice.sub_mchid is not None and notice.sub_mchid != order.sub_mchid:  # partner mode: named when told
+        flag_order(order, "refund_mismatch", f"refund {notice.out_refund_no} is for sub_mchid {notice.sub_mchid!r}")
+        return RefundOutcome.MISMATCH_FLAGGED
     try:
         with db.session.begin_nested():  # a refusal undoes only what this notice began
             outcome = _apply_refund_state(order, notice, now, money)

@@ -42,6 +42,7 @@ from rebate.scope import visible_campaign
 from risk import CLAIM_LIMITS_SCHEMA, ClaimLimits, ClaimLimitsError
 from web.admin import actor
 from web.api import endpoint
+from web.payment_api import service_provider
 from web.schemas import Category, Id, Model, Name, NonNegativeFen, Page, PositiveFen, Reason
 
 bp = Blueprint("campaign_admin", __name__, url_prefix="/admin/api")
@@ -239,7 +240,9 @@ def replace_rules(campaign_id: int, body: NewRules):
 )
 def transition(campaign_id: int, action: str, body: Transition):
     """Activate, pause (stops issuing and awarding at once) or end a campaign."""
-    return campaign_json(campaign_ops.transition(actor(), campaign_id, action, body.reason))
+    return campaign_json(
+        campaign_ops.transition(actor(), campaign_id, action, body.reason, service_provider=service_provider())
+    )
 
 
 @endpoint(

@@ -16,8 +16,10 @@ from rebate.deposits import top_up
 from rebate.packets import generate_batch
 from rebate.rules import Form
 from web.auth import issue_operator_token
+from web.payment_api import service_provider
 from web.progress import Steps
 
+DEMO_SUB_MCHID = "1900000109"  # FUND_FLOW=service_provider: the shop's sub-merchant number at the simulator
 PRODUCTS = [("Beef noodles", "food", 50_00), ("Family feast", "food", 200_00), ("Tea", "drink", 12_00)]
 
 
@@ -29,15 +31,18 @@ def _campaign(name: str, rules: dict, **fields) -> Campaign:
     return campaign
 
 
-def seed(step: Callable[[str], None] = lambda _: None) -> dict:
-    """The demo data; ``step`` hears of each phase (the command prints them on stderr)."""
+def seed(step: Callable[[str], None] = lambda _: None, *, service_provider: bool = False) -> dict:
+    """The demo data; ``step`` hears of each phase (the command prints them on stderr).
+
+    ``service_provider``: the shop is sub-merchant ``DEMO_SUB_MCHID``, and the newcomer packets are the shop's
+    own (a platform-funded discount on its orders would pool money: ``rebate.fund_flow``)."""
     now = utcnow()
     this_week = next_beijing_midnight(now) - timedelta(days=1)
     shop = db.session.execute(select(Merchant).where(Merchant.name == "Noodle House")).scalar_one_or_none()
     created = shop is None
     if created:
         step("the shop, its products and its marketing deposit")
-        shop = Merchant(name="Noodle House")
+        shop = Merchant(name="Noodle House", sub_mchid=DEMO_SUB_MCHID if service_provider else None)
         db.session.add(shop)
         db.session.flush()
         db.session.add_all(Product(merchant_id=shop.id, name=n, category=c, price_fen=p) for n, c, p in PRODUCTS)
@@ -68,8 +73,7 @@ def seed(step: Callable[[str], None] = lambda _: None) -> dict:
                     {"role": "consumer", "rate_bps": 800, "base": "order_total", "form": Form.BALANCE, "cap_fen": 20_00}
                 ]
             },
-            issuer_type="platform",
-            funder_type="platform_fund",
+            **_newcomer_funder(shop, service_provider),
             budget_limit_fen=5_000_00,
             packet_amount_fen=10_00,
             packet_min_spend_fen=50_00,
@@ -137,6 +141,18 @@ def seed(step: Callable[[str], None] = lambda _: None) -> dict:
     }
 
 
+def _newcomer_funder(shop: Merchant, service_provider: bool) -> dict:
+    if not service_provider:
+        return {"issuer_type": "platform", "funder_type": "platform_fund"}
+    return {
+        "issuer_type": "merchant",
+        "issuer_merchant_id": shop.id,
+        "funder_type": "merchant_deposit",
+        "funder_merchant_id": shop.id,
+        "packet_merchant_id": shop.id,
+    }
+
+
 @click.command("seed-demo")
 def seed_demo_command() -> None:
     """Seed a merchant, products, three campaigns and claim codes; print an admin token."""
@@ -144,7 +160,7 @@ def seed_demo_command() -> None:
         raise click.ClickException("refusing to seed demo data in live mode; set SEED_DEMO_DATA=1 if you mean it")
     step = Steps("seed-demo")
     with unit_of_work():
-        result = seed(step)
+        result = seed(step, service_provider=service_provider())
     step("committed")
     click.echo("demo data " + ("created" if result["created"] else "already present"))
     for code in result["codes"]:

@@ -7,6 +7,15 @@ amount, ``time_expire``, ``notify_url``, the payer's openid under
 ``WECHAT_APPID``), so asking again is always safe: while the stored
 ``prepay_id`` is younger than its 2-hour life it is reused without a call,
 after that WeChat is asked again with the same parameters.
+
+One code path for both fund flows: an order that carries a ``sub_mchid`` (set
+at creation in ``FUND_FLOW=service_provider``) is prepaid through the partner
+JSAPI to that sub-merchant (``wechat.partner``), with
+``settle_info.profit_sharing`` when the order says so. The payer is the
+``sp_openid`` under ``WECHAT_APPID`` (our mini-program calls
+``wx.requestPayment``), or, when the merchant has a ``sub_appid`` and the
+person signed in under it, the ``sub_openid`` with ``sub_appid`` (the
+merchant's app calls it, and the pay parameters are signed for that appid).
 """
 
 from __future__ import annotations
@@ -18,12 +27,13 @@ from datetime import datetime, timedelta
 from flask import Blueprint, Response, after_this_request, current_app
 from sqlalchemy import update
 
-from models import Order, OrderStatus, User, call_between_commits, db, utcnow
+from models import Merchant, Order, OrderStatus, User, call_between_commits, db, utcnow
 from web import wechat
 from web.api import endpoint
 from web.auth import current_user
 from web.errors import ApiError, Conflict, NotFound, to_api_error
 from wechat.errors import WeChatBusinessError, WeChatError
+from wechat.partner import SubMerchant
 
 log = logging.getLogger(__name__)
 bp = Blueprint("payment_api", __name__, url_prefix="/api/v1")
@@ -41,6 +51,24 @@ class PrepayFacts:
     prepay_id: str | None
     prepay_at: datetime | None
     openid: str
+    sub: SubMerchant | None = None  # partner mode: the sub-merchant the order is paid to
+    sub_openid: bool = False  # the openid is under sub.sub_appid (the merchant's own app)
+    profit_sharing: bool = False
+
+    @property
+    def pay_appid(self) -> str | None:
+        """The app that calls ``wx.requestPayment`` (None: ours)."""
+        return self.sub.sub_appid if self.sub_openid else None
+
+
+def service_provider() -> bool:
+    """``FUND_FLOW=service_provider``: orders are paid to the merchants' sub-merchant numbers."""
+    return current_app.config["FUND_FLOW"] == "service_provider"
+
+
+def sub_merchant(sub_mchid: str | None, sub_appid: str | None = None) -> SubMerchant | None:
+    """The partner-mode payee of an order (its snapshotted ``sub_mchid``); None for a direct order."""
+    return None if sub_mchid is None else SubMerchant(sub_mchid, sub_appid)
 
 
 def description_of(out_trade_no: str) -> str:
@@ -56,7 +84,11 @@ def _facts(order_id: int, user_id: int) -> PrepayFacts:
         raise Conflict(f"this order is {order.status}", code=f"order_{order.status}")
     if order.time_expire <= utcnow() + timedelta(minutes=1):
         raise Conflict("this order has expired; create a new one", code="order_expired")
-    identity = db.session.get(User, user_id).identity_for(current_app.config["WECHAT_APPID"])
+    user = db.session.get(User, user_id)
+    sub_appid = _sub_appid(order) if order.sub_mchid else None
+    own = user.identity_for(sub_appid) if sub_appid else None  # signed in to the merchant's own app
+    sub = sub_merchant(order.sub_mchid, sub_appid if own else None)
+    identity = own or user.identity_for(current_app.config["WECHAT_APPID"])
     if identity is None:
         raise Conflict("sign in through the mini-program to pay", code="no_mini_program_identity")
     return PrepayFacts(
@@ -67,7 +99,16 @@ def _facts(order_id: int, user_id: int) -> PrepayFacts:
         order.prepay_id,
         order.prepay_at,
         identity.openid,
+        sub,
+        own is not None,
+        order.profit_sharing,
     )
+
+
+def _sub_appid(order: Order) -> str | None:
+    """The merchant's own appid, while it is still the sub-merchant the order was made for."""
+    merchant = db.session.get(Merchant, order.merchant_id)
+    return merchant.sub_appid if merchant.sub_mchid == order.sub_mchid else None
 
 
 def _fresh(facts: PrepayFacts, now: datetime) -> bool:
@@ -84,6 +125,9 @@ def _ask_wechat(facts: PrepayFacts) -> str:
             facts.openid,
             ext.notify_url,
             facts.time_expire,
+            sub=facts.sub,
+            sub_openid=facts.sub_openid,
+            profit_sharing=facts.profit_sharing,
         )
     except WeChatBusinessError as exc:
         if exc.code == "ORDERPAID":
@@ -120,7 +164,7 @@ def prepare_payment(order_id: int, user_id: int) -> dict:
     answer = {
         "order_id": facts.order_id,
         "out_trade_no": facts.out_trade_no,
-        "pay_params": ext.pay.jsapi_pay_params(prepay_id),
+        "pay_params": ext.pay.jsapi_pay_params(prepay_id, facts.pay_appid),
     }
     checkout = ext.checkout_url(prepay_id)
     if checkout:

@@ -27,6 +27,7 @@ from web import wechat
 from web.admin import actor
 from web.api import endpoint
 from web.errors import NotFound
+from web.payment_api import sub_merchant
 from web.schemas import Model, PositiveFen
 from wechat.errors import WeChatBusinessError, WeChatError
 from wechat.transactions import RefundNotice
@@ -71,15 +72,33 @@ class RefundCall:
     out_trade_no: str
     out_refund_no: str
     total_fen: int
+    sub_mchid: str | None = None  # partner mode: the sub-merchant the order was paid to
 
 
-def call_refund(out_trade_no: str, out_refund_no: str, amount_fen: int, total_fen: int, reason: str | None) -> dict:
-    """Ask WeChat, retrying the same number while WeChat says retrying is safe. Raises the last error."""
+def call_refund(
+    out_trade_no: str,
+    out_refund_no: str,
+    amount_fen: int,
+    total_fen: int,
+    reason: str | None,
+    sub_mchid: str | None = None,
+) -> dict:
+    """Ask WeChat, retrying the same number while WeChat says retrying is safe. Raises the last error.
+
+    A partner order's refund (``sub_mchid``) goes to the same endpoint naming its sub-merchant."""
     ext = wechat()
     backoff = current_app.config.get("WECHAT_RETRY_BACKOFF_S", 0.5)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            return ext.pay.refund(out_trade_no, out_refund_no, amount_fen, total_fen, ext.refund_notify_url, reason)
+            return ext.pay.refund(
+                out_trade_no,
+                out_refund_no,
+                amount_fen,
+                total_fen,
+                ext.refund_notify_url,
+                reason,
+                sub=sub_merchant(sub_mchid),
+            )
         except WeChatError as exc:
             if not exc.retryable or attempt == MAX_ATTEMPTS:
                 raise
@@ -109,12 +128,12 @@ def create_refund(order_id: int, body: CreateRefund):
         refund = begin_refund(order, new_out_refund_no(order), body.amount_fen, body.reason)
         why, number = body.reason, refund.out_refund_no
         audit(actor(), "refund.create", "order", order.id, why, out_refund_no=number, amount_fen=body.amount_fen)
-        return RefundCall(refund.id, order.out_trade_no, refund.out_refund_no, order.payable_fen)
+        return RefundCall(refund.id, order.out_trade_no, refund.out_refund_no, order.payable_fen, order.sub_mchid)
 
     def ask(r: RefundCall) -> RefundNotice | WeChatError:
         try:
             return RefundNotice.parse(
-                call_refund(r.out_trade_no, r.out_refund_no, body.amount_fen, r.total_fen, body.reason)
+                call_refund(r.out_trade_no, r.out_refund_no, body.amount_fen, r.total_fen, body.reason, r.sub_mchid)
             )
         except WeChatError as exc:  # an unreadable answer too (MalformedResource): the refund job asks again
             return exc

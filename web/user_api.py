@@ -40,7 +40,7 @@ from web.api import client_ip, endpoint
 from web.auth import current_user
 from web.errors import NotFound
 from web.growth_api import channel, claimant, device_id, platform_limits, refusal_answered
-from web.payment_api import prepay_after_commit
+from web.payment_api import prepay_after_commit, service_provider
 from web.rules_page import rules_links
 from web.schemas import Id, Model, NonNegativeFen, Page
 from web.views import order_json, packet_json, rebate_json
@@ -113,10 +113,18 @@ def new_order(body: CreateOrder):
         body.use_balance_fen,
         body.use_points,
         point_value_fen=MoneySettings.from_config(cfg).point_value_fen,
-        service_provider=cfg.get("FUND_FLOW") == "service_provider",
+        service_provider=service_provider(),
     )
     order = create_order(
-        current_user(), lines, body.packets, utcnow(), channel(), device=device_id(), ip=client_ip(), wallet=wallet
+        current_user(),
+        lines,
+        body.packets,
+        utcnow(),
+        channel(),
+        device=device_id(),
+        ip=client_ip(),
+        wallet=wallet,
+        service_provider=service_provider(),
     )
     prepay_after_commit(order.id, order.user_id)  # runs after the commit: no transaction across the WeChat call
     body_json = order_json(order)

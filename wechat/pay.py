@@ -34,6 +34,7 @@ from wechat.errors import (
 )
 from wechat.keys import ApiV3Keys, VerifierKeys, download_platform_certificates
 from wechat.notifications import verify_response
+from wechat.partner import SubMerchant, mchid_fields, payee_fields, payer_field, sub_fields, transactions_path
 from wechat.transfers import build_transfer_body
 
 USER_AGENT = "rebate-redpack-wechat/1.0 (+requests)"
@@ -177,35 +178,46 @@ class PayClient:
         notify_url: str,
         time_expire: datetime,
         attach: str | None = None,
+        *,
+        sub: SubMerchant | None = None,
+        sub_openid: bool = False,
+        profit_sharing: bool = False,
     ) -> str:
-        """Create (or re-obtain, with identical params) a JSAPI order; returns prepay_id."""
+        """Create (or re-obtain, with identical params) a JSAPI order; returns prepay_id.
+
+        ``sub``: paid to that sub-merchant through the partner JSAPI (``wechat.partner``); ``sub_openid``: the
+        payer's openid is under ``sub.sub_appid``; ``profit_sharing``: ``settle_info.profit_sharing`` (the
+        money stays frozen at the merchant until shared or unfrozen).
+        """
         _require_positive(amount_fen, "amount_fen")
         body: dict[str, Any] = {
-            "appid": self.config.appid,
-            "mchid": self.config.mchid,
+            **payee_fields(self.config.appid, self.config.mchid, sub),
             "description": description,
             "out_trade_no": out_trade_no,
             "time_expire": rfc3339(time_expire),
             "notify_url": notify_url,
             "amount": {"total": amount_fen, "currency": "CNY"},
-            "payer": {"openid": payer_openid},
+            "payer": payer_field(payer_openid, sub, sub_openid),
         }
         if attach is not None:
             body["attach"] = attach
-        data = self._request("POST", "/v3/pay/transactions/jsapi", json_body=body).data
+        if profit_sharing:
+            body["settle_info"] = {"profit_sharing": True}
+        data = self._request("POST", transactions_path(sub) + "/jsapi", json_body=body).data
         return _field(data, "prepay_id")
 
-    def query_order(self, out_trade_no: str) -> dict[str, Any]:
-        path = f"/v3/pay/transactions/out-trade-no/{_seg(out_trade_no)}"
-        return self._request("GET", path, params={"mchid": self.config.mchid}).data
+    def query_order(self, out_trade_no: str, *, sub: SubMerchant | None = None) -> dict[str, Any]:
+        path = f"{transactions_path(sub)}/out-trade-no/{_seg(out_trade_no)}"
+        return self._request("GET", path, params=mchid_fields(self.config.mchid, sub)).data
 
-    def close_order(self, out_trade_no: str) -> None:
-        path = f"/v3/pay/transactions/out-trade-no/{_seg(out_trade_no)}/close"
-        self._request("POST", path, json_body={"mchid": self.config.mchid})
+    def close_order(self, out_trade_no: str, *, sub: SubMerchant | None = None) -> None:
+        path = f"{transactions_path(sub)}/out-trade-no/{_seg(out_trade_no)}/close"
+        self._request("POST", path, json_body=mchid_fields(self.config.mchid, sub))
 
-    def jsapi_pay_params(self, prepay_id: str) -> dict[str, str]:
-        """``wx.requestPayment`` parameters for a prepay_id of this merchant's appid."""
-        return crypto.jsapi_pay_params(self.config.appid, prepay_id, self.config.private_key)
+    def jsapi_pay_params(self, prepay_id: str, appid: str | None = None) -> dict[str, str]:
+        """``wx.requestPayment`` parameters, signed with our merchant key for the app that calls it: ours, or
+        (a sub_openid payer in partner mode) the sub-merchant's ``sub_appid``."""
+        return crypto.jsapi_pay_params(appid or self.config.appid, prepay_id, self.config.private_key)
 
     # -- refunds -----------------------------------------------------------------
     def refund(
@@ -216,11 +228,15 @@ class PayClient:
         total_fen: int,
         notify_url: str,
         reason: str | None = None,
+        *,
+        sub: SubMerchant | None = None,
     ) -> dict[str, Any]:
+        """``sub``: a partner order's refund names its sub-merchant (``sub_mchid``), same endpoint."""
         _require_positive(refund_fen, "refund_fen")
         if refund_fen > total_fen:
             raise _invalid("refund_fen exceeds total_fen")
         body: dict[str, Any] = {
+            **sub_fields(sub),
             "out_trade_no": out_trade_no,
             "out_refund_no": out_refund_no,
             "notify_url": notify_url,
@@ -230,12 +246,16 @@ class PayClient:
             body["reason"] = reason
         return self._request("POST", "/v3/refund/domestic/refunds", json_body=body).data
 
-    def query_refund(self, out_refund_no: str) -> dict[str, Any]:
-        return self._request("GET", f"/v3/refund/domestic/refunds/{_seg(out_refund_no)}").data
+    def query_refund(self, out_refund_no: str, *, sub: SubMerchant | None = None) -> dict[str, Any]:
+        path = f"/v3/refund/domestic/refunds/{_seg(out_refund_no)}"
+        return self._request("GET", path, params=sub_fields(sub) or None).data
 
     # -- bills -------------------------------------------------------------------
-    def trade_bill(self, bill_date: str, bill_type: str = "ALL", tar_type: str | None = None) -> dict[str, Any]:
-        params = {"bill_date": bill_date, "bill_type": bill_type}
+    def trade_bill(
+        self, bill_date: str, bill_type: str = "ALL", tar_type: str | None = None, *, sub: SubMerchant | None = None
+    ) -> dict[str, Any]:
+        """``sub``: one sub-merchant's bill (partner mode); without it, the bill of our own merchant number."""
+        params = {"bill_date": bill_date, "bill_type": bill_type, **sub_fields(sub)}
         if tar_type:
             params["tar_type"] = tar_type
         return self._request("GET", "/v3/bill/tradebill", params=params).data

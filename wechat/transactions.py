@@ -66,6 +66,8 @@ class Transaction:
     success_time: datetime | None = None
     attach: str = ""
     trade_state_desc: str = ""
+    sub_mchid: str | None = None  # partner mode: the sub-merchant paid (None: a direct transaction)
+    sub_appid: str | None = None
 
     @property
     def paid(self) -> bool:
@@ -73,20 +75,29 @@ class Transaction:
 
     @classmethod
     def parse(cls, data: object) -> Transaction:
+        """A direct transaction, or a partner one (``sp_mchid`` present): then ``mchid``/``appid`` are ours as
+        the service provider (``sp_mchid``/``sp_appid``), ``sub_mchid`` is required and the payer is
+        ``sp_openid`` or ``sub_openid``."""
         r = _Reader(data, "transaction")
         trade_state = r.text("trade_state")
         paid = trade_state in PAID_STATES
+        partner = r.has("sp_mchid")
+        prefix = "sp_" if partner else ""
+        payer = _Reader(r.object("payer", required=False) or {}, "payer")
+        openid = payer.text("sp_openid", required=False) or payer.text("sub_openid", required=False)
         return cls(
             out_trade_no=r.text("out_trade_no"),
-            mchid=r.text("mchid"),
-            appid=r.text("appid"),
+            mchid=r.text(prefix + "mchid"),
+            appid=r.text(prefix + "appid"),
             trade_state=trade_state,
             amount=_amount(r.object("amount", required=paid)),
             transaction_id=r.text("transaction_id", required=paid),
-            payer_openid=_Reader(r.object("payer", required=False) or {}, "payer").text("openid", required=False),
+            payer_openid=openid if partner else payer.text("openid", required=False),
             success_time=r.time("success_time"),
             attach=r.text("attach", required=False),
             trade_state_desc=r.text("trade_state_desc", required=False),
+            sub_mchid=r.text("sub_mchid") if partner else None,
+            sub_appid=(r.text("sub_appid", required=False) or None) if partner else None,
         )
 
 
@@ -105,6 +116,7 @@ class RefundNotice:
     mchid: str | None = None
     success_time: datetime | None = None
     user_received_account: str = ""
+    sub_mchid: str | None = None  # a partner refund's sub-merchant, when WeChat names it
 
     @property
     def succeeded(self) -> bool:
@@ -129,9 +141,11 @@ class RefundNotice:
             total_fen=amount.fen("total", required=False),
             refund_id=r.text("refund_id", required=False),
             transaction_id=r.text("transaction_id", required=False),
-            mchid=r.text("mchid", required=False) or None,
+            # a partner REFUND.* resource names us as ``sp_mchid`` and the sub-merchant as ``sub_mchid``
+            mchid=r.text("sp_mchid" if r.has("sp_mchid") else "mchid", required=False) or None,
             success_time=r.time("success_time"),
             user_received_account=r.text("user_received_account", required=False),
+            sub_mchid=r.text("sub_mchid", required=False) or None,
         )
 
 

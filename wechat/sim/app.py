@@ -247,13 +247,16 @@ def _register_pay(bp: Blueprint, state: SimulatorState) -> None:
 
     @v3("/v3/refund/domestic/refunds/<out_refund_no>", ["GET"])
     def query_refund(body: dict[str, Any], out_refund_no: str) -> Any:
-        return state.query_refund(out_refund_no)
+        return state.query_partner_refund(out_refund_no, request.args.get("sub_mchid"))  # None: a direct refund
 
     @v3("/v3/bill/tradebill", ["GET"])
     def trade_bill(body: dict[str, Any]) -> Any:
+        args = request.args
         return state.apply_bill(
-            "trade", request.args.get("bill_date", ""), request.args.get("tar_type"), _pay_base(state)
+            "trade", args.get("bill_date", ""), args.get("tar_type"), _pay_base(state), args.get("sub_mchid")
         )
+
+    _register_partner(v3, state)
 
     @v3("/v3/bill/fundflowbill", ["GET"])
     def fundflow_bill(body: dict[str, Any]) -> Any:
@@ -288,6 +291,22 @@ def _register_pay(bp: Blueprint, state: SimulatorState) -> None:
         if request.method == "POST" and request.accept_mimetypes.best == "application/json":
             return view
         return checkout_page(view, order["request"]["description"], view["trade_state"] != "NOTPAY")
+
+
+def _register_partner(v3: Callable[[str, list[str]], Callable[[V3Handler], V3Handler]], state: SimulatorState) -> None:
+    """Service-provider mode (``wechat.sim.partner``): the partner JSAPI, query and close."""
+
+    @v3("/v3/pay/partner/transactions/jsapi", ["POST"])
+    def create_partner_jsapi(body: dict[str, Any]) -> Any:
+        return state.create_partner_jsapi(body)
+
+    @v3("/v3/pay/partner/transactions/out-trade-no/<out_trade_no>", ["GET"])
+    def query_partner_order(body: dict[str, Any], out_trade_no: str) -> Any:
+        return state.query_partner_order(out_trade_no, request.args.get("sp_mchid"), request.args.get("sub_mchid"))
+
+    @v3("/v3/pay/partner/transactions/out-trade-no/<out_trade_no>/close", ["POST"])
+    def close_partner_order(body: dict[str, Any], out_trade_no: str) -> Any:
+        state.close_partner_order(out_trade_no, body.get("sp_mchid"), body.get("sub_mchid"))
 
 
 def _pay_base(state: SimulatorState) -> str:

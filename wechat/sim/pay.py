@@ -77,6 +77,10 @@ class PayMixin:
         _require(body, "appid", "mchid", "description", "out_trade_no", "notify_url", "amount", "payer")
         if body["mchid"] != self.mchid:
             raise SimError(400, "MCH_NOT_EXISTS", "mchid does not match")
+        return self.open_order(body)
+
+    def open_order(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A new order (direct or partner: the body as sent is kept), or the same one asked again."""
         total = body["amount"].get("total")
         if not isinstance(total, int) or total <= 0:
             raise SimError(400, "PARAM_ERROR", "amount.total must be a positive integer")
@@ -105,6 +109,13 @@ class PayMixin:
         if order["trade_state"] != "NOTPAY":
             raise SimError(400, "ORDERPAID", "该订单已支付")
         return {"prepay_id": order["prepay_id"]}
+
+    def payee_view(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Who was paid, as a transaction shows it (direct; ``PartnerMixin`` answers for partner orders)."""
+        return {"appid": req["appid"], "mchid": req["mchid"]}
+
+    def refund_payee_view(self, refund: dict[str, Any]) -> dict[str, Any]:
+        return {"mchid": self.mchid}
 
     def find_order(self, out_trade_no: str) -> dict[str, Any]:
         order = self.orders.get(out_trade_no)
@@ -147,8 +158,7 @@ class PayMixin:
     def transaction_view(self, order: dict[str, Any]) -> dict[str, Any]:
         req = order["request"]
         view: dict[str, Any] = {
-            "appid": req["appid"],
-            "mchid": req["mchid"],
+            **self.payee_view(req),
             "out_trade_no": req["out_trade_no"],
             "trade_type": "JSAPI",
             "trade_state": order["trade_state"],
@@ -156,7 +166,7 @@ class PayMixin:
                 order["trade_state"]
             ],
             "attach": req.get("attach", ""),
-            "payer": {"openid": req["payer"]["openid"]},
+            "payer": dict(req["payer"]),
             "amount": {"total": req["amount"]["total"], "currency": "CNY"},
         }
         if order["transaction_id"]:
@@ -175,6 +185,8 @@ class PayMixin:
             order = self.orders.get(body["out_trade_no"])
             if order is None or order["transaction_id"] is None:
                 raise SimError(404, "RESOURCE_NOT_EXISTS", "订单不存在或未支付")
+            if body.get("sub_mchid") != order["request"].get("sub_mchid"):  # a partner order names its sub-merchant
+                raise SimError(404, "RESOURCE_NOT_EXISTS", "子商户号与订单不符或缺失")
             refund_fen, total_fen = body["amount"].get("refund"), body["amount"].get("total")
             if total_fen != order["request"]["amount"]["total"] or not isinstance(refund_fen, int) or refund_fen <= 0:
                 raise SimError(400, "INVALID_REQUEST", "退款金额与订单金额不一致")
@@ -200,6 +212,7 @@ class PayMixin:
             "success_time": None,
             "refund_fen": refund_fen,
             "total_fen": total_fen,
+            "sub_mchid": order["request"].get("sub_mchid"),
         }
         self.refunds[body["out_refund_no"]] = refund
         order.update(trade_state="REFUND", refunded_fen=order["refunded_fen"] + refund_fen)
@@ -244,7 +257,8 @@ class PayMixin:
 
     def refund_notify_view(self, refund: dict[str, Any]) -> dict[str, Any]:
         view = {k: refund[k] for k in ("refund_id", "out_refund_no", "transaction_id", "out_trade_no")}
-        view.update(mchid=self.mchid, refund_status=refund["status"], user_received_account="支付用户零钱")
+        view.update(self.refund_payee_view(refund))
+        view.update(refund_status=refund["status"], user_received_account="支付用户零钱")
         if refund["success_time"]:
             view["success_time"] = refund["success_time"]
         view["amount"] = {
@@ -256,8 +270,10 @@ class PayMixin:
         return view
 
     # -- bills -------------------------------------------------------------------
-    def apply_bill(self, kind: str, bill_date: str, tar_type: str | None, download_base: str) -> dict[str, Any]:
-        content = self.trade_bill_csv(bill_date) if kind == "trade" else self.fund_bill_csv(bill_date)
+    def apply_bill(
+        self, kind: str, bill_date: str, tar_type: str | None, download_base: str, sub_mchid: str | None = None
+    ) -> dict[str, Any]:
+        content = self.trade_bill_csv(bill_date, sub_mchid) if kind == "trade" else self.fund_bill_csv(bill_date)
         token = secrets.token_urlsafe(16)
         stored = gzip.compress(content) if tar_type == "GZIP" else content
         self.store.put("bill_files", token, base64.b64encode(stored).decode())
@@ -267,9 +283,15 @@ class PayMixin:
             "download_url": f"{download_base}/v3/billdownload/file?token={token}",
         }
 
-    def trade_bill_csv(self, bill_date: str) -> bytes:
+    def trade_bill_csv(self, bill_date: str, sub_mchid: str | None = None) -> bytes:
+        """The day's paid orders: all of them (ours and every sub-merchant's), or one sub-merchant's."""
         with self.lock:
-            paid = [o for o in self.orders.values() if (o["success_time"] or "").startswith(bill_date)]
+            paid = [
+                o
+                for o in self.orders.values()
+                if (o["success_time"] or "").startswith(bill_date)
+                and (sub_mchid is None or o["request"].get("sub_mchid") == sub_mchid)
+            ]
         lines = [TRADE_BILL_HEADER] + [self._trade_line(o) for o in paid]
         total = sum(o["request"]["amount"]["total"] for o in paid)
         refunded = sum(o["refunded_fen"] for o in paid)
@@ -284,13 +306,13 @@ class PayMixin:
         return _bt(
             [
                 when,
-                req["appid"],
+                req.get("appid") or req["sp_appid"],
                 self.mchid,
-                "0",
+                req.get("sub_mchid", "0"),
                 "",
                 order["transaction_id"],
                 req["out_trade_no"],
-                req["payer"]["openid"],
+                next(iter(req["payer"].values())),
                 "JSAPI",
                 "SUCCESS",
                 "OTHERS",

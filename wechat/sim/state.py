@@ -26,6 +26,7 @@ from wechat.sim.delivery import WECHAT_RETRY_SCHEDULE_S, Delivery, NotificationD
 from wechat.sim.errors import SimError
 from wechat.sim.keys import SimulatorKeys
 from wechat.sim.messages import MessagesMixin
+from wechat.sim.partner import PartnerMixin
 from wechat.sim.pay import PayMixin
 from wechat.sim.payouts import PayoutMixin
 from wechat.sim.push import PushMixin
@@ -56,7 +57,7 @@ def beijing_now_iso() -> str:
     return datetime.now(BEIJING).isoformat(timespec="seconds")
 
 
-class SimulatorState(PayMixin, PayoutMixin, CardMixin, PushMixin, MessagesMixin, RobotMixin):
+class SimulatorState(PartnerMixin, PayMixin, PayoutMixin, CardMixin, PushMixin, MessagesMixin, RobotMixin):
     """Everything the simulated WeChat remembers, plus its keys."""
 
     def __init__(
