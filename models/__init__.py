@@ -48,6 +48,14 @@ from models.orders import Order, OrderLine, OrderPacket, OrderStatus, PaymentNot
 from models.packets import PacketStatus, RedPacket
 from models.payouts import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl
 from models.people import Merchant, Product, User, UserIdentity, UserStatus, merchant_name
+from models.profit_sharing import (
+    ProfitShare,
+    ProfitShareConfig,
+    ProfitShareReceiver,
+    ReceiverType,
+    ShareKind,
+    ShareStatus,
+)
 from models.rebates import OrderMilestone, Rebate, RebateAdjustment, RebateStatus, Receivable
 from models.reconciliation import ReconciliationMismatch, ReconciliationRun
 from models.risk import (
@@ -70,6 +78,12 @@ from models.risk import (
 )
 
 __all__ = [
+    "ProfitShare",
+    "ProfitShareConfig",
+    "ProfitShareReceiver",
+    "ReceiverType",
+    "ShareKind",
+    "ShareStatus",
     "Challenge",
     "ChallengeKind",
     "ChallengeParticipant",
