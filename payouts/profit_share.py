@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, null, or_, select
 
 from ledger import Leg, close_flow, post, ref
 from models import (
@@ -175,7 +175,7 @@ def ratios_to_fetch(now: datetime, settings: ShareSettings) -> list[str]:
     return list(
         db.session.execute(
             select(ProfitShare.sub_mchid)
-            .where(_due(now, querying=False), ProfitShare.request.is_(None), ~fresh)
+            .where(_due(now, querying=False), ProfitShare.kind.is_(None), ~fresh)
             .distinct()
             .limit(settings.batch)
         ).scalars()
@@ -227,7 +227,7 @@ def claim(now: datetime, settings: ShareSettings, client, *, querying: bool) -> 
     )
     jobs = []
     for row in shares:
-        if row.request is None and not _plan(row, now, settings, client):
+        if row.kind is None and not _plan(row, now, settings, client):
             continue
         if row.kind == ShareKind.NOTHING:
             continue
@@ -320,7 +320,7 @@ def _plan(row: ProfitShare, now: datetime, settings: ShareSettings, client) -> b
                 row.sub_mchid, row.transaction_id, row.out_order_no, UNFREEZE_DESCRIPTION
             )
     except WeChatInvalidRequest as exc:  # refused before anything was sent: an operator must look
-        row.kind, row.request = None, None
+        row.kind, row.request = None, null()
         _share_to_operator(row, f"the share could not be built: {exc.message}")
         _to_operator([p for _, ps in receivers.values() for p in ps], row, f"share not built: {exc.message}")
         return False
@@ -549,8 +549,8 @@ def _replan(row: ProfitShare, now: datetime) -> None:
     db.session.execute(ProfitShareConfig.__table__.delete().where(ProfitShareConfig.sub_mchid == row.sub_mchid))
     for payout in _share_payouts(row):
         move(payout, S.PENDING)
-        payout.request = None
-    row.status, row.kind, row.request, row.shared_fen = ShareStatus.PENDING, None, None, 0
+        payout.request = null()  # SQL NULL (not JSON null): "never handed over", as the clawback reads it
+    row.status, row.kind, row.request, row.shared_fen = ShareStatus.PENDING, None, null(), 0
     row.next_attempt_at, row.posted = now, False  # WeChat refused it outright: no share of this number exists
 
 
