@@ -468,3 +468,44 @@ def test_an_operator_switching_the_rail_off_stops_sharing(app, story, sim, make_
     hold_passes(order.id)
     assert share_due_orders()["rail_off"] == 1
     assert share_of(order.id).request is None
+
+
+# -- races ------------------------------------------------------------------------------------------------
+
+
+def test_two_share_runners_at_once_send_one_share(app, story, sim):
+    from tests.concurrency import together
+
+    order, buyer, issuer, shop = story()
+    share_due_orders()
+    hold_passes(order.id)
+    results = together(2, lambda _: share_due_orders(), app=app)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert sum(r["processing"] for r in results) == 1
+    assert [k for k in sim.ps_orders if k.startswith(shop.sub_mchid)] == [f"{shop.sub_mchid}:PS{order.id:012d}"]
+    assert {p.status for p in payouts_of(order.id).values()} == {"unknown"}
+    ledger_holds()
+
+
+def test_a_refund_racing_the_share_either_shrinks_it_or_becomes_a_receivable_never_both(app, story, sim):
+    from tests.concurrency import together
+
+    order, buyer, issuer, shop = story()
+    share_due_orders()
+    hold_passes(order.id)
+
+    def refund() -> None:
+        begun = begin_refund(db.session.get(Order, order.id), "R-race", 40_00)
+        apply_refund(order.out_trade_no, begun.out_refund_no, 40_00, utcnow(), money=app_money())
+
+    results = together(2, lambda i: share_due_orders() if i else refund(), app=app)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    share_due_orders()  # a share deferred behind the refund goes now
+    db.session.expire_all()
+    owed = {r.beneficiary_id: r.outstanding_fen for r in db.session.query(Receivable)}
+    payouts = payouts_of(order.id)
+    # what each person was sent, less what they are now entitled to, is exactly what they owe back
+    for person, entitled in ((issuer.id, 5_00), (buyer.id, 2_50)):
+        assert payouts[person].amount_fen - entitled == owed.get(person, 0)
+    assert share_of(order.id).shared_fen == sum(p.amount_fen for p in payouts.values())
+    ledger_holds()
