@@ -42,6 +42,7 @@ def share_due_orders() -> Counter:
     outcomes: Counter = Counter()
     with unit_of_work():
         outcomes["opened"] = profit_share.open_shares(utcnow(), settings)
+        outcomes["too_late"] = profit_share.strand_late_payouts()
         if not profit_share.rail_enabled(utcnow()):
             outcomes["rail_off"] += 1
             return outcomes

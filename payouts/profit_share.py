@@ -145,6 +145,30 @@ def open_shares(now: datetime, settings: ShareSettings, limit: int = 500) -> int
     return len(rows)
 
 
+def strand_late_payouts(limit: int = 100) -> int:
+    """Profit-sharing payouts queued after their order's share was planned (a rebate released later, once its
+    condition is met) can no longer leave by that share: its rest was unfrozen to the merchant. An operator
+    decides (alert ``profit_share_too_late``); they are never sent from the platform's own account."""
+    planned = exists().where(ProfitShare.order_id == Payout.order_id, ProfitShare.kind.is_not(None))
+    late = (
+        db.session.execute(
+            select(Payout)
+            .where(Payout.rail == Rail.PROFIT_SHARING, Payout.status == S.PENDING, Payout.held.is_(False), planned)
+            .order_by(Payout.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        .scalars()
+        .all()
+    )
+    for payout in late:
+        move(payout, S.NEEDS_OPERATOR)
+        payout.last_error = "queued after its order's profit share: the order's frozen money was already released"
+        raise_alert("profit_share_too_late", payout.external_no, payout.last_error)
+    db.session.flush()
+    return len(late)
+
+
 def _due(now: datetime, querying: bool):
     if querying:  # accepted and still sharing, or handed over with no answer we could read
         where = or_(

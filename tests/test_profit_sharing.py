@@ -509,3 +509,51 @@ def test_a_refund_racing_the_share_either_shrinks_it_or_becomes_a_receivable_nev
         assert payouts[person].amount_fen - entitled == owed.get(person, 0)
     assert share_of(order.id).shared_fen == sum(p.amount_fen for p in payouts.values())
     ledger_holds()
+
+
+def test_a_payout_queued_after_its_orders_share_waits_for_an_operator(app, story, sim):
+    from ledger import Leg, post_entry, ref
+    from payouts import enqueue_payout
+
+    order, buyer, issuer, shop = story()
+    share_due_orders()
+    hold_passes(order.id)
+    share_due_orders()
+    results_are_due(order.id)
+    query_profit_shares()
+    # given: a rebate released later (its condition met) queues one more share of the same order
+    cash = account(AccountKind.USER_CASH, "user", buyer.id)
+    post_entry(
+        "test-late-release", "late release", [Leg(ref(AccountKind.PLATFORM_MARKETING_FUND), -1_00), Leg(cash, 1_00)]
+    )
+    late = enqueue_payout(
+        rail=Rail.PROFIT_SHARING,
+        user_id=buyer.id,
+        amount_fen=1_00,
+        source=cash,
+        key="test-late",
+        memo="late",
+        number_prefix="",
+        order_id=order.id,
+    )
+    late_id = late.id
+    db.session.commit()
+    # when: the share job runs
+    assert share_due_orders()["too_late"] == 1
+    # then: the order's frozen money is gone: an operator decides, nothing is sent
+    assert db.session.get(Payout, late_id).status == "needs_operator"
+    assert db.session.execute(select(Alert).where(Alert.kind == "profit_share_too_late")).scalar_one()
+    ledger_holds()
+
+
+def test_the_hold_days_setting_is_validated():
+    from config import ConfigError, load_config
+
+    for bad in ("0", "180", "seven"):
+        with pytest.raises(ConfigError, match="PROFIT_SHARING_HOLD_DAYS"):
+            load_config(environ={"WECHAT_MODE": "simulator", "PROFIT_SHARING_HOLD_DAYS": bad})
+    assert load_config(environ={"WECHAT_MODE": "simulator"})["PROFIT_SHARING_HOLD_DAYS"] == 7
+    assert (
+        load_config(environ={"WECHAT_MODE": "simulator", "PROFIT_SHARING_HOLD_DAYS": "14"})["PROFIT_SHARING_HOLD_DAYS"]
+        == 14
+    )
