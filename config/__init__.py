@@ -694,6 +694,15 @@ SETTINGS: tuple[Setting, ...] = (
         "without a rate of their own (`PUT /admin/api/merchants/<id>/fee-rate`). Accrued at payment, lowered "
         "by refunds, invoiced monthly with the merchant's marketing credit applied first.",
     ),
+    Setting(
+        "PROFIT_SHARING_HOLD_DAYS",
+        7,
+        _int_between(1, 179),
+        doc="Service-provider mode: days after payment before an order's merchant-funded rebates are shared out "
+        "of its frozen money (a share to a person cannot be returned, so it waits for the refund window: 7 "
+        "days, the statutory no-reason return period; a later refund becomes a receivable). Below 180: WeChat "
+        "unfreezes unshared money to the merchant by itself after 180 days.",
+    ),
 )
 
 LIVE_REQUIRED = (

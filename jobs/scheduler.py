@@ -42,6 +42,7 @@ from jobs.payouts import (
     install_job_context,
     payout_rails,
 )
+from jobs.profit_sharing import query_profit_shares, share_due_orders
 from jobs.reconcile_cli import reconcile_command
 from jobs.risk import collusion_job, lift_expired_bans_job, purge_behaviour_events_job, spike_job
 from models import db
@@ -70,6 +71,8 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (post_challenge_standings, 60),  # groups' daily leaderboards and results (WeCom webhook, once per day)
     (update_chat_tool_cards, 15),  # chat-tool group challenge cards: who joined, started / ended
     (invoice_fees, 3600),  # last month's fee invoices, once per merchant and month (the credit applied first)
+    (share_due_orders, 60),  # service-provider mode: profit sharing of orders whose refund window closed
+    (query_profit_shares, 60),  # … and the shares' asynchronous results
 )
 RUN_AT_START = (insights_rollup_job,)  # the rollups' catch-up: at once, not an interval after the start
 # Bills for day D are ready from 09:00 on D+1, Beijing time: reconcile at 10:30.

@@ -50,6 +50,14 @@ from models.packets import PacketStatus, RedPacket
 from models.payouts import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl
 from models.people import Merchant, Product, User, UserIdentity, UserStatus, merchant_name
 from models.preferences import UserPreference
+from models.profit_sharing import (
+    ProfitShare,
+    ProfitShareConfig,
+    ProfitShareReceiver,
+    ReceiverType,
+    ShareKind,
+    ShareStatus,
+)
 from models.rebates import OrderMilestone, Rebate, RebateAdjustment, RebateStatus, Receivable
 from models.reconciliation import ReconciliationMismatch, ReconciliationRun
 from models.risk import (
@@ -77,6 +85,12 @@ __all__ = [
     "MerchantFeeRate",
     "OrderFee",
     "ProposalStatus",
+    "ProfitShare",
+    "ProfitShareConfig",
+    "ProfitShareReceiver",
+    "ReceiverType",
+    "ShareKind",
+    "ShareStatus",
     "Challenge",
     "ChallengeKind",
     "ChallengeParticipant",

@@ -36,6 +36,9 @@ class AccountKind(StrEnum):
     MERCHANT_MARKETING_CREDIT = "merchant_marketing_credit"
     MERCHANT_PAYABLE = "merchant_payable"
     MERCHANT_FEES_DUE = "merchant_fees_due"  # below zero: service fees the merchant owes the platform
+    # Service-provider mode: the merchant's own order money frozen at WeChat for profit sharing (never the
+    # platform's). Like wechat_settlement it mirrors money held at WeChat: a share out of it credits it.
+    MERCHANT_FROZEN_SALES = "merchant_frozen_sales"
     # User-owned
     USER_CASH = "user_cash"
     USER_POINTS = "user_points"

@@ -38,6 +38,9 @@ class Rail(StrEnum):
     CASH_RED_PACKET = "cash_red_packet"
     WECHAT_COUPON = "wechat_coupon"
     CARD_COUPON = "card_coupon"
+    # Service-provider mode only: a merchant-funded cash rebate leaves the merchant's own frozen order money by
+    # profit sharing (分账). No rule names it: the fund flow picks it for a ``wechat_change`` rebate.
+    PROFIT_SHARING = "profit_sharing"
 
 
 class InApp(StrEnum):

@@ -10,7 +10,13 @@ from ledger import AccountRef, Batch, Leg, account, account_ids, close_flow, pos
 from models import AccountKind, LedgerAccount, Payout, PayoutStatus, db, utcnow
 from models.payouts import Rail
 
-PREFIX = {Rail.WECHAT_CHANGE: "TB", Rail.CASH_RED_PACKET: "RP", Rail.WECHAT_COUPON: "CP", Rail.CARD_COUPON: "CD"}
+PREFIX = {
+    Rail.WECHAT_CHANGE: "TB",
+    Rail.CASH_RED_PACKET: "RP",
+    Rail.WECHAT_COUPON: "CP",
+    Rail.CARD_COUPON: "CD",
+    Rail.PROFIT_SHARING: "PD",  # the payout's own number (its share's number is the order's "PS" number)
+}
 
 
 def external_no_for(rail: str, payout_id: int, number_prefix: str) -> str:

@@ -84,10 +84,13 @@ RAIL_SETTINGS: dict[str, tuple[str, ...]] = {
     Rail.CASH_RED_PACKET: ("WECHAT_API_V2_KEY", "WECHAT_OA_APPID"),
     Rail.WECHAT_COUPON: ("WECHAT_COUPON_STOCKS",),
     Rail.CARD_COUPON: ("WECHAT_CARD_ID", "WECHAT_OA_APPID"),
+    Rail.PROFIT_SHARING: (),  # and FUND_FLOW=service_provider; sent by jobs/profit_sharing.py, not the dispatcher
 }
 
 
 def unconfigured_because(rail: str, settings: Mapping[str, Any]) -> str | None:
     """Why a rail cannot send (the settings it lacks), or None when it is configured."""
+    if rail == Rail.PROFIT_SHARING and settings.get("FUND_FLOW") != "service_provider":
+        return "not configured: set FUND_FLOW=service_provider"
     missing = [name for name in RAIL_SETTINGS[rail] if not settings.get(name)]
     return f"not configured: set {' and '.join(missing)}" if missing else None

@@ -18,7 +18,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import make_transient_to_detached
 
 from ledger import Batch, Leg, account, account_ids, balance, ref
-from models import AccountKind, Campaign, Order, Rebate, RebateStatus, Receivable, User, db, utcnow
+from models import AccountKind, Campaign, FunderType, Order, Rebate, RebateStatus, Receivable, User, db, utcnow
 from models.payouts import Rail
 from notices import Draft
 from payouts import MoneySettings
@@ -327,9 +327,11 @@ def _queue_cash_payout(
     if 0 < payable < minimum:  # stays in the balance: it landed there (a payout tells when it succeeds)
         _landed(effects, tell.landed_in_app(rebate, payable, key, Form.BALANCE))
     if payable > 0 and payable >= minimum:
+        campaign = db.session.get(Campaign, rebate.campaign_id)
+        rail = cash_rail(rebate, order, campaign)
         effects.payouts.append(
             PayoutRequest(
-                rail=RAIL_OF_FORM[rebate.form],
+                rail=rail,
                 user_id=rebate.beneficiary_id,
                 amount_fen=payable,
                 source=cash,
@@ -338,9 +340,18 @@ def _queue_cash_payout(
                 number_prefix=money.number_prefix,
                 rebate_id=rebate.id,
                 order_id=order.id,
-                extra={"fallback_rail": _fallback(rebate, db.session.get(Campaign, rebate.campaign_id))},
+                extra={"fallback_rail": None if rail == Rail.PROFIT_SHARING else _fallback(rebate, campaign)},
             )
         )
+
+
+def cash_rail(rebate: Rebate, order: Order, campaign: Campaign) -> str:
+    """How a cash rebate leaves. Service-provider mode: a merchant-funded one on a profit-sharing order leaves
+    the merchant's own frozen order money by profit sharing (``payouts.profit_share``), never the platform's
+    account; every other one by its form's rail (a platform-funded rebate from the platform's own money)."""
+    if order.profit_sharing and campaign.funder_type == FunderType.MERCHANT_DEPOSIT:
+        return Rail.PROFIT_SHARING
+    return RAIL_OF_FORM[rebate.form]
 
 
 def _landed(effects: Effects, draft: Draft | None) -> None:

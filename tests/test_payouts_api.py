@@ -849,7 +849,11 @@ def test_switching_a_rail_off_stops_the_dispatcher_at_once_and_on_again_resumes(
         "cash_red_packet",
         "wechat_coupon",
         "card_coupon",
+        "profit_sharing",
     }
+    # profit sharing sends only in the service-provider fund flow
+    assert listed["profit_sharing"]["configured"] is False
+    assert listed["profit_sharing"]["reason"] == "not configured: set FUND_FLOW=service_provider"
     [entry] = audits("rail.switch")
     assert (entry.operator_id, entry.target_id, entry.details) == (operator.id, "wechat_change", {"enabled": False})
     # when: switched on again

@@ -263,7 +263,7 @@ class RailSwitch(Model):
 
 @endpoint(
     bp,
-    "/admin/api/rails/<any(wechat_change, cash_red_packet, wechat_coupon, card_coupon):rail>",
+    "/admin/api/rails/<any(wechat_change, cash_red_packet, wechat_coupon, card_coupon, profit_sharing):rail>",
     methods=["PUT"],
     auth="operator",
     roles=ACTORS,

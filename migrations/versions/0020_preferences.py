@@ -1,7 +1,7 @@
 """preferences: the form a person would like rebates paid in, where a campaign's rule allows several
 
 Revision ID: 0020_preferences
-Revises: 0018_fund_flow (re-chained at merge)
+Revises: 0019_wallet (re-chained at merge)
 """
 
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = "0020_preferences"
-down_revision = "0018_fund_flow"
+down_revision = "0019_wallet"
 branch_labels = None
 depends_on = None
 

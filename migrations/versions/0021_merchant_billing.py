@@ -2,7 +2,7 @@
 merchant and Beijing month), and deposit top-up proposals awaiting a second operator
 
 Revision ID: 0021_merchant_billing
-Revises: 0018_fund_flow
+Revises: 0020_preferences
 """
 
 from alembic import op
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = "0021_merchant_billing"
-down_revision = "0018_fund_flow"
+down_revision = "0020_preferences"
 branch_labels = None
 depends_on = None
 

@@ -108,6 +108,7 @@ def create_simulator_blueprint(sim_state: SimulatorState, name: str = "wechat_si
     _register_cards(bp, sim_state)
     _register_push(bp, sim_state)
     _register_messages(bp, sim_state)
+    _register_profit_sharing(bp, sim_state)
     return bp
 
 
@@ -549,3 +550,27 @@ def _register_messages(bp: Blueprint, state: SimulatorState) -> None:
                 _json_bytes({"errMsg": exc.message, "errCode": int(exc.code)}), status=400, mimetype="application/json"
             )
         return _api_json(answer)
+
+
+def _register_profit_sharing(bp: Blueprint, state: SimulatorState) -> None:
+    v3 = lambda rule, methods: _v3(bp, state, rule, methods)  # noqa: E731
+
+    @v3("/v3/profitsharing/merchant-configs/<sub_mchid>", ["GET"])
+    def ps_merchant_config(body: dict[str, Any], sub_mchid: str) -> Any:
+        return state.merchant_config(sub_mchid)
+
+    @v3("/v3/profitsharing/receivers/add", ["POST"])
+    def ps_add_receiver(body: dict[str, Any]) -> Any:
+        return state.add_receiver(body, request.headers.get("Wechatpay-Serial"))
+
+    @v3("/v3/profitsharing/orders", ["POST"])
+    def ps_create_order(body: dict[str, Any]) -> Any:
+        return state.create_share(body)
+
+    @v3("/v3/profitsharing/orders/unfreeze", ["POST"])
+    def ps_unfreeze(body: dict[str, Any]) -> Any:
+        return state.unfreeze(body)
+
+    @v3("/v3/profitsharing/orders/<out_order_no>", ["GET"])
+    def ps_query_order(body: dict[str, Any], out_order_no: str) -> Any:
+        return state.query_share(out_order_no, request.args.get("sub_mchid"), request.args.get("transaction_id"))

@@ -29,6 +29,7 @@ from wechat.sim.messages import MessagesMixin
 from wechat.sim.partner import PartnerMixin
 from wechat.sim.pay import PayMixin
 from wechat.sim.payouts import PayoutMixin
+from wechat.sim.profitsharing import ProfitSharingMixin
 from wechat.sim.push import PushMixin
 from wechat.sim.robot import RobotMixin
 from wechat.sim.store import Collection, MemoryStore, Store
@@ -57,7 +58,9 @@ def beijing_now_iso() -> str:
     return datetime.now(BEIJING).isoformat(timespec="seconds")
 
 
-class SimulatorState(PartnerMixin, PayMixin, PayoutMixin, CardMixin, PushMixin, MessagesMixin, RobotMixin):
+class SimulatorState(
+    PartnerMixin, PayMixin, PayoutMixin, CardMixin, PushMixin, MessagesMixin, RobotMixin, ProfitSharingMixin
+):
     """Everything the simulated WeChat remembers, plus its keys."""
 
     def __init__(

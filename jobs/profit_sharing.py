@@ -1,0 +1,90 @@
+"""Profit-sharing jobs (service-provider mode): share the orders whose refund window closed, follow up the results.
+
+``share_due_orders``: opens a share for every paid profit-sharing order, fetches the maximum ratio of the
+sub-merchants about to share (no transaction open), claims due shares (``FOR UPDATE SKIP LOCKED``; the first
+claim plans each share and fixes its body), commits, then for each share adds the missing receivers and POSTs
+it with no transaction open, and records the answer in a new transaction.
+``query_profit_shares``: the shares WeChat is still working on (results are asynchronous), and any whose
+answer was lost, queried by their number before anything is sent again.
+
+Both do nothing unless ``FUND_FLOW=service_provider``, and nothing while an operator has the rail switched off.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from jobs.payouts import job_context
+from models import db, unit_of_work, utcnow
+from payouts import profit_share
+from payouts.profit_share import ShareSettings
+from wechat.errors import WeChatError
+from wechat.profitsharing import ProfitSharingClient
+
+log = logging.getLogger(__name__)
+
+
+def _context() -> tuple[ShareSettings, ProfitSharingClient] | None:
+    ctx = job_context()
+    if ctx.config.get("FUND_FLOW") != "service_provider":
+        return None
+    settings = ShareSettings.from_config(ctx.config)
+    return settings, ProfitSharingClient(ctx.pay, settings.sp_appid)
+
+
+def share_due_orders() -> Counter:
+    """Open, plan and send the shares of orders whose refund window has closed."""
+    context = _context()
+    if context is None:
+        return Counter()
+    settings, client = context
+    outcomes: Counter = Counter()
+    with unit_of_work():
+        outcomes["opened"] = profit_share.open_shares(utcnow(), settings)
+        outcomes["too_late"] = profit_share.strand_late_payouts()
+        if not profit_share.rail_enabled(utcnow()):
+            outcomes["rail_off"] += 1
+            return outcomes
+        wanted = profit_share.ratios_to_fetch(utcnow(), settings)
+    ratios = {}
+    for sub_mchid in wanted:  # no transaction open: WeChat is asked
+        try:
+            ratios[sub_mchid] = client.max_ratio_bps(sub_mchid)
+        except WeChatError as exc:
+            log.warning("profit sharing ratio not fetched", extra={"sub_mchid": sub_mchid, "code": exc.code})
+            outcomes["ratio_unavailable"] += 1
+    with unit_of_work():
+        for sub_mchid, ratio in ratios.items():
+            profit_share.store_ratio(sub_mchid, ratio, utcnow())
+    outcomes.update(_run(settings, client, querying=False))
+    return +outcomes
+
+
+def query_profit_shares() -> Counter:
+    """Ask WeChat about the shares it is working on, or whose answer was lost."""
+    context = _context()
+    if context is None:
+        return Counter()
+    settings, client = context
+    with unit_of_work():
+        if not profit_share.rail_enabled(utcnow()):
+            return Counter(rail_off=1)
+    return _run(settings, client, querying=True)
+
+
+def _run(settings: ShareSettings, client: ProfitSharingClient, *, querying: bool) -> Counter:
+    outcomes: Counter = Counter()
+    with unit_of_work():
+        jobs = profit_share.claim(utcnow(), settings, client, querying=querying)
+    for job in jobs:
+        result = profit_share.call(job, client)  # no transaction open
+        try:
+            with unit_of_work():
+                outcomes[profit_share.record(job, result, utcnow(), settings)] += 1
+        except Exception:  # its lease ends and the next pass queries it
+            log.exception("profit share not recorded", extra={"share": job.out_order_no})
+            outcomes["not_recorded"] += 1
+        finally:
+            db.session.remove()
+    return outcomes

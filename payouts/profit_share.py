@@ -1,0 +1,600 @@
+"""Profit sharing (分账) as a payout rail: a merchant-funded cash rebate leaves the merchant's own frozen order money.
+
+Service-provider mode only (``FUND_FLOW=service_provider``): an order paid with ``settle_info.profit_sharing``
+stays frozen at its sub-merchant. Its merchant-funded cash rebates to persons are payout rows on
+``Rail.PROFIT_SHARING`` (the outbox's rows, numbers, states and ledger flows); the dispatcher never claims
+them. One ``ProfitShare`` per order carries them together, after the order's refund window
+(``ShareSettings.hold``), in one request of at most 50 receivers, within the merchant's maximum ratio, with
+``unfreeze_unsplit`` so the rest goes to the merchant; an order with nothing to share is unfrozen.
+
+The outbox's rules hold: the share's number (from the order id) and its body are fixed and committed at the
+claim, before any call; no transaction is open during a call (the job commits between the steps); a call whose
+outcome is unknown is followed by a query of the same number before anything is sent again, and the same body
+is resent only when the query says WeChat never saw it; a 400 refusal is definite only when no share of this
+number can exist. Results are asynchronous: each receiver's ``SUCCESS`` pays its payouts, ``CLOSED`` returns
+their money to the person's balance (owed again) with an alert.
+
+Ledger: queued and sent as every payout (the person's balance → ``rebate_payable`` → ``payout_in_transit``);
+a share that succeeds leaves from ``merchant_frozen_sales`` of the order's merchant (its own money at WeChat),
+never through the platform's ``wechat_settlement``. A refund before the share reduces the pending payout (the
+clawback's ``pending_payouts_for_rebate``); after it, the money cannot be returned from a person and becomes a
+receivable, as for any payout that left.
+
+Money that does not fit the merchant's ratio is never dropped: its payouts wait for an operator
+(``needs_operator``, alert ``profit_share_over_ratio``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, null, or_, select
+
+from ledger import Leg, close_flow, post, ref
+from models import (
+    AccountKind,
+    Merchant,
+    Order,
+    OrderStatus,
+    Payout,
+    PayoutStatus,
+    ProfitShare,
+    ProfitShareConfig,
+    ProfitShareReceiver,
+    RailControl,
+    ReceiverType,
+    Refund,
+    RefundStatus,
+    ShareKind,
+    ShareStatus,
+    UserIdentity,
+    db,
+    raise_alert,
+)
+from models.payouts import Rail
+from models.sql import insert_ignoring
+from money import share
+from payouts.controls import rail_is_on
+from payouts.transitions import mark_returned, mark_sent, move
+from wechat.errors import WeChatBusinessError, WeChatError, WeChatInvalidRequest, WeChatNotFound, WeChatRateLimited
+from wechat.profitsharing import MAX_RECEIVERS
+
+S = PayoutStatus
+SHARE_TAG = "PS"
+DESCRIPTION = "订单返利"  # what the person sees on the share
+UNFREEZE_DESCRIPTION = "解冻全部剩余资金"
+RATIO_REFUSAL = "比例"  # 分账金额超出最大分账比例: our cached ratio is stale
+
+
+@dataclass(frozen=True)
+class ShareSettings:
+    """``hold``: after payment, how long before sharing (``PROFIT_SHARING_HOLD_DAYS``); ``sp_appid``: the
+    service provider's appid (``WECHAT_APPID``); ``number_prefix`` as every number we send WeChat."""
+
+    hold: timedelta = timedelta(days=7)
+    sp_appid: str = ""
+    number_prefix: str = ""
+    batch: int = 50
+    lease: timedelta = timedelta(minutes=5)
+    ratio_ttl: timedelta = timedelta(hours=24)
+    poll: timedelta = timedelta(minutes=1)  # results are asynchronous: asked again after this
+    max_attempts: int = 8
+    backoff_cap: timedelta = timedelta(hours=6)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> ShareSettings:
+        return cls(
+            hold=timedelta(days=int(cfg.get("PROFIT_SHARING_HOLD_DAYS", 7))),
+            sp_appid=cfg.get("WECHAT_APPID") or "",
+            number_prefix=cfg.get("WECHAT_NUMBER_PREFIX") or "",
+            batch=int(cfg.get("PAYOUT_BATCH", 50)),
+            lease=timedelta(seconds=int(cfg.get("PAYOUT_LEASE_SECONDS", 300))),
+            max_attempts=int(cfg.get("PAYOUT_MAX_ATTEMPTS", 8)),
+        )
+
+
+def out_order_no_for(order_id: int, number_prefix: str) -> str:
+    """The share's number, one per order, fixed: the environment prefix + ``PS`` + the order id."""
+    return f"{number_prefix}{SHARE_TAG}{order_id:012d}"
+
+
+# -- finding orders due ------------------------------------------------------------------------------
+
+
+def open_shares(now: datetime, settings: ShareSettings, limit: int = 500) -> int:
+    """A share row for each paid profit-sharing order that has none yet, due when its refund window closes.
+
+    Idempotent (one row per order, insert-or-skip): any number of runners may call it at once."""
+    has_share = exists().where(ProfitShare.order_id == Order.id)
+    orders = db.session.execute(
+        select(Order.id, Order.merchant_id, Order.sub_mchid, Order.transaction_id, Order.paid_at)
+        .where(
+            Order.profit_sharing.is_(True),
+            Order.status.in_([OrderStatus.PAID, OrderStatus.REFUNDED]),
+            Order.transaction_id.is_not(None),
+            Order.sub_mchid.is_not(None),
+            ~has_share,
+        )
+        .order_by(Order.id)
+        .limit(limit)
+    ).all()
+    rows = [
+        {
+            "order_id": order_id,
+            "merchant_id": merchant_id,
+            "sub_mchid": sub_mchid,
+            "transaction_id": transaction_id,
+            "out_order_no": out_order_no_for(order_id, settings.number_prefix),
+            "status": ShareStatus.PENDING.value,
+            "due_at": paid_at + settings.hold,
+            "next_attempt_at": paid_at + settings.hold,
+            "attempts": 0,
+            "posted": False,
+            "shared_fen": 0,
+            "held_fen": 0,
+            "created_at": now,
+        }
+        for order_id, merchant_id, sub_mchid, transaction_id, paid_at in orders
+    ]
+    insert_ignoring(ProfitShare.__table__, rows, ("order_id",))
+    db.session.flush()
+    return len(rows)
+
+
+def strand_late_payouts(limit: int = 100) -> int:
+    """Profit-sharing payouts queued after their order's share was planned (a rebate released later, once its
+    condition is met) can no longer leave by that share: its rest was unfrozen to the merchant. An operator
+    decides (alert ``profit_share_too_late``); they are never sent from the platform's own account."""
+    planned = exists().where(ProfitShare.order_id == Payout.order_id, ProfitShare.kind.is_not(None))
+    late = (
+        db.session.execute(
+            select(Payout)
+            .where(Payout.rail == Rail.PROFIT_SHARING, Payout.status == S.PENDING, Payout.held.is_(False), planned)
+            .order_by(Payout.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        .scalars()
+        .all()
+    )
+    for payout in late:
+        move(payout, S.NEEDS_OPERATOR)
+        payout.last_error = "queued after its order's profit share: the order's frozen money was already released"
+        raise_alert("profit_share_too_late", payout.external_no, payout.last_error)
+    db.session.flush()
+    return len(late)
+
+
+def _due(now: datetime, querying: bool):
+    if querying:  # accepted and still sharing, or handed over with no answer we could read
+        where = or_(
+            and_(ProfitShare.status == ShareStatus.PROCESSING, ProfitShare.next_attempt_at <= now),
+            and_(ProfitShare.status == ShareStatus.SENDING, ProfitShare.lease_until < now),
+            and_(
+                ProfitShare.status == ShareStatus.PENDING,
+                ProfitShare.posted.is_(True),
+                ProfitShare.next_attempt_at <= now,
+            ),
+        )
+    else:
+        where = and_(
+            ProfitShare.status == ShareStatus.PENDING,
+            ProfitShare.posted.is_(False),
+            ProfitShare.due_at <= now,
+            ProfitShare.next_attempt_at <= now,
+        )
+    return where
+
+
+def ratios_to_fetch(now: datetime, settings: ShareSettings) -> list[str]:
+    """Sub-merchants of due shares still to plan whose maximum ratio is unknown or older than a day."""
+    fresh = exists().where(
+        ProfitShareConfig.sub_mchid == ProfitShare.sub_mchid,
+        ProfitShareConfig.fetched_at > now - settings.ratio_ttl,
+    )
+    return list(
+        db.session.execute(
+            select(ProfitShare.sub_mchid)
+            .where(_due(now, querying=False), ProfitShare.kind.is_(None), ~fresh)
+            .distinct()
+            .limit(settings.batch)
+        ).scalars()
+    )
+
+
+def store_ratio(sub_mchid: str, ratio_bps: int, now: datetime) -> None:
+    config = db.session.get(ProfitShareConfig, sub_mchid) or ProfitShareConfig(sub_mchid=sub_mchid)
+    config.max_ratio_bps, config.fetched_at = ratio_bps, now
+    db.session.add(config)
+    db.session.flush()
+
+
+def rail_enabled(now: datetime) -> bool:
+    """The operators' switch for the rail (``PUT /admin/api/rails/profit_sharing``) and any pause."""
+    return rail_is_on(db.session.get(RailControl, Rail.PROFIT_SHARING), now)
+
+
+# -- the claim: plan, fix and commit the request ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShareJob:
+    """What the call needs, as plain values (the call touches no database)."""
+
+    share_id: int
+    out_order_no: str
+    sub_mchid: str
+    transaction_id: str
+    kind: str
+    body: dict
+    query_first: bool
+    receivers_to_add: tuple[tuple[str, str, str | None], ...] = ()  # (type, account, sub_appid)
+
+
+def claim(now: datetime, settings: ShareSettings, client, *, querying: bool) -> list[ShareJob]:
+    """Claim due shares (the caller commits before any call): the first claim of a share plans it and fixes
+    its body; ``querying`` takes the shares whose answer is awaited instead of those due to be sent."""
+    shares = (
+        db.session.execute(
+            select(ProfitShare)
+            .where(_due(now, querying))
+            .order_by(ProfitShare.next_attempt_at, ProfitShare.id)
+            .limit(settings.batch)
+            .with_for_update(skip_locked=True)
+        )
+        .scalars()
+        .all()
+    )
+    jobs = []
+    for row in shares:
+        if row.kind is None and not _plan(row, now, settings, client):
+            continue
+        if row.kind == ShareKind.NOTHING:
+            continue
+        query_first = row.posted  # an earlier claim may have POSTed it: only a query may decide
+        row.status, row.lease_until, row.posted = ShareStatus.SENDING, now + settings.lease, True
+        row.attempts += 1
+        jobs.append(
+            ShareJob(
+                row.id,
+                row.out_order_no,
+                row.sub_mchid,
+                row.transaction_id,
+                row.kind,
+                dict(row.request),
+                query_first=query_first,
+                receivers_to_add=_receivers_to_add(row),
+            )
+        )
+    db.session.flush()
+    return jobs
+
+
+def _plan(row: ProfitShare, now: datetime, settings: ShareSettings, client) -> bool:
+    """Decide what this order shares and fix the body; False when it is not to be sent now."""
+    order = db.session.execute(
+        select(Order).where(Order.id == row.order_id).with_for_update().execution_options(populate_existing=True)
+    ).scalar_one()
+    pending_refund = db.session.execute(
+        select(Refund.id).where(Refund.order_id == order.id, Refund.status == RefundStatus.PENDING).limit(1)
+    ).first()
+    if pending_refund is not None:  # the refund decides first what is still owed; its payouts are held
+        row.next_attempt_at = now + settings.poll * 10
+        return False
+    payouts = (
+        db.session.execute(
+            select(Payout)
+            .where(
+                Payout.order_id == order.id,
+                Payout.rail == Rail.PROFIT_SHARING,
+                Payout.status == S.PENDING,
+                Payout.held.is_(False),
+            )
+            .order_by(Payout.id)
+            .with_for_update()
+        )
+        .scalars()
+        .all()
+    )
+    left = order.net_paid_fen
+    if left <= 0:  # refunded in full: nothing is frozen any more
+        row.kind, row.status, row.finished_at = ShareKind.NOTHING, ShareStatus.FINISHED, now
+        _to_operator(payouts, row, "the order was refunded in full before its share")
+        return False
+    config = db.session.get(ProfitShareConfig, row.sub_mchid)
+    if config is None or config.fetched_at <= now - settings.ratio_ttl:
+        row.next_attempt_at = now + settings.poll  # its ratio is fetched first (no call inside a claim)
+        return False
+    merchant = db.session.get(Merchant, row.merchant_id)
+    receivers, over, unreachable = _fit(payouts, share(left, config.max_ratio_bps), merchant, settings)
+    _to_operator(unreachable, row, "the person has no openid under the service provider's or the merchant's appid")
+    if over:
+        row.held_fen += sum(p.amount_fen for p in over)
+        _to_operator(
+            over,
+            row,
+            f"{sum(p.amount_fen for p in over)} fen do not fit the merchant's maximum profit-sharing ratio "
+            f"({config.max_ratio_bps} bps of {left} fen)",
+            kind="profit_share_over_ratio",
+        )
+    row.ratio_bps = config.max_ratio_bps
+    try:
+        if receivers:
+            row.kind = ShareKind.SHARE
+            row.request = client.order_body(
+                row.sub_mchid,
+                row.transaction_id,
+                row.out_order_no,
+                [
+                    {"type": t, "account": a, "amount": amount, "description": DESCRIPTION}
+                    for (t, a), (amount, _) in receivers.items()
+                ],
+                unfreeze_unsplit=True,
+                sub_appid=merchant.sub_appid
+                if any(t == ReceiverType.PERSONAL_SUB_OPENID for t, _ in receivers)
+                else None,
+            )
+        else:
+            row.kind = ShareKind.UNFREEZE
+            row.request = client.unfreeze_body(
+                row.sub_mchid, row.transaction_id, row.out_order_no, UNFREEZE_DESCRIPTION
+            )
+    except WeChatInvalidRequest as exc:  # refused before anything was sent: an operator must look
+        row.kind, row.request = None, null()
+        _share_to_operator(row, f"the share could not be built: {exc.message}")
+        _to_operator([p for _, ps in receivers.values() for p in ps], row, f"share not built: {exc.message}")
+        return False
+    row.shared_fen = sum(amount for amount, _ in receivers.values())
+    for (t, a), (_, included) in receivers.items():
+        for payout in included:
+            move(payout, S.SENDING)
+            payout.request = {"share": row.out_order_no, "type": t, "account": a}
+            payout.attempts += 1
+    return True
+
+
+def _fit(payouts: list[Payout], cap: int, merchant: Merchant, settings: ShareSettings):
+    """The receivers (type, account) → (amount, payouts) that fit ``cap``, whole payouts in id order; the
+    payouts that do not fit; the payouts whose person has no openid to share to."""
+    users = {p.user_id for p in payouts}
+    appids = [a for a in (settings.sp_appid, merchant.sub_appid) if a]
+    openids: dict[tuple[int, str], str] = {}
+    if users and appids:
+        for user_id, appid, openid in db.session.execute(
+            select(UserIdentity.user_id, UserIdentity.appid, UserIdentity.openid).where(
+                UserIdentity.user_id.in_(users), UserIdentity.appid.in_(appids)
+            )
+        ).tuples():
+            openids[user_id, appid] = openid
+    receivers: dict[tuple[str, str], tuple[int, list[Payout]]] = {}
+    over, unreachable, used = [], [], 0
+    for payout in payouts:
+        if (payout.user_id, settings.sp_appid) in openids:
+            key = (ReceiverType.PERSONAL_OPENID.value, openids[payout.user_id, settings.sp_appid])
+        elif merchant.sub_appid and (payout.user_id, merchant.sub_appid) in openids:
+            key = (ReceiverType.PERSONAL_SUB_OPENID.value, openids[payout.user_id, merchant.sub_appid])
+        else:
+            unreachable.append(payout)
+            continue
+        if used + payout.amount_fen > cap or (key not in receivers and len(receivers) >= MAX_RECEIVERS):
+            over.append(payout)
+            continue
+        used += payout.amount_fen
+        amount, included = receivers.get(key, (0, []))
+        receivers[key] = (amount + payout.amount_fen, [*included, payout])
+    return receivers, over, unreachable
+
+
+def _receivers_to_add(row: ProfitShare) -> tuple[tuple[str, str, str | None], ...]:
+    if row.kind != ShareKind.SHARE:
+        return ()
+    wanted = [(r["type"], r["account"]) for r in row.request["receivers"]]
+    known = set(
+        db.session.execute(
+            select(ProfitShareReceiver.type, ProfitShareReceiver.account).where(
+                ProfitShareReceiver.sub_mchid == row.sub_mchid,
+                ProfitShareReceiver.account.in_([a for _, a in wanted]),
+            )
+        ).tuples()
+    )
+    sub_appid = row.request.get("sub_appid")
+    return tuple(
+        (t, a, sub_appid if t == ReceiverType.PERSONAL_SUB_OPENID else None) for t, a in wanted if (t, a) not in known
+    )
+
+
+# -- the call (no database) ---------------------------------------------------------------------------
+
+
+@dataclass
+class ShareCall:
+    """What WeChat said. ``outcome``: answered (``answer`` holds the share), not_found, unknown, retry,
+    refused (400: definite when ``definite``), receiver_refused."""
+
+    outcome: str
+    code: str | None = None
+    message: str = ""
+    answer: dict = field(default_factory=dict)
+    definite: bool = False
+    added: list[tuple[str, str, str]] = field(default_factory=list)  # (type, account, appid) added now
+    calls: list[str] = field(default_factory=list)
+
+
+def call(job: ShareJob, client) -> ShareCall:
+    """Query first when the share may be at WeChat; add missing receivers; POST only a share WeChat has not got."""
+    result = ShareCall("unknown")
+    try:
+        if job.query_first:
+            result.calls.append("query")
+            try:
+                answer = client.query_order(job.sub_mchid, job.transaction_id, job.out_order_no)
+            except WeChatNotFound:
+                pass  # WeChat never saw this number: the same body may be sent
+            else:
+                return _answered(result, answer, job)
+        for receiver_type, account, sub_appid in job.receivers_to_add:
+            result.calls.append("add_receiver")
+            try:
+                client.add_receiver(job.sub_mchid, receiver_type, account, "USER", sub_appid=sub_appid)
+            except WeChatError as exc:
+                if exc.outcome_unknown or isinstance(exc, WeChatRateLimited):
+                    return _error(result, exc)
+                result.outcome, result.code, result.message = "receiver_refused", exc.code, exc.message
+                return result
+            result.added.append((receiver_type, account, client.sp_appid))
+        result.calls.append("send")
+        answer = client.post_order(job.body) if job.kind == ShareKind.SHARE else client.unfreeze(job.body)
+        return _answered(result, answer, job)
+    except WeChatError as exc:
+        result = _error(result, exc)
+        # reached the POST only when no share of this number can exist (never claimed before, or the query
+        # just said WeChat never saw it): a 400 then refuses this request, nothing else
+        result.definite = result.outcome == "refused" and result.calls[-1] == "send"
+        return result
+
+
+def _answered(result: ShareCall, answer: Any, job: ShareJob) -> ShareCall:
+    if not isinstance(answer, dict) or answer.get("out_order_no") != job.out_order_no:
+        result.outcome, result.code = "mismatch", "ANSWER_MISMATCH"
+        result.message = f"the answer is not about share {job.out_order_no}"
+        return result
+    result.outcome, result.answer = "answered", answer
+    return result
+
+
+def _error(result: ShareCall, exc: WeChatError) -> ShareCall:
+    result.code, result.message = exc.code, exc.message
+    if isinstance(exc, WeChatRateLimited) or exc.code == "NOT_ENOUGH":  # 频率超限; not settled yet or refunded
+        result.outcome = "retry"
+    elif exc.outcome_unknown:
+        result.outcome = "unknown"
+    elif isinstance(exc, WeChatBusinessError) and exc.http_status == 400:
+        result.outcome = "refused"
+    else:
+        result.outcome = "unknown"
+    return result
+
+
+# -- recording the answer -----------------------------------------------------------------------------
+
+
+def record(job: ShareJob, result: ShareCall, now: datetime, settings: ShareSettings) -> str:
+    """Apply what WeChat said (the caller commits); returns the share's status."""
+    row = db.session.execute(
+        select(ProfitShare)
+        .where(ProfitShare.id == job.share_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+    _remember_receivers(row.sub_mchid, result.added, now)
+    if row.status != ShareStatus.SENDING:  # decided meanwhile (an operator)
+        return row.status
+    row.lease_until = None
+    row.last_error = None if result.outcome == "answered" else f"{result.code}: {result.message}"[:2000]
+    if result.outcome == "answered":
+        _apply_answer(row, result.answer, now, settings)
+    elif result.outcome == "refused" and result.definite and RATIO_REFUSAL in result.message:
+        _replan(row, now)  # our cached ratio was stale: fetch it again and plan anew (nothing exists at WeChat)
+    elif result.outcome in ("refused", "receiver_refused", "mismatch"):
+        why = "WeChat refused the share" if result.outcome != "receiver_refused" else "WeChat refused a receiver"
+        if result.outcome == "refused" and not result.definite:
+            why += " (a share of this number may exist)"
+        _share_to_operator(row, f"{why}: {result.code} {result.message}")
+    else:  # unknown: the next pass queries first (posted); retry: the same body later
+        row.status = ShareStatus.PENDING
+        row.next_attempt_at = now + _backoff(row.attempts, settings)
+    if row.status in (ShareStatus.PENDING, ShareStatus.PROCESSING) and row.attempts >= settings.max_attempts:
+        _share_to_operator(row, f"still not final after {row.attempts} attempts ({result.code})")
+    db.session.flush()
+    return row.status
+
+
+def _apply_answer(row: ProfitShare, answer: dict, now: datetime, settings: ShareSettings) -> None:
+    row.wechat_order_id = answer.get("order_id") or row.wechat_order_id
+    payouts = _share_payouts(row)
+    for payout in payouts:
+        mark_sent(payout, now)  # handed to WeChat: the money is in transit
+        if payout.status == S.SENDING:
+            move(payout, S.UNKNOWN)
+    results = {(r.get("type"), r.get("account")): r for r in answer.get("receivers") or []}
+    waiting = False
+    for payout in payouts:
+        got = results.get((payout.request["type"], payout.request["account"]))
+        outcome = (got or {}).get("result")
+        if outcome == "SUCCESS":
+            _shared(payout, row, now, got.get("detail_id"))
+        elif outcome == "CLOSED":
+            reason = f"profit share closed: {got.get('fail_reason') or 'CLOSED'}; the money is back in the balance"
+            mark_returned(payout, S.FAILED, now, reason)
+            raise_alert("profit_share_closed", payout.external_no, reason)
+        else:
+            waiting = True
+    if answer.get("state") == "FINISHED" and not waiting:
+        row.status, row.finished_at = ShareStatus.FINISHED, now
+    else:
+        row.status, row.next_attempt_at = ShareStatus.PROCESSING, now + settings.poll
+
+
+def _shared(payout: Payout, row: ProfitShare, now: datetime, detail_id: str | None) -> None:
+    """The person received the share: the money left the merchant's frozen order money, not the platform's."""
+    move(payout, S.SUCCEEDED)
+    post(
+        f"payout:{payout.id}:paid",
+        f"payout {payout.external_no} shared from the merchant's order money ({row.out_order_no})",
+        [
+            Leg(ref(AccountKind.PAYOUT_IN_TRANSIT), -payout.amount_fen, flow=payout.flow),
+            Leg(ref(AccountKind.MERCHANT_FROZEN_SALES, "merchant", row.merchant_id), payout.amount_fen),
+        ],
+    )
+    payout.finished_at, payout.wechat_ref, payout.lease_until = now, detail_id or row.wechat_order_id, None
+    close_flow(payout.flow)
+
+
+def _share_payouts(row: ProfitShare) -> list[Payout]:
+    """The payouts this share carries (claimed for it: ``request.share`` is its number), locked in id order."""
+    candidates = db.session.execute(
+        select(Payout)
+        .where(
+            Payout.order_id == row.order_id,
+            Payout.rail == Rail.PROFIT_SHARING,
+            Payout.status.in_([S.SENDING, S.UNKNOWN]),
+        )
+        .order_by(Payout.id)
+        .with_for_update()
+    ).scalars()
+    return [p for p in candidates if (p.request or {}).get("share") == row.out_order_no]
+
+
+def _replan(row: ProfitShare, now: datetime) -> None:
+    db.session.execute(ProfitShareConfig.__table__.delete().where(ProfitShareConfig.sub_mchid == row.sub_mchid))
+    for payout in _share_payouts(row):
+        move(payout, S.PENDING)
+        payout.request = null()  # SQL NULL (not JSON null): "never handed over", as the clawback reads it
+    row.status, row.kind, row.request, row.shared_fen = ShareStatus.PENDING, None, null(), 0
+    row.next_attempt_at, row.posted = now, False  # WeChat refused it outright: no share of this number exists
+
+
+def _remember_receivers(sub_mchid: str, added: list[tuple[str, str, str]], now: datetime) -> None:
+    rows = [{"sub_mchid": sub_mchid, "type": t, "account": a, "appid": appid, "added_at": now} for t, a, appid in added]
+    insert_ignoring(ProfitShareReceiver.__table__, rows, ("sub_mchid", "type", "account"))
+
+
+def _to_operator(payouts: list[Payout], row: ProfitShare, why: str, kind: str = "payout_needs_operator") -> None:
+    for payout in payouts:
+        move(payout, S.NEEDS_OPERATOR)
+        payout.last_error = why[:2000]
+        raise_alert(kind, payout.external_no, f"{why} (order share {row.out_order_no})")
+
+
+def _share_to_operator(row: ProfitShare, why: str) -> None:
+    row.status, row.lease_until, row.last_error = ShareStatus.NEEDS_OPERATOR, None, why[:2000]
+    raise_alert("profit_share_needs_operator", row.out_order_no, why)
+
+
+def _backoff(attempts: int, settings: ShareSettings) -> timedelta:
+    ceiling = min(settings.backoff_cap.total_seconds(), 30.0 * 2 ** max(0, attempts - 1))
+    return timedelta(seconds=ceiling * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not secrecy
