@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from ledger import Leg, account, balance, check_ledger, post_entry
-from models import AccountKind, LedgerEntry, Order, Rebate, Receivable, User, UserStatus, db, utcnow
+from models import AccountKind, LedgerEntry, Merchant, Order, Rebate, Receivable, User, UserStatus, db, utcnow
 from rebate import apply_refund, begin_refund, close_order, create_order, issue_packet
 from rebate.errors import Invalid, RebateError, StateConflict
 from rebate.orders import LineRequest
@@ -372,6 +372,8 @@ def test_service_provider_mode_refuses_wallet_use_and_says_why(app, make_user, m
     leo = make_user()
     fund(leo, cash_fen=5_00, points=100)
     product = make_product()
+    db.session.get(Merchant, product.merchant_id).sub_mchid = "1900000109"  # paid to it as a sub-merchant
+    db.session.commit()
     before, entries = wallet_of(leo), count(LedgerEntry)
 
     for ask in ({"use_balance_fen": 1_00}, {"use_points": 10}):
