@@ -22,6 +22,7 @@ from tests.payment_helpers import wechat_payment
 from tests.test_simulator_e2e import app_settings as sim_settings  # noqa: F401 - fixture chain
 from tests.test_simulator_e2e import delivered, login, pay_at_checkout  # noqa: F401 - fixture
 from tests.test_wechat_callbacks import count, deliver, no_network, simulator, transaction_resource  # noqa: F401 - fixture
+from wechat.errors import WeChatNotFound
 
 SUB_MCHID = "1900000109"
 CASH_RULES = {
@@ -333,6 +334,9 @@ def test_jobs_query_and_close_partner_orders(app, client, admin, make_product, n
     assert close_expired_orders() == {"closed": 1}
     assert db.session.get(Order, paid["id"]).status == "paid"
     assert sim.orders[unpaid["out_trade_no"]]["trade_state"] == "CLOSED"
+    db.session.commit()
+    with pytest.raises(WeChatNotFound):  # asked the direct way, WeChat knows no such order of ours
+        app.extensions["wechat"].pay.query_order(paid["out_trade_no"])
 
     # when: a refund we recorded never reached WeChat; the refund job asks (partner query), then sends it again
     refund = begin_refund(db.session.get(Order, paid["id"]), "RPARTNER1", 10_00, "late")
