@@ -131,8 +131,12 @@ class PayMixin:
             return self.orders[out_trade_no]
 
     def query_order(self, out_trade_no: str) -> dict[str, Any]:
+        """A direct query: a partner order is not found under our own merchant number."""
         with self.lock:
-            return self.transaction_view(self.find_order(out_trade_no))
+            order = self.find_order(out_trade_no)
+            if "sp_mchid" in order["request"]:
+                raise SimError(404, "ORDER_NOT_EXIST", "订单不存在")
+            return self.transaction_view(order)
 
     def close_order(self, out_trade_no: str) -> None:
         with self.lock:
