@@ -93,7 +93,8 @@ FIGURES: tuple[Figure, ...] = (
     Figure(
         "shared_to_persons",
         FROZEN,
-        "Profit sharing: its merchant-funded cash rebates shared to persons out of its frozen order money",
+        "Profit sharing: rebates it funded, shared to persons from its own frozen order money at WeChat "
+        "(offsets their rebates_paid)",
         SHARED,
     ),
     Figure("frozen_sales_other", FROZEN, "Other movements of its frozen order money", None),

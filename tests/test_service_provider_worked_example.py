@@ -1,0 +1,230 @@
+"""Issue 16's service-provider worked example, end to end through the real paths on the simulator.
+
+``FUND_FLOW=service_provider``: a noodle house onboarded as a sub-merchant (admin API) runs its own two-way
+rebate campaign (10 % to the packet's issuer, a person, and 5 % to the buyer, both as WeChat change, funded by
+the merchant). The buyer orders with the packet through ``POST /api/v1/orders`` and ``/pay``; the order is
+prepaid through the partner JSAPI with ``settle_info.profit_sharing``; the simulator delivers the signed partner
+notification to the callback route. After ``PROFIT_SHARING_HOLD_DAYS`` the share job sends one profit-sharing
+order to both persons within the sub-merchant's maximum ratio with ``unfreeze_unsplit``; the query job finds it
+SUCCESS. A partner refund after sharing becomes what the persons owe back. The merchant's statement for the
+month sums to its ledger and shows the shares. ``check_ledger()`` holds after every step.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from jobs.profit_sharing import query_profit_shares, share_due_orders
+from ledger import check_ledger
+from models import (
+    AccountKind,
+    Order,
+    Payout,
+    ProfitShare,
+    Rebate,
+    Receivable,
+    Refund,
+    db,
+    utcnow,
+)
+from models.payouts import Rail
+from rebate.fees import month_of
+from tests.test_partner_flow import admin, give_packet, keyed, set_sub_mchid, user_of  # noqa: F401
+from tests.test_partner_flow import app_settings as partner_settings  # noqa: F401 - fixture chain
+from tests.test_simulator_e2e import app_settings as sim_settings  # noqa: F401 - fixture chain
+from tests.test_simulator_e2e import delivered, login, pay_at_checkout  # noqa: F401 - fixture
+from tests.test_statements import figures, url
+from tests.test_wechat_callbacks import no_network, simulator  # noqa: F401 - fixture
+
+SUB_MCHID = "1900000109"  # what set_sub_mchid gives
+TWO_WAY_CHANGE = {
+    "roles": [
+        {"role": "issuer", "rate_bps": 1000, "form": "wechat_change", "cap_fen": 1_000_00},
+        {"role": "consumer", "rate_bps": 500, "form": "wechat_change", "cap_fen": 1_000_00},
+    ]
+}
+
+
+@pytest.fixture
+def app_settings(partner_settings):  # noqa: F811
+    return {**partner_settings, "PROFIT_SHARING_HOLD_DAYS": 7}
+
+
+def ledger_holds() -> None:
+    db.session.remove()
+    report = check_ledger()
+    assert report.ok, report.violations
+    db.session.remove()
+
+
+def payouts_of(order_id: int) -> dict[int, Payout]:
+    db.session.expire_all()
+    return {p.user_id: p for p in db.session.execute(select(Payout).where(Payout.order_id == order_id)).scalars()}
+
+
+def share_of(order_id: int) -> ProfitShare:
+    db.session.expire_all()
+    return db.session.execute(select(ProfitShare).where(ProfitShare.order_id == order_id)).scalar_one()
+
+
+def test_worked_example_service_provider_two_way_rebate_shared_then_refunded_and_on_the_statement(
+    app,
+    client,
+    admin,  # noqa: F811
+    make_merchant,
+    make_product,
+    make_campaign,
+    make_operator,
+    delivered,  # noqa: F811
+    no_network,  # noqa: F811
+):
+    sim = simulator(app)
+    appid = app.config["WECHAT_APPID"]
+
+    # given: the noodle house is sub-merchant 1900000109; bob issues its packets; alice holds one (10 yuan)
+    shop = make_merchant("noodle house")
+    bowl = make_product(shop, price_fen=100_00)
+    assert set_sub_mchid(client, admin, shop.id).status_code == 200
+    login(client, "bob")
+    bob, alice_headers = user_of("bob"), login(client, "alice")
+    alice = user_of("alice")
+    campaign = make_campaign(
+        TWO_WAY_CHANGE,
+        issuer_type="user",
+        issuer_user_id=bob.id,
+        funder_type="merchant_deposit",
+        funder_merchant_id=shop.id,
+        packet_amount_fen=10_00,
+        packet_merchant_id=shop.id,
+        budget_limit_fen=10_000_00,
+    )
+    packet = give_packet(campaign, alice)
+    ids = {"shop": shop.id, "alice": alice.id, "bob": bob.id}
+    body = {"lines": [{"product_id": bowl.id, "quantity": 1}], "red_packet_id": packet.id}
+    ledger_holds()
+
+    # when: alice orders the 100-yuan bowl with the packet, then asks for the payment parameters again
+    created = client.post("/api/v1/orders", json=body, headers=alice_headers)
+    assert created.status_code == 201, created.json
+    order_id = created.json["id"]
+    again = client.post(f"/api/v1/orders/{order_id}/pay", headers=alice_headers)
+    assert again.status_code == 200, again.json
+    # then: the partner JSAPI was asked once (the prepay_id is reused), for the sub-merchant, with profit sharing
+    sent = sim.orders[created.json["out_trade_no"]]["request"]
+    assert sent["sub_mchid"] == SUB_MCHID and sent["settle_info"] == {"profit_sharing": True}
+    assert sent["amount"]["total"] == 90_00 and sent["payer"] == {"sp_openid": "sim-openid-alice"}
+    assert again.json["pay_params"]["package"] == created.json["payment"]["pay_params"]["package"]
+    ledger_holds()
+
+    # when: she pays at the simulated checkout and the signed partner notification is delivered
+    pay_at_checkout(client, again.json)
+    delivered()
+    # then: the order is paid to the sub-merchant; both rebates are profit-sharing payouts waiting for the share
+    [delivery] = sim.dispatcher.deliveries
+    assert delivery.statuses == [204]
+    order = db.session.get(Order, order_id)
+    assert (order.status, order.paid_fen, order.sub_mchid, order.profit_sharing) == ("paid", 90_00, SUB_MCHID, True)
+    payouts = payouts_of(order_id)
+    assert {u: (p.rail, p.amount_fen, p.status) for u, p in payouts.items()} == {
+        ids["bob"]: (Rail.PROFIT_SHARING, 9_00, "pending"),
+        ids["alice"]: (Rail.PROFIT_SHARING, 4_50, "pending"),
+    }
+    transaction_id = order.transaction_id
+    ledger_holds()
+
+    # when: the share job runs inside the refund window
+    assert share_due_orders()["opened"] == 1
+    # then: nothing is sent yet; the share is due PROFIT_SHARING_HOLD_DAYS after the payment
+    share = share_of(order_id)
+    assert share.kind is None and not list(sim.ps_orders.items())
+    assert share.due_at == db.session.get(Order, order_id).paid_at + timedelta(days=7)
+
+    # when: more than PROFIT_SHARING_HOLD_DAYS pass (the order was paid 8 days ago) and the job runs again
+    db.session.execute(
+        update(ProfitShare)
+        .where(ProfitShare.order_id == order_id)
+        .values(due_at=utcnow() - timedelta(days=1), next_attempt_at=utcnow() - timedelta(days=1))
+    )
+    db.session.execute(update(Order).where(Order.id == order_id).values(paid_at=utcnow() - timedelta(days=8)))
+    db.session.commit()
+    assert share_due_orders() == {"processing": 1}
+    # then: one profit-sharing order to both persons (30 % of 90 allows 27), the rest unfrozen to the merchant
+    share = share_of(order_id)
+    assert (share.kind, share.ratio_bps, share.shared_fen, share.held_fen) == ("share", 3000, 13_50, 0)
+    assert share.request["sub_mchid"] == SUB_MCHID and share.request["unfreeze_unsplit"] is True
+    assert [(r["type"], r["amount"]) for r in share.request["receivers"]] == [
+        ("PERSONAL_OPENID", 9_00),
+        ("PERSONAL_OPENID", 4_50),
+    ]
+    assert {r["account"] for r in share.request["receivers"]} == {"sim-openid-bob", "sim-openid-alice"}
+    assert share.request["appid"] == appid
+    assert sim.frozen[transaction_id]["unsplit_fen"] == 0
+    ledger_holds()
+
+    # when: the query job asks for the asynchronous result
+    db.session.execute(
+        update(ProfitShare).where(ProfitShare.order_id == order_id).values(next_attempt_at=utcnow() - timedelta(1))
+    )
+    db.session.commit()
+    assert query_profit_shares() == {"finished": 1}
+    # then: both persons received their share from the merchant's own frozen order money
+    assert share_of(order_id).status == "finished"
+    assert {p.status for p in payouts_of(order_id).values()} == {"succeeded"}
+    answer = sim.query_share(share.out_order_no, SUB_MCHID, transaction_id)
+    assert [(r["type"], r["amount"], r["result"]) for r in answer["receivers"]] == [
+        ("PERSONAL_OPENID", 9_00, "SUCCESS"),
+        ("PERSONAL_OPENID", 4_50, "SUCCESS"),
+        ("MERCHANT_ID", 76_50, "SUCCESS"),
+    ]
+    ledger_holds()
+
+    # when: finance refunds 40 of the 90 yuan through the partner refund, after the share
+    finance = make_operator("finance")[1]
+    refund = client.post(
+        f"/admin/api/orders/{order_id}/refunds", json={"amount_fen": 40_00, "reason": "cold"}, headers=keyed(finance)
+    )
+    assert refund.status_code == 201, refund.json
+    delivered()
+    # then: WeChat refunded it for the sub-merchant; the shares cannot come back from the persons: each owes
+    # what its rebate lost (bob 10 % of 50 = 5: owes 4; alice 2.50: owes 2), netted against later rebates
+    assert sim.refunds[refund.json["out_refund_no"]]["sub_mchid"] == SUB_MCHID
+    assert db.session.get(Refund, refund.json["id"]).status == "succeeded"
+    rebates = {r.role: r.amount_fen for r in db.session.query(Rebate).filter_by(order_id=order_id)}
+    assert rebates == {"issuer": 5_00, "consumer": 2_50}
+    owed = {r.beneficiary_id: r.outstanding_fen for r in db.session.query(Receivable)}
+    assert owed == {ids["bob"]: 4_00, ids["alice"]: 2_00}
+    ledger_holds()
+
+    # when: an admin reads the merchant's statement for the month
+    month = month_of(utcnow())
+    s = client.get(url(ids["shop"], month), headers=admin).json
+    # then: every account reconciles; the shares are a figure of its postings and the profit-sharing part says
+    # what was shared, unfrozen and still in flight
+    assert all(a["reconciles"] for a in s["accounts"]), s["accounts"]
+    got = figures(s)
+    assert got["shared_to_persons"] == 13_50 and got["frozen_sales_other"] == 0
+    assert got["sales"] == 100_00 and got["refunds"] == -40_00
+    # the refund clawed 6 yuan back into the deposit: the persons owe it (receivables), the shares stand
+    assert got["rebates_paid"] == -13_50 and got["rebates_clawed_back"] == 6_00
+    postings = client.get(url(ids["shop"], month, entries=1, figure="shared_to_persons"), headers=admin).json
+    assert postings["total_fen"] == 13_50 and len(postings["postings"]) == 2
+    ps = s["profit_shares"]
+    assert ps["mode"] == "service_provider"
+    assert ps["shared_to_persons"]["fen"] == 13_50
+    assert ps["unfrozen_to_merchant"] == {"fen": 76_50, "yuan": "76.50", "share_ids": [share.id]}
+    assert ps["held_over_ratio"]["fen"] == 0 and ps["closed_returned_to_balance"]["fen"] == 0
+    assert ps["in_flight"] == {"fen": 0, "yuan": "0.00", "payout_ids": [], "share_ids": []}
+    frozen = ps["frozen_sales"]
+    assert (frozen["opening_fen"], frozen["closing_fen"]) == (0, 13_50)
+    assert frozen["account"] == f"{AccountKind.MERCHANT_FROZEN_SALES}:merchant:{ids['shop']}"
+    rows = list(csv.reader(io.StringIO(client.get(url(ids["shop"], month, format="csv"), headers=admin).text)))
+    by_name = {(r[0], r[1]): r for r in rows}
+    assert by_name[("profit_shares", "shared_to_persons")][4:6] == ["13.50", "1350"]
+    assert by_name[("profit_shares", "unfrozen_to_merchant")][4:6] == ["76.50", "7650"]
+    assert by_name[("figure", "shared_to_persons")][5] == "1350"
+    ledger_holds()
