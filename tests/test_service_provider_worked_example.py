@@ -228,3 +228,100 @@ def test_worked_example_service_provider_two_way_rebate_shared_then_refunded_and
     assert by_name[("profit_shares", "unfrozen_to_merchant")][4:6] == ["76.50", "7650"]
     assert by_name[("figure", "shared_to_persons")][5] == "1350"
     ledger_holds()
+
+
+def paid_partner_order(client, admin, make_merchant, make_product, make_campaign, delivered) -> dict:  # noqa: F811
+    """The worked example's order, paid: a 100-yuan bowl with a 10-yuan packet, 90 paid to the sub-merchant
+    with profit sharing; the merchant's fee rate is 3 %. Returns the ids."""
+    shop = make_merchant("noodle house")
+    bowl = make_product(shop, price_fen=100_00)
+    assert set_sub_mchid(client, admin, shop.id).status_code == 200
+    rate = client.put(
+        f"/admin/api/merchants/{shop.id}/fee-rate", json={"rate_bps": 300, "reason": "contract"}, headers=admin
+    )
+    assert rate.status_code == 200, rate.json
+    login(client, "bob")
+    bob, alice_headers = user_of("bob"), login(client, "alice")
+    alice = user_of("alice")
+    campaign = make_campaign(
+        TWO_WAY_CHANGE,
+        issuer_type="user",
+        issuer_user_id=bob.id,
+        funder_type="merchant_deposit",
+        funder_merchant_id=shop.id,
+        packet_amount_fen=10_00,
+        packet_merchant_id=shop.id,
+        budget_limit_fen=10_000_00,
+    )
+    packet = give_packet(campaign, alice)
+    body = {"lines": [{"product_id": bowl.id, "quantity": 1}], "red_packet_id": packet.id}
+    ids = {"shop": shop.id, "alice": alice.id, "bob": bob.id}
+    created = client.post("/api/v1/orders", json=body, headers=alice_headers)
+    assert created.status_code == 201, created.json
+    pay_at_checkout(client, created.json["payment"])
+    delivered()
+    order = db.session.get(Order, created.json["id"])
+    assert (order.status, order.profit_sharing) == ("paid", True)
+    return {**ids, "order": order.id, "transaction_id": order.transaction_id}
+
+
+def fee_of(order_id: int) -> int:
+    from models import OrderFee
+
+    db.session.expire_all()
+    return db.session.get(OrderFee, order_id).fee_fen
+
+
+def test_a_partner_refund_before_sharing_lowers_the_fee_and_the_share(
+    app,
+    client,
+    admin,  # noqa: F811
+    make_merchant,
+    make_product,
+    make_campaign,
+    make_operator,
+    delivered,  # noqa: F811
+    no_network,  # noqa: F811
+):
+    # given: the paid partner order (fee 3 % of 100 = 3 yuan), its share opened, not yet due
+    sim = simulator(app)
+    ids = paid_partner_order(client, admin, make_merchant, make_product, make_campaign, delivered)
+    order_id = ids["order"]
+    assert fee_of(order_id) == 3_00
+    assert share_due_orders()["opened"] == 1
+    # when: finance refunds 40 of the 90 yuan through the partner refund, inside the refund window
+    finance = make_operator("finance")[1]
+    refund = client.post(
+        f"/admin/api/orders/{order_id}/refunds", json={"amount_fen": 40_00, "reason": "cold"}, headers=keyed(finance)
+    )
+    assert refund.status_code == 201, refund.json
+    delivered()
+    # then: the fee is 3 % of what is left of the goods (100 × 50/90 = 55.55 → 1.66); the pending payouts
+    # shrank before anything left (bob 10 % of 50, alice 5 %): nobody owes anything
+    assert sim.refunds[refund.json["out_refund_no"]]["sub_mchid"] == SUB_MCHID
+    assert fee_of(order_id) == 1_66
+    payouts = payouts_of(order_id)
+    assert (payouts[ids["bob"]].amount_fen, payouts[ids["alice"]].amount_fen) == (5_00, 2_50)
+    assert db.session.query(Receivable).count() == 0
+    ledger_holds()
+    # when: the hold passes; the share is sent and its result asked for
+    later = utcnow() - timedelta(seconds=1)
+    db.session.execute(
+        update(ProfitShare).where(ProfitShare.order_id == order_id).values(due_at=later, next_attempt_at=later)
+    )
+    db.session.commit()
+    assert share_due_orders() == {"processing": 1}
+    db.session.execute(update(ProfitShare).where(ProfitShare.order_id == order_id).values(next_attempt_at=later))
+    db.session.commit()
+    assert query_profit_shares() == {"finished": 1}
+    # then: the share carried the reduced amounts; WeChat unfroze the rest of the 50 yuan left to the merchant
+    share = share_of(order_id)
+    assert (share.shared_fen, [r["amount"] for r in share.request["receivers"]]) == (7_50, [5_00, 2_50])
+    answer = sim.query_share(share.out_order_no, SUB_MCHID, ids["transaction_id"])
+    assert [(r["type"], r["amount"]) for r in answer["receivers"]][-1] == ("MERCHANT_ID", 42_50)
+    # and the statement says the same
+    s = client.get(url(ids["shop"], month_of(utcnow())), headers=admin).json
+    assert figures(s)["fees_reduced_by_refunds"] == 1_34 and figures(s)["shared_to_persons"] == 7_50
+    assert s["profit_shares"]["unfrozen_to_merchant"]["fen"] == 42_50
+    assert all(a["reconciles"] for a in s["accounts"])
+    ledger_holds()
