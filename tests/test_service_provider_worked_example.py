@@ -327,6 +327,51 @@ def test_a_partner_refund_before_sharing_lowers_the_fee_and_the_share(
     ledger_holds()
 
 
+def test_the_statement_shows_a_closed_receiver_and_what_did_not_fit_the_ratio(
+    app,
+    client,
+    admin,  # noqa: F811
+    make_merchant,
+    make_product,
+    make_campaign,
+    delivered,  # noqa: F811
+    no_network,  # noqa: F811
+):
+    # given: the paid partner order; the sub-merchant allows 10 % (9 of 90 yuan) and bob's account cannot receive
+    sim = simulator(app)
+    ids = paid_partner_order(client, admin, make_merchant, make_product, make_campaign, delivered)
+    sim.set_max_ratio(SUB_MCHID, 1000)
+    sim.close_share_to("sim-openid-bob")
+    # when: the share goes out after the hold and its result comes back
+    share_due_orders()
+    later = utcnow() - timedelta(seconds=1)
+    db.session.execute(
+        update(ProfitShare).where(ProfitShare.order_id == ids["order"]).values(due_at=later, next_attempt_at=later)
+    )
+    db.session.commit()
+    assert share_due_orders() == {"processing": 1}
+    db.session.execute(update(ProfitShare).where(ProfitShare.order_id == ids["order"]).values(next_attempt_at=later))
+    db.session.commit()
+    assert query_profit_shares() == {"finished": 1}
+    # then: bob's 9 yuan came back to his balance, alice's 4.50 waits for an operator; nothing reached a person
+    payouts = payouts_of(ids["order"])
+    assert (payouts[ids["bob"]].status, payouts[ids["alice"]].status) == ("failed", "needs_operator")
+    s = client.get(url(ids["shop"], month_of(utcnow())), headers=admin).json
+    ps = s["profit_shares"]
+    assert ps["shared_to_persons"]["fen"] == 0
+    assert ps["closed_returned_to_balance"] == {
+        "fen": 9_00,
+        "yuan": "9.00",
+        "entries": [f"payout:{payouts[ids['bob']].id}:failed"],
+    }
+    share = share_of(ids["order"])
+    assert ps["held_over_ratio"] == {"fen": 4_50, "yuan": "4.50", "share_ids": [share.id]}
+    assert ps["unfrozen_to_merchant"]["fen"] == 90_00 - 9_00  # the held 4.50 included: it was not shared
+    assert ps["in_flight"]["fen"] == 0
+    assert all(a["reconciles"] for a in s["accounts"])
+    ledger_holds()
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="integration gap (issue 16): in service-provider mode deposit top-ups are refused (409 "
