@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
@@ -247,7 +247,16 @@ def _profit_shares(
     inside a share (pending, sending, processing)."""
     orders = select(Order.id).where(Order.merchant_id == merchant_id)
     rail = (Payout.rail == Rail.PROFIT_SHARING) & Payout.order_id.in_(orders)
-    closed_ids = list(db.session.execute(select(Payout.id).where(rail, Payout.status == PayoutStatus.FAILED)).scalars())
+    closed_ids = list(
+        db.session.execute(
+            select(Payout.id).where(  # returned with the entry below (whose booking time decides the month)
+                rail,
+                Payout.status == PayoutStatus.FAILED,
+                Payout.finished_at >= start - timedelta(days=1),
+                Payout.finished_at < end + timedelta(days=1),
+            )
+        ).scalars()
+    )
     closed = db.session.execute(
         select(LedgerEntry.idempotency_key, LedgerPosting.amount)
         .join(LedgerPosting, LedgerPosting.entry_id == LedgerEntry.id)
