@@ -1,7 +1,8 @@
 """A merchant's monthly statement, read from the ledger: every figure is the sum of named postings.
 
 The month is a Beijing month; a posting belongs to it by its entry's booking time. Each of the merchant's
-four accounts (payable, marketing deposit, marketing credit, fees due) is split into figures by the entry's
+five accounts (payable, marketing deposit, marketing credit, fees due, and in service-provider mode its
+order money frozen for profit sharing) is split into figures by the entry's
 idempotency key (``FIGURES``: the first pattern that matches; each account's last figure takes the rest), so
 the figures of an account add up to its movement in the month, and opening + movement = closing is checked
 on every statement (``reconciles``). ``statement_postings`` lists the postings of one figure: the figure is
@@ -9,14 +10,15 @@ their sum, to the fen.
 
 What is not yet in the ledger is shown apart as *in flight*, each line with the rows it reads: rebates held
 for a milestone or a review, live packets' reservations, refunds not finished, deposit top-ups awaiting a
-second operator, and fees booked but not yet invoiced.
+second operator, and fees booked but not yet invoiced. The profit-sharing part (``profit_shares``) reads
+the frozen order money's postings and the ``ProfitShare`` rows (see ``_profit_shares``).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
@@ -32,10 +34,16 @@ from models import (
     LedgerPosting,
     Merchant,
     Order,
+    Payout,
+    PayoutStatus,
+    ProfitShare,
     ProposalStatus,
+    Rail,
     Rebate,
     Refund,
     RefundStatus,
+    ShareKind,
+    ShareStatus,
     db,
 )
 from money import format_yuan
@@ -52,6 +60,8 @@ class Figure:
 
 PAYABLE, DEPOSIT = AccountKind.MERCHANT_PAYABLE, AccountKind.MERCHANT_MARKETING_DEPOSIT
 CREDIT, FEES = AccountKind.MERCHANT_MARKETING_CREDIT, AccountKind.MERCHANT_FEES_DUE
+FROZEN = AccountKind.MERCHANT_FROZEN_SALES
+SHARED = r"^payout:\d+:paid$"  # a profit-sharing payout a person received (``payouts.profit_share._shared``)
 CLAWBACK = r"^(clawback:|review:\d+:clawback:)"
 
 FIGURES: tuple[Figure, ...] = (
@@ -80,9 +90,17 @@ FIGURES: tuple[Figure, ...] = (
     Figure("fees_reduced_by_refunds", FEES, "Service fees given back for refunds", r"^fee:refund:"),
     Figure("fees_paid_by_credit", FEES, "Service fees paid by marketing credit", r"^invoice:"),
     Figure("fees_other", FEES, "Other movements of fees due", None),
+    Figure(
+        "shared_to_persons",
+        FROZEN,
+        "Profit sharing: rebates it funded, shared to persons from its own frozen order money at WeChat "
+        "(offsets their rebates_paid)",
+        SHARED,
+    ),
+    Figure("frozen_sales_other", FROZEN, "Other movements of its frozen order money", None),
 )
 FIGURE_NAMES = tuple(f.name for f in FIGURES)
-KINDS = (PAYABLE, DEPOSIT, CREDIT, FEES)
+KINDS = (PAYABLE, DEPOSIT, CREDIT, FEES, FROZEN)
 
 
 def classify(kind: str, key: str) -> str:
@@ -177,7 +195,7 @@ def merchant_statement(merchant: Merchant, month: str, fund_flow: str, entries_u
         "figures": figures,
         "summary": _summary(totals),
         "accounts": _reconcile(accounts, totals, start, end),
-        "profit_sharing": _profit_sharing(fund_flow),
+        "profit_shares": _profit_shares(merchant.id, accounts[FROZEN.value], fund_flow, start, end, totals),
         "invoice": _invoice(merchant.id, month),
         "in_flight": _in_flight(merchant.id, accounts),
     }
@@ -193,6 +211,7 @@ def _summary(t: dict[str, int]) -> dict:
         "credit_earned": ("credit_earned", "credit_clawed_back"),
         "credit_used": ("credit_applied_to_fees", "credit_spent_on_promotions"),
         "platform_fees": ("fees_accrued", "fees_reduced_by_refunds"),
+        "shared_to_persons": ("shared_to_persons",),
     }
     return {name: {**money(sum(t[f] for f in of)), "of": list(of)} for name, of in lines.items()}
 
@@ -215,14 +234,112 @@ def _reconcile(accounts: dict[str, LedgerAccount], totals: dict[str, int], start
     return out
 
 
-def _profit_sharing(fund_flow: str) -> dict:
-    if fund_flow != "service_provider":
-        return {"mode": fund_flow, "shared_fen": 0, "note": "direct mode: merchant-funded rebates leave the deposit"}
+def _profit_shares(
+    merchant_id: int, frozen: LedgerAccount, fund_flow: str, start: datetime, end: datetime, totals: dict[str, int]
+) -> dict:
+    """Profit sharing (service-provider mode) of the merchant's orders, each line with the rows it reads.
+
+    For the month: what persons received (the ``shared_to_persons`` figure: postings on its frozen order
+    money), what came back to persons' balances because a receiver was CLOSED (the payouts' ``failed``
+    entries booked in the month), and of the shares finished in the month, what was unfrozen to the merchant
+    (frozen when the share was sent, i.e. paid less the refunds begun before it, less what it shared) and,
+    of that, what did not fit its maximum ratio (held for an operator). As of now: payouts waiting for or
+    inside a share (pending, sending, processing)."""
+    orders = select(Order.id).where(Order.merchant_id == merchant_id)
+    rail = (Payout.rail == Rail.PROFIT_SHARING) & Payout.order_id.in_(orders)
+    closed_ids = list(
+        db.session.execute(
+            select(Payout.id).where(  # returned with the entry below (whose booking time decides the month)
+                rail,
+                Payout.status == PayoutStatus.FAILED,
+                Payout.finished_at >= start - timedelta(days=1),
+                Payout.finished_at < end + timedelta(days=1),
+            )
+        ).scalars()
+    )
+    closed = db.session.execute(
+        select(LedgerEntry.idempotency_key, LedgerPosting.amount)
+        .join(LedgerPosting, LedgerPosting.entry_id == LedgerEntry.id)
+        .join(LedgerAccount, LedgerAccount.id == LedgerPosting.account_id)
+        .where(
+            LedgerEntry.idempotency_key.in_([f"payout:{i}:{PayoutStatus.FAILED}" for i in closed_ids] or [""]),
+            LedgerEntry.created_at >= start,
+            LedgerEntry.created_at < end,
+            LedgerAccount.owner_type == "user",
+        )
+    ).all()
+    finished = db.session.execute(
+        select(ProfitShare, Order.paid_fen)
+        .join(Order, Order.id == ProfitShare.order_id)
+        .where(
+            ProfitShare.merchant_id == merchant_id,
+            ProfitShare.status == ShareStatus.FINISHED,
+            ProfitShare.kind.in_([ShareKind.SHARE, ShareKind.UNFREEZE]),
+            ProfitShare.finished_at >= start,
+            ProfitShare.finished_at < end,
+        )
+        .order_by(ProfitShare.id)
+    ).all()
+    unfrozen = sum(_frozen_when_sent(row, paid_fen) - row.shared_fen for row, paid_fen in finished)
+    waiting = db.session.execute(
+        select(Payout.id, Payout.amount_fen)
+        .where(rail, Payout.status.in_([PayoutStatus.PENDING, PayoutStatus.SENDING, PayoutStatus.UNKNOWN]))
+        .order_by(Payout.id)
+    ).all()
+    open_shares = db.session.execute(
+        select(ProfitShare.id).where(
+            ProfitShare.merchant_id == merchant_id,
+            ProfitShare.status.in_([ShareStatus.PENDING, ShareStatus.SENDING, ShareStatus.PROCESSING]),
+        )
+    ).scalars()
+    note = (
+        "merchant-funded cash rebates leave its own frozen order money by profit sharing"
+        if fund_flow == "service_provider"
+        else "direct mode: merchant-funded rebates leave the deposit; nothing is shared"
+    )
     return {
         "mode": fund_flow,
-        "shared_fen": 0,
-        "note": "profit-sharing results are read from the payable's other movements once recorded in the ledger",
+        "note": note,
+        "shared_to_persons": {**money(totals["shared_to_persons"]), "figure": "shared_to_persons"},
+        "closed_returned_to_balance": {
+            **money(sum(int(a) for _, a in closed)),
+            "entries": sorted({k for k, _ in closed}),
+        },
+        "unfrozen_to_merchant": {**money(unfrozen), "share_ids": [row.id for row, _ in finished]},
+        "held_over_ratio": {
+            **money(sum(row.held_fen for row, _ in finished)),
+            "share_ids": [row.id for row, _ in finished if row.held_fen],
+        },
+        "in_flight": {
+            **money(sum(a for _, a in waiting)),
+            "payout_ids": [i for i, _ in waiting],
+            "share_ids": list(open_shares),
+        },
+        "frozen_sales": {
+            "account": frozen.code,
+            "opening_fen": _balance_before(frozen.id, start),
+            "closing_fen": _balance_before(frozen.id, end),
+        },
     }
+
+
+def _frozen_when_sent(row: ProfitShare, paid_fen: int) -> int:
+    """What was still frozen when the share was sent: the order's payment less its refunds begun before.
+
+    A share is planned only when no refund of its order is pending; refunds begun after it (while WeChat was
+    still sharing, or later) are paid from the merchant's money already unfrozen, not from the frozen money."""
+    sent = db.session.execute(
+        select(func.min(Payout.sent_at)).where(
+            Payout.order_id == row.order_id, Payout.rail == Rail.PROFIT_SHARING, Payout.sent_at.is_not(None)
+        )
+    ).scalar_one()
+    cut = sent or row.finished_at
+    refunded = db.session.execute(
+        select(func.coalesce(func.sum(Refund.amount_fen), 0)).where(
+            Refund.order_id == row.order_id, Refund.status == RefundStatus.SUCCEEDED, Refund.created_at < cut
+        )
+    ).scalar_one()
+    return max(0, paid_fen - int(refunded))
 
 
 def _invoice(merchant_id: int, month: str) -> dict | None:

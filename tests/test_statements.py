@@ -125,15 +125,17 @@ def test_the_worked_example_statement_sums_to_its_ledger(client, story):
         "fees_reduced_by_refunds": 1_50,  # the second order's fee falls to 3 % of 50 (half refunded)
         "fees_paid_by_credit": 3_00,
         "fees_other": 0,
+        "shared_to_persons": 0,  # direct mode: nothing is profit-shared
+        "frozen_sales_other": 0,
     }
     assert s["summary"]["net_sales"]["fen"] == 260_00 and s["summary"]["net_sales"]["yuan"] == "260.00"
     assert s["summary"]["platform_fees"]["fen"] == -7_50 and s["summary"]["credit_used"]["fen"] == -4_00
     assert s["invoice"]["fee"]["fen"] == 7_50 and s["invoice"]["credit_applied"]["fen"] == 3_00
     assert s["invoice"]["due"]["fen"] == 4_50
     assert s["in_flight"]["fees_owed"]["fen"] == 4_50
-    assert s["profit_sharing"] == {"mode": "direct", "shared_fen": 0, "note": s["profit_sharing"]["note"]}
+    assert s["profit_shares"]["mode"] == "direct" and s["profit_shares"]["shared_to_persons"]["fen"] == 0
     # every account: opening + the month's figures = closing
-    assert all(a["reconciles"] for a in s["accounts"]) and len(s["accounts"]) == 4
+    assert all(a["reconciles"] for a in s["accounts"]) and len(s["accounts"]) == 5
     # and every figure is the sum of the postings its link lists
     for figure in s["figures"]:
         listed = client.get(figure["entries"], headers=admin)
@@ -225,5 +227,5 @@ def test_in_service_provider_mode_the_statement_names_the_mode(app, client, make
 
     s = client.get(url(shop.id, "2026-01"), headers=admin).json
 
-    assert s["fund_flow"] == "service_provider" and s["profit_sharing"]["mode"] == "service_provider"
-    assert s["profit_sharing"]["shared_fen"] == 0
+    assert s["fund_flow"] == "service_provider" and s["profit_shares"]["mode"] == "service_provider"
+    assert s["profit_shares"]["shared_to_persons"]["fen"] == 0 and s["profit_shares"]["in_flight"]["payout_ids"] == []

@@ -95,8 +95,14 @@ def statement_csv(s: dict) -> Response:
                 ]
             )
     rows += [["in_flight", n, "", v.get("account", ""), v["yuan"], v["fen"], ""] for n, v in s["in_flight"].items()]
-    ps = s["profit_sharing"]
-    rows.append(["profit_sharing", ps["mode"], ps["note"], "", format_yuan(ps["shared_fen"]), ps["shared_fen"], ""])
+    shares = s["profit_shares"]
+    for name, v in shares.items():
+        if isinstance(v, dict) and "fen" in v:
+            rows.append(["profit_shares", name, f"{shares['mode']}: {shares['note']}", "", v["yuan"], v["fen"], ""])
+    frozen = shares["frozen_sales"]
+    for what in ("opening", "closing"):
+        fen = frozen[f"{what}_fen"]
+        rows.append(["profit_shares", f"frozen_sales_{what}", "", frozen["account"], format_yuan(fen), fen, ""])
     return _csv(rows, f"statement-{s['merchant']['id']}-{s['month']}.csv")
 
 
