@@ -16,7 +16,8 @@
   customer-service lookup, audit log, reviews, bans), ``reports.py`` (overview, a campaign's effect report),
   ``audiences.py`` (audiences, batch runs with a holdout, their lift), ``challenges.py`` (friends' challenges:
   the list, one challenge's day grid, prizes and settlement), ``statements.py`` (a merchant's monthly
-  statement with its CSV, and deposit top-ups awaiting a second operator).
+  statement with its CSV, and deposit top-ups awaiting a second operator), ``merchants.py`` (a merchant's
+  fee rate and WeChat Pay sub-merchant, its profit shares).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("console.messages", "消息 Messages", PLATFORM),
     ("console.challenges", "挑战 Challenges", EVERYONE),  # staff: those their campaigns sponsor
     ("console.statements", "商户对账 Statements", EVERYONE),  # staff: their own merchant's
+    ("console.merchant_settings", "商户设置 Merchant settings", EVERYONE),  # staff: their own fee rate
+    ("console.profit_shares", "分账 Profit shares", EVERYONE),  # staff: their own merchant's
 )
 
 
@@ -269,6 +272,7 @@ from web.console import (  # noqa: E402, F401 - they add the pages
     auth,
     campaigns,
     challenges,
+    merchants,
     messages,
     notices,
     operations,
