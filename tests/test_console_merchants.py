@@ -13,7 +13,7 @@ from sqlalchemy import select
 from jobs.profit_sharing import share_due_orders
 from models import AuditLog, Merchant, MerchantFeeRate, db
 from tests.browser import browser, live_server, page, shot, sign_in  # noqa: F401 - fixtures
-from tests.console_helpers import csrf_of, post, token_of
+from tests.console_helpers import post, token_of
 from tests.console_helpers import sign_in as client_sign_in
 from tests.test_profit_sharing import hold_passes, share_of, sim, story  # noqa: F401 - fixtures
 
@@ -107,8 +107,9 @@ def test_a_bad_filter_is_422_naming_the_field(client, make_operator, query, fiel
     assert field in {d["field"] for d in answer.json["details"]}
 
 
-def test_the_list_needs_an_operator(client, user_headers):
+def test_the_list_needs_an_operator(client, user_headers, make_user):
     assert client.get("/admin/api/profit-shares").status_code == 401
+    assert client.get("/admin/api/profit-shares", headers=user_headers(make_user())).status_code == 401
 
 
 # -- the profit shares page --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Console pages: a merchant's settings (``console.merchant_settings``) and its profit shares (``console.profit_shares``).
+"""Console pages: a merchant's settings (``console.merchant_settings``) and profit shares (``console.profit_shares``).
 
 Settings are the admin API's own views: the service-fee rate (``GET``/``PUT /admin/api/merchants/<id>/fee-rate``,
 ``web.billing_api``; every role reads, merchant staff their own merchant's; admins change it, audited) and, for
