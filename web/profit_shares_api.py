@@ -77,7 +77,7 @@ def share_json(row: ProfitShare, receivers: list[Payout]) -> dict:
     }
 
 
-@endpoint(bp, "/profit-shares", auth="operator", roles=ANY_OPERATOR, query=ShareQuery, tags=("profit_sharing",))
+@endpoint(bp, "/profit-shares", auth="operator", roles=ANY_OPERATOR, query=ShareQuery, tags=("profit_shares",))
 def list_profit_shares(query: ShareQuery):
     """Profit shares newest first, by merchant, order and status, each with its receivers and WeChat's answer;
     ``counts`` by status over the other filters. Merchant staff: their own merchant's only."""
