@@ -150,7 +150,8 @@ def read(view: Callable, *, query: dict | None = None, **path: Any) -> Any:
 
 def act(view: Callable, *, body: dict | None = None, done: str = "", **path: Any) -> Any | None:
     """:func:`invoke` for a form: success flashes ``done`` and returns the body; a refusal flashes the
-    API's message (and its field problems) and returns None, so the page shows the form again."""
+    API's message (and its field problems), keeps its status in ``g.refused_status`` and returns None, so the
+    page shows the form again."""
     try:
         result = invoke(view, body=body, **path)
     except ConsoleError as exc:
@@ -159,6 +160,7 @@ def act(view: Callable, *, body: dict | None = None, done: str = "", **path: Any
         problems = "; ".join(f"{field}: {problem}" for field, problem in exc.field_errors.items())
         flash(f"{exc.error.message}{' — ' + problems if problems else ''}", "error")
         g.form_errors = exc.field_errors
+        g.refused_status = exc.status  # for a page shown again with the API's status (422, 409 …)
         return None
     if done:
         flash(done, "ok")

@@ -12,12 +12,12 @@ status, each with its receivers and WeChat's answer; merchant staff see their ow
 
 from __future__ import annotations
 
-from flask import abort, current_app, flash, g, redirect, request, url_for
+from flask import abort, current_app, g, redirect, request, url_for
 
 from models.operators import merchant_scope
 from models.profit_sharing import ShareStatus
 from web.billing_api import get_fee_rate, put_fee_rate
-from web.console import ConsoleError, allowed, bp, form_data, invoke, may, read, render
+from web.console import act, allowed, bp, form_data, may, read, render
 from web.guards import MAX_ID
 from web.merchant_api import get_wechat_pay, put_wechat_pay
 from web.profit_shares_api import list_profit_shares
@@ -60,22 +60,6 @@ def merchant_settings():
     return _settings_page(_merchant_id(request.args.get("merchant_id", "")))
 
 
-def _submit(view, body: dict, merchant_id: int, done: str) -> int | None:
-    """Run the API's view for a form; a refusal flashes the API's message and field problems and answers its
-    status (the page is shown again), success flashes ``done``."""
-    try:
-        invoke(view, body=body, merchant_id=merchant_id)
-    except ConsoleError as exc:
-        if exc.status in (403, 404):
-            abort(exc.status)
-        problems = "; ".join(f"{field}: {problem}" for field, problem in exc.field_errors.items())
-        flash(f"{exc.error.message}{' — ' + problems if problems else ''}", "error")
-        g.form_errors = exc.field_errors
-        return exc.status
-    flash(done, "ok")
-    return None
-
-
 @bp.route("/merchants/<int:merchant_id>/fee-rate", methods=["POST"])
 def merchant_fee_rate(merchant_id: int):
     allowed(put_fee_rate)
@@ -83,11 +67,9 @@ def merchant_fee_rate(merchant_id: int):
     raw = {k: form.get(k, "").strip() for k in ("rate_bps", "reason")}
     given = raw["rate_bps"]
     rate: int | str = int(given) if given.isdigit() and len(given) <= 10 else given  # the API judges the rest
-    refused = _submit(
-        put_fee_rate, {"rate_bps": rate, "reason": raw["reason"]}, merchant_id, "服务费率已保存 Fee rate saved"
-    )
-    if refused:
-        return _settings_page(merchant_id, refused, form=raw)
+    done = "服务费率已保存 Fee rate saved"
+    if act(put_fee_rate, body={"rate_bps": rate, "reason": raw["reason"]}, done=done, merchant_id=merchant_id) is None:
+        return _settings_page(merchant_id, g.refused_status, form=raw)
     return redirect(url_for("console.merchant_settings", merchant_id=merchant_id))
 
 
@@ -97,9 +79,8 @@ def merchant_wechat_pay(merchant_id: int):
     form = form_data()
     raw = {k: form.get(k, "").strip() for k in ("sub_mchid", "sub_appid", "reason")}
     body = {"sub_mchid": raw["sub_mchid"] or None, "sub_appid": raw["sub_appid"] or None, "reason": raw["reason"]}
-    refused = _submit(put_wechat_pay, body, merchant_id, "特约商户号已保存 Sub-merchant saved")
-    if refused:
-        return _settings_page(merchant_id, refused, form=raw)
+    if act(put_wechat_pay, body=body, done="特约商户号已保存 Sub-merchant saved", merchant_id=merchant_id) is None:
+        return _settings_page(merchant_id, g.refused_status, form=raw)
     return redirect(url_for("console.merchant_settings", merchant_id=merchant_id))
 
 
