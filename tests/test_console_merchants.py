@@ -173,6 +173,7 @@ def test_an_admin_edits_the_sub_merchant_seeing_the_apis_422_and_409_beside_the_
     bad_html = bad.get_data(as_text=True)
     assert bad.status_code == 422 and "sub_mchid" in bad_html and "sub_appid" in bad_html
     assert 'class="problem"' in bad_html and 'value="12ab"' in bad_html  # shown beside the field, kept
+    assert bad_html.count('value="onboarding"') == 1  # kept in the refused form only, not the fee form
     assert taken.status_code == 409 and "1900000777" in taken.get_data(as_text=True)
     assert unchanged == (None, None)
     assert good.status_code == 302 and ids_of(shop.id) == ("1900000888", "wx" + "ab" * 8)

@@ -34,7 +34,7 @@ def _merchant_id(raw: str) -> int | None:
     return int(raw)
 
 
-def _settings_page(merchant_id: int | None, status: int = 200, form: dict | None = None):
+def _settings_page(merchant_id: int | None, status: int = 200, form: dict | None = None, posted: str = ""):
     fee = wechat_pay = None
     if merchant_id is not None:
         fee = read(get_fee_rate, merchant_id=merchant_id)  # another merchant's: the API's 404
@@ -49,6 +49,7 @@ def _settings_page(merchant_id: int | None, status: int = 200, form: dict | None
         may_set_fee=may(put_fee_rate),
         may_set_wechat_pay=may(put_wechat_pay),
         form=form or {},
+        posted=posted,  # the form refused: shown again with what was typed
     )
     return page, status
 
@@ -69,7 +70,7 @@ def merchant_fee_rate(merchant_id: int):
     rate: int | str = int(given) if given.isdigit() and len(given) <= 10 else given  # the API judges the rest
     done = "服务费率已保存 Fee rate saved"
     if act(put_fee_rate, body={"rate_bps": rate, "reason": raw["reason"]}, done=done, merchant_id=merchant_id) is None:
-        return _settings_page(merchant_id, g.refused_status, form=raw)
+        return _settings_page(merchant_id, g.refused_status, form=raw, posted="fee")
     return redirect(url_for("console.merchant_settings", merchant_id=merchant_id))
 
 
@@ -80,7 +81,7 @@ def merchant_wechat_pay(merchant_id: int):
     raw = {k: form.get(k, "").strip() for k in ("sub_mchid", "sub_appid", "reason")}
     body = {"sub_mchid": raw["sub_mchid"] or None, "sub_appid": raw["sub_appid"] or None, "reason": raw["reason"]}
     if act(put_wechat_pay, body=body, done="特约商户号已保存 Sub-merchant saved", merchant_id=merchant_id) is None:
-        return _settings_page(merchant_id, g.refused_status, form=raw)
+        return _settings_page(merchant_id, g.refused_status, form=raw, posted="wechat_pay")
     return redirect(url_for("console.merchant_settings", merchant_id=merchant_id))
 
 
