@@ -353,6 +353,8 @@ def order_json(o: Order, risk_details: bool = True) -> dict:
         "review_reason": o.review_reason,
         "risk_score": o.risk_score if risk_details else None,
         "risk_decision": o.risk_decision,
+        "sub_mchid": o.sub_mchid,  # service-provider mode: the sub-merchant it is paid to
+        "settle_profit_sharing": o.profit_sharing,  # opened with settle_info.profit_sharing (frozen for sharing)
     }
 
 

@@ -37,6 +37,7 @@ def register_blueprints(app: Flask) -> None:
         ops,
         payment_api,
         payouts_api,
+        profit_shares_api,
         push,
         reconciliation_api,
         refunds_admin,
@@ -84,6 +85,7 @@ def register_blueprints(app: Flask) -> None:
         challenges_admin,
         billing_api,
         statements_api,
+        profit_shares_api,
     )
     for module in modules:
         app.register_blueprint(module.bp)

@@ -16,7 +16,8 @@
   customer-service lookup, audit log, reviews, bans), ``reports.py`` (overview, a campaign's effect report),
   ``audiences.py`` (audiences, batch runs with a holdout, their lift), ``challenges.py`` (friends' challenges:
   the list, one challenge's day grid, prizes and settlement), ``statements.py`` (a merchant's monthly
-  statement with its CSV, and deposit top-ups awaiting a second operator).
+  statement with its CSV, and deposit top-ups awaiting a second operator), ``merchants.py`` (a merchant's
+  fee rate and WeChat Pay sub-merchant, its profit shares).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("console.messages", "消息 Messages", PLATFORM),
     ("console.challenges", "挑战 Challenges", EVERYONE),  # staff: those their campaigns sponsor
     ("console.statements", "商户对账 Statements", EVERYONE),  # staff: their own merchant's
+    ("console.merchant_settings", "商户设置 Merchant settings", EVERYONE),  # staff: their own fee rate
+    ("console.profit_shares", "分账 Profit shares", EVERYONE),  # staff: their own merchant's
 )
 
 
@@ -147,7 +150,8 @@ def read(view: Callable, *, query: dict | None = None, **path: Any) -> Any:
 
 def act(view: Callable, *, body: dict | None = None, done: str = "", **path: Any) -> Any | None:
     """:func:`invoke` for a form: success flashes ``done`` and returns the body; a refusal flashes the
-    API's message (and its field problems) and returns None, so the page shows the form again."""
+    API's message (and its field problems), keeps its status in ``g.refused_status`` and returns None, so the
+    page shows the form again."""
     try:
         result = invoke(view, body=body, **path)
     except ConsoleError as exc:
@@ -156,6 +160,7 @@ def act(view: Callable, *, body: dict | None = None, done: str = "", **path: Any
         problems = "; ".join(f"{field}: {problem}" for field, problem in exc.field_errors.items())
         flash(f"{exc.error.message}{' — ' + problems if problems else ''}", "error")
         g.form_errors = exc.field_errors
+        g.refused_status = exc.status  # for a page shown again with the API's status (422, 409 …)
         return None
     if done:
         flash(done, "ok")
@@ -269,6 +274,7 @@ from web.console import (  # noqa: E402, F401 - they add the pages
     auth,
     campaigns,
     challenges,
+    merchants,
     messages,
     notices,
     operations,
