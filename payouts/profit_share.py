@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, null, or_, select
+from sqlalchemy import and_, exists, null, or_, select, update
 
 from ledger import Leg, close_flow, post, ref
 from models import (
@@ -207,10 +207,17 @@ def ratios_to_fetch(now: datetime, settings: ShareSettings) -> list[str]:
 
 
 def store_ratio(sub_mchid: str, ratio_bps: int, now: datetime) -> None:
-    config = db.session.get(ProfitShareConfig, sub_mchid) or ProfitShareConfig(sub_mchid=sub_mchid)
-    config.max_ratio_bps, config.fetched_at = ratio_bps, now
-    db.session.add(config)
-    db.session.flush()
+    """Record the ratio WeChat gave; two runners that fetched it at once both store it (the row is
+    inserted by whichever comes first, then written by each), neither fails on the other's row."""
+    table = ProfitShareConfig.__table__
+    values = {"sub_mchid": sub_mchid, "max_ratio_bps": ratio_bps, "fetched_at": now}
+    if not insert_ignoring(table, [values], ("sub_mchid",), ("sub_mchid",)):
+        db.session.execute(
+            update(table).where(table.c.sub_mchid == sub_mchid).values(max_ratio_bps=ratio_bps, fetched_at=now)
+        )
+    stale = db.session.identity_map.get(db.session.identity_key(ProfitShareConfig, sub_mchid))
+    if stale is not None:
+        db.session.expire(stale)
 
 
 def rail_enabled(now: datetime) -> bool:

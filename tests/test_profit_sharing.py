@@ -487,6 +487,19 @@ def test_two_share_runners_at_once_send_one_share(app, story, sim):
     ledger_holds()
 
 
+def test_two_runners_storing_the_same_fetched_ratio_both_succeed(app):
+    """Each runner fetched the ratio with no transaction open and neither saw a stored one: both store it."""
+    from payouts.profit_share import store_ratio
+    from tests.concurrency import together
+
+    now = utcnow()
+    results = together(4, lambda i: store_ratio("1900000777", 2000 + i, now), app=app)
+    assert results == [None] * 4
+    assert db.session.get(ProfitShareConfig, "1900000777").max_ratio_bps in {2000, 2001, 2002, 2003}
+    store_ratio("1900000777", 3000, now)
+    assert db.session.get(ProfitShareConfig, "1900000777").max_ratio_bps == 3000
+
+
 def test_a_refund_racing_the_share_either_shrinks_it_or_becomes_a_receivable_never_both(app, story, sim):
     from tests.concurrency import together
 
