@@ -17,8 +17,9 @@ BEIJING = timezone(timedelta(hours=8))
 TRANSFER_OPEN_STATES = frozenset({"ACCEPTED", "PROCESSING", "WAIT_USER_CONFIRM"})
 
 
-def _now() -> str:
-    return datetime.now(BEIJING).replace(microsecond=0).isoformat()
+def beijing_now_iso() -> str:
+    """Now in Beijing time, to the second, as WeChat writes its times."""
+    return datetime.now(BEIJING).isoformat(timespec="seconds")
 
 
 def _yuan(amount_fen: int) -> str:
@@ -61,8 +62,8 @@ class PayoutMixin:
                 "transfer_bill_no": "1330" + secrets.token_hex(10),
                 "package_info": "sim-pkg-" + secrets.token_urlsafe(12),
                 "state": "WAIT_USER_CONFIRM",
-                "create_time": _now(),
-                "update_time": _now(),
+                "create_time": beijing_now_iso(),
+                "update_time": beijing_now_iso(),
                 "fail_reason": "",
             }
             self.transfers[body["out_bill_no"]] = bill
@@ -146,7 +147,7 @@ class PayoutMixin:
             bill = self.find_transfer(key)
             if bill["state"] not in TRANSFER_OPEN_STATES:
                 raise SimError(400, "INVALID_REQUEST", f"单据状态为 {bill['state']}，不允许此操作")
-            bill.update(state=state, fail_reason=reason, update_time=_now())
+            bill.update(state=state, fail_reason=reason, update_time=beijing_now_iso())
             view = self.transfer_view(bill)
             self.notify(bill["request"].get("notify_url", ""), "MCHTRANSFER.BILL.FINISHED", view, "mch_payment")
         return view
@@ -166,7 +167,7 @@ class PayoutMixin:
                     "openid": openid,
                     "request": body,
                     "status": "SENDED",
-                    "create_time": _now(),
+                    "create_time": beijing_now_iso(),
                 }
                 self.coupons[body["out_request_no"]] = existing
             return {"coupon_id": existing["coupon_id"]}
@@ -185,7 +186,7 @@ class PayoutMixin:
                 existing = {
                     "params": identity,
                     "status": "SENT",
-                    "send_time": _now().replace("T", " ")[:19],
+                    "send_time": beijing_now_iso().replace("T", " ")[:19],
                     "send_listid": "1000041701" + secrets.token_hex(8),
                     "rcv_time": "",
                 }
@@ -249,7 +250,7 @@ class PayoutMixin:
     def receive_redpack(self, mch_billno: str) -> None:
         with self.lock:
             packet = self.redpacks[mch_billno]
-            packet.update(status="RECEIVED", rcv_time=_now().replace("T", " ")[:19])
+            packet.update(status="RECEIVED", rcv_time=beijing_now_iso().replace("T", " ")[:19])
 
     def refund_unopened_redpack(self, mch_billno: str) -> None:
         """What WeChat does 24 h after sending a packet nobody opened: REFUND, the whole amount back."""
@@ -257,7 +258,7 @@ class PayoutMixin:
             packet = self.redpacks[mch_billno]
             if packet["status"] != "SENT":
                 raise SimError(400, "INVALID_REQUEST", f"packet is {packet['status']}, not SENT")
-            packet.update(status="REFUND", refund_time=_now().replace("T", " ")[:19])
+            packet.update(status="REFUND", refund_time=beijing_now_iso().replace("T", " ")[:19])
 
     def payout_fund_entries(self, bill_date: str) -> list[list[str]]:
         rows = []

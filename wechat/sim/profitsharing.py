@@ -15,21 +15,16 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from wechat import crypto
 from wechat.sim.errors import SimError
+from wechat.sim.payouts import beijing_now_iso
 from wechat.sim.store import Collection
 
-BEIJING = timezone(timedelta(hours=8))
 DEFAULT_MAX_RATIO = 3000  # 30 %: what sub-merchants commonly set
 MAX_RECEIVERS_PER_MERCHANT = 20_000
 RECEIVER_TYPES = ("MERCHANT_ID", "PERSONAL_OPENID", "PERSONAL_SUB_OPENID")
-
-
-def _now() -> str:
-    return datetime.now(BEIJING).replace(microsecond=0).isoformat()
 
 
 class ProfitSharingMixin:
@@ -158,7 +153,12 @@ class ProfitSharingMixin:
                 "order_id": "3008" + secrets.token_hex(10),
                 "state": "PROCESSING",
                 "receivers": [
-                    {**r, "result": "PENDING", "detail_id": "3601" + secrets.token_hex(10), "create_time": _now()}
+                    {
+                        **r,
+                        "result": "PENDING",
+                        "detail_id": "3601" + secrets.token_hex(10),
+                        "create_time": beijing_now_iso(),
+                    }
                     for r in receivers
                 ],
             }
@@ -200,7 +200,7 @@ class ProfitSharingMixin:
                 for receiver in share["receivers"]:
                     closed = self.ps_settings.get(f"close:{receiver['account']}")
                     receiver["result"] = "CLOSED" if closed else "SUCCESS"
-                    receiver["finish_time"] = _now()
+                    receiver["finish_time"] = beijing_now_iso()
                     if closed:
                         receiver["fail_reason"] = "ACCOUNT_ABNORMAL"
                         self.frozen[transaction_id]["unsplit_fen"] += receiver["amount"]  # back to the merchant
@@ -245,7 +245,7 @@ class ProfitSharingMixin:
                     "description": "解冻给分账方",
                     "result": "PENDING" if share["state"] == "PROCESSING" else "SUCCESS",
                     "detail_id": "3601" + share["order_id"][4:],
-                    "create_time": _now(),
+                    "create_time": beijing_now_iso(),
                 }
             )
         return {

@@ -15,7 +15,6 @@ import secrets
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -28,13 +27,12 @@ from wechat.sim.keys import SimulatorKeys
 from wechat.sim.messages import MessagesMixin
 from wechat.sim.partner import PartnerMixin
 from wechat.sim.pay import PayMixin
-from wechat.sim.payouts import PayoutMixin
+from wechat.sim.payouts import PayoutMixin, beijing_now_iso
 from wechat.sim.profitsharing import ProfitSharingMixin
 from wechat.sim.push import PushMixin
 from wechat.sim.robot import RobotMixin
 from wechat.sim.store import Collection, MemoryStore, Store
 
-BEIJING = timezone(timedelta(hours=8))
 EVENT_SUMMARIES = {
     "TRANSACTION.SUCCESS": "支付成功",
     "REFUND.SUCCESS": "退款成功",
@@ -52,10 +50,6 @@ class Fault:
     message: str
     times: int
     after: bool = False  # act first, then lose the answer: WeChat holds what the caller never heard of
-
-
-def beijing_now_iso() -> str:
-    return datetime.now(BEIJING).isoformat(timespec="seconds")
 
 
 class SimulatorState(
