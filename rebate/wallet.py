@@ -132,35 +132,30 @@ def plan(user: User, ask: WalletAsk | None, room_fen: int) -> WalletUse:
 
 def hold(order: Order) -> None:
     """Reserve what the (flushed) order uses: the person's balance and points move to their held accounts."""
-    user_id = order.user_id
-    if order.balance_used_fen:
-        post(
-            f"order:{order.id}:wallet:hold",
-            f"balance reserved for order {order.out_trade_no}",
-            [Leg(cash_ref(user_id), -order.balance_used_fen), Leg(cash_held_ref(user_id), order.balance_used_fen)],
-        )
-    if order.points_used:
-        post(
-            f"order:{order.id}:wallet:hold_points",
-            f"points reserved for order {order.out_trade_no}",
-            [Leg(points_ref(user_id), -order.points_used), Leg(points_held_ref(user_id), order.points_used)],
-        )
+    _move_reserved(order, "hold", "", to_held=True)
 
 
 def release(order: Order) -> None:
     """The order closed unpaid: what it reserved goes back to the person (once: the keys name the order)."""
+    _move_reserved(order, "release", " released: closed unpaid", to_held=False)
+
+
+def _move_reserved(order: Order, step: str, memo_tail: str, *, to_held: bool) -> None:
+    """Balance and points between the person's accounts and their held ones, one entry each
+    (keys ``order:<id>:wallet:<step>`` and ``…:<step>_points``)."""
     user_id = order.user_id
-    if order.balance_used_fen:
+    moves = (
+        ("", "balance reserved", order.balance_used_fen, cash_ref(user_id), cash_held_ref(user_id)),
+        ("_points", "points reserved", order.points_used, points_ref(user_id), points_held_ref(user_id)),
+    )
+    for suffix, what, amount, free, held in moves:
+        if not amount:
+            continue
+        source, target = (free, held) if to_held else (held, free)
         post(
-            f"order:{order.id}:wallet:release",
-            f"balance reserved for order {order.out_trade_no} released: closed unpaid",
-            [Leg(cash_held_ref(user_id), -order.balance_used_fen), Leg(cash_ref(user_id), order.balance_used_fen)],
-        )
-    if order.points_used:
-        post(
-            f"order:{order.id}:wallet:release_points",
-            f"points reserved for order {order.out_trade_no} released: closed unpaid",
-            [Leg(points_held_ref(user_id), -order.points_used), Leg(points_ref(user_id), order.points_used)],
+            f"order:{order.id}:wallet:{step}{suffix}",
+            f"{what} for order {order.out_trade_no}{memo_tail}",
+            [Leg(source, -amount), Leg(target, amount)],
         )
 
 
