@@ -10,7 +10,18 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String, UniqueConstraint, event, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    String,
+    UniqueConstraint,
+    event,
+    false,
+    update,
+)
 from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from models.base import Base, UTCDateTime, utcnow
@@ -48,6 +59,9 @@ class Campaign(Base):
     funder_type: Mapped[str] = mapped_column(String(24))
     funder_merchant_id: Mapped[int | None] = mapped_column(ForeignKey("merchants.id"))
     funder_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # Service-provider mode: a merchant-funded campaign activated there pays from the merchant's own order
+    # money at WeChat (``merchant_own_sales``, by profit sharing), never from a deposit the platform holds.
+    funded_from_sales: Mapped[bool] = mapped_column(default=False, server_default=false())
     starts_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     budget_limit_fen: Mapped[int | None] = mapped_column(BigInteger)

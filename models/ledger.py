@@ -39,6 +39,10 @@ class AccountKind(StrEnum):
     # Service-provider mode: the merchant's own order money frozen at WeChat for profit sharing (never the
     # platform's). Like wechat_settlement it mirrors money held at WeChat: a share out of it credits it.
     MERCHANT_FROZEN_SALES = "merchant_frozen_sales"
+    # … and the merchant's own claim on that money, in our books only while it is frozen: its sales (buyers'
+    # payments) less the rebates its campaigns fund from them, less refunds and what is released to it.
+    # Below zero after the release: rebates it funded that no share carried (the merchant owes them).
+    MERCHANT_OWN_SALES = "merchant_own_sales"
     # User-owned
     USER_CASH = "user_cash"
     USER_POINTS = "user_points"

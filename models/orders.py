@@ -52,6 +52,10 @@ class Order(Base):
     # the sub-merchant until shared or unfrozen).
     sub_mchid: Mapped[str | None] = mapped_column(String(32))
     profit_sharing: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # What of the order's money is still frozen at its sub-merchant, in our books (``merchant_frozen_sales``):
+    # the payable at the sale, less refunds paid from it and shares that reached persons; zero once the rest is
+    # released to the merchant (``payouts.profit_share``). None: not a partner order.
+    frozen_fen: Mapped[int | None] = mapped_column(BigInteger)
     # Where the order was placed from (the server-issued device, the network address), for risk.
     device: Mapped[str | None] = mapped_column(String(32))
     ip: Mapped[str | None] = mapped_column(String(45))

@@ -21,9 +21,14 @@ from models import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerTy
 from models.operators import Actor, audit
 from models.triggers import PLATFORM_WIDE, Trigger
 from rebate.campaigns import rules_of
-from rebate.deposits import held_in_deposit, lock_deposits
+from rebate.deposits import deposit_funded, held_in_deposit, lock_deposits
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
-from rebate.fund_flow import refuse_foreign_discount
+from rebate.fund_flow import (
+    fund_from_sales,
+    refuse_deposit_campaign_in_direct_mode,
+    refuse_foreign_discount,
+    refuse_pooling_forms,
+)
 from rebate.packets import generate_batch, refuse_user_stake, revoke_packet
 from rebate.rules import RuleSet, parse_rules, rules_json
 from rebate.scope import visible_campaign, visible_merchant
@@ -135,7 +140,10 @@ def replace_rules(actor: Actor, campaign_id: int, rules: dict, reason: str) -> C
     """A new rules version; packets and orders keep the version they were issued or evaluated under."""
     campaign = _changeable(actor, campaign_id)
     check_platform_only(actor, rules.get("applies_to", "packet"), None)
-    stored = rules_json(parse_rules(rules, budgeted=campaign.budget_limit_fen is not None))
+    parsed = parse_rules(rules, budgeted=campaign.budget_limit_fen is not None)
+    if campaign.funded_from_sales:
+        refuse_pooling_forms(campaign, parsed)
+    stored = rules_json(parsed)
     campaign.rules_version += 1
     version = campaign.rules_version
     db.session.add(CampaignRules(campaign_id=campaign.id, version=version, rules=stored, created_by=actor.operator.id))
@@ -145,8 +153,9 @@ def replace_rules(actor: Actor, campaign_id: int, rules: dict, reason: str) -> C
 
 
 def check_deposit(campaign: Campaign) -> None:
-    """A merchant-funded campaign goes live only when its deposit holds what it may still commit."""
-    if campaign.funder_type != FunderType.MERCHANT_DEPOSIT:
+    """A merchant-funded campaign goes live only when its deposit holds what it may still commit (one funded
+    from the merchant's sales in service-provider mode has no deposit)."""
+    if not deposit_funded(campaign):
         return
     lock_deposits([campaign])  # after the campaign's own lock, as payments and claims take them
     held = held_in_deposit(campaign)
@@ -163,8 +172,9 @@ def check_deposit(campaign: Campaign) -> None:
 def transition(actor: Actor, campaign_id: int, action: str, reason: str, *, service_provider: bool = False) -> Campaign:
     """Activate, pause (stops issuing and awarding at once) or end a campaign.
 
-    ``service_provider``: a packet campaign not funded by its merchant is not activated (it would pool money,
-    ``rebate.fund_flow.refuse_foreign_discount``)."""
+    ``service_provider``: a merchant-funded campaign is funded from its merchant's sales (no deposit; only
+    forms that leave by profit sharing), and a packet campaign not funded by its merchant is not activated (it
+    would pool money): ``rebate.fund_flow``. A campaign funded from sales does not run in direct mode."""
     campaign = visible_campaign(actor.operator, campaign_id, lock=True)
     refuse_user_stake(campaign)
     _check_platform_only_campaign(actor, campaign)
@@ -172,7 +182,10 @@ def transition(actor: Actor, campaign_id: int, action: str, reason: str, *, serv
     if campaign.status not in sources:
         raise StateConflict(f"a {campaign.status} campaign cannot {action}", code="campaign_state")
     if target == CampaignStatus.ACTIVE and service_provider:
+        fund_from_sales(campaign)
         refuse_foreign_discount(campaign, None)
+    elif target == CampaignStatus.ACTIVE:
+        refuse_deposit_campaign_in_direct_mode(campaign)
     if target == CampaignStatus.ACTIVE:
         check_deposit(campaign)
     campaign.status = target

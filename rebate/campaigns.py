@@ -57,7 +57,8 @@ def funder_ref(campaign: Campaign) -> AccountRef:
     (``face_funder_ref``); the rebates its packets earn (the loser's share back) are the platform's marketing,
     so a stake never pays its own owner and never more than it holds."""
     if campaign.funder_type == FunderType.MERCHANT_DEPOSIT:
-        return ref(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", campaign.funder_merchant_id)
+        kind = AccountKind.MERCHANT_OWN_SALES if campaign.funded_from_sales else AccountKind.MERCHANT_MARKETING_DEPOSIT
+        return ref(kind, "merchant", campaign.funder_merchant_id)
     return ref(AccountKind.PLATFORM_MARKETING_FUND)
 
 

@@ -12,6 +12,10 @@ reserve to what the deposit holds beyond those (reason "deposit exhausted"). All
 account, so concurrent claims and payments cannot both spend the last of it.
 When it runs dry (or refuses a packet) the campaign is paused and an operator
 alerted.
+
+A campaign activated in service-provider mode (``funded_from_sales``) has no deposit: its rebates leave the
+merchant's own order money by profit sharing, within the merchant's maximum ratio (``payouts.profit_share``),
+and its budget is its only cap. None of the checks here apply to it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ from sqlalchemy import and_, func, select, update
 from ledger import Leg, account, balance, post_entry
 from models import AccountKind, Campaign, CampaignStatus, FunderType, LedgerAccount, Rebate, alert_once, db
 from rebate.errors import DepositExhausted, Invalid
+
+
+def deposit_funded(campaign: Campaign) -> bool:
+    """The campaign spends from its merchant's marketing deposit (not the platform's, not from sales)."""
+    return campaign.funder_type == FunderType.MERCHANT_DEPOSIT and not campaign.funded_from_sales
 
 
 def deposit_account(merchant_id: int) -> LedgerAccount:
@@ -44,7 +53,7 @@ def lock_deposits(campaigns: list[Campaign]) -> dict[int, LedgerAccount]:
     """Row-lock the deposits funding these campaigns, in merchant id order (no deadlocks): one spender at a time.
 
     Returns the locked deposit accounts by merchant id."""
-    merchants = sorted({c.funder_merchant_id for c in campaigns if c.funder_type == FunderType.MERCHANT_DEPOSIT})
+    merchants = sorted({c.funder_merchant_id for c in campaigns if deposit_funded(c)})
     locked = {}
     for merchant_id in merchants:
         deposit = locked[merchant_id] = deposit_account(merchant_id)
@@ -54,7 +63,7 @@ def lock_deposits(campaigns: list[Campaign]) -> dict[int, LedgerAccount]:
 
 def held_in_deposit(campaign: Campaign) -> int | None:
     """What the campaign's funding deposit holds now (None: the campaign is not merchant-funded)."""
-    if campaign.funder_type != FunderType.MERCHANT_DEPOSIT:
+    if not deposit_funded(campaign):
         return None
     return balance(deposit_account(campaign.funder_merchant_id))
 
@@ -64,7 +73,11 @@ def reserved_against(merchant_id: int) -> int:
     packets' reservations, and its rebates still held (for milestones, or for a risk review: committed to
     the budget, paid from the deposit when released). One statement; the held rebates are read through
     the partial index ``ix_rebates_held_campaign``."""
-    funded = and_(Campaign.funder_type == FunderType.MERCHANT_DEPOSIT, Campaign.funder_merchant_id == merchant_id)
+    funded = and_(
+        Campaign.funder_type == FunderType.MERCHANT_DEPOSIT,
+        Campaign.funder_merchant_id == merchant_id,
+        Campaign.funded_from_sales.is_(False),
+    )
     reserved = select(func.coalesce(func.sum(Campaign.budget_reserved_fen), 0)).where(funded).scalar_subquery()
     held = (
         select(func.coalesce(func.sum(Rebate.held_fen), 0))
@@ -83,7 +96,7 @@ def cover_reservation(campaign: Campaign, reserved_fen: int) -> None:
     campaign's row is already locked by its budget UPDATE: campaign, then deposit, as payments lock.
     Raises ``DepositExhausted``; the caller rolls back and calls ``pause_refused``.
     """
-    if campaign.funder_type != FunderType.MERCHANT_DEPOSIT or not reserved_fen:
+    if not deposit_funded(campaign) or not reserved_fen:
         return
     held = balance(lock_deposits([campaign])[campaign.funder_merchant_id])
     reserved = reserved_against(campaign.funder_merchant_id)  # includes this packet's reservation
@@ -114,7 +127,7 @@ class DepositsLeft:
         self.spent_reserved = spent_reserved or {}  # merchant id → reserved by packets spent on this order
 
     def of(self, campaign: Campaign) -> int | None:
-        if campaign.funder_type != FunderType.MERCHANT_DEPOSIT:
+        if not deposit_funded(campaign):
             return None
         merchant_id = campaign.funder_merchant_id
         if merchant_id not in self.left:

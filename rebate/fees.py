@@ -279,3 +279,9 @@ def _check_funded_by(campaign: Campaign, merchant_id: int) -> None:
         raise StateConflict(
             f"campaign {campaign.id} is not funded by merchant {merchant_id}'s deposit", code="not_merchant_funded"
         )
+    if campaign.funded_from_sales:  # service-provider mode: the platform holds no money of the merchant's
+        raise StateConflict(
+            f"campaign {campaign.id} is paid from merchant {merchant_id}'s own sales by profit sharing; it has no "
+            "deposit for marketing credit to go into",
+            code="campaign_funded_from_sales",
+        )

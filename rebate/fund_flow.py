@@ -11,6 +11,13 @@ rules follow, kept here:
   campaign may pay a person cash on it (its spent packets' campaigns, and the
   merchant's running campaigns that award without a packet or attribute later
   orders): that cash leaves the merchant's own order money by profit sharing;
+- a merchant-funded campaign activated in this mode is funded from the
+  merchant's own sales (``Campaign.funded_from_sales``): no deposit (the
+  platform may not take one), and only the rebate forms that leave the order
+  money by profit sharing (WeChat change, cash red packet). A balance, points,
+  coupon or marketing-credit rebate would turn the merchant's money into a
+  platform liability: refused (409 ``rebate_would_pool_money``) at activation
+  and on every new rules version;
 - a packet discount on the order must be the merchant's own (it simply charges
   less). A discount funded by anyone else would be the platform paying part of
   a merchant's order outside WeChat, i.e. settling money to the merchant itself:
@@ -25,10 +32,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from models import Campaign, CampaignStatus, FunderType, Merchant, Order, OrderPacket, RedPacket, db
+from models import Campaign, CampaignStatus, FunderType, IssuerType, Merchant, Order, OrderPacket, RedPacket, db
 from rebate.campaigns import rules_of
 from rebate.errors import Invalid, StateConflict
-from rebate.rules import CASH_FORMS
+from rebate.rules import CASH_FORMS, SHAREABLE_FORMS, RuleSet
 
 PERSON_ROLES = ("consumer", "inviter")  # the issuer is a person only when a user issued the campaign
 COMPLIANT_DISCOUNT = (
@@ -54,17 +61,83 @@ def pay_to_sub_merchant(order: Order) -> None:
     order.profit_sharing = any(_pays_person_cash(c) for c in spent + _running_awarders(order.merchant_id))
 
 
+def fund_from_sales(campaign: Campaign) -> None:
+    """Activation in service-provider mode: a merchant-funded campaign pays from its merchant's own sales.
+
+    Refused (409, nothing changed): a merchant without a sub-merchant number; a campaign that already spent
+    from a deposit in direct mode; rules paying a form that does not leave by profit sharing."""
+    if campaign.funder_type != FunderType.MERCHANT_DEPOSIT:
+        return
+    merchant = db.session.get(Merchant, campaign.funder_merchant_id)
+    if not merchant.sub_mchid:
+        raise StateConflict(
+            f"merchant {merchant.id} has no WeChat Pay sub-merchant number (sub_mchid) yet: its campaigns are "
+            "paid from its own sales at WeChat, which it cannot take yet",
+            code="merchant_without_sub_mchid",
+        )
+    if not campaign.funded_from_sales and campaign.budget_reserved_fen + campaign.budget_committed_fen:
+        raise StateConflict(
+            f"campaign {campaign.id} has spent from its merchant's marketing deposit (direct mode); in "
+            "service-provider mode a merchant's campaigns are paid from its own sales: end it and create a new one",
+            code="campaign_funded_by_deposit",
+        )
+    refuse_pooling_forms(campaign, rules_of(campaign))
+    campaign.funded_from_sales = True
+
+
+def refuse_pooling_forms(campaign: Campaign, rules: RuleSet) -> None:
+    """Every paying side of a campaign funded from sales pays a person, only in forms that leave by profit
+    sharing (a merchant issuer's side would be marketing credit the platform holds, paid from its own sales)."""
+    campaign_id = campaign.id
+    for rule in rules.roles:
+        if not (rule.rate_bps > 0 or any(t.rate_bps > 0 for t in rule.tiers)):
+            continue
+        if rule.role == "issuer" and campaign.issuer_type == IssuerType.MERCHANT:
+            raise StateConflict(
+                f"campaign {campaign_id}'s issuer is a merchant: its issuer side would pay the merchant marketing "
+                "credit out of its own sales, held by the platform (二清); in service-provider mode set the "
+                "issuer side's rate to 0, or let a person issue the packets",
+                code="rebate_would_pool_money",
+            )
+        offered = {*rule.allowed_forms, *([rule.fallback_form] if rule.fallback_form else [])}
+        pooled = sorted(f.value for f in offered if f not in SHAREABLE_FORMS)
+        if pooled:
+            raise StateConflict(
+                f"campaign {campaign_id}'s {rule.role} side pays {', '.join(pooled)}: in service-provider mode a "
+                "merchant-funded rebate leaves the merchant's own order money by profit sharing, so only "
+                f"{' or '.join(f.value for f in SHAREABLE_FORMS)}; any other form would make the platform hold "
+                "the merchant's money (二清)",
+                code="rebate_would_pool_money",
+            )
+
+
+def refuse_deposit_campaign_in_direct_mode(campaign: Campaign) -> None:
+    """A campaign funded from sales has no deposit: it runs only in service-provider mode."""
+    if campaign.funded_from_sales:
+        raise StateConflict(
+            f"campaign {campaign.id} is paid from its merchant's sales by profit sharing (service-provider mode); "
+            "with FUND_FLOW=direct it has no deposit to pay from",
+            code="campaign_funded_from_sales",
+        )
+
+
 def refuse_foreign_discount(campaign: Campaign, merchant_id: int | None) -> None:
     """A packet campaign's discount must be funded by the merchant whose order it discounts.
 
     ``merchant_id`` None (activation): the campaign's own merchant, if it funds it. Raises 409
     ``discount_would_pool_money`` naming the compliant alternatives.
     """
-    if campaign.packet_amount_fen is None:
-        return  # awards only, no discount: platform-funded rebates leave the platform's own account
     funded_by_merchant = campaign.funder_type == FunderType.MERCHANT_DEPOSIT and campaign.funder_merchant_id
+    if campaign.packet_amount_fen is None and not funded_by_merchant:
+        return  # awards only, no discount: platform-funded rebates leave the platform's own account
     if funded_by_merchant and (merchant_id is None or campaign.funder_merchant_id == merchant_id):
         return
+    if campaign.packet_amount_fen is None:  # a merchant's rebates come from its own order money, not another's
+        raise StateConflict(
+            f"campaign {campaign.id} is funded by merchant {campaign.funder_merchant_id}: its rebates are shared "
+            f"from that merchant's own orders, not from merchant {merchant_id}'s",
+            code="rebate_would_pool_money",
+        )
     raise StateConflict(
         f"campaign {campaign.id}'s packet discount is not funded by the merchant whose order it discounts: "
         + COMPLIANT_DISCOUNT,
@@ -97,14 +170,15 @@ def _running_awarders(merchant_id: int) -> list[Campaign]:
 
 
 def _pays_person_cash(campaign: Campaign) -> bool:
-    """A merchant-funded campaign with a rule that can pay a person cash (now, or when a rail falls back)."""
+    """A merchant-funded campaign with a rule that can pay a person cash: its default form, any form the person
+    may choose instead (``forms``), or its fallback when a rail refuses."""
     if campaign.funder_type != FunderType.MERCHANT_DEPOSIT:
         return False
     roles = PERSON_ROLES + (("issuer",) if campaign.issuer_user_id is not None else ())
     return any(
         rule.role in roles
         and (rule.rate_bps > 0 or any(t.rate_bps > 0 for t in rule.tiers))
-        and (rule.form in CASH_FORMS or rule.fallback_form in CASH_FORMS)
+        and any(form in CASH_FORMS for form in (*rule.allowed_forms, rule.fallback_form))
         for rule in rules_of(campaign).roles
     )
 

@@ -41,6 +41,7 @@ class Form(StrEnum):
 
 
 CASH_FORMS = frozenset({Form.WECHAT_CHANGE, Form.CASH_RED_PACKET, Form.BALANCE})  # capped by what the buyer paid
+SHAREABLE_FORMS = (Form.WECHAT_CHANGE, Form.CASH_RED_PACKET)  # what profit sharing can carry to a person
 FORMS = tuple(f.value for f in Form)  # every form name, in order (for messages and schemas)
 CATEGORY_PATTERN = r"^[\w\-]{1,32}$"  # a product category, as products name them (web.schemas.Category)
 MAX_CATEGORY_RATES = 20
