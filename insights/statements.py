@@ -1,8 +1,8 @@
 """A merchant's monthly statement, read from the ledger: every figure is the sum of named postings.
 
 The month is a Beijing month; a posting belongs to it by its entry's booking time. Each of the merchant's
-five accounts (payable, marketing deposit, marketing credit, fees due, and in service-provider mode its
-order money frozen for profit sharing) is split into figures by the entry's
+six accounts (payable, marketing deposit, marketing credit, fees due, and in service-provider mode its
+order money frozen for profit sharing and its own claim on that money) is split into figures by the entry's
 idempotency key (``FIGURES``: the first pattern that matches; each account's last figure takes the rest), so
 the figures of an account add up to its movement in the month, and opening + movement = closing is checked
 on every statement (``reconciles``). ``statement_postings`` lists the postings of one figure: the figure is
@@ -60,7 +60,8 @@ class Figure:
 
 PAYABLE, DEPOSIT = AccountKind.MERCHANT_PAYABLE, AccountKind.MERCHANT_MARKETING_DEPOSIT
 CREDIT, FEES = AccountKind.MERCHANT_MARKETING_CREDIT, AccountKind.MERCHANT_FEES_DUE
-FROZEN = AccountKind.MERCHANT_FROZEN_SALES
+FROZEN, OWN = AccountKind.MERCHANT_FROZEN_SALES, AccountKind.MERCHANT_OWN_SALES
+SALE, RELEASED = r"^order:\d+:sale$", r"^order:\d+:released$"
 SHARED = r"^payout:\d+:paid$"  # a profit-sharing payout a person received (``payouts.profit_share._shared``)
 CLAWBACK = r"^(clawback:|review:\d+:clawback:)"
 
@@ -91,16 +92,42 @@ FIGURES: tuple[Figure, ...] = (
     Figure("fees_paid_by_credit", FEES, "Service fees paid by marketing credit", r"^invoice:"),
     Figure("fees_other", FEES, "Other movements of fees due", None),
     Figure(
+        "frozen_sales",
+        FROZEN,
+        "Service-provider mode: buyers' payments to its own sub-merchant account, frozen for profit sharing "
+        "(held at WeChat: negative)",
+        SALE,
+    ),
+    Figure("frozen_refunds", FROZEN, "Refunds paid from its frozen order money", r"^refund:"),
+    Figure(
         "shared_to_persons",
         FROZEN,
         "Profit sharing: rebates it funded, shared to persons from its own frozen order money at WeChat "
         "(offsets their rebates_paid)",
         SHARED,
     ),
+    Figure("frozen_released", FROZEN, "Frozen order money released to it (unfrozen at WeChat)", RELEASED),
     Figure("frozen_sales_other", FROZEN, "Other movements of its frozen order money", None),
+    Figure(
+        "own_sales",
+        OWN,
+        "Service-provider mode: its sales paid to its own account (buyers' payments; its own packets' discounts "
+        "already off)",
+        SALE,
+    ),
+    Figure("own_refunds", OWN, "Refunds paid from its frozen order money", r"^refund:"),
+    Figure("own_released", OWN, "Order money released to it at WeChat: out of the platform's books", RELEASED),
+    Figure("own_rebates_clawed_back", OWN, "Rebates it funded from its sales, clawed back after refunds", CLAWBACK),
+    Figure(
+        "own_rebates_funded",
+        OWN,
+        "Rebates it funded from its sales (shared to persons by profit sharing; below zero after the release: "
+        "rebates no share carried, which it owes)",
+        None,
+    ),
 )
 FIGURE_NAMES = tuple(f.name for f in FIGURES)
-KINDS = (PAYABLE, DEPOSIT, CREDIT, FEES, FROZEN)
+KINDS = (PAYABLE, DEPOSIT, CREDIT, FEES, FROZEN, OWN)
 
 
 def classify(kind: str, key: str) -> str:

@@ -46,6 +46,7 @@ def check_ledger() -> CheckReport:
     _packets_spent_twice(report)
     _reservations_without_packets(report)
     _wallet_holds(report)
+    _frozen_order_money(report)
     return report
 
 
@@ -209,3 +210,36 @@ def _wallet_holds(report: CheckReport) -> None:
                 report.violations.append(
                     f"{kind.value} of user {user_id} holds {has} but their open orders reserve {owes}"
                 )
+
+
+def _frozen_order_money(report: CheckReport) -> None:
+    """Service-provider mode: a merchant's frozen order money in our books is exactly what its orders still have
+    frozen (``Order.frozen_fen``), and never above zero (money held at WeChat is below zero, as the platform's
+    own ``wechat_settlement``): a share or a refund taken twice from it would show as a difference."""
+    booked = dict(
+        db.session.execute(
+            select(LedgerAccount.owner_id, func.sum(LedgerPosting.amount))
+            .join(LedgerPosting, LedgerPosting.account_id == LedgerAccount.id)
+            .where(LedgerAccount.kind == AccountKind.MERCHANT_FROZEN_SALES.value)
+            .group_by(LedgerAccount.owner_id)
+        )
+        .tuples()
+        .all()
+    )
+    frozen = dict(
+        db.session.execute(
+            select(Order.merchant_id, func.sum(Order.frozen_fen))
+            .where(Order.frozen_fen.is_not(None))
+            .group_by(Order.merchant_id)
+        )
+        .tuples()
+        .all()
+    )
+    for merchant_id in sorted(set(booked) | set(frozen)):
+        has, orders = int(booked.get(merchant_id) or 0), int(frozen.get(merchant_id) or 0)
+        if has > 0:
+            report.violations.append(f"merchant {merchant_id}'s frozen order money is above zero ({has})")
+        if -has != orders:
+            report.violations.append(
+                f"merchant {merchant_id}'s frozen order money is {-has} in the ledger but its orders hold {orders}"
+            )

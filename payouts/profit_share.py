@@ -148,7 +148,8 @@ def open_shares(now: datetime, settings: ShareSettings, limit: int = 500) -> int
 def strand_late_payouts(limit: int = 100) -> int:
     """Profit-sharing payouts queued after their order's share was planned (a rebate released later, once its
     condition is met) can no longer leave by that share: its rest was unfrozen to the merchant. An operator
-    decides (alert ``profit_share_too_late``); they are never sent from the platform's own account."""
+    decides (alert ``profit_share_too_late``); they are never sent from the platform's own account. Nor are
+    those of an order opened without profit sharing (alert ``profit_share_not_frozen``)."""
     planned = exists().where(ProfitShare.order_id == Payout.order_id, ProfitShare.kind.is_not(None))
     late = (
         db.session.execute(
@@ -165,8 +166,32 @@ def strand_late_payouts(limit: int = 100) -> int:
         move(payout, S.NEEDS_OPERATOR)
         payout.last_error = "queued after its order's profit share: the order's frozen money was already released"
         raise_alert("profit_share_too_late", payout.external_no, payout.last_error)
+    unshareable = (
+        db.session.execute(
+            select(Payout)
+            .join(Order, Order.id == Payout.order_id)
+            .where(
+                Payout.rail == Rail.PROFIT_SHARING,
+                Payout.status == S.PENDING,
+                Payout.held.is_(False),
+                Order.profit_sharing.is_(False),
+            )
+            .order_by(Payout.id)
+            .limit(limit)
+            .with_for_update(of=Payout, skip_locked=True)
+        )
+        .scalars()
+        .all()
+    )
+    for payout in unshareable:  # its merchant's money was never frozen for it: no share can carry it
+        move(payout, S.NEEDS_OPERATOR)
+        payout.last_error = (
+            "a merchant-funded rebate on an order paid without profit sharing: the order's money went to the "
+            "merchant at once, so no share can carry it (it is never sent from the platform's own account)"
+        )
+        raise_alert("profit_share_not_frozen", payout.external_no, payout.last_error)
     db.session.flush()
-    return len(late)
+    return len(late) + len(unshareable)
 
 
 def _due(now: datetime, querying: bool):
@@ -310,6 +335,7 @@ def _plan(row: ProfitShare, now: datetime, settings: ShareSettings, client) -> b
     left = order.net_paid_fen
     if left <= 0:  # refunded in full: nothing is frozen any more
         row.kind, row.status, row.finished_at = ShareKind.NOTHING, ShareStatus.FINISHED, now
+        release_frozen(order.id, order.merchant_id)  # the refunds took it all: nothing is left (kept for safety)
         _to_operator(payouts, row, "the order was refunded in full before its share")
         return False
     config = db.session.get(ProfitShareConfig, row.sub_mchid)
@@ -490,7 +516,12 @@ def _error(result: ShareCall, exc: WeChatError) -> ShareCall:
 
 
 def record(job: ShareJob, result: ShareCall, now: datetime, settings: ShareSettings) -> str:
-    """Apply what WeChat said (the caller commits); returns the share's status."""
+    """Apply what WeChat said (the caller commits); returns the share's status.
+
+    The order's row is locked first, as a refund locks it before its payouts: the share's answer moves the
+    order's frozen money (``Order.frozen_fen``), and releases the rest when the share is finished."""
+    order_id = db.session.execute(select(ProfitShare.order_id).where(ProfitShare.id == job.share_id)).scalar_one()
+    db.session.execute(select(Order.id).where(Order.id == order_id).with_for_update())
     row = db.session.execute(
         select(ProfitShare)
         .where(ProfitShare.id == job.share_id)
@@ -542,6 +573,7 @@ def _apply_answer(row: ProfitShare, answer: dict, now: datetime, settings: Share
             waiting = True
     if answer.get("state") == "FINISHED" and not waiting:
         row.status, row.finished_at = ShareStatus.FINISHED, now
+        release_frozen(row.order_id, row.merchant_id)  # unfreeze_unsplit / the unfreeze: the rest is the merchant's
     else:
         row.status, row.next_attempt_at = ShareStatus.PROCESSING, now + settings.poll
 
@@ -554,11 +586,55 @@ def _shared(payout: Payout, row: ProfitShare, now: datetime, detail_id: str | No
         f"payout {payout.external_no} shared from the merchant's order money ({row.out_order_no})",
         [
             Leg(ref(AccountKind.PAYOUT_IN_TRANSIT), -payout.amount_fen, flow=payout.flow),
-            Leg(ref(AccountKind.MERCHANT_FROZEN_SALES, "merchant", row.merchant_id), payout.amount_fen),
+            Leg(frozen_ref(row.merchant_id), payout.amount_fen),
         ],
+    )
+    db.session.execute(
+        update(Order)
+        .where(Order.id == row.order_id)
+        .values(frozen_fen=Order.frozen_fen - payout.amount_fen)
+        .execution_options(synchronize_session=False)
     )
     payout.finished_at, payout.wechat_ref, payout.lease_until = now, detail_id or row.wechat_order_id, None
     close_flow(payout.flow)
+
+
+def frozen_ref(merchant_id: int):
+    return ref(AccountKind.MERCHANT_FROZEN_SALES, "merchant", merchant_id)
+
+
+def own_sales_ref(merchant_id: int):
+    return ref(AccountKind.MERCHANT_OWN_SALES, "merchant", merchant_id)
+
+
+def release_legs(merchant_id: int, amount_fen: int) -> list[Leg]:
+    """The order money WeChat unfroze to the merchant leaves our books: its frozen money and its claim on it."""
+    return [Leg(frozen_ref(merchant_id), amount_fen), Leg(own_sales_ref(merchant_id), -amount_fen)]
+
+
+def release_key(order_id: int) -> str:
+    return f"order:{order_id}:released"
+
+
+def release_frozen(order_id: int, merchant_id: int) -> int:
+    """The order's share is finished (or it was only unfrozen): what is still frozen in our books is released
+    to the merchant, once (``order:<id>:released``); returns it. The order's row is locked by the caller.
+    Rebates its merchant funded that no share carried (an operator's, a closed receiver's) stay owed by it:
+    ``merchant_own_sales`` below zero."""
+    rest = db.session.execute(
+        select(Order.frozen_fen).where(Order.id == order_id).execution_options(populate_existing=True)
+    ).scalar_one()
+    if not rest:
+        return 0
+    post(
+        release_key(order_id),
+        f"order {order_id}'s frozen money released to its merchant",
+        release_legs(merchant_id, rest),
+    )
+    db.session.execute(
+        update(Order).where(Order.id == order_id).values(frozen_fen=0).execution_options(synchronize_session=False)
+    )
+    return rest
 
 
 def _share_payouts(row: ProfitShare) -> list[Payout]:

@@ -25,7 +25,7 @@ from payouts import MoneySettings
 from payouts.outbox import PayoutRequest, enqueue_payouts
 from rebate import budgets, tell
 from rebate.campaigns import funder_ref, rules_of
-from rebate.rules import Decision, Form, Line, OrderFacts, RuleSet
+from rebate.rules import SHAREABLE_FORMS, Decision, Form, Line, OrderFacts, RuleSet
 
 RAIL_OF_FORM = {
     Form.WECHAT_CHANGE: Rail.WECHAT_CHANGE,
@@ -165,7 +165,8 @@ def record_decisions(
         if review:
             effects.reviewed.append(rebate)
         if awarded and not held:
-            _note_kept_in_balance(rebate, effects)
+            if not _shared(rebate, order, campaign):  # a shared rebate is never kept: all of it leaves by the share
+                _note_kept_in_balance(rebate, effects)
             effects.to_pay.append((rebate, campaign, order))
         rebates.append(rebate)
     if own:
@@ -292,12 +293,15 @@ def pay_rebate(
     else:
         effects.batch.add(key, memo, [Leg(funder_ref(campaign), -amount_fen), Leg(beneficiary_ref(rebate), amount_fen)])
     if kind != "coupon":
-        clean = _owes_nothing(rebate, effects)
+        # shared from the merchant's order money (service-provider mode): all of it leaves by the share, however
+        # small, and never nets what the person owes the platform (that would keep the merchant's money here)
+        shared = _shared(rebate, order, campaign)
+        clean = shared or _owes_nothing(rebate, effects)
         recovered = 0
         if not clean:
             recovered = recover_receivables(rebate.beneficiary_type, rebate.beneficiary_id, kind, amount_fen)
         if rebate.form in (Form.WECHAT_CHANGE, Form.CASH_RED_PACKET):
-            _queue_cash_payout(rebate, order, amount_fen, key, memo, money, effects, clean)
+            _queue_cash_payout(rebate, order, amount_fen, key, memo, money, effects, clean, shared=shared)
         elif rebate.form == Form.BALANCE:  # in the balance now: what did not go to a debt landed
             _landed(effects, tell.landed_in_app(rebate, amount_fen - recovered, key, Form.BALANCE))
     if own:
@@ -314,9 +318,11 @@ def _queue_cash_payout(
     money: MoneySettings,
     effects: Effects,
     clean: bool,
+    *,
+    shared: bool = False,
 ) -> None:
     cash = beneficiary_ref(rebate)
-    minimum = money.payout_min_fen
+    minimum = 1 if shared else money.payout_min_fen
     if clean:  # owes nothing: the balance was not negative, so all of it is there (the reason is noted)
         payable = amount_fen
     else:
@@ -345,12 +351,17 @@ def _queue_cash_payout(
         )
 
 
+def _shared(rebate: Rebate, order: Order, campaign: Campaign) -> bool:
+    """A cash rebate the merchant funds from its own order money: it leaves by profit sharing."""
+    return rebate.form in SHAREABLE_FORMS and cash_rail(rebate, order, campaign) == Rail.PROFIT_SHARING
+
+
 def cash_rail(rebate: Rebate, order: Order, campaign: Campaign) -> str:
     """How a cash rebate leaves. Service-provider mode: a merchant-funded one on a profit-sharing order leaves
     the merchant's own frozen order money by profit sharing (``payouts.profit_share``), never the platform's
     account; every other one by its form's rail (a platform-funded rebate from the platform's own money)."""
-    if order.profit_sharing and campaign.funder_type == FunderType.MERCHANT_DEPOSIT:
-        return Rail.PROFIT_SHARING
+    if campaign.funded_from_sales or (order.profit_sharing and campaign.funder_type == FunderType.MERCHANT_DEPOSIT):
+        return Rail.PROFIT_SHARING  # on an order without profit sharing it waits for an operator, never the platform
     return RAIL_OF_FORM[rebate.form]
 
 

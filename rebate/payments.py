@@ -27,7 +27,6 @@ from models import (
     AccountKind,
     Campaign,
     CampaignStatus,
-    FunderType,
     Merchant,
     Order,
     OrderPacket,
@@ -43,10 +42,11 @@ from models import (
 from models.base import beijing
 from models.triggers import TriggerKind
 from payouts import MoneySettings
+from payouts.profit_share import frozen_ref, own_sales_ref, release_key, release_legs
 from rebate import budgets, tell, wallet
 from rebate.awards import Beneficiary, Effects, record_decisions, with_lines
 from rebate.campaigns import face_funder_ref, is_running, load_rules, rules_of, serves
-from rebate.deposits import DepositsLeft, lock_deposits, pause_refused
+from rebate.deposits import DepositsLeft, deposit_funded, lock_deposits, pause_refused
 from rebate.errors import BudgetExhausted, BudgetMoved, DepositExhausted
 from rebate.fees import accrue_fee, own_fee_rate
 from rebate.intake import (
@@ -160,7 +160,7 @@ def _apply_locked(
     _post_sale(order, spent, campaigns, effects)
     fee_bps = money.platform_fee_bps if loaded.fee_bps is None else loaded.fee_bps
     accrue_fee(order, fee_bps, effects.batch)  # the platform's service fee, with the sale
-    if any(c.funder_type == FunderType.MERCHANT_DEPOSIT for c in campaigns.values()):
+    if any(deposit_funded(c) for c in campaigns.values()):
         effects.batch.post()  # a deposit's balance, read next, must see this sale's discounts
     deposits = DepositsLeft(_reserved_by_funder(spent, campaigns))  # read after the sale: discounts came out first
     attributing = {packet.campaign_id for packet in attributed}
@@ -291,7 +291,7 @@ def _reserved_by_funder(spent: list[tuple[RedPacket, int]], campaigns: dict[int,
     reserved: dict[int, int] = {}
     for packet, _ in spent:
         campaign = campaigns[packet.campaign_id]
-        if campaign.funder_type == FunderType.MERCHANT_DEPOSIT:
+        if deposit_funded(campaign):
             merchant_id = campaign.funder_merchant_id
             reserved[merchant_id] = reserved.get(merchant_id, 0) + packet.reserved_fen
     return reserved
@@ -373,7 +373,7 @@ def _lock_deposit_funded(campaigns: dict[int, Campaign], written: list[int]) -> 
     deposit). The one path that costs more statements (and holds a lock across the payment). Every campaign
     the payment writes is locked with them, in the same id-ordered statement: a later lock of a lower id while
     holding these would wait in a circle with a payment doing the reverse. Returns whether it locked."""
-    funded = {c.id for c in campaigns.values() if c.funder_type == FunderType.MERCHANT_DEPOSIT}
+    funded = {c.id for c in campaigns.values() if deposit_funded(c)}
     if not funded:
         return False
     db.session.execute(
@@ -402,19 +402,37 @@ def _post_sale(
     order: Order, spent: list[tuple[RedPacket, int]], campaigns: dict[int, Campaign], effects: Effects
 ) -> None:
     """The buyer's payment, each packet's funder and the buyer's wallet (``rebate.wallet``) together pay the
-    merchant the order total; the wallet's points are redeemed."""
+    merchant the order total; the wallet's points are redeemed.
+
+    A partner order (service-provider mode) was paid to the merchant's own account at WeChat, never the
+    platform's: the payment is the merchant's frozen order money (``merchant_frozen_sales``) and the merchant's
+    claim on it (``merchant_own_sales``), which its own rebates come out of by profit sharing; without profit
+    sharing WeChat settles it to the merchant at once (released in the same batch)."""
     funded: dict[str, tuple[AccountRef, int]] = {}
     for packet, discount in spent:
         funder = face_funder_ref(campaigns[packet.campaign_id])
         funded[funder.code] = (funder, funded.get(funder.code, (funder, 0))[1] + discount)
-    legs = [
-        Leg(ref(AccountKind.WECHAT_SETTLEMENT), -order.payable_fen),
-        Leg(ref(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), order.total_fen),
-        *(Leg(funder, -amount) for funder, amount in funded.values()),
-        *wallet.sale_legs(order),
-    ]
+    if order.sub_mchid:  # service-provider mode: paid to the merchant's own sub-merchant account
+        own = own_sales_ref(order.merchant_id)
+        own_discount = funded.pop(own.code, (own, 0))[1]  # its own packets: it simply charged less
+        received = [Leg(frozen_ref(order.merchant_id), -order.payable_fen), Leg(own, order.total_fen - own_discount)]
+    else:
+        received = [
+            Leg(ref(AccountKind.WECHAT_SETTLEMENT), -order.payable_fen),
+            Leg(ref(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), order.total_fen),
+        ]
+    legs = [*received, *(Leg(funder, -amount) for funder, amount in funded.values()), *wallet.sale_legs(order)]
     effects.batch.add(f"order:{order.id}:sale", f"sale {order.out_trade_no}", legs)
     wallet.spend_points(order, effects.batch)
+    if order.sub_mchid:
+        order.frozen_fen = order.payable_fen
+        if not order.profit_sharing:  # not frozen at WeChat: the merchant has it at once
+            effects.batch.add(
+                release_key(order.id),
+                f"sale {order.out_trade_no} settled to its merchant (no profit sharing)",
+                release_legs(order.merchant_id, order.payable_fen),
+            )
+            order.frozen_fen = 0
 
 
 def _referral_ends(consumer: User, referral_days: int | None) -> datetime | None:

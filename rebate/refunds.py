@@ -24,6 +24,7 @@ from ledger import Leg, account, post_entry
 from models import (
     AccountKind,
     Campaign,
+    LedgerAccount,
     Order,
     OrderPacket,
     OrderStatus,
@@ -42,6 +43,7 @@ from payouts import (
     hold_order_payouts,
     release_order_payouts,
 )
+from payouts.profit_share import own_sales_ref
 from rebate import budgets
 from rebate.awards import with_lines
 from rebate.campaigns import funder_account, rules_of
@@ -178,6 +180,9 @@ def _refund_of(order: Order, out_refund_no: str) -> Refund | None:
 
 
 def _post_refund(order: Order, refund: Refund) -> None:
+    if order.sub_mchid:
+        _post_partner_refund(order, refund)
+        return
     post_entry(
         f"refund:{refund.id}",
         f"refund {refund.out_refund_no}",
@@ -188,20 +193,47 @@ def _post_refund(order: Order, refund: Refund) -> None:
     )
 
 
+def _post_partner_refund(order: Order, refund: Refund) -> None:
+    """Service-provider mode: WeChat refunds the buyer from the merchant's own account. While the order's money
+    is frozen, from that (in our books: ``merchant_frozen_sales`` and the merchant's claim on it, key
+    ``refund:<id>``); once released to the merchant, outside the platform's books: nothing is posted."""
+    take = min(refund.amount_fen, order.frozen_fen or 0)
+    if take <= 0:
+        return
+    post_entry(
+        f"refund:{refund.id}",
+        f"refund {refund.out_refund_no}, from the merchant's frozen order money",
+        [
+            Leg(_discounted(order), -take),
+            Leg(account(AccountKind.MERCHANT_FROZEN_SALES, "merchant", order.merchant_id), take),
+        ],
+    )
+    order.frozen_fen -= take
+
+
+def _discounted(order: Order) -> LedgerAccount:
+    """The account a packet's value was paid into at the sale: what the platform owes the merchant, or for a
+    partner order the merchant's own claim on its order money."""
+    if order.sub_mchid:
+        own = own_sales_ref(order.merchant_id)
+        return account(own.kind, own.owner_type, own.owner_id)
+    return account(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id)
+
+
 def _void_discount(order: Order, refund: Refund) -> None:
     """A fully refunded order: each packet's funder gets its value back; packets are restored if their campaign
     says so and their whole reservation fits again — in the budget and in the funder's deposit (so a later
     payment can never settle above it, nor the deposit go below zero)."""
     for packet, discount in order_packets(order):
         campaign = db.session.get(Campaign, packet.campaign_id)
-        post_entry(
-            f"refund:{refund.id}:discount:{packet.id}",
-            f"packet {packet.id} value of {order.out_trade_no} returns to its funder",
-            [
-                Leg(account(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), -discount),
-                Leg(funder_account(campaign, face=True), discount),
-            ],
-        )
+        funder = funder_account(campaign, face=True)
+        merchant = _discounted(order)
+        if merchant.id != funder.id:  # a partner merchant's own packet: it simply charged less, nothing returns
+            post_entry(
+                f"refund:{refund.id}:discount:{packet.id}",
+                f"packet {packet.id} value of {order.out_trade_no} returns to its funder",
+                [Leg(merchant, -discount), Leg(funder, discount)],
+            )
         budgets.release_committed(campaign.id, discount)
         if not (campaign.restore_packet_on_refund and refund.finished_at < packet.expires_at):
             continue

@@ -84,8 +84,8 @@ def story(app, make_user, make_merchant, make_product, make_campaign, pay, sim):
         shop.sub_mchid, shop.sub_appid = f"19{shop.id:08d}", sub_appid
         issuer, buyer = make_user(appid=appid), make_user(appid=appid)
         funding = {"funder_type": funder}
-        if funder == "merchant_deposit":
-            funding["funder_merchant_id"] = shop.id
+        if funder == "merchant_deposit":  # as activated in service-provider mode: from its own sales, no deposit
+            funding.update(funder_merchant_id=shop.id, funded_from_sales=True, fund_deposit_fen=0)
         campaign = make_campaign(
             TWO_WAY,
             issuer_type="user",
@@ -153,6 +153,13 @@ def test_worked_example_merchant_funded_two_way_rebate_is_shared_then_a_refund_a
         issuer.id: (Rail.PROFIT_SHARING, 9_00, "pending"),
         buyer.id: (Rail.PROFIT_SHARING, 4_50, "pending"),
     }
+    # the 90 yuan are the merchant's, frozen at WeChat: never the platform's settlement account nor a deposit;
+    # its claim on them is what is left after the two rebates it funds
+    assert bal(AccountKind.MERCHANT_FROZEN_SALES, "merchant", shop.id) == -90_00
+    assert bal(AccountKind.MERCHANT_OWN_SALES, "merchant", shop.id) == 76_50
+    assert bal(AccountKind.WECHAT_SETTLEMENT) == 0 and bal(AccountKind.MERCHANT_PAYABLE, "merchant", shop.id) == 0
+    assert bal(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", shop.id) == 0
+    assert db.session.get(Order, order.id).frozen_fen == 90_00
     ledger_holds()
 
     # when: the share job runs before the refund window has closed
@@ -215,8 +222,12 @@ def test_worked_example_merchant_funded_two_way_rebate_is_shared_then_a_refund_a
         ("MERCHANT_ID", 76_50, "SUCCESS"),
     ]
     assert sim.frozen[order.transaction_id]["unsplit_fen"] == 0
-    # the money left the merchant's own order money, never the platform's account; the merchant funded both
-    assert bal(AccountKind.MERCHANT_FROZEN_SALES, "merchant", shop.id) == 13_50
+    # the money left the merchant's own order money, never the platform's account; the merchant funded both;
+    # the rest (76.50) was released to it, once: nothing of the order is in the platform's books any more
+    assert bal(AccountKind.MERCHANT_FROZEN_SALES, "merchant", shop.id) == 0
+    assert bal(AccountKind.MERCHANT_OWN_SALES, "merchant", shop.id) == 0
+    assert db.session.get(Order, order.id).frozen_fen == 0
+    assert f"order:{order.id}:released" in app_entries()
     assert bal(AccountKind.PAYOUT_IN_TRANSIT) == 0 and bal(AccountKind.REBATE_PAYABLE) == 0
     assert bal(AccountKind.USER_CASH, "user", issuer.id) == bal(AccountKind.USER_CASH, "user", buyer.id) == 0
     shared_entries = [
@@ -240,6 +251,11 @@ def test_worked_example_merchant_funded_two_way_rebate_is_shared_then_a_refund_a
     assert bal(AccountKind.USER_CASH, "user", issuer.id) == -4_00
     assert bal(AccountKind.USER_CASH, "user", buyer.id) == -2_00
     assert {p.status for p in payouts_of(order.id).values()} == {"succeeded"}  # never edited
+    # the refund came from the merchant's own (released) money: nothing of it is posted here; what the persons
+    # owe back is owed to the merchant that funded the rebates
+    assert f"refund:{refund.id}" not in app_entries()
+    assert bal(AccountKind.MERCHANT_FROZEN_SALES, "merchant", shop.id) == 0
+    assert bal(AccountKind.MERCHANT_OWN_SALES, "merchant", shop.id) == 6_00
     ledger_holds()
 
 
@@ -267,6 +283,7 @@ def test_a_refund_before_sharing_shrinks_the_share(app, story, sim):
     share_due_orders()
     # when: 40 of 90 yuan are refunded within the refund window
     refund = begin_refund(db.session.get(Order, order.id), "R-before-share", 40_00)
+    refund_id = refund.id
     db.session.commit()
     # (while the refund is pending, the order's payouts are held and the share waits)
     hold_passes(order.id)
@@ -288,7 +305,10 @@ def test_a_refund_before_sharing_shrinks_the_share(app, story, sim):
     row = share_of(order.id)
     assert row.status == "finished" and row.shared_fen == 7_50
     assert [r["amount"] for r in row.request["receivers"]] == [5_00, 2_50]
-    assert bal(AccountKind.MERCHANT_FROZEN_SALES, "merchant", shop.id) == 7_50
+    # the refund came out of the frozen money (90 - 40), the shares took 7.50 and the rest (42.50) was released
+    assert f"refund:{refund_id}" in app_entries() and f"order:{order.id}:released" in app_entries()
+    assert bal(AccountKind.MERCHANT_FROZEN_SALES, "merchant", shop.id) == 0
+    assert bal(AccountKind.MERCHANT_OWN_SALES, "merchant", shop.id) == 0
     assert {p.status for p in payouts_of(order.id).values()} == {"succeeded"}
     ledger_holds()
 
@@ -376,7 +396,10 @@ def test_a_closed_receiver_gets_the_money_back_in_the_balance_with_an_alert(app,
     payouts = payouts_of(order.id)
     assert (payouts[issuer.id].status, payouts[buyer.id].status) == ("succeeded", "failed")
     assert bal(AccountKind.USER_CASH, "user", buyer.id) == 4_50  # recorded back: owed again
-    assert bal(AccountKind.MERCHANT_FROZEN_SALES, "merchant", shop.id) == 9_00
+    # WeChat unfroze the closed share's 4.50 to the merchant with the rest: the merchant owes it for the rebate
+    # it funded, now in the person's balance (its claim is below zero by that much)
+    assert bal(AccountKind.MERCHANT_FROZEN_SALES, "merchant", shop.id) == 0
+    assert bal(AccountKind.MERCHANT_OWN_SALES, "merchant", shop.id) == -4_50
     assert db.session.execute(select(Alert).where(Alert.kind == "profit_share_closed")).scalar_one()
     assert share_of(order.id).status == "finished"
     ledger_holds()

@@ -99,6 +99,8 @@ def test_worked_example_service_provider_two_way_rebate_shared_then_refunded_and
         issuer_user_id=bob.id,
         funder_type="merchant_deposit",
         funder_merchant_id=shop.id,
+        funded_from_sales=True,  # as activating it in service-provider mode makes it (no deposit)
+        fund_deposit_fen=0,
         packet_amount_fen=10_00,
         packet_merchant_id=shop.id,
         budget_limit_fen=10_000_00,
@@ -207,10 +209,15 @@ def test_worked_example_service_provider_two_way_rebate_shared_then_refunded_and
     # what was shared, unfrozen and still in flight
     assert all(a["reconciles"] for a in s["accounts"]), s["accounts"]
     got = figures(s)
-    assert got["shared_to_persons"] == 13_50 and got["frozen_sales_other"] == 0
-    assert got["sales"] == 100_00 and got["refunds"] == -40_00
-    # the refund clawed 6 yuan back into the deposit: the persons owe it (receivables), the shares stand
-    assert got["rebates_paid"] == -13_50 and got["rebates_clawed_back"] == 6_00
+    # the 90 yuan paid were the merchant's own, frozen at WeChat: 13.50 shared to the persons, the rest released
+    # to it; the refund after the release came from its own money (nothing of it is in the platform's books)
+    assert (got["frozen_sales"], got["shared_to_persons"], got["frozen_released"]) == (-90_00, 13_50, 76_50)
+    assert got["frozen_refunds"] == 0 and got["frozen_sales_other"] == 0
+    assert (got["own_sales"], got["own_rebates_funded"], got["own_released"]) == (90_00, -13_50, -76_50)
+    # the refund clawed 6 yuan of its rebates back: the persons owe it (receivables), owed on to the merchant
+    assert got["own_rebates_clawed_back"] == 6_00 and got["own_refunds"] == 0
+    # nothing went through the platform's payable, deposit or settlement account
+    assert got["sales"] == got["refunds"] == got["rebates_paid"] == got["rebates_clawed_back"] == 0
     postings = client.get(url(ids["shop"], month, entries=1, figure="shared_to_persons"), headers=admin).json
     assert postings["total_fen"] == 13_50 and len(postings["postings"]) == 2
     ps = s["profit_shares"]
@@ -220,7 +227,7 @@ def test_worked_example_service_provider_two_way_rebate_shared_then_refunded_and
     assert ps["held_over_ratio"]["fen"] == 0 and ps["closed_returned_to_balance"]["fen"] == 0
     assert ps["in_flight"] == {"fen": 0, "yuan": "0.00", "payout_ids": [], "share_ids": []}
     frozen = ps["frozen_sales"]
-    assert (frozen["opening_fen"], frozen["closing_fen"]) == (0, 13_50)
+    assert (frozen["opening_fen"], frozen["closing_fen"]) == (0, 0)
     assert frozen["account"] == f"{AccountKind.MERCHANT_FROZEN_SALES}:merchant:{ids['shop']}"
     rows = list(csv.reader(io.StringIO(client.get(url(ids["shop"], month, format="csv"), headers=admin).text)))
     by_name = {(r[0], r[1]): r for r in rows}
@@ -249,6 +256,8 @@ def paid_partner_order(client, admin, make_merchant, make_product, make_campaign
         issuer_user_id=bob.id,
         funder_type="merchant_deposit",
         funder_merchant_id=shop.id,
+        funded_from_sales=True,  # as activating it in service-provider mode makes it (no deposit)
+        fund_deposit_fen=0,
         packet_amount_fen=10_00,
         packet_merchant_id=shop.id,
         budget_limit_fen=10_000_00,
@@ -372,18 +381,11 @@ def test_the_statement_shows_a_closed_receiver_and_what_did_not_fit_the_ratio(
     ledger_holds()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="integration gap (issue 16): in service-provider mode deposit top-ups are refused (409 "
-    "deposits_not_in_service_provider_mode) while activating a merchant-funded campaign still needs money in the "
-    "deposit (409 deposit_exhausted), so no merchant-funded campaign can start through the API; the tests and "
-    "the demo seed fill the deposit directly",
-)
 def test_a_sub_merchant_can_start_its_own_campaign_through_the_api(client, admin, make_merchant, make_campaign):  # noqa: F811
     shop = make_merchant()
     assert set_sub_mchid(client, admin, shop.id).status_code == 200
     campaign = make_campaign(
-        TWO_WAY_CHANGE,
+        {"roles": [TWO_WAY_CHANGE["roles"][1]]},  # the buyer's 5 %: a merchant issuer is not paid from its own sales
         status="draft",
         fund_deposit_fen=0,
         issuer_type="merchant",
@@ -398,3 +400,9 @@ def test_a_sub_merchant_can_start_its_own_campaign_through_the_api(client, admin
         f"/admin/api/campaigns/{campaign.id}/activate", json={"reason": "launch"}, headers=keyed(admin)
     )
     assert activated.status_code == 200, activated.json
+    # then: it runs from the merchant's own sales (no deposit was needed, none was taken)
+    db.session.expire_all()
+    campaign = db.session.get(type(campaign), campaign.id)
+    assert (campaign.status, campaign.funded_from_sales) == ("active", True)
+    deposit = client.get(f"/admin/api/campaigns/{campaign.id}", headers=admin)
+    assert deposit.status_code == 200
