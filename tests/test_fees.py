@@ -195,10 +195,11 @@ def invoice_writes() -> tuple[int, int]:
 
 
 def test_a_month_later_refunds_take_below_zero_is_invoiced_at_0_and_the_next_month_nets_the_rest(
-    app, monkeypatch, make_user, make_merchant, make_product, pay
+    app, client, monkeypatch, make_operator, make_user, make_merchant, make_product, pay
 ):
     # given: 2 % fees; in January two 100-yuan orders (4 yuan of fees) and 1 yuan of credit, invoiced
     app.config["PLATFORM_FEE_BPS"] = 200
+    _, admin = make_operator("admin")
     shop = make_merchant()
     book_in(monkeypatch, "2025-01")
     orders = [buy(make_user(), make_product(shop, price_fen=100_00)) for _ in range(2)]
@@ -240,6 +241,22 @@ def test_a_month_later_refunds_take_below_zero_is_invoiced_at_0_and_the_next_mon
     assert credit(shop.id) == 0 and fees_due(shop.id) == -4_70  # 3.00 + 1.70 billed, nothing carried
     assert carried_forward(shop.id, "2025-03") == 0 and credit_given_back(shop.id, "2025-03") == 0
     assert check_ledger().ok
+
+    # and the statements show it: February's invoice at 0 with what it gave back and carried; March's
+    # figures hold the credit given back (booked when February was invoiced)
+    feb = client.get(f"/admin/api/merchants/{shop.id}/statement?month=2025-02", headers=admin).json
+    assert {k: v["fen"] for k, v in feb["invoice"].items() if isinstance(v, dict)} == {
+        "fee": 0,
+        "credit_applied": 0,
+        "due": 0,
+        "credit_given_back": 1_00,
+        "carried_forward": 2_80,
+    }
+    assert feb["summary"]["platform_fees"]["fen"] == 3_80
+    mar = client.get(f"/admin/api/merchants/{shop.id}/statement?month=2025-03", headers=admin).json
+    assert {f["name"]: f["fen"] for f in mar["figures"]}["credit_applied_to_fees"] == 1_00
+    assert mar["invoice"]["fee"]["fen"] == 3_20 and mar["invoice"]["carried_forward"]["fen"] == 0
+    assert all(a["reconciles"] for s in (feb, mar) for a in s["accounts"])
 
 
 def test_the_carried_credit_is_never_billed_and_a_month_it_covers_is_invoiced_at_0(
