@@ -47,7 +47,7 @@ from models import (
     db,
 )
 from money import format_yuan
-from rebate.fees import month_bounds
+from rebate.fees import carried_forward, credit_given_back, month_bounds
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,12 @@ FIGURES: tuple[Figure, ...] = (
     Figure("rebates_clawed_back", DEPOSIT, "Rebates it funded, clawed back after refunds or reviews", CLAWBACK),
     Figure("rebates_paid", DEPOSIT, "Rebates it funded, paid (awards and coupons sent, less returns)", None),
     Figure("credit_clawed_back", CREDIT, "Marketing credit clawed back after refunds or reviews", CLAWBACK),
-    Figure("credit_applied_to_fees", CREDIT, "Marketing credit applied to fee invoices", r"^invoice:"),
+    Figure("credit_applied_to_fees", CREDIT, "Marketing credit applied to fee invoices, less given back", r"^invoice:"),
     Figure("credit_spent_on_promotions", CREDIT, "Marketing credit spent on promotions", r"^credit:"),
     Figure("credit_earned", CREDIT, "Marketing credit earned (its share of orders paid with its packets)", None),
     Figure("fees_accrued", FEES, "Platform service fees on orders paid (owed: negative)", r"^fee:order:"),
     Figure("fees_reduced_by_refunds", FEES, "Service fees given back for refunds", r"^fee:refund:"),
-    Figure("fees_paid_by_credit", FEES, "Service fees paid by marketing credit", r"^invoice:"),
+    Figure("fees_paid_by_credit", FEES, "Service fees paid by marketing credit, less credit given back", r"^invoice:"),
     Figure("fees_other", FEES, "Other movements of fees due", None),
     Figure(
         "frozen_sales",
@@ -380,6 +380,8 @@ def _invoice(merchant_id: int, month: str) -> dict | None:
         "fee": money(row.fee_fen),
         "credit_applied": money(row.credit_applied_fen),
         "due": money(row.due_fen),
+        "credit_given_back": money(credit_given_back(merchant_id, month)),  # a month the fees fell below zero
+        "carried_forward": money(carried_forward(merchant_id, month)),  # … what it left for the next invoices
         "created_at": row.created_at.isoformat(),
     }
 

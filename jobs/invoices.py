@@ -2,7 +2,8 @@
 
 Each merchant is invoiced in its own transaction: its row is claimed with ``FOR UPDATE SKIP LOCKED`` (a node
 already invoicing it is left alone), and the invoice row's unique (merchant, month) makes a second run, on
-any node, write nothing and post nothing (``rebate.fees.invoice_month``). The marketing credit pays first.
+any node, write nothing and post nothing (``rebate.fees.invoice_month``). The marketing credit pays first; a
+month that later refunds took below zero is invoiced at 0, gives credit back and carries the rest.
 """
 
 from __future__ import annotations

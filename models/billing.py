@@ -54,7 +54,9 @@ class FeeInvoice(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     merchant_id: Mapped[int] = mapped_column(ForeignKey("merchants.id"))
     month: Mapped[str] = mapped_column(String(7))  # YYYY-MM, Beijing
-    fee_fen: Mapped[int] = mapped_column(BigInteger)  # fees booked in the month, less refunds' reductions
+    # fees booked in the month, less refunds' reductions, at most what was owed and not yet billed (a credit
+    # carried from earlier months nets here); 0 when below zero (``rebate.fees.invoice_month``)
+    fee_fen: Mapped[int] = mapped_column(BigInteger)
     credit_applied_fen: Mapped[int] = mapped_column(BigInteger, default=0)
     due_fen: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -5,8 +5,13 @@
   refund lowers it to the rate of the order's net total, rounded down, cumulatively (``fee:refund:<id>``), so
   partial refunds never take back more than the fee was.
 - **Invoice**: once a Beijing month has ended, one ``FeeInvoice`` per merchant and month (unique key; a second
-  run, or a concurrent twin, writes nothing) for the fees booked in it; the marketing credit pays first
-  (``invoice:<merchant>:<month>:credit``, credit → fees due), the rest is due.
+  run, or a concurrent twin, writes nothing and posts nothing) for the fees booked in it, never more than is
+  owed and not yet billed (``unbilled_fees``); the marketing credit pays first
+  (``invoice:<merchant>:<month>:credit``, credit → fees due), the rest is due. A month whose refunds lowered
+  the fee more than it accrued (or whose fees the credit carried from earlier months covers) is invoiced at
+  0, the row still written so the month is closed. What the merchant is owed then first gives back marketing
+  credit that invoices applied (``invoice:<merchant>:<month>:credit-back``, fees due → credit, never more
+  than they applied, net); the rest stays in the fees-due account and the next invoices net it.
 - **Promotion spend**: an operator moves credit into the merchant's marketing deposit, which funds its
   campaigns (``credit:<merchant>:<operator>:<key>``). Under a row lock on the credit account: never below
   zero, however many spend at once.
@@ -160,7 +165,8 @@ def previous_month(now: datetime) -> str:
 
 
 def fees_booked(merchant_id: int, month: str) -> int:
-    """The service fees booked in ``month`` (accrued less refunds' reductions): what the month's invoice bills."""
+    """The service fees booked in ``month`` (accrued less refunds' reductions): what the month's invoice bills
+    (at most what is unbilled, never below 0)."""
     start, end = month_bounds(month)
     total = db.session.execute(
         select(func.coalesce(func.sum(LedgerPosting.amount), 0))
@@ -190,17 +196,74 @@ def invoice_key(merchant_id: int, month: str) -> str:
     return f"invoice:{merchant_id}:{month}:credit"
 
 
+def credit_back_key(merchant_id: int, month: str) -> str:
+    return f"invoice:{merchant_id}:{month}:credit-back"
+
+
+def unbilled_fees(merchant_id: int, through: str) -> int:
+    """What the merchant owes for fees booked up to the end of month ``through`` and invoices have not billed:
+    the fees-due account's fee entries booked before it ended, less the credit invoices of months up to it
+    moved (applied, less given back), less what those invoices billed as due. Below zero: the platform owes
+    the merchant (fees given back by refunds after they were billed), carried into the next invoices."""
+    _, end = month_bounds(through)
+    mine = f"invoice:{merchant_id}:"  # then the month: invoice:<merchant>:<YYYY-MM>:…
+    moved = db.session.execute(
+        select(func.coalesce(func.sum(LedgerPosting.amount), 0))
+        .join(LedgerEntry, LedgerEntry.id == LedgerPosting.entry_id)
+        .where(
+            LedgerPosting.account_id == fees_due_account(merchant_id).id,
+            (_fee_key() & (LedgerEntry.created_at < end))
+            | (
+                LedgerEntry.idempotency_key.like(f"{mine}%")
+                & (func.substr(LedgerEntry.idempotency_key, len(mine) + 1, 7) <= through)
+            ),
+        )
+    ).scalar_one()
+    billed = db.session.execute(
+        select(func.coalesce(func.sum(FeeInvoice.due_fen), 0)).where(
+            FeeInvoice.merchant_id == merchant_id, FeeInvoice.month <= through
+        )
+    ).scalar_one()
+    return -int(moved) - int(billed)
+
+
+def credit_given_back(merchant_id: int, month: str) -> int:
+    """The marketing credit the month's invoice gave back (0: none)."""
+    return -int(
+        db.session.execute(
+            select(func.coalesce(func.sum(LedgerPosting.amount), 0))
+            .join(LedgerEntry, LedgerEntry.id == LedgerPosting.entry_id)
+            .where(
+                LedgerEntry.idempotency_key == credit_back_key(merchant_id, month),
+                LedgerPosting.account_id == fees_due_account(merchant_id).id,
+            )
+        ).scalar_one()
+    )
+
+
+def carried_forward(merchant_id: int, month: str) -> int:
+    """What the merchant was owed after the month's invoice, carried into the next invoices (0: nothing)."""
+    return max(0, -unbilled_fees(merchant_id, month))
+
+
 def invoice_month(merchant_id: int, month: str, now: datetime) -> FeeInvoice | None:
     """Invoice the merchant's fees of an ended month, the credit first; None when it was invoiced already.
 
-    The credit account is locked first (promotion spends wait), then the invoice row is inserted on its unique
-    (merchant, month): a twin run inserts nothing and posts nothing."""
+    It bills the fees booked in the month, never more than is owed and not yet billed (fees given back by
+    later refunds net here), never less than 0; at 0, what the merchant is owed gives back the credit
+    invoices applied, the rest is carried. The credit account is locked first (promotion spends and other
+    invoices of the merchant wait), then the invoice row is inserted on its unique (merchant, month): a twin
+    run inserts nothing and posts nothing."""
     _, end = month_bounds(month)
     if now < end:
         raise StateConflict(f"month {month} has not ended", code="month_not_ended")
     credit = lock_credit(merchant_id)
-    fee = fees_booked(merchant_id, month)
-    applied = min(max(0, balance(credit)), max(0, fee))
+    latest = db.session.execute(
+        select(func.max(FeeInvoice.month)).where(FeeInvoice.merchant_id == merchant_id)
+    ).scalar_one()
+    unbilled = unbilled_fees(merchant_id, max(month, latest or month))  # a month invoiced late: as of the last
+    fee = max(0, min(fees_booked(merchant_id, month), unbilled))
+    applied = min(max(0, balance(credit)), fee)
     row = {
         "merchant_id": merchant_id,
         "month": month,
@@ -218,7 +281,28 @@ def invoice_month(merchant_id: int, month: str, now: datetime) -> FeeInvoice | N
             f"marketing credit pays the {month} service fees",
             [Leg(credit, -applied), Leg(fees_due_account(merchant_id), applied)],
         )
+    back = min(max(0, -unbilled), _credit_applied_net(merchant_id)) if fee == 0 else 0
+    if back:
+        post_entry(
+            credit_back_key(merchant_id, month),
+            f"the {month} service fees fell below zero: marketing credit applied by invoices given back",
+            [Leg(fees_due_account(merchant_id), -back), Leg(credit, back)],
+        )
     return db.session.get(FeeInvoice, written[0][0])
+
+
+def _credit_applied_net(merchant_id: int) -> int:
+    """The marketing credit the merchant's invoices applied to fees, less what they gave back."""
+    return int(
+        db.session.execute(
+            select(func.coalesce(func.sum(LedgerPosting.amount), 0))
+            .join(LedgerEntry, LedgerEntry.id == LedgerPosting.entry_id)
+            .where(
+                LedgerPosting.account_id == fees_due_account(merchant_id).id,
+                LedgerEntry.idempotency_key.like(f"invoice:{merchant_id}:%"),
+            )
+        ).scalar_one()
+    )
 
 
 def merchants_to_invoice(month: str) -> list[int]:

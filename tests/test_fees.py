@@ -2,23 +2,26 @@
 
 A fee per paid order in basis points (the merchant's own rate or PLATFORM_FEE_BPS), lowered by refunds in
 proportion, rounded down and cumulatively; invoiced once per merchant and Beijing month with the credit
-applied first; credit spent on promotions, never below zero, also when spends race.
+applied first, never below 0 (a month that later refunds take below zero gives back the credit invoices
+applied and carries the rest into the next invoices); credit spent on promotions, never below zero, also
+when spends race.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections import Counter
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
 
 from jobs.invoices import invoice_fees
-from ledger import Leg, account, balance, post_entry
+from ledger import Leg, account, balance, check_ledger, post_entry
 from models import AccountKind, AuditLog, FeeInvoice, LedgerEntry, OrderFee, db, utcnow
 from models.operators import Actor
 from rebate import apply_refund, begin_refund
 from rebate.errors import StateConflict
-from rebate.fees import invoice_month, month_bounds, month_of, spend_credit
+from rebate.fees import carried_forward, credit_given_back, invoice_month, month_bounds, month_of, spend_credit
 from tests.money_helpers import app_money
 from tests.test_worked_examples import buy
 
@@ -164,6 +167,170 @@ def test_two_invoice_runs_at_once_invoice_once(app, make_user, make_merchant, ma
     assert credit(shop.id) == 0 and fees_due(shop.id) == -2_00
     applied = select(func.count()).where(LedgerEntry.idempotency_key.like("invoice:%"))
     assert db.session.execute(applied).scalar() == 1
+
+
+def book_in(monkeypatch, month: str, days: int = 14) -> datetime:
+    """Ledger entries from now on are booked ``days`` into the Beijing ``month``; returns that time."""
+    when = month_bounds(month)[0] + timedelta(days=days, hours=1)
+    monkeypatch.setattr("ledger.posting.utcnow", lambda: when)
+    return when
+
+
+def invoice_at(monkeypatch, month: str) -> Counter:
+    """The job, an hour after ``month`` ended (its entries booked then, in the next month)."""
+    return invoice_fees(book_in(monkeypatch, month_of(month_bounds(month)[1]), days=0), month)
+
+
+def row(merchant_id: int, month: str) -> tuple[int, int, int]:
+    db.session.rollback()
+    i = db.session.execute(select(FeeInvoice).filter_by(merchant_id=merchant_id, month=month)).scalar_one()
+    return i.fee_fen, i.credit_applied_fen, i.due_fen
+
+
+def invoice_writes() -> tuple[int, int]:
+    db.session.rollback()
+    entries = select(func.count()).where(LedgerEntry.idempotency_key.like("invoice:%"))
+    rows = select(func.count()).select_from(FeeInvoice)
+    return db.session.execute(entries).scalar(), db.session.execute(rows).scalar()
+
+
+def test_a_month_later_refunds_take_below_zero_is_invoiced_at_0_and_the_next_month_nets_the_rest(
+    app, client, monkeypatch, make_operator, make_user, make_merchant, make_product, pay
+):
+    # given: 2 % fees; in January two 100-yuan orders (4 yuan of fees) and 1 yuan of credit, invoiced
+    app.config["PLATFORM_FEE_BPS"] = 200
+    _, admin = make_operator("admin")
+    shop = make_merchant()
+    book_in(monkeypatch, "2025-01")
+    orders = [buy(make_user(), make_product(shop, price_fen=100_00)) for _ in range(2)]
+    for order in orders:
+        pay(order)
+    give_credit(shop.id, 1_00)
+    assert invoice_at(monkeypatch, "2025-01") == {"invoiced": 1}
+    assert row(shop.id, "2025-01") == (4_00, 1_00, 3_00) and credit(shop.id) == 0 and fees_due(shop.id) == -3_00
+
+    # when: in February both orders are refunded in full (4 yuan of fees given back) and a 10-yuan order is
+    # paid (0.20): the month's fees are -3.80
+    book_in(monkeypatch, "2025-02")
+    for i, order in enumerate(orders):
+        refund(db.session.merge(order), f"R-{i}", 100_00)
+    pay(buy(make_user(), make_product(shop, price_fen=10_00)))
+    assert invoice_at(monkeypatch, "2025-02") == {"invoiced": 1}
+
+    # then: invoiced at 0; the 1 yuan of credit January's invoice applied is given back, 2.80 is carried
+    assert row(shop.id, "2025-02") == (0, 0, 0)
+    assert credit(shop.id) == 1_00 and credit_given_back(shop.id, "2025-02") == 1_00
+    assert fees_due(shop.id) == -20  # -3.00 + 4.00 - 0.20 - 1.00 given back: 3.00 billed, 2.80 carried
+    assert carried_forward(shop.id, "2025-02") == 2_80
+    assert check_ledger().ok
+
+    # and a rerun, by the job or a twin, writes nothing
+    before = invoice_writes()
+    assert invoice_at(monkeypatch, "2025-02") == {}
+    assert invoice_month(shop.id, "2025-02", month_bounds("2025-03")[1]) is None
+    assert invoice_writes() == before and credit(shop.id) == 1_00
+
+    # when: March books 6 yuan of fees (a 300-yuan order) and 0.50 more credit
+    book_in(monkeypatch, "2025-03")
+    pay(buy(make_user(), make_product(shop, price_fen=300_00)))
+    give_credit(shop.id, 50, key="march")
+    assert invoice_at(monkeypatch, "2025-03") == {"invoiced": 1}
+
+    # then: the 2.80 carried nets first (3.20 billed), the credit pays 1.50 of it, 1.70 is due
+    assert row(shop.id, "2025-03") == (3_20, 1_50, 1_70)
+    assert credit(shop.id) == 0 and fees_due(shop.id) == -4_70  # 3.00 + 1.70 billed, nothing carried
+    assert carried_forward(shop.id, "2025-03") == 0 and credit_given_back(shop.id, "2025-03") == 0
+    assert check_ledger().ok
+
+    # and the statements show it: February's invoice at 0 with what it gave back and carried; March's
+    # figures hold the credit given back (booked when February was invoiced)
+    feb = client.get(f"/admin/api/merchants/{shop.id}/statement?month=2025-02", headers=admin).json
+    assert {k: v["fen"] for k, v in feb["invoice"].items() if isinstance(v, dict)} == {
+        "fee": 0,
+        "credit_applied": 0,
+        "due": 0,
+        "credit_given_back": 1_00,
+        "carried_forward": 2_80,
+    }
+    assert feb["summary"]["platform_fees"]["fen"] == 3_80
+    mar = client.get(f"/admin/api/merchants/{shop.id}/statement?month=2025-03", headers=admin).json
+    assert {f["name"]: f["fen"] for f in mar["figures"]}["credit_applied_to_fees"] == 1_00
+    assert mar["invoice"]["fee"]["fen"] == 3_20 and mar["invoice"]["carried_forward"]["fen"] == 0
+    assert all(a["reconciles"] for s in (feb, mar) for a in s["accounts"])
+
+
+def test_the_carried_credit_is_never_billed_and_a_month_it_covers_is_invoiced_at_0(
+    app, monkeypatch, make_user, make_merchant, make_product, pay
+):
+    # given: January's 2 yuan invoiced, then refunded in full in February: 2 yuan carried (no credit to give back)
+    app.config["PLATFORM_FEE_BPS"] = 200
+    shop = make_merchant()
+    book_in(monkeypatch, "2025-01")
+    order = buy(make_user(), make_product(shop, price_fen=100_00))
+    pay(order)
+    invoice_at(monkeypatch, "2025-01")
+    book_in(monkeypatch, "2025-02")
+    refund(db.session.merge(order), "R-1", 100_00)
+    invoice_at(monkeypatch, "2025-02")
+    assert row(shop.id, "2025-02") == (0, 0, 0) and credit_given_back(shop.id, "2025-02") == 0
+
+    # when: March books 1.50 and April 1 yuan
+    for month, price in (("2025-03", 75_00), ("2025-04", 50_00)):
+        book_in(monkeypatch, month)
+        pay(buy(make_user(), make_product(shop, price_fen=price)))
+        give_credit(shop.id, 10, key=month)
+        invoice_at(monkeypatch, month)
+
+    # then: March is covered by the carry (0 billed, the credit untouched), April bills what is left over it
+    assert row(shop.id, "2025-03") == (0, 0, 0) and carried_forward(shop.id, "2025-03") == 50
+    assert row(shop.id, "2025-04") == (50, 20, 30) and carried_forward(shop.id, "2025-04") == 0
+    assert credit(shop.id) == 0 and fees_due(shop.id) == -(2_00 + 30)  # what January and April billed as due
+    assert check_ledger().ok
+
+
+def test_a_month_invoiced_late_bills_its_own_fees_once(app, monkeypatch, make_user, make_merchant, make_product, pay):
+    # given: January's fees (2 yuan) never invoiced, February's (1 yuan) invoiced first
+    app.config["PLATFORM_FEE_BPS"] = 200
+    shop = make_merchant()
+    for month, price in (("2025-01", 100_00), ("2025-02", 50_00)):
+        book_in(monkeypatch, month)
+        pay(buy(make_user(), make_product(shop, price_fen=price)))
+    invoice_at(monkeypatch, "2025-02")
+
+    # when: January is invoiced after it
+    invoice_at(monkeypatch, "2025-01")
+
+    # then: each month bills its own fees, nothing twice, nothing given back
+    assert (row(shop.id, "2025-01"), row(shop.id, "2025-02")) == ((2_00, 0, 2_00), (1_00, 0, 1_00))
+    assert fees_due(shop.id) == -3_00 and invoice_writes() == (0, 2)
+    assert check_ledger().ok
+
+
+def test_two_runs_of_a_month_below_zero_give_the_credit_back_once(
+    app, monkeypatch, make_user, make_merchant, make_product, pay
+):
+    from tests.concurrency import together
+
+    # given: January's 2 yuan paid 0.50 by credit, 1.50 due; refunded in full in February
+    app.config["PLATFORM_FEE_BPS"] = 200
+    shop = make_merchant()
+    book_in(monkeypatch, "2025-01")
+    order = buy(make_user(), make_product(shop, price_fen=100_00))
+    pay(order)
+    give_credit(shop.id, 50)
+    invoice_at(monkeypatch, "2025-01")
+    book_in(monkeypatch, "2025-02")
+    refund(db.session.merge(order), "R-1", 100_00)
+    later = book_in(monkeypatch, "2025-03", days=0)
+
+    # when: two runs invoice February at once
+    results = together(2, lambda i: invoice_fees(later, "2025-02"), app=app)
+
+    # then: one invoice at 0, the 0.50 given back once, 1.50 carried
+    assert not any(isinstance(r, Exception) for r in results), results
+    assert row(shop.id, "2025-02") == (0, 0, 0) and invoice_writes() == (2, 2)
+    assert credit(shop.id) == 50 and fees_due(shop.id) == 0 and carried_forward(shop.id, "2025-02") == 1_50
+    assert check_ledger().ok
 
 
 def test_credit_spent_on_a_promotion_moves_into_the_deposit_once(client, make_operator, make_merchant, make_campaign):
