@@ -746,29 +746,36 @@ def reconcile_day(
     bill_date: date | str,
     now: datetime,
     *,
+    service_provider: bool = False,
     account_type: str = "BASIC",
     tar_type: str | None = "GZIP",
     step: Callable[[str], None] = lambda _: None,
 ) -> list:
-    """Reconcile one finished Beijing day; returns the trade and fund-flow runs.
+    """Reconcile one finished Beijing day; returns the trade runs and the fund-flow run.
 
-    Runs marked ``running`` (commit) → both bills fetched with no transaction open → results written
+    Runs marked ``running`` (commit) → the bills fetched with no transaction open → results written
     (commit). A bill that cannot be fetched, verified or parsed fails its run and records nothing else.
+    ``service_provider`` (``FUND_FLOW=service_provider``): a trade bill per sub-merchant instead of ours.
     ``step`` hears of each phase in words (``flask jobs reconcile`` prints them on stderr).
     """
     day = reconcile.bill_day(bill_date, now)
     fetched: dict[str, list] = {}
 
-    def start() -> None:
+    def start() -> list[str]:
         step(f"{day}: marking the trade and fund-flow runs")
-        reconcile.start_runs(day, now)
+        subs = reconcile.sub_merchants_to_reconcile(day) if service_provider else [reconcile.OURS]
+        reconcile.start_runs(day, now, subs)
+        return subs
 
-    def fetch(_: None) -> list:
-        step(f"{day}: downloading both bills from WeChat")
-        fetched["bills"] = reconcile.fetch_bills(pay_client, day, account_type=account_type, tar_type=tar_type)
+    def fetch(subs: list[str]) -> list:
+        what = f"{len(subs)} sub-merchants' trade bills and the fund-flow bill" if service_provider else "both bills"
+        step(f"{day}: downloading {what} from WeChat")
+        fetched["bills"] = reconcile.fetch_bills(
+            pay_client, day, sub_mchids=subs, account_type=account_type, tar_type=tar_type
+        )
         return fetched["bills"]
 
-    def write(_: None, bills: list) -> list:
+    def write(_: list[str], bills: list) -> list:
         step(f"{day}: matching the bills against our orders, refunds and payouts")
         return reconcile.write_results(day, bills, now)
 
@@ -781,14 +788,16 @@ def reconcile_day(
             return reconcile.write_results(day, fetched["bills"], now)
 
 
-def run_daily_checks(pay_client: PayClient, now: datetime) -> DailyChecks:
+def run_daily_checks(pay_client: PayClient, now: datetime, *, service_provider: bool = False) -> DailyChecks:
     """Reconcile yesterday (Beijing) and check the ledger, alerting on violations."""
-    runs = reconcile_day(pay_client, reconcile.beijing(now).date() - timedelta(days=1), now)
+    yesterday = reconcile.beijing(now).date() - timedelta(days=1)
+    runs = reconcile_day(pay_client, yesterday, now, service_provider=service_provider)
     with unit_of_work():
         report = reconcile.check_ledger_and_alert()
     return DailyChecks(runs, report)
 
 
 def daily_reconciliation() -> Counter:
-    checks = run_daily_checks(job_context().pay, utcnow())
+    ctx = job_context()
+    checks = run_daily_checks(ctx.pay, utcnow(), service_provider=ctx.config.get("FUND_FLOW") == "service_provider")
     return Counter(runs=len(checks.runs), ledger_violations=len(checks.ledger.violations))

@@ -13,6 +13,7 @@ import time
 from datetime import timedelta
 
 import click
+from flask import current_app
 
 from jobs.payouts import job_context, reconcile_day
 from models import unit_of_work, utcnow
@@ -39,7 +40,8 @@ def reconcile_command(bill_date: str | None) -> None:
     day = bill_date or (beijing(now).date() - timedelta(days=1)).isoformat()
     step = Steps("reconcile")
     try:
-        runs = reconcile_day(job_context().pay, day, now, step=step)
+        service_provider = current_app.config.get("FUND_FLOW") == "service_provider"
+        runs = reconcile_day(job_context().pay, day, now, service_provider=service_provider, step=step)
     except ValueError as exc:  # not a date, or a day not over yet in Beijing
         raise click.BadParameter(str(exc), param_hint="--date") from None
     step("checking the ledger")
@@ -47,8 +49,9 @@ def reconcile_command(bill_date: str | None) -> None:
         report = reconcile.check_ledger_and_alert()
     step("done")
     for run in runs:
+        bill = f"{run.bill_date} {run.kind}" + (f" {run.sub_mchid}" if run.sub_mchid else "")
         click.echo(
-            f"{run.bill_date} {run.kind}: {run.status}, {run.lines_read} lines, {run.matched} matched, "
+            f"{bill}: {run.status}, {run.lines_read} lines, {run.matched} matched, "
             f"{run.mismatches} mismatches" + (f" ({run.error})" if run.error else "")
         )
     click.echo(f"ledger: {report.entries_checked} entries checked, {len(report.violations)} violations")

@@ -1,6 +1,6 @@
-"""Reconciliation against WeChat's bills: one run per (Beijing bill date, bill kind), and what it found.
+"""Reconciliation against WeChat's bills: one run per (Beijing bill date, bill kind, sub-merchant), and what it found.
 
-A rerun of a day updates its run in place (unique ``bill_date, kind``) and its
+A rerun of a day updates its run in place (unique ``bill_date, kind, sub_mchid``) and its
 mismatches by subject (unique ``run_id, subject_type, subject_ref``), so an
 operator's resolution survives a rerun that finds the same thing again.
 """
@@ -54,9 +54,13 @@ class ReconciliationRun(Base):
     mismatches: Mapped[int] = mapped_column(default=0)
     hash_value: Mapped[str | None] = mapped_column(String(64))  # WeChat's announced SHA-1
     error: Mapped[str | None] = mapped_column(Text)
+    # Service-provider mode: the sub-merchant whose trade bill this is (``/v3/bill/tradebill?sub_mchid=``).
+    # "" for a bill of our own merchant number (direct mode's trade bill, the fund-flow bill), never NULL:
+    # NULLs are distinct in a unique constraint, and a rerun must find the same run.
+    sub_mchid: Mapped[str] = mapped_column(String(32), default="", server_default="")
 
     __table_args__ = (
-        UniqueConstraint("bill_date", "kind"),
+        UniqueConstraint("bill_date", "kind", "sub_mchid"),
         CheckConstraint("kind in ('trade', 'fundflow')", name="kind"),
         CheckConstraint("status in ('running', 'done', 'failed')", name="status"),
     )

@@ -7,6 +7,10 @@ result. The job (``jobs.payouts.reconcile_day``) commits between them, so no
 transaction is open while WeChat is asked. A bill that cannot be fetched, verified or parsed fails its run
 and records nothing else — no partial results. A rerun of a day updates the
 same run and mismatch rows (see :mod:`models.reconciliation`).
+
+Service-provider mode: the orders are paid to the merchants' sub-merchant numbers, and the day has one
+trade run per sub-merchant (:func:`sub_merchants_to_reconcile`), each matching that sub-merchant's bill
+(``/v3/bill/tradebill?sub_mchid=``) against the orders paid to it. The fund-flow bill stays ours.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from ledger import CheckReport, check_ledger
-from models import Order, OrderStatus, Payout, PayoutStatus, Rail, Refund, RefundStatus, db, raise_alert
+from models import Merchant, Order, OrderStatus, Payout, PayoutStatus, Rail, Refund, RefundStatus, db, raise_alert
 from models.base import BEIJING, beijing
 from models.reconciliation import (
     BillKind,
@@ -34,6 +38,7 @@ from models.reconciliation import (
 from payouts.bill_lines import BillFormatError, FundLine, TradeLine, fund_line, trade_line
 from wechat.bills import parse_bill_csv
 from wechat.errors import WeChatError
+from wechat.partner import SubMerchant
 from wechat.pay import PayClient
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,7 @@ NO_BILL = "NO_STATEMENT_EXIST"  # WeChat's answer for a day without a single mov
 FUND_RAILS = (Rail.WECHAT_CHANGE, Rail.CASH_RED_PACKET)  # the rails whose money shows in the fund-flow bill
 WECHAT_REFUND_DONE = frozenset({"SUCCESS", "PROCESSING"})  # a bill's PROCESSING refund counts as done
 IN_CHUNK, ALERT_LISTED = 500, 10
+OURS = ""  # the sub_mchid of a bill of our own merchant number (direct mode's trade bill, the fund-flow bill)
 
 
 MISSING_HERE, MISSING_THERE = MismatchKind.MISSING_HERE, MismatchKind.MISSING_THERE
@@ -76,6 +82,7 @@ class Matching:
 @dataclass
 class BillOutcome:
     kind: BillKind
+    sub_mchid: str = OURS
     hash_value: str | None = None
     lines: list[Any] = field(default_factory=list)
     error: str | None = None
@@ -95,25 +102,58 @@ def bill_day(bill_date: date | str, now: datetime) -> date:
     return day
 
 
-def start_runs(day: date, now: datetime) -> None:
-    """The day's trade and fund-flow runs, (re)marked ``running``."""
-    for kind in BillKind:
-        _run_for(day, kind, now, restart=True)
+def sub_merchants_to_reconcile(day: date) -> list[str]:
+    """Service-provider mode: the sub-merchants whose trade bill the day needs, in order.
+
+    Every merchant's sub-merchant number, not only those with orders paid here that day: a payment we never
+    saw (a lost notification) or an order we lack shows only in its sub-merchant's bill, and a quiet
+    sub-merchant costs one request answered NO_STATEMENT_EXIST. Plus the numbers on the day's paid orders
+    and refunds (an order keeps the sub-merchant it was paid to when its merchant's number changes), and
+    those the day's runs already read (a rerun covers at least the same bills).
+    """
+    start, end = _day_window(day)
+    refunded = select(Order.sub_mchid).join(Refund, Refund.order_id == Order.id)
+    queries = (
+        select(Merchant.sub_mchid),
+        select(Order.sub_mchid).where(Order.paid_at >= start, Order.paid_at < end),
+        refunded.where(Refund.status == RefundStatus.SUCCEEDED, Refund.finished_at >= start, Refund.finished_at < end),
+        select(ReconciliationRun.sub_mchid).where(ReconciliationRun.bill_date == day.isoformat()),
+    )
+    found = set().union(*(db.session.execute(q.distinct()).scalars() for q in queries))
+    return sorted(found - {None, OURS})
+
+
+def start_runs(day: date, now: datetime, sub_mchids: list[str] | tuple[str, ...] = (OURS,)) -> None:
+    """The day's trade runs (ours, or one per sub-merchant) and fund-flow run, (re)marked ``running``."""
+    for sub_mchid in sub_mchids:
+        _run_for(day, BillKind.TRADE, sub_mchid, now, restart=True)
+    _run_for(day, BillKind.FUNDFLOW, OURS, now, restart=True)
 
 
 def fetch_bills(
-    pay_client: PayClient, day: date, *, account_type: str = "BASIC", tar_type: str | None = "GZIP"
+    pay_client: PayClient,
+    day: date,
+    *,
+    sub_mchids: list[str] | tuple[str, ...] = (OURS,),
+    account_type: str = "BASIC",
+    tar_type: str | None = "GZIP",
 ) -> list[BillOutcome]:
-    """Both bills, downloaded and parsed (no database access).
+    """The trade bills (ours, or each sub-merchant's) and the fund-flow bill, downloaded and parsed (no database
+    access).
 
     ``tar_type="GZIP"`` asks for compressed files (the SHA-1 covers the decompressed content).
     """
-    return [
-        _fetch(BillKind.TRADE, lambda: pay_client.trade_bill(day.isoformat(), "ALL", tar_type), pay_client),
-        _fetch(
-            BillKind.FUNDFLOW, lambda: pay_client.fundflow_bill(day.isoformat(), account_type, tar_type), pay_client
-        ),
-    ]
+    bill_date = day.isoformat()
+
+    def trade(sub_mchid: str) -> Callable[[], Any]:
+        # SubMerchant checks the number's form: a bad one fails its run (WeChatInvalidRequest) unasked
+        return lambda: pay_client.trade_bill(
+            bill_date, "ALL", tar_type, sub=SubMerchant(sub_mchid) if sub_mchid else None
+        )
+
+    outcomes = [_fetch(BillKind.TRADE, trade(sub_mchid), pay_client, sub_mchid) for sub_mchid in sub_mchids]
+    fund = _fetch(BillKind.FUNDFLOW, lambda: pay_client.fundflow_bill(bill_date, account_type, tar_type), pay_client)
+    return [*outcomes, fund]
 
 
 def check_ledger_and_alert() -> CheckReport:
@@ -128,8 +168,8 @@ def check_ledger_and_alert() -> CheckReport:
 # -- fetching and parsing (no transaction open) --------------------------------------------------
 
 
-def _fetch(kind: BillKind, apply: Callable[[], Any], pay_client: PayClient) -> BillOutcome:
-    outcome = BillOutcome(kind)
+def _fetch(kind: BillKind, apply: Callable[[], Any], pay_client: PayClient, sub_mchid: str = OURS) -> BillOutcome:
+    outcome = BillOutcome(kind, sub_mchid)
     try:
         answer = apply()
         if not isinstance(answer, dict) or not answer.get("download_url") or not answer.get("hash_value"):
@@ -150,8 +190,11 @@ def _fetch(kind: BillKind, apply: Callable[[], Any], pay_client: PayClient) -> B
 # -- matching (pure: bill lines and our rows in, findings out) ------------------------------------
 
 
-def match_trade(lines: list[TradeLine], orders: dict[str, Order], refunds: dict[str, Refund], window) -> Matching:
-    """``window``: (out_trade_nos paid that day, out_refund_nos that succeeded that day)."""
+def match_trade(
+    lines: list[TradeLine], orders: dict[str, Order], refunds: dict[str, Refund], window, payee: str = OURS
+) -> Matching:
+    """``window``: (out_trade_nos paid that day, out_refund_nos that succeeded that day); ``payee``: the
+    sub-merchant whose bill it is (service-provider mode), which each paid order must name."""
     m, paid, refunded = Matching(), defaultdict(list), defaultdict(list)
     for line in lines:
         if line.state == "REFUND":
@@ -159,7 +202,8 @@ def match_trade(lines: list[TradeLine], orders: dict[str, Order], refunds: dict[
         else:  # SUCCESS, or a state we do not expect (judged below)
             paid[line.out_trade_no].append(line)
     for ref, group in paid.items():
-        m.judge(SubjectType.ORDER, ref, _order_verdict(group, orders.get(ref)))
+        order = orders.get(ref)
+        m.judge(SubjectType.ORDER, ref, _order_verdict(group, order) or _payee_verdict(group, order, payee))
     for ref, group in refunded.items():
         m.judge(SubjectType.REFUND, ref, _refund_verdict(group, refunds.get(ref)))
     for ref in sorted(window[0] - paid.keys()):
@@ -192,6 +236,18 @@ def _order_verdict(group: list[TradeLine], order: Order | None) -> Verdict:
     if order.paid_fen is not None and settled != order.paid_fen:
         return AMOUNT_DIFFERS, order.paid_fen, settled, "应结订单金额 vs our paid (payer_total)"
     return None
+
+
+def _payee_verdict(group: list[TradeLine], order: Order, payee: str) -> Verdict:
+    if payee == OURS or order.sub_mchid == payee:
+        return None
+    theirs = sum(x.total_fen for x in group)
+    return (
+        STATUS_DIFFERS,
+        order.payable_fen,
+        theirs,
+        f"paid to sub-merchant {payee}, ours names {order.sub_mchid or 'none'}",
+    )
 
 
 def _refund_verdict(group: list[TradeLine], refund: Refund | None) -> Verdict:
@@ -233,11 +289,16 @@ def _payout_verdict(group: list[FundLine], payout: Payout | None) -> Verdict:
 # -- writing (one transaction) --------------------------------------------------------------------
 
 
-def _run_for(day: date, kind: BillKind, now: datetime, restart: bool = False) -> ReconciliationRun:
-    where = (ReconciliationRun.bill_date == day.isoformat(), ReconciliationRun.kind == kind)
+def _run_for(day: date, kind: BillKind, sub_mchid: str, now: datetime, restart: bool = False) -> ReconciliationRun:
+    bill_date = day.isoformat()
+    where = (
+        ReconciliationRun.bill_date == bill_date,
+        ReconciliationRun.kind == kind,
+        ReconciliationRun.sub_mchid == sub_mchid,
+    )
     run = db.session.execute(select(ReconciliationRun).where(*where).with_for_update()).scalar_one_or_none()
     if run is None:
-        run = ReconciliationRun(bill_date=day.isoformat(), kind=kind, started_at=now)
+        run = ReconciliationRun(bill_date=bill_date, kind=kind, sub_mchid=sub_mchid, started_at=now)
         db.session.add(run)
     if restart:
         run.status, run.started_at, run.finished_at, run.error = RunStatus.RUNNING, now, None, None
@@ -248,7 +309,7 @@ def _run_for(day: date, kind: BillKind, now: datetime, restart: bool = False) ->
 def write_results(day: date, outcomes: list[BillOutcome], now: datetime) -> list[ReconciliationRun]:
     runs, found = [], []
     for outcome in outcomes:
-        run = _run_for(day, outcome.kind, now)
+        run = _run_for(day, outcome.kind, outcome.sub_mchid, now)
         run.hash_value, run.finished_at = outcome.hash_value, now
         if outcome.error is None:
             matching = _match(day, outcome)
@@ -275,21 +336,29 @@ def _fail_run(run: ReconciliationRun, error: str) -> None:
     stale = (ReconciliationMismatch.run_id == run.id, ReconciliationMismatch.resolved_at.is_(None))
     db.session.execute(delete(ReconciliationMismatch).where(*stale))
     run.status, run.error, run.lines_read, run.matched, run.mismatches = RunStatus.FAILED, error, 0, 0, 0
-    subject = f"{run.kind} bill {run.bill_date}"
+    subject = f"{run.kind} bill {run.bill_date}" + (f" of sub-merchant {run.sub_mchid}" if run.sub_mchid else "")
     raise_alert("reconciliation_failed", subject, f"{subject}: {error}")
 
 
-def _match(day: date, outcome: BillOutcome) -> Matching:
+def _day_window(day: date) -> tuple[datetime, datetime]:
     start = datetime.combine(day, time.min, BEIJING).astimezone(UTC)
-    end = start + timedelta(days=1)
+    return start, start + timedelta(days=1)
+
+
+def _match(day: date, outcome: BillOutcome) -> Matching:
+    start, end = _day_window(day)
     if outcome.kind == BillKind.TRADE:
-        paid = _rows(select(Order).where(Order.paid_at >= start, Order.paid_at < end))
+        paid_q = select(Order).where(Order.paid_at >= start, Order.paid_at < end)
         succeeded = (Refund.status == RefundStatus.SUCCEEDED, Refund.finished_at >= start, Refund.finished_at < end)
-        done = _rows(select(Refund).where(*succeeded))
+        done_q = select(Refund).where(*succeeded)
+        if outcome.sub_mchid != OURS:  # one sub-merchant's bill: the orders paid to it, and their refunds
+            paid_q = paid_q.where(Order.sub_mchid == outcome.sub_mchid)
+            done_q = done_q.join(Order, Order.id == Refund.order_id).where(Order.sub_mchid == outcome.sub_mchid)
+        paid, done = _rows(paid_q), _rows(done_q)
         orders = _by_ref(Order.out_trade_no, {x.out_trade_no for x in outcome.lines}, paid)
         refunds = _by_ref(Refund.out_refund_no, {x.out_refund_no for x in outcome.lines if x.out_refund_no}, done)
         window = ({o.out_trade_no for o in paid}, {r.out_refund_no for r in done})
-        return match_trade(outcome.lines, orders, refunds, window)
+        return match_trade(outcome.lines, orders, refunds, window, outcome.sub_mchid)
     rails = [rail.value for rail in FUND_RAILS]
     left = (Payout.status == PayoutStatus.SUCCEEDED, Payout.rail.in_(rails), Payout.finished_at >= start)
     sent = _rows(select(Payout).where(*left, Payout.finished_at < end))

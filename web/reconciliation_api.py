@@ -54,6 +54,7 @@ def run_json(run: ReconciliationRun) -> dict:
         "id": run.id,
         "bill_date": run.bill_date,
         "kind": run.kind,
+        "sub_mchid": run.sub_mchid or None,  # service-provider mode: the sub-merchant whose trade bill it read
         "status": run.status,
         "started_at": _at(run.started_at),
         "finished_at": _at(run.finished_at),
@@ -70,6 +71,7 @@ def mismatch_json(m: ReconciliationMismatch, run: ReconciliationRun) -> dict:
         "run_id": m.run_id,
         "bill_date": run.bill_date,
         "bill_kind": run.kind,
+        "bill_sub_mchid": run.sub_mchid or None,
         "kind": m.kind,
         "subject_type": m.subject_type,
         "subject_ref": m.subject_ref,

@@ -252,10 +252,12 @@ def _register_pay(bp: Blueprint, state: SimulatorState) -> None:
 
     @v3("/v3/bill/tradebill", ["GET"])
     def trade_bill(body: dict[str, Any]) -> Any:
-        args = request.args
-        return state.apply_bill(
-            "trade", args.get("bill_date", ""), args.get("tar_type"), _pay_base(state), args.get("sub_mchid")
-        )
+        args, base = request.args, _pay_base(state)
+        if "sub_mchid" in args:  # a service provider's bill of one sub-merchant
+            return state.apply_partner_trade_bill(
+                args.get("bill_date", ""), args.get("tar_type"), base, args["sub_mchid"]
+            )
+        return state.apply_bill("trade", args.get("bill_date", ""), args.get("tar_type"), base)
 
     _register_partner(v3, state)
 

@@ -12,7 +12,10 @@ notifications work the same; what differs is checked and shown here:
 - query and close under ``/v3/pay/partner/transactions/out-trade-no/{no}`` name
   ``sp_mchid`` and ``sub_mchid`` (query string / body), which must be the order's;
 - transactions and ``TRANSACTION.SUCCESS`` show ``sp_appid, sp_mchid, sub_mchid,
-  sub_appid?`` and the payer as sent; ``REFUND.*`` shows ``sp_mchid, sub_mchid``.
+  sub_appid?`` and the payer as sent; ``REFUND.*`` shows ``sp_mchid, sub_mchid``;
+- ``GET /v3/bill/tradebill?sub_mchid=`` is that sub-merchant's bill (its lines only); a day
+  without any is ``400 NO_STATEMENT_EXIST``, as WeChat answers. Without ``sub_mchid`` the bill
+  lists every sub-merchant's orders (the full bill of a service provider).
 """
 
 from __future__ import annotations
@@ -74,6 +77,15 @@ class PartnerMixin:
             return self.refund_view(refund)
 
     # -- views (direct orders fall through to PayMixin) -------------------------
+    def apply_partner_trade_bill(
+        self, bill_date: str, tar_type: str | None, download_base: str, sub_mchid: str
+    ) -> dict[str, Any]:
+        if not SUB_MCHID.fullmatch(sub_mchid):
+            raise SimError(400, "PARAM_ERROR", "sub_mchid 格式不正确")
+        if not self.paid_on(bill_date, sub_mchid):
+            raise SimError(400, "NO_STATEMENT_EXIST", "请求的账单文件不存在")
+        return self.apply_bill("trade", bill_date, tar_type, download_base, sub_mchid)
+
     def payee_view(self, req: dict[str, Any]) -> dict[str, Any]:
         if "sp_mchid" not in req:
             return super().payee_view(req)

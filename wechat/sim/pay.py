@@ -289,13 +289,7 @@ class PayMixin:
 
     def trade_bill_csv(self, bill_date: str, sub_mchid: str | None = None) -> bytes:
         """The day's paid orders: all of them (ours and every sub-merchant's), or one sub-merchant's."""
-        with self.lock:
-            paid = [
-                o
-                for o in self.orders.values()
-                if (o["success_time"] or "").startswith(bill_date)
-                and (sub_mchid is None or o["request"].get("sub_mchid") == sub_mchid)
-            ]
+        paid = self.paid_on(bill_date, sub_mchid)
         lines = [TRADE_BILL_HEADER] + [self._trade_line(o) for o in paid]
         total = sum(o["request"]["amount"]["total"] for o in paid)
         refunded = sum(o["refunded_fen"] for o in paid)
@@ -303,6 +297,15 @@ class PayMixin:
         summary = [str(len(paid)), yuan(total), yuan(refunded), "0.00", yuan(fee), yuan(total), yuan(refunded)]
         lines += [TRADE_SUMMARY_HEADER, _bt(summary)]
         return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+    def paid_on(self, bill_date: str, sub_mchid: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            return [
+                o
+                for o in self.orders.values()
+                if (o["success_time"] or "").startswith(bill_date)
+                and (sub_mchid is None or o["request"].get("sub_mchid") == sub_mchid)
+            ]
 
     def _trade_line(self, order: dict[str, Any]) -> str:
         req, total = order["request"], order["request"]["amount"]["total"]
