@@ -1,8 +1,8 @@
 """service-provider mode: campaigns funded from the merchant's own order money, and each partner order's money
 still frozen at its sub-merchant
 
-Revision ID: 0024_sales_funded
-Revises: 0023_profit_sharing
+Revision ID: 0025_sales_funded
+Revises: 0024_reconcile_sub_merchants
 """
 
 from alembic import op
@@ -10,8 +10,8 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = "0024_sales_funded"
-down_revision = "0023_profit_sharing"
+revision = "0025_sales_funded"
+down_revision = "0024_reconcile_sub_merchants"
 branch_labels = None
 depends_on = None
 
