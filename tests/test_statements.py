@@ -125,8 +125,16 @@ def test_the_worked_example_statement_sums_to_its_ledger(client, story):
         "fees_reduced_by_refunds": 1_50,  # the second order's fee falls to 3 % of 50 (half refunded)
         "fees_paid_by_credit": 3_00,
         "fees_other": 0,
-        "shared_to_persons": 0,  # direct mode: nothing is profit-shared
+        "frozen_sales": 0,  # direct mode: nothing is paid to a sub-merchant, frozen or profit-shared
+        "frozen_refunds": 0,
+        "shared_to_persons": 0,
+        "frozen_released": 0,
         "frozen_sales_other": 0,
+        "own_sales": 0,
+        "own_refunds": 0,
+        "own_released": 0,
+        "own_rebates_clawed_back": 0,
+        "own_rebates_funded": 0,
     }
     assert s["summary"]["net_sales"]["fen"] == 260_00 and s["summary"]["net_sales"]["yuan"] == "260.00"
     assert s["summary"]["platform_fees"]["fen"] == -7_50 and s["summary"]["credit_used"]["fen"] == -4_00
@@ -135,7 +143,7 @@ def test_the_worked_example_statement_sums_to_its_ledger(client, story):
     assert s["in_flight"]["fees_owed"]["fen"] == 4_50
     assert s["profit_shares"]["mode"] == "direct" and s["profit_shares"]["shared_to_persons"]["fen"] == 0
     # every account: opening + the month's figures = closing
-    assert all(a["reconciles"] for a in s["accounts"]) and len(s["accounts"]) == 5
+    assert all(a["reconciles"] for a in s["accounts"]) and len(s["accounts"]) == 6
     # and every figure is the sum of the postings its link lists
     for figure in s["figures"]:
         listed = client.get(figure["entries"], headers=admin)

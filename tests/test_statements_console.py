@@ -20,7 +20,7 @@ def test_the_page_shows_the_apis_figures_and_downloads_its_csv(client, story):  
     csv = client.get(f"/console/statements?merchant_id={shop.id}&month={month}&format=csv")
 
     assert 'data-figure="sales"' in html and "¥300.00" in html and "¥-9.00" in html
-    assert "✗" not in html and html.count("✓ reconciles") == 5
+    assert "✗" not in html and html.count("✓ reconciles") == 6
     assert "商户对账 Statements" in html  # in the menu
     assert csv.status_code == 200 and csv.mimetype == "text/csv" and csv.data.startswith("\ufeff".encode())
     assert (
