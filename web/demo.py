@@ -46,33 +46,31 @@ def seed(step: Callable[[str], None] = lambda _: None, *, service_provider: bool
         db.session.add(shop)
         db.session.flush()
         db.session.add_all(Product(merchant_id=shop.id, name=n, category=c, price_fen=p) for n, c, p in PRODUCTS)
-        top_up(shop.id, 10_000_00, "demo", "the shop's marketing deposit (demo)")  # its campaign's budget
+        if not service_provider:  # in service-provider mode the platform takes no deposit: sales fund it
+            top_up(shop.id, 10_000_00, "demo", "the shop's marketing deposit (demo)")  # its campaign's budget
         step("three campaigns")
+        consumer_change = {"role": "consumer", "rate_bps": 500, "form": Form.WECHAT_CHANGE, "cap_fen": 50_00}
+        issuer_credit = {"role": "issuer", "rate_bps": 1000, "form": Form.MERCHANT_CREDIT, "cap_fen": 100_00}
         _campaign(
             "First order over 200 earns 20 off",
-            {
-                "roles": [
-                    {"role": "issuer", "rate_bps": 1000, "form": Form.MERCHANT_CREDIT, "cap_fen": 100_00},
-                    {"role": "consumer", "rate_bps": 500, "form": Form.WECHAT_CHANGE, "cap_fen": 50_00},
-                ]
-            },
+            # service-provider mode: the shop's own sales pay, by profit sharing, the buyer only (it would pay
+            # itself its issuer side as credit the platform holds: rebate.fund_flow)
+            {"roles": [consumer_change] if service_provider else [issuer_credit, consumer_change]},
             issuer_type="merchant",
             issuer_merchant_id=shop.id,
             funder_type="merchant_deposit",
             funder_merchant_id=shop.id,
+            funded_from_sales=service_provider,
             budget_limit_fen=10_000_00,
             packet_amount_fen=20_00,
             packet_min_spend_fen=50_00,
             packet_merchant_id=shop.id,
             trigger={"kind": TriggerKind.ORDER_PAID, "min_order_fen": 200_00, "first_order_only": True},
         )
+        back = Form.WECHAT_CHANGE if service_provider else Form.BALANCE  # shared from sales: change only
         newcomer = _campaign(
             "Newcomer: spend 50 get 10 off, 8% back",
-            {
-                "roles": [
-                    {"role": "consumer", "rate_bps": 800, "base": "order_total", "form": Form.BALANCE, "cap_fen": 20_00}
-                ]
-            },
+            {"roles": [{"role": "consumer", "rate_bps": 800, "base": "order_total", "form": back, "cap_fen": 20_00}]},
             **_newcomer_funder(shop, service_provider),
             budget_limit_fen=5_000_00,
             packet_amount_fen=10_00,
@@ -149,6 +147,7 @@ def _newcomer_funder(shop: Merchant, service_provider: bool) -> dict:
         "issuer_merchant_id": shop.id,
         "funder_type": "merchant_deposit",
         "funder_merchant_id": shop.id,
+        "funded_from_sales": True,
         "packet_merchant_id": shop.id,
     }
 
