@@ -22,7 +22,7 @@ from models.campaigns import serves_merchant
 
 GRANULARITIES = ("day", "week", "month")
 SALES = ("sales", "refunds", "category_sales", "category_refunds")
-OVERALL = (*SALES, "influenced", "influenced_refunds", "discounts")  # campaign 0 rows of the overview
+OVERALL = (*SALES, "influenced", "influenced_refunds", "discounts", "wallet")  # campaign 0 rows of the overview
 PACKETS = tuple(f"packets_{e}" for e in PACKET_EVENTS)
 REBATES = tuple(f"rebates_{e}" for e in REBATE_EVENTS)
 CAMPAIGN = ("influenced", "influenced_refunds", "discounts", *PACKETS, *REBATES)
@@ -100,6 +100,10 @@ def counters(m: dict[str, list[int]]) -> dict:
         "influenced_net_sales_fen": influenced_net,
         "influence_rate_bps": ratio_bps(influenced_net, net),
         "discounts_fen": m["discounts"][1],
+        # the buyers' rebate balance and points' value spent on the orders; with sales and the packets'
+        # discounts: the goods value of the orders paid (sales alone is what buyers paid through WeChat)
+        "wallet_spent_fen": m["wallet"][1],
+        "goods_value_fen": m["sales"][1] + m["discounts"][1] + m["wallet"][1],
     }
     for metric in (*PACKETS, *REBATES):
         out[metric], out[f"{metric}_fen"] = m[metric]

@@ -132,13 +132,21 @@ def _succeeded_in(start: datetime, end: datetime):
 
 def _sales(out: DayRollup, start: datetime, end: datetime) -> None:
     stmt = (
-        select(Order.merchant_id, func.count(), func.sum(Order.paid_fen), func.sum(Order.discount_fen))
+        select(
+            Order.merchant_id,
+            func.count(),
+            func.sum(Order.paid_fen),
+            func.sum(Order.discount_fen),
+            func.sum(Order.balance_used_fen + Order.points_value_fen),
+        )
         .where(*_paid_in(start, end))
         .group_by(Order.merchant_id)
     )
-    for merchant, n, paid, discount in db.session.execute(stmt):
+    for merchant, n, paid, discount, wallet in db.session.execute(stmt):
         out.add(merchant, 0, "sales", "", n, int(paid or 0))
         out.add(merchant, 0, "discounts", "", n, int(discount or 0))
+        if wallet:  # the buyers' rebate balance and points spent on the orders (``rebate.wallet``)
+            out.add(merchant, 0, "wallet", "", n, int(wallet))
     share = OrderLine.line_total_fen * Order.paid_fen // Order.total_fen
     stmt = (
         select(Order.merchant_id, OrderLine.category, func.count(), func.sum(share))

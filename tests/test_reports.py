@@ -168,7 +168,7 @@ def planted(make_merchant, make_user, make_campaign, make_product):
     db.session.commit()
     # every day something happened on (the catch-up test builds the days between)
     rebuild([date(2025, 3, 10), date(2026, 2, 15), *days_between(*MARCH), date(2026, 4, 1)], NOW)
-    return {"a": a, "b": b, "campaign": campaign}
+    return {"a": a, "b": b, "campaign": campaign, "b_user": u4}
 
 
 @contextmanager
@@ -519,3 +519,19 @@ def test_a_revoked_packet_counts_on_the_day_it_was_revoked(planted, time_machine
     april = campaign_report(campaign, date(2026, 4, 1), date(2026, 4, 30))["totals"]
     assert (march["packets_revoked"], march["packets_revoked_fen"]) == (1, 120_00)  # the planted one only
     assert (april["packets_revoked"], april["packets_revoked_fen"]) == (1, 20_00)
+
+
+def test_wallet_spending_is_its_own_figure_and_part_of_the_goods_value(planted):
+    # given: at merchant b, an 80-yuan order paid with 5 yuan of rebate balance and 200 points (2 yuan)
+    order = plant_order(planted["b_user"], planted["b"], bj(2026, 3, 12, 12), [("toy", 80_00)])
+    order.balance_used_fen, order.points_used, order.points_value_fen = 5_00, 200, 2_00
+    order.payable_fen = order.paid_fen = 73_00
+    db.session.commit()
+    rebuild([date(2026, 3, 12)], NOW)
+    # then: sales are what buyers paid through WeChat; the wallet is beside it; together with the packets'
+    # discounts, the goods value of the orders
+    totals = overview(*MARCH, merchant_id=planted["b"].id)["totals"]
+    assert (totals["sales_fen"], totals["wallet_spent_fen"], totals["discounts_fen"]) == (99_99 + 73_00, 7_00, 0)
+    assert totals["goods_value_fen"] == 99_99 + 80_00
+    mine = overview(*MARCH, merchant_id=planted["a"].id)["totals"]
+    assert mine["wallet_spent_fen"] == 0 and mine["goods_value_fen"] == 570_00 + 30_00
