@@ -14,6 +14,7 @@ class NoticeEvent(StrEnum):
     REBATE_HELD = "rebate_held"  # held for review (never why)
     REBATE_CLAWED_BACK = "rebate_clawed_back"  # taken back, with the reason
     PAYOUT_FAILED = "payout_failed"  # a payout failed and its money is back in the balance
+    WALLET_RETURNED = "wallet_returned"  # balance / points an order used came back (closed unpaid, or refunded)
     CHALLENGE_SETTLED = "challenge_settled"  # a challenge they were in has its result
     CHALLENGE_CANCELLED = "challenge_cancelled"  # too few joined: their stake is back
     CHALLENGE_POINTS_SETTLED = "challenge_points_settled"  # … the same, for a points stake (``points``, not fen)
@@ -30,6 +31,7 @@ FACTS: dict[NoticeEvent, frozenset[str]] = {
     NoticeEvent.REBATE_HELD: frozenset({"rebate_id", "amount_fen"}),
     NoticeEvent.REBATE_CLAWED_BACK: frozenset({"amount_fen", "reason"}),
     NoticeEvent.PAYOUT_FAILED: frozenset({"payout_id", "amount_fen", "reason"}),
+    NoticeEvent.WALLET_RETURNED: frozenset({"out_trade_no", "amount_fen", "points", "reason"}),
     NoticeEvent.CHALLENGE_SETTLED: frozenset({"challenge_id", "title", "result", "amount_fen"}),
     NoticeEvent.CHALLENGE_CANCELLED: frozenset({"challenge_id", "title", "amount_fen"}),
     NoticeEvent.CHALLENGE_POINTS_SETTLED: frozenset({"challenge_id", "title", "result", "points"}),

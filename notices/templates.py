@@ -365,6 +365,14 @@ DEFAULT_TEMPLATES: dict[str, dict] = {
         "page": "pages/wallet/index",
         "subscribe": _sub("payout_failed", {"amount1": "{amount}", "thing2": "{reason}", "thing3": "已退回余额"}),
     },
+    NoticeEvent.WALLET_RETURNED: {
+        "title": "余额和积分已退回",
+        "body": "订单 {out_trade_no} {reason}，使用的 {amount} 余额和 {points} 积分已退回。",
+        "page": "pages/wallet/index",
+        "subscribe": _sub(
+            "wallet_returned", {"amount1": "{amount}", "thing2": "{reason}", "thing3": "{points} 积分已退回"}
+        ),
+    },
     NoticeEvent.CHALLENGE_SETTLED: {
         "title": "挑战已结算",
         "body": "「{title}」已结算：你{result}，获得 {amount}。",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from models import IssuerType, Merchant, Rebate, RedPacket, User, db
+from models import IssuerType, Merchant, Order, Rebate, RedPacket, User, db
 from notices import Draft, NoticeEvent, enqueue_many
 from rebate.rules import Form
 
@@ -110,6 +110,25 @@ def clawed_back(rebate: Rebate, amount_fen: int, key: str, reason_code: str, poi
     if points:
         facts["points"] = points
     return Draft(rebate.beneficiary_id, NoticeEvent.REBATE_CLAWED_BACK, f"{key}:told", facts)
+
+
+# Why an order's balance and points came back, in plain words.
+RETURNED = {"closed_unpaid": "未支付已关闭", "refunded": "已退款"}
+
+
+def wallet_returned(order: Order, cash_fen: int, points: int, key: str, why: str) -> Draft | None:
+    """``<ledger key>:told``: the balance and points an order used came back to the person (None: nothing did)."""
+    if cash_fen <= 0 and points <= 0:
+        return None
+    facts = {
+        "order_id": order.id,
+        "out_trade_no": order.out_trade_no,
+        "amount_fen": cash_fen,
+        "points": points,
+        "reason": RETURNED[why],
+        "reason_code": why,
+    }
+    return Draft(order.user_id, NoticeEvent.WALLET_RETURNED, f"{key}:told", facts)
 
 
 def tell(drafts: Iterable[Draft | None]) -> int:

@@ -34,6 +34,7 @@ from ledger import AccountRef, Batch, Leg, balance, post, ref
 from models import AccountKind, Order, Refund, User, db
 from money import MAX_FEN, format_yuan
 from payouts.operations import lock_user
+from rebate import tell
 from rebate.errors import Invalid, RebateError
 
 
@@ -136,8 +137,11 @@ def hold(order: Order) -> None:
 
 
 def release(order: Order) -> None:
-    """The order closed unpaid: what it reserved goes back to the person (once: the keys name the order)."""
+    """The order closed unpaid: what it reserved goes back to the person (once: the keys name the order), and
+    they are told (once)."""
     _move_reserved(order, "release", " released: closed unpaid", to_held=False)
+    key = f"order:{order.id}:wallet:release"
+    tell.tell([tell.wallet_returned(order, order.balance_used_fen, order.points_used, key, "closed_unpaid")])
 
 
 def _move_reserved(order: Order, step: str, memo_tail: str, *, to_held: bool) -> None:
@@ -214,4 +218,5 @@ def give_back(order: Order, refund: Refund) -> WalletUse:
         )
     order.balance_returned_fen += cash
     order.points_returned += points
+    tell.tell([tell.wallet_returned(order, cash, points, f"refund:{refund.id}:wallet", "refunded")])
     return WalletUse(cash, points, value)

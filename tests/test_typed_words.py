@@ -30,7 +30,10 @@ DEFINITIONS = {("rebate/rules.py", "Form"), ("models/payouts.py", "Rail"), ("mod
 # The same letters meaning something else: (file, word) -> how many times, and why.
 OTHER_MEANINGS = {
     ("notices/watch.py", "points"): (1, "a notice's fact: the points a fallback credited"),
-    ("rebate/tell.py", "points"): (2, "a notice's fact: the points credited or taken back"),
+    ("rebate/tell.py", "points"): (
+        3,
+        "a notice's fact: the points credited, taken back, or an order's points returned",
+    ),
     ("web/user_api.py", "points"): (1, "the wallet's JSON key for the points balance"),
     ("web/views.py", "points"): (1, "a rebate's JSON key for the points it gave"),
     ("insights/trace.py", "points"): (2, "JSON keys: the points a rebate gave, a risk feature's points"),
@@ -38,7 +41,10 @@ OTHER_MEANINGS = {
     ("rebate/clawbacks.py", "points"): (2, "the receivable kind (where a clawback came from, and its words)"),
     ("risk/scoring.py", "points"): (4, "what a risk feature adds to the score (0-100), not the points form"),
     ("ledger/check.py", "points"): (1, "the receivable kind of a points account"),
-    ("notices/events.py", "points"): (2, "a notice's fact: the points a challenge gave or gave back"),
+    ("notices/events.py", "points"): (
+        3,
+        "a notice's fact: the points a challenge gave or gave back, an order's points returned",
+    ),
     ("challenges/settle.py", "points"): (1, "a notice's fact: the points a challenge gave or gave back"),
 }
 

@@ -402,12 +402,22 @@ def test_closing_an_unpaid_order_gives_the_wallet_back_exactly_once(make_user, m
     db.session.commit()
     assert order.status == "closed"
     assert wallet_of(mia) == (5_00, 0, 100, 0)
+    # she is told, once
+    assert told(mia) == [("wallet_returned", 3_00, 40, "未支付已关闭")]
 
     with pytest.raises(StateConflict):
         close_order(order, utcnow())
     db.session.rollback()
     assert wallet_of(mia) == (5_00, 0, 100, 0)
+    assert len(told(mia)) == 1
     ledger_ok()
+
+
+def told(user) -> list[tuple]:
+    from models import Notice
+
+    rows = db.session.execute(select(Notice).where(Notice.user_id == user.id).order_by(Notice.id)).scalars()
+    return [(n.event, n.facts["amount_fen"], n.facts["points"], n.facts["reason"]) for n in rows]
 
 
 def test_a_payment_after_the_close_moves_no_wallet_money(make_user, make_product):
@@ -446,6 +456,8 @@ def test_refunds_give_the_wallet_back_rounded_down_and_cumulatively(make_user, m
     refund(order, "P3", 3_34)  # the rest: all of it
     assert (order.balance_returned_fen, order.points_returned) == (3_33, 7)
     assert wallet_of(olga) == (3_33, 0, 7, 0)
+    # each refund told her what came back
+    assert told(olga) == [("wallet_returned", c, p, "已退款") for c, p in ((1_10, 2), (1_11, 2), (1_12, 3))]
     assert bal(K.MERCHANT_PAYABLE, "merchant", order.merchant_id) == 0
     ledger_ok()
 
