@@ -626,6 +626,13 @@ def release_frozen(order_id: int, merchant_id: int) -> int:
     ).scalar_one()
     if not rest:
         return 0
+    if rest < 0:  # more left the frozen money than it held: never posted as a release, an operator looks
+        raise_alert(
+            "profit_share_overdrawn",
+            release_key(order_id),
+            f"order {order_id}'s frozen money is {rest} fen after its share and refunds: nothing was released",
+        )
+        return 0
     post(
         release_key(order_id),
         f"order {order_id}'s frozen money released to its merchant",

@@ -18,7 +18,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import make_transient_to_detached
 
 from ledger import Batch, Leg, account, account_ids, balance, ref
-from models import AccountKind, Campaign, FunderType, Order, Rebate, RebateStatus, Receivable, User, db, utcnow
+from models import AccountKind, Campaign, Order, Rebate, RebateStatus, Receivable, User, db, utcnow
 from models.payouts import Rail
 from notices import Draft
 from payouts import MoneySettings
@@ -357,11 +357,12 @@ def _shared(rebate: Rebate, order: Order, campaign: Campaign) -> bool:
 
 
 def cash_rail(rebate: Rebate, order: Order, campaign: Campaign) -> str:
-    """How a cash rebate leaves. Service-provider mode: a merchant-funded one on a profit-sharing order leaves
+    """How a cash rebate leaves. Service-provider mode: one of a campaign funded from the merchant's sales leaves
     the merchant's own frozen order money by profit sharing (``payouts.profit_share``), never the platform's
-    account; every other one by its form's rail (a platform-funded rebate from the platform's own money)."""
-    if campaign.funded_from_sales or (order.profit_sharing and campaign.funder_type == FunderType.MERCHANT_DEPOSIT):
-        return Rail.PROFIT_SHARING  # on an order without profit sharing it waits for an operator, never the platform
+    account; every other one by its form's rail (a platform-funded rebate from the platform's own money, a
+    deposit-funded one from the deposit the platform holds)."""
+    if campaign.funded_from_sales:  # on an order without profit sharing it waits for an operator, never the platform
+        return Rail.PROFIT_SHARING
     return RAIL_OF_FORM[rebate.form]
 
 

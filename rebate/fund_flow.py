@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from models import Campaign, CampaignStatus, FunderType, IssuerType, Merchant, Order, OrderPacket, RedPacket, db
 from rebate.campaigns import rules_of
 from rebate.errors import Invalid, StateConflict
-from rebate.rules import CASH_FORMS, SHAREABLE_FORMS, RuleSet
+from rebate.rules import CASH_FORMS, SHAREABLE_FORMS, RuleSet, max_rate_bps
 
 PERSON_ROLES = ("consumer", "inviter")  # the issuer is a person only when a user issued the campaign
 COMPLIANT_DISCOUNT = (
@@ -90,8 +90,15 @@ def refuse_pooling_forms(campaign: Campaign, rules: RuleSet) -> None:
     sharing (a merchant issuer's side would be marketing credit the platform holds, paid from its own sales)."""
     campaign_id = campaign.id
     for rule in rules.roles:
-        if not (rule.rate_bps > 0 or any(t.rate_bps > 0 for t in rule.tiers)):
+        if max_rate_bps(rule) <= 0:  # its rate, tiers and category rates all pay nothing
             continue
+        if rule.condition is not None:  # released after its milestones: after the share has left, stranded
+            raise StateConflict(
+                f"campaign {campaign_id}'s {rule.role} side waits for milestones: in service-provider mode its "
+                "rebate would be released after the order's share, when its money is already the merchant's; "
+                "drop the condition",
+                code="rebate_would_pool_money",
+            )
         if rule.role == "issuer" and campaign.issuer_type == IssuerType.MERCHANT:
             raise StateConflict(
                 f"campaign {campaign_id}'s issuer is a merchant: its issuer side would pay the merchant marketing "
@@ -171,13 +178,15 @@ def _running_awarders(merchant_id: int) -> list[Campaign]:
 
 def _pays_person_cash(campaign: Campaign) -> bool:
     """A merchant-funded campaign with a rule that can pay a person cash: its default form, any form the person
-    may choose instead (``forms``), or its fallback when a rail refuses."""
-    if campaign.funder_type != FunderType.MERCHANT_DEPOSIT:
+    may choose instead (``forms``), or its fallback when a rail refuses. Only a campaign funded from the
+    merchant's sales: one still on a deposit (activated in direct mode) pays from the deposit, which the
+    platform already holds, by the form's own rail — sharing it too would charge the merchant twice."""
+    if campaign.funder_type != FunderType.MERCHANT_DEPOSIT or not campaign.funded_from_sales:
         return False
     roles = PERSON_ROLES + (("issuer",) if campaign.issuer_user_id is not None else ())
     return any(
         rule.role in roles
-        and (rule.rate_bps > 0 or any(t.rate_bps > 0 for t in rule.tiers))
+        and max_rate_bps(rule) > 0
         and any(form in CASH_FORMS for form in (*rule.allowed_forms, rule.fallback_form))
         for rule in rules_of(campaign).roles
     )

@@ -29,6 +29,8 @@ from models import (
     OrderPacket,
     OrderStatus,
     PacketStatus,
+    Payout,
+    PayoutStatus,
     Rebate,
     RebateAdjustment,
     RebateStatus,
@@ -38,6 +40,7 @@ from models import (
     db,
     raise_alert,
 )
+from models.payouts import Rail
 from payouts import (
     MoneySettings,
     hold_order_payouts,
@@ -180,7 +183,7 @@ def _refund_of(order: Order, out_refund_no: str) -> Refund | None:
 
 
 def _post_refund(order: Order, refund: Refund) -> None:
-    if order.sub_mchid:
+    if order.frozen_fen is not None:  # a partner order booked as the merchant's own money (not one paid before)
         _post_partner_refund(order, refund)
         return
     post_entry(
@@ -197,7 +200,14 @@ def _post_partner_refund(order: Order, refund: Refund) -> None:
     """Service-provider mode: WeChat refunds the buyer from the merchant's own account. While the order's money
     is frozen, from that (in our books: ``merchant_frozen_sales`` and the merchant's claim on it, key
     ``refund:<id>``); once released to the merchant, outside the platform's books: nothing is posted."""
-    take = min(refund.amount_fen, order.frozen_fen or 0)
+    in_flight = db.session.execute(  # shares handed to WeChat, not yet answered: that money is leaving
+        select(func.coalesce(func.sum(Payout.amount_fen), 0)).where(
+            Payout.order_id == order.id,
+            Payout.rail == Rail.PROFIT_SHARING,
+            Payout.status.in_([PayoutStatus.SENDING, PayoutStatus.UNKNOWN]),
+        )
+    ).scalar_one()
+    take = min(refund.amount_fen, order.frozen_fen - int(in_flight))
     if take <= 0:
         return
     post_entry(
@@ -214,7 +224,7 @@ def _post_partner_refund(order: Order, refund: Refund) -> None:
 def _discounted(order: Order) -> LedgerAccount:
     """The account a packet's value was paid into at the sale: what the platform owes the merchant, or for a
     partner order the merchant's own claim on its order money."""
-    if order.sub_mchid:
+    if order.frozen_fen is not None:
         own = own_sales_ref(order.merchant_id)
         return account(own.kind, own.owner_type, own.owner_id)
     return account(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id)

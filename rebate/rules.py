@@ -337,6 +337,11 @@ def parse_rules(data: dict, *, budgeted: bool) -> RuleSet:
     return RuleSet(roles=roles, applies_to=applies_to, **days)
 
 
+def max_rate_bps(rule: RoleRule) -> int:
+    """The most the rule can pay, in basis points of its base: tiers, categories and multiplier windows."""
+    return _max_rate_bps(rule)
+
+
 def _max_rate_bps(rule: RoleRule) -> int:
     rate = max([rule.rate_bps, *(t.rate_bps for t in rule.tiers), *(bps for _, bps in rule.category_bps or ())])
     factor = max([10_000, *(w.factor_bps for w in rule.windows)])

@@ -171,13 +171,20 @@ def test_profit_sharing_is_only_asked_for_when_merchant_funded_cash_can_reach_a_
     db.session.commit()
     plain = create_order(buyer, [LineRequest(product.id, 1)], None, utcnow(), service_provider=True)
     assert plain.profit_sharing is False  # a referral campaign with no person's cash rule
-    cash = merchant_campaign(make_campaign, shop)
+    change = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "wechat_change", "cap_fen": 50_00}]}
+    cash = merchant_campaign(make_campaign, shop, change, funded_from_sales=True, fund_deposit_fen=0)
     pay_to_sub_merchant(plain)  # asked again: now a running merchant-funded campaign may pay cash?
     assert plain.profit_sharing is False  # a packet campaign pays only when its packet is spent
     second = create_order(
         buyer, [LineRequest(product.id, 1)], [give_packet(cash, buyer).id], utcnow(), service_provider=True
     )
     assert second.profit_sharing is True
+    # a campaign still on its deposit (activated in direct mode) pays from the deposit: nothing to share
+    on_deposit = merchant_campaign(make_campaign, shop, change)
+    third = create_order(
+        buyer, [LineRequest(product.id, 1)], [give_packet(on_deposit, buyer).id], utcnow(), service_provider=True
+    )
+    assert third.profit_sharing is False
     db.session.rollback()
 
 
@@ -195,12 +202,13 @@ def test_worked_example_merchant_funded_packet_paid_to_the_sub_merchant_then_ref
     delivered,
     no_network,  # noqa: F811
 ):
-    # given: a noodle house onboarded as sub-merchant 1900000109, its own campaign (10 % credit to it, 5 % cash
-    # to the consumer, 20-yuan packets) and alice holding one of its packets
+    # given: a noodle house onboarded as sub-merchant 1900000109, its own campaign run from its sales (5 % change
+    # to the consumer, shared from the order money; 20-yuan packets) and alice holding one of its packets
     shop = make_merchant("noodle house")
     bowl = make_product(shop, price_fen=100_00)
     assert set_sub_mchid(client, admin, shop.id).status_code == 200
-    campaign = merchant_campaign(make_campaign, shop)
+    change = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "wechat_change", "cap_fen": 50_00}]}
+    campaign = merchant_campaign(make_campaign, shop, change, funded_from_sales=True, fund_deposit_fen=0)
     alice = login(client, "alice")
     packet = give_packet(campaign, user_of("alice"))
 
@@ -223,7 +231,7 @@ def test_worked_example_merchant_funded_packet_paid_to_the_sub_merchant_then_ref
     transaction = pay_at_checkout(client, created.json["payment"])
     delivered()
 
-    # then: the notification carried the partner fields; the order is paid, both rebates computed
+    # then: the notification carried the partner fields; the order is paid, the rebate computed
     assert transaction["sub_mchid"] == SUB_MCHID and "mchid" not in transaction
     [delivery] = sim.dispatcher.deliveries
     assert delivery.statuses == [204]
@@ -234,7 +242,7 @@ def test_worked_example_merchant_funded_packet_paid_to_the_sub_merchant_then_ref
     from models import Rebate
 
     got = {r.role: r for r in db.session.execute(select(Rebate).where(Rebate.order_id == order.id)).scalars()}
-    assert (got["issuer"].amount_fen, got["consumer"].amount_fen) == (8_00, 4_00)
+    assert got["consumer"].amount_fen == 4_00
 
     # when: finance refunds 30 yuan through the partner refund
     finance = make_operator("finance")[1]

@@ -379,9 +379,72 @@ def test_opening_a_partner_order_counts_a_cash_form_the_person_may_choose(
             }
         ]
     }
-    make_campaign(rules, funder_type="merchant_deposit", funder_merchant_id=shop.id, packet_amount_fen=None)
+    make_campaign(
+        rules,
+        funder_type="merchant_deposit",
+        funder_merchant_id=shop.id,
+        funded_from_sales=True,
+        fund_deposit_fen=0,
+        packet_amount_fen=None,
+    )
     product = make_product(shop, price_fen=50_00)
     order = create_order(buyer, [LineRequest(product.id, 1)], None, utcnow())
     pay_to_sub_merchant(order)
     assert (order.sub_mchid, order.profit_sharing) == ("1900000888", True)
     db.session.rollback()
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"role": "consumer", "rate_bps": 0, "category_bps": {"noodles": 1000}, "form": "balance", "cap_fen": 50_00},
+        {
+            "role": "consumer",
+            "rate_bps": 500,
+            "form": "wechat_change",
+            "cap_fen": 50_00,
+            "condition": {"milestones": ["second_order"], "window_days": 30},
+        },
+    ],
+    ids=["category_rates_in_balance", "held_for_milestones"],
+)
+def test_activation_sees_category_rates_and_refuses_milestone_holds(
+    client,
+    admin,  # noqa: F811
+    make_merchant,
+    make_campaign,
+    rule,
+):
+    shop = make_merchant()
+    assert set_sub_mchid(client, admin, shop.id).status_code == 200
+    campaign = draft(make_campaign, shop.id, rules={"roles": [rule]})
+    got = activate(client, admin, campaign.id)
+    assert (got.status_code, got.json["error"]) == (409, "rebate_would_pool_money")
+    db.session.expire_all()
+    assert db.session.get(Campaign, campaign.id).funded_from_sales is False
+
+
+def test_a_refund_while_the_share_is_in_flight_takes_only_what_the_share_leaves_frozen(paid, sim, app):  # noqa: F811
+    from rebate import apply_refund, begin_refund
+    from tests.money_helpers import app_money
+
+    # given: the 13.50 share of the 90-yuan order handed to WeChat, its answer not yet in
+    order_id, buyer, issuer, shop = paid()
+    share_due_orders()
+    hold_passes(order_id)
+    share_due_orders()
+    assert {p.status for p in payouts_of(order_id).values()} == {"unknown"}
+    # when: 85 yuan are refunded meanwhile
+    order = db.session.get(Order, order_id)
+    begin_refund(order, "R-in-flight", 85_00)
+    db.session.commit()
+    apply_refund(order.out_trade_no, "R-in-flight", 85_00, utcnow(), money=app_money())
+    db.session.commit()
+    # then: only the 76.50 the share leaves frozen came out of it; when the share succeeds nothing is left
+    assert db.session.get(Order, order_id).frozen_fen == 13_50
+    results_are_due(order_id)
+    query_profit_shares()
+    assert db.session.get(Order, order_id).frozen_fen == 0
+    assert bal(AccountKind.MERCHANT_FROZEN_SALES, "merchant", shop) == 0
+    assert f"order:{order_id}:released" not in keys()  # nothing was left to release
+    ledger_holds()
