@@ -52,8 +52,10 @@ from models import (
     ShareKind,
     ShareStatus,
     UserIdentity,
+    alert_once,
     db,
     raise_alert,
+    utcnow,
 )
 from models.payouts import Rail
 from models.sql import insert_ignoring
@@ -67,6 +69,7 @@ S = PayoutStatus
 SHARE_TAG = "PS"
 DESCRIPTION = "订单返利"  # what the person sees on the share
 UNFREEZE_DESCRIPTION = "解冻全部剩余资金"
+OPERATOR_REQUERY = timedelta(hours=1)  # how often a handed-over share waiting for an operator is asked about
 RATIO_REFUSAL = "比例"  # 分账金额超出最大分账比例: our cached ratio is stale
 
 
@@ -201,6 +204,13 @@ def _due(now: datetime, querying: bool):
             and_(ProfitShare.status == ShareStatus.SENDING, ProfitShare.lease_until < now),
             and_(
                 ProfitShare.status == ShareStatus.PENDING,
+                ProfitShare.posted.is_(True),
+                ProfitShare.next_attempt_at <= now,
+            ),
+            # waiting for an operator after it was handed over: still asked now and then (a query changes
+            # nothing at WeChat), so a share WeChat finished is recorded and its order's rest released
+            and_(
+                ProfitShare.status == ShareStatus.NEEDS_OPERATOR,
                 ProfitShare.posted.is_(True),
                 ProfitShare.next_attempt_at <= now,
             ),
@@ -682,7 +692,8 @@ def _to_operator(payouts: list[Payout], row: ProfitShare, why: str, kind: str = 
 
 def _share_to_operator(row: ProfitShare, why: str) -> None:
     row.status, row.lease_until, row.last_error = ShareStatus.NEEDS_OPERATOR, None, why[:2000]
-    raise_alert("profit_share_needs_operator", row.out_order_no, why)
+    row.next_attempt_at = utcnow() + OPERATOR_REQUERY
+    alert_once("profit_share_needs_operator", row.out_order_no, text=why)
 
 
 def _backoff(attempts: int, settings: ShareSettings) -> timedelta:

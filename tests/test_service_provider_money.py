@@ -448,3 +448,31 @@ def test_a_refund_while_the_share_is_in_flight_takes_only_what_the_share_leaves_
     assert bal(AccountKind.MERCHANT_FROZEN_SALES, "merchant", shop) == 0
     assert f"order:{order_id}:released" not in keys()  # nothing was left to release
     ledger_holds()
+
+
+def test_a_share_waiting_for_an_operator_is_still_asked_about_and_its_rest_released(paid, sim):  # noqa: F811
+    from tests.test_profit_sharing import share_of
+
+    # given: the share was handed over, then WeChat's answers were lost until the share went to an operator
+    order_id, buyer, issuer, shop = paid()
+    share_due_orders()
+    hold_passes(order_id)
+    share_due_orders()
+    row = share_of(order_id)
+    row.attempts = 8
+    db.session.commit()
+    sim.inject_fault("/v3/profitsharing/orders", 500, "SYSTEM_ERROR", times=1)
+    results_are_due(order_id)
+    query_profit_shares()
+    assert share_of(order_id).status == "needs_operator"
+    assert db.session.get(Order, order_id).frozen_fen == 90_00
+    # when: an hour later the job asks again, and WeChat has finished it
+    results_are_due(order_id)
+    query_profit_shares()
+    # then: the shares are recorded and the rest of the order's money released to the merchant
+    assert share_of(order_id).status == "finished"
+    assert {p.status for p in payouts_of(order_id).values()} == {"succeeded"}
+    assert db.session.get(Order, order_id).frozen_fen == 0
+    assert bal(AccountKind.MERCHANT_FROZEN_SALES, "merchant", shop) == 0
+    assert len(db.session.execute(select(Alert).where(Alert.kind == "profit_share_needs_operator")).all()) == 1
+    ledger_holds()
