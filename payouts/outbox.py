@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 
 from ledger import AccountRef, Batch, Leg, account, account_ids, close_flow, post_entry, ref
 from models import AccountKind, LedgerAccount, Payout, PayoutStatus, db, utcnow
@@ -148,9 +148,14 @@ def pending_payouts_for_rebate(rebate_id: int) -> list[Payout]:
 
     Only payouts never handed to WeChat qualify: once a request was built and tried, WeChat may hold
     that number (a SYSTEMERROR retry, say), and it must be resent with the same amount or not at all.
+    A profit-sharing payout waiting for an operator (over the ratio, no share could carry it) was never
+    handed over either: a refund shrinks it too, rather than taking from the person's other money.
     """
+    waiting = and_(Payout.status == PayoutStatus.NEEDS_OPERATOR, Payout.rail == Rail.PROFIT_SHARING)
     stmt = select(Payout).where(
-        Payout.rebate_id == rebate_id, Payout.status == PayoutStatus.PENDING, Payout.request.is_(None)
+        Payout.rebate_id == rebate_id,
+        or_(Payout.status == PayoutStatus.PENDING, waiting),
+        Payout.request.is_(None),
     )
     return list(db.session.execute(stmt.order_by(Payout.id.desc()).with_for_update()).scalars())
 

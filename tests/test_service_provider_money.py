@@ -476,3 +476,24 @@ def test_a_share_waiting_for_an_operator_is_still_asked_about_and_its_rest_relea
     assert bal(AccountKind.MERCHANT_FROZEN_SALES, "merchant", shop) == 0
     assert len(db.session.execute(select(Alert).where(Alert.kind == "profit_share_needs_operator")).all()) == 1
     ledger_holds()
+
+
+def test_a_refund_shrinks_a_stranded_shared_payout_not_the_persons_other_money(paid, app):
+    from rebate import apply_refund, begin_refund
+    from tests.money_helpers import app_money
+
+    # given: the order was opened without profit sharing: both rebates wait for an operator
+    order_id, buyer, issuer, shop = paid(profit_sharing=False)
+    share_due_orders()
+    assert {p.status for p in payouts_of(order_id).values()} == {"needs_operator"}
+    # when: half of the 90 yuan is refunded
+    order = db.session.get(Order, order_id)
+    begin_refund(order, "R-stranded", 45_00)
+    db.session.commit()
+    apply_refund(order.out_trade_no, "R-stranded", 45_00, utcnow(), money=app_money())
+    db.session.commit()
+    # then: the waiting payouts shrank (issuer 10 % of 45, buyer 5 %); nobody owes anything
+    assert {u: p.amount_fen for u, p in payouts_of(order_id).items()} == {issuer: 4_50, buyer: 2_25}
+    assert bal(AccountKind.USER_CASH, "user", buyer) == bal(AccountKind.USER_CASH, "user", issuer) == 0
+    assert db.session.query(Receivable).count() == 0
+    ledger_holds()
