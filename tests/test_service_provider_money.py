@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select, update
 
 from jobs.profit_sharing import query_profit_shares, share_due_orders
-from ledger import account, balance, check_ledger
+from ledger import check_ledger
 from models import (
     AccountKind,
     Alert,
@@ -31,7 +31,7 @@ from rebate import create_order, issue_packet
 from rebate.fund_flow import pay_to_sub_merchant
 from rebate.orders import LineRequest
 from tests.test_partner_flow import admin, keyed, set_sub_mchid  # noqa: F401 - fixture
-from tests.test_profit_sharing import TWO_WAY, hold_passes, results_are_due, sim  # noqa: F401 - fixture
+from tests.test_profit_sharing import TWO_WAY, bal, hold_passes, ledger_holds, results_are_due, sim  # noqa: F401 - fixture
 
 PAYOUT_MIN_FEN = 1_00
 
@@ -39,17 +39,6 @@ PAYOUT_MIN_FEN = 1_00
 @pytest.fixture
 def app_settings(app_settings):
     return {**app_settings, "FUND_FLOW": "service_provider", "PAYOUT_MIN_FEN": PAYOUT_MIN_FEN}
-
-
-def bal(kind, owner_type=None, owner_id=None) -> int:
-    return balance(account(kind, owner_type, owner_id))
-
-
-def ledger_holds() -> None:
-    db.session.remove()
-    report = check_ledger()
-    assert report.ok, report.violations
-    db.session.remove()
 
 
 def keys() -> set[str]:
@@ -230,6 +219,14 @@ def test_the_ledger_check_catches_frozen_money_the_orders_do_not_hold(paid):
 CONSUMER_CHANGE = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "wechat_change", "cap_fen": 50_00}]}
 
 
+@pytest.fixture
+def sub_merchant(client, admin, make_merchant):  # noqa: F811
+    """A merchant onboarded as a sub-merchant through the admin API."""
+    shop = make_merchant()
+    assert set_sub_mchid(client, admin, shop.id).status_code == 200
+    return shop
+
+
 def draft(make_campaign, shop_id: int, rules=CONSUMER_CHANGE, **fields) -> Campaign:
     return make_campaign(
         rules,
@@ -251,13 +248,9 @@ def activate(client, admin, campaign_id: int):  # noqa: F811
 
 
 def test_activation_funds_a_merchants_campaign_from_its_sales_without_a_deposit(
-    client,
-    admin,  # noqa: F811
-    make_merchant,
-    make_campaign,
-):
-    shop = make_merchant()
-    assert set_sub_mchid(client, admin, shop.id).status_code == 200
+    client, admin, sub_merchant, make_campaign
+):  # noqa: F811
+    shop = sub_merchant
     campaign = draft(make_campaign, shop.id)
     got = activate(client, admin, campaign.id)
     assert got.status_code == 200, got.json
@@ -278,15 +271,8 @@ def test_activation_refuses_a_merchant_without_a_sub_merchant_number(client, adm
 
 
 @pytest.mark.parametrize("form", ["balance", "points", "wechat_coupon", "card_coupon"])
-def test_activation_refuses_forms_that_would_keep_the_merchants_money(
-    client,
-    admin,  # noqa: F811
-    make_merchant,
-    make_campaign,
-    form,
-):
-    shop = make_merchant()
-    assert set_sub_mchid(client, admin, shop.id).status_code == 200
+def test_activation_refuses_forms_that_would_keep_the_merchants_money(client, admin, sub_merchant, make_campaign, form):  # noqa: F811
+    shop = sub_merchant
     rules = {
         "roles": [
             {
@@ -308,27 +294,17 @@ def test_activation_refuses_forms_that_would_keep_the_merchants_money(
 
 
 def test_activation_refuses_a_merchant_issuer_side_it_would_pay_itself_as_credit(
-    client,
-    admin,  # noqa: F811
-    make_merchant,
-    make_campaign,
-):
-    shop = make_merchant()
-    assert set_sub_mchid(client, admin, shop.id).status_code == 200
+    client, admin, sub_merchant, make_campaign
+):  # noqa: F811
+    shop = sub_merchant
     campaign = draft(make_campaign, shop.id, rules=TWO_WAY)  # the merchant issues; its issuer side pays 10 %
     got = activate(client, admin, campaign.id)
     assert (got.status_code, got.json["error"]) == (409, "rebate_would_pool_money")
     assert "issuer is a merchant" in got.json["message"]
 
 
-def test_new_rules_of_a_campaign_funded_from_sales_keep_to_shared_forms(
-    client,
-    admin,  # noqa: F811
-    make_merchant,
-    make_campaign,
-):
-    shop = make_merchant()
-    assert set_sub_mchid(client, admin, shop.id).status_code == 200
+def test_new_rules_of_a_campaign_funded_from_sales_keep_to_shared_forms(client, admin, sub_merchant, make_campaign):  # noqa: F811
+    shop = sub_merchant
     campaign = draft(make_campaign, shop.id)
     assert activate(client, admin, campaign.id).status_code == 200
     fallback = {
@@ -346,14 +322,8 @@ def test_new_rules_of_a_campaign_funded_from_sales_keep_to_shared_forms(
     assert db.session.get(Campaign, campaign.id).rules_version == 1
 
 
-def test_a_campaign_that_spent_from_a_deposit_is_not_switched_to_sales(
-    client,
-    admin,  # noqa: F811
-    make_merchant,
-    make_campaign,
-):
-    shop = make_merchant()
-    assert set_sub_mchid(client, admin, shop.id).status_code == 200
+def test_a_campaign_that_spent_from_a_deposit_is_not_switched_to_sales(client, admin, sub_merchant, make_campaign):  # noqa: F811
+    shop = sub_merchant
     campaign = draft(make_campaign, shop.id)
     campaign.status, campaign.budget_committed_fen = "paused", 5_00
     db.session.commit()
@@ -408,15 +378,8 @@ def test_opening_a_partner_order_counts_a_cash_form_the_person_may_choose(
     ],
     ids=["category_rates_in_balance", "held_for_milestones"],
 )
-def test_activation_sees_category_rates_and_refuses_milestone_holds(
-    client,
-    admin,  # noqa: F811
-    make_merchant,
-    make_campaign,
-    rule,
-):
-    shop = make_merchant()
-    assert set_sub_mchid(client, admin, shop.id).status_code == 200
+def test_activation_sees_category_rates_and_refuses_milestone_holds(client, admin, sub_merchant, make_campaign, rule):  # noqa: F811
+    shop = sub_merchant
     campaign = draft(make_campaign, shop.id, rules={"roles": [rule]})
     got = activate(client, admin, campaign.id)
     assert (got.status_code, got.json["error"]) == (409, "rebate_would_pool_money")
