@@ -44,6 +44,15 @@ class Walkthrough:
         self.subscribe(alice, "alice")
         noodles, feast, tea = self.products(alice, shop_id)
         alice_order = self.newcomer_order(alice, code, noodles)
+        if alice_order is None:  # service-provider mode: her cashback is shared later, there is no balance
+            self.check_ledger()
+            say(
+                "Service-provider mode (FUND_FLOW=service_provider): the shop's cashback leaves its own order "
+                "money by profit sharing after the refund window (PROFIT_SHARING_HOLD_DAYS), so nothing lands in "
+                "a balance now; the rest of the walkthrough (referral transfer, wallet, challenge) is the direct "
+                "mode's: run `make run` without FUND_FLOW for it."
+            )
+            return
         bob, bob_order = self.referral(alice, feast)
         payout = self.wait_for_transfer(alice, bob_order)
         self.confirm(alice, payout)
@@ -97,7 +106,7 @@ class Walkthrough:
 
     # -- 1-3: the newcomer packet ----------------------------------------------------------------
 
-    def newcomer_order(self, alice: str, code: str, noodles: dict) -> int:
+    def newcomer_order(self, alice: str, code: str, noodles: dict) -> int | None:
         packet = self.api.call(
             "claim the newcomer packet",
             "POST",
@@ -117,6 +126,14 @@ class Walkthrough:
         )
         paid, waited = self.pay("Alice pays", alice, order)
         [rebate] = self.awarded(paid, "consumer", "Alice's cashback")
+        if rebate["form"] != "balance":  # the shop's own campaign in service-provider mode: shared, not credited
+            say(
+                f"3. Alice paid {yuan(paid['paid_fen'])} yuan for a {yuan(paid['total_fen'])} order, paid to the "
+                f"shop's own WeChat Pay sub-merchant account (the callback landed after {waited:.1f} s); her "
+                f"cashback {yuan(rebate['amount_fen'])} is shared to her from that money by profit sharing once "
+                "the refund window has passed."
+            )
+            return None
         wallet = self.api.call("read Alice's wallet", "GET", "/api/v1/me/wallet", token=alice)
         if wallet["cash_fen"] != rebate["amount_fen"]:
             raise DemoFailure(
