@@ -20,11 +20,10 @@ from datetime import datetime
 
 from sqlalchemy import func, select, union
 
-from ledger import Leg, account, post_entry
+from ledger import AccountRef, Leg, account, post, post_entry, ref
 from models import (
     AccountKind,
     Campaign,
-    LedgerAccount,
     Order,
     OrderPacket,
     OrderStatus,
@@ -46,10 +45,10 @@ from payouts import (
     hold_order_payouts,
     release_order_payouts,
 )
-from payouts.profit_share import own_sales_ref
+from payouts.profit_share import frozen_ref, own_sales_ref
 from rebate import budgets
 from rebate.awards import with_lines
-from rebate.campaigns import funder_account, rules_of
+from rebate.campaigns import face_funder_ref, rules_of
 from rebate.clawbacks import take_back
 from rebate.deposits import cover_reservation, lock_deposits
 from rebate.errors import DepositExhausted, Invalid, NotFound, RebateError, StateConflict
@@ -210,24 +209,20 @@ def _post_partner_refund(order: Order, refund: Refund) -> None:
     take = min(refund.amount_fen, order.frozen_fen - int(in_flight))
     if take <= 0:
         return
-    post_entry(
+    post(
         f"refund:{refund.id}",
         f"refund {refund.out_refund_no}, from the merchant's frozen order money",
-        [
-            Leg(_discounted(order), -take),
-            Leg(account(AccountKind.MERCHANT_FROZEN_SALES, "merchant", order.merchant_id), take),
-        ],
+        [Leg(_discounted(order), -take), Leg(frozen_ref(order.merchant_id), take)],
     )
     order.frozen_fen -= take
 
 
-def _discounted(order: Order) -> LedgerAccount:
+def _discounted(order: Order) -> AccountRef:
     """The account a packet's value was paid into at the sale: what the platform owes the merchant, or for a
     partner order the merchant's own claim on its order money."""
     if order.frozen_fen is not None:
-        own = own_sales_ref(order.merchant_id)
-        return account(own.kind, own.owner_type, own.owner_id)
-    return account(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id)
+        return own_sales_ref(order.merchant_id)
+    return ref(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id)
 
 
 def _void_discount(order: Order, refund: Refund) -> None:
@@ -236,10 +231,10 @@ def _void_discount(order: Order, refund: Refund) -> None:
     payment can never settle above it, nor the deposit go below zero)."""
     for packet, discount in order_packets(order):
         campaign = db.session.get(Campaign, packet.campaign_id)
-        funder = funder_account(campaign, face=True)
+        funder = face_funder_ref(campaign)
         merchant = _discounted(order)
-        if merchant.id != funder.id:  # a partner merchant's own packet: it simply charged less, nothing returns
-            post_entry(
+        if merchant.code != funder.code:  # a partner merchant's own packet: it simply charged less, nothing returns
+            post(
                 f"refund:{refund.id}:discount:{packet.id}",
                 f"packet {packet.id} value of {order.out_trade_no} returns to its funder",
                 [Leg(merchant, -discount), Leg(funder, discount)],
