@@ -154,31 +154,28 @@ def strand_late_payouts(limit: int = 100) -> int:
     decides (alert ``profit_share_too_late``); they are never sent from the platform's own account. Nor are
     those of an order opened without profit sharing (alert ``profit_share_not_frozen``)."""
     planned = exists().where(ProfitShare.order_id == Payout.order_id, ProfitShare.kind.is_not(None))
-    late = (
-        db.session.execute(
-            select(Payout)
-            .where(Payout.rail == Rail.PROFIT_SHARING, Payout.status == S.PENDING, Payout.held.is_(False), planned)
-            .order_by(Payout.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        .scalars()
-        .all()
+    late = _strand(
+        select(Payout).where(planned),
+        "profit_share_too_late",
+        "queued after its order's profit share: the order's frozen money was already released",
+        limit,
     )
-    for payout in late:
-        move(payout, S.NEEDS_OPERATOR)
-        payout.last_error = "queued after its order's profit share: the order's frozen money was already released"
-        raise_alert("profit_share_too_late", payout.external_no, payout.last_error)
-    unshareable = (
+    unshareable = _strand(  # its merchant's money was never frozen for it: no share can carry it
+        select(Payout).join(Order, Order.id == Payout.order_id).where(Order.profit_sharing.is_(False)),
+        "profit_share_not_frozen",
+        "a merchant-funded rebate on an order paid without profit sharing: the order's money went to the "
+        "merchant at once, so no share can carry it (it is never sent from the platform's own account)",
+        limit,
+    )
+    db.session.flush()
+    return late + unshareable
+
+
+def _strand(query, kind: str, why: str, limit: int) -> int:
+    """Move the pending, unheld profit-sharing payouts ``query`` selects to an operator, with an alert each."""
+    stranded = (
         db.session.execute(
-            select(Payout)
-            .join(Order, Order.id == Payout.order_id)
-            .where(
-                Payout.rail == Rail.PROFIT_SHARING,
-                Payout.status == S.PENDING,
-                Payout.held.is_(False),
-                Order.profit_sharing.is_(False),
-            )
+            query.where(Payout.rail == Rail.PROFIT_SHARING, Payout.status == S.PENDING, Payout.held.is_(False))
             .order_by(Payout.id)
             .limit(limit)
             .with_for_update(of=Payout, skip_locked=True)
@@ -186,15 +183,11 @@ def strand_late_payouts(limit: int = 100) -> int:
         .scalars()
         .all()
     )
-    for payout in unshareable:  # its merchant's money was never frozen for it: no share can carry it
+    for payout in stranded:
         move(payout, S.NEEDS_OPERATOR)
-        payout.last_error = (
-            "a merchant-funded rebate on an order paid without profit sharing: the order's money went to the "
-            "merchant at once, so no share can carry it (it is never sent from the platform's own account)"
-        )
-        raise_alert("profit_share_not_frozen", payout.external_no, payout.last_error)
-    db.session.flush()
-    return len(late) + len(unshareable)
+        payout.last_error = why
+        raise_alert(kind, payout.external_no, why)
+    return len(stranded)
 
 
 def _due(now: datetime, querying: bool):
@@ -530,8 +523,12 @@ def record(job: ShareJob, result: ShareCall, now: datetime, settings: ShareSetti
 
     The order's row is locked first, as a refund locks it before its payouts: the share's answer moves the
     order's frozen money (``Order.frozen_fen``), and releases the rest when the share is finished."""
-    order_id = db.session.execute(select(ProfitShare.order_id).where(ProfitShare.id == job.share_id)).scalar_one()
-    db.session.execute(select(Order.id).where(Order.id == order_id).with_for_update())
+    db.session.execute(
+        select(Order.id)
+        .join(ProfitShare, ProfitShare.order_id == Order.id)
+        .where(ProfitShare.id == job.share_id)
+        .with_for_update(of=Order)
+    )
     row = db.session.execute(
         select(ProfitShare)
         .where(ProfitShare.id == job.share_id)
