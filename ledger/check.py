@@ -185,16 +185,7 @@ WALLET_HOLDS = {AccountKind.USER_CASH_HELD: Order.balance_used_fen, AccountKind.
 
 def _wallet_holds(report: CheckReport) -> None:
     for kind, column in WALLET_HOLDS.items():
-        held = dict(
-            db.session.execute(
-                select(LedgerAccount.owner_id, func.sum(LedgerPosting.amount))
-                .join(LedgerPosting, LedgerPosting.account_id == LedgerAccount.id)
-                .where(LedgerAccount.kind == kind.value)
-                .group_by(LedgerAccount.owner_id)
-            )
-            .tuples()
-            .all()
-        )
+        held = _balances_by_owner(kind)
         reserved = dict(
             db.session.execute(
                 select(Order.user_id, func.sum(column))
@@ -216,16 +207,7 @@ def _frozen_order_money(report: CheckReport) -> None:
     """Service-provider mode: a merchant's frozen order money in our books is exactly what its orders still have
     frozen (``Order.frozen_fen``), and never above zero (money held at WeChat is below zero, as the platform's
     own ``wechat_settlement``): a share or a refund taken twice from it would show as a difference."""
-    booked = dict(
-        db.session.execute(
-            select(LedgerAccount.owner_id, func.sum(LedgerPosting.amount))
-            .join(LedgerPosting, LedgerPosting.account_id == LedgerAccount.id)
-            .where(LedgerAccount.kind == AccountKind.MERCHANT_FROZEN_SALES.value)
-            .group_by(LedgerAccount.owner_id)
-        )
-        .tuples()
-        .all()
-    )
+    booked = _balances_by_owner(AccountKind.MERCHANT_FROZEN_SALES)
     frozen = dict(
         db.session.execute(
             select(Order.merchant_id, func.sum(Order.frozen_fen))
@@ -243,3 +225,17 @@ def _frozen_order_money(report: CheckReport) -> None:
             report.violations.append(
                 f"merchant {merchant_id}'s frozen order money is {-has} in the ledger but its orders hold {orders}"
             )
+
+
+def _balances_by_owner(kind: AccountKind) -> dict[int, int]:
+    """owner id → the balance of that owner's account of ``kind`` (accounts with postings only)."""
+    return dict(
+        db.session.execute(
+            select(LedgerAccount.owner_id, func.sum(LedgerPosting.amount))
+            .join(LedgerPosting, LedgerPosting.account_id == LedgerAccount.id)
+            .where(LedgerAccount.kind == kind.value)
+            .group_by(LedgerAccount.owner_id)
+        )
+        .tuples()
+        .all()
+    )
