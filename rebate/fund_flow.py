@@ -47,13 +47,7 @@ COMPLIANT_DISCOUNT = (
 
 def pay_to_sub_merchant(order: Order) -> None:
     """Route a just-created order to its merchant's sub-merchant number (flushes nothing new but the order)."""
-    merchant = db.session.get(Merchant, order.merchant_id)
-    if not merchant.sub_mchid:
-        raise StateConflict(
-            f"merchant {merchant.id} has no WeChat Pay sub-merchant number (sub_mchid) yet; it cannot take "
-            "payments in service-provider mode",
-            code="merchant_without_sub_mchid",
-        )
+    merchant = _sub_merchant(order.merchant_id, "it cannot take payments in service-provider mode")
     spent = _spent_campaigns(order)
     for campaign in spent:
         refuse_foreign_discount(campaign, order.merchant_id)
@@ -68,13 +62,9 @@ def fund_from_sales(campaign: Campaign) -> None:
     from a deposit in direct mode; rules paying a form that does not leave by profit sharing."""
     if campaign.funder_type != FunderType.MERCHANT_DEPOSIT:
         return
-    merchant = db.session.get(Merchant, campaign.funder_merchant_id)
-    if not merchant.sub_mchid:
-        raise StateConflict(
-            f"merchant {merchant.id} has no WeChat Pay sub-merchant number (sub_mchid) yet: its campaigns are "
-            "paid from its own sales at WeChat, which it cannot take yet",
-            code="merchant_without_sub_mchid",
-        )
+    _sub_merchant(
+        campaign.funder_merchant_id, "its campaigns are paid from its own sales at WeChat, which it cannot take yet"
+    )
     if not campaign.funded_from_sales and campaign.budget_reserved_fen + campaign.budget_committed_fen:
         raise StateConflict(
             f"campaign {campaign.id} has spent from its merchant's marketing deposit (direct mode); in "
@@ -83,6 +73,17 @@ def fund_from_sales(campaign: Campaign) -> None:
         )
     refuse_pooling_forms(campaign, rules_of(campaign))
     campaign.funded_from_sales = True
+
+
+def _sub_merchant(merchant_id: int, consequence: str) -> Merchant:
+    """The merchant, which must have its WeChat Pay sub-merchant number (409 ``merchant_without_sub_mchid``)."""
+    merchant = db.session.get(Merchant, merchant_id)
+    if not merchant.sub_mchid:
+        raise StateConflict(
+            f"merchant {merchant.id} has no WeChat Pay sub-merchant number (sub_mchid) yet; {consequence}",
+            code="merchant_without_sub_mchid",
+        )
+    return merchant
 
 
 def refuse_pooling_forms(campaign: Campaign, rules: RuleSet) -> None:
