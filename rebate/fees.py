@@ -168,17 +168,8 @@ def fees_booked(merchant_id: int, month: str) -> int:
     """The service fees booked in ``month`` (accrued less refunds' reductions): what the month's invoice bills
     (at most what is unbilled, never below 0)."""
     start, end = month_bounds(month)
-    total = db.session.execute(
-        select(func.coalesce(func.sum(LedgerPosting.amount), 0))
-        .join(LedgerEntry, LedgerEntry.id == LedgerPosting.entry_id)
-        .where(
-            LedgerPosting.account_id == fees_due_account(merchant_id).id,
-            LedgerEntry.created_at >= start,
-            LedgerEntry.created_at < end,
-            _fee_key(),
-        )
-    ).scalar_one()
-    return -int(total)
+    in_month = (LedgerEntry.created_at >= start) & (LedgerEntry.created_at < end)
+    return -_fees_due_moved(merchant_id, in_month & _fee_key())
 
 
 def _fee_key():
@@ -207,18 +198,14 @@ def unbilled_fees(merchant_id: int, through: str) -> int:
     the merchant (fees given back by refunds after they were billed), carried into the next invoices."""
     _, end = month_bounds(through)
     mine = f"invoice:{merchant_id}:"  # then the month: invoice:<merchant>:<YYYY-MM>:…
-    moved = db.session.execute(
-        select(func.coalesce(func.sum(LedgerPosting.amount), 0))
-        .join(LedgerEntry, LedgerEntry.id == LedgerPosting.entry_id)
-        .where(
-            LedgerPosting.account_id == fees_due_account(merchant_id).id,
-            (_fee_key() & (LedgerEntry.created_at < end))
-            | (
-                LedgerEntry.idempotency_key.like(f"{mine}%")
-                & (func.substr(LedgerEntry.idempotency_key, len(mine) + 1, 7) <= through)
-            ),
-        )
-    ).scalar_one()
+    moved = _fees_due_moved(
+        merchant_id,
+        (_fee_key() & (LedgerEntry.created_at < end))
+        | (
+            LedgerEntry.idempotency_key.like(f"{mine}%")
+            & (func.substr(LedgerEntry.idempotency_key, len(mine) + 1, 7) <= through)
+        ),
+    )
     billed = db.session.execute(
         select(func.coalesce(func.sum(FeeInvoice.due_fen), 0)).where(
             FeeInvoice.merchant_id == merchant_id, FeeInvoice.month <= through
@@ -229,16 +216,7 @@ def unbilled_fees(merchant_id: int, through: str) -> int:
 
 def credit_given_back(merchant_id: int, month: str) -> int:
     """The marketing credit the month's invoice gave back (0: none)."""
-    return -int(
-        db.session.execute(
-            select(func.coalesce(func.sum(LedgerPosting.amount), 0))
-            .join(LedgerEntry, LedgerEntry.id == LedgerPosting.entry_id)
-            .where(
-                LedgerEntry.idempotency_key == credit_back_key(merchant_id, month),
-                LedgerPosting.account_id == fees_due_account(merchant_id).id,
-            )
-        ).scalar_one()
-    )
+    return -_fees_due_moved(merchant_id, LedgerEntry.idempotency_key == credit_back_key(merchant_id, month))
 
 
 def carried_forward(merchant_id: int, month: str) -> int:
@@ -293,14 +271,16 @@ def invoice_month(merchant_id: int, month: str, now: datetime) -> FeeInvoice | N
 
 def _credit_applied_net(merchant_id: int) -> int:
     """The marketing credit the merchant's invoices applied to fees, less what they gave back."""
+    return _fees_due_moved(merchant_id, LedgerEntry.idempotency_key.like(f"invoice:{merchant_id}:%"))
+
+
+def _fees_due_moved(merchant_id: int, entries) -> int:
+    """The sum of the merchant's fees-due postings in the ``entries`` (a condition on ``LedgerEntry``)."""
     return int(
         db.session.execute(
             select(func.coalesce(func.sum(LedgerPosting.amount), 0))
             .join(LedgerEntry, LedgerEntry.id == LedgerPosting.entry_id)
-            .where(
-                LedgerPosting.account_id == fees_due_account(merchant_id).id,
-                LedgerEntry.idempotency_key.like(f"invoice:{merchant_id}:%"),
-            )
+            .where(LedgerPosting.account_id == fees_due_account(merchant_id).id, entries)
         ).scalar_one()
     )
 
