@@ -40,12 +40,14 @@ from models import (
     ProposalStatus,
     Rail,
     Rebate,
+    Receivable,
     Refund,
     RefundStatus,
     ShareKind,
     ShareStatus,
     db,
 )
+from models.rebates import SHARE_DEBT
 from money import format_yuan
 from rebate.fees import carried_forward, credit_given_back, month_bounds
 
@@ -117,12 +119,29 @@ FIGURES: tuple[Figure, ...] = (
     ),
     Figure("own_refunds", OWN, "Refunds paid from its frozen order money", r"^refund:"),
     Figure("own_released", OWN, "Order money released to it at WeChat: out of the platform's books", RELEASED),
-    Figure("own_rebates_clawed_back", OWN, "Rebates it funded from its sales, clawed back after refunds", CLAWBACK),
+    Figure(
+        "own_rebates_clawed_back",
+        OWN,
+        "Rebates it funded from its sales, clawed back after refunds or reviews (after a share: owed by persons)",
+        CLAWBACK,
+    ),
+    Figure(
+        "own_shares_returned",
+        OWN,
+        "Shares that never reached their person (receiver closed, cancelled): the money stayed its own",
+        r"^payout:\d+:(failed|cancelled)$",
+    ),
+    Figure(
+        "own_share_debts_settled",
+        OWN,
+        "Returned shares that settled what a person owed it after a refund",
+        r"^payout:\d+:came-back:settles$",
+    ),
     Figure(
         "own_rebates_funded",
         OWN,
-        "Rebates it funded from its sales (shared to persons by profit sharing; below zero after the release: "
-        "rebates no share carried, which it owes)",
+        "Rebates it funded from its sales (shared to persons by profit sharing; a share that settles what the "
+        "person owed it stays in its order money and is released to it)",
         None,
     ),
 )
@@ -222,7 +241,7 @@ def merchant_statement(merchant: Merchant, month: str, fund_flow: str, entries_u
         "figures": figures,
         "summary": _summary(totals),
         "accounts": _reconcile(accounts, totals, start, end),
-        "profit_shares": _profit_shares(merchant.id, accounts[FROZEN.value], fund_flow, start, end, totals),
+        "profit_shares": _profit_shares(merchant.id, accounts, fund_flow, start, end, totals),
         "invoice": _invoice(merchant.id, month),
         "in_flight": _in_flight(merchant.id, accounts),
     }
@@ -262,38 +281,55 @@ def _reconcile(accounts: dict[str, LedgerAccount], totals: dict[str, int], start
 
 
 def _profit_shares(
-    merchant_id: int, frozen: LedgerAccount, fund_flow: str, start: datetime, end: datetime, totals: dict[str, int]
+    merchant_id: int,
+    accounts: dict[str, LedgerAccount],
+    fund_flow: str,
+    start: datetime,
+    end: datetime,
+    totals: dict[str, int],
 ) -> dict:
     """Profit sharing (service-provider mode) of the merchant's orders, each line with the rows it reads.
 
     For the month: what persons received (the ``shared_to_persons`` figure: postings on its frozen order
-    money), what came back to persons' balances because a receiver was CLOSED (the payouts' ``failed``
-    entries booked in the month), and of the shares finished in the month, what was unfrozen to the merchant
-    (frozen when the share was sent, i.e. paid less the refunds begun before it, less what it shared) and,
-    of that, what did not fit its maximum ratio (held for an operator). As of now: payouts waiting for or
-    inside a share (pending, sending, processing)."""
+    money), what came back to it because a share never reached its person (the payouts' ``failed`` and
+    ``cancelled`` entries on its own sales booked in the month), and of the shares finished in the month,
+    what was unfrozen to the merchant (frozen when the share was sent, i.e. paid less the refunds begun
+    before it, less what it shared) and, of that, what did not fit its maximum ratio (held for an operator).
+    As of now: payouts waiting for or inside a share (pending, sending, processing), and what persons owe it
+    for shares clawed back after they were paid."""
+    frozen, own = accounts[FROZEN.value], accounts[OWN.value]
     orders = select(Order.id).where(Order.merchant_id == merchant_id)
     rail = (Payout.rail == Rail.PROFIT_SHARING) & Payout.order_id.in_(orders)
-    closed_ids = list(
+    came_back_ids = list(
         db.session.execute(
             select(Payout.id).where(  # returned with the entry below (whose booking time decides the month)
                 rail,
-                Payout.status == PayoutStatus.FAILED,
+                Payout.status.in_([PayoutStatus.FAILED, PayoutStatus.CANCELLED]),
                 Payout.finished_at >= start - timedelta(days=1),
                 Payout.finished_at < end + timedelta(days=1),
             )
         ).scalars()
     )
-    closed = db.session.execute(
+    came_back_keys = [f"payout:{i}:{to}" for i in came_back_ids for to in (PayoutStatus.FAILED, PayoutStatus.CANCELLED)]
+    came_back = db.session.execute(
         select(LedgerEntry.idempotency_key, LedgerPosting.amount)
         .join(LedgerPosting, LedgerPosting.entry_id == LedgerEntry.id)
-        .join(LedgerAccount, LedgerAccount.id == LedgerPosting.account_id)
         .where(
-            LedgerEntry.idempotency_key.in_([f"payout:{i}:{PayoutStatus.FAILED}" for i in closed_ids] or [""]),
+            LedgerEntry.idempotency_key.in_(came_back_keys or [""]),
             LedgerEntry.created_at >= start,
             LedgerEntry.created_at < end,
-            LedgerAccount.owner_type == "user",
+            LedgerPosting.account_id == own.id,
         )
+    ).all()
+    owed = db.session.execute(
+        select(Receivable.id, Receivable.outstanding_fen)
+        .join(Campaign, Campaign.id == Receivable.campaign_id)
+        .where(
+            Campaign.funder_merchant_id == merchant_id,
+            Receivable.kind == SHARE_DEBT,
+            Receivable.outstanding_fen > 0,
+        )
+        .order_by(Receivable.id)
     ).all()
     finished = db.session.execute(
         select(ProfitShare, Order.paid_fen)
@@ -328,10 +364,15 @@ def _profit_shares(
         "mode": fund_flow,
         "note": note,
         "shared_to_persons": {**money(totals["shared_to_persons"]), "figure": "shared_to_persons"},
-        "closed_returned_to_balance": {
-            **money(sum(int(a) for _, a in closed)),
-            "entries": sorted({k for k, _ in closed}),
+        # a share that never reached its person (WeChat closed the receiver, an operator cancelled or failed it):
+        # the money stayed the merchant's and was unfrozen to it; the rebate no longer carries it
+        "returned_to_merchant": {
+            **money(sum(int(a) for _, a in came_back)),
+            "entries": sorted({k for k, _ in came_back}),
         },
+        # as of now: what persons owe it for shares a refund or a review clawed back after they were paid,
+        # settled only by its later shares to them (the platform never collects it)
+        "owed_by_persons": {**money(sum(a for _, a in owed)), "receivable_ids": [i for i, _ in owed]},
         "unfrozen_to_merchant": {**money(unfrozen), "share_ids": [row.id for row, _ in finished]},
         "held_over_ratio": {
             **money(sum(row.held_fen for row, _ in finished)),

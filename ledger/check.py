@@ -22,6 +22,7 @@ from models import (
     db,
 )
 from models.ledger import CLEARING_KINDS
+from models.rebates import SHARE_DEBT
 
 
 @dataclass
@@ -47,6 +48,7 @@ def check_ledger() -> CheckReport:
     _reservations_without_packets(report)
     _wallet_holds(report)
     _frozen_order_money(report)
+    _share_debts(report)
     return report
 
 
@@ -224,6 +226,29 @@ def _frozen_order_money(report: CheckReport) -> None:
         if -has != orders:
             report.violations.append(
                 f"merchant {merchant_id}'s frozen order money is {-has} in the ledger but its orders hold {orders}"
+            )
+
+
+def _share_debts(report: CheckReport) -> None:
+    """What persons owe merchants for shares clawed back after they were paid: each person's
+    ``user_owes_merchants`` is exactly minus their outstanding ``share`` receivables, and never above zero."""
+    booked = _balances_by_owner(AccountKind.USER_OWES_MERCHANTS)
+    owed = dict(
+        db.session.execute(
+            select(Receivable.beneficiary_id, func.sum(Receivable.outstanding_fen))
+            .where(Receivable.beneficiary_type == "user", Receivable.kind == SHARE_DEBT)
+            .group_by(Receivable.beneficiary_id)
+        )
+        .tuples()
+        .all()
+    )
+    for user_id in sorted(set(booked) | set(owed)):
+        has, receivable = int(booked.get(user_id) or 0), int(owed.get(user_id) or 0)
+        if has > 0:
+            report.violations.append(f"user {user_id} is owed {has} by merchants: a share debt above zero")
+        if -has != receivable:
+            report.violations.append(
+                f"user {user_id} owes merchants {-has} in the ledger but {receivable} as share receivables"
             )
 
 

@@ -41,7 +41,8 @@ class AccountKind(StrEnum):
     MERCHANT_FROZEN_SALES = "merchant_frozen_sales"
     # … and the merchant's own claim on that money, in our books only while it is frozen: its sales (buyers'
     # payments) less the rebates its campaigns fund from them, less refunds and what is released to it.
-    # Below zero after the release: rebates it funded that no share carried (the merchant owes them).
+    # Above zero after the release: what persons owe it for shares a refund clawed back after they were paid
+    # (``user_owes_merchants``), collected only by its later shares to them.
     MERCHANT_OWN_SALES = "merchant_own_sales"
     # User-owned
     USER_CASH = "user_cash"
@@ -50,6 +51,10 @@ class AccountKind(StrEnum):
     USER_POINT_STAKE = "user_point_stake"  # … from their points
     USER_CASH_HELD = "user_cash_held"  # cash balance reserved for the person's unpaid orders (``rebate.wallet``)
     USER_POINTS_HELD = "user_points_held"  # … points reserved for them
+    # Below zero: what the person owes merchants for shares (service-provider mode) clawed back after they were
+    # paid, one ``share`` receivable per campaign. Kept apart from the cash balance: the platform never
+    # collects a merchant's money (二清), only that merchant's later shares to the person net it.
+    USER_OWES_MERCHANTS = "user_owes_merchants"
 
 
 CLEARING_KINDS = frozenset({AccountKind.REBATE_PAYABLE, AccountKind.PAYOUT_IN_TRANSIT})

@@ -22,7 +22,7 @@ class RebateStatus(StrEnum):
     AWARDED = "awarded"
     HELD = "held"  # waiting for milestones (lessons done, test passed, feedback)
     SKIPPED = "skipped"  # the rule did not award; see reason_code
-    CLAWED_BACK = "clawed_back"  # reduced to zero by refunds
+    CLAWED_BACK = "clawed_back"  # reduced to zero by refunds (or its share came back to the merchant)
     EXPIRED = "expired"  # its condition was not met in time
     REVIEW = "review"  # held for a risk review: nothing paid or queued until a reviewer releases it
     REVOKED = "revoked"  # a reviewer revoked it (its budget went back)
@@ -109,6 +109,10 @@ class RebateAdjustment(Base):
     )
 
 
+# A receivable owed to the merchant whose order money funded a share (``rebate.share_debts``), not to the platform.
+SHARE_DEBT = "share"
+
+
 class Receivable(Base):
     """Money a beneficiary owes back (per campaign, so recovery returns to the right budget)."""
 
@@ -117,7 +121,7 @@ class Receivable(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     beneficiary_type: Mapped[str] = mapped_column(String(16))
     beneficiary_id: Mapped[int] = mapped_column(BigInteger)
-    kind: Mapped[str] = mapped_column(String(16))  # cash | points | credit
+    kind: Mapped[str] = mapped_column(String(16))  # cash | points | credit | share (owed to a merchant)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
     outstanding_fen: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

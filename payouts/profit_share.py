@@ -34,9 +34,8 @@ from typing import Any
 
 from sqlalchemy import and_, exists, null, or_, select, update
 
-from ledger import Leg, close_flow, post, ref
+from ledger import Leg, post
 from models import (
-    AccountKind,
     Merchant,
     Order,
     OrderStatus,
@@ -61,7 +60,7 @@ from models.payouts import Rail
 from models.sql import insert_ignoring
 from money import share
 from payouts.controls import rail_is_on
-from payouts.transitions import mark_returned, mark_sent, move
+from payouts.transitions import frozen_ref, mark_returned, mark_sent, mark_shared, move, own_sales_ref
 from wechat.errors import WeChatBusinessError, WeChatError, WeChatInvalidRequest, WeChatNotFound, WeChatRateLimited
 from wechat.profitsharing import MAX_RECEIVERS
 
@@ -573,7 +572,7 @@ def _apply_answer(row: ProfitShare, answer: dict, now: datetime, settings: Share
         if outcome == "SUCCESS":
             _shared(payout, row, now, got.get("detail_id"))
         elif outcome == "CLOSED":
-            reason = f"profit share closed: {got.get('fail_reason') or 'CLOSED'}; the money is back in the balance"
+            reason = f"profit share closed: {got.get('fail_reason') or 'CLOSED'}; the money is back with the merchant"
             mark_returned(payout, S.FAILED, now, reason)
             raise_alert("profit_share_closed", payout.external_no, reason)
         else:
@@ -586,32 +585,8 @@ def _apply_answer(row: ProfitShare, answer: dict, now: datetime, settings: Share
 
 
 def _shared(payout: Payout, row: ProfitShare, now: datetime, detail_id: str | None) -> None:
-    """The person received the share: the money left the merchant's frozen order money, not the platform's."""
-    move(payout, S.SUCCEEDED)
-    post(
-        f"payout:{payout.id}:paid",
-        f"payout {payout.external_no} shared from the merchant's order money ({row.out_order_no})",
-        [
-            Leg(ref(AccountKind.PAYOUT_IN_TRANSIT), -payout.amount_fen, flow=payout.flow),
-            Leg(frozen_ref(row.merchant_id), payout.amount_fen),
-        ],
-    )
-    db.session.execute(
-        update(Order)
-        .where(Order.id == row.order_id)
-        .values(frozen_fen=Order.frozen_fen - payout.amount_fen)
-        .execution_options(synchronize_session=False)
-    )
-    payout.finished_at, payout.wechat_ref, payout.lease_until = now, detail_id or row.wechat_order_id, None
-    close_flow(payout.flow)
-
-
-def frozen_ref(merchant_id: int):
-    return ref(AccountKind.MERCHANT_FROZEN_SALES, "merchant", merchant_id)
-
-
-def own_sales_ref(merchant_id: int):
-    return ref(AccountKind.MERCHANT_OWN_SALES, "merchant", merchant_id)
+    memo = f"payout {payout.external_no} shared from the merchant's order money ({row.out_order_no})"
+    mark_shared(payout, now, detail_id or row.wechat_order_id, memo)
 
 
 def release_legs(merchant_id: int, amount_fen: int) -> list[Leg]:

@@ -8,20 +8,26 @@ Terminal states (succeeded, failed, cancelled) never change. Ledger: queued
 money sits on rebate_payable; at the first send it moves to payout_in_transit;
 success moves it out to WeChat settlement; failure or cancellation returns it
 to its source account (the money is owed again). Each closes the flow.
+
+A profit-sharing payout (service-provider mode) is the merchant's own order money: success moves it out of
+the merchant's frozen money (``merchant_frozen_sales``), never the platform's settlement account, and a
+failure or cancellation gives it back to the merchant (``merchant_own_sales``), never to the person's
+balance at the platform, which the platform would pay out of its own account (二清). What that means for the
+rebate is the rebate layer's, told through ``on_share_returned``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from ledger import Batch, Leg, close_flow, post, ref
-from models import AccountKind, LedgerAccount, LedgerPosting, Payout, PayoutStatus, db
-from models.payouts import TERMINAL
+from models import AccountKind, LedgerAccount, LedgerPosting, Order, Payout, PayoutStatus, db
+from models.payouts import TERMINAL, Rail
 
 S = PayoutStatus
 ALLOWED = {
@@ -95,7 +101,58 @@ def _flow_holdings(payout: Payout) -> list[Leg]:
     return [Leg(db.session.get(LedgerAccount, acct), -int(total), flow=payout.flow) for acct, total in rows if total]
 
 
+def frozen_ref(merchant_id: int):
+    """The merchant's order money frozen at WeChat for profit sharing (service-provider mode)."""
+    return ref(AccountKind.MERCHANT_FROZEN_SALES, "merchant", merchant_id)
+
+
+def own_sales_ref(merchant_id: int):
+    """The merchant's own claim on its frozen order money."""
+    return ref(AccountKind.MERCHANT_OWN_SALES, "merchant", merchant_id)
+
+
+# Told when a share to a person comes back to its merchant: ``handler(payout, amount_fen, merchant_id)`` in the
+# caller's transaction. The rebate layer registers it (``rebate.share_debts``): payouts sit below it.
+_SHARE_RETURNED: list[Callable[[Payout, int, int], None]] = []
+
+
+def on_share_returned(handler: Callable[[Payout, int, int], None]) -> Callable[[Payout, int, int], None]:
+    if handler not in _SHARE_RETURNED:
+        _SHARE_RETURNED.append(handler)
+    return handler
+
+
+def _share_merchant(payout: Payout) -> int:
+    return db.session.execute(select(Order.merchant_id).where(Order.id == payout.order_id)).scalar_one()
+
+
+def mark_shared(payout: Payout, now: datetime, wechat_ref: str | None, memo: str) -> None:
+    """A share reached the person: the money left the merchant's frozen order money, not the platform's."""
+    move(payout, S.SUCCEEDED)
+    _sends_written()
+    post(
+        f"payout:{payout.id}:paid",
+        memo,
+        [
+            Leg(ref(AccountKind.PAYOUT_IN_TRANSIT), -payout.amount_fen, flow=payout.flow),
+            Leg(frozen_ref(_share_merchant(payout)), payout.amount_fen),
+        ],
+    )
+    db.session.execute(
+        update(Order)
+        .where(Order.id == payout.order_id)
+        .values(frozen_fen=Order.frozen_fen - payout.amount_fen)
+        .execution_options(synchronize_session=False)
+    )
+    payout.finished_at, payout.wechat_ref, payout.lease_until = now, wechat_ref or payout.wechat_ref, None
+    close_flow(payout.flow)
+
+
 def mark_succeeded(payout: Payout, now: datetime, wechat_ref: str | None = None) -> None:
+    if payout.rail == Rail.PROFIT_SHARING:  # an operator's evidence, or WeChat's answer: the same booking
+        mark_sent(payout, now)
+        mark_shared(payout, now, wechat_ref, f"payout {payout.external_no} shared from the merchant's order money")
+        return
     move(payout, S.SUCCEEDED)
     mark_sent(payout, now)
     _sends_written()  # the flow is closed below: its send entry first
@@ -117,9 +174,13 @@ def mark_returned(payout: Payout, to: PayoutStatus, now: datetime, reason: str) 
     move(payout, to)
     _sends_written()
     legs = _flow_holdings(payout)  # wherever the money sits now: payable, or in transit
+    returned, merchant_id = -sum(leg.amount for leg in legs), None
     if legs:
-        source = db.session.get(LedgerAccount, payout.source_account_id)
-        returned = -sum(leg.amount for leg in legs)
+        if payout.rail == Rail.PROFIT_SHARING:  # the merchant's money: back to the merchant, not the person
+            merchant_id = _share_merchant(payout)
+            source = own_sales_ref(merchant_id)
+        else:
+            source = db.session.get(LedgerAccount, payout.source_account_id)
         post(
             f"payout:{payout.id}:{to}",
             f"payout {payout.external_no} {to}: {reason}"[:200],
@@ -127,3 +188,8 @@ def mark_returned(payout: Payout, to: PayoutStatus, now: datetime, reason: str) 
         )
     payout.finished_at, payout.last_error, payout.lease_until = now, reason, None
     close_flow(payout.flow)
+    if merchant_id is not None and returned:
+        if not _SHARE_RETURNED:
+            raise RuntimeError("a share came back but nothing settles its rebate: import rebate.share_debts")
+        for handler in _SHARE_RETURNED:
+            handler(payout, returned, merchant_id)

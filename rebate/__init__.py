@@ -19,6 +19,7 @@ from rebate.orders import close_order, create_order
 from rebate.packets import claim_packet, issue_packet
 from rebate.payments import apply_payment
 from rebate.refunds import apply_refund, apply_refund_notice, begin_refund, fail_refund
+from rebate.share_debts import share_came_back  # registered: what a share that came back does to its rebate
 
 __all__ = [
     "PayAccount",
@@ -28,6 +29,7 @@ __all__ = [
     "apply_payment",
     "apply_refund",
     "apply_refund_notice",
+    "share_came_back",
     "begin_refund",
     "claim_packet",
     "close_order",

@@ -20,6 +20,8 @@ from sqlalchemy.orm import make_transient_to_detached
 from ledger import Batch, Leg, account, account_ids, balance, ref
 from models import AccountKind, Campaign, Order, Rebate, RebateStatus, Receivable, User, db, utcnow
 from models.payouts import Rail
+from models.rebates import SHARE_DEBT
+from money import format_yuan
 from notices import Draft
 from payouts import MoneySettings
 from payouts.outbox import PayoutRequest, enqueue_payouts
@@ -297,16 +299,38 @@ def pay_rebate(
         # small, and never nets what the person owes the platform (that would keep the merchant's money here)
         shared = _shared(rebate, order, campaign)
         clean = shared or _owes_nothing(rebate, effects)
-        recovered = 0
+        recovered = settled = 0
         if not clean:
             recovered = recover_receivables(rebate.beneficiary_type, rebate.beneficiary_id, kind, amount_fen)
+        elif shared and not _owes_nothing(rebate, effects):  # only what the person owes this same merchant
+            settled = _settle_share_debts(rebate, campaign, amount_fen, key, effects)
         if rebate.form in (Form.WECHAT_CHANGE, Form.CASH_RED_PACKET):
-            _queue_cash_payout(rebate, order, amount_fen, key, memo, money, effects, clean, shared=shared)
+            _queue_cash_payout(rebate, order, amount_fen - settled, key, memo, money, effects, clean, shared=shared)
         elif rebate.form == Form.BALANCE:  # in the balance now: what did not go to a debt landed
             _landed(effects, tell.landed_in_app(rebate, amount_fen - recovered, key, Form.BALANCE))
     if own:
         effects.write()
         effects.tell()
+
+
+def owes_ref(user_id: int):
+    """What the person owes merchants for shares clawed back after they were paid (below zero)."""
+    return ref(AccountKind.USER_OWES_MERCHANTS, "user", user_id)
+
+
+def _settle_share_debts(rebate: Rebate, campaign: Campaign, amount_fen: int, key: str, effects: Effects) -> int:
+    """A share from a merchant first settles what the person owes that merchant: that part stays in the merchant's
+    frozen order money and is released to it; none of it passes through the platform. Returns what was settled."""
+    merchant_id = campaign.funder_merchant_id
+    settled = recover_receivables("user", rebate.beneficiary_id, SHARE_DEBT, amount_fen, merchant_id=merchant_id)
+    if settled:
+        effects.batch.add(
+            f"{key}:settles-share-debt",
+            f"{rebate.role} rebate settles what the person owed merchant {merchant_id} after a refund",
+            [Leg(beneficiary_ref(rebate), -settled), Leg(owes_ref(rebate.beneficiary_id), settled)],
+        )
+        rebate.reasons = [*rebate.reasons, f"{format_yuan(settled)} settled what you owed this merchant after a refund"]
+    return settled
 
 
 def _queue_cash_payout(
@@ -356,6 +380,11 @@ def _shared(rebate: Rebate, order: Order, campaign: Campaign) -> bool:
     return rebate.form in SHAREABLE_FORMS and cash_rail(rebate, order, campaign) == Rail.PROFIT_SHARING
 
 
+def shared_by_merchant(rebate: Rebate, campaign: Campaign) -> bool:
+    """The rebate left (or leaves) by a share of its merchant's order money: ``_shared`` without the order."""
+    return rebate.form in SHAREABLE_FORMS and campaign.funded_from_sales
+
+
 def cash_rail(rebate: Rebate, order: Order, campaign: Campaign) -> str:
     """How a cash rebate leaves. Service-provider mode: one of a campaign funded from the merchant's sales leaves
     the merchant's own frozen order money by profit sharing (``payouts.profit_share``), never the platform's
@@ -378,24 +407,23 @@ def _fallback(rebate: Rebate, campaign: Campaign) -> str | None:
     return RAIL_OF_FORM.get(form, form if form in (Form.BALANCE, Form.POINTS) else None) if form else None
 
 
-def recover_receivables(beneficiary_type: str, beneficiary_id: int, kind: str, amount_fen: int) -> int:
-    """Net a new rebate against what the beneficiary owes, oldest first; budgets get it back."""
+def recover_receivables(
+    beneficiary_type: str, beneficiary_id: int, kind: str, amount_fen: int, *, merchant_id: int | None = None
+) -> int:
+    """Net a new rebate against what the beneficiary owes, oldest first; budgets get it back. ``merchant_id``:
+    only what is owed on campaigns that merchant funds (a share debt is owed to one merchant)."""
     left = amount_fen
-    owed = (
-        db.session.execute(
-            select(Receivable)
-            .where(
-                Receivable.beneficiary_type == beneficiary_type,
-                Receivable.beneficiary_id == beneficiary_id,
-                Receivable.kind == kind,
-                Receivable.outstanding_fen > 0,
-            )
-            .order_by(Receivable.id)
-            .with_for_update()
-        )
-        .scalars()
-        .all()
+    stmt = select(Receivable).where(
+        Receivable.beneficiary_type == beneficiary_type,
+        Receivable.beneficiary_id == beneficiary_id,
+        Receivable.kind == kind,
+        Receivable.outstanding_fen > 0,
     )
+    if merchant_id is not None:
+        stmt = stmt.join(Campaign, Campaign.id == Receivable.campaign_id).where(
+            Campaign.funder_merchant_id == merchant_id
+        )
+    owed = db.session.execute(stmt.order_by(Receivable.id).with_for_update(of=Receivable)).scalars().all()
     for receivable in owed:
         if left == 0:
             break

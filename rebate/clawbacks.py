@@ -14,7 +14,7 @@ from money import format_yuan
 from payouts import MoneySettings, cancel_or_reduce, pending_payouts_for_rebate
 from payouts.operations import lock_user
 from rebate import budgets, tell
-from rebate.awards import KIND_OF_FORM, beneficiary_account
+from rebate.awards import KIND_OF_FORM, SHARE_DEBT, beneficiary_account, owes_ref, shared_by_merchant
 from rebate.campaigns import funder_account
 
 
@@ -41,6 +41,17 @@ def take_back(
         points = rebate.points
         from_balance = _points_back(rebate, delta, key, money.point_value_fen, what)
         points -= rebate.points
+    elif shared_by_merchant(rebate, campaign):
+        # shared from the merchant's order money: what has left is owed to that merchant, never taken from
+        # the person's balance at the platform (that would collect the merchant's money here)
+        target = beneficiary_account(rebate)
+        from_payout = _from_pending_payout(rebate, delta, key, target)
+        owed = delta - from_payout
+        legs = [Leg(funder_account(campaign), delta)]
+        legs += [Leg(target, -from_payout)] if from_payout else []
+        legs += [Leg(owes_ref(rebate.beneficiary_id), -owed)] if owed else []
+        post_entry(key, f"{what} claws back {rebate.role} rebate shared by its merchant", legs)
+        kind = SHARE_DEBT
     else:
         target = beneficiary_account(rebate)
         from_payout = _from_pending_payout(rebate, delta, key, target)
@@ -94,7 +105,10 @@ def clawback_words(kind: str, from_payout: int, from_balance: int, not_recovered
         where = "the points balance" if kind == "points" else "the balance it was credited to"
         parts.append((format_yuan(from_balance), f"taken back from {where}"))
     if not_recovered:
-        rest = "a coupon already sent is not taken back" if kind == "coupon" else "owed back from the next rebate"
+        rest = {
+            "coupon": "a coupon already sent is not taken back",
+            SHARE_DEBT: "owed to the merchant, settled from its next share to you",
+        }.get(kind, "owed back from the next rebate")
         parts.append((format_yuan(not_recovered), f"had already left; {rest}"))
     if len(parts) == 1:
         return parts[0][1]

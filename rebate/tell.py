@@ -24,6 +24,7 @@ FRIEND = "好友"  # an issuing person with no nickname
 REASONS = {
     "order_refunded": "订单退款",
     "review_declined": "订单审核未通过",
+    "share_returned": "微信未能分账到账",
 }
 # Where a packet comes from when its owner did not take it themselves: told when it is issued. A packet the
 # person claimed in the mini-program (self-serve ``claim``, a claim code, a friend's ``share`` link, the daily

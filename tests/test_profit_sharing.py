@@ -20,12 +20,15 @@ from ledger import account, balance, check_ledger
 from models import (
     AccountKind,
     Alert,
+    Campaign,
+    Notice,
     Order,
     Payout,
     ProfitShare,
     ProfitShareConfig,
     ProfitShareReceiver,
     Rebate,
+    RebateAdjustment,
     Receivable,
     UserIdentity,
     db,
@@ -246,10 +249,13 @@ def test_worked_example_merchant_funded_two_way_rebate_is_shared_then_a_refund_a
     # netted against their next rebate (issuer 10 % of 50 = 5 yuan now: owes 4; buyer 2.50: owes 2)
     rebates = {r.role: r for r in db.session.query(Rebate).filter_by(order_id=order.id)}
     assert (rebates["issuer"].amount_fen, rebates["consumer"].amount_fen) == (5_00, 2_50)
-    owed = {r.beneficiary_id: r.outstanding_fen for r in db.session.query(Receivable)}
-    assert owed == {issuer.id: 4_00, buyer.id: 2_00}
-    assert bal(AccountKind.USER_CASH, "user", issuer.id) == -4_00
-    assert bal(AccountKind.USER_CASH, "user", buyer.id) == -2_00
+    owed = {r.beneficiary_id: (r.kind, r.outstanding_fen) for r in db.session.query(Receivable)}
+    assert owed == {issuer.id: ("share", 4_00), buyer.id: ("share", 2_00)}
+    # owed to the merchant, apart from the person's cash balance: the platform never collects it from money
+    # it holds for them (二清); only the merchant's next share to them settles it
+    assert bal(AccountKind.USER_CASH, "user", issuer.id) == bal(AccountKind.USER_CASH, "user", buyer.id) == 0
+    assert bal(AccountKind.USER_OWES_MERCHANTS, "user", issuer.id) == -4_00
+    assert bal(AccountKind.USER_OWES_MERCHANTS, "user", buyer.id) == -2_00
     assert {p.status for p in payouts_of(order.id).values()} == {"succeeded"}  # never edited
     # the refund came from the merchant's own (released) money: nothing of it is posted here; what the persons
     # owe back is owed to the merchant that funded the rebates
@@ -385,8 +391,10 @@ def test_a_stale_cached_ratio_refused_by_wechat_is_fetched_again_and_the_share_r
     ledger_holds()
 
 
-def test_a_closed_receiver_gets_the_money_back_in_the_balance_with_an_alert(app, story, sim):
+def test_a_closed_receiver_leaves_the_money_with_the_merchant_and_the_person_is_told(app, story, sim):
     order, buyer, issuer, shop = story()
+    campaign_id = db.session.query(Rebate).filter_by(order_id=order.id).first().campaign_id
+    committed = db.session.get(Campaign, campaign_id).budget_committed_fen
     sim.close_share_to(openid_of(buyer.id, app.config["WECHAT_APPID"]))
     share_due_orders()
     hold_passes(order.id)
@@ -395,11 +403,22 @@ def test_a_closed_receiver_gets_the_money_back_in_the_balance_with_an_alert(app,
     query_profit_shares()
     payouts = payouts_of(order.id)
     assert (payouts[issuer.id].status, payouts[buyer.id].status) == ("succeeded", "failed")
-    assert bal(AccountKind.USER_CASH, "user", buyer.id) == 4_50  # recorded back: owed again
-    # WeChat unfroze the closed share's 4.50 to the merchant with the rest: the merchant owes it for the rebate
-    # it funded, now in the person's balance (its claim is below zero by that much)
+    # the share never reached the person: the money is the merchant's, unfrozen to it with the rest. It never
+    # lands in the person's balance at the platform, which the platform would pay out of its own account
+    assert bal(AccountKind.USER_CASH, "user", buyer.id) == 0
     assert bal(AccountKind.MERCHANT_FROZEN_SALES, "merchant", shop.id) == 0
-    assert bal(AccountKind.MERCHANT_OWN_SALES, "merchant", shop.id) == -4_50
+    assert bal(AccountKind.MERCHANT_OWN_SALES, "merchant", shop.id) == 0
+    assert f"payout:{payouts[buyer.id].id}:failed" in app_entries()
+    # the rebate no longer carries it: reduced, its budget back, the adjustment says why, the person is told
+    rebate = db.session.query(Rebate).filter_by(order_id=order.id, beneficiary_id=buyer.id).one()
+    assert (rebate.amount_fen, rebate.status) == (0, "clawed_back")
+    adjustment = db.session.query(RebateAdjustment).filter_by(rebate_id=rebate.id).one()
+    assert (adjustment.amount_fen, adjustment.recovered_fen, adjustment.receivable_fen) == (4_50, 4_50, 0)
+    assert "the merchant keeps" in adjustment.reason
+    db.session.expire_all()
+    assert db.session.get(Campaign, campaign_id).budget_committed_fen == committed - 4_50
+    told = db.session.query(Notice).filter_by(user_id=buyer.id, event="rebate_clawed_back").one()
+    assert told.facts["reason_code"] == "share_returned" and told.facts["amount_fen"] == 4_50
     assert db.session.execute(select(Alert).where(Alert.kind == "profit_share_closed")).scalar_one()
     assert share_of(order.id).status == "finished"
     ledger_holds()

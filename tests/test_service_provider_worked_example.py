@@ -224,7 +224,7 @@ def test_worked_example_service_provider_two_way_rebate_shared_then_refunded_and
     assert ps["mode"] == "service_provider"
     assert ps["shared_to_persons"]["fen"] == 13_50
     assert ps["unfrozen_to_merchant"] == {"fen": 76_50, "yuan": "76.50", "share_ids": [share.id]}
-    assert ps["held_over_ratio"]["fen"] == 0 and ps["closed_returned_to_balance"]["fen"] == 0
+    assert ps["held_over_ratio"]["fen"] == 0 and ps["returned_to_merchant"]["fen"] == 0
     assert ps["in_flight"] == {"fen": 0, "yuan": "0.00", "payout_ids": [], "share_ids": []}
     frozen = ps["frozen_sales"]
     assert (frozen["opening_fen"], frozen["closing_fen"]) == (0, 0)
@@ -362,17 +362,20 @@ def test_the_statement_shows_a_closed_receiver_and_what_did_not_fit_the_ratio(
     db.session.execute(update(ProfitShare).where(ProfitShare.order_id == ids["order"]).values(next_attempt_at=later))
     db.session.commit()
     assert query_profit_shares() == {"finished": 1}
-    # then: bob's 9 yuan came back to his balance, alice's 4.50 waits for an operator; nothing reached a person
+    # then: bob's 9 yuan came back to the merchant, alice's 4.50 waits for an operator; nothing reached a person
     payouts = payouts_of(ids["order"])
     assert (payouts[ids["bob"]].status, payouts[ids["alice"]].status) == ("failed", "needs_operator")
     s = client.get(url(ids["shop"], month_of(utcnow())), headers=admin).json
     ps = s["profit_shares"]
     assert ps["shared_to_persons"]["fen"] == 0
-    assert ps["closed_returned_to_balance"] == {
+    # bob's share never reached him: the 9 yuan stayed the merchant's (booked back to its own sales, unfrozen)
+    assert ps["returned_to_merchant"] == {
         "fen": 9_00,
         "yuan": "9.00",
         "entries": [f"payout:{payouts[ids['bob']].id}:failed"],
     }
+    assert figures(s)["own_shares_returned"] == 9_00
+    assert ps["owed_by_persons"] == {"fen": 0, "yuan": "0.00", "receivable_ids": []}
     share = share_of(ids["order"])
     assert ps["held_over_ratio"] == {"fen": 4_50, "yuan": "4.50", "share_ids": [share.id]}
     assert ps["unfrozen_to_merchant"]["fen"] == 90_00 - 9_00  # the held 4.50 included: it was not shared

@@ -134,6 +134,8 @@ def test_the_worked_example_statement_sums_to_its_ledger(client, story):
         "own_refunds": 0,
         "own_released": 0,
         "own_rebates_clawed_back": 0,
+        "own_shares_returned": 0,
+        "own_share_debts_settled": 0,
         "own_rebates_funded": 0,
     }
     assert s["summary"]["net_sales"]["fen"] == 260_00 and s["summary"]["net_sales"]["yuan"] == "260.00"
