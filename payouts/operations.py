@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import or_, select
 
 from ledger import account, balance
-from models import AccountKind, Payout, PayoutStatus, Rail, User, db
+from models import AccountKind, Order, Payout, PayoutStatus, Rail, User, db
 from payouts.outbox import enqueue_payout
 from payouts.settings import MoneySettings
 from payouts.transitions import PayoutStateError, mark_returned, mark_succeeded, move
@@ -62,6 +62,18 @@ def lock_payout(payout_id: int | None = None, *, external_no: str | None = None)
     if payout is None:
         raise PayoutError(f"no payout {payout_id or external_no}", code="not_found", kind="not_found")
     return payout
+
+
+def lock_for_operator(payout_id: int) -> Payout:
+    """``lock_payout`` for an operator's action: a profit-sharing payout's order row is locked first, as a
+    refund and a share's answer lock it before its payouts (what the operator decides moves its frozen money)."""
+    db.session.execute(
+        select(Order.id)
+        .join(Payout, Payout.order_id == Order.id)
+        .where(Payout.id == payout_id, Payout.rail == Rail.PROFIT_SHARING)
+        .with_for_update(of=Order)
+    )
+    return lock_payout(payout_id)
 
 
 def resend(payout: Payout, now: datetime) -> None:

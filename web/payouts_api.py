@@ -20,7 +20,7 @@ from payouts.operations import (
     approve,
     cancel,
     check_card_payout,
-    lock_payout,
+    lock_for_operator,
     manual_payout,
     record_card_code,
     resend,
@@ -190,7 +190,7 @@ class Resolution(Model):
 )
 def act_on_payout(payout_id: int, action: str, body: Action):
     """Resend (same number; queried first if it may have reached WeChat), cancel an unsent one, or approve."""
-    payout, now = lock_payout(payout_id), utcnow()
+    payout, now = lock_for_operator(payout_id), utcnow()
     if action == "resend":
         resend(payout, now)
     elif action == "cancel":
@@ -212,7 +212,7 @@ def act_on_payout(payout_id: int, action: str, body: Action):
 )
 def resolve_payout(payout_id: int, body: Resolution):
     """Settle a needs_operator payout from evidence, with the reason."""
-    payout = lock_payout(payout_id)
+    payout = lock_for_operator(payout_id)
     resolve(payout, body.outcome == "succeeded", utcnow(), body.reason)
     audit(actor(), "payout.resolve", "payout", payout.id, body.reason, outcome=body.outcome)
     return payout_json(payout)
