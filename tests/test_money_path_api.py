@@ -154,6 +154,7 @@ def test_wallet_and_rebates_explain_paid_and_skipped_rules(client, world, pay):
         "held_for_orders_fen": 0,
         "points_held_for_orders": 0,
         "receivables": [],
+        "owed_to_merchants_fen": 0,
         "payouts_in_progress_fen": 0,
     }
     items = client.get("/api/v1/me/rebates", headers=world["headers"]).json["items"]

@@ -244,7 +244,7 @@ def test_paid_out_rebate_becomes_a_receivable_netted_from_the_next_cash_rebate(
     assert budget(campaign) == (0, 5_00)  # the packet's 10 came back; the 5 paid out did not
     wallet = client.get("/api/v1/me/wallet", headers=user_headers(user)).json
     assert wallet["cash_fen"] == -5_00
-    assert wallet["receivables"] == [{"kind": "cash", "outstanding_fen": 5_00}]
+    assert wallet["receivables"] == [{"kind": "cash", "outstanding_fen": 5_00, "campaign_id": campaign.id}]
 
     # when: the user earns 10 yuan of change on a 210-yuan order (200 paid)
     second = spend(campaign, user, make_product(price_fen=210_00), pay)

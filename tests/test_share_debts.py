@@ -149,7 +149,9 @@ def give_platform_cash(user_id: int, amount_fen: int) -> None:
 # -- a clawback after sharing is owed to the merchant ---------------------------------------------------------
 
 
-def test_a_refund_after_sharing_is_owed_to_the_merchant_and_never_taken_from_platform_cash(shop):
+def test_a_refund_after_sharing_is_owed_to_the_merchant_and_never_taken_from_platform_cash(
+    shop, client, user_headers
+):
     # given: the buyer holds 10 yuan of the platform's money in their balance; the order was shared in full
     give_platform_cash(shop.buyer, 10_00)
     order_id = shop.sell()
@@ -169,7 +171,12 @@ def test_a_refund_after_sharing_is_owed_to_the_merchant_and_never_taken_from_pla
     adjustment = db.session.query(RebateAdjustment).filter_by(rebate_id=rebate_of(order_id, shop.buyer).id).one()
     assert (adjustment.recovered_fen, adjustment.receivable_fen) == (0, 2_00)
     assert "owed to the merchant" in adjustment.reason
-    # the buyer can still withdraw the platform's money: a debt to a merchant never blocks it
+    # the person's wallet says what they owe merchants, apart from their cash
+    from models import User
+
+    wallet = client.get("/api/v1/me/wallet", headers=user_headers(db.session.get(User, shop.buyer))).json
+    assert (wallet["cash_fen"], wallet["owed_to_merchants_fen"]) == (10_00, 2_00)
+    assert wallet["receivables"] == [{"kind": "share", "outstanding_fen": 2_00, "campaign_id": shop.campaign}]
     ledger_holds()
 
 

@@ -176,7 +176,12 @@ def wallet():
         # reserved by the caller's unpaid orders (``use_balance_fen`` / ``use_points``): back if they close unpaid
         "held_for_orders_fen": balance(account(AccountKind.USER_CASH_HELD, "user", user.id)),
         "points_held_for_orders": balance(account(AccountKind.USER_POINTS_HELD, "user", user.id)),
-        "receivables": [{"kind": r.kind, "outstanding_fen": r.outstanding_fen} for r in owed],
+        # what refunds took back after it had left: ``cash``/``points`` from the next rebate of that kind;
+        # ``share`` is owed to the merchant whose share it was, settled only by that merchant's next share
+        "receivables": [
+            {"kind": r.kind, "outstanding_fen": r.outstanding_fen, "campaign_id": r.campaign_id} for r in owed
+        ],
+        "owed_to_merchants_fen": -balance(account(AccountKind.USER_OWES_MERCHANTS, "user", user.id)),
         "payouts_in_progress_fen": sum(p.amount_fen for p in in_transit),
     }
 
