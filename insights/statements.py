@@ -49,7 +49,7 @@ from models import (
 )
 from models.rebates import SHARE_DEBT
 from money import format_yuan
-from rebate.fees import carried_forward, credit_given_back, month_bounds
+from rebate.fees import billed_unpaid, carried_forward, credit_given_back, month_bounds
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("fees_accrued", FEES, "Platform service fees on orders paid (owed: negative)", r"^fee:order:"),
     Figure("fees_reduced_by_refunds", FEES, "Service fees given back for refunds", r"^fee:refund:"),
     Figure("fees_paid_by_credit", FEES, "Service fees paid by marketing credit, less credit given back", r"^invoice:"),
+    Figure("fees_paid", FEES, "Service fees it paid against its invoices (four eyes)", r"^feepay:"),
     Figure("fees_other", FEES, "Other movements of fees due", None),
     Figure(
         "frozen_sales",
@@ -460,4 +461,5 @@ def _in_flight(merchant_id: int, accounts: dict[str, LedgerAccount]) -> dict:
             "proposal_ids": [i for i, _ in proposals],
         },
         "fees_owed": {**money(-fees_due), "account": accounts[FEES.value].code},
+        "fees_billed_unpaid": money(billed_unpaid(merchant_id)),  # its invoices' due, less its fee payments
     }

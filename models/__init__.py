@@ -18,7 +18,7 @@ from models.base import (
     unit_of_work,
     utcnow,
 )
-from models.billing import DepositProposal, FeeInvoice, MerchantFeeRate, OrderFee, ProposalStatus
+from models.billing import DepositProposal, FeeInvoice, MerchantFeeRate, OrderFee, ProposalPurpose, ProposalStatus
 from models.bindings import BotCallback, ChatBinding, ChatBindingCode, ChatBindingFailure, ChatReply, Transport
 from models.campaigns import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType
 from models.challenge_posts import ChallengePost, ChatToolCard, GroupWebhook, PostKind
@@ -84,6 +84,7 @@ __all__ = [
     "FeeInvoice",
     "MerchantFeeRate",
     "OrderFee",
+    "ProposalPurpose",
     "ProposalStatus",
     "ProfitShare",
     "ProfitShareConfig",

@@ -73,14 +73,21 @@ class ProposalStatus(StrEnum):
     REJECTED = "rejected"
 
 
+class ProposalPurpose(StrEnum):
+    DEPOSIT = "deposit"  # money the merchant paid in for its marketing deposit (direct mode only)
+    FEES = "fees"  # money the merchant paid against its billed service fees (the platform's own income)
+
+
 class DepositProposal(Base):
-    """A deposit top-up one operator proposed; another approves (posted then, once) or rejects it."""
+    """Money a merchant paid in, as one operator recorded it (a deposit top-up, or a payment of its billed
+    fees); another approves (posted then, once) or rejects it."""
 
     __tablename__ = "deposit_proposals"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     merchant_id: Mapped[int] = mapped_column(ForeignKey("merchants.id"))
     amount_fen: Mapped[int] = mapped_column(BigInteger)
+    purpose: Mapped[str] = mapped_column(String(16), default=ProposalPurpose.DEPOSIT, server_default="deposit")
     reason: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default=ProposalStatus.PENDING)
     proposed_by: Mapped[int] = mapped_column(ForeignKey("operators.id"))
@@ -92,6 +99,7 @@ class DepositProposal(Base):
     __table_args__ = (
         CheckConstraint("amount_fen > 0", name="amount_positive"),
         CheckConstraint("status in ('pending', 'approved', 'rejected')", name="status"),
+        CheckConstraint("purpose in ('deposit', 'fees')", name="purpose"),
         CheckConstraint("decided_by is null or decided_by <> proposed_by", name="four_eyes"),
         Index("ix_deposit_proposals_merchant_status", "merchant_id", "status"),
     )

@@ -1,5 +1,10 @@
-"""A merchant's marketing deposit as operators drive it: a top-up is proposed by one operator and approved by
-another (four eyes), scoped and audited.
+"""Money a merchant pays in, as operators record it: a deposit top-up, or a payment of its billed service fees,
+is proposed by one operator and approved by another (four eyes), scoped and audited.
+
+A fee payment (``purpose="fees"``) is the platform's own income, not a merchant's money held for it: it is
+taken in both fund flows, never above what its invoices billed and it has not paid (409
+``fee_payment_exceeds_billed``, checked when proposed and again, under a lock, when approved); approving
+posts ``feepay:<merchant>:proposal:<id>`` (``rebate.fees.record_fee_payment``).
 
 Proposing records a ``DepositProposal`` and moves no money. Approving locks the proposal's row, refuses the
 operator who proposed it, and posts the top-up once (ledger key ``deposit:<merchant>:proposal:<id>``); a
@@ -13,10 +18,11 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from models import DepositProposal, ProposalStatus, db, utcnow
+from models import DepositProposal, ProposalPurpose, ProposalStatus, db, utcnow
 from models.operators import Actor, audit, merchant_scope
 from rebate.deposits import top_up
 from rebate.errors import Invalid, NotFound, StateConflict
+from rebate.fees import record_fee_payment, refuse_overpayment
 from rebate.scope import visible_merchant
 
 SERVICE_PROVIDER = "service_provider"  # FUND_FLOW's value for the partner (sub-merchant) mode
@@ -32,15 +38,29 @@ def refuse_in_service_provider_mode(fund_flow: str) -> None:
         )
 
 
-def propose_top_up(actor: Actor, merchant_id: int, amount_fen: int, reason: str, fund_flow: str) -> DepositProposal:
-    """Money the merchant paid in for its marketing deposit, as one operator records it: pending approval."""
+def propose_top_up(
+    actor: Actor,
+    merchant_id: int,
+    amount_fen: int,
+    reason: str,
+    fund_flow: str,
+    purpose: str = ProposalPurpose.DEPOSIT,
+) -> DepositProposal:
+    """Money the merchant paid in for its marketing deposit (or against its billed fees: ``purpose="fees"``), as
+    one operator records it: pending approval."""
     visible_merchant(actor.operator, merchant_id)
-    refuse_in_service_provider_mode(fund_flow)
+    if purpose not in (ProposalPurpose.DEPOSIT, ProposalPurpose.FEES):
+        raise Invalid(f"unknown purpose {purpose!r}", code="invalid_purpose")
     if isinstance(amount_fen, bool) or not isinstance(amount_fen, int) or amount_fen <= 0:
-        raise Invalid("a top-up must be a positive amount of fen", code="invalid_amount")
+        raise Invalid("a payment must be a positive amount of fen", code="invalid_amount")
+    if purpose == ProposalPurpose.DEPOSIT:
+        refuse_in_service_provider_mode(fund_flow)
+    else:
+        refuse_overpayment(merchant_id, amount_fen)
     proposal = DepositProposal(
         merchant_id=merchant_id,
         amount_fen=amount_fen,
+        purpose=purpose,
         reason=reason,
         status=ProposalStatus.PENDING,
         proposed_by=actor.operator.id,
@@ -50,7 +70,7 @@ def propose_top_up(actor: Actor, merchant_id: int, amount_fen: int, reason: str,
     db.session.flush()
     audit(
         actor,
-        "merchant.deposit_propose",
+        "merchant.deposit_propose" if purpose == ProposalPurpose.DEPOSIT else "merchant.fee_payment_propose",
         "deposit_proposal",
         proposal.id,
         reason,
@@ -61,21 +81,29 @@ def propose_top_up(actor: Actor, merchant_id: int, amount_fen: int, reason: str,
 
 
 def approve_top_up(actor: Actor, proposal_id: int, reason: str, fund_flow: str) -> tuple[DepositProposal, int]:
-    """A second operator approves: the top-up posts now, once. Returns the proposal and the deposit's balance."""
+    """A second operator approves: the top-up (or fee payment) posts now, once. Returns the proposal and the
+    deposit's balance (a fee payment: what is still billed and unpaid)."""
     proposal = _pending(actor, proposal_id)
-    refuse_in_service_provider_mode(fund_flow)
+    fees = proposal.purpose == ProposalPurpose.FEES
+    if not fees:
+        refuse_in_service_provider_mode(fund_flow)
     if proposal.proposed_by == actor.operator.id:
         raise StateConflict(
             f"deposit proposal {proposal.id} was proposed by you: another operator must approve it",
             code="second_operator_required",
         )
-    held = top_up(
-        proposal.merchant_id, proposal.amount_fen, f"proposal:{proposal.id}", f"deposit top-up: {proposal.reason}"
-    )
+    if fees:  # what is still billed and unpaid after it
+        held = record_fee_payment(
+            proposal.merchant_id, proposal.amount_fen, proposal.id, f"service fees paid: {proposal.reason}"
+        )
+    else:
+        held = top_up(
+            proposal.merchant_id, proposal.amount_fen, f"proposal:{proposal.id}", f"deposit top-up: {proposal.reason}"
+        )
     _decide(actor, proposal, ProposalStatus.APPROVED, reason)
     audit(
         actor,
-        "merchant.deposit_top_up",
+        "merchant.fee_payment" if fees else "merchant.deposit_top_up",
         "merchant",
         proposal.merchant_id,
         reason,
@@ -94,9 +122,19 @@ def reject_top_up(actor: Actor, proposal_id: int, reason: str) -> DepositProposa
     return proposal
 
 
-def list_proposals(actor: Actor, status: str | None, merchant_id: int | None, limit: int, offset: int):
+def list_proposals(
+    actor: Actor,
+    status: str | None,
+    merchant_id: int | None,
+    limit: int,
+    offset: int,
+    *,
+    purpose: str | None = None,
+):
     """Proposals the operator may see, newest first (merchant staff: their own merchant's)."""
     stmt = select(DepositProposal).order_by(DepositProposal.id.desc()).limit(limit).offset(offset)
+    if purpose is not None:
+        stmt = stmt.where(DepositProposal.purpose == purpose)
     scope = merchant_scope(actor.operator)
     if scope is not None:
         stmt = stmt.where(DepositProposal.merchant_id == scope)

@@ -269,6 +269,51 @@ def invoice_month(merchant_id: int, month: str, now: datetime) -> FeeInvoice | N
     return db.session.get(FeeInvoice, written[0][0])
 
 
+def fee_payment_key(merchant_id: int, proposal_id: int) -> str:
+    return f"feepay:{merchant_id}:proposal:{proposal_id}"
+
+
+def fees_paid(merchant_id: int) -> int:
+    """What the merchant paid against its invoices (approved fee payments)."""
+    return _fees_due_moved(merchant_id, LedgerEntry.idempotency_key.like(f"feepay:{merchant_id}:%"))
+
+
+def billed_unpaid(merchant_id: int) -> int:
+    """What its invoices billed as due (after the credit) and it has not paid yet."""
+    billed = db.session.execute(
+        select(func.coalesce(func.sum(FeeInvoice.due_fen), 0)).where(FeeInvoice.merchant_id == merchant_id)
+    ).scalar_one()
+    return int(billed) - fees_paid(merchant_id)
+
+
+def refuse_overpayment(merchant_id: int, amount_fen: int) -> int:
+    """A fee payment is never more than what is billed and unpaid (409 ``fee_payment_exceeds_billed``); returns
+    what is billed and unpaid."""
+    unpaid = billed_unpaid(merchant_id)
+    if amount_fen > unpaid:
+        raise StateConflict(
+            f"merchant {merchant_id}'s invoices leave {max(0, unpaid)} fen unpaid: a payment of {amount_fen} fen "
+            "would pay more than was billed",
+            code="fee_payment_exceeds_billed",
+        )
+    return unpaid
+
+
+def record_fee_payment(merchant_id: int, amount_fen: int, proposal_id: int, memo: str) -> int:
+    """Money the merchant paid into the platform's account against its billed fees (the platform's own income,
+    not a merchant's money held for it): ``feepay:<merchant>:proposal:<id>``, once. The fees-due account is
+    locked first, so two approvals never pay one invoice twice. Returns what is still billed and unpaid."""
+    due = fees_due_account(merchant_id)
+    db.session.execute(select(LedgerAccount.id).where(LedgerAccount.id == due.id).with_for_update())
+    unpaid = refuse_overpayment(merchant_id, amount_fen)
+    post_entry(
+        fee_payment_key(merchant_id, proposal_id),
+        memo[:200],
+        [Leg(account(AccountKind.WECHAT_SETTLEMENT), -amount_fen), Leg(due, amount_fen)],
+    )
+    return unpaid - amount_fen
+
+
 def _credit_applied_net(merchant_id: int) -> int:
     """The marketing credit the merchant's invoices applied to fees, less what they gave back."""
     return _fees_due_moved(merchant_id, LedgerEntry.idempotency_key.like(f"invoice:{merchant_id}:%"))

@@ -149,9 +149,7 @@ def give_platform_cash(user_id: int, amount_fen: int) -> None:
 # -- a clawback after sharing is owed to the merchant ---------------------------------------------------------
 
 
-def test_a_refund_after_sharing_is_owed_to_the_merchant_and_never_taken_from_platform_cash(
-    shop, client, user_headers
-):
+def test_a_refund_after_sharing_is_owed_to_the_merchant_and_never_taken_from_platform_cash(shop, client, user_headers):
     # given: the buyer holds 10 yuan of the platform's money in their balance; the order was shared in full
     give_platform_cash(shop.buyer, 10_00)
     order_id = shop.sell()

@@ -124,6 +124,7 @@ def test_the_worked_example_statement_sums_to_its_ledger(client, story):
         "fees_accrued": -9_00,  # 3 % of 200 and of 100
         "fees_reduced_by_refunds": 1_50,  # the second order's fee falls to 3 % of 50 (half refunded)
         "fees_paid_by_credit": 3_00,
+        "fees_paid": 0,
         "fees_other": 0,
         "frozen_sales": 0,  # direct mode: nothing is paid to a sub-merchant, frozen or profit-shared
         "frozen_refunds": 0,

@@ -15,11 +15,11 @@ from pydantic import Field
 from sqlalchemy import select
 
 from ledger import balance
-from models import DepositProposal, FeeInvoice, OperatorRole, db
+from models import DepositProposal, FeeInvoice, OperatorRole, ProposalPurpose, db
 from payouts import MoneySettings
 from rebate import deposit_ops
 from rebate.deposits import deposit_account
-from rebate.fees import credit_account, fee_rate, set_fee_rate, spend_credit
+from rebate.fees import billed_unpaid, credit_account, fee_rate, fees_paid, set_fee_rate, spend_credit
 from rebate.scope import visible_merchant
 from web.admin import ANY_OPERATOR, actor
 from web.api import endpoint
@@ -35,6 +35,7 @@ def proposal_json(p: DepositProposal) -> dict:
         "id": p.id,
         "merchant_id": p.merchant_id,
         "amount_fen": p.amount_fen,
+        "purpose": p.purpose,
         "reason": p.reason,
         "status": p.status,
         "proposed_by": p.proposed_by,
@@ -68,6 +69,7 @@ class Decision(Model):
 
 class ProposalQuery(Page):
     status: Literal["pending", "approved", "rejected"] | None = None
+    purpose: Literal["deposit", "fees"] | None = None
     merchant_id: int | None = Field(None, gt=0, le=MAX_ID)
 
 
@@ -101,10 +103,38 @@ def propose_top_up(merchant_id: int, body: DepositTopUp):
     return proposal_json(proposal), 201
 
 
+@endpoint(
+    bp,
+    "/merchants/<int:merchant_id>/fee-payments",
+    methods=["POST"],
+    auth="operator",
+    roles=MONEY_ROLES,
+    body=DepositTopUp,
+    idempotent=True,
+    require_key=True,
+    status=201,
+)
+def propose_fee_payment(merchant_id: int, body: DepositTopUp):
+    """Record money the merchant paid against its billed service fees (never more than billed and unpaid); it
+    moves nothing until another operator approves it (``/deposit-proposals/<id>/approve``)."""
+    proposal = deposit_ops.propose_top_up(
+        actor(),
+        merchant_id,
+        body.amount_fen,
+        body.reason[:200],
+        current_app.config["FUND_FLOW"],
+        purpose=ProposalPurpose.FEES,
+    )
+    return proposal_json(proposal), 201
+
+
 @endpoint(bp, "/deposit-proposals", auth="operator", roles=ANY_OPERATOR, query=ProposalQuery)
 def list_proposals(query: ProposalQuery):
-    """Deposit top-up proposals, newest first (``status=pending``: those awaiting a second operator)."""
-    rows = deposit_ops.list_proposals(actor(), query.status, query.merchant_id, query.limit, query.offset)
+    """Deposit top-up and fee payment proposals, newest first (``status=pending``: those awaiting a second
+    operator; ``purpose=deposit|fees``)."""
+    rows = deposit_ops.list_proposals(
+        actor(), query.status, query.merchant_id, query.limit, query.offset, purpose=query.purpose
+    )
     return {"items": [proposal_json(p) for p in rows]}
 
 
@@ -118,8 +148,10 @@ def list_proposals(query: ProposalQuery):
     idempotent=True,
 )
 def approve_top_up(proposal_id: int, body: Decision):
-    """Approve another operator's proposal: the top-up posts now, once."""
+    """Approve another operator's proposal: the top-up (or fee payment) posts now, once."""
     proposal, held = deposit_ops.approve_top_up(actor(), proposal_id, body.reason, current_app.config["FUND_FLOW"])
+    if proposal.purpose == ProposalPurpose.FEES:
+        return {**proposal_json(proposal), "billed_unpaid_fen": held}
     return {**proposal_json(proposal), "deposit_fen": held}
 
 
@@ -171,7 +203,12 @@ def list_invoices(merchant_id: int, query: Page):
         .limit(query.limit)
         .offset(query.offset)
     ).scalars()
-    return {"items": [invoice_json(i) for i in rows], "credit_fen": balance(credit_account(merchant_id))}
+    return {
+        "items": [invoice_json(i) for i in rows],
+        "credit_fen": balance(credit_account(merchant_id)),
+        "fees_paid_fen": fees_paid(merchant_id),  # approved fee payments, all months
+        "billed_unpaid_fen": billed_unpaid(merchant_id),  # the invoices' due less what was paid
+    }
 
 
 @endpoint(
