@@ -125,5 +125,8 @@ class Receivable(Base):
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
     outstanding_fen: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # A ``share`` debt made while its share was still at WeChat: nothing settles it until that payout arrives;
+    # if it comes back instead, its money settles this debt first (``rebate.share_debts``).
+    payout_id: Mapped[int | None] = mapped_column(ForeignKey("payouts.id"), index=True)
 
     __table_args__ = (CheckConstraint("outstanding_fen >= 0", name="nonnegative"),)

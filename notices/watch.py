@@ -209,6 +209,8 @@ def _returned(payouts: list[Payout]) -> list[Draft]:
         fell_back.add(payout.id)
         drafts.append(_landed(payout, f"{key}:landed", payout.amount_fen, form, amount if form == InApp.POINTS else 0))
     for payout in payouts:
+        if payout.rail == Rail.PROFIT_SHARING:  # back to the merchant, not the balance: told as its rebate's
+            continue
         source = sources.get(payout.source_account_id)
         own_cash = (
             source is not None

@@ -18,7 +18,19 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import make_transient_to_detached
 
 from ledger import Batch, Leg, account, account_ids, balance, ref
-from models import AccountKind, Campaign, Order, Rebate, RebateStatus, Receivable, User, db, utcnow
+from models import (
+    AccountKind,
+    Campaign,
+    Order,
+    Payout,
+    PayoutStatus,
+    Rebate,
+    RebateStatus,
+    Receivable,
+    User,
+    db,
+    utcnow,
+)
 from models.payouts import Rail
 from models.rebates import SHARE_DEBT
 from money import format_yuan
@@ -408,10 +420,18 @@ def _fallback(rebate: Rebate, campaign: Campaign) -> str | None:
 
 
 def recover_receivables(
-    beneficiary_type: str, beneficiary_id: int, kind: str, amount_fen: int, *, merchant_id: int | None = None
+    beneficiary_type: str,
+    beneficiary_id: int,
+    kind: str,
+    amount_fen: int,
+    *,
+    merchant_id: int | None = None,
+    payout_id: int | None = None,
 ) -> int:
     """Net a new rebate against what the beneficiary owes, oldest first; budgets get it back. ``merchant_id``:
-    only what is owed on campaigns that merchant funds (a share debt is owed to one merchant)."""
+    only what is owed on campaigns that merchant funds (a share debt is owed to one merchant) and has reached
+    the person (a debt waiting on a share still at WeChat is not settled by another); ``payout_id``: only
+    the debts waiting on that share."""
     left = amount_fen
     stmt = select(Receivable).where(
         Receivable.beneficiary_type == beneficiary_type,
@@ -419,9 +439,16 @@ def recover_receivables(
         Receivable.kind == kind,
         Receivable.outstanding_fen > 0,
     )
-    if merchant_id is not None:
-        stmt = stmt.join(Campaign, Campaign.id == Receivable.campaign_id).where(
-            Campaign.funder_merchant_id == merchant_id
+    if payout_id is not None:
+        stmt = stmt.where(Receivable.payout_id == payout_id)
+    elif merchant_id is not None:
+        stmt = (
+            stmt.join(Campaign, Campaign.id == Receivable.campaign_id)
+            .outerjoin(Payout, Payout.id == Receivable.payout_id)
+            .where(
+                Campaign.funder_merchant_id == merchant_id,
+                Receivable.payout_id.is_(None) | (Payout.status == PayoutStatus.SUCCEEDED),
+            )
         )
     owed = db.session.execute(stmt.order_by(Receivable.id).with_for_update(of=Receivable)).scalars().all()
     for receivable in owed:

@@ -8,8 +8,11 @@ rebate of the same kind. The budget gets back only what was recovered. Each step
 
 from __future__ import annotations
 
+from sqlalchemy import func, select
+
 from ledger import Leg, account, balance, post_entry
-from models import AccountKind, Campaign, Rebate, RebateAdjustment, RebateStatus, Receivable, db
+from models import AccountKind, Campaign, Payout, PayoutStatus, Rebate, RebateAdjustment, RebateStatus, Receivable, db
+from models.payouts import Rail
 from money import format_yuan
 from payouts import MoneySettings, cancel_or_reduce, pending_payouts_for_rebate
 from payouts.operations import lock_user
@@ -31,6 +34,7 @@ def take_back(
     "review case 7", said in the memo and the adjustment); flushes. Returns what was recovered now."""
     kind = KIND_OF_FORM[rebate.form]
     from_payout = from_balance = points = 0
+    debts: list[tuple[int | None, int]] = []  # a share debt's parts: (the in-flight payout it waits on, fen)
     if rebate.beneficiary_type == "user" and kind != "coupon":
         # What the balance covers is read under the person's row lock, as a withdrawal's and a challenge
         # stake's are: a stake reserved meanwhile would otherwise spend what this counts as recovered.
@@ -51,7 +55,7 @@ def take_back(
         legs += [Leg(target, -from_payout)] if from_payout else []
         legs += [Leg(owes_ref(rebate.beneficiary_id), -owed)] if owed else []
         post_entry(key, f"{what} claws back {rebate.role} rebate shared by its merchant", legs)
-        kind = SHARE_DEBT
+        kind, debts = SHARE_DEBT, _share_debt_parts(rebate, owed)
     else:
         target = beneficiary_account(rebate)
         from_payout = _from_pending_payout(rebate, delta, key, target)
@@ -65,15 +69,17 @@ def take_back(
     receivable = delta - recovered
     budgets.release_committed(campaign.id, recovered)
     if receivable and kind != "coupon":
-        db.session.add(
-            Receivable(
-                beneficiary_type=rebate.beneficiary_type,
-                beneficiary_id=rebate.beneficiary_id,
-                kind=kind,
-                campaign_id=campaign.id,
-                outstanding_fen=receivable,
+        for payout_id, fen in debts or [(None, receivable)]:
+            db.session.add(
+                Receivable(
+                    beneficiary_type=rebate.beneficiary_type,
+                    beneficiary_id=rebate.beneficiary_id,
+                    kind=kind,
+                    campaign_id=campaign.id,
+                    outstanding_fen=fen,
+                    payout_id=payout_id,
+                )
             )
-        )
     rebate.amount_fen -= delta
     if rebate.amount_fen == 0 and rebate.held_fen == 0:
         rebate.status = RebateStatus.CLAWED_BACK
@@ -113,6 +119,35 @@ def clawback_words(kind: str, from_payout: int, from_balance: int, not_recovered
     if len(parts) == 1:
         return parts[0][1]
     return "; ".join(f"{amount} {words}" for amount, words in parts)
+
+
+def _share_debt_parts(rebate: Rebate, owed: int) -> list[tuple[int | None, int]]:
+    """Split what a clawback of a shared rebate leaves owed: the part its shares still at WeChat carry waits on
+    each such payout (if it comes back, its money settles that part first; until it arrives nothing else
+    settles it); the rest has reached the person already."""
+    parts: list[tuple[int | None, int]] = []
+    left = owed
+    in_flight = db.session.execute(
+        select(Payout.id, Payout.amount_fen)
+        .where(
+            Payout.rebate_id == rebate.id,
+            Payout.rail == Rail.PROFIT_SHARING,
+            Payout.status.in_([PayoutStatus.SENDING, PayoutStatus.UNKNOWN, PayoutStatus.NEEDS_OPERATOR]),
+            Payout.request.is_not(None),
+        )
+        .order_by(Payout.id.desc())
+    ).all()
+    for payout_id, amount in in_flight:
+        tied = db.session.execute(
+            select(func.coalesce(func.sum(Receivable.outstanding_fen), 0)).where(Receivable.payout_id == payout_id)
+        ).scalar_one()
+        take = min(left, amount - int(tied))
+        if take > 0:
+            parts.append((payout_id, take))
+            left -= take
+    if left > 0:
+        parts.append((None, left))
+    return parts
 
 
 def _from_pending_payout(rebate: Rebate, delta: int, key: str, back_to) -> int:

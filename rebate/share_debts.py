@@ -38,7 +38,10 @@ def settle_share_debts(user_id: int, merchant_id: int, amount_fen: int) -> int:
 def share_came_back(payout: Payout, amount_fen: int, merchant_id: int) -> None:
     """``amount_fen`` of ``payout``'s share came back to ``merchant_id`` (already booked to its own sales)."""
     key = f"payout:{payout.id}:came-back"
-    settled = settle_share_debts(payout.user_id, merchant_id, amount_fen)
+    # first what a clawback left owed while this share was at WeChat (it never arrived: nothing was owed),
+    # then what the person owes the merchant for shares that did arrive
+    settled = recover_receivables("user", payout.user_id, SHARE_DEBT, amount_fen, payout_id=payout.id)
+    settled += settle_share_debts(payout.user_id, merchant_id, amount_fen - settled)
     if settled:
         post_entry(
             f"{key}:settles",

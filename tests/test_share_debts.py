@@ -366,3 +366,121 @@ def test_the_ledger_check_finds_a_share_debt_no_receivable_explains(shop):
     )
     db.session.commit()
     ledger_holds()
+
+
+# -- a debt made while its share is at WeChat waits on that share ----------------------------------------------
+
+
+def _in_flight_with_buyer_closed(shop, sim, app):  # noqa: F811
+    order_id = shop.sell()
+    sim.close_share_to(openid_of(shop.buyer, app.config["WECHAT_APPID"]))
+    share_due_orders()
+    hold_passes(order_id)
+    share_due_orders()
+    assert {p.status for p in payouts_of(order_id).values()} == {"unknown"}
+    return order_id
+
+
+def test_a_debt_made_while_its_share_is_at_wechat_is_not_settled_by_the_next_share(shop, sim, app):  # noqa: F811
+    # given: the buyer's 4.50 share is at WeChat (it will be CLOSED); 40 of 90 are refunded meanwhile: the rebate
+    # is 2.50 and 2.00 is owed only if that share arrives
+    first = _in_flight_with_buyer_closed(shop, sim, app)
+    shop.refund(first, "R-in-flight", 40_00)
+    first_payout = payouts_of(first)[shop.buyer].id
+    waiting = db.session.query(Receivable).filter_by(beneficiary_id=shop.buyer).one()
+    assert (waiting.outstanding_fen, waiting.payout_id) == (2_00, first_payout)
+    # when: the buyer buys again (rebate 4.50): the new share carries all of it, the waiting debt is not settled
+    second = shop.sell()
+    assert payouts_of(second)[shop.buyer].amount_fen == 4_50
+    assert owed()[shop.buyer] == ("share", 2_00)
+    # when: WeChat says the first share never reached the buyer; then the second share goes out
+    results_are_due(first)
+    query_profit_shares()
+    assert payouts_of(first)[shop.buyer].status == "failed"
+    with sim.lock:  # the buyer can receive again
+        sim.ps_settings.pop(f"close:{openid_of(shop.buyer, app.config['WECHAT_APPID'])}")
+    shop.share(second)
+    # then: the debt it made is gone with it; the buyer got the second rebate whole and owes nothing
+    assert owed()[shop.buyer] == ("share", 0)
+    rebates = sum(r.amount_fen for r in db.session.query(Rebate).filter_by(beneficiary_id=shop.buyer))
+    delivered = sum(
+        p.amount_fen
+        for p in db.session.execute(
+            select(Payout).where(Payout.user_id == shop.buyer, Payout.status == "succeeded")
+        ).scalars()
+    )
+    assert (rebates, delivered, bal(AccountKind.USER_OWES_MERCHANTS, "user", shop.buyer)) == (4_50, 4_50, 0)
+    ledger_holds()
+
+
+def test_a_debt_made_while_its_share_is_at_wechat_is_owed_once_the_share_arrives(shop):
+    order_id = shop.sell()
+    share_due_orders()
+    hold_passes(order_id)
+    share_due_orders()
+    shop.refund(order_id, "R-in-flight", 40_00)
+    assert owed() == {shop.issuer: ("share", 4_00), shop.buyer: ("share", 2_00)}
+    results_are_due(order_id)
+    query_profit_shares()
+    assert {p.status for p in payouts_of(order_id).values()} == {"succeeded"}
+    # the shares arrived: the debts are real, and the next shares settle them
+    second = shop.sell()
+    assert {u: p.amount_fen for u, p in payouts_of(second).items()} == {shop.issuer: 5_00, shop.buyer: 2_50}
+    assert owed() == {shop.issuer: ("share", 0), shop.buyer: ("share", 0)}
+    ledger_holds()
+
+
+def test_a_closed_share_settles_the_debt_it_made_before_an_older_campaigns(shop, sim, app, make_campaign):  # noqa: F811
+    # given: the buyer's 4.50 share is at WeChat (it will be CLOSED) ...
+    first = _in_flight_with_buyer_closed(shop, sim, app)
+    # ... and the buyer genuinely owes the merchant 2.00 on an older campaign of the same merchant
+    older = make_campaign(
+        TWO_WAY,
+        funder_type="merchant_deposit",
+        funder_merchant_id=shop.id,
+        funded_from_sales=True,
+        fund_deposit_fen=0,
+        budget_limit_fen=1_000_00,
+    )
+    older.budget_committed_fen = 2_00
+    older_id = older.id
+    db.session.add(
+        Receivable(
+            beneficiary_type="user", beneficiary_id=shop.buyer, kind="share", campaign_id=older_id, outstanding_fen=2_00
+        )
+    )
+    post_entry(
+        "test:old-debt",
+        "old debt",
+        [
+            Leg(ref(AccountKind.USER_OWES_MERCHANTS, "user", shop.buyer), -2_00),
+            Leg(ref(AccountKind.MERCHANT_OWN_SALES, "merchant", shop.id), 2_00),
+        ],
+    )
+    db.session.commit()
+    # when: the whole order is refunded
+    shop.refund(first, "R-all", 90_00)
+    results_are_due(first)
+    query_profit_shares()
+    assert payouts_of(first)[shop.buyer].status == "failed"
+    db.session.expire_all()
+    by_campaign = {
+        r.campaign_id: r.outstanding_fen for r in db.session.query(Receivable).filter_by(beneficiary_id=shop.buyer)
+    }
+    # then: the 4.50 that never left cancels what the refund made owed on its own campaign; the older debt stays
+    assert by_campaign == {older_id: 2_00, shop.campaign: 0}
+    assert db.session.get(Campaign, older_id).budget_committed_fen == 2_00
+    ledger_holds()
+
+
+def test_a_returned_share_does_not_tell_the_person_its_money_is_back_in_their_balance(shop, client, admin):  # noqa: F811
+    order_id = shop.sell(profit_sharing=False)
+    share_due_orders()
+    buyer_payout = payouts_of(order_id)[shop.buyer].id
+    resp = client.post(
+        f"/admin/api/payouts/{buyer_payout}/cancel", json={"reason": "no share can carry it"}, headers=keyed(admin)
+    )
+    assert resp.status_code == 200, resp.json
+    events = [n.event for n in db.session.query(Notice).filter_by(user_id=shop.buyer)]
+    # "payout_failed" says 已退回余额 (back in your balance): untrue of a share; its rebate's notice says why
+    assert events == ["rebate_clawed_back"]
