@@ -74,7 +74,9 @@ def _fen(row: dict[str, str], n: int, *columns: str) -> int:
 
 
 def trade_line(row: dict[str, str], n: int) -> TradeLine:
-    return TradeLine(
+    """A payment (交易状态 SUCCESS) or refund (REFUND) row; a refund row is matched on its 商户退款单号, so one
+    without it cannot be judged and fails the bill."""
+    line = TradeLine(
         line_no=n,
         out_trade_no=_cell(row, n, "商户订单号")[1],
         state=_cell(row, n, "交易状态")[1],
@@ -84,6 +86,9 @@ def trade_line(row: dict[str, str], n: int) -> TradeLine:
         refund_fen=_fen(row, n, "申请退款金额", "退款金额"),
         refund_state=_cell(row, n, "退款状态")[1],
     )
+    if line.state == "REFUND" and not line.out_refund_no:
+        raise BillFormatError(f"line {n}: a REFUND row without 商户退款单号")
+    return line
 
 
 def _no_zero(value: str) -> str:

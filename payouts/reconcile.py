@@ -108,15 +108,15 @@ def sub_merchants_to_reconcile(day: date) -> list[str]:
     Every merchant's sub-merchant number, not only those with orders paid here that day: a payment we never
     saw (a lost notification) or an order we lack shows only in its sub-merchant's bill, and a quiet
     sub-merchant costs one request answered NO_STATEMENT_EXIST. Plus the numbers on the day's paid orders
-    and refunds (an order keeps the sub-merchant it was paid to when its merchant's number changes), and
-    those the day's runs already read (a rerun covers at least the same bills).
+    and refunds (``_refunds_made_in``; an order keeps the sub-merchant it was paid to when its merchant's number
+    changes), and those the day's runs already read (a rerun covers at least the same bills).
     """
     start, end = _day_window(day)
     refunded = select(Order.sub_mchid).join(Refund, Refund.order_id == Order.id)
     queries = (
         select(Merchant.sub_mchid),
         select(Order.sub_mchid).where(Order.paid_at >= start, Order.paid_at < end),
-        refunded.where(Refund.status == RefundStatus.SUCCEEDED, Refund.finished_at >= start, Refund.finished_at < end),
+        refunded.where(*_refunds_made_in(start, end)),
         select(ReconciliationRun.sub_mchid).where(ReconciliationRun.bill_date == day.isoformat()),
     )
     found = set().union(*(db.session.execute(q.distinct()).scalars() for q in queries))
@@ -193,8 +193,10 @@ def _fetch(kind: BillKind, apply: Callable[[], Any], pay_client: PayClient, sub_
 def match_trade(
     lines: list[TradeLine], orders: dict[str, Order], refunds: dict[str, Refund], window, payee: str = OURS
 ) -> Matching:
-    """``window``: (out_trade_nos paid that day, out_refund_nos that succeeded that day); ``payee``: the
-    sub-merchant whose bill it is (service-provider mode), which each paid order must name."""
+    """Payment rows match our orders by 商户订单号, REFUND rows our refunds by 商户退款单号 (amounts in fen:
+    申请退款金额 against the refund's, its 退款状态 against ours); a row we lack, or a row of ``window`` the bill
+    lacks, is a finding. ``window``: (out_trade_nos paid that day, out_refund_nos begun that day and succeeded);
+    ``payee``: the sub-merchant whose bill it is (service-provider mode), which each paid order must name."""
     m, paid, refunded = Matching(), defaultdict(list), defaultdict(list)
     for line in lines:
         if line.state == "REFUND":
@@ -349,8 +351,7 @@ def _match(day: date, outcome: BillOutcome) -> Matching:
     start, end = _day_window(day)
     if outcome.kind == BillKind.TRADE:
         paid_q = select(Order).where(Order.paid_at >= start, Order.paid_at < end)
-        succeeded = (Refund.status == RefundStatus.SUCCEEDED, Refund.finished_at >= start, Refund.finished_at < end)
-        done_q = select(Refund).where(*succeeded)
+        done_q = select(Refund).where(*_refunds_made_in(start, end))
         if outcome.sub_mchid != OURS:  # one sub-merchant's bill: the orders paid to it, and their refunds
             paid_q = paid_q.where(Order.sub_mchid == outcome.sub_mchid)
             done_q = done_q.join(Order, Order.id == Refund.order_id).where(Order.sub_mchid == outcome.sub_mchid)
@@ -364,6 +365,19 @@ def _match(day: date, outcome: BillOutcome) -> Matching:
     sent = _rows(select(Payout).where(*left, Payout.finished_at < end))
     payouts = _by_ref(Payout.external_no, {x.our_no for x in outcome.lines if x.our_no}, sent)
     return match_fundflow(outcome.lines, payouts, {p.external_no for p in sent})
+
+
+def _refunds_made_in(start: datetime, end: datetime) -> tuple:
+    """The refunds a day's trade bill must list: those that succeeded, begun that day. WeChat lists a refund on
+    the day it was applied for, in the state it had then (PROCESSING counts as done), so a refund begun before
+    midnight and finished after it (or days later, to a bank card) is on the first day's bill, not the second's.
+    ``finished_at >= start`` adds nothing (it finished after it began) but lets its index narrow the scan."""
+    return (
+        Refund.status == RefundStatus.SUCCEEDED,
+        Refund.finished_at >= start,
+        Refund.created_at >= start,
+        Refund.created_at < end,
+    )
 
 
 def _rows(query) -> list:

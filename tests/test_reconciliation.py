@@ -195,9 +195,13 @@ def ours(app, make_user, make_merchant):
             db.session.commit()
             return order
 
-        def refund(self, order: Order, out_refund_no: str, fen: int, at: datetime, status="succeeded") -> Refund:
+        def refund(
+            self, order: Order, out_refund_no: str, fen: int, at: datetime, status="succeeded", finished=None
+        ) -> Refund:
+            """Begun ``at`` (the day WeChat's bill lists it), finished then too unless ``finished`` says when."""
             refund = Refund(order_id=order.id, out_refund_no=out_refund_no, amount_fen=fen, status=status)
-            refund.finished_at = at if status == "succeeded" else None
+            refund.created_at = at
+            refund.finished_at = (finished or at) if status == "succeeded" else None
             order.refunded_fen += fen if status == "succeeded" else 0
             db.session.add(refund)
             db.session.commit()

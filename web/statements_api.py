@@ -26,6 +26,73 @@ bp = Blueprint("statements", __name__, url_prefix="/admin/api")
 READERS = (OperatorRole.ADMIN, OperatorRole.FINANCE, OperatorRole.SUPPORT, OperatorRole.MERCHANT_STAFF)
 Month = Annotated[str, Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", description="A Beijing month, YYYY-MM.")]
 
+# What each line of the statement's parts means, for people (the console page and the CSV): name → (中文, English,
+# what it is). A line the statement carries and these do not name is still shown, under its own name.
+SUMMARY_LINES = {
+    "net_sales": ("净销售额", "Net sales", "sales less refunds"),
+    "discounts_funded": ("承担的红包抵扣", "Discounts funded", "packet discounts it funded"),
+    "rebates_paid": ("支付的返利", "Rebates paid", "rebates it funded, paid"),
+    "rebates_clawed_back": ("追回的返利", "Rebates clawed back", "after refunds or reviews"),
+    "credit_earned": ("获得的营销金", "Credit earned", "less credit clawed back"),
+    "credit_used": ("使用的营销金", "Credit used", "applied to fees and spent on promotions"),
+    "platform_fees": ("平台服务费", "Platform fees", "accrued less given back for refunds (owed: negative)"),
+    "shared_to_persons": ("分账给个人", "Shared to persons", "profit sharing from its frozen order money"),
+}
+INVOICE_LINES = {
+    "fee": ("开票费用", "Fees billed", "the month's fees, never below 0 nor more than is owed and not yet billed"),
+    "credit_applied": ("营销金抵扣", "Credit applied", "the marketing credit pays first"),
+    "due": ("应付", "Due", "fees billed less the credit applied"),
+    "credit_given_back": (
+        "营销金退回",
+        "Credit given back",
+        "refunds took the month's fees below zero: credit earlier invoices applied, returned to it",
+    ),
+    "carried_forward": (
+        "结转下期",
+        "Carried forward",
+        "fees the platform still owes it after this invoice, netted by the next invoices",
+    ),
+}
+PROFIT_SHARE_LINES = {
+    "shared_to_persons": ("分账给个人", "Shared to persons", "shares WeChat said SUCCESS, booked in the month"),
+    "returned_to_merchant": (
+        "退回商户",
+        "Returned to merchant",
+        "shares that never reached a person (receiver closed, cancelled, failed): the money stayed its own",
+    ),
+    "owed_by_persons": (
+        "个人欠商户",
+        "Owed by persons (now)",
+        "for shares clawed back after they were paid; settled only by its later shares to them",
+    ),
+    "unfrozen_to_merchant": (
+        "解冻给商户",
+        "Unfrozen to merchant",
+        "of the shares finished in the month: frozen when sent, less what was shared",
+    ),
+    "held_over_ratio": (
+        "超出分账比例",
+        "Held over the ratio",
+        "included in the unfrozen: payouts over its maximum ratio, waiting for an operator",
+    ),
+    "in_flight": ("分账在途", "Shares in flight (now)", "profit-sharing payouts pending, sending or awaiting WeChat"),
+    "frozen_sales_opening": ("冻结订单款期初", "Frozen order money, opening", "held at WeChat: negative"),
+    "frozen_sales_closing": ("冻结订单款期末", "Frozen order money, closing", "held at WeChat: negative"),
+}
+IN_FLIGHT_LINES = {
+    "rebates_held": ("待发返利", "Rebates held", "for a milestone or a review"),
+    "packets_reserved": ("红包预留", "Packets reserved", "live packets' reservations"),
+    "refunds_pending": ("退款处理中", "Refunds pending", "refunds not finished"),
+    "deposit_proposals_pending": ("待批准充值", "Deposit top-ups pending", "awaiting a second operator"),
+    "fees_owed": ("欠付服务费", "Fees owed", "booked, not yet paid"),
+}
+
+
+def line_label(lines: dict[str, tuple[str, str, str]], name: str) -> str:
+    """``中文 English: what`` for a line, or its own name when ``lines`` does not know it."""
+    zh, en, what = lines.get(name, ("", name, ""))
+    return f"{zh} {en}: {what}".strip() if what else f"{zh} {en}".strip()
+
 
 class StatementQuery(Model):
     month: Month
@@ -76,10 +143,14 @@ def _csv(rows: list[list], filename: str) -> Response:
 
 
 def statement_csv(s: dict) -> Response:
-    """Every figure, then the summary, the accounts' reconciliation and what is in flight; yuan and fen."""
+    """Every figure, then the summary, the accounts' reconciliation, what is in flight, the month's fee invoice
+    (or a row saying it is not invoiced yet) and the profit sharing; yuan and fen, each line with its label."""
     rows: list[list] = [["section", "name", "label", "account", "amount_yuan", "amount_fen", "postings"]]
     rows += [["figure", f["name"], f["label"], f["account"], f["yuan"], f["fen"], f["postings"]] for f in s["figures"]]
-    rows += [["summary", n, " + ".join(v["of"]), "", v["yuan"], v["fen"], ""] for n, v in s["summary"].items()]
+    rows += [
+        ["summary", n, f"{line_label(SUMMARY_LINES, n)} ({' + '.join(v['of'])})", "", v["yuan"], v["fen"], ""]
+        for n, v in s["summary"].items()
+    ]
     for a in s["accounts"]:
         for what in ("opening", "movement", "closing"):
             fen = a[f"{what}_fen"]
@@ -94,15 +165,30 @@ def statement_csv(s: dict) -> Response:
                     "",
                 ]
             )
-    rows += [["in_flight", n, "", v.get("account", ""), v["yuan"], v["fen"], ""] for n, v in s["in_flight"].items()]
+    rows += [
+        ["in_flight", n, line_label(IN_FLIGHT_LINES, n), v.get("account", ""), v["yuan"], v["fen"], ""]
+        for n, v in s["in_flight"].items()
+    ]
+    invoice = s["invoice"]
+    if invoice is None:
+        label = "本月尚未开票 Not invoiced (a month is invoiced after it ends)"
+        rows.append(["invoice", "not_invoiced", label, "", "", "", ""])
+    else:
+        rows += [
+            ["invoice", n, line_label(INVOICE_LINES, n), f"invoice #{invoice['id']}", v["yuan"], v["fen"], ""]
+            for n, v in invoice.items()
+            if isinstance(v, dict) and "fen" in v
+        ]
     shares = s["profit_shares"]
+    rows.append(["profit_shares", "mode", f"{shares['mode']}: {shares['note']}"] + [""] * 4)
     for name, v in shares.items():
         if isinstance(v, dict) and "fen" in v:
-            rows.append(["profit_shares", name, f"{shares['mode']}: {shares['note']}", "", v["yuan"], v["fen"], ""])
+            rows.append(["profit_shares", name, line_label(PROFIT_SHARE_LINES, name), "", v["yuan"], v["fen"], ""])
     frozen = shares["frozen_sales"]
     for what in ("opening", "closing"):
-        fen = frozen[f"{what}_fen"]
-        rows.append(["profit_shares", f"frozen_sales_{what}", "", frozen["account"], format_yuan(fen), fen, ""])
+        fen, name = frozen[f"{what}_fen"], f"frozen_sales_{what}"
+        label = line_label(PROFIT_SHARE_LINES, name)
+        rows.append(["profit_shares", name, label, frozen["account"], format_yuan(fen), fen, ""])
     return _csv(rows, f"statement-{s['merchant']['id']}-{s['month']}.csv")
 
 

@@ -13,9 +13,9 @@ notifications work the same; what differs is checked and shown here:
   ``sp_mchid`` and ``sub_mchid`` (query string / body), which must be the order's;
 - transactions and ``TRANSACTION.SUCCESS`` show ``sp_appid, sp_mchid, sub_mchid,
   sub_appid?`` and the payer as sent; ``REFUND.*`` shows ``sp_mchid, sub_mchid``;
-- ``GET /v3/bill/tradebill?sub_mchid=`` is that sub-merchant's bill (its lines only); a day
-  without any is ``400 NO_STATEMENT_EXIST``, as WeChat answers. Without ``sub_mchid`` the bill
-  lists every sub-merchant's orders (the full bill of a service provider).
+- ``GET /v3/bill/tradebill?sub_mchid=`` is that sub-merchant's bill (its orders paid and refunds made
+  that day only); a day without any is ``400 NO_STATEMENT_EXIST``, as WeChat answers. Without
+  ``sub_mchid`` the bill lists every sub-merchant's (the full bill of a service provider).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class PartnerMixin:
     ) -> dict[str, Any]:
         if not SUB_MCHID.fullmatch(sub_mchid):
             raise SimError(400, "PARAM_ERROR", "sub_mchid 格式不正确")
-        if not self.paid_on(bill_date, sub_mchid):
+        if not self.paid_on(bill_date, sub_mchid) and not self.refunds_on(bill_date, sub_mchid):
             raise SimError(400, "NO_STATEMENT_EXIST", "请求的账单文件不存在")
         return self.apply_bill("trade", bill_date, tar_type, download_base, sub_mchid)
 

@@ -288,13 +288,16 @@ class PayMixin:
         }
 
     def trade_bill_csv(self, bill_date: str, sub_mchid: str | None = None) -> bytes:
-        """The day's paid orders: all of them (ours and every sub-merchant's), or one sub-merchant's."""
-        paid = self.paid_on(bill_date, sub_mchid)
-        lines = [TRADE_BILL_HEADER] + [self._trade_line(o) for o in paid]
+        """The day's ``ALL`` trade bill: a SUCCESS row per order paid that day, then a REFUND row per refund
+        applied for that day (its state as it is now: the bill freezes it); all of them (ours and every
+        sub-merchant's), or one sub-merchant's. The summary counts both kinds of rows."""
+        paid, refunds = self.paid_on(bill_date, sub_mchid), self.refunds_on(bill_date, sub_mchid)
+        lines = [TRADE_BILL_HEADER] + [self._trade_line(o) for o in paid] + [self._refund_line(r) for r in refunds]
         total = sum(o["request"]["amount"]["total"] for o in paid)
-        refunded = sum(o["refunded_fen"] for o in paid)
-        fee = sum(self._fee_fen(o) for o in paid)
-        summary = [str(len(paid)), yuan(total), yuan(refunded), "0.00", yuan(fee), yuan(total), yuan(refunded)]
+        refunded = sum(r["refund_fen"] for r in refunds)
+        fee = sum(self._fee_fen(o) for o in paid) - sum(self._refund_fee_fen(r) for r in refunds)
+        count = str(len(paid) + len(refunds))
+        summary = [count, yuan(total), yuan(refunded), "0.00", yuan(fee), yuan(total), yuan(refunded)]
         lines += [TRADE_SUMMARY_HEADER, _bt(summary)]
         return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
@@ -307,40 +310,53 @@ class PayMixin:
                 and (sub_mchid is None or o["request"].get("sub_mchid") == sub_mchid)
             ]
 
-    def _trade_line(self, order: dict[str, Any]) -> str:
-        req, total = order["request"], order["request"]["amount"]["total"]
-        when = datetime.fromisoformat(order["success_time"]).strftime("%Y-%m-%d %H:%M:%S")
-        return _bt(
-            [
-                when,
-                req.get("appid") or req["sp_appid"],
-                self.mchid,
-                req.get("sub_mchid", "0"),
-                "",
-                order["transaction_id"],
-                req["out_trade_no"],
-                next(iter(req["payer"].values())),
-                "JSAPI",
-                "SUCCESS",
-                "OTHERS",
-                "CNY",
-                yuan(total),
-                "0.00",
-                "0",
-                "0",
-                "0.00",
-                "0.00",
-                "",
-                "",
-                req["description"],
-                req.get("attach", ""),
-                yuan(self._fee_fen(order)),
-                "0.60%",
-                yuan(total),
-                "0.00",
-                "",
+    def refunds_on(self, bill_date: str, sub_mchid: str | None = None) -> list[dict[str, Any]]:
+        """The refunds applied for on ``bill_date`` (Beijing): a bill lists a refund on the day it was made."""
+        with self.lock:
+            return [
+                r
+                for r in self.refunds.values()
+                if r["create_time"].startswith(bill_date) and (sub_mchid is None or r.get("sub_mchid") == sub_mchid)
             ]
-        )
+
+    def _trade_line(self, order: dict[str, Any]) -> str:
+        req = order["request"]
+        total = req["amount"]["total"]
+        no_refund = ["0", "0", "0.00", "0.00", "", ""]
+        fee = self._fee_fen(order)
+        return self._bill_row(req, order["success_time"], order["transaction_id"], "SUCCESS", total, no_refund, fee)
+
+    def _refund_line(self, refund: dict[str, Any]) -> str:
+        """A REFUND row: the order's numbers, the refund's (微信退款单号, 商户退款单号), 退款金额 and 申请退款金额,
+        退款状态 as it is now, the fee given back negative; the order amounts are 0 (paid on its own row)."""
+        req = self.orders[refund["out_trade_no"]]["request"]
+        amount = yuan(refund["refund_fen"])
+        cells = [refund["refund_id"], refund["out_refund_no"], amount, "0.00", "ORIGINAL", refund["status"]]
+        fee = -self._refund_fee_fen(refund)
+        return self._bill_row(req, refund["create_time"], refund["transaction_id"], "REFUND", 0, cells, fee, amount)
+
+    def _bill_row(
+        self,
+        req: dict[str, Any],
+        at: str,
+        transaction_id: str,
+        state: str,
+        order_fen: int,
+        refund_cells: list[str],
+        fee_fen: int,
+        applied: str = "0.00",
+    ) -> str:
+        """One detail row of the ALL trade bill (``TRADE_BILL_HEADER``'s 27 columns, in yuan)."""
+        when = datetime.fromisoformat(at).strftime("%Y-%m-%d %H:%M:%S")
+        payer = next(iter(req["payer"].values()))
+        head = [when, req.get("appid") or req["sp_appid"], self.mchid, req.get("sub_mchid", "0"), ""]
+        head += [transaction_id, req["out_trade_no"], payer, "JSAPI", state, "OTHERS", "CNY", yuan(order_fen), "0.00"]
+        tail = [req["description"], req.get("attach", ""), yuan(fee_fen), "0.60%", yuan(order_fen), applied, ""]
+        return _bt(head + refund_cells + tail)
+
+    @staticmethod
+    def _refund_fee_fen(refund: dict[str, Any]) -> int:
+        return refund["refund_fen"] * 60 // 10_000
 
     @staticmethod
     def _fee_fen(order: dict[str, Any]) -> int:
