@@ -37,6 +37,7 @@ from models import (
     Payout,
     PayoutStatus,
     ProfitShare,
+    ProposalPurpose,
     ProposalStatus,
     Rail,
     Rebate,
@@ -447,19 +448,22 @@ def _in_flight(merchant_id: int, accounts: dict[str, LedgerAccount]) -> dict:
         .order_by(Refund.id)
     ).all()
     proposals = db.session.execute(
-        select(DepositProposal.id, DepositProposal.amount_fen).where(
-            DepositProposal.merchant_id == merchant_id, DepositProposal.status == ProposalStatus.PENDING
-        )
+        select(DepositProposal.id, DepositProposal.amount_fen, DepositProposal.purpose)
+        .where(DepositProposal.merchant_id == merchant_id, DepositProposal.status == ProposalStatus.PENDING)
+        .order_by(DepositProposal.id)
     ).all()
+    top_ups = [(i, a) for i, a, purpose in proposals if purpose == ProposalPurpose.DEPOSIT]
+    payments = [(i, a) for i, a, purpose in proposals if purpose == ProposalPurpose.FEES]
     fees_due = balance(accounts[FEES.value])
     return {
         "rebates_held": {**money(sum(a for _, a in held)), "rebate_ids": [i for i, _ in held]},
         "packets_reserved": {**money(sum(a for _, a in reserved)), "campaign_ids": [i for i, _ in reserved]},
         "refunds_pending": {**money(sum(a for _, a in refunds)), "refund_ids": [i for i, _ in refunds]},
         "deposit_proposals_pending": {
-            **money(sum(a for _, a in proposals)),
-            "proposal_ids": [i for i, _ in proposals],
+            **money(sum(a for _, a in top_ups)),
+            "proposal_ids": [i for i, _ in top_ups],
         },
+        "fee_payments_pending": {**money(sum(a for _, a in payments)), "proposal_ids": [i for i, _ in payments]},
         "fees_owed": {**money(-fees_due), "account": accounts[FEES.value].code},
         "fees_billed_unpaid": money(billed_unpaid(merchant_id)),  # its invoices' due, less its fee payments
     }

@@ -251,3 +251,41 @@ def _row(html: str, attribute: str, name: str) -> str:
     found = re.search(rf'<tr {attribute}="{name}">(.*?)</tr>', html, re.S)
     assert found, f"no row {attribute}={name} on the page"
     return found.group(1)
+
+
+def test_a_pending_fee_payment_shows_its_purpose_and_is_approved_on_the_page(
+    client, make_operator, make_user, make_merchant, make_product, pay, app
+):
+    from jobs.invoices import invoice_fees
+    from tests.test_fees import after_month
+    from tests.test_worked_examples import buy
+
+    # given: a merchant invoiced 2 yuan of fees, and finance records 1.50 it paid
+    app.config["PLATFORM_FEE_BPS"] = 200
+    shop = make_merchant()
+    pay(buy(make_user(), make_product(shop, price_fen=100_00)))
+    month, later = after_month()
+    invoice_fees(later, month)
+    _, finance = make_operator("finance")
+    _, admin = make_operator("admin")
+    proposed = client.post(
+        f"/admin/api/merchants/{shop.id}/fee-payments",
+        json={"amount_fen": 1_50, "reason": "bank transfer"},
+        headers={**finance, "Idempotency-Key": "fee-k"},
+    ).json
+    page_url = f"/console/statements?merchant_id={shop.id}&month={month}"
+    # then: the page lists it as a fee payment, and the statement's in-flight lines say so
+    client_sign_in(client, admin)
+    html = client.get(page_url).get_data(as_text=True)
+    assert f'data-proposal="{proposed["id"]}" data-purpose="fees"' in html
+    assert "服务费付款 Fee payment" in html and "待批准服务费付款" in html
+    # when: the admin approves it on the page
+    csrf = csrf_of(html)
+    approve = f"/console/deposit-proposals/{proposed['id']}/approve"
+    done = post(client, approve, {"reason": "slip seen", "merchant_id": shop.id, "month": month}, csrf)
+    # then: the fees are paid down, nothing went into a deposit
+    assert done.status_code == 302
+    db.session.rollback()
+    assert balance(account(AccountKind.MERCHANT_FEES_DUE, "merchant", shop.id)) == -50
+    assert balance(account(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", shop.id)) == 0
+    assert "None pending" in client.get(page_url).get_data(as_text=True)

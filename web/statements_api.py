@@ -84,7 +84,9 @@ IN_FLIGHT_LINES = {
     "packets_reserved": ("红包预留", "Packets reserved", "live packets' reservations"),
     "refunds_pending": ("退款处理中", "Refunds pending", "refunds not finished"),
     "deposit_proposals_pending": ("待批准充值", "Deposit top-ups pending", "awaiting a second operator"),
+    "fee_payments_pending": ("待批准服务费付款", "Fee payments pending", "recorded, awaiting a second operator"),
     "fees_owed": ("欠付服务费", "Fees owed", "booked, not yet paid"),
+    "fees_billed_unpaid": ("已开票未付服务费", "Fees billed, unpaid", "the invoices' due less the fee payments"),
 }
 
 
