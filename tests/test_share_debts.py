@@ -280,12 +280,7 @@ def test_an_operator_cancelling_a_share_no_order_can_carry_leaves_the_money_with
 
 def test_a_share_clawed_back_in_flight_then_closed_settles_the_debt_it_made(shop, sim, app):  # noqa: F811
     # given: the share is handed to WeChat; the buyer's receiver will be closed
-    order_id = shop.sell()
-    sim.close_share_to(openid_of(shop.buyer, app.config["WECHAT_APPID"]))
-    share_due_orders()
-    hold_passes(order_id)
-    share_due_orders()
-    assert {p.status for p in payouts_of(order_id).values()} == {"unknown"}
+    order_id = _in_flight_with_buyer_closed(shop, sim, app)
     # when: 40 yuan are refunded while the share is in flight
     shop.refund(order_id, "R-in-flight", 40_00)
     # then: what left cannot be taken from a payout: the buyer owes the merchant 2 yuan for now
