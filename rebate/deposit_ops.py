@@ -118,7 +118,8 @@ def reject_top_up(actor: Actor, proposal_id: int, reason: str) -> DepositProposa
     """Close a proposal with no money moved (the proposer may withdraw their own)."""
     proposal = _pending(actor, proposal_id)
     _decide(actor, proposal, ProposalStatus.REJECTED, reason)
-    audit(actor, "merchant.deposit_reject", "deposit_proposal", proposal.id, reason, merchant_id=proposal.merchant_id)
+    action = "merchant.deposit_reject" if proposal.purpose == ProposalPurpose.DEPOSIT else "merchant.fee_payment_reject"
+    audit(actor, action, "deposit_proposal", proposal.id, reason, merchant_id=proposal.merchant_id)
     return proposal
 
 

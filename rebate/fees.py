@@ -279,11 +279,13 @@ def fees_paid(merchant_id: int) -> int:
 
 
 def billed_unpaid(merchant_id: int) -> int:
-    """What its invoices billed as due (after the credit) and it has not paid yet."""
+    """What its invoices billed as due (after the credit) and it has not paid yet, never more than it owes now:
+    fees that refunds gave back after they were billed (carried into the next invoices) are not owed."""
     billed = db.session.execute(
         select(func.coalesce(func.sum(FeeInvoice.due_fen), 0)).where(FeeInvoice.merchant_id == merchant_id)
     ).scalar_one()
-    return int(billed) - fees_paid(merchant_id)
+    owed_now = max(0, -balance(fees_due_account(merchant_id)))
+    return max(0, min(int(billed) - fees_paid(merchant_id), owed_now))
 
 
 def refuse_overpayment(merchant_id: int, amount_fen: int) -> int:

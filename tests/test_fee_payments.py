@@ -127,6 +127,62 @@ def test_a_payment_above_what_is_billed_and_unpaid_is_refused_and_moves_nothing(
     assert db.session.get(DepositProposal, second).status == "pending"  # it can still be rejected
     assert payments_posted() == 1 and fees_due(shop_id) == -50
     assert decide(client, admin_h, second, "reject").status_code == 200
+    last = db.session.execute(select(AuditLog.action).order_by(AuditLog.id.desc()).limit(1)).scalar_one()
+    assert last == "merchant.fee_payment_reject"
+
+
+def test_fees_refunds_gave_back_after_billing_are_not_owed_and_cannot_be_paid(
+    app, client, monkeypatch, make_operator, make_user, make_merchant, make_product, pay
+):
+    from rebate.fees import billed_unpaid, carried_forward
+    from tests.test_fees import book_in, invoice_at, refund
+
+    # given: January's 2 yuan of fees invoiced (all due), then the order refunded in full in February: February
+    # is invoiced at 0 and the 2 yuan are carried: the merchant owes nothing
+    app.config["PLATFORM_FEE_BPS"] = 200
+    _, finance_h = make_operator("finance")
+    _, admin_h = make_operator("admin")
+    shop = make_merchant()
+    book_in(monkeypatch, "2025-01")
+    order = buy(make_user(), make_product(shop, price_fen=100_00))
+    pay(order)
+    invoice_at(monkeypatch, "2025-01")
+    book_in(monkeypatch, "2025-02")
+    refund(db.session.merge(order), "R-1", 100_00)
+    invoice_at(monkeypatch, "2025-02")
+    assert fees_due(shop.id) == 0 and carried_forward(shop.id, "2025-02") == 2_00
+    # then: nothing is billed and unpaid, and a payment is refused with nothing recorded
+    assert billed_unpaid(shop.id) == 0
+    refused = pay_fees(client, finance_h, shop.id, 2_00)
+    assert (refused.status_code, refused.json["error"]) == (409, "fee_payment_exceeds_billed")
+    listed = client.get(f"/admin/api/merchants/{shop.id}/fee-invoices", headers=admin_h).json
+    assert listed["billed_unpaid_fen"] == 0
+    assert fees_due(shop.id) == 0 and payments_posted() == 0
+    assert check_ledger().ok
+
+
+def test_a_payment_proposed_before_a_refund_cannot_be_approved_after_it_for_fees_no_longer_owed(
+    client, make_operator, invoiced
+):
+    shop_id, _ = invoiced
+    _, finance_h = make_operator("finance")
+    _, admin_h = make_operator("admin")
+    pid = pay_fees(client, finance_h, shop_id, 1_50).json["id"]
+    # when: refunds give 1 yuan of the billed fees back before the approval
+    from ledger import Leg, post_entry
+
+    post_entry(
+        "fee:refund:test",
+        "a refund lowers the fee",
+        [
+            Leg(account(AccountKind.MERCHANT_FEES_DUE, "merchant", shop_id), 1_00),
+            Leg(account(AccountKind.PLATFORM_FEE_INCOME), -1_00),
+        ],
+    )
+    db.session.commit()
+    refused = decide(client, admin_h, pid)
+    assert (refused.status_code, refused.json["error"]) == (409, "fee_payment_exceeds_billed")
+    assert payments_posted() == 0 and fees_due(shop_id) == -50
 
 
 def test_nothing_billed_nothing_to_pay(client, make_operator, make_merchant):
