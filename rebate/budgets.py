@@ -9,10 +9,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import cache
 
-from sqlalchemy import BigInteger, bindparam, case, insert, literal, select, update
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    String,
+    TextClause,
+    bindparam,
+    case,
+    column,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.orm.util import identity_key
 
 from models import Campaign, db
+from models.sql import WRITES
 
 C = Campaign.__table__.c
 
@@ -183,6 +197,45 @@ def take_packet_inserting(campaign_id: int, reserved_fen: int, packet: dict) -> 
     new_id = db.session.execute(_take_packet_inserting_statement(), params).scalar()
     _expire(campaign_id)
     return new_id
+
+
+def claim_packet_inserting(
+    campaign_id: int, reserved_fen: int, packet: dict, upsert: TextClause, slot_params: dict, slot_rows: int
+) -> tuple[int | None, list[str]]:
+    """A claim's limit slots, ``take_packet`` and the packet's INSERT in ONE statement on PostgreSQL:
+    ``WITH slots AS (<the limits' upsert> RETURNING key), budget AS (UPDATE … WHERE … AND every slot was taken
+    RETURNING id), ins AS (INSERT … SELECT … FROM budget RETURNING id) SELECT the new id, the slot keys taken``.
+
+    The slots are taken first (the budget's WHERE reads them before the campaign's row is locked), so the
+    locks come in the order of the two statements it replaces: counters, then the campaign row. Answers the
+    new packet's id (None: nothing was inserted and the budget not taken) and the keys of the slots taken
+    (fewer than ``slot_rows``: a limit refused; the caller rolls back, as for any refusal)."""
+    params = {
+        "campaign_id": campaign_id,
+        "reserved": reserved_fen,
+        "n_slots": slot_rows,
+        **slot_params,
+        **{f"p_{k}": v for k, v in packet.items()},
+    }
+    new_id, keys = db.session.execute(_claim_packet_inserting_statement(upsert), params).one()
+    _expire(campaign_id)
+    return new_id, list(keys or ())
+
+
+@cache
+def _claim_packet_inserting_statement(upsert: TextClause):
+    from models import RedPacket  # noqa: PLC0415 - only here: budgets are about campaigns otherwise
+
+    packets = RedPacket.__table__
+    columns = [c for c in packets.columns if c.name != "id"]
+    slots = upsert.columns(column("key", String)).cte("slots")
+    every_slot = select(func.count()).select_from(slots).scalar_subquery() == bindparam("n_slots", type_=Integer)
+    budget = _take_packet_statement().where(every_slot).returning(C.id).cte("budget")
+    values = select(*[bindparam(f"p_{c.name}", type_=c.type) for c in columns]).select_from(budget)
+    ins = insert(packets).from_select([c.name for c in columns], values).returning(packets.c.id).cte("ins")
+    return select(
+        select(ins.c.id).scalar_subquery(), select(func.array_agg(slots.c.key)).scalar_subquery()
+    ).execution_options(**WRITES)
 
 
 @cache

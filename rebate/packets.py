@@ -23,6 +23,7 @@ import functools
 import json
 import secrets
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from sqlalchemy import String, and_, bindparam, cast, exists, literal, select, tuple_, update
 from sqlalchemy.orm import make_transient_to_detached
@@ -38,6 +39,7 @@ from rebate.errors import BudgetExhausted, DepositExhausted, Invalid, NotFound, 
 from rebate.rules import parse_rules
 from risk import ClaimGate, take_or_refuse
 from risk.bans import banned_column
+from risk.limits import refused_of, slots_upsert
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 CODE_LENGTH = 16  # 32^16 = 2^80 codes: unguessable
@@ -184,19 +186,44 @@ def _budget_last(campaign: Campaign) -> bool:
 
 
 def _take_limits(campaign: Campaign, reserved: int, gate: ClaimGate | None, now: datetime) -> None:
-    """The claim limits of ``gate`` in one statement, before the budget (``_budget_last``); ``LimitHit``.
-
-    The refusals rank as in ``_take_budget``: the campaign's own limits, then the budget, then the
-    platform-wide limits. So when only a platform-wide slot refused, the budget is tried (the rare
-    path, rolled back with the claim) and its refusal wins."""
+    """The claim limits of ``gate`` in one statement, before the budget (``_budget_last``); ``LimitHit``."""
     if gate is None:
         return
     refused = gate.try_take(now)
     if refused:
-        first = refused[0]
-        if first not in gate.campaign and not budgets.take_packet(campaign.id, reserved):
-            raise _budget_refusal(campaign.id)
-        raise first.hit(now)
+        _refuse(campaign, reserved, gate, refused, now)
+
+
+def _refuse(campaign: Campaign, reserved: int, gate: ClaimGate, refused: list, now: datetime) -> NoReturn:
+    """Raise the refusal of a claim whose limit ``refused`` slots were not taken. The refusals rank as in
+    ``_take_budget``: the campaign's own limits, then the budget, then the platform-wide limits. So when only a
+    platform-wide slot refused, the budget is tried (the rare path, rolled back with the claim) and its
+    refusal wins."""
+    first = refused[0]
+    if first not in gate.campaign and not budgets.take_packet(campaign.id, reserved):
+        raise _budget_refusal(campaign.id)
+    raise first.hit(now)
+
+
+def _claim_in_one_statement(
+    packet: RedPacket, campaign: Campaign, reserved: int, gate: ClaimGate, now: datetime
+) -> RedPacket:
+    """PostgreSQL: the claim's limit slots, its budget and the packet's row in ONE statement
+    (``budgets.claim_packet_inserting``), the campaign's row locked by it until the commit. A refusal is told
+    apart after it: a slot not taken (``_refuse``), else the budget."""
+    slots = gate.to_take(now)
+    if not slots:
+        gate.taken_by_caller()
+        return _insert_taking_budget(packet, campaign, reserved)
+    upsert, params, rows = slots_upsert(slots, now)
+    packet_id, taken = budgets.claim_packet_inserting(campaign.id, reserved, _columns_of(packet), upsert, params, rows)
+    if packet_id is None:
+        refused = refused_of(slots, taken)
+        if refused:
+            _refuse(campaign, reserved, gate, refused, now)
+        raise _budget_refusal(campaign.id)
+    gate.taken_by_caller()
+    return _loaded(packet, packet_id)
 
 
 def _take_budget_last(campaign: Campaign, reserved: int) -> None:
@@ -213,13 +240,23 @@ def _insert_taking_budget(packet: RedPacket, campaign: Campaign, reserved: int) 
         db.session.flush()
         _take_budget_last(campaign, reserved)
         return packet
-    columns = [c.key for c in RedPacket.__table__.columns if c.key != "id"]
-    for name in columns:  # every column written as the INSERT writes it (unset ones NULL)
-        if name not in packet.__dict__:
-            setattr(packet, name, None)
-    packet_id = budgets.take_packet_inserting(campaign.id, reserved, {name: packet.__dict__[name] for name in columns})
+    packet_id = budgets.take_packet_inserting(campaign.id, reserved, _columns_of(packet))
     if packet_id is None:
         raise _budget_refusal(campaign.id)
+    return _loaded(packet, packet_id)
+
+
+def _columns_of(packet: RedPacket) -> dict:
+    """Every column but ``id``, as the INSERT writes it (unset ones NULL, set on the object too)."""
+    columns = [c.key for c in RedPacket.__table__.columns if c.key != "id"]
+    for name in columns:
+        if name not in packet.__dict__:
+            setattr(packet, name, None)
+    return {name: packet.__dict__[name] for name in columns}
+
+
+def _loaded(packet: RedPacket, packet_id: int) -> RedPacket:
+    """The packet a statement of ours inserted, added to the session as a loaded row."""
     packet.id = packet_id
     make_transient_to_detached(packet)
     db.session.add(packet)
@@ -289,6 +326,8 @@ def issue_packet(
         **extra,
     )
     if _budget_last(campaign):
+        if gate is not None and db.session.get_bind().dialect.name == "postgresql":
+            return _claim_in_one_statement(packet, campaign, reserved, gate, now)
         _take_limits(campaign, reserved, gate, now)
         return _insert_taking_budget(packet, campaign, reserved)
     _take_budget(campaign, reserved, gate, now)

@@ -232,6 +232,13 @@ def take_slots(slots: list[Slot], now: datetime) -> list[Slot]:
     (``inherit_cache = False``), and compiling it again on every claim cost more than running it."""
     if not slots:
         return []
+    statement, params, _ = slots_upsert(slots, now)
+    return refused_of(slots, db.session.execute(statement, params).scalars())
+
+
+def slots_upsert(slots: list[Slot], now: datetime) -> tuple[TextClause, dict[str, object], int]:
+    """``take_slots``' statement (``INSERT … RETURNING key``), its parameters and how many rows it takes: for a
+    caller that runs it inside a statement of its own (a data-modifying WITH). ``slots`` is not empty."""
     rows = sorted({s.key: s for s in slots}.values(), key=lambda s: s.key)
     params: dict[str, object] = {"now": now}
     for i, s in enumerate(rows):
@@ -240,8 +247,12 @@ def take_slots(slots: list[Slot], now: datetime) -> list[Slot]:
             params[f"t{i}"] = now - timedelta(seconds=s.seconds)
         else:
             params[f"n{i}"] = s.limit
-    statement = _upsert(tuple(s.seconds is not None for s in rows))
-    taken = set(db.session.execute(statement, params).scalars())
+    return _upsert(tuple(s.seconds is not None for s in rows)), params, len(rows)
+
+
+def refused_of(slots: list[Slot], taken_keys) -> list[Slot]:
+    """The slots whose keys the upsert did not return, in the order checked."""
+    taken = set(taken_keys or ())
     return [s for s in slots if s.key not in taken]
 
 
@@ -426,6 +437,15 @@ class ClaimGate:
     def take(self, now: datetime) -> None:
         self.check_bans(now)
         take_or_refuse(self.slots(now), now)
+        self.taken = True
+
+    def to_take(self, now: datetime) -> list[Slot]:
+        """The slots the next packet takes, for a caller that takes them in a statement of its own (then
+        ``taken_by_caller``); the bans are checked first, as ``take`` does."""
+        self.check_bans(now)
+        return self.slots(now)
+
+    def taken_by_caller(self) -> None:
         self.taken = True
 
     def try_take(self, now: datetime) -> list[Slot]:

@@ -89,8 +89,11 @@ def test_a_claim_from_a_campaign_is_at_most_four_statements(app, make_campaign, 
         packet = claim_from_campaign(campaign_id, amy, utcnow(), claimant=claimant, limits=limits)
     db.session.commit()
 
-    # then: one packet, its reservation, every limit slot taken, in at most four statements
+    # then: one packet, its reservation, every limit slot taken, in at most four statements; on PostgreSQL two:
+    # the campaign with its rules and bans, then the limit slots, the budget and the packet's row in one
     assert len(sent) <= CLAIM_STATEMENTS, sent
+    if db.engine.dialect.name == "postgresql":
+        assert len(sent) == 2, sent
     assert packet.owner_id == amy.id and packet.reserved_fen == RESERVATION
     assert db.session.get(Campaign, campaign_id).packets_issued == 1
     assert count(LimitCounter) == 4 + 6  # the campaign's own (person, IP a day, IP and device intervals) + 6
