@@ -98,6 +98,12 @@ def claim_card(challenge_id: int, now: datetime, mini_program_appid: str) -> Car
     card = db.session.get(ChatToolCard, challenge_id)
     db.session.refresh(card)
     challenge = db.session.get(Challenge, challenge_id)
+    db.session.refresh(challenge)
+    if (card.shown_participants, card.shown_state) == (challenge.participants, phase(challenge.status)):
+        # another node updated it between our list and our claim: nothing left to show; let it go
+        card.busy_since = None
+        db.session.flush()
+        return None
     members = db.session.execute(
         select(ChatBinding.external_id)
         .join(ChallengeParticipant, ChallengeParticipant.user_id == ChatBinding.user_id)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from jobs.challenge_posts import update_chat_tool_cards
 from jobs.challenges import settle_challenges
-from models import Challenge, ChatToolCard, UserIdentity, db
+from models import Challenge, ChatToolCard, UserIdentity, db, utcnow
 from tests.challenge_helpers import DAY1, NOW, at_beijing, cash, fund, staked
 from wechat.chattool import encrypt_open_data
 from wechat.errors import WeChatUnavailable
@@ -127,3 +127,21 @@ def test_two_nodes_update_a_card_once(app, client, friends):
     start(client, ah)
     results = together(2, lambda i: update_chat_tool_cards(), app=app)
     assert sum(r.get("updated", 0) for r in results) == 1 and len(sent(app)) == 1
+
+
+def test_a_node_that_listed_a_card_before_another_updated_it_does_not_update_it_again(app, client, friends):
+    from challenges import cards
+
+    # given: node B listed the card as behind; node A then updated it and let it go
+    (alice, ah) = friends["alice"]
+    start(client, ah)
+    listed = cards.due_cards()
+    assert len(listed) == 1
+    assert update_chat_tool_cards() == {"updated": 1}
+    # when: node B claims what it listed
+    work = cards.claim_card(listed[0], utcnow(), app.config["WECHAT_APPID"])
+    db.session.commit()
+    # then: nothing to do, the card is not left busy, nothing more was sent
+    assert work is None
+    assert db.session.execute(select(ChatToolCard)).scalar_one().busy_since is None
+    assert len(sent(app)) == 1
