@@ -586,7 +586,7 @@ def _apply_answer(row: ProfitShare, answer: dict, now: datetime, settings: Share
 
 def _shared(payout: Payout, row: ProfitShare, now: datetime, detail_id: str | None) -> None:
     memo = f"payout {payout.external_no} shared from the merchant's order money ({row.out_order_no})"
-    mark_shared(payout, now, detail_id or row.wechat_order_id, memo)
+    mark_shared(payout, now, detail_id or row.wechat_order_id, memo, row.merchant_id)
 
 
 def release_legs(merchant_id: int, amount_fen: int) -> list[Leg]:

@@ -126,8 +126,11 @@ def _share_merchant(payout: Payout) -> int:
     return db.session.execute(select(Order.merchant_id).where(Order.id == payout.order_id)).scalar_one()
 
 
-def mark_shared(payout: Payout, now: datetime, wechat_ref: str | None, memo: str) -> None:
-    """A share reached the person: the money left the merchant's frozen order money, not the platform's."""
+def mark_shared(
+    payout: Payout, now: datetime, wechat_ref: str | None, memo: str, merchant_id: int | None = None
+) -> None:
+    """A share reached the person: the money left the merchant's frozen order money, not the platform's.
+    ``merchant_id``: the order's merchant, when the caller has it (else read from the order)."""
     move(payout, S.SUCCEEDED)
     _sends_written()
     post(
@@ -135,7 +138,7 @@ def mark_shared(payout: Payout, now: datetime, wechat_ref: str | None, memo: str
         memo,
         [
             Leg(ref(AccountKind.PAYOUT_IN_TRANSIT), -payout.amount_fen, flow=payout.flow),
-            Leg(frozen_ref(_share_merchant(payout)), payout.amount_fen),
+            Leg(frozen_ref(merchant_id or _share_merchant(payout)), payout.amount_fen),
         ],
     )
     db.session.execute(

@@ -179,7 +179,7 @@ def record_decisions(
         if review:
             effects.reviewed.append(rebate)
         if awarded and not held:
-            if not _shared(rebate, order, campaign):  # a shared rebate is never kept: all of it leaves by the share
+            if not shared_by_merchant(rebate, campaign):  # a shared rebate is never kept: all of it leaves by the share
                 _note_kept_in_balance(rebate, effects)
             effects.to_pay.append((rebate, campaign, order))
         rebates.append(rebate)
@@ -309,7 +309,7 @@ def pay_rebate(
     if kind != "coupon":
         # shared from the merchant's order money (service-provider mode): all of it leaves by the share, however
         # small, and never nets what the person owes the platform (that would keep the merchant's money here)
-        shared = _shared(rebate, order, campaign)
+        shared = shared_by_merchant(rebate, campaign)
         clean = shared or _owes_nothing(rebate, effects)
         recovered = settled = 0
         if not clean:
@@ -387,13 +387,8 @@ def _queue_cash_payout(
         )
 
 
-def _shared(rebate: Rebate, order: Order, campaign: Campaign) -> bool:
-    """A cash rebate the merchant funds from its own order money: it leaves by profit sharing."""
-    return rebate.form in SHAREABLE_FORMS and cash_rail(rebate, order, campaign) == Rail.PROFIT_SHARING
-
-
 def shared_by_merchant(rebate: Rebate, campaign: Campaign) -> bool:
-    """The rebate left (or leaves) by a share of its merchant's order money: ``_shared`` without the order."""
+    """A cash rebate the merchant funds from its own order money: it leaves by profit sharing (``cash_rail``)."""
     return rebate.form in SHAREABLE_FORMS and campaign.funded_from_sales
 
 

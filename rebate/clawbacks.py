@@ -127,8 +127,13 @@ def _share_debt_parts(rebate: Rebate, owed: int) -> list[tuple[int | None, int]]
     settles it); the rest has reached the person already."""
     parts: list[tuple[int | None, int]] = []
     left = owed
+    tied = (
+        select(func.coalesce(func.sum(Receivable.outstanding_fen), 0))
+        .where(Receivable.payout_id == Payout.id)
+        .scalar_subquery()
+    )
     in_flight = db.session.execute(
-        select(Payout.id, Payout.amount_fen)
+        select(Payout.id, Payout.amount_fen - tied)
         .where(
             Payout.rebate_id == rebate.id,
             Payout.rail == Rail.PROFIT_SHARING,
@@ -137,11 +142,8 @@ def _share_debt_parts(rebate: Rebate, owed: int) -> list[tuple[int | None, int]]
         )
         .order_by(Payout.id.desc())
     ).all()
-    for payout_id, amount in in_flight:
-        tied = db.session.execute(
-            select(func.coalesce(func.sum(Receivable.outstanding_fen), 0)).where(Receivable.payout_id == payout_id)
-        ).scalar_one()
-        take = min(left, amount - int(tied))
+    for payout_id, untied in in_flight:
+        take = min(left, int(untied))
         if take > 0:
             parts.append((payout_id, take))
             left -= take

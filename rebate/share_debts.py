@@ -19,7 +19,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from ledger import Leg, post_entry
-from models import Campaign, Payout, Rebate, RebateAdjustment, RebateStatus, db
+from models import Payout, Rebate, RebateAdjustment, RebateStatus, db
 from money import format_yuan
 from payouts.transitions import on_share_returned, own_sales_ref
 from rebate import budgets, tell
@@ -48,18 +48,15 @@ def share_came_back(payout: Payout, amount_fen: int, merchant_id: int) -> None:
             f"payout {payout.external_no} came back: it settles what the person owed the merchant",
             [Leg(own_sales_ref(merchant_id), -settled), Leg(owes_ref(payout.user_id), settled)],
         )
-    rebate = None
-    if payout.rebate_id is not None:
-        rebate = db.session.execute(select(Rebate).where(Rebate.id == payout.rebate_id).with_for_update()).scalar_one()
-    if rebate is None:
+    if payout.rebate_id is None:
         return
+    rebate = db.session.execute(select(Rebate).where(Rebate.id == payout.rebate_id).with_for_update()).scalar_one()
     kept = min(amount_fen - settled, rebate.amount_fen)
     if settled:
         rebate.reasons = [*rebate.reasons, f"{format_yuan(settled)} settled what you owed the merchant after a refund"]
     if kept <= 0:
         return
-    campaign = db.session.get(Campaign, rebate.campaign_id)
-    budgets.release_committed(campaign.id, kept)
+    budgets.release_committed(rebate.campaign_id, kept)
     rebate.amount_fen -= kept
     if rebate.amount_fen == 0 and rebate.held_fen == 0:
         rebate.status = RebateStatus.CLAWED_BACK
