@@ -224,15 +224,10 @@ def claim_packet_inserting(
 
 @cache
 def _claim_packet_inserting_statement(upsert: TextClause):
-    from models import RedPacket  # noqa: PLC0415 - only here: budgets are about campaigns otherwise
-
-    packets = RedPacket.__table__
-    columns = [c for c in packets.columns if c.name != "id"]
     slots = upsert.columns(column("key", String)).cte("slots")
     every_slot = select(func.count()).select_from(slots).scalar_subquery() == bindparam("n_slots", type_=Integer)
     budget = _take_packet_statement().where(every_slot).returning(C.id).cte("budget")
-    values = select(*[bindparam(f"p_{c.name}", type_=c.type) for c in columns]).select_from(budget)
-    ins = insert(packets).from_select([c.name for c in columns], values).returning(packets.c.id).cte("ins")
+    ins = _packet_from(budget).cte("ins")
     return select(
         select(ins.c.id).scalar_subquery(), select(func.array_agg(slots.c.key)).scalar_subquery()
     ).execution_options(**WRITES)
@@ -240,10 +235,15 @@ def _claim_packet_inserting_statement(upsert: TextClause):
 
 @cache
 def _take_packet_inserting_statement():
+    budget = _take_packet_statement().returning(C.id).cte("budget")
+    return _packet_from(budget).add_cte(budget)
+
+
+def _packet_from(budget):
+    """The packet's INSERT (every column but ``id`` bound as ``p_<column>``), one row per row of ``budget``."""
     from models import RedPacket  # noqa: PLC0415 - only here: budgets are about campaigns otherwise
 
     packets = RedPacket.__table__
     columns = [c for c in packets.columns if c.name != "id"]
-    budget = _take_packet_statement().returning(C.id).cte("budget")
     values = select(*[bindparam(f"p_{c.name}", type_=c.type) for c in columns]).select_from(budget)
-    return insert(packets).add_cte(budget).from_select([c.name for c in columns], values).returning(packets.c.id)
+    return insert(packets).from_select([c.name for c in columns], values).returning(packets.c.id)

@@ -178,9 +178,12 @@ def _fee_key():
 
 def lock_credit(merchant_id: int) -> LedgerAccount:
     """Row-lock the merchant's credit account: one spender at a time (PostgreSQL; SQLite serialises anyway)."""
-    credit = credit_account(merchant_id)
-    db.session.execute(select(LedgerAccount.id).where(LedgerAccount.id == credit.id).with_for_update())
-    return credit
+    return _locked(credit_account(merchant_id))
+
+
+def _locked(row: LedgerAccount) -> LedgerAccount:
+    db.session.execute(select(LedgerAccount.id).where(LedgerAccount.id == row.id).with_for_update())
+    return row
 
 
 def invoice_key(merchant_id: int, month: str) -> str:
@@ -294,7 +297,7 @@ def refuse_overpayment(merchant_id: int, amount_fen: int) -> int:
     unpaid = billed_unpaid(merchant_id)
     if amount_fen > unpaid:
         raise StateConflict(
-            f"merchant {merchant_id}'s invoices leave {max(0, unpaid)} fen unpaid: a payment of {amount_fen} fen "
+            f"merchant {merchant_id}'s invoices leave {unpaid} fen unpaid: a payment of {amount_fen} fen "
             "would pay more than was billed",
             code="fee_payment_exceeds_billed",
         )
@@ -305,8 +308,7 @@ def record_fee_payment(merchant_id: int, amount_fen: int, proposal_id: int, memo
     """Money the merchant paid into the platform's account against its billed fees (the platform's own income,
     not a merchant's money held for it): ``feepay:<merchant>:proposal:<id>``, once. The fees-due account is
     locked first, so two approvals never pay one invoice twice. Returns what is still billed and unpaid."""
-    due = fees_due_account(merchant_id)
-    db.session.execute(select(LedgerAccount.id).where(LedgerAccount.id == due.id).with_for_update())
+    due = _locked(fees_due_account(merchant_id))
     unpaid = refuse_overpayment(merchant_id, amount_fen)
     post_entry(
         fee_payment_key(merchant_id, proposal_id),
