@@ -22,7 +22,7 @@ Device ids (for the per-device limits) are handed out here too, sparingly per ne
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,7 +34,13 @@ from models import Campaign, CampaignStatus, RedPacket, ShareLink, User, db
 from models.triggers import TriggerKind
 from rebate.deposits import pause_refused
 from rebate.errors import DepositExhausted, NotFound, StateConflict
-from rebate.packets import campaign_for_claim, claim_found, claimable_for_claim, issue_packet
+from rebate.packets import (
+    campaign_for_claim,
+    claim_found,
+    claimable_for_claim,
+    issue_packet,
+    user_and_campaign_for_claim,
+)
 from rebate.triggers import claim_gate, claim_share
 from risk import (
     Banned,
@@ -163,20 +169,33 @@ def claim_by_code(
 
 def claim_from_campaign(
     campaign_id: int,
-    user: User,
+    user: User | int,
     now: datetime,
     *,
     claimant: Claimant,
     limits: PlatformLimits,
     channel: str | None = None,
+    checked: Callable[[User | None], User] | None = None,
 ) -> RedPacket:
     """A packet straight from a self-serve campaign (trigger kind ``claim``).
 
-    Three statements on PostgreSQL: the campaign with its rules, the limits (one conditional upsert), the
-    budget's conditional UPDATE with the packet's INSERT (one statement, the last: the campaign's row is
-    locked from there to the commit only); four on SQLite (the INSERT, then the UPDATE). More for a
-    merchant-funded campaign (budget first, then its deposit's check, then the limits) and on a refusal."""
-    campaign, rules, banned = campaign_for_claim(campaign_id, _bans(claimant, now))
+    Two statements on PostgreSQL: the campaign with its rules and the claimant's bans, then the limits (one
+    conditional upsert), the budget's conditional UPDATE and the packet's INSERT in one statement (the last: the
+    campaign's row is locked from there to the commit only); four on SQLite (the read, the limits, the INSERT,
+    then the UPDATE). More for a merchant-funded campaign (budget first, then its deposit's check, then the
+    limits) and on a refusal.
+
+    ``user`` may be only the signed-in user's id: its row is then read with the campaign's (the same one
+    statement) and handed to ``checked``, which answers a missing or banned one (and raises) before anything else.
+    """
+    bans = _bans(claimant, now)
+    if isinstance(user, User):
+        campaign, rules, banned = campaign_for_claim(campaign_id, bans)
+    else:
+        if checked is None:
+            raise TypeError("a claim by user id needs `checked` for the user's row")
+        row, campaign, rules, banned = user_and_campaign_for_claim(user, campaign_id, bans)
+        user = checked(row)
     campaign = _running(campaign)
     if campaign.issue_trigger.kind != TriggerKind.CLAIM:
         raise StateConflict("this campaign's packets are not claimed directly", code="not_claimable")

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import event, func, select
 
-from models import Campaign, ClaimRefusal, RedPacket, User, db, utcnow
+from models import Campaign, ClaimRefusal, RedPacket, User, UserStatus, db, utcnow
 from models.limits import LimitCounter
 from rebate.claims import claim_by_code, claim_from_campaign
 from rebate.packets import generate_batch
@@ -158,6 +158,62 @@ def test_the_whole_claim_request_is_counted_too(client, make_campaign, make_user
     assert resp.status_code == 201, resp.get_json()
     counted = [s for s in sent if s != "BEGIN IMMEDIATE"]
     assert len(counted) <= HTTP_CLAIM_STATEMENTS, "\n".join(s.split("\n")[0][:110] for s in sent)
+
+
+def test_a_claim_request_reads_the_signed_in_user_with_the_campaign(client, make_campaign, make_user, user_headers):
+    # given: a claim campaign, the platform-wide limits at their defaults, dora signed in
+    campaign_id = claim_campaign(make_campaign).id
+    dora = make_user()
+    headers = user_headers(dora)
+    db.session.commit()
+
+    # when: dora claims over HTTP, without an Idempotency-Key
+    with statements() as sent:
+        resp = client.post(f"/api/v1/campaigns/{campaign_id}/claim", headers=headers)
+
+    # then: 201; her row is read in the campaign's statement (no statement of its own), the claim in one more
+    # on PostgreSQL (limits, budget and packet), three more elsewhere (limits, INSERT, budget)
+    assert resp.status_code == 201, resp.get_json()
+    counted = [s for s in sent if s != "BEGIN IMMEDIATE"]
+    assert "FROM users" in counted[0] and "campaigns" in counted[0], counted[0]
+    assert len(counted) == (2 if db.engine.dialect.name == "postgresql" else 4), counted
+    assert db.session.get(RedPacket, resp.get_json()["id"]).owner_id == dora.id
+
+
+@pytest.mark.parametrize("who", ["banned", "unknown"])
+@pytest.mark.parametrize("which", ["running", "missing"])
+def test_a_banned_or_unknown_claimant_is_refused_first_and_nothing_changes(
+    client, make_campaign, make_user, user_headers, who, which
+):
+    # given: a claim campaign; eli banned, or a well-signed token of a user id that does not exist
+    campaign = claim_campaign(make_campaign)
+    eli = make_user()
+    eli.status, eli.banned_reason = UserStatus.BANNED, "test"
+    db.session.commit()
+    headers = user_headers(eli if who == "banned" else User(id=eli.id + 1000))
+    campaign_id = campaign.id if which == "running" else campaign.id + 1000
+
+    # when: the claim is asked for (twice: the answer is the same), for the campaign or one that does not exist
+    answers = [client.post(f"/api/v1/campaigns/{campaign_id}/claim", headers=headers) for _ in range(2)]
+
+    # then: 403 user_banned / 401 invalid_token before the campaign is looked at; no packet, counter or budget
+    expected = (403, "user_banned") if who == "banned" else (401, "invalid_token")
+    assert [(r.status_code, r.get_json()["error"]) for r in answers] == [expected, expected]
+    db.session.rollback()
+    assert count(RedPacket) == 0 and count(LimitCounter) == 0 and count(ClaimRefusal) == 0
+    c = db.session.get(Campaign, campaign.id)
+    assert (c.packets_issued, c.budget_reserved_fen) == (0, 0)
+
+
+def test_an_endpoint_whose_view_did_not_check_the_users_row_fails_loudly(app):
+    # given: a view of an endpoint whose user row the view should read, which forgets to check it
+    from web.api import _user_checked
+
+    forgetful = _user_checked(lambda: ({"granted": True}, 201))
+
+    # when / then: it is not answered
+    with app.test_request_context("/"), pytest.raises(RuntimeError, match="without checking"):
+        forgetful()
 
 
 def test_a_refused_claim_still_keeps_its_refusal_and_changes_nothing_else(app, make_campaign, make_user):

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 from models import db, utcnow
 from risk import identifiers
 from web import idempotency
-from web.auth import current_operator, current_user
+from web.auth import current_operator, current_user, signed_in_user_id
 from web.errors import ApiError, ValidationFailed, from_domain
 from web.guards import JsonRefused, loads_json
 
@@ -68,6 +68,8 @@ def validate(model: type[BaseModel], data: Any) -> BaseModel:
 def _authenticate(auth: str | None, roles: tuple[str, ...]) -> str:
     if auth == "user":
         return f"user:{current_user().id}"
+    if auth == USER_READ_BY_VIEW:  # the token only: the view's first statement reads the row (``_user_checked``)
+        return f"user:{signed_in_user_id()}"
     if auth == "operator":
         operator = current_operator(roles)
         if operator.merchant_id is not None:
@@ -100,6 +102,23 @@ def _note_merchant_staff(operator_id: int, merchant_id: int) -> None:
     if len(noted) >= _STAFF_MEMO_MOST:
         noted.clear()
     noted[memo] = now
+
+
+USER_READ_BY_VIEW = "user_read_by_view"  # ``endpoint(auth=...)``: a signed-in user whose row the view reads itself
+
+
+def _user_checked(view: Callable) -> Callable:
+    """``view`` of an ``auth=USER_READ_BY_VIEW`` endpoint: it must hand the row it read to ``web.auth.signed_in``
+    (401 for no such user, 403 banned) before it answers; one that did not fails loudly and nothing is kept."""
+
+    @functools.wraps(view)
+    def checked(**kwargs):
+        result = view(**kwargs)
+        if "user" not in g:
+            raise RuntimeError(f"{view.__name__} answered without checking the signed-in user's row")
+        return result
+
+    return checked
 
 
 def _to_response(result: Any, status: int = 200) -> Response:
@@ -170,8 +189,9 @@ def endpoint(
                 )
             if idempotent and key is not None:
                 route = f"{request.method} {request.url_rule.rule}"
-                return idempotency.run(scope, route, key, lambda: _finish(view, kwargs, mutating, False, status))
-            return _finish(view, kwargs, mutating, status=status)
+                checked = _user_checked(view) if auth == USER_READ_BY_VIEW else view
+                return idempotency.run(scope, route, key, lambda: _finish(checked, kwargs, mutating, False, status))
+            return _finish(_user_checked(view) if auth == USER_READ_BY_VIEW else view, kwargs, mutating, status=status)
 
         wrapper._api = {  # read by web/openapi.py and web/console (which runs the same view)
             "mutating": mutating,

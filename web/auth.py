@@ -30,7 +30,7 @@ def issue_user_token(user: User, channel: str | None = None) -> str:
 
 def token_channel() -> str | None:
     """The channel the signed-in user's token was issued for, if it names one."""
-    current_user()
+    signed_in_user_id()
     return g.get("token_channel")
 
 
@@ -48,15 +48,18 @@ def _forget_other_requests() -> None:
     req = request._get_current_object()
     if g.get("identity_request") is not req:
         g.pop("user", None)
+        g.pop("user_id", None)
+        g.pop("token_channel", None)
         g.pop("operator", None)
         g.identity_request = req
 
 
-def current_user() -> User:
-    """The signed-in user, or 401/403. Banned users are refused on every call."""
+def signed_in_user_id() -> int:
+    """The id the bearer token was signed for, or 401: the signature and its age only, no statement. The user's
+    row (a ban, an account gone) is checked by ``current_user``, or by ``signed_in`` on a row the caller read."""
     _forget_other_requests()
-    if "user" in g:
-        return g.user
+    if "user_id" in g:
+        return g.user_id
     token = _bearer()
     try:
         data = _serializer().loads(token, max_age=current_app.config["USER_TOKEN_TTL_SECONDS"])
@@ -65,13 +68,30 @@ def current_user() -> User:
     except BadSignature:
         raise Unauthorized("invalid token", code="invalid_token") from None
     uid = data.get("uid") if isinstance(data, dict) else None
-    user = db.session.execute(_USER_BY_ID, {"uid": uid}).scalar_one_or_none() if type(uid) is int else None
-    if user is None:
+    if type(uid) is not int:
+        raise Unauthorized("invalid token", code="invalid_token")
+    g.user_id, g.token_channel = uid, data.get("ch")
+    return uid
+
+
+def signed_in(user: User | None) -> User:
+    """The row of the signed-in user (``signed_in_user_id``) as the caller read it, or 401 (no such user) /
+    403 (banned): ``current_user`` from here on answers it without a statement."""
+    if user is None or user.id != signed_in_user_id():
         raise Unauthorized("invalid token", code="invalid_token")
     if not user.is_active:
         raise Forbidden("this account is banned", code="user_banned")
-    g.user, g.token_channel = user, data.get("ch")
+    g.user = user
     return user
+
+
+def current_user() -> User:
+    """The signed-in user, or 401/403. Banned users are refused on every call."""
+    _forget_other_requests()
+    if "user" in g:
+        return g.user
+    uid = signed_in_user_id()
+    return signed_in(db.session.execute(_USER_BY_ID, {"uid": uid}).scalar_one_or_none())
 
 
 def operator_token(token: str) -> OperatorToken:

@@ -25,8 +25,8 @@ from rebate import claims
 from rebate.claims import REFUSALS, running_campaign
 from rebate.triggers import bind_inviter, create_share_link, invite_code_of, sign_in
 from risk import Claimant, PlatformLimits
-from web.api import client_ip, endpoint
-from web.auth import current_user, token_channel
+from web.api import USER_READ_BY_VIEW, client_ip, endpoint
+from web.auth import current_user, signed_in, signed_in_user_id, token_channel
 from web.errors import ValidationFailed
 from web.schemas import Model
 from web.views import packet_json
@@ -92,13 +92,19 @@ def new_device():
     return {"device_token": _devices().dumps({"d": claims.new_device_id(client_ip(), utcnow())})}, 201
 
 
-@endpoint(bp, "/campaigns/<int:campaign_id>/claim", methods=["POST"], idempotent=True, status=201)
+@endpoint(
+    bp, "/campaigns/<int:campaign_id>/claim", methods=["POST"], idempotent=True, status=201, auth=USER_READ_BY_VIEW
+)
 def claim_from_campaign(campaign_id: int):
-    """Claim a packet straight from a self-serve campaign (trigger kind ``claim``)."""
-    user = current_user()
+    """Claim a packet straight from a self-serve campaign (trigger kind ``claim``).
+
+    The flash sale's hot path: the signed-in user's row is read with the campaign's (one statement), and a
+    missing or banned user is refused (401/403) before anything else is looked at."""
+    uid = signed_in_user_id()
+    who = Claimant(uid, client_ip(), device_id())
     with refusal_answered():
         packet = claims.claim_from_campaign(
-            campaign_id, user, utcnow(), claimant=claimant(user), limits=platform_limits(), channel=channel()
+            campaign_id, uid, utcnow(), claimant=who, limits=platform_limits(), channel=channel(), checked=signed_in
         )
     return packet_json(packet), 201
 

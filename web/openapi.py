@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from flask import Flask
 
+from web.api import USER_READ_BY_VIEW
 from web.guards import MAX_ID
 
 REF = "#/components/schemas/{model}"
@@ -112,7 +113,7 @@ def _operation(method: str, rule, meta: dict | None, components: dict) -> dict:
             "content": {"application/json": {"schema": _schema_ref(meta["body"], components)}},
         }
     if meta.get("auth"):
-        op["security"] = [{"userToken": []}] if meta["auth"] == "user" else [{"operatorToken": []}]
+        op["security"] = [{"userToken": []}] if meta["auth"] in ("user", USER_READ_BY_VIEW) else [{"operatorToken": []}]
         if meta.get("roles"):
             op["description"] = "Roles: " + ", ".join(meta["roles"])
     status = meta.get("status", 200)
