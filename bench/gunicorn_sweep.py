@@ -1,9 +1,9 @@
-"""``python -m bench.gunicorn_sweep``: the notify benchmark under several gunicorn shapes, one line each.
+"""``python -m bench.gunicorn_sweep``: the notify and claims benchmarks under several gunicorn shapes, a line each.
 
 How deploy/gunicorn.conf.py's worker class, worker count and threads were chosen (its docstring and
-the README, Deployment, carry the figures). One database and one seeded shop for every shape
-(bench/notify_bench.py), a fresh server per shape, the empty route and paid notifications
-interleaved as usual. Not a ``*_bench`` module: ``python -m bench`` does not run it (minutes).
+the README, Deployment, carry the figures). One database, one seeded shop (bench/notify_bench.py) and
+one hot claim campaign (bench/claims_bench.py) for every shape, a fresh server per shape, the empty route
+and the real path interleaved as usual. Not a ``*_bench`` module: ``python -m bench`` does not run it (minutes).
 ``BENCH_SHAPES`` overrides the list: ``sync:2,gthread:2:8,...``.
 """
 
@@ -14,10 +14,11 @@ import sys
 from collections.abc import Iterator
 
 from bench import harness
-from bench.harness import BenchWeChat, Clients, Server, ServerShape
+from bench.claims_bench import CLAIM_SETTINGS, ClaimsBench, People, campaign
+from bench.harness import BenchWeChat, Clients, CpuMeter, Server, ServerShape
 from bench.notify_bench import CLIENTS, HISTORY, NotifyBench, Shop
 
-SHAPES = "sync:2,sync:3,sync:4,gthread:2:2,gthread:2:4,gthread:2:8,gthread:3:2,gthread:3:4,gthread:4:1,gthread:4:2"
+SHAPES = "sync:2,sync:4,gthread:2:1,gthread:2:2,gthread:2:4,gthread:3:2,gthread:4:1,gthread:4:2"
 
 
 def shapes() -> list[ServerShape]:
@@ -37,16 +38,21 @@ def run() -> Iterator[str]:
     try:
         with harness.workspace() as tmp, harness.ThrowAwayDatabase(url, "sweep") as database:
             wechat = BenchWeChat(tmp)
-            settings = harness.app_settings(database.url, wechat)
+            settings = harness.app_settings(database.url, wechat, **CLAIM_SETTINGS)
             harness.migrate(settings)
-            shop = Shop(harness.in_process_app(settings), wechat)
+            app = harness.in_process_app(settings)
+            shop = Shop(app, wechat)
+            shop.database = database.name
             shop.setup()
+            people, hot = People(app), campaign(app, 10**12, "hot")
             for shape in shapes():
-                bench = NotifyBench(url)
-                bench.shape = shape
+                notify, claims = NotifyBench(url), ClaimsBench(url)
+                notify.shape = claims.shape = shape
                 with Server(settings, shape, tmp) as server:
-                    m = bench.measure(shop, clients, server, history=HISTORY)
-                yield bench.line("notify", shop, m)
+                    m = notify.measure(shop, clients, server, history=HISTORY)
+                    empty, real = claims.measure(clients, server, people, hot, CpuMeter(server, database.name))
+                yield notify.line("notify", shop, m)
+                yield harness.ratio_line("claims on one hot campaign", shape, CLIENTS, empty, real)
     finally:
         clients.close()
 

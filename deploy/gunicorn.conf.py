@@ -17,15 +17,41 @@ shape                 empty route      notify (4 / 8 clients)  notify p99 (4 / 8
 4 gthread × 2         628–944          5–7 / 3                1.9–3.1 s / 3.4–4.5 s
 ====================  ===============  =====================  ==============================
 
+Re-run after the hot-path work of issue 11 (2026-12-01, the notification path no longer serialised on its
+campaigns' rows; ``python -m bench.gunicorn_sweep``, now the claims path too, one sweep on a quiet machine,
+4 clients, ratios to the empty route; the empty route answered 3,150–3,830 req/s in every shape, keep-alive
+or not):
+
+====================  ===============  ===========================
+shape                 notify           claims on one hot campaign
+====================  ===============  ===========================
+2 sync                0.054×           0.185×
+4 sync                0.053×           0.197×
+5 sync                0.050×           0.188×
+8 sync                0.046×           0.175×
+2 gthread × 1         0.050×           0.147×
+2 gthread × 2         0.045×           0.163×
+2 gthread × 4         0.046×           0.152×
+3 gthread × 2         0.047×           0.158×
+4 gthread × 1         0.048×           0.158×
+4 gthread × 2         0.045×           0.164×
+====================  ===============  ===========================
+
+With 2–5 workers ``sync`` answered 5–25 % more on both hot paths (claims 0.185–0.197× against
+0.147–0.164×; app CPU per claim 1.9–2.0 ms against 2.0–2.2 ms), and keep-alive no longer shows on the
+empty route. It is not adopted yet: a sync worker is one request in flight, so at the same worker
+count a node could wait on half as many slow WeChat answers (below) before claims and notifications
+queue behind them, and no benchmark measures that case yet. The next step is one that does (some
+requests held by a slow simulator while the hot paths are measured); then ``sync`` with a worker count
+sized for those waits is the likely choice.
+
 Worker class ``gthread``. It keeps connections alive (``sync`` closes each one after its answer),
-which was worth 1.1–2.1× on the empty route with keep-alive clients (as the proxy in front is); and a
+which was worth 1.1–2.1× on the empty route with keep-alive clients in the first sweep (not in the
+second); and a
 request of this app often *waits*, on WeChat (a prepay or ``jscode2session`` call: up to 3 s to
 connect + 10 s to read) and on PostgreSQL row locks (up to ``DATABASE_LOCK_TIMEOUT_S``): a sync
 worker is one waiting request per process, so a handful of slow WeChat answers would stop the site,
-while threads release the GIL as they wait. (Today's notification path is serialised on its
-campaigns' row locks, so it is a few per second whatever the shape, and sync's two requests in
-flight queue less at the lock than gthread's: a lower p99. The hot-path work of issue 11 removes
-that lock; re-run the sweep then.) Not gevent: it would have to monkey-patch psycopg, ``requests``
+while threads release the GIL as they wait. Not gevent: it would have to monkey-patch psycopg, ``requests``
 and the scheduler's threads, and nothing here needs thousands of open connections.
 
 Counts. ``workers``: ``WEB_CONCURRENCY`` if set, else one per CPU core and at least two (a worker
