@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import event, func, select
 
-from models import Campaign, ClaimRefusal, RedPacket, User, UserStatus, db, utcnow
+from models import Campaign, ClaimRefusal, IdempotencyRecord, RedPacket, User, UserStatus, db, utcnow
 from models.limits import LimitCounter
 from rebate.claims import claim_by_code, claim_from_campaign
 from rebate.packets import generate_batch
@@ -193,14 +193,18 @@ def test_a_banned_or_unknown_claimant_is_refused_first_and_nothing_changes(
     headers = user_headers(eli if who == "banned" else User(id=eli.id + 1000))
     campaign_id = campaign.id if which == "running" else campaign.id + 1000
 
-    # when: the claim is asked for (twice: the answer is the same), for the campaign or one that does not exist
-    answers = [client.post(f"/api/v1/campaigns/{campaign_id}/claim", headers=headers) for _ in range(2)]
+    # when: the claim is asked for, without and with an Idempotency-Key (twice each: the answer is the same), for
+    # the campaign or one that does not exist
+    path = f"/api/v1/campaigns/{campaign_id}/claim"
+    keyed = {**headers, "Idempotency-Key": "claim-eli"}
+    answers = [client.post(path, headers=h) for h in (headers, headers, keyed, keyed)]
 
-    # then: 403 user_banned / 401 invalid_token before the campaign is looked at; no packet, counter or budget
+    # then: 403 user_banned / 401 invalid_token before the campaign is looked at; no packet, counter, budget or key
     expected = (403, "user_banned") if who == "banned" else (401, "invalid_token")
-    assert [(r.status_code, r.get_json()["error"]) for r in answers] == [expected, expected]
+    assert [(r.status_code, r.get_json()["error"]) for r in answers] == [expected] * 4
     db.session.rollback()
     assert count(RedPacket) == 0 and count(LimitCounter) == 0 and count(ClaimRefusal) == 0
+    assert count(IdempotencyRecord) == 0
     c = db.session.get(Campaign, campaign.id)
     assert (c.packets_issued, c.budget_reserved_fen) == (0, 0)
 

@@ -188,6 +188,8 @@ def endpoint(
                     code="idempotency_key_required",
                 )
             if idempotent and key is not None:
+                if auth == USER_READ_BY_VIEW:
+                    current_user()  # a missing or banned user is refused before a key is recorded, as elsewhere
                 route = f"{request.method} {request.url_rule.rule}"
                 checked = _user_checked(view) if auth == USER_READ_BY_VIEW else view
                 return idempotency.run(scope, route, key, lambda: _finish(checked, kwargs, mutating, False, status))
