@@ -194,19 +194,45 @@ def test_a_banned_or_unknown_claimant_is_refused_first_and_nothing_changes(
     campaign_id = campaign.id if which == "running" else campaign.id + 1000
 
     # when: the claim is asked for, without and with an Idempotency-Key (twice each: the answer is the same), for
-    # the campaign or one that does not exist
+    # the campaign or one that does not exist; also with a device token or a channel we would refuse
     path = f"/api/v1/campaigns/{campaign_id}/claim"
     keyed = {**headers, "Idempotency-Key": "claim-eli"}
-    answers = [client.post(path, headers=h) for h in (headers, headers, keyed, keyed)]
+    forged = {**headers, "X-Device-Token": "forged"}
+    wrong_channel = {**headers, "X-Channel": "fax"}
+    asked = (headers, headers, keyed, keyed, forged, {**forged, "Idempotency-Key": "claim-eli-2"}, wrong_channel)
+    answers = [client.post(path, headers=h) for h in asked]
 
-    # then: 403 user_banned / 401 invalid_token before the campaign is looked at; no packet, counter, budget or key
+    # then: 403 user_banned / 401 invalid_token before the campaign or the headers are looked at; no packet,
+    # counter, budget or key
     expected = (403, "user_banned") if who == "banned" else (401, "invalid_token")
-    assert [(r.status_code, r.get_json()["error"]) for r in answers] == [expected] * 4
+    assert [(r.status_code, r.get_json()["error"]) for r in answers] == [expected] * len(asked)
     db.session.rollback()
     assert count(RedPacket) == 0 and count(LimitCounter) == 0 and count(ClaimRefusal) == 0
     assert count(IdempotencyRecord) == 0
     c = db.session.get(Campaign, campaign.id)
     assert (c.packets_issued, c.budget_reserved_fen) == (0, 0)
+
+
+def test_a_signed_in_claim_with_a_forged_device_token_or_channel_is_refused_and_nothing_changes(
+    client, make_campaign, make_user, user_headers
+):
+    # given: a claim campaign and fay, active
+    campaign = claim_campaign(make_campaign)
+    fay = make_user()
+    db.session.commit()
+
+    # when: fay claims with a device token we did not issue, then with a channel we do not know
+    forged = client.post(
+        f"/api/v1/campaigns/{campaign.id}/claim", headers=user_headers(fay, **{"X-Device-Token": "forged"})
+    )
+    fax = client.post(f"/api/v1/campaigns/{campaign.id}/claim", headers=user_headers(fay, **{"X-Channel": "fax"}))
+
+    # then: each refused for its header after her row was checked; no packet, counter or budget
+    assert (forged.status_code, forged.get_json()["error"]) == (422, "invalid_device_token")
+    assert (fax.status_code, fax.get_json()["error"]) == (422, "invalid_channel")
+    db.session.rollback()
+    assert count(RedPacket) == 0 and count(LimitCounter) == 0
+    assert db.session.get(Campaign, campaign.id).packets_issued == 0
 
 
 def test_an_endpoint_whose_view_did_not_check_the_users_row_fails_loudly(app):

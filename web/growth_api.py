@@ -101,10 +101,26 @@ def claim_from_campaign(campaign_id: int):
     The flash sale's hot path: the signed-in user's row is read with the campaign's (one statement), and a
     missing or banned user is refused (401/403) before anything else is looked at."""
     uid = signed_in_user_id()
-    who = Claimant(uid, client_ip(), device_id())
+    try:  # needed for the one SELECT (the device's bans), but refused only after the user's row is: 401/403 first
+        device, chosen, bad = device_id(), channel(), None
+    except ValidationFailed as exc:
+        device, chosen, bad = None, None, exc
+
+    def checked(row: User | None) -> User:
+        user = signed_in(row)
+        if bad is not None:
+            raise bad
+        return user
+
     with refusal_answered():
         packet = claims.claim_from_campaign(
-            campaign_id, uid, utcnow(), claimant=who, limits=platform_limits(), channel=channel(), checked=signed_in
+            campaign_id,
+            uid,
+            utcnow(),
+            claimant=Claimant(uid, client_ip(), device),
+            limits=platform_limits(),
+            channel=chosen,
+            checked=checked,
         )
     return packet_json(packet), 201
 
