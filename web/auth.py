@@ -42,7 +42,7 @@ def _bearer() -> str:
     return token.strip()
 
 
-def _forget_other_requests() -> None:
+def forget_other_requests() -> None:
     """``g`` outlives a request when an app context was already pushed (tests, CLI
     scripts); an identity cached there must never answer for the next request."""
     req = request._get_current_object()
@@ -57,7 +57,7 @@ def _forget_other_requests() -> None:
 def signed_in_user_id() -> int:
     """The id the bearer token was signed for, or 401: the signature and its age only, no statement. The user's
     row (a ban, an account gone) is checked by ``current_user``, or by ``signed_in`` on a row the caller read."""
-    _forget_other_requests()
+    forget_other_requests()
     if "user_id" in g:
         return g.user_id
     token = _bearer()
@@ -87,7 +87,7 @@ def signed_in(user: User | None) -> User:
 
 def current_user() -> User:
     """The signed-in user, or 401/403. Banned users are refused on every call."""
-    _forget_other_requests()
+    forget_other_requests()
     if "user" in g:
         return g.user
     uid = signed_in_user_id()
@@ -114,7 +114,7 @@ def token_is_live(row: OperatorToken) -> bool:
 def current_operator(roles: tuple[str, ...] = ()) -> Operator:
     """The operator at work (a bearer token's; the console sets ``g.operator`` from its session), and
     403 when its role is not among ``roles``."""
-    _forget_other_requests()
+    forget_other_requests()
     if "operator" not in g:
         g.operator = operator_token(_bearer()).operator
     if roles and g.operator.role not in roles:

@@ -21,7 +21,7 @@ from wtforms import ValidationError
 from models import AuditLog, ConsoleSession, db, utcnow
 from models.operators import Actor, audit
 from web.api import client_ip
-from web.auth import operator_token, token_is_live
+from web.auth import forget_other_requests, operator_token, token_is_live
 from web.console import bp, render
 from web.errors import ApiError
 
@@ -120,8 +120,8 @@ def _check_csrf_then_session():
             flash("你的登录已过期，请重新登录 · Your session ended; sign in again.", "error")
         nxt = request.full_path.rstrip("?") if request.method in SAFE_METHODS else None
         return redirect(url_for("console.sign_in", next=nxt))
+    forget_other_requests()  # web.auth: nothing of an earlier request's identity answers for this one
     g.operator, g.console_session = row.operator, row
-    g.identity_request = request._get_current_object()  # web.auth: this request's identity
     if utcnow() - row.last_seen_at >= SEEN_EVERY:
         row.last_seen_at = utcnow()
         db.session.commit()
