@@ -39,11 +39,14 @@ shape                 notify           claims on one hot campaign
 
 With 2–5 workers ``sync`` answered 5–25 % more on both hot paths (claims 0.185–0.197× against
 0.147–0.164×; app CPU per claim 1.9–2.0 ms against 2.0–2.2 ms), and keep-alive no longer shows on the
-empty route. It is not adopted yet: a sync worker is one request in flight, so at the same worker
-count a node could wait on half as many slow WeChat answers (below) before claims and notifications
-queue behind them, and no benchmark measures that case yet. The next step is one that does (some
-requests held by a slow simulator while the hot paths are measured); then ``sync`` with a worker count
-sized for those waits is the likely choice.
+empty route. Still ``gthread``: a sync worker is one request in flight, and the requests that wait on
+WeChat (login's ``jscode2session``, a prepay, an OAuth code: ~0.1–0.3 s each when WeChat is well, up to
+13 s when not) are the flash sale's traffic too. A node serves at most (requests in flight) ÷ (WeChat's
+answer time) of them: 8 in flight (2 × 4) at 0.15 s is ~53 a second, 4 sync workers ~27, and every
+claim or notification queues behind them once the slots are full. Threads add slots for the price of a
+thread; sync workers for the price of a process (memory, a database connection, a cold cache: 8 sync
+workers lost most of the advantage, 0.046× / 0.175×). The gap is CPU per request on the hot paths, and
+is closed there, not by giving up slots.
 
 Worker class ``gthread``. It keeps connections alive (``sync`` closes each one after its answer),
 which was worth 1.1–2.1× on the empty route with keep-alive clients in the first sweep (not in the
