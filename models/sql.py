@@ -30,11 +30,17 @@ def insert_rows(table: Table, rows: Sequence[dict]) -> None:
 
 
 def insert_ignoring(
-    table: Table, rows: Sequence[dict], conflict: tuple[str, ...], returning: tuple[str, ...] = ()
+    table: Table,
+    rows: Sequence[dict],
+    conflict: tuple[str, ...],
+    returning: tuple[str, ...] = (),
+    *,
+    counts_as_write: bool = True,
 ) -> list[tuple]:
     """Insert ``rows`` (dicts with the same keys), skipping those that hit the unique ``conflict`` columns (none
     named: a plain INSERT); the ``returning`` columns of the rows written (none for those skipped), in no
-    particular order."""
+    particular order. ``counts_as_write=False``: the transaction is not noted as having written (``WRITES``), for
+    a row that must go with whatever rolls the transaction back (an ``Idempotency-Key`` written with the effects)."""
     if not rows:
         return []
     columns = tuple(rows[0])
@@ -43,7 +49,7 @@ def insert_ignoring(
         chunk = rows[start : start + CHUNK_ROWS]
         stmt = _statement(table, columns, len(chunk), conflict, returning)
         params = {f"{c}_{i}": row[c] for i, row in enumerate(chunk) for c in columns}
-        result = db.session.execute(stmt, params)
+        result = db.session.execute(stmt, params, execution_options=None if counts_as_write else {"writes": False})
         if returning:
             out.extend(result.tuples().all())
     return out

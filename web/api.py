@@ -4,7 +4,8 @@
     def create_order(body: CreateOrder): ...
 
 * ``auth``: ``"user"`` (signed user token), ``"operator"`` (personal token, with
-  ``roles``), or ``None``.
+  ``roles``), or ``None``; ``USER_READ_BY_VIEW``: a signed user token whose row the view reads in its
+  own first statement (a hot path) and hands to ``web.auth.signed_in`` (401/403) before it answers.
 * ``body`` / ``query``: pydantic models; bad JSON or a failed model answers 422
   with every problem listed, before the view runs.
 * ``status``: the success status the view answers (200, or 201 for what it
@@ -15,7 +16,9 @@
 * A view returns a dict/list (``status``), ``(body, status)`` or a Response. Views
   only flush; this decorator commits once when the answer is below 400 and
   rolls back otherwise.
-* ``idempotent``: honours ``Idempotency-Key`` (web/idempotency.py).
+* ``idempotent``: honours ``Idempotency-Key`` (web/idempotency.py); ``key_with_effects``: the key is
+  written in the view's own transaction and kept only with a successful answer
+  (``idempotency.run_with_effects``), for views that call nothing outside the database.
 * ``writes``: a GET whose operation may write (a value made on its first read, the same on every
   read): committed once by this decorator like a mutating route, never by the view.
 """
@@ -162,6 +165,7 @@ def endpoint(
     body: type[BaseModel] | None = None,
     query: type[BaseModel] | None = None,
     idempotent: bool = False,
+    key_with_effects: bool = False,
     require_key: bool = False,
     status: int = 200,
     upstream: bool = False,
@@ -188,11 +192,15 @@ def endpoint(
                     code="idempotency_key_required",
                 )
             if idempotent and key is not None:
-                if auth == USER_READ_BY_VIEW:
-                    current_user()  # a missing or banned user is refused before a key is recorded, as elsewhere
                 route = f"{request.method} {request.url_rule.rule}"
                 checked = _user_checked(view) if auth == USER_READ_BY_VIEW else view
-                return idempotency.run(scope, route, key, lambda: _finish(checked, kwargs, mutating, False, status))
+                if key_with_effects:  # a refusal (a missing or banned user too) keeps no key: nothing to check first
+                    run = idempotency.run_with_effects
+                else:
+                    if auth == USER_READ_BY_VIEW:
+                        current_user()  # a missing or banned user is refused before a key is recorded, as elsewhere
+                    run = idempotency.run
+                return run(scope, route, key, lambda: _finish(checked, kwargs, mutating, False, status))
             return _finish(_user_checked(view) if auth == USER_READ_BY_VIEW else view, kwargs, mutating, status=status)
 
         wrapper._api = {  # read by web/openapi.py and web/console (which runs the same view)

@@ -93,7 +93,13 @@ def new_device():
 
 
 @endpoint(
-    bp, "/campaigns/<int:campaign_id>/claim", methods=["POST"], idempotent=True, status=201, auth=USER_READ_BY_VIEW
+    bp,
+    "/campaigns/<int:campaign_id>/claim",
+    methods=["POST"],
+    idempotent=True,
+    key_with_effects=True,
+    status=201,
+    auth=USER_READ_BY_VIEW,
 )
 def claim_from_campaign(campaign_id: int):
     """Claim a packet straight from a self-serve campaign (trigger kind ``claim``).

@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from models import IdempotencyRecord, db, utcnow
+from models.sql import insert_ignoring
 from web.errors import ApiError, Conflict, ValidationFailed
 from web.guards import loads_json
 
@@ -44,9 +45,13 @@ def _replay(record: IdempotencyRecord) -> Response:
     return response
 
 
-def _claim(scope: str, route: str, key: str, fingerprint: str) -> IdempotencyRecord | Response:
+def _check_key(key: str) -> None:
     if not key or len(key) > 128:
         raise ValidationFailed("Idempotency-Key must be 1 to 128 characters", code="invalid_idempotency_key")
+
+
+def _claim(scope: str, route: str, key: str, fingerprint: str) -> IdempotencyRecord | Response:
+    _check_key(key)
     now = utcnow()
     ttl = timedelta(hours=current_app.config["IDEMPOTENCY_TTL_HOURS"])
     for _ in range(2):
@@ -136,3 +141,62 @@ def _store(record_id: int, status: int, body) -> None:
         .values(state="done", response_status=status, response_body=body)
     )
     db.session.commit()
+
+
+def run_with_effects(scope: str, route: str, key: str, call: Callable[[], Response]) -> Response:
+    """``run`` for a view that calls nothing outside the database (a claim): the key is the first write of the
+    view's own transaction and is kept only with a successful answer, committed together. Two statements and no
+    commit of its own, where ``run`` takes a transaction of its own first.
+
+    A twin sent at the same time waits on the key's unique index until the first one's transaction ends, then
+    answers what it stored (committed) or runs itself (rolled back): never a second effect, and no 409 while the
+    first is running. A refusal or an error keeps nothing, the key included: a retry runs the view again (it
+    changed nothing). The key's row is not noted as a write (``rebate.claims``): a refused claim rolls back the
+    whole transaction, its key with it."""
+    _check_key(key)
+    fingerprint = request_fingerprint()
+    record_id = _key_first(scope, route, key, fingerprint)
+    if isinstance(record_id, Response):
+        return record_id
+    try:
+        response = call()
+    except BaseException:
+        db.session.rollback()
+        raise
+    if response.status_code >= 400 or not response.is_json:
+        db.session.rollback()
+        return response
+    _store(record_id, response.status_code, response.get_json())
+    return response
+
+
+def _key_first(scope: str, route: str, key: str, fingerprint: str) -> int | Response:
+    """The key's row, inserted by this transaction (its id), or the answer to give when it was there already."""
+    ttl = timedelta(hours=current_app.config["IDEMPOTENCY_TTL_HOURS"])
+    for _ in range(2):
+        now = utcnow()
+        row = {
+            "scope": scope,
+            "route": route,
+            "key": key,
+            "request_sha256": fingerprint,
+            "state": "in_progress",
+            "created_at": now,
+            "locked_at": now,
+            "expires_at": now + ttl,
+        }
+        table = IdempotencyRecord.__table__
+        inserted = insert_ignoring(table, [row], ("scope", "route", "key"), ("id",), counts_as_write=False)
+        if inserted:
+            return inserted[0][0]
+        found = db.session.execute(
+            select(IdempotencyRecord).filter_by(scope=scope, route=route, key=key)
+        ).scalar_one_or_none()
+        if found is None:  # deleted since (expired): try again
+            continue
+        if found.expires_at <= now:
+            _delete(found.id)
+            continue
+        existing = _existing(found, fingerprint, now)  # 422, the stored answer, 409 in progress (or taken over)
+        return existing if isinstance(existing, Response) else existing.id
+    raise Conflict("idempotency key is busy, retry", code="idempotency_in_progress")
