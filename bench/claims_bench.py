@@ -13,13 +13,15 @@ gets ten times as many claims from all clients at once; exactly that many must s
 other one be refused with a 4xx, and the database hold exactly that many packets and a
 reservation within the limit (the line says "zero oversell" or stops the run).
 
-Goals (issue 11): at least 0.20x the empty route, at most 4 SQL statements per claim operation.
+Goals (issue 11): at least 0.20x the empty route, at most 4 SQL statements per claim operation. Measured twice:
+without, then with an ``Idempotency-Key`` on every claim (each its own, as a client that retries sends).
 The statements printed are those of the whole HTTP request (the token's user, the commit
 included), counted in-process on the same data.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 
 from bench import harness
@@ -93,9 +95,16 @@ def campaign(app, budget_fen: int, name: str) -> int:
         return c.id
 
 
-def claims(campaign_id: int, tokens: list[str]) -> list[Request]:
+def claims(campaign_id: int, tokens: list[str], keyed: bool = False) -> list[Request]:
+    """A claim per token; ``keyed``: each with an ``Idempotency-Key`` of its own (as a retrying client sends)."""
     path = f"/api/v1/campaigns/{campaign_id}/claim"
-    return [("POST", path, b"{}", {"Authorization": f"Bearer {t}", "Content-Type": "application/json"}) for t in tokens]
+    out = []
+    for t in tokens:
+        headers = {"Authorization": f"Bearer {t}", "Content-Type": "application/json"}
+        if keyed:
+            headers["Idempotency-Key"] = secrets.token_hex(8)
+        out.append(("POST", path, b"{}", headers))
+    return out
 
 
 class ClaimsBench:
@@ -113,10 +122,12 @@ class ClaimsBench:
                 people = People(app)
                 hot = campaign(app, 10**12, "hot")
                 with Server(settings, self.shape, tmp) as server:
-                    empty, real = self.measure(clients, server, people, hot, CpuMeter(server, database.name))
-                    statements = self.statements(app, people, hot)
-                    extra = f"; {statements} SQL statements per claim request"
-                    yield harness.ratio_line("claims on one hot campaign", self.shape, CLIENTS, empty, real, extra)
+                    for keyed, name in ((False, "claims on one hot campaign"), (True, "the same, keyed")):
+                        meter = CpuMeter(server, database.name)
+                        empty, real = self.measure(clients, server, people, hot, meter, keyed)
+                        statements = self.statements(app, people, hot, keyed)
+                        extra = f"; {statements} SQL statements per claim request"
+                        yield harness.ratio_line(name, self.shape, CLIENTS, empty, real, extra)
                     yield self.oversell(app, clients, server, people)
                 with app.app_context():
                     from models import db
@@ -126,16 +137,16 @@ class ClaimsBench:
             clients.close()
 
     def measure(
-        self, clients: Clients, server: Server, people: People, hot: int, meter: CpuMeter
+        self, clients: Clients, server: Server, people: People, hot: int, meter: CpuMeter, keyed: bool = False
     ) -> tuple[Figures, Figures]:
-        warm = clients.each(server.port, claims(hot, people.take(50)), 60)
+        warm = clients.each(server.port, claims(hot, people.take(50), keyed), 60)
         harness.check_statuses(Figures("warm-up", [warm]), {201})
         estimate = 100.0
         empty, real = Figures("empty"), Figures("claims")
         for _ in range(ROUNDS):
             empty.measured(meter, lambda: clients.repeat(server.port, harness.empty_request(), ROUND_S))
             tokens = people.take(int(estimate * ROUND_S * 1.5) + 4 * CLIENTS)  # made before the metered round
-            requests = claims(hot, tokens)
+            requests = claims(hot, tokens, keyed)
             r = real.measured(meter, lambda: clients.each(server.port, requests, ROUND_S))  # noqa: B023 - called at once
             people.give_back([t for i, t in enumerate(tokens) if i not in r.sent])
             estimate = max(estimate, r.answered / r.seconds)
@@ -143,8 +154,8 @@ class ClaimsBench:
         harness.check_statuses(empty, {204})
         return empty, real
 
-    def statements(self, app, people: People, hot: int) -> int:
-        ((method, path, body, headers),) = claims(hot, people.take(1))
+    def statements(self, app, people: People, hot: int, keyed: bool = False) -> int:
+        ((method, path, body, headers),) = claims(hot, people.take(1), keyed)
         with app.app_context():
             from models import db
 

@@ -15,9 +15,10 @@ import hashlib
 import json
 from collections.abc import Callable
 from datetime import timedelta
+from functools import cache
 
 from flask import Response, current_app, jsonify, request
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from models import IdempotencyRecord, db, utcnow
@@ -134,13 +135,25 @@ def run(scope: str, route: str, key: str, call: Callable[[], Response]) -> Respo
 
 
 def _store(record_id: int, status: int, body) -> None:
-    """Store the answer; for a success this commits together with the view's effects."""
-    db.session.execute(
-        update(IdempotencyRecord)
-        .where(IdempotencyRecord.id == record_id)
-        .values(state="done", response_status=status, response_body=body)
-    )
+    """Store the answer; for a success this commits together with the view's effects. (A Core UPDATE built once:
+    the ORM's bulk UPDATE also evaluates its WHERE against every object in the session, a third of a keyed
+    claim's CPU; the commit right after expires the session's copy of the row anyway.)"""
+    db.session.execute(_store_statement(), {"record_id": record_id, "status": status, "body": body})
     db.session.commit()
+
+
+@cache
+def _store_statement():
+    table = IdempotencyRecord.__table__
+    return (
+        update(table)
+        .where(table.c.id == bindparam("record_id"))
+        .values(
+            state="done",
+            response_status=bindparam("status", type_=table.c.response_status.type),
+            response_body=bindparam("body", type_=table.c.response_body.type),
+        )
+    )
 
 
 def run_with_effects(scope: str, route: str, key: str, call: Callable[[], Response]) -> Response:
