@@ -3,7 +3,8 @@
 A ``Batch`` collects a payment's entries (key, memo, legs) and writes them in one round trip
 per table: the entries by one ``INSERT … ON CONFLICT (idempotency_key) DO NOTHING RETURNING``,
 their postings by one executemany, the clearing flows they open by one
-``INSERT … ON CONFLICT DO NOTHING``. No savepoint: the key's unique constraint makes a repeat
+``INSERT … ON CONFLICT DO NOTHING``; on PostgreSQL all three in one statement (a data-modifying
+``WITH``) for a batch of up to 50 entries. No savepoint: the key's unique constraint makes a repeat
 (or a concurrent twin, which waits on the index entry) safe, and a key that already existed is
 compared with its legs, as ``post_entry`` always did. ``post_entry`` is a batch of one.
 """
@@ -11,14 +12,15 @@ compared with its legs, as ``post_entry`` always did. ``post_entry`` is a batch 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 
-from sqlalchemy import insert, select
+from sqlalchemy import Executable, bindparam, insert, select, text
 
 from ledger.accounts import AccountRef, account_ids
 from ledger.errors import IdempotencyMismatch, LedgerError, UnbalancedEntry
 from models import LedgerAccount, LedgerEntry, LedgerFlow, LedgerPosting, db, utcnow
 from models.ledger import CLEARING_KINDS
-from models.sql import insert_ignoring
+from models.sql import WRITES, insert_ignoring
 from money import MAX_FEN
 
 MAX_KEY_LENGTH = 160  # ledger_entries.idempotency_key
@@ -98,8 +100,12 @@ class Batch:
         items = list(self.items.values())
         db.session.flush()  # pending rows first (nothing here when the caller already flushed)
         ids = account_ids({leg.account.code: leg.account for item in items for leg in item.legs}.values())
-        new = _insert_entries(items)
-        written = [item for item in items if item.key in new]
+        if _in_one_statement(items):
+            new = _post_in_one_statement(items, ids)
+            written = []  # their postings and flows are written already
+        else:
+            new = _insert_entries(items)
+            written = [item for item in items if item.key in new]
         if written:
             db.session.execute(
                 insert(LedgerPosting.__table__),
@@ -121,6 +127,68 @@ class Batch:
         existing = _compare_existing(repeated, ids) if repeated else {}
         self.items = {}
         return {**new, **existing}
+
+
+ONE_STATEMENT_ENTRIES = 50  # at most this many entries and
+ONE_STATEMENT_POSTINGS = 200  # postings in one statement (bounded SQL text); a bigger batch takes three
+
+
+def _in_one_statement(items: list[_Item]) -> bool:
+    return (
+        db.session.get_bind().dialect.name == "postgresql"
+        and len(items) <= ONE_STATEMENT_ENTRIES
+        and sum(len(item.legs) for item in items) <= ONE_STATEMENT_POSTINGS
+    )
+
+
+def _post_in_one_statement(items: list[_Item], ids: dict[str, int]) -> dict[str, int]:
+    """PostgreSQL: the entries, the postings of those this call wrote and the clearing flows they open in ONE
+    statement (data-modifying WITH); key → id of the entries written (a key that existed already is left out, its
+    postings and flows not written: the caller compares it, as on the three-statement path)."""
+    now = utcnow()
+    postings = [(item.key, leg) for item in items for leg in item.legs]
+    params: dict = {"now": now}
+    for i, item in enumerate(items):
+        params |= {f"k_{i}": item.key, f"m_{i}": item.memo, f"u_{i}": item.unit, f"r_{i}": item.reverses_id}
+    for j, (key, leg) in enumerate(postings):
+        params |= {f"pk_{j}": key, f"pa_{j}": ids[leg.account.code], f"pm_{j}": leg.amount, f"pf_{j}": leg.flow}
+    rows = db.session.execute(_one_statement(len(items), len(postings)), params).tuples().all()
+    return dict(rows)
+
+
+@cache
+def _one_statement(entries: int, postings: int) -> Executable:
+    """``_post_in_one_statement``'s SQL for ``entries`` entries and ``postings`` postings, built once per shape."""
+    e, p = LedgerEntry.__table__.c, LedgerPosting.__table__.c
+    entry_rows = ", ".join(f"(:k_{i}, :m_{i}, :u_{i}, :r_{i}, :now)" for i in range(entries))
+    posting_rows = ", ".join(f"(:pk_{j}, :pa_{j}, :pm_{j}, :pf_{j})" for j in range(postings))
+    sql = (  # our own table names and numbered parameters
+        "WITH e AS (INSERT INTO ledger_entries (idempotency_key, memo, unit, reverses_id, created_at) "  # noqa: S608
+        f"VALUES {entry_rows} ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key, id), "
+        f"v (key, account_id, amount, flow) AS (VALUES {posting_rows}), "
+        "p AS (INSERT INTO ledger_postings (entry_id, account_id, amount, flow) "
+        "SELECT e.id, v.account_id, v.amount, v.flow FROM v JOIN e ON e.idempotency_key = v.key RETURNING flow), "
+        "f AS (INSERT INTO ledger_flows (ref, opened_at, closed_at) "
+        "SELECT DISTINCT p.flow, :now, CAST(NULL AS TIMESTAMP WITH TIME ZONE) FROM p WHERE p.flow IS NOT NULL "
+        "ORDER BY 1 ON CONFLICT (ref) DO NOTHING) "
+        "SELECT idempotency_key, id FROM e"
+    )
+    binds = [bindparam("now", type_=e.created_at.type)]
+    for i in range(entries):
+        binds += [
+            bindparam(f"k_{i}", type_=e.idempotency_key.type),
+            bindparam(f"m_{i}", type_=e.memo.type),
+            bindparam(f"u_{i}", type_=e.unit.type),
+            bindparam(f"r_{i}", type_=e.reverses_id.type),
+        ]
+    for j in range(postings):
+        binds += [
+            bindparam(f"pk_{j}", type_=e.idempotency_key.type),
+            bindparam(f"pa_{j}", type_=p.account_id.type),
+            bindparam(f"pm_{j}", type_=p.amount.type),
+            bindparam(f"pf_{j}", type_=p.flow.type),
+        ]
+    return text(sql).bindparams(*binds).columns(e.idempotency_key, e.id).execution_options(**WRITES)
 
 
 def _insert_entries(items: list[_Item]) -> dict[str, int]:
