@@ -12,7 +12,7 @@ compared with its legs, as ``post_entry`` always did. ``post_entry`` is a batch 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cache
+from functools import lru_cache
 
 from sqlalchemy import Executable, bindparam, insert, select, text
 
@@ -156,7 +156,7 @@ def _post_in_one_statement(items: list[_Item], ids: dict[str, int]) -> dict[str,
     return dict(rows)
 
 
-@cache
+@lru_cache(maxsize=256)  # shapes (entries, postings) seen: a handful in practice, bounded anyway
 def _one_statement(entries: int, postings: int) -> Executable:
     """``_post_in_one_statement``'s SQL for ``entries`` entries and ``postings`` postings, built once per shape."""
     e, p = LedgerEntry.__table__.c, LedgerPosting.__table__.c

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import event, func, select
@@ -323,6 +324,79 @@ def test_six_twins_of_one_keyed_claim_at_once_make_one_packet_and_the_same_answe
     db.session.rollback()
     assert count(RedPacket) == 1 and count(IdempotencyRecord) == 1
     assert db.session.get(Campaign, campaign.id).packets_issued == 1
+
+
+def test_a_claimant_banned_since_is_refused_not_answered_from_the_key(client, make_campaign, make_user, user_headers):
+    # given: kim claimed with a key, then was banned
+    campaign = claim_campaign(make_campaign)
+    kim = make_user()
+    headers = user_headers(kim, **{"Idempotency-Key": "kim-1"})
+    db.session.commit()
+    path = f"/api/v1/campaigns/{campaign.id}/claim"
+    assert client.post(path, headers=headers).status_code == 201
+    kim = db.session.get(User, kim.id)
+    kim.status, kim.banned_reason = UserStatus.BANNED, "test"
+    db.session.commit()
+
+    # when: the same request is sent again
+    again = client.post(path, headers=headers)
+
+    # then: 403, not the stored 201
+    assert (again.status_code, again.get_json()["error"]) == (403, "user_banned")
+
+
+@pytest.mark.parametrize("has_packet", [True, False])
+def test_a_stale_key_left_in_progress_by_a_crash_is_taken_anew_and_a_refusal_leaves_nothing(
+    client, make_campaign, make_user, user_headers, has_packet
+):
+    # given: lea's key, left "in_progress" two minutes ago by a request that crashed (the classic path commits its
+    # key first); lea already has her one packet of the campaign, or not
+    campaign = claim_campaign(make_campaign)
+    lea = make_user()
+    db.session.commit()
+    path = f"/api/v1/campaigns/{campaign.id}/claim"
+    if has_packet:
+        assert client.post(path, headers=user_headers(lea)).status_code == 201
+    headers = user_headers(lea, **{"Idempotency-Key": "lea-2"})
+    with app_request(client, path, headers) as fingerprint:
+        then = utcnow() - timedelta(minutes=2)
+        db.session.add(
+            IdempotencyRecord(
+                scope=f"user:{lea.id}",
+                route="POST /api/v1/campaigns/<int:campaign_id>/claim",
+                key="lea-2",
+                request_sha256=fingerprint,
+                locked_at=then,
+                created_at=then,
+                expires_at=then + timedelta(hours=25),
+            )
+        )
+        db.session.commit()
+
+    # when: she sends the request, twice
+    answers = [client.post(path, headers=headers) for _ in range(2)]
+
+    # then: refused both times for her limit (not 409 in progress), the stale key gone; or granted once and
+    # answered from the key the second time
+    db.session.rollback()
+    records = db.session.execute(select(IdempotencyRecord).where(IdempotencyRecord.key == "lea-2")).scalars().all()
+    if has_packet:
+        assert [a.status_code for a in answers] == [429, 429], [a.get_json() for a in answers]
+        assert records == []
+    else:
+        assert [a.status_code for a in answers] == [201, 201], [a.get_json() for a in answers]
+        assert answers[1].headers["Idempotent-Replayed"] == "true"
+        assert [(r.state, r.response_status) for r in records] == [("done", 201)]
+    assert count(RedPacket) == 1
+
+
+@contextmanager
+def app_request(client, path: str, headers: dict) -> Iterator[str]:
+    """The fingerprint ``web.idempotency`` takes of an empty-bodied POST of ``path``."""
+    from web.idempotency import request_fingerprint
+
+    with client.application.test_request_context(path, method="POST", headers=headers):
+        yield request_fingerprint()
 
 
 def test_an_endpoint_whose_view_did_not_check_the_users_row_fails_loudly(app):

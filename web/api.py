@@ -195,7 +195,8 @@ def endpoint(
                 route = f"{request.method} {request.url_rule.rule}"
                 checked = _user_checked(view) if auth == USER_READ_BY_VIEW else view
                 if key_with_effects:  # a refusal (a missing or banned user too) keeps no key: nothing to check first
-                    run = idempotency.run_with_effects
+                    caller = current_user if auth == USER_READ_BY_VIEW else None  # before an answer from the key
+                    run = functools.partial(idempotency.run_with_effects, check_caller=caller)
                 else:
                     if auth == USER_READ_BY_VIEW:
                         current_user()  # a missing or banned user is refused before a key is recorded, as elsewhere

@@ -18,7 +18,7 @@ from datetime import timedelta
 from functools import cache
 
 from flask import Response, current_app, jsonify, request
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from models import IdempotencyRecord, db, utcnow
@@ -156,7 +156,9 @@ def _store_statement():
     )
 
 
-def run_with_effects(scope: str, route: str, key: str, call: Callable[[], Response]) -> Response:
+def run_with_effects(
+    scope: str, route: str, key: str, call: Callable[[], Response], check_caller: Callable[[], object] | None = None
+) -> Response:
     """``run`` for a view that calls nothing outside the database (a claim): the key is the first write of the
     view's own transaction and is kept only with a successful answer, committed together. Two statements and no
     commit of its own, where ``run`` takes a transaction of its own first.
@@ -165,10 +167,11 @@ def run_with_effects(scope: str, route: str, key: str, call: Callable[[], Respon
     answers what it stored (committed) or runs itself (rolled back): never a second effect, and no 409 while the
     first is running. A refusal or an error keeps nothing, the key included: a retry runs the view again (it
     changed nothing). The key's row is not noted as a write (``rebate.claims``): a refused claim rolls back the
-    whole transaction, its key with it."""
+    whole transaction, its key with it. ``check_caller`` runs before any answer taken from a key that exists
+    (a caller banned since is refused, not answered from the key); the view checks the caller otherwise."""
     _check_key(key)
     fingerprint = request_fingerprint()
-    record_id = _key_first(scope, route, key, fingerprint)
+    record_id = _key_first(scope, route, key, fingerprint, check_caller)
     if isinstance(record_id, Response):
         return record_id
     try:
@@ -183,10 +186,15 @@ def run_with_effects(scope: str, route: str, key: str, call: Callable[[], Respon
     return response
 
 
-def _key_first(scope: str, route: str, key: str, fingerprint: str) -> int | Response:
-    """The key's row, inserted by this transaction (its id), or the answer to give when it was there already."""
+def _key_first(
+    scope: str, route: str, key: str, fingerprint: str, check_caller: Callable[[], object] | None
+) -> int | Response:
+    """The key's row, inserted by this transaction (its id), or the answer to give when it was there already.
+
+    A row left ``in_progress`` by a crashed request of ``run`` (committed with nothing done) is deleted once stale
+    and the key taken anew in this transaction, so a refusal here leaves no row behind either."""
     ttl = timedelta(hours=current_app.config["IDEMPOTENCY_TTL_HOURS"])
-    for _ in range(2):
+    for _ in range(3):
         now = utcnow()
         row = {
             "scope": scope,
@@ -202,14 +210,31 @@ def _key_first(scope: str, route: str, key: str, fingerprint: str) -> int | Resp
         inserted = insert_ignoring(table, [row], ("scope", "route", "key"), ("id",), counts_as_write=False)
         if inserted:
             return inserted[0][0]
+        if check_caller is not None:
+            check_caller()
         found = db.session.execute(
             select(IdempotencyRecord).filter_by(scope=scope, route=route, key=key)
         ).scalar_one_or_none()
         if found is None:  # deleted since (expired): try again
             continue
         if found.expires_at <= now:
-            _delete(found.id)
+            _delete_unchanged(found)
             continue
-        existing = _existing(found, fingerprint, now)  # 422, the stored answer, 409 in progress (or taken over)
-        return existing if isinstance(existing, Response) else existing.id
+        if found.request_sha256 != fingerprint:
+            raise ValidationFailed("Idempotency-Key was used with a different request", code="idempotency_key_reused")
+        if found.state == "done":
+            return _replay(found)
+        if found.locked_at + STALE_AFTER > now:
+            raise Conflict("a request with this Idempotency-Key is in progress", code="idempotency_in_progress")
+        _delete_unchanged(found)
     raise Conflict("idempotency key is busy, retry", code="idempotency_in_progress")
+
+
+def _delete_unchanged(found: IdempotencyRecord) -> None:
+    """Delete ``found`` unless another request changed it since it was read (took it over, stored its answer), and
+    commit (this transaction had written nothing yet)."""
+    table = IdempotencyRecord.__table__
+    db.session.execute(
+        delete(table).where(table.c.id == found.id, table.c.locked_at == found.locked_at, table.c.state == found.state)
+    )
+    db.session.commit()
