@@ -77,13 +77,22 @@ def _claim(scope: str, route: str, key: str, fingerprint: str) -> IdempotencyRec
     raise Conflict("idempotency key is busy, retry", code="idempotency_in_progress")
 
 
-def _existing(found: IdempotencyRecord, fingerprint: str, now) -> IdempotencyRecord | Response:
+def _answer_from(found: IdempotencyRecord, fingerprint: str, now) -> Response | None:
+    """What a live key already answers: 422 (another request), its stored answer, 409 (still running); None when
+    it was left in progress by a request that is gone (stale)."""
     if found.request_sha256 != fingerprint:
         raise ValidationFailed("Idempotency-Key was used with a different request", code="idempotency_key_reused")
     if found.state == "done":
         return _replay(found)
     if found.locked_at + STALE_AFTER > now:
         raise Conflict("a request with this Idempotency-Key is in progress", code="idempotency_in_progress")
+    return None
+
+
+def _existing(found: IdempotencyRecord, fingerprint: str, now) -> IdempotencyRecord | Response:
+    answer = _answer_from(found, fingerprint, now)
+    if answer is not None:
+        return answer
     taken = db.session.execute(
         update(IdempotencyRecord)
         .where(IdempotencyRecord.id == found.id, IdempotencyRecord.locked_at == found.locked_at)
@@ -220,13 +229,10 @@ def _key_first(
         if found.expires_at <= now:
             _delete_unchanged(found)
             continue
-        if found.request_sha256 != fingerprint:
-            raise ValidationFailed("Idempotency-Key was used with a different request", code="idempotency_key_reused")
-        if found.state == "done":
-            return _replay(found)
-        if found.locked_at + STALE_AFTER > now:
-            raise Conflict("a request with this Idempotency-Key is in progress", code="idempotency_in_progress")
-        _delete_unchanged(found)
+        answer = _answer_from(found, fingerprint, now)
+        if answer is not None:
+            return answer
+        _delete_unchanged(found)  # stale
     raise Conflict("idempotency key is busy, retry", code="idempotency_in_progress")
 
 
@@ -237,4 +243,5 @@ def _delete_unchanged(found: IdempotencyRecord) -> None:
     db.session.execute(
         delete(table).where(table.c.id == found.id, table.c.locked_at == found.locked_at, table.c.state == found.state)
     )
+    db.session.expunge(found)  # the session forgets it too (SQLite may give its id to the next row: see _delete)
     db.session.commit()
