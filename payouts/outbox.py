@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 
 from sqlalchemy import and_, bindparam, insert, or_, select, update
@@ -72,7 +73,8 @@ def enqueue_payout(
 
 
 def enqueue_payouts(requests: list[PayoutRequest], batch: Batch, *, load: bool = False) -> list:
-    """Payout rows for ``requests`` (one INSERT, then one executemany fixing each external number from its id);
+    """Payout rows for ``requests`` (one INSERT; where no trigger numbers them from their ids, as migration 0028's
+    does on PostgreSQL, one executemany fixing each external number);
     their queued entries go into ``batch``, written by the caller with the rest of its entries. Returns the rows
     (``load``) or just their ids and flows (no statement)."""
     if not requests:
@@ -80,6 +82,7 @@ def enqueue_payouts(requests: list[PayoutRequest], batch: Batch, *, load: bool =
     db.session.flush()  # the rows they name (a rebate, a retried payout) first
     sources = account_ids(r.source for r in requests)
     now = utcnow()
+    numbered_by_trigger = db.session.get_bind().dialect.name == "postgresql"
     rows = [
         {
             "rail": r.rail,
@@ -88,7 +91,7 @@ def enqueue_payouts(requests: list[PayoutRequest], batch: Batch, *, load: bool =
             "rebate_id": r.rebate_id,
             "order_id": r.order_id,
             "source_account_id": sources[r.source.code],
-            "external_no": f"tmp-{r.key}"[-32:],  # unique until the row has its id: replaced just below
+            "external_no": _placeholder(r, numbered_by_trigger),
             "status": PayoutStatus.PENDING.value,
             "held": False,
             "cancel_requested": False,
@@ -104,21 +107,36 @@ def enqueue_payouts(requests: list[PayoutRequest], batch: Batch, *, load: bool =
         for r in requests
     ]
     table = Payout.__table__
-    inserted = db.session.execute(insert(table).returning(table.c.external_no, table.c.id), rows).tuples().all()
-    ids = dict(inserted)
+    if numbered_by_trigger:  # the numbers it wrote, in the order of ``rows``
+        stmt = insert(table).returning(table.c.external_no, table.c.id, sort_by_parameter_order=True)
+        inserted = db.session.execute(stmt, rows).tuples().all()
+    else:  # in any order: matched by the placeholders
+        ids = dict(db.session.execute(insert(table).returning(table.c.external_no, table.c.id), rows).tuples().all())
+        inserted = [(row["external_no"], ids[row["external_no"]]) for row in rows]
     numbered = [
-        {"pid": ids[row["external_no"]], "no": external_no_for(r.rail, ids[row["external_no"]], r.number_prefix)}
-        for row, r in zip(rows, requests, strict=True)
+        {"pid": pid, "no": external_no_for(r.rail, pid, r.number_prefix), "was": no}
+        for (no, pid), r in zip(inserted, requests, strict=True)
     ]
-    db.session.execute(
-        update(table).where(table.c.id == bindparam("pid")).values(external_no=bindparam("no")), numbered
-    )
+    unnumbered = [n for n in numbered if n["was"] != n["no"]]  # SQLite, or a database without the trigger
+    if unnumbered:
+        db.session.execute(
+            update(table).where(table.c.id == bindparam("pid")).values(external_no=bindparam("no")), unnumbered
+        )
     payouts = [_Queued(n["pid"]) for n in numbered]
     payable = ref(AccountKind.REBATE_PAYABLE)
     for payout, r in zip(payouts, requests, strict=True):
         legs = [Leg(r.source, -r.amount_fen), Leg(payable, r.amount_fen, flow=payout.flow)]
         batch.add(f"payout:{payout.id}:queued", r.memo, legs)
     return [db.session.get(Payout, p.id) for p in payouts] if load else payouts
+
+
+def _placeholder(r: PayoutRequest, numbered_by_trigger: bool) -> str:
+    """A payout's external number until its row has an id: unique, and on PostgreSQL in the form the insert trigger
+    completes from the id (migration 0028: ``#<prefix><tag>#…`` becomes ``external_no_for``'s number); elsewhere
+    replaced by an UPDATE right after the INSERT."""
+    if numbered_by_trigger:
+        return f"#{r.number_prefix}{PREFIX[r.rail]}#{secrets.token_hex(8)}"
+    return f"tmp-{r.key}"[-32:]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import event, func, select, update
+from sqlalchemy import event, func, select, text, update
 
 from models import Campaign, LedgerEntry, Order, Payout, Rebate, db, utcnow
 from rebate import create_order, issue_packet
@@ -25,8 +25,9 @@ NOTIFY = "/wechat/pay/notify"
 # of the buyer's aggregates (risk.scoring) and the upsert of their profile (risk.profiles). The packet here is the
 # platform's, so no triangle pair is written (a merchant's or a person's packet adds that upsert).
 MAX_STATEMENTS = 16
-# PostgreSQL writes a batch's ledger entries, postings and flows in one statement (ledger/posting.py), two fewer.
-POSTGRES_STATEMENTS = 13
+# PostgreSQL writes a batch's ledger entries, postings and flows in one statement (ledger/posting.py), two fewer,
+# and numbers the payouts from their ids as they are inserted (migration 0028), one fewer.
+POSTGRES_STATEMENTS = 12
 CONSUMER = {"roles": [{"role": "consumer", "rate_bps": 1000, "form": "wechat_change", "cap_fen": 100_00}]}
 REFERRAL = {
     "applies_to": "referral",
@@ -184,3 +185,41 @@ def test_concurrent_payments_never_overspend_an_unreserved_budget(app, make_user
         select(func.coalesce(func.sum(Rebate.original_fen), 0)).where(Rebate.campaign_id == small.id)
     ).scalar_one()
     assert campaign.budget_committed_fen == awarded == 50_00
+
+
+def test_payout_numbers_come_from_their_ids_with_the_insert_or_the_update_after_it(app, make_user):
+    # given: three people with a balance each; on PostgreSQL once with the numbering trigger, once without it
+    from ledger import Leg, account
+    from ledger.posting import Batch
+    from models import AccountKind, Payout
+    from payouts.outbox import PayoutRequest, enqueue_payouts, external_no_for
+    from tests.money_helpers import app_money
+
+    people = [make_user() for _ in range(3)]
+    db.session.commit()
+    postgres = db.engine.dialect.name == "postgresql"
+    for with_trigger in (True, False) if postgres else (True,):
+        if not with_trigger:  # as a database built without migration 0028 (rolled back with the test's transaction)
+            db.session.execute(text("ALTER TABLE payouts DISABLE TRIGGER payouts_number"))
+        batch, requests = Batch(), []
+        for i, person in enumerate(people):
+            cash = account(AccountKind.USER_CASH, "user", person.id)
+            key = f"fund:{person.id}:{with_trigger}"
+            batch.add(key, "rebate", [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -100), Leg(cash, 100)])
+            rail = ("wechat_change", "cash_red_packet", "wechat_change")[i]
+            requests.append(PayoutRequest(rail, person.id, 100, cash, f"p:{key}", "t", app_money().number_prefix))
+        batch.post()
+
+        # when: their payouts are queued in one call
+        with counted() as statements:
+            queued = enqueue_payouts(requests, batch)
+        batch.post()
+
+        # then: each payout's number is its rail's tag and its id, in the order asked; with the trigger in one
+        # INSERT (PostgreSQL), without it (SQLite, or a database without the migration) an UPDATE after it
+        rows = [db.session.get(Payout, q.id) for q in queued]
+        assert [(p.user_id, p.rail) for p in rows] == [(r.user_id, r.rail) for r in requests]
+        assert [p.external_no for p in rows] == [external_no_for(p.rail, p.id, app_money().number_prefix) for p in rows]
+        updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE PAYOUTS")]
+        assert len(updates) == (0 if postgres and with_trigger else 1), statements
+    db.session.rollback()
