@@ -27,6 +27,7 @@ BEGIN
 END
 $$ LANGUAGE plpgsql;
 
+DROP TRIGGER IF EXISTS payouts_number ON payouts;
 CREATE TRIGGER payouts_number BEFORE INSERT ON payouts FOR EACH ROW EXECUTE FUNCTION payouts_number_from_id();
 """
 
