@@ -145,23 +145,43 @@ def _post_in_one_statement(items: list[_Item], ids: dict[str, int]) -> dict[str,
     """PostgreSQL: the entries, the postings of those this call wrote and the clearing flows they open in ONE
     statement (data-modifying WITH); key → id of the entries written (a key that existed already is left out, its
     postings and flows not written: the caller compares it, as on the three-statement path)."""
-    now = utcnow()
     postings = [(item.key, leg) for item in items for leg in item.legs]
-    params: dict = {"now": now}
+    params: dict = {"now": utcnow()}
     for i, item in enumerate(items):
-        params |= {f"k_{i}": item.key, f"m_{i}": item.memo, f"u_{i}": item.unit, f"r_{i}": item.reverses_id}
+        params |= _numbered(_ENTRY_BINDS, i, (item.key, item.memo, item.unit, item.reverses_id))
     for j, (key, leg) in enumerate(postings):
-        params |= {f"pk_{j}": key, f"pa_{j}": ids[leg.account.code], f"pm_{j}": leg.amount, f"pf_{j}": leg.flow}
+        params |= _numbered(_POSTING_BINDS, j, (key, ids[leg.account.code], leg.amount, leg.flow))
     rows = db.session.execute(_one_statement(len(items), len(postings)), params).tuples().all()
     return dict(rows)
+
+
+# (bind name, the column whose type it has) of an entry's and a posting's VALUES row, numbered per row
+_ENTRY_BINDS = (
+    ("k", LedgerEntry.__table__.c.idempotency_key),
+    ("m", LedgerEntry.__table__.c.memo),
+    ("u", LedgerEntry.__table__.c.unit),
+    ("r", LedgerEntry.__table__.c.reverses_id),
+)
+_POSTING_BINDS = (
+    ("pk", LedgerEntry.__table__.c.idempotency_key),
+    ("pa", LedgerPosting.__table__.c.account_id),
+    ("pm", LedgerPosting.__table__.c.amount),
+    ("pf", LedgerPosting.__table__.c.flow),
+)
+
+
+def _numbered(binds: tuple, n: int, values: tuple) -> dict:
+    return {f"{name}_{n}": value for (name, _), value in zip(binds, values, strict=True)}
+
+
+def _values_rows(binds: tuple, count: int, extra: str = "") -> str:
+    return ", ".join("(" + ", ".join(f":{name}_{n}" for name, _ in binds) + extra + ")" for n in range(count))
 
 
 @lru_cache(maxsize=256)  # shapes (entries, postings) seen: a handful in practice, bounded anyway
 def _one_statement(entries: int, postings: int) -> Executable:
     """``_post_in_one_statement``'s SQL for ``entries`` entries and ``postings`` postings, built once per shape."""
-    e, p = LedgerEntry.__table__.c, LedgerPosting.__table__.c
-    entry_rows = ", ".join(f"(:k_{i}, :m_{i}, :u_{i}, :r_{i}, :now)" for i in range(entries))
-    posting_rows = ", ".join(f"(:pk_{j}, :pa_{j}, :pm_{j}, :pf_{j})" for j in range(postings))
+    entry_rows, posting_rows = _values_rows(_ENTRY_BINDS, entries, ", :now"), _values_rows(_POSTING_BINDS, postings)
     sql = (  # our own table names and numbered parameters
         "WITH e AS (INSERT INTO ledger_entries (idempotency_key, memo, unit, reverses_id, created_at) "  # noqa: S608
         f"VALUES {entry_rows} ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key, id), "
@@ -173,21 +193,10 @@ def _one_statement(entries: int, postings: int) -> Executable:
         "ORDER BY 1 ON CONFLICT (ref) DO NOTHING) "
         "SELECT idempotency_key, id FROM e"
     )
+    e = LedgerEntry.__table__.c
     binds = [bindparam("now", type_=e.created_at.type)]
-    for i in range(entries):
-        binds += [
-            bindparam(f"k_{i}", type_=e.idempotency_key.type),
-            bindparam(f"m_{i}", type_=e.memo.type),
-            bindparam(f"u_{i}", type_=e.unit.type),
-            bindparam(f"r_{i}", type_=e.reverses_id.type),
-        ]
-    for j in range(postings):
-        binds += [
-            bindparam(f"pk_{j}", type_=e.idempotency_key.type),
-            bindparam(f"pa_{j}", type_=p.account_id.type),
-            bindparam(f"pm_{j}", type_=p.amount.type),
-            bindparam(f"pf_{j}", type_=p.flow.type),
-        ]
+    for spec, count in ((_ENTRY_BINDS, entries), (_POSTING_BINDS, postings)):
+        binds += [bindparam(f"{name}_{n}", type_=column.type) for n in range(count) for name, column in spec]
     return text(sql).bindparams(*binds).columns(e.idempotency_key, e.id).execution_options(**WRITES)
 
 

@@ -371,10 +371,7 @@ def _user_and_campaign_for_claim():
         select(User, Campaign, CampaignRules.rules, banned_column())
         .select_from(User)
         .outerjoin(Campaign, Campaign.id == bindparam("campaign_id"))
-        .outerjoin(
-            CampaignRules,
-            and_(CampaignRules.campaign_id == Campaign.id, CampaignRules.version == Campaign.rules_version),
-        )
+        .outerjoin(CampaignRules, _current_rules())
         .where(User.id == bindparam("uid"))
     )
 
@@ -384,12 +381,14 @@ def _campaign_with_rules():
     """``campaign_with_rules``' SELECT, built once per process (bound by ``campaign_id``)."""
     return (
         select(Campaign, CampaignRules.rules)
-        .outerjoin(
-            CampaignRules,
-            and_(CampaignRules.campaign_id == Campaign.id, CampaignRules.version == Campaign.rules_version),
-        )
+        .outerjoin(CampaignRules, _current_rules())
         .where(Campaign.id == bindparam("campaign_id"))
     )
+
+
+def _current_rules():
+    """The join of a campaign to its current rules version."""
+    return and_(CampaignRules.campaign_id == Campaign.id, CampaignRules.version == Campaign.rules_version)
 
 
 def generate_batch(campaign: Campaign, count: int, now: datetime, batch_ref: str) -> list[RedPacket]:
@@ -427,10 +426,7 @@ def claimable_for_claim(
     row = db.session.execute(
         select(*columns)
         .join(Campaign, Campaign.id == RedPacket.campaign_id)
-        .outerjoin(
-            CampaignRules,
-            and_(CampaignRules.campaign_id == Campaign.id, CampaignRules.version == Campaign.rules_version),
-        )
+        .outerjoin(CampaignRules, _current_rules())
         .where(RedPacket.claim_code == code.strip().upper())
         .execution_options(populate_existing=True),
         bans or {},

@@ -178,6 +178,9 @@ def endpoint(
     mutating = bool(MUTATING & set(methods)) or writes
 
     def decorate(view: Callable) -> Callable:
+        reads_user = auth == USER_READ_BY_VIEW
+        target = _user_checked(view) if reads_user else view  # wrapped once, here, not per request
+
         @functools.wraps(view)
         def wrapper(**kwargs):
             scope = _authenticate(auth, roles)
@@ -193,16 +196,14 @@ def endpoint(
                 )
             if idempotent and key is not None:
                 route = f"{request.method} {request.url_rule.rule}"
-                checked = _user_checked(view) if auth == USER_READ_BY_VIEW else view
+                call = lambda: _finish(target, kwargs, mutating, False, status)  # noqa: E731
                 if key_with_effects:  # a refusal (a missing or banned user too) keeps no key: nothing to check first
-                    caller = current_user if auth == USER_READ_BY_VIEW else None  # before an answer from the key
-                    run = functools.partial(idempotency.run_with_effects, check_caller=caller)
-                else:
-                    if auth == USER_READ_BY_VIEW:
-                        current_user()  # a missing or banned user is refused before a key is recorded, as elsewhere
-                    run = idempotency.run
-                return run(scope, route, key, lambda: _finish(checked, kwargs, mutating, False, status))
-            return _finish(_user_checked(view) if auth == USER_READ_BY_VIEW else view, kwargs, mutating, status=status)
+                    caller = current_user if reads_user else None  # before an answer taken from the key
+                    return idempotency.run_with_effects(scope, route, key, call, caller)
+                if reads_user:
+                    current_user()  # a missing or banned user is refused before a key is recorded, as elsewhere
+                return idempotency.run(scope, route, key, call)
+            return _finish(target, kwargs, mutating, status=status)
 
         wrapper._api = {  # read by web/openapi.py and web/console (which runs the same view)
             "mutating": mutating,
