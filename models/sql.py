@@ -6,6 +6,10 @@ the engine log), which cost the payment path three compilations per notification
 here is a ``text()`` with typed bind parameters (so ``UTCDateTime`` and the other column types still
 process their values), built once per table, column list and row count, and cached by SQLAlchemy
 like any other: identical SQL on PostgreSQL and SQLite (≥ 3.35 for ``RETURNING``).
+
+``execute_core``: a Core statement on the session's connection, without the ORM's execution layer (the hot
+paths' statements that load no ORM object). ``wrote_nothing_yet``: whether the open transaction has written
+anything (flushed, executed, or pending), noted here for both ways of running a statement.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache
 
-from sqlalchemy import Executable, Table, bindparam, text
+from sqlalchemy import Executable, Table, bindparam, event, text
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 from models.base import db
 
@@ -22,6 +27,51 @@ from models.base import db
 # transaction's first write rolls back everything).
 WRITES = {"writes": True}
 CHUNK_ROWS = 100  # rows per statement: bounded SQL text and bind parameters (SQLite allows 32,766)
+WROTE = "sql:wrote"  # session.info: this transaction has written something (``wrote_nothing_yet``)
+
+
+@event.listens_for(Session, "after_flush")
+def _flushed(session: Session, _context) -> None:
+    session.info[WROTE] = True
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _executed(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete or state.execution_options.get("writes"):
+        state.session.info[WROTE] = True  # "writes": a text statement that writes (WRITES)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _ended(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(WROTE, None)
+
+
+def wrote_nothing_yet() -> bool:
+    """Has this transaction written nothing yet (nothing flushed, executed or pending)? (``rebate.claims``: a
+    refused claim that was its transaction's first write rolls the whole transaction back, no savepoint.)"""
+    session = db.session()
+    return not (session.info.get(WROTE) or session.new or session.dirty or session.deleted)
+
+
+def execute_core(statement: Executable, params=None, *, writes: bool | None = None):
+    """``db.session.execute`` for a Core statement (a table's or ``text()``, no ORM entity in it): run on the
+    session's own connection and transaction, without the ORM's execution layer (its compile state, events
+    and result wrapping: some ten to fifty thousand instructions per statement, issue 11).
+
+    For such a statement ``Session.execute`` does nothing more than that but fire ``do_orm_execute``: it does
+    not flush pending rows first (only ORM statements autoflush), and neither does this. What the event did
+    is done here: a statement that writes (INSERT, UPDATE, DELETE, or a text one marked ``WRITES``) notes the
+    transaction as having written (``WROTE``); ``writes=False``: it does not (a row that must go with whatever
+    rolls the transaction back: an ``Idempotency-Key`` written with the effects). An ORM statement is refused:
+    it would silently lose the ORM's semantics (attribute names, autoflush, synchronised sessions)."""
+    if statement._propagate_attrs.get("compile_state_plugin") == "orm":  # noqa: SLF001 - SQLAlchemy's own mark
+        raise TypeError("execute_core runs Core statements only; use db.session.execute for an ORM one")
+    if writes is None:
+        writes = statement.is_dml or bool(statement.get_execution_options().get("writes"))
+    if writes:
+        db.session.info[WROTE] = True
+    return db.session.connection().execute(statement, params)
 
 
 def insert_rows(table: Table, rows: Sequence[dict]) -> None:
@@ -49,7 +99,7 @@ def insert_ignoring(
         chunk = rows[start : start + CHUNK_ROWS]
         stmt = _statement(table, columns, len(chunk), conflict, returning)
         params = {f"{c}_{i}": row[c] for i, row in enumerate(chunk) for c in columns}
-        result = db.session.execute(stmt, params, execution_options=None if counts_as_write else {"writes": False})
+        result = execute_core(stmt, params, writes=counts_as_write)
         if returning:
             out.extend(result.tuples().all())
     return out

@@ -10,6 +10,7 @@ from sqlalchemy import and_, bindparam, insert, or_, select, update
 from ledger import AccountRef, Batch, Leg, account, account_ids, close_flow, post_entry, ref
 from models import AccountKind, LedgerAccount, Payout, PayoutStatus, db, utcnow
 from models.payouts import Rail
+from models.sql import execute_core
 
 PREFIX = {
     Rail.WECHAT_CHANGE: "TB",
@@ -109,9 +110,9 @@ def enqueue_payouts(requests: list[PayoutRequest], batch: Batch, *, load: bool =
     table = Payout.__table__
     if numbered_by_trigger:  # the numbers it wrote, in the order of ``rows``
         stmt = insert(table).returning(table.c.external_no, table.c.id, sort_by_parameter_order=True)
-        inserted = db.session.execute(stmt, rows).tuples().all()
+        inserted = execute_core(stmt, rows).tuples().all()
     else:  # in any order: matched by the placeholders
-        ids = dict(db.session.execute(insert(table).returning(table.c.external_no, table.c.id), rows).tuples().all())
+        ids = dict(execute_core(insert(table).returning(table.c.external_no, table.c.id), rows).tuples().all())
         inserted = [(row["external_no"], ids[row["external_no"]]) for row in rows]
     numbered = [
         {"pid": pid, "no": external_no_for(r.rail, pid, r.number_prefix), "was": no}
@@ -119,7 +120,7 @@ def enqueue_payouts(requests: list[PayoutRequest], batch: Batch, *, load: bool =
     ]
     unnumbered = [n for n in numbered if n["was"] != n["no"]]  # SQLite, or a database without the trigger
     if unnumbered:
-        db.session.execute(
+        execute_core(
             update(table).where(table.c.id == bindparam("pid")).values(external_no=bindparam("no")), unnumbered
         )
     payouts = [_Queued(n["pid"]) for n in numbered]

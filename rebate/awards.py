@@ -33,6 +33,7 @@ from models import (
 )
 from models.payouts import Rail
 from models.rebates import SHARE_DEBT
+from models.sql import execute_core
 from money import format_yuan
 from notices import Draft
 from payouts import MoneySettings
@@ -203,7 +204,7 @@ def _insert_rebates(rebates: list[Rebate]) -> None:
     columns = [c.key for c in table.columns if c.key != "id"]
     rows = [{c: getattr(rebate, c) for c in columns} for rebate in rebates]
     stmt = insert(table).returning(table.c.order_id, table.c.campaign_id, table.c.role, table.c.id)
-    ids = {(o, c, r): i for o, c, r, i in db.session.execute(stmt, rows).tuples()}
+    ids = {(o, c, r): i for o, c, r, i in execute_core(stmt, rows).tuples()}
     for rebate in rebates:
         rebate.id = ids[rebate.order_id, rebate.campaign_id, rebate.role]
         make_transient_to_detached(rebate)

@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.orm.util import identity_key
 
 from models import Campaign, db
-from models.sql import WRITES
+from models.sql import WRITES, execute_core
 
 C = Campaign.__table__.c
 
@@ -106,7 +106,7 @@ def commit_many(amounts: dict[int, int], settles: dict[int, tuple[int, int]] | N
         released, settled = settles.get(cid, (0, 0))
         params.update({f"id{i}": cid, f"add{i}": amounts.get(cid, 0) + settled, f"sub{i}": released})
     stmt = _commit_many_statement(len(ids))
-    done = set(db.session.execute(stmt, params).scalars())
+    done = set(execute_core(stmt, params).scalars())
     for campaign_id in ids:
         _expire(campaign_id)
     return set(ids) - done
@@ -194,7 +194,7 @@ def take_packet_inserting(campaign_id: int, reserved_fen: int, packet: dict) -> 
     commit). PostgreSQL only (SQLite has no data-modifying WITH: there the caller INSERTs, then calls
     ``take_packet``)."""
     params = {"campaign_id": campaign_id, "reserved": reserved_fen, **{f"p_{k}": v for k, v in packet.items()}}
-    new_id = db.session.execute(_take_packet_inserting_statement(), params).scalar()
+    new_id = execute_core(_take_packet_inserting_statement(), params).scalar()
     _expire(campaign_id)
     return new_id
 
@@ -217,7 +217,7 @@ def claim_packet_inserting(
         **slot_params,
         **{f"p_{k}": v for k, v in packet.items()},
     }
-    new_id, keys = db.session.execute(_claim_packet_inserting_statement(upsert), params).one()
+    new_id, keys = execute_core(_claim_packet_inserting_statement(upsert), params).one()
     _expire(campaign_id)
     return new_id, list(keys or ())
 

@@ -27,10 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import event
-from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
-
 from models import Campaign, CampaignStatus, RedPacket, ShareLink, User, db
+from models.sql import wrote_nothing_yet
 from models.triggers import TriggerKind
 from rebate.deposits import pause_refused
 from rebate.errors import DepositExhausted, NotFound, StateConflict
@@ -58,30 +56,6 @@ from risk.bans import ban_params
 
 REFUSALS = (LimitHit, DepositExhausted)  # raised after the refusal was kept: commit, then answer it
 DEVICE_IDS_PER_IP_PER_DAY = 20
-WROTE = "claims:wrote"  # session.info: this transaction has written something
-
-
-@event.listens_for(Session, "after_flush")
-def _flushed(session: Session, _context) -> None:
-    session.info[WROTE] = True
-
-
-@event.listens_for(Session, "do_orm_execute")
-def _executed(state: ORMExecuteState) -> None:
-    if state.is_insert or state.is_update or state.is_delete or state.execution_options.get("writes"):
-        state.session.info[WROTE] = True  # "writes": a text statement that writes (models.sql.WRITES)
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _ended(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:
-        session.info.pop(WROTE, None)
-
-
-def _own_transaction() -> bool:
-    """Has this transaction written nothing yet (nothing flushed, executed or pending)?"""
-    session = db.session()
-    return not (session.info.get(WROTE) or session.new or session.dirty or session.deleted)
 
 
 @dataclass(frozen=True)
@@ -96,7 +70,7 @@ def refusal_kept(campaign_id: int, person_id: int) -> Iterator[None]:
 
     No savepoint when the claim is the first write of its transaction: the whole transaction is rolled
     back instead (the success path stays a few statements). Otherwise a savepoint, as before."""
-    own = _own_transaction()
+    own = wrote_nothing_yet()
     try:
         if own:
             yield

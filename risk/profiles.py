@@ -22,7 +22,7 @@ from sqlalchemy import BigInteger, Integer, String, bindparam, text
 
 from models import db
 from models.base import UTCDateTime
-from models.sql import WRITES
+from models.sql import WRITES, execute_core
 from risk.scoring import RECENT_CHARS, paid_key
 
 
@@ -72,7 +72,7 @@ def note_paid_order(user_id: int, at: datetime, *, packet: bool, rebated: bool, 
         "at": at,
         "paid": paid_key(at),
     }
-    db.session.execute(_profile_upsert(), params)
+    execute_core(_profile_upsert(), params)
 
 
 @cache
@@ -100,7 +100,7 @@ def _pair_upsert():
 def note_pair(issuer_type: str, issuer_id: int, user_id: int, merchant_id: int, at: datetime) -> None:
     """One more order by ``user_id`` at ``merchant_id`` spending a packet of this issuer (one statement)."""
     params = {"issuer_type": issuer_type, "issuer_id": issuer_id, "uid": user_id, "mid": merchant_id, "at": at}
-    db.session.execute(_pair_upsert(), params)
+    execute_core(_pair_upsert(), params)
 
 
 @cache

@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 from sqlalchemy import event
 from sqlalchemy.engine.default import CACHE_HIT
 
 from ledger import account_ids, ref
 from models import AccountKind, User, db, utcnow
-from rebate.claims import _own_transaction, claim_from_campaign
+from models.sql import wrote_nothing_yet
+from rebate.claims import claim_from_campaign
 from risk import Claimant, PlatformLimits, take_or_refuse
 from risk.limits import Slot
 
@@ -68,13 +70,13 @@ def test_taking_limit_slots_marks_the_transaction_written(app, make_user):
     # given: a transaction that has written nothing yet
     cy = make_user()
     db.session.commit()
-    assert _own_transaction()
+    assert wrote_nothing_yet()
 
     # when: a limit slot is taken (the text upsert)
     take_or_refuse([Slot(f"test:{cy.id}", "-", "test_limit", "at most one", limit=1)], utcnow())
 
     # then: the claim machinery knows the transaction wrote
-    assert not _own_transaction()
+    assert not wrote_nothing_yet()
     db.session.rollback()
 
 
@@ -82,13 +84,61 @@ def test_a_ledger_insert_marks_the_transaction_written(app, make_user):
     # given: a transaction that has written nothing yet
     cy = make_user()
     db.session.commit()
-    assert _own_transaction()
+    assert wrote_nothing_yet()
 
     # when: the ledger creates an account (models.sql.insert_ignoring, a text() statement)
     account_ids([ref(AccountKind.USER_POINTS, "user", cy.id)])
 
     # then: the claim machinery knows the transaction wrote (a refusal must not roll that back with it)
-    assert not _own_transaction()
+    assert not wrote_nothing_yet()
+    db.session.rollback()
+
+
+def test_a_core_statement_on_the_connection_notes_its_writes(app):
+    """``models.sql.execute_core`` skips the ORM's execution layer but not what its event noted."""
+    from sqlalchemy import func, select, text, update
+
+    from models.sql import WRITES, execute_core
+
+    users = User.__table__
+    # given: a transaction that has written nothing yet
+    db.session.commit()
+    assert wrote_nothing_yet()
+    # when: a plain read runs, and a write with writes=False (an Idempotency-Key written with the effects)
+    execute_core(select(func.count()).select_from(users))
+    execute_core(text("UPDATE users SET region = region WHERE id = 0").execution_options(**WRITES), writes=False)
+    # then: still nothing written, as far as the claim machinery knows
+    assert wrote_nothing_yet()
+    # when: a text statement marked WRITES runs (it matches no row: what counts is that it may write)
+    execute_core(text("UPDATE users SET region = region WHERE id = 0").execution_options(**WRITES))
+    # then: the transaction is noted as written, until it ends
+    assert not wrote_nothing_yet()
+    db.session.rollback()
+    assert wrote_nothing_yet()
+    # and a Core UPDATE is a write without being marked
+    execute_core(update(users).where(users.c.id == 0).values(region="x"))
+    assert not wrote_nothing_yet()
+    db.session.rollback()
+
+
+def test_a_core_statement_on_the_connection_is_what_session_execute_does_for_it(app):
+    from sqlalchemy import func, select, update
+
+    from models.sql import execute_core
+
+    users = User.__table__
+    north = select(func.count()).select_from(users).where(users.c.region == "north")
+    # given: a new user, pending in the session
+    db.session.add(User(region="north"))
+    # when: a Core statement reads, as Session.execute would run it and as execute_core does
+    # then: neither flushes the pending row first (only ORM statements autoflush)
+    assert db.session.execute(north).scalar_one() == 0
+    assert execute_core(north).scalar_one() == 0
+    # and an ORM statement is refused: it would lose the ORM's semantics
+    with pytest.raises(TypeError, match="Core statements only"):
+        execute_core(update(User).values(region="south"))
+    with pytest.raises(TypeError, match="Core statements only"):
+        execute_core(select(User.id))
     db.session.rollback()
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from models import IdempotencyRecord, db, utcnow
-from models.sql import insert_ignoring
+from models.sql import execute_core, insert_ignoring
 from web.errors import ApiError, Conflict, ValidationFailed
 from web.guards import loads_json
 
@@ -147,7 +147,7 @@ def _store(record_id: int, status: int, body) -> None:
     """Store the answer; for a success this commits together with the view's effects. (A Core UPDATE built once:
     the ORM's bulk UPDATE also evaluates its WHERE against every object in the session, a third of a keyed
     claim's CPU; the commit right after expires the session's copy of the row anyway.)"""
-    db.session.execute(_store_statement(), {"record_id": record_id, "status": status, "body": body})
+    execute_core(_store_statement(), {"record_id": record_id, "status": status, "body": body})
     db.session.commit()
 
 
