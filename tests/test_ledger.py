@@ -482,3 +482,58 @@ def test_an_account_id_learnt_in_a_rolled_back_transaction_is_not_kept(app):
     assert db.session.get(LedgerAccount, kept).code == other.code
     assert db.session.get(LedgerAccount, again).code == first.code
     assert again != kept
+
+
+def test_a_big_batch_posts_in_order_with_one_statement_text_for_every_size(books):
+    """PostgreSQL posts a batch in one statement whose text is the same for any number of entries (array
+    parameters): a batch of 2, then one of 162 entries (past the old 50-entry bound) with NULL and set flows, a
+    reversal beside entries that reverse nothing, and a key posted before (compared, not written again). The ids
+    follow the order the entries were added. SQLite takes its three statements."""
+    from sqlalchemy import event
+
+    b = books
+    cash = ledger.ref(K.USER_CASH, "user", b.u.id)
+    sent: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        sent.append(statement)
+
+    def posted(batch: ledger.Batch) -> dict[str, int]:
+        event.listen(db.engine, "before_cursor_execute", seen)
+        try:
+            return batch.post()
+        finally:
+            event.remove(db.engine, "before_cursor_execute", seen)
+
+    small = ledger.Batch()
+    small.add("big:first", "first", [Leg(b.fund, -7), Leg(cash, 7)])
+    small.add("big:second", "second", [Leg(cash, -2), Leg(b.rebate_payable, 2, "payout:big:second")])
+    first = posted(small)
+    first_entry = db.session.get(LedgerEntry, first["big:first"])
+    big, keys = ledger.Batch(), []
+    for n in range(160):
+        keys.append(f"big:{n}")
+        flow = f"payout:big:{n}" if n % 3 == 0 else None
+        legs = [Leg(cash, -1), Leg(b.rebate_payable, 1, flow)] if flow else [Leg(b.fund, -(n + 1)), Leg(cash, n + 1)]
+        big.add(keys[-1], f"entry {n}", legs)
+        if n == 80:
+            keys.append("big:undo-first")
+            big.add("big:undo-first", "undo", [Leg(b.fund, 7), Leg(cash, -7)], reverses=first_entry)
+    big.add("big:first", "again", [Leg(cash, 7), Leg(b.fund, -7)])  # posted before, legs in another order
+    ids = posted(big)
+    db.session.commit()
+
+    assert ids["big:first"] == first["big:first"]  # compared, not written again
+    assert [ids[k] for k in keys] == sorted(ids[k] for k in keys)  # the new ones in the order added
+    assert min(ids[k] for k in keys) > first["big:second"]
+    assert db.session.get(LedgerEntry, ids["big:undo-first"]).reverses_id == first_entry.id
+    assert db.session.get(LedgerEntry, ids["big:1"]).reverses_id is None
+    assert entries_count() == 2 + 161
+    assert db.session.get(LedgerFlow, "payout:big:159") is not None
+    assert db.session.get(LedgerFlow, "payout:big:1") is None
+    credited = sum(n + 1 for n in range(160) if n % 3)
+    assert ledger.balance(b.cash) == 7 - 2 + credited - 54 - 7
+    assert ledger.check_ledger().ok
+    if on_postgres():
+        writes = [s for s in sent if "INSERT INTO ledger_entries" in s]
+        assert len(writes) == 2 and writes[0] == writes[1]  # one statement per batch, the same text for 2 and 162
