@@ -58,16 +58,14 @@ def ref(kind: AccountKind | str, owner_type: str | None = None, owner_id: int | 
 def account_ids(refs: Iterable[AccountRef | LedgerAccount]) -> dict[str, int]:
     """code → id of every account named, creating the missing ones: at most two statements, none when cached."""
     ids: dict[str, int] = {}
-    missing: dict[str, AccountRef] = {}
+    named: dict[str, AccountRef] = {}
     for r in refs:
         if isinstance(r, LedgerAccount):
             ids[r.code] = r.id
-            continue
-        known = _IDS.get(r.code)
-        if known is None:
-            missing[r.code] = r
         else:
-            ids[r.code] = known
+            named[r.code] = r
+    ids.update(_IDS.get_many(named))
+    missing = {code: r for code, r in named.items() if code not in ids}
     if not missing:
         return ids
     now = utcnow()

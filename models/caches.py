@@ -10,6 +10,7 @@ transaction starts with nothing pending (one ended by ``close()`` never committe
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import event
@@ -27,9 +28,21 @@ class CommittedCache:
         event.listen(Session, "after_begin", self._fresh)
 
     def get(self, key: Any) -> Any | None:
-        found = db.session.info.get(self.name, {}).get(key)
-        if found is None:
-            found = self._kept.get(db.session.get_bind(), {}).get(key)
+        return self.get_many((key,)).get(key)
+
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        """key → value of those of ``keys`` known (the session and its bind looked up once, not per key: a
+        payment asks for two dozen)."""
+        session = db.session()
+        pending = session.info.get(self.name, {})
+        kept = self._kept.get(session.get_bind(), {})
+        found = {}
+        for key in keys:
+            value = pending.get(key)
+            if value is None:
+                value = kept.get(key)
+            if value is not None:
+                found[key] = value
         return found
 
     def learn(self, found: dict) -> None:

@@ -34,7 +34,7 @@ def rules_of(campaign: Campaign, version: int | None = None) -> RuleSet:
 def load_rules(wanted: Iterable[tuple[Campaign, int | None]]) -> None:
     """Parse the rules of every (campaign, version) not known yet, read in one statement."""
     keys = {_rules_key(c, v) for c, v in wanted}
-    missing = {k for k in keys if _RULES.get(k) is None}
+    missing = keys - _RULES.get_many(keys).keys()
     if not missing:
         return
     pairs = sorted({(cid, version) for cid, version, _ in missing})
