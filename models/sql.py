@@ -23,8 +23,8 @@ from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from models.base import db
 
 # Marks a text() statement that writes: SQLAlchemy sees no INSERT / UPDATE in a text() statement, and
-# ``rebate.claims`` notes whether a transaction has written anything yet (a refused claim that was the
-# transaction's first write rolls back everything).
+# ``wrote_nothing_yet`` (below) must know whether a transaction has written anything yet (``rebate.claims``: a
+# refused claim that was the transaction's first write rolls back everything).
 WRITES = {"writes": True}
 CHUNK_ROWS = 100  # rows per statement: bounded SQL text and bind parameters (SQLite allows 32,766)
 WROTE = "sql:wrote"  # session.info: this transaction has written something (``wrote_nothing_yet``)
