@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 from sqlalchemy import select
 
-from models import Order, PaymentNotification, alert_once, db
+from models import Order, PaymentNotification, alert_once, db, utcnow
+from models.sql import insert_rows
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,10 @@ def notification_seen(notification_id: str) -> bool:
 
 
 def record_notification(notification_id: str | None, out_trade_no: str, outcome: str) -> None:
+    """Note the notification id as processed: one INSERT, now (not an object left to the next flush)."""
     if notification_id:
-        db.session.add(PaymentNotification(notification_id=notification_id, out_trade_no=out_trade_no, outcome=outcome))
+        row = {"notification_id": notification_id, "out_trade_no": out_trade_no, "outcome": outcome}
+        insert_rows(PaymentNotification.__table__, [{**row, "received_at": utcnow()}])
 
 
 def flag_order(order: Order, kind: str, message: str) -> None:

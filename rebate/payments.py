@@ -40,6 +40,7 @@ from models import (
     raise_alert,
 )
 from models.base import beijing
+from models.sql import write_changes
 from models.triggers import TriggerKind
 from payouts import MoneySettings
 from payouts.profit_share import frozen_ref, own_sales_ref, release_key, release_legs
@@ -170,8 +171,10 @@ def _apply_locked(
         if not locked:  # every campaign row written from here on, at once and in id order: no circle of waits
             budgets.lock_in_order(written)
         _commit_unreserved(unreserved, _settlements(settles), deposits, effects)
+        write_changes([order, *(packet for packet, _ in spent)])
         effects.write()
     else:  # the budgets last, in one statement: a popular campaign's row is held from here to the commit only
+        write_changes([order, *(packet for packet, _ in spent)])
         effects.write()
         moved = budgets.commit_many(_amounts(unreserved), _settlements(settles))
         if moved:

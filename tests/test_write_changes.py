@@ -1,0 +1,100 @@
+"""``models.sql.write_changes``: a persistent object's changed columns written as Core UPDATEs, as the flush would.
+
+A paid notification writes its order and its packets this way (issue 11): what is written must be exactly what
+the unit of work would have written, the objects must be clean afterwards (no second UPDATE at the next flush),
+and what it cannot write exactly is left to the flush.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from sqlalchemy import event, inspect, select, text
+
+from models import User, UserIdentity, db
+from models.preferences import UserPreference
+from models.sql import write_changes
+
+
+@contextmanager
+def counted():
+    statements: list[str] = []
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        if not statement.startswith("BEGIN"):  # SQLite's BEGIN IMMEDIATE
+            statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", before)
+    try:
+        yield statements
+    finally:
+        event.remove(db.engine, "before_cursor_execute", before)
+
+
+def stored(user_id: int, column: str):
+    return db.session.execute(text(f"SELECT {column} FROM users WHERE id = :id"), {"id": user_id}).scalar_one()  # noqa: S608
+
+
+def test_changed_columns_are_written_by_key_and_the_objects_are_clean_after(app, make_user):
+    # given: three users, two with the same columns changed, one with others (an encrypted one among them)
+    a, b, c = make_user(), make_user(), make_user()
+    a.region, b.region = "north", "south"
+    c.nickname, c.phone = "c", "13800000000"
+    # when
+    with counted() as statements:
+        write_changes([a, b, c])
+    # then: one UPDATE per set of changed columns (the two alike in one executemany), nothing else
+    assert len(statements) == 2, statements
+    assert all(s.lstrip().upper().startswith("UPDATE USERS") for s in statements)
+    # and the objects are clean: the flush (and the commit's) sends nothing more
+    assert not db.session.dirty
+    with counted() as again:
+        db.session.flush()
+    assert again == []
+    # and the rows hold the values, written through the column types (the phone encrypted as the ORM writes it)
+    assert (stored(a.id, "region"), stored(b.id, "region"), stored(c.id, "nickname")) == ("north", "south", "c")
+    assert stored(c.id, "phone") not in (None, "13800000000")
+    db.session.commit()
+    db.session.expire_all()
+    assert db.session.get(User, c.id).phone == "13800000000"
+    assert db.session.get(User, a.id).region == "north"
+
+
+def test_what_it_cannot_write_exactly_is_left_to_the_flush(app, make_user):
+    user, other = make_user(), make_user()
+    db.session.add(UserPreference(user_id=user.id, rebate_form="points"))
+    db.session.commit()
+    preference = db.session.get(UserPreference, user.id)
+    # given: a table with a column its UPDATE changes by itself (onupdate), a changed relationship, a pending row,
+    # and an unchanged object
+    user.identities.append(UserIdentity(appid="wx-other", openid="o-1"))  # (its lazy load autoflushes: first)
+    preference.rebate_form = "balance"
+    pending = User(region="east")
+    db.session.add(pending)
+    # when
+    with counted() as statements:
+        write_changes([preference, user, pending, other])
+    # then: nothing is written, and all of it is still the flush's
+    assert statements == []
+    assert inspect(preference).modified and inspect(user).modified and pending in db.session.new
+    db.session.flush()
+    assert db.session.get(UserPreference, user.id).rebate_form == "balance"
+    assert (
+        db.session.execute(
+            select(UserIdentity.openid).where(UserIdentity.user_id == user.id, UserIdentity.appid == "wx-other")
+        ).scalar_one()
+        == "o-1"
+    )
+    db.session.rollback()
+
+
+def test_a_write_goes_with_its_transaction(app, make_user):
+    # given: a change written this way
+    user = make_user()
+    user.region = "west"
+    write_changes([user])
+    # when: the transaction rolls back
+    db.session.rollback()
+    # then: the row is as it was, and so is the object (expired by the rollback, read again)
+    assert stored(user.id, "region") is None
+    assert db.session.get(User, user.id).region is None
