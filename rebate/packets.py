@@ -19,13 +19,17 @@ last, held only until the commit. A refusal raises; the caller rolls the claim b
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import secrets
+import weakref
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NoReturn
 
-from sqlalchemy import String, and_, bindparam, cast, exists, literal, select, tuple_, update
+from sqlalchemy import String, Text, and_, bindparam, cast, exists, func, literal, select, tuple_, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -122,7 +126,7 @@ def _new_packet(campaign: Campaign, now: datetime, face_fen: int | None = None, 
         min_spend_fen=campaign.packet_min_spend_fen,
         categories=list(campaign.packet_categories or []),
         products=list(campaign.packet_products or []),
-        tiers=[] if face_fen else list(campaign.packet_tiers or []),
+        tiers=[] if face_fen else [dict(t) for t in campaign.packet_tiers or []],  # (the campaign may be a shared copy)
         merchant_id=campaign.packet_merchant_id,
         valid_from=valid_from,
         expires_at=expires_at,
@@ -353,11 +357,98 @@ def user_and_campaign_for_claim(
     user_id: int, campaign_id: int, bans: dict
 ) -> tuple[User | None, Campaign | None, dict | None, bool]:
     """The claimant's row with ``campaign_for_claim``, still in one SELECT: a signed-in claim whose user row is not
-    read first (its ban is checked on this one). No such user: all None."""
-    row = db.session.execute(
-        _user_and_campaign_for_claim(), {"uid": user_id, "campaign_id": campaign_id, **bans}
-    ).first()
-    return (row[0], row[1], row[2], bool(row[3])) if row else (None, None, None, False)
+    read first (its ban is checked on this one). No such user: all None.
+
+    On PostgreSQL a self-serve campaign this process has read before comes from its snapshot (below) when the
+    row's digest says it is unchanged: the SELECT then reads the user, the digest and the bans only."""
+    params = {"uid": user_id, "campaign_id": campaign_id, **bans}
+    kept = _snapshots().get(campaign_id)
+    if kept is not None:
+        row = db.session.execute(_user_and_digest(), params).first()
+        if row is None:
+            return None, None, None, False
+        user, digest, banned = row
+        if digest == kept.digest:
+            return user, kept.campaign, kept.rules, bool(banned)
+        campaign, rules, digest = _campaign_and_digest(campaign_id)  # edited (or gone) since: read it again
+        _keep(campaign_id, campaign, rules, digest)
+        return user, campaign, rules, bool(banned)
+    snapshots = _snapshots_kept()
+    row = db.session.execute(_user_and_campaign_for_claim(snapshots), params).first()
+    if row is None:
+        return None, None, None, False
+    user, campaign, rules, banned, digest = row
+    if snapshots:
+        _keep(campaign_id, campaign, rules, digest)
+    return user, campaign, rules, bool(banned)
+
+
+# -- Self-serve campaigns as snapshots (PostgreSQL) ---------------------------------------------------------
+# A flash sale's claims all read the same campaign: some 45 columns and its rules, loaded as ORM objects, a
+# third of a claim's own work (issue 11). A self-serve campaign's claim only reads that row (its budget and
+# count move in the claim's conditional UPDATE, never through the object; ``_budget_last``), so each process
+# keeps a read-only copy of it, and the claim's SELECT returns, in place of the row, the md5 of every column
+# but those counters: the copy is used only when that digest is the copy's, i.e. when the row this very
+# statement sees holds what the copy holds. Any edit (status, dates, amounts, audience, limits, a new rules
+# version: rules versions never change) changes the digest, and the claim reads the row again (one statement
+# more) and keeps the new copy. Columns added later are in the digest by themselves. SQLite: no md5, and
+# its claims read the row as before.
+
+SNAPSHOT_COUNTERS = frozenset({"budget_reserved_fen", "budget_committed_fen", "packets_issued"})
+_SNAPSHOTS_MAX = 1024  # campaigns kept per process; an overflow starts again
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    digest: str
+    campaign: Campaign  # transient: in no session, never written, shared by threads (read only)
+    rules: dict | None
+
+
+_SNAPSHOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # engine → {campaign id: _Snapshot}
+
+
+def _snapshots_kept() -> bool:
+    return db.session.get_bind().dialect.name == "postgresql"
+
+
+def _snapshots() -> dict[int, _Snapshot]:
+    """This database's snapshots (an engine's: tests make one per app)."""
+    return _SNAPSHOTS.get(db.session.get_bind(), {})
+
+
+def _keep(campaign_id: int, campaign: Campaign | None, rules: dict | None, digest: str | None) -> None:
+    """Keep a read-only copy of a self-serve campaign as read with ``digest``; forget any other."""
+    kept = _SNAPSHOTS.setdefault(db.session.get_bind(), {})
+    if campaign is None or digest is None or not _budget_last(campaign):
+        kept.pop(campaign_id, None)
+        return
+    if len(kept) >= _SNAPSHOTS_MAX:
+        kept.clear()
+    copied = Campaign(**{key: copy.deepcopy(getattr(campaign, key)) for key in _column_keys()})
+    kept[campaign_id] = _Snapshot(digest, copied, copy.deepcopy(rules))
+
+
+@functools.cache
+def _column_keys() -> tuple[str, ...]:
+    return tuple(attr.key for attr in sa_inspect(Campaign).column_attrs)
+
+
+def _digest():
+    """md5 of every column of the campaign but its counters, as the row this statement sees holds them."""
+    columns = [c for c in Campaign.__table__.c if c.key not in SNAPSHOT_COUNTERS]
+    return func.md5(cast(tuple_(*columns), Text))
+
+
+@functools.cache
+def _user_and_digest():
+    digest = select(_digest()).where(Campaign.id == bindparam("campaign_id")).scalar_subquery()
+    return select(User, digest, banned_column()).where(User.id == bindparam("uid"))
+
+
+def _campaign_and_digest(campaign_id: int) -> tuple[Campaign | None, dict | None, str | None]:
+    row = db.session.execute(_campaign_with_rules().add_columns(_digest()), {"campaign_id": campaign_id}).first()
+    return (row[0], row[1], row[2]) if row else (None, None, None)
 
 
 @functools.cache
@@ -366,9 +457,11 @@ def _campaign_for_claim():
 
 
 @functools.cache
-def _user_and_campaign_for_claim():
+def _user_and_campaign_for_claim(with_digest: bool):
+    """The claim's first SELECT; ``with_digest``: and the campaign's digest (PostgreSQL, for its snapshot)."""
+    digest = _digest() if with_digest else literal(None)
     return (
-        select(User, Campaign, CampaignRules.rules, banned_column())
+        select(User, Campaign, CampaignRules.rules, banned_column(), digest)
         .select_from(User)
         .outerjoin(Campaign, Campaign.id == bindparam("campaign_id"))
         .outerjoin(CampaignRules, _current_rules())
