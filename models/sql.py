@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache
 
-from sqlalchemy import Executable, Table, bindparam, event, inspect, text, update
+from sqlalchemy import ClauseElement, Executable, Table, bindparam, event, inspect, text, update
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.orm.base import NO_VALUE
+from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.orm.state import InstanceState
 
 from models.base import db
@@ -128,31 +130,53 @@ def write_changes(objects: Sequence[object]) -> None:
     written: what the unit of work's flush would send for them, without its bookkeeping (a third of a
     paid notification's flush, issue 11).
 
-    One statement per table and set of changed columns (an executemany for several rows). An object this cannot
-    write exactly as the flush would is left to the flush: a changed relationship or primary key, or a table
-    whose columns change on UPDATE by themselves (``onupdate``, a version counter). Values are written as they
-    are on the object, through the column types; the object is then marked written as the flush's end marks it
-    (``InstanceState._commit_all_states``), so no flush writes it again. No autoflush: other pending objects
-    stay the flush's."""
+    One statement per table and set of changed columns (an executemany for several rows); as the flush, a column
+    set to the value it had is not written, and a row that is not there raises ``StaleDataError``. Values are
+    written as they are on the object now, through the column types; the object is then marked written as the
+    flush's end marks it (``InstanceState._commit_all_states``), so no flush writes it again, and a change made
+    after this is the flush's again. No autoflush: other pending objects stay the flush's.
+
+    Left to the flush, whole: an object this cannot write exactly as the flush would (a changed relationship or
+    primary key, a value that is a SQL expression, a mapper with UPDATE listeners, a table whose columns change
+    on UPDATE by themselves: ``onupdate``, a version counter), and everything inside a savepoint (whose rollback
+    must expire what it wrote, which the flush arranges)."""
+    session = db.session()
+    if session.in_nested_transaction():
+        return
     groups: dict[tuple[Table, tuple[str, ...]], list[tuple[InstanceState, dict]]] = {}
+    unchanged: list[tuple[InstanceState, dict]] = []
     for obj in objects:
         state = inspect(obj)
-        if not state.persistent or not state.committed_state:
+        if not state.persistent or not state.committed_state or not _plain_table(state.mapper):
             continue
-        mapper = state.mapper
-        keys = tuple(sorted(state.committed_state))
-        values = state.dict
-        if not _plain_table(mapper) or any(
-            k not in mapper.column_attrs or k not in values or k in _pk_keys(mapper) for k in keys
-        ):
+        keys = _changed_keys(state)
+        if keys is None:
             continue
-        groups.setdefault((mapper.local_table, keys), []).append((state, values))
+        (groups.setdefault((state.mapper.local_table, keys), []) if keys else unchanged).append((state, state.dict))
     for (table, keys), rows in groups.items():
         pk = _pk_keys(rows[0][0].mapper)[0]
         params = [{"pk_": state.identity[0], **{k: values[k] for k in keys}} for state, values in rows]
-        execute_core(_update_statement(table, pk, keys), params if len(params) > 1 else params[0])
-        # As the flush's end does (``_register_persistent``): unchanged, unmodified, out of the session's dirty set.
-        InstanceState._commit_all_states(rows, rows[0][0]._instance_dict())  # noqa: SLF001
+        result = execute_core(_update_statement(table, pk, keys), params if len(params) > 1 else params[0])
+        if result.rowcount != len(params) and (len(params) == 1 or result.context.dialect.supports_sane_multi_rowcount):
+            raise StaleDataError(f"UPDATE of {table.name} matched {result.rowcount} of {len(params)} rows")
+        unchanged += rows
+    if unchanged:  # as the flush's end does (``_register_persistent``): unmodified, out of the session's dirty set
+        InstanceState._commit_all_states(unchanged, session.identity_map)  # noqa: SLF001
+
+
+def _changed_keys(state: InstanceState) -> tuple[str, ...] | None:
+    """The column keys whose value differs from the loaded one, as the flush compares them (none: nothing to
+    write); None: the object is the flush's (see ``write_changes``)."""
+    mapper, values, changed = state.mapper, state.dict, []
+    for key, old in state.committed_state.items():
+        if key not in mapper.column_attrs or key not in values or key in _pk_keys(mapper):
+            return None
+        value = values[key]
+        if isinstance(value, ClauseElement):
+            return None
+        if old is NO_VALUE or not state.manager[key].impl.is_equal(value, old):
+            changed.append(key)
+    return tuple(sorted(changed))
 
 
 @cache
@@ -163,13 +187,15 @@ def _pk_keys(mapper) -> tuple[str, ...]:
 @cache
 def _plain_table(mapper) -> bool:
     """One table, one-column primary key, attribute keys that are column names, nothing changed by an UPDATE
-    itself."""
+    itself, no listener of the flush's UPDATEs."""
     table = mapper.local_table
     return (
         isinstance(table, Table)
         and len(mapper.primary_key) == 1
         and mapper.version_id_col is None
         and mapper.inherits is None
+        and not mapper.dispatch.before_update
+        and not mapper.dispatch.after_update
         and all(p.key == p.columns[0].key and len(p.columns) == 1 for p in mapper.column_attrs)
         and not any(c.onupdate is not None or c.server_onupdate is not None for c in table.columns)
     )

@@ -33,7 +33,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from models import Campaign, CampaignRules, FunderType, Notice, PacketStatus, RedPacket, User, db
+from models import Campaign, CampaignRules, CampaignStatus, FunderType, Notice, PacketStatus, RedPacket, User, db
 from models.base import beijing, utcnow
 from models.triggers import TriggerKind
 from rebate import budgets
@@ -390,9 +390,10 @@ def user_and_campaign_for_claim(
 # keeps a read-only copy of it, and the claim's SELECT returns, in place of the row, the md5 of every column
 # but those counters: the copy is used only when that digest is the copy's, i.e. when the row this very
 # statement sees holds what the copy holds. Any edit (status, dates, amounts, audience, limits, a new rules
-# version: rules versions never change) changes the digest, and the claim reads the row again (one statement
-# more) and keeps the new copy. Columns added later are in the digest by themselves. SQLite: no md5, and
-# its claims read the row as before.
+# version) changes the digest, and the claim reads the row again (one statement
+# more) and keeps the new copy. Columns added later are in the digest by themselves. The rules are not in it:
+# a rules version is never changed once written (a change is a new version, whose number is in the digest).
+# Only an active campaign is kept. SQLite: no md5, and its claims read the row as before.
 
 SNAPSHOT_COUNTERS = frozenset({"budget_reserved_fen", "budget_committed_fen", "packets_issued"})
 _SNAPSHOTS_MAX = 1024  # campaigns kept per process; an overflow starts again
@@ -418,15 +419,16 @@ def _snapshots() -> dict[int, _Snapshot]:
 
 
 def _keep(campaign_id: int, campaign: Campaign | None, rules: dict | None, digest: str | None) -> None:
-    """Keep a read-only copy of a self-serve campaign as read with ``digest``; forget any other."""
+    """Keep a read-only copy of an active self-serve campaign as read with ``digest``; forget any other."""
     kept = _SNAPSHOTS.setdefault(db.session.get_bind(), {})
-    if campaign is None or digest is None or not _budget_last(campaign):
+    if campaign is None or digest is None or campaign.status != CampaignStatus.ACTIVE or not _budget_last(campaign):
         kept.pop(campaign_id, None)
         return
     if len(kept) >= _SNAPSHOTS_MAX:
         kept.clear()
-    copied = Campaign(**{key: copy.deepcopy(getattr(campaign, key)) for key in _column_keys()})
-    kept[campaign_id] = _Snapshot(digest, copied, copy.deepcopy(rules))
+    # The counters are left out (None): nothing may read them from the copy, and a use would fail loudly.
+    values = {key: copy.deepcopy(getattr(campaign, key)) for key in _column_keys() if key not in SNAPSHOT_COUNTERS}
+    kept[campaign_id] = _Snapshot(digest, Campaign(**values), copy.deepcopy(rules))
 
 
 @functools.cache
@@ -447,8 +449,14 @@ def _user_and_digest():
 
 
 def _campaign_and_digest(campaign_id: int) -> tuple[Campaign | None, dict | None, str | None]:
-    row = db.session.execute(_campaign_with_rules().add_columns(_digest()), {"campaign_id": campaign_id}).first()
+    row = db.session.execute(_campaign_with_rules_and_digest(), {"campaign_id": campaign_id}).first()
     return (row[0], row[1], row[2]) if row else (None, None, None)
+
+
+@functools.cache
+def _campaign_with_rules_and_digest():
+    # populate_existing: the copy kept is the row the digest is of, even with the campaign in the session already
+    return _campaign_with_rules().add_columns(_digest()).execution_options(populate_existing=True)
 
 
 @functools.cache
@@ -460,13 +468,15 @@ def _campaign_for_claim():
 def _user_and_campaign_for_claim(with_digest: bool):
     """The claim's first SELECT; ``with_digest``: and the campaign's digest (PostgreSQL, for its snapshot)."""
     digest = _digest() if with_digest else literal(None)
-    return (
+    stmt = (
         select(User, Campaign, CampaignRules.rules, banned_column(), digest)
         .select_from(User)
         .outerjoin(Campaign, Campaign.id == bindparam("campaign_id"))
         .outerjoin(CampaignRules, _current_rules())
         .where(User.id == bindparam("uid"))
     )
+    # populate_existing: the copy kept is the row the digest is of, even with the campaign in the session already
+    return stmt.execution_options(populate_existing=True) if with_digest else stmt
 
 
 @functools.cache

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import pytest
 from sqlalchemy import event, inspect, select, text
+from sqlalchemy.orm.exc import StaleDataError
 
 from models import User, UserIdentity, db
 from models.preferences import UserPreference
@@ -98,3 +100,44 @@ def test_a_write_goes_with_its_transaction(app, make_user):
     # then: the row is as it was, and so is the object (expired by the rollback, read again)
     assert stored(user.id, "region") is None
     assert db.session.get(User, user.id).region is None
+
+
+def test_a_column_set_to_the_value_it_had_is_not_written_and_a_missing_row_raises(app, make_user):
+    user, gone = make_user(region="north"), make_user()
+    assert user.region == "north"  # (loaded: a value set over an unloaded one is written, as the flush does)
+    user.region = "north"  # the same value: the flush would write nothing
+    # when / then: nothing is written, and the object is clean
+    with counted() as statements:
+        write_changes([user])
+    assert statements == []
+    assert not inspect(user).modified
+    # given: a row deleted behind the object's back, then the object changed
+    gone_id = gone.id
+    db.session.execute(text("DELETE FROM user_identities WHERE user_id = :id"), {"id": gone_id})
+    db.session.execute(text("DELETE FROM users WHERE id = :id"), {"id": gone_id})
+    gone.region = "south"
+    # when / then: as the flush, a row that is not there is an error, not a silent nothing
+    with pytest.raises(StaleDataError):
+        write_changes([gone])
+    db.session.rollback()
+
+
+def test_inside_a_savepoint_or_with_an_expression_or_update_listeners_it_is_the_flushs(app, make_user, make_campaign):
+    user, other = make_user(), make_user()
+    campaign = make_campaign({"roles": []})
+    # given: a change made inside a savepoint (whose rollback must expire what was written)
+    with db.session.begin_nested():
+        user.region = "east"
+        with counted() as statements:
+            write_changes([user])
+        assert statements == [] and inspect(user).modified
+    # and a value that is a SQL expression, and a mapper with a before_update listener (Campaign: _denormalise)
+    other.nickname = User.__table__.c.region + "!"
+    campaign.name = "renamed"
+    with counted() as statements:
+        write_changes([other, campaign])
+    # then: nothing is written here; the flush writes all of it
+    assert statements == []
+    db.session.flush()
+    assert stored(user.id, "region") == "east"
+    db.session.rollback()
