@@ -5,12 +5,12 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 
 from ledger import AccountRef, Batch, Leg, account, account_ids, close_flow, post_entry, ref
 from models import AccountKind, LedgerAccount, Payout, PayoutStatus, db, utcnow
 from models.payouts import Rail
-from models.sql import execute_core
+from models.sql import execute_core, insert_ignoring, insert_in_order
 
 PREFIX = {
     Rail.WECHAT_CHANGE: "TB",
@@ -109,10 +109,9 @@ def enqueue_payouts(requests: list[PayoutRequest], batch: Batch, *, load: bool =
     ]
     table = Payout.__table__
     if numbered_by_trigger:  # the numbers it wrote, in the order of ``rows``
-        stmt = insert(table).returning(table.c.external_no, table.c.id, sort_by_parameter_order=True)
-        inserted = execute_core(stmt, rows).tuples().all()
+        inserted = insert_in_order(table, rows, ("external_no", "id"))
     else:  # in any order: matched by the placeholders
-        ids = dict(execute_core(insert(table).returning(table.c.external_no, table.c.id), rows).tuples().all())
+        ids = dict(insert_ignoring(table, rows, (), ("external_no", "id")))
         inserted = [(row["external_no"], ids[row["external_no"]]) for row in rows]
     numbered = [
         {"pid": pid, "no": external_no_for(r.rail, pid, r.number_prefix), "was": no}

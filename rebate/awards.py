@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import make_transient_to_detached
 
 from ledger import Batch, Leg, account, account_ids, balance, ref
@@ -33,7 +33,7 @@ from models import (
 )
 from models.payouts import Rail
 from models.rebates import SHARE_DEBT
-from models.sql import execute_core
+from models.sql import insert_ignoring
 from money import format_yuan
 from notices import Draft
 from payouts import MoneySettings
@@ -203,8 +203,7 @@ def _insert_rebates(rebates: list[Rebate]) -> None:
         rebate.created_at = rebate.created_at or now
     columns = [c.key for c in table.columns if c.key != "id"]
     rows = [{c: getattr(rebate, c) for c in columns} for rebate in rebates]
-    stmt = insert(table).returning(table.c.order_id, table.c.campaign_id, table.c.role, table.c.id)
-    ids = {(o, c, r): i for o, c, r, i in execute_core(stmt, rows).tuples()}
+    ids = {(o, c, r): i for o, c, r, i in insert_ignoring(table, rows, (), ("order_id", "campaign_id", "role", "id"))}
     for rebate in rebates:
         rebate.id = ids[rebate.order_id, rebate.campaign_id, rebate.role]
         make_transient_to_detached(rebate)

@@ -13,9 +13,10 @@ import pytest
 from sqlalchemy import event, inspect, select, text
 from sqlalchemy.orm.exc import StaleDataError
 
-from models import User, UserIdentity, db
+from models import User, UserIdentity, db, utcnow
 from models.preferences import UserPreference
 from models.sql import write_changes
+from tests.conftest import on_postgres
 
 
 @contextmanager
@@ -140,4 +141,21 @@ def test_inside_a_savepoint_or_with_an_expression_or_update_listeners_it_is_the_
     assert statements == []
     db.session.flush()
     assert stored(user.id, "region") == "east"
+    db.session.rollback()
+
+
+@pytest.mark.skipif(not on_postgres(), reason="insert_in_order is PostgreSQL's (the payouts' numbering trigger)")
+def test_rows_inserted_in_order_come_back_in_that_order(app):
+    from models.sql import CHUNK_ROWS, insert_in_order
+
+    # given: more rows than one statement takes, in an order that is not any column's
+    regions = [f"r{(i * 37) % 1000:03d}" for i in range(CHUNK_ROWS + 50)]
+    rows = [{"region": region, "status": "active", "created_at": utcnow()} for region in regions]
+    # when
+    answered = insert_in_order(User.__table__, rows, ("region", "id"))
+    # then: one answer per row, in the rows' order, the ids increasing with it; and they are the rows written
+    assert [region for region, _ in answered] == regions
+    ids = [user_id for _, user_id in answered]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(stored(user_id, "region") == region for region, user_id in answered)
     db.session.rollback()
