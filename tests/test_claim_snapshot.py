@@ -16,7 +16,7 @@ from sqlalchemy import inspect, update
 
 from models import Campaign, CampaignRules, RedPacket, db, utcnow
 from rebate.packets import _snapshots
-from tests.test_claim_sql import RESERVATION, RULES, claim_campaign, statements
+from tests.test_claim_sql import RESERVATION, RULES, claim_campaign, deposit_claim_campaign, statements
 
 CAMPAIGN_COLUMNS = "campaign_rules.rules"  # in the SELECT when the campaign's row (and its rules) is read
 ONE_EACH = {"per_ip_per_day": None, "min_interval_seconds": None, "per_person": 1, "per_person_per_day": None}
@@ -133,14 +133,7 @@ def test_a_campaign_that_goes_away_is_not_found(app, make_campaign, claim):
 
 def test_a_campaign_a_merchant_deposit_funds_is_never_kept(app, make_campaign, make_merchant, claim):
     # given: a self-serve campaign funded by a merchant's deposit (its claims may pause it through the object)
-    shop = make_merchant()
-    campaign_id = hot(
-        make_campaign,
-        funder_type="merchant_deposit",
-        funder_merchant_id=shop.id,
-        issuer_type="merchant",
-        issuer_merchant_id=shop.id,
-    ).id
+    campaign_id = deposit_claim_campaign(make_campaign, make_merchant(), claim_limits=ONE_EACH).id
     # when: two people claim
     answers = [claim(campaign_id) for _ in range(2)]
     # then: both get a packet, and the row was read by both: no copy is kept of it

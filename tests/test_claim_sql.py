@@ -72,6 +72,18 @@ def claim_campaign(make_campaign, **fields) -> Campaign:
     return make_campaign(RULES, packet_amount_fen=10_00, trigger={"kind": "claim"}, **fields)
 
 
+def deposit_claim_campaign(make_campaign, shop, **fields) -> Campaign:
+    """``claim_campaign``, funded by ``shop``'s marketing deposit (and issued by it)."""
+    return claim_campaign(
+        make_campaign,
+        funder_type="merchant_deposit",
+        funder_merchant_id=shop.id,
+        issuer_type="merchant",
+        issuer_merchant_id=shop.id,
+        **fields,
+    )
+
+
 def fresh(user: User) -> User:
     """The user as a request sees it: read in a new transaction (the transaction is open before counting)."""
     db.session.commit()
@@ -122,14 +134,7 @@ def test_a_claim_by_code_is_at_most_four_statements(app, make_campaign, make_use
 
 def test_a_claim_on_a_merchant_deposit_adds_the_deposits_check(app, make_campaign, make_merchant, make_user):
     # given: a claim campaign funded by a merchant's deposit, which holds enough
-    shop = make_merchant()
-    campaign_id = claim_campaign(
-        make_campaign,
-        funder_type="merchant_deposit",
-        funder_merchant_id=shop.id,
-        issuer_type="merchant",
-        issuer_merchant_id=shop.id,
-    ).id
+    campaign_id = deposit_claim_campaign(make_campaign, make_merchant()).id
     gus = fresh(make_user())
     claimant, limits = Claimant(gus.id, "203.0.113.9", "device-gus"), PlatformLimits.from_config(app.config)
 

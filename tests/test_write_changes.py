@@ -10,28 +10,23 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import event, inspect, select, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.orm.exc import StaleDataError
 
 from models import User, UserIdentity, db, utcnow
 from models.preferences import UserPreference
 from models.sql import write_changes
 from tests.conftest import on_postgres
+from tests.test_claim_sql import statements
 
 
 @contextmanager
 def counted():
-    statements: list[str] = []
-
-    def before(conn, cursor, statement, parameters, context, executemany):
-        if not statement.startswith("BEGIN"):  # SQLite's BEGIN IMMEDIATE
-            statements.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", before)
-    try:
-        yield statements
-    finally:
-        event.remove(db.engine, "before_cursor_execute", before)
+    """The statements sent inside the block, SQLite's ``BEGIN IMMEDIATE`` left out (a list filled on exit)."""
+    kept: list[str] = []
+    with statements() as sent:
+        yield kept
+    kept += [s for s in sent if not s.startswith("BEGIN")]
 
 
 def stored(user_id: int, column: str):
