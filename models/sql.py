@@ -15,10 +15,12 @@ transaction has written anything (flushed, executed, or pending), noted here for
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from functools import cache
 
 from sqlalchemy import ClauseElement, Executable, Table, bindparam, event, inspect, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.exc import StaleDataError
@@ -97,7 +99,7 @@ def insert_ignoring(
     a row that must go with whatever rolls the transaction back (an ``Idempotency-Key`` written with the effects)."""
     if not rows:
         return []
-    columns = tuple(rows[0])
+    columns = _same_keys(rows)
     out: list[tuple] = []
     for start in range(0, len(rows), CHUNK_ROWS):
         chunk = rows[start : start + CHUNK_ROWS]
@@ -117,7 +119,9 @@ def insert_in_order(table: Table, rows: Sequence[dict], returning: tuple[str, ..
     (a statement cached per table, columns and row count, as ``insert_ignoring``'s)."""
     if not rows:
         return []
-    columns, at = tuple(rows[0]), returning.index("id")
+    if db.session.get_bind().dialect.name != "postgresql":
+        raise NotImplementedError("insert_in_order is PostgreSQL's (SQLite names no VALUES columns)")
+    columns, at = _same_keys(rows), returning.index("id")
     out: list[tuple] = []
     for start in range(0, len(rows), CHUNK_ROWS):
         chunk = rows[start : start + CHUNK_ROWS]
@@ -125,6 +129,24 @@ def insert_in_order(table: Table, rows: Sequence[dict], returning: tuple[str, ..
         params = {f"{c}_{i}": row[c] for i, row in enumerate(chunk) for c in columns}
         out.extend(sorted(execute_core(stmt, params).tuples().all(), key=lambda row: row[at]))
     return out
+
+
+def _cast_type(column) -> str:
+    """The column's PostgreSQL type for a cast, without a length: a cast to ``VARCHAR(n)`` would cut a longer value
+    silently where the INSERT refuses it."""
+    type_ = getattr(column.type, "impl_instance", column.type)
+    if getattr(type_, "length", None) is not None:
+        type_ = copy.copy(type_)
+        type_.length = None
+    return type_.compile(dialect=postgresql.dialect())
+
+
+def _same_keys(rows: Sequence[dict]) -> tuple[str, ...]:
+    """The columns of ``rows``, which must all name the same ones (a row's extra key would be dropped)."""
+    columns = tuple(rows[0])
+    if any(row.keys() != rows[0].keys() for row in rows):
+        raise ValueError(f"rows name different columns: {sorted({k for row in rows for k in row})}")
+    return columns
 
 
 @cache
@@ -139,7 +161,9 @@ def _statement(
     names = ", ".join(columns)
     if ordered:  # PostgreSQL: numbered from the rows' positions (``insert_in_order``)
         values = ", ".join("(" + ", ".join(f":{c}_{i}" for c in columns) + f", {i})" for i in range(count))
-        sql = f"INSERT INTO {table.name} ({names}) SELECT {names} FROM (VALUES {values}) AS v_({names}, n_) ORDER BY n_"  # noqa: S608,E501
+        # Cast in the SELECT too, as SQLAlchemy's own form does: a VALUES column NULL in every row is text.
+        typed = ", ".join(f"CAST({c} AS {_cast_type(table.c[c])})" for c in columns)
+        sql = f"INSERT INTO {table.name} ({names}) SELECT {typed} FROM (VALUES {values}) AS v_({names}, n_) ORDER BY n_"  # noqa: S608,E501
     else:
         values = ", ".join("(" + ", ".join(f":{c}_{i}" for c in columns) + ")" for i in range(count))
         sql = f"INSERT INTO {table.name} ({names}) VALUES {values}"  # noqa: S608 (our names)
@@ -199,7 +223,7 @@ def _changed_keys(state: InstanceState) -> tuple[str, ...] | None:
         if key not in mapper.column_attrs or key not in values or key in _pk_keys(mapper):
             return None
         value = values[key]
-        if isinstance(value, ClauseElement):
+        if isinstance(value, ClauseElement) or hasattr(value, "__clause_element__"):
             return None
         if old is NO_VALUE or not state.manager[key].impl.is_equal(value, old):
             changed.append(key)
@@ -214,7 +238,7 @@ def _pk_keys(mapper) -> tuple[str, ...]:
 @cache
 def _plain_table(mapper) -> bool:
     """One table, one-column primary key, attribute keys that are column names, nothing changed by an UPDATE
-    itself, no listener of the flush's UPDATEs."""
+    itself, no listener of the flush's UPDATEs (cached per mapper: listeners are registered when models import)."""
     table = mapper.local_table
     return (
         isinstance(table, Table)

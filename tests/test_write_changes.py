@@ -154,3 +154,28 @@ def test_rows_inserted_in_order_come_back_in_that_order(app):
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(stored(user_id, "region") == region for region, user_id in answered)
     db.session.rollback()
+
+
+def test_the_ordered_insert_casts_every_column_without_a_length_and_rows_must_match(app):
+    from models import Payout
+    from models.sql import _statement, insert_ignoring, insert_in_order
+
+    # given: the payouts' ordered INSERT (PostgreSQL's form), as text
+    columns = ("held", "request", "external_no", "retry_of_id")
+    sql = str(_statement(Payout.__table__, columns, 2, (), ("external_no", "id"), ordered=True))
+    # then: each column cast in the SELECT (a VALUES column NULL in every row would be text), and never to
+    # VARCHAR(n), which would cut a value the INSERT must refuse
+    for cast in ("CAST(held AS BOOLEAN)", "CAST(request AS JSON)", "CAST(external_no AS VARCHAR)"):
+        assert cast in sql, sql
+    assert "VARCHAR(" not in sql and "ORDER BY n_" in sql
+    # and rows that name different columns are refused, not written with a column dropped
+    rows = [{"region": "a", "status": "active"}, {"region": "b", "status": "active", "nickname": "x"}]
+    with pytest.raises(ValueError, match="different columns"):
+        insert_ignoring(User.__table__, rows, ())
+    if on_postgres():
+        with pytest.raises(ValueError, match="different columns"):
+            insert_in_order(User.__table__, rows, ("region", "id"))
+    else:  # SQLite names no VALUES columns: the ordered form is PostgreSQL's
+        with pytest.raises(NotImplementedError):
+            insert_in_order(User.__table__, rows[:1], ("region", "id"))
+    db.session.rollback()
