@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, PacketStatus, Product, RedPacket, User, db
 from rebate.campaigns import serves
@@ -216,15 +217,22 @@ def create_order(
 
 def order_packets(order: Order) -> list[tuple[RedPacket, int]]:
     """The order's packets with the discount each gave, row-locked in ascending id order."""
-    rows = db.session.execute(
+    rows = db.session.execute(_order_packets_statement(), {"order_id": order.id}).all()
+    return [(packet, discount) for packet, discount in rows]
+
+
+@functools.cache
+def _order_packets_statement():
+    """``order_packets``' SELECT, built once per process (building it and its cache key cost a payment more than
+    a tenth of what reading the rows does)."""
+    return (
         select(RedPacket, OrderPacket.discount_fen)
         .join(OrderPacket, OrderPacket.packet_id == RedPacket.id)
-        .where(OrderPacket.order_id == order.id)
+        .where(OrderPacket.order_id == bindparam("order_id", type_=OrderPacket.order_id.type))
         .order_by(RedPacket.id)
         .with_for_update(of=RedPacket)
         .execution_options(populate_existing=True)
-    ).all()
-    return [(packet, discount) for packet, discount in rows]
+    )
 
 
 def lock_order(out_trade_no: str) -> Order | None:
