@@ -16,7 +16,7 @@ transaction has written anything (flushed, executed, or pending), noted here for
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cache
 
 from sqlalchemy import ClauseElement, Executable, Table, bindparam, event, inspect, text, update
@@ -97,15 +97,8 @@ def insert_ignoring(
     named: a plain INSERT); the ``returning`` columns of the rows written (none for those skipped), in no
     particular order. ``counts_as_write=False``: the transaction is not noted as having written (``WRITES``), for
     a row that must go with whatever rolls the transaction back (an ``Idempotency-Key`` written with the effects)."""
-    if not rows:
-        return []
-    columns = _same_keys(rows)
     out: list[tuple] = []
-    for start in range(0, len(rows), CHUNK_ROWS):
-        chunk = rows[start : start + CHUNK_ROWS]
-        stmt = _statement(table, columns, len(chunk), conflict, returning)
-        params = {f"{c}_{i}": row[c] for i, row in enumerate(chunk) for c in columns}
-        result = execute_core(stmt, params, writes=counts_as_write)
+    for result in _inserted_chunks(table, rows, conflict, returning, writes=counts_as_write):
         if returning:
             out.extend(result.tuples().all())
     return out
@@ -117,18 +110,32 @@ def insert_in_order(table: Table, rows: Sequence[dict], returning: tuple[str, ..
     the sequence numbers them in that order and the answer is sorted by ``id``: what SQLAlchemy's
     ``insertmanyvalues`` does for ``sort_by_parameter_order``, without building its batch anew for every execution
     (a statement cached per table, columns and row count, as ``insert_ignoring``'s)."""
-    if not rows:
-        return []
-    if db.session.get_bind().dialect.name != "postgresql":
+    if rows and db.session.get_bind().dialect.name != "postgresql":
         raise NotImplementedError("insert_in_order is PostgreSQL's (SQLite names no VALUES columns)")
-    columns, at = _same_keys(rows), returning.index("id")
+    at = returning.index("id")
     out: list[tuple] = []
+    for result in _inserted_chunks(table, rows, (), returning, ordered=True):
+        out.extend(sorted(result.tuples().all(), key=lambda row: row[at]))
+    return out
+
+
+def _inserted_chunks(
+    table: Table,
+    rows: Sequence[dict],
+    conflict: tuple[str, ...],
+    returning: tuple[str, ...],
+    *,
+    ordered: bool = False,
+    writes: bool = True,
+) -> Iterator:
+    """The result of each cached INSERT of ``CHUNK_ROWS`` of ``rows`` (``insert_ignoring``, ``insert_in_order``)."""
+    if not rows:
+        return
+    columns = _same_keys(rows)
     for start in range(0, len(rows), CHUNK_ROWS):
         chunk = rows[start : start + CHUNK_ROWS]
-        stmt = _statement(table, columns, len(chunk), (), returning, ordered=True)
-        params = {f"{c}_{i}": row[c] for i, row in enumerate(chunk) for c in columns}
-        out.extend(sorted(execute_core(stmt, params).tuples().all(), key=lambda row: row[at]))
-    return out
+        stmt = _statement(table, columns, len(chunk), conflict, returning, ordered)
+        yield execute_core(stmt, {f"{c}_{i}": row[c] for i, row in enumerate(chunk) for c in columns}, writes=writes)
 
 
 def _cast_type(column) -> str:

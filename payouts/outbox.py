@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from functools import cache
 
 from sqlalchemy import and_, bindparam, or_, select, update
 
@@ -119,15 +120,20 @@ def enqueue_payouts(requests: list[PayoutRequest], batch: Batch, *, load: bool =
     ]
     unnumbered = [n for n in numbered if n["was"] != n["no"]]  # SQLite, or a database without the trigger
     if unnumbered:
-        execute_core(
-            update(table).where(table.c.id == bindparam("pid")).values(external_no=bindparam("no")), unnumbered
-        )
+        execute_core(_number_statement(), unnumbered)
     payouts = [_Queued(n["pid"]) for n in numbered]
     payable = ref(AccountKind.REBATE_PAYABLE)
     for payout, r in zip(payouts, requests, strict=True):
         legs = [Leg(r.source, -r.amount_fen), Leg(payable, r.amount_fen, flow=payout.flow)]
         batch.add(f"payout:{payout.id}:queued", r.memo, legs)
     return [db.session.get(Payout, p.id) for p in payouts] if load else payouts
+
+
+@cache
+def _number_statement():
+    """The UPDATE giving queued payouts their external numbers where no trigger did (built once per process)."""
+    table = Payout.__table__
+    return update(table).where(table.c.id == bindparam("pid")).values(external_no=bindparam("no"))
 
 
 def _placeholder(r: PayoutRequest, numbered_by_trigger: bool) -> str:

@@ -106,8 +106,13 @@ def notification_seen(notification_id: str) -> bool:
 def record_notification(notification_id: str | None, out_trade_no: str, outcome: str) -> None:
     """Note the notification id as processed: one INSERT, now (not an object left to the next flush)."""
     if notification_id:
-        row = {"notification_id": notification_id, "out_trade_no": out_trade_no, "outcome": outcome}
-        insert_rows(PaymentNotification.__table__, [{**row, "received_at": utcnow()}])
+        row = {
+            "notification_id": notification_id,
+            "out_trade_no": out_trade_no,
+            "outcome": outcome,
+            "received_at": utcnow(),
+        }
+        insert_rows(PaymentNotification.__table__, [row])
 
 
 def flag_order(order: Order, kind: str, message: str) -> None:

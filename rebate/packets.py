@@ -362,7 +362,9 @@ def user_and_campaign_for_claim(
     On PostgreSQL a self-serve campaign this process has read before comes from its snapshot (below) when the
     row's digest says it is unchanged: the SELECT then reads the user, the digest and the bans only."""
     params = {"uid": user_id, "campaign_id": campaign_id, **bans}
-    kept = _snapshots().get(campaign_id)
+    bind = db.session.get_bind()
+    snapshots = _SNAPSHOTS.get(bind) if bind.dialect.name == "postgresql" else None
+    kept = snapshots.get(campaign_id) if snapshots else None
     if kept is not None:
         row = db.session.execute(_user_and_digest(), params).first()
         if row is None:
@@ -371,15 +373,15 @@ def user_and_campaign_for_claim(
         if digest == kept.digest:
             return user, kept.campaign, kept.rules, bool(banned)
         campaign, rules, digest = _campaign_and_digest(campaign_id)  # edited (or gone) since: read it again
-        _keep(campaign_id, campaign, rules, digest)
+        _keep(snapshots, campaign_id, campaign, rules, digest)
         return user, campaign, rules, bool(banned)
-    snapshots = _snapshots_kept()
-    row = db.session.execute(_user_and_campaign_for_claim(snapshots), params).first()
+    postgres = bind.dialect.name == "postgresql"
+    row = db.session.execute(_user_and_campaign_for_claim(postgres), params).first()
     if row is None:
         return None, None, None, False
     user, campaign, rules, banned, digest = row
-    if snapshots:
-        _keep(campaign_id, campaign, rules, digest)
+    if postgres:
+        _keep(_SNAPSHOTS.setdefault(bind, {}), campaign_id, campaign, rules, digest)
     return user, campaign, rules, bool(banned)
 
 
@@ -409,18 +411,16 @@ class _Snapshot:
 _SNAPSHOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # engine → {campaign id: _Snapshot}
 
 
-def _snapshots_kept() -> bool:
-    return db.session.get_bind().dialect.name == "postgresql"
-
-
 def _snapshots() -> dict[int, _Snapshot]:
     """This database's snapshots (an engine's: tests make one per app)."""
     return _SNAPSHOTS.get(db.session.get_bind(), {})
 
 
-def _keep(campaign_id: int, campaign: Campaign | None, rules: dict | None, digest: str | None) -> None:
-    """Keep a read-only copy of an active self-serve campaign as read with ``digest``; forget any other."""
-    kept = _SNAPSHOTS.setdefault(db.session.get_bind(), {})
+def _keep(
+    kept: dict[int, _Snapshot], campaign_id: int, campaign: Campaign | None, rules: dict | None, digest: str | None
+) -> None:
+    """Keep in ``kept`` (an engine's) a read-only copy of an active self-serve campaign as read with ``digest``;
+    forget any other."""
     if campaign is None or digest is None or campaign.status != CampaignStatus.ACTIVE or not _budget_last(campaign):
         kept.pop(campaign_id, None)
         return

@@ -167,14 +167,13 @@ def _apply_locked(
     attributing = {packet.campaign_id for packet in attributed}
     settles, unreserved = _run_rebates(order, spent, campaigns, paid_at, deposits, effects, attributing)
     unreserved += _run_attribution(order, attributed, campaigns, paid_at, deposits, effects, unreserved)
+    write_changes([order, *(packet for packet, _ in spent)])  # paid, and its packets used (both rows locked)
     if locked or lock_budgets or _triggers(order, campaigns, paid_at):
         if not locked:  # every campaign row written from here on, at once and in id order: no circle of waits
             budgets.lock_in_order(written)
         _commit_unreserved(unreserved, _settlements(settles), deposits, effects)
-        write_changes([order, *(packet for packet, _ in spent)])
         effects.write()
     else:  # the budgets last, in one statement: a popular campaign's row is held from here to the commit only
-        write_changes([order, *(packet for packet, _ in spent)])
         effects.write()
         moved = budgets.commit_many(_amounts(unreserved), _settlements(settles))
         if moved:
