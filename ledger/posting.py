@@ -100,7 +100,7 @@ class Batch:
         items = list(self.items.values())
         db.session.flush()  # pending rows first (nothing here when the caller already flushed)
         ids = account_ids({leg.account.code: leg.account for item in items for leg in item.legs}.values())
-        if _in_one_statement(items):
+        if db.session.get_bind().dialect.name == "postgresql":  # one data-modifying WITH (below)
             new = _post_in_one_statement(items, ids)
             written = []  # their postings and flows are written already
         else:
@@ -127,10 +127,6 @@ class Batch:
         existing = _compare_existing(repeated, ids) if repeated else {}
         self.items = {}
         return {**new, **existing}
-
-
-def _in_one_statement(items: list[_Item]) -> bool:
-    return db.session.get_bind().dialect.name == "postgresql"
 
 
 def _post_in_one_statement(items: list[_Item], ids: dict[str, int]) -> dict[str, int]:
