@@ -55,6 +55,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     with app.app_context():
         _configure_sqlite(db.engine, settings["DATABASE_LOCK_TIMEOUT_S"])
         _ping_idle_connections(db.engine)
+        _convert_long_statements_once(db.engine)
         # a payout's move that a person hears of writes its notice in the same transaction (§14)
         reminder = settings["NOTICE_TRANSFER_REMINDER_HOURS"]
         watch_payouts(db.engine, WatchSettings(settings["TRANSFER_CONFIRM_HOURS"], reminder))
@@ -197,6 +198,32 @@ def _configure_sqlite(engine, lock_timeout_s: int) -> None:
     @event.listens_for(engine, "begin")
     def on_begin(conn):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+PSYCOPG_CACHED_STATEMENT_LENGTH = 16384
+PSYCOPG_CACHED_STATEMENT_PARAMS = 200
+
+
+def _convert_long_statements_once(engine) -> None:
+    """Let psycopg keep its conversion of our longer statements (issue 11).
+
+    psycopg turns each statement's ``%(name)s`` placeholders into ``$1 …`` by parsing its text, and keeps the
+    result (an LRU of 128) only for a statement of at most 4,096 characters and 50 parameters. The hot paths'
+    statements are longer: a claim's one statement (some 7,000 characters, 60 parameters) and a payment's reads
+    and writes were parsed again on every execution, a fifth of a claim's own work. Our statements are a
+    fixed set built once per process, so keeping those conversions is bounded (the LRU's 128 entries). psycopg
+    has no setting for it: these are module constants its ``convert`` reads on each call (psycopg 3.1 to 3.3);
+    when they are not there this does nothing (tests/test_hot_path_sql.py notices)."""
+    if engine.dialect.driver != "psycopg":
+        return
+    from psycopg import _queries  # noqa: PLC0415 - only with psycopg
+
+    for name, value in (
+        ("MAX_CACHED_STATEMENT_LENGTH", PSYCOPG_CACHED_STATEMENT_LENGTH),
+        ("MAX_CACHED_STATEMENT_PARAMS", PSYCOPG_CACHED_STATEMENT_PARAMS),
+    ):
+        if isinstance(getattr(_queries, name, None), int):
+            setattr(_queries, name, max(getattr(_queries, name), value))
 
 
 IDLE_PING_S = 10.0
