@@ -168,21 +168,29 @@ def take_packet(campaign_id: int, reserved_fen: int) -> bool:
     Both conditions of ``count_packet`` and ``reserve`` sit in its WHERE: either both move or neither does.
     The caller tells which one refused (the rare path) by reading the campaign's counters."""
     params = {"campaign_id": campaign_id, "reserved": reserved_fen}
-    done = db.session.execute(_take_packet_statement(), params).rowcount == 1
+    done = db.session.execute(take_packet_statement(), params).rowcount == 1
     _expire(campaign_id)
     return done
 
 
 @cache
-def _take_packet_statement():
+def take_packet_statement():
     """``take_packet``'s UPDATE, built once per process (building it cost as much as running it): bound by
     ``campaign_id`` and ``reserved``."""
-    reserved = bindparam("reserved", type_=BigInteger)
-    fits = (C.max_packets.is_(None) | (C.packets_issued < C.max_packets)) & _fits(reserved)
     return (
         update(Campaign.__table__)
-        .where(C.id == bindparam("campaign_id"), fits)
-        .values(packets_issued=C.packets_issued + 1, budget_reserved_fen=C.budget_reserved_fen + reserved)
+        .where(C.id == bindparam("campaign_id"), packet_fits())
+        .values(
+            packets_issued=C.packets_issued + 1,
+            budget_reserved_fen=C.budget_reserved_fen + bindparam("reserved", type_=BigInteger),
+        )
+    )
+
+
+def packet_fits():
+    """Whether one more packet reserving ``reserved`` (bound) fits the campaign's count and budget."""
+    return (C.max_packets.is_(None) | (C.packets_issued < C.max_packets)) & _fits(
+        bindparam("reserved", type_=BigInteger)
     )
 
 
@@ -226,8 +234,8 @@ def claim_packet_inserting(
 def _claim_packet_inserting_statement(upsert: TextClause):
     slots = upsert.columns(column("key", String)).cte("slots")
     every_slot = select(func.count()).select_from(slots).scalar_subquery() == bindparam("n_slots", type_=Integer)
-    budget = _take_packet_statement().where(every_slot).returning(C.id).cte("budget")
-    ins = _packet_from(budget).cte("ins")
+    budget = take_packet_statement().where(every_slot).returning(C.id).cte("budget")
+    ins = packet_from(budget).cte("ins")
     return select(
         select(ins.c.id).scalar_subquery(), select(func.array_agg(slots.c.key)).scalar_subquery()
     ).execution_options(**WRITES)
@@ -235,11 +243,11 @@ def _claim_packet_inserting_statement(upsert: TextClause):
 
 @cache
 def _take_packet_inserting_statement():
-    budget = _take_packet_statement().returning(C.id).cte("budget")
-    return _packet_from(budget).add_cte(budget)
+    budget = take_packet_statement().returning(C.id).cte("budget")
+    return packet_from(budget).add_cte(budget)
 
 
-def _packet_from(budget):
+def packet_from(budget):
     """The packet's INSERT (every column but ``id`` bound as ``p_<column>``), one row per row of ``budget``."""
     from models import RedPacket  # noqa: PLC0415 - only here: budgets are about campaigns otherwise
 

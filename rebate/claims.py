@@ -30,9 +30,11 @@ from datetime import datetime
 from models import Campaign, CampaignStatus, RedPacket, ShareLink, User, db
 from models.sql import wrote_nothing_yet
 from models.triggers import TriggerKind
+from rebate import claim_at_once
 from rebate.deposits import pause_refused
-from rebate.errors import DepositExhausted, NotFound, StateConflict
+from rebate.errors import BudgetExhausted, DepositExhausted, NotFound, StateConflict
 from rebate.packets import (
+    CLAIM_SOURCE,
     campaign_for_claim,
     claim_found,
     claimable_for_claim,
@@ -150,6 +152,7 @@ def claim_from_campaign(
     limits: PlatformLimits,
     channel: str | None = None,
     checked: Callable[[User | None], User] | None = None,
+    at_once: bool = False,
 ) -> RedPacket:
     """A packet straight from a self-serve campaign (trigger kind ``claim``).
 
@@ -161,6 +164,8 @@ def claim_from_campaign(
 
     ``user`` may be only the signed-in user's id: its row is then read with the campaign's (the same one
     statement) and handed to ``checked``, which answers a missing or banned one (and raises) before anything else.
+    ``at_once``: ``checked`` refuses nothing but a missing or banned user, so the claim may be made in one statement
+    that checks those itself (``rebate.claim_at_once``), when this process keeps the campaign's copy.
     """
     bans = _bans(claimant, now)
     if isinstance(user, User):
@@ -168,6 +173,13 @@ def claim_from_campaign(
     else:
         if checked is None:
             raise TypeError("a claim by user id needs `checked` for the user's row")
+        done = _claimed_at_once(campaign_id, user, now, claimant, limits, channel, bans) if at_once else None
+        if done is not None:
+            row, outcome = done
+            checked(row)
+            if isinstance(outcome, BudgetExhausted):
+                raise outcome
+            return outcome
         row, campaign, rules, banned = user_and_campaign_for_claim(user, campaign_id, bans)
         user = checked(row)
     campaign = _running(campaign)
@@ -178,7 +190,7 @@ def claim_from_campaign(
         return issue_packet(
             campaign,
             user,
-            source="claim",
+            source=CLAIM_SOURCE,
             source_ref=f"user:{user.id}:{secrets.token_hex(6)}",
             now=now,
             channel=channel,
@@ -186,6 +198,24 @@ def claim_from_campaign(
             fresh=True,
             rules=rules,
         )
+
+
+def _claimed_at_once(
+    campaign_id: int, uid: int, now: datetime, claimant: Claimant, limits: PlatformLimits, channel: str | None, bans
+) -> tuple[User, RedPacket | BudgetExhausted] | None:
+    """``rebate.claim_at_once``: the claim in one statement committed by itself, or None (nothing written): the
+    claim's transaction answers."""
+    copy = claim_at_once.kept(campaign_id)
+    if copy is None:
+        return None
+    own = campaign_slots(
+        ClaimLimits.parse(copy.campaign.claim_limits), campaign_id=campaign_id, claimant=claimant, now=now
+    )
+    slots = claim_gate(claimant, limits, own).slots(now)
+    source_ref = f"user:{uid}:{secrets.token_hex(6)}"
+    return claim_at_once.claim(
+        copy, uid, slots, bans, own_limits=bool(own), channel=channel, source_ref=source_ref, now=now
+    )
 
 
 def claim_share_link(

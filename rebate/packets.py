@@ -94,6 +94,11 @@ def check_audience(campaign: Campaign, user: User, channel: str | None, now: dat
     """Regions, channels and the Beijing day-of-week / hour window; refusals say why."""
     if campaign.regions and user.region not in campaign.regions:
         raise Invalid(f"this campaign is for {', '.join(campaign.regions)} only", code="outside_region")
+    check_occasion(campaign, channel, now)
+
+
+def check_occasion(campaign: Campaign, channel: str | None, now: datetime) -> None:
+    """``check_audience`` but the person's region: the channel and the Beijing day-of-week / hour window."""
     if campaign.channels and channel is not None and channel not in campaign.channels:
         raise Invalid(f"this campaign runs on {', '.join(campaign.channels)} only", code="wrong_channel")
     windows = campaign.usage_windows or {}
@@ -135,6 +140,7 @@ def _new_packet(campaign: Campaign, now: datetime, face_fen: int | None = None, 
     )
 
 
+CLAIM_SOURCE = "claim"  # a self-serve claim's packets
 STAKE_SOURCE = "challenge"
 """The one source that issues from a campaign funded by a person's stake (``FunderType.USER_STAKE``): a
 challenge's settlement. Every other path (claims, codes, batches, audiences, triggers, operators) is refused."""

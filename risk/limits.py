@@ -236,9 +236,10 @@ def take_slots(slots: list[Slot], now: datetime) -> list[Slot]:
     return refused_of(slots, db.session.execute(statement, params).scalars())
 
 
-def slots_upsert(slots: list[Slot], now: datetime) -> tuple[TextClause, dict[str, object], int]:
+def slots_upsert(slots: list[Slot], now: datetime, guard: str = "") -> tuple[TextClause, dict[str, object], int]:
     """``take_slots``' statement (``INSERT … RETURNING key``), its parameters and how many rows it takes: for a
-    caller that runs it inside a statement of its own (a data-modifying WITH). ``slots`` is not empty."""
+    caller that runs it inside a statement of its own (a data-modifying WITH). ``slots`` is not empty.
+    ``guard``: a boolean SQL expression of that statement (PostgreSQL); when it is not true, no row is written."""
     rows = sorted({s.key: s for s in slots}.values(), key=lambda s: s.key)
     params: dict[str, object] = {"now": now}
     for i, s in enumerate(rows):
@@ -247,7 +248,7 @@ def slots_upsert(slots: list[Slot], now: datetime) -> tuple[TextClause, dict[str
             params[f"t{i}"] = now - timedelta(seconds=s.seconds)
         else:
             params[f"n{i}"] = s.limit
-    return _upsert(tuple(s.seconds is not None for s in rows)), params, len(rows)
+    return _upsert(tuple(s.seconds is not None for s in rows), guard), params, len(rows)
 
 
 def refused_of(slots: list[Slot], taken_keys) -> list[Slot]:
@@ -257,8 +258,9 @@ def refused_of(slots: list[Slot], taken_keys) -> list[Slot]:
 
 
 @functools.cache
-def _upsert(intervals: tuple[bool, ...]) -> TextClause:
-    """The conditional multi-row upsert of ``take_slots`` for rows of this shape (True: an interval), in key order.
+def _upsert(intervals: tuple[bool, ...], guard: str = "") -> TextClause:
+    """The conditional multi-row upsert of ``take_slots`` for rows of this shape (True: an interval), in key order;
+    with ``guard`` (PostgreSQL), only when that boolean SQL expression is true.
 
     Row i binds ``k{i}`` (key), ``w{i}`` (window) and either ``t{i}`` (an interval: free when the last
     slot was taken at or before it) or ``n{i}`` (a count: free in another window or below it); ``now``
@@ -271,8 +273,11 @@ def _upsert(intervals: tuple[bool, ...]) -> TextClause:
         for i, interval in enumerate(intervals)
     )
     # Only row numbers are formatted in; every value is a bound parameter.
+    rows = f"VALUES {values}"
+    if guard:  # (a WHERE, so that ON CONFLICT is not read as a join's ON)
+        rows = f'SELECT * FROM ({rows}) AS rows_(key, "window", "count", last_at) WHERE {guard}'  # noqa: S608
     sql = (
-        f'INSERT INTO limit_counters (key, "window", "count", last_at) VALUES {values} '  # noqa: S608
+        f'INSERT INTO limit_counters (key, "window", "count", last_at) {rows} '  # noqa: S608
         'ON CONFLICT (key) DO UPDATE SET "count" = CASE WHEN limit_counters."window" = excluded."window" '
         'THEN limit_counters."count" + 1 ELSE 1 END, "window" = excluded."window", last_at = excluded.last_at '
         f"WHERE {free} RETURNING key"

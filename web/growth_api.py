@@ -127,6 +127,7 @@ def claim_from_campaign(campaign_id: int):
             limits=platform_limits(),
             channel=chosen,
             checked=checked,
+            at_once=bad is None,
         )
     return packet_json(packet), 201
 
