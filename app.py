@@ -213,7 +213,7 @@ def _convert_long_statements_once(engine) -> None:
     and writes were parsed again on every execution, a fifth of a claim's own work. Our statements are a
     fixed set built once per process, so keeping those conversions is bounded (the LRU's 128 entries). psycopg
     has no setting for it: these are module constants its ``convert`` reads on each call (psycopg 3.1 to 3.3);
-    when they are not there this does nothing (tests/test_hot_path_sql.py notices)."""
+    when they are not there this does nothing (tests/test_claim_at_once.py notices)."""
     if engine.dialect.driver != "psycopg":
         return
     from psycopg import _queries  # noqa: PLC0415 - only with psycopg

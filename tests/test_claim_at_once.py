@@ -277,3 +277,21 @@ def test_the_one_statement_writes_nothing_when_a_slot_is_refused_after_others_we
     assert len(sent) == 1 and "INSERT INTO red_packets" in sent[0]
     assert outcome is None
     assert written(campaign_id) == before
+
+
+def test_psycopg_converts_the_claims_statement_once(app, make_campaign, claim, monkeypatch):
+    # given: a kept campaign (PostgreSQL through psycopg: app.py lets psycopg keep long statements' conversions)
+    campaign_id = kept_campaign(make_campaign, claim)
+    if db.engine.dialect.driver != "psycopg":
+        pytest.skip("psycopg's statement conversion")
+    from psycopg import _queries
+
+    assert _queries.MAX_CACHED_STATEMENT_LENGTH >= 16384 and _queries.MAX_CACHED_STATEMENT_PARAMS >= 200
+    parsed = []  # what psycopg converts without its cache (it calls this by name then)
+    uncached = _queries._query2pg_nocache
+    monkeypatch.setattr(_queries, "_query2pg_nocache", lambda *a: parsed.append(a[0]) or uncached(*a))
+    # when: another claim, whose one statement is longer than psycopg's own 4,096 characters and 50 parameters
+    resp, sent = claim(campaign_id)
+    # then: its conversion came from psycopg's cache, not from parsing the statement again
+    assert resp.status_code == 201 and len(sent) == 1 and len(sent[0]) > 4096
+    assert parsed == []
