@@ -149,10 +149,18 @@ def _finish(view: Callable, kwargs: dict, mutating: bool, commit: bool = True, s
         raise mapped from exc
     if mutating and response.status_code < 400:
         if commit:
-            db.session.commit()
+            _commit()
     elif mutating:
         db.session.rollback()
     return response
+
+
+def _commit() -> None:
+    """Commit the request's work. A session that began no transaction and holds nothing to write has nothing to
+    commit (a claim made in one statement committed by itself, rebate/claim_at_once.py): no commit is begun then."""
+    session = db.session()
+    if session.in_transaction() or session.new or session.dirty or session.deleted:
+        session.commit()
 
 
 def endpoint(
