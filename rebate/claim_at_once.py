@@ -43,6 +43,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from models import Campaign, PacketStatus, RedPacket, User, UserStatus, db
+from models.sql import Precompiled
 from models.triggers import TriggerKind
 from rebate import budgets
 from rebate.errors import BudgetExhausted, RebateError
@@ -64,6 +65,12 @@ from risk.limits import slots_upsert
 GUARD = "(SELECT ok FROM claimant)"  # the slots' upsert writes only when the claimant's checks all held
 C = Campaign.__table__.c
 U = User.__table__.c
+
+
+@functools.lru_cache(maxsize=256)
+def _precompiled(upsert: TextClause | None, regions: bool, dialect) -> Precompiled:
+    """``_statement`` compiled once for ``dialect`` (an engine's: tests make many)."""
+    return Precompiled(_statement(upsert, regions), dialect)
 
 
 @functools.cache
@@ -189,11 +196,8 @@ def claim(
         params["in_regions"] = list(campaign.regions)  # (not "regions": an UPDATE would SET the column by it)
     try:
         with db.session.get_bind().connect() as connection:
-            row = (
-                connection.execution_options(isolation_level="AUTOCOMMIT")
-                .execute(_statement(upsert, bool(campaign.regions)), params)
-                .first()
-            )
+            statement = _precompiled(upsert, bool(campaign.regions), connection.dialect)
+            row = statement.execute(connection.execution_options(isolation_level="AUTOCOMMIT"), params).first()
     except DBAPIError as failed:
         if isinstance(failed.orig, DivisionByZero):  # a slot taken, no packet: all undone; the transaction tells
             return None
