@@ -281,6 +281,9 @@ class Precompiled:
 
     def __init__(self, statement: Executable, dialect) -> None:
         compiled = statement.compile(dialect=dialect)
+        if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
+            # Python-side column defaults are computed by SQLAlchemy's execution, not bound: give every column.
+            raise ValueError("a statement relying on Python-side column defaults cannot be precompiled")
         self.sql = compiled.string
         self._processors: dict[str, object] = {}
         self._fixed: dict[str, object] = {}
@@ -294,6 +297,7 @@ class Precompiled:
             else:  # a literal: its value converted now
                 self._fixed[name] = processor(bind.effective_value) if processor else bind.effective_value
         self.params = frozenset(self._named)
+        self._order = tuple(compiled.positiontup) if dialect.positional else None  # SQLite's "?"
 
     def execute(self, connection, values: dict):
         missing = self.params.difference(values)
@@ -305,4 +309,6 @@ class Precompiled:
             value = values[name]
             processor = processors.get(name)
             params[name] = processor(value) if processor is not None else value
+        if self._order is not None:
+            return connection.exec_driver_sql(self.sql, tuple(params[name] for name in self._order))
         return connection.exec_driver_sql(self.sql, params)
