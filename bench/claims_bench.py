@@ -16,7 +16,8 @@ reservation within the limit (the line says "zero oversell" or stops the run).
 Goals (issue 11): at least 0.20x the empty route, at most 4 SQL statements per claim operation. Measured twice:
 without, then with an ``Idempotency-Key`` on every claim (each its own, as a client that retries sends).
 The statements printed are those of the whole HTTP request (the token's user, the commit
-included), counted in-process on the same data.
+included), counted in-process on the same data, after one claim (a server process that has read the campaign
+before: on PostgreSQL its claims are then one statement, ``rebate/claim_at_once.py``).
 """
 
 from __future__ import annotations

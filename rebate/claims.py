@@ -156,11 +156,12 @@ def claim_from_campaign(
 ) -> RedPacket:
     """A packet straight from a self-serve campaign (trigger kind ``claim``).
 
-    Two statements on PostgreSQL: the campaign with its rules and the claimant's bans, then the limits (one
-    conditional upsert), the budget's conditional UPDATE and the packet's INSERT in one statement (the last: the
-    campaign's row is locked from there to the commit only); four on SQLite (the read, the limits, the INSERT,
-    then the UPDATE). More for a merchant-funded campaign (budget first, then its deposit's check, then the
-    limits) and on a refusal.
+    One statement on PostgreSQL when this process keeps the campaign's copy and ``at_once`` says so
+    (``rebate.claim_at_once``: committed by itself). Otherwise two statements on PostgreSQL: the campaign with its
+    rules and the claimant's bans, then the limits (one conditional upsert), the budget's conditional UPDATE and the
+    packet's INSERT in one statement (the last: the campaign's row is locked from there to the commit only); four on
+    SQLite (the read, the limits, the INSERT, then the UPDATE). More for a merchant-funded campaign (budget first,
+    then its deposit's check, then the limits) and on a refusal.
 
     ``user`` may be only the signed-in user's id: its row is then read with the campaign's (the same one
     statement) and handed to ``checked``, which answers a missing or banned one (and raises) before anything else.
