@@ -7,14 +7,14 @@ request. So the claim is sent as one statement on a connection in autocommit, wi
 ``COMMIT`` of its own (each a round trip):
 
     WITH context AS (whether the copy is still the row (its digest) and its count and budget fit, as the row
-                     stands; whether a ban applies to the claimant's device or address),
-         claimant AS (the claimant's row, and ``ok``: active, in the campaign's regions, not banned, the copy
-                      still the row, the budget fits),
+                     stands; whether a ban applies to the claimant's device or address; whether one of the
+                     campaign's own limits would refuse, read only),
+         claimant AS (the claimant's row: ``admitted`` (active, in the campaign's regions, not banned, the copy
+                      still the row), and ``ok``: admitted and the budget fits),
          slots AS (the limits' conditional upsert, written only when ``ok``),
          budget AS (the campaign's conditional UPDATE when ``ok`` and every slot was taken),
          ins AS (the packet's INSERT, one row per row of budget)
-    SELECT the packet's id, the claimant's row and checks, 1 / (packets made, or 1 when no slot was taken)
-    FROM claimant
+    SELECT the packet's id, 1 / (packets made, or 1 when no slot was taken), the checks FROM claimant
 
 The statement either makes the packet, or writes nothing: when a slot was taken but no packet made (a limit
 refused after another slot was taken, or a concurrent claim took the last of the budget), the last column divides
@@ -25,8 +25,9 @@ Whatever this path does not answer itself is answered by the claim's transaction
 before, by running it: a campaign not kept or edited since (the digest), a missing, banned or out-of-region
 claimant, a device or address banned, a limit refused, a refusal the copy already tells (a paused campaign, the
 window), a session that has begun a transaction (an ``Idempotency-Key``'s: the key goes with the claim). The one
-refusal it answers is the flash sale's common one after the sell-out, when the campaign has no limits of its own
-(whose refusals would rank first): its count or budget is spent (``BudgetExhausted``), nothing written.
+refusal it answers is the flash sale's common one after the sell-out: the campaign's count or budget is spent
+(``BudgetExhausted``, nothing written) and none of its own limits would refuse (those rank first, and are kept
+for the trace: the transaction answers them).
 """
 
 from __future__ import annotations
@@ -35,7 +36,21 @@ import functools
 from datetime import datetime
 
 from psycopg.errors import DivisionByZero
-from sqlalchemy import Integer, String, TextClause, and_, bindparam, case, column, func, literal, select, true
+from sqlalchemy import (
+    Boolean,
+    Integer,
+    String,
+    TextClause,
+    and_,
+    bindparam,
+    case,
+    column,
+    false,
+    func,
+    literal,
+    select,
+    true,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import make_transient_to_detached
@@ -60,7 +75,7 @@ from rebate.packets import (
 )
 from risk import Slot
 from risk.bans import banned_column
-from risk.limits import slots_upsert
+from risk.limits import slots_refusing, slots_upsert
 
 GUARD = "(SELECT ok FROM claimant)"  # the slots' upsert writes only when the claimant's checks all held
 C = Campaign.__table__.c
@@ -68,20 +83,28 @@ U = User.__table__.c
 
 
 @functools.lru_cache(maxsize=256)
-def _precompiled(upsert: TextClause | None, regions: bool, dialect) -> Precompiled:
+def _precompiled(upsert: TextClause | None, own: TextClause | None, regions: bool, dialect) -> Precompiled:
     """``_statement`` compiled once for ``dialect`` (an engine's: tests make many)."""
-    return Precompiled(_statement(upsert, regions), dialect)
+    return Precompiled(_statement(upsert, own, regions), dialect)
 
 
 @functools.cache
-def _statement(upsert: TextClause | None, regions: bool):
-    """The claim's one statement, for the shape of its limit slots (``upsert``: None, no slots) and whether the
-    campaign keeps to ``regions``."""
+def _statement(upsert: TextClause | None, own: TextClause | None, regions: bool):
+    """The claim's one statement, for the shape of its limit slots (``upsert``: None, no slots), of the campaign's
+    own ones (``own``: whether one would refuse; None, it has none) and whether the campaign keeps to ``regions``."""
     fits = budgets.packet_fits()
     full = C.max_packets.is_not(None) & (C.packets_issued >= C.max_packets)
     fresh = _digest() == bindparam("digest", type_=String)
-    context = (  # the campaign as the row stands, and the bans on the claimant's device and address
-        select(fresh.label("fresh"), fits.label("free"), full.label("full"), banned_column())
+    # Would one of the campaign's own limits refuse? (A read: a sold-out campaign's refusal ranks after them.)
+    refusing = own.columns(column("refusing", Boolean)).scalar_subquery() if own is not None else false()
+    context = (  # the campaign as the row stands, the bans on the claimant's device and address
+        select(
+            fresh.label("fresh"),
+            fits.label("free"),
+            full.label("full"),
+            banned_column(),
+            refusing.label("own_refusing"),
+        )
         .where(C.id == bindparam("campaign_id"))
         .cte("context")
     )
@@ -92,6 +115,7 @@ def _statement(upsert: TextClause | None, regions: bool):
             admitted.label("admitted"),
             context.c.free,
             context.c.full,
+            context.c.own_refusing,
             and_(admitted, context.c.free).label("ok"),
         )
         .select_from(User.__table__)
@@ -119,6 +143,7 @@ def _statement(upsert: TextClause | None, regions: bool):
             claimant.c.admitted,
             claimant.c.free,
             claimant.c.full,
+            claimant.c.own_refusing,
         )
         .select_from(claimant)
         .add_cte(*ctes)
@@ -151,13 +176,13 @@ def claim(
     slots: list[Slot],
     bans: dict,
     *,
-    own_limits: bool,
+    own: list[Slot],
     channel: str | None,
     source_ref: str,
     now: datetime,
 ) -> tuple[User, RedPacket | BudgetExhausted] | None:
     """Claim a packet of the campaign ``copy`` keeps for user ``uid``, taking the limit ``slots`` (the campaign's
-    own limits among them: ``own_limits``), in one statement committed by itself.
+    own limits among them: ``own``), in one statement committed by itself.
 
     The claimant's row (added to the session as a loaded row) with the new packet (likewise), or with the
     ``BudgetExhausted`` to raise when the campaign's count or budget is spent and nothing else refused (nothing
@@ -182,6 +207,7 @@ def claim(
     except RebateError:
         return None  # refused: the transaction reads the row and refuses in the order it always has
     upsert, slot_params, n_slots = slots_upsert(slots, now, GUARD) if slots else (None, {}, 0)
+    refusing, own_params = slots_refusing(own, now) if own else (None, {})
     params = {
         "campaign_id": campaign.id,
         "digest": copy.digest,
@@ -190,13 +216,14 @@ def claim(
         "n_slots": n_slots,
         **bans,
         **slot_params,
+        **own_params,
         **{f"p_{k}": v for k, v in _columns_of(packet).items()},
     }
     if campaign.regions:
         params["in_regions"] = list(campaign.regions)  # (not "regions": an UPDATE would SET the column by it)
     try:
         with db.session.get_bind().connect() as connection:
-            statement = _precompiled(upsert, bool(campaign.regions), connection.dialect)
+            statement = _precompiled(upsert, refusing, bool(campaign.regions), connection.dialect)
             row = statement.execute(connection.execution_options(isolation_level="AUTOCOMMIT"), params).first()
     except DBAPIError as failed:
         if isinstance(failed.orig, DivisionByZero):  # a slot taken, no packet: all undone; the transaction tells
@@ -204,10 +231,10 @@ def claim(
         raise
     if row is None or not row.admitted:
         return None  # nothing written: no such user, a ban, an edited campaign, ...: the transaction answers
-    if row.packet_id is None and (row.free or own_limits):
+    if row.packet_id is None and (row.free or row.own_refusing):
         return None  # nothing written: a limit refused (kept for the trace by the transaction), or ranks first
     user = _user_of(uid)
-    if row.packet_id is None:  # sold out, and no limit of the campaign's own to rank before it
+    if row.packet_id is None:  # sold out, and no limit of the campaign's own refusing, to rank before it
         if row.full:
             return user, BudgetExhausted("the campaign has issued all its packets", code="packets_exhausted")
         return user, BudgetExhausted("the campaign's budget is exhausted")

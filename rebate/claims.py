@@ -214,9 +214,7 @@ def _claimed_at_once(
     )
     slots = claim_gate(claimant, limits, own).slots(now)
     source_ref = f"user:{uid}:{secrets.token_hex(6)}"
-    return claim_at_once.claim(
-        copy, uid, slots, bans, own_limits=bool(own), channel=channel, source_ref=source_ref, now=now
-    )
+    return claim_at_once.claim(copy, uid, slots, bans, own=own, channel=channel, source_ref=source_ref, now=now)
 
 
 def claim_share_link(

@@ -251,6 +251,38 @@ def slots_upsert(slots: list[Slot], now: datetime, guard: str = "") -> tuple[Tex
     return _upsert(tuple(s.seconds is not None for s in rows), guard), params, len(rows)
 
 
+def slots_refusing(slots: list[Slot], now: datetime) -> tuple[TextClause, dict[str, object]]:
+    """Whether any of ``slots`` would be refused now, as a one-row ``SELECT EXISTS (…) AS refusing`` (a counter that
+    is full in its window, or an interval's counter taken after its time) and its parameters (``o``-prefixed): a
+    read, for a caller that must rank a refusal without taking anything. ``slots`` is not empty."""
+    rows = sorted({s.key: s for s in slots}.values(), key=lambda s: s.key)
+    params: dict[str, object] = {}
+    for i, s in enumerate(rows):
+        params[f"ok{i}"] = s.key
+        if s.seconds is not None:
+            params[f"ot{i}"] = now - timedelta(seconds=s.seconds)
+        else:
+            params[f"ow{i}"], params[f"on{i}"] = s.window, s.limit
+    return _refusing(tuple(s.seconds is not None for s in rows)), params
+
+
+@functools.cache
+def _refusing(intervals: tuple[bool, ...]) -> TextClause:
+    full = " OR ".join(
+        f"(limit_counters.key = :ok{i} AND limit_counters.last_at > :ot{i})"
+        if interval
+        else f'(limit_counters.key = :ok{i} AND limit_counters."window" = :ow{i} AND limit_counters."count" >= :on{i})'
+        for i, interval in enumerate(intervals)
+    )
+    when = LimitCounter.__table__.c.last_at.type
+    times = [bindparam(f"ot{i}", type_=when) for i, interval in enumerate(intervals) if interval]
+    counts = [bindparam(f"on{i}", type_=Integer) for i, interval in enumerate(intervals) if not interval]
+    windows = [bindparam(f"ow{i}", type_=String) for i, interval in enumerate(intervals) if not interval]
+    keys = [bindparam(f"ok{i}", type_=String) for i in range(len(intervals))]
+    sql = f"SELECT EXISTS (SELECT 1 FROM limit_counters WHERE {full}) AS refusing"  # noqa: S608 - row numbers only
+    return text(sql).bindparams(*times, *counts, *windows, *keys)
+
+
 def refused_of(slots: list[Slot], taken_keys) -> list[Slot]:
     """The slots whose keys the upsert did not return, in the order checked."""
     taken = set(taken_keys or ())

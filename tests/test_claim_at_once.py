@@ -175,8 +175,21 @@ def test_a_sold_out_campaign_refuses_as_before_and_writes_nothing(app, make_camp
     code = "packets_exhausted" if spent == "count" else "budget_exhausted"
     assert (resp.status_code, resp.get_json()["error"]) == (409, code)
     assert written(campaign_id) == before
-    if postgres() and not own_limits:  # the one statement told it: nothing else ranks before the budget
+    if postgres():  # the one statement told it: none of the campaign's own limits refuses, to rank first
         assert len(sent) == 1, sent
+
+
+def test_after_the_sell_out_a_limit_of_the_campaigns_own_still_ranks_first(app, make_campaign, make_user, claim):
+    # given: a kept campaign (one packet per person) whose count budget of two is spent, dan's packet among them
+    campaign_id = kept_campaign(make_campaign, claim, max_packets=2)
+    dan = make_user()
+    assert claim(campaign_id, dan)[0].status_code == 201
+    (counted, packets, limits, refusals) = written(campaign_id)
+    # when: dan claims again
+    resp, _ = claim(campaign_id, dan)
+    # then: his own limit answers (429, kept for the trace), as the transaction ranks it, before the sold-out 409
+    assert (resp.status_code, resp.get_json()["error"]) == (429, "person_limit")
+    assert written(campaign_id) == (counted, packets, limits, [*refusals, "person_limit"])
 
 
 @pytest.mark.parametrize(
@@ -268,7 +281,7 @@ def test_the_one_statement_writes_nothing_when_a_slot_is_refused_after_others_we
             eve_id,
             slots,
             {"ban_device": None, "ban_ip": "192.0.2.200", "ban_net": None, "ban_now": now},
-            own_limits=False,
+            own=[],
             channel=None,
             source_ref="at-once-test",
             now=now,
