@@ -11,7 +11,8 @@ person), so each claim takes its counters.
 Then oversell: a campaign whose budget holds exactly ``BENCH_OVERSELL_BUDGET`` packets (default 20)
 gets ten times as many claims from all clients at once; exactly that many must succeed, every
 other one be refused with a 4xx, and the database hold exactly that many packets and a
-reservation within the limit (the line says "zero oversell" or stops the run).
+reservation within the limit (the line says "zero oversell" or stops the run). Then that sold-out
+campaign's refusals against the empty route, as a flash sale's traffic is after the sell-out (each a 409).
 
 Goals (issue 11): at least 0.20x the empty route, at most 4 SQL statements per claim operation. Measured twice:
 without, then with an ``Idempotency-Key`` on every claim (each its own, as a client that retries sends).
@@ -129,7 +130,12 @@ class ClaimsBench:
                         statements = self.statements(app, people, hot, keyed)
                         extra = f"; {statements} SQL statements per claim request"
                         yield harness.ratio_line(name, self.shape, CLIENTS, empty, real, extra)
-                    yield self.oversell(app, clients, server, people)
+                    line, small = self.oversell(app, clients, server, people)
+                    yield line
+                    meter = CpuMeter(server, database.name)
+                    empty, real = self.measure(clients, server, people, small, meter, expected=409)
+                    name = "refused after the sell-out (409)"
+                    yield harness.ratio_line(name, self.shape, CLIENTS, empty, real, "")
                 with app.app_context():
                     from models import db
 
@@ -138,10 +144,17 @@ class ClaimsBench:
             clients.close()
 
     def measure(
-        self, clients: Clients, server: Server, people: People, hot: int, meter: CpuMeter, keyed: bool = False
+        self,
+        clients: Clients,
+        server: Server,
+        people: People,
+        hot: int,
+        meter: CpuMeter,
+        keyed: bool = False,
+        expected: int = 201,
     ) -> tuple[Figures, Figures]:
         warm = clients.each(server.port, claims(hot, people.take(50), keyed), 60)
-        harness.check_statuses(Figures("warm-up", [warm]), {201})
+        harness.check_statuses(Figures("warm-up", [warm]), {expected})
         estimate = 100.0
         empty, real = Figures("empty"), Figures("claims")
         for _ in range(ROUNDS):
@@ -151,7 +164,7 @@ class ClaimsBench:
             r = real.measured(meter, lambda: clients.each(server.port, requests, ROUND_S))  # noqa: B023 - called at once
             people.give_back([t for i, t in enumerate(tokens) if i not in r.sent])
             estimate = max(estimate, r.answered / r.seconds)
-        harness.check_statuses(real, {201})
+        harness.check_statuses(real, {expected})
         harness.check_statuses(empty, {204})
         return empty, real
 
@@ -169,8 +182,9 @@ class ClaimsBench:
                 raise RuntimeError(f"in-process claim answered {response.status_code}: {response.data!r}")
         return len(statements)
 
-    def oversell(self, app, clients: Clients, server: Server, people: People) -> str:
-        """Ten times more claims than the budget holds, all clients at once: exactly the budget's packets."""
+    def oversell(self, app, clients: Clients, server: Server, people: People) -> tuple[str, int]:
+        """Ten times more claims than the budget holds, all clients at once: exactly the budget's packets. The
+        line, and the campaign (sold out)."""
         from sqlalchemy import func, select
 
         from ledger import check_ledger
@@ -198,4 +212,4 @@ class ClaimsBench:
         return (
             f"claims oversell check: {asked} claims at once for a budget of {OVERSELL_BUDGET} packets → "
             f"{granted} granted ({refused}), {packets} packets, {reserved} of {limit} fen reserved: zero oversell"
-        )
+        ), small
