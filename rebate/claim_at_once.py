@@ -165,8 +165,12 @@ def _user_of(uid: int) -> User:
 
 
 def kept(campaign_id: int) -> _Snapshot | None:
-    """This process's copy of the campaign, if it keeps one (PostgreSQL; ``rebate.packets``' snapshots)."""
-    snapshots = _SNAPSHOTS.get(db.session.get_bind())
+    """This process's copy of the campaign, if it keeps one (PostgreSQL; ``rebate.packets``' snapshots), for a claim
+    in one statement: None too when the session has begun a transaction (its work must go with the claim's)."""
+    session = db.session()
+    if session.in_transaction():
+        return None
+    snapshots = _SNAPSHOTS.get(session.get_bind())
     return snapshots.get(campaign_id) if snapshots else None
 
 
@@ -188,7 +192,7 @@ def claim(
     ``BudgetExhausted`` to raise when the campaign's count or budget is spent and nothing else refused (nothing
     written). None when the claim's transaction must answer (nothing was written)."""
     campaign = copy.campaign
-    if db.session().in_transaction() or campaign.issue_trigger.kind != TriggerKind.CLAIM:
+    if db.session().in_transaction() or campaign.issue_trigger.kind != TriggerKind.CLAIM:  # (as ``kept``)
         return None
     try:  # every check of the campaign the claim's transaction makes before its writes, made on the copy
         _require_issuing(campaign, now, CLAIM_SOURCE)
