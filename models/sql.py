@@ -276,14 +276,20 @@ class Precompiled:
     request (a claim's one statement: five CTEs, 60 parameters) that was a sixth of the request's own work
     (issue 11). Here the statement is compiled once; an execution converts only the named values it is given, each
     by its column type's bind processor (``UTCDateTime``, JSON, …), adds the literal values converted at compile
-    time, and sends the text. Events fire as for any statement (``before_cursor_execute``). Every named bound
-    parameter must be given: a missing one raises ``KeyError``, as SQLAlchemy would refuse it."""
+    time, and sends the text. Events fire as for any statement (``before_cursor_execute``). Exactly the named bound
+    parameters must be given: a missing or unknown one raises ``KeyError`` (a value given for a literal would
+    otherwise be dropped silently). The rows' values come as the driver gives them (no result type processing):
+    for statements answering ids, counts and flags."""
 
     def __init__(self, statement: Executable, dialect) -> None:
         compiled = statement.compile(dialect=dialect)
         if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
             # Python-side column defaults are computed by SQLAlchemy's execution, not bound: give every column.
             raise ValueError("a statement relying on Python-side column defaults cannot be precompiled")
+        if compiled.post_compile_params or compiled.literal_execute_params or compiled.escaped_bind_names:
+            # rendered or renamed per execution by SQLAlchemy (an expanding IN, a literal_execute value, a name
+            # with characters the paramstyle cannot carry): its text alone is not the statement
+            raise ValueError("a statement with parameters rendered at execution cannot be precompiled")
         self.sql = compiled.string
         self._processors: dict[str, object] = {}
         self._fixed: dict[str, object] = {}
@@ -300,9 +306,9 @@ class Precompiled:
         self._order = tuple(compiled.positiontup) if dialect.positional else None  # SQLite's "?"
 
     def execute(self, connection, values: dict):
-        missing = self.params.difference(values)
-        if missing:
-            raise KeyError(f"no value for {sorted(missing)}")
+        if values.keys() != self.params:
+            missing, unknown = self.params.difference(values), set(values).difference(self.params)
+            raise KeyError(f"no value for {sorted(missing)}" if missing else f"no parameter {sorted(unknown)}")
         processors = self._processors
         params = {**self._fixed}
         for name in self._named:

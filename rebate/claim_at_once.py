@@ -7,17 +7,19 @@ request. So the claim is sent as one statement on a connection in autocommit, wi
 ``COMMIT`` of its own (each a round trip):
 
     WITH context AS (whether the copy is still the row (its digest) and its count and budget fit, as the row
-                     stands; whether a ban applies to the claimant's device or address; whether one of the
-                     campaign's own limits would refuse, read only),
+                     stands; whether a ban applies to the claimant's device or address; when the budget is
+                     spent, whether one of the campaign's own limits would refuse, read only),
          claimant AS (the claimant's row: ``admitted`` (active, in the campaign's regions, not banned, the copy
-                      still the row), and ``ok``: admitted and the budget fits),
-         slots AS (the limits' conditional upsert, written only when ``ok``),
-         budget AS (the campaign's conditional UPDATE when ``ok`` and every slot was taken),
+                      still the row), whether the budget fits),
+         slots AS (the limits' conditional upsert, written only when admitted and the budget fits),
+         budget AS (the campaign's conditional UPDATE when so and every slot was taken, the digest checked again
+                    on the row it locks),
          ins AS (the packet's INSERT, one row per row of budget)
     SELECT the packet's id, 1 / (packets made, or 1 when no slot was taken), the checks FROM claimant
 
 The statement either makes the packet, or writes nothing: when a slot was taken but no packet made (a limit
-refused after another slot was taken, or a concurrent claim took the last of the budget), the last column divides
+refused after another slot was taken, a concurrent claim took the last of the budget, an edit of the campaign
+committed while the statement waited for its row), the last column divides
 by zero, PostgreSQL fails the statement, and autocommit rolls all of it back. The row lock on the campaign is
 held for the statement only.
 
@@ -35,7 +37,6 @@ from __future__ import annotations
 import functools
 from datetime import datetime
 
-from psycopg.errors import DivisionByZero
 from sqlalchemy import (
     Boolean,
     Integer,
@@ -67,6 +68,7 @@ from rebate.packets import (
     CLAIM_SOURCE,
     _columns_of,
     _digest,
+    _loaded,
     _new_packet,
     _require_issuing,
     _Snapshot,
@@ -77,7 +79,8 @@ from risk import Slot
 from risk.bans import banned_column
 from risk.limits import slots_refusing, slots_upsert
 
-GUARD = "(SELECT ok FROM claimant)"  # the slots' upsert writes only when the claimant's checks all held
+DIVISION_BY_ZERO = "22012"  # PostgreSQL's SQLSTATE: the statement failed as a whole (its last column)
+GUARD = "(SELECT admitted AND free FROM claimant)"  # the slots' upsert writes only when every check held
 C = Campaign.__table__.c
 U = User.__table__.c
 
@@ -95,7 +98,7 @@ def _statement(upsert: TextClause | None, own: TextClause | None, regions: bool)
     fits = budgets.packet_fits()
     full = C.max_packets.is_not(None) & (C.packets_issued >= C.max_packets)
     fresh = _digest() == bindparam("digest", type_=String)
-    # Would one of the campaign's own limits refuse? (A read: a sold-out campaign's refusal ranks after them.)
+    # Would one of the campaign's own limits refuse? (A read, when sold out: that refusal ranks after them.)
     refusing = own.columns(column("refusing", Boolean)).scalar_subquery() if own is not None else false()
     context = (  # the campaign as the row stands, the bans on the claimant's device and address
         select(
@@ -103,7 +106,7 @@ def _statement(upsert: TextClause | None, own: TextClause | None, regions: bool)
             fits.label("free"),
             full.label("full"),
             banned_column(),
-            refusing.label("own_refusing"),
+            case((fits, false()), else_=refusing).label("own_refusing"),
         )
         .where(C.id == bindparam("campaign_id"))
         .cte("context")
@@ -116,14 +119,16 @@ def _statement(upsert: TextClause | None, own: TextClause | None, regions: bool)
             context.c.free,
             context.c.full,
             context.c.own_refusing,
-            and_(admitted, context.c.free).label("ok"),
         )
         .select_from(User.__table__)
         .join(context, true())
         .where(U.id == bindparam("uid"))
         .cte("claimant")
     )
-    take = budgets.take_packet_statement().where(select(claimant.c.ok).scalar_subquery())
+    ok = select(claimant.c.admitted & claimant.c.free).scalar_subquery()
+    # The digest again in the UPDATE's own WHERE: a claim that waited for the row's lock is checked against the row
+    # as the edit that held it committed it (a pause, say), not as the statement began.
+    take = budgets.take_packet_statement().where(ok, _digest() == bindparam("digest", type_=String))
     if upsert is not None:
         slots = upsert.columns(column("key", String)).cte("slots")
         taken = select(func.count()).select_from(slots).scalar_subquery()
@@ -230,8 +235,8 @@ def claim(
             statement = _precompiled(upsert, refusing, bool(campaign.regions), connection.dialect)
             row = statement.execute(connection.execution_options(isolation_level="AUTOCOMMIT"), params).first()
     except DBAPIError as failed:
-        if isinstance(failed.orig, DivisionByZero):  # a slot taken, no packet: all undone; the transaction tells
-            return None
+        if getattr(failed.orig, "sqlstate", None) == DIVISION_BY_ZERO:  # a slot taken, no packet: all undone
+            return None  # the transaction tells why
         raise
     if row is None or not row.admitted:
         return None  # nothing written: no such user, a ban, an edited campaign, ...: the transaction answers
@@ -242,6 +247,4 @@ def claim(
         if row.full:
             return user, BudgetExhausted("the campaign has issued all its packets", code="packets_exhausted")
         return user, BudgetExhausted("the campaign's budget is exhausted")
-    packet.id = row.packet_id
-    make_transient_to_detached(packet)  # committed already: a loaded row of no session (its columns all set)
-    return user, packet
+    return user, _loaded(packet, row.packet_id)  # committed already: a loaded row of the session

@@ -47,6 +47,7 @@ from risk import (
     Claimant,
     ClaimGate,
     ClaimLimits,
+    ClaimLimitsError,
     LimitHit,
     PlatformLimits,
     ban_refusal,
@@ -209,9 +210,12 @@ def _claimed_at_once(
     copy = claim_at_once.kept(campaign_id)
     if copy is None:
         return None
-    own = campaign_slots(
-        ClaimLimits.parse(copy.campaign.claim_limits), campaign_id=campaign_id, claimant=claimant, now=now
-    )
+    try:
+        own = campaign_slots(
+            ClaimLimits.parse(copy.campaign.claim_limits), campaign_id=campaign_id, claimant=claimant, now=now
+        )
+    except ClaimLimitsError:
+        return None  # the transaction answers it, after the claimant's own checks, as it always has
     slots = claim_gate(claimant, limits, own).slots(now)
     source_ref = f"user:{uid}:{secrets.token_hex(6)}"
     return claim_at_once.claim(copy, uid, slots, bans, own=own, channel=channel, source_ref=source_ref, now=now)

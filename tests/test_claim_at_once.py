@@ -10,6 +10,7 @@ under concurrent claims. On SQLite nothing is kept: the same answers, by the tra
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from itertools import count as numbers
 
@@ -23,7 +24,7 @@ from rebate import claim_at_once
 from rebate.packets import _snapshots
 from risk import Claimant, PlatformLimits
 from risk.limits import platform_slots
-from tests.concurrency import post_together
+from tests.concurrency import post_together, wait_until_a_backend_waits_on_a_lock
 from tests.test_claim_sql import DEFAULT_LIMITS, RESERVATION, claim_campaign, statements
 
 _addresses = numbers(1)
@@ -297,3 +298,40 @@ def test_psycopg_converts_the_claims_statement_once(app, make_campaign, claim, m
     # then: its conversion came from psycopg's cache, not from parsing the statement again
     assert resp.status_code == 201 and len(sent) == 1 and len(sent[0]) > 4096
     assert parsed == []
+
+
+def test_a_pause_committed_while_the_claim_waits_for_the_campaigns_row_is_seen(
+    app, make_campaign, make_user, user_headers, claim
+):
+    # given: a kept campaign, and an operator's pause of it holding the campaign's row, not committed yet
+    campaign_id = kept_campaign(make_campaign, claim)
+    if not postgres():
+        pytest.skip("row locks: PostgreSQL (SQLite serialises its transactions)")
+    headers = user_headers(make_user())
+    db.session.commit()
+    before = written(campaign_id)
+    db.session.rollback()
+    pause = db.engine.connect()
+    pause.begin()
+    pause.execute(update(Campaign).where(Campaign.id == campaign_id).values(status="paused"))
+    answers: list = []
+
+    def claim_it():
+        with app.app_context():
+            answers.append(app.test_client().post(f"/api/v1/campaigns/{campaign_id}/claim", headers=headers))
+
+    claimant = threading.Thread(target=claim_it)
+    claimant.start()
+    try:
+        # when: the claim's one statement waits for that row, and the pause commits
+        probe = db.engine.connect()
+        wait_until_a_backend_waits_on_a_lock(probe)
+        probe.close()
+    finally:
+        pause.commit()
+        pause.close()
+        claimant.join(timeout=20)
+    # then: the claim answers as the paused campaign says, and nothing was written
+    (resp,) = answers
+    assert (resp.status_code, resp.get_json()["error"]) == (409, "campaign_not_running")
+    assert written(campaign_id) == before

@@ -83,6 +83,14 @@ def test_a_statement_relying_on_python_side_defaults_is_refused(app):
         Precompiled(statement, db.engine.dialect)
 
 
+def test_a_statement_with_values_rendered_at_execution_is_refused(app):
+    # given: an expanding IN (SQLAlchemy renders its placeholders per execution, by the list's length)
+    statement = select(PACKETS.c.id).where(PACKETS.c.id.in_(bindparam("ids", expanding=True)))
+    # when / then: refused, since its compiled text is not the statement sent
+    with pytest.raises(ValueError, match="rendered at execution"):
+        Precompiled(statement, db.engine.dialect)
+
+
 def test_a_missing_value_is_refused_before_anything_is_sent(app):
     # given: a precompiled statement with two named values
     statement = select(
@@ -92,5 +100,7 @@ def test_a_missing_value_is_refused_before_anything_is_sent(app):
     # when / then: without one of them it refuses, and sends nothing
     with statements() as sent, pytest.raises(KeyError, match="'b'"):
         precompiled.execute(db.session.connection(), {"a": 1})
-    assert [s for s in sent if not s.startswith("BEGIN")] == []
+    with statements() as sent_too, pytest.raises(KeyError, match="no parameter.*'c'"):
+        precompiled.execute(db.session.connection(), {"a": 1, "b": 2, "c": 3})  # a name it has not: refused too
+    assert [s for s in sent + sent_too if not s.startswith("BEGIN")] == []
     assert precompiled.execute(db.session.connection(), {"a": 1, "b": 2}).scalar_one() == 3
