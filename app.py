@@ -211,9 +211,9 @@ def _convert_long_statements_once(engine) -> None:
     result (an LRU of 128) only for a statement of at most 4,096 characters and 50 parameters. The hot paths'
     statements are longer: a claim's one statement (some 7,000 characters, 60 parameters) and a payment's reads
     and writes were parsed again on every execution, a fifth of a claim's own work. Our statements are few shapes
-    built once per process (an INSERT's row count varies by chunk), and psycopg's LRU of 128 bounds what is kept. psycopg
-    has no setting for it: these are module constants its ``convert`` reads on each call (psycopg 3.1 to 3.3);
-    when they are not there it logs a warning and changes nothing (tests/test_claim_at_once.py fails then)."""
+    built once per process (an INSERT's row count varies by chunk), and psycopg's LRU of 128 bounds what is kept.
+    psycopg has no setting for it: these are module constants its ``convert`` reads on each call (psycopg 3.1 to
+    3.3); when they are not there it logs a warning and changes nothing (tests/test_claim_at_once.py fails then)."""
     if engine.dialect.driver != "psycopg":
         return
     from psycopg import _queries  # noqa: PLC0415 - only with psycopg
