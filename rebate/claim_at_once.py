@@ -222,12 +222,13 @@ def claim(
         "digest": copy.digest,
         "uid": uid,
         "reserved": reserved,
-        "n_slots": n_slots,
         **bans,
         **slot_params,
         **own_params,
         **{f"p_{k}": v for k, v in _columns_of(packet).items()},
     }
+    if upsert is not None:
+        params["n_slots"] = n_slots
     if campaign.regions:
         params["in_regions"] = list(campaign.regions)  # (not "regions": an UPDATE would SET the column by it)
     try:
