@@ -293,16 +293,16 @@ class Precompiled:
         self.sql = compiled.string
         self._processors: dict[str, object] = {}
         self._fixed: dict[str, object] = {}
-        self._named: set[str] = set()
+        named: set[str] = set()
         for bind, name in compiled.bind_names.items():
             processor = bind.type._cached_bind_processor(dialect)  # noqa: SLF001 - what SQLAlchemy itself uses
             if bind.required:
-                self._named.add(name)
+                named.add(name)
                 if processor is not None:
                     self._processors[name] = processor
             else:  # a literal: its value converted now
                 self._fixed[name] = processor(bind.effective_value) if processor else bind.effective_value
-        self.params = frozenset(self._named)
+        self.params = frozenset(named)  # the names an execution must give, exactly
         self._order = tuple(compiled.positiontup) if dialect.positional else None  # SQLite's "?"
 
     def execute(self, connection, values: dict):
@@ -311,7 +311,7 @@ class Precompiled:
             raise KeyError(f"no value for {sorted(missing)}" if missing else f"no parameter {sorted(unknown)}")
         processors = self._processors
         params = {**self._fixed}
-        for name in self._named:
+        for name in self.params:
             value = values[name]
             processor = processors.get(name)
             params[name] = processor(value) if processor is not None else value

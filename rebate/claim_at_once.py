@@ -72,6 +72,7 @@ from rebate.packets import (
     _new_packet,
     _require_issuing,
     _Snapshot,
+    budget_refusal,
     check_occasion,
     reservation_for,
 )
@@ -128,7 +129,7 @@ def _statement(upsert: TextClause | None, own: TextClause | None, regions: bool)
     ok = select(claimant.c.admitted & claimant.c.free).scalar_subquery()
     # The digest again in the UPDATE's own WHERE: a claim that waited for the row's lock is checked against the row
     # as the edit that held it committed it (a pause, say), not as the statement began.
-    take = budgets.take_packet_statement().where(ok, _digest() == bindparam("digest", type_=String))
+    take = budgets.take_packet_statement().where(ok, fresh)
     if upsert is not None:
         slots = upsert.columns(column("key", String)).cte("slots")
         taken = select(func.count()).select_from(slots).scalar_subquery()
@@ -245,7 +246,5 @@ def claim(
         return None  # nothing written: a limit refused (kept for the trace by the transaction), or ranks first
     user = _user_of(uid)
     if row.packet_id is None:  # sold out, and no limit of the campaign's own refusing, to rank before it
-        if row.full:
-            return user, BudgetExhausted("the campaign has issued all its packets", code="packets_exhausted")
-        return user, BudgetExhausted("the campaign's budget is exhausted")
+        return user, budget_refusal(row.full)
     return user, _loaded(packet, row.packet_id)  # committed already: a loaded row of the session

@@ -278,7 +278,12 @@ def _budget_refusal(campaign_id: int) -> BudgetExhausted:
     max_packets, issued = db.session.execute(
         select(Campaign.max_packets, Campaign.packets_issued).where(Campaign.id == campaign_id)
     ).one()
-    if max_packets is not None and issued >= max_packets:
+    return budget_refusal(max_packets is not None and issued >= max_packets)
+
+
+def budget_refusal(count_spent: bool) -> BudgetExhausted:
+    """The refusal of a packet the campaign's budgets cannot take: its count (``count_spent``), else its money."""
+    if count_spent:
         return BudgetExhausted("the campaign has issued all its packets", code="packets_exhausted")
     return BudgetExhausted("the campaign's budget is exhausted")
 
