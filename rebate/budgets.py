@@ -232,10 +232,7 @@ def claim_packet_inserting(
 
 @cache
 def _claim_packet_inserting_statement(upsert: TextClause):
-    slots = upsert.columns(column("key", String)).cte("slots")
-    every_slot = select(func.count()).select_from(slots).scalar_subquery() == bindparam("n_slots", type_=Integer)
-    budget = take_packet_statement().where(every_slot).returning(C.id).cte("budget")
-    ins = packet_from(budget).cte("ins")
+    slots, _, _, ins = claim_ctes(upsert)
     return select(
         select(ins.c.id).scalar_subquery(), select(func.array_agg(slots.c.key)).scalar_subquery()
     ).execution_options(**WRITES)
@@ -245,6 +242,21 @@ def _claim_packet_inserting_statement(upsert: TextClause):
 def _take_packet_inserting_statement():
     budget = take_packet_statement().returning(C.id).cte("budget")
     return packet_from(budget).add_cte(budget)
+
+
+def claim_ctes(upsert: TextClause | None, *where):
+    """A claim's writes as data-modifying CTEs: ``slots`` (the limits' upsert ``upsert``, None: no slots), ``budget``
+    (``take_packet`` when every slot was taken (bound ``n_slots``) and ``where`` holds) and ``ins`` (the packet's
+    INSERT, one row per row of budget). Answers (slots, the count of slots taken, budget, ins)."""
+    take = take_packet_statement().where(*where)
+    if upsert is None:
+        slots, taken = None, literal(0)
+    else:
+        slots = upsert.columns(column("key", String)).cte("slots")
+        taken = select(func.count()).select_from(slots).scalar_subquery()
+        take = take.where(taken == bindparam("n_slots", type_=Integer))
+    budget = take.returning(C.id).cte("budget")
+    return slots, taken, budget, packet_from(budget).cte("ins")
 
 
 def packet_from(budget):

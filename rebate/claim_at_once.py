@@ -129,19 +129,11 @@ def _statement(upsert: TextClause | None, own: TextClause | None, regions: bool)
     ok = select(claimant.c.admitted & claimant.c.free).scalar_subquery()
     # The digest again in the UPDATE's own WHERE: a claim that waited for the row's lock is checked against the row
     # as the edit that held it committed it (a pause, say), not as the statement began.
-    take = budgets.take_packet_statement().where(ok, fresh)
-    if upsert is not None:
-        slots = upsert.columns(column("key", String)).cte("slots")
-        taken = select(func.count()).select_from(slots).scalar_subquery()
-        take = take.where(taken == bindparam("n_slots", type_=Integer))
-    else:
-        taken = literal(0)
-    budget = take.returning(C.id).cte("budget")
-    ins = budgets.packet_from(budget).cte("ins")
+    slots, taken, budget, ins = budgets.claim_ctes(upsert, ok, fresh)
     made = select(func.count()).select_from(ins).scalar_subquery()
     # A slot taken and no packet made: 1 / 0, and the whole statement is undone (autocommit).
     all_or_nothing = literal(1, Integer) // (made + case((taken == 0, 1), else_=0))
-    ctes = [context, claimant] + ([slots] if upsert is not None else []) + [budget, ins]
+    ctes = [context, claimant] + ([slots] if slots is not None else []) + [budget, ins]
     return (
         select(
             select(ins.c.id).scalar_subquery().label("packet_id"),
