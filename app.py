@@ -84,6 +84,7 @@ def _challenge_settings(cfg) -> Any:
     return ChallengeSettings(
         max_participants=cfg["CHALLENGE_MAX_PARTICIPANTS"],
         max_days=cfg["CHALLENGE_MAX_DAYS"],
+        max_lead_days=cfg["CHALLENGE_MAX_LEAD_DAYS"],
         steps_daily_cap=cfg["CHALLENGE_STEPS_DAILY_CAP"],
         steps_repeat_days=cfg["CHALLENGE_STEPS_REPEAT_DAYS"],
         reading_interval_minutes=cfg["CHALLENGE_READING_INTERVAL_MINUTES"],

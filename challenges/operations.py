@@ -115,6 +115,12 @@ def _check_spec(
 ) -> None:
     if start_day <= today(now):
         raise ChallengeInvalid("the first day must be after today (Beijing)", zh="挑战最早从明天开始")
+    if start_day > today(now) + timedelta(days=settings.max_lead_days):
+        raise ChallengeInvalid(
+            f"the first day must be at most {settings.max_lead_days} days after today (Beijing): stakes are held until"
+            " it starts",
+            zh=f"挑战最晚在 {settings.max_lead_days} 天内开始",
+        )
     if spec.days > settings.max_days:
         raise ChallengeInvalid(f"at most {settings.max_days} days", zh=f"挑战最多 {settings.max_days} 天")
     if spec.max_participants is not None and spec.max_participants > settings.max_participants:

@@ -18,6 +18,7 @@ from money import MAX_FEN
 class ChallengeSettings:
     max_participants: int = 20
     max_days: int = 30
+    max_lead_days: int = 30  # the first day at most this many days after today: stakes are held until then
     steps_daily_cap: int = 98_800  # more in one day is not taken (plausibility)
     steps_repeat_days: int = 3  # the same non-zero total this many days running is flagged
     reading_interval_minutes: int = 30
@@ -60,7 +61,7 @@ class ChallengeSpec(BaseModel):
     goal: Annotated[int, Field(gt=0, le=10_000_000)] | None = None
     stake_source: StakeSource = StakeSource.BALANCE
     stake: Annotated[int, Field(ge=0, le=MAX_FEN)] = 0
-    sponsor_campaign_id: Annotated[int, Field(gt=0)] | None = None
+    sponsor_campaign_id: Annotated[int, Field(gt=0, le=2**31 - 1)] | None = None  # an INTEGER primary key
     prize_fen: Annotated[int, Field(ge=0, le=MAX_FEN)] = 0
     max_participants: Annotated[int, Field(ge=2, le=1000)] | None = None
     questions: Annotated[list[Question], Field(max_length=20)] = []

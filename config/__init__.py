@@ -601,6 +601,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("CHALLENGE_MAX_DAYS", 30, _int_at_least(1), doc="Longest challenge period, in Beijing days."),
     Setting(
+        "CHALLENGE_MAX_LEAD_DAYS",
+        30,
+        _int_at_least(1),
+        doc="Latest first day of a new challenge, in Beijing days after today (its stakes are held until it starts).",
+    ),
+    Setting(
         "CHALLENGE_STEPS_DAILY_CAP",
         98_800,
         _int_at_least(1),

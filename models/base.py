@@ -139,8 +139,14 @@ BEIJING = ZoneInfo("Asia/Shanghai")
 
 
 def beijing(value: datetime) -> datetime:
-    """Business days, daily limits, quiet hours and bill dates are Beijing time."""
-    return value.astimezone(BEIJING)
+    """Business days, daily limits, quiet hours and bill dates are Beijing time.
+
+    An instant within hours of the calendar's ends (a far end stored before the API bounded them, web.guards) has
+    no Beijing time of its own: it is shown as the calendar's first or last Beijing instant, never an error."""
+    try:
+        return value.astimezone(BEIJING)
+    except OverflowError:
+        return (datetime.max if value.year > 1 else datetime.min).replace(tzinfo=BEIJING)
 
 
 def next_beijing_midnight(value: datetime) -> datetime:

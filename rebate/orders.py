@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, select
 
 from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, PacketStatus, Product, RedPacket, User, db
+from money import MAX_FEN
 from rebate.campaigns import serves
 from rebate.errors import Invalid, NotFound, StateConflict
 from rebate.fund_flow import pay_to_sub_merchant
@@ -177,6 +178,8 @@ def create_order(
     order_lines = _order_lines(lines, products)
     merchant_id = next(iter(products.values())).merchant_id
     total = sum(li.line_total_fen for li in order_lines)
+    if total > MAX_FEN:  # the sale could never be posted (the ledger's bound): refused before WeChat takes the money
+        raise Invalid(f"an order may total at most {MAX_FEN} fen; this one totals {total}", code="order_too_large")
     ids = [] if packet_ids is None else [packet_ids] if isinstance(packet_ids, int) else list(packet_ids)
     # Locked in ascending id order, as everywhere, so two orders racing for packets cannot deadlock.
     faces = {pid: _usable_packet(pid, user, merchant_id, order_lines, now, channel) for pid in sorted(set(ids))}

@@ -88,11 +88,11 @@ def place(
     ``now``). No time is before ``not_before`` (the session's last event): the trail never goes back."""
     stamped = [client_at for _, client_at in events if client_at is not None]
     latest = max(stamped) if stamped else None
-    floor = now - BATCH_SPREAD
     keyed, at, key = [], now, None
     for position, (event, client_at) in enumerate(events):
         if client_at is not None:
-            at, key = min(now, max(floor, now - (latest - client_at))), client_at.timestamp()
+            # the gap bounded before it is subtracted: a phone's clock may say year 1 or 9999 (now minus that overflows)
+            at, key = now - min(latest - client_at, BATCH_SPREAD), client_at.timestamp()
         keyed.append((at, math.inf if key is None else key, position, event))
     keyed.sort(key=lambda k: k[:3])
     return [(event, at if not_before is None else max(at, not_before)) for at, _, _, event in keyed]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from flask import Blueprint, g
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -22,7 +22,7 @@ from rebate.scope import visible_merchant
 from web.api import client_ip, endpoint
 from web.errors import Conflict
 from web.guards import MAX_ID
-from web.schemas import Category, Id, Model, Name, Page, PositiveFen, Reason
+from web.schemas import Category, Id, Instant, Model, Name, Page, PositiveFen, Reason
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
 
@@ -179,8 +179,8 @@ class AuditQuery(Page):
     )
     target_type: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z_]+$")] | None = None
     target_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    since: AwareDatetime | None = Field(None, description="Lines at or after this instant.")
-    until: AwareDatetime | None = Field(None, description="Lines before this instant.")
+    since: Instant | None = Field(None, description="Lines at or after this instant.")
+    until: Instant | None = Field(None, description="Lines before this instant.")
 
 
 @endpoint(bp, "/audit-log", auth="operator", roles=(OperatorRole.ADMIN, OperatorRole.FINANCE), query=AuditQuery)

@@ -7,14 +7,14 @@ from datetime import timedelta
 from typing import Annotated, Literal
 
 from flask import Blueprint
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
 from models import BanSubject, OperatorRole, utcnow
 from rebate import ban_ops
 from web.admin import PLATFORM, actor
 from web.api import endpoint
 from web.errors import ValidationFailed
-from web.schemas import Model, Page, Reason
+from web.schemas import Instant, Model, Page, Reason
 
 bp = Blueprint("bans", __name__, url_prefix="/admin/api")
 
@@ -25,7 +25,7 @@ class CreateBan(Model):
     subject: BanSubject
     value: Annotated[str, Field(min_length=1, max_length=64)]
     reason: Reason
-    ends_at: AwareDatetime | None = None
+    ends_at: Instant | None = None
     days: Annotated[int, Field(ge=1, le=3650)] | None = None
 
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from flask import Blueprint, g
-from pydantic import AfterValidator, AwareDatetime, Field, StrictBool, StrictInt, WithJsonSchema
+from pydantic import AfterValidator, Field, StrictBool, StrictInt, WithJsonSchema, model_validator
 from sqlalchemy import select
 
 from models import (
@@ -43,7 +43,7 @@ from risk import CLAIM_LIMITS_SCHEMA, ClaimLimits, ClaimLimitsError
 from web.admin import actor
 from web.api import endpoint
 from web.payment_api import service_provider
-from web.schemas import Category, Id, Model, Name, NonNegativeFen, Page, PositiveFen, Reason
+from web.schemas import Category, Id, Instant, Model, Name, NonNegativeFen, Page, PositiveFen, Reason
 
 bp = Blueprint("campaign_admin", __name__, url_prefix="/admin/api")
 MANAGERS = (OperatorRole.ADMIN, OperatorRole.MERCHANT_STAFF)
@@ -85,8 +85,8 @@ class CreateCampaign(Model):
     issuer_merchant_id: Id | None = None
     funder_type: FunderType
     funder_merchant_id: Id | None = None
-    starts_at: AwareDatetime | None = None
-    ends_at: AwareDatetime | None = None
+    starts_at: Instant | None = None
+    ends_at: Instant | None = None
     budget_limit_fen: PositiveFen | None = None
     packet_amount_fen: PositiveFen | None = None
     packet_min_spend_fen: NonNegativeFen = 0
@@ -96,8 +96,8 @@ class CreateCampaign(Model):
     restore_packet_on_refund: StrictBool = False
     packet_tiers: Annotated[list[PacketTier], Field(max_length=10)] = []
     packet_products: Annotated[list[Id], Field(max_length=100)] = []
-    packet_valid_from: AwareDatetime | None = None
-    packet_valid_until: AwareDatetime | None = None
+    packet_valid_from: Instant | None = None
+    packet_valid_until: Instant | None = None
     regions: Annotated[list[Category], Field(max_length=100)] = []
     channels: Annotated[list[Literal["mini_program", "official_account", "h5", "app"]], Field(max_length=4)] = []
     usage_windows: UsageWindows = UsageWindows()
@@ -301,11 +301,16 @@ def revoke(packet_id: int, body: Transition):
     return {"id": packet.id, "status": packet.status, "reserved_fen": packet.reserved_fen}
 
 
+NEEDS_A_VALUE = frozenset(  # CampaignChanges: fields a null cannot change
+    {"name", "budget_limit_fen", "max_packets_per_order", "packet_valid_days", "regions", "channels", "usage_windows"}
+)
+
+
 class CampaignChanges(Model):
     """What may change on a running campaign. Rules change through PUT …/rules (a new version)."""
 
     name: Name | None = None
-    ends_at: AwareDatetime | None = None
+    ends_at: Instant | None = None
     budget_limit_fen: PositiveFen | None = None
     max_packets: Annotated[StrictInt, Field(ge=1, le=100_000_000)] | None = None
     max_packets_per_order: Annotated[StrictInt, Field(ge=1, le=5)] | None = None
@@ -318,6 +323,16 @@ class CampaignChanges(Model):
     claim_limits: ClaimLimitsIn | None = None
     spike_auto_pause: StrictBool | None = None  # null: unchanged
     reason: Reason
+
+    @model_validator(mode="after")
+    def _no_null_where_a_value_is_needed(self):
+        """Null means "none" only for ends_at (no end), max_packets (no count limit) and claim_limits (the
+        defaults): every other field names a value or is left out. A budget is never taken away: an unbudgeted
+        campaign's packets reserve nothing, so a budgeted one cannot become one (raise the limit instead)."""
+        nulled = sorted(name for name in self.model_fields_set & NEEDS_A_VALUE if getattr(self, name) is None)
+        if nulled:
+            raise ValueError(f"{', '.join(nulled)} cannot be null: send a value, or leave the field out")
+        return self
 
 
 @endpoint(

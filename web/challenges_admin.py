@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Literal
 
 from flask import Blueprint, g
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
 from challenges.operations import TRANSPORTS
 from insights.challenges import NO_GROUP, ChallengeFilter, challenge_detail, list_challenges, merchant_sees_challenge
@@ -32,7 +32,7 @@ from web.api import endpoint
 from web.errors import NotFound
 from web.guards import MAX_ID
 from web.logs import mask_value
-from web.schemas import Page
+from web.schemas import Instant, Page
 
 bp = Blueprint("challenges_admin", __name__, url_prefix="/admin/api")
 # Plain string choices (the query's schema is inlined into /openapi.json's parameters: no shared $defs).
@@ -47,7 +47,7 @@ class ChallengeQuery(Page):
     kind: Kind | None = None
     transport: Transport | None = Field(None, description="Where the group lives; `none`: in no group.")
     stake_source: Source | None = None
-    since: AwareDatetime | None = Field(None, description="Created at or after this instant.")
+    since: Instant | None = Field(None, description="Created at or after this instant.")
     user_id: int | None = Field(None, gt=0, le=MAX_ID, description="Challenges this person joined.")
     campaign_id: int | None = Field(None, gt=0, le=MAX_ID, description="Challenges this campaign sponsors.")
 

@@ -38,7 +38,7 @@ class EventIn(Model):
     path: Text | None = None
     dwell_ms: Annotated[StrictInt, Field(ge=0, le=3_600_000)] | None = None
     # When the app saw it: only its offset from the batch's latest client_at counts (risk.trail.place).
-    client_at: AwareDatetime | None = None
+    client_at: AwareDatetime | None = None  # any year: a phone's clock may be reset (1970); only offsets count
 
     @model_validator(mode="after")
     def fields_of_the_kind(self):

@@ -16,6 +16,11 @@ Bad input answers 4xx, never 500:
 * A NUL character (``%00`` in the path or query, ``\\u0000`` in JSON) is refused
   before any view: PostgreSQL text cannot hold one, so it would otherwise fail
   inside the driver (500) after the request had started its work.
+* An instant or a day from outside (a body's, a query's, a console form's) lies
+  between ``EARLIEST`` and ``LATEST`` (``instant_in_range``, ``day_in_range``;
+  ``web.schemas.Instant`` and ``Day``): year 1 or 9999 with an offset overflows
+  when turned into UTC or Beijing time, and a campaign ending in 9999 would break
+  every page that shows it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from datetime import UTC, date, datetime
 from typing import Any
 
 from flask import Flask, request
@@ -31,6 +37,8 @@ from werkzeug.routing import IntegerConverter
 
 MAX_ID = 2**31 - 1  # INTEGER primary keys (PostgreSQL int4); SQLite would overflow at 2**63
 MAX_JSON_DEPTH = 32  # our deepest request (campaign rules) nests 6 levels
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # instants and days from outside: [EARLIEST, LATEST)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(rb"[\[\]{}]")
 
@@ -40,6 +48,20 @@ class IdConverter(IntegerConverter):
 
     def __init__(self, url_map, fixed_digits: int = 0) -> None:
         super().__init__(url_map, fixed_digits=fixed_digits, max=MAX_ID)
+
+
+def instant_in_range(moment: datetime) -> datetime:
+    """``moment`` (time-zone aware) if it lies in [``EARLIEST``, ``LATEST``); else ``ValueError`` saying so."""
+    if not EARLIEST <= moment < LATEST:
+        raise ValueError(f"must be from {EARLIEST:%Y-%m-%d} to {LATEST.year - 1}-12-31 (UTC)")
+    return moment
+
+
+def day_in_range(day: date) -> date:
+    """``day`` if it lies from ``EARLIEST``'s day to the day before ``LATEST``'s; else ``ValueError`` saying so."""
+    if not EARLIEST.date() <= day < LATEST.date():
+        raise ValueError(f"must be from {EARLIEST:%Y-%m-%d} to {LATEST.year - 1}-12-31")
+    return day
 
 
 class JsonRefused(ValueError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from flask import Blueprint
-from pydantic import AwareDatetime, StringConstraints
+from pydantic import StringConstraints
 from sqlalchemy import func, select
 
 from models import InboundMessage, OperatorRole, db, utcnow
@@ -22,7 +22,7 @@ from models.operators import audit
 from web.admin import PLATFORM, actor
 from web.api import endpoint
 from web.errors import Conflict, NotFound
-from web.schemas import Model, Page, Reason
+from web.schemas import Instant, Model, Page, Reason
 
 bp = Blueprint("messages_api", __name__)
 
@@ -32,7 +32,7 @@ class MessageFilter(Page):
     source: Literal["oa", "mp"] | None = None
     event: Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z_]+$")] | None = None
     openid: Annotated[str, StringConstraints(max_length=64, pattern=r"^[\w\-]+$")] | None = None
-    since: AwareDatetime | None = None
+    since: Instant | None = None
 
 
 class Retry(Model):

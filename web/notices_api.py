@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from flask import Blueprint, current_app
-from pydantic import AwareDatetime, Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, model_validator
 from sqlalchemy import func, select, update
 
 from models import Notice, NoticeStatus, User, db, utcnow
@@ -25,7 +25,7 @@ from web.api import endpoint
 from web.auth import current_user
 from web.errors import ValidationFailed
 from web.guards import MAX_ID
-from web.schemas import Id, Model, Page
+from web.schemas import Id, Instant, Model, Page
 
 bp = Blueprint("notices_api", __name__)
 TemplateId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\w\-]+$")]
@@ -150,7 +150,7 @@ class NoticeFilter(Page):
     user_id: int | None = Field(None, gt=0, le=MAX_ID)
     status: Literal["pending", "sending", "sent", "inbox", "cancelled"] | None = None
     event: Annotated[str, StringConstraints(max_length=32, pattern=r"^[a-z_]+$")] | None = None
-    since: AwareDatetime | None = None
+    since: Instant | None = None
 
 
 def _admin_notice(n: Notice) -> dict:

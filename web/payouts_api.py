@@ -34,7 +34,7 @@ from web.admin import actor
 from web.api import endpoint
 from web.auth import current_user
 from web.errors import NotFound, to_api_error
-from web.schemas import Id, Model, Page, PositiveFen, Reason
+from web.schemas import Flag, Id, Model, Page, PositiveFen, Reason
 from wechat.errors import WeChatCardCodeConsumed, WeChatError
 from wechat.mp import consume_card_code, decrypt_card_code
 
@@ -257,7 +257,7 @@ def create_manual_payout(body: ManualPayout):
 
 
 class RailSwitch(Model):
-    enabled: bool
+    enabled: Flag  # strictly true or false: 0 is not a switch position
     reason: Reason
 
 

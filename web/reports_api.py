@@ -22,7 +22,7 @@ from rebate.scope import visible_campaign
 from web.api import endpoint
 from web.errors import NotFound
 from web.guards import MAX_ID
-from web.schemas import Model
+from web.schemas import Day, Model
 
 bp = Blueprint("reports", __name__, url_prefix="/admin/api/reports")
 READERS = (OperatorRole.ADMIN, OperatorRole.FINANCE, OperatorRole.SUPPORT, OperatorRole.MERCHANT_STAFF)
@@ -30,8 +30,8 @@ MAX_DAYS = 3 * 366  # a report covers at most three years
 
 
 class ReportQuery(Model):
-    start: date = Field(alias="from", description="First Beijing day (YYYY-MM-DD), included.")
-    to: date = Field(description="Last Beijing day (YYYY-MM-DD), included.")
+    start: Day = Field(alias="from", description="First Beijing day (YYYY-MM-DD), included.")
+    to: Day = Field(description="Last Beijing day (YYYY-MM-DD), included.")
     granularity: Literal["day", "week", "month"] = "day"
     format: Literal["json", "csv"] = "json"
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from flask import Blueprint
-from pydantic import AwareDatetime, Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic import Field, StringConstraints, WithJsonSchema, model_validator
 
 from models import OperatorRole, utcnow
 from risk import backtest as backtests
@@ -33,7 +33,7 @@ from risk.rules import (
 from web.admin import ANY_OPERATOR, PLATFORM, actor
 from web.api import endpoint
 from web.errors import ValidationFailed
-from web.schemas import Id, Model, Page, Reason
+from web.schemas import Id, Instant, Model, Page, Reason
 
 bp = Blueprint("risk_rules", __name__, url_prefix="/admin/api/risk/rules")
 
@@ -77,8 +77,8 @@ class BacktestIn(Model):
     rules: DraftIn = None
     rule_set_id: Id | None = None
     scope: Scope | None = None
-    from_: AwareDatetime | None = Field(None, alias="from")
-    to: AwareDatetime | None = None
+    from_: Instant | None = Field(None, alias="from")
+    to: Instant | None = None
     limit: int = Field(backtests.MAX_ORDERS, ge=1, le=backtests.MAX_ORDERS)
 
     @model_validator(mode="after")
@@ -150,7 +150,7 @@ def backtest(body: BacktestIn):
     until = body.to or utcnow()
     since = body.from_ or until - timedelta(days=BACKTEST_DAYS)
     if since >= until:
-        raise ValidationFailed("from is before to", code="invalid_window")
+        raise ValidationFailed("from must be before to", code="invalid_window")
     if body.rule_set_id is not None:
         rs = rulesets.visible_rule_set(actor(), body.rule_set_id)
         if body.scope is not None and body.scope != rs.scope:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+)
 
 from money import MAX_FEN
-from web.guards import MAX_ID
+from web.guards import MAX_ID, day_in_range, instant_in_range
 
 
 class Model(BaseModel):
@@ -22,6 +32,8 @@ NonNegativeFen = Annotated[StrictInt, Field(ge=0, le=MAX_FEN)]
 Bps = Annotated[StrictInt, Field(ge=0, le=100_000)]
 Id = Annotated[StrictInt, Field(gt=0, le=MAX_ID)]  # every primary key is a 32-bit INTEGER
 Flag = StrictBool
+Instant = Annotated[AwareDatetime, AfterValidator(instant_in_range)]  # with its offset; 2000 to 2099 (web.guards)
+Day = Annotated[date, AfterValidator(day_in_range)]  # YYYY-MM-DD, 2000 to 2099
 
 
 class Page(Model):

@@ -24,7 +24,9 @@ from web.schemas import Model
 
 bp = Blueprint("statements", __name__, url_prefix="/admin/api")
 READERS = (OperatorRole.ADMIN, OperatorRole.FINANCE, OperatorRole.SUPPORT, OperatorRole.MERCHANT_STAFF)
-Month = Annotated[str, Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", description="A Beijing month, YYYY-MM.")]
+Month = Annotated[
+    str, Field(pattern=r"^20[0-9]{2}-(0[1-9]|1[0-2])$", description="A Beijing month, YYYY-MM, 2000-01 to 2099-12.")
+]
 
 # What each line of the statement's parts means, for people (the console page and the CSV): name → (中文, English,
 # what it is). A line the statement carries and these do not name is still shown, under its own name.

@@ -29,7 +29,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, flash, g, render_template, request
 from werkzeug.datastructures import MultiDict
 
-from models.base import BEIJING
+from models.base import beijing
 from money import format_yuan
 from web import idempotency
 from web.api import _finish, validate
@@ -193,7 +193,7 @@ def beijing_filter(value: Any) -> str:
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
     if moment.tzinfo is None:
         return moment.strftime("%Y-%m-%d %H:%M")
-    return moment.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M")
+    return beijing(moment).strftime("%Y-%m-%d %H:%M")
 
 
 @bp.app_template_filter("percent")

@@ -22,6 +22,7 @@ from web.campaign_admin import create_campaign, get_campaign, list_campaigns, re
 from web.campaign_admin import validate_campaign as check_campaign
 from web.console import act as console_act
 from web.console import allowed, bp, charts, form_data, may, read, render
+from web.guards import instant_in_range
 from web.insights import simulate_rules
 
 PAGE_SIZE = 50
@@ -107,10 +108,10 @@ class Form:
             return None
         try:
             moment = datetime.fromisoformat(value)
+            return instant_in_range(moment.replace(tzinfo=BEIJING) if moment.tzinfo is None else moment)
         except ValueError:
-            self.problems[name] = "请输入日期时间 · enter a date and time"
+            self.problems[name] = "请输入 2000 至 2099 年的日期时间 · enter a date and time from 2000 to 2099"
             return None
-        return moment.replace(tzinfo=BEIJING) if moment.tzinfo is None else moment
 
     def json_object(self, name: str, default=None):
         value = self.text(name)

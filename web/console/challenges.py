@@ -18,6 +18,7 @@ from models import ChallengeKind, ChallengeStatus, StakeSource
 from models.base import BEIJING
 from web.challenges_admin import get_one_challenge, list_all_challenges
 from web.console import ConsoleError, allowed, bp, invoke, read, render
+from web.guards import day_in_range
 
 PAGE = 50
 STATUSES = tuple(s.value for s in ChallengeStatus)
@@ -59,8 +60,8 @@ def _since(text: str) -> str | None:
     """A Beijing day (YYYY-MM-DD) as the instant it starts; anything else goes to the API as typed, to be
     refused with the API's own message."""
     try:
-        day = date.fromisoformat(text)
-    except ValueError:
+        day = day_in_range(date.fromisoformat(text))
+    except ValueError:  # not a day of 2000 to 2099: the API refuses it in its own words
         return text or None
     return datetime.combine(day, datetime.min.time(), BEIJING).isoformat()
 

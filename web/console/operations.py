@@ -28,7 +28,7 @@ from models.reconciliation import BillKind, MismatchKind
 from web.admin import list_audit_log
 from web.bans_api import create_ban, lift_ban, list_bans
 from web.console import act, allowed, bp, form_data, may, read, render
-from web.guards import MAX_ID
+from web.guards import MAX_ID, day_in_range
 from web.insights import trace_a_packet, trace_a_user, trace_an_order
 from web.payouts_api import act_on_payout, get_payout, list_payouts, resolve_payout
 from web.reconciliation_api import list_mismatches, list_runs
@@ -184,8 +184,8 @@ def _beijing_midnight(text: str, days: int = 0) -> str | None:
     """A Beijing day (YYYY-MM-DD) as the aware instant it starts (``days`` later); anything else is passed
     on as typed, for the API to refuse with its own message."""
     try:
-        day = date.fromisoformat(text)
-    except ValueError:
+        day = day_in_range(date.fromisoformat(text))
+    except ValueError:  # not a day of 2000 to 2099 (9999-12-31 has no next day): the API refuses it as typed
         return text or None
     return datetime.combine(day + timedelta(days=days), datetime.min.time(), BEIJING).isoformat()
 

@@ -16,6 +16,7 @@ from models import utcnow
 from models.base import BEIJING
 from web.audiences_api import campaign_runs
 from web.console import bp, charts, may, read, render
+from web.guards import day_in_range
 from web.reports_api import campaign_effect, effect_overview
 
 TREND_DAYS = 30
@@ -66,8 +67,8 @@ def today() -> date:
 
 def _day(text: str | None, default: date) -> date:
     try:
-        return date.fromisoformat(text) if text else default
-    except ValueError:
+        return day_in_range(date.fromisoformat(text)) if text else default
+    except ValueError:  # not a day, or not one of 2000 to 2099
         return default
 
 

@@ -19,6 +19,7 @@ from flask import flash, g, redirect, request, url_for
 
 from web.communities_api import get_community, list_communities
 from web.console import act, allowed, bp, form_data, may, read, render
+from web.guards import day_in_range
 from web.risk_rules_api import (
     activate_rule_set,
     active_rules,
@@ -59,14 +60,13 @@ def _day(text: str, end: bool) -> str | None:
     text = text.strip()
     if not LOCAL_DAY.fullmatch(text):
         return None
-    if not end:
-        return f"{text}T00:00:00+08:00"
     from datetime import date, timedelta  # noqa: PLC0415
 
     try:
-        return f"{(date.fromisoformat(text) + timedelta(days=1)).isoformat()}T00:00:00+08:00"
+        day = day_in_range(date.fromisoformat(text))  # not one of 2000 to 2099: no edge (the day after 9999-12-31)
     except ValueError:
         return None
+    return f"{(day + timedelta(days=1) if end else day).isoformat()}T00:00:00+08:00"
 
 
 def _rules_page(status: int = 200, form: dict | None = None, result: dict | None = None):
