@@ -84,6 +84,15 @@ def apply_transfer_notice(
     if problems:
         _to_operator(payout, "; ".join(problems), now, settings)
         return TransferOutcome.MISMATCH_FLAGGED
+    if payout.status in TERMINAL and (payout.status == PayoutStatus.SUCCEEDED) != (bill.state == "SUCCESS"):
+        # settled the other way before: a payout paid and now "cancelled", or given back to the balance and now
+        # "paid" (the person would have it twice). Nothing moves; an operator looks, once.
+        alert_once(
+            MISMATCH_ALERT,
+            payout.external_no,
+            text=f"transfer notification says {bill.state}, but payout {payout.id} is {payout.status}",
+        )
+        return TransferOutcome.MISMATCH_FLAGGED
     outcome = TransferOutcome.ALREADY_FINAL
     if payout.status not in TERMINAL:
         move(payout, PayoutStatus.SENDING)  # a final answer settles it from any open state

@@ -36,10 +36,12 @@ from models import (
     RedPacket,
     Refund,
     RefundStatus,
+    alert_once,
     db,
     raise_alert,
 )
 from models.payouts import Rail
+from models.triggers import TriggerKind
 from payouts import (
     MoneySettings,
     hold_order_payouts,
@@ -55,7 +57,7 @@ from rebate.errors import DepositExhausted, Invalid, NotFound, RebateError, Stat
 from rebate.fees import reduce_fee
 from rebate.intake import PayAccount, RefundOutcome, RefundState, flag_order, notification_seen, record_notification
 from rebate.orders import lock_order, order_packets
-from rebate.packets import reservation_for
+from rebate.packets import release_packet, reservation_for
 from rebate.rules import OrderFacts, entitlement_after_refund
 from rebate.wallet import give_back
 from risk.profiles import note_refunded_after_rebate
@@ -124,8 +126,8 @@ def apply_refund(
     refund = _refund_of(order, out_refund_no)
     if refund is None:  # started outside this app (the merchant platform, say)
         refund = begin_refund(order, out_refund_no, amount_fen)
-    if refund.status == RefundStatus.SUCCEEDED:
-        return refund
+    if refund.status == RefundStatus.SUCCEEDED and refund.amount_fen == amount_fen:
+        return refund  # told again
     if refund.amount_fen != amount_fen:
         raise StateConflict(
             f"WeChat refunded {amount_fen} fen on {out_refund_no}; we asked {refund.amount_fen}",
@@ -146,17 +148,49 @@ def apply_refund(
     if order.refunded_fen == order.paid_fen:
         order.status = OrderStatus.REFUNDED
         _void_discount(order, refund)
+    _revoke_unearned_packets(order)
     if _pending_total(order.id) == 0:
         release_order_payouts(order.id)
     db.session.flush()
     return refund
 
 
+def _triggered_by(order: Order) -> tuple:
+    """Where-clauses of the packets this order earned when it was paid (order-paid triggers; ``issue_packet``'s
+    source and source_ref)."""
+    return RedPacket.source == TriggerKind.ORDER_PAID, RedPacket.source_ref == order.out_trade_no
+
+
+def _revoke_unearned_packets(order: Order) -> None:
+    """Packets an order-paid trigger gave for this order, once the order no longer earns them: refunded whole, or
+    what is left of it below the trigger's minimum. An unspent one is revoked (its reservation back to the budget);
+    one already in an order or spent cannot be, and an operator is alerted once (the refund itself stands)."""
+    kept_fen = order.total_fen - order.refunded_fen
+    packets = db.session.execute(  # row-locked by _lock_funding already
+        select(RedPacket).where(*_triggered_by(order)).order_by(RedPacket.id).execution_options(populate_existing=True)
+    ).scalars()
+    for packet in packets:
+        trigger = db.session.get(Campaign, packet.campaign_id).issue_trigger
+        if order.status != OrderStatus.REFUNDED and kept_fen >= trigger.min_order_fen:
+            continue
+        if packet.status in (PacketStatus.ISSUED, PacketStatus.UNCLAIMED):
+            release_packet(packet, PacketStatus.REVOKED)
+        elif packet.status in (PacketStatus.LOCKED, PacketStatus.USED):
+            alert_once(
+                "earned_packet_spent",
+                f"packet {packet.id}",
+                text=f"red packet {packet.id}, earned by order {order.out_trade_no}, is {packet.status} although "
+                f"that order was refunded ({order.refunded_fen} of {order.paid_fen} fen): it could not be revoked",
+            )
+
+
 def _lock_funding(order: Order) -> None:
     """Lock every campaign row this refund may move (its rebates' and its packets' campaigns), in id order, then
     the deposits funding them: the order payments and claims take them in (campaign, then deposit). Without it a
     refund posted to a deposit before releasing its campaign's budget, and released several campaigns in rebate
-    order: both could wait in a circle with a payment of the same campaigns."""
+    order: both could wait in a circle with a payment of the same campaigns. The packets this order earned are
+    locked first: a payment spending one locks it (``order_packets``) before its campaigns' rows, as here."""
+    db.session.execute(select(RedPacket.id).where(*_triggered_by(order)).order_by(RedPacket.id).with_for_update())
     ids = set(
         db.session.execute(
             union(
@@ -164,6 +198,7 @@ def _lock_funding(order: Order) -> None:
                 select(RedPacket.campaign_id)
                 .join(OrderPacket, OrderPacket.packet_id == RedPacket.id)
                 .where(OrderPacket.order_id == order.id),
+                select(RedPacket.campaign_id).where(*_triggered_by(order)),  # packets this order earned
             )
         ).scalars()
     )
@@ -316,7 +351,8 @@ def _take_back(rebate: Rebate, campaign: Campaign, delta: int, refund: Refund, m
     take_back(rebate, campaign, delta, f"clawback:{rebate.id}:{refund.id}", what, money, refund_id=refund.id)
 
 
-DISAGREEMENTS = ("refund_amount_mismatch", "refund_order_mismatch")  # raised by apply_refund / _refund_of
+# raised by apply_refund / _refund_of / _apply_refund_state: flagged for an operator, nothing moves
+DISAGREEMENTS = ("refund_amount_mismatch", "refund_order_mismatch", "refund_state_mismatch")
 
 
 def apply_refund_notice(
@@ -371,6 +407,12 @@ def _apply_refund_state(order: Order, notice: RefundState, now: datetime, money:
     refund = _refund_of(order, notice.out_refund_no)
     if refund is None:
         return RefundOutcome.NOT_OURS
+    if refund.status == RefundStatus.SUCCEEDED:  # its money moved: WeChat cannot take that back by saying so
+        raise StateConflict(
+            f"WeChat says refund {notice.out_refund_no} is {notice.status}; it succeeded before "
+            f"({refund.amount_fen} fen)",
+            code="refund_state_mismatch",
+        )
     fail_refund(notice.out_refund_no, RefundStatus(notice.status.lower()), now)
     refund.refund_id = refund.refund_id or notice.refund_id or None
     return RefundOutcome(notice.status.lower())

@@ -170,19 +170,39 @@ def test_duplicate_notification_id_is_answered_204_and_does_nothing_again(app, c
     assert count(Payout) == 1  # the failed one, and no new bill
 
 
-@pytest.mark.parametrize("second", ["SUCCESS", "FAIL", "CANCELLED"])
-def test_a_payout_already_final_is_answered_204_and_nothing_moves(app, client, waiting, second):
-    # given: paid
+@pytest.mark.parametrize(("first", "second"), [("SUCCESS", "SUCCESS"), ("FAIL", "FAIL"), ("FAIL", "CANCELLED")])
+def test_a_payout_already_final_is_answered_204_and_nothing_moves(app, client, waiting, first, second):
+    # given: paid (or failed, its money back in the balance)
     payout = waiting()
-    assert deliver(client, app, bill_resource(app, payout, "SUCCESS")).status_code == 204
+    assert deliver(client, app, bill_resource(app, payout, first)).status_code == 204
     before = state_of_everything(payout.id)
-    # when: another notification id for the same bill
+    # when: another notification id for the same bill, agreeing (failed and cancelled both: not paid)
     response = deliver(client, app, bill_resource(app, payout, second))
     # then: only the notification id is recorded
     assert (response.status_code, response.get_data()) == (204, b"")
     after = state_of_everything(payout.id)
     assert after["tables"].pop("payment_notifications") == before["tables"].pop("payment_notifications") + 1
     assert after == before
+
+
+@pytest.mark.parametrize(("first", "second"), [("SUCCESS", "FAIL"), ("SUCCESS", "CANCELLED"), ("FAIL", "SUCCESS")])
+def test_a_final_state_contradicted_alerts_an_operator_once_and_moves_nothing(app, client, waiting, first, second):
+    # given: paid (or failed: its money back in the balance)
+    payout = waiting()
+    assert deliver(client, app, bill_resource(app, payout, first)).status_code == 204
+    before = state_of_everything(payout.id)
+    # when: WeChat says the other (not paid after paid; paid after the money came back: the person would have it
+    # twice), and says it again
+    resource = bill_resource(app, payout, second)
+    answers = [deliver(client, app, resource), deliver(client, app, resource)]
+    # then: refused (400, WeChat's format), one open alert naming both states, nothing else changed
+    assert [a.status_code for a in answers] == [400, 400] and failure_body(answers[0])
+    after = state_of_everything(payout.id)
+    assert after["tables"].pop("alerts") == before["tables"].pop("alerts") + 1
+    assert after == before
+    [alert] = [a for a in db.session.execute(select(Alert)).scalars() if a.kind == "payout_answer_mismatch"]
+    settled = {"SUCCESS": "succeeded", "FAIL": "failed"}[first]
+    assert alert.subject == payout.external_no and f"says {second}" in alert.message and settled in alert.message
 
 
 def test_concurrent_duplicates_have_one_set_of_effects(app, waiting):

@@ -611,6 +611,52 @@ def test_order_paid_threshold_first_order_only_issues_once(make_user, make_produ
     assert budget(campaign) == (23_00, 0)
 
 
+def test_a_refund_takes_back_the_packet_its_order_earned(make_user, make_product, make_campaign, pay):
+    from models import Alert, PacketStatus
+    from tests.test_refunds import refund
+
+    # given: every order of at least 200 yuan earns a 20-yuan packet
+    campaign = make_campaign(
+        CONSUMER_5,
+        budget_limit_fen=1_000_00,
+        packet_amount_fen=20_00,
+        trigger={"kind": "order_paid", "min_order_fen": 200_00},
+    )
+    product = make_product(price_fen=100_00)
+    ben, cat, dan = make_user(), make_user(), make_user()
+
+    def earned(order) -> RedPacket:
+        return db.session.execute(select(RedPacket).filter_by(source_ref=order.out_trade_no)).scalar_one()
+
+    # when: ben's 200-yuan order is paid, then 50 yuan of it refunded (150 left: below the trigger's 200)
+    order = buy(ben, product, quantity=2)
+    pay(order)
+    reserved = budget(campaign)[0]
+    refund(order, "R-ben", 50_00)
+    # then: his packet is revoked, its reservation back in the budget
+    assert earned(order).status == PacketStatus.REVOKED
+    assert budget(campaign)[0] == reserved - 23_00  # its face and the most its rebate could take, 20 + 3
+
+    # when: 50 of cat's 300 yuan are refunded (250 left), then the rest
+    order = buy(cat, product, quantity=3)
+    pay(order)
+    refund(order, "R-cat-1", 50_00)
+    assert earned(order).status == PacketStatus.ISSUED  # still earned
+    refund(order, "R-cat-2", 250_00)
+    assert earned(order).status == PacketStatus.REVOKED
+
+    # when: dan spends his packet on another order before his first is refunded whole
+    first = buy(dan, product, quantity=2)
+    pay(first)
+    packet = earned(first)
+    pay(buy(dan, product, packet=packet))
+    refund(first, "R-dan", 200_00)
+    # then: the refund stands, the spent packet cannot be revoked, and an operator is told once
+    assert db.session.get(Order, first.id).status == "refunded" and earned(first).status == PacketStatus.USED
+    [alert] = db.session.execute(select(Alert).filter_by(kind="earned_packet_spent")).scalars()
+    assert alert.subject == f"packet {packet.id}" and first.out_trade_no in alert.message
+
+
 def test_issue_packet_from_a_given_user_issuer_for_other_modules(make_user, make_campaign):
     # given: a user-issued campaign (a challenge's loser funds the winner's packet)
     campaign = make_campaign(CONSUMER_5, issuer_type="user", budget_limit_fen=100_00, packet_amount_fen=8_00)

@@ -480,6 +480,32 @@ def test_refund_amount_mismatch_flags_and_refunds_nothing(app, client, paid_orde
     assert count(LedgerEntry) == entries
 
 
+@pytest.mark.parametrize(
+    ("amount", "status", "event"), [(3_000, "SUCCESS", "REFUND.SUCCESS"), (4_000, "CLOSED", "REFUND.CLOSED")]
+)
+def test_a_succeeded_refund_contradicted_is_flagged_and_nothing_moves(
+    app, client, paid_order_with_refund, amount, status, event
+):
+    # given: refund of 40 yuan applied
+    order, refund = paid_order_with_refund
+    assert deliver_refund(client, app, refund_resource(app, order, refund.out_refund_no, 4_000)).status_code == 204
+    before = table_counts()
+    # when: WeChat then says it refunded 30, or that the refund closed, twice
+    resource = refund_resource(app, order, refund.out_refund_no, amount, status)
+    answers = [deliver_refund(client, app, resource, event=event) for _ in range(2)]
+    # then: refused (WeChat's format), one alert and the order flagged for an operator; the refund stands as applied
+    assert [a.status_code for a in answers] == [400, 400] and answers[0].json["code"] == "FAIL"
+    after = table_counts()
+    assert after.pop("alerts") == before.pop("alerts") + 1
+    assert after == before
+    db.session.rollback()
+    assert (db.session.get(Refund, refund.id).status, db.session.get(Order, order.id).refunded_fen) == (
+        "succeeded",
+        4_000,
+    )
+    assert refund.out_refund_no in db.session.get(Order, order.id).review_reason
+
+
 def test_refund_for_another_mchid_flags_and_refunds_nothing(app, client, paid_order_with_refund):
     order, refund = paid_order_with_refund
     resource = {**refund_resource(app, order, refund.out_refund_no, 4_000), "mchid": "1999999999"}
