@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, select
 
 from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, PacketStatus, Product, RedPacket, User, db
+from models.triggers import TriggerKind
 from money import MAX_FEN
 from rebate.campaigns import serves
 from rebate.errors import Invalid, NotFound, StateConflict
@@ -218,6 +219,25 @@ def create_order(
     return order
 
 
+def earned_by(order: Order) -> tuple:
+    """Where-clauses of the packets ``order`` earned when it was paid (order-paid triggers: ``issue_packet``'s source
+    and source_ref)."""
+    return RedPacket.source == TriggerKind.ORDER_PAID, RedPacket.source_ref == order.out_trade_no
+
+
+def still_earned(packet: RedPacket) -> bool:
+    """A packet an order-paid trigger gave stays earned while the order that earned it is not refunded whole and
+    what is left of it (its total less what was refunded) still reaches the trigger's minimum; any other packet
+    is earned. A packet no longer earned is revoked when unspent, never restored or given back when spent."""
+    if packet.source != TriggerKind.ORDER_PAID:
+        return True
+    order = db.session.execute(select(Order).where(Order.out_trade_no == packet.source_ref)).scalar_one_or_none()
+    if order is None:
+        return True
+    minimum = db.session.get(Campaign, packet.campaign_id).issue_trigger.min_order_fen
+    return order.status != OrderStatus.REFUNDED and order.total_fen - order.refunded_fen >= minimum
+
+
 def order_packets(order: Order) -> list[tuple[RedPacket, int]]:
     """The order's packets with the discount each gave, row-locked in ascending id order."""
     rows = db.session.execute(_order_packets_statement(), {"order_id": order.id}).all()
@@ -258,6 +278,8 @@ def close_order(order: Order, now: datetime) -> None:
         if packet.status == PacketStatus.LOCKED and packet.order_id == order.id:
             if now >= packet.expires_at:
                 release_packet(packet, PacketStatus.EXPIRED)
+            elif not still_earned(packet):  # the order that earned it was refunded meanwhile
+                release_packet(packet, PacketStatus.REVOKED)
             else:
                 packet.status, packet.order_id = PacketStatus.ISSUED, None
     db.session.flush()

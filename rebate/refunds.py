@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select, union
+from sqlalchemy import and_, func, select, union
 
 from ledger import AccountRef, Leg, account, post, post_entry, ref
 from models import (
@@ -41,7 +41,6 @@ from models import (
     raise_alert,
 )
 from models.payouts import Rail
-from models.triggers import TriggerKind
 from payouts import (
     MoneySettings,
     hold_order_payouts,
@@ -56,7 +55,7 @@ from rebate.deposits import cover_reservation, lock_deposits
 from rebate.errors import DepositExhausted, Invalid, NotFound, RebateError, StateConflict
 from rebate.fees import reduce_fee
 from rebate.intake import PayAccount, RefundOutcome, RefundState, flag_order, notification_seen, record_notification
-from rebate.orders import lock_order, order_packets
+from rebate.orders import earned_by, lock_order, order_packets, still_earned
 from rebate.packets import release_packet, reservation_for
 from rebate.rules import OrderFacts, entitlement_after_refund
 from rebate.wallet import give_back
@@ -155,23 +154,15 @@ def apply_refund(
     return refund
 
 
-def _triggered_by(order: Order) -> tuple:
-    """Where-clauses of the packets this order earned when it was paid (order-paid triggers; ``issue_packet``'s
-    source and source_ref)."""
-    return RedPacket.source == TriggerKind.ORDER_PAID, RedPacket.source_ref == order.out_trade_no
-
-
 def _revoke_unearned_packets(order: Order) -> None:
-    """Packets an order-paid trigger gave for this order, once the order no longer earns them: refunded whole, or
-    what is left of it below the trigger's minimum. An unspent one is revoked (its reservation back to the budget);
-    one already in an order or spent cannot be, and an operator is alerted once (the refund itself stands)."""
-    kept_fen = order.total_fen - order.refunded_fen
+    """Packets an order-paid trigger gave for this order, once the order no longer earns them (``still_earned``).
+    An unspent one is revoked (its reservation back to the budget); one already in an order or spent cannot be,
+    and an operator is alerted once (the refund itself stands; that order's close or refund will not give it back)."""
     packets = db.session.execute(  # row-locked by _lock_funding already
-        select(RedPacket).where(*_triggered_by(order)).order_by(RedPacket.id).execution_options(populate_existing=True)
+        select(RedPacket).where(*earned_by(order)).order_by(RedPacket.id).execution_options(populate_existing=True)
     ).scalars()
     for packet in packets:
-        trigger = db.session.get(Campaign, packet.campaign_id).issue_trigger
-        if order.status != OrderStatus.REFUNDED and kept_fen >= trigger.min_order_fen:
+        if still_earned(packet):
             continue
         if packet.status in (PacketStatus.ISSUED, PacketStatus.UNCLAIMED):
             release_packet(packet, PacketStatus.REVOKED)
@@ -188,9 +179,17 @@ def _lock_funding(order: Order) -> None:
     """Lock every campaign row this refund may move (its rebates' and its packets' campaigns), in id order, then
     the deposits funding them: the order payments and claims take them in (campaign, then deposit). Without it a
     refund posted to a deposit before releasing its campaign's budget, and released several campaigns in rebate
-    order: both could wait in a circle with a payment of the same campaigns. The packets this order earned are
-    locked first: a payment spending one locks it (``order_packets``) before its campaigns' rows, as here."""
-    db.session.execute(select(RedPacket.id).where(*_triggered_by(order)).order_by(RedPacket.id).with_for_update())
+    order: both could wait in a circle with a payment of the same campaigns. The packets first, in one id-ordered
+    statement: those it spent (``_void_discount`` reads them again) and those it earned (``_revoke_unearned_packets``).
+    Every path takes a packet before its campaign's row (a payment, a claim, a close, the expiry job, and a refund of
+    the order that spent a packet this one earned): taking either kind after the campaigns waited in a circle."""
+    spent = select(OrderPacket.packet_id).where(OrderPacket.order_id == order.id)
+    db.session.execute(
+        select(RedPacket.id)
+        .where(RedPacket.id.in_(spent) | and_(*earned_by(order)))
+        .order_by(RedPacket.id)
+        .with_for_update()
+    )
     ids = set(
         db.session.execute(
             union(
@@ -198,7 +197,7 @@ def _lock_funding(order: Order) -> None:
                 select(RedPacket.campaign_id)
                 .join(OrderPacket, OrderPacket.packet_id == RedPacket.id)
                 .where(OrderPacket.order_id == order.id),
-                select(RedPacket.campaign_id).where(*_triggered_by(order)),  # packets this order earned
+                select(RedPacket.campaign_id).where(*earned_by(order)),  # packets this order earned
             )
         ).scalars()
     )
@@ -275,8 +274,8 @@ def _void_discount(order: Order, refund: Refund) -> None:
                 [Leg(merchant, -discount), Leg(funder, discount)],
             )
         budgets.release_committed(campaign.id, discount)
-        if not (campaign.restore_packet_on_refund and refund.finished_at < packet.expires_at):
-            continue
+        if not (campaign.restore_packet_on_refund and refund.finished_at < packet.expires_at and still_earned(packet)):
+            continue  # (a packet whose own earning order was refunded stays spent)
         reserve_fen = reservation_for(campaign, packet.amount_fen)
         try:
             with db.session.begin_nested():  # the budget and (merchant-funded) the deposit must cover it again

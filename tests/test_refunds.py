@@ -630,3 +630,51 @@ def test_a_refund_and_a_payment_of_one_merchant_funded_campaign_at_once_both_app
     assert results == ["succeeded", PaymentOutcome.APPLIED], results
     db.session.expire_all()
     assert db.session.get(Order, waiting.id).status == "paid"
+
+
+@pytest.mark.skipif(not on_postgres(), reason="row locks: PostgreSQL")
+def test_refunds_of_the_order_that_earned_a_packet_and_the_order_that_spent_it_do_not_deadlock(
+    app, make_user, make_product, make_campaign, pay, monkeypatch
+):
+    """Both take the packet before the campaign's row: the refund of the order that earned it used to lock it after
+    the campaigns while the other's ``_void_discount`` locked it after them too, from the other side."""
+    import threading
+
+    import rebate.refunds as refunds
+    from tests.test_triggers import CONSUMER_5, buy
+
+    campaign_fields = {"budget_limit_fen": 1_000_00, "packet_amount_fen": 20_00, "restore_packet_on_refund": True}
+    make_campaign(CONSUMER_5, trigger={"kind": "order_paid", "min_order_fen": 200_00}, **campaign_fields)
+    product = make_product(price_fen=100_00)
+    dan = make_user()
+    earner = buy(dan, product, quantity=2)
+    pay(earner)
+    packet = db.session.execute(select(RedPacket).filter_by(source_ref=earner.out_trade_no)).scalar_one()
+    spender = buy(dan, product, packet=packet)
+    pay(spender)
+    asks = [(o.out_trade_no, f"R-{n}", db.session.get(Order, o.id).paid_fen) for n, o in enumerate([earner, spender])]
+    for (_, number, amount), order in zip(asks, (earner, spender), strict=True):
+        begin_refund(db.session.get(Order, order.id), number, amount)
+    db.session.commit()
+    # the earner's refund, once it holds what it takes first, waits until the spender's has locked the campaigns
+    first_locks, campaigns_locked = threading.Event(), threading.Event()
+    real = refunds.budgets.lock_in_order
+
+    def lock_in_order(ids, **kw):
+        if threading.current_thread().name == "earner":
+            first_locks.set()
+            campaigns_locked.wait(2)
+            return real(ids, **kw)
+        first_locks.wait(2)
+        locked = real(ids, **kw)
+        campaigns_locked.set()
+        return locked
+
+    monkeypatch.setattr(refunds.budgets, "lock_in_order", lock_in_order)
+
+    def work(i: int):
+        threading.current_thread().name = ("earner", "spender")[i]
+        out_trade_no, number, amount = asks[i]
+        return apply_refund(out_trade_no, number, amount, utcnow(), refund_id=f"wx-{number}", money=app_money()).status
+
+    assert together(2, work, app=app) == ["succeeded", "succeeded"]

@@ -657,6 +657,48 @@ def test_a_refund_takes_back_the_packet_its_order_earned(make_user, make_product
     assert alert.subject == f"packet {packet.id}" and first.out_trade_no in alert.message
 
 
+def test_a_packet_whose_order_was_refunded_never_comes_back(make_user, make_product, make_campaign, pay):
+    from models import PacketStatus
+    from rebate import close_order
+    from tests.test_refunds import refund
+
+    # given: an order of 200 yuan earns a 20-yuan packet, and a refund of an order that spent one restores it
+    campaign = make_campaign(
+        CONSUMER_5,
+        budget_limit_fen=1_000_00,
+        packet_amount_fen=20_00,
+        trigger={"kind": "order_paid", "min_order_fen": 200_00},
+        restore_packet_on_refund=True,
+    )
+    product = make_product(price_fen=100_00)
+    dan, eve = make_user(), make_user()
+
+    def earned(order) -> RedPacket:
+        return db.session.execute(select(RedPacket).filter_by(source_ref=order.out_trade_no)).scalar_one()
+
+    # when: dan spends his packet, the order that earned it is refunded whole, then the order that spent it
+    first = buy(dan, product, quantity=2)
+    pay(first)
+    spent = buy(dan, product, packet=earned(first))
+    pay(spent)
+    refund(first, "R-dan-1", 200_00)
+    reserved = budget(campaign)[0]
+    refund(spent, "R-dan-2", db.session.get(Order, spent.id).paid_fen)
+    # then: the packet stays spent (not restored), and reserves nothing again
+    assert earned(first).status == PacketStatus.USED and budget(campaign)[0] == reserved
+
+    # when: eve's packet sits in an unpaid order while the order that earned it is refunded, then that order closes
+    first = buy(eve, product, quantity=2)
+    pay(first)
+    waiting = buy(eve, product, packet=earned(first))
+    refund(first, "R-eve", 200_00)
+    assert earned(first).status == PacketStatus.LOCKED  # (an operator was alerted: it could not be revoked)
+    close_order(db.session.get(Order, waiting.id), utcnow())
+    db.session.commit()
+    # then: it is revoked, not given back
+    assert earned(first).status == PacketStatus.REVOKED
+
+
 def test_issue_packet_from_a_given_user_issuer_for_other_modules(make_user, make_campaign):
     # given: a user-issued campaign (a challenge's loser funds the winner's packet)
     campaign = make_campaign(CONSUMER_5, issuer_type="user", budget_limit_fen=100_00, packet_amount_fen=8_00)
