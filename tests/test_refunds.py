@@ -641,16 +641,14 @@ def test_refunds_of_the_order_that_earned_a_packet_and_the_order_that_spent_it_d
     import threading
 
     import rebate.refunds as refunds
-    from tests.test_triggers import CONSUMER_5, buy
+    from tests.test_triggers import buy, earned, earning_campaign
 
-    campaign_fields = {"budget_limit_fen": 1_000_00, "packet_amount_fen": 20_00, "restore_packet_on_refund": True}
-    make_campaign(CONSUMER_5, trigger={"kind": "order_paid", "min_order_fen": 200_00}, **campaign_fields)
+    earning_campaign(make_campaign, restore_packet_on_refund=True)
     product = make_product(price_fen=100_00)
     dan = make_user()
     earner = buy(dan, product, quantity=2)
     pay(earner)
-    packet = db.session.execute(select(RedPacket).filter_by(source_ref=earner.out_trade_no)).scalar_one()
-    spender = buy(dan, product, packet=packet)
+    spender = buy(dan, product, packet=earned(earner))
     pay(spender)
     asks = [(o.out_trade_no, f"R-{n}", db.session.get(Order, o.id).paid_fen) for n, o in enumerate([earner, spender])]
     for (_, number, amount), order in zip(asks, (earner, spender), strict=True):

@@ -611,22 +611,24 @@ def test_order_paid_threshold_first_order_only_issues_once(make_user, make_produ
     assert budget(campaign) == (23_00, 0)
 
 
+def earning_campaign(make_campaign, **fields) -> Campaign:
+    """Every paid order of at least 200 yuan earns a 20-yuan packet."""
+    trigger = {"kind": "order_paid", "min_order_fen": 200_00}
+    return make_campaign(CONSUMER_5, budget_limit_fen=1_000_00, packet_amount_fen=20_00, trigger=trigger, **fields)
+
+
+def earned(order: Order) -> RedPacket:
+    """The packet ``order`` earned when it was paid."""
+    return db.session.execute(select(RedPacket).filter_by(source_ref=order.out_trade_no)).scalar_one()
+
+
 def test_a_refund_takes_back_the_packet_its_order_earned(make_user, make_product, make_campaign, pay):
     from models import Alert, PacketStatus
     from tests.test_refunds import refund
 
-    # given: every order of at least 200 yuan earns a 20-yuan packet
-    campaign = make_campaign(
-        CONSUMER_5,
-        budget_limit_fen=1_000_00,
-        packet_amount_fen=20_00,
-        trigger={"kind": "order_paid", "min_order_fen": 200_00},
-    )
+    campaign = earning_campaign(make_campaign)
     product = make_product(price_fen=100_00)
     ben, cat, dan = make_user(), make_user(), make_user()
-
-    def earned(order) -> RedPacket:
-        return db.session.execute(select(RedPacket).filter_by(source_ref=order.out_trade_no)).scalar_one()
 
     # when: ben's 200-yuan order is paid, then 50 yuan of it refunded (150 left: below the trigger's 200)
     order = buy(ben, product, quantity=2)
@@ -662,19 +664,10 @@ def test_a_packet_whose_order_was_refunded_never_comes_back(make_user, make_prod
     from rebate import close_order
     from tests.test_refunds import refund
 
-    # given: an order of 200 yuan earns a 20-yuan packet, and a refund of an order that spent one restores it
-    campaign = make_campaign(
-        CONSUMER_5,
-        budget_limit_fen=1_000_00,
-        packet_amount_fen=20_00,
-        trigger={"kind": "order_paid", "min_order_fen": 200_00},
-        restore_packet_on_refund=True,
-    )
+    # given: a refund of an order that spent a packet restores it
+    campaign = earning_campaign(make_campaign, restore_packet_on_refund=True)
     product = make_product(price_fen=100_00)
     dan, eve = make_user(), make_user()
-
-    def earned(order) -> RedPacket:
-        return db.session.execute(select(RedPacket).filter_by(source_ref=order.out_trade_no)).scalar_one()
 
     # when: dan spends his packet, the order that earned it is refunded whole, then the order that spent it
     first = buy(dan, product, quantity=2)
