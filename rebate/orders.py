@@ -225,13 +225,15 @@ def earned_by(order: Order) -> tuple:
     return RedPacket.source == TriggerKind.ORDER_PAID, RedPacket.source_ref == order.out_trade_no
 
 
-def still_earned(packet: RedPacket) -> bool:
+def still_earned(packet: RedPacket, earner: Order | None = None) -> bool:
     """A packet an order-paid trigger gave stays earned while the order that earned it is not refunded whole and
     what is left of it (its total less what was refunded) still reaches the trigger's minimum; any other packet
-    is earned. A packet no longer earned is revoked when unspent, never restored or given back when spent."""
+    is earned. A packet no longer earned is revoked when unspent, never restored or given back when spent.
+    ``earner``: that order, when the caller holds it (read otherwise)."""
     if packet.source != TriggerKind.ORDER_PAID:
         return True
-    order = db.session.execute(select(Order).where(Order.out_trade_no == packet.source_ref)).scalar_one_or_none()
+    by_number = select(Order).where(Order.out_trade_no == packet.source_ref)
+    order = earner or db.session.execute(by_number).scalar_one_or_none()
     if order is None:
         return True
     minimum = db.session.get(Campaign, packet.campaign_id).issue_trigger.min_order_fen

@@ -162,7 +162,7 @@ def _revoke_unearned_packets(order: Order) -> None:
         select(RedPacket).where(*earned_by(order)).order_by(RedPacket.id).execution_options(populate_existing=True)
     ).scalars()
     for packet in packets:
-        if still_earned(packet):
+        if still_earned(packet, order):
             continue
         if packet.status in (PacketStatus.ISSUED, PacketStatus.UNCLAIMED):
             release_packet(packet, PacketStatus.REVOKED)
