@@ -34,6 +34,7 @@ from models import (
     Order,
     OrderLine,
     OrderPacket,
+    OrderStatus,
     Payout,
     PayoutStatus,
     Rebate,
@@ -127,7 +128,14 @@ def _paid_in(start: datetime, end: datetime):
 
 
 def _succeeded_in(start: datetime, end: datetime):
-    return Refund.status == RefundStatus.SUCCEEDED, Refund.finished_at >= start, Refund.finished_at < end
+    """Refunds of sales that succeeded in the window (with ``Order`` joined): a payment taken after its order was
+    closed and given back (``Order.paid_after_close``) was never a sale."""
+    return (
+        Refund.status == RefundStatus.SUCCEEDED,
+        Refund.finished_at >= start,
+        Refund.finished_at < end,
+        Order.status != OrderStatus.CLOSED,
+    )
 
 
 def _sales(out: DayRollup, start: datetime, end: datetime) -> None:
@@ -215,7 +223,7 @@ def _influenced(out: DayRollup, start: datetime, end: datetime) -> None:
     )
     for merchant, campaign_id, fen in db.session.execute(stmt):
         out.add(merchant, campaign_id, "discounts", "", 0, int(fen or 0))
-    refunded = select(Refund.order_id).where(*_succeeded_in(start, end))
+    refunded = select(Refund.order_id).join(Order, Order.id == Refund.order_id).where(*_succeeded_in(start, end))
     pairs = _influencing(refunded)
     stmt = (
         select(pairs.c.campaign_id, Order.merchant_id, Refund.id, Refund.amount_fen)

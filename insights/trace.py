@@ -368,6 +368,8 @@ def _order_line(o: Order) -> str:
         text += f", {o.points_used} points worth {yuan(o.points_value_fen)}"
     if o.paid_at is not None:
         text += f", paid {yuan(o.paid_fen or 0)} on {when(o.paid_at)}"
+    elif o.paid_after_close:
+        text += f", paid {yuan(o.paid_fen or 0)} at WeChat after it was closed (no sale: owed back to the payer)"
     if o.refunded_fen:
         text += f", {yuan(o.refunded_fen)} refunded"
     if o.balance_returned_fen or o.points_returned:
@@ -383,6 +385,8 @@ def _refund_line(r: Refund) -> str:
 
 
 def _no_campaign_lines(order: Order) -> list[str]:
+    if order.paid_after_close:
+        return ["This order was paid only after it was closed: no sale, so no rebate; the payment is refunded whole."]
     if order.status in (OrderStatus.CREATED, OrderStatus.CLOSED):
         return [f"This order is {order.status}, not paid: rebates are decided only when an order is paid."]
     missing = []

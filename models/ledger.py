@@ -28,6 +28,9 @@ class AccountKind(StrEnum):
     WECHAT_SETTLEMENT = "wechat_settlement"
     POINTS_ISSUANCE = "points_issuance"
     PLATFORM_FEE_INCOME = "platform_fee_income"  # merchants' service fees, earned as orders are paid
+    # Payments WeChat took for orders already closed here (the buyer paid as the close went out): owed back to the
+    # payer until their refund succeeds (``rebate.refunds.take_late_payment``). Above zero: what is still owed.
+    PAYMENTS_TO_RETURN = "payments_to_return"
     # Clearing: every flow through them returns to zero when it finishes.
     REBATE_PAYABLE = "rebate_payable"
     PAYOUT_IN_TRANSIT = "payout_in_transit"

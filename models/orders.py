@@ -89,6 +89,11 @@ class Order(Base):
     )
 
     @property
+    def paid_after_close(self) -> bool:
+        """Closed here, then paid at WeChat anyway: the payment is owed back (``rebate.refunds.take_late_payment``)."""
+        return self.status == OrderStatus.CLOSED and self.transaction_id is not None
+
+    @property
     def net_paid_fen(self) -> int:
         return (self.paid_fen or 0) - self.refunded_fen
 

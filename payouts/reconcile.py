@@ -231,7 +231,7 @@ def _order_verdict(group: list[TradeLine], order: Order | None) -> Verdict:
         )
     if order is None:
         return MISSING_HERE, None, total, "WeChat lists a paid order we lack" + _times(group)
-    if order.status not in (OrderStatus.PAID, OrderStatus.REFUNDED):
+    if order.status not in (OrderStatus.PAID, OrderStatus.REFUNDED) and not order.paid_after_close:
         return STATUS_DIFFERS, order.payable_fen, total, f"WeChat says paid, our order is {order.status}"
     if total != order.payable_fen:
         return AMOUNT_DIFFERS, order.payable_fen, total, "订单金额 vs our payable" + _times(group)

@@ -61,6 +61,7 @@ from rebate.intake import (
 from rebate.orders import order_packets
 from rebate.packets import issue_packet
 from rebate.preferences import preferred_forms
+from rebate.refunds import take_late_payment
 from rebate.rules import Decision, OrderFacts, RuleSet, evaluate
 from risk import scoring
 from risk.bans import active_bans, refused_by, subjects
@@ -139,8 +140,7 @@ def _apply_locked(
             )
         return PaymentOutcome.ALREADY_APPLIED
     if order.status == OrderStatus.CLOSED:
-        flag_order(order, "paid_after_close", f"order {order.out_trade_no} was paid after it was closed; refund it")
-        return PaymentOutcome.PAID_AFTER_CLOSE
+        return _paid_after_close(order, tx)
     spent = order_packets(order)  # read (and row-locked) before anything is written: one UPDATE of the order
     attributed = _attributing_packets(order, spent, paid_at, loaded.buyer)
     campaigns = _campaigns(loaded.campaigns, spent, attributed)
@@ -194,6 +194,22 @@ class _Loaded:
     campaigns: list[Campaign]
     clean: set[tuple[str, int]]  # beneficiaries who owe nothing back (no outstanding receivable)
     fee_bps: int | None = None  # the merchant's own service fee (None: PLATFORM_FEE_BPS)
+
+
+def _paid_after_close(order: Order, tx: PaymentTransaction) -> PaymentOutcome:
+    """The buyer paid as the order's close went out: the payment is booked as owed back and refunded whole
+    (``refunds.take_late_payment``), and an operator told once."""
+    if order.transaction_id is None:
+        refund = take_late_payment(order, tx.transaction_id, tx.amount.total_fen)
+        flag_order(
+            order,
+            "paid_after_close",
+            f"order {order.out_trade_no} was paid ({tx.amount.total_fen} fen, {tx.transaction_id}) after it was "
+            f"closed; refund {refund.out_refund_no} of all of it begun",
+        )
+    elif order.transaction_id != tx.transaction_id:
+        flag_order(order, "second_payment", f"a second transaction {tx.transaction_id} paid order {order.out_trade_no}")
+    return PaymentOutcome.PAID_AFTER_CLOSE
 
 
 def _load(out_trade_no: str) -> _Loaded | None:

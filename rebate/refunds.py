@@ -79,7 +79,7 @@ def begin_refund(order: Order, out_refund_no: str, amount_fen: int, reason: str 
         if existing.order_id != order.id or existing.amount_fen != amount_fen:
             raise StateConflict("this refund number was used for another refund", code="refund_no_reused")
         return existing
-    if order.status != OrderStatus.PAID:
+    if order.status != OrderStatus.PAID and not order.paid_after_close:
         raise StateConflict(f"a {order.status} order cannot be refunded", code="order_not_refundable")
     refundable = order.paid_fen - order.refunded_fen - _pending_total(order.id)
     if not 0 < amount_fen <= refundable:
@@ -133,6 +133,11 @@ def apply_refund(
             code="refund_amount_mismatch",
         )
     refund.status, refund.finished_at, refund.refund_id = RefundStatus.SUCCEEDED, now, refund_id
+    if order.paid_after_close:  # a payment given back: no sale, rebate, fee or packet to undo
+        order.refunded_fen += amount_fen
+        _post_late_refund(order, refund)
+        db.session.flush()
+        return refund
     first_refund = order.refunded_fen == 0
     order.refunded_fen += amount_fen
     _lock_funding(order)
@@ -152,6 +157,50 @@ def apply_refund(
         release_order_payouts(order.id)
     db.session.flush()
     return refund
+
+
+LATE_REFUND_REASON = "paid after the order was closed"
+
+
+def late_refund_no(order: Order) -> str:
+    """The one refund that gives a late payment back: one number per order, so a repeat finds it."""
+    return f"L{order.id}"
+
+
+def take_late_payment(order: Order, transaction_id: str, amount_fen: int) -> Refund:
+    """WeChat took ``amount_fen`` for ``order`` after it was closed here (the buyer paid while the close went out):
+    no sale. The money is booked as owed back to the payer and a refund of all of it begun, which the refund job
+    sends (``jobs.orders.query_stuck_refunds``: a refund WeChat has never heard of is sent under its number);
+    the order stays closed, its packets and balance as the close left them. Flushes only; the order is locked.
+
+    Direct mode: WeChat settled the money to us, ``wechat_settlement`` to ``payments_to_return`` (key
+    ``order:<id>:paid_after_close``). Service-provider mode: it went to the merchant's own account at WeChat, outside
+    the platform's books, and the refund comes from there: nothing is posted, the refund is begun all the same."""
+    order.transaction_id, order.paid_fen = transaction_id, amount_fen
+    db.session.flush()  # before ``begin_refund`` reads the order again (locked already: no wait)
+    if not order.sub_mchid:
+        post(
+            f"order:{order.id}:paid_after_close",
+            f"paid after close {order.out_trade_no}: owed back to the payer",
+            [
+                Leg(ref(AccountKind.WECHAT_SETTLEMENT), -amount_fen),
+                Leg(ref(AccountKind.PAYMENTS_TO_RETURN), amount_fen),
+            ],
+        )
+    return begin_refund(order, late_refund_no(order), amount_fen, LATE_REFUND_REASON)
+
+
+def _post_late_refund(order: Order, refund: Refund) -> None:
+    if order.sub_mchid:
+        return  # refunded from the merchant's own account: never in the platform's books (``take_late_payment``)
+    post(
+        f"refund:{refund.id}",
+        f"refund {refund.out_refund_no}: a payment after close given back",
+        [
+            Leg(ref(AccountKind.PAYMENTS_TO_RETURN), -refund.amount_fen),
+            Leg(ref(AccountKind.WECHAT_SETTLEMENT), refund.amount_fen),
+        ],
+    )
 
 
 def _revoke_unearned_packets(order: Order) -> None:

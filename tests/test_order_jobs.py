@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from jobs.orders import close_expired_orders, query_stuck_refunds, query_unnotified_payments
 from models import Alert, LedgerEntry, Order, PaymentNotification, Refund, db, transaction_open, utcnow
@@ -242,3 +242,39 @@ def test_jobs_cli_run_once(app):
     result = app.test_cli_runner().invoke(args=["jobs", "run-once"])
     assert result.exit_code == 0, result.output
     assert "close_expired_orders" in result.output
+
+
+def test_a_payment_after_the_close_is_given_back_by_the_refund_job(app, new_order):
+    # given: the person paid at WeChat as the order was closed here, and the payment was told to us
+    from ledger import balance, check_ledger, ref
+    from models import AccountKind
+    from rebate import close_order
+    from rebate.refunds import late_refund_no
+    from tests.payment_helpers import pay_as_wechat
+
+    order = new_order()
+    pay_at_wechat_only(app, order)
+    late = db.session.get(Order, order["id"])
+    close_order(late, utcnow())
+    db.session.commit()
+    assert pay_as_wechat(late.out_trade_no, "4200000000000000042", late.payable_fen, utcnow()) == "paid_after_close"
+    db.session.commit()
+    refund = db.session.execute(select(Refund).where(Refund.order_id == late.id)).scalar_one()
+    refund.created_at = utcnow() - timedelta(minutes=5)
+    db.session.commit()
+    # when: the refund job runs (WeChat has never heard of the refund: it is sent under its number), WeChat
+    # finishes the refund, and the job runs again
+    simulator(app).refund_auto_succeed = False
+    assert query_stuck_refunds() == {"processing": 1}
+    simulator(app).complete_refund(late_refund_no(late), "SUCCESS")
+    assert query_stuck_refunds() == {"success": 1}
+    # then: WeChat refunded all of it, and the money owed back is gone from the books
+    db.session.rollback()
+    assert simulator(app).refunds[late_refund_no(late)]["refund_fen"] == late.payable_fen
+    assert (db.session.get(Refund, refund.id).status, db.session.get(Order, late.id).refunded_fen) == (
+        "succeeded",
+        late.payable_fen,
+    )
+    assert balance(ref(AccountKind.PAYMENTS_TO_RETURN)) == balance(ref(AccountKind.WECHAT_SETTLEMENT)) == 0
+    assert check_ledger().ok
+    assert query_stuck_refunds() == {}
