@@ -41,6 +41,20 @@ def share(amount_fen: int, rate_bps: int) -> int:
     return amount_fen * rate_bps // BPS_DENOMINATOR
 
 
+def left_after_refunds(paid_fen: int, charged_fen: int, refunded_fen: int) -> int:
+    """What a payment still counts for once ``refunded_fen`` of it came back.
+
+    WeChat charged ``charged_fen`` (the order's total at WeChat) and refunds up to that. The buyer paid ``paid_fen``
+    of it (``payer_total``), which is less when a WeChat Pay coupon paid the rest. A refund goes back to both in
+    proportion, so the buyer's part keeps the unrefunded share of ``paid_fen``, rounded down. Without a coupon the
+    two are equal and this is simply what is left."""
+    if refunded_fen <= 0:
+        return paid_fen
+    if refunded_fen >= charged_fen:
+        return 0
+    return (charged_fen - refunded_fen) * paid_fen // charged_fen
+
+
 def parse_yuan(text: str) -> int:
     """Parse a yuan string such as ``"12.34"`` or ``"¥0.5"`` exactly into fen.
 

@@ -232,7 +232,7 @@ def naive_replay(campaign, current, draft, since, seconds: float) -> tuple[dict[
         order = db.session.execute(select(Order).where(Order.id == order_id)).scalar_one()
         packet = db.session.execute(select(RedPacket).where(RedPacket.id == order.packet_id)).scalar_one()
         buyer = db.session.execute(select(User).where(User.id == order.user_id)).scalar_one()
-        net_paid = order.paid_fen - order.refunded_fen
+        net_paid = order.net_paid_fen
         facts = OrderFacts(
             order_total_fen=order.total_fen * net_paid // order.paid_fen,
             paid_fen=net_paid,

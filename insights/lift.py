@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, case, func, select
 
-from models import Audience, AudienceMember, AudienceRun, Order, PacketStatus, RedPacket, db
+from models import Audience, AudienceMember, AudienceRun, Order, PacketStatus, RedPacket, db, net_paid_sql
 
 
 def _ratio_bps(part: int, whole: int) -> int | None:
@@ -71,7 +71,7 @@ def run_lift(run: AudienceRun, now: datetime, window_days: int) -> dict:
                 AudienceMember.holdout,
                 func.count(func.distinct(Order.user_id)),
                 func.count(Order.id),
-                func.coalesce(func.sum(Order.paid_fen - Order.refunded_fen), 0),
+                func.coalesce(func.sum(net_paid_sql()), 0),
             )
             .join(Order, and_(*in_window))
             .where(AudienceMember.run_id == run.id)

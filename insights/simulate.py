@@ -28,7 +28,7 @@ from sqlalchemy import case, func, select, type_coerce
 
 from models import Campaign, Order, OrderLine, OrderStatus, RedPacket, User, UTCDateTime, db
 from models.base import beijing
-from money import format_yuan
+from money import format_yuan, left_after_refunds
 from rebate.campaigns import rules_of
 from rebate.rules import Form, Line, OrderFacts, RuleSet, evaluate
 
@@ -74,6 +74,7 @@ def replay_query(campaign: Campaign, rules: RuleSet, since: datetime, until: dat
             Order.paid_at,
             Order.total_fen,
             Order.paid_fen,
+            Order.payable_fen,
             Order.refunded_fen,
             Order.discount_fen,
             RedPacket.issuer_type,
@@ -89,8 +90,8 @@ def replay_query(campaign: Campaign, rules: RuleSet, since: datetime, until: dat
     return stmt.where(RedPacket.campaign_id == campaign.id)
 
 
-def to_row(order_id, paid_at, total, paid, refunded, discount, issuer_type, invited_since) -> ReplayRow:
-    net_paid = paid - refunded
+def to_row(order_id, paid_at, total, paid, charged, refunded, discount, issuer_type, invited_since) -> ReplayRow:
+    net_paid = left_after_refunds(paid, charged, refunded)  # as ``Order.net_paid_fen``
     net_total = total * net_paid // paid if paid else 0  # goods value refunded in proportion (as refunds do)
     return ReplayRow(order_id, paid_at, net_total, net_paid, discount, issuer_type, invited_since)
 

@@ -45,7 +45,16 @@ from models.messages import MESSAGE_TERMINAL, InboundMessage, MessageSource, Mes
 from models.notices import NOTICE_TERMINAL, ConsentReport, ConsentSource, Notice, NoticeConsent, NoticeStatus
 from models.oauth import OAuthState
 from models.operators import AuditLog, ConsoleSession, Operator, OperatorRole, OperatorToken
-from models.orders import Order, OrderLine, OrderPacket, OrderStatus, PaymentNotification, Refund, RefundStatus
+from models.orders import (
+    Order,
+    OrderLine,
+    OrderPacket,
+    OrderStatus,
+    PaymentNotification,
+    Refund,
+    RefundStatus,
+    net_paid_sql,
+)
 from models.packets import PacketStatus, RedPacket
 from models.payouts import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl
 from models.people import Merchant, Product, User, UserIdentity, UserStatus, merchant_name
@@ -160,6 +169,7 @@ __all__ = [
     "RedPacket",
     "Refund",
     "RefundStatus",
+    "net_paid_sql",
     "AccountKind",
     "AuditLog",
     "ConsoleSession",

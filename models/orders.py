@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, SmallInteger, String, Text, false
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, SmallInteger, String, Text, case, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, UTCDateTime, utcnow
+from money import left_after_refunds
 
 
 class OrderStatus(StrEnum):
@@ -16,6 +17,15 @@ class OrderStatus(StrEnum):
     PAID = "paid"
     CLOSED = "closed"  # never paid
     REFUNDED = "refunded"  # paid, then refunded in full
+
+
+def net_paid_sql():
+    """``Order.net_paid_fen`` as a column expression (``money.left_after_refunds``, rounded down the same way)."""
+    return case(
+        (Order.refunded_fen <= 0, Order.paid_fen),
+        (Order.refunded_fen >= Order.payable_fen, 0),
+        else_=(Order.payable_fen - Order.refunded_fen) * Order.paid_fen // Order.payable_fen,
+    )
 
 
 class Order(Base):
@@ -95,7 +105,9 @@ class Order(Base):
 
     @property
     def net_paid_fen(self) -> int:
-        return (self.paid_fen or 0) - self.refunded_fen
+        """The buyer's payment less its part of the refunds (``money.left_after_refunds``): the rebate base left.
+        ``refunded_fen`` counts what WeChat refunded, a WeChat Pay coupon's part included."""
+        return left_after_refunds(self.paid_fen or 0, self.payable_fen, self.refunded_fen)
 
     @property
     def wallet_fen(self) -> int:

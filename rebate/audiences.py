@@ -66,6 +66,7 @@ from models import (
     UserStatus,
     alert_once,
     db,
+    net_paid_sql,
 )
 from models.operators import Actor, audit, merchant_scope
 from models.sql import insert_ignoring
@@ -207,7 +208,7 @@ def _condition(clause, merchant_id: int | None, now: datetime):
             OrderLine.category == clause.category,
         )
     spent = (
-        select(func.coalesce(func.sum(Order.paid_fen - Order.refunded_fen), 0))
+        select(func.coalesce(func.sum(net_paid_sql()), 0))
         .where(_orders(merchant_id, Order.paid_at.is_not(None), Order.paid_at >= since))
         .scalar_subquery()
     )

@@ -81,7 +81,8 @@ def begin_refund(order: Order, out_refund_no: str, amount_fen: int, reason: str 
         return existing
     if order.status != OrderStatus.PAID and not order.paid_after_close:
         raise StateConflict(f"a {order.status} order cannot be refunded", code="order_not_refundable")
-    refundable = order.paid_fen - order.refunded_fen - _pending_total(order.id)
+    # up to what WeChat charged (``payable_fen``): a WeChat Pay coupon's part is refunded too (to the coupon)
+    refundable = order.payable_fen - order.refunded_fen - _pending_total(order.id)
     if not 0 < amount_fen <= refundable:
         raise Invalid(f"refund must be 1 to {refundable} fen", code="refund_amount")
     refund = Refund(order_id=order.id, out_refund_no=out_refund_no, amount_fen=amount_fen, reason=reason)
@@ -149,7 +150,7 @@ def apply_refund(
         first_refund and earned and order.risk is not None
     ):  # once per order; after the campaign rows (the payment's order)
         note_refunded_after_rebate(order.user_id)
-    if order.refunded_fen == order.paid_fen:
+    if order.refunded_fen == order.payable_fen:
         order.status = OrderStatus.REFUNDED
         _void_discount(order, refund)
     _revoke_unearned_packets(order)
@@ -220,7 +221,7 @@ def _revoke_unearned_packets(order: Order) -> None:
                 "earned_packet_spent",
                 f"packet {packet.id}",
                 text=f"red packet {packet.id}, earned by order {order.out_trade_no}, is {packet.status} although "
-                f"that order was refunded ({order.refunded_fen} of {order.paid_fen} fen): it could not be revoked",
+                f"that order was refunded ({order.refunded_fen} of {order.payable_fen} fen): it could not be revoked",
             )
 
 
@@ -343,7 +344,7 @@ def _void_discount(order: Order, refund: Refund) -> None:
 
 def _net_facts(order: Order) -> OrderFacts:
     net_paid = order.net_paid_fen
-    net_total = order.total_fen * net_paid // order.paid_fen  # goods value refunded in proportion
+    net_total = order.total_fen * net_paid // order.paid_fen if order.paid_fen else 0  # refunded in proportion
     return OrderFacts(
         order_total_fen=net_total, paid_fen=net_paid, paid_at=order.paid_at, has_issuer=True, has_inviter=True
     )

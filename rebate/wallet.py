@@ -191,11 +191,12 @@ def give_back(order: Order, refund: Refund) -> WalletUse:
     """A successful refund (``order.refunded_fen`` already counts it) gives back the wallet's share: balance and
     points in the refunded proportion of what WeChat was paid, rounded down, less what earlier refunds gave
     back; the merchant's sale pays it (the points' value back to the platform fund). Returns what moved now."""
-    if not (order.balance_used_fen or order.points_used) or not order.paid_fen:
+    charged = order.payable_fen  # a WeChat Pay coupon's part included: WeChat refunds in proportion to it
+    if not (order.balance_used_fen or order.points_used) or not charged:
         return NOTHING
-    refunded = min(order.refunded_fen, order.paid_fen)
-    cash = order.balance_used_fen * refunded // order.paid_fen - order.balance_returned_fen
-    points = order.points_used * refunded // order.paid_fen - order.points_returned
+    refunded = min(order.refunded_fen, charged)
+    cash = order.balance_used_fen * refunded // charged - order.balance_returned_fen
+    points = order.points_used * refunded // charged - order.points_returned
     value = points * (order.points_value_fen // order.points_used) if points else 0
     merchant = ref(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id)
     what = f"refund {refund.out_refund_no} of order {order.out_trade_no}"

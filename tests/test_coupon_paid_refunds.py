@@ -1,0 +1,168 @@
+"""Orders paid partly with a WeChat Pay coupon (``payer_total`` below ``total``), refunded as WeChat refunds them.
+
+WeChat refunds up to the order's total and splits each refund between the buyer and the coupon in proportion.
+The rebate base is what the buyer paid (``paid_fen``), and what is left of it after refunds is its unrefunded
+share, rounded down (``money.left_after_refunds``). Before, the refund limit was ``paid_fen``: a full refund of
+a coupon-paid order, which WeChat allows, was refused and flagged. Signed and encrypted as WeChat does."""
+
+from __future__ import annotations
+
+import pytest
+from flask import current_app
+from sqlalchemy import select
+
+from ledger import account, balance, check_ledger
+from models import AccountKind, Alert, Order, Refund, db, net_paid_sql, utcnow
+from money import left_after_refunds
+from rebate import PayAccount, apply_payment, apply_refund, begin_refund, create_order, issue_packet
+from rebate.errors import Invalid
+from rebate.orders import LineRequest
+from tests.money_helpers import app_money
+from tests.payment_helpers import wechat_payment
+from tests.test_refunds import rebate_of
+from tests.test_wallet import buy, fund, wallet_of
+from tests.test_wechat_callbacks import (  # noqa: F401 - fixtures
+    deliver,
+    deliver_refund,
+    make_order,
+    no_network,
+    refund_resource,
+    transaction_resource,
+)
+
+K = AccountKind
+
+
+def test_what_is_left_of_a_payment_is_its_unrefunded_share_rounded_down():
+    assert left_after_refunds(80_00, 100_00, 0) == 80_00  # nothing refunded
+    assert left_after_refunds(80_00, 100_00, 100_00) == 0  # all of it
+    assert left_after_refunds(80_00, 100_00, 50_00) == 40_00  # half of what WeChat charged: half the buyer's part
+    assert left_after_refunds(99, 100, 1) == 98  # 98.01 rounded down
+    assert left_after_refunds(100_00, 100_00, 37_00) == 63_00  # no coupon: simply what is left
+    assert left_after_refunds(0, 0, 0) == 0  # paid from the wallet alone
+
+
+def coupon_paid(order: Order, coupon_fen: int) -> str:
+    """WeChat says the order was paid, ``coupon_fen`` of it by a WeChat Pay coupon."""
+    tx = wechat_payment(
+        order.out_trade_no,
+        f"tx-{order.out_trade_no}",
+        order.payable_fen,
+        success_time=utcnow(),
+        payer_total_fen=order.payable_fen - coupon_fen,
+    )
+    outcome = apply_payment(tx, PayAccount.from_config(current_app.config), utcnow(), money=app_money())
+    db.session.commit()
+    return outcome
+
+
+def test_a_coupon_paid_order_is_refunded_whole_through_signed_callbacks(app, client, make_order, no_network):
+    # given: 100 yuan charged, 80 paid by the buyer and 20 by a WeChat Pay coupon
+    order = make_order(100_00)
+    paid = transaction_resource(app, order)
+    paid["amount"] = {**paid["amount"], "payer_total": 80_00}
+    assert deliver(client, app, paid).status_code == 204
+    db.session.rollback()
+    order = db.session.get(Order, order.id)
+    assert (order.payable_fen, order.paid_fen) == (100_00, 80_00)
+    begin_refund(order, "R-COUPON-ALL", 100_00, "returned")  # all of what WeChat charged: allowed now
+    db.session.commit()
+    told = refund_resource(app, order, "R-COUPON-ALL", 100_00)
+    told["amount"] = {**told["amount"], "payer_total": 80_00, "payer_refund": 80_00}
+    # when
+    answer = deliver_refund(client, app, told)
+    # then
+    assert answer.status_code == 204
+    db.session.rollback()
+    done = db.session.get(Order, order.id)
+    assert (done.status, done.refunded_fen, done.net_paid_fen) == ("refunded", 100_00, 0)
+    assert db.session.execute(select(Refund.status)).scalars().all() == ["succeeded"]
+    assert db.session.execute(select(Alert.kind)).scalars().all() == []
+    assert balance(account(K.WECHAT_SETTLEMENT)) == 0  # the sale's 100 yuan all went back out
+    assert check_ledger().ok
+
+
+def test_a_refund_of_a_coupon_paid_order_started_at_wechat_is_applied_not_flagged(app, client, make_order, no_network):
+    order = make_order(100_00)
+    paid = transaction_resource(app, order)
+    paid["amount"] = {**paid["amount"], "payer_total": 80_00}
+    assert deliver(client, app, paid).status_code == 204
+    db.session.rollback()
+    order = db.session.get(Order, order.id)
+    told = refund_resource(app, order, "MERCHANT-PLATFORM-1", 90_00)  # begun at the merchant platform
+    told["amount"] = {**told["amount"], "payer_total": 80_00, "payer_refund": 72_00}
+
+    assert deliver_refund(client, app, told).status_code == 204
+
+    db.session.rollback()
+    done = db.session.get(Order, order.id)
+    assert (done.status, done.refunded_fen, done.net_paid_fen, done.review_reason) == ("paid", 90_00, 8_00, None)
+
+
+def test_more_than_wechat_charged_is_still_refused(app, make_order):
+    order = make_order(100_00)
+    assert coupon_paid(order, 20_00) == "applied"
+
+    with pytest.raises(Invalid) as refused:
+        begin_refund(order, "R-TOO-MUCH", 100_01)
+
+    assert refused.value.code == "refund_amount"
+    assert "1 to 10000 fen" in str(refused.value)
+
+
+def test_a_coupon_paid_orders_rebate_is_clawed_back_on_the_buyers_part(make_user, make_product, make_campaign):
+    # given: a 5 % consumer rebate on what the buyer paid; 100 yuan charged, 80 paid, so 4 yuan earned
+    campaign = make_campaign(
+        {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 20_00}]},
+        budget_limit_fen=100_00,
+        packet_amount_fen=10_00,
+    )
+    user = make_user()
+    packet = issue_packet(campaign, user, source="test", source_ref=f"coupon:{user.id}", now=utcnow())
+    db.session.commit()
+    order = create_order(user, [LineRequest(make_product(price_fen=110_00).id, 1)], packet.id, utcnow())
+    db.session.commit()
+    assert coupon_paid(order, 20_00) == "applied"
+    assert rebate_of(order).amount_fen == 4_00
+    # when: half of what WeChat charged is refunded (40 of the buyer's 80)
+    begin_refund(order, "R-HALF", 50_00)
+    apply_refund(order.out_trade_no, "R-HALF", 50_00, utcnow(), money=app_money())
+    db.session.commit()
+    # then: the rebate is 5 % of the 40 left, not of 80 - 50 = 30
+    assert order.net_paid_fen == 40_00
+    assert rebate_of(order).amount_fen == 2_00
+    assert balance(account(K.USER_CASH, "user", user.id)) == 2_00
+    assert check_ledger().ok
+
+
+def test_the_wallets_share_comes_back_in_proportion_to_what_wechat_charged(make_user, make_product):
+    # given: 10 yuan from the balance, 90 charged by WeChat of which a coupon paid 30
+    nina = make_user()
+    fund(nina, cash_fen=10_00)
+    order = buy(nina, make_product(price_fen=100_00), balance_fen=10_00)
+    assert order.payable_fen == 90_00
+    assert coupon_paid(order, 30_00) == "applied"
+    # when: a third of what WeChat charged is refunded
+    begin_refund(order, "R-THIRD", 30_00)
+    apply_refund(order.out_trade_no, "R-THIRD", 30_00, utcnow(), money=app_money())
+    db.session.commit()
+    # then: a third of the balance comes back (not half, as 30 of the buyer's 60 would say)
+    assert wallet_of(nina)[0] == 3_33
+    assert check_ledger().ok
+
+
+def test_the_sql_of_what_is_left_agrees_with_the_orders_own(app, make_order):
+    cases = [(100_00, 0, 0), (100_00, 20_00, 0), (100_00, 20_00, 50_00), (100_00, 1, 99_99), (100_00, 20_00, 100_00)]
+    orders = []
+    for charged, coupon, refunded in cases:
+        order = make_order(charged)
+        assert coupon_paid(order, coupon) == "applied"
+        order.refunded_fen = refunded
+        orders.append(order)
+    db.session.commit()
+
+    ids = [o.id for o in orders]
+    in_sql = dict(db.session.execute(select(Order.id, net_paid_sql()).where(Order.id.in_(ids))).all())
+
+    assert in_sql == {o.id: o.net_paid_fen for o in orders}
+    assert sorted(in_sql.values()) == [0, 0, 40_00, 80_00, 100_00]
