@@ -47,6 +47,7 @@ from payouts.record import DispatchSettings
 from payouts.redpack_rail import RedpackRail
 from payouts.settings import MoneySettings
 from payouts.transfer_rail import TransferRail
+from rebate.covered_debts import SWEEP, people_owing, settle_covered
 from rebate.milestones import expire_held_rebates
 from rebate.packets import expire_due_packets
 from wechat.mp import get_api_ticket
@@ -709,6 +710,25 @@ def expire_packets_and_conditions() -> Counter:
     now = utcnow()
     result = Counter(packets=expire_due_packets(now), held_rebates=expire_held_rebates(now))
     db.session.commit()
+    return result
+
+
+def settle_covered_debts() -> Counter:
+    """What people's balances have covered of their receivables since (``rebate.covered_debts``): a payout returned
+    to the balance, a red packet nobody opened, a stake back. Everyone who owes, one person per transaction."""
+    point_value_fen = job_context().money.point_value_fen
+    result: Counter = Counter()
+    after = 0
+    while people := people_owing(after):
+        for user_id in people:
+            settled = settle_covered(user_id, point_value_fen)
+            db.session.commit()
+            if settled:
+                result["people"] += 1
+                result["settled_fen"] += settled
+        if len(people) < SWEEP:
+            break
+        after = people[-1]
     return result
 
 

@@ -41,6 +41,7 @@ from jobs.payouts import (
     expire_packets_and_conditions,
     install_job_context,
     payout_rails,
+    settle_covered_debts,
 )
 from jobs.profit_sharing import query_profit_shares, share_due_orders
 from jobs.reconcile_cli import reconcile_command
@@ -57,6 +58,7 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (dispatch_payouts, 2),  # a run goes on while there is backlog (up to a minute); this is the idle check
     (check_unclaimed_red_packets, 900),
     (expire_packets_and_conditions, 300),
+    (settle_covered_debts, 300),  # receivables a balance has covered since (a payout back in it, ...)
     (deliver_alerts, 30),
     (lift_expired_bans_job, 60),
     (spike_job, 300),  # folds only whole hours, each once

@@ -13,6 +13,7 @@ from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, PacketS
 from models.triggers import TriggerKind
 from money import MAX_FEN
 from rebate.campaigns import serves
+from rebate.covered_debts import settle_covered
 from rebate.errors import Invalid, NotFound, StateConflict
 from rebate.fund_flow import pay_to_sub_merchant
 from rebate.packets import check_audience, release_packet
@@ -276,6 +277,8 @@ def close_order(order: Order, now: datetime) -> None:
         raise StateConflict(f"a {order.status} order cannot be closed", code="order_not_open")
     order.status = OrderStatus.CLOSED
     release_wallet(order)
+    if order.balance_used_fen:  # the person's balance came back up: what it covers of what they owe is settled
+        settle_covered(order.user_id, None)  # (points receivables: by the job, which knows a point's value)
     for packet, _ in order_packets(order):
         if packet.status == PacketStatus.LOCKED and packet.order_id == order.id:
             if now >= packet.expires_at:

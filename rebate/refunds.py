@@ -51,6 +51,7 @@ from rebate import budgets
 from rebate.awards import with_lines
 from rebate.campaigns import face_funder_ref, rules_of
 from rebate.clawbacks import take_back
+from rebate.covered_debts import settle_covered
 from rebate.deposits import cover_reservation, lock_deposits
 from rebate.errors import DepositExhausted, Invalid, NotFound, RebateError, StateConflict
 from rebate.fees import reduce_fee
@@ -143,7 +144,7 @@ def apply_refund(
     order.refunded_fen += amount_fen
     _lock_funding(order)
     _post_refund(order, refund)
-    give_back(order, refund)  # first: a clawback below then finds the balance given back to recover from
+    given = give_back(order, refund)  # first: a clawback below then finds the balance given back to recover from
     reduce_fee(order, refund)  # the service fee on what is left of the order
     earned = _claw_back(order, refund, money)
     if (
@@ -154,6 +155,8 @@ def apply_refund(
         order.status = OrderStatus.REFUNDED
         _void_discount(order, refund)
     _revoke_unearned_packets(order)
+    if given.fen:  # the buyer's balance came back up: what it covers of what they owed is settled
+        settle_covered(order.user_id, money.point_value_fen)
     if _pending_total(order.id) == 0:
         release_order_payouts(order.id)
     db.session.flush()

@@ -223,6 +223,7 @@ def test_scheduler_has_every_job(app):
         "query_unnotified_payments",
         "send_chat_replies",
         "settle_challenges",
+        "settle_covered_debts",
         "share_due_orders",
         "spike_job",
         "tell_expiring_packets",
