@@ -52,6 +52,8 @@ def left_after_refunds(paid_fen: int, charged_fen: int, refunded_fen: int) -> in
         return paid_fen
     if refunded_fen >= charged_fen:
         return 0
+    if paid_fen == charged_fen:
+        return paid_fen - refunded_fen
     return (charged_fen - refunded_fen) * paid_fen // charged_fen
 
 

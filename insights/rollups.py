@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import func, select, union
+from sqlalchemy import case, func, select, union
 
 from models import (
     Campaign,
@@ -127,6 +127,16 @@ def _paid_in(start: datetime, end: datetime):
     return Order.paid_at >= start, Order.paid_at < end, Order.paid_fen.is_not(None)
 
 
+def _buyer_part():
+    """What a refund gave back of the buyer's own payment (with ``Order`` joined): all of it, or for an order paid
+    partly with a WeChat Pay coupon its share of ``paid_fen`` (sales count ``paid_fen``; the coupon's part of a
+    refund goes back to the coupon). The product is taken only for such an order."""
+    return case(
+        (Order.paid_fen == Order.payable_fen, Refund.amount_fen),
+        else_=Refund.amount_fen * Order.paid_fen // Order.payable_fen,
+    )
+
+
 def _succeeded_in(start: datetime, end: datetime):
     """Refunds of sales that succeeded in the window (with ``Order`` joined): a payment taken after its order was
     closed and given back (``Order.paid_after_close``) was never a sale."""
@@ -166,7 +176,7 @@ def _sales(out: DayRollup, start: datetime, end: datetime) -> None:
     for merchant, category, n, fen in db.session.execute(stmt):
         out.add(merchant, 0, "category_sales", f"category:{category}", n, int(fen or 0))
     stmt = (
-        select(Order.merchant_id, func.count(), func.sum(Refund.amount_fen))
+        select(Order.merchant_id, func.count(), func.sum(_buyer_part()))
         .select_from(Refund)
         .join(Order, Order.id == Refund.order_id)
         .where(*_succeeded_in(start, end))
@@ -174,7 +184,7 @@ def _sales(out: DayRollup, start: datetime, end: datetime) -> None:
     )
     for merchant, n, fen in db.session.execute(stmt):
         out.add(merchant, 0, "refunds", "", n, int(fen or 0))
-    share = OrderLine.line_total_fen * Refund.amount_fen // Order.total_fen
+    share = OrderLine.line_total_fen * _buyer_part() // Order.total_fen
     stmt = (
         select(Order.merchant_id, OrderLine.category, func.count(), func.sum(share))
         .select_from(Refund)
@@ -226,7 +236,7 @@ def _influenced(out: DayRollup, start: datetime, end: datetime) -> None:
     refunded = select(Refund.order_id).join(Order, Order.id == Refund.order_id).where(*_succeeded_in(start, end))
     pairs = _influencing(refunded)
     stmt = (
-        select(pairs.c.campaign_id, Order.merchant_id, Refund.id, Refund.amount_fen)
+        select(pairs.c.campaign_id, Order.merchant_id, Refund.id, _buyer_part())
         .select_from(pairs)
         .join(Order, Order.id == pairs.c.order_id)
         .join(Refund, Refund.order_id == Order.id)

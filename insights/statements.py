@@ -34,6 +34,7 @@ from models import (
     LedgerPosting,
     Merchant,
     Order,
+    OrderStatus,
     Payout,
     PayoutStatus,
     ProfitShare,
@@ -334,7 +335,7 @@ def _profit_shares(
         .order_by(Receivable.id)
     ).all()
     finished = db.session.execute(
-        select(ProfitShare, Order.paid_fen)
+        select(ProfitShare, Order.payable_fen)  # frozen at WeChat: all it charged (``Order.frozen_fen``)
         .join(Order, Order.id == ProfitShare.order_id)
         .where(
             ProfitShare.merchant_id == merchant_id,
@@ -345,7 +346,7 @@ def _profit_shares(
         )
         .order_by(ProfitShare.id)
     ).all()
-    unfrozen = sum(_frozen_when_sent(row, paid_fen) - row.shared_fen for row, paid_fen in finished)
+    unfrozen = sum(_frozen_when_sent(row, charged) - row.shared_fen for row, charged in finished)
     waiting = db.session.execute(
         select(Payout.id, Payout.amount_fen)
         .where(rail, Payout.status.in_([PayoutStatus.PENDING, PayoutStatus.SENDING, PayoutStatus.UNKNOWN]))
@@ -393,7 +394,7 @@ def _profit_shares(
     }
 
 
-def _frozen_when_sent(row: ProfitShare, paid_fen: int) -> int:
+def _frozen_when_sent(row: ProfitShare, charged_fen: int) -> int:
     """What was still frozen when the share was sent: the order's payment less its refunds begun before.
 
     A share is planned only when no refund of its order is pending; refunds begun after it (while WeChat was
@@ -409,7 +410,7 @@ def _frozen_when_sent(row: ProfitShare, paid_fen: int) -> int:
             Refund.order_id == row.order_id, Refund.status == RefundStatus.SUCCEEDED, Refund.created_at < cut
         )
     ).scalar_one()
-    return max(0, paid_fen - int(refunded))
+    return max(0, charged_fen - int(refunded))
 
 
 def _invoice(merchant_id: int, month: str) -> dict | None:
@@ -444,7 +445,11 @@ def _in_flight(merchant_id: int, accounts: dict[str, LedgerAccount]) -> dict:
     refunds = db.session.execute(
         select(Refund.id, Refund.amount_fen)
         .join(Order, Order.id == Refund.order_id)
-        .where(Order.merchant_id == merchant_id, Refund.status == RefundStatus.PENDING)
+        .where(
+            Order.merchant_id == merchant_id,
+            Refund.status == RefundStatus.PENDING,
+            Order.status != OrderStatus.CLOSED,  # a payment after close given back: never the merchant's sale
+        )
         .order_by(Refund.id)
     ).all()
     proposals = db.session.execute(

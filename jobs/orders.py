@@ -22,7 +22,7 @@ from sqlalchemy import Select, select, text
 
 from jobs.payouts import job_context
 from models import Order, OrderStatus, Refund, RefundStatus, call_between_commits, db, utcnow
-from rebate import PayAccount, RefundOutcome, apply_payment, apply_refund_notice, close_order
+from rebate import PayAccount, RefundOutcome, apply_payment, apply_refund_notice, close_order, fail_refund
 from rebate.orders import lock_order
 from wechat.errors import WeChatBusinessError, WeChatError, WeChatNotFound
 from wechat.partner import SubMerchant
@@ -258,27 +258,43 @@ def _refund_ask(refund_id: int) -> RefundAsk:
     )
 
 
-def _ask_about_refund(ask: RefundAsk) -> RefundNotice:
+def _ask_about_refund(ask: RefundAsk) -> RefundNotice | WeChatBusinessError:
+    """WeChat's word on the refund; its refusal when it has never heard of it and will not make it (a refusal
+    that may pass, such as too little money in the merchant account, raises: asked again next run)."""
     try:
         answer = _pay().query_refund(ask.out_refund_no, sub=ask.sub)
     except WeChatNotFound:  # our request never reached WeChat: send it again, same number
         wx = job_context().wechat
-        answer = wx.pay.refund(
-            ask.out_trade_no,
-            ask.out_refund_no,
-            ask.amount_fen,
-            ask.total_fen,
-            wx.refund_notify_url,
-            ask.reason,
-            sub=ask.sub,
-        )
+        try:
+            answer = wx.pay.refund(
+                ask.out_trade_no,
+                ask.out_refund_no,
+                ask.amount_fen,
+                ask.total_fen,
+                wx.refund_notify_url,
+                ask.reason,
+                sub=ask.sub,
+            )
+        except WeChatBusinessError as refused:
+            if refused.retryable:
+                raise
+            return refused
     return RefundNotice.parse(answer)
+
+
+def _record_refund(ask: RefundAsk, answer: RefundNotice | WeChatBusinessError, now: datetime) -> str:
+    if isinstance(answer, WeChatBusinessError):  # refused for good: failed, its hold released, an operator told
+        fail_refund(
+            ask.out_refund_no, RefundStatus.FAILED, now, why=f"WeChat refused it: {answer.code} {answer.message}"
+        )
+        return "failed"
+    return str(_apply_refund(answer, now))
 
 
 def check_refund(refund_id: int, now: datetime) -> str:
     """Ask WeChat about a pending refund (re-sent if it never arrived) and apply its state."""
     return _between_commits(
-        lambda: _refund_ask(refund_id), _ask_about_refund, lambda _, notice: str(_apply_refund(notice, now))
+        lambda: _refund_ask(refund_id), _ask_about_refund, lambda ask, a: _record_refund(ask, a, now)
     )
 
 

@@ -20,10 +20,13 @@ class OrderStatus(StrEnum):
 
 
 def net_paid_sql():
-    """``Order.net_paid_fen`` as a column expression (``money.left_after_refunds``, rounded down the same way)."""
+    """``Order.net_paid_fen`` as a column expression (``money.left_after_refunds``, rounded down the same way). The
+    product is taken only for a coupon-paid order (``paid_fen`` below ``payable_fen``), never above a BIGINT there."""
     return case(
+        (Order.status == OrderStatus.REFUNDED, 0),
         (Order.refunded_fen <= 0, Order.paid_fen),
         (Order.refunded_fen >= Order.payable_fen, 0),
+        (Order.paid_fen == Order.payable_fen, Order.paid_fen - Order.refunded_fen),
         else_=(Order.payable_fen - Order.refunded_fen) * Order.paid_fen // Order.payable_fen,
     )
 
@@ -107,6 +110,8 @@ class Order(Base):
     def net_paid_fen(self) -> int:
         """The buyer's payment less its part of the refunds (``money.left_after_refunds``): the rebate base left.
         ``refunded_fen`` counts what WeChat refunded, a WeChat Pay coupon's part included."""
+        if self.status == OrderStatus.REFUNDED:  # (a coupon-paid order refunded up to its paid_fen, as before)
+            return 0
         return left_after_refunds(self.paid_fen or 0, self.payable_fen, self.refunded_fen)
 
     @property

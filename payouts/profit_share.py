@@ -334,8 +334,8 @@ def _plan(row: ProfitShare, now: datetime, settings: ShareSettings, client) -> b
         .scalars()
         .all()
     )
-    left = order.net_paid_fen
-    if left <= 0:  # refunded in full: nothing is frozen any more
+    left = order.net_paid_fen  # the buyer's part left (0 may still leave a coupon-paid order's fen frozen)
+    if order.refunded_fen >= order.payable_fen:  # refunded in full: nothing is frozen any more
         row.kind, row.status, row.finished_at = ShareKind.NOTHING, ShareStatus.FINISHED, now
         release_frozen(order.id, order.merchant_id)  # the refunds took it all: nothing is left (kept for safety)
         _to_operator(payouts, row, "the order was refunded in full before its share")

@@ -235,8 +235,8 @@ def _order_verdict(group: list[TradeLine], order: Order | None) -> Verdict:
         return STATUS_DIFFERS, order.payable_fen, total, f"WeChat says paid, our order is {order.status}"
     if total != order.payable_fen:
         return AMOUNT_DIFFERS, order.payable_fen, total, "订单金额 vs our payable" + _times(group)
-    if order.paid_fen is not None and settled != order.paid_fen:
-        return AMOUNT_DIFFERS, order.paid_fen, settled, "应结订单金额 vs our paid (payer_total)"
+    if settled != order.payable_fen:  # the sale booked all of it as settled: a 充值型 coupon's part included
+        return AMOUNT_DIFFERS, order.payable_fen, settled, "应结订单金额 vs what our books say WeChat settled"
     return None
 
 

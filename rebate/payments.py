@@ -140,7 +140,7 @@ def _apply_locked(
             )
         return PaymentOutcome.ALREADY_APPLIED
     if order.status == OrderStatus.CLOSED:
-        return _paid_after_close(order, tx)
+        return _paid_after_close(order, tx, money.number_prefix)
     spent = order_packets(order)  # read (and row-locked) before anything is written: one UPDATE of the order
     attributed = _attributing_packets(order, spent, paid_at, loaded.buyer)
     campaigns = _campaigns(loaded.campaigns, spent, attributed)
@@ -196,11 +196,11 @@ class _Loaded:
     fee_bps: int | None = None  # the merchant's own service fee (None: PLATFORM_FEE_BPS)
 
 
-def _paid_after_close(order: Order, tx: PaymentTransaction) -> PaymentOutcome:
+def _paid_after_close(order: Order, tx: PaymentTransaction, prefix: str) -> PaymentOutcome:
     """The buyer paid as the order's close went out: the payment is booked as owed back and refunded whole
     (``refunds.take_late_payment``), and an operator told once."""
     if order.transaction_id is None:
-        refund = take_late_payment(order, tx.transaction_id, tx.amount.total_fen)
+        refund = take_late_payment(order, tx.transaction_id, tx.amount.total_fen, prefix)
         flag_order(
             order,
             "paid_after_close",

@@ -93,8 +93,9 @@ def begin_refund(order: Order, out_refund_no: str, amount_fen: int, reason: str 
     return refund
 
 
-def fail_refund(out_refund_no: str, status: RefundStatus, now: datetime) -> Refund:
-    """WeChat closed the refund or it went abnormal: nothing moves, the hold is released."""
+def fail_refund(out_refund_no: str, status: RefundStatus, now: datetime, why: str | None = None) -> Refund:
+    """WeChat closed the refund, it went abnormal, or WeChat refused it (``why``): nothing moves, the hold is
+    released, and an operator is told (a payment after close is still owed back: they refund it again)."""
     refund = db.session.execute(select(Refund).where(Refund.out_refund_no == out_refund_no)).scalar_one_or_none()
     if refund is None:
         raise NotFound(f"no refund {out_refund_no}", code="unknown_refund")
@@ -103,7 +104,8 @@ def fail_refund(out_refund_no: str, status: RefundStatus, now: datetime) -> Refu
     if refund.status != RefundStatus.PENDING:
         return refund
     refund.status, refund.finished_at = status, now
-    raise_alert(f"refund_{status}", out_refund_no, f"refund {out_refund_no} of order {order.out_trade_no} is {status}")
+    text = f"refund {out_refund_no} of order {order.out_trade_no} is {status}" + (f": {why}" if why else "")
+    raise_alert(f"refund_{status}", out_refund_no, text[:2000])
     if _pending_total(order.id) == 0:
         release_order_payouts(order.id)
     db.session.flush()
@@ -166,12 +168,13 @@ def apply_refund(
 LATE_REFUND_REASON = "paid after the order was closed"
 
 
-def late_refund_no(order: Order) -> str:
-    """The one refund that gives a late payment back: one number per order, so a repeat finds it."""
-    return f"L{order.id}"
+def late_refund_no(order: Order, prefix: str) -> str:
+    """The one refund that gives a late payment back: one number per order, so a repeat finds it, after the
+    environment's prefix (``WECHAT_NUMBER_PREFIX``: staging and production often share a merchant id)."""
+    return f"{prefix}L{order.id}"
 
 
-def take_late_payment(order: Order, transaction_id: str, amount_fen: int) -> Refund:
+def take_late_payment(order: Order, transaction_id: str, amount_fen: int, prefix: str) -> Refund:
     """WeChat took ``amount_fen`` for ``order`` after it was closed here (the buyer paid while the close went out):
     no sale. The money is booked as owed back to the payer and a refund of all of it begun, which the refund job
     sends (``jobs.orders.query_stuck_refunds``: a refund WeChat has never heard of is sent under its number);
@@ -191,7 +194,7 @@ def take_late_payment(order: Order, transaction_id: str, amount_fen: int) -> Ref
                 Leg(ref(AccountKind.PAYMENTS_TO_RETURN), amount_fen),
             ],
         )
-    return begin_refund(order, late_refund_no(order), amount_fen, LATE_REFUND_REASON)
+    return begin_refund(order, late_refund_no(order, prefix), amount_fen, LATE_REFUND_REASON)
 
 
 def _post_late_refund(order: Order, refund: Refund) -> None:

@@ -166,3 +166,66 @@ def test_the_sql_of_what_is_left_agrees_with_the_orders_own(app, make_order):
 
     assert in_sql == {o.id: o.net_paid_fen for o in orders}
     assert sorted(in_sql.values()) == [0, 0, 40_00, 80_00, 100_00]
+
+
+def test_an_order_refunded_up_to_its_buyers_part_before_counts_nothing_left(app, make_order):
+    # given: a coupon-paid order marked refunded when the refund limit was what the buyer paid
+    order = make_order(100_00)
+    assert coupon_paid(order, 20_00) == "applied"
+    order.refunded_fen, order.status = 80_00, "refunded"
+    db.session.commit()
+
+    in_sql = db.session.execute(select(net_paid_sql()).where(Order.id == order.id)).scalar_one()
+
+    assert (order.net_paid_fen, in_sql) == (0, 0)
+
+
+def test_what_is_left_of_a_very_large_order_is_counted_in_sql_without_overflow(app, make_order):
+    order = make_order(5 * 10**12)  # 50 billion yuan: MAX_FEN is 10**13
+    assert coupon_paid(order, 0) == "applied"
+    order.refunded_fen = 10**12
+    db.session.commit()
+
+    in_sql = db.session.execute(select(net_paid_sql()).where(Order.id == order.id)).scalar_one()
+
+    assert in_sql == order.net_paid_fen == 4 * 10**12
+
+
+@pytest.mark.parametrize(("settled", "finding"), [(100_00, None), (80_00, "amount_differs")])
+def test_the_trade_bill_settles_a_coupon_paid_order_as_the_books_do(app, make_order, settled, finding):
+    from payouts.bill_lines import TradeLine
+    from payouts.reconcile import match_trade
+
+    order = make_order(100_00)
+    assert coupon_paid(order, 20_00) == "applied"
+    line = TradeLine(1, order.out_trade_no, "SUCCESS", 100_00, settled, "", 0, "")
+
+    matching = match_trade([line], {order.out_trade_no: order}, {}, (set(), set()))
+
+    assert [f.kind for f in matching.findings] == ([] if finding is None else [finding])
+
+
+def test_the_days_refunds_count_the_buyers_part_as_sales_count_the_buyers_payment(app, client, make_order, no_network):
+    from insights.rollups import beijing_day, roll_up_day
+
+    order = make_order(100_00)
+    paid = transaction_resource(app, order)
+    paid["amount"] = {**paid["amount"], "payer_total": 80_00}
+    assert deliver(client, app, paid).status_code == 204
+    db.session.rollback()
+    order = db.session.get(Order, order.id)
+    told = refund_resource(app, order, "MERCHANT-PLATFORM-2", 100_00)
+    told["amount"] = {**told["amount"], "payer_total": 80_00, "payer_refund": 80_00}
+    assert deliver_refund(client, app, told).status_code == 204
+    db.session.rollback()
+    order = db.session.get(Order, order.id)
+
+    refund = db.session.execute(select(Refund)).scalar_one()
+
+    def figure(day, metric: str) -> int:
+        rows = roll_up_day(beijing_day(day)).rows()
+        return sum(
+            r["fen"] for r in rows if (r["merchant_id"], r["metric"], r["dim"]) == (order.merchant_id, metric, "")
+        )
+
+    assert (figure(order.paid_at, "sales"), figure(refund.finished_at, "refunds")) == (80_00, 80_00)

@@ -251,6 +251,7 @@ def test_a_payment_after_the_close_is_given_back_by_the_refund_job(app, new_orde
     from models import AccountKind
     from rebate import close_order
     from rebate.refunds import late_refund_no
+    from tests.money_helpers import app_money
     from tests.payment_helpers import pay_as_wechat
 
     order = new_order()
@@ -267,11 +268,11 @@ def test_a_payment_after_the_close_is_given_back_by_the_refund_job(app, new_orde
     # finishes the refund, and the job runs again
     simulator(app).refund_auto_succeed = False
     assert query_stuck_refunds() == {"processing": 1}
-    simulator(app).complete_refund(late_refund_no(late), "SUCCESS")
+    simulator(app).complete_refund(late_refund_no(late, app_money().number_prefix), "SUCCESS")
     assert query_stuck_refunds() == {"success": 1}
     # then: WeChat refunded all of it, and the money owed back is gone from the books
     db.session.rollback()
-    assert simulator(app).refunds[late_refund_no(late)]["refund_fen"] == late.payable_fen
+    assert simulator(app).refunds[late_refund_no(late, app_money().number_prefix)]["refund_fen"] == late.payable_fen
     assert (db.session.get(Refund, refund.id).status, db.session.get(Order, late.id).refunded_fen) == (
         "succeeded",
         late.payable_fen,
@@ -279,3 +280,43 @@ def test_a_payment_after_the_close_is_given_back_by_the_refund_job(app, new_orde
     assert balance(ref(AccountKind.PAYMENTS_TO_RETURN)) == balance(ref(AccountKind.WECHAT_SETTLEMENT)) == 0
     assert check_ledger().ok
     assert query_stuck_refunds() == {}
+
+
+def refusing_refunds(monkeypatch, code: str, retryable: bool) -> None:
+    """WeChat refuses every refund sent from here on with ``code``."""
+    from jobs.payouts import job_context
+    from wechat.errors import WeChatBusinessError
+
+    def refuse(*_args, **_kwargs):
+        raise WeChatBusinessError(f"{code} (refused by the test)", code=code, retryable=retryable)
+
+    monkeypatch.setattr(job_context().wechat.pay, "refund", refuse)
+
+
+def test_a_refund_wechat_refuses_for_good_is_failed_and_may_be_asked_again(app, paid, monkeypatch):
+    # given: a refund that never reached WeChat, and WeChat refusing it for good when the job sends it
+    refund = begin_refund(paid, "R-JOB-REFUSED", 1_000)
+    refund.created_at = utcnow() - timedelta(minutes=5)
+    db.session.commit()
+    refusing_refunds(monkeypatch, "INVALID_REQUEST", retryable=False)
+    # when
+    assert query_stuck_refunds() == {"failed": 1}
+    # then: failed once, its hold released, an operator told why; another refund may begin
+    db.session.rollback()
+    assert db.session.get(Refund, refund.id).status == "failed"
+    alert = db.session.execute(select(Alert).where(Alert.kind == "refund_failed")).scalar_one()
+    assert "INVALID_REQUEST" in alert.message
+    assert query_stuck_refunds() == {}
+    assert begin_refund(db.session.get(Order, paid.id), "R-JOB-AGAIN", 1_000).status == "pending"
+
+
+def test_a_refund_wechat_refuses_for_now_stays_pending(app, paid, monkeypatch):
+    refund = begin_refund(paid, "R-JOB-NOT-ENOUGH", 1_000)
+    refund.created_at = utcnow() - timedelta(minutes=5)
+    db.session.commit()
+    refusing_refunds(monkeypatch, "NOT_ENOUGH", retryable=True)
+
+    assert query_stuck_refunds() == {"unknown": 1}
+
+    db.session.rollback()
+    assert db.session.get(Refund, refund.id).status == "pending"

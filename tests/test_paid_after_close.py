@@ -25,7 +25,9 @@ from payouts.bill_lines import TradeLine
 from payouts.reconcile import match_trade
 from rebate import begin_refund, close_order, fail_refund
 from rebate.errors import Invalid, StateConflict
-from rebate.refunds import LATE_REFUND_REASON, late_refund_no
+from rebate.refunds import LATE_REFUND_REASON
+from rebate.refunds import late_refund_no as numbered
+from tests.money_helpers import app_money
 from tests.payment_helpers import pay_as_wechat
 from tests.test_wechat_callbacks import (  # noqa: F401 - fixtures
     count,
@@ -38,6 +40,12 @@ from tests.test_wechat_callbacks import (  # noqa: F401 - fixtures
 )
 
 OWED = ref(AccountKind.PAYMENTS_TO_RETURN)
+
+
+def late_refund_no(order: Order) -> str:
+    return numbered(order, app_money().number_prefix)
+
+
 SETTLEMENT = ref(AccountKind.WECHAT_SETTLEMENT)
 
 
@@ -180,7 +188,6 @@ def test_a_partner_order_paid_after_close_is_refunded_without_touching_the_platf
     assert count(LedgerEntry) == 0
 
     from rebate import apply_refund
-    from tests.money_helpers import app_money
 
     apply_refund(order.out_trade_no, late_refund_no(order), 10_000, utcnow(), money=app_money())
     db.session.commit()
@@ -216,3 +223,35 @@ def test_the_days_figures_count_no_sale_and_no_refund_for_a_late_payment(app, cl
     rollup = roll_up_day(beijing_day(refund.finished_at))
 
     assert [r for r in rollup.rows() if r["metric"] in ("sales", "refunds", "influenced_refunds")] == []
+
+
+def test_the_late_refunds_number_carries_the_environments_prefix(app, make_order):
+    from dataclasses import replace
+
+    from flask import current_app
+
+    from rebate import PayAccount, apply_payment
+    from tests.payment_helpers import wechat_payment
+
+    order = closed(make_order)
+    tx = wechat_payment(order.out_trade_no, "tx-late", 10_000, success_time=utcnow())
+    staging = replace(app_money(), number_prefix="S")
+
+    assert apply_payment(tx, PayAccount.from_config(current_app.config), utcnow(), money=staging) == "paid_after_close"
+    db.session.commit()
+
+    assert db.session.execute(select(Refund.out_refund_no)).scalars().all() == [f"SL{order.id}"]
+
+
+def test_a_late_refund_is_not_the_merchants_pending_refund_in_its_statement(app, make_order):
+    from insights.statements import merchant_statement
+    from models import Merchant
+    from models.base import beijing
+
+    order = closed(make_order)
+    pay_as_wechat(order.out_trade_no, "tx-late", 10_000, utcnow())
+    db.session.commit()
+
+    month = beijing(utcnow()).strftime("%Y-%m")
+    statement = merchant_statement(db.session.get(Merchant, order.merchant_id), month, "direct", "/entries")
+    assert statement["in_flight"]["refunds_pending"]["refund_ids"] == []
