@@ -234,7 +234,7 @@ def naive_replay(campaign, current, draft, since, seconds: float) -> tuple[dict[
         buyer = db.session.execute(select(User).where(User.id == order.user_id)).scalar_one()
         net_paid = order.net_paid_fen
         facts = OrderFacts(
-            order_total_fen=order.total_fen * net_paid // order.paid_fen,
+            order_total_fen=order.net_total_fen,
             paid_fen=net_paid,
             paid_at=order.paid_at,
             has_issuer=packet.issuer_type in ISSUING,

@@ -92,7 +92,7 @@ def replay_query(campaign: Campaign, rules: RuleSet, since: datetime, until: dat
 
 def to_row(order_id, paid_at, total, paid, charged, refunded, discount, issuer_type, invited_since) -> ReplayRow:
     net_paid = left_after_refunds(paid, charged, refunded)  # as ``Order.net_paid_fen``
-    net_total = total * net_paid // paid if paid else 0  # goods value refunded in proportion (as refunds do)
+    net_total = left_after_refunds(total, charged, refunded)  # as ``Order.net_total_fen``
     return ReplayRow(order_id, paid_at, net_total, net_paid, discount, issuer_type, invited_since)
 
 

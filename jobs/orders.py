@@ -228,7 +228,12 @@ def query_stuck_refunds(now: datetime | None = None) -> Counter:
     results: Counter = Counter()
     for refund_id in claim_ids(stmt):
         with row_lease("refund", refund_id) as granted:
-            results[check_refund(refund_id, now) if granted else "leased_elsewhere"] += 1
+            try:
+                results[check_refund(refund_id, now) if granted else "leased_elsewhere"] += 1
+            except Exception:  # one refund's fault (an operator is alerted by its intake) never stops the rest
+                db.session.rollback()
+                log.exception("refund check failed", extra={"refund_id": refund_id})
+                results["error"] += 1
     return results
 
 

@@ -107,6 +107,14 @@ class Order(Base):
         return self.status == OrderStatus.CLOSED and self.transaction_id is not None
 
     @property
+    def net_total_fen(self) -> int:
+        """The goods value left after refunds: ``total_fen`` in the proportion of what WeChat charged that was not
+        refunded (``money.left_after_refunds``; a WeChat Pay coupon's part of a refund counts as refunded)."""
+        if self.status == OrderStatus.REFUNDED:
+            return 0
+        return left_after_refunds(self.total_fen, self.payable_fen, self.refunded_fen)
+
+    @property
     def net_paid_fen(self) -> int:
         """The buyer's payment less its part of the refunds (``money.left_after_refunds``): the rebate base left.
         ``refunded_fen`` counts what WeChat refunded, a WeChat Pay coupon's part included."""

@@ -227,7 +227,7 @@ def claim(
     try:
         with db.session.get_bind().connect() as connection:
             statement = _precompiled(upsert, refusing, bool(campaign.regions), connection.dialect)
-            row = statement.execute(connection.execution_options(isolation_level="AUTOCOMMIT"), params).first()
+            row = statement.first(connection.execution_options(isolation_level="AUTOCOMMIT"), params)
     except DBAPIError as failed:
         if getattr(failed.orig, "sqlstate", None) == DIVISION_BY_ZERO:  # a slot taken, no packet: all undone
             return None  # the transaction tells why

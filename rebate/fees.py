@@ -125,7 +125,7 @@ def reduce_fee(order: Order, refund: Refund) -> int:
     fee = db.session.get(OrderFee, order.id, with_for_update=True)
     if fee is None:
         return 0
-    net_total = order.total_fen * order.net_paid_fen // order.paid_fen if order.paid_fen else 0
+    net_total = order.net_total_fen
     delta = fee.fee_fen - share(net_total, fee.rate_bps)
     if delta <= 0:
         return 0

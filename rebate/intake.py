@@ -62,7 +62,9 @@ class RefundState(Protocol):
     out_refund_no: str
     status: str
     refund_fen: int | None
+    total_fen: int | None  # the order's total WeChat names (``amount.total``), when it does
     refund_id: str
+    transaction_id: str  # the payment refunded ("" when not named)
     mchid: str | None
     sub_mchid: str | None  # partner mode, when WeChat names it
 

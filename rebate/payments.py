@@ -200,7 +200,9 @@ def _paid_after_close(order: Order, tx: PaymentTransaction, prefix: str) -> Paym
     """The buyer paid as the order's close went out: the payment is booked as owed back and refunded whole
     (``refunds.take_late_payment``), and an operator told once."""
     if order.transaction_id is None:
-        refund = take_late_payment(order, tx.transaction_id, tx.amount.total_fen, prefix)
+        total, payer_total = tx.amount.total_fen, tx.amount.payer_total_fen
+        paid = total if payer_total is None else min(payer_total, total)
+        refund = take_late_payment(order, tx.transaction_id, total, paid, prefix)
         flag_order(
             order,
             "paid_after_close",

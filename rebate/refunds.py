@@ -62,10 +62,13 @@ from rebate.rules import OrderFacts, entitlement_after_refund
 from rebate.wallet import give_back
 from risk.profiles import note_refunded_after_rebate
 
+OPEN = (RefundStatus.PENDING, RefundStatus.ABNORMAL)  # may still move money: an abnormal refund WeChat may finish
+
 
 def _pending_total(order_id: int, exclude: int | None = None) -> int:
+    """What the order's open refunds (``OPEN``) may still take: not refundable again meanwhile."""
     stmt = select(func.coalesce(func.sum(Refund.amount_fen), 0)).where(
-        Refund.order_id == order_id, Refund.status == RefundStatus.PENDING
+        Refund.order_id == order_id, Refund.status.in_(OPEN)
     )
     if exclude is not None:
         stmt = stmt.where(Refund.id != exclude)
@@ -94,14 +97,16 @@ def begin_refund(order: Order, out_refund_no: str, amount_fen: int, reason: str 
 
 
 def fail_refund(out_refund_no: str, status: RefundStatus, now: datetime, why: str | None = None) -> Refund:
-    """WeChat closed the refund, it went abnormal, or WeChat refused it (``why``): nothing moves, the hold is
-    released, and an operator is told (a payment after close is still owed back: they refund it again)."""
+    """WeChat closed the refund, it went abnormal, or WeChat refused it (``why``): nothing moves and an operator is
+    told once. Closed or refused is final: the hold is released and the amount may be refunded again (a payment
+    after close is still owed back: they refund it again). Abnormal is not: WeChat may still finish it (after the
+    merchant resolves it at WeChat), so its amount stays reserved and the order's payouts held."""
     refund = db.session.execute(select(Refund).where(Refund.out_refund_no == out_refund_no)).scalar_one_or_none()
     if refund is None:
         raise NotFound(f"no refund {out_refund_no}", code="unknown_refund")
     order = db.session.get(Order, refund.order_id)
     lock_order(order.out_trade_no)
-    if refund.status != RefundStatus.PENDING:
+    if refund.status not in OPEN or refund.status == status:
         return refund
     refund.status, refund.finished_at = status, now
     text = f"refund {out_refund_no} of order {order.out_trade_no} is {status}" + (f": {why}" if why else "")
@@ -131,10 +136,19 @@ def apply_refund(
         refund = begin_refund(order, out_refund_no, amount_fen)
     if refund.status == RefundStatus.SUCCEEDED and refund.amount_fen == amount_fen:
         return refund  # told again
+    if refund.status in (RefundStatus.CLOSED, RefundStatus.FAILED):  # ended: its amount may have been refunded anew
+        raise StateConflict(
+            f"WeChat says refund {out_refund_no} succeeded; it was {refund.status} before", code="refund_state_mismatch"
+        )
     if refund.amount_fen != amount_fen:
         raise StateConflict(
             f"WeChat refunded {amount_fen} fen on {out_refund_no}; we asked {refund.amount_fen}",
             code="refund_amount_mismatch",
+        )
+    if order.refunded_fen + amount_fen > order.payable_fen:  # (a refund begun elsewhere is checked when begun)
+        raise Invalid(
+            f"refund {out_refund_no} of {amount_fen} fen would refund more than the {order.payable_fen} fen paid",
+            code="refund_amount",
         )
     refund.status, refund.finished_at, refund.refund_id = RefundStatus.SUCCEEDED, now, refund_id
     if order.paid_after_close:  # a payment given back: no sale, rebate, fee or packet to undo
@@ -174,7 +188,7 @@ def late_refund_no(order: Order, prefix: str) -> str:
     return f"{prefix}L{order.id}"
 
 
-def take_late_payment(order: Order, transaction_id: str, amount_fen: int, prefix: str) -> Refund:
+def take_late_payment(order: Order, transaction_id: str, amount_fen: int, paid_fen: int, prefix: str) -> Refund:
     """WeChat took ``amount_fen`` for ``order`` after it was closed here (the buyer paid while the close went out):
     no sale. The money is booked as owed back to the payer and a refund of all of it begun, which the refund job
     sends (``jobs.orders.query_stuck_refunds``: a refund WeChat has never heard of is sent under its number);
@@ -183,7 +197,7 @@ def take_late_payment(order: Order, transaction_id: str, amount_fen: int, prefix
     Direct mode: WeChat settled the money to us, ``wechat_settlement`` to ``payments_to_return`` (key
     ``order:<id>:paid_after_close``). Service-provider mode: it went to the merchant's own account at WeChat, outside
     the platform's books, and the refund comes from there: nothing is posted, the refund is begun all the same."""
-    order.transaction_id, order.paid_fen = transaction_id, amount_fen
+    order.transaction_id, order.paid_fen = transaction_id, paid_fen  # the buyer's part, as for any payment
     db.session.flush()  # before ``begin_refund`` reads the order again (locked already: no wait)
     if not order.sub_mchid:
         post(
@@ -350,7 +364,7 @@ def _void_discount(order: Order, refund: Refund) -> None:
 
 def _net_facts(order: Order) -> OrderFacts:
     net_paid = order.net_paid_fen
-    net_total = order.total_fen * net_paid // order.paid_fen if order.paid_fen else 0  # refunded in proportion
+    net_total = order.net_total_fen  # the goods value left, in proportion to what WeChat charged
     return OrderFacts(
         order_total_fen=net_total, paid_fen=net_paid, paid_at=order.paid_at, has_issuer=True, has_inviter=True
     )
@@ -436,6 +450,16 @@ def apply_refund_notice(
         return RefundOutcome.MISMATCH_FLAGGED
     if notice.sub_mchid is not None and notice.sub_mchid != order.sub_mchid:  # partner mode: named when told
         flag_order(order, "refund_mismatch", f"refund {notice.out_refund_no} is for sub_mchid {notice.sub_mchid!r}")
+        return RefundOutcome.MISMATCH_FLAGGED
+    if notice.total_fen is not None and notice.total_fen != order.payable_fen:
+        why = (
+            f"refund {notice.out_refund_no} names an order total of {notice.total_fen} fen; ours is {order.payable_fen}"
+        )
+        flag_order(order, "refund_mismatch", why)
+        return RefundOutcome.MISMATCH_FLAGGED
+    if notice.transaction_id and order.transaction_id and notice.transaction_id != order.transaction_id:
+        why = f"refund {notice.out_refund_no} names payment {notice.transaction_id}; ours is {order.transaction_id}"
+        flag_order(order, "refund_mismatch", why)
         return RefundOutcome.MISMATCH_FLAGGED
     try:
         with db.session.begin_nested():  # a refusal undoes only what this notice began

@@ -229,3 +229,29 @@ def test_the_days_refunds_count_the_buyers_part_as_sales_count_the_buyers_paymen
         )
 
     assert (figure(order.paid_at, "sales"), figure(refund.finished_at, "refunds")) == (80_00, 80_00)
+
+
+def test_an_order_total_rebate_keeps_the_goods_value_left_of_what_wechat_charged(
+    make_user, make_product, make_campaign
+):
+    # given: 8 % of the order total in points (50 yuan: 40 charged after a 10-yuan packet), all but 1 fen paid by a
+    # coupon (a cash rebate could not be more than the buyer paid: points can)
+    campaign = make_campaign(
+        {"roles": [{"role": "consumer", "rate_bps": 800, "form": "points", "cap_fen": 20_00, "base": "order_total"}]},
+        budget_limit_fen=100_00,
+        packet_amount_fen=10_00,
+    )
+    user = make_user()
+    packet = issue_packet(campaign, user, source="test", source_ref=f"total:{user.id}", now=utcnow())
+    db.session.commit()
+    order = create_order(user, [LineRequest(make_product(price_fen=50_00).id, 1)], packet.id, utcnow())
+    db.session.commit()
+    assert coupon_paid(order, order.payable_fen - 1) == "applied"
+    assert rebate_of(order).amount_fen == 4_00
+    # when: 1 fen of the 40 yuan charged is refunded
+    begin_refund(order, "R-ONE-FEN", 1)
+    apply_refund(order.out_trade_no, "R-ONE-FEN", 1, utcnow(), money=app_money())
+    db.session.commit()
+    # then: 8 % of the 49.98 yuan of goods left (not of the buyer's 0 fen left, scaled up)
+    assert order.net_total_fen == 49_98
+    assert rebate_of(order).amount_fen == 3_99

@@ -259,7 +259,8 @@ def test_a_payment_after_the_close_is_given_back_by_the_refund_job(app, new_orde
     late = db.session.get(Order, order["id"])
     close_order(late, utcnow())
     db.session.commit()
-    assert pay_as_wechat(late.out_trade_no, "4200000000000000042", late.payable_fen, utcnow()) == "paid_after_close"
+    paid_as = simulator(app).orders[late.out_trade_no]["transaction_id"]
+    assert pay_as_wechat(late.out_trade_no, paid_as, late.payable_fen, utcnow()) == "paid_after_close"
     db.session.commit()
     refund = db.session.execute(select(Refund).where(Refund.order_id == late.id)).scalar_one()
     refund.created_at = utcnow() - timedelta(minutes=5)

@@ -104,3 +104,53 @@ def test_a_missing_value_is_refused_before_anything_is_sent(app):
         precompiled.execute(db.session.connection(), {"a": 1, "b": 2, "c": 3})  # a name it has not: refused too
     assert [s for s in sent + sent_too if not s.startswith("BEGIN")] == []
     assert precompiled.execute(db.session.connection(), {"a": 1, "b": 2}).scalar_one() == 3
+
+
+def test_first_runs_it_on_the_driver_cursor_as_execute_would(app, make_user, make_campaign):
+    # given: the INSERT … RETURNING above, precompiled, and a connection already in its transaction
+    campaign = make_campaign({"roles": []})
+    user = make_user()
+    names = list(packet_values(0, 0, utcnow()))
+    columns = [PACKETS.c[n] for n in names]
+    statement = (
+        insert(PACKETS)
+        .from_select(
+            names + ["status"],
+            select(*[bindparam(n, type_=c.type) for n, c in zip(names, columns, strict=True)], literal("issued")),
+        )
+        .returning(PACKETS.c.id, PACKETS.c.amount_fen)
+    )
+    precompiled = Precompiled(statement, db.engine.dialect)
+    connection = db.session.connection()
+    first_values, second_values = (packet_values(campaign.id, user.id, utcnow()) for _ in range(2))
+
+    # when: it runs twice through ``first`` (the second reuses the row type made from the first description)
+    with statements() as sent:
+        one = precompiled.first(connection, first_values)
+        two = precompiled.first(connection, second_values)
+
+    # then: each statement was seen by the engine's listeners, and the rows are named as the statement says
+    assert [s for s in sent if not s.startswith("BEGIN")] == [precompiled.sql, precompiled.sql]
+    assert (one.amount_fen, two.amount_fen, two.id - one.id) == (5_00, 5_00, 1)
+    assert one._fields == ("id", "amount_fen")
+    assert db.session.get(RedPacket, two.id).categories == ["food", "drink"]
+
+
+def test_first_answers_none_without_a_row_and_raises_a_driver_error_as_sqlalchemy_does(app):
+    from sqlalchemy.exc import DBAPIError
+
+    nothing = Precompiled(
+        select(PACKETS.c.id).where(PACKETS.c.id == bindparam("id", type_=PACKETS.c.id.type)), db.engine.dialect
+    )
+    divided = Precompiled(
+        select(bindparam("a", type_=PACKETS.c.amount_fen.type) / bindparam("b", type_=PACKETS.c.amount_fen.type)),
+        db.engine.dialect,
+    )
+    with db.engine.connect() as connection:
+        auto = connection.execution_options(isolation_level="AUTOCOMMIT")
+        assert nothing.first(auto, {"id": -1}) is None
+        if db.engine.dialect.name == "postgresql":  # SQLite answers NULL for a division by zero
+            with pytest.raises(DBAPIError) as failed:
+                divided.first(auto, {"a": 1, "b": 0})
+            assert failed.value.orig.sqlstate == "22012"
+        assert tuple(divided.first(auto, {"a": 6, "b": 3})) in ((2,), (2.0,))  # the connection is still usable

@@ -305,7 +305,7 @@ def test_two_pending_refunds_keep_the_hold_until_both_finish(story):
     begin_refund(order, "R2", 10_00)
     db.session.commit()
 
-    fail_refund("R1", "abnormal", utcnow())
+    fail_refund("R1", "closed", utcnow())
     db.session.commit()
     db.session.refresh(payout)
     assert payout.held is True, "R2 is still pending"
