@@ -223,7 +223,7 @@ def _loser_campaign(
     points ("reading credit") for a reading challenge."""
     form = Form.POINTS if challenge.kind == ChallengeKind.READING else Form.BALANCE
     campaign = Campaign(
-        name=f"challenge {challenge.id} · user {payer}"[:64],
+        name=f"challenge {challenge.id} · a loser's packets",  # public (its rules page): never a person's id
         status=CampaignStatus.ACTIVE,
         issuer_type=IssuerType.USER,
         issuer_user_id=payer,

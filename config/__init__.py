@@ -309,7 +309,8 @@ SETTINGS: tuple[Setting, ...] = (
         "MANUAL_PAYOUT_APPROVAL_FEN",
         50_000,
         _positive_int,
-        doc="Manual payouts from this amount need a second operator's approval.",
+        doc="Manual payouts from this amount need a second operator's approval; so does one that brings what its "
+        "operator, or anyone, paid its person without approval in the last 24 hours to this amount.",
     ),
     Setting("PAYOUT_MAX_ATTEMPTS", 8, _positive_int, doc="Calls before a payout goes to an operator."),
     Setting(
@@ -355,6 +356,13 @@ SETTINGS: tuple[Setting, ...] = (
         "rate). A rail reaches its rate when this is at least rate × WeChat's answer time (100/s × 0.15 s = 15).",
     ),
     Setting("ALERT_WEBHOOK_URL", None, doc="Alerts are also posted here (a WeCom group robot URL, say)."),
+    Setting(
+        "METRICS_TOKEN",
+        None,
+        doc="When set, `/metrics` answers only `Authorization: Bearer <this>` (Prometheus' `authorization` "
+        "setting); unset, it is open, for a scraper on a private network.",
+        secret=True,
+    ),
     # risk: collusion communities and spike alerts
     Setting(
         "RISK_GRAPH_DAYS",

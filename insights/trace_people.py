@@ -59,8 +59,9 @@ def trace_user(user: User, words: Words, *, limit: int = 20, merchant_id: int | 
             "id": user.id,
             "status": user.status if merchant_id is None else ("active" if user.is_active else "restricted"),
             "banned_reason": user.banned_reason if merchant_id is None else None,
-            "inviter_id": user.inviter_id,
-            "invited_at": _iso(user.invited_at),
+            # who invited whom is the platform's (its referral graph), not a shop's
+            "inviter_id": user.inviter_id if merchant_id is None else None,
+            "invited_at": _iso(user.invited_at) if merchant_id is None else None,
             "created_at": user.created_at.isoformat(),
         },
         "limit": limit,
@@ -88,7 +89,7 @@ def _claim_refusals(user_id: int, merchant_id: int | None, limit: int) -> list[C
 def _user_line(user: User, reason: bool = True) -> str:
     status = user.status if reason else ("active" if user.is_active else "restricted")
     text = f"User #{user.id} ({status}), joined {when(user.created_at)}"
-    if user.inviter_id is not None:
+    if user.inviter_id is not None and reason:
         text += f", invited by user #{user.inviter_id} on {when(user.invited_at or user.created_at)}"
     if user.banned_reason and reason:
         text += f"; banned: {user.banned_reason}"
@@ -109,6 +110,10 @@ def _user_packets(user_id: int, merchant_id: int | None):
 def _user_rebates(user_id: int, merchant_id: int | None):
     mine = (Rebate.beneficiary_type == "user") & (Rebate.beneficiary_id == user_id)
     stmt = select(Rebate).join(Order, Order.id == Rebate.order_id).where(or_(Order.user_id == user_id, mine))
+    if merchant_id is not None:  # its own campaigns' rebates: the platform's (referrals, challenges) are not its
+        stmt = stmt.join(Campaign, Campaign.id == Rebate.campaign_id).where(
+            or_(Campaign.funder_merchant_id == merchant_id, Campaign.issuer_merchant_id == merchant_id)
+        )
     return _at_merchant(stmt, merchant_id).order_by(Rebate.id.desc())
 
 

@@ -173,8 +173,11 @@ def issue_operator_token(operator: Operator, label: str = "", ttl: timedelta | N
 
 
 def create_operator_record(username: str, display_name: str, role: str, merchant_id: int | None) -> Operator:
-    """The operator row alone (the command line's bootstrap; the database keeps the scope rule too)."""
-    exists = db.session.execute(select(func.count()).where(Operator.username == username)).scalar_one()
+    """The operator row alone (the command line's bootstrap; the database keeps the scope rule too). A username
+    differing only in case from another is the same name to a reader of the audit log: refused too."""
+    exists = db.session.execute(
+        select(func.count()).where(func.lower(Operator.username) == username.lower())
+    ).scalar_one()
     if exists:
         raise DuplicateOperator(f"operator {username!r} exists")
     operator = Operator(username=username, display_name=display_name, role=role, merchant_id=merchant_id)

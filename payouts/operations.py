@@ -6,12 +6,12 @@ cancel is done by the caller with no transaction open, then recorded here).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from ledger import account, balance
-from models import AccountKind, Order, Payout, PayoutStatus, Rail, User, db
+from models import AccountKind, Operator, Order, Payout, PayoutStatus, Rail, User, db, utcnow
 from payouts.outbox import enqueue_payout
 from payouts.settings import MoneySettings
 from payouts.transitions import PayoutStateError, mark_returned, mark_succeeded, move
@@ -191,10 +191,15 @@ def manual_payout(
 ) -> Payout:
     """A goodwill payout straight from the platform fund (a rejected one goes back there).
 
-    From ``approval_from_fen`` it waits, as needs_operator, for a second operator's approval.
+    From ``approval_from_fen`` it waits, as needs_operator, for a second operator's approval; so does one that
+    brings what this operator, or anyone, paid this person without a second operator's approval in the last
+    ``SPLIT_WINDOW`` to that much (three payouts just under the limit are one payout that needs approval). The
+    operator's and the person's rows are locked first (in that order): two at once add up too.
     """
     fund = account(AccountKind.PLATFORM_MARKETING_FUND)
     needs_approval = amount_fen >= approval_from_fen
+    if not needs_approval:
+        needs_approval = amount_fen + _unapproved_recently(operator_id, user.id) >= approval_from_fen
     return enqueue_payout(
         rail=rail,
         user_id=user.id,
@@ -206,6 +211,29 @@ def manual_payout(
         created_by_operator_id=operator_id,
         status=S.NEEDS_OPERATOR if needs_approval else S.PENDING,
         last_error="waiting for a second operator's approval" if needs_approval else None,
+    )
+
+
+SPLIT_WINDOW = timedelta(hours=24)
+
+
+def _unapproved_recently(operator_id: int, user_id: int) -> int:
+    """Manual payouts of the last ``SPLIT_WINDOW`` no second operator approved, by this operator or to this person,
+    that are on their way or paid; their rows locked first."""
+    db.session.execute(select(Operator.id).where(Operator.id == operator_id).with_for_update())
+    db.session.execute(select(User.id).where(User.id == user_id).with_for_update())
+    since = utcnow() - SPLIT_WINDOW
+    return int(
+        db.session.execute(
+            select(func.coalesce(func.sum(Payout.amount_fen), 0)).where(
+                Payout.created_by_operator_id.is_not(None),
+                Payout.approved_by_operator_id.is_(None),
+                # cancelled, or waiting for an operator (an approval among them): none of it has left
+                Payout.status.not_in([PayoutStatus.CANCELLED, PayoutStatus.NEEDS_OPERATOR]),
+                Payout.created_at >= since,
+                or_(Payout.created_by_operator_id == operator_id, Payout.user_id == user_id),
+            )
+        ).scalar_one()
     )
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from models import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType, RedPacket, db
+from sqlalchemy import select
+
+from models import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType, Merchant, RedPacket, db
 from models.operators import Actor, audit
 from models.triggers import PLATFORM_WIDE, Trigger
 from rebate.campaigns import rules_of
@@ -169,6 +171,29 @@ def check_deposit(campaign: Campaign) -> None:
         )
 
 
+def refuse_suspended_merchants(merchant_ids) -> None:
+    """A banned merchant's campaigns stay paused and get no new packets while the ban is in force (409)."""
+    named = [m for m in merchant_ids if m is not None]
+    if not named:
+        return
+    suspended = (
+        db.session.execute(
+            select(Merchant.id).where(Merchant.id.in_(named), Merchant.status == "suspended").order_by(Merchant.id)
+        )
+        .scalars()
+        .all()
+    )
+    if suspended:
+        raise StateConflict(
+            f"merchant {suspended[0]} is suspended by a ban: its campaigns stay paused until it is lifted",
+            code="merchant_suspended",
+        )
+
+
+def _merchants_of(campaign: Campaign) -> tuple:
+    return campaign.issuer_merchant_id, campaign.funder_merchant_id, campaign.packet_merchant_id
+
+
 def transition(actor: Actor, campaign_id: int, action: str, reason: str, *, service_provider: bool = False) -> Campaign:
     """Activate, pause (stops issuing and awarding at once) or end a campaign.
 
@@ -187,6 +212,7 @@ def transition(actor: Actor, campaign_id: int, action: str, reason: str, *, serv
     elif target == CampaignStatus.ACTIVE:
         refuse_deposit_campaign_in_direct_mode(campaign)
     if target == CampaignStatus.ACTIVE:
+        refuse_suspended_merchants(_merchants_of(campaign))
         check_deposit(campaign)
     campaign.status = target
     audit(actor, f"campaign.{action}", "campaign", campaign.id, reason)
@@ -239,6 +265,7 @@ def _jsonable(value):
 def issue_batch(actor: Actor, campaign_id: int, count: int, reason: str, now: datetime) -> list[RedPacket]:
     """N unclaimed packets with unique, unguessable claim codes (budget reserved at claim)."""
     campaign = visible_campaign(actor.operator, campaign_id)
+    refuse_suspended_merchants(_merchants_of(campaign))
     packets = generate_batch(campaign, count, now, batch_ref=f"{actor.operator.id}:{now.timestamp()}")
     audit(actor, "campaign.batch", "campaign", campaign.id, reason, count=count)
     db.session.flush()

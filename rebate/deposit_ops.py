@@ -163,6 +163,10 @@ def _pending(actor: Actor, proposal_id: int) -> DepositProposal:
 
 
 def _decide(actor: Actor, proposal: DepositProposal, status: ProposalStatus, reason: str) -> None:
-    proposal.status, proposal.decided_by, proposal.decided_at = status, actor.operator.id, utcnow()
-    proposal.decision_reason = reason
+    """``decided_by`` is the second pair of eyes (never the proposer: a CHECK); a proposer withdrawing their own
+    proposal decides nothing for anyone: it is closed with no decider, and the audit line names them."""
+    withdrawn = status == ProposalStatus.REJECTED and actor.operator.id == proposal.proposed_by
+    proposal.status, proposal.decided_at = status, utcnow()
+    proposal.decided_by = None if withdrawn else actor.operator.id
+    proposal.decision_reason = (f"withdrawn by its proposer: {reason}" if withdrawn else reason)[:200]
     db.session.flush()

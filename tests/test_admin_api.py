@@ -191,10 +191,11 @@ def test_create_operator_refuses(client, admin, make_merchant, extra, status, co
     assert table_counts() == before
 
 
-def test_duplicate_operator_is_409(client, admin):
+@pytest.mark.parametrize("same", [str, str.upper])  # FIN1 beside fin1 would read as one person in the audit log
+def test_duplicate_operator_is_409(client, admin, same):
     operator, headers = admin
     before = table_counts()
-    body = {"username": operator.username, "display_name": "X", "role": "support", "reason": "again"}
+    body = {"username": same(operator.username), "display_name": "X", "role": "support", "reason": "again"}
     response = client.post("/admin/api/operators", json=body, headers=headers)
     assert response.status_code == 409
     assert response.json["error"] == "duplicate_operator"

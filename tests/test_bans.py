@@ -217,3 +217,54 @@ def test_an_ip_ban_is_kept_normalised(client, admin):
     assert (made["value"], single["value"]) == ("2001:db8:1::/48", "10.1.2.3")
     found = client.get("/admin/api/bans?subject=net&value=2001:db8:1:0::/48", headers=admin).get_json()["items"]
     assert [b["id"] for b in found] == [made["id"]]
+
+
+def test_a_banned_merchants_staff_may_look_but_not_act_and_nobody_resumes_its_campaigns(
+    client, admin, make_operator, make_campaign
+):
+    # given: a merchant's own campaign, its staff, and a ban on the merchant (which pauses the campaign)
+    operator, staff = make_operator("merchant_staff")
+    shop_id = operator.merchant_id
+    own = make_campaign(
+        RULES,
+        issuer_type="merchant",
+        issuer_merchant_id=shop_id,
+        funder_type="merchant_deposit",
+        funder_merchant_id=shop_id,
+        packet_amount_fen=1_00,
+        budget_limit_fen=10_00,
+    )
+    made = ban(client, admin, "merchant", str(shop_id), "orders from its own accounts").get_json()
+    key = iter(range(100))
+
+    def post(headers, path, body):
+        return client.post(path, json=body, headers={**headers, "Idempotency-Key": f"k-{next(key)}"})
+
+    # when / then: its staff read, but every write is refused, whatever it is
+    assert client.get(f"/admin/api/campaigns/{own.id}", headers=staff).status_code == 200
+    for path, body in [
+        (f"/admin/api/campaigns/{own.id}/activate", {"reason": "resume"}),
+        (f"/admin/api/campaigns/{own.id}/packets/batch", {"count": 1, "reason": "more"}),
+    ]:
+        refused = post(staff, path, body)
+        assert (refused.status_code, refused.get_json()["error"]) == (403, "merchant_suspended")
+    patched = client.patch(
+        f"/admin/api/campaigns/{own.id}",
+        json={"budget_limit_fen": 20_00, "reason": "more"},
+        headers={**staff, "Idempotency-Key": "k-patch"},
+    )
+    assert (patched.status_code, patched.get_json()["error"]) == (403, "merchant_suspended")
+    # and the platform's operators cannot resume its campaign or mint its codes while the ban holds
+    for path, body in [
+        (f"/admin/api/campaigns/{own.id}/activate", {"reason": "resume"}),
+        (f"/admin/api/campaigns/{own.id}/packets/batch", {"count": 1, "reason": "more"}),
+    ]:
+        refused = post(admin, path, body)
+        assert (refused.status_code, refused.get_json()["error"]) == (409, "merchant_suspended")
+    db.session.expire_all()
+    assert db.session.get(Campaign, own.id).status == "paused"
+    assert db.session.execute(select(RedPacket).where(RedPacket.campaign_id == own.id)).first() is None
+    # once lifted, the ban no longer stands in the way (its deposit decides, as for any activation)
+    lift(client, admin, made["id"])
+    resumed = post(staff, f"/admin/api/campaigns/{own.id}/activate", {"reason": "resume"})
+    assert resumed.status_code == 200 or resumed.get_json()["error"] not in ("merchant_suspended",)

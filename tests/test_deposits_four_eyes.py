@@ -87,6 +87,22 @@ def test_a_rejected_proposal_moves_nothing_and_cannot_be_approved(client, make_o
     assert late.status_code == 409 and deposit(shop.id) == 0
 
 
+def test_the_proposer_may_withdraw_their_own_proposal(client, make_operator, make_merchant):
+    finance, finance_h = make_operator("finance")
+    _, admin_h = make_operator("admin")
+    shop = make_merchant()
+    pid = propose(client, finance_h, shop.id).json["id"]
+
+    withdrawn = decide(client, finance_h, pid, "reject")
+    late = decide(client, admin_h, pid)
+
+    assert withdrawn.status_code == 200, withdrawn.json
+    assert (withdrawn.json["status"], withdrawn.json["decided_by"]) == ("rejected", None)
+    assert late.status_code == 409 and deposit(shop.id) == 0
+    audit = db.session.execute(select(AuditLog).where(AuditLog.action == "merchant.deposit_reject")).scalar_one()
+    assert audit.operator_id == finance.id
+
+
 def test_pending_proposals_are_listed_and_merchant_staff_see_their_own_only(client, make_operator, make_merchant):
     _, finance_h = make_operator("finance")
     _, admin_h = make_operator("admin")

@@ -256,3 +256,17 @@ def test_callback_with_unknown_state_is_refused(client, no_network):  # noqa: F8
     response = client.get("/oauth/callback", query_string={"code": "oauth-1", "state": "nope"})
     assert response.status_code == 400
     assert count(User) == 0
+
+
+def test_a_callback_link_from_a_login_started_in_another_browser_is_refused(app, client, no_network):  # noqa: F811
+    # given: mallory starts a sign-in and approves it with her own WeChat account, then sends the callback link
+    state = parse_qs(urlsplit(authorize(client, next="/me").split("#")[0]).query)["state"][0]
+    code = simulator(app).issue_oauth_code("mallory")
+    victim = app.test_client()  # another browser: it never started that sign-in
+    # when: the victim opens the link
+    response = victim.get("/oauth/callback", query_string={"code": code, "state": state})
+    # then: refused, nobody signed in, and the state is still mallory's to finish in her own browser
+    assert (response.status_code, response.json["error"]) == (400, "invalid_oauth_state")
+    assert "token" not in response.headers.get("Location", "")
+    assert count(User) == 0
+    assert client.get("/oauth/callback", query_string={"code": code, "state": state}).status_code == 302

@@ -249,3 +249,17 @@ def test_cli_duplicate_username_fails(app):
     db.session.rollback()
     assert db.session.execute(select(func.count(Operator.id))).scalar_one() == 1
     assert db.session.execute(select(func.count(AuditLog.id))).scalar_one() == 1
+
+
+def test_metrics_with_a_token_set_answer_only_its_holder(app, client):
+    app.config["METRICS_TOKEN"] = "scrape-me"
+    try:
+        refused = [
+            client.get("/metrics", headers=h).status_code
+            for h in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer scrape-me-too"})
+        ]
+        allowed = client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+    finally:
+        app.config["METRICS_TOKEN"] = None
+    assert refused == [401, 401, 401]
+    assert allowed.status_code == 200 and b"http_requests_total" in allowed.data

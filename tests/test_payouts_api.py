@@ -723,6 +723,25 @@ def test_threshold_follows_the_setting(app, client, make_user, admin):
     assert manual(client, headers, user, 1_000).json["status"] == "needs_operator"
 
 
+def test_manual_payouts_split_under_the_threshold_add_up_to_it(app, client, make_user, make_operator, admin):
+    # given: approval from 10 yuan; one operator pays a person three times 4 yuan
+    app.config["MANUAL_PAYOUT_APPROVAL_FEN"] = 1_000
+    _, headers = admin
+    amy, bob = make_user(), make_user()
+    assert [manual(client, headers, amy, 400).json["status"] for _ in range(3)] == [
+        "pending",
+        "pending",
+        "needs_operator",  # 12 yuan in a day: one payout that needs a second pair of eyes
+    ]
+    # the same operator to someone else: the 8 yuan it paid unapproved still count
+    assert manual(client, headers, bob, 300).json["status"] == "needs_operator"
+    # another operator to amy: what amy was paid unapproved counts too
+    _, other = make_operator("admin")
+    assert manual(client, other, amy, 300).json["status"] == "needs_operator"
+    # another operator to a third person: nothing of theirs counts
+    assert manual(client, other, make_user(), 999).json["status"] == "pending"
+
+
 def test_a_manual_payout_waiting_for_approval_can_be_cancelled_back_to_the_fund(app, client, make_user, admin):
     _, headers = admin
     user = make_user()

@@ -292,6 +292,36 @@ def test_merchant_staff_see_only_their_shop_in_a_customers_trace(
     assert elsewhere.id in [o["id"] for o in trace(client, "users", trial["carol"].id, admin).json["orders"]]
 
 
+def test_merchant_staff_see_neither_the_platforms_rebates_nor_who_invited_their_customer(
+    client, make_operator, make_campaign, make_user, make_product, trial, pay
+):
+    # given: the platform pays inviters; a customer invited by dave orders at the shop
+    make_campaign(
+        {
+            "applies_to": "referral",
+            "roles": [{"role": "inviter", "rate_bps": 1000, "form": "balance", "cap_fen": 9_00}],
+        },
+        name="platform referral",
+        budget_limit_fen=100_00,
+    )
+    dave = make_user()
+    erin = make_user(inviter=dave)
+    pay(buy(erin, make_product(trial["shop"], price_fen=30_00)))
+    _, own = make_operator("merchant_staff", merchant=trial["shop"])
+    _, admin = make_operator("admin")
+
+    mine, everything = (trace(client, "users", erin.id, h).json for h in (own, admin))
+
+    assert (everything["user"]["inviter_id"], mine["user"]["inviter_id"], mine["user"]["invited_at"]) == (
+        dave.id,
+        None,
+        None,
+    )
+    assert [r["role"] for r in everything["rebates"]] == ["inviter"]
+    assert mine["rebates"] == []
+    assert not any(f"#{dave.id}" in line for line in mine["lines"])
+
+
 def test_unknown_objects_are_404(client, admin):
     for kind in ("orders", "packets", "users"):
         assert trace(client, kind, 999_999, admin).status_code == 404

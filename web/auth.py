@@ -9,9 +9,12 @@ from flask import current_app, g, request
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import bindparam, select
 
-from models import Operator, OperatorToken, User, db, utcnow
+from models import Merchant, Operator, OperatorToken, User, db, utcnow
 from models.operators import issue_operator_token, token_digest  # noqa: F401 - also this module's API
 from web.errors import Forbidden, Unauthorized
+
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
+SUSPENDED = "suspended"  # ``merchants.status`` while a ban on the merchant is in force (``rebate.ban_ops``)
 
 # Built once: ``session.get`` builds its primary-key query on every call, a third of a claim's CPU in a profile.
 _USER_BY_ID = select(User).where(User.id == bindparam("uid"))
@@ -119,4 +122,8 @@ def current_operator(roles: tuple[str, ...] = ()) -> Operator:
         g.operator = operator_token(_bearer()).operator
     if roles and g.operator.role not in roles:
         raise Forbidden(f"role {g.operator.role} may not do this", code="role_forbidden")
+    if g.operator.merchant_id is not None and request.method not in READS:
+        merchant = db.session.get(Merchant, g.operator.merchant_id)
+        if merchant is not None and merchant.status == SUSPENDED:  # banned: its staff may look, not act
+            raise Forbidden("your merchant is suspended: read-only until its ban is lifted", code="merchant_suspended")
     return g.operator

@@ -9,6 +9,7 @@ the code, then write the user and commit).
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from datetime import timedelta
 from typing import Annotated
@@ -34,6 +35,7 @@ from wechat.errors import WeChatError
 bp = Blueprint("login", __name__)
 
 STATE_TTL = timedelta(minutes=10)
+STATE_COOKIE = "oauth_state"  # the state of the sign-in this browser started (``oauth_authorize``)
 SCOPES = ("snsapi_base", "snsapi_userinfo")
 
 
@@ -178,7 +180,19 @@ def oauth_authorize():
     )
     db.session.commit()
     redirect_uri = wechat().public_base_url + "/oauth/callback"
-    return redirect(client.authorize_url(redirect_uri, scope=scope, state=state))
+    response = redirect(client.authorize_url(redirect_uri, scope=scope, state=state))
+    # The state is this browser's: a callback link made from someone else's login (a login CSRF: the victim signed
+    # in as the attacker) lacks the cookie. Lax: WeChat's redirect back is a top-level navigation, which carries it.
+    response.set_cookie(
+        STATE_COOKIE,
+        state,
+        max_age=int(STATE_TTL.total_seconds()),
+        path="/oauth/callback",
+        secure=wechat().public_base_url.startswith("https://"),
+        httponly=True,
+        samesite="Lax",
+    )
+    return response
 
 
 def _consume_state(state: str) -> OAuthState:
@@ -215,6 +229,10 @@ def oauth_callback():
     code, state = request.args.get("code", ""), request.args.get("state", "")
     if not code or not state or len(state) > 64:
         raise ValidationFailed("code and state are required", code="invalid_oauth_callback")
+    if not hmac.compare_digest(request.cookies.get(STATE_COOKIE, "").encode(), state.encode()):
+        raise ApiError(
+            "this sign-in was not started in this browser; start again", code="invalid_oauth_state", status=400
+        )
 
     def consume() -> tuple[str, str]:  # committed before the call: a replayed callback finds it used
         row = _consume_state(state)

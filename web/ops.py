@@ -8,6 +8,7 @@ client: every worker then writes its counts to files there (the client's multipr
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import time
@@ -80,10 +81,18 @@ def livez():
 @documented(
     summary="Prometheus metrics (of every worker of this node in multiprocess mode)",
     responses={
-        "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        "401": {"description": "METRICS_TOKEN is set and the request does not carry it"},
     },
 )
 def metrics():
+    """The counters say how many refunds, payouts and sign-ins there were: with ``METRICS_TOKEN`` only its holder
+    reads them."""
+    token = current_app.config.get("METRICS_TOKEN")
+    if token and not hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
+        return Response(
+            "metrics need the scraper's token\n", status=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'}
+        )
     return Response(generate_latest(current_app.extensions["metrics"].collected()), content_type=METRICS_CONTENT_TYPE)
 
 
