@@ -56,23 +56,33 @@ def coupon_paid(order: Order, coupon_fen: int) -> str:
     return outcome
 
 
+def signed_coupon_payment(app, client, order: Order, payer_total: int) -> Order:
+    """WeChat's signed notification that ``order`` was paid, ``payer_total`` of it by the buyer (a coupon the rest)."""
+    paid = transaction_resource(app, order)
+    paid["amount"] = {**paid["amount"], "payer_total": payer_total}
+    assert deliver(client, app, paid).status_code == 204
+    db.session.rollback()
+    return db.session.get(Order, order.id)
+
+
+def signed_coupon_refund(app, client, order: Order, number: str, fen: int, payer_refund: int) -> int:
+    """WeChat's signed REFUND.SUCCESS of ``fen`` (``payer_refund`` of it to the buyer); the answer's status."""
+    told = refund_resource(app, order, number, fen)
+    told["amount"] = {**told["amount"], "payer_total": order.paid_fen, "payer_refund": payer_refund}
+    return deliver_refund(client, app, told).status_code
+
+
 def test_a_coupon_paid_order_is_refunded_whole_through_signed_callbacks(app, client, make_order, no_network):
     # given: 100 yuan charged, 80 paid by the buyer and 20 by a WeChat Pay coupon
     order = make_order(100_00)
-    paid = transaction_resource(app, order)
-    paid["amount"] = {**paid["amount"], "payer_total": 80_00}
-    assert deliver(client, app, paid).status_code == 204
-    db.session.rollback()
-    order = db.session.get(Order, order.id)
+    order = signed_coupon_payment(app, client, order, 80_00)
     assert (order.payable_fen, order.paid_fen) == (100_00, 80_00)
     begin_refund(order, "R-COUPON-ALL", 100_00, "returned")  # all of what WeChat charged: allowed now
     db.session.commit()
-    told = refund_resource(app, order, "R-COUPON-ALL", 100_00)
-    told["amount"] = {**told["amount"], "payer_total": 80_00, "payer_refund": 80_00}
     # when
-    answer = deliver_refund(client, app, told)
+    answer = signed_coupon_refund(app, client, order, "R-COUPON-ALL", 100_00, payer_refund=80_00)
     # then
-    assert answer.status_code == 204
+    assert answer == 204
     db.session.rollback()
     done = db.session.get(Order, order.id)
     assert (done.status, done.refunded_fen, done.net_paid_fen) == ("refunded", 100_00, 0)
@@ -84,15 +94,9 @@ def test_a_coupon_paid_order_is_refunded_whole_through_signed_callbacks(app, cli
 
 def test_a_refund_of_a_coupon_paid_order_started_at_wechat_is_applied_not_flagged(app, client, make_order, no_network):
     order = make_order(100_00)
-    paid = transaction_resource(app, order)
-    paid["amount"] = {**paid["amount"], "payer_total": 80_00}
-    assert deliver(client, app, paid).status_code == 204
-    db.session.rollback()
-    order = db.session.get(Order, order.id)
-    told = refund_resource(app, order, "MERCHANT-PLATFORM-1", 90_00)  # begun at the merchant platform
-    told["amount"] = {**told["amount"], "payer_total": 80_00, "payer_refund": 72_00}
-
-    assert deliver_refund(client, app, told).status_code == 204
+    order = signed_coupon_payment(app, client, order, 80_00)
+    # begun at the merchant platform
+    assert signed_coupon_refund(app, client, order, "MERCHANT-PLATFORM-1", 90_00, payer_refund=72_00) == 204
 
     db.session.rollback()
     done = db.session.get(Order, order.id)
@@ -209,14 +213,8 @@ def test_the_days_refunds_count_the_buyers_part_as_sales_count_the_buyers_paymen
     from insights.rollups import beijing_day, roll_up_day
 
     order = make_order(100_00)
-    paid = transaction_resource(app, order)
-    paid["amount"] = {**paid["amount"], "payer_total": 80_00}
-    assert deliver(client, app, paid).status_code == 204
-    db.session.rollback()
-    order = db.session.get(Order, order.id)
-    told = refund_resource(app, order, "MERCHANT-PLATFORM-2", 100_00)
-    told["amount"] = {**told["amount"], "payer_total": 80_00, "payer_refund": 80_00}
-    assert deliver_refund(client, app, told).status_code == 204
+    order = signed_coupon_payment(app, client, order, 80_00)
+    assert signed_coupon_refund(app, client, order, "MERCHANT-PLATFORM-2", 100_00, payer_refund=80_00) == 204
     db.session.rollback()
     order = db.session.get(Order, order.id)
 

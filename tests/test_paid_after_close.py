@@ -56,6 +56,14 @@ def closed(make_order, price_fen: int = 10_000) -> Order:
     return order
 
 
+def paid_late(app, client, make_order) -> Order:
+    """A closed order of 100 yuan, then WeChat's signed notification that it was paid."""
+    order = closed(make_order)
+    assert deliver(client, app, transaction_resource(app, order)).status_code == 204
+    db.session.rollback()
+    return db.session.get(Order, order.id)
+
+
 def owed() -> tuple[int, int]:
     """(owed back to payers, the settlement account's mirror of money at WeChat)."""
     return balance(OWED), balance(SETTLEMENT)
@@ -96,10 +104,7 @@ def test_a_signed_payment_after_the_close_is_booked_owed_back_and_its_refund_beg
 
 
 def test_the_refund_of_a_late_payment_takes_the_money_back_out_once(app, client, make_order, no_network):
-    order = closed(make_order)
-    assert deliver(client, app, transaction_resource(app, order)).status_code == 204
-    db.session.rollback()
-    order = db.session.get(Order, order.id)
+    order = paid_late(app, client, make_order)
     resource = refund_resource(app, order, late_refund_no(order), 10_000)
 
     first = deliver_refund(client, app, resource)
@@ -117,10 +122,7 @@ def test_the_refund_of_a_late_payment_takes_the_money_back_out_once(app, client,
 
 
 def test_a_late_refund_told_with_another_amount_is_flagged_and_moves_nothing(app, client, make_order, no_network):
-    order = closed(make_order)
-    assert deliver(client, app, transaction_resource(app, order)).status_code == 204
-    db.session.rollback()
-    order = db.session.get(Order, order.id)
+    order = paid_late(app, client, make_order)
 
     answer = deliver_refund(client, app, refund_resource(app, order, late_refund_no(order), 9_000))
 
@@ -212,10 +214,7 @@ def test_the_trade_bill_agrees_with_a_late_payment_and_its_refund(app, make_orde
 
 
 def test_the_days_figures_count_no_sale_and_no_refund_for_a_late_payment(app, client, make_order, no_network):
-    order = closed(make_order)
-    assert deliver(client, app, transaction_resource(app, order)).status_code == 204
-    db.session.rollback()
-    order = db.session.get(Order, order.id)
+    order = paid_late(app, client, make_order)
     assert deliver_refund(client, app, refund_resource(app, order, late_refund_no(order), 10_000)).status_code == 204
     db.session.rollback()
     refund = db.session.execute(select(Refund)).scalar_one()

@@ -38,20 +38,25 @@ def packet_values(campaign_id: int, owner_id: int, now) -> dict:
     }
 
 
-def test_it_sends_what_execute_would_and_the_types_process_the_values(app, make_user, make_campaign):
-    # given: an INSERT … RETURNING with typed values (JSON, UTCDateTime), a literal, and its precompiled form
-    campaign = make_campaign({"roles": []})
-    user = make_user()
+def packet_insert(*returning):
+    """An INSERT of an issued packet from typed values (``packet_values``' names), RETURNING ``returning``."""
     names = list(packet_values(0, 0, utcnow()))
     columns = [PACKETS.c[n] for n in names]
-    statement = (
+    return (
         insert(PACKETS)
         .from_select(
             names + ["status"],
             select(*[bindparam(n, type_=c.type) for n, c in zip(names, columns, strict=True)], literal("issued")),
         )
-        .returning(PACKETS.c.id, PACKETS.c.status)
+        .returning(*returning)
     )
+
+
+def test_it_sends_what_execute_would_and_the_types_process_the_values(app, make_user, make_campaign):
+    # given: an INSERT … RETURNING with typed values (JSON, UTCDateTime), a literal, and its precompiled form
+    campaign = make_campaign({"roles": []})
+    user = make_user()
+    statement = packet_insert(PACKETS.c.id, PACKETS.c.status)
     precompiled = Precompiled(statement, db.engine.dialect)
     beijing_now = utcnow().astimezone(timezone(timedelta(hours=8)))  # the type stores it as UTC
     values = packet_values(campaign.id, user.id, beijing_now)
@@ -110,16 +115,7 @@ def test_first_runs_it_on_the_driver_cursor_as_execute_would(app, make_user, mak
     # given: the INSERT … RETURNING above, precompiled, and a connection already in its transaction
     campaign = make_campaign({"roles": []})
     user = make_user()
-    names = list(packet_values(0, 0, utcnow()))
-    columns = [PACKETS.c[n] for n in names]
-    statement = (
-        insert(PACKETS)
-        .from_select(
-            names + ["status"],
-            select(*[bindparam(n, type_=c.type) for n, c in zip(names, columns, strict=True)], literal("issued")),
-        )
-        .returning(PACKETS.c.id, PACKETS.c.amount_fen)
-    )
+    statement = packet_insert(PACKETS.c.id, PACKETS.c.amount_fen)
     precompiled = Precompiled(statement, db.engine.dialect)
     connection = db.session.connection()
     first_values, second_values = (packet_values(campaign.id, user.id, utcnow()) for _ in range(2))
