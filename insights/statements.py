@@ -49,6 +49,7 @@ from models import (
     ShareStatus,
     db,
 )
+from models.orders import OPEN_REFUNDS
 from models.rebates import SHARE_DEBT
 from money import format_yuan
 from rebate.fees import billed_unpaid, carried_forward, credit_given_back, month_bounds
@@ -447,7 +448,7 @@ def _in_flight(merchant_id: int, accounts: dict[str, LedgerAccount]) -> dict:
         .join(Order, Order.id == Refund.order_id)
         .where(
             Order.merchant_id == merchant_id,
-            Refund.status == RefundStatus.PENDING,
+            Refund.status.in_(OPEN_REFUNDS),  # an abnormal one may still take the money
             Order.status != OrderStatus.CLOSED,  # a payment after close given back: never the merchant's sale
         )
         .order_by(Refund.id)

@@ -164,6 +164,10 @@ class RefundStatus(StrEnum):
     FAILED = "failed"
 
 
+# Refunds that may still move money: pending, and abnormal (WeChat finishes one once the merchant resolves it there).
+OPEN_REFUNDS = (RefundStatus.PENDING, RefundStatus.ABNORMAL)
+
+
 class Refund(Base):
     __tablename__ = "refunds"
 

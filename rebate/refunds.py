@@ -40,6 +40,7 @@ from models import (
     db,
     raise_alert,
 )
+from models.orders import OPEN_REFUNDS
 from models.payouts import Rail
 from payouts import (
     MoneySettings,
@@ -62,7 +63,7 @@ from rebate.rules import OrderFacts, entitlement_after_refund
 from rebate.wallet import give_back
 from risk.profiles import note_refunded_after_rebate
 
-OPEN = (RefundStatus.PENDING, RefundStatus.ABNORMAL)  # may still move money: an abnormal refund WeChat may finish
+OPEN = OPEN_REFUNDS  # may still move money: an abnormal refund WeChat may finish
 
 
 def _pending_total(order_id: int, exclude: int | None = None) -> int:

@@ -50,13 +50,13 @@ from models import (
     RebateStatus,
     RedPacket,
     Refund,
-    RefundStatus,
     ReviewCase,
     RiskCommunity,
     User,
     db,
 )
 from models.operators import Actor, audit
+from models.orders import OPEN_REFUNDS
 from payouts import MoneySettings
 from rebate import budgets, tell
 from rebate.awards import pay_rebate
@@ -258,7 +258,7 @@ def _refuse_while_refunding(scope: Scope, review: Review) -> None:
         return
     pending = db.session.execute(
         select(Refund.order_id)
-        .where(Refund.order_id.in_(scope.order_ids), Refund.status == RefundStatus.PENDING)
+        .where(Refund.order_id.in_(scope.order_ids), Refund.status.in_(OPEN_REFUNDS))
         .order_by(Refund.order_id)
         .limit(1)
     ).scalar_one_or_none()

@@ -35,7 +35,7 @@ from models import (
     utcnow,
 )
 from models.payouts import Rail
-from rebate import apply_refund, begin_refund, create_order, issue_packet
+from rebate import apply_refund, begin_refund, create_order, fail_refund, issue_packet
 from rebate.orders import LineRequest
 from tests.money_helpers import app_money
 
@@ -291,7 +291,13 @@ def test_a_refund_before_sharing_shrinks_the_share(app, story, sim):
     refund = begin_refund(db.session.get(Order, order.id), "R-before-share", 40_00)
     refund_id = refund.id
     db.session.commit()
-    # (while the refund is pending, the order's payouts are held and the share waits)
+    # (while the refund is pending, the order's payouts are held and the share waits; abnormal too: WeChat may
+    # still finish it)
+    hold_passes(order.id)
+    share_due_orders()
+    assert share_of(order.id).request is None and share_of(order.id).status == "pending"
+    fail_refund("R-before-share", "abnormal", utcnow())
+    db.session.commit()
     hold_passes(order.id)
     share_due_orders()
     assert share_of(order.id).request is None and share_of(order.id).status == "pending"

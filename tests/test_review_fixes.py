@@ -297,7 +297,11 @@ def test_release_and_claw_back_wait_for_a_pending_refund(
         assert rebates_of(order.id)["consumer"].status == "review"
         assert db.session.execute(select(func.count(Payout.id)).where(Payout.order_id == order.id)).scalar_one() == 0
 
-    # and: once the refund failed, the release goes ahead and its payout is not held
+    # and: an abnormal refund is still open (WeChat may finish it): the decision still waits
+    fail_refund("R-pending", "abnormal", utcnow())
+    db.session.commit()
+    assert post_decision(client, admin, case.id, "release").get_json()["error"] == "refund_pending"
+    # and: once the refund closed, the release goes ahead and its payout is not held
     fail_refund("R-pending", "closed", utcnow())
     db.session.commit()
     assert post_decision(client, admin, case.id, "release").status_code == 200
