@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from insights.trace_challenges import challenge_of_packet
 from models import (
@@ -384,7 +384,7 @@ def _refund_line(r: Refund) -> str:
     return text + "."
 
 
-def _no_campaign_lines(order: Order) -> list[str]:
+def _no_campaign_lines(order: Order, *, platform: bool = True) -> list[str]:
     if order.paid_after_close:
         return ["This order was paid only after it was closed: no sale, so no rebate; the payment is refunded whole."]
     if order.status in (OrderStatus.CREATED, OrderStatus.CLOSED):
@@ -393,15 +393,27 @@ def _no_campaign_lines(order: Order) -> list[str]:
     if order.packet_id is None:
         missing.append("no red packet was used")
     buyer = db.session.get(User, order.user_id)
-    if buyer is not None and buyer.inviter_id is None:
+    if platform and buyer is not None and buyer.inviter_id is None:  # (whether one has: the platform's to know)
         missing.append("the buyer has no inviter, so no referral campaign applies")
     detail = f" ({'; '.join(missing)})" if missing else ""
     return [f"No campaign evaluated this order{detail}, so it earned no rebate."]
 
 
-def trace_order(order: Order, words: Words, *, risk_details: bool = True) -> dict:
-    """``risk_details`` False (merchant staff): whether the risk checks held or refused the order, never why."""
-    rebates = list(db.session.execute(select(Rebate).where(Rebate.order_id == order.id).order_by(Rebate.id)).scalars())
+def merchants_own(stmt, merchant_id: int | None):
+    """``stmt`` (rebates) narrowed to the campaigns ``merchant_id`` funds or issues: a merchant's staff see their own
+    campaigns' rebates, never the platform's (its referral rewards name who invited whom) or another's."""
+    if merchant_id is None:
+        return stmt
+    return stmt.join(Campaign, Campaign.id == Rebate.campaign_id).where(
+        or_(Campaign.funder_merchant_id == merchant_id, Campaign.issuer_merchant_id == merchant_id)
+    )
+
+
+def trace_order(order: Order, words: Words, *, risk_details: bool = True, merchant_id: int | None = None) -> dict:
+    """``risk_details`` False (merchant staff): whether the risk checks held or refused the order, never why;
+    ``merchant_id`` (theirs): only their own campaigns' rebates."""
+    stmt = merchants_own(select(Rebate).where(Rebate.order_id == order.id), merchant_id)
+    rebates = list(db.session.execute(stmt.order_by(Rebate.id)).scalars())
     decisions = describe_rebates(rebates, words, risk_details=risk_details)
     refunds = list(db.session.execute(select(Refund).where(Refund.order_id == order.id).order_by(Refund.id)).scalars())
     issued = list(
@@ -425,7 +437,7 @@ def trace_order(order: Order, words: Words, *, risk_details: bool = True) -> dic
         for decision in campaign["decisions"]:
             lines += decision["lines"]
     if not campaigns:
-        lines += _no_campaign_lines(order)
+        lines += _no_campaign_lines(order, platform=merchant_id is None)
     lines += [f"This order earned red packet #{p.id} of {yuan(p.amount_fen)}, now {p.status}." for p in issued]
     return {
         "order": order_json(order, risk_details),
@@ -492,14 +504,13 @@ def packet_history(p: RedPacket, order: Order | None, now: datetime) -> list[dic
     return events
 
 
-def trace_packet(packet: RedPacket, words: Words, now: datetime, *, risk_details: bool = True) -> dict:
+def trace_packet(
+    packet: RedPacket, words: Words, now: datetime, *, risk_details: bool = True, merchant_id: int | None = None
+) -> dict:
     campaign = db.session.get(Campaign, packet.campaign_id)
     order = db.session.get(Order, packet.order_id) if packet.order_id else None
-    rebates = list(
-        db.session.execute(
-            select(Rebate).where(Rebate.packet_id == packet.id).order_by(Rebate.id.desc()).limit(MAX_ITEMS)
-        ).scalars()
-    )
+    stmt = merchants_own(select(Rebate).where(Rebate.packet_id == packet.id), merchant_id)
+    rebates = list(db.session.execute(stmt.order_by(Rebate.id.desc()).limit(MAX_ITEMS)).scalars())
     decisions = describe_rebates(rebates, words, risk_details=risk_details)
     history = packet_history(packet, order, now)
     lines = [

@@ -16,6 +16,7 @@ from insights.trace import (
     _packet_json,
     amount,
     describe_rebates,
+    merchants_own,
     order_json,
     when,
     yuan,
@@ -110,11 +111,7 @@ def _user_packets(user_id: int, merchant_id: int | None):
 def _user_rebates(user_id: int, merchant_id: int | None):
     mine = (Rebate.beneficiary_type == "user") & (Rebate.beneficiary_id == user_id)
     stmt = select(Rebate).join(Order, Order.id == Rebate.order_id).where(or_(Order.user_id == user_id, mine))
-    if merchant_id is not None:  # its own campaigns' rebates: the platform's (referrals, challenges) are not its
-        stmt = stmt.join(Campaign, Campaign.id == Rebate.campaign_id).where(
-            or_(Campaign.funder_merchant_id == merchant_id, Campaign.issuer_merchant_id == merchant_id)
-        )
-    return _at_merchant(stmt, merchant_id).order_by(Rebate.id.desc())
+    return _at_merchant(merchants_own(stmt, merchant_id), merchant_id).order_by(Rebate.id.desc())
 
 
 # --- what merchant staff may see ------------------------------------------------------------------

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import Select, select, text
+from sqlalchemy import Select, and_, or_, select, text, update
 
 from jobs.payouts import job_context
 from models import Order, OrderStatus, Refund, RefundStatus, call_between_commits, db, utcnow
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 BATCH = 50
 PAYMENT_GRACE = timedelta(minutes=2)  # give the notification a chance first
 REFUND_GRACE = timedelta(minutes=2)
+ABNORMAL_RECHECK = timedelta(hours=1)  # an abnormal refund is asked about again this long after it was last seen
 LEASE_KEYS = {"order": 4_401, "refund": 4_402}
 P = TypeVar("P")
 R = TypeVar("R")
@@ -218,11 +219,18 @@ def check_payment(order_id: int, now: datetime) -> str:
 
 
 def query_stuck_refunds(now: datetime | None = None) -> Counter:
-    """Refunds pending a while: SUCCESS applied, CLOSED/ABNORMAL released, never-received ones re-sent."""
+    """Refunds pending a while: SUCCESS applied, CLOSED released, ABNORMAL kept open, never-received ones re-sent;
+    and abnormal ones again every ``ABNORMAL_RECHECK`` (the merchant resolves one at WeChat, which then finishes it:
+    its notification may be lost)."""
     now = now or utcnow()
     stmt = (
         select(Refund.id)
-        .where(Refund.status == RefundStatus.PENDING, Refund.created_at <= now - REFUND_GRACE)
+        .where(
+            or_(
+                and_(Refund.status == RefundStatus.PENDING, Refund.created_at <= now - REFUND_GRACE),
+                and_(Refund.status == RefundStatus.ABNORMAL, Refund.finished_at <= now - ABNORMAL_RECHECK),
+            )
+        )
         .order_by(Refund.id)
     )
     results: Counter = Counter()
@@ -293,7 +301,14 @@ def _record_refund(ask: RefundAsk, answer: RefundNotice | WeChatBusinessError, n
             ask.out_refund_no, RefundStatus.FAILED, now, why=f"WeChat refused it: {answer.code} {answer.message}"
         )
         return "failed"
-    return str(_apply_refund(answer, now))
+    outcome = _apply_refund(answer, now)
+    if outcome == RefundOutcome.ABNORMAL:  # still abnormal at WeChat: asked again in ``ABNORMAL_RECHECK``
+        db.session.execute(
+            update(Refund)
+            .where(Refund.out_refund_no == ask.out_refund_no, Refund.status == RefundStatus.ABNORMAL)
+            .values(finished_at=now)
+        )
+    return str(outcome)
 
 
 def check_refund(refund_id: int, now: datetime) -> str:

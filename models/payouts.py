@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime, utcnow
@@ -99,6 +99,14 @@ class Payout(Base):
             name="status",
         ),
         Index("ix_payouts_due", "status", "next_attempt_at"),
+        # manual payouts by operator and time: the four-eyes limit adds up a day's (payouts.operations)
+        Index(
+            "ix_payouts_manual",
+            "created_by_operator_id",
+            "created_at",
+            postgresql_where=text("created_by_operator_id IS NOT NULL"),
+            sqlite_where=text("created_by_operator_id IS NOT NULL"),
+        ),
     )
 
     @property

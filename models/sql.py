@@ -269,6 +269,9 @@ def _update_statement(table: Table, pk: str, keys: tuple[str, ...]) -> Executabl
     )
 
 
+AUTO = "AUTOCOMMIT"
+
+
 class Precompiled:
     """A Core statement compiled once for a dialect, run by its SQL text (``Connection.exec_driver_sql``).
 
@@ -315,12 +318,19 @@ class Precompiled:
         on ``connection``'s driver cursor directly. ``execute`` would build SQLAlchemy's execution context and
         result, and that result's column map from the cursor's description, on every run: a fifth of a claim's
         own work (issue 11). ``before_cursor_execute`` fires as for any statement; a driver error is raised as
-        SQLAlchemy raises it (``DBAPIError``, the connection invalidated when it was lost)."""
+        SQLAlchemy raises it (``DBAPIError``, the connection invalidated when it was lost).
+
+        Only on a connection in AUTOCOMMIT or inside a transaction already begun: SQLAlchemy's own execution is what
+        begins one, so a write here would otherwise not be committed by ``connection.commit()`` (refused:
+        ``ValueError``). Listeners get no execution context (None); ``after_cursor_execute`` fires too."""
+        if not connection.in_transaction() and connection.get_execution_options().get("isolation_level") != AUTO:
+            raise ValueError("Precompiled.first runs on an AUTOCOMMIT connection or in a transaction already begun")
         params = self._bound(values)
         statement = self.sql
         cursor = connection.connection.cursor()
         try:
-            if connection._has_events or connection.engine._has_events:  # noqa: SLF001 - as SQLAlchemy asks
+            listened = connection._has_events or connection.engine._has_events  # noqa: SLF001 - as SQLAlchemy asks
+            if listened:
                 for listener in connection.dispatch.before_cursor_execute:
                     statement, params = listener(connection, cursor, statement, params, None, False)
             try:
@@ -328,6 +338,8 @@ class Precompiled:
                 row = cursor.fetchone() if cursor.description is not None else None
             except Exception as failed:  # noqa: BLE001 - wrapped and raised by SQLAlchemy, as for any statement
                 connection._handle_dbapi_exception(failed, statement, params, cursor, None)  # noqa: SLF001
+            if listened:
+                connection.dispatch.after_cursor_execute(connection, cursor, statement, params, None, False)
             if row is None:
                 return None
             if self._row is None:

@@ -220,8 +220,9 @@ SPLIT_WINDOW = timedelta(hours=24)
 def _unapproved_recently(operator_id: int, user_id: int) -> int:
     """Manual payouts of the last ``SPLIT_WINDOW`` no second operator approved, by this operator or to this person,
     that are on their way or paid; their rows locked first."""
-    db.session.execute(select(Operator.id).where(Operator.id == operator_id).with_for_update())
-    db.session.execute(select(User.id).where(User.id == user_id).with_for_update())
+    # FOR NO KEY UPDATE: rows that only name this operator or person (audit lines, bans) go on inserting
+    db.session.execute(select(Operator.id).where(Operator.id == operator_id).with_for_update(key_share=True))
+    db.session.execute(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
     since = utcnow() - SPLIT_WINDOW
     return int(
         db.session.execute(

@@ -240,8 +240,10 @@ def test_a_banned_merchants_staff_may_look_but_not_act_and_nobody_resumes_its_ca
     def post(headers, path, body):
         return client.post(path, json=body, headers={**headers, "Idempotency-Key": f"k-{next(key)}"})
 
-    # when / then: its staff read, but every write is refused, whatever it is
+    # when / then: its staff read (a POST that only reads too), but every write is refused, whatever it is
     assert client.get(f"/admin/api/campaigns/{own.id}", headers=staff).status_code == 200
+    checked = client.post("/admin/api/campaigns/validate", json={}, headers=staff)
+    assert (checked.status_code, checked.get_json()["error"]) == (422, "validation_error")
     for path, body in [
         (f"/admin/api/campaigns/{own.id}/activate", {"reason": "resume"}),
         (f"/admin/api/campaigns/{own.id}/packets/batch", {"count": 1, "reason": "more"}),

@@ -270,3 +270,16 @@ def test_a_callback_link_from_a_login_started_in_another_browser_is_refused(app,
     assert "token" not in response.headers.get("Location", "")
     assert count(User) == 0
     assert client.get("/oauth/callback", query_string={"code": code, "state": state}).status_code == 302
+
+
+def test_two_sign_ins_started_in_one_browser_each_finish(app, client, no_network):  # noqa: F811
+    first = parse_qs(urlsplit(authorize(client, next="/a").split("#")[0]).query)["state"][0]
+    second = parse_qs(urlsplit(authorize(client, next="/b").split("#")[0]).query)["state"][0]
+
+    answers = [
+        client.get("/oauth/callback", query_string={"code": simulator(app).issue_oauth_code("bob"), "state": s})
+        for s in (first, second)
+    ]
+
+    assert [a.status_code for a in answers] == [302, 302]
+    assert [a.headers["Location"].split("#")[0] for a in answers] == ["/a", "/b"]

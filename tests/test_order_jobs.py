@@ -321,3 +321,35 @@ def test_a_refund_wechat_refuses_for_now_stays_pending(app, paid, monkeypatch):
 
     db.session.rollback()
     assert db.session.get(Refund, refund.id).status == "pending"
+
+
+def test_an_abnormal_refund_is_asked_about_again_each_hour_until_wechat_finishes_it(app, paid):
+    from models import RefundStatus
+
+    # given: a refund WeChat took and then marked abnormal
+    refund = begin_refund(paid, "R-JOB-ABNORMAL", 1_000)
+    refund.created_at = utcnow() - timedelta(minutes=5)
+    db.session.commit()
+    simulator(app).refund_auto_succeed = False
+    assert query_stuck_refunds() == {"processing": 1}
+    simulator(app).complete_refund("R-JOB-ABNORMAL", "ABNORMAL")
+    assert query_stuck_refunds() == {"abnormal": 1}
+    assert query_stuck_refunds() == {}  # not asked again at once
+    # when: an hour on it is still abnormal, then the merchant resolves it at WeChat and its notice is lost
+    db.session.execute(update(Refund).where(Refund.id == refund.id).values(finished_at=utcnow() - timedelta(hours=2)))
+    db.session.commit()
+    assert query_stuck_refunds() == {"abnormal": 1}
+    assert query_stuck_refunds() == {}  # seen abnormal again just now: the next hour
+    db.session.execute(update(Refund).where(Refund.id == refund.id).values(finished_at=utcnow() - timedelta(hours=2)))
+    db.session.commit()
+    sim = simulator(app)
+    sim.notify = lambda *_args, **_kwargs: None  # the notification never arrives
+    try:
+        sim.complete_refund("R-JOB-ABNORMAL", "SUCCESS")
+    finally:
+        del sim.notify
+    # then: the job finds it succeeded and applies it
+    assert query_stuck_refunds() == {"success": 1}
+    db.session.rollback()
+    assert db.session.get(Refund, refund.id).status == RefundStatus.SUCCEEDED
+    assert db.session.get(Order, paid.id).refunded_fen == 1_000

@@ -150,3 +150,12 @@ def test_first_answers_none_without_a_row_and_raises_a_driver_error_as_sqlalchem
                 divided.first(auto, {"a": 1, "b": 0})
             assert failed.value.orig.sqlstate == "22012"
         assert tuple(divided.first(auto, {"a": 6, "b": 3})) in ((2,), (2.0,))  # the connection is still usable
+
+
+def test_first_refuses_a_connection_that_would_not_commit_what_it_wrote(app):
+    statement = Precompiled(select(bindparam("a", type_=PACKETS.c.amount_fen.type)), db.engine.dialect)
+    with db.engine.connect() as connection:  # no transaction begun, not AUTOCOMMIT: a write would be lost
+        with pytest.raises(ValueError, match="AUTOCOMMIT"):
+            statement.first(connection, {"a": 1})
+        connection.begin()
+        assert tuple(statement.first(connection, {"a": 1})) == (1,)  # in a transaction begun: fine

@@ -320,6 +320,12 @@ def test_merchant_staff_see_neither_the_platforms_rebates_nor_who_invited_their_
     assert [r["role"] for r in everything["rebates"]] == ["inviter"]
     assert mine["rebates"] == []
     assert not any(f"#{dave.id}" in line for line in mine["lines"])
+    # nor through the order's trace
+    [order_id] = [o["id"] for o in mine["orders"]]
+    theirs, ours = (trace(client, "orders", order_id, h).json for h in (own, admin))
+    assert [c["name"] for c in ours["campaigns"]] == ["platform referral"]
+    assert theirs["campaigns"] == []
+    assert not any(f"#{dave.id}" in line or "inviter" in line for line in theirs["lines"])
 
 
 def test_unknown_objects_are_404(client, admin):

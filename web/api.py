@@ -68,13 +68,13 @@ def validate(model: type[BaseModel], data: Any) -> BaseModel:
         raise ValidationFailed("request does not validate", details=_errors(exc)) from None
 
 
-def _authenticate(auth: str | None, roles: tuple[str, ...]) -> str:
+def _authenticate(auth: str | None, roles: tuple[str, ...], mutating: bool) -> str:
     if auth == "user":
         return f"user:{current_user().id}"
     if auth == USER_READ_BY_VIEW:  # the token only: the view's first statement reads the row (``_user_checked``)
         return f"user:{signed_in_user_id()}"
     if auth == "operator":
-        operator = current_operator(roles)
+        operator = current_operator(roles, mutating=mutating)
         if operator.merchant_id is not None:
             _note_merchant_staff(operator.id, operator.merchant_id)
         return f"operator:{operator.id}"
@@ -181,9 +181,13 @@ def endpoint(
     summary: str = "",
     tags: tuple[str, ...] = (),
     writes: bool = False,
+    reads: bool = False,
 ) -> Callable:
+    """``writes``: a GET that writes (committed as a mutating route); ``reads``: a POST that only reads (a body too
+    large for a query: validate, simulate, preview, backtest): never committed, and allowed to whoever may only
+    read (merchant staff of a suspended merchant)."""
     methods = tuple(m.upper() for m in methods)
-    mutating = bool(MUTATING & set(methods)) or writes
+    mutating = (bool(MUTATING & set(methods)) or writes) and not reads
 
     def decorate(view: Callable) -> Callable:
         reads_user = auth == USER_READ_BY_VIEW
@@ -191,7 +195,7 @@ def endpoint(
 
         @functools.wraps(view)
         def wrapper(**kwargs):
-            scope = _authenticate(auth, roles)
+            scope = _authenticate(auth, roles, mutating)
             if body is not None:
                 kwargs["body"] = validate(body, parse_json_body())
             if query is not None:

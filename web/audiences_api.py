@@ -112,7 +112,9 @@ class PreviewAudience(Model):
     merchant_id: Id | None = Field(None, description="Only this merchant's buyers (merchant staff: always theirs).")
 
 
-@endpoint(bp, "/preview", methods=["POST"], auth="operator", roles=MANAGERS, body=PreviewAudience, tags=TAGS)
+@endpoint(
+    bp, "/preview", methods=["POST"], auth="operator", roles=MANAGERS, body=PreviewAudience, tags=TAGS, reads=True
+)
 def preview_audience(body: PreviewAudience):
     """How many people a definition holds now, without saving it."""
     merchant_id = audiences.scoped_merchant(actor(), body.merchant_id)

@@ -114,15 +114,17 @@ def token_is_live(row: OperatorToken) -> bool:
     return row.revoked_at is None and (row.expires_at is None or row.expires_at > utcnow())
 
 
-def current_operator(roles: tuple[str, ...] = ()) -> Operator:
+def current_operator(roles: tuple[str, ...] = (), *, mutating: bool | None = None) -> Operator:
     """The operator at work (a bearer token's; the console sets ``g.operator`` from its session), and
-    403 when its role is not among ``roles``."""
+    403 when its role is not among ``roles``, or when it would write (``mutating``; unsaid: by the request's
+    method) for a merchant that is suspended."""
     forget_other_requests()
     if "operator" not in g:
         g.operator = operator_token(_bearer()).operator
     if roles and g.operator.role not in roles:
         raise Forbidden(f"role {g.operator.role} may not do this", code="role_forbidden")
-    if g.operator.merchant_id is not None and request.method not in READS:
+    writes = request.method not in READS if mutating is None else mutating  # (a route knows better than its method)
+    if g.operator.merchant_id is not None and writes:
         merchant = db.session.get(Merchant, g.operator.merchant_id)
         if merchant is not None and merchant.status == SUSPENDED:  # banned: its staff may look, not act
             raise Forbidden("your merchant is suspended: read-only until its ban is lifted", code="merchant_suspended")

@@ -176,7 +176,7 @@ def create_campaign(body: CreateCampaign):
     return campaign_json(campaign), 201
 
 
-@endpoint(bp, "/campaigns/validate", methods=["POST"], auth="operator", roles=MANAGERS, body=CreateCampaign)
+@endpoint(bp, "/campaigns/validate", methods=["POST"], auth="operator", roles=MANAGERS, body=CreateCampaign, reads=True)
 def validate_campaign(body: CreateCampaign):
     """Check a campaign without saving it."""
     rules = campaign_ops.check_campaign(actor(), _columns(body), body.rules)

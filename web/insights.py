@@ -44,8 +44,10 @@ class Simulation(Model):
 @endpoint(bp, "/trace/orders/<int:order_id>", auth="operator", roles=TRACERS, tags=("trace",))
 def trace_an_order(order_id: int):
     """Which campaigns and rules were evaluated for an order, what each decided and why."""
-    platform = merchant_scope(g.operator) is None  # a merchant's staff see that risk held an order, never why
-    return trace_order(visible_order(g.operator, order_id), PLAIN_REASONS, risk_details=platform)
+    scope = merchant_scope(g.operator)  # a merchant's staff see that risk held an order, never why, and their
+    # own campaigns' rebates only
+    order = visible_order(g.operator, order_id)
+    return trace_order(order, PLAIN_REASONS, risk_details=scope is None, merchant_id=scope)
 
 
 @endpoint(bp, "/trace/packets/<int:packet_id>", auth="operator", roles=TRACERS, tags=("trace",))
@@ -55,7 +57,7 @@ def trace_a_packet(packet_id: int):
     scope = merchant_scope(g.operator)
     if packet is None or (scope is not None and not merchant_sees_packet(packet, scope)):
         raise NotFound(f"red packet {packet_id} not found")
-    return trace_packet(packet, PLAIN_REASONS, utcnow(), risk_details=scope is None)
+    return trace_packet(packet, PLAIN_REASONS, utcnow(), risk_details=scope is None, merchant_id=scope)
 
 
 @endpoint(bp, "/trace/users/<int:user_id>", auth="operator", roles=TRACERS, query=TracePage, tags=("trace",))
@@ -76,6 +78,7 @@ def trace_a_user(user_id: int, query: TracePage):
     roles=SIMULATORS,
     body=Simulation,
     tags=("campaign_admin",),
+    reads=True,
 )
 def simulate_rules(campaign_id: int, body: Simulation):
     """Replay draft rules over the past N days of the campaign's paid orders, against its current rules."""

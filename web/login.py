@@ -183,16 +183,26 @@ def oauth_authorize():
     response = redirect(client.authorize_url(redirect_uri, scope=scope, state=state))
     # The state is this browser's: a callback link made from someone else's login (a login CSRF: the victim signed
     # in as the attacker) lacks the cookie. Lax: WeChat's redirect back is a top-level navigation, which carries it.
+    # One cookie per sign-in (two tabs signing in at once each keep their own), for the callback's path only, on
+    # the host and path prefix of PUBLIC_BASE_URL: open /oauth/authorize there.
     response.set_cookie(
-        STATE_COOKIE,
+        _state_cookie(state),
         state,
         max_age=int(STATE_TTL.total_seconds()),
-        path="/oauth/callback",
+        path=_callback_path(),
         secure=wechat().public_base_url.startswith("https://"),
         httponly=True,
         samesite="Lax",
     )
     return response
+
+
+def _state_cookie(state: str) -> str:
+    return f"{STATE_COOKIE}_{state[:12]}"
+
+
+def _callback_path() -> str:
+    return urlsplit(wechat().public_base_url).path.rstrip("/") + "/oauth/callback"
 
 
 def _consume_state(state: str) -> OAuthState:
@@ -229,7 +239,7 @@ def oauth_callback():
     code, state = request.args.get("code", ""), request.args.get("state", "")
     if not code or not state or len(state) > 64:
         raise ValidationFailed("code and state are required", code="invalid_oauth_callback")
-    if not hmac.compare_digest(request.cookies.get(STATE_COOKIE, "").encode(), state.encode()):
+    if not hmac.compare_digest(request.cookies.get(_state_cookie(state), "").encode(), state.encode()):
         raise ApiError(
             "this sign-in was not started in this browser; start again", code="invalid_oauth_state", status=400
         )
@@ -255,4 +265,6 @@ def oauth_callback():
             raise ApiError("this account is banned", code="user_banned", status=403)
         return redirect(f"{prepared[0]}#token={issue_user_token(user, 'official_account')}")
 
-    return call_between_commits(consume, exchange, sign_in_and_redirect)
+    response = call_between_commits(consume, exchange, sign_in_and_redirect)
+    response.delete_cookie(_state_cookie(state), path=_callback_path())  # used: the browser forgets it
+    return response

@@ -144,7 +144,7 @@ def deactivate_rule_set(body: RuleSetDeactivation):
     return {"scope": body.scope, "deactivated": rulesets.rule_set_json(was)}
 
 
-@endpoint(bp, "/backtest", methods=["POST"], auth="operator", roles=READERS, body=BacktestIn)
+@endpoint(bp, "/backtest", methods=["POST"], auth="operator", roles=READERS, body=BacktestIn, reads=True)
 def backtest(body: BacktestIn):
     """Replay a draft (or a stored version) over past paid orders and labels; writes nothing."""
     until = body.to or utcnow()

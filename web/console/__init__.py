@@ -97,7 +97,7 @@ def invoke(view: Callable, *, body: dict | None = None, query: dict | None = Non
     a 404)."""
     api = view._api
     try:
-        operator = current_operator(api["roles"])
+        operator = current_operator(api["roles"], mutating=api["mutating"])
         if operator.merchant_id is not None:
             from web.api import _note_merchant_staff  # noqa: PLC0415 - the API's own risk note for staff
 
