@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import Select, and_, or_, select, text, update
+from sqlalchemy import Select, and_, func, or_, select, text
 
 from jobs.payouts import job_context
 from models import Order, OrderStatus, Refund, RefundStatus, call_between_commits, db, utcnow
@@ -228,10 +228,15 @@ def query_stuck_refunds(now: datetime | None = None) -> Counter:
         .where(
             or_(
                 and_(Refund.status == RefundStatus.PENDING, Refund.created_at <= now - REFUND_GRACE),
-                and_(Refund.status == RefundStatus.ABNORMAL, Refund.finished_at <= now - ABNORMAL_RECHECK),
+                and_(
+                    Refund.status == RefundStatus.ABNORMAL,
+                    func.coalesce(Refund.checked_at, Refund.finished_at) <= now - ABNORMAL_RECHECK,
+                ),
             )
         )
-        .order_by(Refund.id)
+        # least recently asked first: refunds WeChat goes on processing for days (to bank cards) never crowd out
+        # the newer ones (a late payment's, one whose answer was lost)
+        .order_by(func.coalesce(Refund.checked_at, Refund.created_at), Refund.id)
     )
     results: Counter = Counter()
     for refund_id in claim_ids(stmt):
@@ -258,8 +263,10 @@ class RefundAsk:
 
 
 def _refund_ask(refund_id: int) -> RefundAsk:
-    """Asked even if its notification landed meanwhile: the intake applies a refund once, whoever comes second."""
+    """Asked even if its notification landed meanwhile: the intake applies a refund once, whoever comes second.
+    Noted as asked now (committed before the call), whatever WeChat answers: the next run asks the others first."""
     refund = db.session.get(Refund, refund_id)
+    refund.checked_at = utcnow()
     order = db.session.get(Order, refund.order_id)
     return RefundAsk(
         order.out_trade_no,
@@ -301,14 +308,7 @@ def _record_refund(ask: RefundAsk, answer: RefundNotice | WeChatBusinessError, n
             ask.out_refund_no, RefundStatus.FAILED, now, why=f"WeChat refused it: {answer.code} {answer.message}"
         )
         return "failed"
-    outcome = _apply_refund(answer, now)
-    if outcome == RefundOutcome.ABNORMAL:  # still abnormal at WeChat: asked again in ``ABNORMAL_RECHECK``
-        db.session.execute(
-            update(Refund)
-            .where(Refund.out_refund_no == ask.out_refund_no, Refund.status == RefundStatus.ABNORMAL)
-            .values(finished_at=now)
-        )
-    return str(outcome)
+    return str(_apply_refund(answer, now))
 
 
 def check_refund(refund_id: int, now: datetime) -> str:

@@ -180,6 +180,7 @@ class Refund(Base):
     reason: Mapped[str | None] = mapped_column(String(80))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last asked of WeChat by the refund job
 
     __table_args__ = (
         # BRIN on PostgreSQL (a btree on SQLite): the reports' rollups read one Beijing day at a time

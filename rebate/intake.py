@@ -89,6 +89,7 @@ class RefundOutcome(StrEnum):
     CLOSED = "closed"
     ABNORMAL = "abnormal"
     PROCESSING = "processing"  # nothing to do yet
+    LATE = "late"  # told it went abnormal after it succeeded: the earlier state, arriving late; nothing to do
     DUPLICATE_NOTIFICATION = "duplicate_notification"
     MISMATCH_FLAGGED = "mismatch_flagged"  # mchid, order or amount disagree: flagged, nothing moved
     REFUSED = "refused"  # our rules refuse it (say, more than was paid): flagged, nothing moved
@@ -96,7 +97,14 @@ class RefundOutcome(StrEnum):
 
     @property
     def accepted(self) -> bool:
-        return self in (self.SUCCESS, self.CLOSED, self.ABNORMAL, self.PROCESSING, self.DUPLICATE_NOTIFICATION)
+        return self in (
+            self.SUCCESS,
+            self.CLOSED,
+            self.ABNORMAL,
+            self.PROCESSING,
+            self.DUPLICATE_NOTIFICATION,
+            self.LATE,
+        )
 
 
 def notification_seen(notification_id: str) -> bool:

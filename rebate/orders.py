@@ -227,9 +227,9 @@ def earned_by(order: Order) -> tuple:
 
 
 def still_earned(packet: RedPacket, earner: Order | None = None) -> bool:
-    """A packet an order-paid trigger gave stays earned while the order that earned it is not refunded whole and
-    what is left of it (its total less what was refunded) still reaches the trigger's minimum; any other packet
-    is earned. A packet no longer earned is revoked when unspent, never restored or given back when spent.
+    """A packet an order-paid trigger gave stays earned while the goods value left of the order that earned it
+    (``Order.net_total_fen``: in proportion to what WeChat charged) still reaches the trigger's minimum; any other
+    packet is earned. A packet no longer earned is revoked when unspent, never restored or given back when spent.
     ``earner``: that order, when the caller holds it (read otherwise)."""
     if packet.source != TriggerKind.ORDER_PAID:
         return True
@@ -238,7 +238,7 @@ def still_earned(packet: RedPacket, earner: Order | None = None) -> bool:
     if order is None:
         return True
     minimum = db.session.get(Campaign, packet.campaign_id).issue_trigger.min_order_fen
-    return order.status != OrderStatus.REFUNDED and order.total_fen - order.refunded_fen >= minimum
+    return order.net_total_fen >= minimum  # the goods value left, as the refund's rebates count it (0: refunded)
 
 
 def order_packets(order: Order) -> list[tuple[RedPacket, int]]:

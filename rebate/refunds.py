@@ -485,8 +485,13 @@ def _apply_refund_state(order: Order, notice: RefundState, now: datetime, money:
     if notice.status not in ("CLOSED", "ABNORMAL"):
         return RefundOutcome.PROCESSING
     refund = _refund_of(order, notice.out_refund_no)
-    if refund is None:
-        return RefundOutcome.NOT_OURS
+    if refund is None and notice.status == "ABNORMAL" and notice.refund_fen:
+        # begun elsewhere (the merchant platform) on our order, and stuck: its amount is reserved as ours are
+        refund = begin_refund(order, notice.out_refund_no, notice.refund_fen)
+    elif refund is None:  # a refund begun elsewhere that WeChat closed moved nothing: told, and done
+        return RefundOutcome(notice.status.lower())
+    if refund.status == RefundStatus.SUCCEEDED and notice.status == "ABNORMAL":
+        return RefundOutcome.LATE  # it went abnormal, then succeeded (its money moved): the first, told last
     if refund.status == RefundStatus.SUCCEEDED:  # its money moved: WeChat cannot take that back by saying so
         raise StateConflict(
             f"WeChat says refund {notice.out_refund_no} is {notice.status}; it succeeded before "

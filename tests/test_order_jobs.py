@@ -336,11 +336,11 @@ def test_an_abnormal_refund_is_asked_about_again_each_hour_until_wechat_finishes
     assert query_stuck_refunds() == {"abnormal": 1}
     assert query_stuck_refunds() == {}  # not asked again at once
     # when: an hour on it is still abnormal, then the merchant resolves it at WeChat and its notice is lost
-    db.session.execute(update(Refund).where(Refund.id == refund.id).values(finished_at=utcnow() - timedelta(hours=2)))
+    db.session.execute(update(Refund).where(Refund.id == refund.id).values(checked_at=utcnow() - timedelta(hours=2)))
     db.session.commit()
     assert query_stuck_refunds() == {"abnormal": 1}
     assert query_stuck_refunds() == {}  # seen abnormal again just now: the next hour
-    db.session.execute(update(Refund).where(Refund.id == refund.id).values(finished_at=utcnow() - timedelta(hours=2)))
+    db.session.execute(update(Refund).where(Refund.id == refund.id).values(checked_at=utcnow() - timedelta(hours=2)))
     db.session.commit()
     sim = simulator(app)
     sim.notify = lambda *_args, **_kwargs: None  # the notification never arrives
@@ -353,3 +353,21 @@ def test_an_abnormal_refund_is_asked_about_again_each_hour_until_wechat_finishes
     db.session.rollback()
     assert db.session.get(Refund, refund.id).status == RefundStatus.SUCCEEDED
     assert db.session.get(Order, paid.id).refunded_fen == 1_000
+
+
+def test_refunds_wechat_goes_on_processing_never_crowd_out_the_others(app, paid, monkeypatch):
+    # given: a batch of two, and three refunds WeChat has taken and goes on processing (to a bank card: for days)
+    from jobs import orders as order_jobs
+
+    monkeypatch.setattr(order_jobs, "BATCH", 2)
+    simulator(app).refund_auto_succeed = False
+    refunds = [begin_refund(paid, f"R-JOB-SLOW-{n}", 100) for n in range(3)]
+    for n, refund in enumerate(refunds):
+        refund.created_at = utcnow() - timedelta(minutes=10 - n)
+    db.session.commit()
+    numbers = [r.out_refund_no for r in refunds]
+    # when: the job runs twice
+    assert query_stuck_refunds() == {"processing": 2}
+    assert query_stuck_refunds() == {"processing": 2}
+    # then: the third was asked about in the second run, not the first two again
+    assert set(numbers) <= set(simulator(app).refunds)

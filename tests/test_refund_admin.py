@@ -116,6 +116,10 @@ def test_definitive_refusal_fails_the_refund_and_releases_the_hold(app, client, 
     assert response.json["status"] == "failed"
     assert response.json["wechat_error"]["code"] == "USER_ACCOUNT_ABNORMAL"
     assert db.session.get(Order, paid_order.id).refunded_fen == 0
+    from models import Alert  # the operator is told WeChat's reason, not only that it failed
+
+    alert = db.session.execute(select(Alert).where(Alert.kind == "refund_failed")).scalar_one()
+    assert "USER_ACCOUNT_ABNORMAL" in alert.message
 
 
 def test_idempotency_key_makes_one_refund(app, client, paid_order, finance, refund_calls):

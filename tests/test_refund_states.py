@@ -135,3 +135,39 @@ def test_one_refund_the_job_cannot_check_does_not_stop_the_others(app, make_orde
 
     assert order_jobs.query_stuck_refunds() == {"error": 1, "processing": 1}
     assert checked == [broken, fine]
+
+
+def test_an_abnormal_refund_begun_elsewhere_is_reserved_as_ours_are(app, client, make_order, no_network):
+    order = paid_order(app, client, make_order)
+
+    assert told(client, app, order, "MP-ABNORMAL", 30_00, "ABNORMAL") == 204
+
+    db.session.rollback()
+    assert db.session.execute(select(Refund.out_refund_no, Refund.status)).all() == [("MP-ABNORMAL", "abnormal")]
+    try:  # its 30 yuan are reserved
+        begin_refund(db.session.get(Order, order.id), "R-REST", 70_01)
+    except Invalid as exc:
+        assert "1 to 7000 fen" in str(exc)
+    else:
+        raise AssertionError("an abnormal refund's amount was refundable again")
+    db.session.rollback()
+    assert told(client, app, order, "MP-ABNORMAL", 30_00) == 204
+    db.session.rollback()
+    assert db.session.get(Order, order.id).refunded_fen == 30_00
+
+
+def test_abnormal_told_after_the_refund_succeeded_is_a_late_repeat_not_a_contradiction(
+    app, client, make_order, no_network
+):
+    order = paid_order(app, client, make_order)
+    begin_refund(order, "R-RACE", 50_00)
+    db.session.commit()
+    assert told(client, app, order, "R-RACE", 50_00) == 204  # SUCCESS arrives first
+
+    assert told(client, app, order, "R-RACE", 50_00, "ABNORMAL") == 204  # the earlier ABNORMAL, late
+
+    db.session.rollback()
+    assert db.session.execute(select(Refund.status)).scalar_one() == "succeeded"
+    assert db.session.get(Order, order.id).refunded_fen == 50_00
+    assert db.session.execute(select(Alert.kind)).scalars().all() == []
+    assert told(client, app, order, "R-RACE", 50_00, "CLOSED") == 400  # closed after succeeded: a contradiction

@@ -196,3 +196,45 @@ def test_milestone_replay_with_the_same_key_and_repeat_without_one_release_once(
     assert (rebate.status, rebate.amount_fen, rebate.held_fen) == ("awarded", 9_00, 0)
     assert db.session.query(OrderMilestone).count() == 2
     assert balance(account(AccountKind.USER_CASH, "user", order.user_id)) == 9_00
+
+
+def test_a_milestone_reported_while_a_refund_is_open_releases_a_payout_that_waits_for_it(
+    make_user, make_product, make_campaign, pay
+):
+    from models import Payout
+    from rebate import begin_refund, fail_refund
+    from rebate.milestones import report_milestone
+    from tests.money_helpers import app_money
+
+    # given: a conditional rebate paid as WeChat change, held for one milestone, and a refund of its order open
+    rules = {
+        "roles": [
+            {
+                "role": "consumer",
+                "rate_bps": 1000,
+                "form": "wechat_change",
+                "cap_fen": 50_00,
+                "condition": {"milestones": ["delivered"], "window_days": 30},
+            }
+        ]
+    }
+    campaign = make_campaign(rules, budget_limit_fen=1_000_00, packet_amount_fen=10_00)
+    user = make_user()
+    packet = issue_packet(campaign, user, source="t", source_ref="open-refund", now=utcnow())
+    db.session.commit()
+    order = create_order(user, [LineRequest(make_product(price_fen=100_00).id, 1)], packet.id, utcnow())
+    db.session.commit()
+    pay(order)
+    begin_refund(order, "R-OPEN", order.paid_fen)
+    fail_refund("R-OPEN", "abnormal", utcnow())  # abnormal: still open, WeChat may finish it
+    db.session.commit()
+    # when: the milestone is reported
+    report_milestone(order, "delivered", None, utcnow(), money=app_money())
+    db.session.commit()
+    # then: the payout it released is held with the order's others, until the refund is done
+    payouts = db.session.query(Payout).filter_by(order_id=order.id).all()
+    assert [(p.amount_fen, p.held) for p in payouts] == [(9_00, True)]
+    fail_refund("R-OPEN", "closed", utcnow())
+    db.session.commit()
+    db.session.refresh(payouts[0])
+    assert payouts[0].held is False

@@ -659,6 +659,28 @@ def test_a_refund_takes_back_the_packet_its_order_earned(make_user, make_product
     assert alert.subject == f"packet {packet.id}" and first.out_trade_no in alert.message
 
 
+def test_what_is_left_of_an_order_that_earned_a_packet_counts_in_proportion_to_what_wechat_charged(
+    make_user, make_product, make_campaign, pay
+):
+    from models import PacketStatus
+    from tests.test_refunds import refund
+
+    # given: ben's second order, 400 yuan of goods with his 20-yuan packet off (380 charged), earned another packet
+    earning_campaign(make_campaign)
+    product = make_product(price_fen=100_00)
+    ben = make_user()
+    first = buy(ben, product, quantity=2)
+    pay(first)
+    second = buy(ben, product, quantity=4, packet=earned(first))
+    pay(second)
+    assert earned(second).status == PacketStatus.ISSUED
+    # when: 195 of the 380 yuan charged are refunded: 400 - 195 = 205 would still reach 200, but the goods value
+    # left is 400 x 185 / 380 = 194.73 (as the refund's rebates count it)
+    refund(second, "R-ben-most", 195_00)
+    # then: the packet it earned is no longer earned
+    assert earned(second).status == PacketStatus.REVOKED
+
+
 def test_a_packet_whose_order_was_refunded_never_comes_back(make_user, make_product, make_campaign, pay):
     from models import PacketStatus
     from rebate import close_order

@@ -554,15 +554,19 @@ def test_a_signed_refund_notification_without_mchid_is_refused_and_changes_no_ta
     assert (paid.refunded_fen, paid.review_reason) == (0, None)
 
 
-def test_refund_of_unknown_order_or_refund_is_refused(app, client, paid_order_with_refund):
+def test_refund_of_unknown_order_is_refused_and_a_closed_unknown_refund_of_ours_moves_nothing(
+    app, client, paid_order_with_refund
+):
     order, refund = paid_order_with_refund
     before = table_counts()
     unknown_order = refund_resource(app, order, refund.out_refund_no, 4_000)
     unknown_order["out_trade_no"] = "O20261125NOSUCHORDER"
     assert deliver_refund(client, app, unknown_order).status_code == 404
-    unknown_refund = refund_resource(app, order, "R-NOT-OURS", 4_000, "CLOSED")
-    assert deliver_refund(client, app, unknown_refund, event="REFUND.CLOSED").status_code == 404
     assert table_counts() == before
+    # a refund begun elsewhere (the merchant platform) on our order that WeChat closed: told, nothing to do
+    unknown_refund = refund_resource(app, order, "R-NOT-OURS", 4_000, "CLOSED")
+    assert deliver_refund(client, app, unknown_refund, event="REFUND.CLOSED").status_code == 204
+    assert table_counts() == {**before, "payment_notifications": before["payment_notifications"] + 1}
 
 
 # -- concurrency (PostgreSQL) --------------------------------------------------------

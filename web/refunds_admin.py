@@ -143,7 +143,8 @@ def create_refund(order_id: int, body: CreateRefund):
             cfg = current_app.config
             apply_refund_notice(answer, PayAccount.from_config(cfg), utcnow(), money=MoneySettings.from_config(cfg))
         elif isinstance(answer, WeChatBusinessError) and not answer.retryable:
-            fail_refund(r.out_refund_no, RefundStatus.FAILED, utcnow())  # definitive: WeChat will not refund this
+            why = f"WeChat refused it: {answer.code} {answer.message}"  # definitive: WeChat will not refund this
+            fail_refund(r.out_refund_no, RefundStatus.FAILED, utcnow(), why=why)
         db.session.flush()
         result = refund_json(db.session.get(Refund, r.refund_id))
         if isinstance(answer, WeChatError):
