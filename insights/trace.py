@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 
 from insights.trace_challenges import challenge_of_packet
 from models import (
@@ -400,13 +400,14 @@ def _no_campaign_lines(order: Order, *, platform: bool = True) -> list[str]:
 
 
 def merchants_own(stmt, merchant_id: int | None):
-    """``stmt`` (rebates) narrowed to the campaigns ``merchant_id`` funds or issues: a merchant's staff see their own
-    campaigns' rebates, never the platform's (its referral rewards name who invited whom) or another's."""
+    """``stmt`` (rebates of orders at ``merchant_id``) narrowed to what its staff may see: their own campaigns'
+    rebates, and those of the packets spent on the order (masked by the caller), but never who invited whom (a
+    referral reward, or an inviter's share of a packet's rebate, is the platform's referral graph)."""
     if merchant_id is None:
         return stmt
-    return stmt.join(Campaign, Campaign.id == Rebate.campaign_id).where(
-        or_(Campaign.funder_merchant_id == merchant_id, Campaign.issuer_merchant_id == merchant_id)
-    )
+    own = or_(Campaign.funder_merchant_id == merchant_id, Campaign.issuer_merchant_id == merchant_id)
+    spent = and_(Rebate.packet_id.is_not(None), Rebate.role != "inviter")
+    return stmt.join(Campaign, Campaign.id == Rebate.campaign_id).where(or_(own, spent))
 
 
 def trace_order(order: Order, words: Words, *, risk_details: bool = True, merchant_id: int | None = None) -> dict:
