@@ -15,8 +15,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from models import Campaign, Order, OrderMilestone, OrderStatus, Rebate, RebateStatus, Refund, User, db
-from models.orders import OPEN_REFUNDS
+from models import Campaign, Order, OrderMilestone, OrderStatus, Rebate, RebateStatus, User, db
 from payouts import MoneySettings
 from payouts.outbox import hold_order_payouts
 from rebate import budgets
@@ -24,6 +23,7 @@ from rebate.awards import pay_rebate
 from rebate.campaigns import rules_of
 from rebate.errors import Invalid, StateConflict
 from rebate.orders import lock_order
+from rebate.refunds import refund_open
 from rebate.rules import Condition
 
 
@@ -74,19 +74,10 @@ def report_milestone(
         condition = _condition(rebate, campaign)
         if name in condition.milestones and _release(rebate, campaign, order, condition, met, name, money):
             released.append(rebate)
-    if released and _refund_open(order.id):  # what it released waits with the order's other payouts (a refund
+    if released and refund_open(order.id):  # what it released waits with the order's other payouts (a refund
         db.session.flush()  # may still take it back: ``rebate.refunds`` releases them when none is open)
         hold_order_payouts(order.id)
     return released
-
-
-def _refund_open(order_id: int) -> bool:
-    return (
-        db.session.execute(
-            select(Refund.id).where(Refund.order_id == order_id, Refund.status.in_(OPEN_REFUNDS)).limit(1)
-        ).first()
-        is not None
-    )
 
 
 def release_from_review(rebate: Rebate, campaign: Campaign, order: Order, now: datetime, money: MoneySettings) -> int:

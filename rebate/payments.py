@@ -145,9 +145,8 @@ def _apply_locked(
     attributed = _attributing_packets(order, spent, paid_at, loaded.buyer)
     campaigns = _campaigns(loaded.campaigns, spent, attributed)
     risk = _score(order, loaded, spent, attributed, campaigns, paid_at, now)
-    total, payer_total = tx.amount.total_fen, tx.amount.payer_total_fen
     order.status, order.transaction_id, order.paid_at = OrderStatus.PAID, tx.transaction_id, paid_at
-    order.paid_fen = total if payer_total is None else min(payer_total, total)
+    order.paid_fen = buyer_paid(tx)
     order.risk_score, order.risk_decision, order.risk = risk.score.score, risk.decision, risk.record
     _use_packets(order, spent, paid_at)
     load_rules(
@@ -196,13 +195,17 @@ class _Loaded:
     fee_bps: int | None = None  # the merchant's own service fee (None: PLATFORM_FEE_BPS)
 
 
+def buyer_paid(tx: PaymentTransaction) -> int:
+    """What the buyer paid of what WeChat charged (``payer_total``: less when a WeChat Pay coupon paid the rest)."""
+    total, payer_total = tx.amount.total_fen, tx.amount.payer_total_fen
+    return total if payer_total is None else min(payer_total, total)
+
+
 def _paid_after_close(order: Order, tx: PaymentTransaction, prefix: str) -> PaymentOutcome:
     """The buyer paid as the order's close went out: the payment is booked as owed back and refunded whole
     (``refunds.take_late_payment``), and an operator told once."""
     if order.transaction_id is None:
-        total, payer_total = tx.amount.total_fen, tx.amount.payer_total_fen
-        paid = total if payer_total is None else min(payer_total, total)
-        refund = take_late_payment(order, tx.transaction_id, total, paid, prefix)
+        refund = take_late_payment(order, tx.transaction_id, tx.amount.total_fen, buyer_paid(tx), prefix)
         flag_order(
             order,
             "paid_after_close",

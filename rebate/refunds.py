@@ -63,17 +63,20 @@ from rebate.rules import OrderFacts, entitlement_after_refund
 from rebate.wallet import give_back
 from risk.profiles import note_refunded_after_rebate
 
-OPEN = OPEN_REFUNDS  # may still move money: an abnormal refund WeChat may finish
-
 
 def _pending_total(order_id: int, exclude: int | None = None) -> int:
-    """What the order's open refunds (``OPEN``) may still take: not refundable again meanwhile."""
+    """What the order's open refunds (``OPEN_REFUNDS``) may still take: not refundable again meanwhile."""
     stmt = select(func.coalesce(func.sum(Refund.amount_fen), 0)).where(
-        Refund.order_id == order_id, Refund.status.in_(OPEN)
+        Refund.order_id == order_id, Refund.status.in_(OPEN_REFUNDS)
     )
     if exclude is not None:
         stmt = stmt.where(Refund.id != exclude)
     return int(db.session.execute(stmt).scalar_one())
+
+
+def refund_open(order_id: int) -> bool:
+    """Whether a refund of the order may still move money (pending, or abnormal): its payouts wait meanwhile."""
+    return _pending_total(order_id) > 0
 
 
 def begin_refund(order: Order, out_refund_no: str, amount_fen: int, reason: str | None = None) -> Refund:
@@ -107,7 +110,7 @@ def fail_refund(out_refund_no: str, status: RefundStatus, now: datetime, why: st
         raise NotFound(f"no refund {out_refund_no}", code="unknown_refund")
     order = db.session.get(Order, refund.order_id)
     lock_order(order.out_trade_no)
-    if refund.status not in OPEN or refund.status == status:
+    if refund.status not in OPEN_REFUNDS or refund.status == status:
         return refund
     refund.status, refund.finished_at = status, now
     text = f"refund {out_refund_no} of order {order.out_trade_no} is {status}" + (f": {why}" if why else "")

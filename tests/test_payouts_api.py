@@ -912,3 +912,24 @@ def test_rail_switch_replayed_with_its_key_is_audited_once(app, client, admin):
     replay = client.put(f"{RAILS}/cash_red_packet", json=body, headers=keyed)
     assert first.status_code == replay.status_code == 200 and replay.headers["Idempotent-Replayed"] == "true"
     assert len(audits("rail.switch")) == 1
+
+
+def test_manual_payouts_sent_at_once_still_add_up_to_the_threshold(app, make_user, admin):
+    # given: approval from 10 yuan; one operator sends six 4-yuan payouts to one person at the same moment
+    from types import SimpleNamespace
+
+    from tests.concurrency import together
+
+    app.config["MANUAL_PAYOUT_APPROVAL_FEN"] = 1_000
+    _, headers = admin
+    user = SimpleNamespace(id=make_user().id)  # (read in the threads, outside the test's session)
+
+    def work(i: int) -> str:
+        answer = manual(app.test_client(), headers, user, 400)
+        assert answer.status_code == 201, answer.json
+        return answer.json["status"]
+
+    statuses = together(6, work)
+    assert not [s for s in statuses if isinstance(s, Exception)], statuses
+    # then: whatever the order, at most two go without a second operator (8 yuan); the rest wait for one
+    assert sorted(statuses) == ["needs_operator"] * 4 + ["pending"] * 2
