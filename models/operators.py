@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, String, Text, func, select
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -29,11 +30,21 @@ class OperatorRole(StrEnum):
     MERCHANT_STAFF = "merchant_staff"
 
 
+def username_key(username: str) -> str:
+    """A username as people read it: compatibility forms folded (full-width letters), then case."""
+    return unicodedata.normalize("NFKC", username).casefold()
+
+
 class Operator(Base):
     __tablename__ = "operators"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
+    # The name as a reader of the audit log tells it apart (``username_key``): unique, so "Bob", "bob" and
+    # "ｂｏｂ" are one name whichever database checks it (SQLite's lower() folds ASCII only).
+    username_key: Mapped[str] = mapped_column(
+        String(256), default=lambda ctx: username_key(ctx.get_current_parameters()["username"])
+    )
     display_name: Mapped[str] = mapped_column(String(64))
     role: Mapped[str] = mapped_column(String(16))
     merchant_id: Mapped[int | None] = mapped_column(ForeignKey("merchants.id"))
@@ -46,6 +57,7 @@ class Operator(Base):
         CheckConstraint("role in ('admin', 'finance', 'support', 'merchant_staff')", name="role"),
         # Merchant staff are scoped to exactly one merchant; platform roles to none.
         CheckConstraint("(role = 'merchant_staff') = (merchant_id is not null)", name="merchant_scope"),
+        Index("uq_operators_username_key", "username_key", unique=True),
     )
 
 
@@ -174,9 +186,10 @@ def issue_operator_token(operator: Operator, label: str = "", ttl: timedelta | N
 
 def create_operator_record(username: str, display_name: str, role: str, merchant_id: int | None) -> Operator:
     """The operator row alone (the command line's bootstrap; the database keeps the scope rule too). A username
-    differing only in case from another is the same name to a reader of the audit log: refused too."""
+    differing only in case (or in full-width letters) from another is the same name to a reader of the audit
+    log: refused too, by the database's unique ``username_key`` as well."""
     exists = db.session.execute(
-        select(func.count()).where(func.lower(Operator.username) == username.lower())
+        select(func.count()).where(Operator.username_key == username_key(username))
     ).scalar_one()
     if exists:
         raise DuplicateOperator(f"operator {username!r} exists")

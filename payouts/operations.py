@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select
 
 from ledger import account, balance
-from models import AccountKind, Operator, Order, Payout, PayoutStatus, Rail, User, db, utcnow
+from models import AccountKind, Campaign, Operator, Order, Payout, PayoutStatus, Rail, Rebate, User, db, utcnow
 from payouts.outbox import enqueue_payout
 from payouts.settings import MoneySettings
 from payouts.transitions import PayoutStateError, mark_returned, mark_succeeded, move
@@ -99,6 +99,27 @@ def cancel(payout: Payout, now: datetime, reason: str) -> None:
             "only an unsent payout, or one waiting for the user's confirmation, can be cancelled", code="payout_state"
         )
     mark_returned(payout, S.CANCELLED, now, f"cancelled by an operator: {reason}")
+
+
+def refuse_another_merchants_card(code: str, merchant_id: int | None) -> None:
+    """Merchant staff (``merchant_id``: theirs) redeem only the cards their own merchant's campaigns paid out, and
+    the platform's (usable at every shop). A code that is none of our payouts' is WeChat's to judge."""
+    if merchant_id is None:
+        return
+    stmt = (
+        select(Campaign.serves_merchant_id)
+        .select_from(Payout)
+        .join(Rebate, Rebate.id == Payout.rebate_id)
+        .join(Campaign, Campaign.id == Rebate.campaign_id)
+        .where(Payout.rail == Rail.CARD_COUPON, or_(Payout.external_no == code, Payout.wechat_ref == code))
+    )
+    shops = set(db.session.execute(stmt).scalars())
+    if shops - {None, merchant_id}:
+        raise PayoutError(
+            "this coupon was paid out by another merchant's campaign: it is redeemed at that merchant's counter",
+            code="card_of_another_merchant",
+            kind="forbidden",
+        )
 
 
 def settle_redeemed_card(code: str, now: datetime) -> Payout | None:

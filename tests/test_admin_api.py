@@ -191,7 +191,12 @@ def test_create_operator_refuses(client, admin, make_merchant, extra, status, co
     assert table_counts() == before
 
 
-@pytest.mark.parametrize("same", [str, str.upper])  # FIN1 beside fin1 would read as one person in the audit log
+def _full_width(name: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in name)
+
+
+# FIN1 beside fin1 (or ｆｉｎ１) would read as one person in the audit log
+@pytest.mark.parametrize("same", [str, str.upper, _full_width])
 def test_duplicate_operator_is_409(client, admin, same):
     operator, headers = admin
     before = table_counts()
@@ -200,6 +205,19 @@ def test_duplicate_operator_is_409(client, admin, same):
     assert response.status_code == 409
     assert response.json["error"] == "duplicate_operator"
     assert table_counts() == before
+
+
+def test_the_database_refuses_a_second_name_the_app_check_did_not_see(app, admin):
+    """Two creates at once both pass the app's read; the unique key stops the second (409, not 500)."""
+    from sqlalchemy.exc import IntegrityError
+
+    from models import Operator
+
+    operator, _ = admin
+    db.session.add(Operator(username=operator.username.upper(), display_name="X", role="support"))
+    with pytest.raises(IntegrityError):
+        db.session.flush()
+    db.session.rollback()
 
 
 def test_audit_log_lists_newest_first_for_admin_and_finance(client, admin, make_operator):

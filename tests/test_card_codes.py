@@ -11,10 +11,11 @@ import json
 import pytest
 import requests
 import responses
+from sqlalchemy import select
 
 from jobs.payouts import build_rails, dispatch_due
 from ledger import Leg, account, balance, post_entry
-from models import AccountKind, AuditLog, Payout, db
+from models import AccountKind, AuditLog, Payout, Rebate, db
 from payouts import enqueue_payout
 from payouts.transitions import mark_sent
 from wechat.errors import WeChatCardCodeConsumed, WeChatCardCodeInvalid
@@ -372,3 +373,35 @@ def test_simulator_refuses_a_card_ext_with_a_bad_signature(sim_card_app, client)
     ext = {"timestamp": 1, "nonce_str": "n", "signature": "0" * 40}
     answer = client.post("/_sim/card/add", json={"card_id": "pSIMCARD0001", "card_ext": json.dumps(ext), "openid": "o"})
     assert answer.status_code == 400 and "40080" in answer.json["errMsg"]
+
+
+@pytest.mark.parametrize("shop", ["other", "own", "platform"])
+def test_merchant_staff_redeem_only_their_own_merchants_and_the_platforms_cards(
+    sim_card_app, client, make_user, make_operator, make_merchant, make_product, make_campaign, pay, shop
+):
+    """A coupon a merchant's campaign paid for is that merchant's: another shop's staff cannot burn it (403, and
+    WeChat is not asked). The platform's are redeemed at every shop; platform operators redeem any."""
+    from payouts.card_rail import CardRail
+    from tests.review_helpers import paid_order
+    from wechat.sim.cards import CARD_TICKET
+
+    funder = make_merchant()
+    _, _, _, campaign = paid_order(make_user, make_product, make_campaign, pay, merchant=funder)
+    if shop != "platform":  # the campaign is the funder's own: issued by it
+        campaign.issuer_type, campaign.issuer_merchant_id, campaign.issuer_user_id = "merchant", funder.id, None
+    payout = fund_card_payout(make_user())
+    payout.rebate_id = db.session.execute(select(Rebate.id).where(Rebate.campaign_id == campaign.id)).scalars().first()
+    db.session.commit()
+    dispatch_due({"card_coupon": CardRail("pSIMCARD0001", lambda: CARD_TICKET, custom_code=True)})
+    _add_card_in_the_simulator(client, payout)
+    before = state_of(payout.id)
+    _, staff = make_operator("merchant_staff", funder if shop == "own" else make_merchant())
+    consumed = client.post("/admin/api/cards/consume", headers=staff, json={"code": payout.external_no})
+    if shop == "other":
+        assert consumed.status_code == 403 and consumed.json["error"] == "card_of_another_merchant", consumed.json
+        assert state_of(payout.id) == before
+        _, admin = make_operator("admin")  # WeChat never heard of the refused redemption: the card still works
+        consumed = client.post("/admin/api/cards/consume", headers=admin, json={"code": payout.external_no})
+    assert consumed.status_code == 200, consumed.json
+    assert consumed.json["payout_id"] == payout.id
+    assert state_of(payout.id)[0] == "succeeded"

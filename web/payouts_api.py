@@ -23,6 +23,7 @@ from payouts.operations import (
     lock_for_operator,
     manual_payout,
     record_card_code,
+    refuse_another_merchants_card,
     resend,
     resolve,
     settle_redeemed_card,
@@ -362,27 +363,32 @@ def _card_call_args() -> dict:
 def consume_card(body: CardCode):
     """Redeem a card-package coupon at the counter (``/card/code/consume``; an ``encrypt_code`` is decrypted first).
 
-    Redeeming the code of a card payout decides that payout as delivered, once. No database transaction
-    is open during the WeChat calls; the redemption is audited after them. A code WeChat says was already
-    redeemed (an earlier answer lost on the way) still decides its payout, and answers 409.
+    Redeeming the code of a card payout decides that payout as delivered, once. Merchant staff redeem only the
+    cards of their own merchant's campaigns and the platform's (403 ``card_of_another_merchant``, nothing sent
+    to WeChat). No database transaction is open during the WeChat calls; the redemption is audited after them.
+    A code WeChat says was already redeemed (an earlier answer lost on the way) still decides its payout, and
+    answers 409.
     """
     wx, args = wechat(), _card_call_args()
     card_id = body.card_id or current_app.config.get("WECHAT_CARD_ID")
+    scope = actor().merchant_scope
 
-    def redeem(_: None) -> tuple[str | None, dict | WeChatCardCodeConsumed]:
-        code = body.code
+    def decrypt(_: None) -> str:
         try:
-            if code is None:
-                code = decrypt_card_code(wx.session, body.encrypt_code, **args)
-            return code, consume_card_code(wx.session, code, card_id, **args)
-        except WeChatCardCodeConsumed as exc:  # our first redemption's answer never arrived
-            return code, exc
+            return decrypt_card_code(wx.session, body.encrypt_code, **args)
         except WeChatError as exc:
             raise to_api_error(exc) from exc
 
-    def settle(_: None, redeemed: tuple[str | None, dict | WeChatCardCodeConsumed]) -> dict | WeChatCardCodeConsumed:
-        code, answer = redeemed
-        payout = settle_redeemed_card(code, utcnow()) if code else None
+    def redeem(_: None) -> dict | WeChatCardCodeConsumed:
+        try:
+            return consume_card_code(wx.session, code, card_id, **args)
+        except WeChatCardCodeConsumed as exc:  # our first redemption's answer never arrived
+            return exc
+        except WeChatError as exc:
+            raise to_api_error(exc) from exc
+
+    def settle(_: None, answer: dict | WeChatCardCodeConsumed) -> dict | WeChatCardCodeConsumed:
+        payout = settle_redeemed_card(code, utcnow())
         if isinstance(answer, WeChatCardCodeConsumed):  # still decides its payout, then answers 409
             if payout is not None:
                 audit(actor(), "card.consume", "card_code", code, "WeChat: already redeemed", payout_id=payout.id)
@@ -399,8 +405,10 @@ def consume_card(body: CardCode):
         )
         return {"consumed": True, "card_id": redeemed_card, "payout_id": payout.id if payout else None}
 
-    # the auth read is committed (ended) before the calls; the redemption is recorded after them
-    result = call_between_commits(lambda: None, redeem, settle)
+    # the auth read is committed (ended) before each call; whose card it is, read between them (the code is
+    # known only once WeChat decrypted it); the redemption is recorded after them
+    code = body.code if body.code is not None else call_between_commits(lambda: None, decrypt, lambda _, c: c)
+    result = call_between_commits(lambda: refuse_another_merchants_card(code, scope), redeem, settle)
     if isinstance(result, WeChatCardCodeConsumed):
         raise to_api_error(result) from result
     return result
