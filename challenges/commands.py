@@ -132,6 +132,8 @@ def normalized(text: str) -> str:
 
 CN_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
 CN_NUMBER = re.compile(r"[零〇一二两三四五六七八九十百]+")
+# 零点三, 一点五, 3点5: 点 between a whole part and digits is a decimal point (8点 alone, or 8点半, is not)
+CN_DECIMAL = re.compile(r"(\d+|[零〇一二两三四五六七八九十百]+)点(\d+|[零〇一二两三四五六七八九]+)")
 
 
 def cn_number(word: str) -> int | None:
@@ -154,13 +156,20 @@ def cn_number(word: str) -> int | None:
 
 
 def _arabic(text: str) -> str:
-    """Chinese numerals rewritten as digits (``三天`` → ``3天``), other characters left alone."""
+    """Chinese numerals rewritten as digits (``三天`` → ``3天``, ``零点三元`` → ``0.3元``), other characters left
+    alone."""
+
+    def decimal(match: re.Match) -> str:
+        whole, fraction = match.groups()
+        value = int(whole) if whole.isdigit() else cn_number(whole)
+        digits = fraction if fraction.isdigit() else "".join(str(CN_DIGITS[c]) for c in fraction)
+        return match.group() if value is None else f" {value}.{digits} "
 
     def swap(match: re.Match) -> str:
         value = cn_number(match.group())
         return match.group() if value is None else f" {value} "
 
-    return SPACES.sub(" ", CN_NUMBER.sub(swap, text)).strip()
+    return SPACES.sub(" ", CN_NUMBER.sub(swap, CN_DECIMAL.sub(decimal, text))).strip()
 
 
 # -- parsing ---------------------------------------------------------------------------------------------
@@ -177,7 +186,8 @@ WEBHOOK_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{15,63}")
 WEBHOOK_URL = re.compile(r"https?://\S+", re.IGNORECASE)
 START_WORDS = ("发起", "开始", "创建", "来个", "来一个", "新建", "开", "start", "new", "create")
 
-NUMBER = r"(\d{1,7}(?:\.\d{1,2})?)"
+# A whole number as written (never the tail of a longer one: "0.001元" is 0.001, not 001), checked after.
+NUMBER = r"(?<![\d.])(\d+(?:\.\d+)?)(?![\d.])"
 DAYS = re.compile(NUMBER + r"\s*(?:天|日|days|day|d)(?![a-z])")
 STAKE = re.compile(r"(?:¥|￥|rmb)\s*" + NUMBER + r"|" + NUMBER + r"\s*(?:元|块钱|块|yuan|rmb|cny)(?![a-z])")
 ID = re.compile(r"^(?:#|no\.?|第)?\s*(\d{1,10})\s*(?:号)?$")
@@ -211,8 +221,11 @@ def _kind_of(text: str) -> Kind | None:
     return None
 
 
-def _fen(amount: str) -> int:
+def _fen(amount: str) -> int | None:
+    """Yuan as written → fen; None when it is not a whole number of fen (0.001) or absurdly long."""
     yuan, _, cents = amount.partition(".")
+    if len(yuan) > 7 or len(cents) > 2:
+        return None
     return int(yuan) * 100 + int((cents + "00")[:2])
 
 
@@ -224,7 +237,7 @@ def _start(text: str, kind: Kind) -> StartChallenge | Mistake:
         return Mistake("missing_days", "要说挑战几天（例如「3天」）。", example)
     if len(days) > 1:
         return Mistake("ambiguous_days", "天数说了不止一次，只说一次就好。", example)
-    if "." in days[0] or not MIN_DAYS <= int(days[0]) <= MAX_DAYS:
+    if "." in days[0] or len(days[0]) > 3 or not MIN_DAYS <= int(days[0]) <= MAX_DAYS:
         return Mistake("bad_days", f"挑战天数是 {MIN_DAYS} 到 {MAX_DAYS} 的整数（微信运动只保留 31 天）。", example)
     stakes = [a or b for a, b in STAKE.findall(text)]
     if not stakes:
@@ -232,8 +245,9 @@ def _start(text: str, kind: Kind) -> StartChallenge | Mistake:
     if len(stakes) > 1:
         return Mistake("ambiguous_stake", "金额说了不止一次，只说一次就好。", example)
     stake_fen = _fen(stakes[0])
-    if not 0 < stake_fen <= MAX_STAKE_FEN:
-        return Mistake("bad_stake", f"每人金额在 0.01 元到 {MAX_STAKE_FEN // 100} 元之间。", example)
+    if stake_fen is None or not 0 < stake_fen <= MAX_STAKE_FEN:
+        why = f"每人金额在 0.01 元到 {MAX_STAKE_FEN // 100} 元之间，最多两位小数。"
+        return Mistake("bad_stake", why, example)
     return StartChallenge(kind, int(days[0]), stake_fen)
 
 
