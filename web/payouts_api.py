@@ -7,6 +7,7 @@ audited and honours ``Idempotency-Key``.
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -123,7 +124,8 @@ def confirm_opened(payout_id: int):
 )
 def new_withdrawal(body: Withdrawal):
     """Withdraw cash balance to WeChat change (above the configured minimum)."""
-    key = request.headers.get("Idempotency-Key") or utcnow().isoformat()
+    # no key, no deduplication: each unkeyed request is its own withdrawal (not named by a clock reading)
+    key = request.headers.get("Idempotency-Key") or f"unkeyed-{secrets.token_hex(12)}"
     cfg = current_app.config
     money = MoneySettings.from_config(cfg)
     payout = withdraw(current_user(), body.amount_fen, cfg["WITHDRAWAL_MIN_FEN"], key, money=money)
