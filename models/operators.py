@@ -50,6 +50,10 @@ class Operator(Base):
     merchant_id: Mapped[int | None] = mapped_column(ForeignKey("merchants.id"))
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Who created this operator (None: the command line, or before migration 0030). For the four-eyes rules
+    # (``approval_refused_because``). No foreign key: SQLite cannot add one to a populated table in place
+    # (operators are never deleted, so the id always names one).
+    created_by_operator_id: Mapped[int | None]
 
     tokens: Mapped[list[OperatorToken]] = relationship(back_populates="operator")
 
@@ -184,7 +188,41 @@ def issue_operator_token(operator: Operator, label: str = "", ttl: timedelta | N
     return token
 
 
-def create_operator_record(username: str, display_name: str, role: str, merchant_id: int | None) -> Operator:
+# An operator created by the one who proposed something approves it only once this much older: creating a second
+# account and approving one's own proposal with it is one person, not four eyes.
+NEW_OPERATOR_COOLING = timedelta(hours=72)
+
+
+def approval_refused_because(approver: Operator, proposer_id: int | None, now: datetime) -> str | None:
+    """Why ``approver`` may not approve what operator ``proposer_id`` proposed (None: they may).
+
+    The proposer themselves never may; nor an operator the proposer created less than ``NEW_OPERATOR_COOLING``
+    ago, directly or through other operators each created that recently (A makes B, B makes C: C is A's)."""
+    if proposer_id is None:
+        return None
+    if approver.id == proposer_id:
+        return "you proposed it: another operator must approve"
+    seen, operator = set(), approver
+    while (
+        operator is not None
+        and operator.id not in seen
+        and operator.created_by_operator_id is not None
+        and now - operator.created_at < NEW_OPERATOR_COOLING
+    ):
+        seen.add(operator.id)
+        if operator.created_by_operator_id == proposer_id:
+            hours = int(NEW_OPERATOR_COOLING.total_seconds() // 3600)
+            return (
+                f"operator {approver.username} was created by the proposer (operator {proposer_id}), directly or "
+                f"through operators they created, less than {hours} h ago: another operator must approve"
+            )
+        operator = db.session.get(Operator, operator.created_by_operator_id)
+    return None
+
+
+def create_operator_record(
+    username: str, display_name: str, role: str, merchant_id: int | None, created_by: int | None = None
+) -> Operator:
     """The operator row alone (the command line's bootstrap; the database keeps the scope rule too). A username
     differing only in case (or in full-width letters) from another is the same name to a reader of the audit
     log: refused too, by the database's unique ``username_key`` as well."""
@@ -193,7 +231,13 @@ def create_operator_record(username: str, display_name: str, role: str, merchant
     ).scalar_one()
     if exists:
         raise DuplicateOperator(f"operator {username!r} exists")
-    operator = Operator(username=username, display_name=display_name, role=role, merchant_id=merchant_id)
+    operator = Operator(
+        username=username,
+        display_name=display_name,
+        role=role,
+        merchant_id=merchant_id,
+        created_by_operator_id=created_by,
+    )
     db.session.add(operator)
     try:
         db.session.flush()
@@ -211,7 +255,7 @@ def create_operator(
     scope = actor.merchant_scope
     if merchant_id is not None and (db.session.get(Merchant, merchant_id) is None or scope not in (None, merchant_id)):
         raise MerchantNotFound(f"merchant {merchant_id} not found")
-    operator = create_operator_record(username, display_name, role, merchant_id)
+    operator = create_operator_record(username, display_name, role, merchant_id, created_by=actor.operator.id)
     token = issue_operator_token(operator, label="initial")
     audit(actor, "operator.create", "operator", operator.id, reason, role=role, merchant_id=merchant_id)
     return operator, token

@@ -12,6 +12,7 @@ from sqlalchemy import func, or_, select
 
 from ledger import account, balance
 from models import AccountKind, Campaign, Operator, Order, Payout, PayoutStatus, Rail, Rebate, User, db, utcnow
+from models.operators import approval_refused_because
 from payouts.outbox import enqueue_payout
 from payouts.settings import MoneySettings
 from payouts.transitions import PayoutStateError, mark_returned, mark_succeeded, move
@@ -264,6 +265,9 @@ def approve(payout: Payout, operator_id: int, now: datetime) -> None:
         raise PayoutError("this payout needs no approval", code="no_approval_needed")
     if payout.created_by_operator_id == operator_id:
         raise PayoutError("a second operator must approve", code="same_operator", kind="forbidden")
+    why = approval_refused_because(db.session.get(Operator, operator_id), payout.created_by_operator_id, now)
+    if why:
+        raise PayoutError(why, code="approver_not_independent", kind="forbidden")
     payout.approved_by_operator_id = operator_id
     move(payout, S.PENDING)
     payout.next_attempt_at, payout.last_error = now, None

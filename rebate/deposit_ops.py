@@ -19,7 +19,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from models import DepositProposal, ProposalPurpose, ProposalStatus, db, utcnow
-from models.operators import Actor, audit, merchant_scope
+from models.operators import Actor, approval_refused_because, audit, merchant_scope
 from rebate.deposits import top_up
 from rebate.errors import Invalid, NotFound, StateConflict
 from rebate.fees import record_fee_payment, refuse_overpayment
@@ -92,6 +92,9 @@ def approve_top_up(actor: Actor, proposal_id: int, reason: str, fund_flow: str) 
             f"deposit proposal {proposal.id} was proposed by you: another operator must approve it",
             code="second_operator_required",
         )
+    why = approval_refused_because(actor.operator, proposal.proposed_by, utcnow())
+    if why:
+        raise StateConflict(f"deposit proposal {proposal.id}: {why}", code="approver_not_independent")
     if fees:  # what is still billed and unpaid after it
         held = record_fee_payment(
             proposal.merchant_id, proposal.amount_fen, proposal.id, f"service fees paid: {proposal.reason}"

@@ -55,7 +55,7 @@ from models import (
     User,
     db,
 )
-from models.operators import Actor, audit
+from models.operators import Actor, approval_refused_because, audit
 from models.orders import OPEN_REFUNDS
 from payouts import MoneySettings
 from rebate import budgets, tell
@@ -133,6 +133,9 @@ def decide(
                 f"case {case.id} holds {case.held_fen} fen (over {second_approval_fen}): a second reviewer must "
                 "approve, not the operator who proposed it"
             )
+        why = approval_refused_because(actor.operator, case.proposed_by, now)
+        if why:
+            raise SecondReviewerRequired(f"case {case.id} holds {case.held_fen} fen: {why}")
     effects = _carry_out(actor, case, scope, review, now, money)
     case.status, case.outcome, case.label = CaseStatus.DECIDED, review.outcome, label_of(review.outcome)
     case.decided_by, case.decided_at, case.decision_reason = actor.operator.id, now, review.reason

@@ -66,3 +66,14 @@ def test_username_keys_of_existing_operators_never_fail_the_upgrade(tmp_path):
             db.session.rollback()
         db.session.remove()
         db.engine.dispose()
+
+
+def test_every_revision_id_fits_alembic_version():
+    """``alembic_version.version_num`` is VARCHAR(32): PostgreSQL refuses a longer id, SQLite would not tell."""
+    from alembic.script import ScriptDirectory
+
+    from app import MIGRATIONS_DIR
+
+    script = ScriptDirectory(MIGRATIONS_DIR)
+    too_long = [rev.revision for rev in script.walk_revisions() if len(rev.revision) > 32]
+    assert too_long == []

@@ -2,10 +2,13 @@
 operators whose names differ only in case or in full-width letters cannot both exist, whatever two concurrent
 creates do (the app's own check reads before it writes)
 
+And ``created_by_operator_id``: who created each operator from now on (the four-eyes rules refuse an approver the
+proposer created recently). A plain column: SQLite cannot add a foreign key to a populated table in place.
+
 Existing rows get their key computed here; a name that already collides with an older operator's keeps its
 operator (the audit log names it) under the key ``<key>#<id>``, so the migration never fails on old data.
 
-Revision ID: 0030_operator_username_key
+Revision ID: 0030_operator_key_creator
 Revises: 0029_manual_payout_index
 """
 
@@ -15,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision = "0030_operator_username_key"
+revision = "0030_operator_key_creator"
 down_revision = "0029_manual_payout_index"
 branch_labels = None
 depends_on = None
@@ -42,8 +45,10 @@ def upgrade():
     if conn.dialect.name == "postgresql":
         op.alter_column("operators", "username_key", server_default=None)
     op.create_index("uq_operators_username_key", "operators", ["username_key"], unique=True)
+    op.add_column("operators", sa.Column("created_by_operator_id", sa.Integer(), nullable=True))
 
 
 def downgrade():
+    op.drop_column("operators", "created_by_operator_id")
     op.drop_index("uq_operators_username_key", table_name="operators")
     op.drop_column("operators", "username_key")  # SQLite 3.35+ drops a column in place
