@@ -277,7 +277,10 @@ def revoke(actor: Actor, packet_id: int, reason: str) -> RedPacket:
     packet = db.session.get(RedPacket, packet_id)
     if packet is None:
         raise NotFound(f"red packet {packet_id} not found")
-    visible_campaign(actor.operator, packet.campaign_id)  # merchant staff: only their own campaigns' packets
+    try:  # merchant staff: only their own campaigns' packets; another's is "not found" as it is, campaign unnamed
+        visible_campaign(actor.operator, packet.campaign_id)
+    except NotFound:
+        raise NotFound(f"red packet {packet_id} not found") from None
     packet = revoke_packet(packet_id)
     audit(actor, "packet.revoke", "red_packet", packet.id, reason, owner_id=packet.owner_id)
     db.session.flush()
