@@ -41,6 +41,17 @@ def share(amount_fen: int, rate_bps: int) -> int:
     return amount_fen * rate_bps // BPS_DENOMINATOR
 
 
+def unsettled_share(unsettled_fen: int, charged_fen: int, refunded_fen: int, amount_fen: int) -> int:
+    """The part of a refund of ``amount_fen`` (``refunded_fen`` refunded with it, all told) that WeChat never settled:
+    a 免充值 coupon paid ``unsettled_fen`` of the ``charged_fen`` WeChat charged, and a refund goes back to it in
+    proportion. Rounded down on the running total, so the refunds of a whole order give back exactly
+    ``unsettled_fen``."""
+    if unsettled_fen <= 0 or amount_fen <= 0:
+        return 0
+    before = refunded_fen - amount_fen
+    return unsettled_fen * refunded_fen // charged_fen - unsettled_fen * before // charged_fen
+
+
 def left_after_refunds(paid_fen: int, charged_fen: int, refunded_fen: int) -> int:
     """What a payment still counts for once ``refunded_fen`` of it came back.
 

@@ -368,6 +368,13 @@ def _order_line(o: Order) -> str:
         text += f", {o.points_used} points worth {yuan(o.points_value_fen)}"
     if o.paid_at is not None:
         text += f", paid {yuan(o.paid_fen or 0)} on {when(o.paid_at)}"
+        coupons = o.payable_fen - (o.paid_fen or 0)
+        if coupons > 0:
+            text += f" (WeChat Pay coupons paid {yuan(coupons)}"
+            if o.unsettled_coupon_fen:
+                unsettled = yuan(o.unsettled_coupon_fen)
+                text += f", {unsettled} of it 免充值: never settled by WeChat, funded by the merchant of record"
+            text += ")"
     elif o.paid_after_close:
         text += f", paid {yuan(o.paid_fen or 0)} at WeChat after it was closed (no sale: owed back to the payer)"
     if o.refunded_fen:

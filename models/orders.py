@@ -52,6 +52,9 @@ class Order(Base):
     points_returned: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     payable_fen: Mapped[int] = mapped_column(BigInteger)
     paid_fen: Mapped[int | None] = mapped_column(BigInteger)  # WeChat's payer_total
+    # What of the payment 免充值 coupons paid (promotion_detail type NOCASH): WeChat never settles it (its 应结订单金额
+    # is the rest), so the merchant of record funded it (``rebate.payments._post_sale``).
+    unsettled_coupon_fen: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     refunded_fen: Mapped[int] = mapped_column(BigInteger, default=0)
     transaction_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)  # backtests read a window

@@ -235,8 +235,9 @@ def _order_verdict(group: list[TradeLine], order: Order | None) -> Verdict:
         return STATUS_DIFFERS, order.payable_fen, total, f"WeChat says paid, our order is {order.status}"
     if total != order.payable_fen:
         return AMOUNT_DIFFERS, order.payable_fen, total, "订单金额 vs our payable" + _times(group)
-    if settled != order.payable_fen:  # the sale booked all of it as settled: a 充值型 coupon's part included
-        return AMOUNT_DIFFERS, order.payable_fen, settled, "应结订单金额 vs what our books say WeChat settled"
+    booked = order.payable_fen - order.unsettled_coupon_fen  # a 充值型 coupon's part included, a 免充值 one's not
+    if settled != booked:
+        return AMOUNT_DIFFERS, booked, settled, "应结订单金额 vs what our books say WeChat settled"
     return None
 
 

@@ -37,6 +37,7 @@ class PayAccount:
 class PaidAmount(Protocol):
     total_fen: int
     payer_total_fen: int | None
+    unsettled_coupon_fen: int  # what 免充值 coupons paid: never settled by WeChat
 
 
 class PaymentTransaction(Protocol):

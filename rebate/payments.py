@@ -146,7 +146,7 @@ def _apply_locked(
     campaigns = _campaigns(loaded.campaigns, spent, attributed)
     risk = _score(order, loaded, spent, attributed, campaigns, paid_at, now)
     order.status, order.transaction_id, order.paid_at = OrderStatus.PAID, tx.transaction_id, paid_at
-    order.paid_fen = buyer_paid(tx)
+    order.paid_fen, order.unsettled_coupon_fen = buyer_paid(tx), tx.amount.unsettled_coupon_fen
     order.risk_score, order.risk_decision, order.risk = risk.score.score, risk.decision, risk.record
     _use_packets(order, spent, paid_at)
     load_rules(
@@ -205,7 +205,9 @@ def _paid_after_close(order: Order, tx: PaymentTransaction, prefix: str) -> Paym
     """The buyer paid as the order's close went out: the payment is booked as owed back and refunded whole
     (``refunds.take_late_payment``), and an operator told once."""
     if order.transaction_id is None:
-        refund = take_late_payment(order, tx.transaction_id, tx.amount.total_fen, buyer_paid(tx), prefix)
+        refund = take_late_payment(
+            order, tx.transaction_id, tx.amount.total_fen, buyer_paid(tx), prefix, tx.amount.unsettled_coupon_fen
+        )
         flag_order(
             order,
             "paid_after_close",
@@ -435,25 +437,29 @@ def _post_sale(
     for packet, discount in spent:
         funder = face_funder_ref(campaigns[packet.campaign_id])
         funded[funder.code] = (funder, funded.get(funder.code, (funder, 0))[1] + discount)
+    settled, unsettled = order.payable_fen - order.unsettled_coupon_fen, order.unsettled_coupon_fen
     if order.sub_mchid:  # service-provider mode: paid to the merchant's own sub-merchant account
         own = own_sales_ref(order.merchant_id)
-        own_discount = funded.pop(own.code, (own, 0))[1]  # its own packets: it simply charged less
-        received = [Leg(frozen_ref(order.merchant_id), -order.payable_fen), Leg(own, order.total_fen - own_discount)]
-    else:
+        own_discount = funded.pop(own.code, (own, 0))[1]  # its own packets (and 免充值 coupons): it charged less
+        received = [Leg(frozen_ref(order.merchant_id), -settled), Leg(own, order.total_fen - own_discount - unsettled)]
+    else:  # a 免充值 coupon's part never reaches us: the platform, the merchant of record at WeChat, funded it
         received = [
-            Leg(ref(AccountKind.WECHAT_SETTLEMENT), -order.payable_fen),
+            Leg(ref(AccountKind.WECHAT_SETTLEMENT), -settled),
             Leg(ref(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), order.total_fen),
         ]
+        if unsettled:
+            received.append(Leg(ref(AccountKind.PLATFORM_MARKETING_FUND), -unsettled))
     legs = [*received, *(Leg(funder, -amount) for funder, amount in funded.values()), *wallet.sale_legs(order)]
+    legs = [leg for leg in legs if leg.amount]  # (a 免充值 coupon may leave a side nothing)
     effects.batch.add(f"order:{order.id}:sale", f"sale {order.out_trade_no}", legs)
     wallet.spend_points(order, effects.batch)
     if order.sub_mchid:
-        order.frozen_fen = order.payable_fen
-        if not order.profit_sharing:  # not frozen at WeChat: the merchant has it at once
+        order.frozen_fen = settled
+        if not order.profit_sharing and settled:  # not frozen at WeChat: the merchant has it at once
             effects.batch.add(
                 release_key(order.id),
                 f"sale {order.out_trade_no} settled to its merchant (no profit sharing)",
-                release_legs(order.merchant_id, order.payable_fen),
+                release_legs(order.merchant_id, settled),
             )
             order.frozen_fen = 0
 

@@ -42,6 +42,7 @@ from models import (
 )
 from models.orders import OPEN_REFUNDS
 from models.payouts import Rail
+from money import unsettled_share
 from payouts import (
     MoneySettings,
     hold_order_payouts,
@@ -192,7 +193,9 @@ def late_refund_no(order: Order, prefix: str) -> str:
     return f"{prefix}L{order.id}"
 
 
-def take_late_payment(order: Order, transaction_id: str, amount_fen: int, paid_fen: int, prefix: str) -> Refund:
+def take_late_payment(
+    order: Order, transaction_id: str, amount_fen: int, paid_fen: int, prefix: str, unsettled_fen: int = 0
+) -> Refund:
     """WeChat took ``amount_fen`` for ``order`` after it was closed here (the buyer paid while the close went out):
     no sale. The money is booked as owed back to the payer and a refund of all of it begun, which the refund job
     sends (``jobs.orders.query_stuck_refunds``: a refund WeChat has never heard of is sent under its number);
@@ -202,30 +205,38 @@ def take_late_payment(order: Order, transaction_id: str, amount_fen: int, paid_f
     ``order:<id>:paid_after_close``). Service-provider mode: it went to the merchant's own account at WeChat, outside
     the platform's books, and the refund comes from there: nothing is posted, the refund is begun all the same."""
     order.transaction_id, order.paid_fen = transaction_id, paid_fen  # the buyer's part, as for any payment
+    order.unsettled_coupon_fen = unsettled_fen  # a 免充值 coupon's part: never settled, so never owed back by us
     db.session.flush()  # before ``begin_refund`` reads the order again (locked already: no wait)
-    if not order.sub_mchid:
+    if not order.sub_mchid and amount_fen > unsettled_fen:
         post(
             f"order:{order.id}:paid_after_close",
             f"paid after close {order.out_trade_no}: owed back to the payer",
             [
-                Leg(ref(AccountKind.WECHAT_SETTLEMENT), -amount_fen),
-                Leg(ref(AccountKind.PAYMENTS_TO_RETURN), amount_fen),
+                Leg(ref(AccountKind.WECHAT_SETTLEMENT), -(amount_fen - unsettled_fen)),
+                Leg(ref(AccountKind.PAYMENTS_TO_RETURN), amount_fen - unsettled_fen),
             ],
         )
     return begin_refund(order, late_refund_no(order, prefix), amount_fen, LATE_REFUND_REASON)
 
 
 def _post_late_refund(order: Order, refund: Refund) -> None:
-    if order.sub_mchid:
+    settled = refund.amount_fen - _unsettled_part(order, refund)  # a 免充值 coupon's part goes back to the coupon
+    if order.sub_mchid or settled <= 0:
         return  # refunded from the merchant's own account: never in the platform's books (``take_late_payment``)
     post(
         f"refund:{refund.id}",
         f"refund {refund.out_refund_no}: a payment after close given back",
         [
-            Leg(ref(AccountKind.PAYMENTS_TO_RETURN), -refund.amount_fen),
-            Leg(ref(AccountKind.WECHAT_SETTLEMENT), refund.amount_fen),
+            Leg(ref(AccountKind.PAYMENTS_TO_RETURN), -settled),
+            Leg(ref(AccountKind.WECHAT_SETTLEMENT), settled),
         ],
     )
+
+
+def _unsettled_part(order: Order, refund: Refund) -> int:
+    """What of ``refund`` (already counted in ``order.refunded_fen``) goes back to a 免充值 coupon, not from what
+    WeChat settled to us (``money.unsettled_share``)."""
+    return unsettled_share(order.unsettled_coupon_fen, order.payable_fen, order.refunded_fen, refund.amount_fen)
 
 
 def _revoke_unearned_packets(order: Order) -> None:
@@ -293,14 +304,13 @@ def _post_refund(order: Order, refund: Refund) -> None:
     if order.frozen_fen is not None:  # a partner order booked as the merchant's own money (not one paid before)
         _post_partner_refund(order, refund)
         return
-    post_entry(
-        f"refund:{refund.id}",
-        f"refund {refund.out_refund_no}",
-        [
-            Leg(account(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), -refund.amount_fen),
-            Leg(account(AccountKind.WECHAT_SETTLEMENT), refund.amount_fen),
-        ],
-    )
+    coupon = _unsettled_part(order, refund)  # back to the 免充值 coupon the platform funded, not out of WeChat's
+    legs = [
+        Leg(account(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id), -refund.amount_fen),
+        Leg(account(AccountKind.WECHAT_SETTLEMENT), refund.amount_fen - coupon),
+    ]
+    legs.append(Leg(account(AccountKind.PLATFORM_MARKETING_FUND), coupon))
+    post_entry(f"refund:{refund.id}", f"refund {refund.out_refund_no}", [leg for leg in legs if leg.amount])
 
 
 def _post_partner_refund(order: Order, refund: Refund) -> None:
@@ -314,7 +324,8 @@ def _post_partner_refund(order: Order, refund: Refund) -> None:
             Payout.status.in_([PayoutStatus.SENDING, PayoutStatus.UNKNOWN]),
         )
     ).scalar_one()
-    take = min(refund.amount_fen, order.frozen_fen - int(in_flight))
+    # a 免充值 coupon's part was never frozen: the merchant's own coupon goes back to it at WeChat
+    take = min(refund.amount_fen - _unsettled_part(order, refund), order.frozen_fen - int(in_flight))
     if take <= 0:
         return
     post(

@@ -430,3 +430,41 @@ def test_someone_signed_in_only_to_our_app_pays_as_sp_openid_without_sub_appid(
     assert created.status_code == 201, created.json
     sent = simulator(app).orders[created.json["out_trade_no"]]["request"]
     assert sent["payer"] == {"sp_openid": "sim-openid-bob"} and "sub_appid" not in sent
+
+
+def test_a_sub_merchants_nocash_coupon_leaves_only_the_settled_part_frozen(
+    app,
+    client,
+    admin,
+    make_product,
+    no_network,  # noqa: F811
+):
+    """A 免充值 coupon paid to a sub-merchant is the sub-merchant's own: WeChat freezes (and profit sharing can
+    share) only what it settled, and a refund takes only the settled share of it back out of that."""
+    from ledger import account, balance
+    from models import AccountKind
+
+    product = make_product(price_fen=100_00)
+    assert set_sub_mchid(client, admin, product.merchant_id).status_code == 200
+    created = client.post("/api/v1/orders", json=order_body(product), headers=login(client, "alice"))
+    order = db.session.get(Order, created.json["id"])
+    db.session.commit()
+    coupon = [{"coupon_id": "C1", "type": "NOCASH", "amount": 20_00, "scope": "GLOBAL"}]
+    resource = partner_resource(app, order, promotion_detail=coupon)
+    resource["amount"] = {**resource["amount"], "payer_total": 80_00}
+    assert deliver(client, app, resource).status_code == 204
+    db.session.rollback()
+    order = db.session.get(Order, order.id)
+    from models import LedgerEntry, LedgerPosting
+
+    frozen = account(AccountKind.MERCHANT_FROZEN_SALES, "merchant", order.merchant_id)
+    own = account(AccountKind.MERCHANT_OWN_SALES, "merchant", order.merchant_id)
+    assert (order.status, order.unsettled_coupon_fen, order.frozen_fen) == ("paid", 20_00, 0)  # no sharing: released
+    sale = db.session.execute(
+        select(LedgerPosting.amount)
+        .join(LedgerEntry, LedgerEntry.id == LedgerPosting.entry_id)
+        .where(LedgerEntry.idempotency_key == f"order:{order.id}:sale", LedgerPosting.account_id == frozen.id)
+    ).scalar_one()
+    assert sale == -80_00  # WeChat froze what it settled: the total less the sub-merchant's own coupon
+    assert balance(frozen) == balance(own) == 0  # and released it all to the merchant
+    assert check_ledger().ok

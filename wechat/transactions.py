@@ -50,6 +50,9 @@ class Amount:
     total_fen: int
     payer_total_fen: int | None = None
     currency: str = "CNY"
+    # What 免充值 coupons paid (``promotion_detail`` entries of type NOCASH): part of what the payer did not pay,
+    # and never settled by WeChat (its 应结订单金额 is ``total_fen`` less this).
+    unsettled_coupon_fen: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class Transaction:
             mchid=r.text(prefix + "mchid"),
             appid=r.text(prefix + "appid"),
             trade_state=trade_state,
-            amount=_amount(r.object("amount", required=paid)),
+            amount=_amount(r.object("amount", required=paid), r),
             transaction_id=r.text("transaction_id", required=paid),
             payer_openid=openid if partner else payer.text("openid", required=False),
             success_time=r.time("success_time"),
@@ -197,14 +200,40 @@ class TransferBill:
         )
 
 
-def _amount(data: Mapping[str, Any] | None) -> Amount | None:
+def _amount(data: Mapping[str, Any] | None, transaction: _Reader) -> Amount | None:
     if data is None:
         return None
     r = _Reader(data, "amount")
     total = r.fen("total")
     if total <= 0:
         raise MalformedResource("amount.total", f"a payment of {total} fen")
-    return Amount(total, r.fen("payer_total", required=False), r.text("currency", required=False) or "CNY")
+    payer_total = r.fen("payer_total", required=False)
+    unsettled = _unsettled_coupons(transaction.data.get("promotion_detail"))
+    if unsettled > total - (total if payer_total is None else max(0, min(payer_total, total))):
+        raise MalformedResource(
+            "promotion_detail", f"免充值 coupons of {unsettled} fen, more than the payer was spared of {total} fen"
+        )
+    return Amount(total, payer_total, r.text("currency", required=False) or "CNY", unsettled)
+
+
+def _unsettled_coupons(promotions: object) -> int:
+    """What the ``promotion_detail`` entries of type NOCASH (免充值) paid; CASH (充值型) ones WeChat settles."""
+    if promotions is None:
+        return 0
+    if not isinstance(promotions, list):
+        raise MalformedResource("promotion_detail", "is not a list")
+    unsettled = 0
+    for i, entry in enumerate(promotions):
+        r = _Reader(entry, f"promotion_detail[{i}]")
+        amount = r.fen("amount")
+        if amount < 0:
+            raise MalformedResource(f"promotion_detail[{i}].amount", f"{amount} fen")
+        kind = r.text("type", required=False)
+        if kind not in ("", "CASH", "NOCASH"):
+            raise MalformedResource(f"promotion_detail[{i}].type", f"{kind!r} is neither CASH nor NOCASH")
+        if kind == "NOCASH":
+            unsettled += amount
+    return unsettled
 
 
 class _Reader:
