@@ -161,8 +161,8 @@ def _arabic(text: str) -> str:
 
     def decimal(match: re.Match) -> str:
         whole, fraction = match.groups()
-        value = int(whole) if whole.isdigit() else cn_number(whole)
-        digits = fraction if fraction.isdigit() else "".join(str(CN_DIGITS[c]) for c in fraction)
+        value = int(whole) if whole.isdecimal() else cn_number(whole)
+        digits = fraction if fraction.isdecimal() else "".join(str(CN_DIGITS[c]) for c in fraction)
         return match.group() if value is None else f" {value}.{digits} "
 
     def swap(match: re.Match) -> str:

@@ -348,7 +348,7 @@ def _balance_credits(out: DayRollup, start: datetime, end: datetime) -> None:
     by_rebate: dict[int, list[int]] = defaultdict(list)
     for key, fen in db.session.execute(stmt):
         ident = key.split(":")[1]
-        if ident.isdigit():
+        if ident.isdecimal():
             by_rebate[int(ident)].append(int(fen or 0))
     if not by_rebate:
         return

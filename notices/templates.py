@@ -217,7 +217,7 @@ def _check_field(where: str, key: str, text: str, allowed: set[str]) -> None:
         raise TemplateError(f"{where}.{key}: an amount field is exactly {{amount}} (¥ + at most 10 digits)")
     if kind in ("time", "date") and not (one and names[0].endswith("_at")):
         raise TemplateError(f"{where}.{key}: a {kind} field is exactly one time placeholder ({{expires_at}}, …)")
-    if kind == "number" and not ((one and names[0].endswith("_id")) or (not names and static.isdigit())):
+    if kind == "number" and not ((one and names[0].endswith("_id")) or (not names and static.isdecimal())):
         raise TemplateError(f"{where}.{key}: a number field is digits (at most 32) or one id placeholder")
     if kind == "number" and len(static) > KINDS["number"]:
         raise TemplateError(f"{where}.{key}: a number is at most 32 digits")

@@ -230,7 +230,7 @@ def _refund(answer: RedpackResult, request: dict[str, Any], ref: str | None) -> 
     amount came back; any other refund amount is a MISMATCH: an operator at once, nothing moved.
     """
     refunded = str(answer.fields.get("refund_amount", ""))
-    if refunded.isdigit() and int(refunded) == int(request["total_amount"]):
+    if refunded.isdecimal() and int(refunded) == int(request["total_amount"]):
         why = f"nobody opened the red packet; WeChat refunded {refunded} fen after 24 h"
         return RailResult(Outcome.UNCLAIMED, "REFUND", why, wechat_ref=ref)
     why = f"REFUND of {refunded or '?'} fen does not match our {request['total_amount']} fen; nothing moved"

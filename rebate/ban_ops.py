@@ -55,7 +55,7 @@ def checked_value(subject: str, value: str) -> str:
         raise Invalid(f"subject must be one of {', '.join(BanSubject)}, not {subject!r}", code="ban_subject")
     value = (value or "").strip()
     if subject in (BanSubject.USER, BanSubject.MERCHANT):
-        if not value.isdigit() or not 0 < int(value) < 2**31:
+        if not value.isdecimal() or not 0 < int(value) < 2**31:
             raise Invalid(f"a {subject} ban names the {subject}'s id, not {value!r}", code="ban_value")
         model = User if subject == BanSubject.USER else Merchant
         if db.session.get(model, int(value)) is None:

@@ -197,8 +197,8 @@ def _scope(case: ReviewCase, review: Review, graph_days: int) -> Scope:
         raise Invalid(f"community case {case.id} lists no {subject} to ban", code=f"no_{subject}")
     if review.outcome == CaseOutcome.RELEASE:
         return Scope([], [], None, [])
-    people = [int(u) for u in members["user"] if u.isdigit()]
-    merchants = [int(m) for m in members["merchant"] if m.isdigit()]
+    people = [int(u) for u in members["user"] if u.isdecimal()]
+    merchants = [int(m) for m in members["merchant"] if m.isdecimal()]
     order_ids = []
     if people:  # the orders the collusion job saw: paid in the graph's window before it found the community
         found_at = community.found_at
@@ -272,7 +272,7 @@ def _refuse_while_refunding(scope: Scope, review: Review) -> None:
 def _lock_banned_merchants(values: list[str]) -> set[int]:
     """Lock the rows of the merchants to be banned (id order); the ids of the active campaigns the ban will
     pause (``ban_ops``: every one they issue, fund or take packets at)."""
-    ids = sorted({int(v) for v in values if v.isdigit()})
+    ids = sorted({int(v) for v in values if v.isdecimal()})
     if not ids:
         return set()
     db.session.execute(select(Merchant.id).where(Merchant.id.in_(ids)).order_by(Merchant.id).with_for_update())

@@ -217,7 +217,7 @@ def _campaigns_of(order_ids: list[int]) -> dict[int, set[int]]:
 
 def _named_campaigns(risk: dict) -> set[int]:
     named = risk.get("campaigns") or {}
-    return {int(k) for k in named if str(k).isdigit()} if isinstance(named, dict) else set()
+    return {int(k) for k in named if str(k).isdecimal()} if isinstance(named, dict) else set()
 
 
 __all__ = ["BATCH", "MAX_ORDERS", "backtest"]

@@ -224,7 +224,19 @@ def test_authorize_redirects_with_server_side_state(app, client, no_network):  #
     assert state.next_url == "/shop?x=1"
 
 
-@pytest.mark.parametrize("bad", ["https://evil.test/", "//evil.test/x", "shop", "/\\evil"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "https://evil.test/",
+        "//evil.test/x",
+        "shop",
+        "/\\evil",
+        "/a\r\nSet-Cookie: x=1",  # not a Location header: the callback answered 500 after spending the state
+        "/a\tb",
+        "/_sim/open/connect/oauth2/authorize?redirect_uri=http://evil.test/",  # a redirector: the token would follow
+        "/oauth/authorize?next=/x",
+    ],
+)
 def test_authorize_refuses_open_redirects(client, no_network, bad):  # noqa: F811
     assert client.get("/oauth/authorize", query_string={"next": bad}).status_code == 422
     assert count(OAuthState) == 0

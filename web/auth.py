@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, select
 from models import Merchant, Operator, OperatorToken, User, db, utcnow
 from models.operators import issue_operator_token, token_digest  # noqa: F401 - also this module's API
 from web.errors import Forbidden, Unauthorized
+from web.guards import MAX_ID
 
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 SUSPENDED = "suspended"  # ``merchants.status`` while a ban on the merchant is in force (``rebate.ban_ops``)
@@ -71,7 +72,7 @@ def signed_in_user_id() -> int:
     except BadSignature:
         raise Unauthorized("invalid token", code="invalid_token") from None
     uid = data.get("uid") if isinstance(data, dict) else None
-    if type(uid) is not int:
+    if type(uid) is not int or not 0 < uid <= MAX_ID:  # every id is a 32-bit INTEGER
         raise Unauthorized("invalid token", code="invalid_token")
     g.user_id, g.token_channel = uid, data.get("ch")
     return uid

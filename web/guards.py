@@ -94,6 +94,19 @@ def loads_json(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     return json.loads(data, parse_constant=_reject_constant)
 
 
+def form_json(text: str) -> tuple[Any, str | None]:
+    """A form field's JSON under the API's own limits (depth, NUL, NaN): (the value, None), or (None, what is
+    wrong with it, for the page to say beside the field)."""
+    try:
+        return loads_json(text), None
+    except JsonRefused as exc:
+        return None, str(exc)
+    except json.JSONDecodeError as exc:
+        return None, f"{exc.msg} (line {exc.lineno}, column {exc.colno})"
+    except (ValueError, UnicodeError) as exc:
+        return None, str(exc)
+
+
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 

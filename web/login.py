@@ -128,11 +128,24 @@ def login(body: Login):
 # -- official-account web OAuth ------------------------------------------------------
 
 
+# Paths that redirect on to another host themselves: the token in the fragment would travel with the browser.
+REDIRECTING_PATHS = ("/oauth/", "/_sim/")
+
+
 def _safe_next(value: str | None) -> str:
-    """Only a path on this site: no scheme, no host, no ``//`` (no open redirect)."""
+    """Only a path on this site: no scheme, no host, no ``//`` (no open redirect), no control character (it could
+    not be a ``Location``), and none of the site's own redirectors (``REDIRECTING_PATHS``)."""
     value = value or "/"
     parts = urlsplit(value)
-    if parts.scheme or parts.netloc or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    if (
+        parts.scheme
+        or parts.netloc
+        or not value.startswith("/")
+        or value.startswith("//")
+        or "\\" in value
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+        or value.lower().startswith(REDIRECTING_PATHS)
+    ):
         raise ValidationFailed("next must be a path on this site", code="invalid_next")
     return value[:512]
 

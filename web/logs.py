@@ -12,10 +12,11 @@ SENSITIVE_KEYS = re.compile(
 SENSITIVE_TEXT = [
     (re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE), r"\1***"),
     (re.compile(r"\bop_[A-Za-z0-9_-]{8,}"), "op_***"),
-    # query strings, form bodies and redirect fragments: ?access_token=…, #token=…, &sign=…
+    # query strings, form bodies and redirect fragments: ?access_token=…, #token=…, &sign=…, ?msg_signature=…
     (
         re.compile(
-            r"((?:\w*(?:token|secret|ticket|key|password|sign)|openid|unionid|js_code|code|state)=)[^&#\s\"']+",
+            r"((?:\w*(?:token|secret|ticket|key|password|sign|signature)|openid|unionid|js_code|code|state|echostr)=)"
+            r"[^&#\s\"']+",
             re.IGNORECASE,
         ),
         r"\1***",

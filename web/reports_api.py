@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import date
 from typing import Literal
 
@@ -69,9 +70,13 @@ def effect_overview(query: OverviewQuery):
     return as_csv(report, "overview") if query.format == "csv" else report
 
 
+NUMBER = re.compile(r"-?[0-9]{1,20}(?:\.[0-9]{1,6})?")
+
+
 def safe_cell(value: object) -> object:
-    """A text cell a spreadsheet would run as a formula (= + - @, tab, CR) is prefixed with '."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    """A text cell a spreadsheet would run as a formula (= + - @, tab, CR) is prefixed with '; a plain number
+    written as text (-2.50 yuan) is not a formula and stays a number."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") and not NUMBER.fullmatch(value):
         return "'" + value
     return "" if value is None else value
 

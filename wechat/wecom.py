@@ -127,7 +127,7 @@ def _signed_query(args: dict[str, str]) -> tuple[str, str, str]:
     signature, timestamp, nonce = (args.get(k) or "" for k in ("msg_signature", "timestamp", "nonce"))
     if not (signature and timestamp and nonce):
         raise CallbackRejected("SIGNATURE_MISSING", "msg_signature, timestamp and nonce are required", http_status=403)
-    if len(timestamp) > 12 or not timestamp.isdigit() or len(nonce) > 64 or len(signature) != 40:
+    if len(timestamp) > 12 or not timestamp.isdecimal() or len(nonce) > 64 or len(signature) != 40:
         raise CallbackRejected("SIGNATURE_MISSING", "malformed signed query", http_status=403)
     return signature, timestamp, nonce
 

@@ -132,7 +132,8 @@ def _safe_next(target: str | None) -> str:
     """Only a path inside the console: never another host (no open redirect)."""
     if target:
         parts = urlsplit(target)
-        if not parts.scheme and not parts.netloc and target.startswith("/console/") and "\\" not in target:
+        plain = not any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)  # a Location header cannot carry them
+        if not parts.scheme and not parts.netloc and target.startswith("/console/") and "\\" not in target and plain:
             return target
     return url_for("console.overview") if "console.overview" in current_app.view_functions else url_for("console.home")
 

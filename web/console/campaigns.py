@@ -22,7 +22,7 @@ from web.campaign_admin import create_campaign, get_campaign, list_campaigns, re
 from web.campaign_admin import validate_campaign as check_campaign
 from web.console import act as console_act
 from web.console import allowed, bp, charts, form_data, may, read, render
-from web.guards import instant_in_range
+from web.guards import form_json, instant_in_range
 from web.insights import simulate_rules
 
 PAGE_SIZE = 50
@@ -117,13 +117,11 @@ class Form:
         value = self.text(name)
         if value is None:
             return default
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            self.problems[name] = (
-                f"JSON 格式错误 · JSON syntax error: {exc.msg} (line {exc.lineno}, column {exc.colno})"
-            )
+        parsed, problem = form_json(value)
+        if problem is not None:
+            self.problems[name] = f"JSON 格式错误 · JSON syntax error: {problem}"
             return default
+        return parsed
 
     def words(self, name: str) -> list[str]:
         return [w.strip() for w in (self.data.get(name) or "").split(",") if w.strip()]

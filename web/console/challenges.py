@@ -68,7 +68,7 @@ def _since(text: str) -> str | None:
 
 def _offset() -> int:
     raw = request.args.get("offset", "0")
-    return int(raw) if raw.isdigit() and int(raw) <= 10_000_000 else 0
+    return int(raw) if raw.isdecimal() and int(raw) <= 10_000_000 else 0
 
 
 @bp.route("/challenges")

@@ -29,7 +29,7 @@ def _merchant_id(raw: str) -> int | None:
     raw = raw.strip()
     if not raw:
         return merchant_scope(g.operator)
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+    if not raw.isdecimal() or not 0 < int(raw) <= MAX_ID:
         abort(404)
     return int(raw)
 
@@ -67,7 +67,7 @@ def merchant_fee_rate(merchant_id: int):
     form = form_data()
     raw = {k: form.get(k, "").strip() for k in ("rate_bps", "reason")}
     given = raw["rate_bps"]
-    rate: int | str = int(given) if given.isdigit() and len(given) <= 10 else given  # the API judges the rest
+    rate: int | str = int(given) if given.isdecimal() and len(given) <= 10 else given  # the API judges the rest
     done = "服务费率已保存 Fee rate saved"
     if act(put_fee_rate, body={"rate_bps": rate, "reason": raw["reason"]}, done=done, merchant_id=merchant_id) is None:
         return _settings_page(merchant_id, g.refused_status, form=raw, posted="fee")

@@ -20,7 +20,7 @@ EVENT = re.compile(r"^[A-Za-z_]{1,64}$")
 
 def _offset() -> int:
     raw = request.args.get("offset", "0")
-    return int(raw) if raw.isdigit() and int(raw) <= 10_000_000 else 0
+    return int(raw) if raw.isdecimal() and int(raw) <= 10_000_000 else 0
 
 
 @bp.route("/messages")

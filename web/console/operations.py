@@ -53,7 +53,7 @@ TRACES: dict[str, tuple[Callable, str]] = {
 
 def _offset() -> int:
     raw = request.args.get("offset", "0")
-    return int(raw) if raw.isdigit() and int(raw) <= 10_000_000 else 0
+    return int(raw) if raw.isdecimal() and int(raw) <= 10_000_000 else 0
 
 
 def _args(*names: str) -> dict:
@@ -166,7 +166,7 @@ def lookup():
     if raw:
         if kind not in TRACES:
             abort(404)
-        if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+        if not raw.isdecimal() or not 0 < int(raw) <= MAX_ID:
             flash("编号应为正整数 The id is a positive whole number", "error")
             return render("console/ops_lookup.html", kind=kind, id=raw, trace=None, kinds=tuple(TRACES)), 422
         view, name = TRACES[kind]

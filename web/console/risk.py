@@ -19,7 +19,7 @@ from flask import flash, g, redirect, request, url_for
 
 from web.communities_api import get_community, list_communities
 from web.console import act, allowed, bp, form_data, may, read, render
-from web.guards import day_in_range
+from web.guards import day_in_range, form_json
 from web.risk_rules_api import (
     activate_rule_set,
     active_rules,
@@ -37,7 +37,7 @@ LOCAL_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 def _offset() -> int:
     raw = request.args.get("offset", "0")
-    return int(raw) if raw.isdigit() and int(raw) <= 10_000_000 else 0
+    return int(raw) if raw.isdecimal() and int(raw) <= 10_000_000 else 0
 
 
 def _scope(raw: str | None) -> str:
@@ -47,12 +47,12 @@ def _scope(raw: str | None) -> str:
 
 def _rules_json(text: str) -> object | None:
     """The draft's JSON, or None with the problem flashed beside the field (the API judges the rules)."""
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        g.form_errors = {"rules": f"not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"}
+    parsed, problem = form_json(text)
+    if problem is not None:
+        g.form_errors = {"rules": f"not JSON: {problem}"}
         flash("规则不是有效的 JSON The rules are not valid JSON", "error")
         return None
+    return parsed
 
 
 def _day(text: str, end: bool) -> str | None:
@@ -123,7 +123,7 @@ def risk_backtest():
     body: dict = {}
     if raw["rule_set_id"].strip():
         given = raw["rule_set_id"].strip()
-        body["rule_set_id"] = int(given) if given.isdigit() and len(given) <= 10 else given
+        body["rule_set_id"] = int(given) if given.isdecimal() and len(given) <= 10 else given
     else:
         rules = _rules_json(raw["rules"])
         if rules is None:

@@ -38,7 +38,7 @@ def _merchant_id() -> int | None:
     raw = request.args.get("merchant_id", "").strip()
     if not raw:
         return merchant_scope(g.operator)
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+    if not raw.isdecimal() or not 0 < int(raw) <= MAX_ID:
         abort(404)
     return int(raw)
 
