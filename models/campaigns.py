@@ -93,6 +93,10 @@ class Campaign(Base):
     packets_issued: Mapped[int] = mapped_column(default=0)
     claim_limits: Mapped[dict | None] = mapped_column(JSON)
     spike_auto_pause: Mapped[bool] = mapped_column(default=False)  # a spike alert also pauses the campaign
+    # Paused because its funder's deposit could not cover another packet (``rebate.deposits``): it issues no more,
+    # but the packets already out keep what their claims reserved, so spending one still earns its rebate. Any
+    # operator transition (pause, activate, end) clears it: an operator's pause stops issuing and awarding.
+    paused_for_deposit: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Denormalised for the payment's one read of the campaigns that can apply to an order (see the
     # mapper events below; never set by hand): the merchant whose orders it serves (None: every

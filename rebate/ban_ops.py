@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 
 from models import Ban, BanSubject, Campaign, CampaignStatus, Merchant, User, UserStatus, db
 from models.operators import Actor, audit
@@ -136,12 +136,16 @@ def _apply(actor: Actor, ban: Ban, owner: User | Merchant | None) -> list[int]:
 
 
 def campaigns_to_pause(merchant_ids: list[int]) -> list[int]:
-    """The active campaigns a ban of these merchants pauses: every one they issue, fund or take packets at."""
+    """The active campaigns a ban of these merchants pauses: every one they issue, fund or take packets at (and those
+    paused for their deposit, which still award their packets out)."""
     return list(
         db.session.execute(
             select(Campaign.id)
             .where(
-                Campaign.status == CampaignStatus.ACTIVE,
+                or_(
+                    Campaign.status == CampaignStatus.ACTIVE,
+                    and_(Campaign.status == CampaignStatus.PAUSED, Campaign.paused_for_deposit.is_(True)),
+                ),
                 or_(
                     Campaign.issuer_merchant_id.in_(merchant_ids),
                     Campaign.funder_merchant_id.in_(merchant_ids),

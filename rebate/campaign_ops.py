@@ -204,7 +204,9 @@ def transition(actor: Actor, campaign_id: int, action: str, reason: str, *, serv
     refuse_user_stake(campaign)
     _check_platform_only_campaign(actor, campaign)
     sources, target = TRANSITIONS[action]
-    if campaign.status not in sources:
+    # paused for its deposit, it still awards its packets out: an operator's pause stops that too
+    again = action == "pause" and campaign.status == CampaignStatus.PAUSED and campaign.paused_for_deposit
+    if campaign.status not in sources and not again:
         raise StateConflict(f"a {campaign.status} campaign cannot {action}", code="campaign_state")
     if target == CampaignStatus.ACTIVE and service_provider:
         fund_from_sales(campaign)
@@ -214,7 +216,7 @@ def transition(actor: Actor, campaign_id: int, action: str, reason: str, *, serv
     if target == CampaignStatus.ACTIVE:
         refuse_suspended_merchants(_merchants_of(campaign))
         check_deposit(campaign)
-    campaign.status = target
+    campaign.status, campaign.paused_for_deposit = target, False
     audit(actor, f"campaign.{action}", "campaign", campaign.id, reason)
     db.session.flush()
     return campaign

@@ -157,11 +157,11 @@ def _pause(campaign: Campaign, why: str) -> None:
     paused = db.session.execute(
         update(Campaign)
         .where(Campaign.id == campaign.id, Campaign.status == CampaignStatus.ACTIVE)
-        .values(status=CampaignStatus.PAUSED)
+        .values(status=CampaignStatus.PAUSED, paused_for_deposit=True)
         .execution_options(synchronize_session=False)
     ).rowcount
     if paused:
-        db.session.expire(campaign, ["status"])
+        db.session.expire(campaign, ["status", "paused_for_deposit"])
     alert_once(
         "deposit_exhausted",
         f"campaign {campaign.id}",

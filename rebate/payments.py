@@ -498,7 +498,7 @@ def _evaluate(
         has_issuer=who["issuer"] is not None,
         has_inviter=who["inviter"] is not None,
     )
-    if not is_running(campaign, now):
+    if not is_running(campaign, now) and not _still_awards(campaign, packet, now):
         return [
             Decision(r.role, 0, r.form, "campaign_not_running", ("the campaign was paused or had ended",))
             for r in rules.roles
@@ -509,6 +509,18 @@ def _evaluate(
         rules, facts, budget_left_fen=budget_left, cash_room_fen=cash_room, deposit_left_fen=deposit_left, forms=forms
     )
     return [_explain_expired_referral(d, order, rules.referral_days) for d in decisions], who
+
+
+def _still_awards(campaign: Campaign, packet: RedPacket | None, now: datetime) -> bool:
+    """A campaign paused only because its deposit ran dry still awards the packets it issued before: their claims
+    reserved the rebate in the deposit (the deposit's limit still applies to the award)."""
+    return (
+        campaign.status == CampaignStatus.PAUSED
+        and campaign.paused_for_deposit
+        and packet is not None
+        and packet.campaign_id == campaign.id
+        and not (campaign.ends_at and now >= campaign.ends_at)
+    )
 
 
 def _explain_expired_referral(decision: Decision, order: Order, referral_days: int | None) -> Decision:

@@ -284,3 +284,44 @@ def test_an_unreserved_award_leaves_the_live_packets_covered(
 
     # then: the deposit ends at zero, never below
     assert deposit(shop.id) == 0 and reserved(shop.id) == 0
+
+
+@pytest.mark.parametrize("then", ["nothing", "operator_pause", "merchant_ban"])
+def test_a_packet_claimed_before_the_deposit_ran_dry_still_earns_its_rebate(
+    client, user_headers, make_merchant, make_product, make_user, make_campaign, make_operator, pay, then
+):
+    """Found by an outside probe: the claim the deposit could not cover paused the campaign, and the packets already
+    out (their rebates reserved in the deposit at their claims) then earned nothing. A dry deposit stops issuing
+    only; an operator's pause (or a ban of the merchant) still stops awarding too."""
+    from rebate import create_order
+    from rebate.orders import LineRequest
+    from tests.review_helpers import rebates_of
+
+    shop = make_merchant()
+    product = make_product(shop, price_fen=100_00)
+    campaign = merchant_campaign(make_campaign, shop, 30_00)  # one 21-yuan packet fits
+    amy, ben = make_user(), make_user()
+    first = client.post(f"/api/v1/campaigns/{campaign.id}/claim", headers=user_headers(amy))
+    assert client.post(f"/api/v1/campaigns/{campaign.id}/claim", headers=user_headers(ben)).status_code == 409
+    db.session.rollback()
+    paused = db.session.get(Campaign, campaign.id)
+    assert (paused.status, paused.paused_for_deposit) == ("paused", True)
+    _, admin = make_operator("admin")
+    if then == "operator_pause":
+        answer = client.post(f"/admin/api/campaigns/{campaign.id}/pause", json={"reason": "stop it all"}, headers=admin)
+        assert answer.status_code == 200, answer.json
+    elif then == "merchant_ban":
+        body = {"subject": "merchant", "value": str(shop.id), "reason": "fraud ring"}
+        assert client.post("/admin/api/bans", json=body, headers=admin).status_code == 201
+    # when: amy spends her packet on a 100-yuan order
+    order = create_order(amy, [LineRequest(product.id, 1)], first.json["id"], utcnow())
+    db.session.commit()
+    assert pay(order) == "applied"
+    # then: 5 % of the 80 yuan paid, capped at 1 yuan, as her claim reserved — unless an operator stopped it
+    rebate = rebates_of(order.id)["consumer"]
+    if then == "nothing":
+        assert (rebate.amount_fen, rebate.status) == (1_00, "awarded"), rebate.reason_code
+        assert deposit(shop.id) == 30_00 - 20_00 - 1_00
+    else:
+        assert (rebate.amount_fen, rebate.reason_code) == (0, "campaign_not_running")
+    assert reserved(shop.id) == 0
