@@ -31,6 +31,7 @@ from models import (
     Payout,
     PayoutStatus,
     RedPacket,
+    User,
     UserIdentity,
     alert_once,
     db,
@@ -175,6 +176,11 @@ def claim_batch(now: datetime, templates: Templates, settings: NoticeSettings) -
     """``claim``, also saying how many due rows it took (some decided at once): go on while it finds any."""
     claimed = []
     due = db.session.execute(_due(now, settings.batch)).scalars().all()
+    capped = sorted({n.user_id for n in due if n.event not in MONEY_CRITICAL})
+    if capped:  # the daily cap counts what each person was sent: two dispatchers claim for one person in turn
+        db.session.execute(
+            select(User.id).where(User.id.in_(capped)).order_by(User.id).with_for_update(key_share=True)
+        ).all()
     for notice in due:
         job = _claim_one(notice, now, templates, settings)
         if job is not None:

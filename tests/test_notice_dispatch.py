@@ -453,3 +453,26 @@ def test_an_oa_identity_without_a_follow_is_not_reached_through_the_official_acc
     db.session.query(OaFollower).filter_by(user_id=follower.id).update({"following": False})
     db.session.commit()
     assert follows_official_account(follower.id, oa_appid) is None
+
+
+def test_two_dispatchers_at_once_keep_one_persons_daily_cap(app, person):
+    """Each dispatcher counts what the person was sent today, its own claims in flight included; two claiming for
+    one person at the same moment take turns on the person's row (before, both counted none and both sent)."""
+    import time
+
+    from notices.dispatch import claim_batch
+    from tests.concurrency import together
+
+    user = person(follows=True)
+    for i in range(2):
+        notify(user, f"landed-{i}", NoticeEvent.REBATE_LANDED, LANDED)
+    cfg = NoticeSettings(**{**NoticeSettings.from_config(app.config).__dict__, "batch": 1, "daily_cap": 1})
+
+    def claim_one(_: int) -> int:
+        claimed = claim_batch(utcnow(), app.extensions["notice_templates"], cfg)[0]
+        time.sleep(0.5)  # still in the claim's transaction: the other dispatcher claims meanwhile
+        return len(claimed)
+
+    assert sorted(together(2, claim_one, app)) == [0, 1]
+    statuses = sorted(n.status for n in db.session.execute(select(Notice)).scalars())
+    assert statuses == ["inbox", "sending"]
