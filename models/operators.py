@@ -188,36 +188,48 @@ def issue_operator_token(operator: Operator, label: str = "", ttl: timedelta | N
     return token
 
 
-# An operator created by the one who proposed something approves it only once this much older: creating a second
-# account and approving one's own proposal with it is one person, not four eyes.
+# An account created this long before a proposal (or after it) is still its creator's hands for that proposal:
+# creating a second account and approving one's own proposal with it is one person, not four eyes.
 NEW_OPERATOR_COOLING = timedelta(hours=72)
 
 
-def approval_refused_because(approver: Operator, proposer_id: int | None, now: datetime) -> str | None:
-    """Why ``approver`` may not approve what operator ``proposer_id`` proposed (None: they may).
+def approval_refused_because(
+    approver: Operator, proposer_id: int | None, proposed_at: datetime | None, now: datetime
+) -> str | None:
+    """Why ``approver`` may not approve what operator ``proposer_id`` proposed at ``proposed_at`` (None: they may).
 
-    The proposer themselves never may; nor an operator the proposer created less than ``NEW_OPERATOR_COOLING``
-    ago, directly or through other operators each created that recently (A makes B, B makes C: C is A's)."""
+    The proposer themselves never may; nor anyone of the proposer's own making: the approver and the proposer each
+    stand for themselves and for whoever created them less than ``NEW_OPERATOR_COOLING`` before the proposal
+    (or after it), up the line (A makes B, B makes C: C is A's). If the two lines meet, one person holds both pairs
+    of eyes: the creator approving their new account's proposal, the new account approving its creator's, two
+    accounts one admin made. Measured from the proposal, so waiting does not make a fresh account independent."""
     if proposer_id is None:
         return None
     if approver.id == proposer_id:
         return "you proposed it: another operator must approve"
-    seen, operator = set(), approver
-    while (
-        operator is not None
-        and operator.id not in seen
-        and operator.created_by_operator_id is not None
-        and now - operator.created_at < NEW_OPERATOR_COOLING
-    ):
-        seen.add(operator.id)
-        if operator.created_by_operator_id == proposer_id:
-            hours = int(NEW_OPERATOR_COOLING.total_seconds() // 3600)
-            return (
-                f"operator {approver.username} was created by the proposer (operator {proposer_id}), directly or "
-                f"through operators they created, less than {hours} h ago: another operator must approve"
-            )
-        operator = db.session.get(Operator, operator.created_by_operator_id)
+    since = (proposed_at or now) - NEW_OPERATOR_COOLING
+    proposer = db.session.get(Operator, proposer_id)
+    shared = _line(approver, since) & (_line(proposer, since) if proposer is not None else {proposer_id})
+    if shared:
+        hours = int(NEW_OPERATOR_COOLING.total_seconds() // 3600)
+        return (
+            f"operator {approver.username} and the proposer (operator {proposer_id}) are both of operator "
+            f"{min(shared)}'s making (an account created less than {hours} h before the proposal, or after it): "
+            "another operator must approve"
+        )
     return None
+
+
+def _line(operator: Operator, since: datetime) -> set[int]:
+    """The operator and whoever created them, up the line while each was created after ``since``."""
+    line = {operator.id}
+    while operator.created_by_operator_id is not None and operator.created_at > since:
+        creator = db.session.get(Operator, operator.created_by_operator_id)
+        if creator is None or creator.id in line:
+            break
+        line.add(creator.id)
+        operator = creator
+    return line
 
 
 def create_operator_record(

@@ -265,7 +265,8 @@ def approve(payout: Payout, operator_id: int, now: datetime) -> None:
         raise PayoutError("this payout needs no approval", code="no_approval_needed")
     if payout.created_by_operator_id == operator_id:
         raise PayoutError("a second operator must approve", code="same_operator", kind="forbidden")
-    why = approval_refused_because(db.session.get(Operator, operator_id), payout.created_by_operator_id, now)
+    approver = db.session.get(Operator, operator_id)
+    why = approval_refused_because(approver, payout.created_by_operator_id, payout.created_at, now)
     if why:
         raise PayoutError(why, code="approver_not_independent", kind="forbidden")
     payout.approved_by_operator_id = operator_id

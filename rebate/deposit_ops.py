@@ -92,7 +92,7 @@ def approve_top_up(actor: Actor, proposal_id: int, reason: str, fund_flow: str) 
             f"deposit proposal {proposal.id} was proposed by you: another operator must approve it",
             code="second_operator_required",
         )
-    why = approval_refused_because(actor.operator, proposal.proposed_by, utcnow())
+    why = approval_refused_because(actor.operator, proposal.proposed_by, proposal.proposed_at, utcnow())
     if why:
         raise StateConflict(f"deposit proposal {proposal.id}: {why}", code="approver_not_independent")
     if fees:  # what is still billed and unpaid after it

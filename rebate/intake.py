@@ -126,7 +126,16 @@ def record_notification(notification_id: str | None, out_trade_no: str, outcome:
         insert_rows(PaymentNotification.__table__, [row])
 
 
+REASON_SEPARATOR, REVIEW_REASON_CHARS = " | ", 4000
+
+
 def flag_order(order: Order, kind: str, message: str) -> None:
-    """For an operator: the order says why, and one alert is open (WeChat repeats a notification for 24 h)."""
-    order.review_reason = message
+    """For an operator: the order says why (every distinct reason, latest last, the oldest dropped past
+    ``REVIEW_REASON_CHARS``), and one alert is open (WeChat repeats a notification for 24 h)."""
+    reasons = [r for r in (order.review_reason or "").split(REASON_SEPARATOR) if r and r != message]
+    kept = REASON_SEPARATOR.join([*reasons, message])
+    while len(kept) > REVIEW_REASON_CHARS and reasons:
+        reasons.pop(0)
+        kept = REASON_SEPARATOR.join([*reasons, message])
+    order.review_reason = kept[-REVIEW_REASON_CHARS:]
     alert_once(kind, order.out_trade_no, text=message)

@@ -133,7 +133,7 @@ def decide(
                 f"case {case.id} holds {case.held_fen} fen (over {second_approval_fen}): a second reviewer must "
                 "approve, not the operator who proposed it"
             )
-        why = approval_refused_because(actor.operator, case.proposed_by, now)
+        why = approval_refused_because(actor.operator, case.proposed_by, case.proposed_at, now)
         if why:
             raise SecondReviewerRequired(f"case {case.id} holds {case.held_fen} fen: {why}")
     effects = _carry_out(actor, case, scope, review, now, money)

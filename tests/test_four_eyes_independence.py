@@ -47,7 +47,7 @@ def test_a_payout_is_not_approved_by_an_operator_its_proposer_just_created(app, 
     payout_id = manual_payout(client, admin_h, make_user(appid=app.config["WECHAT_APPID"]))
     refused = approve_payout(client, puppet_h, payout_id)
     assert (refused.status_code, refused.json["error"]) == (403, "approver_not_independent"), refused.json
-    assert "created by the proposer" in refused.json["message"]
+    assert "making" in refused.json["message"]
     db.session.expire_all()
     payout = db.session.get(Payout, payout_id)
     assert (payout.status, payout.approved_by_operator_id) == ("needs_operator", None)
@@ -100,7 +100,44 @@ def test_a_large_review_decision_is_not_approved_by_an_operator_its_proposer_jus
     assert decide_case(client, admin_h, case.id, "release").json["status"] == "awaiting_approval"
     refused = decide_case(client, puppet_h, case.id, "release")
     assert (refused.status_code, refused.json["error"]) == (403, "second_reviewer_required"), refused.json
-    assert "created by the proposer" in refused.json["message"]
+    assert "making" in refused.json["message"]
     assert {r.status for r in rebates_of(order.id).values()} == {"review"}
     _, other_h = make_operator("admin")
     assert decide_case(client, other_h, case.id, "release").json["status"] == "decided"
+
+
+def test_the_creator_does_not_approve_what_their_new_account_proposed(app, client, make_operator, make_user):
+    _, admin_h = make_operator("admin")
+    _, puppet_h = created_by(client, admin_h)  # the admin holds its first token
+    payout_id = manual_payout(client, puppet_h, make_user(appid=app.config["WECHAT_APPID"]))
+    refused = approve_payout(client, admin_h, payout_id)
+    assert (refused.status_code, refused.json["error"]) == (403, "approver_not_independent"), refused.json
+
+
+def test_two_new_accounts_of_one_admin_do_not_approve_each_other(app, client, make_operator, make_user):
+    _, admin_h = make_operator("admin")
+    _, one_h = created_by(client, admin_h)
+    _, two_h = created_by(client, admin_h)
+    payout_id = manual_payout(client, one_h, make_user(appid=app.config["WECHAT_APPID"]))
+    refused = approve_payout(client, two_h, payout_id)
+    assert (refused.status_code, refused.json["error"]) == (403, "approver_not_independent"), refused.json
+
+
+def test_waiting_does_not_make_a_fresh_account_independent_of_the_proposal(app, make_operator):
+    """Freshness is measured at the proposal: a proposal left for 73 h is still approved by its proposer's new
+    account only if that account was made 72 h before the proposal."""
+    from datetime import timedelta
+
+    from models import utcnow
+    from models.operators import approval_refused_because
+
+    creator, _ = make_operator("admin")
+    puppet = Operator(username="sock-late", display_name="x", role="finance", created_by_operator_id=creator.id)
+    db.session.add(puppet)
+    db.session.flush()
+    proposed_at = puppet.created_at + timedelta(hours=1)
+    later = proposed_at + NEW_OPERATOR_COOLING * 2
+    assert approval_refused_because(puppet, creator.id, proposed_at, later) is not None
+    puppet.created_at -= NEW_OPERATOR_COOLING  # made long before the proposal: a colleague by then
+    assert approval_refused_because(puppet, creator.id, proposed_at, later) is None
+    assert approval_refused_because(creator, creator.id, proposed_at, utcnow()) is not None  # themselves, ever

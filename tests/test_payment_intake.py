@@ -265,3 +265,18 @@ def test_a_refund_of_an_order_that_cannot_be_refunded_is_refused(app, account, p
     after = table_counts()
     assert after.pop("alerts") == before.pop("alerts") + 1
     assert after == before
+
+
+def test_an_order_keeps_every_distinct_reason_it_was_flagged_for(app, make_user, make_product):
+    from rebate import create_order
+    from rebate.intake import REVIEW_REASON_CHARS, flag_order
+    from rebate.orders import LineRequest
+
+    order = create_order(make_user(), [LineRequest(make_product(price_fen=10_00).id, 1)], None, utcnow())
+    flag_order(order, "payment_mismatch", "amount 1 fen")
+    flag_order(order, "second_payment", "a second transaction tx-2")
+    flag_order(order, "payment_mismatch", "amount 1 fen")  # WeChat repeating itself: said once
+    assert order.review_reason == "a second transaction tx-2 | amount 1 fen"  # the latest last
+    for i in range(400):
+        flag_order(order, "payment_mismatch", f"reason {i:04d} " + "x" * 20)
+    assert len(order.review_reason) <= REVIEW_REASON_CHARS and order.review_reason.endswith("reason 0399 " + "x" * 20)
