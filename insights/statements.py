@@ -51,7 +51,7 @@ from models import (
 )
 from models.orders import OPEN_REFUNDS
 from models.rebates import SHARE_DEBT
-from money import format_yuan
+from money import format_yuan, unsettled_share
 from rebate.fees import billed_unpaid, carried_forward, credit_given_back, month_bounds
 
 
@@ -336,7 +336,8 @@ def _profit_shares(
         .order_by(Receivable.id)
     ).all()
     finished = db.session.execute(
-        select(ProfitShare, Order.payable_fen)  # frozen at WeChat: all it charged (``Order.frozen_fen``)
+        # frozen at WeChat: all it charged and settled (``Order.frozen_fen``: a 免充值 coupon's part never was)
+        select(ProfitShare, Order.payable_fen, Order.unsettled_coupon_fen)
         .join(Order, Order.id == ProfitShare.order_id)
         .where(
             ProfitShare.merchant_id == merchant_id,
@@ -347,7 +348,7 @@ def _profit_shares(
         )
         .order_by(ProfitShare.id)
     ).all()
-    unfrozen = sum(_frozen_when_sent(row, charged) - row.shared_fen for row, charged in finished)
+    unfrozen = sum(_frozen_when_sent(row, charged, coupon) - row.shared_fen for row, charged, coupon in finished)
     waiting = db.session.execute(
         select(Payout.id, Payout.amount_fen)
         .where(rail, Payout.status.in_([PayoutStatus.PENDING, PayoutStatus.SENDING, PayoutStatus.UNKNOWN]))
@@ -377,10 +378,10 @@ def _profit_shares(
         # as of now: what persons owe it for shares a refund or a review clawed back after they were paid,
         # settled only by its later shares to them (the platform never collects it)
         "owed_by_persons": {**money(sum(a for _, a in owed)), "receivable_ids": [i for i, _ in owed]},
-        "unfrozen_to_merchant": {**money(unfrozen), "share_ids": [row.id for row, _ in finished]},
+        "unfrozen_to_merchant": {**money(unfrozen), "share_ids": [row.id for row, *_ in finished]},
         "held_over_ratio": {
-            **money(sum(row.held_fen for row, _ in finished)),
-            "share_ids": [row.id for row, _ in finished if row.held_fen],
+            **money(sum(row.held_fen for row, *_ in finished)),
+            "share_ids": [row.id for row, *_ in finished if row.held_fen],
         },
         "in_flight": {
             **money(sum(a for _, a in waiting)),
@@ -395,8 +396,9 @@ def _profit_shares(
     }
 
 
-def _frozen_when_sent(row: ProfitShare, charged_fen: int) -> int:
-    """What was still frozen when the share was sent: the order's payment less its refunds begun before.
+def _frozen_when_sent(row: ProfitShare, charged_fen: int, unsettled_fen: int = 0) -> int:
+    """What was still frozen when the share was sent: the order's settled payment less the settled part of its
+    refunds begun before (a 免充值 coupon's part was never frozen, nor is its share of a refund).
 
     A share is planned only when no refund of its order is pending; refunds begun after it (while WeChat was
     still sharing, or later) are paid from the merchant's money already unfrozen, not from the frozen money."""
@@ -411,7 +413,8 @@ def _frozen_when_sent(row: ProfitShare, charged_fen: int) -> int:
             Refund.order_id == row.order_id, Refund.status == RefundStatus.SUCCEEDED, Refund.created_at < cut
         )
     ).scalar_one()
-    return max(0, charged_fen - int(refunded))
+    refunded = int(refunded) - unsettled_share(unsettled_fen, charged_fen, int(refunded), int(refunded))
+    return max(0, charged_fen - unsettled_fen - refunded)
 
 
 def _invoice(merchant_id: int, month: str) -> dict | None:

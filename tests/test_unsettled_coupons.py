@@ -161,3 +161,21 @@ def test_the_order_trace_says_what_the_coupons_paid_and_who_funded_it(app, clien
     assert paid_with(app, client, order, ("NOCASH", 20_00), ("CASH", 10_00)).status_code == 204
     line = _order_line(db.session.get(Order, order.id))
     assert "paid 70.00 yuan" in line and "coupons paid 30.00 yuan" in line and "(2000 fen) of it 免充值" in line
+
+
+def test_the_statement_counts_only_the_settled_part_as_frozen_and_unfrozen(app, client, make_order, no_network):
+    """What WeChat froze of a partner order is what it settled: the statement's unfrozen money leaves out the
+    免充值 coupon's part of the payment and of the refunds begun before the share (review of 2026-12-02)."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from insights.statements import _frozen_when_sent
+    from models import utcnow
+
+    order = make_order(100_00)
+    assert paid_with(app, client, order, ("NOCASH", 20_00)).status_code == 204
+    share = SimpleNamespace(order_id=order.id, finished_at=utcnow() + timedelta(hours=1))
+    assert _frozen_when_sent(share, 100_00, 20_00) == 80_00
+    assert refunded(app, client, db.session.get(Order, order.id), "R-BEFORE-SHARE", 50_00) == 204
+    assert _frozen_when_sent(share, 100_00, 20_00) == 80_00 - (50_00 - 10_00)
+    assert _frozen_when_sent(share, 100_00) == 50_00  # no coupon: as before
