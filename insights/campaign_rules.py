@@ -55,6 +55,15 @@ STATUS_WORDS = {
     CampaignStatus.PAUSED: "已暂停 (paused: no new packets or rebates until it resumes)",
     CampaignStatus.ENDED: "已结束 (ended)",
 }
+
+
+def _status_words(campaign) -> str:
+    if campaign.status == CampaignStatus.PAUSED and campaign.paused_for_deposit:
+        return DEPOSIT_PAUSE_WORDS
+    return STATUS_WORDS[CampaignStatus(campaign.status)]
+
+
+DEPOSIT_PAUSE_WORDS = "已暂停发放 (paused: no new packets; the packets already out still earn their rebates)"
 ROLE_WORDS = {
     "issuer": "发券方 (the packet's issuer)",
     "consumer": "你（消费者）(you, the buyer)",
@@ -135,7 +144,7 @@ def campaign_rules(
         "id": campaign.id,
         "name": campaign.name,
         "status": campaign.status,
-        "status_words": STATUS_WORDS[CampaignStatus(campaign.status)],
+        "status_words": _status_words(campaign),
         "organiser": _party(campaign.issuer_type, campaign.issuer_merchant_id, platform_name),
         "funder": {
             **_party(_funder_party(campaign.funder_type), campaign.funder_merchant_id, platform_name),

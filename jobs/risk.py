@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from jobs.payouts import job_context
 from models import Campaign, CampaignStatus, Operator, OperatorRole, db, unit_of_work, utcnow
@@ -75,7 +75,11 @@ def pause_spiking(spikes: list[Spike]) -> list[int]:
         select(Campaign.id).where(
             Campaign.id.in_(sorted(by_campaign)),
             Campaign.spike_auto_pause.is_(True),
-            Campaign.status == CampaignStatus.ACTIVE,
+            # paused for its deposit it still awards the packets out: a spike among them is paused for good
+            or_(
+                Campaign.status == CampaignStatus.ACTIVE,
+                and_(Campaign.status == CampaignStatus.PAUSED, Campaign.paused_for_deposit.is_(True)),
+            ),
         )
     ).scalars()
     paused = []

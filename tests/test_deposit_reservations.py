@@ -325,3 +325,31 @@ def test_a_packet_claimed_before_the_deposit_ran_dry_still_earns_its_rebate(
     else:
         assert (rebate.amount_fen, rebate.reason_code) == (0, "campaign_not_running")
     assert reserved(shop.id) == 0
+
+
+def test_a_campaign_paused_for_its_deposit_is_still_paused_by_a_spike_and_says_what_it_does(
+    client, user_headers, make_merchant, make_user, make_campaign, make_operator
+):
+    """Paused for its deposit it still awards the packets out, so the spike auto-pause, the console's Pause and the
+    public status words treat it as still running those (review of 2026-12-02)."""
+    from insights.campaign_rules import DEPOSIT_PAUSE_WORDS, _status_words
+    from jobs.risk import pause_spiking
+    from risk.spikes import Spike
+    from tests.console_helpers import sign_in
+
+    shop = make_merchant()
+    campaign = merchant_campaign(make_campaign, shop, 30_00, spike_auto_pause=True)
+    assert client.post(f"/api/v1/campaigns/{campaign.id}/claim", headers=user_headers(make_user())).status_code == 201
+    assert client.post(f"/api/v1/campaigns/{campaign.id}/claim", headers=user_headers(make_user())).status_code == 409
+    db.session.rollback()
+    paused = db.session.get(Campaign, campaign.id)
+    assert paused.paused_for_deposit and _status_words(paused) == DEPOSIT_PAUSE_WORDS
+    sign_in(client, make_operator("admin")[1])
+    assert 'id="pause"' in client.get(f"/console/campaigns/{campaign.id}").get_data(as_text=True)
+
+    spike = Spike(f"campaign:{campaign.id}:rebates", utcnow(), 99, 1.0, 0.5, "rebates 99 in an hour")
+    assert pause_spiking([spike]) == [campaign.id]
+    db.session.commit()
+    db.session.rollback()
+    stopped = db.session.get(Campaign, campaign.id)
+    assert (stopped.status, stopped.paused_for_deposit) == ("paused", False)
