@@ -104,18 +104,27 @@ def cancel(payout: Payout, now: datetime, reason: str) -> None:
 
 def refuse_another_merchants_card(code: str, merchant_id: int | None) -> None:
     """Merchant staff (``merchant_id``: theirs) redeem only the cards their own merchant's campaigns paid out, and
-    the platform's (usable at every shop). A code that is none of our payouts' is WeChat's to judge."""
+    the platform's (usable at every shop). A code none of our card payouts carries yet (the user's ``wx.addCard``
+    code not recorded, its event not yet applied) is refused to them too: whose it is cannot be told, and a
+    platform operator may redeem it."""
     if merchant_id is None:
         return
     stmt = (
-        select(Campaign.serves_merchant_id)
+        select(Payout.id, Campaign.serves_merchant_id)
         .select_from(Payout)
-        .join(Rebate, Rebate.id == Payout.rebate_id)
-        .join(Campaign, Campaign.id == Rebate.campaign_id)
+        .outerjoin(Rebate, Rebate.id == Payout.rebate_id)
+        .outerjoin(Campaign, Campaign.id == Rebate.campaign_id)
         .where(Payout.rail == Rail.CARD_COUPON, or_(Payout.external_no == code, Payout.wechat_ref == code))
     )
-    shops = set(db.session.execute(stmt).scalars())
-    if shops - {None, merchant_id}:
+    rows = db.session.execute(stmt).all()
+    if not rows:
+        raise PayoutError(
+            "this coupon's code is not recorded with us yet, so whose it is cannot be told: the customer opens the "
+            "coupon in the mini-program once (it records the code), or a platform operator redeems it",
+            code="card_code_unknown",
+            kind="forbidden",
+        )
+    if {shop for _, shop in rows} - {None, merchant_id}:
         raise PayoutError(
             "this coupon was paid out by another merchant's campaign: it is redeemed at that merchant's counter",
             code="card_of_another_merchant",

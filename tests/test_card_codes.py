@@ -405,3 +405,14 @@ def test_merchant_staff_redeem_only_their_own_merchants_and_the_platforms_cards(
     assert consumed.status_code == 200, consumed.json
     assert consumed.json["payout_id"] == payout.id
     assert state_of(payout.id)[0] == "succeeded"
+
+
+def test_merchant_staff_are_refused_a_code_none_of_our_payouts_carries_yet(sim_card_app, client, make_operator):
+    """Whose a code is cannot be told before it is recorded (review of 2026-12-02): merchant staff are refused and
+    WeChat is not asked to consume it; a platform operator may still redeem it (WeChat judges the code)."""
+    _, staff = make_operator("merchant_staff")
+    _, admin = make_operator("admin")
+    refused = client.post("/admin/api/cards/consume", headers=staff, json={"code": "000011112222"})
+    assert (refused.status_code, refused.json["error"]) == (403, "card_code_unknown"), refused.json
+    platform = client.post("/admin/api/cards/consume", headers=admin, json={"code": "000011112222"})
+    assert (platform.status_code, platform.json["error"]) == (422, "card_code_invalid")  # WeChat's answer
