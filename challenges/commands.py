@@ -113,7 +113,8 @@ class Mistake:
 # -- normalizing ---------------------------------------------------------------------------------------
 
 MENTION = re.compile(r"^\s*@\S*\s*|\s+@\S*\s*$")
-PUNCTUATION = re.compile(r"(?<!\d)\.|\.(?!\d)|[,;:!~，。；：！、…“”\"'「」『』()（）\[\]【】<>《》]+")
+# a point or a separator between two digits stays (1.5, 1,000: an amount is read whole or refused, never in part)
+PUNCTUATION = re.compile(r"(?<!\d)[.,、]|[.,、](?!\d)|[;:!~，。；：！…“”\"'「」『』()（）\[\]【】<>《》]+")
 SPACES = re.compile(r"\s+")
 
 
@@ -187,7 +188,12 @@ WEBHOOK_URL = re.compile(r"https?://\S+", re.IGNORECASE)
 START_WORDS = ("发起", "开始", "创建", "来个", "来一个", "新建", "开", "start", "new", "create")
 
 # A whole number as written (never the tail of a longer one: "0.001元" is 0.001, not 001), checked after.
-NUMBER = r"(?<![\d.])(\d+(?:\.\d+)?)(?![\d.])"
+NUMBER = r"(?<![\d.,，、万千亿点])(\d+(?:\.\d+)?)(?![\d.,，、])"
+# 2块5毛, 5元5角, 1块5 (一块五): yuan and jiao, read as 2.5元 (never 块 then a count of days or people)
+YUAN_JIAO = re.compile(r"(\d+)\s*(?:块|元)\s*(\d)\s*(?:毛|角)")
+KUAI_TAIL = re.compile(r"(\d+)\s*块\s*(\d)(?![\d.])(?!\s*(?:天|日|days?|d\b|人|个|号|元|块|毛|角))")
+# an amount we will not guess at: digit groups (1,000 / 0,5), or 万/千/亿 (3万点5元): refused, never read in part
+UNREADABLE_AMOUNT = re.compile(r"\d\s*[,，、]\s*\d|[万千亿]\s*(?:点\s*)?\d*\s*(?:元|块|yuan|rmb|cny)|\d\s*[万千亿]")
 DAYS = re.compile(NUMBER + r"\s*(?:天|日|days|day|d)(?![a-z])")
 STAKE = re.compile(r"(?:¥|￥|rmb)\s*" + NUMBER + r"|" + NUMBER + r"\s*(?:元|块钱|块|yuan|rmb|cny)(?![a-z])")
 ID = re.compile(r"^(?:#|no\.?|第)?\s*(\d{1,10})\s*(?:号)?$")
@@ -239,6 +245,10 @@ def _start(text: str, kind: Kind) -> StartChallenge | Mistake:
         return Mistake("ambiguous_days", "天数说了不止一次，只说一次就好。", example)
     if "." in days[0] or len(days[0]) > 3 or not MIN_DAYS <= int(days[0]) <= MAX_DAYS:
         return Mistake("bad_days", f"挑战天数是 {MIN_DAYS} 到 {MAX_DAYS} 的整数（微信运动只保留 31 天）。", example)
+    if UNREADABLE_AMOUNT.search(text):
+        why = "金额请写成数字，例如「每人2.5元」（不用逗号、万、千）。"
+        return Mistake("bad_stake", why, example)
+    text = KUAI_TAIL.sub(r"\1.\2元", YUAN_JIAO.sub(r"\1.\2元", text))
     stakes = [a or b for a, b in STAKE.findall(text)]
     if not stakes:
         return Mistake("missing_stake", "要说输的人每人出多少（例如「每人5元」）。", example)

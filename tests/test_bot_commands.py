@@ -44,6 +44,11 @@ STEPS_3_5 = StartChallenge(Kind.STEPS, 3, 500)
         ("发起步数挑战 1天 每人3点5元", StartChallenge(Kind.STEPS, 1, 350)),
         ("发起步数挑战 1天 每人0.05元", StartChallenge(Kind.STEPS, 1, 5)),
         ("start steps 2 days 0.15 yuan", StartChallenge(Kind.STEPS, 2, 15)),
+        ("发起步数挑战 3天 每人一块五", StartChallenge(Kind.STEPS, 3, 150)),  # yuan and jiao
+        ("发起步数挑战 3天 每人2块5毛", StartChallenge(Kind.STEPS, 3, 250)),
+        ("发起步数挑战 3天 每人5元5角", StartChallenge(Kind.STEPS, 3, 550)),
+        ("发起步数挑战 每人5块 3天", StartChallenge(Kind.STEPS, 3, 500)),  # 块 then the days: not 5.3
+        ("发起步数挑战，3天，每人5元", StartChallenge(Kind.STEPS, 3, 500)),
         ("加入", JoinChallenge()),
         ("@bot 加入 12", JoinChallenge(12)),
         ("加入 12 @挑战机器人", JoinChallenge(12)),
@@ -83,6 +88,14 @@ def test_commands_are_read_forgivingly(text, expected):
         ("步数挑战 3天 每人零点零零一元", "bad_stake"),
         ("步数挑战 3天 每人" + "9" * 40 + "元", "bad_stake"),
         ("步数挑战 1.05天 5元", "bad_days"),
+        # digit groups and 万/千 are refused, never read in part (0,5元 was read as 5元, ¥1,000 as 1元)
+        ("步数挑战 3天 每人0,5元", "bad_stake"),
+        ("步数挑战 3天 每人0，5元", "bad_stake"),
+        ("步数挑战 3天 每人1,000.5元", "bad_stake"),
+        ("步数挑战 3天 ¥1,000", "bad_stake"),
+        ("步数挑战 3天 每人3万点5元", "bad_stake"),
+        ("步数挑战 3天 每人十万点五元", "bad_stake"),
+        ("步数挑战 3天 每人3千元", "bad_stake"),
         ("步数挑战 " + "1" * 40 + "天 5元", "bad_days"),
         ("步数挑战 3天 4天 5元", "ambiguous_days"),
         ("加入 abc", "bad_id"),
