@@ -31,8 +31,10 @@ class OperatorRole(StrEnum):
 
 
 def username_key(username: str) -> str:
-    """A username as people read it: compatibility forms folded (full-width letters), then case."""
-    return unicodedata.normalize("NFKC", username).casefold()
+    """A username as people read it: compatibility forms folded (full-width letters), then case, and no invisible
+    marks (a zero-width space)."""
+    folded = unicodedata.normalize("NFKC", username).casefold()
+    return "".join(c for c in folded if unicodedata.category(c) != "Cf")  # zero-width and other invisible marks
 
 
 class Operator(Base):
@@ -43,7 +45,7 @@ class Operator(Base):
     # The name as a reader of the audit log tells it apart (``username_key``): unique, so "Bob", "bob" and
     # "ｂｏｂ" are one name whichever database checks it (SQLite's lower() folds ASCII only).
     username_key: Mapped[str] = mapped_column(
-        String(256), default=lambda ctx: username_key(ctx.get_current_parameters()["username"])
+        Text, default=lambda ctx: username_key(ctx.get_current_parameters()["username"])
     )
     display_name: Mapped[str] = mapped_column(String(64))
     role: Mapped[str] = mapped_column(String(16))

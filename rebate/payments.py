@@ -451,7 +451,8 @@ def _post_sale(
             received.append(Leg(ref(AccountKind.PLATFORM_MARKETING_FUND), -unsettled))
     legs = [*received, *(Leg(funder, -amount) for funder, amount in funded.values()), *wallet.sale_legs(order)]
     legs = [leg for leg in legs if leg.amount]  # (a 免充值 coupon may leave a side nothing)
-    effects.batch.add(f"order:{order.id}:sale", f"sale {order.out_trade_no}", legs)
+    if legs:  # (or everything: a merchant's own packet and its own 免充值 coupon paid the whole order)
+        effects.batch.add(f"order:{order.id}:sale", f"sale {order.out_trade_no}", legs)
     wallet.spend_points(order, effects.batch)
     if order.sub_mchid:
         order.frozen_fen = settled

@@ -195,8 +195,12 @@ def _full_width(name: str) -> str:
     return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in name)
 
 
-# FIN1 beside fin1 (or ｆｉｎ１) would read as one person in the audit log
-@pytest.mark.parametrize("same", [str, str.upper, _full_width])
+def _zero_width(name: str) -> str:
+    return name[:1] + "\u200b" + name[1:]
+
+
+# FIN1 beside fin1 (or ｆｉｎ１, or f​in1 with a zero-width space) would read as one person in the audit log
+@pytest.mark.parametrize("same", [str, str.upper, _full_width, _zero_width])
 def test_duplicate_operator_is_409(client, admin, same):
     operator, headers = admin
     before = table_counts()
@@ -205,6 +209,11 @@ def test_duplicate_operator_is_409(client, admin, same):
     assert response.status_code == 409
     assert response.json["error"] == "duplicate_operator"
     assert table_counts() == before
+
+
+def test_a_name_that_folds_long_is_stored_not_a_500(client, admin):
+    body = {"username": "\ufdfa" * 64, "display_name": "X", "role": "support", "reason": "a long ligature"}
+    assert client.post("/admin/api/operators", json=body, headers=admin[1]).status_code == 201
 
 
 def test_the_database_refuses_a_second_name_the_app_check_did_not_see(app, admin):

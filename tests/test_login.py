@@ -235,6 +235,10 @@ def test_authorize_redirects_with_server_side_state(app, client, no_network):  #
         "/a\tb",
         "/_sim/open/connect/oauth2/authorize?redirect_uri=http://evil.test/",  # a redirector: the token would follow
         "/oauth/authorize?next=/x",
+        "/%5Fsim/open/connect/oauth2/authorize",  # the same redirector, spelt so a prefix check misses it
+        "/x/../_sim/open/connect/oauth2/authorize",
+        "/./_sim/open/",
+        "/%252e%252e/_sim/open/",
     ],
 )
 def test_authorize_refuses_open_redirects(client, no_network, bad):  # noqa: F811

@@ -86,6 +86,16 @@ def test_a_line_break_in_the_console_next_lands_on_the_overview(client, make_ope
     assert db.session.execute(select(func.count()).select_from(ConsoleSession)).scalar_one() == 1
 
 
+def test_a_console_next_that_leaves_the_console_by_dot_segments_lands_on_the_overview(client, make_operator):
+    from tests.console_helpers import csrf_of, token_of
+
+    _, headers = make_operator("admin")
+    csrf = csrf_of(client.get("/console/sign-in").get_data(as_text=True))
+    data = {"csrf_token": csrf, "token": token_of(headers), "next": "/console/%2e%2e/oauth/authorize"}
+    answer = client.post("/console/sign-in", data=data)
+    assert answer.status_code == 302 and "oauth" not in answer.headers["Location"]
+
+
 def test_a_user_token_for_an_id_beyond_any_row_is_401(client):
     from web.auth import _serializer
 

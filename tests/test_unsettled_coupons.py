@@ -135,7 +135,6 @@ def test_a_late_payment_with_a_nocash_coupon_owes_back_only_what_wechat_settled(
         [{"type": "NOCASH"}],  # no amount
         [{"type": "NOCASH", "amount": "20"}],  # a string
         [{"type": "NOCASH", "amount": -1}],
-        [{"type": "FREE", "amount": 1_00}],  # neither CASH nor NOCASH
         [{"type": "NOCASH", "amount": 30_00}],  # more than the payer was spared (20 yuan)
         ["coupon"],
     ],
@@ -179,3 +178,11 @@ def test_the_statement_counts_only_the_settled_part_as_frozen_and_unfrozen(app, 
     assert refunded(app, client, db.session.get(Order, order.id), "R-BEFORE-SHARE", 50_00) == 204
     assert _frozen_when_sent(share, 100_00, 20_00) == 80_00 - (50_00 - 10_00)
     assert _frozen_when_sent(share, 100_00) == 50_00  # no coupon: as before
+
+
+def test_a_promotion_of_a_type_we_do_not_know_is_taken_as_settled(app, client, make_order, no_network):
+    """Refusing it would leave money WeChat took unbooked: booked as settled, the reconciliation shows it if not."""
+    order = make_order(100_00)
+    assert paid_with(app, client, order, ("DISCOUNT", 20_00)).status_code == 204
+    done = db.session.get(Order, order.id)
+    assert (done.status, done.paid_fen, done.unsettled_coupon_fen) == ("paid", 80_00, 0)

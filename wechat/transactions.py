@@ -228,10 +228,9 @@ def _unsettled_coupons(promotions: object) -> int:
         amount = r.fen("amount")
         if amount < 0:
             raise MalformedResource(f"promotion_detail[{i}].amount", f"{amount} fen")
-        kind = r.text("type", required=False)
-        if kind not in ("", "CASH", "NOCASH"):
-            raise MalformedResource(f"promotion_detail[{i}].type", f"{kind!r} is neither CASH nor NOCASH")
-        if kind == "NOCASH":
+        # any other type is taken as settled (CASH): the payment is booked, and the day's reconciliation shows the
+        # order if WeChat settled less (refusing it would leave money WeChat took unbooked)
+        if r.text("type", required=False) == "NOCASH":
             unsettled += amount
     return unsettled
 

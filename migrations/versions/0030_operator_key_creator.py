@@ -25,13 +25,14 @@ depends_on = None
 
 
 def _key(username: str) -> str:
-    return unicodedata.normalize("NFKC", username).casefold()  # models.operators.username_key, frozen here
+    folded = unicodedata.normalize("NFKC", username).casefold()  # models.operators.username_key, frozen here
+    return "".join(c for c in folded if unicodedata.category(c) != "Cf")
 
 
 def upgrade():
     # NOT NULL needs a default for the rows already there (SQLite adds no NOT NULL column without one); every
     # insert names the key (the model's default), and PostgreSQL drops the placeholder below.
-    op.add_column("operators", sa.Column("username_key", sa.String(256), nullable=False, server_default=""))
+    op.add_column("operators", sa.Column("username_key", sa.Text(), nullable=False, server_default=""))
     conn = op.get_bind()
     operators = sa.table("operators", sa.column("id", sa.Integer), sa.column("username", sa.String))
     keyed = sa.table("operators", sa.column("id", sa.Integer), sa.column("username_key", sa.String))

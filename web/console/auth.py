@@ -24,6 +24,7 @@ from web.api import client_ip
 from web.auth import forget_other_requests, operator_token, token_is_live
 from web.console import bp, render
 from web.errors import ApiError
+from web.login import resolved_path
 
 PUBLIC_ENDPOINTS = {"console.sign_in", "console.static"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -133,7 +134,8 @@ def _safe_next(target: str | None) -> str:
     if target:
         parts = urlsplit(target)
         plain = not any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)  # a Location header cannot carry them
-        if not parts.scheme and not parts.netloc and target.startswith("/console/") and "\\" not in target and plain:
+        inside = target.startswith("/console/") and resolved_path(parts.path).startswith("/console/")
+        if not parts.scheme and not parts.netloc and inside and "\\" not in target and plain:
             return target
     return url_for("console.overview") if "console.overview" in current_app.view_functions else url_for("console.home")
 
