@@ -222,6 +222,16 @@ def approval_refused_because(
     return None
 
 
+def same_hands(operator: Operator, now: datetime) -> list[int]:
+    """The operator and every account of the same making as of ``now`` (their lines of fresh creation meet, as
+    ``approval_refused_because`` reads them): one person's hands, in id order. Only operators made less than
+    ``NEW_OPERATOR_COOLING`` ago can join an older one's hands, so the read is of the few fresh accounts."""
+    since = now - NEW_OPERATOR_COOLING
+    mine = _line(operator, since)
+    fresh = db.session.execute(select(Operator).where(Operator.created_at > since)).scalars()
+    return sorted(mine | {other.id for other in fresh if _line(other, since) & mine})
+
+
 def _line(operator: Operator, since: datetime) -> set[int]:
     """The operator and whoever created them, up the line while each was created after ``since``."""
     line = {operator.id}

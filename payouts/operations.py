@@ -12,7 +12,7 @@ from sqlalchemy import func, or_, select
 
 from ledger import account, balance
 from models import AccountKind, Campaign, Operator, Order, Payout, PayoutStatus, Rail, Rebate, User, db, utcnow
-from models.operators import approval_refused_because
+from models.operators import approval_refused_because, same_hands
 from payouts.outbox import enqueue_payout
 from payouts.settings import MoneySettings
 from payouts.transitions import PayoutStateError, mark_returned, mark_succeeded, move
@@ -249,12 +249,17 @@ SPLIT_WINDOW = timedelta(hours=24)
 
 
 def _unapproved_recently(operator_id: int, user_id: int) -> int:
-    """Manual payouts of the last ``SPLIT_WINDOW`` no second operator approved, by this operator or to this person,
-    that are on their way or paid; their rows locked first."""
-    # FOR NO KEY UPDATE: rows that only name this operator or person (audit lines, bans) go on inserting
-    db.session.execute(select(Operator.id).where(Operator.id == operator_id).with_for_update(key_share=True))
+    """Manual payouts of the last ``SPLIT_WINDOW`` no second operator approved, by this operator (or an account of the
+    same making: ``models.operators.same_hands``) or to this person, that are on their way or paid; their rows
+    locked first (in id order)."""
+    now = utcnow()
+    hands = same_hands(db.session.get(Operator, operator_id), now)
+    # FOR NO KEY UPDATE: rows that only name these operators or person (audit lines, bans) go on inserting
+    db.session.execute(
+        select(Operator.id).where(Operator.id.in_(hands)).order_by(Operator.id).with_for_update(key_share=True)
+    ).all()
     db.session.execute(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
-    since = utcnow() - SPLIT_WINDOW
+    since = now - SPLIT_WINDOW
     return int(
         db.session.execute(
             select(func.coalesce(func.sum(Payout.amount_fen), 0)).where(
@@ -263,7 +268,7 @@ def _unapproved_recently(operator_id: int, user_id: int) -> int:
                 # cancelled, or waiting for an operator (an approval among them): none of it has left
                 Payout.status.not_in([PayoutStatus.CANCELLED, PayoutStatus.NEEDS_OPERATOR]),
                 Payout.created_at >= since,
-                or_(Payout.created_by_operator_id == operator_id, Payout.user_id == user_id),
+                or_(Payout.created_by_operator_id.in_(hands), Payout.user_id == user_id),
             )
         ).scalar_one()
     )

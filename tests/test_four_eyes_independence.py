@@ -141,3 +141,29 @@ def test_waiting_does_not_make_a_fresh_account_independent_of_the_proposal(app, 
     puppet.created_at -= NEW_OPERATOR_COOLING  # made long before the proposal: a colleague by then
     assert approval_refused_because(puppet, creator.id, proposed_at, later) is None
     assert approval_refused_because(creator, creator.id, proposed_at, utcnow()) is not None  # themselves, ever
+
+
+def test_fresh_accounts_of_one_admin_share_the_manual_payout_limit(app, client, make_operator, make_user):
+    """Split over two new accounts and two people, 2 × 300 yuan no second operator approved is still one person's
+    600 yuan: the second waits for approval (review of 2026-12-02)."""
+    _, admin_h = make_operator("admin")
+    _, one_h = created_by(client, admin_h)
+    _, two_h = created_by(client, admin_h)
+    body = {"amount_fen": 30_000, "reason": "goodwill for a late delivery"}
+    answers = []
+    for headers in (one_h, two_h):
+        user = make_user(appid=app.config["WECHAT_APPID"])
+        made = client.post(
+            "/admin/api/payouts",
+            json={**body, "user_id": user.id},
+            headers={"Idempotency-Key": uuid.uuid4().hex, **headers},
+        )
+        answers.append((made.status_code, made.json["status"]))
+    assert answers == [(201, "pending"), (201, "needs_operator")]
+    _, stranger_h = make_operator("finance")  # an account nobody made lately has a limit of its own
+    made = client.post(
+        "/admin/api/payouts",
+        json={**body, "user_id": make_user(appid=app.config["WECHAT_APPID"]).id},
+        headers={"Idempotency-Key": uuid.uuid4().hex, **stranger_h},
+    )
+    assert (made.status_code, made.json["status"]) == (201, "pending")
