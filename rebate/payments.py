@@ -101,7 +101,11 @@ def apply_payment(
     order = loaded.order
     # A notification id is recorded only with an outcome that left the order paid, refunded or closed:
     # an open order cannot have seen it (a concurrent twin waited on the lock and sees the winner's status).
-    if notification_id and order.status != OrderStatus.CREATED and notification_seen(notification_id):
+    if (
+        notification_id
+        and order.status != OrderStatus.CREATED
+        and notification_seen(notification_id, order.out_trade_no)
+    ):
         return PaymentOutcome.DUPLICATE_NOTIFICATION
     if not tx.paid:
         return PaymentOutcome.NOT_PAID

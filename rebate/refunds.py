@@ -57,7 +57,15 @@ from rebate.covered_debts import settle_covered
 from rebate.deposits import cover_reservation, lock_deposits
 from rebate.errors import DepositExhausted, Invalid, NotFound, RebateError, StateConflict
 from rebate.fees import reduce_fee
-from rebate.intake import PayAccount, RefundOutcome, RefundState, flag_order, notification_seen, record_notification
+from rebate.intake import (
+    REFUND_OUTCOME,
+    PayAccount,
+    RefundOutcome,
+    RefundState,
+    flag_order,
+    notification_seen,
+    record_notification,
+)
 from rebate.orders import earned_by, lock_order, order_packets, still_earned
 from rebate.packets import release_packet, reservation_for
 from rebate.rules import OrderFacts, entitlement_after_refund
@@ -458,7 +466,7 @@ def apply_refund_notice(
     order = lock_order(notice.out_trade_no)
     if order is None:
         return RefundOutcome.NOT_OURS
-    if notification_id and notification_seen(notification_id):
+    if notification_id and notification_seen(notification_id, order.out_trade_no, refund=True):
         return RefundOutcome.DUPLICATE_NOTIFICATION
     if notice.mchid is not None and notice.mchid != expected.mchid:
         flag_order(order, "refund_mismatch", f"refund {notice.out_refund_no} is for mchid {notice.mchid!r}")
@@ -486,7 +494,7 @@ def apply_refund_notice(
         flag_order(order, "refund_refused", f"refund {notice.out_refund_no} could not be applied: {exc}")
         return RefundOutcome.REFUSED
     if outcome.accepted:
-        record_notification(notification_id, order.out_trade_no, f"refund_{outcome}")
+        record_notification(notification_id, order.out_trade_no, f"{REFUND_OUTCOME}{outcome}")
     db.session.flush()
     return outcome
 

@@ -186,3 +186,44 @@ def test_a_promotion_of_a_type_we_do_not_know_is_taken_as_settled(app, client, m
     assert paid_with(app, client, order, ("DISCOUNT", 20_00)).status_code == 204
     done = db.session.get(Order, order.id)
     assert (done.status, done.paid_fen, done.unsettled_coupon_fen) == ("paid", 80_00, 0)
+
+
+@pytest.mark.parametrize("payer_total", [-100, -1, 100_01])
+def test_a_payer_total_below_zero_or_above_the_total_is_refused(app, client, make_order, no_network, payer_total):
+    """Found by the WeChat probe: -100 was accepted and the order paid with paid_fen -100 (every rebate skipped)."""
+    order = make_order(100_00)
+    resource = transaction_resource(app, order)
+    resource["amount"]["payer_total"] = payer_total
+    assert deliver(client, app, resource).status_code == 400
+    db.session.rollback()
+    assert db.session.get(Order, order.id).status == "created"
+
+
+def test_the_v2_spelling_of_a_nocash_coupon_is_one(app, client, make_order, no_network):
+    order = make_order(100_00)
+    assert paid_with(app, client, order, ("NO_CASH", 20_00)).status_code == 204
+    assert db.session.get(Order, order.id).unsettled_coupon_fen == 20_00
+
+
+def test_a_notification_id_reused_for_another_order_or_kind_is_applied_not_a_500_nor_dropped(
+    app, client, make_order, no_network
+):
+    """Found by the WeChat probe: an id seen for order A failed order B's payment (500, retried for a day) and
+    silently dropped A's refund notice carrying it. Now a repeat is the same id for the same order and kind."""
+    first, second = make_order(100_00), make_order(50_00)
+    shared = "EV-SHARED-1"
+    assert deliver(client, app, transaction_resource(app, first), notification_id=shared).status_code == 204
+    assert deliver(client, app, transaction_resource(app, second), notification_id=shared).status_code == 204
+    db.session.rollback()
+    assert db.session.get(Order, second.id).status == "paid"
+    first = db.session.get(Order, first.id)
+    begin_refund(first, "R-SHARED-ID", 10_00, "returned")
+    db.session.commit()
+    told = refund_resource(app, first, "R-SHARED-ID", 10_00)
+    assert deliver_refund(client, app, told, notification_id=shared).status_code == 204
+    db.session.rollback()
+    assert db.session.get(Order, first.id).refunded_fen == 10_00
+    # and a real repeat is still one
+    assert deliver_refund(client, app, told, notification_id=shared).status_code == 204
+    db.session.rollback()
+    assert db.session.get(Order, first.id).refunded_fen == 10_00

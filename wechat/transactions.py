@@ -208,8 +208,10 @@ def _amount(data: Mapping[str, Any] | None, transaction: _Reader) -> Amount | No
     if total <= 0:
         raise MalformedResource("amount.total", f"a payment of {total} fen")
     payer_total = r.fen("payer_total", required=False)
+    if payer_total is not None and not 0 <= payer_total <= total:
+        raise MalformedResource("amount.payer_total", f"{payer_total} fen of a {total} fen payment")
     unsettled = _unsettled_coupons(transaction.data.get("promotion_detail"))
-    if unsettled > total - (total if payer_total is None else max(0, min(payer_total, total))):
+    if unsettled > total - (total if payer_total is None else payer_total):
         raise MalformedResource(
             "promotion_detail", f"免充值 coupons of {unsettled} fen, more than the payer was spared of {total} fen"
         )
@@ -230,7 +232,7 @@ def _unsettled_coupons(promotions: object) -> int:
             raise MalformedResource(f"promotion_detail[{i}].amount", f"{amount} fen")
         # any other type is taken as settled (CASH): the payment is booked, and the day's reconciliation shows the
         # order if WeChat settled less (refusing it would leave money WeChat took unbooked)
-        if r.text("type", required=False) == "NOCASH":
+        if r.text("type", required=False).upper() in ("NOCASH", "NO_CASH"):  # (NO_CASH: the v2 spelling)
             unsettled += amount
     return unsettled
 
