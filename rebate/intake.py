@@ -38,6 +38,7 @@ class PaidAmount(Protocol):
     total_fen: int
     payer_total_fen: int | None
     unsettled_coupon_fen: int  # what 免充值 coupons paid: never settled by WeChat
+    currency: str
 
 
 class PaymentTransaction(Protocol):

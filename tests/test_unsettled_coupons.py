@@ -227,3 +227,23 @@ def test_a_notification_id_reused_for_another_order_or_kind_is_applied_not_a_500
     assert deliver_refund(client, app, told, notification_id=shared).status_code == 204
     db.session.rollback()
     assert db.session.get(Order, first.id).refunded_fen == 10_00
+
+
+def test_coupons_beyond_what_the_payer_was_spared_are_refused(app, client, make_order, no_network):
+    order = make_order(100_00)  # 30 yuan of coupons for a payer spared 10
+    resource = transaction_resource(app, order, promotion_detail=promotions(("CASH", 20_00), ("NOCASH", 10_00)))
+    resource["amount"]["payer_total"] = 90_00
+    assert deliver(client, app, resource).status_code == 400
+    db.session.rollback()
+    assert db.session.get(Order, order.id).status == "created"
+
+
+def test_a_payment_in_another_currency_is_flagged_and_moves_nothing(app, client, make_order, no_network):
+    order = make_order(100_00)
+    resource = transaction_resource(app, order)
+    resource["amount"]["currency"] = "USD"
+    answer = deliver(client, app, resource)
+    assert answer.status_code == 400
+    db.session.rollback()
+    flagged = db.session.get(Order, order.id)
+    assert flagged.status == "created" and "USD" in flagged.review_reason

@@ -210,31 +210,34 @@ def _amount(data: Mapping[str, Any] | None, transaction: _Reader) -> Amount | No
     payer_total = r.fen("payer_total", required=False)
     if payer_total is not None and not 0 <= payer_total <= total:
         raise MalformedResource("amount.payer_total", f"{payer_total} fen of a {total} fen payment")
-    unsettled = _unsettled_coupons(transaction.data.get("promotion_detail"))
-    if unsettled > total - (total if payer_total is None else payer_total):
+    coupons, unsettled = _coupons(transaction.data.get("promotion_detail"))
+    spared = total - (total if payer_total is None else payer_total)
+    if coupons > spared:
         raise MalformedResource(
-            "promotion_detail", f"免充值 coupons of {unsettled} fen, more than the payer was spared of {total} fen"
+            "promotion_detail", f"coupons of {coupons} fen, more than the {spared} fen the payer was spared"
         )
     return Amount(total, payer_total, r.text("currency", required=False) or "CNY", unsettled)
 
 
-def _unsettled_coupons(promotions: object) -> int:
-    """What the ``promotion_detail`` entries of type NOCASH (免充值) paid; CASH (充值型) ones WeChat settles."""
+def _coupons(promotions: object) -> tuple[int, int]:
+    """What the ``promotion_detail`` entries paid in all, and what those of type NOCASH (免充值) paid of it; CASH
+    (充值型) ones WeChat settles."""
     if promotions is None:
-        return 0
+        return 0, 0
     if not isinstance(promotions, list):
         raise MalformedResource("promotion_detail", "is not a list")
-    unsettled = 0
+    coupons = unsettled = 0
     for i, entry in enumerate(promotions):
         r = _Reader(entry, f"promotion_detail[{i}]")
         amount = r.fen("amount")
         if amount < 0:
             raise MalformedResource(f"promotion_detail[{i}].amount", f"{amount} fen")
+        coupons += amount
         # any other type is taken as settled (CASH): the payment is booked, and the day's reconciliation shows the
         # order if WeChat settled less (refusing it would leave money WeChat took unbooked)
         if r.text("type", required=False).upper() in ("NOCASH", "NO_CASH"):  # (NO_CASH: the v2 spelling)
             unsettled += amount
-    return unsettled
+    return coupons, unsettled
 
 
 class _Reader:
