@@ -69,6 +69,7 @@ class RefundState(Protocol):
     transaction_id: str  # the payment refunded ("" when not named)
     mchid: str | None
     sub_mchid: str | None  # partner mode, when WeChat names it
+    settlement_refund_fen: int | None  # what WeChat took back of what it settled, when it says (API answers)
 
 
 class PaymentOutcome(StrEnum):

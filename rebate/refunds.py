@@ -241,6 +241,24 @@ def _post_late_refund(order: Order, refund: Refund) -> None:
     )
 
 
+def _check_settlement_refund(order: Order, notice: RefundState, now: datetime) -> None:
+    """WeChat's ``settlement_refund`` (in refund API answers) against the books' split of a refund just applied: what
+    it took back of what it settled is the refund less a 免充值 coupon's share. They differ only by WeChat rounding a
+    coupon's share otherwise: an operator is told once (the books keep their split; a full refund evens it)."""
+    refund = _refund_of(order, notice.out_refund_no)
+    told = getattr(notice, "settlement_refund_fen", None)
+    if told is None or refund is None or refund.finished_at != now:  # not said, or applied before (told again)
+        return
+    ours = refund.amount_fen - _unsettled_part(order, refund)
+    if told != ours:
+        alert_once(
+            "refund_split_differs",
+            refund.out_refund_no,
+            text=f"refund {refund.out_refund_no}: WeChat took back {told} fen of what it settled, the books {ours} fen "
+            f"(order {order.out_trade_no}, 免充值 coupons {order.unsettled_coupon_fen} fen)",
+        )
+
+
 def _unsettled_part(order: Order, refund: Refund) -> int:
     """What of ``refund`` (already counted in ``order.refunded_fen``) goes back to a 免充值 coupon, not from what
     WeChat settled to us (``money.unsettled_share``)."""
@@ -493,6 +511,8 @@ def apply_refund_notice(
             return RefundOutcome.MISMATCH_FLAGGED
         flag_order(order, "refund_refused", f"refund {notice.out_refund_no} could not be applied: {exc}")
         return RefundOutcome.REFUSED
+    if outcome == RefundOutcome.SUCCESS:
+        _check_settlement_refund(order, notice, now)
     if outcome.accepted:
         record_notification(notification_id, order.out_trade_no, f"{REFUND_OUTCOME}{outcome}")
     db.session.flush()

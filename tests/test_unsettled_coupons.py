@@ -247,3 +247,33 @@ def test_a_payment_in_another_currency_is_flagged_and_moves_nothing(app, client,
     db.session.rollback()
     flagged = db.session.get(Order, order.id)
     assert flagged.status == "created" and "USD" in flagged.review_reason
+
+
+@pytest.mark.parametrize(("settlement_refund", "alerted"), [(40_00, False), (39_99, True)])
+def test_wechats_settlement_refund_is_checked_against_the_books_split(
+    app, client, make_order, no_network, settlement_refund, alerted
+):
+    """A refund API answer says what WeChat took back of what it settled: an operator is told when the books split
+    the refund otherwise (a coupon's share rounded another way); the books keep theirs."""
+    from flask import current_app
+
+    from models import Alert, utcnow
+    from rebate import PayAccount, apply_refund_notice
+    from tests.money_helpers import app_money
+    from wechat.transactions import RefundNotice
+
+    order = make_order(100_00)
+    assert paid_with(app, client, order, ("NOCASH", 20_00)).status_code == 204
+    order = db.session.get(Order, order.id)
+    begin_refund(order, "R-SPLIT", 50_00, "returned")
+    db.session.commit()
+    answer = refund_resource(app, order, "R-SPLIT", 50_00)
+    answer = {k: v for k, v in answer.items() if k != "refund_status"} | {"status": "SUCCESS"}
+    answer["amount"] = {**answer["amount"], "settlement_refund": settlement_refund}
+    account = PayAccount.from_config(current_app.config)
+    outcome = apply_refund_notice(RefundNotice.parse(answer), account, utcnow(), money=app_money())
+    db.session.commit()
+    assert outcome == "success"
+    kinds = db.session.execute(select(Alert.kind)).scalars().all()
+    assert ("refund_split_differs" in kinds) == alerted
+    assert books()[K.WECHAT_SETTLEMENT] == -80_00 + 40_00  # the books' split either way

@@ -120,6 +120,7 @@ class RefundNotice:
     success_time: datetime | None = None
     user_received_account: str = ""
     sub_mchid: str | None = None  # a partner refund's sub-merchant, when WeChat names it
+    settlement_refund_fen: int | None = None  # what WeChat took back from what it settled (API answers)
 
     @property
     def succeeded(self) -> bool:
@@ -149,6 +150,7 @@ class RefundNotice:
             success_time=r.time("success_time"),
             user_received_account=r.text("user_received_account", required=False),
             sub_mchid=r.text("sub_mchid", required=False) or None,
+            settlement_refund_fen=amount.fen("settlement_refund", required=False),
         )
 
 
