@@ -345,7 +345,8 @@ def test_a_campaign_paused_for_its_deposit_is_still_paused_by_a_spike_and_says_w
     paused = db.session.get(Campaign, campaign.id)
     assert paused.paused_for_deposit and _status_words(paused) == DEPOSIT_PAUSE_WORDS
     sign_in(client, make_operator("admin")[1])
-    assert 'id="pause"' in client.get(f"/console/campaigns/{campaign.id}").get_data(as_text=True)
+    page = client.get(f"/console/campaigns/{campaign.id}").get_data(as_text=True)
+    assert 'id="pause"' in page and "the packets out still earn" in page
 
     spike = Spike(f"campaign:{campaign.id}:rebates", utcnow(), 99, 1.0, 0.5, "rebates 99 in an hour")
     assert pause_spiking([spike]) == [campaign.id]
