@@ -97,6 +97,9 @@ class Campaign(Base):
     # but the packets already out keep what their claims reserved, so spending one still earns its rebate. Any
     # operator transition (pause, activate, end) clears it: an operator's pause stops issuing and awarding.
     paused_for_deposit: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Paused by the platform (an admin, a ban, the risk jobs): only a platform operator activates it again, never
+    # the merchant's own staff. Cleared by any activation or end.
+    paused_by_platform: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Denormalised for the payment's one read of the campaigns that can apply to an order (see the
     # mapper events below; never set by hand): the merchant whose orders it serves (None: every

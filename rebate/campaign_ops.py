@@ -213,10 +213,17 @@ def transition(actor: Actor, campaign_id: int, action: str, reason: str, *, serv
         refuse_foreign_discount(campaign, None)
     elif target == CampaignStatus.ACTIVE:
         refuse_deposit_campaign_in_direct_mode(campaign)
+    if target == CampaignStatus.ACTIVE and campaign.paused_by_platform and actor.merchant_scope is not None:
+        raise RebateError(
+            f"campaign {campaign.id} was paused by the platform: a platform operator activates it again",
+            code="paused_by_platform",
+            kind="forbidden",
+        )
     if target == CampaignStatus.ACTIVE:
         refuse_suspended_merchants(_merchants_of(campaign))
         check_deposit(campaign)
     campaign.status, campaign.paused_for_deposit = target, False
+    campaign.paused_by_platform = target == CampaignStatus.PAUSED and actor.merchant_scope is None
     audit(actor, f"campaign.{action}", "campaign", campaign.id, reason)
     db.session.flush()
     return campaign

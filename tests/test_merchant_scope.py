@@ -360,3 +360,35 @@ def test_two_payments_at_once_never_spend_more_than_the_deposit_holds(
     db.session.rollback()
     paid = sorted(db.session.execute(select(Rebate.amount_fen)).scalars())
     assert paid == [50, 4_50] and deposit(shop.id) == 0
+
+
+@pytest.mark.parametrize("paused_by", ["admin", "merchant_staff"])
+def test_a_platforms_pause_is_undone_by_the_platform_only(
+    client, make_operator, make_merchant, make_campaign, paused_by
+):
+    """Found by an outside probe: an admin paused a campaign for suspected fraud and the merchant's own staff
+    activated it again. A pause by the platform (an admin, a ban, the risk jobs) sticks against the merchant."""
+    staff_op, staff = make_operator("merchant_staff")
+    _, admin = make_operator("admin")
+    from tests.conftest import fund_deposit
+
+    campaign_id = client.post("/admin/api/campaigns", json=body(staff_op.merchant_id), headers=staff).get_json()["id"]
+    fund_deposit(staff_op.merchant_id, 1_000_00)
+    db.session.commit()
+    path = f"/admin/api/campaigns/{campaign_id}"
+    assert client.post(f"{path}/activate", json={"reason": "go live"}, headers=staff).status_code == 200
+    campaign = db.session.get(Campaign, campaign_id)
+    pauser = admin if paused_by == "admin" else staff
+    assert client.post(f"{path}/pause", json={"reason": "fraud suspected"}, headers=pauser).status_code == 200
+    again = client.post(f"{path}/activate", json={"reason": "back on"}, headers=staff)
+    if paused_by == "admin":
+        assert (again.status_code, again.get_json()["error"]) == (403, "paused_by_platform"), again.get_json()
+        db.session.rollback()
+        assert db.session.get(Campaign, campaign.id).status == "paused"
+        again = client.post(f"{path}/activate", json={"reason": "checked: fine"}, headers=admin)
+    assert again.status_code == 200, again.get_json()
+    db.session.rollback()
+    assert (db.session.get(Campaign, campaign.id).status, db.session.get(Campaign, campaign.id).paused_by_platform) == (
+        "active",
+        False,
+    )

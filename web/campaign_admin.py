@@ -137,6 +137,7 @@ def campaign_json(c: Campaign) -> dict:
         "name": c.name,
         "status": c.status,
         "paused_for_deposit": c.paused_for_deposit,  # paused by a dry deposit: the packets out still earn
+        "paused_by_platform": c.paused_by_platform,  # only a platform operator activates it again
         "issuer_type": c.issuer_type,
         "issuer_merchant_id": c.issuer_merchant_id,
         "issuer_merchant_name": merchant_name(c.issuer_merchant_id),

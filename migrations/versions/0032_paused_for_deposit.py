@@ -1,5 +1,6 @@
 """campaigns: ``paused_for_deposit``, a pause the funder's dry deposit made: no more packets, but the ones out still
-earn what their claims reserved (an operator's pause still stops both)
+earn what their claims reserved (an operator's pause still stops both); ``paused_by_platform``, a pause by an admin, a
+ban or the risk jobs: the merchant's own staff do not activate it again
 
 Revision ID: 0032_paused_for_deposit
 Revises: 0031_unsettled_coupons
@@ -16,10 +17,10 @@ depends_on = None
 
 
 def upgrade():
-    op.add_column(
-        "campaigns", sa.Column("paused_for_deposit", sa.Boolean(), nullable=False, server_default=sa.false())
-    )
+    for column in ("paused_for_deposit", "paused_by_platform"):
+        op.add_column("campaigns", sa.Column(column, sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade():
+    op.drop_column("campaigns", "paused_by_platform")
     op.drop_column("campaigns", "paused_for_deposit")
