@@ -113,14 +113,20 @@ class Mistake:
 # -- normalizing ---------------------------------------------------------------------------------------
 
 MENTION = re.compile(r"^\s*@\S*\s*|\s+@\S*\s*$")
-# a point or a separator between two digits stays (1.5, 1,000: an amount is read whole or refused, never in part)
-PUNCTUATION = re.compile(r"(?<!\d)[.,、]|[.,、](?!\d)|[;:!~，。；：！…“”\"'「」『』()（）\[\]【】<>《》]+")
+# A point beside a digit (1.5, .5, 2.) and a separator between two digits (1,000) stay: an amount is read whole or
+# refused, never in part. Other marks between two digits (0。5, 0·5, 0:5) become a separator, so they are refused too.
+PUNCTUATION = re.compile(
+    r"(?<!\d)\.(?!\d)|(?<!\d)[,、]|[,、](?!\d)" r"|[;:!~，。；：！…“”\"'「」『』()（）\[\]【】<>《》]+"
+)
+BETWEEN_DIGITS = re.compile(r"(?<=\d)\s*[。｡·‧∙٫⁄:：・]\s*(?=\d)")
+ODD_DIGIT = "¿"  # a superscript, circled or fraction digit: NFKC would make 5² read 52
 SPACES = re.compile(r"\s+")
 
 
 def normalized(text: str) -> str:
     """NFKC, lower case, @-mentions at the start dropped, punctuation as spaces, one space between words."""
-    text = unicodedata.normalize("NFKC", text[: MAX_TEXT_CHARS * 2]).lower()
+    text = "".join(f" {ODD_DIGIT} " if unicodedata.category(c) == "No" else c for c in text[: MAX_TEXT_CHARS * 2])
+    text = BETWEEN_DIGITS.sub("、", unicodedata.normalize("NFKC", text).lower())
     text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zs", "Zl", "Zp") else c for c in text)
     while True:
         stripped = MENTION.sub("", text, count=1)
@@ -191,9 +197,20 @@ START_WORDS = ("发起", "开始", "创建", "来个", "来一个", "新建", "�
 NUMBER = r"(?<![\d.,，、万千亿点])(\d+(?:\.\d+)?)(?![\d.,，、])"
 # 2块5毛, 5元5角, 1块5 (一块五): yuan and jiao, read as 2.5元 (never 块 then a count of days or people)
 YUAN_JIAO = re.compile(r"(\d+)\s*(?:块|元)\s*(\d)\s*(?:毛|角)")
-KUAI_TAIL = re.compile(r"(\d+)\s*块\s*(\d)(?![\d.])(?!\s*(?:天|日|days?|d\b|人|个|号|元|块|毛|角))")
+NOT_A_COUNT = r"(?![\d.])(?!\s*(?:天|日|days?|d\b|人|个|号|元|块|毛|角|分))"  # not 5块 3天: the days, not jiao
+KUAI_TAIL = re.compile(r"(\d+)\s*(?:块|元)\s*(\d)" + NOT_A_COUNT)  # 1块5, 五元五: 1.50, 5.50
+KUAI_TWO = re.compile(r"(\d+)\s*(?:块|元)\s*([0-9])([0-9])" + NOT_A_COUNT)  # 5块50, 两块零八 (2块08): 5.50, 2.08
+KUAI_HALF = re.compile(r"(\d+)\s*(?:块|元)\s*半")  # 1块半: 1.50
+KUAI_ZERO = re.compile(r"(块|元)零([一二两三四五六七八九])")  # 块零八 → 块08, before the numerals are read
+LEFT_AFTER_UNIT = re.compile(r"(?:块|元)\s*\d+\s*分|(?:块|元)\s*\d(?![\d.])(?!\s*(?:天|日|days?|d\b|人|个|号))")
 # an amount we will not guess at: digit groups (1,000 / 0,5), or 万/千/亿 (3万点5元): refused, never read in part
-UNREADABLE_AMOUNT = re.compile(r"\d\s*[,，、]\s*\d|[万千亿]\s*(?:点\s*)?\d*\s*(?:元|块|yuan|rmb|cny)|\d\s*[万千亿]")
+UNREADABLE_AMOUNT = re.compile(
+    r"\d\s*[,，、]\s*\d"  # digit groups, or 0。5 and the like
+    r"|[万千亿]\s*(?:点\s*)?\d*\s*(?:元|块|yuan|rmb|cny)|\d\s*[万千亿]"  # 3万, 十万点五元
+    r"|(?<!\d)\.\d|\d\.(?!\d)"  # .5, 2. 5: a point with a digit on one side only
+    r"|\d\s+\d+(?:\.\d+)?\s*(?:元|块|yuan|rmb|cny)"  # 0 5元: two numbers before one unit
+    r"|" + ODD_DIGIT
+)
 DAYS = re.compile(NUMBER + r"\s*(?:天|日|days|day|d)(?![a-z])")
 STAKE = re.compile(r"(?:¥|￥|rmb)\s*" + NUMBER + r"|" + NUMBER + r"\s*(?:元|块钱|块|yuan|rmb|cny)(?![a-z])")
 ID = re.compile(r"^(?:#|no\.?|第)?\s*(\d{1,10})\s*(?:号)?$")
@@ -237,7 +254,7 @@ def _fen(amount: str) -> int | None:
 
 def _start(text: str, kind: Kind) -> StartChallenge | Mistake:
     example = f"发起{KIND_NAMES[kind]}挑战 3天 每人5元"
-    text = _arabic(text)
+    text = _arabic(KUAI_ZERO.sub(lambda m: f"{m.group(1)}0{CN_DIGITS[m.group(2)]}", text))
     days = DAYS.findall(text)
     if not days:
         return Mistake("missing_days", "要说挑战几天（例如「3天」）。", example)
@@ -248,7 +265,10 @@ def _start(text: str, kind: Kind) -> StartChallenge | Mistake:
     if UNREADABLE_AMOUNT.search(text):
         why = "金额请写成数字，例如「每人2.5元」（不用逗号、万、千）。"
         return Mistake("bad_stake", why, example)
-    text = KUAI_TAIL.sub(r"\1.\2元", YUAN_JIAO.sub(r"\1.\2元", text))
+    text = YUAN_JIAO.sub(r"\1.\2元", text)
+    text = KUAI_TAIL.sub(r"\1.\2元", KUAI_TWO.sub(r"\1.\2\3元", KUAI_HALF.sub(r"\1.5元", text)))
+    if LEFT_AFTER_UNIT.search(text):  # 5元50分 and the like: not guessed at
+        return Mistake("bad_stake", "金额请写成数字，例如「每人2.5元」。", example)
     stakes = [a or b for a, b in STAKE.findall(text)]
     if not stakes:
         return Mistake("missing_stake", "要说输的人每人出多少（例如「每人5元」）。", example)

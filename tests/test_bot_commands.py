@@ -49,6 +49,12 @@ STEPS_3_5 = StartChallenge(Kind.STEPS, 3, 500)
         ("发起步数挑战 3天 每人5元5角", StartChallenge(Kind.STEPS, 3, 550)),
         ("发起步数挑战 每人5块 3天", StartChallenge(Kind.STEPS, 3, 500)),  # 块 then the days: not 5.3
         ("发起步数挑战，3天，每人5元", StartChallenge(Kind.STEPS, 3, 500)),
+        ("发起步数挑战 3天 每人一块零五", StartChallenge(Kind.STEPS, 3, 105)),  # 块零五: 0 jiao 5 fen
+        ("发起步数挑战 3天 每人两块零八", StartChallenge(Kind.STEPS, 3, 208)),
+        ("发起步数挑战 3天 每人5块50", StartChallenge(Kind.STEPS, 3, 550)),
+        ("发起步数挑战 3天 每人五元五", StartChallenge(Kind.STEPS, 3, 550)),
+        ("发起步数挑战 3天 每人1块半", StartChallenge(Kind.STEPS, 3, 150)),
+        ("发起步数挑战 3天 每人5块 10人", StartChallenge(Kind.STEPS, 3, 500)),  # a count after 块 is not jiao
         ("加入", JoinChallenge()),
         ("@bot 加入 12", JoinChallenge(12)),
         ("加入 12 @挑战机器人", JoinChallenge(12)),
@@ -96,6 +102,18 @@ def test_commands_are_read_forgivingly(text, expected):
         ("步数挑战 3天 每人3万点5元", "bad_stake"),
         ("步数挑战 3天 每人十万点五元", "bad_stake"),
         ("步数挑战 3天 每人3千元", "bad_stake"),
+        # a decimal point lost or unknown is refused, never read without it (0。3元 reserved 3 yuan)
+        ("发起步数挑战 1天 每人0。3元", "bad_stake"),
+        ("步数挑战 3天 每人.5元", "bad_stake"),
+        ("步数挑战 3天 每人0｡5元", "bad_stake"),
+        ("步数挑战 3天 每人0·5元", "bad_stake"),
+        ("步数挑战 3天 每人0:5元", "bad_stake"),
+        ("步数挑战 3天 每人0 5元", "bad_stake"),
+        ("步数挑战 3天 每人〇.5元", "bad_stake"),
+        ("步数挑战 3天 每人2. 5元", "bad_stake"),
+        ("步数挑战 3天 每人0٫5元", "bad_stake"),
+        ("步数挑战 3天 每人5²元", "bad_stake"),  # NFKC would read 52
+        ("步数挑战 3天 每人5元50分", "bad_stake"),
         ("步数挑战 " + "1" * 40 + "天 5元", "bad_days"),
         ("步数挑战 3天 4天 5元", "ambiguous_days"),
         ("加入 abc", "bad_id"),
