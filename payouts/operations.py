@@ -132,16 +132,19 @@ def refuse_another_merchants_card(code: str, merchant_id: int | None) -> None:
         )
 
 
-def settle_redeemed_card(code: str, now: datetime) -> Payout | None:
+def settle_redeemed_card(code: str, now: datetime, card_id: str | None = None) -> Payout | None:
     """A card code was consumed at the counter: the card payout it belongs to (a custom-code card carries our
     external number as its code; otherwise the code recorded for it) is decided as delivered, once. A payout
-    decided before (by WeChat's ``user_get_card`` event) only gets its redemption time; None is answered then."""
+    decided before (by WeChat's ``user_get_card`` event) only gets its redemption time; None is answered then.
+    ``card_id``: the card WeChat says it redeemed (a code is unique within its card only): a payout of another
+    card is not this one."""
     stmt = select(Payout).where(
         Payout.rail == Rail.CARD_COUPON,
         Payout.status == S.WAITING_USER_CONFIRM,
         or_(Payout.external_no == code, Payout.wechat_ref == code),
     )
-    payout = db.session.execute(stmt.with_for_update()).scalars().first()
+    candidates = db.session.execute(stmt.order_by(Payout.id).with_for_update()).scalars().all()
+    payout = next((p for p in candidates if _of_card(p, card_id)), None)
     if payout is not None:
         mark_succeeded(payout, now, code)
         payout.card_consumed_at = now
@@ -154,8 +157,15 @@ def settle_redeemed_card(code: str, now: datetime) -> Payout | None:
         or_(Payout.external_no == code, Payout.wechat_ref == code),
     )
     for done in db.session.execute(delivered.with_for_update()).scalars():
-        done.card_consumed_at = now
+        if _of_card(done, card_id):
+            done.card_consumed_at = now
     return None
+
+
+def _of_card(payout: Payout, card_id: str | None) -> bool:
+    """Is the payout of this card (None: not said; a payout that names no card is not told apart either)?"""
+    named = (payout.request or {}).get("card_id") if isinstance(payout.request, dict) else None
+    return card_id is None or named is None or named == card_id
 
 
 def check_card_payout(payout: Payout | None, user_id: int) -> Payout:

@@ -153,14 +153,15 @@ def test_bad_card_codes_are_refused_before_any_call(card_app, client, make_opera
 
 
 @responses.activate
-def test_consuming_a_custom_code_card_decides_its_payout(card_app, client, make_operator, make_user):
+@pytest.mark.parametrize("card", ["pCARD0001", "pOTHERCARD"])
+def test_consuming_a_custom_code_card_decides_its_payout(card_app, client, make_operator, make_user, card):
     # given: a card payout offered to the user; its custom code is our external number
     user = make_user()
     fund = account(AccountKind.PLATFORM_MARKETING_FUND)
     payout = enqueue_payout(
         number_prefix="", rail="card_coupon", user_id=user.id, amount_fen=5_00, source=fund, key="c", memo="card"
     )
-    payout.status, payout.package_info, payout.request = "waiting_user_confirm", '{"cardExt":1}', {"card_id": "x"}
+    payout.status, payout.package_info, payout.request = "waiting_user_confirm", '{"cardExt":1}', {"card_id": card}
     mark_sent(payout, payout.created_at)
     db.session.commit()
     responses.post("https://api.weixin.test/cgi-bin/stable_token", json={"access_token": "AT", "expires_in": 7200})
@@ -171,6 +172,11 @@ def test_consuming_a_custom_code_card_decides_its_payout(card_app, client, make_
     _, admin = make_operator("admin")
     # when: the code is redeemed at the counter
     answer = client.post("/admin/api/cards/consume", headers=admin, json={"code": payout.external_no})
+    if card != "pCARD0001":  # WeChat redeemed another card's code: a code is unique within its card only
+        assert answer.status_code == 200 and answer.json["payout_id"] is None
+        db.session.expire_all()
+        assert db.session.get(Payout, payout.id).status == "waiting_user_confirm"
+        return
     # then: the payout is decided as delivered
     assert answer.status_code == 200 and answer.json["payout_id"] == payout.id
     db.session.expire_all()

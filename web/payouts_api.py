@@ -390,7 +390,8 @@ def consume_card(body: CardCode):
             raise to_api_error(exc) from exc
 
     def settle(_: None, answer: dict | WeChatCardCodeConsumed) -> dict | WeChatCardCodeConsumed:
-        payout = settle_redeemed_card(code, utcnow())
+        told = None if isinstance(answer, WeChatCardCodeConsumed) else (answer.get("card") or {}).get("card_id")
+        payout = settle_redeemed_card(code, utcnow(), told)
         if isinstance(answer, WeChatCardCodeConsumed):  # still decides its payout, then answers 409
             if payout is not None:
                 audit(actor(), "card.consume", "card_code", code, "WeChat: already redeemed", payout_id=payout.id)
