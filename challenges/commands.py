@@ -115,10 +115,8 @@ class Mistake:
 MENTION = re.compile(r"^\s*@\S*\s*|\s+@\S*\s*$")
 # A point beside a digit (1.5, .5, 2.) and a separator between two digits (1,000) stay: an amount is read whole or
 # refused, never in part. Other marks between two digits (0。5, 0·5, 0:5) become a separator, so they are refused too.
-PUNCTUATION = re.compile(
-    r"(?<!\d)\.(?!\d)|(?<!\d)[,、]|[,、](?!\d)" r"|[;:!~，。；：！…“”\"'「」『』()（）\[\]【】<>《》]+"
-)
-BETWEEN_DIGITS = re.compile(r"(?<=\d)\s*[。｡·‧∙٫⁄:：・]\s*(?=\d)")
+PUNCTUATION = re.compile(r"\.(?!\d)|(?<!\d)[,、]|[,、](?!\d)" r"|[;:!~，。；：！…“”\"'「」『』()（）\[\]【】<>《》]+")
+BETWEEN_DIGITS = re.compile(r"(?<=\d)\s*[。｡·‧∙٫⁄・]\s*(?=\d)")  # (not a colon: 8:00 is a time)
 ODD_DIGIT = "¿"  # a superscript, circled or fraction digit: NFKC would make 5² read 52
 SPACES = re.compile(r"\s+")
 
@@ -197,12 +195,14 @@ START_WORDS = ("发起", "开始", "创建", "来个", "来一个", "新建", "�
 NUMBER = r"(?<![\d.,，、万千亿点])(\d+(?:\.\d+)?)(?![\d.,，、])"
 # 2块5毛, 5元5角, 1块5 (一块五): yuan and jiao, read as 2.5元 (never 块 then a count of days or people)
 YUAN_JIAO = re.compile(r"(\d+)\s*(?:块|元)\s*(\d)\s*(?:毛|角)")
-NOT_A_COUNT = r"(?![\d.])(?!\s*(?:天|日|days?|d\b|人|个|号|元|块|毛|角|分))"  # not 5块 3天: the days, not jiao
+# jiao/fen after 块/元 are read only at the end, or before 钱 or the days: 5元 2组, 5元 8点 are not 5.20, 5.80
+NOT_A_COUNT = r"(?![\d.])(?=\s*(?:钱\s*)?(?:$|\d+\s*(?:天|日|days?|d\b)))"
 KUAI_TAIL = re.compile(r"(\d+)\s*(?:块|元)\s*(\d)" + NOT_A_COUNT)  # 1块5, 五元五: 1.50, 5.50
 KUAI_TWO = re.compile(r"(\d+)\s*(?:块|元)\s*([0-9])([0-9])" + NOT_A_COUNT)  # 5块50, 两块零八 (2块08): 5.50, 2.08
 KUAI_HALF = re.compile(r"(\d+)\s*(?:块|元)\s*半")  # 1块半: 1.50
-KUAI_ZERO = re.compile(r"(块|元)零([一二两三四五六七八九])")  # 块零八 → 块08, before the numerals are read
-LEFT_AFTER_UNIT = re.compile(r"(?:块|元)\s*\d+\s*分|(?:块|元)\s*\d(?![\d.])(?!\s*(?:天|日|days?|d\b|人|个|号))")
+KUAI_ZERO = re.compile(r"(块|元)零([一二两三四五六七八九])(?!\s*[毛角])")  # 块零八 → 块08 (块零五毛: 5 jiao)
+# any number left after 块/元 but the days (5元 2组, 5元50分, 5元 8点开始): not guessed at
+LEFT_AFTER_UNIT = re.compile(r"(?:块|元)\s*\d+(?![\d.])(?!\s*(?:天|日|days?|d\b))")
 # an amount we will not guess at: digit groups (1,000 / 0,5), or 万/千/亿 (3万点5元): refused, never read in part
 UNREADABLE_AMOUNT = re.compile(
     r"\d\s*[,，、]\s*\d"  # digit groups, or 0。5 and the like

@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from models import PaymentNotification, Payout, PayoutStatus, Rail, alert_once, db
 from models.payouts import TERMINAL
+from models.sql import insert_ignoring
 from payouts.operations import PayoutError, lock_payout
 from payouts.rails import Outcome, RailResult
 from payouts.record import DispatchSettings, apply_result
@@ -78,7 +79,7 @@ def apply_transfer_notice(
         payout = lock_payout(external_no=bill.out_bill_no)
     except PayoutError:
         return TransferOutcome.NOT_OURS
-    if _seen(notification_id):
+    if _seen(notification_id, bill.out_bill_no):
         return TransferOutcome.DUPLICATE_NOTIFICATION
     problems = disagreements(bill, expected, payout)
     if problems:
@@ -98,12 +99,14 @@ def apply_transfer_notice(
         move(payout, PayoutStatus.SENDING)  # a final answer settles it from any open state
         apply_result(payout, _result(bill), now, settings)
         outcome = TransferOutcome.APPLIED
-    db.session.add(
-        PaymentNotification(
-            notification_id=notification_id, out_trade_no=bill.out_bill_no[:32], outcome=f"transfer_{bill.state}"
-        )
-    )
+    row = {
+        "notification_id": notification_id,
+        "out_trade_no": bill.out_bill_no[:32],
+        "outcome": f"{TRANSFER_OUTCOME}{bill.state}",
+        "received_at": now,
+    }
     db.session.flush()
+    insert_ignoring(PaymentNotification.__table__, [row], ("notification_id",))  # an id noted before keeps its note
     return outcome
 
 
@@ -126,8 +129,16 @@ def disagreements(bill: TransferBill, expected: TransferAccount, payout: Payout)
     return problems
 
 
-def _seen(notification_id: str) -> bool:
-    seen = select(PaymentNotification.id).where(PaymentNotification.notification_id == notification_id)
+TRANSFER_OUTCOME = "transfer_"
+
+
+def _seen(notification_id: str, out_bill_no: str) -> bool:
+    """This id, for this bill, as a transfer notification (an id noted for a payment or refund is not a repeat)."""
+    seen = select(PaymentNotification.id).where(
+        PaymentNotification.notification_id == notification_id,
+        PaymentNotification.out_trade_no == out_bill_no[:32],
+        PaymentNotification.outcome.startswith(TRANSFER_OUTCOME),
+    )
     return db.session.execute(seen).first() is not None
 
 

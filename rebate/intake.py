@@ -38,6 +38,7 @@ class PaidAmount(Protocol):
     total_fen: int
     payer_total_fen: int | None
     unsettled_coupon_fen: int  # what 免充值 coupons paid: never settled by WeChat
+    coupons_fen: int  # what every coupon paid
     currency: str
 
 
@@ -118,11 +119,12 @@ def notification_seen(notification_id: str, out_trade_no: str, *, refund: bool =
 
     WeChat's ids are unique; one reused for another order or kind is not taken as a repeat (its notice is applied
     on its own merits, the order's state deciding), nor does it fail (``record_notification`` keeps the first)."""
-    kind = PaymentNotification.outcome.startswith(REFUND_OUTCOME)
+    refunds = PaymentNotification.outcome.startswith(REFUND_OUTCOME)
+    transfers = PaymentNotification.outcome.startswith("transfer_")
     seen = select(PaymentNotification.id).where(
         PaymentNotification.notification_id == notification_id,
         PaymentNotification.out_trade_no == out_trade_no,
-        kind if refund else ~kind,
+        refunds if refund else ~(refunds | transfers),
     )
     return db.session.execute(seen).first() is not None
 

@@ -130,6 +130,9 @@ def disagreements(tx: PaymentTransaction, expected: PayAccount, order: Order) ->
         problems.append(f"paid to sub_mchid {tx.sub_mchid!r}; the order is for {order.sub_mchid!r}")
     if tx.amount.total_fen != order.payable_fen:
         problems.append(f"WeChat says {tx.amount.total_fen} fen was paid; the order asks {order.payable_fen}")
+    spared = tx.amount.total_fen - buyer_paid(tx)
+    if tx.amount.coupons_fen > spared:  # flagged, not refused unread: WeChat took the money, an operator looks
+        problems.append(f"coupons of {tx.amount.coupons_fen} fen, more than the {spared} fen the payer was spared")
     if tx.amount.currency != "CNY":  # every order is in fen of yuan
         problems.append(f"paid in {tx.amount.currency!r}; the order is in CNY")
     return problems

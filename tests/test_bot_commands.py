@@ -54,7 +54,11 @@ STEPS_3_5 = StartChallenge(Kind.STEPS, 3, 500)
         ("发起步数挑战 3天 每人5块50", StartChallenge(Kind.STEPS, 3, 550)),
         ("发起步数挑战 3天 每人五元五", StartChallenge(Kind.STEPS, 3, 550)),
         ("发起步数挑战 3天 每人1块半", StartChallenge(Kind.STEPS, 3, 150)),
-        ("发起步数挑战 3天 每人5块 10人", StartChallenge(Kind.STEPS, 3, 500)),  # a count after 块 is not jiao
+        ("发起步数挑战 3天 每人十块零五毛", StartChallenge(Kind.STEPS, 3, 1050)),
+        ("发起步数挑战 每人1块5 3天", StartChallenge(Kind.STEPS, 3, 150)),  # jiao before the days
+        ("加入 12.", JoinChallenge(12)),  # a full stop after the id
+        ("加入12…", JoinChallenge(12)),
+        ("排行榜 12.", ShowStandings(12)),
         ("加入", JoinChallenge()),
         ("@bot 加入 12", JoinChallenge(12)),
         ("加入 12 @挑战机器人", JoinChallenge(12)),
@@ -114,6 +118,13 @@ def test_commands_are_read_forgivingly(text, expected):
         ("步数挑战 3天 每人0٫5元", "bad_stake"),
         ("步数挑战 3天 每人5²元", "bad_stake"),  # NFKC would read 52
         ("步数挑战 3天 每人5元50分", "bad_stake"),
+        # a number after 元/块 that is not the days is not guessed at (5元 2组 was read 5.20)
+        ("发起步数挑战 3天 每人5元 2组", "bad_stake"),
+        ("发起步数挑战 3天 5元 8点开始", "bad_stake"),
+        ("发起步数挑战 3天 每人五元一次", "bad_stake"),
+        ("发起步数挑战 3天 每人10元 50步", "bad_stake"),
+        ("发起步数挑战 3天 每人5块 10人", "bad_stake"),
+        ("start steps 5元 2 people 3 days", "bad_stake"),
         ("步数挑战 " + "1" * 40 + "天 5元", "bad_days"),
         ("步数挑战 3天 4天 5元", "ambiguous_days"),
         ("加入 abc", "bad_id"),

@@ -414,3 +414,19 @@ def test_another_event_type_is_acknowledged_and_ignored(app, client, waiting):
     )
     assert client.post(NOTIFY, data=body, headers=headers).status_code == 204
     assert state_of_everything(payout.id) == before
+
+
+def test_an_id_noted_for_a_payment_does_not_make_a_transfer_notice_a_repeat(app, client, waiting):
+    """A notification id is a repeat only for the same bill and kind (review of 2026-12-02): one noted for a payment
+    neither drops this transfer's final answer nor fails it."""
+    from models import utcnow
+
+    payout = waiting(5_00)
+    db.session.add(
+        PaymentNotification(notification_id="EV-SHARED", out_trade_no="O-ELSE", outcome="applied", received_at=utcnow())
+    )
+    db.session.commit()
+    response = deliver(client, app, bill_resource(app, payout, "SUCCESS"), notification_id="EV-SHARED")
+    assert response.status_code == 204
+    db.session.expire_all()
+    assert db.session.get(Payout, payout.id).status == "succeeded"

@@ -391,7 +391,7 @@ def consume_card(body: CardCode):
 
     def settle(_: None, answer: dict | WeChatCardCodeConsumed) -> dict | WeChatCardCodeConsumed:
         told = None if isinstance(answer, WeChatCardCodeConsumed) else (answer.get("card") or {}).get("card_id")
-        payout = settle_redeemed_card(code, utcnow(), told)
+        payout = settle_redeemed_card(code, utcnow(), told or card_id)  # (already redeemed: the card we named)
         if isinstance(answer, WeChatCardCodeConsumed):  # still decides its payout, then answers 409
             if payout is not None:
                 audit(actor(), "card.consume", "card_code", code, "WeChat: already redeemed", payout_id=payout.id)

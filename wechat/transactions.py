@@ -53,6 +53,7 @@ class Amount:
     # What 免充值 coupons paid (``promotion_detail`` entries of type NOCASH): part of what the payer did not pay,
     # and never settled by WeChat (its 应结订单金额 is ``total_fen`` less this).
     unsettled_coupon_fen: int = 0
+    coupons_fen: int = 0  # what all ``promotion_detail`` entries paid (never more than the payer was spared)
 
 
 @dataclass(frozen=True)
@@ -213,12 +214,7 @@ def _amount(data: Mapping[str, Any] | None, transaction: _Reader) -> Amount | No
     if payer_total is not None and not 0 <= payer_total <= total:
         raise MalformedResource("amount.payer_total", f"{payer_total} fen of a {total} fen payment")
     coupons, unsettled = _coupons(transaction.data.get("promotion_detail"))
-    spared = total - (total if payer_total is None else payer_total)
-    if coupons > spared:
-        raise MalformedResource(
-            "promotion_detail", f"coupons of {coupons} fen, more than the {spared} fen the payer was spared"
-        )
-    return Amount(total, payer_total, r.text("currency", required=False) or "CNY", unsettled)
+    return Amount(total, payer_total, r.text("currency", required=False) or "CNY", unsettled, coupons)
 
 
 def _coupons(promotions: object) -> tuple[int, int]:
