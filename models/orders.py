@@ -5,10 +5,24 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, SmallInteger, String, Text, case, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    SmallInteger,
+    String,
+    Text,
+    case,
+    false,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from models.base import Base, UTCDateTime, utcnow
+from models.base import Base, UTCDateTime, db, utcnow
+from models.sql import insert_ignoring
 from money import left_after_refunds
 
 
@@ -203,3 +217,41 @@ class PaymentNotification(Base):
     out_trade_no: Mapped[str] = mapped_column(String(32), index=True)
     outcome: Mapped[str] = mapped_column(String(24))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class NotificationKind(StrEnum):
+    """What a WeChat notification was about: the prefix its recorded outcome carries."""
+
+    PAYMENT = ""
+    REFUND = "refund_"
+    TRANSFER = "transfer_"
+
+
+def notification_seen(notification_id: str, ref: str, kind: NotificationKind) -> bool:
+    """Has this WeChat notification been processed: this id, for this order or bill (``ref``), of this kind?
+
+    WeChat's ids are unique; one reused for another order or kind is not taken as a repeat (its notice is applied
+    on its own merits, the order's state deciding), nor does it fail (``note_notification`` keeps the first)."""
+    others = [k for k in NotificationKind if k and k != kind]
+    of_kind = (
+        PaymentNotification.outcome.startswith(kind.value)
+        if kind
+        else ~or_(*(PaymentNotification.outcome.startswith(k.value) for k in others))
+    )
+    seen = select(PaymentNotification.id).where(
+        PaymentNotification.notification_id == notification_id, PaymentNotification.out_trade_no == ref[:32], of_kind
+    )
+    return db.session.execute(seen).first() is not None
+
+
+def note_notification(notification_id: str | None, ref: str, kind: NotificationKind, outcome: str) -> None:
+    """Note the notification as processed: one INSERT, now (not an object left to the next flush); an id already
+    noted (for another order or kind: ``notification_seen``) keeps its first note."""
+    if notification_id:
+        row = {
+            "notification_id": notification_id,
+            "out_trade_no": ref[:32],
+            "outcome": f"{kind.value}{outcome}",
+            "received_at": utcnow(),
+        }
+        insert_ignoring(PaymentNotification.__table__, [row], ("notification_id",))

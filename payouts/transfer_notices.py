@@ -20,11 +20,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
-
-from models import PaymentNotification, Payout, PayoutStatus, Rail, alert_once, db
+from models import Payout, PayoutStatus, Rail, alert_once, db
+from models.orders import NotificationKind, note_notification, notification_seen
 from models.payouts import TERMINAL
-from models.sql import insert_ignoring
 from payouts.operations import PayoutError, lock_payout
 from payouts.rails import Outcome, RailResult
 from payouts.record import DispatchSettings, apply_result
@@ -79,7 +77,7 @@ def apply_transfer_notice(
         payout = lock_payout(external_no=bill.out_bill_no)
     except PayoutError:
         return TransferOutcome.NOT_OURS
-    if _seen(notification_id, bill.out_bill_no):
+    if notification_seen(notification_id, bill.out_bill_no, NotificationKind.TRANSFER):
         return TransferOutcome.DUPLICATE_NOTIFICATION
     problems = disagreements(bill, expected, payout)
     if problems:
@@ -99,14 +97,8 @@ def apply_transfer_notice(
         move(payout, PayoutStatus.SENDING)  # a final answer settles it from any open state
         apply_result(payout, _result(bill), now, settings)
         outcome = TransferOutcome.APPLIED
-    row = {
-        "notification_id": notification_id,
-        "out_trade_no": bill.out_bill_no[:32],
-        "outcome": f"{TRANSFER_OUTCOME}{bill.state}",
-        "received_at": now,
-    }
     db.session.flush()
-    insert_ignoring(PaymentNotification.__table__, [row], ("notification_id",))  # an id noted before keeps its note
+    note_notification(notification_id, bill.out_bill_no, NotificationKind.TRANSFER, bill.state)
     return outcome
 
 
@@ -127,19 +119,6 @@ def disagreements(bill: TransferBill, expected: TransferAccount, payout: Payout)
     elif bill.openid != sent_to:
         problems.append("the payee's openid is not the one the bill was sent to")
     return problems
-
-
-TRANSFER_OUTCOME = "transfer_"
-
-
-def _seen(notification_id: str, out_bill_no: str) -> bool:
-    """This id, for this bill, as a transfer notification (an id noted for a payment or refund is not a repeat)."""
-    seen = select(PaymentNotification.id).where(
-        PaymentNotification.notification_id == notification_id,
-        PaymentNotification.out_trade_no == out_bill_no[:32],
-        PaymentNotification.outcome.startswith(TRANSFER_OUTCOME),
-    )
-    return db.session.execute(seen).first() is not None
 
 
 def _result(bill: TransferBill) -> RailResult:

@@ -16,10 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from sqlalchemy import select
-
-from models import Order, PaymentNotification, alert_once, db, utcnow
-from models.sql import insert_ignoring
+from models import Order, alert_once
 
 
 @dataclass(frozen=True)
@@ -109,37 +106,6 @@ class RefundOutcome(StrEnum):
             self.DUPLICATE_NOTIFICATION,
             self.LATE,
         )
-
-
-REFUND_OUTCOME = "refund_"  # the outcome of a refund notification is recorded after this prefix
-
-
-def notification_seen(notification_id: str, out_trade_no: str, *, refund: bool = False) -> bool:
-    """Has this WeChat notification been processed: this id, for this order, of this kind (payment or refund)?
-
-    WeChat's ids are unique; one reused for another order or kind is not taken as a repeat (its notice is applied
-    on its own merits, the order's state deciding), nor does it fail (``record_notification`` keeps the first)."""
-    refunds = PaymentNotification.outcome.startswith(REFUND_OUTCOME)
-    transfers = PaymentNotification.outcome.startswith("transfer_")
-    seen = select(PaymentNotification.id).where(
-        PaymentNotification.notification_id == notification_id,
-        PaymentNotification.out_trade_no == out_trade_no,
-        refunds if refund else ~(refunds | transfers),
-    )
-    return db.session.execute(seen).first() is not None
-
-
-def record_notification(notification_id: str | None, out_trade_no: str, outcome: str) -> None:
-    """Note the notification id as processed: one INSERT, now (not an object left to the next flush); an id already
-    noted (for another order or kind: ``notification_seen``) keeps its first note."""
-    if notification_id:
-        row = {
-            "notification_id": notification_id,
-            "out_trade_no": out_trade_no,
-            "outcome": outcome,
-            "received_at": utcnow(),
-        }
-        insert_ignoring(PaymentNotification.__table__, [row], ("notification_id",))
 
 
 REASON_SEPARATOR, REVIEW_REASON_CHARS = " | ", 4000

@@ -40,6 +40,7 @@ from models import (
     raise_alert,
 )
 from models.base import beijing
+from models.orders import NotificationKind, note_notification, notification_seen
 from models.sql import write_changes
 from models.triggers import TriggerKind
 from payouts import MoneySettings
@@ -55,8 +56,6 @@ from rebate.intake import (
     PaymentOutcome,
     PaymentTransaction,
     flag_order,
-    notification_seen,
-    record_notification,
 )
 from rebate.orders import order_packets
 from rebate.packets import issue_packet
@@ -104,7 +103,7 @@ def apply_payment(
     if (
         notification_id
         and order.status != OrderStatus.CREATED
-        and notification_seen(notification_id, order.out_trade_no)
+        and notification_seen(notification_id, order.out_trade_no, NotificationKind.PAYMENT)
     ):
         return PaymentOutcome.DUPLICATE_NOTIFICATION
     if not tx.paid:
@@ -114,7 +113,7 @@ def apply_payment(
         flag_order(order, "payment_mismatch", "; ".join(problems))
         return PaymentOutcome.MISMATCH_FLAGGED
     outcome = _apply_locked(loaded, tx, tx.success_time or now, money, lock_budgets, now)
-    record_notification(notification_id, order.out_trade_no, outcome)
+    note_notification(notification_id, order.out_trade_no, NotificationKind.PAYMENT, outcome)
     db.session.flush()
     return outcome
 

@@ -40,7 +40,7 @@ from models import (
     db,
     raise_alert,
 )
-from models.orders import OPEN_REFUNDS
+from models.orders import OPEN_REFUNDS, NotificationKind, note_notification, notification_seen
 from models.payouts import Rail
 from money import unsettled_share
 from payouts import (
@@ -57,15 +57,7 @@ from rebate.covered_debts import settle_covered
 from rebate.deposits import cover_reservation, lock_deposits
 from rebate.errors import DepositExhausted, Invalid, NotFound, RebateError, StateConflict
 from rebate.fees import reduce_fee
-from rebate.intake import (
-    REFUND_OUTCOME,
-    PayAccount,
-    RefundOutcome,
-    RefundState,
-    flag_order,
-    notification_seen,
-    record_notification,
-)
+from rebate.intake import PayAccount, RefundOutcome, RefundState, flag_order
 from rebate.orders import earned_by, lock_order, order_packets, still_earned
 from rebate.packets import release_packet, reservation_for
 from rebate.rules import OrderFacts, entitlement_after_refund
@@ -484,7 +476,7 @@ def apply_refund_notice(
     order = lock_order(notice.out_trade_no)
     if order is None:
         return RefundOutcome.NOT_OURS
-    if notification_id and notification_seen(notification_id, order.out_trade_no, refund=True):
+    if notification_id and notification_seen(notification_id, order.out_trade_no, NotificationKind.REFUND):
         return RefundOutcome.DUPLICATE_NOTIFICATION
     if notice.mchid is not None and notice.mchid != expected.mchid:
         flag_order(order, "refund_mismatch", f"refund {notice.out_refund_no} is for mchid {notice.mchid!r}")
@@ -514,7 +506,7 @@ def apply_refund_notice(
     if outcome == RefundOutcome.SUCCESS:
         _check_settlement_refund(order, notice, now)
     if outcome.accepted:
-        record_notification(notification_id, order.out_trade_no, f"{REFUND_OUTCOME}{outcome}")
+        note_notification(notification_id, order.out_trade_no, NotificationKind.REFUND, outcome)
     db.session.flush()
     return outcome
 
