@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import re
 from datetime import UTC, date, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from flask import Flask, request
 from werkzeug.exceptions import NotFound, RequestEntityTooLarge, UnprocessableEntity
@@ -92,6 +94,26 @@ def loads_json(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     if b"\\u0000" in data:
         raise JsonRefused("text may not contain NUL characters", code="invalid_json")
     return json.loads(data, parse_constant=_reject_constant)
+
+
+def local_path(target: str) -> str | None:
+    """The path a same-site redirect target leads to, or None when it is not one: a scheme or host, ``//``, a
+    backslash, a control character (a ``Location`` header cannot carry it). The path is percent-decoded (twice:
+    ``%252e`` too) with its dot segments resolved, as a browser and the server end up at it (``/%5Fsim/`` and
+    ``/x/../_sim/`` are ``/_sim/``): check prefixes on it, redirect to ``target`` itself."""
+    parts = urlsplit(target)
+    if (
+        parts.scheme
+        or parts.netloc
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)
+    ):
+        return None
+    decoded = unquote(unquote(parts.path))
+    resolved = posixpath.normpath(decoded) if decoded else "/"
+    return resolved + ("/" if decoded.endswith("/") and resolved != "/" else "")
 
 
 def form_json(text: str) -> tuple[Any, str | None]:

@@ -10,11 +10,10 @@ the code, then write the user and commit).
 from __future__ import annotations
 
 import hmac
-import posixpath
 import secrets
 from datetime import timedelta
 from typing import Annotated
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, redirect, request
 from pydantic import Field
@@ -29,6 +28,7 @@ from web.api import client_ip, endpoint
 from web.auth import issue_user_token
 from web.errors import ApiError, ValidationFailed, to_api_error
 from web.growth_api import device_id, platform_limits
+from web.guards import local_path
 from web.openapi import ERROR, UNAVAILABLE, UPSTREAM_REFUSED, documented
 from web.schemas import Model
 from wechat.errors import WeChatError
@@ -133,28 +133,12 @@ def login(body: Login):
 REDIRECTING_PATHS = ("/oauth/", "/_sim/")
 
 
-def resolved_path(path: str) -> str:
-    """The path a browser and the server end up at: percent-decoding (twice: %252e too) and dot segments resolved
-    (``/%5Fsim/``, ``/x/../_sim/`` are ``/_sim/``)."""
-    decoded = unquote(unquote(path))
-    resolved = posixpath.normpath(decoded) if decoded else "/"
-    return resolved + ("/" if decoded.endswith("/") and resolved != "/" else "")
-
-
 def _safe_next(value: str | None) -> str:
     """Only a path on this site: no scheme, no host, no ``//`` (no open redirect), no control character (it could
     not be a ``Location``), and none of the site's own redirectors (``REDIRECTING_PATHS``)."""
     value = value or "/"
-    parts = urlsplit(value)
-    if (
-        parts.scheme
-        or parts.netloc
-        or not value.startswith("/")
-        or value.startswith("//")
-        or "\\" in value
-        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
-        or resolved_path(parts.path).lower().startswith(REDIRECTING_PATHS)
-    ):
+    path = local_path(value)
+    if path is None or path.lower().startswith(REDIRECTING_PATHS):
         raise ValidationFailed("next must be a path on this site", code="invalid_next")
     return value[:512]
 

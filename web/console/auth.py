@@ -24,7 +24,7 @@ from web.api import client_ip
 from web.auth import forget_other_requests, operator_token, token_is_live
 from web.console import bp, render
 from web.errors import ApiError
-from web.login import resolved_path
+from web.guards import local_path
 
 PUBLIC_ENDPOINTS = {"console.sign_in", "console.static"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -131,12 +131,8 @@ def _check_csrf_then_session():
 
 def _safe_next(target: str | None) -> str:
     """Only a path inside the console: never another host (no open redirect)."""
-    if target:
-        parts = urlsplit(target)
-        plain = not any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)  # a Location header cannot carry them
-        inside = target.startswith("/console/") and resolved_path(parts.path).startswith("/console/")
-        if not parts.scheme and not parts.netloc and inside and "\\" not in target and plain:
-            return target
+    if target and target.startswith("/console/") and (local_path(target) or "").startswith("/console/"):
+        return target
     return url_for("console.overview") if "console.overview" in current_app.view_functions else url_for("console.home")
 
 
