@@ -237,9 +237,11 @@ def _check_settlement_refund(order: Order, notice: RefundState, now: datetime) -
     """WeChat's ``settlement_refund`` (in refund API answers) against the books' split of a refund just applied: what
     it took back of what it settled is the refund less a 免充值 coupon's share. They differ only by WeChat rounding a
     coupon's share otherwise: an operator is told once (the books keep their split; a full refund evens it)."""
+    told = notice.settlement_refund_fen
+    if told is None:  # notifications never say it: no read for them
+        return
     refund = _refund_of(order, notice.out_refund_no)
-    told = getattr(notice, "settlement_refund_fen", None)
-    if told is None or refund is None or refund.finished_at != now:  # not said, or applied before (told again)
+    if refund is None or refund.finished_at != now:  # applied before (told again)
         return
     ours = refund.amount_fen - _unsettled_part(order, refund)
     if told != ours:
