@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm.util import identity_key
 
-from models import Campaign, db
+from models import Campaign, CampaignStatus, db
 from models.sql import WRITES, execute_core
 
 C = Campaign.__table__.c
@@ -176,10 +176,12 @@ def take_packet(campaign_id: int, reserved_fen: int) -> bool:
 @cache
 def take_packet_statement():
     """``take_packet``'s UPDATE, built once per process (building it cost as much as running it): bound by
-    ``campaign_id`` and ``reserved``."""
+    ``campaign_id`` and ``reserved``. Only an active campaign's: a claim read the campaign before this statement
+    locks its row, and a pause (an end, a ban) committed while it waited is seen here (PostgreSQL evaluates the
+    WHERE again on the row it waited for), so no packet is issued by a campaign that stopped."""
     return (
         update(Campaign.__table__)
-        .where(C.id == bindparam("campaign_id"), packet_fits())
+        .where(C.id == bindparam("campaign_id"), C.status == CampaignStatus.ACTIVE.value, packet_fits())
         .values(
             packets_issued=C.packets_issued + 1,
             budget_reserved_fen=C.budget_reserved_fen + bindparam("reserved", type_=BigInteger),

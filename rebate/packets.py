@@ -273,11 +273,14 @@ def _loaded(packet: RedPacket, packet_id: int) -> RedPacket:
     return packet
 
 
-def _budget_refusal(campaign_id: int) -> BudgetExhausted:
-    """Which of the two budgets refused the packet: the count is checked first."""
-    max_packets, issued = db.session.execute(
-        select(Campaign.max_packets, Campaign.packets_issued).where(Campaign.id == campaign_id)
+def _budget_refusal(campaign_id: int) -> BudgetExhausted | StateConflict:
+    """Why the campaign's row refused the packet (``budgets.take_packet``): it stopped (paused, ended, banned) while
+    the claim waited for it, else which of the two budgets: the count is checked first."""
+    status, max_packets, issued = db.session.execute(
+        select(Campaign.status, Campaign.max_packets, Campaign.packets_issued).where(Campaign.id == campaign_id)
     ).one()
+    if status != CampaignStatus.ACTIVE:
+        return StateConflict("the campaign is not running", code="campaign_not_running")
     return budget_refusal(max_packets is not None and issued >= max_packets)
 
 

@@ -335,3 +335,87 @@ def test_a_pause_committed_while_the_claim_waits_for_the_campaigns_row_is_seen(
     (resp,) = answers
     assert (resp.status_code, resp.get_json()["error"]) == (409, "campaign_not_running")
     assert written(campaign_id) == before
+
+
+@pytest.mark.parametrize("new_status", ["paused", "ended"])
+def test_a_keyed_claim_in_its_transaction_sees_a_stop_committed_while_it_waits_for_the_campaigns_row(
+    app, make_campaign, make_user, user_headers, claim, new_status
+):
+    # given: a self-serve campaign, a claim that will be made in its transaction (its Idempotency-Key), and an
+    # operator's pause (or end) of the campaign holding the campaign's row, not committed yet
+    campaign_id = kept_campaign(make_campaign, claim)
+    if not postgres():
+        pytest.skip("row locks: PostgreSQL (SQLite serialises its transactions)")
+    headers = user_headers(make_user(), **{"Idempotency-Key": f"k-waits-{new_status}"})
+    db.session.commit()
+    before = written(campaign_id)
+    db.session.rollback()
+    stop = db.engine.connect()
+    stop.begin()
+    stop.execute(update(Campaign).where(Campaign.id == campaign_id).values(status=new_status))
+    answers: list = []
+
+    def claim_it():
+        with app.app_context():
+            answers.append(app.test_client().post(f"/api/v1/campaigns/{campaign_id}/claim", headers=headers))
+
+    claimant = threading.Thread(target=claim_it)
+    claimant.start()
+    try:
+        # when: the claim read the campaign (running), waits for its row at the budget, and the stop commits
+        probe = db.engine.connect()
+        wait_until_a_backend_waits_on_a_lock(probe)
+        probe.close()
+    finally:
+        stop.commit()
+        stop.close()
+        claimant.join(timeout=20)
+    # then: no packet from a stopped campaign: the claim is refused as the campaign now stands, nothing written
+    (resp,) = answers
+    assert (resp.status_code, resp.get_json()["error"]) == (409, "campaign_not_running")
+    assert written(campaign_id) == before
+
+
+def test_a_code_claim_sees_a_pause_committed_while_it_waits_for_the_campaigns_row(
+    app, make_campaign, make_user, user_headers
+):
+    # given: an unclaimed packet of a code campaign, and a pause of its campaign holding the row, not committed
+    if not postgres():
+        pytest.skip("row locks: PostgreSQL (SQLite serialises its transactions)")
+    from rebate.packets import generate_batch
+
+    campaign = make_campaign(
+        {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 1_000}]},
+        budget_limit_fen=100_000,
+        packet_amount_fen=500,
+    )
+    (packet,) = generate_batch(campaign, 1, utcnow(), "batch-waits")
+    code, campaign_id = packet.claim_code, campaign.id
+    headers = user_headers(make_user())
+    db.session.commit()
+    before = written(campaign_id)
+    db.session.rollback()
+    pause = db.engine.connect()
+    pause.begin()
+    pause.execute(update(Campaign).where(Campaign.id == campaign_id).values(status="paused"))
+    answers: list = []
+
+    def claim_it():
+        with app.app_context():
+            answers.append(app.test_client().post("/api/v1/red-packets/claim", json={"code": code}, headers=headers))
+
+    claimant = threading.Thread(target=claim_it)
+    claimant.start()
+    try:
+        probe = db.engine.connect()
+        wait_until_a_backend_waits_on_a_lock(probe)
+        probe.close()
+    finally:
+        pause.commit()
+        pause.close()
+        claimant.join(timeout=20)
+    # then: refused as paused; the packet is still unclaimed and nothing moved
+    (resp,) = answers
+    assert (resp.status_code, resp.get_json()["error"]) == (409, "campaign_not_running")
+    assert written(campaign_id) == before
+    assert db.session.get(RedPacket, packet.id).owner_id is None
