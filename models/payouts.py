@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String, Text, text
+from sqlalchemy import JSON, BigInteger, Boolean, CheckConstraint, ForeignKey, Index, String, Text, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime, utcnow
@@ -83,6 +83,8 @@ class Payout(Base):
     fallback_rail: Mapped[str | None] = mapped_column(String(24))  # the rule's fallback when this rail refuses
     created_by_operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
     approved_by_operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
+    # a manual payout held, when it was made, for a second operator's approval (payouts.operations.manual_payout)
+    needs_approval: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # A card payout's card after delivery (WeChat's user_consume_card / user_del_card events, or a redemption)

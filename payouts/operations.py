@@ -81,7 +81,7 @@ def resend(payout: Payout, now: datetime) -> None:
     """Back to the dispatcher with the SAME number: queried first if it may ever have reached WeChat."""
     if payout.status != S.NEEDS_OPERATOR:
         raise PayoutError(f"only a needs_operator payout is resent; this one is {payout.status}", code="payout_state")
-    if payout.created_by_operator_id and payout.approved_by_operator_id is None:
+    if waits_for_approval(payout):
         raise PayoutError("this manual payout waits for a second operator's approval", code="approval_required")
     move(payout, S.UNKNOWN if payout.sent_at is not None else S.PENDING)
     payout.next_attempt_at, payout.attempts = now, 0
@@ -180,8 +180,11 @@ def check_card_payout(payout: Payout | None, user_id: int) -> Payout:
 def record_card_code(payout_id: int, user_id: int, code: str) -> Payout:
     """The user added the card (``wx.addCard``) and WeChat decrypted its code: record the code on the user's
     own card payout, so that redeeming it at the counter decides the payout. Recording the same code again
-    changes nothing; a payout already decided, or carrying another code, is refused."""
+    changes nothing; a payout already decided, or carrying another code, is refused, and so is a code another
+    payout carries. The person's row is locked first: two of their payouts recording one code at once take turns,
+    so the second sees the first's (a code is the person's own, from their card package)."""
     payout = check_card_payout(db.session.get(Payout, payout_id), user_id)
+    lock_user(user_id)
     payout = lock_payout(payout.id)
     if code in (payout.wechat_ref, payout.external_no):  # already recorded (or a custom code: our number)
         return payout
@@ -206,7 +209,7 @@ def resolve(payout: Payout, succeeded: bool, now: datetime, reason: str) -> None
     """An operator settles a needs_operator payout from evidence (a query, the merchant platform)."""
     if payout.status != S.NEEDS_OPERATOR:
         raise PayoutError(f"only a needs_operator payout is resolved; this one is {payout.status}", code="payout_state")
-    if payout.created_by_operator_id and payout.approved_by_operator_id is None:
+    if waits_for_approval(payout):
         raise PayoutError("this manual payout waits for a second operator's approval", code="approval_required")
     if succeeded and payout.request is None:
         raise PayoutError("a payout never handed to WeChat cannot have succeeded", code="never_sent")
@@ -252,6 +255,7 @@ def manual_payout(
         created_by_operator_id=operator_id,
         status=S.NEEDS_OPERATOR if needs_approval else S.PENDING,
         last_error="waiting for a second operator's approval" if needs_approval else None,
+        needs_approval=needs_approval,
     )
 
 
@@ -284,8 +288,17 @@ def _unapproved_recently(operator_id: int, user_id: int) -> int:
     )
 
 
+def waits_for_approval(payout: Payout) -> bool:
+    """A manual payout ``manual_payout`` held for a second operator's approval, approved by none yet and still held
+    (needs_operator). One made below the limit went out at once: if it comes back to an operator after a try, it is
+    resent or resolved like any other, never "approved" after the fact."""
+    return payout.needs_approval and payout.approved_by_operator_id is None and payout.status == S.NEEDS_OPERATOR
+
+
 def approve(payout: Payout, operator_id: int, now: datetime) -> None:
-    if payout.created_by_operator_id is None or payout.approved_by_operator_id is not None:
+    """A second operator approves a manual payout held for it (``waits_for_approval``); anything else needs none
+    (409), so no approval is recorded for a payout that went out without one."""
+    if not waits_for_approval(payout):
         raise PayoutError("this payout needs no approval", code="no_approval_needed")
     if payout.created_by_operator_id == operator_id:
         raise PayoutError("a second operator must approve", code="same_operator", kind="forbidden")

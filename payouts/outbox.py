@@ -65,7 +65,7 @@ def enqueue_payout(
     ``number_prefix``: the environment's (``MoneySettings.number_prefix``), passed in by the caller.
 
     ``extra``: retry_of_id, created_by_operator_id, approved_by_operator_id, status (``needs_operator`` for
-    a manual payout waiting for its second approval).
+    a manual payout waiting for its second approval) and needs_approval (it is held for that approval).
     """
     request = PayoutRequest(rail, user_id, amount_fen, source, key, memo, number_prefix, rebate_id, order_id, extra)
     batch = Batch()

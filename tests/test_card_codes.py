@@ -416,3 +416,21 @@ def test_merchant_staff_are_refused_a_code_none_of_our_payouts_carries_yet(sim_c
     assert (refused.status_code, refused.json["error"]) == (403, "card_code_unknown"), refused.json
     platform = client.post("/admin/api/cards/consume", headers=admin, json={"code": "000011112222"})
     assert (platform.status_code, platform.json["error"]) == (422, "card_code_invalid")  # WeChat's answer
+
+
+def test_two_payouts_of_one_person_recording_one_code_at_once_give_it_to_one(card_app, make_user):
+    # given: two card payouts offered to one person
+    from payouts.operations import PayoutError, record_card_code
+    from tests.concurrency import together
+
+    user = make_user()
+    first, second = offered(fund_card_payout(user, key="c1")), offered(fund_card_payout(user, key="c2"))
+    ids, user_id = [first.id, second.id], user.id
+    # when: the same code is recorded on both at once
+    results = together(2, lambda i: record_card_code(ids[i], user_id, REAL_CODE).id, app=card_app)
+    # then: one payout carries it, the other was refused (card_code_taken), never both
+    taken = [r for r in results if isinstance(r, PayoutError)]
+    assert [r.code for r in taken] == ["card_code_taken"], results
+    db.session.expire_all()
+    carrying = db.session.execute(select(Payout.id).where(Payout.wechat_ref == REAL_CODE)).scalars().all()
+    assert len(carrying) == 1 and carrying[0] in results

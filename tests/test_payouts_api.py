@@ -933,3 +933,41 @@ def test_manual_payouts_sent_at_once_still_add_up_to_the_threshold(app, make_use
     assert not [s for s in statuses if isinstance(s, Exception)], statuses
     # then: whatever the order, at most two go without a second operator (8 yuan); the rest wait for one
     assert sorted(statuses) == ["needs_operator"] * 4 + ["pending"] * 2
+
+
+def test_a_manual_payout_below_the_limit_takes_no_approval_after_the_fact(app, client, make_user, admin, finance):
+    # given: a manual payout below the limit, gone out at once without a second operator (outside probe)
+    _, creator_headers = admin
+    _, approver_headers = finance
+    payout_id = manual(client, creator_headers, make_user(), 100).json["id"]
+    before = snapshot()
+    # when: a second operator "approves" it
+    answer = client.post(f"{ADMIN}/{payout_id}/approve", json=reason("other approve"), headers=approver_headers)
+    # then: refused, and nothing recorded: no approval, no audit line (its amount still counts toward the limit)
+    assert (answer.status_code, answer.json["error"]) == (409, "no_approval_needed")
+    assert snapshot() == before
+    db.session.expire_all()
+    assert db.session.get(Payout, payout_id).approved_by_operator_id is None
+    assert audits("payout.approve") == []
+    detail = client.get(f"{ADMIN}/{payout_id}", headers=creator_headers).json
+    assert detail["awaiting_approval"] is False
+
+
+def test_a_manual_payout_below_the_limit_back_with_an_operator_is_resent_not_approved(app, client, make_user, admin):
+    # given: a manual payout below the limit that reached WeChat, timed out and came back to an operator
+    _, headers = admin
+    payout_id = manual(client, headers, make_user(appid=app.config["WECHAT_APPID"]), 100).json["id"]
+    run(ScriptedRail(RailResult(Outcome.UNKNOWN, "TIMEOUT")), DispatchSettings(money=MoneySettings(), max_attempts=1))
+    db.session.expire_all()
+    assert db.session.get(Payout, payout_id).status == "needs_operator"
+    assert client.get(f"{ADMIN}/{payout_id}", headers=headers).json["awaiting_approval"] is False
+    # when: an operator resends it
+    resent = client.post(f"{ADMIN}/{payout_id}/resend", json=reason("query it again"), headers=headers)
+    # then: back to the dispatcher (queried first: it may have reached WeChat), no approval asked
+    assert (resent.status_code, resent.json["status"]) == (200, "unknown"), resent.json
+
+
+def test_a_held_manual_payout_says_it_awaits_approval(app, client, make_user, admin):
+    _, headers = admin
+    payout_id = manual(client, headers, make_user(), 60_000).json["id"]
+    assert client.get(f"{ADMIN}/{payout_id}", headers=headers).json["awaiting_approval"] is True

@@ -28,6 +28,7 @@ from payouts.operations import (
     resend,
     resolve,
     settle_redeemed_card,
+    waits_for_approval,
     withdraw,
 )
 from payouts.rails import unconfigured_because
@@ -72,6 +73,7 @@ def payout_json(p: Payout, *, for_user: bool = False) -> dict:
             "next_attempt_at": p.next_attempt_at.isoformat(),
             "created_by_operator_id": p.created_by_operator_id,  # a manual payout: who asked for it
             "approved_by_operator_id": p.approved_by_operator_id,  # … and the second operator who approved it
+            "awaiting_approval": waits_for_approval(p),  # held for a second operator's approval
         }
     return body
 

@@ -22,7 +22,7 @@ from datetime import date, datetime, timedelta
 
 from flask import abort, flash, redirect, request, url_for
 
-from models import CaseOutcome, PayoutStatus, Rail
+from models import CaseOutcome, Rail
 from models.base import BEIJING
 from models.reconciliation import BillKind, MismatchKind
 from web.admin import list_audit_log
@@ -89,9 +89,7 @@ def _payout_page(payout_id: int, status: int = 200):
         "console/ops_payout.html",
         payout=payout,
         may_act=may(act_on_payout),
-        awaiting_approval=payout.get("created_by_operator_id") is not None
-        and payout.get("approved_by_operator_id") is None
-        and payout["status"] == PayoutStatus.NEEDS_OPERATOR,
+        awaiting_approval=bool(payout.get("awaiting_approval")),
     )
     return body, status
 
