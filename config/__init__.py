@@ -490,6 +490,14 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting(
+        "WECHAT_PUSH_MAX_AGE_SECONDS",
+        300,
+        _int_at_least(30),
+        doc="A message push (official account or mini-program) whose signed timestamp is further than this from our "
+        "clock is refused (403 `STALE`): the plain signature covers the Token, timestamp and nonce only, so an old "
+        "signed query must not carry a new body. WeChat sends a push and its retries within seconds.",
+    ),
+    Setting(
         "MESSAGES_MAX_ATTEMPTS",
         8,
         _int_at_least(1),

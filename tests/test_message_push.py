@@ -8,6 +8,7 @@ under the app's own token and EncodingAESKey, safe mode); WeChat's user-info API
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import types
 from datetime import timedelta
@@ -501,3 +502,41 @@ def test_two_cards_taken_in_the_same_second_are_two_events(app, client, make_use
     assert apply_messages() == {"done": 2}
     db.session.expire_all()
     assert [db.session.get(Payout, p.id).status for p in (one, two)] == ["succeeded", "succeeded"]
+
+
+# -- an old signed query carries no new body (outside probe) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("skew", [-301, 301, 10**6])
+def test_a_push_signed_further_than_the_max_age_from_our_clock_is_refused_and_writes_nothing(app, client, skew):
+    """The plain signature covers the Token, timestamp and nonce only: a signed query seen once (a log) must not
+    carry another body later."""
+    settings = push_settings("oa")
+    built = build_push(settings, card_event("user_get_card", None), timestamp=int(utcnow().timestamp()) + skew)
+    answer = client.post("/wechat/oa/push", query_string=built.args, data=built.body)
+    assert (answer.status_code, answer.get_data(as_text=True)) == (403, "STALE")
+    assert db.session.execute(select(func.count()).select_from(InboundMessage)).scalar_one() == 0
+
+
+def test_a_push_within_the_max_age_is_recorded(app, client):
+    settings = push_settings("oa")
+    built = build_push(settings, card_event("user_get_card", None), timestamp=int(utcnow().timestamp()) - 290)
+    answer = client.post("/wechat/oa/push", query_string=built.args, data=built.body)
+    assert (answer.status_code, answer.get_data(as_text=True)) == (200, "success")
+    assert db.session.execute(select(func.count()).select_from(InboundMessage)).scalar_one() == 1
+
+
+def test_a_push_nested_past_the_parsers_depth_is_a_clear_400(app, client):
+    """A JSON-format mini-program push whose decrypted message nests past the JSON parser's depth: 400, not 500."""
+    from wechatpy.utils import to_text
+
+    settings = dataclasses.replace(push_settings("mp"), json_format=True)
+    nested = '{"ToUserName": "gh", "MsgType": ' + "[" * 5_000 + "]" * 5_000 + "}"
+    built = build_push(settings, {"ToUserName": "gh", "MsgType": "text"})
+    envelope = settings.cryptos()[0].encrypt_message(nested, built.args["nonce"], built.args["timestamp"])
+    encrypt = to_text(envelope.split("<Encrypt><![CDATA[")[1].split("]]>")[0])
+    msg_signature = envelope.split("<MsgSignature><![CDATA[")[1].split("]]>")[0]
+    args = {**built.args, "msg_signature": msg_signature}
+    answer = client.post("/wechat/mp/push", query_string=args, data=json.dumps({"Encrypt": encrypt}))
+    assert (answer.status_code, answer.get_data(as_text=True)) == (400, "MALFORMED_JSON")
+    assert db.session.execute(select(func.count()).select_from(InboundMessage)).scalar_one() == 0

@@ -120,3 +120,83 @@ def test_a_negative_amount_in_a_csv_stays_a_number_and_formulas_are_still_defuse
         "'=1",
         "'-1e5",
     ]
+
+
+# -- signed callbacks whose insides are malformed: a clear 400, never a 500 WeChat retries for a day (outside probe) --
+
+V3_CALLBACKS = ["/wechat/pay/notify", "/wechat/pay/refund-notify", "/wechat/transfer/notify"]
+
+
+def _signed_envelope(app, resource: dict) -> tuple[dict, bytes]:
+    """A v3 callback envelope around ``resource`` (already its encrypted form), signed as WeChat signs."""
+    import json
+
+    sim = app.extensions["wechat"].simulator
+    envelope = {
+        "id": "EV-odd-1",
+        "create_time": "2026-11-25T10:00:00+08:00",
+        "resource_type": "encrypt-resource",
+        "event_type": "TRANSACTION.SUCCESS",
+        "summary": "支付成功",
+        "resource": {"original_type": "transaction", "algorithm": "AEAD_AES_256_GCM", **resource},
+    }
+    body = json.dumps(envelope).encode()
+    headers = {"Content-Type": "application/json", **sim.keys.sign_headers(body, serial=sim.default_serial())}
+    return headers, body
+
+
+@pytest.mark.parametrize("path", V3_CALLBACKS)
+@pytest.mark.parametrize(
+    "field, value", [("nonce", 123456789012), ("nonce", None), ("associated_data", 7), ("ciphertext", ["x"])]
+)
+def test_a_signed_callback_with_a_non_string_crypto_field_is_400(app, client, path, field, value):
+    from tests.test_wechat_callbacks import table_counts
+
+    resource = {"ciphertext": "AAAA", "associated_data": "transaction", "nonce": "abcdefabcdef", field: value}
+    headers, body = _signed_envelope(app, resource)
+    before = table_counts()
+    answer = client.post(path, data=body, headers=headers)
+    assert answer.status_code == 400, answer.get_data(as_text=True)
+    assert answer.get_json() == {"code": "FAIL", "message": "MALFORMED_BODY"}
+    assert table_counts() == before
+
+
+@pytest.mark.parametrize("path", V3_CALLBACKS)
+def test_a_signed_callback_whose_resource_nests_past_the_parsers_depth_is_400(app, client, path):
+    from tests.test_wechat_callbacks import table_counts
+    from wechat.crypto import aes_gcm_encrypt
+
+    sim = app.extensions["wechat"].simulator
+    nested = "[" * 5_000 + "]" * 5_000
+    resource = {
+        "ciphertext": aes_gcm_encrypt(sim.apiv3_key, "abcdefabcdef", nested, "transaction"),
+        "associated_data": "transaction",
+        "nonce": "abcdefabcdef",
+    }
+    headers, body = _signed_envelope(app, resource)
+    before = table_counts()
+    answer = client.post(path, data=body, headers=headers)
+    assert (answer.status_code, answer.get_json()) == (400, {"code": "FAIL", "message": "MALFORMED_RESOURCE"})
+    assert table_counts() == before
+
+
+def test_a_wecom_bot_message_nested_past_the_parsers_depth_is_400(app, client):
+    import json
+
+    from web.wecom_bot import bot_settings
+    from wechat import wecom
+
+    settings = bot_settings()
+    built = wecom.build_callback(settings, {"msgtype": "text"})
+    ciphertext = wecom.encrypt(settings.aes_key, "[" * 5_000 + "]" * 5_000)
+    args = {
+        **built.args,
+        "msg_signature": wecom.sign(settings.token, built.args["timestamp"], built.args["nonce"], ciphertext),
+    }
+    answer = client.post(
+        "/wechat/wecom/bot",
+        query_string=args,
+        data=json.dumps({"encrypt": ciphertext}),
+        content_type="application/json",
+    )
+    assert (answer.status_code, answer.get_data(as_text=True)) == (400, "MALFORMED_JSON")

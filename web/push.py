@@ -16,7 +16,7 @@ import logging
 
 from flask import Blueprint, Response, current_app, request
 
-from models import MessageSource, db
+from models import MessageSource, db, utcnow
 from models.messages import record_message
 from web.errors import busy_text, is_busy
 from web.openapi import WECHAT_FAIL, documented
@@ -74,6 +74,17 @@ def _body() -> bytes:
     return raw
 
 
+def _check_fresh(args: dict[str, str]) -> None:
+    """After the signature: a push whose signed timestamp is further than ``WECHAT_PUSH_MAX_AGE_SECONDS`` from our
+    clock is a replay (WeChat's plain signature does not cover the body; its retries come within seconds)."""
+    try:
+        signed = int(args.get("timestamp") or "")
+    except ValueError:
+        raise PushRejected("STALE", "the signed timestamp is not a number of seconds", http_status=403) from None
+    if abs(utcnow().timestamp() - signed) > current_app.config["WECHAT_PUSH_MAX_AGE_SECONDS"]:
+        raise PushRejected("STALE", "the signed timestamp is too old (or in the future)", http_status=403)
+
+
 @bp.route("/<any(oa, mp):source>/push", methods=["GET", "POST"])
 @documented(
     summary="WeChat message push (GET: URL check; POST: a message or event)", parameters=SIGNED_QUERY, **PUSH_DOC
@@ -88,6 +99,7 @@ def push(source: str) -> Response:
         if request.method == "GET":
             return _text(verify_url(settings.token, args))
         message = read_push(settings, args, _body())
+        _check_fresh(args)
     except PushRejected as exc:
         log.warning("push refused", extra={"source": source, "reason": exc.reason})
         return _text(exc.reason, exc.http_status or 400)

@@ -104,7 +104,7 @@ def _request_json(
         )
     try:
         data = json.loads(resp.content.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise WeChatUnavailable("answer is not JSON", code="UNPARSEABLE_RESPONSE") from None
     if not isinstance(data, dict):
         raise WeChatUnavailable("answer is not an object", code="UNPARSEABLE_RESPONSE")

@@ -167,17 +167,20 @@ def _parse_envelope(raw_body: bytes) -> dict[str, Any]:
 
 
 def _decrypt_resource(resource: dict[str, Any], apiv3_keys: ApiV3Keys, now: datetime | None) -> dict[str, Any]:
-    try:
-        plain = apiv3_keys.decrypt(
-            resource["nonce"], resource["ciphertext"], resource.get("associated_data") or "", now
+    nonce, ciphertext, associated = (resource.get(k) for k in ("nonce", "ciphertext", "associated_data"))
+    if not (isinstance(nonce, str) and isinstance(ciphertext, str) and isinstance(associated, str | None)):
+        raise NotificationRejected(
+            "MALFORMED_BODY", "resource nonce, ciphertext and associated_data must be strings", http_status=400
         )
+    try:
+        plain = apiv3_keys.decrypt(nonce, ciphertext, associated or "", now)
     except WeChatConfigError:
         raise
     except (InvalidTag, KeyError, TypeError, ValueError):
         raise NotificationRejected("DECRYPT_FAILED", "resource does not decrypt") from None
     try:
         data = json.loads(plain)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested past the parser's depth: still not a resource we read)
         raise NotificationRejected("MALFORMED_RESOURCE", "decrypted resource is not JSON", http_status=400) from None
     if not isinstance(data, dict):
         raise NotificationRejected("MALFORMED_RESOURCE", "decrypted resource is not an object", http_status=400)

@@ -403,7 +403,7 @@ def _parse_success(resp: PayResponse) -> Any:
         return {}
     try:
         data = json.loads(resp.body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise WeChatUnavailable(
             "2xx answer is not JSON", code="UNPARSEABLE_RESPONSE", http_status=resp.status
         ) from None
@@ -431,7 +431,7 @@ def _map_error(resp: PayResponse) -> WeChatError:
 def _error_fields(body: bytes) -> tuple[str | None, str]:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, "error answer is not JSON"
     if not isinstance(data, dict):
         return None, "error answer is not an object"

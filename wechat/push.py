@@ -220,7 +220,7 @@ def _decrypt(settings: PushSettings, envelope: dict[str, Any], args: dict[str, s
 def _json_object(text: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise PushRejected("MALFORMED_JSON", "not JSON") from None
     if not isinstance(data, dict):
         raise PushRejected("MALFORMED_JSON", "not a JSON object")

@@ -187,7 +187,7 @@ def _field(data: dict[str, Any], name: str, limit: int, required: bool = True) -
 def parse_message(plaintext: str) -> BotMessage:
     try:
         data = json.loads(plaintext)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CallbackRejected("MALFORMED_JSON", "the decrypted message is not JSON") from None
     if not isinstance(data, dict):
         raise CallbackRejected("MALFORMED_JSON", "the decrypted message is not an object")
@@ -231,7 +231,7 @@ def read_callback(settings: BotSettings, args: dict[str, str], body: bytes) -> B
     _signed_query(args)
     try:
         envelope = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise CallbackRejected("MALFORMED_JSON", "the body is not JSON") from None
     ciphertext = envelope.get("encrypt") if isinstance(envelope, dict) else None
     if not isinstance(ciphertext, str) or not ciphertext or len(ciphertext) > MAX_ENCRYPT_CHARS:
