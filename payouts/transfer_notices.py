@@ -118,6 +118,8 @@ def disagreements(bill: TransferBill, expected: TransferAccount, payout: Payout)
         problems.append("no transfer bill was ever built for this payout")
     elif bill.openid != sent_to:
         problems.append("the payee's openid is not the one the bill was sent to")
+    if payout.wechat_ref and bill.transfer_bill_no != payout.wechat_ref:  # WeChat named its bill when it took ours
+        problems.append(f"bill {bill.transfer_bill_no!r} is not the one WeChat made for this payout")
     return problems
 
 

@@ -316,6 +316,7 @@ MISMATCHES = {
     "mchid": {"mch_id": "1999999999"},
     "appid": {"appid": "wx-someone-else"},
     "payee": {"openid": "sim-openid-somebody-else"},
+    "bill number": {"transfer_bill_no": "ZZZ"},  # not the bill WeChat made when it took ours (outside probe)
 }
 
 
