@@ -91,9 +91,15 @@ def begin_refund(order: Order, out_refund_no: str, amount_fen: int, reason: str 
     if order.status != OrderStatus.PAID and not order.paid_after_close:
         raise StateConflict(f"a {order.status} order cannot be refunded", code="order_not_refundable")
     # up to what WeChat charged (``payable_fen``): a WeChat Pay coupon's part is refunded too (to the coupon)
-    refundable = order.payable_fen - order.refunded_fen - _pending_total(order.id)
-    if not 0 < amount_fen <= refundable:
-        raise Invalid(f"refund must be 1 to {refundable} fen", code="refund_amount")
+    left = order.payable_fen - order.refunded_fen
+    if not 0 < amount_fen <= left:
+        raise Invalid(f"refund must be 1 to {left} fen", code="refund_amount")
+    pending = _pending_total(order.id)
+    if amount_fen > left - pending:  # the rest is taken by refunds still under way: a state, not a bad amount
+        raise StateConflict(
+            f"refunds of {pending} fen of this order are under way: {left - pending} fen can be refunded now",
+            code="refund_in_progress",
+        )
     refund = Refund(order_id=order.id, out_refund_no=out_refund_no, amount_fen=amount_fen, reason=reason)
     db.session.add(refund)
     hold_order_payouts(order.id)

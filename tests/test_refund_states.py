@@ -13,7 +13,7 @@ from sqlalchemy import select
 from jobs import orders as order_jobs
 from models import Alert, LedgerEntry, Order, Refund, db, utcnow
 from rebate import begin_refund
-from rebate.errors import Invalid
+from rebate.errors import StateConflict
 from tests.test_wechat_callbacks import (  # noqa: F401 - fixtures
     count,
     deliver,
@@ -69,8 +69,8 @@ def test_an_abnormal_refund_keeps_its_amount_and_may_still_succeed(app, client, 
     order = db.session.get(Order, order.id)
     try:  # its 60 yuan are still reserved: only 40 may be refunded meanwhile
         begin_refund(order, "R-TOO-MUCH", 40_01)
-    except Invalid as exc:
-        assert "1 to 4000 fen" in str(exc)
+    except StateConflict as exc:
+        assert exc.code == "refund_in_progress" and "4000 fen can be refunded now" in str(exc)
     else:
         raise AssertionError("an abnormal refund's amount was refundable again")
     db.session.rollback()
@@ -146,8 +146,8 @@ def test_an_abnormal_refund_begun_elsewhere_is_reserved_as_ours_are(app, client,
     assert db.session.execute(select(Refund.out_refund_no, Refund.status)).all() == [("MP-ABNORMAL", "abnormal")]
     try:  # its 30 yuan are reserved
         begin_refund(db.session.get(Order, order.id), "R-REST", 70_01)
-    except Invalid as exc:
-        assert "1 to 7000 fen" in str(exc)
+    except StateConflict as exc:
+        assert exc.code == "refund_in_progress" and "7000 fen can be refunded now" in str(exc)
     else:
         raise AssertionError("an abnormal refund's amount was refundable again")
     db.session.rollback()

@@ -354,8 +354,14 @@ def test_refunds_cannot_add_up_to_more_than_was_paid(story):
     db.session.commit()
     before = (count(Refund), count(LedgerEntry))
 
-    with pytest.raises(Invalid, match="1 to 1000 fen"):
-        begin_refund(order, "R3", 10_01)  # 60 refunded + 30 pending: 10 left
+    with pytest.raises(StateConflict) as refused:
+        begin_refund(order, "R3", 10_01)  # 60 refunded + 30 under way: 10 can be refunded now
+    db.session.rollback()
+    # a state of the order (another refund under way, 409), not a bad amount: 40 are left once it is done
+    assert refused.value.code == "refund_in_progress"
+    assert "3000 fen of this order are under way: 1000 fen can be refunded now" in str(refused.value)
+    with pytest.raises(Invalid, match="1 to 4000 fen"):
+        begin_refund(order, "R4", 40_01)  # more than is left at all: a bad amount (422)
     db.session.rollback()
 
     assert (count(Refund), count(LedgerEntry)) == before
