@@ -15,6 +15,7 @@ import pytest
 import responses
 from sqlalchemy import func, select
 
+from ledger import check_ledger
 from models import Alert, LedgerEntry, Order, PaymentNotification, Refund, db, utcnow
 from rebate import begin_refund, create_order
 from rebate.orders import LineRequest
@@ -584,3 +585,37 @@ def test_ten_concurrent_deliveries_have_one_set_of_effects(app, make_order, no_n
     assert db.session.get(Order, order.id).status == "paid"
     assert count(LedgerEntry) == entries + 1
     assert count(PaymentNotification) == 1
+
+
+# -- a notification reaching another of our URLs (outside probe) -----------------------------------------------
+
+
+@pytest.mark.parametrize("path", [NOTIFY, "/wechat/transfer/notify"])
+def test_a_refund_begun_elsewhere_notified_to_another_of_our_urls_is_booked_once(
+    app, client, make_order, no_network, path
+):
+    # given: a paid order, refunded on the merchant platform, whose refund callback URL there is our payment URL
+    order = make_order()
+    assert deliver(client, app, transaction_resource(app, order)).status_code == 204
+    db.session.rollback()
+    order = db.session.get(Order, order.id)
+    resource = refund_resource(app, order, "MP-REFUND-0001", 4_000)
+    # when: WeChat tells it there, twice
+    first = deliver(client, app, resource, path=path, event="REFUND.SUCCESS", kind="refund")
+    entries = count(LedgerEntry)
+    again = deliver(client, app, resource, path=path, event="REFUND.SUCCESS", kind="refund")
+    # then: booked as a refund (once), as the refund URL would have
+    assert first.status_code == again.status_code == 204
+    db.session.rollback()
+    assert db.session.get(Order, order.id).refunded_fen == 4_000
+    assert db.session.execute(select(Refund.out_refund_no, Refund.status)).all() == [("MP-REFUND-0001", "succeeded")]
+    assert count(LedgerEntry) == entries
+    assert check_ledger().ok
+
+
+def test_a_payment_notified_to_the_refund_url_is_applied(app, client, make_order, no_network):
+    order = make_order()
+    response = deliver(client, app, transaction_resource(app, order), path=REFUND_NOTIFY)
+    assert response.status_code == 204
+    db.session.rollback()
+    assert db.session.get(Order, order.id).status == "paid"

@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app
 from models import utcnow
 from payouts.record import DispatchSettings
 from payouts.transfer_notices import TransferAccount, TransferOutcome, apply_transfer_notice
-from web.wechat_callbacks import callback_doc, commit_or_refuse, handle_notification
+from web.wechat_callbacks import PROCESSORS, callback_doc, commit_or_refuse, handle_notification, process_by_event
 from wechat.notifications import Notification
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,11 @@ def process_transfer(n: Notification) -> None:
     commit_or_refuse(outcome, TRANSFER_REFUSALS)
 
 
+PROCESSORS["MCHTRANSFER."] = process_transfer  # a transfer bill's notification reaching another of our URLs too
+
+
 @bp.post("/notify")
-@callback_doc("WeChat MCHTRANSFER.BILL.FINISHED for our transfer bills")
+@callback_doc("WeChat MCHTRANSFER.BILL.FINISHED for our transfer bills (any other kind of ours by its event type)")
 def transfer_notify() -> Response:
     """WeChat's transfer-bill notification."""
-    return handle_notification(process_transfer)
+    return handle_notification(process_by_event)

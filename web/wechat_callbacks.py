@@ -184,10 +184,10 @@ def process_transaction(n: Notification) -> None:
 
 
 @bp.post("/notify")
-@callback_doc("WeChat Pay TRANSACTION.SUCCESS")
+@callback_doc("WeChat Pay TRANSACTION.SUCCESS (any other kind of ours is applied by its event type too)")
 def pay_notify() -> Response:
     """WeChat Pay ``TRANSACTION.SUCCESS``."""
-    return handle_notification(process_transaction)
+    return handle_notification(process_by_event)
 
 
 # -- refund ------------------------------------------------------------------------
@@ -209,7 +209,28 @@ def process_refund(n: Notification) -> None:
 
 
 @bp.post("/refund-notify")
-@callback_doc("WeChat Pay REFUND.SUCCESS / REFUND.ABNORMAL / REFUND.CLOSED")
+@callback_doc("WeChat Pay REFUND.SUCCESS / REFUND.ABNORMAL / REFUND.CLOSED (any other kind of ours by its event type)")
 def refund_notify() -> Response:
     """WeChat Pay ``REFUND.SUCCESS`` / ``REFUND.ABNORMAL`` / ``REFUND.CLOSED``."""
-    return handle_notification(process_refund)
+    return handle_notification(process_by_event)
+
+
+# -- whichever URL it reaches --------------------------------------------------------
+
+# event type prefix → its intake (``web.transfer_callbacks`` adds the transfer bills')
+PROCESSORS: dict[str, Callable[[Notification], None]] = {
+    "TRANSACTION.": process_transaction,
+    "REFUND.": process_refund,
+}
+
+
+def process_by_event(n: Notification) -> None:
+    """Apply a verified notification by its event type, whichever of our callback URLs it reached: WeChat sends
+    each to the URL configured for it, and a refund begun on the merchant platform goes to the one set there (our
+    payment URL, say). Acknowledged before, dropped, it would have been booked by nobody. A kind we do not handle
+    is acknowledged (WeChat would otherwise repeat it for a day) and logged."""
+    for prefix, process in PROCESSORS.items():
+        if n.event_type.startswith(prefix):
+            process(n)
+            return
+    log.warning("callback of unexpected type acknowledged", extra={"event_type": n.event_type})
