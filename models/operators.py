@@ -56,6 +56,11 @@ class Operator(Base):
     # (``approval_refused_because``). No foreign key: SQLite cannot add one to a populated table in place
     # (operators are never deleted, so the id always names one).
     created_by_operator_id: Mapped[int | None]
+    # An admin or finance account another admin made works once a second admin confirmed it (``confirm_operator``);
+    # every other account is confirmed as it is made (merchant staff and support move no money; the command line is
+    # trusted). None: made, not yet confirmed: its tokens are refused (403 operator_unconfirmed).
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=utcnow)
+    confirmed_by_operator_id: Mapped[int | None]
 
     tokens: Mapped[list[OperatorToken]] = relationship(back_populates="operator")
 
@@ -158,6 +163,10 @@ class OperatorError(Exception):
 
     code, kind = "operator_error", "invalid"
 
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code or self.code
+
 
 class MerchantScopeError(OperatorError):
     code, kind = "merchant_scope", "invalid"
@@ -169,6 +178,18 @@ class DuplicateOperator(OperatorError):
 
 class MerchantNotFound(OperatorError):
     code, kind = "not_found", "not_found"
+
+
+class OperatorNotFound(OperatorError):
+    code, kind = "not_found", "not_found"
+
+
+class OperatorStateError(OperatorError):
+    code, kind = "operator_state", "conflict"
+
+
+class OperatorForbidden(OperatorError):
+    code, kind = "forbidden", "forbidden"
 
 
 def token_digest(token: str) -> str:
@@ -280,6 +301,31 @@ def create_operator(
     if merchant_id is not None and (db.session.get(Merchant, merchant_id) is None or scope not in (None, merchant_id)):
         raise MerchantNotFound(f"merchant {merchant_id} not found")
     operator = create_operator_record(username, display_name, role, merchant_id, created_by=actor.operator.id)
+    if role in CONFIRMED_ROLES:  # moves or approves money: a second admin confirms it before it works
+        operator.confirmed_at = None
     token = issue_operator_token(operator, label="initial")
     audit(actor, "operator.create", "operator", operator.id, reason, role=role, merchant_id=merchant_id)
     return operator, token
+
+
+CONFIRMED_ROLES = (OperatorRole.ADMIN, OperatorRole.FINANCE)
+
+
+def confirm_operator(actor: Actor, operator_id: int, reason: str, now: datetime) -> Operator:
+    """A second admin confirms an admin or finance account another admin made: from then on its tokens work. Not its
+    creator, nor an account of the creator's making (``approval_refused_because``: a sock confirming a sock), once."""
+    operator = db.session.execute(
+        select(Operator).where(Operator.id == operator_id).with_for_update()
+    ).scalar_one_or_none()
+    if operator is None:
+        raise OperatorNotFound(f"operator {operator_id} not found")
+    if operator.confirmed_at is not None:
+        raise OperatorStateError("this account is confirmed already", code="operator_confirmed")
+    if operator.created_by_operator_id == actor.operator.id:
+        raise OperatorForbidden("the admin who made an account does not confirm it", code="same_operator")
+    why = approval_refused_because(actor.operator, operator.created_by_operator_id, operator.created_at, now)
+    if why:
+        raise OperatorForbidden(why, code="approver_not_independent")
+    operator.confirmed_at, operator.confirmed_by_operator_id = now, actor.operator.id
+    audit(actor, "operator.confirm", "operator", operator.id, reason, role=operator.role)
+    return operator

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ledger import balance
-from models import AuditLog, Merchant, OperatorRole, Product, db, operators
+from models import AuditLog, Merchant, Operator, OperatorRole, Product, db, operators, utcnow
 from models.operators import Actor, audit, merchant_scope
 from rebate.deposits import deposit_account
 from rebate.scope import visible_merchant
@@ -169,6 +169,53 @@ def create_operator(body: CreateOperator):
         actor(), body.username, body.display_name, body.role, body.merchant_id, body.reason
     )
     return {"id": operator.id, "username": operator.username, "role": operator.role, "token": token}, 201
+
+
+class ConfirmOperator(Model):
+    reason: Reason
+
+
+def operator_json(o: Operator) -> dict:
+    return {
+        "id": o.id,
+        "username": o.username,
+        "display_name": o.display_name,
+        "role": o.role,
+        "merchant_id": o.merchant_id,
+        "active": o.active,
+        "created_at": o.created_at.isoformat(),
+        "created_by_operator_id": o.created_by_operator_id,
+        "confirmed_at": o.confirmed_at.isoformat() if o.confirmed_at else None,
+        "confirmed_by_operator_id": o.confirmed_by_operator_id,
+    }
+
+
+class OperatorQuery(Page):
+    unconfirmed: bool = Field(False, description="Only accounts waiting for a second admin's confirmation.")
+
+
+@endpoint(bp, "/operators", auth="operator", roles=(OperatorRole.ADMIN,), query=OperatorQuery)
+def list_operators(query: OperatorQuery):
+    """Operator accounts, newest first (``unconfirmed=true``: those a second admin has yet to confirm)."""
+    stmt = select(Operator).order_by(Operator.id.desc()).limit(query.limit).offset(query.offset)
+    if query.unconfirmed:
+        stmt = stmt.where(Operator.confirmed_at.is_(None))
+    return {"items": [operator_json(o) for o in db.session.execute(stmt).scalars()]}
+
+
+@endpoint(
+    bp,
+    "/operators/<int:operator_id>/confirm",
+    methods=["POST"],
+    auth="operator",
+    roles=(OperatorRole.ADMIN,),
+    body=ConfirmOperator,
+    idempotent=True,
+)
+def confirm_operator(operator_id: int, body: ConfirmOperator):
+    """A second admin confirms an admin or finance account another admin made; its tokens work from then on. Not
+    its creator (403 same_operator), nor an account the creator made recently (403 approver_not_independent)."""
+    return operator_json(operators.confirm_operator(actor(), operator_id, body.reason, utcnow()))
 
 
 class AuditQuery(Page):

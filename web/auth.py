@@ -108,6 +108,11 @@ def operator_token(token: str) -> OperatorToken:
         raise Unauthorized("invalid operator token", code="invalid_token")
     if not row.operator.active:
         raise Forbidden("operator disabled", code="operator_disabled")
+    if row.operator.confirmed_at is None:
+        raise Forbidden(
+            "this account works once a second admin confirms it (POST /admin/api/operators/<id>/confirm)",
+            code="operator_unconfirmed",
+        )
     return row
 
 

@@ -51,6 +51,37 @@ def create_operator_command(username: str, display_name: str | None, role: str, 
     click.echo(token)
 
 
+@operators_cli.command("confirm")
+@click.option("--username", required=True)
+@click.option("--reason", required=True, help="Why (audited): who checked that the account is the person's.")
+def confirm_operator_command(username: str, reason: str) -> None:
+    """Confirm an admin or finance account an admin made (shell access is trusted): for a platform with one admin,
+    whose accounts no second admin can confirm. With two admins, the second confirms it in the API instead."""
+    from models import AuditLog, Operator, utcnow
+    from models.operators import username_key
+
+    with unit_of_work():
+        operator = db.session.execute(
+            db.select(Operator).where(Operator.username_key == username_key(username)).with_for_update()
+        ).scalar_one_or_none()
+        if operator is None:
+            raise click.ClickException(f"no operator {username!r}")
+        if operator.confirmed_at is not None:
+            raise click.ClickException(f"operator {operator.username} is confirmed already")
+        operator.confirmed_at = utcnow()
+        db.session.add(
+            AuditLog(
+                operator_id=None,
+                action="operator.confirm",
+                target_type="operator",
+                target_id=str(operator.id),
+                reason=f"confirmed from the command line: {reason}",
+                details={"role": operator.role},
+            )
+        )
+    click.echo(f"operator {operator.username} ({operator.role}) confirmed")
+
+
 @ledger_cli.command("check")
 def ledger_check_command() -> None:
     """Verify every entry balances and finished clearing flows are back to zero."""
