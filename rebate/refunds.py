@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import and_, func, select, union
+from sqlalchemy import and_, func, or_, select, union
 
 from ledger import AccountRef, Leg, account, post, post_entry, ref
 from models import (
@@ -502,6 +502,10 @@ def apply_refund_notice(
         why = f"refund {notice.out_refund_no} names payment {notice.transaction_id}; ours is {order.transaction_id}"
         flag_order(order, "refund_mismatch", why)
         return RefundOutcome.MISMATCH_FLAGGED
+    why = _refund_id_disagrees(notice)
+    if why:
+        flag_order(order, "refund_mismatch", why)
+        return RefundOutcome.MISMATCH_FLAGGED
     try:
         with db.session.begin_nested():  # a refusal undoes only what this notice began
             outcome = _apply_refund_state(order, notice, now, money)
@@ -517,6 +521,24 @@ def apply_refund_notice(
         note_notification(notification_id, order.out_trade_no, NotificationKind.REFUND, outcome)
     db.session.flush()
     return outcome
+
+
+def _refund_id_disagrees(notice: RefundState) -> str | None:
+    """WeChat's refund number is its own and one per refund: a notice naming another one than the refund already
+    carries, or one another refund of ours carries, is not about this refund (None: it agrees, or names none)."""
+    if not notice.refund_id:
+        return None
+    rows = db.session.execute(
+        select(Refund.out_refund_no, Refund.refund_id).where(
+            or_(Refund.out_refund_no == notice.out_refund_no, Refund.refund_id == notice.refund_id)
+        )
+    ).all()
+    for out_refund_no, refund_id in rows:
+        if out_refund_no == notice.out_refund_no and refund_id and refund_id != notice.refund_id:
+            return f"refund {notice.out_refund_no} is WeChat's refund {refund_id}; the notice names {notice.refund_id}"
+        if out_refund_no != notice.out_refund_no:
+            return f"WeChat's refund {notice.refund_id} is our refund {out_refund_no}, not {notice.out_refund_no}"
+    return None
 
 
 def _apply_refund_state(order: Order, notice: RefundState, now: datetime, money: MoneySettings) -> RefundOutcome:

@@ -280,3 +280,30 @@ def test_an_order_keeps_every_distinct_reason_it_was_flagged_for(app, make_user,
     for i in range(400):
         flag_order(order, "payment_mismatch", f"reason {i:04d} " + "x" * 20)
     assert len(order.review_reason) <= REVIEW_REASON_CHARS and order.review_reason.endswith("reason 0399 " + "x" * 20)
+
+
+def test_a_refund_id_of_another_refund_or_another_for_this_refund_is_flagged_and_moves_nothing(
+    app, account, refunding, make_user, make_product
+):
+    # given: refund R-1 applied as WeChat's 5030-1; another paid order with a refund asked (outside probe)
+    order, refund = refunding
+    assert apply_refund_notice(notice(order), account, utcnow(), "RN-1", money=app_money()) == "success"
+    db.session.commit()
+    other = order_for(make_user(), make_product(price_fen=50_00))
+    assert apply_payment(paid(other), account, utcnow(), money=app_money()) == "applied"
+    db.session.commit()
+    begin_refund(db.session.get(Order, other.id), "R-2", 10_00)
+    db.session.commit()
+    before = table_counts()
+    # when: the other order's refund names WeChat's 5030-1 (R-1's), and R-1 is told again as 5030-9
+    reused = apply_refund_notice(notice(other, "R-2", refund_fen=10_00), account, utcnow(), "RN-2", money=app_money())
+    db.session.commit()
+    renamed = apply_refund_notice(notice(order, refund_id="5030-9"), account, utcnow(), "RN-3", money=app_money())
+    db.session.commit()
+    # then: both flagged for an operator, nothing moves
+    assert (reused, renamed) == ("mismatch_flagged", "mismatch_flagged")
+    after = table_counts()
+    assert after.pop("alerts") == before.pop("alerts") + 2
+    assert after == before
+    assert db.session.execute(select(Refund.status).where(Refund.out_refund_no == "R-2")).scalar_one() == "pending"
+    assert db.session.get(Order, other.id).refunded_fen == 0
