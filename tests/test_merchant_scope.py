@@ -392,3 +392,31 @@ def test_a_platforms_pause_is_undone_by_the_platform_only(
         "active",
         False,
     )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/api/deposit-proposals?merchant_id={other}",
+        "/admin/api/profit-shares?merchant_id={other}",
+        "/admin/api/audiences/runs?campaign_id={campaign}",
+    ],
+)
+def test_a_list_filtered_on_another_merchants_id_is_404_to_merchant_staff(
+    client, make_operator, make_merchant, make_campaign, path
+):
+    """As another merchant's own things are (outside probe: these answered 200 with an empty list)."""
+    other = make_merchant()
+    campaign = make_campaign(
+        {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 1_000}]},
+        funder_type="merchant_deposit",
+        funder_merchant_id=other.id,
+        issuer_type="merchant",
+        issuer_merchant_id=other.id,
+        serves_merchant_id=other.id,
+    )
+    _, staff = make_operator("merchant_staff")
+    answer = client.get(path.format(other=other.id, campaign=campaign.id), headers=staff)
+    assert (answer.status_code, answer.json["error"]) == (404, "not_found"), answer.json
+    _, admin = make_operator("admin")
+    assert client.get(path.format(other=other.id, campaign=campaign.id), headers=admin).status_code == 200

@@ -23,6 +23,7 @@ from models import Audience, AudienceRun, OperatorRole, RunStatus, db, utcnow
 from models.operators import merchant_scope
 from rebate import audiences
 from rebate.audiences import Definition
+from rebate.scope import visible_campaign
 from web.admin import actor
 from web.api import endpoint
 from web.guards import MAX_ID
@@ -177,7 +178,9 @@ def get_run(run_id: int, query: LiftQuery):
 
 @endpoint(bp, "/runs", auth="operator", roles=READERS, query=CampaignRunsQuery, tags=TAGS)
 def campaign_runs(query: CampaignRunsQuery):
-    """A campaign's newest audience runs, each with its lift (the campaign's effect report shows them)."""
+    """A campaign's newest audience runs, each with its lift (the campaign's effect report shows them). A campaign
+    merchant staff may not see: 404, as for its report."""
+    visible_campaign(g.operator, query.campaign_id)
     stmt = (
         select(AudienceRun)
         .join(Audience, Audience.id == AudienceRun.audience_id)

@@ -131,7 +131,9 @@ def propose_fee_payment(merchant_id: int, body: DepositTopUp):
 @endpoint(bp, "/deposit-proposals", auth="operator", roles=ANY_OPERATOR, query=ProposalQuery)
 def list_proposals(query: ProposalQuery):
     """Deposit top-up and fee payment proposals, newest first (``status=pending``: those awaiting a second
-    operator; ``purpose=deposit|fees``)."""
+    operator; ``purpose=deposit|fees``). Merchant staff naming another merchant: 404, as for its other things."""
+    if query.merchant_id is not None:
+        visible_merchant(actor().operator, query.merchant_id)
     rows = deposit_ops.list_proposals(
         actor(), query.status, query.merchant_id, query.limit, query.offset, purpose=query.purpose
     )

@@ -19,6 +19,7 @@ from models import Payout, ProfitShare, db
 from models.operators import merchant_scope
 from models.payouts import Rail
 from models.profit_sharing import ShareStatus
+from rebate.scope import visible_merchant
 from web.admin import ANY_OPERATOR
 from web.api import endpoint
 from web.guards import MAX_ID
@@ -86,6 +87,7 @@ def list_profit_shares(query: ShareQuery):
     if scope is not None:
         where.append(ProfitShare.merchant_id == scope)
     if query.merchant_id is not None:
+        visible_merchant(g.operator, query.merchant_id)  # another merchant's: 404, as for its other things
         where.append(ProfitShare.merchant_id == query.merchant_id)
     if query.order_id is not None:
         where.append(ProfitShare.order_id == query.order_id)
