@@ -118,3 +118,39 @@ def test_the_command_line_confirms_for_a_platform_with_one_admin(app, client, ma
     again = runner.invoke(cli, ["operators", "confirm", "--username", username, "--reason", "again"])
     assert again.exit_code != 0 and "confirmed already" in again.output
     assert [a.operator_id for a in audits("operator.confirm")] == [None]
+
+
+# -- the console ----------------------------------------------------------------------------------------------
+
+
+def test_the_console_lists_the_waiting_accounts_and_a_second_admin_confirms_one(client, make_operator):
+    from tests.console_helpers import post, sign_in
+
+    _, maker_h = make_operator("admin")
+    new_id, new_h = made_by(client, maker_h)
+    # the unconfirmed account cannot sign in to the console either
+    unconfirmed = client.post("/console/sign-in", data={"token": new_h["Authorization"].split()[1]})
+    assert unconfirmed.status_code != 302
+    # its maker sees it waiting, and is refused the confirmation beside it
+    csrf = sign_in(client, maker_h)
+    page = client.get("/console/operators").get_data(as_text=True)
+    assert f'data-operator="{new_id}"' in page and 'id="waiting"' in page
+    refused = post(client, f"/console/operators/{new_id}/confirm", {"reason": "my own colleague"}, csrf)
+    assert refused.status_code == 422 and "does not confirm it" in refused.get_data(as_text=True)
+    client.post("/console/sign-out", data={"csrf_token": csrf})
+    # a second admin confirms it from the page
+    _, second_h = make_operator("admin")
+    csrf = sign_in(client, second_h)
+    done = post(client, f"/console/operators/{new_id}/confirm", {"reason": "checked in person"}, csrf)
+    assert done.status_code == 302
+    assert client.get("/admin/api/merchants", headers=new_h).status_code == 200
+    assert "Nobody is waiting" in client.get("/console/operators").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("role", ["finance", "support", "merchant_staff"])
+def test_only_admins_see_the_operators_page(client, make_operator, role):
+    from tests.console_helpers import sign_in
+
+    _, headers = make_operator(role)
+    sign_in(client, headers)
+    assert client.get("/console/operators").status_code == 403

@@ -61,6 +61,7 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("console.risk_rules", "风控规则 Risk rules", EVERYONE),  # staff: their campaigns' overrides
     ("console.communities", "可疑团伙 Communities", PLATFORM),
     ("console.audit", "审计日志 Audit log", ("admin", "finance")),
+    ("console.operators", "操作员 Operators", ("admin",)),
     ("console.notices", "通知 Notices", PLATFORM),
     ("console.messages", "消息 Messages", PLATFORM),
     ("console.challenges", "挑战 Challenges", EVERYONE),  # staff: those their campaigns sponsor

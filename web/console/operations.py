@@ -10,6 +10,8 @@
 * ``console.reviews`` / ``console.review``: the review queue and a case with the decision form (above the
   second-approval threshold the first decision is a proposal) — ``web.reviews_api``.
 * ``console.bans``: bans by subject, a new ban, lifting one — ``web.bans_api``.
+* ``console.operators``: operator accounts, those waiting for a second admin's confirmation first, and the
+  confirmation — ``web.admin``.
 
 No query and no change here: every read and action is the admin API's own view (``read`` / ``act``).
 """
@@ -25,7 +27,7 @@ from flask import abort, flash, redirect, request, url_for
 from models import CaseOutcome, Rail
 from models.base import BEIJING
 from models.reconciliation import BillKind, MismatchKind
-from web.admin import list_audit_log
+from web.admin import confirm_operator, list_audit_log, list_operators
 from web.bans_api import create_ban, lift_ban, list_bans
 from web.console import act, allowed, bp, form_data, may, read, render
 from web.guards import MAX_ID, day_in_range
@@ -279,3 +281,36 @@ def ban_lift(ban_id: int):
     if act(lift_ban, body={"reason": _reason()}, done=f"封禁 #{ban_id} 已解除 Lifted", ban_id=ban_id) is None:
         return _bans_page(422)
     return redirect(url_for("console.bans"))
+
+
+# -- operators ------------------------------------------------------------------------------------
+
+
+def _operators_page(status: int = 200):
+    offset = _offset()
+    waiting = read(list_operators, query={"unconfirmed": True, "limit": PAGE})["items"]
+    everyone = read(list_operators, query={"limit": PAGE, "offset": offset})["items"]
+    body = render(
+        "console/ops_operators.html",
+        waiting=waiting,
+        items=everyone,
+        may_confirm=may(confirm_operator),
+        offset=offset,
+        page=PAGE,
+    )
+    return body, status
+
+
+@bp.route("/operators")
+def operators():
+    allowed(list_operators)
+    return _operators_page()
+
+
+@bp.route("/operators/<int:operator_id>/confirm", methods=["POST"])
+def operator_confirm(operator_id: int):
+    allowed(confirm_operator)
+    done = f"操作员 #{operator_id} 已确认 Confirmed: their token works now"
+    if act(confirm_operator, body={"reason": _reason()}, done=done, operator_id=operator_id) is None:
+        return _operators_page(422)
+    return redirect(url_for("console.operators"))
