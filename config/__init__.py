@@ -498,6 +498,14 @@ SETTINGS: tuple[Setting, ...] = (
         "signed query must not carry a new body. WeChat sends a push and its retries within seconds.",
     ),
     Setting(
+        "MESSAGES_KEEP_DAYS",
+        90,
+        _int_at_least(1),
+        doc="Days a pushed message applied or ignored is kept (then purged nightly; a failed one stays for an "
+        "operator). A replay cannot bring one back: a push signed more than WECHAT_PUSH_MAX_AGE_SECONDS ago is "
+        "refused.",
+    ),
+    Setting(
         "MESSAGES_MAX_ATTEMPTS",
         8,
         _int_at_least(1),
@@ -545,6 +553,13 @@ SETTINGS: tuple[Setting, ...] = (
         _rates,
         doc="Messages per second per channel (`subscribe=50,oa_template=50`), shared by every process through "
         "Redis when REDIS_URL is set.",
+    ),
+    Setting(
+        "NOTICES_KEEP_DAYS",
+        180,
+        _int_at_least(31),
+        doc="Days a notice that is done with (sent, in the inbox, cancelled) is kept, in the person's inbox too; then "
+        "purged nightly. Pending notices stay until they are sent.",
     ),
     Setting(
         "NOTICE_DAILY_CAP",

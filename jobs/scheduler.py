@@ -45,6 +45,7 @@ from jobs.payouts import (
 )
 from jobs.profit_sharing import query_profit_shares, share_due_orders
 from jobs.reconcile_cli import reconcile_command
+from jobs.retention import purge_kept_rows_job
 from jobs.risk import collusion_job, lift_expired_bans_job, purge_behaviour_events_job, spike_job
 from models import db
 from models.base import BEIJING
@@ -82,6 +83,7 @@ RUN_AT_START = (insights_rollup_job,)  # the rollups' catch-up: at once, not an 
 DAILY_JOBS: tuple[tuple[Callable, dict], ...] = (
     (daily_reconciliation, {"hour": 10, "minute": 30}),
     (purge_behaviour_events_job, {"hour": 4, "minute": 10}),
+    (purge_kept_rows_job, {"hour": 4, "minute": 20}),  # old pushed messages and notices (jobs/retention.py)
 )
 # Jobs whose interval is a setting (the default above is the setting's default).
 CONFIGURED_INTERVALS = {

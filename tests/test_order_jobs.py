@@ -218,6 +218,7 @@ def test_scheduler_has_every_job(app):
         "lift_expired_bans_job",
         "post_challenge_standings",
         "purge_behaviour_events_job",
+        "purge_kept_rows_job",
         "query_profit_shares",
         "query_stuck_refunds",
         "query_unnotified_payments",
