@@ -49,7 +49,7 @@ from rebate import budgets, tell, wallet
 from rebate.awards import Beneficiary, Effects, record_decisions, with_lines
 from rebate.campaigns import face_funder_ref, is_running, load_rules, rules_of, serves
 from rebate.deposits import DepositsLeft, deposit_funded, lock_deposits, pause_refused
-from rebate.errors import BudgetExhausted, BudgetMoved, DepositExhausted
+from rebate.errors import BudgetExhausted, BudgetMoved, DepositExhausted, StateConflict
 from rebate.fees import accrue_fee, own_fee_rate
 from rebate.intake import (
     PayAccount,
@@ -783,6 +783,9 @@ def _issue_triggered_packets(
                 f"campaign {campaign.id}",
                 f"no packet issued for order {order.out_trade_no}: budget exhausted",
             )
+        except StateConflict as stopped:  # paused, ended or banned since it was read: no packet, the payment stands
+            if stopped.code != "campaign_not_running":
+                raise
     return issued
 
 

@@ -728,3 +728,38 @@ def test_issue_packet_from_a_given_user_issuer_for_other_modules(make_user, make
     assert again.id == packet.id and count(RedPacket) == 1
     assert (packet.issuer_type, packet.issuer_user_id, packet.owner_id) == ("user", loser.id, winner.id)
     assert budget(campaign) == (11_00, 0)
+
+
+def test_an_order_paid_campaign_stopped_while_the_payment_ran_issues_nothing_and_the_payment_stands(
+    make_user, make_product, make_campaign, pay, monkeypatch
+):
+    """A pause committed after the payment read its campaigns is seen by the packet's budget UPDATE (it takes only
+    an active campaign's): that trigger issues nothing; the payment is not failed by it (review finding)."""
+    from sqlalchemy import update
+
+    import rebate.payments as payments
+
+    campaign = make_campaign(
+        CONSUMER_5,
+        budget_limit_fen=1_000_00,
+        packet_amount_fen=20_00,
+        trigger={"kind": "order_paid", "min_order_fen": 100},
+    )
+    campaign_id = campaign.id
+    order = buy(make_user(), make_product(price_fen=300_00))
+    issue = payments._issue_triggered_packets
+
+    def paused_meanwhile(*args, **kwargs):  # as PostgreSQL's UPDATE sees the row after waiting for its lock
+        db.session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign_id)
+            .values(status="paused")
+            .execution_options(synchronize_session=False)
+        )
+        return issue(*args, **kwargs)
+
+    monkeypatch.setattr(payments, "_issue_triggered_packets", paused_meanwhile)
+    assert pay(order) == "applied"
+    db.session.expire_all()
+    assert db.session.get(Order, order.id).status == "paid"
+    assert count(RedPacket, campaign_id=campaign_id) == 0
