@@ -279,8 +279,10 @@ def _unapproved_recently(operator_id: int, user_id: int) -> int:
             select(func.coalesce(func.sum(Payout.amount_fen), 0)).where(
                 Payout.created_by_operator_id.is_not(None),
                 Payout.approved_by_operator_id.is_(None),
-                # cancelled, or waiting for an operator (an approval among them): none of it has left
-                Payout.status.not_in([PayoutStatus.CANCELLED, PayoutStatus.NEEDS_OPERATOR]),
+                # cancelled, or held for the approval it needs: none of it has left, nor will without a second
+                # operator. One back with an operator after a try is resent without one: it counts
+                Payout.status != PayoutStatus.CANCELLED,
+                ~((Payout.status == PayoutStatus.NEEDS_OPERATOR) & Payout.needs_approval),
                 Payout.created_at >= since,
                 or_(Payout.created_by_operator_id.in_(hands), Payout.user_id == user_id),
             )

@@ -409,3 +409,16 @@ def test_merchant_staff_get_404_for_another_merchants_trace_in_a_browser(live_se
     theirs = page.goto(f"{live_server.url}/console/lookup?kind=order&id={other_id}")
     assert theirs.status == 404
     shot(page, "ops_lookup_404")
+
+
+def test_a_manual_payout_below_the_limit_is_not_shown_awaiting_approval(app, client, make_user, make_operator):
+    """As the API says (``awaiting_approval``): it went out without one (review finding)."""
+    _, headers = make_operator("admin")
+    user = make_user(appid=app.config["WECHAT_APPID"])
+    body = {"user_id": user.id, "amount_fen": 100, "reason": "goodwill gesture"}
+    created = client.post("/admin/api/payouts", json=body, headers={"Idempotency-Key": uuid.uuid4().hex, **headers})
+    payout_id = created.json["id"]
+    client_sign_in(client, headers)
+    assert "awaiting approval" not in html(client.get("/console/payouts?status="))
+    page = html(client.get(f"/console/payouts/{payout_id}"))
+    assert "awaiting a second operator" not in page and "sent without one" in page

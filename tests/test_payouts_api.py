@@ -971,3 +971,22 @@ def test_a_held_manual_payout_says_it_awaits_approval(app, client, make_user, ad
     _, headers = admin
     payout_id = manual(client, headers, make_user(), 60_000).json["id"]
     assert client.get(f"{ADMIN}/{payout_id}", headers=headers).json["awaiting_approval"] is True
+
+
+def test_payouts_under_the_limit_back_with_an_operator_still_add_up_to_it(app, client, make_user, admin):
+    # given: manual payouts just under the limit to one person while the rail is broken (review finding)
+    _, headers = admin
+    limit = app.config["MANUAL_PAYOUT_APPROVAL_FEN"]
+    user = make_user(appid=app.config["WECHAT_APPID"])
+    broken = DispatchSettings(money=MoneySettings(), max_attempts=1)
+    first = manual(client, headers, user, limit - 1).json
+    run(ScriptedRail(RailResult(Outcome.CONFIG_ERROR, "NO_AUTH")), broken)
+    assert client.get(f"{ADMIN}/{first['id']}", headers=headers).json["status"] == "needs_operator"
+    # when: the next one is made
+    second = manual(client, headers, user, limit - 1).json
+    # then: the first, back with an operator (it goes out again on a resend, unapproved), still counts: held
+    assert (second["status"], second["awaiting_approval"]) == ("needs_operator", True)
+    resent = client.post(f"{ADMIN}/{first['id']}/resend", json=reason("rail fixed"), headers=headers)
+    assert resent.status_code == 200
+    refused = client.post(f"{ADMIN}/{second['id']}/resend", json=reason("rail fixed"), headers=headers)
+    assert (refused.status_code, refused.json["error"]) == (409, "approval_required")
