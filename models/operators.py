@@ -56,9 +56,9 @@ class Operator(Base):
     # (``approval_refused_because``). No foreign key: SQLite cannot add one to a populated table in place
     # (operators are never deleted, so the id always names one).
     created_by_operator_id: Mapped[int | None]
-    # An admin or finance account another admin made works once a second admin confirmed it (``confirm_operator``);
-    # every other account is confirmed as it is made (merchant staff and support move no money; the command line is
-    # trusted). None: made, not yet confirmed: its tokens are refused (403 operator_unconfirmed).
+    # An admin, finance or support account another admin made works once a second admin confirmed it
+    # (``confirm_operator``); merchant staff (their own merchant's only) and the command line's (trusted) are
+    # confirmed as they are made. None: made, not yet confirmed: its tokens are refused (403 operator_unconfirmed).
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=utcnow)
     confirmed_by_operator_id: Mapped[int | None]
 
@@ -308,12 +308,14 @@ def create_operator(
     return operator, token
 
 
-CONFIRMED_ROLES = (OperatorRole.ADMIN, OperatorRole.FINANCE)
+# roles that move money or decide who gets it (support decides review cases: releases held rebates)
+CONFIRMED_ROLES = (OperatorRole.ADMIN, OperatorRole.FINANCE, OperatorRole.SUPPORT)
 
 
 def confirm_operator(actor: Actor, operator_id: int, reason: str, now: datetime) -> Operator:
-    """A second admin confirms an admin or finance account another admin made: from then on its tokens work. Not its
-    creator, nor an account of the creator's making (``approval_refused_because``: a sock confirming a sock), once."""
+    """A second admin confirms an admin, finance or support account another admin made: from then on its tokens work.
+    Not its creator, nor an account of the creator's making (``approval_refused_because``: a sock confirming a sock),
+    once."""
     operator = db.session.execute(
         select(Operator).where(Operator.id == operator_id).with_for_update()
     ).scalar_one_or_none()

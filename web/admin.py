@@ -168,7 +168,9 @@ def create_operator(body: CreateOperator):
     operator, token = operators.create_operator(
         actor(), body.username, body.display_name, body.role, body.merchant_id, body.reason
     )
-    return {"id": operator.id, "username": operator.username, "role": operator.role, "token": token}, 201
+    answer = {"id": operator.id, "username": operator.username, "role": operator.role, "token": token}
+    answer["confirmed"] = operator.confirmed_at is not None  # false: it works once a second admin confirms it
+    return answer, 201
 
 
 class ConfirmOperator(Model):
@@ -213,8 +215,8 @@ def list_operators(query: OperatorQuery):
     idempotent=True,
 )
 def confirm_operator(operator_id: int, body: ConfirmOperator):
-    """A second admin confirms an admin or finance account another admin made; its tokens work from then on. Not
-    its creator (403 same_operator), nor an account the creator made recently (403 approver_not_independent)."""
+    """A second admin confirms an admin, finance or support account another admin made; its tokens work from then on.
+    Not its creator (403 same_operator), nor an account the creator made recently (403 approver_not_independent)."""
     return operator_json(operators.confirm_operator(actor(), operator_id, body.reason, utcnow()))
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from models import IdempotencyRecord, db, utcnow
+from models.base import fernet
 from models.sql import execute_core, insert_ignoring
 from web.errors import ApiError, Conflict, ValidationFailed
 from web.guards import loads_json
@@ -39,8 +40,28 @@ def request_fingerprint() -> str:
     return hashlib.sha256(request.method.encode() + b" " + request.full_path.encode() + b"\n" + canonical).hexdigest()
 
 
+# Secrets an answer hands out once (a new operator's first token): the stored answer keeps them encrypted with the
+# app's key (``DATA_ENCRYPTION_KEY``), opened only to replay it, so a read of the table or a backup holds none.
+SEALED_FIELDS = ("token",)
+SEAL = "sealed:"
+
+
+def _sealed(body):
+    if not isinstance(body, dict):
+        return body
+    secret = {k: body[k] for k in SEALED_FIELDS if isinstance(body.get(k), str)}
+    return {**body, **{k: SEAL + fernet().encrypt(v.encode()).decode() for k, v in secret.items()}} if secret else body
+
+
+def _opened(body):
+    if not isinstance(body, dict):
+        return body
+    sealed = {k: body[k] for k in SEALED_FIELDS if isinstance(body.get(k), str) and body[k].startswith(SEAL)}
+    return {**body, **{k: fernet().decrypt(v[len(SEAL) :].encode()).decode() for k, v in sealed.items()}}
+
+
 def _replay(record: IdempotencyRecord) -> Response:
-    response = jsonify(record.response_body)
+    response = jsonify(_opened(record.response_body))
     response.status_code = record.response_status
     response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -147,7 +168,7 @@ def _store(record_id: int, status: int, body) -> None:
     """Store the answer; for a success this commits together with the view's effects. (A Core UPDATE built once:
     the ORM's bulk UPDATE also evaluates its WHERE against every object in the session, a third of a keyed
     claim's CPU; the commit right after expires the session's copy of the row anyway.)"""
-    execute_core(_store_statement(), {"record_id": record_id, "status": status, "body": body})
+    execute_core(_store_statement(), {"record_id": record_id, "status": status, "body": _sealed(body)})
     db.session.commit()
 
 

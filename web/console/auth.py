@@ -166,7 +166,10 @@ def sign_in():
             )
         )
         db.session.commit()
-        flash("令牌无效 · That token does not sign anyone in (unknown, revoked, expired or disabled).", "error")
+        if err.code == "operator_unconfirmed":  # the token is right: the account waits for a second admin
+            flash("账号待确认 · This account works once a second admin confirms it (Operators page).", "error")
+        else:
+            flash("令牌无效 · That token does not sign anyone in (unknown, revoked, expired or disabled).", "error")
         return render("console/sign_in.html", next=request.form.get("next", "")), err.status
     now = utcnow()
     hours = current_app.config["CONSOLE_SESSION_HOURS"]
