@@ -217,6 +217,8 @@ def apply_card_event(
 
 
 def _received(payout: Payout, code: str | None, now: datetime, settings: DispatchSettings) -> str:
+    if code:
+        _code_elsewhere(payout, code)
     if payout.status == PayoutStatus.SUCCEEDED:
         if code and payout.wechat_ref is None:
             payout.wechat_ref = code
@@ -232,3 +234,23 @@ def _received(payout: Payout, code: str | None, now: datetime, settings: Dispatc
         raise CardPayoutBusy(f"payout {payout.external_no} is {payout.status}")
     apply_result(payout, card_received(payout.external_no, code), now, settings)
     return CardEventOutcome.APPLIED
+
+
+def _code_elsewhere(payout: Payout, code: str) -> None:
+    """WeChat's event gives this payout's card the code ``code``; one of our other card payouts of the same card that
+    carries it was given it by a person's own ``/card-code`` (a code of this card, not of that payout's): an operator
+    is told once (redeeming the code decides the older payout)."""
+    others = db.session.execute(
+        select(Payout.external_no, Payout.request).where(
+            Payout.rail == Rail.CARD_COUPON, Payout.id != payout.id, Payout.wechat_ref == code
+        )
+    ).all()
+    card = (payout.request or {}).get("card_id")
+    clash = [no for no, request in others if (request or {}).get("card_id") in (None, card) or card is None]
+    if clash:
+        alert_once(
+            "card_code_on_two_payouts",
+            f"{code}:{payout.external_no}",
+            f"WeChat gave the card of payout {payout.external_no} the code recorded for payout(s) {', '.join(clash)}: "
+            "check which payout the card belongs to",
+        )

@@ -540,3 +540,21 @@ def test_a_push_nested_past_the_parsers_depth_is_a_clear_400(app, client):
     answer = client.post("/wechat/mp/push", query_string=args, data=json.dumps({"Encrypt": encrypt}))
     assert (answer.status_code, answer.get_data(as_text=True)) == (400, "MALFORMED_JSON")
     assert db.session.execute(select(func.count()).select_from(InboundMessage)).scalar_one() == 0
+
+
+def test_wechat_giving_a_card_the_code_another_payout_recorded_alerts_once(app, client, make_user):
+    """The person recorded their card's code on another of their card payouts; WeChat's event names its own payout
+    (by OuterStr): the card is delivered as WeChat says and an operator is told of the code on two payouts (review)."""
+    from payouts.operations import record_card_code
+
+    user = make_user()
+    first, second = offered(fund_card_payout(user, key="k1")), offered(fund_card_payout(user, key="k2"))
+    record_card_code(second.id, user.id, CODE)
+    db.session.commit()
+    for _ in range(2):
+        push(client, "oa", card_event("user_get_card", first.external_no))
+    assert apply_messages() == {"done": 1}
+    db.session.expire_all()
+    assert db.session.get(Payout, first.id).status == "succeeded"
+    clashes = [a for a in db.session.execute(select(Alert)).scalars() if a.kind == "card_code_on_two_payouts"]
+    assert len(clashes) == 1 and second.external_no in clashes[0].message
