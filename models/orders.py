@@ -204,6 +204,8 @@ class Refund(Base):
         Index("ix_refunds_finished_at", "finished_at", postgresql_using="brin"),
         CheckConstraint("amount_fen > 0", name="positive"),
         CheckConstraint("status in ('pending', 'succeeded', 'abnormal', 'closed', 'failed')", name="status"),
+        # WeChat's refund number, looked up by every refund notice (``rebate.refunds._refund_id_disagrees``)
+        Index("ix_refunds_refund_id", "refund_id"),
     )
 
 
