@@ -6,7 +6,8 @@ for each pending one: claim it (a conditional UPDATE to ``sending``) and commit,
 (``jobs.chat_commands.webhook_sender``: at most ``WECOM_WEBHOOK_PER_MINUTE`` a minute per robot key, shared by
 every process), and record the outcome. ``WebhookBusy`` (our window full, or WeCom's 130101) leaves the post
 pending for the next pass; any other failure marks it failed (a webhook has no query API: a post whose answer
-was lost is not posted again). Two nodes, or a crash between claim and post, never post twice.
+was lost is not posted again). Two nodes, or a crash between claim and post, never post twice; a post a crash left
+``sending`` is marked failed (outcome unknown) after ten minutes.
 
 ``update_chat_tool_cards``: a chat-tool group challenge's card (:mod:`challenges.cards`) brought up to the
 challenge — an activity id made at first need, then ``chattoolmsg/send`` with the phase (started / ended) and
@@ -23,9 +24,9 @@ from datetime import UTC, datetime
 from flask import current_app
 
 from challenges import cards, posts
-from jobs.chat_commands import webhook_sender
+from jobs.chat_commands import fail_stuck_sending, webhook_sender
 from jobs.payouts import job_context
-from models import unit_of_work, utcnow
+from models import ChallengePost, unit_of_work, utcnow
 from wechat.chattool import ChatToolClient
 from wechat.errors import WeChatError
 from wechat.wecom import WebhookBusy, WebhookSender
@@ -38,6 +39,7 @@ def post_challenge_standings(sender: WebhookSender | None = None, clock: Callabl
     cfg = current_app.config
     outcomes: Counter = Counter()
     with unit_of_work():
+        outcomes["unknown"] += fail_stuck_sending(ChallengePost, clock())
         outcomes["queued"] = posts.queue_due_posts(clock(), cfg["CHALLENGE_POST_HOUR"])
     with unit_of_work():
         due = posts.due_post_ids()

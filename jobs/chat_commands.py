@@ -6,7 +6,8 @@ for the openid's chat binding (:mod:`challenges.bot`) and writes the answer as a
 WeChat call inside the transaction. ``send_chat_replies`` (a job) claims pending answers, commits the claim,
 then sends each as a customer-service text (``/cgi-bin/message/custom/send``) with no transaction open and
 records the outcome. A customer-service message has no query API: one whose answer was lost is not sent
-again (``failed`` with the error), as with the notices.
+again (``failed`` with the error), as with the notices; one a crashed sender left ``sending`` is marked ``failed``
+(outcome unknown) after ``STUCK_AFTER``, never sent again (``fail_stuck_sending``, the group posts' job too).
 
 ``webhook_sender`` is the WeCom group webhook for the jobs (the daily leaderboard post): every post takes a
 turn of one minute-long window per robot key, shared by every process through Redis (in-process without
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import case, select, update
 
 from challenges import bindings, bot
 from challenges.commands import Mistake, parse
@@ -37,6 +38,24 @@ from wechat.wecom import WebhookSender
 
 log = logging.getLogger(__name__)
 BATCH = 20
+STUCK_AFTER = timedelta(minutes=10)  # a send takes seconds: a row still ``sending`` after this lost its sender
+OUTCOME_UNKNOWN = (
+    "outcome unknown: the sender stopped between its claim and WeChat's answer; not sent again (it may have arrived)"
+)
+
+
+def fail_stuck_sending(model, now: datetime) -> int:
+    """Rows (``ChatReply``, ``ChallengePost``) a crashed sender left ``sending`` for longer than ``STUCK_AFTER``,
+    marked failed with the outcome unknown: never sent twice, and now in an operator's sight, not hidden. A sender
+    still at work records its own outcome over this."""
+    values = {"status": "failed", "last_error": OUTCOME_UNKNOWN}
+    if model is ChatReply:  # a one-time binding code is not kept once it could not be sent
+        values["text"] = case((ChatReply.secret.is_(True), bot.CODE_NOT_KEPT), else_=ChatReply.text)
+    stuck = update(model).where(model.status == "sending", model.created_at < now - STUCK_AFTER).values(**values)
+    done = db.session.execute(stuck.execution_options(synchronize_session=False)).rowcount
+    if done:
+        log.warning("sends left unfinished marked failed", extra={"table": model.__tablename__, "rows": done})
+    return done
 
 
 def binding_settings(cfg) -> bindings.BindingSettings:
@@ -109,6 +128,7 @@ def send_chat_replies(client: MessageClient | None = None, clock: Callable[[], d
         )
     outcomes: Counter = Counter()
     with unit_of_work():
+        outcomes["unknown"] += fail_stuck_sending(ChatReply, clock())
         claimed = _claim(BATCH)
     for reply_id, openid, text in claimed:
         error = None
@@ -120,7 +140,7 @@ def send_chat_replies(client: MessageClient | None = None, clock: Callable[[], d
         with unit_of_work():
             _record(reply_id, error, clock())
         outcomes["failed" if error else "sent"] += 1
-    return outcomes
+    return +outcomes
 
 
 @functools.cache

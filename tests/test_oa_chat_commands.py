@@ -71,3 +71,32 @@ def test_text_that_is_no_command_is_left_alone(app, client, ops):  # noqa: F811
     apply_messages()
     assert db.session.execute(select(InboundMessage.status)).scalar_one() == MessageStatus.IGNORED
     assert db.session.execute(select(ChatReply)).first() is None and ops.calls == []
+
+
+def test_an_answer_a_crashed_sender_left_sending_is_marked_failed_not_sent_again(app, client, ops):  # noqa: F811
+    """Sent at most once, and no longer hidden: after ten minutes an operator sees it failed, outcome unknown."""
+    from datetime import timedelta
+
+    from jobs.chat_commands import OUTCOME_UNKNOWN
+    from models import utcnow
+
+    push(client, "oa", text_push("绑定", "3001"))
+    push(client, "oa", text_push("帮助", "3002"))
+    apply_messages()
+    first, second = db.session.execute(select(ChatReply).order_by(ChatReply.id)).scalars().all()
+    first.status, second.status = "sending", "sending"  # a sender claimed both, then died before WeChat answered
+    first.created_at = utcnow() - timedelta(minutes=11)
+    db.session.commit()
+    first_id, second_id = first.id, second.id
+    assert send_chat_replies() == {"unknown": 1}
+    assert sent_texts(app) == []  # neither sent (again)
+    db.session.expire_all()
+    old, recent = db.session.get(ChatReply, first_id), db.session.get(ChatReply, second_id)
+    assert (old.status, old.last_error) == ("failed", OUTCOME_UNKNOWN)
+    assert old.text == bindings_code_not_kept() and recent.status == "sending"  # the binding code is not kept
+
+
+def bindings_code_not_kept() -> str:
+    from challenges import bot
+
+    return bot.CODE_NOT_KEPT
