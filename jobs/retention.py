@@ -14,11 +14,10 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
-
 from jobs.payouts import job_context
 from models import InboundMessage, MessageStatus, Notice, db, utcnow
 from models.notices import NOTICE_TERMINAL
+from models.sql import delete_in_batches
 
 BATCH = 5000
 
@@ -45,7 +44,7 @@ def purge_messages(
     old = (table.c.received_at < now - timedelta(days=keep_days)) & table.c.status.in_(
         [MessageStatus.DONE.value, MessageStatus.IGNORED.value]
     )
-    return _purged(table, old, batch, commit)
+    return delete_in_batches(table, old, table.c.id, batch, commit)
 
 
 def purge_notices(
@@ -56,17 +55,4 @@ def purge_notices(
     old = (table.c.created_at < now - timedelta(days=keep_days)) & table.c.status.in_(
         [status.value for status in NOTICE_TERMINAL]
     )
-    return _purged(table, old, batch, commit)
-
-
-def _purged(table, old, batch: int, commit: Callable[[], None] | None) -> int:
-    """``DELETE … WHERE id IN (the first ``batch`` ids of rows ``old``)`` until fewer than ``batch`` go."""
-    first = select(table.c.id).where(old).order_by(table.c.id).limit(batch).scalar_subquery()
-    removed = 0
-    while True:
-        done = db.session.execute(delete(table).where(table.c.id.in_(first))).rowcount
-        removed += done
-        if commit is not None:
-            commit()
-        if done < batch:
-            return removed
+    return delete_in_batches(table, old, table.c.id, batch, commit)

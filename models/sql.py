@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import copy
 from collections import namedtuple
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 
-from sqlalchemy import ClauseElement, Executable, Table, bindparam, event, inspect, text, update
+from sqlalchemy import ClauseElement, Executable, Table, bindparam, delete, event, inspect, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.orm.base import NO_VALUE
@@ -79,6 +79,21 @@ def execute_core(statement: Executable, params=None, *, writes: bool | None = No
     if writes:
         db.session.info[WROTE] = True
     return db.session.connection().execute(statement, params)
+
+
+def delete_in_batches(table: Table, where, order_by, batch: int, commit: Callable[[], None] | None = None) -> int:
+    """``DELETE … WHERE id IN (the first ``batch`` ids of rows ``where``, by ``order_by``)`` until fewer than ``batch``
+    go; how many. Each a short statement that locks few rows; a job passes ``commit`` (``db.session.commit``) to end
+    the transaction after each batch, so a purge never holds a long one (without it the caller commits once)."""
+    first = select(table.c.id).where(where).order_by(order_by).limit(batch).scalar_subquery()
+    removed = 0
+    while True:
+        done = db.session.execute(delete(table).where(table.c.id.in_(first))).rowcount
+        removed += done
+        if commit is not None:
+            commit()
+        if done < batch:
+            return removed
 
 
 def insert_rows(table: Table, rows: Sequence[dict]) -> None:

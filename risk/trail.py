@@ -32,13 +32,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Integer, String, bindparam, delete, select, text
+from sqlalchemy import Integer, String, bindparam, select, text
 from sqlalchemy.sql.elements import TextClause
 
 from models import Product, db
 from models.limits import LimitCounter
 from models.risk import BehaviourEvent, BrowsingSession, EventKind
-from models.sql import WRITES, insert_ignoring, insert_rows
+from models.sql import WRITES, delete_in_batches, insert_ignoring, insert_rows
 
 SESSION_GAP = timedelta(minutes=30)  # a longer pause starts another browsing session
 BATCH_SPREAD = timedelta(minutes=30)  # how far back of the receive time a batch's client offsets may place events
@@ -288,14 +288,5 @@ def purge_events(now: datetime, keep_days: int, batch: int = 5000, *, commit: Ca
     Each batch is ``DELETE … WHERE id IN (the oldest ``batch`` ids before the cut)``: a short statement
     that locks few rows. A job passes ``commit`` (``db.session.commit``) to end the transaction after
     each batch, so the purge never holds a long transaction; without it the caller commits once."""
-    cutoff = now - timedelta(days=keep_days)
     table = BehaviourEvent.__table__
-    oldest = select(table.c.id).where(table.c.at < cutoff).order_by(table.c.at).limit(batch).scalar_subquery()
-    removed = 0
-    while True:
-        done = db.session.execute(delete(table).where(table.c.id.in_(oldest))).rowcount
-        removed += done
-        if commit is not None:
-            commit()
-        if done < batch:
-            return removed
+    return delete_in_batches(table, table.c.at < now - timedelta(days=keep_days), table.c.at, batch, commit)

@@ -300,6 +300,33 @@ def test_psycopg_converts_the_claims_statement_once(app, make_campaign, claim, m
     assert parsed == []
 
 
+def claimed_while_a_stop_waits(app, campaign_id: int, status: str, path: str, headers: dict, json=None):
+    """PostgreSQL: an operator's change of the campaign to ``status`` holds its row, uncommitted; a claim (POST
+    ``path``) is made in a thread, and once some backend waits on a lock (the claim, for that row) the change
+    commits. The claim's answer."""
+    stop = db.engine.connect()
+    stop.begin()
+    stop.execute(update(Campaign).where(Campaign.id == campaign_id).values(status=status))
+    answers: list = []
+
+    def claim_it():
+        with app.app_context():
+            answers.append(app.test_client().post(path, headers=headers, json=json))
+
+    claimant = threading.Thread(target=claim_it)
+    claimant.start()
+    try:
+        probe = db.engine.connect()
+        wait_until_a_backend_waits_on_a_lock(probe)
+        probe.close()
+    finally:
+        stop.commit()
+        stop.close()
+        claimant.join(timeout=20)
+    (resp,) = answers
+    return resp
+
+
 def test_a_pause_committed_while_the_claim_waits_for_the_campaigns_row_is_seen(
     app, make_campaign, make_user, user_headers, claim
 ):
@@ -311,28 +338,9 @@ def test_a_pause_committed_while_the_claim_waits_for_the_campaigns_row_is_seen(
     db.session.commit()
     before = written(campaign_id)
     db.session.rollback()
-    pause = db.engine.connect()
-    pause.begin()
-    pause.execute(update(Campaign).where(Campaign.id == campaign_id).values(status="paused"))
-    answers: list = []
-
-    def claim_it():
-        with app.app_context():
-            answers.append(app.test_client().post(f"/api/v1/campaigns/{campaign_id}/claim", headers=headers))
-
-    claimant = threading.Thread(target=claim_it)
-    claimant.start()
-    try:
-        # when: the claim's one statement waits for that row, and the pause commits
-        probe = db.engine.connect()
-        wait_until_a_backend_waits_on_a_lock(probe)
-        probe.close()
-    finally:
-        pause.commit()
-        pause.close()
-        claimant.join(timeout=20)
+    # when: the claim's one statement waits for that row, and the pause commits
+    resp = claimed_while_a_stop_waits(app, campaign_id, "paused", f"/api/v1/campaigns/{campaign_id}/claim", headers)
     # then: the claim answers as the paused campaign says, and nothing was written
-    (resp,) = answers
     assert (resp.status_code, resp.get_json()["error"]) == (409, "campaign_not_running")
     assert written(campaign_id) == before
 
@@ -350,28 +358,9 @@ def test_a_keyed_claim_in_its_transaction_sees_a_stop_committed_while_it_waits_f
     db.session.commit()
     before = written(campaign_id)
     db.session.rollback()
-    stop = db.engine.connect()
-    stop.begin()
-    stop.execute(update(Campaign).where(Campaign.id == campaign_id).values(status=new_status))
-    answers: list = []
-
-    def claim_it():
-        with app.app_context():
-            answers.append(app.test_client().post(f"/api/v1/campaigns/{campaign_id}/claim", headers=headers))
-
-    claimant = threading.Thread(target=claim_it)
-    claimant.start()
-    try:
-        # when: the claim read the campaign (running), waits for its row at the budget, and the stop commits
-        probe = db.engine.connect()
-        wait_until_a_backend_waits_on_a_lock(probe)
-        probe.close()
-    finally:
-        stop.commit()
-        stop.close()
-        claimant.join(timeout=20)
+    # when: the claim read the campaign (running), waits for its row at the budget, and the stop commits
+    resp = claimed_while_a_stop_waits(app, campaign_id, new_status, f"/api/v1/campaigns/{campaign_id}/claim", headers)
     # then: no packet from a stopped campaign: the claim is refused as the campaign now stands, nothing written
-    (resp,) = answers
     assert (resp.status_code, resp.get_json()["error"]) == (409, "campaign_not_running")
     assert written(campaign_id) == before
 
@@ -395,27 +384,9 @@ def test_a_code_claim_sees_a_pause_committed_while_it_waits_for_the_campaigns_ro
     db.session.commit()
     before = written(campaign_id)
     db.session.rollback()
-    pause = db.engine.connect()
-    pause.begin()
-    pause.execute(update(Campaign).where(Campaign.id == campaign_id).values(status="paused"))
-    answers: list = []
-
-    def claim_it():
-        with app.app_context():
-            answers.append(app.test_client().post("/api/v1/red-packets/claim", json={"code": code}, headers=headers))
-
-    claimant = threading.Thread(target=claim_it)
-    claimant.start()
-    try:
-        probe = db.engine.connect()
-        wait_until_a_backend_waits_on_a_lock(probe)
-        probe.close()
-    finally:
-        pause.commit()
-        pause.close()
-        claimant.join(timeout=20)
+    # when: the claim waits for the campaign's row at the budget, and the pause commits
+    resp = claimed_while_a_stop_waits(app, campaign_id, "paused", "/api/v1/red-packets/claim", headers, {"code": code})
     # then: refused as paused; the packet is still unclaimed and nothing moved
-    (resp,) = answers
     assert (resp.status_code, resp.get_json()["error"]) == (409, "campaign_not_running")
     assert written(campaign_id) == before
     assert db.session.get(RedPacket, packet.id).owner_id is None

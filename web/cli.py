@@ -22,7 +22,6 @@ ledger_cli = AppGroup("ledger", help="Ledger checks.")
 @click.option("--merchant-id", type=int, default=None)
 def create_operator_command(username: str, display_name: str | None, role: str, merchant_id: int | None) -> None:
     """Create an operator (the first admin, say) and print their personal token once."""
-    from models import AuditLog
     from models.operators import OperatorError, create_operator_record
     from web.auth import issue_operator_token
     from web.errors import ApiError
@@ -35,16 +34,7 @@ def create_operator_command(username: str, display_name: str | None, role: str, 
         with unit_of_work():
             operator = create_operator_record(username, display_name or username, role, merchant_id)
             token = issue_operator_token(operator, label="cli")
-            db.session.add(
-                AuditLog(
-                    operator_id=None,
-                    action="operator.create",
-                    target_type="operator",
-                    target_id=str(operator.id),
-                    reason="created from the command line",
-                    details={"role": role},
-                )
-            )
+            _audit_from_shell("operator.create", operator, "created from the command line")
     except (ApiError, OperatorError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"operator {username} ({role}) created; token (shown once):")
@@ -57,7 +47,7 @@ def create_operator_command(username: str, display_name: str | None, role: str, 
 def confirm_operator_command(username: str, reason: str) -> None:
     """Confirm an admin or finance account an admin made (shell access is trusted): for a platform with one admin,
     whose accounts no second admin can confirm. With two admins, the second confirms it in the API instead."""
-    from models import AuditLog, Operator, utcnow
+    from models import Operator, utcnow
     from models.operators import username_key
 
     with unit_of_work():
@@ -69,17 +59,24 @@ def confirm_operator_command(username: str, reason: str) -> None:
         if operator.confirmed_at is not None:
             raise click.ClickException(f"operator {operator.username} is confirmed already")
         operator.confirmed_at = utcnow()
-        db.session.add(
-            AuditLog(
-                operator_id=None,
-                action="operator.confirm",
-                target_type="operator",
-                target_id=str(operator.id),
-                reason=f"confirmed from the command line: {reason}",
-                details={"role": operator.role},
-            )
-        )
+        _audit_from_shell("operator.confirm", operator, f"confirmed from the command line: {reason}")
     click.echo(f"operator {operator.username} ({operator.role}) confirmed")
+
+
+def _audit_from_shell(action: str, operator, reason: str) -> None:
+    """An audit line of the command line (no operator: shell access is trusted) about ``operator``."""
+    from models import AuditLog
+
+    db.session.add(
+        AuditLog(
+            operator_id=None,
+            action=action,
+            target_type="operator",
+            target_id=str(operator.id),
+            reason=reason,
+            details={"role": operator.role},
+        )
+    )
 
 
 @ledger_cli.command("check")
