@@ -2,7 +2,8 @@
 
 * ``user``: the person's ``users.status`` becomes ``banned`` (with the ban's words as ``banned_reason``):
   signing in and the API answer 403, triggers give no packets, rebates skip them as consumer, issuer or
-  inviter, and the dispatcher leaves their payouts that never left waiting (``payouts.dispatch``).
+  inviter, the dispatcher leaves their payouts that never left waiting (``payouts.dispatch``), and their change
+  transfers offered and waiting for their confirmation are cancelled at WeChat by its next pass.
   Lifted (or expired), they are active again unless another active ban on them remains.
 * ``merchant``: ``merchants.status`` becomes ``suspended`` and every active campaign it issues, funds or
   accepts packets for is paused with the ban's reason (``campaign_ops.transition``, audited). Lifted, the
@@ -20,8 +21,10 @@ from datetime import datetime
 
 from sqlalchemy import and_, or_, select
 
-from models import Ban, BanSubject, Campaign, CampaignStatus, Merchant, User, UserStatus, db
+from models import Ban, BanSubject, Campaign, CampaignStatus, Merchant, Payout, PayoutStatus, User, UserStatus, db
 from models.operators import Actor, audit
+from models.payouts import Rail
+from payouts.operations import cancel as cancel_payout
 from rebate.campaign_ops import transition
 from rebate.errors import Invalid, NotFound
 from risk.bans import active_bans, ban_words, in_force, normalise_net
@@ -129,10 +132,31 @@ def _apply(actor: Actor, ban: Ban, owner: User | Merchant | None) -> list[int]:
     """What a new ban does; the campaigns it paused."""
     if ban.subject == BanSubject.USER:
         owner.status, owner.banned_reason = UserStatus.BANNED, ban_words(ban)[:200]
+        _cancel_offered(owner.id, ban)
     elif ban.subject == BanSubject.MERCHANT:
         owner.status = "suspended"
         return _pause_campaigns(actor, owner.id, ban)
     return []
+
+
+def _cancel_offered(user_id: int, ban: Ban) -> None:
+    """The banned person's change transfers offered and waiting for their confirmation: cancelled at WeChat by the
+    dispatcher's next pass (``payouts.operations.cancel``), the money back where it came from; one the person
+    confirms before that goes through. (A card offered is left: WeChat cannot recall one already in the person's card
+    package. Their payouts never sent wait: ``payouts.dispatch``.)"""
+    offered = db.session.execute(
+        select(Payout)
+        .where(
+            Payout.user_id == user_id,
+            Payout.rail == Rail.WECHAT_CHANGE,
+            Payout.status == PayoutStatus.WAITING_USER_CONFIRM,
+            Payout.cancel_requested.is_(False),
+        )
+        .order_by(Payout.id)
+        .with_for_update()
+    ).scalars()
+    for payout in offered:
+        cancel_payout(payout, ban.created_at, f"the person was banned (ban {ban.id})")
 
 
 def campaigns_to_pause(merchant_ids: list[int]) -> list[int]:

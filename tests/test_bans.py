@@ -270,3 +270,44 @@ def test_a_banned_merchants_staff_may_look_but_not_act_and_nobody_resumes_its_ca
     lift(client, admin, made["id"])
     resumed = post(staff, f"/admin/api/campaigns/{own.id}/activate", {"reason": "resume"})
     assert resumed.status_code == 200 or resumed.get_json()["error"] not in ("merchant_suspended",)
+
+
+def test_a_banned_persons_offered_transfer_is_cancelled_at_wechat_and_a_card_is_left(client, admin, make_user):
+    """A fraudster's transfer waiting for their confirmation must not stay confirmable after the ban (was a Known
+    limit); a card is not recalled (WeChat cannot take one back from a card package)."""
+    from jobs.payouts import dispatch_due
+    from ledger import account, balance
+    from models import AccountKind
+    from payouts.rails import Outcome, RailResult
+    from tests.test_payout_extras import queue_payout
+
+    user = make_user()
+    offered = {
+        "status": "waiting_user_confirm",
+        "sent_at": utcnow(),
+        "package_info": "p",
+        "request": {"amount_fen": 500},
+    }
+    transfer = queue_payout(user, 5_00, **offered)
+    card = queue_payout(user, 3_00, rail="card_coupon", **offered)
+    # when: the person is banned
+    assert ban(client, admin, "user", str(user.id)).status_code == 201
+    db.session.expire_all()
+    assert db.session.get(Payout, transfer.id).cancel_requested is True
+    assert db.session.get(Payout, card.id).cancel_requested is False
+
+    class Transfers:
+        name, rate_per_second = "wechat_change", 10
+
+        def query(self, no, request):
+            return RailResult(Outcome.WAITING_USER_CONFIRM, package_info="p")
+
+        def cancel(self, no):
+            return RailResult(Outcome.CANCELLED, "CANCELLED")
+
+    # then: the dispatcher's next pass cancels it at WeChat; the money is back in the (banned) person's balance
+    dispatch_due({"wechat_change": Transfers()})
+    db.session.expire_all()
+    assert db.session.get(Payout, transfer.id).status == "cancelled"
+    assert db.session.get(Payout, card.id).status == "waiting_user_confirm"
+    assert balance(account(AccountKind.USER_CASH, "user", user.id)) == 5_00
