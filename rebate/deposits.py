@@ -162,9 +162,9 @@ def _pause(campaign: Campaign, why: str) -> None:
     ).rowcount
     if paused:
         db.session.expire(campaign, ["status", "paused_for_deposit"])
+    done = "paused until it is topped up" if paused else "was stopped already (by an operator, say)"
     alert_once(
         "deposit_exhausted",
         f"campaign {campaign.id}",
-        text=f"merchant {campaign.funder_merchant_id}'s marketing deposit {why}: "
-        f"campaign {campaign.id} paused until it is topped up",
+        text=f"merchant {campaign.funder_merchant_id}'s marketing deposit {why}: campaign {campaign.id} {done}",
     )

@@ -742,7 +742,9 @@ def test_manual_payouts_split_under_the_threshold_add_up_to_it(app, client, make
     assert manual(client, other, make_user(), 999).json["status"] == "pending"
 
 
-def test_a_manual_payout_waiting_for_approval_can_be_cancelled_back_to_the_fund(app, client, make_user, admin):
+def test_a_manual_payout_waiting_for_approval_can_be_cancelled_back_to_the_fund(
+    app, client, make_user, admin, make_operator
+):
     _, headers = admin
     user = make_user()
     payout_id = manual(client, headers, user, 60_000).json["id"]
@@ -750,6 +752,10 @@ def test_a_manual_payout_waiting_for_approval_can_be_cancelled_back_to_the_fund(
     assert response.json["status"] == "cancelled"
     db.session.expire_all()
     assert clearing(AccountKind.PLATFORM_MARKETING_FUND) == 0 and clearing(AccountKind.REBATE_PAYABLE) == 0
+    # a second operator's approval arriving after the cancel is told what happened (a probe found no_approval_needed)
+    _, other = make_operator("finance")
+    late = client.post(f"{ADMIN}/{payout_id}/approve", json=reason("looks right"), headers=other)
+    assert (late.status_code, late.json["error"]) == (409, "payout_state") and "cancelled" in late.json["message"]
 
 
 def test_a_manual_payout_waiting_for_approval_cannot_be_resolved_as_paid(app, client, make_user, admin):
