@@ -300,9 +300,9 @@ def waits_for_approval(payout: Payout) -> bool:
 def approve(payout: Payout, operator_id: int, now: datetime) -> None:
     """A second operator approves a manual payout held for it (``waits_for_approval``); anything else needs none
     (409), so no approval is recorded for a payout that went out without one."""
-    if payout.needs_approval and payout.approved_by_operator_id is None and payout.status != S.NEEDS_OPERATOR:
-        raise PayoutError(f"this payout is {payout.status}: nothing is left to approve", code="payout_state")
     if not waits_for_approval(payout):
+        if payout.needs_approval and payout.approved_by_operator_id is None:  # held, then cancelled meanwhile
+            raise PayoutError(f"this payout is {payout.status}: nothing is left to approve", code="payout_state")
         raise PayoutError("this payout needs no approval", code="no_approval_needed")
     if payout.created_by_operator_id == operator_id:
         raise PayoutError("a second operator must approve", code="same_operator", kind="forbidden")
