@@ -169,8 +169,12 @@ def _engine_options(url: str, lock_timeout_s: int) -> dict:
     options: dict = {"pool_size": 10, "max_overflow": 20, "connect_args": {}}
     if url.startswith("postgresql") and lock_timeout_s:
         # A row lock held too long (a stuck transaction) fails the waiter with lock_not_available,
-        # answered 503 + Retry-After, instead of piling up every worker behind it.
-        options["connect_args"]["options"] = f"-c lock_timeout={lock_timeout_s * 1000}"
+        # answered 503 + Retry-After, instead of piling up every worker behind it. Added to the URL's own
+        # ``options`` (a search_path, say), which connect_args would otherwise replace.
+        given = make_url(url).query.get("options")
+        given = " ".join(given) if isinstance(given, tuple) else given
+        lock = f"-c lock_timeout={lock_timeout_s * 1000}"
+        options["connect_args"]["options"] = f"{given} {lock}" if given else lock
     if make_url(url).get_driver_name() == "psycopg":
         from models.described_lazily import DescribedLazily  # noqa: PLC0415 - psycopg's, only with psycopg
 

@@ -3,7 +3,7 @@
 The replay is one column query + the pure engine.
 
 Seeds ``BENCH_ORDERS`` (default 50,000) paid packet orders over 30 days in a
-temporary SQLite file (and in a throw-away schema of ``BENCH_DATABASE_URL``
+temporary SQLite file (and in a throw-away database beside ``BENCH_DATABASE_URL``
 when set), then times, over the same rows in the same run:
 
 * replay: ``insights.simulate.load_rows`` (one query, plain columns) and
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from cryptography.fernet import Fernet
-from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy import insert, select
 
 from app import create_app
 from bench import harness
@@ -79,18 +79,10 @@ def line(backend: str, rows: int, fast: float, naive_rows: int, naive: float) ->
 
 
 def measure_postgres(url: str) -> tuple[int, float, int, float]:
-    """In a schema of its own, dropped afterwards: nothing else in that database is touched."""
-    schema = f"bench_replay_{os.getpid()}"
-    admin = create_engine(url)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        joiner = "&" if "?" in url else "?"
-        return measure(f"{url}{joiner}options=-csearch_path%3D{schema}")
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    """In a database of its own beside ``BENCH_DATABASE_URL``'s, dropped afterwards (the simulator's schema with it):
+    nothing else on the server is touched."""
+    with harness.ThrowAwayDatabase(url, "replay") as database:
+        return measure(database.url)
 
 
 def measure(url: str) -> tuple[int, float, int, float]:

@@ -405,3 +405,32 @@ def test_live_card_coupons_need_the_official_account(live_env):
 def test_simulator_mode_needs_no_client_certificate():
     values = load_config(environ={"WECHAT_MODE": "simulator", "WECHAT_API_V2_KEY": "v2", "WECHAT_CARD_ID": "c"})
     assert values["WECHAT_API_V2_KEY"] == "v2"
+
+
+def test_a_database_url_keeps_its_own_options_beside_the_lock_timeout():
+    """``?options=-csearch_path=…`` in DATABASE_URL (a schema of one's own: the replay and balance benchmarks) was
+    replaced by the lock timeout's connect option: the app wrote to ``public`` instead."""
+    from sqlalchemy import create_engine, text
+
+    from app import create_app
+    from models import db
+    from tests.conftest import PG_URL, TEST_SETTINGS, on_postgres
+
+    if not on_postgres():
+        pytest.skip("PostgreSQL's connect options")
+    schema = f"cfg_{secrets.token_hex(4)}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+        app = create_app({**TEST_SETTINGS, "DATABASE_URL": url, "DATABASE_LOCK_TIMEOUT_S": 7})
+        with app.app_context():
+            with db.engine.connect() as conn:
+                assert conn.execute(text("SHOW search_path")).scalar_one() == schema
+                assert conn.execute(text("SHOW lock_timeout")).scalar_one() == "7s"
+            db.engine.dispose()
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
