@@ -30,6 +30,7 @@ from jobs.chat_commands import send_chat_replies
 from jobs.expiring import tell_expiring_packets
 from jobs.insights import insights_cli, insights_rollup_job
 from jobs.invoices import invoice_fees
+from jobs.ledger_marks import fold_ledger_marks
 from jobs.messages import apply_messages
 from jobs.notices import dispatch_notices
 from jobs.orders import close_expired_orders, query_stuck_refunds, query_unnotified_payments
@@ -76,6 +77,7 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (invoice_fees, 3600),  # last month's fee invoices, once per merchant and month (the credit applied first)
     (share_due_orders, 60),  # service-provider mode: profit sharing of orders whose refund window closed
     (query_profit_shares, 60),  # … and the shares' asynchronous results
+    (fold_ledger_marks, 60),  # balances' marks folded up to what is safe (ledger/marks.py): reads stay short
 )
 RUN_AT_START = (insights_rollup_job,)  # the rollups' catch-up: at once, not an interval after the start
 # Bills for day D are ready from 09:00 on D+1, Beijing time: reconcile at 10:30.

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from ledger.errors import LedgerError
-from models import AccountKind, LedgerAccount, LedgerPosting, Unit, db, utcnow
+from models import AccountKind, LedgerAccount, LedgerBalanceMark, LedgerPosting, Unit, db, utcnow
 from models.caches import CommittedCache
 from models.ledger import POINT_KINDS
-from models.sql import insert_ignoring
+from models.sql import execute_core, insert_ignoring
 
 _IDS = CommittedCache("ledger_account_ids")  # code → id, per process and database, kept after commit
 
@@ -117,18 +118,59 @@ def platform_account(kind: AccountKind) -> LedgerAccount:
 
 
 def balance(acct: LedgerAccount | AccountRef) -> int:
-    total = db.session.execute(
-        select(func.coalesce(func.sum(LedgerPosting.amount), 0)).where(LedgerPosting.account_id == account_id(acct))
-    ).scalar_one()
-    return int(total)
+    """The account's balance: its mark (``ledger.marks``) and the postings after it, one statement whatever its
+    history."""
+    _autoflush()
+    return int(execute_core(_balance_statement(), {"a": account_id(acct)}).scalar_one())
 
 
 def balances(accounts: Iterable[LedgerAccount]) -> dict[int, int]:
+    """id → balance of each account (as ``balance``), one statement."""
     ids = [a.id for a in accounts]
-    rows = db.session.execute(
-        select(LedgerPosting.account_id, func.sum(LedgerPosting.amount))
-        .where(LedgerPosting.account_id.in_(ids))
-        .group_by(LedgerPosting.account_id)
-    ).all()
-    found = {account_id: int(total) for account_id, total in rows}
-    return {account_id: found.get(account_id, 0) for account_id in ids}
+    if not ids:
+        return {}
+    _autoflush()
+    found = dict(execute_core(_balances_statement(), {"ids": ids}).tuples().all())
+    return {account_id: int(found.get(account_id, 0)) for account_id in ids}
+
+
+def _autoflush() -> None:
+    """What an ORM query does first (these are Core statements): rows the session holds unwritten are written, unless
+    the caller said not to (``no_autoflush``)."""
+    session = db.session()
+    if session.autoflush:
+        session.flush()
+
+
+_P = LedgerPosting.__table__.c
+_M = LedgerBalanceMark.__table__.c
+
+
+@cache
+def _balance_statement():
+    """The mark of account ``a`` (none: 0 up to posting 0) plus its postings after the mark (by the index on
+    account and id: only those)."""
+    marked = select(_M.balance).where(_M.account_id == bindparam("a")).scalar_subquery()
+    upto = select(_M.upto_posting_id).where(_M.account_id == bindparam("a")).scalar_subquery()
+    after = (
+        select(func.sum(_P.amount))
+        .where(_P.account_id == bindparam("a"), _P.id > func.coalesce(upto, 0))
+        .scalar_subquery()
+    )
+    return select(func.coalesce(marked, 0) + func.coalesce(after, 0))
+
+
+@cache
+def _balances_statement():
+    accounts = LedgerAccount.__table__.c
+    mark = LedgerBalanceMark.__table__
+    after = (
+        select(func.sum(_P.amount))
+        .where(_P.account_id == accounts.id, _P.id > func.coalesce(_M.upto_posting_id, 0))
+        .scalar_subquery()
+    )
+    return (
+        select(accounts.id, func.coalesce(_M.balance, 0) + func.coalesce(after, 0))
+        .select_from(LedgerAccount.__table__.outerjoin(mark, _M.account_id == accounts.id))
+        .where(accounts.id.in_(bindparam("ids", expanding=True)))
+    )

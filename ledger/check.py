@@ -10,6 +10,7 @@ from models import (
     AccountKind,
     Campaign,
     LedgerAccount,
+    LedgerBalanceMark,
     LedgerEntry,
     LedgerFlow,
     LedgerPosting,
@@ -49,6 +50,7 @@ def check_ledger() -> CheckReport:
     _wallet_holds(report)
     _frozen_order_money(report)
     _share_debts(report)
+    _balance_marks(report)
     return report
 
 
@@ -264,3 +266,20 @@ def _balances_by_owner(kind: AccountKind) -> dict[int, int]:
         .tuples()
         .all()
     )
+
+
+def _balance_marks(report: CheckReport) -> None:
+    """Every account's balance mark (``ledger.marks``) is the sum of its postings up to the mark's posting."""
+    mark = LedgerBalanceMark
+    summed = (
+        select(func.coalesce(func.sum(LedgerPosting.amount), 0))
+        .where(LedgerPosting.account_id == mark.account_id, LedgerPosting.id <= mark.upto_posting_id)
+        .scalar_subquery()
+    )
+    rows = db.session.execute(
+        select(mark.account_id, mark.balance, mark.upto_posting_id, summed).where(mark.balance != summed)
+    ).all()
+    report.violations += [
+        f"account {account_id}'s balance mark holds {held} up to posting {upto}; its postings sum to {total}"
+        for account_id, held, upto, total in rows
+    ]

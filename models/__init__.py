@@ -39,7 +39,16 @@ from models.challenges import (
 from models.growth import ShareLink, SignIn
 from models.idempotency import IdempotencyRecord
 from models.insights import InsightsDaily, InsightsDay, InsightsPerson
-from models.ledger import AccountKind, LedgerAccount, LedgerEntry, LedgerFlow, LedgerPosting, Unit
+from models.ledger import (
+    AccountKind,
+    LedgerAccount,
+    LedgerBalanceMark,
+    LedgerEntry,
+    LedgerFlow,
+    LedgerMarkProgress,
+    LedgerPosting,
+    Unit,
+)
 from models.limits import ClaimRefusal, LimitCounter
 from models.messages import MESSAGE_TERMINAL, InboundMessage, MessageSource, MessageStatus, OaFollower
 from models.notices import NOTICE_TERMINAL, ConsentReport, ConsentSource, Notice, NoticeConsent, NoticeStatus
@@ -179,6 +188,8 @@ __all__ = [
     "LedgerAccount",
     "LedgerEntry",
     "LedgerFlow",
+    "LedgerBalanceMark",
+    "LedgerMarkProgress",
     "LedgerPosting",
     "LimitCounter",
     "Merchant",

@@ -103,14 +103,45 @@ class LedgerPosting(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     entry_id: Mapped[int] = mapped_column(ForeignKey("ledger_entries.id"), index=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"))
     amount: Mapped[int] = mapped_column(BigInteger)
     flow: Mapped[str | None] = mapped_column(String(64), index=True)
 
     entry: Mapped[LedgerEntry] = relationship(back_populates="postings")
     account: Mapped[LedgerAccount] = relationship()
 
-    __table_args__ = (CheckConstraint("amount <> 0", name="nonzero"),)
+    __table_args__ = (
+        CheckConstraint("amount <> 0", name="nonzero"),
+        # An account's postings in order: its balance reads only those after its mark (``LedgerBalanceMark``).
+        Index("ix_ledger_postings_account_tail", "account_id", "id"),
+    )
+
+
+class LedgerBalanceMark(Base):
+    """An account's balance over its postings up to ``upto_posting_id``, folded by a job (``ledger.marks``): a balance
+    is its mark plus the postings after it, so reading one costs the same whatever the account's history. Postings
+    are never changed or deleted; a mark covers only postings no transaction still open could add to."""
+
+    __tablename__ = "ledger_balance_marks"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"), primary_key=True, autoincrement=False)
+    balance: Mapped[int] = mapped_column(BigInteger)
+    upto_posting_id: Mapped[int] = mapped_column(BigInteger)
+    marked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LedgerMarkProgress(Base):
+    """One row (id 1): the postings folded into the marks so far (``upto_posting_id``), and the next fold's end
+    (``candidate_id``, the highest posting id at ``candidate_at``: folded once every transaction that held a
+    transaction id then has ended, PostgreSQL)."""
+
+    __tablename__ = "ledger_mark_progress"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    upto_posting_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    candidate_id: Mapped[int | None] = mapped_column(BigInteger)
+    candidate_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    candidate_xmax: Mapped[int | None] = mapped_column(BigInteger)  # PostgreSQL's next transaction id then
 
 
 class LedgerFlow(Base):

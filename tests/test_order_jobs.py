@@ -213,6 +213,7 @@ def test_scheduler_has_every_job(app):
         "dispatch_notices",
         "dispatch_payouts",
         "expire_packets_and_conditions",
+        "fold_ledger_marks",
         "insights_rollup_job",
         "invoice_fees",
         "lift_expired_bans_job",

@@ -95,6 +95,16 @@ def ledger_check_command() -> None:
         sys.exit(1)
 
 
+@ledger_cli.command("rebuild-marks")
+def ledger_rebuild_marks_command() -> None:
+    """Forget every balance mark: balances are read from all postings until the job folds them again (minutes)."""
+    from ledger.marks import forget_marks
+
+    forgotten = forget_marks()
+    db.session.commit()
+    click.echo(f"{forgotten} balance marks forgotten; the job fold_ledger_marks folds them again from posting 1")
+
+
 def register_cli(app: Flask) -> None:
     from web.demo import seed_demo_command
     from web.risk_cli import risk_cli
