@@ -32,7 +32,7 @@ class ChatBinding(Base):
     __tablename__ = "chat_bindings"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))  # served by the unique index it begins
     transport: Mapped[str] = mapped_column(String(16))
     scope: Mapped[str] = mapped_column(String(64))
     external_id: Mapped[str] = mapped_column(String(128))

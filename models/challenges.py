@@ -122,7 +122,7 @@ class ChallengePrize(Base):
     __tablename__ = "challenge_prizes"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    challenge_id: Mapped[int] = mapped_column(ForeignKey("challenges.id"), index=True)
+    challenge_id: Mapped[int] = mapped_column(ForeignKey("challenges.id"))  # served by the unique index it begins
     payer_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     payee_user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     amount: Mapped[int] = mapped_column(BigInteger)  # fen (a packet) or points (a transfer)

@@ -29,7 +29,7 @@ class RedPacket(Base):
     __tablename__ = "red_packets"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))  # served by the unique index it begins
     rules_version: Mapped[int]
     issuer_type: Mapped[str] = mapped_column(String(16))
     issuer_merchant_id: Mapped[int | None] = mapped_column(ForeignKey("merchants.id"))

@@ -96,7 +96,7 @@ class Product(Base):
     __tablename__ = "products"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    merchant_id: Mapped[int] = mapped_column(ForeignKey("merchants.id"), index=True)
+    merchant_id: Mapped[int] = mapped_column(ForeignKey("merchants.id"))  # served by the unique index it begins
     name: Mapped[str] = mapped_column(String(64))
     category: Mapped[str] = mapped_column(String(32))
     price_fen: Mapped[int] = mapped_column(BigInteger)

@@ -32,7 +32,7 @@ class Rebate(Base):
     __tablename__ = "rebates"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))  # served by the unique index it begins
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
     rules_version: Mapped[int]
     packet_id: Mapped[int | None] = mapped_column(ForeignKey("red_packets.id"))
@@ -76,7 +76,7 @@ class OrderMilestone(Base):
     __tablename__ = "order_milestones"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))  # served by the unique index it begins
     name: Mapped[str] = mapped_column(String(32))
     quality: Mapped[int | None]  # 0-100, for feedback
     operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))

@@ -70,7 +70,7 @@ class ReconciliationMismatch(Base):
     __tablename__ = "reconciliation_mismatches"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("reconciliation_runs.id"), index=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("reconciliation_runs.id"))  # served by the unique index it begins
     kind: Mapped[str] = mapped_column(String(16))
     subject_type: Mapped[str] = mapped_column(String(16))
     subject_ref: Mapped[str] = mapped_column(String(64))  # out_trade_no / out_refund_no / external_no
