@@ -11,17 +11,13 @@ short one's does (1.00×). The balances are compared with the plain sum of posti
 
 from __future__ import annotations
 
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from cryptography.fernet import Fernet
 from sqlalchemy import func, select, text
 
-from app import create_app
 from bench import harness
 from models import LedgerAccount, LedgerPosting, Merchant, db
 
@@ -34,13 +30,8 @@ NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 def run() -> Iterator[str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        harness.progress("balance: SQLite")
-        yield line("sqlite", *measure(f"sqlite:///{tmp}/bench.db"))
-    url = os.environ.get("BENCH_DATABASE_URL")
-    if url:
-        harness.progress("balance: PostgreSQL")
-        yield line("postgresql", *measure_postgres(url))
+    for backend, figures in harness.on_each_backend("balance", measure):
+        yield line(backend, *figures)
 
 
 def line(backend: str, short: float, unfolded: float, short_folded: float, folded: float) -> str:
@@ -52,43 +43,31 @@ def line(backend: str, short: float, unfolded: float, short_folded: float, folde
     )
 
 
-def measure_postgres(url: str) -> tuple[float, float, float, float]:
-    """In a database of its own beside ``BENCH_DATABASE_URL``'s, dropped afterwards (the simulator's schema with it):
-    nothing else on the server is touched."""
-    with harness.ThrowAwayDatabase(url, "balance") as database:
-        return measure(database.url)
-
-
 def measure(url: str) -> tuple[float, float, float, float]:
-    import ledger
+    with harness.simulator_app(url):
+        fund, short, long_ = seed()
+        short_rate, unfolded = _alternating(short, long_)
+        _fold_all()
+        _postings(short, fund, TAIL, "tail-short")  # a mark is behind by what came since its fold
+        _postings(long_, fund, TAIL, "tail-long")
+        short_folded, folded = _alternating(short, long_)
+        return short_rate, unfolded, short_folded, folded
+
+
+def _fold_all() -> None:
+    """Folds as the job makes them until every posting is in the marks (PostgreSQL: the first chooses the end, a later
+    one folds it once every transaction that held a transaction id then has ended)."""
     import ledger.marks
 
-    app = create_app(
-        {
-            "DATABASE_URL": url,
-            "TESTING": True,
-            "WECHAT_MODE": "simulator",
-            "SECRET_KEY": "bench-only-secret",
-            "DATA_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-            "LOG_LEVEL": "WARNING",
-        }
-    )
-    with app.app_context():
-        db.create_all()
-        try:
-            fund, short, long_ = seed()
-            short_rate, unfolded = _alternating(short, long_)
-            ledger.marks.SETTLE_AFTER_S = 0.0  # the bench's own database: no transaction of another is open
-            for _ in range(2):  # PostgreSQL: the first chooses the end, the next folds it
-                ledger.marks.fold_marks()
-                db.session.commit()
-            _postings(short, fund, TAIL, "tail-short")  # a mark is behind by what came since its fold
-            _postings(long_, fund, TAIL, "tail-long")
-            short_folded, folded = _alternating(short, long_)
-            return short_rate, unfolded, short_folded, folded
-        finally:
-            db.session.remove()
-            db.engine.dispose()
+    ledger.marks.SETTLE_AFTER_S = 0.0  # the bench's own database: nobody else writes to it
+    highest = db.session.execute(select(func.max(LedgerPosting.id))).scalar_one()
+    for _ in range(500):
+        if ledger.marks.fold_marks()["upto"] >= highest:
+            db.session.commit()
+            return
+        db.session.commit()
+        time.sleep(0.02)
+    raise SystemExit(f"the marks never reached posting {highest}")
 
 
 def seed() -> tuple[int, int, int]:

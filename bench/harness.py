@@ -112,6 +112,44 @@ class ThrowAwayDatabase:
             engine.dispose()
 
 
+def on_each_backend(label: str, measure: Callable[[str], Any]) -> Iterator[tuple[str, Any]]:
+    """``(backend, measure(url))`` on a SQLite file of its own, then (``BENCH_DATABASE_URL`` set) on a PostgreSQL
+    database of its own beside it, dropped afterwards (the simulator's schema with it): nothing else is touched."""
+    with tempfile.TemporaryDirectory() as tmp:
+        progress(f"{label}: SQLite")
+        yield "sqlite", measure(f"sqlite:///{tmp}/bench.db")
+    url = database_url()
+    if url:
+        progress(f"{label}: PostgreSQL")
+        with ThrowAwayDatabase(url, label) as database:
+            yield "postgresql", measure(database.url)
+
+
+@contextmanager
+def simulator_app(url: str) -> Iterator[Any]:
+    """The app on ``url`` in simulator mode, its tables made (``create_all``), its app context pushed; quiet."""
+    from app import create_app
+    from models import db
+
+    app = create_app(
+        {
+            "DATABASE_URL": url,
+            "TESTING": True,
+            "WECHAT_MODE": "simulator",
+            "SECRET_KEY": "bench-only-secret",
+            "DATA_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    with app.app_context():
+        db.create_all()
+        try:
+            yield app
+        finally:
+            db.session.remove()
+            db.engine.dispose()
+
+
 # -- WeChat's side ----------------------------------------------------------------------------
 
 

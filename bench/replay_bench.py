@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-from cryptography.fernet import Fernet
 from sqlalchemy import insert, select
 
-from app import create_app
 from bench import harness
 from insights.simulate import ISSUING, load_rows, project, replay_query
 from models import Campaign, CampaignRules, Merchant, Order, RedPacket, User, db
@@ -62,13 +59,8 @@ DRAFT = {
 
 
 def run() -> Iterator[str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        harness.progress("replay: SQLite")
-        yield line("sqlite", *measure(f"sqlite:///{tmp}/bench.db"))
-    url = os.environ.get("BENCH_DATABASE_URL")
-    if url:
-        harness.progress("replay: PostgreSQL")
-        yield line("postgresql", *measure_postgres(url))
+    for backend, figures in harness.on_each_backend("replay", measure):
+        yield line(backend, *figures)
 
 
 def line(backend: str, rows: int, fast: float, naive_rows: int, naive: float) -> str:
@@ -78,32 +70,10 @@ def line(backend: str, rows: int, fast: float, naive_rows: int, naive: float) ->
     )
 
 
-def measure_postgres(url: str) -> tuple[int, float, int, float]:
-    """In a database of its own beside ``BENCH_DATABASE_URL``'s, dropped afterwards (the simulator's schema with it):
-    nothing else on the server is touched."""
-    with harness.ThrowAwayDatabase(url, "replay") as database:
-        return measure(database.url)
-
-
 def measure(url: str) -> tuple[int, float, int, float]:
-    app = create_app(
-        {
-            "DATABASE_URL": url,
-            "TESTING": True,
-            "WECHAT_MODE": "simulator",
-            "SECRET_KEY": "bench-only-secret",
-            "DATA_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-            "LOG_LEVEL": "WARNING",
-        }
-    )
-    with app.app_context():
-        db.create_all()
-        try:
-            campaign_id = seed()
-            return compare(db.session.get(Campaign, campaign_id))
-        finally:
-            db.session.remove()
-            db.engine.dispose()
+    with harness.simulator_app(url):
+        campaign_id = seed()
+        return compare(db.session.get(Campaign, campaign_id))
 
 
 def seed() -> int:
