@@ -6,7 +6,8 @@ slower with each posting. A mark keeps the sum up to a posting id; a balance is 
 read by the index on (account, id): only those.
 
 ``fold_marks`` (a job, every minute, any number of nodes: the progress row is locked) adds the postings with ids in
-(folded so far, end] to each account's mark, by account, in one statement. It never writes an account's balance on
+(folded so far, end] to each account's mark, by account, a statement per 200,000 ids and at most ten a run (a long
+history's first fold goes on over several runs, each a short transaction). It never writes an account's balance on
 the money path: postings go in as before, with no lock of the account's row.
 
 What makes a mark safe is its end. Posting ids come from a sequence (PostgreSQL) in the order they are taken, but
@@ -37,6 +38,7 @@ from models.sql import WRITES, execute_core
 PROGRESS_ID = 1
 SETTLE_AFTER_S = 2.0  # an end is folded no sooner than this after it was chosen (PostgreSQL)
 FOLD_MOST = 200_000  # posting ids per statement: a first fold of a long history goes in bounded steps
+STEPS_PER_RUN = 10  # statements per run (one transaction); a longer history goes on in the next runs
 
 
 def fold_marks(now: datetime | None = None) -> dict[str, int]:
@@ -51,7 +53,9 @@ def fold_marks(now: datetime | None = None) -> dict[str, int]:
     start = progress.upto_posting_id
     due = progress.candidate_id is not None and progress.candidate_id > start
     if due and (not postgres or _settled(progress.candidate_at, progress.candidate_xmax)):
-        while progress.upto_posting_id < progress.candidate_id:
+        for _ in range(STEPS_PER_RUN):
+            if progress.upto_posting_id >= progress.candidate_id:
+                break
             end = min(progress.candidate_id, progress.upto_posting_id + FOLD_MOST)
             execute_core(_fold_statement(), {"lo": progress.upto_posting_id, "hi": end, "now": now})
             progress.upto_posting_id = end

@@ -64,17 +64,17 @@ def assert_exact(accounts: dict[str, int]) -> None:
     assert ledger.balances([db.session.get(LedgerAccount, i) for i in ids]) == {i: slow.get(i, 0) for i in ids}
 
 
-def fold_until_settled(job=None) -> dict:
+def fold_until_settled(job=None, *, count: bool = False):
     """Folds as the job runs them until every posting is in the marks: on PostgreSQL the first chooses the end and a
     later one folds it, once every transaction that held a transaction id then has ended (anywhere on the server:
     an autovacuum's ANALYZE, say, for a few milliseconds)."""
     highest = db.session.execute(select(func.coalesce(func.max(LedgerPosting.id), 0))).scalar_one()
     db.session.commit()
-    for _ in range(200):
+    for runs in range(1, 201):
         done = (job or fold_marks)()
         db.session.commit()
         if db.session.get(LedgerMarkProgress, 1).upto_posting_id >= highest:
-            return done
+            return runs if count else done
         time.sleep(0.02)
     raise AssertionError(f"the marks never reached posting {highest}")
 
@@ -158,11 +158,13 @@ def test_a_long_history_is_folded_in_bounded_steps(accounts, monkeypatch):
     import ledger.marks as marks_module
 
     monkeypatch.setattr(marks_module, "FOLD_MOST", 3)
+    monkeypatch.setattr(marks_module, "STEPS_PER_RUN", 2)  # 22 postings: four runs, each a short transaction
     a = accounts
     for fen in range(1, 12):
         move(a["fund"], a["deposit"], fen)
     db.session.commit()
-    fold_until_settled()
+    runs = fold_until_settled(count=True)
+    assert runs >= 4
     assert marks()[a["deposit"]][0] == sum(range(1, 12))
     assert_exact(a)
 
