@@ -36,7 +36,7 @@ class Question(BaseModel):
         list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=60)]],
         Field(min_length=2, max_length=6),
     ]
-    answer: Annotated[int, Field(ge=0)]
+    answer: Annotated[int, Field(strict=True, ge=0)]
 
     @model_validator(mode="after")
     def answer_is_a_choice(self):
@@ -55,15 +55,15 @@ class ChallengeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: ChallengeKind
     title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] | None = None
-    days: Annotated[int, Field(ge=1, le=366)] = 3
+    days: Annotated[int, Field(strict=True, ge=1, le=366)] = 3
     start_day: date | None = None
     rule: WinRule = WinRule.HIGHEST_TOTAL
-    goal: Annotated[int, Field(gt=0, le=10_000_000)] | None = None
+    goal: Annotated[int, Field(strict=True, gt=0, le=10_000_000)] | None = None
     stake_source: StakeSource = StakeSource.BALANCE
-    stake: Annotated[int, Field(ge=0, le=MAX_FEN)] = 0
-    sponsor_campaign_id: Annotated[int, Field(gt=0, le=2**31 - 1)] | None = None  # an INTEGER primary key
-    prize_fen: Annotated[int, Field(ge=0, le=MAX_FEN)] = 0
-    max_participants: Annotated[int, Field(ge=2, le=1000)] | None = None
+    stake: Annotated[int, Field(strict=True, ge=0, le=MAX_FEN)] = 0
+    sponsor_campaign_id: Annotated[int, Field(strict=True, gt=0, le=2**31 - 1)] | None = None  # an INTEGER primary key
+    prize_fen: Annotated[int, Field(strict=True, ge=0, le=MAX_FEN)] = 0
+    max_participants: Annotated[int, Field(strict=True, ge=2, le=1000)] | None = None
     questions: Annotated[list[Question], Field(max_length=20)] = []
 
     @model_validator(mode="after")

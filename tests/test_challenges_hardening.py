@@ -5,6 +5,7 @@ review found."""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from challenges import ChallengeClosed, ChallengeSpec, create_challenge, join_challenge, record_steps, settle_challenge
@@ -382,3 +383,33 @@ def test_the_participants_do_not_learn_of_anothers_ban(make_user, client, user_h
     shown = client.get(f"/api/v1/challenges/{cid}", headers=user_headers(db.session.get(User, b))).json
     assert "withheld" not in shown["outcome"] and "banned" not in str(shown)
     assert db.session.get(Challenge, cid).outcome["withheld"]  # kept for the operators' trace
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("days", True),
+        ("days", "2"),
+        ("days", 2.0),
+        ("stake", "100"),
+        ("stake", 100.0),
+        ("max_participants", 2.0),
+        ("goal", "10"),
+    ],
+)
+def test_a_challenge_spec_takes_whole_numbers_only(field, value):
+    # found by the user-API probe: strings, floats and booleans passed where every other endpoint answers 422
+    spec = {"kind": "steps", "days": 1, "stake": 100, field: value}
+    if field == "goal":
+        spec["rule"] = "first_to_goal"
+    with pytest.raises(ValidationError):
+        ChallengeSpec.model_validate(spec)
+
+
+def test_a_sponsor_challenge_with_numbers_as_strings_is_refused_by_the_api(client, make_user, user_headers):
+    user = make_user()
+    body = {"kind": "steps", "stake_source": "sponsor", "sponsor_campaign_id": "4", "prize_fen": "500", "days": True}
+    response = client.post("/api/v1/challenges", json=body, headers={**user_headers(user), "Idempotency-Key": "lax1"})
+    assert response.status_code == 422, response.get_json()
+    fields = {d["field"] for d in response.json["details"]}
+    assert {"sponsor_campaign_id", "prize_fen", "days"} <= fields

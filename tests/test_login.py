@@ -239,6 +239,9 @@ def test_authorize_redirects_with_server_side_state(app, client, no_network):  #
         "/x/../_sim/open/connect/oauth2/authorize",
         "/./_sim/open/",
         "/%252e%252e/_sim/open/",
+        # 512 characters that are a redirector once the rest is cut off (the value was cut after its check)
+        "/oauth/" + "a" * 492 + "/../authorize" + "/../../ok",
+        "/" + "a" * 512,  # longer than a state keeps
     ],
 )
 def test_authorize_refuses_open_redirects(client, no_network, bad):  # noqa: F811

@@ -133,14 +133,19 @@ def login(body: Login):
 REDIRECTING_PATHS = ("/oauth/", "/_sim/")
 
 
+NEXT_MOST = 512  # oauth_states.next_url
+
+
 def _safe_next(value: str | None) -> str:
     """Only a path on this site: no scheme, no host, no ``//`` (no open redirect), no control character (it could
     not be a ``Location``), and none of the site's own redirectors (``REDIRECTING_PATHS``)."""
     value = value or "/"
+    if len(value) > NEXT_MOST:  # refused, never cut: a cut path is not the one checked (``/oauth/a…/../x``)
+        raise ValidationFailed(f"next is longer than {NEXT_MOST} characters", code="invalid_next")
     path = local_path(value)
     if path is None or path.lower().startswith(REDIRECTING_PATHS):
         raise ValidationFailed("next must be a path on this site", code="invalid_next")
-    return value[:512]
+    return value
 
 
 def _oauth():
