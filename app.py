@@ -22,6 +22,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from config import DEV_SECRET, ConfigError, dev_data_key, load_config, masked
 from config.command_line import readable_on_command_line
 from models import db, transaction_open
+from models.sql import READS_ONLY
 from notices.watch import WatchSettings
 from notices.watch import install as watch_payouts
 
@@ -207,7 +208,9 @@ def _configure_sqlite(engine, lock_timeout_s: int) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A connection of ``models.sql.read_apart`` only reads: a deferred BEGIN, a WAL reader that neither waits for
+        # the writer nor makes it wait.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READS_ONLY) else "BEGIN IMMEDIATE")
 
 
 PSYCOPG_CACHED_STATEMENT_LENGTH = 16384

@@ -284,6 +284,24 @@ def _update_statement(table: Table, pk: str, keys: tuple[str, ...]) -> Executabl
     )
 
 
+READS_ONLY = "reads_only"  # a connection's execution option: it only reads (SQLite: a deferred BEGIN; app.py)
+
+
+def read_apart(statement: Executable, params=None) -> list:
+    """The rows of a long read (an audience's count over every order) from a connection of its own, the session's
+    transaction ended first: the caller must have written nothing (refused: ``RuntimeError``). On SQLite every
+    transaction begins ``IMMEDIATE``, holding the one write lock, and a read of seconds in the request's transaction
+    held every other request (payments, claims, the jobs) for as long. This connection begins a deferred one, a WAL
+    reader that neither waits for the writer nor makes it wait; on PostgreSQL it is one more pooled connection. The
+    objects the session held are expired by the rollback: read what you need of them first."""
+    session = db.session()
+    if session.new or session.dirty or session.deleted or session.info.get(WROTE):
+        raise RuntimeError("read_apart ends the session's transaction, and this one has written")
+    session.rollback()
+    with db.engine.connect().execution_options(**{READS_ONLY: True}) as connection:
+        return list(connection.execute(statement, params))
+
+
 AUTO = "AUTOCOMMIT"
 
 

@@ -69,7 +69,7 @@ from models import (
     net_paid_sql,
 )
 from models.operators import Actor, audit, merchant_scope
-from models.sql import insert_ignoring
+from models.sql import insert_ignoring, read_apart
 from money import MAX_FEN
 from notices import enqueue_many
 from rebate import tell
@@ -223,9 +223,14 @@ def members_query(definition, merchant_id: int | None, now: datetime) -> Select:
     return stmt
 
 
-def preview_count(definition, merchant_id: int | None, now: datetime) -> int:
-    inner = members_query(definition, merchant_id, now).subquery()
-    return db.session.execute(select(func.count()).select_from(inner)).scalar_one()
+def preview_count(definition, merchant_id: int | None, now: datetime, *, apart: bool = False) -> int:
+    """How many people the definition holds now. ``apart``: read on a connection of its own after ending the caller's
+    transaction, which must have written nothing (``models.sql.read_apart``: on SQLite a count of seconds over a big
+    shop's orders no longer holds every other request)."""
+    count = select(func.count()).select_from(members_query(definition, merchant_id, now).subquery())
+    if apart:
+        return read_apart(count)[0][0]
+    return db.session.execute(count).scalar_one()
 
 
 # -- audiences --------------------------------------------------------------------------------------------

@@ -655,3 +655,58 @@ def test_a_campaigns_report_shows_its_audience_runs_with_their_lift(
     sign_in(client, headers)
     page = client.get(f"/console/campaigns/{campaign.id}/report").get_data(as_text=True)
     assert f'data-run="{run.id}"' in page and 'id="audience-runs"' in page
+
+
+@pytest.mark.parametrize("how", ["preview", "audience"])
+def test_a_count_is_read_apart_and_never_holds_the_writers(app, client, world, make_operator, how):
+    """Found by the reports probe: on SQLite every transaction begins IMMEDIATE, and an audience's count (seconds over a
+    big shop's orders) ran in the request's, holding every payment, claim and job for as long. While the count runs a
+    writer commits at once; on PostgreSQL the count is a read of its own too."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    _, admin = make_operator("admin")
+    created = client.post(
+        "/admin/api/audiences",
+        json={"name": "lapsed", "definition": LAPSED_30},
+        headers={**admin, "Idempotency-Key": f"apart-{how}"},
+    ).get_json()
+    db.session.commit()
+    wrote_meanwhile = []
+
+    def write_during_the_count(conn, cursor, statement, parameters, context, executemany):
+        if "count(*)" not in statement.lower():
+            return
+        if db.engine.dialect.name == "sqlite":
+            other = sqlite3.connect(db.engine.url.database, timeout=0.2, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")  # the write lock: free while the count reads
+                other.execute("UPDATE audiences SET name = 'renamed meanwhile' WHERE id = ?", (created["id"],))
+                other.execute("COMMIT")
+                wrote_meanwhile.append(True)
+            finally:
+                other.close()
+        else:
+            wrote_meanwhile.append(conn.get_execution_options().get("reads_only"))
+
+    event.listen(db.engine, "before_cursor_execute", write_during_the_count)
+    try:
+        if how == "preview":
+            answer = client.post("/admin/api/audiences/preview", json={"definition": LAPSED_30}, headers=admin)
+        else:
+            answer = client.get(f"/admin/api/audiences/{created['id']}", headers=admin)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", write_during_the_count)
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["preview_count"] == 1
+    assert wrote_meanwhile == [True]
+
+
+def test_read_apart_refuses_a_transaction_that_wrote(app, world):
+    from models.sql import read_apart
+
+    db.session.add(AuditLog(operator_id=None, action="x", target_type="x", target_id=None, reason="x", details={}))
+    with pytest.raises(RuntimeError, match="has written"):
+        read_apart(select(func.count()).select_from(AuditLog))
+    db.session.rollback()
