@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 
 from sqlalchemy import ClauseElement, Executable, Table, bindparam, delete, event, inspect, select, text, update
@@ -287,8 +288,9 @@ def _update_statement(table: Table, pk: str, keys: tuple[str, ...]) -> Executabl
 READS_ONLY = "reads_only"  # a connection's execution option: it only reads (SQLite: a deferred BEGIN; app.py)
 
 
-def read_apart(statement: Executable, params=None) -> list:
-    """The rows of a long read (an audience's count over every order) from a connection of its own, the session's
+@contextmanager
+def reading_apart() -> Iterator:
+    """A connection of its own for a long read (an audience's count over every order, a rule backtest), the session's
     transaction ended first: the caller must have written nothing (refused: ``RuntimeError``). On SQLite every
     transaction begins ``IMMEDIATE``, holding the one write lock, and a read of seconds in the request's transaction
     held every other request (payments, claims, the jobs) for as long. This connection begins a deferred one, a WAL
@@ -296,9 +298,15 @@ def read_apart(statement: Executable, params=None) -> list:
     objects the session held are expired by the rollback: read what you need of them first."""
     session = db.session()
     if session.new or session.dirty or session.deleted or session.info.get(WROTE):
-        raise RuntimeError("read_apart ends the session's transaction, and this one has written")
+        raise RuntimeError("reading apart ends the session's transaction, and this one has written")
     session.rollback()
     with db.engine.connect().execution_options(**{READS_ONLY: True}) as connection:
+        yield connection
+
+
+def read_apart(statement: Executable, params=None) -> list:
+    """The rows of one long read (``reading_apart``)."""
+    with reading_apart() as connection:
         return list(connection.execute(statement, params))
 
 
