@@ -94,7 +94,9 @@ def test_changing_an_amount_is_refused_at_once(accts):
         db.session.execute(text("UPDATE ledger_postings SET amount = 600 WHERE account_id = :a"), {"a": cash})
     db.session.rollback()
     with pytest.raises(IntegrityError, match="never changed or deleted"):
-        db.session.execute(text("UPDATE ledger_postings SET account_id = :a WHERE account_id = :b"), {"a": fund, "b": cash})
+        db.session.execute(
+            text("UPDATE ledger_postings SET account_id = :a WHERE account_id = :b"), {"a": fund, "b": cash}
+        )
     db.session.rollback()
     amounts = db.session.execute(select(LedgerPosting.amount).order_by(LedgerPosting.amount)).scalars().all()
     assert amounts == [-500, 500]
