@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from models import db
@@ -98,3 +100,35 @@ def is_row_locked(probe, locking_select) -> bool:
     finally:
         probe.rollback()
     return False
+
+
+@contextmanager
+def writer_meanwhile(reads: Callable[[str], bool], sql: str, params: tuple = ()) -> Iterator[list]:
+    """While inside, each statement ``reads`` picks (by its SQL) has another writer try ``sql`` as it starts: on SQLite
+    a second connection takes the write lock (``BEGIN IMMEDIATE``, 0.2 s to get it), writes and commits, which works
+    only if the statement's own transaction does not hold the lock (``models.sql.reading_apart``); on PostgreSQL the
+    statement's connection must be one that only reads. The list yielded holds one True per such statement."""
+    from sqlalchemy import event
+
+    found: list = []
+
+    def meanwhile(conn, cursor, statement, parameters, context, executemany):
+        if not reads(statement):
+            return
+        if db.engine.dialect.name != "sqlite":
+            found.append(conn.get_execution_options().get("reads_only"))
+            return
+        other = sqlite3.connect(db.engine.url.database, timeout=0.2, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute(sql, params)
+            other.execute("COMMIT")
+            found.append(True)
+        finally:
+            other.close()
+
+    event.listen(db.engine, "before_cursor_execute", meanwhile)
+    try:
+        yield found
+    finally:
+        event.remove(db.engine, "before_cursor_execute", meanwhile)

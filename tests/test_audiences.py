@@ -31,7 +31,7 @@ from rebate import audiences
 from rebate.audiences import held_out, members_query, parse_definition, preview_count, work_run
 from rebate.budgets import release_reserved
 from rebate.errors import Invalid
-from tests.concurrency import together
+from tests.concurrency import together, writer_meanwhile
 
 RULES = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 5_00}]}
 _trade = count(1)
@@ -662,10 +662,6 @@ def test_a_count_is_read_apart_and_never_holds_the_writers(app, client, world, m
     """Found by the reports probe: on SQLite every transaction begins IMMEDIATE, and an audience's count (seconds over a
     big shop's orders) ran in the request's, holding every payment, claim and job for as long. While the count runs a
     writer commits at once; on PostgreSQL the count is a read of its own too."""
-    import sqlite3
-
-    from sqlalchemy import event
-
     _, admin = make_operator("admin")
     created = client.post(
         "/admin/api/audiences",
@@ -673,31 +669,13 @@ def test_a_count_is_read_apart_and_never_holds_the_writers(app, client, world, m
         headers={**admin, "Idempotency-Key": f"apart-{how}"},
     ).get_json()
     db.session.commit()
-    wrote_meanwhile = []
-
-    def write_during_the_count(conn, cursor, statement, parameters, context, executemany):
-        if "count(*)" not in statement.lower():
-            return
-        if db.engine.dialect.name == "sqlite":
-            other = sqlite3.connect(db.engine.url.database, timeout=0.2, isolation_level=None)
-            try:
-                other.execute("BEGIN IMMEDIATE")  # the write lock: free while the count reads
-                other.execute("UPDATE audiences SET name = 'renamed meanwhile' WHERE id = ?", (created["id"],))
-                other.execute("COMMIT")
-                wrote_meanwhile.append(True)
-            finally:
-                other.close()
-        else:
-            wrote_meanwhile.append(conn.get_execution_options().get("reads_only"))
-
-    event.listen(db.engine, "before_cursor_execute", write_during_the_count)
-    try:
+    counts = lambda sql: "count(*)" in sql.lower()  # noqa: E731
+    renamed = ("UPDATE audiences SET name = 'renamed meanwhile' WHERE id = ?", (created["id"],))
+    with writer_meanwhile(counts, *renamed) as wrote_meanwhile:
         if how == "preview":
             answer = client.post("/admin/api/audiences/preview", json={"definition": LAPSED_30}, headers=admin)
         else:
             answer = client.get(f"/admin/api/audiences/{created['id']}", headers=admin)
-    finally:
-        event.remove(db.engine, "before_cursor_execute", write_during_the_count)
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json()["preview_count"] == 1
     assert wrote_meanwhile == [True]

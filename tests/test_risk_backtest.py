@@ -11,6 +11,7 @@ from sqlalchemy import event, func, select
 
 from models import Order, Rebate, ReviewCase, RiskRuleSet, db, utcnow
 from risk import backtest as backtests
+from tests.concurrency import writer_meanwhile
 
 BACKTEST = "/admin/api/risk/rules/backtest"
 RULES = "/admin/api/risk/rules"
@@ -280,30 +281,10 @@ def test_a_stored_version_of_another_scope_is_refused(client, admin, make_campai
 def test_the_orders_are_read_apart_and_never_hold_the_writers(client, admin, planted):
     """On SQLite every transaction begins IMMEDIATE; a backtest (up to a minute over a million orders) read them in
     the request's and held every payment, claim and job meanwhile. While it reads, a writer commits at once."""
-    import sqlite3
-
-    wrote_meanwhile = []
-
-    def write_while_reading(conn, cursor, statement, parameters, context, executemany):
-        if "FROM orders" not in statement or "review_cases" not in statement:
-            return
-        if db.engine.dialect.name == "sqlite":
-            other = sqlite3.connect(db.engine.url.database, timeout=0.2, isolation_level=None)
-            try:
-                other.execute("BEGIN IMMEDIATE")
-                other.execute("UPDATE orders SET risk_score = risk_score WHERE id = (SELECT min(id) FROM orders)")
-                other.execute("COMMIT")
-                wrote_meanwhile.append(True)
-            finally:
-                other.close()
-        else:
-            wrote_meanwhile.append(conn.get_execution_options().get("reads_only"))
-
+    reads_orders = lambda sql: "FROM orders" in sql and "review_cases" in sql  # noqa: E731
+    touch = "UPDATE orders SET risk_score = risk_score WHERE id = (SELECT min(id) FROM orders)"
     db.session.commit()
-    event.listen(db.engine, "before_cursor_execute", write_while_reading)
-    try:
+    with writer_meanwhile(reads_orders, touch) as wrote_meanwhile:
         response = client.post(BACKTEST, json={"rules": DRAFT}, headers=admin)
-    finally:
-        event.remove(db.engine, "before_cursor_execute", write_while_reading)
     assert response.status_code == 200, response.json
     assert wrote_meanwhile == [True]
