@@ -168,15 +168,16 @@ def _engine_options(url: str, lock_timeout_s: int) -> dict:
     # No pool_pre_ping: a ping on every checkout is a round trip on every request (one of a claim's
     # five); _ping_idle_connections pings only a connection that sat idle (issue 11).
     options: dict = {"pool_size": 10, "max_overflow": 20, "connect_args": {}}
+    parsed = make_url(url)
     if url.startswith("postgresql") and lock_timeout_s:
         # A row lock held too long (a stuck transaction) fails the waiter with lock_not_available,
         # answered 503 + Retry-After, instead of piling up every worker behind it. Added to the URL's own
         # ``options`` (a search_path, say), which connect_args would otherwise replace.
-        given = make_url(url).query.get("options")
+        given = parsed.query.get("options")
         given = " ".join(given) if isinstance(given, tuple) else given
         lock = f"-c lock_timeout={lock_timeout_s * 1000}"
         options["connect_args"]["options"] = f"{given} {lock}" if given else lock
-    if make_url(url).get_driver_name() == "psycopg":
+    if parsed.get_driver_name() == "psycopg":
         from models.described_lazily import DescribedLazily  # noqa: PLC0415 - psycopg's, only with psycopg
 
         # a statement's columns described when asked for, not after every statement (a tenth of a payment)

@@ -14,15 +14,11 @@ WAITING_TOO_LONG_S = 3600  # an end not folded for this long: a transaction of t
 
 
 def fold_ledger_marks() -> Counter:
-    try:
-        done = fold_marks()
-        db.session.commit()
-    except BaseException:
-        db.session.rollback()
-        raise
+    done = fold_marks()
+    db.session.commit()  # (a failure is rolled back by the scheduler's wrapper, jobs.scheduler.in_app)
     if done["waiting_s"] > WAITING_TOO_LONG_S:
         log.warning(
             "ledger balance marks wait for a transaction open for over an hour (balances stay exact, reads grow)",
             extra={"waiting_s": done["waiting_s"]},
         )
-    return Counter({k: v for k, v in done.items() if k == "folded" and v})
+    return Counter(folded=done["folded"]) if done["folded"] else Counter()

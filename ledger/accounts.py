@@ -121,7 +121,8 @@ def balance(acct: LedgerAccount | AccountRef) -> int:
     """The account's balance: its mark (``ledger.marks``) and the postings after it, one statement whatever its
     history."""
     _autoflush()
-    return int(execute_core(_balance_statement(), {"a": account_id(acct)}).scalar_one())
+    found = execute_core(_balance_statement(), {"a": account_id(acct)}).first()
+    return int(found[1]) if found is not None else 0
 
 
 def balances(accounts: Iterable[LedgerAccount]) -> dict[int, int]:
@@ -146,31 +147,27 @@ _P = LedgerPosting.__table__.c
 _M = LedgerBalanceMark.__table__.c
 
 
-@cache
-def _balance_statement():
-    """The mark of account ``a`` (none: 0 up to posting 0) plus its postings after the mark (by the index on
-    account and id: only those)."""
-    marked = select(_M.balance).where(_M.account_id == bindparam("a")).scalar_subquery()
-    upto = select(_M.upto_posting_id).where(_M.account_id == bindparam("a")).scalar_subquery()
+def _balance_of(which):
+    """(account id, its mark (none: 0 up to posting 0) plus its postings after the mark, read by the index on account
+    and id: only those) of the accounts ``which`` picks."""
+    accounts = LedgerAccount.__table__
     after = (
         select(func.sum(_P.amount))
-        .where(_P.account_id == bindparam("a"), _P.id > func.coalesce(upto, 0))
+        .where(_P.account_id == accounts.c.id, _P.id > func.coalesce(_M.upto_posting_id, 0))
         .scalar_subquery()
     )
-    return select(func.coalesce(marked, 0) + func.coalesce(after, 0))
+    return (
+        select(accounts.c.id, func.coalesce(_M.balance, 0) + func.coalesce(after, 0))
+        .select_from(accounts.outerjoin(LedgerBalanceMark.__table__, _M.account_id == accounts.c.id))
+        .where(which(accounts.c.id))
+    )
+
+
+@cache
+def _balance_statement():
+    return _balance_of(lambda account: account == bindparam("a"))
 
 
 @cache
 def _balances_statement():
-    accounts = LedgerAccount.__table__.c
-    mark = LedgerBalanceMark.__table__
-    after = (
-        select(func.sum(_P.amount))
-        .where(_P.account_id == accounts.id, _P.id > func.coalesce(_M.upto_posting_id, 0))
-        .scalar_subquery()
-    )
-    return (
-        select(accounts.id, func.coalesce(_M.balance, 0) + func.coalesce(after, 0))
-        .select_from(LedgerAccount.__table__.outerjoin(mark, _M.account_id == accounts.id))
-        .where(accounts.id.in_(bindparam("ids", expanding=True)))
-    )
+    return _balance_of(lambda account: account.in_(bindparam("ids", expanding=True)))

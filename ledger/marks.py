@@ -13,11 +13,14 @@ the money path: postings go in as before, with no lock of the account's row.
 What makes a mark safe is its end. Posting ids come from a sequence (PostgreSQL) in the order they are taken, but
 transactions commit in another order: when posting 101 is visible, posting 100 may belong to a transaction still
 open, and a mark folded up to 101 would leave 100 out for good. So an end is chosen first (``candidate_id``: the
-highest posting id at ``candidate_at``, the database's clock read after it) and folded only once no transaction of
-the database that began before ``candidate_at`` and has written is still open or prepared (and two seconds have
-passed): every id up to the end was taken before that moment, by a transaction that began before it and wrote the
-posting's row in the same statement, now committed or rolled back. A read-only transaction, however long, holds
-nothing back; one that wrote and stays open holds the marks where they are (balances stay exact, reads longer).
+highest posting id; then ``candidate_at``, the database's clock, and ``candidate_xmax``, its next transaction id) and
+folded only once every transaction that held a transaction id at that moment has ended (the server's oldest running
+one is at least ``candidate_xmax``: whatever its role or settings, prepared ones too), no transaction of the database
+that began before ``candidate_at`` holds one now (its start unknown counts as before), and two seconds have passed.
+Every id up to the end was taken before that moment by a transaction that wrote the posting's row in the same
+statement, now committed or rolled back. A fold adds to a mark only postings above the mark's own end. A read-only
+transaction, however long, holds nothing back; one that wrote and stays open holds the marks where they are (balances
+stay exact, reads longer).
 
 On SQLite a writer holds the database's one write lock until it commits and the ids it takes are above every
 committed one: the end is folded at once. Postings are never changed or deleted (PostgreSQL refuses it by trigger,

@@ -296,10 +296,9 @@ def reading_apart() -> Iterator:
     held every other request (payments, claims, the jobs) for as long. This connection begins a deferred one, a WAL
     reader that neither waits for the writer nor makes it wait; on PostgreSQL it is one more pooled connection. The
     objects the session held are expired by the rollback: read what you need of them first."""
-    session = db.session()
-    if session.new or session.dirty or session.deleted or session.info.get(WROTE):
+    if not wrote_nothing_yet():
         raise RuntimeError("reading apart ends the session's transaction, and this one has written")
-    session.rollback()
+    db.session.rollback()
     with db.engine.connect().execution_options(**{READS_ONLY: True}) as connection:
         yield connection
 

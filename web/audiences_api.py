@@ -87,8 +87,9 @@ def run_json(run: AudienceRun) -> dict:
     }
 
 
-def _preview(audience: Audience) -> int:
-    return audiences.preview_count(audiences.definition_of(audience), audience.merchant_id, utcnow())
+def _preview(audience: Audience, *, apart: bool = False) -> int:
+    """``apart``: a read-only request's count, apart from its transaction (``audiences.preview_count``)."""
+    return audiences.preview_count(audiences.definition_of(audience), audience.merchant_id, utcnow(), apart=apart)
 
 
 @endpoint(
@@ -143,10 +144,9 @@ def get_audience(audience_id: int):
     runs = db.session.execute(
         select(AudienceRun).where(AudienceRun.audience_id == audience.id).order_by(AudienceRun.id.desc()).limit(50)
     ).scalars()
-    answer = {**audience_json(audience), "runs": [run_json(r) for r in runs]}
-    definition, merchant_id = audiences.definition_of(audience), audience.merchant_id
-    # a read only: counted apart from the request's transaction (on SQLite it holds the one write lock)
-    return {**answer, "preview_count": audiences.preview_count(definition, merchant_id, utcnow(), apart=True)}
+    answer = {**audience_json(audience), "runs": [run_json(r) for r in runs]}  # read before the count ends the
+    # request's transaction (a read only: counted apart from it; on SQLite it holds the one write lock)
+    return {**answer, "preview_count": _preview(audience, apart=True)}
 
 
 @endpoint(
