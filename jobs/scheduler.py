@@ -22,6 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from flask import Flask
 from flask.cli import AppGroup
+from sqlalchemy import text
 
 from jobs.audiences import audience_runs_job
 from jobs.challenge_posts import post_challenge_standings, update_chat_tool_cards
@@ -129,11 +130,34 @@ def build_scheduler(app: Flask, blocking: bool = False):
     return scheduler
 
 
+def database_warnings() -> list[str]:
+    """What in the database's own settings would slow the app as its tables grow (said at the jobs' start-up).
+
+    PostgreSQL with autovacuum off keeps the planner's statistics of the day its tables were small: it goes
+    on reading a payment's packets and campaigns by scanning whole tables (the bench saw a notification's
+    database time grow with the history until an ANALYZE), and dead rows are never reclaimed."""
+    if db.engine.dialect.name != "postgresql":
+        return []
+    try:
+        autovacuum = db.session.execute(text("SHOW autovacuum")).scalar()
+    finally:
+        db.session.rollback()
+    if autovacuum == "off":
+        return [
+            "PostgreSQL's autovacuum is off: the planner's statistics go stale and the payment path slows as "
+            "the tables grow; turn it on (the default), or run ANALYZE and VACUUM on a schedule"
+        ]
+    return []
+
+
 @jobs_cli.command("run")
 def run_command() -> None:
     """Run the scheduler in the foreground (one process per node)."""
     from flask import current_app
 
+    for warning in database_warnings():
+        log.warning(warning)
+        click.echo(f"warning: {warning}", err=True)
     click.echo("jobs: " + ", ".join(f"{job.__name__} every {s}s" for job, s in JOBS))
     build_scheduler(current_app._get_current_object(), blocking=True).start()
 

@@ -241,6 +241,27 @@ def test_the_rollup_interval_is_a_setting(app):
     assert build_scheduler(app).get_job("insights_rollup_job").trigger.interval.total_seconds() == 30
 
 
+def test_the_jobs_warn_when_the_database_keeps_no_statistics(app, monkeypatch):
+    from sqlalchemy import text
+
+    from jobs import scheduler
+    from tests.conftest import on_postgres
+
+    if on_postgres():
+        autovacuum = db.session.execute(text("SHOW autovacuum")).scalar()
+        warnings = scheduler.database_warnings()
+        assert bool(warnings) == (autovacuum == "off")
+        assert all("autovacuum" in w and "ANALYZE" in w for w in warnings)
+    else:
+        assert scheduler.database_warnings() == []  # SQLite: nothing to say
+    # and `flask jobs run` says it before it starts (the scheduler itself is not started here)
+    monkeypatch.setattr(scheduler, "build_scheduler", lambda *a, **k: type("S", (), {"start": lambda self: None})())
+    monkeypatch.setattr(scheduler, "database_warnings", lambda: ["autovacuum is off: … ANALYZE …"])
+    result = app.test_cli_runner().invoke(args=["jobs", "run"])
+    assert result.exit_code == 0, result.output
+    assert "warning: autovacuum is off" in result.stderr
+
+
 def test_jobs_cli_run_once(app):
     result = app.test_cli_runner().invoke(args=["jobs", "run-once"])
     assert result.exit_code == 0, result.output
