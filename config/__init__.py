@@ -163,6 +163,21 @@ SETTINGS: tuple[Setting, ...] = (
         "SQLite's busy timeout for its `BEGIN IMMEDIATE` transactions, PostgreSQL's `lock_timeout` for row locks.",
     ),
     Setting(
+        "LONG_READS_AT_ONCE",
+        2,
+        _int_between(1, 64),
+        doc="Long reads (a risk rule backtest, an audience's count, a what-if replay) running at once: on "
+        "PostgreSQL across every process (advisory locks), on SQLite in each process. One at a time per operator "
+        "besides; more answer 429 + Retry-After.",
+    ),
+    Setting(
+        "LONG_READ_TIMEOUT_S",
+        120,
+        _int_between(1, 3600),
+        doc="Seconds a long read may run on PostgreSQL (its `statement_timeout`) before it is stopped and answered "
+        "422 `read_too_long` (narrow its window).",
+    ),
+    Setting(
         "REDIS_URL",
         None,
         doc="Redis for the shared WeChat access token and card ticket and the payout rails' calls-per-second "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -28,6 +29,7 @@ from sqlalchemy import case, func, select, type_coerce
 
 from models import Campaign, Order, OrderLine, OrderStatus, RedPacket, User, UTCDateTime, db
 from models.base import beijing
+from models.sql import reading_apart
 from money import format_yuan, left_after_refunds
 from rebate.campaigns import rules_of
 from rebate.rules import Form, Line, OrderFacts, RuleSet, evaluate
@@ -97,18 +99,22 @@ def to_row(order_id, paid_at, total, paid, charged, refunded, discount, issuer_t
 
 
 def load_rows(
-    campaign: Campaign, rules: RuleSet, since: datetime, until: datetime, *, lines: bool = False
+    campaign: Campaign, rules: RuleSet, since: datetime, until: datetime, *, lines: bool = False, apart: bool = False
 ) -> list[ReplayRow]:
-    """The rows; with ``lines`` (rules rating by category) each with its order's lines, in one more query."""
+    """The rows; with ``lines`` (rules rating by category) each with its order's lines, in one more query.
+    ``apart``: read on a connection of their own after the caller's transaction is ended (it must have written
+    nothing: ``models.sql.reading_apart``; on SQLite a replay of a year of a busy campaign held every other
+    request for as long), the campaign's rows expired with it."""
     stmt = replay_query(campaign, rules, since, until)
-    rows = [row for row in (to_row(*r) for r in db.session.execute(stmt)) if row.paid_fen > 0]
-    if not lines or not rows:
-        return rows
-    ids = stmt.with_only_columns(Order.id).order_by(None).scalar_subquery()
-    by_order: dict[int, list[Line]] = defaultdict(list)
-    read = select(OrderLine.order_id, OrderLine.category, OrderLine.line_total_fen).where(OrderLine.order_id.in_(ids))
-    for order_id, category, total in db.session.execute(read.order_by(OrderLine.id)):
-        by_order[order_id].append(Line(category, total))
+    with reading_apart() if apart else nullcontext(db.session) as reader:
+        rows = [row for row in (to_row(*r) for r in reader.execute(stmt)) if row.paid_fen > 0]
+        if not lines or not rows:
+            return rows
+        ids = stmt.with_only_columns(Order.id).order_by(None).scalar_subquery()
+        by_order: dict[int, list[Line]] = defaultdict(list)
+        read = select(OrderLine.order_id, OrderLine.category, OrderLine.line_total_fen)
+        for order_id, category, total in reader.execute(read.where(OrderLine.order_id.in_(ids)).order_by(OrderLine.id)):
+            by_order[order_id].append(Line(category, total))
     return [row._replace(lines=tuple(by_order.get(row.order_id, ()))) for row in rows]
 
 
@@ -211,17 +217,27 @@ def compare(current: dict, draft: dict) -> dict:
     }
 
 
-def simulate(campaign: Campaign, draft: RuleSet, *, days: int, now: datetime, budget_limit_fen: int | None) -> dict:
-    """Replay the draft and the current rules over the same past ``days`` of orders. Reads only."""
+def simulate(
+    campaign: Campaign,
+    draft: RuleSet,
+    *,
+    days: int,
+    now: datetime,
+    budget_limit_fen: int | None,
+    apart: bool = False,
+) -> dict:
+    """Replay the draft and the current rules over the same past ``days`` of orders. Reads only. ``apart``: the
+    orders are read apart from the caller's transaction (``load_rows``)."""
     current = rules_of(campaign)
     since = now - timedelta(days=days)
-    rows = load_rows(campaign, current, since, now, lines=current.by_category or draft.by_category)
     limit = budget_limit_fen if budget_limit_fen is not None else campaign.budget_limit_fen
+    campaign_id, version = campaign.id, campaign.rules_version  # read before a read apart expires the row
+    rows = load_rows(campaign, current, since, now, lines=current.by_category or draft.by_category, apart=apart)
     projected = project(rows, draft, budget_limit_fen=limit)
     baseline = project(rows, current, budget_limit_fen=limit)
     return {
-        "campaign_id": campaign.id,
-        "current_version": campaign.rules_version,
+        "campaign_id": campaign_id,
+        "current_version": version,
         "applies_to": current.applies_to,
         "window": {"days": days, "from": since.isoformat(), "to": now.isoformat()},
         "draft": projected,

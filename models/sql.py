@@ -16,13 +16,18 @@ transaction has written anything (flushed, executed, or pending), noted here for
 from __future__ import annotations
 
 import copy
+import hashlib
+import threading
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from functools import cache
 
+from flask import current_app
 from sqlalchemy import ClauseElement, Executable, Table, bindparam, delete, event, inspect, select, text, update
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.exc import StaleDataError
@@ -286,21 +291,135 @@ def _update_statement(table: Table, pk: str, keys: tuple[str, ...]) -> Executabl
 
 
 READS_ONLY = "reads_only"  # a connection's execution option: it only reads (SQLite: a deferred BEGIN; app.py)
+QUERY_CANCELED = "57014"  # PostgreSQL: a statement_timeout (or a cancel) stopped the statement
+# Advisory lock keys of the long reads (two int4 keys: a class, then a slot or a reader's hash): "LR" and "LS".
+LONG_READ_SLOT, LONG_READ_READER = 0x4C52, 0x4C53
+LONG_READ_RETRY_AFTER_S = 5
+
+
+class LongReadBusy(Exception):
+    """Too many long reads at once, or this reader's previous one is still running (429 + Retry-After)."""
+
+    code, kind, retry_after = "long_read_busy", "limit", LONG_READ_RETRY_AFTER_S
+
+
+class LongReadTooLong(Exception):
+    """A long read ran past ``LONG_READ_TIMEOUT_S`` and was stopped (422: narrow its window)."""
+
+    code, kind = "read_too_long", "invalid"
+
+
+_long_reader: ContextVar[str | None] = ContextVar("long_reader", default=None)
+
+
+@contextmanager
+def long_reads_by(reader: str) -> Iterator[None]:
+    """The long reads (``reading_apart``) inside are ``reader``'s (an operator: ``"operator:7"``): one at a time."""
+    token = _long_reader.set(reader)
+    try:
+        yield
+    finally:
+        _long_reader.reset(token)
+
+
+class _ProcessGate:
+    """SQLite's gate of the long reads: this process's (a SQLite database has few processes; PostgreSQL's gate is
+    the database's own advisory locks, across every process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+        self.readers: set[str] = set()
+
+    @contextmanager
+    def slot(self, reader: str | None, at_once: int) -> Iterator[None]:
+        with self._lock:
+            if self.running >= at_once or reader in self.readers:
+                raise _busy(reader, at_once)
+            self.running += 1
+            if reader is not None:
+                self.readers.add(reader)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.running -= 1
+                self.readers.discard(reader)
+
+
+_PROCESS_GATE = _ProcessGate()
+
+
+def _busy(reader: str | None, at_once: int) -> LongReadBusy:
+    if reader is not None:
+        return LongReadBusy(
+            f"a long read ({reader}'s previous one, or {at_once} others) is still running; retry shortly"
+        )
+    return LongReadBusy(f"{at_once} long reads are running; retry shortly")
+
+
+def _reader_key(reader: str) -> int:
+    return int.from_bytes(hashlib.blake2b(reader.encode(), digest_size=4).digest(), "big", signed=True)
+
+
+_GATE = (
+    "SELECT set_config('statement_timeout', :ms, true) AS timeout, true AS mine, "
+    "(SELECT s FROM generate_series(0, :slots - 1) AS s "
+    "WHERE pg_try_advisory_xact_lock(:slot_class, s) LIMIT 1) AS slot"
+)
+_GATE_OF_READER = _GATE.replace("true AS mine", "pg_try_advisory_xact_lock(:reader_class, :reader_key) AS mine")
+
+
+def _postgres_gate(connection, reader: str | None, at_once: int, timeout_s: int) -> None:
+    """On the reading connection's transaction, in one statement: its statement timeout, the reader's own lock and
+    the first free slot of ``at_once``; all transaction-scoped (released as the read ends, whatever ends it)."""
+    row = connection.execute(
+        text(_GATE_OF_READER if reader is not None else _GATE),
+        {
+            "ms": str(timeout_s * 1000),
+            "slots": at_once,
+            "slot_class": LONG_READ_SLOT,
+            **({"reader_class": LONG_READ_READER, "reader_key": _reader_key(reader)} if reader is not None else {}),
+        },
+    ).one()
+    if not row.mine or row.slot is None:
+        raise _busy(reader, at_once)
 
 
 @contextmanager
 def reading_apart() -> Iterator:
-    """A connection of its own for a long read (an audience's count over every order, a rule backtest), the session's
-    transaction ended first: the caller must have written nothing (refused: ``RuntimeError``). On SQLite every
-    transaction begins ``IMMEDIATE``, holding the one write lock, and a read of seconds in the request's transaction
-    held every other request (payments, claims, the jobs) for as long. This connection begins a deferred one, a WAL
-    reader that neither waits for the writer nor makes it wait; on PostgreSQL it is one more pooled connection. The
-    objects the session held are expired by the rollback: read what you need of them first."""
+    """A connection of its own for a long read (an audience's count over every order, a rule backtest, a what-if
+    replay), the session's transaction ended first: the caller must have written nothing (refused:
+    ``RuntimeError``). On SQLite every transaction begins ``IMMEDIATE``, holding the one write lock, and a read of
+    seconds in the request's transaction held every other request (payments, claims, the jobs) for as long. This
+    connection begins a deferred one, a WAL reader that neither waits for the writer nor makes it wait; on
+    PostgreSQL it is one more pooled connection. The objects the session held are expired by the rollback: read
+    what you need of them first.
+
+    Gated: at most ``LONG_READS_AT_ONCE`` run at once, and one at a time per reader (``long_reads_by``); another
+    raises ``LongReadBusy`` at once (nothing waits). On PostgreSQL the gate is advisory locks of the read's own
+    transaction, across every process, and the read stops after ``LONG_READ_TIMEOUT_S`` (``LongReadTooLong``)."""
     if not wrote_nothing_yet():
         raise RuntimeError("reading apart ends the session's transaction, and this one has written")
     db.session.rollback()
-    with db.engine.connect().execution_options(**{READS_ONLY: True}) as connection:
-        yield connection
+    config = current_app.config
+    at_once, timeout_s = config.get("LONG_READS_AT_ONCE", 2), config.get("LONG_READ_TIMEOUT_S", 120)
+    reader = _long_reader.get()
+    postgres = db.engine.dialect.name == "postgresql"
+    with (
+        nullcontext() if postgres else _PROCESS_GATE.slot(reader, at_once),
+        db.engine.connect().execution_options(**{READS_ONLY: True}) as connection,
+    ):
+        if postgres:
+            _postgres_gate(connection, reader, at_once, timeout_s)
+        try:
+            yield connection
+        except DBAPIError as failed:
+            if getattr(failed.orig, "sqlstate", None) == QUERY_CANCELED:
+                raise LongReadTooLong(
+                    f"the read ran past {timeout_s} s and was stopped; narrow its window or its limit"
+                ) from None
+            raise
 
 
 def read_apart(statement: Executable, params=None) -> list:

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from ledger import balance
 from models import AuditLog, Merchant, Operator, OperatorRole, Product, db, operators, utcnow
 from models.operators import Actor, audit, merchant_scope
+from models.sql import long_reads_by
 from rebate.deposits import deposit_account
 from rebate.scope import visible_merchant
 from web.api import client_ip, endpoint
@@ -33,6 +34,11 @@ ANY_OPERATOR = (*PLATFORM, OperatorRole.MERCHANT_STAFF)
 def actor() -> Actor:
     """The signed-in operator at work, from this request's network address (for scopes and the audit log)."""
     return Actor(g.operator, client_ip())
+
+
+def long_reads():
+    """The long reads inside are the signed-in operator's: one at a time (``models.sql.reading_apart``)."""
+    return long_reads_by(f"operator:{g.operator.id}")
 
 
 def merchant_json(m: Merchant) -> dict:

@@ -24,7 +24,7 @@ from models.operators import merchant_scope
 from rebate import audiences
 from rebate.audiences import Definition
 from rebate.scope import visible_campaign
-from web.admin import actor
+from web.admin import actor, long_reads
 from web.api import endpoint
 from web.guards import MAX_ID
 from web.schemas import Id, Model, Name, Page, Reason
@@ -87,9 +87,15 @@ def run_json(run: AudienceRun) -> dict:
     }
 
 
-def _preview(audience: Audience, *, apart: bool = False) -> int:
-    """``apart``: a read-only request's count, apart from its transaction (``audiences.preview_count``)."""
-    return audiences.preview_count(audiences.definition_of(audience), audience.merchant_id, utcnow(), apart=apart)
+def _preview(audience: Audience) -> int:
+    return audiences.preview_count(audiences.definition_of(audience), audience.merchant_id, utcnow())
+
+
+def _counted_apart(definition, merchant_id: int | None) -> int:
+    """A read-only request's count, apart from its transaction (``audiences.preview_count``), a long read of the
+    operator's (one at a time, ``LONG_READS_AT_ONCE`` in all)."""
+    with long_reads():
+        return audiences.preview_count(definition, merchant_id, utcnow(), apart=True)
 
 
 @endpoint(
@@ -122,7 +128,7 @@ def preview_audience(body: PreviewAudience):
     merchant_id = audiences.scoped_merchant(actor(), body.merchant_id)
     # a read only: counted apart from the request's transaction (on SQLite it holds the one write lock)
     return {
-        "preview_count": audiences.preview_count(body.definition, merchant_id, utcnow(), apart=True),
+        "preview_count": _counted_apart(body.definition, merchant_id),
         "merchant_id": merchant_id,
     }
 
@@ -146,7 +152,7 @@ def get_audience(audience_id: int):
     ).scalars()
     answer = {**audience_json(audience), "runs": [run_json(r) for r in runs]}  # read before the count ends the
     # request's transaction (a read only: counted apart from it; on SQLite it holds the one write lock)
-    return {**answer, "preview_count": _preview(audience, apart=True)}
+    return {**answer, "preview_count": _counted_apart(audiences.definition_of(audience), audience.merchant_id)}
 
 
 @endpoint(

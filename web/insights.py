@@ -20,6 +20,7 @@ from models.operators import merchant_scope
 from rebate.campaigns import rules_of
 from rebate.rules import RuleError, parse_rules
 from rebate.scope import visible_campaign, visible_order
+from web.admin import long_reads
 from web.api import endpoint
 from web.campaign_admin import RulesIn
 from web.errors import NotFound, ValidationFailed
@@ -95,4 +96,8 @@ def simulate_rules(campaign_id: int, body: Simulation):
             f"{current_applies_to} orders: the replay compares over the same orders",
             code="applies_to_changed",
         )
-    return simulate(campaign, draft, days=body.days, now=utcnow(), budget_limit_fen=body.budget_limit_fen)
+    # a read only: the orders are read apart from the request's transaction (on SQLite it holds the one write lock)
+    with long_reads():
+        return simulate(
+            campaign, draft, days=body.days, now=utcnow(), budget_limit_fen=body.budget_limit_fen, apart=True
+        )

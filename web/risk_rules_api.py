@@ -30,7 +30,7 @@ from risk.rules import (
     parse_scope,
     platform_scope,
 )
-from web.admin import ANY_OPERATOR, PLATFORM, actor
+from web.admin import ANY_OPERATOR, PLATFORM, actor, long_reads
 from web.api import endpoint
 from web.errors import ValidationFailed
 from web.schemas import Id, Instant, Model, Page, Reason
@@ -161,7 +161,8 @@ def backtest(body: BacktestIn):
         rulesets.visible_scope(actor(), scope)  # a stored version's scope was checked with it
     rules = parse_rules(raw, overrides=parse_scope(scope) is not None)
     # a read only: the orders are read apart from the request's transaction (on SQLite it holds the one write lock)
-    return backtests.backtest(rules, scope, since, until, body.limit, rule_set_id=body.rule_set_id, apart=True)
+    with long_reads():  # one at a time per operator, LONG_READS_AT_ONCE in all
+        return backtests.backtest(rules, scope, since, until, body.limit, rule_set_id=body.rule_set_id, apart=True)
 
 
 __all__ = ["bp"]
