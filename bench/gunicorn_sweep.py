@@ -48,6 +48,7 @@ def run() -> Iterator[str]:
             for shape in shapes():
                 notify, claims = NotifyBench(url), ClaimsBench(url)
                 notify.shape = claims.shape = shape
+                notify.database = claims.database = database  # (their run() sets it: ANALYZE after seeding)
                 with Server(settings, shape, tmp) as server:
                     m = notify.measure(shop, clients, server, history=HISTORY)
                     empty, real = claims.measure(clients, server, people, hot, CpuMeter(server, database.name))

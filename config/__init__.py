@@ -174,8 +174,8 @@ SETTINGS: tuple[Setting, ...] = (
         "LONG_READ_TIMEOUT_S",
         120,
         _int_between(1, 3600),
-        doc="Seconds a long read may run on PostgreSQL (its `statement_timeout`) before it is stopped and answered "
-        "422 `read_too_long` (narrow its window).",
+        doc="Seconds a long read may run, all its statements together, before it is stopped (its statement "
+        "interrupted) and answered 422 `read_too_long` (narrow its window).",
     ),
     Setting(
         "REDIS_URL",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import sqlite3
 import threading
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
@@ -295,6 +296,7 @@ QUERY_CANCELED = "57014"  # PostgreSQL: a statement_timeout (or a cancel) stoppe
 # Advisory lock keys of the long reads (two int4 keys: a class, then a slot or a reader's hash): "LR" and "LS".
 LONG_READ_SLOT, LONG_READ_READER = 0x4C52, 0x4C53
 LONG_READ_RETRY_AFTER_S = 5
+BACKSTOP_S = 2  # PostgreSQL's own statement_timeout: this long after a long read's deadline, should its cancel not come
 
 
 class LongReadBusy(Exception):
@@ -371,12 +373,13 @@ _GATE_OF_READER = _GATE.replace("true AS mine", "pg_try_advisory_xact_lock(:read
 
 
 def _postgres_gate(connection, reader: str | None, at_once: int, timeout_s: int) -> None:
-    """On the reading connection's transaction, in one statement: its statement timeout, the reader's own lock and
-    the first free slot of ``at_once``; all transaction-scoped (released as the read ends, whatever ends it)."""
+    """On the reading connection's transaction, in one statement: its statement timeout (a backstop to ``_Deadline``,
+    should this process fail to send its cancel), the reader's own lock and the first free slot of ``at_once``; all
+    transaction-scoped (released as the read ends, whatever ends it)."""
     row = connection.execute(
         text(_GATE_OF_READER if reader is not None else _GATE),
         {
-            "ms": str(timeout_s * 1000),
+            "ms": str((timeout_s + BACKSTOP_S) * 1000),
             "slots": at_once,
             "slot_class": LONG_READ_SLOT,
             **({"reader_class": LONG_READ_READER, "reader_key": _reader_key(reader)} if reader is not None else {}),
@@ -384,6 +387,61 @@ def _postgres_gate(connection, reader: str | None, at_once: int, timeout_s: int)
     ).one()
     if not row.mine or row.slot is None:
         raise _busy(reader, at_once)
+
+
+class _Deadline:
+    """The end of a long read's time, however many statements it runs (a backtest fetches its orders a thousand at a
+    time, then reads their campaigns: up to two thousand statements, each short). Past it: every statement the read's
+    connection begins is refused (``before_cursor_execute``), ``in_time`` raises at the caller's next batch, and a
+    watcher thread interrupts whatever statement is running (PostgreSQL: a cancel request; SQLite:
+    ``Connection.interrupt``), again every ``INTERRUPT_EVERY_S`` until the read ends. A connection whose read ran
+    out is closed, never pooled again: a cancel still on its way must not stop another request's statement."""
+
+    INTERRUPT_EVERY_S = 0.5
+
+    def __init__(self, connection, seconds: int) -> None:
+        self.seconds, self.expired = seconds, False
+        self._ended = threading.Event()
+        self._lock = threading.Lock()  # an interrupt is never sent once ``end`` returned
+        self._driver = connection.connection.driver_connection
+        self._watcher = threading.Thread(target=self._watch, name="long-read-deadline", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        if self._ended.wait(self.seconds):
+            return
+        self.expired = True
+        while True:
+            with self._lock:
+                if self._ended.is_set():
+                    return
+                if isinstance(self._driver, sqlite3.Connection):
+                    self._driver.interrupt()
+                else:
+                    self._driver.cancel_safe()
+            if self._ended.wait(self.INTERRUPT_EVERY_S):
+                return
+
+    def refuse_if_expired(self, *_args) -> None:
+        if self.expired:
+            raise self.too_long()
+
+    def too_long(self) -> LongReadTooLong:
+        return LongReadTooLong(f"the read ran past {self.seconds} s and was stopped; narrow its window or its limit")
+
+    def end(self) -> None:
+        with self._lock:
+            self._ended.set()
+
+
+_deadline: ContextVar[_Deadline | None] = ContextVar("long_read_deadline", default=None)
+
+
+def in_time() -> None:
+    """Inside a long read: raise ``LongReadTooLong`` once its time is up (a loop over batches calls it per batch)."""
+    deadline = _deadline.get()
+    if deadline is not None:
+        deadline.refuse_if_expired()
 
 
 @contextmanager
@@ -398,7 +456,8 @@ def reading_apart() -> Iterator:
 
     Gated: at most ``LONG_READS_AT_ONCE`` run at once, and one at a time per reader (``long_reads_by``); another
     raises ``LongReadBusy`` at once (nothing waits). On PostgreSQL the gate is advisory locks of the read's own
-    transaction, across every process, and the read stops after ``LONG_READ_TIMEOUT_S`` (``LongReadTooLong``)."""
+    transaction, across every process; on SQLite this process's. The read stops after ``LONG_READ_TIMEOUT_S``
+    (``LongReadTooLong``: ``_Deadline``)."""
     if not wrote_nothing_yet():
         raise RuntimeError("reading apart ends the session's transaction, and this one has written")
     db.session.rollback()
@@ -412,14 +471,20 @@ def reading_apart() -> Iterator:
     ):
         if postgres:
             _postgres_gate(connection, reader, at_once, timeout_s)
+        deadline = _Deadline(connection, timeout_s)
+        event.listen(connection, "before_cursor_execute", deadline.refuse_if_expired)
+        token = _deadline.set(deadline)
         try:
             yield connection
         except DBAPIError as failed:
-            if getattr(failed.orig, "sqlstate", None) == QUERY_CANCELED:
-                raise LongReadTooLong(
-                    f"the read ran past {timeout_s} s and was stopped; narrow its window or its limit"
-                ) from None
+            if deadline.expired or getattr(failed.orig, "sqlstate", None) == QUERY_CANCELED:
+                raise deadline.too_long() from None
             raise
+        finally:
+            _deadline.reset(token)
+            deadline.end()
+            if deadline.expired:
+                connection.invalidate()  # a cancel may still be on its way: this connection serves nobody else
 
 
 def read_apart(statement: Executable, params=None) -> list:

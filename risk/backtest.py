@@ -27,7 +27,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from models import Order, Rebate, ReviewCase, db
-from models.sql import reading_apart
+from models.sql import in_time, reading_apart
 from risk.rules import (
     ACTIONS,
     Rule,
@@ -162,6 +162,7 @@ def backtest(
     truncated = False
     with reading_apart() if apart else nullcontext(db.session) as reader, reader.execute(stmt) as result:
         for batch in result.partitions():
+            in_time()  # a long read's deadline (models.sql.reading_apart) also ends it between batches
             if seen + len(batch) > limit:
                 batch, truncated = batch[: limit - seen], True
             seen += len(batch)

@@ -3,12 +3,15 @@
 Each can read a million orders for up to a minute. An operator (or a stolen support token) firing them in a loop
 had every database connection busy with them: now at most ``LONG_READS_AT_ONCE`` run at once, one at a time per
 operator, the others answered 429 + Retry-After at once (nothing waits); on PostgreSQL the gate is advisory locks of
-the read's own transaction (every process shares it) and a read stops after ``LONG_READ_TIMEOUT_S``.
+the read's own transaction (every process shares it). A read stops after ``LONG_READ_TIMEOUT_S``, all its statements
+together, on both databases.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -16,7 +19,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from models import AuditLog, db
-from models.sql import LongReadBusy, LongReadTooLong, long_reads_by, reading_apart
+from models.sql import LongReadBusy, LongReadTooLong, in_time, long_reads_by, reading_apart
 from tests.concurrency import writer_meanwhile
 from tests.conftest import on_postgres
 from tests.test_audiences import LAPSED_30
@@ -127,14 +130,58 @@ def test_the_errors_answer_429_and_422():
     assert (too_long.status, too_long.code) == (422, "read_too_long")
 
 
-@pytest.mark.skipif(not on_postgres(), reason="SQLite has no statement timeout")
-def test_a_long_read_stops_after_its_timeout_on_postgresql(app):
+def closed(driver) -> bool:
+    if isinstance(driver, sqlite3.Connection):
+        try:
+            driver.execute("SELECT 1")
+        except sqlite3.ProgrammingError:
+            return True
+        return False
+    return driver.closed
+
+
+COUNT_TO_A_BILLION = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) SELECT count(*) FROM c"
+)
+
+
+def test_a_long_statement_is_interrupted_at_the_deadline(app):
     app.config["LONG_READ_TIMEOUT_S"] = 1
     db.session.commit()
+    started = time.monotonic()
     with pytest.raises(LongReadTooLong, match="past 1 s"), reading_apart() as reader:
-        reader.execute(text("SELECT pg_sleep(3)")).all()
-    # the timeout was the read's own transaction's: the session's statements are not limited by it
-    assert db.session.execute(text("SHOW statement_timeout")).scalar() == "0"
+        driver = reader.connection.driver_connection
+        reader.execute(text(COUNT_TO_A_BILLION)).all()
+    assert time.monotonic() - started < 2.8  # interrupted (PostgreSQL: a cancel, before its 3 s backstop; SQLite:
+    # interrupt()), not finished
+    assert closed(driver)  # never pooled again: a cancel still on its way stops nobody else's statement
+    # the session's own statements are not limited by it
+    assert db.session.execute(select(1)).scalar() == 1
+    if on_postgres():
+        assert db.session.execute(text("SHOW statement_timeout")).scalar() == "0"
+
+
+def test_a_read_of_many_short_statements_ends_at_the_deadline_too(app):
+    """A backtest reads a thousand orders at a time, and their campaigns: many statements, each short."""
+    app.config["LONG_READ_TIMEOUT_S"] = 1
+    db.session.commit()
+    started, statements = time.monotonic(), 0
+    with pytest.raises(LongReadTooLong), reading_apart() as reader:
+        while time.monotonic() - started < 10:
+            reader.execute(select(1)).scalar()
+            statements += 1
+            time.sleep(0.05)
+    assert 1 <= time.monotonic() - started < 3 and statements >= 5
+
+
+def test_a_batch_loop_checks_its_deadline_between_batches(app):
+    app.config["LONG_READ_TIMEOUT_S"] = 1
+    db.session.commit()
+    with pytest.raises(LongReadTooLong), reading_apart():
+        in_time()  # in time: nothing
+        time.sleep(1.3)  # (the caller's own work between batches)
+        in_time()
+    in_time()  # outside a long read: nothing to check
 
 
 def test_the_replay_is_read_apart_and_never_holds_the_writers(

@@ -135,7 +135,7 @@ def risk_backtest():
     result = act(backtest, body=body)
     if body.get("rule_set_id") and result is not None:
         return _rule_set_page(int(body["rule_set_id"]), result=result)
-    return _rules_page(200 if result is not None else 422, form=raw, result=result)
+    return _rules_page(200 if result is not None else g.refused_status, form=raw, result=result)
 
 
 def _rule_set_page(rule_set_id: int, status: int = 200, result: dict | None = None):
