@@ -217,6 +217,7 @@ def _payout(p) -> tuple[dict, str]:
         "last_error": p.last_error,
         "created_at": p.created_at.isoformat(),
         "finished_at": _iso(p.finished_at),
+        "returned_at": _iso(p.returned_at),
         **amount("amount", p.amount_fen),
     }
     line = f"Payout #{p.id} of {yuan(p.amount_fen)} by {p.rail} ({p.external_no}): {p.status}"

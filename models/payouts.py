@@ -90,6 +90,8 @@ class Payout(Base):
     # A card payout's card after delivery (WeChat's user_consume_card / user_del_card events, or a redemption)
     card_consumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     card_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # WeChat gave the money back (a cash red packet nobody opened: payouts.unclaimed); reconciled by that day's bill
+    returned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         # BRIN on PostgreSQL (a btree on SQLite): the reports' rollups read one Beijing day at a time
@@ -101,6 +103,13 @@ class Payout(Base):
             name="status",
         ),
         Index("ix_payouts_due", "status", "next_attempt_at"),
+        # the day's returns, which its fund-flow bill must list (payouts.reconcile); few rows have one
+        Index(
+            "ix_payouts_returned_at",
+            "returned_at",
+            postgresql_where=text("returned_at IS NOT NULL"),
+            sqlite_where=text("returned_at IS NOT NULL"),
+        ),
         # manual payouts by operator and time: the four-eyes limit adds up a day's (payouts.operations)
         Index(
             "ix_payouts_manual",

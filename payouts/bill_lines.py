@@ -15,6 +15,7 @@ from payouts.outbox import PREFIX
 # Bill amounts are plain decimal yuan; a comma or currency sign means the columns are not what we think.
 PLAIN_YUAN = re.compile(r"-?[0-9]+(?:\.[0-9]+)?", re.ASCII)
 PAYOUT_BUSINESS = frozenset({"商家转账", "商家转账到零钱", "企业付款", "现金红包"})  # fund-flow lines of payouts
+RETURN_MARK = "退款"  # an income line of a payout's business with it: money given back (现金红包退款)
 EXTERNAL_NO = re.compile(r"(?<![0-9A-Za-z])(?:%s)[0-9]{12}(?![0-9A-Za-z])" % "|".join(PREFIX.values()))  # noqa: UP031
 
 
@@ -46,6 +47,15 @@ class FundLine:
     @property
     def is_payout(self) -> bool:
         return self.direction == "支出" and (self.our_no is not None or self.business in PAYOUT_BUSINESS)
+
+    @property
+    def is_return(self) -> bool:
+        """Money WeChat gave back for a payout (a cash red packet nobody opened, refunded after 24 h): income that
+        names one of our payouts, or income of a payout's business marked as a refund."""
+        if self.direction != "收入":
+            return False
+        named = self.business.replace(RETURN_MARK, "") in PAYOUT_BUSINESS and RETURN_MARK in self.business
+        return self.our_no is not None or named
 
 
 def bill_amount_fen(text: str) -> int:

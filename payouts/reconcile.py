@@ -1,4 +1,5 @@
-"""Daily reconciliation against WeChat's trade bill (orders, refunds) and fund-flow bill (payouts).
+"""Daily reconciliation against WeChat's trade bill (orders, refunds) and fund-flow bill (payouts, and the money
+WeChat gave back for them: a cash red packet nobody opened, refunded after 24 h, is income on its refund day).
 
 Three steps, none of which commits: :func:`start_runs` marks the day's runs
 ``running``; :func:`fetch_bills` downloads (SHA-1 checked) and parses both bills
@@ -52,6 +53,7 @@ OURS = ""  # the sub_mchid of a bill of our own merchant number (direct mode's t
 
 MISSING_HERE, MISSING_THERE = MismatchKind.MISSING_HERE, MismatchKind.MISSING_THERE
 AMOUNT_DIFFERS, STATUS_DIFFERS = MismatchKind.AMOUNT_DIFFERS, MismatchKind.STATUS_DIFFERS
+RETURNED = ":returned"  # a payout's return (income in the fund-flow bill): its own subject, beside the payout
 
 
 @dataclass(frozen=True)
@@ -266,15 +268,27 @@ def _refund_verdict(group: list[TradeLine], refund: Refund | None) -> Verdict:
     return None
 
 
-def match_fundflow(lines: list[FundLine], payouts: dict[str, Payout], window: set[str]) -> Matching:
-    """``window``: external numbers of our fund-moving payouts that succeeded that day."""
-    m, groups = Matching(), defaultdict(list)
-    for line in (x for x in lines if x.is_payout):
-        groups[line.our_no or f"wx:{line.wechat_no}"].append(line)
+def match_fundflow(
+    lines: list[FundLine], payouts: dict[str, Payout], window: set[str], returned: set[str] = frozenset()
+) -> Matching:
+    """``window``: external numbers of our fund-moving payouts that succeeded that day; ``returned``: of those whose
+    money WeChat gave back that day (``Payout.returned_at``), each an income line of the bill (subject
+    ``<number>:returned``). ``payouts``: ours by external number, every one a line names among them."""
+    m, groups, returns = Matching(), defaultdict(list), defaultdict(list)
+    for line in lines:
+        if line.is_payout:
+            groups[line.our_no or f"wx:{line.wechat_no}"].append(line)
+        elif line.is_return:
+            returns[line.our_no or f"wx:{line.wechat_no}"].append(line)
     for ref, group in groups.items():
         m.judge(SubjectType.PAYOUT, ref, _payout_verdict(group, payouts.get(ref)))
     for ref in sorted(window - groups.keys()):
         m.judge(SubjectType.PAYOUT, ref, (MISSING_THERE, payouts[ref].amount_fen, None, "not in the bill"))
+    for ref, group in returns.items():
+        m.judge(SubjectType.PAYOUT, ref + RETURNED, _return_verdict(group, payouts.get(ref)))
+    for ref in sorted(returned - returns.keys()):
+        why = "we gave it back to the person's balance as WeChat's refund; the bill lists no such refund"
+        m.judge(SubjectType.PAYOUT, ref + RETURNED, (MISSING_THERE, payouts[ref].amount_fen, None, why))
     return m
 
 
@@ -286,6 +300,19 @@ def _payout_verdict(group: list[FundLine], payout: Payout | None) -> Verdict:
         return STATUS_DIFFERS, payout.amount_fen, amount, f"WeChat paid it out, our payout is {payout.status}"
     if amount != payout.amount_fen:
         return AMOUNT_DIFFERS, payout.amount_fen, amount, "收支金额 vs our payout" + _times(group)
+    return None
+
+
+def _return_verdict(group: list[FundLine], payout: Payout | None) -> Verdict:
+    amount, first = sum(x.amount_fen for x in group), group[0]
+    if payout is None:
+        why = f"WeChat gave money back ({first.business} {first.wechat_no}); no payout of ours"
+        return MISSING_HERE, None, amount, why
+    if payout.returned_at is None:
+        why = "WeChat gave this payout's money back; we count it as paid out (no claim check has found the refund yet)"
+        return STATUS_DIFFERS, None, amount, why
+    if amount != payout.amount_fen:
+        return AMOUNT_DIFFERS, payout.amount_fen, amount, "收支金额 vs what we gave back" + _times(group)
     return None
 
 
@@ -364,8 +391,9 @@ def _match(day: date, outcome: BillOutcome) -> Matching:
     rails = [rail.value for rail in FUND_RAILS]
     left = (Payout.status == PayoutStatus.SUCCEEDED, Payout.rail.in_(rails), Payout.finished_at >= start)
     sent = _rows(select(Payout).where(*left, Payout.finished_at < end))
-    payouts = _by_ref(Payout.external_no, {x.our_no for x in outcome.lines if x.our_no}, sent)
-    return match_fundflow(outcome.lines, payouts, {p.external_no for p in sent})
+    back = _rows(select(Payout).where(Payout.returned_at >= start, Payout.returned_at < end))
+    payouts = _by_ref(Payout.external_no, {x.our_no for x in outcome.lines if x.our_no}, sent + back)
+    return match_fundflow(outcome.lines, payouts, {p.external_no for p in sent}, {p.external_no for p in back})
 
 
 def _refunds_made_in(start: datetime, end: datetime) -> tuple:

@@ -11,7 +11,7 @@ sends the same number with the same fixed request, so at most one packet leaves.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
@@ -232,9 +232,21 @@ def _refund(answer: RedpackResult, request: dict[str, Any], ref: str | None) -> 
     refunded = str(answer.fields.get("refund_amount", ""))
     if refunded.isdecimal() and int(refunded) == int(request["total_amount"]):
         why = f"nobody opened the red packet; WeChat refunded {refunded} fen after 24 h"
-        return RailResult(Outcome.UNCLAIMED, "REFUND", why, wechat_ref=ref)
+        when = refund_time(answer.fields.get("refund_time"))
+        details = {"refund_time": when} if when else {}
+        return RailResult(Outcome.UNCLAIMED, "REFUND", why, wechat_ref=ref, details=details)
     why = f"REFUND of {refunded or '?'} fen does not match our {request['total_amount']} fen; nothing moved"
     return RailResult(Outcome.MISMATCH, "REFUND_MISMATCH", why, wechat_ref=ref)
+
+
+def refund_time(value: object) -> datetime | None:
+    """gethbinfo's ``refund_time`` (``yyyy-MM-dd HH:mm:ss``, Beijing time) in UTC; None when absent or not that
+    form (the money's return is then dated by our check: ``payouts.unclaimed.record_check``)."""
+    try:
+        local = datetime.strptime(str(value), "%Y-%m-%d %H:%M:%S")  # noqa: DTZ007 - Beijing time, set below
+    except ValueError:
+        return None
+    return local.replace(tzinfo=BEIJING).astimezone(UTC)
 
 
 def in_quiet_hours(now: datetime) -> bool:

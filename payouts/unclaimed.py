@@ -4,7 +4,9 @@ A packet WeChat accepted counts as paid (the money left our account), but the
 user may never open it. Each such packet is queried (``gethbinfo``) once its
 refund time has passed: RECEIVED settles it for good; REFUND returns the money to
 the user's cash balance (one ledger entry per payout, so a repeat changes
-nothing), with the reason on the payout for the trace and the user's history.
+nothing), with the reason on the payout for the trace and the user's history,
+and dates the return (``returned_at``: the fund-flow bill of that day must list
+it as income; ``payouts.reconcile``).
 Every check is a ``claim_check`` attempt; a packet with a final one is done.
 A refund that is not our whole amount is a MISMATCH: an operator is alerted at
 once (the alert names the payout) and nothing is moved. A packet still without a
@@ -102,7 +104,7 @@ def record_check(payout_id: int, request: dict, result: RailResult, now: datetim
     payout = lock_payout(payout_id)
     log_attempt(payout.id, CHECK, request, result, 0, now)
     if result.outcome == Outcome.UNCLAIMED:
-        return_unclaimed(payout, result.message)
+        return_unclaimed(payout, result.message, result.details.get("refund_time") or now)
     elif result.outcome == Outcome.MISMATCH:  # final: an operator at once, nothing moved
         why = f"red packet {payout.external_no}: {result.code}: {result.message}; an operator must decide"
         raise_alert("payout_answer_mismatch", payout.external_no, why)
@@ -112,9 +114,13 @@ def record_check(payout_id: int, request: dict, result: RailResult, now: datetim
         alert_once("payout_claim_check", payout.external_no, f"{result.code}: {result.message}")
 
 
-def return_unclaimed(payout: Payout, why: str) -> None:
-    """The money WeChat took back is the user's again: WeChat settlement → their cash balance, once."""
+def return_unclaimed(payout: Payout, why: str, returned_at: datetime) -> None:
+    """The money WeChat took back is the user's again: WeChat settlement → their cash balance, once.
+
+    ``returned_at``: when WeChat took it back (gethbinfo's ``refund_time``; our check's time when it gave none),
+    the day whose fund-flow bill must list the return (``payouts.reconcile``)."""
     cash = account(AccountKind.USER_CASH, "user", payout.user_id)
+    payout.returned_at = payout.returned_at or returned_at
     post_entry(
         f"payout:{payout.id}:unclaimed",
         f"red packet {payout.external_no} unopened, refunded by WeChat: back to the balance",

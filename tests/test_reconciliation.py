@@ -207,9 +207,18 @@ def ours(app, make_user, make_merchant):
             db.session.commit()
             return refund
 
-        def payout(self, fen: int, at: datetime, rail: str = "wechat_change", status: str = "succeeded") -> Payout:
+        def payout(
+            self,
+            fen: int,
+            at: datetime,
+            rail: str = "wechat_change",
+            status: str = "succeeded",
+            returned: datetime | None = None,
+        ) -> Payout:
+            """Finished ``at``; ``returned``: when WeChat gave its money back (a red packet nobody opened)."""
             payout = Payout(rail=rail, user_id=user.id, amount_fen=fen, external_no="tmp", status=status)
             payout.finished_at = at if status == "succeeded" else None
+            payout.returned_at = returned
             db.session.add(payout)
             db.session.flush()
             payout.external_no = external_no_for(rail, payout.id, "")
@@ -425,6 +434,54 @@ def test_wechat_paying_out_what_we_think_unfinished_or_twice_is_flagged(ours, we
     assert ("status_differs", "payout", unknown.external_no, 5_00, 5_00) in found
     assert ("amount_differs", "payout", twice.external_no, 3_00, 6_00) in found
     assert len(found) == 3 and any(f[0] == "missing_here" and f[4] == 6_66 for f in found)
+
+
+def test_a_red_packet_nobody_opened_is_matched_by_the_income_line_of_its_refund_day(ours, wechat, pay_client):
+    # given: a packet sent the day before, given back on the 1st (and its money back in the user's balance)
+    back = ours.payout(3_00, bj(9) - timedelta(days=1), rail="cash_red_packet", returned=bj(9, 30))
+    later = ours.payout(4_00, bj(9), rail="cash_red_packet", returned=bj(9, 30, day=2))  # the 2nd's bill lists it
+    wechat.serve("trade", trade_bill())
+    wechat.serve(
+        "fund",
+        fund_bill(
+            flow("现金红包", "支出", "4.00", voucher=later.external_no),
+            flow("现金红包退款", "收入", "3.00", voucher=back.external_no),
+        ),
+    )
+    # when
+    reconcile_day(pay_client, DAY, NOW)
+    # then: the send and the return both match
+    assert findings() == set()
+    assert (runs()["fundflow"].matched, runs()["fundflow"].mismatches) == (2, 0)
+
+
+def test_a_return_we_and_wechat_disagree_on_is_flagged_each_way(ours, wechat, pay_client):
+    before = bj(9) - timedelta(days=1)
+    kept = ours.payout(5_00, before, rail="cash_red_packet", returned=bj(11))  # we gave it back; WeChat did not
+    unseen = ours.payout(4_00, before, rail="cash_red_packet")  # WeChat gave it back; no check has found it yet
+    short = ours.payout(6_00, before, rail="cash_red_packet", returned=bj(12))  # WeChat gave back a fen less
+    stranger = external_no_for("cash_red_packet", 999_999, "")
+    wechat.serve("trade", trade_bill())
+    wechat.serve(
+        "fund",
+        fund_bill(
+            flow("现金红包退款", "收入", "4.00", voucher=unseen.external_no),
+            flow("现金红包退款", "收入", "5.99", voucher=short.external_no),
+            flow("现金红包退款", "收入", "1.00", voucher=stranger),
+            flow("现金红包退款", "收入", "2.00"),  # no number of ours at all
+            flow("交易", "收入", "9.00", voucher="ORD-ANY"),  # a sale: not a return
+        ),
+    )
+    reconcile_day(pay_client, DAY, NOW)
+    found = findings()
+    assert {f for f in found if not f[2].startswith("wx:")} == {
+        ("missing_there", "payout", kept.external_no + ":returned", 5_00, None),
+        ("status_differs", "payout", unseen.external_no + ":returned", None, 4_00),
+        ("amount_differs", "payout", short.external_no + ":returned", 6_00, 5_99),
+        ("missing_here", "payout", stranger + ":returned", None, 1_00),
+    }
+    [(kind, _, ref, ours_fen, theirs)] = [f for f in found if f[2].startswith("wx:")]
+    assert (kind, ref.endswith(":returned"), ours_fen, theirs) == ("missing_here", True, None, 2_00)
 
 
 def test_an_order_wechat_lists_as_paid_but_we_never_saw_paid_is_flagged(ours, wechat, pay_client):

@@ -87,8 +87,8 @@ def test_an_unopened_packet_refunded_by_wechat_goes_back_to_the_balance_with_the
 
 def test_returning_an_unclaimed_packet_twice_moves_the_money_once(app, sent_packet):
     payout = sent_packet(3_00)
-    return_unclaimed(payout, "nobody opened it")
-    return_unclaimed(payout, "nobody opened it")
+    return_unclaimed(payout, "nobody opened it", utcnow())
+    return_unclaimed(payout, "nobody opened it", utcnow())
     db.session.commit()
     assert cash_of(payout) == 3_00
 
@@ -227,3 +227,27 @@ def test_a_failing_check_keeps_one_open_alert_not_one_every_pass(app, sent_packe
     for hours in (26, 27, 28):
         assert dict(check_unclaimed(packets, payout.sent_at + timedelta(hours=hours))) == {"config_error": 1}
     assert len(alerts_for("payout_claim_check", payout)) == 1
+
+
+def test_a_packet_given_back_is_dated_by_wechat_and_matched_by_that_days_fund_flow_bill(app, sent_packet):
+    from jobs.payouts import reconcile_day
+    from models.reconciliation import ReconciliationMismatch, ReconciliationRun
+
+    # given: a packet nobody opened, given back by WeChat, and our check that found it
+    payout = sent_packet(5_00)
+    sim = simulator(app)
+    sim.refund_unopened_redpack(payout.external_no)
+    check_unclaimed(rail(app), payout.sent_at + timedelta(hours=26))
+    db.session.expire_all()
+    payout = db.session.get(Payout, payout.id)
+    refund_time = sim.redpacks[payout.external_no]["refund_time"]  # Beijing time, as gethbinfo says it
+    assert payout.returned_at == datetime.fromisoformat(refund_time).replace(tzinfo=BEIJING)
+    # when: the day of the refund is reconciled against the simulator's bills
+    day = refund_time[:10]
+    after = datetime.fromisoformat(day).replace(hour=10, tzinfo=BEIJING) + timedelta(days=1)
+    reconcile_day(app.extensions["wechat"].pay, day, after.astimezone(UTC))
+    # then: its send and its return are both in the bill, and both match
+    db.session.rollback()
+    assert db.session.scalars(select(ReconciliationMismatch)).all() == []
+    fund = db.session.scalars(select(ReconciliationRun).where(ReconciliationRun.kind == "fundflow")).one()
+    assert (fund.status, fund.lines_read, fund.matched) == ("done", 2, 2)

@@ -56,6 +56,7 @@ def payout_json(p: Payout, *, for_user: bool = False) -> dict:
         "order_id": p.order_id,
         "created_at": p.created_at.isoformat(),
         "finished_at": p.finished_at.isoformat() if p.finished_at else None,
+        "returned_at": p.returned_at.isoformat() if p.returned_at else None,  # WeChat gave it back: an unopened packet
     }
     if p.status == "waiting_user_confirm":
         body["package_info"] = p.package_info  # for wx.requestMerchantTransfer / wx.addCard

@@ -275,20 +275,19 @@ class PayoutMixin:
                         )
                     )
             for billno, packet in self.redpacks.items():
+                amount = int(packet["params"]["total_amount"])
                 if packet["send_time"].startswith(bill_date):
+                    rows.append(_fund_row(packet["send_time"], packet["send_listid"], "现金红包", amount, billno))
+                if packet["status"] == "REFUND" and packet["refund_time"].startswith(bill_date):  # given back: income
                     rows.append(
-                        _fund_row(
-                            packet["send_time"],
-                            packet["send_listid"],
-                            "现金红包",
-                            int(packet["params"]["total_amount"]),
-                            billno,
-                        )
+                        _fund_row(packet["refund_time"], packet["send_listid"], "现金红包退款", amount, billno, "收入")
                     )
         return rows
 
 
-def _fund_row(when: str, business_no: str, name: str, amount_fen: int, our_no: str) -> list[str]:
+def _fund_row(
+    when: str, business_no: str, name: str, amount_fen: int, our_no: str, direction: str = "支出"
+) -> list[str]:
     stamp = when.replace("T", " ")[:19]
     return [
         stamp,
@@ -296,7 +295,7 @@ def _fund_row(when: str, business_no: str, name: str, amount_fen: int, our_no: s
         secrets.token_hex(8),
         name,
         name,
-        "支出",
+        direction,
         _yuan(amount_fen),
         "0.00",
         "system",
