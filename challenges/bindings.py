@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from models import ChatBinding, ChatBindingCode, ChatBindingFailure, Transport, db
+from models import ChatBinding, ChatBindingCode, ChatBindingFailure, Transport, User, db
 
 ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud and typed on a phone
 CODE_CHARS = 8
@@ -110,7 +110,12 @@ def record_failure(user_id: int, now: datetime) -> None:
 
 def confirm_code(settings: BindingSettings, user_id: int, code: str, now: datetime) -> ChatBinding:
     """Bind the code's speaker to ``user_id``. BindingError: too many tries (429), a wrong, used or expired code
-    (``wrong_code``: the caller records the failure), the speaker or this user already bound (409)."""
+    (``wrong_code``: the caller records the failure, in this transaction: nothing is written before it is raised),
+    the speaker or this user already bound (409).
+
+    The person's row is locked first, so their guesses are counted one at a time: many wrong codes sent at once
+    cannot all pass the count before any of them is recorded (the lock is held until the failure commits)."""
+    db.session.execute(select(User.id).where(User.id == user_id).with_for_update()).scalar_one()
     if recent_failures(user_id, now) >= settings.max_failures:
         raise BindingError("too many wrong codes: try again in 15 minutes", code="too_many_attempts", kind="limited")
     if len(normalized_code(code)) != CODE_CHARS:
@@ -190,19 +195,27 @@ def bind_own_group_identity(user_id: int, opengid: str, group_openid: str, now: 
     encrypted with their session key (no code needed: the mini-program session is the proof). Idempotent;
     a group_openid bound to someone else is refused (409)."""
     speaker = Speaker(Transport.CHAT_TOOL, opengid, group_openid)
-    owner = bound_user(speaker)
-    if owner is not None and owner != user_id:
-        raise BindingError("this group identity is bound to someone else", code="already_bound", kind="conflict")
-    existing = db.session.execute(
-        select(ChatBinding).where(
-            ChatBinding.user_id == user_id, ChatBinding.transport == Transport.CHAT_TOOL, ChatBinding.scope == opengid
+    for _ in range(2):  # a twin request (a double tap) that bound it meanwhile: decided again on what is there now
+        owner = bound_user(speaker)
+        if owner is not None and owner != user_id:
+            raise BindingError("this group identity is bound to someone else", code="already_bound", kind="conflict")
+        existing = db.session.execute(
+            select(ChatBinding).where(
+                ChatBinding.user_id == user_id,
+                ChatBinding.transport == Transport.CHAT_TOOL,
+                ChatBinding.scope == opengid,
+            )
+        ).scalar_one_or_none()
+        if existing is not None:
+            return existing
+        binding = ChatBinding(
+            user_id=user_id, transport=Transport.CHAT_TOOL, scope=opengid, external_id=group_openid, created_at=now
         )
-    ).scalar_one_or_none()
-    if existing is not None:
-        return existing
-    binding = ChatBinding(
-        user_id=user_id, transport=Transport.CHAT_TOOL, scope=opengid, external_id=group_openid, created_at=now
-    )
-    db.session.add(binding)
-    db.session.flush()
-    return binding
+        try:
+            with db.session.begin_nested():  # the unique speaker and (person, group) decide between twins
+                db.session.add(binding)
+        except IntegrityError:
+            continue
+        return binding
+    why = "this group identity was bound at the same moment; try again"
+    raise BindingError(why, code="already_bound", kind="conflict")

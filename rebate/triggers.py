@@ -18,9 +18,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 
 from models import Campaign, CampaignStatus, Order, RedPacket, ShareLink, SignIn, User, alert_once, db
 from models.base import beijing
+from models.sql import insert_ignoring
 from models.triggers import TriggerKind
 from rebate import tell
 from rebate.campaigns import is_running
@@ -175,13 +177,14 @@ def _streak_face(campaign: Campaign, streak: int) -> int | None:
 def create_share_link(campaign: Campaign, user: User, now: datetime) -> ShareLink:
     if campaign.issue_trigger.kind != TriggerKind.SHARE or not is_running(campaign, now):
         raise StateConflict("this campaign has no share links running", code="campaign_not_shareable")
-    existing = db.session.execute(select(ShareLink).filter_by(campaign_id=campaign.id, user_id=user.id)).scalar()
+    mine = select(ShareLink).filter_by(campaign_id=campaign.id, user_id=user.id)
+    existing = db.session.execute(mine).scalar()
     if existing is not None:
         return existing
-    link = ShareLink(token=secrets.token_urlsafe(16)[:22], campaign_id=campaign.id, user_id=user.id, created_at=now)
-    db.session.add(link)
-    db.session.flush()
-    return link
+    row = {"token": secrets.token_urlsafe(16)[:22], "campaign_id": campaign.id, "user_id": user.id, "created_at": now}
+    # one link per person and campaign: a twin request (a double tap) that made it first wins, this one reads it
+    insert_ignoring(ShareLink.__table__, [row], ("campaign_id", "user_id"))
+    return db.session.execute(mine.execution_options(populate_existing=True)).scalar_one()
 
 
 def claim_share(
@@ -230,15 +233,23 @@ def claim_share(
 
 
 def invite_code_of(user: User) -> str:
-    """The person's invite code, made on first use; a rare collision just draws again."""
+    """The person's invite code, made on first use and the same on every read after: written only where the row
+    has none, so of two first reads at once (a double tap) the later one reads the code the earlier one wrote.
+    A rare collision with another person's code just draws again."""
     for _ in range(5):
         if user.invite_code is not None:
             break
+        code = secrets.token_hex(5).upper()  # 40 bits: collisions are rare, not impossible
+        unset = update(User).where(User.id == user.id, User.invite_code.is_(None)).values(invite_code=code)
         try:
             with db.session.begin_nested():
-                user.invite_code = secrets.token_hex(5).upper()  # 40 bits: collisions are rare, not impossible
+                written = db.session.execute(unset.execution_options(synchronize_session=False)).rowcount
         except IntegrityError:
-            user.invite_code = None
+            continue
+        if written:
+            set_committed_value(user, "invite_code", code)
+        else:  # made meanwhile by a twin request (committed: it held the row until then)
+            db.session.refresh(user, ["invite_code"])
     return user.invite_code
 
 

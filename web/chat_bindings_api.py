@@ -61,8 +61,7 @@ def confirm_binding(body: ConfirmCode):
     try:
         binding = bindings.confirm_code(binding_settings(), user.id, body.code, now)
     except bindings.BindingError as exc:
-        if exc.code == "wrong_code":
-            db.session.rollback()
+        if exc.code == "wrong_code":  # nothing written before it; the person's row stays locked until this commits
             bindings.record_failure(user.id, now)
             db.session.commit()  # the attempt counts even though the answer is an error
         raise _api_error(exc) from None
