@@ -45,6 +45,7 @@ MAX_ITEMS = 100
 PAYOUT_COLUMNS = (
     *(Payout.id, Payout.rebate_id, Payout.rail, Payout.status, Payout.held, Payout.external_no),
     *(Payout.amount_fen, Payout.attempts, Payout.last_error, Payout.created_at, Payout.finished_at),
+    Payout.returned_at,
 )
 Words = Mapping[str, str]
 
