@@ -88,6 +88,18 @@ def execute_core(statement: Executable, params=None, *, writes: bool | None = No
     return db.session.connection().execute(statement, params)
 
 
+ONE_AT_A_TIME = 0x4F41  # "OA": the advisory lock class of ``one_at_a_time``
+
+
+def one_at_a_time(key: str) -> None:
+    """Until this transaction ends, no other transaction passes ``one_at_a_time`` with the same ``key``: for a count
+    followed by the insert it limits (refused sign-ins per address), where no row exists yet to lock. PostgreSQL: a
+    transaction-scoped advisory lock on the key's hash (another key of the same hash waits too: rare, harmless);
+    SQLite: every writing transaction is already one at a time (``BEGIN IMMEDIATE``)."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        execute_core(text("SELECT pg_advisory_xact_lock(:k, hashtext(:key))"), {"k": ONE_AT_A_TIME, "key": key})
+
+
 def delete_in_batches(table: Table, where, order_by, batch: int, commit: Callable[[], None] | None = None) -> int:
     """``DELETE … WHERE id IN (the first ``batch`` ids of rows ``where``, by ``order_by``)`` until fewer than ``batch``
     go; how many. Each a short statement that locks few rows; a job passes ``commit`` (``db.session.commit``) to end

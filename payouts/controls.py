@@ -11,6 +11,7 @@ from datetime import datetime
 
 from models import Payout, PayoutStatus, RailControl, User, db
 from models.operators import Actor, audit
+from payouts.record import rail_control
 
 
 def rail_is_on(control: RailControl | None, now: datetime) -> bool:
@@ -22,11 +23,10 @@ def rail_is_on(control: RailControl | None, now: datetime) -> bool:
 
 def switch_rail(actor: Actor, rail: str, enabled: bool, reason: str, now: datetime) -> RailControl:
     """Stop (or restart) dispatching on a rail at once; restarting also lifts any pause. Audited."""
-    control = db.session.get(RailControl, rail) or RailControl(rail=rail)
+    control = rail_control(rail)
     control.enabled, control.reason, control.updated_at = enabled, reason, now
     if enabled:
         control.paused_until = None
-    db.session.add(control)
     audit(actor, "rail.switch", "rail", rail, reason, enabled=enabled)
     db.session.flush()
     return control

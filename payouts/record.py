@@ -6,6 +6,8 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
+
 from ledger import Leg, account, post_entry
 from models import (
     AccountKind,
@@ -20,6 +22,7 @@ from models import (
     utcnow,
 )
 from models.payouts import InApp
+from models.sql import insert_ignoring
 from payouts.outbox import enqueue_payout
 from payouts.rails import Outcome, RailResult, summary
 from payouts.settings import MoneySettings
@@ -62,10 +65,18 @@ def backoff(attempts: int, settings: DispatchSettings) -> timedelta:
     return timedelta(seconds=ceiling * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not secrecy
 
 
+def rail_control(rail: str) -> RailControl:
+    """The rail's switch row, made (enabled) if it has none yet, and locked: two nodes or operators changing a rail
+    never switched before both get the one row (the later waits), never a duplicate key."""
+    row = {"rail": rail, "enabled": True, "paused_until": None, "reason": None, "updated_at": utcnow()}
+    insert_ignoring(RailControl.__table__, [row], ("rail",))
+    locked = select(RailControl).where(RailControl.rail == rail).with_for_update()
+    return db.session.execute(locked.execution_options(populate_existing=True)).scalar_one()
+
+
 def pause_rail(rail: str, until: datetime, why: str) -> None:
-    control = db.session.get(RailControl, rail) or RailControl(rail=rail)
+    control = rail_control(rail)
     control.paused_until, control.reason, control.updated_at = until, why, utcnow()
-    db.session.add(control)
     raise_alert("rail_paused", rail, f"{rail} paused until {until.isoformat()}: {why}")
 
 

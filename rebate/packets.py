@@ -30,6 +30,7 @@ from typing import NoReturn
 
 from sqlalchemy import String, Text, and_, bindparam, cast, exists, func, literal, select, tuple_, update
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -322,12 +323,39 @@ def issue_packet(
     when the caller read it with the campaign.
     """
     _require_issuing(campaign, now, source)
-    if not fresh:
-        existing = db.session.execute(
-            select(RedPacket).filter_by(campaign_id=campaign.id, source=source, source_ref=source_ref)
-        ).scalar_one_or_none()
-        if existing is not None:
-            return existing
+    issue = {"face_fen": face_fen, "issuer_user_id": issuer_user_id, "channel": channel, "gate": gate, "rules": rules}
+    if fresh:
+        return _issue_new(campaign, owner, source, source_ref, now, **issue)
+    same = select(RedPacket).filter_by(campaign_id=campaign.id, source=source, source_ref=source_ref)
+    existing = db.session.execute(same).scalar_one_or_none()
+    if existing is not None:
+        return existing
+    taken = gate.taken if gate is not None else None
+    try:  # a twin request (a double tap) issuing the same packet at once: the unique source decides, the later reads
+        with db.session.begin_nested():
+            return _issue_new(campaign, owner, source, source_ref, now, **issue)
+    except IntegrityError:
+        twin = db.session.execute(same.execution_options(populate_existing=True)).scalar_one_or_none()
+        if twin is None:
+            raise
+        if gate is not None:
+            gate.taken = taken  # its limit slots went with the savepoint
+        return twin
+
+
+def _issue_new(
+    campaign: Campaign,
+    owner: User,
+    source: str,
+    source_ref: str,
+    now: datetime,
+    *,
+    face_fen: int | None,
+    issuer_user_id: int | None,
+    channel: str | None,
+    gate: ClaimGate | None,
+    rules: dict | None,
+) -> RedPacket:
     check_audience(campaign, owner, channel, now)
     reserved = reservation_for(campaign, face_fen, rules)
     extra = {"issuer_user_id": issuer_user_id} if issuer_user_id else {}

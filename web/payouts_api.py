@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from flask import Blueprint, current_app, g, request
 from pydantic import BaseModel, Field, model_validator
+from sqlalchemy import update
 
 from models import OperatorRole, Payout, PayoutAttempt, Rail, RailControl, User, call_between_commits, db, utcnow
 from models.operators import audit
@@ -57,6 +58,7 @@ def payout_json(p: Payout, *, for_user: bool = False) -> dict:
         "created_at": p.created_at.isoformat(),
         "finished_at": p.finished_at.isoformat() if p.finished_at else None,
         "returned_at": p.returned_at.isoformat() if p.returned_at else None,  # WeChat gave it back: an unopened packet
+        "confirm_opened_at": p.confirm_opened_at.isoformat() if p.confirm_opened_at else None,
     }
     if p.status == "waiting_user_confirm":
         body["package_info"] = p.package_info  # for wx.requestMerchantTransfer / wx.addCard
@@ -89,6 +91,8 @@ class UserPayout(BaseModel):
     order_id: int | None
     created_at: str
     finished_at: str | None
+    returned_at: str | None = Field(None, description="WeChat gave the money back (a red packet nobody opened)")
+    confirm_opened_at: str | None = Field(None, description="the confirmation page was first opened (not proof)")
     package_info: str | None = Field(
         None, description="while waiting_user_confirm: for wx.requestMerchantTransfer, or the cardExt of wx.addCard"
     )
@@ -118,7 +122,10 @@ def confirm_opened(payout_id: int):
     payout = db.session.get(Payout, payout_id)
     if payout is None or payout.user_id != current_user().id:
         raise NotFound("no such payout")
-    payout.confirm_opened_at = payout.confirm_opened_at or utcnow()
+    if payout.confirm_opened_at is None:  # the first opening is kept, of two at once too (the later one reads it)
+        first = update(Payout).where(Payout.id == payout.id, Payout.confirm_opened_at.is_(None))
+        db.session.execute(first.values(confirm_opened_at=utcnow()).execution_options(synchronize_session=False))
+        db.session.refresh(payout, ["confirm_opened_at"])
     return payout_json(payout, for_user=True)
 
 

@@ -20,6 +20,7 @@ from wtforms import ValidationError
 
 from models import AuditLog, ConsoleSession, db, utcnow
 from models.operators import Actor, audit
+from models.sql import one_at_a_time
 from web.api import client_ip
 from web.auth import forget_other_requests, operator_token, token_is_live
 from web.console import bp, render
@@ -147,6 +148,7 @@ def sign_in():
         row = operator_token(token)
     except ApiError as err:
         db.session.rollback()
+        one_at_a_time(f"console.sign_in_refused:{client_ip()}")  # counted one at a time, until this one is written
         if _refused_lately(client_ip()) >= REFUSED_SIGN_INS:
             raise ApiError(
                 "too many refused sign-ins from this address; wait a few minutes",
