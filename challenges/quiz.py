@@ -68,6 +68,9 @@ def answer_quiz(challenge_id: int, user_id: int, answers: dict[int, int], now: d
     unknown = set(answers) - set(questions)
     if unknown:
         raise MeasureRefused(f"unknown questions {sorted(unknown)}", zh="题目不存在", code="quiz_unknown_question")
+    no_such = sorted(qid for qid, choice in answers.items() if not 0 <= choice < len(questions[qid].choices))
+    if no_such:  # refused before the attempt is taken: a typo must not spend the one try the stakes ride on
+        raise MeasureRefused(f"questions {no_such} have no such choice", zh="选项不存在", code="quiz_no_such_choice")
     score = sum(1 for qid, choice in answers.items() if questions[qid].answer == choice)
     taken = db.session.execute(
         update(QuizAttempt)

@@ -228,3 +228,44 @@ def test_idempotency_key_reused_for_another_amount_after_its_record_expired_is_4
     assert (again.status_code, again.json["error"]) == (409, "ledger_key_reused"), again.json
     db.session.rollback()
     assert balance(account(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", shop.id)) == 3_00
+
+
+# --- JSON in another encoding: json.loads(bytes) would read UTF-16 and UTF-32, past the depth and NUL checks ----
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32"])
+def test_json_that_is_not_utf8_is_refused_before_anything_is_written(client, admin, encoding):
+    before = merchants()
+    body = '{"name": "sh\\u0000op"}'.encode(encoding)
+    response = client.post(MERCHANTS, data=body, content_type="application/json", headers=admin)
+    assert (response.status_code, response.json["error"]) == (422, "invalid_json")
+    assert "UTF-8" in response.json["message"]
+    plain = '{"name": "a shop"}'.encode(encoding)  # even without a NUL: JSON between systems is UTF-8
+    assert client.post(MERCHANTS, data=plain, content_type="application/json", headers=admin).status_code == 422
+    assert merchants() == before
+
+
+def test_utf16_cannot_hide_deep_nesting_from_the_depth_count(client, make_user, user_headers):
+    # 丢 (U+4E22) is the bytes '"N' in UTF-16-LE: a byte-wise count would see a string swallowing the brackets
+    deep = ('{"code": "丢", "x": ' + "[" * 5000 + "]" * 5000 + ', "y": "a"}').encode("utf-16-le")
+    response = client.post("/api/v1/auth/login", data=deep, content_type="application/json")
+    assert (response.status_code, response.json["error"]) == (422, "invalid_json")
+    headers = user_headers(make_user(), **{"Idempotency-Key": "deep-16"})
+    response = client.post("/api/v1/sign-in", data=deep, content_type="application/json", headers=headers)
+    assert response.status_code == 200  # a route that reads no body: its key's fingerprint takes the bytes as they are
+
+
+def test_an_escaped_backslash_before_u0000_is_text_not_a_nul(client, admin):
+    response = client.post(
+        MERCHANTS, data=b'{"name": "C:\\\\u0000dir"}', content_type="application/json", headers=admin
+    )
+    assert response.status_code == 201, response.json
+    assert response.json["name"] == "C:\\u0000dir"
+
+
+def test_a_nul_in_a_key_or_deep_in_a_list_is_refused(client, admin):
+    before = merchants()
+    for body in (b'{"name": "shop", "x\\u0000": 1}', b'{"name": "shop", "tags": [["a", "b\\u0000"]]}'):
+        response = client.post(MERCHANTS, data=body, content_type="application/json", headers=admin)
+        assert (response.status_code, response.json["error"]) == (422, "invalid_json"), body
+    assert merchants() == before

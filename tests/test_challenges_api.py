@@ -137,6 +137,12 @@ def _werun(key: str, days: list[tuple], at, appid="wxsim0miniprogram") -> dict:
     return {"encryptedData": data, "iv": iv}
 
 
+def _werun_raw(key: str, steps: list[dict], stamp: int) -> dict:
+    payload = {"stepInfoList": steps, "watermark": {"appid": "wxsim0miniprogram", "timestamp": stamp}}
+    data, iv = encrypt_werun(key, payload, os.urandom(16))
+    return {"encryptedData": data, "iv": iv}
+
+
 def test_werun_steps_are_decrypted_checked_and_never_lowered_once_closed(client, people):
     (alice, ah) = people["alice"]
     key = _session(alice)
@@ -166,6 +172,11 @@ def test_werun_steps_are_decrypted_checked_and_never_lowered_once_closed(client,
             (_werun(key, [(DAY1, 9_000)], morning - timedelta(hours=1)), "werun_stale"),
             (_werun(other, [(DAY1, 9_000)], morning), "werun_bad_ciphertext"),
             ({"encryptedData": "not base64!", "iv": "x"}, "validation_error"),
+            (_werun(key, [(DAY1, 2**70)], morning), "werun_malformed"),  # no database integer holds it
+            (_werun(key, [(DAY1, -1)], morning), "werun_malformed"),
+            (_werun_raw(key, [{"timestamp": 10**13, "step": 9_000}], int(morning.timestamp())), "werun_malformed"),
+            (_werun_raw(key, [], 2**70), "werun_malformed"),  # a watermark time past any calendar
+            (_werun_raw(key, [], -(2**62)), "werun_malformed"),
         ]
         for body, code in bad:
             r = client.post("/api/v1/me/werun", json=body, headers=ah)
@@ -231,6 +242,17 @@ def test_the_quiz_hides_its_answers_takes_them_once_and_in_time(client, people):
         unknown = {"answers": [{"question_id": 999_999, "choice": 0}]}
         r = client.post(f"/api/v1/challenges/{cid}/quiz/answers", json=unknown, headers=ah)
         assert r.status_code == 422 and r.json["error"] == "quiz_unknown_question"
+        # a choice the question does not have (question 2 has two), or not an integer: refused, the try not spent
+        for choice, code in [(2, "quiz_no_such_choice"), (17, "quiz_no_such_choice"), (True, "validation_error")]:
+            typo = {"answers": [{"question_id": ids[0], "choice": 1}, {"question_id": ids[1], "choice": choice}]}
+            r = client.post(f"/api/v1/challenges/{cid}/quiz/answers", json=typo, headers=ah)
+            assert r.status_code == 422 and r.json["error"] == code, (choice, r.json)
+        r = client.post(
+            f"/api/v1/challenges/{cid}/quiz/answers",
+            json={"answers": [{"question_id": ids[0], "choice": "1"}]},
+            headers=ah,
+        )
+        assert r.status_code == 422 and r.json["error"] == "validation_error"
         both = {"answers": [{"question_id": ids[0], "choice": 1}, {"question_id": ids[1], "choice": 1}]}
         r = client.post(f"/api/v1/challenges/{cid}/quiz/answers", json=both, headers=ah)
         assert r.status_code == 200 and r.json["score"] == 1

@@ -558,3 +558,39 @@ def test_wechat_giving_a_card_the_code_another_payout_recorded_alerts_once(app, 
     assert db.session.get(Payout, first.id).status == "succeeded"
     clashes = [a for a in db.session.execute(select(Alert)).scalars() if a.kind == "card_code_on_two_payouts"]
     assert len(clashes) == 1 and second.external_no in clashes[0].message
+
+
+# -- pushes WeChat could not have sent are refused at the door, not failed eight times by the job ----------------
+
+
+@pytest.mark.parametrize("create_time", [99999999999999999999, 253402300800, 4_102_444_800, -1])
+def test_a_create_time_before_1970_or_after_2099_is_refused_and_writes_nothing(client, create_time):
+    text = {"ToUserName": "gh_mp", "FromUserName": "oMP-bob", "MsgType": "text", "Content": "hi", "MsgId": 7}
+    response = push(client, "mp", {**text, "CreateTime": create_time}, json_format=True)
+    assert response.status_code == 400
+    assert rows() == []
+
+
+def test_a_subscribe_event_whose_list_is_not_objects_is_refused_and_writes_nothing(client):
+    fields = {
+        "ToUserName": "gh_oa",
+        "FromUserName": "oOA-alice",
+        "CreateTime": 1_700_000_000,
+        "MsgType": "event",
+        "Event": "subscribe_msg_popup_event",
+        "SubscribeMsgPopupEvent": {"List": "text"},
+    }
+    response = push(client, "oa", fields)
+    assert response.status_code == 400
+    assert rows() == []
+    good = {**fields, "SubscribeMsgPopupEvent": {"List": {"TemplateId": "T1", "SubscribeStatusString": "accept"}}}
+    assert push(client, "oa", good).text == "success"
+    assert len(rows()) == 1
+
+
+@pytest.mark.parametrize("content", ["h\ud800i", "h\x00i"])
+def test_a_json_push_with_text_no_database_can_store_is_refused_and_writes_nothing(client, content):
+    text = {"ToUserName": "gh_mp", "FromUserName": "oMP-bob", "CreateTime": 1_700_000_000, "MsgType": "text"}
+    response = push(client, "mp", {**text, "Content": content, "MsgId": 8}, json_format=True)
+    assert response.status_code == 400
+    assert rows() == []

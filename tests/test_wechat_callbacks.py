@@ -352,6 +352,11 @@ MALFORMED = {
     "no_transaction_id": {"transaction_id": None},
     "mchid_a_number": {"mchid": 1900000109},
     "naive_success_time": {"success_time": "2026-11-25T10:00:00"},
+    "success_time_in_9999": {"success_time": "9999-12-31T23:59:59-14:00"},  # overflows when turned into UTC
+    "success_time_in_year_1": {"success_time": "0001-01-01T00:00:00+14:00"},
+    "success_time_in_1970": {"success_time": "1970-01-01T00:00:00+08:00"},
+    "lone_surrogate": {"transaction_id": "42\ud800x"},  # parses, but is no UTF-8 a database can store
+    "nul": {"transaction_id": "42\u0000x"},  # PostgreSQL text cannot hold one
 }
 
 
@@ -619,3 +624,18 @@ def test_a_payment_notified_to_the_refund_url_is_applied(app, client, make_order
     assert response.status_code == 204
     db.session.rollback()
     assert db.session.get(Order, order.id).status == "paid"
+
+
+@pytest.mark.parametrize("notification_id", ["EV-\ud800", "EV-\x00"])
+def test_a_signed_envelope_whose_id_cannot_be_stored_is_refused_and_changes_no_table(
+    app, client, make_order, no_network, notification_id
+):
+    order = make_order()
+    headers, body = simulator(app).build_notification(
+        "TRANSACTION.SUCCESS", transaction_resource(app, order), "transaction", notification_id=notification_id
+    )
+    before = table_counts()
+    response = client.post(NOTIFY, data=body, headers=headers)
+    assert response.status_code == 400
+    assert "MALFORMED_BODY" in response.json["message"]
+    assert table_counts() == before

@@ -387,3 +387,15 @@ def test_one_person_confirming_two_speakers_codes_at_once_gets_one_binding(app, 
 
     assert sorted(together(2, confirm)) in ([201, 409], [201, 503])  # 503: SQLite's lock wait, retried by the client
     assert db.session.execute(select(func.count()).select_from(ChatBinding)).scalar_one() == 1
+
+
+@pytest.mark.parametrize(
+    "where", ["userid", "content", "msgid"], ids=["a lone surrogate in the sender", "a NUL in the text", "in msgid"]
+)
+def test_a_signed_message_holding_text_no_database_can_store_is_refused_and_changes_nothing(client, robot, ops, where):
+    before = counts()
+    odd = {"userid": "al\ud800ice", "content": "帮\x00助", "msgid": "m\ud800"}[where]
+    words = {"userid": "alice", "content": "帮助", "msgid": "msg-odd", where: odd}
+    response, _ = robot(words["userid"], words["content"], msgid=words["msgid"])
+    assert response.status_code == 400
+    assert counts() == before and ops.calls == []

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from flask import Blueprint, current_app
-from pydantic import Field, StringConstraints
+from pydantic import Field, StrictInt, StringConstraints
 from sqlalchemy import select
 
 from challenges import (
@@ -59,7 +59,7 @@ class WeRunUpload(Model):
 
 class Answer(Model):
     question_id: Id
-    choice: Annotated[int, Field(ge=0, le=20)]
+    choice: Annotated[StrictInt, Field(ge=0, le=20)]
 
 
 class QuizAnswers(Model):

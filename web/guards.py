@@ -87,13 +87,35 @@ def json_depth(raw: bytes) -> int:
 
 
 def loads_json(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """``json.loads`` that refuses NaN/Infinity and nesting deeper than ``max_depth``."""
-    data = raw.encode() if isinstance(raw, str) else raw
-    if json_depth(data) > max_depth:
+    """``json.loads`` of UTF-8 text only (JSON between systems is UTF-8, RFC 8259; ``json.loads`` of bytes would
+    also take UTF-16 and UTF-32, past the depth count and the NUL check), refusing NaN/Infinity, nesting deeper than
+    ``max_depth`` and any string (key or value) holding a NUL."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or b"\x00" in data:  # (a NUL byte is never JSON: UTF-16 and UTF-32 hold them)
+        raise JsonRefused("JSON must be UTF-8 text", code="invalid_json")
+    if json_depth(data) > max_depth:  # UTF-8's multi-byte characters hold no quote, backslash or bracket byte
         raise JsonRefused(f"JSON nested deeper than {max_depth} levels")
-    if b"\\u0000" in data:
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:  # the count above makes this unreachable; a guard must not answer 500 if it is not
+        raise JsonRefused(f"JSON nested deeper than {max_depth} levels") from None
+    if "\\u0000" in text and _holds_nul(value):  # only ``\u0000`` spells a NUL (JSON refuses a raw one)
         raise JsonRefused("text may not contain NUL characters", code="invalid_json")
-    return json.loads(data, parse_constant=_reject_constant)
+    return value
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def local_path(target: str) -> str | None:

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidTag
 from wechat import crypto
 from wechat.errors import NotificationRejected, WeChatConfigError, WeChatSignatureError
 from wechat.keys import ApiV3Keys, VerifierKeys
+from wechat.text import storable
 from wechat.transactions import MalformedResource, RefundNotice, Transaction, TransferBill
 
 PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
@@ -157,6 +158,8 @@ def _parse_envelope(raw_body: bytes) -> dict[str, Any]:
         raise NotificationRejected("MALFORMED_BODY", "body is not JSON", http_status=400) from None
     if not isinstance(envelope, dict) or not isinstance(envelope.get("resource"), dict):
         raise NotificationRejected("MALFORMED_BODY", "body lacks a resource object", http_status=400)
+    if not storable(envelope):
+        raise NotificationRejected("MALFORMED_BODY", "body holds a NUL or a lone surrogate", http_status=400)
     if envelope.get("resource_type") != "encrypt-resource":
         raise NotificationRejected(
             "UNSUPPORTED_RESOURCE_TYPE", "resource_type is not encrypt-resource", http_status=400
@@ -184,4 +187,8 @@ def _decrypt_resource(resource: dict[str, Any], apiv3_keys: ApiV3Keys, now: date
         raise NotificationRejected("MALFORMED_RESOURCE", "decrypted resource is not JSON", http_status=400) from None
     if not isinstance(data, dict):
         raise NotificationRejected("MALFORMED_RESOURCE", "decrypted resource is not an object", http_status=400)
+    if not storable(data):
+        raise NotificationRejected(
+            "MALFORMED_RESOURCE", "decrypted resource holds a NUL or a lone surrogate", http_status=400
+        )
     return data

@@ -39,9 +39,11 @@ from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 from wechatpy.utils import WeChatSigner, check_signature
 
 from wechat.errors import NotificationRejected
+from wechat.text import json_text, storable
 
 MAX_PUSH_BYTES = 64 * 1024  # WeChat's pushes are a few KiB; a text message is at most 2,048 characters
 AES_KEY_CHARS = 43
+LATEST_CREATE_TIME = 4_102_444_800  # 2100-01-01 UTC, in seconds: later ones overflow where they are turned into times
 SUBSCRIBE_MSG_EVENTS = {
     "subscribe_msg_popup_event": "SubscribeMsgPopupEvent",
     "subscribe_msg_change_event": "SubscribeMsgChangeEvent",
@@ -243,6 +245,8 @@ def _parse_json(text: str) -> PushMessage:
 
 
 def _normalized(raw: dict[str, Any]) -> PushMessage:
+    if not storable(raw):
+        raise PushRejected("MALFORMED", "a field holds a NUL or a lone surrogate")
     msg_type = _text(raw.get("MsgType")).lower()
     from_user, to_user = _text(raw.get("FromUserName")), _text(raw.get("ToUserName"))
     if not msg_type or not from_user or not to_user:
@@ -251,6 +255,8 @@ def _normalized(raw: dict[str, Any]) -> PushMessage:
         create_time = int(_text(raw.get("CreateTime")))
     except ValueError:
         raise PushRejected("MALFORMED", "CreateTime is not a number") from None
+    if not 0 <= create_time < LATEST_CREATE_TIME:
+        raise PushRejected("MALFORMED", f"CreateTime {create_time} is not a time WeChat sends")
     event = (_text(raw.get("Event")).lower() or None) if msg_type == "event" else None
     msg_id = _text(raw.get("MsgId") or raw.get("MsgID")) or None
     if event == "subscribe_msg_sent_event":
@@ -259,7 +265,10 @@ def _normalized(raw: dict[str, Any]) -> PushMessage:
         raise PushRejected("MALFORMED", "a field is longer than WeChat ever sends")
     if event and len(event) > 64:
         raise PushRejected("MALFORMED", "Event is longer than WeChat ever sends")
-    return PushMessage(msg_type, event, from_user, to_user, create_time, msg_id, raw)
+    message = PushMessage(msg_type, event, from_user, to_user, create_time, msg_id, raw)
+    if event in SUBSCRIBE_MSG_EVENTS:
+        subscribe_items(message)  # its List is read by the job later: a shape it cannot read is refused now
+    return message
 
 
 def _text(value: Any) -> str:
@@ -328,7 +337,7 @@ def build_push(settings: PushSettings, fields: dict[str, Any], *, timestamp: int
     args = {"signature": signature(settings.token, timestamp_s, nonce), "timestamp": timestamp_s, "nonce": nonce}
     if fields.get("FromUserName"):
         args["openid"] = str(fields["FromUserName"])
-    plain = json.dumps(fields, ensure_ascii=False) if settings.json_format else message_xml(fields)
+    plain = json_text(fields) if settings.json_format else message_xml(fields)
     if not settings.safe_mode:
         return BuiltPush(args, plain.encode())
     envelope_xml = settings.cryptos()[0].encrypt_message(plain, nonce, timestamp_s)

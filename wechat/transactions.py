@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from wechat.errors import WeChatError
+
+EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)  # WeChat's times lie between
 
 PAID_STATES = frozenset({"SUCCESS", "REFUND"})  # REFUND: paid, then (partly) refunded
 REFUND_STATES = frozenset({"SUCCESS", "CLOSED", "ABNORMAL", "PROCESSING"})
@@ -282,4 +284,6 @@ class _Reader:
             raise MalformedResource(f"{self.where}.{name}", f"{value!r} is not an RFC 3339 time") from None
         if parsed.tzinfo is None:
             raise MalformedResource(f"{self.where}.{name}", f"{value!r} has no UTC offset")
+        if not EARLIEST <= parsed < LATEST:  # year 1 or 9999 with an offset overflows when turned into UTC
+            raise MalformedResource(f"{self.where}.{name}", f"{value!r} is not from 2000 to 2099")
         return parsed

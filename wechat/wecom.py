@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from wechatpy.crypto import PrpCrypto
 
 from wechat.errors import NotificationRejected, WeChatBusinessError, WeChatRateLimited, WeChatUnavailable
+from wechat.text import json_text, storable
 
 MAX_CALLBACK_BYTES = 64 * 1024  # a robot callback is a few KiB (a text is at most 2,048 bytes)
 MAX_ENCRYPT_CHARS = 48 * 1024
@@ -191,6 +192,8 @@ def parse_message(plaintext: str) -> BotMessage:
         raise CallbackRejected("MALFORMED_JSON", "the decrypted message is not JSON") from None
     if not isinstance(data, dict):
         raise CallbackRejected("MALFORMED_JSON", "the decrypted message is not an object")
+    if not storable(data):
+        raise CallbackRejected("MALFORMED_JSON", "the decrypted message holds a NUL or a lone surrogate")
     sender = data.get("from")
     if not isinstance(sender, dict):
         raise CallbackRejected("MALFORMED", "from is not an object")
@@ -301,7 +304,7 @@ class BuiltCallback:
 
 def build_callback(settings: BotSettings, message: dict[str, Any], *, timestamp: int | None = None) -> BuiltCallback:
     timestamp_s, nonce = str(timestamp or int(time.time())), str(secrets.randbelow(10**10))
-    ciphertext = encrypt(settings.aes_key, json.dumps(message, ensure_ascii=False))
+    ciphertext = encrypt(settings.aes_key, json_text(message))
     args = {
         "msg_signature": sign(settings.token, timestamp_s, nonce, ciphertext),
         "timestamp": timestamp_s,

@@ -13,6 +13,8 @@ from wechatpy.exceptions import InvalidAppIdException
 
 BEIJING = timezone(timedelta(hours=8))  # WeRun's timestamps are Beijing midnights (no daylight saving)
 MAX_DAYS = 31
+MAX_STEPS = 1_000_000  # a day's count, far above any walker's (over the plausibility cap is kept, flagged)
+EARLIEST_S, LATEST_S = 946_684_800, 4_102_444_800  # 2000-01-01 and 2100-01-01 UTC, in seconds
 
 
 class WeRunError(Exception):
@@ -44,6 +46,8 @@ def decrypt_werun(
     stamp = mark.get("timestamp") if isinstance(mark, dict) else None
     if not isinstance(stamp, int) or isinstance(stamp, bool):
         raise WeRunError("the data has no watermark time", "malformed")
+    if not EARLIEST_S <= stamp < LATEST_S:
+        raise WeRunError("the data's watermark time is not a time WeChat writes", "malformed")
     made = datetime.fromtimestamp(stamp, UTC)
     if abs((now - made).total_seconds()) > max_age_s:
         raise WeRunError("the data is too old (or from the future): fetch it again", "stale")
@@ -56,8 +60,10 @@ def _days(items: object) -> list[tuple[date, int]]:
     out = []
     for item in items:
         ts, steps = (item.get("timestamp"), item.get("step")) if isinstance(item, dict) else (None, None)
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (ts, steps)) or steps < 0 or ts < 0:
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (ts, steps)):
             raise WeRunError("a day of stepInfoList is not {timestamp, step}", "malformed")
+        if not (EARLIEST_S <= ts < LATEST_S and 0 <= steps <= MAX_STEPS):
+            raise WeRunError("a day of stepInfoList has a time or a step count WeChat does not write", "malformed")
         out.append((datetime.fromtimestamp(ts, BEIJING).date(), steps))
     return out
 

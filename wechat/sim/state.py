@@ -32,6 +32,7 @@ from wechat.sim.profitsharing import ProfitSharingMixin
 from wechat.sim.push import PushMixin
 from wechat.sim.robot import RobotMixin
 from wechat.sim.store import Collection, MemoryStore, Store
+from wechat.text import json_text
 
 EVENT_SUMMARIES = {
     "TRANSACTION.SUCCESS": "支付成功",
@@ -236,7 +237,7 @@ class SimulatorState(
         self, event_type: str, resource: dict[str, Any], original_type: str, notification_id: str | None = None
     ) -> bytes:
         nonce = secrets.token_hex(6)
-        plaintext = json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
+        plaintext = json_text(resource)
         envelope = {
             "id": notification_id or f"EV-{uuid.uuid4()}",
             "create_time": beijing_now_iso(),
@@ -251,7 +252,7 @@ class SimulatorState(
                 "nonce": nonce,
             },
         }
-        return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return json_text(envelope).encode("utf-8")
 
     def _sign_notification(
         self, body: bytes, timestamp: int | None = None, serial: str | None = None

@@ -1,0 +1,42 @@
+"""Text from WeChat that a database can store: no NUL (PostgreSQL text cannot hold one) and no lone surrogate
+(``"\\ud800"`` in JSON parses to a str that cannot be encoded as UTF-8). Signed and decrypted messages are checked
+once, whole, where they are parsed, so every intake refuses them with its own 400 before anything is written."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def storable(value: Any) -> bool:
+    """Whether every string in ``value`` (a parsed JSON or XML value: keys too) can be stored as text."""
+    if isinstance(value, str):
+        return _storable_str(value)
+    if isinstance(value, dict):
+        return all(_storable_str(str(k)) and storable(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(storable(v) for v in value)
+    return True
+
+
+def _storable_str(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def json_text(value: Any) -> str:
+    """JSON as WeChat writes it (compact, Chinese as itself); a string UTF-8 cannot hold (a lone surrogate, in the
+    tests of our refusals) goes as its ``\\uXXXX`` escape, as any JSON writer must."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"))
+    return text
