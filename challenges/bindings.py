@@ -21,6 +21,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from models import ChatBinding, ChatBindingCode, ChatBindingFailure, Transport, User, db
+from models.sql import one_at_a_time
 
 ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud and typed on a phone
 CODE_CHARS = 8
@@ -68,7 +69,11 @@ def shown(code: str) -> str:
 
 
 def request_code(settings: BindingSettings, speaker: Speaker, now: datetime) -> str:
-    """A new code for ``speaker`` (earlier unused ones void); the caller shows it in the PRIVATE chat only."""
+    """A new code for ``speaker`` (earlier unused ones void); the caller shows it in the PRIVATE chat only.
+
+    One speaker's requests take turns until each commits (``one_at_a_time``): a twin sent at the same moment sees
+    the other's new code and voids it, so only the newest code is ever live."""
+    one_at_a_time(f"chat_binding_code:{speaker.transport}:{speaker.scope}:{speaker.external_id}")
     db.session.execute(
         update(ChatBindingCode)
         .where(

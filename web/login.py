@@ -83,19 +83,27 @@ def sign_in(
     ``origin`` is the (network address, device) the login came from: newcomer packets count against them.
     """
     identity = _identity(appid, openid)
-    if identity is None:
+    for last in (False, True):
+        if identity is not None:
+            break
         try:
             with db.session.begin_nested():
                 identity = _attach(appid, openid, unionid, channel, origin)
-        except IntegrityError:  # a concurrent first login of the same person won
-            identity = _identity(appid, openid)
-            if identity is None:
+        except IntegrityError:
+            # A concurrent first login of the same person won: with this openid (its identity is there now), or
+            # through the other app with the same unionid (its person is there now: this openid joins them).
+            if last:
                 raise
+            identity = _identity(appid, openid)
     user = identity.user
     if unionid and user.unionid is None:
         taken = db.session.execute(select(User.id).where(User.unionid == unionid)).first()
         if taken is None:
-            user.unionid = unionid
+            try:
+                with db.session.begin_nested():
+                    user.unionid = unionid
+            except IntegrityError:  # the other app's first sign-in of this person took it meanwhile: theirs
+                pass
     if session_key is not None:
         identity.session_key = session_key
     identifiers.note(identifiers.USER, user.id, origin[1], origin[0], utcnow())
