@@ -277,6 +277,17 @@ def test_callback_with_unknown_state_is_refused(client, no_network):  # noqa: F8
     assert count(User) == 0
 
 
+@pytest.mark.parametrize(
+    "args, says",
+    [({"code": "c"}, "required"), ({"state": "s"}, "required"), ({"code": "c", "state": "s" * 65}, "64 characters")],
+)
+def test_a_callback_without_code_or_state_or_with_an_overlong_state_says_which(client, no_network, args, says):  # noqa: F811
+    response = client.get("/oauth/callback", query_string=args)
+    assert (response.status_code, response.json["error"]) == (422, "invalid_oauth_callback")
+    assert says in response.json["message"]
+    assert count(User) == 0
+
+
 def test_a_callback_link_from_a_login_started_in_another_browser_is_refused(app, client, no_network):  # noqa: F811
     # given: mallory starts a sign-in and approves it with her own WeChat account, then sends the callback link
     state = parse_qs(urlsplit(authorize(client, next="/me").split("#")[0]).query)["state"][0]

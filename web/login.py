@@ -256,8 +256,10 @@ def oauth_callback():
     """Check ``state``, exchange the code, sign the person in, go back to ``next`` with the token."""
     client = _oauth()
     code, state = request.args.get("code", ""), request.args.get("state", "")
-    if not code or not state or len(state) > 64:
+    if not code or not state:
         raise ValidationFailed("code and state are required", code="invalid_oauth_callback")
+    if len(state) > 64:
+        raise ValidationFailed("state is longer than the 64 characters we ever send", code="invalid_oauth_callback")
     if not hmac.compare_digest(request.cookies.get(_state_cookie(state), "").encode(), state.encode()):
         raise ApiError(
             "this sign-in was not started in this browser; start again", code="invalid_oauth_state", status=400
