@@ -19,6 +19,7 @@ from payouts.operations import lock_user
 from rebate import budgets, tell
 from rebate.awards import KIND_OF_FORM, SHARE_DEBT, beneficiary_account, owes_ref, shared_by_merchant
 from rebate.campaigns import funder_account
+from rebate.fees import locked
 
 
 def take_back(
@@ -58,6 +59,8 @@ def take_back(
         kind, debts = SHARE_DEBT, _share_debt_parts(rebate, owed)
     else:
         target = beneficiary_account(rebate)
+        if rebate.beneficiary_type != "user":  # a merchant's credit, spent and invoiced under its row lock: the
+            locked(target)  # balance read here must not be spent before this posts (users: ``lock_user`` above)
         from_payout = _from_pending_payout(rebate, delta, key, target)
         from_balance = min(delta - from_payout, max(0, balance(target) - from_payout))
         post_entry(

@@ -178,10 +178,11 @@ def _fee_key():
 
 def lock_credit(merchant_id: int) -> LedgerAccount:
     """Row-lock the merchant's credit account: one spender at a time (PostgreSQL; SQLite serialises anyway)."""
-    return _locked(credit_account(merchant_id))
+    return locked(credit_account(merchant_id))
 
 
-def _locked(row: LedgerAccount) -> LedgerAccount:
+def locked(row: LedgerAccount) -> LedgerAccount:
+    """``row`` with its row locked until the transaction ends: its balance read now stays what is spent from."""
     db.session.execute(select(LedgerAccount.id).where(LedgerAccount.id == row.id).with_for_update())
     return row
 
@@ -308,7 +309,7 @@ def record_fee_payment(merchant_id: int, amount_fen: int, proposal_id: int, memo
     """Money the merchant paid into the platform's account against its billed fees (the platform's own income,
     not a merchant's money held for it): ``feepay:<merchant>:proposal:<id>``, once. The fees-due account is
     locked first, so two approvals never pay one invoice twice. Returns what is still billed and unpaid."""
-    due = _locked(fees_due_account(merchant_id))
+    due = locked(fees_due_account(merchant_id))
     unpaid = refuse_overpayment(merchant_id, amount_fen)
     post_entry(
         fee_payment_key(merchant_id, proposal_id),

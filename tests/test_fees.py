@@ -434,3 +434,83 @@ def test_concurrent_promotion_spends_never_take_the_credit_below_zero(app, make_
     assert len(refused) == 1 and refused[0].code == "credit_exhausted", results
     assert credit(shop_id) == 1_00
     assert balance(account(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", shop_id)) == 4_00
+
+
+def test_a_refund_clawing_back_credit_while_that_credit_is_spent_leaves_a_receivable_not_a_hole(
+    app, make_user, make_merchant, make_product, make_campaign, make_operator, pay
+):
+    """The clawback reads the merchant's credit under the row lock spends and invoices take: a refund waiting on a
+    spend sees the credit already spent, so what it cannot recover is owed (and stays committed to the budget), as
+    when the two come one after the other. (Found by a probe: the unlocked read counted the spent 9 yuan as
+    recovered, gave them back to the budget, and left the credit at -9 yuan owed by nobody.)"""
+    import threading
+
+    from models import Campaign, Operator, Order, Receivable
+    from rebate import issue_packet
+    from tests.concurrency import wait_until_a_backend_waits_on_a_lock
+    from tests.conftest import release_test_session
+
+    # given: a merchant that earned 9 yuan of credit on an order
+    shop = make_merchant()
+    rule = {"roles": [{"role": "issuer", "rate_bps": 1000, "form": "merchant_credit", "cap_fen": 100_00}]}
+    campaign = make_campaign(
+        rule,
+        issuer_type="merchant",
+        issuer_merchant_id=shop.id,
+        funder_type="platform_fund",
+        packet_amount_fen=10_00,
+        budget_limit_fen=1_000_00,
+    )
+    buyer = make_user()
+    packet = issue_packet(campaign, buyer, source="test", source_ref="p1", now=utcnow())
+    db.session.commit()
+    order = buy(buyer, make_product(shop, price_fen=100_00), packet=packet)
+    assert pay(order) == "applied"
+    assert credit(shop.id) == 9_00
+    finance, _ = make_operator("finance")
+    finance_id, shop_id, out_trade_no, campaign_id = finance.id, shop.id, order.out_trade_no, campaign.id
+    release_test_session()
+    spent, results = threading.Event(), {}
+    sqlite = db.engine.dialect.name == "sqlite"
+
+    def spender():  # spends all 9 yuan and holds its transaction open until the refund waits on it
+        with app.app_context():
+            try:
+                results["spend"] = spend_credit(Actor(db.session.get(Operator, finance_id)), shop_id, 9_00, "k1", "p")
+                spent.set()
+                if sqlite:  # (SQLite: the refund's BEGIN IMMEDIATE waits for this commit anyway)
+                    threading.Event().wait(0.3)
+                else:
+                    with db.engine.connect() as probe:
+                        wait_until_a_backend_waits_on_a_lock(probe)
+                db.session.commit()
+            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                results["spend"] = exc
+                spent.set()
+            finally:
+                db.session.remove()
+
+    def refunder():  # then the order is refunded in full
+        spent.wait(30)
+        with app.app_context():
+            try:
+                paid = db.session.execute(select(Order).where(Order.out_trade_no == out_trade_no)).scalar_one()
+                refund(paid, "R1", paid.payable_fen)
+            except Exception as exc:  # noqa: BLE001
+                results["refund"] = exc
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=spender), threading.Thread(target=refunder)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not isinstance(results.get("spend"), Exception) and "refund" not in results, results
+
+    # then: the credit is 9 yuan below zero, owed by the merchant, and the budget still holds what was not recovered
+    assert credit(shop_id) == -9_00
+    owed = db.session.execute(select(func.sum(Receivable.outstanding_fen))).scalar_one()
+    assert owed == 9_00
+    assert db.session.get(Campaign, campaign_id).budget_committed_fen == 9_00
+    assert check_ledger().ok
