@@ -62,6 +62,13 @@ def funder_ref(campaign: Campaign) -> AccountRef:
     return ref(AccountKind.PLATFORM_MARKETING_FUND)
 
 
+def own_price(campaign: Campaign, merchant_id: int | None) -> bool:
+    """Whether the packets of ``campaign`` are funded by merchant ``merchant_id`` itself (from its sales or from
+    its deposit): on that merchant's partner order such a packet is simply a lower price, charged at WeChat, and
+    no money moves for it (nor returns on a refund)."""
+    return campaign.funder_type == FunderType.MERCHANT_DEPOSIT and campaign.funder_merchant_id == merchant_id
+
+
 def face_funder_ref(campaign: Campaign) -> AccountRef:
     """The account paying a packet's face value (the discount): the stake of a user-staked campaign's person."""
     if campaign.funder_type == FunderType.USER_STAKE:

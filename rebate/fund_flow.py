@@ -55,6 +55,14 @@ def pay_to_sub_merchant(order: Order) -> None:
     order.profit_sharing = any(_pays_person_cash(c) for c in spent + _running_awarders(order.merchant_id))
 
 
+def refuse_sales_funded_packets(order: Order) -> None:
+    """Direct mode: a just-created order may not spend a packet of a campaign funded from its merchant's sales
+    (activated in service-provider mode): the platform takes the payment, and that campaign has no deposit to
+    pay the discount from. 409 ``campaign_funded_from_sales``, nothing written (the caller's transaction)."""
+    for campaign in _spent_campaigns(order):
+        refuse_deposit_campaign_in_direct_mode(campaign)
+
+
 def fund_from_sales(campaign: Campaign) -> None:
     """Activation in service-provider mode: a merchant-funded campaign pays from its merchant's own sales.
 

@@ -15,7 +15,7 @@ from money import MAX_FEN
 from rebate.campaigns import serves
 from rebate.covered_debts import settle_covered
 from rebate.errors import Invalid, NotFound, StateConflict
-from rebate.fund_flow import pay_to_sub_merchant
+from rebate.fund_flow import pay_to_sub_merchant, refuse_sales_funded_packets
 from rebate.packets import check_audience, release_packet
 from rebate.wallet import WalletAsk
 from rebate.wallet import hold as hold_wallet
@@ -165,12 +165,14 @@ def create_order(
     device: str | None = None,
     ip: str | None = None,
     wallet: WalletAsk | None = None,
-    service_provider: bool = False,
+    service_provider: bool | None = None,
 ) -> Order:
     """A new unpaid order; its packets (if any) are locked until payment or close.
 
     ``service_provider`` (``FUND_FLOW=service_provider``): paid to the merchant's sub-merchant number
-    (``rebate.fund_flow.pay_to_sub_merchant``, which refuses what would pool money).
+    (``rebate.fund_flow.pay_to_sub_merchant``, which refuses what would pool money); False (direct): paid to the
+    platform, which refuses the packets of a campaign funded from its merchant's sales; None: the caller routes the
+    order itself (tests that open partner orders by hand).
 
     ``device`` and ``ip`` (where it was placed from, when a request says) are kept on the order for risk and
     noted among the person's identifiers. ``wallet``: balance and points to spend on it (``rebate.wallet``),
@@ -215,6 +217,8 @@ def create_order(
     db.session.flush()
     if service_provider:
         pay_to_sub_merchant(order)
+    elif service_provider is False and chosen:
+        refuse_sales_funded_packets(order)
     hold_wallet(order)
     identifiers.note(identifiers.USER, user.id, device, ip, now)
     return order

@@ -47,7 +47,7 @@ from payouts import MoneySettings
 from payouts.profit_share import frozen_ref, own_sales_ref, release_key, release_legs
 from rebate import budgets, tell, wallet
 from rebate.awards import Beneficiary, Effects, record_decisions, with_lines
-from rebate.campaigns import face_funder_ref, is_running, load_rules, rules_of, serves
+from rebate.campaigns import face_funder_ref, is_running, load_rules, own_price, rules_of, serves
 from rebate.deposits import DepositsLeft, deposit_funded, lock_deposits, pause_refused
 from rebate.errors import BudgetExhausted, BudgetMoved, DepositExhausted, StateConflict
 from rebate.fees import accrue_fee, own_fee_rate
@@ -442,13 +442,17 @@ def _post_sale(
     claim on it (``merchant_own_sales``), which its own rebates come out of by profit sharing; without profit
     sharing WeChat settles it to the merchant at once (released in the same batch)."""
     funded: dict[str, tuple[AccountRef, int]] = {}
+    own_discount = 0  # a partner order's packets its merchant funds (from sales or deposit): it charged less
     for packet, discount in spent:
-        funder = face_funder_ref(campaigns[packet.campaign_id])
+        campaign = campaigns[packet.campaign_id]
+        if order.sub_mchid and own_price(campaign, order.merchant_id):
+            own_discount += discount
+            continue
+        funder = face_funder_ref(campaign)
         funded[funder.code] = (funder, funded.get(funder.code, (funder, 0))[1] + discount)
     settled, unsettled = order.payable_fen - order.unsettled_coupon_fen, order.unsettled_coupon_fen
     if order.sub_mchid:  # service-provider mode: paid to the merchant's own sub-merchant account
         own = own_sales_ref(order.merchant_id)
-        own_discount = funded.pop(own.code, (own, 0))[1]  # its own packets (and 免充值 coupons): it charged less
         received = [Leg(frozen_ref(order.merchant_id), -settled), Leg(own, order.total_fen - own_discount - unsettled)]
     else:  # a 免充值 coupon's part never reaches us: the platform, the merchant of record at WeChat, funded it
         received = [
@@ -512,12 +516,28 @@ def _evaluate(
             Decision(r.role, 0, r.form, "campaign_not_running", ("the campaign was paused or had ended",))
             for r in rules.roles
         ], who
+    if _sales_unreachable(campaign, order):
+        return [
+            Decision(r.role, 0, r.form, "campaign_funded_from_sales", (SALES_UNREACHABLE,)) for r in rules.roles
+        ], who
     facts = with_lines(facts, rules, order)  # category rates read the lines, chosen forms the preferences
     forms = preferred_forms(who) if rules.offers_forms else None
     decisions = evaluate(
         rules, facts, budget_left_fen=budget_left, cash_room_fen=cash_room, deposit_left_fen=deposit_left, forms=forms
     )
     return [_explain_expired_referral(d, order, rules.referral_days) for d in decisions], who
+
+
+SALES_UNREACHABLE = (
+    "the campaign is paid from its merchant's sales by profit sharing, and this order was paid to the platform "
+    "(FUND_FLOW=direct): there is no order money of the merchant's to share it from"
+)
+
+
+def _sales_unreachable(campaign: Campaign, order: Order) -> bool:
+    """A campaign funded from its merchant's sales (activated in service-provider mode) on an order that is not a
+    partner order (paid after the switch back to direct mode): it has no deposit and no frozen money to pay from."""
+    return campaign.funded_from_sales and order.sub_mchid is None
 
 
 def _still_awards(campaign: Campaign, packet: RedPacket | None, now: datetime) -> bool:
@@ -638,7 +658,11 @@ def _run_attribution(
         def decide(budget_left, campaign=campaign, packet=packet, issuer_rule=issuer_rule):
             facts = OrderFacts(order_total_fen=order.total_fen, paid_fen=order.paid_fen, paid_at=now, has_issuer=True)
             facts = with_lines(facts, RuleSet(roles=(issuer_rule,)), order)
-            if is_running(campaign, now):
+            if _sales_unreachable(campaign, order):
+                decisions = [
+                    Decision("issuer", 0, issuer_rule.form, "campaign_funded_from_sales", (SALES_UNREACHABLE,))
+                ]
+            elif is_running(campaign, now):
                 decisions = evaluate(
                     RuleSet(roles=(issuer_rule,)),
                     facts,

@@ -20,10 +20,12 @@ from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select, union
 
-from ledger import AccountRef, Leg, account, post, post_entry, ref
+from ledger import AccountRef, Leg, account, account_id, post, post_entry, ref
 from models import (
     AccountKind,
     Campaign,
+    LedgerEntry,
+    LedgerPosting,
     Order,
     OrderPacket,
     OrderStatus,
@@ -51,7 +53,7 @@ from payouts import (
 from payouts.profit_share import frozen_ref, own_sales_ref
 from rebate import budgets
 from rebate.awards import with_lines
-from rebate.campaigns import face_funder_ref, rules_of
+from rebate.campaigns import face_funder_ref, own_price, rules_of
 from rebate.clawbacks import take_back
 from rebate.covered_debts import settle_covered
 from rebate.deposits import cover_reservation, lock_deposits
@@ -370,6 +372,22 @@ def _discounted(order: Order) -> AccountRef:
     return ref(AccountKind.MERCHANT_PAYABLE, "merchant", order.merchant_id)
 
 
+def _discount_moved(order: Order, campaign: Campaign, funder: AccountRef) -> bool:
+    """Whether the sale paid a packet's value from ``funder``: not for a partner order's packet its own merchant
+    funds (``own_price``), except from its deposit in a sale booked before that was so (the sale's entry says)."""
+    if order.frozen_fen is None or not own_price(campaign, order.merchant_id):
+        return True
+    if funder.kind != AccountKind.MERCHANT_MARKETING_DEPOSIT:
+        return False
+    debited = db.session.execute(
+        select(LedgerPosting.id)
+        .join(LedgerEntry, LedgerEntry.id == LedgerPosting.entry_id)
+        .where(LedgerEntry.idempotency_key == f"order:{order.id}:sale", LedgerPosting.account_id == account_id(funder))
+        .limit(1)
+    ).first()
+    return debited is not None
+
+
 def _void_discount(order: Order, refund: Refund) -> None:
     """A fully refunded order: each packet's funder gets its value back; packets are restored if their campaign
     says so and their whole reservation fits again — in the budget and in the funder's deposit (so a later
@@ -378,7 +396,7 @@ def _void_discount(order: Order, refund: Refund) -> None:
         campaign = db.session.get(Campaign, packet.campaign_id)
         funder = face_funder_ref(campaign)
         merchant = _discounted(order)
-        if merchant.code != funder.code:  # a partner merchant's own packet: it simply charged less, nothing returns
+        if _discount_moved(order, campaign, funder):  # (a partner merchant's own packet: it charged less)
             post(
                 f"refund:{refund.id}:discount:{packet.id}",
                 f"packet {packet.id} value of {order.out_trade_no} returns to its funder",

@@ -460,3 +460,59 @@ def test_a_refund_shrinks_a_stranded_shared_payout_not_the_persons_other_money(p
     assert bal(AccountKind.USER_CASH, "user", buyer) == bal(AccountKind.USER_CASH, "user", issuer) == 0
     assert db.session.query(Receivable).count() == 0
     ledger_holds()
+
+
+@pytest.mark.parametrize(
+    "refunded, sold_before", [(False, False), (True, False), (True, True)], ids=["paid", "refunded", "sold before"]
+)
+def test_a_merchants_deposit_packet_on_its_own_partner_order_is_a_lower_price_and_moves_no_deposit(
+    app, make_user, make_merchant, make_product, make_campaign, pay, refunded, sold_before, monkeypatch
+):
+    """A campaign activated under direct mode keeps its deposit after the switch; its packet on the merchant's own
+    partner order is part of the price the sub-merchant charged at WeChat (it received 90 of 100): its deposit
+    pays nothing, as a packet funded from its sales pays nothing. (Found by a probe: the deposit paid the 10 yuan
+    again, into the merchant's claim on order money that WeChat never froze, where no share could ever settle it.)"""
+    from rebate import apply_refund, begin_refund
+    from tests.money_helpers import app_money
+
+    appid = app.config["WECHAT_APPID"]
+    shop = make_merchant()
+    shop.sub_mchid = f"19{shop.id:08d}"
+    campaign = make_campaign(
+        {"roles": [{"role": "consumer", "rate_bps": 0, "form": "balance", "cap_fen": 1_00}]},
+        issuer_type="merchant",
+        issuer_merchant_id=shop.id,
+        funder_type="merchant_deposit",
+        funder_merchant_id=shop.id,
+        packet_amount_fen=10_00,
+        packet_merchant_id=shop.id,
+        budget_limit_fen=100_00,
+        fund_deposit_fen=100_00,
+    )
+    buyer = make_user(appid=appid)
+    packet = issue_packet(campaign, buyer, source="test", source_ref="deposit-packet", now=utcnow())
+    order = create_order(buyer, [LineRequest(make_product(shop, price_fen=100_00).id, 1)], packet.id, utcnow())
+    order.sub_mchid, order.profit_sharing = shop.sub_mchid, False
+    db.session.commit()
+    assert order.payable_fen == 90_00
+    if sold_before:  # a sale booked before this rule: its deposit paid the packet, and a full refund returns it
+        from rebate import payments
+
+        with monkeypatch.context() as m:
+            m.setattr(payments, "own_price", lambda campaign, merchant_id: False)
+            assert pay(order) == "applied"
+        assert bal(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", shop.id) == 90_00
+    else:
+        assert pay(order) == "applied"
+    if refunded:
+        order = db.session.get(Order, order.id)
+        begin_refund(order, "R-all", 90_00)
+        db.session.commit()
+        apply_refund(order.out_trade_no, "R-all", 90_00, utcnow(), money=app_money())
+        db.session.commit()
+
+    db.session.expire_all()
+    assert bal(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", shop.id) == 100_00
+    assert bal(AccountKind.MERCHANT_OWN_SALES, "merchant", shop.id) == 0
+    assert bal(AccountKind.MERCHANT_FROZEN_SALES, "merchant", shop.id) == 0
+    ledger_holds()

@@ -26,6 +26,7 @@ PLAIN_REASONS = {
     "revoked": "revoked after a review",
     "not_eligible": "not eligible for this rebate",
     "beneficiary_banned": "not eligible: the account is restricted",
+    "campaign_funded_from_sales": "the campaign is paid from the merchant's own sales, which this order was not",
 }
 
 
