@@ -161,6 +161,37 @@ def test_an_unreadable_query_answer_leaves_the_order_for_the_next_run(app, new_o
     assert query_unnotified_payments() == {"applied": 1}
 
 
+def test_one_order_whose_step_fails_does_not_keep_the_others_unpaid_or_open(app, new_order, monkeypatch):
+    # given: two paid orders WeChat did not notify and two expired unpaid ones; the first of each fails its step
+    import jobs.orders as order_jobs
+
+    first, second = new_order(), new_order()
+    for o in (first, second):
+        paid_unnotified(app, o)
+    stale, later = new_order(), new_order()
+    for o in (stale, later):
+        age(o["id"], time_expire=utcnow() - timedelta(minutes=1))
+    apply_answer, record = order_jobs._apply_answer, order_jobs._record_settlement
+
+    def failing(real, bad_no):
+        def step(ref, *args):
+            if getattr(ref, "out_trade_no", ref) == bad_no or getattr(args[0], "out_trade_no", None) == bad_no:
+                raise RuntimeError("one bad row")
+            return real(ref, *args)
+
+        return step
+
+    monkeypatch.setattr(order_jobs, "_apply_answer", failing(apply_answer, first["out_trade_no"]))
+    monkeypatch.setattr(order_jobs, "_record_settlement", failing(record, stale["out_trade_no"]))
+    # when
+    assert query_unnotified_payments() == {"error": 1, "applied": 1}
+    assert close_expired_orders() == {"error": 1, "closed": 1}
+    # then: the others went on; the failing ones wait for the next run, unchanged
+    db.session.rollback()
+    status = {o["id"]: db.session.get(Order, o["id"]).status for o in (first, second, stale, later)}
+    assert status == {first["id"]: "created", second["id"]: "paid", stale["id"]: "created", later["id"]: "closed"}
+
+
 @pytest.fixture
 def paid(app, new_order):
     order = new_order()

@@ -357,6 +357,7 @@ MALFORMED = {
     "success_time_in_1970": {"success_time": "1970-01-01T00:00:00+08:00"},
     "lone_surrogate": {"transaction_id": "42\ud800x"},  # parses, but is no UTF-8 a database can store
     "nul": {"transaction_id": "42\u0000x"},  # PostgreSQL text cannot hold one
+    "transaction_id_of_65": {"transaction_id": "4" * 65},  # WeChat's are 32; our column holds 64
 }
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from wechat.errors import WeChatError
 
+ID_CHARS = 64  # the longest number of WeChat's a column of ours holds (WeChat's own are at most 32)
 EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)  # WeChat's times lie between
 
 PAID_STATES = frozenset({"SUCCESS", "REFUND"})  # REFUND: paid, then (partly) refunded
@@ -92,12 +93,12 @@ class Transaction:
         payer = _Reader(r.object("payer", required=False) or {}, "payer")
         openid = payer.text("sp_openid", required=False) or payer.text("sub_openid", required=False)
         return cls(
-            out_trade_no=r.text("out_trade_no"),
+            out_trade_no=r.text("out_trade_no", max_len=ID_CHARS),
             mchid=r.text(prefix + "mchid"),
             appid=r.text(prefix + "appid"),
             trade_state=trade_state,
             amount=_amount(r.object("amount", required=paid), r),
-            transaction_id=r.text("transaction_id", required=paid),
+            transaction_id=r.text("transaction_id", required=paid, max_len=ID_CHARS),
             payer_openid=openid if partner else payer.text("openid", required=False),
             success_time=r.time("success_time"),
             attach=r.text("attach", required=False),
@@ -141,13 +142,13 @@ class RefundNotice:
         if status == "SUCCESS" and refund_fen <= 0:
             raise MalformedResource("amount.refund", f"a refund of {refund_fen} fen")
         return cls(
-            out_trade_no=r.text("out_trade_no"),
+            out_trade_no=r.text("out_trade_no", max_len=ID_CHARS),
             out_refund_no=r.text("out_refund_no"),
             status=status,
             refund_fen=refund_fen,
             total_fen=amount.fen("total", required=False),
-            refund_id=r.text("refund_id", required=False),
-            transaction_id=r.text("transaction_id", required=False),
+            refund_id=r.text("refund_id", required=False, max_len=ID_CHARS),
+            transaction_id=r.text("transaction_id", required=False, max_len=ID_CHARS),
             # a partner REFUND.* resource names us as ``sp_mchid`` and the sub-merchant as ``sub_mchid``
             mchid=r.text("sp_mchid" if r.has("sp_mchid") else "mchid", required=False) or None,
             success_time=r.time("success_time"),
@@ -192,7 +193,7 @@ class TransferBill:
             raise MalformedResource("transfer_bill.transfer_amount", f"a transfer of {amount} fen")
         return cls(
             out_bill_no=r.text("out_bill_no"),
-            transfer_bill_no=r.text("transfer_bill_no"),
+            transfer_bill_no=r.text("transfer_bill_no", max_len=ID_CHARS),
             state=state,
             mch_id=r.text("mch_id"),
             transfer_amount_fen=amount,
@@ -261,10 +262,12 @@ class _Reader:
             raise MalformedResource(f"{self.where}.{name}", f"has the wrong type ({type(value).__name__})")
         return value
 
-    def text(self, name: str, required: bool = True) -> str:
+    def text(self, name: str, required: bool = True, max_len: int = 1024) -> str:
         value = self._get(name, str, required)
         if required and not value:
             raise MalformedResource(f"{self.where}.{name}", "is empty")
+        if value and len(value) > max_len:  # (WeChat's numbers are at most 32 characters; ours hold 64)
+            raise MalformedResource(f"{self.where}.{name}", f"is longer than {max_len} characters")
         return value or ""
 
     def fen(self, name: str, required: bool = True) -> int | None:
