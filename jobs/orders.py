@@ -97,9 +97,13 @@ class OrderRef:
 
 
 def _open_order_no(order_id: int) -> OrderRef | None:
-    """The order while it is still unpaid and open here (None: someone settled it meanwhile)."""
+    """The order while it is still unpaid and open here (None: someone settled it meanwhile), noted as asked now
+    (committed before the call), whatever WeChat answers: the next run asks the others first."""
     order = db.session.get(Order, order_id)
-    return OrderRef.of(order) if order.status == OrderStatus.CREATED else None
+    if order.status != OrderStatus.CREATED:
+        return None
+    order.checked_at = utcnow()
+    return OrderRef.of(order)
 
 
 # -- payments ----------------------------------------------------------------------
@@ -180,7 +184,12 @@ def settle_expired_order(order_id: int, now: datetime) -> str:
 def close_expired_orders(now: datetime | None = None) -> Counter:
     """Unpaid orders past ``time_expire``: closed at WeChat, then here (their packets released)."""
     now = now or utcnow()
-    stmt = select(Order.id).where(Order.status == OrderStatus.CREATED, Order.time_expire <= now).order_by(Order.id)
+    stmt = (
+        select(Order.id)
+        .where(Order.status == OrderStatus.CREATED, Order.time_expire <= now)
+        # least recently asked first: orders WeChat keeps answering unreadably never crowd out the others
+        .order_by(func.coalesce(Order.checked_at, Order.time_expire), Order.id)
+    )
     results: Counter = Counter()
     for order_id in claim_ids(stmt):
         with row_lease("order", order_id) as granted:
@@ -210,7 +219,7 @@ def query_unnotified_payments(now: datetime | None = None) -> Counter:
             Order.prepay_at <= now - PAYMENT_GRACE,
             Order.time_expire > now,
         )
-        .order_by(Order.id)
+        .order_by(func.coalesce(Order.checked_at, Order.prepay_at), Order.id)  # least recently asked first
     )
     results: Counter = Counter()
     for order_id in claim_ids(stmt):

@@ -77,6 +77,7 @@ class Order(Base):
     review_reason: Mapped[str | None] = mapped_column(Text)  # set when flagged for an operator
     prepay_id: Mapped[str | None] = mapped_column(String(64))
     prepay_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last asked of WeChat by the order jobs
     # Service-provider fund flow: the sub-merchant the order was paid to (a snapshot at order time; None in
     # direct mode), and whether it was opened with ``settle_info.profit_sharing`` (its money stays frozen at
     # the sub-merchant until shared or unfrozen).

@@ -192,6 +192,30 @@ def test_one_order_whose_step_fails_does_not_keep_the_others_unpaid_or_open(app,
     assert status == {first["id"]: "created", second["id"]: "paid", stale["id"]: "created", later["id"]: "closed"}
 
 
+def test_orders_wechat_keeps_answering_unreadably_do_not_crowd_out_the_rest(app, new_order, monkeypatch):
+    # given: a batch of two (standing for fifty) expired orders whose answers WeChat keeps garbling, and a third
+    import jobs.orders as order_jobs
+
+    monkeypatch.setattr(order_jobs, "BATCH", 2)
+    stuck, later = [new_order(), new_order()], new_order()
+    for o in (*stuck, later):
+        age(o["id"], time_expire=utcnow() - timedelta(minutes=1))
+    sim = simulator(app)
+    readable, garbled = sim.transaction_view, {o["out_trade_no"] for o in stuck}
+
+    def view(o):
+        return {**readable(o), "amount": {"total": "30.00"}} if o["request"]["out_trade_no"] in garbled else readable(o)
+
+    monkeypatch.setattr(sim, "transaction_view", view)
+    # when: the job runs twice
+    assert close_expired_orders() == {"unknown": 2}
+    assert close_expired_orders() == {"closed": 1, "unknown": 1}
+    # then: the third was reached on the second run (the least recently asked first)
+    db.session.rollback()
+    assert db.session.get(Order, later["id"]).status == "closed"
+    assert {db.session.get(Order, o["id"]).status for o in stuck} == {"created"}
+
+
 @pytest.fixture
 def paid(app, new_order):
     order = new_order()
