@@ -225,3 +225,57 @@ def test_payment_and_refund_started_at_the_same_instant_end_consistent(
         fresh = db.session.get(Campaign, campaign.id)
         assert (fresh.budget_reserved_fen, fresh.budget_committed_fen) == (0, 0)
     assert check_ledger().ok
+
+
+def test_a_request_running_past_the_stale_time_is_not_taken_over_by_its_retry(app, make_operator, monkeypatch):
+    """A key left in progress longer than ``STALE_AFTER`` is taken over by a retry only when its holder is gone: a
+    holder still running keeps its key's row locked, so the retry waits and replays what it stored, never runs the
+    view a second time. (Found by a probe: past 60 s a retry ran the view again beside the first.)"""
+    from datetime import timedelta
+
+    import web.admin
+    import web.idempotency
+    from models import AuditLog, Merchant
+    from tests.concurrency import wait_until_a_backend_waits_on_a_lock
+    from tests.conftest import release_test_session
+
+    _, admin = make_operator("admin")
+    headers = {**admin, "Idempotency-Key": "slow-1"}
+    body = {"name": "a slow shop", "reason": "opening"}
+    monkeypatch.setattr(web.idempotency, "STALE_AFTER", timedelta(0))  # every key in progress looks stale at once
+    entered, release = threading.Event(), threading.Event()
+    real_audit = web.admin.audit
+
+    def slow_audit(*args, **kwargs):
+        if not entered.is_set():
+            entered.set()
+            release.wait(20)
+        return real_audit(*args, **kwargs)
+
+    monkeypatch.setattr(web.admin, "audit", slow_audit)
+    release_test_session()
+    answers = {}
+
+    def post(name: str):
+        response = app.test_client().post("/admin/api/merchants", json=body, headers=headers)
+        answers[name] = (response.status_code, response.get_json(), response.headers.get("Idempotent-Replayed"))
+
+    first = threading.Thread(target=post, args=("first",))
+    first.start()
+    assert entered.wait(20)
+    retry = threading.Thread(target=post, args=("retry",))
+    retry.start()
+    if db.engine.dialect.name == "postgresql":
+        with db.engine.connect() as probe:
+            wait_until_a_backend_waits_on_a_lock(probe)  # the retry waits on the first one's key
+    else:
+        threading.Event().wait(0.3)  # (SQLite: the retry waits on the write lock the first one holds)
+    release.set()
+    first.join(30)
+    retry.join(30)
+
+    assert answers["first"][0] == 201, answers
+    assert answers["retry"][:2] == answers["first"][:2] and answers["retry"][2] == "true", answers
+    db.session.rollback()
+    assert count(Merchant) == 1
+    assert count(AuditLog, AuditLog.action == "merchant.create") == 1

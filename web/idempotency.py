@@ -114,15 +114,33 @@ def _existing(found: IdempotencyRecord, fingerprint: str, now) -> IdempotencyRec
     answer = _answer_from(found, fingerprint, now)
     if answer is not None:
         return answer
+    # A holder still running keeps its record's row locked (``_hold``): this waits for it to end, and then finds the
+    # answer it stored (not taken: replayed below) or the row released (rolled back: taken, run again).
     taken = db.session.execute(
         update(IdempotencyRecord)
-        .where(IdempotencyRecord.id == found.id, IdempotencyRecord.locked_at == found.locked_at)
+        .where(
+            IdempotencyRecord.id == found.id,
+            IdempotencyRecord.locked_at == found.locked_at,
+            IdempotencyRecord.state != "done",
+        )
         .values(locked_at=now)
     ).rowcount
     db.session.commit()
     if taken != 1:
+        again = db.session.execute(
+            select(IdempotencyRecord).filter_by(id=found.id).execution_options(populate_existing=True)
+        ).scalar_one_or_none()
+        if again is not None and again.state == "done":
+            return _replay(again)
         raise Conflict("a request with this Idempotency-Key is in progress", code="idempotency_in_progress")
     return found
+
+
+def _hold(record_id: int) -> None:
+    """Lock the key's row for the view's transaction (PostgreSQL; SQLite's write lock already covers it): a request
+    running longer than ``STALE_AFTER`` is not taken over by a retry while its transaction lives (a taker waits on
+    the row, then replays what it stored); a holder that died released the row with its connection."""
+    db.session.execute(_hold_statement(), {"record_id": record_id})
 
 
 def _delete(record_id: int) -> None:
@@ -145,6 +163,7 @@ def run(scope: str, route: str, key: str, call: Callable[[], Response]) -> Respo
         return claimed
     record_id = claimed.id
     try:
+        _hold(record_id)
         response = call()
     except ApiError as err:  # the view's effects are already rolled back
         if err.status in NOT_STORED or err.status >= 500:
@@ -170,6 +189,12 @@ def _store(record_id: int, status: int, body) -> None:
     claim's CPU; the commit right after expires the session's copy of the row anyway.)"""
     execute_core(_store_statement(), {"record_id": record_id, "status": status, "body": _sealed(body)})
     db.session.commit()
+
+
+@cache
+def _hold_statement():
+    table = IdempotencyRecord.__table__
+    return select(table.c.id).where(table.c.id == bindparam("record_id")).with_for_update()
 
 
 @cache
