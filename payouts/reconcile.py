@@ -12,18 +12,26 @@ same run and mismatch rows (see :mod:`models.reconciliation`).
 Service-provider mode: the orders are paid to the merchants' sub-merchant numbers, and the day has one
 trade run per sub-merchant (:func:`sub_merchants_to_reconcile`), each matching that sub-merchant's bill
 (``/v3/bill/tradebill?sub_mchid=``) against the orders paid to it. The fund-flow bill stays ours.
+
+A bill's summary must be there and agree with its detail lines (count and totals), or its run fails. A trade line
+naming another merchant (商户号 not ours, or 特约商户号 not the bill's sub-merchant) is never matched to our
+order of the same number: it is a finding of its own (``<number>@<merchant>``), beside the rest of the bill.
+Any failure while fetching or parsing a bill fails that bill's run only; a failure while writing the results
+fails the day's runs, with an alert, in a fresh transaction.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 
 from ledger import CheckReport, check_ledger
 from models import Merchant, Order, OrderStatus, Payout, PayoutStatus, Rail, Refund, RefundStatus, db, raise_alert
@@ -36,8 +44,17 @@ from models.reconciliation import (
     RunStatus,
     SubjectType,
 )
-from payouts.bill_lines import BillFormatError, FundLine, TradeLine, fund_line, trade_line
-from wechat.bills import parse_bill_csv
+from payouts.bill_lines import (
+    FUND_SUMMARY_COLUMNS,
+    TRADE_SUMMARY_COLUMNS,
+    FundLine,
+    TradeLine,
+    check_fund_summary,
+    check_trade_summary,
+    fund_line,
+    trade_line,
+)
+from wechat.bills import bill_answer, parse_bill_csv
 from wechat.errors import WeChatError
 from wechat.partner import SubMerchant
 from wechat.pay import PayClient
@@ -49,6 +66,9 @@ FUND_RAILS = (Rail.WECHAT_CHANGE, Rail.CASH_RED_PACKET)  # the rails whose money
 WECHAT_REFUND_DONE = frozenset({"SUCCESS", "PROCESSING"})  # a bill's PROCESSING refund counts as done
 IN_CHUNK, ALERT_LISTED = 500, 10
 OURS = ""  # the sub_mchid of a bill of our own merchant number (direct mode's trade bill, the fund-flow bill)
+NO_SUB = frozenset({"", "0"})  # 特约商户号 of a line of our own merchant number's bill
+REF_MAX, REF_KEPT = 64, 48  # subject_ref's column; a longer ref keeps its start and a digest of the whole
+ERROR_MAX = 2_000
 
 
 MISSING_HERE, MISSING_THERE = MismatchKind.MISSING_HERE, MismatchKind.MISSING_THERE
@@ -78,7 +98,22 @@ class Matching:
         if verdict is None:
             self.matched += 1
         else:
-            self.findings.append(Finding(verdict[0], subject_type, ref[:64], *verdict[1:]))
+            self.findings.append(Finding(verdict[0], subject_type, subject_ref(ref), *verdict[1:]))
+
+
+def subject_ref(ref: str) -> str:
+    """``ref`` as stored (64 characters at most): a longer one keeps its first 48 characters and a digest of the
+    whole, so two long numbers that agree on their start stay two subjects."""
+    if len(ref) <= REF_MAX:
+        return ref
+    digest = hashlib.sha256(ref.encode("utf-8", "surrogatepass")).hexdigest()[: REF_MAX - REF_KEPT - 1]
+    return f"{ref[:REF_KEPT]}~{digest}"
+
+
+def _clean(text: str) -> str:
+    """Text for a database column and an alert: no NUL (PostgreSQL refuses it), not unbounded."""
+    text = text.replace("\x00", "\\x00")
+    return text if len(text) <= ERROR_MAX else text[:ERROR_MAX] + "…"
 
 
 @dataclass
@@ -88,6 +123,8 @@ class BillOutcome:
     hash_value: str | None = None
     lines: list[Any] = field(default_factory=list)
     error: str | None = None
+    mchid: str | None = None  # our merchant number, which each trade line must name (None: not checked)
+    number_prefix: str | None = None  # WECHAT_NUMBER_PREFIX of our payout numbers (None: not told)
 
 
 @dataclass
@@ -139,11 +176,14 @@ def fetch_bills(
     sub_mchids: list[str] | tuple[str, ...] = (OURS,),
     account_type: str = "BASIC",
     tar_type: str | None = "GZIP",
+    number_prefix: str | None = None,
 ) -> list[BillOutcome]:
     """The trade bills (ours, or each sub-merchant's) and the fund-flow bill, downloaded and parsed (no database
     access).
 
-    ``tar_type="GZIP"`` asks for compressed files (the SHA-1 covers the decompressed content).
+    ``tar_type="GZIP"`` asks for compressed files (the SHA-1 covers the decompressed content). ``number_prefix``:
+    the environment prefix of our payout numbers (``MoneySettings.number_prefix``), passed in by the shell; when
+    it is not, a fund-flow line's number is ours when it has no prefix or names one of our payouts.
     """
     bill_date = day.isoformat()
 
@@ -153,8 +193,16 @@ def fetch_bills(
             bill_date, "ALL", tar_type, sub=SubMerchant(sub_mchid) if sub_mchid else None
         )
 
-    outcomes = [_fetch(BillKind.TRADE, trade(sub_mchid), pay_client, sub_mchid) for sub_mchid in sub_mchids]
-    fund = _fetch(BillKind.FUNDFLOW, lambda: pay_client.fundflow_bill(bill_date, account_type, tar_type), pay_client)
+    mchid = pay_client.config.mchid  # each trade line's 商户号 (a service provider's own number in partner mode)
+    outcomes = [
+        _fetch(BillKind.TRADE, trade(sub_mchid), pay_client, sub_mchid, mchid=mchid) for sub_mchid in sub_mchids
+    ]
+    fund = _fetch(
+        BillKind.FUNDFLOW,
+        lambda: pay_client.fundflow_bill(bill_date, account_type, tar_type),
+        pay_client,
+        number_prefix=number_prefix,
+    )
     return [*outcomes, fund]
 
 
@@ -170,22 +218,39 @@ def check_ledger_and_alert() -> CheckReport:
 # -- fetching and parsing (no transaction open) --------------------------------------------------
 
 
-def _fetch(kind: BillKind, apply: Callable[[], Any], pay_client: PayClient, sub_mchid: str = OURS) -> BillOutcome:
-    outcome = BillOutcome(kind, sub_mchid)
+def _fetch(
+    kind: BillKind,
+    apply: Callable[[], Any],
+    pay_client: PayClient,
+    sub_mchid: str = OURS,
+    *,
+    mchid: str | None = None,
+    number_prefix: str | None = None,
+) -> BillOutcome:
+    """One bill, fetched and parsed; any failure is this bill's run's error (the other bills are fetched still)."""
+    outcome = BillOutcome(kind, sub_mchid, mchid=mchid, number_prefix=number_prefix)
     try:
-        answer = apply()
-        if not isinstance(answer, dict) or not answer.get("download_url") or not answer.get("hash_value"):
-            raise BillFormatError("the bill answer lacks download_url or hash_value")
-        outcome.hash_value = str(answer["hash_value"])[:64]
-        content = pay_client.download_bill(answer["download_url"], outcome.hash_value, answer.get("hash_type"))
-        details, _summary = parse_bill_csv(content)
-        parse = trade_line if kind == BillKind.TRADE else fund_line
-        outcome.lines = [parse(row, n) for n, row in enumerate(details, start=2)]
+        url, hash_value, hash_type = bill_answer(apply())
+        outcome.hash_value = hash_value[:64]
+        content = pay_client.download_bill(url, hash_value, hash_type)
+        if kind == BillKind.TRADE:
+            details, summary = parse_bill_csv(content, TRADE_SUMMARY_COLUMNS)
+            outcome.lines = [trade_line(row, n) for n, row in enumerate(details, start=2)]
+            check_trade_summary(details, summary)
+        else:
+            details, summary = parse_bill_csv(content, FUND_SUMMARY_COLUMNS)
+            outcome.lines = [fund_line(row, n, number_prefix) for n, row in enumerate(details, start=2)]
+            check_fund_summary(outcome.lines, summary)
     except WeChatError as exc:
         if exc.code != NO_BILL:
-            outcome.error = f"{exc.code}: {exc.message}"
+            outcome.error = _clean(f"{exc.code}: {exc.message}")
     except ValueError as exc:  # BillFormatError, bad UTF-8
-        outcome.error = f"bill unreadable: {exc}"
+        outcome.error = _clean(f"bill unreadable: {exc}")
+    except Exception as exc:  # anything else: this bill's run fails with its alert, never the day's job
+        log.exception("reconciliation: fetching the %s bill failed", kind)
+        outcome.error = _clean(f"bill unreadable ({type(exc).__name__}): {exc}")
+    if outcome.error is not None:
+        outcome.lines = []
     return outcome
 
 
@@ -193,15 +258,29 @@ def _fetch(kind: BillKind, apply: Callable[[], Any], pay_client: PayClient, sub_
 
 
 def match_trade(
-    lines: list[TradeLine], orders: dict[str, Order], refunds: dict[str, Refund], window, payee: str = OURS
+    lines: list[TradeLine],
+    orders: dict[str, Order],
+    refunds: dict[str, Refund],
+    window,
+    payee: str = OURS,
+    mchid: str | None = None,
 ) -> Matching:
     """Payment rows match our orders by 商户订单号, REFUND rows our refunds by 商户退款单号 (amounts in fen:
     申请退款金额 against the refund's, its 退款状态 against ours); a row we lack, or a row of ``window`` the bill
     lacks, is a finding. ``window``: (out_trade_nos paid that day, out_refund_nos begun that day and succeeded);
-    ``payee``: the sub-merchant whose bill it is (service-provider mode), which each paid order must name."""
-    m, paid, refunded = Matching(), defaultdict(list), defaultdict(list)
+    ``payee``: the sub-merchant whose bill it is (service-provider mode), which each paid order must name.
+
+    ``mchid``: our merchant number. A row naming another (商户号, or a 特约商户号 other than the bill's: ``payee``,
+    or "0" on our own bill) is no payment or refund of ours whatever its number: it matches nothing and is a
+    finding of its own, ``<number>@<merchant>`` (WeChat lists money of a merchant we are not in our bill)."""
+    m, paid, refunded, foreign = Matching(), defaultdict(list), defaultdict(list), defaultdict(list)
     for line in lines:
-        if line.state == "REFUND":
+        stranger = _stranger(line, mchid, payee)
+        if stranger is not None:
+            subject = SubjectType.REFUND if line.state == "REFUND" else SubjectType.ORDER
+            number = line.out_refund_no if line.state == "REFUND" else line.out_trade_no
+            foreign[(subject, f"{number}@{stranger[0]}")].append((line, stranger[1]))
+        elif line.state == "REFUND":
             refunded[line.out_refund_no].append(line)
         else:  # SUCCESS, or a state we do not expect (judged below)
             paid[line.out_trade_no].append(line)
@@ -210,11 +289,24 @@ def match_trade(
         m.judge(SubjectType.ORDER, ref, _order_verdict(group, order) or _payee_verdict(group, order, payee))
     for ref, group in refunded.items():
         m.judge(SubjectType.REFUND, ref, _refund_verdict(group, refunds.get(ref)))
+    for (subject, ref), group in foreign.items():
+        line, why = group[0]
+        amount = sum(x.refund_fen if x.state == "REFUND" else x.total_fen for x, _ in group)
+        m.judge(subject, ref, (MISSING_HERE, None, amount, f"line {line.line_no}: {why}" + _times(group)))
     for ref in sorted(window[0] - paid.keys()):
         m.judge(SubjectType.ORDER, ref, (MISSING_THERE, orders[ref].paid_fen, None, "paid here, not in the bill"))
     for ref in sorted(window[1] - refunded.keys()):
         m.judge(SubjectType.REFUND, ref, (MISSING_THERE, refunds[ref].amount_fen, None, "not in the bill"))
     return m
+
+
+def _stranger(line: TradeLine, mchid: str | None, payee: str) -> tuple[str, str] | None:
+    """(the other merchant's number, why) when the line is not of the bill's merchant; None when it is."""
+    if mchid is not None and line.mchid != mchid:
+        return line.mchid or "-", f"商户号 {line.mchid or '-'} is not ours ({mchid})"
+    if line.sub_mchid is None or (line.sub_mchid == payee if payee != OURS else line.sub_mchid in NO_SUB):
+        return None
+    return line.sub_mchid, f"特约商户号 {line.sub_mchid} is not this bill's ({payee or 'none: our own bill'})"
 
 
 def _times(group: list) -> str:
@@ -337,6 +429,35 @@ def _run_for(day: date, kind: BillKind, sub_mchid: str, now: datetime, restart: 
 
 
 def write_results(day: date, outcomes: list[BillOutcome], now: datetime) -> list[ReconciliationRun]:
+    """Every outcome's run, its findings and one alert; flushed, not committed.
+
+    When that fails (say the database refuses a row), what was written is rolled back and, in a fresh
+    transaction, every run of ``outcomes`` is marked failed with its alert: a day's runs never stay ``running``.
+    A unique-key race with another node writing the same rows first is written once more on top of theirs."""
+    try:
+        return _write_all(day, outcomes, now)
+    except IntegrityError:  # another node wrote the same rows first: once more, on top of theirs
+        db.session.rollback()
+        try:
+            return _write_all(day, outcomes, now)
+        except Exception as exc:  # any failure fails the runs, below
+            failure: Exception = exc
+    except Exception as exc:  # any failure fails the runs, below
+        failure = exc
+    log.error("reconciliation: writing the results of %s failed", day, exc_info=failure)
+    db.session.rollback()
+    error = _clean(f"the results could not be written ({type(failure).__name__}); nothing of this run was kept")
+    runs = []
+    for outcome in outcomes:
+        run = _run_for(day, outcome.kind, outcome.sub_mchid, now)
+        run.hash_value, run.finished_at = outcome.hash_value, now
+        _fail_run(run, error)
+        runs.append(run)
+    db.session.flush()
+    return runs
+
+
+def _write_all(day: date, outcomes: list[BillOutcome], now: datetime) -> list[ReconciliationRun]:
     runs, found = [], []
     for outcome in outcomes:
         run = _run_for(day, outcome.kind, outcome.sub_mchid, now)
@@ -357,6 +478,7 @@ def write_results(day: date, outcomes: list[BillOutcome], now: datetime) -> list
         raise_alert(
             "reconciliation_mismatch", f"bills {day}", f"{len(found)} mismatches on {day}: {summary}. First: {listed}"
         )
+    db.session.flush()  # a row the database refuses is refused here, where write_results can fail the runs
     return runs
 
 
@@ -365,6 +487,7 @@ def _fail_run(run: ReconciliationRun, error: str) -> None:
     # bill cannot be read; resolved ones stay as history.
     stale = (ReconciliationMismatch.run_id == run.id, ReconciliationMismatch.resolved_at.is_(None))
     db.session.execute(delete(ReconciliationMismatch).where(*stale))
+    error = _clean(error)
     run.status, run.error, run.lines_read, run.matched, run.mismatches = RunStatus.FAILED, error, 0, 0, 0
     subject = f"{run.kind} bill {run.bill_date}" + (f" of sub-merchant {run.sub_mchid}" if run.sub_mchid else "")
     raise_alert("reconciliation_failed", subject, f"{subject}: {error}")
@@ -387,13 +510,18 @@ def _match(day: date, outcome: BillOutcome) -> Matching:
         orders = _by_ref(Order.out_trade_no, {x.out_trade_no for x in outcome.lines}, paid)
         refunds = _by_ref(Refund.out_refund_no, {x.out_refund_no for x in outcome.lines if x.out_refund_no}, done)
         window = ({o.out_trade_no for o in paid}, {r.out_refund_no for r in done})
-        return match_trade(outcome.lines, orders, refunds, window, outcome.sub_mchid)
+        return match_trade(outcome.lines, orders, refunds, window, outcome.sub_mchid, outcome.mchid)
     rails = [rail.value for rail in FUND_RAILS]
     left = (Payout.status == PayoutStatus.SUCCEEDED, Payout.rail.in_(rails), Payout.finished_at >= start)
     sent = _rows(select(Payout).where(*left, Payout.finished_at < end))
     back = _rows(select(Payout).where(Payout.returned_at >= start, Payout.returned_at < end))
-    payouts = _by_ref(Payout.external_no, {x.our_no for x in outcome.lines if x.our_no}, sent + back)
-    return match_fundflow(outcome.lines, payouts, {p.external_no for p in sent}, {p.external_no for p in back})
+    lines = outcome.lines
+    if outcome.number_prefix is None:  # not told our prefix: a prefixed number is ours when it names our payout
+        unsure = {no for x in lines if x.our_no is None for no in x.numbers}
+        known = _by_ref(Payout.external_no, unsure, [])
+        lines = [x if x.our_no else replace(x, our_no=next((n for n in x.numbers if n in known), None)) for x in lines]
+    payouts = _by_ref(Payout.external_no, {x.our_no for x in lines if x.our_no}, sent + back)
+    return match_fundflow(lines, payouts, {p.external_no for p in sent}, {p.external_no for p in back})
 
 
 def _refunds_made_in(start: datetime, end: datetime) -> tuple:

@@ -219,6 +219,36 @@ def test_a_partner_order_missing_from_its_bill_is_the_same_mismatch_and_alert(sh
     assert "ORD-T-LOST" in alert.message and "ORD-T-STRANGER" in alert.message
 
 
+def test_a_line_of_another_sub_merchant_or_merchant_is_flagged_in_the_bill_that_lists_it(
+    shops,
+    ours,  # noqa: F811
+    wechat,
+    pay_client,  # noqa: F811
+):
+    # given: the tea shop's cup is listed in its own bill, and again in the noodle house's bill under the tea
+    # shop's number; the noodle house's bill also lists a payment of a service provider we are not
+    sold(ours, TEA, "ORD-T1", 12_50, bj(15))
+    sold(ours, NOODLES, "ORD-N1", 30_00, bj(11))
+    elsewhere = at(paid("ORD-N1", "30.00"), NOODLES)
+    elsewhere[2] = "1999999999"
+    wechat.serve_sub(NOODLES, trade_bill(at(paid("ORD-T1", "12.50"), TEA), elsewhere))
+    wechat.serve_sub(TEA, trade_bill(at(paid("ORD-T1", "12.50"), TEA)))
+    wechat.refuse_sub(QUIET, *NO_BILL)
+    wechat.serve("fund", fund_bill())
+    # when
+    reconcile_day(pay_client, DAY, NOW, service_provider=True)
+    # then: each stray line is a finding of the noodle house's run, never matched to our order of that number
+    assert findings() == {
+        ("missing_here", "order", f"ORD-T1@{TEA}", None, 12_50),
+        ("missing_here", "order", "ORD-N1@1999999999", None, 30_00),
+        ("missing_there", "order", "ORD-N1", 30_00, None),
+    }
+    assert summary()[("trade", NOODLES)] == ("done", 2, 0, 3)
+    assert summary()[("trade", TEA)] == ("done", 1, 1, 0)
+    details = {m.subject_ref: m.detail for m in db.session.execute(select(ReconciliationMismatch)).scalars()}
+    assert details[f"ORD-T1@{TEA}"] == f"line 2: 特约商户号 {TEA} is not this bill's ({NOODLES})"
+
+
 def test_a_rerun_updates_the_same_runs_and_keeps_an_operators_resolution(
     day_of_two,
     ours,  # noqa: F811

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from itertools import count
 
 import pytest
@@ -23,8 +23,12 @@ from jobs.payouts import reconcile_day, run_daily_checks
 from models import Alert, Order, Payout, Refund, db
 from models.base import BEIJING
 from models.reconciliation import ReconciliationMismatch, ReconciliationRun
-from payouts.bill_lines import BillFormatError, bill_amount_fen
+from payouts import reconcile
+from payouts.bill_lines import BillFormatError, bill_amount_fen, fund_line
 from payouts.outbox import external_no_for
+from payouts.reconcile import fetch_bills, write_results
+from wechat.bills import bill_answer, check_hash_type
+from wechat.errors import WeChatIntegrityError, WeChatUnavailable
 from wechat.pay import PayClient, PayConfig
 from wechat.sim.keys import SimulatorKeys, generate_rsa_key
 from wechat.sim.pay import FUND_BILL_HEADER, TRADE_BILL_HEADER
@@ -71,9 +75,24 @@ def refunded(out_trade_no: str, out_refund_no: str, yuan: str, state: str = "SUC
             "ORIGINAL", state, "goods", "", "0.00", "0.60%", "0.00", yuan, ""]  # fmt: skip
 
 
+def _fen_or_zero(text: str) -> int:
+    try:
+        return bill_amount_fen(text)
+    except BillFormatError:  # a planted malformed amount: its line fails the bill before the summary is read
+        return 0
+
+
+def _yuan_sum(lines: list[list[str]], column: int) -> str:
+    fen = sum(_fen_or_zero(line[column]) for line in lines)
+    return f"{'-' if fen < 0 else ''}{abs(fen) // 100}.{abs(fen) % 100:02d}"
+
+
 def trade_bill(*lines: list[str]) -> bytes:
-    summary = [str(len(lines)), "0.00", "0.00", "0.00", "0.00", "0.00", "0.00"]
-    return _csv(TRADE_HEADER, list(lines), TRADE_SUMMARY, summary)
+    """As WeChat writes it: the summary counts the lines and adds up each amount column."""
+    lines_ = list(lines)
+    # 应结订单金额, 退款金额, 充值券退款金额, 手续费, 订单金额, 申请退款金额
+    summary = [str(len(lines_)), *(_yuan_sum(lines_, c) for c in (12, 16, 17, 22, 24, 25))]
+    return _csv(TRADE_HEADER, lines_, TRADE_SUMMARY, summary)
 
 
 _serial = count(1)
@@ -85,7 +104,10 @@ def flow(business: str, direction: str, yuan: str, voucher: str = "", remark: st
 
 
 def fund_bill(*lines: list[str]) -> bytes:
-    return _csv(FUND_HEADER, list(lines), FUND_SUMMARY, [str(len(lines)), "0", "0.00", "0", "0.00"])
+    """As WeChat writes it: the summary counts the lines, and the income and the spending lines and their sums."""
+    income, spend = ([x for x in lines if x[5] == d] for d in ("收入", "支出"))
+    summary = [str(len(lines)), str(len(income)), _yuan_sum(income, 6), str(len(spend)), _yuan_sum(spend, 6)]
+    return _csv(FUND_HEADER, list(lines), FUND_SUMMARY, summary)
 
 
 def sha1(content: bytes) -> str:
@@ -543,3 +565,284 @@ def test_anything_but_plain_decimal_yuan_is_refused(text):
 
 def test_our_bill_layout_is_the_one_the_simulator_writes():
     assert TRADE_HEADER == TRADE_BILL_HEADER and FUND_HEADER == FUND_BILL_HEADER
+
+
+# -- the summary: there, and agreeing with the detail lines ---------------------------------------
+
+
+def test_a_trade_bill_without_its_summary_fails_its_run_rather_than_swallowing_two_payments(ours, wechat, pay_client):
+    # given: a bill cut after its detail lines: the last two (payments we never saw) would be read as the summary
+    ours.order("ORD-A", 10_00, bj(9))
+    lines = [paid("ORD-A", "10.00"), paid("ORD-X", "20.00"), paid("ORD-Y", "30.00")]
+    content = ("\r\n".join([TRADE_HEADER] + [",".join("`" + v for v in x) for x in lines]) + "\r\n").encode()
+    wechat.serve("trade", content)
+    wechat.serve("fund", fund_bill())
+    # when
+    reconcile_day(pay_client, DAY, NOW)
+    # then
+    trade = runs()["trade"]
+    assert (trade.status, trade.lines_read) == ("failed", 0) and "BILL_SUMMARY_MISSING" in trade.error
+    assert "line 3" in trade.error and findings() == set()
+    [alert] = alerts("reconciliation_failed")
+    assert alert.subject == "trade bill 2024-05-01"
+    assert runs()["fundflow"].status == "done"
+
+
+@pytest.mark.parametrize(
+    ("summary", "said"),
+    [
+        (["3", "60.00", "0.00", "0.00", "0.00", "60.00", "0.00"], "总交易单数 is 3"),  # two lines lost
+        (["1", "60.00", "0.00", "0.00", "0.00", "10.00", "0.00"], "应结订单总金额 is 60.00"),
+        (["1", "10.00", "0.00", "0.00", "0.00", "10.00", "5.00"], "申请退款总金额 is 5.00"),
+        (["1", "10.00", "0.00", "0.00", "0.00", "10.01", "0.00"], "订单总金额 is 10.01"),
+    ],
+)
+def test_a_trade_summary_disagreeing_with_the_lines_fails_its_run(ours, wechat, pay_client, summary, said):
+    ours.order("ORD-A", 10_00, bj(9))
+    wechat.serve("trade", _csv(TRADE_HEADER, [paid("ORD-A", "10.00")], TRADE_SUMMARY, summary))
+    wechat.serve("fund", fund_bill())
+    reconcile_day(pay_client, DAY, NOW)
+    trade = runs()["trade"]
+    assert trade.status == "failed" and said in trade.error, trade.error
+    assert findings() == set() and len(alerts("reconciliation_failed")) == 1
+    assert runs()["fundflow"].status == "done"
+
+
+@pytest.mark.parametrize(
+    ("summary_header", "summary", "said"),
+    [
+        (FUND_SUMMARY, ["2", "0", "0.00", "2", "5.00"], "资金流水总笔数 is 2"),
+        (FUND_SUMMARY, ["1", "0", "0.00", "1", "9.99"], "支出金额 is 9.99"),
+        (FUND_SUMMARY, ["1", "1", "5.00", "0", "0.00"], "收入笔数 is 1"),
+        (TRADE_SUMMARY, ["1", "5.00", "0.00", "0.00", "0.00", "5.00", "0.00"], "BILL_SUMMARY_MISSING"),
+    ],
+)
+def test_a_fund_flow_summary_that_is_not_its_own_or_disagrees_fails_its_run(
+    ours, wechat, pay_client, summary_header, summary, said
+):
+    payout = ours.payout(5_00, bj(9))
+    lines = [flow("商家转账", "支出", "5.00", voucher=payout.external_no)]
+    wechat.serve("trade", trade_bill())
+    wechat.serve("fund", _csv(FUND_HEADER, lines, summary_header, summary))
+    reconcile_day(pay_client, DAY, NOW)
+    fund = runs()["fundflow"]
+    assert fund.status == "failed" and said in fund.error, fund.error
+    assert findings() == set() and runs()["trade"].status == "done"
+    [alert] = alerts("reconciliation_failed")
+    assert alert.subject == "fundflow bill 2024-05-01"
+
+
+# -- a line of another merchant ----------------------------------------------------------------
+
+
+def test_a_trade_line_of_another_merchant_is_flagged_and_never_matched_to_our_order(ours, wechat, pay_client):
+    # given: our order ORD-A, and a bill whose only line is merchant 1999999999's payment of that same number
+    ours.order("ORD-A", 10_00, bj(9))
+    line = paid("ORD-A", "10.00")
+    line[2] = "1999999999"
+    wechat.serve("trade", trade_bill(line))
+    wechat.serve("fund", fund_bill())
+    # when
+    reconcile_day(pay_client, DAY, NOW)
+    # then: the other merchant's line is a finding of its own, and our payment is missing from our bill
+    assert findings() == {
+        ("missing_here", "order", "ORD-A@1999999999", None, 10_00),
+        ("missing_there", "order", "ORD-A", 10_00, None),
+    }
+    trade = runs()["trade"]
+    assert (trade.status, trade.lines_read, trade.matched, trade.mismatches) == ("done", 1, 0, 2)
+    detail = db.session.execute(
+        select(ReconciliationMismatch.detail).where(ReconciliationMismatch.subject_ref == "ORD-A@1999999999")
+    ).scalar_one()
+    assert detail == "line 2: 商户号 1999999999 is not ours (1900000109)"
+
+
+def test_a_line_of_a_sub_merchant_in_our_own_bill_is_flagged(ours, wechat, pay_client):
+    # a direct merchant's bill lists its own payments with 特约商户号 0; a refund of a sub-merchant's is not ours
+    order = ours.order("ORD-A", 10_00, bj(9))
+    ours.refund(order, "RF-A", 4_00, bj(10))
+    stray = refunded("ORD-A", "RF-A", "4.00")
+    stray[3] = "1900000201"
+    wechat.serve("trade", trade_bill(paid("ORD-A", "10.00"), stray))
+    wechat.serve("fund", fund_bill())
+    reconcile_day(pay_client, DAY, NOW)
+    assert findings() == {
+        ("missing_here", "refund", "RF-A@1900000201", None, 4_00),
+        ("missing_there", "refund", "RF-A", 4_00, None),
+    }
+    assert (runs()["trade"].matched, runs()["trade"].mismatches) == (1, 2)
+
+
+# -- our payout numbers with the environment prefix --------------------------------------------------
+
+
+def prefixed_payout(ours, fen: int, prefix: str = "S") -> Payout:
+    payout = ours.payout(fen, bj(9))
+    payout.external_no = external_no_for("wechat_change", payout.id, prefix)
+    db.session.commit()
+    return payout
+
+
+def test_payouts_with_the_environment_prefix_match_the_fund_flow_bill(ours, wechat, pay_client):
+    # given: WECHAT_NUMBER_PREFIX=S (staging sharing the merchant number): our numbers are S + TB + 12 digits
+    payout = prefixed_payout(ours, 5_00)
+    wechat.serve("trade", trade_bill())
+    wechat.serve("fund", fund_bill(flow("商家转账", "支出", "5.00", voucher=payout.external_no)))
+    # when: the shell says our prefix
+    bills = fetch_bills(pay_client, date(2024, 5, 1), number_prefix="S")
+    write_results(date(2024, 5, 1), bills, NOW)
+    db.session.commit()
+    # then
+    assert findings() == set()
+    assert (runs()["fundflow"].matched, runs()["fundflow"].mismatches) == (1, 0)
+
+
+def test_prefixed_payouts_match_when_the_job_is_not_told_the_prefix(ours, wechat, pay_client):
+    # the daily job as it calls reconciliation today: a prefixed number that names one of our payouts is ours
+    payout = prefixed_payout(ours, 5_00)
+    wechat.serve("trade", trade_bill())
+    wechat.serve("fund", fund_bill(flow("商家转账", "支出", "5.00", voucher=payout.external_no)))
+    reconcile_day(pay_client, DAY, NOW)
+    assert findings() == set()
+    assert (runs()["fundflow"].matched, runs()["fundflow"].mismatches) == (1, 0)
+
+
+def fund_row(voucher: str, remark: str = "") -> dict[str, str]:
+    cells = flow("商家转账", "支出", "5.00", voucher=voucher, remark=remark)
+    return dict(zip(FUND_HEADER.split(","), cells, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("prefix", "voucher", "remark", "ours_is"),
+    [
+        ("S", "STB000000000007", "", "STB000000000007"),
+        ("S", "", "转账STB000000000007。", "STB000000000007"),  # found in the remark, whole
+        ("S", "TB000000000007", "", None),  # production's number: not ours on staging
+        ("S", "XSTB000000000007", "", None),  # a longer number that ends like ours
+        ("S", "STB0000000000071", "", None),
+        ("", "TB000000000007", "", "TB000000000007"),
+        ("", "STB000000000007", "", None),  # staging's number: not production's
+        (None, "TB000000000007", "", "TB000000000007"),  # not told: a number without a prefix is ours
+        ("STG1", "STG1RP000000000042", "", "STG1RP000000000042"),
+    ],
+)
+def test_a_fund_line_names_our_number_only_with_our_prefix_and_whole(prefix, voucher, remark, ours_is):
+    assert fund_line(fund_row(voucher, remark), 2, prefix).our_no == ours_is
+
+
+# -- failures while fetching, parsing or writing fail the runs, never leave them running ---------------
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"download_url": 12345},
+        {"hash_type": ["SHA1"]},
+        {"hash_value": 40},
+        {"hash_value": "da39a3ee\u0000"},
+        {"download_url": ""},
+    ],
+)
+def test_an_apply_answer_of_the_wrong_types_fails_only_its_run(ours, wechat, pay_client, odd):
+    content = trade_bill(paid("ORD-OTHER", "1.00"))
+    answer = {"hash_type": "SHA1", "hash_value": sha1(content), "download_url": f"{BASE}/v3/billdownload/file?t=1"}
+    wechat._answer("trade", DAY, 200, {**answer, **odd})
+    wechat.serve("fund", fund_bill())
+    reconcile_day(pay_client, DAY, NOW)
+    trade = runs()["trade"]
+    assert trade.status == "failed" and "UNPARSEABLE_RESPONSE" in trade.error, trade.error
+    assert runs()["fundflow"].status == "done" and findings() == set()
+    [alert] = alerts("reconciliation_failed")
+    assert alert.subject == "trade bill 2024-05-01"
+
+
+def test_an_answer_that_is_not_an_object_fails_its_run(ours, wechat, pay_client):
+    wechat._answer("trade", DAY, 200, ["not", "an", "object"])
+    wechat.serve("fund", fund_bill())
+    reconcile_day(pay_client, DAY, NOW)
+    assert runs()["trade"].status == "failed" and runs()["fundflow"].status == "done"
+
+
+def test_a_hash_type_of_another_type_is_refused_as_unexpected():
+    with pytest.raises(WeChatIntegrityError) as info:
+        check_hash_type(["SHA1"])
+    assert info.value.code == "UNEXPECTED_HASH_TYPE"
+    with pytest.raises(WeChatUnavailable):
+        bill_answer({"download_url": f"{BASE}/x", "hash_value": "ab", "hash_type": ["SHA1"]})
+
+
+def test_any_failure_while_fetching_fails_only_that_bills_run(ours, wechat, pay_client, monkeypatch):
+    wechat.serve("fund", fund_bill())
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("something we did not foresee")
+
+    monkeypatch.setattr(pay_client, "trade_bill", broken)
+    reconcile_day(pay_client, DAY, NOW)
+    trade = runs()["trade"]
+    assert trade.status == "failed" and "RuntimeError" in trade.error and "did not foresee" in trade.error
+    assert runs()["fundflow"].status == "done"
+    assert len(alerts("reconciliation_failed")) == 1
+
+
+def test_long_order_numbers_agreeing_on_64_characters_stay_two_findings(ours, wechat, pay_client):
+    # given: two numbers WeChat would never issue (32 at most), the same for 64 characters
+    first, second = "A" * 64 + "-first", "A" * 64 + "-second"
+    wechat.serve("trade", trade_bill(paid(first, "1.00"), paid(second, "2.00")))
+    wechat.serve("fund", fund_bill())
+    # when
+    reconcile_day(pay_client, DAY, NOW)
+    # then: both stored, each ref at most 64 characters, told apart by a digest of the whole
+    found = findings()
+    assert {(kind, theirs) for kind, _, _, _, theirs in found} == {("missing_here", 1_00), ("missing_here", 2_00)}
+    refs = {ref for _, _, ref, _, _ in found}
+    assert len(refs) == 2 and all(len(ref) <= 64 and ref.startswith("A" * 48) for ref in refs)
+    assert runs()["trade"].status == "done" and alerts("reconciliation_failed") == []
+
+
+def test_a_bill_line_holding_a_nul_fails_the_run_naming_the_line(ours, wechat, pay_client):
+    ours.order("ORD-A", 10_00, bj(9))
+    wechat.serve("trade", trade_bill(paid("ORD-A", "10.00"), paid("ORD-\x00B", "2.00")))
+    wechat.serve("fund", fund_bill())
+    reconcile_day(pay_client, DAY, NOW)
+    trade = runs()["trade"]
+    assert trade.status == "failed" and "line 3" in trade.error and "NUL" in trade.error
+    assert "\x00" not in trade.error and findings() == set()
+    assert runs()["fundflow"].status == "done"
+
+
+def test_a_nul_in_wechats_error_message_is_neutralised(ours, wechat, pay_client):
+    wechat.refuse("trade", "STATEMENT_CREATING", "账单\u0000生成中")
+    wechat.serve("fund", fund_bill())
+    reconcile_day(pay_client, DAY, NOW)
+    trade = runs()["trade"]
+    assert trade.status == "failed" and "\x00" not in trade.error and "STATEMENT_CREATING" in trade.error
+
+
+def test_a_failure_while_writing_the_results_fails_the_runs_with_an_alert(ours, wechat, pay_client, monkeypatch):
+    # given: two good bills, and a database that refuses what the matching writes
+    ours.order("ORD-A", 10_00, bj(9))
+    wechat.serve("trade", trade_bill(paid("ORD-A", "10.00")))
+    wechat.serve("fund", fund_bill())
+
+    def refused(*_args, **_kwargs):
+        raise RuntimeError("the database refused a row")
+
+    monkeypatch.setattr(reconcile, "_save_findings", refused)
+    # when
+    returned = reconcile_day(pay_client, DAY, NOW)
+    # then: no run left running; each failed with its alert; nothing half-written
+    assert {kind: run.status for kind, run in runs().items()} == {"trade": "failed", "fundflow": "failed"}
+    assert all("RuntimeError" in run.error for run in runs().values())
+    assert [r.status for r in returned] == ["failed", "failed"]
+    assert sorted(a.subject for a in alerts("reconciliation_failed")) == [
+        "fundflow bill 2024-05-01",
+        "trade bill 2024-05-01",
+    ]
+    assert findings() == set() and alerts("reconciliation_mismatch") == []
+
+
+def test_download_bill_refuses_a_url_that_is_not_a_string(pay_client):
+    with pytest.raises(WeChatUnavailable) as info:
+        pay_client.download_bill(12345, sha1(b""), "SHA1")
+    assert info.value.code == "UNPARSEABLE_RESPONSE"

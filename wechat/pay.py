@@ -273,6 +273,10 @@ class PayClient:
         before anything is downloaded.
         """
         check_hash_type(hash_type)
+        if not isinstance(url, str) or not isinstance(hash_value, str):
+            raise WeChatUnavailable(
+                "the bill answer's download_url or hash_value is not a string", code="UNPARSEABLE_RESPONSE"
+            )
         base = next((b for b in self.config.bases if url.startswith(b + "/")), None)
         if base is None:
             raise WeChatConfigError(
