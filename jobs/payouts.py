@@ -32,14 +32,23 @@ from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from models import Alert, Payout, call_between_commits, db, unit_of_work, utcnow
+from models import Alert, Payout, alert_once, call_between_commits, db, unit_of_work, utcnow
 from models.payouts import Rail
 from notices import enqueue_many
 from notices.watch import failed_draft
 from payouts import reconcile, unclaimed
 from payouts.card_rail import CardRail, card_key
 from payouts.coupon_rail import CouponRail
-from payouts.dispatch import Claimed, call_wechat, claim_batch, prepare_rails, record, record_group, release
+from payouts.dispatch import (
+    Claimed,
+    call_wechat,
+    claim_batch,
+    prepare_rails,
+    record,
+    record_failed,
+    record_group,
+    release,
+)
 from payouts.faults import fault_point
 from payouts.rails import Outcome, RailAdapter, RailResult, unconfigured_because
 from payouts.reconcile import DailyChecks
@@ -562,19 +571,39 @@ class _Recorder:
                 record_group([(job, calls, at) for job, calls, at, _ in group], self.settings)
         except Exception as exc:
             if len(group) == 1:
-                group[0][3].set_exception(exc)
+                self._failed(group[0], exc)
                 return
             for job, calls, at, done in group:  # one at a time: only the bad answer fails
                 try:
                     with unit_of_work():
                         record(job, calls, at, self.settings)
                 except Exception as alone:  # noqa: BLE001 - handed to the call thread, which logs it
-                    done.set_exception(alone)
+                    self._failed((job, calls, at, done), alone)
                 else:
                     done.set_result(None)
             return
         for *_, done in group:
             done.set_result(None)
+
+    def _failed(self, answer: tuple, error: Exception) -> None:
+        """An answer that could not be recorded: noted on its payout, then its error handed to the call thread."""
+        job, _, at, done = answer
+        _note_failure(self.app, job, f"the answer could not be recorded: {error!r}", at, self.settings)
+        done.set_exception(error)
+
+
+def _note_failure(app: Flask, job: Claimed, why: str, at: datetime, settings: DispatchSettings) -> None:
+    """A call or a record that raised, noted on its payout in a transaction of its own: it stays ``sending`` under
+    its lease (the next pass queries it) and, once its attempts are used, an operator looks rather than the
+    lease bringing it back forever (``payouts.record.unrecorded``)."""
+    with app.app_context():
+        try:
+            with unit_of_work():
+                record_failed(job, why, at, settings)
+        except Exception:  # the lease still brings it back to a query
+            log.exception("payout failure not noted", extra={"payout_id": job.payout_id})
+        finally:
+            db.session.remove()
 
 
 def _call_and_record(
@@ -596,6 +625,10 @@ def _call_and_record(
     """
     try:
         result = _call_and_hand_over(app, job, rail, recorder, limiter, clock, start_by)
+    except Exception as exc:  # a call that raised (an answer the rail could not read, say): noted, then raised
+        _note_failure(app, job, f"the call raised: {exc!r}", clock(), recorder.settings)
+        outcome.set_exception(exc)
+        return
     except BaseException as exc:  # noqa: BLE001 - the dispatcher's thread raises it (a simulated crash too)
         outcome.set_exception(exc)
         return
@@ -675,15 +708,35 @@ def check_unclaimed(rail: RailAdapter, now: datetime, clock: Callable[[], dateti
     with unit_of_work():
         expired = unclaimed.expired_checks(now)
     for payout_id in expired:
-        with unit_of_work():
-            if unclaimed.close_expired(payout_id, now):
-                outcomes[Outcome.ASK_OPERATOR] += 1
+        try:
+            with unit_of_work():
+                if unclaimed.close_expired(payout_id, now):
+                    outcomes[Outcome.ASK_OPERATOR] += 1
+        except Exception as exc:  # one packet that cannot be closed must not stop the others
+            _row_failed("payout_claim_check_failed", "payout", payout_id, exc)
+            outcomes["error"] += 1
     with unit_of_work():
         due = unclaimed.due_checks(now)
     at = clock or (lambda: now)
     for payout_id, external_no, request in due:
-        outcomes[_check_packet(rail, payout_id, external_no, request, at).outcome] += 1
+        try:
+            outcomes[_check_packet(rail, payout_id, external_no, request, at).outcome] += 1
+        except Exception as exc:  # one packet's answer that cannot be recorded must not keep the others' money back
+            _row_failed("payout_claim_check_failed", "payout", payout_id, exc)
+            outcomes["error"] += 1
     return outcomes
+
+
+def _row_failed(kind: str, what: str, row_id: int, error: Exception) -> None:
+    """One row of a job failed (its transaction is rolled back): logged with its id, an operator told once; the
+    job goes on with the next row."""
+    db.session.rollback()
+    log.error("%s %s failed", what, row_id, exc_info=error, extra={f"{what}_id": row_id})
+    try:
+        with unit_of_work():
+            alert_once(kind, f"{what} {row_id}", text=f"{what} {row_id} failed and was skipped: {error!r}"[:2000])
+    except Exception:  # the log above still says it
+        log.exception("alert not raised", extra={f"{what}_id": row_id})
 
 
 def _check_packet(rail: RailAdapter, payout_id: int, external_no: str, request: dict, at) -> RailResult:
@@ -721,8 +774,13 @@ def settle_covered_debts() -> Counter:
     after = 0
     while people := people_owing(after):
         for user_id in people:
-            settled = settle_covered(user_id, point_value_fen)
-            db.session.commit()
+            try:
+                with unit_of_work():
+                    settled = settle_covered(user_id, point_value_fen)
+            except Exception as exc:  # one person who cannot be settled must not stop everyone after them
+                _row_failed("covered_debt_failed", "user", user_id, exc)
+                result["failed"] += 1
+                continue
             if settled:
                 result["people"] += 1
                 result["settled_fen"] += settled

@@ -25,6 +25,7 @@ REFUSALS = {
     "NOT_ENOUGH": Outcome.PAUSE_RAIL,  # the stock's budget is exhausted: stop the rail, alert
     "RULE_LIMIT": Outcome.FALLBACK,  # this user reached the stock's per-user cap
 }
+REF_MOST = 64  # Payout.wechat_ref
 
 
 class CouponRail:
@@ -74,6 +75,9 @@ class CouponRail:
         coupon_id = answer.get("coupon_id") if isinstance(answer, dict) else None
         if not coupon_id:
             return RailResult(Outcome.UNKNOWN, "NO_COUPON_ID", "2xx answer without coupon_id")
+        if isinstance(coupon_id, bool) or not isinstance(coupon_id, str | int) or len(str(coupon_id)) > REF_MOST:
+            why = f"WeChat's answer could not be read (coupon_id {coupon_id!r:.80}); sent again with the same number"
+            return RailResult(Outcome.UNKNOWN, "UNREADABLE_ANSWER", why)
         return RailResult(Outcome.SUCCEEDED, "SUCCESS", wechat_ref=str(coupon_id))
 
     def query(self, external_no: str, request: dict[str, Any]) -> RailResult:
@@ -85,6 +89,9 @@ class CouponRail:
 
 
 def _error(exc: WeChatError) -> RailResult:
+    if not isinstance(exc.code, str) or len(exc.code) > REF_MOST:
+        why = f"WeChat's error answer could not be read (code {exc.code!r:.80}); sent again with the same number"
+        return RailResult(Outcome.UNKNOWN, "UNREADABLE_ANSWER", why)
     if isinstance(exc, WeChatRateLimited):
         return RailResult(Outcome.RETRY, exc.code, exc.message)  # 429: same out_request_no later
     if exc.code in REFUSALS:

@@ -15,6 +15,7 @@ exist; a refusal after the bill may exist goes to an operator (``ASK_OPERATOR``)
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,10 +27,11 @@ from models import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl, User,
 from payouts.controls import rail_is_on
 from payouts.operations import lock_payout
 from payouts.rails import Outcome, RailAdapter, RailResult
-from payouts.record import DispatchSettings, apply_result, log_attempt
+from payouts.record import DispatchSettings, apply_result, log_attempt, set_aside, unrecorded
 from payouts.transitions import send_entries_together
 
 S = PayoutStatus
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,11 +126,13 @@ def _claim_rows(
     for payout in due:
         query_first = payout.status != S.PENDING or payout.sent_at is not None
         rail = rails[payout.rail]
-        built = payout.request
-        if built is None:  # (autoflush on: a rail may count this batch's claims, e.g. red packets' daily caps)
-            built = rail.build_request(payout, now)
-        elif hasattr(rail, "with_wire") and not built.get("wire"):  # a request fixed before bodies were kept
-            built = rail.with_wire(payout.external_no, dict(built))
+        try:
+            with db.session.begin_nested():  # a build that fails undoes only itself, never the claim
+                built = _build(rail, payout, now)
+        except Exception as exc:  # noqa: BLE001 - this payout is set aside (noted, retried later); the others go on
+            log.exception("payout request not built", extra={"payout_id": payout.id})
+            set_aside(payout, f"{exc!r}", now, settings)
+            continue
         if isinstance(built, RailResult):
             payout.status = S.SENDING  # resolved below without calling WeChat
             apply_result(payout, built, now, settings)
@@ -154,6 +158,16 @@ def _claim_rows(
             )
         )
     return claimed
+
+
+def _build(rail: RailAdapter, payout: Payout, now: datetime) -> dict | RailResult:
+    """The payout's request, built now or fixed by an earlier claim (given its body if it has none yet)."""
+    built = payout.request
+    if built is None:  # (autoflush on: a rail may count this batch's claims, e.g. red packets' daily caps)
+        return rail.build_request(payout, now)
+    if hasattr(rail, "with_wire") and not built.get("wire"):  # a request fixed before bodies were kept
+        return rail.with_wire(payout.external_no, dict(built))
+    return built
 
 
 def _posted_before(payout_ids: list[int]) -> set[int]:
@@ -273,6 +287,13 @@ def _record_locked(
         log_attempt(payout.id, action, job.request, result, ms, now)
     if payout.status == S.SENDING:  # not finished meanwhile by a notification or an operator
         apply_result(payout, calls[-1][1], now, settings)
+
+
+def record_failed(job: Claimed, why: str, now: datetime, settings: DispatchSettings) -> None:
+    """The call about this payout, or the record of its answer, raised (and rolled back): the failure noted on the
+    payout, in a new transaction (``payouts.record.unrecorded``)."""
+    unrecorded(lock_payout(job.payout_id), job.request, why, now, settings)
+    db.session.flush()
 
 
 def release(job: Claimed, calls: list[tuple[str, RailResult, int]], now: datetime) -> None:

@@ -17,6 +17,7 @@ from models import (
     PayoutStatus,
     Rail,
     RailControl,
+    alert_once,
     db,
     raise_alert,
     utcnow,
@@ -148,11 +149,42 @@ def log_attempt(payout_id: int, action: str, request: dict, result: RailResult, 
             request_summary=summary(request),
             response_code=result.code,
             outcome=result.outcome,
-            message=result.message[:2000],
+            message=str(result.message or "")[:2000],
             duration_ms=ms,
             created_at=now,
         )
     )
+
+
+def unrecorded(payout: Payout, request: dict, why: str, now: datetime, settings: DispatchSettings) -> None:
+    """An answer about ``payout`` that could not be recorded (its transaction rolled back): noted in its history.
+
+    A payout still ``sending`` keeps its lease (the next pass queries it, as after a crash); once its attempts
+    are used up an operator looks, so an answer that can never be recorded does not bring it back forever.
+    """
+    log_attempt(payout.id, "record", request, RailResult(Outcome.UNKNOWN, "RECORD_FAILED", why), 0, now)
+    if payout.status != S.SENDING:  # finished meanwhile by a notification or an operator
+        return
+    payout.last_error = f"RECORD_FAILED: {why}"[:2000]
+    if payout.attempts >= settings.max_attempts:
+        _to_operator(payout, f"its answer could not be recorded after {payout.attempts} attempts ({why})"[:2000])
+
+
+def set_aside(payout: Payout, why: str, now: datetime, settings: DispatchSettings) -> None:
+    """A payout whose request could not be built (the rail raised): nothing was sent; it is tried again after a
+    backoff (an attempt used, so the others in the queue go first) and an operator is told once; after its
+    attempts it goes to an operator."""
+    payout.attempts += 1
+    payout.last_error = f"BUILD_FAILED: the request could not be built: {why}"[:2000]
+    again = now + backoff(payout.attempts, settings)
+    if payout.status == S.SENDING:  # its worker died: due again when this lease ends
+        payout.lease_until = again
+    else:
+        payout.next_attempt_at, payout.lease_until = again, None
+    if payout.attempts >= settings.max_attempts:
+        _to_operator(payout, f"its request could not be built after {payout.attempts} attempts ({why})"[:2000])
+    else:
+        alert_once("payout_request_not_built", payout.external_no, text=payout.last_error)
 
 
 def _waiting(payout: Payout, result: RailResult, now: datetime, settings: DispatchSettings) -> None:

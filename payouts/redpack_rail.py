@@ -28,6 +28,7 @@ MIN_FEN, MAX_FEN = 100, 20_000  # WeChat's default range, 1–200 yuan
 QUIET_END = time(8, 0)  # no cash red packets 00:00–08:00 Beijing time
 TEXT_LIMITS = {"send_name": 32, "act_name": 32, "wishing": 128, "remark": 256}
 S = PayoutStatus
+CODE_MOST = 64  # PayoutAttempt.response_code, Payout.wechat_ref
 # Rows that may already have used the user's daily allowance at WeChat.
 MAY_HAVE_LEFT = (S.SENDING, S.UNKNOWN, S.WAITING_USER_CONFIRM, S.SUCCEEDED, S.NEEDS_OPERATOR)
 
@@ -169,6 +170,9 @@ class RedpackRail:
             return RailResult(Outcome.CONFIG_ERROR, exc.code, exc.message)
         except WeChatError as exc:  # timeout, 5xx, unsafe/unparseable XML, bad answer sign
             return RailResult(Outcome.UNKNOWN, exc.code, exc.message)
+        odd = _unreadable(answer, "send_listid")
+        if odd is not None:
+            return odd
         if answer.action is RedpackAction.SUCCEEDED:
             return self._accepted(external_no, request, answer)
         outcome = SEND_OUTCOMES.get(answer.err_code, Outcome.UNKNOWN) if answer.result_code == "FAIL" else None
@@ -198,6 +202,9 @@ class RedpackRail:
             answer = self.client.query(external_no)
         except WeChatError as exc:
             return RailResult(Outcome.UNKNOWN, exc.code, exc.message)
+        odd = _unreadable(answer, "detail_id")
+        if odd is not None:
+            return odd
         if answer.return_code != "SUCCESS" or answer.result_code != "SUCCESS":
             outcome = QUERY_ERRORS.get(answer.err_code, Outcome.UNKNOWN)
             return RailResult(outcome, answer.err_code or "QUERY_FAILED", answer.err_code_des)
@@ -209,6 +216,23 @@ class RedpackRail:
             return _refund(answer, request, ref)
         outcome = STATUS_OUTCOMES.get(answer.status, Outcome.UNKNOWN)
         return RailResult(outcome, answer.status or "NO_STATUS", str(answer.fields.get("reason", "")), wechat_ref=ref)
+
+
+def _unreadable(answer: RedpackResult, ref: str) -> RailResult | None:
+    """UNKNOWN when the answer cannot be read: a code longer than the column it is kept in, or the reference
+    (``ref``: send_listid, detail_id) not one short text (a nested element, say). None when it can."""
+    odd = [
+        f"{name} longer than {CODE_MOST} characters"
+        for name in ("err_code", "status")
+        if len(getattr(answer, name)) > CODE_MOST
+    ]
+    value = answer.fields.get(ref)
+    if value is not None and not (isinstance(value, str) and len(value) <= CODE_MOST):
+        odd.append(f"{ref} {value!r:.80} is not a text of at most {CODE_MOST} characters")
+    if not odd:
+        return None
+    why = f"WeChat's answer could not be read ({'; '.join(odd)}); queried again"
+    return RailResult(Outcome.UNKNOWN, "UNREADABLE_ANSWER", why)
 
 
 def _disagreement(answer: RedpackResult, external_no: str, request: dict[str, Any]) -> str | None:
@@ -244,9 +268,9 @@ def refund_time(value: object) -> datetime | None:
     form (the money's return is then dated by our check: ``payouts.unclaimed.record_check``)."""
     try:
         local = datetime.strptime(str(value), "%Y-%m-%d %H:%M:%S")  # noqa: DTZ007 - Beijing time, set below
-    except ValueError:
+        return local.replace(tzinfo=BEIJING).astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: a date at the calendar's ends (0001-01-01) has no UTC
         return None
-    return local.replace(tzinfo=BEIJING).astimezone(UTC)
 
 
 def in_quiet_hours(now: datetime) -> bool:

@@ -184,11 +184,33 @@ def _user_name(request: dict[str, Any]) -> str | None:
     return fernet().decrypt(sealed.encode()).decode() if sealed else None
 
 
+# The answer's fields a result carries: each a string when present (``state`` and ``transfer_bill_no`` no longer
+# than the columns they are kept in: PayoutAttempt.response_code, Payout.wechat_ref).
+TEXT_FIELDS = ("state", "fail_reason", "package_info", "transfer_bill_no")
+CODE_MOST = 64
+
+
 def state_result(answer: dict[str, Any], expected: dict[str, Any] | None = None) -> RailResult:
-    """The answer's state as an outcome; MISMATCH when it is not about ``expected`` (our number, amount…)."""
+    """The answer's state as an outcome; MISMATCH when it is not about ``expected`` (our number, amount…).
+
+    An answer we cannot read (not an object, or a field of the wrong type) is UNKNOWN: queried again, never
+    decided on (payouts.rails), and after the dispatcher's attempts an operator looks.
+    """
+    if not isinstance(answer, dict):
+        return _unreadable(f"the answer is a {type(answer).__name__}, not an object")
     wrong = disagreement(expected, answer) if expected else None
     if wrong:
         return RailResult(Outcome.MISMATCH, "ANSWER_MISMATCH", f"answer disagrees: {wrong}")
+    odd = [
+        f"{name} {answer[name]!r:.80} ({type(answer[name]).__name__})"
+        for name in TEXT_FIELDS
+        if answer.get(name) is not None and not isinstance(answer[name], str)
+    ]
+    if odd:
+        return _unreadable(f"not a string: {'; '.join(odd)}")
+    too_long = [name for name in ("state", "transfer_bill_no") if len(answer.get(name) or "") > CODE_MOST]
+    if too_long:
+        return _unreadable(f"{' and '.join(too_long)} longer than {CODE_MOST} characters")
     state = answer.get("state")
     outcome = STATES.get(state, Outcome.UNKNOWN)
     return RailResult(
@@ -200,9 +222,15 @@ def state_result(answer: dict[str, Any], expected: dict[str, Any] | None = None)
     )
 
 
+def _unreadable(why: str) -> RailResult:
+    return RailResult(Outcome.UNKNOWN, "UNREADABLE_ANSWER", f"WeChat's answer could not be read ({why}); queried again")
+
+
 def _error(exc: WeChatError, *, may_exist: bool = False) -> RailResult:
     """A WeChat error as an outcome. ``may_exist``: the call was about a bill that may exist (a query, a
     cancel), so a 400 refusal says nothing final about the bill: only a person can tell."""
+    if not isinstance(exc.code, str) or len(exc.code) > CODE_MOST:
+        return _unreadable(f"error code {exc.code!r:.80} is not a text of at most {CODE_MOST} characters")
     if exc.code in DEFINITE_TRANSFER_REFUSALS and not exc.outcome_unknown:
         if may_exist:
             return RailResult(Outcome.ASK_OPERATOR, exc.code, exc.message)

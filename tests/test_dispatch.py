@@ -366,3 +366,122 @@ def test_a_recorder_group_records_every_answer_and_a_bad_one_fails_alone(app, fu
         payout = db.session.get(Payout, payout.id)
         assert payout.status == "waiting_user_confirm" and payout.sent_at is not None
     assert balance(account(AccountKind.PAYOUT_IN_TRANSIT)) == sum(p.amount_fen for p in payouts)
+
+
+# -- a payout that cannot be built or recorded never holds the others up, nor loops forever ----------------
+
+
+class PoisonRail(ScriptedRail):
+    """Builds every request but ``bad``'s: that one raises (in Python, or in SQL that breaks the transaction)."""
+
+    def __init__(self, bad_id, *answers, how="python"):
+        super().__init__(*answers)
+        self.bad_id, self.how = bad_id, how
+
+    def build_request(self, payout, now):
+        if payout.id == self.bad_id:
+            if self.how == "sql":
+                from sqlalchemy import text
+
+                db.session.execute(text("SELECT no_such_column FROM payouts"))
+            raise ValueError("cannot build this one")
+        return super().build_request(payout, now)
+
+
+@pytest.mark.parametrize("how", ["python", "sql"])
+def test_a_payout_whose_request_cannot_be_built_is_set_aside_and_the_others_go_out(funded_payout, how):
+    # given: the head of the queue cannot be built, the one behind it can
+    from models import Alert
+
+    (bad, _), (good, _) = funded_payout(), funded_payout()
+    settings = DispatchSettings(money=MoneySettings(), max_attempts=3)
+    rail = PoisonRail(bad.id, ok(), how=how)
+    # when: the dispatcher runs
+    run(rail, settings)
+    # then: the good one went out; the bad one is back in the queue later, its error noted, an operator told once
+    assert rail.calls == [("send", good.external_no)]
+    assert db.session.get(Payout, good.id).status == "succeeded"
+    bad = db.session.get(Payout, bad.id)
+    assert (bad.status, bad.attempts, bad.request, bad.sent_at) == ("pending", 1, None, None)
+    assert bad.last_error.startswith("BUILD_FAILED") and bad.next_attempt_at > utcnow()
+    assert db.session.query(Alert).filter_by(kind="payout_request_not_built", subject=bad.external_no).count() == 1
+    # and: once its attempts are used it is an operator's (never called at WeChat), its money untouched
+    later = utcnow()
+    for _ in range(3):
+        later += timedelta(hours=7)
+        run(rail, settings, at=later)
+    bad = db.session.get(Payout, bad.id)
+    assert (bad.status, bad.attempts, bad.sent_at) == ("needs_operator", 3, None)
+    assert rail.calls == [("send", good.external_no)]
+    assert db.session.query(Alert).filter_by(kind="payout_request_not_built", subject=bad.external_no).count() == 1
+    assert db.session.query(Alert).filter_by(kind="payout_needs_operator", subject=bad.external_no).count() == 1
+
+
+def test_an_answer_that_can_never_be_recorded_ends_with_an_operator_after_its_attempts(funded_payout, monkeypatch):
+    # given: every answer about this payout fails to be recorded (its transaction rolled back)
+    from models import Alert
+    from payouts import dispatch
+
+    def broken(payout, result, now, settings):
+        raise TypeError("unhashable type: 'list'")
+
+    monkeypatch.setattr(dispatch, "apply_result", broken)
+    payout, _ = funded_payout()
+    settings = DispatchSettings(money=MoneySettings(), max_attempts=3)
+    rail = ScriptedRail(ok(), query_answers=tuple(RailResult(Outcome.UNKNOWN, "TIMEOUT") for _ in range(9)))
+    # when: a pass, then passes after each lease
+    assert dict(run(rail, settings)) == {"error": 1}
+    back = db.session.get(Payout, payout.id)
+    assert back.status == "sending" and "RECORD_FAILED" in back.last_error  # noted; the lease brings it back
+    later = utcnow()
+    for _ in range(5):
+        later += timedelta(hours=1)
+        run(rail, settings, at=later)
+    # then: queried after each lease (never sent twice), and an operator's once its attempts are used
+    back = db.session.get(Payout, payout.id)
+    assert (back.status, back.attempts) == ("needs_operator", 3)
+    assert rail.calls == [("send", payout.external_no)] + [("query", payout.external_no)] * 2
+    noted = db.session.query(PayoutAttempt).filter_by(payout_id=payout.id, action="record").all()
+    assert len(noted) == 3 and all("unhashable" in a.message for a in noted)
+    assert db.session.query(Alert).filter_by(kind="payout_needs_operator", subject=payout.external_no).count() == 1
+
+
+def test_an_answer_with_a_message_that_is_not_text_is_still_recorded(funded_payout):
+    payout, _ = funded_payout()
+    run(ScriptedRail(RailResult(Outcome.UNKNOWN, "ODD", {"not": "text"})))  # type: ignore[arg-type]
+    back = db.session.get(Payout, payout.id)
+    assert back.status == "unknown"
+    [attempt] = db.session.query(PayoutAttempt).filter_by(payout_id=payout.id).all()
+    assert attempt.message == "{'not': 'text'}"
+
+
+def test_a_payout_whose_calls_keep_raising_ends_with_an_operator_after_its_attempts(funded_payout):
+    # given: the rail raises on every call about this payout (an error answer the client could not read, say)
+    from models import Alert
+
+    class Raising(ScriptedRail):
+        def send(self, external_no, request):
+            self.calls.append(("send", external_no))
+            raise TypeError("unhashable type: 'list'")
+
+        def query(self, external_no, request):
+            self.calls.append(("query", external_no))
+            raise TypeError("unhashable type: 'list'")
+
+    payout, _ = funded_payout()
+    settings = DispatchSettings(money=MoneySettings(), max_attempts=3)
+    rail = Raising()
+    # when: a pass, then passes after each lease
+    assert dict(run(rail, settings)) == {"error": 1}
+    assert "RECORD_FAILED" in db.session.get(Payout, payout.id).last_error
+    later = utcnow()
+    for _ in range(5):
+        later += timedelta(hours=1)
+        run(rail, settings, at=later)
+    # then: queried after each lease (never sent twice), and an operator's once its attempts are used
+    back = db.session.get(Payout, payout.id)
+    assert (back.status, back.attempts) == ("needs_operator", 3)
+    assert rail.calls == [("send", payout.external_no)] + [("query", payout.external_no)] * 2
+    noted = db.session.query(PayoutAttempt).filter_by(payout_id=payout.id, action="record").all()
+    assert len(noted) == 3 and all("the call raised" in a.message for a in noted)
+    assert db.session.query(Alert).filter_by(kind="payout_needs_operator", subject=payout.external_no).count() == 1

@@ -514,3 +514,40 @@ def test_a_refund_clawing_back_credit_while_that_credit_is_spent_leaves_a_receiv
     assert owed == 9_00
     assert db.session.get(Campaign, campaign_id).budget_committed_fen == 9_00
     assert check_ledger().ok
+
+
+def test_a_merchant_that_cannot_be_invoiced_is_skipped_and_the_others_are_invoiced(
+    app, make_user, make_merchant, make_product, pay, monkeypatch
+):
+    import jobs.invoices
+    from models import Alert
+
+    # given: two merchants with fees last month; invoicing the first one fails after it wrote its invoice
+    app.config["PLATFORM_FEE_BPS"] = 200
+    bad, good = make_merchant(), make_merchant()
+    for shop in (bad, good):
+        pay(buy(make_user(), make_product(shop, price_fen=100_00)))
+    give_credit(bad.id, 1_00)  # an invoice applies it: a ledger entry to roll back
+    month, later = after_month()
+
+    def failing(merchant_id, month, now):
+        written = invoice_month(merchant_id, month, now)
+        if merchant_id == bad.id:
+            raise RuntimeError("cannot invoice this one")
+        return written
+
+    monkeypatch.setattr(jobs.invoices, "invoice_month", failing)
+    # when: the job runs, twice
+    first = invoice_fees(later, month)
+    second = invoice_fees(later, month)
+    # then: the other merchant is invoiced; the bad one's invoice is rolled back, logged and alerted once
+    assert first == {"invoiced": 1, "failed": 1} and second == {"failed": 1}
+    db.session.rollback()
+    assert set(db.session.execute(select(FeeInvoice.merchant_id)).scalars()) == {good.id}
+    assert credit(bad.id) == 1_00  # the credit it applied is back
+    alerts = db.session.execute(select(Alert).where(Alert.kind == "fee_invoice_failed")).scalars().all()
+    assert [(a.subject, "cannot invoice this one" in a.message) for a in alerts] == [(f"merchant {bad.id}", True)]
+    # and: once it can be invoiced, the next run does it
+    monkeypatch.setattr(jobs.invoices, "invoice_month", invoice_month)
+    assert invoice_fees(later, month) == {"invoiced": 1}
+    assert credit(bad.id) == 0

@@ -278,3 +278,34 @@ def test_a_person_without_a_mini_program_openid_keeps_the_money_in_the_balance(
     assert db.session.get(Payout, payout.id).status == "cancelled"
     assert balance(account(AccountKind.USER_CASH, "user", user.id)) == 3_00
     assert simulator(app).transfers == {}
+
+
+# -- one person whose covered debts cannot be settled never stops the others ------------------------------
+
+
+def test_a_person_who_cannot_be_settled_is_skipped_and_everyone_after_them_is_settled(app, monkeypatch):
+    import jobs.payouts as jobs_payouts
+
+    # given: three people owing; settling the first one fails after it wrote something
+    settled: list[int] = []
+
+    def settle(user_id, point_value_fen):
+        raise_alert("test_write", f"user {user_id}", "written inside the person's transaction")
+        if user_id == 101:
+            raise RuntimeError("cannot settle this one")
+        settled.append(user_id)
+        return 1_00
+
+    monkeypatch.setattr(jobs_payouts, "people_owing", lambda after: [101, 102, 103] if after == 0 else [])
+    monkeypatch.setattr(jobs_payouts, "settle_covered", settle)
+    # when: the job runs, twice
+    first = jobs_payouts.settle_covered_debts()
+    second = jobs_payouts.settle_covered_debts()
+    # then: the others are settled each run; the bad one's writes are rolled back, it is logged and alerted once
+    assert first == second == {"people": 2, "settled_fen": 2_00, "failed": 1}
+    assert settled == [102, 103, 102, 103]
+    db.session.rollback()
+    written = {a.subject for a in db.session.execute(select(Alert).where(Alert.kind == "test_write")).scalars()}
+    assert written == {"user 102", "user 103"}
+    failed = db.session.execute(select(Alert).where(Alert.kind == "covered_debt_failed")).scalars().all()
+    assert [(a.subject, "cannot settle this one" in a.message) for a in failed] == [("user 101", True)]

@@ -401,3 +401,78 @@ def test_cancel_answers(app, http_rail, wechat_http, reply, outcome):
     wechat_http.add(responses.POST, f"{BILLS}/out-bill-no/{NO}/cancel", **signed(app, reply["status"], reply["data"]))
     assert http_rail.cancel(NO).outcome == outcome
     assert wechat_http.calls[0].request.body in (b"{}", "{}")
+
+
+# -- answers we cannot read -------------------------------------------------------------
+
+ODD_ANSWERS = [
+    {"state": ["SUCCESS"]},
+    {"state": "FAIL", "fail_reason": 7},
+    {"state": "WAIT_USER_CONFIRM", "package_info": {"p": "kg"}},
+    {"state": "SUCCESS", "transfer_bill_no": {"n": 1}},
+    {"state": "SUCCESS", "transfer_bill_no": "1" * 65},  # longer than Payout.wechat_ref holds
+    {"state": "S" * 65},  # longer than PayoutAttempt.response_code holds
+]
+
+
+@pytest.mark.parametrize("answer", ODD_ANSWERS)
+def test_a_signed_answer_with_a_field_of_the_wrong_type_is_unknown_never_decided_on(
+    app, http_rail, wechat_http, answer
+):
+    data = {"out_bill_no": NO, "transfer_bill_no": "1330000001", **answer}
+    wechat_http.add(responses.POST, BILLS, **signed(app, 200, data))
+    result = http_rail.send(NO, http_rail.with_wire(NO, REQUEST))
+    assert (result.outcome, result.code) == (Outcome.UNKNOWN, "UNREADABLE_ANSWER")
+    assert "could not be read" in result.message
+    assert result.wechat_ref is None and result.package_info is None
+
+
+@pytest.mark.parametrize("code", [["PARAM_ERROR"], 400, "X" * 65])
+def test_an_error_answer_with_an_unreadable_code_is_unknown(app, http_rail, wechat_http, code):
+    wechat_http.add(responses.GET, f"{BILLS}/out-bill-no/{NO}", **signed(app, 500, {"code": code, "message": "x"}))
+    assert (http_rail.query(NO, REQUEST).outcome, http_rail.query(NO, REQUEST).code) == (
+        Outcome.UNKNOWN,
+        "UNREADABLE_ANSWER",
+    )
+
+
+@pytest.mark.parametrize("answer", ODD_ANSWERS[:4])
+def test_a_payout_whose_answers_cannot_be_read_ends_with_an_operator_not_sending_forever(
+    app, http_rail, wechat_http, payee, transfer, answer
+):
+    # given: WeChat's signed answers, to the POST and to every query, carry a field of the wrong type
+    from payouts.record import DispatchSettings
+    from payouts.settings import MoneySettings
+
+    settings = DispatchSettings(money=MoneySettings())
+
+    def run(at=None):
+        out = dispatch_due({http_rail.name: http_rail}, settings=settings, clock=(lambda: at) if at else utcnow)
+        db.session.expire_all()
+        return out
+
+    payout = transfer(payee())
+    wechat_http.add(
+        responses.POST,
+        BILLS,
+        **signed(app, 200, {"out_bill_no": payout.external_no, "transfer_bill_no": "1", **answer}),
+    )
+    # when: the first pass, then a pass every 7 hours (past any backoff)
+    assert dict(run()) == {Outcome.UNKNOWN: 1}
+    later = utcnow()
+    for _ in range(10):
+        later += timedelta(hours=7)
+        query = {"mch_id": app.config["WECHAT_MCHID"], "out_bill_no": payout.external_no, "transfer_bill_no": "1"}
+        query |= {"transfer_amount": 5_00, "openid": http_rail._openid(payout.user_id), **answer}
+        db.session.rollback()
+        wechat_http.add(responses.GET, f"{BILLS}/out-bill-no/{payout.external_no}", **signed(app, 200, query))
+        run(later)
+    # then: never decided on; after its attempts it is an operator's, with what was wrong in its history
+    payout = db.session.get(Payout, payout.id)
+    assert (payout.status, payout.attempts) == ("needs_operator", settings.max_attempts)
+    assert payout.wechat_ref is None and payout.package_info is None and payout.finished_at is None
+    from models import Alert, PayoutAttempt
+
+    tried = db.session.query(PayoutAttempt).filter_by(payout_id=payout.id).all()
+    assert len(tried) == settings.max_attempts and {a.response_code for a in tried} == {"UNREADABLE_ANSWER"}
+    assert db.session.query(Alert).filter_by(kind="payout_needs_operator", subject=payout.external_no).count() == 1

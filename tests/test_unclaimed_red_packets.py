@@ -251,3 +251,61 @@ def test_a_packet_given_back_is_dated_by_wechat_and_matched_by_that_days_fund_fl
     assert db.session.scalars(select(ReconciliationMismatch)).all() == []
     fund = db.session.scalars(select(ReconciliationRun).where(ReconciliationRun.kind == "fundflow")).one()
     assert (fund.status, fund.lines_read, fund.matched) == ("done", 2, 2)
+
+
+# -- one packet that cannot be checked never keeps the others' money back ---------------------------------
+
+
+def test_a_refund_time_at_the_calendars_end_is_no_date_and_the_money_still_comes_back(app, sent_packet):
+    from payouts.redpack_rail import refund_time
+
+    assert refund_time("0001-01-01 00:00:00") is None  # no UTC instant: dated by our check instead
+    assert refund_time("0001-01-01 07:59:59") is None
+    assert refund_time("2026-01-02 08:00:00") == datetime(2026, 1, 2, tzinfo=UTC)
+    # given: two packets WeChat refunded, one with a refund_time that has no UTC instant
+    odd, fine = sent_packet(5_00), sent_packet(3_00)
+    sim = simulator(app)
+    sim.refund_unopened_redpack(odd.external_no)
+    sim.refund_unopened_redpack(fine.external_no)
+    sim.redpacks[odd.external_no]["refund_time"] = "0001-01-01 00:00:00"
+    later = max(odd.sent_at, fine.sent_at) + timedelta(hours=26)
+    # when
+    outcomes = check_unclaimed(rail(app), later)
+    # then: both back in their balances, the odd one dated by our check
+    assert dict(outcomes) == {"unclaimed": 2}
+    db.session.expire_all()
+    assert (cash_of(odd), cash_of(fine)) == (5_00, 3_00)
+    assert not check_unclaimed(rail(app), later + timedelta(hours=1))
+
+
+def test_a_packet_whose_answer_cannot_be_recorded_is_skipped_and_the_others_come_back(app, sent_packet, monkeypatch):
+    from models import Alert
+    from payouts import unclaimed
+
+    # given: two refunded packets; recording the first one's answer fails
+    odd, fine = sent_packet(5_00), sent_packet(3_00)
+    for packet in (odd, fine):
+        simulator(app).refund_unopened_redpack(packet.external_no)
+    original = unclaimed.record_check
+
+    def record_check(payout_id, request, answer, at):
+        original(payout_id, request, answer, at)  # its writes are rolled back with it
+        if payout_id == odd.id:
+            raise RuntimeError("cannot record this one")
+
+    monkeypatch.setattr(unclaimed, "record_check", record_check)
+    later = max(odd.sent_at, fine.sent_at) + timedelta(hours=26)
+    # when: the job runs, twice
+    first = check_unclaimed(rail(app), later)
+    second = check_unclaimed(rail(app), later + timedelta(hours=1))
+    # then: the other packet's money is back; the bad one is logged, alerted once, nothing of it kept, asked again
+    assert dict(first) == {"unclaimed": 1, "error": 1} and dict(second) == {"error": 1}
+    db.session.expire_all()
+    assert (cash_of(odd), cash_of(fine)) == (0, 3_00)
+    assert db.session.get(Payout, odd.id).status == "succeeded"
+    assert db.session.query(Alert).filter_by(kind="payout_claim_check_failed", subject=f"payout {odd.id}").count() == 1
+    # and: once it can be recorded, it comes back too
+    monkeypatch.setattr(unclaimed, "record_check", original)
+    assert dict(check_unclaimed(rail(app), later + timedelta(hours=2))) == {"unclaimed": 1}
+    db.session.expire_all()
+    assert cash_of(odd) == 5_00
