@@ -849,7 +849,12 @@ def reconcile_day(
         what = f"{len(subs)} sub-merchants' trade bills and the fund-flow bill" if service_provider else "both bills"
         step(f"{day}: downloading {what} from WeChat")
         fetched["bills"] = reconcile.fetch_bills(
-            pay_client, day, sub_mchids=subs, account_type=account_type, tar_type=tar_type
+            pay_client,
+            day,
+            sub_mchids=subs,
+            account_type=account_type,
+            tar_type=tar_type,
+            number_prefix=MoneySettings.from_config(current_app.config).number_prefix,  # our payouts' numbers
         )
         return fetched["bills"]
 

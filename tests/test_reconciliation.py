@@ -697,12 +697,26 @@ def test_payouts_with_the_environment_prefix_match_the_fund_flow_bill(ours, wech
     assert (runs()["fundflow"].matched, runs()["fundflow"].mismatches) == (1, 0)
 
 
-def test_prefixed_payouts_match_when_the_job_is_not_told_the_prefix(ours, wechat, pay_client):
-    # the daily job as it calls reconciliation today: a prefixed number that names one of our payouts is ours
+def test_the_daily_job_tells_reconciliation_the_prefix_of_its_settings(app, ours, wechat, pay_client):
+    # given: this environment numbers its payouts S + TB + 12 digits
+    app.config["WECHAT_NUMBER_PREFIX"] = "S"
     payout = prefixed_payout(ours, 5_00)
     wechat.serve("trade", trade_bill())
     wechat.serve("fund", fund_bill(flow("商家转账", "支出", "5.00", voucher=payout.external_no)))
+    # when: the job reconciles the day as it is scheduled
     reconcile_day(pay_client, DAY, NOW)
+    # then
+    assert findings() == set()
+    assert (runs()["fundflow"].matched, runs()["fundflow"].mismatches) == (1, 0)
+
+
+def test_prefixed_payouts_match_when_reconciliation_is_not_told_the_prefix(ours, wechat, pay_client):
+    # a caller that does not say the prefix: a prefixed number that names one of our payouts is ours
+    payout = prefixed_payout(ours, 5_00)
+    wechat.serve("trade", trade_bill())
+    wechat.serve("fund", fund_bill(flow("商家转账", "支出", "5.00", voucher=payout.external_no)))
+    write_results(date(2024, 5, 1), fetch_bills(pay_client, date(2024, 5, 1)), NOW)
+    db.session.commit()
     assert findings() == set()
     assert (runs()["fundflow"].matched, runs()["fundflow"].mismatches) == (1, 0)
 
