@@ -439,7 +439,10 @@ def _error_fields(body: bytes) -> tuple[str | None, str]:
         return None, "error answer is not JSON"
     if not isinstance(data, dict):
         return None, "error answer is not an object"
-    return data.get("code"), str(data.get("message", ""))
+    code, message = data.get("code"), str(data.get("message", ""))[:500]
+    if not isinstance(code, str) or not code or len(code) > 64 or not code.isascii():  # WeChat's are short words
+        return None, f"error answer's code is not one WeChat sends; {message}"
+    return code, message
 
 
 def _field(data: Any, name: str) -> Any:

@@ -87,6 +87,16 @@ def test_refund_error_table(mocked, pay_client, sim_keys, status, code, error, r
         assert info.value.code == code
 
 
+@pytest.mark.parametrize("code", [["NOT_ENOUGH"], {"a": 1}, 7, "X" * 65, "余额不足"])
+def test_a_signed_error_whose_code_is_no_word_of_wechats_is_unknown_not_a_crash(mocked, pay_client, sim_keys, code):
+    payload = {"code": code, "message": "x"}
+    mocked.add(responses.POST, f"{PAY_BASE}/v3/refund/domestic/refunds", **_signed_json(sim_keys, 403, payload))
+    with pytest.raises(WeChatUnavailable) as info:
+        pay_client.refund("ORDER0001", "REFUND0001", 100, 5000, NOTIFY_URL)
+    assert info.value.outcome_unknown and info.value.code == "HTTP_403"
+    assert "not one WeChat sends" in info.value.message
+
+
 def test_404_order_not_exist_is_typed_not_found(mocked, pay_client, sim_keys):
     url = f"{PAY_BASE}/v3/pay/transactions/out-trade-no/NOPE?mchid={MCHID}"
     mocked.add(responses.GET, url, **_signed_json(sim_keys, 404, {"code": "ORDER_NOT_EXIST", "message": "订单不存在"}))
