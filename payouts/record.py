@@ -94,7 +94,7 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
     if result.wechat_ref and o != Outcome.MISMATCH:
         payout.wechat_ref = result.wechat_ref
     if o == Outcome.SUCCEEDED:
-        mark_succeeded(payout, now, result.wechat_ref)
+        mark_succeeded(payout, now, result.wechat_ref, finished_at=_wechat_finished(result, payout, now))
     elif o == Outcome.WAITING_USER_CONFIRM:
         _waiting(payout, result, now, settings)
     elif o in (Outcome.IN_PROGRESS, Outcome.UNKNOWN):
@@ -154,6 +154,17 @@ def log_attempt(payout_id: int, action: str, request: dict, result: RailResult, 
             created_at=now,
         )
     )
+
+
+def _wechat_finished(result: RailResult, payout: Payout, now: datetime) -> datetime:
+    """When WeChat says the payout finished (a transfer bill's ``update_time``), where the answer says one that
+    lies between the payout's sending and now; else now. The day's fund-flow bill lists it by WeChat's time: a
+    transfer confirmed at 23:59:58 and told to us after midnight belongs to the day before."""
+    at = result.details.get("finished_at")
+    earliest = payout.sent_at or payout.created_at
+    if isinstance(at, datetime) and at.tzinfo is not None and (earliest is None or earliest <= at) and at <= now:
+        return at
+    return now
 
 
 def unrecorded(payout: Payout, request: dict, why: str, now: datetime, settings: DispatchSettings) -> None:

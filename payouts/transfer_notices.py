@@ -124,7 +124,8 @@ def disagreements(bill: TransferBill, expected: TransferAccount, payout: Payout)
 
 
 def _result(bill: TransferBill) -> RailResult:
-    return RailResult(STATES[bill.state], bill.state, bill.fail_reason, wechat_ref=bill.transfer_bill_no)
+    at = {"finished_at": bill.update_time} if bill.update_time else {}  # WeChat's time of the final state
+    return RailResult(STATES[bill.state], bill.state, bill.fail_reason, wechat_ref=bill.transfer_bill_no, details=at)
 
 
 def _to_operator(payout: Payout, why: str, now: datetime, settings: DispatchSettings) -> None:

@@ -219,7 +219,18 @@ def state_result(answer: dict[str, Any], expected: dict[str, Any] | None = None)
         answer.get("fail_reason") or "",
         wechat_ref=answer.get("transfer_bill_no"),
         package_info=answer.get("package_info"),
+        details=_update_time(answer.get("update_time")),
     )
+
+
+def _update_time(value: Any) -> dict[str, datetime]:
+    """``{"finished_at": …}`` from the bill's ``update_time`` (RFC 3339) when it reads as a time; else nothing (the
+    payout is then dated when we learned of it)."""
+    try:
+        at = datetime.fromisoformat(value) if isinstance(value, str) and len(value) <= 40 else None
+    except ValueError:
+        return {}
+    return {"finished_at": at} if at is not None and at.tzinfo is not None else {}
 
 
 def _unreadable(why: str) -> RailResult:

@@ -151,7 +151,10 @@ def mark_shared(
     close_flow(payout.flow)
 
 
-def mark_succeeded(payout: Payout, now: datetime, wechat_ref: str | None = None) -> None:
+def mark_succeeded(
+    payout: Payout, now: datetime, wechat_ref: str | None = None, *, finished_at: datetime | None = None
+) -> None:
+    """Paid: the money leaves transit; ``finished_at`` is WeChat's time of it when known (else ``now``)."""
     if payout.rail == Rail.PROFIT_SHARING:  # an operator's evidence, or WeChat's answer: the same booking
         mark_sent(payout, now)
         mark_shared(payout, now, wechat_ref, f"payout {payout.external_no} shared from the merchant's order money")
@@ -167,7 +170,7 @@ def mark_succeeded(payout: Payout, now: datetime, wechat_ref: str | None = None)
             Leg(ref(AccountKind.WECHAT_SETTLEMENT), payout.amount_fen),
         ],
     )
-    payout.finished_at, payout.wechat_ref = now, wechat_ref or payout.wechat_ref
+    payout.finished_at, payout.wechat_ref = finished_at or now, wechat_ref or payout.wechat_ref
     payout.lease_until = None
     close_flow(payout.flow)
 

@@ -117,6 +117,42 @@ def test_success_settles_the_payout_and_closes_the_flow(app, client, waiting):
     assert (seen.out_trade_no, seen.outcome) == (payout.external_no, "transfer_SUCCESS")
 
 
+@pytest.mark.parametrize(
+    "update_time, kept",
+    [("confirmed", True), ("before sending", False), ("in the future", False), (None, False)],
+)
+def test_a_payout_is_dated_by_wechats_time_of_success_when_it_says_a_plausible_one(
+    app, client, waiting, update_time, kept
+):
+    """The fund-flow bill lists a transfer on the day WeChat finished it: one confirmed at 23:59:58 and told to us
+    after midnight belongs to the day before (found by a probe: it was a false finding on the next day's run)."""
+    from datetime import timedelta
+
+    from models import utcnow
+
+    payout = waiting(5_00)
+    confirmed = (payout.sent_at + timedelta(seconds=1)).replace(microsecond=0)  # whole seconds, as WeChat writes
+    while utcnow() <= confirmed:  # (told to us after it happened)
+        time.sleep(0.05)
+    times = {
+        "confirmed": confirmed,
+        "before sending": payout.sent_at - timedelta(hours=1),
+        "in the future": utcnow() + timedelta(hours=1),
+    }
+    resource = bill_resource(app, payout, "SUCCESS")
+    if update_time is None:
+        resource.pop("update_time", None)
+    else:
+        resource["update_time"] = times[update_time].astimezone().isoformat(timespec="seconds")
+    assert deliver(client, app, resource).status_code == 204
+    db.session.expire_all()
+    finished = db.session.get(Payout, payout.id).finished_at
+    if kept:
+        assert finished == confirmed
+    else:
+        assert finished > confirmed
+
+
 def test_fail_of_an_offered_bill_returns_the_money_to_the_balance_and_sends_no_new_bill(app, client, waiting):
     # given: a bill offered to the user (it has package_info)
     payout = waiting(5_00)
