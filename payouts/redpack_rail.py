@@ -219,8 +219,8 @@ class RedpackRail:
 
 
 def _unreadable(answer: RedpackResult, ref: str) -> RailResult | None:
-    """UNKNOWN when the answer cannot be read: a code longer than the column it is kept in, or the reference
-    (``ref``: send_listid, detail_id) not one short text (a nested element, say). None when it can."""
+    """UNKNOWN when the answer cannot be read: a code longer than the column it is kept in, or the number
+    WeChat gives it (``ref``: send_listid, detail_id) not one short text (a nested element, say). None when it can."""
     odd = [
         f"{name} longer than {CODE_MOST} characters"
         for name in ("err_code", "status")
