@@ -176,6 +176,7 @@ def unrecorded(payout: Payout, request: dict, why: str, now: datetime, settings:
     log_attempt(payout.id, "record", request, RailResult(Outcome.UNKNOWN, "RECORD_FAILED", why), 0, now)
     if payout.status != S.SENDING:  # finished meanwhile by a notification or an operator
         return
+    mark_sent(payout, now)  # its call may have left: in transit, and only a query (or a person) decides from now on
     payout.last_error = f"RECORD_FAILED: {why}"[:2000]
     if payout.attempts >= settings.max_attempts:
         _to_operator(payout, f"its answer could not be recorded after {payout.attempts} attempts ({why})"[:2000])
@@ -190,6 +191,8 @@ def set_aside(payout: Payout, why: str, now: datetime, settings: DispatchSetting
     again = now + backoff(payout.attempts, settings)
     if payout.status == S.SENDING:  # its worker died: due again when this lease ends
         payout.lease_until = again
+        if payout.request is not None:  # claimed before with this request: it may have left (in transit)
+            mark_sent(payout, now)
     else:
         payout.next_attempt_at, payout.lease_until = again, None
     if payout.attempts >= settings.max_attempts:

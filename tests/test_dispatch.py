@@ -8,7 +8,7 @@ import pytest
 
 from jobs.payouts import dispatch_due
 from ledger import account, balance
-from models import AccountKind, Payout, PayoutAttempt, RailControl, db, utcnow
+from models import AccountKind, LedgerEntry, Payout, PayoutAttempt, RailControl, db, utcnow
 from payouts import MoneySettings, enqueue_payout, faults
 from payouts.rails import Outcome, RailResult
 from payouts.record import DispatchSettings
@@ -444,6 +444,9 @@ def test_an_answer_that_can_never_be_recorded_ends_with_an_operator_after_its_at
     noted = db.session.query(PayoutAttempt).filter_by(payout_id=payout.id, action="record").all()
     assert len(noted) == 3 and all("unhashable" in a.message for a in noted)
     assert db.session.query(Alert).filter_by(kind="payout_needs_operator", subject=payout.external_no).count() == 1
+    # and the operator finds it sent (its call may have left: in transit), so a resend asks WeChat first
+    assert back.sent_at is not None
+    assert db.session.query(LedgerEntry).filter_by(idempotency_key=f"payout:{payout.id}:sent").count() == 1
 
 
 def test_an_answer_with_a_message_that_is_not_text_is_still_recorded(funded_payout):
@@ -485,3 +488,4 @@ def test_a_payout_whose_calls_keep_raising_ends_with_an_operator_after_its_attem
     noted = db.session.query(PayoutAttempt).filter_by(payout_id=payout.id, action="record").all()
     assert len(noted) == 3 and all("the call raised" in a.message for a in noted)
     assert db.session.query(Alert).filter_by(kind="payout_needs_operator", subject=payout.external_no).count() == 1
+    assert back.sent_at is not None  # the first call may have left: the operator's resend asks WeChat first

@@ -279,3 +279,37 @@ def test_a_request_running_past_the_stale_time_is_not_taken_over_by_its_retry(ap
     db.session.rollback()
     assert count(Merchant) == 1
     assert count(AuditLog, AuditLog.action == "merchant.create") == 1
+
+
+def test_a_failed_request_gives_up_its_key_only_while_the_key_is_still_its_own(app):
+    """Between a failed view's rollback (its hold on the key ends) and its giving the key up, a waiting retry may
+    take the key over: the key is then the retry's, not deleted from under it, and a refusal the first request
+    stores after its rollback does not overwrite the retry's answer."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from models import IdempotencyRecord, utcnow
+    from web import idempotency
+
+    first = utcnow()
+    record = IdempotencyRecord(
+        scope="user:1", route="POST /x", key="k", request_sha256="f", locked_at=first, expires_at=first + timedelta(1)
+    )
+    db.session.add(record)
+    db.session.commit()
+    record_id = record.id
+    taken = first + timedelta(seconds=61)  # the retry's takeover
+    db.session.execute(update(IdempotencyRecord).where(IdempotencyRecord.id == record_id).values(locked_at=taken))
+    db.session.commit()
+
+    idempotency._store(record_id, 422, {"error": "first"}, first)
+    idempotency._release(record_id, first)
+
+    kept = db.session.get(IdempotencyRecord, record_id)
+    assert kept is not None and (kept.state, kept.locked_at) == ("in_progress", taken)
+    idempotency._store(record_id, 201, {"id": 7}, taken)  # the retry stores its own answer
+    db.session.expire_all()
+    assert (db.session.get(IdempotencyRecord, record_id).state, kept.response_status) == ("done", 201)
+    idempotency._release(record_id, taken)  # (a stored answer is never given up)
+    assert count(IdempotencyRecord) == 1

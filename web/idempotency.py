@@ -20,6 +20,7 @@ from functools import cache
 from flask import Response, current_app, jsonify, request
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.util import identity_key
 
 from models import IdempotencyRecord, db, utcnow
 from models.base import fernet
@@ -152,42 +153,57 @@ def _delete(record_id: int) -> None:
     db.session.commit()
 
 
-def _release(record_id: int) -> None:
+def _release(record_id: int, locked_at) -> None:
+    """Give the key up (the view failed): deleted only while it is still this request's, in progress since
+    ``locked_at``; a retry that took it over once the view's transaction ended keeps it."""
     db.session.rollback()
-    _delete(record_id)
+    table = IdempotencyRecord.__table__
+    db.session.execute(
+        delete(table).where(table.c.id == record_id, table.c.locked_at == locked_at, table.c.state == "in_progress")
+    )
+    forgotten = db.session.identity_map.get(identity_key(IdempotencyRecord, record_id))
+    if forgotten is not None:  # the session forgets it too (SQLite may give its id to the next row: see _delete)
+        db.session.expunge(forgotten)
+    db.session.commit()
 
 
 def run(scope: str, route: str, key: str, call: Callable[[], Response]) -> Response:
     claimed = _claim(scope, route, key, request_fingerprint())
     if isinstance(claimed, Response):
         return claimed
-    record_id = claimed.id
+    record_id, locked_at = claimed.id, claimed.locked_at
     try:
         _hold(record_id)
         response = call()
     except ApiError as err:  # the view's effects are already rolled back
         if err.status in NOT_STORED or err.status >= 500:
-            _release(record_id)
+            _release(record_id, locked_at)
             raise
-        _store(record_id, err.status, err.body())
+        _store(record_id, err.status, err.body(), locked_at)
         raise
     except BaseException:
-        _release(record_id)
+        _release(record_id, locked_at)
         raise
     if response.status_code >= 500 or response.status_code in NOT_STORED or not response.is_json:
-        _release(record_id)
+        _release(record_id, locked_at)
         return response
     if response.status_code >= 400:
         db.session.rollback()
-    _store(record_id, response.status_code, response.get_json())
+    _store(record_id, response.status_code, response.get_json(), locked_at)
     return response
 
 
-def _store(record_id: int, status: int, body) -> None:
-    """Store the answer; for a success this commits together with the view's effects. (A Core UPDATE built once:
-    the ORM's bulk UPDATE also evaluates its WHERE against every object in the session, a third of a keyed
-    claim's CPU; the commit right after expires the session's copy of the row anyway.)"""
-    execute_core(_store_statement(), {"record_id": record_id, "status": status, "body": _sealed(body)})
+def _store(record_id: int, status: int, body, locked_at=None) -> None:
+    """Store the answer; for a success this commits together with the view's effects. ``locked_at``: only while
+    the key is still this request's (a refusal is stored after its rollback, when a retry may have taken the key
+    over: the retry's answer is then the one kept). (A Core UPDATE built once: the ORM's bulk UPDATE also
+    evaluates its WHERE against every object in the session, a third of a keyed claim's CPU; the commit right
+    after expires the session's copy of the row anyway.)"""
+    values = {"record_id": record_id, "status": status, "body": _sealed(body)}
+    if locked_at is None:
+        execute_core(_store_statement(), values)
+    else:
+        execute_core(_store_held_statement(), {**values, "held_since": locked_at})
     db.session.commit()
 
 
@@ -195,6 +211,12 @@ def _store(record_id: int, status: int, body) -> None:
 def _hold_statement():
     table = IdempotencyRecord.__table__
     return select(table.c.id).where(table.c.id == bindparam("record_id")).with_for_update()
+
+
+@cache
+def _store_held_statement():
+    table = IdempotencyRecord.__table__
+    return _store_statement().where(table.c.locked_at == bindparam("held_since", type_=table.c.locked_at.type))
 
 
 @cache
