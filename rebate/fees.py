@@ -367,6 +367,9 @@ def spend_credit(
         raise Invalid("amount_fen must be a positive number of fen", code="invalid_amount")
     if campaign_id is not None:
         _check_funded_by(visible_campaign(actor.operator, campaign_id), merchant_id)
+    # the deposit's row before the credit's, as payments and refunds take them (deposit, then credit): taking the
+    # credit first waited in a circle with a refund clawing back credit rebates (PostgreSQL)
+    locked(deposit_account(merchant_id))
     credit = lock_credit(merchant_id)
     entry_key = f"credit:{merchant_id}:{actor.operator.id}:{key}"
     legs = [Leg(credit, -amount_fen), Leg(deposit_account(merchant_id), amount_fen)]
