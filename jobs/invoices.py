@@ -8,16 +8,14 @@ month that later refunds took below zero is invoiced at 0, gives credit back and
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from datetime import datetime
 
 from sqlalchemy import select
 
-from models import Merchant, alert_once, db, unit_of_work, utcnow
+from jobs.payouts import row_failed
+from models import Merchant, db, unit_of_work, utcnow
 from rebate.fees import invoice_month, merchants_to_invoice, previous_month
-
-log = logging.getLogger(__name__)
 
 
 def invoice_fees(now: datetime | None = None, month: str | None = None) -> Counter:
@@ -33,21 +31,9 @@ def invoice_fees(now: datetime | None = None, month: str | None = None) -> Count
                 ).scalar_one_or_none()
                 invoice = invoice_month(merchant_id, month, now) if claimed is not None else None
         except Exception as exc:  # one merchant that cannot be invoiced must not stop every merchant after it
-            log.exception("fee invoice failed", extra={"merchant_id": merchant_id, "month": month})
-            _alert_once(merchant_id, month, exc)
+            row_failed("fee_invoice_failed", "merchant", merchant_id, exc)
             done["failed"] += 1
             continue
         done["invoiced" if invoice is not None else "skipped"] += 1
     db.session.commit()
     return done
-
-
-def _alert_once(merchant_id: int, month: str, error: Exception) -> None:
-    """An operator is told (once while the alert is open) that a merchant's invoice failed; the next run tries again."""
-    try:
-        with unit_of_work():
-            alert_once(
-                "fee_invoice_failed", f"merchant {merchant_id}", text=f"{month} invoice failed: {error!r}"[:2000]
-            )
-    except Exception:  # the log already says it
-        log.exception("alert not raised", extra={"merchant_id": merchant_id})

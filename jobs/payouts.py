@@ -713,7 +713,7 @@ def check_unclaimed(rail: RailAdapter, now: datetime, clock: Callable[[], dateti
                 if unclaimed.close_expired(payout_id, now):
                     outcomes[Outcome.ASK_OPERATOR] += 1
         except Exception as exc:  # one packet that cannot be closed must not stop the others
-            _row_failed("payout_claim_check_failed", "payout", payout_id, exc)
+            row_failed("payout_claim_check_failed", "payout", payout_id, exc)
             outcomes["error"] += 1
     with unit_of_work():
         due = unclaimed.due_checks(now)
@@ -722,12 +722,12 @@ def check_unclaimed(rail: RailAdapter, now: datetime, clock: Callable[[], dateti
         try:
             outcomes[_check_packet(rail, payout_id, external_no, request, at).outcome] += 1
         except Exception as exc:  # one packet's answer that cannot be recorded must not keep the others' money back
-            _row_failed("payout_claim_check_failed", "payout", payout_id, exc)
+            row_failed("payout_claim_check_failed", "payout", payout_id, exc)
             outcomes["error"] += 1
     return outcomes
 
 
-def _row_failed(kind: str, what: str, row_id: int, error: Exception) -> None:
+def row_failed(kind: str, what: str, row_id: int, error: Exception) -> None:
     """One row of a job failed (its transaction is rolled back): logged with its id, an operator told once; the
     job goes on with the next row."""
     db.session.rollback()
@@ -778,7 +778,7 @@ def settle_covered_debts() -> Counter:
                 with unit_of_work():
                     settled = settle_covered(user_id, point_value_fen)
             except Exception as exc:  # one person who cannot be settled must not stop everyone after them
-                _row_failed("covered_debt_failed", "user", user_id, exc)
+                row_failed("covered_debt_failed", "user", user_id, exc)
                 result["failed"] += 1
                 continue
             if settled:
