@@ -30,6 +30,35 @@ class OperatorRole(StrEnum):
     MERCHANT_STAFF = "merchant_staff"
 
 
+# The sets of scripts a username may mix (Unicode TR 39's "highly restrictive" level): one script, or Latin with the
+# scripts written beside Han. Digits, punctuation and marks belong to every script ("Common", "Inherited").
+ALLOWED_SCRIPT_MIXES = (
+    frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}),
+    frozenset({"LATIN", "HAN", "BOPOMOFO"}),
+    frozenset({"LATIN", "HAN", "HANGUL"}),
+)
+_SCRIPT_OF_NAME = {"CJK": "HAN", "IDEOGRAPHIC": "HAN", "HALFWIDTH": None, "FULLWIDTH": None}
+
+
+def _script(character: str) -> str | None:
+    """The script of a letter as its Unicode name begins (``CYRILLIC SMALL LETTER A``: CYRILLIC); None for what
+    every script writes (digits, punctuation, symbols, combining marks)."""
+    if not unicodedata.category(character).startswith("L"):
+        return None
+    first = unicodedata.name(character, "").split(" ", 1)[0]
+    return _SCRIPT_OF_NAME.get(first, first) or None
+
+
+def mixed_scripts(username: str) -> list[str]:
+    """The scripts of ``username`` (as read: compatibility forms folded) when they mix in a way a reader can be fooled
+    by (``pаypal`` with a Cyrillic ``а``, Latin with Greek); empty when the name is of one script or of an allowed mix
+    (Latin beside Han, kana, Bopomofo or Hangul)."""
+    scripts = {s for s in map(_script, unicodedata.normalize("NFKC", username)) if s}
+    if len(scripts) <= 1 or any(scripts <= allowed for allowed in ALLOWED_SCRIPT_MIXES):
+        return []
+    return sorted(scripts)
+
+
 def username_key(username: str) -> str:
     """A username as people read it: compatibility forms folded (full-width letters), then case, and no invisible
     marks (a zero-width space)."""
@@ -172,6 +201,10 @@ class MerchantScopeError(OperatorError):
     code, kind = "merchant_scope", "invalid"
 
 
+class LookalikeUsername(OperatorError):
+    code, kind = "username_mixed_scripts", "invalid"
+
+
 class DuplicateOperator(OperatorError):
     code, kind = "duplicate_operator", "conflict"
 
@@ -270,7 +303,14 @@ def create_operator_record(
 ) -> Operator:
     """The operator row alone (the command line's bootstrap; the database keeps the scope rule too). A username
     differing only in case (or in full-width letters) from another is the same name to a reader of the audit
-    log: refused too, by the database's unique ``username_key`` as well."""
+    log: refused too, by the database's unique ``username_key`` as well. A username mixing scripts a reader cannot tell
+    apart (a Cyrillic ``а`` among Latin letters: ``аdmin`` beside ``admin``) is refused (``mixed_scripts``)."""
+    scripts = mixed_scripts(username)
+    if scripts:
+        raise LookalikeUsername(
+            f"username {username!r} mixes the scripts {', '.join(scripts)}: it could pass for another name; "
+            "write it in one script"
+        )
     exists = db.session.execute(
         select(func.count()).where(Operator.username_key == username_key(username))
     ).scalar_one()

@@ -514,3 +514,23 @@ def test_unknown_admin_route_and_wrong_method_answer_json(client, admin):
     wrong = client.delete(MERCHANTS, headers=admin[1])
     assert wrong.status_code == 405
     assert wrong.json["error"] == "method_not_allowed"
+
+
+# аdmin (a Cyrillic а) or Ωmega beside Omega reads as another operator in the audit log: refused before anything
+@pytest.mark.parametrize("username", ["\u0430dmin", "p\u0430yp\u0430l", "\u03a9mega", "\u0430\u03b2c"])
+def test_a_username_mixing_scripts_a_reader_cannot_tell_apart_is_422(client, admin, username):
+    before = table_counts()
+    body = {"username": username, "display_name": "X", "role": "support", "reason": "a lookalike"}
+    response = client.post("/admin/api/operators", json=body, headers=admin[1])
+    assert response.status_code == 422, response.json
+    assert response.json["error"] == "username_mixed_scripts"
+    assert "mixes the scripts" in response.json["message"]
+    assert table_counts() == before
+
+
+@pytest.mark.parametrize(
+    "username", ["\u5f20san", "tanaka\u592a\u90ce", "\u0438\u0432\u0430\u043d", "caf\u00e9", "kim\uae40"]
+)
+def test_names_of_one_script_or_latin_beside_han_kana_or_hangul_are_taken(client, admin, username):
+    body = {"username": username, "display_name": "X", "role": "support", "reason": "a colleague"}
+    assert client.post("/admin/api/operators", json=body, headers=admin[1]).status_code == 201

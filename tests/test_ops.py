@@ -251,6 +251,14 @@ def test_cli_duplicate_username_fails(app):
     assert db.session.execute(select(func.count(AuditLog.id))).scalar_one() == 1
 
 
+def test_cli_refuses_a_username_mixing_scripts(app):
+    result = app.test_cli_runner().invoke(args=["operators", "create", "--username", "r\u043eot"])  # a Cyrillic о
+    assert result.exit_code == 1
+    assert "mixes the scripts CYRILLIC, LATIN" in result.output
+    db.session.rollback()
+    assert db.session.execute(select(func.count(Operator.id))).scalar_one() == 0
+
+
 def test_metrics_with_a_token_set_answer_only_its_holder(app, client):
     app.config["METRICS_TOKEN"] = "scrape-me"
     try:
