@@ -269,3 +269,18 @@ def test_a_nul_in_a_key_or_deep_in_a_list_is_refused(client, admin):
         response = client.post(MERCHANTS, data=body, content_type="application/json", headers=admin)
         assert (response.status_code, response.json["error"]) == (422, "invalid_json"), body
     assert merchants() == before
+
+
+@pytest.mark.parametrize("written", ["1.0", "1_0", "+1", " 1", "1e1", "0x10", "\u0661"])  # \u0661: an Arabic-Indic one
+def test_a_number_in_the_query_must_be_written_in_digits(client, make_user, user_headers, written):
+    response = client.get("/api/v1/me/payouts", query_string={"limit": written}, headers=user_headers(make_user()))
+    assert response.status_code == 422, response.json
+    (detail,) = response.json["details"]
+    assert detail["field"] == "limit"
+    if written in ("1.0", "1_0", "+1", " 1"):  # what pydantic alone took for a number
+        assert detail["problem"] == "Input should be a whole number written in digits"
+
+
+def test_numbers_written_in_digits_still_page(client, make_user, user_headers):
+    response = client.get("/api/v1/me/payouts?limit=2&offset=0", headers=user_headers(make_user()))
+    assert response.status_code == 200, response.json

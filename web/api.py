@@ -26,7 +26,9 @@
 from __future__ import annotations
 
 import functools
+import re
 import time
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +68,34 @@ def validate(model: type[BaseModel], data: Any) -> BaseModel:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ValidationFailed("request does not validate", details=_errors(exc)) from None
+
+
+WHOLE_NUMBER = re.compile(r"-?[0-9]{1,19}")
+
+
+def validate_query(model: type[BaseModel], args: dict[str, str]) -> BaseModel:
+    """A query string's model: as ``validate``, and a whole-number field must be written as one (digits, an optional
+    minus): pydantic reads ``1.0``, ``1_0``, ``+1`` and `` 1`` as numbers too, which no client means to send."""
+    valid = validate(model, args)  # first: a field's own words for what it refuses
+    loose = [
+        {"field": name, "problem": "Input should be a whole number written in digits"}
+        for name in _whole_number_fields(model)
+        if name in args and not WHOLE_NUMBER.fullmatch(args[name])
+    ]
+    if loose:
+        raise ValidationFailed("request does not validate", details=loose)
+    return valid
+
+
+@functools.cache
+def _whole_number_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of ``model`` holding an ``int`` (or ``int | None``): their names as a query string writes them."""
+    found = []
+    for name, field in model.model_fields.items():
+        kinds = typing.get_args(field.annotation) or (field.annotation,)
+        if int in kinds and all(kind in (int, type(None)) for kind in kinds):
+            found.append(field.alias or name)
+    return tuple(found)
 
 
 def _authenticate(auth: str | None, roles: tuple[str, ...], mutating: bool) -> str:
@@ -199,7 +229,7 @@ def endpoint(
             if body is not None:
                 kwargs["body"] = validate(body, parse_json_body())
             if query is not None:
-                kwargs["query"] = validate(query, request.args.to_dict())
+                kwargs["query"] = validate_query(query, request.args.to_dict())
             key = request.headers.get("Idempotency-Key")
             if require_key and not key:
                 raise ValidationFailed(

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from insights.campaign_rules import campaign_rules
 from models import utcnow
 from rebate.errors import NotFound
-from web.api import endpoint, validate
+from web.api import endpoint, validate_query
 from web.errors import ValidationFailed
 from web.growth_api import platform_limits
 from web.guards import MAX_ID
@@ -124,7 +124,7 @@ def rules_json(campaign_id: int, query: RulesQuery):
 def rules_page(campaign_id: int):
     rules, error = None, None
     try:
-        query = validate(RulesQuery, request.args.to_dict())
+        query = validate_query(RulesQuery, request.args.to_dict())
         rules, status = public_rules(campaign_id, query.v), 200
     except ValidationFailed:
         status, error = 422, f"{BAD_VERSION}. (v 必须是这个活动的规则版本号，正整数。)"
