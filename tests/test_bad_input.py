@@ -284,3 +284,15 @@ def test_a_number_in_the_query_must_be_written_in_digits(client, make_user, user
 def test_numbers_written_in_digits_still_page(client, make_user, user_headers):
     response = client.get("/api/v1/me/payouts?limit=2&offset=0", headers=user_headers(make_user()))
     assert response.status_code == 200, response.json
+
+
+@pytest.mark.parametrize("escaped", ["\\ud800", "\\uDFFF", "a\\udc00b"])
+def test_an_unpaired_surrogate_anywhere_in_the_json_is_refused_before_anything_is_written(client, admin, escaped):
+    """A lone surrogate is no text a database column can hold (psycopg and sqlite3 cannot encode it): in a field
+    pydantic checks as a string, or in a key or a free-form value it does not."""
+    before = merchants()
+    for body in (f'{{"name": "{escaped}"}}', f'{{"name": "shop", "{escaped}": 1}}', f'{{"name": ["x", "{escaped}"]}}'):
+        response = client.post(MERCHANTS, data=body.encode(), content_type="application/json", headers=admin)
+        assert (response.status_code, response.json["error"]) == (422, "invalid_json"), body
+        assert "unpaired surrogate" in response.json["message"]
+    assert merchants() == before

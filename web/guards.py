@@ -37,6 +37,8 @@ from flask import Flask, request
 from werkzeug.exceptions import NotFound, RequestEntityTooLarge, UnprocessableEntity
 from werkzeug.routing import IntegerConverter
 
+from wechat.text import storable
+
 MAX_ID = 2**31 - 1  # INTEGER primary keys (PostgreSQL int4); SQLite would overflow at 2**63
 MAX_JSON_DEPTH = 32  # our deepest request (campaign rules) nests 6 levels
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # instants and days from outside: [EARLIEST, LATEST)
@@ -89,7 +91,8 @@ def json_depth(raw: bytes) -> int:
 def loads_json(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``json.loads`` of UTF-8 text only (JSON between systems is UTF-8, RFC 8259; ``json.loads`` of bytes would
     also take UTF-16 and UTF-32, past the depth count and the NUL check), refusing NaN/Infinity, nesting deeper than
-    ``max_depth`` and any string (key or value) holding a NUL."""
+    ``max_depth`` and any string (key or value) holding a NUL or an unpaired surrogate (``wechat.text.storable``: no
+    column can hold either)."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     try:
         text = data.decode("utf-8")
@@ -103,19 +106,9 @@ def loads_json(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
         value = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:  # the count above makes this unreachable; a guard must not answer 500 if it is not
         raise JsonRefused(f"JSON nested deeper than {max_depth} levels") from None
-    if "\\u0000" in text and _holds_nul(value):  # only ``\u0000`` spells a NUL (JSON refuses a raw one)
-        raise JsonRefused("text may not contain NUL characters", code="invalid_json")
+    if "\\u" in text and not storable(value):  # only an escape spells a NUL or a lone surrogate in UTF-8 JSON
+        raise JsonRefused("text may not contain NUL characters or unpaired surrogates", code="invalid_json")
     return value
-
-
-def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any("\x00" in k or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
-    return False
 
 
 def local_path(target: str) -> str | None:
