@@ -168,6 +168,28 @@ def act(view: Callable, *, body: dict | None = None, done: str = "", **path: Any
     return result
 
 
+MAX_OFFSET = 10_000_000  # a list page further than this is the first page
+
+
+def whole_number(raw: str | None, most: int) -> int | None:
+    """A whole number typed into a query or a form, 0 to ``most``; None for anything else (a sign, a fraction, a
+    word). Never ``int()`` on more digits than ``most`` has: Python refuses a string of over 4,300 digits with
+    an error (it was a 500), and an id that long is no id."""
+    text = (raw or "").strip()
+    if not text.isdecimal():
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(most)):
+        return None
+    value = int(digits)
+    return value if value <= most else None
+
+
+def page_offset() -> int:
+    """The list page's ``offset`` query parameter; anything but a whole number up to MAX_OFFSET is the first page."""
+    return whole_number(request.args.get("offset"), MAX_OFFSET) or 0
+
+
 def form_data(names: tuple[str, ...] | None = None) -> MultiDict:
     """The posted form (without its CSRF token)."""
     data = MultiDict(request.form)

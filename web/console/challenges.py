@@ -17,7 +17,7 @@ from insights.challenges import NO_GROUP
 from models import ChallengeKind, ChallengeStatus, StakeSource
 from models.base import BEIJING
 from web.challenges_admin import get_one_challenge, list_all_challenges
-from web.console import ConsoleError, allowed, bp, invoke, read, render
+from web.console import ConsoleError, allowed, bp, invoke, page_offset, read, render
 from web.guards import day_in_range
 
 PAGE = 50
@@ -67,8 +67,7 @@ def _since(text: str) -> str | None:
 
 
 def _offset() -> int:
-    raw = request.args.get("offset", "0")
-    return int(raw) if raw.isdecimal() and int(raw) <= 10_000_000 else 0
+    return page_offset()
 
 
 @bp.route("/challenges")

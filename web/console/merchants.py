@@ -17,7 +17,7 @@ from flask import abort, current_app, g, redirect, request, url_for
 from models.operators import merchant_scope
 from models.profit_sharing import ShareStatus
 from web.billing_api import get_fee_rate, put_fee_rate
-from web.console import act, allowed, bp, form_data, may, read, render
+from web.console import act, allowed, bp, form_data, may, read, render, whole_number
 from web.guards import MAX_ID
 from web.merchant_api import get_wechat_pay, put_wechat_pay
 from web.profit_shares_api import list_profit_shares
@@ -29,9 +29,10 @@ def _merchant_id(raw: str) -> int | None:
     raw = raw.strip()
     if not raw:
         return merchant_scope(g.operator)
-    if not raw.isdecimal() or not 0 < int(raw) <= MAX_ID:
+    number = whole_number(raw, MAX_ID)
+    if not number:
         abort(404)
-    return int(raw)
+    return number
 
 
 def _settings_page(merchant_id: int | None, status: int = 200, form: dict | None = None, posted: str = ""):

@@ -9,7 +9,7 @@ import re
 
 from flask import redirect, request, url_for
 
-from web.console import act, allowed, bp, form_data, may, read, render
+from web.console import act, allowed, bp, form_data, may, page_offset, read, render
 from web.messages_api import get_message, list_messages, retry_message
 
 PAGE = 50
@@ -19,8 +19,7 @@ EVENT = re.compile(r"^[A-Za-z_]{1,64}$")
 
 
 def _offset() -> int:
-    raw = request.args.get("offset", "0")
-    return int(raw) if raw.isdecimal() and int(raw) <= 10_000_000 else 0
+    return page_offset()
 
 
 @bp.route("/messages")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import flash, request
 
-from web.console import allowed, bp, read, render
+from web.console import allowed, bp, read, render, whole_number
 from web.guards import MAX_ID
 from web.notices_api import list_notices
 
@@ -19,7 +19,7 @@ def notices():
     raw_user, status = request.args.get("user_id", "").strip(), request.args.get("status", "").strip()
     query: dict = {"limit": PAGE}
     if raw_user:
-        if not raw_user.isdecimal() or not 0 < int(raw_user) <= MAX_ID:
+        if not whole_number(raw_user, MAX_ID):
             flash("用户编号应为正整数 The user id is a positive whole number", "error")
             return render(
                 "console/ops_notices.html", data=None, user_id=raw_user, status=status, statuses=STATUSES

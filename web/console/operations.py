@@ -29,7 +29,7 @@ from models.base import BEIJING
 from models.reconciliation import BillKind, MismatchKind
 from web.admin import confirm_operator, list_audit_log, list_operators
 from web.bans_api import create_ban, lift_ban, list_bans
-from web.console import act, allowed, bp, form_data, may, read, render
+from web.console import act, allowed, bp, form_data, may, page_offset, read, render, whole_number
 from web.guards import MAX_ID, day_in_range
 from web.insights import trace_a_packet, trace_a_user, trace_an_order
 from web.payouts_api import act_on_payout, get_payout, list_payouts, resolve_payout
@@ -54,8 +54,7 @@ TRACES: dict[str, tuple[Callable, str]] = {
 
 
 def _offset() -> int:
-    raw = request.args.get("offset", "0")
-    return int(raw) if raw.isdecimal() and int(raw) <= 10_000_000 else 0
+    return page_offset()
 
 
 def _args(*names: str) -> dict:
@@ -166,11 +165,12 @@ def lookup():
     if raw:
         if kind not in TRACES:
             abort(404)
-        if not raw.isdecimal() or not 0 < int(raw) <= MAX_ID:
+        number = whole_number(raw, MAX_ID)
+        if not number:
             flash("编号应为正整数 The id is a positive whole number", "error")
             return render("console/ops_lookup.html", kind=kind, id=raw, trace=None, kinds=tuple(TRACES)), 422
         view, name = TRACES[kind]
-        trace = read(view, **{name: int(raw)})  # another merchant's (or no such) thing: the API's 404
+        trace = read(view, **{name: number})  # another merchant's (or no such) thing: the API's 404
     return render("console/ops_lookup.html", kind=kind, id=raw, trace=trace, kinds=tuple(TRACES))
 
 

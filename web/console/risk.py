@@ -18,7 +18,7 @@ import re
 from flask import flash, g, redirect, request, url_for
 
 from web.communities_api import get_community, list_communities
-from web.console import act, allowed, bp, form_data, may, read, render
+from web.console import act, allowed, bp, form_data, may, page_offset, read, render
 from web.guards import day_in_range, form_json
 from web.risk_rules_api import (
     activate_rule_set,
@@ -36,8 +36,7 @@ LOCAL_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def _offset() -> int:
-    raw = request.args.get("offset", "0")
-    return int(raw) if raw.isdecimal() and int(raw) <= 10_000_000 else 0
+    return page_offset()
 
 
 def _scope(raw: str | None) -> str:

@@ -17,7 +17,7 @@ from models import utcnow
 from models.operators import merchant_scope
 from rebate.fees import month_of
 from web.billing_api import approve_top_up, list_proposals, reject_top_up
-from web.console import act, allowed, bp, form_data, may, read, render
+from web.console import act, allowed, bp, form_data, may, read, render, whole_number
 from web.guards import MAX_ID
 from web.statements_api import (
     IN_FLIGHT_LINES,
@@ -38,9 +38,10 @@ def _merchant_id() -> int | None:
     raw = request.args.get("merchant_id", "").strip()
     if not raw:
         return merchant_scope(g.operator)
-    if not raw.isdecimal() or not 0 < int(raw) <= MAX_ID:
+    number = whole_number(raw, MAX_ID)
+    if not number:
         abort(404)
-    return int(raw)
+    return number
 
 
 @bp.route("/statements")
