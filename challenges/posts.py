@@ -9,7 +9,9 @@ WeCom webhook (the shell's job sends; this module decides what, when, and keeps 
   challenge of a group with a webhook once a day from ``post_hour`` (Beijing), and each settled one once.
 - :func:`claim_post` moves one ``pending`` row to ``sending`` by a conditional UPDATE and returns the key and
   the text; the caller commits before calling WeCom and records the outcome with :func:`record_post` (WeCom
-  busy: ``pending`` again; any other failure: ``failed``, never posted twice).
+  busy: ``pending`` again; any other failure: ``failed``, never posted twice). A post still pending when it
+  means nothing any more (a daily leaderboard after its day, a result after ``FINAL_WITHIN``) is ``failed``
+  at its claim: a robot busy for ever does not keep it for ever.
 
 Functions flush only.
 """
@@ -135,12 +137,26 @@ def queue_due_posts(now: datetime, post_hour: int) -> int:
     return len(insert_ignoring(ChallengePost.__table__, rows, ("challenge_id", "kind", "day"), ("id",)))
 
 
-def due_post_ids(limit: int = BATCH) -> list[int]:
+def due_post_ids(limit: int = BATCH, after: int = 0) -> list[int]:
+    """Pending posts after id ``after`` (page on with the last id: a busy robot's posts stay pending and first)."""
     return list(
         db.session.execute(
-            select(ChallengePost.id).where(ChallengePost.status == "pending").order_by(ChallengePost.id).limit(limit)
+            select(ChallengePost.id)
+            .where(ChallengePost.status == "pending", ChallengePost.id > after)
+            .order_by(ChallengePost.id)
+            .limit(limit)
         ).scalars()
     )
+
+
+def _stale(post: ChallengePost, challenge: Challenge, now: datetime) -> str | None:
+    """Why a post that never had its robot's turn is no longer worth posting: a daily leaderboard once its Beijing
+    day has passed (the next day has its own), a result older than ``FINAL_WITHIN``. None: still worth it."""
+    if post.kind == PostKind.DAILY and post.day < today(now):
+        return "not posted: its day passed without a turn of the group's robot"
+    if post.kind == PostKind.FINAL and challenge.settled_at is not None and challenge.settled_at < now - FINAL_WITHIN:
+        return "not posted: the result is too old, its robot never had a turn"
+    return None
 
 
 def claim_post(post_id: int, now: datetime) -> tuple[str, str] | None:
@@ -155,6 +171,11 @@ def claim_post(post_id: int, now: datetime) -> tuple[str, str] | None:
         return None
     post = db.session.get(ChallengePost, post_id)
     challenge = db.session.get(Challenge, post.challenge_id)
+    stale = _stale(post, challenge, now)
+    if stale is not None:  # a busy robot's post is not retried for ever, nor posted when it means nothing
+        post.status, post.last_error = "failed", stale
+        db.session.flush()
+        return None
     key = db.session.execute(
         select(GroupWebhook.key).where(
             GroupWebhook.transport == challenge.group_transport, GroupWebhook.group_id == challenge.group_id

@@ -3,15 +3,38 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from challenges.errors import ChallengeInvalid
 from models import ChallengeKind, Direction, StakeSource, WinRule
 from money import MAX_FEN
+
+# Marks that reorder what follows them (a title "shown" to others as something else), and line or control
+# characters: a title, a question or a choice is one line of visible text, as WeChat's "thing" field takes it.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def shown_text(value: str) -> str:
+    """One line people read: no control, line-breaking or direction-changing characters, and something visible
+    (not only zero-width or format marks). An emoji joined with U+200D stays."""
+    if any(c in BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Cs", "Co", "Zl", "Zp") for c in value):
+        raise ValueError("control, line-breaking or text-direction characters are not allowed")
+    if all(c.isspace() or unicodedata.category(c) in ("Cf", "Mn", "Me") for c in value):
+        raise ValueError("nothing visible")
+    return value
+
+
+def _shown(max_length: int):
+    return Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=max_length),
+        AfterValidator(shown_text),
+    ]
 
 
 @dataclass(frozen=True)
@@ -31,11 +54,8 @@ class ChallengeSettings:
 
 class Question(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-    choices: Annotated[
-        list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=60)]],
-        Field(min_length=2, max_length=6),
-    ]
+    prompt: _shown(200)
+    choices: Annotated[list[_shown(60)], Field(min_length=2, max_length=6)]
     answer: Annotated[int, Field(strict=True, ge=0)]
 
     @model_validator(mode="after")
@@ -54,7 +74,7 @@ class ChallengeSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: ChallengeKind
-    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] | None = None
+    title: _shown(64) | None = None
     days: Annotated[int, Field(strict=True, ge=1, le=366)] = 3
     start_day: date | None = None
     rule: WinRule = WinRule.HIGHEST_TOTAL

@@ -5,9 +5,11 @@ One pass: queue the posts due now (a ``challenge_posts`` row per challenge, kind
 for each pending one: claim it (a conditional UPDATE to ``sending``) and commit, post with no transaction open
 (``jobs.chat_commands.webhook_sender``: at most ``WECOM_WEBHOOK_PER_MINUTE`` a minute per robot key, shared by
 every process), and record the outcome. ``WebhookBusy`` (our window full, or WeCom's 130101) leaves the post
-pending for the next pass; any other failure marks it failed (a webhook has no query API: a post whose answer
-was lost is not posted again). Two nodes, or a crash between claim and post, never post twice; a post a crash left
-``sending`` is marked failed (outcome unknown) after ten minutes.
+pending for the next pass, with that robot's other posts (the other groups' posts go on); a post still waiting
+once it means nothing (a leaderboard after its day) is given up at its claim (``challenges.posts``). Any other
+failure marks it failed (a webhook has no query API: a post whose answer was lost is not posted again). Two
+nodes, or a crash between claim and post, never post twice; a post a crash left ``sending`` is marked failed
+(outcome unknown) after ten minutes.
 
 ``update_chat_tool_cards``: a chat-tool group challenge's card (:mod:`challenges.cards`) brought up to the
 challenge — an activity id made at first need, then ``chattoolmsg/send`` with the phase (started / ended) and
@@ -42,29 +44,38 @@ def post_challenge_standings(sender: WebhookSender | None = None, clock: Callabl
         outcomes["unknown"] += fail_stuck_sending(ChallengePost, clock())
         outcomes["queued"] = posts.queue_due_posts(clock(), cfg["CHALLENGE_POST_HOUR"])
     with unit_of_work():
-        due = posts.due_post_ids()
-    if not due:
-        return +outcomes
+        if not posts.due_post_ids(limit=1):
+            return +outcomes
     sender = sender or webhook_sender(cfg)
-    for post_id in due:
+    busy: set[str] = set()  # robots whose minute is used: their posts wait, the other groups' go on
+    after = 0
+    while True:
         with unit_of_work():
-            claimed = posts.claim_post(post_id, clock())
-        if claimed is None:
-            continue
-        key, text = claimed
-        error, retry = None, False
-        try:
-            sender.send_text(key, text)  # no transaction is open here
-        except WebhookBusy as exc:
-            error, retry = f"{exc.code}: {exc}", True
-        except (WeChatError, ValueError) as exc:
-            error = f"{getattr(exc, 'code', 'refused')}: {exc}"
-            log.warning("challenge post not sent", extra={"post_id": post_id, "error": error[:300]})
-        with unit_of_work():
-            posts.record_post(post_id, clock(), error, retry=retry)
-        outcomes["busy" if retry else "failed" if error else "sent"] += 1
-        if retry:
-            break  # the robot's minute is used (or WeCom says so): the rest wait for the next pass
+            due = posts.due_post_ids(after=after)
+        if not due:
+            break
+        after = due[-1]
+        for post_id in due:
+            with unit_of_work():
+                claimed = posts.claim_post(post_id, clock())
+            if claimed is None:
+                continue
+            key, text = claimed
+            error, retry = None, False
+            if key in busy:
+                error, retry = "busy: its robot had no turn in this pass", True
+            else:
+                try:
+                    sender.send_text(key, text)  # no transaction is open here
+                except WebhookBusy as exc:
+                    error, retry = f"{exc.code}: {exc}", True
+                    busy.add(key)
+                except (WeChatError, ValueError) as exc:
+                    error = f"{getattr(exc, 'code', 'refused')}: {exc}"
+                    log.warning("challenge post not sent", extra={"post_id": post_id, "error": error[:300]})
+            with unit_of_work():
+                posts.record_post(post_id, clock(), error, retry=retry)
+            outcomes["busy" if retry else "failed" if error else "sent"] += 1
     return +outcomes
 
 

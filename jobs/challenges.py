@@ -4,18 +4,17 @@ Each challenge is its own transaction (``unit_of_work``): its row is taken with 
 moves with every ledger entry, packet and notice of its settlement, so jobs on several nodes settle each
 challenge once, and a crash mid-way rolls that one back for the next pass. Then each ended challenge packet
 (expired, revoked, spent for less than its face, or refunded) gives its stake back to the loser, once per
-packet (``challenges.sweep``).
+packet (``challenges.sweep``). A challenge or prize that fails is skipped, logged and told to an operator once
+(``jobs.payouts.row_failed``): the people's stakes stay held until it goes through.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 
 from challenges import due_challenges, open_prizes, settle_challenge, sweep_prize
+from jobs.payouts import row_failed
 from models import unit_of_work, utcnow
-
-log = logging.getLogger(__name__)
 
 
 def settle_challenges() -> Counter:
@@ -32,8 +31,9 @@ def settle_challenges() -> Counter:
                 with unit_of_work():
                     if settle_challenge(challenge_id, utcnow()):
                         done["settled"] += 1
-            except Exception:  # one challenge that cannot settle (a sponsor's budget gone) must not stop the rest
-                log.exception("challenge could not be settled", extra={"challenge_id": challenge_id})
+            except Exception as exc:  # one challenge that cannot settle must not stop the rest; its people's
+                # stakes stay held until it does, so an operator is told (once), not only the log
+                row_failed("challenge_not_settled", "challenge", challenge_id, exc)
                 done["failed"] += 1
         after = due[-1]
     after = 0
@@ -46,7 +46,7 @@ def settle_challenges() -> Counter:
             try:
                 with unit_of_work():
                     done["returned_fen"] += sweep_prize(prize_id, utcnow())
-            except Exception:  # one prize that cannot be swept must not stall every loser after it
-                log.exception("challenge prize could not be swept", extra={"prize_id": prize_id})
+            except Exception as exc:  # one prize that cannot be swept must not stall every loser after it
+                row_failed("challenge_prize_not_swept", "prize", prize_id, exc)
                 done["sweep_failed"] += 1
         after = prizes[-1]

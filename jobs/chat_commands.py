@@ -66,6 +66,11 @@ def binding_settings(cfg) -> bindings.BindingSettings:
     )
 
 
+# Mistakes that say nothing of a command: a text that reads as none, or a long one (a letter to the official account,
+# not a command; a group's robot answers it, as it was @-mentioned, but the official account leaves it to people).
+NOT_OURS = frozenset({"unknown_command", "too_long"})
+
+
 def handle_oa_text(message: Claimed, now: datetime) -> bool:
     """An official-account text: run it as a challenge command and queue the answer (True: taken; text that is
     no command at all is left to the next handler, or ignored)."""
@@ -76,7 +81,7 @@ def handle_oa_text(message: Claimed, now: datetime) -> bool:
     if not isinstance(content, str):
         return False
     command = parse(content)
-    if isinstance(command, Mistake) and command.code == "unknown_command":
+    if isinstance(command, Mistake) and command.code in NOT_OURS:
         return False  # people write to the official account for other reasons too: not ours to answer
     speaker = bindings.Speaker(Transport.OA, cfg["WECHAT_OA_APPID"], message.openid)
     ctx = bot.Context(speaker, bindings.bound_user(speaker), None)

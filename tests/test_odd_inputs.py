@@ -200,3 +200,47 @@ def test_a_wecom_bot_message_nested_past_the_parsers_depth_is_400(app, client):
         content_type="application/json",
     )
     assert (answer.status_code, answer.get_data(as_text=True)) == (400, "MALFORMED_JSON")
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("path", V3_CALLBACKS)
+def test_a_signed_callback_whose_resource_holds_nan_or_infinity_is_400(app, client, path, constant):
+    """Python's JSON reader takes them; no amount of WeChat's is one, and no JSON column keeps one."""
+    from tests.test_wechat_callbacks import table_counts
+    from wechat.crypto import aes_gcm_encrypt
+
+    sim = app.extensions["wechat"].simulator
+    plain = '{"out_trade_no": "T1", "amount": {"total": %s}}' % constant  # noqa: UP031 - JSON text
+    resource = {
+        "ciphertext": aes_gcm_encrypt(sim.apiv3_key, "abcdefabcdef", plain, "transaction"),
+        "associated_data": "transaction",
+        "nonce": "abcdefabcdef",
+    }
+    headers, body = _signed_envelope(app, resource)
+    before = table_counts()
+    answer = client.post(path, data=body, headers=headers)
+    assert (answer.status_code, answer.get_json()) == (400, {"code": "FAIL", "message": "MALFORMED_RESOURCE"})
+    assert table_counts() == before
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity"])
+def test_a_wecom_bot_message_holding_nan_or_infinity_is_400(app, client, constant):
+    import json
+
+    from web.wecom_bot import bot_settings
+    from wechat import wecom
+
+    settings = bot_settings()
+    built = wecom.build_callback(settings, {"msgtype": "text"})
+    ciphertext = wecom.encrypt(settings.aes_key, '{"msgtype": "text", "msgid": %s}' % constant)  # noqa: UP031
+    args = {
+        **built.args,
+        "msg_signature": wecom.sign(settings.token, built.args["timestamp"], built.args["nonce"], ciphertext),
+    }
+    answer = client.post(
+        "/wechat/wecom/bot",
+        query_string=args,
+        data=json.dumps({"encrypt": ciphertext}),
+        content_type="application/json",
+    )
+    assert (answer.status_code, answer.get_data(as_text=True)) == (400, "MALFORMED_JSON")

@@ -7,7 +7,6 @@ Every failure raises :class:`NotificationRejected` with a stable reason code.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from cryptography.exceptions import InvalidTag
 from wechat import crypto
 from wechat.errors import NotificationRejected, WeChatConfigError, WeChatSignatureError
 from wechat.keys import ApiV3Keys, VerifierKeys
-from wechat.text import storable
+from wechat.text import loads_strict, storable
 from wechat.transactions import MalformedResource, RefundNotice, Transaction, TransferBill
 
 PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
@@ -153,7 +152,7 @@ def _check_timestamp(raw: str, now: float | None, max_skew_s: int) -> None:
 
 def _parse_envelope(raw_body: bytes) -> dict[str, Any]:
     try:
-        envelope = json.loads(raw_body)
+        envelope = loads_strict(raw_body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise NotificationRejected("MALFORMED_BODY", "body is not JSON", http_status=400) from None
     if not isinstance(envelope, dict) or not isinstance(envelope.get("resource"), dict):
@@ -182,8 +181,8 @@ def _decrypt_resource(resource: dict[str, Any], apiv3_keys: ApiV3Keys, now: date
     except (InvalidTag, KeyError, TypeError, ValueError):
         raise NotificationRejected("DECRYPT_FAILED", "resource does not decrypt") from None
     try:
-        data = json.loads(plain)
-    except (ValueError, RecursionError):  # (nested past the parser's depth: still not a resource we read)
+        data = loads_strict(plain)
+    except (ValueError, RecursionError):  # (nested past the parser's depth, NaN: still not a resource we read)
         raise NotificationRejected("MALFORMED_RESOURCE", "decrypted resource is not JSON", http_status=400) from None
     if not isinstance(data, dict):
         raise NotificationRejected("MALFORMED_RESOURCE", "decrypted resource is not an object", http_status=400)

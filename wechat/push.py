@@ -39,7 +39,7 @@ from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 from wechatpy.utils import WeChatSigner, check_signature
 
 from wechat.errors import NotificationRejected
-from wechat.text import json_text, storable
+from wechat.text import json_text, loads_strict, storable
 
 MAX_PUSH_BYTES = 64 * 1024  # WeChat's pushes are a few KiB; a text message is at most 2,048 characters
 AES_KEY_CHARS = 43
@@ -221,9 +221,9 @@ def _decrypt(settings: PushSettings, envelope: dict[str, Any], args: dict[str, s
 
 def _json_object(text: str) -> dict[str, Any]:
     try:
-        data = json.loads(text)
+        data = loads_strict(text)
     except (ValueError, RecursionError):
-        raise PushRejected("MALFORMED_JSON", "not JSON") from None
+        raise PushRejected("MALFORMED_JSON", "not JSON (or a number NaN or Infinity)") from None
     if not isinstance(data, dict):
         raise PushRejected("MALFORMED_JSON", "not a JSON object")
     return data

@@ -8,6 +8,17 @@ import json
 from typing import Any
 
 
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is no JSON number")
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """``json.loads`` of a message from outside, refusing ``NaN``, ``Infinity`` and ``-Infinity`` (``ValueError``):
+    Python's reader takes them, no JSON column keeps them (PostgreSQL refuses the row inside its insert: a 500 the
+    sender retries) and no number of ours is one."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
 def storable(value: Any) -> bool:
     """Whether every string in ``value`` (a parsed JSON or XML value: keys too) can be stored as text."""
     if isinstance(value, str):

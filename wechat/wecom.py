@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from wechatpy.crypto import PrpCrypto
 
 from wechat.errors import NotificationRejected, WeChatBusinessError, WeChatRateLimited, WeChatUnavailable
-from wechat.text import json_text, storable
+from wechat.text import json_text, loads_strict, storable
 
 MAX_CALLBACK_BYTES = 64 * 1024  # a robot callback is a few KiB (a text is at most 2,048 bytes)
 MAX_ENCRYPT_CHARS = 48 * 1024
@@ -187,7 +187,7 @@ def _field(data: dict[str, Any], name: str, limit: int, required: bool = True) -
 
 def parse_message(plaintext: str) -> BotMessage:
     try:
-        data = json.loads(plaintext)
+        data = loads_strict(plaintext)
     except (ValueError, RecursionError):
         raise CallbackRejected("MALFORMED_JSON", "the decrypted message is not JSON") from None
     if not isinstance(data, dict):
@@ -233,7 +233,7 @@ def read_callback(settings: BotSettings, args: dict[str, str], body: bytes) -> B
         raise CallbackRejected("TOO_LARGE", f"body larger than {MAX_CALLBACK_BYTES} bytes", http_status=413)
     _signed_query(args)
     try:
-        envelope = json.loads(body.decode("utf-8"))
+        envelope = loads_strict(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise CallbackRejected("MALFORMED_JSON", "the body is not JSON") from None
     ciphertext = envelope.get("encrypt") if isinstance(envelope, dict) else None
