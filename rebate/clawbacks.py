@@ -163,13 +163,24 @@ def _from_pending_payout(rebate: Rebate, delta: int, key: str, back_to) -> int:
 
 
 def _points_back(rebate: Rebate, delta: int, key: str, point_value_fen: int, what: str) -> int:
-    new_points = rebate.points * (rebate.amount_fen - delta) // rebate.amount_fen if rebate.amount_fen else 0
-    taken = rebate.points - new_points
+    """Take back the points ``delta`` fen of ``rebate`` no longer pays for; returns the fen recovered.
+
+    The points kept are what the rebate's new amount buys in whole points, rounded down as the award converts
+    (``rebate.awards.pay_rebate``), and never more than it gave: reckoned from the new amount each time, not
+    scaled from the points an earlier refund left, so partial refunds lose no point to rounding. (Scaled in
+    proportion instead when that keeps more: a point now valued above what it was at the award.) What the
+    person's points cannot cover is owed back in fen: what the points balance goes below zero by, at a point's
+    value (as ``rebate.covered_debts`` reckons it); the rest is recovered, the part of a point the award never
+    turned into a point included."""
+    left = rebate.amount_fen - delta
+    in_proportion = rebate.points * left // rebate.amount_fen if rebate.amount_fen else 0
+    kept = max(in_proportion, min(rebate.points, left // point_value_fen))
+    taken = rebate.points - kept
     points = beneficiary_account(rebate)
-    held = max(0, balance(points))
+    short = max(0, taken - max(0, balance(points)))  # points the balance does not hold
     if taken:
         post_entry(
             key, f"{what} claws back points", [Leg(points, -taken), Leg(account(AccountKind.POINTS_ISSUANCE), taken)]
         )
-    rebate.points = new_points
-    return min(delta, min(taken, held) * point_value_fen)
+    rebate.points = kept
+    return delta - min(delta, short * point_value_fen)
