@@ -314,7 +314,7 @@ def _ask_about_refund(ask: RefundAsk) -> RefundNotice | WeChatBusinessError:
             if refused.retryable:
                 raise
             return refused
-    return RefundNotice.parse(answer)
+    return RefundNotice.answer_about(answer, ask.out_trade_no, ask.out_refund_no)
 
 
 def _record_refund(ask: RefundAsk, answer: RefundNotice | WeChatBusinessError, now: datetime) -> str:

@@ -449,3 +449,31 @@ def test_refunds_wechat_goes_on_processing_never_crowd_out_the_others(app, paid,
     assert query_stuck_refunds() == {"processing": 2}
     # then: the third was asked about in the second run, not the first two again
     assert set(numbers) <= set(simulator(app).refunds)
+
+
+def test_a_refund_answer_about_another_refund_is_never_applied_to_ours(app, paid, monkeypatch):
+    # given: a stuck refund, and WeChat answering the query about it with another refund's (or order's) state
+    other = begin_refund(paid, "R-JOB-OTHER", 500)
+    refund = begin_refund(paid, "R-JOB-9", 1_000)
+    for r in (other, refund):
+        r.created_at = utcnow() - timedelta(minutes=5)
+    db.session.commit()
+    sim = simulator(app)
+    sim.refund_auto_succeed = False
+    query_stuck_refunds()  # both reach WeChat
+    sim.refunds["R-JOB-9"].update(status="SUCCESS", success_time=utcnow().isoformat())  # its notification lost
+    readable = sim.query_partner_refund
+    swapped = {"R-JOB-OTHER": "R-JOB-9", "R-JOB-9": "R-JOB-OTHER"}
+    monkeypatch.setattr(sim, "query_partner_refund", lambda number, sub: readable(swapped[number], sub))
+    # when / then: neither is applied (R-JOB-OTHER is still processing at WeChat, whatever its answer says)
+    assert query_stuck_refunds() == {"unknown": 2}
+    db.session.rollback()
+    assert {db.session.get(Refund, r.id).status for r in (other, refund)} == {"pending"}
+    assert db.session.get(Order, paid.id).refunded_fen == 0
+    # and once WeChat names the refunds asked about, each gets its own state
+    monkeypatch.setattr(sim, "query_partner_refund", readable)
+    assert query_stuck_refunds() == {"processing": 1, "success": 1}
+    db.session.rollback()
+    assert db.session.get(Refund, refund.id).status == "succeeded"
+    assert db.session.get(Refund, other.id).status == "pending"
+    assert db.session.get(Order, paid.id).refunded_fen == 1_000

@@ -107,6 +107,27 @@ def test_unknown_outcome_leaves_the_refund_pending(app, client, paid_order, fina
     assert response.json["wechat_error"]["code"] == "SYSTEM_ERROR"
 
 
+def test_an_answer_about_another_refund_is_not_applied_to_ours(app, client, paid_order, finance, monkeypatch):
+    sim = simulator(app)
+    sim.refund_auto_succeed = False
+    original = sim.create_refund
+
+    def answered_about_another(body):
+        return {**original(body), "out_refund_no": "R-SOMEONE-ELSES", "status": "SUCCESS"}
+
+    monkeypatch.setattr(sim, "create_refund", answered_about_another)
+    response = client.post(
+        REFUNDS.format(paid_order.id), json={"amount_fen": 1_000, "reason": "r"}, headers=keyed(finance)
+    )
+    assert response.status_code == 201
+    assert response.json["status"] == "pending"  # the refund job asks WeChat about ours
+    assert response.json["wechat_error"]["code"] == "MALFORMED_RESOURCE"
+    assert "R-SOMEONE-ELSES" in response.json["wechat_error"]["message"]
+    db.session.rollback()
+    assert db.session.get(Order, paid_order.id).refunded_fen == 0
+    assert db.session.execute(select(Refund.out_refund_no)).scalars().all() == [response.json["out_refund_no"]]
+
+
 def test_definitive_refusal_fails_the_refund_and_releases_the_hold(app, client, paid_order, finance):
     simulator(app).inject_fault("/v3/refund/domestic/refunds", 403, "USER_ACCOUNT_ABNORMAL")
     response = client.post(

@@ -132,8 +132,10 @@ def create_refund(order_id: int, body: CreateRefund):
 
     def ask(r: RefundCall) -> RefundNotice | WeChatError:
         try:
-            return RefundNotice.parse(
-                call_refund(r.out_trade_no, r.out_refund_no, body.amount_fen, r.total_fen, body.reason, r.sub_mchid)
+            return RefundNotice.answer_about(
+                call_refund(r.out_trade_no, r.out_refund_no, body.amount_fen, r.total_fen, body.reason, r.sub_mchid),
+                r.out_trade_no,
+                r.out_refund_no,
             )
         except WeChatError as exc:  # an unreadable answer too (MalformedResource): the refund job asks again
             return exc

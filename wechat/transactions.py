@@ -131,6 +131,20 @@ class RefundNotice:
         return self.status == "SUCCESS"
 
     @classmethod
+    def answer_about(cls, data: object, out_trade_no: str, out_refund_no: str) -> RefundNotice:
+        """An API answer about our refund ``out_refund_no`` of order ``out_trade_no`` (a refund's creation or a
+        query): one naming another refund or order is unreadable (``MalformedResource``), never applied as the
+        state of another refund of ours, or booked as a refund begun elsewhere while ours is applied again later."""
+        notice = cls.parse(data)
+        if (notice.out_refund_no, notice.out_trade_no) != (out_refund_no, out_trade_no):
+            raise MalformedResource(
+                "out_refund_no",
+                f"the answer is about refund {notice.out_refund_no!r} of order {notice.out_trade_no!r}; "
+                f"we asked about refund {out_refund_no!r} of order {out_trade_no!r}",
+            )
+        return notice
+
+    @classmethod
     def parse(cls, data: object) -> RefundNotice:
         """A ``REFUND.*`` resource (its state in ``refund_status``) or an API answer (in ``status``)."""
         r = _Reader(data, "refund")
