@@ -37,14 +37,16 @@ class CheckReport:
         return not self.violations
 
 
-def check_ledger() -> CheckReport:
+def check_ledger(point_value_fen: int = 1) -> CheckReport:
+    """Every check below; ``point_value_fen`` (``POINT_VALUE_FEN``) values a points balance against the debts owed
+    back in fen."""
     report = CheckReport()
     report.entries_checked = db.session.execute(select(func.count(LedgerEntry.id))).scalar_one()
     _unbalanced_entries(report)
     _empty_entries(report)
     _unit_mismatches(report)
     _clearing_flows(report)
-    _unexplained_negative_balances(report)
+    _unexplained_negative_balances(report, point_value_fen)
     _packets_spent_twice(report)
     _reservations_without_packets(report)
     _wallet_holds(report)
@@ -118,8 +120,9 @@ def _clearing_flows(report: CheckReport) -> None:
 USER_RECEIVABLE_KIND = {AccountKind.USER_CASH: "cash", AccountKind.USER_POINTS: "points"}
 
 
-def _unexplained_negative_balances(report: CheckReport) -> None:
+def _unexplained_negative_balances(report: CheckReport, point_value_fen: int) -> None:
     for account_kind, receivable_kind in USER_RECEIVABLE_KIND.items():
+        worth = point_value_fen if account_kind == AccountKind.USER_POINTS else 1  # a receivable is in fen
         owed = (
             select(func.coalesce(func.sum(Receivable.outstanding_fen), 0))
             .where(
@@ -135,10 +138,11 @@ def _unexplained_negative_balances(report: CheckReport) -> None:
             .join(LedgerPosting, LedgerPosting.account_id == LedgerAccount.id)
             .where(LedgerAccount.kind == account_kind.value)
             .group_by(LedgerAccount.id, LedgerAccount.code, LedgerAccount.owner_id)
-            .having(total < 0, -total > owed)
+            .having(total < 0, -total * worth > owed)
         ).all()
         report.violations += [
-            f"{code} is at {balance} but only {receivable} is owed back as a receivable"
+            f"{code} is at {balance} (worth {balance * worth} fen) but only {receivable} fen is owed back as a "
+            "receivable"
             for code, balance, receivable in rows
         ]
     # A merchant's marketing deposit is money it paid in; spending beyond it is money nobody funded.

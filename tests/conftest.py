@@ -14,7 +14,7 @@ from itertools import count
 from pathlib import Path
 
 import pytest
-from flask import Flask, has_app_context
+from flask import Flask, current_app, has_app_context
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, inspect, text
 
@@ -238,7 +238,7 @@ def _assert_ledger_balanced() -> None:
     """Every test that touches money leaves a ledger that passes the check."""
     from ledger import check_ledger
 
-    report = check_ledger()
+    report = check_ledger(current_app.config["POINT_VALUE_FEN"])
     db.session.remove()
     assert report.ok, "ledger check failed after the test:\n" + "\n".join(report.violations)
 

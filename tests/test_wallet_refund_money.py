@@ -341,3 +341,30 @@ def test_refunds_of_unpaid_closed_or_refunded_orders_and_beyond_what_was_paid_ch
     assert (db.session.query(LedgerEntry).count(), db.session.query(Refund).count()) == (entries, refunds)
     assert db.session.get(Order, paid.id).balance_returned_fen == 0
     ledger_ok()
+
+
+def test_the_ledger_check_values_a_negative_points_balance_at_a_points_worth(app, make_user, make_campaign):
+    """182 points below zero at 3 fen a point are 546 fen owed back: a receivable of 182 fen explains a third."""
+    user, campaign = make_user(), make_campaign(POINTS_776, budget_limit_fen=100_00, packet_amount_fen=10_00)
+    post_entry(
+        "given:points-taken",
+        "points taken back beyond the balance",
+        [Leg(account(K.USER_POINTS, "user", user.id), -182), Leg(account(K.POINTS_ISSUANCE), 182)],
+    )
+    owed = Receivable(beneficiary_type="user", beneficiary_id=user.id, kind="points", campaign_id=campaign.id)
+    owed.outstanding_fen = 182
+    db.session.add(owed)
+    db.session.flush()
+    (violation,) = check_ledger(point_value_fen=3).violations
+    assert "is at -182 (worth -546 fen) but only 182 fen is owed back" in violation
+    assert check_ledger(point_value_fen=1).ok  # a point worth a fen: 182 owed explains it
+    owed.outstanding_fen = 546
+    db.session.flush()
+    assert check_ledger(point_value_fen=3).ok
+    owed.outstanding_fen = 0  # (the app fixture checks the ledger again at the end, at the configured worth)
+    post_entry(
+        "given:points-back",
+        "points back",
+        [Leg(account(K.POINTS_ISSUANCE), -182), Leg(account(K.USER_POINTS, "user", user.id), 182)],
+    )
+    db.session.commit()

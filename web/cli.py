@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from ledger import check_ledger
@@ -82,7 +82,7 @@ def _audit_from_shell(action: str, operator, reason: str) -> None:
 @ledger_cli.command("check")
 def ledger_check_command() -> None:
     """Verify every entry balances and finished clearing flows are back to zero."""
-    report = check_ledger()
+    report = check_ledger(current_app.config["POINT_VALUE_FEN"])
     for line in report.in_flight:
         click.echo(f"in flight: {line}")
     for line in report.violations:

@@ -760,7 +760,7 @@ class Simulation:
         from models import db
 
         with self.app.app_context():
-            report = check_ledger()
+            report = check_ledger(self.app.config["POINT_VALUE_FEN"])
             db.session.remove()
         return list(report.violations)
 
