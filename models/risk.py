@@ -169,10 +169,19 @@ class Ban(Base):
     lifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lifted_by: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
     lift_reason: Mapped[str | None] = mapped_column(Text)
+    # Lifting a ban two operators made (``risk.bans.made_by_two``) is proposed by one (these three, migration 0040)
+    # and carried out when another approves (``lifted_by``); a rejection clears them, an expiry leaves them be.
+    lift_proposed_by: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
+    lift_proposed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lift_proposed_reason: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index("ix_risk_bans_subject_value", "subject", "value"),
         CheckConstraint("subject in ('user', 'device', 'merchant', 'net')", name="subject"),
+        # whoever proposed a lift never carries it out themselves
+        CheckConstraint(
+            "lifted_by is null or lift_proposed_by is null or lifted_by <> lift_proposed_by", name="lift_four_eyes"
+        ),
     )
 
 

@@ -11,6 +11,12 @@
 * ``device`` / ``net``: claims from that device or address are refused (403 ``banned``, kept for the trace;
   ``risk.limits.Banned``). Signing in from them is not refused: the person sees their account, gets nothing.
 
+Who lifts: a ban one operator made (the bans screen, or a review case one reviewer decided) is lifted by one. A ban
+two operators made (``risk.bans.made_by_two``: a review case a second reviewer approved) is lifted by two: lifting it
+records a proposal (``lift_proposed_by``, nothing else changes), another operator of independent making approves it
+(``approve_lift``: lifted then) or anyone rejects it (``reject_lift``; the proposer withdraws). A timed ban's expiry
+needs nobody (``lift_expired_bans``), a proposal waiting or not.
+
 Every operation checks, writes, audits with the operator's reason and flushes; the caller commits once.
 """
 
@@ -22,18 +28,21 @@ from datetime import datetime
 from sqlalchemy import and_, or_, select
 
 from models import Ban, BanSubject, Campaign, CampaignStatus, Merchant, Payout, PayoutStatus, User, UserStatus, db
-from models.operators import Actor, audit
+from models.operators import Actor, approval_refused_because, audit
 from models.payouts import Rail
 from payouts.operations import cancel as cancel_payout
 from rebate.campaign_ops import transition
-from rebate.errors import Invalid, NotFound
-from risk.bans import active_bans, ban_words, in_force, normalise_net
+from rebate.errors import Invalid, NotFound, RebateError, StateConflict
+from risk.bans import active_bans, ban_words, in_force, made_by_two, normalise_net
 
 DEVICE_ID = re.compile(r"^[0-9a-f]{24}$")  # what rebate.claims.new_device_id hands out
 
 
-def ban_json(ban: Ban, now: datetime | None = None) -> dict:
+def ban_json(ban: Ban, now: datetime | None = None, *, by_two: bool | None = None) -> dict:
+    """The ban as the API shows it. ``by_two``: whether two operators made it (None: asked here, ``made_by_two``)."""
     active = ban.lifted_at is None and (ban.ends_at is None or now is None or ban.ends_at > now)
+    if by_two is None:
+        by_two = bool(made_by_two([ban.id]))
     return {
         "id": ban.id,
         "subject": ban.subject,
@@ -46,6 +55,11 @@ def ban_json(ban: Ban, now: datetime | None = None) -> dict:
         "lifted_at": ban.lifted_at.isoformat() if ban.lifted_at else None,
         "lifted_by": ban.lifted_by,
         "lift_reason": ban.lift_reason,
+        "lift_needs_approval": by_two,
+        "lift_pending": ban.lifted_at is None and ban.lift_proposed_by is not None,
+        "lift_proposed_by": ban.lift_proposed_by,
+        "lift_proposed_at": ban.lift_proposed_at.isoformat() if ban.lift_proposed_at else None,
+        "lift_proposed_reason": ban.lift_proposed_reason,
         "active": active,
         "words": ban_words(ban),
     }
@@ -191,34 +205,143 @@ def _pause_campaigns(actor: Actor, merchant_id: int, ban: Ban) -> list[int]:
 
 
 def lift_ban(actor: Actor, ban_id: int, reason: str, now: datetime) -> Ban:
-    """Lift a ban (again: the same ban, nothing more done) and undo what it did unless another ban still does."""
-    if not reason or not reason.strip():
-        raise Invalid("lifting a ban needs a reason", code="reason_required")
-    ban, lifted = _lift(ban_id, now, reason.strip(), actor.operator.id)
+    """Lift a ban (again: the same ban, nothing more done) and undo what it did unless another ban still does.
+
+    A ban two operators made (``made_by_two``) is not lifted here: the lift is proposed (the ban comes back still in
+    force, ``lift_proposed_by`` set) and another operator carries it out (``approve_lift``) or rejects it
+    (``reject_lift``). While one waits, another proposal is 409 ``lift_pending``."""
+    reason = _reason(reason, "lifting a ban needs a reason")
+    ban = _get(ban_id)
+    if ban.lifted_at is None and made_by_two([ban.id]):
+        return _propose_lift(actor, ban.id, reason, now)
+    ban, lifted = _lift(ban_id, now, reason, actor.operator.id)
     if lifted:
-        audit(actor, "ban.lift", "ban", ban.id, reason.strip(), subject=ban.subject, value=ban.value)
+        audit(actor, "ban.lift", "ban", ban.id, reason, subject=ban.subject, value=ban.value)
         db.session.flush()
     return ban
+
+
+def _propose_lift(actor: Actor, ban_id: int, reason: str, now: datetime) -> Ban:
+    """Record one operator's proposal to lift a ban two operators made; nothing else changes. Only the ban's row is
+    locked (what this writes), so it never waits holding it for the person's or merchant's row."""
+    ban = _lock_ban(ban_id)
+    if ban.lifted_at is not None:  # lifted meanwhile (approved, or expired): the same answer as a lift again
+        return ban
+    if ban.lift_proposed_by is not None:
+        raise StateConflict(
+            f"lifting ban {ban.id} was proposed by operator {ban.lift_proposed_by} at "
+            f"{ban.lift_proposed_at:%Y-%m-%d %H:%M} UTC ({ban.lift_proposed_reason}): another operator approves it "
+            f"(POST /admin/api/bans/{ban.id}/lift/approve) or rejects it (POST /admin/api/bans/{ban.id}/lift/reject)",
+            code="lift_pending",
+        )
+    ban.lift_proposed_by, ban.lift_proposed_at, ban.lift_proposed_reason = actor.operator.id, now, reason
+    audit(actor, "ban.lift_propose", "ban", ban.id, reason, subject=ban.subject, value=ban.value, case_id=ban.case_id)
+    db.session.flush()
+    return ban
+
+
+def approve_lift(actor: Actor, ban_id: int, reason: str, now: datetime) -> Ban:
+    """A second operator approves the pending proposal to lift a ban two operators made: it is lifted now, its effects
+    undone as ``lift_ban`` undoes them. Not its proposer (403 ``same_operator``), nor an account of the proposer's
+    making (403 ``approver_not_independent``); nothing proposed is 409 ``no_lift_proposed``. A ban lifted already
+    (by this approval before, or by its expiry) comes back as it is."""
+    reason = _reason(reason, "approving a lift needs a reason")
+    ban, owner = _lock_for_lift(ban_id)
+    if ban.lifted_at is not None:
+        return ban
+    if ban.lift_proposed_by is None:
+        raise StateConflict(
+            f"no lift of ban {ban.id} is waiting for approval"
+            + ("" if made_by_two([ban.id]) else ": one operator made it, and one lifts it (DELETE the ban)"),
+            code="no_lift_proposed",
+        )
+    if ban.lift_proposed_by == actor.operator.id:
+        raise RebateError(
+            f"you proposed lifting ban {ban.id}: another operator must approve it",
+            code="same_operator",
+            kind="forbidden",
+        )
+    why = approval_refused_because(actor.operator, ban.lift_proposed_by, ban.lift_proposed_at, now)
+    if why:
+        raise RebateError(f"lifting ban {ban.id}: {why}", code="approver_not_independent", kind="forbidden")
+    _mark_lifted(ban, owner, now, reason, actor.operator.id)
+    audit(
+        actor,
+        "ban.lift",
+        "ban",
+        ban.id,
+        reason,
+        subject=ban.subject,
+        value=ban.value,
+        proposed_by=ban.lift_proposed_by,
+        proposed_reason=ban.lift_proposed_reason,
+    )
+    db.session.flush()
+    return ban
+
+
+def reject_lift(actor: Actor, ban_id: int, reason: str, now: datetime) -> Ban:
+    """Close the pending proposal to lift a ban with the ban left in force (its proposer may withdraw it); a new
+    proposal may follow. Nothing waiting (never proposed, rejected already, or the ban lifted) is 409
+    ``no_lift_proposed``."""
+    reason = _reason(reason, "rejecting a lift needs a reason")
+    _get(ban_id)
+    ban = _lock_ban(ban_id)
+    if ban.lifted_at is not None or ban.lift_proposed_by is None:
+        state = "is lifted" if ban.lifted_at is not None else "has no lift waiting for approval"
+        raise StateConflict(f"ban {ban.id} {state}: there is nothing to reject", code="no_lift_proposed")
+    proposal = {"proposed_by": ban.lift_proposed_by, "proposed_reason": ban.lift_proposed_reason}
+    withdrawn = ban.lift_proposed_by == actor.operator.id
+    ban.lift_proposed_by = ban.lift_proposed_at = ban.lift_proposed_reason = None
+    audit(actor, "ban.lift_reject", "ban", ban.id, reason, withdrawn=withdrawn, **proposal)
+    db.session.flush()
+    return ban
+
+
+def _reason(reason: str | None, message: str) -> str:
+    if not reason or not reason.strip():
+        raise Invalid(message, code="reason_required")
+    return reason.strip()
+
+
+def _get(ban_id: int) -> Ban:
+    ban = db.session.get(Ban, ban_id)
+    if ban is None:
+        raise NotFound(f"ban {ban_id} not found")
+    return ban
+
+
+def _lock_ban(ban_id: int) -> Ban:
+    stmt = select(Ban).where(Ban.id == ban_id).with_for_update().execution_options(populate_existing=True)
+    return db.session.execute(stmt).scalar_one()
+
+
+def _lock_for_lift(ban_id: int) -> tuple[Ban, User | Merchant | None]:
+    """The ban and the banned person's or merchant's row, both locked and read as they are now: the owner's row
+    first, then the ban's, as ``create_ban`` takes them (``NotFound`` for no such ban)."""
+    ban = _get(ban_id)
+    owner = _lock_owner(ban.subject, ban.value)
+    return _lock_ban(ban_id), owner
 
 
 def _lift(ban_id: int, now: datetime, reason: str, by: int | None) -> tuple[Ban, bool]:
     """Mark the ban lifted and undo its effects; (the ban, whether this call lifted it). Locks the banned
     person's or merchant's row, then the ban's, as ``create_ban`` takes them."""
-    ban = db.session.get(Ban, ban_id)
-    if ban is None:
-        raise NotFound(f"ban {ban_id} not found")
+    ban = _get(ban_id)
     if ban.lifted_at is not None:
         return ban, False
-    owner = _lock_owner(ban.subject, ban.value)
-    stmt = select(Ban).where(Ban.id == ban_id).with_for_update().execution_options(populate_existing=True)
-    ban = db.session.execute(stmt).scalar_one()
+    ban, owner = _lock_for_lift(ban_id)
     if ban.lifted_at is not None:  # lifted meanwhile
         return ban, False
+    _mark_lifted(ban, owner, now, reason, by)
+    return ban, True
+
+
+def _mark_lifted(ban: Ban, owner: User | Merchant | None, now: datetime, reason: str, by: int | None) -> None:
     ban.lifted_at, ban.lifted_by, ban.lift_reason = now, by, reason
     db.session.flush()
     _undo(ban, owner, now)
     db.session.flush()
-    return ban, True
 
 
 def _undo(ban: Ban, owner: User | Merchant | None, now: datetime) -> None:

@@ -3,7 +3,8 @@
 A ban names a subject (``user``, ``device``, ``merchant``, ``net``) and a value: the user's or merchant's
 id, the server-issued device id, or a network address — a single IP or the /24 (/48) ``risk.net.net_of``
 gives; an address is banned when either its own value or its network's is. A ban is active from its
-creation until ``ends_at`` (None: until lifted) unless lifted. Creating and lifting bans, and what they do
+creation until ``ends_at`` (None: until lifted) unless lifted. A ban two operators made (``made_by_two``: a review
+case's ban outcome a second reviewer approved) takes two to lift as well. Creating and lifting bans, and what they do
 to a person's money, are operations above this module (``rebate.ban_ops``); here only the facts, and the
 check a claim folds into its first read (``banned_column``: no statement of its own on the hot path).
 """
@@ -17,7 +18,7 @@ from datetime import datetime
 
 from sqlalchemy import String, and_, bindparam, exists, or_, select
 
-from models import Ban, BanSubject, db
+from models import Ban, BanSubject, ReviewCase, db
 from risk.net import net_of
 
 
@@ -59,6 +60,22 @@ def active_bans(pairs: Iterable[tuple[str, str]], now: datetime) -> list[Ban]:
         .order_by(Ban.id)
     )
     return list(db.session.execute(stmt).scalars())
+
+
+def made_by_two(ban_ids: Iterable[int]) -> set[int]:
+    """Which of these bans two operators made (one statement; none asked: none): those of a review case decided by a
+    second reviewer approving what a first proposed (``rebate.reviews``: a case holding more than
+    ``RISK_SECOND_APPROVAL_FEN``). A decided case never changes, so neither does the answer. A ban from the bans
+    screen, or of a case one reviewer decided alone, is one operator's."""
+    ids = sorted(set(ban_ids))
+    if not ids:
+        return set()
+    stmt = (
+        select(Ban.id)
+        .join(ReviewCase, ReviewCase.id == Ban.case_id)
+        .where(Ban.id.in_(ids), ReviewCase.proposed_by.is_not(None))
+    )
+    return set(db.session.execute(stmt).scalars())
 
 
 def normalise_net(value: str) -> str:

@@ -332,6 +332,34 @@ def test_ban_lift_and_their_refusals(client, signed_in, make_user):
     assert post(client, "/console/bans/999999/lift", {"reason": "no such ban"}, csrf).status_code == 404
 
 
+def test_a_ban_two_reviewers_made_is_lifted_on_the_console_by_a_proposal_and_another_operators_approval(
+    client, make_operator, make_user
+):
+    from tests.test_ban_lift_four_eyes import two_person_ban
+
+    amy = make_user()
+    ban_id = two_person_ban(client, (make_operator("support"), make_operator("admin")), [f"user:{amy.id}"])
+    (_, first), (_, second) = make_operator("admin"), make_operator("admin")
+    csrf = client_sign_in(client, first)
+    assert "提议解除 Propose lift" in html(client.get("/console/bans"))
+    proposed = post(client, f"/console/bans/{ban_id}/lift", {"reason": "appeal: a shared household"}, csrf)
+    assert proposed.status_code == 302
+    listing = html(client.get("/console/bans"))
+    assert "解除待批准 Lift proposed" in listing and "批准解除 Approve lift" in listing
+    db.session.expire_all()
+    assert db.session.get(Ban, ban_id).lifted_at is None  # still in force
+    again = post(client, f"/console/bans/{ban_id}/lift", {"reason": "once more"}, csrf)
+    assert again.status_code == 409 and "another operator approves it" in html(again)
+    own = post(client, f"/console/bans/{ban_id}/lift/approve", {"reason": "my own"}, csrf)
+    assert own.status_code == 403 and db.session.get(Ban, ban_id).lifted_at is None
+    csrf = client_sign_in(client, second)
+    approved = post(client, f"/console/bans/{ban_id}/lift/approve", {"reason": "household checked"}, csrf)
+    assert approved.status_code == 302
+    db.session.expire_all()
+    assert db.session.get(Ban, ban_id).lift_reason == "household checked"
+    assert "已解除 Lifted (approved)" in html(client.get("/console/bans"))
+
+
 def test_finance_reads_bans_but_may_not_ban(client, signed_in, make_user, make_merchant):
     amy = make_user()
     _, csrf = signed_in("finance")

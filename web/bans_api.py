@@ -1,5 +1,11 @@
-"""Bans: ``POST /admin/api/bans``, ``DELETE /admin/api/bans/<id>`` (admin, support), ``GET /admin/api/bans``
-(platform roles). What a ban does is ``rebate.ban_ops``."""
+"""Bans: ``POST /admin/api/bans``, ``DELETE /admin/api/bans/<id>``, ``POST /admin/api/bans/<id>/lift/approve`` and
+``…/lift/reject`` (admin, support), ``GET /admin/api/bans`` (platform roles). What a ban does is ``rebate.ban_ops``.
+
+A ban two operators made (``lift_needs_approval``: a review case a second reviewer approved) is lifted by two:
+``DELETE`` answers 202 with the ban still in force and the proposal recorded (``lift_pending``; another proposal
+meanwhile: 409 ``lift_pending``); a different operator's ``…/lift/approve`` lifts it (the proposer: 403
+``same_operator``; an account of the proposer's making: 403 ``approver_not_independent``; nothing waiting: 409
+``no_lift_proposed``), ``…/lift/reject`` closes the proposal with the ban in force."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from pydantic import Field
 
 from models import BanSubject, OperatorRole, utcnow
 from rebate import ban_ops
+from risk.bans import made_by_two
 from web.admin import PLATFORM, actor
 from web.api import endpoint
 from web.errors import ValidationFailed
@@ -53,9 +60,43 @@ def create_ban(body: CreateBan):
 
 @endpoint(bp, "/bans/<int:ban_id>", methods=["DELETE"], auth="operator", roles=BANNERS, body=LiftBan)
 def lift_ban(ban_id: int, body: LiftBan):
-    """Lift a ban (again: the same answer); the person or merchant is active again unless another ban remains."""
+    """Lift a ban (again: the same answer); the person or merchant is active again unless another ban remains.
+
+    A ban two operators made is not lifted yet: 202 with the proposal recorded, for another operator to approve."""
     now = utcnow()
-    return ban_ops.ban_json(ban_ops.lift_ban(actor(), ban_id, body.reason, now), now)
+    ban = ban_ops.lift_ban(actor(), ban_id, body.reason, now)
+    return ban_ops.ban_json(ban, now), 200 if ban.lifted_at is not None else 202
+
+
+@endpoint(
+    bp,
+    "/bans/<int:ban_id>/lift/approve",
+    methods=["POST"],
+    auth="operator",
+    roles=BANNERS,
+    body=LiftBan,
+    idempotent=True,
+)
+def approve_ban_lift(ban_id: int, body: LiftBan):
+    """Approve another operator's proposal to lift a ban two operators made: it is lifted now (once lifted: the same
+    answer)."""
+    now = utcnow()
+    return ban_ops.ban_json(ban_ops.approve_lift(actor(), ban_id, body.reason, now), now)
+
+
+@endpoint(
+    bp,
+    "/bans/<int:ban_id>/lift/reject",
+    methods=["POST"],
+    auth="operator",
+    roles=BANNERS,
+    body=LiftBan,
+    idempotent=True,
+)
+def reject_ban_lift(ban_id: int, body: LiftBan):
+    """Reject (or, its proposer, withdraw) the proposal to lift a ban: the ban stays in force."""
+    now = utcnow()
+    return ban_ops.ban_json(ban_ops.reject_lift(actor(), ban_id, body.reason, now), now)
 
 
 @endpoint(bp, "/bans", auth="operator", roles=PLATFORM, query=BanQuery)
@@ -63,4 +104,5 @@ def list_bans(query: BanQuery):
     """Bans, newest first, by subject, value and whether active now."""
     now = utcnow()
     bans = ban_ops.list_bans(query.subject, query.value, query.active, now, query.limit, query.offset)
-    return {"items": [ban_ops.ban_json(b, now) for b in bans]}
+    by_two = made_by_two(b.id for b in bans)
+    return {"items": [ban_ops.ban_json(b, now, by_two=b.id in by_two) for b in bans]}

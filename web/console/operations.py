@@ -22,13 +22,13 @@ import re
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 
-from flask import abort, flash, redirect, request, url_for
+from flask import abort, flash, g, redirect, request, url_for
 
 from models import CaseOutcome, Rail
 from models.base import BEIJING
 from models.reconciliation import BillKind, MismatchKind
 from web.admin import confirm_operator, list_audit_log, list_operators
-from web.bans_api import create_ban, lift_ban, list_bans
+from web.bans_api import approve_ban_lift, create_ban, lift_ban, list_bans, reject_ban_lift
 from web.console import act, allowed, bp, form_data, may, page_offset, read, render, whole_number
 from web.guards import MAX_ID, day_in_range
 from web.insights import trace_a_packet, trace_a_user, trace_an_order
@@ -277,9 +277,35 @@ def bans():
 
 @bp.route("/bans/<int:ban_id>/lift", methods=["POST"])
 def ban_lift(ban_id: int):
+    """Lift a ban; one two operators made is only proposed here, for another operator to approve."""
     allowed(lift_ban)
-    if act(lift_ban, body={"reason": _reason()}, done=f"封禁 #{ban_id} 已解除 Lifted", ban_id=ban_id) is None:
-        return _bans_page(422)
+    answer = act(lift_ban, body={"reason": _reason()}, ban_id=ban_id)
+    if answer is None:
+        return _bans_page(g.refused_status)
+    if answer["lift_pending"]:
+        flash(f"封禁 #{ban_id} 解除待批准 Lift proposed: another operator approves it", "ok")
+    else:
+        flash(f"封禁 #{ban_id} 已解除 Lifted", "ok")
+    return redirect(url_for("console.bans"))
+
+
+@bp.route("/bans/<int:ban_id>/lift/approve", methods=["POST"])
+def ban_lift_approve(ban_id: int):
+    """A second operator approves the proposed lift of a ban two operators made: lifted now."""
+    allowed(approve_ban_lift)
+    done = f"封禁 #{ban_id} 已解除 Lifted (approved)"
+    if act(approve_ban_lift, body={"reason": _reason()}, done=done, ban_id=ban_id) is None:
+        return _bans_page(g.refused_status)
+    return redirect(url_for("console.bans"))
+
+
+@bp.route("/bans/<int:ban_id>/lift/reject", methods=["POST"])
+def ban_lift_reject(ban_id: int):
+    """Reject (its proposer: withdraw) the proposed lift: the ban stays in force."""
+    allowed(reject_ban_lift)
+    done = f"封禁 #{ban_id} 解除已驳回 Lift rejected: the ban stays"
+    if act(reject_ban_lift, body={"reason": _reason()}, done=done, ban_id=ban_id) is None:
+        return _bans_page(g.refused_status)
     return redirect(url_for("console.bans"))
 
 
