@@ -6,7 +6,9 @@
   partial refunds never take back more than the fee was.
 - **Invoice**: once a Beijing month has ended, one ``FeeInvoice`` per merchant and month (unique key; a second
   run, or a concurrent twin, writes nothing and posts nothing) for the fees booked in it, never more than is
-  owed and not yet billed (``unbilled_fees``); the marketing credit pays first
+  owed and not yet billed (``unbilled_fees``), with any fee booked in a month already invoiced after its invoice
+  was written (a payment that began before that month ended and committed after the run); the marketing credit
+  pays first
   (``invoice:<merchant>:<month>:credit``, credit → fees due), the rest is due. A month whose refunds lowered
   the fee more than it accrued (or whose fees the credit carried from earlier months covers) is invoiced at
   0, the row still written so the month is closed. What the merchant is owed then first gives back marketing
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from ledger import Batch, Leg, account, balance, post_entry, ref
 from models import (
@@ -164,14 +166,6 @@ def previous_month(now: datetime) -> str:
     return f"{local.year - 1}-12" if local.month == 1 else f"{local.year}-{local.month - 1:02d}"
 
 
-def fees_booked(merchant_id: int, month: str) -> int:
-    """The service fees booked in ``month`` (accrued less refunds' reductions): what the month's invoice bills
-    (at most what is unbilled, never below 0)."""
-    start, end = month_bounds(month)
-    in_month = (LedgerEntry.created_at >= start) & (LedgerEntry.created_at < end)
-    return -_fees_due_moved(merchant_id, in_month & _fee_key())
-
-
 def _fee_key():
     return LedgerEntry.idempotency_key.like("fee:%")
 
@@ -231,8 +225,9 @@ def carried_forward(merchant_id: int, month: str) -> int:
 def invoice_month(merchant_id: int, month: str, now: datetime) -> FeeInvoice | None:
     """Invoice the merchant's fees of an ended month, the credit first; None when it was invoiced already.
 
-    It bills the fees booked in the month, never more than is owed and not yet billed (fees given back by
-    later refunds net here), never less than 0; at 0, what the merchant is owed gives back the credit
+    It bills what is owed and not yet billed (fees given back by later refunds net here) less the fees of other
+    months still waiting for their own invoice, never less than 0: the fees booked in the month, and any booked
+    in a month already invoiced after its invoice read it; at 0, what the merchant is owed gives back the credit
     invoices applied, the rest is carried. The credit account is locked first (promotion spends and other
     invoices of the merchant wait), then the invoice row is inserted on its unique (merchant, month): a twin
     run inserts nothing and posts nothing."""
@@ -240,11 +235,13 @@ def invoice_month(merchant_id: int, month: str, now: datetime) -> FeeInvoice | N
     if now < end:
         raise StateConflict(f"month {month} has not ended", code="month_not_ended")
     credit = lock_credit(merchant_id)
-    latest = db.session.execute(
-        select(func.max(FeeInvoice.month)).where(FeeInvoice.merchant_id == merchant_id)
-    ).scalar_one()
-    unbilled = unbilled_fees(merchant_id, max(month, latest or month))  # a month invoiced late: as of the last
-    fee = max(0, min(fees_booked(merchant_id, month), unbilled))
+    invoiced = set(db.session.execute(select(FeeInvoice.month).where(FeeInvoice.merchant_id == merchant_id)).scalars())
+    through = max(invoiced | {month})  # a month invoiced late: as of the last
+    unbilled = unbilled_fees(merchant_id, through)
+    # what is unbilled, less the fees of other months not invoiced yet (each bills its own when it is): so the
+    # month's own fees, and fees booked in a month already invoiced after its invoice read it (a payment that
+    # began before the month ended and committed after the run), which no other invoice would ever bill
+    fee = max(0, unbilled - max(0, _fees_not_invoiced(merchant_id, invoiced | {month}, through)))
     applied = min(max(0, balance(credit)), fee)
     row = {
         "merchant_id": merchant_id,
@@ -317,6 +314,20 @@ def record_fee_payment(merchant_id: int, amount_fen: int, proposal_id: int, memo
         [Leg(account(AccountKind.WECHAT_SETTLEMENT), -amount_fen), Leg(due, amount_fen)],
     )
     return unpaid - amount_fen
+
+
+def _fees_not_invoiced(merchant_id: int, months: set[str], through: str) -> int:
+    """The service fees booked up to the end of month ``through`` outside the Beijing ``months`` (the months
+    invoiced, and the one being invoiced): the fees of months still waiting for their own invoice."""
+    spans: list[list] = []  # the months as [start, end) in UTC, neighbours merged: usually one span
+    for start, end in sorted(month_bounds(m) for m in months):
+        if spans and spans[-1][1] == start:
+            spans[-1][1] = end
+        else:
+            spans.append([start, end])
+    inside = [(LedgerEntry.created_at >= start) & (LedgerEntry.created_at < end) for start, end in spans]
+    _, end = month_bounds(through)
+    return -_fees_due_moved(merchant_id, _fee_key() & (LedgerEntry.created_at < end) & ~or_(*inside))
 
 
 def _credit_applied_net(merchant_id: int) -> int:
