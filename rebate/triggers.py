@@ -16,12 +16,13 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models import Campaign, CampaignStatus, Order, RedPacket, ShareLink, SignIn, User, alert_once, db
 from models.base import beijing
+from models.risk import RiskIdentifier
 from models.sql import insert_ignoring
 from models.triggers import TriggerKind
 from rebate import tell
@@ -29,7 +30,7 @@ from rebate.campaigns import is_running
 from rebate.deposits import pause_refused
 from rebate.errors import BudgetExhausted, DepositExhausted, Invalid, NotFound, RebateError, StateConflict
 from rebate.packets import issue_packet
-from risk import Claimant, ClaimGate, LimitHit, PlatformLimits, Slot, record_refusal
+from risk import Claimant, ClaimGate, LimitHit, PlatformLimits, Slot, identifiers, record_refusal
 
 REFERRAL_BIND_WINDOW = timedelta(days=7)
 
@@ -174,6 +175,35 @@ def _streak_face(campaign: Campaign, streak: int) -> int | None:
     return max((b.amount_fen for b in bonuses), default=None)
 
 
+def _on_one_phone(person: User, other_id: int, device: str | None) -> bool:
+    """Has ``other_id`` used this request's device, or any device ``person`` was seen on (``risk.identifiers``)?
+
+    A device (the server-issued token) is one person's, as the per-device claim limits take it: two WeChat accounts
+    signed in on one phone are one person inviting, or claiming the share link of, themselves. One statement. Only
+    devices: a network address is shared by a family, an office or a carrier's NAT."""
+    mine = select(RiskIdentifier.value).where(
+        RiskIdentifier.kind == identifiers.DEVICE,
+        RiskIdentifier.owner_type == identifiers.USER,
+        RiskIdentifier.owner_id == person.id,
+    )
+    seen = (
+        RiskIdentifier.value.in_(mine)
+        if device is None
+        else or_(RiskIdentifier.value == device, RiskIdentifier.value.in_(mine))
+    )
+    found = db.session.execute(
+        select(RiskIdentifier.id)
+        .where(
+            RiskIdentifier.kind == identifiers.DEVICE,
+            RiskIdentifier.owner_type == identifiers.USER,
+            RiskIdentifier.owner_id == other_id,
+            seen,
+        )
+        .limit(1)
+    ).first()
+    return found is not None
+
+
 def create_share_link(campaign: Campaign, user: User, now: datetime) -> ShareLink:
     if campaign.issue_trigger.kind != TriggerKind.SHARE or not is_running(campaign, now):
         raise StateConflict("this campaign has no share links running", code="campaign_not_shareable")
@@ -207,7 +237,7 @@ def claim_share(
     link = db.session.get(ShareLink, token)
     if link is None:
         raise NotFound("no such share link", code="share_link_not_found")
-    if link.user_id == friend.id:
+    if link.user_id == friend.id or _on_one_phone(friend, link.user_id, claimant.device if claimant else None):
         raise Invalid("you cannot claim your own share link", code="own_share_link")
     campaign = db.session.get(Campaign, link.campaign_id)
     ref = f"{token}:{friend.id}"
@@ -289,7 +319,7 @@ def bind_inviter(
         raise NotFound("no such invite code", code="invite_code_not_found")
     if not inviter.is_active:
         raise StateConflict("this invite code can no longer be used", code="invite_code_inactive")
-    if inviter.id == user.id:
+    if inviter.id == user.id or _on_one_phone(user, inviter.id, claimant.device if claimant else None):
         raise Invalid("you cannot invite yourself", code="self_referral")
     # Both rows locked in id order: A binding to B while B binds to A serialise, and the later sees the cycle.
     first, second = sorted((user.id, inviter.id))
