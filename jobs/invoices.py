@@ -17,11 +17,32 @@ from jobs.payouts import row_failed
 from models import Merchant, db, unit_of_work, utcnow
 from rebate.fees import invoice_month, merchants_to_invoice, previous_month
 
+CATCH_UP_MONTHS = 3  # ended months looked at each run: the last one, and two before it a stopped job left
+
 
 def invoice_fees(now: datetime | None = None, month: str | None = None) -> Counter:
-    """Invoice last month's fees (``month``: another ended month); how many invoices were written, skipped."""
+    """Invoice the ended months' fees, oldest first: the last month's, and those of the ``CATCH_UP_MONTHS`` before
+    it that were never invoiced (the job stopped throughout a month); ``month``: that ended month only. How many
+    invoices were written, skipped, failed."""
     now = now or utcnow()
-    month = month or previous_month(now)
+    months = [month] if month else _last_months(now, CATCH_UP_MONTHS)
+    done: Counter = Counter()
+    for one in months:
+        done.update(_invoice_month(one, now))
+    db.session.commit()
+    return done
+
+
+def _last_months(now: datetime, count: int) -> list[str]:
+    """The ``count`` Beijing months ended by ``now``, oldest first."""
+    months = [previous_month(now)]
+    while len(months) < count:
+        year, number = map(int, months[0].split("-"))
+        months.insert(0, f"{year - 1}-12" if number == 1 else f"{year}-{number - 1:02d}")
+    return months
+
+
+def _invoice_month(month: str, now: datetime) -> Counter:
     done: Counter = Counter()
     for merchant_id in merchants_to_invoice(month):
         try:
@@ -35,5 +56,4 @@ def invoice_fees(now: datetime | None = None, month: str | None = None) -> Count
             done["failed"] += 1
             continue
         done["invoiced" if invoice is not None else "skipped"] += 1
-    db.session.commit()
     return done

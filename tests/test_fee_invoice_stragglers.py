@@ -90,3 +90,23 @@ def test_the_beijing_month_ends_at_1600_utc_for_the_invoice_and_the_statement(
     assert (jan["summary"]["platform_fees"]["fen"], feb["summary"]["platform_fees"]["fen"]) == (-2_00, -1_00)
     assert (jan["summary"]["net_sales"]["fen"], feb["summary"]["net_sales"]["fen"]) == (100_00, 50_00)
     assert all(a["reconciles"] for s in (jan, feb) for a in s["accounts"])
+
+
+def test_a_month_the_job_never_invoiced_is_invoiced_by_a_later_run_oldest_first(
+    app, monkeypatch, make_user, make_merchant, make_product, pay
+):
+    from jobs.invoices import invoice_fees
+
+    # given: 2 %; January's and February's fees, and the job stopped until well into March
+    app.config["PLATFORM_FEE_BPS"] = 200
+    shop = make_merchant()
+    for month, price in (("2025-01", 100_00), ("2025-02", 50_00)):
+        book_in(monkeypatch, month)
+        pay(buy(make_user(), make_product(shop, price_fen=price)))
+    # when: its first run in March, and a second one
+    assert invoice_fees(book_in(monkeypatch, "2025-03", days=20)) == {"invoiced": 2}
+    assert invoice_fees(book_in(monkeypatch, "2025-03", days=21)) == {}
+    # then: each month is invoiced for its own fees, once
+    assert row(shop.id, "2025-01") == (2_00, 0, 2_00)
+    assert row(shop.id, "2025-02") == (1_00, 0, 1_00)
+    assert billed(shop.id) == total_fees(shop.id) == 3_00
