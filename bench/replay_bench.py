@@ -29,7 +29,7 @@ from sqlalchemy import insert, select
 
 from bench import harness
 from insights.simulate import ISSUING, load_rows, project, replay_query
-from models import Campaign, CampaignRules, Merchant, Order, RedPacket, User, db
+from models import Campaign, CampaignRules, Merchant, Order, OrderPacket, RedPacket, User, db
 from rebate.campaigns import rules_of
 from rebate.rules import Form, OrderFacts, evaluate, parse_rules
 
@@ -107,6 +107,10 @@ def seed() -> int:
     first_packet = db.session.execute(select(RedPacket.id).order_by(RedPacket.id)).scalars().first()
     orders = [_order(merchant.id, owners[i], first_packet + i, paid_at[i], rnd, i) for i in range(ORDERS)]
     db.session.execute(insert(Order), orders)
+    spent = db.session.execute(select(Order.id, Order.packet_id).order_by(Order.id)).all()
+    db.session.execute(  # what an order spent, as rebate.orders writes it (the replay reads a campaign's packets here)
+        insert(OrderPacket), [{"order_id": o, "packet_id": p, "discount_fen": 10_00} for o, p in spent]
+    )
     db.session.commit()
     return campaign.id
 

@@ -7,13 +7,14 @@ Basis (docs/architecture.md §11): every event counts on the Beijing day it happ
   split over the order's lines in proportion to their goods value (rounded down per line);
 - ``influenced`` / ``influenced_refunds``: paid orders that used a campaign's packet or earned one of
   its rebates, per campaign and (campaign 0) across campaigns, each order once;
-- ``packets_issued`` (created), ``packets_claimed``, ``packets_used``, ``packets_expired`` (on the day
+- ``packets_issued`` (created), ``packets_claimed``, ``packets_used`` (spent on an order paid that day: a refund
+  that restores the packet leaves the use where it was), ``packets_expired`` (on the day
   their validity ended), ``packets_revoked`` (on the day it was revoked), split by face-value bucket,
   trigger and channel (the packet's source) for issued and used;
 - ``rebates_awarded`` (as first awarded), ``rebates_held`` (still held when the day was rolled up, on
   the award's day), ``rebates_paid`` (a payout that succeeded, or for the ``balance`` form the ledger's
   credit of the balance, on that day; ``points`` are not money and count as awarded only), ``rebates_clawed_back``
-  (refund adjustments, on their day), split by ``role:form``.
+  (refund adjustments, on the day the refund succeeded; any other adjustment on its own day), split by ``role:form``.
 
 ``merchant_id`` of a row: the order's merchant; a packet's own merchant or else its campaign's.
 Only reads: a function here returns rows, it stores nothing.
@@ -25,7 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import case, func, select, union
+from sqlalchemy import case, func, or_, select, union
 
 from models import (
     Campaign,
@@ -254,7 +255,7 @@ def _packets(out: DayRollup, start: datetime, end: datetime) -> None:
     when = {
         "issued": (RedPacket.created_at, None),
         "claimed": (RedPacket.claimed_at, None),
-        "used": (RedPacket.used_at, "used"),
+        "used": (None, None),
         "expired": (RedPacket.expires_at, "expired"),
         "revoked": (RedPacket.revoked_at, "revoked"),
     }
@@ -271,8 +272,16 @@ def _packets(out: DayRollup, start: datetime, end: datetime) -> None:
             )
             .select_from(RedPacket)
             .join(Campaign, Campaign.id == RedPacket.campaign_id)
-            .where(column >= start, column < end)
         )
+        if column is None:  # used: spent on an order paid that day. The spending (``order_packets``) stays when a
+            # refund restores the packet (``used_at`` cleared, the packet issued again): a day's uses must not vanish
+            # when it is rebuilt after such a refund, and a packet spent twice was used twice, as its discounts say.
+            stmt = stmt.join(OrderPacket, OrderPacket.packet_id == RedPacket.id).join(
+                Order, Order.id == OrderPacket.order_id
+            )
+            stmt = stmt.where(*_paid_in(start, end))
+        else:
+            stmt = stmt.where(column >= start, column < end)
         if status is not None:
             stmt = stmt.where(RedPacket.status == status)
         metric = f"packets_{event}"
@@ -318,15 +327,25 @@ def _rebates(out: DayRollup, start: datetime, end: datetime) -> None:
     for campaign_id, merchant, role, form, fen in db.session.execute(stmt):
         out.add_split(merchant, campaign_id, "rebates_paid", f"{role}:{form}", 1, fen)
     _balance_credits(out, start, end)
-    stmt = (
+    # Clawed back on the day of what took it back: a refund's clawback on the day the refund succeeded, where the
+    # refund itself is deducted (its notification may be worked after midnight, or a day later); any other (a
+    # review's, a share come back) on the day it was made. Two index ranges, one per kind.
+    clawback = (
         select(Rebate.campaign_id, Order.merchant_id, Rebate.role, Rebate.form, RebateAdjustment.amount_fen)
         .select_from(RebateAdjustment)
         .join(Rebate, Rebate.id == RebateAdjustment.rebate_id)
         .join(Order, Order.id == Rebate.order_id)
-        .where(RebateAdjustment.created_at >= start, RebateAdjustment.created_at < end)
+        .outerjoin(Refund, Refund.id == RebateAdjustment.refund_id)
     )
-    for campaign_id, merchant, role, form, fen in db.session.execute(stmt):
-        out.add_split(merchant, campaign_id, "rebates_clawed_back", f"{role}:{form}", 1, fen)
+    by_refund = clawback.where(Refund.finished_at >= start, Refund.finished_at < end)
+    by_itself = clawback.where(
+        RebateAdjustment.created_at >= start,
+        RebateAdjustment.created_at < end,
+        or_(RebateAdjustment.refund_id.is_(None), Refund.finished_at.is_(None)),
+    )
+    for stmt in (by_refund, by_itself):
+        for campaign_id, merchant, role, form, fen in db.session.execute(stmt):
+            out.add_split(merchant, campaign_id, "rebates_clawed_back", f"{role}:{form}", 1, fen)
 
 
 def _balance_credits(out: DayRollup, start: datetime, end: datetime) -> None:

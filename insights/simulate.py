@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from sqlalchemy import case, func, select, type_coerce
 
-from models import Campaign, Order, OrderLine, OrderStatus, RedPacket, User, UTCDateTime, db
+from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, RedPacket, User, UTCDateTime, db
 from models.base import beijing
 from models.sql import reading_apart
 from money import format_yuan, left_after_refunds
@@ -54,8 +54,8 @@ class ReplayRow(NamedTuple):
     paid_at: datetime
     order_total_fen: int  # goods value, net of refunds in proportion
     paid_fen: int  # what the buyer paid, net of refunds
-    packet_value_fen: int  # the packet's discount, paid by the funder
-    issuer_type: str | None  # of the packet the order spent
+    packet_value_fen: int  # the discounts of the campaign's own packets on the order, paid by the funder
+    issuer_type: str | None  # of the campaign's (first) packet the order spent
     invited_since: datetime | None  # when the buyer was bound to an inviter, if they have one
     lines: tuple[Line, ...] = ()  # the order's lines (read only for rules with category rates)
 
@@ -70,6 +70,23 @@ def _amount(prefix: str, fen: int) -> dict:
 def replay_query(campaign: Campaign, rules: RuleSet, since: datetime, until: datetime):
     """The one statement: columns only, oldest first."""
     invited_since = case((User.inviter_id.is_not(None), func.coalesce(User.invited_at, User.created_at)))
+
+    # The campaign's own packets an order spent (``order_packets``: an order may stack packets of several
+    # campaigns, this one's not necessarily first): their discounts are its cost, its first packet's issuer the
+    # issuer the engine pays (``rebate.payments._run_rebates``); another campaign's packet is none of its business.
+    # Asked per order of the window (``ix_orders_paid_at``) by the order's key: each a lookup, whatever the
+    # planner's statistics say (a join to an aggregate of them was planned as a loop over every row of it).
+    def of_own_packets(*columns):
+        return (
+            select(*columns)
+            .select_from(OrderPacket)
+            .join(RedPacket, RedPacket.id == OrderPacket.packet_id)
+            .where(OrderPacket.order_id == Order.id, RedPacket.campaign_id == campaign.id)
+            .correlate(Order)
+        )
+
+    discount = of_own_packets(func.coalesce(func.sum(OrderPacket.discount_fen), 0)).scalar_subquery()
+    issuer = of_own_packets(RedPacket.issuer_type).order_by(OrderPacket.packet_id).limit(1).scalar_subquery()
     stmt = (
         select(
             Order.id,
@@ -78,24 +95,23 @@ def replay_query(campaign: Campaign, rules: RuleSet, since: datetime, until: dat
             Order.paid_fen,
             Order.payable_fen,
             Order.refunded_fen,
-            Order.discount_fen,
-            RedPacket.issuer_type,
+            discount,
+            issuer,
             type_coerce(invited_since, UTCDateTime),
         )
         .join(User, User.id == Order.user_id)
-        .outerjoin(RedPacket, RedPacket.id == Order.packet_id)
         .where(Order.status == OrderStatus.PAID, Order.paid_at >= since, Order.paid_at < until)
         .order_by(Order.paid_at, Order.id)
     )
     if rules.applies_to == "referral":
         return stmt.where(User.inviter_id.is_not(None))
-    return stmt.where(RedPacket.campaign_id == campaign.id)
+    return stmt.where(of_own_packets(OrderPacket.packet_id).exists())
 
 
 def to_row(order_id, paid_at, total, paid, charged, refunded, discount, issuer_type, invited_since) -> ReplayRow:
     net_paid = left_after_refunds(paid, charged, refunded)  # as ``Order.net_paid_fen``
     net_total = left_after_refunds(total, charged, refunded)  # as ``Order.net_total_fen``
-    return ReplayRow(order_id, paid_at, net_total, net_paid, discount, issuer_type, invited_since)
+    return ReplayRow(order_id, paid_at, net_total, net_paid, int(discount), issuer_type, invited_since)  # a SUM
 
 
 def load_rows(
