@@ -292,19 +292,18 @@ def ban_lift(ban_id: int):
 @bp.route("/bans/<int:ban_id>/lift/approve", methods=["POST"])
 def ban_lift_approve(ban_id: int):
     """A second operator approves the proposed lift of a ban two operators made: lifted now."""
-    allowed(approve_ban_lift)
-    done = f"封禁 #{ban_id} 已解除 Lifted (approved)"
-    if act(approve_ban_lift, body={"reason": _reason()}, done=done, ban_id=ban_id) is None:
-        return _bans_page(g.refused_status)
-    return redirect(url_for("console.bans"))
+    return _decide_lift(approve_ban_lift, ban_id, f"封禁 #{ban_id} 已解除 Lifted (approved)")
 
 
 @bp.route("/bans/<int:ban_id>/lift/reject", methods=["POST"])
 def ban_lift_reject(ban_id: int):
     """Reject (its proposer: withdraw) the proposed lift: the ban stays in force."""
-    allowed(reject_ban_lift)
-    done = f"封禁 #{ban_id} 解除已驳回 Lift rejected: the ban stays"
-    if act(reject_ban_lift, body={"reason": _reason()}, done=done, ban_id=ban_id) is None:
+    return _decide_lift(reject_ban_lift, ban_id, f"封禁 #{ban_id} 解除已驳回 Lift rejected: the ban stays")
+
+
+def _decide_lift(view, ban_id: int, done: str):
+    allowed(view)
+    if act(view, body={"reason": _reason()}, done=done, ban_id=ban_id) is None:
         return _bans_page(g.refused_status)
     return redirect(url_for("console.bans"))
 
