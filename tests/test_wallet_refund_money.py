@@ -31,29 +31,13 @@ from rebate.orders import LineRequest
 from rebate.wallet import WalletAsk
 from tests.concurrency import together
 from tests.money_helpers import app_money
+from tests.test_wallet import fund
 
 K = AccountKind
 
 
 def bal(kind, owner_type=None, owner_id=None) -> int:
     return balance(account(kind, owner_type, owner_id))
-
-
-def fund(user, cash_fen=0, points=0) -> None:
-    """Give a person rebate balance (from the platform fund) and points (from issuance), as rebates would."""
-    if cash_fen:
-        post_entry(
-            f"given:cash:{user.id}",
-            "test rebate",
-            [Leg(account(K.PLATFORM_MARKETING_FUND), -cash_fen), Leg(account(K.USER_CASH, "user", user.id), cash_fen)],
-        )
-    if points:
-        post_entry(
-            f"given:points:{user.id}",
-            "test points",
-            [Leg(account(K.POINTS_ISSUANCE), -points), Leg(account(K.USER_POINTS, "user", user.id), points)],
-        )
-    db.session.commit()
 
 
 def refund(order, number, amount_fen) -> None:
