@@ -15,12 +15,16 @@ with every default written out, whoever calls (the admin API, the console, a scr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import cache
 
-from sqlalchemy import select
+from sqlalchemy import Boolean, bindparam, select, text
 
-from models import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType, Merchant, RedPacket, db
+from models import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType, Merchant, RedPacket, db, utcnow
+from models.base import next_beijing_midnight
+from models.limits import LimitCounter
 from models.operators import Actor, audit
+from models.sql import WRITES
 from models.triggers import PLATFORM_WIDE, Trigger
 from rebate.campaigns import rules_of
 from rebate.deposits import deposit_funded, held_in_deposit, lock_deposits
@@ -34,7 +38,7 @@ from rebate.fund_flow import (
 from rebate.packets import generate_batch, refuse_user_stake, revoke_packet
 from rebate.rules import RuleSet, parse_rules, rules_json
 from rebate.scope import visible_campaign, visible_merchant
-from risk import ClaimLimits
+from risk import Claimant, ClaimLimits, campaign_slots
 
 TRANSITIONS = {
     "activate": ({CampaignStatus.DRAFT, CampaignStatus.PAUSED}, CampaignStatus.ACTIVE),
@@ -248,12 +252,78 @@ def _check_changes(campaign: Campaign, changes: Mapping) -> None:
     _check_hours(changes.get("usage_windows"))
 
 
+# A person's limits of one campaign count only the claims made while the limit was on (a claim takes no slot of a
+# limit that is off). Switched on, a limit first counts the campaign's packets each person already holds (the
+# per-day one: those claimed since the Beijing day began), so that nobody who claimed while it was off gets
+# another: these slot codes of ``risk.limits.campaign_slots``, by the field of ``ClaimLimits`` that sets them.
+PERSON_LIMITS = {"per_person": "person_limit", "per_person_per_day": "person_daily_limit"}
+_PROBE_PERSON = 1  # a person id only to read the slots' key shape: "<prefix><person id>"
+
+
+_COUNT_HELD = (
+    'INSERT INTO limit_counters (key, "window", "count", last_at) '
+    "SELECT :prefix || CAST(owner_id AS VARCHAR(16)), :window, COUNT(*), :now FROM red_packets "
+    "WHERE campaign_id = :campaign_id AND owner_id IS NOT NULL AND (claimed_at >= :since OR :all_time) "
+    "GROUP BY owner_id "
+    'ON CONFLICT (key) DO UPDATE SET "count" = CASE WHEN limit_counters."window" <> excluded."window" '
+    'THEN excluded."count" WHEN limit_counters."count" > excluded."count" THEN limit_counters."count" '
+    'ELSE excluded."count" END, "window" = excluded."window"'
+)
+
+
+@cache
+def _count_held_statement():
+    """Each owner's packets of a campaign (claimed at or after ``:since`` unless ``:all_time``) into the owner's
+    counter ``:prefix || owner id`` for ``:window``: never lowered within the same window (a claim may have counted
+    already), restarted in another."""
+    when = LimitCounter.__table__.c.last_at.type
+    return (
+        text(_COUNT_HELD)
+        .bindparams(
+            bindparam("now", type_=when),
+            bindparam("since", type_=RedPacket.__table__.c.claimed_at.type),
+            bindparam("all_time", type_=Boolean),
+        )
+        .execution_options(**WRITES)
+    )
+
+
+def _count_what_was_claimed_while_off(campaign: Campaign, before: ClaimLimits, after: ClaimLimits) -> None:
+    """For each person limit ``after`` switches on (off in ``before``), count the packets people already hold."""
+    switched_on = {
+        code for name, code in PERSON_LIMITS.items() if getattr(before, name) is None and getattr(after, name)
+    }
+    if not switched_on:
+        return
+    now = utcnow()
+    probe = Claimant(_PROBE_PERSON)
+    for slot in campaign_slots(after, campaign_id=campaign.id, claimant=probe, now=now):
+        if slot.code not in switched_on:
+            continue
+        daily = slot.code == PERSON_LIMITS["per_person_per_day"]
+        params = {
+            "campaign_id": campaign.id,
+            "prefix": slot.key.removesuffix(str(_PROBE_PERSON)),
+            "window": slot.window,
+            "now": now,
+            "since": next_beijing_midnight(now) - timedelta(days=1),  # this Beijing day's start
+            "all_time": not daily,
+        }
+        db.session.execute(_count_held_statement(), params)
+
+
 def change_campaign(actor: Actor, campaign_id: int, changes: Mapping, reason: str) -> Campaign:
     """Change a campaign's budget, end, counts, audience or limits (``changes``: only what is sent)."""
     campaign = _changeable(actor, campaign_id)
     if changes.get("claim_limits") is not None:  # null: back to the defaults
         changes = {**changes, "claim_limits": ClaimLimits.parse(changes["claim_limits"]).to_json()}
     _check_changes(campaign, changes)
+    if "claim_limits" in changes:
+        limits_before, limits_after = (
+            ClaimLimits.parse(campaign.claim_limits),
+            ClaimLimits.parse(changes["claim_limits"]),
+        )
+        _count_what_was_claimed_while_off(campaign, limits_before, limits_after)
     before = {name: getattr(campaign, name) for name in changes}
     for name, value in changes.items():
         setattr(campaign, name, value)
