@@ -83,8 +83,8 @@ def _max_award(campaign: Campaign, rules: dict | None) -> int | None:
 
 
 def reservation_for(campaign: Campaign, face_fen: int | None = None, rules: dict | None = None) -> int:
-    """Face value plus the largest rebate the packet can trigger (``rules``: the campaign's current rules JSON,
-    when the caller read it already)."""
+    """Face value plus the largest rebate the packet can trigger (``rules``: the rules JSON the packet earns by, its
+    campaign's current version or, for a minted code, the version it was minted under, when the caller read it)."""
     max_award = _max_award(campaign, rules)
     if campaign.budget_limit_fen is not None and max_award is None:
         raise StateConflict("a budgeted campaign's rules must all have caps", code="uncapped_rule")
@@ -536,6 +536,12 @@ def _current_rules():
     return and_(CampaignRules.campaign_id == Campaign.id, CampaignRules.version == Campaign.rules_version)
 
 
+def _packets_rules():
+    """The join of a packet to the rules version it was minted under, which its payment applies (a code minted
+    before a new version keeps its rules): what its claim reserves for."""
+    return and_(CampaignRules.campaign_id == RedPacket.campaign_id, CampaignRules.version == RedPacket.rules_version)
+
+
 def generate_batch(campaign: Campaign, count: int, now: datetime, batch_ref: str) -> list[RedPacket]:
     """N unclaimed packets with unique codes; budget is reserved when each is claimed."""
     _require_issuing(campaign, now)
@@ -556,7 +562,7 @@ def generate_batch(campaign: Campaign, count: int, now: datetime, batch_ref: str
 
 
 def claimable(code: str, user: User) -> tuple[RedPacket, Campaign, dict | None]:
-    """The packet behind a code, with its campaign and the campaign's current rules, in one SELECT (no lock:
+    """The packet behind a code, with its campaign and the rules it was minted under, in one SELECT (no lock:
     the claim's conditional UPDATE decides). Unknown codes and others' claimed packets are 404."""
     packet, campaign, rules, _ = claimable_for_claim(code, user)
     return packet, campaign, rules
@@ -571,7 +577,7 @@ def claimable_for_claim(
     row = db.session.execute(
         select(*columns)
         .join(Campaign, Campaign.id == RedPacket.campaign_id)
-        .outerjoin(CampaignRules, _current_rules())
+        .outerjoin(CampaignRules, _packets_rules())
         .where(RedPacket.claim_code == code.strip().upper())
         .execution_options(populate_existing=True),
         bans or {},

@@ -516,3 +516,27 @@ def test_merchant_staff_cannot_turn_their_campaign_into_a_referral_one(client, m
     answer = client.put(f"{URL}/{campaign.id}/rules", headers=staff, json={"rules": referral, "reason": "all shops"})
     assert (answer.status_code, answer.json["error"]) == (403, "platform_only")
     assert _state(campaign.id) == before
+
+
+def test_a_code_minted_before_new_rules_is_claimed_for_the_rules_it_pays_by(
+    app, client, make_campaign, make_user, admin
+):
+    from rebate.claims import claim_by_code
+    from rebate.packets import generate_batch
+
+    # given: a platform campaign capping the rebate at 10 yuan, a code minted under it, then rules capping at 30
+    campaign = make_campaign(CAPPED, budget_limit_fen=1_000_00, packet_amount_fen=10_00)
+    (code,) = [p.claim_code for p in generate_batch(campaign, 1, utcnow(), batch_ref="v1")]
+    db.session.commit()
+    bigger = {"roles": [{"role": "consumer", "rate_bps": 1000, "form": "balance", "cap_fen": 30_00}]}
+    put = client.put(f"{URL}/{campaign.id}/rules", headers=admin, json={"rules": bigger, "reason": "raise it"})
+    assert put.status_code == 200, put.json
+    # when: the code is claimed
+    db.session.rollback()
+    ben = make_user()
+    claimant, limits = Claimant(ben.id, "203.0.113.8", "device-ben"), PlatformLimits.from_config(app.config)
+    packet = claim_by_code(code, ben, utcnow(), claimant=claimant, limits=limits)
+    db.session.commit()
+    # then: it reserves what its own rules (version 1) can pay, not the new version's 30 yuan
+    assert (packet.rules_version, packet.reserved_fen) == (1, 10_00 + 10_00)
+    assert db.session.get(Campaign, campaign.id).budget_reserved_fen == 20_00
