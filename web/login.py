@@ -83,7 +83,9 @@ def sign_in(
     ``origin`` is the (network address, device) the login came from: newcomer packets count against them.
     """
     identity = _identity(appid, openid)
-    for last in (False, True):
+    # Three tries: a unionid taken by the other app's first sign-in, then this openid taken by a sign-in of its own
+    # that joined that person meanwhile. Each conflict is a committed row the next try finds.
+    for last in (False, False, True):
         if identity is not None:
             break
         try:
@@ -151,7 +153,8 @@ def _safe_next(value: str | None) -> str:
     if len(value) > NEXT_MOST:  # refused, never cut: a cut path is not the one checked (``/oauth/a…/../x``)
         raise ValidationFailed(f"next is longer than {NEXT_MOST} characters", code="invalid_next")
     path = local_path(value)
-    if path is None or path.lower().startswith(REDIRECTING_PATHS):
+    # ``//`` once decoded (``/%2F_sim/``): the server merges the slashes and routes it as ``/_sim/``, a redirector.
+    if path is None or path.startswith("//") or path.lower().startswith(REDIRECTING_PATHS):
         raise ValidationFailed("next must be a path on this site", code="invalid_next")
     return value
 
@@ -264,6 +267,7 @@ def oauth_callback():
         raise ApiError(
             "this sign-in was not started in this browser; start again", code="invalid_oauth_state", status=400
         )
+    appid, origin = current_app.config["WECHAT_OA_APPID"], (client_ip(), device_id())  # a bad device token: 422 here
 
     def consume() -> tuple[str, str]:  # committed before the call: a replayed callback finds it used
         row = _consume_state(state)
@@ -280,7 +284,6 @@ def oauth_callback():
         return grant["openid"], unionid
 
     def sign_in_and_redirect(prepared: tuple[str, str], person: tuple[str, str | None]):
-        appid, origin = current_app.config["WECHAT_OA_APPID"], (client_ip(), device_id())
         user = sign_in(appid, person[0], person[1], "official_account", origin=origin)
         if not user.is_active:  # raised inside the record step: its sign-in is rolled back
             raise ApiError("this account is banned", code="user_banned", status=403)

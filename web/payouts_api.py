@@ -8,11 +8,12 @@ audited and honours ``Idempotency-Key``.
 from __future__ import annotations
 
 import secrets
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Literal
 
 from flask import Blueprint, current_app, g, request
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 from sqlalchemy import update
 
 from models import OperatorRole, Payout, PayoutAttempt, Rail, RailControl, User, call_between_commits, db, utcnow
@@ -308,8 +309,24 @@ def list_rails():
     return {"items": [rail_json(r, by_rail.get(r), now) for r in RAILS]}
 
 
+INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})  # control, format, surrogate, line and paragraph separators
+
+
+def _visible(name: str) -> str:
+    """No control or format character (zero-width, bidi override, BOM), lone surrogate or line break: WeChat
+    compares the name with the person's verified one. Unassigned and private-use characters pass: a rare
+    character of a name may be newer than this Python's Unicode tables, or typed with an older input method."""
+    if any(unicodedata.category(c) in INVISIBLE for c in name):
+        raise ValueError("the name holds an invisible or control character")
+    return name
+
+
 class RealName(Model):
-    real_name: Annotated[str, Field(min_length=2, max_length=32, pattern=r"^[^\d<>{}\[\]\\/@#$%^&*=+|~`]+$")]
+    real_name: Annotated[
+        str,
+        Field(min_length=2, max_length=32, pattern=r"^[^\d<>{}\[\]\\/@#$%^&*=+|~`]+$"),
+        AfterValidator(_visible),
+    ]
 
 
 @endpoint(bp, "/api/v1/me/real-name", methods=["PUT"], body=RealName, idempotent=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -109,8 +110,28 @@ def _request_json(
     if not isinstance(data, dict):
         raise WeChatUnavailable("answer is not an object", code="UNPARSEABLE_RESPONSE")
     if data.get("errcode") not in (None, 0):
-        raise _error_for(int(data["errcode"]), str(data.get("errmsg", "")))
+        errcode = data["errcode"]
+        if type(errcode) is not int and not (isinstance(errcode, str) and re.fullmatch(r"-?[0-9]{1,9}", errcode)):
+            raise WeChatUnavailable(f"answer's errcode is not a number: {errcode!r:.40}", code="UNPARSEABLE_RESPONSE")
+        raise _error_for(int(errcode), str(data.get("errmsg", "")))
     return data
+
+
+IDENTIFIER_MOST = 64  # user_identities.openid, users.unionid
+
+
+def _identifier(value: Any) -> bool:
+    """An openid / unionid we can store and compare: text of 1 to 64 printable characters (WeChat's are 28)."""
+    return isinstance(value, str) and 0 < len(value) <= IDENTIFIER_MOST and value.isprintable()
+
+
+def _check_identity(data: dict[str, Any], secret_field: str, call: str) -> None:
+    """``openid`` (and ``unionid`` when given) are identifiers and ``secret_field`` is text, or the answer is not
+    one we can act on: refused before anything is written (a 500 in the driver, or a mangled key, otherwise)."""
+    if not _identifier(data.get("openid")) or not isinstance(data.get(secret_field), str) or not data[secret_field]:
+        raise WeChatUnavailable(f"{call} answer lacks a usable openid or {secret_field}", code="UNPARSEABLE_RESPONSE")
+    if data.get("unionid") is not None and not _identifier(data["unionid"]):
+        raise WeChatUnavailable(f"{call} answer has an unusable unionid", code="UNPARSEABLE_RESPONSE")
 
 
 def _refuse_snapshot_user(data: dict[str, Any]) -> None:
@@ -142,8 +163,7 @@ class MiniProgramClient:
         params = {"appid": self.appid, "secret": self.secret, "js_code": js_code, "grant_type": "authorization_code"}
         data = _get_json(self.session, f"{self.api_base}/sns/jscode2session", params, self.timeout)
         _refuse_snapshot_user(data)
-        if not data.get("openid") or not data.get("session_key"):
-            raise WeChatUnavailable("jscode2session answer lacks openid", code="UNPARSEABLE_RESPONSE")
+        _check_identity(data, "session_key", "jscode2session")
         return data
 
 
@@ -176,13 +196,15 @@ class OAuthClient:
         params = {"appid": self.appid, "secret": self.secret, "code": code, "grant_type": "authorization_code"}
         data = _get_json(self.session, f"{self.api_base}/sns/oauth2/access_token", params, self.timeout)
         _refuse_snapshot_user(data)
-        if not data.get("openid") or not data.get("access_token"):
-            raise WeChatUnavailable("oauth answer lacks openid", code="UNPARSEABLE_RESPONSE")
+        _check_identity(data, "access_token", "oauth")
         return data
 
     def fetch_userinfo(self, access_token: str, openid: str, lang: str = "zh_CN") -> dict[str, Any]:
         params = {"access_token": access_token, "openid": openid, "lang": lang}
-        return _get_json(self.session, f"{self.api_base}/sns/userinfo", params, self.timeout)
+        data = _get_json(self.session, f"{self.api_base}/sns/userinfo", params, self.timeout)
+        if data.get("unionid") is not None and not _identifier(data["unionid"]):
+            raise WeChatUnavailable("userinfo answer has an unusable unionid", code="UNPARSEABLE_RESPONSE")
+        return data
 
 
 class AccessTokenStore(Protocol):
