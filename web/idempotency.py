@@ -144,12 +144,17 @@ def _hold(record_id: int) -> None:
     db.session.execute(_hold_statement(), {"record_id": record_id})
 
 
-def _delete(record_id: int) -> None:
-    """Delete through the ORM so the identity map forgets the row too: SQLite
-    reuses the id of a deleted last row, and a stale identity would clash."""
-    record = db.session.get(IdempotencyRecord, record_id)
-    if record is not None:
-        db.session.delete(record)
+def _delete(record_id: int, held_since=None) -> None:
+    """Delete the key's row, and make the session forget it (SQLite reuses the id of a deleted last row, and a stale
+    identity would clash). ``held_since``: only while it is still a request's in progress since then."""
+    table = IdempotencyRecord.__table__
+    where = [table.c.id == record_id]
+    if held_since is not None:
+        where += [table.c.locked_at == held_since, table.c.state == "in_progress"]
+    db.session.execute(delete(table).where(*where))
+    forgotten = db.session.identity_map.get(identity_key(IdempotencyRecord, record_id))
+    if forgotten is not None:
+        db.session.expunge(forgotten)
     db.session.commit()
 
 
@@ -157,14 +162,7 @@ def _release(record_id: int, locked_at) -> None:
     """Give the key up (the view failed): deleted only while it is still this request's, in progress since
     ``locked_at``; a retry that took it over once the view's transaction ended keeps it."""
     db.session.rollback()
-    table = IdempotencyRecord.__table__
-    db.session.execute(
-        delete(table).where(table.c.id == record_id, table.c.locked_at == locked_at, table.c.state == "in_progress")
-    )
-    forgotten = db.session.identity_map.get(identity_key(IdempotencyRecord, record_id))
-    if forgotten is not None:  # the session forgets it too (SQLite may give its id to the next row: see _delete)
-        db.session.expunge(forgotten)
-    db.session.commit()
+    _delete(record_id, held_since=locked_at)
 
 
 def run(scope: str, route: str, key: str, call: Callable[[], Response]) -> Response:
