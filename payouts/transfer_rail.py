@@ -26,6 +26,7 @@ from payouts.rails import Outcome, RailResult, disagreement
 from wechat.errors import WeChatError, WeChatInvalidRequest, WeChatNotFound
 from wechat.http import CallInsideTransaction
 from wechat.pay import DEFINITE_TRANSFER_REFUSALS
+from wechat.transactions import read_time
 from wechat.transfers import MIN_TRANSFER_FEN
 
 REAL_NAME_FROM_FEN = 200_000  # 2,000 yuan: WeChat requires the payee's real name, encrypted
@@ -224,13 +225,14 @@ def state_result(answer: dict[str, Any], expected: dict[str, Any] | None = None)
 
 
 def _update_time(value: Any) -> dict[str, datetime]:
-    """``{"finished_at": …}`` from the bill's ``update_time`` (RFC 3339) when it reads as a time; else nothing (the
-    payout is then dated when we learned of it)."""
+    """``{"finished_at": …}`` from the bill's ``update_time`` when it reads as WeChat's time (``read_time``); else
+    nothing (the payout is then dated when we learned of it)."""
+    if not isinstance(value, str) or len(value) > 40:
+        return {}
     try:
-        at = datetime.fromisoformat(value) if isinstance(value, str) and len(value) <= 40 else None
+        return {"finished_at": read_time(value)}
     except ValueError:
         return {}
-    return {"finished_at": at} if at is not None and at.tzinfo is not None else {}
 
 
 def _unreadable(why: str) -> RailResult:

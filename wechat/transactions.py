@@ -255,6 +255,20 @@ def _coupons(promotions: object) -> tuple[int, int]:
     return coupons, unsettled
 
 
+def read_time(value: str) -> datetime:
+    """WeChat's RFC 3339 time (``2015-05-20T13:29:35+08:00``) with its offset, from 2000 to 2099; ``ValueError``
+    saying what it is not otherwise."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("is not an RFC 3339 time") from None
+    if parsed.tzinfo is None:
+        raise ValueError("has no UTC offset")
+    if not EARLIEST <= parsed < LATEST:  # year 1 or 9999 with an offset overflows when turned into UTC
+        raise ValueError("is not from 2000 to 2099")
+    return parsed
+
+
 class _Reader:
     """Typed reads of one JSON object; every failure names the field."""
 
@@ -296,11 +310,6 @@ class _Reader:
         if not value:
             return None
         try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise MalformedResource(f"{self.where}.{name}", f"{value!r} is not an RFC 3339 time") from None
-        if parsed.tzinfo is None:
-            raise MalformedResource(f"{self.where}.{name}", f"{value!r} has no UTC offset")
-        if not EARLIEST <= parsed < LATEST:  # year 1 or 9999 with an offset overflows when turned into UTC
-            raise MalformedResource(f"{self.where}.{name}", f"{value!r} is not from 2000 to 2099")
-        return parsed
+            return read_time(value)
+        except ValueError as why:
+            raise MalformedResource(f"{self.where}.{name}", f"{value!r} {why}") from None
