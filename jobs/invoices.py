@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from jobs.payouts import row_failed
 from models import Merchant, db, unit_of_work, utcnow
-from rebate.fees import invoice_month, merchants_to_invoice, previous_month
+from rebate.fees import invoice_month, merchants_to_invoice, month_bounds, previous_month
 
 CATCH_UP_MONTHS = 3  # ended months looked at each run: the last one, and two before it a stopped job left
 
@@ -37,8 +37,7 @@ def _last_months(now: datetime, count: int) -> list[str]:
     """The ``count`` Beijing months ended by ``now``, oldest first."""
     months = [previous_month(now)]
     while len(months) < count:
-        year, number = map(int, months[0].split("-"))
-        months.insert(0, f"{year - 1}-12" if number == 1 else f"{year}-{number - 1:02d}")
+        months.insert(0, previous_month(month_bounds(months[0])[0]))  # the month before the one it begins
     return months
 
 
