@@ -21,7 +21,7 @@ from functools import cache
 from sqlalchemy import Boolean, bindparam, select, text
 
 from models import Campaign, CampaignRules, CampaignStatus, FunderType, IssuerType, Merchant, RedPacket, db, utcnow
-from models.base import next_beijing_midnight
+from models.base import beijing, next_beijing_midnight
 from models.limits import LimitCounter
 from models.operators import Actor, audit
 from models.sql import WRITES
@@ -38,7 +38,8 @@ from rebate.fund_flow import (
 from rebate.packets import generate_batch, refuse_user_stake, revoke_packet
 from rebate.rules import RuleSet, parse_rules, rules_json
 from rebate.scope import visible_campaign, visible_merchant
-from risk import Claimant, ClaimLimits, campaign_slots
+from risk import ClaimLimits
+from risk.limits import ALL_TIME, person_key_prefix
 
 TRANSITIONS = {
     "activate": ({CampaignStatus.DRAFT, CampaignStatus.PAUSED}, CampaignStatus.ACTIVE),
@@ -255,9 +256,8 @@ def _check_changes(campaign: Campaign, changes: Mapping) -> None:
 # A person's limits of one campaign count only the claims made while the limit was on (a claim takes no slot of a
 # limit that is off). Switched on, a limit first counts the campaign's packets each person already holds (the
 # per-day one: those claimed since the Beijing day began), so that nobody who claimed while it was off gets
-# another: these slot codes of ``risk.limits.campaign_slots``, by the field of ``ClaimLimits`` that sets them.
+# another: the slots of ``risk.limits.campaign_slots``, by the field of ``ClaimLimits`` that sets them.
 PERSON_LIMITS = {"per_person": "person_limit", "per_person_per_day": "person_daily_limit"}
-_PROBE_PERSON = 1  # a person id only to read the slots' key shape: "<prefix><person id>"
 
 
 _COUNT_HELD = (
@@ -290,21 +290,15 @@ def _count_held_statement():
 
 def _count_what_was_claimed_while_off(campaign: Campaign, before: ClaimLimits, after: ClaimLimits) -> None:
     """For each person limit ``after`` switches on (off in ``before``), count the packets people already hold."""
-    switched_on = {
-        code for name, code in PERSON_LIMITS.items() if getattr(before, name) is None and getattr(after, name)
-    }
-    if not switched_on:
-        return
     now = utcnow()
-    probe = Claimant(_PROBE_PERSON)
-    for slot in campaign_slots(after, campaign_id=campaign.id, claimant=probe, now=now):
-        if slot.code not in switched_on:
+    for name, code in PERSON_LIMITS.items():
+        if getattr(before, name) is not None or not getattr(after, name):
             continue
-        daily = slot.code == PERSON_LIMITS["per_person_per_day"]
+        daily = code == "person_daily_limit"
         params = {
             "campaign_id": campaign.id,
-            "prefix": slot.key.removesuffix(str(_PROBE_PERSON)),
-            "window": slot.window,
+            "prefix": person_key_prefix(campaign.id, code),
+            "window": beijing(now).date().isoformat() if daily else ALL_TIME,  # as campaign_slots' windows
             "now": now,
             "since": next_beijing_midnight(now) - timedelta(days=1),  # this Beijing day's start
             "all_time": not daily,

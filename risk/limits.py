@@ -360,6 +360,15 @@ def platform_slots(limits: PlatformLimits, claimant: Claimant, now: datetime, *,
     return slots
 
 
+# The slot code of each of a campaign's per-person limits, with its key's part: ``c<campaign>:<part>:<person>``.
+PERSON_KEY_PARTS = {"person_limit": "person", "person_daily_limit": "person-day"}
+
+
+def person_key_prefix(campaign_id: int, code: str) -> str:
+    """The key of a campaign's per-person slot (``code``: a ``PERSON_KEY_PARTS`` code), less the person's id."""
+    return f"c{campaign_id}:{PERSON_KEY_PARTS[code]}:"
+
+
 def campaign_slots(limits: ClaimLimits, *, campaign_id: int, claimant: Claimant, now: datetime) -> list[Slot]:
     """Every applicable slot of one campaign's own limits, in the order they are checked.
 
@@ -372,7 +381,7 @@ def campaign_slots(limits: ClaimLimits, *, campaign_id: int, claimant: Claimant,
     if limits.per_person is not None:
         slots.append(
             Slot(
-                f"{scope}:person:{person_id}",
+                f"{person_key_prefix(campaign_id, 'person_limit')}{person_id}",
                 ALL_TIME,
                 "person_limit",
                 f"at most {limits.per_person} from this campaign per person",
@@ -383,7 +392,7 @@ def campaign_slots(limits: ClaimLimits, *, campaign_id: int, claimant: Claimant,
     if limits.per_person_per_day is not None:
         slots.append(
             Slot(
-                f"{scope}:person-day:{person_id}",
+                f"{person_key_prefix(campaign_id, 'person_daily_limit')}{person_id}",
                 day,
                 "person_daily_limit",
                 f"at most {limits.per_person_per_day} a day per person",
