@@ -87,7 +87,7 @@ def counters(m: dict[str, list[int]]) -> dict:
     """The flat counters of a window (totals, before, one period of the series)."""
     net = m["sales"][1] - m["refunds"][1]
     influenced_net = m["influenced"][1] - m["influenced_refunds"][1]
-    rebates_net = m["rebates_awarded"][1] - m["rebates_clawed_back"][1]
+    rebates_net = m["rebates_awarded"][1] - m["rebates_clawed_back"][1] - m["rebates_cancelled"][1]
     out = {
         "orders": m["sales"][0],
         "sales_fen": m["sales"][1],

@@ -14,7 +14,9 @@ Basis (docs/architecture.md §11): every event counts on the Beijing day it happ
 - ``rebates_awarded`` (as first awarded), ``rebates_held`` (still held when the day was rolled up, on
   the award's day), ``rebates_paid`` (a payout that succeeded, or for the ``balance`` form the ledger's
   credit of the balance, on that day; ``points`` are not money and count as awarded only), ``rebates_clawed_back``
-  (refund adjustments, on the day the refund succeeded; any other adjustment on its own day), split by ``role:form``.
+  (money taken back from a rebate paid or queued: a refund's on the day the refund succeeded, any other on its own
+  day) and ``rebates_cancelled`` (a held part that will never be paid: revoked by a review, expired, withheld by the
+  feedback quality, or released by a refund, dated the same way), split by ``role:form``.
 
 ``merchant_id`` of a row: the order's merchant; a packet's own merchant or else its campaign's.
 Only reads: a function here returns rows, it stores nothing.
@@ -29,6 +31,7 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import case, func, or_, select, union
 
 from models import (
+    AdjustmentKind,
     Campaign,
     LedgerEntry,
     LedgerPosting,
@@ -58,7 +61,7 @@ BUCKETS: tuple[tuple[int | None, str], ...] = (
     (None, "100_plus"),
 )
 PACKET_EVENTS = ("issued", "claimed", "used", "expired", "revoked")
-REBATE_EVENTS = ("awarded", "held", "paid", "clawed_back")
+REBATE_EVENTS = ("awarded", "held", "paid", "clawed_back", "cancelled")
 
 
 def bucket_of(amount_fen: int) -> str:
@@ -327,11 +330,19 @@ def _rebates(out: DayRollup, start: datetime, end: datetime) -> None:
     for campaign_id, merchant, role, form, fen in db.session.execute(stmt):
         out.add_split(merchant, campaign_id, "rebates_paid", f"{role}:{form}", 1, fen)
     _balance_credits(out, start, end)
-    # Clawed back on the day of what took it back: a refund's clawback on the day the refund succeeded, where the
+    # Clawed back or cancelled on the day of what took it: a refund's on the day the refund succeeded, where the
     # refund itself is deducted (its notification may be worked after midnight, or a day later); any other (a
-    # review's, a share come back) on the day it was made. Two index ranges, one per kind.
+    # review's, a share come back, a held part revoked, expired or withheld) on the day it was made. Two index
+    # ranges, one per kind of cause.
     clawback = (
-        select(Rebate.campaign_id, Order.merchant_id, Rebate.role, Rebate.form, RebateAdjustment.amount_fen)
+        select(
+            Rebate.campaign_id,
+            Order.merchant_id,
+            Rebate.role,
+            Rebate.form,
+            RebateAdjustment.amount_fen,
+            RebateAdjustment.kind,
+        )
         .select_from(RebateAdjustment)
         .join(Rebate, Rebate.id == RebateAdjustment.rebate_id)
         .join(Order, Order.id == Rebate.order_id)
@@ -344,8 +355,9 @@ def _rebates(out: DayRollup, start: datetime, end: datetime) -> None:
         or_(RebateAdjustment.refund_id.is_(None), Refund.finished_at.is_(None)),
     )
     for stmt in (by_refund, by_itself):
-        for campaign_id, merchant, role, form, fen in db.session.execute(stmt):
-            out.add_split(merchant, campaign_id, "rebates_clawed_back", f"{role}:{form}", 1, fen)
+        for campaign_id, merchant, role, form, fen, kind in db.session.execute(stmt):
+            metric = "rebates_cancelled" if kind == AdjustmentKind.CANCELLED else "rebates_clawed_back"
+            out.add_split(merchant, campaign_id, metric, f"{role}:{form}", 1, fen)
 
 
 def _balance_credits(out: DayRollup, start: datetime, end: datetime) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import and_, or_, select
 
 from insights.trace_challenges import challenge_of_packet
 from models import (
+    AdjustmentKind,
     Campaign,
     Order,
     OrderMilestone,
@@ -191,6 +192,7 @@ def _condition(r: Rebate, campaign: Campaign, met: list[OrderMilestone]) -> tupl
 
 def _clawback(adj: RebateAdjustment, refund: Refund | None) -> tuple[dict, str]:
     info = {
+        "kind": adj.kind,
         "refund": refund.out_refund_no if refund else None,
         "refund_status": refund.status if refund else None,
         **amount("refund_amount", refund.amount_fen if refund else None),
@@ -201,7 +203,8 @@ def _clawback(adj: RebateAdjustment, refund: Refund | None) -> tuple[dict, str]:
         "at": adj.created_at.isoformat(),
     }
     source = f"refund {refund.out_refund_no} of {yuan(refund.amount_fen)}" if refund else "an adjustment"
-    line = f"Clawed back {yuan(adj.amount_fen)} by {source} on {when(adj.created_at)}: {adj.reason}"
+    done = "Cancelled (held, never paid)" if adj.kind == AdjustmentKind.CANCELLED else "Clawed back"
+    line = f"{done} {yuan(adj.amount_fen)} by {source} on {when(adj.created_at)}: {adj.reason}"
     if adj.receivable_fen:
         line += f" ({yuan(adj.recovered_fen)} recovered, {yuan(adj.receivable_fen)} owed back)"
     return info, line + "."

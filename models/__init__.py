@@ -76,7 +76,7 @@ from models.profit_sharing import (
     ShareKind,
     ShareStatus,
 )
-from models.rebates import OrderMilestone, Rebate, RebateAdjustment, RebateStatus, Receivable
+from models.rebates import AdjustmentKind, OrderMilestone, Rebate, RebateAdjustment, RebateStatus, Receivable
 from models.reconciliation import ReconciliationMismatch, ReconciliationRun
 from models.risk import (
     Ban,
@@ -171,6 +171,7 @@ __all__ = [
     "SignIn",
     "Rebate",
     "RebateAdjustment",
+    "AdjustmentKind",
     "RebateStatus",
     "Receivable",
     "ReconciliationMismatch",

@@ -88,8 +88,15 @@ class OrderMilestone(Base):
     )
 
 
+class AdjustmentKind(StrEnum):
+    CLAWBACK = "clawback"  # taken back from money paid or queued (a refund, a review, a share not delivered)
+    CANCELLED = "cancelled"  # money still held (milestones, a review) that will never be paid
+
+
 class RebateAdjustment(Base):
-    """One clawback step: ``amount_fen`` taken back by a refund, and how it was recovered."""
+    """One step taking money off a rebate: ``amount_fen`` clawed back (by a refund, a review) and how it was
+    recovered, or (``kind`` cancelled) a held part that will never be paid: revoked by a reviewer, expired,
+    withheld by the feedback quality, or released by a refund (recovered whole, nothing owed)."""
 
     __tablename__ = "rebate_adjustments"
 
@@ -101,11 +108,13 @@ class RebateAdjustment(Base):
     receivable_fen: Mapped[int] = mapped_column(BigInteger)  # already paid out: owed until netted
     reason: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16), default=AdjustmentKind.CLAWBACK, server_default="clawback")
 
     __table_args__ = (
         # BRIN on PostgreSQL (a btree on SQLite): the reports' rollups read one Beijing day at a time
         Index("ix_rebate_adjustments_created_at", "created_at", postgresql_using="brin"),
         CheckConstraint("amount_fen > 0 and recovered_fen + receivable_fen = amount_fen", name="split"),
+        CheckConstraint("kind in ('clawback', 'cancelled') and (kind = 'clawback' or receivable_fen = 0)", name="kind"),
     )
 
 

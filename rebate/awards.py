@@ -20,11 +20,13 @@ from sqlalchemy.orm import make_transient_to_detached
 from ledger import Batch, Leg, account, account_ids, balance, ref
 from models import (
     AccountKind,
+    AdjustmentKind,
     Campaign,
     Order,
     Payout,
     PayoutStatus,
     Rebate,
+    RebateAdjustment,
     RebateStatus,
     Receivable,
     User,
@@ -323,6 +325,26 @@ def pay_rebate(
     if own:
         effects.write()
         effects.tell()
+
+
+def cancel_held(rebate: Rebate, amount_fen: int, reason: str, *, refund_id: int | None = None) -> None:
+    """A part of ``rebate`` still held (for milestones or a review) will never be paid: its budget goes back and a
+    dated ``cancelled`` adjustment says so (the reports count it that day; the person reads ``reason``, so it
+    names no reviewer's note). The caller takes it off ``held_fen``. Nothing for a zero amount."""
+    if amount_fen <= 0:
+        return
+    budgets.release_committed(rebate.campaign_id, amount_fen)
+    db.session.add(
+        RebateAdjustment(
+            rebate_id=rebate.id,
+            refund_id=refund_id,
+            amount_fen=amount_fen,
+            recovered_fen=amount_fen,
+            receivable_fen=0,
+            reason=reason[:200],
+            kind=AdjustmentKind.CANCELLED,
+        )
+    )
 
 
 def owes_ref(user_id: int):

@@ -18,8 +18,7 @@ from sqlalchemy import select
 from models import Campaign, Order, OrderMilestone, OrderStatus, Rebate, RebateStatus, User, db
 from payouts import MoneySettings
 from payouts.outbox import hold_order_payouts
-from rebate import budgets
-from rebate.awards import pay_rebate
+from rebate.awards import cancel_held, pay_rebate
 from rebate.campaigns import rules_of
 from rebate.errors import Invalid, StateConflict
 from rebate.orders import lock_order
@@ -120,7 +119,9 @@ def _release(rebate, campaign, order, condition: Condition, met: dict, name: str
     quality = met["feedback"].quality if condition.quality_scaled and "feedback" in met else None
     pay = part * quality // 100 if quality is not None else part
     rebate.held_fen -= part
-    budgets.release_committed(campaign.id, part - pay)
+    if quality is not None:
+        withheld = f"feedback quality {quality}/100: {part - pay} fen of milestone {name} withheld"
+        cancel_held(rebate, part - pay, withheld)
     if pay:
         rebate.amount_fen += pay
         pay_rebate(rebate, campaign, order, pay, f"rebate:{rebate.id}:release:{name}", money)
@@ -139,7 +140,7 @@ def _beneficiary_banned(rebate: Rebate) -> bool:
 
 
 def expire_rebate(rebate: Rebate, campaign: Campaign) -> None:
-    budgets.release_committed(campaign.id, rebate.held_fen)
+    cancel_held(rebate, rebate.held_fen, f"condition not met by {rebate.condition_deadline:%Y-%m-%d}: expired")
     rebate.reasons = [
         *rebate.reasons,
         f"condition not met by {rebate.condition_deadline:%Y-%m-%d}: {rebate.held_fen} fen expired",

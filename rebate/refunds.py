@@ -33,7 +33,6 @@ from models import (
     Payout,
     PayoutStatus,
     Rebate,
-    RebateAdjustment,
     RebateStatus,
     RedPacket,
     Refund,
@@ -52,7 +51,7 @@ from payouts import (
 )
 from payouts.profit_share import frozen_ref, own_sales_ref
 from rebate import budgets
-from rebate.awards import with_lines
+from rebate.awards import cancel_held, with_lines
 from rebate.campaigns import face_funder_ref, own_price, rules_of
 from rebate.clawbacks import take_back
 from rebate.covered_debts import settle_covered
@@ -455,22 +454,11 @@ def _release_held(rebate: Rebate, campaign: Campaign, amount: int, refund: Refun
     its budget goes back. A rebate held for review that the refund takes whole ends ``clawed_back`` (reduced to
     zero by a refund, as a held one does; the review case is left to the reviewer, with nothing to release);
     taken in part, it stays in review holding the rest."""
+    waiting = "held for review" if rebate.status == RebateStatus.REVIEW else "still held"
     rebate.held_fen -= amount
-    budgets.release_committed(campaign.id, amount)
     if rebate.held_fen == 0 and rebate.amount_fen == 0:
         rebate.status = RebateStatus.CLAWED_BACK
-    waiting = "held for review" if rebate.status == RebateStatus.REVIEW else "still held"
-    reason = f"refund {refund.out_refund_no}: the part {waiting} is cancelled"
-    db.session.add(
-        RebateAdjustment(
-            rebate_id=rebate.id,
-            refund_id=refund.id,
-            amount_fen=amount,
-            recovered_fen=amount,
-            receivable_fen=0,
-            reason=reason,
-        )
-    )
+    cancel_held(rebate, amount, f"refund {refund.out_refund_no}: the part {waiting} is cancelled", refund_id=refund.id)
     db.session.flush()
 
 

@@ -59,7 +59,7 @@ from models.operators import Actor, approval_refused_because, audit
 from models.orders import OPEN_REFUNDS
 from payouts import MoneySettings
 from rebate import budgets, tell
-from rebate.awards import pay_rebate
+from rebate.awards import cancel_held, pay_rebate
 from rebate.ban_ops import campaigns_to_pause, create_ban
 from rebate.clawbacks import take_back
 from rebate.deposits import lock_deposits
@@ -397,7 +397,7 @@ def _release(
 def _revoke(rebate: Rebate, why: str, effects: dict) -> None:
     """A held rebate is cancelled: nothing was paid, its amount returns to the budget."""
     amount = rebate.held_fen
-    budgets.release_committed(rebate.campaign_id, amount)
+    cancel_held(rebate, amount, "revoked after a risk review: it will not be paid")
     rebate.held_fen, rebate.status = 0, RebateStatus.REVOKED
     rebate.reasons = [*rebate.reasons, f"{why}: revoked, {amount} fen back to the budget"]
     effects["revoked_fen"] += amount

@@ -238,6 +238,8 @@ def test_campaign_report_matches_the_hand_computed_figures(planted):
             "paid_fen": 0,
             "clawed_back": 0,
             "clawed_back_fen": 0,
+            "cancelled": 0,
+            "cancelled_fen": 0,
         }
     ]
     # before the campaign (started 1 March): the 31 days to 28 February hold February's 200 yuan
@@ -451,9 +453,12 @@ def test_the_real_money_path_rolls_up(education, pay):
     assert (totals["influenced_orders"], totals["influenced_sales_fen"]) == (1, 1950_00)
     assert totals["influenced_refunds_fen"] == 500_00 and totals["discounts_fen"] == 50_00
     assert totals["packets_used"] == 1 and totals["rebates_awarded_fen"] == 195_00
-    assert totals["rebates_clawed_back_fen"] > 0 and totals["participants"] == 2
-    # held for its milestones: nothing paid yet; then both milestones release the rest to the balance
-    kept = totals["rebates_awarded_fen"] - totals["rebates_clawed_back_fen"]
+    # held for its milestones: the refund cancels part of what was held (never paid), nothing is clawed back
+    assert totals["rebates_cancelled_fen"] > 0 and totals["rebates_clawed_back_fen"] == 0
+    assert totals["participants"] == 2
+    # nothing paid yet; then both milestones release the rest to the balance
+    kept = totals["rebates_awarded_fen"] - totals["rebates_cancelled_fen"]
+    assert totals["rebates_net_fen"] == kept
     assert (totals["rebates_held_fen"], totals["rebates_paid_fen"]) == (kept, 0)
     for name in ("lessons_10", "test_passed"):
         report_milestone(db.session.get(Order, order.id), name, None, datetime.now(UTC), money=app_money())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from insights.trace import for_outsiders
-from models import Order, OrderPacket, RedPacket, db
+from models import AdjustmentKind, Order, OrderPacket, RedPacket, db
 from money import format_yuan
 
 PLAIN_REASONS = {
@@ -104,7 +104,8 @@ def explain(rebate, adjustments=()) -> str:
             text += f" ({PLAIN_REASONS[rebate.status]})"
         text += "."
     for adj in adjustments:
-        text += f" {format_yuan(adj.amount_fen)} yuan clawed back: {adj.reason}."
+        done = "cancelled (held, never paid)" if adj.kind == AdjustmentKind.CANCELLED else "clawed back"
+        text += f" {format_yuan(adj.amount_fen)} yuan {done}: {adj.reason}."
     return text
 
 

@@ -40,6 +40,7 @@ KPIS = (  # (field, label, kind)
     ("discounts_fen", "红包抵扣 Discounts", "fen"),
     ("rebates_awarded_fen", "返利 Rebates awarded", "fen"),
     ("rebates_clawed_back_fen", "返利追回 Clawed back", "fen"),
+    ("rebates_cancelled_fen", "返利取消 Cancelled (never paid)", "fen"),
     ("cost_ratio_bps", "成本率 Cost ratio", "bps"),
 )
 
