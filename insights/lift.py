@@ -6,7 +6,8 @@ orders paid from the moment the members were chosen (``started_at``) for ``windo
 * ``members``; ``buyers``: members who paid at least one order in the window; ``buyer_share_bps``;
 * ``orders`` paid in the window and ``sales_fen``: what was paid less what has been refunded of them;
 * ``sales_per_member_fen`` (rounded down);
-* for the treated, packet ``uptake``: packets issued, used, and ``uptake_bps`` = used / issued.
+* for the treated, packet ``uptake``: packets issued, used (spent on an order that was paid, even if a refund gave
+  the packet back since), and ``uptake_bps`` = used / issued.
 
 ``lift``: the treated minus the holdout in buyer share (basis points) and in sales per member (fen), and
 sales per member relative to the holdout's (``sales_per_member_lift_bps``). Every ratio is rounded down,
@@ -21,9 +22,19 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, case, func, or_, select
 
-from models import Audience, AudienceMember, AudienceRun, Order, PacketStatus, RedPacket, db, net_paid_sql
+from models import (
+    Audience,
+    AudienceMember,
+    AudienceRun,
+    Order,
+    OrderPacket,
+    PacketStatus,
+    RedPacket,
+    db,
+    net_paid_sql,
+)
 
 
 def _ratio_bps(part: int, whole: int) -> int | None:
@@ -78,10 +89,17 @@ def run_lift(run: AudienceRun, now: datetime, window_days: int) -> dict:
             .group_by(AudienceMember.holdout)
         ).tuples()
     }
+    # used: spent on an order that was paid, even if a refund gave the packet back since (the reports' basis)
+    spent = (
+        select(OrderPacket.packet_id)
+        .join(Order, Order.id == OrderPacket.order_id)
+        .where(OrderPacket.packet_id == RedPacket.id, Order.paid_at.is_not(None))
+        .exists()
+    )
     issued, used = db.session.execute(
         select(
             func.count(RedPacket.id),
-            func.coalesce(func.sum(case((RedPacket.status == PacketStatus.USED, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((or_(RedPacket.status == PacketStatus.USED, spent), 1), else_=0)), 0),
         )
         .select_from(AudienceMember)
         .join(RedPacket, RedPacket.id == AudienceMember.packet_id)

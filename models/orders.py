@@ -168,7 +168,8 @@ class OrderPacket(Base):
     __tablename__ = "order_packets"
 
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), primary_key=True)
-    packet_id: Mapped[int] = mapped_column(ForeignKey("red_packets.id"), primary_key=True)
+    # indexed by itself too: a packet's uses, found from the packet (an audience run's uptake)
+    packet_id: Mapped[int] = mapped_column(ForeignKey("red_packets.id"), primary_key=True, index=True)
     discount_fen: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (CheckConstraint("discount_fen > 0", name="positive"),)

@@ -20,6 +20,7 @@ from models import (
     Notice,
     Order,
     OrderLine,
+    OrderPacket,
     RedPacket,
     RunStatus,
     User,
@@ -551,6 +552,38 @@ def test_lift_on_planted_orders(app, make_operator, make_campaign, make_merchant
         "sales_per_member_lift_bps": gain * 10_000 // (h_sales // h),
     }
     assert report["window"]["days"] == 14
+
+
+def test_uptake_counts_a_packet_spent_on_a_paid_order_that_a_refund_gave_back(
+    app, make_operator, make_campaign, make_merchant, make_product
+):
+    """A treated member's packet spent on a paid order that was refunded is back ``issued`` (it can be spent
+    again), yet it was used: the campaign reports count it (from what the order spent), so does the run's uptake.
+    A packet on an order never paid is not used."""
+    ids = many_users(4)
+    shop = make_merchant("shop")
+    product = make_product(shop, category="tea")
+    campaign = make_campaign(RULES, packet_amount_fen=1_00, budget_limit_fen=1_000_00)
+    run = new_run(make_operator, campaign, {"kind": "never_used_packet"}, 0)  # no holdout: all four treated
+    db.session.commit()
+    work_runs(chunk=20)
+    run = db.session.get(AudienceRun, run.id)
+    start = run.started_at
+    packets = {
+        p.owner_id: p for p in db.session.execute(select(RedPacket).where(RedPacket.owner_id.in_(ids))).scalars()
+    }
+    assert len(packets) == 4
+    restored = plant_order(db.session.get(User, ids[0]), product, start + DAY, 100_00, refunded_fen=100_00)
+    unpaid = plant_order(db.session.get(User, ids[1]), product, start + DAY, 50_00, status="created")
+    unpaid.paid_at, unpaid.paid_fen = None, 0
+    for order, owner in ((restored, ids[0]), (unpaid, ids[1])):
+        db.session.add(OrderPacket(order_id=order.id, packet_id=packets[owner].id, discount_fen=1_00))
+    db.session.commit()
+    assert packets[ids[0]].status == "issued"  # given back by the refund
+
+    report = run_lift(run, start + 30 * DAY, 14)
+
+    assert report["uptake"] == {"issued": 4, "used": 1, "uptake_bps": 2500}
 
 
 def test_lift_has_no_ratio_on_a_zero_base(app, make_operator, make_campaign):
