@@ -1,9 +1,10 @@
 """The monthly fee invoices: once a Beijing month has ended, one invoice per merchant with fees booked in it.
 
-Each merchant is invoiced in its own transaction: its row is claimed with ``FOR UPDATE SKIP LOCKED`` (a node
-already invoicing it is left alone), and the invoice row's unique (merchant, month) makes a second run, on
-any node, write nothing and post nothing (``rebate.fees.invoice_month``). The marketing credit pays first; a
-month that later refunds took below zero is invoiced at 0, gives credit back and carries the rest.
+Each merchant is invoiced in its own transaction: its row is claimed with ``FOR NO KEY UPDATE SKIP LOCKED`` (a
+node already invoicing it is left alone; a payment writing rows that name the merchant is not), and the invoice
+row's unique (merchant, month) makes a second run, on any node, write nothing and post nothing
+(``rebate.fees.invoice_month``). The marketing credit pays first; a month that later refunds took below zero is
+invoiced at 0, gives credit back and carries the rest.
 """
 
 from __future__ import annotations
@@ -46,8 +47,11 @@ def _invoice_month(month: str, now: datetime) -> Counter:
     for merchant_id in merchants_to_invoice(month):
         try:
             with unit_of_work():
-                claimed = db.session.execute(
-                    select(Merchant.id).where(Merchant.id == merchant_id).with_for_update(skip_locked=True)
+                claimed = db.session.execute(  # FOR NO KEY UPDATE: another invoicer is skipped, never a payment
+                    # writing a row that names the merchant (its foreign key holds a key-share lock on the row)
+                    select(Merchant.id)
+                    .where(Merchant.id == merchant_id)
+                    .with_for_update(skip_locked=True, key_share=True)
                 ).scalar_one_or_none()
                 invoice = invoice_month(merchant_id, month, now) if claimed is not None else None
         except Exception as exc:  # one merchant that cannot be invoiced must not stop every merchant after it

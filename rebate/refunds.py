@@ -32,11 +32,14 @@ from models import (
     PacketStatus,
     Payout,
     PayoutStatus,
+    ProfitShare,
     Rebate,
     RebateStatus,
     RedPacket,
     Refund,
     RefundStatus,
+    ShareKind,
+    ShareStatus,
     alert_once,
     db,
     raise_alert,
@@ -343,7 +346,11 @@ def _post_refund(order: Order, refund: Refund) -> None:
 def _post_partner_refund(order: Order, refund: Refund) -> None:
     """Service-provider mode: WeChat refunds the buyer from the merchant's own account. While the order's money
     is frozen, from that (in our books: ``merchant_frozen_sales`` and the merchant's claim on it, key
-    ``refund:<id>``); once released to the merchant, outside the platform's books: nothing is posted."""
+    ``refund:<id>``); once released to the merchant, outside the platform's books: nothing is posted. Released
+    means from the moment WeChat accepted the order's share or unfreeze (``unfreeze_unsplit``: what is not shared
+    goes to the merchant then), though our books release it when the share finishes (as the statement reads it)."""
+    if _released_at_wechat(order.id):
+        return
     in_flight = db.session.execute(  # shares handed to WeChat, not yet answered: that money is leaving
         select(func.coalesce(func.sum(Payout.amount_fen), 0)).where(
             Payout.order_id == order.id,
@@ -361,6 +368,18 @@ def _post_partner_refund(order: Order, refund: Refund) -> None:
         [Leg(_discounted(order), -take), Leg(frozen_ref(order.merchant_id), take)],
     )
     order.frozen_fen -= take
+
+
+def _released_at_wechat(order_id: int) -> bool:
+    """WeChat accepted the order's share or unfreeze (it answered with its number, or we have asked after it
+    since): the order's money not shared is the merchant's. A share refused outright, or not yet sent, is not."""
+    accepted = or_(
+        ProfitShare.wechat_order_id.is_not(None),
+        ProfitShare.status.in_([ShareStatus.PROCESSING, ShareStatus.FINISHED]),
+    )
+    kinds = [ShareKind.SHARE, ShareKind.UNFREEZE]
+    found = select(ProfitShare.id).where(ProfitShare.order_id == order_id, ProfitShare.kind.in_(kinds), accepted)
+    return db.session.execute(found.limit(1)).first() is not None
 
 
 def _discounted(order: Order) -> AccountRef:

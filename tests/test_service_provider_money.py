@@ -23,6 +23,7 @@ from models import (
     Order,
     Payout,
     Receivable,
+    Refund,
     db,
     utcnow,
 )
@@ -387,29 +388,35 @@ def test_activation_sees_category_rates_and_refuses_milestone_holds(client, admi
     assert db.session.get(Campaign, campaign.id).funded_from_sales is False
 
 
-def test_a_refund_while_the_share_is_in_flight_takes_only_what_the_share_leaves_frozen(paid, sim, app):  # noqa: F811
+def test_a_refund_while_the_share_is_in_flight_comes_from_the_money_already_unfrozen(paid, sim, app):  # noqa: F811
     from rebate import apply_refund, begin_refund
     from tests.money_helpers import app_money
 
-    # given: the 13.50 share of the 90-yuan order handed to WeChat, its answer not yet in
+    # given: the 13.50 share of the 90-yuan order accepted by WeChat (PROCESSING), its receivers' results not yet
+    # in: with unfreeze_unsplit WeChat gave the other 76.50 back to the merchant when it took the share
     order_id, buyer, issuer, shop = paid()
     share_due_orders()
     hold_passes(order_id)
     share_due_orders()
     assert {p.status for p in payouts_of(order_id).values()} == {"unknown"}
+    transaction = db.session.get(Order, order_id).transaction_id
+    assert sim.frozen[transaction]["unsplit_fen"] == 0
     # when: 85 yuan are refunded meanwhile
     order = db.session.get(Order, order_id)
     begin_refund(order, "R-in-flight", 85_00)
     db.session.commit()
     apply_refund(order.out_trade_no, "R-in-flight", 85_00, utcnow(), money=app_money())
     db.session.commit()
-    # then: only the 76.50 the share leaves frozen came out of it; when the share succeeds nothing is left
-    assert db.session.get(Order, order_id).frozen_fen == 13_50
+    # then: the refund came from the merchant's own unfrozen money (nothing posted from the frozen money); when the
+    # share succeeds the books release the 76.50 WeChat released
+    assert db.session.get(Order, order_id).frozen_fen == 90_00
+    refund_id = db.session.execute(select(Refund.id).where(Refund.out_refund_no == "R-in-flight")).scalar_one()
+    assert f"refund:{refund_id}" not in keys()
     results_are_due(order_id)
     query_profit_shares()
     assert db.session.get(Order, order_id).frozen_fen == 0
     assert bal(AccountKind.MERCHANT_FROZEN_SALES, "merchant", shop) == 0
-    assert f"order:{order_id}:released" not in keys()  # nothing was left to release
+    assert f"order:{order_id}:released" in keys()
     ledger_holds()
 
 
