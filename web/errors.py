@@ -12,6 +12,7 @@ import sqlite3
 
 from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from wechat.errors import WeChatCardCodeConsumed, WeChatCardCodeInvalid, WeChatError, WeChatRateLimited
@@ -104,8 +105,11 @@ BUSY_RETRY_AFTER_S = 1
 
 
 def is_busy(exc: BaseException) -> bool:
-    """The database could not give this request its lock in time, or its connection died under it:
-    try again shortly (503), not a bug (500)."""
+    """The database could not give this request its lock in time, or its connection died under it, or no pooled
+    connection came free in time (every one held by requests queued behind a long writer: a burst on `make run`'s
+    threads, where SQLite's pool holds 15): try again shortly (503), not a bug (500)."""
+    if isinstance(exc, PoolTimeout):
+        return True
     if not isinstance(exc, DBAPIError):
         return False
     if exc.connection_invalidated:  # the connection died (a restart, a failover): the pool starts afresh

@@ -31,7 +31,7 @@ from models import Merchant, Order, OrderStatus, User, call_between_commits, db,
 from web import wechat
 from web.api import endpoint
 from web.auth import current_user
-from web.errors import ApiError, Conflict, NotFound, to_api_error
+from web.errors import ApiError, Conflict, NotFound, busy_error, is_busy, to_api_error
 from wechat.errors import WeChatBusinessError, WeChatError
 from wechat.partner import SubMerchant
 
@@ -196,9 +196,13 @@ def prepay_after_commit(order_id: int, user_id: int) -> None:
         except ApiError as err:
             db.session.rollback()
             body["payment"], body["payment_error"] = None, err.body()
-        except Exception:
+        except Exception as exc:
             db.session.rollback()
-            log.exception("prepay after order create failed", extra={"order_id": order_id})
-            body["payment"], body["payment_error"] = None, {"error": "internal_error", "message": "retry /pay"}
+            if is_busy(exc):  # the order stands; its prepay waited too long for the database: /pay shortly
+                log.warning("prepay after order create deferred: database busy", extra={"order_id": order_id})
+                body["payment"], body["payment_error"] = None, busy_error().body()
+            else:
+                log.exception("prepay after order create failed", extra={"order_id": order_id})
+                body["payment"], body["payment_error"] = None, {"error": "internal_error", "message": "retry /pay"}
         response.set_data(current_app.json.dumps(body))
         return response

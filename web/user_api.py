@@ -13,9 +13,10 @@ from flask import Blueprint, current_app
 from pydantic import Field, model_validator
 from sqlalchemy import select
 
-from ledger import account, balance
+from ledger import balances, ref
 from models import (
     AccountKind,
+    LedgerAccount,
     Order,
     Payout,
     Product,
@@ -150,15 +151,37 @@ def get_order(order_id: int):
     return {**order_json(order), "rebates": [rebate_json(r) for r in rebates]}
 
 
+WALLET_ACCOUNTS = (
+    AccountKind.USER_CASH,
+    AccountKind.USER_POINTS,
+    AccountKind.USER_CASH_HELD,
+    AccountKind.USER_POINTS_HELD,
+    AccountKind.USER_OWES_MERCHANTS,
+)
+
+
+def _one_snapshot() -> None:
+    """Read what follows as of one moment. On PostgreSQL each statement of a READ COMMITTED transaction sees what
+    was committed when it began: a withdrawal committed between reading the payouts in progress and the balance
+    showed its money in neither (and an order's hold between the balance and the held one, in both). A fresh
+    REPEATABLE READ transaction reads everything in the snapshot of its first statement. (On SQLite the read's
+    ``BEGIN IMMEDIATE`` already keeps every writer out until it ends.)"""
+    if db.engine.dialect.name != "postgresql":
+        return
+    db.session.rollback()  # nothing written: the signed-in user's row was only read
+    db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
 @endpoint(bp, "/me/wallet")
 def wallet():
     """Cash balance, points, what unpaid orders hold of them, and anything owed back after refunds."""
-    user = current_user()
+    user_id = current_user().id
+    _one_snapshot()
     owed = (
         db.session.execute(
             select(Receivable).where(
                 Receivable.beneficiary_type == "user",
-                Receivable.beneficiary_id == user.id,
+                Receivable.beneficiary_id == user_id,
                 Receivable.outstanding_fen > 0,
             )
         )
@@ -166,22 +189,28 @@ def wallet():
         .all()
     )
     in_transit = (
-        db.session.execute(select(Payout).where(Payout.user_id == user.id, Payout.status.notin_(list(TERMINAL))))
+        db.session.execute(select(Payout).where(Payout.user_id == user_id, Payout.status.notin_(list(TERMINAL))))
         .scalars()
         .all()
     )
+    # the person's accounts that exist (one never used holds 0; a read creates none), their balances in one statement
+    codes = {ref(kind, "user", user_id).code: kind for kind in WALLET_ACCOUNTS}
+    accounts = db.session.execute(select(LedgerAccount).where(LedgerAccount.code.in_(codes))).scalars().all()
+    amounts = balances(accounts)
+    by_kind = {codes[a.code]: amounts[a.id] for a in accounts}
+    held = {kind: by_kind.get(kind, 0) for kind in WALLET_ACCOUNTS}
     return {
-        "cash_fen": balance(account(AccountKind.USER_CASH, "user", user.id)),
-        "points": balance(account(AccountKind.USER_POINTS, "user", user.id)),
+        "cash_fen": held[AccountKind.USER_CASH],
+        "points": held[AccountKind.USER_POINTS],
         # reserved by the caller's unpaid orders (``use_balance_fen`` / ``use_points``): back if they close unpaid
-        "held_for_orders_fen": balance(account(AccountKind.USER_CASH_HELD, "user", user.id)),
-        "points_held_for_orders": balance(account(AccountKind.USER_POINTS_HELD, "user", user.id)),
+        "held_for_orders_fen": held[AccountKind.USER_CASH_HELD],
+        "points_held_for_orders": held[AccountKind.USER_POINTS_HELD],
         # what refunds took back after it had left: ``cash``/``points`` from the next rebate of that kind;
         # ``share`` is owed to the merchant whose share it was, settled only by that merchant's next share
         "receivables": [
             {"kind": r.kind, "outstanding_fen": r.outstanding_fen, "campaign_id": r.campaign_id} for r in owed
         ],
-        "owed_to_merchants_fen": -balance(account(AccountKind.USER_OWES_MERCHANTS, "user", user.id)),
+        "owed_to_merchants_fen": -held[AccountKind.USER_OWES_MERCHANTS],
         "payouts_in_progress_fen": sum(p.amount_fen for p in in_transit),
     }
 
