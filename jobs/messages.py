@@ -45,6 +45,7 @@ from models import (
 from models.messages import record_follow
 from payouts.card_rail import CARD_EVENTS, CardEventOutcome, apply_card_event, card_key
 from payouts.record import DispatchSettings
+from wechat.errors import WeChatBusinessError
 from wechat.mp import fetch_oa_user_info
 from wechat.push import SUBSCRIBE_MSG_EVENTS
 
@@ -54,6 +55,9 @@ BATCH = 50
 LEASE = timedelta(minutes=2)
 BACKOFF_BASE_S, BACKOFF_CAP_S = 10.0, 3600.0
 FOLLOW_EVENTS = {"subscribe": True, "subscribe_scan": True, "unsubscribe": False}
+# /cgi-bin/user/info's answers that no retry changes: the openid (40003), the API not granted to this account
+# (48001: an unverified subscription account), the person's authorisation (50001 / 50002)
+USER_INFO_REFUSALS = frozenset({"40003", "48001", "50001", "50002"})
 
 
 @dataclass(frozen=True)
@@ -164,14 +168,22 @@ def _fetch_unionid(message: Claimed) -> str | None:
     cfg, wx = current_app.config, job_context().wechat
     if not cfg.get("WECHAT_OA_SECRET"):
         return None
-    info = fetch_oa_user_info(
-        wx.session,
-        message.openid,
-        token_store=wx.token_store,
-        appid=cfg["WECHAT_OA_APPID"],
-        secret=cfg["WECHAT_OA_SECRET"],
-        api_base=cfg["WECHAT_API_BASE"],
-    )
+    try:
+        info = fetch_oa_user_info(
+            wx.session,
+            message.openid,
+            token_store=wx.token_store,
+            appid=cfg["WECHAT_OA_APPID"],
+            secret=cfg["WECHAT_OA_SECRET"],
+            api_base=cfg["WECHAT_API_BASE"],
+        )
+    except WeChatBusinessError as exc:
+        if exc.code not in USER_INFO_REFUSALS:
+            raise
+        # WeChat will not say who this is (an account without the user-info API, an openid it no longer knows):
+        # the follow itself still counts (linked by an identity we hold), rather than failing on every retry
+        log.warning("follow recorded without its unionid", extra={"message_id": message.id, "code": exc.code})
+        return None
     return info.get("unionid") or None
 
 

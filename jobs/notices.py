@@ -103,16 +103,32 @@ def dispatch_pass(
     outcomes: Counter = Counter()
     with unit_of_work():
         jobs, rows = claim_batch(clock(), templates, settings)
-    for job in jobs:
-        if not take_turn(job.channel):
+    uncalled = list(reversed(jobs))
+    try:
+        while uncalled:
+            job = uncalled[-1]
+            if not take_turn(job.channel):
+                with unit_of_work():
+                    release(uncalled.pop())
+                outcomes["released"] += 1
+                continue
+            uncalled.pop()
+            answer, detail, msgid = call(send, job)
             with unit_of_work():
-                release(job)
-            outcomes["released"] += 1
-            continue
-        answer, detail, msgid = call(send, job)
-        with unit_of_work():
-            record(job, answer, detail, clock(), settings, msgid)
-        outcomes[answer] += 1
+                record(job, answer, detail, clock(), settings, msgid)
+            outcomes[answer] += 1
+    except Exception:
+        # The pass broke (the rate window's Redis, the database): the notices not called yet are put back as they
+        # were due. Left sending, their leases would lapse into "outcome unknown" and never reach WeChat.
+        try:
+            with unit_of_work():
+                for job in uncalled:
+                    release(job)
+        except Exception:  # noqa: BLE001 - the database is down too: their leases lapse; the first error is raised
+            log.exception(
+                "notices not called could not be put back", extra={"notices": [j.notice_id for j in uncalled]}
+            )
+        raise
     outcomes["rows"] += rows
     return outcomes
 

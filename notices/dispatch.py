@@ -193,13 +193,23 @@ def _claim_one(notice: Notice, now: datetime, templates: Templates, settings: No
     if notice.status == S.SENDING:  # its worker died mid-call; WeChat's sent event would have made it sent
         _to_inbox(notice, now, UNKNOWN_OUTCOME)
         return None
+    # a consent taken by an earlier attempt that WeChat certainly did not use (its answer said so, or no call)
+    held = notice.template_id if notice.channel == ChannelName.SUBSCRIBE and notice.template_id else None
+    job = _decide(notice, now, templates, settings, held)
+    if held and (job is None or job.channel != ChannelName.SUBSCRIBE or job.template_id != held):
+        give_back_consent(notice.user_id, held)  # not sent on it (cancelled, another channel): WeChat still counts it
+    return job
+
+
+def _decide(
+    notice: Notice, now: datetime, templates: Templates, settings: NoticeSettings, held: str | None
+) -> Claimed | None:
     if not still_true(notice):
         notice.status, notice.lease_until = S.CANCELLED, None
         return None
     template = templates[notice.event]
     facts = notice.facts or {}
     page = notice.page or template.page
-    held = notice.channel == ChannelName.SUBSCRIBE and notice.template_id  # a consent taken by an earlier attempt
     if not held and notice.event not in MONEY_CRITICAL and _sent_today(notice.user_id, now) >= settings.daily_cap:
         notice.channel = ChannelName.INBOX
         _to_inbox(notice, now, f"daily cap ({settings.daily_cap}) reached: inbox only")
@@ -215,7 +225,9 @@ def _claim_one(notice: Notice, now: datetime, templates: Templates, settings: No
     data: dict = {}
     mp_openid = _mp_openid(notice.user_id, settings.mp_appid)
     reachable = template.subscribe is not None and mp_openid
-    if reachable and (held or take_consent(notice.user_id, template.subscribe.template_id)):
+    if reachable and (
+        held == template.subscribe.template_id or take_consent(notice.user_id, template.subscribe.template_id)
+    ):
         channel, touser, template_id = ChannelName.SUBSCRIBE, mp_openid, template.subscribe.template_id
         data = subscribe_data
     if channel is None and template.oa is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,6 +55,7 @@ FORMS = {  # a rebate's form (rebate.rules.Form: the rails' and in-app words) as
     Rail.CASH_RED_PACKET: "现金红包",
     Rail.WECHAT_COUPON: "代金券",
     Rail.CARD_COUPON: "卡券",
+    Rail.PROFIT_SHARING: "微信零钱",  # a merchant-funded cash rebate split to the person: it lands in their change
     InApp.BALANCE: "余额",
     InApp.POINTS: "积分",
 }
@@ -63,6 +65,9 @@ _KEY = re.compile(r"^([a-z_]+?)(\d+)$")
 _CHINESE = re.compile(r"^[\u4e00-\u9fff]+$")
 _ASCII_STRING = re.compile(r"^[\x21-\x7e]*$")
 ELLIPSIS = "…"
+# Marks that reorder what follows them, and control / line / paragraph / private characters: never in a field
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Zl", "Zp"})
 
 
 class TemplateError(ValueError):
@@ -125,6 +130,13 @@ def beijing_time(value: str | datetime, *, date_only: bool = False) -> str:
     return local.strftime("%Y年%m月%d日") if date_only else local.strftime("%Y年%m月%d日 %H:%M")
 
 
+def one_line(text: str) -> str:
+    """``text`` as one line of visible text, as WeChat's fields take it: control, line-breaking and
+    direction-changing characters (a merchant's name may hold any) become a space; runs of spaces one."""
+    shown = "".join(" " if c in BIDI_CONTROLS or unicodedata.category(c) in HIDDEN_CATEGORIES else c for c in text)
+    return " ".join(shown.split())
+
+
 def _value(name: str, facts: Mapping[str, Any]) -> str:
     if name == "amount":
         return "¥" + format_yuan(int(facts["amount_fen"]))
@@ -134,8 +146,8 @@ def _value(name: str, facts: Mapping[str, Any]) -> str:
     if name.endswith("_at"):
         return beijing_time(raw)
     if name == "form":
-        return FORMS.get(str(raw), str(raw))
-    return str(raw)
+        return FORMS.get(str(raw), one_line(str(raw)))
+    return one_line(str(raw))
 
 
 def _safe_value(name: str, facts: Mapping[str, Any], strict: bool) -> str:
@@ -153,7 +165,7 @@ def fill(text: str, facts: Mapping[str, Any], *, strict: bool = False) -> str:
 
 
 def cut(value: str, most: int) -> str:
-    """At most ``most`` characters, whole characters, ending in … when cut (thing, name, character_string)."""
+    """At most ``most`` characters, whole characters, ending in … when cut (thing, name, phrase, letter, symbol)."""
     return value if len(value) <= most else value[: most - 1] + ELLIPSIS
 
 
@@ -174,10 +186,14 @@ def render_data(channel: Channel, facts: Mapping[str, Any]) -> dict[str, dict[st
                 raise TemplateError(f"fact {name!r} is not a time: {exc}") from None
         else:
             value = fill(text, facts, strict=True)
-            if kind == "character_string":
-                value = cut(value.replace(" ", "_"), KINDS[kind])
+            if kind == "character_string":  # letters, digits and symbols only: cut without "…" (not ASCII)
+                value = value.replace(" ", "_")[: KINDS[kind]]
+                if not _ASCII_STRING.match(value):
+                    raise TemplateError(f"{key}: {value!r} is not a character_string (ASCII letters, digits, symbols)")
             elif kind in ("thing", "name", "letter", "symbol", "phrase"):
                 value = cut(value, KINDS[kind])
+            if kind == "phrase" and not _CHINESE.match(value):  # WeChat refuses anything else (47003)
+                raise TemplateError(f"{key}: {value!r} is not a phrase (at most 5 Chinese characters)")
         data[key] = {"value": value}
     return data
 
@@ -289,7 +305,25 @@ def load_templates(raw: Mapping[str, Any] | None, *, simulator: bool) -> Templat
     missing = set(NoticeEvent) - set(raw)
     if missing:
         raise TemplateError(f"NOTICE_TEMPLATES: no template for {', '.join(sorted(missing))}")
-    return Templates({NoticeEvent(e): _template(NoticeEvent(e), raw[e]) for e in NoticeEvent})
+    templates = Templates({NoticeEvent(e): _template(NoticeEvent(e), raw[e]) for e in NoticeEvent})
+    _one_shape_per_template_id(templates)
+    return templates
+
+
+def _one_shape_per_template_id(templates: Templates) -> None:
+    """A WeChat template has one set of keys: events sharing its id must fill the same keys (else 47003 each send)."""
+    for side in ("subscribe", "oa"):
+        keys: dict[str, tuple[NoticeEvent, set[str]]] = {}
+        for event, template in templates.by_event.items():
+            channel = getattr(template, side)
+            if channel is None:
+                continue
+            first = keys.setdefault(channel.template_id, (event, set(channel.data)))
+            if first[1] != set(channel.data):
+                raise TemplateError(
+                    f"NOTICE_TEMPLATES.{event}.{side}: template {channel.template_id} has the keys "
+                    f"{', '.join(sorted(first[1]))} (as {first[0]} fills them), not {', '.join(sorted(channel.data))}"
+                )
 
 
 def _inbox_only(raw: dict) -> dict:

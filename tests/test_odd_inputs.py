@@ -161,13 +161,16 @@ def test_a_signed_callback_with_a_non_string_crypto_field_is_400(app, client, pa
     assert table_counts() == before
 
 
-# Beyond the parser's depth; NaN or Infinity, which Python's JSON reader takes: no amount of WeChat's is one, and
-# no JSON column keeps one (PostgreSQL refuses the row inside its insert).
+# Beyond the parser's depth; NaN or Infinity (or a number too large, read as one), which Python's JSON reader
+# takes: no amount of WeChat's is one, and no JSON column keeps one (PostgreSQL refuses the row inside its insert).
 NOT_OUR_JSON = {
     "nested": "[" * 5_000 + "]" * 5_000,
     "nan": '{"out_trade_no": "T1", "msgtype": "text", "amount": {"total": NaN}}',
     "infinity": '{"out_trade_no": "T1", "msgtype": "text", "amount": {"total": Infinity}}',
     "-infinity": '{"out_trade_no": "T1", "msgtype": "text", "amount": {"total": -Infinity}}',
+    # no literal, yet a float too large to be finite: read as infinity
+    "1e400": '{"out_trade_no": "T1", "msgtype": "text", "amount": {"total": 1e400}}',
+    "-1e999": '{"out_trade_no": "T1", "msgtype": "text", "amount": {"total": -1e999}}',
 }
 
 

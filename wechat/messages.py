@@ -8,7 +8,8 @@ after a lost answer nobody can tell whether the person got the message, so calle
 Errors: 43101 (the person refused or their consent is used up) → :class:`WeChatConsentRefused`; 47003 (bad
 data), 41030 (bad page), 40037 (bad template id), 40003 (bad openid), 43004 (not following) →
 :class:`WeChatMessageRefused` (sending again would fail again); 45009 / 45011 (quota, frequency) →
-``WeChatRateLimited``; -1, timeouts and 5xx → ``WeChatUnavailable``.
+``WeChatRateLimited``; -1, timeouts and 5xx → ``WeChatUnavailable``. No access token (its API refused or
+failed: a wrong secret, an IP off the allow-list) → ``WeChatUnavailable`` retryable (the message was never sent).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import requests
 
-from wechat.errors import WeChatBusinessError, WeChatRateLimited, WeChatUnavailable
+from wechat.errors import WeChatBusinessError, WeChatError, WeChatRateLimited, WeChatTokenInvalid, WeChatUnavailable
 from wechat.mp import API_BASE, AccessTokenStore, _request_json, call_with_token
 
 SUBSCRIBE_PATH = "/cgi-bin/message/subscribe/send"
@@ -70,21 +71,33 @@ class MessageClient:
 
     def _post(self, path: str, body: dict[str, Any]) -> str:
         url = self.api_base + path
+        answered: list[WeChatError] = []  # what the message API itself raised (else the access token failed)
 
         def call(token: str) -> dict[str, Any]:
             try:
                 return _request_json(self.session, "POST", url, {"access_token": token}, self.timeout, body)
-            except WeChatRateLimited:
+            except WeChatTokenInvalid:
                 raise
-            except WeChatBusinessError as exc:
-                raised = _mapped(exc)
+            except WeChatError as exc:
+                raised = _mapped(exc) if isinstance(exc, WeChatBusinessError) else exc
+                answered.append(raised)
                 if raised is exc:
                     raise
                 raise raised from exc
 
-        answer = call_with_token(
-            self.token_store, self.appid, self.secret, call, self.api_base, self.session, self.timeout
-        )
+        try:
+            answer = call_with_token(
+                self.token_store, self.appid, self.secret, call, self.api_base, self.session, self.timeout
+            )
+        except WeChatError as exc:
+            if answered and exc is answered[-1]:
+                raise
+            # No access token (its API refused or did not answer: a wrong secret, an IP not on the allow-list, its
+            # own quota), or a token refused twice: the message API never took the message, so it is certainly not
+            # sent and may be tried again later; not a refusal of the message itself.
+            raise WeChatUnavailable(
+                f"access token: {exc.message}", code=f"TOKEN_{exc.code}", retryable=True, outcome_unknown=False
+            ) from exc
         if not isinstance(answer, dict):
             raise WeChatUnavailable("answer is not an object", code="UNPARSEABLE_RESPONSE")
         return str(answer.get("msgid", ""))

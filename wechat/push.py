@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ from wechat.text import json_text, loads_strict, storable
 
 MAX_PUSH_BYTES = 64 * 1024  # WeChat's pushes are a few KiB; a text message is at most 2,048 characters
 AES_KEY_CHARS = 43
+MAX_NESTING = 16  # WeChat's pushes nest three levels (a subscribe event's List items); more is not WeChat
 LATEST_CREATE_TIME = 4_102_444_800  # 2100-01-01 UTC, in seconds: later ones overflow where they are turned into times
 SUBSCRIBE_MSG_EVENTS = {
     "subscribe_msg_popup_event": "SubscribeMsgPopupEvent",
@@ -126,7 +129,14 @@ class PushMessage:
         key = f"{source}:event:{self.from_user}:{self.create_time}:{self.event or ''}"
         # several cards taken (or redeemed) in one second are several events: each names its own code
         card_code = str(self.fields.get("UserCardCode") or "")[:64]
-        return f"{key}:{card_code}" if card_code else key
+        if card_code:
+            return f"{key}:{card_code}"
+        if self.event == "subscribe_msg_sent_event":
+            # two of our messages to one person in one second are two sent events: each names the messages it
+            # reports (WeChat's retry of one names the same)
+            ids = sorted(str(item.get("MsgID", "")) for item in subscribe_items(self))
+            return f"{key}:{hashlib.sha256('|'.join(ids).encode()).hexdigest()[:16]}"
+        return key
 
 
 # -- verification ----------------------------------------------------------------------
@@ -244,7 +254,27 @@ def _parse_json(text: str) -> PushMessage:
     return _normalized(_json_object(text))
 
 
+def _shape_problem(value: Any) -> str | None:
+    """What makes ``value`` no message WeChat sends (None: nothing), walked without recursion: nesting thousands deep
+    (a RecursionError further on), or a number no JSON column keeps (``1e400`` reads as infinity)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return "a number out of range"
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list | tuple) else None
+        if children is None:
+            continue
+        if depth > MAX_NESTING:
+            return f"nested deeper than {MAX_NESTING} levels"
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
 def _normalized(raw: dict[str, Any]) -> PushMessage:
+    problem = _shape_problem(raw)
+    if problem:
+        raise PushRejected("MALFORMED", f"{problem}: not a message WeChat sends")
     if not storable(raw):
         raise PushRejected("MALFORMED", "a field holds a NUL or a lone surrogate")
     msg_type = _text(raw.get("MsgType")).lower()

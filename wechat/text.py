@@ -5,6 +5,7 @@ once, whole, where they are parsed, so every intake refuses them with its own 40
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 
@@ -12,11 +13,19 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is no JSON number")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:32]} is out of range")
+    return value
+
+
 def loads_strict(text: str | bytes) -> Any:
-    """``json.loads`` of a message from outside, refusing ``NaN``, ``Infinity`` and ``-Infinity`` (``ValueError``):
-    Python's reader takes them, no JSON column keeps them (PostgreSQL refuses the row inside its insert: a 500 the
-    sender retries) and no number of ours is one."""
-    return json.loads(text, parse_constant=_no_constant)
+    """``json.loads`` of a message from outside, refusing ``NaN``, ``Infinity`` and ``-Infinity`` and a number too
+    large to be finite (``1e400``, read as infinity) (``ValueError``): Python's reader takes them, no JSON column
+    keeps them (PostgreSQL refuses the row inside its insert: a 500 the sender retries) and no number of ours is
+    one."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
 
 
 def storable(value: Any) -> bool:

@@ -277,7 +277,26 @@ def test_a_sent_event_is_deduplicated_by_sender_and_time_not_by_our_msgid():
     built = build_push(settings, fields)
     message = read_push(settings, built.args, built.body)
     assert message.msg_id is None
-    assert message.dedupe_key("mp") == "mp:event:oMP-alice:1700000100:subscribe_msg_sent_event"
+    key = message.dedupe_key("mp")
+    assert key.startswith("mp:event:oMP-alice:1700000100:subscribe_msg_sent_event:")
+    # WeChat's retry of it names the same messages: the same key
+    rebuilt = build_push(settings, fields)
+    again = read_push(settings, rebuilt.args, rebuilt.body)
+    assert again.dedupe_key("mp") == key
+
+
+def test_two_sent_events_for_one_person_in_one_second_are_two_events():
+    """The dispatcher sends a person's notices back to back: WeChat reports each in its own sent event, often in
+    the same second. Keyed by sender and time alone, the second was taken for a retry and its delivery lost."""
+    settings = PushSettings(TOKEN, APPID, json_format=True)
+    keys = set()
+    for msgid in ("1700", "1701", "1700"):
+        fields = {**POPUP_ONE, "Event": "subscribe_msg_sent_event"}
+        fields["List"] = {"TemplateId": "tpl", "MsgID": msgid, "ErrorCode": "0", "ErrorStatus": "success"}
+        built = build_push(settings, fields)
+        keys.add(read_push(settings, built.args, built.body).dedupe_key("mp"))
+    assert len(keys) == 2
+    assert all(len(k) <= 200 for k in keys)  # the column's width
 
 
 def test_encoding_aes_keys_are_checked():
