@@ -341,3 +341,14 @@ def test_keyed_and_unkeyed_claims_of_a_hot_campaigns_last_packets_at_once_get_ex
         select(func.count(), func.sum(RedPacket.reserved_fen)).where(RedPacket.campaign_id == campaign.id)
     ).one()
     assert (fresh.budget_reserved_fen, tuple(packets)) == (6 * RESERVATION, (6, 6 * RESERVATION))
+
+
+def test_a_request_waits_for_a_pooled_connection_no_longer_than_for_a_lock(app):
+    """The pool's wait is the lock's (``DATABASE_LOCK_TIMEOUT_S``), not SQLAlchemy's 30 s: a burst queued behind a
+    long writer answers 503 within the bound the README gives, on both databases."""
+    from app import _engine_options
+
+    assert db.engine.pool.timeout() == app.config["DATABASE_LOCK_TIMEOUT_S"]
+    for url in ("sqlite:////tmp/shop.db", "postgresql+psycopg://u@h/db"):
+        assert _engine_options(url, 7)["pool_timeout"] == 7
+    assert "pool_timeout" not in _engine_options("sqlite://", 7)  # in memory: one connection, no queue
