@@ -146,21 +146,27 @@ def _record_delivery(user_id: int, template_id: str, item: Mapping[str, Any], at
     ).scalar_one_or_none()
     if notice is None:
         # Our record of the answer may be missing (a crash between WeChat's ok and the record): the one notice of
-        # this person and template still sending without a msgid is the one WeChat sent.
-        notice = db.session.execute(
-            select(Notice)
-            .where(
-                Notice.user_id == user_id,
-                Notice.template_id == template_id,
-                Notice.status == NoticeStatus.SENDING,
-                Notice.wechat_msgid.is_(None),
+        # this person and template still sending without a msgid is the one WeChat sent. Of two or more, WeChat's
+        # event cannot tell which: none is marked (each ends "outcome unknown" in the inbox, never sent again).
+        candidates = (
+            db.session.execute(
+                select(Notice)
+                .where(
+                    Notice.user_id == user_id,
+                    Notice.template_id == template_id,
+                    Notice.status == NoticeStatus.SENDING,
+                    Notice.wechat_msgid.is_(None),
+                )
+                .order_by(Notice.id)
+                .limit(2)
+                .with_for_update()
             )
-            .order_by(Notice.id)
-            .limit(1)
-            .with_for_update()
-        ).scalar_one_or_none()
-        if notice is None:
+            .scalars()
+            .all()
+        )
+        if len(candidates) != 1:
             return
+        notice = candidates[0]
         notice.wechat_msgid, notice.status, notice.sent_at, notice.lease_until = msgid, NoticeStatus.SENT, at, None
     notice.delivery = delivery
     db.session.flush()

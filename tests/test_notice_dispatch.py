@@ -266,6 +266,44 @@ def test_wechats_sent_event_settles_a_notice_whose_answer_was_lost(app, person):
     assert run(app, clock=lambda: utcnow() + timedelta(minutes=5))["rows"] == 0
 
 
+def test_a_sent_event_that_could_be_either_of_two_lost_answers_marks_neither(app, person):
+    """Two notices of one template to one person, both answers lost in a crash: WeChat's sent event names a MsgID
+    we never recorded, so it cannot tell which one was sent. Neither is marked sent (the first by id was, before):
+    both end in the inbox as "outcome unknown", never sent again."""
+    user = person()
+    consent(app, user, times=2)
+    notify(user, key="n1")
+    notify(user, key="n2")
+    sent = []
+
+    class Crash(BaseException):
+        pass
+
+    def lost(job):  # the pass claimed both; the process dies at its first call
+        sent.append(job)
+        raise Crash
+
+    with pytest.raises(Crash):
+        run(app, send=lost)
+    assert len(sent) == 1
+    db.session.expire_all()
+    notices = db.session.execute(select(Notice).order_by(Notice.id)).scalars().all()
+    assert [n.status for n in notices] == ["sending", "sending"]
+    apply_push_event(
+        None,
+        user.identities[0].openid,
+        "subscribe_msg_sent_event",
+        [{"TemplateId": TMPL, "MsgID": "9911", "ErrorCode": "0", "ErrorStatus": "success"}],
+        utcnow(),
+    )
+    db.session.commit()
+    db.session.expire_all()
+    assert [(n.status, n.wechat_msgid) for n in notices] == [("sending", None), ("sending", None)]
+    run(app, clock=lambda: utcnow() + timedelta(minutes=5))
+    db.session.expire_all()
+    assert [n.status for n in notices] == ["inbox", "inbox"] and len(messages(app)) == 0
+
+
 def test_the_sent_event_records_delivery_by_msgid(app, person):
     user = person()
     consent(app, user)
