@@ -290,7 +290,8 @@ def pay_rebate(
             effects.batch.add(
                 key, memo, [Leg(ref(AccountKind.POINTS_ISSUANCE), -points), Leg(beneficiary_ref(rebate), points)]
             )
-            _landed(effects, tell.landed_in_app(rebate, amount_fen, key, Form.POINTS, points))
+            worth = points * money.point_value_fen  # told as what the points credited are worth, not the fen award
+            _landed(effects, tell.landed_in_app(rebate, worth, key, Form.POINTS, points))
     elif kind == "coupon":
         effects.payouts.append(
             PayoutRequest(

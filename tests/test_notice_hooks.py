@@ -109,6 +109,15 @@ def test_points_tell_the_points_landed(bought):
     assert landed.facts["form"] == "points" and landed.facts["points"] > 0 and landed.facts["amount_fen"] == 19_00
 
 
+def test_points_worth_more_than_a_fen_are_told_at_what_the_points_credited_are_worth(app, bought):
+    """At 3 fen a point, 10 % of 197.00 is 19.70: 656 points are credited (19.68); the notice says 19.68 and 656,
+    not the award's 19.70 (two fen no point carries)."""
+    app.config["POINT_VALUE_FEN"] = 3
+    order, buyer = bought(POINTS, price_fen=207_00)
+    (landed,) = notices("rebate_landed")
+    assert (landed.facts["points"], landed.facts["amount_fen"]) == (656, 19_68)
+
+
 def test_a_wechat_change_rebate_tells_nothing_at_payment(bought):
     bought(CHANGE)  # the payout is queued: money has not reached the person yet
     assert all_count() == 0
