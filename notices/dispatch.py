@@ -37,13 +37,14 @@ from models import (
     db,
 )
 from models.base import BEIJING, beijing
-from models.messages import following_openid
+from models.messages import following_openid, record_follow
 from notices.consents import drop_consents, give_back_consent, take_consent
 from notices.events import NoticeEvent
 from notices.templates import TemplateError, Templates, render_data
 
 S = NoticeStatus
 MONEY_CRITICAL = frozenset({NoticeEvent.TRANSFER_TO_CONFIRM, NoticeEvent.TRANSFER_REMINDER})
+NOT_FOLLOWING = "43004"  # WeChat's answer to an official-account message for a person who no longer follows
 UNKNOWN_OUTCOME = (
     "outcome unknown (the lease lapsed between the call and its record): kept in the inbox, not sent again"
 )
@@ -276,6 +277,10 @@ def record(job: Claimed, answer: Answer, detail: str, now: datetime, settings: N
     elif answer == Answer.REFUSED:
         if job.channel == ChannelName.SUBSCRIBE:  # not sent: WeChat did not use the consent
             give_back_consent(job.user_id, job.template_id)
+        elif detail.startswith(f"{NOT_FOLLOWING}:") and settings.oa_appid:
+            # WeChat says they no longer follow (the unfollow push was lost): recorded, so the next notice does not
+            # knock at the official account again; a later follow push sets it back
+            record_follow(settings.oa_appid, job.touser, False, now)
         _to_inbox(notice, now, f"refused by WeChat, not retried: {detail}")
         alert_once(
             "notice_refused",

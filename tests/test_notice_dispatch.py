@@ -202,6 +202,35 @@ def test_an_answer_lost_after_wechat_took_the_message_is_never_sent_again(app, p
     assert len(messages(app)) == 1 and the().status == "inbox"
 
 
+def test_an_official_account_that_says_they_no_longer_follow_is_not_knocked_at_again(app, person):
+    """WeChat answers 43004 (not following) when the person unfollowed and the unfollow push was lost: that is
+    recorded, so the next notice goes to the inbox at once instead of another refused call (and alert) each."""
+    from wechat.messages import WeChatMessageRefused
+
+    user = person(follows=True)
+    notify(user, key="n1")
+    calls = []
+
+    def not_following(job):
+        calls.append(job.channel)
+        raise WeChatMessageRefused("require subscribe", code="43004")
+
+    run(app, send=not_following)
+    assert (the("n1").status, calls) == ("inbox", ["oa_template"])
+    follower = db.session.execute(select(OaFollower)).scalar_one()
+    assert (follower.following, follower.unfollowed_at is not None) == (False, True)
+    notify(user, key="n2")
+    run(app, send=not_following)
+    assert (the("n2").status, calls) == ("inbox", ["oa_template"])  # no second call
+    # a follow pushed later sets it back
+    from models.messages import record_follow
+
+    record_follow(follower.appid, follower.openid, True, utcnow() + timedelta(seconds=5))
+    db.session.commit()
+    notify(user, key="n3")
+    assert run(app)["ok"] == 1 and the("n3").channel == "oa_template"
+
+
 def test_a_connection_never_made_is_retried_and_sent_once(app, person):
     user = person()
     consent(app, user)
