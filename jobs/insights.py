@@ -23,6 +23,7 @@ from flask.cli import AppGroup
 from sqlalchemy import delete, select, update
 
 from insights.rollups import beijing_day, day_bounds, first_data_day, people_rows, roll_up_day
+from jobs.payouts import row_failed
 from models import InsightsDaily, InsightsDay, InsightsPerson, db, unit_of_work, utcnow
 from models.sql import insert_ignoring, insert_rows
 
@@ -75,9 +76,18 @@ def days_between(start: date, end: date) -> list[date]:
 
 
 def insights_rollup_job() -> Counter:
-    """The scheduled job (and the catch-up at start): rebuild every day that is not final yet."""
+    """The scheduled job (and the catch-up at start): rebuild every day that is not final yet. A day whose rebuild
+    fails is rolled back, logged and alerted once (``insights_day_failed``) and tried again next run; the days after
+    it, today's included, are rebuilt all the same."""
     now = utcnow()
-    return rebuild(due_days(now), now)
+    results: Counter = Counter()
+    for day in due_days(now):
+        try:
+            results += rebuild([day], now)
+        except Exception as exc:
+            row_failed("insights_day_failed", "insights_day", day.isoformat(), exc)
+            results["failed"] += 1
+    return results
 
 
 insights_cli = AppGroup("insights", help="Insights: the daily rollups behind the reports.")

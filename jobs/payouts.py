@@ -44,6 +44,7 @@ from payouts.dispatch import (
     call_wechat,
     claim_batch,
     prepare_rails,
+    rail_on_now,
     record,
     record_failed,
     record_group,
@@ -62,6 +63,7 @@ from rebate.packets import expire_due_packets
 from wechat.mp import get_api_ticket
 from wechat.pay import PayClient
 from wechat.redpack import RedpackClient
+from wechat.wecom import WEBHOOK_TEXT_BYTES
 
 log = logging.getLogger(__name__)
 EXTENSION = "jobs"  # the jobs' own entry in app.extensions
@@ -209,6 +211,10 @@ return {0, string.format('%.6f', now), unpack(stamps)}
 
 class RailBusy(TimeoutError):
     """The rail's calls per second stayed taken until the deadline: nothing was sent."""
+
+
+class RailStopped(RailBusy):
+    """The rail was paused or switched off after the payout was claimed: nothing was sent."""
 
 
 class Turn(NamedTuple):
@@ -435,11 +441,13 @@ def dispatch_backlog(
     stop_at = None if max_seconds is None else time.monotonic() + max_seconds
     outcomes: Counter = Counter()
     running: dict = {}
+    gate = _RailGate(clock)
     with _Recorder(app, settings) as recorder, _RailPools(rails, calls_in_flight) as pools:  # pools end first
         try:
             passes = 0
-            while (max_passes is None or passes < max_passes) and not outcomes["released"]:
-                # (a payout released: its rail had no turn, or the limiter is unreachable; the next run tries)
+            while (max_passes is None or passes < max_passes) and not (outcomes["released"] or outcomes[STOPPED]):
+                # (a payout released: its rail had no turn, or the limiter is unreachable, or it was paused or
+                # switched off since the claim; the next run tries)
                 passes += 1
                 prepare_rails(rails)  # may fetch WeChat's certificate: before the claim's transaction
                 with unit_of_work():
@@ -449,7 +457,7 @@ def dispatch_backlog(
                     fault_point("after_claim_commit")
                     outcome: Future = Future()  # set once the answer is committed (or the payout released)
                     work = pools[job.rail].submit(
-                        _call_and_record, app, job, rails[job.rail], recorder, limiter, clock, start_by, outcome
+                        _call_and_record, app, job, rails[job.rail], recorder, limiter, clock, start_by, outcome, gate
                     )
                     running[outcome] = (job, work)
                 if stop_at is not None and time.monotonic() >= stop_at:
@@ -479,6 +487,47 @@ def _collect(running: dict, outcomes: Counter, keep: int) -> None:
             except Exception:  # the lease brings it back to a query, as after a crash; the others go on
                 log.exception("payout call failed", extra={"payout_id": job.payout_id})
                 outcomes["error"] += 1
+
+
+STOPPED = "rail_stopped"  # a claimed payout put back untouched: its rail was paused or switched off since the claim
+RAIL_RECHECK_S = 1.0  # a run's calls re-read their rail's switch at most this often
+
+
+class _RailGate:
+    """Whether a run may still call a rail: a batch is claimed on the rails that were on, but its calls go out over
+    seconds. A rail an answer paused (``NOT_ENOUGH``) is stopped for the rest of the run at once, and a rail's switch
+    is read again before its calls at most every ``RAIL_RECHECK_S`` (an operator's switch, another process's pause):
+    the payouts claimed before either are put back untouched (``release``), never sent on a stopped rail."""
+
+    def __init__(self, clock: Callable[[], datetime]) -> None:
+        self.clock = clock
+        self._stopped: set[str] = set()
+        self._read_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def stop(self, rail: str) -> None:
+        with self._lock:
+            self._stopped.add(rail)
+
+    def check(self, rail: str, *, read: bool = True) -> None:
+        """Raises ``RailStopped`` when the rail is stopped; ``read``: its switch read again when due (the read's
+        transaction ended before this returns: a WeChat call follows)."""
+        with self._lock:
+            if rail in self._stopped:
+                raise RailStopped(f"{rail} was paused or switched off after the claim")
+            last = self._read_at.get(rail)
+            read = read and (last is None or time.monotonic() - last >= RAIL_RECHECK_S)
+            if read:
+                self._read_at[rail] = time.monotonic()
+        if not read:
+            return
+        try:
+            on = rail_on_now(rail, self.clock())
+        finally:
+            db.session.rollback()
+        if not on:
+            self.stop(rail)
+            raise RailStopped(f"{rail} was paused or switched off after the claim")
 
 
 class _RailPools:
@@ -615,6 +664,7 @@ def _call_and_record(
     clock: Callable[[], datetime],
     start_by: float,
     outcome: Future,
+    gate: _RailGate,
 ) -> None:
     """On a rail's thread: each call after its own turn in the rail's rate, then the answer handed to the recorder.
 
@@ -624,7 +674,7 @@ def _call_and_record(
     start in time, the payout put back), or with the error of the call or of its record.
     """
     try:
-        result = _call_and_hand_over(app, job, rail, recorder, limiter, clock, start_by)
+        result = _call_and_hand_over(app, job, rail, recorder, limiter, clock, start_by, gate)
     except Exception as exc:  # a call that raised (an answer the rail could not read, say): noted, then raised
         _note_failure(app, job, f"the call raised: {exc!r}", clock(), recorder.settings)
         outcome.set_exception(exc)
@@ -655,17 +705,20 @@ def _call_and_hand_over(
     limiter: Callable[..., None],
     clock: Callable[[], datetime],
     start_by: float,
+    gate: _RailGate,
 ) -> str | tuple[str, Future]:
     calls: list = []
     first: list[datetime] = []
 
     def wait_turn(name: str) -> None:
+        gate.check(name)  # paused or switched off since the claim: no call (its switch read, no transaction left)
         try:
             granted_at = limiter(name, until=start_by)
         except RailBusy:
             raise
         except Exception as exc:  # e.g. Redis unreachable: no turn, so no call
             raise RailBusy(f"no turn for {name}: {exc!r}") from exc
+        gate.check(name, read=False)  # paused by an answer while this call waited for its turn
         if not first:  # the payout's send (or query) time: the moment the rail's window counts its first call at
             first.append(datetime.fromtimestamp(granted_at, UTC) if granted_at else clock())
 
@@ -677,7 +730,9 @@ def _call_and_hand_over(
                 log.warning("payout call not made", extra={"payout_id": job.payout_id, "why": str(busy)})
                 with unit_of_work():
                     release(job, calls, first[0] if first else clock())
-                return "released"
+                return STOPPED if isinstance(busy, RailStopped) else "released"
+            if calls[-1][1].outcome == Outcome.PAUSE_RAIL:  # NOT_ENOUGH: no more calls on this rail this run
+                gate.stop(job.rail)
             fault_point("after_wechat_answer")
             return calls[-1][1].outcome, recorder.record(job, calls, first[0] if first else clock())
         finally:
@@ -702,32 +757,56 @@ def dispatch_payouts() -> Counter:
 # -- red packets nobody opened --------------------------------------------------------------
 
 
-def check_unclaimed(rail: RailAdapter, now: datetime, clock: Callable[[], datetime] | None = None) -> Counter:
-    """One pass: close packets past the query window, then query each due packet and record its answer."""
+CLAIM_CHECK_BATCH = 50  # red packets read per batch of the claim check
+CLAIM_CHECK_SECONDS = 60.0  # one run's longest stretch (the next run, 15 minutes later, goes on)
+
+
+def check_unclaimed(
+    rail: RailAdapter,
+    now: datetime,
+    clock: Callable[[], datetime] | None = None,
+    max_seconds: float = CLAIM_CHECK_SECONDS,
+) -> Counter:
+    """One run: close packets past the query window, then query each due packet and record its answer, a batch
+    after another while batches come full (for at most ``max_seconds``): one batch of 50 a run was 4,800 packets a
+    day at most, so a busier day's packets waited ever longer for their money to come back, until past WeChat's
+    30-day window. Each packet is asked once a run (one not final yet comes back in the next batch: skipped)."""
     outcomes: Counter = Counter()
-    with unit_of_work():
-        expired = unclaimed.expired_checks(now)
-    for payout_id in expired:
-        try:
-            with unit_of_work():
-                if unclaimed.close_expired(payout_id, now):
-                    outcomes[Outcome.ASK_OPERATOR] += 1
-        except Exception as exc:  # one packet that cannot be closed must not stop the others
-            row_failed("payout_claim_check_failed", "payout", payout_id, exc)
-            outcomes["error"] += 1
-    with unit_of_work():
-        due = unclaimed.due_checks(now)
+    stop_at = time.monotonic() + max_seconds
+    tried: set[int] = set()
+    while True:
+        with unit_of_work():
+            batch = unclaimed.expired_checks(now, CLAIM_CHECK_BATCH)
+        expired = [payout_id for payout_id in batch if payout_id not in tried]
+        for payout_id in expired:
+            tried.add(payout_id)
+            try:
+                with unit_of_work():
+                    if unclaimed.close_expired(payout_id, now):
+                        outcomes[Outcome.ASK_OPERATOR] += 1
+            except Exception as exc:  # one packet that cannot be closed must not stop the others
+                row_failed("payout_claim_check_failed", "payout", payout_id, exc)
+                outcomes["error"] += 1
+        if len(batch) < CLAIM_CHECK_BATCH or not expired or time.monotonic() >= stop_at:
+            break
     at = clock or (lambda: now)
-    for payout_id, external_no, request in due:
-        try:
-            outcomes[_check_packet(rail, payout_id, external_no, request, at).outcome] += 1
-        except Exception as exc:  # one packet's answer that cannot be recorded must not keep the others' money back
-            row_failed("payout_claim_check_failed", "payout", payout_id, exc)
-            outcomes["error"] += 1
+    while True:
+        with unit_of_work():
+            batch = unclaimed.due_checks(now, CLAIM_CHECK_BATCH)
+        due = [row for row in batch if row[0] not in tried]
+        for payout_id, external_no, request in due:
+            tried.add(payout_id)
+            try:
+                outcomes[_check_packet(rail, payout_id, external_no, request, at).outcome] += 1
+            except Exception as exc:  # one packet's answer that cannot be recorded must not keep the others' money back
+                row_failed("payout_claim_check_failed", "payout", payout_id, exc)
+                outcomes["error"] += 1
+        if len(batch) < CLAIM_CHECK_BATCH or not due or time.monotonic() >= stop_at:
+            break
     return outcomes
 
 
-def row_failed(kind: str, what: str, row_id: int, error: Exception) -> None:
+def row_failed(kind: str, what: str, row_id: int | str, error: Exception) -> None:
     """One row of a job failed (its transaction is rolled back): logged with its id, an operator told once; the
     job goes on with the next row."""
     db.session.rollback()
@@ -759,10 +838,24 @@ def check_unclaimed_red_packets() -> Counter:
     return check_unclaimed(rail, utcnow(), clock=utcnow) if rail else Counter()
 
 
-def expire_packets_and_conditions() -> Counter:
+EXPIRE_BATCH = 500  # packets (or held awards) expired per transaction
+EXPIRE_RUN_SECONDS = 60.0  # one run's longest stretch (the next run, minutes later, goes on)
+
+
+def expire_packets_and_conditions(max_seconds: float = EXPIRE_RUN_SECONDS) -> Counter:
+    """Packets past their validity, then held awards past their deadline, a batch per transaction until none is
+    left (or ``max_seconds``): a campaign's thousands of packets ending at one instant give their reservations back
+    (budget, deposit) in one run, not ``EXPIRE_BATCH`` every five minutes for hours."""
     now = utcnow()
-    result = Counter(packets=expire_due_packets(now), held_rebates=expire_held_rebates(now))
-    db.session.commit()
+    stop_at = time.monotonic() + max_seconds
+    result: Counter = Counter(packets=0, held_rebates=0)
+    for name, expire in (("packets", expire_due_packets), ("held_rebates", expire_held_rebates)):
+        while True:
+            with unit_of_work():
+                done = expire(now, limit=EXPIRE_BATCH)
+            result[name] += done
+            if done < EXPIRE_BATCH or time.monotonic() >= stop_at:
+                break
     return result
 
 
@@ -801,7 +894,9 @@ def deliver_alerts() -> Counter:
     sent = Counter()
     for alert_id, text in alerts:
         try:
-            answer = requests.post(url, json={"msgtype": "text", "text": {"content": text[:2000]}}, timeout=(3, 5))
+            answer = requests.post(
+                url, json={"msgtype": "text", "text": {"content": _webhook_text(text)}}, timeout=(3, 5)
+            )
             answer.raise_for_status()
             body = answer.json() if answer.content else {}
             if isinstance(body, dict) and body.get("errcode", 0) != 0:  # WeCom answers 200 with an errcode
@@ -814,6 +909,13 @@ def deliver_alerts() -> Counter:
         db.session.commit()
         sent["sent"] += 1
     return sent
+
+
+def _webhook_text(text: str) -> str:
+    """An alert's text within what a WeCom robot takes (``WEBHOOK_TEXT_BYTES`` of UTF-8, not characters: a long
+    Chinese reason was refused with an errcode at every run, never delivered)."""
+    data = text.encode("utf-8")
+    return text if len(data) <= WEBHOOK_TEXT_BYTES else data[: WEBHOOK_TEXT_BYTES - 3].decode("utf-8", "ignore") + "…"
 
 
 # -- reconciliation ----------------------------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import update
+
 from models import Payout, PayoutStatus, RailControl, User, db
 from models.operators import Actor, audit
 from payouts.record import rail_control
@@ -22,8 +24,22 @@ def rail_is_on(control: RailControl | None, now: datetime) -> bool:
 
 
 def switch_rail(actor: Actor, rail: str, enabled: bool, reason: str, now: datetime) -> RailControl:
-    """Stop (or restart) dispatching on a rail at once; restarting also lifts any pause. Audited."""
+    """Stop (or restart) dispatching on a rail at once; restarting also lifts any pause, and the payouts the pause
+    put off (due at its end, as ``payouts.record`` defers them to it) are due at once. Audited."""
     control = rail_control(rail)
+    if enabled and control.paused_until is not None and control.paused_until > now:
+        # the payout WeChat answered NOT_ENOUGH waits for the pause's end: the operator topped up and restarted
+        db.session.execute(
+            update(Payout)
+            .where(
+                Payout.rail == rail,
+                Payout.status == PayoutStatus.PENDING,
+                Payout.next_attempt_at > now,
+                Payout.next_attempt_at <= control.paused_until,
+            )
+            .values(next_attempt_at=now)
+            .execution_options(synchronize_session=False)
+        )
     control.enabled, control.reason, control.updated_at = enabled, reason, now
     if enabled:
         control.paused_until = None

@@ -60,6 +60,12 @@ def enabled_rails(rails: dict[str, RailAdapter], now: datetime) -> list[str]:
     return [name for name in rails if rail_is_on(controls.get(name), now)]
 
 
+def rail_on_now(rail: str, now: datetime) -> bool:
+    """Is the rail still on (not switched off, not paused) at ``now``: read again by the calls of a claimed batch."""
+    control = db.session.execute(select(RailControl).where(RailControl.rail == rail)).scalar_one_or_none()
+    return rail_is_on(control, now)
+
+
 def _due(rails: list[str], now: datetime, batch: int):
     # A card offered to the user is never re-queried or re-signed (nothing at WeChat would tell):
     # it is decided at redemption, or by an operator's cancel.

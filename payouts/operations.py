@@ -94,6 +94,13 @@ def cancel(payout: Payout, now: datetime, reason: str) -> None:
         payout.cancel_requested, payout.next_attempt_at = True, now
         payout.last_error = f"cancellation requested by an operator: {reason}"[:2000]
         return
+    if payout.status == S.SENDING:  # the dispatcher's call about it is under way (a waiting bill queried again, say)
+        raise PayoutError(
+            "this payout is with WeChat right now (being sent, or asked about): nothing was changed; cancel it again "
+            "once the dispatcher has WeChat's answer (one waiting for the user's confirmation is then cancelled at "
+            "WeChat)",
+            code="payout_state",
+        )
     may_be_at_wechat = payout.sent_at is not None or payout.request is not None
     if may_be_at_wechat or payout.status not in (S.PENDING, S.NEEDS_OPERATOR):
         raise PayoutError(
