@@ -10,13 +10,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, select
 
 from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, PacketStatus, Product, RedPacket, User, db
+from models.base import beijing
 from models.triggers import TriggerKind
 from money import MAX_FEN
 from rebate.campaigns import serves
 from rebate.covered_debts import settle_covered
 from rebate.errors import Invalid, NotFound, StateConflict
 from rebate.fund_flow import pay_to_sub_merchant, refuse_sales_funded_packets
-from rebate.packets import check_audience, release_packet
+from rebate.packets import check_audience, release_packet, state_refusal
 from rebate.wallet import WalletAsk
 from rebate.wallet import hold as hold_wallet
 from rebate.wallet import plan as plan_wallet
@@ -80,10 +81,19 @@ def _usable_packet(
     if packet is None or packet.owner_id != user.id:
         raise NotFound("no such red packet", code="packet_not_found")
     if packet.status != PacketStatus.ISSUED:
-        raise StateConflict(f"this red packet is {packet.status}", code=f"packet_{packet.status}")
+        refusal = state_refusal(packet.status)
+        holder = db.session.get(Order, packet.order_id) if packet.status == PacketStatus.LOCKED else None
+        if holder is not None and holder.user_id == user.id:  # say which order, and until when it holds it
+            refusal = StateConflict(
+                f"this red packet is held by your unpaid order {holder.out_trade_no}: pay that order, or it comes "
+                f"back once the order closes unpaid, after {beijing(holder.time_expire):%Y-%m-%d %H:%M} Beijing time",
+                code=refusal.code,
+            )
+        raise refusal
     if now < packet.valid_from:
-        raise StateConflict(
-            f"this red packet is valid from {packet.valid_from:%Y-%m-%d %H:%M} UTC", code="packet_not_yet_valid"
+        raise StateConflict(  # the person's clock is Beijing's
+            f"this red packet is valid from {beijing(packet.valid_from):%Y-%m-%d %H:%M} Beijing time",
+            code="packet_not_yet_valid",
         )
     if now >= packet.expires_at:
         raise StateConflict("this red packet has expired", code="packet_expired")
@@ -134,12 +144,28 @@ def _check_stacking(packets: list[RedPacket]) -> None:
 
 def _discounts(packets_faces: list[tuple[RedPacket, int]], lines: list[OrderLine], total: int) -> list[int]:
     """Each packet takes from the value left on its own lines, so stacked packets never discount a line twice;
-    the payable stays at least 1 fen. A packet that would take nothing is refused."""
+    the payable stays at least 1 fen. A packet that would take nothing is refused. The discounts come back in
+    the order of ``packets_faces``.
+
+    Packets limited to categories or products take first (fewest lines in scope first), packets for anything
+    last, and each takes first from the lines the fewest packets after it can use (ties in listed order): a
+    packet for anything leaves the food to a packet for food, whichever the mini-program listed first, and is
+    the one cut short when only the 1 fen to pay is left (taken first, it had left the food packet nothing and
+    had it refused)."""
     left = [li.line_total_fen for li in lines]
+    scopes = [[i for i, li in enumerate(lines) if _in_scope(packet, li)] for packet, _ in packets_faces]
+
+    def narrowest_first(k: int) -> tuple[bool, int]:  # a packet for anything last, then by lines in scope
+        packet = packets_faces[k][0]
+        return not packet.categories and not packet.products, len(scopes[k])
+
+    turns = sorted(range(len(packets_faces)), key=narrowest_first)  # (sorted is stable)
     room = total - MIN_PAYABLE_FEN
-    discounts = []
-    for packet, face in packets_faces:
-        scoped = [i for i, li in enumerate(lines) if _in_scope(packet, li)]
+    discounts = [0] * len(packets_faces)
+    for n, k in enumerate(turns):
+        packet, face = packets_faces[k]
+        later = [set(scopes[j]) for j in turns[n + 1 :]]
+        scoped = sorted(scopes[k], key=lambda i: sum(i in scope for scope in later))
         discount = min(face, sum(left[i] for i in scoped), room)
         if discount <= 0:
             raise Invalid(
@@ -151,7 +177,7 @@ def _discounts(packets_faces: list[tuple[RedPacket, int]], lines: list[OrderLine
             part = min(take, left[i])
             left[i], take = left[i] - part, take - part
         room -= discount
-        discounts.append(discount)
+        discounts[k] = discount
     return discounts
 
 

@@ -561,6 +561,24 @@ def generate_batch(campaign: Campaign, count: int, now: datetime, batch_ref: str
     return packets
 
 
+_STATE_WORDS = {
+    PacketStatus.UNCLAIMED: "this red packet has not been claimed yet",
+    PacketStatus.ISSUED: "this red packet has been claimed already",
+    PacketStatus.LOCKED: "this red packet is held by an unpaid order: pay that order, or it comes back when the order "
+    "closes unpaid",
+    PacketStatus.USED: "this red packet has been spent on an order already",
+    PacketStatus.EXPIRED: "this red packet has expired",
+    PacketStatus.REVOKED: "this red packet was withdrawn by the platform",
+}
+
+
+def state_refusal(status: PacketStatus | str) -> StateConflict:
+    """The refusal of a packet that is not in a state for what was asked, in words a person can act on (the code
+    names the state: ``packet_<status>``)."""
+    words = _STATE_WORDS.get(status, f"this red packet is {status}")
+    return StateConflict(words, code=f"packet_{status}")
+
+
 def claimable(code: str, user: User) -> tuple[RedPacket, Campaign, dict | None]:
     """The packet behind a code, with its campaign and the rules it was minted under, in one SELECT (no lock:
     the claim's conditional UPDATE decides). Unknown codes and others' claimed packets are 404."""
@@ -603,7 +621,7 @@ def claim_found(
     if packet.owner_id == user.id:
         return packet
     if packet.status != PacketStatus.UNCLAIMED:
-        raise StateConflict(f"this packet is {packet.status}", code=f"packet_{packet.status}")
+        raise state_refusal(packet.status)
     if now >= packet.expires_at:
         raise StateConflict("this packet has expired", code="packet_expired")
     _require_issuing(campaign, now)
@@ -620,7 +638,7 @@ def claim_found(
         again, _, _ = claimable(packet.claim_code, user)
         if again.owner_id == user.id:
             return again
-        raise StateConflict(f"this packet is {again.status}", code=f"packet_{again.status}")
+        raise state_refusal(again.status)
     if _budget_last(campaign):
         _take_limits(campaign, reserved, gate, now)
         _take_budget_last(campaign, reserved)

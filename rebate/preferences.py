@@ -35,18 +35,32 @@ class Reach:
     appids: Mapping[Form, str | None] = field(default_factory=dict)
 
 
+IN_WORDS = {  # what a person reads: never a form's internal name, nor "rail"
+    Form.WECHAT_CHANGE: "WeChat change (零钱)",
+    Form.CASH_RED_PACKET: "WeChat cash red packets",
+    Form.WECHAT_COUPON: "WeChat Pay coupons",
+    Form.CARD_COUPON: "WeChat card coupons",
+    Form.BALANCE: "your balance here",
+    Form.POINTS: "your points here",
+    Form.MERCHANT_CREDIT: "merchant credit",
+}
+
+
 def unreachable_because(user: User, form: Form, reach: Reach) -> str | None:
-    """Why ``user`` cannot receive rebates as ``form``, or None when they can."""
+    """Why ``user`` cannot receive rebates as ``form``, or None when they can: in words the person can act on."""
     if form == Form.MERCHANT_CREDIT:
         return "merchant credit is a merchant's, not a person's"
     if form in IN_APP_FORMS:
         return None
     if form not in reach.rails_on:
-        return f"{form} is not offered here (its WeChat rail is not switched on)"
+        return f"paying rebates as {IN_WORDS[form]} is not switched on here yet: choose another way"
     appid = reach.appids.get(form)
     if appid is not None and user.identity_for(appid) is None:
         where = "the official account" if form == Form.CASH_RED_PACKET else "the mini-program"
-        return f"{form} is paid to your openid under {where}, and you have none there yet"
+        return (
+            f"rebates as {IN_WORDS[form]} go to your WeChat account as {where} knows it, and you have not signed "
+            f"in through {where} yet: sign in there once, then choose again"
+        )
     return None
 
 
@@ -73,7 +87,9 @@ def set_rebate_form(user: User, form: Form | str | None, reach: Reach) -> UserPr
         form = Form(form)
         why = unreachable_because(user, form, reach)
         if why is not None:
-            raise StateConflict(f"you cannot receive rebates as {form}: {why}", code="rebate_form_unavailable")
+            raise StateConflict(
+                f"you cannot receive rebates as {IN_WORDS[form]}: {why}", code="rebate_form_unavailable"
+            )
     db.session.execute(_UPSERT, {"user_id": user.id, "form": form.value if form else None, "at": utcnow()})
     return db.session.get(UserPreference, user.id, populate_existing=True)
 

@@ -289,20 +289,23 @@ def _locked_user(user_id: int) -> User:
     ).scalar_one()
 
 
-def _invited_by(person: User, ancestor_id: int, depth: int = 50) -> bool:
+def _invited_by(person: User, ancestor_id: int) -> bool:
     """Is ``ancestor_id`` somewhere up ``person``'s chain of inviters? (No referral cycles.)
 
     Each link is read under its row lock (PostgreSQL), so two binds that would close a cycle
     between them cannot both pass this check: the later one waits and then sees the earlier.
+    The whole chain is walked, however long (a viral campaign's chain of friends inviting friends
+    may be deeper than any bound we would pick, and only the top of it can be the caller); a loop
+    already in the data (never written: this check prevents it) ends the walk as a cycle.
     """
+    seen = {person.id}
     current = person
-    for _ in range(depth):
-        if current.inviter_id is None:
-            return False
-        if current.inviter_id == ancestor_id:
+    while current.inviter_id is not None:
+        if current.inviter_id == ancestor_id or current.inviter_id in seen:
             return True
+        seen.add(current.inviter_id)
         current = _locked_user(current.inviter_id)
-    return True  # a chain this deep is itself suspicious: refuse
+    return False
 
 
 def bind_inviter(
