@@ -197,26 +197,20 @@ def test_a_rebate_form_she_cannot_receive_is_refused_in_words_she_can_act_on(app
     assert "WeChat Pay coupons" in coupon.get_json()["message"], words
 
 
-# NEEDS-LEAD: /api/v1/me/red-packets (web/user_api.py, packet_json in web/views.py; not this helper's files) lists a
-# packet past its expiry as "issued" until the expiry job (every 300 s, 500 a run) reaches it, while
-# POST /api/v1/orders already refuses it (409 packet_expired): the list shows a usable packet that an order refuses.
-# Fix: in packet_json (or my_packets), show status "expired" when status is "issued" or "unclaimed" and
-# expires_at <= now. The test, for when that lands:
-#
-# def test_the_packet_list_never_shows_usable_a_packet_an_order_refuses_as_expired(
-#     client, user_headers, make_campaign, make_user, make_product
-# ):
-#     campaign = make_campaign(CASHBACK, budget_limit_fen=1_000_00, packet_amount_fen=10_00)
-#     alice = make_user()
-#     packet = give(campaign, alice, "lapsed")
-#     packet.expires_at = utcnow() - timedelta(seconds=1)  # it lapsed a second ago; the expiry job has not run
-#     db.session.commit()
-#     listed = client.get("/api/v1/me/red-packets", headers=user_headers(alice)).get_json()["items"][0]
-#     product = make_product(price_fen=100_00)
-#     order = client.post(
-#         "/api/v1/orders",
-#         json={"lines": [{"product_id": product.id, "quantity": 1}], "red_packet_id": packet.id},
-#         headers=user_headers(alice),
-#     )
-#     assert (order.status_code, order.get_json()["error"]) == (409, "packet_expired")
-#     assert listed["status"] == "expired"
+def test_the_packet_list_never_shows_usable_a_packet_an_order_refuses_as_expired(
+    client, user_headers, make_campaign, make_user, make_product
+):
+    campaign = make_campaign(CASHBACK, budget_limit_fen=1_000_00, packet_amount_fen=10_00)
+    alice = make_user()
+    packet = give(campaign, alice, "lapsed")
+    packet.expires_at = utcnow() - timedelta(seconds=1)  # it lapsed a second ago; the expiry job has not run
+    db.session.commit()
+    listed = client.get("/api/v1/me/red-packets", headers=user_headers(alice)).get_json()["items"][0]
+    product = make_product(price_fen=100_00)
+    order = client.post(
+        "/api/v1/orders",
+        json={"lines": [{"product_id": product.id, "quantity": 1}], "red_packet_id": packet.id},
+        headers=user_headers(alice),
+    )
+    assert (order.status_code, order.get_json()["error"]) == (409, "packet_expired")
+    assert listed["status"] == "expired"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from insights.trace import for_outsiders
-from models import AdjustmentKind, Order, OrderPacket, RedPacket, db
+from models import AdjustmentKind, Order, OrderPacket, PacketStatus, RedPacket, db, utcnow
 from money import format_yuan
 
 PLAIN_REASONS = {
@@ -30,11 +30,19 @@ PLAIN_REASONS = {
 }
 
 
+def shown_status(p: RedPacket) -> str:
+    """A packet's state as the person may act on it: one past its expiry is ``expired`` already, though the expiry
+    job (every few minutes) has not reached it yet: an order refuses it (``packet_expired``) from that instant."""
+    if p.status in (PacketStatus.ISSUED, PacketStatus.UNCLAIMED) and p.expires_at <= utcnow():
+        return PacketStatus.EXPIRED
+    return p.status
+
+
 def packet_json(p: RedPacket) -> dict:
     return {
         "id": p.id,
         "campaign_id": p.campaign_id,
-        "status": p.status,
+        "status": shown_status(p),
         "amount_fen": p.amount_fen,
         "min_spend_fen": p.min_spend_fen,
         "categories": p.categories,
