@@ -770,16 +770,15 @@ def check_unclaimed(
     """One run: close packets past the query window, then query each due packet and record its answer, a batch
     after another while batches come full (for at most ``max_seconds``): one batch of 50 a run was 4,800 packets a
     day at most, so a busier day's packets waited ever longer for their money to come back, until past WeChat's
-    30-day window. Each packet is asked once a run (one not final yet comes back in the next batch: skipped)."""
+    30-day window. Each batch reads past the last (``after``): each packet is asked once a run, and packets WeChat
+    keeps answering "not final" never keep the ones sent after them from being asked."""
     outcomes: Counter = Counter()
     stop_at = time.monotonic() + max_seconds
-    tried: set[int] = set()
+    after = None
     while True:
         with unit_of_work():
-            batch = unclaimed.expired_checks(now, CLAIM_CHECK_BATCH)
-        expired = [payout_id for payout_id in batch if payout_id not in tried]
-        for payout_id in expired:
-            tried.add(payout_id)
+            expired = unclaimed.expired_checks(now, CLAIM_CHECK_BATCH, after)
+        for payout_id, _ in expired:
             try:
                 with unit_of_work():
                     if unclaimed.close_expired(payout_id, now):
@@ -787,22 +786,23 @@ def check_unclaimed(
             except Exception as exc:  # one packet that cannot be closed must not stop the others
                 row_failed("payout_claim_check_failed", "payout", payout_id, exc)
                 outcomes["error"] += 1
-        if len(batch) < CLAIM_CHECK_BATCH or not expired or time.monotonic() >= stop_at:
+        if len(expired) < CLAIM_CHECK_BATCH or time.monotonic() >= stop_at:
             break
+        after = (expired[-1][1], expired[-1][0])  # the next batch reads past this one (each asked once a run)
     at = clock or (lambda: now)
+    after = None
     while True:
         with unit_of_work():
-            batch = unclaimed.due_checks(now, CLAIM_CHECK_BATCH)
-        due = [row for row in batch if row[0] not in tried]
-        for payout_id, external_no, request in due:
-            tried.add(payout_id)
+            due = unclaimed.due_checks(now, CLAIM_CHECK_BATCH, after)
+        for payout_id, external_no, request, _ in due:
             try:
                 outcomes[_check_packet(rail, payout_id, external_no, request, at).outcome] += 1
             except Exception as exc:  # one packet's answer that cannot be recorded must not keep the others' money back
                 row_failed("payout_claim_check_failed", "payout", payout_id, exc)
                 outcomes["error"] += 1
-        if len(batch) < CLAIM_CHECK_BATCH or not due or time.monotonic() >= stop_at:
+        if len(due) < CLAIM_CHECK_BATCH or time.monotonic() >= stop_at:
             break
+        after = (due[-1][3], due[-1][0])
     return outcomes
 
 

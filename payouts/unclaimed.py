@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, select
+from sqlalchemy import and_, exists, or_, select
 
 from ledger import Leg, account, post_entry
 from models import AccountKind, Payout, PayoutAttempt, PayoutStatus, Rail, alert_once, db, raise_alert
@@ -41,40 +41,54 @@ def _settled():
     )
 
 
-def due_checks(now: datetime, batch: int = 50) -> list[tuple[int, str, dict]]:
-    """Paid red packets past their refund time with no final check yet: (id, number, request)."""
-    settled = _settled()
+Key = tuple[datetime, int]  # (sent_at, id) of the last packet a batch read: the next batch reads past it
+
+
+def due_checks(now: datetime, batch: int = 50, after: Key | None = None) -> list[tuple[int, str, dict, datetime]]:
+    """Paid red packets past their refund time with no final check yet, oldest first, past ``after``:
+    (id, number, request, sent_at). A run reads batch after batch past the last one, so packets WeChat keeps
+    answering "not final" (every batch's head) never keep the packets sent after them from being asked."""
     stmt = (
-        select(Payout.id, Payout.external_no, Payout.request)
+        select(Payout.id, Payout.external_no, Payout.request, Payout.sent_at)
         .where(
             Payout.rail == Rail.CASH_RED_PACKET,
             Payout.status == PayoutStatus.SUCCEEDED,
             Payout.sent_at <= now - REFUND_AFTER - MARGIN,
             Payout.sent_at > now - QUERY_WINDOW,
             Payout.request.is_not(None),
-            ~settled,
+            ~_settled(),
+            *_past(after),
         )
         .order_by(Payout.sent_at, Payout.id)
         .limit(batch)
     )
-    return [(row.id, row.external_no, dict(row.request)) for row in db.session.execute(stmt)]
+    return [(row.id, row.external_no, dict(row.request), row.sent_at) for row in db.session.execute(stmt)]
 
 
-def expired_checks(now: datetime, batch: int = 50) -> list[int]:
-    """Packets past gethbinfo's window with no final answer yet (each then closed by :func:`close_expired`)."""
+def expired_checks(now: datetime, batch: int = 50, after: Key | None = None) -> list[tuple[int, datetime]]:
+    """Packets past gethbinfo's window with no final answer yet, oldest first, past ``after``: (id, sent_at) (each
+    then closed by :func:`close_expired`)."""
     stmt = (
-        select(Payout.id)
+        select(Payout.id, Payout.sent_at)
         .where(
             Payout.rail == Rail.CASH_RED_PACKET,
             Payout.status == PayoutStatus.SUCCEEDED,
             Payout.sent_at <= now - QUERY_WINDOW,
             Payout.request.is_not(None),
             ~_settled(),
+            *_past(after),
         )
         .order_by(Payout.sent_at, Payout.id)
         .limit(batch)
     )
-    return list(db.session.execute(stmt).scalars())
+    return [(row.id, row.sent_at) for row in db.session.execute(stmt)]
+
+
+def _past(after: Key | None) -> list:
+    if after is None:
+        return []
+    sent_at, payout_id = after
+    return [or_(Payout.sent_at > sent_at, and_(Payout.sent_at == sent_at, Payout.id > payout_id))]
 
 
 def close_expired(payout_id: int, now: datetime) -> bool:

@@ -252,7 +252,7 @@ def test_the_claim_check_goes_on_batch_after_batch_until_every_due_packet_is_ask
         simulator(app).refund_unopened_redpack(packet.external_no)
     monkeypatch.setattr(job_module, "CLAIM_CHECK_BATCH", 2, raising=False)
     real = unclaimed.due_checks
-    monkeypatch.setattr(unclaimed, "due_checks", lambda now, batch=50: real(now, min(batch, 2)))
+    monkeypatch.setattr(unclaimed, "due_checks", lambda now, batch=50, after=None: real(now, min(batch, 2), after))
     # when: one run
     outcomes = check_unclaimed(payout_rails(app)["cash_red_packet"], packets[-1].sent_at + timedelta(hours=26))
     # then: every one is asked and its money is back in its owner's balance in that run
@@ -331,15 +331,25 @@ def test_run_once_runs_every_job_even_after_one_fails(app, monkeypatch):
     assert result.exit_code == 1
 
 
-# NEEDS-LEAD: payouts/unclaimed.py (not this helper's file). ``due_checks`` reads the oldest 50 packets with no final
-# check, by (sent_at, id), with no way to read past them: 50 packets WeChat keeps answering "not final" (SENT,
-# RFUND_ING, an unreadable answer) fill every batch, and every packet sent after them waits until they leave
-# gethbinfo's 30-day window (the job now reads batch after batch, but one made only of packets asked already ends the
-# run). A test: three packets still SENT at WeChat and a batch of two; a run asks the first two only, every run, so
-# the third, refunded unopened, is never asked. Fix: ``due_checks(now, batch, after=None)`` with a keyset
-# ``(Payout.sent_at, Payout.id) > after`` (as ``rebate.packets.expiring_packets``), and ``jobs.payouts.check_unclaimed``
-# passing the last row of each batch; or order by the last claim_check's time, least recently asked first (as the
-# order and refund jobs do with ``checked_at``).
+def test_packets_wechat_keeps_answering_not_final_never_keep_the_later_ones_from_being_asked(
+    app, sent_packet, monkeypatch
+):
+    """Two packets still unopened at WeChat (SENT: not final) head every batch of two; the third, sent after them,
+    was refunded unopened. A run reads past them: the third is asked and its money is back in that run (the
+    batches had always read the same two, every run, until they left WeChat's 30-day window)."""
+    from datetime import timedelta
+
+    from jobs.payouts import check_unclaimed, payout_rails
+    from models import PayoutAttempt
+    from tests.test_wechat_callbacks import simulator
+
+    packets = [sent_packet(1_00 + i) for i in range(3)]
+    simulator(app).refund_unopened_redpack(packets[2].external_no)
+    monkeypatch.setattr(job_module, "CLAIM_CHECK_BATCH", 2)
+    outcomes = check_unclaimed(payout_rails(app)["cash_red_packet"], packets[-1].sent_at + timedelta(hours=26))
+    assert dict(outcomes) == {"in_progress": 2, "unclaimed": 1}
+    asked = [db.session.query(PayoutAttempt).filter_by(payout_id=p.id, action="claim_check").count() for p in packets]
+    assert asked == [1, 1, 1]
 
 
 def test_a_rail_restarted_after_a_top_up_sends_what_the_pause_put_off_at_once(client, make_operator, funded_payout):
