@@ -29,6 +29,7 @@ MIN_SECRET_BITS = 80  # Shannon estimate from its own characters; a random 32-he
 MAX_APIV3_OVERLAP_DAYS = 7  # a rotated-out APIv3 key is never accepted for long
 MAX_TRANSFER_CONFIRM_HOURS = 24  # WeChat closes an unconfirmed transfer bill itself after 24 h
 TRANSFER_MIN_FEN = 10  # WeChat's smallest transfer (0.1 yuan)
+MIN_PAYOUT_LEASE_S = 60  # a payout's calls start within half its lease; two calls of 13 s each must end in it
 # mch_billno is String(28), and our numbers are a 2-letter rail tag + 12 digits: 14 characters left.
 NUMBER_PREFIX_MAX = 8
 NUMBER_PREFIX = re.compile(rf"^[0-9A-Za-z]{{0,{NUMBER_PREFIX_MAX}}}$")
@@ -160,7 +161,8 @@ SETTINGS: tuple[Setting, ...] = (
         20,
         _positive_int,
         doc="Seconds (at least 1) a request waits for a contended lock before answering 503 + Retry-After: "
-        "SQLite's busy timeout for its `BEGIN IMMEDIATE` transactions, PostgreSQL's `lock_timeout` for row locks.",
+        "SQLite's busy timeout for its `BEGIN IMMEDIATE` transactions, PostgreSQL's `lock_timeout` for row locks; "
+        "and for a free pooled connection (every one held by requests queued behind a long writer).",
     ),
     Setting(
         "LONG_READS_AT_ONCE",
@@ -340,7 +342,7 @@ SETTINGS: tuple[Setting, ...] = (
         "PAYOUT_LEASE_SECONDS",
         300,
         _positive_int,
-        doc="How long a dispatcher owns a claimed payout; after it, another pass resolves it by a query.",
+        doc="How long a dispatcher owns a claimed payout; after it, another pass resolves it by a query (at least 60).",
     ),
     Setting(
         "PAYOUT_CONFIRM_RECHECK_SECONDS",
@@ -959,6 +961,12 @@ def _payout_problems(values: dict[str, Any]) -> list[str]:
     for name in ("PAYOUT_LEASE_SECONDS", "PAYOUT_CONFIRM_RECHECK_SECONDS"):
         if values.get(name, 1) <= 0:
             problems.append(f"{name} must be positive")
+    if 0 < values.get("PAYOUT_LEASE_SECONDS", MIN_PAYOUT_LEASE_S) < MIN_PAYOUT_LEASE_S:
+        problems.append(
+            f"PAYOUT_LEASE_SECONDS must be at least {MIN_PAYOUT_LEASE_S}: a payout's calls start within half its lease "
+            "and take up to 13 s each (connect and read), so a shorter lease can end while a call is at WeChat and "
+            "let another pass take the payout over"
+        )
     for stock in values.get("WECHAT_COUPON_STOCKS") or []:
         value = stock.get("denomination_fen") if isinstance(stock, dict) else None
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or not stock.get("stock_id"):

@@ -434,3 +434,13 @@ def test_a_database_url_keeps_its_own_options_beside_the_lock_timeout():
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.mark.parametrize("lease", ["1", "59"])
+def test_a_payout_lease_shorter_than_its_calls_is_refused(lease):
+    """A payout's calls start within half its lease and take up to 13 s each: a lease that can end while a call is at
+    WeChat lets another pass take the payout over (its query finds nothing yet, its send may be refused)."""
+    with pytest.raises(ConfigError, match="PAYOUT_LEASE_SECONDS must be at least 60"):
+        load_config(environ={"WECHAT_MODE": "simulator", "PAYOUT_LEASE_SECONDS": lease})
+    settled = load_config(environ={"WECHAT_MODE": "simulator", "PAYOUT_LEASE_SECONDS": "60"})
+    assert settled["PAYOUT_LEASE_SECONDS"] == 60
