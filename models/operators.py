@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, func, select
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -205,6 +205,15 @@ class LookalikeUsername(OperatorError):
     code, kind = "username_mixed_scripts", "invalid"
 
 
+class InvisibleCharacters(OperatorError):
+    code, kind = "username_invisible", "invalid"
+
+
+# Control, format (zero-width, bidi override, BOM), surrogate, line and paragraph separators: in a name they make it
+# read as another (the operators page, the audit log), or break the line it is shown on.
+INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
 class DuplicateOperator(OperatorError):
     code, kind = "duplicate_operator", "conflict"
 
@@ -304,7 +313,8 @@ def create_operator_record(
     """The operator row alone (the command line's bootstrap; the database keeps the scope rule too). A username
     differing only in case (or in full-width letters) from another is the same name to a reader of the audit
     log: refused too, by the database's unique ``username_key`` as well. A username mixing scripts a reader cannot tell
-    apart (a Cyrillic ``а`` among Latin letters: ``аdmin`` beside ``admin``) is refused (``mixed_scripts``)."""
+    apart (a Cyrillic ``а`` among Latin letters: ``аdmin`` beside ``admin``) is refused (``mixed_scripts``), and so is
+    a username or display name holding an invisible or control character (``\\u202enimda`` reads ``admin``)."""
     scripts = mixed_scripts(username)
     if scripts:
         raise LookalikeUsername(
@@ -316,6 +326,13 @@ def create_operator_record(
     ).scalar_one()
     if exists:
         raise DuplicateOperator(f"operator {username!r} exists")
+    for field, text in (("username", username), ("display_name", display_name)):
+        if any(unicodedata.category(c) in INVISIBLE for c in text):
+            raise InvisibleCharacters(
+                f"{field} {text!r} holds an invisible or control character (a bidi override shows "
+                "'\\u202enimda' as 'admin'): it could pass for another name",
+                code=f"{field}_invisible",
+            )
     operator = Operator(
         username=username,
         display_name=display_name,
@@ -363,6 +380,8 @@ def confirm_operator(actor: Actor, operator_id: int, reason: str, now: datetime)
         raise OperatorNotFound(f"operator {operator_id} not found")
     if operator.confirmed_at is not None:
         raise OperatorStateError("this account is confirmed already", code="operator_confirmed")
+    if not operator.active:  # disabled before anyone confirmed it: it stays out
+        raise OperatorStateError("this account is disabled: it is not confirmed any more", code="operator_disabled")
     if operator.created_by_operator_id == actor.operator.id:
         raise OperatorForbidden("the admin who made an account does not confirm it", code="same_operator")
     why = approval_refused_because(actor.operator, operator.created_by_operator_id, operator.created_at, now)
@@ -370,4 +389,43 @@ def confirm_operator(actor: Actor, operator_id: int, reason: str, now: datetime)
         raise OperatorForbidden(why, code="approver_not_independent")
     operator.confirmed_at, operator.confirmed_by_operator_id = now, actor.operator.id
     audit(actor, "operator.confirm", "operator", operator.id, reason, role=operator.role)
+    return operator
+
+
+def disable_operator(actor: Actor, operator_id: int, reason: str, now: datetime) -> Operator:
+    """Disable an account (someone left, a token leaked): every token of it is revoked and every console session it
+    has open ends at once (``web.auth.operator_token``, ``web.console.auth``), audited with the reason. Not one's
+    own account (another admin disables it: no admin locks the platform out by a slip). Again: the same answer,
+    with nothing more written. There is no enabling again: a person back gets a new account, confirmed anew."""
+    if operator_id == actor.operator.id:
+        raise OperatorForbidden("an admin does not disable their own account: another admin does", code="own_account")
+    # Both rows, in id order and read afresh: two admins disabling each other at once leave one of them working.
+    locked = db.session.execute(
+        select(Operator)
+        .where(Operator.id.in_((operator_id, actor.operator.id)))
+        .order_by(Operator.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalars()
+    found = {row.id: row for row in locked}
+    if not found[actor.operator.id].active:
+        raise OperatorForbidden("your account was disabled", code="operator_disabled")
+    operator = found.get(operator_id)
+    if operator is None:
+        raise OperatorNotFound(f"operator {operator_id} not found")
+    revoked = db.session.execute(
+        update(OperatorToken)
+        .where(OperatorToken.operator_id == operator.id, OperatorToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    ended = db.session.execute(
+        update(ConsoleSession)
+        .where(ConsoleSession.operator_id == operator.id, ConsoleSession.ended_at.is_(None))
+        .values(ended_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if operator.active or revoked or ended:
+        operator.active = False
+        audit(actor, "operator.disable", "operator", operator.id, reason, role=operator.role, tokens_revoked=revoked)
     return operator

@@ -206,8 +206,8 @@ class OperatorQuery(Page):
 def list_operators(query: OperatorQuery):
     """Operator accounts, newest first (``unconfirmed=true``: those a second admin has yet to confirm)."""
     stmt = select(Operator).order_by(Operator.id.desc()).limit(query.limit).offset(query.offset)
-    if query.unconfirmed:
-        stmt = stmt.where(Operator.confirmed_at.is_(None))
+    if query.unconfirmed:  # (a disabled account waits for nobody)
+        stmt = stmt.where(Operator.confirmed_at.is_(None), Operator.active.is_(True))
     return {"items": [operator_json(o) for o in db.session.execute(stmt).scalars()]}
 
 
@@ -224,6 +224,25 @@ def confirm_operator(operator_id: int, body: ConfirmOperator):
     """A second admin confirms an admin, finance or support account another admin made; its tokens work from then on.
     Not its creator (403 same_operator), nor an account the creator made recently (403 approver_not_independent)."""
     return operator_json(operators.confirm_operator(actor(), operator_id, body.reason, utcnow()))
+
+
+class DisableOperator(Model):
+    reason: Reason
+
+
+@endpoint(
+    bp,
+    "/operators/<int:operator_id>/disable",
+    methods=["POST"],
+    auth="operator",
+    roles=(OperatorRole.ADMIN,),
+    body=DisableOperator,
+    idempotent=True,
+)
+def disable_operator(operator_id: int, body: DisableOperator):
+    """Disable an account (someone left, a token leaked): its tokens are revoked and its console sessions end at
+    once; audited. Not one's own (403 own_account); again: the same answer. No enabling again: a new account."""
+    return operator_json(operators.disable_operator(actor(), operator_id, body.reason, utcnow()))
 
 
 class AuditQuery(Page):
@@ -246,7 +265,9 @@ def list_audit_log(query: AuditQuery):
         stmt = stmt.where(AuditLog.operator_id == query.operator_id)
     if query.action is not None:
         exact = not query.action.endswith(".")
-        stmt = stmt.where(AuditLog.action == query.action if exact else AuditLog.action.startswith(query.action))
+        # ``_`` is a LIKE wildcard: ``risk_rules.`` must not match ``riskXrules.`` (nor ``____.`` every 4-letter kind)
+        kind = AuditLog.action.startswith(query.action, autoescape=True)
+        stmt = stmt.where(AuditLog.action == query.action if exact else kind)
     if query.target_type is not None:
         stmt = stmt.where(AuditLog.target_type == query.target_type)
     if query.target_id is not None:

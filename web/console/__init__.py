@@ -109,6 +109,12 @@ def invoke(view: Callable, *, body: dict | None = None, query: dict | None = Non
         if api["query"] is not None:
             kwargs["query"] = validate(api["query"], {k: v for k, v in (query or {}).items() if v not in (None, "")})
         key = request.form.get("form_key") if api["mutating"] and request.method == "POST" else None
+        if api["require_key"] and not key:  # as the API's Idempotency-Key: a view that moves money runs once per form
+            raise ApiError(
+                "this form moves money and has lost its key: reload the page and send it again",
+                code="idempotency_key_required",
+                status=422,
+            )
         if key:  # the form's own key: a double click or a resent form replays the first answer
             route = f"console {request.endpoint} {view.__name__}"
             response = idempotency.run(

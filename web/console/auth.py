@@ -130,6 +130,12 @@ def _check_csrf_then_session():
     return None
 
 
+def _printable(text: str) -> str:
+    """A header as stored: without control characters (PostgreSQL text holds no NUL: a User-Agent with one was a 500
+    at sign-in wherever a server passes it on; gunicorn refuses it)."""
+    return "".join(c for c in text if c >= " " and c != "\x7f")
+
+
 def _safe_next(target: str | None) -> str:
     """Only a path inside the console: never another host (no open redirect)."""
     if target and target.startswith("/console/") and (local_path(target) or "").startswith("/console/"):
@@ -183,7 +189,7 @@ def sign_in():
         last_seen_at=now,
         expires_at=now + timedelta(hours=hours),
         ip=client_ip(),
-        user_agent=(request.user_agent.string or "")[:200],
+        user_agent=_printable(request.user_agent.string or "")[:200],
     )
     db.session.add(row_session)
     audit(Actor(row.operator, client_ip()), "console.sign_in", "console_session", row_session.id[:8], token=row.label)

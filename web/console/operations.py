@@ -11,7 +11,7 @@
   second-approval threshold the first decision is a proposal) — ``web.reviews_api``.
 * ``console.bans``: bans by subject, a new ban, lifting one — ``web.bans_api``.
 * ``console.operators``: operator accounts, those waiting for a second admin's confirmation first, and the
-  confirmation — ``web.admin``.
+  confirmation; disabling an account (its tokens revoked, its sessions ended) — ``web.admin``.
 
 No query and no change here: every read and action is the admin API's own view (``read`` / ``act``).
 """
@@ -27,7 +27,7 @@ from flask import abort, flash, g, redirect, request, url_for
 from models import CaseOutcome, Rail
 from models.base import BEIJING
 from models.reconciliation import BillKind, MismatchKind
-from web.admin import confirm_operator, list_audit_log, list_operators
+from web.admin import confirm_operator, disable_operator, list_audit_log, list_operators
 from web.bans_api import approve_ban_lift, create_ban, lift_ban, list_bans, reject_ban_lift
 from web.console import act, allowed, bp, form_data, may, page_offset, read, render, whole_number
 from web.guards import MAX_ID, day_in_range
@@ -320,6 +320,7 @@ def _operators_page(status: int = 200):
         waiting=waiting,
         items=everyone,
         may_confirm=may(confirm_operator),
+        may_disable=may(disable_operator),
         offset=offset,
         page=PAGE,
     )
@@ -338,4 +339,14 @@ def operator_confirm(operator_id: int):
     done = f"操作员 #{operator_id} 已确认 Confirmed: their token works now"
     if act(confirm_operator, body={"reason": _reason()}, done=done, operator_id=operator_id) is None:
         return _operators_page(422)
+    return redirect(url_for("console.operators"))
+
+
+@bp.route("/operators/<int:operator_id>/disable", methods=["POST"])
+def operator_disable(operator_id: int):
+    """Disable an account: its tokens are revoked and its sessions end at once (not one's own: another admin's)."""
+    allowed(disable_operator)
+    done = f"操作员 #{operator_id} 已停用 Disabled: their tokens and sessions no longer work"
+    if act(disable_operator, body={"reason": _reason()}, done=done, operator_id=operator_id) is None:
+        return _operators_page(g.refused_status)
     return redirect(url_for("console.operators"))
