@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated
@@ -12,21 +11,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from challenges.errors import ChallengeInvalid
 from models import ChallengeKind, Direction, StakeSource, WinRule
+from models.text import shown_text
 from money import MAX_FEN
-
-# Marks that reorder what follows them (a title "shown" to others as something else), and line or control
-# characters: a title, a question or a choice is one line of visible text, as WeChat's "thing" field takes it.
-BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def shown_text(value: str) -> str:
-    """One line people read: no control, line-breaking or direction-changing characters, and something visible
-    (not only zero-width or format marks). An emoji joined with U+200D stays."""
-    if any(c in BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Cs", "Co", "Zl", "Zp") for c in value):
-        raise ValueError("control, line-breaking or text-direction characters are not allowed")
-    if all(c.isspace() or unicodedata.category(c) in ("Cf", "Mn", "Me") for c in value):
-        raise ValueError("nothing visible")
-    return value
 
 
 def _shown(max_length: int):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 import string
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +33,7 @@ from typing import Any
 
 from models.base import beijing
 from models.payouts import InApp, Rail
+from models.text import one_line
 from money import format_yuan
 from notices.events import FACTS, NoticeEvent
 
@@ -65,9 +65,6 @@ _KEY = re.compile(r"^([a-z_]+?)(\d+)$")
 _CHINESE = re.compile(r"^[\u4e00-\u9fff]+$")
 _ASCII_STRING = re.compile(r"^[\x21-\x7e]*$")
 ELLIPSIS = "…"
-# Marks that reorder what follows them, and control / line / paragraph / private characters: never in a field
-BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-HIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Zl", "Zp"})
 
 
 class TemplateError(ValueError):
@@ -128,13 +125,6 @@ def beijing_time(value: str | datetime, *, date_only: bool = False) -> str:
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     local = beijing(moment)
     return local.strftime("%Y年%m月%d日") if date_only else local.strftime("%Y年%m月%d日 %H:%M")
-
-
-def one_line(text: str) -> str:
-    """``text`` as one line of visible text, as WeChat's fields take it: control, line-breaking and
-    direction-changing characters (a merchant's name may hold any) become a space; runs of spaces one."""
-    shown = "".join(" " if c in BIDI_CONTROLS or unicodedata.category(c) in HIDDEN_CATEGORIES else c for c in text)
-    return " ".join(shown.split())
 
 
 def _value(name: str, facts: Mapping[str, Any]) -> str:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from models import AuditLog, ConsoleSession, Operator, db
 from tests.console_helpers import csrf_of, post, token_of
@@ -255,3 +255,24 @@ def test_every_console_form_refuses_a_forged_post_before_anything_runs(app, clie
         )
         assert other_site.status_code == 400, path
     assert table_counts() == before
+
+
+@pytest.mark.parametrize(
+    "name", ["Noodle\u202e hsop", "Tea\u2066House", "Bowl\u2028Shop", "Cafe\x1b[2J", "\u200b\u200b"]
+)
+def test_a_merchant_or_product_name_that_reads_as_another_or_breaks_its_line_is_422(client, make_operator, name):
+    """Names reach operators' pages, the rules page and people's notices (WeChat's one-line "thing" field): a
+    direction override, an isolate, a line separator, a control character, or nothing visible is refused, with
+    nothing made; an emoji joined by U+200D is a name."""
+    from models import Merchant
+
+    _, admin = make_operator("admin")
+    before = db.session.execute(select(func.count()).select_from(Merchant)).scalar_one()
+    answer = client.post("/admin/api/merchants", json={"name": name}, headers=admin)
+    assert answer.status_code == 422, answer.get_json()
+    assert db.session.execute(select(func.count()).select_from(Merchant)).scalar_one() == before
+    made = client.post("/admin/api/merchants", json={"name": "面馆 \U0001f469\u200d\U0001f373"}, headers=admin)
+    assert made.status_code == 201, made.get_json()
+    shop = made.get_json()["id"]
+    product = {"name": name, "category": "food", "price_fen": 1_00}
+    assert client.post(f"/admin/api/merchants/{shop}/products", json=product, headers=admin).status_code == 422

@@ -23,7 +23,7 @@ from rebate.scope import visible_merchant
 from web.api import client_ip, endpoint
 from web.errors import Conflict
 from web.guards import MAX_ID
-from web.schemas import Category, Id, Instant, Model, Name, Page, PositiveFen, Reason
+from web.schemas import Category, Id, Instant, Model, Name, OperatorName, Page, PositiveFen, Reason
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
 
@@ -69,8 +69,8 @@ class CreateProduct(Model):
 
 
 class CreateOperator(Model):
-    username: Name
-    display_name: Name
+    username: OperatorName
+    display_name: OperatorName
     role: OperatorRole
     merchant_id: Id | None = None
     reason: Reason

@@ -16,6 +16,7 @@ from pydantic import (
     StringConstraints,
 )
 
+from models.text import shown_text
 from money import MAX_FEN
 from web.guards import MAX_ID, day_in_range, instant_in_range
 
@@ -24,7 +25,12 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
+# a merchant's, product's, campaign's or audience's name: one line people read (operators, the person's notices, the
+# rules page), so no control, line-breaking or direction-changing characters (models.text.shown_text)
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True), AfterValidator(shown_text)]
+# an operator's username or display name: their invisible characters are refused by models.operators, with a code
+# naming the field (username_invisible), as its other rules for names (mixed scripts, lookalikes)
+OperatorName = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
 Category = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[\w\-]+$")]
 Reason = Annotated[str, StringConstraints(min_length=3, max_length=500, strip_whitespace=True)]
 PositiveFen = Annotated[StrictInt, Field(gt=0, le=MAX_FEN)]
