@@ -276,3 +276,34 @@ def test_a_merchant_or_product_name_that_reads_as_another_or_breaks_its_line_is_
     shop = made.get_json()["id"]
     product = {"name": name, "category": "food", "price_fen": 1_00}
     assert client.post(f"/admin/api/merchants/{shop}/products", json=product, headers=admin).status_code == 422
+
+
+def test_the_apis_answers_are_never_cached_nor_sniffed(client, make_operator, make_user, user_headers):
+    _, admin = make_operator("admin")
+    for path, headers in (("/admin/api/merchants", admin), ("/api/v1/me/wallet", user_headers(make_user()))):
+        answer = client.get(path, headers=headers)
+        assert answer.status_code == 200
+        assert (answer.headers["Cache-Control"], answer.headers["X-Content-Type-Options"]) == ("no-store", "nosniff")
+
+
+def test_the_reports_csv_link_carries_its_query_encoded(client, make_operator, make_campaign):
+    """The CSV link is built from the page's query, URL-encoded; a crafted granularity never reaches it."""
+    import html
+    from urllib.parse import parse_qs, urlsplit
+
+    _, admin = make_operator("admin")
+    client_sign_in(client, admin)
+    campaign = make_campaign({"roles": [{"role": "consumer", "rate_bps": 100, "form": "balance", "cap_fen": 1_00}]})
+    path = f"/console/campaigns/{campaign.id}/report"
+    page = client.get(path, query_string={"from": "2026-01-01", "to": "2026-01-31", "granularity": "week"})
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    href = html.unescape(text.split('id="csv"')[0].rsplit('href="', 1)[1].split('"', 1)[0])
+    assert parse_qs(urlsplit(href).query) == {
+        "from": ["2026-01-01"],
+        "to": ["2026-01-31"],
+        "granularity": ["week"],
+        "format": ["csv"],
+    }
+    crafted = client.get(path, query_string={"granularity": "day&merchant_id=9"})
+    assert crafted.status_code == 422 and 'id="csv"' not in crafted.get_data(as_text=True)

@@ -5,7 +5,7 @@ Errors always answer ``{"error": code, "message": ...}``; WeChat callbacks
 answer in WeChat's own format.
 """
 
-from flask import Flask, current_app
+from flask import Flask, Response, current_app, request
 
 from wechat.setup import WeChat
 
@@ -94,3 +94,16 @@ def register_blueprints(app: Flask) -> None:
 
         app.register_blueprint(demo_clock.bp)
     console.auth.configure(app)
+    app.after_request(_api_headers)
+
+
+API_PREFIXES = ("/api/", "/admin/api/")
+
+
+def _api_headers(response: Response) -> Response:
+    """The JSON and CSV APIs answer with money and personal data: never kept by a cache on the way (a shared proxy,
+    the browser's back button), never sniffed as another type (a CSV cell read as HTML)."""
+    if request.path.startswith(API_PREFIXES):
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
