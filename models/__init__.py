@@ -5,7 +5,7 @@ commit (``unit_of_work``). Datetimes are UTC-aware on every database and
 personal data is encrypted at rest (``EncryptedText``).
 """
 
-from models.alerts import Alert, alert_once, raise_alert
+from models.alerts import Alert, alert_once, guarded_row, raise_alert
 from models.audiences import Audience, AudienceMember, AudienceRun, RunStatus
 from models.base import (
     Base,
@@ -207,6 +207,7 @@ __all__ = [
     "UserPreference",
     "UserStatus",
     "alert_once",
+    "guarded_row",
     "db",
     "raise_alert",
     "unit_of_work",

@@ -45,3 +45,16 @@ def alert_once(kind: str, subject: str, message: str | None = None, *, text: str
         match.append(Alert.message == message)
     if db.session.execute(select(Alert.id).where(*match)).first() is None:
         raise_alert(kind, subject, text or message or "")
+
+
+def guarded_row(kind: str, what: str, row_id: int, step, *args) -> bool:
+    """``step(*args)`` in a savepoint: True when it ran; on a failure its work is rolled back alone, logged with the
+    row's id and an operator alerted once (``kind``), and False (a job's batch goes on with the next row)."""
+    try:
+        with db.session.begin_nested():
+            step(*args)
+    except Exception as exc:
+        log.exception(f"{what} failed", extra={f"{what}_id": row_id})
+        alert_once(kind, f"{what} {row_id}", text=f"{what} {row_id}: {exc!r}"[:2000])
+        return False
+    return True

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from models import Campaign, Order, OrderMilestone, OrderStatus, Rebate, RebateStatus, User, db
+from models import Campaign, Order, OrderMilestone, OrderStatus, Rebate, RebateStatus, User, db, guarded_row
 from payouts import MoneySettings
 from payouts.outbox import hold_order_payouts
 from rebate.awards import cancel_held, pay_rebate
@@ -151,7 +151,7 @@ def expire_rebate(rebate: Rebate, campaign: Campaign) -> None:
 
 
 def expire_held_rebates(now: datetime, limit: int = 500) -> int:
-    """The job: held awards past their deadline expire and give their budget back."""
+    """The job: held awards past their deadline expire and give their budget back; returns how many."""
     due = (
         db.session.execute(
             select(Rebate)
@@ -163,6 +163,9 @@ def expire_held_rebates(now: datetime, limit: int = 500) -> int:
         .scalars()
         .all()
     )
-    for rebate in due:
-        expire_rebate(rebate, db.session.get(Campaign, rebate.campaign_id))
-    return len(due)
+    # each in a savepoint: one that fails is rolled back alone and alerted once, the others expire
+    return sum(guarded_row("held_rebate_expiry_failed", "rebate", r.id, _expire_due, r) for r in due)
+
+
+def _expire_due(rebate: Rebate) -> None:
+    expire_rebate(rebate, db.session.get(Campaign, rebate.campaign_id))

@@ -34,7 +34,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from models import Campaign, CampaignRules, CampaignStatus, FunderType, Notice, PacketStatus, RedPacket, User, db
+from models import (
+    Campaign,
+    CampaignRules,
+    CampaignStatus,
+    FunderType,
+    Notice,
+    PacketStatus,
+    RedPacket,
+    User,
+    db,
+    guarded_row,
+)
 from models.base import beijing, utcnow
 from models.triggers import TriggerKind
 from rebate import budgets
@@ -678,7 +689,9 @@ def release_packet(packet: RedPacket, status: PacketStatus) -> None:
 
 
 def expire_due_packets(now: datetime, limit: int = 500) -> int:
-    """Expire packets past their validity that no order holds; returns how many."""
+    """Expire packets past their validity that no order holds; returns how many. Each in a savepoint: one whose
+    release fails (a bad row, a bug) is rolled back alone, logged and alerted once (``packet_expiry_failed``),
+    and the others expire (it had failed the whole batch, every run: the head of every batch)."""
     due = (
         db.session.execute(
             select(RedPacket)
@@ -690,9 +703,9 @@ def expire_due_packets(now: datetime, limit: int = 500) -> int:
         .scalars()
         .all()
     )
-    for packet in due:
-        release_packet(packet, PacketStatus.EXPIRED)
-    return len(due)
+    return sum(
+        guarded_row("packet_expiry_failed", "packet", p.id, release_packet, p, PacketStatus.EXPIRED) for p in due
+    )
 
 
 def revoke_packet(packet_id: int) -> RedPacket:

@@ -411,3 +411,48 @@ def test_cancelling_a_transfer_while_the_dispatcher_asks_about_it_says_so(client
     db.session.expire_all()
     row = db.session.get(Payout, payout.id)
     assert (row.status, row.cancel_requested) == ("sending", False)
+
+
+def test_a_packet_whose_expiry_fails_is_alerted_once_and_the_others_expire(
+    make_campaign, make_merchant, make_user, monkeypatch
+):
+    """One packet whose release raises (a bad row, a bug) had failed the whole batch at every run, and it heads every
+    batch (by id): no packet of the platform expired again. Now it is rolled back alone and alerted once."""
+    from datetime import timedelta
+
+    import rebate.packets as packets_module
+    from models import PacketStatus, RedPacket
+    from rebate import issue_packet
+    from tests.test_campaign_edges import CAPPED
+
+    merchant = make_merchant()
+    campaign = make_campaign(
+        CAPPED,
+        budget_limit_fen=100_00,
+        packet_amount_fen=10_00,
+        issuer_type="merchant",
+        issuer_merchant_id=merchant.id,
+        funder_type="merchant_deposit",
+        funder_merchant_id=merchant.id,
+        claim_limits={"per_person": None, "per_person_per_day": None, "per_ip_per_day": None},
+    )
+    packets = [issue_packet(campaign, make_user(), source="t", source_ref=str(i), now=utcnow()) for i in range(3)]
+    for packet in packets:
+        packet.expires_at = utcnow() - timedelta(minutes=1)
+    db.session.commit()
+    bad_id = packets[0].id
+    real = packets_module.release_packet
+
+    def release(packet, status):
+        if packet.id == bad_id:
+            raise RuntimeError("a bad row")
+        return real(packet, status)
+
+    monkeypatch.setattr(packets_module, "release_packet", release)
+    for _ in range(2):
+        job_module.expire_packets_and_conditions()
+    db.session.expire_all()
+    statuses = [db.session.get(RedPacket, p.id).status for p in packets]
+    assert statuses == [PacketStatus.ISSUED, PacketStatus.EXPIRED, PacketStatus.EXPIRED]
+    alerts = db.session.query(Alert).filter_by(kind="packet_expiry_failed").all()
+    assert [a.subject for a in alerts] == [f"packet {bad_id}"]
