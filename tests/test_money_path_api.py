@@ -160,7 +160,7 @@ def test_wallet_and_rebates_explain_paid_and_skipped_rules(client, world, pay):
     items = client.get("/api/v1/me/rebates", headers=world["headers"]).json["items"]
     by_order = {i["order_id"]: i for i in items}
     assert (by_order[big["id"]]["amount_fen"], by_order[big["id"]]["status"]) == (9_50, "awarded")
-    assert by_order[big["id"]]["explanation"] == "Consumer rebate of 9.50 yuan as balance."
+    assert by_order[big["id"]]["explanation"] == "Consumer rebate of 9.50 yuan as balance credit."
     assert by_order[big["id"]]["mine"] is True
     skipped = by_order[small["id"]]
     assert (skipped["amount_fen"], skipped["status"], skipped["reason_code"]) == (0, "skipped", "below_minimum")

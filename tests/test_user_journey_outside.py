@@ -214,3 +214,20 @@ def test_the_packet_list_never_shows_usable_a_packet_an_order_refuses_as_expired
     )
     assert (order.status_code, order.get_json()["error"]) == (409, "packet_expired")
     assert listed["status"] == "expired"
+
+
+def test_a_rebates_explanation_names_its_form_in_words(app, make_user, make_product, make_campaign, pay):
+    """The explanation a customer-service agent reads out says "as WeChat change", never the form's code."""
+    from models import Rebate
+    from web.views import explain
+
+    rules = {"roles": [{"role": "consumer", "rate_bps": 1000, "form": "wechat_change", "cap_fen": 100_00}]}
+    campaign = make_campaign(rules, budget_limit_fen=1_000_00, packet_amount_fen=10_00)
+    buyer = make_user()
+    packet = issue_packet(campaign, buyer, source="t", source_ref="w", now=utcnow())
+    db.session.commit()
+    order = create_order(buyer, [LineRequest(make_product(price_fen=100_00).id, 1)], packet.id, utcnow())
+    db.session.commit()
+    pay(order)
+    rebate = db.session.query(Rebate).filter_by(order_id=order.id).one()
+    assert explain(rebate) == "Consumer rebate of 9.00 yuan as WeChat change."

@@ -7,6 +7,18 @@ from sqlalchemy import select
 from insights.trace import for_outsiders
 from models import AdjustmentKind, Order, OrderPacket, PacketStatus, RedPacket, db, utcnow
 from money import format_yuan
+from rebate.rules import Form
+
+# a rebate's form as a person reads it in an explanation ("Consumer rebate of 9.50 yuan as WeChat change")
+FORM_WORDS = {
+    Form.WECHAT_CHANGE: "WeChat change",
+    Form.CASH_RED_PACKET: "a WeChat cash red packet",
+    Form.WECHAT_COUPON: "a WeChat Pay coupon",
+    Form.CARD_COUPON: "a WeChat card coupon",
+    Form.BALANCE: "balance credit",
+    Form.POINTS: "reward points",
+    Form.MERCHANT_CREDIT: "merchant credit",
+}
 
 PLAIN_REASONS = {
     "awarded": "paid in full",
@@ -105,7 +117,8 @@ def explain(rebate, adjustments=()) -> str:
     if rebate.status == "skipped":
         text = f"No {rebate.role} rebate: {PLAIN_REASONS.get(rebate.reason_code, rebate.reason_code)}."
     else:
-        text = f"{rebate.role.capitalize()} rebate of {format_yuan(rebate.original_fen)} yuan as {rebate.form}"
+        form = FORM_WORDS.get(rebate.form, rebate.form)
+        text = f"{rebate.role.capitalize()} rebate of {format_yuan(rebate.original_fen)} yuan as {form}"
         if rebate.reason_code != "awarded":
             text += f" ({PLAIN_REASONS.get(rebate.reason_code, rebate.reason_code)})"
         if rebate.status in ("review", "revoked"):  # that it waits or was revoked, never the score or the rules
