@@ -53,6 +53,7 @@ from jobs.retention import purge_kept_rows_job
 from jobs.risk import collusion_job, lift_expired_bans_job, purge_behaviour_events_job, spike_job
 from models import db
 from models.base import BEIJING
+from models.sql import is_busy
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,12 @@ def in_app(app: Flask, job: Callable) -> Callable[[], None]:
                 results = job()
                 if results:
                     log.info("job done", extra={"job": job.__name__, "results": dict(results)})
-            except Exception:
+            except Exception as exc:
                 db.session.rollback()
-                log.exception("job failed", extra={"job": job.__name__})
+                if is_busy(exc):  # the database busy for a while (a long writer, every connection taken): no bug
+                    log.warning("job deferred: database busy", extra={"job": job.__name__, "error": repr(exc)[:300]})
+                else:
+                    log.exception("job failed", extra={"job": job.__name__})
             finally:
                 db.session.remove()
 

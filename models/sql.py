@@ -29,6 +29,7 @@ from flask import current_app
 from sqlalchemy import ClauseElement, Executable, Table, bindparam, delete, event, inspect, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.exc import StaleDataError
@@ -598,3 +599,24 @@ class Precompiled:
         if self._order is not None:
             return tuple(params[name] for name in self._order)
         return params
+
+
+# PostgreSQL's answers to waiting too long or losing a race for a lock: lock_not_available (a
+# lock_timeout), query_canceled (a statement_timeout), serialization_failure, deadlock_detected.
+RETRYABLE_PG_STATES = frozenset({"55P03", "57014", "40001", "40P01"})
+
+
+def is_busy(exc: BaseException) -> bool:
+    """The database could not give this request its lock in time, or its connection died under it, or no pooled
+    connection came free in time (every one held by requests queued behind a long writer: a burst on `make run`'s
+    threads, where SQLite's pool holds 15): try again shortly (503), not a bug (500)."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:  # the connection died (a restart, a failover): the pool starts afresh
+        return True
+    orig = exc.orig
+    if isinstance(orig, sqlite3.OperationalError):
+        return "locked" in str(orig) or "busy" in str(orig)
+    return getattr(orig, "sqlstate", None) in RETRYABLE_PG_STATES

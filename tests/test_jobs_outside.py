@@ -456,3 +456,26 @@ def test_a_packet_whose_expiry_fails_is_alerted_once_and_the_others_expire(
     assert statuses == [PacketStatus.ISSUED, PacketStatus.EXPIRED, PacketStatus.EXPIRED]
     alerts = db.session.query(Alert).filter_by(kind="packet_expiry_failed").all()
     assert [a.subject for a in alerts] == [f"packet {bad_id}"]
+
+
+def test_a_job_meeting_a_busy_database_is_a_warning_not_a_failure(app, caplog):
+    """A job that waits past the lock timeout (a long writer; every pooled connection taken) is deferred to its next
+    run: logged as a warning without a traceback, not as a failed job (an operator's alarm for nothing)."""
+    import logging
+
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from jobs.scheduler import in_app
+
+    def waits_too_long():
+        raise PoolTimeout("QueuePool limit of size 5 overflow 10 reached")
+
+    def broken():
+        raise RuntimeError("a bug")
+
+    with caplog.at_level(logging.WARNING):
+        in_app(app, waits_too_long)()
+        in_app(app, broken)()
+    by_message = {r.getMessage(): r for r in caplog.records}
+    assert by_message["job deferred: database busy"].levelno == logging.WARNING
+    assert by_message["job failed"].levelno == logging.ERROR and by_message["job failed"].exc_info

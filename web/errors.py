@@ -8,13 +8,11 @@ module is the one place that turns a kind into an HTTP status.
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from flask import Flask, Response, jsonify, request
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from models.sql import RETRYABLE_PG_STATES, is_busy  # noqa: F401 - the web's name for them
 from wechat.errors import WeChatCardCodeConsumed, WeChatCardCodeInvalid, WeChatError, WeChatRateLimited
 from wechat.notifications import failure_response_body
 
@@ -98,26 +96,7 @@ def from_domain(exc: Exception) -> ApiError | None:
     )
 
 
-# PostgreSQL's answers to waiting too long or losing a race for a lock: lock_not_available (a
-# lock_timeout), query_canceled (a statement_timeout), serialization_failure, deadlock_detected.
-RETRYABLE_PG_STATES = frozenset({"55P03", "57014", "40001", "40P01"})
 BUSY_RETRY_AFTER_S = 1
-
-
-def is_busy(exc: BaseException) -> bool:
-    """The database could not give this request its lock in time, or its connection died under it, or no pooled
-    connection came free in time (every one held by requests queued behind a long writer: a burst on `make run`'s
-    threads, where SQLite's pool holds 15): try again shortly (503), not a bug (500)."""
-    if isinstance(exc, PoolTimeout):
-        return True
-    if not isinstance(exc, DBAPIError):
-        return False
-    if exc.connection_invalidated:  # the connection died (a restart, a failover): the pool starts afresh
-        return True
-    orig = exc.orig
-    if isinstance(orig, sqlite3.OperationalError):
-        return "locked" in str(orig) or "busy" in str(orig)
-    return getattr(orig, "sqlstate", None) in RETRYABLE_PG_STATES
 
 
 def busy_text() -> Response:
