@@ -267,13 +267,19 @@ def approval_refused_because(
     stand for themselves and for whoever created them less than ``NEW_OPERATOR_COOLING`` before the proposal
     (or after it), up the line (A makes B, B makes C: C is A's). If the two lines meet, one person holds both pairs
     of eyes: the creator approving their new account's proposal, the new account approving its creator's, two
-    accounts one admin made. Measured from the proposal, so waiting does not make a fresh account independent."""
+    accounts one admin made. Measured from the proposal, so waiting does not make a fresh account independent. Nor
+    is what a since disabled account proposed (or an account it made) approved by anyone."""
     if proposer_id is None:
         return None
     if approver.id == proposer_id:
         return "you proposed it: another operator must approve"
     since = (proposed_at or now) - NEW_OPERATOR_COOLING
     proposer = db.session.get(Operator, proposer_id)
+    if proposer is not None and not proposer.active:  # someone who left, a leaked token: their proposals go with them
+        return (
+            f"the proposer's account (operator {proposer_id}) was disabled: what it proposed is not approved; "
+            "an active operator proposes it again if it is still wanted"
+        )
     shared = _line(approver, since) & (_line(proposer, since) if proposer is not None else {proposer_id})
     if shared:
         hours = int(NEW_OPERATOR_COOLING.total_seconds() // 3600)

@@ -307,3 +307,25 @@ def test_the_reports_csv_link_carries_its_query_encoded(client, make_operator, m
     }
     crafted = client.get(path, query_string={"granularity": "day&merchant_id=9"})
     assert crafted.status_code == 422 and 'id="csv"' not in crafted.get_data(as_text=True)
+
+
+def test_what_a_disabled_account_proposed_is_approved_by_nobody(client, make_operator, make_merchant):
+    """A colleague who left (or whose token leaked) proposed a deposit top-up: once the account is disabled, no one
+    approves it (it would post money on the word of an account no longer trusted); an active operator proposes it
+    again if it is still wanted."""
+    from tests.test_deposits_four_eyes import decide, deposit, propose
+
+    leaver, leaver_h = make_operator("finance")
+    _, admin_h = make_operator("admin")
+    _, other_admin_h = make_operator("admin")
+    shop = make_merchant()
+    proposed = propose(client, leaver_h, shop.id)
+    assert proposed.status_code == 201
+    assert _disable(client, admin_h, leaver.id).status_code == 200
+    refused = decide(client, other_admin_h, proposed.get_json()["id"])
+    assert (refused.status_code, refused.get_json()["error"]) == (409, "approver_not_independent")
+    assert "was disabled" in refused.get_json()["message"]
+    assert deposit(shop.id) == 0
+    again = propose(client, admin_h, shop.id, key="k2")
+    assert decide(client, other_admin_h, again.get_json()["id"]).status_code == 200
+    assert deposit(shop.id) == 100_00
