@@ -89,34 +89,45 @@ def test_a_rail_that_stays_on_sends_the_whole_batch(funded_payout, in_flight):
     assert sorted(no for _, no in rail.calls) == sorted(p.external_no for p in payouts)
 
 
-def test_a_campaigns_packets_ending_together_all_expire_in_one_run(
-    make_campaign, make_merchant, make_user, monkeypatch
-):
-    # given: a merchant's campaign whose packets all end at one instant (its end date), more of them than one
-    # transaction expires (a batch of 2 here, 500 in production)
+@pytest.fixture
+def lapsed_packets(make_campaign, make_merchant, make_user):
+    """``count`` packets of a merchant's campaign, every one past its expiry a minute ago: (campaign, packets)."""
     from datetime import timedelta
 
-    from models import Campaign, RedPacket
     from rebate import issue_packet
     from tests.test_campaign_edges import CAPPED
 
-    merchant = make_merchant()
-    campaign = make_campaign(
-        CAPPED,
-        budget_limit_fen=100_00,
-        packet_amount_fen=10_00,
-        issuer_type="merchant",
-        issuer_merchant_id=merchant.id,
-        funder_type="merchant_deposit",
-        funder_merchant_id=merchant.id,
-        starts_at=utcnow() - timedelta(days=1),
-        ends_at=utcnow() + timedelta(days=10),
-        claim_limits={"per_person": None, "per_person_per_day": None, "per_ip_per_day": None},
-    )
-    packets = [issue_packet(campaign, make_user(), source="t", source_ref=str(i), now=utcnow()) for i in range(5)]
-    for packet in packets:
-        packet.expires_at = utcnow() - timedelta(minutes=1)
-    db.session.commit()
+    def made(count: int):
+        merchant = make_merchant()
+        campaign = make_campaign(
+            CAPPED,
+            budget_limit_fen=100_00,
+            packet_amount_fen=10_00,
+            issuer_type="merchant",
+            issuer_merchant_id=merchant.id,
+            funder_type="merchant_deposit",
+            funder_merchant_id=merchant.id,
+            starts_at=utcnow() - timedelta(days=1),
+            ends_at=utcnow() + timedelta(days=10),
+            claim_limits={"per_person": None, "per_person_per_day": None, "per_ip_per_day": None},
+        )
+        packets = [
+            issue_packet(campaign, make_user(), source="t", source_ref=str(i), now=utcnow()) for i in range(count)
+        ]
+        for packet in packets:
+            packet.expires_at = utcnow() - timedelta(minutes=1)
+        db.session.commit()
+        return campaign, packets
+
+    return made
+
+
+def test_a_campaigns_packets_ending_together_all_expire_in_one_run(lapsed_packets, monkeypatch):
+    # given: a merchant's campaign whose packets all end at one instant (its end date), more of them than one
+    # transaction expires (a batch of 2 here, 500 in production)
+    from models import Campaign, RedPacket
+
+    campaign, packets = lapsed_packets(5)
     monkeypatch.setattr(job_module, "EXPIRE_BATCH", 2, raising=False)
     real = job_module.expire_due_packets
     monkeypatch.setattr(job_module, "expire_due_packets", lambda now, limit=500: real(now, limit=min(limit, 2)))
@@ -413,33 +424,13 @@ def test_cancelling_a_transfer_while_the_dispatcher_asks_about_it_says_so(client
     assert (row.status, row.cancel_requested) == ("sending", False)
 
 
-def test_a_packet_whose_expiry_fails_is_alerted_once_and_the_others_expire(
-    make_campaign, make_merchant, make_user, monkeypatch
-):
+def test_a_packet_whose_expiry_fails_is_alerted_once_and_the_others_expire(lapsed_packets, monkeypatch):
     """One packet whose release raises (a bad row, a bug) had failed the whole batch at every run, and it heads every
     batch (by id): no packet of the platform expired again. Now it is rolled back alone and alerted once."""
-    from datetime import timedelta
-
     import rebate.packets as packets_module
     from models import PacketStatus, RedPacket
-    from rebate import issue_packet
-    from tests.test_campaign_edges import CAPPED
 
-    merchant = make_merchant()
-    campaign = make_campaign(
-        CAPPED,
-        budget_limit_fen=100_00,
-        packet_amount_fen=10_00,
-        issuer_type="merchant",
-        issuer_merchant_id=merchant.id,
-        funder_type="merchant_deposit",
-        funder_merchant_id=merchant.id,
-        claim_limits={"per_person": None, "per_person_per_day": None, "per_ip_per_day": None},
-    )
-    packets = [issue_packet(campaign, make_user(), source="t", source_ref=str(i), now=utcnow()) for i in range(3)]
-    for packet in packets:
-        packet.expires_at = utcnow() - timedelta(minutes=1)
-    db.session.commit()
+    _, packets = lapsed_packets(3)
     bad_id = packets[0].id
     real = packets_module.release_packet
 
