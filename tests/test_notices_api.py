@@ -108,7 +108,28 @@ def test_simulator_mode_end_to_end(app, client, make_user, user_headers):
     assert inbox["unread"] == 2
     statuses = sorted(n.status for n in db.session.execute(select(Notice)).scalars())
     assert statuses == ["inbox", "sent"]
-    assert client.get("/api/v1/me/subscriptions", headers=user_headers(user)).json["items"][0]["remaining"] == 0
+    items = client.get("/api/v1/me/subscriptions", headers=user_headers(user)).json["items"]
+    assert {i["template_id"]: i["remaining"] for i in items}[tmpl] == 0  # the one consent is used up
+
+
+def test_the_subscribe_result_is_reported_as_wechat_answered_it(app, client, make_user, user_headers):
+    """``wx.requestSubscribeMessage`` answers ``{"errMsg": "requestSubscribeMessage:ok", <template>: "accept"}``:
+    posted as it is, it is recorded (it was a 422: errMsg is no template); a failed request's is refused."""
+    user = make_user(appid=app.config["WECHAT_APPID"])
+    openid, tmpl = user.identities[0].openid, "sim-tmpl-packet-received"
+    phone = client.post("/_sim/subscribe/request", json={"openid": openid, "tmplIds": [tmpl]}).json
+    reported = client.post(
+        "/api/v1/me/subscriptions", headers=user_headers(user), json={"results": phone, "request_id": "tap-1"}
+    )
+    assert reported.status_code == 200, reported.json
+    assert reported.json["remaining"] == {tmpl: 1}
+    failed = {"errMsg": "requestSubscribeMessage:fail cancel", tmpl: "accept"}
+    refused = client.post(
+        "/api/v1/me/subscriptions", headers=user_headers(user), json={"results": failed, "request_id": "tap-2"}
+    )
+    assert refused.status_code == 422
+    items = client.get("/api/v1/me/subscriptions", headers=user_headers(user)).json["items"]
+    assert {i["template_id"]: i["remaining"] for i in items}[tmpl] == 1
 
 
 def test_the_console_notices_page_reads_the_admin_api(client, make_user, make_operator):

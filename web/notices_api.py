@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from flask import Blueprint, current_app
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 from sqlalchemy import func, select, update
 
 from models import Notice, NoticeStatus, User, db, utcnow
@@ -51,11 +51,25 @@ class MarkRead(Model):
         return self
 
 
+SUBSCRIBE_OK = "requestSubscribeMessage:ok"
+
+
 class SubscribeResults(Model):
     results: Annotated[
         dict[TemplateId, Literal["accept", "reject", "ban", "filter"]], Field(min_length=1, max_length=5)
     ]
     request_id: RequestId
+
+    @field_validator("results", mode="before")
+    @classmethod
+    def as_wechat_answered(cls, value):
+        """``wx.requestSubscribeMessage``'s result as the mini-program got it: its ``errMsg`` is read, not a
+        template (``requestSubscribeMessage:ok``, else the tap failed and records nothing)."""
+        if isinstance(value, dict) and "errMsg" in value:
+            if value["errMsg"] != SUBSCRIBE_OK:
+                raise ValueError(f"errMsg is not {SUBSCRIBE_OK!r}: the request failed, nothing to record")
+            value = {key: answer for key, answer in value.items() if key != "errMsg"}
+        return value
 
 
 def notice_json(notice: Notice, tmpl: Templates) -> dict:
