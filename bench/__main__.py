@@ -1,8 +1,9 @@
 """``python -m bench [name ...]``: run every ``bench/*_bench.py`` (or the named ones), one line each
 (progress on stderr).
 
-Names: ``notify``, ``claims``, ``dispatch``, ``replay`` (``simulate`` is its former name). The HTTP
-benchmarks (notify, claims) need ``BENCH_DATABASE_URL``; without it they say so and are skipped.
+Names: ``notify``, ``claims``, ``dispatch``, ``replay`` (``simulate`` is its former name), ``balance``, ``risk``,
+``report``. Those on PostgreSQL (notify, claims, dispatch, report) need ``BENCH_DATABASE_URL``; without it they say
+so and are skipped. ``python -m bench.gunicorn_sweep`` and ``python -m bench.instructions`` are run by name only.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ def modules(only: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        names = ", ".join(n.removesuffix("_bench") for n in modules([]))
+        print(f"\nbenchmarks here: {names}")
+        return 0
     found = modules(argv)
     if not found:
         print(f"no benchmark matches {argv}", file=sys.stderr)

@@ -460,8 +460,8 @@ SETTINGS: tuple[Setting, ...] = (
         "INSIGHTS_ROLLUP_SECONDS",
         300,
         _int_at_least(10),
-        doc="How often the jobs rebuild the reports' daily rollups of the days not final yet (today, and "
-        "yesterday until it is final); reports are this fresh. `make run` uses 30.",
+        doc="How often the jobs rebuild the reports' daily rollups of the days not final yet (today and the two "
+        "days before it, and days never built); reports are this fresh. `make run` uses 30.",
     ),
     # WeChat message push (`/wechat/oa/push`, `/wechat/mp/push`)
     Setting(

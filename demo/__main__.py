@@ -233,7 +233,7 @@ class Walkthrough:
 
     def wait_for_transfer(self, alice: str, order_id: int) -> dict:
         payout, waited = wait_for(
-            "the dispatcher (`flask jobs run`, or make run's in-process scheduler, every 10 s) to send the transfer",
+            "the dispatcher (`flask jobs run`, or make run's in-process scheduler, every 2 s) to send the transfer",
             lambda: self.payout_of(alice, order_id),
             lambda p: p is not None and p["status"] == "waiting_user_confirm",
             self.timeout_s,
