@@ -115,7 +115,8 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
         mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}")
         _retry_after_failure(payout, payout.rail, "definitive failure", settings)
     elif o == Outcome.CANCELLED:  # cancelled by an operator, or never sent: the money goes back to its source
-        mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}")
+        why = result.message or "cancelled before it reached you"  # the person reads it: WeChat's may say nothing
+        mark_returned(payout, S.CANCELLED, now, f"{result.code}: {why}")
     elif o == Outcome.REFUSED:
         _refused(payout, result, now)
     elif o == Outcome.MISMATCH:

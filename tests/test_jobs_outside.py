@@ -470,3 +470,13 @@ def test_a_job_meeting_a_busy_database_is_a_warning_not_a_failure(app, caplog):
     by_message = {r.getMessage(): r for r in caplog.records}
     assert by_message["job deferred: database busy"].levelno == logging.WARNING
     assert by_message["job failed"].levelno == logging.ERROR and by_message["job failed"].exc_info
+
+
+def test_a_payout_cancelled_with_no_words_from_wechat_tells_the_person_why_in_words(funded_payout):
+    """WeChat's cancellation of a bill may come with no message: the person's payout list read "CANCELLED: "."""
+    payout, _ = funded_payout()
+    rail = Counting(lambda _: RailResult(Outcome.CANCELLED, "CANCELLED", ""))
+    dispatch_backlog({rail.name: rail}, settings=settings())
+    db.session.expire_all()
+    done = db.session.get(Payout, payout.id)
+    assert (done.status, done.last_error) == ("cancelled", "CANCELLED: cancelled before it reached you")
