@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select
 
-from jobs.payouts import job_context
+from jobs.payouts import job_context, row_failed
 from models import Campaign, CampaignStatus, Operator, OperatorRole, db, unit_of_work, utcnow
 from models.operators import Actor
 from rebate import ban_ops, campaign_ops
@@ -107,11 +107,33 @@ def spike_job() -> Counter:
     return run_spikes(utcnow(), spike_settings(job_context().config))
 
 
+EXPIRED_BANS_BATCH = 500
+
+
+def lift_expired_bans(now: datetime, batch: int = EXPIRED_BANS_BATCH) -> Counter:
+    """Every ban past its end lifted in its own transaction: one whose lift fails is rolled back, logged and alerted
+    once (``ban_lift_failed``), and the others are lifted all the same (it is tried again on the next run)."""
+    outcomes: Counter = Counter(lifted=0)
+    after = 0
+    while True:
+        with unit_of_work():
+            due = ban_ops.expired_ban_ids(now, batch, after)
+        for ban_id in due:
+            try:
+                with unit_of_work():
+                    outcomes["lifted"] += ban_ops.lift_expired(ban_id, now)
+            except Exception as exc:  # one ban that cannot be lifted must not keep the others in force
+                row_failed("ban_lift_failed", "ban", ban_id, exc)
+                outcomes["error"] += 1
+        if len(due) < batch:
+            return outcomes
+        after = due[-1]
+
+
 def lift_expired_bans_job() -> Counter:
     """Bans past their end are lifted and their effects undone (a person active again, a merchant no longer
-    suspended); several nodes at once lift each ban once (under its row lock)."""
-    with unit_of_work():
-        return Counter(lifted=ban_ops.lift_expired_bans(utcnow()))
+    suspended), each ban in its own transaction; several nodes at once lift each ban once (under its row lock)."""
+    return lift_expired_bans(utcnow())
 
 
 def purge_behaviour_events_job() -> Counter:

@@ -359,15 +359,31 @@ def _undo(ban: Ban, owner: User | Merchant | None, now: datetime) -> None:
         owner.status = "active"
 
 
+def expired_ban_ids(now: datetime, limit: int, after: int = 0) -> list[int]:
+    """Ids of bans past their end and not yet lifted, above ``after``, oldest first (at most ``limit``)."""
+    return list(
+        db.session.execute(
+            select(Ban.id)
+            .where(Ban.id > after, Ban.lifted_at.is_(None), Ban.ends_at.is_not(None), Ban.ends_at <= now)
+            .order_by(Ban.id)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def lift_expired(ban_id: int, now: datetime) -> bool:
+    """Lift one ban past its end ("expired") and undo its effects; whether this call lifted it (lifted meanwhile,
+    or not past its end after all: nothing done)."""
+    ban = _get(ban_id)
+    if ban.lifted_at is not None or ban.ends_at is None or ban.ends_at > now:
+        return False
+    return _lift(ban_id, now, f"expired at {ban.ends_at:%Y-%m-%d %H:%M} UTC", None)[1]
+
+
 def lift_expired_bans(now: datetime, limit: int = 500) -> int:
-    """Bans past their end are marked lifted ("expired") and their effects undone; how many (for a job)."""
-    due = db.session.execute(
-        select(Ban.id, Ban.ends_at)
-        .where(Ban.lifted_at.is_(None), Ban.ends_at.is_not(None), Ban.ends_at <= now)
-        .order_by(Ban.id)
-        .limit(limit)
-    ).all()
-    return sum(_lift(ban_id, now, f"expired at {ends_at:%Y-%m-%d %H:%M} UTC", None)[1] for ban_id, ends_at in due)
+    """Bans past their end are marked lifted ("expired") and their effects undone, in the caller's transaction; how
+    many. (The job lifts each in its own transaction: ``jobs.risk.lift_expired_bans_job``.)"""
+    return sum(lift_expired(ban_id, now) for ban_id in expired_ban_ids(now, limit))
 
 
 def list_bans(subject: str | None, value: str | None, active: bool | None, now: datetime, limit: int, offset: int):

@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy import String, and_, bindparam, exists, or_, select
 
 from models import Ban, BanSubject, ReviewCase, db
-from risk.net import net_of
+from risk.net import address_of, net_of
 
 
 def subjects(
@@ -32,6 +32,7 @@ def subjects(
     if device:
         pairs.append(("device", device))
     if ip:
+        ip = address_of(ip) or ip
         pairs.append(("net", ip))
         net = net_of(ip)
         if net and net != ip:
@@ -85,10 +86,10 @@ def normalise_net(value: str) -> str:
     claims look up), or a single address written as /32 or /128."""
     text = value.strip()
     if "/" not in text:
-        return str(ipaddress.ip_address(text))
+        return address_of(text) or str(ipaddress.ip_address(text))
     network = ipaddress.ip_network(text, strict=False)
     if network.prefixlen == network.max_prefixlen:
-        return str(network.network_address)
+        return address_of(str(network.network_address))
     wanted = 24 if network.version == 4 else 48
     if network.prefixlen != wanted:
         raise ValueError(
@@ -118,7 +119,7 @@ def banned_column():
 
 def ban_params(device: str | None, ip: str | None, now: datetime) -> dict:
     """The values ``banned_column`` is bound with for a claim from ``device`` at address ``ip``."""
-    return {"ban_device": device, "ban_ip": ip, "ban_net": net_of(ip), "ban_now": now}
+    return {"ban_device": device, "ban_ip": address_of(ip) or ip, "ban_net": net_of(ip), "ban_now": now}
 
 
 def refused_by(bans: Iterable[Ban], buyer_id: int) -> dict[tuple[str, int], str]:

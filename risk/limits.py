@@ -33,6 +33,7 @@ from models.base import beijing, next_beijing_midnight
 from models.limits import ClaimRefusal, LimitCounter
 from models.sql import WRITES
 from risk.bans import active_bans, subjects
+from risk.net import limit_key
 
 ALL_TIME = "-"
 
@@ -147,7 +148,9 @@ def take_device_token_slot(ip: str, per_day: int, now: datetime) -> None:
     """Device tokens are handed out sparingly per network address, so fresh ones cannot reset a device limit."""
     day = beijing(now).date().isoformat()
     what = f"at most {per_day} new device tokens a day from one network address"
-    take_or_refuse([Slot(f"devices:ip-day:{ip}", day, "device_tokens", what, _until_midnight(now), limit=per_day)], now)
+    take_or_refuse(
+        [Slot(f"devices:ip-day:{limit_key(ip)}", day, "device_tokens", what, _until_midnight(now), limit=per_day)], now
+    )
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,7 @@ class Claimant:
 
 def _kinds(limits: PlatformLimits, claimant: Claimant):
     return (
-        ("ip", claimant.ip, limits.ip_per_day, limits.ip_interval_seconds, "network address"),
+        ("ip", limit_key(claimant.ip), limits.ip_per_day, limits.ip_interval_seconds, "network address"),
         ("device", claimant.device, limits.device_per_day, limits.device_interval_seconds, "device"),
         ("person", claimant.person_id, limits.person_per_day, limits.person_interval_seconds, "person"),
     )
@@ -376,7 +379,7 @@ def campaign_slots(limits: ClaimLimits, *, campaign_id: int, claimant: Claimant,
     day = beijing(now).date().isoformat()
     until_midnight = _until_midnight(now)
     scope = f"c{campaign_id}"
-    person_id, ip = claimant.person_id, claimant.ip
+    person_id, ip = claimant.person_id, limit_key(claimant.ip)
     slots = []
     if limits.per_person is not None:
         slots.append(

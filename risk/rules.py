@@ -14,6 +14,7 @@ use it); ``decide`` evaluates; ``effective_rules`` merges a campaign's overrides
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 import time
@@ -21,8 +22,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from models import RiskRuleSet, RuleSetStatus, db
+from models import RiskRuleSet, RuleSetStatus, alert_once, db
 from risk.catalogue import FEATURES, FIELDS
+
+log = logging.getLogger(__name__)
 
 ACTIONS = ("allow", "block", "review")
 OPS = ("<", "<=", ">", ">=", "==", "!=")
@@ -176,13 +179,20 @@ def _parse_condition(raw: object, where: str) -> tuple[str, str, float | bool]:
     if kind == "bool":
         if not isinstance(value, bool) or op not in ("==", "!="):
             raise RulesError(f"{where}: {field} is true or false, compared with == or !=")
-    elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    elif isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
         raise RulesError(f"{where}: {field} is compared with a number")
     elif kind == "ratio" and not 0 <= value <= 1:
         raise RulesError(f"{where}: {field} is a ratio from 0 to 1")
     elif field == "score" and not 0 <= value <= 100:
         raise RulesError(f"{where}: score is 0 to 100")
     return field, op, value
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float: no feature is ever that large
+        return False
 
 
 def effective_rules(platform: tuple[Rule, ...], overrides: tuple[Rule, ...] = ()) -> tuple[Rule, ...]:
@@ -262,9 +272,37 @@ def _active_sets() -> dict[str, tuple[Rule, ...]]:
     rows = db.session.execute(
         select(RiskRuleSet.scope, RiskRuleSet.rules).where(RiskRuleSet.status == RuleSetStatus.ACTIVE)
     ).all()
-    sets = {scope: parse_rules(raw, overrides=scope != platform_scope()) for scope, raw in rows}
+    sets = {scope: readable_rules(scope, raw) for scope, raw in rows}
+    for scope in sorted(scope for scope, rules in sets.items() if rules == (UNREADABLE_RULE,)):
+        # in the payment's transaction: an operator told once (while the alert is open), with the payment
+        alert_once(
+            "risk_rules_unreadable",
+            scope,
+            text=f"the active risk rules of {scope} cannot be read: every order they decide is held for review "
+            "until readable rules are activated",
+        )
     _cache.update(at=time.monotonic(), engine=engine, sets=sets)
     return sets
+
+
+# What a scope's active rules become when they cannot be read (stored before a field was renamed or a bound
+# tightened, or written to the table by hand): the payment goes on and the scope's orders are held for review, so
+# nothing is paid that those rules might have held; the payment that finds them raises an alert
+# (``risk_rules_unreadable``, once while open) and every process logs it at each reload until an admin activates
+# readable rules.
+UNREADABLE_RULE = Rule("active_rules_unreadable", "review", (("score", ">=", 0),))
+
+
+def readable_rules(scope: str, raw: object) -> tuple[Rule, ...]:
+    try:
+        return parse_rules(raw, overrides=scope != platform_scope())
+    except (RulesError, TypeError, ValueError) as exc:
+        log.error(
+            "active risk rules of %s cannot be read: every order they decide is held for review",
+            scope,
+            extra={"scope": scope, "error": str(exc)},
+        )
+        return (UNREADABLE_RULE,)
 
 
 def rules_for(campaign_ids) -> dict[int | None, tuple[Rule, ...]]:

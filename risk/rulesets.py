@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from models import Campaign, RiskRuleSet, RuleSetStatus, db, utcnow
 from models.operators import Actor, audit
-from risk.rules import Rule, campaign_scope, forget_rules, parse_rules, parse_scope, platform_scope
+from risk.rules import Rule, campaign_scope, forget_rules, parse_rules, parse_scope, platform_scope, readable_rules
 
 CREATE_ATTEMPTS = 3  # a version number taken by a concurrent create is taken again, this many times
 
@@ -209,10 +209,9 @@ def active_rule_sets() -> dict[str, RiskRuleSet]:
 
 
 def active_rules_now() -> dict[str, tuple[Rule, ...]]:
-    """Every scope's active rules, parsed, read now."""
-    return {
-        scope: parse_rules(rs.rules, overrides=scope != platform_scope()) for scope, rs in active_rule_sets().items()
-    }
+    """Every scope's active rules, parsed, read now (rules that cannot be read: as payments decide with them,
+    ``risk.rules.readable_rules``)."""
+    return {scope: readable_rules(scope, rs.rules) for scope, rs in active_rule_sets().items()}
 
 
 __all__ = [

@@ -1,7 +1,8 @@
 """Spike alerts: each campaign's and merchant's hourly claims, redemptions and rebates against their own baseline.
 
 Keys (``spike_baselines.key``): ``campaign:<id>:<metric>`` and ``merchant:<id>:<metric>``, metric one of
-``claims`` (``red_packets.claimed_at``; a packet's merchant is where it is spent, else its issuer),
+``claims`` (``red_packets.claimed_at``; a packet's merchant is where it is spent, else its issuer; not the
+packets an audience run issues, ``PUSHED_SOURCES``: an operator's batch, audited, is no burst of people claiming),
 ``redemptions`` (``red_packets.used_at``, at the order's merchant), ``rebates`` (rebates created with
 ``original_fen > 0``, at the order's merchant) and ``rebate_fen`` (their sum). Counts are read per whole
 hour with one GROUP BY per metric over the hours to fold.
@@ -41,6 +42,8 @@ HOUR = timedelta(hours=1)
 GUARD = "_all"
 METRICS = ("claims", "redemptions", "rebates", "rebate_fen")
 QUIET = 0.01  # a baseline mean and variance below this: folding an empty hour changes nothing
+# Packets no person claimed: an audience run's batch (``rebate.audiences.SOURCE``), thousands in minutes by design.
+PUSHED_SOURCES = ("audience",)
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def hourly_counts(start: datetime, end: datetime) -> dict[str, dict[datetime, in
     where_merchant = func.coalesce(RedPacket.merchant_id, RedPacket.issuer_merchant_id)
     for campaign_id, merchant_id, bucket, n in db.session.execute(
         select(RedPacket.campaign_id, where_merchant, claimed, func.count())
-        .where(RedPacket.claimed_at >= start, RedPacket.claimed_at < end)
+        .where(RedPacket.claimed_at >= start, RedPacket.claimed_at < end, RedPacket.source.not_in(PUSHED_SOURCES))
         .group_by(RedPacket.campaign_id, where_merchant, claimed)
     ):
         add(campaign_id, merchant_id, "claims", bucket, n)
