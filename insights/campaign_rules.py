@@ -42,6 +42,7 @@ from models.triggers import Trigger, TriggerError, TriggerKind
 from money import format_yuan
 from rebate.campaigns import merchant_of, rules_of
 from rebate.errors import NotFound
+from rebate.packets import top_face_fen
 from rebate.rules import Form, RoleRule, RuleSet
 from risk.limits import ClaimLimits, ClaimLimitsError, PlatformLimits
 
@@ -57,7 +58,14 @@ STATUS_WORDS = {
 }
 
 
-def _status_words(campaign) -> str:
+def _status_words(campaign, now: datetime | None = None) -> str:
+    """The status as a buyer meets it at ``now``: a campaign past its end date is over and one before its start has
+    not begun, whatever its status says (``rebate.campaigns.is_running``: neither issues nor pays)."""
+    if now is not None and campaign.status != CampaignStatus.ENDED:
+        if campaign.ends_at is not None and now >= campaign.ends_at:
+            return f"已结束 (ended: its end date, {_when(campaign.ends_at)} Beijing time, has passed)"
+        if campaign.status == CampaignStatus.ACTIVE and campaign.starts_at is not None and now < campaign.starts_at:
+            return f"未开始 (not started yet: it starts {_when(campaign.starts_at)} Beijing time)"
     if campaign.status == CampaignStatus.PAUSED and campaign.paused_for_deposit:
         return DEPOSIT_PAUSE_WORDS
     return STATUS_WORDS[CampaignStatus(campaign.status)]
@@ -144,7 +152,7 @@ def campaign_rules(
         "id": campaign.id,
         "name": campaign.name,
         "status": campaign.status,
-        "status_words": _status_words(campaign),
+        "status_words": _status_words(campaign, now),
         "organiser": _party(campaign.issuer_type, campaign.issuer_merchant_id, platform_name),
         "funder": {
             **_party(_funder_party(campaign.funder_type), campaign.funder_merchant_id, platform_name),
@@ -239,12 +247,18 @@ def _dates(campaign: Campaign) -> dict:
     }
 
 
+def _issues_packets(campaign: Campaign) -> bool:
+    """Whether the campaign issues packets: a face value, or tiers alone (``rebate.packets.top_face_fen``)."""
+    return top_face_fen(campaign) > 0
+
+
 def _packet(campaign: Campaign) -> dict | None:
-    if campaign.packet_amount_fen is None:
+    if not _issues_packets(campaign):
         return None
     fixed = campaign.packet_valid_from is not None or campaign.packet_valid_until is not None
+    face = campaign.packet_amount_fen if campaign.packet_amount_fen is not None else top_face_fen(campaign)
     return {
-        "face_value": money(campaign.packet_amount_fen),
+        "face_value": money(face),
         "tiers": [
             {"min_spend": money(t["min_spend_fen"]), "face_value": money(t["amount_fen"])}
             for t in campaign.packet_tiers or []
@@ -283,6 +297,8 @@ def _role(rule: RoleRule) -> dict:
         f"{ROLE_WORDS[rule.role]}: {percent(rule.rate_bps)} of {BASE_WORDS[rule.base]}"
         + (f", at most {format_yuan(rule.cap_fen)} yuan per order" if rule.cap_fen is not None else "")
         + (f", on orders from {format_yuan(rule.min_order_fen)} yuan" if rule.min_order_fen else "")
+        + _tier_words(rule)
+        + _window_words(rule)
         + _category_words(rule)
         + f", paid as {FORM_WORDS[rule.form]}"
         + _choice_words(rule)
@@ -321,6 +337,29 @@ def _role(rule: RoleRule) -> dict:
         },
         "words": words + ".",
     }
+
+
+def _tier_words(rule: RoleRule) -> str:
+    """``"; from 100.00 yuan: 10%"``: the rate the tier reached replaces the whole-order rate (``rebate.rules``)."""
+    if not rule.tiers:
+        return ""
+    tiers = "; ".join(
+        f"from {format_yuan(t.min_order_fen)} yuan: {percent(t.rate_bps)}"
+        for t in sorted(rule.tiers, key=lambda t: t.min_order_fen)
+    )
+    return f" ({tiers}, the highest tier the order reaches)"
+
+
+def _window_words(rule: RoleRule) -> str:
+    """``"; ×200% from … to … (Beijing time)"``: every rate multiplied in a window (the first listed, where two
+    overlap)."""
+    if not rule.windows:
+        return ""
+    windows = "; ".join(
+        f"×{percent(w.factor_bps)} from {_when(w.starts_at)} to {_when(w.ends_at)}" for w in rule.windows
+    )
+    overlap = ", the first listed where they overlap" if len(rule.windows) > 1 else ""
+    return f" (rates multiplied {windows}, Beijing time{overlap})"
 
 
 def _category_words(rule: RoleRule) -> str:
@@ -442,7 +481,7 @@ def _restrictions(campaign: Campaign, limits: dict) -> dict:
             "words": f"仅限通过 {' / '.join(named)} 领取和使用 (only through these channels)",
         }
     merchant_ids = list(dict.fromkeys(m for m in (campaign.packet_merchant_id, merchant_of(campaign)) if m))
-    if merchant_ids and campaign.packet_amount_fen is not None:
+    if merchant_ids and _issues_packets(campaign):
         names = [merchant_name(m) or "?" for m in merchant_ids]
         out["merchants"] = {
             "merchants": [{"merchant_id": m, "name": n} for m, n in zip(merchant_ids, names, strict=True)],
@@ -450,7 +489,7 @@ def _restrictions(campaign: Campaign, limits: dict) -> dict:
             f"{' and '.join(names)})",
         }
     products = [p for p in campaign.packet_products or [] if isinstance(p, int) and not isinstance(p, bool)]
-    if products and campaign.packet_amount_fen is not None:
+    if products and _issues_packets(campaign):
         found = dict(db.session.execute(select(Product.id, Product.name).where(Product.id.in_(products))).all())
         named = [{"product_id": p, "name": found.get(p, f"#{p}")} for p in products]
         out["products"] = {
@@ -459,7 +498,7 @@ def _restrictions(campaign: Campaign, limits: dict) -> dict:
             "products; the minimum spend counts them only)",
         }
     categories = list(campaign.packet_categories or [])
-    if categories and campaign.packet_amount_fen is not None:
+    if categories and _issues_packets(campaign):
         out["categories"] = {
             "categories": categories,
             "words": f"红包仅抵扣这些品类 {'、'.join(map(str, categories))} (the packet only covers these categories; "

@@ -26,6 +26,7 @@ from models.limits import LimitCounter
 from models.operators import Actor, audit
 from models.sql import WRITES
 from models.triggers import PLATFORM_WIDE, Trigger
+from money import format_yuan
 from rebate.campaigns import rules_of
 from rebate.deposits import deposit_funded, held_in_deposit, lock_deposits
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
@@ -35,7 +36,7 @@ from rebate.fund_flow import (
     refuse_foreign_discount,
     refuse_pooling_forms,
 )
-from rebate.packets import generate_batch, refuse_user_stake, revoke_packet
+from rebate.packets import generate_batch, refuse_user_stake, revoke_packet, top_face_fen
 from rebate.rules import RuleSet, parse_rules, rules_json
 from rebate.scope import visible_campaign, visible_merchant
 from risk import ClaimLimits
@@ -113,7 +114,27 @@ def _checked(actor: Actor, fields: Mapping, rules: dict) -> tuple[dict, RuleSet]
     columns = typed_columns(fields)
     check_platform_only(actor, rules.get("applies_to", "packet"), columns["trigger"]["kind"])
     _check_parties(actor, columns)
-    return columns, parse_rules(rules, budgeted=columns.get("budget_limit_fen") is not None)
+    parsed = parse_rules(rules, budgeted=columns.get("budget_limit_fen") is not None)
+    faces = [columns.get("packet_amount_fen") or 0, *(t["amount_fen"] for t in columns.get("packet_tiers") or [])]
+    _check_one_packet_fits(columns.get("budget_limit_fen"), max(faces), parsed)
+    return columns, parsed
+
+
+def _check_one_packet_fits(budget_limit_fen: int | None, face_fen: int, rules: RuleSet) -> None:
+    """A claim reserves the packet's face value and the largest rebate it can trigger (every role's cap): a budget
+    that cannot hold one such reservation issues no packet at all (every claim 409 ``budget_exhausted`` while the
+    budget is untouched), so it is refused here, naming the fields to change (422 ``budget_below_one_packet``)."""
+    if budget_limit_fen is None or not face_fen:
+        return  # no budget, or no packets: rebates are committed per order as they fit
+    reservation = face_fen + (rules.max_award_fen() or 0)
+    if reservation > budget_limit_fen:
+        raise Invalid(
+            f"budget_limit_fen: {format_yuan(budget_limit_fen)} yuan cannot hold one packet's reservation of "
+            f"{format_yuan(reservation)} yuan (its face value {format_yuan(face_fen)} and the roles' cap_fen "
+            f"{format_yuan(reservation - face_fen)}): no packet could ever be claimed; raise budget_limit_fen "
+            "or lower the packet's face value or the rules' cap_fen",
+            code="budget_below_one_packet",
+        )
 
 
 def check_campaign(actor: Actor, fields: Mapping, rules: dict) -> RuleSet:
@@ -148,6 +169,7 @@ def replace_rules(actor: Actor, campaign_id: int, rules: dict, reason: str) -> C
     campaign = _changeable(actor, campaign_id)
     check_platform_only(actor, rules.get("applies_to", "packet"), None)
     parsed = parse_rules(rules, budgeted=campaign.budget_limit_fen is not None)
+    _check_one_packet_fits(campaign.budget_limit_fen, top_face_fen(campaign), parsed)
     if campaign.funded_from_sales:
         refuse_pooling_forms(campaign, parsed)
     stored = rules_json(parsed)
@@ -195,6 +217,18 @@ def refuse_suspended_merchants(merchant_ids) -> None:
         )
 
 
+def _refuse_over(campaign: Campaign, now: datetime) -> None:
+    """A campaign past its ``ends_at`` issues and pays nothing (``rebate.campaigns.is_running``): activated, it would
+    answer 200 "active" and then refuse every claim, so it is refused (409 ``campaign_over``) until a later end is
+    set."""
+    if campaign.ends_at is not None and now >= campaign.ends_at:
+        raise StateConflict(
+            f"campaign {campaign.id} ended on {campaign.ends_at.isoformat()} (ends_at): it would issue and pay "
+            "nothing; set a later ends_at first",
+            code="campaign_over",
+        )
+
+
 def _merchants_of(campaign: Campaign) -> tuple:
     return campaign.issuer_merchant_id, campaign.funder_merchant_id, campaign.packet_merchant_id
 
@@ -209,8 +243,14 @@ def transition(actor: Actor, campaign_id: int, action: str, reason: str, *, serv
     refuse_user_stake(campaign)
     _check_platform_only_campaign(actor, campaign)
     sources, target = TRANSITIONS[action]
-    # paused for its deposit, it still awards its packets out: an operator's pause stops that too
-    again = action == "pause" and campaign.status == CampaignStatus.PAUSED and campaign.paused_for_deposit
+    # paused for its deposit, it still awards its packets out: an operator's pause stops that too; paused by its
+    # merchant's staff, the merchant may resume it: a platform operator's pause makes it the platform's to undo
+    platform_over_merchant = actor.merchant_scope is None and not campaign.paused_by_platform
+    again = (
+        action == "pause"
+        and campaign.status == CampaignStatus.PAUSED
+        and (campaign.paused_for_deposit or platform_over_merchant)
+    )
     if campaign.status not in sources and not again:
         raise StateConflict(f"a {campaign.status} campaign cannot {action}", code="campaign_state")
     if target == CampaignStatus.ACTIVE and service_provider:
@@ -225,6 +265,7 @@ def transition(actor: Actor, campaign_id: int, action: str, reason: str, *, serv
             kind="forbidden",
         )
     if target == CampaignStatus.ACTIVE:
+        _refuse_over(campaign, utcnow())
         refuse_suspended_merchants(_merchants_of(campaign))
         check_deposit(campaign)
     campaign.status, campaign.paused_for_deposit = target, False

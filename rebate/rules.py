@@ -327,11 +327,16 @@ def parse_rules(data: dict, *, budgeted: bool) -> RuleSet:
         raise RuleError(f"applies_to must be one of {APPLIES_TO}")
     raw_roles = data.get("roles")
     if not isinstance(raw_roles, list) or not raw_roles:
-        raise RuleError("rules need at least one role")
+        raise RuleError("roles: rules need at least one role")
     _check_shape(data, RULES_SCHEMA, "")
-    roles = tuple(_parse_role(r, budgeted) for r in raw_roles)
-    if len({r.role for r in roles}) != len(roles):
-        raise RuleError("each role may appear once")
+    roles = tuple(_parse_role_at(i, r, budgeted) for i, r in enumerate(raw_roles))
+    seen: dict[str, int] = {}
+    for i, rule in enumerate(roles):
+        if rule.role in seen:
+            raise RuleError(
+                f"roles[{i}].role: {rule.role} appears twice (roles[{seen[rule.role]}] too): each role may appear once"
+            )
+        seen[rule.role] = i
     _refuse_overpaying(roles)
     days = {k: _int(data, k, low=1, high=3650) for k in ("referral_days", "attribution_days")}
     return RuleSet(roles=roles, applies_to=applies_to, **days)
@@ -353,7 +358,7 @@ def _refuse_overpaying(roles: tuple[RoleRule, ...]) -> None:
     total = sum(_max_rate_bps(r) for r in roles)
     if total > 10_000:
         raise RuleError(
-            f"at their highest (tiers × multiplier windows) the rules pay {total / 100:g}% of the "
+            f"roles: at their highest (tiers × multiplier windows) the rules pay {total / 100:g}% of the "
             "order, more than the order itself"
         )
 
@@ -371,6 +376,24 @@ def _int(raw: dict, key: str, default=None, *, low=0, high=10**13):
     return value
 
 
+def _parse_role_at(index: int, raw: dict, budgeted: bool) -> RoleRule:
+    """``_parse_role``, its refusal naming the field: ``roles[1].tiers: …`` (a message naming its own path
+    ``roles[…]`` already, as the shape's do, is kept as it is)."""
+    try:
+        return _parse_role(raw, budgeted)
+    except RuleError as exc:
+        words = str(exc)
+        if words.startswith("roles["):
+            raise
+        role = raw.get("role") if isinstance(raw, dict) else None
+        if isinstance(role, str) and words.startswith(f"{role}: "):  # "consumer: form must be …"
+            words = words.removeprefix(f"{role}: ")
+        field = re.match(r"[a-z_]+", words)
+        if field is not None and field.group(0) in RULES_SCHEMA["properties"]["roles"]["items"]["properties"]:
+            raise RuleError(f"roles[{index}].{words}") from None
+        raise RuleError(f"roles[{index}]: {words}") from None
+
+
 def _parse_role(raw: dict, budgeted: bool) -> RoleRule:
     if not isinstance(raw, dict):
         raise RuleError("each role rule must be an object")
@@ -382,10 +405,12 @@ def _parse_role(raw: dict, budgeted: bool) -> RoleRule:
     if base not in BASES:
         raise RuleError(f"{role}: base must be one of {BASES}")
     if form == Form.MERCHANT_CREDIT and role != "issuer":
-        raise RuleError(f"{role}: merchant_credit is for a merchant issuer only")
+        raise RuleError(f"{role}: form: merchant_credit is for a merchant issuer only")
     cap = _int(raw, "cap_fen", low=1)
     if budgeted and cap is None:
-        raise RuleError(f"{role}: a rule in a budgeted campaign needs cap_fen, or the budget cannot be reserved")
+        raise RuleError(
+            f"{role}: cap_fen: a rule in a budgeted campaign needs cap_fen, or the budget cannot be reserved"
+        )
     forms = _parse_forms(role, Form(form), raw.get("forms"))
     return RoleRule(
         role=role,
@@ -418,7 +443,7 @@ def _parse_forms(role: str, default: Form, raw) -> tuple[Form, ...] | None:
     if default not in raw:
         raise RuleError(f"{role}: forms must include the default form {default}")
     if Form.MERCHANT_CREDIT in raw and (role != "issuer" or len(raw) > 1):
-        raise RuleError(f"{role}: merchant_credit is a merchant issuer's only form, not one to choose")
+        raise RuleError(f"{role}: forms: merchant_credit is a merchant issuer's only form, not one to choose")
     return tuple(Form(f) for f in raw) if len(raw) > 1 else None
 
 
@@ -462,7 +487,7 @@ def _parse_tiers(raw) -> tuple[Tier, ...]:
         raise RuleError("tiers must be a list")
     tiers = tuple(Tier(_int(t, "min_order_fen", 0), _int(t, "rate_bps", 0, high=10_000)) for t in raw)
     if len({t.min_order_fen for t in tiers}) != len(tiers):
-        raise RuleError("two tiers start at the same amount")
+        raise RuleError("tiers: two tiers start at the same amount")
     return tiers
 
 
@@ -470,13 +495,13 @@ def _parse_windows(raw) -> tuple[Window, ...]:
     if not isinstance(raw, list):
         raise RuleError("windows must be a list")
     windows = []
-    for w in raw:
+    for k, w in enumerate(raw):
         try:
             starts, ends = datetime.fromisoformat(w["starts_at"]), datetime.fromisoformat(w["ends_at"])
         except (KeyError, TypeError, ValueError):
-            raise RuleError("a window needs ISO-8601 starts_at and ends_at with a UTC offset") from None
+            raise RuleError(f"windows[{k}]: a window needs ISO-8601 starts_at and ends_at with a UTC offset") from None
         if starts.tzinfo is None or ends.tzinfo is None or ends <= starts:
-            raise RuleError("a window needs timezone-aware starts_at before ends_at")
+            raise RuleError(f"windows[{k}]: a window needs timezone-aware starts_at before ends_at")
         windows.append(Window(starts, ends, _int(w, "factor_bps", 20_000, low=10_000, high=50_000)))
     return tuple(windows)
 
