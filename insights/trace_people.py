@@ -51,9 +51,12 @@ def trace_user(user: User, words: Words, *, limit: int = 20, merchant_id: int | 
     lines += [f"Red packet #{p.id} of {yuan(p.amount_fen)} (campaign #{p.campaign_id}): {p.status}." for p in packets]
     lines += [_on_order(d) for d in decisions]
     lines += [f"Owes back {yuan(r['outstanding_fen'])} of {r['kind']} after refunds." for r in receivables]
-    refusals = _claim_refusals(user.id, merchant_id, limit)
+    refusals = [
+        (r, *_refusal_shown(r, staff=merchant_id is not None)) for r in _claim_refusals(user.id, merchant_id, limit)
+    ]
     lines += [
-        f"Claim from campaign #{r.campaign_id} refused {when(r.created_at)}: limit hit — {r.message}." for r in refusals
+        f"Claim from campaign #{r.campaign_id} refused {when(r.created_at)}: limit hit — {message}."
+        for r, _, message in refusals
     ]
     return {
         "user": {
@@ -71,11 +74,21 @@ def trace_user(user: User, words: Words, *, limit: int = 20, merchant_id: int | 
         "rebates": decisions,
         "receivables": receivables,
         "claim_refusals": [
-            {"campaign_id": r.campaign_id, "code": r.code, "message": r.message, "at": _iso(r.created_at)}
-            for r in refusals
+            {"campaign_id": r.campaign_id, "code": code, "message": message, "at": _iso(r.created_at)}
+            for r, code, message in refusals
         ],
         "lines": lines,
     }
+
+
+# a claim refused by a ban, as a merchant's staff read it: never that a ban exists, nor of what (README, "never why")
+STAFF_REFUSALS = {"banned": ("not_eligible", "refused by the platform's checks")}
+
+
+def _refusal_shown(refusal: ClaimRefusal, *, staff: bool) -> tuple[str, str]:
+    if staff and refusal.code in STAFF_REFUSALS:
+        return STAFF_REFUSALS[refusal.code]
+    return refusal.code, refusal.message
 
 
 def _claim_refusals(user_id: int, merchant_id: int | None, limit: int) -> list[ClaimRefusal]:

@@ -230,33 +230,44 @@ def test_an_audience_run_issuing_a_batch_does_not_auto_pause_its_campaign_as_a_c
     assert AUDIENCE_SOURCE in getattr(spikes, "PUSHED_SOURCES", ())  # the two names of one source agree
 
 
-# NEEDS-LEAD: merchant staff learn from a person's trace that their device or network is banned. The fix is in
-# insights/trace_people.py (not this helper's): for merchant staff (merchant_id set), a kept claim refusal of code
-# "banned" must read as e.g. code "not_eligible", message "refused by the platform's checks" (as FOR_STAFF maps a
-# rebate's "beneficiary_banned"), in both "claim_refusals" and the "lines". The test, for when it is fixed:
-#
-# def test_merchant_staff_do_not_learn_from_a_claim_refusal_that_a_device_or_network_is_banned(
-#     client, make_operator, make_user, user_headers, make_campaign, make_merchant
-# ):
-#     merchant = make_merchant()
-#     campaign = make_campaign(
-#         CLAIM_RULES, budget_limit_fen=100_00, packet_amount_fen=1_00, trigger={"kind": "claim"},
-#         claim_limits=NO_CAMPAIGN_LIMITS, issuer_type="merchant", issuer_merchant_id=merchant.id,
-#         funder_type="merchant_deposit", funder_merchant_id=merchant.id,
-#     )
-#     amy = make_user()
-#     product = Product(merchant_id=merchant.id, name="p", category="general", price_fen=100_00)
-#     db.session.add(product)
-#     db.session.commit()
-#     create_order(amy, [LineRequest(product.id, 1)], None, utcnow())  # staff see the people who ordered from them
-#     db.session.commit()
-#     _, admin = make_operator("admin")
-#     body = {"subject": "net", "value": "198.51.100.0/24", "reason": "farm"}
-#     assert client.post("/admin/api/bans", json=body, headers=admin).status_code == 201
-#     path = f"/api/v1/campaigns/{campaign.id}/claim"
-#     refused = client.post(path, headers=user_headers(amy), environ_base={"REMOTE_ADDR": "198.51.100.9"})
-#     assert refused.status_code == 403
-#     _, staff = make_operator("merchant_staff", merchant=merchant)
-#     trace = client.get(f"/admin/api/trace/users/{amy.id}", headers=staff)
-#     assert trace.status_code == 200
-#     assert "ban" not in trace.get_data(as_text=True)  # today: code "banned", "…device or network (ban 1)"
+def test_merchant_staff_do_not_learn_from_a_claim_refusal_that_a_device_or_network_is_banned(
+    client, make_operator, make_user, user_headers, make_campaign, make_merchant
+):
+    merchant = make_merchant()
+    campaign = make_campaign(
+        CLAIM_RULES,
+        budget_limit_fen=100_00,
+        packet_amount_fen=1_00,
+        trigger={"kind": "claim"},
+        claim_limits=NO_CAMPAIGN_LIMITS,
+        issuer_type="merchant",
+        issuer_merchant_id=merchant.id,
+        funder_type="merchant_deposit",
+        funder_merchant_id=merchant.id,
+    )
+    from models import Product
+    from rebate import create_order
+    from rebate.orders import LineRequest
+
+    amy = make_user()
+    product = Product(merchant_id=merchant.id, name="p", category="general", price_fen=100_00)
+    db.session.add(product)
+    db.session.commit()
+    create_order(amy, [LineRequest(product.id, 1)], None, utcnow())  # staff see the people who ordered from them
+    db.session.commit()
+    _, admin = make_operator("admin")
+    body = {"subject": "net", "value": "198.51.100.0/24", "reason": "farm"}
+    assert client.post("/admin/api/bans", json=body, headers=admin).status_code == 201
+    path = f"/api/v1/campaigns/{campaign.id}/claim"
+    refused = client.post(path, headers=user_headers(amy), environ_base={"REMOTE_ADDR": "198.51.100.9"})
+    assert refused.status_code == 403
+    _, staff = make_operator("merchant_staff", merchant=merchant)
+    trace = client.get(f"/admin/api/trace/users/{amy.id}", headers=staff)
+    assert trace.status_code == 200
+    body = trace.get_json()
+    (refusal,) = body["claim_refusals"]
+    assert (refusal["code"], refusal["message"]) == ("not_eligible", "refused by the platform's checks")
+    assert not [line for line in body["lines"] if "ban" in line.lower()], body["lines"]
+    # the platform's own operators still read why
+    (own,) = client.get(f"/admin/api/trace/users/{amy.id}", headers=admin).get_json()["claim_refusals"]
+    assert own["code"] == "banned"
