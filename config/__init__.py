@@ -271,7 +271,8 @@ SETTINGS: tuple[Setting, ...] = (
         5,
         _positive_int,
         doc="Red packets a Beijing day per network address across the whole platform: claims, codes, share "
-        "links, registration, sign-in and referral packets alike (0: off). Campaign limits apply on top.",
+        "links, registration, sign-in and referral packets alike (0: off). A network address is an IPv4 address or "
+        "an IPv6 address's /64. Campaign limits apply on top.",
     ),
     Setting("CLAIM_DEVICE_PER_DAY", 5, _positive_int, doc="The same per device token (0: off)."),
     Setting("CLAIM_PERSON_PER_DAY", 5, _positive_int, doc="The same per person (0: off)."),
