@@ -111,6 +111,8 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
         _return_unconfirmed(payout, S.FAILED, result, now, settings)
     elif o in (Outcome.FAILED, Outcome.CANCELLED) and _left_unconfirmed(payout):
         _return_unconfirmed(payout, S(o), result, now, settings)
+    elif o == Outcome.FAILED and payout.cancel_requested:  # an operator asked to stop it: no new bill
+        mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}; not sent again (cancel asked)")
     elif o == Outcome.FAILED:
         mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}")
         _retry_after_failure(payout, payout.rail, "definitive failure", settings)

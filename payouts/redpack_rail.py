@@ -54,6 +54,11 @@ SEND_OUTCOMES: dict[str, Outcome] = {
     "SIGN_ERROR": Outcome.CONFIG_ERROR,
     "CA_ERROR": Outcome.CONFIG_ERROR,
 }
+# Two more rows of WeChat's sendredpack error table (not in docs/wechat-rules.md §6.1): the daily amounts the merchant
+# sets in its API security settings, for one person (RCVDAMOUNT_LIMIT, 该用户今日领取金额超过限制) and for the
+# merchant (SENDAMOUNT_LIMIT, 您的商户号今日发放金额超过限制). No packet left and both pass with the Beijing day: the
+# same number waits for the next morning, as SENDNUM_LIMIT (as unknown codes: queried, resent, then an operator).
+DAILY_AMOUNT_LIMITS: dict[str, Outcome] = dict.fromkeys(("RCVDAMOUNT_LIMIT", "SENDAMOUNT_LIMIT"), Outcome.DEFER)
 # gethbinfo errors. "Record not found" may mean still processing (docs/wechat-rules.md §6.1): never a failure,
 # and answered by resending the same, re-entrant mch_billno with the identical request (NOT_FOUND).
 QUERY_ERRORS: dict[str, Outcome] = {
@@ -175,7 +180,8 @@ class RedpackRail:
             return odd
         if answer.action is RedpackAction.SUCCEEDED:
             return self._accepted(external_no, request, answer)
-        outcome = SEND_OUTCOMES.get(answer.err_code, Outcome.UNKNOWN) if answer.result_code == "FAIL" else None
+        known = SEND_OUTCOMES.get(answer.err_code) or DAILY_AMOUNT_LIMITS.get(answer.err_code)
+        outcome = (known or Outcome.UNKNOWN) if answer.result_code == "FAIL" else None
         return self._refused(answer, outcome or Outcome.UNKNOWN)
 
     def _accepted(self, external_no: str, request: dict[str, Any], answer: RedpackResult) -> RailResult:

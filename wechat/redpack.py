@@ -42,6 +42,9 @@ ERR_CODE_ACTIONS: dict[str, RedpackAction] = {
     "SECOND_OVER_LIMITED": RedpackAction.RETRY_SAME_NUMBER,
     "DAY_OVER_LIMITED": RedpackAction.RETRY_SAME_NUMBER,
     "SENDNUM_LIMIT": RedpackAction.GIVE_UP_FOR_USER,
+    # the daily amounts set in the merchant's API security settings, per person and per merchant: the next morning
+    "RCVDAMOUNT_LIMIT": RedpackAction.DEFER_UNTIL_8AM,
+    "SENDAMOUNT_LIMIT": RedpackAction.DEFER_UNTIL_8AM,
     "MONEY_LIMIT": RedpackAction.CONFIG_ERROR,
     "SEND_FAILED": RedpackAction.FAILED_NEW_NUMBER_OK,
     "TIME_LIMITED": RedpackAction.DEFER_UNTIL_8AM,
