@@ -312,6 +312,15 @@ SETTINGS: tuple[Setting, ...] = (
         "rail is off.",
     ),
     Setting("WECHAT_CARD_ID", None, doc="Card-package card id for card rebates. Unset: the card rail is off."),
+    Setting(
+        "WECHAT_CARD_FACE_VALUE_FEN",
+        None,
+        _int_at_least(1),
+        doc="What the card of `WECHAT_CARD_ID` is worth, in fen (fixed when the card was made at WeChat): a card "
+        "rebate of another amount falls back (to the campaign's fallback form, else the balance), never offered as a "
+        "card worth something else. Required in live mode with `WECHAT_CARD_ID`; the simulator's card is worth any "
+        "amount when unset.",
+    ),
     Setting("REDPACK_SEND_NAME", "返利红包", doc="Sender name on cash red packets (≤ 32 chars)."),
     Setting("REDPACK_ACT_NAME", "消费返利", doc="Activity name on cash red packets and transfers."),
     Setting("REDPACK_WISHING", "感谢您的支持", doc="Wishing text on cash red packets."),
@@ -933,11 +942,11 @@ def _live_rail_problems(values: dict[str, Any]) -> list[str]:
                 "(the official account and the merchant client certificate of v2 sendredpack)"
             )
     if values.get("WECHAT_CARD_ID"):
-        needs = [n for n in ("WECHAT_OA_APPID", "WECHAT_OA_SECRET") if not values.get(n)]
+        needs = [n for n in ("WECHAT_OA_APPID", "WECHAT_OA_SECRET", "WECHAT_CARD_FACE_VALUE_FEN") if not values.get(n)]
         if needs:
             problems.append(
                 f"card coupons (WECHAT_CARD_ID is set) also need {' and '.join(needs)} "
-                "(the card package belongs to the official account)"
+                "(the card package belongs to the official account; the card's value is fixed at WeChat)"
             )
     return problems
 

@@ -162,6 +162,7 @@ def build_rails(cfg: Mapping[str, Any], wx: Any) -> dict[str, RailAdapter]:
             cfg["WECHAT_CARD_ID"],
             ticket,
             rate_per_second=rates.get(Rail.CARD_COUPON, 50),
+            face_value_fen=cfg.get("WECHAT_CARD_FACE_VALUE_FEN"),
             outer_key=card_key(cfg["SECRET_KEY"]),
         )
     return rails

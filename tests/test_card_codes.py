@@ -434,3 +434,22 @@ def test_two_payouts_of_one_person_recording_one_code_at_once_give_it_to_one(car
     db.session.expire_all()
     carrying = db.session.execute(select(Payout.id).where(Payout.wechat_ref == REAL_CODE)).scalars().all()
     assert len(carrying) == 1 and carrying[0] in results
+
+
+def test_a_card_rebate_of_another_amount_than_the_cards_value_is_never_offered_as_that_card(sim_card_app, make_user):
+    """The card's value is fixed at WeChat when the card is made: a 3.17 rebate offered as a 5.00 card books 3.17 and
+    hands over 5.00. With ``WECHAT_CARD_FACE_VALUE_FEN`` set the rail refuses other amounts (they fall back)."""
+    from datetime import UTC, datetime
+
+    from jobs.payouts import payout_rails
+    from payouts.rails import Outcome
+
+    sim_card_app.config["WECHAT_CARD_FACE_VALUE_FEN"] = 5_00
+    rail = payout_rails(sim_card_app)["card_coupon"]
+    assert rail.face_value_fen == 5_00
+    user = make_user()
+    now = datetime.now(UTC)
+    odd = rail.build_request(Payout(user_id=user.id, amount_fen=3_17, external_no="c-1", rail="card_coupon"), now)
+    assert (odd.outcome, odd.code) == (Outcome.FALLBACK, "NO_CARD_FOR_AMOUNT")
+    fits = rail.build_request(Payout(user_id=user.id, amount_fen=5_00, external_no="c-2", rail="card_coupon"), now)
+    assert isinstance(fits, dict) and fits["amount_fen"] == 5_00

@@ -397,9 +397,13 @@ def test_live_red_packets_need_the_client_certificate(live_env):
 def test_live_card_coupons_need_the_official_account(live_env):
     live_env["WECHAT_CARD_ID"] = "pFS7Fjg8kV1IdDz01r4SQwMkuCKc"
     message = problems(live_env)
-    assert "card coupons (WECHAT_CARD_ID is set) also need WECHAT_OA_APPID and WECHAT_OA_SECRET" in message
-    live_env |= {"WECHAT_OA_APPID": "wxoa", "WECHAT_OA_SECRET": "oa-secret"}
-    assert load_config(environ=live_env)["WECHAT_CARD_ID"]
+    assert (
+        "card coupons (WECHAT_CARD_ID is set) also need WECHAT_OA_APPID and WECHAT_OA_SECRET and "
+        "WECHAT_CARD_FACE_VALUE_FEN" in message
+    )
+    live_env |= {"WECHAT_OA_APPID": "wxoa", "WECHAT_OA_SECRET": "oa-secret", "WECHAT_CARD_FACE_VALUE_FEN": "500"}
+    settled = load_config(environ=live_env)
+    assert settled["WECHAT_CARD_ID"] and settled["WECHAT_CARD_FACE_VALUE_FEN"] == 500
 
 
 def test_simulator_mode_needs_no_client_certificate():
