@@ -15,7 +15,19 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from models import Campaign, Order, OrderMilestone, OrderStatus, Rebate, RebateStatus, User, db, guarded_row
+from models import (
+    Campaign,
+    Merchant,
+    Order,
+    OrderMilestone,
+    OrderStatus,
+    Rebate,
+    RebateStatus,
+    User,
+    db,
+    guarded_row,
+    utcnow,
+)
 from payouts import MoneySettings
 from payouts.outbox import hold_order_payouts
 from rebate.awards import cancel_held, pay_rebate
@@ -24,6 +36,7 @@ from rebate.errors import Invalid, StateConflict
 from rebate.orders import lock_order
 from rebate.refunds import refund_open
 from rebate.rules import Condition
+from risk.bans import active_bans, refused_by, subjects
 
 
 def _held(order_id: int) -> list[Rebate]:
@@ -106,8 +119,9 @@ def release_from_review(rebate: Rebate, campaign: Campaign, order: Order, now: d
 
 
 def _release(rebate, campaign, order, condition: Condition, met: dict, name: str, money: MoneySettings) -> bool:
-    if _beneficiary_banned(rebate):  # a banned person earns nothing: the held part waits (or expires)
-        why = f"milestone {name} met, but the {rebate.role} is banned: the held part is not released"
+    refused = _refused(rebate, order)
+    if refused:  # refused as the payment would refuse them: the held part waits (or expires)
+        why = f"milestone {name} met, but {refused}: the held part is not released"
         rebate.reasons = [*rebate.reasons, why]
         return False
     done = [m for m in condition.milestones if m in met]
@@ -132,11 +146,21 @@ def _release(rebate, campaign, order, condition: Condition, met: dict, name: str
     return True
 
 
-def _beneficiary_banned(rebate: Rebate) -> bool:
-    if rebate.beneficiary_type != "user":
-        return False
-    person = db.session.get(User, rebate.beneficiary_id)
-    return person is not None and not person.is_active
+def _refused(rebate: Rebate, order: Order) -> str | None:
+    """Why a release must not pay ``rebate``'s beneficiary now, as the payment and a review's release refuse them:
+    a banned person, a suspended merchant, a ban on them, or for the buyer a ban on the order's device or network
+    (it had checked banned persons only). None: it may pay."""
+    if rebate.beneficiary_id is None:
+        return None
+    kind, who = rebate.beneficiary_type, rebate.beneficiary_id
+    if kind == "user" and not db.session.get(User, who).is_active:
+        return f"the {rebate.role} is banned"
+    if kind == "merchant" and db.session.get(Merchant, who).status == "suspended":
+        return f"the {rebate.role} (merchant {who}) is suspended"
+    mine = subjects(user_id=who) if kind == "user" else subjects(merchant_id=who)
+    bans = active_bans([*subjects(device=order.device, ip=order.ip), *mine], utcnow())
+    words = refused_by(bans, order.user_id).get((kind, who))
+    return f"the {rebate.role} is refused ({words})" if words else None
 
 
 def expire_rebate(rebate: Rebate, campaign: Campaign) -> None:

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from ledger import account, balance
-from models import AccountKind, AuditLog, Campaign, OrderMilestone, Rebate, RedPacket, db, utcnow
+from models import AccountKind, AuditLog, Campaign, Order, OrderMilestone, Rebate, RedPacket, db, utcnow
 from rebate import create_order, issue_packet
 from rebate.milestones import expire_held_rebates
 from rebate.orders import LineRequest
@@ -198,6 +198,26 @@ def test_milestone_replay_with_the_same_key_and_repeat_without_one_release_once(
     assert (rebate.status, rebate.amount_fen, rebate.held_fen) == ("awarded", 9_00, 0)
     assert db.session.query(OrderMilestone).count() == 2
     assert balance(account(AccountKind.USER_CASH, "user", order.user_id)) == 9_00
+
+
+def test_a_milestone_met_after_the_orders_network_was_banned_releases_nothing(client, held_order, make_operator):
+    """A release refuses whom the payment refuses: a ban on the order's network (a click farm found after the
+    payment) keeps the buyer's held part held (it had checked banned persons only, and paid it out)."""
+    merchant, order = held_order
+    db.session.get(Order, order.id).ip = "198.51.100.9"
+    db.session.commit()
+    _, admin = make_operator("admin")
+    ban = {"subject": "net", "value": "198.51.100.0/24", "reason": "farm"}
+    assert client.post("/admin/api/bans", json=ban, headers=admin).status_code == 201
+    _, staff = make_operator("merchant_staff", merchant=merchant)
+    for name in ("lessons_10", "test_passed"):
+        answer = client.post(f"/admin/api/orders/{order.id}/milestones", headers=staff, json={"name": name})
+        assert answer.status_code in (200, 201), answer.get_json()
+    rebate = db.session.query(Rebate).filter_by(order_id=order.id).one()
+    db.session.refresh(rebate)
+    assert (rebate.status, rebate.amount_fen, rebate.held_fen) == ("held", 0, 9_00)
+    assert any("refused" in why and "198.51.100.0/24" in why for why in rebate.reasons), rebate.reasons
+    assert balance(account(AccountKind.USER_CASH, "user", order.user_id)) == 0
 
 
 def test_a_milestone_reported_while_a_refund_is_open_releases_a_payout_that_waits_for_it(
