@@ -294,7 +294,7 @@ def match_trade(
         amount = sum(x.refund_fen if x.state == "REFUND" else x.total_fen for x, _ in group)
         m.judge(subject, ref, (MISSING_HERE, None, amount, f"line {line.line_no}: {why}" + _times(group)))
     for ref in sorted(window[0] - paid.keys()):
-        m.judge(SubjectType.ORDER, ref, (MISSING_THERE, orders[ref].paid_fen, None, "paid here, not in the bill"))
+        m.judge(SubjectType.ORDER, ref, (MISSING_THERE, orders[ref].payable_fen, None, "paid here, not in the bill"))
     for ref in sorted(window[1] - refunded.keys()):
         m.judge(SubjectType.REFUND, ref, (MISSING_THERE, refunds[ref].amount_fen, None, "not in the bill"))
     return m
