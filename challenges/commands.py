@@ -209,10 +209,14 @@ UNREADABLE_AMOUNT = re.compile(
     r"|[万千亿]\s*(?:点\s*)?\d*\s*(?:元|块|yuan|rmb|cny)|\d\s*[万千亿]"  # 3万, 十万点五元
     r"|(?<!\d)\.\d|\d\.(?!\d)"  # .5, 2. 5: a point with a digit on one side only
     r"|\d\s+\d+(?:\.\d+)?\s*(?:元|块|yuan|rmb|cny)"  # 0 5元: two numbers before one unit
+    # a sign, an operator or a letter right before an amount (-5元, 负五元, 5-10元, 1/2元, 1e3元): not a stake to read
+    # in part (5, 10, 2 or 3 yuan reserved), refused ("rmb5" stays: rmb is a unit)
+    r"|(?:[-+−±/*×÷^=%负]\s*|(?<!rm)b|[ac-z])\d+(?:\.\d+)?\s*(?:元|块|yuan|rmb|cny)"
     r"|" + ODD_DIGIT
 )
 DAYS = re.compile(NUMBER + r"\s*(?:天|日|days|day|d)(?![a-z])")
 STAKE = re.compile(r"(?:¥|￥|rmb)\s*" + NUMBER + r"|" + NUMBER + r"\s*(?:元|块钱|块|yuan|rmb|cny)(?![a-z])")
+SIGNED_DAYS = re.compile(r"(?:[-+−±/*×÷^=%负]\s*|[a-z])\d+(?:\.\d+)?\s*(?:天|日|days|day|d)(?![a-z])")  # -3天, 1e3天
 ID = re.compile(r"^(?:#|no\.?|第)?\s*(\d{1,10})\s*(?:号)?$")
 
 
@@ -260,7 +264,7 @@ def _start(text: str, kind: Kind) -> StartChallenge | Mistake:
         return Mistake("missing_days", "要说挑战几天（例如「3天」）。", example)
     if len(days) > 1:
         return Mistake("ambiguous_days", "天数说了不止一次，只说一次就好。", example)
-    if "." in days[0] or len(days[0]) > 3 or not MIN_DAYS <= int(days[0]) <= MAX_DAYS:
+    if "." in days[0] or len(days[0]) > 3 or not MIN_DAYS <= int(days[0]) <= MAX_DAYS or SIGNED_DAYS.search(text):
         return Mistake("bad_days", f"挑战天数是 {MIN_DAYS} 到 {MAX_DAYS} 的整数（微信运动只保留 31 天）。", example)
     if UNREADABLE_AMOUNT.search(text):
         why = "金额请写成数字，例如「每人2.5元」（不用逗号、万、千）。"
