@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -229,6 +229,13 @@ def _bind(ctx: Context, now: datetime, settings: bindings.BindingSettings | None
 def _run(command: Command, ctx: Context, user_id: int, now: datetime, ops: Ops) -> Reply:
     match command:
         case StartChallenge(kind, days, stake_fen):
+            again = _just_started(ctx, user_id, str(kind), days, stake_fen, now, ops)
+            if again is not None:  # the same message sent twice (a resend on a poor network): one challenge, one stake
+                return Reply(
+                    f"你刚刚已经发起了这个挑战：{describe(again)}\n想参加的朋友发送「加入 {again.id}」。"
+                    "要再发起一个一样的，请稍后再发。",
+                    "already_started",
+                )
             challenge = ops.create_challenge(user_id, ops.spec(kind, days, stake_fen), now, group=ctx.group)
             return Reply(f"挑战已发起：{describe(challenge)}\n想参加的朋友发送「加入 {challenge.id}」。")
         case JoinChallenge(challenge_id):
@@ -272,6 +279,27 @@ def _set_webhook(ctx: Context, key: str | None, user_id: int, now: datetime) -> 
     if ctx.group is None:
         return Reply("请在要接收排行榜的企业微信群里 @我 发送「设置推送 <群机器人 webhook 地址>」。", "group_only")
     return Reply(WEBHOOK_SAID[posts.set_group_webhook(ctx.group, key, user_id, now)])
+
+
+REPEAT_WINDOW = timedelta(minutes=2)  # the same start said again this soon is the same start (a resend)
+
+
+def _just_started(ctx: Context, user_id: int, kind: str, days: int, stake_fen: int, now: datetime, ops: Ops):
+    """The challenge this speaker started in this chat less than ``REPEAT_WINDOW`` ago with the same kind, days and
+    stake, or None. WeChat's own retries carry the same message id (recorded once); a person resending the message
+    (the first looked lost) sends a new one, which would have started a second game and reserved a second stake."""
+    group = ctx.group or (None, None)
+    for c in ops.challenges_of(user_id):
+        same = (
+            getattr(c, "creator_id", None) == user_id
+            and (getattr(c, "group_transport", None), getattr(c, "group_id", None)) == group
+            and (str(getattr(c, "kind", "")), getattr(c, "days", None), getattr(c, "stake", None))
+            == (kind, days, stake_fen)
+        )
+        created, live = getattr(c, "created_at", None), getattr(c, "status", "open") in ("open", "running")
+        if same and live and created is not None and timedelta(0) <= now - created < REPEAT_WINDOW:
+            return c
+    return None
 
 
 def _group_latest(ctx: Context, ops: Ops) -> int | None:

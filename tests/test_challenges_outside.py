@@ -111,3 +111,26 @@ def test_a_late_join_racing_the_cancellation_for_too_few_never_strands_a_stake(a
         assert challenge.status in ("open", "running") and challenge.participants == 2, (challenge.status, settled)
         assert settled is (challenge.status == "running")
         assert (staked(alice), staked(bob)) == (3_00, 3_00)
+
+
+def test_the_same_start_sent_twice_is_one_challenge_and_one_stake(make_user):
+    """A person whose first message looked lost sends it again (a new message id: WeChat's own retries are recorded
+    once): one challenge, one stake reserved, and the reply names it. Later, or in another group, it is a new one."""
+    from datetime import timedelta
+
+    speaker = make_user().id
+    fund(speaker, 20_00)
+    db.session.commit()
+    in_a = bot.Context(Speaker("wecom", "bot", "keen"), speaker, "group-A")
+    start = parse("发起步数挑战 3天 每人5元")
+    first = bot.execute(start, in_a, NOW)
+    db.session.commit()
+    again = bot.execute(start, in_a, NOW + timedelta(seconds=30))
+    db.session.commit()
+    assert first.code == "ok" and again.code == "already_started", (first, again)
+    assert (staked(speaker), db.session.execute(select(func.count()).select_from(Challenge)).scalar_one()) == (5_00, 1)
+    in_b = bot.Context(Speaker("wecom", "bot", "keen"), speaker, "group-B")
+    assert bot.execute(start, in_b, NOW + timedelta(seconds=40)).code == "ok"  # another group's game
+    assert bot.execute(start, in_a, NOW + timedelta(minutes=3)).code == "ok"  # later: meant
+    db.session.commit()
+    assert (staked(speaker), db.session.execute(select(func.count()).select_from(Challenge)).scalar_one()) == (15_00, 3)
