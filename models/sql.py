@@ -26,7 +26,20 @@ from contextvars import ContextVar
 from functools import cache
 
 from flask import current_app
-from sqlalchemy import ClauseElement, Executable, Table, bindparam, delete, event, inspect, select, text, update
+from sqlalchemy import (
+    ClauseElement,
+    Executable,
+    Table,
+    bindparam,
+    delete,
+    event,
+    inspect,
+    literal,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -620,3 +633,12 @@ def is_busy(exc: BaseException) -> bool:
     if isinstance(orig, sqlite3.OperationalError):
         return "locked" in str(orig) or "busy" in str(orig)
     return getattr(orig, "sqlstate", None) in RETRYABLE_PG_STATES
+
+
+def past(columns: Sequence, after: Sequence | None) -> list:
+    """Keyset batches: the condition (a list, empty for the first batch) that reads past ``after``, the last row's
+    values of ``columns`` (the batch's order), as one row-value comparison each value bound with its column's type."""
+    if after is None:
+        return []
+    last = tuple_(*(literal(value, column.type) for column, value in zip(columns, after, strict=True)))
+    return [tuple_(*columns) > last]

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import exists, select
 
 from ledger import Leg, account, post_entry
 from models import AccountKind, Payout, PayoutAttempt, PayoutStatus, Rail, alert_once, db, raise_alert
+from models.sql import past
 from payouts.operations import lock_payout
 from payouts.rails import Outcome, RailResult
 from payouts.record import log_attempt
@@ -57,7 +58,7 @@ def due_checks(now: datetime, batch: int = 50, after: Key | None = None) -> list
             Payout.sent_at > now - QUERY_WINDOW,
             Payout.request.is_not(None),
             ~_settled(),
-            *_past(after),
+            *past((Payout.sent_at, Payout.id), after),
         )
         .order_by(Payout.sent_at, Payout.id)
         .limit(batch)
@@ -76,19 +77,12 @@ def expired_checks(now: datetime, batch: int = 50, after: Key | None = None) -> 
             Payout.sent_at <= now - QUERY_WINDOW,
             Payout.request.is_not(None),
             ~_settled(),
-            *_past(after),
+            *past((Payout.sent_at, Payout.id), after),
         )
         .order_by(Payout.sent_at, Payout.id)
         .limit(batch)
     )
     return [(row.id, row.sent_at) for row in db.session.execute(stmt)]
-
-
-def _past(after: Key | None) -> list:
-    if after is None:
-        return []
-    sent_at, payout_id = after
-    return [or_(Payout.sent_at > sent_at, and_(Payout.sent_at == sent_at, Payout.id > payout_id))]
 
 
 def close_expired(payout_id: int, now: datetime) -> bool:

@@ -47,6 +47,7 @@ from models import (
     guarded_row,
 )
 from models.base import beijing, utcnow
+from models.sql import past
 from models.triggers import TriggerKind
 from rebate import budgets
 from rebate.campaigns import is_running, rules_of
@@ -748,7 +749,5 @@ def expiring_packets(now: datetime, after: tuple[datetime, int] | None, limit: i
         .order_by(RedPacket.expires_at, RedPacket.id)
         .limit(limit)
     )
-    if after is not None:
-        last = tuple_(literal(after[0], RedPacket.expires_at.type), literal(after[1]))
-        stmt = stmt.where(tuple_(RedPacket.expires_at, RedPacket.id) > last)
+    stmt = stmt.where(*past((RedPacket.expires_at, RedPacket.id), after))
     return list(db.session.execute(stmt).all())
