@@ -32,7 +32,7 @@ from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from models import Alert, Payout, alert_once, call_between_commits, db, unit_of_work, utcnow
+from models import Alert, Payout, call_between_commits, db, row_failure, unit_of_work, utcnow
 from models.payouts import Rail
 from notices import enqueue_many
 from notices.watch import failed_draft
@@ -811,11 +811,11 @@ def row_failed(kind: str, what: str, row_id: int | str, error: Exception) -> Non
     """One row of a job failed (its transaction is rolled back): logged with its id, an operator told once; the
     job goes on with the next row."""
     db.session.rollback()
-    log.error("%s %s failed", what, row_id, exc_info=error, extra={f"{what}_id": row_id})
     try:
         with unit_of_work():
-            alert_once(kind, f"{what} {row_id}", text=f"{what} {row_id} failed and was skipped: {error!r}"[:2000])
-    except Exception:  # the log above still says it
+            row_failure(kind, what, row_id, error)
+    except Exception:  # the database away too: the row's failure in the log, and why no alert
+        log.error("%s %s failed", what, row_id, exc_info=error, extra={f"{what}_id": row_id})
         log.exception("alert not raised", extra={f"{what}_id": row_id})
 
 

@@ -5,7 +5,7 @@ commit (``unit_of_work``). Datetimes are UTC-aware on every database and
 personal data is encrypted at rest (``EncryptedText``).
 """
 
-from models.alerts import Alert, alert_once, guarded_row, raise_alert
+from models.alerts import Alert, alert_once, guarded_row, raise_alert, row_failure
 from models.audiences import Audience, AudienceMember, AudienceRun, RunStatus
 from models.base import (
     Base,
@@ -208,6 +208,7 @@ __all__ = [
     "UserStatus",
     "alert_once",
     "guarded_row",
+    "row_failure",
     "db",
     "raise_alert",
     "unit_of_work",

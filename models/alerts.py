@@ -54,7 +54,13 @@ def guarded_row(kind: str, what: str, row_id: int, step, *args) -> bool:
         with db.session.begin_nested():
             step(*args)
     except Exception as exc:
-        log.exception(f"{what} failed", extra={f"{what}_id": row_id})
-        alert_once(kind, f"{what} {row_id}", text=f"{what} {row_id}: {exc!r}"[:2000])
+        row_failure(kind, what, row_id, exc)
         return False
     return True
+
+
+def row_failure(kind: str, what: str, row_id: int | str, error: Exception) -> None:
+    """A job's row that failed (its work rolled back): logged with its id, an operator told once (``kind``, subject
+    ``<what> <id>``). In the caller's transaction."""
+    log.error("%s %s failed", what, row_id, exc_info=error, extra={f"{what}_id": row_id})
+    alert_once(kind, f"{what} {row_id}", text=f"{what} {row_id} failed and was skipped: {error!r}"[:2000])
