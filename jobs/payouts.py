@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -775,36 +775,37 @@ def check_unclaimed(
     keeps answering "not final" never keep the ones sent after them from being asked."""
     outcomes: Counter = Counter()
     stop_at = time.monotonic() + max_seconds
-    after = None
-    while True:
-        with unit_of_work():
-            expired = unclaimed.expired_checks(now, CLAIM_CHECK_BATCH, after)
-        for payout_id, _ in expired:
-            try:
-                with unit_of_work():
-                    if unclaimed.close_expired(payout_id, now):
-                        outcomes[Outcome.ASK_OPERATOR] += 1
-            except Exception as exc:  # one packet that cannot be closed must not stop the others
-                row_failed("payout_claim_check_failed", "payout", payout_id, exc)
-                outcomes["error"] += 1
-        if len(expired) < CLAIM_CHECK_BATCH or time.monotonic() >= stop_at:
-            break
-        after = (expired[-1][1], expired[-1][0])  # the next batch reads past this one (each asked once a run)
+    for payout_id, _ in _batches(lambda after: unclaimed.expired_checks(now, CLAIM_CHECK_BATCH, after), stop_at):
+        try:
+            with unit_of_work():
+                if unclaimed.close_expired(payout_id, now):
+                    outcomes[Outcome.ASK_OPERATOR] += 1
+        except Exception as exc:  # one packet that cannot be closed must not stop the others
+            row_failed("payout_claim_check_failed", "payout", payout_id, exc)
+            outcomes["error"] += 1
     at = clock or (lambda: now)
+    due = _batches(lambda after: unclaimed.due_checks(now, CLAIM_CHECK_BATCH, after), stop_at)
+    for payout_id, external_no, request, _ in due:
+        try:
+            outcomes[_check_packet(rail, payout_id, external_no, request, at).outcome] += 1
+        except Exception as exc:  # one packet's answer that cannot be recorded must not keep the others' money back
+            row_failed("payout_claim_check_failed", "payout", payout_id, exc)
+            outcomes["error"] += 1
+    return outcomes
+
+
+def _batches(read: Callable, stop_at: float) -> Iterator:
+    """The rows of ``read(after)`` batch after batch (each read in its own transaction), each batch past the last
+    row of the one before (a row's id first, its sent_at last: the keyset), while batches come full and until
+    ``stop_at`` (``time.monotonic()``): each row once a run."""
     after = None
     while True:
         with unit_of_work():
-            due = unclaimed.due_checks(now, CLAIM_CHECK_BATCH, after)
-        for payout_id, external_no, request, _ in due:
-            try:
-                outcomes[_check_packet(rail, payout_id, external_no, request, at).outcome] += 1
-            except Exception as exc:  # one packet's answer that cannot be recorded must not keep the others' money back
-                row_failed("payout_claim_check_failed", "payout", payout_id, exc)
-                outcomes["error"] += 1
-        if len(due) < CLAIM_CHECK_BATCH or time.monotonic() >= stop_at:
-            break
-        after = (due[-1][3], due[-1][0])
-    return outcomes
+            batch = read(after)
+        yield from batch
+        if len(batch) < CLAIM_CHECK_BATCH or time.monotonic() >= stop_at:
+            return
+        after = (batch[-1][-1], batch[-1][0])
 
 
 def row_failed(kind: str, what: str, row_id: int | str, error: Exception) -> None:
