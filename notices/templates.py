@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -106,8 +106,28 @@ class Templates:
 # -- the facts as placeholders ----------------------------------------------------------------
 
 
+def _returned_parts(facts: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What came back of an order's balance and points, each with its words: only what did (no "¥0.00 余额")."""
+    cash, points = int(facts.get("amount_fen") or 0), int(facts.get("points") or 0)
+    return [
+        (w, n)
+        for w, n, k in (("余额", f"¥{format_yuan(cash)} 余额", cash), ("积分", f"{points} 积分", points))
+        if k > 0
+    ]
+
+
+# Words made from an event's facts when rendered (so notices stored before they existed read them too).
+DERIVED: dict[NoticeEvent, dict[str, Callable[[Mapping[str, Any]], str]]] = {
+    NoticeEvent.WALLET_RETURNED: {
+        "what": lambda facts: "和".join(w for w, _ in _returned_parts(facts)),  # 余额和积分 / 余额 / 积分
+        "returned": lambda facts: "和 ".join(n for _, n in _returned_parts(facts)),  # ¥3.00 余额和 40 积分
+    },
+}
+_DERIVED = {name: make for names in DERIVED.values() for name, make in names.items()}
+
+
 def placeholders(event: NoticeEvent) -> set[str]:
-    return {("amount" if name == "amount_fen" else name) for name in FACTS[event]}
+    return {("amount" if name == "amount_fen" else name) for name in FACTS[event]} | set(DERIVED.get(event, ()))
 
 
 def _fields(text: str) -> list[str]:
@@ -130,6 +150,8 @@ def beijing_time(value: str | datetime, *, date_only: bool = False) -> str:
 def _value(name: str, facts: Mapping[str, Any]) -> str:
     if name == "amount":
         return "¥" + format_yuan(int(facts["amount_fen"]))
+    if name in _DERIVED:
+        return _DERIVED[name](facts)
     raw = facts.get(name)
     if raw is None:
         return ""
@@ -390,12 +412,10 @@ DEFAULT_TEMPLATES: dict[str, dict] = {
         "subscribe": _sub("payout_failed", {"amount1": "{amount}", "thing2": "{reason}", "thing3": "已退回余额"}),
     },
     NoticeEvent.WALLET_RETURNED: {
-        "title": "余额和积分已退回",
-        "body": "订单 {out_trade_no} {reason}，使用的 {amount} 余额和 {points} 积分已退回。",
+        "title": "{what}已退回",
+        "body": "订单 {out_trade_no} {reason}，使用的 {returned}已退回。",
         "page": "pages/wallet/index",
-        "subscribe": _sub(
-            "wallet_returned", {"amount1": "{amount}", "thing2": "{reason}", "thing3": "{points} 积分已退回"}
-        ),
+        "subscribe": _sub("wallet_returned", {"amount1": "{amount}", "thing2": "{reason}", "thing3": "{what}已退回"}),
     },
     NoticeEvent.CHALLENGE_SETTLED: {
         "title": "挑战已结算",

@@ -120,3 +120,21 @@ def test_rate_limits_name_known_channels_only(tmp_path):
     settings = {**TEST_SETTINGS, "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
     with pytest.raises(ConfigError, match="NOTICE_RATE_LIMITS: unknown channel sms"):
         create_app({**settings, "NOTICE_RATE_LIMITS": {"sms": 5}})
+
+
+@pytest.mark.parametrize(
+    ("cash_fen", "points", "title", "told", "thing3"),
+    [
+        (0, 100, "积分已退回", "使用的 100 积分已退回。", "积分已退回"),  # was "¥0.00 余额和 100 积分"
+        (3_00, 0, "余额已退回", "使用的 ¥3.00 余额已退回。", "余额已退回"),  # was "… 和 0 积分"
+        (3_00, 40, "余额和积分已退回", "使用的 ¥3.00 余额和 40 积分已退回。", "余额和积分已退回"),
+    ],
+)
+def test_returned_wallet_money_names_only_what_came_back(cash_fen, points, title, told, thing3):
+    template = load_templates(None, simulator=True)[NoticeEvent.WALLET_RETURNED]
+    # the facts as rebate.tell stores them (and as notices stored before the words existed hold them)
+    facts = {"out_trade_no": "T1", "amount_fen": cash_fen, "points": points, "reason": "已退款"}
+    assert inbox_text(template, facts) == (title, f"订单 T1 已退款，{told}")
+    data = render_data(template.subscribe, facts)
+    assert data["thing3"] == {"value": thing3}
+    assert data["amount1"] == {"value": "¥" + f"{cash_fen / 100:.2f}"}
