@@ -27,7 +27,7 @@ from models import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl, User,
 from payouts.controls import rail_is_on
 from payouts.operations import lock_payout
 from payouts.rails import Outcome, RailAdapter, RailResult
-from payouts.record import DispatchSettings, apply_result, log_attempt, set_aside, unrecorded
+from payouts.record import DispatchSettings, apply_result, log_attempt, set_aside, still_offered, unrecorded
 from payouts.transitions import send_entries_together
 
 S = PayoutStatus
@@ -291,8 +291,12 @@ def _record_locked(
 ) -> None:
     for action, result, ms in calls:
         log_attempt(payout.id, action, job.request, result, ms, now)
-    if payout.status == S.SENDING:  # not finished meanwhile by a notification or an operator
-        apply_result(payout, calls[-1][1], now, settings)
+    if payout.status != S.SENDING:  # finished meanwhile by a notification or an operator
+        return
+    action, result, _ = calls[-1]
+    rechecked = job.status_before == S.WAITING_USER_CONFIRM and action == "query"
+    if not (rechecked and still_offered(payout, result, now, settings)):
+        apply_result(payout, result, now, settings)
 
 
 def record_failed(job: Claimed, why: str, now: datetime, settings: DispatchSettings) -> None:

@@ -218,6 +218,23 @@ def _waiting(payout: Payout, result: RailResult, now: datetime, settings: Dispat
         _later(payout, S.WAITING_USER_CONFIRM, now + settings.confirm_recheck)
 
 
+# What a query answers when it learned nothing about the bill: a 5xx or a timeout, an unreadable answer, a rate limit
+# (not IN_PROGRESS: TRANSFERING, CANCELING… say WeChat moved on, the user confirmed or a cancel began).
+LEARNED_NOTHING = (Outcome.UNKNOWN, Outcome.RETRY)
+
+
+def still_offered(payout: Payout, result: RailResult, now: datetime, settings: DispatchSettings) -> bool:
+    """A recheck of a bill offered to the user (its ``package_info`` known) that learned nothing: the bill is still
+    offered, so the payout stays ``waiting_user_confirm`` (the person keeps the confirm button; ``unknown`` or
+    ``pending`` would hide it until a later pass) and is asked about again after a backoff. False: not such a case."""
+    if result.outcome not in LEARNED_NOTHING or payout.package_info is None or payout.cancel_requested:
+        return False
+    mark_sent(payout, now)
+    payout.last_error = f"{result.code}: {result.message}"[:2000]
+    _later(payout, S.WAITING_USER_CONFIRM, now + backoff(payout.attempts, settings))
+    return True
+
+
 def _left_unconfirmed(payout: Payout) -> bool:
     """A transfer bill offered to the user that WeChat closed (after 24 h) or we cancelled unasked."""
     return payout.rail == Rail.WECHAT_CHANGE and payout.package_info is not None and not payout.cancel_requested

@@ -146,6 +146,49 @@ def test_waiting_for_user_confirmation_keeps_package_info_and_money_in_transit(f
     assert balance(account(AccountKind.PAYOUT_IN_TRANSIT)) == 5_00
 
 
+@pytest.mark.parametrize(
+    "learned_nothing",
+    [
+        RailResult(Outcome.UNKNOWN, "SYSTEM_ERROR", "WeChat answered 500"),
+        RailResult(Outcome.UNKNOWN, "UNREADABLE_ANSWER", "not an object"),
+        RailResult(Outcome.RETRY, "FREQUENCY_LIMITED", "too fast"),
+    ],
+)
+def test_a_recheck_that_learns_nothing_leaves_the_offered_bill_confirmable(funded_payout, learned_nothing):
+    # given: a transfer offered to the user (its package_info known)
+    payout, cash = funded_payout()
+    rail = ScriptedRail(
+        RailResult(Outcome.WAITING_USER_CONFIRM, "WAIT_USER_CONFIRM", package_info="pkg-abc"),
+        query_answers=(learned_nothing, ok()),
+    )
+    run(rail)
+    # when: the 6-hourly recheck meets a 5xx (or a rate limit, or an answer it cannot read)
+    run(rail, at=utcnow() + timedelta(hours=7))
+    # then: still offered (the confirm button stays: the API gives package_info only while waiting), asked
+    # again after a backoff, and not a second POST of the bill
+    payout = db.session.get(Payout, payout.id)
+    assert (payout.status, payout.package_info) == ("waiting_user_confirm", "pkg-abc")
+    assert payout.next_attempt_at < utcnow() + timedelta(hours=7, minutes=30)
+    assert balance(account(AccountKind.PAYOUT_IN_TRANSIT)) == 5_00
+    run(rail, at=utcnow() + timedelta(hours=8))
+    assert [c for c, _ in rail.calls] == ["send", "query", "query"]
+    assert db.session.get(Payout, payout.id).status == "succeeded"
+    assert balance(cash) == 0
+
+
+def test_an_offered_bill_wechat_moved_on_from_is_in_transit_not_confirmable(funded_payout):
+    # given: a transfer offered to the user, which the user then confirmed (WeChat is transferring it)
+    payout, _ = funded_payout()
+    rail = ScriptedRail(
+        RailResult(Outcome.WAITING_USER_CONFIRM, "WAIT_USER_CONFIRM", package_info="pkg-abc"),
+        query_answers=(RailResult(Outcome.IN_PROGRESS, "TRANSFERING"),),
+    )
+    run(rail)
+    run(rail, at=utcnow() + timedelta(hours=7))
+    # then: in transit, no confirm button offered again
+    assert db.session.get(Payout, payout.id).status == "unknown"
+
+
 def test_cancelled_bill_returns_money_to_the_balance_without_resending(funded_payout):
     payout, cash = funded_payout()
     rail = ScriptedRail(
