@@ -416,6 +416,13 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         doc="…and only with at least this many claims, redemptions or rebates.",
     ),
+    Setting(
+        "RISK_SPIKE_RESUME_GRACE_HOURS",
+        6,
+        _positive_int,
+        doc="A campaign a person activated again is not auto-paused for spikes of hours that began before that, "
+        "nor for this many hours after (a burst the operator judged real; the spike alerts still go out).",
+    ),
     # risk: review cases
     Setting(
         "RISK_SECOND_APPROVAL_FEN",

@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 
 from jobs.payouts import job_context, row_failed
-from models import Campaign, CampaignStatus, Operator, OperatorRole, db, unit_of_work, utcnow
+from models import AuditLog, Campaign, CampaignStatus, Operator, OperatorRole, db, unit_of_work, utcnow
 from models.operators import Actor
 from rebate import ban_ops, campaign_ops
 from rebate.errors import RebateError
@@ -37,7 +37,10 @@ def graph_settings(config: Mapping[str, Any]) -> GraphSettings:
 
 def spike_settings(config: Mapping[str, Any]) -> SpikeSettings:
     return SpikeSettings(
-        alpha=config["RISK_SPIKE_ALPHA"], sigma=config["RISK_SPIKE_SIGMA"], min_count=config["RISK_SPIKE_MIN_COUNT"]
+        alpha=config["RISK_SPIKE_ALPHA"],
+        sigma=config["RISK_SPIKE_SIGMA"],
+        min_count=config["RISK_SPIKE_MIN_COUNT"],
+        resume_grace_hours=config["RISK_SPIKE_RESUME_GRACE_HOURS"],
     )
 
 
@@ -63,12 +66,39 @@ def collusion_job() -> Counter:
     return run_collusion(utcnow(), graph_settings(job_context().config))
 
 
-def pause_spiking(spikes: list[Spike]) -> list[int]:
-    """Pause the active campaigns among the spikes' whose ``spike_auto_pause`` is on; their ids."""
-    by_campaign: dict[int, Spike] = {}
+def _activated_by_a_person(campaign_ids: list[int]) -> dict[int, datetime]:
+    """When a person (not the jobs: their audit lines have no operator) last activated each of these campaigns."""
+    rows = db.session.execute(
+        select(AuditLog.target_id, func.max(AuditLog.created_at))
+        .where(
+            AuditLog.action == "campaign.activate",
+            AuditLog.target_type == "campaign",
+            AuditLog.target_id.in_([str(i) for i in campaign_ids]),
+            AuditLog.operator_id.is_not(None),
+        )
+        .group_by(AuditLog.target_id)
+    )
+    return {int(target): at for target, at in rows}
+
+
+def pause_spiking(spikes: list[Spike], settings: SpikeSettings | None = None) -> list[int]:
+    """Pause the active campaigns among the spikes' whose ``spike_auto_pause`` is on; their ids.
+
+    A spike of an hour that began before a person last activated the campaign (or within the settings'
+    ``resume_grace_hours`` after) pauses nothing: that person resumed it knowing of the burst (a catch-up of
+    old hours, or the same burst going on), and would otherwise find it paused again every hour. Its alert
+    still goes out."""
+    grace = timedelta(hours=(settings or SpikeSettings()).resume_grace_hours)
+    by_campaign: dict[int, list[Spike]] = {}
     for spike in spikes:
         if spike.campaign_id is not None:
-            by_campaign.setdefault(spike.campaign_id, spike)
+            by_campaign.setdefault(spike.campaign_id, []).append(spike)
+    activated = _activated_by_a_person(sorted(by_campaign)) if by_campaign else {}
+    by_campaign = {
+        campaign_id: fresh
+        for campaign_id, found in by_campaign.items()
+        if (fresh := [s for s in found if campaign_id not in activated or s.hour >= activated[campaign_id] + grace])
+    }
     if not by_campaign:
         return []
     ids = db.session.execute(
@@ -85,7 +115,7 @@ def pause_spiking(spikes: list[Spike]) -> list[int]:
     paused = []
     actor = system_actor()
     for campaign_id in sorted(ids):
-        reason = f"spike auto-pause: {by_campaign[campaign_id].message}"
+        reason = f"spike auto-pause: {by_campaign[campaign_id][0].message}"
         try:
             campaign_ops.transition(actor, campaign_id, "pause", reason)
         except RebateError as exc:  # changed state meanwhile: nothing to pause
@@ -98,7 +128,7 @@ def pause_spiking(spikes: list[Spike]) -> list[int]:
 def run_spikes(now: datetime, settings: SpikeSettings) -> Counter:
     with unit_of_work():
         spikes = fold_hours(now, settings)
-        paused = pause_spiking(spikes)
+        paused = pause_spiking(spikes, settings)
     return Counter(spikes=len(spikes), paused=len(paused))
 
 

@@ -54,6 +54,7 @@ class SpikeSettings:
     min_fen: int = 500_00  # the rebate_fen metric's minimum
     warmup_hours: int = 24
     catch_up_hours: int = 48
+    resume_grace_hours: int = 6  # RISK_SPIKE_RESUME_GRACE_HOURS (jobs.risk.pause_spiking)
 
 
 @dataclass(frozen=True)

@@ -231,3 +231,46 @@ def test_rebates_count_and_their_fen_per_campaign_and_merchant(app):
     assert baseline(f"merchant:{shop.id}:rebates").hours == 2
     assert baseline(f"merchant:{shop.id}:redemptions").mean == pytest.approx(2 * 0.9)
     assert baseline(f"campaign:{campaign_id}:claims").hours == 3  # claimed in hour 0, an hour before paying
+
+
+def test_a_campaign_a_person_activated_again_is_not_paused_again_for_the_same_burst(shop):
+    from models import Operator
+
+    merchant, user = shop
+    flagged = campaign(merchant, auto_pause=True)
+    claims(flagged, user, {**steady(range(30)), 30: 140, 31: 400, 38: 1000})
+    assert run_spikes(T0 + 31 * HOUR, SETTINGS)["paused"] == 1
+    # given: an operator judges the burst real and activates the campaign again at 15:10 Beijing
+    operator = Operator(username=f"ops-{next(_n)}", display_name="Ops", role="admin")
+    db.session.add(operator)
+    db.session.commit()
+    db.session.get(Campaign, flagged.id).status = "active"  # as rebate.campaign_ops.transition leaves it, audited
+    db.session.add(
+        AuditLog(
+            operator_id=operator.id,
+            action="campaign.activate",
+            target_type="campaign",
+            target_id=str(flagged.id),
+            reason="a real burst: the shop is on TV",
+            created_at=T0 + 31 * HOUR + timedelta(minutes=10),
+        )
+    )
+    db.session.commit()
+
+    # when: the burst goes on in the next hour (a spike again): alerted, not paused
+    summary = run_spikes(T0 + 32 * HOUR, SETTINGS)
+    assert (summary["spikes"] >= 1, summary["paused"]) == (True, 0)
+    db.session.expire_all()
+    assert db.session.get(Campaign, flagged.id).status == "active"
+    alerts = db.session.execute(select(Alert.message).where(Alert.subject == f"campaign:{flagged.id}:claims"))
+    assert any(": 400 claims in" in m for m in alerts.scalars())
+
+    # then: a spike of an hour beginning after the grace (6 hours) pauses it again, as the system
+    assert run_spikes(T0 + 39 * HOUR, SETTINGS)["paused"] == 1
+    db.session.expire_all()
+    assert db.session.get(Campaign, flagged.id).status == "paused"
+    pauses = db.session.execute(select(AuditLog).where(AuditLog.action == "campaign.pause").order_by(AuditLog.id))
+    assert [p.reason.split(" in ")[0] for p in pauses.scalars()] == [
+        f"spike auto-pause: campaign {flagged.id}: 140 claims",
+        f"spike auto-pause: campaign {flagged.id}: 1000 claims",
+    ]
