@@ -167,7 +167,7 @@ def campaign_rules(
         "rebate_days": _rebate_days(rules),
         "claim_limits": limits,
         "restrictions": _restrictions(campaign, limits),
-        "budget": budget_left(campaign),
+        "budget": budget_left(campaign, now),
         "complaints": complaints(platform_name, complaint_contact),
         "as_of": beijing(now).isoformat(timespec="seconds"),
     }
@@ -188,11 +188,20 @@ def money(fen: int | None) -> dict | None:
     return None if fen is None else {"fen": fen, "yuan": format_yuan(fen)}
 
 
-def budget_left(campaign: Campaign) -> dict:
-    """The money budget still available, coarsely (see the module's note): never the exact figure."""
+OVER_WORDS = "活动已结束，不再发放 (the campaign is over: nothing more is given out)"
+
+
+def budget_left(campaign: Campaign, now: datetime | None = None) -> dict:
+    """The money budget still available, coarsely (see the module's note): never the exact figure. A campaign
+    that is over (ended, or past its end date at ``now``) has nothing left for anybody, whatever its budget holds."""
     available, limit = campaign.budget_available_fen, campaign.budget_limit_fen
+    over = campaign.status == CampaignStatus.ENDED or (
+        now is not None and campaign.ends_at is not None and now >= campaign.ends_at
+    )
+    if over:
+        return {"limited": bool(limit), "over": True, "words": OVER_WORDS}
     if available is None or not limit:
-        return {"limited": False, "words": "不设总预算上限 (no total budget limit)"}
+        return {"limited": False, "over": False, "words": "不设总预算上限 (no total budget limit)"}
     available = max(available, 0)
     at_least = available // BUDGET_STEP_FEN * BUDGET_STEP_FEN
     # the band holding the share left: 100 % left is the top band (90-100 %), not "100-100 %"
@@ -205,6 +214,7 @@ def budget_left(campaign: Campaign) -> dict:
         words = "预算已用完 (the budget is used up)"
     return {
         "limited": True,
+        "over": False,
         "at_least_fen": at_least,
         "at_least_yuan": format_yuan(at_least),
         "percent_left_band": f"{band}-{min(band + BUDGET_BAND_PERCENT, 100)}%",

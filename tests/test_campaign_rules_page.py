@@ -108,7 +108,7 @@ def test_platform_funded_campaign_names_the_platform(app, client, make_campaign)
 
     assert rules["organiser"] == {"type": "platform", "name": "返利平台"}
     assert rules["funder"]["type"] == "platform" and rules["funder"]["funder_type"] == "platform_fund"
-    assert rules["budget"] == {"limited": False, "words": rules["budget"]["words"]}
+    assert rules["budget"] == {"limited": False, "over": False, "words": rules["budget"]["words"]}
     (consumer,) = rules["rebates"]
     assert consumer["rate_bps"] == 800 and consumer["form"] == "wechat_change" and consumer["cap"]["yuan"] == "10.00"
     assert rules["complaints"]["platform"] == "返利平台: 客服电话 400-000-0000"
@@ -141,6 +141,29 @@ def test_budget_band_when_little_or_nothing_is_left(make_campaign):
     campaign.budget_committed_fen = 0  # nothing spent yet: the top band, not "100-100%"
     assert budget_left(campaign)["percent_left_band"] == "90-100%"
     db.session.rollback()
+
+
+def test_an_ended_campaign_shows_no_budget_left_to_get(client, make_campaign):
+    from datetime import timedelta
+
+    from models import utcnow
+
+    # given: two campaigns with most of their budget unspent, one ended, one past its end date
+    ended = make_campaign(PLATFORM_RULES, status="ended", budget_limit_fen=5000_00)
+    past = make_campaign(PLATFORM_RULES, budget_limit_fen=5000_00, ends_at=utcnow() - timedelta(hours=1))
+    for campaign in (ended, past):
+        # when
+        budget = client.get(f"/api/v1/campaigns/{campaign.id}/rules").json["budget"]
+        page = client.get(f"/c/{campaign.id}").get_data(as_text=True)
+        # then: over, not "at least 5000 yuan left"
+        assert budget == {
+            "limited": True,
+            "over": True,
+            "words": "活动已结束，不再发放 (the campaign is over: nothing more is given out)",
+        }
+        assert "不再发放" in page and "5000.00" not in page and "90-100%" not in page
+    running = client.get(f"/api/v1/campaigns/{make_campaign(PLATFORM_RULES, budget_limit_fen=5000_00).id}/rules")
+    assert running.json["budget"]["over"] is False and running.json["budget"]["at_least_yuan"] == "5000.00"
 
 
 def test_page_escapes_the_name_and_runs_no_script(client, make_campaign, make_merchant):
