@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from ledger import account, balance
+from ledger import balances, ref
 from models import (
     AccountKind,
     Campaign,
@@ -161,12 +161,32 @@ def classify(kind: str, key: str) -> str:
     raise ValueError(f"no figure for {kind}")  # unreachable: every kind ends with a catch-all
 
 
-def _accounts(merchant_id: int) -> dict[str, LedgerAccount]:
-    return {kind.value: account(kind, "merchant", merchant_id) for kind in KINDS}
+@dataclass(frozen=True)
+class _Account:
+    """One of the merchant's accounts as the statement reads it: ``id`` None when it was never used (a statement
+    only reads: it does not create the account, and its balance and postings are nothing)."""
+
+    id: int | None
+    kind: AccountKind
+    code: str
 
 
-def _postings(accounts: dict[str, LedgerAccount], start: datetime, end: datetime):
-    by_id = {a.id: a for a in accounts.values()}
+def _accounts(merchant_id: int) -> dict[str, _Account]:
+    refs = {kind: ref(kind, "merchant", merchant_id) for kind in KINDS}
+    found = dict(
+        db.session.execute(
+            select(LedgerAccount.code, LedgerAccount.id).where(LedgerAccount.code.in_([r.code for r in refs.values()]))
+        )
+        .tuples()
+        .all()
+    )
+    return {kind.value: _Account(found.get(r.code), kind, r.code) for kind, r in refs.items()}
+
+
+def _postings(accounts: dict[str, _Account], start: datetime, end: datetime):
+    by_id = {a.id: a for a in accounts.values() if a.id is not None}
+    if not by_id:
+        return
     rows = db.session.execute(
         select(
             LedgerPosting.id,
@@ -195,7 +215,9 @@ def _postings(accounts: dict[str, LedgerAccount], start: datetime, end: datetime
         }
 
 
-def _balance_before(account_id: int, when: datetime) -> int:
+def _balance_before(account_id: int | None, when: datetime) -> int:
+    if account_id is None:
+        return 0
     return int(
         db.session.execute(
             select(func.coalesce(func.sum(LedgerPosting.amount), 0))
@@ -266,7 +288,7 @@ def _summary(t: dict[str, int]) -> dict:
     return {name: {**money(sum(t[f] for f in of)), "of": list(of)} for name, of in lines.items()}
 
 
-def _reconcile(accounts: dict[str, LedgerAccount], totals: dict[str, int], start, end) -> list[dict]:
+def _reconcile(accounts: dict[str, _Account], totals: dict[str, int], start, end) -> list[dict]:
     """Per account: opening + the month's figures = closing (both read from the ledger)."""
     out = []
     for kind, acc in accounts.items():
@@ -286,7 +308,7 @@ def _reconcile(accounts: dict[str, LedgerAccount], totals: dict[str, int], start
 
 def _profit_shares(
     merchant_id: int,
-    accounts: dict[str, LedgerAccount],
+    accounts: dict[str, _Account],
     fund_flow: str,
     start: datetime,
     end: datetime,
@@ -434,7 +456,7 @@ def _invoice(merchant_id: int, month: str) -> dict | None:
     }
 
 
-def _in_flight(merchant_id: int, accounts: dict[str, LedgerAccount]) -> dict:
+def _in_flight(merchant_id: int, accounts: dict[str, _Account]) -> dict:
     """Promised or pending, not yet (or not wholly) in the ledger; as of now, each with the rows it reads."""
     funded = (Campaign.funder_type == FunderType.MERCHANT_DEPOSIT) & (Campaign.funder_merchant_id == merchant_id)
     held = db.session.execute(
@@ -463,7 +485,8 @@ def _in_flight(merchant_id: int, accounts: dict[str, LedgerAccount]) -> dict:
     ).all()
     top_ups = [(i, a) for i, a, purpose in proposals if purpose == ProposalPurpose.DEPOSIT]
     payments = [(i, a) for i, a, purpose in proposals if purpose == ProposalPurpose.FEES]
-    fees_due = balance(accounts[FEES.value])
+    fees = accounts[FEES.value]
+    fees_due = 0 if fees.id is None else balances([fees])[fees.id]
     return {
         "rebates_held": {**money(sum(a for _, a in held)), "rebate_ids": [i for i, _ in held]},
         "packets_reserved": {**money(sum(a for _, a in reserved)), "campaign_ids": [i for i, _ in reserved]},

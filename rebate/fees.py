@@ -48,7 +48,7 @@ from models.base import BEIJING
 from models.operators import Actor, audit
 from models.sql import insert_ignoring
 from money import share
-from rebate.deposits import deposit_account
+from rebate.deposits import deposit_account, merchant_balance, used_account_id
 from rebate.errors import Invalid, StateConflict
 from rebate.scope import visible_campaign, visible_merchant
 
@@ -285,7 +285,7 @@ def billed_unpaid(merchant_id: int) -> int:
     billed = db.session.execute(
         select(func.coalesce(func.sum(FeeInvoice.due_fen), 0)).where(FeeInvoice.merchant_id == merchant_id)
     ).scalar_one()
-    owed_now = max(0, -balance(fees_due_account(merchant_id)))
+    owed_now = max(0, -merchant_balance(AccountKind.MERCHANT_FEES_DUE, merchant_id))
     return max(0, min(int(billed) - fees_paid(merchant_id), owed_now))
 
 
@@ -336,12 +336,16 @@ def _credit_applied_net(merchant_id: int) -> int:
 
 
 def _fees_due_moved(merchant_id: int, entries) -> int:
-    """The sum of the merchant's fees-due postings in the ``entries`` (a condition on ``LedgerEntry``)."""
+    """The sum of the merchant's fees-due postings in the ``entries`` (a condition on ``LedgerEntry``); 0 when the
+    account was never used (a read creates no account)."""
+    account_id = used_account_id(AccountKind.MERCHANT_FEES_DUE, merchant_id)
+    if account_id is None:
+        return 0
     return int(
         db.session.execute(
             select(func.coalesce(func.sum(LedgerPosting.amount), 0))
             .join(LedgerEntry, LedgerEntry.id == LedgerPosting.entry_id)
-            .where(LedgerPosting.account_id == fees_due_account(merchant_id).id, entries)
+            .where(LedgerPosting.account_id == account_id, entries)
         ).scalar_one()
     )
 

@@ -15,11 +15,11 @@ from pydantic import Field
 from sqlalchemy import select
 
 from ledger import balance
-from models import DepositProposal, FeeInvoice, OperatorRole, ProposalPurpose, db
+from models import AccountKind, DepositProposal, FeeInvoice, OperatorRole, ProposalPurpose, db
 from payouts import MoneySettings
 from rebate import deposit_ops
-from rebate.deposits import deposit_account
-from rebate.fees import billed_unpaid, credit_account, fee_rate, fees_paid, set_fee_rate, spend_credit
+from rebate.deposits import deposit_account, merchant_balance
+from rebate.fees import billed_unpaid, fee_rate, fees_paid, set_fee_rate, spend_credit
 from rebate.scope import visible_merchant
 from web.admin import ANY_OPERATOR, actor
 from web.api import endpoint
@@ -207,7 +207,7 @@ def list_invoices(merchant_id: int, query: Page):
     ).scalars()
     return {
         "items": [invoice_json(i) for i in rows],
-        "credit_fen": balance(credit_account(merchant_id)),
+        "credit_fen": merchant_balance(AccountKind.MERCHANT_MARKETING_CREDIT, merchant_id),  # creating nothing
         "fees_paid_fen": fees_paid(merchant_id),  # approved fee payments, all months
         "billed_unpaid_fen": billed_unpaid(merchant_id),  # the invoices' due less what was paid
     }
