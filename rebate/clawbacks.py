@@ -11,7 +11,18 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from ledger import Leg, account, balance, post_entry
-from models import AccountKind, Campaign, Payout, PayoutStatus, Rebate, RebateAdjustment, RebateStatus, Receivable, db
+from models import (
+    AccountKind,
+    Campaign,
+    Payout,
+    PayoutStatus,
+    Rebate,
+    RebateAdjustment,
+    RebateStatus,
+    Receivable,
+    db,
+    utcnow,
+)
 from models.payouts import Rail
 from money import format_yuan
 from payouts import MoneySettings, cancel_or_reduce, pending_payouts_for_rebate
@@ -44,7 +55,7 @@ def take_back(
         from_payout = _from_pending_payout(rebate, delta, key, funder_account(campaign))
     elif kind == "points":
         points = rebate.points
-        from_balance = _points_back(rebate, delta, key, money.point_value_fen, what)
+        from_balance, delta = _points_back(rebate, delta, key, money.point_value_fen, what)
         points -= rebate.points
     elif shared_by_merchant(rebate, campaign):
         # shared from the merchant's order money: what has left is owed to that merchant, never taken from
@@ -68,6 +79,8 @@ def take_back(
             f"{what} claws back {rebate.role} rebate",
             [Leg(target, -delta), Leg(funder_account(campaign), delta)],
         )
+        if rebate.beneficiary_type == "user" and from_payout + from_balance < delta:
+            _cancel_unconfirmed(rebate, what)
     recovered = from_payout + from_balance
     receivable = delta - recovered
     budgets.release_committed(campaign.id, recovered)
@@ -155,6 +168,26 @@ def _share_debt_parts(rebate: Rebate, owed: int) -> list[tuple[int | None, int]]
     return parts
 
 
+def _cancel_unconfirmed(rebate: Rebate, what: str) -> None:
+    """The balance could not cover the clawback: a transfer of the rebate still waiting for the person's
+    confirmation has not left, so it is cancelled at WeChat by the dispatcher's next pass (as an operator's
+    cancel is); its money, back in the balance, settles what is owed (``settle_covered_debts``). A bill the person
+    confirms first has left: what is owed stays owed."""
+    waiting = db.session.execute(
+        select(Payout)
+        .where(
+            Payout.rebate_id == rebate.id,
+            Payout.rail == Rail.WECHAT_CHANGE,
+            Payout.status == PayoutStatus.WAITING_USER_CONFIRM,
+            Payout.cancel_requested.is_(False),
+        )
+        .with_for_update()
+    ).scalars()
+    for payout in waiting:
+        payout.cancel_requested, payout.next_attempt_at = True, utcnow()
+        payout.last_error = f"cancellation requested: {what} took the rebate back"[:2000]
+
+
 def _from_pending_payout(rebate: Rebate, delta: int, key: str, back_to) -> int:
     taken = 0
     for payout in pending_payouts_for_rebate(rebate.id):
@@ -162,16 +195,20 @@ def _from_pending_payout(rebate: Rebate, delta: int, key: str, back_to) -> int:
     return taken
 
 
-def _points_back(rebate: Rebate, delta: int, key: str, point_value_fen: int, what: str) -> int:
-    """Take back the points ``delta`` fen of ``rebate`` no longer pays for; returns the fen recovered.
+def _points_back(rebate: Rebate, delta: int, key: str, point_value_fen: int, what: str) -> tuple[int, int]:
+    """Take back the points ``delta`` fen of ``rebate`` no longer pays for; returns the fen recovered and the fen
+    the rebate comes down by.
 
     The points kept are what the rebate's new amount buys in whole points, rounded down as the award converts
     (``rebate.awards.pay_rebate``), and never more than it gave: reckoned from the new amount each time, not
     scaled from the points an earlier refund left, so partial refunds lose no point to rounding. (Scaled in
     proportion instead when that keeps more: a point now valued above what it was at the award.) What the
     person's points cannot cover is owed back in fen: what the points balance goes below zero by, at a point's
-    value (as ``rebate.covered_debts`` reckons it); the rest is recovered, the part of a point the award never
-    turned into a point included."""
+    value (as ``rebate.covered_debts`` and the ledger check reckon it); the rest is recovered, the part of a point
+    the award never turned into a point included. Owed is exactly the points no longer held at a point's value
+    even where that is more than ``delta`` (a point taken for less than its value: the new amount's part of a
+    point, which buys no point, went with it): the rebate then comes down by what is owed, never below what the
+    points kept are worth, so its budget stays committed by exactly the rebate and what is owed."""
     left = rebate.amount_fen - delta
     in_proportion = rebate.points * left // rebate.amount_fen if rebate.amount_fen else 0
     kept = max(in_proportion, min(rebate.points, left // point_value_fen))
@@ -182,5 +219,7 @@ def _points_back(rebate: Rebate, delta: int, key: str, point_value_fen: int, wha
         post_entry(
             key, f"{what} claws back points", [Leg(points, -taken), Leg(account(AccountKind.POINTS_ISSUANCE), taken)]
         )
+    owed = short * point_value_fen
+    delta = max(delta, min(owed, rebate.amount_fen - kept * point_value_fen))
     rebate.points = kept
-    return delta - min(delta, short * point_value_fen)
+    return delta - min(delta, owed), delta
