@@ -8,7 +8,8 @@ the field, and /openapi.json publishes its schema):
   last N days;
 * ``{"kind": "spent_at_least", "amount_fen": Y, "days": N}``: paid at least Y fen, net of refunds, on orders
   paid in the last N days;
-* ``{"kind": "never_used_packet"}``: never spent a red packet on an order;
+* ``{"kind": "never_used_packet"}``: never spent a red packet on an order that was paid (one a refund gave back
+  since was spent all the same, as the lift's uptake counts it);
 * ``{"kind": "all_of" | "any_of", "clauses": [...]}`` and ``{"kind": "not", "clause": {...}}``.
 
 A *purchase* is an order paid and not refunded in full (status ``paid``); spending counts every paid order
@@ -58,6 +59,7 @@ from models import (
     Campaign,
     Order,
     OrderLine,
+    OrderPacket,
     OrderStatus,
     PacketStatus,
     RedPacket,
@@ -197,7 +199,9 @@ def _condition(clause, merchant_id: int | None, now: datetime):
         used = [RedPacket.owner_id == User.id, RedPacket.status == PacketStatus.USED]
         if merchant_id is not None:
             used.append(exists().where(Order.id == RedPacket.order_id, Order.merchant_id == merchant_id))
-        return not_(exists().where(*used))
+        # a packet spent on an order that was paid is used even if a refund gave it back since (the lift's basis)
+        spent = exists().where(OrderPacket.order_id == Order.id, _orders(merchant_id, Order.paid_at.is_not(None)))
+        return not_(or_(exists().where(*used), spent))
     since = now - timedelta(days=clause.days)
     if isinstance(clause, Lapsed):
         return and_(not_(_purchase(merchant_id, Order.paid_at >= since)), _purchase(merchant_id, Order.paid_at < since))
@@ -223,11 +227,17 @@ def members_query(definition, merchant_id: int | None, now: datetime) -> Select:
     return stmt
 
 
-def preview_count(definition, merchant_id: int | None, now: datetime, *, apart: bool = False) -> int:
+def preview_count(
+    definition, merchant_id: int | None, now: datetime, *, apart: bool = False, at_most: int | None = None
+) -> int:
     """How many people the definition holds now. ``apart``: read on a connection of its own after ending the caller's
     transaction, which must have written nothing (``models.sql.read_apart``: on SQLite a count of seconds over a big
-    shop's orders no longer holds every other request)."""
-    count = select(func.count()).select_from(members_query(definition, merchant_id, now).subquery())
+    shop's orders no longer holds every other request). ``at_most``: counted no further than one past it (whether
+    a run is small enough for its request: a big audience is not counted to its end inside the request's writes)."""
+    members = members_query(definition, merchant_id, now)
+    if at_most is not None:
+        members = members.limit(at_most + 1)
+    count = select(func.count()).select_from(members.subquery())
     if apart:
         return read_apart(count)[0][0]
     return db.session.execute(count).scalar_one()
@@ -246,9 +256,11 @@ def scoped_merchant(actor: Actor, merchant_id: int | None) -> int | None:
     return merchant_id
 
 
-def create_audience(actor: Actor, name: str, definition, merchant_id: int | None) -> Audience:
-    """A new audience (``definition``: parsed, ``parse_definition``). Merchant staff's audiences are always
-    scoped to their own merchant (another merchant: 404)."""
+def create_audience(
+    actor: Actor, name: str, definition, merchant_id: int | None, reason: str | None = None
+) -> Audience:
+    """A new audience (``definition``: parsed, ``parse_definition``), audited with the operator's ``reason``.
+    Merchant staff's audiences are always scoped to their own merchant (another merchant: 404)."""
     merchant_id = scoped_merchant(actor, merchant_id)
     audience = Audience(
         name=name,
@@ -258,7 +270,7 @@ def create_audience(actor: Actor, name: str, definition, merchant_id: int | None
     )
     db.session.add(audience)
     db.session.flush()
-    audit(actor, "audience.create", "audience", audience.id, None, name=name, merchant_id=merchant_id)
+    audit(actor, "audience.create", "audience", audience.id, reason, name=name, merchant_id=merchant_id)
     return audience
 
 
@@ -287,9 +299,12 @@ def definition_of(audience: Audience):
 # -- runs -------------------------------------------------------------------------------------------------
 
 
-def start_run(actor: Actor, audience_id: int, campaign_id: int, holdout_bps: int, now: datetime) -> AudienceRun:
-    """A new run of ``campaign_id`` on the audience (members chosen by ``work_run``). A merchant-funded campaign
-    runs only on an audience scoped to its own merchant (its money goes to its own buyers)."""
+def start_run(
+    actor: Actor, audience_id: int, campaign_id: int, holdout_bps: int, now: datetime, reason: str | None = None
+) -> AudienceRun:
+    """A new run of ``campaign_id`` on the audience (members chosen by ``work_run``), audited with the operator's
+    ``reason``. A merchant-funded campaign runs only on an audience scoped to its own merchant (its money goes to
+    its own buyers)."""
     audience = visible_audience(actor.operator, audience_id)
     campaign = visible_campaign(actor.operator, campaign_id)
     refuse_user_stake(campaign)
@@ -315,7 +330,7 @@ def start_run(actor: Actor, audience_id: int, campaign_id: int, holdout_bps: int
     db.session.add(run)
     db.session.flush()
     audit(
-        actor, "audience.run", "audience_run", run.id, None,
+        actor, "audience.run", "audience_run", run.id, reason,
         audience_id=audience.id, campaign_id=campaign.id, holdout_bps=holdout_bps,
     )  # fmt: skip
     return run

@@ -39,7 +39,9 @@ accounts on one device, all new, 70 % of orders with a packet, no refunds → 1 
 Communities scoring at least half the threshold are stored (``risk_communities``, the watch list; the
 rest are not, so the table does not grow by every shop's customers every run). The fingerprint is the
 SHA-256 of the sorted members: the same community is stored once (``INSERT … ON CONFLICT DO NOTHING``)
-and its case opened once (``review_cases.community_id`` is unique). A changed community has a new
+and its case opened once (``review_cases.community_id`` is unique); one stored on the watch list that scores
+suspicious later (the same members, more packets or refunds) takes its new score and reasons then and opens its
+case (a conditional UPDATE: once, whatever the nodes at once). A changed community has a new
 fingerprint; while a stored suspicious community sharing ≥ 80 % of its members (Jaccard) still has an
 undecided case, the new one is stored but opens no second case (its reasons say which it continues).
 """
@@ -435,6 +437,20 @@ def _overlapping(members: set[str], open_ones: list[tuple[int, set[str], int]]) 
     return None
 
 
+def _turned_suspicious(fingerprint: str, row: dict) -> list[tuple]:
+    """A stored community that was not suspicious and now is: its row takes the new score and reasons (one
+    conditional UPDATE, so of two nodes at once one changes it and opens its case); ``[(id,)]``, or ``[]``."""
+    table = RiskCommunity.__table__
+    changed = db.session.execute(
+        table.update()
+        .where(table.c.fingerprint == fingerprint, table.c.suspicious.is_(False))
+        .values(score=row["score"], suspicious=True, reasons=row["reasons"], found_at=row["found_at"])
+    )
+    if changed.rowcount != 1:
+        return []
+    return [(db.session.execute(select(table.c.id).where(table.c.fingerprint == fingerprint)).scalar_one(),)]
+
+
 def record_communities(scored: list[Scored], now: datetime, settings: GraphSettings) -> Counter:
     """Store the scored communities (once per fingerprint) and open a case per new suspicious one (flushes)."""
     summary: Counter = Counter()
@@ -458,6 +474,8 @@ def record_communities(scored: list[Scored], now: datetime, settings: GraphSetti
             "found_at": now,
         }
         written = insert_ignoring(table, [row], ("fingerprint",), ("id",))
+        if not written and s.suspicious:  # on the watch list until now: it turns suspicious (once, of two nodes)
+            written = _turned_suspicious(s.fingerprint, row)
         if not written:
             summary["known"] += 1
             continue

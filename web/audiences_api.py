@@ -111,7 +111,7 @@ def _counted_apart(definition, merchant_id: int | None) -> int:
 )
 def create_audience(body: CreateAudience):
     """Define an audience; answers it with how many people are in it now (``preview_count``)."""
-    audience = audiences.create_audience(actor(), body.name, body.definition, body.merchant_id)
+    audience = audiences.create_audience(actor(), body.name, body.definition, body.merchant_id, body.reason)
     return audience_json(audience, _preview(audience)), 201
 
 
@@ -170,8 +170,12 @@ def get_audience(audience_id: int):
 def start_run(audience_id: int, body: StartRun):
     """Issue one packet of a campaign to every member not held out (a small audience at once, else by the job)."""
     now = utcnow()
-    run = audiences.start_run(actor(), audience_id, body.campaign_id, body.holdout_bps, now)
-    if _preview(db.session.get(Audience, run.audience_id)) <= current_app.config["AUDIENCE_RUN_INLINE_MAX"]:
+    run = audiences.start_run(actor(), audience_id, body.campaign_id, body.holdout_bps, now, body.reason)
+    inline_max = current_app.config["AUDIENCE_RUN_INLINE_MAX"]
+    audience = db.session.get(Audience, run.audience_id)
+    # counted only as far as the answer needs: this request writes, and on SQLite it holds every other writer
+    small = audiences.preview_count(audiences.definition_of(audience), audience.merchant_id, now, at_most=inline_max)
+    if small <= inline_max:
         chunk = current_app.config["AUDIENCE_RUN_CHUNK"]
         while audiences.work_run(run.id, now, chunk) not in (RunStatus.DONE, None):
             pass
