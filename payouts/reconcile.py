@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from ledger import CheckReport, check_ledger
@@ -73,6 +73,9 @@ ERROR_MAX = 2_000
 
 MISSING_HERE, MISSING_THERE = MismatchKind.MISSING_HERE, MismatchKind.MISSING_THERE
 AMOUNT_DIFFERS, STATUS_DIFFERS = MismatchKind.AMOUNT_DIFFERS, MismatchKind.STATUS_DIFFERS
+# A payout that never reached the person (its money back in the person's balance here): a transfer bill WeChat closed
+# or we cancelled unconfirmed. WeChat giving its money back agrees with our books.
+NEVER_PAID = frozenset({PayoutStatus.FAILED, PayoutStatus.CANCELLED})
 RETURNED = ":returned"  # a payout's return (income in the fund-flow bill): its own subject, beside the payout
 
 
@@ -400,6 +403,12 @@ def _return_verdict(group: list[FundLine], payout: Payout | None) -> Verdict:
     if payout is None:
         why = f"WeChat gave money back ({first.business} {first.wechat_no}); no payout of ours"
         return MISSING_HERE, None, amount, why
+    if payout.status in NEVER_PAID:  # the money came back for a payout our books never counted as paid out
+        if amount != payout.amount_fen:
+            return AMOUNT_DIFFERS, payout.amount_fen, amount, f"收支金额 vs our {payout.status} payout" + _times(group)
+        return None
+    if payout.status != PayoutStatus.SUCCEEDED:  # not final here yet (WeChat closed it first): a check will tell
+        return STATUS_DIFFERS, None, amount, f"WeChat gave this payout's money back; our payout is {payout.status}"
     if payout.returned_at is None:
         why = "WeChat gave this payout's money back; we count it as paid out (no claim check has found the refund yet)"
         return STATUS_DIFFERS, None, amount, why
@@ -483,12 +492,13 @@ def _write_all(day: date, outcomes: list[BillOutcome], now: datetime) -> list[Re
 
 
 def _fail_run(run: ReconciliationRun, error: str) -> None:
-    # A run shows its last attempt: unresolved findings of an earlier attempt are stale once the
-    # bill cannot be read; resolved ones stay as history.
-    stale = (ReconciliationMismatch.run_id == run.id, ReconciliationMismatch.resolved_at.is_(None))
-    db.session.execute(delete(ReconciliationMismatch).where(*stale))
+    # This attempt read nothing, so it says nothing new about the day: the findings of the last bill read stay
+    # (an open one is still the operators' to work through, even when WeChat can no longer give the bill, say a
+    # day older than the three months it keeps), and ``mismatches`` counts the open ones left.
     error = _clean(error)
-    run.status, run.error, run.lines_read, run.matched, run.mismatches = RunStatus.FAILED, error, 0, 0, 0
+    run.status, run.error, run.lines_read, run.matched = RunStatus.FAILED, error, 0, 0
+    still_open = (ReconciliationMismatch.run_id == run.id, ReconciliationMismatch.resolved_at.is_(None))
+    run.mismatches = db.session.execute(select(func.count(ReconciliationMismatch.id)).where(*still_open)).scalar_one()
     subject = f"{run.kind} bill {run.bill_date}" + (f" of sub-merchant {run.sub_mchid}" if run.sub_mchid else "")
     raise_alert("reconciliation_failed", subject, f"{subject}: {error}")
 

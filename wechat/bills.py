@@ -94,7 +94,10 @@ def parse_bill_csv(
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise WeChatUnavailable("bill is not UTF-8", code="UNPARSEABLE_RESPONSE") from exc
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    # Lines end in CRLF or LF only: WeChat escapes \r and \n inside a field, never U+2028, \f, \x85 and the other
+    # characters str.splitlines() also breaks on (a refund's reason is the fund-flow line's 备注).
+    rows = text.split("\n")
+    lines = [(n, line.removesuffix("\r")) for n, line in enumerate(rows, start=1) if line.strip()]
     for n, line in lines:
         if "\x00" in line:
             raise WeChatUnavailable(f"bill line {n} holds a NUL character", code="UNPARSEABLE_RESPONSE")
