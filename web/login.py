@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, redirect, request
 from pydantic import Field
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from models import OAuthState, User, UserIdentity, call_between_commits, db, utcnow
@@ -36,6 +36,10 @@ from wechat.errors import WeChatError
 bp = Blueprint("login", __name__)
 
 STATE_TTL = timedelta(minutes=10)
+# Each new state clears up to this many spent ones (expired, used or not): a state is worth nothing after its
+# ``expires_at``, and /oauth/authorize needs no sign-in, so a crawler or a script following it must not grow the
+# table for ever. Two for one keeps the table near the live states alone, whatever the traffic.
+STATES_CLEARED_PER_NEW = 2
 STATE_COOKIE = "oauth_state"  # the state of the sign-in this browser started (``oauth_authorize``)
 SCOPES = ("snsapi_base", "snsapi_userinfo")
 
@@ -191,6 +195,7 @@ def oauth_authorize():
         raise ValidationFailed(f"scope must be one of {', '.join(SCOPES)}", code="invalid_scope")
     state = secrets.token_hex(16)
     now = utcnow()
+    _clear_spent_states(now)
     db.session.add(
         OAuthState(
             state=state,
@@ -217,6 +222,19 @@ def oauth_authorize():
         samesite="Lax",
     )
     return response
+
+
+def _clear_spent_states(now) -> None:
+    """Delete a few states past their ``expires_at`` (oldest first); rows another request is clearing are skipped
+    (PostgreSQL: ``SKIP LOCKED``), so two sign-ins at once never wait for, nor deadlock on, each other."""
+    spent = (
+        select(OAuthState.id)
+        .where(OAuthState.expires_at <= now)
+        .order_by(OAuthState.expires_at)
+        .limit(STATES_CLEARED_PER_NEW)
+        .with_for_update(skip_locked=True)
+    )
+    db.session.execute(delete(OAuthState).where(OAuthState.id.in_(spent)))
 
 
 def _state_cookie(state: str) -> str:
@@ -280,7 +298,7 @@ def oauth_callback():
             if prepared[1] == "snsapi_userinfo" and not unionid:
                 unionid = client.fetch_userinfo(grant["access_token"], grant["openid"]).get("unionid")
         except WeChatError as exc:
-            raise to_api_error(exc) from None
+            raise _oauth_error(exc) from None
         return grant["openid"], unionid
 
     def sign_in_and_redirect(prepared: tuple[str, str], person: tuple[str, str | None]):
@@ -291,4 +309,26 @@ def oauth_callback():
 
     response = call_between_commits(consume, exchange, sign_in_and_redirect)
     response.delete_cookie(_state_cookie(state), path=_callback_path())  # used: the browser forgets it
+    return response
+
+
+START_AGAIN = "start the sign-in again"
+
+
+def _oauth_error(exc: WeChatError) -> ApiError:
+    """WeChat's refusal of an OAuth code as the person can act on it. The state is used before the code goes to
+    WeChat, so this callback link never works again: the advice is to start the sign-in again, never to retry it,
+    nor to call ``wx.login`` (the mini-program's)."""
+    err = to_api_error(exc)
+    head, _, advice = err.message.partition("; ")
+    if err.code in ("login_code_invalid", "login_code_used") or advice.startswith("retry"):
+        err.message = f"{head}; {START_AGAIN}{advice.removeprefix('retry') if advice.startswith('retry') else ''}"
+    return err
+
+
+@bp.after_request
+def _never_cached(response):
+    """The callback's redirect carries the person's token (``Location: next#token=…``): no cache keeps it."""
+    if request.path.startswith("/oauth/"):
+        response.headers["Cache-Control"] = "no-store"
     return response

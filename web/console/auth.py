@@ -21,6 +21,7 @@ from wtforms import ValidationError
 from models import AuditLog, ConsoleSession, db, utcnow
 from models.operators import Actor, audit
 from models.sql import one_at_a_time
+from risk.net import limit_key
 from web.api import client_ip
 from web.auth import forget_other_requests, operator_token, token_is_live
 from web.console import bp, render
@@ -32,17 +33,19 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 SEEN_EVERY = timedelta(seconds=60)  # last_seen_at is written at most this often per session
 # Refused sign-ins are audited, at most this many per network address in the window; past it the form
 # answers 429 and writes nothing (tokens are 256-bit: this only keeps the audit log from being flooded).
+# A network address is an IPv4 address or an IPv6 address's /64 (``risk.net.limit_key``, as every per-address limit):
+# one machine picks any of its /64's 2**64 addresses, one per guess. The refusal's ``target_id`` names it.
 REFUSED_SIGN_INS = 10
 REFUSED_WINDOW = timedelta(minutes=10)
 
 
-def _refused_lately(ip: str) -> int:
+def _refused_lately(network: str) -> int:
     return db.session.execute(
         select(func.count())
         .select_from(AuditLog)
         .where(
             AuditLog.action == "console.sign_in_refused",
-            AuditLog.ip == ip,
+            AuditLog.target_id == network,
             AuditLog.created_at > utcnow() - REFUSED_WINDOW,
         )
     ).scalar_one()
@@ -154,8 +157,9 @@ def sign_in():
         row = operator_token(token)
     except ApiError as err:
         db.session.rollback()
-        one_at_a_time(f"console.sign_in_refused:{client_ip()}")  # counted one at a time, until this one is written
-        if _refused_lately(client_ip()) >= REFUSED_SIGN_INS:
+        network = limit_key(client_ip())
+        one_at_a_time(f"console.sign_in_refused:{network}")  # counted one at a time, until this one is written
+        if _refused_lately(network) >= REFUSED_SIGN_INS:
             raise ApiError(
                 "too many refused sign-ins from this address; wait a few minutes",
                 code="rate_limited",
@@ -167,7 +171,7 @@ def sign_in():
                 operator_id=None,
                 action="console.sign_in_refused",
                 target_type="console",
-                target_id=None,
+                target_id=network,
                 reason=err.code,
                 details={},
                 ip=client_ip(),
