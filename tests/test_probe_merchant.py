@@ -88,3 +88,18 @@ def test_reading_a_new_merchants_invoices_creates_no_ledger_account(client, make
     assert writes == []
     db.session.rollback()
     assert accounts_count() == before
+
+
+def test_reading_a_new_merchants_deposit_creates_no_ledger_account(client, make_operator, make_merchant):
+    """GET …/deposit of a merchant whose deposit was never used wrote its deposit account (web/admin.py)."""
+    shop = make_merchant()
+    _, admin = make_operator("admin")
+    before = accounts_count()
+
+    with writes_sent() as writes:
+        resp = client.get(f"/admin/api/merchants/{shop.id}/deposit", headers=admin)
+
+    assert resp.status_code == 200 and resp.json == {"merchant_id": shop.id, "deposit_fen": 0}, resp.json
+    assert writes == []
+    db.session.rollback()
+    assert accounts_count() == before

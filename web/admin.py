@@ -14,11 +14,10 @@ from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from ledger import balance
-from models import AuditLog, Merchant, Operator, OperatorRole, Product, db, operators, utcnow
+from models import AccountKind, AuditLog, Merchant, Operator, OperatorRole, Product, db, operators, utcnow
 from models.operators import Actor, audit, merchant_scope
 from models.sql import long_reads_by
-from rebate.deposits import deposit_account
+from rebate.deposits import merchant_balance
 from rebate.scope import visible_merchant
 from web.api import client_ip, endpoint
 from web.errors import Conflict
@@ -117,7 +116,8 @@ def get_merchant(merchant_id: int):
 def get_deposit(merchant_id: int):
     """What the merchant's marketing deposit holds (merchant staff: their own)."""
     visible_merchant(g.operator, merchant_id)
-    return {"merchant_id": merchant_id, "deposit_fen": balance(deposit_account(merchant_id))}
+    deposit = merchant_balance(AccountKind.MERCHANT_MARKETING_DEPOSIT, merchant_id)  # a read creates no account
+    return {"merchant_id": merchant_id, "deposit_fen": deposit}
 
 
 @endpoint(
