@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, flash, g, render_template, request
 from werkzeug.datastructures import MultiDict
 
-from models.base import beijing
+from models.base import BEIJING, beijing
 from money import format_yuan
 from web import idempotency
 from web.api import _finish, validate
 from web.auth import current_operator
 from web.errors import ApiError
+from web.guards import EARLIEST
 
 bp = Blueprint(
     "console",
@@ -196,6 +198,13 @@ def page_offset() -> int:
     return whole_number(request.args.get("offset"), MAX_OFFSET) or 0
 
 
+def day_start(day: date, days: int = 0) -> str:
+    """The instant a Beijing day starts (``days`` later), for an API's instant. The first day the date fields take
+    (2000-01-01) starts at 1999-12-31 16:00 UTC, before the earliest instant the API takes: it starts at that one
+    (nothing happened before it), not a 422 for a day the page accepts."""
+    return max(datetime.combine(day + timedelta(days=days), time.min, BEIJING), EARLIEST).isoformat()
+
+
 def form_data(names: tuple[str, ...] | None = None) -> MultiDict:
     """The posted form (without its CSRF token)."""
     data = MultiDict(request.form)
@@ -215,8 +224,6 @@ def yuan_filter(amount_fen: int | None) -> str:
 @bp.app_template_filter("beijing")
 def beijing_filter(value: Any) -> str:
     """An ISO timestamp or datetime shown in Beijing time, to the minute."""
-    from datetime import datetime  # noqa: PLC0415
-
     if value in (None, ""):
         return "—"
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value

@@ -21,7 +21,7 @@ from rebate.rules import Form as RuleForm
 from web.campaign_admin import create_campaign, get_campaign, list_campaigns, replace_rules, transition
 from web.campaign_admin import validate_campaign as check_campaign
 from web.console import act as console_act
-from web.console import allowed, bp, charts, form_data, may, read, render
+from web.console import allowed, bp, charts, form_data, may, page_offset, read, render
 from web.guards import form_json, instant_in_range
 from web.insights import simulate_rules
 
@@ -134,7 +134,7 @@ class Form:
 def campaigns():
     form = Form(request.args)
     limit = min(max(form.integer("limit") or PAGE_SIZE, 1), 500)
-    offset = max(form.integer("offset") or 0, 0)
+    offset = page_offset()  # as every list page: past 10,000,000 (or not a whole number) is the first page
     answer = read(list_campaigns, query={"limit": limit, "offset": offset})
     return render(
         "console/campaigns.html",

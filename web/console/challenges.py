@@ -8,16 +8,15 @@ campaigns sponsor (another is the API's 404) and the people as ids.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 
 from flask import flash, g, request
 
 from challenges.operations import TRANSPORTS as GROUP_TRANSPORTS
 from insights.challenges import NO_GROUP
 from models import ChallengeKind, ChallengeStatus, StakeSource
-from models.base import BEIJING
 from web.challenges_admin import get_one_challenge, list_all_challenges
-from web.console import ConsoleError, allowed, bp, invoke, page_offset, read, render
+from web.console import ConsoleError, allowed, bp, day_start, invoke, page_offset, read, render
 from web.guards import day_in_range
 
 PAGE = 50
@@ -63,7 +62,7 @@ def _since(text: str) -> str | None:
         day = day_in_range(date.fromisoformat(text))
     except ValueError:  # not a day of 2000 to 2099: the API refuses it in its own words
         return text or None
-    return datetime.combine(day, datetime.min.time(), BEIJING).isoformat()
+    return day_start(day)
 
 
 def _offset() -> int:

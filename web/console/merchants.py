@@ -17,7 +17,7 @@ from flask import abort, current_app, g, redirect, request, url_for
 from models.operators import merchant_scope
 from models.profit_sharing import ShareStatus
 from web.billing_api import get_fee_rate, put_fee_rate
-from web.console import act, allowed, bp, form_data, may, read, render, whole_number
+from web.console import act, allowed, bp, form_data, may, page_offset, read, render, whole_number
 from web.guards import MAX_ID
 from web.merchant_api import get_wechat_pay, put_wechat_pay
 from web.profit_shares_api import list_profit_shares
@@ -90,8 +90,8 @@ def merchant_wechat_pay(merchant_id: int):
 def profit_shares():
     """Profit shares newest first, filtered by merchant, order and status, with receivers and WeChat's answer."""
     allowed(list_profit_shares)
-    args = {k: request.args.get(k, "").strip() for k in ("merchant_id", "order_id", "status", "offset")}
-    query = {**args, "limit": PAGE}
+    args = {k: request.args.get(k, "").strip() for k in ("merchant_id", "order_id", "status")}
+    query = {**args, "limit": PAGE, "offset": page_offset()}  # past 10,000,000 or not a number: the first page
     answer = read(list_profit_shares, query=query)  # a bad filter: the API's 422 page
     offset = answer["offset"]
     return render(
@@ -102,5 +102,5 @@ def profit_shares():
         args=args,
         offset=offset,
         page=PAGE,
-        filters={k: v for k, v in args.items() if v and k != "offset"},
+        filters={k: v for k, v in args.items() if v},
     )

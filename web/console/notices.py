@@ -19,12 +19,13 @@ def notices():
     raw_user, status = request.args.get("user_id", "").strip(), request.args.get("status", "").strip()
     query: dict = {"limit": PAGE}
     if raw_user:
-        if not whole_number(raw_user, MAX_ID):
+        user_id = whole_number(raw_user, MAX_ID)
+        if not user_id:
             flash("用户编号应为正整数 The user id is a positive whole number", "error")
             return render(
                 "console/ops_notices.html", data=None, user_id=raw_user, status=status, statuses=STATUSES
             ), 422
-        query["user_id"] = raw_user
+        query["user_id"] = user_id  # the number the page read (full-width digits, leading zeros), not the text
     if status in STATUSES[1:]:
         query["status"] = status
     data = read(list_notices, query=query)

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import date
 
 from flask import abort, flash, g, redirect, request, url_for
 
 from models import CaseOutcome, Rail
-from models.base import BEIJING
 from models.reconciliation import BillKind, MismatchKind
 from web.admin import confirm_operator, disable_operator, list_audit_log, list_operators
 from web.bans_api import approve_ban_lift, create_ban, lift_ban, list_bans, reject_ban_lift
-from web.console import act, allowed, bp, form_data, may, page_offset, read, render, whole_number
+from web.console import act, allowed, bp, day_start, form_data, may, page_offset, read, render, whole_number
 from web.guards import MAX_ID, day_in_range
 from web.insights import trace_a_packet, trace_a_user, trace_an_order
 from web.payouts_api import act_on_payout, get_payout, list_payouts, resolve_payout
@@ -187,7 +186,7 @@ def _beijing_midnight(text: str, days: int = 0) -> str | None:
         day = day_in_range(date.fromisoformat(text))
     except ValueError:  # not a day of 2000 to 2099 (9999-12-31 has no next day): the API refuses it as typed
         return text or None
-    return datetime.combine(day + timedelta(days=days), datetime.min.time(), BEIJING).isoformat()
+    return day_start(day, days)
 
 
 @bp.route("/audit")

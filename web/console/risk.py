@@ -18,7 +18,7 @@ import re
 from flask import flash, g, redirect, request, url_for
 
 from web.communities_api import get_community, list_communities
-from web.console import act, allowed, bp, form_data, may, page_offset, read, render
+from web.console import act, allowed, bp, day_start, form_data, may, page_offset, read, render
 from web.guards import day_in_range, form_json
 from web.risk_rules_api import (
     activate_rule_set,
@@ -59,13 +59,13 @@ def _day(text: str, end: bool) -> str | None:
     text = text.strip()
     if not LOCAL_DAY.fullmatch(text):
         return None
-    from datetime import date, timedelta  # noqa: PLC0415
+    from datetime import date  # noqa: PLC0415
 
     try:
         day = day_in_range(date.fromisoformat(text))  # not one of 2000 to 2099: no edge (the day after 9999-12-31)
     except ValueError:
         return None
-    return f"{(day + timedelta(days=1) if end else day).isoformat()}T00:00:00+08:00"
+    return day_start(day, 1 if end else 0)
 
 
 def _rules_page(status: int = 200, form: dict | None = None, result: dict | None = None):
