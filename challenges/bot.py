@@ -247,7 +247,8 @@ def _run(command: Command, ctx: Context, user_id: int, now: datetime, ops: Ops) 
             ops.join_challenge(target, user_id, now)
             return Reply(f"你已加入 #{target}。发送「排行榜 {target}」看成绩。")
         case ShowStandings(challenge_id):
-            target = challenge_id or _group_latest(ctx, ops) or _my_latest(user_id, ops)
+            # in a group: the group's latest only (another chat's names and totals are not this group's to see)
+            target = challenge_id or (_group_latest(ctx, ops) if ctx.in_group else _my_latest(user_id, ops))
             if target is None:
                 return _which(ctx, "排行榜")
             if challenge_id and not _may_see(challenge_id, ctx, user_id, ops):  # names and totals are private

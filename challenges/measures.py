@@ -33,14 +33,22 @@ class StepsRecorded:
 
 
 def record_steps(
-    user_id: int, steps: list[tuple[date, int]], now: datetime, *, settings: ChallengeSettings | None = None
+    user_id: int,
+    steps: list[tuple[date, int]],
+    now: datetime,
+    *,
+    made: datetime | None = None,
+    settings: ChallengeSettings | None = None,
 ) -> StepsRecorded:
-    """Store a decrypted WeRun upload (the web layer decrypted and checked it)."""
+    """Store a decrypted WeRun upload (the web layer decrypted and checked it). ``made``: when WeChat wrote the data
+    (its watermark); a day closes only with data written after it ended, not data fetched before midnight and
+    uploaded after (that day's count was still growing: closing on it would settle on a partial day)."""
     from challenges.operations import current_settings
 
     settings = settings or current_settings()
     stakes.lock_person(user_id)  # one upload of a person at a time
     result, this_day = StepsRecorded(), today(now)
+    written_on = today(min(made, now)) if made is not None else this_day  # the Beijing day the data was written
     wanted = {}
     for day, value in steps:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -60,7 +68,7 @@ def record_steps(
         if row is None:
             row = rows[day] = StepDay(user_id=user_id, day=day, steps=value)
             db.session.add(row)
-        row.steps, row.uploaded_at, row.closed = value, now, row.closed or day < this_day
+        row.steps, row.uploaded_at, row.closed = value, now, row.closed or day < written_on
         row.flagged = OVER_CAP if value > settings.steps_daily_cap else None
         result.taken.append(day)
     _flag_repeats(rows, settings.steps_repeat_days)

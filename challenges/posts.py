@@ -246,5 +246,14 @@ def final_text(challenge: Challenge, table: Standings) -> str:
         payer = "赞助商" if p.get("from") is None else names.get(p["from"], f"用户{p['from']}")
         tail.append(f"{payer} → {names.get(p['to'], '用户' + str(p['to']))}：{amount}{unit}")
     if not prizes:
-        tail.append("没有输赢，挑战金已退回。")
+        tail.append(_no_prize(challenge, table))
     return fit(head, rows, tail)
+
+
+def _no_prize(challenge: Challenge, table: Standings) -> str:
+    """Why a settled challenge lists no prize, in words true of it: nobody lost, or someone lost and nothing was
+    paid (a share under one fen, a banned winner, a sponsor's refusal); a sponsor challenge had no stakes."""
+    lost = any(r.result == "lost" for r in table.rows)
+    if challenge.stake_source == StakeSource.SPONSOR:
+        return "赞助奖金没有发出。" if lost else "没有输赢，没有发奖金。"
+    return "没有发出奖励，挑战金已退回。" if lost else "没有输赢，挑战金已退回。"

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from challenges.days import day_end, day_start
 from challenges.errors import ChallengeClosed, MeasureRefused, NotParticipant
 from challenges.operations import get_challenge, is_participant
-from models import ChallengeKind, ChallengeStatus, QuizAttempt, QuizQuestion, db
+from models import Challenge, ChallengeKind, ChallengeStatus, QuizAttempt, QuizQuestion, db
 from models.sql import insert_ignoring
 
 
@@ -54,9 +54,21 @@ def _attempt(challenge_id: int, user_id: int) -> QuizAttempt | None:
 
 
 def answer_quiz(challenge_id: int, user_id: int, answers: dict[int, int], now: datetime) -> QuizAttempt:
-    """Score the answers (question id → choice index) once, before the attempt's time is up."""
-    if not is_participant(challenge_id, user_id):
+    """Score the answers (question id → choice index) once, before the attempt's time is up, and only while the
+    challenge is unsettled. Its row is locked first: a settlement under way (which skips a locked challenge, to
+    find the answers in on its next pass) finishes first, and answers that came after it are refused, not taken
+    as if they still counted (a request sent just before its time was up, taken just after the settle job
+    scored the attempt 0)."""
+    challenge = db.session.execute(
+        select(Challenge)
+        .where(Challenge.id == challenge_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if challenge is None or not is_participant(challenge_id, user_id):
         raise NotParticipant()
+    if challenge.status in (ChallengeStatus.SETTLED, ChallengeStatus.CANCELLED):
+        raise ChallengeClosed("the quiz is over", zh="问答已结束", code="quiz_over")
     attempt = _attempt(challenge_id, user_id)
     if attempt is None:
         raise MeasureRefused("fetch the questions first", zh="请先开始答题", code="quiz_not_started")

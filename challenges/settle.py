@@ -8,7 +8,9 @@ packet *issued by the loser* to each winner (split evenly among tied winners, ro
 returns to the loser), through a campaign funded by the loser's stake (``FunderType.USER_STAKE``), so the
 normal two-way rebate applies when the winner spends it. A quiz reverses the direction (winners' stakes fund
 the losers' packets). A points stake moves as points (nothing to spend at a merchant). A sponsor challenge
-pays its prize as packets of the sponsor's campaign. Nobody losing (all tied, nobody reached the goal)
+pays its prize as packets of the sponsor's campaign, split evenly (rounding down); the outcome accounts for every
+fen of it: ``prizes`` paid, ``refused`` (the campaign said no, or a share under one fen), ``withheld`` (a banned
+winner) and the ``remainder`` the sponsor keeps. Nobody losing (all tied, nobody reached the goal)
 releases every stake. Fewer than two by the join deadline cancels the challenge and releases every stake.
 """
 
@@ -147,14 +149,16 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
         given = sum(amount for _, amount in paid)
         stakes.release(challenge.id, challenge.stake_source, p.user_id, p.stake - given, "settled")
     refused: list[dict] = []
+    remainder = None
     if challenge.stake_source == StakeSource.SPONSOR and payees:
+        share, remainder = divmod(challenge.prize_fen, len(payees))  # rounding down: the sponsor keeps the rest
         for payee in sorted(banned):
-            withheld.append({"from": None, "to": payee, "amount": challenge.prize_fen // len(payees), "why": "banned"})
+            withheld.append({"from": None, "to": payee, "amount": share, "why": "banned"})
         for payee, amount in _sponsor_prizes(challenge, sorted(payees), banned, now, refused):
             prizes.append({"from": None, "to": payee, "amount": amount})
             received[payee] += amount
     challenge.status, challenge.settled_at = ChallengeStatus.SETTLED, now
-    challenge.outcome = {
+    outcome = {
         "winners": sorted(winners),
         "totals": {str(u): t for u, t in sorted(totals.items())},
         "prizes": prizes,
@@ -162,6 +166,9 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
         "refused": refused,
         "withheld": withheld,
     }
+    if remainder is not None:  # a sponsor's prize: paid + refused + withheld + remainder is the whole prize
+        outcome["remainder"] = remainder
+    challenge.outcome = outcome
     enqueue_many(
         [_told(challenge, p.user_id, NoticeEvent.CHALLENGE_SETTLED, p.result, received[p.user_id]) for p in members]
     )
@@ -250,11 +257,13 @@ def _sponsor_prizes(
     results stand, and the sponsor's failure to pay is on the record for an operator)."""
     share = challenge.prize_fen // len(payees)
     campaign = db.session.get(Campaign, challenge.sponsor_campaign_id)
-    if share <= 0 or campaign is None:
-        return []
     out, drafts = [], []
     for payee in payees:
         if payee in banned:  # a banned winner gets nothing (recorded as withheld by the caller)
+            continue
+        if share <= 0 or campaign is None:  # the prize split to less than a fen each, or no campaign: on the record
+            why = "share_below_one_fen" if share <= 0 else "campaign_not_found"
+            refused.append({"to": payee, "amount": share, "refused": why})
             continue
         owner = db.session.get(User, payee)
         try:

@@ -4,7 +4,8 @@ A day counts when it has ended and every participant's data for it has arrived, 
 has passed (missing data then counts as zero). ``first_to_goal``: the winners are those whose running total
 first reaches the goal on the earliest counted day (all of them on that day: a tie); nobody reaching it by the
 end means nobody wins or loses. ``highest_total``: the highest total wins, ties share; everyone equal means
-nobody loses. A quiz counts each person's score once they answered or their time ran out.
+nobody loses. A quiz counts each person's score once they answered or their time ran out. A settled challenge
+stands as settled (the totals written at settlement), whatever data arrives after.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from challenges.days import day_end, period
 from challenges.measures import daily_data
 from challenges.operations import display_names, get_challenge, participants_of
 from challenges.quiz import quiz_data
-from models import Challenge, ChallengeKind, WinRule
+from models import Challenge, ChallengeKind, ChallengeStatus, WinRule
 
 
 @dataclass
@@ -72,7 +73,9 @@ def standings(challenge_id: int, now: datetime) -> Standings:
     members = participants_of(challenge_id)
     user_ids = [p.user_id for p in members]
     names = display_names(user_ids)
-    if challenge.kind == ChallengeKind.QUIZ:
+    if challenge.status == ChallengeStatus.SETTLED and all(p.total is not None for p in members):
+        totals, counted, waiting, decided, winners = _settled(challenge, members)
+    elif challenge.kind == ChallengeKind.QUIZ:
         totals, counted, waiting, decided, winners = _quiz(challenge, user_ids, now)
     else:
         totals, counted, waiting, decided, winners = _daily(challenge, user_ids, now)
@@ -108,6 +111,16 @@ def standings(challenge_id: int, now: datetime) -> Standings:
         winners=winners,
         outcome=challenge.outcome,
     )
+
+
+def _settled(challenge: Challenge, members: list):
+    """A settled challenge stands as it was settled: the totals, counted days and winners its money moved on (data
+    arriving later, a WeRun upload after the report deadline, changes nothing of it)."""
+    outcome = challenge.outcome or {}
+    counted = [date.fromisoformat(d) for d in outcome.get("counted_days") or []]
+    days = 1 if challenge.kind == ChallengeKind.QUIZ else len(counted)  # a settled quiz counted everyone's score
+    totals = {p.user_id: (p.total, days) for p in members}
+    return totals, counted, [], True, sorted(outcome.get("winners") or [])
 
 
 def _daily(challenge: Challenge, user_ids: list[int], now: datetime):

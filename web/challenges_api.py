@@ -172,7 +172,7 @@ def werun(body: WeRunUpload):
         )
     except WeRunError as exc:
         raise ValidationFailed(str(exc), code=f"werun_{exc.code}") from None
-    recorded = record_steps(user.id, data.steps, now)
+    recorded = record_steps(user.id, data.steps, now, made=data.watermark_at)  # data fetched before midnight: no close
     return {
         "taken": [d.isoformat() for d in recorded.taken],
         "refused": recorded.refused,
