@@ -56,7 +56,9 @@ def _sponsor(make_merchant, make_campaign):
 
 def play_week(make_user, make_merchant, make_campaign, make_product, pay) -> dict:
     now = utcnow()
-    base = now - timedelta(days=7)
+    # noon (Beijing) a week ago: joins minutes after it stay before day 1's join deadline whatever the time of day
+    # the tests run (a week ago to the minute, at 23:55 Beijing, they fell after it and every join was refused)
+    base = day_start(today(now - timedelta(days=7))) + timedelta(hours=12)
     day1 = today(base) + timedelta(days=1)
     day2, day3 = day1 + timedelta(days=1), day1 + timedelta(days=2)
     people = {}
