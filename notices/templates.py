@@ -116,12 +116,26 @@ def _returned_parts(facts: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _if_any(facts: Mapping[str, Any], name: str, words: str) -> str:
+    """``words`` with the fact in (fen as yuan) when it is above zero; else nothing."""
+    value = int(facts.get(name) or 0)
+    if value <= 0:
+        return ""
+    return words.format(format_yuan(value) if name.endswith("_fen") else value)
+
+
 # Words made from an event's facts when rendered (so notices stored before they existed read them too).
 DERIVED: dict[NoticeEvent, dict[str, Callable[[Mapping[str, Any]], str]]] = {
     NoticeEvent.WALLET_RETURNED: {
         "what": lambda facts: "和".join(w for w, _ in _returned_parts(facts)),  # 余额和积分 / 余额 / 积分
         "returned": lambda facts: "和 ".join(n for _, n in _returned_parts(facts)),  # ¥3.00 余额和 40 积分
     },
+    # a points rebate taken back: the points that left, not only the fen (a point may be worth more than the fen)
+    NoticeEvent.REBATE_CLAWED_BACK: {"points_taken": lambda facts: _if_any(facts, "points", "（{} 积分）")},
+    # a winner whose share was under a fen (or whose sponsor refused) won nothing: no "获得 ¥0.00"
+    NoticeEvent.CHALLENGE_SETTLED: {"gained": lambda facts: _if_any(facts, "amount_fen", "，获得 ¥{}")},
+    # a sponsor's challenge had no stakes: no "挑战金 ¥0.00 已退回"
+    NoticeEvent.CHALLENGE_CANCELLED: {"stake_back": lambda facts: _if_any(facts, "amount_fen", "，挑战金 ¥{} 已退回")},
 }
 _DERIVED = {name: make for names in DERIVED.values() for name, make in names.items()}
 
@@ -401,7 +415,7 @@ DEFAULT_TEMPLATES: dict[str, dict] = {
     },
     NoticeEvent.REBATE_CLAWED_BACK: {
         "title": "返利已收回",
-        "body": "{amount} 的返利已收回：{reason}",
+        "body": "{amount} 的返利已收回{points_taken}：{reason}",
         "page": "pages/rebates/index",
         "subscribe": _sub("rebate_clawed_back", {"amount1": "{amount}", "thing2": "{reason}"}),
     },
@@ -419,13 +433,13 @@ DEFAULT_TEMPLATES: dict[str, dict] = {
     },
     NoticeEvent.CHALLENGE_SETTLED: {
         "title": "挑战已结算",
-        "body": "「{title}」已结算：你{result}，获得 {amount}。",
+        "body": "「{title}」已结算：你{result}{gained}。",
         "page": "pages/challenges/index",
         "subscribe": _sub("challenge_settled", {"thing1": "{title}", "thing2": "{result}", "amount3": "{amount}"}),
     },
     NoticeEvent.CHALLENGE_CANCELLED: {
         "title": "挑战已取消",
-        "body": "「{title}」参加人数不足已取消，挑战金 {amount} 已退回。",
+        "body": "「{title}」参加人数不足已取消{stake_back}。",
         "page": "pages/challenges/index",
         "subscribe": _sub("challenge_cancelled", {"thing1": "{title}", "amount2": "{amount}"}),
     },

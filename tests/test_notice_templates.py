@@ -138,3 +138,38 @@ def test_returned_wallet_money_names_only_what_came_back(cash_fen, points, title
     data = render_data(template.subscribe, facts)
     assert data["thing3"] == {"value": thing3}
     assert data["amount1"] == {"value": "¥" + f"{cash_fen / 100:.2f}"}
+
+
+@pytest.mark.parametrize(
+    ("event", "facts", "body"),
+    [
+        (NoticeEvent.REBATE_CLAWED_BACK, {"amount_fen": 20, "reason": "订单退款"}, "¥0.20 的返利已收回：订单退款"),
+        (
+            NoticeEvent.REBATE_CLAWED_BACK,
+            {"amount_fen": 20, "points": 1, "reason": "订单退款"},
+            "¥0.20 的返利已收回（1 积分）：订单退款",  # the point that left, not only the fen
+        ),
+        (
+            NoticeEvent.CHALLENGE_SETTLED,
+            {"challenge_id": 3, "title": "走路", "result": "获胜", "amount_fen": 2_50},
+            "「走路」已结算：你获胜，获得 ¥2.50。",
+        ),
+        (  # a share under one fen, or a sponsor that refused: no "获得 ¥0.00"
+            NoticeEvent.CHALLENGE_SETTLED,
+            {"challenge_id": 3, "title": "走路", "result": "获胜", "amount_fen": 0},
+            "「走路」已结算：你获胜。",
+        ),
+        (
+            NoticeEvent.CHALLENGE_CANCELLED,
+            {"challenge_id": 3, "title": "走路", "amount_fen": 5_00},
+            "「走路」参加人数不足已取消，挑战金 ¥5.00 已退回。",
+        ),
+        (  # a sponsor's challenge: nobody staked anything
+            NoticeEvent.CHALLENGE_CANCELLED,
+            {"challenge_id": 3, "title": "走路", "amount_fen": 0},
+            "「走路」参加人数不足已取消。",
+        ),
+    ],
+)
+def test_a_notice_names_what_moved_and_not_zero(event, facts, body):
+    assert inbox_text(load_templates(None, simulator=True)[event], facts)[1] == body

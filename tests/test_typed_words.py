@@ -46,7 +46,10 @@ OTHER_MEANINGS = {
         "a notice's fact: the points a challenge gave or gave back, an order's points returned",
     ),
     ("challenges/settle.py", "points"): (1, "a notice's fact: the points a challenge gave or gave back"),
-    ("notices/templates.py", "points"): (1, "a notice's fact: an order's points returned (a returned wallet's words)"),
+    ("notices/templates.py", "points"): (
+        2,
+        "a notice's fact: an order's points returned, a rebate's points taken back",
+    ),
 }
 
 
