@@ -36,6 +36,9 @@ class User(Base):
     # Until when a packet this person spent may attribute their later orders to its issuer (set when a
     # packet whose rules attribute is used; None: none does). A hint: the payment looks only when it is ahead.
     attribution_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # "Sign out everywhere" moves it on: a token carries the generation it was issued under (``web.auth``), and one
+    # of another generation is refused (migration 0043).
+    token_generation: Mapped[int] = mapped_column(default=0, server_default="0")
 
     identities: Mapped[list[UserIdentity]] = relationship(back_populates="user")
 

@@ -27,8 +27,11 @@ def _serializer() -> URLSafeTimedSerializer:
 
 
 def issue_user_token(user: User, channel: str | None = None) -> str:
-    """A signed, expiring token; ``channel`` (where the person signed in) is fixed in it when known."""
-    payload = {"uid": user.id} if channel is None else {"uid": user.id, "ch": channel}
+    """A signed, expiring token; ``channel`` (where the person signed in) is fixed in it when known, and the
+    person's token generation once they signed out everywhere (``signed_in`` refuses a token of another)."""
+    payload: dict = {"uid": user.id} if channel is None else {"uid": user.id, "ch": channel}
+    if user.token_generation:
+        payload["gen"] = user.token_generation
     return _serializer().dumps(payload)
 
 
@@ -54,6 +57,7 @@ def forget_other_requests() -> None:
         g.pop("user", None)
         g.pop("user_id", None)
         g.pop("token_channel", None)
+        g.pop("token_generation", None)
         g.pop("operator", None)
         g.identity_request = req
 
@@ -74,7 +78,10 @@ def signed_in_user_id() -> int:
     uid = data.get("uid") if isinstance(data, dict) else None
     if type(uid) is not int or not 0 < uid <= MAX_ID:  # every id is a 32-bit INTEGER
         raise Unauthorized("invalid token", code="invalid_token")
-    g.user_id, g.token_channel = uid, data.get("ch")
+    generation = data.get("gen", 0)
+    if type(generation) is not int or not 0 <= generation <= MAX_ID:
+        raise Unauthorized("invalid token", code="invalid_token")
+    g.user_id, g.token_channel, g.token_generation = uid, data.get("ch"), generation
     return uid
 
 
@@ -83,6 +90,8 @@ def signed_in(user: User | None) -> User:
     403 (banned): ``current_user`` from here on answers it without a statement."""
     if user is None or user.id != signed_in_user_id():
         raise Unauthorized("invalid token", code="invalid_token")
+    if g.token_generation != user.token_generation:  # issued before the person signed out everywhere
+        raise Unauthorized("signed out on every device; log in again", code="token_revoked")
     if not user.is_active:
         raise Forbidden("this account is banned", code="user_banned")
     g.user = user

@@ -25,7 +25,7 @@ from rebate.triggers import on_registered
 from risk import Claimant, identifiers
 from web import wechat
 from web.api import client_ip, endpoint
-from web.auth import issue_user_token
+from web.auth import current_user, issue_user_token, token_channel
 from web.errors import ApiError, ValidationFailed, to_api_error
 from web.growth_api import device_id, platform_limits
 from web.guards import local_path
@@ -310,6 +310,21 @@ def oauth_callback():
     response = call_between_commits(consume, exchange, sign_in_and_redirect)
     response.delete_cookie(_state_cookie(state), path=_callback_path())  # used: the browser forgets it
     return response
+
+
+@endpoint(bp, "/api/v1/auth/sign-out-everywhere", methods=["POST"], tags=("auth",))
+def sign_out_everywhere():
+    """End every session of the signed-in person (a lost phone): every token issued to them before is refused from
+    now on (401 ``token_revoked``), on every device and channel; answers a new token for the device that asked."""
+    user = current_user()
+    db.session.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(token_generation=User.token_generation + 1)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.refresh(user, ["token_generation"])  # two at once: each answers the generation it made
+    return {"token": issue_user_token(user, token_channel())}
 
 
 START_AGAIN = "start the sign-in again"
