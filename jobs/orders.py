@@ -26,7 +26,7 @@ from rebate import PayAccount, RefundOutcome, apply_payment, apply_refund_notice
 from rebate.orders import lock_order
 from wechat.errors import WeChatBusinessError, WeChatError, WeChatNotFound
 from wechat.partner import SubMerchant
-from wechat.transactions import RefundNotice, Transaction
+from wechat.transactions import MalformedResource, RefundNotice, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +110,18 @@ def _open_order_no(order_id: int) -> OrderRef | None:
 
 
 def _query(ref: OrderRef) -> Transaction | None:
-    """WeChat's view of the order; None when WeChat never saw it. Raises WeChatError when unknown or unreadable."""
+    """WeChat's view of the order; None when WeChat never saw it. Raises WeChatError when unknown or unreadable: an
+    answer naming another order is unreadable (never applied, nor taken as this order's state: a CLOSED one had
+    closed a paid order here, its payment then refunded as late)."""
     try:
-        return Transaction.parse(_pay().query_order(ref.out_trade_no, sub=ref.sub))
+        tx = Transaction.parse(_pay().query_order(ref.out_trade_no, sub=ref.sub))
     except WeChatNotFound:
         return None
+    if tx.out_trade_no != ref.out_trade_no:
+        raise MalformedResource(
+            "out_trade_no", f"the answer is about order {tx.out_trade_no!r}; we asked about {ref.out_trade_no!r}"
+        )
+    return tx
 
 
 def _ask_if_paid(ref: OrderRef | None) -> Transaction | str:

@@ -25,6 +25,7 @@ from rebate.wallet import release as release_wallet
 from risk import identifiers
 
 ORDER_TTL = timedelta(minutes=30)
+PREPAY_MARGIN = timedelta(minutes=1)  # WeChat takes a prepay only with a minute left before ``time_expire``
 MAX_QUANTITY = 999
 MIN_PAYABLE_FEN = 1  # WeChat's minimum
 
@@ -33,6 +34,12 @@ MIN_PAYABLE_FEN = 1  # WeChat's minimum
 class LineRequest:
     product_id: int
     quantity: int
+
+
+def last_prepay(order: Order) -> datetime:
+    """From this moment the order can no longer be paid (``/pay`` answers ``order_expired``): its packets and
+    wallet wait for the close job."""
+    return order.time_expire - PREPAY_MARGIN
 
 
 def new_out_trade_no(now: datetime) -> str:
@@ -84,11 +91,14 @@ def _usable_packet(
         refusal = state_refusal(packet.status)
         holder = db.session.get(Order, packet.order_id) if packet.status == PacketStatus.LOCKED else None
         if holder is not None and holder.user_id == user.id:  # say which order, and until when it holds it
-            refusal = StateConflict(
+            words = (
                 f"this red packet is held by your unpaid order {holder.out_trade_no}: pay that order, or it comes "
-                f"back once the order closes unpaid, after {beijing(holder.time_expire):%Y-%m-%d %H:%M} Beijing time",
-                code=refusal.code,
+                f"back once the order closes unpaid, after {beijing(holder.time_expire):%Y-%m-%d %H:%M} Beijing time"
+                if now < last_prepay(holder)
+                else f"this red packet is held by your unpaid order {holder.out_trade_no}, which has expired and can "
+                "no longer be paid: the packet comes back within a few minutes, once it is closed"
             )
+            refusal = StateConflict(words, code=refusal.code)
         raise refusal
     if now < packet.valid_from:
         raise StateConflict(  # the person's clock is Beijing's

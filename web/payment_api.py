@@ -28,6 +28,7 @@ from flask import Blueprint, Response, after_this_request, current_app
 from sqlalchemy import update
 
 from models import Merchant, Order, OrderStatus, User, call_between_commits, db, utcnow
+from rebate.orders import last_prepay
 from web import wechat
 from web.api import endpoint
 from web.auth import current_user
@@ -82,7 +83,7 @@ def _facts(order_id: int, user_id: int) -> PrepayFacts:
         raise NotFound("no such order")
     if order.status != OrderStatus.CREATED:
         raise Conflict(f"this order is {order.status}", code=f"order_{order.status}")
-    if order.time_expire <= utcnow() + timedelta(minutes=1):
+    if last_prepay(order) <= utcnow():
         raise Conflict("this order has expired; create a new one", code="order_expired")
     user = db.session.get(User, user_id)
     sub_appid = _sub_appid(order) if order.sub_mchid else None
