@@ -25,16 +25,17 @@ packets; ``claw_back`` also takes back what was paid on those orders to its memb
 
 Decided once: the same outcome again answers the case as decided (nothing done twice); another outcome is
 409. Above ``second_approval_fen`` held, the first decision is a proposal (``awaiting_approval``, nothing
-moves) carried out when a different operator decides the same outcome. A release or a clawback while a
-refund of one of its orders is pending is refused (409 ``refund_pending``, nothing changed). The case row
-is locked first, then the orders, the packets, a merchant to ban, the campaigns (id order: with a merchant
-ban, every campaign it will pause) and their deposits, as payments, claims, refunds and bans take them.
+moves) carried out when a different operator decides the same outcome (a ban for the same ``ban_days``). A
+release or a clawback while a refund of one of its orders is pending is refused (409 ``refund_pending``, nothing
+changed). The case row is locked first, then the orders, the packets, a merchant to ban, the campaigns (id order:
+with a merchant ban, every campaign it will pause) and their deposits, as payments, claims, refunds and bans take
+them.
 Operations flush; the caller commits once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select
@@ -106,6 +107,7 @@ def decide(
     ``graph_days``: ``RISK_GRAPH_DAYS``, the window the collusion job read before a community's ``found_at``
     (a community outcome acts on its members' orders paid in that window only)."""
     _check(review)
+    review = replace(review, outcome=CaseOutcome(review.outcome).value)  # the word itself in messages, not the enum
     case = lock_case(case_id)
     if case is None:
         raise NotFound(f"review case {case_id} not found")
@@ -122,10 +124,13 @@ def decide(
     if case.held_fen > second_approval_fen:
         if case.status == CaseStatus.OPEN:
             return _propose(actor, case, review, now, second_approval_fen)
-        if case.proposed_outcome != review.outcome:
+        proposed_days = proposed_ban_days(case)
+        if case.proposed_outcome != review.outcome or (
+            review.outcome in BAN_SUBJECT and review.ban_days != proposed_days
+        ):
             raise StateConflict(
-                f"case {case.id} awaits approval of {case.proposed_outcome!r} proposed by operator "
-                f"{case.proposed_by} ({case.proposed_reason}); approve that outcome or leave it",
+                f"case {case.id} awaits approval of {case.proposed_outcome!r}{_for_days(case, proposed_days)} "
+                f"proposed by operator {case.proposed_by} ({case.proposed_reason}); approve that outcome or leave it",
                 code="proposal_differs",
             )
         if case.proposed_by == actor.operator.id:
@@ -160,12 +165,34 @@ def _check(review: Review) -> None:
             raise Invalid(f"ban_days is 1 to {MAX_BAN_DAYS}", code="ban_days")
 
 
+def proposed_ban_days(case: ReviewCase) -> int | None:
+    """The ban length a proposal awaiting approval asked for (None: until lifted, or not a ban). Kept in the case's
+    ``effects`` until the decision replaces them with what it did: the second reviewer approves this length too."""
+    if case.status != CaseStatus.AWAITING_APPROVAL:
+        return None
+    return (case.effects or {}).get("proposed_ban_days")
+
+
+def _for_days(case: ReviewCase, days: int | None) -> str:
+    if case.proposed_outcome not in BAN_SUBJECT:
+        return ""
+    return f" for {days} days" if days else " until lifted"
+
+
 def _propose(actor: Actor, case: ReviewCase, review: Review, now: datetime, threshold: int) -> ReviewCase:
     case.status = CaseStatus.AWAITING_APPROVAL
     case.proposed_outcome, case.proposed_by = review.outcome, actor.operator.id
     case.proposed_at, case.proposed_reason = now, review.reason
+    case.effects = {"proposed_ban_days": review.ban_days} if review.outcome in BAN_SUBJECT else {}
     audit(
-        actor, "review.propose", "review_case", case.id, review.reason, outcome=review.outcome, threshold_fen=threshold
+        actor,
+        "review.propose",
+        "review_case",
+        case.id,
+        review.reason,
+        outcome=review.outcome,
+        threshold_fen=threshold,
+        ban_days=review.ban_days,
     )
     db.session.flush()
     return case

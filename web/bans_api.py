@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Annotated, Literal
 
 from flask import Blueprint
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from models import BanSubject, OperatorRole, utcnow
 from rebate import ban_ops
@@ -28,12 +28,23 @@ bp = Blueprint("bans", __name__, url_prefix="/admin/api")
 BANNERS = (OperatorRole.ADMIN, OperatorRole.SUPPORT)
 
 
+def _not_a_flag(value):
+    """A JSON true or false is no number of days (pydantic's int would take true as 1: a one-day ban)."""
+    if isinstance(value, bool):
+        raise ValueError("a ban lasts a whole number of days, not true or false")
+    return value
+
+
+# 1 to 3650 days: a number, or its digits as the console's form sends them; never a boolean
+BanDays = Annotated[int, Field(ge=1, le=3650), BeforeValidator(_not_a_flag)]
+
+
 class CreateBan(Model):
     subject: BanSubject
     value: Annotated[str, Field(min_length=1, max_length=64)]
     reason: Reason
     ends_at: Instant | None = None
-    days: Annotated[int, Field(ge=1, le=3650)] | None = None
+    days: BanDays | None = None
 
 
 class LiftBan(Model):

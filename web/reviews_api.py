@@ -11,17 +11,17 @@ What each outcome does to the money is ``rebate.reviews``.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from flask import Blueprint, current_app
-from pydantic import Field
 from sqlalchemy import select
 
 from models import CaseOutcome, Order, Rebate, ReviewCase, RiskCommunity, db, utcnow
 from payouts import MoneySettings
-from rebate.reviews import Review, decide
+from rebate.reviews import Review, decide, proposed_ban_days
 from web.admin import PLATFORM, actor
 from web.api import endpoint
+from web.bans_api import BanDays
 from web.communities_api import community_json
 from web.errors import NotFound
 from web.schemas import Model, Page, Reason
@@ -39,7 +39,7 @@ class ReviewQuery(Page):
 class Decide(Model):
     outcome: CaseOutcome
     reason: Reason
-    ban_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+    ban_days: BanDays | None = None
 
 
 def case_json(case: ReviewCase) -> dict:
@@ -62,6 +62,7 @@ def case_json(case: ReviewCase) -> dict:
         "proposed_by": case.proposed_by,
         "proposed_at": at(case.proposed_at),
         "proposed_reason": case.proposed_reason,
+        "proposed_ban_days": proposed_ban_days(case),
         "outcome": case.outcome,
         "decided_by": case.decided_by,
         "decided_at": at(case.decided_at),
