@@ -13,9 +13,10 @@ WeChat tells us what happens to the card through the official account's message 
 not cover ``outer_str``, so a person could otherwise name someone else's payout) decides the payout as delivered
 (SUCCEEDED through ``record.apply_result``, the card's ``UserCardCode`` kept as ``wechat_ref``);
 ``user_consume_card`` records the redemption (``card_consumed_at``) and ``user_del_card`` the deletion
-(``card_deleted_at``): neither moves money. Redeeming the code at the counter (``/card/code/consume``,
-``payouts.operations.settle_redeemed_card``) stays as the fallback when an event is lost: whichever
-comes first decides the payout, the other finds it decided and moves nothing.
+(``card_deleted_at``): neither moves money, except that either one for a card still offered proves it reached the
+package (its ``user_get_card`` was lost) and decides the payout as delivered. Redeeming the code at the counter
+(``/card/code/consume``, ``payouts.operations.settle_redeemed_card``) stays as the fallback when an event is lost:
+whichever comes first decides the payout, the other finds it decided and moves nothing.
 """
 
 from __future__ import annotations
@@ -207,12 +208,23 @@ def apply_card_event(
         return CardEventOutcome.UNKNOWN, None
     if event == USER_GET_CARD:
         return _received(payout, code, now, settings), payout
-    if payout.status == PayoutStatus.WAITING_USER_CONFIRM and event == USER_CONSUME_CARD:
-        _received(payout, code, now, settings)  # its user_get_card was lost: a redemption proves delivery
+    if payout.status == PayoutStatus.WAITING_USER_CONFIRM:
+        # its user_get_card was lost: a redemption, or a deletion from the package, proves delivery
+        _received(payout, code, now, settings)
     column = "card_consumed_at" if event == USER_CONSUME_CARD else "card_deleted_at"
     if getattr(payout, column) is not None:
         return CardEventOutcome.ALREADY, payout
     setattr(payout, column, now)
+    if event == USER_CONSUME_CARD and payout.status in TERMINAL and payout.status != PayoutStatus.SUCCEEDED:
+        # a card cannot be recalled: redeemed after its payout's money went back (an operator's cancel), the value
+        # was given twice, and its user_get_card (which would have alerted) may have been lost. Nothing moves here.
+        alert_once(
+            "card_consumed_late",
+            payout.external_no,
+            f"the card of payout {payout.external_no} was redeemed, but the payout is {payout.status} and its "
+            f"{payout.amount_fen} fen went back: check the card and the money",
+        )
+        return CardEventOutcome.LATE, payout
     return CardEventOutcome.APPLIED, payout
 
 
