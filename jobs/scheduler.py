@@ -99,6 +99,11 @@ CONFIGURED_INTERVALS = {
 jobs_cli = AppGroup("jobs", help="Scheduled jobs.")
 
 
+def interval_of(app: Flask, job: Callable, seconds: int) -> int:
+    """How often ``job`` runs in this app: its setting when it has one (``CONFIGURED_INTERVALS``), else ``seconds``."""
+    return app.config.get(CONFIGURED_INTERVALS.get(job.__name__, ""), seconds)
+
+
 def in_app(app: Flask, job: Callable) -> Callable[[], None]:
     def run() -> None:
         with app.app_context():
@@ -132,7 +137,7 @@ def build_scheduler(app: Flask, blocking: bool = False):
         timezone=UTC,
     )
     for job, seconds in JOBS:
-        seconds = app.config.get(CONFIGURED_INTERVALS.get(job.__name__, ""), seconds)
+        seconds = interval_of(app, job, seconds)
         first = {"next_run_time": datetime.now(UTC)} if job in RUN_AT_START else {}
         scheduler.add_job(in_app(app, job), "interval", seconds=seconds, id=job.__name__, name=job.__name__, **first)
     for job, at in DAILY_JOBS:  # run however late they start (the pool's threads all busy, a WeChat outage's
@@ -177,11 +182,13 @@ def run_command() -> None:
     """Run the scheduler in the foreground (one process per node)."""
     from flask import current_app
 
+    app = current_app._get_current_object()
     for warning in database_warnings():
         log.warning(warning)
         click.echo(f"warning: {warning}", err=True)
-    click.echo("jobs: " + ", ".join(f"{job.__name__} every {s}s" for job, s in JOBS))
-    build_scheduler(current_app._get_current_object(), blocking=True).start()
+    # the intervals this process will keep (a job's setting, not its default: INSIGHTS_ROLLUP_SECONDS=30 said 300s)
+    click.echo("jobs: " + ", ".join(f"{job.__name__} every {interval_of(app, job, s)}s" for job, s in JOBS))
+    build_scheduler(app, blocking=True).start()
 
 
 @jobs_cli.command("run-once")

@@ -55,7 +55,8 @@ def fold_marks(now: datetime | None = None) -> dict[str, int]:
         progress.candidate_id, progress.candidate_at = _highest(), now
     start = progress.upto_posting_id
     due = progress.candidate_id is not None and progress.candidate_id > start
-    if due and (not postgres or _settled(progress.candidate_at, progress.candidate_xmax)):
+    settled = due and (not postgres or _settled(progress.candidate_at, progress.candidate_xmax))
+    if settled:
         for _ in range(STEPS_PER_RUN):
             if progress.upto_posting_id >= progress.candidate_id:
                 break
@@ -64,7 +65,8 @@ def fold_marks(now: datetime | None = None) -> dict[str, int]:
             progress.upto_posting_id = end
     waiting = 0
     if postgres and progress.candidate_id is not None and progress.candidate_id > progress.upto_posting_id:
-        waiting = max(0, int((now - progress.candidate_at).total_seconds()))  # still not safe
+        if not settled:  # still not safe (an end safe but not folded to yet, a long history's first fold, waits not)
+            waiting = max(0, int((now - progress.candidate_at).total_seconds()))
     elif postgres:  # the next end: the highest id now, then the clock and the next transaction id after it
         progress.candidate_id = _highest()
         progress.candidate_at, progress.candidate_xmax = db.session.execute(_horizon()).one()
