@@ -113,17 +113,24 @@ def refuse_another_merchants_card(code: str, merchant_id: int | None) -> None:
     """Merchant staff (``merchant_id``: theirs) redeem only the cards their own merchant's campaigns paid out, and
     the platform's (usable at every shop). A code none of our card payouts carries yet (the user's ``wx.addCard``
     code not recorded, its event not yet applied) is refused to them too: whose it is cannot be told, and a
-    platform operator may redeem it."""
-    if merchant_id is None:
-        return
+    platform operator may redeem it. A card whose payout was cancelled or failed (its money went back to the person:
+    a card cannot be recalled at WeChat) is redeemed by nobody: 409 ``card_payout_cancelled``, before WeChat is asked
+    (redeemed, it would give the money twice)."""
     stmt = (
-        select(Payout.id, Campaign.serves_merchant_id)
+        select(Payout.id, Campaign.serves_merchant_id, Payout.status)
         .select_from(Payout)
         .outerjoin(Rebate, Rebate.id == Payout.rebate_id)
         .outerjoin(Campaign, Campaign.id == Rebate.campaign_id)
         .where(Payout.rail == Rail.CARD_COUPON, or_(Payout.external_no == code, Payout.wechat_ref == code))
     )
     rows = db.session.execute(stmt).all()
+    if rows and all(status in (S.CANCELLED, S.FAILED) for _, _, status in rows):
+        raise PayoutError(
+            "this coupon's payout was cancelled and its money returned to the customer: it cannot be redeemed",
+            code="card_payout_cancelled",
+        )
+    if merchant_id is None:
+        return
     if not rows:
         raise PayoutError(
             "this coupon's code is not recorded with us yet, so whose it is cannot be told: the customer opens the "
@@ -131,7 +138,7 @@ def refuse_another_merchants_card(code: str, merchant_id: int | None) -> None:
             code="card_code_unknown",
             kind="forbidden",
         )
-    if {shop for _, shop in rows} - {None, merchant_id}:
+    if {shop for _, shop, _ in rows} - {None, merchant_id}:
         raise PayoutError(
             "this coupon was paid out by another merchant's campaign: it is redeemed at that merchant's counter",
             code="card_of_another_merchant",

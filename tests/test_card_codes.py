@@ -192,6 +192,26 @@ def test_a_lost_consume_answer_is_recovered_by_the_retry_that_hears_already_cons
     assert state_of(payout.id)[:2] == ("succeeded", payout.external_no)
 
 
+@pytest.mark.parametrize("status", ["cancelled", "failed"])
+@responses.activate
+def test_a_card_whose_payout_money_went_back_is_redeemed_by_nobody(card_app, client, make_user, make_operator, status):
+    # given: a custom-code card payout an operator cancelled (its money back in the balance; WeChat cannot recall it)
+    from payouts.transitions import mark_returned
+
+    payout = offered(fund_card_payout(make_user()))
+    mark_returned(payout, status, payout.created_at, "CANCELLED_BY_OPERATOR: no longer offered")
+    db.session.commit()
+    before = state_of(payout.id)
+    _wechat_answers(responses)
+    _, admin = make_operator("admin")
+    # when: the counter tries to redeem it
+    answer = client.post("/admin/api/cards/consume", headers=admin, json={"code": payout.external_no})
+    # then: refused before WeChat is asked (redeemed, it would pay the money twice); nothing changes
+    assert (answer.status_code, answer.json["error"]) == (409, "card_payout_cancelled"), answer.json
+    assert not [c for c in responses.calls if "/card/code/consume" in c.request.url]
+    assert state_of(payout.id) == before
+
+
 @pytest.mark.parametrize("errcode", [40075, 40056])
 @responses.activate
 def test_a_bad_encrypt_code_is_a_clear_4xx_and_changes_nothing(
