@@ -14,7 +14,7 @@ from calendar import monthrange
 from collections import defaultdict
 from datetime import date, timedelta
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, case, func, literal_column, or_, select
 
 from insights.rollups import BUCKETS, PACKET_EVENTS, REBATE_EVENTS, beijing_day
 from models import Campaign, InsightsDaily, InsightsPerson, db
@@ -27,6 +27,9 @@ PACKETS = tuple(f"packets_{e}" for e in PACKET_EVENTS)
 REBATES = tuple(f"rebates_{e}" for e in REBATE_EVENTS)
 CAMPAIGN = ("influenced", "influenced_refunds", "discounts", *PACKETS, *REBATES)
 UPTAKE = (("by_face_value", "bucket"), ("by_trigger", "trigger"), ("by_channel", "channel"))
+# a campaign's report: the discounts on all the orders its sales count (campaign 0), for their goods value; its
+# ``discounts_fen`` (and cost) is its own packets' discounts
+ORDER_DISCOUNTS = "order_discounts"
 
 
 def ratio_bps(numerator: int, base: int) -> int | None:
@@ -42,6 +45,17 @@ class Scope:
 
     def __init__(self, merchant_id: int | None, campaign_id: int | None):
         self.merchant_id, self.campaign_id = merchant_id, campaign_id
+        # the discounts of the goods value: the orders' (the campaign 0 rows), as the sales and the wallet are
+        self.goods_discounts = "discounts" if campaign_id is None else ORDER_DISCOUNTS
+
+    def metric(self):
+        """The name a row sums under: a campaign's report reads the orders' discounts (campaign 0) beside its own."""
+        t = InsightsDaily
+        if self.campaign_id is None:
+            return t.metric
+        # the words as SQL literals: the CASE reads as text on both databases, in the SELECT and its GROUP BY alike
+        discounts = and_(t.campaign_id == 0, t.metric == literal_column("'discounts'"))
+        return case((discounts, literal_column(f"'{ORDER_DISCOUNTS}'")), else_=t.metric)
 
     def daily(self):
         t = InsightsDaily
@@ -50,7 +64,7 @@ class Scope:
             sales = and_(t.campaign_id == 0, t.metric.in_(OVERALL), *mine)
             campaigns = and_(t.campaign_id != 0, t.metric.in_((*PACKETS, *REBATES)), *mine)
         else:
-            sales = and_(t.campaign_id == 0, t.metric.in_(SALES), *mine)
+            sales = and_(t.campaign_id == 0, t.metric.in_((*SALES, "discounts", "wallet")), *mine)
             campaigns = and_(t.campaign_id == self.campaign_id, t.metric.in_(CAMPAIGN))
         return or_(sales, campaigns)
 
@@ -64,10 +78,11 @@ class Scope:
 def _sums(scope: Scope, start: date, end: date, metrics: tuple[str, ...] = ()) -> dict[str, list[int]]:
     t = InsightsDaily
     only = [t.metric.in_(metrics)] if metrics else []
+    metric = scope.metric()
     stmt = (
-        select(t.metric, func.sum(t.count), func.sum(t.fen))
+        select(metric, func.sum(t.count), func.sum(t.fen))
         .where(t.day >= start, t.day <= end, t.dim == "", scope.daily(), *only)
-        .group_by(t.metric)
+        .group_by(metric)
     )
     return defaultdict(lambda: [0, 0], {m: [int(n or 0), int(f or 0)] for m, n, f in db.session.execute(stmt)})
 
@@ -83,8 +98,9 @@ def _people(scope: Scope, start: date, end: date) -> tuple[int, int]:
     return int(participants or 0), int(new_users or 0)
 
 
-def counters(m: dict[str, list[int]]) -> dict:
-    """The flat counters of a window (totals, before, one period of the series)."""
+def counters(m: dict[str, list[int]], goods_discounts: str = "discounts") -> dict:
+    """The flat counters of a window (totals, before, one period of the series); ``goods_discounts``: the metric of
+    the discounts on the orders ``sales`` counts."""
     net = m["sales"][1] - m["refunds"][1]
     influenced_net = m["influenced"][1] - m["influenced_refunds"][1]
     rebates_net = m["rebates_awarded"][1] - m["rebates_clawed_back"][1] - m["rebates_cancelled"][1]
@@ -103,7 +119,7 @@ def counters(m: dict[str, list[int]]) -> dict:
         # the buyers' rebate balance and points' value spent on the orders; with sales and the packets'
         # discounts: the goods value of the orders paid (sales alone is what buyers paid through WeChat)
         "wallet_spent_fen": m["wallet"][1],
-        "goods_value_fen": m["sales"][1] + m["discounts"][1] + m["wallet"][1],
+        "goods_value_fen": m["sales"][1] + m[goods_discounts][1] + m["wallet"][1],
     }
     for metric in (*PACKETS, *REBATES):
         out[metric], out[f"{metric}_fen"] = m[metric]
@@ -120,7 +136,7 @@ def window_totals(scope: Scope, start: date, end: date, sums: dict[str, list[int
         "to": end.isoformat(),
         "participants": participants,
         "new_users": new_users,
-        **counters(sums if sums is not None else _sums(scope, start, end)),
+        **counters(sums if sums is not None else _sums(scope, start, end), scope.goods_discounts),
     }
 
 
@@ -146,10 +162,11 @@ def periods(start: date, end: date, granularity: str) -> list[tuple[str, date, d
 def _series(scope: Scope, start: date, end: date, granularity: str) -> tuple[list[dict], dict[str, list[int]]]:
     """The periods' counters, and the window's sums (the same scan)."""
     t = InsightsDaily
+    metric = scope.metric()
     stmt = (
-        select(t.day, t.metric, func.sum(t.count), func.sum(t.fen))
+        select(t.day, metric, func.sum(t.count), func.sum(t.fen))
         .where(t.day >= start, t.day <= end, t.dim == "", scope.daily())
-        .group_by(t.day, t.metric)
+        .group_by(t.day, metric)
     )
     spans = periods(start, end, granularity)
     firsts = [first for _, first, _ in spans]
@@ -167,7 +184,7 @@ def _series(scope: Scope, start: date, end: date, granularity: str) -> tuple[lis
             whole[metric][0] += n
             whole[metric][1] += fen
     series = [
-        {"period": label, "from": first.isoformat(), "to": last.isoformat(), **counters(m)}
+        {"period": label, "from": first.isoformat(), "to": last.isoformat(), **counters(m, scope.goods_discounts)}
         for (label, first, last), m in zip(spans, sums, strict=True)
     ]
     return series, whole

@@ -28,7 +28,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import case, func, or_, select, union
+from sqlalchemy import BigInteger, and_, case, cast, func, or_, select, union
+from sqlalchemy.orm import aliased
 
 from models import (
     AdjustmentKind,
@@ -132,12 +133,35 @@ def _paid_in(start: datetime, end: datetime):
 
 
 def _buyer_part():
-    """What a refund gave back of the buyer's own payment (with ``Order`` joined): all of it, or for an order paid
-    partly with a WeChat Pay coupon its share of ``paid_fen`` (sales count ``paid_fen``; the coupon's part of a
-    refund goes back to the coupon). The product is taken only for such an order."""
+    """What a refund gave back of the buyer's own payment (with ``Order`` and ``Refund`` joined): all of it, or for
+    an order paid partly with a WeChat Pay coupon (sales count ``paid_fen``; the coupon's part of a refund goes
+    back to the coupon) what it took off the buyer's part left (``money.left_after_refunds``), rounded down on the
+    running total of the order's refunds before it, as ``Order.net_paid_fen`` is: the refunds of a whole order
+    take back exactly ``paid_fen``, not a fen less per refund. The products are taken only for such an order."""
+    earlier = aliased(Refund)
+    before = (
+        select(cast(func.coalesce(func.sum(earlier.amount_fen), 0), BigInteger))  # (PostgreSQL: numeric)
+        .where(
+            earlier.order_id == Refund.order_id,
+            earlier.status == RefundStatus.SUCCEEDED,
+            or_(
+                earlier.finished_at < Refund.finished_at,
+                and_(earlier.finished_at == Refund.finished_at, earlier.id < Refund.id),
+            ),
+        )
+        .correlate(Refund)
+        .scalar_subquery()
+    )
+
+    def left(refunded):
+        return case(
+            (refunded >= Order.payable_fen, 0),
+            else_=(Order.payable_fen - refunded) * Order.paid_fen // Order.payable_fen,
+        )
+
     return case(
         (Order.paid_fen == Order.payable_fen, Refund.amount_fen),
-        else_=Refund.amount_fen * Order.paid_fen // Order.payable_fen,
+        else_=left(before) - left(before + Refund.amount_fen),
     )
 
 
