@@ -31,7 +31,7 @@ from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, RedPack
 from models.base import beijing
 from models.sql import reading_apart
 from money import format_yuan, left_after_refunds
-from rebate.campaigns import rules_of
+from rebate.campaigns import merchant_of, rules_of
 from rebate.rules import Form, Line, OrderFacts, RuleSet, evaluate
 
 ISSUING = frozenset({"merchant", "user"})  # platform issuers receive no rebates
@@ -103,8 +103,10 @@ def replay_query(campaign: Campaign, rules: RuleSet, since: datetime, until: dat
         .where(Order.status == OrderStatus.PAID, Order.paid_at >= since, Order.paid_at < until)
         .order_by(Order.paid_at, Order.id)
     )
-    if rules.applies_to == "referral":
-        return stmt.where(User.inviter_id.is_not(None))
+    if rules.applies_to == "referral":  # a merchant's referral campaign serves only its own orders, as at payment
+        owner = merchant_of(campaign)
+        invited = stmt.where(User.inviter_id.is_not(None))
+        return invited if owner is None else invited.where(Order.merchant_id == owner)
     return stmt.where(of_own_packets(OrderPacket.packet_id).exists())
 
 

@@ -24,6 +24,7 @@ from models import (
     Campaign,
     Order,
     OrderMilestone,
+    OrderPacket,
     OrderStatus,
     PacketStatus,
     Payout,
@@ -119,12 +120,31 @@ def describe_rebates(rebates: list[Rebate], words: Words, *, risk_details: bool 
     for payout in db.session.execute(select(*PAYOUT_COLUMNS).where(Payout.rebate_id.in_(ids)).order_by(Payout.id)):
         payouts[payout.rebate_id].append(payout)
     met = _milestones({r.order_id for r in rebates if r.condition_deadline is not None})
+    spent = _spent_on(orders.values())
     return [
         _describe(
-            r, campaigns[r.campaign_id], orders[r.order_id], clawbacks[r.id], payouts[r.id], met, words, risk_details
+            r,
+            campaigns[r.campaign_id],
+            orders[r.order_id],
+            clawbacks[r.id],
+            payouts[r.id],
+            met,
+            words,
+            risk_details,
+            _evaluated_as(r, orders[r.order_id], spent),
         )
         for r in rebates
     ]
+
+
+def _spent_on(orders) -> set[tuple[int, int]]:
+    """(order id, packet id) of every packet spent on these orders: an order may stack several (``order_packets``),
+    ``orders.packet_id`` names only the first."""
+    ids = [o.id for o in orders]
+    if not ids:
+        return set()
+    stmt = select(OrderPacket.order_id, OrderPacket.packet_id).where(OrderPacket.order_id.in_(ids))
+    return {(order_id, packet_id) for order_id, packet_id in db.session.execute(stmt)}
 
 
 def _by_id(model, ids: set[int]) -> dict:
@@ -232,7 +252,9 @@ def _payout(p) -> tuple[dict, str]:
     return info, line + "."
 
 
-def _describe(r: Rebate, campaign, order, clawbacks, payouts, met, words: Words, risk_details: bool = True) -> dict:
+def _describe(
+    r: Rebate, campaign, order, clawbacks, payouts, met, words: Words, risk_details: bool, evaluated_as: str
+) -> dict:
     code = r.reason_code if risk_details else FOR_STAFF.get(r.reason_code, r.reason_code)
     lines = [_headline(r, campaign, words, code)]
     reasons = list(r.reasons or []) if risk_details else for_staff(r.reasons)
@@ -257,7 +279,7 @@ def _describe(r: Rebate, campaign, order, clawbacks, payouts, met, words: Words,
         "campaign": {"id": campaign.id, "name": campaign.name, "status": campaign.status},
         "rules_version": r.rules_version,
         "packet_id": r.packet_id,
-        "evaluated_as": _evaluated_as(r, order),
+        "evaluated_as": evaluated_as,
         "role": r.role,
         "beneficiary": {"type": r.beneficiary_type, "id": r.beneficiary_id} if r.beneficiary_type else None,
         "form": r.form,
@@ -325,10 +347,13 @@ def _on_order(decision: dict) -> str:
     return f"On order {decision['out_trade_no']}: {decision['lines'][0]}"
 
 
-def _evaluated_as(r: Rebate, order: Order) -> str:
+def _evaluated_as(r: Rebate, order: Order, spent: set[tuple[int, int]]) -> str:
+    """A rebate of a packet spent on this order (any of a stack) is the packet's; of a packet spent on an earlier
+    order, an attribution; of none, a referral."""
     if r.packet_id is None:
         return "referral"
-    return "packet" if r.packet_id == order.packet_id else "attribution"
+    on_this_order = r.packet_id == order.packet_id or (order.id, r.packet_id) in spent
+    return "packet" if on_this_order else "attribution"
 
 
 # --- orders ---------------------------------------------------------------------------------------

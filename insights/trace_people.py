@@ -21,7 +21,7 @@ from insights.trace import (
     when,
     yuan,
 )
-from models import Campaign, ClaimRefusal, Order, Rebate, Receivable, RedPacket, User, db
+from models import Campaign, ClaimRefusal, Order, OrderPacket, Rebate, Receivable, RedPacket, User, db
 
 
 def trace_user(user: User, words: Words, *, limit: int = 20, merchant_id: int | None = None) -> dict:
@@ -142,7 +142,12 @@ def _packet_of_merchant(merchant_id: int):
 def merchant_sees_packet(packet: RedPacket, merchant_id: int) -> bool:
     own = select(RedPacket.id).join(Campaign, Campaign.id == RedPacket.campaign_id)
     own = own.where(RedPacket.id == packet.id, _packet_of_merchant(merchant_id))
-    spent_here = exists().where(Order.packet_id == packet.id, Order.merchant_id == merchant_id)
+    spent_here = (  # any packet of a stack spent on one of the merchant's orders, not only the first
+        select(OrderPacket.order_id)
+        .join(Order, Order.id == OrderPacket.order_id)
+        .where(OrderPacket.packet_id == packet.id, Order.merchant_id == merchant_id)
+        .exists()
+    )
     return db.session.execute(select(exists(own) | spent_here)).scalar_one()
 
 

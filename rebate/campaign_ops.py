@@ -28,7 +28,7 @@ from models.sql import WRITES
 from models.triggers import PLATFORM_WIDE, Trigger
 from money import format_yuan
 from rebate.campaigns import rules_of
-from rebate.deposits import deposit_funded, held_in_deposit, lock_deposits
+from rebate.deposits import deposit_funded, held_in_deposit, lock_deposits, reserved_against
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
 from rebate.fund_flow import (
     fund_from_sales,
@@ -183,17 +183,27 @@ def replace_rules(actor: Actor, campaign_id: int, rules: dict, reason: str) -> C
 
 def check_deposit(campaign: Campaign) -> None:
     """A merchant-funded campaign goes live only when its deposit holds what it may still commit (one funded
-    from the merchant's sales in service-provider mode has no deposit)."""
+    from the merchant's sales in service-provider mode has no deposit).
+
+    What the deposit holds is counted net of what it has promised already and not paid: the live packets'
+    reservations of the merchant's other campaigns and every held rebate (this campaign's own too: committed
+    to its budget, paid from the deposit on release), as each claim counts them (``cover_reservation``).
+    Otherwise a campaign went "active" on a deposit the others' packets take whole, and its first claim was
+    refused and paused it. The others' unspent budgets are not counted: campaigns share a deposit, and each
+    claim is checked against it under its lock."""
     if not deposit_funded(campaign):
         return
     lock_deposits([campaign])  # after the campaign's own lock, as payments and claims take them
     held = held_in_deposit(campaign)
+    promised = reserved_against(campaign.funder_merchant_id) - campaign.budget_reserved_fen
+    free = held - promised
     still = None if campaign.budget_limit_fen is None else campaign.budget_limit_fen - campaign.budget_committed_fen
-    if held <= 0 or (still is not None and held < still):
+    if free <= 0 or (still is not None and free < still):
         needs = "money" if still is None else f"the {still} fen its budget may still commit"
+        promised_words = f" ({promised} fen of it promised to live packets and held rebates)" if promised else ""
         raise StateConflict(
-            f"merchant {campaign.funder_merchant_id}'s marketing deposit holds {held} fen, not {needs}: "
-            "top it up (or lower the budget) first",
+            f"merchant {campaign.funder_merchant_id}'s marketing deposit holds {held} fen{promised_words}, "
+            f"not {needs}: top it up (or lower the budget) first",
             code="deposit_exhausted",
         )
 
@@ -353,6 +363,8 @@ def change_campaign(actor: Actor, campaign_id: int, changes: Mapping, reason: st
     if changes.get("claim_limits") is not None:  # null: back to the defaults
         changes = {**changes, "claim_limits": ClaimLimits.parse(changes["claim_limits"]).to_json()}
     _check_changes(campaign, changes)
+    if changes.get("budget_limit_fen") is not None:  # as at create: a budget every claim would find exhausted
+        _check_one_packet_fits(changes["budget_limit_fen"], top_face_fen(campaign), rules_of(campaign))
     if "claim_limits" in changes:
         limits_before, limits_after = (
             ClaimLimits.parse(campaign.claim_limits),
