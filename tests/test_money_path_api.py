@@ -153,6 +153,8 @@ def test_wallet_and_rebates_explain_paid_and_skipped_rules(client, world, pay):
         "points": 0,
         "held_for_orders_fen": 0,
         "points_held_for_orders": 0,
+        "staked_fen": 0,
+        "points_staked": 0,
         "receivables": [],
         "owed_to_merchants_fen": 0,
         "payouts_in_progress_fen": 0,

@@ -157,6 +157,8 @@ WALLET_ACCOUNTS = (
     AccountKind.USER_CASH_HELD,
     AccountKind.USER_POINTS_HELD,
     AccountKind.USER_OWES_MERCHANTS,
+    AccountKind.USER_STAKE,
+    AccountKind.USER_POINT_STAKE,
 )
 
 
@@ -174,7 +176,8 @@ def _one_snapshot() -> None:
 
 @endpoint(bp, "/me/wallet")
 def wallet():
-    """Cash balance, points, what unpaid orders hold of them, and anything owed back after refunds."""
+    """Cash balance, points, what unpaid orders and challenge stakes hold of them, and anything owed back after
+    refunds."""
     user_id = current_user().id
     _one_snapshot()
     owed = (
@@ -205,6 +208,10 @@ def wallet():
         # reserved by the caller's unpaid orders (``use_balance_fen`` / ``use_points``): back if they close unpaid
         "held_for_orders_fen": held[AccountKind.USER_CASH_HELD],
         "points_held_for_orders": held[AccountKind.USER_POINTS_HELD],
+        # reserved as stakes in challenges not yet settled, and a lost stake funding prize packets not yet spent
+        # (README, "Challenges among friends": the stake column): out of ``cash_fen`` / ``points`` meanwhile
+        "staked_fen": held[AccountKind.USER_STAKE],
+        "points_staked": held[AccountKind.USER_POINT_STAKE],
         # what refunds took back after it had left: ``cash``/``points`` from the next rebate of that kind;
         # ``share`` is owed to the merchant whose share it was, settled only by that merchant's next share
         "receivables": [
