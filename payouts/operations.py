@@ -35,8 +35,12 @@ def lock_user(user_id: int) -> User:
 
 
 def withdraw(user: User, amount_fen: int, minimum_fen: int, key: str, *, money: MoneySettings) -> Payout:
-    """Move cash balance to WeChat change; the balance is checked under the user's row lock."""
+    """Move cash balance to WeChat change; the balance, and that the person is not banned, are checked under the
+    user's row lock (a ban committed after the request read the person is seen: as ``rebate.wallet.plan``)."""
     lock_user(user.id)
+    db.session.refresh(user, attribute_names=["status"])
+    if not user.is_active:
+        raise PayoutError("this account is banned", code="user_banned", kind="forbidden")
     cash = account(AccountKind.USER_CASH, "user", user.id)
     available = balance(cash)
     if amount_fen < minimum_fen:

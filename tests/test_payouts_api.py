@@ -240,6 +240,29 @@ def test_a_banned_user_cannot_withdraw(app, client, cash_user, user_headers):
     assert snapshot() == before and cash_of(user) == 5_00
 
 
+def test_a_ban_committed_after_the_request_read_the_person_refuses_the_withdrawal(app, cash_user):
+    from sqlalchemy import update
+
+    from models import User
+    from payouts import MoneySettings
+    from payouts.operations import PayoutError, withdraw
+
+    # given: the request read the person (active); a ban commits before the withdrawal takes the row lock
+    user = cash_user(5_00)
+    assert user.is_active
+    db.session.execute(
+        update(User).where(User.id == user.id).values(status="banned").execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    db.session.execute(select(User.id).where(User.id == user.id))  # (the stale row stays in the session)
+    # when / then: refused under the lock, nothing queued
+    with pytest.raises(PayoutError) as refused:
+        withdraw(user, 3_00, 1_00, "k1", money=MoneySettings())
+    assert refused.value.code == "user_banned"
+    db.session.rollback()
+    assert db.session.query(Payout).count() == 0 and cash_of(user) == 5_00
+
+
 def test_anonymous_withdrawal_is_401(client):
     assert client.post(WITHDRAW, json={"amount_fen": 3_00}).status_code == 401
 
