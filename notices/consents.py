@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 
 from models import ConsentReport, ConsentSource, Notice, NoticeConsent, NoticeStatus, UserIdentity, db, utcnow
 from models.sql import insert_ignoring
@@ -32,6 +32,10 @@ ACCEPT = "accept"
 CLIENT_STATUSES = frozenset({"accept", "reject", "ban", "filter"})
 POPUP, CHANGE, SENT = "subscribe_msg_popup_event", "subscribe_msg_change_event", "subscribe_msg_sent_event"
 PUSH_EVENTS = frozenset({POPUP, CHANGE, SENT})
+# The dispatcher's note on a notice kept in the inbox because WeChat may have sent it (``notices.dispatch``); such a
+# notice keeps in ``lease_until`` when its call was made, so WeChat's sent event, handled later, can still settle it.
+OUTCOME_UNKNOWN = "outcome unknown"
+SENT_EVENT_WITHIN = timedelta(minutes=10)  # WeChat pushes the sent event right after it sends
 
 
 def _lock_pair(user_id: int, template_id: str) -> NoticeConsent:
@@ -148,13 +152,22 @@ def _record_delivery(user_id: int, template_id: str, item: Mapping[str, Any], at
         # Our record of the answer may be missing (a crash between WeChat's ok and the record): the one notice of
         # this person and template still sending without a msgid is the one WeChat sent. Of two or more, WeChat's
         # event cannot tell which: none is marked (each ends "outcome unknown" in the inbox, never sent again).
+        # A notice whose answer was lost may already be in the inbox ("outcome unknown": the push worker runs after
+        # the dispatcher recorded the lost answer, or after another pass found its lease lapsed): one called about
+        # when WeChat sent is a candidate too.
+        unknown = and_(
+            Notice.status == NoticeStatus.INBOX,
+            Notice.last_error.startswith(OUTCOME_UNKNOWN, autoescape=True),
+            Notice.lease_until >= at - SENT_EVENT_WITHIN,
+            Notice.lease_until <= at + SENT_EVENT_WITHIN,
+        )
         candidates = (
             db.session.execute(
                 select(Notice)
                 .where(
                     Notice.user_id == user_id,
                     Notice.template_id == template_id,
-                    Notice.status == NoticeStatus.SENDING,
+                    or_(Notice.status == NoticeStatus.SENDING, unknown),
                     Notice.wechat_msgid.is_(None),
                 )
                 .order_by(Notice.id)

@@ -38,7 +38,7 @@ from models import (
 )
 from models.base import BEIJING, beijing
 from models.messages import following_openid, record_follow
-from notices.consents import drop_consents, give_back_consent, take_consent
+from notices.consents import OUTCOME_UNKNOWN, drop_consents, give_back_consent, take_consent
 from notices.events import NoticeEvent
 from notices.templates import TemplateError, Templates, render_data
 
@@ -46,7 +46,7 @@ S = NoticeStatus
 MONEY_CRITICAL = frozenset({NoticeEvent.TRANSFER_TO_CONFIRM, NoticeEvent.TRANSFER_REMINDER})
 NOT_FOLLOWING = "43004"  # WeChat's answer to an official-account message for a person who no longer follows
 UNKNOWN_OUTCOME = (
-    "outcome unknown (the lease lapsed between the call and its record): kept in the inbox, not sent again"
+    f"{OUTCOME_UNKNOWN} (the lease lapsed between the call and its record): kept in the inbox, not sent again"
 )
 
 
@@ -116,15 +116,22 @@ def _mp_openid(user_id: int, mp_appid: str) -> str | None:
     ).scalar_one_or_none()
 
 
-def still_true(notice: Notice) -> bool:
+def still_true(notice: Notice, now: datetime) -> bool:
     """Whether what the notice tells of still holds when its turn comes (a reminder of a settled fact is noise)."""
     facts = notice.facts or {}
     if notice.event in (NoticeEvent.TRANSFER_REMINDER, NoticeEvent.TRANSFER_TO_CONFIRM) and facts.get("payout_id"):
         status = db.session.execute(select(Payout.status).where(Payout.id == int(facts["payout_id"]))).scalar()
         return status in (PayoutStatus.WAITING_USER_CONFIRM, PayoutStatus.SENDING, PayoutStatus.UNKNOWN)
     if notice.event == NoticeEvent.PACKET_EXPIRING and facts.get("packet_id"):
-        status = db.session.execute(select(RedPacket.status).where(RedPacket.id == int(facts["packet_id"]))).scalar()
-        return status in (PacketStatus.ISSUED, PacketStatus.UNCLAIMED)
+        packet = db.session.execute(
+            select(RedPacket.status, RedPacket.expires_at).where(RedPacket.id == int(facts["packet_id"]))
+        ).first()
+        # expired already (the sweep marks it within minutes): "expires soon" would be wrong
+        return (
+            packet is not None
+            and packet.status in (PacketStatus.ISSUED, PacketStatus.UNCLAIMED)
+            and packet.expires_at > now
+        )
     return True
 
 
@@ -192,7 +199,9 @@ def claim_batch(now: datetime, templates: Templates, settings: NoticeSettings) -
 
 def _claim_one(notice: Notice, now: datetime, templates: Templates, settings: NoticeSettings) -> Claimed | None:
     if notice.status == S.SENDING:  # its worker died mid-call; WeChat's sent event would have made it sent
+        lease = notice.lease_until
         _to_inbox(notice, now, UNKNOWN_OUTCOME)
+        notice.lease_until = lease  # about when it was called: WeChat's sent event, handled later, still settles it
         return None
     # a consent taken by an earlier attempt that WeChat certainly did not use (its answer said so, or no call)
     held = notice.template_id if notice.channel == ChannelName.SUBSCRIBE and notice.template_id else None
@@ -205,7 +214,7 @@ def _claim_one(notice: Notice, now: datetime, templates: Templates, settings: No
 def _decide(
     notice: Notice, now: datetime, templates: Templates, settings: NoticeSettings, held: str | None
 ) -> Claimed | None:
-    if not still_true(notice):
+    if not still_true(notice, now):
         notice.status, notice.lease_until = S.CANCELLED, None
         return None
     template = templates[notice.event]
@@ -255,12 +264,19 @@ def _lock(notice_id: int) -> Notice:
     ).scalar_one()
 
 
+def _outcome_unknown(notice: Notice) -> bool:
+    return notice.status == S.INBOX and (notice.last_error or "").startswith(OUTCOME_UNKNOWN)
+
+
 def record(job: Claimed, answer: Answer, detail: str, now: datetime, settings: NoticeSettings, msgid: str = "") -> None:
     """Apply WeChat's answer to the claimed notice (flushes only)."""
     notice = _lock(job.notice_id)
     if notice.status != S.SENDING:  # WeChat's sent event settled it meanwhile (or the lease lapsed and it went on)
         if answer == Answer.OK and notice.status == S.SENT and not notice.wechat_msgid:
             notice.wechat_msgid = msgid or None
+        elif answer == Answer.OK and _outcome_unknown(notice):  # the lease lapsed first: WeChat says it was sent
+            notice.status, notice.sent_at, notice.last_error, notice.lease_until = S.SENT, now, None, None
+            notice.wechat_msgid = notice.wechat_msgid or msgid or None
         db.session.flush()
         return
     notice.lease_until = None
@@ -272,7 +288,8 @@ def record(job: Claimed, answer: Answer, detail: str, now: datetime, settings: N
         notice.status, notice.next_attempt_at, notice.last_error = S.PENDING, now, f"43101: {detail}"[:2000]
         notice.channel = notice.template_id = None
     elif answer == Answer.UNKNOWN:  # never sent twice: the inbox keeps it; WeChat's sent event may still settle it
-        _to_inbox(notice, now, f"outcome unknown ({detail}): kept in the inbox, not sent again")
+        _to_inbox(notice, now, f"{OUTCOME_UNKNOWN} ({detail}): kept in the inbox, not sent again")
+        notice.lease_until = now  # when it was called: the sent event, handled after this record, still finds it
         notice.wechat_msgid = notice.wechat_msgid or msgid or None
     elif answer == Answer.REFUSED:
         if job.channel == ChannelName.SUBSCRIBE:  # not sent: WeChat did not use the consent
