@@ -113,7 +113,9 @@ def _statement(upsert: TextClause | None, own: TextClause | None, regions: bool)
         .cte("context")
     )
     in_regions = U.region == func.any(bindparam("in_regions", type_=ARRAY(String))) if regions else true()
-    admitted = and_(U.status == UserStatus.ACTIVE, in_regions, ~context.c.banned, context.c.fresh)
+    # the token's generation is the person's (not signed out everywhere since it was issued: ``web.auth``)
+    current_token = U.token_generation == bindparam("generation", type_=Integer)
+    admitted = and_(U.status == UserStatus.ACTIVE, current_token, in_regions, ~context.c.banned, context.c.fresh)
     claimant = (
         select(
             admitted.label("admitted"),
@@ -148,15 +150,16 @@ def _statement(upsert: TextClause | None, own: TextClause | None, regions: bool)
     )
 
 
-def _user_of(uid: int) -> User:
-    """The claimant's row as the session's loaded ``User``, active as the statement found it; its other columns are
-    read when first used (the one the session holds already, if any)."""
+def _user_of(uid: int, generation: int) -> User:
+    """The claimant's row as the session's loaded ``User``, active and of the token's generation as the statement
+    found it; its other columns are read when first used (the one the session holds already, if any)."""
     held = db.session.identity_map.get(identity_key(User, uid))
     if held is not None:  # (an app context pushed across requests: tests, scripts)
         set_committed_value(held, "id", uid)
         set_committed_value(held, "status", UserStatus.ACTIVE)
+        set_committed_value(held, "token_generation", generation)
         return held
-    user = User(id=uid, status=UserStatus.ACTIVE)
+    user = User(id=uid, status=UserStatus.ACTIVE, token_generation=generation)
     make_transient_to_detached(user)  # the columns not set are expired: loaded when first read
     db.session.add(user)
     return user
@@ -182,6 +185,7 @@ def claim(
     channel: str | None,
     source_ref: str,
     now: datetime,
+    generation: int = 0,
 ) -> tuple[User, RedPacket | BudgetExhausted] | None:
     """Claim a packet of the campaign ``copy`` keeps for user ``uid``, taking the limit ``slots`` (the campaign's
     own limits among them: ``own``), in one statement committed by itself.
@@ -214,6 +218,7 @@ def claim(
         "campaign_id": campaign.id,
         "digest": copy.digest,
         "uid": uid,
+        "generation": generation,
         "reserved": reserved,
         **bans,
         **slot_params,
@@ -236,7 +241,7 @@ def claim(
         return None  # nothing written: no such user, a ban, an edited campaign, ...: the transaction answers
     if row.packet_id is None and (row.free or row.own_refusing):
         return None  # nothing written: a limit refused (kept for the trace by the transaction), or ranks first
-    user = _user_of(uid)
+    user = _user_of(uid, generation)
     if row.packet_id is None:  # sold out, and no limit of the campaign's own refusing, to rank before it
         return user, budget_refusal(row.full)
     return user, _loaded(packet, row.packet_id)  # committed already: a loaded row of the session

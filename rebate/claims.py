@@ -154,6 +154,7 @@ def claim_from_campaign(
     channel: str | None = None,
     checked: Callable[[User | None], User] | None = None,
     at_once: bool = False,
+    generation: int = 0,
 ) -> RedPacket:
     """A packet straight from a self-serve campaign (trigger kind ``claim``).
 
@@ -167,7 +168,9 @@ def claim_from_campaign(
     ``user`` may be only the signed-in user's id: its row is then read with the campaign's (the same one
     statement) and handed to ``checked``, which answers a missing or banned one (and raises) before anything else.
     ``at_once``: ``checked`` refuses nothing but a missing or banned user, so the claim may be made in one statement
-    that checks those itself (``rebate.claim_at_once``), when this process keeps the campaign's copy.
+    that checks those itself (``rebate.claim_at_once``), when this process keeps the campaign's copy; ``generation``:
+    the signed-in token's (``web.auth``), checked in that statement too (a token of before "sign out everywhere"
+    claims nothing, and ``checked`` answers it).
     """
     bans = _bans(claimant, now)
     if isinstance(user, User):
@@ -175,7 +178,9 @@ def claim_from_campaign(
     else:
         if checked is None:
             raise TypeError("a claim by user id needs `checked` for the user's row")
-        done = _claimed_at_once(campaign_id, user, now, claimant, limits, channel, bans) if at_once else None
+        done = (
+            _claimed_at_once(campaign_id, user, now, claimant, limits, channel, bans, generation) if at_once else None
+        )
         if done is not None:
             row, outcome = done
             checked(row)
@@ -203,7 +208,14 @@ def claim_from_campaign(
 
 
 def _claimed_at_once(
-    campaign_id: int, uid: int, now: datetime, claimant: Claimant, limits: PlatformLimits, channel: str | None, bans
+    campaign_id: int,
+    uid: int,
+    now: datetime,
+    claimant: Claimant,
+    limits: PlatformLimits,
+    channel: str | None,
+    bans,
+    generation: int = 0,
 ) -> tuple[User, RedPacket | BudgetExhausted] | None:
     """``rebate.claim_at_once``: the claim in one statement committed by itself, or None (nothing written): the
     claim's transaction answers."""
@@ -218,7 +230,9 @@ def _claimed_at_once(
         return None  # the transaction answers it, after the claimant's own checks, as it always has
     slots = claim_gate(claimant, limits, own).slots(now)
     source_ref = f"user:{uid}:{secrets.token_hex(6)}"
-    return claim_at_once.claim(copy, uid, slots, bans, own=own, channel=channel, source_ref=source_ref, now=now)
+    return claim_at_once.claim(
+        copy, uid, slots, bans, own=own, channel=channel, source_ref=source_ref, now=now, generation=generation
+    )
 
 
 def claim_share_link(

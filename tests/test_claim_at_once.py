@@ -26,6 +26,7 @@ from risk import Claimant, PlatformLimits
 from risk.limits import platform_slots
 from tests.concurrency import post_together, wait_until_a_backend_waits_on_a_lock
 from tests.test_claim_sql import DEFAULT_LIMITS, RESERVATION, claim_campaign, statements
+from web.auth import issue_user_token
 
 _addresses = numbers(1)
 
@@ -390,3 +391,21 @@ def test_a_code_claim_sees_a_pause_committed_while_it_waits_for_the_campaigns_ro
     assert (resp.status_code, resp.get_json()["error"]) == (409, "campaign_not_running")
     assert written(campaign_id) == before
     assert db.session.get(RedPacket, packet.id).owner_id is None
+
+
+def test_a_token_from_before_signing_out_everywhere_claims_nothing(app, make_campaign, make_user, claim):
+    # given: a kept campaign, and a person who signed out everywhere after this token was issued
+    from sqlalchemy import update
+
+    campaign_id = kept_campaign(make_campaign, claim)
+    person = make_user()
+    db.session.commit()
+    stale = {"Authorization": f"Bearer {issue_user_token(person)}"}
+    db.session.execute(update(User).where(User.id == person.id).values(token_generation=1))
+    db.session.commit()
+    before = written(campaign_id)
+    # when: the old token claims (in one statement where this process keeps the campaign)
+    resp, _ = claim(campaign_id, person, **stale)
+    # then: 401 token_revoked, and nothing written
+    assert (resp.status_code, resp.get_json()["error"]) == (401, "token_revoked")
+    assert written(campaign_id) == before

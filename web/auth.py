@@ -85,6 +85,12 @@ def signed_in_user_id() -> int:
     return uid
 
 
+def token_generation() -> int:
+    """The generation the signed-in user's token was issued under (``signed_in`` compares it with the person's)."""
+    signed_in_user_id()
+    return g.token_generation
+
+
 def signed_in(user: User | None) -> User:
     """The row of the signed-in user (``signed_in_user_id``) as the caller read it, or 401 (no such user) /
     403 (banned): ``current_user`` from here on answers it without a statement."""

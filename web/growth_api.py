@@ -26,7 +26,7 @@ from rebate.claims import REFUSALS, running_campaign
 from rebate.triggers import bind_inviter, create_share_link, invite_code_of, sign_in
 from risk import Claimant, PlatformLimits
 from web.api import USER_READ_BY_VIEW, client_ip, endpoint
-from web.auth import current_user, signed_in, signed_in_user_id, token_channel
+from web.auth import current_user, signed_in, signed_in_user_id, token_channel, token_generation
 from web.errors import ValidationFailed
 from web.schemas import Model
 from web.views import packet_json
@@ -128,6 +128,7 @@ def claim_from_campaign(campaign_id: int):
             channel=chosen,
             checked=checked,
             at_once=bad is None,
+            generation=token_generation(),
         )
     return packet_json(packet), 201
 
