@@ -22,14 +22,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from ledger import balances, ref
+from ledger import balances, existing_account_ids, ref
 from models import (
     AccountKind,
     Campaign,
     DepositProposal,
     FeeInvoice,
     FunderType,
-    LedgerAccount,
     LedgerEntry,
     LedgerPosting,
     Merchant,
@@ -173,13 +172,7 @@ class _Account:
 
 def _accounts(merchant_id: int) -> dict[str, _Account]:
     refs = {kind: ref(kind, "merchant", merchant_id) for kind in KINDS}
-    found = dict(
-        db.session.execute(
-            select(LedgerAccount.code, LedgerAccount.id).where(LedgerAccount.code.in_([r.code for r in refs.values()]))
-        )
-        .tuples()
-        .all()
-    )
+    found = existing_account_ids(refs.values())  # a statement only reads: it creates no account
     return {kind.value: _Account(found.get(r.code), kind, r.code) for kind, r in refs.items()}
 
 

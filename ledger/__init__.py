@@ -9,7 +9,19 @@ trigger (see the migrations), so a bug here cannot commit an unbalanced entry.
 Operations flush and never commit.
 """
 
-from ledger.accounts import AccountRef, account, account_id, account_ids, balance, balances, platform_account, ref
+from ledger.accounts import (
+    AccountRef,
+    account,
+    account_id,
+    account_ids,
+    balance,
+    balance_if_any,
+    balances,
+    existing_account_id,
+    existing_account_ids,
+    platform_account,
+    ref,
+)
 from ledger.check import CheckReport, check_ledger
 from ledger.errors import IdempotencyMismatch, LedgerError, UnbalancedEntry
 from ledger.posting import Batch, Leg, close_flow, post, post_entry, reverse_entry
@@ -26,7 +38,10 @@ __all__ = [
     "account_id",
     "account_ids",
     "balance",
+    "balance_if_any",
     "balances",
+    "existing_account_id",
+    "existing_account_ids",
     "check_ledger",
     "close_flow",
     "platform_account",

@@ -98,6 +98,28 @@ def account_id(r: AccountRef | LedgerAccount) -> int:
     return account_ids([r])[r.code]
 
 
+def existing_account_ids(refs: Iterable[AccountRef]) -> dict[str, int]:
+    """code → id of the accounts named that exist, creating none (for reads: a GET writes no row); at most one
+    statement, none when cached."""
+    named = {r.code: r for r in refs}
+    ids = _IDS.get_many(named)
+    rest = [code for code in named if code not in ids]
+    if rest:
+        found = dict(
+            db.session.execute(select(LedgerAccount.code, LedgerAccount.id).where(LedgerAccount.code.in_(rest)))
+            .tuples()
+            .all()
+        )
+        _IDS.learn(found)
+        ids.update(found)
+    return ids
+
+
+def existing_account_id(r: AccountRef) -> int | None:
+    """The account's id, None when it was never used (nothing created)."""
+    return existing_account_ids([r]).get(r.code)
+
+
 def account(kind: AccountKind, owner_type: str | None = None, owner_id: int | None = None) -> LedgerAccount:
     """The account of ``kind`` for an owner ("merchant", 7), created if missing."""
     r = ref(kind, owner_type, owner_id)
@@ -120,8 +142,18 @@ def platform_account(kind: AccountKind) -> LedgerAccount:
 def balance(acct: LedgerAccount | AccountRef) -> int:
     """The account's balance: its mark (``ledger.marks``) and the postings after it, one statement whatever its
     history."""
+    return _balance_by_id(account_id(acct))
+
+
+def balance_if_any(r: AccountRef) -> int:
+    """``balance`` of an account that may never have been used: 0 then, and nothing is created (for reads)."""
+    found = existing_account_id(r)
+    return 0 if found is None else _balance_by_id(found)
+
+
+def _balance_by_id(found_id: int) -> int:
     _autoflush()
-    found = execute_core(_balance_statement(), {"a": account_id(acct)}).first()
+    found = execute_core(_balance_statement(), {"a": found_id}).first()
     return int(found[1]) if found is not None else 0
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from sqlalchemy import and_, func, select, update
 
-from ledger import Leg, account, balance, post_entry, ref
+from ledger import Leg, account, balance, post_entry
 from models import AccountKind, Campaign, CampaignStatus, FunderType, LedgerAccount, Rebate, alert_once, db
 from rebate.errors import DepositExhausted, Invalid
 
@@ -34,19 +34,6 @@ def deposit_funded(campaign: Campaign) -> bool:
 
 def deposit_account(merchant_id: int) -> LedgerAccount:
     return account(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", merchant_id)
-
-
-def used_account_id(kind: AccountKind, merchant_id: int) -> int | None:
-    """The id of the merchant's account of ``kind``, None when it was never used: a read creates no account."""
-    code = ref(kind, "merchant", merchant_id).code
-    return db.session.execute(select(LedgerAccount.id).where(LedgerAccount.code == code)).scalar_one_or_none()
-
-
-def merchant_balance(kind: AccountKind, merchant_id: int) -> int:
-    """The balance of the merchant's account of ``kind`` (0 when it was never used), creating nothing: for reads
-    (a GET changes no row)."""
-    account_id = used_account_id(kind, merchant_id)
-    return 0 if account_id is None else balance(db.session.get(LedgerAccount, account_id))
 
 
 def top_up(merchant_id: int, amount_fen: int, key: str, memo: str) -> int:

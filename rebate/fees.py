@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, or_, select
 
-from ledger import Batch, Leg, account, balance, post_entry, ref
+from ledger import Batch, Leg, account, balance, balance_if_any, existing_account_id, post_entry, ref
 from models import (
     AccountKind,
     Campaign,
@@ -48,7 +48,7 @@ from models.base import BEIJING
 from models.operators import Actor, audit
 from models.sql import insert_ignoring
 from money import share
-from rebate.deposits import deposit_account, merchant_balance, used_account_id
+from rebate.deposits import deposit_account
 from rebate.errors import Invalid, StateConflict
 from rebate.scope import visible_campaign, visible_merchant
 
@@ -285,7 +285,7 @@ def billed_unpaid(merchant_id: int) -> int:
     billed = db.session.execute(
         select(func.coalesce(func.sum(FeeInvoice.due_fen), 0)).where(FeeInvoice.merchant_id == merchant_id)
     ).scalar_one()
-    owed_now = max(0, -merchant_balance(AccountKind.MERCHANT_FEES_DUE, merchant_id))
+    owed_now = max(0, -balance_if_any(ref(AccountKind.MERCHANT_FEES_DUE, "merchant", merchant_id)))
     return max(0, min(int(billed) - fees_paid(merchant_id), owed_now))
 
 
@@ -338,7 +338,7 @@ def _credit_applied_net(merchant_id: int) -> int:
 def _fees_due_moved(merchant_id: int, entries) -> int:
     """The sum of the merchant's fees-due postings in the ``entries`` (a condition on ``LedgerEntry``); 0 when the
     account was never used (a read creates no account)."""
-    account_id = used_account_id(AccountKind.MERCHANT_FEES_DUE, merchant_id)
+    account_id = existing_account_id(ref(AccountKind.MERCHANT_FEES_DUE, "merchant", merchant_id))
     if account_id is None:
         return 0
     return int(

@@ -14,10 +14,10 @@ from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from ledger import balance_if_any, ref
 from models import AccountKind, AuditLog, Merchant, Operator, OperatorRole, Product, db, operators, utcnow
 from models.operators import Actor, audit, merchant_scope
 from models.sql import long_reads_by
-from rebate.deposits import merchant_balance
 from rebate.scope import visible_merchant
 from web.api import client_ip, endpoint
 from web.errors import Conflict
@@ -116,7 +116,7 @@ def get_merchant(merchant_id: int):
 def get_deposit(merchant_id: int):
     """What the merchant's marketing deposit holds (merchant staff: their own)."""
     visible_merchant(g.operator, merchant_id)
-    deposit = merchant_balance(AccountKind.MERCHANT_MARKETING_DEPOSIT, merchant_id)  # a read creates no account
+    deposit = balance_if_any(ref(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", merchant_id))  # creating none
     return {"merchant_id": merchant_id, "deposit_fen": deposit}
 
 

@@ -14,11 +14,11 @@ from flask import Blueprint, current_app, g, request
 from pydantic import Field
 from sqlalchemy import select
 
-from ledger import balance
+from ledger import balance, balance_if_any, ref
 from models import AccountKind, DepositProposal, FeeInvoice, OperatorRole, ProposalPurpose, db
 from payouts import MoneySettings
 from rebate import deposit_ops
-from rebate.deposits import deposit_account, merchant_balance
+from rebate.deposits import deposit_account
 from rebate.fees import billed_unpaid, fee_rate, fees_paid, set_fee_rate, spend_credit
 from rebate.scope import visible_merchant
 from web.admin import ANY_OPERATOR, actor
@@ -207,7 +207,7 @@ def list_invoices(merchant_id: int, query: Page):
     ).scalars()
     return {
         "items": [invoice_json(i) for i in rows],
-        "credit_fen": merchant_balance(AccountKind.MERCHANT_MARKETING_CREDIT, merchant_id),  # creating nothing
+        "credit_fen": balance_if_any(ref(AccountKind.MERCHANT_MARKETING_CREDIT, "merchant", merchant_id)),  # a read
         "fees_paid_fen": fees_paid(merchant_id),  # approved fee payments, all months
         "billed_unpaid_fen": billed_unpaid(merchant_id),  # the invoices' due less what was paid
     }
