@@ -231,6 +231,12 @@ class NotificationKind(StrEnum):
     TRANSFER = "transfer_"
 
 
+def refund_open(order_id: int) -> bool:
+    """Whether a refund of the order may still move money (``OPEN_REFUNDS``): its payouts wait meanwhile."""
+    found = select(Refund.id).where(Refund.order_id == order_id, Refund.status.in_(OPEN_REFUNDS)).limit(1)
+    return db.session.execute(found).first() is not None
+
+
 def notification_seen(notification_id: str, ref: str, kind: NotificationKind) -> bool:
     """Has this WeChat notification been processed: this id, for this order or bill (``ref``), of this kind?
 

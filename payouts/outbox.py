@@ -9,8 +9,8 @@ from functools import cache
 from sqlalchemy import and_, bindparam, or_, select, update
 
 from ledger import AccountRef, Batch, Leg, account, account_ids, close_flow, post_entry, ref
-from models import AccountKind, LedgerAccount, Payout, PayoutStatus, Refund, db, utcnow
-from models.orders import OPEN_REFUNDS
+from models import AccountKind, LedgerAccount, Payout, PayoutStatus, db, utcnow
+from models.orders import refund_open
 from models.payouts import Rail
 from models.sql import execute_core, insert_ignoring, insert_in_order
 
@@ -72,15 +72,9 @@ def enqueue_payout(
     batch = Batch()
     (payout,) = enqueue_payouts([request], batch, load=True)
     batch.post()
-    if order_id is not None and _refund_open(order_id):  # (a retry of a payout sent before the refund began)
+    if order_id is not None and refund_open(order_id):  # (a retry of a payout sent before the refund began)
         payout.held = True  # it waits for the refund, as ``hold_order_payouts`` holds those queued before it
     return payout
-
-
-def _refund_open(order_id: int) -> bool:
-    """Whether a refund of the order may still move money (``rebate.refunds.refund_open``)."""
-    found = select(Refund.id).where(Refund.order_id == order_id, Refund.status.in_(OPEN_REFUNDS)).limit(1)
-    return db.session.execute(found).first() is not None
 
 
 def enqueue_payouts(requests: list[PayoutRequest], batch: Batch, *, load: bool = False) -> list:

@@ -46,7 +46,6 @@ from models import (
     ProfitShareReceiver,
     RailControl,
     ReceiverType,
-    Refund,
     ShareKind,
     ShareStatus,
     UserIdentity,
@@ -55,7 +54,7 @@ from models import (
     raise_alert,
     utcnow,
 )
-from models.orders import OPEN_REFUNDS
+from models.orders import refund_open
 from models.payouts import Rail
 from models.sql import insert_ignoring
 from money import share
@@ -313,10 +312,7 @@ def _plan(row: ProfitShare, now: datetime, settings: ShareSettings, client) -> b
     order = db.session.execute(
         select(Order).where(Order.id == row.order_id).with_for_update().execution_options(populate_existing=True)
     ).scalar_one()
-    pending_refund = db.session.execute(
-        select(Refund.id).where(Refund.order_id == order.id, Refund.status.in_(OPEN_REFUNDS)).limit(1)
-    ).first()
-    if pending_refund is not None:  # the refund decides first what is still owed; its payouts are held
+    if refund_open(order.id):  # the refund decides first what is still owed; its payouts are held
         row.next_attempt_at = now + settings.poll * 10
         return False
     payouts = (

@@ -28,13 +28,13 @@ from models import (
     guarded_row,
     utcnow,
 )
+from models.orders import refund_open
 from payouts import MoneySettings
 from payouts.outbox import hold_order_payouts
 from rebate.awards import cancel_held, pay_rebate
 from rebate.campaigns import rules_of
 from rebate.errors import Invalid, StateConflict
 from rebate.orders import lock_order
-from rebate.refunds import refund_open
 from rebate.rules import Condition
 from risk.bans import active_bans, refused_by, subjects
 

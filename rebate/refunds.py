@@ -79,11 +79,6 @@ def _pending_total(order_id: int, exclude: int | None = None) -> int:
     return int(db.session.execute(stmt).scalar_one())
 
 
-def refund_open(order_id: int) -> bool:
-    """Whether a refund of the order may still move money (pending, or abnormal): its payouts wait meanwhile."""
-    return _pending_total(order_id) > 0
-
-
 def begin_refund(order: Order, out_refund_no: str, amount_fen: int, reason: str | None = None) -> Refund:
     """Record a refund we are about to ask WeChat for, and hold the order's unsent payouts."""
     order = lock_order(order.out_trade_no)
