@@ -89,16 +89,13 @@ def pause_spiking(spikes: list[Spike], settings: SpikeSettings | None = None) ->
     old hours, or the same burst going on), and would otherwise find it paused again every hour. Its alert
     still goes out."""
     grace = timedelta(hours=(settings or SpikeSettings()).resume_grace_hours)
-    by_campaign: dict[int, list[Spike]] = {}
+    spiking = sorted({spike.campaign_id for spike in spikes if spike.campaign_id is not None})
+    activated = _activated_by_a_person(spiking) if spiking else {}
+    by_campaign: dict[int, Spike] = {}
     for spike in spikes:
-        if spike.campaign_id is not None:
-            by_campaign.setdefault(spike.campaign_id, []).append(spike)
-    activated = _activated_by_a_person(sorted(by_campaign)) if by_campaign else {}
-    by_campaign = {
-        campaign_id: fresh
-        for campaign_id, found in by_campaign.items()
-        if (fresh := [s for s in found if campaign_id not in activated or s.hour >= activated[campaign_id] + grace])
-    }
+        at = activated.get(spike.campaign_id)
+        if spike.campaign_id is not None and (at is None or spike.hour >= at + grace):
+            by_campaign.setdefault(spike.campaign_id, spike)
     if not by_campaign:
         return []
     ids = db.session.execute(
@@ -115,7 +112,7 @@ def pause_spiking(spikes: list[Spike], settings: SpikeSettings | None = None) ->
     paused = []
     actor = system_actor()
     for campaign_id in sorted(ids):
-        reason = f"spike auto-pause: {by_campaign[campaign_id][0].message}"
+        reason = f"spike auto-pause: {by_campaign[campaign_id].message}"
         try:
             campaign_ops.transition(actor, campaign_id, "pause", reason)
         except RebateError as exc:  # changed state meanwhile: nothing to pause
