@@ -161,14 +161,16 @@ def reason_of(payout: Payout) -> str:
     error = payout.last_error or ""
     if error.startswith("BELOW_WECHAT_MINIMUM"):
         return "below_minimum"
-    if payout.status == S.FAILED and payout.rail == Rail.CASH_RED_PACKET and error.startswith("REFUND:"):
-        return "unclaimed"  # a red packet nobody opened, refunded by WeChat, found by a query (not the claim check)
-    if payout.status == S.FAILED and payout.cancel_requested:
-        return "cancelled"  # the bill failed while an operator's cancel was asked: not sent again
-    if payout.status == S.FAILED and payout.rail == Rail.WECHAT_CHANGE and payout.package_info is not None:
-        # offered and never confirmed: WeChat closes such a bill after 24 h with FAIL (payouts.record: back to the
-        # balance, no new bill); an operator's "resolved as failed" is not that
-        return "not_confirmed" if error.startswith("FAIL:") else "failed"
+    if payout.status == S.FAILED:
+        if payout.rail == Rail.CASH_RED_PACKET and error.startswith("REFUND:"):
+            return "unclaimed"  # a red packet nobody opened, refunded by WeChat, found by a query (not the claim check)
+        if payout.cancel_requested:
+            return "cancelled"  # the bill failed while an operator's cancel was asked: not sent again
+        if payout.rail == Rail.WECHAT_CHANGE and payout.package_info is not None and error.startswith("FAIL:"):
+            # offered and never confirmed: WeChat closes such a bill after 24 h with FAIL (payouts.record: back to the
+            # balance, no new bill); an operator's "resolved as failed" is not that
+            return "not_confirmed"
+        return "failed"
     if payout.status != S.CANCELLED:
         return "failed"
     if payout.cancel_requested or "operator" in error.lower():
