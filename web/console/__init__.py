@@ -36,7 +36,7 @@ from web import idempotency
 from web.api import _finish, validate
 from web.auth import current_operator
 from web.errors import ApiError
-from web.guards import EARLIEST
+from web.guards import EARLIEST, day_in_range
 
 bp = Blueprint(
     "console",
@@ -203,6 +203,16 @@ def day_start(day: date, days: int = 0) -> str:
     (2000-01-01) starts at 1999-12-31 16:00 UTC, before the earliest instant the API takes: it starts at that one
     (nothing happened before it), not a 422 for a day the page accepts."""
     return max(datetime.combine(day + timedelta(days=days), time.min, BEIJING), EARLIEST).isoformat()
+
+
+def day_field(text: str, days: int = 0) -> str | None:
+    """A date field (a Beijing day, YYYY-MM-DD) as the instant it starts (``days`` later: ``day_start``); anything
+    else goes to the API as typed (empty: None), to be refused with the API's own message."""
+    try:
+        day = day_in_range(date.fromisoformat(text))
+    except ValueError:  # not a day of 2000 to 2099 (9999-12-31 has no next day)
+        return text or None
+    return day_start(day, days)
 
 
 def form_data(names: tuple[str, ...] | None = None) -> MultiDict:

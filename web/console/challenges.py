@@ -8,16 +8,13 @@ campaigns sponsor (another is the API's 404) and the people as ids.
 
 from __future__ import annotations
 
-from datetime import date
-
 from flask import flash, g, request
 
 from challenges.operations import TRANSPORTS as GROUP_TRANSPORTS
 from insights.challenges import NO_GROUP
 from models import ChallengeKind, ChallengeStatus, StakeSource
 from web.challenges_admin import get_one_challenge, list_all_challenges
-from web.console import ConsoleError, allowed, bp, day_start, invoke, page_offset, read, render
-from web.guards import day_in_range
+from web.console import ConsoleError, allowed, bp, day_field, invoke, page_offset, read, render
 
 PAGE = 50
 STATUSES = tuple(s.value for s in ChallengeStatus)
@@ -55,16 +52,6 @@ WORDS = {
 }
 
 
-def _since(text: str) -> str | None:
-    """A Beijing day (YYYY-MM-DD) as the instant it starts; anything else goes to the API as typed, to be
-    refused with the API's own message."""
-    try:
-        day = day_in_range(date.fromisoformat(text))
-    except ValueError:  # not a day of 2000 to 2099: the API refuses it in its own words
-        return text or None
-    return day_start(day)
-
-
 def _offset() -> int:
     return page_offset()
 
@@ -74,7 +61,7 @@ def challenges():
     allowed(list_all_challenges)
     filters = {name: request.args.get(name, "").strip() for name in FILTERS}
     offset = _offset()
-    query = {k: v for k, v in filters.items() if k != "from"} | {"since": _since(filters["from"])}
+    query = {k: v for k, v in filters.items() if k != "from"} | {"since": day_field(filters["from"])}
     status = 200
     try:
         data = invoke(list_all_challenges, query={**query, "limit": PAGE, "offset": offset})

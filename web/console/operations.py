@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import date
 
 from flask import abort, flash, g, redirect, request, url_for
 
@@ -28,8 +27,8 @@ from models import CaseOutcome, Rail
 from models.reconciliation import BillKind, MismatchKind
 from web.admin import confirm_operator, disable_operator, list_audit_log, list_operators
 from web.bans_api import approve_ban_lift, create_ban, lift_ban, list_bans, reject_ban_lift
-from web.console import act, allowed, bp, day_start, form_data, may, page_offset, read, render, whole_number
-from web.guards import MAX_ID, day_in_range
+from web.console import act, allowed, bp, day_field, form_data, may, page_offset, read, render, whole_number
+from web.guards import MAX_ID
 from web.insights import trace_a_packet, trace_a_user, trace_an_order
 from web.payouts_api import act_on_payout, get_payout, list_payouts, resolve_payout
 from web.reconciliation_api import list_mismatches, list_runs
@@ -179,16 +178,6 @@ def lookup():
 AUDIT_FILTERS = ("operator_id", "action", "target_type", "target_id", "from", "to")
 
 
-def _beijing_midnight(text: str, days: int = 0) -> str | None:
-    """A Beijing day (YYYY-MM-DD) as the aware instant it starts (``days`` later); anything else is passed
-    on as typed, for the API to refuse with its own message."""
-    try:
-        day = day_in_range(date.fromisoformat(text))
-    except ValueError:  # not a day of 2000 to 2099 (9999-12-31 has no next day): the API refuses it as typed
-        return text or None
-    return day_start(day, days)
-
-
 @bp.route("/audit")
 def audit():
     """The audit log with the API's filters: operator, action (``campaign.`` for every campaign action),
@@ -196,7 +185,7 @@ def audit():
     filters = _args(*AUDIT_FILTERS)
     offset = _offset()
     query = {k: filters[k] for k in ("operator_id", "action", "target_type", "target_id")}
-    query |= {"since": _beijing_midnight(filters["from"]), "until": _beijing_midnight(filters["to"], 1)}
+    query |= {"since": day_field(filters["from"]), "until": day_field(filters["to"], 1)}
     items = read(list_audit_log, query={**query, "limit": PAGE, "offset": offset})["items"]
     return render("console/ops_audit.html", items=items, filters=filters, offset=offset, page=PAGE)
 
