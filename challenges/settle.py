@@ -154,7 +154,7 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
         share, remainder = divmod(challenge.prize_fen, len(payees))  # rounding down: the sponsor keeps the rest
         for payee in sorted(banned):
             withheld.append({"from": None, "to": payee, "amount": share, "why": "banned"})
-        for payee, amount in _sponsor_prizes(challenge, sorted(payees), banned, now, refused):
+        for payee, amount in _sponsor_prizes(challenge, sorted(payees), share, banned, now, refused):
             prizes.append({"from": None, "to": payee, "amount": amount})
             received[payee] += amount
     challenge.status, challenge.settled_at = ChallengeStatus.SETTLED, now
@@ -250,12 +250,11 @@ def _loser_campaign(
 
 
 def _sponsor_prizes(
-    challenge: Challenge, payees: list[int], banned: set[int], now: datetime, refused: list[dict]
+    challenge: Challenge, payees: list[int], share: int, banned: set[int], now: datetime, refused: list[dict]
 ) -> list[tuple[int, int]]:
-    """The sponsor's prize split among the payees as packets of its campaign (its budget and limits apply); a
-    packet the campaign refuses is recorded in ``refused`` (the settlement still completes: the people's
-    results stand, and the sponsor's failure to pay is on the record for an operator)."""
-    share = challenge.prize_fen // len(payees)
+    """The sponsor's prize, ``share`` to each payee (the caller's even split), as packets of its campaign (its
+    budget and limits apply); a packet the campaign refuses is recorded in ``refused`` (the settlement still
+    completes: the people's results stand, and the sponsor's failure to pay is on the record for an operator)."""
     campaign = db.session.get(Campaign, challenge.sponsor_campaign_id)
     out, drafts = [], []
     for payee in payees:
