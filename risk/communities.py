@@ -445,10 +445,9 @@ def _turned_suspicious(fingerprint: str, row: dict) -> list[tuple]:
         table.update()
         .where(table.c.fingerprint == fingerprint, table.c.suspicious.is_(False))
         .values(score=row["score"], suspicious=True, reasons=row["reasons"], found_at=row["found_at"])
+        .returning(table.c.id)
     )
-    if changed.rowcount != 1:
-        return []
-    return [(db.session.execute(select(table.c.id).where(table.c.fingerprint == fingerprint)).scalar_one(),)]
+    return [tuple(found) for found in changed]
 
 
 def record_communities(scored: list[Scored], now: datetime, settings: GraphSettings) -> Counter:
