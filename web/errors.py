@@ -154,26 +154,39 @@ def register_error_handlers(app: Flask) -> None:
 
 # -- WeChat's errors, as the API error a client can act on ------------------------------
 
+LOGIN_AGAIN = "call wx.login again"
+# code → (status, error, what happened, what the person does: LOGIN_AGAIN, "retry …", or None)
 LOGIN_ERRORS = {
-    "40029": (401, "login_code_invalid", "the login code is invalid or expired; call wx.login again"),
-    "40163": (401, "login_code_used", "the login code was already used; call wx.login again"),
-    "45011": (429, "wechat_rate_limited", "WeChat rate limit reached; retry in a minute"),
-    "40226": (403, "wechat_user_blocked", "WeChat blocked this account as high-risk"),
-    "-1": (503, "wechat_busy", "WeChat is busy; retry shortly"),
+    "40029": (401, "login_code_invalid", "the login code is invalid or expired", LOGIN_AGAIN),
+    "40163": (401, "login_code_used", "the login code was already used", LOGIN_AGAIN),
+    "45011": (429, "wechat_rate_limited", "WeChat rate limit reached", "retry in a minute"),
+    "40226": (403, "wechat_user_blocked", "WeChat blocked this account as high-risk", None),
+    "-1": (503, "wechat_busy", "WeChat is busy", "retry shortly"),
     # 朋友圈 snapshot-page preview: a virtual account, not a person. No account, token or packet for it.
     "SNAPSHOT_USER": (
         403,
         "snapshot_user",
         "this is a snapshot-page preview with a virtual WeChat account; open the mini-program "
         "(or the page) in full to sign in",
+        None,
     ),
 }
 
 
-def to_api_error(exc: WeChatError) -> ApiError:
-    """A WeChat error as the API error a client can act on."""
+def _said(what: str, advice: str | None, again: str | None) -> str:
+    """``what``, then what to do: ``advice``, or for a call that cannot be made again as it was (``again``: an OAuth
+    callback, whose state is spent) ``again`` instead of signing in again or of a retry (kept: its when)."""
+    if advice is not None and again is not None:
+        advice = again + advice.removeprefix("retry") if advice.startswith("retry") else again
+    return what if advice is None else f"{what}; {advice}"
+
+
+def to_api_error(exc: WeChatError, *, again: str | None = None) -> ApiError:
+    """A WeChat error as the API error a client can act on. ``again``: what the person does instead of signing in
+    again or retrying the same call (an OAuth callback's link never works twice: "start the sign-in again")."""
     if exc.code in LOGIN_ERRORS:
-        status, code, message = LOGIN_ERRORS[exc.code]
+        status, code, what, advice = LOGIN_ERRORS[exc.code]
+        message = _said(what, advice, again)
         return ApiError(message, code=code, status=status, retry_after=60 if status in (429, 503) else None)
     if isinstance(exc, WeChatCardCodeInvalid):
         why = "WeChat knows no such card code, or cannot decrypt this encrypt_code"
@@ -181,9 +194,9 @@ def to_api_error(exc: WeChatError) -> ApiError:
     if isinstance(exc, WeChatCardCodeConsumed):
         return ApiError("this card code was already redeemed", code="card_code_consumed", status=409)
     if isinstance(exc, WeChatRateLimited):
-        return ApiError(
-            "WeChat rate limit reached; retry shortly", code="wechat_rate_limited", status=429, retry_after=5
-        )
+        message = _said("WeChat rate limit reached", "retry shortly", again)
+        return ApiError(message, code="wechat_rate_limited", status=429, retry_after=5)
     if exc.retryable or exc.outcome_unknown:
-        return ApiError("WeChat is unavailable; retry shortly", code="wechat_unavailable", status=503, retry_after=5)
+        message = _said("WeChat is unavailable", "retry shortly", again)
+        return ApiError(message, code="wechat_unavailable", status=503, retry_after=5)
     return ApiError(f"WeChat refused: {exc.code}", code="wechat_refused", status=502)

@@ -36,6 +36,8 @@ from wechat.errors import WeChatError
 bp = Blueprint("login", __name__)
 
 STATE_TTL = timedelta(minutes=10)
+# An OAuth callback WeChat refuses: its state is used before the code goes to WeChat, so the link never works again
+START_AGAIN = "start the sign-in again"
 # Each new state clears up to this many spent ones (expired, used or not): a state is worth nothing after its
 # ``expires_at``, and /oauth/authorize needs no sign-in, so a crawler or a script following it must not grow the
 # table for ever. Two for one keeps the table near the live states alone, whatever the traffic.
@@ -298,7 +300,7 @@ def oauth_callback():
             if prepared[1] == "snsapi_userinfo" and not unionid:
                 unionid = client.fetch_userinfo(grant["access_token"], grant["openid"]).get("unionid")
         except WeChatError as exc:
-            raise _oauth_error(exc) from None
+            raise to_api_error(exc, again=START_AGAIN) from None  # this link's state is spent: never "retry"
         return grant["openid"], unionid
 
     def sign_in_and_redirect(prepared: tuple[str, str], person: tuple[str, str | None]):
@@ -325,20 +327,6 @@ def sign_out_everywhere():
     )
     db.session.refresh(user, ["token_generation"])  # two at once: each answers the generation it made
     return {"token": issue_user_token(user, token_channel())}
-
-
-START_AGAIN = "start the sign-in again"
-
-
-def _oauth_error(exc: WeChatError) -> ApiError:
-    """WeChat's refusal of an OAuth code as the person can act on it. The state is used before the code goes to
-    WeChat, so this callback link never works again: the advice is to start the sign-in again, never to retry it,
-    nor to call ``wx.login`` (the mini-program's)."""
-    err = to_api_error(exc)
-    head, _, advice = err.message.partition("; ")
-    if err.code in ("login_code_invalid", "login_code_used") or advice.startswith("retry"):
-        err.message = f"{head}; {START_AGAIN}{advice.removeprefix('retry') if advice.startswith('retry') else ''}"
-    return err
 
 
 @bp.after_request
