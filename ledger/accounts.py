@@ -84,14 +84,16 @@ def account_ids(refs: Iterable[AccountRef | LedgerAccount]) -> dict[str, int]:
     found = dict(insert_ignoring(LedgerAccount.__table__, rows, ("code",), ("code", "id")))
     rest = [code for code in missing if code not in found]
     if rest:  # they existed already
-        found.update(
-            db.session.execute(select(LedgerAccount.code, LedgerAccount.id).where(LedgerAccount.code.in_(rest)))
-            .tuples()
-            .all()
-        )
+        found.update(_ids_by_code(rest))
     _IDS.learn(found)
     ids.update(found)
     return ids
+
+
+def _ids_by_code(codes: list[str]) -> dict[str, int]:
+    """code → id of those of ``codes`` that exist: one statement."""
+    rows = db.session.execute(select(LedgerAccount.code, LedgerAccount.id).where(LedgerAccount.code.in_(codes)))
+    return dict(rows.tuples().all())
 
 
 def account_id(r: AccountRef | LedgerAccount) -> int:
@@ -105,11 +107,7 @@ def existing_account_ids(refs: Iterable[AccountRef]) -> dict[str, int]:
     ids = _IDS.get_many(named)
     rest = [code for code in named if code not in ids]
     if rest:
-        found = dict(
-            db.session.execute(select(LedgerAccount.code, LedgerAccount.id).where(LedgerAccount.code.in_(rest)))
-            .tuples()
-            .all()
-        )
+        found = _ids_by_code(rest)
         _IDS.learn(found)
         ids.update(found)
     return ids
