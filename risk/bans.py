@@ -85,6 +85,8 @@ def normalise_net(value: str) -> str:
     ``ValueError`` for anything else. A network must be an IPv4 /24 or an IPv6 /48 (what ``net_of`` gives and
     claims look up), or a single address written as /32 or /128."""
     text = value.strip()
+    if "%" in text:
+        raise ValueError("a banned address has no zone id (the part after %): it names an interface of one machine")
     if "/" not in text:
         return address_of(text) or str(ipaddress.ip_address(text))
     network = ipaddress.ip_network(text, strict=False)

@@ -190,6 +190,9 @@ def test_bad_bans_are_refused_and_change_nothing(client, admin, make_operator, m
         ({"subject": "planet", "value": "1", "reason": "nope"}, 422),
         ({"subject": "net", "value": "300.1.2.3", "reason": "bad ip"}, 422),
         ({"subject": "net", "value": "10.0.0.0/16", "reason": "too wide"}, 422),
+        # a zone id names an interface of the machine that wrote it: it would keep a ban no request matches
+        ({"subject": "net", "value": "2001:db8::1%eth0", "reason": "zone"}, 422),
+        ({"subject": "net", "value": "2001:db8:1::%eth0/48", "reason": "zone"}, 422),
         ({"subject": "device", "value": "my-phone", "reason": "not ours"}, 422),
         ({"subject": "user", "value": str(amy.id)}, 422),  # no reason
         ({"subject": "user", "value": "abc", "reason": "not an id"}, 422),
