@@ -242,6 +242,8 @@ def test_authorize_redirects_with_server_side_state(app, client, no_network):  #
         # 512 characters that are a redirector once the rest is cut off (the value was cut after its check)
         "/oauth/" + "a" * 492 + "/../authorize" + "/../../ok",
         "/" + "a" * 512,  # longer than a state keeps
+        "/wallet#top",  # the token goes in the fragment: "/wallet#top#token=…" is no token a page can read
+        "/h5/#/orders",
     ],
 )
 def test_authorize_refuses_open_redirects(client, no_network, bad):  # noqa: F811

@@ -154,10 +154,12 @@ NEXT_MOST = 512  # oauth_states.next_url
 
 def _safe_next(value: str | None) -> str:
     """Only a path on this site: no scheme, no host, no ``//`` (no open redirect), no control character (it could
-    not be a ``Location``), and none of the site's own redirectors (``REDIRECTING_PATHS``)."""
+    not be a ``Location``), no fragment, and none of the site's own redirectors (``REDIRECTING_PATHS``)."""
     value = value or "/"
     if len(value) > NEXT_MOST:  # refused, never cut: a cut path is not the one checked (``/oauth/a…/../x``)
         raise ValidationFailed(f"next is longer than {NEXT_MOST} characters", code="invalid_next")
+    if "#" in value:  # the callback puts the token in the fragment (``next#token=…``): a second one hides it
+        raise ValidationFailed("next has no fragment (#): the sign-in's token goes there", code="invalid_next")
     path = local_path(value)
     # ``//`` once decoded (``/%2F_sim/``): the server merges the slashes and routes it as ``/_sim/``, a redirector.
     if path is None or path.startswith("//") or path.lower().startswith(REDIRECTING_PATHS):
