@@ -25,7 +25,8 @@ packets; ``claw_back`` also takes back what was paid on those orders to its memb
 
 Decided once: the same outcome again answers the case as decided (nothing done twice); another outcome is
 409. Above ``second_approval_fen`` held, the first decision is a proposal (``awaiting_approval``, nothing
-moves) carried out when a different operator decides the same outcome (a ban for the same ``ban_days``). A
+moves) carried out when a different operator decides the same outcome (a ban for the same ``ban_days``), or
+closed by ``reject_proposal`` (a reviewer who disagrees, or its proposer withdrawing it: the case is open again). A
 release or a clawback while a refund of one of its orders is pending is refused (409 ``refund_pending``, nothing
 changed). The case row is locked first, then the orders, the packets, a merchant to ban, the campaigns (id order:
 with a merchant ban, every campaign it will pause) and their deposits, as payments, claims, refunds and bans take
@@ -149,6 +150,34 @@ def decide(
     if case.proposed_by is not None:
         details["proposed_by"] = case.proposed_by
     audit(actor, "review.decide", "review_case", case.id, review.reason, **details)
+    db.session.flush()
+    return case
+
+
+def reject_proposal(actor: Actor, case_id: int, reason: str, now: datetime) -> ReviewCase:
+    """Close the proposal a case awaits (a second reviewer who disagrees, or its proposer withdrawing it): the case
+    is open again, nothing moved, and the next decision is a new proposal. Nothing waiting (open, or decided) is 409
+    ``no_proposal``."""
+    if not reason or not reason.strip():
+        raise Invalid("rejecting a proposal needs a reason", code="reason_required")
+    case = lock_case(case_id)
+    if case is None:
+        raise NotFound(f"review case {case_id} not found")
+    if case.status != CaseStatus.AWAITING_APPROVAL:
+        state = f"was decided {case.outcome!r}" if case.status == CaseStatus.DECIDED else "awaits no approval"
+        raise StateConflict(f"case {case.id} {state}: there is no proposal to reject", code="no_proposal")
+    proposal = {
+        "proposed_outcome": case.proposed_outcome,
+        "proposed_by": case.proposed_by,
+        "proposed_at": case.proposed_at.isoformat(),
+        "proposed_reason": case.proposed_reason,
+        "proposed_ban_days": proposed_ban_days(case),
+    }
+    withdrawn = case.proposed_by == actor.operator.id
+    case.status = CaseStatus.OPEN
+    case.proposed_outcome = case.proposed_by = case.proposed_at = case.proposed_reason = None
+    case.effects = {}
+    audit(actor, "review.proposal_reject", "review_case", case.id, reason.strip(), withdrawn=withdrawn, **proposal)
     db.session.flush()
     return case
 

@@ -347,3 +347,67 @@ def test_a_community_ban_user_bans_every_member_and_release_dismisses(client, ma
 
     release = decide(client, admin, dismissed.id, "release", "a shared office")
     assert (release.status_code, release.get_json()["label"]) == (200, "legit")
+
+
+def reject(client, headers, case_id, reason="not what the trail shows"):
+    return client.post(f"/admin/api/reviews/{case_id}/proposal/reject", json={"reason": reason}, headers=headers)
+
+
+def test_a_proposal_can_be_rejected_or_withdrawn_and_the_case_is_open_again(
+    client, make_operator, make_user, make_product, make_campaign, pay
+):
+    # given: a case above the threshold and a proposal to ban the buyer for 7 days
+    order, buyer, issuer, campaign, case = setup(make_user, make_product, make_campaign, pay, price_fen=5_000_00)
+    held = case.held_fen
+    first_op, first = make_operator("support")
+    second_op, second = make_operator("admin")
+    assert decide(client, first, case.id, "ban_user", "ring", ban_days=7).status_code == 200
+
+    # when: a second reviewer disagrees: the case is open again, nothing moved, nobody banned
+    rejected = reject(client, second, case.id)
+    assert rejected.status_code == 200, rejected.get_json()
+    body = rejected.get_json()
+    assert (body["status"], body["proposed_outcome"], body["proposed_by"], body["proposed_ban_days"]) == (
+        "open",
+        None,
+        None,
+        None,
+    )
+    assert {r.status for r in rebates_of(order.id).values()} == {"review"}
+    assert committed(campaign.id) == PACKET + held
+    assert count(Ban) == 0 and status_of(buyer.id) == "active"
+    audit = db.session.execute(select(AuditLog).where(AuditLog.action == "review.proposal_reject")).scalar_one()
+    assert audit.operator_id == second_op.id and audit.details["withdrawn"] is False
+    assert (audit.details["proposed_outcome"], audit.details["proposed_ban_days"]) == ("ban_user", 7)
+
+    # then: nothing is left to reject (409), and the next decision is a new proposal the rejecter may make
+    again = reject(client, second, case.id)
+    assert (again.status_code, again.get_json()["error"]) == (409, "no_proposal")
+    proposed = decide(client, second, case.id, "release", "the trail is a family's")
+    assert (proposed.get_json()["status"], proposed.get_json()["proposed_by"]) == ("awaiting_approval", second_op.id)
+
+    # when: its proposer withdraws it: open again, recorded as withdrawn
+    withdrawn = reject(client, second, case.id, "asked the merchant first")
+    assert withdrawn.get_json()["status"] == "open"
+    audits = db.session.execute(select(AuditLog).where(AuditLog.action == "review.proposal_reject")).scalars().all()
+    assert [a.details["withdrawn"] for a in audits] == [False, True]
+
+    # then: decided cases have no proposal to reject, and the approval path still works after a rejection
+    assert decide(client, first, case.id, "revoke", "ring").get_json()["status"] == "awaiting_approval"
+    assert decide(client, second, case.id, "revoke", "agreed").get_json()["status"] == "decided"
+    decided = reject(client, first, case.id)
+    assert (decided.status_code, decided.get_json()["error"]) == (409, "no_proposal")
+    assert {r.status for r in rebates_of(order.id).values()} == {"revoked"}
+
+
+def test_bad_proposal_rejections_change_nothing(client, make_operator, make_user, make_product, make_campaign, pay):
+    order, buyer, issuer, campaign, case = setup(make_user, make_product, make_campaign, pay, price_fen=5_000_00)
+    _, first = make_operator("support")
+    _, staff = make_operator("merchant_staff")
+    assert decide(client, first, case.id, "revoke", "ring").status_code == 200
+    assert reject(client, first, case.id, "").status_code == 422  # a reason is needed
+    assert client.post(f"/admin/api/reviews/{case.id}/proposal/reject", json={}, headers=first).status_code == 422
+    assert reject(client, staff, case.id).status_code == 403
+    assert reject(client, first, 999_999).status_code == 404
+    db.session.expire_all()
+    assert db.session.get(ReviewCase, case.id).status == "awaiting_approval"

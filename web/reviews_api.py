@@ -6,6 +6,8 @@ community's members), and a merchant may be the suspect: merchant staff see in t
 rebates wait for a review, never why.
 ``POST /admin/api/reviews/<id>/decide`` {outcome, reason, ban_days?}: admin, support and finance (a
 reviewer may be any of them; above ``RISK_SECOND_APPROVAL_FEN`` held, two different ones must agree).
+``POST /admin/api/reviews/<id>/proposal/reject`` {reason}: a reviewer who disagrees with the proposal a case awaits
+(or its proposer withdrawing it) opens the case again; nothing moves (nothing awaiting: 409 ``no_proposal``).
 What each outcome does to the money is ``rebate.reviews``.
 """
 
@@ -18,7 +20,7 @@ from sqlalchemy import select
 
 from models import CaseOutcome, Order, Rebate, ReviewCase, RiskCommunity, db, utcnow
 from payouts import MoneySettings
-from rebate.reviews import Review, decide, proposed_ban_days
+from rebate.reviews import Review, decide, proposed_ban_days, reject_proposal
 from web.admin import PLATFORM, actor
 from web.api import endpoint
 from web.bans_api import BanDays
@@ -29,6 +31,10 @@ from web.schemas import Model, Page, Reason
 bp = Blueprint("reviews", __name__, url_prefix="/admin/api")
 
 DECIDERS = PLATFORM  # admin, finance, support
+
+
+class RejectProposal(Model):
+    reason: Reason
 
 
 class ReviewQuery(Page):
@@ -165,3 +171,18 @@ def decide_review(case_id: int, body: Decide):
         graph_days=cfg["RISK_GRAPH_DAYS"],
     )
     return case_json(case)
+
+
+@endpoint(
+    bp,
+    "/reviews/<int:case_id>/proposal/reject",
+    methods=["POST"],
+    auth="operator",
+    roles=DECIDERS,
+    body=RejectProposal,
+    idempotent=True,
+    tags=("reviews",),
+)
+def reject_review_proposal(case_id: int, body: RejectProposal):
+    """Reject (or, its proposer, withdraw) the proposal a case awaits: the case is open again and nothing moved."""
+    return case_json(reject_proposal(actor(), case_id, body.reason, utcnow()))
