@@ -19,7 +19,7 @@ from wechat import crypto
 from wechat.errors import NotificationRejected, WeChatConfigError, WeChatSignatureError
 from wechat.keys import ApiV3Keys, VerifierKeys
 from wechat.text import loads_strict, storable
-from wechat.transactions import MalformedResource, RefundNotice, Transaction, TransferBill
+from wechat.transactions import ID_CHARS, MalformedResource, RefundNotice, Transaction, TransferBill
 
 PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
 MAX_SKEW_S = 300
@@ -159,6 +159,12 @@ def _parse_envelope(raw_body: bytes) -> dict[str, Any]:
         raise NotificationRejected("MALFORMED_BODY", "body lacks a resource object", http_status=400)
     if not storable(envelope):
         raise NotificationRejected("MALFORMED_BODY", "body holds a NUL or a lone surrogate", http_status=400)
+    notification_id = envelope.get("id")
+    if notification_id is not None and not (isinstance(notification_id, str) and len(notification_id) <= ID_CHARS):
+        # recorded once accepted (``payment_notifications.notification_id``): it must fit, on every database
+        raise NotificationRejected(
+            "MALFORMED_BODY", f"id is not a string of at most {ID_CHARS} characters", http_status=400
+        )
     if envelope.get("resource_type") != "encrypt-resource":
         raise NotificationRejected(
             "UNSUPPORTED_RESOURCE_TYPE", "resource_type is not encrypt-resource", http_status=400

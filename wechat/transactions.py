@@ -157,7 +157,7 @@ class RefundNotice:
             raise MalformedResource("amount.refund", f"a refund of {refund_fen} fen")
         return cls(
             out_trade_no=r.text("out_trade_no", max_len=ID_CHARS),
-            out_refund_no=r.text("out_refund_no"),
+            out_refund_no=r.text("out_refund_no", max_len=ID_CHARS),
             status=status,
             refund_fen=refund_fen,
             total_fen=amount.fen("total", required=False),
@@ -206,7 +206,7 @@ class TransferBill:
         if amount <= 0:
             raise MalformedResource("transfer_bill.transfer_amount", f"a transfer of {amount} fen")
         return cls(
-            out_bill_no=r.text("out_bill_no"),
+            out_bill_no=r.text("out_bill_no", max_len=ID_CHARS),
             transfer_bill_no=r.text("transfer_bill_no", max_len=ID_CHARS),
             state=state,
             mch_id=r.text("mch_id"),
