@@ -235,13 +235,7 @@ def invoice_month(merchant_id: int, month: str, now: datetime) -> FeeInvoice | N
     if now < end:
         raise StateConflict(f"month {month} has not ended", code="month_not_ended")
     credit = lock_credit(merchant_id)
-    invoiced = set(db.session.execute(select(FeeInvoice.month).where(FeeInvoice.merchant_id == merchant_id)).scalars())
-    through = max(invoiced | {month})  # a month invoiced late: as of the last
-    unbilled = unbilled_fees(merchant_id, through)
-    # what is unbilled, less the fees of other months not invoiced yet (each bills its own when it is): so the
-    # month's own fees, and fees booked in a month already invoiced after its invoice read it (a payment that
-    # began before the month ended and committed after the run), which no other invoice would ever bill
-    fee = max(0, unbilled - max(0, _fees_not_invoiced(merchant_id, invoiced | {month}, through)))
+    fee, unbilled = _to_bill(merchant_id, month)
     applied = min(max(0, balance(credit)), fee)
     row = {
         "merchant_id": merchant_id,
@@ -268,6 +262,18 @@ def invoice_month(merchant_id: int, month: str, now: datetime) -> FeeInvoice | N
             [Leg(fees_due_account(merchant_id), -back), Leg(credit, back)],
         )
     return db.session.get(FeeInvoice, written[0][0])
+
+
+def _to_bill(merchant_id: int, month: str) -> tuple[int, int]:
+    """What the invoice of ``month`` would bill (never below 0), and what is unbilled as of the last month invoiced.
+
+    What is unbilled, less the fees of other months not invoiced yet (each bills its own when it is): so the
+    month's own fees, and fees booked in a month already invoiced after its invoice read it (a payment that
+    began before the month ended and committed after the run), which no other invoice would ever bill."""
+    invoiced = set(db.session.execute(select(FeeInvoice.month).where(FeeInvoice.merchant_id == merchant_id)).scalars())
+    through = max(invoiced | {month})  # a month invoiced late: as of the last
+    unbilled = unbilled_fees(merchant_id, through)
+    return max(0, unbilled - max(0, _fees_not_invoiced(merchant_id, invoiced | {month}, through))), unbilled
 
 
 def fee_payment_key(merchant_id: int, proposal_id: int) -> str:
@@ -351,9 +357,20 @@ def _fees_due_moved(merchant_id: int, entries) -> int:
 
 
 def merchants_to_invoice(month: str) -> list[int]:
-    """Merchants with fees booked in ``month`` and no invoice for it yet."""
-    start, end = month_bounds(month)
-    invoiced = select(FeeInvoice.merchant_id).where(FeeInvoice.month == month)
+    """Merchants with no invoice for ``month`` yet: those with fees booked in it, and those with fees booked only
+    in the month before that its invoice did not bill (booked after it was written: a payment that began before
+    that month ended and committed after the run). The next invoice bills those; without this, a merchant that
+    booked nothing more was never billed for them."""
+    booked = set(_merchants_with_fees(month, month))
+    before = previous_month(month_bounds(month)[0])
+    late = {m for m in _merchants_with_fees(before, month) if m not in booked and _to_bill(m, month)[0] > 0}
+    return sorted(booked | late)
+
+
+def _merchants_with_fees(booked_in: str, not_invoiced_for: str) -> list[int]:
+    """Merchants with fees booked in the month ``booked_in`` and no invoice for the month ``not_invoiced_for``."""
+    start, end = month_bounds(booked_in)
+    invoiced = select(FeeInvoice.merchant_id).where(FeeInvoice.month == not_invoiced_for)
     rows = db.session.execute(
         select(LedgerAccount.owner_id)
         .join(LedgerPosting, LedgerPosting.account_id == LedgerAccount.id)
