@@ -428,8 +428,9 @@ SETTINGS: tuple[Setting, ...] = (
         "RISK_SECOND_APPROVAL_FEN",
         20000,
         _positive_int,
-        doc="A review case holding more than this (fen) is decided by two operators: the first decision is a "
-        "proposal, carried out when a different operator decides the same outcome.",
+        doc="A review decision moving more than this (fen: what the case holds; a clawback also what was paid on "
+        "its orders) is decided by two operators: the first decision is a proposal, carried out when a different "
+        "operator decides the same outcome.",
     ),
     # risk: behaviour trail
     Setting(

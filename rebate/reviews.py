@@ -24,7 +24,8 @@ packets; ``claw_back`` also takes back what was paid on those orders to its memb
 ``ban_*`` revokes and bans each member of that kind (none: 422).
 
 Decided once: the same outcome again answers the case as decided (nothing done twice); another outcome is
-409. Above ``second_approval_fen`` held, the first decision is a proposal (``awaiting_approval``, nothing
+409. Above ``second_approval_fen`` at stake (what the case holds; for a clawback also what was paid on its orders
+to the people it takes back from), the first decision is a proposal (``awaiting_approval``, nothing
 moves) carried out when a different operator decides the same outcome (a ban for the same ``ban_days``), or
 closed by ``reject_proposal`` (a reviewer who disagrees, or its proposer withdrawing it: the case is open again). A
 release or a clawback while a refund of one of its orders is pending is refused (409 ``refund_pending``, nothing
@@ -122,9 +123,11 @@ def decide(
         )
     scope = _scope(case, review, graph_days)
     _refuse_while_refunding(scope, review)
-    if case.held_fen > second_approval_fen:
+    at_stake = _at_stake(case, scope, review)
+    # a case awaiting approval is decided by its approval (or its proposal rejected first), whatever the outcome
+    if case.status == CaseStatus.AWAITING_APPROVAL or at_stake > second_approval_fen:
         if case.status == CaseStatus.OPEN:
-            return _propose(actor, case, review, now, second_approval_fen)
+            return _propose(actor, case, review, now, second_approval_fen, at_stake)
         proposed_days = proposed_ban_days(case)
         if case.proposed_outcome != review.outcome or (
             review.outcome in BAN_SUBJECT and review.ban_days != proposed_days
@@ -136,12 +139,12 @@ def decide(
             )
         if case.proposed_by == actor.operator.id:
             raise SecondReviewerRequired(
-                f"case {case.id} holds {case.held_fen} fen (over {second_approval_fen}): a second reviewer must "
-                "approve, not the operator who proposed it"
+                f"case {case.id}'s {review.outcome} moves {at_stake} fen (over {second_approval_fen}): a second "
+                "reviewer must approve, not the operator who proposed it"
             )
         why = approval_refused_because(actor.operator, case.proposed_by, case.proposed_at, now)
         if why:
-            raise SecondReviewerRequired(f"case {case.id} holds {case.held_fen} fen: {why}")
+            raise SecondReviewerRequired(f"case {case.id}'s {review.outcome} moves {at_stake} fen: {why}")
     effects = _carry_out(actor, case, scope, review, now, money)
     case.status, case.outcome, case.label = CaseStatus.DECIDED, review.outcome, label_of(review.outcome)
     case.decided_by, case.decided_at, case.decision_reason = actor.operator.id, now, review.reason
@@ -208,7 +211,22 @@ def _for_days(case: ReviewCase, days: int | None) -> str:
     return f" for {days} days" if days else " until lifted"
 
 
-def _propose(actor: Actor, case: ReviewCase, review: Review, now: datetime, threshold: int) -> ReviewCase:
+def _at_stake(case: ReviewCase, scope: Scope, review: Review) -> int:
+    """What the outcome moves, as the second approval's threshold reads it: the money the case holds, and for a
+    clawback also what was paid on its orders to the people it takes back from (the case's held part may be small)."""
+    if review.outcome != CaseOutcome.CLAW_BACK or not scope.order_ids:
+        return case.held_fen
+    paid = db.session.execute(
+        select(Rebate.beneficiary_type, Rebate.beneficiary_id, Rebate.amount_fen).where(
+            Rebate.order_id.in_(scope.order_ids), Rebate.amount_fen > 0
+        )
+    ).all()
+    return case.held_fen + sum(amount for kind, who, amount in paid if _clawed_from(kind, who, scope))
+
+
+def _propose(
+    actor: Actor, case: ReviewCase, review: Review, now: datetime, threshold: int, at_stake: int
+) -> ReviewCase:
     case.status = CaseStatus.AWAITING_APPROVAL
     case.proposed_outcome, case.proposed_by = review.outcome, actor.operator.id
     case.proposed_at, case.proposed_reason = now, review.reason
@@ -221,6 +239,7 @@ def _propose(actor: Actor, case: ReviewCase, review: Review, now: datetime, thre
         review.reason,
         outcome=review.outcome,
         threshold_fen=threshold,
+        at_stake_fen=at_stake,
         ban_days=review.ban_days,
     )
     db.session.flush()
@@ -418,7 +437,11 @@ def _lock_campaigns(ids: set[int]) -> dict[int, Campaign]:
 
 
 def _clawed(rebate: Rebate, scope: Scope) -> bool:
-    return scope.beneficiaries is None or (rebate.beneficiary_type, rebate.beneficiary_id) in scope.beneficiaries
+    return _clawed_from(rebate.beneficiary_type, rebate.beneficiary_id, scope)
+
+
+def _clawed_from(kind: str, who: int, scope: Scope) -> bool:
+    return scope.beneficiaries is None or (kind, who) in scope.beneficiaries
 
 
 def _release(

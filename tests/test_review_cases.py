@@ -411,3 +411,29 @@ def test_bad_proposal_rejections_change_nothing(client, make_operator, make_user
     assert reject(client, first, 999_999).status_code == 404
     db.session.expire_all()
     assert db.session.get(ReviewCase, case.id).status == "awaiting_approval"
+
+
+def test_a_claw_back_of_paid_money_above_the_threshold_needs_a_second_reviewer(
+    app, client, make_operator, make_user, make_product, make_campaign, pay, monkeypatch
+):
+    """Four eyes count what the outcome moves: a case holding 4.50 whose clawback takes back 9.00 already paid
+    was decided by one reviewer when only the 4.50 held was compared with the threshold."""
+    monkeypatch.setitem(app.config, "RISK_SECOND_APPROVAL_FEN", CONSUMER)  # 4.50: the held part alone is not above
+    order, buyer, issuer, campaign = paid_order(make_user, make_product, make_campaign, pay)
+    case = hold_for_review(order, roles=("consumer",))
+    assert case.held_fen == CONSUMER and cash(issuer.id) == ISSUER
+    first_op, first = make_operator("support")
+    _, second = make_operator("admin")
+
+    proposed = decide(client, first, case.id, "claw_back", "issuer and buyer share a device")
+    assert proposed.status_code == 200, proposed.get_json()
+    assert (proposed.get_json()["status"], proposed.get_json()["proposed_by"]) == ("awaiting_approval", first_op.id)
+    assert cash(issuer.id) == ISSUER  # nothing moved
+    # while it awaits, another outcome is not decided around it, however little that one moves
+    differs = decide(client, second, case.id, "revoke", "only the held part")
+    assert (differs.status_code, differs.get_json()["error"]) == (409, "proposal_differs")
+
+    approved = decide(client, second, case.id, "claw_back", "agreed")
+    assert approved.get_json()["status"] == "decided"
+    assert approved.get_json()["effects"]["clawed_back_fen"] == ISSUER
+    assert cash(issuer.id) == 0
