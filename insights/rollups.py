@@ -13,10 +13,12 @@ Basis (docs/architecture.md §11): every event counts on the Beijing day it happ
   trigger and channel (the packet's source) for issued and used;
 - ``rebates_awarded`` (as first awarded), ``rebates_held`` (still held when the day was rolled up, on
   the award's day), ``rebates_paid`` (a payout that succeeded, or for the ``balance`` form the ledger's
-  credit of the balance, on that day; ``points`` are not money and count as awarded only), ``rebates_clawed_back``
-  (money taken back from a rebate paid or queued: a refund's on the day the refund succeeded, any other on its own
-  day) and ``rebates_cancelled`` (a held part that will never be paid: revoked by a review, expired, withheld by the
-  feedback quality, or released by a refund, dated the same way), split by ``role:form``.
+  credit of the balance, or a coupon's payout refused and credited to the balance instead, on that day; ``points``
+  are not money and count as awarded only), ``rebates_clawed_back`` (money taken back from a rebate paid or
+  queued: a refund's on the day the refund succeeded, any other on its own day; of a coupon, only what a payout
+  not yet sent gave back: a coupon that has left is not taken back) and ``rebates_cancelled`` (a held part that
+  will never be paid: revoked by a review, expired, withheld by the feedback quality, or released by a refund,
+  dated the same way), split by ``role:form``.
 
 ``merchant_id`` of a row: the order's merchant; a packet's own merchant or else its campaign's.
 Only reads: a function here returns rows, it stores nothing.
@@ -63,6 +65,7 @@ BUCKETS: tuple[tuple[int | None, str], ...] = (
 )
 PACKET_EVENTS = ("issued", "claimed", "used", "expired", "revoked")
 REBATE_EVENTS = ("awarded", "held", "paid", "clawed_back", "cancelled")
+COUPON_FORMS = (Form.WECHAT_COUPON, Form.CARD_COUPON)  # a clawback takes back only those not yet sent
 
 
 def bucket_of(amount_fen: int) -> str:
@@ -365,6 +368,7 @@ def _rebates(out: DayRollup, start: datetime, end: datetime) -> None:
             Rebate.role,
             Rebate.form,
             RebateAdjustment.amount_fen,
+            RebateAdjustment.recovered_fen,
             RebateAdjustment.kind,
         )
         .select_from(RebateAdjustment)
@@ -379,14 +383,20 @@ def _rebates(out: DayRollup, start: datetime, end: datetime) -> None:
         or_(RebateAdjustment.refund_id.is_(None), Refund.finished_at.is_(None)),
     )
     for stmt in (by_refund, by_itself):
-        for campaign_id, merchant, role, form, fen, kind in db.session.execute(stmt):
+        for campaign_id, merchant, role, form, fen, recovered, kind in db.session.execute(stmt):
+            if form in COUPON_FORMS:  # a coupon that has left is not taken back (``rebate.clawbacks``): only what
+                fen = recovered  # a payout not yet sent gave back came back; the rest stays the campaign's cost
+                if fen <= 0:
+                    continue
             metric = "rebates_cancelled" if kind == AdjustmentKind.CANCELLED else "rebates_clawed_back"
             out.add_split(merchant, campaign_id, metric, f"{role}:{form}", 1, fen)
 
 
 def _balance_credits(out: DayRollup, start: datetime, end: datetime) -> None:
     """Rebates of the ``balance`` form are paid when the ledger credits the balance (``rebate:<id>`` keys: at
-    the award, at a milestone's release, at a review's release); the cash forms when their payout succeeds."""
+    the award, at a milestone's release, at a review's release); the cash forms when their payout succeeds; a
+    payout from the funder (a coupon) that falls back to the balance when the ledger credits it instead
+    (``payout:<id>:to-balance``: a payout from the person's own balance posts none, its money is there already)."""
     credited = func.sum(LedgerPosting.amount)
     stmt = (
         select(LedgerEntry.idempotency_key, credited)
@@ -395,26 +405,38 @@ def _balance_credits(out: DayRollup, start: datetime, end: datetime) -> None:
             LedgerEntry.created_at >= start,
             LedgerEntry.created_at < end,
             LedgerEntry.unit == "fen",
-            LedgerEntry.idempotency_key.like("rebate:%"),
+            or_(LedgerEntry.idempotency_key.like("rebate:%"), LedgerEntry.idempotency_key.like("payout:%:to-balance")),
             LedgerPosting.amount > 0,
         )
         .group_by(LedgerEntry.id, LedgerEntry.idempotency_key)
     )
     by_rebate: dict[int, list[int]] = defaultdict(list)
+    by_payout: dict[int, list[int]] = defaultdict(list)
     for key, fen in db.session.execute(stmt):
-        ident = key.split(":")[1]
+        kind, ident = key.split(":")[:2]
         if ident.isdecimal():
-            by_rebate[int(ident)].append(int(fen or 0))
-    if not by_rebate:
+            (by_rebate if kind == "rebate" else by_payout)[int(ident)].append(int(fen or 0))
+    fell_back: dict[int, list[int]] = defaultdict(list)  # by rebate, whatever its form
+    if by_payout:
+        stmt = select(Payout.id, Payout.rebate_id).where(
+            Payout.id.in_(sorted(by_payout)), Payout.rebate_id.is_not(None)
+        )
+        for payout_id, rebate_id in db.session.execute(stmt):
+            fell_back[rebate_id] += by_payout[payout_id]
+    if not by_rebate and not fell_back:
         return
     stmt = (
         select(Rebate.id, Rebate.campaign_id, Order.merchant_id, Rebate.role, Rebate.form)
         .select_from(Rebate)
         .join(Order, Order.id == Rebate.order_id)
-        .where(Rebate.id.in_(sorted(by_rebate)), Rebate.form == Form.BALANCE)
+        .where(
+            Rebate.id.in_(sorted({*by_rebate, *fell_back})),
+            or_(Rebate.form == Form.BALANCE, Rebate.id.in_(sorted(fell_back))),
+        )
     )
     for rebate_id, campaign_id, merchant, role, form in db.session.execute(stmt):
-        for fen in by_rebate[rebate_id]:
+        own = by_rebate.get(rebate_id, []) if form == Form.BALANCE else []
+        for fen in (*own, *fell_back.get(rebate_id, [])):
             out.add_split(merchant, campaign_id, "rebates_paid", f"{role}:{form}", 1, fen)
 
 

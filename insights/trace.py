@@ -516,7 +516,7 @@ def _packet_brief(p: RedPacket) -> dict:
 
 
 def packet_history(p: RedPacket, order: Order | None, now: datetime) -> list[dict]:
-    """issued / claimed / locked / used / expired / revoked, from the packet's own fields."""
+    """issued / claimed / locked / used / expired / revoked, from the packet's fields and the orders that spent it."""
     events = []
 
     def add(event: str, at: datetime | None, line: str) -> None:
@@ -528,6 +528,13 @@ def packet_history(p: RedPacket, order: Order | None, now: datetime) -> list[dic
             add("claimed", p.claimed_at, f"claimed by user #{p.owner_id}.")
     else:
         add("issued", p.created_at, f"issued to user #{p.owner_id} (source {p.source}: {p.source_ref}).")
+    for earlier, discount in _given_back_uses(p):  # spent on an order whose refund gave the packet back
+        add(
+            "used",
+            earlier.paid_at,
+            f"used on order {earlier.out_trade_no} (#{earlier.id}), {yuan(discount)} off; that order was refunded "
+            f"({yuan(earlier.refunded_fen)}, now {earlier.status}) and the packet given back.",
+        )
     if p.status == PacketStatus.LOCKED and order is not None:
         add("locked", order.created_at, f"locked in unpaid order {order.out_trade_no} (#{order.id}).")
     if p.used_at is not None:
@@ -535,11 +542,26 @@ def packet_history(p: RedPacket, order: Order | None, now: datetime) -> list[dic
         add("used", p.used_at, f"used on {where}.")
     if p.status == PacketStatus.EXPIRED:
         add("expired", p.expires_at, "expired unused; its budget reservation was released.")
-    elif p.status == PacketStatus.REVOKED:
-        add("revoked", None, "revoked; its budget reservation was released.")
+    elif p.status == PacketStatus.REVOKED:  # (revoked before migration 0010: when is not known)
+        add("revoked", p.revoked_at, "revoked; its budget reservation was released.")
     elif p.status in (PacketStatus.ISSUED, PacketStatus.UNCLAIMED) and now >= p.expires_at:
         add("past_validity", p.expires_at, "past its validity; the expiry job will release it.")
     return events
+
+
+def _given_back_uses(p: RedPacket) -> list[tuple[Order, int]]:
+    """The paid orders that spent ``p`` other than the one it is on now (``order_packets`` keeps a use when a refund
+    gives the packet back), oldest first, with the discount each took."""
+    stmt = (
+        select(Order, OrderPacket.discount_fen)
+        .join(OrderPacket, OrderPacket.order_id == Order.id)
+        .where(OrderPacket.packet_id == p.id, Order.paid_at.is_not(None))
+        .order_by(Order.paid_at, Order.id)
+        .limit(MAX_ITEMS)
+    )
+    if p.order_id is not None:
+        stmt = stmt.where(Order.id != p.order_id)
+    return [(o, int(discount)) for o, discount in db.session.execute(stmt)]
 
 
 def trace_packet(

@@ -6,8 +6,10 @@ from ``insights.rollups.roll_up_day``. Rebuilding is idempotent, and two nodes r
 take turns on the lock (the second one reads what the first committed). Every event counts on its own
 Beijing day, so a day that has ended does not change: the job rebuilds only days not yet ``final``
 (today and the two days before it on every run — see ``FINAL_AFTER`` — and any day never built: the
-catch-up, which also runs once when the jobs start). Anything later still (a payment notified more than
-two days after WeChat's success time) needs ``flask insights rebuild`` for its day.
+catch-up, which also runs once when the jobs start). A payment or a payout counts on WeChat's time of it, which
+may be days before we learn of it (a notification lost, a transfer's result found by a query or an operator
+days later): a final day such an event recorded since the job's previous run belongs to is rebuilt too
+(``late_days``, read from the ledger entries' own dates).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import click
 from flask.cli import AppGroup
@@ -24,7 +26,7 @@ from sqlalchemy import delete, select, update
 
 from insights.rollups import beijing_day, day_bounds, first_data_day, people_rows, roll_up_day
 from jobs.payouts import row_failed
-from models import InsightsDaily, InsightsDay, InsightsPerson, db, unit_of_work, utcnow
+from models import InsightsDaily, InsightsDay, InsightsPerson, LedgerEntry, Order, Payout, db, unit_of_work, utcnow
 from models.sql import insert_ignoring, insert_rows
 
 log = logging.getLogger(__name__)
@@ -60,15 +62,39 @@ def rebuild(days: Iterable[date], now: datetime, progress: Callable[[date], None
     return results
 
 
+# Events dated by WeChat's time, by the key of the ledger entry their recording posts (dated when recorded).
+LATE_EVENTS = (("order:%:sale", Order, Order.paid_at), ("payout:%:paid", Payout, Payout.finished_at))
+LATE_MARGIN = timedelta(minutes=10)  # an entry dated before the run but committed after its read
+
+
+def late_days(since: datetime) -> set[date]:
+    """The Beijing days of the payments and payouts recorded since ``since``, by WeChat's time of each."""
+    days: set[date] = set()
+    for pattern, model, when in LATE_EVENTS:
+        keys = db.session.execute(
+            select(LedgerEntry.idempotency_key).where(
+                LedgerEntry.created_at >= since, LedgerEntry.idempotency_key.like(pattern)
+            )
+        ).scalars()
+        ids = sorted({int(k.split(":")[1]) for k in keys if k.split(":")[1].isdecimal()})
+        for chunk in range(0, len(ids), 1000):
+            stmt = select(when).where(model.id.in_(ids[chunk : chunk + 1000]), when.is_not(None))
+            days.update(beijing_day(at if at.tzinfo else at.replace(tzinfo=UTC)) for at in db.session.scalars(stmt))
+    return days
+
+
 def due_days(now: datetime) -> list[date]:
-    """Days not final yet, from the first day with data to today (Beijing)."""
+    """Days not final yet, from the first day with data to today (Beijing), and the final days of payments and
+    payouts recorded since the previous run (the rolled time of the latest day built) that WeChat dated there."""
     today = beijing_day(now)
     first = first_data_day() or today
     final = set(
         db.session.execute(select(InsightsDay.day).where(InsightsDay.final, InsightsDay.day >= first)).scalars()
     )
+    last_run = db.session.execute(select(InsightsDay.rolled_at).order_by(InsightsDay.day.desc()).limit(1)).scalar()
+    late = late_days(last_run - LATE_MARGIN) & final if last_run is not None else set()
     db.session.rollback()  # end the read before the per-day transactions
-    return [d for d in days_between(first, today) if d not in final]
+    return sorted({d for d in days_between(first, today) if d not in final} | late)
 
 
 def days_between(start: date, end: date) -> list[date]:
