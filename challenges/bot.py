@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from challenges import bindings
 from challenges.commands import (
@@ -40,7 +41,7 @@ from challenges.commands import (
     help_text,
     yuan_text,
 )
-from models import StakeSource, db
+from models import StakeSource, User, db
 
 MAX_LISTED = 10
 
@@ -229,6 +230,7 @@ def _bind(ctx: Context, now: datetime, settings: bindings.BindingSettings | None
 def _run(command: Command, ctx: Context, user_id: int, now: datetime, ops: Ops) -> Reply:
     match command:
         case StartChallenge(kind, days, stake_fen):
+            _one_at_a_time(user_id)  # a resend arriving with the first: it waits, then finds the first started
             again = _just_started(ctx, user_id, str(kind), days, stake_fen, now, ops)
             if again is not None:  # the same message sent twice (a resend on a poor network): one challenge, one stake
                 return Reply(
@@ -285,6 +287,12 @@ def _set_webhook(ctx: Context, key: str | None, user_id: int, now: datetime) -> 
 REPEAT_WINDOW = timedelta(minutes=2)  # the same start said again this soon is the same start (a resend)
 
 
+def _one_at_a_time(user_id: int) -> None:
+    """The speaker's row locked (as joining takes it) until the command's transaction ends: two starts of one person
+    take turns, so the second reads what the first started (PostgreSQL reads committed rows only)."""
+    db.session.execute(select(User.id).where(User.id == user_id).with_for_update()).first()
+
+
 def _just_started(ctx: Context, user_id: int, kind: str, days: int, stake_fen: int, now: datetime, ops: Ops):
     """The challenge this speaker started in this chat less than ``REPEAT_WINDOW`` ago with the same kind, days and
     stake, or None. WeChat's own retries carry the same message id (recorded once); a person resending the message
@@ -315,8 +323,12 @@ def _group_ids(ctx: Context, ops: Ops) -> set[int]:
 
 
 def _may_see(challenge_id: int, ctx: Context, user_id: int, ops: Ops) -> bool:
-    """A challenge's standings go to its own group, or to one of its participants (as in the mini-program)."""
-    return challenge_id in _group_ids(ctx, ops) or challenge_id in {c.id for c in ops.challenges_of(user_id)}
+    """A challenge's standings go to its own group, or privately to one of its participants (as in the
+    mini-program). In a group the answer is read by everyone there: another group's names and totals (or those of
+    a game started elsewhere) are not shown in it, even when the one asking plays in that game."""
+    if ctx.in_group:
+        return challenge_id in _group_ids(ctx, ops)
+    return challenge_id in {c.id for c in ops.challenges_of(user_id)}
 
 
 def _my_latest(user_id: int, ops: Ops) -> int | None:

@@ -46,6 +46,7 @@ from wechat.text import json_text, loads_strict, storable
 MAX_PUSH_BYTES = 64 * 1024  # WeChat's pushes are a few KiB; a text message is at most 2,048 characters
 AES_KEY_CHARS = 43
 MAX_NESTING = 16  # WeChat's pushes nest three levels (a subscribe event's List items); more is not WeChat
+MAX_DEDUPE_KEY = 200  # inbound_messages.dedupe_key is VARCHAR(200)
 LATEST_CREATE_TIME = 4_102_444_800  # 2100-01-01 UTC, in seconds: later ones overflow where they are turned into times
 SUBSCRIBE_MSG_EVENTS = {
     "subscribe_msg_popup_event": "SubscribeMsgPopupEvent",
@@ -123,7 +124,13 @@ class PushMessage:
 
     def dedupe_key(self, source: str) -> str:
         """WeChat's own rule: MsgId for a message; sender + CreateTime (+ the event, + a card event's code) for an
-        event."""
+        event. A key longer than its column (every field at its own limit) is the same key hashed: never a 500."""
+        key = self._dedupe_key(source)
+        if len(key) <= MAX_DEDUPE_KEY:
+            return key
+        return f"{source}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def _dedupe_key(self, source: str) -> str:
         if self.msg_id:
             return f"{source}:msg:{self.msg_id}"
         key = f"{source}:event:{self.from_user}:{self.create_time}:{self.event or ''}"
