@@ -17,6 +17,8 @@ from models import (
     PayoutStatus,
     Rail,
     RailControl,
+    User,
+    UserStatus,
     alert_once,
     db,
     raise_alert,
@@ -214,8 +216,22 @@ def _waiting(payout: Payout, result: RailResult, now: datetime, settings: Dispat
         _later(payout, S.UNKNOWN, now + backoff(1, settings))
     elif payout.cancel_requested:  # the operator's cancel did not go through: try again soon
         _later(payout, S.WAITING_USER_CONFIRM, now + backoff(payout.attempts, settings))
+    elif _payee_banned(payout):
+        # offered after its payee was banned (the ban found it with WeChat, not yet offered, so did not cancel it):
+        # cancelled at WeChat by the next pass, as the ban cancels a bill already offered (rebate.ban_ops)
+        payout.cancel_requested = True
+        payout.last_error = "cancellation requested: the person was banned while the bill was on its way to them"
+        _later(payout, S.WAITING_USER_CONFIRM, now)
     else:
         _later(payout, S.WAITING_USER_CONFIRM, now + settings.confirm_recheck)
+
+
+def _payee_banned(payout: Payout) -> bool:
+    """A change transfer's payee is banned (a card is left: WeChat cannot recall one from a card package)."""
+    if payout.rail != Rail.WECHAT_CHANGE:
+        return False
+    status = db.session.execute(select(User.status).where(User.id == payout.user_id)).scalar_one_or_none()
+    return status == UserStatus.BANNED
 
 
 # What a query answers when it learned nothing about the bill: a 5xx or a timeout, an unreadable answer, a rate limit

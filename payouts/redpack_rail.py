@@ -29,6 +29,7 @@ QUIET_END = time(8, 0)  # no cash red packets 00:00–08:00 Beijing time
 TEXT_LIMITS = {"send_name": 32, "act_name": 32, "wishing": 128, "remark": 256}
 S = PayoutStatus
 CODE_MOST = 64  # PayoutAttempt.response_code, Payout.wechat_ref
+RETURN = "RETURN_"  # an answer without err_code is coded by its return_code: RETURN_FAIL, RETURN_EMPTY …
 # Rows that may already have used the user's daily allowance at WeChat.
 MAY_HAVE_LEFT = (S.SENDING, S.UNKNOWN, S.WAITING_USER_CONFIRM, S.SUCCEEDED, S.NEEDS_OPERATOR)
 
@@ -180,22 +181,23 @@ class RedpackRail:
             return odd
         if answer.action is RedpackAction.SUCCEEDED:
             return self._accepted(external_no, request, answer)
+        wrong = _about_another(answer, external_no, request)
+        if wrong:  # a refusal of another packet says nothing of ours (a SEND_FAILED would free our number)
+            return RailResult(Outcome.MISMATCH, "ANSWER_MISMATCH", f"send answer disagrees: {wrong}")
         known = SEND_OUTCOMES.get(answer.err_code) or DAILY_AMOUNT_LIMITS.get(answer.err_code)
         outcome = (known or Outcome.UNKNOWN) if answer.result_code == "FAIL" else None
         return self._refused(answer, outcome or Outcome.UNKNOWN)
 
     def _accepted(self, external_no: str, request: dict[str, Any], answer: RedpackResult) -> RailResult:
         """A success answer must be about our packet: number, amount and payee, each checked when present."""
-        ours = {"mch_billno": external_no, "total_amount": request["total_amount"], "re_openid": request["re_openid"]}
-        present = {k: v for k, v in ours.items() if answer.fields.get(k) not in (None, "")}
-        wrong = disagreement(present, answer.fields)
+        wrong = _about_another(answer, external_no, request)
         if wrong:  # like a query answer about another packet: an operator looks, nothing is marked paid
             return RailResult(Outcome.MISMATCH, "ANSWER_MISMATCH", f"send answer disagrees: {wrong}")
         ref = answer.fields.get("send_listid")
         return RailResult(Outcome.SUCCEEDED, "SUCCESS", wechat_ref=str(ref) if ref else None)
 
     def _refused(self, answer: RedpackResult, outcome: Outcome) -> RailResult:
-        code = answer.err_code or f"RETURN_{answer.return_code or 'EMPTY'}"
+        code = answer.err_code or f"{RETURN}{answer.return_code or 'EMPTY'}"
         message = answer.err_code_des or str(answer.fields.get("return_msg", ""))
         retry_at = None
         if outcome == Outcome.DEFER:
@@ -224,6 +226,14 @@ class RedpackRail:
         return RailResult(outcome, answer.status or "NO_STATUS", str(answer.fields.get("reason", "")), wechat_ref=ref)
 
 
+def _about_another(answer: RedpackResult, external_no: str, request: dict[str, Any]) -> str | None:
+    """How a sendredpack answer names another packet than ours (number, amount, payee, each checked when present:
+    WeChat's answers name them, a refusal's too), or None."""
+    ours = {"mch_billno": external_no, "total_amount": request["total_amount"], "re_openid": request["re_openid"]}
+    present = {k: v for k, v in ours.items() if answer.fields.get(k) not in (None, "")}
+    return disagreement(present, answer.fields)
+
+
 def _unreadable(answer: RedpackResult, ref: str) -> RailResult | None:
     """UNKNOWN when the answer cannot be read: a code longer than the column it is kept in, or the number
     WeChat gives it (``ref``: send_listid, detail_id) not one short text (a nested element, say). None when it can."""
@@ -232,6 +242,8 @@ def _unreadable(answer: RedpackResult, ref: str) -> RailResult | None:
         for name in ("err_code", "status")
         if len(getattr(answer, name)) > CODE_MOST
     ]
+    if len(answer.return_code) > CODE_MOST - len(RETURN):  # kept as RETURN_<return_code> when there is no err_code
+        odd.append(f"return_code longer than {CODE_MOST - len(RETURN)} characters")
     value = answer.fields.get(ref)
     if value is not None and not (isinstance(value, str) and len(value) <= CODE_MOST):
         odd.append(f"{ref} {value!r:.80} is not a text of at most {CODE_MOST} characters")
