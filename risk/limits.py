@@ -256,8 +256,8 @@ def slots_upsert(slots: list[Slot], now: datetime, guard: str = "") -> tuple[Tex
 
 def slots_refusing(slots: list[Slot], now: datetime) -> tuple[TextClause, dict[str, object]]:
     """Whether any of ``slots`` would be refused now, as a one-row ``SELECT EXISTS (…) AS refusing`` (a counter that
-    is full in its window, or an interval's counter taken after its time) and its parameters (``o``-prefixed): a
-    read, for a caller that must rank a refusal without taking anything. ``slots`` is not empty."""
+    is full in its window or a later one, or an interval's counter taken after its time) and its parameters
+    (``o``-prefixed): a read, for a caller that must rank a refusal without taking anything. ``slots`` is not empty."""
     rows = sorted({s.key: s for s in slots}.values(), key=lambda s: s.key)
     params: dict[str, object] = {}
     for i, s in enumerate(rows):
@@ -274,7 +274,7 @@ def _refusing(intervals: tuple[bool, ...]) -> TextClause:
     full = " OR ".join(
         f"(limit_counters.key = :ok{i} AND limit_counters.last_at > :ot{i})"
         if interval
-        else f'(limit_counters.key = :ok{i} AND limit_counters."window" = :ow{i} AND limit_counters."count" >= :on{i})'
+        else f'(limit_counters.key = :ok{i} AND limit_counters."window" >= :ow{i} AND limit_counters."count" >= :on{i})'
         for i, interval in enumerate(intervals)
     )
     when = LimitCounter.__table__.c.last_at.type
@@ -298,13 +298,18 @@ def _upsert(intervals: tuple[bool, ...], guard: str = "") -> TextClause:
     with ``guard`` (PostgreSQL), only when that boolean SQL expression is true.
 
     Row i binds ``k{i}`` (key), ``w{i}`` (window) and either ``t{i}`` (an interval: free when the last
-    slot was taken at or before it) or ``n{i}`` (a count: free in another window or below it); ``now``
-    is every row's ``last_at``. The same SQL on PostgreSQL and SQLite."""
+    slot was taken at or before it) or ``n{i}`` (a count: free in a later window than the row's, or below it);
+    ``now`` is every row's ``last_at``. The same SQL on PostgreSQL and SQLite.
+
+    A window never goes back: a claim stamped before Beijing midnight (its request's ``now``) whose upsert runs
+    after one of the new day (it waited for the row's lock) counts in the row's newer day, where it had reset
+    the row to the day before (the new day's count then started again from nothing, and the late claim was
+    taken on top of its own full day). Windows are ISO dates (or ``ALL_TIME``): they compare as text."""
     values = ", ".join(f"(:k{i}, :w{i}, 1, :now)" for i in range(len(intervals)))
     free = " OR ".join(
         f"(limit_counters.key = :k{i} AND limit_counters.last_at <= :t{i})"
         if interval
-        else f'(limit_counters.key = :k{i} AND (limit_counters."window" <> :w{i} OR limit_counters."count" < :n{i}))'
+        else f'(limit_counters.key = :k{i} AND (limit_counters."window" < :w{i} OR limit_counters."count" < :n{i}))'
         for i, interval in enumerate(intervals)
     )
     # Only row numbers are formatted in; every value is a bound parameter.
@@ -313,8 +318,9 @@ def _upsert(intervals: tuple[bool, ...], guard: str = "") -> TextClause:
         rows = f'SELECT * FROM ({rows}) AS rows_(key, "window", "count", last_at) WHERE {guard}'  # noqa: S608
     sql = (
         f'INSERT INTO limit_counters (key, "window", "count", last_at) {rows} '  # noqa: S608
-        'ON CONFLICT (key) DO UPDATE SET "count" = CASE WHEN limit_counters."window" = excluded."window" '
-        'THEN limit_counters."count" + 1 ELSE 1 END, "window" = excluded."window", last_at = excluded.last_at '
+        'ON CONFLICT (key) DO UPDATE SET "count" = CASE WHEN limit_counters."window" < excluded."window" '
+        'THEN 1 ELSE limit_counters."count" + 1 END, "window" = CASE WHEN limit_counters."window" < excluded."window" '
+        'THEN excluded."window" ELSE limit_counters."window" END, last_at = excluded.last_at '
         f"WHERE {free} RETURNING key"
     )
     when = LimitCounter.__table__.c.last_at.type

@@ -2,7 +2,8 @@
 
 Scoped to caller + route, kept ``IDEMPOTENCY_TTL_HOURS`` (25 by default).
 Same key and body → the stored answer; same key, other body → 422; a
-duplicate while the first is running → 409. The claim is committed first in
+duplicate while the first is running → 409. A 403, 409 or 429 is not stored (the
+request may succeed later, as things change): a retry with the key runs again. The claim is committed first in
 its own short transaction; the answer is stored in the same transaction as the
 view's effects, so an answer is never stored without its effects or the other
 way round. A claim left ``in_progress`` by a crashed worker (its effects rolled
@@ -29,7 +30,9 @@ from web.errors import ApiError, Conflict, ValidationFailed
 from web.guards import loads_json
 
 STALE_AFTER = timedelta(seconds=60)
-NOT_STORED = {409, 429}
+# Refusals of things as they stand, never kept as a key's answer: a retry with the key runs again (a conflict, a
+# limit, and a refusal of who asks: a ban on the device or address that ends or is lifted, a suspended merchant).
+NOT_STORED = {403, 409, 429}
 
 
 def request_fingerprint() -> str:
