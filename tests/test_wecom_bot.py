@@ -399,3 +399,21 @@ def test_a_signed_message_holding_text_no_database_can_store_is_refused_and_chan
     response, _ = robot(words["userid"], words["content"], msgid=words["msgid"])
     assert response.status_code == 400
     assert counts() == before and ops.calls == []
+
+
+def test_a_robot_id_longer_than_a_binding_keeps_is_refused_and_changes_nothing(client, app, ops, monkeypatch):
+    """Without ``WECOM_BOT_ID`` every robot's callback is taken: its ``aibotid`` becomes a binding's scope (64
+    characters). A longer one was accepted and written (a 500 on PostgreSQL when 绑定 stored it)."""
+    monkeypatch.setitem(app.config, "WECOM_BOT_ID", None)
+    settings = bot_settings()
+    before = counts()
+    message = wecom.text_message("b" * 65, "alice", "绑定", msgid="msg-long-bot")
+    built = wecom.build_callback(settings, message)
+    response = client.post(
+        "/wechat/wecom/bot", query_string=built.args, data=built.body, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert counts() == before and ops.calls == []
+    fits = wecom.build_callback(settings, wecom.text_message("b" * 64, "alice", "绑定", msgid="msg-bot-64"))
+    answered = client.post("/wechat/wecom/bot", query_string=fits.args, data=fits.body, content_type="application/json")
+    assert answered.status_code == 200 and db.session.execute(select(func.count(ChatBindingCode.id))).scalar_one() == 1

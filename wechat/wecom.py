@@ -216,7 +216,7 @@ def parse_message(plaintext: str) -> BotMessage:
     return BotMessage(
         event_type=event_type,
         msgid=_field(data, "msgid", 128),
-        aibotid=_field(data, "aibotid", 128),
+        aibotid=_field(data, "aibotid", 64),  # a binding's scope (chat_bindings.scope) when WECOM_BOT_ID is unset
         chatid=_field(data, "chatid", 128, required=chattype == "group"),
         chattype=chattype,
         userid=_field(sender, "userid", 128),
