@@ -49,7 +49,7 @@ from rebate import budgets, tell, wallet
 from rebate.awards import Beneficiary, Effects, record_decisions, with_lines
 from rebate.campaigns import face_funder_ref, is_running, load_rules, own_price, rules_of, serves
 from rebate.deposits import DepositsLeft, deposit_funded, lock_deposits, pause_refused
-from rebate.errors import BudgetExhausted, BudgetMoved, DepositExhausted, StateConflict
+from rebate.errors import BudgetExhausted, BudgetMoved, DepositExhausted, Invalid, StateConflict
 from rebate.fees import accrue_fee, own_fee_rate
 from rebate.intake import (
     PayAccount,
@@ -807,9 +807,10 @@ def _issue_triggered_packets(
                 f"campaign {campaign.id}",
                 f"no packet issued for order {order.out_trade_no}: budget exhausted",
             )
-        except StateConflict as stopped:  # paused, ended or banned since it was read: no packet, the payment stands
-            if stopped.code != "campaign_not_running":
-                raise
+        except (StateConflict, Invalid):
+            # paused, ended or banned since it was read, or the buyer outside its regions, its days or its packets'
+            # validity: no packet, the payment stands (as every other trigger, ``rebate.triggers._issue_one``)
+            pass
     return issued
 
 
