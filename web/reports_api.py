@@ -19,9 +19,8 @@ from pydantic import Field, ValidationInfo, field_validator
 from insights.reports import campaign_report, overview
 from models import OperatorRole
 from models.operators import merchant_scope
-from rebate.scope import visible_campaign
+from rebate.scope import visible_campaign, visible_merchant
 from web.api import endpoint
-from web.errors import NotFound
 from web.guards import MAX_ID
 from web.schemas import Day, Model
 
@@ -63,8 +62,8 @@ def campaign_effect(campaign_id: int, query: ReportQuery):
 def effect_overview(query: OverviewQuery):
     """Every campaign's effect over a window, platform-wide or one merchant's (JSON, or CSV with format=csv)."""
     scope = merchant_scope(g.operator)
-    if scope is not None and query.merchant_id not in (None, scope):
-        raise NotFound(f"merchant {query.merchant_id} not found")
+    if query.merchant_id is not None:  # no such merchant (staff: another's) is 404, never a report of zeros
+        visible_merchant(g.operator, query.merchant_id)
     merchant_id = scope if scope is not None else query.merchant_id
     report = overview(query.start, query.to, merchant_id, query.granularity)
     return as_csv(report, "overview") if query.format == "csv" else report

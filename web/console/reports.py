@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from flask import request
+from flask import abort, request
 
 from insights.reports import ratio_bps
 from models import utcnow
 from models.base import BEIJING
 from web.audiences_api import campaign_runs
-from web.console import bp, charts, may, read, render
-from web.guards import day_in_range
+from web.console import bp, charts, may, read, render, whole_number
+from web.guards import MAX_ID, day_in_range
 from web.reports_api import campaign_effect, effect_overview
 
 TREND_DAYS = 30
@@ -86,8 +86,15 @@ def trend_charts(report: dict, prefix: str) -> dict:
 
 @bp.route("/overview")
 def overview():
-    """Today vs yesterday, this month (to date) vs the same days of last month, and the last 30 days."""
-    merchant_id = request.args.get("merchant_id") or None
+    """Today vs yesterday, this month (to date) vs the same days of last month, and the last 30 days. A
+    ``merchant_id`` that is no merchant's (or not a number) answers 404, as on the merchant's other pages: never
+    a page of zeros that reads as a merchant that sold nothing."""
+    raw = request.args.get("merchant_id", "").strip()
+    merchant_id = None
+    if raw:
+        merchant_id = whole_number(raw, MAX_ID)
+        if not merchant_id:
+            abort(404)
     end = today()
     start = end - timedelta(days=TREND_DAYS - 1)
     scope = {"merchant_id": merchant_id} if merchant_id else {}
