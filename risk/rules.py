@@ -32,6 +32,7 @@ OPS = ("<", "<=", ">", ">=", "==", "!=")
 MAX_RULES = 50
 MAX_CONDITIONS = 8
 NAME_MAX = 48
+_NAME = re.compile(f"[A-Za-z0-9_]{{1,{NAME_MAX}}}")
 
 # The defaults, used while no platform rule set is active: chosen on the seeded simulation
 # (``flask risk simulate``), where they meet precision >= 0.9 and recall >= 0.8.
@@ -151,12 +152,14 @@ def _parse_rule(item: object, where: str, overrides: bool) -> Rule:
     if unknown:
         raise RulesError(f"{where} has unknown fields {sorted(unknown)}")
     name = item.get("name")
-    if not isinstance(name, str) or not name or len(name) > NAME_MAX or not name.replace("_", "").isalnum():
+    if not isinstance(name, str) or not _NAME.fullmatch(name):  # ASCII, as RULES_SCHEMA publishes (no look-alikes)
         raise RulesError(f"{where}.name is 1-{NAME_MAX} letters, digits or _")
     off = item.get("off", False)
     if not isinstance(off, bool) or (off and not overrides):
         raise RulesError(f"{where}.off is true or false, and only a campaign's override switches a rule off")
     if off:
+        if set(item) != {"name", "off"}:  # its conditions would be dropped: the rule switched off whatever they say
+            raise RulesError(f"{where} switches {name} off: it has only name and off (no action, no when)")
         return Rule(name, "allow", (), off=True)
     action = item.get("action")
     if action not in ACTIONS:
