@@ -33,6 +33,7 @@ from models import (
     RedPacket,
     User,
     UserIdentity,
+    UserStatus,
     alert_once,
     db,
 )
@@ -122,16 +123,21 @@ def still_true(notice: Notice, now: datetime) -> bool:
     if notice.event in (NoticeEvent.TRANSFER_REMINDER, NoticeEvent.TRANSFER_TO_CONFIRM) and facts.get("payout_id"):
         status = db.session.execute(select(Payout.status).where(Payout.id == int(facts["payout_id"]))).scalar()
         return status in (PayoutStatus.WAITING_USER_CONFIRM, PayoutStatus.SENDING, PayoutStatus.UNKNOWN)
-    if notice.event == NoticeEvent.PACKET_EXPIRING and facts.get("packet_id"):
+    if notice.event in (NoticeEvent.PACKET_EXPIRING, NoticeEvent.PACKET_RECEIVED) and facts.get("packet_id"):
         packet = db.session.execute(
-            select(RedPacket.status, RedPacket.expires_at).where(RedPacket.id == int(facts["packet_id"]))
+            select(RedPacket.status, RedPacket.expires_at, User.status.label("owner_status"))
+            .outerjoin(User, User.id == RedPacket.owner_id)
+            .where(RedPacket.id == int(facts["packet_id"]))
         ).first()
-        # expired already (the sweep marks it within minutes): "expires soon" would be wrong
-        return (
-            packet is not None
-            and packet.status in (PacketStatus.ISSUED, PacketStatus.UNCLAIMED)
-            and packet.expires_at > now
-        )
+        if packet is None:  # no such packet (packets are never deleted): "received" is told as written
+            return notice.event == NoticeEvent.PACKET_RECEIVED
+        # both say "use it before …": not for a packet revoked or expired meanwhile (the sweep marks it within
+        # minutes), nor for an owner banned meanwhile (they cannot sign in to use it)
+        if packet.expires_at <= now or packet.owner_status == UserStatus.BANNED:
+            return False
+        if notice.event == NoticeEvent.PACKET_RECEIVED:
+            return packet.status not in (PacketStatus.REVOKED, PacketStatus.EXPIRED)
+        return packet.status in (PacketStatus.ISSUED, PacketStatus.UNCLAIMED)  # "expires soon": still unused
     return True
 
 
@@ -145,7 +151,13 @@ def _sent_today(user_id: int, now: datetime) -> int:
         .where(
             Notice.user_id == user_id,
             outside,
-            or_(and_(Notice.status == S.SENT, Notice.sent_at >= start), Notice.status == S.SENDING),
+            or_(
+                and_(Notice.status == S.SENT, Notice.sent_at >= start),
+                Notice.status == S.SENDING,
+                # a subscribe message waiting for its retry holds its consent and is sent past the cap when due
+                # (``_decide``): it keeps the place it took when first claimed
+                and_(Notice.status == S.PENDING, Notice.channel == ChannelName.SUBSCRIBE),
+            ),
         )
     ).scalar_one()
 
@@ -283,6 +295,10 @@ def record(job: Claimed, answer: Answer, detail: str, now: datetime, settings: N
     if answer == Answer.OK:
         notice.status, notice.sent_at, notice.last_error = S.SENT, now, None
         notice.wechat_msgid = msgid or notice.wechat_msgid
+    elif answer == Answer.CONSENT_GONE and job.channel != ChannelName.SUBSCRIBE:
+        # the official account's 43101: the person turned its messages off (no consent of ours to drop); the next
+        # channel after it is the inbox (falling through "at once" would knock at the same OA again, every pass)
+        _to_inbox(notice, now, f"43101: the person refuses the official account's messages: {detail}")
     elif answer == Answer.CONSENT_GONE:  # fall through to the next channel at once
         drop_consents(job.user_id, job.template_id)
         notice.status, notice.next_attempt_at, notice.last_error = S.PENDING, now, f"43101: {detail}"[:2000]
