@@ -2,8 +2,9 @@
 (progress on stderr).
 
 Names: ``notify``, ``claims``, ``dispatch``, ``replay`` (``simulate`` is its former name), ``balance``, ``risk``,
-``report``. Those on PostgreSQL (notify, claims, dispatch, report) need ``BENCH_DATABASE_URL``; without it they say
-so and are skipped. ``python -m bench.gunicorn_sweep`` and ``python -m bench.instructions`` are run by name only.
+``report``, ``bills``. Those on PostgreSQL (notify, claims, dispatch, report) need ``BENCH_DATABASE_URL``; without
+it they say so and are skipped. ``python -m bench.gunicorn_sweep`` and ``python -m bench.instructions`` are run by
+name only.
 """
 
 from __future__ import annotations

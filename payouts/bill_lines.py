@@ -49,7 +49,7 @@ class BillFormatError(ValueError):
     code = "bill_format"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a busy day's bill is a great many of them
 class TradeLine:
     line_no: int
     out_trade_no: str
@@ -63,7 +63,7 @@ class TradeLine:
     sub_mchid: str | None = None  # 特约商户号 ("0" for a direct merchant's line); None: the bill has no such column
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FundLine:
     line_no: int
     business: str  # 业务名称
@@ -162,10 +162,6 @@ def _count(summary: dict[str, str], column: str) -> int:
     return int(text)
 
 
-def _total(rows: list[dict[str, str]], first_line: int, column: str) -> int:
-    return sum(_fen(row, n, column) for n, row in enumerate(rows, start=first_line))
-
-
 def _agree(what: str, said: int, found: int, as_yuan: bool = True) -> None:
     if said != found:
         show = (lambda fen: f"{fen / 100:.2f}") if as_yuan else str
@@ -175,11 +171,37 @@ def _agree(what: str, said: int, found: int, as_yuan: bool = True) -> None:
 def check_trade_summary(rows: list[dict[str, str]], summary: dict[str, str], first_line: int = 2) -> None:
     """The trade bill's summary against its detail rows: 总交易单数 is their number, and each total the summary
     has (应结订单总金额, 订单总金额, 退款总金额, …) the sum of its column; otherwise ``BillFormatError``."""
-    _agree("总交易单数", _count(summary, "总交易单数"), len(rows), as_yuan=False)
-    for total, column in TRADE_TOTALS.items():
-        if total in summary:
-            said = _fen(summary, first_line + len(rows) + 1, total)
-            _agree(total, said, _total(rows, first_line, column) if rows else 0)
+    totals = TradeTotals()
+    for n, row in enumerate(rows, start=first_line):
+        totals.add(row, n)
+    totals.check(summary, first_line + len(rows) + 1)
+
+
+class TradeTotals:
+    """:func:`check_trade_summary` a row at a time: the rows counted and each total's column added up as they are
+    read, so a bill read line by line is checked without keeping its rows."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.fen = dict.fromkeys(TRADE_TOTALS.values(), 0)
+        self.lacking: dict[str, int] = {}  # a column some row lacks: the first such row's line
+
+    def add(self, row: dict[str, str], n: int) -> None:
+        self.count += 1
+        for column in self.fen:
+            if column in row:
+                self.fen[column] += _fen(row, n, column)
+            else:
+                self.lacking.setdefault(column, n)
+
+    def check(self, summary: dict[str, str], n: int) -> None:
+        """``n``: the summary row's line."""
+        _agree("总交易单数", _count(summary, "总交易单数"), self.count, as_yuan=False)
+        for total, column in TRADE_TOTALS.items():
+            if total in summary:
+                if column in self.lacking:
+                    raise BillFormatError(f"line {self.lacking[column]} has no column {column}")
+                _agree(total, _fen(summary, n, total), self.fen[column])
 
 
 def check_fund_summary(lines: list[FundLine], summary: dict[str, str], first_line: int = 2) -> None:

@@ -49,12 +49,12 @@ from payouts.bill_lines import (
     TRADE_SUMMARY_COLUMNS,
     FundLine,
     TradeLine,
+    TradeTotals,
     check_fund_summary,
-    check_trade_summary,
     fund_line,
     trade_line,
 )
-from wechat.bills import bill_answer, parse_bill_csv
+from wechat.bills import BillReader, bill_answer
 from wechat.errors import WeChatError
 from wechat.partner import SubMerchant
 from wechat.pay import PayClient
@@ -237,13 +237,9 @@ def _fetch(
         outcome.hash_value = hash_value[:64]
         content = pay_client.download_bill(url, hash_value, hash_type)
         if kind == BillKind.TRADE:
-            details, summary = parse_bill_csv(content, TRADE_SUMMARY_COLUMNS)
-            outcome.lines = [trade_line(row, n) for n, row in enumerate(details, start=2)]
-            check_trade_summary(details, summary)
+            outcome.lines = read_trade_lines(content)
         else:
-            details, summary = parse_bill_csv(content, FUND_SUMMARY_COLUMNS)
-            outcome.lines = [fund_line(row, n, number_prefix) for n, row in enumerate(details, start=2)]
-            check_fund_summary(outcome.lines, summary)
+            outcome.lines = read_fund_lines(content, number_prefix)
     except WeChatError as exc:
         if exc.code != NO_BILL:
             outcome.error = _clean(f"{exc.code}: {exc.message}")
@@ -257,6 +253,25 @@ def _fetch(
     return outcome
 
 
+def read_trade_lines(content: bytes) -> list[TradeLine]:
+    """A trade bill's lines, checked against its summary. Read a line at a time, each row dropped once its line is
+    kept: a busy day's bill is never held again as text, lines or rows (``python -m bench bills``)."""
+    reader, totals, lines = BillReader(content, TRADE_SUMMARY_COLUMNS), TradeTotals(), []
+    for n, row in reader:
+        lines.append(trade_line(row, n))
+        totals.add(row, n)
+    totals.check(reader.summary, reader.summary_line_no)
+    return lines
+
+
+def read_fund_lines(content: bytes, number_prefix: str | None = None) -> list[FundLine]:
+    """A fund-flow bill's lines, checked against its summary, read as ``read_trade_lines`` reads."""
+    reader = BillReader(content, FUND_SUMMARY_COLUMNS)
+    lines = [fund_line(row, n, number_prefix) for n, row in reader]
+    check_fund_summary(lines, reader.summary)
+    return lines
+
+
 # -- matching (pure: bill lines and our rows in, findings out) ------------------------------------
 
 
@@ -267,6 +282,7 @@ def match_trade(
     window,
     payee: str = OURS,
     mchid: str | None = None,
+    refund_payees: dict[str, str | None] | None = None,
 ) -> Matching:
     """Payment rows match our orders by 商户订单号, REFUND rows our refunds by 商户退款单号 (amounts in fen:
     申请退款金额 against the refund's, its 退款状态 against ours); a row we lack, or a row of ``window`` the bill
@@ -275,7 +291,10 @@ def match_trade(
 
     ``mchid``: our merchant number. A row naming another (商户号, or a 特约商户号 other than the bill's: ``payee``,
     or "0" on our own bill) is no payment or refund of ours whatever its number: it matches nothing and is a
-    finding of its own, ``<number>@<merchant>`` (WeChat lists money of a merchant we are not in our bill)."""
+    finding of its own, ``<number>@<merchant>`` (WeChat lists money of a merchant we are not in our bill).
+
+    ``refund_payees``: the sub-merchant each refund's order names (service-provider mode), which a refund row in
+    ``payee``'s bill must name too, as a payment row must (WeChat made it from that sub-merchant's money)."""
     m, paid, refunded, foreign = Matching(), defaultdict(list), defaultdict(list), defaultdict(list)
     for line in lines:
         stranger = _stranger(line, mchid, payee)
@@ -291,7 +310,12 @@ def match_trade(
         order = orders.get(ref)
         m.judge(SubjectType.ORDER, ref, _order_verdict(group, order) or _payee_verdict(group, order, payee))
     for ref, group in refunded.items():
-        m.judge(SubjectType.REFUND, ref, _refund_verdict(group, refunds.get(ref)))
+        refund = refunds.get(ref)
+        m.judge(
+            SubjectType.REFUND,
+            ref,
+            _refund_verdict(group, refund) or _refund_payee_verdict(group, refund, payee, refund_payees or {}),
+        )
     for (subject, ref), group in foreign.items():
         line, why = group[0]
         amount = sum(x.refund_fen if x.state == "REFUND" else x.total_fen for x, _ in group)
@@ -361,6 +385,16 @@ def _refund_verdict(group: list[TradeLine], refund: Refund | None) -> Verdict:
     if (state in WECHAT_REFUND_DONE) != ours_done and (state, refund.status) != ("PROCESSING", "pending"):
         return STATUS_DIFFERS, refund.amount_fen, amount, f"WeChat says {state or '-'}, our refund is {refund.status}"
     return None
+
+
+def _refund_payee_verdict(
+    group: list[TradeLine], refund: Refund | None, payee: str, payees: dict[str, str | None]
+) -> Verdict:
+    if payee == OURS or refund is None or payees.get(refund.out_refund_no, payee) == payee:
+        return None
+    ours = payees[refund.out_refund_no]
+    amount = sum(x.refund_fen for x in group)
+    return STATUS_DIFFERS, refund.amount_fen, amount, f"refunded by sub-merchant {payee}, ours names {ours or 'none'}"
 
 
 def match_fundflow(
@@ -520,7 +554,8 @@ def _match(day: date, outcome: BillOutcome) -> Matching:
         orders = _by_ref(Order.out_trade_no, {x.out_trade_no for x in outcome.lines}, paid)
         refunds = _by_ref(Refund.out_refund_no, {x.out_refund_no for x in outcome.lines if x.out_refund_no}, done)
         window = ({o.out_trade_no for o in paid}, {r.out_refund_no for r in done})
-        return match_trade(outcome.lines, orders, refunds, window, outcome.sub_mchid, outcome.mchid)
+        payees = _refund_payees(set(refunds)) if outcome.sub_mchid != OURS else None
+        return match_trade(outcome.lines, orders, refunds, window, outcome.sub_mchid, outcome.mchid, payees)
     rails = [rail.value for rail in FUND_RAILS]
     left = (Payout.status == PayoutStatus.SUCCEEDED, Payout.rail.in_(rails), Payout.finished_at >= start)
     sent = _rows(select(Payout).where(*left, Payout.finished_at < end))
@@ -545,6 +580,16 @@ def _refunds_made_in(start: datetime, end: datetime) -> tuple:
         Refund.created_at >= start,
         Refund.created_at < end,
     )
+
+
+def _refund_payees(refs: set[str]) -> dict[str, str | None]:
+    """The sub-merchant each refund's order was paid to, by out_refund_no."""
+    wanted, found = sorted(refs), {}
+    query = select(Refund.out_refund_no, Order.sub_mchid).join(Order, Order.id == Refund.order_id)
+    for i in range(0, len(wanted), IN_CHUNK):
+        chunk = query.where(Refund.out_refund_no.in_(wanted[i : i + IN_CHUNK]))
+        found.update(db.session.execute(chunk).tuples().all())
+    return found
 
 
 def _rows(query) -> list:

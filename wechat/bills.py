@@ -6,18 +6,21 @@ name or remark may hold commas, so data rows are split on the two-character
 delimiter ``,``` and never on a bare comma; header rows carry no backticks and
 are split on commas. A row whose field count differs from its header's is
 refused with its line number rather than read with shifted columns, and so is a line holding a NUL
-character. The last two lines must be the summary the caller names (its header, then one data row), so a bill
-cut short or without its summary is refused rather than read with its last lines taken as the summary.
+character. A bill is read a line at a time (:class:`BillReader`), never held again as text, lines or rows.
+The last two lines must be the summary the caller names (its header, then one data row), so a bill cut short
+or without its summary is refused rather than read with its last lines taken as the summary.
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import hmac
 import re
 import zlib
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from wechat.errors import WeChatIntegrityError, WeChatUnavailable
@@ -84,39 +87,78 @@ def check_bill_hash(content: bytes, hash_value: str, hash_type: str = "SHA1") ->
 def parse_bill_csv(
     content: bytes, summary_columns: Sequence[str] | None = None
 ) -> tuple[list[dict[str, str]], dict[str, str]]:
-    """Split a trade/fund-flow bill into (detail rows, summary), backticks stripped.
+    """Split a trade/fund-flow bill into (detail rows, summary), backticks stripped (:class:`BillReader`, whole).
 
     Layout: header row, detail rows, summary header row, summary row. The summary header is a header (no
     backtick) and, given ``summary_columns``, exactly those columns; otherwise the bill is refused
     (``BILL_SUMMARY_MISSING``): its last lines are details, so it was cut short. A line holding a NUL is refused.
     """
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise WeChatUnavailable("bill is not UTF-8", code="UNPARSEABLE_RESPONSE") from exc
-    # Lines end in CRLF or LF only: WeChat escapes \r and \n inside a field, never U+2028, \f, \x85 and the other
-    # characters str.splitlines() also breaks on (a refund's reason is the fund-flow line's 备注).
-    rows = text.split("\n")
-    lines = [(n, line.removesuffix("\r")) for n, line in enumerate(rows, start=1) if line.strip()]
-    for n, line in lines:
+    reader = BillReader(content, summary_columns)
+    details = [row for _, row in reader]
+    return details, reader.summary
+
+
+class BillReader:
+    """A bill read one line at a time: iterating yields its detail rows ``(line number, row)``; then ``summary``.
+
+    A busy day's bill runs to hundreds of megabytes, so it is never held a second time: each line is cut out,
+    decoded and split when it is read, and a row is the caller's to keep or drop. The checks are
+    :func:`parse_bill_csv`'s, each made as its line is read (a NUL, a field count other than its header's, bytes
+    that are not UTF-8), and at the end, the last two lines must be the summary header and its row.
+    """
+
+    def __init__(self, content: bytes, summary_columns: Sequence[str] | None = None) -> None:
+        self.content, self.summary_columns = content, summary_columns
+        self.summary: dict[str, str] = {}
+        self.summary_line_no = 0
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, str]]]:
+        lines = _lines(self.content)
+        first = next(lines, None)
+        header = split_header(first[1]) if first else []
+        held: deque[tuple[int, str]] = deque()  # the last two lines read: the summary, once the bill ends
+        for n, line in lines:
+            held.append((n, line))
+            if len(held) > 2:
+                n_row, row_line = held.popleft()
+                yield n_row, _row(header, n_row, row_line)
+        if len(held) < 2:
+            raise WeChatUnavailable("bill has no summary section", code="UNPARSEABLE_RESPONSE")
+        (n_summary, summary_line), (n_last, last) = held
+        summary_header = split_header(summary_line)
+        if summary_line.lstrip().startswith(FIELD_MARK) or (
+            self.summary_columns is not None and summary_header != list(self.summary_columns)
+        ):
+            shown = summary_line if len(summary_line) <= 80 else summary_line[:80] + "…"
+            raise WeChatUnavailable(
+                f"bill line {n_summary} is not the summary header ({shown!r}): the bill has no summary section",
+                code="BILL_SUMMARY_MISSING",
+            )
+        self.summary, self.summary_line_no = _row(summary_header, n_last, last), n_last
+
+
+def _lines(content: bytes) -> Iterator[tuple[int, str]]:
+    """The bill's non-blank lines (line number, text), each decoded as it is reached.
+
+    Lines end in LF or CRLF only: WeChat escapes \\r and \\n inside a field, never U+2028, \\f, \\x85 and the
+    other characters str.splitlines() also breaks on (a refund's reason is the fund-flow line's 备注). In UTF-8
+    the byte of LF is never part of another character, so cutting the bytes there cuts no character.
+    """
+    start = len(codecs.BOM_UTF8) if content.startswith(codecs.BOM_UTF8) else 0
+    n, size = 0, len(content)
+    while start <= size:
+        end = content.find(b"\n", start)
+        end = size if end < 0 else end
+        n, raw, start = n + 1, content[start:end], end + 1
+        try:
+            line = raw.decode("utf-8").removesuffix("\r")
+        except UnicodeDecodeError as exc:
+            raise WeChatUnavailable(f"bill line {n} is not UTF-8", code="UNPARSEABLE_RESPONSE") from exc
+        if not line.strip():
+            continue
         if "\x00" in line:
             raise WeChatUnavailable(f"bill line {n} holds a NUL character", code="UNPARSEABLE_RESPONSE")
-    if len(lines) < 3:
-        raise WeChatUnavailable("bill has no summary section", code="UNPARSEABLE_RESPONSE")
-    header = split_header(lines[0][1])
-    n_summary, summary_line = lines[-2]
-    summary_header = split_header(summary_line)
-    if summary_line.lstrip().startswith(FIELD_MARK) or (
-        summary_columns is not None and summary_header != list(summary_columns)
-    ):
-        shown = summary_line if len(summary_line) <= 80 else summary_line[:80] + "…"
-        raise WeChatUnavailable(
-            f"bill line {n_summary} is not the summary header ({shown!r}): the bill has no summary section",
-            code="BILL_SUMMARY_MISSING",
-        )
-    details = [_row(header, n, line) for n, line in lines[1:-2]]
-    summary = _row(summary_header, lines[-1][0], lines[-1][1])
-    return details, summary
+        yield n, line
 
 
 def split_header(line: str) -> list[str]:
