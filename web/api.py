@@ -89,10 +89,12 @@ def validate_query(model: type[BaseModel], args: dict[str, str]) -> BaseModel:
 
 @functools.cache
 def _whole_number_fields(model: type[BaseModel]) -> tuple[str, ...]:
-    """The fields of ``model`` holding an ``int`` (or ``int | None``): their names as a query string writes them."""
+    """The fields of ``model`` holding an ``int`` (or ``int | None``, a constrained one too: ``Annotated[int, …]``):
+    their names as a query string writes them."""
     found = []
     for name, field in model.model_fields.items():
         kinds = typing.get_args(field.annotation) or (field.annotation,)
+        kinds = tuple(typing.get_args(k)[0] if typing.get_origin(k) is typing.Annotated else k for k in kinds)
         if int in kinds and all(kind in (int, type(None)) for kind in kinds):
             found.append(field.alias or name)
     return tuple(found)

@@ -304,7 +304,16 @@ def revoke(packet_id: int, body: Transition):
 
 
 NEEDS_A_VALUE = frozenset(  # CampaignChanges: fields a null cannot change
-    {"name", "budget_limit_fen", "max_packets_per_order", "packet_valid_days", "regions", "channels", "usage_windows"}
+    {
+        "name",
+        "budget_limit_fen",
+        "max_packets_per_order",
+        "packet_valid_days",
+        "regions",
+        "channels",
+        "usage_windows",
+        "spike_auto_pause",
+    }
 )
 
 
@@ -323,7 +332,7 @@ class CampaignChanges(Model):
     )
     usage_windows: UsageWindows | None = None
     claim_limits: ClaimLimitsIn | None = None
-    spike_auto_pause: StrictBool | None = None  # null: unchanged
+    spike_auto_pause: StrictBool | None = None  # true or false (null: 422, NEEDS_A_VALUE)
     reason: Reason
 
     @model_validator(mode="after")
@@ -349,8 +358,6 @@ class CampaignChanges(Model):
 def change_campaign(campaign_id: int, body: CampaignChanges):
     """Change a campaign's budget, end, counts, audience or limits; every change is audited with its reason."""
     changes = body.model_dump(mode="json", exclude={"reason"}, exclude_unset=True)
-    if changes.get("spike_auto_pause", False) is None:
-        del changes["spike_auto_pause"]
     if "ends_at" in changes:
         changes["ends_at"] = body.ends_at
     return campaign_json(campaign_ops.change_campaign(actor(), campaign_id, changes, body.reason))
