@@ -255,7 +255,7 @@ SETTINGS: tuple[Setting, ...] = (
         "MAX_CONTENT_LENGTH",
         64 * 1024,
         _positive_int,
-        doc="Largest request body in bytes (413 above, chunked bodies included; WeChat callbacks: 16 KiB).",
+        doc="Largest request body in bytes (413 above, chunked bodies included; WeChat Pay callbacks: 16 KiB).",
     ),
     Setting("USER_TOKEN_TTL_SECONDS", 7 * 24 * 3600, _positive_int, doc="Lifetime of user bearer tokens."),
     Setting("IDEMPOTENCY_TTL_HOURS", 25, _positive_int, doc="How long Idempotency-Key answers are kept."),
