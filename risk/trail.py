@@ -141,10 +141,13 @@ def _rate_upsert(rows: int) -> TextClause:
     values = ", ".join(f"(:k{i}, :w, :n, :now)" for i in range(rows))
     sql = (
         f'INSERT INTO limit_counters (key, "window", "count", last_at) VALUES {values} '  # noqa: S608 (row numbers)
-        'ON CONFLICT (key) DO UPDATE SET "count" = CASE WHEN limit_counters."window" = excluded."window" '
-        'THEN limit_counters."count" + excluded."count" ELSE excluded."count" END, '
-        '"window" = excluded."window", last_at = excluded.last_at '
-        'WHERE limit_counters."window" <> excluded."window" OR limit_counters."count" + excluded."count" <= :most '
+        # a window never goes back (minutes compare as text): a count stamped in the minute before, landing after
+        # one of the new minute, counts in the newer one
+        'ON CONFLICT (key) DO UPDATE SET "count" = CASE WHEN limit_counters."window" < excluded."window" '
+        'THEN excluded."count" ELSE limit_counters."count" + excluded."count" END, '
+        '"window" = CASE WHEN limit_counters."window" < excluded."window" THEN excluded."window" '
+        'ELSE limit_counters."window" END, last_at = excluded.last_at '
+        'WHERE limit_counters."window" < excluded."window" OR limit_counters."count" + excluded."count" <= :most '
         "RETURNING key"
     )
     when = LimitCounter.__table__.c.last_at.type

@@ -372,3 +372,17 @@ def test_a_batch_costs_the_same_few_statements_however_many_events_and_sessions(
         costs.append((len([s for s in statements if not s.startswith("BEGIN")]), writes))
     # the user, the products, the rate, the session (read, write), the events, the identifiers; BEGIN/COMMIT aside
     assert costs[0] == costs[1] == (7, ["INSERT", "UPDATE", "INSERT", "INSERT"])
+
+
+def test_a_late_count_of_the_minute_before_never_turns_the_window_back(app, shop):
+    """A batch received at 12:00:59.9 whose count lands after one received at 12:01:00 (it waited for the counter's
+    row) counts in the newer minute; it had set the counter back a minute and started the new minute's count over."""
+    user, _, _ = shop
+    taken_at = T0 + timedelta(seconds=60)
+    trail.take_event_rate(user.id, None, 2, 3, taken_at)  # 12:01:00, 2 of 3
+    trail.take_event_rate(user.id, None, 1, 3, taken_at - timedelta(milliseconds=100))  # late: 3 of 3 in 12:01
+    with pytest.raises(trail.EventsLimited):
+        trail.take_event_rate(user.id, None, 1, 3, taken_at + timedelta(seconds=1))
+    row = db.session.get(LimitCounter, f"ev:person:{user.id}")
+    assert (row.window, row.count) == (trail.minute_window(taken_at), 3)
+    db.session.rollback()
