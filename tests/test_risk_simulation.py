@@ -173,3 +173,12 @@ def test_a_ring_is_found_only_in_one_suspicious_community_holding_its_shop_and_e
     assert result.communities.available
     assert result.communities.rings == ["together"]
     assert result.communities.every_ring_found is False
+
+
+def test_with_no_ring_planted_no_ring_is_said_to_be_found():
+    from web.risk_simulation import Communities
+
+    assert Communities(available=True, note="", rings=[]).every_ring_found is None  # was True: all([]) of nothing
+    assert Communities(available=True, note="", rings=["suspicious"]).every_ring_found is True
+    assert Communities(available=True, note="", rings=["suspicious", "apart"]).every_ring_found is False
+    assert Communities(available=False, note="", rings=["suspicious"]).every_ring_found is None

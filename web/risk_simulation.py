@@ -208,7 +208,8 @@ class Communities:
 
     @property
     def every_ring_found(self) -> bool | None:
-        return all(self.found) if self.available else None
+        """None when there is nothing to say: the graph was not read, or no ring was planted (``--rings 0``)."""
+        return all(self.found) if self.available and self.rings else None
 
 
 @dataclass
