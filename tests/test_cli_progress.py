@@ -44,7 +44,7 @@ def test_reconcile_shows_its_phases_on_stderr_and_the_runs_on_stdout(app, ours, 
     assert "0 violations" in lines[-1]
 
 
-@pytest.mark.parametrize("day", ["yesterday-ish", "2999-01-01"])
+@pytest.mark.parametrize("day", ["yesterday-ish", "2999-01-01", "", " ", "0001-01-01", "1999-12-31"])
 def test_reconcile_refuses_a_bad_or_unfinished_day(app, day):
     result = app.test_cli_runner().invoke(reconcile_command, ["--date", day])
     assert result.exit_code == 2 and "--date" in result.output
@@ -68,3 +68,9 @@ def test_bench_progress_is_a_line_on_stderr(capsys):
     harness.progress("claims: round 1 done")
     out, err = capsys.readouterr()
     assert out == "" and "claims: round 1 done" in err and err.startswith("[bench")
+
+
+def test_a_runs_error_stays_on_its_one_line():
+    from jobs.reconcile_cli import one_line
+
+    assert one_line("SYSTEM_ERROR: 系统繁忙\r\n请稍后再试\nagain") == "SYSTEM_ERROR: 系统繁忙 请稍后再试 again"
