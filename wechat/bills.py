@@ -14,7 +14,6 @@ or without its summary is refused rather than read with its last lines taken as 
 from __future__ import annotations
 
 import codecs
-import gzip
 import hashlib
 import hmac
 import re
@@ -36,14 +35,31 @@ HASH_TYPES: dict[str, Callable[[bytes], str]] = {
 }
 
 
-def decompress_bill(raw: bytes) -> bytes:
-    """Gunzip when the body is gzip (``tar_type=GZIP``), else return it as is."""
+MAX_BILL_BYTES = 1 << 30  # 1 GiB unzipped: a day of some five million payments; a bigger archive is no bill
+
+
+def decompress_bill(raw: bytes, most: int | None = None) -> bytes:
+    """Gunzip when the body is gzip (``tar_type=GZIP``, one member or several), else return it as is. Never past
+    ``most`` bytes (``MAX_BILL_BYTES``): a few megabytes that unzip to many gigabytes would take the host's memory
+    before any check; such an archive is refused (``BILL_TOO_LARGE``) with at most ``most`` bytes made."""
+    most = MAX_BILL_BYTES if most is None else most
     if not raw.startswith(GZIP_MAGIC):
         return raw
+    out, rest = bytearray(), raw
     try:
-        return gzip.decompress(raw)
+        while rest.startswith(GZIP_MAGIC):
+            member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out += member.decompress(rest, most + 1 - len(out))
+            if len(out) > most:
+                raise WeChatUnavailable(f"bill archive unzips to more than {most} bytes", code="BILL_TOO_LARGE")
+            if not member.eof:  # cut short
+                raise EOFError("the archive ends inside a member")
+            rest = member.unused_data
     except (OSError, EOFError, zlib.error) as exc:
         raise WeChatUnavailable("bill archive is corrupt", code="UNPARSEABLE_RESPONSE") from exc
+    if rest.strip(b"\x00"):  # gzip's own reader allows zero padding after the last member, nothing else
+        raise WeChatUnavailable("bill archive is corrupt", code="UNPARSEABLE_RESPONSE")
+    return bytes(out)
 
 
 def bill_sha1(content: bytes) -> str:

@@ -414,3 +414,26 @@ def test_paysign_params_verify_with_merchant_key(pay_client, merchant_key):
     p = pay_client.jsapi_pay_params("wx123")
     message = f"{APPID}\n{p['timeStamp']}\n{p['nonceStr']}\n{p['package']}\n"
     assert crypto.verify_rsa(message, p["paySign"], merchant_key.public_key()) and MERCHANT_SERIAL
+
+
+def test_a_bill_archive_is_unzipped_within_a_bound_and_read_member_by_member(monkeypatch):
+    """A few kilobytes that unzip to gigabytes would have taken the host's memory before the hash was checked."""
+    from wechat import bills
+    from wechat.errors import WeChatUnavailable
+
+    bomb = gzip.compress(b"0" * 10_000_000)  # ~10 KB on the wire
+    assert len(bomb) < 20_000
+    with pytest.raises(WeChatUnavailable) as info:
+        bills.decompress_bill(bomb, most=1_000_000)
+    assert info.value.code == "BILL_TOO_LARGE"
+    monkeypatch.setattr(bills, "MAX_BILL_BYTES", 1_000_000)  # the default bound applies the same
+    with pytest.raises(WeChatUnavailable, match="more than 1000000 bytes"):
+        bills.decompress_bill(bomb)
+    # within the bound: every member (gzip allows several) and zero padding after the last; nothing else after
+    two = gzip.compress(b"first\r\n") + gzip.compress(b"second\r\n")
+    assert bills.decompress_bill(two + b"\x00" * 8) == b"first\r\nsecond\r\n"
+    assert bills.decompress_bill(b"plain text bill") == b"plain text bill"
+    for broken in (two[:-3], two + b"junk", gzip.compress(b"x")[:12]):
+        with pytest.raises(WeChatUnavailable) as info:
+            bills.decompress_bill(broken)
+        assert info.value.code == "UNPARSEABLE_RESPONSE"
