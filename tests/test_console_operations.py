@@ -87,7 +87,7 @@ def test_cancel_and_its_refusals_change_nothing(client, signed_in, needs_operato
     assert client.post(f"/console/payouts/{payout.id}/cancel", data={"reason": "customer asked"}).status_code == 400
     # a payout that may have reached WeChat: the API's 409 in words
     refused = post(client, f"/console/payouts/{sent.id}/cancel", {"reason": "customer asked"}, csrf)
-    assert refused.status_code == 422 and "only an unsent payout" in html(refused)
+    assert refused.status_code == 409 and "only an unsent payout" in html(refused)
     assert (status_of(payout.id), status_of(sent.id)) == ("pending", "needs_operator")
     assert actions() == before
     # then it is done
@@ -120,7 +120,7 @@ def test_a_manual_payout_needs_a_second_operator_and_the_page_shows_the_refusal(
     csrf = client_sign_in(client, creator_headers)
     assert "awaiting approval" in html(client.get("/console/payouts"))
     own = post(client, f"/console/payouts/{payout_id}/approve", {"reason": "looks right"}, csrf)
-    assert own.status_code == 422 and "a second operator must approve" in html(own)
+    assert own.status_code == 403 and "a second operator must approve" in html(own)
     assert status_of(payout_id) == "needs_operator" and "payout.approve" not in actions()
     _, approver_headers = make_operator("finance")
     csrf = client_sign_in(client, approver_headers)
@@ -168,7 +168,7 @@ def test_reconciliation_page_and_resolving_a_mismatch(client, signed_in, mismatc
     assert "T-CONSOLE-1" not in html(client.get("/console/reconciliation"))  # open ones only
     assert "WeChat fee booked" in html(client.get("/console/reconciliation?status=resolved"))
     again = post(client, url, {"resolution": "twice"}, csrf)
-    assert again.status_code == 422 and "already resolved" in html(again)
+    assert again.status_code == 409 and "already resolved" in html(again)
     bad = client.get("/console/reconciliation?kind=nonsense")
     assert bad.status_code == 422
 
@@ -279,12 +279,37 @@ def test_a_large_case_is_a_proposal_until_a_second_operator_agrees(
     shown = html(client.get(proposed.headers["Location"]))
     assert "Proposal recorded: revoke" in shown and 'id="proposal"' in shown
     again = post(client, f"/console/reviews/{case.id}", {"outcome": "revoke", "reason": "a ring"}, csrf)
-    assert again.status_code == 422  # the same reviewer cannot approve their own proposal
+    assert again.status_code == 403  # the same reviewer cannot approve their own proposal (the API's status)
     _, csrf = signed_in("admin")
     agreed = post(client, f"/console/reviews/{case.id}", {"outcome": "revoke", "reason": "agreed"}, csrf)
     assert agreed.status_code == 302
     db.session.expire_all()
     assert db.session.get(ReviewCase, case.id).status == "decided"
+
+
+def test_a_proposal_is_rejected_on_the_console_and_the_case_opens_again(
+    client, signed_in, make_user, make_product, make_campaign, pay
+):
+    order, *_ = paid_order(make_user, make_product, make_campaign, pay, price_fen=5_000_00)
+    case = hold_for_review(order)
+    _, csrf = signed_in("support")
+    assert (
+        post(client, f"/console/reviews/{case.id}", {"outcome": "revoke", "reason": "a ring"}, csrf).status_code == 302
+    )
+    page = html(client.get(f"/console/reviews/{case.id}"))
+    assert 'id="reject-proposal-form"' in page
+    _, csrf = signed_in("admin")
+    url = f"/console/reviews/{case.id}/proposal/reject"
+    no_reason = post(client, url, {"reason": ""}, csrf)
+    assert no_reason.status_code == 422 and "reason" in html(no_reason)
+    rejected = post(client, url, {"reason": "the trail is a family's"}, csrf)
+    assert rejected.status_code == 302
+    shown = html(client.get(rejected.headers["Location"]))
+    assert "Proposal rejected" in shown and 'id="proposal"' not in shown and 'id="reject-proposal-form"' not in shown
+    db.session.expire_all()
+    assert db.session.get(ReviewCase, case.id).status == "open"
+    again = post(client, url, {"reason": "twice"}, csrf)
+    assert again.status_code == 409 and "no proposal" in html(again)
 
 
 def test_reviews_are_the_platforms(client, signed_in, make_merchant):
@@ -295,6 +320,7 @@ def test_reviews_are_the_platforms(client, signed_in, make_merchant):
     assert (
         post(client, f"/console/reviews/{case.id}", {"outcome": "release", "reason": "fine"}, csrf).status_code == 403
     )
+    assert post(client, f"/console/reviews/{case.id}/proposal/reject", {"reason": "mine"}, csrf).status_code == 403
 
 
 # -- bans ------------------------------------------------------------------------------------------

@@ -95,4 +95,4 @@ def test_a_held_manual_payout_offers_only_what_can_be_done_to_it(app, client, ma
     assert 'id="approve"' in page and 'id="cancel"' in page
     assert 'id="resend"' not in page and 'id="resolve"' not in page
     refused = post(client, f"/console/payouts/{created.json['id']}/resend", {"reason": "try again"}, csrf)
-    assert refused.status_code == 422  # what the buttons did: the API's approval_required
+    assert refused.status_code == 409  # the API's approval_required, and its status

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 
-from flask import redirect, request, url_for
+from flask import g, redirect, request, url_for
 
 from web.console import act, allowed, bp, form_data, may, page_offset, read, render
 from web.messages_api import get_message, list_messages, retry_message
@@ -59,5 +59,5 @@ def message_retry(message_id: int):
     body = {"reason": form_data().get("reason", "").strip()}
     done = f"消息 #{message_id} 已重新排队 Queued again: the jobs apply it within seconds"
     if act(retry_message, body=body, done=done, message_id=message_id) is None:
-        return _message_page(message_id, 422)
+        return _message_page(message_id, g.refused_status)
     return redirect(url_for("console.message", message_id=message_id))

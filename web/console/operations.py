@@ -8,7 +8,8 @@
   (merchant staff: their own merchant only; anything else is the API's 404).
 * ``console.audit``: the audit log — ``web.admin``.
 * ``console.reviews`` / ``console.review``: the review queue and a case with the decision form (above the
-  second-approval threshold the first decision is a proposal) — ``web.reviews_api``.
+  second-approval threshold the first decision is a proposal, which another reviewer may reject or its proposer
+  withdraw: ``console.review_proposal_reject``) — ``web.reviews_api``.
 * ``console.bans``: bans by subject, a new ban, lifting one — ``web.bans_api``.
 * ``console.operators``: operator accounts, those waiting for a second admin's confirmation first, and the
   confirmation; disabling an account (its tokens revoked, its sessions ended) — ``web.admin``.
@@ -33,7 +34,7 @@ from web.insights import trace_a_packet, trace_a_user, trace_an_order
 from web.payouts_api import act_on_payout, get_payout, list_payouts, resolve_payout
 from web.reconciliation_api import list_mismatches, list_runs
 from web.reconciliation_api import resolve as resolve_mismatch
-from web.reviews_api import decide_review, get_review, list_reviews
+from web.reviews_api import decide_review, get_review, list_reviews, reject_review_proposal
 
 PAGE = 50
 LOCAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?")
@@ -103,7 +104,7 @@ def payout_action(payout_id: int, action: str):
     allowed(act_on_payout)
     body = {"reason": _reason()}
     if act(act_on_payout, body=body, done=PAYOUT_ACTIONS[action], payout_id=payout_id, action=action) is None:
-        return _payout_page(payout_id, 422)
+        return _payout_page(payout_id, g.refused_status)
     return redirect(url_for("console.payout", payout_id=payout_id))
 
 
@@ -113,7 +114,7 @@ def payout_resolve(payout_id: int):
     form = form_data()
     body = {"outcome": form.get("outcome", ""), "reason": form.get("reason", "").strip()}
     if act(resolve_payout, body=body, done=f"已处理 Resolved as {body['outcome']}", payout_id=payout_id) is None:
-        return _payout_page(payout_id, 422)
+        return _payout_page(payout_id, g.refused_status)
     return redirect(url_for("console.payout", payout_id=payout_id))
 
 
@@ -149,7 +150,7 @@ def reconciliation_resolve(mismatch_id: int):
     form = form_data()
     body = {"resolution": form.get("resolution", "").strip(), "reason": form.get("reason", "").strip() or None}
     if act(resolve_mismatch, body=body, done=f"差异 #{mismatch_id} 已解决 Resolved", mismatch_id=mismatch_id) is None:
-        return _reconciliation_page(422)
+        return _reconciliation_page(g.refused_status)
     return redirect(url_for("console.reconciliation"))
 
 
@@ -221,10 +222,25 @@ def review(case_id: int):
             else:
                 flash(f"已决定 Decided: {decided['outcome']}", "ok")
             return redirect(url_for("console.review", case_id=case_id))
-        status = 422
+        status = g.refused_status
+    return _review_page(case_id, status)
+
+
+def _review_page(case_id: int, status: int = 200):
     case = read(get_review, case_id=case_id)
     outcomes = [o.value for o in CaseOutcome]
     return render("console/ops_review.html", case=case, outcomes=outcomes, may_decide=may(decide_review)), status
+
+
+@bp.route("/reviews/<int:case_id>/proposal/reject", methods=["POST"])
+def review_proposal_reject(case_id: int):
+    """A reviewer who disagrees with the proposal (or its proposer withdrawing it): the case is open again."""
+    allowed(reject_review_proposal)
+    body = {"reason": form_data().get("reason", "").strip()}
+    done = f"提议已驳回 Proposal rejected: case #{case_id} is open again, nothing moved"
+    if act(reject_review_proposal, body=body, done=done, case_id=case_id) is None:
+        return _review_page(case_id, g.refused_status)
+    return redirect(url_for("console.review", case_id=case_id))
 
 
 # -- bans ------------------------------------------------------------------------------------------
@@ -326,7 +342,7 @@ def operator_confirm(operator_id: int):
     allowed(confirm_operator)
     done = f"操作员 #{operator_id} 已确认 Confirmed: their token works now"
     if act(confirm_operator, body={"reason": _reason()}, done=done, operator_id=operator_id) is None:
-        return _operators_page(422)
+        return _operators_page(g.refused_status)
     return redirect(url_for("console.operators"))
 
 

@@ -109,7 +109,7 @@ def risk_rules():
         body["note"] = raw["note"].strip()
     created = act(create_rule_set, body=body)
     if created is None:
-        return _rules_page(422, form=raw)
+        return _rules_page(g.refused_status, form=raw)
     flash(f"草稿已保存 Draft saved: {created['scope']} v{created['version']} (#{created['id']}), not active yet", "ok")
     return redirect(url_for("console.risk_rule_set", rule_set_id=created["id"]))
 
@@ -161,7 +161,7 @@ def risk_rule_set_activate(rule_set_id: int):
     reason = form_data().get("reason", "").strip()
     done = f"已启用 Activated: rule set #{rule_set_id} is now its scope's rules"
     if act(activate_rule_set, body={"reason": reason}, done=done, rule_set_id=rule_set_id) is None:
-        return _rule_set_page(rule_set_id, 422)
+        return _rule_set_page(rule_set_id, g.refused_status)
     return redirect(url_for("console.risk_rule_set", rule_set_id=rule_set_id))
 
 
@@ -172,7 +172,7 @@ def risk_rules_deactivate():
     scope = form.get("scope", "").strip()
     body = {"scope": scope, "reason": form.get("reason", "").strip()}
     if act(deactivate_rule_set, body=body, done=f"已停用 Deactivated: {scope} has no active rule set") is None:
-        return _rules_page(422)
+        return _rules_page(g.refused_status)
     return redirect(url_for("console.risk_rules", scope=_scope(scope)))
 
 
