@@ -18,7 +18,7 @@ day through WeChat (a transfer waiting for confirmation is exempt: money is at s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -117,12 +117,25 @@ def _mp_openid(user_id: int, mp_appid: str) -> str | None:
     ).scalar_one_or_none()
 
 
+def _instant(text: object) -> datetime | None:
+    """An aware instant written by ``isoformat`` in a notice's facts; None when there is none to read."""
+    try:
+        at = datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return at if at is None or at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
 def still_true(notice: Notice, now: datetime) -> bool:
     """Whether what the notice tells of still holds when its turn comes (a reminder of a settled fact is noise)."""
     facts = notice.facts or {}
     if notice.event in (NoticeEvent.TRANSFER_REMINDER, NoticeEvent.TRANSFER_TO_CONFIRM) and facts.get("payout_id"):
         status = db.session.execute(select(Payout.status).where(Payout.id == int(facts["payout_id"]))).scalar()
-        return status in (PayoutStatus.WAITING_USER_CONFIRM, PayoutStatus.SENDING, PayoutStatus.UNKNOWN)
+        if status not in (PayoutStatus.WAITING_USER_CONFIRM, PayoutStatus.SENDING, PayoutStatus.UNKNOWN):
+            return False
+        # "confirm before …" past that time: WeChat closed the bill (its money comes back, told apart), nothing to tap
+        closes = _instant(facts.get("closes_at"))
+        return closes is None or closes > now
     if notice.event in (NoticeEvent.PACKET_EXPIRING, NoticeEvent.PACKET_RECEIVED) and facts.get("packet_id"):
         packet = db.session.execute(
             select(RedPacket.status, RedPacket.expires_at, User.status.label("owner_status"))

@@ -416,7 +416,8 @@ def test_a_notice_no_longer_true_is_cancelled(app, person):
     )
     db.session.add_all([done, waiting])
     db.session.commit()
-    closes = "2026-12-01T00:00:00+00:00"
+    closes = (utcnow() + timedelta(hours=20)).isoformat()
+    closed = (utcnow() - timedelta(minutes=1)).isoformat()  # WeChat closed the bill: nothing left to confirm
     notify(user, "done", NoticeEvent.TRANSFER_REMINDER, {"payout_id": done.id, "amount_fen": 100, "closes_at": closes})
     notify(
         user,
@@ -424,11 +425,14 @@ def test_a_notice_no_longer_true_is_cancelled(app, person):
         NoticeEvent.TRANSFER_REMINDER,
         {"payout_id": waiting.id, "amount_fen": 100, "closes_at": closes},
     )
+    late = {"payout_id": waiting.id, "amount_fen": 100, "closes_at": closed}
+    notify(user, "past closing", NoticeEvent.TRANSFER_TO_CONFIRM, late)
     notify(
         user, "expiring", NoticeEvent.PACKET_EXPIRING, {"packet_id": 999999, "amount_fen": 100, "expires_at": closes}
     )
     run(app)
     assert the("done").status == "cancelled" and the("expiring").status == "cancelled"
+    assert the("past closing").status == "cancelled"
     assert the("waiting").status == "sent" and len(messages(app)) == 1
 
 

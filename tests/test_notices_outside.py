@@ -80,7 +80,7 @@ def test_a_consent_held_for_a_retry_comes_back_when_the_reminder_is_cancelled(ap
     )
     db.session.add(payout)
     db.session.commit()
-    facts = {"payout_id": payout.id, "amount_fen": 100, "closes_at": "2026-12-01T00:00:00+00:00"}
+    facts = {"payout_id": payout.id, "amount_fen": 100, "closes_at": (utcnow() + timedelta(hours=20)).isoformat()}
     enqueue(user.id, NoticeEvent.TRANSFER_REMINDER, "reminder", facts)
     db.session.commit()
 
@@ -111,7 +111,7 @@ def test_a_consent_held_for_a_retry_comes_back_when_the_reminder_is_cancelled(ap
     )
     db.session.add(other)
     db.session.commit()
-    facts = {"payout_id": other.id, "amount_fen": 200, "closes_at": "2026-12-01T00:00:00+00:00"}
+    facts = {"payout_id": other.id, "amount_fen": 200, "closes_at": (later + timedelta(hours=20)).isoformat()}
     enqueue(user.id, NoticeEvent.TRANSFER_TO_CONFIRM, "to-confirm", facts)
     db.session.commit()
     assert run(app, clock=lambda: later)["ok"] == 1
