@@ -38,7 +38,7 @@ def _merchant_campaign(make_campaign, make_merchant, **fields):
         trigger={"kind": "order_paid", "min_order_fen": 200_00, "first_order_only": True},
         claim_limits={"per_person": 1, "per_person_per_day": 1},
         starts_at=datetime(2026, 1, 1, 16, 0, tzinfo=UTC),
-        ends_at=datetime(2026, 12, 31, 15, 59, tzinfo=UTC),
+        ends_at=datetime(2098, 12, 31, 15, 59, tzinfo=UTC),
         **fields,
     )
 
@@ -81,7 +81,7 @@ def test_merchant_funded_campaign_rules_in_words_and_numbers(client, make_campai
     }
     # Beijing dates
     assert rules["dates"]["starts_at"] == "2026-01-02T00:00+08:00"
-    assert rules["dates"]["ends_at"] == "2026-12-31T23:59+08:00"
+    assert rules["dates"]["ends_at"] == "2098-12-31T23:59+08:00"
     assert rules["claim_limits"]["per_person"] == 1 and rules["claim_limits"]["per_person_per_day"] == 1
     # the budget left: coarse, rounded down
     assert rules["budget"]["limited"] is True
