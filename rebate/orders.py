@@ -161,7 +161,10 @@ def _discounts(packets_faces: list[tuple[RedPacket, int]], lines: list[OrderLine
     last, and each takes first from the lines the fewest packets after it can use (ties in listed order): a
     packet for anything leaves the food to a packet for food, whichever the mini-program listed first, and is
     the one cut short when only the 1 fen to pay is left (taken first, it had left the food packet nothing and
-    had it refused)."""
+    had it refused). A packet whose whole take would leave a packet after it nothing (two for anything larger
+    than the order, a packet for the coffee and one for drinks on one coffee) leaves each of them 1 fen of its
+    lines and of the room: a packet is refused only when no way of sharing gives every packet something, never
+    for the order the mini-program listed them in."""
     left = [li.line_total_fen for li in lines]
     scopes = [[i for i, li in enumerate(lines) if _in_scope(packet, li)] for packet, _ in packets_faces]
 
@@ -174,21 +177,63 @@ def _discounts(packets_faces: list[tuple[RedPacket, int]], lines: list[OrderLine
     discounts = [0] * len(packets_faces)
     for n, k in enumerate(turns):
         packet, face = packets_faces[k]
-        later = [set(scopes[j]) for j in turns[n + 1 :]]
+        after = turns[n + 1 :]
+        later = [set(scopes[j]) for j in after]
         scoped = sorted(scopes[k], key=lambda i: sum(i in scope for scope in later))
+        keep = [0] * len(left)  # fen of each line kept for the packets after this one
         discount = min(face, sum(left[i] for i in scoped), room)
+        if after and not _fen_each(after, scopes, _after_taking(left, scoped, discount), room - discount):
+            # a sharing that gives every packet a fen, if any, the packets after it on lines it cannot use first
+            outside = [
+                [i for i in scopes[j] if i not in scopes[k]] + [i for i in scopes[j] if i in scopes[k]]
+                for j in range(len(scopes))
+            ]
+            kept = _fen_each([k, *after], outside, left, room)
+            if kept is not None:
+                for j in after:
+                    keep[kept[j]] += 1
+                discount = min(face, sum(left[i] - keep[i] for i in scoped), room - len(after))
         if discount <= 0:
             raise Invalid(
                 f"red packet {packet.id} would take nothing off this order (at least 1 fen must be paid)",
                 code="packet_no_discount",
             )
-        take = discount
-        for i in scoped:
-            part = min(take, left[i])
-            left[i], take = left[i] - part, take - part
+        left = _after_taking(left, scoped, discount, keep)
         room -= discount
         discounts[k] = discount
     return discounts
+
+
+def _after_taking(left: list[int], scoped: list[int], take: int, keep: list[int] | None = None) -> list[int]:
+    """The value left on each line once ``take`` is taken from the ``scoped`` lines in that order (``keep``: fen of
+    each line not to be taken)."""
+    left = list(left)
+    for i in scoped:
+        part = min(take, left[i] - (keep[i] if keep else 0))
+        left[i], take = left[i] - part, take - part
+    return left
+
+
+def _fen_each(packets: list[int], scopes: list[list[int]], left: list[int], room: int) -> dict[int, int] | None:
+    """A line of its scope for each of ``packets`` to take 1 fen from, no line giving more fen than it has left and
+    the room holding a fen for each (packet → line), or None when there is none (a matching, by augmenting paths:
+    at most five packets)."""
+    if room < len(packets):
+        return None
+    at: dict[int, int] = {}
+
+    def place(k: int, tried: set[int]) -> bool:
+        for i in scopes[k]:
+            if i in tried:
+                continue
+            tried.add(i)
+            holders = [j for j, line in at.items() if line == i]
+            if len(holders) < left[i] or any(place(j, tried) for j in holders):
+                at[k] = i
+                return True
+        return False
+
+    return at if all(place(k, set()) for k in packets) else None
 
 
 def create_order(
