@@ -87,6 +87,10 @@ def run_json(run: AudienceRun) -> dict:
     }
 
 
+def _preview(audience: Audience) -> int:
+    return audiences.preview_count(audiences.definition_of(audience), audience.merchant_id, utcnow())
+
+
 def _counted_apart(definition, merchant_id: int | None) -> int:
     """A read-only request's count, apart from its transaction (``audiences.preview_count``), a long read of the
     operator's (one at a time, ``LONG_READS_AT_ONCE`` in all)."""
@@ -107,11 +111,8 @@ def _counted_apart(definition, merchant_id: int | None) -> int:
 )
 def create_audience(body: CreateAudience):
     """Define an audience; answers it with how many people are in it now (``preview_count``)."""
-    merchant_id = audiences.scoped_merchant(actor(), body.merchant_id)
-    # counted first, apart from the request's transaction: inside its write it held every other writer on SQLite
-    preview = _counted_apart(body.definition, merchant_id)
-    audience = audiences.create_audience(actor(), body.name, body.definition, merchant_id, body.reason)
-    return audience_json(audience, preview), 201
+    audience = audiences.create_audience(actor(), body.name, body.definition, body.merchant_id, body.reason)
+    return audience_json(audience, _preview(audience)), 201
 
 
 class PreviewAudience(Model):
