@@ -129,15 +129,20 @@ def _holds(actual, op: str, value) -> bool:
     return actual != value
 
 
-def parse_rules(raw: object, *, overrides: bool = False) -> tuple[Rule, ...]:
-    """The JSON as rules, or ``RulesError`` naming what is wrong. ``overrides``: a campaign's (may switch off)."""
+def parse_rules(raw: object, *, overrides: bool = False, stored: bool = False) -> tuple[Rule, ...]:
+    """The JSON as rules, or ``RulesError`` naming what is wrong. ``overrides``: a campaign's (may switch off).
+
+    ``stored``: rules read back from an active rule set, which an earlier release may have saved under looser checks
+    (a name of any letters, 大额订单; a switch-off carrying an action or conditions, read as switched off then): read
+    as they were then, never as unreadable (that holds every order of the scope for review). What is saved or
+    activated now meets the strict checks."""
     if not isinstance(raw, list):
         raise RulesError(f"rules is a list of rules, not {type(raw).__name__}")
     if len(raw) > MAX_RULES:
         raise RulesError(f"at most {MAX_RULES} rules, not {len(raw)}")
     rules, names = [], set()
     for i, item in enumerate(raw):
-        rule = _parse_rule(item, f"rules[{i}]", overrides)
+        rule = _parse_rule(item, f"rules[{i}]", overrides, stored)
         if rule.name in names:
             raise RulesError(f"rules[{i}].name {rule.name!r} is used twice")
         names.add(rule.name)
@@ -145,20 +150,20 @@ def parse_rules(raw: object, *, overrides: bool = False) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def _parse_rule(item: object, where: str, overrides: bool) -> Rule:
+def _parse_rule(item: object, where: str, overrides: bool, stored: bool = False) -> Rule:
     if not isinstance(item, dict):
         raise RulesError(f"{where} is an object with name, action and when")
     unknown = set(item) - {"name", "action", "when", "off"}
     if unknown:
         raise RulesError(f"{where} has unknown fields {sorted(unknown)}")
     name = item.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):  # ASCII, as RULES_SCHEMA publishes (no look-alikes)
-        raise RulesError(f"{where}.name is 1-{NAME_MAX} letters, digits or _")
+    if not isinstance(name, str) or not (_NAME.fullmatch(name) or (stored and _older_name(name))):
+        raise RulesError(f"{where}.name is 1-{NAME_MAX} letters, digits or _")  # ASCII, as RULES_SCHEMA publishes
     off = item.get("off", False)
     if not isinstance(off, bool) or (off and not overrides):
         raise RulesError(f"{where}.off is true or false, and only a campaign's override switches a rule off")
     if off:
-        if set(item) != {"name", "off"}:  # its conditions would be dropped: the rule switched off whatever they say
+        if set(item) != {"name", "off"} and not stored:  # its conditions would be dropped: switched off whatever
             raise RulesError(f"{where} switches {name} off: it has only name and off (no action, no when)")
         return Rule(name, "allow", (), off=True)
     action = item.get("action")
@@ -168,6 +173,11 @@ def _parse_rule(item: object, where: str, overrides: bool) -> Rule:
     if not isinstance(when, list) or not when or len(when) > MAX_CONDITIONS:
         raise RulesError(f"{where}.when is a list of 1 to {MAX_CONDITIONS} conditions [field, op, value]")
     return Rule(name, action, tuple(_parse_condition(c, f"{where}.when[{j}]") for j, c in enumerate(when)))
+
+
+def _older_name(name: str) -> bool:
+    """A name the checks before ASCII-only names let through (any letters or digits, and _)."""
+    return 0 < len(name) <= NAME_MAX and name.replace("_", "").isalnum()
 
 
 def _parse_condition(raw: object, where: str) -> tuple[str, str, float | bool]:
@@ -298,7 +308,7 @@ UNREADABLE_RULE = Rule("active_rules_unreadable", "review", (("score", ">=", 0),
 
 def readable_rules(scope: str, raw: object) -> tuple[Rule, ...]:
     try:
-        return parse_rules(raw, overrides=scope != platform_scope())
+        return parse_rules(raw, overrides=scope != platform_scope(), stored=True)
     except (RulesError, TypeError, ValueError) as exc:
         log.error(
             "active risk rules of %s cannot be read: every order they decide is held for review",
