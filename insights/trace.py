@@ -515,8 +515,10 @@ def _packet_brief(p: RedPacket) -> dict:
     return {"id": p.id, "campaign_id": p.campaign_id, "status": p.status, **amount("amount", p.amount_fen)}
 
 
-def packet_history(p: RedPacket, order: Order | None, now: datetime) -> list[dict]:
-    """issued / claimed / locked / used / expired / revoked, from the packet's fields and the orders that spent it."""
+def packet_history(p: RedPacket, order: Order | None, now: datetime, merchant_id: int | None = None) -> list[dict]:
+    """issued / claimed / locked / used / expired / revoked, from the packet's fields and the orders that spent it.
+    ``merchant_id``: merchant staff's, who see their own merchant's orders only (``order``: None when it is
+    another's; a platform packet may have been spent at another shop)."""
     events = []
 
     def add(event: str, at: datetime | None, line: str) -> None:
@@ -528,7 +530,7 @@ def packet_history(p: RedPacket, order: Order | None, now: datetime) -> list[dic
             add("claimed", p.claimed_at, f"claimed by user #{p.owner_id}.")
     else:
         add("issued", p.created_at, f"issued to user #{p.owner_id} (source {p.source}: {p.source_ref}).")
-    for earlier, discount in _given_back_uses(p):  # spent on an order whose refund gave the packet back
+    for earlier, discount in _given_back_uses(p, merchant_id):  # spent on an order a refund gave the packet back from
         add(
             "used",
             earlier.paid_at,
@@ -538,7 +540,9 @@ def packet_history(p: RedPacket, order: Order | None, now: datetime) -> list[dic
     if p.status == PacketStatus.LOCKED and order is not None:
         add("locked", order.created_at, f"locked in unpaid order {order.out_trade_no} (#{order.id}).")
     if p.used_at is not None:
-        where = f"order {order.out_trade_no} (#{order.id})" if order is not None else f"order #{p.order_id}"
+        where = f"order {order.out_trade_no} (#{order.id})" if order is not None else "an order"
+        if order is None and merchant_id is None:
+            where = f"order #{p.order_id}"
         add("used", p.used_at, f"used on {where}.")
     if p.status == PacketStatus.EXPIRED:
         add("expired", p.expires_at, "expired unused; its budget reservation was released.")
@@ -549,9 +553,9 @@ def packet_history(p: RedPacket, order: Order | None, now: datetime) -> list[dic
     return events
 
 
-def _given_back_uses(p: RedPacket) -> list[tuple[Order, int]]:
+def _given_back_uses(p: RedPacket, merchant_id: int | None = None) -> list[tuple[Order, int]]:
     """The paid orders that spent ``p`` other than the one it is on now (``order_packets`` keeps a use when a refund
-    gives the packet back), oldest first, with the discount each took."""
+    gives the packet back), oldest first, with the discount each took; ``merchant_id``'s own only, when given."""
     stmt = (
         select(Order, OrderPacket.discount_fen)
         .join(OrderPacket, OrderPacket.order_id == Order.id)
@@ -561,6 +565,8 @@ def _given_back_uses(p: RedPacket) -> list[tuple[Order, int]]:
     )
     if p.order_id is not None:
         stmt = stmt.where(Order.id != p.order_id)
+    if merchant_id is not None:
+        stmt = stmt.where(Order.merchant_id == merchant_id)
     return [(o, int(discount)) for o, discount in db.session.execute(stmt)]
 
 
@@ -569,10 +575,16 @@ def trace_packet(
 ) -> dict:
     campaign = db.session.get(Campaign, packet.campaign_id)
     order = db.session.get(Order, packet.order_id) if packet.order_id else None
+    if order is not None and merchant_id is not None and order.merchant_id != merchant_id:
+        order = None  # a platform packet spent at another shop: merchant staff see that it was used, not where
     stmt = merchants_own(select(Rebate).where(Rebate.packet_id == packet.id), merchant_id)
+    if merchant_id is not None:  # rebates of orders at their shop (or of their own campaigns), not another shop's
+        at_theirs = Rebate.order_id.in_(select(Order.id).where(Order.merchant_id == merchant_id))
+        own = or_(Campaign.funder_merchant_id == merchant_id, Campaign.issuer_merchant_id == merchant_id)
+        stmt = stmt.where(or_(at_theirs, own))
     rebates = list(db.session.execute(stmt.order_by(Rebate.id.desc()).limit(MAX_ITEMS)).scalars())
     decisions = describe_rebates(rebates, words, risk_details=risk_details)
-    history = packet_history(packet, order, now)
+    history = packet_history(packet, order, now, merchant_id)
     lines = [
         f"Red packet #{packet.id} of {yuan(packet.amount_fen)} from campaign “{campaign.name}” (#{campaign.id}, "
         f"now {campaign.status}), issued by {packet.issuer_type}, valid {when(packet.valid_from)} to "
