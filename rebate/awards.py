@@ -316,7 +316,9 @@ def pay_rebate(
         clean = shared or _owes_nothing(rebate, effects)
         recovered = settled = 0
         if not clean:
-            recovered = recover_receivables(rebate.beneficiary_type, rebate.beneficiary_id, kind, amount_fen)
+            # points settle what the whole points credited are worth, not the fen award (its remainder bought none)
+            worth = amount_fen if kind != "points" else amount_fen // money.point_value_fen * money.point_value_fen
+            recovered = recover_receivables(rebate.beneficiary_type, rebate.beneficiary_id, kind, worth)
         elif shared and not _owes_nothing(rebate, effects):  # only what the person owes this same merchant
             settled = _settle_share_debts(rebate, campaign, amount_fen, key, effects)
         if rebate.form in (Form.WECHAT_CHANGE, Form.CASH_RED_PACKET):

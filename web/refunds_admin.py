@@ -21,6 +21,7 @@ from pydantic import Field
 
 from models import OperatorRole, Order, Refund, RefundStatus, call_between_commits, db, utcnow
 from models.operators import audit
+from models.orders import OPEN_REFUNDS
 from payouts import MoneySettings
 from rebate import PayAccount, apply_refund_notice, begin_refund, fail_refund
 from web import wechat
@@ -73,6 +74,7 @@ class RefundCall:
     out_refund_no: str
     total_fen: int
     sub_mchid: str | None = None  # partner mode: the sub-merchant the order was paid to
+    ended: bool = False  # the key's refund has ended (succeeded, closed, refused): WeChat is not asked again
 
 
 def call_refund(
@@ -126,11 +128,17 @@ def create_refund(order_id: int, body: CreateRefund):
         if order is None:
             raise NotFound(f"order {order_id} not found")
         refund = begin_refund(order, new_out_refund_no(order), body.amount_fen, body.reason)
+        if refund.status not in OPEN_REFUNDS:  # a retry (its key's answer expired) of a refund that has ended:
+            # answered as it stands, never sent again (one WeChat refused or closed may be refunded again since,
+            # and the same number sent now could refund it twice, the books holding it failed)
+            return RefundCall(refund.id, order.out_trade_no, refund.out_refund_no, order.payable_fen, ended=True)
         why, number = body.reason, refund.out_refund_no
         audit(actor(), "refund.create", "order", order.id, why, out_refund_no=number, amount_fen=body.amount_fen)
         return RefundCall(refund.id, order.out_trade_no, refund.out_refund_no, order.payable_fen, order.sub_mchid)
 
-    def ask(r: RefundCall) -> RefundNotice | WeChatError:
+    def ask(r: RefundCall) -> RefundNotice | WeChatError | None:
+        if r.ended:
+            return None
         try:
             return RefundNotice.answer_about(
                 call_refund(r.out_trade_no, r.out_refund_no, body.amount_fen, r.total_fen, body.reason, r.sub_mchid),
@@ -140,8 +148,8 @@ def create_refund(order_id: int, body: CreateRefund):
         except WeChatError as exc:  # an unreadable answer too (MalformedResource): the refund job asks again
             return exc
 
-    def record(r: RefundCall, answer: RefundNotice | WeChatError) -> dict:
-        if not isinstance(answer, WeChatError):
+    def record(r: RefundCall, answer: RefundNotice | WeChatError | None) -> dict:
+        if isinstance(answer, RefundNotice):
             cfg = current_app.config
             apply_refund_notice(answer, PayAccount.from_config(cfg), utcnow(), money=MoneySettings.from_config(cfg))
         elif isinstance(answer, WeChatBusinessError) and not answer.retryable:
