@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,6 +98,10 @@ CONFIGURED_INTERVALS = {
     "insights_rollup_job": "INSIGHTS_ROLLUP_SECONDS",
     "settle_challenges": "CHALLENGE_SETTLE_SECONDS",
 }
+# Jobs that claim no rows before calling out: two nodes' runs at once each sent every alert to the robot (the on-call
+# paged twice for each while a slow webhook kept the first run going). One node at a time runs them (``one_node``).
+ONE_NODE_AT_A_TIME = frozenset({"deliver_alerts"})
+JOB_LEASE_CLASS = 0x4A42  # PostgreSQL advisory lock keys of a job's run ("JB", then the job name's CRC-32)
 jobs_cli = AppGroup("jobs", help="Scheduled jobs.")
 
 
@@ -104,11 +110,39 @@ def interval_of(app: Flask, job: Callable, seconds: int) -> int:
     return app.config.get(CONFIGURED_INTERVALS.get(job.__name__, ""), seconds)
 
 
+@contextmanager
+def one_node(name: str) -> Iterator[bool]:
+    """Whether this run of the job ``name`` may go on: always, unless it is one of ``ONE_NODE_AT_A_TIME`` and another
+    node's run of it holds its lease. The lease is a PostgreSQL advisory lock on a connection of its own, in
+    autocommit (no transaction stays open), released when the run ends however it ends; a connection whose unlock
+    failed is closed rather than pooled (its lock would have kept the job from every node), and a process that dies
+    takes its connection, and the lock, with it. SQLite runs one node: granted."""
+    if name not in ONE_NODE_AT_A_TIME or db.engine.dialect.name != "postgresql":
+        yield True
+        return
+    params = {"c": JOB_LEASE_CLASS, "k": zlib.crc32(name.encode()) - 2**31}
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:c, :k)"), params).scalar())
+        try:
+            yield got
+        finally:
+            if got:
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:c, :k)"), params)
+                except Exception:
+                    log.warning("job lease not released: its connection is closed", exc_info=True)
+                    conn.invalidate()  # the server's session ends, and its lock with it
+
+
 def in_app(app: Flask, job: Callable) -> Callable[[], None]:
     def run() -> None:
         with app.app_context():
             try:
-                results = job()
+                with one_node(job.__name__) as mine:
+                    if not mine:
+                        log.info("job skipped: another node runs it now", extra={"job": job.__name__})
+                        return
+                    results = job()
                 if results:
                     log.info("job done", extra={"job": job.__name__, "results": dict(results)})
             except Exception as exc:
@@ -198,7 +232,8 @@ def run_once_command() -> None:
     failed = []
     for job, _ in JOBS:
         try:
-            click.echo(f"{job.__name__}: {dict(job() or {})}")
+            with one_node(job.__name__) as mine:
+                click.echo(f"{job.__name__}: {dict(job() or {})}" if mine else f"{job.__name__}: another node runs it")
         except Exception as exc:
             db.session.rollback()
             log.exception("job failed", extra={"job": job.__name__})
