@@ -4,8 +4,9 @@ Service-provider mode only (``FUND_FLOW=service_provider``): an order paid with 
 stays frozen at its sub-merchant. Its merchant-funded cash rebates to persons are payout rows on
 ``Rail.PROFIT_SHARING`` (the outbox's rows, numbers, states and ledger flows); the dispatcher never claims
 them. One ``ProfitShare`` per order carries them together, after the order's refund window
-(``ShareSettings.hold``), in one request of at most 50 receivers, within the merchant's maximum ratio, with
-``unfreeze_unsplit`` so the rest goes to the merchant; an order with nothing to share is unfrozen.
+(``ShareSettings.hold``) and once no refund nor risk review of the order is open, in one request of at most
+50 receivers, within the merchant's maximum ratio, with ``unfreeze_unsplit`` so the rest goes to the
+merchant; an order with nothing to share is unfrozen.
 
 The outbox's rules hold: the share's number (from the order id) and its body are fixed and committed at the
 claim, before any call; no transaction is open during a call (the job commits between the steps); a call whose
@@ -36,6 +37,7 @@ from sqlalchemy import and_, exists, null, or_, select, update
 
 from ledger import Leg, post
 from models import (
+    Campaign,
     Merchant,
     Order,
     OrderStatus,
@@ -45,6 +47,8 @@ from models import (
     ProfitShareConfig,
     ProfitShareReceiver,
     RailControl,
+    Rebate,
+    RebateStatus,
     ReceiverType,
     ShareKind,
     ShareStatus,
@@ -69,6 +73,7 @@ DESCRIPTION = "订单返利"  # what the person sees on the share
 UNFREEZE_DESCRIPTION = "解冻全部剩余资金"
 OPERATOR_REQUERY = timedelta(hours=1)  # how often a handed-over share waiting for an operator is asked about
 RATIO_REFUSAL = "比例"  # 分账金额超出最大分账比例: our cached ratio is stale
+NOT_ENOUGH = "NOT_ENOUGH"  # 可分账金额不足: not settled yet, or refunded
 
 
 @dataclass(frozen=True)
@@ -315,6 +320,9 @@ def _plan(row: ProfitShare, now: datetime, settings: ShareSettings, client) -> b
     if refund_open(order.id):  # the refund decides first what is still owed; its payouts are held
         row.next_attempt_at = now + settings.poll * 10
         return False
+    if _under_review(order.id):  # so does a reviewer: a rebate released after the share could not leave by it
+        row.next_attempt_at = now + settings.poll * 10
+        return False
     payouts = (
         db.session.execute(
             select(Payout)
@@ -386,6 +394,16 @@ def _plan(row: ProfitShare, now: datetime, settings: ShareSettings, client) -> b
             payout.request = {"share": row.out_order_no, "type": t, "account": a}
             payout.attempts += 1
     return True
+
+
+def _under_review(order_id: int) -> bool:
+    """A rebate of the order that its merchant funds from sales is held for a risk review (nothing queued yet):
+    released, it leaves by this share; after the share the order's money is the merchant's and it never could."""
+    held = select(Rebate.id).join(Campaign, Campaign.id == Rebate.campaign_id)
+    held = held.where(
+        Rebate.order_id == order_id, Rebate.status == RebateStatus.REVIEW, Campaign.funded_from_sales.is_(True)
+    )
+    return db.session.execute(held.limit(1)).first() is not None
 
 
 def _fit(payouts: list[Payout], cap: int, merchant: Merchant, settings: ShareSettings):
@@ -483,8 +501,9 @@ def call(job: ShareJob, client) -> ShareCall:
     except WeChatError as exc:
         result = _error(result, exc)
         # reached the POST only when no share of this number can exist (never claimed before, or the query
-        # just said WeChat never saw it): a 400 then refuses this request, nothing else
-        result.definite = result.outcome == "refused" and result.calls[-1] == "send"
+        # just said WeChat never saw it): a 400 (or NOT_ENOUGH) then refuses this request, nothing else
+        refusal = result.outcome == "refused" or result.code == NOT_ENOUGH
+        result.definite = refusal and result.calls[-1] == "send"
         return result
 
 
@@ -499,7 +518,7 @@ def _answered(result: ShareCall, answer: Any, job: ShareJob) -> ShareCall:
 
 def _error(result: ShareCall, exc: WeChatError) -> ShareCall:
     result.code, result.message = exc.code, exc.message
-    if isinstance(exc, WeChatRateLimited) or exc.code == "NOT_ENOUGH":  # 频率超限; not settled yet or refunded
+    if isinstance(exc, WeChatRateLimited) or exc.code == NOT_ENOUGH:  # 频率超限; not settled yet or refunded
         result.outcome = "retry"
     elif exc.outcome_unknown:
         result.outcome = "unknown"
@@ -539,6 +558,8 @@ def record(job: ShareJob, result: ShareCall, now: datetime, settings: ShareSetti
         _apply_answer(row, result.answer, now, settings)
     elif result.outcome == "refused" and result.definite and RATIO_REFUSAL in result.message:
         _replan(row, now)  # our cached ratio was stale: fetch it again and plan anew (nothing exists at WeChat)
+    elif result.outcome == "retry" and result.definite and _refunded_in_full(row.order_id):
+        _refunded_before_shared(row, now)  # nothing is frozen at WeChat any more: it can never be shared
     elif result.outcome in ("refused", "receiver_refused", "mismatch"):
         why = "WeChat refused the share" if result.outcome != "receiver_refused" else "WeChat refused a receiver"
         if result.outcome == "refused" and not result.definite:
@@ -644,6 +665,26 @@ def _replan(row: ProfitShare, now: datetime) -> None:
         payout.request = null()  # SQL NULL (not JSON null): "never handed over", as the clawback reads it
     row.status, row.kind, row.request, row.shared_fen = ShareStatus.PENDING, None, null(), 0
     row.next_attempt_at, row.posted = now, False  # WeChat refused it outright: no share of this number exists
+
+
+def _refunded_in_full(order_id: int) -> bool:
+    refunded, payable = db.session.execute(
+        select(Order.refunded_fen, Order.payable_fen).where(Order.id == order_id)
+    ).one()
+    return refunded >= payable
+
+
+def _refunded_before_shared(row: ProfitShare, now: datetime) -> None:
+    """WeChat refused the share for NOT_ENOUGH, no share of its number exists, and the order has been refunded in
+    full since the share was planned: nothing is frozen any more, so it can never be made. Its payouts come back
+    to the merchant (``mark_returned``: what the refund made the persons owe for them is settled, they never got
+    it) and what the books still hold frozen for the order is released, as for an order refunded before its plan."""
+    why = "the order was refunded in full before WeChat took its share: nothing is left to share"
+    for payout in _share_payouts(row):
+        mark_returned(payout, S.FAILED, now, why)
+    row.kind, row.status, row.finished_at = ShareKind.NOTHING, ShareStatus.FINISHED, now
+    row.last_error = "; ".join(filter(None, [row.last_error, why]))[:2000]
+    release_frozen(row.order_id, row.merchant_id)
 
 
 def _remember_receivers(sub_mchid: str, added: list[tuple[str, str, str]], now: datetime) -> None:
