@@ -23,13 +23,13 @@ from sqlalchemy.orm.attributes import set_committed_value
 from models import Campaign, CampaignStatus, Order, RedPacket, ShareLink, SignIn, User, alert_once, db
 from models.base import beijing
 from models.risk import RiskIdentifier
-from models.sql import insert_ignoring
+from models.sql import insert_ignoring, one_at_a_time
 from models.triggers import TriggerKind
 from rebate import tell
 from rebate.campaigns import is_running
-from rebate.deposits import pause_refused
+from rebate.deposits import lock_deposits, pause_refused
 from rebate.errors import BudgetExhausted, DepositExhausted, Invalid, NotFound, RebateError, StateConflict
-from rebate.packets import issue_packet
+from rebate.packets import check_audience, issue_packet
 from risk import Claimant, ClaimGate, LimitHit, PlatformLimits, Slot, identifiers, record_refusal
 
 REFERRAL_BIND_WINDOW = timedelta(days=7)
@@ -38,6 +38,28 @@ REFERRAL_BIND_WINDOW = timedelta(days=7)
 def _campaigns(kind: TriggerKind, now: datetime) -> list[Campaign]:
     rows = db.session.execute(select(Campaign).where(Campaign.status == CampaignStatus.ACTIVE).order_by(Campaign.id))
     return [c for c in rows.scalars() if c.issue_trigger.kind == kind and is_running(c, now)]
+
+
+def _issuing(kind: TriggerKind, user: User, channel: str | None, now: datetime) -> list[Campaign]:
+    """The running campaigns of ``kind`` whose audience takes ``user`` on ``channel``, their rows locked in id
+    order, then their deposits in merchant order, before any packet of the event takes a limit counter.
+
+    An event issues from several campaigns, each packet taking the person's, address's and device's counters
+    after its campaign's row (and deposit): two people on one address of whom one is outside the first
+    campaign's region or channel would otherwise lock (campaign 1, counter, campaign 2) and (campaign 2,
+    counter) and deadlock (PostgreSQL). Campaigns outside the audience are not locked (nothing is issued)."""
+    campaigns = []
+    for campaign in _campaigns(kind, now):
+        try:
+            check_audience(campaign, user, channel, now)
+        except RebateError:
+            continue
+        campaigns.append(campaign)
+    if campaigns:
+        ids = select(Campaign.id).where(Campaign.id.in_([c.id for c in campaigns])).order_by(Campaign.id)
+        db.session.execute(ids.with_for_update(key_share=True)).all()
+        lock_deposits(campaigns)
+    return campaigns
 
 
 def claim_gate(claimant: Claimant, limits: PlatformLimits, campaign: list[Slot] | None = None) -> ClaimGate:
@@ -88,7 +110,7 @@ def _issue_each(
         return []
     gate = claim_gate(claimant or Claimant(user.id), limits)
     issued = []
-    for campaign in _campaigns(kind, now):
+    for campaign in _issuing(kind, user, channel, now):
         packet = _issue_one(
             campaign,
             user,
@@ -152,7 +174,7 @@ def sign_in(
         return record, []
     gate = claim_gate(claimant or Claimant(user.id), limits)
     issued = []
-    for campaign in _campaigns(TriggerKind.DAILY_SIGN_IN, now):
+    for campaign in _issuing(TriggerKind.DAILY_SIGN_IN, user, channel, now):
         face = _streak_face(campaign, record.streak)
         packet = _issue_one(
             campaign,
@@ -240,13 +262,19 @@ def claim_share(
     if link.user_id == friend.id or _on_one_phone(friend, link.user_id, claimant.device if claimant else None):
         raise Invalid("you cannot claim your own share link", code="own_share_link")
     campaign = db.session.get(Campaign, link.campaign_id)
+    reward = campaign.issue_trigger.sharer_reward_fen
+    if reward:
+        # The friend's packet takes the friend's counters, then the reward the sharer's: two people claiming each
+        # other's links at once would take them in opposite orders (PostgreSQL: a deadlock). So both people are
+        # taken first, in id order, before any campaign row or counter.
+        for person_id in sorted((friend.id, link.user_id)):
+            one_at_a_time(f"share_claim.person:{person_id}")
     ref = f"{token}:{friend.id}"
     gate = claim_gate(claimant or Claimant(friend.id), limits, campaign_limits)
     friend_packet = issue_packet(
         campaign, friend, source=TriggerKind.SHARE, source_ref=ref, now=now, channel=channel, gate=gate
     )
     sharer_packet = None
-    reward = campaign.issue_trigger.sharer_reward_fen
     sharer = db.session.get(User, link.user_id)
     if reward and sharer.is_active:
         sharer_packet = _issue_one(
