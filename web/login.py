@@ -197,19 +197,18 @@ def oauth_authorize():
     scope = request.args.get("scope", "snsapi_base")
     if scope not in SCOPES:
         raise ValidationFailed(f"scope must be one of {', '.join(SCOPES)}", code="invalid_scope")
+    response = _to_authorize(client, scope, _safe_next(request.args.get("next")))
+    db.session.commit()
+    return response
+
+
+def _to_authorize(client, scope: str, next_url: str):
+    """A fresh state (flushed; the caller commits) and the redirect to WeChat's authorize page that carries it."""
     state = secrets.token_hex(16)
     now = utcnow()
     _clear_spent_states(now)
-    db.session.add(
-        OAuthState(
-            state=state,
-            scope=scope,
-            next_url=_safe_next(request.args.get("next")),
-            created_at=now,
-            expires_at=now + STATE_TTL,
-        )
-    )
-    db.session.commit()
+    db.session.add(OAuthState(state=state, scope=scope, next_url=next_url, created_at=now, expires_at=now + STATE_TTL))
+    db.session.flush()
     redirect_uri = wechat().public_base_url + "/oauth/callback"
     response = redirect(client.authorize_url(redirect_uri, scope=scope, state=state))
     # The state is this browser's: a callback link made from someone else's login (a login CSRF: the victim signed
@@ -271,7 +270,11 @@ def _consume_state(state: str) -> OAuthState:
         {"name": "state", "in": "query", "required": True, "schema": {"type": "string"}},
     ],
     responses={
-        "302": {"description": "back to next, with #token=<user token>", "headers": REDIRECT},
+        "302": {
+            "description": "back to next, with #token=<user token>; or, for a silent (snsapi_base) sign-in of someone "
+            "not known yet, on to WeChat's authorize page again with snsapi_userinfo (its unionid links the person)",
+            "headers": REDIRECT,
+        },
         "4XX": ERROR,
         "502": UPSTREAM_REFUSED,
         "503": UNAVAILABLE,
@@ -306,6 +309,11 @@ def oauth_callback():
         return grant["openid"], unionid
 
     def sign_in_and_redirect(prepared: tuple[str, str], person: tuple[str, str | None]):
+        if prepared[1] == "snsapi_base" and person[1] is None and _identity(appid, person[0]) is None:
+            # A silent grant names the openid only: someone we do not know yet may be a person we know through the
+            # mini-program (their unionid links them). Asked once more with their consent (snsapi_userinfo, which
+            # names it), never made a second person with a second newcomer packet.
+            return _to_authorize(client, "snsapi_userinfo", prepared[0])
         user = sign_in(appid, person[0], person[1], "official_account", origin=origin)
         if not user.is_active:  # raised inside the record step: its sign-in is rolled back
             raise ApiError("this account is banned", code="user_banned", status=403)
