@@ -36,6 +36,7 @@ from models import (
     Receivable,
     RedPacket,
     User,
+    alert_once,
     db,
     raise_alert,
 )
@@ -807,11 +808,23 @@ def _issue_triggered_packets(
                 f"campaign {campaign.id}",
                 f"no packet issued for order {order.out_trade_no}: budget exhausted",
             )
-        except (StateConflict, Invalid):
+        except (StateConflict, Invalid) as refused:
             # paused, ended or banned since it was read, or the buyer outside its regions, its days or its packets'
-            # validity: no packet, the payment stands (as every other trigger, ``rebate.triggers._issue_one``)
-            pass
+            # validity: no packet, the payment stands (as every other trigger, ``rebate.triggers._issue_one``); a
+            # refusal of the campaign itself (its rules, its kind) is an operator's to see
+            if refused.code not in NOT_THIS_BUYERS:
+                alert_once(
+                    "order_paid_packet_refused",
+                    f"campaign {campaign.id}",
+                    text=f"no packet issued for order {order.out_trade_no}: {refused.code}: {refused}",
+                )
     return issued
+
+
+# Why an order-paid packet is not this buyer's now (nothing wrong with the campaign): no alert.
+NOT_THIS_BUYERS = frozenset(
+    {"campaign_not_running", "outside_region", "wrong_channel", "outside_window", "packet_validity_over"}
+)
 
 
 def _is_first_paid_order(user_id: int) -> bool:

@@ -65,3 +65,27 @@ def test_an_order_paid_trigger_whose_packet_the_buyer_cannot_get_leaves_the_paym
     assert outcome == "applied"
     assert db.session.get(Order, order.id).status == "paid"
     assert db.session.execute(select(RedPacket.id).where(RedPacket.campaign_id == campaign.id)).first() is None
+
+
+def test_a_refusal_of_the_campaign_itself_leaves_the_payment_standing_and_tells_an_operator(
+    make_user, make_merchant, make_product, make_campaign, pay, monkeypatch
+):
+    """Not the buyer's audience but the campaign's own fault (here its rules): no packet, the payment stands, and
+    an alert says so (a buyer outside the audience raises none)."""
+    from models import Alert
+    from rebate import payments
+    from rebate.errors import StateConflict
+
+    shop = make_merchant()
+    product = make_product(shop, price_fen=150_00)
+    campaign = _order_paid_campaign(make_campaign, shop)
+
+    def refused(*args, **kwargs):
+        raise StateConflict("a budgeted campaign's rules must all have caps", code="uncapped_rule")
+
+    monkeypatch.setattr(payments, "issue_packet", refused)
+    order = create_order(make_user(), [LineRequest(product.id, 1)], None, utcnow())
+    db.session.commit()
+    assert pay(order) == "applied"
+    alerts = db.session.execute(select(Alert).where(Alert.kind == "order_paid_packet_refused")).scalars().all()
+    assert [(a.subject, "uncapped_rule" in a.message) for a in alerts] == [(f"campaign {campaign.id}", True)]
