@@ -120,8 +120,8 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
     members = participants_of(challenge.id)
     winners = set(table.winners)
     losers = {p.user_id for p in members} - winners if winners else set()
-    if challenge.direction == Direction.WINNER_TO_LOSER:
-        payers, payees = winners, losers
+    if challenge.direction == Direction.WINNER_TO_LOSER and challenge.stake_source != StakeSource.SPONSOR:
+        payers, payees = winners, losers  # (a quiz's stakes; a sponsor's prize always goes to the winners)
     else:
         payers, payees = losers, winners
     if not losers:

@@ -41,6 +41,7 @@ from challenges import (
     start_quiz,
 )
 from challenges.cards import card_of
+from challenges.quiz import questions_of
 from models import ChallengeStatus, ChatBinding, Transport, db, utcnow
 from web.api import endpoint
 from web.auth import current_user
@@ -201,9 +202,11 @@ def quiz(challenge_id: int):
 
 @endpoint(bp, "/challenges/<int:challenge_id>/quiz/answers", methods=["POST"], body=QuizAnswers)
 def quiz_answers(challenge_id: int, body: QuizAnswers):
-    """The caller's answers, once, before their attempt's time is up."""
+    """The caller's answers, once, before their attempt's time is up; ``questions``: how many the quiz has (a
+    question left unanswered counts as wrong), the score is out of that."""
     answers = {a.question_id: a.choice for a in body.answers}
     if len(answers) != len(body.answers):
         raise ValidationFailed("one answer per question", code="quiz_duplicate_answer")
     attempt = answer_quiz(challenge_id, current_user().id, answers, utcnow())
-    return {"score": attempt.score, "questions": len(answers), "submitted_at": attempt.submitted_at.isoformat()}
+    asked = len(questions_of(challenge_id))
+    return {"score": attempt.score, "questions": asked, "submitted_at": attempt.submitted_at.isoformat()}
