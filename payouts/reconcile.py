@@ -134,6 +134,32 @@ class BillOutcome:
 class DailyChecks:
     runs: list[ReconciliationRun]
     ledger: CheckReport
+    caught_up: list[date] = field(default_factory=list)  # earlier days reconciled again (``days_to_catch_up``)
+
+
+CATCH_UP_DAYS = 7  # the daily job also reconciles the days of the week before yesterday it missed or failed
+STALE_RUN = timedelta(hours=1)  # a run still ``running`` this long after it began died with its process
+
+
+def days_to_catch_up(yesterday: date, now: datetime) -> list[date]:
+    """The days of the ``CATCH_UP_DAYS`` before ``yesterday`` (none before the first order) that no run reconciled:
+    never run (the jobs were down at 10:30), failed (a bill not ready yet: ``STATEMENT_CREATING``; a download cut
+    off), or left ``running`` by a process that died. The daily job reconciles them again after yesterday."""
+    first = db.session.execute(select(func.min(Order.created_at))).scalar()
+    if first is None:
+        return []
+    since = max(yesterday - timedelta(days=CATCH_UP_DAYS), beijing(first).date())
+    rows = db.session.execute(
+        select(ReconciliationRun.bill_date, ReconciliationRun.status, ReconciliationRun.started_at).where(
+            ReconciliationRun.bill_date >= since.isoformat(), ReconciliationRun.bill_date < yesterday.isoformat()
+        )
+    ).all()
+    done, undone = set(), set()
+    for day, status, started_at in rows:
+        alive = status == RunStatus.RUNNING and started_at > now - STALE_RUN  # another node's, at work now
+        (done if status == RunStatus.DONE or alive else undone).add(day)
+    days = [since + timedelta(days=n) for n in range((yesterday - since).days)]
+    return [d for d in days if d.isoformat() not in done or d.isoformat() in undone]
 
 
 def bill_day(bill_date: date | str, now: datetime) -> date:

@@ -860,3 +860,55 @@ def test_download_bill_refuses_a_url_that_is_not_a_string(pay_client):
     with pytest.raises(WeChatUnavailable) as info:
         pay_client.download_bill(12345, sha1(b""), "SHA1")
     assert info.value.code == "UNPARSEABLE_RESPONSE"
+
+
+def test_the_daily_job_catches_up_the_days_of_the_week_it_missed_or_failed(ours, wechat, pay_client):
+    """A jobs process down at 10:30 (a deploy) skipped that day for good, and a bill not ready yet
+    (``STATEMENT_CREATING``) failed its day for good: the next daily runs reconcile them again."""
+    from datetime import date
+
+    from payouts.reconcile import days_to_catch_up
+
+    old = ours.order("ORD-OLD", 10_00, bj(12))
+    old.created_at = bj(12)  # the first order: 1 May
+    db.session.add_all(
+        [
+            ReconciliationRun(bill_date="2024-05-02", kind="trade", status="done"),
+            ReconciliationRun(bill_date="2024-05-02", kind="fundflow", status="done"),
+            ReconciliationRun(bill_date="2024-05-03", kind="trade", status="failed", error="STATEMENT_CREATING"),
+            ReconciliationRun(bill_date="2024-05-03", kind="fundflow", status="done"),
+        ]
+    )
+    db.session.commit()
+    now = datetime(2024, 5, 5, 2, 30, tzinfo=UTC)  # 10:30 Beijing on the 5th: yesterday is the 4th
+    assert days_to_catch_up(date(2024, 5, 4), now) == [date(2024, 5, 1), date(2024, 5, 3)]  # none before the 1st
+    for day in ("2024-05-04", "2024-05-01", "2024-05-03"):
+        wechat.serve("trade", trade_bill(), bill_date=day)
+        wechat.serve("fund", fund_bill(), bill_date=day)
+
+    checks = run_daily_checks(pay_client, now)
+
+    assert checks.caught_up == [date(2024, 5, 1), date(2024, 5, 3)]
+    assert [r.bill_date for r in checks.runs] == ["2024-05-04", "2024-05-04"]
+    db.session.rollback()
+    statuses = {(r.bill_date, r.kind): r.status for r in db.session.execute(select(ReconciliationRun)).scalars()}
+    assert set(statuses.values()) == {"done"} and len(statuses) == 8
+    assert ("missing_there", "order", "ORD-OLD", 10_00, None) in findings()  # the 1st was read
+    assert days_to_catch_up(date(2024, 5, 4), now) == []  # and nothing is left to catch up
+
+
+def test_a_run_left_running_is_caught_up_once_stale_not_while_another_node_works_on_it(ours):
+    from datetime import date, timedelta
+
+    from payouts.reconcile import days_to_catch_up
+
+    old = ours.order("ORD-OLD", 10_00, bj(12))
+    old.created_at = bj(12)
+    now = datetime(2024, 5, 3, 2, 30, tzinfo=UTC)
+    db.session.add(
+        ReconciliationRun(bill_date=DAY, kind="trade", status="running", started_at=now - timedelta(minutes=5))
+    )
+    db.session.add(ReconciliationRun(bill_date=DAY, kind="fundflow", status="done"))
+    db.session.commit()
+    assert days_to_catch_up(date(2024, 5, 2), now) == []
+    assert days_to_catch_up(date(2024, 5, 2), now + timedelta(hours=2)) == [date(2024, 5, 1)]
