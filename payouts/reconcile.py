@@ -34,7 +34,19 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from ledger import CheckReport, check_ledger
-from models import Merchant, Order, OrderStatus, Payout, PayoutStatus, Rail, Refund, RefundStatus, db, raise_alert
+from models import (
+    Merchant,
+    Order,
+    OrderStatus,
+    Payout,
+    PayoutStatus,
+    Rail,
+    Refund,
+    RefundStatus,
+    alert_once,
+    db,
+    raise_alert,
+)
 from models.base import BEIJING, beijing
 from models.reconciliation import (
     BillKind,
@@ -236,11 +248,12 @@ def fetch_bills(
 
 
 def check_ledger_and_alert() -> CheckReport:
-    """The ledger's invariants; an alert lists the first violations."""
+    """The ledger's invariants; an alert lists the first violations, once while the same one is open (every jobs
+    node runs the daily check: N nodes had paged N times a day for one finding)."""
     report = check_ledger()
     if not report.ok:
         listed = "; ".join(report.violations[:ALERT_LISTED])
-        raise_alert("ledger_check_failed", "ledger", f"{len(report.violations)} violations: {listed}")
+        alert_once("ledger_check_failed", "ledger", f"{len(report.violations)} violations: {listed}")
     return report
 
 

@@ -912,3 +912,19 @@ def test_a_run_left_running_is_caught_up_once_stale_not_while_another_node_works
     db.session.commit()
     assert days_to_catch_up(date(2024, 5, 2), now) == []
     assert days_to_catch_up(date(2024, 5, 2), now + timedelta(hours=2)) == [date(2024, 5, 1)]
+
+
+def test_the_same_ledger_violation_is_alerted_once_however_many_nodes_check(app, monkeypatch):
+    from ledger.check import CheckReport
+    from payouts import reconcile
+
+    def broken():
+        report = CheckReport()
+        report.violations.append("user_cash of user 7 is below zero")
+        return report
+
+    monkeypatch.setattr(reconcile, "check_ledger", broken)
+    for _ in range(3):  # three jobs nodes, or three days while nobody resolved it
+        assert not reconcile.check_ledger_and_alert().ok
+    db.session.commit()
+    assert len(alerts("ledger_check_failed")) == 1
