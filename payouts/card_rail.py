@@ -208,8 +208,9 @@ def apply_card_event(
         return CardEventOutcome.UNKNOWN, None
     if event == USER_GET_CARD:
         return _received(payout, code, now, settings), payout
-    if payout.status == PayoutStatus.WAITING_USER_CONFIRM:
-        # its user_get_card was lost: a redemption, or a deletion from the package, proves delivery
+    if payout.status not in TERMINAL:
+        # its user_get_card was lost: a redemption, or a deletion from the package, proves delivery (a payout an
+        # operator or a query has yet to decide included; one a dispatcher holds is applied again later)
         _received(payout, code, now, settings)
     column = "card_consumed_at" if event == USER_CONSUME_CARD else "card_deleted_at"
     if getattr(payout, column) is not None:

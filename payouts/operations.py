@@ -158,7 +158,9 @@ def settle_redeemed_card(code: str, now: datetime, card_id: str | None = None) -
     card is not this one."""
     stmt = select(Payout).where(
         Payout.rail == Rail.CARD_COUPON,
-        Payout.status == S.WAITING_USER_CONFIRM,
+        # offered; or set aside for a query or an operator (a redemption proves delivery: resolved as failed now,
+        # its money would go back to the person who spent the card); one a dispatcher holds is not decided here
+        Payout.status.in_((S.WAITING_USER_CONFIRM, S.UNKNOWN, S.NEEDS_OPERATOR)),
         or_(Payout.external_no == code, Payout.wechat_ref == code),
     )
     candidates = db.session.execute(stmt.order_by(Payout.id).with_for_update()).scalars().all()
