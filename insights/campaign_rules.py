@@ -498,6 +498,13 @@ def _restrictions(campaign: Campaign, limits: dict) -> dict:
             "words": f"红包仅限在 {' 且 '.join(names)} 的订单使用 (the packet is only usable on orders from "
             f"{' and '.join(names)})",
         }
+    elif merchant_of(campaign) is not None:  # no packet: a merchant's campaign rebates only its own orders
+        owner = merchant_of(campaign)
+        name = merchant_name(owner) or "?"
+        out["merchants"] = {
+            "merchants": [{"merchant_id": owner, "name": name}],
+            "words": f"返利仅限 {name} 的订单 (rebates are only given on orders from {name})",
+        }
     products = [p for p in campaign.packet_products or [] if isinstance(p, int) and not isinstance(p, bool)]
     if products and _issues_packets(campaign):
         found = dict(db.session.execute(select(Product.id, Product.name).where(Product.id.in_(products))).all())

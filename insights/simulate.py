@@ -2,8 +2,10 @@
 
 ``load_rows`` reads the order facts a campaign's current rules applied to in
 ONE query of plain columns (its packet orders; for a referral campaign the
-orders of people with an inviter). ``project`` is pure: rows and a ``RuleSet``
-in, a projection out, each order evaluated by ``rebate.rules.evaluate``.
+orders the payment decides it on: those of people with an inviter, or for one
+issuing on paid orders every order reaching its trigger's minimum). ``project``
+is pure: rows and a ``RuleSet`` in, a projection out, each order evaluated by
+``rebate.rules.evaluate`` as the payment and any refund since left it.
 ``simulate`` replays the draft and the current version over the same rows and
 answers the change.
 
@@ -22,17 +24,19 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from contextlib import nullcontext
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import case, func, select, type_coerce
+from sqlalchemy import and_, case, func, or_, select, type_coerce
 
-from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, RedPacket, User, UTCDateTime, db
+from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, Rebate, RedPacket, User, UTCDateTime, db
 from models.base import beijing
 from models.sql import reading_apart
+from models.triggers import TriggerKind
 from money import format_yuan, left_after_refunds
 from rebate.campaigns import merchant_of, rules_of
-from rebate.rules import Form, Line, OrderFacts, RuleSet, evaluate
+from rebate.rules import CASH_FORMS, Decision, Form, Line, OrderFacts, RuleSet, evaluate
 
 ISSUING = frozenset({"merchant", "user"})  # platform issuers receive no rebates
 ASSUMPTIONS = (
@@ -58,6 +62,12 @@ class ReplayRow(NamedTuple):
     issuer_type: str | None  # of the campaign's (first) packet the order spent
     invited_since: datetime | None  # when the buyer was bound to an inviter, if they have one
     lines: tuple[Line, ...] = ()  # the order's lines (read only for rules with category rates)
+    # as paid, before any refund (None: nothing refunded): a refund only ever lowers what the payment awarded
+    total_at_payment_fen: int | None = None
+    paid_at_payment_fen: int | None = None
+    # what the cash rebates of campaigns decided before this one on the order (lower ids) left of the payment for
+    # this one's (``rebate.payments._run_rebates``); None: all of it
+    cash_room_fen: int | None = None
 
 
 def _amount(prefix: str, fen: int) -> dict:
@@ -86,6 +96,18 @@ def replay_query(campaign: Campaign, rules: RuleSet, since: datetime, until: dat
         )
 
     discount = of_own_packets(func.coalesce(func.sum(OrderPacket.discount_fen), 0)).scalar_subquery()
+    # The payment decides the order's campaigns in id order, each one's cash rebates within what the earlier ones
+    # left of the payment: what those took (``original_fen``, as awarded) is this one's cash room's due.
+    cash_before = (
+        select(func.coalesce(func.sum(Rebate.original_fen), 0))
+        .where(
+            Rebate.order_id == Order.id,
+            Rebate.campaign_id < campaign.id,
+            Rebate.form.in_([f.value for f in CASH_FORMS]),
+        )
+        .correlate(Order)
+        .scalar_subquery()
+    )
     issuer = of_own_packets(RedPacket.issuer_type).order_by(OrderPacket.packet_id).limit(1).scalar_subquery()
     stmt = (
         select(
@@ -98,22 +120,45 @@ def replay_query(campaign: Campaign, rules: RuleSet, since: datetime, until: dat
             discount,
             issuer,
             type_coerce(invited_since, UTCDateTime),
+            cash_before,
         )
         .join(User, User.id == Order.user_id)
         .where(Order.status == OrderStatus.PAID, Order.paid_at >= since, Order.paid_at < until)
         .order_by(Order.paid_at, Order.id)
     )
-    if rules.applies_to == "referral":  # a merchant's referral campaign serves only its own orders, as at payment
+    spent_own = of_own_packets(OrderPacket.packet_id).exists()
+    if rules.applies_to == "referral":
+        # The orders the payment decides it on (``rebate.payments._load_statement``): a campaign issuing on paid
+        # orders on every order reaching its trigger's minimum, invited buyer or not; any other on the orders of
+        # invited buyers; a merchant's only on its own orders; and on any order spending its own packets.
+        if campaign.trigger_kind == TriggerKind.ORDER_PAID.value:
+            reached = Order.total_fen >= campaign.trigger_min_order_fen
+        else:
+            reached = User.inviter_id.is_not(None)
         owner = merchant_of(campaign)
-        invited = stmt.where(User.inviter_id.is_not(None))
-        return invited if owner is None else invited.where(Order.merchant_id == owner)
-    return stmt.where(of_own_packets(OrderPacket.packet_id).exists())
+        served = reached if owner is None else and_(reached, Order.merchant_id == owner)
+        return stmt.where(or_(served, spent_own))
+    return stmt.where(spent_own)
 
 
-def to_row(order_id, paid_at, total, paid, charged, refunded, discount, issuer_type, invited_since) -> ReplayRow:
+def to_row(
+    order_id, paid_at, total, paid, charged, refunded, discount, issuer_type, invited_since, cash_before=0
+) -> ReplayRow:
     net_paid = left_after_refunds(paid, charged, refunded)  # as ``Order.net_paid_fen``
     net_total = left_after_refunds(total, charged, refunded)  # as ``Order.net_total_fen``
-    return ReplayRow(order_id, paid_at, net_total, net_paid, int(discount), issuer_type, invited_since)  # a SUM
+    refunds = refunded > 0
+    return ReplayRow(
+        order_id,
+        paid_at,
+        net_total,
+        net_paid,
+        int(discount),  # a SUM
+        issuer_type,
+        invited_since,
+        total_at_payment_fen=total if refunds else None,
+        paid_at_payment_fen=paid if refunds else None,
+        cash_room_fen=max(0, paid - int(cash_before)) if cash_before else None,
+    )
 
 
 def load_rows(
@@ -147,6 +192,27 @@ def facts_of(row: ReplayRow, referral: timedelta | None) -> OrderFacts:
     )
 
 
+def decide(rules: RuleSet, row: ReplayRow, referral: timedelta | None) -> list[Decision]:
+    """Each role's decision on the order as it stands, as the engine leaves it: at payment within the cash room
+    earlier campaigns left, then after a refund ``rebate.rules.entitlement_after_refund`` (the rules on the net
+    amounts, never more than the payment awarded)."""
+    facts = facts_of(row, referral)
+    if row.total_at_payment_fen is None and row.cash_room_fen is None:
+        return evaluate(rules, facts)
+    paid_facts = replace(
+        facts,
+        order_total_fen=row.order_total_fen if row.total_at_payment_fen is None else row.total_at_payment_fen,
+        paid_fen=row.paid_fen if row.paid_at_payment_fen is None else row.paid_at_payment_fen,
+    )
+    at_payment = evaluate(rules, paid_facts, cash_room_fen=row.cash_room_fen)
+    if row.total_at_payment_fen is None:
+        return at_payment
+    return [
+        paid if paid.amount_fen < net.amount_fen else net
+        for net, paid in zip(evaluate(rules, facts), at_payment, strict=True)
+    ]
+
+
 def project(rows: Iterable[ReplayRow], rules: RuleSet, *, budget_limit_fen: int | None = None) -> dict:
     """Replay ``rules`` over ``rows`` (oldest first): rebates per role and form, cost, budget run-out day."""
     referral = timedelta(days=rules.referral_days) if rules.referral_days else None
@@ -159,7 +225,7 @@ def project(rows: Iterable[ReplayRow], rules: RuleSet, *, budget_limit_fen: int 
     for row in rows:
         orders += 1
         order_cost = row.packet_value_fen
-        for d in evaluate(rules, facts_of(row, referral)):
+        for d in decide(rules, row, referral):
             outcomes[d.role][d.reason_code] += 1
             if d.amount_fen:
                 awarded[d.role] += 1
