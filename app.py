@@ -160,19 +160,30 @@ def _notice_templates(app: Flask):
         raise ConfigError(f"invalid configuration:\n  - {exc}") from None
 
 
+# A database error never carries the row's values (openids, session keys, names) into a log line or an alert:
+# SQLAlchemy's ``[parameters: …]`` says they were hidden (``web.logs`` masks them too, and PostgreSQL's own detail).
+HIDE_PARAMETERS = True
+
+
 def _engine_options(url: str, lock_timeout_s: int) -> dict:
     # A request waits for a free pooled connection no longer than for a lock (then 503 + Retry-After, as a lock
     # held too long): every connection can be held by requests queued behind one long writer (SQLite).
     if url.startswith("sqlite"):
         # pysqlite's own transaction handling is switched off in _configure_sqlite; the busy
         # timeout is what makes a contended BEGIN IMMEDIATE wait instead of failing at once.
-        options = {"connect_args": {"timeout": lock_timeout_s}}
+        options = {"connect_args": {"timeout": lock_timeout_s}, "hide_parameters": HIDE_PARAMETERS}
         if make_url(url).database not in (None, "", ":memory:"):  # a file's QueuePool (memory: one connection)
             options["pool_timeout"] = lock_timeout_s
         return options
     # No pool_pre_ping: a ping on every checkout is a round trip on every request (one of a claim's
     # five); _ping_idle_connections pings only a connection that sat idle (issue 11).
-    options: dict = {"pool_size": 10, "max_overflow": 20, "pool_timeout": lock_timeout_s, "connect_args": {}}
+    options: dict = {
+        "pool_size": 10,
+        "max_overflow": 20,
+        "pool_timeout": lock_timeout_s,
+        "connect_args": {},
+        "hide_parameters": HIDE_PARAMETERS,
+    }
     parsed = make_url(url)
     if url.startswith("postgresql") and lock_timeout_s:
         # A row lock held too long (a stuck transaction) fails the waiter with lock_not_available,

@@ -16,6 +16,9 @@ Bad input answers 4xx, never 500:
 * A NUL character (``%00`` in the path or query, ``\\u0000`` in JSON) is refused
   before any view: PostgreSQL text cannot hold one, so it would otherwise fail
   inside the driver (500) after the request had started its work.
+* A query parameter given twice (``?operator_id=1&operator_id=2``) is refused
+  (422): every view reads one value of each, so the second would be dropped
+  without a word and the answer would look like one for both.
 * An instant or a day from outside (a body's, a query's, a console form's) lies
   between ``EARLIEST`` and ``LATEST`` (``instant_in_range``, ``day_in_range``;
   ``web.schemas.Instant`` and ``Day``): year 1 or 9999 with an offset overflows
@@ -95,8 +98,8 @@ def json_depth(raw: bytes) -> int:
 def loads_json(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``json.loads`` of UTF-8 text only (JSON between systems is UTF-8, RFC 8259; ``json.loads`` of bytes would
     also take UTF-16 and UTF-32, past the depth count and the NUL check), refusing NaN/Infinity, nesting deeper than
-    ``max_depth`` and any string (key or value) holding a NUL or an unpaired surrogate (``wechat.text.storable``: no
-    column can hold either)."""
+    ``max_depth``, an object with a key twice, and any string (key or value) holding a NUL or an unpaired surrogate
+    (``wechat.text.storable``: no column can hold either)."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     try:
         text = data.decode("utf-8")
@@ -107,7 +110,7 @@ def loads_json(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     if json_depth(data) > max_depth:  # UTF-8's multi-byte characters hold no quote, backslash or bracket byte
         raise JsonRefused(f"JSON nested deeper than {max_depth} levels")
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_object_of_unique_keys)
     except RecursionError:  # the count above makes this unreachable; a guard must not answer 500 if it is not
         raise JsonRefused(f"JSON nested deeper than {max_depth} levels") from None
     if "\\u" in text and not storable(value):  # only an escape spells a NUL or a lone surrogate in UTF-8 JSON
@@ -152,6 +155,20 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _object_of_unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """An object whose keys are all different: ``{"amount_fen": 100, "amount_fen": 99900}`` is one amount to the
+    reader that shows or checks it (a proxy, a log, a person: often the first) and another to ``json.loads`` (the
+    last), so it is refused rather than taken either way."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise JsonRefused(f"JSON object has the key {key[:64]!r} more than once", code="invalid_json")
+            seen.add(key)
+    return obj
+
+
 def _buffer_unsized_body() -> None:
     """Read a body that has no Content-Length (chunked) into memory, refusing one over the limit.
 
@@ -192,8 +209,13 @@ def _refuse_nul() -> None:
         raise NotFound()
     if not request.environ.get("QUERY_STRING"):
         return  # nothing to parse (most requests): the query is not decoded just to look at it
-    if any("\x00" in key or "\x00" in value for key, value in request.args.items(multi=True)):
-        raise UnprocessableEntity("query parameters may not contain NUL characters")
+    seen: set[str] = set()
+    for key, value in request.args.items(multi=True):
+        if "\x00" in key or "\x00" in value:
+            raise UnprocessableEntity("query parameters may not contain NUL characters")
+        if key in seen:  # every reader here takes one value (the first): the others would be dropped unsaid
+            raise UnprocessableEntity(f"query parameter {key[:64]!r} is given more than once")
+        seen.add(key)
 
 
 def install_guards(app: Flask) -> None:

@@ -23,6 +23,11 @@ SENSITIVE_TEXT = [
     ),
     (re.compile(r"(/share-links/)[^/?#\s\"']+"), r"\1***"),
     (re.compile(r"(\"(?:openid|unionid|session_key|secret)\"\s*:\s*\")[^\"]+", re.IGNORECASE), r"\1***"),
+    # a database error's statement parameters (SQLAlchemy's ``[parameters: (…)]``, one line: a repr): the openids,
+    # phone numbers and digests of the row it was writing, by position on SQLite, with no name to mask them by
+    (re.compile(r"(\[parameters: )[^\n]*"), r"\1***]"),
+    # and PostgreSQL's detail of the row: ``Key (appid, openid)=(wx…, o…) already exists``, ``Failing row contains (…)``
+    (re.compile(r"((?:\bKey \([^)\n]*\)=|Failing row contains )\()[^\n]*"), r"\1***)"),
 ]
 RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -36,8 +41,16 @@ def mask_value(value: object) -> str:
 
 def _may_hold_secret(text: str) -> bool:
     """False only when no pattern of ``SENSITIVE_TEXT`` can match: each needs one of these characters or words.
-    Most lines (a request's path, a plain message) then skip the five regular expressions."""
-    return "=" in text or "op_" in text or '"' in text or "/share-links/" in text or "bearer" in text.lower()
+    Most lines (a request's path, a plain message) then skip the regular expressions."""
+    return (
+        "=" in text
+        or "op_" in text
+        or '"' in text
+        or "/share-links/" in text
+        or "[parameters: " in text
+        or "Failing row contains (" in text
+        or "bearer" in text.lower()
+    )
 
 
 def mask_text(text: str) -> str:
