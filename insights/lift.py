@@ -6,16 +6,16 @@ orders paid from the moment the members were chosen (``started_at``) for ``windo
 * ``members``; ``buyers``: members who paid at least one order in the window; ``buyer_share_bps``;
 * ``orders`` paid in the window and ``sales_fen``: what was paid less what has been refunded of them;
 * ``sales_per_member_fen`` (rounded down);
-* for the treated, packet ``uptake``: packets issued, used (spent on an order that was paid, even if a refund gave
-  the packet back since), and ``uptake_bps`` = used / issued.
+* for the treated, packet ``uptake``: packets issued, used (spent on an order paid in the window, even if a refund
+  gave the packet back since), and ``uptake_bps`` = used / issued.
 
 ``lift``: the treated minus the holdout in buyer share (basis points) and in sales per member (fen), and
 sales per member relative to the holdout's (``sales_per_member_lift_bps``). Every ratio is rounded down,
 and a ratio on a zero base (no members, no packets, no holdout sales) is null, never infinity.
 
-A merchant-scoped audience counts only orders at its merchant. The report reads the run's members' orders
-directly (bounded by the run's size), not the daily rollups: a run's window is not whole Beijing days,
-and its people are not a rollup dimension.
+A merchant-scoped audience counts only orders at its merchant (its uptake too: packets spent there). The
+report reads the run's members' orders directly (bounded by the run's size), not the daily rollups: a run's
+window is not whole Beijing days, and its people are not a rollup dimension.
 """
 
 from __future__ import annotations
@@ -63,9 +63,10 @@ def run_lift(run: AudienceRun, now: datetime, window_days: int) -> dict:
     audience = db.session.get(Audience, run.audience_id)
     start = run.started_at
     end = min(now, start + timedelta(days=window_days))
-    in_window = [Order.user_id == AudienceMember.user_id, Order.paid_at >= start, Order.paid_at < end]
+    paid_in_window = [Order.paid_at >= start, Order.paid_at < end]
     if audience.merchant_id is not None:
-        in_window.append(Order.merchant_id == audience.merchant_id)
+        paid_in_window.append(Order.merchant_id == audience.merchant_id)
+    in_window = [Order.user_id == AudienceMember.user_id, *paid_in_window]
     counts = dict(
         db.session.execute(
             select(AudienceMember.holdout, func.count())
@@ -89,18 +90,19 @@ def run_lift(run: AudienceRun, now: datetime, window_days: int) -> dict:
             .group_by(AudienceMember.holdout)
         ).tuples()
     }
-    # used: spent on an order that was paid, even if a refund gave the packet back since (the reports' basis)
+    # used: spent on an order that was paid, even if a refund gave the packet back since (the reports' basis), and
+    # paid in the window (at the merchant of a scoped audience), as every other number here: a packet spent after
+    # the window is no uptake of it, and one spent at another shop is nothing for that merchant's staff to learn
     spent = (
         select(OrderPacket.packet_id)
         .join(Order, Order.id == OrderPacket.order_id)
-        .where(OrderPacket.packet_id == RedPacket.id, Order.paid_at.is_not(None))
+        .where(OrderPacket.packet_id == RedPacket.id, *paid_in_window)
         .exists()
     )
+    used_on = select(Order.id).where(Order.id == RedPacket.order_id, *paid_in_window).exists()
+    used = or_(and_(RedPacket.status == PacketStatus.USED, used_on), spent)
     issued, used = db.session.execute(
-        select(
-            func.count(RedPacket.id),
-            func.coalesce(func.sum(case((or_(RedPacket.status == PacketStatus.USED, spent), 1), else_=0)), 0),
-        )
+        select(func.count(RedPacket.id), func.coalesce(func.sum(case((used, 1), else_=0)), 0))
         .select_from(AudienceMember)
         .join(RedPacket, RedPacket.id == AudienceMember.packet_id)
         .where(AudienceMember.run_id == run.id, AudienceMember.holdout.is_(False))
