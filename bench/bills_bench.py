@@ -16,12 +16,19 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 
 from bench import harness
-from payouts.bill_lines import trade_line
+from money import format_yuan as yuan
+from payouts.bill_lines import TRADE_SUMMARY_COLUMNS, trade_line
 from payouts.reconcile import read_trade_lines
 from wechat.bills import split_data, split_header
-from wechat.sim.pay import TRADE_BILL_HEADER, TRADE_SUMMARY_HEADER, yuan
 
 LINES = harness.env_int("BENCH_BILL_LINES", 100_000)
+# WeChat's trade bill header (type ALL), as its bills and the simulator write it (the bench imports no simulator)
+TRADE_BILL_HEADER = (
+    "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,"
+    "货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,"
+    "商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注"
+)
+TRADE_SUMMARY_HEADER = ",".join(TRADE_SUMMARY_COLUMNS)
 
 
 def run() -> Iterator[str]:

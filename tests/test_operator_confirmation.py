@@ -142,7 +142,7 @@ def test_the_console_lists_the_waiting_accounts_and_a_second_admin_confirms_one(
     page = client.get("/console/operators").get_data(as_text=True)
     assert f'data-operator="{new_id}"' in page and 'id="waiting"' in page
     refused = post(client, f"/console/operators/{new_id}/confirm", {"reason": "my own colleague"}, csrf)
-    assert refused.status_code == 422 and "does not confirm it" in refused.get_data(as_text=True)
+    assert refused.status_code == 403 and "does not confirm it" in refused.get_data(as_text=True)
     client.post("/console/sign-out", data={"csrf_token": csrf})
     # a second admin confirms it from the page
     _, second_h = make_operator("admin")
