@@ -436,13 +436,18 @@ def _no_campaign_lines(order: Order, *, platform: bool = True) -> list[str]:
     return [f"No campaign evaluated this order{detail}, so it earned no rebate."]
 
 
+def _own_campaign(merchant_id: int):
+    """A campaign the merchant funds or issues (joined as ``Campaign``)."""
+    return or_(Campaign.funder_merchant_id == merchant_id, Campaign.issuer_merchant_id == merchant_id)
+
+
 def merchants_own(stmt, merchant_id: int | None):
     """``stmt`` (rebates of orders at ``merchant_id``) narrowed to what its staff may see: their own campaigns'
     rebates, and those of the packets spent on the order (masked by the caller), but never who invited whom (a
     referral reward, or an inviter's share of a packet's rebate, is the platform's referral graph)."""
     if merchant_id is None:
         return stmt
-    own = or_(Campaign.funder_merchant_id == merchant_id, Campaign.issuer_merchant_id == merchant_id)
+    own = _own_campaign(merchant_id)
     spent = and_(Rebate.packet_id.is_not(None), Rebate.role != "inviter")
     return stmt.join(Campaign, Campaign.id == Rebate.campaign_id).where(or_(own, spent))
 
@@ -580,8 +585,7 @@ def trace_packet(
     stmt = merchants_own(select(Rebate).where(Rebate.packet_id == packet.id), merchant_id)
     if merchant_id is not None:  # rebates of orders at their shop (or of their own campaigns), not another shop's
         at_theirs = Rebate.order_id.in_(select(Order.id).where(Order.merchant_id == merchant_id))
-        own = or_(Campaign.funder_merchant_id == merchant_id, Campaign.issuer_merchant_id == merchant_id)
-        stmt = stmt.where(or_(at_theirs, own))
+        stmt = stmt.where(or_(at_theirs, _own_campaign(merchant_id)))
     rebates = list(db.session.execute(stmt.order_by(Rebate.id.desc()).limit(MAX_ITEMS)).scalars())
     decisions = describe_rebates(rebates, words, risk_details=risk_details)
     history = packet_history(packet, order, now, merchant_id)
