@@ -210,7 +210,7 @@ def lift_ban(actor: Actor, ban_id: int, reason: str, now: datetime) -> Ban:
     A ban two operators made (``made_by_two``) is not lifted here: the lift is proposed (the ban comes back still in
     force, ``lift_proposed_by`` set) and another operator carries it out (``approve_lift``) or rejects it
     (``reject_lift``). While one waits, another proposal is 409 ``lift_pending``."""
-    reason = _reason(reason, "lifting a ban needs a reason")
+    reason = required_reason(reason, "lifting a ban needs a reason")
     ban = _get(ban_id)
     if ban.lifted_at is None and made_by_two([ban.id]):
         return _propose_lift(actor, ban.id, reason, now)
@@ -245,7 +245,7 @@ def approve_lift(actor: Actor, ban_id: int, reason: str, now: datetime) -> Ban:
     undone as ``lift_ban`` undoes them. Not its proposer (403 ``same_operator``), nor an account of the proposer's
     making (403 ``approver_not_independent``); nothing proposed is 409 ``no_lift_proposed``. A ban lifted already
     (by this approval before, or by its expiry) comes back as it is."""
-    reason = _reason(reason, "approving a lift needs a reason")
+    reason = required_reason(reason, "approving a lift needs a reason")
     ban, owner = _lock_for_lift(ban_id)
     if ban.lifted_at is not None:
         return ban
@@ -284,7 +284,7 @@ def reject_lift(actor: Actor, ban_id: int, reason: str, now: datetime) -> Ban:
     """Close the pending proposal to lift a ban with the ban left in force (its proposer may withdraw it); a new
     proposal may follow. Nothing waiting (never proposed, rejected already, or the ban lifted) is 409
     ``no_lift_proposed``."""
-    reason = _reason(reason, "rejecting a lift needs a reason")
+    reason = required_reason(reason, "rejecting a lift needs a reason")
     _get(ban_id)
     ban = _lock_ban(ban_id)
     if ban.lifted_at is not None or ban.lift_proposed_by is None:
@@ -298,7 +298,8 @@ def reject_lift(actor: Actor, ban_id: int, reason: str, now: datetime) -> Ban:
     return ban
 
 
-def _reason(reason: str | None, message: str) -> str:
+def required_reason(reason: str | None, message: str) -> str:
+    """The reason, stripped; ``Invalid`` (``reason_required``) with ``message`` when there is none."""
     if not reason or not reason.strip():
         raise Invalid(message, code="reason_required")
     return reason.strip()

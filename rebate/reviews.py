@@ -63,7 +63,7 @@ from models.orders import OPEN_REFUNDS
 from payouts import MoneySettings
 from rebate import budgets, tell
 from rebate.awards import cancel_held, pay_rebate
-from rebate.ban_ops import campaigns_to_pause, create_ban
+from rebate.ban_ops import campaigns_to_pause, create_ban, required_reason
 from rebate.clawbacks import take_back
 from rebate.deposits import lock_deposits
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
@@ -161,8 +161,7 @@ def reject_proposal(actor: Actor, case_id: int, reason: str, now: datetime) -> R
     """Close the proposal a case awaits (a second reviewer who disagrees, or its proposer withdrawing it): the case
     is open again, nothing moved, and the next decision is a new proposal. Nothing waiting (open, or decided) is 409
     ``no_proposal``."""
-    if not reason or not reason.strip():
-        raise Invalid("rejecting a proposal needs a reason", code="reason_required")
+    reason = required_reason(reason, "rejecting a proposal needs a reason")
     case = lock_case(case_id)
     if case is None:
         raise NotFound(f"review case {case_id} not found")
@@ -180,7 +179,7 @@ def reject_proposal(actor: Actor, case_id: int, reason: str, now: datetime) -> R
     case.status = CaseStatus.OPEN
     case.proposed_outcome = case.proposed_by = case.proposed_at = case.proposed_reason = None
     case.effects = {}
-    audit(actor, "review.proposal_reject", "review_case", case.id, reason.strip(), withdrawn=withdrawn, **proposal)
+    audit(actor, "review.proposal_reject", "review_case", case.id, reason, withdrawn=withdrawn, **proposal)
     db.session.flush()
     return case
 
