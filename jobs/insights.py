@@ -67,8 +67,9 @@ LATE_EVENTS = (("order:%:sale", Order, Order.paid_at), ("payout:%:paid", Payout,
 LATE_MARGIN = timedelta(minutes=10)  # an entry dated before the run but committed after its read
 
 
-def late_days(since: datetime) -> set[date]:
-    """The Beijing days of the payments and payouts recorded since ``since``, by WeChat's time of each."""
+def late_days(since: datetime, before: datetime) -> set[date]:
+    """The Beijing days of the payments and payouts recorded since ``since`` that WeChat dated before ``before``
+    (the end of the last final day: only those can be late; the rest are rebuilt anyway)."""
     days: set[date] = set()
     for pattern, model, when in LATE_EVENTS:
         keys = db.session.execute(
@@ -78,7 +79,7 @@ def late_days(since: datetime) -> set[date]:
         ).scalars()
         ids = sorted({int(k.split(":")[1]) for k in keys if k.split(":")[1].isdecimal()})
         for chunk in range(0, len(ids), 1000):
-            stmt = select(when).where(model.id.in_(ids[chunk : chunk + 1000]), when.is_not(None))
+            stmt = select(when).where(model.id.in_(ids[chunk : chunk + 1000]), when < before)
             days.update(beijing_day(at if at.tzinfo else at.replace(tzinfo=UTC)) for at in db.session.scalars(stmt))
     return days
 
@@ -92,7 +93,9 @@ def due_days(now: datetime) -> list[date]:
         db.session.execute(select(InsightsDay.day).where(InsightsDay.final, InsightsDay.day >= first)).scalars()
     )
     last_run = db.session.execute(select(InsightsDay.rolled_at).order_by(InsightsDay.day.desc()).limit(1)).scalar()
-    late = late_days(last_run - LATE_MARGIN) & final if last_run is not None else set()
+    late = set()
+    if last_run is not None and final:
+        late = late_days(last_run - LATE_MARGIN, day_bounds(max(final))[1]) & final
     db.session.rollback()  # end the read before the per-day transactions
     return sorted({d for d in days_between(first, today) if d not in final} | late)
 
