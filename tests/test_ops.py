@@ -21,6 +21,14 @@ def test_healthz_ok_when_migrated(client):
     assert response.json == {"status": "ok", "checks": {"database": "ok", "migrations": "ok"}}
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/metrics"])
+def test_health_and_metrics_are_never_cached_on_the_way(client, path):
+    """A proxy or load balancer keeping an answer would show an old health or old counters."""
+    response = client.get(path)
+    assert response.status_code in (200, 503)
+    assert response.headers["Cache-Control"] == "no-store"
+
+
 @pytest.fixture
 def alembic_revision(app):
     """Set the recorded revision for a test; put the real one back after (PostgreSQL keeps its schema)."""

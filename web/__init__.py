@@ -98,12 +98,15 @@ def register_blueprints(app: Flask) -> None:
 
 
 API_PREFIXES = ("/api/", "/admin/api/")
+# Answers that are the moment's state: a cache on the way would show a scraper old counters, a load balancer an old
+# health.
+UNCACHED_PATHS = frozenset({"/healthz", "/metrics"})
 
 
 def _api_headers(response: Response) -> Response:
     """The JSON and CSV APIs answer with money and personal data: never kept by a cache on the way (a shared proxy,
     the browser's back button), never sniffed as another type (a CSV cell read as HTML)."""
-    if request.path.startswith(API_PREFIXES):
+    if request.path.startswith(API_PREFIXES) or request.path in UNCACHED_PATHS:
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
