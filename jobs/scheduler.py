@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -158,10 +159,43 @@ def in_app(app: Flask, job: Callable) -> Callable[[], None]:
     return run
 
 
+SKIPPED_STILL_RUNNING = 'Execution of job "%s" skipped: maximum number of running instances reached (%d)'
+
+
+class SchedulerLog(logging.LoggerAdapter):
+    """APScheduler's own log, but a job's "skipped: still running" said once per long run, not on every tick.
+
+    A run that goes on for minutes (a reconciliation, a catch-up of rollups, WeChat slow during an outage) had
+    APScheduler warn at every interval it was still going: every 2 s for the dispatcher, thirty lines a minute
+    burying the ones that matter. The first skip of a run is said, with the job's name; the next is said again only
+    after that run has ended (``ended``, a listener of the job's executed and failed events)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("apscheduler.scheduler"), {})
+        self._skipping: set[str] = set()
+        self._lock = threading.Lock()
+
+    def warning(self, msg, *args, **kwargs) -> None:
+        if msg == SKIPPED_STILL_RUNNING and args:
+            job_id = getattr(args[0], "id", str(args[0]))
+            with self._lock:
+                if job_id in self._skipping:
+                    return
+                self._skipping.add(job_id)
+            msg = msg + "; said once until this run ends"
+        super().warning(msg, *args, **kwargs)
+
+    def ended(self, event: JobExecutionEvent) -> None:
+        with self._lock:
+            self._skipping.discard(event.job_id)
+
+
 def build_scheduler(app: Flask, blocking: bool = False):
     payout_rails(app)  # bad payout settings fail here, at start-up, not on every pass
     cls = BlockingScheduler if blocking else BackgroundScheduler
+    scheduler_log = SchedulerLog()
     scheduler = cls(
+        logger=scheduler_log,
         jobstores={"default": MemoryJobStore()},
         # a thread for every job (none runs twice at once): with APScheduler's 10, the jobs waiting on WeChat during
         # an outage (each call up to 13 s, fifty rows a run) took every thread, and the others (bans lifted, packets
@@ -170,6 +204,7 @@ def build_scheduler(app: Flask, blocking: bool = False):
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
         timezone=UTC,
     )
+    scheduler.add_listener(scheduler_log.ended, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
     for job, seconds in JOBS:
         seconds = interval_of(app, job, seconds)
         first = {"next_run_time": datetime.now(UTC)} if job in RUN_AT_START else {}
@@ -222,6 +257,10 @@ def run_command() -> None:
         click.echo(f"warning: {warning}", err=True)
     # the intervals this process will keep (a job's setting, not its default: INSIGHTS_ROLLUP_SECONDS=30 said 300s)
     click.echo("jobs: " + ", ".join(f"{job.__name__} every {interval_of(app, job, s)}s" for job, s in JOBS))
+    click.echo(
+        "daily (Beijing time): "
+        + ", ".join(f"{job.__name__} at {at['hour']:02d}:{at['minute']:02d}" for job, at in DAILY_JOBS)
+    )
     build_scheduler(app, blocking=True).start()
 
 

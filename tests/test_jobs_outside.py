@@ -480,3 +480,39 @@ def test_a_payout_cancelled_with_no_words_from_wechat_tells_the_person_why_in_wo
     db.session.expire_all()
     done = db.session.get(Payout, payout.id)
     assert (done.status, done.last_error) == ("cancelled", "CANCELLED: cancelled before it reached you")
+
+
+def test_a_long_run_is_said_skipped_once_until_it_ends(app, caplog):
+    # given: the dispatcher's run goes on for minutes (a WeChat outage), its interval 2 s: APScheduler says "skipped:
+    # maximum number of running instances reached" at every tick (thirty lines a minute burying the ones that matter)
+    import logging
+    from datetime import UTC, datetime
+
+    from apscheduler.events import EVENT_JOB_EXECUTED, JobExecutionEvent
+
+    from jobs.scheduler import SKIPPED_STILL_RUNNING, build_scheduler
+
+    scheduler = build_scheduler(app)
+    dispatcher, other = scheduler.get_job("dispatch_payouts"), scheduler.get_job("deliver_alerts")
+
+    def skipped() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="apscheduler.scheduler"):
+        # when: the scheduler skips it three times, and another job once
+        for _ in range(3):
+            scheduler._logger.warning(SKIPPED_STILL_RUNNING, dispatcher, 1)
+        scheduler._logger.warning(SKIPPED_STILL_RUNNING, other, 1)
+        # then: said once for each job, naming it
+        assert len(skipped()) == 2
+        assert "dispatch_payouts" in skipped()[0] and "said once until this run ends" in skipped()[0]
+        # when: the long run ends (the scheduler's own event) and the next run is long too
+        scheduler._dispatch_event(JobExecutionEvent(EVENT_JOB_EXECUTED, dispatcher.id, "default", datetime.now(UTC)))
+        scheduler._logger.warning(SKIPPED_STILL_RUNNING, dispatcher, 1)
+        scheduler._logger.warning(SKIPPED_STILL_RUNNING, other, 1)
+        # then: that run's first skip is said again; the other job's run still goes on, unsaid
+        assert len(skipped()) == 3
+        # and the scheduler's other warnings pass untouched
+        scheduler._logger.warning("Run time of job %s was missed", "x")
+        scheduler._logger.warning("Run time of job %s was missed", "x")
+        assert sum("was missed" in r.getMessage() for r in caplog.records) == 2
