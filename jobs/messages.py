@@ -14,6 +14,8 @@ Handlers, by (MsgType, Event):
 - official-account ``subscribe`` / ``unsubscribe`` → ``models.messages.record_follow`` (linked to the
   person by the unionid of ``/cgi-bin/user/info``);
 - ``subscribe_msg_popup_event`` / ``_change_event`` / ``_sent_event`` → ``notices.consents.apply_push_event``;
+- official-account ``TEMPLATESENDJOBFINISH`` → ``notices.dispatch.apply_template_finish`` (the template message's
+  delivery kept on its notice);
 - text → :data:`TEXT_HANDLERS` (the first that answers True took it; none: stored, ignored).
 """
 
@@ -47,7 +49,7 @@ from payouts.card_rail import CARD_EVENTS, CardEventOutcome, apply_card_event, c
 from payouts.record import DispatchSettings
 from wechat.errors import WeChatBusinessError
 from wechat.mp import fetch_oa_user_info
-from wechat.push import SUBSCRIBE_MSG_EVENTS
+from wechat.push import SUBSCRIBE_MSG_EVENTS, TEMPLATE_SENT_EVENT
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +212,20 @@ def _apply_subscribe_msg(message: Claimed, _: None, now: datetime) -> str:
     return MessageStatus.DONE
 
 
+def _apply_template_finish(message: Claimed, _: None, now: datetime) -> str:
+    from notices.dispatch import apply_template_finish
+
+    fields = message.payload["fields"]
+    user_id = db.session.execute(
+        select(UserIdentity.user_id).where(
+            UserIdentity.appid == current_app.config["WECHAT_OA_APPID"], UserIdentity.openid == message.openid
+        )
+    ).scalar_one_or_none()
+    msgid, status = str(fields.get("MsgID") or "").strip(), str(fields.get("Status") or "").strip()
+    taken = apply_template_finish(user_id, msgid, status, _created_at(message))
+    return MessageStatus.DONE if taken else MessageStatus.IGNORED
+
+
 def _apply_text(message: Claimed, _: None, now: datetime) -> str:
     for handler in TEXT_HANDLERS:
         if handler(message, now):
@@ -231,6 +247,8 @@ def handler_for(message: Claimed) -> Handler | None:
         return _fetch_unionid, _apply_follow
     if message.event in SUBSCRIBE_MSG_EVENTS:
         return _fetch_nothing, _apply_subscribe_msg
+    if message.event == TEMPLATE_SENT_EVENT and message.source == MessageSource.OA:
+        return _fetch_nothing, _apply_template_finish
     return None
 
 

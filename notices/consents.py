@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 
 from models import ConsentReport, ConsentSource, Notice, NoticeConsent, NoticeStatus, UserIdentity, db, utcnow
 from models.sql import insert_ignoring
@@ -145,12 +145,19 @@ def _record_delivery(user_id: int, template_id: str, item: Mapping[str, Any], at
         return
     code = str(item.get("ErrorCode", "0"))
     delivery = (str(item.get("ErrorStatus") or "") or ("success" if code == "0" else f"failed {code}"))[:64]
-    notice = db.session.execute(
-        select(Notice).where(Notice.wechat_msgid == msgid).with_for_update()
+    record_delivery(user_id, msgid, delivery, at, Notice.template_id == template_id)
+
+
+def record_delivery(user_id: int, msgid: str, delivery: str, at: datetime, same_kind: ColumnElement[bool]) -> bool:
+    """WeChat's word on one message it sent (``delivery``: success or why not) on the notice it names by ``msgid``;
+    ``same_kind`` says which of the person's notices it can be when our record of the msgid is missing (a subscribe
+    message's template; a template message's channel). Whether a notice took it (flushes only)."""
+    notice = db.session.execute(  # msgids of subscribe and template messages are counted apart by WeChat
+        select(Notice).where(Notice.wechat_msgid == msgid, Notice.user_id == user_id, same_kind).with_for_update()
     ).scalar_one_or_none()
     if notice is None:
         # Our record of the answer may be missing (a crash between WeChat's ok and the record): the one notice of
-        # this person and template still sending without a msgid is the one WeChat sent. Of two or more, WeChat's
+        # this person and kind still sending without a msgid is the one WeChat sent. Of two or more, WeChat's
         # event cannot tell which: none is marked (each ends "outcome unknown" in the inbox, never sent again).
         # A notice whose answer was lost may already be in the inbox ("outcome unknown": the push worker runs after
         # the dispatcher recorded the lost answer, or after another pass found its lease lapsed): one called about
@@ -166,7 +173,7 @@ def _record_delivery(user_id: int, template_id: str, item: Mapping[str, Any], at
                 select(Notice)
                 .where(
                     Notice.user_id == user_id,
-                    Notice.template_id == template_id,
+                    same_kind,
                     or_(Notice.status == NoticeStatus.SENDING, unknown),
                     Notice.wechat_msgid.is_(None),
                 )
@@ -178,11 +185,12 @@ def _record_delivery(user_id: int, template_id: str, item: Mapping[str, Any], at
             .all()
         )
         if len(candidates) != 1:
-            return
+            return False
         notice = candidates[0]
         notice.wechat_msgid, notice.status, notice.sent_at, notice.lease_until = msgid, NoticeStatus.SENT, at, None
-    notice.delivery = delivery
+    notice.delivery = delivery[:64]
     db.session.flush()
+    return True
 
 
 def take_consent(user_id: int, template_id: str) -> bool:

@@ -39,7 +39,7 @@ from models import (
 )
 from models.base import BEIJING, beijing
 from models.messages import following_openid, record_follow
-from notices.consents import OUTCOME_UNKNOWN, drop_consents, give_back_consent, take_consent
+from notices.consents import OUTCOME_UNKNOWN, drop_consents, give_back_consent, record_delivery, take_consent
 from notices.events import NoticeEvent
 from notices.templates import TemplateError, Templates, render_data
 
@@ -354,3 +354,15 @@ def release(job: Claimed) -> None:
         notice.status, notice.lease_until = S.PENDING, None
         notice.attempts -= 1
     db.session.flush()
+
+
+def apply_template_finish(user_id: int | None, msgid: str, status: str, at: datetime) -> bool:
+    """The official account's ``TEMPLATESENDJOBFINISH``: whether WeChat delivered a template message we sent
+    (``success``, ``failed:user block``: the person blocks the account's messages, ``failed: system failed``), kept
+    on its notice as ``delivery`` like a subscribe message's sent event. A msgid of no notice of ours (a message
+    sent by another system on the same account, or a person unknown here) changes nothing. Whether a notice took it
+    (called by the message-push worker in its transaction; flushes only)."""
+    if user_id is None or not msgid:
+        return False
+    delivery = " ".join(status.split()) or "unknown"
+    return record_delivery(user_id, msgid[:64], delivery, at, Notice.channel == ChannelName.OA_TEMPLATE)

@@ -547,3 +547,102 @@ def test_two_dispatchers_at_once_keep_one_persons_daily_cap(app, person):
     assert sorted(together(2, claim_one, app)) == [0, 1]
     statuses = sorted(n.status for n in db.session.execute(select(Notice)).scalars())
     assert statuses == ["inbox", "sending"]
+
+
+# -- the official account's TEMPLATESENDJOBFINISH: whether a template message reached the person ------------------
+
+
+def _template_finished(app, client, user, msgid: str, status: str, create_time: int | None = None):
+    """WeChat pushes the official account's TEMPLATESENDJOBFINISH (signed as it does) and the push worker runs."""
+    import time
+
+    from jobs.messages import apply_messages
+    from web.push import push_settings
+    from wechat.push import build_push
+
+    fields = {
+        "ToUserName": "gh_oa",
+        "FromUserName": f"sim-oa-openid-{user.id}",
+        "CreateTime": create_time or int(time.time()),
+        "MsgType": "event",
+        "Event": "TEMPLATESENDJOBFINISH",
+        "MsgID": msgid,
+        "Status": status,
+    }
+    built = build_push(push_settings("oa"), fields)
+    answer = client.post("/wechat/oa/push", query_string=built.args, data=built.body)
+    assert (answer.status_code, answer.text) == (200, "success")
+    return apply_messages()
+
+
+@pytest.mark.parametrize("status", ["success", "failed:user block", "failed: system failed"])
+def test_the_template_sent_event_records_its_delivery_on_the_notice(app, client, person, status):
+    # given: a notice sent as the official account's template message (no consent left: the OA's turn)
+    user = person(follows=True)
+    notify(user)
+    run(app)
+    notice = the()
+    assert (notice.status, notice.channel, notice.delivery) == ("sent", "oa_template", None)
+    # when: WeChat says what became of it
+    assert _template_finished(app, client, user, notice.wechat_msgid, status) == {"done": 1}
+    # then: kept on the notice, as a subscribe message's sent event is (it had been ignored: an operator saw "sent"
+    # for a message the person had blocked)
+    assert (the().status, the().delivery) == ("sent", status)
+
+
+def test_a_template_sent_event_settles_a_notice_whose_answer_was_lost(app, client, person):
+    # given: the OA's template message went out, and the process died before our record of WeChat's answer
+    user = person(follows=True)
+    notify(user)
+
+    class Crash(BaseException):
+        pass
+
+    def lost(job):
+        raise Crash
+
+    with pytest.raises(Crash):
+        run(app, send=lost)
+    assert the().status == "sending"
+    # when: WeChat's TEMPLATESENDJOBFINISH names its msgid
+    assert _template_finished(app, client, user, "556677", "success") == {"done": 1}
+    # then: that notice was the one sent; the next pass never sends it again
+    notice = the()
+    assert (notice.status, notice.wechat_msgid, notice.delivery) == ("sent", "556677", "success")
+    assert run(app, clock=lambda: utcnow() + timedelta(minutes=5))["rows"] == 0
+    assert messages(app) == []  # the test's send died before the simulator: nothing sent again either
+
+
+def test_a_template_sent_event_of_no_notice_of_ours_changes_nothing(app, client, person):
+    # given: a subscribe message sent to the same person under the same number (WeChat counts the two apart)
+    user = person(follows=True)
+    consent(app, user)
+    notify(user)
+    run(app)
+    notice = the()
+    assert notice.channel == "subscribe"
+    # when: the OA reports a template message of that number (sent by another system on the same account), and one
+    # for a person unknown here; and WeChat retries the first push
+    assert _template_finished(app, client, user, notice.wechat_msgid, "failed:user block") == {"ignored": 1}
+    stranger = type("Stranger", (), {"id": 999_999})()
+    assert _template_finished(app, client, stranger, "1", "success") == {"ignored": 1}
+    # then: the subscribe message's notice is untouched
+    assert (the().status, the().delivery) == ("sent", None)
+
+
+def test_a_template_sent_event_retried_by_wechat_is_applied_once(app, client, person):
+    from models import InboundMessage
+
+    user = person(follows=True)
+    notify(user, key="n1")
+    notify(user, key="n2")
+    run(app)
+    first, second = the("n1").wechat_msgid, the("n2").wechat_msgid
+    # two reports in the same second (two messages), then WeChat's retry of the first
+    assert _template_finished(app, client, user, first, "success", create_time=1_900_000_000) == {"done": 1}
+    assert _template_finished(app, client, user, second, "failed:user block", create_time=1_900_000_000) == {
+        "done": 1
+    }
+    assert _template_finished(app, client, user, first, "success", create_time=1_900_000_000) == {}
+    assert db.session.query(InboundMessage).count() == 2
+    assert (the("n1").delivery, the("n2").delivery) == ("success", "failed:user block")

@@ -48,6 +48,7 @@ AES_KEY_CHARS = 43
 MAX_NESTING = 16  # WeChat's pushes nest three levels (a subscribe event's List items); more is not WeChat
 MAX_DEDUPE_KEY = 200  # inbound_messages.dedupe_key is VARCHAR(200)
 LATEST_CREATE_TIME = 4_102_444_800  # 2100-01-01 UTC, in seconds: later ones overflow where they are turned into times
+TEMPLATE_SENT_EVENT = "templatesendjobfinish"  # the official account's word on a template message it sent
 SUBSCRIBE_MSG_EVENTS = {
     "subscribe_msg_popup_event": "SubscribeMsgPopupEvent",
     "subscribe_msg_change_event": "SubscribeMsgChangeEvent",
@@ -143,6 +144,8 @@ class PushMessage:
             # reports (WeChat's retry of one names the same)
             ids = sorted(str(item.get("MsgID", "")) for item in subscribe_items(self))
             return f"{key}:{hashlib.sha256('|'.join(ids).encode()).hexdigest()[:16]}"
+        if self.event == TEMPLATE_SENT_EVENT:  # as above: each names the template message it reports
+            return f"{key}:{_text(self.fields.get('MsgID'))[:64]}"
         return key
 
 
@@ -296,13 +299,15 @@ def _normalized(raw: dict[str, Any]) -> PushMessage:
         raise PushRejected("MALFORMED", f"CreateTime {create_time} is not a time WeChat sends")
     event = (_text(raw.get("Event")).lower() or None) if msg_type == "event" else None
     msg_id = _text(raw.get("MsgId") or raw.get("MsgID")) or None
-    if event == "subscribe_msg_sent_event":
+    if event in ("subscribe_msg_sent_event", TEMPLATE_SENT_EVENT):
         msg_id = None  # the MsgID inside names the message we sent, not this push
     if len(from_user) > 64 or len(to_user) > 64 or (msg_id and len(msg_id) > 64) or len(msg_type) > 32:
         raise PushRejected("MALFORMED", "a field is longer than WeChat ever sends")
     if event and len(event) > 64:
         raise PushRejected("MALFORMED", "Event is longer than WeChat ever sends")
     message = PushMessage(msg_type, event, from_user, to_user, create_time, msg_id, raw)
+    if event == TEMPLATE_SENT_EVENT and (len(_text(raw.get("MsgID"))) > 64 or len(_text(raw.get("Status"))) > 64):
+        raise PushRejected("MALFORMED", "MsgID or Status is longer than WeChat ever sends")
     if event in SUBSCRIBE_MSG_EVENTS:
         subscribe_items(message)  # its List is read by the job later: a shape it cannot read is refused now
     return message
