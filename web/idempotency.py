@@ -35,12 +35,22 @@ STALE_AFTER = timedelta(seconds=60)
 NOT_STORED = {403, 409, 429}
 
 
+FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
 def request_fingerprint() -> str:
-    raw = request.get_data(cache=True)
-    try:
-        canonical = json.dumps(loads_json(raw), sort_keys=True, separators=(",", ":")).encode()
-    except ValueError:
-        canonical = raw
+    """The request as a key stands for it: method, path and query, and the body (JSON canonically). A form (the
+    console's) is read field by field: once parsed, its body is gone from ``get_data`` (Werkzeug keeps none), and
+    every form would fingerprint alike: the same key with other values replayed the first answer as theirs."""
+    if request.mimetype in FORMS:
+        fields = sorted((k, v) for k, v in request.form.items(multi=True) if k != "csrf_token")
+        canonical = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+    else:
+        raw = request.get_data(cache=True)
+        try:
+            canonical = json.dumps(loads_json(raw), sort_keys=True, separators=(",", ":")).encode()
+        except ValueError:
+            canonical = raw
     return hashlib.sha256(request.method.encode() + b" " + request.full_path.encode() + b"\n" + canonical).hexdigest()
 
 
