@@ -8,7 +8,7 @@ rebate of the same kind. The budget gets back only what was recovered. Each step
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 
 from ledger import Leg, account, balance, post_entry
 from models import (
@@ -172,19 +172,30 @@ def _cancel_unconfirmed(rebate: Rebate, what: str) -> None:
     """The balance could not cover the clawback: a transfer of the rebate still waiting for the person's
     confirmation has not left, so it is cancelled at WeChat by the dispatcher's next pass (as an operator's
     cancel is); its money, back in the balance, settles what is owed (``settle_covered_debts``). A bill the person
-    confirms first has left: what is owed stays owed."""
-    waiting = db.session.execute(
+    confirms first has left: what is owed stays owed. A payout of the rebate still with WeChat (being sent, its
+    answer unknown, or tried and due again) is marked the same way: if WeChat fails it, its money stays in the
+    balance and settles what is owed, never sent again under a new number (``payouts.record``: a failed payout
+    whose cancel was asked); found waiting for the person's confirmation, it is cancelled too."""
+    waiting = and_(Payout.rail == Rail.WECHAT_CHANGE, Payout.status == PayoutStatus.WAITING_USER_CONFIRM)
+    in_flight = or_(
+        Payout.status.in_([PayoutStatus.SENDING, PayoutStatus.UNKNOWN]),
+        and_(Payout.status == PayoutStatus.PENDING, Payout.request.is_not(None)),
+    )
+    payouts = db.session.execute(
         select(Payout)
         .where(
             Payout.rebate_id == rebate.id,
-            Payout.rail == Rail.WECHAT_CHANGE,
-            Payout.status == PayoutStatus.WAITING_USER_CONFIRM,
+            or_(waiting, in_flight),
+            Payout.rail != Rail.PROFIT_SHARING,
             Payout.cancel_requested.is_(False),
         )
+        .order_by(Payout.id)
         .with_for_update()
     ).scalars()
-    for payout in waiting:
-        payout.cancel_requested, payout.next_attempt_at = True, utcnow()
+    for payout in payouts:
+        payout.cancel_requested = True
+        if payout.status == PayoutStatus.WAITING_USER_CONFIRM:
+            payout.next_attempt_at = utcnow()
         payout.last_error = f"cancellation requested: {what} took the rebate back"[:2000]
 
 

@@ -467,11 +467,14 @@ def _release_held(rebate: Rebate, campaign: Campaign, amount: int, refund: Refun
     """Money still waiting, for its condition or for a risk review, simply stops waiting: nothing was paid, and
     its budget goes back. A rebate held for review that the refund takes whole ends ``clawed_back`` (reduced to
     zero by a refund, as a held one does; the review case is left to the reviewer, with nothing to release);
-    taken in part, it stays in review holding the rest."""
+    taken in part, it stays in review holding the rest. A conditional one whose held part is cancelled to the last
+    fen keeps what its milestones released: ``awarded``, as the release of its last part leaves it."""
     waiting = "held for review" if rebate.status == RebateStatus.REVIEW else "still held"
     rebate.held_fen -= amount
     if rebate.held_fen == 0 and rebate.amount_fen == 0:
         rebate.status = RebateStatus.CLAWED_BACK
+    elif rebate.held_fen == 0 and rebate.status == RebateStatus.HELD:
+        rebate.status = RebateStatus.AWARDED
     cancel_held(rebate, amount, f"refund {refund.out_refund_no}: the part {waiting} is cancelled", refund_id=refund.id)
     db.session.flush()
 

@@ -1,0 +1,117 @@
+"""Round 18 probes of refunds, clawbacks and milestone rebates: payouts in flight when a refund lands, refunds told
+out of order or begun elsewhere, service-provider orders. Amounts in comments are yuan; asserted: fen."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from ledger import account, balance, check_ledger
+from models import AccountKind, Payout, Receivable, db, utcnow
+from rebate import apply_refund, begin_refund, create_order, issue_packet
+from rebate.covered_debts import settle_covered
+from rebate.orders import LineRequest
+from tests.money_helpers import app_money
+
+K = AccountKind
+
+
+def bal(kind, owner_type=None, owner_id=None) -> int:
+    return balance(account(kind, owner_type, owner_id))
+
+
+def ledger_ok() -> None:
+    report = check_ledger(app_money().point_value_fen)
+    assert report.ok, report.violations
+
+
+def owed(user) -> int:
+    return int(
+        db.session.execute(
+            select(func.coalesce(func.sum(Receivable.outstanding_fen), 0)).where(
+                Receivable.beneficiary_type == "user",
+                Receivable.beneficiary_id == user.id,
+                Receivable.outstanding_fen > 0,
+            )
+        ).scalar_one()
+    )
+
+
+def change_order(make_user, make_product, make_campaign, pay):
+    """5 yuan of change on a 100.01-yuan order (a 1-fen packet on it), its transfer queued."""
+    campaign = make_campaign(
+        {"roles": [{"role": "consumer", "rate_bps": 500, "form": "wechat_change", "cap_fen": 20_00}]},
+        budget_limit_fen=100_00,
+        packet_amount_fen=1,
+    )
+    user = make_user()
+    packet = issue_packet(campaign, user, source="test", source_ref="c", now=utcnow())
+    db.session.commit()
+    order = create_order(user, [LineRequest(make_product(price_fen=100_01).id, 1)], packet.id, utcnow())
+    db.session.commit()
+    assert pay(order) == "applied"
+    db.session.refresh(order)
+    [payout] = db.session.execute(select(Payout).filter_by(order_id=order.id)).scalars()
+    assert (payout.amount_fen, payout.status) == (5_00, "pending")
+    return campaign, user, order, payout
+
+
+def test_a_transfer_that_fails_after_a_refund_took_its_rebate_back_is_not_sent_again(
+    app, make_user, make_product, make_campaign, pay
+):
+    from payouts.rails import Outcome, RailResult
+    from payouts.record import DispatchSettings, apply_result
+    from payouts.transitions import mark_sent, move
+
+    # given: the 5-yuan transfer is at WeChat (its answer unknown) when the whole order is refunded: the clawback
+    # finds nothing to take back, so the person owes 5 yuan
+    campaign, user, order, payout = change_order(make_user, make_product, make_campaign, pay)
+    move(payout, "sending")
+    mark_sent(payout, utcnow())
+    move(payout, "unknown")
+    db.session.commit()
+    begin_refund(order, "F1", order.payable_fen)
+    apply_refund(order.out_trade_no, "F1", order.payable_fen, utcnow(), refund_id="wx-F1", money=app_money())
+    db.session.commit()
+    assert owed(user) == 5_00
+
+    # when: WeChat then says the transfer failed for good
+    apply_result(
+        payout, RailResult(Outcome.FAILED, "FAIL", "bank refused"), utcnow(), DispatchSettings(money=app_money())
+    )
+    db.session.commit()
+
+    # then: the 5 yuan came back and pay what the person owes; no new transfer sends them the rebate again
+    retries = db.session.execute(select(Payout).filter_by(retry_of_id=payout.id)).scalars().all()
+    assert [(r.amount_fen, r.status) for r in retries if r.status != "cancelled"] == []
+    assert bal(K.USER_CASH, "user", user.id) == 0
+    settle_covered(user.id, app_money().point_value_fen)  # (the sweep job's step)
+    db.session.commit()
+    assert owed(user) == 0
+    ledger_ok()
+
+
+def test_a_refund_that_cancels_the_last_held_part_of_a_milestone_rebate_leaves_it_awarded_not_held(education, pay):
+    from models import Rebate
+    from rebate.milestones import report_milestone
+
+    # given: the teacher's 195-yuan share of a 1950-yuan tuition, released in two parts; the lessons are done
+    school, course, teacher, campaign, student, packet = education
+    order = create_order(student, [LineRequest(course.id, 1)], packet.id, utcnow())
+    db.session.commit()
+    assert pay(order) == "applied"
+    report_milestone(order, "lessons_10", None, utcnow(), money=app_money())
+    db.session.commit()
+    share = db.session.execute(select(Rebate).filter_by(order_id=order.id)).scalar_one()
+    assert (share.status, share.amount_fen, share.held_fen) == ("held", 97_50, 97_50)
+
+    # when: half the tuition is refunded: the part still held (the test's) is cancelled
+    begin_refund(order, "EDU-HALF", order.payable_fen // 2)
+    apply_refund(order.out_trade_no, "EDU-HALF", order.payable_fen // 2, utcnow(), money=app_money())
+    db.session.commit()
+
+    # then: nothing waits for a milestone any more: the share is awarded, not "held until its condition is met"
+    db.session.refresh(share)
+    assert (share.amount_fen, share.held_fen) == (97_50, 0)
+    assert share.status == "awarded"
+    assert bal(K.USER_CASH, "user", teacher.id) == 97_50
+    ledger_ok()
