@@ -19,8 +19,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cache
 
-from sqlalchemy import and_, bindparam, or_, select, true, union
+from sqlalchemy import and_, bindparam, or_, select, true, union, update
 from sqlalchemy.orm import aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ledger import AccountRef, Leg, ref
 from models import (
@@ -423,13 +424,29 @@ def _lock_deposit_funded(campaigns: dict[int, Campaign], written: list[int]) -> 
 def _note_attribution(
     buyer: User, spent: list[tuple[RedPacket, int]], campaigns: dict[int, Campaign], now: datetime
 ) -> None:
-    """A merchant's packet whose rules attribute later orders: the buyer's hint moves to its end."""
-    for packet, _ in spent:
-        days = rules_of(campaigns[packet.campaign_id], packet.rules_version).attribution_days
-        if days and packet.issuer_type == "merchant":
-            ends = now + timedelta(days=days)
-            if buyer.attribution_until is None or buyer.attribution_until < ends:
-                buyer.attribution_until = ends
+    """A merchant's packet whose rules attribute later orders: the buyer's hint moves to its end, never back.
+
+    One conditional UPDATE: the buyer's row is read unlocked with the order, and a payment of another order of
+    theirs at once (another shop's trial packet) may have moved the hint meanwhile; written from what was read,
+    a shorter end had overwritten a longer one, and the later orders it attributes earned nothing."""
+    ends = [
+        now + timedelta(days=days)
+        for packet, _ in spent
+        if packet.issuer_type == "merchant"
+        and (days := rules_of(campaigns[packet.campaign_id], packet.rules_version).attribution_days)
+    ]
+    if not ends:
+        return
+    until = max(ends)
+    later = or_(User.attribution_until.is_(None), User.attribution_until < until)
+    db.session.execute(
+        update(User)
+        .where(User.id == buyer.id, later)
+        .values(attribution_until=until)
+        .execution_options(synchronize_session=False)
+    )
+    if buyer.attribution_until is None or buyer.attribution_until < until:
+        set_committed_value(buyer, "attribution_until", until)
 
 
 def _post_sale(

@@ -20,7 +20,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
-from models import Campaign, CampaignStatus, Order, RedPacket, ShareLink, SignIn, User, alert_once, db
+from models import Campaign, CampaignStatus, Order, OrderStatus, RedPacket, ShareLink, SignIn, User, alert_once, db
 from models.base import beijing
 from models.risk import RiskIdentifier
 from models.sql import insert_ignoring, one_at_a_time
@@ -352,6 +352,11 @@ def bind_inviter(
         raise StateConflict("this invite code can no longer be used", code="invite_code_inactive")
     if inviter.id == user.id or _on_one_phone(user, inviter.id, claimant.device if claimant else None):
         raise Invalid("you cannot invite yourself", code="self_referral")
+    # The person's unpaid orders first (as a payment takes an order, then its buyer): a payment being applied holds
+    # its order's row, so the bind waits for it and then sees the order paid below (read past it, the code had
+    # bound after the first purchase).
+    open_orders = select(Order.id).where(Order.user_id == user.id, Order.status == OrderStatus.CREATED)
+    db.session.execute(open_orders.with_for_update(key_share=True)).all()
     # Both rows locked in id order: A binding to B while B binds to A serialise, and the later sees the cycle.
     first, second = sorted((user.id, inviter.id))
     _locked_user(first), _locked_user(second)
