@@ -147,8 +147,21 @@ def get_order(order_id: int):
     order = own_order(order_id)
     viewer = current_user().id
     mine = (Rebate.role == "consumer") | ((Rebate.beneficiary_type == "user") & (Rebate.beneficiary_id == viewer))
-    rebates = db.session.execute(select(Rebate).where(Rebate.order_id == order.id, mine).order_by(Rebate.id)).scalars()
-    return {**order_json(order), "rebates": [rebate_json(r) for r in rebates]}
+    stmt = select(Rebate).where(Rebate.order_id == order.id, mine).order_by(Rebate.id)
+    rebates = db.session.execute(stmt).scalars().all()
+    told = adjustments_of([r.id for r in rebates])
+    return {**order_json(order), "rebates": [rebate_json(r, adjustments=told.get(r.id, [])) for r in rebates]}
+
+
+def adjustments_of(rebate_ids: list[int]) -> dict[int, list[RebateAdjustment]]:
+    """What was clawed back or cancelled of each rebate, in order (its explanation says so), in one statement."""
+    rows = db.session.execute(
+        select(RebateAdjustment).where(RebateAdjustment.rebate_id.in_(rebate_ids)).order_by(RebateAdjustment.id)
+    ).scalars()
+    by_rebate: dict[int, list[RebateAdjustment]] = {}
+    for adj in rows:
+        by_rebate.setdefault(adj.rebate_id, []).append(adj)
+    return by_rebate
 
 
 WALLET_ACCOUNTS = (
@@ -237,11 +250,7 @@ def my_rebates(query: Page):
         .limit(query.limit)
         .offset(query.offset)
     ).all()
-    ids = [r.id for r, _ in rows]
-    adjustments = db.session.execute(select(RebateAdjustment).where(RebateAdjustment.rebate_id.in_(ids))).scalars()
-    by_rebate: dict[int, list] = {}
-    for adj in adjustments:
-        by_rebate.setdefault(adj.rebate_id, []).append(adj)
+    by_rebate = adjustments_of([r.id for r, _ in rows])
     return {"items": [rebate_json(r, order, by_rebate.get(r.id, []), viewer_id=user.id) for r, order in rows]}
 
 
