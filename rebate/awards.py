@@ -290,8 +290,6 @@ def pay_rebate(
             effects.batch.add(
                 key, memo, [Leg(ref(AccountKind.POINTS_ISSUANCE), -points), Leg(beneficiary_ref(rebate), points)]
             )
-            worth = points * money.point_value_fen  # told as what the points credited are worth, not the fen award
-            _landed(effects, tell.landed_in_app(rebate, worth, key, Form.POINTS, points))
     elif kind == "coupon":
         effects.payouts.append(
             PayoutRequest(
@@ -325,6 +323,10 @@ def pay_rebate(
             _queue_cash_payout(rebate, order, amount_fen - settled, key, memo, money, effects, clean, shared=shared)
         elif rebate.form == Form.BALANCE:  # in the balance now: what did not go to a debt landed
             _landed(effects, tell.landed_in_app(rebate, amount_fen - recovered, key, Form.BALANCE))
+        elif kind == "points":  # told as what the points left after a debt are worth, not the fen award (a person
+            # owing 500 points, paid 500, had been told 500 had arrived with 0 in the wallet)
+            left = (amount_fen // money.point_value_fen) * money.point_value_fen - recovered
+            _landed(effects, tell.landed_in_app(rebate, left, key, Form.POINTS, left // money.point_value_fen))
     if own:
         effects.write()
         effects.tell()

@@ -95,3 +95,45 @@ def test_a_refund_wechat_refused_is_not_sent_again_when_its_key_is_retried_after
     db.session.rollback()
     order = db.session.get(Order, paid_order.id)
     assert (order.refunded_fen, order.review_reason) == (4_000, None)
+
+
+def test_a_points_rebate_that_pays_a_points_debt_tells_only_the_points_left(
+    app, make_user, make_product, make_campaign, pay
+):
+    from models import Notice
+    from notices import NoticeEvent
+
+    # given: a point is worth 1 yuan; the person spent the 5 points a rebate gave, then its order was refunded
+    # whole: they owe 5 points' worth
+    app.config["POINT_VALUE_FEN"] = 1_00
+    campaign, user, order, _ = points_order(make_user, make_product, make_campaign, pay)
+    post_entry(
+        "spent", "points spent", [Leg(account(K.USER_POINTS, "user", user.id), -5), Leg(account(K.POINTS_ISSUANCE), 5)]
+    )
+    db.session.commit()
+    refund(order, "P1", order.payable_fen)
+
+    def landed(order) -> list[dict]:
+        rebate = db.session.execute(select(Rebate).filter_by(order_id=order.id)).scalar_one()
+        notices = db.session.execute(select(Notice).where(Notice.event == NoticeEvent.REBATE_LANDED)).scalars()
+        return [n.facts for n in notices if n.facts.get("rebate_id") == rebate.id]
+
+    def next_order(ref: str, price_fen: int):
+        packet = issue_packet(campaign, user, source="test", source_ref=ref, now=utcnow())
+        db.session.commit()
+        later = create_order(user, [LineRequest(make_product(price_fen=price_fen).id, 1)], packet.id, utcnow())
+        db.session.commit()
+        assert pay(later) == "applied"
+        return later
+
+    # when: the next order earns 4 points (4 yuan), all of them going to the debt
+    second = next_order("p2", 80_01)
+    # then: nothing is told as arrived (it had said "4 points arrived" with the wallet still below zero)
+    assert (balance(account(K.USER_POINTS, "user", user.id)), owed(user)) == (-1, 1_00)
+    assert landed(second) == []
+    # when: the one after earns 6 points, one of them going to the rest of the debt
+    third = next_order("p3", 120_01)
+    # then: the 5 points left are told, worth 5 yuan
+    assert (balance(account(K.USER_POINTS, "user", user.id)), owed(user)) == (5, 0)
+    [told] = landed(third)
+    assert (told["points"], told["amount_fen"], told["form"]) == (5, 5_00, "points")
