@@ -118,13 +118,17 @@ MENTION = re.compile(r"^\s*@\S*\s*|\s+@\S*\s*$")
 PUNCTUATION = re.compile(r"\.(?!\d)|(?<!\d)[,、]|[,、](?!\d)" r"|[;:!~，。；：！…“”\"'「」『』()（）\[\]【】<>《》]+")
 BETWEEN_DIGITS = re.compile(r"(?<=\d)\s*[。｡·‧∙٫⁄・]\s*(?=\d)")  # (not a colon: 8:00 is a time)
 ODD_DIGIT = "¿"  # a superscript, circled or fraction digit: NFKC would make 5² read 52
+# (and a digit of another script, which NFKC leaves as it is: ۰ and ٠ are zeros drawn as a point, 1۰5 was read 105)
 SPACES = re.compile(r"\s+")
 
 
 def normalized(text: str) -> str:
-    """NFKC, lower case, @-mentions at the start dropped, punctuation as spaces, one space between words."""
+    """NFKC, lower case, @-mentions at the start dropped, punctuation as spaces, one space between words; a digit
+    that is neither ASCII nor made ASCII by NFKC (full-width) is ``ODD_DIGIT``: a number holding it is refused."""
     text = "".join(f" {ODD_DIGIT} " if unicodedata.category(c) == "No" else c for c in text[: MAX_TEXT_CHARS * 2])
-    text = BETWEEN_DIGITS.sub("、", unicodedata.normalize("NFKC", text).lower())
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(f" {ODD_DIGIT} " if c.isdecimal() and not c.isascii() else c for c in text)
+    text = BETWEEN_DIGITS.sub("、", text.lower())
     text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zs", "Zl", "Zp") else c for c in text)
     while True:
         stripped = MENTION.sub("", text, count=1)
@@ -318,6 +322,25 @@ def parse(text: object) -> Command | Mistake:
     if _rest(line, START_WORDS) is not None or "挑战" in line:
         return Mistake("missing_kind", "要说是哪种挑战：步数、阅读还是答题。")
     return Mistake("unknown_command", f"没看懂「{line[:20]}」。")
+
+
+def meant_as_command(text: str, found: Command | Mistake) -> bool:
+    """Whether ``text`` (read as ``found``), said where people write for other reasons too (the official account,
+    one to one, no robot @-mentioned), is meant for the bot: a command read whole, or a mistaken one that speaks of a
+    challenge or gives a number (``发起挑战``, ``加入 12号吧``, ``发起步数 3天``). A letter that only begins like
+    one (``开发票怎么开``, ``加入会员有什么好处``, ``报名截止了吗``, ``绑定手机号怎么操作``) is not: it is left to
+    people."""
+    line = normalized(text)
+    if isinstance(found, RequestBinding):
+        return _rest(line, BIND_WORDS) == ""
+    if not isinstance(found, Mistake):
+        return True
+    if found.code in ("unknown_command", "too_long", "not_text"):
+        return False
+    about_a_challenge = "挑战" in line or "challenge" in line
+    if found.code == "missing_kind":  # a start word alone (开, 新建, 来个…) begins many a sentence
+        return about_a_challenge
+    return about_a_challenge or any(c.isdigit() for c in line)
 
 
 def webhook_key(text: str) -> SetWebhook | Mistake:

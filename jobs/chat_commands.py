@@ -28,7 +28,7 @@ from flask import current_app
 from sqlalchemy import case, select, update
 
 from challenges import bindings, bot
-from challenges.commands import Mistake, parse
+from challenges.commands import meant_as_command, parse
 from jobs.messages import TEXT_HANDLERS, Claimed
 from jobs.payouts import MovingWindow, job_context
 from models import ChatReply, MessageSource, Transport, db, unit_of_work, utcnow
@@ -66,14 +66,9 @@ def binding_settings(cfg) -> bindings.BindingSettings:
     )
 
 
-# Mistakes that say nothing of a command: a text that reads as none, or a long one (a letter to the official account,
-# not a command; a group's robot answers it, as it was @-mentioned, but the official account leaves it to people).
-NOT_OURS = frozenset({"unknown_command", "too_long"})
-
-
 def handle_oa_text(message: Claimed, now: datetime) -> bool:
     """An official-account text: run it as a challenge command and queue the answer (True: taken; text that is
-    no command at all is left to the next handler, or ignored)."""
+    not meant as a command — ``commands.meant_as_command`` — is left to the next handler, or ignored)."""
     cfg = current_app.config
     if message.source != MessageSource.OA or not cfg.get("WECHAT_OA_APPID"):
         return False
@@ -81,8 +76,10 @@ def handle_oa_text(message: Claimed, now: datetime) -> bool:
     if not isinstance(content, str):
         return False
     command = parse(content)
-    if isinstance(command, Mistake) and command.code in NOT_OURS:
-        return False  # people write to the official account for other reasons too: not ours to answer
+    if not meant_as_command(content, command):
+        # people write to the official account for other reasons too: a letter that reads as no command, is long, or
+        # only begins like one (开发票怎么开, 加入会员…) is theirs to answer; a group's robot answers it (@-mentioned)
+        return False
     speaker = bindings.Speaker(Transport.OA, cfg["WECHAT_OA_APPID"], message.openid)
     ctx = bot.Context(speaker, bindings.bound_user(speaker), None)
     reply = bot.execute(command, ctx, now, binding=binding_settings(cfg))
