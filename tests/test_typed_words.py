@@ -37,7 +37,7 @@ OTHER_MEANINGS = {
     ("web/user_api.py", "points"): (1, "the wallet's JSON key for the points balance"),
     ("web/views.py", "points"): (1, "a rebate's JSON key for the points it gave"),
     ("insights/trace.py", "points"): (2, "JSON keys: the points a rebate gave, a risk feature's points"),
-    ("rebate/awards.py", "points"): (4, "the receivable kind (cash | points | credit | coupon)"),
+    ("rebate/awards.py", "points"): (5, "the receivable kind (cash | points | credit | coupon)"),
     ("rebate/clawbacks.py", "points"): (2, "the receivable kind (where a clawback came from, and its words)"),
     ("risk/scoring.py", "points"): (4, "what a risk feature adds to the score (0-100), not the points form"),
     ("ledger/check.py", "points"): (1, "the receivable kind of a points account"),
