@@ -7,6 +7,7 @@ by a CHECK constraint. Each function returns whether the move happened.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from functools import cache
 
 from sqlalchemy import (
@@ -162,12 +163,13 @@ def uncount_packet(campaign_id: int) -> None:
     _apply(campaign_id, [C.packets_issued > 0], packets_issued=C.packets_issued - 1)
 
 
-def take_packet(campaign_id: int, reserved_fen: int) -> bool:
-    """One packet's count slot and money reservation in ONE conditional UPDATE (a claim's single budget statement).
+def take_packet(campaign_id: int, reserved_fen: int, now: datetime) -> bool:
+    """One packet's count slot and money reservation in ONE conditional UPDATE (a claim's single budget statement),
+    for a packet issued at ``now``.
 
     Both conditions of ``count_packet`` and ``reserve`` sit in its WHERE: either both move or neither does.
     The caller tells which one refused (the rare path) by reading the campaign's counters."""
-    params = {"campaign_id": campaign_id, "reserved": reserved_fen}
+    params = {"campaign_id": campaign_id, "reserved": reserved_fen, "campaign_now": now}
     done = db.session.execute(take_packet_statement(), params).rowcount == 1
     _expire(campaign_id)
     return done
@@ -176,12 +178,14 @@ def take_packet(campaign_id: int, reserved_fen: int) -> bool:
 @cache
 def take_packet_statement():
     """``take_packet``'s UPDATE, built once per process (building it cost as much as running it): bound by
-    ``campaign_id`` and ``reserved``. Only an active campaign's: a claim read the campaign before this statement
-    locks its row, and a pause (an end, a ban) committed while it waited is seen here (PostgreSQL evaluates the
-    WHERE again on the row it waited for), so no packet is issued by a campaign that stopped."""
+    ``campaign_id``, ``reserved`` and ``campaign_now`` (the packet's moment). Only an active campaign's, not past its
+    ``ends_at`` at that moment: a claim read the campaign before this statement locks its row, and a pause (an end, a
+    ban, an end date moved before the claim's moment) committed while it waited is seen here (PostgreSQL evaluates
+    the WHERE again on the row it waited for), so no packet is issued by a campaign that stopped."""
+    not_over = C.ends_at.is_(None) | (C.ends_at > bindparam("campaign_now", type_=C.ends_at.type))
     return (
         update(Campaign.__table__)
-        .where(C.id == bindparam("campaign_id"), C.status == CampaignStatus.ACTIVE.value, packet_fits())
+        .where(C.id == bindparam("campaign_id"), C.status == CampaignStatus.ACTIVE.value, not_over, packet_fits())
         .values(
             packets_issued=C.packets_issued + 1,
             budget_reserved_fen=C.budget_reserved_fen + bindparam("reserved", type_=BigInteger),
@@ -196,21 +200,32 @@ def packet_fits():
     )
 
 
-def take_packet_inserting(campaign_id: int, reserved_fen: int, packet: dict) -> int | None:
+def take_packet_inserting(campaign_id: int, reserved_fen: int, packet: dict, now: datetime) -> int | None:
     """``take_packet`` and the packet's INSERT (``packet``: every column but ``id``) in ONE statement on
     PostgreSQL: ``WITH budget AS (UPDATE … RETURNING) INSERT … SELECT … FROM budget RETURNING id``. The new
     packet's id, or None when the budget refused (then nothing was inserted). One round trip fewer for a
     self-serve claim, whose budget UPDATE is its last statement (the campaign row stays locked until the
     commit). PostgreSQL only (SQLite has no data-modifying WITH: there the caller INSERTs, then calls
     ``take_packet``)."""
-    params = {"campaign_id": campaign_id, "reserved": reserved_fen, **{f"p_{k}": v for k, v in packet.items()}}
+    params = {
+        "campaign_id": campaign_id,
+        "reserved": reserved_fen,
+        "campaign_now": now,
+        **{f"p_{k}": v for k, v in packet.items()},
+    }
     new_id = execute_core(_take_packet_inserting_statement(), params).scalar()
     _expire(campaign_id)
     return new_id
 
 
 def claim_packet_inserting(
-    campaign_id: int, reserved_fen: int, packet: dict, upsert: TextClause, slot_params: dict, slot_rows: int
+    campaign_id: int,
+    reserved_fen: int,
+    packet: dict,
+    upsert: TextClause,
+    slot_params: dict,
+    slot_rows: int,
+    now: datetime,
 ) -> tuple[int | None, list[str]]:
     """A claim's limit slots, ``take_packet`` and the packet's INSERT in ONE statement on PostgreSQL:
     ``WITH slots AS (<the limits' upsert> RETURNING key), budget AS (UPDATE … WHERE … AND every slot was taken
@@ -223,6 +238,7 @@ def claim_packet_inserting(
     params = {
         "campaign_id": campaign_id,
         "reserved": reserved_fen,
+        "campaign_now": now,
         "n_slots": slot_rows,
         **slot_params,
         **{f"p_{k}": v for k, v in packet.items()},
@@ -248,8 +264,9 @@ def _take_packet_inserting_statement():
 
 def claim_ctes(upsert: TextClause | None, *where):
     """A claim's writes as data-modifying CTEs: ``slots`` (the limits' upsert ``upsert``, None: no slots), ``budget``
-    (``take_packet`` when every slot was taken (bound ``n_slots``) and ``where`` holds) and ``ins`` (the packet's
-    INSERT, one row per row of budget). Answers (slots, the count of slots taken, budget, ins)."""
+    (``take_packet`` when every slot was taken (bound ``n_slots``) and ``where`` holds; bound ``campaign_now`` too)
+    and ``ins`` (the packet's INSERT, one row per row of budget). Answers (slots, the count of slots taken, budget,
+    ins)."""
     take = take_packet_statement().where(*where)
     if upsert is None:
         slots, taken = None, literal(0)

@@ -25,7 +25,7 @@ from models.base import beijing, next_beijing_midnight
 from models.limits import LimitCounter
 from models.operators import Actor, audit
 from models.sql import WRITES
-from models.triggers import PLATFORM_WIDE, Trigger
+from models.triggers import PLATFORM_WIDE, Trigger, TriggerKind
 from money import format_yuan
 from rebate.campaigns import rules_of
 from rebate.deposits import deposit_funded, held_in_deposit, lock_deposits, reserved_against
@@ -116,25 +116,48 @@ def _checked(actor: Actor, fields: Mapping, rules: dict) -> tuple[dict, RuleSet]
     _check_parties(actor, columns)
     parsed = parse_rules(rules, budgeted=columns.get("budget_limit_fen") is not None)
     faces = [columns.get("packet_amount_fen") or 0, *(t["amount_fen"] for t in columns.get("packet_tiers") or [])]
-    _check_one_packet_fits(columns.get("budget_limit_fen"), max(faces), parsed)
+    trigger = Trigger.parse(columns["trigger"])
+    _check_one_packet_fits(columns.get("budget_limit_fen"), max(faces), parsed, trigger)
     return columns, parsed
 
 
-def _check_one_packet_fits(budget_limit_fen: int | None, face_fen: int, rules: RuleSet) -> None:
+def _bonus_faces(trigger: Trigger) -> list[tuple[str, int]]:
+    """The packets a campaign's trigger issues at a face of its own, by the field that sets it: a sign-in
+    campaign's streak bonuses, a share campaign's sharer reward (other kinds never issue them)."""
+    if trigger.kind == TriggerKind.DAILY_SIGN_IN:
+        return [(f"trigger.streak_bonus[{i}].amount_fen", b.amount_fen) for i, b in enumerate(trigger.streak_bonus)]
+    if trigger.kind == TriggerKind.SHARE and trigger.sharer_reward_fen:
+        return [("trigger.sharer_reward_fen", trigger.sharer_reward_fen)]
+    return []
+
+
+def _check_one_packet_fits(budget_limit_fen: int | None, face_fen: int, rules: RuleSet, trigger: Trigger) -> None:
     """A claim reserves the packet's face value and the largest rebate it can trigger (every role's cap): a budget
     that cannot hold one such reservation issues no packet at all (every claim 409 ``budget_exhausted`` while the
-    budget is untouched), so it is refused here, naming the fields to change (422 ``budget_below_one_packet``)."""
+    budget is untouched), so it is refused here, naming the fields to change (422 ``budget_below_one_packet``).
+    So is one that cannot hold a bonus packet of ``trigger`` (a streak bonus, a sharer reward): each would be
+    refused as "budget exhausted", with an alert saying so, while the budget stood untouched."""
     if budget_limit_fen is None or not face_fen:
         return  # no budget, or no packets: rebates are committed per order as they fit
-    reservation = face_fen + (rules.max_award_fen() or 0)
+    cap = rules.max_award_fen() or 0
+    reservation = face_fen + cap
     if reservation > budget_limit_fen:
         raise Invalid(
             f"budget_limit_fen: {format_yuan(budget_limit_fen)} yuan cannot hold one packet's reservation of "
             f"{format_yuan(reservation)} yuan (its face value {format_yuan(face_fen)} and the roles' cap_fen "
-            f"{format_yuan(reservation - face_fen)}): no packet could ever be claimed; raise budget_limit_fen "
+            f"{format_yuan(cap)}): no packet could ever be claimed; raise budget_limit_fen "
             "or lower the packet's face value or the rules' cap_fen",
             code="budget_below_one_packet",
         )
+    for field, bonus_fen in _bonus_faces(trigger):
+        if bonus_fen + cap > budget_limit_fen:
+            raise Invalid(
+                f"budget_limit_fen: {format_yuan(budget_limit_fen)} yuan cannot hold the reservation of the bonus "
+                f"packet {field} sets, {format_yuan(bonus_fen + cap)} yuan (its face value {format_yuan(bonus_fen)} "
+                f"and the roles' cap_fen {format_yuan(cap)}): it could never be issued; raise budget_limit_fen or "
+                f"lower {field} or the rules' cap_fen",
+                code="budget_below_one_packet",
+            )
 
 
 def check_campaign(actor: Actor, fields: Mapping, rules: dict) -> RuleSet:
@@ -169,7 +192,7 @@ def replace_rules(actor: Actor, campaign_id: int, rules: dict, reason: str) -> C
     campaign = _changeable(actor, campaign_id)
     check_platform_only(actor, rules.get("applies_to", "packet"), None)
     parsed = parse_rules(rules, budgeted=campaign.budget_limit_fen is not None)
-    _check_one_packet_fits(campaign.budget_limit_fen, top_face_fen(campaign), parsed)
+    _check_one_packet_fits(campaign.budget_limit_fen, top_face_fen(campaign), parsed, campaign.issue_trigger)
     if campaign.funded_from_sales:
         refuse_pooling_forms(campaign, parsed)
     stored = rules_json(parsed)
@@ -364,7 +387,9 @@ def change_campaign(actor: Actor, campaign_id: int, changes: Mapping, reason: st
         changes = {**changes, "claim_limits": ClaimLimits.parse(changes["claim_limits"]).to_json()}
     _check_changes(campaign, changes)
     if changes.get("budget_limit_fen") is not None:  # as at create: a budget every claim would find exhausted
-        _check_one_packet_fits(changes["budget_limit_fen"], top_face_fen(campaign), rules_of(campaign))
+        _check_one_packet_fits(
+            changes["budget_limit_fen"], top_face_fen(campaign), rules_of(campaign), campaign.issue_trigger
+        )
     if "claim_limits" in changes:
         limits_before, limits_after = (
             ClaimLimits.parse(campaign.claim_limits),

@@ -220,6 +220,7 @@ def claim(
         "uid": uid,
         "generation": generation,
         "reserved": reserved,
+        "campaign_now": now,
         **bans,
         **slot_params,
         **own_params,

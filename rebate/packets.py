@@ -181,8 +181,8 @@ def _take_budget(campaign: Campaign, reserved: int, gate: ClaimGate | None, now:
 
     The campaign's own limits refuse before its budget and deposit, as they always have: on those refusals
     (the rare path) the gate's campaign slots are tried first, and a refused one is what is raised."""
-    if not budgets.take_packet(campaign.id, reserved):
-        refusal = _budget_refusal(campaign.id)
+    if not budgets.take_packet(campaign.id, reserved, now):
+        refusal = _budget_refusal(campaign.id, now)
         _campaign_limits_first(gate, now)
         raise refusal
     try:
@@ -223,8 +223,8 @@ def _refuse(campaign: Campaign, reserved: int, gate: ClaimGate, refused: list, n
     platform-wide slot refused, the budget is tried (the rare path, rolled back with the claim) and its
     refusal wins."""
     first = refused[0]
-    if first not in gate.campaign and not budgets.take_packet(campaign.id, reserved):
-        raise _budget_refusal(campaign.id)
+    if first not in gate.campaign and not budgets.take_packet(campaign.id, reserved, now):
+        raise _budget_refusal(campaign.id, now)
     raise first.hit(now)
 
 
@@ -237,35 +237,37 @@ def _claim_in_one_statement(
     slots = gate.to_take(now)
     if not slots:
         gate.taken_by_caller()
-        return _insert_taking_budget(packet, campaign, reserved)
+        return _insert_taking_budget(packet, campaign, reserved, now)
     upsert, params, rows = slots_upsert(slots, now)
-    packet_id, taken = budgets.claim_packet_inserting(campaign.id, reserved, _columns_of(packet), upsert, params, rows)
+    packet_id, taken = budgets.claim_packet_inserting(
+        campaign.id, reserved, _columns_of(packet), upsert, params, rows, now
+    )
     if packet_id is None:
         refused = refused_of(slots, taken)
         if refused:
             _refuse(campaign, reserved, gate, refused, now)
-        raise _budget_refusal(campaign.id)
+        raise _budget_refusal(campaign.id, now)
     gate.taken_by_caller()
     return _loaded(packet, packet_id)
 
 
-def _take_budget_last(campaign: Campaign, reserved: int) -> None:
+def _take_budget_last(campaign: Campaign, reserved: int, now: datetime) -> None:
     """The budget after the limits and the packet's row (``_budget_last``): one UPDATE, then the commit."""
-    if not budgets.take_packet(campaign.id, reserved):
-        raise _budget_refusal(campaign.id)
+    if not budgets.take_packet(campaign.id, reserved, now):
+        raise _budget_refusal(campaign.id, now)
 
 
-def _insert_taking_budget(packet: RedPacket, campaign: Campaign, reserved: int) -> RedPacket:
+def _insert_taking_budget(packet: RedPacket, campaign: Campaign, reserved: int, now: datetime) -> RedPacket:
     """Write the new packet, then take its budget (``_budget_last``): on PostgreSQL both in one statement, the
     packet then added to the session as a loaded row; elsewhere its INSERT, then the budget's UPDATE."""
     if db.session.get_bind().dialect.name != "postgresql":
         db.session.add(packet)
         db.session.flush()
-        _take_budget_last(campaign, reserved)
+        _take_budget_last(campaign, reserved, now)
         return packet
-    packet_id = budgets.take_packet_inserting(campaign.id, reserved, _columns_of(packet))
+    packet_id = budgets.take_packet_inserting(campaign.id, reserved, _columns_of(packet), now)
     if packet_id is None:
-        raise _budget_refusal(campaign.id)
+        raise _budget_refusal(campaign.id, now)
     return _loaded(packet, packet_id)
 
 
@@ -286,13 +288,16 @@ def _loaded(packet: RedPacket, packet_id: int) -> RedPacket:
     return packet
 
 
-def _budget_refusal(campaign_id: int) -> BudgetExhausted | StateConflict:
-    """Why the campaign's row refused the packet (``budgets.take_packet``): it stopped (paused, ended, banned) while
-    the claim waited for it, else which of the two budgets: the count is checked first."""
-    status, max_packets, issued = db.session.execute(
-        select(Campaign.status, Campaign.max_packets, Campaign.packets_issued).where(Campaign.id == campaign_id)
+def _budget_refusal(campaign_id: int, now: datetime) -> BudgetExhausted | StateConflict:
+    """Why the campaign's row refused the packet (``budgets.take_packet``) at ``now``: it stopped (paused, ended,
+    banned, its end date moved before ``now``) while the claim waited for it, else which of the two budgets: the
+    count is checked first."""
+    status, ends_at, max_packets, issued = db.session.execute(
+        select(Campaign.status, Campaign.ends_at, Campaign.max_packets, Campaign.packets_issued).where(
+            Campaign.id == campaign_id
+        )
     ).one()
-    if status != CampaignStatus.ACTIVE:
+    if status != CampaignStatus.ACTIVE or (ends_at is not None and now >= ends_at):
         return StateConflict("the campaign is not running", code="campaign_not_running")
     return budget_refusal(max_packets is not None and issued >= max_packets)
 
@@ -387,7 +392,7 @@ def _issue_new(
         if gate is not None and db.session.get_bind().dialect.name == "postgresql":
             return _claim_in_one_statement(packet, campaign, reserved, gate, now)
         _take_limits(campaign, reserved, gate, now)
-        return _insert_taking_budget(packet, campaign, reserved)
+        return _insert_taking_budget(packet, campaign, reserved, now)
     _take_budget(campaign, reserved, gate, now)
     db.session.add(packet)
     db.session.flush()
@@ -653,7 +658,7 @@ def claim_found(
         raise state_refusal(again.status)
     if _budget_last(campaign):
         _take_limits(campaign, reserved, gate, now)
-        _take_budget_last(campaign, reserved)
+        _take_budget_last(campaign, reserved, now)
     else:
         _take_budget(campaign, reserved, gate, now)
     for name, value in mine.items():
