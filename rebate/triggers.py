@@ -153,8 +153,11 @@ def sign_in(
     """Today's sign-in (Beijing day), once; the streak counts consecutive days.
 
     Concurrent sign-ins of one person: one wins the unique (user, day) row, the
-    others see it and answer it without issuing anything.
+    others see it and answer it without issuing anything. A person's sign-ins take turns: a double tap across Beijing
+    midnight read no row of yesterday while yesterday's was still being written, and started the streak again at 1
+    (its bonus lost).
     """
+    one_at_a_time(f"sign_in.person:{user.id}")
     day = beijing(now).date()
     existing = db.session.execute(select(SignIn).filter_by(user_id=user.id, day=day.isoformat())).scalar_one_or_none()
     if existing is not None:
@@ -337,9 +340,16 @@ def _invited_by(person: User, ancestor_id: int) -> bool:
 
 
 def bind_inviter(
-    user: User, code: str, now: datetime, claimant: Claimant | None = None, *, limits: PlatformLimits
+    user: User,
+    code: str,
+    now: datetime,
+    claimant: Claimant | None = None,
+    *,
+    limits: PlatformLimits,
+    channel: str | None = None,
 ) -> list[RedPacket]:
-    """Bind a new person to the inviter whose code they used; one inviter per person, never oneself.
+    """Bind a new person to the inviter whose code they used; one inviter per person, never oneself. The starter
+    packets are those of the campaigns open to ``channel`` (the one the person binds through), as every trigger's.
 
     The binding is one conditional UPDATE (``WHERE inviter_id IS NULL``): of concurrent binds of one
     person only one changes the row, the others answer ``already_invited`` (409), and the starter
@@ -382,6 +392,7 @@ def bind_inviter(
         user,
         f"invitee:{user.id}",
         now,
+        channel,
         issuer_user_id=user.inviter_id,
         claimant=claimant,
         limits=limits,

@@ -76,3 +76,33 @@ def test_a_claim_refused_by_a_limit_is_kept_for_the_trace(
     trace = client.get(f"/admin/api/trace/users/{user.id}", headers=support).json
     assert trace["claim_refusals"][0]["code"] == "person_limit"
     assert any("limit hit" in line for line in trace["lines"])
+
+
+def test_a_referral_starter_packet_of_a_mini_program_campaign_is_not_issued_through_the_official_account(
+    client, make_campaign, make_user, user_headers
+):
+    # given: a starter-packet campaign for the mini-program only, and two new people invited by one inviter
+    make_campaign(
+        CASHBACK,
+        issuer_type="user",
+        budget_limit_fen=100_00,
+        packet_amount_fen=10_00,
+        channels=["mini_program"],
+        trigger={"kind": "referral_bind"},
+    )
+    inviter, via_oa, via_mp = make_user(), make_user(), make_user()
+    code = client.get("/api/v1/me/invite", headers=user_headers(inviter)).json["invite_code"]
+
+    def bind(person, channel):
+        headers = {"Authorization": f"Bearer {issue_user_token(person, channel)}"}
+        return client.post("/api/v1/referrals/bind", json={"code": code}, headers=headers)
+
+    # when: one binds through the official account
+    answer = bind(via_oa, "official_account")
+    # then: bound, and no packet (one had been issued and its budget reserved, for a packet the person's channel
+    # could never spend)
+    assert (answer.status_code, answer.json["packets"]) == (201, [])
+    assert db.session.query(RedPacket).filter_by(owner_id=via_oa.id).count() == 0
+    # and: the one binding through the mini-program gets it
+    answer = bind(via_mp, "mini_program")
+    assert answer.status_code == 201 and len(answer.json["packets"]) == 1

@@ -157,3 +157,46 @@ def test_an_invite_code_cannot_bind_while_the_first_purchase_is_being_paid(app, 
     assert isinstance(refusal, StateConflict) and refusal.code == "bind_window_closed"
     db.session.expire_all()
     assert db.session.get(User, buyer.id).inviter_id is None
+
+
+@pytest.mark.skipif(not on_postgres(), reason="two sign-ins at once: PostgreSQL (SQLite serialises them)")
+def test_a_double_tap_across_beijing_midnight_keeps_the_streak(app, make_user):
+    from datetime import UTC, datetime
+
+    from models import SignIn
+    from rebate.triggers import sign_in
+
+    # given: a person signed in the day before yesterday (Beijing), streak 1
+    person = make_user()
+    before_midnight = datetime(2026, 12, 9, 15, 59, 59, tzinfo=UTC)  # 23:59:59 in Beijing, 9 December
+    after_midnight = before_midnight + timedelta(seconds=2)  # 00:00:01, 10 December
+    db.session.add(SignIn(user_id=person.id, day="2026-12-08", streak=1, created_at=before_midnight))
+    db.session.commit()
+    main, results = threading.current_thread(), {}
+
+    def the_second_tap(conn, cursor, statement, parameters, context, executemany):
+        if threading.current_thread() is not main or results or "INSERT INTO sign_ins" not in statement:
+            return
+        results["started"] = True
+
+        def tap():
+            with app.app_context():
+                row, _ = sign_in(db.session.get(User, person.id), after_midnight, limits=PlatformLimits.off())
+                results["second"] = row.streak
+                db.session.commit()
+                db.session.remove()
+
+        results["thread"] = threading.Thread(target=tap)
+        results["thread"].start()
+        results["thread"].join(timeout=2)  # it waits for this one's turn (it had read no row of yesterday at once)
+
+    # when: the tap of 23:59:59 is being written while the tap of 00:00:01 arrives
+    event.listen(db.engine, "after_cursor_execute", the_second_tap)
+    try:
+        row, _ = sign_in(db.session.get(User, person.id), before_midnight, limits=PlatformLimits.off())
+        db.session.commit()
+    finally:
+        event.remove(db.engine, "after_cursor_execute", the_second_tap)
+    results["thread"].join(timeout=30)
+    # then: yesterday's streak is 2 and today's 3 (today's had started again at 1: the seventh day's bonus lost)
+    assert (row.streak, results["second"]) == (2, 3)

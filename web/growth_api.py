@@ -169,5 +169,5 @@ def my_invite():
 def bind_referral(body: InviteCode):
     """Bind the caller (a new user) to an inviter; one inviter per person, never oneself."""
     user = current_user()
-    packets = bind_inviter(user, body.code, utcnow(), claimant(user), limits=platform_limits())
+    packets = bind_inviter(user, body.code, utcnow(), claimant(user), limits=platform_limits(), channel=channel())
     return {"bound": True, "packets": [packet_json(p) for p in packets]}, 201
