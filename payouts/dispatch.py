@@ -28,7 +28,7 @@ from payouts.controls import rail_is_on
 from payouts.operations import lock_payout
 from payouts.rails import Outcome, RailAdapter, RailResult
 from payouts.record import DispatchSettings, apply_result, log_attempt, set_aside, still_offered, unrecorded
-from payouts.transitions import send_entries_together
+from payouts.transitions import mark_sent, send_entries_together
 
 S = PayoutStatus
 log = logging.getLogger(__name__)
@@ -145,6 +145,8 @@ def _claim_rows(
             continue
         if built is not payout.request:
             payout.request = built
+        if payout.status == S.SENDING:  # its worker died mid-call: that call may have reached WeChat (in transit)
+            mark_sent(payout, now)  # so no later answer that learned nothing (a 429) makes it look never sent
         overdue = payout.cancel_requested or _unconfirmed_too_long(payout, rail, now, settings)
         has_package = payout.package_info is not None
         status_before = payout.status

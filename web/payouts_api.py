@@ -47,6 +47,7 @@ bp = Blueprint("payouts_api", __name__)
 ACTORS = (OperatorRole.ADMIN, OperatorRole.FINANCE)
 READERS = (*ACTORS, OperatorRole.SUPPORT)
 RAILS = tuple(Rail)
+WITH_STAFF = "our staff are checking this payout: nothing is sent again and its money stays set aside until they decide"
 
 
 def payout_json(p: Payout, *, for_user: bool = False) -> dict:
@@ -63,8 +64,10 @@ def payout_json(p: Payout, *, for_user: bool = False) -> dict:
     }
     if p.status == "waiting_user_confirm":
         body["package_info"] = p.package_info  # for wx.requestMerchantTransfer / wx.addCard
-    if for_user and p.last_error and p.status in ("succeeded", "failed", "cancelled", "needs_operator"):
+    if for_user and p.last_error and p.status in ("succeeded", "failed", "cancelled"):
         body["reason"] = p.last_error  # why it did not arrive (never confirmed, never opened: back in the balance)
+    elif for_user and p.status == "needs_operator":
+        body["reason"] = WITH_STAFF  # its last_error is the operators': WeChat's raw answer (a payee's openid), errors
     if not for_user:
         body |= {
             "user_id": p.user_id,
