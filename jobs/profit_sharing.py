@@ -3,7 +3,9 @@
 ``share_due_orders``: opens a share for every paid profit-sharing order, fetches the maximum ratio of the
 sub-merchants about to share (no transaction open), claims due shares (``FOR UPDATE SKIP LOCKED``; the first
 claim plans each share and fixes its body), commits, then for each share adds the missing receivers and POSTs
-it with no transaction open, and records the answer in a new transaction.
+it with no transaction open, and records the answer in a new transaction. A ratio WeChat refuses for good (not a
+timeout nor a frequency limit: a sub-merchant that ended its authorisation of the service provider, say) alerts an
+operator once (``profit_share_ratio_refused``): its shares can never be planned.
 ``query_profit_shares``: the shares WeChat is still working on (results are asynchronous), and any whose
 answer was lost, queried by their number before anything is sent again.
 
@@ -16,10 +18,10 @@ import logging
 from collections import Counter
 
 from jobs.payouts import job_context
-from models import db, unit_of_work, utcnow
+from models import alert_once, db, unit_of_work, utcnow
 from payouts import profit_share
 from payouts.profit_share import ShareSettings
-from wechat.errors import WeChatError
+from wechat.errors import WeChatError, WeChatRateLimited
 from wechat.profitsharing import ProfitSharingClient
 
 log = logging.getLogger(__name__)
@@ -47,16 +49,26 @@ def share_due_orders() -> Counter:
             outcomes["rail_off"] += 1
             return outcomes
         wanted = profit_share.ratios_to_fetch(utcnow(), settings)
-    ratios = {}
+    ratios, refused = {}, {}
     for sub_mchid in wanted:  # no transaction open: WeChat is asked
         try:
             ratios[sub_mchid] = client.max_ratio_bps(sub_mchid)
         except WeChatError as exc:
             log.warning("profit sharing ratio not fetched", extra={"sub_mchid": sub_mchid, "code": exc.code})
             outcomes["ratio_unavailable"] += 1
+            if not exc.outcome_unknown and not isinstance(exc, WeChatRateLimited):
+                refused[sub_mchid] = exc
     with unit_of_work():
         for sub_mchid, ratio in ratios.items():
             profit_share.store_ratio(sub_mchid, ratio, utcnow())
+        for sub_mchid, exc in refused.items():  # its shares are never planned until an operator sees to it
+            alert_once(
+                "profit_share_ratio_refused",
+                sub_mchid,
+                text=f"WeChat refuses sub-merchant {sub_mchid}'s maximum profit-sharing ratio ({exc.code}: "
+                f"{exc.message}): its orders' shares wait, unplanned, and WeChat unfreezes their money to the "
+                "merchant after 180 days (is its authorisation of the service provider still in force?)",
+            )
     outcomes.update(_run(settings, client, querying=False))
     return +outcomes
 

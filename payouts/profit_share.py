@@ -12,7 +12,9 @@ The outbox's rules hold: the share's number (from the order id) and its body are
 claim, before any call; no transaction is open during a call (the job commits between the steps); a call whose
 outcome is unknown is followed by a query of the same number before anything is sent again, and the same body
 is resent only when the query says WeChat never saw it; a 400 refusal is definite only when no share of this
-number can exist. Results are asynchronous: each receiver's ``SUCCESS`` pays its payouts, ``CLOSED`` returns
+number can exist; one refused because a receiver we remember adding is no longer the sub-merchant's (the relation
+was removed at WeChat) forgets those receivers and is resent, the same body, once they are added again. Results are
+asynchronous: each receiver's ``SUCCESS`` pays its payouts, ``CLOSED`` returns
 their money to the person's balance (owed again) with an alert.
 
 Ledger: queued and sent as every payout (the person's balance → ``rebate_payable`` → ``payout_in_transit``);
@@ -74,6 +76,7 @@ UNFREEZE_DESCRIPTION = "解冻全部剩余资金"
 OPERATOR_REQUERY = timedelta(hours=1)  # how often a handed-over share waiting for an operator is asked about
 RATIO_REFUSAL = "比例"  # 分账金额超出最大分账比例: our cached ratio is stale
 NOT_ENOUGH = "NOT_ENOUGH"  # 可分账金额不足: not settled yet, or refunded
+RECEIVER_MISSING = "接收方不存在"  # 分账接收方不存在，请先添加分账接收方: the relation was removed at WeChat
 
 
 @dataclass(frozen=True)
@@ -558,6 +561,8 @@ def record(job: ShareJob, result: ShareCall, now: datetime, settings: ShareSetti
         _apply_answer(row, result.answer, now, settings)
     elif result.outcome == "refused" and result.definite and RATIO_REFUSAL in result.message:
         _replan(row, now)  # our cached ratio was stale: fetch it again and plan anew (nothing exists at WeChat)
+    elif result.outcome == "refused" and result.definite and RECEIVER_MISSING in result.message:
+        _add_receivers_again(row, now, settings)  # a relation removed at WeChat: added again, the same body resent
     elif result.outcome == "retry" and result.definite and _refunded_in_full(row.order_id):
         _refunded_before_shared(row, now)  # nothing is frozen at WeChat any more: it can never be shared
     elif result.outcome in ("refused", "receiver_refused", "mismatch"):
@@ -665,6 +670,20 @@ def _replan(row: ProfitShare, now: datetime) -> None:
         payout.request = null()  # SQL NULL (not JSON null): "never handed over", as the clawback reads it
     row.status, row.kind, row.request, row.shared_fen = ShareStatus.PENDING, None, null(), 0
     row.next_attempt_at, row.posted = now, False  # WeChat refused it outright: no share of this number exists
+
+
+def _add_receivers_again(row: ProfitShare, now: datetime, settings: ShareSettings) -> None:
+    """WeChat refused the share outright: a receiver we remember adding is not one of the sub-merchant's any more
+    (the relation was removed at WeChat: ``receivers/delete``, or the sub-merchant on its merchant platform). No
+    share of this number exists, so its receivers are forgotten and the next pass (which queries first) adds them
+    again and sends the same body; ``max_attempts`` still bounds it."""
+    accounts = [r["account"] for r in row.request["receivers"]] if row.kind == ShareKind.SHARE else []
+    db.session.execute(
+        ProfitShareReceiver.__table__.delete().where(
+            ProfitShareReceiver.sub_mchid == row.sub_mchid, ProfitShareReceiver.account.in_(accounts)
+        )
+    )
+    row.status, row.next_attempt_at = ShareStatus.PENDING, now + _backoff(row.attempts, settings)
 
 
 def _refunded_in_full(order_id: int) -> bool:
