@@ -217,6 +217,9 @@ def call_wechat(
     called once before each call; ``calls`` (given by the caller) keeps the calls made if it raises.
     """
     calls = [] if calls is None else calls
+    if job.cancel_if_unconfirmed and not job.query_first and not job.posted_before:
+        calls.append(_never_sent(job))  # asked to stop before its number ever reached WeChat: nothing to send
+        return calls
     if job.query_first:
         limiter(job.rail)
         result, ms = _timed(lambda: rail.query(job.external_no, job.request))
@@ -233,12 +236,22 @@ def call_wechat(
             return calls
         if result.outcome != Outcome.NOT_FOUND:
             return calls
+        if job.cancel_if_unconfirmed:  # WeChat never had it, and it was asked to stop (a clawback, an operator)
+            calls.append(_never_sent(job))
+            return calls
     limiter(job.rail)
     result, ms = _timed(lambda: rail.send(job.external_no, job.request))
     if job.posted_before and not job.query_first:  # no query this pass: an earlier POST may have made the bill
         result = _not_definite(result, "an earlier POST of this number may have created the bill")
     calls.append(("send", result, ms))
     return calls
+
+
+def _never_sent(job: Claimed) -> tuple[str, RailResult, int]:
+    """A payout asked to stop (an operator's cancel, a clawback the balance could not cover, a bill past its
+    confirmation window) that WeChat never had: cancelled here, its money back to its source, never sent (it had
+    been sent after the stop: a clawed-back rebate paid, its debt left open)."""
+    return "cancel", RailResult(Outcome.CANCELLED, "CANCELLED_BEFORE_SENT", "cancelled before it reached WeChat"), 0
 
 
 def _not_definite(result: RailResult, why: str) -> RailResult:

@@ -78,7 +78,12 @@ def rail_control(rail: str) -> RailControl:
 
 
 def pause_rail(rail: str, until: datetime, why: str) -> None:
+    """Paused until ``until`` or a later pause already set (answers are recorded out of order by the recorders: an
+    earlier NOT_ENOUGH recorded after a later one had shortened the pause, and a top-up's release missed payouts
+    put off to the later time)."""
     control = rail_control(rail)
+    if control.paused_until is not None and control.paused_until > until:
+        until = control.paused_until
     control.paused_until, control.reason, control.updated_at = until, why, utcnow()
     raise_alert("rail_paused", rail, f"{rail} paused until {until.isoformat()}: {why}")
 
@@ -136,6 +141,8 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
             payout.external_no,
             f"WeChat refuses this user on {payout.rail}; the money stays in the user's balance",
         )
+    elif o == Outcome.FALLBACK and payout.cancel_requested:  # asked to stop: no bill on the fallback rail either
+        mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}; not sent again (cancel asked)")
     elif o == Outcome.FALLBACK:
         mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}")
         _retry_after_failure(payout, fallback_rail(payout, settings), "fallback rail", settings)

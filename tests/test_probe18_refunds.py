@@ -115,3 +115,75 @@ def test_a_refund_that_cancels_the_last_held_part_of_a_milestone_rebate_leaves_i
     assert share.status == "awarded"
     assert bal(K.USER_CASH, "user", teacher.id) == 97_50
     ledger_ok()
+
+
+def _taken_back_while_at_wechat(make_user, make_product, make_campaign, pay):
+    """The 5-yuan transfer is with WeChat (its answer unknown) when the whole order is refunded: the clawback finds
+    nothing to take back, so the person owes 5 yuan and the payout is asked to stop."""
+    from payouts.transitions import mark_sent, move
+
+    campaign, user, order, payout = change_order(make_user, make_product, make_campaign, pay)
+    move(payout, "sending")
+    mark_sent(payout, utcnow())
+    move(payout, "unknown")
+    payout.next_attempt_at = utcnow()
+    db.session.commit()
+    begin_refund(order, "F1", order.payable_fen)
+    apply_refund(order.out_trade_no, "F1", order.payable_fen, utcnow(), refund_id="wx-F1", money=app_money())
+    db.session.commit()
+    assert owed(user) == 5_00
+    db.session.refresh(payout)
+    assert payout.cancel_requested
+    return user, payout
+
+
+def test_a_stopped_transfer_wechat_never_had_is_cancelled_not_sent(app, make_user, make_product, make_campaign, pay):
+    from jobs.payouts import dispatch_backlog
+    from payouts.rails import Outcome, RailResult
+    from tests.test_dispatch import ScriptedRail
+
+    user, payout = _taken_back_while_at_wechat(make_user, make_product, make_campaign, pay)
+    # when: the next pass asks WeChat, which never had the bill
+    rail = ScriptedRail(RailResult(Outcome.SUCCEEDED, "SUCCESS", wechat_ref="bill-x"))
+    dispatch_backlog({rail.name: rail})
+    # then: nothing is sent (it had been POSTed then: the rebate the refund took back paid after all, the debt left
+    # open); the 5 yuan are back in the balance and pay what the person owes
+    assert rail.calls == [("query", payout.external_no)]
+    db.session.expire_all()
+    assert db.session.get(Payout, payout.id).status == "cancelled"
+    settle_covered(user.id, app_money().point_value_fen)
+    db.session.commit()
+    assert (owed(user), bal(K.USER_CASH, "user", user.id)) == (0, 0)
+    ledger_ok()
+
+
+def test_a_stopped_transfer_answered_fall_back_is_not_sent_on_another_rail(
+    app, make_user, make_product, make_campaign, pay
+):
+    from payouts.rails import Outcome, RailResult
+    from payouts.record import DispatchSettings, apply_result
+
+    user, payout = _taken_back_while_at_wechat(make_user, make_product, make_campaign, pay)
+    # when: WeChat's answer says this rail cannot pay the person (the rule's fallback is another rail)
+    payout.fallback_rail = "cash_red_packet"
+    apply_result(payout, RailResult(Outcome.FALLBACK, "NO_AUTH", "no"), utcnow(), DispatchSettings(money=app_money()))
+    db.session.commit()
+    # then: no new payout on the fallback rail; the money pays the debt
+    assert db.session.execute(select(Payout).filter_by(retry_of_id=payout.id)).scalars().all() == []
+    settle_covered(user.id, app_money().point_value_fen)
+    db.session.commit()
+    assert owed(user) == 0
+    ledger_ok()
+
+
+def test_a_rail_paused_by_an_earlier_answer_recorded_late_keeps_the_later_pause(app):
+    from datetime import timedelta
+
+    from payouts.controls import rail_control
+    from payouts.record import pause_rail
+
+    later, earlier = utcnow() + timedelta(minutes=30), utcnow() + timedelta(minutes=29)
+    pause_rail("wechat_change", later, "NOT_ENOUGH: empty")
+    pause_rail("wechat_change", earlier, "NOT_ENOUGH: empty")  # the recorders record out of order
+    db.session.commit()
+    assert rail_control("wechat_change").paused_until == later
