@@ -73,8 +73,9 @@ class VerifierKeys:
         return sorted(self._certs)
 
     def add_certificates(self, certificates: Iterable[x509.Certificate]) -> None:
-        for cert in certificates:
-            self._certs[crypto.certificate_serial(cert)] = cert
+        # A new dict, swapped in whole: a request verified meanwhile (another thread) sees the old or the new set,
+        # never one half filled, and iterating the held set never sees it change.
+        self._certs = {**self._certs, **_by_serial(certificates)}
 
     def load_certificate_dir(self, directory: str | Path) -> int:
         """Load every ``*.pem`` certificate of a directory; returns how many."""
@@ -106,8 +107,12 @@ class VerifierKeys:
             return None
         self._refresh_if_stale()
         key = self.lookup(serial)
-        if key is None and self._may_refresh():
-            self.refresh()
+        if key is None:
+            if self._may_refresh():
+                self.refresh()
+            else:  # a refresh under way (another request's, for this new serial perhaps): its list, not a refusal
+                with self._lock:
+                    pass
             key = self.lookup(serial)
         return key
 
@@ -131,8 +136,7 @@ class VerifierKeys:
             except WeChatError as exc:
                 log.warning("platform certificate refresh failed: %s", exc)
                 return False
-            self._certs = {}
-            self.add_certificates(certs)
+            self._certs = _by_serial(certs)  # swapped in whole (``add_certificates``)
             self._fetched_at = self._clock()
             return True
 
@@ -234,6 +238,10 @@ def _decrypt_entry(entry: dict[str, Any], apiv3_key: ApiV3Keys | str) -> x509.Ce
 def certificates_response_body(entries: list[dict[str, Any]]) -> bytes:
     """Serialize a ``/v3/certificates`` answer (used by the simulator)."""
     return json.dumps({"data": entries}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _by_serial(certificates: Iterable[x509.Certificate]) -> dict[str, x509.Certificate]:
+    return {crypto.certificate_serial(cert): cert for cert in certificates}
 
 
 def _is_current(cert: x509.Certificate) -> bool:
