@@ -42,6 +42,7 @@ from wechat.errors import (
 API_BASE = "https://api.weixin.qq.com"
 OPEN_BASE = "https://open.weixin.qq.com"
 TOKEN_EARLY_EXPIRY_S = 300
+WHOLE_SECONDS = re.compile(r"[0-9]{1,9}")
 # invalid credential / invalid access_token / access_token expired: the cached token is no good
 TOKEN_ERRCODES = frozenset({40001, 40014, 42001})
 # invalid card code (40056, 40116), invalid encrypt_code (40075), card deleted or given away (40127)
@@ -313,8 +314,25 @@ def _cached(store: AccessTokenStore, key: str, field: str, fetch) -> str:
     if not data.get(field):
         raise WeChatUnavailable(f"answer lacks {field}", code="UNPARSEABLE_RESPONSE")
     value = str(data[field])
-    store.set(key, value, int(data.get("expires_in", 7200)) - TOKEN_EARLY_EXPIRY_S)
+    store.set(key, value, _keep_for(data.get("expires_in", 7200)))
     return value
+
+
+def _keep_for(expires_in: Any) -> int:
+    """How long a token is kept: until ``TOKEN_EARLY_EXPIRY_S`` before it expires; one with less life than that
+    left (``stable_token`` hands out the current token with what remains of its two hours) for half of what is left
+    (it had been kept for no time at all: every call in a token's last five minutes asked WeChat again). A lifetime
+    that is no whole number of seconds is an answer we cannot read (it had raised a ValueError: a 500)."""
+    if (
+        isinstance(expires_in, bool)
+        or not isinstance(expires_in, (int, str))
+        or not WHOLE_SECONDS.fullmatch(str(expires_in))
+    ):
+        raise WeChatUnavailable(
+            f"answer has an unreadable expires_in: {str(expires_in)[:40]!r}", code="UNPARSEABLE_RESPONSE"
+        )
+    seconds = int(expires_in)
+    return seconds - TOKEN_EARLY_EXPIRY_S if seconds > 2 * TOKEN_EARLY_EXPIRY_S else max(1, seconds // 2)
 
 
 def get_api_ticket(

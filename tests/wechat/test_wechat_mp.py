@@ -202,6 +202,25 @@ def test_stable_token_failures_are_typed_and_nothing_is_cached(mocked, answer, e
     assert info.value.code == code and store.get("access_token:" + OA_APPID) is None
 
 
+@pytest.mark.parametrize("expires_in", ["soon", None, -5, True, 1.5, {"s": 1}, "１２"])
+def test_a_token_whose_lifetime_is_unreadable_is_an_unreadable_answer_not_a_crash(mocked, expires_in):
+    mocked.add(responses.POST, STABLE_TOKEN_URL, json={"access_token": "T1", "expires_in": expires_in})
+    store = MemoryTokenStore()
+    with pytest.raises(WeChatUnavailable) as info:  # (it had raised ValueError / TypeError: a 500)
+        get_access_token(store, OA_APPID, "s", api_base=API_BASE)
+    assert info.value.code == "UNPARSEABLE_RESPONSE" and store.get("access_token:" + OA_APPID) is None
+
+
+@pytest.mark.parametrize(("expires_in", "kept"), [(7200, 6900), ("7200", 6900), (600, 300), (240, 120), (1, 1)])
+def test_a_token_near_its_end_is_kept_for_half_of_what_is_left(mocked, expires_in, kept):
+    # stable_token hands out the current token with what remains of its two hours: one with under five minutes left
+    # had been kept for no time at all, and every call in those minutes asked WeChat again
+    mocked.add(responses.POST, STABLE_TOKEN_URL, json={"access_token": "T1", "expires_in": expires_in})
+    shared = FakeRedis()
+    assert get_access_token(RedisTokenStore(shared), OA_APPID, "s", api_base=API_BASE) == "T1"
+    assert shared.ttls["wechat:access_token:" + OA_APPID] == kept
+
+
 TICKET_URL = f"{API_BASE}/cgi-bin/ticket/getticket"
 TICKET_OK = {"errcode": 0, "errmsg": "ok", "ticket": "TK", "expires_in": 7200}
 
