@@ -154,7 +154,10 @@ def mark_shared(
 def mark_succeeded(
     payout: Payout, now: datetime, wechat_ref: str | None = None, *, finished_at: datetime | None = None
 ) -> None:
-    """Paid: the money leaves transit; ``finished_at`` is WeChat's time of it when known (else ``now``)."""
+    """Paid: the money leaves transit; ``finished_at`` is WeChat's time of it when known (else ``now``). What went wrong
+    on the way (``last_error``: an operator's hand-over, WeChat's raw answer) is over: the person reads no reason on a
+    payout that arrived (the attempts keep the history)."""
+    payout.last_error = None
     if payout.rail == Rail.PROFIT_SHARING:  # an operator's evidence, or WeChat's answer: the same booking
         mark_sent(payout, now)
         mark_shared(payout, now, wechat_ref, f"payout {payout.external_no} shared from the merchant's order money")

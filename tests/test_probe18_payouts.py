@@ -112,3 +112,33 @@ def test_a_person_is_never_shown_another_payees_openid_or_our_internal_errors(cl
     assert mine["status"] == "needs_operator"
     assert "o-SOMEONE-ELSES" not in str(mine) and "openid-me" not in str(mine) and "ANSWER_MISMATCH" not in str(mine)
     assert mine["reason"]
+
+
+def test_a_card_redeemed_after_an_operator_hand_over_shows_no_stale_reason(client, app, make_user, user_headers):
+    # given: a card payout handed to an operator (WeChat's answer named another card), then redeemed at the counter
+    from ledger import Leg, account, post_entry
+    from models import AccountKind, Payout, db, utcnow
+    from payouts import enqueue_payout
+    from payouts.operations import settle_redeemed_card
+    from payouts.transitions import mark_sent, move
+
+    user = make_user()
+    cash = account(AccountKind.USER_CASH, "user", user.id)
+    post_entry("fund", "rebate", [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -5_00), Leg(cash, 5_00)])
+    payout = enqueue_payout(
+        rail="card_coupon", user_id=user.id, amount_fen=5_00, source=cash, key="k", memo="m", number_prefix="T"
+    )
+    db.session.flush()
+    move(payout, "sending")
+    payout.request = {"card_id": "pCARD"}
+    mark_sent(payout, utcnow())
+    move(payout, "needs_operator")
+    payout.last_error = "ANSWER_MISMATCH: answer disagrees: openid 'o-someone-else'"
+    db.session.commit()
+    # when: the card is redeemed (proof it was delivered)
+    assert settle_redeemed_card(payout.external_no, utcnow()) is not None
+    db.session.commit()
+    # then: the person sees it arrived, with no operator text as its "reason"
+    [mine] = client.get("/api/v1/me/payouts", headers=user_headers(user)).json["items"]
+    assert mine["status"] == "succeeded" and "reason" not in mine
+    assert db.session.get(Payout, payout.id).last_error is None
