@@ -38,6 +38,7 @@ from models import (
     MessageSource,
     MessageStatus,
     OaFollower,
+    User,
     UserIdentity,
     db,
     raise_alert,
@@ -212,15 +213,25 @@ def _apply_subscribe_msg(message: Claimed, _: None, now: datetime) -> str:
     return MessageStatus.DONE
 
 
+def oa_recipient(oa_appid: str | None, openid: str) -> int | None:
+    """The person the notices dispatcher sends an official-account openid's template messages to
+    (``models.messages.following_openid``): the card holder, else the person with the follower's unionid (they
+    followed before they signed in: the follower was kept unlinked). None: nobody we know."""
+    known = card_holder(oa_appid, openid)
+    if known is None and oa_appid and openid:
+        known = db.session.execute(
+            select(User.id)
+            .join(OaFollower, OaFollower.unionid == User.unionid)
+            .where(OaFollower.appid == oa_appid, OaFollower.openid == openid)
+        ).scalar_one_or_none()
+    return known
+
+
 def _apply_template_finish(message: Claimed, _: None, now: datetime) -> str:
     from notices.dispatch import apply_template_finish
 
     fields = message.payload["fields"]
-    user_id = db.session.execute(
-        select(UserIdentity.user_id).where(
-            UserIdentity.appid == current_app.config["WECHAT_OA_APPID"], UserIdentity.openid == message.openid
-        )
-    ).scalar_one_or_none()
+    user_id = oa_recipient(current_app.config["WECHAT_OA_APPID"], message.openid)
     msgid, status = str(fields.get("MsgID") or "").strip(), str(fields.get("Status") or "").strip()
     taken = apply_template_finish(user_id, msgid, status, _created_at(message))
     return MessageStatus.DONE if taken else MessageStatus.IGNORED

@@ -127,9 +127,10 @@ def apply_push_event(user_id: int | None, openid: str, event: str, items: list[d
         log.info("subscribe event for an unknown openid", extra={"event": event})
         return
     ref = f"{openid}:{int(created_at.timestamp())}"
-    items = sorted((i for i in items if isinstance(i, dict) and i.get("TemplateId")), key=lambda i: i["TemplateId"])
-    for item in items:
-        template_id = str(item["TemplateId"])[:64]
+    named = sorted(((_template_id(i), i) for i in items if isinstance(i, dict)), key=lambda pair: pair[0] or "")
+    for template_id, item in named:
+        if template_id is None:  # no template's id (a structure): nothing of ours to count or settle
+            continue
         if event == SENT:
             _record_delivery(user_id, template_id, item, created_at)
             continue
@@ -137,6 +138,15 @@ def apply_push_event(user_id: int | None, openid: str, event: str, items: list[d
         _report(user_id, template_id, ConsentSource.PUSH, ref, status, created_at, event)
         if event == CHANGE and status != ACCEPT:
             drop_consents(user_id, template_id)
+
+
+def _template_id(item: Mapping[str, Any]) -> str | None:
+    """An item's ``TemplateId`` as text (a JSON number as XML would carry it); None when it holds none (empty, or a
+    structure: an element given twice, an object), which no template of ours has."""
+    value = item.get("TemplateId")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value).strip()[:64] or None
 
 
 def _record_delivery(user_id: int, template_id: str, item: Mapping[str, Any], at: datetime) -> None:

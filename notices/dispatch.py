@@ -321,18 +321,20 @@ def record(job: Claimed, answer: Answer, detail: str, now: datetime, settings: N
         notice.lease_until = now  # when it was called: the sent event, handled after this record, still finds it
         notice.wechat_msgid = notice.wechat_msgid or msgid or None
     elif answer == Answer.REFUSED:
+        unfollowed = job.channel != ChannelName.SUBSCRIBE and detail.startswith(f"{NOT_FOLLOWING}:")
         if job.channel == ChannelName.SUBSCRIBE:  # not sent: WeChat did not use the consent
             give_back_consent(job.user_id, job.template_id)
-        elif detail.startswith(f"{NOT_FOLLOWING}:") and settings.oa_appid:
-            # WeChat says they no longer follow (the unfollow push was lost): recorded, so the next notice does not
-            # knock at the official account again; a later follow push sets it back
+        elif unfollowed and settings.oa_appid:
+            # WeChat says they no longer follow (the unfollow push was lost, or not applied yet): recorded, so the next
+            # notice does not knock at the official account again; a later follow push sets it back
             record_follow(settings.oa_appid, job.touser, False, now)
         _to_inbox(notice, now, f"refused by WeChat, not retried: {detail}")
-        alert_once(
-            "notice_refused",
-            f"{job.channel} {job.template_id}",
-            text=f"WeChat refused a {notice.event} notice: {detail}",
-        )
+        if not unfollowed:  # the person's own choice is no fault of ours: an alert of it would hide the next real one
+            alert_once(
+                "notice_refused",
+                f"{job.channel} {job.template_id}",
+                text=f"WeChat refused a {notice.event} notice: {detail}",
+            )
     else:
         notice.last_error = detail[:2000]
         if notice.attempts >= settings.max_attempts:

@@ -21,7 +21,8 @@ class NoticeEvent(StrEnum):
     CHALLENGE_POINTS_CANCELLED = "challenge_points_cancelled"
 
 
-# The facts each kind must carry (more are allowed). Money in fen, times ISO-8601 in UTC.
+# The facts each kind must carry (more are allowed: a wallet return's ``points_value_fen``, what its points are
+# worth, is added to ``{amount}``). Money in fen, times ISO-8601 in UTC.
 FACTS: dict[NoticeEvent, frozenset[str]] = {
     NoticeEvent.PACKET_RECEIVED: frozenset({"packet_id", "amount_fen", "issuer", "expires_at"}),
     NoticeEvent.PACKET_EXPIRING: frozenset({"packet_id", "amount_fen", "expires_at"}),

@@ -12,7 +12,8 @@ One entry per :class:`NoticeEvent`::
 ``title`` / ``body`` are the inbox text (every event needs them: the inbox always keeps the notice);
 ``subscribe`` (the mini-program subscribe message) and ``oa`` (the official account's template message) are
 optional. Placeholders are the event's facts (``notices.events.FACTS``) with ``amount_fen`` read as
-``{amount}`` (rendered ``¥12.30`` through ``money.format_yuan``), times (``*_at``) in Beijing time
+``{amount}`` (rendered ``¥12.30`` through ``money.format_yuan``; with ``points_value_fen`` added where the facts
+hold it: an order's wallet return is told as what came back is worth), times (``*_at``) in Beijing time
 (``2026年11月30日 14:00``) and ``{form}`` as 微信零钱 / 积分 / …; an unknown placeholder is refused.
 
 WeChat's field rules, by the key's kind (the key without its number): thing ≤ 20 characters (a longer value is
@@ -161,9 +162,15 @@ def beijing_time(value: str | datetime, *, date_only: bool = False) -> str:
     return local.strftime("%Y年%m月%d日") if date_only else local.strftime("%Y年%m月%d日 %H:%M")
 
 
+def _amount_fen(facts: Mapping[str, Any]) -> int:
+    """``{amount}``: ``amount_fen``, plus ``points_value_fen`` where the facts count points apart from the money
+    (an order's balance and points coming back: told as what came back is worth, as a points rebate is)."""
+    return int(facts["amount_fen"]) + int(facts.get("points_value_fen") or 0)
+
+
 def _value(name: str, facts: Mapping[str, Any]) -> str:
     if name == "amount":
-        return "¥" + format_yuan(int(facts["amount_fen"]))
+        return "¥" + format_yuan(_amount_fen(facts))
     if name in _DERIVED:
         return _DERIVED[name](facts)
     raw = facts.get(name)

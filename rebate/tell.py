@@ -118,14 +118,18 @@ RETURNED = {"closed_unpaid": "未支付已关闭", "refunded": "已退款"}
 
 
 def wallet_returned(order: Order, cash_fen: int, points: int, key: str, why: str) -> Draft | None:
-    """``<ledger key>:told``: the balance and points an order used came back to the person (None: nothing did)."""
+    """``<ledger key>:told``: the balance and points an order used came back to the person (None: nothing did).
+    ``points_value_fen``: what the points are worth (at the order's point value), told with the balance as the
+    subscribe message's amount (a points-only return is not "¥0.00")."""
     if cash_fen <= 0 and points <= 0:
         return None
+    worth = points * (order.points_value_fen // order.points_used) if points and order.points_used else 0
     facts = {
         "order_id": order.id,
         "out_trade_no": order.out_trade_no,
         "amount_fen": cash_fen,
         "points": points,
+        "points_value_fen": worth,
         "reason": RETURNED[why],
         "reason_code": why,
     }
