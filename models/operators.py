@@ -378,10 +378,19 @@ CONFIRMED_ROLES = (OperatorRole.ADMIN, OperatorRole.FINANCE, OperatorRole.SUPPOR
 def confirm_operator(actor: Actor, operator_id: int, reason: str, now: datetime) -> Operator:
     """A second admin confirms an admin, finance or support account another admin made: from then on its tokens work.
     Not its creator, nor an account of the creator's making (``approval_refused_because``: a sock confirming a sock),
-    once."""
-    operator = db.session.execute(
-        select(Operator).where(Operator.id == operator_id).with_for_update()
-    ).scalar_one_or_none()
+    once. The confirming admin's own row is locked and read afresh with it (as ``disable_operator`` reads it): an
+    admin disabled while the request ran confirms nothing."""
+    locked = db.session.execute(
+        select(Operator)
+        .where(Operator.id.in_((operator_id, actor.operator.id)))
+        .order_by(Operator.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalars()
+    found = {row.id: row for row in locked}
+    if not found[actor.operator.id].active:
+        raise OperatorForbidden("your account was disabled", code="operator_disabled")
+    operator = found.get(operator_id)
     if operator is None:
         raise OperatorNotFound(f"operator {operator_id} not found")
     if operator.confirmed_at is not None:

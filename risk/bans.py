@@ -79,17 +79,30 @@ def made_by_two(ban_ids: Iterable[int]) -> set[int]:
     return set(db.session.execute(stmt).scalars())
 
 
+IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
 def normalise_net(value: str) -> str:
     """A banned network address as bans keep it: one IP (``"10.1.2.7"``) or a network (``"10.1.2.0/24"``).
 
     ``ValueError`` for anything else. A network must be an IPv4 /24 or an IPv6 /48 (what ``net_of`` gives and
-    claims look up), or a single address written as /32 or /128."""
+    claims look up), or a single address written as /32 or /128. An IPv4 network written IPv4-mapped
+    (``::ffff:10.1.2.0/120``, as a dual-stack socket logs its clients) is that IPv4 network: requests from such
+    addresses are looked up as IPv4 (``risk.net``), so an IPv6 network reaching over them would ban none of them."""
     text = value.strip()
     if "%" in text:
         raise ValueError("a banned address has no zone id (the part after %): it names an interface of one machine")
     if "/" not in text:
         return address_of(text) or str(ipaddress.ip_address(text))
     network = ipaddress.ip_network(text, strict=False)
+    if network.version == 6 and network.overlaps(IPV4_MAPPED):
+        if network.prefixlen < IPV4_MAPPED.prefixlen:
+            raise ValueError(
+                f"{network} reaches over the IPv4-mapped addresses (::ffff:a.b.c.d), which are looked up as IPv4: "
+                "ban the IPv4 address or /24 itself"
+            )
+        mapped = network.network_address.ipv4_mapped
+        network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - IPV4_MAPPED.prefixlen}")
     if network.prefixlen == network.max_prefixlen:
         return address_of(str(network.network_address))
     wanted = 24 if network.version == 4 else 48
