@@ -78,7 +78,7 @@ from rebate import tell
 from rebate.campaigns import is_running
 from rebate.deposits import pause_refused
 from rebate.errors import BudgetExhausted, DepositExhausted, Invalid, NotFound, RebateError, StateConflict
-from rebate.packets import issue_packet, refuse_user_stake, top_face_fen
+from rebate.packets import budget_refusal, issue_packet, refuse_user_stake, reservation_for, top_face_fen
 from rebate.scope import visible_campaign, visible_merchant
 from risk import Claimant, ClaimGate, ClaimLimits, LimitHit, PlatformLimits, campaign_slots
 
@@ -304,7 +304,7 @@ def start_run(
 ) -> AudienceRun:
     """A new run of ``campaign_id`` on the audience (members chosen by ``work_run``), audited with the operator's
     ``reason``. A merchant-funded campaign runs only on an audience scoped to its own merchant (its money goes to
-    its own buyers)."""
+    its own buyers); a campaign that is not running, or has no room for one more packet, runs none (409)."""
     audience = visible_audience(actor.operator, audience_id)
     campaign = visible_campaign(actor.operator, campaign_id)
     refuse_user_stake(campaign)
@@ -318,6 +318,7 @@ def start_run(
         raise StateConflict("this campaign issues no packets", code="campaign_issues_no_packets")
     if not is_running(campaign, now):
         raise StateConflict("the campaign is not running", code="campaign_not_running")
+    _refuse_spent(campaign)
     run = AudienceRun(
         audience_id=audience.id,
         campaign_id=campaign.id,
@@ -334,6 +335,15 @@ def start_run(
         audience_id=audience.id, campaign_id=campaign.id, holdout_bps=holdout_bps,
     )  # fmt: skip
     return run
+
+
+def _refuse_spent(campaign: Campaign) -> None:
+    """A campaign whose packet count or budget cannot take one more packet (as its first member's would be refused):
+    the run would only write a refusal on every member, and a lift of a treated group that received nothing."""
+    if campaign.max_packets is not None and campaign.packets_issued >= campaign.max_packets:
+        raise budget_refusal(count_spent=True)
+    if campaign.budget_limit_fen is not None and reservation_for(campaign) > campaign.budget_available_fen:
+        raise budget_refusal(count_spent=False)
 
 
 def held_out(seed: str, user_id: int, holdout_bps: int) -> bool:

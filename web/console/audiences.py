@@ -1,10 +1,10 @@
 """Console pages: audiences (see web/console/__init__.py).
 
-The list with a define form (a definition as JSON, checked with its preview count before saving), an
-audience's page (its preview count now, its runs, and a form to run a campaign's batch on it with a
-holdout) and a run's page (status, counts and the lift table). Every page reads and acts through the admin
-API's own views (``web/audiences_api.py``): roles, merchant scoping (another merchant's audience or run
-answers 404), validation, audit and the one commit are the API's.
+The list (newest first, a page at a time, as the other console lists) with a define form (a definition as JSON,
+checked with its preview count before saving), an audience's page (its preview count now, its runs, and a form to
+run a campaign's batch on it with a holdout) and a run's page (status, counts and the lift table). Every page reads
+and acts through the admin API's own views (``web/audiences_api.py``): roles, merchant scoping (another merchant's
+audience or run answers 404), validation, audit and the one commit are the API's.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from web.audiences_api import (
     start_run,
 )
 from web.campaign_admin import list_campaigns
-from web.console import allowed, bp, form_data, may, read, render
+from web.console import allowed, bp, form_data, may, page_offset, read, render
 from web.console.campaigns import Form, _act, _refuse
 
 EXAMPLE = {
@@ -40,6 +40,7 @@ LIFT_ROWS = (  # (field, label, kind)
     ("sales_fen", "净销售额 Net sales", "fen"),
     ("sales_per_member_fen", "人均销售 Sales per member", "fen"),
 )
+PAGE = 50  # audiences a page of the list shows (older ones on the next pages)
 
 
 def _definition_form(data=None) -> dict:
@@ -48,10 +49,13 @@ def _definition_form(data=None) -> dict:
 
 
 def _list_page(form_values: dict, preview: dict | None = None):
-    answer = read(list_audiences, query={"limit": 100})
+    offset = page_offset()  # as every list page: past 10,000,000 (or not a whole number) is the first page
+    answer = read(list_audiences, query={"limit": PAGE, "offset": offset})
     return render(
         "console/audiences.html",
         items=answer["items"],
+        offset=offset,
+        page=PAGE,
         form=form_values,
         preview=preview,
         may_define=may(create_audience),
