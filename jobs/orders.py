@@ -22,6 +22,7 @@ from sqlalchemy import Select, and_, func, or_, select, text
 
 from jobs.payouts import job_context, row_failed
 from models import Order, OrderStatus, Refund, RefundStatus, call_between_commits, db, utcnow
+from models.orders import OPEN_REFUNDS
 from rebate import PayAccount, RefundOutcome, apply_payment, apply_refund_notice, close_order, fail_refund
 from rebate.orders import lock_order
 from wechat.errors import WeChatBusinessError, WeChatError, WeChatNotFound
@@ -284,10 +285,14 @@ class RefundAsk:
     sub: SubMerchant | None = None
 
 
-def _refund_ask(refund_id: int) -> RefundAsk:
-    """Asked even if its notification landed meanwhile: the intake applies a refund once, whoever comes second.
-    Noted as asked now (committed before the call), whatever WeChat answers: the next run asks the others first."""
+def _refund_ask(refund_id: int) -> RefundAsk | None:
+    """The refund while it is still open here (None: it ended meanwhile, on another node say: a refund failed or
+    closed is never asked for again under its number, which WeChat may take now while the books hold it ended and
+    its amount refundable anew). Noted as asked now (committed before the call), whatever WeChat answers: the next
+    run asks the others first."""
     refund = db.session.get(Refund, refund_id)
+    if refund.status not in OPEN_REFUNDS:
+        return None
     refund.checked_at = utcnow()
     order = db.session.get(Order, refund.order_id)
     return RefundAsk(
@@ -300,9 +305,12 @@ def _refund_ask(refund_id: int) -> RefundAsk:
     )
 
 
-def _ask_about_refund(ask: RefundAsk) -> RefundNotice | WeChatBusinessError:
+def _ask_about_refund(ask: RefundAsk | None) -> RefundNotice | WeChatBusinessError | str:
     """WeChat's word on the refund; its refusal when it has never heard of it and will not make it (a refusal
-    that may pass, such as too little money in the merchant account, raises: asked again next run)."""
+    that may pass, such as too little money in the merchant account, raises: asked again next run); "skipped"
+    when it is not open here any more."""
+    if ask is None:
+        return "skipped"
     try:
         answer = _pay().query_refund(ask.out_refund_no, sub=ask.sub)
     except WeChatNotFound:  # our request never reached WeChat: send it again, same number
@@ -324,7 +332,9 @@ def _ask_about_refund(ask: RefundAsk) -> RefundNotice | WeChatBusinessError:
     return RefundNotice.answer_about(answer, ask.out_trade_no, ask.out_refund_no)
 
 
-def _record_refund(ask: RefundAsk, answer: RefundNotice | WeChatBusinessError, now: datetime) -> str:
+def _record_refund(ask: RefundAsk | None, answer: RefundNotice | WeChatBusinessError | str, now: datetime) -> str:
+    if isinstance(answer, str):
+        return answer
     if isinstance(answer, WeChatBusinessError):  # refused for good: failed, its hold released, an operator told
         fail_refund(
             ask.out_refund_no, RefundStatus.FAILED, now, why=f"WeChat refused it: {answer.code} {answer.message}"
