@@ -173,30 +173,25 @@ def _cancel_unconfirmed(rebate: Rebate, what: str) -> None:
     confirmation has not left, so it is cancelled at WeChat by the dispatcher's next pass (as an operator's
     cancel is); its money, back in the balance, settles what is owed (``settle_covered_debts``). A bill the person
     confirms first has left: what is owed stays owed. A payout of the rebate still with WeChat (being sent, its
-    answer unknown, or tried and due again) is marked the same way: if WeChat fails it, its money stays in the
-    balance and settles what is owed, never sent again under a new number (``payouts.record``: a failed payout
-    whose cancel was asked); found waiting for the person's confirmation, it is cancelled too."""
+    answer unknown, or tried and due again) is marked the same way: if WeChat fails it, never had it, or cannot pay
+    it on its rail, its money stays in the balance and settles what is owed, never sent again under a new number
+    (``payouts.record``, ``payouts.dispatch.call_wechat``); found waiting for the person's confirmation, it is
+    cancelled too. One a dispatcher holds at this moment (its answer being recorded) is passed over: waiting for it
+    would deadlock with the recorder, whose write of the payout waits for this refund's lock on the order."""
+    mine = and_(Payout.rebate_id == rebate.id, Payout.rail != Rail.PROFIT_SHARING, Payout.cancel_requested.is_(False))
     waiting = and_(Payout.rail == Rail.WECHAT_CHANGE, Payout.status == PayoutStatus.WAITING_USER_CONFIRM)
     in_flight = or_(
         Payout.status.in_([PayoutStatus.SENDING, PayoutStatus.UNKNOWN]),
         and_(Payout.status == PayoutStatus.PENDING, Payout.request.is_not(None)),
     )
-    payouts = db.session.execute(
-        select(Payout)
-        .where(
-            Payout.rebate_id == rebate.id,
-            or_(waiting, in_flight),
-            Payout.rail != Rail.PROFIT_SHARING,
-            Payout.cancel_requested.is_(False),
-        )
-        .order_by(Payout.id)
-        .with_for_update()
-    ).scalars()
-    for payout in payouts:
-        payout.cancel_requested = True
-        if payout.status == PayoutStatus.WAITING_USER_CONFIRM:
-            payout.next_attempt_at = utcnow()
-        payout.last_error = f"cancellation requested: {what} took the rebate back"[:2000]
+    offered = select(Payout).where(mine, waiting).order_by(Payout.id).with_for_update()
+    going = select(Payout).where(mine, in_flight).order_by(Payout.id).with_for_update(skip_locked=True)
+    for payouts in (db.session.execute(offered).scalars().all(), db.session.execute(going).scalars().all()):
+        for payout in payouts:
+            payout.cancel_requested = True
+            if payout.status == PayoutStatus.WAITING_USER_CONFIRM:
+                payout.next_attempt_at = utcnow()
+            payout.last_error = f"cancellation requested: {what} took the rebate back"[:2000]
 
 
 def _from_pending_payout(rebate: Rebate, delta: int, key: str, back_to) -> int:
