@@ -4,8 +4,9 @@
 granularity)`` answer JSON-ready dicts (shape in the README, "Reports"): money in integer fen, ratios
 in basis points (integers, rounded down; ``None`` when the base is 0, never infinity). Days are Beijing
 days, both ends included. Sales are paid amounts, net of refunds (a refund deducted on the day it
-succeeded). YoY = (this − the same dates a year earlier) / that; MoM = (this − the adjacent previous
-period of the same length: the previous calendar month(s) when the window is whole months) / that.
+succeeded). YoY = (this − the same dates a year earlier: the same calendar month(s) when the window is whole
+months) / that; MoM = (this − the adjacent previous period of the same length: the previous calendar month(s) when
+the window is whole months) / that.
 """
 
 from __future__ import annotations
@@ -252,11 +253,25 @@ def year_earlier(day: date) -> date:
         return day.replace(year=day.year - 1, day=28)
 
 
+def month_end(day: date) -> date:
+    return day.replace(day=monthrange(day.year, day.month)[1])
+
+
+def whole_months(start: date, end: date) -> bool:
+    return start.day == 1 and end == month_end(end)
+
+
+def year_ago(start: date, end: date) -> tuple[date, date]:
+    """The same dates a year earlier; for a window of whole months, the same whole months (February 2029 against
+    all of February 2028, its 29th included)."""
+    first, last = year_earlier(start), year_earlier(end)
+    return (first, month_end(last)) if whole_months(start, end) else (first, last)
+
+
 def previous_period(start: date, end: date) -> tuple[date, date]:
     """The adjacent period before: the previous calendar month(s) for a window of whole months, else the same
     number of days just before ``start``."""
-    whole_months = start.day == 1 and end == end.replace(day=monthrange(end.year, end.month)[1])
-    if whole_months:
+    if whole_months(start, end):
         months = (end.year - start.year) * 12 + end.month - start.month + 1
         last = start - timedelta(days=1)
         first = last.replace(day=1)
@@ -273,7 +288,7 @@ def _net_sales(scope: Scope, start: date, end: date) -> int:
 
 
 def _sales_change(scope: Scope, start: date, end: date, net: int) -> dict:
-    year = (year_earlier(start), year_earlier(end))
+    year = year_ago(start, end)
     prev = previous_period(start, end)
     year_net, prev_net = _net_sales(scope, *year), _net_sales(scope, *prev)
     return {

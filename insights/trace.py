@@ -534,7 +534,8 @@ def packet_history(p: RedPacket, order: Order | None, now: datetime, merchant_id
         if p.claimed_at is not None:
             add("claimed", p.claimed_at, f"claimed by user #{p.owner_id}.")
     else:
-        add("issued", p.created_at, f"issued to user #{p.owner_id} (source {p.source}: {p.source_ref}).")
+        source = f"{p.source}: {ref}" if (ref := shown_source_ref(p, merchant_id)) is not None else p.source
+        add("issued", p.created_at, f"issued to user #{p.owner_id} (source {source}).")
     for earlier, discount in _given_back_uses(p, merchant_id):  # spent on an order a refund gave the packet back from
         add(
             "used",
@@ -556,6 +557,20 @@ def packet_history(p: RedPacket, order: Order | None, now: datetime, merchant_id
     elif p.status in (PacketStatus.ISSUED, PacketStatus.UNCLAIMED) and now >= p.expires_at:
         add("past_validity", p.expires_at, "past its validity; the expiry job will release it.")
     return events
+
+
+def shown_source_ref(p: RedPacket, merchant_id: int | None) -> str | None:
+    """The packet's ``source_ref`` as ``merchant_id``'s staff may read it (None when not): of a packet a paid order
+    earned, that order's number when it was sold at their shop; of any other, the reference only when the packet is
+    their merchant's own (a platform packet spent at their shop names others' business: a friends' challenge and its
+    two people, another person's share link)."""
+    if merchant_id is None:
+        return p.source_ref
+    if p.source == TriggerKind.ORDER_PAID:
+        sold_at = db.session.execute(select(Order.merchant_id).where(Order.out_trade_no == p.source_ref)).scalar()
+        return p.source_ref if sold_at == merchant_id else None
+    funder = db.session.execute(select(Campaign.funder_merchant_id).where(Campaign.id == p.campaign_id)).scalar()
+    return p.source_ref if merchant_id in (p.issuer_merchant_id, p.merchant_id, funder) else None
 
 
 def _given_back_uses(p: RedPacket, merchant_id: int | None = None) -> list[tuple[Order, int]]:
@@ -598,15 +613,18 @@ def trace_packet(
         lines.append(f"Usable on eligible goods of at least {yuan(packet.min_spend_fen)}.")
     if packet.reserved_fen:
         lines.append(f"It holds {yuan(packet.reserved_fen)} of the campaign budget until it is used or released.")
-    challenge, challenge_lines = challenge_of_packet(packet)
+    challenge, challenge_lines = challenge_of_packet(packet, merchant_id)
     lines += challenge_lines
     lines += [e["line"] for e in history]
     if not decisions and packet.status == PacketStatus.USED:
         lines.append("Spending it triggered no rebate decision.")
     for d in reversed(decisions):
         lines += [_on_order(d), *d["lines"][1:]]
+    shown = _packet_json(packet)
+    if merchant_id is not None:  # staff: neither the order it is on nor the one that earned it, when another shop's
+        shown.update(order_id=order.id if order is not None else None, source_ref=shown_source_ref(packet, merchant_id))
     return {
-        "packet": _packet_json(packet),
+        "packet": shown,
         "campaign": {"id": campaign.id, "name": campaign.name, "status": campaign.status},
         "history": history,
         "challenge": challenge,

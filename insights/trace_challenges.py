@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from insights.challenges import merchant_sees_challenge
 from models import Challenge, ChallengePrize, RedPacket, db
 from money import format_yuan
 
 
-def challenge_of_packet(packet: RedPacket) -> tuple[dict | None, list[str]]:
-    """The challenge a packet is the prize of (None when it is not one), and the lines saying so."""
+def challenge_of_packet(packet: RedPacket, merchant_id: int | None = None) -> tuple[dict | None, list[str]]:
+    """The challenge a packet is the prize of (None when it is not one), and the lines saying so. ``merchant_id``:
+    a merchant's staff, who see only a challenge their campaign sponsors (as its own page): a prize spent at their
+    shop tells them nothing of the friends' challenge it came from (None)."""
     prize = db.session.execute(select(ChallengePrize).where(ChallengePrize.packet_id == packet.id)).scalar_one_or_none()
     if prize is None:
         return None, []
     challenge = db.session.get(Challenge, prize.challenge_id)
+    if merchant_id is not None and not merchant_sees_challenge(challenge, merchant_id):
+        return None, []
     payer = f"user #{prize.payer_user_id}'s stake" if prize.payer_user_id else "the sponsor's campaign"
     settled = challenge.settled_at.isoformat() if challenge.settled_at else None
     lines = [
