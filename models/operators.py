@@ -375,11 +375,10 @@ def create_operator(
 CONFIRMED_ROLES = (OperatorRole.ADMIN, OperatorRole.FINANCE, OperatorRole.SUPPORT)
 
 
-def confirm_operator(actor: Actor, operator_id: int, reason: str, now: datetime) -> Operator:
-    """A second admin confirms an admin, finance or support account another admin made: from then on its tokens work.
-    Not its creator, nor an account of the creator's making (``approval_refused_because``: a sock confirming a sock),
-    once. The confirming admin's own row is locked and read afresh with it (as ``disable_operator`` reads it): an
-    admin disabled while the request ran confirms nothing."""
+def _locked_with_actor(actor: Actor, operator_id: int) -> Operator:
+    """The account ``operator_id`` and the acting admin's own, locked in id order and read afresh: two admins
+    disabling each other at once leave one of them working, and an admin disabled while their request ran acts on
+    nobody (403 ``operator_disabled``). 404 when the account does not exist."""
     locked = db.session.execute(
         select(Operator)
         .where(Operator.id.in_((operator_id, actor.operator.id)))
@@ -393,6 +392,15 @@ def confirm_operator(actor: Actor, operator_id: int, reason: str, now: datetime)
     operator = found.get(operator_id)
     if operator is None:
         raise OperatorNotFound(f"operator {operator_id} not found")
+    return operator
+
+
+def confirm_operator(actor: Actor, operator_id: int, reason: str, now: datetime) -> Operator:
+    """A second admin confirms an admin, finance or support account another admin made: from then on its tokens work.
+    Not its creator, nor an account of the creator's making (``approval_refused_because``: a sock confirming a sock),
+    once. The confirming admin's own row is locked and read afresh with it (as ``disable_operator`` reads it): an
+    admin disabled while the request ran confirms nothing."""
+    operator = _locked_with_actor(actor, operator_id)
     if operator.confirmed_at is not None:
         raise OperatorStateError("this account is confirmed already", code="operator_confirmed")
     if not operator.active:  # disabled before anyone confirmed it: it stays out
@@ -414,20 +422,7 @@ def disable_operator(actor: Actor, operator_id: int, reason: str, now: datetime)
     with nothing more written. There is no enabling again: a person back gets a new account, confirmed anew."""
     if operator_id == actor.operator.id:
         raise OperatorForbidden("an admin does not disable their own account: another admin does", code="own_account")
-    # Both rows, in id order and read afresh: two admins disabling each other at once leave one of them working.
-    locked = db.session.execute(
-        select(Operator)
-        .where(Operator.id.in_((operator_id, actor.operator.id)))
-        .order_by(Operator.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalars()
-    found = {row.id: row for row in locked}
-    if not found[actor.operator.id].active:
-        raise OperatorForbidden("your account was disabled", code="operator_disabled")
-    operator = found.get(operator_id)
-    if operator is None:
-        raise OperatorNotFound(f"operator {operator_id} not found")
+    operator = _locked_with_actor(actor, operator_id)
     revoked = db.session.execute(
         update(OperatorToken)
         .where(OperatorToken.operator_id == operator.id, OperatorToken.revoked_at.is_(None))
