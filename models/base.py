@@ -103,12 +103,32 @@ def call_between_commits(prepare: Callable[[], P], call: Callable[[P], R], recor
     and must not touch the database (return plain values from ``prepare``, not rows: a lazy
     load would open a transaction again); ``record`` applies the answer. An error in
     ``prepare`` or ``record`` rolls back their own transaction only.
+
+    The call was made once ``record`` runs (a refund WeChat took, a card code it consumed): a database too busy to
+    record it (``models.sql.is_busy``: a lock held past ``DATABASE_LOCK_TIMEOUT_S`` by a long writer, a job of
+    ``make run``'s own scheduler, say) is waited for again, up to ``RECORD_TRIES`` transactions in all. Answered
+    "busy, try again" at once, the caller's retry (a console form sent again carries a new key) did it again.
     """
     with unit_of_work():
         prepared = prepare()
     answer = call(prepared)
-    with unit_of_work():
-        return record(prepared, answer)
+    for tries_left in reversed(range(RECORD_TRIES)):
+        try:
+            with unit_of_work():
+                return record(prepared, answer)
+        except Exception as exc:
+            if not tries_left or not _busy(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
+RECORD_TRIES = 3  # transactions a call's record step may take while the database is busy (``call_between_commits``)
+
+
+def _busy(exc: BaseException) -> bool:
+    from models.sql import is_busy  # noqa: PLC0415 - models.sql builds on this module
+
+    return is_busy(exc)
 
 
 def retried_once(attempt: Callable[[bool], T], retry_on: type[Exception] | tuple[type[Exception], ...]) -> T:

@@ -220,7 +220,9 @@ def call_wechat(
     if job.cancel_if_unconfirmed and not job.query_first and not job.posted_before:
         calls.append(_never_sent(job))  # asked to stop before its number ever reached WeChat: nothing to send
         return calls
-    if job.query_first:
+    # asked to stop after an earlier POST of its number (answered "retry"): WeChat is asked before anything is sent
+    query_first = job.query_first or (job.cancel_if_unconfirmed and job.posted_before)
+    if query_first:
         limiter(job.rail)
         result, ms = _timed(lambda: rail.query(job.external_no, job.request))
         calls.append(("query", result, ms))
@@ -236,15 +238,21 @@ def call_wechat(
             return calls
         if result.outcome != Outcome.NOT_FOUND:
             return calls
-        if job.cancel_if_unconfirmed:  # WeChat never had it, and it was asked to stop (a clawback, an operator)
-            calls.append(_never_sent(job))
+        if job.cancel_if_unconfirmed and job.rail in NOT_FOUND_IS_DEFINITE:
+            calls.append(_never_sent(job))  # WeChat never had it, and it was asked to stop (a clawback, an operator)
             return calls
     limiter(job.rail)
     result, ms = _timed(lambda: rail.send(job.external_no, job.request))
-    if job.posted_before and not job.query_first:  # no query this pass: an earlier POST may have made the bill
+    if job.posted_before and not query_first:  # no query this pass: an earlier POST may have made the bill
         result = _not_definite(result, "an earlier POST of this number may have created the bill")
     calls.append(("send", result, ms))
     return calls
+
+
+# The rails whose query's NOT_FOUND says WeChat has no bill of the number (a transfer bill). A red packet's may mean
+# "still processing", a coupon's rail cannot query at all (it answers NOT_FOUND to resend the same number): there a
+# payout asked to stop is still sent again under its number (WeChat keeps one of it), never cancelled here.
+NOT_FOUND_IS_DEFINITE = frozenset({Rail.WECHAT_CHANGE})
 
 
 def _never_sent(job: Claimed) -> tuple[str, RailResult, int]:

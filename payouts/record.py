@@ -12,11 +12,13 @@ from ledger import Leg, account, post_entry
 from models import (
     AccountKind,
     LedgerAccount,
+    Order,
     Payout,
     PayoutAttempt,
     PayoutStatus,
     Rail,
     RailControl,
+    Rebate,
     User,
     UserStatus,
     alert_once,
@@ -118,7 +120,7 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
         _return_unconfirmed(payout, S.FAILED, result, now, settings)
     elif o in (Outcome.FAILED, Outcome.CANCELLED) and _left_unconfirmed(payout):
         _return_unconfirmed(payout, S(o), result, now, settings)
-    elif o == Outcome.FAILED and payout.cancel_requested:  # an operator asked to stop it: no new bill
+    elif o == Outcome.FAILED and (payout.cancel_requested or _taken_back(payout)):  # asked to stop: no new bill
         mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}; not sent again (cancel asked)")
     elif o == Outcome.FAILED:
         mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}")
@@ -141,7 +143,7 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
             payout.external_no,
             f"WeChat refuses this user on {payout.rail}; the money stays in the user's balance",
         )
-    elif o == Outcome.FALLBACK and payout.cancel_requested:  # asked to stop: no bill on the fallback rail either
+    elif o == Outcome.FALLBACK and (payout.cancel_requested or _taken_back(payout)):  # nor on the fallback rail
         mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}; not sent again (cancel asked)")
     elif o == Outcome.FALLBACK:
         mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}")
@@ -231,6 +233,21 @@ def _waiting(payout: Payout, result: RailResult, now: datetime, settings: Dispat
         _later(payout, S.WAITING_USER_CONFIRM, now)
     else:
         _later(payout, S.WAITING_USER_CONFIRM, now + settings.confirm_recheck)
+
+
+def _taken_back(payout: Payout) -> bool:
+    """The rebate this payout pays no longer pays as much (a refund clawed it back while the payout was with WeChat):
+    its money stays where it came back to (the balance, where it settles the debt), never sent again. Read after any
+    refund of its order has ended (the order's key share: a refund holds the order meanwhile), since a refund passes
+    over a payout a recorder holds (``rebate.clawbacks._cancel_unconfirmed``) and so could not ask it to stop."""
+    if payout.rebate_id is None or payout.rail == Rail.PROFIT_SHARING:
+        return False
+    if payout.order_id is not None:
+        db.session.execute(select(Order.id).where(Order.id == payout.order_id).with_for_update(key_share=True)).all()
+    paid = db.session.execute(
+        select(Rebate.amount_fen).where(Rebate.id == payout.rebate_id).execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    return paid is not None and paid < payout.amount_fen
 
 
 def _payee_banned(payout: Payout) -> bool:

@@ -80,7 +80,7 @@ def take_back(
             [Leg(target, -delta), Leg(funder_account(campaign), delta)],
         )
         if rebate.beneficiary_type == "user" and from_payout + from_balance < delta:
-            _cancel_unconfirmed(rebate, what)
+            _cancel_unconfirmed(rebate, what, whole=delta >= rebate.amount_fen)
     recovered = from_payout + from_balance
     receivable = delta - recovered
     budgets.release_committed(campaign.id, recovered)
@@ -168,12 +168,12 @@ def _share_debt_parts(rebate: Rebate, owed: int) -> list[tuple[int | None, int]]
     return parts
 
 
-def _cancel_unconfirmed(rebate: Rebate, what: str) -> None:
+def _cancel_unconfirmed(rebate: Rebate, what: str, whole: bool) -> None:
     """The balance could not cover the clawback: a transfer of the rebate still waiting for the person's
     confirmation has not left, so it is cancelled at WeChat by the dispatcher's next pass (as an operator's
     cancel is); its money, back in the balance, settles what is owed (``settle_covered_debts``). A bill the person
-    confirms first has left: what is owed stays owed. A payout of the rebate still with WeChat (being sent, its
-    answer unknown, or tried and due again) is marked the same way: if WeChat fails it, never had it, or cannot pay
+    confirms first has left: what is owed stays owed. When the clawback takes the ``whole`` rebate, a payout of it
+    still with WeChat (being sent, its answer unknown, or tried and due again) is marked the same way: if WeChat fails it, never had it, or cannot pay
     it on its rail, its money stays in the balance and settles what is owed, never sent again under a new number
     (``payouts.record``, ``payouts.dispatch.call_wechat``); found waiting for the person's confirmation, it is
     cancelled too. One a dispatcher holds at this moment (its answer being recorded) is passed over: waiting for it
@@ -186,7 +186,10 @@ def _cancel_unconfirmed(rebate: Rebate, what: str) -> None:
     )
     offered = select(Payout).where(mine, waiting).order_by(Payout.id).with_for_update()
     going = select(Payout).where(mine, in_flight).order_by(Payout.id).with_for_update(skip_locked=True)
-    for payouts in (db.session.execute(offered).scalars().all(), db.session.execute(going).scalars().all()):
+    stopped = [db.session.execute(offered).scalars().all()]
+    if whole:  # (taken in part, it is sent as it was: what it pays beyond the rebate is owed from the next one)
+        stopped.append(db.session.execute(going).scalars().all())
+    for payouts in stopped:
         for payout in payouts:
             payout.cancel_requested = True
             if payout.status == PayoutStatus.WAITING_USER_CONFIRM:

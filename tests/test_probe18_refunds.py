@@ -187,3 +187,59 @@ def test_a_rail_paused_by_an_earlier_answer_recorded_late_keeps_the_later_pause(
     pause_rail("wechat_change", earlier, "NOT_ENOUGH: empty")  # the recorders record out of order
     db.session.commit()
     assert rail_control("wechat_change").paused_until == later
+
+
+def _stop_job(rail: str, *, query_first: bool, posted_before: bool):
+    from payouts.dispatch import Claimed
+
+    return Claimed(1, rail, "TB1", {"amount_fen": 5_00}, query_first, True, False, posted_before)
+
+
+def test_a_not_found_only_a_transfer_query_can_say_cancels_a_stopped_payout():
+    from payouts.dispatch import call_wechat
+    from payouts.rails import Outcome, RailResult
+    from tests.test_dispatch import ScriptedRail
+
+    # a red packet's NOT_FOUND may mean "still processing", a coupon's rail cannot query at all: a stopped payout of
+    # theirs is sent again under its own number (WeChat keeps one of it), never cancelled here while it may exist
+    for rail_name, cancelled in (("wechat_change", True), ("cash_red_packet", False), ("wechat_coupon", False)):
+        rail = ScriptedRail(RailResult(Outcome.SUCCEEDED, "SUCCESS", wechat_ref="x"))
+        calls = call_wechat(_stop_job(rail_name, query_first=True, posted_before=True), rail, lambda _: None)
+        assert ([c[0] for c in calls] == ["query", "cancel"]) is cancelled, (rail_name, calls)
+        assert ([c[0] for c in calls] == ["query", "send"]) is not cancelled, (rail_name, calls)
+
+
+def test_a_stopped_payout_posted_before_is_asked_about_before_anything_is_sent():
+    from payouts.dispatch import call_wechat
+    from payouts.rails import Outcome, RailResult
+    from tests.test_dispatch import ScriptedRail
+
+    # an earlier POST of its number was answered "retry" (FREQUENCY_LIMITED): WeChat is asked first (it was POSTed
+    # blind), and a transfer it never had is cancelled; a number never POSTed is cancelled without a call
+    rail = ScriptedRail(RailResult(Outcome.SUCCEEDED, "SUCCESS", wechat_ref="x"))
+    calls = call_wechat(_stop_job("wechat_change", query_first=False, posted_before=True), rail, lambda _: None)
+    assert [c[0] for c in calls] == ["query", "cancel"] and rail.calls == [("query", "TB1")]
+    rail = ScriptedRail()
+    calls = call_wechat(_stop_job("cash_red_packet", query_first=False, posted_before=False), rail, lambda _: None)
+    assert [c[0] for c in calls] == ["cancel"] and rail.calls == []
+
+
+def test_a_failed_transfer_whose_rebate_a_refund_took_while_it_was_recorded_is_not_sent_again(
+    app, make_user, make_product, make_campaign, pay
+):
+    from payouts.rails import Outcome, RailResult
+    from payouts.record import DispatchSettings, apply_result
+
+    # given: the refund took the whole rebate while the dispatcher held the payout (it passed over it: no stop asked)
+    user, payout = _taken_back_while_at_wechat(make_user, make_product, make_campaign, pay)
+    payout.cancel_requested = False
+    db.session.commit()
+    # when: WeChat's answer, recorded then, says the transfer failed for good
+    apply_result(payout, RailResult(Outcome.FAILED, "FAIL", "no"), utcnow(), DispatchSettings(money=app_money()))
+    db.session.commit()
+    # then: no new transfer of a rebate taken back; the 5 yuan pay the debt
+    assert db.session.execute(select(Payout).filter_by(retry_of_id=payout.id)).scalars().all() == []
+    settle_covered(user.id, app_money().point_value_fen)
+    db.session.commit()
+    assert owed(user) == 0
+    ledger_ok()

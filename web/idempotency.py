@@ -21,11 +21,12 @@ from functools import cache
 from flask import Response, current_app, jsonify, request
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from models import IdempotencyRecord, db, utcnow
-from models.base import fernet
-from models.sql import execute_core, insert_ignoring
+from models.base import RECORD_TRIES, fernet
+from models.sql import execute_core, insert_ignoring, is_busy
 from web.errors import ApiError, Conflict, ValidationFailed
 from web.guards import loads_json
 
@@ -96,10 +97,18 @@ def _claim(scope: str, route: str, key: str, fingerprint: str) -> IdempotencyRec
         )
         db.session.add(record)
         try:
+            db.session.flush()
+            record_id = record.id
             db.session.commit()
-            return record
         except IntegrityError:
             db.session.rollback()
+        else:
+            # kept loaded past the commit: read expired, its id and time would begin a transaction of their own,
+            # which a busy database refuses (SQLite: another writer took the lock just now) after the key is
+            # committed and before ``run`` can give it up: in progress for a minute, every retry 409
+            set_committed_value(record, "id", record_id)
+            set_committed_value(record, "locked_at", now)
+            return record
         found = db.session.execute(
             select(IdempotencyRecord).filter_by(scope=scope, route=route, key=key)
         ).scalar_one_or_none()
@@ -173,9 +182,23 @@ def _delete(record_id: int, held_since=None) -> None:
 
 def _release(record_id: int, locked_at) -> None:
     """Give the key up (the view failed): deleted only while it is still this request's, in progress since
-    ``locked_at``; a retry that took it over once the view's transaction ended keeps it."""
-    db.session.rollback()
-    _delete(record_id, held_since=locked_at)
+    ``locked_at``; a retry that took it over once the view's transaction ended keeps it.
+
+    The view may have failed because the database was busy (SQLite's write lock held past the lock timeout by a long
+    writer): the release then waits for it again, up to ``RECORD_TRIES`` transactions, else the key is left to go
+    stale (``STALE_AFTER``) and the view's own answer (503) goes out. Left in progress at once, the retry the 503
+    invites was answered 409 ``idempotency_in_progress`` for a minute with nothing running."""
+    for tries_left in reversed(range(RECORD_TRIES)):
+        db.session.rollback()
+        try:
+            _delete(record_id, held_since=locked_at)
+            return
+        except Exception as exc:
+            if not is_busy(exc):
+                raise
+            if not tries_left:
+                db.session.rollback()
+                return
 
 
 def run(scope: str, route: str, key: str, call: Callable[[], Response]) -> Response:
