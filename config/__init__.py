@@ -294,7 +294,10 @@ SETTINGS: tuple[Setting, ...] = (
         "given) and empties it at start. Unset: each process counts alone (`make run`, tests).",
     ),
     Setting(
-        "SEED_DEMO_DATA", False, _bool, doc="Seed demo merchants, products and campaigns at start (set by `make run`)."
+        "SEED_DEMO_DATA",
+        False,
+        _bool,
+        doc="Lets `flask seed-demo` seed demo data in live mode (it refuses otherwise); `make run` sets it and runs `flask seed-demo` itself.",
     ),
     Setting("RUN_JOBS_IN_PROCESS", False, _bool, doc="Start the scheduler inside the web process (demo only)."),
     # Payouts (issue 5)

@@ -25,6 +25,13 @@ from demo.client import Client, DemoFailure, flask_command, operator_token, say,
 
 SHOP, NOODLES, FEAST, TEA = "Noodle House", "Beef noodles", "Family feast", "Tea"  # the demo data (`flask seed-demo`)
 PAYOUT_GONE_WRONG = {"failed", "cancelled", "needs_operator"}
+# How the server refuses the demo shop's orders when the demo data was seeded in the other fund flow (`flask seed-demo`
+# seeds the newcomer packets as the platform's in direct mode, paid from the shop's own sales in service-provider mode)
+OTHER_FUND_FLOW = {"merchant_without_sub_mchid", "campaign_funded_from_sales", "discount_would_pool_money"}
+RESEED = (
+    "the demo data was seeded for the other fund flow: stop the server, run `make reset` with the FUND_FLOW it runs "
+    "with (e.g. `FUND_FLOW=service_provider make reset`), then `make run` again"
+)
 
 
 NOTIFY_ME = ("transfer_to_confirm", "transfer_reminder", "rebate_landed", "payout_failed")
@@ -50,7 +57,8 @@ class Walkthrough:
                 "Service-provider mode (FUND_FLOW=service_provider): the shop's cashback leaves its own order "
                 "money by profit sharing after the refund window (PROFIT_SHARING_HOLD_DAYS), so nothing lands in "
                 "a balance now; the rest of the walkthrough (referral transfer, wallet, challenge) is the direct "
-                "mode's: run `make run` without FUND_FLOW for it."
+                "mode's: stop the server, `make reset` (this demo data is the service-provider mode's), then "
+                "`make run` without FUND_FLOW for it."
             )
             return
         bob, bob_order = self.referral(alice, feast)
@@ -168,7 +176,12 @@ class Walkthrough:
         body: dict = {"lines": [{"product_id": product["id"], "quantity": 1}]}
         if packet_id is not None:
             body["red_packet_id"] = packet_id
-        order = self.api.call(step, "POST", "/api/v1/orders", token=token, json=body, key=f"demo-{self.run}-{step}")
+        try:
+            order = self.api.call(step, "POST", "/api/v1/orders", token=token, json=body, key=f"demo-{self.run}-{step}")
+        except DemoFailure as exc:
+            if exc.code in OTHER_FUND_FLOW:
+                raise DemoFailure(f"{exc}; {RESEED}", exc.code) from None
+            raise
         if not order.get("payment"):
             error = order.get("payment_error") or {}
             raise DemoFailure(f"{step}: no payment parameters: {error.get('error')}: {error.get('message')}")

@@ -20,7 +20,11 @@ T = TypeVar("T")
 
 
 class DemoFailure(Exception):
-    """A step did not go as the story says; the message says which and why."""
+    """A step did not go as the story says; the message says which and why (``code``: the server's ``error``)."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 def say(text: str) -> None:
@@ -70,7 +74,9 @@ class Client:
         except requests.Timeout:
             raise DemoFailure(f"{step}: {method} {path} had no answer within {REQUEST_TIMEOUT_S} s") from None
         if response.status_code >= 400:
-            raise DemoFailure(f"{step}: {method} {path} answered {response.status_code} {_explain(response)}")
+            raise DemoFailure(
+                f"{step}: {method} {path} answered {response.status_code} {_explain(response)}", _error(response)
+            )
         return response.json() if response.content else None
 
 
@@ -86,6 +92,14 @@ def _explain(response: requests.Response) -> str:
     if response.headers.get("Retry-After"):
         text += f" (retry after {response.headers['Retry-After']} s)"
     return text
+
+
+def _error(response: requests.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("error") if isinstance(body, dict) else None
 
 
 def wait_for(what: str, fetch: Callable[[], T], done: Callable[[T], bool], timeout_s: float) -> tuple[T, float]:

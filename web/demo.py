@@ -20,6 +20,7 @@ from web.payment_api import service_provider
 from web.progress import Steps
 
 DEMO_SUB_MCHID = "1900000109"  # FUND_FLOW=service_provider: the shop's sub-merchant number at the simulator
+NEWCOMER = "Newcomer: spend 50 get 10 off, 8% back"
 PRODUCTS = [("Beef noodles", "food", 50_00), ("Family feast", "food", 200_00), ("Tea", "drink", 12_00)]
 
 
@@ -69,7 +70,7 @@ def seed(step: Callable[[str], None] = lambda _: None, *, service_provider: bool
         )
         back = Form.WECHAT_CHANGE if service_provider else Form.BALANCE  # shared from sales: change only
         newcomer = _campaign(
-            "Newcomer: spend 50 get 10 off, 8% back",
+            NEWCOMER,
             {"roles": [{"role": "consumer", "rate_bps": 800, "base": "order_total", "form": back, "cap_fen": 20_00}]},
             **_newcomer_funder(shop, service_provider),
             budget_limit_fen=5_000_00,
@@ -110,6 +111,7 @@ def seed(step: Callable[[str], None] = lambda _: None, *, service_provider: bool
         generate_batch(newcomer, 5, now, batch_ref="demo")
     else:
         step("already present: nothing to add")
+    seeded_for = _seeded_for()
     codes = (
         db.session.execute(
             select(RedPacket.claim_code).where(RedPacket.status == "unclaimed", RedPacket.source == "batch").limit(5)
@@ -132,11 +134,23 @@ def seed(step: Callable[[str], None] = lambda _: None, *, service_provider: bool
         db.session.flush()
     return {
         "created": created,
+        "seeded_for": seeded_for,
         "merchant_id": shop.id,
         "codes": codes,
         "admin_token": issue_operator_token(admin, label="demo", ttl=timedelta(days=1)),
         "shop_token": issue_operator_token(staff, label="demo", ttl=timedelta(days=1)),
     }
+
+
+def _seeded_for() -> str | None:
+    """The fund flow the demo data was seeded for: its newcomer packets are the platform's in direct mode, paid from
+    the shop's own sales in service-provider mode (None when that campaign is gone)."""
+    funded_from_sales = db.session.execute(
+        select(Campaign.funded_from_sales).where(Campaign.name == NEWCOMER).order_by(Campaign.id).limit(1)
+    ).scalar_one_or_none()
+    if funded_from_sales is None:
+        return None
+    return "service_provider" if funded_from_sales else "direct"
 
 
 def _newcomer_funder(shop: Merchant, service_provider: bool) -> dict:
@@ -162,6 +176,13 @@ def seed_demo_command() -> None:
         result = seed(step, service_provider=service_provider())
     step("committed")
     click.echo("demo data " + ("created" if result["created"] else "already present"))
+    running = "service_provider" if service_provider() else "direct"
+    if result["seeded_for"] not in (None, running):  # the shop's orders would be refused (rebate.fund_flow)
+        click.echo(
+            f"  the demo data was seeded for FUND_FLOW={result['seeded_for']}, and this runs FUND_FLOW={running}: "
+            f"the demo shop's orders are refused. Stop the server, then `FUND_FLOW={running} make reset` and "
+            f"`FUND_FLOW={running} make run`."
+        )
     for code in result["codes"]:
         click.echo(f"  newcomer packet claim code: {code}")
     click.echo(f"  admin token (1 day): {result['admin_token']}")

@@ -73,6 +73,19 @@ def _parse_json(raw: bytes) -> dict[str, Any]:
     return data
 
 
+def _fields() -> Any:
+    """What a route of the phone's side was sent: a JSON object, or the fields of a form (the ``/_sim/`` page's).
+
+    JSON that is no object (a list, a string, a number, null, or unreadable under a JSON content type) is
+    WeChat's "data format error", never taken as an empty form."""
+    if not request.is_json:
+        return request.form
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise SimError(200, "47001", "data format error: the body must be a JSON object")
+    return body
+
+
 def _v2_xml(fields: dict[str, Any], api_key: str) -> Response:
     flat = {k: v for k, v in fields.items() if isinstance(v, str)}
     fields = {**fields, "sign": v2_sign(flat, api_key)}
@@ -401,8 +414,8 @@ def _register_cards(bp: Blueprint, state: SimulatorState) -> None:
     @bp.post("/card/add")
     def add_card() -> Response:
         """The phone's ``wx.addCard``: JSON ``{card_id, card_ext, openid}`` → the success callback's cardList."""
-        body = request.get_json(silent=True) or {}
         try:
+            body = _fields()
             item = state.add_card(
                 str(body.get("card_id", "")), body.get("card_ext") or "{}", str(body.get("openid", ""))
             )
@@ -420,8 +433,8 @@ def _register_push(bp: Blueprint, state: SimulatorState) -> None:
             return _api_json({"errcode": 0, "errmsg": "ok", "pushed": delivery.notification_id if delivery else None})
         return redirect(request.script_root + "/_sim/")
 
-    def name_field() -> str:
-        name = str((request.get_json(silent=True) or request.form).get("name", "alice"))
+    def name_field(data: Any) -> str:
+        name = str(data.get("name", "alice"))
         if not name or len(name) > 32 or not name.replace("-", "").replace("_", "").isalnum():
             raise SimError(400, "47003", "name: 1-32 letters, digits, - or _")
         return name
@@ -437,29 +450,30 @@ def _register_push(bp: Blueprint, state: SimulatorState) -> None:
     @bp.post("/oa/follow")
     def follow() -> Response:
         """The person follows (``action=follow``) or unfollows (``action=unfollow``) the official account."""
-        data = request.get_json(silent=True) or request.form
         try:
-            return done(state.follow(name_field(), data.get("action", "follow") != "unfollow"))
+            data = _fields()
+            return done(state.follow(name_field(data), data.get("action", "follow") != "unfollow"))
         except SimError as exc:
             return _api_error(exc)
 
     @bp.post("/mp/subscribe")
     def subscribe_popup() -> Response:
         """The person answered ``wx.requestSubscribeMessage``: ``template_ids`` (comma-separated), ``status``."""
-        data = request.get_json(silent=True) or request.form
-        ids = data.get("template_ids", "")
-        ids = ids if isinstance(ids, list) else [t.strip() for t in str(ids).split(",") if t.strip()]
         try:
-            return done(state.subscribe_popup(name_field(), [str(t) for t in ids], str(data.get("status", "accept"))))
+            data = _fields()
+            ids = data.get("template_ids", "")
+            ids = ids if isinstance(ids, list) else [t.strip() for t in str(ids).split(",") if t.strip()]
+            return done(
+                state.subscribe_popup(name_field(data), [str(t) for t in ids], str(data.get("status", "accept")))
+            )
         except SimError as exc:
             return _api_error(exc)
 
     @bp.post("/card/delete")
     def delete_card() -> Response:
         """The person deletes a card from their package: JSON ``{code}``."""
-        body = request.get_json(silent=True) or {}
         try:
-            return _api_json(state.delete_card(body.get("code")))
+            return _api_json(state.delete_card(_fields().get("code")))
         except SimError as exc:
             return _api_error(exc)
 
@@ -517,20 +531,26 @@ def _register_messages(bp: Blueprint, state: SimulatorState) -> None:
     def werun() -> Response:
         """The phone's ``wx.getWeRunData``: JSON ``{name, steps: [[day_start_unix, steps], ...]}`` → ``{encryptedData,
         iv}`` under that person's session key, for the mini-program's appid."""
-        data = request.get_json(silent=True) or {}
+        try:
+            data = _fields()
+        except SimError as exc:
+            return _api_error(exc)
         steps = data.get("steps")
         if not data.get("name") or not isinstance(steps, list) or not 0 < len(steps) <= 31:
             return _api_error(SimError(200, "40001", "name and 1-31 [timestamp, steps] pairs are required"))
         try:
             pairs = [(int(t), int(n)) for t, n in steps]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: 1e400, read as infinity
             return _api_error(SimError(200, "40001", "steps are [timestamp, steps] pairs"))
         return _api_json(state.werun_data(str(data["name"]), state.mp_appid, pairs))
 
     @bp.post("/wecom/say")
     def robot_say() -> Response:
         """A WeCom member speaks to the robot: form or JSON ``{name, content, group?}`` → what the robot answered."""
-        data = request.get_json(silent=True) or request.form
+        try:
+            data = _fields()
+        except SimError as exc:
+            return _api_error(exc)
         name, content, group = str(data.get("name", "")), str(data.get("content", "")), data.get("group") or None
         if not name or not content:
             return _api_error(SimError(200, "40001", "name and content are required"))
@@ -542,8 +562,8 @@ def _register_messages(bp: Blueprint, state: SimulatorState) -> None:
     @bp.post("/subscribe/request")
     def request_subscribe() -> Response:
         """The phone's ``wx.requestSubscribeMessage``: JSON ``{openid, tmplIds, choice?}`` → its success answer."""
-        body = request.get_json(silent=True) or {}
         try:
+            body = _fields()
             answer = state.request_subscribe(
                 str(body.get("openid", "")), body.get("tmplIds"), str(body.get("choice", "accept"))
             )

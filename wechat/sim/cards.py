@@ -40,7 +40,9 @@ class CardMixin:
 
     def add_card(self, card_id: str, card_ext: str | dict[str, Any], openid: str) -> dict[str, Any]:
         """``wx.addCard({cardList: [{cardId, cardExt}]})`` accepted by the user: the card enters their package."""
-        ext = json.loads(card_ext) if isinstance(card_ext, str) else dict(card_ext)
+        ext = json.loads(card_ext) if isinstance(card_ext, str) else card_ext
+        if not isinstance(ext, dict):
+            raise SimError(200, "40080", "invalid card ext: not a JSON object")
         expected = card_signature(
             CARD_TICKET, ext.get("timestamp"), ext.get("nonce_str"), card_id, ext.get("code"), ext.get("openid")
         )

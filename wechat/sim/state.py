@@ -34,6 +34,10 @@ from wechat.sim.robot import RobotMixin
 from wechat.sim.store import Collection, MemoryStore, Store
 from wechat.text import json_text
 
+# A person's name fits every identifier the simulator makes of it within WeChat's 64 characters (the longest
+# prefix: ``sim-oa-openid-``); a ``code-<name>`` with a longer name is a code WeChat never issued (40029).
+MAX_NAME = 64 - len("sim-oa-openid-")
+
 EVENT_SUMMARIES = {
     "TRANSACTION.SUCCESS": "支付成功",
     "REFUND.SUCCESS": "退款成功",
@@ -156,7 +160,7 @@ class SimulatorState(
         with self.lock:
             if code in self.used_codes:
                 raise SimError(200, "40163", "code been used")
-            if code.startswith("code-") and len(code) > 5:
+            if code.startswith("code-") and 5 < len(code) <= 5 + MAX_NAME:
                 return code[5:]
             name = self.oauth_codes.pop(code, None)
             if name is None:
