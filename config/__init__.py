@@ -297,7 +297,8 @@ SETTINGS: tuple[Setting, ...] = (
         "SEED_DEMO_DATA",
         False,
         _bool,
-        doc="Lets `flask seed-demo` seed demo data in live mode (it refuses otherwise); `make run` sets it and runs `flask seed-demo` itself.",
+        doc="Lets `flask seed-demo` seed demo data in live mode (it refuses otherwise); `make run` sets it and runs "
+        "`flask seed-demo` itself.",
     ),
     Setting("RUN_JOBS_IN_PROCESS", False, _bool, doc="Start the scheduler inside the web process (demo only)."),
     # Payouts (issue 5)

@@ -173,11 +173,13 @@ def _cancel_unconfirmed(rebate: Rebate, what: str, whole: bool) -> None:
     confirmation has not left, so it is cancelled at WeChat by the dispatcher's next pass (as an operator's
     cancel is); its money, back in the balance, settles what is owed (``settle_covered_debts``). A bill the person
     confirms first has left: what is owed stays owed. When the clawback takes the ``whole`` rebate, a payout of it
-    still with WeChat (being sent, its answer unknown, or tried and due again) is marked the same way: if WeChat fails it, never had it, or cannot pay
-    it on its rail, its money stays in the balance and settles what is owed, never sent again under a new number
-    (``payouts.record``, ``payouts.dispatch.call_wechat``); found waiting for the person's confirmation, it is
-    cancelled too. One a dispatcher holds at this moment (its answer being recorded) is passed over: waiting for it
-    would deadlock with the recorder, whose write of the payout waits for this refund's lock on the order."""
+    still with WeChat (being sent, its answer unknown, or tried and due again) is marked the same way: if WeChat
+    fails it, never had it (a transfer's query), or cannot pay it on its rail, its money stays in the balance and
+    settles what is owed, never sent again under a new number (``payouts.record``, ``payouts.dispatch.call_wechat``);
+    found waiting for the person's confirmation, it is cancelled too. One a dispatcher holds at this moment (its
+    answer being recorded) is passed over: waiting for it would deadlock with the recorder, whose write of the payout
+    waits for this refund's lock on the order; the recorder reads the rebate again after the refund instead
+    (``payouts.record._taken_back``)."""
     mine = and_(Payout.rebate_id == rebate.id, Payout.rail != Rail.PROFIT_SHARING, Payout.cancel_requested.is_(False))
     waiting = and_(Payout.rail == Rail.WECHAT_CHANGE, Payout.status == PayoutStatus.WAITING_USER_CONFIRM)
     in_flight = or_(
