@@ -640,9 +640,7 @@ def test_a_template_sent_event_retried_by_wechat_is_applied_once(app, client, pe
     first, second = the("n1").wechat_msgid, the("n2").wechat_msgid
     # two reports in the same second (two messages), then WeChat's retry of the first
     assert _template_finished(app, client, user, first, "success", create_time=1_900_000_000) == {"done": 1}
-    assert _template_finished(app, client, user, second, "failed:user block", create_time=1_900_000_000) == {
-        "done": 1
-    }
+    assert _template_finished(app, client, user, second, "failed:user block", create_time=1_900_000_000) == {"done": 1}
     assert _template_finished(app, client, user, first, "success", create_time=1_900_000_000) == {}
     assert db.session.query(InboundMessage).count() == 2
     assert (the("n1").delivery, the("n2").delivery) == ("success", "failed:user block")
