@@ -7,7 +7,9 @@ too large; 404 while the robot is not configured), a signed timestamp further th
 msgid) — WeCom's retry, or a replay, gets the reply recorded the first time and changes nothing — the
 command parsed (:mod:`challenges.commands`), the speaker's binding looked up, the command executed
 (:mod:`challenges.bot`) and the reply recorded, all in one transaction committed before answering. No call
-to WeChat is made here: the reply is the HTTP answer itself, encrypted.
+to WeChat is made here: the reply is the HTTP answer itself, encrypted. Our streams are finished at once; a
+stream refresh (msgtype ``stream``) is answered with the recorded reply of the stream it names, when that was
+this speaker's, else with nothing: it runs nothing and writes nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 from datetime import datetime
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from challenges import bindings, bot
 from challenges.commands import help_text, parse
@@ -38,6 +40,9 @@ from wechat.wecom import (
 
 log = logging.getLogger(__name__)
 ENTER_CHAT = "enter_chat"
+STREAM_REFRESH = "stream"
+STREAM_ID_CHARS = 64  # a reply's stream id is its message's msgid cut to this
+EVENT_OUTCOMES = ("welcome", "event")  # the outcomes answer() records for an event
 bp = Blueprint("wecom_bot", __name__, url_prefix="/wechat")
 
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
@@ -122,6 +127,12 @@ def wecom_bot() -> Response:
         log.warning("robot callback refused", extra={"reason": exc.reason})
         return _text(exc.reason, exc.http_status or 400)
     try:
+        if message.msgtype == STREAM_REFRESH:  # not a message: nothing to run or record
+            reply = refreshed(message)
+            db.session.rollback()
+            if not reply:  # a stream we never made (or another speaker's): nothing to say
+                return _text("")
+            return jsonify(encrypted_reply(settings, stream_reply(reply, stream_id=message.stream_id)))
         reply = answer(message, now)
         db.session.commit()
     except Exception as exc:
@@ -133,7 +144,26 @@ def wecom_bot() -> Response:
         return _text("")  # nothing to say, or answered elsewhere: WeCom takes an empty answer
     if message.msgtype == "event":  # the enter-chat welcome: a text (a stream answers messages only)
         return jsonify(encrypted_reply(settings, text_reply(reply)))
-    return jsonify(encrypted_reply(settings, stream_reply(reply, stream_id=message.msgid[:64])))
+    return jsonify(encrypted_reply(settings, stream_reply(reply, stream_id=message.msgid[:STREAM_ID_CHARS])))
+
+
+def refreshed(message: BotMessage) -> str | None:
+    """The reply recorded for the stream a refresh names (its id: the msgid of the message it answered, cut), when
+    that message was this speaker's to this robot; None otherwise. Our streams are finished: this is the same answer
+    again, never a command run."""
+    if len(message.stream_id) > STREAM_ID_CHARS:
+        return None
+    return db.session.execute(
+        select(BotCallback.reply)
+        .where(
+            BotCallback.bot_id == message.aibotid,
+            BotCallback.userid == message.userid,
+            func.substr(BotCallback.msgid, 1, STREAM_ID_CHARS) == message.stream_id,
+            BotCallback.outcome.not_in(EVENT_OUTCOMES),  # an event was answered by a text, not a stream
+        )
+        .order_by(BotCallback.id)
+        .limit(1)
+    ).scalar_one_or_none()
 
 
 def answer(message: BotMessage, now: datetime) -> str | None:

@@ -54,6 +54,11 @@ SUBSCRIBE_MSG_EVENTS = {
     "subscribe_msg_change_event": "SubscribeMsgChangeEvent",
     "subscribe_msg_sent_event": "SubscribeMsgSentEvent",
 }
+CARD_EVENTS = frozenset({"user_get_card", "user_consume_card", "user_del_card"})
+CARD_FIELDS = ("OuterStr", "UserCardCode", "CardId", "IsGiveByFriend")  # what the job reads (payouts.card_rail)
+MAX_CARD_CODE = 64  # payouts.wechat_ref is VARCHAR(64); WeChat's card codes are at most 20 digits
+# the fields of a List item the messages job reads (notices.consents): each one scalar
+SUBSCRIBE_ITEM_FIELDS = ("TemplateId", "SubscribeStatusString", "MsgID", "ErrorCode", "ErrorStatus")
 
 
 class PushRejected(NotificationRejected):
@@ -308,6 +313,10 @@ def _normalized(raw: dict[str, Any]) -> PushMessage:
     message = PushMessage(msg_type, event, from_user, to_user, create_time, msg_id, raw)
     if event == TEMPLATE_SENT_EVENT and (len(_text(raw.get("MsgID"))) > 64 or len(_text(raw.get("Status"))) > 64):
         raise PushRejected("MALFORMED", "MsgID or Status is longer than WeChat ever sends")
+    if event in CARD_EVENTS:  # as below: what the job reads of a card event is one short text each
+        card = {name: _text(raw.get(name)) for name in CARD_FIELDS}
+        if len(card["UserCardCode"]) > MAX_CARD_CODE:
+            raise PushRejected("MALFORMED", "UserCardCode is longer than WeChat ever sends")
     if event in SUBSCRIBE_MSG_EVENTS:
         subscribe_items(message)  # its List is read by the job later: a shape it cannot read is refused now
     return message
@@ -335,6 +344,9 @@ def subscribe_items(message: PushMessage) -> list[dict[str, Any]]:
         items = [items]
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise PushRejected("MALFORMED", "List is not an object or an array of objects")
+    for item in items:  # what the job reads of an item is text (or a JSON number): an element twice is no answer
+        for name in SUBSCRIBE_ITEM_FIELDS:
+            _text(item.get(name))
     return [dict(i) for i in items]
 
 

@@ -30,6 +30,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import secrets
 import struct
 import time
@@ -56,6 +57,7 @@ WEBHOOK_MARKDOWN_BYTES = 4096
 WEBHOOK_PER_MINUTE = 20
 WEBHOOK_BUSY = 130101
 STREAM_CONTENT_BYTES = 20480
+SIGNATURE = re.compile(r"[0-9a-fA-F]{40}")  # SHA1 in hex: compare_digest takes ASCII only (TypeError, a 500)
 
 
 class CallbackRejected(NotificationRejected):
@@ -128,7 +130,7 @@ def _signed_query(args: dict[str, str]) -> tuple[str, str, str]:
     signature, timestamp, nonce = (args.get(k) or "" for k in ("msg_signature", "timestamp", "nonce"))
     if not (signature and timestamp and nonce):
         raise CallbackRejected("SIGNATURE_MISSING", "msg_signature, timestamp and nonce are required", http_status=403)
-    if len(timestamp) > 12 or not timestamp.isdecimal() or len(nonce) > 64 or len(signature) != 40:
+    if len(timestamp) > 12 or not timestamp.isdecimal() or len(nonce) > 64 or not SIGNATURE.fullmatch(signature):
         raise CallbackRejected("SIGNATURE_MISSING", "malformed signed query", http_status=403)
     return signature, timestamp, nonce
 
@@ -166,6 +168,7 @@ class BotMessage:
     content: str  # text.content ("" for other message types)
     response_url: str = ""
     event_type: str = ""  # event.eventtype of an event ("enter_chat": a person opened the 1:1 chat today)
+    stream_id: str = ""  # stream.id of a stream refresh (msgtype "stream"): the stream WeCom asks about
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -213,8 +216,15 @@ def parse_message(plaintext: str) -> BotMessage:
         if not isinstance(event, dict):
             raise CallbackRejected("MALFORMED", "an event without event")
         event_type = _field(event, "eventtype", 64)
+    stream_id = ""
+    if msgtype == "stream":  # WeCom asking for more of a stream it takes for unfinished
+        stream = data.get("stream")
+        if not isinstance(stream, dict):
+            raise CallbackRejected("MALFORMED", "a stream refresh without stream")
+        stream_id = _field(stream, "id", 128)
     return BotMessage(
         event_type=event_type,
+        stream_id=stream_id,
         msgid=_field(data, "msgid", 128),
         aibotid=_field(data, "aibotid", 64),  # a binding's scope (chat_bindings.scope) when WECOM_BOT_ID is unset
         chatid=_field(data, "chatid", 128, required=chattype == "group"),
