@@ -158,14 +158,13 @@ def _discounts(packets_faces: list[tuple[RedPacket, int]], lines: list[OrderLine
     the order of ``packets_faces``.
 
     Packets limited to categories or products take first (fewest lines in scope first), packets for anything
-    last, and each takes first from the lines the fewest packets after it can use (ties in listed order): a
-    packet for anything leaves the food to a packet for food, whichever the mini-program listed first, and is
-    the one cut short when only the 1 fen to pay is left (taken first, it had left the food packet nothing and
-    had it refused). A packet whose whole take would leave a packet after it nothing (two for anything larger
-    than the order, a packet for the coffee and one for drinks on one coffee) leaves each of them 1 fen of its
-    lines and of the room: a packet is refused only when no way of sharing gives every packet something, never
-    for the order the mini-program listed them in."""
-    left = [li.line_total_fen for li in lines]
+    last (ties in listed order): first a fen each, then each in turn as much as its face, the lines in scope and
+    the room let it. A packet is refused only when no way of sharing gives every packet a fen, never for the
+    order the mini-program listed them in. Which line each fen comes from stays open to the end: a packet taken
+    earlier gives up a line a later one needs for another line of its own (``_Sharing``), so the packets together
+    take the most they can (a 3-yuan packet for coffee or food never takes the coffee a 7-yuan packet for coffee
+    or biscuits needs while the sandwich is free), whatever order the lines were listed in; a packet for
+    anything is the one cut short when only the 1 fen to pay is left."""
     scopes = [[i for i, li in enumerate(lines) if _in_scope(packet, li)] for packet, _ in packets_faces]
 
     def narrowest_first(k: int) -> tuple[bool, int]:  # a packet for anything last, then by lines in scope
@@ -173,67 +172,66 @@ def _discounts(packets_faces: list[tuple[RedPacket, int]], lines: list[OrderLine
         return not packet.categories and not packet.products, len(scopes[k])
 
     turns = sorted(range(len(packets_faces)), key=narrowest_first)  # (sorted is stable)
-    room = total - MIN_PAYABLE_FEN
-    discounts = [0] * len(packets_faces)
-    for n, k in enumerate(turns):
-        packet, face = packets_faces[k]
-        after = turns[n + 1 :]
-        later = [set(scopes[j]) for j in after]
-        scoped = sorted(scopes[k], key=lambda i: sum(i in scope for scope in later))
-        keep = [0] * len(left)  # fen of each line kept for the packets after this one
-        discount = min(face, sum(left[i] for i in scoped), room)
-        if after and not _fen_each(after, scopes, _after_taking(left, scoped, discount), room - discount):
-            # a sharing that gives every packet a fen, if any, the packets after it on lines it cannot use first
-            outside = [
-                [i for i in scopes[j] if i not in scopes[k]] + [i for i in scopes[j] if i in scopes[k]]
-                for j in range(len(scopes))
-            ]
-            kept = _fen_each([k, *after], outside, left, room)
-            if kept is not None:
-                for j in after:
-                    keep[kept[j]] += 1
-                discount = min(face, sum(left[i] - keep[i] for i in scoped), room - len(after))
-        if discount <= 0:
+    sharing = _Sharing(scopes, [li.line_total_fen for li in lines], total - MIN_PAYABLE_FEN)
+    for k in turns:
+        if not sharing.take(k, 1):
             raise Invalid(
-                f"red packet {packet.id} would take nothing off this order (at least 1 fen must be paid)",
+                f"red packet {packets_faces[k][0].id} would take nothing off this order (at least 1 fen must be paid)",
                 code="packet_no_discount",
             )
-        left = _after_taking(left, scoped, discount, keep)
-        room -= discount
-        discounts[k] = discount
-    return discounts
+    for k in turns:
+        sharing.take(k, packets_faces[k][1] - 1)
+    return [sum(taken.values()) for taken in sharing.taken]
 
 
-def _after_taking(left: list[int], scoped: list[int], take: int, keep: list[int] | None = None) -> list[int]:
-    """The value left on each line once ``take`` is taken from the ``scoped`` lines in that order (``keep``: fen of
-    each line not to be taken)."""
-    left = list(left)
-    for i in scoped:
-        part = min(take, left[i] - (keep[i] if keep else 0))
-        left[i], take = left[i] - part, take - part
-    return left
+class _Sharing:
+    """What each packet takes from each line in its scope (``taken[packet][line]``), no line giving more than its
+    value and all of them no more than ``room`` (a flow, grown by augmenting paths: at most five packets)."""
 
+    def __init__(self, scopes: list[list[int]], left: list[int], room: int) -> None:
+        self.scopes, self.left, self.room = scopes, list(left), room
+        self.taken: list[dict[int, int]] = [{} for _ in scopes]
 
-def _fen_each(packets: list[int], scopes: list[list[int]], left: list[int], room: int) -> dict[int, int] | None:
-    """A line of its scope for each of ``packets`` to take 1 fen from, no line giving more fen than it has left and
-    the room holding a fen for each (packet → line), or None when there is none (a matching, by augmenting paths:
-    at most five packets)."""
-    if room < len(packets):
+    def take(self, k: int, want: int) -> int:
+        """Up to ``want`` more fen for packet ``k``, what the others took staying what it was (a line they took
+        from may change); returns how many."""
+        got = 0
+        while got < want and self.room > 0:
+            path = self._path(k)
+            if path is None:
+                break
+            # packet, line it takes more from, packet giving up that line for the next line, …, a line with value left
+            fen = min(want - got, self.room, self.left[path[-1]])
+            fen = min([fen] + [self.taken[path[j + 1]][path[j]] for j in range(1, len(path) - 1, 2)])
+            for j in range(0, len(path) - 1, 2):
+                packet, line = path[j], path[j + 1]
+                self.taken[packet][line] = self.taken[packet].get(line, 0) + fen
+                if j + 2 < len(path):
+                    self.taken[path[j + 2]][line] -= fen
+            self.left[path[-1]] -= fen
+            self.room -= fen
+            got += fen
+        return got
+
+    def _path(self, k: int) -> list[int] | None:
+        """The shortest chain from packet ``k`` to a line with value left: [k, line, packet, line, …, line], each
+        packet after ``k`` having taken from the line before it (breadth first)."""
+        came: dict[int, tuple[int, int] | None] = dict.fromkeys(self.scopes[k])  # line → (line, packet) before
+        queue = list(self.scopes[k])
+        for line in queue:
+            if self.left[line] > 0:
+                path = [line]
+                while came[path[-1]] is not None:
+                    before, packet = came[path[-1]]
+                    path += [packet, before]
+                return [k, *reversed(path)]
+            for packet, taken in enumerate(self.taken):
+                if packet != k and taken.get(line, 0) > 0:
+                    for nxt in self.scopes[packet]:
+                        if nxt not in came:
+                            came[nxt] = (line, packet)
+                            queue.append(nxt)
         return None
-    at: dict[int, int] = {}
-
-    def place(k: int, tried: set[int]) -> bool:
-        for i in scopes[k]:
-            if i in tried:
-                continue
-            tried.add(i)
-            holders = [j for j, line in at.items() if line == i]
-            if len(holders) < left[i] or any(place(j, tried) for j in holders):
-                at[k] = i
-                return True
-        return False
-
-    return at if all(place(k, set()) for k in packets) else None
 
 
 def create_order(
