@@ -234,6 +234,9 @@ class _Sharing:
         return None
 
 
+MAX_WECHAT_PAYMENT_FEN = 2**31 - 1  # amount.total of a Pay v3 order is an int (32 bits)
+
+
 def create_order(
     user: User,
     lines: list[LineRequest],
@@ -270,6 +273,13 @@ def create_order(
     _check_stacking([packet for packet, _ in chosen])
     discounts = _discounts(chosen, order_lines, total)
     used = plan_wallet(user, wallet, total - sum(discounts) - MIN_PAYABLE_FEN)
+    if total - sum(discounts) - used.fen > MAX_WECHAT_PAYMENT_FEN:  # WeChat's amount.total is a 32-bit integer: such an
+        # order held the buyer's packets and balance half an hour for a prepay WeChat could only refuse
+        raise Invalid(
+            f"WeChat Pay takes at most {MAX_WECHAT_PAYMENT_FEN} fen in one payment; this order asks "
+            f"{total - sum(discounts) - used.fen}",
+            code="order_too_large",
+        )
     order = Order(
         out_trade_no=new_out_trade_no(now),
         user_id=user.id,

@@ -59,10 +59,19 @@ def test_an_order_above_the_ledgers_bound_is_refused_before_wechat_takes_the_mon
         # then: 422 naming the bound, and no order (nothing to pay at WeChat)
         assert body["error"] == "order_too_large" and str(MAX_FEN) in words(body)
     assert count(Order) == 0
-    # and: exactly the bound is an order like any other
-    made = client.post("/api/v1/orders", json={"lines": [{"product_id": gold.id, "quantity": 1}]}, headers=headers)
+    # and: one of it is within the ledger's bound but more than WeChat takes in one payment (its amount.total is a
+    # 32-bit integer): refused too, naming WeChat's bound (it had been an order holding its packets half an hour for a
+    # prepay WeChat could only refuse)
+    body = refused(
+        client.post("/api/v1/orders", json={"lines": [{"product_id": gold.id, "quantity": 1}]}, headers=headers)
+    )
+    assert body["error"] == "order_too_large" and str(2**31 - 1) in words(body)
+    assert count(Order) == 0
+    # and: exactly WeChat's bound is an order like any other
+    top = make_product(price_fen=2**31 - 1)
+    made = client.post("/api/v1/orders", json={"lines": [{"product_id": top.id, "quantity": 1}]}, headers=headers)
     assert made.status_code == 201, made.json
-    assert made.json["total_fen"] == MAX_FEN
+    assert made.json["total_fen"] == 2**31 - 1
 
 
 # --- challenges: a first day years away would hold the stake for years -------------------------------------------
