@@ -397,7 +397,8 @@ def _statement():
     return (
         select(
             buyer.created_at,
-            *(bs.last_at, bs.first_view_at, bs.last_cart_at, bs.entry_kind, bs.views, bs.searches, bs.compares),
+            *(bs.started_at, bs.last_at, bs.first_view_at, bs.last_cart_at, bs.entry_kind, bs.views, bs.searches),
+            bs.compares,
             *(bs.cart_adds, bs.gaps, bs.gap_sum_ms, bs.gap_sq_sum),
             *(rp.paid_orders, rp.packet_orders, rp.rebated_orders, rp.refunded_after_rebate),
             rp.recent_paid_at,
@@ -481,25 +482,33 @@ def _uniformity(gaps: int, gap_sum_ms: int, gap_sq_sum: int) -> float | None:
 def features(facts: OrderFacts, row) -> dict:
     """Every feature's value from the read row (``None``: unknown for this order)."""
     at, packet = facts.paid_at, facts.packet
-    browsing = row.last_at is not None and row.last_at >= at - SESSION_GAP
+    # The paid time is WeChat's; the session is as the payment's notification (or the query job) finds it, so it
+    # may hold events sent after paying. A session begun after the payment says nothing of browsing before it (no
+    # browsing, as far as the trail knows); a first view or a cart addition after it is no time before paying.
+    browsing = row.last_at is not None and row.last_at >= at - SESSION_GAP and row.started_at <= at
+    first_view, last_cart = (
+        t if browsing and t is not None and t <= at else None for t in (row.first_view_at, row.last_cart_at)
+    )
     issuer = packet is not None and packet.issuer_type in ("user", "merchant")
     paid_before = row.paid_orders or 0
     rebated = row.rebated_orders or 0
     values = {
-        "seconds_from_first_view": _seconds(at, row.first_view_at) if browsing else None,
+        "seconds_from_first_view": _seconds(at, first_view),
         "views_before_pay": row.views if browsing else 0,
         "browse_depth": (row.searches + row.compares + row.cart_adds) if browsing else 0,
         "no_browsing": not browsing,
         "deep_link": (row.entry_kind == EventKind.VIEW and row.searches == 0 and row.views <= 1) if browsing else None,
-        "cart_to_pay_seconds": _seconds(at, row.last_cart_at) if browsing else None,
+        "cart_to_pay_seconds": _seconds(at, last_cart),
         "gap_uniformity": _uniformity(row.gaps, row.gap_sum_ms, row.gap_sq_sum) if browsing else None,
         "claim_to_spend_seconds": _seconds(at, packet.claimed_at) if packet is not None else None,
         "above_min_spend_fen": (
             facts.total_fen - packet.min_spend_fen if packet is not None and packet.min_spend_fen > 0 else None
         ),
         "triangle_repeats": (row.triangle or 0) if issuer else None,
-        "shares_device_with_issuer": bool(row.shares_device) if issuer and facts.device else None,
-        "shares_net_with_issuer": bool(row.shares_net) if issuer and facts.net else None,
+        # on the order's device or network or any the buyer has used (as for the staff): the order's device is an
+        # optional header, and leaving it off must not hide an issuer paying themselves on their own phone
+        "shares_device_with_issuer": bool(row.shares_device) if issuer else None,
+        "shares_net_with_issuer": bool(row.shares_net) if issuer else None,
         "shares_with_merchant_staff": bool(row.staff),
         "accounts_on_device": row.accounts_on_device + 1 if facts.device else None,
         "accounts_on_net": row.accounts_on_net + 1 if facts.net else None,
