@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Annotated
 
@@ -9,6 +10,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -38,8 +40,22 @@ NonNegativeFen = Annotated[StrictInt, Field(ge=0, le=MAX_FEN)]
 Bps = Annotated[StrictInt, Field(ge=0, le=100_000)]
 Id = Annotated[StrictInt, Field(gt=0, le=MAX_ID)]  # every primary key is a 32-bit INTEGER
 Flag = StrictBool
-Instant = Annotated[AwareDatetime, AfterValidator(instant_in_range)]  # with its offset; 2000 to 2099 (web.guards)
-Day = Annotated[date, AfterValidator(day_in_range)]  # YYYY-MM-DD, 2000 to 2099
+NUMBER = re.compile(r"\s*[-+]?[0-9]+(\.[0-9]*)?\s*")
+
+
+def written_out(value):
+    """An instant or a day from outside as a date written out: pydantic would take a number (``2000000000``, or its
+    digits in a string, as a query string sends them) as Unix seconds, or milliseconds when it is large, guessing the
+    unit by its size: a value the document (``format: date-time`` / ``date``) does not allow, read as a moment nobody
+    wrote."""
+    if isinstance(value, int | float) or (isinstance(value, str) and NUMBER.fullmatch(value)):
+        raise ValueError("must be a date written out (YYYY-MM-DD, with a time and offset for an instant), not a number")
+    return value
+
+
+# with its offset; 2000 to 2099 (web.guards)
+Instant = Annotated[AwareDatetime, BeforeValidator(written_out), AfterValidator(instant_in_range)]
+Day = Annotated[date, BeforeValidator(written_out), AfterValidator(day_in_range)]  # YYYY-MM-DD, 2000 to 2099
 
 
 class Page(Model):
