@@ -121,7 +121,7 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
     elif o in (Outcome.FAILED, Outcome.CANCELLED) and _left_unconfirmed(payout):
         _return_unconfirmed(payout, S(o), result, now, settings)
     elif o == Outcome.FAILED and (payout.cancel_requested or _taken_back(payout)):  # asked to stop: no new bill
-        mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}; not sent again (cancel asked)")
+        mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}; {_not_again(payout)}")
     elif o == Outcome.FAILED:
         mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}")
         _retry_after_failure(payout, payout.rail, "definitive failure", settings)
@@ -144,7 +144,7 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
             f"WeChat refuses this user on {payout.rail}; the money stays in the user's balance",
         )
     elif o == Outcome.FALLBACK and (payout.cancel_requested or _taken_back(payout)):  # nor on the fallback rail
-        mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}; not sent again (cancel asked)")
+        mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}; {_not_again(payout)}")
     elif o == Outcome.FALLBACK:
         mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}")
         _retry_after_failure(payout, fallback_rail(payout, settings), "fallback rail", settings)
@@ -233,6 +233,10 @@ def _waiting(payout: Payout, result: RailResult, now: datetime, settings: Dispat
         _later(payout, S.WAITING_USER_CONFIRM, now)
     else:
         _later(payout, S.WAITING_USER_CONFIRM, now + settings.confirm_recheck)
+
+
+def _not_again(payout: Payout) -> str:
+    return "not sent again (cancel asked)" if payout.cancel_requested else "not sent again (its rebate was taken back)"
 
 
 def _taken_back(payout: Payout) -> bool:

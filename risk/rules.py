@@ -211,11 +211,11 @@ def _finite(value: int | float) -> bool:
 def effective_rules(platform: tuple[Rule, ...], overrides: tuple[Rule, ...] = ()) -> tuple[Rule, ...]:
     """The platform's rules with a campaign's overrides: same name replaces (or ``off`` removes), others add.
 
-    Overrides that cannot be read (``readable_rules``: ``UNREADABLE_RULE`` alone) are the campaign's rules alone:
-    every order held for review. Added to the platform's, a platform allow rule (one the unread overrides may
-    have switched off) would win over the review."""
+    Overrides that cannot be read (``readable_rules``: ``UNREADABLE_RULE`` alone) hold every order for review: the
+    platform's allow rules are left out (one the unread overrides may have switched off would win over the review),
+    its blocks kept (a block still beats the review)."""
     if len(overrides) == 1 and overrides[0] is UNREADABLE_RULE:  # the marker itself, not a set naming its rule
-        return overrides
+        return (*(rule for rule in platform if rule.action != "allow"), *overrides)
     by_name = {rule.name: rule for rule in platform}
     for rule in overrides:
         by_name[rule.name] = rule

@@ -483,9 +483,11 @@ def features(facts: OrderFacts, row) -> dict:
     """Every feature's value from the read row (``None``: unknown for this order)."""
     at, packet = facts.paid_at, facts.packet
     # The paid time is WeChat's; the session is as the payment's notification (or the query job) finds it, so it
-    # may hold events sent after paying. A session begun after the payment says nothing of browsing before it (no
-    # browsing, as far as the trail knows); a first view or a cart addition after it is no time before paying.
-    browsing = row.last_at is not None and row.last_at >= at - SESSION_GAP and row.started_at <= at
+    # may hold events sent after paying. A session placed as begun after the payment tells nothing of browsing before
+    # it (unknown: a quick buyer's short browse flushed after the pay sheet closed is placed at its arrival, so it
+    # must not count as "no browsing" either); a first view or a cart addition after it is no time before paying.
+    began_after = row.started_at is not None and row.started_at > at
+    browsing = row.last_at is not None and row.last_at >= at - SESSION_GAP and not began_after
     first_view, last_cart = (
         t if browsing and t is not None and t <= at else None for t in (row.first_view_at, row.last_cart_at)
     )
@@ -494,9 +496,9 @@ def features(facts: OrderFacts, row) -> dict:
     rebated = row.rebated_orders or 0
     values = {
         "seconds_from_first_view": _seconds(at, first_view),
-        "views_before_pay": row.views if browsing else 0,
-        "browse_depth": (row.searches + row.compares + row.cart_adds) if browsing else 0,
-        "no_browsing": not browsing,
+        "views_before_pay": None if began_after else row.views if browsing else 0,
+        "browse_depth": None if began_after else (row.searches + row.compares + row.cart_adds) if browsing else 0,
+        "no_browsing": None if began_after else not browsing,
         "deep_link": (row.entry_kind == EventKind.VIEW and row.searches == 0 and row.views <= 1) if browsing else None,
         "cart_to_pay_seconds": _seconds(at, last_cart),
         "gap_uniformity": _uniformity(row.gaps, row.gap_sum_ms, row.gap_sq_sum) if browsing else None,

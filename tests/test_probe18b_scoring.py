@@ -19,20 +19,21 @@ def _post(user_id, at, *kinds):
     db.session.commit()
 
 
-def test_browsing_that_began_after_the_payment_is_no_browsing_before_it(people):  # noqa: F811
+def test_browsing_that_began_after_the_payment_says_nothing_of_browsing_before_it(people):  # noqa: F811
     """WeChat's ``success_time`` is the paid time, and the payment is applied when the notification (or the query
     job, after a lost one) arrives. Events the buyer sent after paying and before it was applied started a session
     after the payment: the scorer read it as browsing before paying, said "paid 0 s after first view" (a figure
     no one saw) and dropped "no browsing in the 30 minutes before paying": a buyer who went straight to pay could
-    post a few views after paying to turn 25 points into 15."""
+    post a few views after paying to turn 25 points into 15. It is unknown now, not "no browsing" either (a review
+    found that a quick buyer's short browse, flushed after the pay sheet closed, is placed at its arrival: counted as
+    no browsing, honest buyers got 25 points)."""
     buyer, _, merchant = people
     _post(buyer.id, NOW + timedelta(seconds=20), EventKind.VIEW, EventKind.SEARCH, EventKind.VIEW)
     scored = score_order(facts(buyer, merchant, paid_at=NOW))
-    assert scored.values["no_browsing"] is True
+    assert scored.values["no_browsing"] is None
     assert scored.values["seconds_from_first_view"] is None
-    said = {c["feature"]: c["words"] for c in scored.contributions}
-    assert said.get("no_browsing") == "no browsing in the 30 minutes before paying"
-    assert "seconds_from_first_view" not in said
+    said = {c["feature"] for c in scored.contributions}
+    assert not said & {"no_browsing", "seconds_from_first_view", "views_before_pay", "browse_depth"}
 
 
 def test_a_first_view_or_cart_addition_after_the_payment_is_not_seconds_before_it(people):  # noqa: F811
@@ -73,6 +74,7 @@ def test_a_campaigns_unreadable_overrides_hold_its_orders_even_when_a_platform_a
     that could no longer be read may have switched that very rule off."""
     platform = [
         {"name": "allow_regulars", "action": "allow", "when": [["orders_before", ">=", 20]]},
+        {"name": "block_very_high", "action": "block", "when": [["score", ">=", 90]]},
         {"name": "review_high_score", "action": "review", "when": [["score", ">=", 60]]},
     ]
     stale = [{"name": "allow_regulars", "off": True}, {"name": "old", "action": "review", "when": [["gone", "<", 5]]}]
@@ -92,3 +94,7 @@ def test_a_campaigns_unreadable_overrides_hold_its_orders_even_when_a_platform_a
     assert decide(rules[None], regular).action == "allow"  # the platform's own orders: its readable rules
     verdict = decide(rules[7], regular)
     assert (verdict.action, verdict.rule) == ("review", "active_rules_unreadable")
+    # and: the platform's blocks still hold (a review found every platform rule dropped: a score of 95 held for a
+    # review an operator could approve, where it had been blocked)
+    verdict = decide(rules[7], {"score": 95, "orders_before": 25})
+    assert (verdict.action, verdict.rule) == ("block", "block_very_high")

@@ -158,7 +158,10 @@ def refreshed(message: BotMessage) -> str | None:
         .where(
             BotCallback.bot_id == message.aibotid,
             BotCallback.userid == message.userid,
-            func.substr(BotCallback.msgid, 1, STREAM_ID_CHARS) == message.stream_id,
+            # (a msgid shorter than a stream id's cut is the id itself: read by the robot's msgid index)
+            BotCallback.msgid == message.stream_id
+            if len(message.stream_id) < STREAM_ID_CHARS
+            else func.substr(BotCallback.msgid, 1, STREAM_ID_CHARS) == message.stream_id,
             BotCallback.outcome.not_in(EVENT_OUTCOMES),  # an event was answered by a text, not a stream
         )
         .order_by(BotCallback.id)
