@@ -561,7 +561,7 @@ def packet_history(p: RedPacket, order: Order | None, now: datetime, merchant_id
 
 def shown_source_ref(p: RedPacket, merchant_id: int | None) -> str | None:
     """The packet's ``source_ref`` as ``merchant_id``'s staff may read it (None when not): of a packet a paid order
-    earned, that order's number when it was sold at their shop; of any other, the reference only when the packet is
+    earned, that order's number when it was sold at their shop; of any other, its source_ref only when the packet is
     their merchant's own (a platform packet spent at their shop names others' business: a friends' challenge and its
     two people, another person's share link)."""
     if merchant_id is None:

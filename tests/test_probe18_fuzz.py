@@ -94,10 +94,11 @@ def test_instants_and_days_written_out_still_work(client, admin, make_user):
 
 def test_an_idempotency_key_holding_a_nul_is_refused_before_anything_is_written(client, admin):
     """The key is stored as sent: PostgreSQL text holds no NUL, so the claim's insert failed in the driver (500).
-    gunicorn refuses such a header, but the guard is the app's own (as for the path, the query and JSON)."""
+    gunicorn refuses such a header, but the guard is the app's own (as for the path, the query and JSON); only the key
+    is refused: a User-Agent with one is kept without it (tests/test_console_outside.py)."""
     headers = {**admin, "Idempotency-Key": "retry\x00-1"}
     response = client.post("/admin/api/merchants", json={"name": "Noodles"}, headers=headers)
     assert response.status_code == 422, response.get_data(as_text=True)
-    assert response.json["error"] == "unprocessable_entity"
+    assert response.json["error"] == "invalid_idempotency_key"
     assert (count(Merchant), count(IdempotencyRecord)) == (0, 0)
     assert client.post("/admin/api/merchants", json={"name": "Noodles"}, headers=admin).status_code == 201

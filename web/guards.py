@@ -13,11 +13,9 @@ Bad input answers 4xx, never 500:
 * JSON is refused (422 ``invalid_json``) when nested deeper than
   ``MAX_JSON_DEPTH``, counted before it is parsed so the parser's recursion
   never runs away.
-* A NUL character (``%00`` in the path or query, ``\\u0000`` in JSON, in a header
-  value: an ``Idempotency-Key`` is stored as sent, and gunicorn refuses one but
-  not every server does) is refused before any view: PostgreSQL text cannot hold
-  one, so it would otherwise fail inside the driver (500) after the request had
-  started its work.
+* A NUL character (``%00`` in the path or query, ``\\u0000`` in JSON) is refused
+  before any view: PostgreSQL text cannot hold one, so it would otherwise fail
+  inside the driver (500) after the request had started its work.
 * A query parameter given twice (``?operator_id=1&operator_id=2``) is refused
   (422): every view reads one value of each, so the second would be dropped
   without a word and the answer would look like one for both.
@@ -209,8 +207,6 @@ def _refuse_oversized() -> None:
 def _refuse_nul() -> None:
     if "\x00" in request.path:
         raise NotFound()
-    if any("\x00" in value for value in request.headers.values()):  # an Idempotency-Key is stored as it came
-        raise UnprocessableEntity("header values may not contain NUL characters")
     if not request.environ.get("QUERY_STRING"):
         return  # nothing to parse (most requests): the query is not decoded just to look at it
     seen: set[str] = set()

@@ -85,6 +85,8 @@ def _replay(record: IdempotencyRecord) -> Response:
 def _check_key(key: str) -> None:
     if not key or len(key) > 128:
         raise ValidationFailed("Idempotency-Key must be 1 to 128 characters", code="invalid_idempotency_key")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):  # stored as sent: PostgreSQL text holds no NUL (a 500)
+        raise ValidationFailed("Idempotency-Key may not hold control characters", code="invalid_idempotency_key")
 
 
 def _claim(scope: str, route: str, key: str, fingerprint: str) -> IdempotencyRecord | Response:
