@@ -114,7 +114,9 @@ def test_one_payment_notified_several_times_at_once_while_the_query_job_finds_it
 
     # then: every delivery is acknowledged, and the payment is applied exactly once
     assert results[1:] == [204] * 4, results
-    assert results[0] in ({"applied": 1}, {"already_applied": 1}, {}), results
+    # the job applies it, finds it applied, finds it settled between its claim and its read ("skipped"), or finds
+    # nothing left to claim
+    assert results[0] in ({"applied": 1}, {"already_applied": 1}, {"skipped": 1}, {}), results
     db.session.rollback()
     assert db.session.get(Order, order_id).status == "paid"
     assert count(LedgerEntry) == entries + 1
