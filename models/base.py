@@ -112,17 +112,27 @@ def call_between_commits(prepare: Callable[[], P], call: Callable[[P], R], recor
     with unit_of_work():
         prepared = prepare()
     answer = call(prepared)
-    for tries_left in reversed(range(RECORD_TRIES)):
+
+    def recorded() -> T:
+        with unit_of_work():
+            return record(prepared, answer)
+
+    return while_busy(recorded)
+
+
+RECORD_TRIES = 3  # transactions a step that must not be lost may take while the database is busy (``while_busy``)
+
+
+def while_busy(attempt: Callable[[], T], tries: int = RECORD_TRIES) -> T:
+    """``attempt()``, again while the database answers busy (``models.sql.is_busy``), up to ``tries`` in all; any
+    other error, and the last busy one, raises. ``attempt`` ends its own transaction, committed or rolled back."""
+    for tries_left in reversed(range(tries)):
         try:
-            with unit_of_work():
-                return record(prepared, answer)
+            return attempt()
         except Exception as exc:
             if not tries_left or not _busy(exc):
                 raise
     raise AssertionError("unreachable")
-
-
-RECORD_TRIES = 3  # transactions a call's record step may take while the database is busy (``call_between_commits``)
 
 
 def _busy(exc: BaseException) -> bool:

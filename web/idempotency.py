@@ -25,7 +25,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from models import IdempotencyRecord, db, utcnow
-from models.base import RECORD_TRIES, fernet
+from models.base import fernet, while_busy
 from models.sql import execute_core, insert_ignoring, is_busy
 from web.errors import ApiError, Conflict, ValidationFailed
 from web.guards import loads_json
@@ -190,17 +190,17 @@ def _release(record_id: int, locked_at) -> None:
     writer): the release then waits for it again, up to ``RECORD_TRIES`` transactions, else the key is left to go
     stale (``STALE_AFTER``) and the view's own answer (503) goes out. Left in progress at once, the retry the 503
     invites was answered 409 ``idempotency_in_progress`` for a minute with nothing running."""
-    for tries_left in reversed(range(RECORD_TRIES)):
+
+    def released() -> None:
         db.session.rollback()
-        try:
-            _delete(record_id, held_since=locked_at)
-            return
-        except Exception as exc:
-            if not is_busy(exc):
-                raise
-            if not tries_left:
-                db.session.rollback()
-                return
+        _delete(record_id, held_since=locked_at)
+
+    try:
+        while_busy(released)
+    except Exception as exc:
+        if not is_busy(exc):
+            raise
+        db.session.rollback()
 
 
 def run(scope: str, route: str, key: str, call: Callable[[], Response]) -> Response:
