@@ -4,9 +4,9 @@ Service-provider mode only (``FUND_FLOW=service_provider``): an order paid with 
 stays frozen at its sub-merchant. Its merchant-funded cash rebates to persons are payout rows on
 ``Rail.PROFIT_SHARING`` (the outbox's rows, numbers, states and ledger flows); the dispatcher never claims
 them. One ``ProfitShare`` per order carries them together, after the order's refund window
-(``ShareSettings.hold``) and once no refund nor risk review of the order is open, in one request of at most
-50 receivers, within the merchant's maximum ratio, with ``unfreeze_unsplit`` so the rest goes to the
-merchant; an order with nothing to share is unfrozen.
+(``ShareSettings.hold``) and once no refund nor risk review of the order is open and no person it pays is
+banned, in one request of at most 50 receivers, within the merchant's maximum ratio, with ``unfreeze_unsplit``
+so the rest goes to the merchant; an order with nothing to share is unfrozen.
 
 The outbox's rules hold: the share's number (from the order id) and its body are fixed and committed at the
 claim, before any call; no transaction is open during a call (the job commits between the steps); a call whose
@@ -54,7 +54,9 @@ from models import (
     ReceiverType,
     ShareKind,
     ShareStatus,
+    User,
     UserIdentity,
+    UserStatus,
     alert_once,
     db,
     raise_alert,
@@ -347,6 +349,15 @@ def _plan(row: ProfitShare, now: datetime, settings: ShareSettings, client) -> b
         release_frozen(order.id, order.merchant_id)  # the refunds took it all: nothing is left (kept for safety)
         _to_operator(payouts, row, "the order was refunded in full before its share")
         return False
+    if _payee_banned(payouts):  # their payouts that never left wait for the ban; shared without them, never could
+        row.next_attempt_at = now + settings.poll * 10
+        alert_once(
+            "profit_share_waits_for_ban",
+            row.out_order_no,
+            text=f"share {row.out_order_no} waits: a person it pays is banned (their payouts wait until the ban is "
+            "lifted; cancel the payout to share the rest now)",
+        )
+        return False
     config = db.session.get(ProfitShareConfig, row.sub_mchid)
     if config is None or config.fetched_at <= now - settings.ratio_ttl:
         row.next_attempt_at = now + settings.poll  # its ratio is fetched first (no call inside a claim)
@@ -407,6 +418,17 @@ def _under_review(order_id: int) -> bool:
         Rebate.order_id == order_id, Rebate.status == RebateStatus.REVIEW, Campaign.funded_from_sales.is_(True)
     )
     return db.session.execute(held.limit(1)).first() is not None
+
+
+def _payee_banned(payouts: list[Payout]) -> bool:
+    """A person the share would pay is banned now. Their payouts that never left wait until the ban is lifted, as
+    the dispatcher leaves them; the share waits with them: sent without them, it would unfreeze the order's rest to
+    the merchant and their payouts could never leave by it (an operator cancelling one lets the share go)."""
+    users = {p.user_id for p in payouts}
+    if not users:
+        return False
+    banned = select(User.id).where(User.id.in_(users), User.status == UserStatus.BANNED)
+    return db.session.execute(banned.limit(1)).first() is not None
 
 
 def _fit(payouts: list[Payout], cap: int, merchant: Merchant, settings: ShareSettings):
