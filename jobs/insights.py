@@ -116,7 +116,18 @@ def insights_rollup_job() -> Counter:
         except Exception as exc:
             row_failed("insights_day_failed", "insights_day", day.isoformat(), exc)
             results["failed"] += 1
+            reopen(day)
     return results
+
+
+def reopen(day: date) -> None:
+    """A day whose rebuild failed is no longer final, so the next run rebuilds it: a final day is rebuilt only for the
+    late events recorded since the previous run, and this run's are behind the next one."""
+    try:
+        with unit_of_work():
+            db.session.execute(update(InsightsDay).where(InsightsDay.day == day).values(final=False))
+    except Exception:  # the database itself failing: the run's own rolled time did not move either
+        log.exception("insights day %s could not be reopened", day.isoformat())
 
 
 insights_cli = AppGroup("insights", help="Insights: the daily rollups behind the reports.")

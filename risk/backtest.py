@@ -32,10 +32,10 @@ from risk.rules import (
     ACTIONS,
     Rule,
     decide,
-    default_rules,
     effective_rules,
     most_severe,
     parse_scope,
+    platform_rules,
     platform_scope,
 )
 from risk.rulesets import active_rules_now
@@ -138,11 +138,11 @@ def backtest(
     active_overrides = {
         parse_scope(s): rules for s, rules in sets.items() if s != platform_scope()
     }  # campaign id → its overrides
-    active = _Decider(platform or default_rules(), active_overrides)
+    active = _Decider(platform_rules(sets), active_overrides)
     if draft_campaign is None:
         proposed = _Decider(draft, active_overrides)
     else:
-        proposed = _Decider(platform or default_rules(), {**active_overrides, draft_campaign: draft})
+        proposed = _Decider(platform_rules(sets), {**active_overrides, draft_campaign: draft})
 
     labels_join = (ReviewCase.order_id == Order.id) & (ReviewCase.kind == "order") & ReviewCase.label.is_not(None)
     stmt = (

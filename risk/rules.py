@@ -324,11 +324,18 @@ def readable_rules(scope: str, raw: object) -> tuple[Rule, ...]:
         return (UNREADABLE_RULE,)
 
 
+def platform_rules(sets: dict[str, tuple[Rule, ...]]) -> tuple[Rule, ...]:
+    """The platform's active rules among ``sets``, else ``DEFAULT_RULES``. An active set with no rules is the
+    admin's choice (every order allowed), listed as active: not the defaults, which only stand in for no set."""
+    found = sets.get(platform_scope())
+    return default_rules() if found is None else found
+
+
 def rules_for(campaign_ids) -> dict[int | None, tuple[Rule, ...]]:
     """The effective rules: under ``None`` the platform's (its active set, else ``DEFAULT_RULES``), and under
     each campaign id the platform's with that campaign's active overrides."""
     sets = _active_sets()
-    platform = sets.get(platform_scope()) or default_rules()
+    platform = platform_rules(sets)
     found: dict[int | None, tuple[Rule, ...]] = {None: platform}
     for campaign_id in campaign_ids:
         found[campaign_id] = effective_rules(platform, sets.get(campaign_scope(campaign_id), ()))
