@@ -33,7 +33,7 @@ from werkzeug.datastructures import MultiDict
 from models.base import BEIJING, beijing
 from money import format_yuan
 from web import idempotency
-from web.api import _finish, validate
+from web.api import _finish, validate, validate_query
 from web.auth import current_operator
 from web.errors import ApiError
 from web.guards import EARLIEST, day_in_range
@@ -108,8 +108,9 @@ def invoke(view: Callable, *, body: dict | None = None, query: dict | None = Non
         kwargs = dict(path)
         if api["body"] is not None:
             kwargs["body"] = validate(api["body"], body if body is not None else {})
-        if api["query"] is not None:
-            kwargs["query"] = validate(api["query"], {k: v for k, v in (query or {}).items() if v not in (None, "")})
+        if api["query"] is not None:  # as the API reads a query string: a number is written in digits (not ``1_0``)
+            given = {k: _query_text(v) for k, v in (query or {}).items() if v not in (None, "")}
+            kwargs["query"] = validate_query(api["query"], given)
         key = request.form.get("form_key") if api["mutating"] and request.method == "POST" else None
         if api["require_key"] and not key:  # as the API's Idempotency-Key: a view that moves money runs once per form
             raise ApiError(
@@ -132,6 +133,12 @@ def invoke(view: Callable, *, body: dict | None = None, query: dict | None = Non
     if response.status_code >= 400:
         raise ConsoleError(ApiError(response.get_data(as_text=True), status=response.status_code))
     return response.get_json() if response.is_json else response
+
+
+def _query_text(value: Any) -> Any:
+    """A page's query value as a query string carries it: a number the page worked out itself (an offset, a limit)
+    as its digits, for ``validate_query`` to read like one a person typed; text and flags as they are."""
+    return str(value) if type(value) is int else value
 
 
 def may(view: Callable) -> bool:
