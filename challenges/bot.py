@@ -7,7 +7,8 @@ The game is reached through one seam, :class:`Ops` (the real one, :class:`GameOp
 - ``帮助`` works for anyone; every other command needs the speaker bound to a user (:mod:`challenges.bindings`),
   else the reply says how to bind;
 - ``绑定`` is answered with a code only in a 1:1 chat: in a group everyone would see it;
-- in a group, ``加入`` / ``排行榜`` without a number mean the group's latest challenge;
+- in a group, ``加入`` without a number joins the group's one open challenge (with several open it asks which:
+  joining the newest would stake in a game the person may not mean), ``排行榜`` shows the latest;
 - a refusal of the game (``ChallengeError``: stake above the balance, someone else's challenge, closed…) is
   answered with its safe message, and nothing else is done (the command runs in a savepoint, rolled back on a
   refusal: a challenge whose creator cannot cover the stake is not left behind).
@@ -241,7 +242,10 @@ def _run(command: Command, ctx: Context, user_id: int, now: datetime, ops: Ops) 
             challenge = ops.create_challenge(user_id, ops.spec(kind, days, stake_fen), now, group=ctx.group)
             return Reply(f"挑战已发起：{describe(challenge)}\n想参加的朋友发送「加入 {challenge.id}」。")
         case JoinChallenge(challenge_id):
-            target = challenge_id or _group_latest(ctx, ops)
+            open_now = _group_open(ctx, ops) if challenge_id is None else []
+            if len(open_now) > 1:  # two games taking people: joining the newest would stake in one not meant
+                return _which_open(open_now)
+            target = challenge_id or (open_now[0].id if open_now else _group_latest(ctx, ops))
             if target is None:
                 return _which(ctx, "加入")
             if ctx.in_group and target not in _group_ids(ctx, ops):  # another group's game is not this group's
@@ -316,6 +320,23 @@ def _group_latest(ctx: Context, ops: Ops) -> int | None:
         return None
     found = list(ops.group_challenges(str(ctx.speaker.transport), ctx.group_id))
     return max((c.id for c in found), default=None)
+
+
+def _group_open(ctx: Context, ops: Ops) -> list[Any]:
+    """The group's challenges still taking people (status open), newest first; none outside a group."""
+    if not ctx.in_group:
+        return []
+    found = ops.group_challenges(str(ctx.speaker.transport), ctx.group_id)
+    return sorted((c for c in found if str(getattr(c, "status", "")) == "open"), key=lambda c: c.id, reverse=True)
+
+
+def _which_open(challenges: list[Any]) -> Reply:
+    """「加入」 alone is for a group with one open game (the help says so): with several, the person says which."""
+    lines = [describe(c) for c in challenges[:MAX_LISTED]]
+    return Reply(
+        "本群有几个挑战正在报名，请说加入哪一个：\n" + "\n".join(lines) + f"\n例如「加入 {challenges[0].id}」",
+        "which_challenge",
+    )
 
 
 def _group_ids(ctx: Context, ops: Ops) -> set[int]:

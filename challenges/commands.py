@@ -146,21 +146,25 @@ CN_DECIMAL = re.compile(r"(\d+|[零〇一二两三四五六七八九十百]+)点
 
 
 def cn_number(word: str) -> int | None:
-    """A small Chinese numeral (0-999): 三, 十五, 二十, 一百零五, 两百; None if it is not one."""
-    total, digit, seen = 0, None, False
+    """A small Chinese numeral (0-999): 三, 十五, 二十, 一百零五, 两百, 一百五 (150: a digit right after 百 is
+    its tens, as people say it; 一百零五 is 105); None if it is not one (三五, 五十五十, 十百: units go down)."""
+    total, digit, last_unit, zero = 0, None, None, False
     for char in word:
         if char in CN_DIGITS:
             if digit is not None and digit != 0 and CN_DIGITS[char] != 0:
                 return None  # 三五: not a numeral
             digit = CN_DIGITS[char]
+            zero = zero or digit == 0
         elif char in "十百":
             unit = 10 if char == "十" else 100
-            if seen and unit == 100 and total:
-                return None
+            if last_unit is not None and unit >= last_unit:
+                return None  # 五十五十 (said twice), 十百: not one numeral, never a sum of two
             total += (1 if digit is None else digit) * unit
-            digit, seen = None, True
+            digit, last_unit, zero = None, unit, False
         else:
             return None
+    if digit and last_unit == 100 and not zero:
+        return total + digit * 10  # 一百五: 150 (read as 105 it would stake or join the wrong amount)
     return total + (digit or 0)
 
 
@@ -221,6 +225,7 @@ UNREADABLE_AMOUNT = re.compile(
 DAYS = re.compile(NUMBER + r"\s*(?:天|日|days|day|d)(?![a-z])")
 STAKE = re.compile(r"(?:¥|￥|rmb)\s*" + NUMBER + r"|" + NUMBER + r"\s*(?:元|块钱|块|yuan|rmb|cny)(?![a-z])")
 SIGNED_DAYS = re.compile(r"(?:[-+−±/*×÷^=%负]\s*|[a-z])\d+(?:\.\d+)?\s*(?:天|日|days|day|d)(?![a-z])")  # -3天, 1e3天
+HALF_DAYS = re.compile(r"\d\s*(?:天|日)\s*半")  # 3天半: three and a half days, not three (as 5元半 is 5.50)
 ID = re.compile(r"^(?:#|no\.?|第)?\s*(\d{1,10})\s*(?:号)?$")
 
 
@@ -268,7 +273,13 @@ def _start(text: str, kind: Kind) -> StartChallenge | Mistake:
         return Mistake("missing_days", "要说挑战几天（例如「3天」）。", example)
     if len(days) > 1:
         return Mistake("ambiguous_days", "天数说了不止一次，只说一次就好。", example)
-    if "." in days[0] or len(days[0]) > 3 or not MIN_DAYS <= int(days[0]) <= MAX_DAYS or SIGNED_DAYS.search(text):
+    if (
+        "." in days[0]
+        or len(days[0]) > 3
+        or not MIN_DAYS <= int(days[0]) <= MAX_DAYS
+        or SIGNED_DAYS.search(text)
+        or HALF_DAYS.search(text)
+    ):
         return Mistake("bad_days", f"挑战天数是 {MIN_DAYS} 到 {MAX_DAYS} 的整数（微信运动只保留 31 天）。", example)
     if UNREADABLE_AMOUNT.search(text):
         why = "金额请写成数字，例如「每人2.5元」（不用逗号、万、千）。"

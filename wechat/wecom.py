@@ -410,7 +410,11 @@ class WebhookSender:
             answer = response.json()
         except ValueError:
             raise WeChatUnavailable("webhook answer is not JSON", code="UNPARSEABLE_RESPONSE") from None
-        errcode = int(answer.get("errcode", -1)) if isinstance(answer, dict) else -1
+        errcode = answer.get("errcode", -1) if isinstance(answer, dict) else -1
+        if isinstance(errcode, bool) or not re.fullmatch(r"-?\d{1,12}", str(errcode)):
+            # null, a list, a word: no outcome we can read (int() raised TypeError out of the job's whole pass)
+            raise WeChatUnavailable("webhook answer has no errcode", code="UNPARSEABLE_RESPONSE")
+        errcode = int(errcode)
         if errcode == WEBHOOK_BUSY:
             raise WebhookBusy(str(answer.get("errmsg", "freq limit")), code=str(WEBHOOK_BUSY))
         if errcode != 0:
