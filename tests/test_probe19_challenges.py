@@ -195,3 +195,17 @@ def test_a_webhook_answer_with_an_errcode_that_is_no_number_is_a_wechat_error(er
     )
     with pytest.raises(WeChatError):
         sender.send_text("k" * 20, "排行榜")
+
+
+def test_a_chat_tool_group_id_longer_than_a_binding_holds_is_refused_not_cut():
+    # given: decrypted group data whose ids are longer than the binding's columns (a 500 on PostgreSQL before)
+    from wechat.chattool import MAX_GROUP_OPENID, MAX_OPENGID, GroupEnterInfo, OpenDataRefused
+
+    # then: refused whole, never cut short (two long ids sharing a start would become one group)
+    with pytest.raises(OpenDataRefused):
+        GroupEnterInfo.of({"opengid": "g" * (MAX_OPENGID + 1), "group_openid": "member"})
+    with pytest.raises(OpenDataRefused):
+        GroupEnterInfo.of({"opengid": "group", "group_openid": "m" * (MAX_GROUP_OPENID + 1)})
+    assert GroupEnterInfo.of({"opengid": "g" * MAX_OPENGID, "group_openid": "m" * MAX_GROUP_OPENID}).opengid == (
+        "g" * MAX_OPENGID
+    )

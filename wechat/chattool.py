@@ -77,8 +77,14 @@ class GroupEnterInfo:
         opengid, group_openid = data.get("opengid") or data.get("open_single_roomid"), data.get("group_openid")
         if not isinstance(opengid, str) or not opengid or not isinstance(group_openid, str) or not group_openid:
             raise OpenDataRefused("no group in the data")
+        if len(opengid) > MAX_OPENGID or len(group_openid) > MAX_GROUP_OPENID:  # cut short, two groups could meet
+            raise OpenDataRefused("the group's ids are longer than WeChat gives")
         chat_type = data.get("chat_type")
-        return cls(opengid[:128], group_openid[:128], chat_type if isinstance(chat_type, int) else None)
+        return cls(opengid, group_openid, chat_type if isinstance(chat_type, int) else None)
+
+
+MAX_OPENGID = 64  # what a chat binding's scope holds (WeChat's are about 28 characters)
+MAX_GROUP_OPENID = 128  # what its external id holds
 
 
 class ChatToolClient:
