@@ -11,7 +11,9 @@ follows the OA, else the in-app inbox only (every notice is in the inbox whateve
 Never twice: neither WeChat API can be asked afterwards whether a message went out. A notice found ``sending``
 after its lease lapsed (its worker died between the call and the record) is sent only if WeChat's
 ``subscribe_msg_sent_event`` told us its msgid meanwhile (``notices.consents``); otherwise it goes to the
-inbox with a note, never to WeChat again. Anti-spam: at most ``daily_cap`` messages per person per Beijing
+inbox with a note, never to WeChat again by another pass; the worker still holding it (a slow call, a long wait
+for a turn) applies its own answer when it comes, since it alone called: put back when it never called, retried or
+refused when WeChat certainly did not send it. Anti-spam: at most ``daily_cap`` messages per person per Beijing
 day through WeChat (a transfer waiting for confirmation is exempt: money is at stake); the rest: inbox only.
 """
 
@@ -98,6 +100,7 @@ class Claimed:
     template_id: str
     data: dict
     page: str | None
+    claimed_at: datetime | None = None  # the call came after this
 
 
 # -- who can be reached how -----------------------------------------------------------------------
@@ -277,7 +280,7 @@ def _decide(
     notice.status, notice.lease_until = S.SENDING, now + settings.lease
     notice.channel, notice.template_id = channel, template_id
     notice.attempts += 1
-    return Claimed(notice.id, notice.user_id, channel, touser, template_id, data, page)
+    return Claimed(notice.id, notice.user_id, channel, touser, template_id, data, page, now)
 
 
 # -- record --------------------------------------------------------------------------------------
@@ -296,12 +299,12 @@ def _outcome_unknown(notice: Notice) -> bool:
 def record(job: Claimed, answer: Answer, detail: str, now: datetime, settings: NoticeSettings, msgid: str = "") -> None:
     """Apply WeChat's answer to the claimed notice (flushes only)."""
     notice = _lock(job.notice_id)
-    if notice.status != S.SENDING:  # WeChat's sent event settled it meanwhile (or the lease lapsed and it went on)
+    # A notice another pass gave up as "outcome unknown" (the lease lapsed during this call) waited for this very
+    # answer: nobody else calls a notice in the inbox, so WeChat's word here is the whole truth and is applied as if
+    # the lease held (sent; or certainly not sent: retried, refused, its consent given back or dropped).
+    if notice.status != S.SENDING and not _outcome_unknown(notice):  # WeChat's sent event settled it meanwhile
         if answer == Answer.OK and notice.status == S.SENT and not notice.wechat_msgid:
             notice.wechat_msgid = msgid or None
-        elif answer == Answer.OK and _outcome_unknown(notice):  # the lease lapsed first: WeChat says it was sent
-            notice.status, notice.sent_at, notice.last_error, notice.lease_until = S.SENT, now, None, None
-            notice.wechat_msgid = notice.wechat_msgid or msgid or None
         db.session.flush()
         return
     notice.lease_until = None
@@ -326,8 +329,11 @@ def record(job: Claimed, answer: Answer, detail: str, now: datetime, settings: N
             give_back_consent(job.user_id, job.template_id)
         elif unfollowed and settings.oa_appid:
             # WeChat says they no longer follow (the unfollow push was lost, or not applied yet): recorded, so the next
-            # notice does not knock at the official account again; a later follow push sets it back
-            record_follow(settings.oa_appid, job.touser, False, now)
+            # notice does not knock at the official account again; a later follow push sets it back. Dated at the
+            # claim's whole second, not at this record: WeChat dates a follow in whole seconds, and one made right
+            # after the call (its second earlier than this record) must still read as newer.
+            unfollowed_at = (job.claimed_at or now).replace(microsecond=0)
+            record_follow(settings.oa_appid, job.touser, False, unfollowed_at)
         _to_inbox(notice, now, f"refused by WeChat, not retried: {detail}")
         if not unfollowed:  # the person's own choice is no fault of ours: an alert of it would hide the next real one
             alert_once(
@@ -352,7 +358,9 @@ def record(job: Claimed, answer: Answer, detail: str, now: datetime, settings: N
 def release(job: Claimed) -> None:
     """No turn in the channel's rate before the deadline: no call was made, put it back as it was due."""
     notice = _lock(job.notice_id)
-    if notice.status == S.SENDING:
+    if notice.status == S.SENDING or _outcome_unknown(notice):  # the lease lapsed while it waited: still not called
+        if notice.status != S.SENDING:
+            notice.last_error = None
         notice.status, notice.lease_until = S.PENDING, None
         notice.attempts -= 1
     db.session.flush()

@@ -9,7 +9,8 @@ Errors: 43101 (the person refused or their consent is used up) → :class:`WeCha
 data), 41030 (bad page), 40037 (bad template id), 40003 (bad openid), 43004 (not following) →
 :class:`WeChatMessageRefused` (sending again would fail again); 45009 / 45011 (quota, frequency) →
 ``WeChatRateLimited``; -1, timeouts and 5xx → ``WeChatUnavailable``. No access token (its API refused or
-failed: a wrong secret, an IP off the allow-list) → ``WeChatUnavailable`` retryable (the message was never sent).
+failed: a wrong secret, an IP off the allow-list), or a shared token store that failed (a Redis timeout) →
+``WeChatUnavailable`` retryable (the message was never sent).
 """
 
 from __future__ import annotations
@@ -52,6 +53,35 @@ def _mapped(exc: WeChatBusinessError) -> Exception:
     return exc
 
 
+class TokenStoreDown(WeChatError):
+    """The shared access-token store (Redis) failed: no message call was made with what it should have held."""
+
+    default_code = "TOKEN_STORE"
+
+
+class _GuardedStore:
+    """The token store, its failures (a Redis timeout, a refused connection) raised as :class:`TokenStoreDown`: every
+    use of the store comes before a message call, or after WeChat refused the token, so the message is not sent."""
+
+    def __init__(self, store: AccessTokenStore) -> None:
+        self.store = store
+
+    def _guarded(self, use, *args):
+        try:
+            return use(*args)
+        except Exception as exc:  # noqa: BLE001 - the store's client raises its own errors (redis, a socket)
+            raise TokenStoreDown(f"{exc.__class__.__name__}: {exc}"[:300]) from exc
+
+    def get(self, key: str) -> str | None:
+        return self._guarded(self.store.get, key)
+
+    def set(self, key: str, value: str, ttl_s: int) -> None:
+        self._guarded(self.store.set, key, value, ttl_s)
+
+    def discard(self, key: str, value: str) -> None:
+        self._guarded(self.store.discard, key, value)
+
+
 class MessageClient:
     """One app's message sending (the mini-program's appid, or the official account's)."""
 
@@ -87,14 +117,20 @@ class MessageClient:
 
         try:
             answer = call_with_token(
-                self.token_store, self.appid, self.secret, call, self.api_base, self.session, self.timeout
+                _GuardedStore(self.token_store),
+                self.appid,
+                self.secret,
+                call,
+                self.api_base,
+                self.session,
+                self.timeout,
             )
         except WeChatError as exc:
             if answered and exc is answered[-1]:
                 raise
             # No access token (its API refused or did not answer: a wrong secret, an IP not on the allow-list, its
-            # own quota), or a token refused twice: the message API never took the message, so it is certainly not
-            # sent and may be tried again later; not a refusal of the message itself.
+            # own quota), a token refused twice, or the token store down: the message API never took the message,
+            # so it is certainly not sent and may be tried again later; not a refusal of the message itself.
             raise WeChatUnavailable(
                 f"access token: {exc.message}", code=f"TOKEN_{exc.code}", retryable=True, outcome_unknown=False
             ) from exc
