@@ -278,13 +278,21 @@ def pay_rebate(
 ) -> None:
     """Move ``amount_fen`` of a rebate to its beneficiary (one ledger key per release).
 
+    ``rebate.amount_fen`` already counts ``amount_fen`` (every caller adds it first). Points are the whole points
+    of all that was paid so far less the whole points of what was paid before it: a release in parts (milestones)
+    loses no point to rounding each part down on its own (seven parts of 9.01 yuan at 10 fen a point had given 85
+    points, not 90). Reckoned from fen, not from the points credited, which a clawback in proportion or a changed
+    point value would have made a later part pay none.
+
     Into ``effects`` when given (the caller writes them); else written at once."""
     own = effects is None
     effects = effects or Effects(money)
     kind = KIND_OF_FORM[rebate.form]
     memo = f"{rebate.role} rebate on order {order.out_trade_no}"
+    points = 0
     if kind == "points":
-        points = amount_fen // money.point_value_fen
+        value = money.point_value_fen
+        points = max(0, rebate.amount_fen // value - (rebate.amount_fen - amount_fen) // value)
         rebate.points += points
         if points:
             effects.batch.add(
@@ -315,7 +323,7 @@ def pay_rebate(
         recovered = settled = 0
         if not clean:
             # points settle what the whole points credited are worth, not the fen award (its remainder bought none)
-            worth = amount_fen if kind != "points" else amount_fen // money.point_value_fen * money.point_value_fen
+            worth = amount_fen if kind != "points" else points * money.point_value_fen
             recovered = recover_receivables(rebate.beneficiary_type, rebate.beneficiary_id, kind, worth)
         elif shared and not _owes_nothing(rebate, effects):  # only what the person owes this same merchant
             settled = _settle_share_debts(rebate, campaign, amount_fen, key, effects)
@@ -325,7 +333,7 @@ def pay_rebate(
             _landed(effects, tell.landed_in_app(rebate, amount_fen - recovered, key, Form.BALANCE))
         elif kind == "points":  # told as what the points left after a debt are worth, not the fen award (a person
             # owing 500 points, paid 500, had been told 500 had arrived with 0 in the wallet)
-            left = (amount_fen // money.point_value_fen) * money.point_value_fen - recovered
+            left = points * money.point_value_fen - recovered
             _landed(effects, tell.landed_in_app(rebate, left, key, Form.POINTS, left // money.point_value_fen))
     if own:
         effects.write()

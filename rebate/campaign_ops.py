@@ -117,8 +117,23 @@ def _checked(actor: Actor, fields: Mapping, rules: dict) -> tuple[dict, RuleSet]
     parsed = parse_rules(rules, budgeted=columns.get("budget_limit_fen") is not None)
     faces = [columns.get("packet_amount_fen") or 0, *(t["amount_fen"] for t in columns.get("packet_tiers") or [])]
     trigger = Trigger.parse(columns["trigger"])
+    _check_bonus_has_packet(max(faces), trigger)
     _check_one_packet_fits(columns.get("budget_limit_fen"), max(faces), parsed, trigger)
     return columns, parsed
+
+
+def _check_bonus_has_packet(face_fen: int, trigger: Trigger) -> None:
+    """A bonus packet (a streak bonus, a sharer reward) is issued by a campaign that issues packets of its own: one
+    with no face value and no tiers issues none at all (``rebate.packets``: "this campaign issues no packets"), so
+    a sign-in campaign of streak bonuses alone had every bonus day refused, silently, and a share campaign every
+    friend's claim. Refused here, naming the bonus (422 ``bonus_without_packet``); the face cannot change later."""
+    bonuses = _bonus_faces(trigger)
+    if bonuses and not face_fen:
+        raise Invalid(
+            f"{bonuses[0][0]}: a bonus packet needs the campaign's own packet, and it has none: set "
+            "packet_amount_fen (or packet_tiers), the packet of the days or friends without a bonus",
+            code="bonus_without_packet",
+        )
 
 
 def _bonus_faces(trigger: Trigger) -> list[tuple[str, int]]:

@@ -50,6 +50,19 @@ def _held(order_id: int) -> list[Rebate]:
     )
 
 
+def _scaled_by_feedback(order_id: int) -> bool:
+    """Does a rebate of the order still waiting (for its milestones, or in review) scale by the feedback's quality?
+    Feedback reported without one released the whole held part, as if it had been rated 100."""
+    waiting = db.session.execute(select(Rebate).where(Rebate.order_id == order_id, Rebate.held_fen > 0)).scalars()
+    for rebate in waiting:
+        if rebate.condition_deadline is None:
+            continue  # held for a risk review only: no milestones
+        condition = _condition(rebate, db.session.get(Campaign, rebate.campaign_id))
+        if condition is not None and condition.quality_scaled:
+            return True
+    return False
+
+
 def _condition(rebate: Rebate, campaign: Campaign) -> Condition:
     return rules_of(campaign, rebate.rules_version).role(rebate.role).condition
 
@@ -74,6 +87,11 @@ def report_milestone(
     met = {m.name: m for m in db.session.execute(select(OrderMilestone).filter_by(order_id=order.id)).scalars()}
     if name in met:
         return []
+    if name == "feedback" and quality is None and _scaled_by_feedback(order.id):
+        raise Invalid(
+            "this order's rebate is scaled by the feedback's quality: report it with quality 0 to 100",
+            code="quality_required",
+        )
     met[name] = OrderMilestone(order_id=order.id, name=name, quality=quality, operator_id=operator_id, reported_at=now)
     db.session.add(met[name])
     db.session.flush()
