@@ -77,10 +77,10 @@ _MAX_AWARD: dict[tuple[str, bool], int | None] = {}
 _MAX_AWARD_ENTRIES = 1024
 
 
-def _max_award(campaign: Campaign, rules: dict | None) -> int | None:
+def _max_award(campaign: Campaign, rules: dict | None, version: int | None = None) -> int | None:
     budgeted = campaign.budget_limit_fen is not None
     if rules is None:
-        return rules_of(campaign).max_award_fen()
+        return rules_of(campaign, version).max_award_fen()
     key = (json.dumps(rules, sort_keys=True, separators=(",", ":")), budgeted)
     try:
         return _MAX_AWARD[key]
@@ -94,10 +94,13 @@ def _max_award(campaign: Campaign, rules: dict | None) -> int | None:
     return max_award
 
 
-def reservation_for(campaign: Campaign, face_fen: int | None = None, rules: dict | None = None) -> int:
+def reservation_for(
+    campaign: Campaign, face_fen: int | None = None, rules: dict | None = None, version: int | None = None
+) -> int:
     """Face value plus the largest rebate the packet can trigger (``rules``: the rules JSON the packet earns by, its
-    campaign's current version or, for a minted code, the version it was minted under, when the caller read it)."""
-    max_award = _max_award(campaign, rules)
+    campaign's current version or, for a minted code, the version it was minted under, when the caller read it;
+    else ``version``'s, a packet's own, else the current version's)."""
+    max_award = _max_award(campaign, rules, version)
     if campaign.budget_limit_fen is not None and max_award is None:
         raise StateConflict("a budgeted campaign's rules must all have caps", code="uncapped_rule")
     return (face_fen if face_fen is not None else top_face_fen(campaign)) + (max_award or 0)

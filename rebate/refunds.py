@@ -418,7 +418,9 @@ def _void_discount(order: Order, refund: Refund) -> None:
         budgets.release_committed(campaign.id, discount)
         if not (campaign.restore_packet_on_refund and refund.finished_at < packet.expires_at and still_earned(packet)):
             continue  # (a packet whose own earning order was refunded stays spent)
-        reserve_fen = reservation_for(campaign, packet.amount_fen)
+        # by the rules it earns under (its own version): the current ones may cap lower, and its next payment was
+        # then cut to "budget exhausted" below what its version promises
+        reserve_fen = reservation_for(campaign, packet.amount_fen, version=packet.rules_version)
         try:
             with db.session.begin_nested():  # the budget and (merchant-funded) the deposit must cover it again
                 if not budgets.reserve(campaign.id, reserve_fen):

@@ -25,6 +25,7 @@ from rebate.orders import LineRequest
 from rebate.triggers import sign_in
 from risk import PlatformLimits
 from tests.money_helpers import app_money
+from tests.test_refunds import story  # noqa: F401 - fixture
 
 
 def _points_in_parts(milestones: list[str]) -> dict:
@@ -179,3 +180,27 @@ def test_feedback_without_its_quality_on_a_quality_scaled_award_is_refused_and_r
     assert client.post(url, headers=staff, json={"name": "photos"}).status_code == 201
     db.session.refresh(rebate)
     assert (rebate.status, rebate.amount_fen, rebate.held_fen) == ("awarded", 5_40, 0)
+
+
+def test_a_packet_given_back_by_a_refund_reserves_by_its_own_rules_version(story):  # noqa: F811
+    from models import CampaignRules, RedPacket
+    from tests.test_refunds import refund
+
+    # given: a 10-yuan packet of rules version 1 (5 % of paid, capped at 20 yuan) spent on a paid order
+    campaign, _, _, order = story(restore=True)
+    packet = db.session.get(RedPacket, order.packet_id)
+    assert packet.rules_version == 1
+    # and: the campaign moved on to version 2, capped at 1 yuan, while the packet was spent
+    rules = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "balance", "cap_fen": 1_00}]}
+    db.session.add(CampaignRules(campaign_id=campaign.id, version=2, rules=rules))
+    db.session.flush()
+    db.session.get(Campaign, campaign.id).rules_version = 2
+    db.session.commit()
+
+    # when: the order is refunded in full and the packet given back
+    refund(order, "R-own-version", order.payable_fen)
+
+    # then: it reserves its face and what its own version can pay (20 yuan), not the new version's 1 yuan
+    packet = db.session.get(RedPacket, packet.id)
+    assert packet.status == "issued"
+    assert packet.reserved_fen == 10_00 + 20_00
