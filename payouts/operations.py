@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 
 from ledger import account, balance
 from models import AccountKind, Campaign, Operator, Order, Payout, PayoutStatus, Rail, Rebate, User, db, utcnow
@@ -294,19 +294,25 @@ def _unapproved_recently(operator_id: int, user_id: int) -> int:
     ).all()
     db.session.execute(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
     since = now - SPLIT_WINDOW
-    return int(
-        db.session.execute(
-            select(func.coalesce(func.sum(Payout.amount_fen), 0)).where(
-                Payout.created_by_operator_id.is_not(None),
-                Payout.approved_by_operator_id.is_(None),
-                # cancelled, or held for the approval it needs: none of it has left, nor will without a second
-                # operator. One back with an operator after a try is resent without one: it counts
-                Payout.status != PayoutStatus.CANCELLED,
-                ~((Payout.status == PayoutStatus.NEEDS_OPERATOR) & Payout.needs_approval),
-                Payout.created_at >= since,
-                or_(Payout.created_by_operator_id.in_(hands), Payout.user_id == user_id),
-            )
-        ).scalar_one()
+    rows = db.session.execute(
+        select(Payout.id, Payout.amount_fen, Payout.status, Payout.needs_approval, Payout.retry_of_id).where(
+            Payout.created_by_operator_id.is_not(None),
+            Payout.approved_by_operator_id.is_(None),
+            Payout.created_at >= since,
+            or_(Payout.created_by_operator_id.in_(hands), Payout.user_id == user_id),
+        )
+    ).all()
+    # a payout sent again as a new row (failed, or fallen back to another rail) counts once: as that row, which
+    # keeps its operator (``payouts.record``)
+    replaced = {row.retry_of_id for row in rows if row.retry_of_id is not None}
+    return sum(
+        row.amount_fen
+        for row in rows
+        if row.id not in replaced
+        # cancelled, or held for the approval it needs: none of it has left, nor will without a second
+        # operator. One back with an operator after a try is resent without one: it counts
+        and row.status != PayoutStatus.CANCELLED
+        and not (row.status == PayoutStatus.NEEDS_OPERATOR and row.needs_approval)
     )
 
 

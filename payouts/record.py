@@ -350,7 +350,8 @@ def _retry_after_failure(payout: Payout, rail: str | None, why: str, settings: D
 
     ``rail`` "balance" or "points" credits the user in the app instead. With no fallback, cash stays in
     the user's balance (it came from there) and a coupon's money stays with its funder: a refused coupon
-    never turns into withdrawable cash the rules did not allow.
+    never turns into withdrawable cash the rules did not allow. The new row keeps who asked for a manual payout
+    and who approved it: it is that payout still, and counts towards the second operator's limit in its place.
     """
     depth, parent = 0, payout
     while parent.retry_of_id is not None and depth <= MAX_AUTO_RETRIES:
@@ -376,4 +377,6 @@ def _retry_after_failure(payout: Payout, rail: str | None, why: str, settings: D
         order_id=payout.order_id,
         retry_of_id=payout.id,
         fallback_rail=payout.fallback_rail if rail == payout.rail else None,
+        created_by_operator_id=payout.created_by_operator_id,
+        approved_by_operator_id=payout.approved_by_operator_id,
     )

@@ -42,6 +42,7 @@ from web.errors import NotFound, to_api_error
 from web.schemas import Flag, Id, Model, Page, PositiveFen, Reason
 from wechat.errors import WeChatCardCodeConsumed, WeChatError
 from wechat.mp import consume_card_code, decrypt_card_code
+from wechat.transfers import MIN_TRANSFER_FEN
 
 bp = Blueprint("payouts_api", __name__)
 ACTORS = (OperatorRole.ADMIN, OperatorRole.FINANCE)
@@ -237,7 +238,9 @@ def resolve_payout(payout_id: int, body: Resolution):
 
 class ManualPayout(Model):
     user_id: Id
-    amount_fen: Annotated[int, Field(strict=True, gt=0, le=2_000_000)]
+    # from WeChat's smallest transfer: a smaller one (a red packet below 1 yuan goes as a transfer) would be
+    # cancelled unsent by the dispatcher, its money back in the fund, the person paid nothing
+    amount_fen: Annotated[int, Field(strict=True, ge=MIN_TRANSFER_FEN, le=2_000_000)]
     rail: Literal[Rail.WECHAT_CHANGE, Rail.CASH_RED_PACKET] = Rail.WECHAT_CHANGE
     reason: Reason
 
