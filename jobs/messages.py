@@ -37,15 +37,12 @@ from models import (
     InboundMessage,
     MessageSource,
     MessageStatus,
-    OaFollower,
-    User,
-    UserIdentity,
     db,
     raise_alert,
     unit_of_work,
     utcnow,
 )
-from models.messages import record_follow
+from models.messages import person_of_openid, record_follow
 from payouts.card_rail import CARD_EVENTS, CardEventOutcome, apply_card_event, card_key
 from payouts.record import DispatchSettings
 from wechat.errors import WeChatBusinessError
@@ -138,7 +135,7 @@ def _fetch_nothing(message: Claimed) -> None:
 def _apply_card(message: Claimed, _: None, now: datetime) -> str:
     cfg = current_app.config
     settings = DispatchSettings.from_config(cfg)
-    key, holder = card_key(cfg["SECRET_KEY"]), card_holder(cfg.get("WECHAT_OA_APPID"), message.openid)
+    key, holder = card_key(cfg["SECRET_KEY"]), oa_person(cfg.get("WECHAT_OA_APPID"), message.openid)
     outcome, payout = apply_card_event(message.event or "", _fields(message), now, settings, key, holder)
     if outcome == CardEventOutcome.UNKNOWN:
         log.info(
@@ -150,18 +147,10 @@ def _apply_card(message: Claimed, _: None, now: datetime) -> str:
     return MessageStatus.DONE
 
 
-def card_holder(oa_appid: str | None, openid: str) -> int | None:
-    """The person whose official-account openid holds the card, when we know them (else None)."""
-    if not oa_appid or not openid:
-        return None
-    known = db.session.execute(
-        select(UserIdentity.user_id).where(UserIdentity.appid == oa_appid, UserIdentity.openid == openid)
-    ).scalar_one_or_none()
-    if known is None:
-        known = db.session.execute(
-            select(OaFollower.user_id).where(OaFollower.appid == oa_appid, OaFollower.openid == openid)
-        ).scalar_one_or_none()
-    return known
+def oa_person(oa_appid: str | None, openid: str) -> int | None:
+    """The person an official-account openid stands for (``models.messages.person_of_openid``); None without an
+    official account configured."""
+    return person_of_openid(openid, oa_appid) if oa_appid else None
 
 
 def _fetch_unionid(message: Claimed) -> str | None:
@@ -206,32 +195,16 @@ def _apply_subscribe_msg(message: Claimed, _: None, now: datetime) -> str:
     p = message.payload
     pushed = PushMessage(p["msg_type"], p["event"], p["from_user"], p["to_user"], p["create_time"], None, p["fields"])
     appid = current_app.config["WECHAT_APPID" if message.source == MessageSource.MP else "WECHAT_OA_APPID"]
-    user_id = db.session.execute(
-        select(UserIdentity.user_id).where(UserIdentity.appid == appid, UserIdentity.openid == message.openid)
-    ).scalar_one_or_none()
+    user_id = person_of_openid(message.openid, appid) if appid else None
     consents.apply_push_event(user_id, message.openid, message.event, subscribe_items(pushed), _created_at(message))
     return MessageStatus.DONE
-
-
-def oa_recipient(oa_appid: str | None, openid: str) -> int | None:
-    """The person the notices dispatcher sends an official-account openid's template messages to
-    (``models.messages.following_openid``): the card holder, else the person with the follower's unionid (they
-    followed before they signed in: the follower was kept unlinked). None: nobody we know."""
-    known = card_holder(oa_appid, openid)
-    if known is None and oa_appid and openid:
-        known = db.session.execute(
-            select(User.id)
-            .join(OaFollower, OaFollower.unionid == User.unionid)
-            .where(OaFollower.appid == oa_appid, OaFollower.openid == openid)
-        ).scalar_one_or_none()
-    return known
 
 
 def _apply_template_finish(message: Claimed, _: None, now: datetime) -> str:
     from notices.dispatch import apply_template_finish
 
     fields = message.payload["fields"]
-    user_id = oa_recipient(current_app.config["WECHAT_OA_APPID"], message.openid)
+    user_id = oa_person(current_app.config["WECHAT_OA_APPID"], message.openid)
     msgid, status = str(fields.get("MsgID") or "").strip(), str(fields.get("Status") or "").strip()
     taken = apply_template_finish(user_id, msgid, status, _created_at(message))
     return MessageStatus.DONE if taken else MessageStatus.IGNORED

@@ -179,6 +179,33 @@ def following_openid(user_id: int, appid: str | None = None) -> str | None:
     return db.session.execute(stmt.order_by(OaFollower.changed_at.desc()).limit(1)).scalar_one_or_none()
 
 
+def person_of_openid(openid: str, appid: str | None = None) -> int | None:
+    """The person an openid of ``appid`` (of any app when None) stands for, the inverse of ``following_openid``: who
+    signed in with it, else the official-account follower's person, else the person holding the follower's unionid
+    (they followed before they signed in: the follower was kept unlinked). None: nobody we know.
+
+    The one resolver of every message WeChat pushes about an openid: a card's events, subscribe-message and
+    template-send reports."""
+    from sqlalchemy import select
+
+    from models.people import User, UserIdentity
+
+    if not openid:
+        return None
+    signed_in = select(UserIdentity.user_id).where(UserIdentity.openid == openid)
+    follower = select(OaFollower.user_id).where(OaFollower.openid == openid, OaFollower.user_id.is_not(None))
+    by_unionid = select(User.id).join(OaFollower, OaFollower.unionid == User.unionid).where(OaFollower.openid == openid)
+    if appid is not None:
+        signed_in = signed_in.where(UserIdentity.appid == appid)
+        follower = follower.where(OaFollower.appid == appid)
+        by_unionid = by_unionid.where(OaFollower.appid == appid)
+    for stmt in (signed_in, follower, by_unionid):
+        found = db.session.execute(stmt.order_by(stmt.selected_columns[0]).limit(1)).scalar_one_or_none()
+        if found is not None:
+            return found
+    return None
+
+
 def requeue_failed(message_id: int, now: datetime) -> tuple[InboundMessage | None, bool]:
     """An operator's retry of a message every attempt failed on (the cause fixed): queued again with fresh
     attempts, under its row lock. The message (None: no such message) and whether it was failed and is now

@@ -23,7 +23,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
 
-from models import ConsentReport, ConsentSource, Notice, NoticeConsent, NoticeStatus, UserIdentity, db, utcnow
+from models import ConsentReport, ConsentSource, Notice, NoticeConsent, NoticeStatus, db, utcnow
+from models.messages import person_of_openid
 from models.sql import insert_ignoring
 
 log = logging.getLogger(__name__)
@@ -110,10 +111,6 @@ def record_client_results(user_id: int, request_id: str, results: Mapping[str, s
     return added
 
 
-def _user_for(openid: str) -> int | None:
-    return db.session.execute(select(UserIdentity.user_id).where(UserIdentity.openid == openid)).scalars().first()
-
-
 def apply_push_event(user_id: int | None, openid: str, event: str, items: list[dict], created_at: datetime) -> None:
     """WeChat's subscribe-message push (called by the message-push worker, in its transaction; flushes only).
 
@@ -122,7 +119,7 @@ def apply_push_event(user_id: int | None, openid: str, event: str, items: list[d
     """
     if event not in PUSH_EVENTS:
         raise ValueError(f"not a subscribe-message event: {event!r}")
-    user_id = user_id if user_id is not None else _user_for(openid)
+    user_id = user_id if user_id is not None else person_of_openid(openid)
     if user_id is None:
         log.info("subscribe event for an unknown openid", extra={"event": event})
         return
