@@ -101,7 +101,10 @@ CONFIGURED_INTERVALS = {
 }
 # Jobs that claim no rows before calling out: two nodes' runs at once each sent every alert to the robot (the on-call
 # paged twice for each while a slow webhook kept the first run going). One node at a time runs them (``one_node``).
-ONE_NODE_AT_A_TIME = frozenset({"deliver_alerts"})
+# The daily reconciliation too: its 10:30 fires on every node at once, and each node's run made the new day's runs
+# (unique by day, kind and sub-merchant): all but one failed on the others' rows every day ("job failed", their
+# catch-up and ledger check never run), after each had asked WeChat for the same bills.
+ONE_NODE_AT_A_TIME = frozenset({"deliver_alerts", "daily_reconciliation"})
 JOB_LEASE_CLASS = 0x4A42  # PostgreSQL advisory lock keys of a job's run ("JB", then the job name's CRC-32)
 jobs_cli = AppGroup("jobs", help="Scheduled jobs.")
 
