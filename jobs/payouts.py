@@ -975,7 +975,9 @@ def reconcile_day(
             return reconcile.write_results(day, fetched["bills"], now)
 
 
-def run_daily_checks(pay_client: PayClient, now: datetime, *, service_provider: bool = False) -> DailyChecks:
+def run_daily_checks(
+    pay_client: PayClient, now: datetime, *, point_value_fen: int, service_provider: bool = False
+) -> DailyChecks:
     """Reconcile yesterday (Beijing), then the earlier days of the week no run reconciled (``days_to_catch_up``:
     the jobs were down at 10:30, a bill was not ready), and check the ledger, alerting on violations."""
     yesterday = reconcile.beijing(now).date() - timedelta(days=1)
@@ -989,13 +991,18 @@ def run_daily_checks(pay_client: PayClient, now: datetime, *, service_provider: 
             db.session.rollback()
             log.exception("reconciliation: catching up a missed day failed", extra={"bill_date": day.isoformat()})
     with unit_of_work():
-        report = reconcile.check_ledger_and_alert()
+        report = reconcile.check_ledger_and_alert(point_value_fen)
     return DailyChecks(runs, report, missed)
 
 
 def daily_reconciliation() -> Counter:
     ctx = job_context()
-    checks = run_daily_checks(ctx.pay, utcnow(), service_provider=ctx.config.get("FUND_FLOW") == "service_provider")
+    checks = run_daily_checks(
+        ctx.pay,
+        utcnow(),
+        point_value_fen=ctx.config["POINT_VALUE_FEN"],
+        service_provider=ctx.config.get("FUND_FLOW") == "service_provider",
+    )
     return Counter(
         runs=len(checks.runs), caught_up=len(checks.caught_up), ledger_violations=len(checks.ledger.violations)
     )

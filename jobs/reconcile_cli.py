@@ -55,7 +55,7 @@ def reconcile_command(bill_date: str | None) -> None:
         raise click.BadParameter(str(exc), param_hint="--date") from None
     step("checking the ledger")
     with unit_of_work():
-        report = reconcile.check_ledger_and_alert()
+        report = reconcile.check_ledger_and_alert(current_app.config["POINT_VALUE_FEN"])
     step("done")
     for run in runs:
         bill = f"{run.bill_date} {run.kind}" + (f" {run.sub_mchid}" if run.sub_mchid else "")

@@ -45,7 +45,6 @@ from models import (
     RefundStatus,
     alert_once,
     db,
-    raise_alert,
 )
 from models.base import BEIJING, beijing
 from models.reconciliation import (
@@ -247,10 +246,12 @@ def fetch_bills(
     return [*outcomes, fund]
 
 
-def check_ledger_and_alert() -> CheckReport:
-    """The ledger's invariants; an alert lists the first violations, once while the same one is open (every jobs
-    node runs the daily check: N nodes had paged N times a day for one finding)."""
-    report = check_ledger()
+def check_ledger_and_alert(point_value_fen: int) -> CheckReport:
+    """The ledger's invariants, points valued at ``point_value_fen`` (``POINT_VALUE_FEN``, as ``flask ledger check``:
+    at a fen a point, 5 points owed back as 1 yuan passed here and failed there); an alert lists the first
+    violations, once while the same one is open (every jobs node runs the daily check: N nodes had paged N times a
+    day for one finding)."""
+    report = check_ledger(point_value_fen)
     if not report.ok:
         listed = "; ".join(report.violations[:ALERT_LISTED])
         alert_once("ledger_check_failed", "ledger", f"{len(report.violations)} violations: {listed}")
@@ -546,10 +547,9 @@ def _write_all(day: date, outcomes: list[BillOutcome], now: datetime) -> list[Re
         run.hash_value, run.finished_at = outcome.hash_value, now
         if outcome.error is None:
             matching = _match(day, outcome)
-            _save_findings(run, matching.findings, now)
+            found += _save_findings(run, matching.findings, now)
             run.status, run.error, run.lines_read = RunStatus.DONE, None, len(outcome.lines)
             run.matched, run.mismatches = matching.matched, len(matching.findings)
-            found += matching.findings
         else:
             _fail_run(run, outcome.error)
         runs.append(run)
@@ -557,7 +557,9 @@ def _write_all(day: date, outcomes: list[BillOutcome], now: datetime) -> list[Re
         counts = Counter(f"{f.kind} {f.subject_type}" for f in found)
         summary = "; ".join(f"{n} {what}" for what, n in sorted(counts.items()))
         listed = ", ".join(f"{f.kind} {f.subject_type} {f.subject_ref}" for f in found[:ALERT_LISTED])
-        raise_alert(
+        # the findings still open only (resolved ones found again page nobody), once while the same alert is open
+        # (a rerun, a catch-up, a second node)
+        alert_once(
             "reconciliation_mismatch", f"bills {day}", f"{len(found)} mismatches on {day}: {summary}. First: {listed}"
         )
     db.session.flush()  # a row the database refuses is refused here, where write_results can fail the runs
@@ -573,7 +575,7 @@ def _fail_run(run: ReconciliationRun, error: str) -> None:
     still_open = (ReconciliationMismatch.run_id == run.id, ReconciliationMismatch.resolved_at.is_(None))
     run.mismatches = db.session.execute(select(func.count(ReconciliationMismatch.id)).where(*still_open)).scalar_one()
     subject = f"{run.kind} bill {run.bill_date}" + (f" of sub-merchant {run.sub_mchid}" if run.sub_mchid else "")
-    raise_alert("reconciliation_failed", subject, f"{subject}: {error}")
+    alert_once("reconciliation_failed", subject, f"{subject}: {error}")
 
 
 def _day_window(day: date) -> tuple[datetime, datetime]:
@@ -645,8 +647,9 @@ def _by_ref(column, refs: set[str], known: list) -> dict[str, Any]:
     return found
 
 
-def _save_findings(run: ReconciliationRun, findings: list[Finding], now: datetime) -> None:
-    """Upsert by subject: an unchanged finding keeps its resolution; a gone, unresolved one is dropped."""
+def _save_findings(run: ReconciliationRun, findings: list[Finding], now: datetime) -> list[Finding]:
+    """Upsert by subject: an unchanged finding keeps its resolution; a gone, unresolved one is dropped. Returns the
+    findings still open (an operator's resolution of an unchanged one stands)."""
     # Locked and read fresh: an operator resolving one of them meanwhile is kept (not dropped as gone).
     rows = _rows(
         select(ReconciliationMismatch)
@@ -656,6 +659,7 @@ def _save_findings(run: ReconciliationRun, findings: list[Finding], now: datetim
         .execution_options(populate_existing=True)
     )
     existing = {(m.subject_type, m.subject_ref): m for m in rows}
+    still_open = []
     for f in findings:
         row = existing.pop((f.subject_type, f.subject_ref), None)
         if row is None:
@@ -663,11 +667,14 @@ def _save_findings(run: ReconciliationRun, findings: list[Finding], now: datetim
             db.session.add(row)
         elif (row.kind, row.ours_fen, row.theirs_fen) == (f.kind, f.ours_fen, f.theirs_fen):
             row.detail = f.detail
+            if row.resolved_at is None:
+                still_open.append(f)
             continue
         else:  # a different finding about the same subject: open again
             row.resolved_at = row.resolved_by = row.resolution = None
         row.kind, row.ours_fen, row.theirs_fen, row.detail = f.kind, f.ours_fen, f.theirs_fen, f.detail
         row.found_at = now
+        still_open.append(f)
         log.warning(
             "reconciliation mismatch", extra={"mismatch": f.kind, "subject": f"{f.subject_type} {f.subject_ref}"}
         )
@@ -675,6 +682,7 @@ def _save_findings(run: ReconciliationRun, findings: list[Finding], now: datetim
         if row.resolved_at is None:
             db.session.delete(row)
     db.session.flush()
+    return still_open
 
 
 class ReconciliationError(Exception):

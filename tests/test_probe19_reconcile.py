@@ -8,6 +8,7 @@ import gc
 import gzip
 import hashlib
 import tracemalloc
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -23,6 +24,7 @@ from payouts.reconcile import read_trade_lines
 from tests.concurrency import together
 from tests.conftest import on_postgres
 from tests.test_reconciliation import (
+    DAY,
     NOW,
     alerts,
     bj,
@@ -40,12 +42,13 @@ from tests.test_reconciliation import (
 from wechat.bills import UNZIP_STEP, decompress_bill
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="payouts.reconcile.check_ledger_and_alert calls check_ledger() with its default of 1 fen a point; the fix "
-    "(the shell passing POINT_VALUE_FEN through it) lies in payouts/reconcile.py and jobs/payouts.py",
-)
-def test_the_daily_ledger_check_values_points_as_flask_ledger_check_does(app, make_user, make_campaign):
+def test_the_daily_ledger_check_values_points_as_flask_ledger_check_does(
+    app,
+    make_user,
+    make_campaign,
+    monkeypatch,
+    pay_client,  # noqa: F811
+):
     # given: a point is worth 1 yuan; a refund clawed back 5 points the person had spent, but only 1 yuan of the
     # 5 they are worth is owed back as a receivable (4 yuan of points paid out twice: a violation)
     app.config["POINT_VALUE_FEN"] = 1_00
@@ -59,11 +62,16 @@ def test_the_daily_ledger_check_values_points_as_flask_ledger_check_does(app, ma
     try:
         cli = app.test_cli_runner().invoke(args=["ledger", "check"])
         assert cli.exit_code == 1 and "is at -5 (worth -500 fen) but only 100 fen" in cli.output
-        # when: the daily job (and `flask jobs reconcile`) checks the ledger after the bills
-        report = reconcile.check_ledger_and_alert()
+        # when: the daily job checks the ledger after the bills (none to reconcile here)
+        monkeypatch.setattr(payout_jobs, "job_context", lambda: SimpleNamespace(pay=pay_client, config=app.config))
+        monkeypatch.setattr(payout_jobs, "reconcile_day", lambda *_args, **_kwargs: [])
+        monkeypatch.setattr(reconcile, "days_to_catch_up", lambda *_args: [])
+        done = daily_reconciliation()
+        report = reconcile.check_ledger_and_alert(app.config["POINT_VALUE_FEN"])
         db.session.commit()
         # then: it finds what `flask ledger check` finds, and the on-call hears of it (a point was valued at 1 fen:
         # 5 fen "owed", less than the 1 yuan receivable, so no violation and no alert)
+        assert done["ledger_violations"] == len(report.violations) >= 1
         assert [v for v in report.violations if "is at -5 (worth -500 fen)" in v], report.violations
         assert [a.subject for a in alerts("ledger_check_failed")] == ["ledger"]
     finally:  # the debt as it should be, so the check after the test passes
@@ -119,3 +127,23 @@ def test_a_big_bill_is_unzipped_into_one_buffer_not_copied_again_and_again():
     assert top < 1.25 * len(content) + 2 * UNZIP_STEP, f"unzipping took {top / len(content):.1f} times the bill"
     # and: read as the job reads it, to the same lines
     assert len(read_trade_lines(unzipped)) == len(read_trade_lines(content)) == 20_000
+
+
+def test_a_rerun_of_the_same_open_findings_pages_once_and_a_failing_bill_once(
+    ours,  # noqa: F811
+    wechat,  # noqa: F811
+    pay_client,  # noqa: F811
+):
+    from jobs.payouts import reconcile_day
+
+    # given: yesterday's trade bill lacks an order of ours, and the fund bill is not ready
+    ours.order("ORD-LOST", 30_00, bj(12))
+    wechat.serve("trade", trade_bill())
+    wechat.refuse("fund", "SYSTEM_ERROR", "系统错误")
+    # when: the day is reconciled three times (a hand rerun, a catch-up, a second node)
+    for hours in range(3):
+        reconcile_day(pay_client, DAY, NOW + timedelta(hours=hours))
+        db.session.commit()
+    # then: the on-call heard of the missing order once, and of the fund bill once, while those alerts are open
+    assert len(alerts("reconciliation_mismatch")) == 1
+    assert len(alerts("reconciliation_failed")) == 1

@@ -536,7 +536,7 @@ def test_the_daily_job_reconciles_yesterday_in_beijing_and_checks_the_ledger(our
     # 17:30 UTC on the 1st is 01:30 on the 2nd in Beijing: "yesterday" is the 1st, not the 30th
     wechat.serve("trade", trade_bill())
     wechat.serve("fund", fund_bill())
-    checks = run_daily_checks(pay_client, datetime(2024, 5, 1, 17, 30, tzinfo=UTC))
+    checks = run_daily_checks(pay_client, datetime(2024, 5, 1, 17, 30, tzinfo=UTC), point_value_fen=1)
     assert [r.bill_date for r in checks.runs] == [DAY, DAY]
     assert checks.ledger.ok and alerts("ledger_check_failed") == []
 
@@ -886,7 +886,7 @@ def test_the_daily_job_catches_up_the_days_of_the_week_it_missed_or_failed(ours,
         wechat.serve("trade", trade_bill(), bill_date=day)
         wechat.serve("fund", fund_bill(), bill_date=day)
 
-    checks = run_daily_checks(pay_client, now)
+    checks = run_daily_checks(pay_client, now, point_value_fen=1)
 
     assert checks.caught_up == [date(2024, 5, 1), date(2024, 5, 3)]
     assert [r.bill_date for r in checks.runs] == ["2024-05-04", "2024-05-04"]
@@ -918,13 +918,13 @@ def test_the_same_ledger_violation_is_alerted_once_however_many_nodes_check(app,
     from ledger.check import CheckReport
     from payouts import reconcile
 
-    def broken():
+    def broken(_point_value_fen: int = 1):
         report = CheckReport()
         report.violations.append("user_cash of user 7 is below zero")
         return report
 
     monkeypatch.setattr(reconcile, "check_ledger", broken)
     for _ in range(3):  # three jobs nodes, or three days while nobody resolved it
-        assert not reconcile.check_ledger_and_alert().ok
+        assert not reconcile.check_ledger_and_alert(1).ok
     db.session.commit()
     assert len(alerts("ledger_check_failed")) == 1
