@@ -55,6 +55,7 @@ from models.reconciliation import (
     RunStatus,
     SubjectType,
 )
+from models.sql import insert_ignoring
 from payouts.bill_lines import (
     FUND_SUMMARY_COLUMNS,
     TRADE_SUMMARY_COLUMNS,
@@ -502,9 +503,20 @@ def _run_for(day: date, kind: BillKind, sub_mchid: str, now: datetime, restart: 
         ReconciliationRun.sub_mchid == sub_mchid,
     )
     run = db.session.execute(select(ReconciliationRun).where(*where).with_for_update()).scalar_one_or_none()
-    if run is None:
-        run = ReconciliationRun(bill_date=bill_date, kind=kind, sub_mchid=sub_mchid, started_at=now)
-        db.session.add(run)
+    if run is None:  # made once whoever comes first (a hand `flask jobs reconcile` beside the 10:30 job had failed
+        # on the other's row), then locked as found
+        row = {
+            "bill_date": bill_date,
+            "kind": str(kind),
+            "sub_mchid": sub_mchid,
+            "status": RunStatus.RUNNING.value,
+            "started_at": now,
+            **dict.fromkeys(("lines_read", "matched", "mismatches"), 0),
+        }
+        insert_ignoring(ReconciliationRun.__table__, [row], ("bill_date", "kind", "sub_mchid"))
+        run = db.session.execute(
+            select(ReconciliationRun).where(*where).with_for_update().execution_options(populate_existing=True)
+        ).scalar_one()
     if restart:
         run.status, run.started_at, run.finished_at, run.error = RunStatus.RUNNING, now, None, None
     db.session.flush()

@@ -147,3 +147,31 @@ def test_a_rerun_of_the_same_open_findings_pages_once_and_a_failing_bill_once(
     # then: the on-call heard of the missing order once, and of the fund bill once, while those alerts are open
     assert len(alerts("reconciliation_mismatch")) == 1
     assert len(alerts("reconciliation_failed")) == 1
+
+
+@pytest.mark.skipif(not on_postgres(), reason="SQLite runs one node (one jobs process)")
+def test_a_hand_reconciliation_beside_the_job_makes_the_new_days_runs_once_and_neither_fails(
+    app,
+    ours,  # noqa: F811
+    wechat,  # noqa: F811
+    pay_client,  # noqa: F811
+):
+    from jobs.payouts import reconcile_day
+
+    # given: yesterday, an order WeChat lists; no run of the day yet
+    ours.order("ORD-OK", 50_00, bj(10))
+    wechat.serve("trade", trade_bill(paid("ORD-OK", "50.00")))
+    wechat.serve("fund", fund_bill())
+
+    # when: `flask jobs reconcile` is run by hand while the 10:30 job reconciles the same new day (no job lease
+    # between them: the command is not a scheduled job)
+    def reconcile(_: int) -> str:
+        reconcile_day(pay_client, DAY, NOW)
+        db.session.commit()
+        return "done"
+
+    results = together(2, reconcile, app=app)
+
+    # then: both finish (the second's start had hit the runs' unique key), one run per bill
+    assert results == ["done", "done"], results
+    assert {(r.status, r.mismatches) for r in runs().values()} == {("done", 0)}
