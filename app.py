@@ -5,6 +5,7 @@ Importing this module does nothing: no app, no connections, no scheduler.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import sqlite3
 import time
@@ -63,7 +64,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         database_url = db.engine.url.render_as_string(hide_password=False)  # SQLite: resolved in instance/
     if app.config["TRUSTED_PROXY_COUNT"]:
         n = app.config["TRUSTED_PROXY_COUNT"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
+        app.wsgi_app = ProxyFix(_forwarded_addresses_only(app.wsgi_app), x_for=n, x_proto=n, x_host=n)
     app.extensions["notice_templates"] = _notice_templates(app)
     app.extensions["challenge_settings"] = _challenge_settings(app.config)
     wechat = _build_wechat(app, database_url)
@@ -76,6 +77,25 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         )
     log.info("app configured", extra={"config": masked(settings)})
     return app
+
+
+def _forwarded_addresses_only(wsgi_app):
+    """Behind ProxyFix: the client address it read from X-Forwarded-For, when that is an IP address; else the
+    socket's (the proxy's). The hop read is the client's own text when a proxy passes the header on without
+    appending or TRUSTED_PROXY_COUNT is one too many: a 100-character "address" failed the order's insert on
+    PostgreSQL (500), and ``host:port`` or any word would be an address of its own to every per-address limit."""
+
+    def call(environ, start_response):
+        forwarded = environ.get("REMOTE_ADDR")
+        socket_address = environ.get("werkzeug.proxy_fix.orig", {}).get("REMOTE_ADDR")
+        if forwarded != socket_address:
+            try:
+                ipaddress.ip_address(forwarded or "")
+            except ValueError:
+                environ["REMOTE_ADDR"] = socket_address
+        return wsgi_app(environ, start_response)
+
+    return call
 
 
 def _challenge_settings(cfg) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import math
 import os
@@ -19,8 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 MIN_IDEMPOTENCY_TTL_HOURS = 25  # answers are kept at least this long (docs/architecture.md §4)
 DEV_SECRET = "dev-only-simulator-secret-never-in-live"  # noqa: S105 - published: simulator mode only
@@ -33,7 +37,16 @@ MIN_PAYOUT_LEASE_S = 60  # a payout's calls start within half its lease; two cal
 # mch_billno is String(28), and our numbers are a 2-letter rail tag + 12 digits: 14 characters left.
 NUMBER_PREFIX_MAX = 8
 NUMBER_PREFIX = re.compile(rf"^[0-9A-Za-z]{{0,{NUMBER_PREFIX_MAX}}}$")
-URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@/\s]+(@)", re.IGNORECASE)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+PAYOUT_RAILS = ("wechat_change", "cash_red_packet", "wechat_coupon", "card_coupon")  # the rails with a rate
+# WeChat's field lengths of v2 sendredpack (payouts/redpack_rail.py refuses them too, but only when the jobs build it)
+REDPACK_TEXT_LIMITS = {"REDPACK_SEND_NAME": 32, "REDPACK_ACT_NAME": 32, "REDPACK_WISHING": 128}
+REDIS_SCHEMES = ("redis", "rediss", "unix")  # what redis-py's from_url takes
+PUBLIC_KEY_ID_PREFIX = "PUB_KEY_ID_"  # WeChat names its public key so in Wechatpay-Serial
+# the hosts every WeChat call goes to: signed payment calls, and the app secret in a query string
+WECHAT_HOSTS = ("WECHAT_PAY_API_BASE", "WECHAT_API_BASE", "WECHAT_OPEN_BASE", "WECOM_API_BASE")
+# A URL's password runs to the first "@", "/" included, as SQLAlchemy reads it (a base64 password has slashes).
+URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@\s]+(@)", re.IGNORECASE)
 
 
 SIMULATOR_HINT = (
@@ -93,6 +106,14 @@ def _rates(text: str) -> dict[str, int]:
             raise ValueError(f"{part!r} is not rail=calls_per_second")
         rates[rail.strip()] = int(rate)
     return rates
+
+
+def _log_level(text: str) -> str:
+    """A level name as ``logging`` knows it, in any case (gunicorn's own is written ``info``)."""
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return level
 
 
 def _one_of(*choices: str) -> Callable[[str], str]:
@@ -284,7 +305,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("CLAIM_DEVICE_INTERVAL_SECONDS", 600, _positive_int, doc="The same per device token (0: off)."),
     Setting("CLAIM_PERSON_INTERVAL_SECONDS", 600, _positive_int, doc="The same per person (0: off)."),
-    Setting("LOG_LEVEL", "INFO", doc="Log level of the JSON logs."),
+    Setting("LOG_LEVEL", "INFO", _log_level, doc="Log level of the JSON logs."),
     Setting(
         "PROMETHEUS_MULTIPROC_DIR",
         None,
@@ -834,15 +855,21 @@ def _validate(values: dict[str, Any]) -> list[str]:
                 "set WECHAT_PAY_PUBLIC_KEY_PATH and WECHAT_PAY_PUBLIC_KEY_ID (public-key mode) "
                 "and/or WECHAT_PLATFORM_CERTS_DIR (certificate mode)"
             )
+        problems += _public_key_problems(values)
         apiv3 = values.get("WECHAT_APIV3_KEY")
         if apiv3 and len(str(apiv3).encode()) != 32:
             problems.append("WECHAT_APIV3_KEY must be exactly 32 bytes")
         problems += _live_secret_problems(values)
-        public = values.get("PUBLIC_BASE_URL") or ""
-        if public and not str(public).startswith("https://"):
-            problems.append("PUBLIC_BASE_URL must be https:// in live mode (WeChat only notifies https)")
+        problems += _public_base_url_problems(values.get("PUBLIC_BASE_URL") or "")
+        problems += [
+            f"{name} must be https:// in live mode (signed calls and secrets go there)"
+            for name in WECHAT_HOSTS
+            if values.get(name) and not str(values[name]).startswith("https://")
+        ]
         problems += _shared_state_problems(values)
         problems += _live_rail_problems(values)
+    if str(values.get("LOG_LEVEL", "INFO")).strip().upper() not in LOG_LEVELS:  # (an override is not parsed)
+        problems.append(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
     if values.get("DATABASE_LOCK_TIMEOUT_S", 1) < 1:
         problems.append("DATABASE_LOCK_TIMEOUT_S must be at least 1 (0 would refuse every contended request at once)")
     if values.get("MAX_CONTENT_LENGTH", 1) <= 0:
@@ -854,8 +881,9 @@ def _validate(values: dict[str, Any]) -> list[str]:
     problems += _apiv3_rotation_problems(values)
     if not 0 < values.get("RISK_SPIKE_ALPHA", 0.1) <= 1:
         problems.append("RISK_SPIKE_ALPHA must be in (0, 1]")
-    if values.get("RISK_SPIKE_SIGMA", 4.0) <= 0:
-        problems.append("RISK_SPIKE_SIGMA must be positive")
+    sigma = values.get("RISK_SPIKE_SIGMA", 4.0)
+    if not (math.isfinite(sigma) and sigma > 0):  # nan compares false with everything: no hour would be a spike
+        problems.append("RISK_SPIKE_SIGMA must be a positive number")
     if not 0 <= values.get("RISK_COMMUNITY_THRESHOLD", 0.4) <= 1:
         problems.append("RISK_COMMUNITY_THRESHOLD must be between 0 and 1")
     metrics_dir = values.get("PROMETHEUS_MULTIPROC_DIR")
@@ -864,6 +892,7 @@ def _validate(values: dict[str, Any]) -> list[str]:
     backup = values.get("WECHAT_PAY_API_BACKUP_BASE") or ""
     if backup and mode == "live" and not str(backup).startswith("https://"):
         problems.append("WECHAT_PAY_API_BACKUP_BASE must be https:// in live mode")
+    problems += _url_problems(values)
     problems += _payout_problems(values)
     problems += _push_problems(values)
     problems += _wecom_bot_problems(values)
@@ -874,6 +903,66 @@ def _validate(values: dict[str, Any]) -> list[str]:
     if key and not _is_fernet_key(key):
         problems.append("DATA_ENCRYPTION_KEY must be a Fernet key (32 url-safe base64-encoded bytes)")
     return problems
+
+
+def _public_key_problems(values: dict[str, Any]) -> list[str]:
+    """The WeChat Pay public key is a file and its id: a file without its id was silently not loaded (beside
+    platform certificates the app started, and refused as forged every notification signed with the key)."""
+    path, key_id = values.get("WECHAT_PAY_PUBLIC_KEY_PATH"), values.get("WECHAT_PAY_PUBLIC_KEY_ID")
+    if path and not key_id:
+        return ["WECHAT_PAY_PUBLIC_KEY_PATH needs WECHAT_PAY_PUBLIC_KEY_ID (public-key mode: the key and its id)"]
+    if key_id and not str(key_id).startswith(PUBLIC_KEY_ID_PREFIX):
+        return [
+            f"WECHAT_PAY_PUBLIC_KEY_ID must start with {PUBLIC_KEY_ID_PREFIX} (as the merchant platform shows it; "
+            "WeChat names the key so when it signs)"
+        ]
+    return []
+
+
+def _public_base_url_problems(public: str) -> list[str]:
+    """The notify URLs are this plus a path: WeChat takes only an https URL with a host and no query."""
+    if not public:
+        return []
+    parts = urlsplit(str(public))
+    if parts.scheme != "https":
+        return ["PUBLIC_BASE_URL must be https:// in live mode (WeChat only notifies https)"]
+    if not parts.hostname or parts.query or parts.fragment or "?" in str(public) or "#" in str(public):
+        return ["PUBLIC_BASE_URL must be https://host[/path], with no query or fragment (the notify URLs end it)"]
+    return []
+
+
+def _url_problems(values: dict[str, Any]) -> list[str]:
+    """The database's and Redis's URLs are used when the app is built: a bad one named here, not a traceback."""
+    problems = []
+    database = values.get("DATABASE_URL")
+    if database:
+        problem = _database_url_problem(str(database))
+        if problem:
+            problems.append(f"DATABASE_URL {problem}")
+    redis_url = values.get("REDIS_URL")
+    if redis_url and urlsplit(str(redis_url)).scheme not in REDIS_SCHEMES:
+        problems.append("REDIS_URL must start with redis://, rediss:// or unix://")
+    server_ip = values.get("SERVER_IP")
+    try:
+        ipaddress.ip_address(str(server_ip))
+    except ValueError:
+        problems.append("SERVER_IP must be an IP address (sent as client_ip with every cash red packet)")
+    return problems
+
+
+def _database_url_problem(url: str) -> str | None:
+    """What is wrong with a database URL (never quoting it: it may hold a password), or None."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return "is not a database URL (postgresql+psycopg://user:password@host/name, sqlite:///file.db)"
+    if parsed.drivername in ("postgres", "postgresql"):
+        return "must name its driver: postgresql+psycopg://… (psycopg 3, of requirements.txt)"
+    try:
+        parsed.get_dialect().import_dbapi()
+    except Exception:  # noqa: BLE001 - a missing plugin or driver module, however the dialect reports it
+        return f"names a database or driver that is not installed ({parsed.drivername})"
+    return None
 
 
 def dev_data_key(secret_key: str) -> str:
@@ -996,6 +1085,13 @@ def _payout_problems(values: dict[str, Any]) -> list[str]:
                 f"WECHAT_COUPON_STOCKS: {stock!r} needs a stock_id and a positive denomination_fen "
                 "(coupon_value is not open at WeChat: fixed-denomination stocks only)"
             )
+    unknown = set(values.get("PAYOUT_RATE_LIMITS") or {}) - set(PAYOUT_RAILS)
+    if unknown:  # a typo left the rail it meant at its default rate
+        problems.append(f"PAYOUT_RATE_LIMITS: unknown rail {', '.join(sorted(unknown))} ({', '.join(PAYOUT_RAILS)})")
+    for name, most in REDPACK_TEXT_LIMITS.items():
+        text = values.get(name)
+        if not isinstance(text, str) or not text.strip() or len(text) > most:
+            problems.append(f"{name} must be 1-{most} characters (WeChat's limit; people read it on the packet)")
     prefix = values.get("WECHAT_NUMBER_PREFIX") or ""
     if not isinstance(prefix, str) or not NUMBER_PREFIX.match(prefix):
         problems.append(f"WECHAT_NUMBER_PREFIX must be at most {NUMBER_PREFIX_MAX} letters or digits")

@@ -96,4 +96,4 @@ def configure_logging(level: str) -> None:
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level.strip().upper())  # ``info`` as gunicorn writes it is INFO (config checks the name)

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # generate_latest writes the classic text format (names escaped with underscores): version 0.0.4.
 # Given whole as the content type (a mimetype would get a second charset from Flask).
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # the method label's values
 HEALTH = {
     "type": "object",
     "required": ["status", "checks"],
@@ -135,7 +136,11 @@ class Metrics:
 
     def observe(self, method: str, endpoint: str, status: int, seconds: float) -> None:
         """Count one request. The labelled children are looked up once per (method, endpoint, status):
-        ``labels()`` takes a lock and builds a key on every call."""
+        ``labels()`` takes a lock and builds a key on every call. A method of the client's own invention
+        (gunicorn passes any token of 3-20 characters) is counted as ``other``: one series per made-up
+        method would grow the scrape, the multiprocess files and this memo without end."""
+        if method not in HTTP_METHODS:
+            method = "other"
         key = (method, endpoint, status)
         children = self._children.get(key)
         if children is None:

@@ -78,8 +78,16 @@ class VerifierKeys:
         self._certs = {**self._certs, **_by_serial(certificates)}
 
     def load_certificate_dir(self, directory: str | Path) -> int:
-        """Load every ``*.pem`` certificate of a directory; returns how many."""
-        certs = [crypto.load_certificate(p.read_bytes()) for p in sorted(Path(directory).glob("*.pem"))]
+        """Load every ``*.pem`` certificate of a directory; returns how many. A file that cannot be read or is no
+        certificate (the merchant's own key put there by mistake) raises ``WeChatConfigError`` naming it."""
+        certs = []
+        for path in sorted(Path(directory).glob("*.pem")):
+            try:
+                certs.append(crypto.load_certificate(path.read_bytes()))
+            except OSError as exc:
+                raise WeChatConfigError(f"cannot read {path}: {exc.strerror}", code="BAD_CERTIFICATE") from None
+            except ValueError:
+                raise WeChatConfigError(f"{path} is not a PEM certificate", code="BAD_CERTIFICATE") from None
         self.add_certificates(certs)
         return len(certs)
 

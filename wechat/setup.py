@@ -148,6 +148,11 @@ def _load_merchant_key(settings: Mapping[str, Any]) -> rsa.RSAPrivateKey:
         raise
     except (ValueError, WeChatConfigError) as exc:
         raise WeChatSettingError("WECHAT_MCH_PRIVATE_KEY_PATH", str(exc)) from None
+    except TypeError:  # cryptography's word for a key under a passphrase: there is no setting for one
+        raise WeChatSettingError(
+            "WECHAT_MCH_PRIVATE_KEY_PATH",
+            "the key is encrypted with a passphrase; give the unencrypted apiclient_key.pem",
+        ) from None
 
 
 def _live_verifier_keys(settings: Mapping[str, Any]) -> VerifierKeys:
@@ -165,7 +170,10 @@ def _live_verifier_keys(settings: Mapping[str, Any]) -> VerifierKeys:
     if certs_dir:
         if not Path(certs_dir).is_dir():
             raise WeChatSettingError("WECHAT_PLATFORM_CERTS_DIR", f"{certs_dir} is not a directory")
-        keys.load_certificate_dir(certs_dir)
+        try:
+            keys.load_certificate_dir(certs_dir)
+        except WeChatConfigError as exc:
+            raise WeChatSettingError("WECHAT_PLATFORM_CERTS_DIR", exc.message) from None
     return keys
 
 
