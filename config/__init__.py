@@ -911,6 +911,8 @@ def _public_key_problems(values: dict[str, Any]) -> list[str]:
     path, key_id = values.get("WECHAT_PAY_PUBLIC_KEY_PATH"), values.get("WECHAT_PAY_PUBLIC_KEY_ID")
     if path and not key_id:
         return ["WECHAT_PAY_PUBLIC_KEY_PATH needs WECHAT_PAY_PUBLIC_KEY_ID (public-key mode: the key and its id)"]
+    if key_id and not path:  # beside platform certificates it was silently not used
+        return ["WECHAT_PAY_PUBLIC_KEY_ID needs WECHAT_PAY_PUBLIC_KEY_PATH (public-key mode: the key and its id)"]
     if key_id and not str(key_id).startswith(PUBLIC_KEY_ID_PREFIX):
         return [
             f"WECHAT_PAY_PUBLIC_KEY_ID must start with {PUBLIC_KEY_ID_PREFIX} (as the merchant platform shows it; "

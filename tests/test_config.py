@@ -205,9 +205,11 @@ def test_needs_public_key_or_certificates(live_env):
     del live_env["WECHAT_PAY_PUBLIC_KEY_PATH"]
     assert "WECHAT_PLATFORM_CERTS_DIR (certificate mode)" in problems(live_env)
     live_env["WECHAT_PLATFORM_CERTS_DIR"] = "/etc/wechat/certs"
-    assert load_config(environ=live_env)["WECHAT_PLATFORM_CERTS_DIR"] == "/etc/wechat/certs"
+    # a key id without its file is half of public-key mode: named, not silently ignored
+    assert "WECHAT_PAY_PUBLIC_KEY_ID needs WECHAT_PAY_PUBLIC_KEY_PATH" in problems(live_env)
     del live_env["WECHAT_PAY_PUBLIC_KEY_ID"]
-    assert load_config(environ=live_env)["WECHAT_PAY_PUBLIC_KEY_ID"] is None
+    values = load_config(environ=live_env)
+    assert (values["WECHAT_PLATFORM_CERTS_DIR"], values["WECHAT_PAY_PUBLIC_KEY_ID"]) == ("/etc/wechat/certs", None)
 
 
 def test_data_encryption_key_must_be_a_fernet_key(live_env):
