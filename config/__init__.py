@@ -37,6 +37,7 @@ MIN_PAYOUT_LEASE_S = 60  # a payout's calls start within half its lease; two cal
 # mch_billno is String(28), and our numbers are a 2-letter rail tag + 12 digits: 14 characters left.
 NUMBER_PREFIX_MAX = 8
 NUMBER_PREFIX = re.compile(rf"^[0-9A-Za-z]{{0,{NUMBER_PREFIX_MAX}}}$")
+MAX_LOCK_TIMEOUT_S = 50  # below deploy/gunicorn.conf.py's 60 s worker timeout
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PAYOUT_RAILS = ("wechat_change", "cash_red_packet", "wechat_coupon", "card_coupon")  # the rails with a rate
 # WeChat's field lengths of v2 sendredpack (payouts/redpack_rail.py refuses them too, but only when the jobs build it)
@@ -181,7 +182,8 @@ SETTINGS: tuple[Setting, ...] = (
         "DATABASE_LOCK_TIMEOUT_S",
         20,
         _positive_int,
-        doc="Seconds (at least 1) a request waits for a contended lock before answering 503 + Retry-After: "
+        doc="Seconds (1 to 50: below gunicorn's 60 s worker timeout) a request waits for a contended lock before "
+        "answering 503 + Retry-After: "
         "SQLite's busy timeout for its `BEGIN IMMEDIATE` transactions, PostgreSQL's `lock_timeout` for row locks; "
         "and for a free pooled connection (every one held by requests queued behind a long writer).",
     ),
@@ -872,6 +874,11 @@ def _validate(values: dict[str, Any]) -> list[str]:
         problems.append(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
     if values.get("DATABASE_LOCK_TIMEOUT_S", 1) < 1:
         problems.append("DATABASE_LOCK_TIMEOUT_S must be at least 1 (0 would refuse every contended request at once)")
+    if values.get("DATABASE_LOCK_TIMEOUT_S", 1) > MAX_LOCK_TIMEOUT_S:  # the worker killed before its 503
+        problems.append(
+            f"DATABASE_LOCK_TIMEOUT_S must be at most {MAX_LOCK_TIMEOUT_S} (gunicorn kills a worker after 60 s: a "
+            "request waiting longer is cut off with no answer)"
+        )
     if values.get("MAX_CONTENT_LENGTH", 1) <= 0:
         problems.append("MAX_CONTENT_LENGTH must be positive")
     if values.get("USER_TOKEN_TTL_SECONDS", 1) <= 0:

@@ -450,3 +450,10 @@ def test_a_payout_lease_shorter_than_its_calls_is_refused(lease):
         load_config(environ={"WECHAT_MODE": "simulator", "PAYOUT_LEASE_SECONDS": lease})
     settled = load_config(environ={"WECHAT_MODE": "simulator", "PAYOUT_LEASE_SECONDS": "60"})
     assert settled["PAYOUT_LEASE_SECONDS"] == 60
+
+
+def test_the_lock_timeout_stays_below_the_workers_timeout():
+    # a request waiting 60 s or more for a lock is killed with its worker before its promised 503
+    simulator = {"WECHAT_MODE": "simulator"}
+    assert "DATABASE_LOCK_TIMEOUT_S must be at most 50" in problems({**simulator, "DATABASE_LOCK_TIMEOUT_S": "60"})
+    assert load_config(environ={**simulator, "DATABASE_LOCK_TIMEOUT_S": "50"})["DATABASE_LOCK_TIMEOUT_S"] == 50
