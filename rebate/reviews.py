@@ -40,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from models import (
     Campaign,
@@ -213,14 +213,29 @@ def _for_days(case: ReviewCase, days: int | None) -> str:
 def _at_stake(case: ReviewCase, scope: Scope, review: Review) -> int:
     """What the outcome moves, as the second approval's threshold reads it: the money the case holds, and for a
     clawback also what was paid on its orders to the people it takes back from (the case's held part may be small)."""
+    held = _held_now(case)
     if review.outcome != CaseOutcome.CLAW_BACK or not scope.order_ids:
-        return case.held_fen
+        return held
     paid = db.session.execute(
         select(Rebate.beneficiary_type, Rebate.beneficiary_id, Rebate.amount_fen).where(
             Rebate.order_id.in_(scope.order_ids), Rebate.amount_fen > 0
         )
     ).all()
-    return case.held_fen + sum(amount for kind, who, amount in paid if _clawed_from(kind, who, scope))
+    return held + sum(amount for kind, who, amount in paid if _clawed_from(kind, who, scope))
+
+
+def _held_now(case: ReviewCase) -> int:
+    """What an order case holds now: its rebates still in review. ``held_fen`` is what the payment held; a refund
+    since cancels its part of the hold (one the refund took whole holds nothing), so a case a refund emptied is no
+    longer a large one for two reviewers. A community case's is what the collusion job found it concerned."""
+    if case.kind != "order":
+        return case.held_fen
+    held = db.session.execute(
+        select(func.coalesce(func.sum(Rebate.held_fen), 0)).where(
+            Rebate.order_id == case.order_id, Rebate.status == RebateStatus.REVIEW
+        )
+    ).scalar_one()
+    return int(held)  # PostgreSQL sums integers as numeric: the audit's details are JSON
 
 
 def _propose(
