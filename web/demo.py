@@ -112,9 +112,20 @@ def seed(step: Callable[[str], None] = lambda _: None, *, service_provider: bool
     else:
         step("already present: nothing to add")
     seeded_for = _seeded_for()
+    # The newcomer campaign's codes that a claim still takes: an operator's batch of another campaign (paused,
+    # ended, other terms) is no newcomer code, and a code past its validity is refused by the claim.
     codes = (
         db.session.execute(
-            select(RedPacket.claim_code).where(RedPacket.status == "unclaimed", RedPacket.source == "batch").limit(5)
+            select(RedPacket.claim_code)
+            .join(Campaign, Campaign.id == RedPacket.campaign_id)
+            .where(
+                Campaign.name == NEWCOMER,
+                RedPacket.status == "unclaimed",
+                RedPacket.source == "batch",
+                RedPacket.expires_at > now,
+            )
+            .order_by(RedPacket.id)
+            .limit(5)
         )
         .scalars()
         .all()
@@ -185,6 +196,11 @@ def seed_demo_command() -> None:
         )
     for code in result["codes"]:
         click.echo(f"  newcomer packet claim code: {code}")
+    if not result["codes"]:  # all claimed, or past their validity (30 days): the demo makes its own
+        click.echo(
+            "  no newcomer packet claim code left: `make demo` makes its own, and the admin token more "
+            "(POST /admin/api/campaigns/<id>/packets/batch, README: Walk through the demo)"
+        )
     click.echo(f"  admin token (1 day): {result['admin_token']}")
     click.echo(f"  Noodle House staff token (1 day): {result['shop_token']}")
     base = current_app.config.get("PUBLIC_BASE_URL") or "http://127.0.0.1:5000"

@@ -142,6 +142,9 @@ def _register_overview(bp: Blueprint, state: SimulatorState) -> None:
         return overview_page(state)
 
 
+NAME_COOKIE = "sim_wechat_name"  # the simulated person signed in to WeChat in this browser
+
+
 def _register_identity(bp: Blueprint, state: SimulatorState) -> None:
     @bp.get("/api/sns/jscode2session")
     def jscode2session() -> Response:
@@ -164,19 +167,19 @@ def _register_identity(bp: Blueprint, state: SimulatorState) -> None:
         args = request.args
         try:
             state.check_app(args.get("appid", ""), args.get("secret", ""))
-            name = state.login_name(args.get("code", ""))
+            name, scope = state.oauth_grant(args.get("code", ""))
         except SimError as exc:
             return _api_error(exc)
-        return _api_json(
-            {
-                "access_token": f"sim-user-token-{name}",
-                "expires_in": 7200,
-                "refresh_token": f"sim-refresh-{name}",
-                "openid": f"sim-oa-openid-{name}",
-                "scope": "snsapi_userinfo",
-                "unionid": f"sim-union-{name}",
-            }
-        )
+        grant = {
+            "access_token": f"sim-user-token-{name}",
+            "expires_in": 7200,
+            "refresh_token": f"sim-refresh-{name}",
+            "openid": f"sim-oa-openid-{name}",
+            "scope": scope,
+        }
+        if scope == "snsapi_userinfo":  # WeChat names the unionid only for userinfo: a silent grant has none
+            grant["unionid"] = f"sim-union-{name}"
+        return _api_json(grant)
 
     @bp.get("/api/sns/userinfo")
     def userinfo() -> Response:
@@ -232,10 +235,16 @@ def _register_identity(bp: Blueprint, state: SimulatorState) -> None:
             abort(400, "redirect_uri must be http(s)")
         if args.get("consent") != "1":
             hidden = {k: args.get(k, "") for k in ("appid", "redirect_uri", "response_type", "scope", "state")}
-            return consent_page(args.get("appid", ""), args.get("scope", ""), hidden)
-        code = state.issue_oauth_code(args.get("name", "alice"))
+            # WeChat knows whose phone it is: the name this browser gave before (a silent sign-in asked again
+            # with snsapi_userinfo is the same person)
+            known = request.cookies.get(NAME_COOKIE, "alice")
+            return consent_page(args.get("appid", ""), args.get("scope", ""), hidden, known)
+        name = args.get("name", "alice")
+        code = state.issue_oauth_code(name, args.get("scope", "snsapi_userinfo"))
         sep = "&" if "?" in redirect_uri else "?"
-        return redirect(redirect_uri + sep + urlencode({"code": code, "state": args.get("state", "")}))
+        response = redirect(redirect_uri + sep + urlencode({"code": code, "state": args.get("state", "")}))
+        response.set_cookie(NAME_COOKIE, name, path=request.script_root + "/_sim/open", httponly=True, samesite="Lax")
+        return response
 
 
 def _register_pay(bp: Blueprint, state: SimulatorState) -> None:
@@ -452,7 +461,10 @@ def _register_push(bp: Blueprint, state: SimulatorState) -> None:
         """The person follows (``action=follow``) or unfollows (``action=unfollow``) the official account."""
         try:
             data = _fields()
-            return done(state.follow(name_field(data), data.get("action", "follow") != "unfollow"))
+            action = data.get("action", "follow")
+            if action not in ("follow", "unfollow"):  # never a follow for "unsubscribe" or a typo
+                raise SimError(200, "47003", "argument invalid: action follow|unfollow")
+            return done(state.follow(name_field(data), action == "follow"))
         except SimError as exc:
             return _api_error(exc)
 

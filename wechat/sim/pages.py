@@ -28,12 +28,12 @@ def checkout_page(order_view: dict[str, Any], description: str, paid: bool) -> s
     return _page("微信支付", template, o=order_view, description=description, paid=paid)
 
 
-def consent_page(appid: str, scope: str, hidden: dict[str, str]) -> str:
+def consent_page(appid: str, scope: str, hidden: dict[str, str], name: str = "alice") -> str:
     template = """<p>应用 {{ appid }} 请求获取你的身份 ({{ scope }})。</p>
 <form method="get">{% for k, v in hidden.items() %}<input type="hidden" name="{{ k }}" value="{{ v }}">{% endfor %}
-<input type="hidden" name="consent" value="1"><label>用户名 <input name="name" value="alice"
+<input type="hidden" name="consent" value="1"><label>用户名 <input name="name" value="{{ name }}"
 pattern="[A-Za-z0-9_-]{1,32}" required></label> <button type="submit">同意</button></form>"""
-    return _page("微信授权", template, appid=appid, scope=scope, hidden=hidden)
+    return _page("微信授权", template, appid=appid, scope=scope, hidden=hidden, name=name)
 
 
 def transfer_page(view: dict[str, Any]) -> str:

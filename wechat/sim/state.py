@@ -111,6 +111,11 @@ class SimulatorState(
         return self.store.collection("oauth_codes")
 
     @property
+    def oauth_scopes(self) -> Collection:
+        """OAuth code → the scope the person agreed to (``snsapi_base`` only: a code without one is userinfo's)."""
+        return self.store.collection("oauth_scopes")
+
+    @property
     def used_codes(self) -> Collection:
         return self.store.collection("used_codes")
 
@@ -169,11 +174,19 @@ class SimulatorState(
                 self.used_codes[code] = True
             return name
 
-    def issue_oauth_code(self, name: str) -> str:
+    def issue_oauth_code(self, name: str, scope: str = "snsapi_userinfo") -> str:
         code = "oauth-" + secrets.token_hex(8)
         with self.lock:
             self.oauth_codes[code] = name
+            if scope == "snsapi_base":
+                self.oauth_scopes[code] = scope
         return code
+
+    def oauth_grant(self, code: str) -> tuple[str, str]:
+        """An OAuth code → (name, the scope it was given under); single use, as ``login_name``."""
+        name = self.login_name(code)
+        with self.lock:
+            return name, self.oauth_scopes.pop(code, None) or "snsapi_userinfo"
 
     @staticmethod
     def session_key(name: str) -> str:
