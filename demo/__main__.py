@@ -41,6 +41,7 @@ class Walkthrough:
     def __init__(self, client: Client, run_id: str, timeout_s: float, admin_token: str | None):
         self.api, self.run, self.timeout_s = client, run_id, timeout_s
         self.admin_token = admin_token
+        self.people = 0
 
     def play(self) -> None:
         started = time.monotonic()
@@ -109,8 +110,17 @@ class Walkthrough:
 
     def login(self, name: str) -> str:
         person = f"{name}-{self.run}"
-        answer = self.api.call(f"log {name} in", "POST", "/api/v1/auth/login", json={"code": f"code-{person}"})
+        address = self.address()
+        answer = self.api.call(
+            f"log {name} in", "POST", "/api/v1/auth/login", json={"code": f"code-{person}"}, address=address
+        )
+        self.api.addresses[answer["token"]] = address
         return answer["token"]
+
+    def address(self) -> str:
+        """A new person's phone address, on a /24 of its own (a household's, as risk reads networks)."""
+        self.people += 1
+        return f"10.{secrets.randbelow(250) + 1}.{self.people}.7"
 
     # -- 1-3: the newcomer packet ----------------------------------------------------------------
 
