@@ -22,6 +22,7 @@ from sqlalchemy import and_, func, or_, select
 from jobs.payouts import job_context, row_failed
 from models import AuditLog, Campaign, CampaignStatus, Operator, OperatorRole, db, unit_of_work, utcnow
 from models.operators import Actor
+from payouts import MoneySettings
 from rebate import ban_ops, campaign_ops
 from rebate.errors import RebateError
 from risk.communities import GraphSettings, build_graph, record_communities, score_graph
@@ -137,9 +138,10 @@ def spike_job() -> Counter:
 EXPIRED_BANS_BATCH = 500
 
 
-def lift_expired_bans(now: datetime, batch: int = EXPIRED_BANS_BATCH) -> Counter:
+def lift_expired_bans(now: datetime, batch: int = EXPIRED_BANS_BATCH, *, money: MoneySettings | None = None) -> Counter:
     """Every ban past its end lifted in its own transaction: one whose lift fails is rolled back, logged and alerted
     once (``ban_lift_failed``), and the others are lifted all the same (it is tried again on the next run)."""
+    money = money or job_context().money  # a person active again is paid the milestones met meanwhile
     outcomes: Counter = Counter(lifted=0)
     after = 0
     while True:
@@ -148,7 +150,7 @@ def lift_expired_bans(now: datetime, batch: int = EXPIRED_BANS_BATCH) -> Counter
         for ban_id in due:
             try:
                 with unit_of_work():
-                    outcomes["lifted"] += ban_ops.lift_expired(ban_id, now)
+                    outcomes["lifted"] += ban_ops.lift_expired(ban_id, now, money=money)
             except Exception as exc:  # one ban that cannot be lifted must not keep the others in force
                 row_failed("ban_lift_failed", "ban", ban_id, exc)
                 outcomes["error"] += 1

@@ -30,9 +30,11 @@ from sqlalchemy import and_, or_, select
 from models import Ban, BanSubject, Campaign, CampaignStatus, Merchant, Payout, PayoutStatus, User, UserStatus, db
 from models.operators import Actor, approval_refused_because, audit
 from models.payouts import Rail
+from payouts import MoneySettings
 from payouts.operations import cancel as cancel_payout
 from rebate.campaign_ops import transition
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
+from rebate.milestones import resume_refused
 from risk.bans import active_bans, ban_words, in_force, made_by_two, normalise_net
 
 DEVICE_ID = re.compile(r"^[0-9a-f]{24}$")  # what rebate.claims.new_device_id hands out
@@ -204,7 +206,7 @@ def _pause_campaigns(actor: Actor, merchant_id: int, ban: Ban) -> list[int]:
     return paused
 
 
-def lift_ban(actor: Actor, ban_id: int, reason: str, now: datetime) -> Ban:
+def lift_ban(actor: Actor, ban_id: int, reason: str, now: datetime, *, money: MoneySettings) -> Ban:
     """Lift a ban (again: the same ban, nothing more done) and undo what it did unless another ban still does.
 
     A ban two operators made (``made_by_two``) is not lifted here: the lift is proposed (the ban comes back still in
@@ -214,7 +216,7 @@ def lift_ban(actor: Actor, ban_id: int, reason: str, now: datetime) -> Ban:
     ban = _get(ban_id)
     if ban.lifted_at is None and made_by_two([ban.id]):
         return _propose_lift(actor, ban.id, reason, now)
-    ban, lifted = _lift(ban_id, now, reason, actor.operator.id)
+    ban, lifted = _lift(ban_id, now, reason, actor.operator.id, money)
     if lifted:
         audit(actor, "ban.lift", "ban", ban.id, reason, subject=ban.subject, value=ban.value)
         db.session.flush()
@@ -240,7 +242,7 @@ def _propose_lift(actor: Actor, ban_id: int, reason: str, now: datetime) -> Ban:
     return ban
 
 
-def approve_lift(actor: Actor, ban_id: int, reason: str, now: datetime) -> Ban:
+def approve_lift(actor: Actor, ban_id: int, reason: str, now: datetime, *, money: MoneySettings) -> Ban:
     """A second operator approves the pending proposal to lift a ban two operators made: it is lifted now, its effects
     undone as ``lift_ban`` undoes them. Not its proposer (403 ``same_operator``), nor an account of the proposer's
     making (403 ``approver_not_independent``); nothing proposed is 409 ``no_lift_proposed``. A ban lifted already
@@ -264,7 +266,7 @@ def approve_lift(actor: Actor, ban_id: int, reason: str, now: datetime) -> Ban:
     why = approval_refused_because(actor.operator, ban.lift_proposed_by, ban.lift_proposed_at, now)
     if why:
         raise RebateError(f"lifting ban {ban.id}: {why}", code="approver_not_independent", kind="forbidden")
-    _mark_lifted(ban, owner, now, reason, actor.operator.id)
+    _mark_lifted(ban, owner, now, reason, actor.operator.id, money)
     audit(
         actor,
         "ban.lift",
@@ -325,7 +327,7 @@ def _lock_for_lift(ban_id: int) -> tuple[Ban, User | Merchant | None]:
     return _lock_ban(ban_id), owner
 
 
-def _lift(ban_id: int, now: datetime, reason: str, by: int | None) -> tuple[Ban, bool]:
+def _lift(ban_id: int, now: datetime, reason: str, by: int | None, money: MoneySettings) -> tuple[Ban, bool]:
     """Mark the ban lifted and undo its effects; (the ban, whether this call lifted it). Locks the banned
     person's or merchant's row, then the ban's, as ``create_ban`` takes them."""
     ban = _get(ban_id)
@@ -334,15 +336,19 @@ def _lift(ban_id: int, now: datetime, reason: str, by: int | None) -> tuple[Ban,
     ban, owner = _lock_for_lift(ban_id)
     if ban.lifted_at is not None:  # lifted meanwhile
         return ban, False
-    _mark_lifted(ban, owner, now, reason, by)
+    _mark_lifted(ban, owner, now, reason, by, money)
     return ban, True
 
 
-def _mark_lifted(ban: Ban, owner: User | Merchant | None, now: datetime, reason: str, by: int | None) -> None:
+def _mark_lifted(
+    ban: Ban, owner: User | Merchant | None, now: datetime, reason: str, by: int | None, money: MoneySettings
+) -> None:
     ban.lifted_at, ban.lifted_by, ban.lift_reason = now, by, reason
     db.session.flush()
     _undo(ban, owner, now)
     db.session.flush()
+    if owner is not None and owner.status == "active":  # no other ban on them: milestones met meanwhile release
+        resume_refused(str(ban.subject), owner.id, now, money)
 
 
 def _undo(ban: Ban, owner: User | Merchant | None, now: datetime) -> None:
@@ -372,19 +378,19 @@ def expired_ban_ids(now: datetime, limit: int, after: int = 0) -> list[int]:
     )
 
 
-def lift_expired(ban_id: int, now: datetime) -> bool:
+def lift_expired(ban_id: int, now: datetime, *, money: MoneySettings) -> bool:
     """Lift one ban past its end ("expired") and undo its effects; whether this call lifted it (lifted meanwhile,
     or not past its end after all: nothing done)."""
     ban = _get(ban_id)
     if ban.lifted_at is not None or ban.ends_at is None or ban.ends_at > now:
         return False
-    return _lift(ban_id, now, f"expired at {ban.ends_at:%Y-%m-%d %H:%M} UTC", None)[1]
+    return _lift(ban_id, now, f"expired at {ban.ends_at:%Y-%m-%d %H:%M} UTC", None, money)[1]
 
 
-def lift_expired_bans(now: datetime, limit: int = 500) -> int:
+def lift_expired_bans(now: datetime, limit: int = 500, *, money: MoneySettings) -> int:
     """Bans past their end are marked lifted ("expired") and their effects undone, in the caller's transaction; how
     many. (The job lifts each in its own transaction: ``jobs.risk.lift_expired_bans_job``.)"""
-    return sum(lift_expired(ban_id, now) for ban_id in expired_ban_ids(now, limit))
+    return sum(lift_expired(ban_id, now, money=money) for ban_id in expired_ban_ids(now, limit))
 
 
 def list_bans(subject: str | None, value: str | None, active: bool | None, now: datetime, limit: int, offset: int):

@@ -6,7 +6,8 @@ by feedback quality when the rule says so (what quality withholds goes back
 to the budget). Past its deadline the rest expires and returns to the budget;
 a refund cancels the held part first (``refunds.py``). A rebate held for a risk review
 is skipped here; milestones reported meanwhile are applied when a reviewer releases it
-(``release_from_review``).
+(``release_from_review``). A milestone met while the beneficiary was refused (banned) releases nothing
+then; it is applied when the ban is lifted before the deadline (``resume_refused``).
 """
 
 from __future__ import annotations
@@ -136,11 +137,14 @@ def release_from_review(rebate: Rebate, campaign: Campaign, order: Order, now: d
     return rebate.amount_fen - before
 
 
+REFUSED_MILESTONE = "milestone {name} met, but {why}: the held part is not released"
+RESUMED_MILESTONE = "milestone {name} released: nothing refuses the {role} any more"
+
+
 def _release(rebate, campaign, order, condition: Condition, met: dict, name: str, money: MoneySettings) -> bool:
     refused = _refused(rebate, order)
-    if refused:  # refused as the payment would refuse them: the held part waits (or expires)
-        why = f"milestone {name} met, but {refused}: the held part is not released"
-        rebate.reasons = [*rebate.reasons, why]
+    if refused:  # refused as the payment would refuse them: the held part waits (or expires), ``resume_refused``
+        rebate.reasons = [*rebate.reasons, REFUSED_MILESTONE.format(name=name, why=refused)]
         return False
     done = [m for m in condition.milestones if m in met]
     if condition.release == "all" and len(done) < len(condition.milestones):
@@ -162,6 +166,76 @@ def _release(rebate, campaign, order, condition: Condition, met: dict, name: str
         rebate.reasons = [*rebate.reasons, f"feedback quality {quality}/100 released {pay} of {part} fen"]
     db.session.flush()
     return True
+
+
+def resume_refused(beneficiary_type: str, beneficiary_id: int, now: datetime, money: MoneySettings) -> int:
+    """A ban on the beneficiary was lifted: the milestones met while it refused them, before their rebate's
+    deadline, are applied now in the order they were reported, as ``report_milestone`` would have (a refusal still
+    standing, another ban, leaves them waiting). Without this the held part expired at its deadline, the milestones
+    met. Returns the fen paid. Each order is locked as a report locks it; what it pays waits while a refund is open."""
+    waiting = db.session.execute(
+        select(Rebate.id, Rebate.order_id)
+        .where(
+            Rebate.beneficiary_type == beneficiary_type,
+            Rebate.beneficiary_id == beneficiary_id,
+            Rebate.status == RebateStatus.HELD,
+            Rebate.held_fen > 0,
+            Rebate.condition_deadline > now,
+        )
+        .order_by(Rebate.order_id, Rebate.id)
+    ).all()
+    paid = 0
+    for order_id in sorted({row.order_id for row in waiting}):
+        order = lock_order(db.session.get(Order, order_id).out_trade_no)
+        if order.status != OrderStatus.PAID:
+            continue
+        before = paid
+        for rebate in _held(order.id):
+            if (rebate.beneficiary_type, rebate.beneficiary_id) == (beneficiary_type, beneficiary_id):
+                paid += _resume(rebate, order, now, money)
+        if paid > before and refund_open(order.id):
+            db.session.flush()
+            hold_order_payouts(order.id)
+    return paid
+
+
+def _resume(rebate: Rebate, order: Order, now: datetime, money: MoneySettings) -> int:
+    refused = _refused_names(rebate)
+    if not refused or rebate.condition_deadline <= now or _refused(rebate, order):
+        return 0
+    campaign = db.session.get(Campaign, rebate.campaign_id)
+    condition = _condition(rebate, campaign)
+    before = rebate.amount_fen
+    reported = db.session.execute(
+        select(OrderMilestone)
+        .where(OrderMilestone.order_id == order.id)
+        .order_by(OrderMilestone.reported_at, OrderMilestone.id)
+    ).scalars()
+    met: dict[str, OrderMilestone] = {}
+    for milestone in reported:
+        if milestone.reported_at >= rebate.condition_deadline:
+            break
+        met[milestone.name] = milestone
+        name = milestone.name
+        wanted = rebate.held_fen and name in refused and name in condition.milestones
+        if wanted and _release(rebate, campaign, order, condition, met, name, money):
+            rebate.reasons = [*rebate.reasons, RESUMED_MILESTONE.format(name=name, role=rebate.role)]
+    db.session.flush()
+    return rebate.amount_fen - before
+
+
+def _refused_names(rebate: Rebate) -> set[str]:
+    """The milestones a refusal kept from releasing and nothing has applied since (read from the rebate's own
+    reasons, written by ``_release`` and ``_resume`` in these two forms)."""
+    refused: set[str] = set()
+    head, tail = REFUSED_MILESTONE.split("{name}")[0], " met, but "
+    done_head, done_tail = RESUMED_MILESTONE.split("{name}")[0], " released: "
+    for reason in rebate.reasons or []:
+        if reason.startswith(head) and tail in reason:
+            refused.add(reason[len(head) : reason.index(tail)])
+        elif reason.startswith(done_head) and done_tail in reason:
+            refused.discard(reason[len(done_head) : reason.index(done_tail)])
+    return refused
 
 
 def _refused(rebate: Rebate, order: Order) -> str | None:

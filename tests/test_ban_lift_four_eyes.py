@@ -17,6 +17,7 @@ from models import AuditLog, Ban, Merchant, Payout, db, utcnow
 from rebate.ban_ops import lift_expired_bans
 from tests.concurrency import post_together, together, wait_until_a_backend_waits_on_a_lock
 from tests.conftest import on_postgres
+from tests.money_helpers import app_money
 from tests.review_helpers import community_case, status_of
 from tests.test_dispatch import ScriptedRail, funded_payout, ok, run  # noqa: F401 - fixture
 
@@ -238,7 +239,7 @@ def test_a_timed_two_person_ban_still_expires_on_its_own_with_a_proposal_waiting
     ban_id = two_person_ban(client, [(sup_op, sup), (a_op, a)], [f"user:{amy.id}"], ban_days=3)
     assert lift(client, b, ban_id).status_code == 202
 
-    assert lift_expired_bans(utcnow() + timedelta(days=4)) == 1
+    assert lift_expired_bans(utcnow() + timedelta(days=4), money=app_money()) == 1
     db.session.commit()
     row = ban_row(ban_id)
     assert (row.lifted_by, row.lift_reason.startswith("expired"), status_of(amy.id)) == (None, True, "active")

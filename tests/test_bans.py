@@ -14,6 +14,7 @@ from rebate.claims import claim_by_code, claim_from_campaign
 from rebate.packets import generate_batch
 from rebate.triggers import sign_in
 from risk import Banned, Claimant, PlatformLimits
+from tests.money_helpers import app_money
 from tests.review_helpers import DEVICE, status_of
 from tests.test_dispatch import ScriptedRail, funded_payout, ok, run  # noqa: F401 - fixture
 
@@ -171,10 +172,10 @@ def test_bans_expire_and_the_job_undoes_their_effects(client, admin, make_user, 
     ban(client, admin, "user", str(amy.id), ends_at=soon)
     ban(client, admin, "device", DEVICE, days=1)
     claimant = Claimant(ben.id, "203.0.113.2", DEVICE)
-    assert lift_expired_bans(utcnow()) == 0 and status_of(amy.id) == "banned"
+    assert lift_expired_bans(utcnow(), money=app_money()) == 0 and status_of(amy.id) == "banned"
 
     later = utcnow() + timedelta(days=2)
-    assert lift_expired_bans(later) == 2
+    assert lift_expired_bans(later, money=app_money()) == 2
     db.session.commit()
     assert status_of(amy.id) == "active"
     assert all(b.lift_reason.startswith("expired") for b in db.session.execute(select(Ban)).scalars())

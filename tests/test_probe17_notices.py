@@ -12,6 +12,7 @@ from models import Notice, OaFollower, UserIdentity, db, utcnow
 from notices import NoticeEvent, enqueue
 from notices.consents import apply_push_event, remaining
 from notices.dispatch import NoticeSettings
+from tests.money_helpers import app_money
 from tests.test_notice_hooks import held_packets  # noqa: F401 - fixture
 from wechat.errors import WeChatUnavailable
 
@@ -149,7 +150,7 @@ def test_the_expiring_job_tells_a_banned_person_nothing_and_tells_them_once_the_
     ban(actor, owner)
     assert tell_expiring_packets()["told"] == 0
     assert db.session.execute(select(Notice).where(Notice.user_id == owner.id)).scalars().all() == []
-    lift_ban(actor, db.session.execute(select(Ban.id)).scalar_one(), "cleared", utcnow())
+    lift_ban(actor, db.session.execute(select(Ban.id)).scalar_one(), "cleared", utcnow(), money=app_money())
     db.session.commit()
     assert tell_expiring_packets()["told"] == 2
 

@@ -52,11 +52,6 @@ def test_a_case_a_refund_emptied_is_decided_by_one_reviewer(
     assert db.session.get(ReviewCase, case.id).proposed_by is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a milestone met while its beneficiary is banned is never applied once the ban is lifted: the held part "
-    "expires at its deadline (fix: rebate.milestones re-applies the refused milestones, called from ban_ops' lift)",
-)
 def test_milestones_met_during_a_ban_are_released_once_it_is_lifted(education, client, make_operator, pay):
     # given: the teacher's 195 yuan held for two milestones; the teacher banned pending a complaint
     school, course, teacher, campaign, student, packet = education
@@ -112,3 +107,46 @@ def test_a_packet_locked_on_an_unpaid_order_does_not_escape_a_revoke(
 
     # then: the packet is not the fraudster's to spend again
     assert db.session.get(RedPacket, spare_id).status == "revoked"
+
+
+def test_milestones_met_during_two_bans_wait_for_the_last_lift_and_are_paid_once(education, client, make_operator, pay):
+    # given: the teacher's 195 yuan held for two milestones, the first met before any ban
+    school, course, teacher, campaign, student, packet = education
+    order = create_order(student, [LineRequest(course.id, 1)], packet.id, utcnow())
+    db.session.commit()
+    pay(order)
+    report_milestone(order, "lessons_10", None, utcnow(), money=app_money())
+    db.session.commit()
+    (share,) = rebates_of(order.id).values()
+    paid_first = share.amount_fen
+    assert 0 < paid_first < 195_00
+    _, admin = make_operator("admin")
+
+    def ban(reason: str) -> int:
+        made = client.post(
+            "/admin/api/bans", json={"subject": "user", "value": str(teacher.id), "reason": reason}, headers=admin
+        )
+        assert made.status_code == 201, made.get_json()
+        return made.get_json()["id"]
+
+    def lift(ban_id: int) -> None:
+        lifted = client.delete(f"/admin/api/bans/{ban_id}", json={"reason": "cleared"}, headers=admin)
+        assert lifted.status_code == 200, lifted.get_json()
+
+    # and: two bans on the teacher; the second milestone met under them
+    first, second = ban("a parent's complaint"), ban("a second complaint")
+    report_milestone(order, "test_passed", None, utcnow(), money=app_money())
+    db.session.commit()
+
+    # when: one ban is lifted, the other still in force
+    lift(first)
+    # then: nothing more is paid
+    (share,) = rebates_of(order.id).values()
+    assert (share.amount_fen, share.held_fen) == (paid_first, 195_00 - paid_first)
+
+    # when: the second is lifted too, and lifted again (the same answer)
+    lift(second)
+    lift(second)
+    # then: the rest is paid, once
+    (share,) = rebates_of(order.id).values()
+    assert (share.status, share.amount_fen, share.held_fen, cash(teacher.id)) == ("awarded", 195_00, 0, 195_00)

@@ -12,10 +12,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 from pydantic import BeforeValidator, Field
 
 from models import BanSubject, OperatorRole, utcnow
+from payouts import MoneySettings
 from rebate import ban_ops
 from risk.bans import made_by_two
 from web.admin import PLATFORM, actor
@@ -75,7 +76,7 @@ def lift_ban(ban_id: int, body: LiftBan):
 
     A ban two operators made is not lifted yet: 202 with the proposal recorded, for another operator to approve."""
     now = utcnow()
-    ban = ban_ops.lift_ban(actor(), ban_id, body.reason, now)
+    ban = ban_ops.lift_ban(actor(), ban_id, body.reason, now, money=MoneySettings.from_config(current_app.config))
     return ban_ops.ban_json(ban, now), 200 if ban.lifted_at is not None else 202
 
 
@@ -92,7 +93,8 @@ def approve_ban_lift(ban_id: int, body: LiftBan):
     """Approve another operator's proposal to lift a ban two operators made: it is lifted now (once lifted: the same
     answer)."""
     now = utcnow()
-    return ban_ops.ban_json(ban_ops.approve_lift(actor(), ban_id, body.reason, now), now)
+    money = MoneySettings.from_config(current_app.config)
+    return ban_ops.ban_json(ban_ops.approve_lift(actor(), ban_id, body.reason, now, money=money), now)
 
 
 @endpoint(
