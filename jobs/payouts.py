@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import queue
 import threading
 import time
@@ -327,31 +328,46 @@ def rail_limiter(
     throughput). So each call starts at its send time, give or take this process's scheduling, as before.
 
     Raises ``RailBusy`` when no turn is free by ``until`` (a ``time.monotonic`` deadline) or after
-    ``max_wait_s``; it sleeps exactly until the window has a free turn, not in fixed steps.
+    ``max_wait_s``; it sleeps exactly until the window has a free turn, not in fixed steps. The deadline holds
+    when Redis is slow too: round trips slower than ``LATE_S`` (whose turns are all dropped) are asked again
+    only until it, and another thread's hung round trip is waited for only until it.
     """
     window = _window(redis_url)
     held: dict[str, deque[_Permit]] = {}
     lock = threading.Lock()
 
-    def take(key: str, rate: int) -> _Permit | float:
-        """A turn held by this process, else one more round trip: a turn, or the seconds until one is free."""
-        with lock:
+    def usable(permits: deque[_Permit]) -> _Permit | None:
+        now = clock()
+        while permits and now > permits[0].early + LATE_S:
+            permits.popleft()  # too late for it now: dropped
+        return permits.popleft() if permits else None
+
+    def take(key: str, rate: int, deadline: float) -> _Permit | float:
+        """A turn held by this process, else one round trip: a turn, or the seconds until one is free (0: ask
+        again; infinite: not before the deadline). The lock is waited for until the deadline only: another
+        thread's round trip may hang (a Redis that stopped answering, up to its socket timeout)."""
+        if not lock.acquire(timeout=max(0.0, deadline - clock())):
+            return math.inf
+        try:
             permits = held.setdefault(key, deque())
-            while True:
-                now = clock()
-                while permits and now > permits[0].early + LATE_S:
-                    permits.popleft()  # too late for it now: dropped
-                if permits:
-                    return permits.popleft()
-                asked = clock()
-                turns = window.reserve(key, rate, most=max(1, min(most, rate)), ahead=RESERVE_AHEAD_S)
-                answered = clock()
-                if turns.wait:
-                    return turns.wait
-                permits.extend(
-                    _Permit(asked + (s - turns.now), answered + (s - turns.now), s + turns.to_unix)
-                    for s in turns.stamps
-                )
+            permit = usable(permits)
+            if permit is not None:
+                return permit
+            asked = clock()
+            turns = window.reserve(key, rate, most=max(1, min(most, rate)), ahead=RESERVE_AHEAD_S)
+            answered = clock()
+            if turns.wait:
+                return turns.wait
+            permits.extend(
+                _Permit(asked + (s - turns.now), answered + (s - turns.now), s + turns.to_unix) for s in turns.stamps
+            )
+            # a round trip slower than LATE_S brings only turns already too late: the caller asks again once its
+            # deadline is checked (asked again inside the lock, a slow Redis kept the call here past any deadline,
+            # each round trip taking turns of the window every other process shares)
+            permit = usable(permits)
+            return 0.0 if permit is None else permit
+        finally:
+            lock.release()
 
     def wait_for(rail: str, until: float | None = None) -> float:
         rate = rails[rail].rate_per_second
@@ -359,7 +375,7 @@ def rail_limiter(
         deadline = clock() + max_wait_s
         deadline = deadline if until is None else min(deadline, until)
         while True:
-            permit = take(key, rate)
+            permit = take(key, rate, deadline)
             if isinstance(permit, float):
                 if clock() + permit > deadline:
                     raise RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
@@ -372,7 +388,9 @@ def rail_limiter(
                 sleep(pause)
             if clock() <= permit.early + LATE_S:
                 return permit.at
-            # woke too late for this turn (never used late): the next one
+            # woke too late for this turn (never used late): the next one, if there is time
+            if clock() > deadline:
+                raise RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
 
     return wait_for
 
@@ -711,14 +729,23 @@ def _call_and_hand_over(
     calls: list = []
     first: list[datetime] = []
 
+    def in_time(name: str) -> None:
+        # Half the lease is the latest a call may start (whatever held it up: calls before it on this thread, a slow
+        # limiter): a call started later may outlive the lease, and another dispatcher may have taken the payout
+        # over meanwhile (queried it, cancelled it) and then this call would send what was cancelled.
+        if time.monotonic() > start_by:
+            raise RailBusy(f"{name}: the call could not start within half of its payout's lease")
+
     def wait_turn(name: str) -> None:
         gate.check(name)  # paused or switched off since the claim: no call (its switch read, no transaction left)
+        in_time(name)
         try:
             granted_at = limiter(name, until=start_by)
         except RailBusy:
             raise
         except Exception as exc:  # e.g. Redis unreachable: no turn, so no call
             raise RailBusy(f"no turn for {name}: {exc!r}") from exc
+        in_time(name)  # (a turn that came late is not used: it only costs the rate one call)
         gate.check(name, read=False)  # paused by an answer while this call waited for its turn
         if not first:  # the payout's send (or query) time: the moment the rail's window counts its first call at
             first.append(datetime.fromtimestamp(granted_at, UTC) if granted_at else clock())

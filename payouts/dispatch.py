@@ -45,6 +45,7 @@ class Claimed:
     has_package_info: bool = False
     posted_before: bool = False  # an earlier pass POSTed this number (whatever it answered)
     status_before: str = S.PENDING  # what ``release`` puts back when no call could be made
+    attempt: int = 0  # the payout's attempts with this claim: a pass that took it over after the lease counts one more
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ def _claim_rows(
                 has_package,
                 payout.id in posted_before,
                 status_before,
+                payout.attempts,
             )
         )
     return claimed
@@ -334,12 +336,16 @@ def release(job: Claimed, calls: list[tuple[str, RailResult, int]], now: datetim
 
     With no call made, the payout is put back exactly as the claim found it (the claim's attempt is given
     back), due again at once. After a call (a query, say) it stays ``sending`` with its lease ended now:
-    the next pass queries it first, as after a crash. The calls made are logged either way.
+    the next pass queries it first, as after a crash. The calls made are logged either way. A payout another
+    pass took over meanwhile (this claim's lease ran out: a stalled process) is left to that pass: putting it
+    back would undo a claim whose call may be out, and that call's answer would then only be logged.
     """
     payout = lock_payout(job.payout_id)
     for action, result, ms in calls:
         log_attempt(payout.id, action, job.request, result, ms, now)
     if payout.status != S.SENDING:  # finished meanwhile by a notification or an operator
+        return
+    if job.attempt and payout.attempts != job.attempt:  # claimed again by another pass since
         return
     if calls or job.status_before == S.SENDING:
         payout.lease_until = now
