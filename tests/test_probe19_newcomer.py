@@ -162,3 +162,13 @@ def test_a_mini_program_user_signing_in_silently_is_asked_once_more_and_stays_on
     # and the next silent sign-in finds him at once
     later = client.get("/oauth/authorize", query_string={"next": "/c/1"})
     assert "#token=" in through_wechat(client, later.headers["Location"], "dave").headers["Location"]
+
+
+def test_the_simulators_consent_page_refuses_a_name_no_openid_could_hold(client):
+    # a name makes the person's openid (sim-oa-openid-<name>, at most 64 characters): a longer or odd one was
+    # accepted and the app's sign-in then answered 503 on the openid it could not store
+    path = "/_sim/open/connect/oauth2/authorize"
+    query = {"consent": "1", "redirect_uri": "http://127.0.0.1/oauth/callback", "state": "s", "scope": "snsapi_base"}
+    assert client.get(path, query_string={**query, "name": "x" * 51}).status_code == 400
+    assert client.get(path, query_string={**query, "name": "bob smith"}).status_code == 400
+    assert client.get(path, query_string={**query, "name": "x" * 50}).status_code == 302

@@ -10,6 +10,7 @@ and delivered after the triggering request has finished.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -20,7 +21,7 @@ from flask import Blueprint, Response, abort, redirect, request
 from wechat.errors import WeChatUnavailable
 from wechat.sim.errors import LOST_ANSWER_HEADER, SimError
 from wechat.sim.pages import checkout_page, consent_page, overview_page, transfer_page
-from wechat.sim.state import SimulatorState
+from wechat.sim.state import MAX_NAME, SimulatorState
 from wechat.v2sign import parse_xml, v2_sign
 
 V3Handler = Callable[..., Any]
@@ -240,6 +241,8 @@ def _register_identity(bp: Blueprint, state: SimulatorState) -> None:
             known = request.cookies.get(NAME_COOKIE, "alice")
             return consent_page(args.get("appid", ""), args.get("scope", ""), hidden, known)
         name = args.get("name", "alice")
+        if not re.fullmatch(rf"[A-Za-z0-9_-]{{1,{MAX_NAME}}}", name):  # the openid is made of it: WeChat's are short
+            abort(400, f"name: 1-{MAX_NAME} letters, digits, - or _")
         code = state.issue_oauth_code(name, args.get("scope", "snsapi_userinfo"))
         sep = "&" if "?" in redirect_uri else "?"
         response = redirect(redirect_uri + sep + urlencode({"code": code, "state": args.get("state", "")}))
