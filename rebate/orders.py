@@ -376,7 +376,9 @@ def close_order(order: Order, now: datetime) -> None:
         if packet.status == PacketStatus.LOCKED and packet.order_id == order.id:
             if now >= packet.expires_at:
                 release_packet(packet, PacketStatus.EXPIRED)
-            elif not still_earned(packet):  # the order that earned it was refunded meanwhile
+            elif not still_earned(packet) or packet.revoked_at is not None:
+                # the order that earned it was refunded meanwhile, or a review's fraud outcome came while it was
+                # locked (``rebate.reviews``): not issued back to spend again
                 release_packet(packet, PacketStatus.REVOKED)
             else:
                 packet.status, packet.order_id = PacketStatus.ISSUED, None

@@ -416,8 +416,9 @@ def _void_discount(order: Order, refund: Refund) -> None:
                 [Leg(merchant, -discount), Leg(funder, discount)],
             )
         budgets.release_committed(campaign.id, discount)
-        if not (campaign.restore_packet_on_refund and refund.finished_at < packet.expires_at and still_earned(packet)):
-            continue  # (a packet whose own earning order was refunded stays spent)
+        restorable = refund.finished_at < packet.expires_at and still_earned(packet) and packet.revoked_at is None
+        if not (campaign.restore_packet_on_refund and restorable):
+            continue  # (a packet whose own earning order was refunded stays spent; so does one a review revoked)
         # by the rules it earns under (its own version): the current ones may cap lower, and its next payment was
         # then cut to "budget exhausted" below what its version promises
         reserve_fen = reservation_for(campaign, packet.amount_fen, version=packet.rules_version)

@@ -40,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 
 from models import (
     Campaign,
@@ -334,6 +334,8 @@ def _carry_out(
         if packet.status == PacketStatus.ISSUED:
             release_packet(packet, PacketStatus.REVOKED)
             effects["packets_revoked"].append(packet.id)
+    if not release:
+        effects["packets_revoked_when_unlocked"] = _revoke_when_unlocked(scope.people, now)
     ends_at = now + timedelta(days=review.ban_days) if review.ban_days else None
     for value in scope.bans:
         ban = create_ban(actor, subject, value, why[:500], now, ends_at=ends_at, case_id=case.id)
@@ -425,6 +427,22 @@ def _lock_rebates(order_ids: list[int]) -> list[Rebate]:
         .execution_options(populate_existing=True)
     )
     return list(db.session.execute(stmt).scalars())
+
+
+def _revoke_when_unlocked(people: list[int], now: datetime) -> list[int]:
+    """The people's packets locked on orders not paid yet: marked (``revoked_at``) to be revoked when their order
+    closes (``rebate.orders.close_order``), not issued back to spend again; revoked in place, a payment of that order
+    would find its reservation gone. One whose order is paid after all is spent (WeChat charged the lower price)."""
+    if not people:
+        return []
+    locked = (RedPacket.owner_id.in_(people), RedPacket.status == PacketStatus.LOCKED, RedPacket.revoked_at.is_(None))
+    ids = list(db.session.execute(select(RedPacket.id).where(*locked).order_by(RedPacket.id)).scalars())
+    if ids:
+        db.session.execute(
+            update(RedPacket).where(RedPacket.id.in_(ids), *locked[1:]).values(revoked_at=now),
+            execution_options={"synchronize_session": False},
+        )
+    return ids
 
 
 def _lock_packets(people: list[int]) -> list[RedPacket]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-
 from models import Order, RedPacket, ReviewCase, db, utcnow
 from rebate import apply_refund, close_order, create_order, issue_packet
 from rebate.milestones import expire_held_rebates, report_milestone
@@ -82,11 +80,6 @@ def test_milestones_met_during_a_ban_are_released_once_it_is_lifted(education, c
     assert (share.status, share.amount_fen, share.held_fen, cash(teacher.id)) == ("awarded", 195_00, 0, 195_00)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a packet locked on an unpaid order escapes a fraud decision's revocation and is issued again when the "
-    "order closes (fix: rebate.orders.close_order revokes it, or the decision closes the person's open orders)",
-)
 def test_a_packet_locked_on_an_unpaid_order_does_not_escape_a_revoke(
     client, make_operator, make_user, make_product, make_campaign, pay
 ):
