@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 from functools import cache
@@ -30,6 +31,7 @@ from models.sql import execute_core, insert_ignoring, is_busy
 from web.errors import ApiError, Conflict, ValidationFailed
 from web.guards import loads_json
 
+log = logging.getLogger(__name__)
 STALE_AFTER = timedelta(seconds=60)
 # Refusals of things as they stand, never kept as a key's answer: a retry with the key runs again (a conflict, a
 # limit, and a refusal of who asks: a ban on the device or address that ends or is lifted, a suspended merchant).
@@ -215,7 +217,8 @@ def run(scope: str, route: str, key: str, call: Callable[[], Response]) -> Respo
         if err.status in NOT_STORED or err.status >= 500:
             _release(record_id, locked_at)
             raise
-        _store(record_id, err.status, err.body(), locked_at)
+        if not _stored_apart(record_id, err.status, err.body(), locked_at):
+            _release(record_id, locked_at)  # the refusal is answered, not kept: a retry runs again
         raise
     except BaseException:
         _release(record_id, locked_at)
@@ -225,8 +228,39 @@ def run(scope: str, route: str, key: str, call: Callable[[], Response]) -> Respo
         return response
     if response.status_code >= 400:
         db.session.rollback()
-    _store(record_id, response.status_code, response.get_json(), locked_at)
+    if db.session().in_transaction():  # the view's effects, still to commit: the answer is stored with them
+        _store(record_id, response.status_code, response.get_json(), locked_at)
+    elif not _stored_apart(record_id, response.status_code, response.get_json(), locked_at):
+        if response.status_code >= 400:  # a refusal, nothing done: answered, not kept (a retry runs again)
+            _release(record_id, locked_at)
+        else:
+            # The view committed its effects itself (a refund WeChat took, recorded between its calls): they are
+            # made, so they are answered, never "busy, try again"; the key goes stale after STALE_AFTER.
+            log.warning("idempotency answer not stored: database busy", extra={"route": route})
     return response
+
+
+def _stored_apart(record_id: int, status: int, body, locked_at) -> bool:
+    """Store the answer in a transaction of its own (the view's effects are committed already, or were rolled back
+    with its refusal), waiting while the database is busy up to ``RECORD_TRIES`` transactions; False if it stayed
+    busy. Stored at once, a job's long transaction (SQLite's write lock) made it fail: a refund WeChat took, committed
+    by the view between its calls, was answered 503, and a refusal too, the key left in progress either way (every
+    retry 409 ``idempotency_in_progress`` for a minute)."""
+
+    def stored() -> None:
+        try:
+            _store(record_id, status, body, locked_at)
+        except BaseException:
+            db.session.rollback()
+            raise
+
+    try:
+        while_busy(stored)
+    except Exception as exc:
+        if not is_busy(exc):
+            raise
+        return False
+    return True
 
 
 def _store(record_id: int, status: int, body, locked_at=None) -> None:
