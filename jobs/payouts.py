@@ -34,7 +34,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from models import Alert, Payout, call_between_commits, db, row_failure, unit_of_work, utcnow
+from models.base import while_busy
 from models.payouts import Rail
+from models.sql import is_busy
 from notices import enqueue_many
 from notices.watch import failed_draft
 from payouts import reconcile, unclaimed
@@ -633,10 +635,16 @@ class _Recorder:
                     db.session.remove()
 
     def _record(self, group: list) -> None:
-        try:
+        def recorded() -> None:
             fault_point("before_record_commit")
             with unit_of_work():
                 record_group([(job, calls, at) for job, calls, at, _ in group], self.settings)
+
+        try:
+            # WeChat's answers are in hand: a database busy for a while (a job holding SQLite's write lock) is waited
+            # for again, as a call's record step is; dropped at once, a transfer WeChat took waited for its lease to
+            # run out and a query
+            while_busy(recorded)
         except Exception as exc:
             if len(group) == 1:
                 self._failed(group[0], exc)
@@ -837,8 +845,12 @@ def _batches(read: Callable, stop_at: float) -> Iterator:
 
 def row_failed(kind: str, what: str, row_id: int | str, error: Exception) -> None:
     """One row of a job failed (its transaction is rolled back): logged with its id, an operator told once; the
-    job goes on with the next row."""
+    job goes on with the next row. A database only busy (a lock held past the timeout) is no fault: the row waits
+    for the next run, said as a warning (``jobs.scheduler.in_app`` says a busy job's run so), nobody paged."""
     db.session.rollback()
+    if is_busy(error):
+        log.warning("%s %s deferred: database busy", what, row_id, extra={f"{what}_id": row_id, "error": repr(error)})
+        return
     try:
         with unit_of_work():
             row_failure(kind, what, row_id, error)

@@ -463,12 +463,6 @@ def test_everything_at_once_over_http_with_the_jobs_running_moves_each_yuan_once
 # -- a transfer WeChat took while the database is busy: recorded, not left to its lease --------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs/payouts.py _Recorder._record records a transfer WeChat took in one transaction, never waited for "
-    "again while the database is busy (models.base.while_busy, as call_between_commits's record step): the answer "
-    "is dropped, logged as 'payout call failed', and the payout waits for its lease to run out and a query",
-)
 def test_a_transfer_wechat_took_while_a_job_holds_the_lock_is_recorded_by_the_same_run(
     app_settings,  # noqa: F811
     app,
@@ -523,12 +517,6 @@ def test_a_transfer_wechat_took_while_a_job_holds_the_lock_is_recorded_by_the_sa
 # -- a job's row that met a busy database: deferred, not an operator's alert ----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs/payouts.py row_failed logs an ERROR and alerts operators once per row ('insights_day … failed and "
-    "was skipped') for a database that was only busy (models.sql.is_busy), which the next run goes through; "
-    "jobs.scheduler.in_app says the same error 'job deferred' as a warning",
-)
 def test_a_jobs_row_that_waited_past_the_lock_timeout_is_deferred_without_an_alert(app_settings, app, monkeypatch):  # noqa: F811
     import jobs.insights as rollups
     from jobs.scheduler import in_app
