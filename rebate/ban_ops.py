@@ -34,7 +34,7 @@ from payouts import MoneySettings
 from payouts.operations import cancel as cancel_payout
 from rebate.campaign_ops import transition
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
-from rebate.milestones import resume_refused
+from rebate.milestones import lock_orders, refused_orders, resume_refused
 from risk.bans import active_bans, ban_words, in_force, made_by_two, normalise_net
 
 DEVICE_ID = re.compile(r"^[0-9a-f]{24}$")  # what rebate.claims.new_device_id hands out
@@ -248,7 +248,7 @@ def approve_lift(actor: Actor, ban_id: int, reason: str, now: datetime, *, money
     making (403 ``approver_not_independent``); nothing proposed is 409 ``no_lift_proposed``. A ban lifted already
     (by this approval before, or by its expiry) comes back as it is."""
     reason = required_reason(reason, "approving a lift needs a reason")
-    ban, owner = _lock_for_lift(ban_id)
+    ban, owner, resumable = _lock_for_lift(ban_id, now)
     if ban.lifted_at is not None:
         return ban
     if ban.lift_proposed_by is None:
@@ -266,7 +266,7 @@ def approve_lift(actor: Actor, ban_id: int, reason: str, now: datetime, *, money
     why = approval_refused_because(actor.operator, ban.lift_proposed_by, ban.lift_proposed_at, now)
     if why:
         raise RebateError(f"lifting ban {ban.id}: {why}", code="approver_not_independent", kind="forbidden")
-    _mark_lifted(ban, owner, now, reason, actor.operator.id, money)
+    _mark_lifted(ban, owner, now, reason, actor.operator.id, money, resumable)
     audit(
         actor,
         "ban.lift",
@@ -319,12 +319,21 @@ def _lock_ban(ban_id: int) -> Ban:
     return db.session.execute(stmt).scalar_one()
 
 
-def _lock_for_lift(ban_id: int) -> tuple[Ban, User | Merchant | None]:
+def _lock_for_lift(ban_id: int, now: datetime) -> tuple[Ban, User | Merchant | None, list[int]]:
     """The ban and the banned person's or merchant's row, both locked and read as they are now: the owner's row
-    first, then the ban's, as ``create_ban`` takes them (``NotFound`` for no such ban)."""
+    first, then the ban's, as ``create_ban`` takes them (``NotFound`` for no such ban). Before them, the orders whose
+    milestones the lift may release (``rebate.milestones.refused_orders``), as a refund takes an order and then its
+    people: taken after the owner, a lift and a refund of one order could each wait for the other. Their ids last."""
     ban = _get(ban_id)
+    resumable = refused_orders(str(ban.subject), int(ban.value), now) if _owned(ban) else []
+    lock_orders(resumable)
     owner = _lock_owner(ban.subject, ban.value)
-    return _lock_ban(ban_id), owner
+    return _lock_ban(ban_id), owner, resumable
+
+
+def _owned(ban: Ban) -> bool:
+    """A ban on one person or merchant (an id), not on a device or network."""
+    return ban.subject in (BanSubject.USER, BanSubject.MERCHANT) and str(ban.value).isdecimal()
 
 
 def _lift(ban_id: int, now: datetime, reason: str, by: int | None, money: MoneySettings) -> tuple[Ban, bool]:
@@ -333,22 +342,28 @@ def _lift(ban_id: int, now: datetime, reason: str, by: int | None, money: MoneyS
     ban = _get(ban_id)
     if ban.lifted_at is not None:
         return ban, False
-    ban, owner = _lock_for_lift(ban_id)
+    ban, owner, resumable = _lock_for_lift(ban_id, now)
     if ban.lifted_at is not None:  # lifted meanwhile
         return ban, False
-    _mark_lifted(ban, owner, now, reason, by, money)
+    _mark_lifted(ban, owner, now, reason, by, money, resumable)
     return ban, True
 
 
 def _mark_lifted(
-    ban: Ban, owner: User | Merchant | None, now: datetime, reason: str, by: int | None, money: MoneySettings
+    ban: Ban,
+    owner: User | Merchant | None,
+    now: datetime,
+    reason: str,
+    by: int | None,
+    money: MoneySettings,
+    resumable: list[int],
 ) -> None:
     ban.lifted_at, ban.lifted_by, ban.lift_reason = now, by, reason
     db.session.flush()
     _undo(ban, owner, now)
     db.session.flush()
     if owner is not None and owner.status == "active":  # no other ban on them: milestones met meanwhile release
-        resume_refused(str(ban.subject), owner.id, now, money)
+        resume_refused(resumable, (str(ban.subject), owner.id), now, money)
 
 
 def _undo(ban: Ban, owner: User | Merchant | None, now: datetime) -> None:

@@ -168,30 +168,41 @@ def _release(rebate, campaign, order, condition: Condition, met: dict, name: str
     return True
 
 
-def resume_refused(beneficiary_type: str, beneficiary_id: int, now: datetime, money: MoneySettings) -> int:
-    """A ban on the beneficiary was lifted: the milestones met while it refused them, before their rebate's
-    deadline, are applied now in the order they were reported, as ``report_milestone`` would have (a refusal still
-    standing, another ban, leaves them waiting). Without this the held part expired at its deadline, the milestones
-    met. Returns the fen paid. Each order is locked as a report locks it; what it pays waits while a refund is open."""
+def refused_orders(beneficiary_type: str, beneficiary_id: int, now: datetime) -> list[int]:
+    """The orders whose held rebates of this beneficiary have milestones a refusal kept from releasing, before their
+    deadline (read, not locked): what ``resume_refused`` will lock, for a ban's lift to lock them first."""
     waiting = db.session.execute(
-        select(Rebate.id, Rebate.order_id)
-        .where(
+        select(Rebate).where(
             Rebate.beneficiary_type == beneficiary_type,
             Rebate.beneficiary_id == beneficiary_id,
             Rebate.status == RebateStatus.HELD,
             Rebate.held_fen > 0,
             Rebate.condition_deadline > now,
         )
-        .order_by(Rebate.order_id, Rebate.id)
-    ).all()
+    ).scalars()
+    return sorted({rebate.order_id for rebate in waiting if _refused_names(rebate)})
+
+
+def lock_orders(order_ids: list[int]) -> None:
+    """Lock the orders, in id order, as a report or a refund locks one (the order first, then its people)."""
+    for order_id in sorted(order_ids):
+        lock_order(db.session.get(Order, order_id).out_trade_no)
+
+
+def resume_refused(order_ids: list[int], beneficiary: tuple[str, int], now: datetime, money: MoneySettings) -> int:
+    """A ban on the beneficiary was lifted: on ``order_ids`` (``refused_orders``, locked by the caller before the
+    beneficiary's own row: the order first, as a refund takes them), the milestones met while it refused them,
+    before their rebate's deadline, are applied now in the order they were reported, as ``report_milestone`` would
+    have (a refusal still standing, another ban, leaves them waiting). Without this the held part expired at its
+    deadline, the milestones met. Returns the fen paid; what it pays waits while a refund of its order is open."""
     paid = 0
-    for order_id in sorted({row.order_id for row in waiting}):
-        order = lock_order(db.session.get(Order, order_id).out_trade_no)
+    for order_id in sorted(order_ids):
+        order = db.session.get(Order, order_id)
         if order.status != OrderStatus.PAID:
             continue
         before = paid
         for rebate in _held(order.id):
-            if (rebate.beneficiary_type, rebate.beneficiary_id) == (beneficiary_type, beneficiary_id):
+            if (rebate.beneficiary_type, rebate.beneficiary_id) == beneficiary:
                 paid += _resume(rebate, order, now, money)
         if paid > before and refund_open(order.id):
             db.session.flush()
