@@ -332,7 +332,8 @@ def record(job: Claimed, answer: Answer, detail: str, now: datetime, settings: N
             # notice does not knock at the official account again; a later follow push sets it back. Dated at the
             # claim's whole second, not at this record: WeChat dates a follow in whole seconds, and one made right
             # after the call (its second earlier than this record) must still read as newer.
-            unfollowed_at = (job.claimed_at or now).replace(microsecond=0)
+            # (a microsecond before it: a follow WeChat timed in that very second and applied first still wins)
+            unfollowed_at = (job.claimed_at or now).replace(microsecond=0) - timedelta(microseconds=1)
             record_follow(settings.oa_appid, job.touser, False, unfollowed_at)
         _to_inbox(notice, now, f"refused by WeChat, not retried: {detail}")
         if not unfollowed:  # the person's own choice is no fault of ours: an alert of it would hide the next real one

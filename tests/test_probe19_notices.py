@@ -160,3 +160,31 @@ def test_a_follow_in_the_second_after_a_43004_still_counts(app, person):
     record_follow(follower.appid, follower.openid, True, claimed + timedelta(seconds=1))
     db.session.commit()
     assert follows_oa(user.id)
+
+
+def test_a_follow_in_the_very_second_of_the_claim_applied_before_the_43004_still_counts(app, person):
+    # given: the person follows again in the second the dispatcher claimed the notice, and that follow push is
+    # applied while the call is out; then WeChat answers 43004 (it had read them unfollowed)
+    from sqlalchemy import select
+
+    from models import OaFollower
+    from models.messages import follows_oa, record_follow
+
+    user = person(follows=True)
+    follower = db.session.execute(select(OaFollower).where(OaFollower.user_id == user.id)).scalar_one()
+    appid, openid = follower.appid, follower.openid
+    notify(user)
+    claimed = utcnow().replace(microsecond=0) + timedelta(seconds=10)
+    times = iter([claimed + timedelta(milliseconds=300), claimed + timedelta(milliseconds=900)])
+
+    def not_following(job):
+        record_follow(appid, openid, True, claimed)  # WeChat's CreateTime: the claim's own second
+        db.session.commit()
+        raise WeChatMessageRefused("require subscribe", code="43004")
+
+    # when: the 43004 is recorded
+    run(app, send=not_following, clock=lambda: next(times))
+
+    # then: the follow stands (a tie had gone to the 43004, applied later)
+    assert the().status == "inbox"
+    assert follows_oa(user.id)
