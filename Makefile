@@ -24,7 +24,8 @@ $(VENV)/.dev-installed: requirements.txt requirements-dev.txt $(VENV)/.installed
 # and `make demo`'s included, comes from 127.0.0.1, so one address would stand for everybody (the
 # per-person and per-device limits stay on). Production keeps the defaults (README, Configuration).
 # One proxy is trusted (TRUSTED_PROXY_COUNT=1): `make demo` gives each of its people a phone on a network of its
-# own in X-Forwarded-For, as phones reach a real deployment through its proxy.
+# own in X-Forwarded-For, as phones reach a real deployment through its proxy (so any local client may claim any
+# address here: a local demo only).
 PORT ?= 5000
 PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
 DEMO_ENV := WECHAT_MODE=simulator SEED_DEMO_DATA=1 RUN_JOBS_IN_PROCESS=1 PUBLIC_BASE_URL=$(PUBLIC_BASE_URL) \

@@ -125,7 +125,8 @@ RECORD_TRIES = 3  # transactions a step that must not be lost may take while the
 
 def while_busy(attempt: Callable[[], T], tries: int = RECORD_TRIES) -> T:
     """``attempt()``, again while the database answers busy (``models.sql.is_busy``), up to ``tries`` in all; any
-    other error, and the last busy one, raises. ``attempt`` ends its own transaction, committed or rolled back."""
+    other error, and the last busy one, raises. ``attempt`` commits its own transaction; one that failed is rolled
+    back by the next attempt or by the caller."""
     for tries_left in reversed(range(tries)):
         try:
             return attempt()

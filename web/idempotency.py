@@ -26,7 +26,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from models import IdempotencyRecord, db, utcnow
-from models.base import fernet, while_busy
+from models.base import RECORD_TRIES, fernet, while_busy
 from models.sql import execute_core, insert_ignoring, is_busy
 from web.errors import ApiError, Conflict, ValidationFailed
 from web.guards import loads_json
@@ -184,21 +184,22 @@ def _delete(record_id: int, held_since=None) -> None:
     db.session.commit()
 
 
-def _release(record_id: int, locked_at) -> None:
+def _release(record_id: int, locked_at, tries: int = RECORD_TRIES) -> None:
     """Give the key up (the view failed): deleted only while it is still this request's, in progress since
     ``locked_at``; a retry that took it over once the view's transaction ended keeps it.
 
     The view may have failed because the database was busy (SQLite's write lock held past the lock timeout by a long
     writer): the release then waits for it again, up to ``RECORD_TRIES`` transactions, else the key is left to go
     stale (``STALE_AFTER``) and the view's own answer (503) goes out. Left in progress at once, the retry the 503
-    invites was answered 409 ``idempotency_in_progress`` for a minute with nothing running."""
+    invites was answered 409 ``idempotency_in_progress`` for a minute with nothing running. ``tries``: one after
+    the answer's own store waited out the database already (the request's waits must end inside gunicorn's 60 s)."""
 
     def released() -> None:
         db.session.rollback()
         _delete(record_id, held_since=locked_at)
 
     try:
-        while_busy(released)
+        while_busy(released, tries)
     except Exception as exc:
         if not is_busy(exc):
             raise
@@ -218,7 +219,7 @@ def run(scope: str, route: str, key: str, call: Callable[[], Response]) -> Respo
             _release(record_id, locked_at)
             raise
         if not _stored_apart(record_id, err.status, err.body(), locked_at):
-            _release(record_id, locked_at)  # the refusal is answered, not kept: a retry runs again
+            _release(record_id, locked_at, tries=1)  # the refusal is answered, not kept: a retry runs again
         raise
     except BaseException:
         _release(record_id, locked_at)
@@ -232,7 +233,7 @@ def run(scope: str, route: str, key: str, call: Callable[[], Response]) -> Respo
         _store(record_id, response.status_code, response.get_json(), locked_at)
     elif not _stored_apart(record_id, response.status_code, response.get_json(), locked_at):
         if response.status_code >= 400:  # a refusal, nothing done: answered, not kept (a retry runs again)
-            _release(record_id, locked_at)
+            _release(record_id, locked_at, tries=1)
         else:
             # The view committed its effects itself (a refund WeChat took, recorded between its calls): they are
             # made, so they are answered, never "busy, try again"; the key goes stale after STALE_AFTER.

@@ -266,7 +266,7 @@ class PayClient:
             params["tar_type"] = tar_type
         return self._request("GET", "/v3/bill/fundflowbill", params=params).data
 
-    def download_bill(self, url: str, hash_value: str, hash_type: str) -> bytes:
+    def download_bill(self, url: str, hash_value: str, hash_type: str) -> bytes | bytearray:
         """Download a bill (unsigned answer) and check its announced hash over the decompressed content.
 
         ``hash_type`` is the bill answer's own field: one WeChat does not document is refused
