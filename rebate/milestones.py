@@ -118,19 +118,7 @@ def release_from_review(rebate: Rebate, campaign: Campaign, order: Order, now: d
     reported by then); past the deadline the rest expires. Returns the fen paid now."""
     rebate.status = RebateStatus.HELD
     before = rebate.amount_fen
-    condition = _condition(rebate, campaign)
-    reported = db.session.execute(
-        select(OrderMilestone)
-        .where(OrderMilestone.order_id == order.id)
-        .order_by(OrderMilestone.reported_at, OrderMilestone.id)
-    ).scalars()
-    met: dict[str, OrderMilestone] = {}
-    for milestone in reported:
-        if milestone.reported_at >= rebate.condition_deadline:
-            break  # reported past the deadline: it would have found the rebate expired
-        met[milestone.name] = milestone
-        if rebate.held_fen and milestone.name in condition.milestones:
-            _release(rebate, campaign, order, condition, met, milestone.name, money)
+    _replay(rebate, campaign, order, money)
     if rebate.held_fen and now >= rebate.condition_deadline:
         expire_rebate(rebate, campaign)
     db.session.flush()
@@ -215,24 +203,32 @@ def _resume(rebate: Rebate, order: Order, now: datetime, money: MoneySettings) -
     if not refused or rebate.condition_deadline <= now or _refused(rebate, order):
         return 0
     campaign = db.session.get(Campaign, rebate.campaign_id)
-    condition = _condition(rebate, campaign)
     before = rebate.amount_fen
+    for name in _replay(rebate, campaign, order, money, only=refused):
+        rebate.reasons = [*rebate.reasons, RESUMED_MILESTONE.format(name=name, role=rebate.role)]
+    db.session.flush()
+    return rebate.amount_fen - before
+
+
+def _replay(rebate: Rebate, campaign: Campaign, order: Order, money: MoneySettings, only: set[str] | None = None):
+    """Each milestone reported before the rebate's deadline, in the order reported, released as its report would
+    have released it (``only``: those names alone; the others count as met); the names that released."""
+    condition = _condition(rebate, campaign)
     reported = db.session.execute(
         select(OrderMilestone)
         .where(OrderMilestone.order_id == order.id)
         .order_by(OrderMilestone.reported_at, OrderMilestone.id)
     ).scalars()
     met: dict[str, OrderMilestone] = {}
+    released = []
     for milestone in reported:
         if milestone.reported_at >= rebate.condition_deadline:
-            break
-        met[milestone.name] = milestone
-        name = milestone.name
-        wanted = rebate.held_fen and name in refused and name in condition.milestones
+            break  # reported past the deadline: it would have found the rebate expired
+        name = met.setdefault(milestone.name, milestone).name
+        wanted = rebate.held_fen and name in condition.milestones and (only is None or name in only)
         if wanted and _release(rebate, campaign, order, condition, met, name, money):
-            rebate.reasons = [*rebate.reasons, RESUMED_MILESTONE.format(name=name, role=rebate.role)]
-    db.session.flush()
-    return rebate.amount_fen - before
+            released.append(name)
+    return released
 
 
 def _refused_names(rebate: Rebate) -> set[str]:
