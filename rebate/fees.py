@@ -24,6 +24,7 @@ on an order) is paid into ``merchant_marketing_credit`` by ``rebate.awards``.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from sqlalchemy import func, or_, select
@@ -144,14 +145,19 @@ def _income():
     return ref(AccountKind.PLATFORM_FEE_INCOME)
 
 
+MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")  # ASCII digits only: ``int`` alone also takes " 1", "+1" and "١"
+
+
 def month_bounds(month: str) -> tuple[datetime, datetime]:
-    """A ``YYYY-MM`` Beijing month as [start, end) in UTC; ``Invalid`` for anything else."""
-    try:
-        year, mon = (int(part) for part in month.split("-"))
-        if len(month) != 7 or not 2000 <= year <= 9999 or not 1 <= mon <= 12:
-            raise ValueError(month)
-    except (ValueError, AttributeError):
-        raise Invalid(f"month must be YYYY-MM, got {month!r}", code="invalid_month") from None
+    """A ``YYYY-MM`` Beijing month as [start, end) in UTC; ``Invalid`` for anything else.
+
+    Only the month's one spelling: a month is a key (``FeeInvoice.month``, the invoice entries' keys) and is compared
+    as text, so " 2024-1" or "2024-+1" must not be January 2024 under another name. From 2000-01 to 9999-11: the
+    end of December 9999 is past the calendar's last instant."""
+    found = MONTH.fullmatch(month) if isinstance(month, str) else None
+    year, mon = (int(part) for part in month.split("-")) if found else (0, 0)
+    if not 2000 <= year <= 9999 or not 1 <= mon <= 12 or (year, mon) == (9999, 12):
+        raise Invalid(f"month must be YYYY-MM, got {month!r}", code="invalid_month")
     start = datetime(year, mon, 1, tzinfo=BEIJING)
     end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=BEIJING)
     return start.astimezone(UTC), end.astimezone(UTC)
