@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from flask import Blueprint, current_app
-from pydantic import AwareDatetime, Field, StrictInt, StringConstraints, model_validator
+from pydantic import AwareDatetime, BeforeValidator, Field, StrictInt, StringConstraints, model_validator
 
 from models import utcnow
 from risk import identifiers, trail
@@ -22,7 +22,7 @@ from web.api import client_ip, endpoint
 from web.auth import current_user
 from web.errors import ValidationFailed
 from web.growth_api import device_id
-from web.schemas import Id, Model
+from web.schemas import Id, Model, written_out
 
 bp = Blueprint("events", __name__, url_prefix="/api/v1")
 
@@ -37,8 +37,10 @@ class EventIn(Model):
     query: Text | None = None
     path: Text | None = None
     dwell_ms: Annotated[StrictInt, Field(ge=0, le=3_600_000)] | None = None
-    # When the app saw it: only its offset from the batch's latest client_at counts (risk.trail.place).
-    client_at: AwareDatetime | None = None  # any year: a phone's clock may be reset (1970); only offsets count
+    # When the app saw it: only its offset from the batch's latest client_at counts (risk.trail.place). Any year: a
+    # phone's clock may be reset (1970). Written out, never a number: pydantic would read one as Unix seconds or
+    # milliseconds by its size, and offsets in a guessed unit would misplace the batch's events.
+    client_at: Annotated[AwareDatetime, BeforeValidator(written_out)] | None = None
 
     @model_validator(mode="after")
     def fields_of_the_kind(self):
