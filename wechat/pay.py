@@ -21,8 +21,8 @@ from urllib.parse import quote, urlencode
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from wechat import crypto
-from wechat.bills import check_bill_hash, check_hash_type, decompress_bill
+from wechat import bills, crypto
+from wechat.bills import UNZIP_STEP, check_bill_hash, check_hash_type, decompress_bill
 from wechat.errors import (
     WeChatBusinessError,
     WeChatConfigError,
@@ -121,8 +121,11 @@ class PayClient:
         body = raw_body if raw_body is not None else _serialize(json_body)
         return self._handle(self._send(method, canonical, body, extra_headers), verify, parse_json)
 
-    def _send(self, method: str, canonical: str, body: str, extra_headers: dict[str, str] | None) -> requests.Response:
-        """The one request, on the main host then (connection failures only) the backup: same body bytes."""
+    def _send(
+        self, method: str, canonical: str, body: str, extra_headers: dict[str, str] | None, stream: bool = False
+    ) -> requests.Response:
+        """The one request, on the main host then (connection failures only) the backup: same body bytes.
+        ``stream``: the answer's body is left to the caller to read (``_read_bill``)."""
         bases = self.config.bases
         for n, base in enumerate(bases):
             try:
@@ -132,6 +135,10 @@ class PayClient:
                     data=body.encode("utf-8") if body else None,
                     headers=self._headers(method, canonical, body, extra_headers),
                     timeout=self.config.timeout,
+                    stream=stream,
+                    # APIv3 never redirects: followed, a redirect led a call (the bill's download, checked to be on
+                    # this host) to any host; unfollowed, it is an answer we cannot use (``_map_error``)
+                    allow_redirects=False,
                 )
             except requests.ConnectionError as exc:
                 if n + 1 < len(bases):
@@ -158,8 +165,11 @@ class PayClient:
         headers.update(extra or {})
         return headers
 
-    def _handle(self, raw: requests.Response, verify: bool, parse_json: bool) -> PayResponse:
-        resp = PayResponse(raw.status_code, dict(raw.headers), raw.content)
+    def _handle(
+        self, raw: requests.Response, verify: bool, parse_json: bool, body: bytes | bytearray | None = None
+    ) -> PayResponse:
+        """``body``: the answer's body when the caller read it itself (a streamed answer), else ``raw.content``."""
+        resp = PayResponse(raw.status_code, dict(raw.headers), raw.content if body is None else body)
         signed = any(k.lower() == "wechatpay-signature" for k in resp.headers)
         if verify and (200 <= resp.status < 300 or signed):
             verify_response(resp.headers, resp.body, self.config.keys)
@@ -282,7 +292,9 @@ class PayClient:
             raise WeChatConfigError(
                 "download_url is not on the configured WeChat Pay host", code="FOREIGN_DOWNLOAD_URL"
             )
-        resp = self._request("GET", url[len(base) :], verify=False, parse_json=False)
+        canonical = url[len(base) :]
+        raw = self._send("GET", canonical, "", None, stream=True)
+        resp = self._handle(raw, verify=False, parse_json=False, body=_read_bill(raw, canonical))
         content = decompress_bill(resp.body)
         check_bill_hash(content, hash_value, hash_type)
         return content
@@ -384,6 +396,30 @@ class PayClient:
     def attach_certificate_refresher(self) -> None:
         """Let ``config.keys`` refresh platform certificates through this client."""
         self.config.keys.refresher = self.fetch_platform_certificates
+
+
+def _read_bill(raw: requests.Response, canonical: str) -> bytes | bytearray:
+    """The downloaded bill's body, read a step at a time and never past ``MAX_BILL_BYTES``. Read at once, the HTTP
+    client took the whole answer into memory first, and unzipped it whole when it came as ``Content-Encoding: gzip``:
+    a few megabytes that unzip to many gigabytes got past ``decompress_bill``'s bound that way, and so did a plain
+    answer of any size. Refused past the bound (``BILL_TOO_LARGE``), as ``decompress_bill`` refuses an archive."""
+    most = bills.MAX_BILL_BYTES
+    if raw.raw is None:  # an answer already in memory (the simulator's in-process transport)
+        body: bytes | bytearray = raw.content
+    else:
+        body = bytearray()
+        try:
+            for chunk in raw.iter_content(UNZIP_STEP):  # transport gzip is unzipped a bounded step at a time
+                body += chunk
+                if len(body) > most:
+                    break
+        except requests.RequestException as exc:
+            raise _network_error("GET", canonical, exc) from exc
+        finally:
+            raw.close()
+    if len(body) > most:
+        raise WeChatUnavailable(f"bill download is larger than {most} bytes", code="BILL_TOO_LARGE")
+    return body
 
 
 def _network_error(method: str, canonical: str, exc: Exception) -> WeChatError:
