@@ -40,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select
 
 from models import (
     Campaign,
@@ -436,12 +436,11 @@ def _revoke_when_unlocked(people: list[int], now: datetime) -> list[int]:
     if not people:
         return []
     locked = (RedPacket.owner_id.in_(people), RedPacket.status == PacketStatus.LOCKED, RedPacket.revoked_at.is_(None))
-    ids = list(db.session.execute(select(RedPacket.id).where(*locked).order_by(RedPacket.id)).scalars())
-    if ids:
-        db.session.execute(
-            update(RedPacket).where(RedPacket.id.in_(ids), *locked[1:]).values(revoked_at=now),
-            execution_options={"synchronize_session": False},
-        )
+    packets = db.session.execute(select(RedPacket).where(*locked).order_by(RedPacket.id).with_for_update()).scalars()
+    ids = []
+    for packet in packets:  # set on the rows the session holds: a close later in this transaction reads it
+        packet.revoked_at = now
+        ids.append(packet.id)
     return ids
 
 
