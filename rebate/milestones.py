@@ -105,10 +105,17 @@ def report_milestone(
         condition = _condition(rebate, campaign)
         if name in condition.milestones and _release(rebate, campaign, order, condition, met, name, money):
             released.append(rebate)
-    if released and refund_open(order.id):  # what it released waits with the order's other payouts (a refund
-        db.session.flush()  # may still take it back: ``rebate.refunds`` releases them when none is open)
-        hold_order_payouts(order.id)
+    if released:
+        _hold_while_refunding(order.id)
     return released
+
+
+def _hold_while_refunding(order_id: int) -> None:
+    """What a release paid waits with the order's other payouts while a refund of it is open (it may still take it
+    back: ``rebate.refunds`` releases them when none is open)."""
+    if refund_open(order_id):
+        db.session.flush()
+        hold_order_payouts(order_id)
 
 
 def release_from_review(rebate: Rebate, campaign: Campaign, order: Order, now: datetime, money: MoneySettings) -> int:
@@ -192,9 +199,8 @@ def resume_refused(order_ids: list[int], beneficiary: tuple[str, int], now: date
         for rebate in _held(order.id):
             if (rebate.beneficiary_type, rebate.beneficiary_id) == beneficiary:
                 paid += _resume(rebate, order, now, money)
-        if paid > before and refund_open(order.id):
-            db.session.flush()
-            hold_order_payouts(order.id)
+        if paid > before:
+            _hold_while_refunding(order.id)
     return paid
 
 
