@@ -371,6 +371,9 @@ def rail_limiter(
         finally:
             lock.release()
 
+    def busy(rail: str) -> RailBusy:
+        return RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
+
     def wait_for(rail: str, until: float | None = None) -> float:
         rate = rails[rail].rate_per_second
         key = rate_key(rail, mchid)
@@ -380,19 +383,19 @@ def rail_limiter(
             permit = take(key, rate, deadline)
             if isinstance(permit, float):
                 if clock() + permit > deadline:
-                    raise RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
+                    raise busy(rail)
                 sleep(permit)
                 continue
             pause = permit.late - clock()
             if pause > 0:
                 if clock() + pause > deadline:
-                    raise RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
+                    raise busy(rail)
                 sleep(pause)
             if clock() <= permit.early + LATE_S:
                 return permit.at
             # woke too late for this turn (never used late): the next one, if there is time
             if clock() > deadline:
-                raise RailBusy(f"rate limit of {rail} still full at the deadline (at most {max_wait_s} s)")
+                raise busy(rail)
 
     return wait_for
 
