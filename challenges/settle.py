@@ -10,8 +10,10 @@ normal two-way rebate applies when the winner spends it. A quiz reverses the dir
 the losers' packets). A points stake moves as points (nothing to spend at a merchant). A sponsor challenge
 pays its prize as packets of the sponsor's campaign, split evenly (rounding down); the outcome accounts for every
 fen of it: ``prizes`` paid, ``refused`` (the campaign said no, or a share under one fen), ``withheld`` (a banned
-winner) and the ``remainder`` the sponsor keeps. Nobody losing (all tied, nobody reached the goal)
-releases every stake. Fewer than two by the join deadline cancels the challenge and releases every stake.
+winner) and the ``remainder`` the sponsor keeps (the whole prize when nobody won it). Nobody losing (all tied,
+nobody reached the goal) releases every stake; a sponsor's ``first_to_goal`` that everyone reached on the same day
+is won by all of them (the prize needs no loser), while everyone equal under ``highest_total`` wins nothing.
+Fewer than two by the join deadline cancels the challenge and releases every stake.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from models import (
     StakeSource,
     User,
     UserStatus,
+    WinRule,
     db,
 )
 from notices import Draft, NoticeEvent, enqueue_many
@@ -126,6 +129,11 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
         payers, payees = losers, winners
     if not losers:
         payers, payees = set(), set()
+        if challenge.stake_source == StakeSource.SPONSOR and winners and challenge.rule == WinRule.FIRST_TO_GOAL:
+            # everyone reached the sponsor's goal on the same day: each of them won it (a stake needs a loser to
+            # pay; a sponsor's prize does not). Everyone equal under ``highest_total`` wins nothing: equal totals
+            # (all zero, say) meet no goal of the sponsor's.
+            payees = winners
     totals = {row.user_id: row.total for row in table.rows}
     prizes, received, withheld = [], dict.fromkeys(totals, 0), []
     banned = _banned(payees)
@@ -150,6 +158,8 @@ def _settle(challenge: Challenge, table, now: datetime, settings: ChallengeSetti
         stakes.release(challenge.id, challenge.stake_source, p.user_id, p.stake - given, "settled")
     refused: list[dict] = []
     remainder = None
+    if challenge.stake_source == StakeSource.SPONSOR:
+        remainder = challenge.prize_fen  # nobody won it: the sponsor keeps the whole prize (and the outcome says so)
     if challenge.stake_source == StakeSource.SPONSOR and payees:
         share, remainder = divmod(challenge.prize_fen, len(payees))  # rounding down: the sponsor keeps the rest
         for payee in sorted(banned):
