@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.fernet import Fernet
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 from flask_migrate import Migrate
@@ -20,9 +19,10 @@ from sqlalchemy import event, make_url
 from sqlalchemy.exc import DisconnectionError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from config import DEV_SECRET, ConfigError, dev_data_key, load_config, masked
+from config import DEV_SECRET, ConfigError, dev_data_key, load_config, masked, previous_data_keys
 from config.command_line import readable_on_command_line
 from models import db, transaction_open
+from models.base import DataKeys
 from models.sql import READS_ONLY
 from notices.watch import WatchSettings
 from notices.watch import install as watch_payouts
@@ -51,7 +51,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
         configure_logging(app.config["LOG_LEVEL"])
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
-    app.extensions["fernet"] = Fernet(app.config["DATA_ENCRYPTION_KEY"])
+    # writes use DATA_ENCRYPTION_KEY; reads try it, then each DATA_ENCRYPTION_KEY_PREVIOUS (a rotation, §18)
+    keys = DataKeys.of(app.config["DATA_ENCRYPTION_KEY"], previous_data_keys(app.config))
+    app.extensions["data_keys"] = keys
+    app.extensions["fernet"] = keys.reading()
     db.init_app(app)
     Migrate(app, db, directory=MIGRATIONS_DIR, compare_type=True, render_as_batch=True)
     with app.app_context():

@@ -85,6 +85,14 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+def _key_list(value: object) -> tuple[str, ...]:
+    """Keys given comma-separated (the environment) or as a list (an override); blanks dropped."""
+    if value is None:
+        return ()
+    parts = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, list | tuple) else [value]
+    return tuple(p.strip() if isinstance(p, str) else p for p in parts if not (isinstance(p, str) and not p.strip()))
+
+
 def _json_list(text: str) -> list:
     value = json.loads(text)
     if not isinstance(value, list):
@@ -162,15 +170,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SECRET_KEY",
         None,
-        doc="Signs user bearer tokens and OAuth state. Required. Live mode refuses one under 32 characters, "
+        doc="Signs user bearer tokens, device tokens, chat binding codes and the console's session cookie "
+        "(OAuth state is a random single-use row, not signed). Required. Live mode refuses one under 32 characters, "
         "a predictable one (few distinct characters) and the simulator's published secret.",
         secret=True,
     ),
     Setting(
         "DATA_ENCRYPTION_KEY",
         None,
-        doc="Fernet key for fields encrypted at rest (session_key, real name, phone). Required in live mode, "
-        "and independent of SECRET_KEY (the key simulator mode derives from it is refused).",
+        doc="Fernet key for fields encrypted at rest (session_key, real name, phone, a group's webhook key, a "
+        "transfer's payee name, one-time tokens in stored idempotent answers). Required in live mode, "
+        "and independent of SECRET_KEY (the key simulator mode derives from it is refused). Every write uses it.",
+        secret=True,
+    ),
+    Setting(
+        "DATA_ENCRYPTION_KEY_PREVIOUS",
+        None,
+        _key_list,
+        doc="Earlier DATA_ENCRYPTION_KEYs, comma-separated, while a key is rotated: values encrypted under them are "
+        "still read (the current key is tried first), never written. `flask keys reencrypt` re-encrypts every "
+        "stored value under the current key; once a run re-encrypts nothing, remove the previous keys. Each must "
+        "be a Fernet key other than the current one (live mode refuses one derived from a SECRET_KEY).",
         secret=True,
     ),
     Setting(
@@ -909,6 +929,47 @@ def _validate(values: dict[str, Any]) -> list[str]:
     key = values.get("DATA_ENCRYPTION_KEY")
     if key and not _is_fernet_key(key):
         problems.append("DATA_ENCRYPTION_KEY must be a Fernet key (32 url-safe base64-encoded bytes)")
+    problems += _previous_data_key_problems(values)
+    return problems
+
+
+def previous_data_keys(values: dict[str, Any]) -> tuple[str, ...]:
+    """DATA_ENCRYPTION_KEY_PREVIOUS as a tuple of keys, oldest last as given (validated by ``load_config``)."""
+    return _key_list(values.get("DATA_ENCRYPTION_KEY_PREVIOUS"))
+
+
+def _current_data_key(values: dict[str, Any]) -> str | None:
+    """The key writes use: DATA_ENCRYPTION_KEY, or in simulator mode the one derived as app.py does."""
+    key = values.get("DATA_ENCRYPTION_KEY")
+    if key or values.get("WECHAT_MODE") != "simulator":
+        return key
+    return dev_data_key(str(values.get("SECRET_KEY") or DEV_SECRET))
+
+
+def _previous_data_key_problems(values: dict[str, Any]) -> list[str]:
+    """Each earlier key is a Fernet key, listed once, not the current one, and (live) not a derived one. A key
+    is never quoted: it is named by its place in the list."""
+    previous = previous_data_keys(values)
+    if not previous:
+        return []
+    name = "DATA_ENCRYPTION_KEY_PREVIOUS"
+    problems = [
+        f"{name}: key {n} must be a Fernet key (32 url-safe base64-encoded bytes)"
+        for n, key in enumerate(previous, 1)
+        if not _is_fernet_key(key)
+    ]
+    current = _current_data_key(values)
+    if current and current in previous:
+        problems.append(f"{name} holds the current DATA_ENCRYPTION_KEY: nothing was rotated")
+    if len(set(previous)) != len(previous):
+        problems.append(f"{name} lists a key twice")
+    if values.get("WECHAT_MODE") == "live":
+        derived = {dev_data_key(DEV_SECRET), dev_data_key(str(values.get("SECRET_KEY") or ""))}
+        if derived & set(previous):
+            problems.append(
+                f"{name} holds a key derived from a SECRET_KEY the way simulator mode does; live mode never had "
+                "one: generate independent Fernet keys"
+            )
     return problems
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from flask import current_app, has_app_context
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import DateTime, MetaData, Text
@@ -63,12 +64,36 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def fernet() -> Fernet:
+@dataclass(frozen=True)
+class DataKeys:
+    """The keys of data at rest: ``current`` (``DATA_ENCRYPTION_KEY``) encrypts every write; ``previous``
+    (``DATA_ENCRYPTION_KEY_PREVIOUS``) only open what was written before a rotation (docs/architecture.md §18)."""
+
+    current: Fernet
+    previous: tuple[Fernet, ...] = ()
+
+    @classmethod
+    def of(cls, current: str, previous: tuple[str, ...] = ()) -> DataKeys:
+        return cls(Fernet(current), tuple(Fernet(k) for k in previous))
+
+    def reading(self) -> MultiFernet:
+        """Encrypts with the current key; decrypts with the current key, then each previous one."""
+        return MultiFernet([self.current, *self.previous])
+
+
+def fernet() -> MultiFernet:
+    """The app's data key for ``encrypt`` (always the current one) and ``decrypt`` (any configured one)."""
     return current_app.extensions["fernet"]
 
 
+def data_keys() -> DataKeys:
+    return current_app.extensions["data_keys"]
+
+
 class EncryptedText(TypeDecorator):
-    """Text encrypted at rest with the app's Fernet key (``DATA_ENCRYPTION_KEY``)."""
+    """Text encrypted at rest with the app's Fernet key (``DATA_ENCRYPTION_KEY``; read with the previous ones
+    too while a key is rotated). A value no configured key opens fails the read (``ValueError``), never read as
+    empty: ``flask keys reencrypt`` lists such rows."""
 
     impl = Text
     cache_ok = True

@@ -1,4 +1,5 @@
-"""``flask operators …``, ``flask ledger check`` and ``flask seed-demo``."""
+"""``flask operators …``, ``flask ledger check`` and ``flask seed-demo``; registers ``flask keys …`` and
+``flask risk …`` of their own modules."""
 
 from __future__ import annotations
 
@@ -107,9 +108,11 @@ def ledger_rebuild_marks_command() -> None:
 
 def register_cli(app: Flask) -> None:
     from web.demo import seed_demo_command
+    from web.keys_cli import keys_cli
     from web.risk_cli import risk_cli
 
     app.cli.add_command(operators_cli)
     app.cli.add_command(ledger_cli)
     app.cli.add_command(seed_demo_command)
     app.cli.add_command(risk_cli)
+    app.cli.add_command(keys_cli)
