@@ -25,7 +25,10 @@ class User(Base):
     unionid: Mapped[str | None] = mapped_column(String(64), unique=True)
     inviter_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     invited_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The region the person says they are in (``PUT /api/v1/me/region``), matched exactly against a campaign's
+    # ``regions``; ``region_set_at``: when they last set it (a change waits 30 days after it: migration 0044).
     region: Mapped[str | None] = mapped_column(String(32))
+    region_set_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     status: Mapped[str] = mapped_column(String(16), default=UserStatus.ACTIVE)
     banned_reason: Mapped[str | None] = mapped_column(String(200))
     nickname: Mapped[str | None] = mapped_column(String(64))

@@ -109,7 +109,8 @@ def reservation_for(
 def check_audience(campaign: Campaign, user: User, channel: str | None, now: datetime) -> None:
     """Regions, channels and the Beijing day-of-week / hour window; refusals say why."""
     if campaign.regions and user.region not in campaign.regions:
-        raise Invalid(f"this campaign is for {', '.join(campaign.regions)} only", code="outside_region")
+        unset = "" if user.region else "; your account has no region yet: set your region first"
+        raise Invalid(f"this campaign is for {', '.join(campaign.regions)} only{unset}", code="outside_region")
     check_occasion(campaign, channel, now)
 
 

@@ -35,13 +35,14 @@ from models import (
     utcnow,
 )
 from models.operators import merchant_scope
-from models.triggers import TRIGGER_SCHEMA, Trigger, TriggerError
+from models.triggers import TRIGGER_SCHEMA, Trigger, TriggerError, TriggerKind
 from rebate import campaign_ops
 from rebate.rules import RULES_SCHEMA, RuleError, check_shape
 from rebate.scope import visible_campaign
 from risk import CLAIM_LIMITS_SCHEMA, ClaimLimits, ClaimLimitsError
 from web.admin import actor
 from web.api import endpoint
+from web.errors import ValidationFailed
 from web.payment_api import service_provider
 from web.schemas import Category, Id, Instant, Model, Name, NonNegativeFen, Page, PositiveFen, Reason
 
@@ -124,6 +125,27 @@ class Batch(Model):
     reason: Reason
 
 
+# Triggers that fire for a brand-new person: at their first login (registration), or when they bind to their inviter
+# within days of joining, before they have said their region (``PUT /api/v1/me/region``). A campaign of one limited
+# to regions would issue to nobody (``check_audience``: a person without a region is outside every region), and the
+# operator would see no claim and no reason: such a campaign cannot have regions.
+NEW_PERSON_TRIGGERS = frozenset({TriggerKind.REGISTRATION, TriggerKind.REFERRAL_BIND})
+
+
+def _no_regions_for_new_people(trigger: object, regions: list | None) -> None:
+    """422 ``regions_on_new_person_trigger`` for regions on a campaign whose trigger fires for a brand-new person."""
+    if not regions:
+        return
+    kind = Trigger.parse(trigger).kind
+    if kind in NEW_PERSON_TRIGGERS:
+        raise ValidationFailed(
+            f"a {kind.value} campaign issues its packets to a brand-new person, who has no region yet when it fires: "
+            "it cannot be limited to regions (send no regions)",
+            code="regions_on_new_person_trigger",
+            details={"trigger": kind.value, "regions": list(regions)},
+        )
+
+
 def _columns(body: CreateCampaign) -> dict:
     """The new campaign's columns: JSON columns as JSON (the operation parses the trigger and claim limits)."""
     json_columns = {"packet_tiers", "usage_windows"}
@@ -173,7 +195,10 @@ def _iso(value: datetime | None) -> str | None:
     status=201,
 )
 def create_campaign(body: CreateCampaign):
-    """Create a draft campaign with version 1 of its rules (refused with the reason when unsafe)."""
+    """Create a draft campaign with version 1 of its rules (refused with the reason when unsafe).
+
+    A registration or referral-bind campaign with ``regions`` is 422 ``regions_on_new_person_trigger``."""
+    _no_regions_for_new_people(body.trigger, body.regions)
     campaign = campaign_ops.create_campaign(actor(), _columns(body), body.rules, body.reason)
     return campaign_json(campaign), 201
 
@@ -181,6 +206,7 @@ def create_campaign(body: CreateCampaign):
 @endpoint(bp, "/campaigns/validate", methods=["POST"], auth="operator", roles=MANAGERS, body=CreateCampaign, reads=True)
 def validate_campaign(body: CreateCampaign):
     """Check a campaign without saving it."""
+    _no_regions_for_new_people(body.trigger, body.regions)
     rules = campaign_ops.check_campaign(actor(), _columns(body), body.rules)
     return {"valid": True, "max_rebate_per_order_fen": rules.max_award_fen()}
 
@@ -356,8 +382,13 @@ class CampaignChanges(Model):
     idempotent=True,
 )
 def change_campaign(campaign_id: int, body: CampaignChanges):
-    """Change a campaign's budget, end, counts, audience or limits; every change is audited with its reason."""
+    """Change a campaign's budget, end, counts, audience or limits; every change is audited with its reason.
+
+    Regions on a registration or referral-bind campaign are 422 ``regions_on_new_person_trigger`` (its regions
+    may be emptied)."""
     changes = body.model_dump(mode="json", exclude={"reason"}, exclude_unset=True)
+    if changes.get("regions"):  # the trigger is the stored one: it never changes after create
+        _no_regions_for_new_people(visible_campaign(g.operator, campaign_id).trigger, changes["regions"])
     if "ends_at" in changes:
         changes["ends_at"] = body.ends_at
     return campaign_json(campaign_ops.change_campaign(actor(), campaign_id, changes, body.reason))

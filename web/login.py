@@ -51,7 +51,8 @@ class Login(Model):
 
 
 def user_json(user: User) -> dict:
-    return {"id": user.id, "nickname": user.nickname, "created_at": user.created_at.isoformat()}
+    # ``region``: what the person said (``PUT /api/v1/me/region``), null until then: region-limited campaigns need it
+    return {"id": user.id, "nickname": user.nickname, "created_at": user.created_at.isoformat(), "region": user.region}
 
 
 def _identity(appid: str, openid: str) -> UserIdentity | None:

@@ -6,16 +6,20 @@ client. Someone else's packet or order answers 404.
 
 from __future__ import annotations
 
+import math
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
 
 from flask import Blueprint, current_app
 from pydantic import Field, model_validator
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 
 from ledger import balances, ref
 from models import (
     AccountKind,
+    Campaign,
+    CampaignStatus,
     LedgerAccount,
     Order,
     Payout,
@@ -24,6 +28,7 @@ from models import (
     RebateAdjustment,
     Receivable,
     RedPacket,
+    User,
     db,
     utcnow,
 )
@@ -39,11 +44,11 @@ from rebate.rules import Form
 from rebate.wallet import WalletAsk
 from web.api import client_ip, endpoint
 from web.auth import current_user
-from web.errors import NotFound
+from web.errors import NotFound, TooManyRequests
 from web.growth_api import channel, claimant, device_id, platform_limits, refusal_answered
 from web.payment_api import prepay_after_commit, service_provider
 from web.rules_page import rules_links
-from web.schemas import Id, Model, NonNegativeFen, Page
+from web.schemas import Category, Id, Model, NonNegativeFen, Page
 from web.views import order_json, packet_json, rebate_json
 
 bp = Blueprint("user_api", __name__, url_prefix="/api/v1")
@@ -311,3 +316,84 @@ def put_preferences(body: Preferences):
     user = current_user()
     set_rebate_form(user, None if body.rebate_form is None else Form(body.rebate_form), reach())
     return preferences_json(user)
+
+
+# A person's region: a campaign limited to ``regions`` takes only people whose region is one of them (the same words,
+# compared exactly: ``rebate.packets.check_audience`` and the claim in one statement, ``rebate.claim_at_once``).
+# The person says it; it changes at most once every REGION_CHANGE_EVERY after they set it, so nobody hops from region
+# to region collecting every region's packets: a month is longer than a flash campaign runs, and a packet of the old
+# region's campaigns cannot be spent while the person is elsewhere (the order checks the audience again). The first
+# setting is free; setting the region one has changes nothing (and does not start the wait again).
+REGION_CHANGE_EVERY = timedelta(days=30)
+MAX_CAMPAIGN_REGIONS = 200  # the regions running campaigns name, offered to pick from
+
+
+class RegionIn(Model):
+    region: Category = Field(
+        description="the person's region, in the words campaigns use for their ``regions`` (``campaign_regions`` "
+        "of GET /api/v1/me/region lists them): 1 to 32 letters, digits, ``_`` or ``-``"
+    )
+
+
+def _changeable_at(user: User) -> datetime | None:
+    return None if user.region_set_at is None else user.region_set_at + REGION_CHANGE_EVERY
+
+
+def campaign_regions() -> list[str]:
+    """The regions active campaigns are limited to, sorted: what a person picks from for their region to match
+    (they are published on each campaign's rules page already)."""
+    rows = db.session.execute(select(Campaign.regions).where(Campaign.status == CampaignStatus.ACTIVE)).scalars()
+    named = sorted({r for regions in rows for r in (regions or []) if isinstance(r, str)})
+    return named[:MAX_CAMPAIGN_REGIONS]
+
+
+def region_json(user: User, now: datetime) -> dict:
+    changeable_at = _changeable_at(user)
+    return {
+        "region": user.region,
+        "set_at": user.region_set_at.isoformat() if user.region_set_at else None,
+        # null: the region may be set or changed now
+        "changeable_at": changeable_at.isoformat() if changeable_at is not None and changeable_at > now else None,
+        "change_every_days": REGION_CHANGE_EVERY.days,
+        "campaign_regions": campaign_regions(),
+    }
+
+
+@endpoint(bp, "/me/region")
+def get_region():
+    """The caller's region (null: not set: no campaign limited to regions takes them), when they set it, from when
+    they may change it, and the regions running campaigns are limited to."""
+    return region_json(current_user(), utcnow())
+
+
+@endpoint(bp, "/me/region", methods=["PUT"], body=RegionIn, idempotent=True, key_with_effects=True)
+def put_region(body: RegionIn):
+    """Set the caller's region, which campaigns limited to regions match exactly (see ``campaign_regions``).
+
+    The first setting is free; a change waits 30 days after the last one: sooner is 429 ``region_change_too_soon``
+    with ``Retry-After`` and ``details.changeable_at``, and nothing changes. Setting the region one has answers it as
+    it is (the wait does not start again)."""
+    user, now = current_user(), utcnow()
+    region = body.region
+    changed = db.session.execute(  # one conditional UPDATE: of two changes at once, the second finds the wait begun
+        update(User)
+        .where(
+            User.id == user.id,
+            or_(User.region_set_at.is_(None), User.region_set_at <= now - REGION_CHANGE_EVERY),
+            or_(User.region.is_(None), User.region != region),
+        )
+        .values(region=region, region_set_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.refresh(user)
+    if changed != 1 and user.region != region:
+        changeable_at = _changeable_at(user)
+        wait = max(1, math.ceil((changeable_at - now).total_seconds()))
+        raise TooManyRequests(
+            f"your region was set on {user.region_set_at.date().isoformat()} and changes at most once every "
+            f"{REGION_CHANGE_EVERY.days} days: it can change from {changeable_at.isoformat()}",
+            code="region_change_too_soon",
+            retry_after=wait,
+            details={"region": user.region, "changeable_at": changeable_at.isoformat()},
+        )
+    return region_json(user, now)
