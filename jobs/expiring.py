@@ -1,4 +1,15 @@
-"""The "packet expiring" notices: one per unused packet, a day before it expires (docs/architecture.md §14).
+"""Expiry: packets and held awards past their time expire; the "packet expiring" notices a day before.
+
+``expire_packets_and_conditions``: packets past their validity, then held awards past their deadline, a keyset batch
+per transaction (by id, each row once a run), until none is left or the run's time is up. Each row in a savepoint
+(``models.guarded_row``): one that fails is rolled back alone, alerted once (``packet_expiry_failed``,
+``held_rebate_expiry_failed``), and the run goes on past it, to the rest of its batch and to the batches after. A
+run had read each batch from the first due id and stopped at a batch not wholly done: a row failing every time at
+the head of the due rows stopped every run there (499 expired a run of a batch of 500, none when a whole batch
+failed). A row is read locked (``FOR UPDATE SKIP LOCKED``, another node's rows skipped) and only while still due
+(its status, its held money): nothing is expired twice.
+
+The "packet expiring" notices: one per unused packet, a day before it expires (docs/architecture.md §14).
 
 A pass reads the packets due (``rebate.packets.expiring_packets``: claimed, unused, expiring within 24 h,
 held a while, not told yet) in keyset batches and writes each batch's notices with one ``enqueue_many``,
@@ -9,16 +20,90 @@ use the packet: nothing is written for them (a pass after the ban is lifted tell
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import select
 
-from models import User, UserStatus, db, utcnow
-from rebate import tell
+from models import (
+    Campaign,
+    PacketStatus,
+    Rebate,
+    RebateStatus,
+    RedPacket,
+    User,
+    UserStatus,
+    db,
+    guarded_row,
+    unit_of_work,
+    utcnow,
+)
+from rebate import milestones, packets, tell
 from rebate.packets import expiring_packets
 
 BATCH = 500
+EXPIRE_BATCH = 500  # packets (or held awards) expired per transaction
+EXPIRE_RUN_SECONDS = 60.0  # one run's longest stretch (the next run, minutes later, goes on)
+
+
+def expire_packets_and_conditions(max_seconds: float = EXPIRE_RUN_SECONDS) -> Counter:
+    """Packets past their validity, then held awards past their deadline, a batch per transaction until none is
+    left (or ``max_seconds``): a campaign's thousands of packets ending at one instant give their reservations back
+    (budget, deposit) in one run. ``packets`` and ``held_rebates`` expired; ``…_failed`` rows skipped, alerted."""
+    now = utcnow()
+    stop_at = time.monotonic() + max_seconds
+    result: Counter = Counter(packets=0, held_rebates=0)
+    for name, expire in (("packets", _expire_packets), ("held_rebates", _expire_held_rebates)):
+        after = 0
+        while True:
+            with unit_of_work():
+                read, done = expire(now, after, EXPIRE_BATCH)
+            result[name] += done
+            if len(read) > done:
+                result[f"{name}_failed"] += len(read) - done
+            if len(read) < EXPIRE_BATCH or time.monotonic() >= stop_at:
+                break
+            after = read[-1]
+    return result
+
+
+def _locked_due(stmt, model, after: int, limit: int) -> list:
+    """The rows of ``stmt`` past id ``after``, by id, locked (others' locked rows skipped)."""
+    stmt = stmt.where(model.id > after).order_by(model.id).limit(limit).with_for_update(skip_locked=True)
+    return list(db.session.execute(stmt).scalars())
+
+
+def _each(rows: list, kind: str, what: str, step: Callable) -> tuple[list[int], int]:
+    """Each row's ``step`` in a savepoint (``guarded_row``): the ids read, and how many went through."""
+    return [row.id for row in rows], sum(guarded_row(kind, what, row.id, step, row) for row in rows)
+
+
+def _expire_packets(now: datetime, after: int, limit: int) -> tuple[list[int], int]:
+    """As ``rebate.packets.expire_due_packets``, past ``after``: packets past their validity that no order holds."""
+    due = select(RedPacket).where(
+        RedPacket.status.in_([PacketStatus.ISSUED, PacketStatus.UNCLAIMED]), RedPacket.expires_at <= now
+    )
+    return _each(
+        _locked_due(due, RedPacket, after, limit),
+        "packet_expiry_failed",
+        "packet",
+        lambda p: packets.release_packet(p, PacketStatus.EXPIRED),
+    )
+
+
+def _expire_held_rebates(now: datetime, after: int, limit: int) -> tuple[list[int], int]:
+    """As ``rebate.milestones.expire_held_rebates``, past ``after``: held awards past their deadline (not in review)."""
+    due = select(Rebate).where(
+        Rebate.held_fen > 0, Rebate.condition_deadline <= now, Rebate.status != RebateStatus.REVIEW
+    )
+    return _each(
+        _locked_due(due, Rebate, after, limit),
+        "held_rebate_expiry_failed",
+        "rebate",
+        lambda r: milestones.expire_rebate(r, db.session.get(Campaign, r.campaign_id)),
+    )
 
 
 def tell_expiring_packets(now: datetime | None = None, batch: int = BATCH) -> Counter:

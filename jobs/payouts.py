@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from models import Alert, Payout, call_between_commits, db, row_failure, unit_of_work, utcnow
+from models.alerts import row_busy
 from models.base import while_busy
 from models.payouts import Rail
 from models.sql import is_busy
@@ -853,6 +854,7 @@ def row_failed(kind: str, what: str, row_id: int | str, error: Exception) -> Non
     db.session.rollback()
     if is_busy(error):
         log.warning("%s %s deferred: database busy", what, row_id, extra={f"{what}_id": row_id, "error": repr(error)})
+        row_busy(kind, what, row_id)  # busy run after run: jobs.scheduler.in_app alerts (row_stuck_busy)
         return
     try:
         with unit_of_work():

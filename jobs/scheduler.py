@@ -15,7 +15,8 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from time import monotonic
 from typing import Any
 
 import click
@@ -33,7 +34,7 @@ from jobs.audiences import audience_runs_job
 from jobs.challenge_posts import post_challenge_standings, update_chat_tool_cards
 from jobs.challenges import settle_challenges
 from jobs.chat_commands import send_chat_replies
-from jobs.expiring import tell_expiring_packets
+from jobs.expiring import expire_packets_and_conditions, tell_expiring_packets
 from jobs.insights import insights_cli, insights_rollup_job
 from jobs.invoices import invoice_fees
 from jobs.ledger_marks import fold_ledger_marks
@@ -45,7 +46,6 @@ from jobs.payouts import (
     daily_reconciliation,
     deliver_alerts,
     dispatch_payouts,
-    expire_packets_and_conditions,
     install_job_context,
     payout_rails,
     settle_covered_debts,
@@ -54,7 +54,8 @@ from jobs.profit_sharing import query_profit_shares, share_due_orders
 from jobs.reconcile_cli import reconcile_command
 from jobs.retention import purge_kept_rows_job
 from jobs.risk import collusion_job, lift_expired_bans_job, purge_behaviour_events_job, spike_job
-from models import db
+from models import alert_once, db, unit_of_work
+from models.alerts import noting_busy_rows, resolve_alerts
 from models.base import BEIJING
 from models.sql import is_busy
 
@@ -138,13 +139,99 @@ def one_node(name: str) -> Iterator[bool]:
                     conn.invalidate()  # the server's session ends, and its lock with it
 
 
+# A job (or one of its rows) deferred because the database was busy is a warning: one-off contention (a long writer,
+# a deadlock broken once) goes through at the next run. Deferred in every run for this long, it is stuck (a lock
+# holder that never lets go, a deadlock that repeats) and an operator is alerted, once per job or row and cause, the
+# alert resolved when it goes through. A time, not a number of runs: the intervals go from 2 s (the dispatcher) to a
+# day (the daily jobs), so N runs would page the dispatcher within seconds of one long writer, and a daily job only
+# after N days. Two runs at least, a quarter of an hour apart: longer than any one-off contention (a lock is waited
+# for up to DATABASE_LOCK_TIMEOUT_S, a nightly purge or a reconciliation writes for minutes), still well before a
+# person's money waits noticeably.
+BUSY_ALERT_AFTER = timedelta(minutes=15)
+JOB_BUSY_ALERT = "job_stuck_busy"  # subject: the job's name
+ROW_BUSY_ALERT = "row_stuck_busy"  # subject: "<what> <id>" as the row's own alert (``jobs.payouts.row_failed``)
+
+
+class BusyWatch:
+    """One job's runs in this process: since when (``monotonic``) the job, and each of its rows, has been deferred
+    as busy in every run, and which were alerted. A job runs one at a time (``max_instances``): no lock needed.
+    Another node watches its own runs; ``alert_once`` raises one alert between them."""
+
+    JOB = ("", "", "")  # the key of the job as a whole
+
+    def __init__(self, job_name: str) -> None:
+        self.job_name = job_name
+        self.since: dict[tuple[str, str, str], float] = {}
+        self.alerted: set[tuple[str, str, str]] = set()
+
+    def ran(self, busy_rows: set[tuple[str, str, str]], outcome: str) -> None:
+        """After a run (``outcome``: done, busy or failed) that deferred ``busy_rows`` as busy: streaks go on or end,
+        and the alerts due are raised or resolved (in a transaction of their own, the session clean)."""
+        now = monotonic()
+        if outcome == "busy":
+            self.since.setdefault(self.JOB, now)
+            ended: list[tuple[str, str, str]] = []  # rows not reached this run: unknown, their streaks wait
+        else:
+            ended = [self.JOB] if self.JOB in self.since else []
+            if outcome == "done":  # every row it did not defer went through (or is no longer due)
+                ended += [key for key in self.since if key != self.JOB and key not in busy_rows]
+        for key in busy_rows:
+            self.since.setdefault(key, now)
+        for key in ended:
+            del self.since[key]
+        due = [
+            k for k, t in self.since.items() if k not in self.alerted and now - t >= BUSY_ALERT_AFTER.total_seconds()
+        ]
+        cleared = [key for key in ended if key in self.alerted]
+        if not due and not cleared:
+            return
+        try:
+            db.session.rollback()  # what the run left uncommitted is dropped, as its session's removal would have
+            with unit_of_work():
+                for key in cleared:
+                    resolve_alerts(*self._alert(key))
+                for key in due:
+                    alert_once(*self._alert(key))
+        except Exception:  # the database still away: said in the log, tried again after the next run
+            db.session.rollback()
+            log.exception("busy job alert not written", extra={"job": self.job_name})
+            return
+        self.alerted.difference_update(cleared)
+        self.alerted.update(due)
+
+    def _alert(self, key: tuple[str, str, str]) -> tuple[str, str, str]:
+        """The alert's kind, subject and message: the same for a job or row for as long as it is stuck (the message
+        names the cause, so a row stuck in two jobs is two alerts)."""
+        minutes = int(BUSY_ALERT_AFTER.total_seconds() // 60)
+        if key == self.JOB:
+            return (
+                JOB_BUSY_ALERT,
+                self.job_name,
+                f"job {self.job_name} has met a busy database in every run for over {minutes} minutes (a lock held "
+                "that long, every pooled connection taken, a deadlock that repeats): it does nothing until it goes "
+                "through. Find what holds the locks or connections (pg_stat_activity, pg_locks) and end it.",
+            )
+        kind, what, row_id = key
+        return (
+            ROW_BUSY_ALERT,
+            f"{what} {row_id}",
+            f"{what} {row_id} ({kind}, job {self.job_name}) has met a busy database in every run for over "
+            f"{minutes} minutes (a lock on it held that long, a deadlock that repeats): it waits, undone, until it "
+            "goes through. Find what holds its lock (pg_stat_activity, pg_locks) and end it.",
+        )
+
+
 def in_app(app: Flask, job: Callable) -> Callable[[], None]:
+    watch = BusyWatch(job.__name__)
+
     def run() -> None:
-        with app.app_context():
+        with app.app_context(), noting_busy_rows() as busy_rows:
+            outcome = "done"
             try:
                 with one_node(job.__name__) as mine:
                     if not mine:
                         log.info("job skipped: another node runs it now", extra={"job": job.__name__})
+                        outcome = "skipped"
                         return
                     results = job()
                 if results:
@@ -153,9 +240,13 @@ def in_app(app: Flask, job: Callable) -> Callable[[], None]:
                 db.session.rollback()
                 if is_busy(exc):  # the database busy for a while (a long writer, every connection taken): no bug
                     log.warning("job deferred: database busy", extra={"job": job.__name__, "error": repr(exc)[:300]})
+                    outcome = "busy"
                 else:
                     log.exception("job failed", extra={"job": job.__name__})
+                    outcome = "failed"
             finally:
+                if outcome != "skipped":
+                    watch.ran(busy_rows, outcome)
                 db.session.remove()
 
     run.__name__ = job.__name__

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 
-from sqlalchemy import String, Text, select
+from sqlalchemy import String, Text, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime, db, utcnow
@@ -64,3 +67,37 @@ def row_failure(kind: str, what: str, row_id: int | str, error: Exception) -> No
     ``<what> <id>``). In the caller's transaction."""
     log.error("%s %s failed", what, row_id, exc_info=error, extra={f"{what}_id": row_id})
     alert_once(kind, f"{what} {row_id}", text=f"{what} {row_id} failed and was skipped: {error!r}"[:2000])
+
+
+def resolve_alerts(kind: str, subject: str, message: str | None = None) -> int:
+    """Mark the open alerts ``alert_once`` would match resolved (what they said is over); how many. In the caller's
+    transaction. The next time it happens, ``alert_once`` raises it again."""
+    match = [Alert.kind == kind, Alert.subject == subject[:64], Alert.resolved_at.is_(None)]
+    if message is not None:
+        match.append(Alert.message == message)
+    done = db.session.execute(
+        update(Alert).where(*match).values(resolved_at=utcnow()).execution_options(synchronize_session="fetch")
+    )
+    return done.rowcount or 0
+
+
+_busy_rows: ContextVar[set[tuple[str, str, str]] | None] = ContextVar("busy_rows", default=None)
+
+
+@contextmanager
+def noting_busy_rows() -> Iterator[set[tuple[str, str, str]]]:
+    """The rows (``kind``, ``what``, ``row id``) a job's run deferred as busy (``row_busy``), gathered while it runs
+    (``jobs.scheduler.in_app``, which alerts when the same row stays busy run after run)."""
+    rows: set[tuple[str, str, str]] = set()
+    token = _busy_rows.set(rows)
+    try:
+        yield rows
+    finally:
+        _busy_rows.reset(token)
+
+
+def row_busy(kind: str, what: str, row_id: int | str) -> None:
+    """A job's row deferred to its next run: the database busy. Noted for the run around it, if any."""
+    rows = _busy_rows.get()
+    if rows is not None:
+        rows.add((kind, what, str(row_id)))

@@ -62,6 +62,7 @@ from models import (
     raise_alert,
     utcnow,
 )
+from models.base import beijing
 from models.orders import refund_open
 from models.payouts import Rail
 from models.sql import insert_ignoring
@@ -75,6 +76,8 @@ S = PayoutStatus
 SHARE_TAG = "PS"
 DESCRIPTION = "订单返利"  # what the person sees on the share
 UNFREEZE_DESCRIPTION = "解冻全部剩余资金"
+FROZEN_FOR = timedelta(days=180)  # WeChat unfreezes an order's unshared money to its merchant this long after payment
+FROZEN_WARNING = timedelta(days=7)  # a share still waiting for a ban is alerted again this long before that
 OPERATOR_REQUERY = timedelta(hours=1)  # how often a handed-over share waiting for an operator is asked about
 RATIO_REFUSAL = "比例"  # 分账金额超出最大分账比例: our cached ratio is stale
 NOT_ENOUGH = "NOT_ENOUGH"  # 可分账金额不足: not settled yet, or refunded
@@ -349,7 +352,8 @@ def _plan(row: ProfitShare, now: datetime, settings: ShareSettings, client) -> b
         release_frozen(order.id, order.merchant_id)  # the refunds took it all: nothing is left (kept for safety)
         _to_operator(payouts, row, "the order was refunded in full before its share")
         return False
-    if _payee_banned(payouts):  # their payouts that never left wait for the ban; shared without them, never could
+    banned = _payee_banned(payouts)
+    if banned:  # their payouts that never left wait for the ban; shared without them, never could
         row.next_attempt_at = now + settings.poll * 10
         alert_once(
             "profit_share_waits_for_ban",
@@ -357,6 +361,7 @@ def _plan(row: ProfitShare, now: datetime, settings: ShareSettings, client) -> b
             text=f"share {row.out_order_no} waits: a person it pays is banned (their payouts wait until the ban is "
             "lifted; cancel the payout to share the rest now)",
         )
+        _frozen_deadline_near(row, order, banned, now)
         return False
     config = db.session.get(ProfitShareConfig, row.sub_mchid)
     if config is None or config.fetched_at <= now - settings.ratio_ttl:
@@ -420,15 +425,42 @@ def _under_review(order_id: int) -> bool:
     return db.session.execute(held.limit(1)).first() is not None
 
 
-def _payee_banned(payouts: list[Payout]) -> bool:
-    """A person the share would pay is banned now. Their payouts that never left wait until the ban is lifted, as
-    the dispatcher leaves them; the share waits with them: sent without them, it would unfreeze the order's rest to
-    the merchant and their payouts could never leave by it (an operator cancelling one lets the share go)."""
+def _payee_banned(payouts: list[Payout]) -> list[Payout]:
+    """The payouts of the share whose person is banned now (none: an empty list). They never left and wait until
+    the ban is lifted, as the dispatcher leaves them; the share waits with them: sent without them, it would unfreeze
+    the order's rest to the merchant and their payouts could never leave by it (an operator cancelling them lets the
+    share go)."""
     users = {p.user_id for p in payouts}
     if not users:
-        return False
-    banned = select(User.id).where(User.id.in_(users), User.status == UserStatus.BANNED)
-    return db.session.execute(banned.limit(1)).first() is not None
+        return []
+    banned = set(
+        db.session.execute(select(User.id).where(User.id.in_(users), User.status == UserStatus.BANNED)).scalars()
+    )
+    return [p for p in payouts if p.user_id in banned]
+
+
+def _frozen_deadline_near(row: ProfitShare, order: Order, banned: list[Payout], now: datetime) -> None:
+    """A share still waiting for a ban ``FROZEN_WARNING`` before WeChat unfreezes its order's money to the merchant
+    (``FROZEN_FOR`` after the payment): an operator alerted again, once, with what to do. Its first alert
+    (``profit_share_waits_for_ban``) may be months old; a ban that stays puts every payout of the order beyond
+    reach once WeChat has given the money to the merchant, the others' too."""
+    if order.paid_at is None:
+        return
+    deadline = order.paid_at + FROZEN_FOR
+    if now < deadline - FROZEN_WARNING:
+        return
+    when = beijing(deadline).strftime("%Y-%m-%d %H:%M")
+    fate, act = ("unfroze", "Now") if now >= deadline else ("unfreezes", "Before then")
+    alert_once(
+        "profit_share_frozen_deadline",
+        row.out_order_no,
+        text=f"share {row.out_order_no} still waits for a banned person, and WeChat {fate} order "
+        f"{order.out_trade_no}'s frozen money to the merchant at {when} Beijing time ({FROZEN_FOR.days} days after "
+        "its payment): after that none of the order's payouts can leave by this share, the other persons' too. "
+        f"{act}, lift the ban if it was wrong (DELETE /admin/api/bans/<id>), or cancel the banned person's "
+        f"payouts (ids {', '.join(str(p.id) for p in banned)}: POST /admin/api/payouts/<id>/cancel, the money "
+        "stays the merchant's) so the share goes to the others.",
+    )
 
 
 def _fit(payouts: list[Payout], cap: int, merchant: Merchant, settings: ShareSettings):
