@@ -11,6 +11,10 @@
 * ``device`` / ``net``: claims from that device or address are refused (403 ``banned``, kept for the trace;
   ``risk.limits.Banned``). Signing in from them is not refused: the person sees their account, gets nothing.
 
+Lifted (or expired), a ban of any kind gives back the milestones it alone refused while it stood, before their
+rebate's deadline (``rebate.milestones.resume_refused``): to the person or merchant, or for a device or network to
+the buyers of the orders placed from it; one still refused another way (another ban) waits for that one's lift.
+
 Who lifts: a ban one operator made (the bans screen, or a review case one reviewer decided) is lifted by one. A ban
 two operators made (``risk.bans.made_by_two``: a review case a second reviewer approved) is lifted by two: lifting it
 records a proposal (``lift_proposed_by``, nothing else changes), another operator of independent making approves it
@@ -34,7 +38,7 @@ from payouts import MoneySettings
 from payouts.operations import cancel as cancel_payout
 from rebate.campaign_ops import transition
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
-from rebate.milestones import lock_orders, refused_orders, resume_refused
+from rebate.milestones import lock_orders, orders_to_resume, resume_refused
 from risk.bans import active_bans, ban_words, in_force, made_by_two, normalise_net
 
 DEVICE_ID = re.compile(r"^[0-9a-f]{24}$")  # what rebate.claims.new_device_id hands out
@@ -322,18 +326,16 @@ def _lock_ban(ban_id: int) -> Ban:
 def _lock_for_lift(ban_id: int, now: datetime) -> tuple[Ban, User | Merchant | None, list[int]]:
     """The ban and the banned person's or merchant's row, both locked and read as they are now: the owner's row
     first, then the ban's, as ``create_ban`` takes them (``NotFound`` for no such ban). Before them, the orders whose
-    milestones the lift may release (``rebate.milestones.refused_orders``), as a refund takes an order and then its
-    people: taken after the owner, a lift and a refund of one order could each wait for the other. Their ids last."""
+    milestones the lift may release (``rebate.milestones.orders_to_resume``: of the person or merchant, or of buyers
+    from the device or network), as a refund takes an order and then its people: taken after the owner, a lift and a
+    refund of one order could each wait for the other. Every such order, refused yet or not: a milestone reported
+    on one meanwhile either waits for the lift (and sees the ban lifted) or is waited for (and the lift applies what
+    it refused). Their ids last."""
     ban = _get(ban_id)
-    resumable = refused_orders(str(ban.subject), int(ban.value), now) if _owned(ban) else []
+    resumable = orders_to_resume(str(ban.subject), str(ban.value), now)
     lock_orders(resumable)
     owner = _lock_owner(ban.subject, ban.value)
     return _lock_ban(ban_id), owner, resumable
-
-
-def _owned(ban: Ban) -> bool:
-    """A ban on one person or merchant (an id), not on a device or network."""
-    return ban.subject in (BanSubject.USER, BanSubject.MERCHANT) and str(ban.value).isdecimal()
 
 
 def _lift(ban_id: int, now: datetime, reason: str, by: int | None, money: MoneySettings) -> tuple[Ban, bool]:
@@ -362,7 +364,9 @@ def _mark_lifted(
     db.session.flush()
     _undo(ban, owner, now)
     db.session.flush()
-    if owner is not None and owner.status == "active":  # no other ban on them: milestones met meanwhile release
+    if owner is None:  # a device or network: each order's buyer, unless refused another way (``_resume``)
+        resume_refused(resumable, None, now, money)
+    elif owner.status == "active":  # no other ban on them: milestones met meanwhile release
         resume_refused(resumable, (str(ban.subject), owner.id), now, money)
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from models import (
+    BanSubject,
     Campaign,
     Merchant,
     Order,
@@ -47,6 +48,7 @@ def _held(order_id: int) -> list[Rebate]:
             .where(Rebate.order_id == order_id, Rebate.held_fen > 0, Rebate.status != RebateStatus.REVIEW)
             .order_by(Rebate.id)
             .with_for_update()
+            .execution_options(populate_existing=True)  # after waiting on the order: the reasons another wrote
         ).scalars()
     )
 
@@ -163,19 +165,47 @@ def _release(rebate, campaign, order, condition: Condition, met: dict, name: str
     return True
 
 
-def refused_orders(beneficiary_type: str, beneficiary_id: int, now: datetime) -> list[int]:
-    """The orders whose held rebates of this beneficiary have milestones a refusal kept from releasing, before their
-    deadline (read, not locked): what ``resume_refused`` will lock, for a ban's lift to lock them first."""
-    waiting = db.session.execute(
-        select(Rebate).where(
-            Rebate.beneficiary_type == beneficiary_type,
-            Rebate.beneficiary_id == beneficiary_id,
-            Rebate.status == RebateStatus.HELD,
-            Rebate.held_fen > 0,
-            Rebate.condition_deadline > now,
+def orders_to_resume(subject: str, value: str, now: datetime) -> list[int]:
+    """The orders on which a ban on ``subject`` ``value`` may have refused a milestone's release, or may be refusing
+    one now in a report not yet committed: those with a rebate still held (for its milestones, or in review) before
+    its deadline, of the person or merchant banned, or for a ban on a device or network, of the buyer of an order
+    placed from it (``risk.bans.refused_by``). Read, not locked: a ban's lift locks them first (``lock_orders``), as a
+    report locks its order first, so a report on one of them comes wholly before the lift (which then sees what it
+    refused and applies it) or after it (and sees the ban lifted). Orders with a refusal already recorded are not
+    enough: a report in flight has not recorded its own yet."""
+    held = and_(
+        Rebate.held_fen > 0,
+        Rebate.status.in_((RebateStatus.HELD, RebateStatus.REVIEW)),
+        Rebate.condition_deadline > now,
+    )
+    if subject in (BanSubject.USER, BanSubject.MERCHANT):
+        mine = select(Rebate.order_id).where(
+            held, Rebate.beneficiary_type == subject, Rebate.beneficiary_id == int(value)
         )
-    ).scalars()
-    return sorted({rebate.order_id for rebate in waiting if _refused_names(rebate)})
+        return sorted(set(db.session.execute(mine).scalars()))
+    buyers = (
+        select(Rebate.order_id, Order.device, Order.ip)
+        .join(Order, Order.id == Rebate.order_id)
+        .where(held, Rebate.beneficiary_type == "user", Rebate.beneficiary_id == Order.user_id)
+    )
+    buyers = buyers.where(Order.device == value) if subject == BanSubject.DEVICE else buyers.where(_may_be_in(value))
+    return sorted(
+        {
+            order_id
+            for order_id, device, ip in db.session.execute(buyers)
+            if (subject, value) in subjects(device=device, ip=ip)
+        }
+    )
+
+
+def _may_be_in(net: str):
+    """A condition every order placed from the banned address or network ``net`` (as bans keep it) meets, however
+    its address was written (``::ffff:10.1.2.7`` for ``10.1.2.7``; the exact test is ``risk.bans.subjects``): an
+    IPv4 one's text holds the address (or the /24's first three numbers), unless written without dots at all."""
+    if ":" in net:
+        return Order.ip.contains(":")
+    dotted = net if "/" not in net else net.rsplit(".", 1)[0] + "."
+    return or_(Order.ip.contains(dotted, autoescape=True), ~Order.ip.contains("."))
 
 
 def lock_orders(order_ids: list[int]) -> None:
@@ -184,20 +214,23 @@ def lock_orders(order_ids: list[int]) -> None:
         lock_order(db.session.get(Order, order_id).out_trade_no)
 
 
-def resume_refused(order_ids: list[int], beneficiary: tuple[str, int], now: datetime, money: MoneySettings) -> int:
-    """A ban on the beneficiary was lifted: on ``order_ids`` (``refused_orders``, locked by the caller before the
-    beneficiary's own row: the order first, as a refund takes them), the milestones met while it refused them,
-    before their rebate's deadline, are applied now in the order they were reported, as ``report_milestone`` would
-    have (a refusal still standing, another ban, leaves them waiting). Without this the held part expired at its
-    deadline, the milestones met. Returns the fen paid; what it pays waits while a refund of its order is open."""
+def resume_refused(
+    order_ids: list[int], beneficiary: tuple[str, int] | None, now: datetime, money: MoneySettings
+) -> int:
+    """A ban was lifted: on ``order_ids`` (``orders_to_resume``, locked by the caller before the banned person's or
+    merchant's own row: the order first, as a refund takes them), the milestones met while it refused
+    ``beneficiary`` (None, a ban on a device or network: each order's buyer), before their rebate's deadline, are
+    applied now in the order they were reported, as ``report_milestone`` would have (a refusal still standing,
+    another ban, leaves them waiting). Without this the held part expired at its deadline, the milestones met.
+    Returns the fen paid; what it pays waits while a refund of its order is open."""
     paid = 0
     for order_id in sorted(order_ids):
         order = db.session.get(Order, order_id)
         if order.status != OrderStatus.PAID:
             continue
-        before = paid
+        before, whom = paid, beneficiary or ("user", order.user_id)
         for rebate in _held(order.id):
-            if (rebate.beneficiary_type, rebate.beneficiary_id) == beneficiary:
+            if (rebate.beneficiary_type, rebate.beneficiary_id) == whom:
                 paid += _resume(rebate, order, now, money)
         if paid > before:
             _hold_while_refunding(order.id)
@@ -258,9 +291,10 @@ def _refused(rebate: Rebate, order: Order) -> str | None:
     if rebate.beneficiary_id is None:
         return None
     kind, who = rebate.beneficiary_type, rebate.beneficiary_id
-    if kind == "user" and not db.session.get(User, who).is_active:
+    # read as committed now, not as this session first loaded them: a ban's lift may have committed meanwhile
+    if kind == "user" and not db.session.get(User, who, populate_existing=True).is_active:
         return f"the {rebate.role} is banned"
-    if kind == "merchant" and db.session.get(Merchant, who).status == "suspended":
+    if kind == "merchant" and db.session.get(Merchant, who, populate_existing=True).status == "suspended":
         return f"the {rebate.role} (merchant {who}) is suspended"
     mine = subjects(user_id=who) if kind == "user" else subjects(merchant_id=who)
     bans = active_bans([*subjects(device=order.device, ip=order.ip), *mine], utcnow())

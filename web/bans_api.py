@@ -80,6 +80,13 @@ def lift_ban(ban_id: int, body: LiftBan):
     return ban_ops.ban_json(ban, now), 200 if ban.lifted_at is not None else 202
 
 
+# /openapi.json lists every status an operation answers (web/openapi.py reads ``also`` beside the success status)
+lift_ban._api["also"] = {
+    202: "Accepted, not lifted: a ban two operators made; the lift is proposed (lift_pending) and the ban stays in "
+    "force until a second operator approves it (POST …/lift/approve)"
+}
+
+
 @endpoint(
     bp,
     "/bans/<int:ban_id>/lift/approve",

@@ -126,6 +126,7 @@ def _operation(method: str, rule, meta: dict | None, components: dict) -> dict:
         "4XX": ERROR,
         "503": UNAVAILABLE,
     }
+    op["responses"].update({str(code): json_response(why, success) for code, why in meta.get("also", {}).items()})
     if meta.get("upstream"):
         op["responses"]["502"] = UPSTREAM_REFUSED
     return op
