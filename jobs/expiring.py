@@ -22,26 +22,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import select
 
-from models import (
-    Campaign,
-    PacketStatus,
-    Rebate,
-    RebateStatus,
-    RedPacket,
-    User,
-    UserStatus,
-    db,
-    guarded_row,
-    unit_of_work,
-    utcnow,
-)
-from rebate import milestones, packets, tell
-from rebate.packets import expiring_packets
+from models import User, UserStatus, db, unit_of_work, utcnow
+from rebate import tell
+from rebate.milestones import expire_held_after
+from rebate.packets import expire_packets_after, expiring_packets
 
 BATCH = 500
 EXPIRE_BATCH = 500  # packets (or held awards) expired per transaction
@@ -55,7 +43,7 @@ def expire_packets_and_conditions(max_seconds: float = EXPIRE_RUN_SECONDS) -> Co
     now = utcnow()
     stop_at = time.monotonic() + max_seconds
     result: Counter = Counter(packets=0, held_rebates=0)
-    for name, expire in (("packets", _expire_packets), ("held_rebates", _expire_held_rebates)):
+    for name, expire in (("packets", expire_packets_after), ("held_rebates", expire_held_after)):
         after = 0
         while True:
             with unit_of_work():
@@ -67,43 +55,6 @@ def expire_packets_and_conditions(max_seconds: float = EXPIRE_RUN_SECONDS) -> Co
                 break
             after = read[-1]
     return result
-
-
-def _locked_due(stmt, model, after: int, limit: int) -> list:
-    """The rows of ``stmt`` past id ``after``, by id, locked (others' locked rows skipped)."""
-    stmt = stmt.where(model.id > after).order_by(model.id).limit(limit).with_for_update(skip_locked=True)
-    return list(db.session.execute(stmt).scalars())
-
-
-def _each(rows: list, kind: str, what: str, step: Callable) -> tuple[list[int], int]:
-    """Each row's ``step`` in a savepoint (``guarded_row``): the ids read, and how many went through."""
-    return [row.id for row in rows], sum(guarded_row(kind, what, row.id, step, row) for row in rows)
-
-
-def _expire_packets(now: datetime, after: int, limit: int) -> tuple[list[int], int]:
-    """As ``rebate.packets.expire_due_packets``, past ``after``: packets past their validity that no order holds."""
-    due = select(RedPacket).where(
-        RedPacket.status.in_([PacketStatus.ISSUED, PacketStatus.UNCLAIMED]), RedPacket.expires_at <= now
-    )
-    return _each(
-        _locked_due(due, RedPacket, after, limit),
-        "packet_expiry_failed",
-        "packet",
-        lambda p: packets.release_packet(p, PacketStatus.EXPIRED),
-    )
-
-
-def _expire_held_rebates(now: datetime, after: int, limit: int) -> tuple[list[int], int]:
-    """As ``rebate.milestones.expire_held_rebates``, past ``after``: held awards past their deadline (not in review)."""
-    due = select(Rebate).where(
-        Rebate.held_fen > 0, Rebate.condition_deadline <= now, Rebate.status != RebateStatus.REVIEW
-    )
-    return _each(
-        _locked_due(due, Rebate, after, limit),
-        "held_rebate_expiry_failed",
-        "rebate",
-        lambda r: milestones.expire_rebate(r, db.session.get(Campaign, r.campaign_id)),
-    )
 
 
 def tell_expiring_packets(now: datetime | None = None, batch: int = BATCH) -> Counter:

@@ -62,8 +62,6 @@ from payouts.redpack_rail import RedpackRail
 from payouts.settings import MoneySettings
 from payouts.transfer_rail import TransferRail
 from rebate.covered_debts import SWEEP, people_owing, settle_covered
-from rebate.milestones import expire_held_rebates
-from rebate.packets import expire_due_packets
 from wechat.mp import get_api_ticket
 from wechat.pay import PayClient
 from wechat.redpack import RedpackClient
@@ -882,27 +880,6 @@ def check_unclaimed_red_packets() -> Counter:
     """Red packets past WeChat's 24-hour refund time: opened (done) or refunded (back to the balance)."""
     rail = payout_rails(current_app._get_current_object()).get(Rail.CASH_RED_PACKET)
     return check_unclaimed(rail, utcnow(), clock=utcnow) if rail else Counter()
-
-
-EXPIRE_BATCH = 500  # packets (or held awards) expired per transaction
-EXPIRE_RUN_SECONDS = 60.0  # one run's longest stretch (the next run, minutes later, goes on)
-
-
-def expire_packets_and_conditions(max_seconds: float = EXPIRE_RUN_SECONDS) -> Counter:
-    """Packets past their validity, then held awards past their deadline, a batch per transaction until none is
-    left (or ``max_seconds``): a campaign's thousands of packets ending at one instant give their reservations back
-    (budget, deposit) in one run, not ``EXPIRE_BATCH`` every five minutes for hours."""
-    now = utcnow()
-    stop_at = time.monotonic() + max_seconds
-    result: Counter = Counter(packets=0, held_rebates=0)
-    for name, expire in (("packets", expire_due_packets), ("held_rebates", expire_held_rebates)):
-        while True:
-            with unit_of_work():
-                done = expire(now, limit=EXPIRE_BATCH)
-            result[name] += done
-            if done < EXPIRE_BATCH or time.monotonic() >= stop_at:
-                break
-    return result
 
 
 def settle_covered_debts() -> Counter:

@@ -315,10 +315,21 @@ def expire_rebate(rebate: Rebate, campaign: Campaign) -> None:
 
 def expire_held_rebates(now: datetime, limit: int = 500) -> int:
     """The job: held awards past their deadline expire and give their budget back; returns how many."""
+    return expire_held_after(now, 0, limit)[1]
+
+
+def expire_held_after(now: datetime, after: int, limit: int = 500) -> tuple[list[int], int]:
+    """Up to ``limit`` held awards past their deadline (not in review), of ids above ``after`` (a job's keyset: each
+    row once a run), expire; (the ids read, how many expired)."""
     due = (
         db.session.execute(
             select(Rebate)
-            .where(Rebate.held_fen > 0, Rebate.condition_deadline <= now, Rebate.status != RebateStatus.REVIEW)
+            .where(
+                Rebate.held_fen > 0,
+                Rebate.condition_deadline <= now,
+                Rebate.status != RebateStatus.REVIEW,
+                Rebate.id > after,
+            )
             .order_by(Rebate.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -327,7 +338,8 @@ def expire_held_rebates(now: datetime, limit: int = 500) -> int:
         .all()
     )
     # each in a savepoint: one that fails is rolled back alone and alerted once, the others expire
-    return sum(guarded_row("held_rebate_expiry_failed", "rebate", r.id, _expire_due, r) for r in due)
+    done = sum(guarded_row("held_rebate_expiry_failed", "rebate", r.id, _expire_due, r) for r in due)
+    return [r.id for r in due], done
 
 
 def _expire_due(rebate: Rebate) -> None:

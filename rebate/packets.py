@@ -699,13 +699,23 @@ def release_packet(packet: RedPacket, status: PacketStatus) -> None:
 
 
 def expire_due_packets(now: datetime, limit: int = 500) -> int:
-    """Expire packets past their validity that no order holds; returns how many. Each in a savepoint: one whose
-    release fails (a bad row, a bug) is rolled back alone, logged and alerted once (``packet_expiry_failed``),
-    and the others expire (it had failed the whole batch, every run: the head of every batch)."""
+    """Expire packets past their validity that no order holds; returns how many (``expire_packets_after``)."""
+    return expire_packets_after(now, 0, limit)[1]
+
+
+def expire_packets_after(now: datetime, after: int, limit: int = 500) -> tuple[list[int], int]:
+    """Expire up to ``limit`` packets past their validity that no order holds, of ids above ``after`` (a job's
+    keyset: each row once a run); (the ids read, how many expired). Each in a savepoint: one whose release fails (a
+    bad row, a bug) is rolled back alone, logged and alerted once (``packet_expiry_failed``), and the others expire
+    (it had failed the whole batch, every run: the head of every batch)."""
     due = (
         db.session.execute(
             select(RedPacket)
-            .where(RedPacket.status.in_([PacketStatus.ISSUED, PacketStatus.UNCLAIMED]), RedPacket.expires_at <= now)
+            .where(
+                RedPacket.status.in_([PacketStatus.ISSUED, PacketStatus.UNCLAIMED]),
+                RedPacket.expires_at <= now,
+                RedPacket.id > after,
+            )
             .order_by(RedPacket.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -713,9 +723,10 @@ def expire_due_packets(now: datetime, limit: int = 500) -> int:
         .scalars()
         .all()
     )
-    return sum(
+    done = sum(
         guarded_row("packet_expiry_failed", "packet", p.id, release_packet, p, PacketStatus.EXPIRED) for p in due
     )
+    return [p.id for p in due], done
 
 
 def revoke_packet(packet_id: int) -> RedPacket:

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+import jobs.expiring as expiring_module
 import jobs.payouts as job_module
 from jobs.payouts import dispatch_backlog
 from models import Alert, Payout, PayoutAttempt, RailControl, db, utcnow
@@ -128,11 +129,9 @@ def test_a_campaigns_packets_ending_together_all_expire_in_one_run(lapsed_packet
     from models import Campaign, RedPacket
 
     campaign, packets = lapsed_packets(5)
-    monkeypatch.setattr(job_module, "EXPIRE_BATCH", 2, raising=False)
-    real = job_module.expire_due_packets
-    monkeypatch.setattr(job_module, "expire_due_packets", lambda now, limit=500: real(now, limit=min(limit, 2)))
+    monkeypatch.setattr(expiring_module, "EXPIRE_BATCH", 2)
     # when: one run of the job
-    result = job_module.expire_packets_and_conditions()
+    result = expiring_module.expire_packets_and_conditions()
     # then: every one expired and its reservation given back in that run (it had been one batch per run: 2 of 5,
     # the rest holding the budget and the deposit until later runs)
     db.session.expire_all()
@@ -441,7 +440,7 @@ def test_a_packet_whose_expiry_fails_is_alerted_once_and_the_others_expire(lapse
 
     monkeypatch.setattr(packets_module, "release_packet", release)
     for _ in range(2):
-        job_module.expire_packets_and_conditions()
+        expiring_module.expire_packets_and_conditions()
     db.session.expire_all()
     statuses = [db.session.get(RedPacket, p.id).status for p in packets]
     assert statuses == [PacketStatus.ISSUED, PacketStatus.EXPIRED, PacketStatus.EXPIRED]

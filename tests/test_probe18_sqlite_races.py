@@ -17,8 +17,9 @@ from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from app import create_app
+from jobs.expiring import expire_packets_and_conditions
 from jobs.ledger_marks import fold_ledger_marks
-from jobs.payouts import dispatch_payouts, expire_packets_and_conditions, settle_covered_debts
+from jobs.payouts import dispatch_payouts, settle_covered_debts
 from jobs.scheduler import in_app
 from ledger import check_ledger
 from models import ChallengeParticipant, LedgerEntry, Order, Payout, Refund, db

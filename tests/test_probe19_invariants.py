@@ -29,8 +29,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from jobs.expiring import expire_packets_and_conditions
 from jobs.orders import close_expired_orders
-from jobs.payouts import dispatch_due, expire_packets_and_conditions, settle_covered_debts
+from jobs.payouts import dispatch_due, settle_covered_debts
 from ledger import account, balance, check_ledger
 from models import (
     AccountKind,

@@ -141,8 +141,7 @@ def test_rows_failing_at_the_head_of_every_batch_do_not_stop_the_others_expiring
     campaign, packets = lapsed_packets(5)
     bad = {packets[0].id, packets[1].id}
     reserved_by_bad = sum(p.reserved_fen for p in packets[:2])
-    for module in (jobs.payouts, jobs.expiring):
-        monkeypatch.setattr(module, "EXPIRE_BATCH", 2, raising=False)
+    monkeypatch.setattr(jobs.expiring, "EXPIRE_BATCH", 2)
     real = packets_module.release_packet
     released: list[int] = []
 
