@@ -77,17 +77,34 @@ class VerifierKeys:
         # never one half filled, and iterating the held set never sees it change.
         self._certs = {**self._certs, **_by_serial(certificates)}
 
-    def load_certificate_dir(self, directory: str | Path) -> int:
+    def load_certificate_dir(
+        self,
+        directory: str | Path,
+        *,
+        merchant_serial: str | None = None,
+        merchant_key: rsa.RSAPublicKey | None = None,
+    ) -> int:
         """Load every ``*.pem`` certificate of a directory; returns how many. A file that cannot be read or is no
-        certificate (the merchant's own key put there by mistake) raises ``WeChatConfigError`` naming it."""
+        certificate (the merchant's own key put there by mistake) raises ``WeChatConfigError`` naming it.
+
+        So does the merchant's own API certificate (``apiclient_cert.pem`` copied there by mistake): its serial is
+        ``merchant_serial`` or its key is ``merchant_key``'s. Taken, every answer and notification signed with our
+        own private key passed for WeChat's. Nothing of the directory is taken when one file is refused."""
         certs = []
         for path in sorted(Path(directory).glob("*.pem")):
             try:
-                certs.append(crypto.load_certificate(path.read_bytes()))
+                cert = crypto.load_certificate(path.read_bytes())
             except OSError as exc:
                 raise WeChatConfigError(f"cannot read {path}: {exc.strerror}", code="BAD_CERTIFICATE") from None
             except ValueError:
                 raise WeChatConfigError(f"{path} is not a PEM certificate", code="BAD_CERTIFICATE") from None
+            if _is_merchants(cert, merchant_serial, merchant_key):
+                raise WeChatConfigError(
+                    f"{path} is the merchant's own API certificate, not a WeChat Pay platform certificate: "
+                    "remove it from the platform certificates directory",
+                    code="MERCHANT_CERTIFICATE",
+                )
+            certs.append(cert)
         self.add_certificates(certs)
         return len(certs)
 
@@ -250,6 +267,13 @@ def certificates_response_body(entries: list[dict[str, Any]]) -> bytes:
 
 def _by_serial(certificates: Iterable[x509.Certificate]) -> dict[str, x509.Certificate]:
     return {crypto.certificate_serial(cert): cert for cert in certificates}
+
+
+def _is_merchants(cert: x509.Certificate, serial: str | None, key: rsa.RSAPublicKey | None) -> bool:
+    """The certificate is the merchant's: the configured serial (hex, any case, leading zeros or not), or its key."""
+    if serial and crypto.certificate_serial(cert) == (serial.strip().upper().removeprefix("0X").lstrip("0") or "0"):
+        return True
+    return key is not None and cert.public_key().public_numbers() == key.public_numbers()
 
 
 def _is_current(cert: x509.Certificate) -> bool:

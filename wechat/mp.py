@@ -89,7 +89,8 @@ def _request_json(
     if body is not None:
         extra = {"data": json.dumps(body, ensure_ascii=False).encode(), "headers": {"Content-Type": "application/json"}}
     try:
-        resp = session.request(method, url, params=params, timeout=timeout, **extra)
+        # never followed: a redirect led the call, its access_token or secret in the query, to any host (wechat.http)
+        resp = session.request(method, url, params=params, timeout=timeout, allow_redirects=False, **extra)
     except (requests.ConnectTimeout, requests.ConnectionError) as exc:
         # No connection made (refused, unresolved, connect timeout): the request never reached WeChat.
         # A connection dropped after the request went out may have been acted on: outcome unknown.

@@ -30,6 +30,7 @@ from wechat.errors import (
     WeChatInvalidRequest,
     WeChatNotFound,
     WeChatRateLimited,
+    WeChatSignatureError,
     WeChatUnavailable,
 )
 from wechat.keys import ApiV3Keys, VerifierKeys, download_platform_certificates
@@ -137,7 +138,7 @@ class PayClient:
                     timeout=self.config.timeout,
                     stream=stream,
                     # APIv3 never redirects: followed, a redirect led a call (the bill's download, checked to be on
-                    # this host) to any host; unfollowed, it is an answer we cannot use (``_map_error``)
+                    # this host) to any host; unfollowed, it is an answer we cannot use (``_handle``)
                     allow_redirects=False,
                 )
             except requests.ConnectionError as exc:
@@ -176,7 +177,10 @@ class PayClient:
         if 200 <= resp.status < 300:
             resp.data = _parse_success(resp) if parse_json else None
             return resp
-        raise _map_error(resp)
+        error = _map_error(resp)
+        if verify and not signed and isinstance(error, WeChatBusinessError):
+            raise _unsigned_refusal(resp, error) from error
+        raise error
 
     # -- orders ------------------------------------------------------------------
     def jsapi_prepay(
@@ -466,6 +470,22 @@ def _map_error(resp: PayResponse) -> WeChatError:
     return WeChatUnavailable(
         message or f"unexpected answer {status}", code=code or f"HTTP_{status}", http_status=status
     )
+
+
+def _unsigned_refusal(resp: PayResponse, refusal: WeChatError) -> WeChatError:
+    """A refusal (a documented code: ``400 INVALID_REQUEST``, ``404 NOT_FOUND``, ``403 NOT_ENOUGH``…) that WeChat did
+    not sign: not WeChat's word, so outcome unknown. Busy answers (429, 5xx) and answers already unknown stay as
+    ``_map_error`` has them: none of them ends anything.
+
+    WeChat's signature rules: it signs its answer to every request whose signature it verified, and an answer
+    without a signature is not to be trusted (a 2xx one is forged); what it leaves unsigned is its 401 to a request
+    it could not verify, which did nothing either. An unsigned refusal may come from something between us and
+    WeChat (a proxy, a load balancer, a forger on the path) and says nothing of whether WeChat acted: taken as
+    WeChat's, a transfer WeChat had taken was failed, its money returned and sent again under a new number. Its
+    code is kept in the message only, never as ``code`` or ``http_status``: a caller deciding on either (a refusal's
+    code, a 4xx) would decide on a forgery. The caller queries (or sends the same number again) before deciding."""
+    said = f"HTTP {resp.status} {refusal.code} without WeChat's signature, not taken as its refusal: {refusal.message}"
+    return WeChatSignatureError(said[:600], code="UNSIGNED_ERROR_ANSWER")
 
 
 def _error_fields(body: bytes) -> tuple[str | None, str]:

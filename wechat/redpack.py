@@ -162,6 +162,7 @@ class RedpackClient:
                 cert=self.cert,
                 timeout=self.timeout,
                 headers={"Content-Type": "text/xml; charset=utf-8"},
+                allow_redirects=False,  # followed, the signed body went over our certificate to any host
             )
         except requests.RequestException as exc:
             raise WeChatUnavailable(f"{path}: {exc.__class__.__name__}", code="NETWORK_ERROR") from exc

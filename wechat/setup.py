@@ -94,7 +94,8 @@ def build_wechat(
     if local is not None:
         merchant_key, keys = local.merchant_key, local.verifier_keys
     else:
-        merchant_key, keys = _load_merchant_key(settings), _live_verifier_keys(settings)
+        merchant_key = _load_merchant_key(settings)
+        keys = _live_verifier_keys(settings, merchant_key)
     apiv3_keys = ApiV3Keys(
         settings["WECHAT_APIV3_KEY"],
         settings.get("WECHAT_APIV3_KEY_PREVIOUS") or None,
@@ -155,7 +156,7 @@ def _load_merchant_key(settings: Mapping[str, Any]) -> rsa.RSAPrivateKey:
         ) from None
 
 
-def _live_verifier_keys(settings: Mapping[str, Any]) -> VerifierKeys:
+def _live_verifier_keys(settings: Mapping[str, Any], merchant_key: rsa.RSAPrivateKey) -> VerifierKeys:
     public_key = public_key_id = None
     if settings.get("WECHAT_PAY_PUBLIC_KEY_PATH") and settings.get("WECHAT_PAY_PUBLIC_KEY_ID"):
         try:
@@ -171,7 +172,11 @@ def _live_verifier_keys(settings: Mapping[str, Any]) -> VerifierKeys:
         if not Path(certs_dir).is_dir():
             raise WeChatSettingError("WECHAT_PLATFORM_CERTS_DIR", f"{certs_dir} is not a directory")
         try:
-            keys.load_certificate_dir(certs_dir)
+            keys.load_certificate_dir(
+                certs_dir,
+                merchant_serial=settings.get("WECHAT_MCH_CERT_SERIAL"),
+                merchant_key=merchant_key.public_key(),
+            )
         except WeChatConfigError as exc:
             raise WeChatSettingError("WECHAT_PLATFORM_CERTS_DIR", exc.message) from None
     return keys

@@ -401,10 +401,12 @@ class WebhookSender:
         if not self.take_turn(key):
             raise WebhookBusy("this robot's 20 messages a minute are used: later", code="LIMIT_LOCAL")
         try:
-            response = self.session.post(self.url, params={"key": key}, json=body, timeout=self.timeout)
+            response = self.session.post(
+                self.url, params={"key": key}, json=body, timeout=self.timeout, allow_redirects=False
+            )  # a redirect followed carried the robot's key to any host (wechat.http)
         except requests.RequestException as exc:
             raise WeChatUnavailable(f"webhook not reached: {exc.__class__.__name__}", code="NETWORK") from exc
-        if response.status_code >= 500:
+        if response.status_code >= 500 or 300 <= response.status_code < 400:
             raise WeChatUnavailable(f"webhook answered {response.status_code}", code=str(response.status_code))
         try:
             answer = response.json()
