@@ -28,6 +28,7 @@ class Outcome(StrEnum):
     FAILED = "failed"  # this number definitively failed: the money is owed again
     CANCELLED = "cancelled"  # the bill was cancelled (user never confirmed, or we cancelled it)
     PAUSE_RAIL = "pause_rail"  # merchant balance insufficient: stop the rail, alert
+    PAUSE_STOCK = "pause_stock"  # a coupon stock's budget is spent: that stock waits (alerted once), the rail goes on
     GIVE_UP_USER = "give_up_user"  # risk control blocks this user on this rail
     CONFIG_ERROR = "config_error"  # our configuration or request is wrong: an operator must look
     FALLBACK = "fallback"  # this rail cannot carry this payout: use the fallback rail

@@ -28,6 +28,7 @@ from models import (
 )
 from models.payouts import InApp
 from models.sql import insert_ignoring
+from payouts.coupon_rail import stock_spent
 from payouts.outbox import enqueue_payout
 from payouts.rails import Outcome, RailResult, summary
 from payouts.settings import MoneySettings
@@ -96,6 +97,8 @@ def _later(payout: Payout, status: PayoutStatus, at: datetime) -> None:
 
 
 def apply_result(payout: Payout, result: RailResult, now: datetime, settings: DispatchSettings) -> None:
+    if result.outcome == Outcome.PAUSE_STOCK:  # one coupon stock spent: it waits (or falls back), the rail goes on
+        result = stock_spent(payout, result, now)
     o = result.outcome
     payout.last_error = (
         None if o in (Outcome.SUCCEEDED, Outcome.WAITING_USER_CONFIRM) else (f"{result.code}: {result.message}"[:2000])

@@ -603,7 +603,7 @@ def test_a_user_without_an_openid_under_the_appid_falls_back(coupon_rail, make_u
 @pytest.mark.parametrize(
     ("status", "code", "outcome"),
     [
-        (403, "NOT_ENOUGH", Outcome.PAUSE_RAIL),
+        (403, "NOT_ENOUGH", Outcome.PAUSE_STOCK),  # that stock waits, the rail goes on (test_probe20_coupons)
         (403, "RULE_LIMIT", Outcome.FALLBACK),
         (429, "FREQUENCY_LIMITED", Outcome.RETRY),
         (500, "SYSTEM_ERROR", Outcome.UNKNOWN),
@@ -622,17 +622,48 @@ def test_coupon_errors_map_to_outcomes(coupon_rail, coupon_payout, sim, status, 
     assert (result.outcome, result.code) == (outcome, code)
 
 
-def test_coupon_query_asks_for_a_resend_with_the_same_number(coupon_rail):
-    assert coupon_rail.query("CP000000000001", {}).outcome == Outcome.NOT_FOUND
-
-
-def test_not_enough_pauses_the_coupon_rail_and_keeps_the_payout(coupon_rail, coupon_payout, sim):
+def test_coupon_query_resends_the_same_number_and_request(coupon_rail, coupon_payout, sim):
+    # WeChat finds no coupon by out_request_no: the query is the same send again, never a new number
     payout = coupon_payout(500)
-    sim.inject_fault("/v3/marketing/favor", 403, "NOT_ENOUGH", "批次预算不足")
+    number, request = payout.external_no, coupon_rail.build_request(payout, utcnow())
+    db.session.commit()  # no transaction open during the calls
+    sent = coupon_rail.send(number, request)
+    asked = coupon_rail.query(number, request)
+    assert (asked.outcome, asked.wechat_ref) == (Outcome.SUCCEEDED, sent.wechat_ref)
+    assert coupon_rail.client.numbers == [number, number] and list(sim.coupons) == [number]
+
+
+@pytest.mark.parametrize(
+    ("code", "outcome"), [("RULE_LIMIT", Outcome.ASK_OPERATOR), ("NOT_ENOUGH", Outcome.PAUSE_STOCK)]
+)
+def test_a_refused_coupon_query_never_falls_back(coupon_rail, coupon_payout, sim, code, outcome):
+    # the coupon our first send may have issued can be what reached the cap or spent the budget
+    payout = coupon_payout(500)
+    number, request = payout.external_no, coupon_rail.build_request(payout, utcnow())
+    sim.inject_fault("/v3/marketing/favor", 403, code, "模拟")
+    db.session.commit()  # no transaction open during the call
+    asked = coupon_rail.query(number, request)
+    assert (asked.outcome, asked.code) == (outcome, code) and coupon_rail.client.numbers == [number]
+
+
+def test_not_enough_pauses_the_coupon_stock_not_the_rail_and_keeps_the_payout(coupon_rail, coupon_payout, sim):
+    payout, other = coupon_payout(500), coupon_payout(1_000)
+    openid = coupon_rail.build_request(payout, utcnow())["openid"]  # the 5-yuan stock's answer, whatever the order
+    sim.inject_fault(f"/v3/marketing/favor/users/{openid}/", 403, "NOT_ENOUGH", "批次预算不足", times=1)
+    db.session.commit()
     run([coupon_rail])
-    paused = db.session.get(RailControl, "wechat_coupon")
-    assert paused is not None and paused.paused_until is not None and "NOT_ENOUGH" in paused.reason
-    assert db.session.get(Payout, payout.id).status == "pending"
+    # the spent stock is paused, with WeChat's answer; the rail is not: the other stock's coupon is issued
+    stock = db.session.get(RailControl, "cs:S-FIX-500")
+    assert stock is not None and stock.paused_until > utcnow() and "NOT_ENOUGH" in stock.reason
+    rail = db.session.get(RailControl, "wechat_coupon")
+    assert rail is None or (rail.enabled and rail.paused_until is None)
+    assert db.session.get(Payout, other.id).status == "succeeded"
+    # the payout is kept, under its number, waiting for its stock: no retry payout, no second send meanwhile
+    kept = db.session.get(Payout, payout.id)
+    assert kept.status == "pending" and kept.next_attempt_at > utcnow() and kept.external_no == payout.external_no
+    assert db.session.query(Payout).filter_by(retry_of_id=payout.id).count() == 0
+    run([coupon_rail])
+    assert coupon_rail.client.numbers.count(payout.external_no) == 1
 
 
 def test_429_is_resent_with_the_same_out_request_no_on_the_next_pass(coupon_rail, coupon_payout, sim):

@@ -14,11 +14,24 @@ from typing import Annotated, Literal
 
 from flask import Blueprint, current_app, g, request
 from pydantic import AfterValidator, BaseModel, Field, model_validator
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
-from models import OperatorRole, Payout, PayoutAttempt, Rail, RailControl, User, call_between_commits, db, utcnow
+from models import (
+    OperatorRole,
+    Payout,
+    PayoutAttempt,
+    PayoutStatus,
+    Rail,
+    RailControl,
+    Rebate,
+    User,
+    call_between_commits,
+    db,
+    utcnow,
+)
 from models.operators import audit
 from payouts import MoneySettings, controls
+from payouts.coupon_rail import STOCK_KEY, waiting_for_stock
 from payouts.operations import (
     approve,
     cancel,
@@ -308,11 +321,77 @@ def rail_json(rail: str, control: RailControl | None, now: datetime) -> dict:
     }
 
 
+CAMPAIGNS_SHOWN = 20  # of a paused stock's waiting payouts: the campaigns named, at most
+
+
+def paused_stocks_json() -> list[dict]:
+    """The WeChat Pay coupon stocks paused because WeChat said their budget is spent (``NOT_ENOUGH``), not yet
+    resumed: ``paused_since`` the last such answer, ``paused_until`` when their payouts are tried again unresumed,
+    ``waiting`` how many payouts wait for the stock, ``campaign_ids`` whose they are (manual payouts have none)."""
+    rows = db.session.execute(
+        select(RailControl)
+        .where(RailControl.rail.startswith(STOCK_KEY, autoescape=True), RailControl.paused_until.is_not(None))
+        .order_by(RailControl.rail)
+    ).scalars()
+    stocks = []
+    for row in rows:
+        stock_id = row.rail.removeprefix(STOCK_KEY)
+        waits = (Payout.status == PayoutStatus.PENDING) & waiting_for_stock(stock_id)
+        waiting = db.session.execute(select(func.count(Payout.id)).where(waits)).scalar_one()
+        campaigns = select(Rebate.campaign_id).join(Payout, Payout.rebate_id == Rebate.id).where(waits).distinct()
+        campaign_ids = db.session.execute(campaigns.order_by(Rebate.campaign_id).limit(CAMPAIGNS_SHOWN)).scalars()
+        stocks.append(
+            {
+                "stock_id": stock_id,
+                "rail": Rail.WECHAT_COUPON.value,
+                "paused_since": row.updated_at.isoformat(),
+                "paused_until": row.paused_until.isoformat(),
+                "reason": row.reason,
+                "waiting": waiting,
+                "campaign_ids": list(campaign_ids),
+            }
+        )
+    return stocks
+
+
 @endpoint(bp, "/admin/api/rails", auth="operator", roles=READERS)
 def list_rails():
-    """Every rail: configured or not (and which settings it lacks), the operator's switch, any pause."""
+    """Every rail: configured or not (and which settings it lacks), the operator's switch, any pause; and the
+    coupon stocks paused alone, their budget spent (``paused_stocks``: resume one with
+    ``PUT /admin/api/rails/wechat_coupon/stocks/<stock_id>``)."""
     by_rail, now = {c.rail: c for c in db.session.query(RailControl)}, utcnow()
-    return {"items": [rail_json(r, by_rail.get(r), now) for r in RAILS]}
+    return {"items": [rail_json(r, by_rail.get(r), now) for r in RAILS], "paused_stocks": paused_stocks_json()}
+
+
+class StockResume(Model):
+    reason: Reason
+
+
+class StockResumed(BaseModel):
+    stock_id: str
+    released: int = Field(description="the payouts that waited for the stock, due at once (each under its own number)")
+
+
+@endpoint(
+    bp,
+    "/admin/api/rails/wechat_coupon/stocks/<stock_id>",
+    methods=["PUT"],
+    auth="operator",
+    roles=ACTORS,
+    body=StockResume,
+    idempotent=True,
+    response=StockResumed,
+)
+def resume_stock(stock_id: str, body: StockResume):
+    """Resume a WeChat Pay coupon stock paused for a spent budget, once its budget is raised at WeChat.
+
+    Its waiting payouts are due at once; the rest of the coupon rail never stopped. A stock that is not paused
+    answers 409 ``coupon_stock_not_paused``, an id that cannot be a stock's 422 ``invalid_stock_id``: nothing
+    changes. Audited (``coupon_stock.resume``). Restarting the rail (``PUT /admin/api/rails/wechat_coupon``)
+    resumes every paused stock.
+    """
+    released = controls.resume_stock(actor(), stock_id, body.reason, utcnow())
+    return {"stock_id": stock_id, "released": released}
 
 
 INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})  # control, format, surrogate, line and paragraph separators

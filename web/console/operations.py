@@ -2,6 +2,8 @@
 
 * ``console.payouts`` / ``console.payout``: payouts that need an operator, one payout with its attempts, and the
   operator's hand (resend, cancel, approve as the second operator, resolve from evidence) — ``web.payouts_api``.
+  The payouts page also shows the WeChat Pay coupon stocks paused for a spent budget, each with its resume form
+  (``console.stock_resume``) — ``web.payouts_api.list_rails`` / ``resume_stock``.
 * ``console.reconciliation``: the bill runs and open mismatches, resolved with what was found —
   ``web.reconciliation_api``.
 * ``console.lookup``: customer service's trace of a user, order or red packet, in sentences — ``web.insights``
@@ -31,7 +33,7 @@ from web.bans_api import approve_ban_lift, create_ban, lift_ban, list_bans, reje
 from web.console import act, allowed, bp, day_field, form_data, may, page_offset, read, render, whole_number
 from web.guards import MAX_ID
 from web.insights import trace_a_packet, trace_a_user, trace_an_order
-from web.payouts_api import act_on_payout, get_payout, list_payouts, resolve_payout
+from web.payouts_api import act_on_payout, get_payout, list_payouts, list_rails, resolve_payout, resume_stock
 from web.reconciliation_api import list_mismatches, list_runs
 from web.reconciliation_api import resolve as resolve_mismatch
 from web.reviews_api import decide_review, get_review, list_reviews, reject_review_proposal
@@ -67,20 +69,39 @@ def _reason() -> str:
 # -- payouts ---------------------------------------------------------------------------------------
 
 
-@bp.route("/payouts")
-def payouts():
+def _payouts_page(status: int = 200):
     filters = {"status": request.args.get("status", "needs_operator").strip(), "rail": request.args.get("rail", "")}
     offset = _offset()
     items = read(list_payouts, query={**filters, "limit": PAGE, "offset": offset})["items"]
-    return render(
+    body = render(
         "console/ops_payouts.html",
         items=items,
         filters=filters,
         states=PAYOUT_STATES,
         rails=[r.value for r in Rail],
+        paused_stocks=read(list_rails)["paused_stocks"],
+        may_resume=may(resume_stock),
         offset=offset,
         page=PAGE,
     )
+    return body, status
+
+
+@bp.route("/payouts")
+def payouts():
+    return _payouts_page()
+
+
+@bp.route("/rails/wechat_coupon/stocks/<stock_id>/resume", methods=["POST"])
+def stock_resume(stock_id: str):
+    """A coupon stock paused for a spent budget, resumed once it is raised at WeChat (the API's own view and checks:
+    a stock not paused 409, an id no stock has 422, shown on the payouts page)."""
+    allowed(resume_stock)
+    answer = act(resume_stock, body={"reason": _reason()}, stock_id=stock_id)
+    if answer is None:
+        return _payouts_page(g.refused_status)
+    flash(f"批次 {answer['stock_id']} 已恢复 Stock resumed: {answer['released']} payout(s) due now", "ok")
+    return redirect(url_for("console.payouts"))
 
 
 def _payout_page(payout_id: int, status: int = 200):
