@@ -21,13 +21,13 @@ from typing import TypeVar
 from sqlalchemy import Select, and_, func, or_, select, text
 
 from jobs.payouts import job_context, row_failed
-from models import Order, OrderStatus, Refund, RefundStatus, call_between_commits, db, utcnow
+from models import Alert, Order, OrderStatus, Refund, RefundStatus, alert_once, call_between_commits, db, utcnow
 from models.orders import OPEN_REFUNDS
 from rebate import PayAccount, RefundOutcome, apply_payment, apply_refund_notice, close_order, fail_refund
 from rebate.orders import lock_order
 from wechat.errors import WeChatBusinessError, WeChatError, WeChatNotFound
 from wechat.partner import SubMerchant
-from wechat.transactions import MalformedResource, RefundNotice, Transaction
+from wechat.transactions import MalformedResource, RefundNotice, Transaction, read_time
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +285,21 @@ class RefundAsk:
     sub: SubMerchant | None = None
 
 
+@dataclass(frozen=True)
+class RefundAnswer:
+    """WeChat's answer about a refund, read: its state, and the times read from the answer itself (its create_time;
+    a success_time it gave unreadably, dropped from ``notice`` and kept here as text for the intake to note)."""
+
+    notice: RefundNotice
+    requested_at: datetime | None = None
+    unreadable_time: str | None = None
+
+
+NEVER_HEARD = "not_found"  # WeChat's query: no refund of this number (our request never reached it)
+NEVER_REACHED = "never_reached"  # ... and it was sent again MAX_RESENDS times: only asked about now, an operator told
+MAX_RESENDS = 5  # a refund WeChat has never heard of is sent again under its number at most this often (then alerted)
+
+
 def _refund_ask(refund_id: int) -> RefundAsk | None:
     """The refund while it is still open here (None: it ended meanwhile, on another node say: a refund failed or
     closed is never asked for again under its number, which WeChat may take now while the books hold it ended and
@@ -305,34 +320,96 @@ def _refund_ask(refund_id: int) -> RefundAsk | None:
     )
 
 
-def _ask_about_refund(ask: RefundAsk | None) -> RefundNotice | WeChatBusinessError | str:
-    """WeChat's word on the refund; its refusal when it has never heard of it and will not make it (a refusal
-    that may pass, such as too little money in the merchant account, raises: asked again next run); "skipped"
-    when it is not open here any more."""
+def _resend_ask(refund_id: int) -> RefundAsk | str | None:
+    """The refund to send again (WeChat's query just said it never heard of it), its re-send counted and committed
+    before it is made: a send whose answer is lost (a timeout), or that WeChat keeps refusing for now (NOT_ENOUGH, a
+    busy system), counts too. Past ``MAX_RESENDS``: ``NEVER_REACHED``, and an operator is told once; the refund stays
+    pending (its amount reserved, the order's payouts held: a lost send may still be taken) and is asked about at
+    every run. Resolving that alert (its cause fixed: the merchant account topped up, say) allows as many again."""
+    ask = _refund_ask(refund_id)
+    if ask is None:
+        return None
+    refund = db.session.get(Refund, refund_id)
+    if refund.resends >= MAX_RESENDS:
+        seen = db.session.execute(
+            select(Alert.resolved_at).where(Alert.kind == "refund_never_reached", Alert.subject == ask.out_refund_no)
+        ).scalars()
+        states = {at is None for at in seen}  # True: one still open; False: one an operator resolved
+        if True in states or not states:
+            alert_once(
+                "refund_never_reached",
+                ask.out_refund_no,
+                text=f"refund {ask.out_refund_no} of order {ask.out_trade_no} ({ask.amount_fen} fen): WeChat has "
+                f"never heard of it though it was sent {refund.resends} times under its number. It is no longer "
+                "sent, only asked about; it stays pending, its amount reserved and the order's payouts held. "
+                "Look at the merchant platform (its balance, say), then resolve this alert to have it sent again.",
+            )
+            return NEVER_REACHED
+        refund.resends = 0  # an operator resolved the last alert: as many sends again
+    refund.resends += 1
+    return ask
+
+
+def _query_refund(ask: RefundAsk | None) -> RefundAnswer | str:
+    """WeChat's word on the refund; ``NEVER_HEARD`` when it has no refund of this number; "skipped" when it is not
+    open here any more."""
     if ask is None:
         return "skipped"
     try:
         answer = _pay().query_refund(ask.out_refund_no, sub=ask.sub)
-    except WeChatNotFound:  # our request never reached WeChat: send it again, same number
-        wx = job_context().wechat
-        try:
-            answer = wx.pay.refund(
-                ask.out_trade_no,
-                ask.out_refund_no,
-                ask.amount_fen,
-                ask.total_fen,
-                wx.refund_notify_url,
-                ask.reason,
-                sub=ask.sub,
-            )
-        except WeChatBusinessError as refused:
-            if refused.retryable:
-                raise
-            return refused
-    return RefundNotice.answer_about(answer, ask.out_trade_no, ask.out_refund_no)
+    except WeChatNotFound:  # our request never reached WeChat: sent again, same number (check_refund)
+        return NEVER_HEARD
+    return _read_answer(answer, ask)
 
 
-def _record_refund(ask: RefundAsk | None, answer: RefundNotice | WeChatBusinessError | str, now: datetime) -> str:
+def _send_refund(ask: RefundAsk | str | None) -> RefundAnswer | WeChatBusinessError | str:
+    """The refund sent again under its number (WeChat refunds a number once); its refusal when WeChat will not make
+    it (a refusal that may pass, such as too little money in the merchant account, raises: asked again next run)."""
+    if ask is None:
+        return "skipped"
+    if isinstance(ask, str):
+        return ask
+    wx = job_context().wechat
+    try:
+        answer = wx.pay.refund(
+            ask.out_trade_no,
+            ask.out_refund_no,
+            ask.amount_fen,
+            ask.total_fen,
+            wx.refund_notify_url,
+            ask.reason,
+            sub=ask.sub,
+        )
+    except WeChatBusinessError as refused:
+        if refused.retryable:
+            raise
+        return refused
+    return _read_answer(answer, ask)
+
+
+def _read_answer(answer: object, ask: RefundAsk) -> RefundAnswer:
+    """A refund answer about ``ask``'s refund (one about another is unreadable: ``MalformedResource``), with its
+    create_time; a success_time that is not an RFC 3339 time with its offset does not make the whole answer
+    unreadable (the refund's money has moved): it is dropped, and the intake counts the refund at our clock."""
+    data, unreadable = answer, None
+    told = answer.get("success_time") if isinstance(answer, dict) else None
+    if told not in (None, "") and _time_or_none(told) is None:
+        data, unreadable = {k: v for k, v in answer.items() if k != "success_time"}, str(told)
+    notice = RefundNotice.answer_about(data, ask.out_trade_no, ask.out_refund_no)
+    created = _time_or_none(answer.get("create_time")) if isinstance(answer, dict) else None
+    return RefundAnswer(notice, created, unreadable)
+
+
+def _time_or_none(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return read_time(value)
+    except ValueError:
+        return None
+
+
+def _record_refund(ask: RefundAsk | str | None, answer: RefundAnswer | WeChatBusinessError | str, now: datetime) -> str:
     if isinstance(answer, str):
         return answer
     if isinstance(answer, WeChatBusinessError):  # refused for good: failed, its hold released, an operator told
@@ -344,11 +421,21 @@ def _record_refund(ask: RefundAsk | None, answer: RefundNotice | WeChatBusinessE
 
 
 def check_refund(refund_id: int, now: datetime) -> str:
-    """Ask WeChat about a pending refund (re-sent if it never arrived) and apply its state."""
-    return _between_commits(
-        lambda: _refund_ask(refund_id), _ask_about_refund, lambda ask, a: _record_refund(ask, a, now)
+    """Ask WeChat about an open refund and apply its state; one WeChat has never heard of is sent again under its
+    number, a bounded number of times (``_resend_ask``), in a second round of its own: no transaction is open while
+    WeChat is asked, and each send is counted before it is made."""
+    asked = _between_commits(lambda: _refund_ask(refund_id), _query_refund, lambda ask, a: _record_refund(ask, a, now))
+    if asked != NEVER_HEARD:
+        return asked
+    return _between_commits(lambda: _resend_ask(refund_id), _send_refund, lambda ask, a: _record_refund(ask, a, now))
+
+
+def _apply_refund(answer: RefundAnswer, now: datetime) -> RefundOutcome:
+    return apply_refund_notice(
+        answer.notice,
+        _pay_account(),
+        now,
+        money=job_context().money,
+        requested_at=answer.requested_at,
+        unreadable_time=answer.unreadable_time,
     )
-
-
-def _apply_refund(notice: RefundNotice, now: datetime) -> RefundOutcome:
-    return apply_refund_notice(notice, _pay_account(), now, money=job_context().money)

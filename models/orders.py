@@ -198,8 +198,18 @@ class Refund(Base):
     refund_id: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(String(80))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # WeChat's times. ``requested_at``: when it took the refund request (退款申请时间: the create_time of its answers,
+    # or the time of the refund's row in its trade bill), whose Beijing day is the bill that lists the refund
+    # (``payouts.reconcile``). ``finished_at``: when it finished it, its success_time for a success (the reports count
+    # a refund on that day); our clock for one closed, abnormal or refused, or a success whose time WeChat did not
+    # give readably. ``applied_at``: our clock when WeChat's word on it was applied here.
+    requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last asked of WeChat by the refund job
+    # Times the refund job sent the refund again, WeChat's query having said it never heard of it: bounded
+    # (``jobs.orders.MAX_RESENDS``), then an operator is alerted and it is only asked about.
+    resends: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
 
     __table_args__ = (
         # BRIN on PostgreSQL (a btree on SQLite): the reports' rollups read one Beijing day at a time

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from money import MoneyError, parse_yuan
 from payouts.outbox import PREFIX
@@ -61,6 +63,9 @@ class TradeLine:
     refund_state: str
     mchid: str = ""  # 商户号: ours (a service provider's own number in partner mode)
     sub_mchid: str | None = None  # 特约商户号 ("0" for a direct merchant's line); None: the bill has no such column
+    # A REFUND row's time (UTC): when WeChat took the refund request, the bill's day (退款申请时间 where the bill has
+    # it, else the row's 交易时间); None on a payment row (not read)
+    at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +117,32 @@ def _fen(row: dict[str, str], n: int, *columns: str) -> int:
         raise BillFormatError(f"line {n}, {column}: {exc}") from exc
 
 
+BILL_TIME = "%Y-%m-%d %H:%M:%S"  # 交易时间 and the refund times: Beijing, to the second
+BILL_ZONE = ZoneInfo("Asia/Shanghai")
+
+
+def bill_time(text: str) -> datetime:
+    """A bill's ``yyyy-MM-dd HH:mm:ss`` (Beijing) as UTC; ``BillFormatError`` when it is anything else."""
+    try:
+        if len(text) != 19:
+            raise ValueError
+        return datetime.strptime(text, BILL_TIME).replace(tzinfo=BILL_ZONE).astimezone(UTC)
+    except ValueError:
+        raise BillFormatError(f"{text!r} is not a time yyyy-MM-dd HH:mm:ss") from None
+
+
+def _time(row: dict[str, str], n: int, *columns: str) -> datetime:
+    column, text = _cell(row, n, *columns)
+    try:
+        return bill_time(text)
+    except BillFormatError as exc:
+        raise BillFormatError(f"line {n}, {column}: {exc}") from exc
+
+
 def trade_line(row: dict[str, str], n: int) -> TradeLine:
     """A payment (交易状态 SUCCESS) or refund (REFUND) row; a refund row is matched on its 商户退款单号, so one
-    without it cannot be judged and fails the bill."""
+    without it cannot be judged and fails the bill, as one without its time does (the day it was asked for)."""
+    refund = _cell(row, n, "交易状态")[1] == "REFUND"
     line = TradeLine(
         line_no=n,
         out_trade_no=_cell(row, n, "商户订单号")[1],
@@ -126,6 +154,7 @@ def trade_line(row: dict[str, str], n: int) -> TradeLine:
         refund_state=_cell(row, n, "退款状态")[1],
         mchid=_cell(row, n, "商户号")[1],
         sub_mchid=row.get("特约商户号"),
+        at=_time(row, n, "退款申请时间", "交易时间") if refund else None,
     )
     if line.state == "REFUND" and not line.out_refund_no:
         raise BillFormatError(f"line {n}: a REFUND row without 商户退款单号")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
 
 from ledger import CheckReport, check_ledger
@@ -608,7 +608,9 @@ def _match(day: date, outcome: BillOutcome) -> Matching:
         refunds = _by_ref(Refund.out_refund_no, {x.out_refund_no for x in outcome.lines if x.out_refund_no}, done)
         window = ({o.out_trade_no for o in paid}, {r.out_refund_no for r in done})
         payees = _refund_payees(set(refunds)) if outcome.sub_mchid != OURS else None
-        return match_trade(outcome.lines, orders, refunds, window, outcome.sub_mchid, outcome.mchid, payees)
+        matching = match_trade(outcome.lines, orders, refunds, window, outcome.sub_mchid, outcome.mchid, payees)
+        _note_request_times(outcome, refunds)
+        return matching
     rails = [rail.value for rail in FUND_RAILS]
     left = (Payout.status == PayoutStatus.SUCCEEDED, Payout.rail.in_(rails), Payout.finished_at >= start)
     sent = _rows(select(Payout).where(*left, Payout.finished_at < end))
@@ -622,17 +624,43 @@ def _match(day: date, outcome: BillOutcome) -> Matching:
     return match_fundflow(lines, payouts, {p.external_no for p in sent}, {p.external_no for p in back})
 
 
+CLOCKS_APART = timedelta(hours=1)  # WeChat's clock and ours, at most (only widens an index scan: no finding)
+
+
 def _refunds_made_in(start: datetime, end: datetime) -> tuple:
-    """The refunds a day's trade bill must list: those that succeeded, begun that day. WeChat lists a refund on
-    the day it was applied for, in the state it had then (PROCESSING counts as done), so a refund begun before
-    midnight and finished after it (or days later, to a bank card) is on the first day's bill, not the second's.
-    ``finished_at >= start`` adds nothing (it finished after it began) but lets its index narrow the scan."""
+    """The refunds a day's trade bill must list: those that succeeded, asked of WeChat that day. WeChat lists a
+    refund on the day it took the request, in the state it had then (PROCESSING counts as done), so a refund asked
+    for before midnight and finished after it (or days later, to a bank card) is on the first day's bill, not the
+    second's; one recorded here before midnight and sent after it (the refund job sends a late payment's refund, or
+    one WeChat never received) on the second's.
+
+    That day is WeChat's own time of the request (``Refund.requested_at``: its create_time, or the time of the
+    refund's row in a bill that listed it) when we know it; else the earlier of our record of the refund and WeChat's
+    success time (a refund begun on the merchant platform is recorded here when WeChat tells of it, after midnight
+    perhaps, though asked and finished before). ``finished_at >= start - CLOCKS_APART`` adds nothing (it finished
+    after it was asked for) but lets its index narrow the scan."""
+    asked = func.coalesce(
+        Refund.requested_at,
+        case((Refund.finished_at < Refund.created_at, Refund.finished_at), else_=Refund.created_at),
+    )
     return (
         Refund.status == RefundStatus.SUCCEEDED,
-        Refund.finished_at >= start,
-        Refund.created_at >= start,
-        Refund.created_at < end,
+        Refund.finished_at >= start - CLOCKS_APART,
+        asked >= start,
+        asked < end,
     )
+
+
+def _note_request_times(outcome: BillOutcome, refunds: dict[str, Refund]) -> None:
+    """Each refund of ours a REFUND row of this bill names (not another merchant's row) gets the row's time as WeChat's
+    time of its request (``Refund.requested_at``): the day whose bill lists it, so no other day's run expects it
+    (``_refunds_made_in``). Written with the run's results; a row already saying so is left alone."""
+    for line in outcome.lines:
+        if line.state != "REFUND" or line.at is None or _stranger(line, outcome.mchid, outcome.sub_mchid):
+            continue
+        refund = refunds.get(line.out_refund_no)
+        if refund is not None and refund.requested_at != line.at:
+            refund.requested_at = line.at
 
 
 def _refund_payees(refs: set[str]) -> dict[str, str | None]:

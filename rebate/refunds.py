@@ -16,7 +16,8 @@ points the buyer's wallet paid come back in proportion (``rebate.wallet``).
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select, union
 
@@ -68,6 +69,10 @@ from rebate.rules import OrderFacts, entitlement_after_refund
 from rebate.wallet import give_back
 from risk.profiles import note_refunded_after_rebate
 
+log = logging.getLogger(__name__)
+# WeChat's clock and ours: a success_time later than our now by more than this is not believed (our clock is kept)
+CLOCKS_APART = timedelta(minutes=5)
+
 
 def _pending_total(order_id: int, exclude: int | None = None) -> int:
     """What the order's open refunds (``OPEN_REFUNDS``) may still take: not refundable again meanwhile."""
@@ -118,7 +123,7 @@ def fail_refund(out_refund_no: str, status: RefundStatus, now: datetime, why: st
     lock_order(order.out_trade_no)
     if refund.status not in OPEN_REFUNDS or refund.status == status:
         return refund
-    refund.status, refund.finished_at = status, now
+    refund.status, refund.finished_at, refund.applied_at = status, now, now  # WeChat gives no time for these
     text = f"refund {out_refund_no} of order {order.out_trade_no} is {status}" + (f": {why}" if why else "")
     raise_alert(f"refund_{status}", out_refund_no, text[:2000])
     if _pending_total(order.id) == 0:
@@ -135,9 +140,13 @@ def apply_refund(
     refund_id: str | None = None,
     *,
     money: MoneySettings,
+    succeeded_at: datetime | None = None,
 ) -> Refund:
     """Apply a successful refund once per ``out_refund_no``. A refund of another order, or of another amount
-    than we asked, raises :class:`StateConflict` (``apply_refund_notice`` flags it); nothing is applied."""
+    than we asked, raises :class:`StateConflict` (``apply_refund_notice`` flags it); nothing is applied.
+
+    ``succeeded_at``: WeChat's success_time, the refund's ``finished_at`` (the day the reports count it on);
+    ``now`` (our clock, ``applied_at``) when not given."""
     order = lock_order(out_trade_no)
     if order is None:
         raise NotFound(f"no order {out_trade_no}", code="unknown_order")
@@ -160,7 +169,8 @@ def apply_refund(
             f"refund {out_refund_no} of {amount_fen} fen would refund more than the {order.payable_fen} fen paid",
             code="refund_amount",
         )
-    refund.status, refund.finished_at, refund.refund_id = RefundStatus.SUCCEEDED, now, refund_id
+    refund.status, refund.refund_id = RefundStatus.SUCCEEDED, refund_id
+    refund.finished_at, refund.applied_at = succeeded_at or now, now
     if order.paid_after_close:  # a payment given back: no sale, rebate, fee or packet to undo
         order.refunded_fen += amount_fen
         _post_late_refund(order, refund)
@@ -246,7 +256,7 @@ def _check_settlement_refund(order: Order, notice: RefundState, now: datetime) -
     if told is None:  # notifications never say it: no read for them
         return
     refund = _refund_of(order, notice.out_refund_no)
-    if refund is None or refund.finished_at != now:  # applied before (told again)
+    if refund is None or refund.applied_at != now:  # applied before (told again)
         return
     ours = refund.amount_fen - _unsettled_part(order, refund)
     if told != ours:
@@ -416,7 +426,7 @@ def _void_discount(order: Order, refund: Refund) -> None:
                 [Leg(merchant, -discount), Leg(funder, discount)],
             )
         budgets.release_committed(campaign.id, discount)
-        restorable = refund.finished_at < packet.expires_at and still_earned(packet) and packet.revoked_at is None
+        restorable = refund.applied_at < packet.expires_at and still_earned(packet) and packet.revoked_at is None
         if not (campaign.restore_packet_on_refund and restorable):
             continue  # (a packet whose own earning order was refunded stays spent; so does one a review revoked)
         # by the rules it earns under (its own version): the current ones may cap lower, and its next payment was
@@ -498,6 +508,8 @@ def apply_refund_notice(
     notification_id: str | None = None,
     *,
     money: MoneySettings,
+    requested_at: datetime | None = None,
+    unreadable_time: str | None = None,
 ) -> RefundOutcome:
     """Apply what WeChat says of a refund (a notification, a refund answer or a query); flushes only.
 
@@ -506,6 +518,10 @@ def apply_refund_notice(
     another order or another amount than we asked flags the order and moves nothing, as does a
     refund our rules refuse; SUCCESS claws back (``apply_refund``), CLOSED / ABNORMAL release the
     hold, anything else waits. The notification id is recorded with every accepted outcome.
+
+    Times are WeChat's: a success is finished at its ``success_time`` (``_succeeded_at``; ``unreadable_time``: the
+    text of one the caller could not read, dropped from the notice), and ``requested_at`` (WeChat's create_time, or
+    the notice's own ``create_time`` when it has one) is noted on the refund once, with any accepted outcome.
     """
     order = lock_order(notice.out_trade_no)
     if order is None:
@@ -534,7 +550,7 @@ def apply_refund_notice(
         return RefundOutcome.MISMATCH_FLAGGED
     try:
         with db.session.begin_nested():  # a refusal undoes only what this notice began
-            outcome = _apply_refund_state(order, notice, now, money)
+            outcome = _apply_refund_state(order, notice, now, money, unreadable_time)
     except RebateError as exc:
         if exc.code in DISAGREEMENTS:
             flag_order(order, exc.code, str(exc))
@@ -545,8 +561,41 @@ def apply_refund_notice(
         _check_settlement_refund(order, notice, now)
     if outcome.accepted:
         note_notification(notification_id, order.out_trade_no, NotificationKind.REFUND, outcome)
+        _note_requested(order, notice.out_refund_no, requested_at or getattr(notice, "create_time", None))
     db.session.flush()
     return outcome
+
+
+def _note_requested(order: Order, out_refund_no: str, requested_at: datetime | None) -> None:
+    """WeChat's create_time of the refund, kept once: the day its trade bill lists the refund (a bill that lists it
+    says so itself, ``payouts.reconcile``)."""
+    if requested_at is None or requested_at.tzinfo is None:
+        return
+    found = select(Refund).where(Refund.out_refund_no == out_refund_no, Refund.order_id == order.id)
+    refund = db.session.execute(found).scalar_one_or_none()
+    if refund is not None and refund.requested_at is None:
+        refund.requested_at = requested_at.astimezone(UTC)
+
+
+def _succeeded_at(notice: RefundState, now: datetime, unreadable: str | None) -> datetime:
+    """When WeChat finished a successful refund: its ``success_time`` (RFC 3339 with its offset, as the notice was
+    read). Our clock (``now``) when it gave none (logged), or one we cannot believe: unreadable (``unreadable``, its
+    text) or later than now by more than ``CLOCKS_APART``; then an operator is told once as well."""
+    told = getattr(notice, "success_time", None)
+    if told is not None and told.tzinfo is not None and told <= now + CLOCKS_APART:
+        return told.astimezone(UTC)
+    if told is None and unreadable is None:
+        log.warning("refund %s: WeChat gave no success_time; it is finished at our clock", notice.out_refund_no)
+        return now
+    shown = unreadable if told is None else told.isoformat()
+    alert_once(
+        "refund_time_unreadable",
+        notice.out_refund_no,
+        text=f"refund {notice.out_refund_no}: WeChat's success_time {shown[:200]!r} is not a time it can be counted "
+        f"on; it is counted at ours ({now.isoformat()})",
+    )
+    log.warning("refund %s: success_time %r not believed; finished at our clock", notice.out_refund_no, shown[:200])
+    return now
 
 
 def _refund_id_disagrees(notice: RefundState) -> str | None:
@@ -567,10 +616,14 @@ def _refund_id_disagrees(notice: RefundState) -> str | None:
     return None
 
 
-def _apply_refund_state(order: Order, notice: RefundState, now: datetime, money: MoneySettings) -> RefundOutcome:
+def _apply_refund_state(
+    order: Order, notice: RefundState, now: datetime, money: MoneySettings, unreadable: str | None = None
+) -> RefundOutcome:
     if notice.status == "SUCCESS":
-        refund_id = notice.refund_id or None
-        apply_refund(order.out_trade_no, notice.out_refund_no, notice.refund_fen, now, refund_id, money=money)
+        refund_id, at = notice.refund_id or None, _succeeded_at(notice, now, unreadable)
+        apply_refund(
+            order.out_trade_no, notice.out_refund_no, notice.refund_fen, now, refund_id, money=money, succeeded_at=at
+        )
         return RefundOutcome.SUCCESS
     if notice.status not in ("CLOSED", "ABNORMAL"):
         return RefundOutcome.PROCESSING

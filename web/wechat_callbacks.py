@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -28,7 +29,7 @@ from web.errors import BUSY_RETRY_AFTER_S, is_busy
 from web.openapi import RETRY_AFTER, WECHAT_FAIL, documented
 from wechat.errors import NotificationRejected
 from wechat.notifications import Notification, failure_response_body, verify_and_decrypt
-from wechat.transactions import MalformedResource
+from wechat.transactions import MalformedResource, read_time
 
 log = logging.getLogger(__name__)
 bp = Blueprint("wechat_callbacks", __name__, url_prefix="/wechat/pay")
@@ -204,8 +205,27 @@ def process_refund(n: Notification) -> None:
     if n.event_type not in REFUND_EVENTS:
         log.warning("refund callback of unexpected type acknowledged", extra={"event_type": n.event_type})
         return
-    outcome = apply_refund_notice(n.refund_notice(), pay_account(), utcnow(), n.id, money=money_settings())
+    n, unreadable = without_unreadable_time(n)
+    notice, account, money = n.refund_notice(), pay_account(), money_settings()
+    outcome = apply_refund_notice(notice, account, utcnow(), n.id, money=money, unreadable_time=unreadable)
     commit_or_refuse(outcome, REFUND_REFUSALS)
+
+
+def without_unreadable_time(n: Notification) -> tuple[Notification, str | None]:
+    """A verified refund notification whose ``success_time`` is not an RFC 3339 time with its offset is still
+    WeChat's word on the refund (its money has moved): applied without that time, which the intake notes and
+    replaces with ours, rather than refused for a day of WeChat's retries. Returns the unreadable text, if any."""
+    told = n.resource.get("success_time") if isinstance(n.resource, dict) else None
+    if told is None or told == "":
+        return n, None
+    if isinstance(told, str):
+        try:
+            read_time(told)
+            return n, None
+        except ValueError:
+            pass
+    resource = {k: v for k, v in n.resource.items() if k != "success_time"}
+    return replace(n, resource=resource), str(told)
 
 
 @bp.post("/refund-notify")
