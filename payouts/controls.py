@@ -63,7 +63,10 @@ def switch_rail(actor: Actor, rail: str, enabled: bool, reason: str, now: dateti
             RailControl.rail.startswith(STOCK_KEY, autoescape=True), RailControl.paused_until.is_not(None)
         )
         for key in db.session.execute(paused.order_by(RailControl.rail)).scalars().all():
-            _resume_stock(actor, key.removeprefix(STOCK_KEY), reason, now)
+            try:
+                _resume_stock(actor, key.removeprefix(STOCK_KEY), reason, now)
+            except StockError:  # resumed meanwhile by another operator (read unlocked above): nothing left to do
+                continue
     db.session.flush()
     return control
 

@@ -252,9 +252,33 @@ def approve_lift(actor: Actor, ban_id: int, reason: str, now: datetime, *, money
     making (403 ``approver_not_independent``); nothing proposed is 409 ``no_lift_proposed``. A ban lifted already
     (by this approval before, or by its expiry) comes back as it is."""
     reason = required_reason(reason, "approving a lift needs a reason")
+    # refused before anything is locked (a refused approval took the lock of every order the lift would resume),
+    # then checked again on the locked ban: what was proposed may have changed meanwhile
+    seen = _get(ban_id)
+    if seen.lifted_at is None:
+        _check_approval(actor, seen, now)
     ban, owner, resumable = _lock_for_lift(ban_id, now)
     if ban.lifted_at is not None:
         return ban
+    _check_approval(actor, ban, now)
+    _mark_lifted(ban, owner, now, reason, actor.operator.id, money, resumable)
+    audit(
+        actor,
+        "ban.lift",
+        "ban",
+        ban.id,
+        reason,
+        subject=ban.subject,
+        value=ban.value,
+        proposed_by=ban.lift_proposed_by,
+        proposed_reason=ban.lift_proposed_reason,
+    )
+    db.session.flush()
+    return ban
+
+
+def _check_approval(actor: Actor, ban: Ban, now: datetime) -> None:
+    """Why ``actor`` may not approve lifting ``ban`` now (raised), if anything."""
     if ban.lift_proposed_by is None:
         raise StateConflict(
             f"no lift of ban {ban.id} is waiting for approval"
@@ -270,20 +294,6 @@ def approve_lift(actor: Actor, ban_id: int, reason: str, now: datetime, *, money
     why = approval_refused_because(actor.operator, ban.lift_proposed_by, ban.lift_proposed_at, now)
     if why:
         raise RebateError(f"lifting ban {ban.id}: {why}", code="approver_not_independent", kind="forbidden")
-    _mark_lifted(ban, owner, now, reason, actor.operator.id, money, resumable)
-    audit(
-        actor,
-        "ban.lift",
-        "ban",
-        ban.id,
-        reason,
-        subject=ban.subject,
-        value=ban.value,
-        proposed_by=ban.lift_proposed_by,
-        proposed_reason=ban.lift_proposed_reason,
-    )
-    db.session.flush()
-    return ban
 
 
 def reject_lift(actor: Actor, ban_id: int, reason: str, now: datetime) -> Ban:

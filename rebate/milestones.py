@@ -208,10 +208,21 @@ def _may_be_in(net: str):
     return or_(Order.ip.contains(dotted, autoescape=True), ~Order.ip.contains("."))
 
 
+LOCK_CHUNK = 1000  # orders locked per statement (a lift of a big merchant's ban locks many)
+
+
 def lock_orders(order_ids: list[int]) -> None:
-    """Lock the orders, in id order, as a report or a refund locks one (the order first, then its people)."""
-    for order_id in sorted(order_ids):
-        lock_order(db.session.get(Order, order_id).out_trade_no)
+    """Lock the orders, in id order, as a report or a refund locks one (the order first, then its people): a
+    statement per ``LOCK_CHUNK`` of them (one each had been two round trips an order), read again as they are now."""
+    ids = sorted(set(order_ids))
+    for start in range(0, len(ids), LOCK_CHUNK):
+        db.session.execute(
+            select(Order)
+            .where(Order.id.in_(ids[start : start + LOCK_CHUNK]))
+            .order_by(Order.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)  # after waiting on the locks, see the winners' writes
+        ).scalars().all()
 
 
 def resume_refused(
