@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from functools import cache
@@ -84,11 +85,25 @@ def _replay(record: IdempotencyRecord) -> Response:
     return response
 
 
+# A key is printable ASCII, words with one space between them (a UUID, a hex token, "demo-1a2b-Alice orders"),
+# 1 to ``MAX_KEY_CHARS``: it is stored and logged as sent and goes into ledger keys and refund numbers, so a key
+# holding a control (a NUL PostgreSQL cannot store, a NEL or newline that breaks a log line), a text-direction mark,
+# a zero-width or no-break space or another non-ASCII letter (a server hands a header's UTF-8 bytes on as Latin-1
+# characters) was a key that looks like another one.
+MAX_KEY_CHARS = 128  # the column's length (models.idempotency)
+KEY = re.compile(r"[!-~]+(?: [!-~]+)*")
+
+
 def _check_key(key: str) -> None:
-    if not key or len(key) > 128:
-        raise ValidationFailed("Idempotency-Key must be 1 to 128 characters", code="invalid_idempotency_key")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):  # stored as sent: PostgreSQL text holds no NUL (a 500)
-        raise ValidationFailed("Idempotency-Key may not hold control characters", code="invalid_idempotency_key")
+    if not key or len(key) > MAX_KEY_CHARS:
+        raise ValidationFailed(
+            f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} characters", code="invalid_idempotency_key"
+        )
+    if not KEY.fullmatch(key):
+        raise ValidationFailed(
+            "Idempotency-Key may hold only printable ASCII (letters, digits, punctuation), words one space apart",
+            code="invalid_idempotency_key",
+        )
 
 
 def _claim(scope: str, route: str, key: str, fingerprint: str) -> IdempotencyRecord | Response:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from flask import Blueprint, g
-from pydantic import Field, StringConstraints
+from pydantic import Field
 from sqlalchemy import select
 
 from models import OperatorRole, db, utcnow
@@ -22,12 +22,12 @@ from payouts.reconcile import resolve_mismatch
 from web.admin import actor
 from web.api import endpoint
 from web.guards import MAX_ID
-from web.schemas import Model, Page, Reason
+from web.schemas import Model, Page, Reason, shown_line
 
 bp = Blueprint("reconciliation", __name__, url_prefix="/admin/api/reconciliation")
 
 RECONCILERS = (OperatorRole.ADMIN, OperatorRole.FINANCE)
-Resolution = Annotated[str, StringConstraints(min_length=3, max_length=2000, strip_whitespace=True)]
+Resolution = shown_line(3, 2000)  # one line operators read (the console's input is one line)
 
 
 class RunQuery(Page):

@@ -14,10 +14,8 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Annotated
 
 from flask import Blueprint, current_app, g, request
-from pydantic import Field
 
 from models import OperatorRole, Order, Refund, RefundStatus, call_between_commits, db, utcnow
 from models.operators import audit
@@ -29,7 +27,7 @@ from web.admin import actor
 from web.api import endpoint
 from web.errors import NotFound
 from web.payment_api import sub_merchant
-from web.schemas import Model, PositiveFen
+from web.schemas import Model, PositiveFen, shown_line
 from wechat.errors import WeChatBusinessError, WeChatError
 from wechat.transactions import RefundNotice
 
@@ -41,7 +39,7 @@ FINISHED = {"SUCCESS", "CLOSED", "ABNORMAL"}
 
 class CreateRefund(Model):
     amount_fen: PositiveFen
-    reason: Annotated[str, Field(min_length=1, max_length=80)]
+    reason: shown_line(1, 80)  # sent to WeChat: the payer reads it (one visible line, no direction marks)
 
 
 def refund_json(refund: Refund) -> dict:

@@ -13,9 +13,10 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from flask import Blueprint
-from pydantic import Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema, model_validator
 
 from models import OperatorRole, utcnow
+from models.text import shown_text
 from risk import backtest as backtests
 from risk import rulesets
 from risk.rules import (
@@ -50,7 +51,10 @@ Scope = Annotated[
 # Any JSON: ``parse_rules`` judges it, so a bad rule set is refused with its message naming the rule.
 RulesIn = Annotated[Any, WithJsonSchema(RULES_SCHEMA)]
 DraftIn = Annotated[Any, WithJsonSchema({"anyOf": [RULES_SCHEMA, {"type": "null"}]})]
-Note = Annotated[str, StringConstraints(max_length=500, strip_whitespace=True)]
+# one line operators read (an empty one: no note)
+Note = Annotated[
+    str, StringConstraints(max_length=500, strip_whitespace=True), AfterValidator(lambda v: shown_text(v) if v else v)
+]
 
 
 class NewRuleSet(Model):

@@ -27,14 +27,27 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+def shown_line(min_length: int, max_length: int):
+    """A field of one line people read, stripped: no control, line-breaking or direction-changing characters, and
+    something visible (models.text.shown_text), ``min_length`` to ``max_length`` characters."""
+    return Annotated[
+        str,
+        StringConstraints(min_length=min_length, max_length=max_length, strip_whitespace=True),
+        AfterValidator(shown_text),
+    ]
+
+
 # a merchant's, product's, campaign's or audience's name: one line people read (operators, the person's notices, the
-# rules page), so no control, line-breaking or direction-changing characters (models.text.shown_text)
-Name = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True), AfterValidator(shown_text)]
+# rules page)
+Name = shown_line(1, 64)
 # an operator's username or display name: their invisible characters are refused by models.operators, with a code
 # naming the field (username_invisible), as its other rules for names (mixed scripts, lookalikes)
 OperatorName = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
 Category = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[\w\-]+$")]
-Reason = Annotated[str, StringConstraints(min_length=3, max_length=500, strip_whitespace=True)]
+# an operator's reason (a ban, a review, a payout, a pause, a deposit): one line shown in the console and the audit
+# log and exported to reports, so one line of visible text as a name is (models.text.shown_text); the console asks
+# for it in a one-line field. A store that keeps fewer characters cuts it (web.billing_api).
+Reason = shown_line(3, 500)
 PositiveFen = Annotated[StrictInt, Field(gt=0, le=MAX_FEN)]
 NonNegativeFen = Annotated[StrictInt, Field(ge=0, le=MAX_FEN)]
 Bps = Annotated[StrictInt, Field(ge=0, le=100_000)]
