@@ -90,6 +90,9 @@ class Order(Base):
     # Where the order was placed from (the server-issued device, the network address), for risk.
     device: Mapped[str | None] = mapped_column(String(32))
     ip: Mapped[str | None] = mapped_column(String(45))
+    # ``risk.net.net_of(ip)``, its /24 or /48, kept with it: a ban on an address or a network finds its orders by it
+    # (``rebate.milestones.orders_to_resume``) instead of reading every order placed over IPv6.
+    ip_net: Mapped[str | None] = mapped_column(String(49), index=True)
     # The payment's risk verdict: score 0-100, the decision (allow | review | block), and ``risk`` the
     # features with their contributions in words and each campaign's decision (``risk.scoring``).
     risk_score: Mapped[int | None] = mapped_column(SmallInteger)

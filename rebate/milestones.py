@@ -39,6 +39,7 @@ from rebate.errors import Invalid, StateConflict
 from rebate.orders import lock_order
 from rebate.rules import Condition
 from risk.bans import active_bans, refused_by, subjects
+from risk.net import net_of
 
 
 def _held(order_id: int) -> list[Rebate]:
@@ -198,14 +199,19 @@ def orders_to_resume(subject: str, value: str, now: datetime) -> list[int]:
     )
 
 
-def _may_be_in(net: str):
-    """A condition every order placed from the banned address or network ``net`` (as bans keep it) meets, however
-    its address was written (``::ffff:10.1.2.7`` for ``10.1.2.7``; the exact test is ``risk.bans.subjects``): an
-    IPv4 one's text holds the address (or the /24's first three numbers), unless written without dots at all."""
-    if ":" in net:
-        return Order.ip.contains(":")
-    dotted = net if "/" not in net else net.rsplit(".", 1)[0] + "."
-    return or_(Order.ip.contains(dotted, autoescape=True), ~Order.ip.contains("."))
+def _may_be_in(banned: str):
+    """A condition every order placed from the banned address or network ``banned`` (as bans keep it) meets, and few
+    others: its network (``Order.ip_net``, indexed) is the ban's or holds the banned address; the exact test is
+    ``risk.bans.subjects``, made on what this returns. Orders written before ``ip_net`` was kept (by a process still
+    running the code of before during a deploy) are matched on their address's text: an IPv4 one holds the address
+    (or the /24's first three numbers) unless written without dots at all; an IPv6 one any colon."""
+    net = banned if "/" in banned else net_of(banned)
+    if ":" in banned:
+        legacy = Order.ip.contains(":")
+    else:
+        dotted = banned if "/" not in banned else banned.rsplit(".", 1)[0] + "."
+        legacy = or_(Order.ip.contains(dotted, autoescape=True), ~Order.ip.contains("."))
+    return or_(Order.ip_net == net, and_(Order.ip_net.is_(None), Order.ip.is_not(None), legacy))
 
 
 LOCK_CHUNK = 1000  # orders locked per statement (a lift of a big merchant's ban locks many)

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, event, select
 
 from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, PacketStatus, Product, RedPacket, User, db
 from models.base import beijing
@@ -23,11 +23,18 @@ from rebate.wallet import hold as hold_wallet
 from rebate.wallet import plan as plan_wallet
 from rebate.wallet import release as release_wallet
 from risk import identifiers
+from risk.net import net_of
 
 ORDER_TTL = timedelta(minutes=30)
 PREPAY_MARGIN = timedelta(minutes=1)  # WeChat takes a prepay only with a minute left before ``time_expire``
 MAX_QUANTITY = 999
 MIN_PAYABLE_FEN = 1  # WeChat's minimum
+
+
+@event.listens_for(Order.ip, "set")
+def _keep_ip_net(order: Order, ip: str | None, _old, _initiator) -> None:
+    """``Order.ip_net`` follows ``Order.ip`` however it is set (a ban's lift finds orders by it)."""
+    order.ip_net = net_of(ip)
 
 
 @dataclass(frozen=True)
