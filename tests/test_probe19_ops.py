@@ -108,8 +108,11 @@ def live_files(live_env, tmp_path, monkeypatch):  # noqa: F811 - the fixture imp
     Path(live_env["WECHAT_MCH_PRIVATE_KEY_PATH"]).write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
+    wechat_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # WeChat's, never our own
     Path(live_env["WECHAT_PAY_PUBLIC_KEY_PATH"]).write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        wechat_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     live_env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'live.db'}"
     live_env.pop("REDIS_URL")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import unicodedata
 
 SENSITIVE_KEYS = re.compile(
     r"openid|unionid|token|secret|key|session|password|authorization|phone|real_name", re.IGNORECASE
@@ -30,6 +31,34 @@ SENSITIVE_TEXT = [
     (re.compile(r"((?:\bKey \([^)\n]*\)=|Failing row contains )\()[^\n]*"), r"\1***)"),
 ]
 RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+_NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
+
+
+def _escaped(char: str) -> str:
+    """``char`` as JSON writes it escaped: ``\\uXXXX``, a surrogate pair beyond the first plane."""
+    code = ord(char)
+    if code > 0xFFFF:
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def _unless_printable(match: re.Match[str]) -> str:
+    char = match.group()
+    if char.isprintable() or unicodedata.category(char) == "Zs":  # text, a letter or an ideographic space
+        return char
+    return _escaped(char)
+
+
+def one_line(line: str) -> str:
+    """A JSON line with every character a log viewer would act on escaped: the C0 and C1 controls (NEL), the line
+    and paragraph separators, the bidi overrides, embeddings, isolates and marks (every format character), a lone
+    surrogate. ``json.dumps(ensure_ascii=False)`` escapes only the C0 controls; Chinese text stays as it is."""
+    if line.isprintable():  # nearly every line: one pass in C
+        return line
+    return _NOT_PRINTABLE_ASCII.sub(_unless_printable, line)
 
 
 def mask_value(value: object) -> str:
@@ -88,7 +117,8 @@ class JsonFormatter(logging.Formatter):
             payload[key] = mask_field(key, value)
         if record.exc_info:
             payload["exc"] = mask_text(self.formatException(record.exc_info))
-        return json.dumps(payload, ensure_ascii=False, default=str)
+        # one line, whatever a path, a nickname, a header or an exception's text held (a forged line otherwise)
+        return one_line(json.dumps(payload, ensure_ascii=False, default=str))
 
 
 def configure_logging(level: str) -> None:

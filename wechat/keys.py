@@ -269,6 +269,18 @@ def _by_serial(certificates: Iterable[x509.Certificate]) -> dict[str, x509.Certi
     return {crypto.certificate_serial(cert): cert for cert in certificates}
 
 
+def refuse_merchant_public_key(public_key: rsa.RSAPublicKey, merchant_key: rsa.RSAPublicKey | None) -> None:
+    """``WeChatConfigError`` when the WeChat Pay public key is the merchant's own (the public half of
+    ``apiclient_key.pem``, exported by mistake): taken, every answer and notification signed with our own private
+    key passed for WeChat's, and WeChat's own were refused. As ``load_certificate_dir`` refuses our certificate."""
+    if merchant_key is not None and public_key.public_numbers() == merchant_key.public_numbers():
+        raise WeChatConfigError(
+            "this is the merchant's own public key (the public half of WECHAT_MCH_PRIVATE_KEY_PATH), not the "
+            "WeChat Pay public key: download WeChat Pay's public key (pub_key.pem) from the merchant platform",
+            code="MERCHANT_KEY",
+        )
+
+
 def _is_merchants(cert: x509.Certificate, serial: str | None, key: rsa.RSAPublicKey | None) -> bool:
     """The certificate is the merchant's: the configured serial (hex, any case, leading zeros or not), or its key."""
     if serial and crypto.certificate_serial(cert) == (serial.strip().upper().removeprefix("0X").lstrip("0") or "0"):

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from wechat.crypto import load_private_key, load_public_key
 from wechat.errors import WeChatConfigError
 from wechat.http import WeChatSession
-from wechat.keys import ApiV3Keys, VerifierKeys
+from wechat.keys import ApiV3Keys, VerifierKeys, refuse_merchant_public_key
 from wechat.mp import MemoryTokenStore, MiniProgramClient, OAuthClient, RedisTokenStore
 from wechat.pay import PayClient, PayConfig
 
@@ -161,6 +161,7 @@ def _live_verifier_keys(settings: Mapping[str, Any], merchant_key: rsa.RSAPrivat
     if settings.get("WECHAT_PAY_PUBLIC_KEY_PATH") and settings.get("WECHAT_PAY_PUBLIC_KEY_ID"):
         try:
             public_key = load_public_key(_read(settings, "WECHAT_PAY_PUBLIC_KEY_PATH"))
+            refuse_merchant_public_key(public_key, merchant_key.public_key())
         except WeChatSettingError:
             raise
         except (ValueError, WeChatConfigError) as exc:
