@@ -187,7 +187,10 @@ def test_the_error_table_is_covered_row_by_row():
 def test_each_sendredpack_error_code_maps_to_its_outcome(wechat_http, redpack_rail, api_v2_key, err_code, outcome):
     # given: WeChat refuses with this code at 10:00 Beijing
     now = beijing_at(10)
-    body = answer(api_v2_key, result_code="FAIL", err_code=err_code, err_code_des="描述不可用于判断")
+    # naming our number, as WeChat answers (one that does not frees no number: test_probe21_redpack)
+    body = answer(
+        api_v2_key, result_code="FAIL", err_code=err_code, err_code_des="描述不可用于判断", mch_billno="RP000000000001"
+    )
     wechat_http.add(responses.POST, SEND_URL, body=body)
     # when
     result = redpack_rail(clock=lambda: now).send("RP000000000001", REQUEST)
