@@ -159,6 +159,19 @@ _positive_int = _int_at_least(0)  # "positive" as the settings have always read 
 _process_count = _int_at_least(1)
 
 
+def _quiet_hours(text: str) -> str:
+    """Beijing ``HH:MM-HH:MM`` (it may run past midnight), normalized; ``off`` (or ``none``): no quiet hours."""
+    value = "".join(text.split())
+    if value.lower() in ("off", "none"):
+        return "off"
+    match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)", value)
+    if match is None:
+        raise ValueError(f"must be HH:MM-HH:MM (Beijing time) or off, got {text!r}")
+    if match.group(1, 2) == match.group(3, 4):
+        raise ValueError(f"starts and ends at the same minute: {text!r}")
+    return value
+
+
 def _aware_datetime(text: str) -> datetime:
     value = datetime.fromisoformat(text.strip())
     if value.tzinfo is None:
@@ -649,6 +662,15 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         doc="At most this many WeChat messages per person per Beijing day; more go to the inbox only (0: the inbox "
         "only). A transfer waiting for the person's confirmation is exempt (their money is at stake).",
+    ),
+    Setting(
+        "NOTICE_QUIET_HOURS",
+        None,
+        _quiet_hours,
+        doc="Beijing time `HH:MM-HH:MM` when no WeChat message goes out (`off`: none). A notice due then waits "
+        "for the end (in the inbox meanwhile) and goes out once; one about something over by then (a packet "
+        "expiring, a transfer closing before it) stays in the inbox only. A transfer waiting for the person's "
+        "confirmation is never held back. Unset: `22:00-08:00` in live mode, off with the simulator.",
     ),  # challenge bots (issue 15): the WeCom intelligent robot, chat bindings, the group webhook
     Setting(
         "WECOM_BOT_TOKEN",
@@ -923,6 +945,12 @@ def _validate(values: dict[str, Any]) -> list[str]:
     problems += _payout_problems(values)
     problems += _push_problems(values)
     problems += _wecom_bot_problems(values)
+    quiet = values.get("NOTICE_QUIET_HOURS")
+    if quiet is not None:  # an override is not parsed on its way in
+        try:
+            _quiet_hours(quiet if isinstance(quiet, str) else repr(quiet))
+        except ValueError as exc:
+            problems.append(f"NOTICE_QUIET_HOURS: {exc}")
     unknown = set(values.get("NOTICE_RATE_LIMITS") or {}) - {"subscribe", "oa_template"}
     if unknown:
         problems.append(f"NOTICE_RATE_LIMITS: unknown channel {', '.join(sorted(unknown))} (subscribe, oa_template)")

@@ -15,12 +15,17 @@ inbox with a note, never to WeChat again by another pass; the worker still holdi
 for a turn) applies its own answer when it comes, since it alone called: put back when it never called, retried or
 refused when WeChat certainly did not send it. Anti-spam: at most ``daily_cap`` messages per person per Beijing
 day through WeChat (a transfer waiting for confirmation is exempt: money is at stake); the rest: inbox only.
+
+Quiet hours (``NOTICE_QUIET_HOURS``, Beijing time): a notice whose turn comes then is left pending until they end (a
+subscribe retry keeps the consent it holds), so it goes out once, in the morning; one about something over by then
+(``OVER_AT``: a packet's expiry, a transfer's closing) stays in the inbox only. ``events.URGENT`` kinds go at once.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -42,7 +47,7 @@ from models import (
 from models.base import BEIJING, beijing
 from models.messages import following_openid, record_follow
 from notices.consents import OUTCOME_UNKNOWN, drop_consents, give_back_consent, record_delivery, take_consent
-from notices.events import NoticeEvent
+from notices.events import FIRST_TOLD, URGENT, NoticeEvent
 from notices.templates import TemplateError, Templates, render_data
 
 S = NoticeStatus
@@ -51,6 +56,42 @@ NOT_FOLLOWING = "43004"  # WeChat's answer to an official-account message for a 
 UNKNOWN_OUTCOME = (
     f"{OUTCOME_UNKNOWN} (the lease lapsed between the call and its record): kept in the inbox, not sent again"
 )
+
+
+DEFAULT_QUIET_HOURS = "22:00-08:00"
+OVER_AT = ("expires_at", "closes_at")  # facts saying when what a notice tells of is over
+_HOURS = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """Beijing times of day between which no WeChat message goes out (``start`` after ``end``: past midnight)."""
+
+    start: time
+    end: time
+
+    @classmethod
+    def parse(cls, text: str | None) -> QuietHours | None:
+        """``HH:MM-HH:MM`` as the configuration checked it; ``off`` (or nothing): None."""
+        match = _HOURS.match("".join((text or "").split()))
+        if match is None:
+            return None
+        h1, m1, h2, m2 = map(int, match.groups())
+        return cls(time(h1, m1), time(h2, m2))
+
+    def covers(self, now: datetime) -> bool:
+        local = beijing(now).time()
+        if self.start < self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end
+
+    def end_after(self, now: datetime) -> datetime:
+        """The first end of the quiet hours after ``now`` (UTC)."""
+        local = beijing(now)
+        end = datetime.combine(local.date(), self.end, BEIJING)
+        if end <= local:
+            end = datetime.combine(local.date() + timedelta(days=1), self.end, BEIJING)
+        return end.astimezone(UTC)
 
 
 class ChannelName(StrEnum):
@@ -78,14 +119,20 @@ class NoticeSettings:
     backoff: timedelta = timedelta(seconds=30)
     backoff_most: timedelta = timedelta(hours=1)
     miniprogram_state: str = "formal"
+    quiet: QuietHours | None = None
 
     @classmethod
     def from_config(cls, cfg: Any) -> NoticeSettings:
+        simulator = cfg.get("WECHAT_MODE") == "simulator"
+        quiet = cfg.get("NOTICE_QUIET_HOURS")
+        if quiet is None:  # the simulator wakes nobody, and the demo shows its messages at any hour
+            quiet = "off" if simulator else DEFAULT_QUIET_HOURS
         return cls(
             mp_appid=cfg.get("WECHAT_APPID") or "",
             oa_appid=cfg.get("WECHAT_OA_APPID") or "",
             daily_cap=int(cfg.get("NOTICE_DAILY_CAP", 3)),
-            miniprogram_state="developer" if cfg.get("WECHAT_MODE") == "simulator" else "formal",
+            miniprogram_state="developer" if simulator else "formal",
+            quiet=QuietHours.parse(quiet),
         )
 
 
@@ -157,6 +204,17 @@ def still_true(notice: Notice, now: datetime) -> bool:
     return True
 
 
+def _quiet_now(notice: Notice, now: datetime, settings: NoticeSettings) -> bool:
+    return settings.quiet is not None and notice.event not in URGENT and settings.quiet.covers(now)
+
+
+def over_by(notice: Notice, at: datetime) -> bool:
+    """Whether what the notice tells of is over by ``at`` (a packet expired, a transfer closed): no use then."""
+    facts = notice.facts or {}
+    ends = [end for end in (_instant(facts.get(name)) for name in OVER_AT) if end is not None]
+    return any(end <= at for end in ends)
+
+
 def _sent_today(user_id: int, now: datetime) -> int:
     local = beijing(now)
     start = datetime.combine(local.date(), datetime.min.time(), BEIJING)
@@ -203,6 +261,13 @@ def _to_inbox(notice: Notice, now: datetime, note: str | None = None) -> None:
         notice.last_error = note[:2000]
 
 
+_RANK = {event: rank for rank, event in enumerate(FIRST_TOLD)}
+
+
+def _told_first(notice: Notice) -> tuple[int, datetime, int]:
+    return _RANK.get(notice.event, len(_RANK)), notice.next_attempt_at, notice.id
+
+
 def claim(now: datetime, templates: Templates, settings: NoticeSettings) -> list[Claimed]:
     """Claim due notices (the caller commits before any call): each decided now or fixed for one call."""
     return claim_batch(now, templates, settings)[0]
@@ -217,7 +282,8 @@ def claim_batch(now: datetime, templates: Templates, settings: NoticeSettings) -
         db.session.execute(
             select(User.id).where(User.id.in_(capped)).order_by(User.id).with_for_update(key_share=True)
         ).all()
-    for notice in due:
+    # the daily cap's places go to what matters most first (several due at once: the morning after quiet hours)
+    for notice in sorted(due, key=_told_first):
         job = _claim_one(notice, now, templates, settings)
         if job is not None:
             claimed.append(job)
@@ -233,6 +299,15 @@ def _claim_one(notice: Notice, now: datetime, templates: Templates, settings: No
         return None
     # a consent taken by an earlier attempt that WeChat certainly did not use (its answer said so, or no call)
     held = notice.template_id if notice.channel == ChannelName.SUBSCRIBE and notice.template_id else None
+    if _quiet_now(notice, now, settings) and still_true(notice, now):
+        morning = settings.quiet.end_after(now)
+        if not over_by(notice, morning):
+            notice.next_attempt_at = morning  # left pending as it is (a held consent stays held): sent once, then
+            return None
+        _to_inbox(notice, now, f"quiet hours: over before they end ({morning.isoformat()}), inbox only")
+        if held:
+            give_back_consent(notice.user_id, held)
+        return None
     job = _decide(notice, now, templates, settings, held)
     if held and (job is None or job.channel != ChannelName.SUBSCRIBE or job.template_id != held):
         give_back_consent(notice.user_id, held)  # not sent on it (cancelled, another channel): WeChat still counts it

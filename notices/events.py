@@ -38,3 +38,27 @@ FACTS: dict[NoticeEvent, frozenset[str]] = {
     NoticeEvent.CHALLENGE_POINTS_SETTLED: frozenset({"challenge_id", "title", "result", "points"}),
     NoticeEvent.CHALLENGE_POINTS_CANCELLED: frozenset({"challenge_id", "title", "points"}),
 }
+
+
+# Never held back by the quiet hours (``NOTICE_QUIET_HOURS``): a change transfer waiting for the person's tap. It is
+# handed over seconds after the payment it rebates, so the person is looking at it right now, and WeChat closes it
+# unconfirmed. Every other kind waits for the morning (its reminder too: the first message reached them at once).
+# There is no security notice (a sign-in on a new device) among the kinds: one added would belong here.
+URGENT: frozenset[NoticeEvent] = frozenset({NoticeEvent.TRANSFER_TO_CONFIRM})
+
+# Which notices take the daily cap's places first when several are due at once (the morning after the quiet hours):
+# money that left or came back to the person, then money that reached them, then results; a packet's news last. A
+# transfer to confirm and its reminder are not capped and come after these (taking no place from them in one pass).
+FIRST_TOLD: tuple[NoticeEvent, ...] = (
+    NoticeEvent.REBATE_CLAWED_BACK,
+    NoticeEvent.PAYOUT_FAILED,
+    NoticeEvent.WALLET_RETURNED,
+    NoticeEvent.REBATE_LANDED,
+    NoticeEvent.CHALLENGE_SETTLED,
+    NoticeEvent.CHALLENGE_POINTS_SETTLED,
+    NoticeEvent.CHALLENGE_CANCELLED,
+    NoticeEvent.CHALLENGE_POINTS_CANCELLED,
+    NoticeEvent.REBATE_HELD,
+    NoticeEvent.PACKET_EXPIRING,
+    NoticeEvent.PACKET_RECEIVED,
+)
