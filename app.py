@@ -24,6 +24,7 @@ from config.command_line import readable_on_command_line
 from models import db, transaction_open
 from models.base import DataKeys
 from models.sql import READS_ONLY
+from notices.quiet import QuietHours
 from notices.watch import WatchSettings
 from notices.watch import install as watch_payouts
 
@@ -63,7 +64,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         _convert_long_statements_once(db.engine)
         # a payout's move that a person hears of writes its notice in the same transaction (§14)
         reminder = settings["NOTICE_TRANSFER_REMINDER_HOURS"]
-        watch_payouts(db.engine, WatchSettings(settings["TRANSFER_CONFIRM_HOURS"], reminder))
+        quiet = QuietHours.of(settings)  # a transfer's reminder goes before them, not lost in them
+        watch_payouts(db.engine, WatchSettings(settings["TRANSFER_CONFIRM_HOURS"], reminder, quiet))
         database_url = db.engine.url.render_as_string(hide_password=False)  # SQLite: resolved in instance/
     if app.config["TRUSTED_PROXY_COUNT"]:
         n = app.config["TRUSTED_PROXY_COUNT"]

@@ -23,9 +23,8 @@ subscribe retry keeps the consent it holds), so it goes out once, in the morning
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -48,6 +47,7 @@ from models.base import BEIJING, beijing
 from models.messages import following_openid, record_follow
 from notices.consents import OUTCOME_UNKNOWN, drop_consents, give_back_consent, record_delivery, take_consent
 from notices.events import FIRST_TOLD, URGENT, NoticeEvent
+from notices.quiet import QuietHours
 from notices.templates import TemplateError, Templates, render_data
 
 S = NoticeStatus
@@ -58,40 +58,7 @@ UNKNOWN_OUTCOME = (
 )
 
 
-DEFAULT_QUIET_HOURS = "22:00-08:00"
 OVER_AT = ("expires_at", "closes_at")  # facts saying when what a notice tells of is over
-_HOURS = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
-
-
-@dataclass(frozen=True)
-class QuietHours:
-    """Beijing times of day between which no WeChat message goes out (``start`` after ``end``: past midnight)."""
-
-    start: time
-    end: time
-
-    @classmethod
-    def parse(cls, text: str | None) -> QuietHours | None:
-        """``HH:MM-HH:MM`` as the configuration checked it; ``off`` (or nothing): None."""
-        match = _HOURS.match("".join((text or "").split()))
-        if match is None:
-            return None
-        h1, m1, h2, m2 = map(int, match.groups())
-        return cls(time(h1, m1), time(h2, m2))
-
-    def covers(self, now: datetime) -> bool:
-        local = beijing(now).time()
-        if self.start < self.end:
-            return self.start <= local < self.end
-        return local >= self.start or local < self.end
-
-    def end_after(self, now: datetime) -> datetime:
-        """The first end of the quiet hours after ``now`` (UTC)."""
-        local = beijing(now)
-        end = datetime.combine(local.date(), self.end, BEIJING)
-        if end <= local:
-            end = datetime.combine(local.date() + timedelta(days=1), self.end, BEIJING)
-        return end.astimezone(UTC)
 
 
 class ChannelName(StrEnum):
@@ -124,15 +91,12 @@ class NoticeSettings:
     @classmethod
     def from_config(cls, cfg: Any) -> NoticeSettings:
         simulator = cfg.get("WECHAT_MODE") == "simulator"
-        quiet = cfg.get("NOTICE_QUIET_HOURS")
-        if quiet is None:  # the simulator wakes nobody, and the demo shows its messages at any hour
-            quiet = "off" if simulator else DEFAULT_QUIET_HOURS
         return cls(
             mp_appid=cfg.get("WECHAT_APPID") or "",
             oa_appid=cfg.get("WECHAT_OA_APPID") or "",
             daily_cap=int(cfg.get("NOTICE_DAILY_CAP", 3)),
             miniprogram_state="developer" if simulator else "formal",
-            quiet=QuietHours.parse(quiet),
+            quiet=QuietHours.of(cfg),
         )
 
 

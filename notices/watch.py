@@ -21,8 +21,9 @@ What each final state tells (keys name the event, docs/architecture.md §14):
   ``transfer_to_confirm`` at once (``payout:<id>:to_confirm``; not for a withdrawal, whose person is on the
   confirmation page) and ``transfer_reminder`` (``payout:<id>:reminder``) sent after ``closes_at`` less the
   margin, where ``closes_at`` is the bill's first hand-over (``sent_at``) plus ``TRANSFER_CONFIRM_HOURS``
-  (at most WeChat's own 24 h). A reminder whose time has passed already is not written (the first notice
-  says when it closes). The notices dispatcher cancels a reminder whose payout no longer waits.
+  (at most WeChat's own 24 h); one that would fall in the quiet hours (``NOTICE_QUIET_HOURS``) goes a quarter
+  hour before they begin. A reminder whose time has passed already is not written (the first notice says when it
+  closes). The notices dispatcher cancels a reminder whose payout no longer waits.
 * ``failed`` / ``cancelled`` by a return (``payouts.transitions.mark_returned``: ``finished_at`` set; a refund's
   ``cancel_or_reduce`` is told as a clawback instead) whose money went back to the person's own balance and
   that no retry payout follows → ``payout_failed`` (``payout:<id>:failed``) with the reason in plain words.
@@ -44,6 +45,7 @@ from models import AccountKind, LedgerAccount, LedgerEntry, LedgerPosting, Payou
 from models.payouts import InApp
 from notices.events import NoticeEvent
 from notices.outbox import Draft, enqueue_many
+from notices.quiet import QuietHours
 
 S = PayoutStatus
 NOTED = "notices.payouts"  # session.info: ids of payouts whose status was set to one that may tell
@@ -65,6 +67,7 @@ class WatchSettings:
 
     confirm_hours: int = 24
     reminder_hours: int = 3
+    quiet: QuietHours | None = None  # a reminder that would fall in them goes before they begin
 
     @property
     def open_for(self) -> timedelta:
@@ -149,11 +152,23 @@ def _to_confirm(payout: Payout, settings: WatchSettings, now: datetime) -> list[
     drafts = []
     if not _withdrawal(payout):
         drafts.append(Draft(payout.user_id, NoticeEvent.TRANSFER_TO_CONFIRM, f"payout:{payout.id}:to_confirm", facts))
-    remind_at = closes - timedelta(hours=settings.reminder_hours)
+    remind_at = _before_quiet(closes - timedelta(hours=settings.reminder_hours), settings.quiet)
     if remind_at > now:
         key = f"payout:{payout.id}:reminder"
         drafts.append(Draft(payout.user_id, NoticeEvent.TRANSFER_REMINDER, key, facts, send_after=remind_at))
     return drafts
+
+
+REMIND_BEFORE_QUIET = timedelta(minutes=15)  # a reminder moved out of the quiet hours goes this long before them
+
+
+def _before_quiet(remind_at: datetime, quiet: QuietHours | None) -> datetime:
+    """``remind_at``, or, when it falls in the quiet hours, a quarter hour before they begin: held until the morning
+    it would come after the transfer closed (and go to the inbox only). One offered during them gets none (its first
+    notice went at once)."""
+    if quiet is None or not quiet.covers(remind_at):
+        return remind_at
+    return quiet.start_of(remind_at) - REMIND_BEFORE_QUIET
 
 
 def reason_of(payout: Payout) -> str:
