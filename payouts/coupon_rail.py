@@ -85,6 +85,17 @@ class CouponRail:
             return wait_or_fall_back(payout, stock["stock_id"], until, "STOCK_PAUSED")
         return {"openid": openid, "stock_id": stock["stock_id"], "amount_fen": payout.amount_fen}
 
+    def hold(self, payout: Payout, now: datetime) -> RailResult | None:
+        """A payout whose request is already fixed (an earlier send was rate limited, say) and that never reached
+        WeChat, while its stock is paused: it waits for the stock (or falls back) without a call, as a new payout
+        of the stock does (``build_request``); None: it goes out. One that may have reached WeChat is still
+        settled by its number, and one asked to stop is cancelled by the dispatcher, never held."""
+        if payout.sent_at is not None or payout.cancel_requested or not payout.request:
+            return None
+        stock_id = payout.request.get("stock_id")
+        until = stock_paused_until(stock_id, now) if isinstance(stock_id, str) else None
+        return None if until is None else wait_or_fall_back(payout, stock_id, until, "STOCK_PAUSED")
+
     def send(self, external_no: str, request: dict[str, Any]) -> RailResult:
         """A first send, or one after answers that said no coupon was issued (the dispatcher queries otherwise)."""
         return self._post(external_no, request, REFUSALS)
@@ -188,12 +199,16 @@ def stock_spent(payout: Payout, result: RailResult, now: datetime) -> RailResult
     """WeChat answered NOT_ENOUGH (``result``, of a call made at ``now``) for ``payout``: its stock is paused (the
     operator alerted once) and what the payout does next is returned for ``payouts.record.apply_result``.
 
-    An answer to a call made before an operator resumed the stock (recorded late) pauses nothing: the payout is
-    sent again after a backoff, as the budget may have been raised since."""
+    An answer to a call made before the stock's switch last changed (recorded late: recorders commit out of order)
+    changes nothing there, so the pause's ``updated_at`` (its ``paused_since``) never moves back: the payout waits
+    for the pause a later answer set, or, the stock resumed (or its pause over) since, it is sent again after a
+    backoff, as the budget may have been raised since: an operator's resume is never undone by an older answer."""
     stock_id = str(result.details.get("stock_id") or (payout.request or {}).get("stock_id") or "")
     switch = stock_switch(stock_id)
-    if switch.paused_until is None and switch.reason is not None and switch.updated_at > now:
-        return RailResult(Outcome.RETRY, result.code, f"{result.message} (answered before {stock_id} was resumed)")
+    if switch.reason is not None and switch.updated_at > now:  # (reason None: a switch made just now, never used)
+        if switch.paused_until is None or switch.paused_until <= now:
+            return RailResult(Outcome.RETRY, result.code, f"{result.message} (answered before {stock_id} was resumed)")
+        return wait_or_fall_back(payout, stock_id, switch.paused_until, result.code or "NOT_ENOUGH")
     until = max(now + STOCK_PAUSE, switch.paused_until or now)
     switch.paused_until, switch.reason, switch.updated_at = until, f"{result.code}: {result.message}"[:2000], now
     campaign = None

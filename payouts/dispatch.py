@@ -171,10 +171,15 @@ def _claim_rows(
 
 
 def _build(rail: RailAdapter, payout: Payout, now: datetime) -> dict | RailResult:
-    """The payout's request, built now or fixed by an earlier claim (given its body if it has none yet)."""
+    """The payout's request, built now or fixed by an earlier claim (given its body if it has none yet); or what the
+    rail decides in place of a call (a payout held back: ``hold``)."""
     built = payout.request
     if built is None:  # (autoflush on: a rail may count this batch's claims, e.g. red packets' daily caps)
         return rail.build_request(payout, now)
+    hold = getattr(rail, "hold", None)  # e.g. a coupon of a spent stock that never reached WeChat: no call now
+    held = hold(payout, now) if hold is not None and payout.status == S.PENDING else None
+    if held is not None:
+        return held
     if hasattr(rail, "with_wire") and not built.get("wire"):  # a request fixed before bodies were kept
         return rail.with_wire(payout.external_no, dict(built))
     return built
@@ -219,7 +224,8 @@ def call_wechat(
     called once before each call; ``calls`` (given by the caller) keeps the calls made if it raises.
     """
     calls = [] if calls is None else calls
-    if job.cancel_if_unconfirmed and not job.query_first and not job.posted_before:
+    never_taken = not job.posted_before or job.rail in NEVER_SENT_IS_DEFINITE
+    if job.cancel_if_unconfirmed and not job.query_first and never_taken:
         calls.append(_never_sent(job))  # asked to stop before its number ever reached WeChat: nothing to send
         return calls
     # asked to stop after an earlier POST of its number (answered "retry"): WeChat is asked before anything is sent
@@ -252,9 +258,13 @@ def call_wechat(
 
 
 # The rails whose query's NOT_FOUND says WeChat has no bill of the number (a transfer bill). A red packet's may mean
-# "still processing", a coupon's rail cannot query at all (it answers NOT_FOUND to resend the same number): there a
-# payout asked to stop is still sent again under its number (WeChat keeps one of it), never cancelled here.
+# "still processing", a coupon's rail cannot query at all (its query resends the same number): there a payout asked
+# to stop that may have reached WeChat is still sent again under its number (WeChat keeps one of it).
 NOT_FOUND_IS_DEFINITE = frozenset({Rail.WECHAT_CHANGE})
+# The rails where a payout still pending and never marked sent is one WeChat never took, whatever its earlier POSTs
+# answered (a 429, a spent stock: answers that issued nothing; one that may have issued it marks it sent). A coupon's
+# query is a resend of its number, so a payout asked to stop is cancelled here rather than sent again to find out.
+NEVER_SENT_IS_DEFINITE = frozenset({Rail.WECHAT_COUPON})
 
 
 def _never_sent(job: Claimed) -> tuple[str, RailResult, int]:
