@@ -6,6 +6,8 @@ claim plans each share and fixes its body), commits, then for each share adds th
 it with no transaction open, and records the answer in a new transaction. A ratio WeChat refuses for good (not a
 timeout nor a frequency limit: a sub-merchant that ended its authorisation of the service provider, say) alerts an
 operator once (``profit_share_ratio_refused``): its shares can never be planned.
+Before anything else it books the shares never sent whose order's money WeChat has unfrozen to the merchant by itself,
+180 days after the payment (``release_lapsed``), whether the rail is switched on or not.
 ``query_profit_shares``: the shares WeChat is still working on (results are asynchronous), and any whose
 answer was lost, queried by their number before anything is sent again.
 
@@ -44,6 +46,8 @@ def share_due_orders() -> Counter:
     outcomes: Counter = Counter()
     with unit_of_work():
         outcomes["opened"] = profit_share.open_shares(utcnow(), settings)
+        # WeChat unfroze these orders' money by itself: booked whether the rail is on or not
+        outcomes["lapsed"] = profit_share.release_lapsed(utcnow())
         outcomes["too_late"] = profit_share.strand_late_payouts()
         if not profit_share.rail_enabled(utcnow()):
             outcomes["rail_off"] += 1

@@ -25,6 +25,13 @@ receivable, as for any payout that left.
 
 Money that does not fit the merchant's ratio is never dropped: its payouts wait for an operator
 (``needs_operator``, alert ``profit_share_over_ratio``).
+
+WeChat unfreezes an order's unshared money to its merchant by itself ``FROZEN_FOR`` after the payment (the order's
+``paid_at``: WeChat's success_time, never our own times). From then on our books follow (``release_lapsed``): what is
+still frozen is released as an unfreeze releases it (``order:<id>:released``, once), the share is finished (kind
+``unfreeze`` when it was never sent, nothing shared) and its payouts still waiting go to an operator (alert
+``profit_share_frozen_lapsed``). A share that may be at WeChat (sent, or PROCESSING there) is asked about first, as
+always: WeChat's answer decides, and only one it never saw is booked so, never sent after the deadline.
 """
 
 from __future__ import annotations
@@ -77,6 +84,7 @@ SHARE_TAG = "PS"
 DESCRIPTION = "订单返利"  # what the person sees on the share
 UNFREEZE_DESCRIPTION = "解冻全部剩余资金"
 FROZEN_FOR = timedelta(days=180)  # WeChat unfreezes an order's unshared money to its merchant this long after payment
+LAPSED = "profit_share_frozen_lapsed"  # the alert: WeChat unfroze the order's money before its share went
 FROZEN_WARNING = timedelta(days=7)  # a share still waiting for a ban is alerted again this long before that
 OPERATOR_REQUERY = timedelta(hours=1)  # how often a handed-over share waiting for an operator is asked about
 RATIO_REFUSAL = "比例"  # 分账金额超出最大分账比例: our cached ratio is stale
@@ -201,6 +209,73 @@ def _strand(query, kind: str, why: str, limit: int) -> int:
     return len(stranded)
 
 
+def frozen_until(paid_at: datetime) -> datetime:
+    """When WeChat unfreezes an order's unshared money to its merchant: ``FROZEN_FOR`` after WeChat's payment time."""
+    return paid_at + FROZEN_FOR
+
+
+def lapsed(paid_at: datetime | None, now: datetime) -> bool:
+    return paid_at is not None and now >= frozen_until(paid_at)
+
+
+def release_lapsed(now: datetime, limit: int = 100) -> int:
+    """The shares never sent whose order's money WeChat has unfrozen to the merchant by itself (``FROZEN_FOR`` after
+    the payment): the rest is released in our books and their payouts go to an operator (``_lapse``). Runs whether
+    or not the rail is switched on (WeChat released the money regardless). A share that may be at WeChat (``posted``)
+    is never taken here: it is queried (``claim``), and booked so only if WeChat never saw it.
+
+    Each order and share row is locked, skipping any another runner holds (nothing waits): any number of runners may
+    call it at once, and each share is booked once (its status, and the release's key per order)."""
+    rows = db.session.execute(
+        select(ProfitShare, Order.paid_at)
+        .join(Order, Order.id == ProfitShare.order_id)
+        .where(
+            ProfitShare.posted.is_(False),
+            ProfitShare.status.in_([ShareStatus.PENDING, ShareStatus.NEEDS_OPERATOR]),
+            Order.paid_at.is_not(None),
+            Order.paid_at <= now - FROZEN_FOR,
+        )
+        .order_by(ProfitShare.id)
+        .limit(limit)
+        .with_for_update(of=[Order, ProfitShare], skip_locked=True)
+        .execution_options(populate_existing=True)
+    ).all()
+    for row, paid_at in rows:
+        _lapse(row, paid_at, now, [])
+    db.session.flush()
+    return len(rows)
+
+
+def _lapse(row: ProfitShare, paid_at: datetime, now: datetime, carried: list[Payout]) -> None:
+    """WeChat unfroze the order's unshared money to its merchant (``frozen_until``) and no share of this order took
+    any of it: our books release what is still frozen (``release_frozen``: as an unfreeze), the share is finished,
+    sharing nothing, and the payouts it was to carry (``carried``) or still waiting on it go to an operator, who decides
+    (the merchant may pay them from its own money; they are never sent from the platform's account). The caller holds
+    the order's and the share's row locks."""
+    deadline = frozen_until(paid_at)
+    when = beijing(deadline).strftime("%Y-%m-%d %H:%M")
+    why = (
+        f"WeChat unfroze order {row.order_id}'s unshared money to its merchant at {when} Beijing time "
+        f"({FROZEN_FOR.days} days after its payment) before share {row.out_order_no} took any: no share can carry "
+        "this payout any more"
+    )
+    _to_operator(carried, row, why, kind=LAPSED)
+    for payout in carried:  # WeChat never had them: SQL NULL (not JSON null), "never handed over" to the clawback
+        payout.request = null()
+    stranded = _strand(select(Payout).where(Payout.order_id == row.order_id), LAPSED, why, 1000)
+    released = release_frozen(row.order_id, row.merchant_id)
+    row.kind = row.kind or ShareKind.UNFREEZE  # WeChat's own unfreeze: nothing was shared
+    row.status, row.finished_at, row.lease_until, row.shared_fen = ShareStatus.FINISHED, deadline, None, 0
+    note = f"WeChat unfroze the order's money to its merchant {FROZEN_FOR.days} days after its payment ({when})"
+    row.last_error = "; ".join(filter(None, [row.last_error, note]))[:2000]
+    alert_once(
+        LAPSED,
+        row.out_order_no,
+        text=f"{note}, before share {row.out_order_no} went: {released} fen still frozen in our books were released "
+        f"to the merchant; {len(carried) + stranded} payout(s) waiting on the share went to an operator.",
+    )
+
+
 def _due(now: datetime, querying: bool):
     if querying:  # accepted and still sharing, or handed over with no answer we could read
         where = or_(
@@ -279,6 +354,7 @@ class ShareJob:
     body: dict
     query_first: bool
     receivers_to_add: tuple[tuple[str, str, str | None], ...] = ()  # (type, account, sub_appid)
+    lapsed: bool = False  # WeChat has unfrozen the order's money (``frozen_until``): nothing may be sent any more
 
 
 def claim(now: datetime, settings: ShareSettings, client, *, querying: bool) -> list[ShareJob]:
@@ -295,6 +371,8 @@ def claim(now: datetime, settings: ShareSettings, client, *, querying: bool) -> 
         .scalars()
         .all()
     )
+    on = select(Order.id, Order.paid_at).where(Order.id.in_([r.order_id for r in shares]))
+    paid = dict(db.session.execute(on).tuples().all())  # WeChat's payment times: ``lapsed``
     jobs = []
     for row in shares:
         if row.kind is None and not _plan(row, now, settings, client):
@@ -314,6 +392,7 @@ def claim(now: datetime, settings: ShareSettings, client, *, querying: bool) -> 
                 dict(row.request),
                 query_first=query_first,
                 receivers_to_add=_receivers_to_add(row),
+                lapsed=lapsed(paid.get(row.order_id), now),
             )
         )
     db.session.flush()
@@ -325,6 +404,9 @@ def _plan(row: ProfitShare, now: datetime, settings: ShareSettings, client) -> b
     order = db.session.execute(
         select(Order).where(Order.id == row.order_id).with_for_update().execution_options(populate_existing=True)
     ).scalar_one()
+    if lapsed(order.paid_at, now):  # WeChat has unfrozen its money to the merchant: nothing can be shared any more
+        _lapse(row, order.paid_at, now, [])
+        return False
     if refund_open(order.id):  # the refund decides first what is still owed; its payouts are held
         row.next_attempt_at = now + settings.poll * 10
         return False
@@ -539,9 +621,15 @@ def call(job: ShareJob, client) -> ShareCall:
             try:
                 answer = client.query_order(job.sub_mchid, job.transaction_id, job.out_order_no)
             except WeChatNotFound:
-                pass  # WeChat never saw this number: the same body may be sent
+                if job.lapsed:  # never seen, and the order's money is the merchant's now: nothing is sent
+                    result.outcome = "lapsed"
+                    return result
+                # WeChat never saw this number: the same body may be sent
             else:
                 return _answered(result, answer, job)
+        elif job.lapsed:  # (planned before the deadline, never sent: the same)
+            result.outcome = "lapsed"
+            return result
         for receiver_type, account, sub_appid in job.receivers_to_add:
             result.calls.append("add_receiver")
             try:
@@ -594,12 +682,12 @@ def record(job: ShareJob, result: ShareCall, now: datetime, settings: ShareSetti
 
     The order's row is locked first, as a refund locks it before its payouts: the share's answer moves the
     order's frozen money (``Order.frozen_fen``), and releases the rest when the share is finished."""
-    db.session.execute(
-        select(Order.id)
+    paid_at = db.session.execute(
+        select(Order.paid_at)
         .join(ProfitShare, ProfitShare.order_id == Order.id)
         .where(ProfitShare.id == job.share_id)
         .with_for_update(of=Order)
-    )
+    ).scalar_one()
     row = db.session.execute(
         select(ProfitShare)
         .where(ProfitShare.id == job.share_id)
@@ -610,9 +698,11 @@ def record(job: ShareJob, result: ShareCall, now: datetime, settings: ShareSetti
     if row.status != ShareStatus.SENDING:  # decided meanwhile (an operator)
         return row.status
     row.lease_until = None
-    row.last_error = None if result.outcome == "answered" else f"{result.code}: {result.message}"[:2000]
+    row.last_error = None if result.outcome in ("answered", "lapsed") else f"{result.code}: {result.message}"[:2000]
     if result.outcome == "answered":
         _apply_answer(row, result.answer, now, settings)
+    elif result.outcome == "lapsed":  # WeChat never saw it and has unfrozen the order's money to the merchant
+        _lapse(row, paid_at, now, _share_payouts(row))
     elif result.outcome == "refused" and result.definite and RATIO_REFUSAL in result.message:
         _replan(row, now)  # our cached ratio was stale: fetch it again and plan anew (nothing exists at WeChat)
     elif result.outcome == "refused" and result.definite and RECEIVER_MISSING in result.message:
