@@ -72,10 +72,11 @@ QUERY_ERRORS: dict[str, Outcome] = {
     # parameters: resend, never a new number.
     "NOT_FOUND": Outcome.NOT_FOUND,
 }
-# The outcomes after which the money moves on (FAILED: a new number; FALLBACK: another rail; GIVE_UP_USER and
-# UNCLAIMED: back to the balance, from where it may be withdrawn): acted on only when the answer is WeChat's word
-# about our packet (``_not_wechats_word``); any other answer saying them is UNKNOWN and gethbinfo decides.
-MONEY_MOVES_ON = frozenset({Outcome.FAILED, Outcome.FALLBACK, Outcome.GIVE_UP_USER, Outcome.UNCLAIMED})
+# The outcomes of a sendredpack refusal after which the money moves on (FAILED: a new number; FALLBACK: another rail;
+# GIVE_UP_USER: back to the balance, from where it may be withdrawn): acted on only in an answer with return_code
+# SUCCESS (``_not_wechats_word``); one with return_code FAIL saying them is UNKNOWN and gethbinfo decides. (gethbinfo's
+# own FAILED and REFUND are read only from an answer with return_code SUCCESS that names our number: ``query``.)
+MONEY_MOVES_ON = frozenset({Outcome.FAILED, Outcome.FALLBACK, Outcome.GIVE_UP_USER})
 # gethbinfo status → outcome. SENT: the money has left our account for the user's packet,
 # which is all we can pay; the user may still never open it (then WeChat refunds it to
 # us after 24 h — see ``_refund`` and ``payouts.unclaimed``). FAILED: this number definitively failed.
@@ -190,7 +191,7 @@ class RedpackRail:
             return RailResult(Outcome.MISMATCH, "ANSWER_MISMATCH", f"send answer disagrees: {wrong}")
         known = SEND_OUTCOMES.get(answer.err_code) or DAILY_AMOUNT_LIMITS.get(answer.err_code)
         outcome = ((known or Outcome.UNKNOWN) if answer.result_code == "FAIL" else None) or Outcome.UNKNOWN
-        doubt = _not_wechats_word(answer, external_no) if outcome in MONEY_MOVES_ON else None
+        doubt = _not_wechats_word(answer) if outcome in MONEY_MOVES_ON else None
         if doubt:  # SEND_FAILED, MONEY_LIMIT, NO_AUTH not about our packet: it may have left
             return _unproven(answer.err_code, doubt)
         return self._refused(answer, outcome)
@@ -228,24 +229,20 @@ class RedpackRail:
             return RailResult(Outcome.MISMATCH, "ANSWER_MISMATCH", f"answer disagrees: {wrong}")
         ref = str(answer.fields.get("detail_id") or "") or None
         if answer.status == "REFUND":
-            result = _refund(answer, request, ref)
-        else:
-            outcome = STATUS_OUTCOMES.get(answer.status, Outcome.UNKNOWN)
-            result = RailResult(outcome, answer.status or "NO_STATUS", str(answer.fields.get("reason", "")), ref)
-        doubt = _not_wechats_word(answer, external_no) if result.outcome in MONEY_MOVES_ON else None
-        return _unproven(answer.status, doubt) if doubt else result  # FAILED / REFUND: only WeChat's word
+            return _refund(answer, request, ref)
+        outcome = STATUS_OUTCOMES.get(answer.status, Outcome.UNKNOWN)
+        return RailResult(outcome, answer.status or "NO_STATUS", str(answer.fields.get("reason", "")), wechat_ref=ref)
 
 
-def _not_wechats_word(answer: RedpackResult, external_no: str) -> str | None:
-    """Why an answer after which the money would move on (a new number, another rail, back to the balance) is not
-    WeChat's word about our packet, or None when it is: return_code SUCCESS and our mch_billno named in it. A sign,
-    when the answer carries one, matched our v2 key (a wrong one never gets here: the client raises); WeChat's
-    sendredpack and gethbinfo answers list none, and come over TLS from WeChat's verified certificate. An answer with
-    return_code FAIL (a communication failure, a proxy's error page turned XML) says nothing about our packet."""
+def _not_wechats_word(answer: RedpackResult) -> str | None:
+    """Why a refusal after which the money would move on (a new number, another rail, back to the balance) is not
+    WeChat's word about our packet, or None when it is. A refusal is read from an answer with return_code SUCCESS
+    (the call reached WeChat and WeChat decided); one with return_code FAIL (a communication failure, a proxy's error
+    page turned XML) says nothing about our packet, whatever err_code it carries. A sign, when the answer carries
+    one, matched our v2 key (a wrong one never gets here: the client raises); one naming another packet's number,
+    amount or payee never gets here either (``_about_another``: an operator looks)."""
     if answer.return_code != "SUCCESS":
         return f"came with return_code {answer.return_code or 'EMPTY'}"
-    if answer.fields.get("mch_billno") != external_no:
-        return "does not name our mch_billno"
     return None
 
 
