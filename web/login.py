@@ -10,6 +10,7 @@ the code, then write the user and commit).
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from datetime import timedelta
 from typing import Annotated
@@ -46,8 +47,12 @@ STATE_COOKIE = "oauth_state"  # the state of the sign-in this browser started (`
 SCOPES = ("snsapi_base", "snsapi_userinfo")
 
 
+CODE_MOST = 128  # a wx.login or OAuth code: WeChat's are 32 letters and digits
+CODE_PATTERN = r"^[A-Za-z0-9_\-]+$"
+
+
 class Login(Model):
-    code: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")]
+    code: Annotated[str, Field(min_length=1, max_length=CODE_MOST, pattern=CODE_PATTERN)]
 
 
 def user_json(user: User) -> dict:
@@ -267,7 +272,12 @@ def _consume_state(state: str) -> OAuthState:
     summary="WeChat's redirect back: sign the person in and go to next#token=…",
     tags=["auth"],
     parameters=[
-        {"name": "code", "in": "query", "required": True, "schema": {"type": "string"}},
+        {
+            "name": "code",
+            "in": "query",
+            "required": True,
+            "schema": {"type": "string", "maxLength": CODE_MOST, "pattern": CODE_PATTERN},
+        },
         {"name": "state", "in": "query", "required": True, "schema": {"type": "string"}},
     ],
     responses={
@@ -289,6 +299,10 @@ def oauth_callback():
         raise ValidationFailed("code and state are required", code="invalid_oauth_callback")
     if len(state) > 64:
         raise ValidationFailed("state is longer than the 64 characters we ever send", code="invalid_oauth_callback")
+    if len(code) > CODE_MOST or not re.fullmatch(CODE_PATTERN, code):  # before the state is spent or WeChat asked
+        raise ValidationFailed(
+            f"code is not one WeChat issues: 1 to {CODE_MOST} letters, digits, - or _", code="invalid_oauth_callback"
+        )
     if not hmac.compare_digest(request.cookies.get(_state_cookie(state), "").encode(), state.encode()):
         raise ApiError(
             "this sign-in was not started in this browser; start again", code="invalid_oauth_state", status=400

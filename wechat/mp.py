@@ -120,11 +120,14 @@ def _request_json(
 
 
 IDENTIFIER_MOST = 64  # user_identities.openid, users.unionid
+# WeChat's openids and unionids are 28 letters, digits, ``-`` and ``_``. Any other text (a blank ``" "``, ``"o-1 "``
+# beside ``"o-1"``, a fullwidth look-alike) is no identifier: every answer carrying the same one would be one person.
+IDENTIFIER = re.compile(rf"[A-Za-z0-9_-]{{1,{IDENTIFIER_MOST}}}")
 
 
 def _identifier(value: Any) -> bool:
-    """An openid / unionid we can store and compare: text of 1 to 64 printable characters (WeChat's are 28)."""
-    return isinstance(value, str) and 0 < len(value) <= IDENTIFIER_MOST and value.isprintable()
+    """An openid / unionid we can store and compare: 1 to 64 letters, digits, ``-`` or ``_``."""
+    return isinstance(value, str) and IDENTIFIER.fullmatch(value) is not None
 
 
 def _check_identity(data: dict[str, Any], secret_field: str, call: str) -> None:
@@ -204,6 +207,9 @@ class OAuthClient:
     def fetch_userinfo(self, access_token: str, openid: str, lang: str = "zh_CN") -> dict[str, Any]:
         params = {"access_token": access_token, "openid": openid, "lang": lang}
         data = _get_json(self.session, f"{self.api_base}/sns/userinfo", params, self.timeout)
+        # about the openid asked for, or its unionid would join that openid to whoever holds the unionid
+        if data.get("openid") != openid:
+            raise WeChatUnavailable("userinfo answer is about another openid", code="UNPARSEABLE_RESPONSE")
         if data.get("unionid") is not None and not _identifier(data["unionid"]):
             raise WeChatUnavailable("userinfo answer has an unusable unionid", code="UNPARSEABLE_RESPONSE")
         return data
