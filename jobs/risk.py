@@ -25,6 +25,7 @@ from models.operators import Actor
 from payouts import MoneySettings
 from rebate import ban_ops, campaign_ops
 from rebate.errors import RebateError
+from rebate.orders import fill_order_networks
 from risk.communities import GraphSettings, build_graph, record_communities, score_graph
 from risk.spikes import Spike, SpikeSettings, fold_hours
 from risk.trail import purge_events
@@ -163,6 +164,23 @@ def lift_expired_bans_job() -> Counter:
     """Bans past their end are lifted and their effects undone (a person active again, a merchant no longer
     suspended), each ban in its own transaction; several nodes at once lift each ban once (under its row lock)."""
     return lift_expired_bans(utcnow())
+
+
+FILL_BATCHES = 20  # batches of ``fill_order_networks`` per run, each its own transaction
+
+
+def fill_order_networks_job() -> Counter:
+    """Orders written before their network was kept (migration 0046) get it, a thousand per transaction, up to
+    ``FILL_BATCHES`` a run: once they are all filled each run is one empty look through a partial index. Several nodes
+    at once fill disjoint orders (the rows are locked, skipping those another holds)."""
+    filled = 0
+    for _ in range(FILL_BATCHES):
+        with unit_of_work():
+            done = fill_order_networks()
+        filled += done
+        if done == 0:
+            break
+    return Counter(filled=filled)
 
 
 def purge_behaviour_events_job() -> Counter:

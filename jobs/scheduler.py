@@ -53,7 +53,13 @@ from jobs.payouts import (
 from jobs.profit_sharing import query_profit_shares, share_due_orders
 from jobs.reconcile_cli import reconcile_command
 from jobs.retention import purge_kept_rows_job
-from jobs.risk import collusion_job, lift_expired_bans_job, purge_behaviour_events_job, spike_job
+from jobs.risk import (
+    collusion_job,
+    fill_order_networks_job,
+    lift_expired_bans_job,
+    purge_behaviour_events_job,
+    spike_job,
+)
 from models import alert_once, db, unit_of_work
 from models.alerts import noting_busy_rows, resolve_alerts
 from models.base import BEIJING
@@ -71,6 +77,7 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (settle_covered_debts, 300),  # receivables a balance has covered since (a payout back in it, ...)
     (deliver_alerts, 30),
     (lift_expired_bans_job, 60),
+    (fill_order_networks_job, 300),  # orders of before migration 0046 get their network (a ban's lift finds them)
     (spike_job, 300),  # folds only whole hours, each once
     (collusion_job, 3600),
     (insights_rollup_job, 300),  # today's rollups again; days never built (the catch-up) too

@@ -18,6 +18,7 @@ from sqlalchemy import (
     false,
     or_,
     select,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -90,8 +91,9 @@ class Order(Base):
     # Where the order was placed from (the server-issued device, the network address), for risk.
     device: Mapped[str | None] = mapped_column(String(32))
     ip: Mapped[str | None] = mapped_column(String(45))
-    # ``risk.net.net_of(ip)``, its /24 or /48, kept with it: a ban on an address or a network finds its orders by it
-    # (``rebate.milestones.orders_to_resume``) instead of reading every order placed over IPv6.
+    # ``risk.net.net_of(ip)``, its /24 or /48, kept with it ("" for an ``ip`` that is no address): a ban on an address
+    # or a network finds its orders by it (``rebate.milestones.orders_to_resume``) instead of reading every order
+    # placed over IPv6. NULL with an ``ip``: written before it was kept, filled by a job (``fill_order_networks``).
     ip_net: Mapped[str | None] = mapped_column(String(49), index=True)
     # The payment's risk verdict: score 0-100, the decision (allow | review | block), and ``risk`` the
     # features with their contributions in words and each campaign's decision (``risk.scoring``).
@@ -120,6 +122,13 @@ class Order(Base):
             name="wallet_returned_within_used",
         ),
         CheckConstraint("refunded_fen >= 0 and refunded_fen <= payable_fen", name="refund_within_paid"),
+        # the orders whose network is still to be filled (few once the job has run): found without a scan
+        Index(
+            "ix_orders_ip_net_unfilled",
+            "id",
+            postgresql_where=text("ip_net IS NULL AND ip IS NOT NULL"),
+            sqlite_where=text("ip_net IS NULL AND ip IS NOT NULL"),
+        ),
     )
 
     @property

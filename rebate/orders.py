@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, event, select
+from sqlalchemy import bindparam, event, select, update
 
 from models import Campaign, Order, OrderLine, OrderPacket, OrderStatus, PacketStatus, Product, RedPacket, User, db
 from models.base import beijing
@@ -34,7 +34,32 @@ MIN_PAYABLE_FEN = 1  # WeChat's minimum
 @event.listens_for(Order.ip, "set")
 def _keep_ip_net(order: Order, ip: str | None, _old, _initiator) -> None:
     """``Order.ip_net`` follows ``Order.ip`` however it is set (a ban's lift finds orders by it)."""
-    order.ip_net = net_of(ip)
+    order.ip_net = network_of(ip)
+
+
+def network_of(ip: str | None) -> str | None:
+    """What ``Order.ip_net`` holds for ``ip``: its /24 or /48; "" for text that is no address (filled: nothing to
+    find it by); None for none."""
+    return None if ip is None else net_of(ip) or ""
+
+
+def fill_order_networks(batch: int = 1000) -> int:
+    """``Order.ip_net`` of up to ``batch`` orders written before it was kept (``ix_orders_ip_net_unfilled``), lowest
+    ids first; how many. The caller commits: a short transaction per batch, never the whole table at once."""
+    rows = db.session.execute(
+        select(Order.id, Order.ip)
+        .where(Order.ip_net.is_(None), Order.ip.is_not(None))
+        .order_by(Order.id)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if rows:
+        orders = Order.__table__
+        db.session.execute(
+            update(orders).where(orders.c.id == bindparam("order_id")).values(ip_net=bindparam("net")),
+            [{"order_id": order_id, "net": network_of(ip)} for order_id, ip in rows],
+        )
+    return len(rows)
 
 
 @dataclass(frozen=True)

@@ -268,6 +268,7 @@ def test_scheduler_has_every_job(app):
         "dispatch_notices",
         "dispatch_payouts",
         "expire_packets_and_conditions",
+        "fill_order_networks_job",
         "fold_ledger_marks",
         "insights_rollup_job",
         "invoice_fees",
