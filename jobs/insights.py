@@ -26,7 +26,18 @@ from sqlalchemy import delete, select, update
 
 from insights.rollups import beijing_day, day_bounds, first_data_day, people_rows, roll_up_day
 from jobs.payouts import row_failed
-from models import InsightsDaily, InsightsDay, InsightsPerson, LedgerEntry, Order, Payout, db, unit_of_work, utcnow
+from models import (
+    InsightsDaily,
+    InsightsDay,
+    InsightsPerson,
+    LedgerEntry,
+    Order,
+    Payout,
+    Refund,
+    db,
+    unit_of_work,
+    utcnow,
+)
 from models.sql import insert_ignoring, insert_rows
 
 log = logging.getLogger(__name__)
@@ -62,14 +73,19 @@ def rebuild(days: Iterable[date], now: datetime, progress: Callable[[date], None
     return results
 
 
-# Events dated by WeChat's time, by the key of the ledger entry their recording posts (dated when recorded).
-LATE_EVENTS = (("order:%:sale", Order, Order.paid_at), ("payout:%:paid", Payout, Payout.finished_at))
+# Events dated by WeChat's time, by the key of the ledger entry their recording posts (dated when recorded): a
+# refund counts on its success_time, which a lost notification may leave to a query days later.
+LATE_EVENTS = (
+    ("order:%:sale", Order, Order.paid_at),
+    ("payout:%:paid", Payout, Payout.finished_at),
+    ("refund:%", Refund, Refund.finished_at),
+)
 LATE_MARGIN = timedelta(minutes=10)  # an entry dated before the run but committed after its read
 
 
 def late_days(since: datetime, before: datetime) -> set[date]:
-    """The Beijing days of the payments and payouts recorded since ``since`` that WeChat dated before ``before``
-    (the end of the last final day: only those can be late; the rest are rebuilt anyway)."""
+    """The Beijing days of the payments, payouts and refunds recorded since ``since`` that WeChat dated before
+    ``before`` (the end of the last final day: only those can be late; the rest are rebuilt anyway)."""
     days: set[date] = set()
     for pattern, model, when in LATE_EVENTS:
         keys = db.session.execute(
@@ -85,8 +101,8 @@ def late_days(since: datetime, before: datetime) -> set[date]:
 
 
 def due_days(now: datetime) -> list[date]:
-    """Days not final yet, from the first day with data to today (Beijing), and the final days of payments and
-    payouts recorded since the previous run (the rolled time of the latest day built) that WeChat dated there."""
+    """Days not final yet, from the first day with data to today (Beijing), and the final days of payments, refunds
+    and payouts recorded since the previous run (the rolled time of the latest day built) that WeChat dated there."""
     today = beijing_day(now)
     first = first_data_day() or today
     final = set(

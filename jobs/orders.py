@@ -27,7 +27,7 @@ from rebate import PayAccount, RefundOutcome, apply_payment, apply_refund_notice
 from rebate.orders import lock_order
 from wechat.errors import WeChatBusinessError, WeChatError, WeChatNotFound
 from wechat.partner import SubMerchant
-from wechat.transactions import MalformedResource, RefundNotice, Transaction, read_time
+from wechat.transactions import MalformedResource, RefundAnswer, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -285,16 +285,6 @@ class RefundAsk:
     sub: SubMerchant | None = None
 
 
-@dataclass(frozen=True)
-class RefundAnswer:
-    """WeChat's answer about a refund, read: its state, and the times read from the answer itself (its create_time;
-    a success_time it gave unreadably, dropped from ``notice`` and kept here as text for the intake to note)."""
-
-    notice: RefundNotice
-    requested_at: datetime | None = None
-    unreadable_time: str | None = None
-
-
 NEVER_HEARD = "not_found"  # WeChat's query: no refund of this number (our request never reached it)
 NEVER_REACHED = "never_reached"  # ... and it was sent again MAX_RESENDS times: only asked about now, an operator told
 MAX_RESENDS = 5  # a refund WeChat has never heard of is sent again under its number at most this often (then alerted)
@@ -388,25 +378,8 @@ def _send_refund(ask: RefundAsk | str | None) -> RefundAnswer | WeChatBusinessEr
 
 
 def _read_answer(answer: object, ask: RefundAsk) -> RefundAnswer:
-    """A refund answer about ``ask``'s refund (one about another is unreadable: ``MalformedResource``), with its
-    create_time; a success_time that is not an RFC 3339 time with its offset does not make the whole answer
-    unreadable (the refund's money has moved): it is dropped, and the intake counts the refund at our clock."""
-    data, unreadable = answer, None
-    told = answer.get("success_time") if isinstance(answer, dict) else None
-    if told not in (None, "") and _time_or_none(told) is None:
-        data, unreadable = {k: v for k, v in answer.items() if k != "success_time"}, str(told)
-    notice = RefundNotice.answer_about(data, ask.out_trade_no, ask.out_refund_no)
-    created = _time_or_none(answer.get("create_time")) if isinstance(answer, dict) else None
-    return RefundAnswer(notice, created, unreadable)
-
-
-def _time_or_none(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return read_time(value)
-    except ValueError:
-        return None
+    """A refund answer about ``ask``'s refund, read as every refund answer is (``RefundAnswer.read``)."""
+    return RefundAnswer.read(answer, ask.out_trade_no, ask.out_refund_no)
 
 
 def _record_refund(ask: RefundAsk | str | None, answer: RefundAnswer | WeChatBusinessError | str, now: datetime) -> str:

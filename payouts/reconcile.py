@@ -156,7 +156,8 @@ STALE_RUN = timedelta(hours=1)  # a run still ``running`` this long after it beg
 def days_to_catch_up(yesterday: date, now: datetime) -> list[date]:
     """The days of the ``CATCH_UP_DAYS`` before ``yesterday`` (none before the first order) that no run reconciled:
     never run (the jobs were down at 10:30), failed (a bill not ready yet: ``STATEMENT_CREATING``; a download cut
-    off), or left ``running`` by a process that died. The daily job reconciles them again after yesterday."""
+    off), or left ``running`` by a process that died; and those reconciled before a refund their bill lists was
+    applied here (``_days_refunds_changed``). The daily job reconciles them again after yesterday."""
     first = db.session.execute(select(func.min(Order.created_at))).scalar()
     if first is None:
         return []
@@ -170,8 +171,78 @@ def days_to_catch_up(yesterday: date, now: datetime) -> list[date]:
     for day, status, started_at in rows:
         alive = status == RunStatus.RUNNING and started_at > now - STALE_RUN  # another node's, at work now
         (done if status == RunStatus.DONE or alive else undone).add(day)
+    undone |= _days_refunds_changed(since, yesterday)
     days = [since + timedelta(days=n) for n in range((yesterday - since).days)]
     return [d for d in days if d.isoformat() not in done or d.isoformat() in undone]
+
+
+def _days_refunds_changed(since: date, yesterday: date) -> set[str]:
+    """The days from ``since`` to before ``yesterday`` whose trade bill was reconciled (done) before what we know of
+    a refund it lists changed: a refund applied after that run (its notification lost, WeChat's word found by a
+    query days later, perhaps after its day was final elsewhere), or one whose open finding there (expected, not in
+    the bill) another day's bill has since shown to be that day's. Reconciled again, against the same bill: the
+    refund matches on its own day, or a finding stays there; never on the day it was applied."""
+    runs = (
+        select(ReconciliationRun.bill_date, func.min(ReconciliationRun.finished_at))
+        .where(
+            ReconciliationRun.kind == BillKind.TRADE,
+            ReconciliationRun.status == RunStatus.DONE,
+            ReconciliationRun.bill_date >= since.isoformat(),
+            ReconciliationRun.bill_date < yesterday.isoformat(),
+        )
+        .group_by(ReconciliationRun.bill_date)
+    )
+    days = set()
+    for bill_date, finished in db.session.execute(runs).all():
+        if finished is None:  # (a run marked done with no end: nothing to compare with)
+            continue
+        start, end = _day_window(date.fromisoformat(bill_date))
+        applied_since = select(Refund.id).where(*_refunds_made_in(start, end), Refund.applied_at > finished).limit(1)
+        if db.session.execute(applied_since).first() is not None:
+            days.add(bill_date)
+    expected = (
+        select(ReconciliationRun.bill_date, Refund)
+        .join(ReconciliationMismatch, ReconciliationMismatch.run_id == ReconciliationRun.id)
+        .join(Refund, Refund.out_refund_no == ReconciliationMismatch.subject_ref)
+        .where(
+            ReconciliationRun.kind == BillKind.TRADE,
+            ReconciliationRun.status == RunStatus.DONE,
+            ReconciliationRun.bill_date >= since.isoformat(),
+            ReconciliationRun.bill_date < yesterday.isoformat(),
+            ReconciliationMismatch.subject_type == SubjectType.REFUND,
+            ReconciliationMismatch.kind == MISSING_THERE,
+            ReconciliationMismatch.resolved_at.is_(None),
+        )
+    )
+    for bill_date, refund in db.session.execute(expected).tuples():
+        if request_day(refund).isoformat() != bill_date:
+            days.add(bill_date)
+    return days
+
+
+def request_day(refund: Refund) -> date:
+    """The Beijing day whose trade bill lists ``refund`` as reconciliation expects it (``_refunds_made_in``):
+    WeChat's time of its request when known, else the earlier of our record of it and its finish."""
+    asked = refund.requested_at
+    if asked is None:
+        finished = refund.finished_at
+        asked = finished if finished is not None and finished < refund.created_at else refund.created_at
+    return beijing(asked).date()
+
+
+def reconciled_long_ago(refund: Refund, now: datetime) -> date | None:
+    """The request day of a refund applied ``now`` when that day's trade bill was reconciled already and the next
+    daily job may no longer reconcile it again by itself (``CATCH_UP_DAYS`` before yesterday, counted from the next
+    job's yesterday: today's); None otherwise."""
+    day = request_day(refund)
+    if day >= beijing(now).date() - timedelta(days=CATCH_UP_DAYS):
+        return None
+    done = select(ReconciliationRun.id).where(
+        ReconciliationRun.bill_date == day.isoformat(),
+        ReconciliationRun.kind == BillKind.TRADE,
+        ReconciliationRun.status == RunStatus.DONE,
+    )
+    return day if db.session.execute(done.limit(1)).first() is not None else None
 
 
 def bill_day(bill_date: date | str, now: datetime) -> date:

@@ -54,6 +54,7 @@ from payouts import (
     release_order_payouts,
 )
 from payouts.profit_share import frozen_ref, own_sales_ref
+from payouts.reconcile import reconciled_long_ago
 from rebate import budgets
 from rebate.awards import cancel_held, with_lines
 from rebate.campaigns import face_funder_ref, own_price, rules_of
@@ -562,8 +563,29 @@ def apply_refund_notice(
     if outcome.accepted:
         note_notification(notification_id, order.out_trade_no, NotificationKind.REFUND, outcome)
         _note_requested(order, notice.out_refund_no, requested_at or getattr(notice, "create_time", None))
+    if outcome == RefundOutcome.SUCCESS:
+        _tell_if_reconciled_long_ago(order, notice.out_refund_no, now)
     db.session.flush()
     return outcome
+
+
+def _tell_if_reconciled_long_ago(order: Order, out_refund_no: str, now: datetime) -> None:
+    """A refund applied now whose day (the bill that lists it) was reconciled before and lies beyond the days the
+    daily job reconciles again by itself: an operator is told once which day to reconcile again (its finding there
+    stays open until then). A nearer day is reconciled again by the daily job (``payouts.reconcile``)."""
+    refund = _refund_of(order, out_refund_no)
+    if refund is None or refund.applied_at != now:  # applied before (told again)
+        return
+    day = reconciled_long_ago(refund, now)
+    if day is None:
+        return
+    alert_once(
+        "refund_after_reconciliation",
+        refund.out_refund_no,
+        text=f"refund {refund.out_refund_no} of order {order.out_trade_no} ({refund.amount_fen} fen) was applied "
+        f"here at {now.isoformat()}, after the trade bill of {day} that lists it was reconciled: run "
+        f"`flask jobs reconcile --date {day}` to reconcile that day again",
+    )
 
 
 def _note_requested(order: Order, out_refund_no: str, requested_at: datetime | None) -> None:

@@ -29,7 +29,7 @@ from web.errors import NotFound
 from web.payment_api import sub_merchant
 from web.schemas import Model, PositiveFen, shown_line
 from wechat.errors import WeChatBusinessError, WeChatError
-from wechat.transactions import RefundNotice
+from wechat.transactions import RefundAnswer
 
 bp = Blueprint("refunds_admin", __name__, url_prefix="/admin/api")
 
@@ -134,11 +134,11 @@ def create_refund(order_id: int, body: CreateRefund):
         audit(actor(), "refund.create", "order", order.id, why, out_refund_no=number, amount_fen=body.amount_fen)
         return RefundCall(refund.id, order.out_trade_no, refund.out_refund_no, order.payable_fen, order.sub_mchid)
 
-    def ask(r: RefundCall) -> RefundNotice | WeChatError | None:
+    def ask(r: RefundCall) -> RefundAnswer | WeChatError | None:
         if r.ended:
             return None
-        try:
-            return RefundNotice.answer_about(
+        try:  # read as the refund job reads its answers: WeChat's create_time is the day its bill lists the refund
+            return RefundAnswer.read(
                 call_refund(r.out_trade_no, r.out_refund_no, body.amount_fen, r.total_fen, body.reason, r.sub_mchid),
                 r.out_trade_no,
                 r.out_refund_no,
@@ -146,10 +146,17 @@ def create_refund(order_id: int, body: CreateRefund):
         except WeChatError as exc:  # an unreadable answer too (MalformedResource): the refund job asks again
             return exc
 
-    def record(r: RefundCall, answer: RefundNotice | WeChatError | None) -> dict:
-        if isinstance(answer, RefundNotice):
+    def record(r: RefundCall, answer: RefundAnswer | WeChatError | None) -> dict:
+        if isinstance(answer, RefundAnswer):
             cfg = current_app.config
-            apply_refund_notice(answer, PayAccount.from_config(cfg), utcnow(), money=MoneySettings.from_config(cfg))
+            apply_refund_notice(
+                answer.notice,
+                PayAccount.from_config(cfg),
+                utcnow(),
+                money=MoneySettings.from_config(cfg),
+                requested_at=answer.requested_at,
+                unreadable_time=answer.unreadable_time,
+            )
         elif isinstance(answer, WeChatBusinessError) and not answer.retryable:
             why = f"WeChat refused it: {answer.code} {answer.message}"  # definitive: WeChat will not refund this
             fail_refund(r.out_refund_no, RefundStatus.FAILED, utcnow(), why=why)

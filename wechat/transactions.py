@@ -173,6 +173,40 @@ class RefundNotice:
 
 
 @dataclass(frozen=True)
+class RefundAnswer:
+    """An API answer about a refund (its creation or a query), read: its state, and the times read from the answer
+    itself: ``requested_at``, WeChat's create_time (when it took the request: the day its trade bill lists the
+    refund), and ``unreadable_time``, a success_time given unreadably (dropped from ``notice``, kept as text)."""
+
+    notice: RefundNotice
+    requested_at: datetime | None = None
+    unreadable_time: str | None = None
+
+    @classmethod
+    def read(cls, answer: object, out_trade_no: str, out_refund_no: str) -> RefundAnswer:
+        """The one reader of a refund answer, for every caller that asks WeChat to refund or about a refund: one
+        about another refund is unreadable (``RefundNotice.answer_about``); a success_time or create_time that is
+        not an RFC 3339 time with its offset does not make the whole answer unreadable (the refund's money may
+        have moved): the success_time is dropped (and kept as text), the create_time ignored."""
+        data, unreadable = answer, None
+        told = answer.get("success_time") if isinstance(answer, Mapping) else None
+        if told not in (None, "") and _time_or_none(told) is None:
+            data, unreadable = {k: v for k, v in answer.items() if k != "success_time"}, str(told)
+        notice = RefundNotice.answer_about(data, out_trade_no, out_refund_no)
+        created = _time_or_none(answer.get("create_time")) if isinstance(answer, Mapping) else None
+        return cls(notice, created, unreadable)
+
+
+def _time_or_none(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return read_time(value)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
 class TransferBill:
     """A 2025 transfer bill (商家转账) as WeChat tells it: our number, WeChat's, the state, who and how much.
 
