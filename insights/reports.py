@@ -23,10 +23,11 @@ from models.campaigns import serves_merchant
 
 GRANULARITIES = ("day", "week", "month")
 SALES = ("sales", "refunds", "category_sales", "category_refunds")
-OVERALL = (*SALES, "influenced", "influenced_refunds", "discounts", "wallet")  # campaign 0 rows of the overview
+# campaign 0 rows of the overview
+OVERALL = (*SALES, "influenced", "influenced_refunds", "discounts", "discounts_returned", "wallet")
 PACKETS = tuple(f"packets_{e}" for e in PACKET_EVENTS)
 REBATES = tuple(f"rebates_{e}" for e in REBATE_EVENTS)
-CAMPAIGN = ("influenced", "influenced_refunds", "discounts", *PACKETS, *REBATES)
+CAMPAIGN = ("influenced", "influenced_refunds", "discounts", "discounts_returned", *PACKETS, *REBATES)
 UPTAKE = (("by_face_value", "bucket"), ("by_trigger", "trigger"), ("by_channel", "channel"))
 # a campaign's report: the discounts on all the orders its sales count (campaign 0), for their goods value; its
 # ``discounts_fen`` (and cost) is its own packets' discounts
@@ -117,6 +118,8 @@ def counters(m: dict[str, list[int]], goods_discounts: str = "discounts") -> dic
         "influenced_net_sales_fen": influenced_net,
         "influence_rate_bps": ratio_bps(influenced_net, net),
         "discounts_fen": m["discounts"][1],
+        # given back to their funders (and budgets) by full refunds, on the refund's day: no longer a cost
+        "discounts_returned_fen": m["discounts_returned"][1],
         # the buyers' rebate balance and points' value spent on the orders; with sales and the packets'
         # discounts: the goods value of the orders paid (sales alone is what buyers paid through WeChat)
         "wallet_spent_fen": m["wallet"][1],
@@ -126,7 +129,8 @@ def counters(m: dict[str, list[int]], goods_discounts: str = "discounts") -> dic
         out[metric], out[f"{metric}_fen"] = m[metric]
     out["uptake_bps"] = ratio_bps(m["packets_used"][0], m["packets_issued"][0])
     out["rebates_net_fen"] = rebates_net
-    out["cost_ratio_bps"] = ratio_bps(m["discounts"][1] + rebates_net, influenced_net)
+    discounts_net = m["discounts"][1] - m["discounts_returned"][1]
+    out["cost_ratio_bps"] = ratio_bps(discounts_net + rebates_net, influenced_net)
     return out
 
 

@@ -7,6 +7,8 @@ Basis (docs/architecture.md §11): every event counts on the Beijing day it happ
   split over the order's lines in proportion to their goods value (rounded down per line);
 - ``influenced`` / ``influenced_refunds``: paid orders that used a campaign's packet or earned one of
   its rebates, per campaign and (campaign 0) across campaigns, each order once;
+- ``discounts_returned``: the packets' discounts a full refund gave back to their funders and budgets, on the day
+  the refund that completed it succeeded, per campaign and (campaign 0) the orders' own;
 - ``packets_issued`` (created), ``packets_claimed``, ``packets_used`` (spent on an order paid that day: a refund
   that restores the packet leaves the use where it was), ``packets_expired`` (on the day
   their validity ended), ``packets_revoked`` (on the day it was revoked), split by face-value bucket,
@@ -113,6 +115,7 @@ def roll_up_day(day: date) -> DayRollup:
     out = DayRollup(day)
     _sales(out, start, end)
     _influenced(out, start, end)
+    _discounts_returned(out, start, end)
     _packets(out, start, end)
     _rebates(out, start, end)
     return out
@@ -279,6 +282,49 @@ def _influenced(out: DayRollup, start: datetime, end: datetime) -> None:
         if refund_id not in counted:
             counted.add(refund_id)
             out.add(merchant, 0, "influenced_refunds", "", 1, fen)
+
+
+def _discounts_returned(out: DayRollup, start: datetime, end: datetime) -> None:
+    """The packets' discounts a full refund gave back to their funders (and budgets), on the day the order's last
+    refund succeeded (WeChat's time): that refund made it refunded in full. Per campaign, and (campaign 0) the
+    orders' own discounts, each order once."""
+    later = aliased(Refund)
+    last = ~(
+        select(later.id)
+        .where(
+            later.order_id == Refund.order_id,
+            later.status == RefundStatus.SUCCEEDED,
+            or_(
+                later.finished_at > Refund.finished_at,
+                and_(later.finished_at == Refund.finished_at, later.id > Refund.id),
+            ),
+        )
+        .correlate(Refund)
+        .exists()
+    )
+    completing = (
+        select(Refund.order_id)
+        .join(Order, Order.id == Refund.order_id)
+        .where(*_succeeded_in(start, end), Order.status == OrderStatus.REFUNDED, last)
+        .subquery()
+    )
+    stmt = (
+        select(Order.merchant_id, RedPacket.campaign_id, func.count(), func.sum(OrderPacket.discount_fen))
+        .select_from(OrderPacket)
+        .join(RedPacket, RedPacket.id == OrderPacket.packet_id)
+        .join(Order, Order.id == OrderPacket.order_id)
+        .where(Order.id.in_(select(completing.c.order_id)))
+        .group_by(Order.merchant_id, RedPacket.campaign_id)
+    )
+    for merchant, campaign_id, n, fen in db.session.execute(stmt):
+        out.add(merchant, campaign_id, "discounts_returned", "", int(n or 0), int(fen or 0))
+    stmt = (
+        select(Order.merchant_id, func.count(), func.sum(Order.discount_fen))
+        .where(Order.id.in_(select(completing.c.order_id)), Order.discount_fen > 0)
+        .group_by(Order.merchant_id)
+    )
+    for merchant, n, fen in db.session.execute(stmt):
+        out.add(merchant, 0, "discounts_returned", "", int(n or 0), int(fen or 0))
 
 
 def _packets(out: DayRollup, start: datetime, end: datetime) -> None:
