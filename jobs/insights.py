@@ -73,13 +73,11 @@ def rebuild(days: Iterable[date], now: datetime, progress: Callable[[date], None
     return results
 
 
-# Events dated by WeChat's time, by the key of the ledger entry their recording posts (dated when recorded): a
-# refund counts on its success_time, which a lost notification may leave to a query days later.
-LATE_EVENTS = (
-    ("order:%:sale", Order, Order.paid_at),
-    ("payout:%:paid", Payout, Payout.finished_at),
-    ("refund:%", Refund, Refund.finished_at),
-)
+# Events dated by WeChat's time, by the key of the ledger entry their recording posts (dated when recorded). A refund
+# is found by when it was applied here (``Refund.applied_at``): one of a partner order whose money WeChat had already
+# released posts no ledger entry of its own, and it counts on its success_time, which a lost notification may leave to
+# a query days later.
+LATE_EVENTS = (("order:%:sale", Order, Order.paid_at), ("payout:%:paid", Payout, Payout.finished_at))
 LATE_MARGIN = timedelta(minutes=10)  # an entry dated before the run but committed after its read
 
 
@@ -97,6 +95,8 @@ def late_days(since: datetime, before: datetime) -> set[date]:
         for chunk in range(0, len(ids), 1000):
             stmt = select(when).where(model.id.in_(ids[chunk : chunk + 1000]), when < before)
             days.update(beijing_day(at if at.tzinfo else at.replace(tzinfo=UTC)) for at in db.session.scalars(stmt))
+    refunds = select(Refund.finished_at).where(Refund.applied_at >= since, Refund.finished_at < before)
+    days.update(beijing_day(at if at.tzinfo else at.replace(tzinfo=UTC)) for at in db.session.scalars(refunds))
     return days
 
 

@@ -226,6 +226,7 @@ class Refund(Base):
     __table_args__ = (
         # BRIN on PostgreSQL (a btree on SQLite): the reports' rollups read one Beijing day at a time
         Index("ix_refunds_finished_at", "finished_at", postgresql_using="brin"),
+        Index("ix_refunds_applied_at", "applied_at", postgresql_using="brin"),  # the reports' late refunds
         CheckConstraint("amount_fen > 0", name="positive"),
         CheckConstraint("status in ('pending', 'succeeded', 'abnormal', 'closed', 'failed')", name="status"),
         # WeChat's refund number, looked up by every refund notice (``rebate.refunds._refund_id_disagrees``)

@@ -258,8 +258,9 @@ def test_a_refund_applied_within_the_catch_up_window_tells_nobody(ours, wechat, 
     assert db.session.execute(select(Alert).where(Alert.kind == "refund_after_reconciliation")).first() is None
 
 
+@pytest.mark.parametrize("released", [False, True], ids=["own", "partner_money_released"])
 def test_a_refund_applied_after_its_day_was_final_in_the_reports_is_counted_on_that_day(
-    make_merchant, make_user, make_product
+    make_merchant, make_user, make_product, released
 ):
     # given: an order paid on 5 March, refunded by WeChat at 23:59:50 Beijing on the 6th; the reports' days are
     # rebuilt on the 9th at noon, the 6th final by then (48 hours after it ended)
@@ -270,6 +271,23 @@ def test_a_refund_applied_after_its_day_was_final_in_the_reports_is_counted_on_t
     db.session.commit()
     tx = wechat_payment(order.out_trade_no, "tx-p21-late", 100_00, success_time=paid_at)
     assert apply_payment(tx, PayAccount.from_config(current_app.config), paid_at, money=app_money()) == "applied"
+    if released:  # a partner order whose share finished: its refund posts no ledger entry of its own
+        from models.profit_sharing import ProfitShare
+
+        order.frozen_fen = 0
+        db.session.add(
+            ProfitShare(
+                order_id=order.id,
+                merchant_id=merchant.id,
+                sub_mchid="1900000109",
+                transaction_id="tx-p21-late",
+                out_order_no="PS-p21-late",
+                status="finished",
+                kind="share",
+                due_at=paid_at,
+                wechat_order_id="3008",
+            )
+        )
     begin_refund(order, "R-P21-FINAL", 30_00)
     db.session.commit()
     noon = datetime(2026, 3, 9, 12, tzinfo=BEIJING).astimezone(UTC)

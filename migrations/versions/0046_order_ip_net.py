@@ -6,6 +6,9 @@ would hold the table's lock for the whole migration (the app's orders, payments 
 ``fill_order_networks`` fills the orders written before, a batch per transaction, found by the partial index
 ``ix_orders_ip_net_unfilled``; until then a lift finds them by their address's text, as before.
 
+refunds: ``ix_refunds_applied_at`` (BRIN on PostgreSQL, as ``finished_at``'s): the reports' rollup job finds the refunds
+applied since its last run by it (a late one of a partner order posts no ledger entry to find it by).
+
 Revision ID: 0046_order_ip_net
 Revises: 0045_refund_wechat_times
 """
@@ -29,9 +32,13 @@ def upgrade():
         batch.create_index(
             "ix_orders_ip_net_unfilled", ["id"], unique=False, postgresql_where=UNFILLED, sqlite_where=UNFILLED
         )
+    with op.batch_alter_table("refunds") as batch:
+        batch.create_index("ix_refunds_applied_at", ["applied_at"], unique=False, postgresql_using="brin")
 
 
 def downgrade():
+    with op.batch_alter_table("refunds") as batch:
+        batch.drop_index("ix_refunds_applied_at")
     with op.batch_alter_table("orders") as batch:
         batch.drop_index("ix_orders_ip_net_unfilled")
         batch.drop_index("ix_orders_ip_net")
