@@ -228,6 +228,12 @@ def _to_inbox(notice: Notice, now: datetime, note: str | None = None) -> None:
 _RANK = {event: rank for rank, event in enumerate(FIRST_TOLD)}
 
 
+def held_until(morning: datetime, event: str) -> datetime:
+    """When a notice held by the quiet hours falls due: their end, plus a second per place in ``FIRST_TOLD``, so the
+    morning's pick (by time, a batch at a time) meets what matters most first whichever batch a person's fall in."""
+    return morning + timedelta(seconds=_RANK.get(event, len(_RANK)))
+
+
 def _told_first(notice: Notice) -> tuple[int, datetime, int]:
     return _RANK.get(notice.event, len(_RANK)), notice.next_attempt_at, notice.id
 
@@ -266,7 +272,8 @@ def _claim_one(notice: Notice, now: datetime, templates: Templates, settings: No
     if _quiet_now(notice, now, settings) and still_true(notice, now):
         morning = settings.quiet.end_after(now)
         if not over_by(notice, morning):
-            notice.next_attempt_at = morning  # left pending as it is (a held consent stays held): sent once, then
+            notice.next_attempt_at = held_until(morning, notice.event)  # left pending as it is (a held consent
+            # stays held): sent once, then
             return None
         _to_inbox(notice, now, f"quiet hours: over before they end ({morning.isoformat()}), inbox only")
         if held:

@@ -21,7 +21,7 @@ from models import Notice, db, utcnow
 from models.base import BEIJING
 from notices import NoticeEvent, enqueue
 from notices.consents import apply_push_event, remaining
-from notices.dispatch import NoticeSettings, _due
+from notices.dispatch import NoticeSettings, _due, held_until
 from rebate import issue_packet
 from tests.conftest import on_postgres
 from tests.test_notice_hooks import QUIET
@@ -123,7 +123,7 @@ def test_a_rebate_landed_at_three_in_the_morning_beijing_is_sent_at_eight_once(
         enqueue(user.id, NoticeEvent.REBATE_LANDED, "landed-at-night", LANDED)
         db.session.commit()
         night = beijing_at(3)
-        morning = beijing_at(8, after=night)
+        morning = held_until(beijing_at(8, after=night), NoticeEvent.REBATE_LANDED)  # 08:00, its rank's seconds on
         cfg = settings(app)
         run(app, wechat, night, cfg)
         assert wechat.sent == []  # nobody woken
@@ -185,7 +185,7 @@ def test_a_packet_expiring_before_morning_is_not_sent_at_night_nor_in_the_mornin
     consent(user, "sim-tmpl-packet-expiring", times=2)
     campaign = make_campaign(QUIET, packet_amount_fen=5_00, packet_valid_days=30)
     night = beijing_at(2)
-    morning = beijing_at(8, after=night)
+    morning = held_until(beijing_at(8, after=night), NoticeEvent.PACKET_EXPIRING)
     short = issue_packet(campaign, user, source="test", source_ref="short", now=utcnow())
     long = issue_packet(campaign, user, source="test", source_ref="long", now=utcnow())
     short.expires_at, long.expires_at = night + timedelta(minutes=90), morning + timedelta(hours=10)
@@ -212,7 +212,7 @@ def test_a_retry_waiting_on_its_consent_is_held_back_too_and_sent_once_in_the_mo
     enqueue(user.id, NoticeEvent.REBATE_LANDED, "busy", LANDED)
     db.session.commit()
     evening = beijing_at(21, 58)
-    morning = beijing_at(8, after=evening)
+    morning = held_until(beijing_at(8, after=evening), NoticeEvent.REBATE_LANDED)
     cfg = settings(app, backoff=timedelta(minutes=10))
     wechat.clock.now = evening
 
@@ -242,7 +242,7 @@ def test_two_dispatchers_in_the_morning_send_each_deferred_notice_once(app, pers
         enqueue(user.id, NoticeEvent.REBATE_LANDED, f"night-{i}", LANDED)
     db.session.commit()
     night = beijing_at(3)
-    morning = beijing_at(8, after=night)
+    morning = held_until(beijing_at(8, after=night), NoticeEvent.REBATE_LANDED)
     cfg = settings(app, batch=2)
     run(app, wechat, night, cfg)
     assert wechat.sent == []
@@ -334,7 +334,7 @@ def test_the_mornings_burst_keeps_the_daily_cap_for_what_matters_most(app, perso
     enqueue(user.id, NoticeEvent.REBATE_CLAWED_BACK, "clawed", clawed)
     db.session.commit()
     night = beijing_at(3)
-    morning = beijing_at(8, after=night)
+    morning = beijing_at(8, 1, after=night)
     cfg = settings(app, daily_cap=2)
     run(app, wechat, night, cfg)
     run(app, wechat, morning, cfg)
@@ -344,3 +344,24 @@ def test_the_mornings_burst_keeps_the_daily_cap_for_what_matters_most(app, perso
     ]
     assert the("clawed").status == "sent"
     assert sorted(the(f"received-{i}").status for i in range(3)) == ["inbox", "inbox", "sent"]
+
+
+def test_the_mornings_burst_keeps_the_cap_for_what_matters_most_across_batches(app, person, wechat):
+    """Found by a reviewer: the cap's order held within one pick only; the pick's batch of 2 split one person's
+    morning notices, and three packets' news took the places before the clawback's batch came."""
+    user = person()
+    consent(user, "sim-tmpl-packet-received", times=3)
+    consent(user, "sim-tmpl-rebate-clawed-back")
+    received = {"packet_id": 999_999, "amount_fen": 300, "issuer": "x", "expires_at": "2099-01-01T00:00:00+00:00"}
+    for i in range(3):
+        enqueue(user.id, NoticeEvent.PACKET_RECEIVED, f"received-{i}", received)
+    clawed = {"rebate_id": 1, "amount_fen": 400, "form": "balance", "reason": "订单退款"}
+    enqueue(user.id, NoticeEvent.REBATE_CLAWED_BACK, "clawed", clawed)
+    db.session.commit()
+    night = beijing_at(3)
+    cfg = settings(app, daily_cap=2, batch=2)
+    for _ in range(3):
+        run(app, wechat, night, cfg)
+    for minute in range(3):
+        run(app, wechat, beijing_at(8, minute, after=night), cfg)
+    assert the("clawed").status == "sent"
