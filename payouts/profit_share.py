@@ -241,6 +241,8 @@ def release_lapsed(now: datetime, limit: int = 100) -> int:
         .execution_options(populate_existing=True)
     ).all()
     for row, paid_at in rows:
+        if refund_open(row.order_id):  # the refund decides first what is left frozen (its success releases it)
+            continue
         _lapse(row, paid_at, now, [])
     db.session.flush()
     return len(rows)
@@ -404,11 +406,11 @@ def _plan(row: ProfitShare, now: datetime, settings: ShareSettings, client) -> b
     order = db.session.execute(
         select(Order).where(Order.id == row.order_id).with_for_update().execution_options(populate_existing=True)
     ).scalar_one()
+    if refund_open(order.id):  # the refund decides first what is still owed (and left frozen); its payouts are held
+        row.next_attempt_at = now + settings.poll * 10
+        return False
     if lapsed(order.paid_at, now):  # WeChat has unfrozen its money to the merchant: nothing can be shared any more
         _lapse(row, order.paid_at, now, [])
-        return False
-    if refund_open(order.id):  # the refund decides first what is still owed; its payouts are held
-        row.next_attempt_at = now + settings.poll * 10
         return False
     if _under_review(order.id):  # so does a reviewer: a rebate released after the share could not leave by it
         row.next_attempt_at = now + settings.poll * 10

@@ -258,3 +258,17 @@ def test_a_share_whose_answer_was_lost_is_queried_after_the_deadline_and_never_s
     query_profit_shares()
     share_due_orders()
     assert entries() == before and not sim.ps_orders and calls == ["query_order"]
+
+
+def test_a_refund_still_open_at_the_deadline_is_decided_before_the_release(app, story, sim):
+    """Found by a reviewer: the release took the whole frozen money while a refund was in flight; its success then
+    posted nothing (the money released), overstating the merchant's claim by the refund."""
+    from rebate import begin_refund
+
+    order, buyer, issuer, shop = waiting_for_a_ban(story)
+    begin_refund(db.session.get(Order, order.id), "R-open-at-lapse", 40_00)
+    db.session.commit()
+    paid_ago(order.id, FROZEN_FOR + timedelta(days=1))
+    share_due_orders()
+    assert share_of(order.id).status != "finished" and alerts(LAPSED) == []
+    assert f"order:{order.id}:released" not in entries()
