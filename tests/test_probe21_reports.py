@@ -485,3 +485,11 @@ def test_a_discount_given_back_by_a_full_refund_is_not_still_a_cost(
     assert cost == committed == 10_00 + 5_00
     assert totals["influenced_net_sales_fen"] == 100_00
     assert totals["cost_ratio_bps"] == 1500
+    # and the console's report page shows what was given back beside what was spent
+    from tests.console_helpers import sign_in
+
+    sign_in(client, admin)
+    page = client.get(
+        f"/console/campaigns/{campaign.id}/report?from={FIRST.isoformat()}&to={DAYS[-1].isoformat()}"
+    ).get_data(as_text=True)
+    assert "抵扣退回 Discounts returned" in page and "¥10.00" in page

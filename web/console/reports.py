@@ -38,6 +38,7 @@ KPIS = (  # (field, label, kind)
     ("packets_used", "红包使用 Packets used", "count"),
     ("uptake_bps", "核销率 Uptake", "bps"),
     ("discounts_fen", "红包抵扣 Discounts", "fen"),
+    ("discounts_returned_fen", "抵扣退回 Discounts returned (full refunds)", "fen"),
     ("rebates_awarded_fen", "返利 Rebates awarded", "fen"),
     ("rebates_clawed_back_fen", "返利追回 Clawed back", "fen"),
     ("rebates_cancelled_fen", "返利取消 Cancelled (never paid)", "fen"),
