@@ -349,7 +349,7 @@ def _query_refund(ask: RefundAsk | None) -> RefundAnswer | str:
         answer = _pay().query_refund(ask.out_refund_no, sub=ask.sub)
     except WeChatNotFound:  # our request never reached WeChat: sent again, same number (check_refund)
         return NEVER_HEARD
-    return _read_answer(answer, ask)
+    return RefundAnswer.read(answer, ask.out_trade_no, ask.out_refund_no)
 
 
 def _send_refund(ask: RefundAsk | str | None) -> RefundAnswer | WeChatBusinessError | str:
@@ -374,11 +374,6 @@ def _send_refund(ask: RefundAsk | str | None) -> RefundAnswer | WeChatBusinessEr
         if refused.retryable:
             raise
         return refused
-    return _read_answer(answer, ask)
-
-
-def _read_answer(answer: object, ask: RefundAsk) -> RefundAnswer:
-    """A refund answer about ``ask``'s refund, read as every refund answer is (``RefundAnswer.read``)."""
     return RefundAnswer.read(answer, ask.out_trade_no, ask.out_refund_no)
 
 

@@ -228,14 +228,19 @@ def _to_inbox(notice: Notice, now: datetime, note: str | None = None) -> None:
 _RANK = {event: rank for rank, event in enumerate(FIRST_TOLD)}
 
 
+def _rank(event: str) -> int:
+    """The event's place in ``FIRST_TOLD`` (any other kind after them all)."""
+    return _RANK.get(event, len(_RANK))
+
+
 def held_until(morning: datetime, event: str) -> datetime:
     """When a notice held by the quiet hours falls due: their end, plus a second per place in ``FIRST_TOLD``, so the
     morning's pick (by time, a batch at a time) meets what matters most first whichever batch a person's fall in."""
-    return morning + timedelta(seconds=_RANK.get(event, len(_RANK)))
+    return morning + timedelta(seconds=_rank(event))
 
 
 def _told_first(notice: Notice) -> tuple[int, datetime, int]:
-    return _RANK.get(notice.event, len(_RANK)), notice.next_attempt_at, notice.id
+    return _rank(notice.event), notice.next_attempt_at, notice.id
 
 
 def claim(now: datetime, templates: Templates, settings: NoticeSettings) -> list[Claimed]:

@@ -562,18 +562,19 @@ def apply_refund_notice(
         _check_settlement_refund(order, notice, now)
     if outcome.accepted:
         note_notification(notification_id, order.out_trade_no, NotificationKind.REFUND, outcome)
-        _note_requested(order, notice.out_refund_no, requested_at or getattr(notice, "create_time", None))
-    if outcome == RefundOutcome.SUCCESS:
-        _tell_if_reconciled_long_ago(order, notice.out_refund_no, now)
+        found = select(Refund).where(Refund.out_refund_no == notice.out_refund_no, Refund.order_id == order.id)
+        refund = db.session.execute(found).scalar_one_or_none()
+        _note_requested(refund, requested_at or getattr(notice, "create_time", None))
+        if outcome == RefundOutcome.SUCCESS:
+            _tell_if_reconciled_long_ago(order, refund, now)
     db.session.flush()
     return outcome
 
 
-def _tell_if_reconciled_long_ago(order: Order, out_refund_no: str, now: datetime) -> None:
+def _tell_if_reconciled_long_ago(order: Order, refund: Refund | None, now: datetime) -> None:
     """A refund applied now whose day (the bill that lists it) was reconciled before and lies beyond the days the
     daily job reconciles again by itself: an operator is told once which day to reconcile again (its finding there
     stays open until then). A nearer day is reconciled again by the daily job (``payouts.reconcile``)."""
-    refund = _refund_of(order, out_refund_no)
     if refund is None or refund.applied_at != now:  # applied before (told again)
         return
     day = reconciled_long_ago(refund, now)
@@ -588,13 +589,11 @@ def _tell_if_reconciled_long_ago(order: Order, out_refund_no: str, now: datetime
     )
 
 
-def _note_requested(order: Order, out_refund_no: str, requested_at: datetime | None) -> None:
+def _note_requested(refund: Refund | None, requested_at: datetime | None) -> None:
     """WeChat's create_time of the refund, kept once: the day its trade bill lists the refund (a bill that lists it
     says so itself, ``payouts.reconcile``)."""
     if requested_at is None or requested_at.tzinfo is None:
         return
-    found = select(Refund).where(Refund.out_refund_no == out_refund_no, Refund.order_id == order.id)
-    refund = db.session.execute(found).scalar_one_or_none()
     if refund is not None and refund.requested_at is None:
         refund.requested_at = requested_at.astimezone(UTC)
 

@@ -320,11 +320,8 @@ def test_the_pick_of_due_notices_reads_the_due_index_not_the_whole_table(app, pe
 # -- 3. spam: the morning's burst -----------------------------------------------------------------------------------
 
 
-def test_the_mornings_burst_keeps_the_daily_cap_for_what_matters_most(app, person, wechat):
-    """Five notices wait out the night; at 08:00 they are all due at once and the daily cap (2) lets two through. The
-    two packets someone sent (the oldest) took both places and "返利已收回" — money taken from the person — went to
-    the inbox only. The cap's places go to money that moved first, news of a packet last."""
-    user = person()
+def burst(user) -> None:
+    """Three packets' news and one clawback for ``user``, each with a consent to go out on."""
     consent(user, "sim-tmpl-packet-received", times=3)
     consent(user, "sim-tmpl-rebate-clawed-back")
     received = {"packet_id": 999_999, "amount_fen": 300, "issuer": "面馆", "expires_at": "2099-01-01T00:00:00+00:00"}
@@ -333,6 +330,13 @@ def test_the_mornings_burst_keeps_the_daily_cap_for_what_matters_most(app, perso
     clawed = {"rebate_id": 1, "amount_fen": 400, "form": "balance", "reason": "订单退款"}
     enqueue(user.id, NoticeEvent.REBATE_CLAWED_BACK, "clawed", clawed)
     db.session.commit()
+
+
+def test_the_mornings_burst_keeps_the_daily_cap_for_what_matters_most(app, person, wechat):
+    """Five notices wait out the night; at 08:00 they are all due at once and the daily cap (2) lets two through. The
+    two packets someone sent (the oldest) took both places and "返利已收回" — money taken from the person — went to
+    the inbox only. The cap's places go to money that moved first, news of a packet last."""
+    burst(person())
     night = beijing_at(3)
     morning = beijing_at(8, 1, after=night)
     cfg = settings(app, daily_cap=2)
@@ -349,15 +353,7 @@ def test_the_mornings_burst_keeps_the_daily_cap_for_what_matters_most(app, perso
 def test_the_mornings_burst_keeps_the_cap_for_what_matters_most_across_batches(app, person, wechat):
     """Found by a reviewer: the cap's order held within one pick only; the pick's batch of 2 split one person's
     morning notices, and three packets' news took the places before the clawback's batch came."""
-    user = person()
-    consent(user, "sim-tmpl-packet-received", times=3)
-    consent(user, "sim-tmpl-rebate-clawed-back")
-    received = {"packet_id": 999_999, "amount_fen": 300, "issuer": "x", "expires_at": "2099-01-01T00:00:00+00:00"}
-    for i in range(3):
-        enqueue(user.id, NoticeEvent.PACKET_RECEIVED, f"received-{i}", received)
-    clawed = {"rebate_id": 1, "amount_fen": 400, "form": "balance", "reason": "订单退款"}
-    enqueue(user.id, NoticeEvent.REBATE_CLAWED_BACK, "clawed", clawed)
-    db.session.commit()
+    burst(person())
     night = beijing_at(3)
     cfg = settings(app, daily_cap=2, batch=2)
     for _ in range(3):
