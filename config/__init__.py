@@ -314,6 +314,24 @@ SETTINGS: tuple[Setting, ...] = (
         doc="Largest request body in bytes (413 above, chunked bodies included; WeChat Pay callbacks: 16 KiB).",
     ),
     Setting("USER_TOKEN_TTL_SECONDS", 7 * 24 * 3600, _positive_int, doc="Lifetime of user bearer tokens."),
+    Setting(
+        "LOGIN_PER_IP_PER_MINUTE",
+        300,
+        _positive_int,
+        doc="Mini-program logins (`POST /api/v1/auth/login`, each one a `jscode2session` call to WeChat, whatever "
+        "its code) a UTC minute from one network address (an IPv4 address or an IPv6 address's /64), counted in the "
+        "database for every worker; more are 429 `login_rate_limited` with `Retry-After`, before WeChat is called. "
+        "A person logs in a few times a day, but a mobile carrier's NAT or a venue's Wi-Fi puts many people behind "
+        "one address: 300 leaves room for a crowd; raise it where one address serves more (0: off).",
+    ),
+    Setting(
+        "OAUTH_AUTHORIZE_PER_IP_PER_MINUTE",
+        300,
+        _positive_int,
+        doc="Official-account sign-ins started (`GET /oauth/authorize`, each one a sign-in state row) a UTC minute "
+        "from one network address, counted as logins are (apart from them); more are 429 `oauth_rate_limited` "
+        "with `Retry-After` (0: off).",
+    ),
     Setting("IDEMPOTENCY_TTL_HOURS", 25, _positive_int, doc="How long Idempotency-Key answers are kept."),
     Setting(
         "POINT_VALUE_FEN",

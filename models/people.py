@@ -73,7 +73,8 @@ class UserIdentity(Base):
 
     user: Mapped[User] = relationship(back_populates="identities")
 
-    __table_args__ = (UniqueConstraint("appid", "openid"),)
+    # One openid per person and app: WeChat gives a person one openid per appid (migration 0047).
+    __table_args__ = (UniqueConstraint("appid", "openid"), UniqueConstraint("user_id", "appid"))
 
 
 class Merchant(Base):

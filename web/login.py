@@ -4,12 +4,15 @@ A person is one ``User`` across both: an openid is per appid (``UserIdentity``),
 and a ``unionid`` links the identities of one person. ``session_key`` stays on
 the server, encrypted at rest. No database transaction is open while WeChat
 is called: both sign-ins go through ``call_between_commits`` (commit, exchange
-the code, then write the user and commit).
+the code, then write the user and commit). Neither route needs a sign-in: each
+network address may log in and start OAuth sign-ins only so often a minute
+(``take_minute_slot``). A person has one identity per appid.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 import secrets
 from datetime import timedelta
@@ -23,11 +26,13 @@ from sqlalchemy.exc import IntegrityError
 
 from models import OAuthState, User, UserIdentity, call_between_commits, db, utcnow
 from rebate.triggers import on_registered
-from risk import Claimant, identifiers
+from risk import Claimant, Slot, identifiers
+from risk.limits import take_slots
+from risk.net import limit_key
 from web import wechat
 from web.api import client_ip, endpoint
 from web.auth import current_user, issue_user_token, token_channel
-from web.errors import ApiError, ValidationFailed, to_api_error
+from web.errors import ApiError, Conflict, TooManyRequests, ValidationFailed, to_api_error
 from web.growth_api import device_id, platform_limits
 from web.guards import local_path
 from web.openapi import ERROR, UNAVAILABLE, UPSTREAM_REFUSED, documented
@@ -35,6 +40,7 @@ from web.schemas import Model
 from wechat.errors import WeChatError
 
 bp = Blueprint("login", __name__)
+log = logging.getLogger(__name__)
 
 STATE_TTL = timedelta(minutes=10)
 # An OAuth callback WeChat refuses: its state is used before the code goes to WeChat, so the link never works again
@@ -55,6 +61,29 @@ class Login(Model):
     code: Annotated[str, Field(min_length=1, max_length=CODE_MOST, pattern=CODE_PATTERN)]
 
 
+ADDRESS_KEY_MOST = 64  # of a limit key's address part: an address, an IPv6 /64, or what a proxy wrote (cut)
+
+
+def take_minute_slot(what: str, setting: str, code: str, doing: str) -> None:
+    """One of this network address's ``setting`` sign-in steps a UTC minute (0: no limit), or 429 ``code`` with
+    ``Retry-After`` (to the minute's end). Neither route needs a sign-in, and each costs something (a state row, a
+    call to WeChat): a script on one address must not flood them.
+
+    The claim limits' mechanism (``risk.limits``: one conditional upsert on ``limit_counters``, keyed by the
+    address as every per-address limit is, ``risk.net.limit_key``), so every worker and process counts against
+    the same row; it commits with the caller's transaction, and a refusal takes nothing (the caller writes
+    nothing either: it raises before)."""
+    most = current_app.config[setting]
+    if not most:
+        return
+    now = utcnow()
+    address = (limit_key(client_ip()) or "unknown")[:ADDRESS_KEY_MOST]
+    refusal = f"at most {most} {doing} a minute from one network address; try again in a minute"
+    slot = Slot(f"{what}:ip-minute:{address}", now.strftime("%Y-%m-%dT%H:%M"), code, refusal, 60 - now.second, most)
+    if take_slots([slot], now):
+        raise TooManyRequests(refusal, code=code, retry_after=slot.retry_after)
+
+
 def user_json(user: User) -> dict:
     # ``region``: what the person said (``PUT /api/v1/me/region``), null until then: region-limited campaigns need it
     return {"id": user.id, "nickname": user.nickname, "created_at": user.created_at.isoformat(), "region": user.region}
@@ -65,10 +94,25 @@ def _identity(appid: str, openid: str) -> UserIdentity | None:
     return db.session.execute(stmt).scalar_one_or_none()
 
 
+def _identity_of(user_id: int, appid: str) -> int | None:
+    stmt = select(UserIdentity.id).where(UserIdentity.user_id == user_id, UserIdentity.appid == appid)
+    return db.session.execute(stmt).scalar_one_or_none()
+
+
 def _attach(appid: str, openid: str, unionid: str | None, channel: str, origin: tuple) -> UserIdentity:
     user = None
     if unionid:
         user = db.session.execute(select(User).where(User.unionid == unionid)).scalar_one_or_none()
+    if user is not None and _identity_of(user.id, appid) is not None:
+        # One openid per person and app (WeChat never gives a person two; the database holds it too, migration 0047):
+        # an answer naming another one for this unionid is refused, never a second identity a payment or a notice
+        # might be sent to. Operators find it in the log.
+        log.warning("identity_conflict", extra={"user_id": user.id, "appid": appid})
+        raise Conflict(
+            "WeChat named another account of this app for a person signed in with one already; nothing was changed, "
+            "ask support",
+            code="identity_conflict",
+        )
     if user is None:
         user = User(unionid=unionid)
         db.session.add(user)
@@ -127,9 +171,13 @@ def sign_in(
 
 @endpoint(bp, "/api/v1/auth/login", methods=["POST"], auth=None, body=Login, upstream=True, tags=("auth",))
 def login(body: Login):
-    """Exchange a mini-program ``wx.login`` code for our bearer token."""
+    """Exchange a mini-program ``wx.login`` code for our bearer token (``LOGIN_PER_IP_PER_MINUTE`` a network
+    address: then 429 ``login_rate_limited``)."""
     client = wechat().mini_program
     appid, origin = current_app.config["WECHAT_APPID"], (client_ip(), device_id())
+
+    def counted() -> None:  # committed before the call: a refused code (or a flood of them) costs WeChat a call too
+        take_minute_slot("login", "LOGIN_PER_IP_PER_MINUTE", "login_rate_limited", "logins")
 
     def exchange(_: None) -> dict:
         try:
@@ -145,7 +193,7 @@ def login(body: Login):
             raise ApiError("this account is banned", code="user_banned", status=403)
         return {"token": issue_user_token(user, "mini_program"), "user": user_json(user)}
 
-    return call_between_commits(lambda: None, exchange, sign_in_and_issue)
+    return call_between_commits(counted, exchange, sign_in_and_issue)
 
 
 # -- official-account web OAuth ------------------------------------------------------
@@ -203,7 +251,9 @@ def oauth_authorize():
     scope = request.args.get("scope", "snsapi_base")
     if scope not in SCOPES:
         raise ValidationFailed(f"scope must be one of {', '.join(SCOPES)}", code="invalid_scope")
-    response = _to_authorize(client, scope, _safe_next(request.args.get("next")))
+    next_url = _safe_next(request.args.get("next"))
+    take_minute_slot("oauth", "OAUTH_AUTHORIZE_PER_IP_PER_MINUTE", "oauth_rate_limited", "sign-ins started")
+    response = _to_authorize(client, scope, next_url)
     db.session.commit()
     return response
 

@@ -111,12 +111,27 @@ def _request_json(
         raise WeChatUnavailable("answer is not JSON", code="UNPARSEABLE_RESPONSE") from None
     if not isinstance(data, dict):
         raise WeChatUnavailable("answer is not an object", code="UNPARSEABLE_RESPONSE")
-    if data.get("errcode") not in (None, 0):
-        errcode = data["errcode"]
-        if type(errcode) is not int and not (isinstance(errcode, str) and re.fullmatch(r"-?[0-9]{1,9}", errcode)):
-            raise WeChatUnavailable(f"answer's errcode is not a number: {errcode!r:.40}", code="UNPARSEABLE_RESPONSE")
-        raise _error_for(int(errcode), str(data.get("errmsg", "")))
+    errcode = _errcode(data.get("errcode"))
+    if errcode:
+        raise _error_for(errcode, str(data.get("errmsg", "")))
     return data
+
+
+ERRCODE = re.compile(r"-?[1-9][0-9]{0,8}|0")  # a whole number as WeChat writes one: no sign on 0, no leading zero
+
+
+def _errcode(value: Any) -> int:
+    """An answer's ``errcode`` as a number, 0 for success: absent, ``0`` or ``"0"`` (some answers write it as text).
+
+    Anything else that is no whole number written plainly (``true``, ``0.0``, ``1.5``, ``"00"``, ``" 0"``, a list)
+    is an answer we cannot read (``false`` and ``0.0`` had passed as success, ``"0"`` as a refusal)."""
+    if value is None:
+        return 0
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and ERRCODE.fullmatch(value):
+        return int(value)
+    raise WeChatUnavailable(f"answer's errcode is not a number: {value!r:.40}", code="UNPARSEABLE_RESPONSE")
 
 
 IDENTIFIER_MOST = 64  # user_identities.openid, users.unionid
