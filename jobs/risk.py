@@ -1,5 +1,6 @@
 """Risk jobs: the collusion graph (hourly), spike alerts (every few minutes; each whole hour folded once) and
-the end of timed bans (every minute) and the behaviour trail's retention (daily).
+the end of timed bans (every minute), the release of what a lifted ban held (every half minute, a batch of orders
+per transaction) and the behaviour trail's retention (daily).
 
 Both are safe on several nodes at once. ``collusion_job`` reads the graph, ends that read transaction,
 finds and scores the communities with no transaction open, then records them in one short transaction:
@@ -15,12 +16,14 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from time import monotonic
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 
 from jobs.payouts import job_context, row_failed
-from models import AuditLog, Campaign, CampaignStatus, Operator, OperatorRole, db, unit_of_work, utcnow
+from models import AuditLog, Campaign, CampaignStatus, Operator, OperatorRole, alert_once, db, unit_of_work, utcnow
+from models.alerts import resolve_alerts
 from models.operators import Actor
 from payouts import MoneySettings
 from rebate import ban_ops, campaign_ops
@@ -164,6 +167,63 @@ def lift_expired_bans_job() -> Counter:
     """Bans past their end are lifted and their effects undone (a person active again, a merchant no longer
     suspended), each ban in its own transaction; several nodes at once lift each ban once (under its row lock)."""
     return lift_expired_bans(utcnow())
+
+
+RELEASE_BATCH = 500  # orders of a lifted ban's release per transaction
+RELEASE_RUN_SECONDS = 50  # a run goes on while releases have orders left, up to this (the next run goes on)
+
+
+def release_lifted_bans(
+    now: datetime | None = None, *, batch: int | None = None, money: MoneySettings | None = None
+) -> Counter:
+    """The releases of lifted bans still running (``rebate.ban_ops.release_batch``), a batch of ``RELEASE_BATCH``
+    orders per transaction, until each is done or the run's time is up. A batch that fails is rolled back, alerted
+    once (``ban_release_failed``) and tried again next run, from the same order (nothing of it was kept); the other
+    releases go on. A release with no batch for ``ban_ops.RELEASE_STALLED_AFTER`` is alerted
+    (``ban_release_stalled``), resolved when it ends. Several nodes at once: each batch holds its ban's row, and
+    another node's run skips that ban meanwhile (each order walked once)."""
+    money = money or job_context().money
+    batch = batch or RELEASE_BATCH
+    ends = monotonic() + RELEASE_RUN_SECONDS
+    outcomes: Counter = Counter(orders=0)
+    with unit_of_work():
+        ban_ids = ban_ops.releasing_ban_ids()
+    for ban_id in ban_ids:
+        while monotonic() < ends:
+            at = now or utcnow()
+            try:
+                with unit_of_work():
+                    done = ban_ops.release_batch(ban_id, at, batch, money=money)
+                    if done is not None and not done.more:
+                        resolve_alerts("ban_release_stalled", f"ban {ban_id}")
+            except Exception as exc:  # one release that fails must not hold up the others
+                row_failed("ban_release_failed", "ban", ban_id, exc)
+                outcomes["error"] += 1
+                break
+            if done is None:  # ended meanwhile, or another node's batch holds it: that node goes on
+                break
+            outcomes["batches"] += 1
+            outcomes["orders"] += done.orders
+            outcomes["paid_fen"] += done.paid_fen
+            if not done.more:
+                outcomes["released"] += 1
+                break
+    with unit_of_work():
+        for ban in ban_ops.stalled_releases(now or utcnow()):
+            outcomes["stalled"] += 1
+            alert_once(
+                "ban_release_stalled",
+                f"ban {ban.id}",
+                text=f"the release of what ban {ban.id} ({ban.subject} {ban.value}) held has not moved since "
+                f"{(ban.release_moved_at or ban.lifted_at):%Y-%m-%d %H:%M} UTC: {ban.release_orders} orders "
+                f"walked; see GET /admin/api/bans/{ban.id} and the ban_release_failed alerts",
+            )
+    return outcomes
+
+
+def release_lifted_bans_job() -> Counter:
+    """Lifted bans' held rebates released, a batch of orders per transaction (``release_lifted_bans``)."""
+    return release_lifted_bans()
 
 
 FILL_BATCHES = 20  # batches of ``fill_order_networks`` per run, each its own transaction

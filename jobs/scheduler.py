@@ -58,6 +58,7 @@ from jobs.risk import (
     fill_order_networks_job,
     lift_expired_bans_job,
     purge_behaviour_events_job,
+    release_lifted_bans_job,
     spike_job,
 )
 from models import alert_once, db, unit_of_work
@@ -77,6 +78,7 @@ JOBS: tuple[tuple[Callable, int], ...] = (
     (settle_covered_debts, 300),  # receivables a balance has covered since (a payout back in it, ...)
     (deliver_alerts, 30),
     (lift_expired_bans_job, 60),
+    (release_lifted_bans_job, 30),  # a lifted ban's held rebates, a batch of orders per transaction (a run: 50 s)
     (fill_order_networks_job, 300),  # orders of before migration 0046 get their network (a ban's lift finds them)
     (spike_job, 300),  # folds only whole hours, each once
     (collusion_job, 3600),

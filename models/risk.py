@@ -174,10 +174,26 @@ class Ban(Base):
     lift_proposed_by: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
     lift_proposed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lift_proposed_reason: Mapped[str | None] = mapped_column(Text)
+    # A lift's release of the rebates it held (migration 0048, ``rebate.ban_ops.release_batch``): ``running`` while a
+    # job walks the orders in batches (``release_after``: the last order id walked), then ``done``, or ``stopped`` by
+    # the same ban put back (its own lift releases them). None: never lifted, or lifted before this was kept.
+    release_state: Mapped[str | None] = mapped_column(String(8))
+    release_after: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    release_orders: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # orders walked
+    release_paid_fen: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    release_moved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the last batch (a stall: none for long)
 
     __table_args__ = (
         Index("ix_risk_bans_subject_value", "subject", "value"),
         CheckConstraint("subject in ('user', 'device', 'merchant', 'net')", name="subject"),
+        CheckConstraint("release_state in ('running', 'done', 'stopped')", name="release_state"),
+        # the releases still running, for the job (a few at a time, among every ban ever made)
+        Index(
+            "ix_risk_bans_releasing",
+            "id",
+            postgresql_where=text("release_state = 'running'"),
+            sqlite_where=text("release_state = 'running'"),
+        ),
         # whoever proposed a lift never carries it out themselves
         CheckConstraint(
             "lifted_by is null or lift_proposed_by is null or lifted_by <> lift_proposed_by", name="lift_four_eyes"

@@ -14,6 +14,11 @@
 Lifted (or expired), a ban of any kind gives back the milestones it alone refused while it stood, before their
 rebate's deadline (``rebate.milestones.resume_refused``): to the person or merchant, or for a device or network to
 the buyers of the orders placed from it; one still refused another way (another ban) waits for that one's lift.
+A lift does a bounded amount of work whatever the ban held: the ban ends at once (new orders are no longer held),
+and when more than ``INLINE_RELEASE_ORDERS`` orders may have something to release, a job walks them a batch per
+transaction (``release_batch``, ``jobs.risk.release_lifted_bans``), its progress on the ban (``release`` in
+``ban_json``); the same ban put back meanwhile stops it (``stopped``: that ban's own lift releases them). Fewer are
+released in the request, as before (``done`` at once).
 
 Who lifts: a ban one operator made (the bans screen, or a review case one reviewer decided) is lifted by one. A ban
 two operators made (``risk.bans.made_by_two``: a review case a second reviewer approved) is lifted by two: lifting it
@@ -27,21 +32,41 @@ Every operation checks, writes, audits with the operator's reason and flushes; t
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, null, or_, select
 
-from models import Ban, BanSubject, Campaign, CampaignStatus, Merchant, Payout, PayoutStatus, User, UserStatus, db
+from models import (
+    Ban,
+    BanSubject,
+    Campaign,
+    CampaignStatus,
+    Merchant,
+    Order,
+    Payout,
+    PayoutStatus,
+    Rebate,
+    RebateStatus,
+    User,
+    UserStatus,
+    db,
+)
 from models.operators import Actor, approval_refused_because, audit
 from models.payouts import Rail
 from payouts import MoneySettings
 from payouts.operations import cancel as cancel_payout
 from rebate.campaign_ops import transition
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
-from rebate.milestones import lock_orders, orders_to_resume, resume_refused
-from risk.bans import active_bans, ban_words, in_force, made_by_two, normalise_net
+from rebate.milestones import _may_be_in, lock_orders, orders_to_resume, resume_refused
+from risk.bans import active_bans, ban_words, in_force, made_by_two, normalise_net, subjects
 
 DEVICE_ID = re.compile(r"^[0-9a-f]{24}$")  # what rebate.claims.new_device_id hands out
+# A lift with at most this many orders to look at releases what it held in the request; more, and a job does it
+# (``release_batch``): the request's work stays bounded however busy the merchant, device or network was.
+INLINE_RELEASE_ORDERS = 100
+RELEASE_STALLED_AFTER = timedelta(minutes=10)  # a release whose last batch is older: shown stalled, alerted
+RUNNING, DONE, STOPPED = "running", "done", "stopped"
 
 
 def ban_json(ban: Ban, now: datetime | None = None, *, by_two: bool | None = None) -> dict:
@@ -68,6 +93,27 @@ def ban_json(ban: Ban, now: datetime | None = None, *, by_two: bool | None = Non
         "lift_proposed_reason": ban.lift_proposed_reason,
         "active": active,
         "words": ban_words(ban),
+        "release": release_progress(ban, now),
+    }
+
+
+def release_progress(ban: Ban, now: datetime | None) -> dict | None:
+    """How far the release of what a lifted ban held has gone (None: not lifted). ``state``: ``running`` (a job
+    walks the orders), ``done``, or ``stopped`` (the same ban put back: its own lift releases them); the orders
+    walked, the orders left to walk (at most: a network's count may include neighbours it never banned), the fen
+    paid, the last batch, and whether it has ``stalled`` (no batch for ``RELEASE_STALLED_AFTER``: alerted too)."""
+    if ban.lifted_at is None:
+        return None
+    state = ban.release_state or DONE  # lifted before releases were kept: released in its request
+    left = _count_left(ban) if state == RUNNING else 0
+    moved = ban.release_moved_at or ban.lifted_at
+    return {
+        "state": state,
+        "orders_done": ban.release_orders or 0,
+        "orders_left": left,
+        "paid_fen": ban.release_paid_fen or 0,
+        "last_batch_at": ban.release_moved_at.isoformat() if ban.release_moved_at else None,
+        "stalled": state == RUNNING and now is not None and moved < now - RELEASE_STALLED_AFTER,
     }
 
 
@@ -255,8 +301,9 @@ def approve_lift(actor: Actor, ban_id: int, reason: str, now: datetime, *, money
     # refused before anything is locked (a refused approval took the lock of every order the lift would resume),
     # then checked again on the locked ban: what was proposed may have changed meanwhile
     seen = _get(ban_id)
-    if seen.lifted_at is None:
-        _check_approval(actor, seen, now)
+    if seen.lifted_at is not None:  # nothing locked: its release may be running under the ban's row lock
+        return seen
+    _check_approval(actor, seen, now)
     ban, owner, resumable = _lock_for_lift(ban_id, now)
     if ban.lifted_at is not None:
         return ban
@@ -321,6 +368,11 @@ def required_reason(reason: str | None, message: str) -> str:
     return reason.strip()
 
 
+def get_ban(ban_id: int) -> Ban:
+    """The ban (``NotFound``: no such ban)."""
+    return _get(ban_id)
+
+
 def _get(ban_id: int) -> Ban:
     ban = db.session.get(Ban, ban_id)
     if ban is None:
@@ -333,17 +385,22 @@ def _lock_ban(ban_id: int) -> Ban:
     return db.session.execute(stmt).scalar_one()
 
 
-def _lock_for_lift(ban_id: int, now: datetime) -> tuple[Ban, User | Merchant | None, list[int]]:
+def _lock_for_lift(ban_id: int, now: datetime) -> tuple[Ban, User | Merchant | None, list[int] | None]:
     """The ban and the banned person's or merchant's row, both locked and read as they are now: the owner's row
-    first, then the ban's, as ``create_ban`` takes them (``NotFound`` for no such ban). Before them, the orders whose
-    milestones the lift may release (``rebate.milestones.orders_to_resume``: of the person or merchant, or of buyers
-    from the device or network), as a refund takes an order and then its people: taken after the owner, a lift and a
-    refund of one order could each wait for the other. Every such order, refused yet or not: a milestone reported
-    on one meanwhile either waits for the lift (and sees the ban lifted) or is waited for (and the lift applies what
-    it refused). Their ids last."""
+    first, then the ban's, as ``create_ban`` takes them (``NotFound`` for no such ban). Before them, when the lift is
+    small (at most ``INLINE_RELEASE_ORDERS`` orders to look at), the orders whose milestones it may release
+    (``rebate.milestones.orders_to_resume``: of the person or merchant, or of buyers from the device or network), as
+    a refund takes an order and then its people: taken after the owner, a lift and a refund of one order could each
+    wait for the other. Every such order, refused yet or not: a milestone reported on one meanwhile either waits for
+    the lift (and sees the ban lifted) or is waited for (and the lift applies what it refused). Their ids last; None
+    for a bigger lift, which locks no order: its release (``release_batch``) begins after it commits and takes each
+    order then, so a report in flight is waited for or sees the ban lifted all the same."""
     ban = _get(ban_id)
-    resumable = orders_to_resume(str(ban.subject), str(ban.value), now)
-    lock_orders(resumable)
+    _, _, looked = _candidates(str(ban.subject), str(ban.value), now, 0, INLINE_RELEASE_ORDERS + 1)
+    resumable = None
+    if looked <= INLINE_RELEASE_ORDERS:
+        resumable = orders_to_resume(str(ban.subject), str(ban.value), now)
+        lock_orders(resumable)
     owner = _lock_owner(ban.subject, ban.value)
     return _lock_ban(ban_id), owner, resumable
 
@@ -368,16 +425,25 @@ def _mark_lifted(
     reason: str,
     by: int | None,
     money: MoneySettings,
-    resumable: list[int],
+    resumable: list[int] | None,
 ) -> None:
+    """The ban lifted and its effects undone; what it held released now (``resumable``: the orders, locked) or left to
+    the job (None: ``running``)."""
     ban.lifted_at, ban.lifted_by, ban.lift_reason = now, by, reason
     db.session.flush()
     _undo(ban, owner, now)
+    ban.release_moved_at, ban.release_after, ban.release_orders, ban.release_paid_fen = now, 0, 0, 0
+    if owner is not None and owner.status != "active":  # another ban on them: its lift releases what they earned
+        ban.release_state = DONE
+    elif resumable is None:
+        ban.release_state = RUNNING
+    else:  # a device or network: each order's buyer, unless refused another way (``_resume``)
+        beneficiary = None if owner is None else (str(ban.subject), owner.id)
+        db.session.flush()
+        ban.release_paid_fen = resume_refused(resumable, beneficiary, now, money)
+        ban.release_state, ban.release_orders = DONE, len(resumable)
+        ban.release_after = max(resumable, default=0)
     db.session.flush()
-    if owner is None:  # a device or network: each order's buyer, unless refused another way (``_resume``)
-        resume_refused(resumable, None, now, money)
-    elif owner.status == "active":  # no other ban on them: milestones met meanwhile release
-        resume_refused(resumable, (str(ban.subject), owner.id), now, money)
 
 
 def _undo(ban: Ban, owner: User | Merchant | None, now: datetime) -> None:
@@ -393,6 +459,108 @@ def _undo(ban: Ban, owner: User | Merchant | None, now: datetime) -> None:
         owner.status, owner.banned_reason = UserStatus.ACTIVE, None
     else:
         owner.status = "active"
+
+
+def _candidates(subject: str, value: str, since: datetime, after: int, limit: int) -> tuple[list[int], int, int]:
+    """Up to ``limit`` orders above ``after``, in id order, of those ``rebate.milestones.orders_to_resume`` finds for
+    a ban on ``subject`` ``value`` lifted at ``since`` (a rebate still held before its deadline then): (the orders the
+    ban covers, the last order id read, how many were read). A network's are read by ``_may_be_in`` and tested
+    exactly here (``risk.bans.subjects``), as that does."""
+    held = and_(
+        Rebate.held_fen > 0,
+        Rebate.status.in_((RebateStatus.HELD, RebateStatus.REVIEW)),
+        Rebate.condition_deadline > since,
+        Rebate.order_id > after,
+    )
+    if subject in (BanSubject.USER, BanSubject.MERCHANT):
+        stmt = select(Rebate.order_id, null(), null()).where(
+            held, Rebate.beneficiary_type == subject, Rebate.beneficiary_id == int(value)
+        )
+    else:
+        stmt = (
+            select(Rebate.order_id, Order.device, Order.ip)
+            .join(Order, Order.id == Rebate.order_id)
+            .where(held, Rebate.beneficiary_type == "user", Rebate.beneficiary_id == Order.user_id)
+        )
+        stmt = stmt.where(Order.device == value) if subject == BanSubject.DEVICE else stmt.where(_may_be_in(value))
+    rows = db.session.execute(stmt.distinct().order_by(Rebate.order_id).limit(limit)).all()
+    mine = subject in (BanSubject.USER, BanSubject.MERCHANT)
+    covered = [o for o, device, ip in rows if mine or (subject, value) in subjects(device=device, ip=ip)]
+    return covered, (rows[-1][0] if rows else after), len(rows)
+
+
+def _count_left(ban: Ban) -> int:
+    """The orders a running release has still to walk (for a network: at most, its neighbours may be counted)."""
+    held = and_(
+        Rebate.held_fen > 0,
+        Rebate.status.in_((RebateStatus.HELD, RebateStatus.REVIEW)),
+        Rebate.condition_deadline > ban.lifted_at,
+        Rebate.order_id > ban.release_after,
+    )
+    if ban.subject in (BanSubject.USER, BanSubject.MERCHANT):
+        mine = and_(held, Rebate.beneficiary_type == ban.subject, Rebate.beneficiary_id == int(ban.value))
+        return db.session.execute(select(func.count(func.distinct(Rebate.order_id))).where(mine)).scalar_one()
+    where = Order.device == ban.value if ban.subject == BanSubject.DEVICE else _may_be_in(ban.value)
+    stmt = (
+        select(func.count(func.distinct(Rebate.order_id)))
+        .join(Order, Order.id == Rebate.order_id)
+        .where(held, Rebate.beneficiary_type == "user", Rebate.beneficiary_id == Order.user_id, where)
+    )
+    return db.session.execute(stmt).scalar_one()
+
+
+class Released(NamedTuple):
+    """One batch of a release: the orders it walked, the fen it paid, and whether more may remain."""
+
+    orders: int
+    paid_fen: int
+    more: bool
+
+
+def releasing_ban_ids(limit: int = 1000) -> list[int]:
+    """The lifted bans whose release is running (``ix_risk_bans_releasing``), oldest first."""
+    stmt = select(Ban.id).where(Ban.release_state == RUNNING).order_by(Ban.id).limit(limit)
+    return list(db.session.execute(stmt).scalars())
+
+
+def release_batch(ban_id: int, now: datetime, limit: int, *, money: MoneySettings) -> Released | None:
+    """The next ``limit`` orders of a lifted ban's running release, in the caller's transaction (the job commits each
+    batch): each locked (as a report or a refund takes it first) and what the ban had refused on it applied, as the
+    lift would have applied it then (``rebate.milestones.resume_refused`` at ``lifted_at``; a refusal still standing,
+    another ban, leaves it waiting). The ban's row is locked for the batch, skipping one another runner holds: two
+    runners never walk the same orders, and each batch moves ``release_after`` on in the same commit as what it paid
+    (an order is walked once). The same ban in force again stops the release (``stopped``). None: nothing to do here
+    (not running, or another runner's batch holds it)."""
+    ban = db.session.execute(
+        select(Ban)
+        .where(Ban.id == ban_id, Ban.release_state == RUNNING)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if ban is None:
+        return None
+    if active_bans([(ban.subject, ban.value)], now):  # put back: its own lift walks these orders again
+        ban.release_state, ban.release_moved_at = STOPPED, now
+        db.session.flush()
+        return Released(0, 0, False)
+    order_ids, last, looked = _candidates(str(ban.subject), str(ban.value), ban.lifted_at, ban.release_after, limit)
+    lock_orders(order_ids)
+    beneficiary = None if ban.subject in (BanSubject.DEVICE, BanSubject.NET) else (str(ban.subject), int(ban.value))
+    paid = resume_refused(order_ids, beneficiary, ban.lifted_at, money) if order_ids else 0
+    more = looked >= limit
+    ban.release_after, ban.release_moved_at = last, now
+    ban.release_orders += len(order_ids)
+    ban.release_paid_fen += paid
+    if not more:
+        ban.release_state = DONE
+    db.session.flush()
+    return Released(len(order_ids), paid, more)
+
+
+def stalled_releases(now: datetime) -> list[Ban]:
+    """Running releases with no batch for ``RELEASE_STALLED_AFTER``."""
+    stmt = select(Ban).where(Ban.release_state == RUNNING, Ban.release_moved_at < now - RELEASE_STALLED_AFTER)
+    return list(db.session.execute(stmt.order_by(Ban.id)).scalars())
 
 
 def expired_ban_ids(now: datetime, limit: int, after: int = 0) -> list[int]:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 
 from models import (
+    Ban,
     BanSubject,
     Campaign,
     Merchant,
@@ -338,6 +339,10 @@ def expire_held_rebates(now: datetime, limit: int = 500) -> int:
 def expire_held_after(now: datetime, after: int, limit: int = 500) -> tuple[list[int], int]:
     """Up to ``limit`` held awards past their deadline (not in review), of ids above ``after`` (a job's keyset: each
     row once a run), expire; (the ids read, how many expired)."""
+    # A lift's release still walking its orders (``rebate.ban_ops.release_batch``) pays what the ban held as of the
+    # lift: an award whose deadline came after the earliest such lift waits for it, or the job's lag would expire
+    # what the lift owes (a release that stalls is alerted, ``ban_release_stalled``).
+    releasing_since = select(func.min(Ban.lifted_at)).where(Ban.release_state == "running").scalar_subquery()
     due = (
         db.session.execute(
             select(Rebate)
@@ -346,6 +351,7 @@ def expire_held_after(now: datetime, after: int, limit: int = 500) -> tuple[list
                 Rebate.condition_deadline <= now,
                 Rebate.status != RebateStatus.REVIEW,
                 Rebate.id > after,
+                or_(releasing_since.is_(None), Rebate.condition_deadline <= releasing_since),
             )
             .order_by(Rebate.id)
             .limit(limit)

@@ -279,6 +279,7 @@ def test_scheduler_has_every_job(app):
         "query_profit_shares",
         "query_stuck_refunds",
         "query_unnotified_payments",
+        "release_lifted_bans_job",
         "send_chat_replies",
         "settle_challenges",
         "settle_covered_debts",

@@ -1,5 +1,10 @@
 """Bans: ``POST /admin/api/bans``, ``DELETE /admin/api/bans/<id>``, ``POST /admin/api/bans/<id>/lift/approve`` and
-``…/lift/reject`` (admin, support), ``GET /admin/api/bans`` (platform roles). What a ban does is ``rebate.ban_ops``.
+``…/lift/reject`` (admin, support), ``GET /admin/api/bans`` and ``GET /admin/api/bans/<id>`` (platform roles). What a
+ban does is ``rebate.ban_ops``.
+
+A lift ends the ban in its request; what the ban held on many orders is released by a job afterwards, a batch per
+transaction: the ban's ``release`` shows how far (``running``, the orders walked and left; ``done``; ``stopped`` by
+the same ban put back), and whether it has ``stalled``.
 
 A ban two operators made (``lift_needs_approval``: a review case a second reviewer approved) is lifted by two:
 ``DELETE`` answers 202 with the ban still in force and the proposal recorded (``lift_pending``; another proposal
@@ -117,6 +122,14 @@ def reject_ban_lift(ban_id: int, body: LiftBan):
     """Reject (or, its proposer, withdraw) the proposal to lift a ban: the ban stays in force."""
     now = utcnow()
     return ban_ops.ban_json(ban_ops.reject_lift(actor(), ban_id, body.reason, now), now)
+
+
+@endpoint(bp, "/bans/<int:ban_id>", auth="operator", roles=PLATFORM)
+def get_ban(ban_id: int):
+    """One ban; lifted, how far the release of what it held has gone (``release``: ``running``, ``done`` or
+    ``stopped``, the orders walked and left, the fen paid, whether it has ``stalled``)."""
+    now = utcnow()
+    return ban_ops.ban_json(ban_ops.get_ban(ban_id), now)
 
 
 @endpoint(bp, "/bans", auth="operator", roles=PLATFORM, query=BanQuery)
