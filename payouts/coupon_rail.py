@@ -14,6 +14,7 @@ it (``payouts.controls.resume_stock``, or restarting the rail) once the budget i
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,7 +25,9 @@ from models import Payout, RailControl, Rebate, UserIdentity, alert_once, db, ut
 from models.payouts import Rail
 from models.sql import insert_ignoring
 from payouts.rails import Outcome, RailResult
+from payouts.transitions import mark_sent
 from wechat.errors import WeChatError, WeChatInvalidRequest, WeChatNotFound, WeChatRateLimited
+from wechat.http import watch_calls
 from wechat.pay import PayClient
 
 # 403 business refusals named in docs/wechat-rules.md §6.3 (WeChat's list is not confirmed), answering a first send.
@@ -47,6 +50,10 @@ STOCK_ID_MOST = 20  # WeChat's stock_id is string[1,20]
 STOCK_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{STOCK_ID_MOST}}}")
 STOCK_KEY = "cs:"  # a stock's switch in rail_controls (its rail column holds 24: "cs:" and 20)
 STOCK_PAUSE = timedelta(hours=24)  # a spent stock's payouts are tried again after this unless it is resumed sooner
+SEND_PATH = "/v3/marketing/favor/users/"  # the send's path (its openid and "/coupons" follow)
+# In a result's details: an attempt of this call may have reached WeChat (``_post``); the payout is then in transit
+# (``payouts.dispatch`` marks it sent), whatever the last answer said.
+MAY_HAVE_REACHED = "may_have_reached_wechat"
 
 
 class CouponRail:
@@ -111,16 +118,27 @@ class CouponRail:
         return self._post(external_no, request, RESEND_REFUSALS)
 
     def _post(self, external_no: str, request: dict[str, Any], refusals: dict[str, Outcome]) -> RailResult:
-        try:
-            answer = self.client.send_favor_coupon(
-                request["openid"],
-                request["stock_id"],
-                external_no,
-                self.stock_creator_mchid,
-                appid=self.appid,
-            )
-        except WeChatError as exc:
-            return _error(exc, refusals, request["stock_id"])
+        """One call (the pay client tries the backup host after a network failure on the main one, same number).
+
+        When an attempt may have reached WeChat (a connection dropped once open, a read timeout) and a later one
+        (the backup's) answered an error, that answer says nothing of the first attempt, which may have issued
+        the coupon: its refusals are read as a resend's, a 429 leaves the payout in transit (``UNKNOWN``) and
+        every such result carries ``MAY_HAVE_REACHED`` (the payout is marked sent: a stop then settles it by
+        its number, never cancels it as never sent, and no fallback pays it again)."""
+        with watch_calls() as watch:
+            try:
+                answer = self.client.send_favor_coupon(
+                    request["openid"],
+                    request["stock_id"],
+                    external_no,
+                    self.stock_creator_mchid,
+                    appid=self.appid,
+                )
+            except WeChatError as exc:
+                reached = watch.reached("POST", SEND_PATH)
+                if reached is None:
+                    return _error(exc, refusals, request["stock_id"])
+                return _reached(_error(exc, RESEND_REFUSALS, request["stock_id"]), reached)
         coupon_id = answer.get("coupon_id") if isinstance(answer, dict) else None
         if not coupon_id:
             return RailResult(Outcome.UNKNOWN, "NO_COUPON_ID", "2xx answer without coupon_id")
@@ -128,6 +146,20 @@ class CouponRail:
             why = f"WeChat's answer could not be read (coupon_id {coupon_id!r:.80}); sent again with the same number"
             return RailResult(Outcome.UNKNOWN, "UNREADABLE_ANSWER", why)
         return RailResult(Outcome.SUCCEEDED, "SUCCESS", wechat_ref=str(coupon_id))
+
+
+def _reached(result: RailResult, error: str) -> RailResult:
+    """``result``, the answer of a later attempt of a call an earlier attempt of which (failed with ``error``) may
+    have reached WeChat: the coupon of the number may have been issued."""
+    # a 429: only a resend of the same number (the coupon's query) decides it now; another 4xx: an operator's, in
+    # transit (a refusal answered on the rail's other paths is a resend's already: RESEND_REFUSALS)
+    outcome = {Outcome.RETRY: Outcome.UNKNOWN, Outcome.CONFIG_ERROR: Outcome.ASK_OPERATOR}.get(result.outcome)
+    outcome = outcome or result.outcome
+    why = (
+        f"{result.message} (an earlier attempt of this send, on the main host, failed with {error} after it may "
+        "have reached WeChat: the coupon may have been issued; settled by sending the same number again)"
+    )
+    return dataclasses.replace(result, outcome=outcome, message=why, details={**result.details, MAY_HAVE_REACHED: True})
 
 
 def _error(exc: WeChatError, refusals: dict[str, Outcome], stock_id: str) -> RailResult:
@@ -203,6 +235,8 @@ def stock_spent(payout: Payout, result: RailResult, now: datetime) -> RailResult
     changes nothing there, so the pause's ``updated_at`` (its ``paused_since``) never moves back: the payout waits
     for the pause a later answer set, or, the stock resumed (or its pause over) since, it is sent again after a
     backoff, as the budget may have been raised since: an operator's resume is never undone by an older answer."""
+    if result.details.get(MAY_HAVE_REACHED):  # its coupon may exist: it waits for the stock, never falls back
+        mark_sent(payout, now)
     stock_id = str(result.details.get("stock_id") or (payout.request or {}).get("stock_id") or "")
     switch = stock_switch(stock_id)
     if switch.reason is not None and switch.updated_at > now:  # (reason None: a switch made just now, never used)

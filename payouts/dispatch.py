@@ -25,7 +25,8 @@ from sqlalchemy import and_, exists, or_, select
 
 from models import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl, User, UserStatus, db
 from payouts.controls import rail_is_on
-from payouts.operations import lock_payout
+from payouts.coupon_rail import MAY_HAVE_REACHED
+from payouts.operations import NEVER_SENT_IS_DEFINITE, lock_payout
 from payouts.rails import Outcome, RailAdapter, RailResult
 from payouts.record import DispatchSettings, apply_result, log_attempt, set_aside, still_offered, unrecorded
 from payouts.transitions import mark_sent, send_entries_together
@@ -261,10 +262,8 @@ def call_wechat(
 # "still processing", a coupon's rail cannot query at all (its query resends the same number): there a payout asked
 # to stop that may have reached WeChat is still sent again under its number (WeChat keeps one of it).
 NOT_FOUND_IS_DEFINITE = frozenset({Rail.WECHAT_CHANGE})
-# The rails where a payout still pending and never marked sent is one WeChat never took, whatever its earlier POSTs
-# answered (a 429, a spent stock: answers that issued nothing; one that may have issued it marks it sent). A coupon's
-# query is a resend of its number, so a payout asked to stop is cancelled here rather than sent again to find out.
-NEVER_SENT_IS_DEFINITE = frozenset({Rail.WECHAT_COUPON})
+# (NEVER_SENT_IS_DEFINITE, the rails where a payout never marked sent is one WeChat never took: payouts.operations,
+# whose operator's cancel decides by it too)
 
 
 def _never_sent(job: Claimed) -> tuple[str, RailResult, int]:
@@ -328,6 +327,8 @@ def _record_locked(
         log_attempt(payout.id, action, job.request, result, ms, now)
     if payout.status != S.SENDING:  # finished meanwhile by a notification or an operator
         return
+    if any(r.details.get(MAY_HAVE_REACHED) for _, r, _ in calls):  # an attempt may have reached WeChat: in transit
+        mark_sent(payout, now)  # whatever the last answer said (a 429 from the backup host, say)
     action, result, _ = calls[-1]
     rechecked = job.status_before == S.WAITING_USER_CONFIRM and action == "query"
     if not (rechecked and still_offered(payout, result, now, settings)):

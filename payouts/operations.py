@@ -13,6 +13,7 @@ from sqlalchemy import or_, select
 from ledger import account, balance
 from models import AccountKind, Campaign, Operator, Order, Payout, PayoutStatus, Rail, Rebate, User, db, utcnow
 from models.operators import approval_refused_because, same_hands
+from models.payouts import TERMINAL
 from payouts.outbox import enqueue_payout
 from payouts.settings import MoneySettings
 from payouts.transitions import PayoutStateError, mark_returned, mark_succeeded, move
@@ -91,9 +92,19 @@ def resend(payout: Payout, now: datetime) -> None:
     payout.next_attempt_at, payout.attempts = now, 0
 
 
+# The rails where a payout still pending (or with an operator) and never marked sent is one WeChat never took,
+# whatever its earlier POSTs answered: a coupon's 429 or spent stock issued nothing, and a send any attempt of which
+# may have reached WeChat (a dropped connection, a timeout, on either host) marks it sent (``payouts.coupon_rail``).
+# Such a payout asked to stop is cancelled, not sent again to find out (a coupon's query is a resend: it would issue
+# it now); ``payouts.dispatch`` decides a stop by it, and an operator's cancel here.
+NEVER_SENT_IS_DEFINITE = frozenset({Rail.WECHAT_COUPON})
+
+
 def cancel(payout: Payout, now: datetime, reason: str) -> None:
     """Cancel an unsent payout now; one waiting for the user's confirmation is cancelled at WeChat by
-    the dispatcher's next pass (its money comes back once WeChat confirms the cancellation)."""
+    the dispatcher's next pass (its money comes back once WeChat confirms the cancellation). A coupon whose sends
+    WeChat answered without issuing it (a 429: its request fixed, never marked sent) is cancelled now too, as a
+    stop cancels it: no later pass sends it."""
     if payout.status == S.WAITING_USER_CONFIRM:
         payout.cancel_requested, payout.next_attempt_at = True, now
         payout.last_error = f"cancellation requested by an operator: {reason}"[:2000]
@@ -105,12 +116,20 @@ def cancel(payout: Payout, now: datetime, reason: str) -> None:
             "WeChat)",
             code="payout_state",
         )
-    may_be_at_wechat = payout.sent_at is not None or payout.request is not None
-    if may_be_at_wechat or payout.status not in (S.PENDING, S.NEEDS_OPERATOR):
+    never_taken = payout.request is None or payout.rail in NEVER_SENT_IS_DEFINITE
+    if payout.sent_at is None and never_taken and payout.status in (S.PENDING, S.NEEDS_OPERATOR):
+        mark_returned(payout, S.CANCELLED, now, f"cancelled by an operator: {reason}")
+        return
+    if payout.rail == Rail.WECHAT_COUPON and payout.sent_at is not None and payout.status not in TERMINAL:
         raise PayoutError(
-            "only an unsent payout, or one waiting for the user's confirmation, can be cancelled", code="payout_state"
+            "this coupon may have been issued at WeChat (a send of it got no clear answer): nothing was changed. It "
+            "is settled by sending its number again (WeChat answers the coupon already issued, or issues it once); "
+            "an operator with the answer, or the user's coupons of its stock, resolves it",
+            code="payout_state",
         )
-    mark_returned(payout, S.CANCELLED, now, f"cancelled by an operator: {reason}")
+    raise PayoutError(
+        "only an unsent payout, or one waiting for the user's confirmation, can be cancelled", code="payout_state"
+    )
 
 
 def refuse_another_merchants_card(code: str, merchant_id: int | None) -> None:
