@@ -8,10 +8,13 @@ timeout nor a frequency limit: a sub-merchant that ended its authorisation of th
 operator once (``profit_share_ratio_refused``): its shares can never be planned.
 Before anything else it books the shares never sent whose order's money WeChat has unfrozen to the merchant by itself,
 180 days after the payment (``release_lapsed``), whether the rail is switched on or not.
+Every share not finished a week before that deadline warns an operator once (``warn_frozen_deadline``), rail on or
+off.
 ``query_profit_shares``: the shares WeChat is still working on (results are asynchronous), and any whose
 answer was lost, queried by their number before anything is sent again.
 
-Both do nothing unless ``FUND_FLOW=service_provider``, and nothing while an operator has the rail switched off.
+Both do nothing unless ``FUND_FLOW=service_provider``. While an operator has the rail switched off nothing is sent,
+but shares WeChat may hold are still asked about (a query is not a new share: the books follow WeChat's answers).
 """
 
 from __future__ import annotations
@@ -49,9 +52,12 @@ def share_due_orders() -> Counter:
         # WeChat unfroze these orders' money by itself: booked whether the rail is on or not
         outcomes["lapsed"] = profit_share.release_lapsed(utcnow())
         outcomes["too_late"] = profit_share.strand_late_payouts()
-        if not profit_share.rail_enabled(utcnow()):
+        rail_on = profit_share.rail_enabled(utcnow())
+        # every share not finished a week before that deadline warns an operator once, rail on or off
+        outcomes["deadline_near"] = profit_share.warn_frozen_deadline(utcnow(), rail_on)
+        if not rail_on:
             outcomes["rail_off"] += 1
-            return outcomes
+            return +outcomes
         wanted = profit_share.ratios_to_fetch(utcnow(), settings)
     ratios, refused = {}, {}
     for sub_mchid in wanted:  # no transaction open: WeChat is asked
@@ -84,15 +90,19 @@ def query_profit_shares() -> Counter:
         return Counter()
     settings, client = context
     with unit_of_work():
-        if not profit_share.rail_enabled(utcnow()):
-            return Counter(rail_off=1)
-    return _run(settings, client, querying=True)
+        rail_on = profit_share.rail_enabled(utcnow())
+    # a query is not a new share: asked with the rail off too (WeChat finishes what it holds, and unfreezes the
+    # rest 180 days after the payment regardless), only nothing is sent then
+    outcomes = _run(settings, client, querying=True, may_send=rail_on)
+    if not rail_on:
+        outcomes["rail_off"] += 1
+    return outcomes
 
 
-def _run(settings: ShareSettings, client: ProfitSharingClient, *, querying: bool) -> Counter:
+def _run(settings: ShareSettings, client: ProfitSharingClient, *, querying: bool, may_send: bool = True) -> Counter:
     outcomes: Counter = Counter()
     with unit_of_work():
-        jobs = profit_share.claim(utcnow(), settings, client, querying=querying)
+        jobs = profit_share.claim(utcnow(), settings, client, querying=querying, may_send=may_send)
     for job in jobs:
         result = profit_share.call(job, client)  # no transaction open
         try:

@@ -31,7 +31,12 @@ WeChat unfreezes an order's unshared money to its merchant by itself ``FROZEN_FO
 still frozen is released as an unfreeze releases it (``order:<id>:released``, once), the share is finished (kind
 ``unfreeze`` when it was never sent, nothing shared) and its payouts still waiting go to an operator (alert
 ``profit_share_frozen_lapsed``). A share that may be at WeChat (sent, or PROCESSING there) is asked about first, as
-always: WeChat's answer decides, and only one it never saw is booked so, never sent after the deadline.
+always: WeChat's answer decides, and only one it never saw is booked so, never sent after the deadline (nor in its
+last ``SEND_MARGIN``, checked again just before the call: a share claimed in time may be sent late); a refund still
+open is decided first. A query is not a new share: shares WeChat may hold are asked about with the rail switched off
+too (``may_send=False``: an answer is recorded, nothing is sent). Every share not finished ``FROZEN_WARNING`` before
+the deadline warns an operator once (``warn_frozen_deadline``, alert ``profit_share_frozen_deadline``), whatever
+it waits for: the rail, a ban, a refund, a review, an operator, WeChat's answer.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from sqlalchemy import and_, exists, null, or_, select, update
 
 from ledger import Leg, post
 from models import (
+    Alert,
     Campaign,
     Merchant,
     Order,
@@ -85,7 +91,9 @@ DESCRIPTION = "订单返利"  # what the person sees on the share
 UNFREEZE_DESCRIPTION = "解冻全部剩余资金"
 FROZEN_FOR = timedelta(days=180)  # WeChat unfreezes an order's unshared money to its merchant this long after payment
 LAPSED = "profit_share_frozen_lapsed"  # the alert: WeChat unfroze the order's money before its share went
-FROZEN_WARNING = timedelta(days=7)  # a share still waiting for a ban is alerted again this long before that
+FROZEN_WARNING = timedelta(days=7)  # a share not finished this long before that warns an operator, once
+DEADLINE_NEAR = "profit_share_frozen_deadline"  # that warning
+SEND_MARGIN = timedelta(hours=1)  # no share is sent this close to that (WeChat may take it after its unfreeze)
 OPERATOR_REQUERY = timedelta(hours=1)  # how often a handed-over share waiting for an operator is asked about
 RATIO_REFUSAL = "比例"  # 分账金额超出最大分账比例: our cached ratio is stale
 NOT_ENOUGH = "NOT_ENOUGH"  # 可分账金额不足: not settled yet, or refunded
@@ -216,6 +224,16 @@ def frozen_until(paid_at: datetime) -> datetime:
 
 def lapsed(paid_at: datetime | None, now: datetime) -> bool:
     return paid_at is not None and now >= frozen_until(paid_at)
+
+
+def send_before(paid_at: datetime | None) -> datetime | None:
+    """No share of the order is sent from then on (``SEND_MARGIN`` before WeChat unfreezes its money by itself)."""
+    return None if paid_at is None else frozen_until(paid_at) - SEND_MARGIN
+
+
+def too_late_to_send(paid_at: datetime | None, now: datetime) -> bool:
+    last = send_before(paid_at)
+    return last is not None and now >= last
 
 
 def release_lapsed(now: datetime, limit: int = 100) -> int:
@@ -356,12 +374,18 @@ class ShareJob:
     body: dict
     query_first: bool
     receivers_to_add: tuple[tuple[str, str, str | None], ...] = ()  # (type, account, sub_appid)
-    lapsed: bool = False  # WeChat has unfrozen the order's money (``frozen_until``): nothing may be sent any more
+    lapsed: bool = False  # too late to send (``too_late_to_send``): WeChat has unfrozen, or is about to, the money
+    send_before: datetime | None = None  # checked again just before the POST (the call may come late)
+    may_send: bool = True  # False: the rail is switched off, WeChat is only asked (a query is not a new share)
+    was: str = ShareStatus.PENDING  # the share's status before this claim
 
 
-def claim(now: datetime, settings: ShareSettings, client, *, querying: bool) -> list[ShareJob]:
+def claim(now: datetime, settings: ShareSettings, client, *, querying: bool, may_send: bool = True) -> list[ShareJob]:
     """Claim due shares (the caller commits before any call): the first claim of a share plans it and fixes
-    its body; ``querying`` takes the shares whose answer is awaited instead of those due to be sent."""
+    its body; ``querying`` takes the shares whose answer is awaited instead of those due to be sent.
+    ``may_send=False`` (the rail switched off; only with ``querying``): WeChat is only asked about them."""
+    if not (querying or may_send):
+        raise ValueError("only queries can be claimed without sending")
     shares = (
         db.session.execute(
             select(ProfitShare)
@@ -382,6 +406,7 @@ def claim(now: datetime, settings: ShareSettings, client, *, querying: bool) -> 
         if row.kind == ShareKind.NOTHING:
             continue
         query_first = row.posted  # an earlier claim may have POSTed it: only a query may decide
+        was = row.status
         row.status, row.lease_until, row.posted = ShareStatus.SENDING, now + settings.lease, True
         row.attempts += 1
         jobs.append(
@@ -394,7 +419,10 @@ def claim(now: datetime, settings: ShareSettings, client, *, querying: bool) -> 
                 dict(row.request),
                 query_first=query_first,
                 receivers_to_add=_receivers_to_add(row),
-                lapsed=lapsed(paid.get(row.order_id), now),
+                lapsed=too_late_to_send(paid.get(row.order_id), now),
+                send_before=send_before(paid.get(row.order_id)),
+                may_send=may_send,
+                was=was,
             )
         )
     db.session.flush()
@@ -411,6 +439,9 @@ def _plan(row: ProfitShare, now: datetime, settings: ShareSettings, client) -> b
         return False
     if lapsed(order.paid_at, now):  # WeChat has unfrozen its money to the merchant: nothing can be shared any more
         _lapse(row, order.paid_at, now, [])
+        return False
+    if too_late_to_send(order.paid_at, now):  # WeChat may take a share sent now after its unfreeze: none is sent
+        row.next_attempt_at = frozen_until(order.paid_at)  # (released then: ``release_lapsed``)
         return False
     if _under_review(order.id):  # so does a reviewer: a rebate released after the share could not leave by it
         row.next_attempt_at = now + settings.poll * 10
@@ -445,7 +476,6 @@ def _plan(row: ProfitShare, now: datetime, settings: ShareSettings, client) -> b
             text=f"share {row.out_order_no} waits: a person it pays is banned (their payouts wait until the ban is "
             "lifted; cancel the payout to share the rest now)",
         )
-        _frozen_deadline_near(row, order, banned, now)
         return False
     config = db.session.get(ProfitShareConfig, row.sub_mchid)
     if config is None or config.fetched_at <= now - settings.ratio_ttl:
@@ -523,28 +553,101 @@ def _payee_banned(payouts: list[Payout]) -> list[Payout]:
     return [p for p in payouts if p.user_id in banned]
 
 
-def _frozen_deadline_near(row: ProfitShare, order: Order, banned: list[Payout], now: datetime) -> None:
-    """A share still waiting for a ban ``FROZEN_WARNING`` before WeChat unfreezes its order's money to the merchant
-    (``FROZEN_FOR`` after the payment): an operator alerted again, once, with what to do. Its first alert
-    (``profit_share_waits_for_ban``) may be months old; a ban that stays puts every payout of the order beyond
-    reach once WeChat has given the money to the merchant, the others' too."""
-    if order.paid_at is None:
-        return
-    deadline = order.paid_at + FROZEN_FOR
-    if now < deadline - FROZEN_WARNING:
-        return
+def warn_frozen_deadline(now: datetime, rail_on: bool, limit: int = 100) -> int:
+    """Every share not finished ``FROZEN_WARNING`` before WeChat unfreezes its order's money to the merchant by
+    itself (``FROZEN_FOR`` after the payment), whatever it waits for (the rail switched off, a ban, a refund, a risk
+    review, an operator, WeChat's answer), warns an operator once (alert ``profit_share_frozen_deadline``, one per
+    share, even once resolved): the order, the deadline, what waits on it and why. After the deadline a share never
+    sent shares nothing: its payouts can no longer leave by it, whoever waited. Runs whether the rail is on or not.
+
+    Each share row is locked, skipping any another runner holds: any number of runners may call it at once."""
+    warned = exists().where(Alert.kind == DEADLINE_NEAR, Alert.subject == ProfitShare.out_order_no)
+    rows = db.session.execute(
+        select(ProfitShare, Order)
+        .join(Order, Order.id == ProfitShare.order_id)
+        .where(
+            ProfitShare.status != ShareStatus.FINISHED,
+            Order.paid_at.is_not(None),
+            Order.paid_at <= now - (FROZEN_FOR - FROZEN_WARNING),
+            ~warned,
+        )
+        .order_by(ProfitShare.id)
+        .limit(limit)
+        .with_for_update(of=ProfitShare, skip_locked=True)
+    ).all()
+    for row, order in rows:
+        just = select(Alert.id).where(Alert.kind == DEADLINE_NEAR, Alert.subject == row.out_order_no).limit(1)
+        if db.session.execute(just).first() is not None:  # another runner warned and committed meanwhile
+            continue
+        _warn_deadline(row, order, rail_on, now)
+    db.session.flush()
+    return len(rows)
+
+
+def _warn_deadline(row: ProfitShare, order: Order, rail_on: bool, now: datetime) -> None:
+    deadline = frozen_until(order.paid_at)
     when = beijing(deadline).strftime("%Y-%m-%d %H:%M")
     fate, act = ("unfroze", "Now") if now >= deadline else ("unfreezes", "Before then")
-    alert_once(
-        "profit_share_frozen_deadline",
-        row.out_order_no,
-        text=f"share {row.out_order_no} still waits for a banned person, and WeChat {fate} order "
-        f"{order.out_trade_no}'s frozen money to the merchant at {when} Beijing time ({FROZEN_FOR.days} days after "
-        "its payment): after that none of the order's payouts can leave by this share, the other persons' too. "
-        f"{act}, lift the ban if it was wrong (DELETE /admin/api/bans/<id>), or cancel the banned person's "
-        f"payouts (ids {', '.join(str(p.id) for p in banned)}: POST /admin/api/payouts/<id>/cancel, the money "
-        "stays the merchant's) so the share goes to the others.",
+    waiting = (
+        db.session.execute(
+            select(Payout)
+            .where(
+                Payout.order_id == order.id,
+                Payout.rail == Rail.PROFIT_SHARING,
+                Payout.status.in_([S.PENDING, S.SENDING, S.UNKNOWN, S.NEEDS_OPERATOR]),
+            )
+            .order_by(Payout.id)
+        )
+        .scalars()
+        .all()
     )
+    why, todo = _why_waiting(row, order, [p for p in waiting if p.status == S.PENDING], rail_on)
+    raise_alert(
+        DEADLINE_NEAR,
+        row.out_order_no,
+        (
+            f"share {row.out_order_no} of order {order.id} ({order.out_trade_no}) is not finished: {why}. WeChat "
+            f"{fate} the order's frozen money to the merchant at {when} Beijing time ({FROZEN_FOR.days} days after "
+            f"its payment); no share is sent from {SEND_MARGIN.seconds // 60} minutes before then, and one never sent "
+            f"shares nothing: {len(waiting)} payout(s) ({sum(p.amount_fen for p in waiting)} fen) wait on it "
+            f"(ids {', '.join(str(p.id) for p in waiting) or 'none'}). {act}, {todo}"
+        )[:4000],
+    )
+
+
+def _why_waiting(row: ProfitShare, order: Order, pending: list[Payout], rail_on: bool) -> tuple[str, str]:
+    """Why the share is not finished, and what an operator can do about it before the deadline."""
+    if row.status == ShareStatus.PROCESSING:
+        return "WeChat is still working on it (PROCESSING)", "check the share at WeChat: its answer is asked for"
+    if row.status == ShareStatus.NEEDS_OPERATOR:
+        return (
+            f"it waits for an operator ({row.last_error or 'no reason recorded'})",
+            "decide it: GET /admin/api/profit-shares?order_id=" + str(order.id),
+        )
+    if row.posted:
+        return "it was handed to WeChat and its answer is awaited", "check the share at WeChat"
+    reasons, todo = [], []
+    if not rail_on:
+        reasons.append("the profit-sharing rail is switched off")
+        todo.append("switch the rail on (PUT /admin/api/rails/profit_sharing)")
+    if refund_open(order.id):
+        reasons.append("a refund of the order is still open")
+        todo.append("see the refund decided")
+    if _under_review(order.id):
+        reasons.append("a rebate of the order is held for a risk review")
+        todo.append("decide the review")
+    banned = _payee_banned(pending)
+    if banned:
+        reasons.append("a person it pays is banned")
+        todo.append(
+            "lift the ban if it was wrong (DELETE /admin/api/bans/<id>), or cancel the banned person's payouts "
+            f"(ids {', '.join(str(p.id) for p in banned)}: POST /admin/api/payouts/<id>/cancel, the money stays the "
+            "merchant's) so the share goes to the others, the other persons' payouts too"
+        )
+    if not reasons:
+        reasons.append(f"not sent yet ({row.last_error or 'due ' + beijing(row.next_attempt_at).isoformat()})")
+        todo.append("see why it is not sent (its sub-merchant's maximum ratio, say)")
+    return "; ".join(reasons), "; ".join(todo) + "."
 
 
 def _fit(payouts: list[Payout], cap: int, merchant: Merchant, settings: ShareSettings):
@@ -626,13 +729,19 @@ def call(job: ShareJob, client) -> ShareCall:
                 if job.lapsed:  # never seen, and the order's money is the merchant's now: nothing is sent
                     result.outcome = "lapsed"
                     return result
+                if not job.may_send:  # never seen, and the rail is switched off: nothing is sent now
+                    result.outcome = "held"
+                    return result
                 # WeChat never saw this number: the same body may be sent
             else:
                 return _answered(result, answer, job)
-        elif job.lapsed:  # (planned before the deadline, never sent: the same)
-            result.outcome = "lapsed"
+        elif job.lapsed or not job.may_send:  # (planned before the deadline, never sent: the same)
+            result.outcome = "lapsed" if job.lapsed else "held"
             return result
         for receiver_type, account, sub_appid in job.receivers_to_add:
+            if _too_late(job):
+                result.outcome = "lapsed"
+                return result
             result.calls.append("add_receiver")
             try:
                 client.add_receiver(job.sub_mchid, receiver_type, account, "USER", sub_appid=sub_appid)
@@ -642,6 +751,9 @@ def call(job: ShareJob, client) -> ShareCall:
                 result.outcome, result.code, result.message = "receiver_refused", exc.code, exc.message
                 return result
             result.added.append((receiver_type, account, client.sp_appid))
+        if _too_late(job):  # claimed in time, but this call comes late: nothing is sent after the deadline
+            result.outcome = "lapsed"
+            return result
         result.calls.append("send")
         answer = client.post_order(job.body) if job.kind == ShareKind.SHARE else client.unfreeze(job.body)
         return _answered(result, answer, job)
@@ -652,6 +764,10 @@ def call(job: ShareJob, client) -> ShareCall:
         refusal = result.outcome == "refused" or result.code == NOT_ENOUGH
         result.definite = refusal and result.calls[-1] == "send"
         return result
+
+
+def _too_late(job: ShareJob) -> bool:
+    return job.send_before is not None and utcnow() >= job.send_before
 
 
 def _answered(result: ShareCall, answer: Any, job: ShareJob) -> ShareCall:
@@ -700,9 +816,18 @@ def record(job: ShareJob, result: ShareCall, now: datetime, settings: ShareSetti
     if row.status != ShareStatus.SENDING:  # decided meanwhile (an operator)
         return row.status
     row.lease_until = None
+    if result.outcome == "held":  # the rail is off and WeChat never saw it: it waits as it was (not an attempt)
+        row.attempts = max(0, row.attempts - 1)
+        row.status = job.was if job.was == ShareStatus.NEEDS_OPERATOR else ShareStatus.PENDING
+        row.next_attempt_at = now + (OPERATOR_REQUERY if job.was == ShareStatus.NEEDS_OPERATOR else settings.poll * 10)
+        db.session.flush()
+        return row.status
     row.last_error = None if result.outcome in ("answered", "lapsed") else f"{result.code}: {result.message}"[:2000]
     if result.outcome == "answered":
         _apply_answer(row, result.answer, now, settings)
+    elif result.outcome == "lapsed" and (not lapsed(paid_at, now) or refund_open(row.order_id)):
+        # never sent, and too late to send: released at the deadline, after the open refund is decided
+        _unplan(row, max(frozen_until(paid_at), now + settings.poll * 10))
     elif result.outcome == "lapsed":  # WeChat never saw it and has unfrozen the order's money to the merchant
         _lapse(row, paid_at, now, _share_payouts(row))
     elif result.outcome == "refused" and result.definite and RATIO_REFUSAL in result.message:
@@ -816,6 +941,23 @@ def _replan(row: ProfitShare, now: datetime) -> None:
         payout.request = null()  # SQL NULL (not JSON null): "never handed over", as the clawback reads it
     row.status, row.kind, row.request, row.shared_fen = ShareStatus.PENDING, None, null(), 0
     row.next_attempt_at, row.posted = now, False  # WeChat refused it outright: no share of this number exists
+
+
+def _unplan(row: ProfitShare, when: datetime) -> None:
+    """WeChat has no share of this number (never sent, or a query said it never saw it) and none may be sent any
+    more: the plan is undone, its payouts wait unplanned again (never handed over, as the clawback reads them) and
+    ``release_lapsed`` books the order's release at ``when`` (at the deadline, once no refund is open). A share
+    WeChat once answered (its payouts in transit) is only asked about again then."""
+    payouts = _share_payouts(row)
+    row.attempts = max(0, row.attempts - 1)  # nothing was sent: not an attempt
+    if any(p.status != S.SENDING for p in payouts):
+        row.status, row.next_attempt_at = ShareStatus.PENDING, when
+        return
+    for payout in payouts:
+        move(payout, S.PENDING)
+        payout.request = null()
+    row.status, row.kind, row.request, row.shared_fen = ShareStatus.PENDING, None, null(), 0
+    row.next_attempt_at, row.posted = when, False
 
 
 def _add_receivers_again(row: ProfitShare, now: datetime, settings: ShareSettings) -> None:
