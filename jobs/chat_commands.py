@@ -3,11 +3,13 @@
 ``handle_oa_text`` is one of ``jobs.messages.TEXT_HANDLERS``: called in the pushed message's own transaction
 (the message worker applies each once), it parses the text with the bots' one command language, runs it
 for the openid's chat binding (:mod:`challenges.bot`) and writes the answer as a ``chat_replies`` row: no
-WeChat call inside the transaction. ``send_chat_replies`` (a job) claims pending answers, commits the claim,
-then sends each as a customer-service text (``/cgi-bin/message/custom/send``) with no transaction open and
-records the outcome. A customer-service message has no query API: one whose answer was lost is not sent
-again (``failed`` with the error), as with the notices; one a crashed sender left ``sending`` is marked ``failed``
-(outcome unknown) after ``STUCK_AFTER``, never sent again (``fail_stuck_sending``, the group posts' job too).
+WeChat call inside the transaction. A start or a join (it stakes the balance) applied more than ``STALE_COMMAND``
+after it was said (retried, or requeued by an operator) is not run: the answer asks for it again.
+``send_chat_replies`` (a job) claims pending answers, commits the claim, then sends each as a customer-service
+text (``/cgi-bin/message/custom/send``) with no transaction open and records the outcome. A customer-service
+message has no query API: one whose answer was lost is not sent again (``failed`` with the error), as with the
+notices; one a crashed sender left ``sending`` is marked ``failed`` (outcome unknown) after ``STUCK_AFTER``, never
+sent again (``fail_stuck_sending``, the group posts' job too).
 
 ``webhook_sender`` is the WeCom group webhook for the jobs (the daily leaderboard post): every post takes a
 turn of one minute-long window per robot key, shared by every process through Redis (in-process without
@@ -28,8 +30,8 @@ from flask import current_app
 from sqlalchemy import case, select, update
 
 from challenges import bindings, bot
-from challenges.commands import meant_as_command, parse
-from jobs.messages import TEXT_HANDLERS, Claimed
+from challenges.commands import JoinChallenge, StartChallenge, meant_as_command, parse
+from jobs.messages import TEXT_HANDLERS, Claimed, said_at
 from jobs.payouts import MovingWindow, job_context
 from models import ChatReply, MessageSource, Transport, db, unit_of_work, utcnow
 from wechat.errors import WeChatError
@@ -39,6 +41,12 @@ from wechat.wecom import WebhookSender
 log = logging.getLogger(__name__)
 BATCH = 20
 STUCK_AFTER = timedelta(minutes=10)  # a send takes seconds: a row still ``sending`` after this lost its sender
+# A command that stakes the person's balance (a start, a join) is run only this soon after it was said (WeChat's
+# CreateTime): the worker applies a message at once, or after retries with backoff, or when an operator requeues a
+# failed one, days later; a stake reserved then is one the person asked for long before (and WeChat may no longer
+# deliver the answer: 45015 after 48 h). Asked again is run anew. Other commands (help, standings, bind) always run.
+STALE_COMMAND = timedelta(minutes=10)
+MOVES_MONEY = (StartChallenge, JoinChallenge)
 OUTCOME_UNKNOWN = (
     "outcome unknown: the sender stopped between its claim and WeChat's answer; not sent again (it may have arrived)"
 )
@@ -56,6 +64,12 @@ def fail_stuck_sending(model, now: datetime) -> int:
     if done:
         log.warning("sends left unfinished marked failed", extra={"table": model.__tablename__, "rows": done})
     return done
+
+
+def stale_text(age: timedelta) -> str:
+    minutes = int(age.total_seconds() // 60)
+    when = f"{minutes}分钟前" if minutes < 120 else f"{minutes // 60}小时前"
+    return f"这条命令是{when}发的，隔得太久，为免扣错钱没有执行。还要的话请重新发送。"
 
 
 def binding_settings(cfg) -> bindings.BindingSettings:
@@ -82,7 +96,11 @@ def handle_oa_text(message: Claimed, now: datetime) -> bool:
         return False
     speaker = bindings.Speaker(Transport.OA, cfg["WECHAT_OA_APPID"], message.openid)
     ctx = bot.Context(speaker, bindings.bound_user(speaker), None)
-    reply = bot.execute(command, ctx, now, binding=binding_settings(cfg))
+    said = said_at(message)
+    if isinstance(command, MOVES_MONEY) and now - said > STALE_COMMAND:
+        reply = bot.Reply(stale_text(now - said), "stale_command")
+    else:
+        reply = bot.execute(command, ctx, now, binding=binding_settings(cfg))
     db.session.add(
         ChatReply(
             transport=Transport.OA, external_id=message.openid, text=reply.text, secret=reply.secret, created_at=now

@@ -117,7 +117,8 @@ def _locked_if_queued(message_id: int) -> InboundMessage | None:
     return row if row is not None and row.status == MessageStatus.QUEUED else None
 
 
-def _created_at(message: Claimed) -> datetime:
+def said_at(message: Claimed) -> datetime:
+    """When the person said it: WeChat's CreateTime (checked at intake: present, 1970 to 2100)."""
     return datetime.fromtimestamp(int(message.payload.get("create_time") or 0), UTC)
 
 
@@ -181,7 +182,7 @@ def _fetch_unionid(message: Claimed) -> str | None:
 
 def _apply_follow(message: Claimed, unionid: str | None, now: datetime) -> str:
     appid = current_app.config["WECHAT_OA_APPID"]
-    record_follow(appid, message.openid, FOLLOW_EVENTS[message.event or ""], _created_at(message), unionid)
+    record_follow(appid, message.openid, FOLLOW_EVENTS[message.event or ""], said_at(message), unionid)
     return MessageStatus.DONE
 
 
@@ -196,7 +197,7 @@ def _apply_subscribe_msg(message: Claimed, _: None, now: datetime) -> str:
     pushed = PushMessage(p["msg_type"], p["event"], p["from_user"], p["to_user"], p["create_time"], None, p["fields"])
     appid = current_app.config["WECHAT_APPID" if message.source == MessageSource.MP else "WECHAT_OA_APPID"]
     user_id = person_of_openid(message.openid, appid) if appid else None
-    consents.apply_push_event(user_id, message.openid, message.event, subscribe_items(pushed), _created_at(message))
+    consents.apply_push_event(user_id, message.openid, message.event, subscribe_items(pushed), said_at(message))
     return MessageStatus.DONE
 
 
@@ -206,7 +207,7 @@ def _apply_template_finish(message: Claimed, _: None, now: datetime) -> str:
     fields = message.payload["fields"]
     user_id = oa_person(current_app.config["WECHAT_OA_APPID"], message.openid)
     msgid, status = str(fields.get("MsgID") or "").strip(), str(fields.get("Status") or "").strip()
-    taken = apply_template_finish(user_id, msgid, status, _created_at(message))
+    taken = apply_template_finish(user_id, msgid, status, said_at(message))
     return MessageStatus.DONE if taken else MessageStatus.IGNORED
 
 

@@ -12,10 +12,11 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated
 
 from flask import Blueprint, current_app
-from pydantic import Field, StringConstraints
+from pydantic import BeforeValidator, Field, StringConstraints
 from sqlalchemy import select
 
 from challenges import bindings
@@ -31,8 +32,18 @@ bp = Blueprint("chat_bindings_api", __name__)
 OPEN_DATA_MAX_AGE_S = 600  # wx.getGroupEnterInfo is called when the chat tool opens: older data is a replay
 
 
+def _nfkc(value: object) -> object:
+    """A code typed on a Chinese keyboard in full-width mode (ＡＢＣＤ－ＥＦＧＨ, an ideographic space) is the same
+    code; a lookalike of another script (a Cyrillic А) stays itself and is refused by the pattern."""
+    return unicodedata.normalize("NFKC", value) if isinstance(value, str) else value
+
+
 class ConfirmCode(Model):
-    code: Annotated[str, StringConstraints(min_length=4, max_length=20, pattern=r"^[A-Za-z0-9\- ]+$")]
+    code: Annotated[
+        str,
+        StringConstraints(min_length=4, max_length=20, pattern=r"^[A-Za-z0-9\- ]+$"),
+        BeforeValidator(_nfkc),
+    ]
 
 
 def binding_json(binding: ChatBinding) -> dict:

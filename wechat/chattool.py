@@ -83,6 +83,8 @@ class GroupEnterInfo:
         return cls(opengid, group_openid, chat_type if isinstance(chat_type, int) else None)
 
 
+MAX_ACTIVITY_ID = 128  # what chat_tool_cards.activity_id holds
+LATEST_EXPIRY = 4_102_444_800  # 2100-01-01 UTC in seconds: an activity id lives about a day
 MAX_OPENGID = 64  # what a chat binding's scope holds (WeChat's are about 28 characters)
 MAX_GROUP_OPENID = 128  # what its external id holds
 
@@ -114,13 +116,22 @@ class ChatToolClient:
         return answer
 
     def create_activity_id(self, unionid: str | None = None, openid: str | None = None) -> tuple[str, int]:
-        """A new activity id and its expiry (Unix time)."""
+        """A new activity id and its expiry (Unix time; 0 when WeChat gave none). An answer we cannot keep (no id, one
+        longer than ``MAX_ACTIVITY_ID``, an expiry that is no time before 2100) is ``WeChatUnavailable``: that card
+        is tried again later, the other cards go on."""
         body = {k: v for k, v in (("unionid", unionid), ("openid", openid)) if v}
         answer = self._call(ACTIVITY_PATH, body or None, "GET" if not body else "POST")
         activity_id = answer.get("activity_id")
-        if not isinstance(activity_id, str) or not activity_id:
+        if not isinstance(activity_id, str) or not activity_id or len(activity_id) > MAX_ACTIVITY_ID:
+            # (one longer than chat_tool_cards keeps failed the job's record of a card already sent: every pass)
             raise WeChatUnavailable("no activity_id in the answer", code="UNPARSEABLE_RESPONSE")
-        return activity_id, int(answer.get("expiration_time") or 0)
+        expires = answer.get("expiration_time") or 0
+        if isinstance(expires, str) and expires.isascii() and expires.isdecimal():
+            expires = int(expires)
+        if isinstance(expires, bool) or not isinstance(expires, int) or not 0 <= expires < LATEST_EXPIRY:
+            # a word or a time past 2100: int() / fromtimestamp() raised out of the job's whole pass, every pass
+            raise WeChatUnavailable("the activity's expiration_time is no time", code="UNPARSEABLE_RESPONSE")
+        return activity_id, expires
 
     def update_card(
         self,

@@ -57,6 +57,7 @@ WEBHOOK_MARKDOWN_BYTES = 4096
 WEBHOOK_PER_MINUTE = 20
 WEBHOOK_BUSY = 130101
 STREAM_CONTENT_BYTES = 20480
+MAX_NESTING = 16  # a callback nests three or four levels (a mixed message's items); more is not WeCom
 SIGNATURE = re.compile(r"[0-9a-fA-F]{40}")  # SHA1 in hex: compare_digest takes ASCII only (TypeError, a 500)
 
 
@@ -188,6 +189,20 @@ def _field(data: dict[str, Any], name: str, limit: int, required: bool = True) -
     return text
 
 
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests objects or arrays deeper than ``limit``, walked without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def parse_message(plaintext: str) -> BotMessage:
     try:
         data = loads_strict(plaintext)
@@ -195,6 +210,8 @@ def parse_message(plaintext: str) -> BotMessage:
         raise CallbackRejected("MALFORMED_JSON", "the decrypted message is not JSON") from None
     if not isinstance(data, dict):
         raise CallbackRejected("MALFORMED_JSON", "the decrypted message is not an object")
+    if _deeper_than(data, MAX_NESTING):  # before storable(), which recurses: a few hundred deep was a 500
+        raise CallbackRejected("MALFORMED_JSON", f"nested deeper than {MAX_NESTING} levels: not a message WeCom sends")
     if not storable(data):
         raise CallbackRejected("MALFORMED_JSON", "the decrypted message holds a NUL or a lone surrogate")
     sender = data.get("from")
