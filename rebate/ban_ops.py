@@ -35,7 +35,7 @@ import re
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import and_, func, null, or_, select
+from sqlalchemy import and_, func, null, or_, select, update
 
 from models import (
     Ban,
@@ -433,6 +433,8 @@ def _mark_lifted(
     db.session.flush()
     _undo(ban, owner, now)
     ban.release_moved_at, ban.release_after, ban.release_orders, ban.release_paid_fen = now, 0, 0, 0
+    if not active_bans([(ban.subject, ban.value)], now):  # no other ban on them: releases it stopped go on
+        _resume_stopped(ban, now)
     if owner is not None and owner.status != "active":  # another ban on them: its lift releases what they earned
         ban.release_state = DONE
     elif resumable is None:
@@ -444,6 +446,18 @@ def _mark_lifted(
         ban.release_state, ban.release_orders = DONE, len(resumable)
         ban.release_after = max(resumable, default=0)
     db.session.flush()
+
+
+def _resume_stopped(ban: Ban, now: datetime) -> None:
+    """The releases of earlier lifts of the same person, merchant, device or network that this ban (put back while
+    they ran) stopped go on from where they were, each paying as of its own lift (``release_batch``): what an earlier
+    lift owed, deadlines between the two lifts included (their awards waited, ``milestones._owed_to_releases``)."""
+    db.session.execute(
+        update(Ban)
+        .where(Ban.subject == ban.subject, Ban.value == ban.value, Ban.id != ban.id, Ban.release_state == STOPPED)
+        .values(release_state=RUNNING, release_moved_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _undo(ban: Ban, owner: User | Merchant | None, now: datetime) -> None:

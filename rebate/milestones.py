@@ -12,9 +12,9 @@ then; it is applied when the ban is lifted before the deadline (``resume_refused
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 
 from models import (
     Ban,
@@ -339,30 +339,62 @@ def expire_held_rebates(now: datetime, limit: int = 500) -> int:
 def expire_held_after(now: datetime, after: int, limit: int = 500) -> tuple[list[int], int]:
     """Up to ``limit`` held awards past their deadline (not in review), of ids above ``after`` (a job's keyset: each
     row once a run), expire; (the ids read, how many expired)."""
-    # A lift's release still walking its orders (``rebate.ban_ops.release_batch``) pays what the ban held as of the
-    # lift: an award whose deadline came after the earliest such lift waits for it, or the job's lag would expire
-    # what the lift owes (a release that stalls is alerted, ``ban_release_stalled``).
-    releasing_since = select(func.min(Ban.lifted_at)).where(Ban.release_state == "running").scalar_subquery()
-    due = (
-        db.session.execute(
-            select(Rebate)
-            .where(
-                Rebate.held_fen > 0,
-                Rebate.condition_deadline <= now,
-                Rebate.status != RebateStatus.REVIEW,
-                Rebate.id > after,
-                or_(releasing_since.is_(None), Rebate.condition_deadline <= releasing_since),
-            )
-            .order_by(Rebate.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        .scalars()
-        .all()
+    stmt = select(Rebate).where(
+        Rebate.held_fen > 0,
+        Rebate.condition_deadline <= now,
+        Rebate.status != RebateStatus.REVIEW,
+        Rebate.id > after,
     )
+    owed = _owed_to_releases(now)
+    if owed is not None:
+        stmt = stmt.where(~owed)
+    due = db.session.execute(stmt.order_by(Rebate.id).limit(limit).with_for_update(skip_locked=True)).scalars().all()
     # each in a savepoint: one that fails is rolled back alone and alerted once, the others expire
     done = sum(guarded_row("held_rebate_expiry_failed", "rebate", r.id, _expire_due, r) for r in due)
     return [r.id for r in due], done
+
+
+RELEASES_SCOPED = 50  # releases at once each named in the expiry's condition; more, and one cut-off for all
+STOPPED_RELEASE_KEPT = timedelta(days=30)  # a release stopped by the same ban put back keeps its awards this long
+
+
+def _owed_to_releases(now: datetime):
+    """The held awards a lift's release still owes (a condition on ``Rebate``), or None: none running.
+
+    A lift whose release a job walks (``rebate.ban_ops.release_batch``) pays what the ban held as of the lift, so an
+    award it covers whose deadline came after the lift must not expire before the job reaches it (the job's lag, a
+    stalled release, alerted ``ban_release_stalled``). A release stopped by the same ban put back resumes at that
+    ban's lift and keeps its awards meanwhile, for ``STOPPED_RELEASE_KEPT`` (then they expire as any refused award
+    whose ban stays). Each release covers what ``ban_ops._candidates`` walks: the person's or merchant's awards, or
+    the buyers' of the orders placed from the device or network; others expire as ever. Beyond ``RELEASES_SCOPED``
+    releases at once, every award due after the earliest of their lifts waits."""
+    rows = db.session.execute(
+        select(Ban.subject, Ban.value, Ban.lifted_at)
+        .where(
+            Ban.lifted_at.is_not(None),
+            or_(
+                Ban.release_state == "running",
+                and_(Ban.release_state == "stopped", Ban.release_moved_at > now - STOPPED_RELEASE_KEPT),
+            ),
+        )
+        .order_by(Ban.lifted_at)
+        .limit(RELEASES_SCOPED + 1)
+    ).all()
+    if not rows:
+        return None
+    if len(rows) > RELEASES_SCOPED:
+        return Rebate.condition_deadline > rows[0].lifted_at
+    covered = []
+    for subject, value, lifted_at in rows:
+        later = Rebate.condition_deadline > lifted_at
+        if subject in (BanSubject.USER, BanSubject.MERCHANT):
+            covered.append(and_(later, Rebate.beneficiary_type == subject, Rebate.beneficiary_id == int(value)))
+            continue
+        placed = Order.device == value if subject == BanSubject.DEVICE else _may_be_in(value)
+        covered.append(
+            and_(later, Rebate.beneficiary_type == "user", Rebate.order_id.in_(select(Order.id).where(placed)))
+        )
+    return or_(*covered)
 
 
 def _expire_due(rebate: Rebate) -> None:

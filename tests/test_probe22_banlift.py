@@ -470,3 +470,63 @@ def test_awards_due_before_a_running_release_began_still_expire(client, admin, b
     assert expired == 1
     assert {r.order_id for r in db.session.execute(select(Rebate).where(Rebate.id.in_(read))).scalars()} == {other.id}
     assert paid(ids) == 0
+
+
+def test_awards_a_lift_owed_are_paid_when_the_same_ban_put_back_is_lifted_whatever_their_deadline(
+    client, admin, buy, small_inline
+):
+    # given: a lifted device ban holding 7 orders, the awards due an hour after the lift; one batch of three released
+    ban_id, ids = refused_orders(client, admin, buy, 7)
+    lift(client, admin, ban_id)
+    lifted_at = db.session.get(Ban, ban_id).lifted_at
+    db.session.execute(
+        update(Rebate).where(Rebate.order_id.in_(ids)).values(condition_deadline=lifted_at + timedelta(hours=1))
+    )
+    db.session.commit()
+    assert ban_ops.release_batch(ban_id, utcnow(), 3, money=app_money()).orders == 3
+    db.session.commit()
+
+    # when: the device is banned again before the job walked the rest, stays banned past the deadline (the expiry
+    # job runs), then is lifted, and the job runs
+    again = ban(client, admin, "device", DEVICE)
+    run_job()
+    assert shown(client, admin, ban_id)["release"]["state"] == "stopped"
+    later = lifted_at + timedelta(hours=2)
+    assert expire_held_after(later, 0) == ([], 0)
+    db.session.commit()
+    lift(client, admin, again)
+    run_job(later)
+
+    # then: as the lift in one request of before would have: each of the 7 paid once
+    assert paid(ids) == 7
+    assert shown(client, admin, ban_id)["release"]["state"] == "done"
+    assert sum(cash(db.session.get(Order, i).user_id) for i in ids) == 7 * HELD
+
+
+def test_a_stalled_release_keeps_only_its_own_awards_from_expiring(client, admin, buy, small_inline, monkeypatch):
+    # given: a lifted ban whose release fails at every batch, and another buyer's award due a minute after the lift
+    ban_id, ids = refused_orders(client, admin, buy, 4)
+    other = buy(device="another-device", ip=None)
+    lift(client, admin, ban_id)
+    lifted_at = db.session.get(Ban, ban_id).lifted_at
+    db.session.execute(
+        update(Rebate)
+        .where(Rebate.order_id.in_([*ids, other.id]))
+        .values(condition_deadline=lifted_at + timedelta(minutes=1))
+    )
+    db.session.commit()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("replay failed")
+
+    monkeypatch.setattr(ban_ops, "resume_refused", broken)
+    run_job()
+
+    # when: the expiry job runs a month later, the release still stalled
+    read, expired = expire_held_after(lifted_at + timedelta(days=30), 0)
+    db.session.commit()
+
+    # then: the other buyer's award expired; the release's own wait for it
+    assert expired == 1
+    assert {r.order_id for r in db.session.execute(select(Rebate).where(Rebate.id.in_(read))).scalars()} == {other.id}
+    assert all(held_of(i) == ("held", 0, HELD) for i in ids)
