@@ -394,3 +394,19 @@ def test_a_watch_sees_only_its_own_threads_calls():
 def test_the_apps_pay_client_is_on_the_watched_session(app):
     # the coupon rail's pay client is the app's (jobs.payouts): its calls are seen by ``watch_calls``
     assert isinstance(app.extensions["wechat"].pay.session, WeChatSession)
+
+
+@responses.activate
+def test_a_nested_watch_leaves_the_outer_one_watching_and_none_behind():
+    from wechat.http import WeChatSession, _watching, watch_calls
+
+    url = "https://api.mch.weixin.qq.com/v3/marketing/favor/users/o/coupons"
+    responses.add(responses.POST, url, body=requests.exceptions.ReadTimeout("late"))
+    session = WeChatSession(None)
+    with watch_calls() as outer:
+        with watch_calls():  # a helper watching its own call, nothing failed in it
+            pass
+        with pytest.raises(requests.RequestException):
+            session.post(url)
+    assert outer.reached("POST", "/v3/marketing/favor/users/") == "ReadTimeout"
+    assert getattr(_watching, "watches", []) == []

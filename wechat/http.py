@@ -81,7 +81,7 @@ def _never_connected(exc: BaseException, depth: int = 0) -> bool:
     return any(isinstance(e, BaseException) and _never_connected(e, depth + 1) for e in inner)
 
 
-@dataclass
+@dataclass(eq=False)  # each watch is itself: a nested one's exit removes that one, never an equal outer one
 class Watch:
     """The failed attempts that may have reached WeChat of the calls made on this thread while it is open."""
 
@@ -106,7 +106,7 @@ def watch_calls() -> Iterator[Watch]:
     try:
         yield watch
     finally:
-        watches.remove(watch)
+        watches[:] = [w for w in watches if w is not watch]
 
 
 def _note(method: str, url: str, exc: BaseException) -> None:
