@@ -15,8 +15,11 @@ find them with::
 
     SELECT user_id, appid, count(*) FROM user_identities GROUP BY user_id, appid HAVING count(*) > 1;
 
-On PostgreSQL the table is locked against writers (``SHARE ROW EXCLUSIVE``) from the check to the constraint, so no
-sign-in can add a duplicate between them; building the index takes the table's lock for its (short) time.
+The check takes no lock (sign-in refuses a second identity already, so none should appear meanwhile; one that did
+would fail the constraint's build, and the upgrade with it, changing nothing). Building the unique index holds the
+table's lock for the build (one row per person and app: seconds on millions), as the other index migrations do; on
+PostgreSQL the upgrade waits at most ``LOCK_TIMEOUT`` for that lock rather than queueing every sign-in and payout
+lookup behind a long transaction: it fails then, changing nothing, and is run again at a quieter time.
 
 Revision ID: 0047_identity_user_appid
 Revises: 0046_order_ip_net
@@ -32,12 +35,11 @@ branch_labels = None
 depends_on = None
 
 SHOWN = 20  # duplicates named in the error; the query in this file's docstring finds every one
+LOCK_TIMEOUT = "10s"  # PostgreSQL: the longest wait for the table's lock before the build (then: fail, run again)
 
 
 def upgrade():
     bind = op.get_bind()
-    if bind.dialect.name == "postgresql":
-        op.execute("LOCK TABLE user_identities IN SHARE ROW EXCLUSIVE MODE")
     twice = bind.execute(
         sa.text(
             "SELECT user_id, appid, min(id), max(id), count(*) FROM user_identities "
@@ -55,6 +57,8 @@ def upgrade():
             "changed. Keep the identity whose openid the person's payments and payouts use, delete the others, "
             "and upgrade again (see migrations/versions/0047_identity_user_appid.py)."
         )
+    if bind.dialect.name == "postgresql":
+        op.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
     with op.batch_alter_table("user_identities") as batch:
         batch.create_unique_constraint(batch.f("uq_user_identities_user_id_appid"), ["user_id", "appid"])
 
