@@ -8,14 +8,16 @@ Basis (docs/architecture.md §11): every event counts on the Beijing day it happ
 - ``influenced`` / ``influenced_refunds``: paid orders that used a campaign's packet or earned one of
   its rebates, per campaign and (campaign 0) across campaigns, each order once;
 - ``discounts_returned``: the packets' discounts a full refund gave back to their funders and budgets, on the day
-  the refund that completed it succeeded, per campaign and (campaign 0) the orders' own;
+  the refund that completed it (the order's refund applied last, whatever WeChat's dates) succeeded, per campaign
+  and (campaign 0) the orders' own;
 - ``packets_issued`` (created), ``packets_claimed``, ``packets_used`` (spent on an order paid that day: a refund
   that restores the packet leaves the use where it was), ``packets_expired`` (on the day
   their validity ended), ``packets_revoked`` (on the day it was revoked), split by face-value bucket,
   trigger and channel (the packet's source) for issued and used;
 - ``rebates_awarded`` (as first awarded), ``rebates_held`` (still held when the day was rolled up, on
   the award's day), ``rebates_paid`` (a payout that succeeded, or for the ``balance`` form the ledger's
-  credit of the balance, or a coupon's payout refused and credited to the balance instead, on that day; ``points``
+  credit of the balance, or a coupon's payout refused and credited to the balance instead, or a cash rebate's payout
+  that came back to the person's balance and was not sent again, on that day; ``points``
   are not money and count as awarded only), ``rebates_clawed_back`` (money taken back from a rebate paid or
   queued: a refund's on the day the refund succeeded, any other on its own day; of a coupon, only what a payout
   not yet sent gave back: a coupon that has left is not taken back) and ``rebates_cancelled`` (a held part that
@@ -36,8 +38,10 @@ from sqlalchemy import BigInteger, and_, case, cast, func, or_, select, union
 from sqlalchemy.orm import aliased
 
 from models import (
+    AccountKind,
     AdjustmentKind,
     Campaign,
+    LedgerAccount,
     LedgerEntry,
     LedgerPosting,
     Order,
@@ -142,18 +146,17 @@ def _buyer_part():
     """What a refund gave back of the buyer's own payment (with ``Order`` and ``Refund`` joined): all of it, or for
     an order paid partly with a WeChat Pay coupon (sales count ``paid_fen``; the coupon's part of a refund goes
     back to the coupon) what it took off the buyer's part left (``money.left_after_refunds``), rounded down on the
-    running total of the order's refunds before it, as ``Order.net_paid_fen`` is: the refunds of a whole order
-    take back exactly ``paid_fen``, not a fen less per refund. The products are taken only for such an order."""
+    running total of the order's refunds applied before it, as ``Order.net_paid_fen`` and the books are: the refunds
+    of a whole order take back exactly ``paid_fen``, not a fen less per refund. Applied, not dated by WeChat: a
+    refund's part never changes once it is applied (one dated earlier but learned late must not change the part of
+    one already counted on a day that may be final). The products are taken only for such an order."""
     earlier = aliased(Refund)
     before = (
         select(cast(func.coalesce(func.sum(earlier.amount_fen), 0), BigInteger))  # (PostgreSQL: numeric)
         .where(
             earlier.order_id == Refund.order_id,
             earlier.status == RefundStatus.SUCCEEDED,
-            or_(
-                earlier.finished_at < Refund.finished_at,
-                and_(earlier.finished_at == Refund.finished_at, earlier.id < Refund.id),
-            ),
+            _applied_before(earlier, Refund),
         )
         .correlate(Refund)
         .scalar_subquery()
@@ -169,6 +172,13 @@ def _buyer_part():
         (Order.paid_fen == Order.payable_fen, Refund.amount_fen),
         else_=left(before) - left(before + Refund.amount_fen),
     )
+
+
+def _applied_before(first, second):
+    """Refund ``first`` was applied here before refund ``second`` (our clock, ``applied_at``; a tie by id): the order
+    the books took an order's refunds in (each under the order's lock), whatever WeChat dated them."""
+    a, b = (func.coalesce(r.applied_at, r.finished_at) for r in (first, second))
+    return or_(a < b, and_(a == b, first.id < second.id))
 
 
 def _succeeded_in(start: datetime, end: datetime):
@@ -285,19 +295,18 @@ def _influenced(out: DayRollup, start: datetime, end: datetime) -> None:
 
 
 def _discounts_returned(out: DayRollup, start: datetime, end: datetime) -> None:
-    """The packets' discounts a full refund gave back to their funders (and budgets), on the day the order's last
-    refund succeeded (WeChat's time): that refund made it refunded in full. Per campaign, and (campaign 0) the
-    orders' own discounts, each order once."""
+    """The packets' discounts a full refund gave back to their funders (and budgets), on the day (WeChat's time) the
+    refund that made the order refunded in full succeeded: the order's refund applied last (``rebate.refunds``
+    posts ``refund:<id>:discount:<packet>`` under it), not the one WeChat dated last (one dated earlier may be
+    learned days later, and it is then the one that completed the order). Per campaign, and (campaign 0) the orders'
+    own discounts, each order once."""
     later = aliased(Refund)
     last = ~(
         select(later.id)
         .where(
             later.order_id == Refund.order_id,
             later.status == RefundStatus.SUCCEEDED,
-            or_(
-                later.finished_at > Refund.finished_at,
-                and_(later.finished_at == Refund.finished_at, later.id > Refund.id),
-            ),
+            _applied_before(Refund, later),
         )
         .correlate(Refund)
         .exists()
@@ -442,16 +451,32 @@ def _balance_credits(out: DayRollup, start: datetime, end: datetime) -> None:
     """Rebates of the ``balance`` form are paid when the ledger credits the balance (``rebate:<id>`` keys: at
     the award, at a milestone's release, at a review's release); the cash forms when their payout succeeds; a
     payout from the funder (a coupon) that falls back to the balance when the ledger credits it instead
-    (``payout:<id>:to-balance``: a payout from the person's own balance posts none, its money is there already)."""
+    (``payout:<id>:to-balance``: a payout from the person's own balance posts none, its money is there already);
+    and a payout from the person's own balance (a cash rebate) that came back there and was not sent again (refused,
+    or its fallback keeps it in the balance: ``payout:<id>:failed`` / ``:cancelled`` crediting the person's cash,
+    with no payout retrying it) when the balance has it back: the money is the person's, to withdraw. One sent again
+    counts when that one is paid or comes back in turn; a payout a clawback cut before it was sent posts neither
+    (``:reduce:``), and a paid red packet WeChat refunds unopened (``:unclaimed``) was counted paid already."""
     credited = func.sum(LedgerPosting.amount)
+    came_back = and_(
+        or_(
+            LedgerEntry.idempotency_key.like("payout:%:failed"), LedgerEntry.idempotency_key.like("payout:%:cancelled")
+        ),
+        LedgerAccount.kind == AccountKind.USER_CASH,
+    )
     stmt = (
         select(LedgerEntry.idempotency_key, credited)
         .join(LedgerPosting, LedgerPosting.entry_id == LedgerEntry.id)
+        .join(LedgerAccount, LedgerAccount.id == LedgerPosting.account_id)
         .where(
             LedgerEntry.created_at >= start,
             LedgerEntry.created_at < end,
             LedgerEntry.unit == "fen",
-            or_(LedgerEntry.idempotency_key.like("rebate:%"), LedgerEntry.idempotency_key.like("payout:%:to-balance")),
+            or_(
+                LedgerEntry.idempotency_key.like("rebate:%"),
+                LedgerEntry.idempotency_key.like("payout:%:to-balance"),
+                came_back,
+            ),
             LedgerPosting.amount > 0,
         )
         .group_by(LedgerEntry.id, LedgerEntry.idempotency_key)
@@ -463,9 +488,17 @@ def _balance_credits(out: DayRollup, start: datetime, end: datetime) -> None:
         if ident.isdecimal():
             (by_rebate if kind == "rebate" else by_payout)[int(ident)].append(int(fen or 0))
     fell_back: dict[int, list[int]] = defaultdict(list)  # by rebate, whatever its form
-    if by_payout:
+    ids = sorted(by_payout)
+    for chunk in range(0, len(ids), 1000):
+        retry = aliased(Payout)  # a retry pays the same rebate: found by its (indexed) rebate, then its parent
+        retried = (
+            select(retry.id)
+            .where(retry.rebate_id == Payout.rebate_id, retry.retry_of_id == Payout.id)
+            .correlate(Payout)
+            .exists()
+        )
         stmt = select(Payout.id, Payout.rebate_id).where(
-            Payout.id.in_(sorted(by_payout)), Payout.rebate_id.is_not(None)
+            Payout.id.in_(ids[chunk : chunk + 1000]), Payout.rebate_id.is_not(None), ~retried
         )
         for payout_id, rebate_id in db.session.execute(stmt):
             fell_back[rebate_id] += by_payout[payout_id]
