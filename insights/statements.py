@@ -1,17 +1,18 @@
 """A merchant's monthly statement, read from the ledger: every figure is the sum of named postings.
 
-The month is a Beijing month; a posting belongs to it by its entry's booking time. Each of the merchant's
-six accounts (payable, marketing deposit, marketing credit, fees due, and in service-provider mode its
-order money frozen for profit sharing and its own claim on that money) is split into figures by the entry's
-idempotency key (``FIGURES``: the first pattern that matches; each account's last figure takes the rest), so
-the figures of an account add up to its movement in the month, and opening + movement = closing is checked
-on every statement (``reconciles``). ``statement_postings`` lists the postings of one figure: the figure is
-their sum, to the fen.
+The month is a Beijing month; a posting belongs to it by its entry's booking time. Every time a statement shows
+(its ``from`` and ``to``, each posting's ``booked_at``, the invoice's ``created_at``) is Beijing time, ``+08:00``.
+Each of the merchant's six accounts (payable, marketing deposit, marketing credit, fees due, and in
+service-provider mode its order money frozen for profit sharing and its own claim on that money) is split into
+figures by the entry's idempotency key (``FIGURES``: the first pattern that matches; each account's last figure
+takes the rest), so the figures of an account add up to its movement in the month, and opening + movement = closing
+is checked on every statement (``reconciles``). ``statement_postings`` lists the postings of one figure: the figure
+is their sum, to the fen.
 
 What is not yet in the ledger is shown apart as *in flight*, each line with the rows it reads: rebates held
 for a milestone or a review, live packets' reservations, refunds not finished, deposit top-ups awaiting a
-second operator, and fees booked but not yet invoiced. The profit-sharing part (``profit_shares``) reads
-the frozen order money's postings and the ``ProfitShare`` rows (see ``_profit_shares``).
+second operator, withdrawals awaiting one, and fees booked but not yet invoiced. The profit-sharing part
+(``profit_shares``) reads the frozen order money's postings and the ``ProfitShare`` rows (see ``_profit_shares``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from models import (
     ShareStatus,
     db,
 )
+from models.base import BEIJING
 from models.orders import OPEN_REFUNDS
 from models.rebates import SHARE_DEBT
 from money import format_yuan, unsettled_share
@@ -67,7 +69,9 @@ CREDIT, FEES = AccountKind.MERCHANT_MARKETING_CREDIT, AccountKind.MERCHANT_FEES_
 FROZEN, OWN = AccountKind.MERCHANT_FROZEN_SALES, AccountKind.MERCHANT_OWN_SALES
 SALE, RELEASED = r"^order:\d+:sale$", r"^order:\d+:released$"
 SHARED = r"^payout:\d+:paid$"  # a profit-sharing payout a person received (``payouts.profit_share._shared``)
-CLAWBACK = r"^(clawback:|review:\d+:clawback:)"
+# a clawback's own entry, or (a coupon's) what it took back from a payout not yet sent (``payouts.cancel_or_reduce``:
+# ``payout:<id>:reduce:<clawback key>:<id>``, only ever posted by a clawback): clawed back, not "paid less returns"
+CLAWBACK = r"^(clawback:|review:\d+:clawback:|payout:\d+:reduce:)"
 
 FIGURES: tuple[Figure, ...] = (
     Figure(
@@ -78,6 +82,12 @@ FIGURES: tuple[Figure, ...] = (
     ),
     Figure("payable_other", PAYABLE, "Other movements of what the platform owes the merchant", None),
     Figure("deposit_top_ups", DEPOSIT, "Deposit top-ups approved (four eyes)", r"^deposit:"),
+    Figure(
+        "deposit_withdrawals",
+        DEPOSIT,
+        "Deposit withdrawals approved (four eyes): unspent deposit paid back to it by bank transfer",
+        r"^deposit-withdrawal:",
+    ),
     Figure("deposit_from_credit", DEPOSIT, "Marketing credit spent on promotions, into the deposit", r"^credit:"),
     Figure(
         "discounts_funded",
@@ -204,7 +214,7 @@ def _postings(accounts: dict[str, _Account], start: datetime, end: datetime):
             "memo": memo,
             "account": by_id[account_id].code,
             "amount_fen": int(amount),
-            "booked_at": created_at.isoformat(),
+            "booked_at": beijing_iso(created_at),
         }
 
 
@@ -224,6 +234,11 @@ def statement_postings(merchant: Merchant, month: str, figure: str) -> list[dict
     """The postings one figure of the statement adds up (``figure`` one of ``FIGURE_NAMES``)."""
     start, end = month_bounds(month)
     return [p for p in _postings(_accounts(merchant.id), start, end) if p["figure"] == figure]
+
+
+def beijing_iso(when: datetime) -> str:
+    """An instant as the statement shows it: Beijing time with its offset (``2031-04-01T00:30:00+08:00``)."""
+    return when.astimezone(BEIJING).isoformat()
 
 
 def money(fen: int) -> dict:
@@ -254,8 +269,8 @@ def merchant_statement(merchant: Merchant, month: str, fund_flow: str, entries_u
     return {
         "merchant": {"id": merchant.id, "name": merchant.name},
         "month": month,
-        "from": start.isoformat(),
-        "to": end.isoformat(),
+        "from": beijing_iso(start),
+        "to": beijing_iso(end),
         "fund_flow": fund_flow,
         "figures": figures,
         "summary": _summary(totals),
@@ -445,7 +460,7 @@ def _invoice(merchant_id: int, month: str) -> dict | None:
         "due": money(row.due_fen),
         "credit_given_back": money(credit_given_back(merchant_id, month)),  # a month the fees fell below zero
         "carried_forward": money(carried_forward(merchant_id, month)),  # … what it left for the next invoices
-        "created_at": row.created_at.isoformat(),
+        "created_at": beijing_iso(row.created_at),
     }
 
 
@@ -478,6 +493,7 @@ def _in_flight(merchant_id: int, accounts: dict[str, _Account]) -> dict:
     ).all()
     top_ups = [(i, a) for i, a, purpose in proposals if purpose == ProposalPurpose.DEPOSIT]
     payments = [(i, a) for i, a, purpose in proposals if purpose == ProposalPurpose.FEES]
+    withdrawals = [(i, a) for i, a, purpose in proposals if purpose == ProposalPurpose.WITHDRAWAL]
     fees = accounts[FEES.value]
     fees_due = 0 if fees.id is None else balances([fees])[fees.id]
     return {
@@ -487,6 +503,10 @@ def _in_flight(merchant_id: int, accounts: dict[str, _Account]) -> dict:
         "deposit_proposals_pending": {
             **money(sum(a for _, a in top_ups)),
             "proposal_ids": [i for i, _ in top_ups],
+        },
+        "withdrawals_pending": {
+            **money(sum(a for _, a in withdrawals)),
+            "proposal_ids": [i for i, _ in withdrawals],
         },
         "fee_payments_pending": {**money(sum(a for _, a in payments)), "proposal_ids": [i for i, _ in payments]},
         "fees_owed": {**money(-fees_due), "account": accounts[FEES.value].code},

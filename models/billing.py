@@ -3,8 +3,10 @@ and deposit top-ups waiting for a second operator.
 
 ``OrderFee`` is the fee an order owes now (lowered by refunds, never below zero); its ledger entries carry the
 money. ``FeeInvoice`` is one per merchant and Beijing month (unique), written once by the invoice job with the
-marketing credit applied first. ``DepositProposal`` is a top-up one operator proposed; a different operator
-approves (its ledger entry posts then, once) or rejects it.
+marketing credit applied first. ``DepositProposal`` is a top-up (or a fee payment, or a withdrawal of unspent
+deposit money) one operator proposed; a different operator approves (its ledger entry posts then, once) or rejects
+it. Its ``transfer_ref`` names the bank transfer it records: one proposal per merchant, purpose and reference among
+those not rejected (a partial unique index), so one transfer is never recorded, nor approved, twice.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime, utcnow
@@ -76,11 +78,16 @@ class ProposalStatus(StrEnum):
 class ProposalPurpose(StrEnum):
     DEPOSIT = "deposit"  # money the merchant paid in for its marketing deposit (direct mode only)
     FEES = "fees"  # money the merchant paid against its billed service fees (the platform's own income)
+    WITHDRAWAL = "withdrawal"  # unspent deposit money paid back to the merchant by bank transfer
+
+
+# a proposal's live bank transfer reference: one per merchant and purpose (a rejected proposal frees its reference)
+LIVE_TRANSFER_REF = text("transfer_ref IS NOT NULL AND status <> 'rejected'")
 
 
 class DepositProposal(Base):
     """Money a merchant paid in, as one operator recorded it (a deposit top-up, or a payment of its billed
-    fees); another approves (posted then, once) or rejects it."""
+    fees), or deposit money paid back to it (a withdrawal); another approves (posted then, once) or rejects it."""
 
     __tablename__ = "deposit_proposals"
 
@@ -95,11 +102,22 @@ class DepositProposal(Base):
     decided_by: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     decision_reason: Mapped[str | None] = mapped_column(String(200))
+    # the bank transfer's own reference (capitals; ``rebate.deposit_ops.transfer_reference``); none before 0049
+    transfer_ref: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         CheckConstraint("amount_fen > 0", name="amount_positive"),
         CheckConstraint("status in ('pending', 'approved', 'rejected')", name="status"),
-        CheckConstraint("purpose in ('deposit', 'fees')", name="purpose"),
+        CheckConstraint("purpose in ('deposit', 'fees', 'withdrawal')", name="purpose"),
         CheckConstraint("decided_by is null or decided_by <> proposed_by", name="four_eyes"),
         Index("ix_deposit_proposals_merchant_status", "merchant_id", "status"),
+        Index(
+            "uq_deposit_proposals_transfer_ref",
+            "merchant_id",
+            "purpose",
+            "transfer_ref",
+            unique=True,
+            postgresql_where=LIVE_TRANSFER_REF,
+            sqlite_where=LIVE_TRANSFER_REF,
+        ),
     )

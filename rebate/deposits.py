@@ -13,6 +13,10 @@ account, so concurrent claims and payments cannot both spend the last of it.
 When it runs dry (or refuses a packet) the campaign is paused and an operator
 alerted.
 
+Unspent deposit money goes back to the merchant by a withdrawal (``withdraw``, proposed and approved by two
+operators in ``rebate.deposit_ops``): under the same row lock, never what its live packets and held rebates are
+promised (``reserved_against``), so a withdrawal racing a claim or a payment never leaves a promise uncovered.
+
 A campaign activated in service-provider mode (``funded_from_sales``) has no deposit: its rebates leave the
 merchant's own order money by profit sharing, within the merchant's maximum ratio (``payouts.profit_share``),
 and its budget is its only cap. None of the checks here apply to it.
@@ -20,11 +24,22 @@ and its budget is its only cap. None of the checks here apply to it.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, or_, select, update
 
-from ledger import Leg, account, balance, post_entry
-from models import AccountKind, Campaign, CampaignStatus, FunderType, LedgerAccount, Rebate, alert_once, db
-from rebate.errors import DepositExhausted, Invalid
+from ledger import Leg, account, balance, balance_if_any, existing_account_id, post_entry, ref
+from models import (
+    AccountKind,
+    Campaign,
+    CampaignStatus,
+    FunderType,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerPosting,
+    Rebate,
+    alert_once,
+    db,
+)
+from rebate.errors import DepositExhausted, Invalid, StateConflict
 
 
 def deposit_funded(campaign: Campaign) -> bool:
@@ -47,6 +62,74 @@ def top_up(merchant_id: int, amount_fen: int, key: str, memo: str) -> int:
         [Leg(account(AccountKind.WECHAT_SETTLEMENT), -amount_fen), Leg(deposit, amount_fen)],
     )
     return balance(deposit)
+
+
+def withdrawable(merchant_id: int) -> tuple[int, int, int]:
+    """(what the deposit holds, what of it is promised: live packets' reservations and held rebates, what the
+    merchant paid into it: ``paid_in``). A read: it creates no account and takes no lock (``withdraw`` checks again
+    under the lock)."""
+    found = existing_account_id(ref(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", merchant_id))
+    held = balance_if_any(ref(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", merchant_id))
+    return held, reserved_against(merchant_id), 0 if found is None else paid_in(merchant_id, found)
+
+
+def paid_in(merchant_id: int, deposit_id: int) -> int:
+    """What the merchant itself paid into its deposit and has not taken back: its top-ups (``deposit:<m>:…``) less
+    its withdrawals (``deposit-withdrawal:<m>:…``). Money that came in any other way (marketing credit spent into
+    it, ``credit:…``; a campaign's unspent budget returned) is for the platform's costs only and never leaves as a
+    bank transfer. One statement over the deposit's postings (an operator's rare read)."""
+    mine = or_(
+        LedgerEntry.idempotency_key.startswith(f"deposit:{merchant_id}:", autoescape=True),
+        LedgerEntry.idempotency_key.startswith(f"deposit-withdrawal:{merchant_id}:", autoescape=True),
+    )
+    stmt = (
+        select(func.coalesce(func.sum(LedgerPosting.amount), 0))
+        .join(LedgerEntry, LedgerEntry.id == LedgerPosting.entry_id)
+        .where(LedgerPosting.account_id == deposit_id, mine)
+    )
+    return int(db.session.execute(stmt).scalar_one())
+
+
+def withdraw(merchant_id: int, amount_fen: int, key: str, memo: str) -> int:
+    """Pay ``amount_fen`` of the merchant's deposit back to it (by bank transfer); returns the deposit's balance.
+
+    Top-ups in reverse: the deposit down, ``wechat_settlement`` (the platform's money in its account) up, under
+    ledger key ``deposit-withdrawal:<merchant>:<key>``. The deposit's row is locked first, as every claim and
+    payment spending it locks it, and what it holds beyond every live packet's reservation and every held rebate
+    of the campaigns it funds must cover the amount, else ``StateConflict`` (409 ``withdrawal_exceeds_available``)
+    before anything is written."""
+    if isinstance(amount_fen, bool) or not isinstance(amount_fen, int) or amount_fen <= 0:
+        raise Invalid("a withdrawal must be a positive amount of fen", code="invalid_amount")
+    deposit = deposit_account(merchant_id)
+    db.session.execute(select(LedgerAccount.id).where(LedgerAccount.id == deposit.id).with_for_update())
+    held, promised = balance(deposit), reserved_against(merchant_id)
+    refuse_beyond_free(merchant_id, amount_fen, held, promised, paid_in(merchant_id, deposit.id))
+    post_entry(
+        f"deposit-withdrawal:{merchant_id}:{key}",
+        memo,
+        [Leg(deposit, -amount_fen), Leg(account(AccountKind.WECHAT_SETTLEMENT), amount_fen)],
+    )
+    return balance(deposit)
+
+
+def refuse_beyond_free(merchant_id: int, amount_fen: int, held: int, promised: int, own: int) -> None:
+    """``StateConflict`` when ``amount_fen`` is more than the deposit holds beyond what it promised (409
+    ``withdrawal_exceeds_available``), or more than the merchant paid in and has not withdrawn (``own``, 409
+    ``withdrawal_exceeds_paid_in``: marketing credit spent into the deposit never leaves as cash)."""
+    free = max(0, held - promised)
+    if amount_fen > free:
+        raise StateConflict(
+            f"merchant {merchant_id}'s marketing deposit holds {held} fen, {promised} fen of it promised to live "
+            f"packets and held rebates: {free} fen may be withdrawn, not {amount_fen} fen",
+            code="withdrawal_exceeds_available",
+        )
+    if amount_fen > max(0, own):
+        raise StateConflict(
+            f"merchant {merchant_id} paid {max(0, own)} fen into its marketing deposit that it has not withdrawn: "
+            f"not {amount_fen} fen (money that came in otherwise, such as marketing credit, is for the platform's "
+            "costs and is never paid out)",
+            code="withdrawal_exceeds_paid_in",
+        )
 
 
 def lock_deposits(campaigns: list[Campaign]) -> dict[int, LedgerAccount]:

@@ -24,7 +24,7 @@ def deposit(merchant_id: int) -> int:
 def propose(client, headers, merchant_id: int, amount_fen: int = 100_00, key: str = "k1"):
     return client.post(
         f"/admin/api/merchants/{merchant_id}/deposit/top-ups",
-        json={"amount_fen": amount_fen, "reason": "bank transfer"},
+        json={"amount_fen": amount_fen, "reason": "bank transfer", "transfer_ref": f"TR-{key}"},
         headers={**headers, "Idempotency-Key": key},
     )
 

@@ -252,7 +252,7 @@ class TestServiceProviderMode:
         _, admin_h = make_operator("admin")
         deposit = client.post(
             f"/admin/api/merchants/{shop_id}/deposit/top-ups",
-            json={"amount_fen": 1_00, "reason": "bank transfer"},
+            json={"amount_fen": 1_00, "reason": "bank transfer", "transfer_ref": "TR-0001"},
             headers={**finance_h, "Idempotency-Key": "d"},
         )
         assert (deposit.status_code, deposit.json["error"]) == (409, "deposits_not_in_service_provider_mode")

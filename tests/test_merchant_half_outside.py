@@ -133,7 +133,7 @@ def test_reasons_at_their_longest_are_kept_or_cut_never_a_500(client, make_opera
     longest = "长" * 500
     proposed = client.post(
         f"/admin/api/merchants/{shop.id}/deposit/top-ups",
-        json={"amount_fen": 100, "reason": longest},
+        json={"amount_fen": 100, "reason": longest, "transfer_ref": "TR-A"},
         headers={**finance, "Idempotency-Key": "a"},
     )
     assert proposed.status_code == 201, proposed.json
@@ -149,7 +149,7 @@ def test_reasons_at_their_longest_are_kept_or_cut_never_a_500(client, make_opera
     assert client.put(f"/admin/api/merchants/{shop.id}/wechat-pay", json=ids, headers=admin).status_code == 200
     again = client.post(
         f"/admin/api/merchants/{shop.id}/deposit/top-ups",
-        json={"amount_fen": 100, "reason": longest},
+        json={"amount_fen": 100, "reason": longest, "transfer_ref": "TR-C"},
         headers={**finance, "Idempotency-Key": "c"},
     )
     rejected = client.post(

@@ -255,8 +255,12 @@ def test_activation_needs_the_deposit_to_hold_the_budget_then_a_top_up_lets_it_r
     _, admin = make_operator("admin")
     top_up = f"/admin/api/merchants/{merchant_id}/deposit/top-ups"
     key = {**finance, "Idempotency-Key": "topup-1"}
-    first = client.post(top_up, json={"amount_fen": 60_00, "reason": "bank transfer 1"}, headers=key)
-    again = client.post(top_up, json={"amount_fen": 60_00, "reason": "bank transfer 1"}, headers=key)
+    first = client.post(
+        top_up, json={"amount_fen": 60_00, "reason": "bank transfer 1", "transfer_ref": "TR-1"}, headers=key
+    )
+    again = client.post(
+        top_up, json={"amount_fen": 60_00, "reason": "bank transfer 1", "transfer_ref": "TR-1"}, headers=key
+    )
     assert first.status_code == 201 and first.get_json() == again.get_json()
     assert first.get_json()["status"] == "pending" and deposit(merchant_id) == 0  # nothing moves before approval
 
@@ -273,7 +277,9 @@ def test_activation_needs_the_deposit_to_hold_the_budget_then_a_top_up_lets_it_r
 
     # when: 40 more
     more = {**finance, "Idempotency-Key": "topup-2"}
-    second = client.post(top_up, json={"amount_fen": 40_00, "reason": "bank transfer 2"}, headers=more)
+    second = client.post(
+        top_up, json={"amount_fen": 40_00, "reason": "bank transfer 2", "transfer_ref": "TR-2"}, headers=more
+    )
     assert second.status_code == 201 and approve(second.get_json()["id"]).status_code == 200
     allowed = client.post(f"/admin/api/campaigns/{campaign_id}/activate", json={"reason": "go live"}, headers=staff)
 
@@ -291,7 +297,7 @@ def test_activation_needs_the_deposit_to_hold_the_budget_then_a_top_up_lets_it_r
         ({"amount_fen": -5, "reason": "top up"}, {"Idempotency-Key": "k"}, 422, None),
         ({"amount_fen": "100", "reason": "top up"}, {"Idempotency-Key": "k"}, 422, None),
         ({"amount_fen": 100}, {"Idempotency-Key": "k"}, 422, None),
-        ({"amount_fen": 100, "reason": "top up"}, {}, 422, "idempotency_key_required"),
+        ({"amount_fen": 100, "reason": "top up", "transfer_ref": "TR-0001"}, {}, 422, "idempotency_key_required"),
     ],
 )
 def test_bad_top_ups_are_refused_and_change_nothing(

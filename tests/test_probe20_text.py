@@ -132,7 +132,7 @@ def test_a_ban_s_reason_that_cannot_be_shown_as_one_line_is_refused_naming_the_f
 def test_a_deposit_top_up_s_reason_is_refused_the_same_and_keeps_no_key(client, make_operator, make_merchant, reason):
     _, finance = make_operator("finance")
     shop = make_merchant()
-    body = {"amount_fen": 100, "reason": reason}
+    body = {"amount_fen": 100, "reason": reason, "transfer_ref": "TR-0001"}
     path = f"{MERCHANTS}/{shop.id}/deposit/top-ups"
     response = post_json(client, path, body, {**finance, "Idempotency-Key": "top-up-1"})
     assert response.status_code == 422, response.get_data(as_text=True)

@@ -29,7 +29,7 @@ def deposit(merchant_id: int) -> int:
 def propose(client, headers: dict, merchant_id: int, amount_fen: int, key: str = "p1") -> int:
     resp = client.post(
         f"/admin/api/merchants/{merchant_id}/deposit/top-ups",
-        json={"amount_fen": amount_fen, "reason": "bank transfer 0042"},
+        json={"amount_fen": amount_fen, "reason": "bank transfer 0042", "transfer_ref": f"TR-{key}"},
         headers={**headers, "Idempotency-Key": key},
     )
     assert resp.status_code == 201, resp.json
@@ -367,7 +367,7 @@ def test_a_top_up_resent_under_its_key_with_another_amount_is_422_and_records_on
 
     again = client.post(
         f"/admin/api/merchants/{shop.id}/deposit/top-ups",
-        json={"amount_fen": 3_000_00, "reason": "bank transfer 0042"},
+        json={"amount_fen": 3_000_00, "reason": "bank transfer 0042", "transfer_ref": "TR-slip-42"},
         headers={**finance, "Idempotency-Key": "slip-42"},
     )
 
@@ -382,7 +382,7 @@ def test_a_top_up_proposed_twice_at_once_under_one_key_is_one_proposal(app, clie
     shop = make_merchant()
     _, finance = make_operator("finance")
     path = f"/admin/api/merchants/{shop.id}/deposit/top-ups"
-    body = {"amount_fen": 300_00, "reason": "bank transfer 0042"}
+    body = {"amount_fen": 300_00, "reason": "bank transfer 0042", "transfer_ref": "TR-slip-43"}
     headers = {**finance, "Idempotency-Key": "slip-43"}
 
     results = post_together(app, [(path, headers, body)] * 3)

@@ -50,7 +50,7 @@ def story(client, make_user, make_merchant, make_product, make_campaign, make_op
     # a 500-yuan deposit top-up, proposed by finance and approved by an admin
     proposed = client.post(
         f"/admin/api/merchants/{shop.id}/deposit/top-ups",
-        json={"amount_fen": 500_00, "reason": "bank transfer 0042"},
+        json={"amount_fen": 500_00, "reason": "bank transfer 0042", "transfer_ref": "TR-0042"},
         headers={**finance, "Idempotency-Key": "t1"},
     )
     approved = client.post(
@@ -113,6 +113,7 @@ def test_the_worked_example_statement_sums_to_its_ledger(client, story):
         "refunds": -40_00,
         "payable_other": 0,
         "deposit_top_ups": 500_00,
+        "deposit_withdrawals": 0,
         "deposit_from_credit": 1_00,
         "discounts_funded": -20_00,
         "rebates_clawed_back": 6_00,  # half of 8 (credit) and of 4 (balance)

@@ -77,7 +77,7 @@ def test_a_pending_top_up_is_approved_on_the_page_by_a_second_operator_only(clie
     shop = make_merchant()
     proposed = client.post(
         f"/admin/api/merchants/{shop.id}/deposit/top-ups",
-        json={"amount_fen": 50_00, "reason": "bank transfer"},
+        json={"amount_fen": 50_00, "reason": "bank transfer", "transfer_ref": "TR-0001"},
         headers={**finance, "Idempotency-Key": "k"},
     ).json
     page_url = f"/console/statements?merchant_id={shop.id}&month=2026-01"

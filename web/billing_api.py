@@ -1,14 +1,17 @@
 """A merchant's side of the platform's money (README "Merchant billing"): the service-fee rate, monthly fee
-invoices, marketing credit spent on promotions, and deposit top-ups with four eyes.
+invoices, marketing credit spent on promotions, and deposit top-ups and withdrawals with four eyes.
 
 A deposit top-up is proposed by one platform operator (admin or finance) and approved by another; in the
-service-provider fund flow top-ups are refused (409), the platform never taking a merchant's money (二清).
+service-provider fund flow top-ups are refused (409), the platform never taking a merchant's money (二清). A
+withdrawal (unspent deposit money paid back by bank transfer, never what live packets and held rebates are
+promised) is proposed and approved the same way, in either fund flow. Top-ups and withdrawals name their bank
+transfer (``transfer_ref``, required; a fee payment may): one transfer is recorded once (409 ``transfer_ref_used``).
 Merchant staff read their own merchant's proposals, invoices and rate; anything of another merchant is 404.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from flask import Blueprint, current_app, g, request
 from pydantic import Field
@@ -25,6 +28,18 @@ from web.admin import ANY_OPERATOR, actor
 from web.api import endpoint
 from web.guards import MAX_ID
 from web.schemas import Id, Model, Page, PositiveFen, Reason
+
+# a bank transfer's own reference (kept in capitals; ``rebate.deposit_ops.transfer_reference`` checks it again)
+TransferRef = Annotated[
+    str,
+    Field(
+        min_length=4,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+        description="The bank transfer's reference: 4 to 64 letters, digits and . _ / -, starting with a letter or "
+        "digit; one transfer is recorded once per merchant and purpose (409 transfer_ref_used).",
+    ),
+]
 
 bp = Blueprint("billing", __name__, url_prefix="/admin/api")
 MONEY_ROLES = (OperatorRole.ADMIN, OperatorRole.FINANCE)
@@ -43,6 +58,7 @@ def proposal_json(p: DepositProposal) -> dict:
         "decided_by": p.decided_by,
         "decided_at": p.decided_at.isoformat() if p.decided_at else None,
         "decision_reason": p.decision_reason,
+        "transfer_ref": p.transfer_ref,
     }
 
 
@@ -58,9 +74,18 @@ def invoice_json(i: FeeInvoice) -> dict:
     }
 
 
-class DepositTopUp(Model):
+class FeePayment(Model):
     amount_fen: PositiveFen
     reason: Reason
+    transfer_ref: TransferRef | None = None
+
+
+class DepositTopUp(Model):
+    """A top-up or a withdrawal: the bank transfer's reference is required."""
+
+    amount_fen: PositiveFen
+    reason: Reason
+    transfer_ref: TransferRef
 
 
 class Decision(Model):
@@ -69,7 +94,7 @@ class Decision(Model):
 
 class ProposalQuery(Page):
     status: Literal["pending", "approved", "rejected"] | None = None
-    purpose: Literal["deposit", "fees"] | None = None
+    purpose: Literal["deposit", "fees", "withdrawal"] | None = None
     merchant_id: int | None = Field(None, gt=0, le=MAX_ID)
 
 
@@ -98,7 +123,34 @@ class CreditSpend(Model):
 def propose_top_up(merchant_id: int, body: DepositTopUp):
     """Propose a deposit top-up (money the merchant paid in); it moves nothing until another operator approves."""
     proposal = deposit_ops.propose_top_up(
-        actor(), merchant_id, body.amount_fen, body.reason[:200], current_app.config["FUND_FLOW"]
+        actor(),
+        merchant_id,
+        body.amount_fen,
+        body.reason[:200],
+        current_app.config["FUND_FLOW"],
+        transfer_ref=body.transfer_ref,
+    )
+    return proposal_json(proposal), 201
+
+
+@endpoint(
+    bp,
+    "/merchants/<int:merchant_id>/deposit/withdrawals",
+    methods=["POST"],
+    auth="operator",
+    roles=MONEY_ROLES,
+    body=DepositTopUp,
+    idempotent=True,
+    require_key=True,
+    status=201,
+)
+def propose_withdrawal(merchant_id: int, body: DepositTopUp):
+    """Propose paying unspent deposit money back to the merchant by the bank transfer ``transfer_ref`` (asked by the
+    merchant outside; its staff move no money here). Never what its live packets and held rebates are promised (409
+    ``withdrawal_exceeds_available``, now and again under the deposit's lock when another operator approves it
+    through ``/deposit-proposals/<id>/approve``); it moves nothing until then."""
+    proposal = deposit_ops.propose_withdrawal(
+        actor(), merchant_id, body.amount_fen, body.reason[:200], current_app.config["FUND_FLOW"], body.transfer_ref
     )
     return proposal_json(proposal), 201
 
@@ -109,12 +161,12 @@ def propose_top_up(merchant_id: int, body: DepositTopUp):
     methods=["POST"],
     auth="operator",
     roles=MONEY_ROLES,
-    body=DepositTopUp,
+    body=FeePayment,
     idempotent=True,
     require_key=True,
     status=201,
 )
-def propose_fee_payment(merchant_id: int, body: DepositTopUp):
+def propose_fee_payment(merchant_id: int, body: FeePayment):
     """Record money the merchant paid against its billed service fees (never more than billed and unpaid); it
     moves nothing until another operator approves it (``/deposit-proposals/<id>/approve``)."""
     proposal = deposit_ops.propose_top_up(
@@ -124,14 +176,16 @@ def propose_fee_payment(merchant_id: int, body: DepositTopUp):
         body.reason[:200],
         current_app.config["FUND_FLOW"],
         purpose=ProposalPurpose.FEES,
+        transfer_ref=body.transfer_ref,
     )
     return proposal_json(proposal), 201
 
 
 @endpoint(bp, "/deposit-proposals", auth="operator", roles=ANY_OPERATOR, query=ProposalQuery)
 def list_proposals(query: ProposalQuery):
-    """Deposit top-up and fee payment proposals, newest first (``status=pending``: those awaiting a second
-    operator; ``purpose=deposit|fees``). Merchant staff naming another merchant: 404, as for its other things."""
+    """Deposit top-up, withdrawal and fee payment proposals, newest first (``status=pending``: those awaiting a
+    second operator; ``purpose=deposit|fees|withdrawal``). Merchant staff naming another merchant: 404, as for its
+    other things."""
     if query.merchant_id is not None:
         visible_merchant(actor().operator, query.merchant_id)
     rows = deposit_ops.list_proposals(
@@ -150,7 +204,7 @@ def list_proposals(query: ProposalQuery):
     idempotent=True,
 )
 def approve_top_up(proposal_id: int, body: Decision):
-    """Approve another operator's proposal: the top-up (or fee payment) posts now, once."""
+    """Approve another operator's proposal: the top-up (fee payment, withdrawal) posts now, once."""
     proposal, held = deposit_ops.approve_top_up(actor(), proposal_id, body.reason, current_app.config["FUND_FLOW"])
     if proposal.purpose == ProposalPurpose.FEES:
         return {**proposal_json(proposal), "billed_unpaid_fen": held}

@@ -86,6 +86,7 @@ IN_FLIGHT_LINES = {
     "packets_reserved": ("红包预留", "Packets reserved", "live packets' reservations"),
     "refunds_pending": ("退款处理中", "Refunds pending", "refunds not finished"),
     "deposit_proposals_pending": ("待批准充值", "Deposit top-ups pending", "awaiting a second operator"),
+    "withdrawals_pending": ("待批准提取", "Deposit withdrawals pending", "awaiting a second operator"),
     "fee_payments_pending": ("待批准服务费付款", "Fee payments pending", "recorded, awaiting a second operator"),
     "fees_owed": ("欠付服务费", "Fees owed", "booked, not yet paid"),
     "fees_billed_unpaid": ("已开票未付服务费", "Fees billed, unpaid", "the invoices' due less the fee payments"),
@@ -147,9 +148,14 @@ def _csv(rows: list[list], filename: str) -> Response:
 
 
 def statement_csv(s: dict) -> Response:
-    """Every figure, then the summary, the accounts' reconciliation, what is in flight, the month's fee invoice
-    (or a row saying it is not invoiced yet) and the profit sharing; yuan and fen, each line with its label."""
+    """The month's bounds (Beijing time), every figure, then the summary, the accounts' reconciliation, what is in
+    flight, the month's fee invoice (or a row saying it is not invoiced yet) and the profit sharing; yuan and fen,
+    each line with its label."""
     rows: list[list] = [["section", "name", "label", "account", "amount_yuan", "amount_fen", "postings"]]
+    rows += [
+        ["statement", "from", f"起 From (北京时间 Beijing time): {s['from']}", "", "", "", ""],
+        ["statement", "to", f"止 To, not included (北京时间 Beijing time): {s['to']}", "", "", "", ""],
+    ]
     rows += [["figure", f["name"], f["label"], f["account"], f["yuan"], f["fen"], f["postings"]] for f in s["figures"]]
     rows += [
         ["summary", n, f"{line_label(SUMMARY_LINES, n)} ({' + '.join(v['of'])})", "", v["yuan"], v["fen"], ""]

@@ -81,7 +81,7 @@ def deposit_decide(proposal_id: int, verb: str):
     view = approve_top_up if verb == "approve" else reject_top_up
     allowed(view)
     form = form_data()
-    done = "已批准 Approved: the money paid in is booked" if verb == "approve" else "已拒绝 Rejected"
+    done = "已批准 Approved: the money is booked" if verb == "approve" else "已拒绝 Rejected"
     act(view, body={"reason": form.get("reason", "").strip()}, done=done, proposal_id=proposal_id)
     back = {"merchant_id": form.get("merchant_id", ""), "month": form.get("month", "")}
     return redirect(url_for("console.statements", **{k: v for k, v in back.items() if v}))
