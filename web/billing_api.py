@@ -148,7 +148,9 @@ def propose_withdrawal(merchant_id: int, body: DepositTopUp):
     """Propose paying unspent deposit money back to the merchant by the bank transfer ``transfer_ref`` (asked by the
     merchant outside; its staff move no money here). Never what its live packets and held rebates are promised (409
     ``withdrawal_exceeds_available``, now and again under the deposit's lock when another operator approves it
-    through ``/deposit-proposals/<id>/approve``); it moves nothing until then."""
+    through ``/deposit-proposals/<id>/approve``), nor more than the merchant paid in by top-ups and has not withdrawn
+    (409 ``withdrawal_exceeds_paid_in``: marketing credit spent into it never leaves as cash); it moves nothing until
+    then."""
     proposal = deposit_ops.propose_withdrawal(
         actor(), merchant_id, body.amount_fen, body.reason[:200], current_app.config["FUND_FLOW"], body.transfer_ref
     )
