@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -85,22 +86,49 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
 
 def _forwarded_addresses_only(wsgi_app):
-    """Behind ProxyFix: the client address it read from X-Forwarded-For, when that is an IP address; else the
-    socket's (the proxy's). The hop read is the client's own text when a proxy passes the header on without
-    appending or TRUSTED_PROXY_COUNT is one too many: a 100-character "address" failed the order's insert on
-    PostgreSQL (500), and ``host:port`` or any word would be an address of its own to every per-address limit."""
+    """Behind ProxyFix: the client address it read from X-Forwarded-For, when that is an IP address (less the port
+    a proxy may write with it: ``203.0.113.7:51234``, ``[2001:db8::1]:443``); else the socket's (the proxy's). The
+    hop read is the client's own text when a proxy passes the header on without appending or TRUSTED_PROXY_COUNT is
+    one too many: a 100-character "address" failed the order's insert on PostgreSQL (500), and a host name or any
+    word would be an address of its own to every per-address limit. A port is dropped (not kept as part of the
+    address: each of a client's connections would count apart); refused before, every client of such a proxy was
+    the proxy's one address to every per-address limit."""
 
     def call(environ, start_response):
         forwarded = environ.get("REMOTE_ADDR")
         socket_address = environ.get("werkzeug.proxy_fix.orig", {}).get("REMOTE_ADDR")
         if forwarded != socket_address:
-            try:
-                ipaddress.ip_address(forwarded or "")
-            except ValueError:
-                environ["REMOTE_ADDR"] = socket_address
+            environ["REMOTE_ADDR"] = _forwarded_address(forwarded or "") or socket_address
         return wsgi_app(environ, start_response)
 
     return call
+
+
+_WITH_PORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<v4>[0-9.]+))(?::(?P<port>[0-9]{1,5}))?")
+
+
+def _forwarded_address(hop: str) -> str | None:
+    """The IP address a forwarded hop names (``ipaddress``), as written, or less its port (``a.b.c.d:port``,
+    ``[v6]:port``, ``[v6]``: the address as ``ipaddress`` writes it); ``None`` for anything else: a name, a
+    port out of range, an IPv6 zone (``%eth0``: meaningless from afar, and of any length)."""
+    try:
+        address = ipaddress.ip_address(hop)
+    except ValueError:
+        address = None
+    if address is not None:
+        return hop if getattr(address, "scope_id", None) is None else None
+    found = _WITH_PORT.fullmatch(hop)
+    if found is None or (found["port"] is not None and int(found["port"]) > 65535):
+        return None
+    if found["v4"] is not None and found["port"] is None:
+        return None  # (a bare IPv4 address that ``ipaddress`` refused: not one)
+    try:
+        address = ipaddress.ip_address(found["v6"] or found["v4"])
+    except ValueError:
+        return None
+    if address.version != (6 if found["v6"] is not None else 4):
+        return None  # ``[203.0.113.7]``: brackets are for IPv6 only
+    return str(address)
 
 
 def _challenge_settings(cfg) -> Any:

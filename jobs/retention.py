@@ -2,7 +2,8 @@
 notices done with (``NOTICES_KEEP_DAYS``, the person's inbox included), and rows that are dead once past their own
 ``expires_at``: sign-ins' OAuth ``state`` values (``oauth_states``: a callback refuses an expired one) and
 ``Idempotency-Key`` answers (``idempotency_records``, kept ``IDEMPOTENCY_TTL_HOURS``: a request finding an expired
-one deletes it and runs anew), each kept an hour past its expiry (another node's clock a little behind ours).
+one deletes it and runs anew), each kept an hour past its expiry (another node's clock a little behind ours); and
+the limit counters that can refuse nothing again (``purge_limit_counters``: never a count for good).
 
 Safe to forget: a message is recorded once by its dedupe key so that WeChat's retries of it write nothing, and
 those come within seconds; a push signed more than ``WECHAT_PUSH_MAX_AGE_SECONDS`` ago is refused before it is
@@ -21,12 +22,14 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select
 
 from jobs.payouts import job_context
-from models import IdempotencyRecord, InboundMessage, MessageStatus, Notice, OAuthState, db, utcnow
+from models import IdempotencyRecord, InboundMessage, LimitCounter, MessageStatus, Notice, OAuthState, db, utcnow
+from models.base import beijing
 from models.notices import NOTICE_TERMINAL
 from models.sql import delete_in_batches
+from risk.limits import ALL_TIME, INTERVAL_KEY_PATTERNS, LIMIT_MAXIMUM
 
 log = logging.getLogger(__name__)
 BATCH = 5000
@@ -43,6 +46,7 @@ def purge_kept_rows_job() -> Counter:
         "notices": lambda: purge_notices(now, cfg["NOTICES_KEEP_DAYS"], commit=db.session.commit),
         "oauth_states": lambda: purge_oauth_states(now, commit=db.session.commit),
         "idempotency_keys": lambda: purge_idempotency_records(now, commit=db.session.commit),
+        "limit_counters": lambda: purge_limit_counters(now, longest_interval_seconds(cfg), commit=db.session.commit),
     }
     done: Counter = Counter()
     failed: BaseException | None = None
@@ -97,6 +101,58 @@ def purge_idempotency_records(now: datetime, batch: int = BATCH, *, commit: Call
     for good."""
     table = IdempotencyRecord.__table__
     return delete_in_batches(table, table.c.expires_at <= now - EXPIRED_KEPT, table.c.expires_at, batch, commit)
+
+
+def longest_interval_seconds(config) -> int:
+    """The longest any interval limit can be: a campaign's longest ``min_interval_seconds`` or the platform's
+    ``CLAIM_*_INTERVAL_SECONDS``, whichever is longer (an interval taken longer ago than this refuses nothing)."""
+    platform = ("CLAIM_IP_INTERVAL_SECONDS", "CLAIM_DEVICE_INTERVAL_SECONDS", "CLAIM_PERSON_INTERVAL_SECONDS")
+    return max(LIMIT_MAXIMUM["min_interval_seconds"], *(int(config.get(name) or 0) for name in platform))
+
+
+def purge_limit_counters(
+    now: datetime, longest_interval: int, batch: int = BATCH, *, commit: Callable[[], None] | None = None
+) -> int:
+    """The ``limit_counters`` rows that can never refuse anything again, deleted; how many. Those are a count of a
+    past Beijing day (window ``YYYY-MM-DD``: the claim limits, device tokens), of a past UTC minute (window
+    ``YYYY-MM-DDTHH:MM``: the sign-in steps, the behaviour events' rate), and an interval (``risk.limits.
+    INTERVAL_KEY_PATTERNS``) last taken longer ago than ``longest_interval`` seconds: a new claim restarts each of
+    them anyway. "Past" is by ``EXPIRED_KEPT``, for a claim stamped before the turn whose statement lands after it.
+    Every other row of window ``-`` is a count for good (a campaign's "one per person"): never deleted.
+
+    No index serves the window or ``last_at``: the table is walked by its primary key, ``batch`` keys a page (one
+    read of the page's first and last key, then one DELETE of the stale rows between them, its own transaction
+    when ``commit`` is given): each statement reads at most ``batch`` rows, and a run makes two a page. The rows
+    are locked ``SKIP LOCKED`` (PostgreSQL): a row a claim holds is left for another night (the purge never
+    waits on a claim, so the two never deadlock), and two purges at once delete disjoint or already-gone rows."""
+    table = LimitCounter.__table__
+    key, window = table.c.key, table.c.window
+    settled = now - EXPIRED_KEPT
+    stale = or_(
+        (func.length(window) == 10) & (window < beijing(settled).date().isoformat()),
+        (func.length(window) == 16) & (window < settled.strftime("%Y-%m-%dT%H:%M")),
+        (window == ALL_TIME)
+        & or_(*(key.like(pattern) for pattern in INTERVAL_KEY_PATTERNS))
+        & (table.c.last_at < settled - timedelta(seconds=longest_interval)),
+    )
+    removed, after = 0, None
+    while True:
+        page = select(key).order_by(key).limit(batch)
+        if after is not None:
+            page = page.where(key > after)
+        page = page.subquery()
+        first, last, rows = db.session.execute(select(func.min(page.c.key), func.max(page.c.key), func.count())).one()
+        if commit is not None:
+            commit()  # (the read's transaction ended: on SQLite, no write lock taken yet)
+        if not rows:
+            return removed
+        doomed = select(key).where(key >= first, key <= last, stale).with_for_update(skip_locked=True)
+        removed += db.session.execute(delete(table).where(key.in_(doomed.scalar_subquery()), stale)).rowcount
+        if commit is not None:
+            commit()
+        if rows < batch:
+            return removed
+        after = last
 
 
 def by_value(status):

@@ -369,6 +369,19 @@ def platform_slots(limits: PlatformLimits, claimant: Claimant, now: datetime, *,
     return slots
 
 
+# The keys of the interval slots (window ``ALL_TIME``, free again once ``last_at`` is older than its seconds), as SQL
+# LIKE patterns: ``platform_slots``' ``p:<kind>-interval:<value>`` and ``campaign_slots``' ``c<id>:<kind>-interval:
+# <value>``. Any other key of window ``ALL_TIME`` is a count for good (a campaign's per-person limit: ``c<id>:person:
+# <person>``), which no purge may delete (``jobs.retention.purge_limit_counters``).
+INTERVAL_KEY_PATTERNS = (
+    "p:ip-interval:%",
+    "p:device-interval:%",
+    "p:person-interval:%",
+    "c%:ip-interval:%",
+    "c%:device-interval:%",
+)
+
+
 # The slot code of each of a campaign's per-person limits, with its key's part: ``c<campaign>:<part>:<person>``.
 PERSON_KEY_PARTS = {"person_limit": "person", "person_daily_limit": "person-day"}
 
