@@ -560,7 +560,7 @@ def release_batch(ban_id: int, now: datetime, limit: int, *, money: MoneySetting
     order_ids, last, looked = _candidates(str(ban.subject), str(ban.value), ban.lifted_at, ban.release_after, limit)
     lock_orders(order_ids)
     beneficiary = None if ban.subject in (BanSubject.DEVICE, BanSubject.NET) else (str(ban.subject), int(ban.value))
-    paid = resume_refused(order_ids, beneficiary, ban.lifted_at, money) if order_ids else 0
+    paid = resume_refused(order_ids, beneficiary, ban.lifted_at, money, _banned_again_at(ban)) if order_ids else 0
     more = looked >= limit
     ban.release_after, ban.release_moved_at = last, now
     ban.release_orders += len(order_ids)
@@ -569,6 +569,15 @@ def release_batch(ban_id: int, now: datetime, limit: int, *, money: MoneySetting
         ban.release_state = DONE
     db.session.flush()
     return Released(len(order_ids), paid, more)
+
+
+def _banned_again_at(ban: Ban) -> datetime | None:
+    """When the same person, merchant, device or network was first banned again after this ban's lift (None: not
+    since): a release resumed after that ban's lift replays only what was met before it."""
+    stmt = select(func.min(Ban.created_at)).where(
+        Ban.subject == ban.subject, Ban.value == ban.value, Ban.id != ban.id, Ban.created_at > ban.lifted_at
+    )
+    return db.session.execute(stmt).scalar()
 
 
 def stalled_releases(now: datetime) -> list[Ban]:

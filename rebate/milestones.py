@@ -104,7 +104,8 @@ def report_milestone(
     for rebate in _held(order.id):
         campaign = db.session.get(Campaign, rebate.campaign_id)
         if now >= rebate.condition_deadline:
-            expire_rebate(rebate, campaign)
+            if not _owed(rebate, now):  # one a lift's release still owes waits for it (or for the expiry job)
+                expire_rebate(rebate, campaign)
             continue
         condition = _condition(rebate, campaign)
         if name in condition.milestones and _release(rebate, campaign, order, condition, met, name, money):
@@ -233,43 +234,60 @@ def lock_orders(order_ids: list[int]) -> None:
 
 
 def resume_refused(
-    order_ids: list[int], beneficiary: tuple[str, int] | None, now: datetime, money: MoneySettings
+    order_ids: list[int],
+    beneficiary: tuple[str, int] | None,
+    now: datetime,
+    money: MoneySettings,
+    banned_again_at: datetime | None = None,
 ) -> int:
     """A ban was lifted: on ``order_ids`` (``orders_to_resume``, locked by the caller before the banned person's or
     merchant's own row: the order first, as a refund takes them), the milestones met while it refused
     ``beneficiary`` (None, a ban on a device or network: each order's buyer), before their rebate's deadline, are
     applied now in the order they were reported, as ``report_milestone`` would have (a refusal still standing,
     another ban, leaves them waiting). Without this the held part expired at its deadline, the milestones met.
+    ``banned_again_at``: a release replaying a lift as of then (``now``, the lift's time) after the same subject was
+    banned again: milestones reported since are that ban's to refuse and its lift's to replay, not this one's.
     Returns the fen paid; what it pays waits while a refund of its order is open."""
     paid = 0
     for order_id in sorted(order_ids):
         order = db.session.get(Order, order_id)
         if order.status != OrderStatus.PAID:
             continue
-        before, whom = paid, beneficiary or ("user", order.user_id)
+        paid_before, whom = paid, beneficiary or ("user", order.user_id)
         for rebate in _held(order.id):
             if (rebate.beneficiary_type, rebate.beneficiary_id) == whom:
-                paid += _resume(rebate, order, now, money)
-        if paid > before:
+                paid += _resume(rebate, order, now, money, banned_again_at)
+        if paid > paid_before:
             _hold_while_refunding(order.id)
     return paid
 
 
-def _resume(rebate: Rebate, order: Order, now: datetime, money: MoneySettings) -> int:
+def _resume(
+    rebate: Rebate, order: Order, now: datetime, money: MoneySettings, banned_again_at: datetime | None = None
+) -> int:
     refused = _refused_names(rebate)
     if not refused or rebate.condition_deadline <= now or _refused(rebate, order):
         return 0
     campaign = db.session.get(Campaign, rebate.campaign_id)
     before = rebate.amount_fen
-    for name in _replay(rebate, campaign, order, money, only=refused):
+    for name in _replay(rebate, campaign, order, money, only=refused, before=banned_again_at):
         rebate.reasons = [*rebate.reasons, RESUMED_MILESTONE.format(name=name, role=rebate.role)]
     db.session.flush()
     return rebate.amount_fen - before
 
 
-def _replay(rebate: Rebate, campaign: Campaign, order: Order, money: MoneySettings, only: set[str] | None = None):
-    """Each milestone reported before the rebate's deadline, in the order reported, released as its report would
-    have released it (``only``: those names alone; the others count as met); the names that released."""
+def _replay(
+    rebate: Rebate,
+    campaign: Campaign,
+    order: Order,
+    money: MoneySettings,
+    only: set[str] | None = None,
+    before: datetime | None = None,
+):
+    """Each milestone reported before the rebate's deadline (and ``before``: the same subject banned again after the
+    lift a release replays; one reported since was refused, if at all, by that ban, whose lift replays it), in the
+    order reported, released as its report would have released it (``only``: those names alone; the others count as
+    met); the names that released."""
     condition = _condition(rebate, campaign)
     reported = db.session.execute(
         select(OrderMilestone)
@@ -281,6 +299,8 @@ def _replay(rebate: Rebate, campaign: Campaign, order: Order, money: MoneySettin
     for milestone in reported:
         if milestone.reported_at >= rebate.condition_deadline:
             break  # reported past the deadline: it would have found the rebate expired
+        if before is not None and milestone.reported_at >= before:
+            break  # reported under a ban put back after the lift this replays: that ban's lift replays it
         name = met.setdefault(milestone.name, milestone).name
         wanted = rebate.held_fen and name in condition.milestones and (only is None or name in only)
         if wanted and _release(rebate, campaign, order, condition, met, name, money):
@@ -385,16 +405,24 @@ def _owed_to_releases(now: datetime):
     if len(rows) > RELEASES_SCOPED:
         return Rebate.condition_deadline > rows[0].lifted_at
     covered = []
+    known = Rebate.beneficiary_id.is_not(None)  # (never NULL inside the NOT: an award of nobody expires as ever)
     for subject, value, lifted_at in rows:
-        later = Rebate.condition_deadline > lifted_at
+        later = and_(known, Rebate.condition_deadline > lifted_at)
         if subject in (BanSubject.USER, BanSubject.MERCHANT):
             covered.append(and_(later, Rebate.beneficiary_type == subject, Rebate.beneficiary_id == int(value)))
             continue
         placed = Order.device == value if subject == BanSubject.DEVICE else _may_be_in(value)
-        covered.append(
-            and_(later, Rebate.beneficiary_type == "user", Rebate.order_id.in_(select(Order.id).where(placed)))
-        )
+        buyers = select(Order.id).where(Order.id == Rebate.order_id, Order.user_id == Rebate.beneficiary_id, placed)
+        covered.append(and_(later, Rebate.beneficiary_type == "user", buyers.exists()))  # per award, by its order
     return or_(*covered)
+
+
+def _owed(rebate: Rebate, now: datetime) -> bool:
+    """Whether a lift's release still owes ``rebate`` (``_owed_to_releases``): it must not expire meanwhile."""
+    owed = _owed_to_releases(now)
+    if owed is None:
+        return False
+    return db.session.execute(select(Rebate.id).where(Rebate.id == rebate.id, owed)).first() is not None
 
 
 def _expire_due(rebate: Rebate) -> None:

@@ -530,3 +530,70 @@ def test_a_stalled_release_keeps_only_its_own_awards_from_expiring(client, admin
     assert expired == 1
     assert {r.order_id for r in db.session.execute(select(Rebate).where(Rebate.id.in_(read))).scalars()} == {other.id}
     assert all(held_of(i) == ("held", 0, HELD) for i in ids)
+
+
+def test_a_late_report_of_another_milestone_does_not_expire_what_a_running_release_owes(
+    client, admin, buy, small_inline
+):
+    # given: 4 orders from a banned device, lessons_10 met (refused) under the ban; lifted: the job's release runs
+    orders = [buy(device=DEVICE, ip=None) for _ in range(4)]
+    ban_id = ban(client, admin, "device", DEVICE)
+    for o in orders:
+        report_milestone(o, "lessons_10", None, utcnow(), money=app_money())
+    db.session.commit()
+    lift(client, admin, ban_id)
+    ban_row = db.session.get(Ban, ban_id)
+    assert ban_row.release_state == "running"
+    lifted_at = ban_row.lifted_at
+    ids = [o.id for o in orders]
+    db.session.execute(
+        update(Rebate).where(Rebate.order_id.in_(ids)).values(condition_deadline=lifted_at + timedelta(minutes=1))
+    )
+    db.session.commit()
+
+    # when: test_passed on the last order is reported after the deadline, before the job reaches it; then the job runs
+    late = lifted_at + timedelta(minutes=2)
+    report_milestone(db.session.get(Order, ids[-1]), "test_passed", None, late, money=app_money())
+    db.session.commit()
+    run_job(late)
+
+    # then: as a lift in one request would have paid: lessons_10's part of every order (it was met before the
+    # deadline and the ban lifted before it)
+    got = [held_of(i) for i in ids]
+    assert all(amount == HELD // 2 for _, amount, _ in got), got
+
+
+def test_a_resumed_release_does_not_pay_what_the_second_ban_refused_past_the_deadline(client, admin, buy, small_inline):
+    # given: 4 orders, lessons_10 refused under ban A; A lifted (running); deadline an hour after the lift
+    orders = [buy(device=DEVICE, ip=None) for _ in range(4)]
+    first = ban(client, admin, "device", DEVICE)
+    for o in orders:
+        report_milestone(o, "lessons_10", None, utcnow(), money=app_money())
+    db.session.commit()
+    lift(client, admin, first)
+    lifted_at = db.session.get(Ban, first).lifted_at
+    ids = [o.id for o in orders]
+    db.session.execute(
+        update(Rebate).where(Rebate.order_id.in_(ids)).values(condition_deadline=lifted_at + timedelta(hours=1))
+    )
+    db.session.commit()
+
+    # when: the device is banned again before the job ran (A stops), test_passed is met under ban B, the deadline
+    # passes with B in force, B is lifted two hours later and the job runs
+    again = ban(client, admin, "device", DEVICE)
+    run_job()
+    assert shown(client, admin, first)["release"]["state"] == "stopped"
+    for o in orders:
+        report_milestone(db.session.get(Order, o.id), "test_passed", None, utcnow(), money=app_money())
+    db.session.commit()
+    deadline = utcnow()  # after the reports, before B's lift: B was in force at the deadline
+    db.session.execute(update(Rebate).where(Rebate.order_id.in_(ids)).values(condition_deadline=deadline))
+    db.session.commit()
+    assert deadline > lifted_at
+    lift(client, admin, again)
+    run_job(lifted_at + timedelta(hours=2))
+
+    # then: A owed lessons_10's part; test_passed was refused by B until past the deadline: not paid
+    got = [held_of(i) for i in ids]
+    buyers = sum(cash(db.session.get(Order, i).user_id) for i in ids)
+    assert buyers == 4 * HELD // 2, (got, buyers)
