@@ -92,7 +92,7 @@ class Order(Base):
     device: Mapped[str | None] = mapped_column(String(32))
     ip: Mapped[str | None] = mapped_column(String(45))
     # ``risk.net.net_of(ip)``, its /24 or /48, kept with it ("" for an ``ip`` that is no address): a ban on an address
-    # or a network finds its orders by it (``rebate.milestones.orders_to_resume``) instead of reading every order
+    # or a network finds its orders by it (``rebate.milestones.held_orders``) instead of reading every order
     # placed over IPv6. NULL with an ``ip``: written before it was kept, filled by a job (``fill_order_networks``).
     ip_net: Mapped[str | None] = mapped_column(String(49), index=True)
     # The payment's risk verdict: score 0-100, the decision (allow | review | block), and ``risk`` the

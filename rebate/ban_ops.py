@@ -35,7 +35,7 @@ import re
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import and_, func, null, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from models import (
     Ban,
@@ -43,11 +43,8 @@ from models import (
     Campaign,
     CampaignStatus,
     Merchant,
-    Order,
     Payout,
     PayoutStatus,
-    Rebate,
-    RebateStatus,
     User,
     UserStatus,
     db,
@@ -58,8 +55,8 @@ from payouts import MoneySettings
 from payouts.operations import cancel as cancel_payout
 from rebate.campaign_ops import transition
 from rebate.errors import Invalid, NotFound, RebateError, StateConflict
-from rebate.milestones import _may_be_in, lock_orders, orders_to_resume, resume_refused
-from risk.bans import active_bans, ban_words, in_force, made_by_two, normalise_net, subjects
+from rebate.milestones import held_orders, held_orders_query, lock_orders, resume_refused
+from risk.bans import active_bans, ban_words, in_force, made_by_two, normalise_net
 
 DEVICE_ID = re.compile(r"^[0-9a-f]{24}$")  # what rebate.claims.new_device_id hands out
 # A lift with at most this many orders to look at releases what it held in the request; more, and a job does it
@@ -389,17 +386,17 @@ def _lock_for_lift(ban_id: int, now: datetime) -> tuple[Ban, User | Merchant | N
     """The ban and the banned person's or merchant's row, both locked and read as they are now: the owner's row
     first, then the ban's, as ``create_ban`` takes them (``NotFound`` for no such ban). Before them, when the lift is
     small (at most ``INLINE_RELEASE_ORDERS`` orders to look at), the orders whose milestones it may release
-    (``rebate.milestones.orders_to_resume``: of the person or merchant, or of buyers from the device or network), as
+    (``rebate.milestones.held_orders``: of the person or merchant, or of buyers from the device or network), as
     a refund takes an order and then its people: taken after the owner, a lift and a refund of one order could each
     wait for the other. Every such order, refused yet or not: a milestone reported on one meanwhile either waits for
     the lift (and sees the ban lifted) or is waited for (and the lift applies what it refused). Their ids last; None
     for a bigger lift, which locks no order: its release (``release_batch``) begins after it commits and takes each
     order then, so a report in flight is waited for or sees the ban lifted all the same."""
     ban = _get(ban_id)
-    _, _, looked = _candidates(str(ban.subject), str(ban.value), now, 0, INLINE_RELEASE_ORDERS + 1)
+    covered, _, looked = held_orders(str(ban.subject), str(ban.value), now, limit=INLINE_RELEASE_ORDERS + 1)
     resumable = None
-    if looked <= INLINE_RELEASE_ORDERS:
-        resumable = orders_to_resume(str(ban.subject), str(ban.value), now)
+    if looked <= INLINE_RELEASE_ORDERS:  # all read: the lift's orders (``held_orders``)
+        resumable = covered
         lock_orders(resumable)
     owner = _lock_owner(ban.subject, ban.value)
     return _lock_ban(ban_id), owner, resumable
@@ -475,52 +472,10 @@ def _undo(ban: Ban, owner: User | Merchant | None, now: datetime) -> None:
         owner.status = "active"
 
 
-def _candidates(subject: str, value: str, since: datetime, after: int, limit: int) -> tuple[list[int], int, int]:
-    """Up to ``limit`` orders above ``after``, in id order, of those ``rebate.milestones.orders_to_resume`` finds for
-    a ban on ``subject`` ``value`` lifted at ``since`` (a rebate still held before its deadline then): (the orders the
-    ban covers, the last order id read, how many were read). A network's are read by ``_may_be_in`` and tested
-    exactly here (``risk.bans.subjects``), as that does."""
-    held = and_(
-        Rebate.held_fen > 0,
-        Rebate.status.in_((RebateStatus.HELD, RebateStatus.REVIEW)),
-        Rebate.condition_deadline > since,
-        Rebate.order_id > after,
-    )
-    if subject in (BanSubject.USER, BanSubject.MERCHANT):
-        stmt = select(Rebate.order_id, null(), null()).where(
-            held, Rebate.beneficiary_type == subject, Rebate.beneficiary_id == int(value)
-        )
-    else:
-        stmt = (
-            select(Rebate.order_id, Order.device, Order.ip)
-            .join(Order, Order.id == Rebate.order_id)
-            .where(held, Rebate.beneficiary_type == "user", Rebate.beneficiary_id == Order.user_id)
-        )
-        stmt = stmt.where(Order.device == value) if subject == BanSubject.DEVICE else stmt.where(_may_be_in(value))
-    rows = db.session.execute(stmt.distinct().order_by(Rebate.order_id).limit(limit)).all()
-    mine = subject in (BanSubject.USER, BanSubject.MERCHANT)
-    covered = [o for o, device, ip in rows if mine or (subject, value) in subjects(device=device, ip=ip)]
-    return covered, (rows[-1][0] if rows else after), len(rows)
-
-
 def _count_left(ban: Ban) -> int:
     """The orders a running release has still to walk (for a network: at most, its neighbours may be counted)."""
-    held = and_(
-        Rebate.held_fen > 0,
-        Rebate.status.in_((RebateStatus.HELD, RebateStatus.REVIEW)),
-        Rebate.condition_deadline > ban.lifted_at,
-        Rebate.order_id > ban.release_after,
-    )
-    if ban.subject in (BanSubject.USER, BanSubject.MERCHANT):
-        mine = and_(held, Rebate.beneficiary_type == ban.subject, Rebate.beneficiary_id == int(ban.value))
-        return db.session.execute(select(func.count(func.distinct(Rebate.order_id))).where(mine)).scalar_one()
-    where = Order.device == ban.value if ban.subject == BanSubject.DEVICE else _may_be_in(ban.value)
-    stmt = (
-        select(func.count(func.distinct(Rebate.order_id)))
-        .join(Order, Order.id == Rebate.order_id)
-        .where(held, Rebate.beneficiary_type == "user", Rebate.beneficiary_id == Order.user_id, where)
-    )
-    return db.session.execute(stmt).scalar_one()
+    left = held_orders_query(str(ban.subject), str(ban.value), ban.lifted_at, ban.release_after).subquery()
+    return db.session.execute(select(func.count()).select_from(left)).scalar_one()
 
 
 class Released(NamedTuple):
@@ -557,7 +512,7 @@ def release_batch(ban_id: int, now: datetime, limit: int, *, money: MoneySetting
         ban.release_state, ban.release_moved_at = STOPPED, now
         db.session.flush()
         return Released(0, 0, False)
-    order_ids, last, looked = _candidates(str(ban.subject), str(ban.value), ban.lifted_at, ban.release_after, limit)
+    order_ids, last, looked = held_orders(str(ban.subject), str(ban.value), ban.lifted_at, ban.release_after, limit)
     lock_orders(order_ids)
     beneficiary = None if ban.subject in (BanSubject.DEVICE, BanSubject.NET) else (str(ban.subject), int(ban.value))
     paid = resume_refused(order_ids, beneficiary, ban.lifted_at, money, _banned_again_at(ban)) if order_ids else 0

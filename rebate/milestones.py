@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, null, or_, select
 
 from models import (
     Ban,
@@ -168,37 +168,48 @@ def _release(rebate, campaign, order, condition: Condition, met: dict, name: str
     return True
 
 
-def orders_to_resume(subject: str, value: str, now: datetime) -> list[int]:
-    """The orders on which a ban on ``subject`` ``value`` may have refused a milestone's release, or may be refusing
-    one now in a report not yet committed: those with a rebate still held (for its milestones, or in review) before
-    its deadline, of the person or merchant banned, or for a ban on a device or network, of the buyer of an order
-    placed from it (``risk.bans.refused_by``). Read, not locked: a ban's lift locks them first (``lock_orders``), as a
-    report locks its order first, so a report on one of them comes wholly before the lift (which then sees what it
-    refused and applies it) or after it (and sees the ban lifted). Orders with a refusal already recorded are not
-    enough: a report in flight has not recorded its own yet."""
+def held_orders(
+    subject: str, value: str, since: datetime, after: int = 0, limit: int | None = None
+) -> tuple[list[int], int, int]:
+    """The orders on which a ban on ``subject`` ``value`` lifted at ``since`` may have refused a milestone's release, or
+    may be refusing one now in a report not yet committed: those with a rebate still held (for its milestones, or in
+    review) before its deadline, of the person or merchant banned, or for a ban on a device or network, of the buyer
+    of an order placed from it (``risk.bans.refused_by``). Read, not locked: a ban's lift locks them first
+    (``lock_orders``), as a report locks its order first, so a report on one of them comes wholly before the lift
+    (which then sees what it refused and applies it) or after it (and sees the ban lifted). Orders with a refusal
+    already recorded are not enough: a report in flight has not recorded its own yet.
+
+    Those above ``after`` in id order, reading at most ``limit`` (a lift's release walks them a batch at a time):
+    (the orders the ban covers, the last order id read, how many were read). A network's are read by ``_may_be_in``
+    and tested exactly here (``risk.bans.subjects``)."""
+    stmt = held_orders_query(subject, value, since, after).order_by(Rebate.order_id)
+    rows = db.session.execute(stmt if limit is None else stmt.limit(limit)).all()
+    mine = subject in (BanSubject.USER, BanSubject.MERCHANT)
+    covered = [o for o, device, ip in rows if mine or (subject, value) in subjects(device=device, ip=ip)]
+    return covered, (rows[-1][0] if rows else after), len(rows)
+
+
+def held_orders_query(subject: str, value: str, since: datetime, after: int = 0):
+    """The distinct (order id, device, address) read by ``held_orders`` (device and address None for a person's or a
+    merchant's ban): a network's is a superset, ``_may_be_in``."""
     held = and_(
         Rebate.held_fen > 0,
         Rebate.status.in_((RebateStatus.HELD, RebateStatus.REVIEW)),
-        Rebate.condition_deadline > now,
+        Rebate.condition_deadline > since,
+        Rebate.order_id > after,
     )
     if subject in (BanSubject.USER, BanSubject.MERCHANT):
-        mine = select(Rebate.order_id).where(
+        stmt = select(Rebate.order_id, null(), null()).where(
             held, Rebate.beneficiary_type == subject, Rebate.beneficiary_id == int(value)
         )
-        return sorted(set(db.session.execute(mine).scalars()))
-    buyers = (
+        return stmt.distinct()
+    stmt = (
         select(Rebate.order_id, Order.device, Order.ip)
         .join(Order, Order.id == Rebate.order_id)
         .where(held, Rebate.beneficiary_type == "user", Rebate.beneficiary_id == Order.user_id)
     )
-    buyers = buyers.where(Order.device == value) if subject == BanSubject.DEVICE else buyers.where(_may_be_in(value))
-    return sorted(
-        {
-            order_id
-            for order_id, device, ip in db.session.execute(buyers)
-            if (subject, value) in subjects(device=device, ip=ip)
-        }
-    )
+    placed = Order.device == value if subject == BanSubject.DEVICE else _may_be_in(value)
+    return stmt.where(placed).distinct()
 
 
 def _may_be_in(banned: str):
@@ -240,7 +251,7 @@ def resume_refused(
     money: MoneySettings,
     banned_again_at: datetime | None = None,
 ) -> int:
-    """A ban was lifted: on ``order_ids`` (``orders_to_resume``, locked by the caller before the banned person's or
+    """A ban was lifted: on ``order_ids`` (``held_orders``, locked by the caller before the banned person's or
     merchant's own row: the order first, as a refund takes them), the milestones met while it refused
     ``beneficiary`` (None, a ban on a device or network: each order's buyer), before their rebate's deadline, are
     applied now in the order they were reported, as ``report_milestone`` would have (a refusal still standing,
@@ -385,7 +396,7 @@ def _owed_to_releases(now: datetime):
     award it covers whose deadline came after the lift must not expire before the job reaches it (the job's lag, a
     stalled release, alerted ``ban_release_stalled``). A release stopped by the same ban put back resumes at that
     ban's lift and keeps its awards meanwhile, for ``STOPPED_RELEASE_KEPT`` (then they expire as any refused award
-    whose ban stays). Each release covers what ``ban_ops._candidates`` walks: the person's or merchant's awards, or
+    whose ban stays). Each release covers what ``held_orders`` walks: the person's or merchant's awards, or
     the buyers' of the orders placed from the device or network; others expire as ever. Beyond ``RELEASES_SCOPED``
     releases at once, every award due after the earliest of their lifts waits."""
     rows = db.session.execute(

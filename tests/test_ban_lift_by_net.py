@@ -1,5 +1,5 @@
 """A lift of a ban on an address or a network finds its orders by their network, not by reading every held order
-placed over IPv6 (``Order.ip_net``, migration 0046; ``rebate.milestones.orders_to_resume``).
+placed over IPv6 (``Order.ip_net``, migration 0046; ``rebate.milestones.held_orders``).
 
 Before, a lift of an IPv6 ban read every order placed over IPv6 with a rebate still held, and tested each one in
 Python: on a platform where most phones reach it over IPv6, hundreds of thousands of rows in one request.
@@ -23,7 +23,7 @@ HELD = 9_00
 
 @pytest.fixture
 def tested(monkeypatch):
-    """The orders ``orders_to_resume`` read back and tested one by one in Python (``risk.bans.subjects``)."""
+    """The orders ``held_orders`` read back and tested one by one in Python (``risk.bans.subjects``)."""
     seen: list[tuple] = []
     real = milestones.subjects
 
