@@ -446,21 +446,7 @@ def _plan(row: ProfitShare, now: datetime, settings: ShareSettings, client) -> b
     if _under_review(order.id):  # so does a reviewer: a rebate released after the share could not leave by it
         row.next_attempt_at = now + settings.poll * 10
         return False
-    payouts = (
-        db.session.execute(
-            select(Payout)
-            .where(
-                Payout.order_id == order.id,
-                Payout.rail == Rail.PROFIT_SHARING,
-                Payout.status == S.PENDING,
-                Payout.held.is_(False),
-            )
-            .order_by(Payout.id)
-            .with_for_update()
-        )
-        .scalars()
-        .all()
-    )
+    payouts = _order_payouts(order.id, [S.PENDING], locked=True, unheld=True)
     left = order.net_paid_fen  # the buyer's part left (0 may still leave a coupon-paid order's fen frozen)
     if order.refunded_fen >= order.payable_fen:  # refunded in full: nothing is frozen any more
         row.kind, row.status, row.finished_at = ShareKind.NOTHING, ShareStatus.FINISHED, now
@@ -588,19 +574,7 @@ def _warn_deadline(row: ProfitShare, order: Order, rail_on: bool, now: datetime)
     deadline = frozen_until(order.paid_at)
     when = beijing(deadline).strftime("%Y-%m-%d %H:%M")
     fate, act = ("unfroze", "Now") if now >= deadline else ("unfreezes", "Before then")
-    waiting = (
-        db.session.execute(
-            select(Payout)
-            .where(
-                Payout.order_id == order.id,
-                Payout.rail == Rail.PROFIT_SHARING,
-                Payout.status.in_([S.PENDING, S.SENDING, S.UNKNOWN, S.NEEDS_OPERATOR]),
-            )
-            .order_by(Payout.id)
-        )
-        .scalars()
-        .all()
-    )
+    waiting = _order_payouts(order.id, [S.PENDING, S.SENDING, S.UNKNOWN, S.NEEDS_OPERATOR])
     why, todo = _why_waiting(row, order, [p for p in waiting if p.status == S.PENDING], rail_on)
     raise_alert(
         DEADLINE_NEAR,
@@ -921,17 +895,20 @@ def release_frozen(order_id: int, merchant_id: int) -> int:
 
 def _share_payouts(row: ProfitShare) -> list[Payout]:
     """The payouts this share carries (claimed for it: ``request.share`` is its number), locked in id order."""
-    candidates = db.session.execute(
-        select(Payout)
-        .where(
-            Payout.order_id == row.order_id,
-            Payout.rail == Rail.PROFIT_SHARING,
-            Payout.status.in_([S.SENDING, S.UNKNOWN]),
-        )
-        .order_by(Payout.id)
-        .with_for_update()
-    ).scalars()
+    candidates = _order_payouts(row.order_id, [S.SENDING, S.UNKNOWN], locked=True)
     return [p for p in candidates if (p.request or {}).get("share") == row.out_order_no]
+
+
+def _order_payouts(order_id: int, statuses: list[str], *, locked: bool = False, unheld: bool = False) -> list[Payout]:
+    """The order's profit-sharing payouts in ``statuses``, in id order (``locked``: each row locked; ``unheld``: none
+    an open refund holds)."""
+    stmt = select(Payout).where(
+        Payout.order_id == order_id, Payout.rail == Rail.PROFIT_SHARING, Payout.status.in_(statuses)
+    )
+    if unheld:
+        stmt = stmt.where(Payout.held.is_(False))
+    stmt = stmt.order_by(Payout.id)
+    return list(db.session.execute(stmt.with_for_update() if locked else stmt).scalars())
 
 
 def _replan(row: ProfitShare, now: datetime) -> None:
