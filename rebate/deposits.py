@@ -68,9 +68,11 @@ def withdrawable(merchant_id: int) -> tuple[int, int, int]:
     """(what the deposit holds, what of it is promised: live packets' reservations and held rebates, what the
     merchant paid into it: ``paid_in``). A read: it creates no account and takes no lock (``withdraw`` checks again
     under the lock)."""
-    found = existing_account_id(ref(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", merchant_id))
-    held = balance_if_any(ref(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", merchant_id))
-    return held, reserved_against(merchant_id), 0 if found is None else paid_in(merchant_id, found)
+    deposit = ref(AccountKind.MERCHANT_MARKETING_DEPOSIT, "merchant", merchant_id)
+    found = existing_account_id(deposit)
+    if found is None:  # never used: nothing held, nothing paid in
+        return 0, reserved_against(merchant_id), 0
+    return balance_if_any(deposit), reserved_against(merchant_id), paid_in(merchant_id, found)
 
 
 def paid_in(merchant_id: int, deposit_id: int) -> int:
