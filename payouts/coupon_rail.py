@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, select
 from models import Payout, RailControl, Rebate, UserIdentity, alert_once, db, utcnow
 from models.payouts import Rail
 from models.sql import insert_ignoring
-from payouts.rails import Outcome, RailResult
+from payouts.rails import MAY_HAVE_REACHED, Outcome, RailResult
 from payouts.transitions import mark_sent
 from wechat.errors import WeChatError, WeChatInvalidRequest, WeChatNotFound, WeChatRateLimited
 from wechat.http import watch_calls
@@ -51,9 +51,6 @@ STOCK_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{STOCK_ID_MOST}}}")
 STOCK_KEY = "cs:"  # a stock's switch in rail_controls (its rail column holds 24: "cs:" and 20)
 STOCK_PAUSE = timedelta(hours=24)  # a spent stock's payouts are tried again after this unless it is resumed sooner
 SEND_PATH = "/v3/marketing/favor/users/"  # the send's path (its openid and "/coupons" follow)
-# In a result's details: an attempt of this call may have reached WeChat (``_post``); the payout is then in transit
-# (``payouts.dispatch`` marks it sent), whatever the last answer said.
-MAY_HAVE_REACHED = "may_have_reached_wechat"
 
 
 class CouponRail:

@@ -25,9 +25,8 @@ from sqlalchemy import and_, exists, or_, select
 
 from models import Payout, PayoutAttempt, PayoutStatus, Rail, RailControl, User, UserStatus, db
 from payouts.controls import rail_is_on
-from payouts.coupon_rail import MAY_HAVE_REACHED
 from payouts.operations import NEVER_SENT_IS_DEFINITE, lock_payout
-from payouts.rails import Outcome, RailAdapter, RailResult
+from payouts.rails import MAY_HAVE_REACHED, Outcome, RailAdapter, RailResult
 from payouts.record import DispatchSettings, apply_result, log_attempt, set_aside, still_offered, unrecorded
 from payouts.transitions import mark_sent, send_entries_together
 

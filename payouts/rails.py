@@ -40,6 +40,12 @@ class Outcome(StrEnum):
     ASK_OPERATOR = "ask_operator"
 
 
+# In a result's details: an attempt of the call may have reached WeChat (a coupon's send failed over to the backup
+# host, ``payouts.coupon_rail``); the payout is then in transit (``payouts.dispatch`` marks it sent), whatever the
+# last answer said.
+MAY_HAVE_REACHED = "may_have_reached_wechat"
+
+
 @dataclass(frozen=True)
 class RailResult:
     outcome: Outcome
