@@ -15,8 +15,17 @@ def app_money() -> MoneySettings:
     return MoneySettings.from_config(current_app.config)
 
 
-def queue_from_balance(user: User, amount_fen: int, rail: str = "wechat_change", tag: str = "q") -> Payout:
-    """Fund ``user``'s cash balance from the platform fund, queue a payout of it on ``rail``, commit."""
+def queue_from_balance(
+    user: User,
+    amount_fen: int,
+    rail: str = "wechat_change",
+    tag: str = "q",
+    *,
+    number_prefix: str | None = None,
+    fallback: str | None = None,
+) -> Payout:
+    """Fund ``user``'s cash balance from the platform fund, queue a payout of it on ``rail`` (falling back to
+    ``fallback``; numbered with ``number_prefix``, by default the app's), commit."""
     cash = account(AccountKind.USER_CASH, "user", user.id)
     post_entry(
         f"fund:{user.id}",
@@ -30,7 +39,8 @@ def queue_from_balance(user: User, amount_fen: int, rail: str = "wechat_change",
         source=cash,
         key=f"{tag}:{user.id}",
         memo=tag,
-        number_prefix=app_money().number_prefix,
+        number_prefix=app_money().number_prefix if number_prefix is None else number_prefix,
     )
+    payout.fallback_rail = fallback
     db.session.commit()
     return payout

@@ -10,14 +10,15 @@ import pytest
 from sqlalchemy import select
 
 from jobs.payouts import dispatch_due
-from ledger import Leg, account, check_ledger, post_entry
-from models import AccountKind, Alert, AuditLog, Payout, RailControl, Rebate, db, utcnow
+from ledger import check_ledger
+from models import Alert, AuditLog, Payout, RailControl, Rebate, db, utcnow
 from models.operators import Actor
-from payouts import MoneySettings, enqueue_payout
+from payouts import MoneySettings
 from payouts.controls import resume_stock, switch_rail
 from payouts.coupon_rail import CouponRail, check_stocks, stock_key
 from payouts.rails import Outcome, RailResult
 from payouts.record import DispatchSettings, apply_result
+from tests.money_helpers import queue_from_balance
 from wechat.errors import WeChatBusinessError, WeChatUnavailable
 
 MCHID = "1900000109"
@@ -61,25 +62,7 @@ def rail(app, pay):
 def coupon(app, make_user):
     def make(amount_fen: int, fallback: str | None = None) -> Payout:
         user = make_user(appid=app.config["WECHAT_APPID"])
-        cash = account(AccountKind.USER_CASH, "user", user.id)
-        n = next(_seq)
-        post_entry(
-            f"p20:{n}",
-            "rebate",
-            [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)],
-        )
-        payout = enqueue_payout(
-            number_prefix="",
-            rail="wechat_coupon",
-            user_id=user.id,
-            amount_fen=amount_fen,
-            source=cash,
-            key=f"p20:{user.id}:{n}",
-            memo="probe 20 coupon",
-        )
-        payout.fallback_rail = fallback
-        db.session.commit()
-        return payout
+        return queue_from_balance(user, amount_fen, "wechat_coupon", "p20", number_prefix="", fallback=fallback)
 
     return make
 

@@ -19,14 +19,15 @@ import responses
 from sqlalchemy import select
 
 from jobs.payouts import dispatch_due
-from ledger import Leg, account, balance, check_ledger, post_entry
+from ledger import account, balance, check_ledger
 from models import AccountKind, Payout, RailControl, db, utcnow
 from models.operators import Actor
-from payouts import MoneySettings, enqueue_payout
+from payouts import MoneySettings
 from payouts.controls import resume_stock
 from payouts.coupon_rail import CouponRail, stock_key
 from payouts.rails import Outcome, RailResult
 from payouts.record import DispatchSettings, apply_result
+from tests.money_helpers import queue_from_balance
 from tests.test_wechat_callbacks import simulator
 from wechat.pay import PayClient
 
@@ -84,22 +85,7 @@ def coupon(app, make_user):
 
     def make(amount_fen: int = 500, fallback: str | None = None) -> Payout:
         user = make_user(appid=app.config["WECHAT_APPID"])
-        cash = account(AccountKind.USER_CASH, "user", user.id)
-        n = next(_seq)
-        fund = account(AccountKind.PLATFORM_MARKETING_FUND)
-        post_entry(f"p21:{n}", "rebate", [Leg(fund, -amount_fen), Leg(cash, amount_fen)])
-        payout = enqueue_payout(
-            number_prefix="",
-            rail="wechat_coupon",
-            user_id=user.id,
-            amount_fen=amount_fen,
-            source=cash,
-            key=f"p21:{user.id}:{n}",
-            memo="probe 21 coupon",
-        )
-        payout.fallback_rail = fallback
-        db.session.commit()
-        return payout
+        return queue_from_balance(user, amount_fen, "wechat_coupon", "p21", number_prefix="", fallback=fallback)
 
     return make
 

@@ -22,12 +22,13 @@ from sqlalchemy import select
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from jobs.payouts import dispatch_due
-from ledger import Leg, account, balance, check_ledger, post_entry
+from ledger import account, balance, check_ledger
 from models import AccountKind, Payout, PayoutStatus, db, utcnow
-from payouts import MoneySettings, enqueue_payout
+from payouts import MoneySettings
 from payouts.coupon_rail import CouponRail
 from payouts.operations import PayoutError, cancel, lock_payout
 from payouts.record import DispatchSettings
+from tests.money_helpers import queue_from_balance
 from tests.test_wechat_callbacks import simulator
 from wechat.http import WeChatSession, may_have_arrived, watch_calls
 from wechat.pay import PayClient
@@ -111,25 +112,7 @@ def rail(app, wechat):
 def coupon(app, make_user):
     def make(amount_fen: int = 500, fallback: str | None = None) -> Payout:
         user = make_user(appid=app.config["WECHAT_APPID"])
-        cash = account(AccountKind.USER_CASH, "user", user.id)
-        n = next(_seq)
-        post_entry(
-            f"p22:{n}",
-            "rebate",
-            [Leg(account(AccountKind.PLATFORM_MARKETING_FUND), -amount_fen), Leg(cash, amount_fen)],
-        )
-        payout = enqueue_payout(
-            number_prefix="",
-            rail="wechat_coupon",
-            user_id=user.id,
-            amount_fen=amount_fen,
-            source=cash,
-            key=f"p22:{user.id}:{n}",
-            memo="probe 22 coupon",
-        )
-        payout.fallback_rail = fallback
-        db.session.commit()
-        return payout
+        return queue_from_balance(user, amount_fen, "wechat_coupon", "p22", number_prefix="", fallback=fallback)
 
     return make
 
