@@ -1,18 +1,21 @@
-"""Nightly purge of what is kept for a while only: pushed messages applied or ignored (``MESSAGES_KEEP_DAYS``),
-notices done with (``NOTICES_KEEP_DAYS``, the person's inbox included), and rows that are dead once past their own
-``expires_at``: sign-ins' OAuth ``state`` values (``oauth_states``: a callback refuses an expired one) and
-``Idempotency-Key`` answers (``idempotency_records``, kept ``IDEMPOTENCY_TTL_HOURS``: a request finding an expired
-one deletes it and runs anew), each kept an hour past its expiry (another node's clock a little behind ours); and
-the limit counters that can refuse nothing again (``purge_limit_counters``: never a count for good).
+"""Nightly purge of what is kept for a while only: pushed messages applied or ignored and the WeCom robot's
+callbacks (``MESSAGES_KEEP_DAYS``), notices done with (``NOTICES_KEEP_DAYS``, the person's inbox included), and rows
+that are dead once past their own ``expires_at``: sign-ins' OAuth ``state`` values (``oauth_states``: a callback
+refuses an expired one) and ``Idempotency-Key`` answers (``idempotency_records``, kept ``IDEMPOTENCY_TTL_HOURS``: a
+request finding an expired one deletes it and runs anew), each kept an hour past its expiry (another node's clock a
+little behind ours); and the limit counters that can refuse nothing again (``purge_limit_counters``: never a count
+for good).
 
 Safe to forget: a message is recorded once by its dedupe key so that WeChat's retries of it write nothing, and
 those come within seconds; a push signed more than ``WECHAT_PUSH_MAX_AGE_SECONDS`` ago is refused before it is
-recorded (``web.push``), so a purged message cannot be taken anew. A notice is made once per event, near the event;
+recorded (``web.push``), so a purged message cannot be taken anew; a robot's callback the same way
+(``WECOM_BOT_MAX_AGE_SECONDS``, ``web.wecom_bot``: a retry comes within seconds, a stream's refresh within
+minutes). A notice is made once per event, near the event;
 a pending or sending one is never purged, nor a failed message (an operator's queue). Deleted in batches, each its
-own short transaction (several nodes at once delete disjoint or already-gone rows): messages and notices a range of
-ids at a time (no index serves their age), the expired rows by their ``expires_at`` index. Each kind is purged on
-its own: one that fails (the database busy, say) is rolled back and logged, and the others are still purged; the job
-then fails with that error (the scheduler logs it).
+own short transaction (several nodes at once delete disjoint or already-gone rows): messages, robot callbacks and
+notices a range of ids at a time (no index serves their age), the expired rows by their ``expires_at`` index. Each
+kind is purged on its own: one that fails (the database busy, say) is rolled back and logged, and the others are
+still purged; the job then fails with that error (the scheduler logs it).
 """
 
 from __future__ import annotations
@@ -25,7 +28,17 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, or_, select
 
 from jobs.payouts import job_context
-from models import IdempotencyRecord, InboundMessage, LimitCounter, MessageStatus, Notice, OAuthState, db, utcnow
+from models import (
+    BotCallback,
+    IdempotencyRecord,
+    InboundMessage,
+    LimitCounter,
+    MessageStatus,
+    Notice,
+    OAuthState,
+    db,
+    utcnow,
+)
 from models.base import beijing
 from models.notices import NOTICE_TERMINAL
 from models.sql import delete_in_batches
@@ -43,6 +56,7 @@ def purge_kept_rows_job() -> Counter:
     now = utcnow()
     purges: dict[str, Callable[[], int]] = {
         "messages": lambda: purge_messages(now, cfg["MESSAGES_KEEP_DAYS"], commit=db.session.commit),
+        "bot_callbacks": lambda: purge_bot_callbacks(now, cfg["MESSAGES_KEEP_DAYS"], commit=db.session.commit),
         "notices": lambda: purge_notices(now, cfg["NOTICES_KEEP_DAYS"], commit=db.session.commit),
         "oauth_states": lambda: purge_oauth_states(now, commit=db.session.commit),
         "idempotency_keys": lambda: purge_idempotency_records(now, commit=db.session.commit),
@@ -75,6 +89,15 @@ def purge_messages(
         [MessageStatus.DONE.value, MessageStatus.IGNORED.value]
     )
     return delete_by_id_ranges(table, old, batch, commit)
+
+
+def purge_bot_callbacks(
+    now: datetime, keep_days: int, batch: int = BATCH, *, commit: Callable[[], None] | None = None
+) -> int:
+    """The WeCom robot's callbacks received before ``keep_days`` ago (each with the reply it got, in plaintext),
+    deleted; how many. Their one use is answering WeCom's retry and a stream's refresh, seconds or minutes later."""
+    table = BotCallback.__table__
+    return delete_by_id_ranges(table, table.c.received_at < now - timedelta(days=keep_days), batch, commit)
 
 
 def purge_notices(

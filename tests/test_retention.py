@@ -86,3 +86,29 @@ def test_the_nightly_job_reads_its_days_from_the_settings(app, make_user):
     db.session.commit()
     assert purge_kept_rows_job() == {"messages": 1, "notices": 1}
     assert keys(InboundMessage) == ["m-new"] and keys(Notice) == ["n-new"]
+
+
+def test_robot_callbacks_go_after_the_messages_days_and_recent_ones_still_answer_a_retry(app):
+    """A WeCom robot's callback (with its reply, in plaintext) is kept ``MESSAGES_KEEP_DAYS``: a retry of a recent one
+    still gets its recorded reply; an old one is purged (its replay is refused by its stale signed timestamp)."""
+    from jobs.retention import purge_bot_callbacks
+    from models import BotCallback
+
+    app.config["MESSAGES_KEEP_DAYS"] = 10
+    now = utcnow()
+    for msgid, age in (("old", 11), ("edge", 10.01), ("new", 9)):
+        db.session.add(
+            BotCallback(
+                bot_id="bot-1",
+                msgid=msgid,
+                userid="u1",
+                outcome="ok",
+                reply="绑定码 123456",
+                received_at=now - timedelta(days=age),
+            )
+        )
+    db.session.commit()
+    assert purge_kept_rows_job() == {"bot_callbacks": 2}
+    db.session.expire_all()
+    assert list(db.session.execute(select(BotCallback.msgid)).scalars()) == ["new"]
+    assert purge_bot_callbacks(now, 10, batch=1) == 0  # nothing left to purge: nothing else goes
