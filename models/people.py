@@ -64,7 +64,8 @@ class UserIdentity(Base):
     __tablename__ = "user_identities"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    # (found by user_id through the unique (user_id, appid) index below: no index of its own, migration 0050)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     appid: Mapped[str] = mapped_column(String(32))
     openid: Mapped[str] = mapped_column(String(64))
     channel: Mapped[str] = mapped_column(String(24), default="mini_program")
