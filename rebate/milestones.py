@@ -277,7 +277,7 @@ def _resume(
     rebate: Rebate, order: Order, now: datetime, money: MoneySettings, banned_again_at: datetime | None = None
 ) -> int:
     refused = _refused_names(rebate)
-    if not refused or rebate.condition_deadline <= now or _refused(rebate, order):
+    if not refused or rebate.condition_deadline <= now or _refused(rebate, order, as_of=now):
         return 0
     campaign = db.session.get(Campaign, rebate.campaign_id)
     before = rebate.amount_fen
@@ -333,10 +333,12 @@ def _refused_names(rebate: Rebate) -> set[str]:
     return refused
 
 
-def _refused(rebate: Rebate, order: Order) -> str | None:
+def _refused(rebate: Rebate, order: Order, as_of: datetime | None = None) -> str | None:
     """Why a release must not pay ``rebate``'s beneficiary now, as the payment and a review's release refuse them:
     a banned person, a suspended merchant, a ban on them, or for the buyer a ban on the order's device or network
-    (it had checked banned persons only). None: it may pay."""
+    (it had checked banned persons only). None: it may pay. ``as_of``: a lift's release replaying as of its lift
+    (its job may run later): a ban that stood then refuses too, though lifted since (its own lift replays what it
+    refused, before the deadline only; a lagging release must not pay what that lift, after it, would not)."""
     if rebate.beneficiary_id is None:
         return None
     kind, who = rebate.beneficiary_type, rebate.beneficiary_id
@@ -346,7 +348,7 @@ def _refused(rebate: Rebate, order: Order) -> str | None:
     if kind == "merchant" and db.session.get(Merchant, who, populate_existing=True).status == "suspended":
         return f"the {rebate.role} (merchant {who}) is suspended"
     mine = subjects(user_id=who) if kind == "user" else subjects(merchant_id=who)
-    bans = active_bans([*subjects(device=order.device, ip=order.ip), *mine], utcnow())
+    bans = active_bans([*subjects(device=order.device, ip=order.ip), *mine], utcnow(), or_at=as_of)
     words = refused_by(bans, order.user_id).get((kind, who))
     return f"the {rebate.role} is refused ({words})" if words else None
 

@@ -47,20 +47,26 @@ def in_force(now, ban=Ban):
     return and_(ban.lifted_at.is_(None), or_(ban.ends_at.is_(None), ban.ends_at > now))
 
 
-def active_bans(pairs: Iterable[tuple[str, str]], now: datetime) -> list[Ban]:
-    """The bans active at ``now`` on any of ``pairs``, oldest first (one statement; none asked: none)."""
+def stood_at(at, ban=Ban):
+    """The condition that a ban stood at the past instant ``at``: made by then, and neither lifted nor ended by then
+    (one lifted at ``at`` itself no longer stood)."""
+    return and_(
+        ban.created_at <= at,
+        or_(ban.lifted_at.is_(None), ban.lifted_at > at),
+        or_(ban.ends_at.is_(None), ban.ends_at > at),
+    )
+
+
+def active_bans(pairs: Iterable[tuple[str, str]], now: datetime, *, or_at: datetime | None = None) -> list[Ban]:
+    """The bans active at ``now`` on any of ``pairs``, oldest first (one statement; none asked: none); with ``or_at``
+    also those that stood then (``stood_at``: a lift's release replays as of its lift, when other bans may have
+    stood that are lifted since)."""
     pairs = list(pairs)
     if not pairs:
         return []
-    stmt = (
-        select(Ban)
-        .where(
-            or_(*(and_(Ban.subject == s, Ban.value == v) for s, v in pairs)),
-            in_force(now),
-        )
-        .order_by(Ban.id)
-    )
-    return list(db.session.execute(stmt).scalars())
+    standing = in_force(now) if or_at is None else or_(in_force(now), stood_at(or_at))
+    stmt = select(Ban).where(or_(*(and_(Ban.subject == s, Ban.value == v) for s, v in pairs)), standing)
+    return list(db.session.execute(stmt.order_by(Ban.id)).scalars())
 
 
 def made_by_two(ban_ids: Iterable[int]) -> set[int]:

@@ -597,3 +597,40 @@ def test_a_resumed_release_does_not_pay_what_the_second_ban_refused_past_the_dea
     got = [held_of(i) for i in ids]
     buyers = sum(cash(db.session.get(Order, i).user_id) for i in ids)
     assert buyers == 4 * HELD // 2, (got, buyers)
+
+
+def test_a_lagging_release_does_not_pay_what_another_ban_standing_at_its_lift_refused_and_lifted_too_late(
+    client, admin, buy, small_inline
+):
+    # given: 4 orders from a banned device, one buyer banned too; both milestones met under the bans
+    orders = [buy(device=DEVICE, ip=None) for _ in range(4)]
+    device_ban = ban(client, admin, "device", DEVICE)
+    person_ban = ban(client, admin, "user", str(orders[0].user_id))
+    for o in orders:
+        for name in ("lessons_10", "test_passed"):
+            report_milestone(db.session.get(Order, o.id), name, None, utcnow(), money=app_money())
+    db.session.commit()
+    ids = [o.id for o in orders]
+    assert all(held_of(i) == ("held", 0, HELD) for i in ids)
+
+    # when: the device ban is lifted (its release left to the job), the deadline passes just after that lift with
+    # the person's ban still standing, that ban is lifted after the deadline, and only then the device's job runs
+    lift(client, admin, device_ban)
+    lifted_at = db.session.get(Ban, device_ban).lifted_at
+    db.session.execute(
+        update(Rebate)
+        .where(Rebate.order_id.in_(ids))
+        .values(condition_deadline=lifted_at + timedelta(microseconds=1000))
+    )
+    db.session.commit()
+    assert shown(client, admin, device_ban)["release"]["state"] == "running"
+    while utcnow() <= lifted_at + timedelta(microseconds=1000):
+        pass
+    lift(client, admin, person_ban)  # after the deadline: its own lift pays nothing
+    run_job()
+
+    # then: the other three buyers are paid as of the device's lift; the banned buyer's milestones were refused by
+    # their own ban then, which was lifted only after the deadline: as a lift in one request would have decided
+    assert [held_of(i) for i in ids[1:]] == [("awarded", HELD, 0)] * 3
+    assert cash(orders[0].user_id) == 0
+    assert held_of(ids[0])[1] == 0
