@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import String, and_, bindparam, exists, or_, select
 
@@ -47,12 +47,19 @@ def in_force(now, ban=Ban):
     return and_(ban.lifted_at.is_(None), or_(ban.ends_at.is_(None), ban.ends_at > now))
 
 
+# Two lifts whose clocks are this close are not ordered by them: a lift's ``now`` is taken when its request starts
+# (it may then wait on the other's locks) and another node's clock may run a little behind. Within it, a ban lifted
+# after a release's lift does not count as having stood then (``stood_at``): both lifts' releases pay, rather than
+# each finding the other standing and neither paying.
+LIFTS_APART = timedelta(minutes=1)
+
+
 def stood_at(at, ban=Ban):
-    """The condition that a ban stood at the past instant ``at``: made by then, and neither lifted nor ended by then
-    (one lifted at ``at`` itself no longer stood)."""
+    """The condition that a ban stood at the past instant ``at``: made by then, and neither ended nor lifted by then
+    (one lifted at ``at`` itself no longer stood; nor one lifted less than ``LIFTS_APART`` after it)."""
     return and_(
         ban.created_at <= at,
-        or_(ban.lifted_at.is_(None), ban.lifted_at > at),
+        or_(ban.lifted_at.is_(None), ban.lifted_at > at + LIFTS_APART),
         or_(ban.ends_at.is_(None), ban.ends_at > at),
     )
 

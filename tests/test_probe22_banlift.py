@@ -614,23 +614,44 @@ def test_a_lagging_release_does_not_pay_what_another_ban_standing_at_its_lift_re
     assert all(held_of(i) == ("held", 0, HELD) for i in ids)
 
     # when: the device ban is lifted (its release left to the job), the deadline passes just after that lift with
-    # the person's ban still standing, that ban is lifted after the deadline, and only then the device's job runs
-    lift(client, admin, device_ban)
-    lifted_at = db.session.get(Ban, device_ban).lifted_at
-    db.session.execute(
-        update(Rebate)
-        .where(Rebate.order_id.in_(ids))
-        .values(condition_deadline=lifted_at + timedelta(microseconds=1000))
-    )
+    # the person's ban still standing, that ban is lifted two minutes later, and only then the device's job runs
+    t = utcnow() + timedelta(seconds=5)
+    ban_ops._lift(device_ban, t, "cleared", None, app_money())
     db.session.commit()
     assert shown(client, admin, device_ban)["release"]["state"] == "running"
-    while utcnow() <= lifted_at + timedelta(microseconds=1000):
-        pass
-    lift(client, admin, person_ban)  # after the deadline: its own lift pays nothing
-    run_job()
+    db.session.execute(
+        update(Rebate).where(Rebate.order_id.in_(ids)).values(condition_deadline=t + timedelta(milliseconds=1))
+    )
+    db.session.commit()
+    ban_ops._lift(person_ban, t + timedelta(minutes=2), "cleared", None, app_money())  # its own lift: too late
+    db.session.commit()
+    run_job(t + timedelta(minutes=3))
 
     # then: the other three buyers are paid as of the device's lift; the banned buyer's milestones were refused by
     # their own ban then, which was lifted only after the deadline: as a lift in one request would have decided
     assert [held_of(i) for i in ids[1:]] == [("awarded", HELD, 0)] * 3
     assert cash(orders[0].user_id) == 0
     assert held_of(ids[0])[1] == 0
+
+
+def test_two_bans_lifted_a_moment_apart_with_crossed_clocks_still_pay_the_buyer(client, admin, buy):
+    """The second lift to commit carries a ``now`` a second earlier than the first's (another node's clock behind,
+    or a request that took its ``now`` before waiting on the first lift's lock): neither release may take the
+    other's ban for one still standing (``risk.bans.LIFTS_APART``), or no release pays though no ban stands."""
+    order = buy(device=DEVICE, ip=None)
+    device_ban = ban(client, admin, "device", DEVICE)
+    person_ban = ban(client, admin, "user", str(order.user_id))
+    for name in ("lessons_10", "test_passed"):
+        report_milestone(db.session.get(Order, order.id), name, None, utcnow(), money=app_money())
+    db.session.commit()
+    assert held_of(order.id) == ("held", 0, HELD)
+
+    t = utcnow() + timedelta(seconds=5)
+    ban_ops._lift(device_ban, t, "cleared", None, app_money())  # the person's ban stands: nothing paid yet
+    db.session.commit()
+    assert held_of(order.id) == ("held", 0, HELD)
+    ban_ops._lift(person_ban, t - timedelta(seconds=1), "cleared", None, app_money())
+    db.session.commit()
+    db.session.expire_all()
+
+    assert held_of(order.id) == ("awarded", HELD, 0)
