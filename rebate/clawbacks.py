@@ -14,6 +14,7 @@ from ledger import Leg, account, balance, post_entry
 from models import (
     AccountKind,
     Campaign,
+    LedgerEntry,
     Payout,
     PayoutStatus,
     Rebate,
@@ -31,6 +32,7 @@ from rebate import budgets, tell
 from rebate.awards import KIND_OF_FORM, SHARE_DEBT, beneficiary_account, owes_ref, shared_by_merchant
 from rebate.campaigns import funder_account
 from rebate.fees import locked
+from rebate.rules import Form
 
 
 def take_back(
@@ -47,12 +49,26 @@ def take_back(
     kind = KIND_OF_FORM[rebate.form]
     from_payout = from_balance = points = 0
     debts: list[tuple[int | None, int]] = []  # a share debt's parts: (the in-flight payout it waits on, fen)
-    if rebate.beneficiary_type == "user" and kind != "coupon":
+    if rebate.beneficiary_type == "user":
         # What the balance covers is read under the person's row lock, as a withdrawal's and a challenge
-        # stake's are: a stake reserved meanwhile would otherwise spend what this counts as recovered.
+        # stake's are: a stake reserved meanwhile would otherwise spend what this counts as recovered (a coupon's
+        # too: one its rail credited to the balance instead is taken back from there). Before any payout's lock.
         lock_user(rebate.beneficiary_id)
     if kind == "coupon":
         from_payout = _from_pending_payout(rebate, delta, key, funder_account(campaign))
+        # a coupon its rail refused and credited to the balance instead is cash in the person's balance: taken back
+        # as a cash rebate is (from the balance, the rest owed), before any coupon that may have been issued
+        from_cash = min(delta - from_payout, _in_balance(rebate, rebate.amount_fen - from_payout))
+        if from_cash and rebate.beneficiary_type == "user":
+            cash = account(AccountKind.USER_CASH, "user", rebate.beneficiary_id)
+            from_balance = min(from_cash, max(0, balance(cash)))
+            post_entry(
+                f"{key}:balance",
+                f"{what} claws back {rebate.role} coupon rebate credited to the balance",
+                [Leg(cash, -from_cash), Leg(funder_account(campaign), from_cash)],
+            )
+            if from_cash > from_balance:
+                debts = [(None, from_cash - from_balance)]
     elif kind == "points":
         points = rebate.points
         from_balance, delta = _points_back(rebate, delta, key, money.point_value_fen, what)
@@ -84,13 +100,13 @@ def take_back(
     recovered = from_payout + from_balance
     receivable = delta - recovered
     budgets.release_committed(campaign.id, recovered)
-    if receivable and kind != "coupon":
+    if receivable and (kind != "coupon" or debts):
         for payout_id, fen in debts or [(None, receivable)]:
             db.session.add(
                 Receivable(
                     beneficiary_type=rebate.beneficiary_type,
                     beneficiary_id=rebate.beneficiary_id,
-                    kind=kind,
+                    kind=kind if kind != "coupon" else KIND_OF_FORM[Form.BALANCE],  # (a coupon's: its cash owed)
                     campaign_id=campaign.id,
                     outstanding_fen=fen,
                     payout_id=payout_id,
@@ -99,7 +115,8 @@ def take_back(
     rebate.amount_fen -= delta
     if rebate.amount_fen == 0 and rebate.held_fen == 0:
         rebate.status = RebateStatus.CLAWED_BACK
-    why = clawback_words(kind, from_payout, from_balance, receivable)
+    owed_cash = sum(fen for _, fen in debts) if kind == "coupon" else 0
+    why = clawback_words(kind, from_payout, from_balance, receivable - owed_cash, owed_cash)
     db.session.add(
         RebateAdjustment(
             rebate_id=rebate.id,
@@ -112,14 +129,15 @@ def take_back(
     )
     # The person is told what was taken and, in plain words, why (a refund, or a review: never its details).
     # A coupon already sent is not taken back: only one cancelled before it left is told.
-    told = from_payout if kind == "coupon" else delta
+    told = from_payout + from_balance + owed_cash if kind == "coupon" else delta
     tell.tell([tell.clawed_back(rebate, told, key, "order_refunded" if refund_id else "review_declined", points)])
     db.session.flush()
     return recovered
 
 
-def clawback_words(kind: str, from_payout: int, from_balance: int, not_recovered: int) -> str:
-    """Where the money came back from: a payout not yet sent, the balance it was credited to, or not at all."""
+def clawback_words(kind: str, from_payout: int, from_balance: int, not_recovered: int, owed_cash: int = 0) -> str:
+    """Where the money came back from: a payout not yet sent, the balance it was credited to, or not at all
+    (``owed_cash``: of a coupon credited to the balance instead, what the balance did not cover)."""
     parts = []
     if from_payout:
         parts.append((format_yuan(from_payout), "taken back from a payout not yet sent"))
@@ -132,6 +150,8 @@ def clawback_words(kind: str, from_payout: int, from_balance: int, not_recovered
             SHARE_DEBT: "owed to the merchant, settled from its next share to you",
         }.get(kind, "owed back from the next rebate")
         parts.append((format_yuan(not_recovered), f"had already left; {rest}"))
+    if owed_cash:
+        parts.append((format_yuan(owed_cash), "had already left; owed back from the next rebate"))
     if len(parts) == 1:
         return parts[0][1]
     return "; ".join(f"{amount} {words}" for amount, words in parts)
@@ -197,6 +217,23 @@ def _cancel_unconfirmed(rebate: Rebate, what: str, whole: bool) -> None:
             if payout.status == PayoutStatus.WAITING_USER_CONFIRM:
                 payout.next_attempt_at = utcnow()
             payout.last_error = f"cancellation requested: {what} took the rebate back"[:2000]
+
+
+def _in_balance(rebate: Rebate, paid: int) -> int:
+    """What of a coupon rebate paying ``paid`` now sits in the person's balance: its coupons the rail refused and
+    credited there instead (``payout:<id>:to-balance``), less what an earlier clawback took back from it (taken
+    before any coupon that may have been issued: ``paid`` beyond those still counts as in the balance)."""
+    payouts = db.session.execute(select(Payout).where(Payout.rebate_id == rebate.id)).scalars().all()
+    gone = (PayoutStatus.FAILED, PayoutStatus.CANCELLED)
+    waiting = sum(
+        p.amount_fen
+        for p in payouts
+        if p.status not in gone and not (p.status == PayoutStatus.PENDING and p.request is None)
+    )
+    keys = {f"payout:{p.id}:to-balance": p.amount_fen for p in payouts if p.status in gone}
+    credited = db.session.execute(select(LedgerEntry.idempotency_key).where(LedgerEntry.idempotency_key.in_(keys)))
+    landed = sum(keys[k] for k in credited.scalars()) if keys else 0
+    return max(0, min(landed, paid - waiting))
 
 
 def _from_pending_payout(rebate: Rebate, delta: int, key: str, back_to) -> int:
