@@ -16,9 +16,7 @@ from sqlalchemy import select
 
 from jobs.payouts import row_failed
 from models import Merchant, db, unit_of_work, utcnow
-from rebate.fees import invoice_month, merchants_to_invoice, month_bounds, previous_month
-
-CATCH_UP_MONTHS = 3  # ended months looked at each run: the last one, and two before it a stopped job left
+from rebate.fees import CATCH_UP_MONTHS, catch_up_months, invoice_month, merchants_to_invoice
 
 
 def invoice_fees(now: datetime | None = None, month: str | None = None) -> Counter:
@@ -26,7 +24,7 @@ def invoice_fees(now: datetime | None = None, month: str | None = None) -> Count
     it that were never invoiced (the job stopped throughout a month); ``month``: that ended month only. How many
     invoices were written, skipped, failed."""
     now = now or utcnow()
-    months = [month] if month else _last_months(now, CATCH_UP_MONTHS)
+    months = [month] if month else catch_up_months(now, CATCH_UP_MONTHS)
     done: Counter = Counter()
     for one in months:
         done.update(_invoice_month(one, now))
@@ -34,17 +32,9 @@ def invoice_fees(now: datetime | None = None, month: str | None = None) -> Count
     return done
 
 
-def _last_months(now: datetime, count: int) -> list[str]:
-    """The ``count`` Beijing months ended by ``now``, oldest first."""
-    months = [previous_month(now)]
-    while len(months) < count:
-        months.insert(0, previous_month(month_bounds(months[0])[0]))  # the month before the one it begins
-    return months
-
-
 def _invoice_month(month: str, now: datetime) -> Counter:
     done: Counter = Counter()
-    for merchant_id in merchants_to_invoice(month):
+    for merchant_id in merchants_to_invoice(month, now):
         try:
             with unit_of_work():
                 claimed = db.session.execute(  # FOR NO KEY UPDATE: another invoicer is skipped, never a payment

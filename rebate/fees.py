@@ -7,7 +7,8 @@
 - **Invoice**: once a Beijing month has ended, one ``FeeInvoice`` per merchant and month (unique key; a second
   run, or a concurrent twin, writes nothing and posts nothing) for the fees booked in it, never more than is
   owed and not yet billed (``unbilled_fees``), with any fee booked in a month already invoiced after its invoice
-  was written (a payment that began before that month ended and committed after the run); the marketing credit
+  was written (a payment that began before that month ended and committed after the run) and the fees of months
+  older than the job's catch-up (``CATCH_UP_MONTHS``) it never invoiced; the marketing credit
   pays first
   (``invoice:<merchant>:<month>:credit``, credit → fees due), the rest is due. A month whose refunds lowered
   the fee more than it accrued (or whose fees the credit carried from earlier months covers) is invoiced at
@@ -54,6 +55,7 @@ from rebate.errors import Invalid, StateConflict
 from rebate.scope import visible_campaign, visible_merchant
 
 FEE_KEYS = ("fee:order:", "fee:refund:")
+CATCH_UP_MONTHS = 3  # ended months the invoice job looks at each run: the last, and two before it a stopped job left
 
 
 def fees_due_account(merchant_id: int) -> LedgerAccount:
@@ -241,7 +243,7 @@ def invoice_month(merchant_id: int, month: str, now: datetime) -> FeeInvoice | N
     if now < end:
         raise StateConflict(f"month {month} has not ended", code="month_not_ended")
     credit = lock_credit(merchant_id)
-    fee, unbilled = _to_bill(merchant_id, month)
+    fee, unbilled = _to_bill(merchant_id, month, now)
     applied = min(max(0, balance(credit)), fee)
     row = {
         "merchant_id": merchant_id,
@@ -270,16 +272,28 @@ def invoice_month(merchant_id: int, month: str, now: datetime) -> FeeInvoice | N
     return db.session.get(FeeInvoice, written[0][0])
 
 
-def _to_bill(merchant_id: int, month: str) -> tuple[int, int]:
+def _to_bill(merchant_id: int, month: str, now: datetime) -> tuple[int, int]:
     """What the invoice of ``month`` would bill (never below 0), and what is unbilled as of the last month invoiced.
 
-    What is unbilled, less the fees of other months not invoiced yet (each bills its own when it is): so the
-    month's own fees, and fees booked in a month already invoiced after its invoice read it (a payment that
-    began before the month ended and committed after the run), which no other invoice would ever bill."""
+    What is unbilled, less the fees of other months not invoiced yet that the job still invoices (the
+    ``CATCH_UP_MONTHS`` ended by ``now``: each bills its own when it is): so the month's own fees, fees booked in a
+    month already invoiced after its invoice read it (a payment that began before the month ended and committed
+    after the run), which no other invoice would ever bill, and the fees of older months the job never invoiced and
+    no longer looks at (it stopped longer than its catch-up): counted as waiting, they were never billed at all."""
     invoiced = set(db.session.execute(select(FeeInvoice.month).where(FeeInvoice.merchant_id == merchant_id)).scalars())
     through = max(invoiced | {month})  # a month invoiced late: as of the last
     unbilled = unbilled_fees(merchant_id, through)
-    return max(0, unbilled - max(0, _fees_not_invoiced(merchant_id, invoiced | {month}, through))), unbilled
+    since = month_bounds(catch_up_months(now)[0])[0]  # the oldest month the job still invoices on its own
+    waiting = _fees_not_invoiced(merchant_id, invoiced | {month}, through, since)
+    return max(0, unbilled - max(0, waiting)), unbilled
+
+
+def catch_up_months(now: datetime, count: int = CATCH_UP_MONTHS) -> list[str]:
+    """The ``count`` Beijing months ended by ``now``, oldest first: those the invoice job looks at."""
+    months = [previous_month(now)]
+    while len(months) < count:
+        months.insert(0, previous_month(month_bounds(months[0])[0]))  # the month before the one it begins
+    return months
 
 
 def fee_payment_key(merchant_id: int, proposal_id: int) -> str:
@@ -328,9 +342,9 @@ def record_fee_payment(merchant_id: int, amount_fen: int, proposal_id: int, memo
     return unpaid - amount_fen
 
 
-def _fees_not_invoiced(merchant_id: int, months: set[str], through: str) -> int:
-    """The service fees booked up to the end of month ``through`` outside the Beijing ``months`` (the months
-    invoiced, and the one being invoiced): the fees of months still waiting for their own invoice."""
+def _fees_not_invoiced(merchant_id: int, months: set[str], through: str, since: datetime) -> int:
+    """The service fees booked from ``since`` up to the end of month ``through`` outside the Beijing ``months`` (the
+    months invoiced, and the one being invoiced): the fees of months still waiting for their own invoice."""
     spans: list[list] = []  # the months as [start, end) in UTC, neighbours merged: usually one span
     for start, end in sorted(month_bounds(m) for m in months):
         if spans and spans[-1][1] == start:
@@ -339,7 +353,8 @@ def _fees_not_invoiced(merchant_id: int, months: set[str], through: str) -> int:
             spans.append([start, end])
     inside = [(LedgerEntry.created_at >= start) & (LedgerEntry.created_at < end) for start, end in spans]
     _, end = month_bounds(through)
-    return -_fees_due_moved(merchant_id, _fee_key() & (LedgerEntry.created_at < end) & ~or_(*inside))
+    booked = _fee_key() & (LedgerEntry.created_at >= since) & (LedgerEntry.created_at < end)
+    return -_fees_due_moved(merchant_id, booked & ~or_(*inside))
 
 
 def _credit_applied_net(merchant_id: int) -> int:
@@ -362,14 +377,14 @@ def _fees_due_moved(merchant_id: int, entries) -> int:
     )
 
 
-def merchants_to_invoice(month: str) -> list[int]:
+def merchants_to_invoice(month: str, now: datetime) -> list[int]:
     """Merchants with no invoice for ``month`` yet: those with fees booked in it, and those with fees booked only
     in the month before that its invoice did not bill (booked after it was written: a payment that began before
     that month ended and committed after the run). The next invoice bills those; without this, a merchant that
     booked nothing more was never billed for them."""
     booked = set(_merchants_with_fees(month, month))
     before = previous_month(month_bounds(month)[0])
-    late = {m for m in _merchants_with_fees(before, month) if m not in booked and _to_bill(m, month)[0] > 0}
+    late = {m for m in _merchants_with_fees(before, month) if m not in booked and _to_bill(m, month, now)[0] > 0}
     return sorted(booked | late)
 
 
