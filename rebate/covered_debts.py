@@ -15,7 +15,9 @@ what it takes the balance below zero; a concurrent spend needs a balance above z
 covered anyway: settling never leaves the balance below zero by more than is owed (``flask ledger check``).
 
 Called where the rebate layer gives money back (a refund's wallet share, an order's close); the payout layer below
-cannot call it, so ``jobs.payouts.settle_covered_debts`` sweeps everyone who still owes every few minutes.
+cannot call it, so ``jobs.payouts.settle_covered_debts`` sweeps everyone who still owes every few minutes. Points
+debts are kept in fen: a caller without a point's value (an order's close) settles them only where the points
+balance is back at zero or above (then all of it is covered, whatever a point is worth); a part the job settles.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ SWEEP = 500  # people per pass of the job
 
 
 def settle_covered(user_id: int, point_value_fen: int | None) -> int:
-    """Settle what the person's cash balance (and, given the value of a point, their points) covers of what they
-    owe; flushes. Returns the fen settled. ``point_value_fen`` None: points receivables are left to the job."""
+    """Settle what the person's cash balance (and their points) covers of what they owe; flushes. Returns the fen
+    settled. ``point_value_fen`` None: a points balance at zero or above covers every points debt whatever a point
+    is worth, so that is settled; one still below zero covers a part only a point's value says, left to the job."""
     settled = 0
     for kind, account_kind in KINDS.items():
-        if kind == POINTS and not point_value_fen:
-            continue
+        if kind == POINTS and not point_value_fen and balance(ref(account_kind, "user", user_id)) < 0:
+            continue  # (read again under the receivables' lock below)
         owed = sum(
             db.session.execute(
                 select(Receivable.outstanding_fen)
@@ -54,7 +57,9 @@ def settle_covered(user_id: int, point_value_fen: int | None) -> int:
         if not owed:
             continue
         below = max(0, -balance(ref(account_kind, "user", user_id)))
-        if kind == POINTS:
+        if kind == POINTS and below:
+            if not point_value_fen:  # below zero again (a clawback committed while we waited on the lock)
+                continue
             below *= point_value_fen  # points receivables are kept in fen (``rebate.clawbacks._points_back``)
         if owed > below:
             settled += recover_receivables("user", user_id, kind, owed - below)

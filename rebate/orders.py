@@ -402,8 +402,8 @@ def close_order(order: Order, now: datetime) -> None:
         raise StateConflict(f"a {order.status} order cannot be closed", code="order_not_open")
     order.status = OrderStatus.CLOSED
     release_wallet(order)
-    if order.balance_used_fen:  # the person's balance came back up: what it covers of what they owe is settled
-        settle_covered(order.user_id, None)  # (points receivables: by the job, which knows a point's value)
+    if order.balance_used_fen or order.points_used:  # the balance or points came back up: what they cover of what
+        settle_covered(order.user_id, None)  # the person owes is settled (points still below zero: by the job)
     for packet, _ in order_packets(order):
         if packet.status == PacketStatus.LOCKED and packet.order_id == order.id:
             if now >= packet.expires_at:
