@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ledger import Leg, account, post_entry
 from models import (
@@ -32,7 +32,7 @@ from payouts.coupon_rail import stock_spent
 from payouts.outbox import enqueue_payout
 from payouts.rails import Outcome, RailResult, summary
 from payouts.settings import MoneySettings
-from payouts.transitions import mark_returned, mark_sent, mark_succeeded, move
+from payouts.transitions import funded_payout_returned, mark_returned, mark_sent, mark_succeeded, move
 
 S = PayoutStatus
 RAIL_PAUSE = timedelta(minutes=30)
@@ -125,6 +125,7 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
         _return_unconfirmed(payout, S(o), result, now, settings)
     elif o == Outcome.FAILED and (payout.cancel_requested or _taken_back(payout)):  # asked to stop: no new bill
         mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}; {_not_again(payout)}")
+        _after_taken_back(payout, payout.rail, settings)
     elif o == Outcome.FAILED:
         mark_returned(payout, S.FAILED, now, f"{result.code}: {result.message}")
         _retry_after_failure(payout, payout.rail, "definitive failure", settings)
@@ -148,6 +149,7 @@ def apply_result(payout: Payout, result: RailResult, now: datetime, settings: Di
         )
     elif o == Outcome.FALLBACK and (payout.cancel_requested or _taken_back(payout)):  # nor on the fallback rail
         mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}; {_not_again(payout)}")
+        _after_taken_back(payout, fallback_rail(payout, settings), settings)
     elif o == Outcome.FALLBACK:
         mark_returned(payout, S.CANCELLED, now, f"{result.code}: {result.message}")
         _retry_after_failure(payout, fallback_rail(payout, settings), "fallback rail", settings)
@@ -239,7 +241,42 @@ def _waiting(payout: Payout, result: RailResult, now: datetime, settings: Dispat
 
 
 def _not_again(payout: Payout) -> str:
-    return "not sent again (cancel asked)" if payout.cancel_requested else "not sent again (its rebate was taken back)"
+    if payout.cancel_requested:
+        return "not sent again (cancel asked)"
+    return "not sent again (its rebate was taken back; what it still pays, if anything, goes out anew)"
+
+
+def _after_taken_back(payout: Payout, rail: str | None, settings: DispatchSettings) -> None:
+    """A payout that came back after a refund or a review took its rebate back while it was at WeChat. From the
+    person's balance (cash): its money is back there, where it settles what the clawback left owed; nothing more.
+    From its funder (a coupon, which a clawback never takes back while it may have been issued): what its rebate
+    still pays goes out anew (``rail``: the same rail after a failure, the fallback after a refusal; none: it stays
+    with its funder, as any coupon without a fallback), and the rest is no longer the campaign's cost (the rebate
+    layer gives its budget back: ``funded_payout_returned``). An operator's cancel: nothing more, as before."""
+    if payout.cancel_requested:
+        return
+    source = db.session.get(LedgerAccount, payout.source_account_id)
+    if source is None or source.kind == AccountKind.USER_CASH:
+        return
+    still = _still_owed(payout)
+    if still and rail is not None:
+        _retry_after_failure(payout, rail, "its rebate was taken back in part", settings, amount_fen=still)
+    if payout.amount_fen > still:
+        funded_payout_returned(payout, payout.amount_fen - still)
+
+
+def _still_owed(payout: Payout) -> int:
+    """What the payout's rebate still pays that none of its other payouts carries (those failed or cancelled carry
+    nothing), at most the payout's own amount."""
+    paid = db.session.execute(select(Rebate.amount_fen).where(Rebate.id == payout.rebate_id)).scalar_one()
+    carried = db.session.execute(
+        select(func.coalesce(func.sum(Payout.amount_fen), 0)).where(
+            Payout.rebate_id == payout.rebate_id,
+            Payout.id != payout.id,
+            Payout.status.not_in([S.FAILED, S.CANCELLED]),
+        )
+    ).scalar_one()
+    return max(0, min(payout.amount_fen, paid - int(carried)))
 
 
 def _taken_back(payout: Payout) -> bool:
@@ -324,12 +361,16 @@ def fallback_rail(payout: Payout, settings: DispatchSettings) -> str | None:
     return settings.cash_fallback_rail if payout.rail == Rail.CASH_RED_PACKET else None
 
 
-def _credit_in_app(payout: Payout, source: LedgerAccount, form: str, point_value_fen: int) -> None:
-    """Fall back to the in-app balance or to points; a cash source is already back in the balance."""
+def _credit_in_app(
+    payout: Payout, source: LedgerAccount, form: str, point_value_fen: int, amount_fen: int | None = None
+) -> None:
+    """Fall back to the in-app balance or to points (``amount_fen`` of it: all by default); a cash source is already
+    back in the balance."""
     if source.kind == AccountKind.USER_CASH:
         return
+    amount_fen = payout.amount_fen if amount_fen is None else amount_fen
     if form == InApp.POINTS:
-        points = payout.amount_fen // point_value_fen
+        points = amount_fen // point_value_fen
         if points:
             post_entry(
                 f"payout:{payout.id}:to-points",
@@ -344,12 +385,14 @@ def _credit_in_app(payout: Payout, source: LedgerAccount, form: str, point_value
     post_entry(
         f"payout:{payout.id}:to-balance",
         f"payout {payout.external_no} falls back to the balance",
-        [Leg(source, -payout.amount_fen), Leg(cash, payout.amount_fen)],
+        [Leg(source, -amount_fen), Leg(cash, amount_fen)],
     )
 
 
-def _retry_after_failure(payout: Payout, rail: str | None, why: str, settings: DispatchSettings) -> Payout | None:
-    """A new payout row with a new number; the old one stays failed.
+def _retry_after_failure(
+    payout: Payout, rail: str | None, why: str, settings: DispatchSettings, amount_fen: int | None = None
+) -> Payout | None:
+    """A new payout row with a new number (of ``amount_fen``: the whole payout's by default); the old one stays failed.
 
     ``rail`` "balance" or "points" credits the user in the app instead. With no fallback, cash stays in
     the user's balance (it came from there) and a coupon's money stays with its funder: a refused coupon
@@ -360,18 +403,19 @@ def _retry_after_failure(payout: Payout, rail: str | None, why: str, settings: D
     while parent.retry_of_id is not None and depth <= MAX_AUTO_RETRIES:
         parent, depth = db.session.get(Payout, parent.retry_of_id), depth + 1
     source = db.session.get(LedgerAccount, payout.source_account_id)
+    amount_fen = payout.amount_fen if amount_fen is None else amount_fen
     if rail in (InApp.BALANCE, InApp.POINTS):
-        _credit_in_app(payout, source, rail, settings.money.point_value_fen)
-        raise_alert("payout_fallback", payout.external_no, f"{why}: {payout.amount_fen} fen credited as {rail}")
+        _credit_in_app(payout, source, rail, settings.money.point_value_fen, amount_fen)
+        raise_alert("payout_fallback", payout.external_no, f"{why}: {amount_fen} fen credited as {rail}")
         return None
     if rail is None or depth >= MAX_AUTO_RETRIES:
         kept = "kept in the user's balance" if source.kind == AccountKind.USER_CASH else "returned to its funder"
-        raise_alert("payout_returned", payout.external_no, f"{why}: {payout.amount_fen} fen {kept}")
+        raise_alert("payout_returned", payout.external_no, f"{why}: {amount_fen} fen {kept}")
         return None
     return enqueue_payout(
         rail=rail,
         user_id=payout.user_id,
-        amount_fen=payout.amount_fen,
+        amount_fen=amount_fen,
         source=source,
         key=f"payout:{payout.id}:retry",
         memo=f"retry of payout {payout.external_no} ({why})",

@@ -122,6 +122,28 @@ def on_share_returned(handler: Callable[[Payout, int, int], None]) -> Callable[[
     return handler
 
 
+# Told when a payout its campaign funded (not from the person's balance: a coupon) comes back after a refund or a
+# review took its rebate back while it was at WeChat, and is not sent again in full: ``handler(payout, fen)``, the
+# fen it carried beyond what its rebate still pays, no longer the campaign's cost, in the caller's transaction. The
+# rebate layer registers it (``rebate.clawbacks``): payouts sit below it.
+_FUNDED_RETURNED: list[Callable[[Payout, int], None]] = []
+
+
+def on_funded_payout_returned(handler: Callable[[Payout, int], None]) -> Callable[[Payout, int], None]:
+    if handler not in _FUNDED_RETURNED:
+        _FUNDED_RETURNED.append(handler)
+    return handler
+
+
+def funded_payout_returned(payout: Payout, fen: int) -> None:
+    """Tell the rebate layer (``on_funded_payout_returned``) that ``fen`` of ``payout`` came back to its funder for
+    good."""
+    if not _FUNDED_RETURNED:
+        raise RuntimeError("a funded payout came back but nothing gives its budget back: import rebate.clawbacks")
+    for handler in _FUNDED_RETURNED:
+        handler(payout, fen)
+
+
 def _share_merchant(payout: Payout) -> int:
     return db.session.execute(select(Order.merchant_id).where(Order.id == payout.order_id)).scalar_one()
 

@@ -28,6 +28,7 @@ from models.payouts import Rail
 from money import format_yuan
 from payouts import MoneySettings, cancel_or_reduce, pending_payouts_for_rebate
 from payouts.operations import lock_user
+from payouts.transitions import on_funded_payout_returned
 from rebate import budgets, tell
 from rebate.awards import KIND_OF_FORM, SHARE_DEBT, beneficiary_account, owes_ref, shared_by_merchant
 from rebate.campaigns import funder_account
@@ -133,6 +134,15 @@ def take_back(
     tell.tell([tell.clawed_back(rebate, told, key, "order_refunded" if refund_id else "review_declined", points)])
     db.session.flush()
     return recovered
+
+
+@on_funded_payout_returned
+def _budget_back(payout: Payout, fen: int) -> None:
+    """A coupon at WeChat when its rebate was taken back (``take_back`` leaves a coupon that may have been issued
+    the campaign's cost) came back to its funder: what it carried beyond what the rebate still pays goes back to the
+    campaign's budget (what it still pays went out anew, or stays committed with its funder)."""
+    campaign_id = db.session.execute(select(Rebate.campaign_id).where(Rebate.id == payout.rebate_id)).scalar_one()
+    budgets.release_committed(campaign_id, fen)
 
 
 def clawback_words(kind: str, from_payout: int, from_balance: int, not_recovered: int, owed_cash: int = 0) -> str:

@@ -8,19 +8,19 @@ Fixed (the tests failed before the fix in ``rebate.clawbacks.take_back``):
   back as cash (from the balance, the rest a ``cash`` receivable settled later), before any coupon that may have
   been issued; a coupon actually issued is still not taken back nor owed.
 
-Found, not fixed here (the fix lies in the payout layer, outside this probe's files; marked ``xfail(strict=True)``):
+Fixed in the payout layer (``payouts.record._after_taken_back``, the budget given back by ``rebate.clawbacks`` through
+``payouts.transitions.on_funded_payout_returned``):
 
 - A coupon rebate whose payout is at WeChat (sending / unknown) when its order is refunded in full stays the
   campaign's cost. When WeChat then fails the coupon, ``payouts.record`` sees the rebate taken back and returns the
-  money to the coupon's *funder* (its source) without telling the rebate layer: the funder has the 5 yuan back, the
-  budget stays committed by them for ever.
+  money to the coupon's *funder* (its source) without telling the rebate layer: the funder had the 5 yuan back, the
+  budget stayed committed by them for ever.
 - The same coupon refunded only in part (rebate 5 → 2 yuan) then failed: all 5 yuan go back to the funder and
-  nothing is sent again, so the person never gets the 2 yuan the rebate still says they earned.
+  nothing was sent again, so the person never got the 2 yuan the rebate still says they earned (now sent anew).
 """
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import select
 
 from ledger import account, balance, check_ledger
@@ -34,10 +34,6 @@ from tests.money_helpers import app_money
 
 K = AccountKind
 COUPON = {"roles": [{"role": "consumer", "rate_bps": 500, "form": "wechat_coupon", "cap_fen": 20_00}]}
-PAYOUT_LAYER = (
-    "fix outside rebate/clawbacks.py: payouts.record/transitions return a failed coupon whose rebate was taken back "
-    "to its funder without telling the rebate layer (budget) and without sending what the rebate still pays"
-)
 
 
 def ledger_ok() -> None:
@@ -81,7 +77,6 @@ def fails(payout) -> None:
     db.session.commit()
 
 
-@pytest.mark.xfail(strict=True, reason=PAYOUT_LAYER)
 def test_a_coupon_at_wechat_when_its_order_is_refunded_gives_its_budget_back_when_it_fails(
     make_user, make_product, make_campaign, pay
 ):
@@ -99,7 +94,6 @@ def test_a_coupon_at_wechat_when_its_order_is_refunded_gives_its_budget_back_whe
     ledger_ok()
 
 
-@pytest.mark.xfail(strict=True, reason=PAYOUT_LAYER)
 def test_a_coupon_at_wechat_refunded_in_part_then_failed_still_pays_what_the_rebate_says_was_earned(
     make_user, make_product, make_campaign, pay
 ):
@@ -114,8 +108,8 @@ def test_a_coupon_at_wechat_refunded_in_part_then_failed_still_pays_what_the_reb
     others = db.session.execute(select(Payout).where(Payout.id != payout.id)).scalars().all()
     got = balance(account(K.USER_CASH, "user", user.id)) + sum(p.amount_fen for p in others if p.status != "cancelled")
     assert got == 2_00
-    # ... and the budget is committed by exactly that
-    assert committed(campaign.id) == 2_00
+    # ... and the budget is committed by exactly that (and the packet's 1 fen: the order is refunded in part only)
+    assert committed(campaign.id) == 2_00 + 1
     ledger_ok()
 
 
