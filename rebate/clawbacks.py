@@ -241,8 +241,10 @@ def _in_balance(rebate: Rebate, paid: int) -> int:
         if p.status not in gone and not (p.status == PayoutStatus.PENDING and p.request is None)
     )
     keys = {f"payout:{p.id}:to-balance": p.amount_fen for p in payouts if p.status in gone}
+    if not keys:  # none came back: none can have been credited to the balance (no ledger read)
+        return 0
     credited = db.session.execute(select(LedgerEntry.idempotency_key).where(LedgerEntry.idempotency_key.in_(keys)))
-    landed = sum(keys[k] for k in credited.scalars()) if keys else 0
+    landed = sum(keys[k] for k in credited.scalars())
     return max(0, min(landed, paid - waiting))
 
 
