@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from jobs.payouts import row_failed
 from models import Merchant, db, unit_of_work, utcnow
-from rebate.fees import CATCH_UP_MONTHS, catch_up_months, invoice_month, merchants_to_invoice
+from rebate.fees import catch_up_months, invoice_month, merchants_to_invoice
 
 
 def invoice_fees(now: datetime | None = None, month: str | None = None) -> Counter:
@@ -24,7 +24,7 @@ def invoice_fees(now: datetime | None = None, month: str | None = None) -> Count
     it that were never invoiced (the job stopped throughout a month); ``month``: that ended month only. How many
     invoices were written, skipped, failed."""
     now = now or utcnow()
-    months = [month] if month else catch_up_months(now, CATCH_UP_MONTHS)
+    months = [month] if month else catch_up_months(now)
     done: Counter = Counter()
     for one in months:
         done.update(_invoice_month(one, now))
